@@ -1,0 +1,1 @@
+"""The edges: wire protocols and message formats, in and out."""

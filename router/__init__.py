@@ -1,0 +1,1 @@
+"""The engine: pipeline, mapping interpreter, routing, delivery and operator surfaces."""

@@ -1,0 +1,106 @@
+"""The protocols the engine's parts meet at: the record, and conversion results.
+
+Adapters implement these; the router depends only on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, Protocol
+
+from router.errors import MessageError
+
+FhirJson = dict[str, Any]
+"""A FHIR resource as parsed JSON: the one dict allowed on the hot path."""
+
+EntryOutcome = Literal["created", "updated", "unchanged", "deleted"]
+"""What applying one Bundle entry did to the record."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedEntry:
+    """One Bundle entry after the record applied it."""
+
+    resource_type: str
+    id: str
+    version: int
+    outcome: EntryOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """The record's answer to one transaction Bundle."""
+
+    entries: tuple[AppliedEntry, ...]
+
+    @property
+    def changed(self) -> bool:
+        """True when any entry created or changed a resource."""
+        return any(e.outcome != "unchanged" for e in self.entries)
+
+
+class Record(Protocol):
+    """The shared record: a FHIR store that applies transaction Bundles atomically."""
+
+    def apply(self, bundle: FhirJson) -> ApplyResult:
+        """Apply a transaction Bundle all-or-nothing.
+
+        Raises:
+            InvalidContent: the Bundle cannot be applied (bad request, unknown reference).
+            RecordUnavailable: the database is unreachable or busy; retry later.
+        """
+        ...
+
+    def read(self, resource_type: str, id: str) -> FhirJson | None:
+        """Return the current version, or None when absent or deleted."""
+        ...
+
+    def history(self, resource_type: str, id: str) -> list[FhirJson]:
+        """Return every version, newest first."""
+        ...
+
+    def search(self, resource_type: str, params: Mapping[str, str]) -> list[FhirJson]:
+        """Search by `identifier`, `patient`, `subject` or `_id` (FHIR token/reference syntax)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+@dataclass(slots=True)
+class Converted:
+    """One message's conversion: a Bundle or an error, plus the ids the journal needs.
+
+    `control_id`, `sender`, `message_type` and `patient_key` are safe to log:
+    the patient key is a salted hash, never the identifier itself.
+    """
+
+    index: int
+    raw: bytes
+    control_id: str | None = None
+    sender: str | None = None
+    message_type: str | None = None
+    structure: str | None = None
+    patient_key: str | None = None
+    bundle: FhirJson | None = None
+    error: MessageError | None = None
+    unmapped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when the message converted to a Bundle."""
+        return self.error is None and self.bundle is not None
+
+    def outcome(self) -> FhirJson:
+        """Return the OperationOutcome for a failed conversion."""
+        err = self.error or MessageError("message produced no Bundle")
+        issue: FhirJson = {
+            "severity": "error",
+            "code": err.issue_code,
+            "diagnostics": err.reason,
+        }
+        if err.location:
+            issue["expression"] = [err.location]
+            issue["location"] = [err.location]
+        return {"resourceType": "OperationOutcome", "issue": [issue]}

@@ -1,0 +1,85 @@
+"""Every error Helsebro raises on purpose.
+
+HelsebroError
+├── ConfigError          refuse to start, or refuse the reload
+│   └── MappingError     a mapping fails lint; carries file:line:col
+├── MessageError         this message cannot succeed: dead-letter, never retry
+│   ├── DecodeError      not a message (charset, delimiters, XML, framing)
+│   ├── UnknownMessage   no mapping for this structure or sender
+│   ├── InvalidContent   well formed but wrong (check digit, XSD, required element)
+│   └── Refused          a destination rejected it for good
+└── TransientError       the world is wrong for now: retry with backoff
+    ├── BrokerUnavailable
+    └── RecordUnavailable
+
+The branch decides what happens next; callers decide by type, never by text.
+"""
+
+from __future__ import annotations
+
+
+class HelsebroError(Exception):
+    """Base of every error raised on purpose."""
+
+
+class ConfigError(HelsebroError):
+    """Settings or config files are wrong: refuse to start or to reload."""
+
+
+class MappingError(ConfigError):
+    """A mapping file fails its load-time checks."""
+
+    def __init__(self, reason: str, *, file: str = "?", line: int = 0, column: int = 0) -> None:
+        super().__init__(f"{file}:{line}:{column}: {reason}")
+        self.reason = reason
+        self.file = file
+        self.line = line
+        self.column = column
+
+
+class MessageError(HelsebroError):
+    """The message cannot succeed as sent."""
+
+    #: OperationOutcome.issue.code for this kind of failure.
+    issue_code = "processing"
+
+    def __init__(self, reason: str, *, location: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason  # for a human; never a value from the message
+        self.location = location  # "PID-3[1].1", an XPath, or None
+
+
+class DecodeError(MessageError):
+    """The bytes are not a message: charset, delimiters, framing, XML."""
+
+    issue_code = "structure"
+
+
+class UnknownMessage(MessageError):
+    """No mapping handles this message structure or sender."""
+
+    issue_code = "not-supported"
+
+
+class InvalidContent(MessageError):
+    """Well formed, but a value is wrong (check digit, required element)."""
+
+    issue_code = "value"
+
+
+class Refused(MessageError):
+    """A destination rejected the message for good."""
+
+    issue_code = "business-rule"
+
+
+class TransientError(HelsebroError):
+    """The world is wrong for now: retry with backoff."""
+
+
+class BrokerUnavailable(TransientError):
+    """The broker cannot be reached or refused a publish."""
+
+
+class RecordUnavailable(TransientError):
+    """The record's database cannot be reached or is busy."""

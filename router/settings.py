@@ -1,0 +1,120 @@
+"""Load the engine's settings: config/engine.yaml, overridden by HELSEBRO_* variables.
+
+Each setting is declared once, in a pydantic model with `extra="forbid"`, so a typo
+in config/ is an error and never a silent default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from router.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout: mappings/ and config/ are read from here unless a setting says otherwise."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QueueNames(_Frozen):
+    """Exchange and queue names on the broker."""
+
+    exchange: str = Field(default="helsebro.in", description="Direct exchange that senders publish inbound messages to.", examples=["helsebro.in"])
+    inbound: str = Field(default="helsebro.in.hl7v2", description="Queue the engine consumes inbound messages from.", examples=["helsebro.in.hl7v2"])
+    routing_key: str = Field(default="hl7v2", description="Routing key that binds the inbound queue to the exchange.")
+    dead_letter: str = Field(default="helsebro.dlq", description="Queue that holds messages that cannot succeed, with the reason in their headers.")
+    replies: str = Field(default="helsebro.reply.hl7v2", description="Queue that receives the HL7 ACK for every inbound message.")
+
+
+class BrokerConfig(_Frozen):
+    """The `broker` block: how the engine talks to RabbitMQ or the embedded transport."""
+
+    names: QueueNames = Field(default_factory=QueueNames, description="Exchange and queue names.")
+    prefetch: int = Field(default=20, ge=1, le=1000, description="Deliveries held unacknowledged at once. More is faster; all of them are delivered again if the worker dies.")
+    queue_type: Literal["quorum", "classic"] = Field(default="quorum", description="RabbitMQ queue type. Quorum queues are replicated and survive a node loss; the embedded transport ignores this.")
+    reconnect_max_seconds: float = Field(default=30.0, gt=0, le=600, description="Longest wait, in seconds, between reconnect attempts after the broker is lost.")
+
+
+class SenderConfig(_Frozen):
+    """Per-sender overrides, keyed by MSH-3 (application) or MSH-4 (facility)."""
+
+    charset: str | None = Field(default=None, description="Charset used when MSH-18 is empty, as a Python codec name.", examples=["iso-8859-1"])
+
+
+class Hl7v2Config(_Frozen):
+    """The `hl7v2` block: decoding defaults."""
+
+    default_charset: str = Field(default="utf-8", description="Charset used when MSH-18 is empty and the sender has no override. Bytes that are not valid in it fall back to ISO-8859-1, which never fails.", examples=["utf-8", "iso-8859-1"])
+    senders: dict[str, SenderConfig] = Field(default_factory=dict, description="Overrides per sending application or facility (MSH-3 or MSH-4 namespace id).")
+
+
+class IdentifierConfig(_Frozen):
+    """The `identifiers` block: FHIR systems for local identifiers, per assigning authority."""
+
+    authorities: dict[str, str] = Field(default_factory=dict, description="Assigning authority (CX-4.1, or MSH-4 when CX-4 is empty) to FHIR Identifier.system URI.", examples=[{"AHUS": "urn:oid:2.16.578.1.12.4.1.7.1"}])
+    default_local_system: str = Field(default="urn:helsebro:local:{authority}:{type}", description="Template for a local identifier's system when its authority is not listed; {authority} and {type} are filled in from CX-4 and CX-5.")
+
+
+class EngineConfig(_Frozen):
+    """config/engine.yaml."""
+
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    hl7v2: Hl7v2Config = Field(default_factory=Hl7v2Config)
+    identifiers: IdentifierConfig = Field(default_factory=IdentifierConfig)
+
+
+class Settings(_Frozen):
+    """Everything a command needs to know about its environment."""
+
+    broker_url: str | None = Field(default=None, description="HELSEBRO_BROKER_URL: a RabbitMQ URL with its vhost (amqp://guest:guest@127.0.0.1:5672/%2F). Unset: the embedded transport under the data directory.")
+    record_url: str | None = Field(default=None, description="HELSEBRO_RECORD_URL: postgresql://… for PostgreSQL. Unset: SQLite in the data directory.")
+    data_dir: Path = Field(default=Path(".helsebro"), description="HELSEBRO_DATA_DIR: where the SQLite record, the embedded broker and the audit log live.")
+    xsd_dir: Path | None = Field(default=None, description="HELSEBRO_XSD_DIR: the national schema folder (with ehelseCatalog.xml). Unset: XML validation is off.")
+    mappings_dir: Path = Field(default=PROJECT_ROOT / "mappings", description="HELSEBRO_MAPPINGS_DIR: the mapping files.")
+    config_dir: Path = Field(default=PROJECT_ROOT / "config", description="HELSEBRO_CONFIG_DIR: the folder holding engine.yaml.")
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite record file used when no record URL is set."""
+        return self.data_dir / "record.sqlite3"
+
+
+_ENV = {
+    "broker_url": "HELSEBRO_BROKER_URL",
+    "record_url": "HELSEBRO_RECORD_URL",
+    "data_dir": "HELSEBRO_DATA_DIR",
+    "xsd_dir": "HELSEBRO_XSD_DIR",
+    "mappings_dir": "HELSEBRO_MAPPINGS_DIR",
+    "config_dir": "HELSEBRO_CONFIG_DIR",
+}
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Read config/engine.yaml, then apply HELSEBRO_* variables, then *overrides*.
+
+    Raises:
+        ConfigError: engine.yaml is unreadable or does not match its model.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {k: env[v] for k, v in _ENV.items() if env.get(v)}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config_dir = Path(str(values.get("config_dir", PROJECT_ROOT / "config")))
+    engine_file = config_dir / "engine.yaml"
+    try:
+        raw = yaml.safe_load(engine_file.read_text(encoding="utf-8")) if engine_file.exists() else {}
+        values["engine"] = EngineConfig.model_validate(raw or {})
+        return Settings.model_validate(values)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{engine_file}: cannot read: {exc}") from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{engine_file}: {where}: {first['msg']}") from exc

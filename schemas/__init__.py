@@ -1,0 +1,1 @@
+"""The canonical model: identifier systems, no-basis facts and JSON Schemas."""
