@@ -86,6 +86,7 @@ class Converted:
     bundle: FhirJson | None = None
     error: MessageError | None = None
     unmapped: list[str] = field(default_factory=list)
+    header: "MessageHeader | None" = None
 
     @property
     def ok(self) -> bool:
@@ -104,3 +105,29 @@ class Converted:
             issue["expression"] = [err.location]
             issue["location"] = [err.location]
         return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHeader:
+    """Who sent a message, to whom, and what it is: safe to log, needed for replies."""
+
+    sending_application: str = ""
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    message_code: str = ""
+    trigger_event: str = ""
+    structure: str = ""
+    control_id: str = ""
+    processing_id: str = ""
+    version: str = ""
+
+    @property
+    def message_type(self) -> str:
+        """MSH-9 as `CODE^EVENT`, e.g. `ADT^A01`."""
+        return f"{self.message_code}^{self.trigger_event}" if self.trigger_event else self.message_code
+
+    @property
+    def sender(self) -> str:
+        """`application@facility`, the sender's name in logs and routing."""
+        return f"{self.sending_application}@{self.sending_facility}"

@@ -1,0 +1,158 @@
+"""Turn delivered bytes into tokenized HL7 v2 messages: framing, batches, charset.
+
+Owns: MLLP frame bytes, FHS/BHS batch envelopes, line endings, the UTF-8 BOM,
+MSH-18 charsets with a per-sender fallback, and the message header. Mapping
+the message to FHIR is the router's job.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+from adapters.hl7v2._tokenizer import Delimiters, Hl7Message, tokenize
+from router.contracts import MessageHeader
+from router.errors import DecodeError
+
+# MSH-18 values (HL7 table 0211) to Python codecs. Unknown values are refused:
+# guessing a charset silently corrupts names.
+_CHARSETS = {
+    "": None,
+    "ASCII": "ascii",
+    "8859/1": "iso-8859-1",
+    "8859/15": "iso-8859-15",
+    "ISO IR100": "iso-8859-1",
+    "ISO-8859-1": "iso-8859-1",
+    "UNICODE UTF-8": "utf-8",
+    "UTF-8": "utf-8",
+    "UNICODE": "utf-8",
+    "WINDOWS-1252": "cp1252",
+    "CP1252": "cp1252",
+}
+
+_MSH_START = re.compile(rb"(?:^|[\r\n])[ \t]*(MSH)", re.IGNORECASE)
+_BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One message's bytes, cut out of a delivery, with CR segment endings."""
+
+    index: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class DecodedMessage:
+    """A tokenized message and its header."""
+
+    message: Hl7Message
+    header: MessageHeader
+    charset: str
+
+
+def split_messages(data: bytes) -> list[RawMessage]:
+    """Cut a delivery or file into messages, each starting at MSH.
+
+    Handles MLLP start/end bytes, a UTF-8 BOM, CR/LF/CRLF endings, blank lines
+    and FHS/BHS/BTS/FTS batch segments. Bytes with no MSH give one RawMessage
+    holding them all, so the caller can report it rather than drop it.
+    """
+    data = data.replace(b"\x0b", b"").replace(b"\x1c", b"")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    starts = [m.start(1) for m in _MSH_START.finditer(data)]
+    if not starts:
+        return [RawMessage(0, data)] if data.strip() else []
+    out: list[RawMessage] = []
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else len(data)
+        lines = [ln for ln in data[start:end].split(b"\r") if ln.strip() and ln.lstrip()[:3].upper() not in _BATCH_SEGMENTS]
+        out.append(RawMessage(i, b"\r".join(lines) + b"\r"))
+    return out
+
+
+def _raw_msh_fields(data: bytes) -> list[bytes]:
+    line = data.split(b"\r", 1)[0]
+    if len(line) < 4:
+        return []
+    fs = line[3:4]
+    return [b"MSH", fs, *line.split(fs)[1:]]
+
+
+def _component(value: bytes, sep: bytes) -> str:
+    return value.split(sep, 1)[0].decode("ascii", errors="replace").strip()
+
+
+def _charset_for(data: bytes, *, default: str, senders: Mapping[str, str]) -> tuple[str, bool]:
+    """Return (codec, declared) from MSH-18, or the sender's or global default."""
+    fields = _raw_msh_fields(data)
+    if len(fields) < 3:
+        raise DecodeError("message does not start with a valid MSH segment", location="MSH-1")
+    comp = fields[2][:1] or b"^"
+    declared = fields[18].split(fields[2][1:2] or b"~")[0].decode("ascii", errors="replace").strip().upper() if len(fields) > 18 else ""
+    if declared:
+        if declared not in _CHARSETS:
+            raise DecodeError(f"MSH-18 names a character set Helsebro does not know: {declared!r}", location="MSH-18")
+        return str(_CHARSETS[declared]), True
+    for n in (3, 4):
+        if len(fields) > n:
+            key = _component(fields[n], comp)
+            if key in senders:
+                return senders[key], False
+    return default, False
+
+
+def decode(raw: RawMessage, *, default_charset: str = "utf-8", sender_charsets: Mapping[str, str] | None = None) -> DecodedMessage:
+    """Decode and tokenize one message.
+
+    Raises:
+        DecodeError: not an HL7 v2 message, or its bytes do not fit its charset.
+    """
+    data = raw.data
+    if not data.lstrip()[:3].upper() == b"MSH":
+        raise DecodeError("not an HL7 v2 message: no MSH segment found", location="MSH")
+    codec, declared = _charset_for(data, default=default_charset, senders=sender_charsets or {})
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as exc:
+        if declared:
+            raise DecodeError(f"the bytes are not valid {codec}, the character set MSH-18 declares", location="MSH-18") from exc
+        # Undeclared and not valid in the default: Norwegian legacy systems send
+        # ISO-8859-1 without saying so, and latin-1 decodes any byte.
+        codec = "iso-8859-1"
+        text = data.decode(codec)
+    try:
+        message = tokenize(text)
+    except ValueError as exc:
+        raise DecodeError(str(exc), location="MSH-2" if "MSH" in str(exc) else None) from exc
+    return DecodedMessage(message, read_header(message), codec)
+
+
+def read_header(msg: Hl7Message) -> MessageHeader:
+    """Read the MSH fields every later stage needs."""
+    msh = msg.first("MSH")
+    if msh is None:  # tokenize guarantees MSH first; kept for type narrowing
+        raise DecodeError("no MSH segment", location="MSH")
+
+    def comp(n: int, c: int = 1) -> str:
+        reps = msg.repetitions(msh, n)
+        return (msg.leaf(reps[0], c, 0) or "") if reps else ""
+
+    return MessageHeader(
+        sending_application=comp(3),
+        sending_facility=comp(4),
+        receiving_application=comp(5),
+        receiving_facility=comp(6),
+        message_code=comp(9, 1).upper(),
+        trigger_event=comp(9, 2).upper(),
+        structure=comp(9, 3).upper(),
+        control_id=comp(10),
+        processing_id=comp(11),
+        version=comp(12),
+    )
+
+
+__all__ = ["DecodedMessage", "Delimiters", "RawMessage", "decode", "read_header", "split_messages"]

@@ -1,0 +1,214 @@
+"""Compile one rule into a `Produce` closure: the heart of the mapping language.
+
+Split from compiler.py to keep both readable. A rule has one target and one
+source: `from` (first value), `each` (every repetition or segment), `value`
+(a constant), `ref` (another resource), or nested `rules` (an object built in
+the same scope). `fn`, `table` and `use` transform what the source yields.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from router.mapping import fhir_model
+from router.mapping._yaml import YList, YMap
+from router.mapping.library import LIBRARY, call
+from router.mapping.runtime import Produce, Ref, RunContext
+from router.mapping.tables import _plain
+
+if TYPE_CHECKING:
+    from router.mapping.compiler import Compiler, Rule
+
+_SOURCES = ("from", "each", "value", "ref")
+
+
+def compile_rule(c: Compiler, node: YMap, fhir_type: str) -> Rule:
+    """Compile *node*, a rule inside an object of *fhir_type*."""
+    from router.mapping.compiler import Rule, _RULE_KEYS, _check_keys, _err
+
+    _check_keys(node, _RULE_KEYS, "a rule")
+    target, els = c.target(node, fhir_type)
+    leaf = els[-1]
+    sources = [k for k in _SOURCES if k in node]
+    if len(sources) > 1:
+        raise _err(f"a rule takes one source, not {' and '.join(sources)}", node.pos(sources[1]))
+    if not sources and "rules" not in node and not ("fn" in node and "args" in node):
+        raise _err("a rule needs a source: from, each, value, ref, rules, or fn with args", node.pos())
+    when = c._when(node)
+    where = f"{node.pos()[0]}:{node.pos()[1]}"
+    kind = sources[0] if sources else ("rules" if "rules" in node else "fn")
+    produce = _produce(c, node, kind, leaf, target_text=str(node["target"]), fhir_type=fhir_type)
+    source = str(node.get(kind, node.get("args", ""))) if kind != "rules" else "rules"
+    return Rule(target, when, produce, where, source)
+
+
+def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, *, target_text: str, fhir_type: str) -> Produce:
+    from router.mapping.compiler import _err
+
+    if kind == "value":
+        const = _plain(node["value"])
+        _check_value_type(node, leaf, const)
+        return lambda scope, ctx: [const]
+    if kind == "ref":
+        if leaf.type_name != "Reference":
+            raise _err(f"ref: needs a Reference target, but {target_text} is {leaf.type_name or 'a primitive'}", node.pos("ref"))
+        name = str(node["ref"])
+        params = c._params
+        if name not in params:
+            raise _err(f"ref: {name!r} is not a declared parameter of this template (params: {', '.join(params) or 'none'})", node.pos("ref"))
+        return lambda scope, ctx: [Ref(ctx.bindings.get(name, name))]
+    transform = _transform(c, node, leaf, target_text)
+    if kind == "rules":
+        sub_type = leaf.type_name
+        if sub_type is None:
+            raise _err(f"{target_text} is a primitive: nested rules need a complex element", node.pos("rules"))
+        block = c.block(node["rules"], sub_type, node.pos("rules"))
+        if "each" not in node:
+            return lambda scope, ctx: [o] if (o := block.build(scope, ctx)) else []
+    if kind == "fn":
+        return _fn_args(c, node, transform)
+    path = c._path(node[kind], node.pos(kind))
+    if kind == "each":
+        return _each(c, node, path, leaf, transform)
+    if path.is_segment:
+        raise _err(f"from: {node['from']!r} names a whole segment; use each: to iterate it, or name a field", node.pos("from"))
+    if not path.is_leaf and "use" not in node:
+        path = c._path(f"{node['from']}.1" if "-" in str(node["from"]) or "." not in str(node["from"]) else str(node["from"]), node.pos("from"))
+
+    def produce(scope: Any, ctx: RunContext) -> list[Any]:
+        items = path.resolve(scope)
+        if not items:
+            return []
+        out = transform(scope, ctx, items[0])
+        return [] if out is None else [out]
+
+    return produce
+
+
+def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transform: Any) -> Produce:
+    from router.mapping.compiler import _err
+
+    if not leaf.is_list and "rules" not in node:
+        pass  # a single target takes the last value; allowed for "latest wins" fields
+    if path.is_segment:
+        if path.seg_rep is None:
+            path = c._path(f"{path.segment}[*]", node.pos("each"))
+        if "rules" not in node:
+            raise _err("each: over segments needs nested rules:", node.pos("each"))
+        block = c.block(node["rules"], leaf.type_name or "", node.pos("rules"))
+
+        def seg_produce(scope: Any, ctx: RunContext) -> list[Any]:
+            out = []
+            for item in path.resolve(scope):
+                obj = block.build(scope.child(segments={item.segment.name: item.segment}), ctx)
+                if obj:
+                    out.append(obj)
+            return out
+
+        return seg_produce
+    if path.rep is None and path.field_no is not None:
+        text = str(node["each"])
+        star = text.replace(f"-{path.field_no}", f"-{path.field_no}[*]", 1)
+        path = c._path(star, node.pos("each"))
+    if "rules" in node:
+        block = c.block(node["rules"], leaf.type_name or "", node.pos("rules"))
+
+        def rules_produce(scope: Any, ctx: RunContext) -> list[Any]:
+            out = []
+            for item in path.resolve(scope):
+                obj = block.build(scope.child(value=item.raw, value_loc=item.location), ctx)
+                if obj:
+                    out.append(obj)
+            return out
+
+        return rules_produce
+
+    def produce(scope: Any, ctx: RunContext) -> list[Any]:
+        out = []
+        for item in path.resolve(scope):
+            v = transform(scope, ctx, item)
+            if v is not None:
+                out.append(v)
+        return out
+
+    return produce
+
+
+def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: str) -> Any:
+    """Return f(scope, ctx, item) applying use/fn/table to one source item."""
+    from router.mapping.compiler import _err
+
+    if "use" in node:
+        dt = c.datatype(str(node["use"]), node.pos("use"))
+        if leaf.type_name != dt.fhir_type:
+            raise _err(f"{node['use']} produces {dt.fhir_type}, but {target_text} is {leaf.type_name or 'a primitive'}", node.pos("use"))
+        block = dt.block
+
+        def use(scope: Any, ctx: RunContext, item: Any) -> Any:
+            obj = block.build(scope.child(value=item.raw, value_loc=item.location), ctx)
+            return obj or None
+
+        return use
+    fn = None
+    if "fn" in node:
+        fn = LIBRARY.get(str(node["fn"]))
+        if fn is None:
+            raise _err(f"unknown function {node['fn']!r} (the library has: {', '.join(sorted(LIBRARY))})", node.pos("fn"))
+    table = None
+    if "table" in node:
+        table = c.tables.get(str(node["table"]))
+        if table is None:
+            raise _err(f"no table {node['table']!r} (looked for tables/{node['table']}.yaml)", node.pos("table"))
+        if table.codings and leaf.type_name not in ("Coding", "CodeableConcept"):
+            raise _err(f"table {table.name} gives Codings, but {target_text} is {leaf.type_name or 'a primitive'}", node.pos("table"))
+        if leaf.enum:
+            bad = [v for v in table.entries.values() if isinstance(v, str) and v not in leaf.enum]
+            if bad:
+                raise _err(f"table {table.name} maps to {bad[0]!r}, which {target_text} does not allow ({', '.join(leaf.enum)})", node.pos("table"))
+
+    def transform(scope: Any, ctx: RunContext, item: Any) -> Any:
+        value: Any = item.raw
+        if fn is not None:
+            value = call(fn, ctx.fn_ctx, [value], [item.location])
+        if table is not None and value is not None:
+            value = table.lookup(value, item.location)
+            if isinstance(value, dict) and leaf.type_name == "CodeableConcept":
+                value = {"coding": [value]}
+        return value
+
+    return transform
+
+
+def _fn_args(c: Compiler, node: YMap, transform: Any) -> Produce:
+    from router.mapping.compiler import _err
+
+    args = node["args"]
+    if not isinstance(args, YList):
+        raise _err("args must be a list of paths", node.pos("args"))
+    fn = LIBRARY[str(node["fn"])]
+    if fn.arity >= 0 and len(args) != fn.arity:
+        raise _err(f"function {fn.name} takes {fn.arity} arguments, not {len(args)}", node.pos("args"))
+    paths = [c._path(a, args.pos(i)) for i, a in enumerate(args)]
+
+    def produce(scope: Any, ctx: RunContext) -> list[Any]:
+        values: list[str | None] = []
+        locations: list[str | None] = []
+        for p in paths:
+            items = p.resolve(scope)
+            values.append(items[0].raw if items else None)
+            locations.append(items[0].location if items else None)
+        out = call(fn, ctx.fn_ctx, values, locations)
+        return [] if out is None else [out]
+
+    return produce
+
+
+def _check_value_type(node: YMap, leaf: fhir_model.Element, const: Any) -> None:
+    from router.mapping.compiler import _err
+
+    if leaf.type_name is None and isinstance(const, (dict, list)):
+        raise _err(f"value: gives a structure, but {node['target']} is a primitive", node.pos("value"))
+    if leaf.type_name is not None and not isinstance(const, dict):
+        raise _err(f"value: gives a {type(const).__name__}, but {node['target']} is {leaf.type_name}", node.pos("value"))
+    if leaf.enum and isinstance(const, str) and const not in leaf.enum:
+        raise _err(f"{const!r} is not allowed in {node['target']} ({', '.join(leaf.enum)})", node.pos("value"))

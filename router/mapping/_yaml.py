@@ -1,0 +1,104 @@
+"""Load YAML keeping each node's file, line and column, for errors that point at the line.
+
+One loader serves config/ and mappings/. Mappings become `YMap`/`YList`, which
+behave as dict/list and also answer `pos(key)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from router.errors import MappingError
+
+
+class Pos(tuple[str, int, int]):
+    """(file, line, column), 1-based."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return f"{self[0]}:{self[1]}:{self[2]}"
+
+
+class YMap(dict[str, Any]):
+    """A mapping node: a dict that remembers where each key and value sit."""
+
+    start: Pos
+    key_pos: dict[str, Pos]
+
+    def pos(self, key: str | None = None) -> Pos:
+        """Return the position of *key* (its line), or of the mapping itself."""
+        if key is not None and key in self.key_pos:
+            return self.key_pos[key]
+        return self.start
+
+
+class YList(list[Any]):
+    """A sequence node that remembers where it and each item sit."""
+
+    start: Pos
+    item_pos: list[Pos]
+
+    def pos(self, index: int | None = None) -> Pos:
+        """Return the position of item *index*, or of the list itself."""
+        if index is not None and index < len(self.item_pos):
+            return self.item_pos[index]
+        return self.start
+
+
+class _Loader(yaml.SafeLoader):
+    filename = "?"
+
+    def _pos(self, node: yaml.Node) -> Pos:
+        return Pos((self.filename, node.start_mark.line + 1, node.start_mark.column + 1))
+
+    def construct_yaml_map_pos(self, node: yaml.MappingNode) -> YMap:
+        out = YMap()
+        out.start = self._pos(node)
+        out.key_pos = {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                key = str(key)
+            if key in out:
+                raise MappingError(f"duplicate key {key!r}", file=self.filename, line=key_node.start_mark.line + 1, column=key_node.start_mark.column + 1)
+            out[key] = self.construct_object(value_node, deep=True)
+            out.key_pos[key] = self._pos(key_node)
+        return out
+
+    def construct_yaml_seq_pos(self, node: yaml.SequenceNode) -> YList:
+        out = YList(self.construct_object(child, deep=True) for child in node.value)
+        out.start = self._pos(node)
+        out.item_pos = [self._pos(child) for child in node.value]
+        return out
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_yaml_map_pos)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_yaml_seq_pos)
+
+
+def load_yaml(path: Path, *, display: str | None = None) -> Any:
+    """Parse *path*; raise MappingError with file:line:col on a syntax error."""
+    name = display or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingError(f"cannot read: {exc.strerror}", file=name, line=1, column=1) from exc
+    return load_yaml_text(text, name)
+
+
+def load_yaml_text(text: str, name: str) -> Any:
+    """Parse YAML text, naming it *name* in positions and errors."""
+    loader = _Loader(text)
+    loader.filename = name
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise MappingError(f"YAML syntax: {exc.problem or exc.context}", file=name, line=line, column=col) from exc
+    finally:
+        loader.dispose()

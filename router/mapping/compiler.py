@@ -1,0 +1,308 @@
+"""Compile mapping YAML into fast callables, checking everything at load time.
+
+One mapping folder per source format (`mappings/hl7v2/`), with folders by role:
+`messages/` (one file per message structure), `segments/` (resource templates),
+`datatypes/` (reusable datatype mappings), `tables/` (code lookups). Every
+error names file:line:col. Nothing here runs per message except the closures
+it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from router.errors import MappingError
+from router.mapping import fhir_model
+from router.mapping._yaml import Pos, YList, YMap, load_yaml
+from router.mapping.conditions import ConditionSyntaxError, Predicate, compile_condition
+from router.mapping.library import LIBRARY, call
+from router.mapping.runtime import Produce, Ref, RunContext, Target
+from router.mapping.tables import Table, load_table
+
+PathCompiler = Callable[[str], Any]
+"""The source format's path compiler (HL7 terser, later XPath)."""
+
+_RULE_KEYS = {"target", "from", "each", "value", "fn", "args", "table", "use", "rules", "when", "ref", "note"}
+
+
+def _err(reason: str, pos: Pos) -> MappingError:
+    return MappingError(reason, file=pos[0], line=pos[1], column=pos[2])
+
+
+def _check_keys(node: YMap, allowed: set[str], what: str) -> None:
+    for key in node:
+        if key not in allowed:
+            close = [k for k in sorted(allowed) if k[:2] == key[:2]]
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(sorted(allowed))})"
+            raise _err(f"unknown key {key!r} in {what}{hint}", node.pos(key))
+
+
+def _need(node: YMap, key: str, what: str) -> Any:
+    if key not in node:
+        raise _err(f"{what} needs {key!r}", node.pos())
+    return node[key]
+
+
+@dataclass(slots=True)
+class Rule:
+    """A compiled rule: where it writes, when it applies, what it produces."""
+
+    target: Target
+    when: Predicate | None
+    produce: Produce
+    where: str  # file:line, for --explain and provenance
+    source: str  # the source the author wrote, for --explain
+
+
+@dataclass(slots=True)
+class Block:
+    """An ordered list of rules that builds one object."""
+
+    rules: list[Rule]
+
+    def build(self, scope: Any, ctx: RunContext, obj: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run every rule in order into *obj* (a new object by default)."""
+        if obj is None:
+            obj = {}
+        trace = ctx.trace
+        for rule in self.rules:
+            if rule.when is not None and not rule.when(scope):
+                continue
+            values = rule.produce(scope, ctx)
+            for v in values:
+                rule.target.put(obj, v, ctx)
+            if trace is not None and values:
+                trace.append((".".join(rule.target.names), rule.where, rule.source))
+        return obj
+
+
+@dataclass(slots=True)
+class Datatype:
+    """A reusable mapping from one source datatype to one FHIR type (e.g. CX → Identifier)."""
+
+    name: str
+    fhir_type: str
+    block: Block
+
+
+@dataclass(slots=True)
+class Template:
+    """A resource template: how one resource is built, and what makes two of them the same."""
+
+    name: str
+    fhir_type: str
+    params: tuple[str, ...]
+    prefer: tuple[str, ...]  # identifier systems, most trusted first
+    fallback: tuple[Any, ...]  # paths hashed into an identity when no identifier is mapped
+    block: Block
+    pos: Pos
+
+
+@dataclass(slots=True)
+class ResourceUse:
+    """One resource a message mapping produces."""
+
+    name: str
+    template: Template
+    when: Predicate | None
+    source: Any | None  # a path whose first value the template reads (value-based templates)
+    bindings: dict[str, str]
+    pos: Pos
+
+
+@dataclass(slots=True)
+class MessageMapping:
+    """The compiled mapping for one message structure."""
+
+    structure: str
+    events: tuple[str, ...]
+    resources: list[ResourceUse]
+    file: str
+    sha: str
+
+
+@dataclass(slots=True)
+class Compiler:
+    """Compiles one format's mapping folder; keeps what it compiled for reuse."""
+
+    root: Path
+    compile_path: PathCompiler
+    display_root: Path | None = None
+    tables: dict[str, Table] = field(default_factory=dict)
+    datatypes: dict[str, Datatype] = field(default_factory=dict)
+    templates: dict[str, Template] = field(default_factory=dict)
+    _raw: dict[tuple[str, str], tuple[YMap, str]] = field(default_factory=dict)
+    _busy: set[str] = field(default_factory=set)
+    _params: tuple[str, ...] = ()  # parameters of the template being compiled; refs must name one
+
+    # -- loading -------------------------------------------------------
+    def load(self) -> dict[str, MessageMapping]:
+        """Compile every file; return the message mappings by structure."""
+        for folder in ("tables", "datatypes", "segments"):
+            for path in sorted((self.root / folder).glob("*.yaml")):
+                doc = self._doc(path)
+                key = {"tables": "table", "datatypes": "datatype", "segments": "resource"}[folder]
+                name = _need(doc, key, f"a file in {folder}/")
+                if path.stem != name:
+                    raise _err(f"{key} {name!r} must live in a file named {name}.yaml", doc.pos(key))
+                self._raw[(folder, str(name))] = (doc, self._show(path))
+        for (folder, name), (doc, _) in self._raw.items():
+            if folder == "tables":
+                self.tables[name] = load_table(doc)
+        for (folder, name) in list(self._raw):
+            if folder == "datatypes":
+                self.datatype(name, self._raw[(folder, name)][0].pos())
+            elif folder == "segments":
+                self.template(name, self._raw[(folder, name)][0].pos())
+        out: dict[str, MessageMapping] = {}
+        for path in sorted((self.root / "messages").glob("*.yaml")):
+            mm = self._message(path)
+            out[mm.structure] = mm
+        return out
+
+    def _show(self, path: Path) -> str:
+        base = self.display_root or self.root.parent.parent
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            return str(path)
+
+    def _doc(self, path: Path) -> YMap:
+        doc = load_yaml(path, display=self._show(path))
+        if not isinstance(doc, YMap):
+            raise MappingError("a mapping file must be a YAML mapping", file=self._show(path), line=1, column=1)
+        return doc
+
+    # -- named parts, compiled on first use ----------------------------
+    def datatype(self, name: str, pos: Pos) -> Datatype:
+        """Return the compiled datatype mapping *name* (e.g. `CX.Identifier`)."""
+        if name in self.datatypes:
+            return self.datatypes[name]
+        if ("datatypes", name) not in self._raw:
+            raise _err(f"no datatype mapping {name!r} (looked for datatypes/{name}.yaml)", pos)
+        if name in self._busy:
+            raise _err(f"datatype mapping {name!r} uses itself", pos)
+        self._busy.add(name)
+        saved, self._params = self._params, ()  # datatypes take no resource parameters
+        doc, _ = self._raw[("datatypes", name)]
+        _check_keys(doc, {"datatype", "source", "target", "description", "rules"}, "a datatype mapping")
+        fhir_type = str(_need(doc, "target", "a datatype mapping"))
+        try:
+            fhir_model.elements(fhir_type)
+        except fhir_model.UnknownType:
+            raise _err(f"{fhir_type!r} is not a FHIR R4 type", doc.pos("target")) from None
+        dt = Datatype(name, fhir_type, self.block(_need(doc, "rules", "a datatype mapping"), fhir_type, doc.pos("rules")))
+        self.datatypes[name] = dt
+        self._busy.discard(name)
+        self._params = saved
+        return dt
+
+    def template(self, name: str, pos: Pos) -> Template:
+        """Return the compiled resource template *name* (e.g. `PID.Patient`)."""
+        if name in self.templates:
+            return self.templates[name]
+        if ("segments", name) not in self._raw:
+            raise _err(f"no resource template {name!r} (looked for segments/{name}.yaml)", pos)
+        doc, _ = self._raw[("segments", name)]
+        _check_keys(doc, {"resource", "type", "description", "params", "identity", "rules"}, "a resource template")
+        fhir_type = str(_need(doc, "type", "a resource template"))
+        if not fhir_model.is_resource_type(fhir_type):
+            raise _err(f"{fhir_type!r} is not a FHIR R4 resource type", doc.pos("type"))
+        params = tuple(str(p) for p in (doc.get("params") or []))
+        prefer: tuple[str, ...] = ()
+        fallback: tuple[Any, ...] = ()
+        ident = doc.get("identity")
+        if ident is not None:
+            if not isinstance(ident, YMap):
+                raise _err("identity must be a mapping with prefer: and/or fallback:", doc.pos("identity"))
+            _check_keys(ident, {"prefer", "fallback"}, "identity")
+            prefer = tuple(str(s) for s in ident.get("prefer") or [])
+            fallback = tuple(self._path(str(p), ident["fallback"].pos(i)) for i, p in enumerate(ident.get("fallback") or []))
+        self._params = params
+        block = self.block(_need(doc, "rules", "a resource template"), fhir_type, doc.pos("rules"))
+        tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos())
+        self.templates[name] = tpl
+        return tpl
+
+    # -- messages ------------------------------------------------------
+    def _message(self, path: Path) -> MessageMapping:
+        doc = self._doc(path)
+        _check_keys(doc, {"message", "description", "events", "resources"}, "a message mapping")
+        structure = str(_need(doc, "message", "a message mapping"))
+        if path.stem != structure:
+            raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
+        items = _need(doc, "resources", "a message mapping")
+        if not isinstance(items, YList):
+            raise _err("resources must be a list", doc.pos("resources"))
+        uses: list[ResourceUse] = []
+        names: set[str] = set()
+        for i, item in enumerate(items):
+            if not isinstance(item, YMap):
+                raise _err("each resource must be a mapping with name: and use:", items.pos(i))
+            _check_keys(item, {"name", "use", "when", "from", "with", "note"}, "a resource entry")
+            name = str(_need(item, "name", "a resource entry"))
+            if name in names:
+                raise _err(f"resource name {name!r} is used twice", item.pos("name"))
+            names.add(name)
+            tpl = self.template(str(_need(item, "use", "a resource entry")), item.pos("use"))
+            bindings = {str(k): str(v) for k, v in (item.get("with") or {}).items()}
+            for param in tpl.params:
+                bindings.setdefault(param, param)
+            for k in bindings:
+                if k not in tpl.params:
+                    raise _err(f"template {tpl.name} has no parameter {k!r}", item.pos("with"))
+            uses.append(ResourceUse(name, tpl, self._when(item), self._path(item["from"], item.pos("from")) if "from" in item else None, bindings, item.pos()))
+        for use in uses:
+            for param, bound in use.bindings.items():
+                if bound not in names:
+                    raise _err(f"{use.name}: parameter {param!r} is bound to {bound!r}, which this message does not produce", use.pos)
+        raw_events = doc.get("events") or []
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        return MessageMapping(structure, tuple(str(e) for e in raw_events), uses, self._show(path), sha)
+
+    # -- rules ---------------------------------------------------------
+    def _path(self, text: Any, pos: Pos) -> Any:
+        try:
+            return self.compile_path(str(text))
+        except ValueError as exc:
+            raise _err(str(exc), pos) from None
+
+    def _when(self, node: YMap) -> Predicate | None:
+        if "when" not in node:
+            return None
+        try:
+            return compile_condition(node["when"], self.compile_path)
+        except ConditionSyntaxError as exc:
+            raise _err(f"bad condition: {exc}", node.pos("when")) from None
+
+    def block(self, rules: Any, fhir_type: str, pos: Pos) -> Block:
+        """Compile a list of rules that builds one *fhir_type* object."""
+        if not isinstance(rules, YList):
+            raise _err("rules must be a list", pos)
+        out = []
+        for i, node in enumerate(rules):
+            if not isinstance(node, YMap):
+                raise _err("a rule must be a mapping with target:", rules.pos(i))
+            out.append(self.rule(node, fhir_type))
+        return Block(out)
+
+    def rule(self, node: YMap, fhir_type: str) -> Rule:
+        """Compile one rule."""
+        from router.mapping._rules import compile_rule  # split for size; see _rules.py
+
+        return compile_rule(self, node, fhir_type)
+
+    def target(self, node: YMap, fhir_type: str) -> tuple[Target, list[fhir_model.Element]]:
+        """Check a rule's target path against the FHIR definitions."""
+        text = str(_need(node, "target", "a rule"))
+        try:
+            els = fhir_model.walk(fhir_type, text.split("."))
+        except LookupError as exc:
+            raise _err(str(exc), node.pos("target")) from None
+        return Target(tuple(e.name for e in els), tuple(e.is_list for e in els)), els
+
+
+__all__ = ["Block", "Compiler", "Datatype", "MessageMapping", "ResourceUse", "Rule", "Template", "call", "LIBRARY", "Ref", "Pos", "RunContext"]

@@ -1,0 +1,154 @@
+"""The `when:` language: a small, safe expression language compiled to closures.
+
+    PV1 valued                       PV1-2 = I
+    PID-3.5 in [FNR, DNR, NNNOR]     PID-8 not valued
+    MSH-9.2 != A11 and (PV1-45 valued or EVN-1 = A03)
+    PID-5.1 matches '^[A-ZÆØÅ]'
+
+There is no way to call Python from here: the grammar has paths, literals and
+these operators, nothing else. Paths compile through the source format's path
+compiler, so the same language serves HL7 v2 and XPath sources.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Protocol
+
+Predicate = Callable[[Any], bool]
+"""A compiled condition: takes a scope, answers yes or no."""
+
+
+class _Path(Protocol):
+    def resolve(self, scope: Any) -> list[Any]: ...
+
+
+PathCompiler = Callable[[str], _Path]
+"""Turns path text into an object with `resolve(scope) -> items` (items have `.raw`)."""
+
+
+class ConditionSyntaxError(ValueError):
+    """The condition does not parse; the message says where."""
+
+
+_TOKEN = re.compile(r"""\s*(?:(?P<str>'[^']*'|"[^"]*")|(?P<op>!=|=|\(|\)|\[|\]|,)|(?P<word>[^\s()\[\],=!'"](?:[^\s()\[\],=!'"]|\[[^\]\s]*\])*))""")
+_KEYWORDS = {"and", "or", "not", "valued", "in", "matches"}
+
+
+def _tokens(text: str) -> list[str]:
+    out: list[str] = []
+    pos = 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise ConditionSyntaxError(f"unexpected character at column {pos + 1}: {text[pos]!r}")
+        out.append(m.group(m.lastgroup or "word"))
+        pos = m.end()
+    return out
+
+
+class _Parser:
+    def __init__(self, text: str, compile_path: PathCompiler) -> None:
+        self.text = text
+        self.toks = _tokens(text)
+        self.i = 0
+        self.compile_path = compile_path
+
+    def peek(self) -> str | None:
+        return self.toks[self.i] if self.i < len(self.toks) else None
+
+    def take(self, expected: str | None = None, *, what: str | None = None) -> str:
+        tok = self.peek()
+        if tok is None:
+            raise ConditionSyntaxError(f"condition ends too early: expected {what or repr(expected) if expected else what or 'more'}")
+        if expected is not None and tok != expected:
+            raise ConditionSyntaxError(f"expected {expected!r} but found {tok!r}")
+        self.i += 1
+        return tok
+
+    def parse(self) -> Predicate:
+        pred = self.or_()
+        if self.peek() is not None:
+            raise ConditionSyntaxError(f"unexpected {self.peek()!r} after a complete condition")
+        return pred
+
+    def or_(self) -> Predicate:
+        parts = [self.and_()]
+        while self.peek() == "or":
+            self.take()
+            parts.append(self.and_())
+        return parts[0] if len(parts) == 1 else (lambda s, ps=tuple(parts): any(p(s) for p in ps))
+
+    def and_(self) -> Predicate:
+        parts = [self.not_()]
+        while self.peek() == "and":
+            self.take()
+            parts.append(self.not_())
+        return parts[0] if len(parts) == 1 else (lambda s, ps=tuple(parts): all(p(s) for p in ps))
+
+    def not_(self) -> Predicate:
+        if self.peek() == "not":
+            self.take()
+            inner = self.not_()
+            return lambda s: not inner(s)
+        return self.atom()
+
+    def atom(self) -> Predicate:
+        tok = self.take(what="a path or '('")
+        if tok == "(":
+            inner = self.or_()
+            self.take(")")
+            return inner
+        if tok in _KEYWORDS or tok[0] in "'\"":
+            raise ConditionSyntaxError(f"expected a path but found {tok!r}")
+        try:
+            path = self.compile_path(tok)
+        except ValueError as exc:
+            raise ConditionSyntaxError(str(exc)) from exc
+        return self.test(path)
+
+    def literal(self) -> str:
+        tok = self.take(what="a value")
+        if tok in ("(", ")", "[", "]", ","):
+            raise ConditionSyntaxError(f"expected a value but found {tok!r}")
+        return tok[1:-1] if tok[0] in "'\"" else tok
+
+    def test(self, path: _Path) -> Predicate:
+        op = self.take(what="an operator: valued, not valued, =, !=, in, matches")
+        if op == "valued":
+            return lambda s: bool(path.resolve(s))
+        if op == "not":
+            self.take("valued")
+            return lambda s: not path.resolve(s)
+        if op in ("=", "!="):
+            want = self.literal()
+            eq = lambda s: any(it.raw == want for it in path.resolve(s))  # noqa: E731 - tiny closure
+            return eq if op == "=" else (lambda s: not eq(s))
+        if op == "in":
+            self.take("[")
+            options = {self.literal()}
+            while self.peek() == ",":
+                self.take()
+                options.add(self.literal())
+            self.take("]")
+            return lambda s: any(it.raw in options for it in path.resolve(s))
+        if op == "matches":
+            pattern = self.literal()
+            try:
+                rx = re.compile(pattern)
+            except re.error as exc:
+                raise ConditionSyntaxError(f"bad regular expression {pattern!r}: {exc}") from exc
+            return lambda s: any(rx.search(it.raw) for it in path.resolve(s))
+        raise ConditionSyntaxError(f"unknown operator {op!r} (use valued, not valued, =, !=, in, matches)")
+
+
+def compile_condition(text: str, compile_path: PathCompiler) -> Predicate:
+    """Compile a `when:` expression.
+
+    Raises:
+        ConditionSyntaxError: the text does not follow the grammar.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ConditionSyntaxError("a condition must be a non-empty string")
+    return _Parser(text, compile_path).parse()

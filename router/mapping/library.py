@@ -1,0 +1,174 @@
+"""The fixed function library of the mapping language, by the names YAML uses.
+
+Authors call these with `fn: NAME` (one value) or `fn: NAME` plus `args: [paths]`.
+The list is closed: there is no way to add Python from YAML. Each entry says
+what it does in `docs/mapping-language.md`, generated from the docstrings here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from router.errors import InvalidContent
+from router.mapping.functions import hl7_date_to_fhir, hl7_datetime_to_fhir, uuid5_id
+from schemas import identity as ids
+
+
+@dataclass(frozen=True, slots=True)
+class FnContext:
+    """What a function may know besides its arguments: configured identifier systems."""
+
+    authorities: Mapping[str, str]
+    local_template: str
+
+
+@dataclass(frozen=True, slots=True)
+class Function:
+    """One library entry."""
+
+    name: str
+    arity: int  # number of arguments; the first is the rule's own `from` value when no args are given
+    call: Callable[..., Any]
+    doc: str
+
+
+class _Values:
+    """Argument values plus their positions, so a function can name the field it rejects."""
+
+    __slots__ = ("values", "locations")
+
+    def __init__(self, values: list[str | None], locations: list[str | None]) -> None:
+        self.values = values
+        self.locations = locations
+
+
+def _date(ctx: FnContext, v: _Values) -> str | None:
+    return _timestamp(hl7_date_to_fhir, v)
+
+
+def _datetime(ctx: FnContext, v: _Values) -> str | None:
+    return _timestamp(hl7_datetime_to_fhir, v)
+
+
+def _timestamp(fn: Callable[[str], str | None], v: _Values) -> str | None:
+    value = v.values[0]
+    if value is None:
+        return None
+    try:
+        return fn(value)
+    except ValueError as exc:
+        raise InvalidContent("not a valid HL7 date/time", location=v.locations[0]) from exc
+
+
+_NATIONAL_TYPES = {"FNR", "DNR", "FHN", "NNNOR", "NNNO", "NOR"}
+_NATIONAL_AUTHORITIES = {"NOR", "NO", "FREG", "SKD", "FOLKEREG", ids.FNR_SYSTEM[8:], ids.DNR_SYSTEM[8:], ids.FHN_SYSTEM[8:]}
+_HPR_MARKERS = {"HPR", "NOHPR", "HPRNR", ids.HPR_SYSTEM[8:]}
+
+
+def _local_system(ctx: FnContext, authority: str | None, type_code: str | None) -> str:
+    if authority and authority in ctx.authorities:
+        return ctx.authorities[authority]
+    # A URI may not hold spaces: "GOOD HEALTH HOSPITAL" becomes "GOOD-HEALTH-HOSPITAL".
+    return ctx.local_template.format(authority=_uri_part(authority or "unknown"), type=_uri_part(type_code or "id"))
+
+
+def _uri_part(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in ".-_" else "-" for ch in text.strip())
+
+
+def _identifier_system(ctx: FnContext, v: _Values) -> str | None:
+    """(value, authority, type code) → Identifier.system, validating national ids."""
+    value, authority, type_code = (v.values + [None, None, None])[:3]
+    if not value:
+        return None
+    t = (type_code or "").upper()
+    a = (authority or "").upper()
+    if t in _HPR_MARKERS or a in _HPR_MARKERS:
+        if not ids.hpr_ok(value):
+            raise InvalidContent("HPR number is not 1-9 digits", location=v.locations[0])
+        return ids.HPR_SYSTEM
+    if t in ("HER",) or a == "HER":
+        return ids.HER_SYSTEM
+    if t in ("ENH", "NOORG") or a in ("ENH", "BRREG"):
+        if not ids.orgnr_ok(value):
+            raise InvalidContent("organisasjonsnummer fails its check digit", location=v.locations[0])
+        return ids.ENH_SYSTEM
+    declared_national = t in _NATIONAL_TYPES or a in _NATIONAL_AUTHORITIES or "FNR" in a
+    if declared_national or (not t and not a and ids.looks_like_national_id(value)):
+        person = ids.classify_person_id(value)
+        if person is None:
+            if declared_national:
+                # Never store a number under a national system unless it is one.
+                raise InvalidContent("national identity number is not a valid fødselsnummer, D-nummer or FH-nummer (check digits or date)", location=v.locations[0])
+            return _local_system(ctx, authority, type_code)
+        if person.kind != "HNR":
+            return person.system
+    return _local_system(ctx, authority, type_code)
+
+
+def _hd_system(ctx: FnContext, v: _Values) -> str | None:
+    """(namespace id, universal id, universal id type) → system for an organisation."""
+    namespace, universal, kind = (v.values + [None, None, None])[:3]
+    k = (kind or "").upper()
+    if universal and k == "HER":
+        return ids.HER_SYSTEM
+    if universal and k in ("ENH", "NOORG"):
+        if not ids.orgnr_ok(universal):
+            raise InvalidContent("organisasjonsnummer fails its check digit", location=v.locations[1])
+        return ids.ENH_SYSTEM
+    if universal and k == "ISO":
+        return "urn:oid:" + universal
+    if namespace:
+        return _local_system(ctx, namespace, "facility")
+    return None
+
+
+def _hd_value(ctx: FnContext, v: _Values) -> str | None:
+    """The identifying value of an HD: its universal id when it has a type, else its namespace."""
+    namespace, universal, kind = (v.values + [None, None, None])[:3]
+    return universal if (universal and kind) else namespace
+
+
+def _upper(ctx: FnContext, v: _Values) -> str | None:
+    return v.values[0].upper() if v.values[0] else None
+
+
+def _lower(ctx: FnContext, v: _Values) -> str | None:
+    return v.values[0].lower() if v.values[0] else None
+
+
+def _trim(ctx: FnContext, v: _Values) -> str | None:
+    return (v.values[0] or "").strip() or None
+
+
+def _uuid5(ctx: FnContext, v: _Values) -> str:
+    return uuid5_id(*[x or "" for x in v.values])
+
+
+def _join(ctx: FnContext, v: _Values) -> str | None:
+    parts = [x for x in v.values if x]
+    return " ".join(parts) or None
+
+
+LIBRARY: dict[str, Function] = {
+    f.name: f
+    for f in (
+        Function("date", 1, _date, "HL7 DT/TS → FHIR date (precision kept)."),
+        Function("datetime", 1, _datetime, "HL7 TS/DTM → FHIR dateTime; no offset means Europe/Oslo local time."),
+        Function("identifier_system", 3, _identifier_system, "(id, authority, type code) → Identifier.system. National ids are classified by the number (FNR/DNR/FH) and rejected if invalid; HPR, HER, orgnr by type; others from config per authority."),
+        Function("hd_system", 3, _hd_system, "(HD.1, HD.2, HD.3) → organisation Identifier.system: HER-id, organisasjonsnummer, ISO OID, or a configured local system."),
+        Function("hd_value", 3, _hd_value, "(HD.1, HD.2, HD.3) → the organisation's identifying value."),
+        Function("upper", 1, _upper, "Upper-case a string."),
+        Function("lower", 1, _lower, "Lower-case a string."),
+        Function("trim", 1, _trim, "Strip surrounding spaces; empty becomes absent."),
+        Function("join", -1, _join, "Join the valued arguments with a space."),
+        Function("uuid5", -1, _uuid5, "A deterministic UUID (v5) of the arguments."),
+    )
+}
+"""Every function a mapping can call, by name."""
+
+
+def call(fn: Function, ctx: FnContext, values: list[str | None], locations: list[str | None]) -> Any:
+    """Call a library function with resolved argument values and their positions."""
+    return fn.call(ctx, _Values(values, locations))

@@ -1,0 +1,56 @@
+"""All compiled mappings of one folder, and how a message finds its own.
+
+A MappingSet is built whole and never changed; a reload builds a new one and
+swaps a single reference, so a message is always mapped by one consistent set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from router.errors import MappingError
+from router.mapping._yaml import YMap, load_yaml
+from router.mapping.compiler import Compiler, MessageMapping
+
+
+@dataclass(frozen=True, slots=True)
+class MappingSet:
+    """Message mappings by structure, and the event → structure defaults."""
+
+    root: Path
+    messages: dict[str, MessageMapping]
+    structures: dict[str, str]
+    compiler: Compiler
+
+    @classmethod
+    def load(cls, root: Path, compile_path: Callable[[str], Any]) -> MappingSet:
+        """Compile every mapping under *root* (e.g. `mappings/hl7v2`).
+
+        Raises:
+            MappingError: any file fails its checks; the error names file:line:col.
+        """
+        compiler = Compiler(root, compile_path)
+        messages = compiler.load()
+        structures: dict[str, str] = {}
+        table = root / "structures.yaml"
+        if table.exists():
+            doc = load_yaml(table, display=compiler._show(table))
+            if not isinstance(doc, YMap) or not isinstance(doc.get("structures"), dict):
+                raise MappingError("structures.yaml needs a structures: mapping", file=compiler._show(table), line=1, column=1)
+            structures = {str(k).upper(): str(v) for k, v in doc["structures"].items()}
+            for key, value in structures.items():
+                if value not in messages:
+                    pos = doc["structures"].pos(key)
+                    raise MappingError(f"{key} points at {value}, but messages/{value}.yaml does not exist", file=pos[0], line=pos[1], column=pos[2])
+        return cls(root, messages, structures, compiler)
+
+    def find(self, code: str, event: str, structure: str) -> MessageMapping | None:
+        """Pick the mapping for a message: by MSH-9.3, else by event, else CODE_EVENT."""
+        if structure and structure in self.messages:
+            return self.messages[structure]
+        by_event = self.structures.get(f"{code}^{event}")
+        if by_event:
+            return self.messages.get(by_event)
+        return self.messages.get(f"{code}_{event}")

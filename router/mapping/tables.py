@@ -1,0 +1,89 @@
+"""Lookup tables (ConceptMaps in YAML): translate a source code, and say what an unmapped one becomes.
+
+    table: hl7-0001
+    description: Administrative sex → FHIR AdministrativeGender
+    source_system: http://terminology.hl7.org/CodeSystem/v2-0001
+    map: {M: male, F: female, O: other, U: unknown, A: other, N: unknown}
+    unmapped: {value: unknown}      # or: keep, omit, error
+
+`keep` returns the code itself (as a Coding with `source_system` when the
+table maps to Codings), so an unmapped code is never lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from router.errors import InvalidContent, MappingError
+from router.mapping._yaml import YMap
+
+Unmapped = Literal["keep", "omit", "error", "value"]
+"""What a table does with a code it does not list."""
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A compiled lookup table."""
+
+    name: str
+    entries: dict[str, Any]
+    unmapped: Unmapped
+    default: Any
+    source_system: str | None
+    codings: bool  # True when the mapped values are Codings (dicts)
+
+    def lookup(self, code: str, location: str | None) -> Any:
+        """Translate *code*; None means "leave the element out" (`omit`)."""
+        hit = self.entries.get(code)
+        if hit is not None:
+            return dict(hit) if isinstance(hit, dict) else hit
+        if self.unmapped == "value":
+            return dict(self.default) if isinstance(self.default, dict) else self.default
+        if self.unmapped == "keep":
+            if self.codings:
+                coding = {"code": code}
+                if self.source_system:
+                    coding = {"system": self.source_system, "code": code}
+                return coding
+            return code
+        if self.unmapped == "error":
+            raise InvalidContent(f"code is not in table {self.name}", location=location)
+        return None
+
+
+def load_table(doc: YMap) -> Table:
+    """Compile a table document.
+
+    Raises:
+        MappingError: unknown keys, a missing map, or a bad `unmapped`.
+    """
+    allowed = {"table", "description", "source_system", "map", "unmapped"}
+    for key in doc:
+        if key not in allowed:
+            p = doc.pos(key)
+            raise MappingError(f"unknown key {key!r} in a table (allowed: {', '.join(sorted(allowed))})", file=p[0], line=p[1], column=p[2])
+    if not isinstance(doc.get("map"), dict):
+        p = doc.pos("map")
+        raise MappingError("a table needs map: with code: value pairs", file=p[0], line=p[1], column=p[2])
+    raw = doc.get("unmapped", "keep")
+    default = None
+    if isinstance(raw, dict) and set(raw) == {"value"}:
+        mode: Unmapped = "value"
+        default = _plain(raw["value"])
+    elif raw in ("keep", "omit", "error"):
+        mode = raw
+    else:
+        p = doc.pos("unmapped")
+        raise MappingError("unmapped must be keep, omit, error or {value: ...}", file=p[0], line=p[1], column=p[2])
+    entries = {str(k): _plain(v) for k, v in doc["map"].items()}
+    codings = any(isinstance(v, dict) for v in entries.values())
+    return Table(str(doc["table"]), entries, mode, default, doc.get("source_system"), codings)

@@ -1,0 +1,100 @@
+"""Convert delivered bytes into FHIR transaction Bundles: decode, identify, map.
+
+The one conversion path: `helsebro convert`, the engine and the tests all call
+`Converter.convert`. It never raises for bad input; a message that cannot be
+converted comes back as a `Converted` with its error and position.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.hl7v2.decode import decode, split_messages
+from adapters.hl7v2.paths import Scope, compile_path
+from router.contracts import Converted
+from router.errors import MessageError, UnknownMessage
+from router.logging import phi_hash
+from router.mapping import FnContext, MappingSet, run_mapping
+from router.settings import Settings
+
+_SKIP_UNMAPPED = {("MSH", 1), ("MSH", 2), ("MSH", 7), ("MSH", 9), ("MSH", 10), ("MSH", 11), ("MSH", 12), ("MSH", 18)}
+"""MSH fields the engine itself consumes (delimiters, type, control id, version, charset)."""
+
+
+class Converter:
+    """Holds the compiled mappings; converts any number of messages."""
+
+    def __init__(self, settings: Settings, *, mappings: MappingSet | None = None) -> None:
+        self._settings = settings
+        self.mappings = mappings or MappingSet.load(settings.mappings_dir / "hl7v2", compile_path)
+        ids = settings.engine.identifiers
+        self._fn_ctx = FnContext(dict(ids.authorities), ids.default_local_system)
+        hl7 = settings.engine.hl7v2
+        self._charset = hl7.default_charset
+        self._sender_charsets = {k: v.charset for k, v in hl7.senders.items() if v.charset}
+
+    def convert(self, data: bytes, *, trace: bool = False) -> list[Converted]:
+        """Convert every message in *data* (one, several, a batch, MLLP-framed)."""
+        out: list[Converted] = []
+        for raw in split_messages(data):
+            item = Converted(index=raw.index, raw=raw.data)
+            try:
+                self._convert_one(item, trace)
+            except MessageError as exc:
+                item.error = exc
+                item.bundle = None
+            out.append(item)
+        return out
+
+    def _convert_one(self, item: Converted, trace: bool) -> None:
+        decoded = decode(_Raw(item), default_charset=self._charset, sender_charsets=self._sender_charsets)
+        h = decoded.header
+        item.header = h
+        item.control_id = h.control_id or None
+        item.sender = h.sender
+        item.message_type = h.message_type
+        mm = self.mappings.find(h.message_code, h.trigger_event, h.structure)
+        if mm is None:
+            raise UnknownMessage(f"no mapping for message type {h.message_type or '(empty)'} structure {h.structure or '(empty)'}", location="MSH-9")
+        item.structure = mm.structure
+        if mm.events and h.trigger_event and h.trigger_event not in mm.events:
+            raise UnknownMessage(f"mapping {mm.structure} does not cover event {h.trigger_event}", location="MSH-9.2")
+        scope = Scope(decoded.message)
+        explain: list[tuple[str, str, str]] | None = [] if trace else None
+        item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain)
+        if explain is not None:
+            item.bundle["_explain"] = explain
+        item.patient_key = _patient_key(item.bundle)
+        item.unmapped = _unmapped(decoded.message, scope.reads)
+
+
+class _Raw:
+    __slots__ = ("index", "data")
+
+    def __init__(self, item: Converted) -> None:
+        self.index = item.index
+        self.data = item.raw
+
+
+def _patient_key(bundle: dict[str, Any]) -> str | None:
+    for entry in bundle.get("entry", []):
+        if entry["resource"].get("resourceType") == "Patient":
+            return phi_hash(entry["request"]["url"])
+    return None
+
+
+def _unmapped(message: Any, reads: set[tuple[int, int]]) -> list[str]:
+    """Name every non-empty field that no rule read, e.g. `PID-19`, `ZPD[1]-2`."""
+    out: list[str] = []
+    counts: dict[str, int] = {}
+    for seg in message.segments:
+        counts[seg.name] = counts.get(seg.name, 0) + 1
+        for n in range(1, len(seg.fields)):
+            value = seg.fields[n]
+            if not value or value == '""' or (seg.index, n) in reads or (seg.name, n) in _SKIP_UNMAPPED:
+                continue
+            if seg.name == "MSH" and n <= 2:
+                continue
+            label = seg.name if len(message.all(seg.name)) == 1 else f"{seg.name}[{counts[seg.name]}]"
+            out.append(f"{label}-{n}")
+    return out
