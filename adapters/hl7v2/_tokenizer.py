@@ -149,6 +149,9 @@ def delimiters_from_msh(line: str) -> Delimiters:
     fs = line[3]
     end = line.find(fs, 4)
     enc = line[4:end] if end != -1 else line[4:]
+    if len(enc) == 5 and enc[2] == enc[3] == "\\":
+        # `^~\\&`: a doubled backslash from a tool that escaped it when writing the file.
+        enc = enc[:3] + enc[4:]
     if len(enc) < 4 or fs in enc or len(set(enc + fs)) != len(enc) + 1:
         raise ValueError("MSH-2 must hold four distinct encoding characters")
     return Delimiters(fs, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) > 4 else "")
