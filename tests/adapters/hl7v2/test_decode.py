@@ -1,0 +1,102 @@
+"""Tests for adapters/hl7v2/decode.py and the tokenizer beneath it."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.hl7v2._tokenizer import Delimiters, tokenize, unescape
+from adapters.hl7v2.decode import decode, split_messages
+from router.errors import DecodeError
+
+MSG = "MSH|^~\\&|PAS|STOLAV|HB|HP|20240115083000||ADT^A01^ADT_A01|C1|P|2.5.1|||||NOR|{cs}\rPID|1||123^^^X^PI||NORDMANN^{name}\r"
+
+
+def _one(data: bytes, **kw):
+    [raw] = split_messages(data)
+    return decode(raw, **kw)
+
+
+class TestSplitMessages:
+    def test_cr_lf_and_crlf_give_the_same_segments(self):
+        """Line endings CR, LF and CRLF all separate segments."""
+        base = MSG.format(cs="", name="OLA").encode()
+        for variant in (base, base.replace(b"\r", b"\n"), base.replace(b"\r", b"\r\n")):
+            assert [s.name for s in _one(variant).message.segments] == ["MSH", "PID"]
+
+    def test_mllp_frame_and_bom_are_ignored(self):
+        """MLLP start/end bytes and a UTF-8 BOM around a message are stripped."""
+        data = b"\x0b\xef\xbb\xbf" + MSG.format(cs="", name="OLA").encode() + b"\x1c\r"
+        assert _one(data).header.control_id == "C1"
+
+    def test_batch_yields_each_message_without_envelope_segments(self):
+        """An FHS/BHS batch gives its messages, in order, and drops BTS/FTS."""
+        one = MSG.format(cs="", name="A")
+        two = one.replace("|C1|", "|C2|")
+        data = f"FHS|^~\\&|X\rBHS|^~\\&|X\r{one}{two}BTS|2\rFTS|1\r".encode()
+        parts = split_messages(data)
+        assert [decode(p).header.control_id for p in parts] == ["C1", "C2"]
+        assert all(b"BTS" not in p.data and b"FHS" not in p.data for p in parts)
+
+
+class TestCharsets:
+    def test_declared_latin1_is_decoded(self):
+        """MSH-18 8859/1 decodes ISO-8859-1 bytes correctly."""
+        data = MSG.format(cs="8859/1", name="ÆRLIG").encode("latin-1")
+        msg = _one(data).message
+        assert msg.leaf(msg.repetitions(msg.first("PID"), 5)[0], 2, 0) == "ÆRLIG"
+
+    def test_undeclared_charset_uses_the_senders_default(self):
+        """With MSH-18 empty, the per-sender charset from config applies."""
+        data = MSG.format(cs="", name="ØYVIND").encode("latin-1")
+        d = _one(data, sender_charsets={"PAS": "iso-8859-1"})
+        assert d.charset == "iso-8859-1"
+
+    def test_declared_utf8_with_latin1_bytes_is_refused_at_msh18(self):
+        """Bytes that contradict MSH-18 are a DecodeError naming MSH-18."""
+        data = MSG.format(cs="UNICODE UTF-8", name="ÆRLIG").encode("latin-1")
+        with pytest.raises(DecodeError) as err:
+            _one(data)
+        assert err.value.location == "MSH-18"
+
+    def test_unknown_charset_is_refused(self):
+        """An MSH-18 value Helsebro does not know is refused rather than guessed."""
+        with pytest.raises(DecodeError):
+            _one(MSG.format(cs="KLINGON", name="X").encode())
+
+
+class TestTokenizer:
+    def test_custom_delimiters_come_from_msh(self):
+        """Non-standard MSH-1/MSH-2 characters are honoured."""
+        msg = tokenize("MSH#$*/%#A#B\rPID#1##X$Y%Z*W")
+        pid = msg.first("PID")
+        reps = msg.repetitions(pid, 3)
+        assert reps == ["X$Y%Z", "W"]
+        assert msg.leaf(reps[0], 2, 2) == "Z"
+
+    def test_v27_truncation_character_is_read(self):
+        """A fifth encoding character is the v2.7 truncation character."""
+        assert tokenize("MSH|^~\\&#|A\r").delims.truncation == "#"
+
+    def test_lowercase_segment_ids_are_normalised(self):
+        """A lower-case segment id is upper-cased rather than dropped."""
+        assert [s.name for s in tokenize("MSH|^~\\&|A\rpid|1\r").segments] == ["MSH", "PID"]
+
+    def test_explicit_null_reads_as_absent(self):
+        """The explicit null "" reads as no value."""
+        msg = tokenize('MSH|^~\\&|A\rPID|1||""\r')
+        assert msg.leaf(msg.repetitions(msg.first("PID"), 3)[0], 1, 0) is None
+
+    def test_bad_segment_name_is_an_error(self):
+        """A line that is not a segment is refused with its position."""
+        with pytest.raises(ValueError, match="segment 2"):
+            tokenize("MSH|^~\\&|A\r!!!|x\r")
+
+
+class TestUnescape:
+    @pytest.mark.parametrize(
+        ("raw", "want"),
+        [("a\\F\\b", "a|b"), ("a\\S\\b", "a^b"), ("a\\T\\b", "a&b"), ("a\\R\\b", "a~b"), ("a\\E\\b", "a\\b"), ("l1\\.br\\l2", "l1\nl2"), ("\\X41\\", "A"), ("\\XC3B8\\", "ø"), ("keep \\Q\\", "keep \\Q\\")],
+    )
+    def test_escape_sequences(self, raw, want):
+        """Each standard escape sequence becomes its character; unknown ones are kept."""
+        assert unescape(raw, Delimiters()) == want

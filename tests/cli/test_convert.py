@@ -1,0 +1,155 @@
+"""`helsebro convert` through its command line: output contract, exit codes, identity, time."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from router.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+FNR = "15866112379"  # synthetic (Tenor, month + 80)
+
+
+def adt(pid3: str, *, event: str = "A01", ts: str = "20240115083000", admit: str = "20240715083000", cs: str = "UNICODE UTF-8") -> str:
+    pv1 = ["PV1", "1", "I", "MED^301^2^STOLAV", "", "", "", "9144900^LEGE^LISA^^^^^^HPR^^^^HPR"] + [""] * 11 + ["V1^^^STOLAV^VN"] + [""] * 24 + [admit]
+    return "\r".join(
+        [
+            f"MSH|^~\\&|DIPS|STOLAV^974749025^ENH|HB|HP|{ts}||ADT^{event}^ADT_A01|C-{event}|P|2.5.1|||||NOR|{cs}",
+            f"EVN|{event}|{ts}",
+            f"PID|1||{pid3}||NORDMANN^OLA||19610615|M",
+            "|".join(pv1),
+        ]
+    ) + "\r"
+
+
+def run_convert(capsys, tmp_path: Path, text: str, *extra: str) -> tuple[int, list[dict], str]:
+    f = tmp_path / "m.hl7"
+    f.write_bytes(text.encode("utf-8"))
+    code = main(["convert", *extra, str(f)])
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.splitlines()], err
+
+
+def resources(doc: dict, kind: str) -> list[dict]:
+    return [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == kind]
+
+
+class TestConvertContract:
+    def test_bundle_is_a_valid_transaction_with_conditional_updates(self, capsys, tmp_path):
+        """A good message gives one transaction Bundle, valid FHIR, every entry a conditional PUT."""
+        code, docs, _ = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR"))
+        assert code == 0 and len(docs) == 1
+        Bundle.model_validate(docs[0])
+        assert docs[0]["type"] == "transaction"
+        assert all(e["request"]["method"] == "PUT" and "?identifier=" in e["request"]["url"] for e in docs[0]["entry"])
+
+    def test_same_message_gives_the_same_ids(self, capsys, tmp_path):
+        """Resource ids are deterministic: converting twice gives identical output."""
+        _, first, _ = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR"))
+        _, second, _ = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR"))
+        assert first == second
+
+    def test_messages_come_out_in_input_order_with_exit_1_on_any_failure(self, capsys, tmp_path):
+        """Several messages give one line each in order; one failure makes the exit code 1."""
+        text = adt(f"{FNR}^^^NOR^FNR") + adt("15866112378^^^NOR^FNR", event="A08")
+        code, docs, _ = run_convert(capsys, tmp_path, text)
+        assert code == 1
+        assert [d["resourceType"] for d in docs] == ["Bundle", "OperationOutcome"]
+
+    def test_usage_error_exits_2(self, capsys, tmp_path):
+        """A missing PATH is a usage error, exit 2."""
+        assert main(["convert", str(tmp_path / "nope.hl7")]) == 2
+
+    def test_out_dir_mirrors_the_input_tree(self, tmp_path):
+        """With --out, x/y.hl7 under a folder PATH is written to DIR/x/y.hl7.ndjson."""
+        src = tmp_path / "in" / "x"
+        src.mkdir(parents=True)
+        (src / "y.hl7").write_text(adt(f"{FNR}^^^NOR^FNR"))
+        assert main(["convert", "--out", str(tmp_path / "out"), str(tmp_path / "in")]) == 0
+        written = (tmp_path / "out" / "x" / "y.hl7.ndjson").read_text().splitlines()
+        assert json.loads(written[0])["resourceType"] == "Bundle"
+
+    def test_garbage_never_gives_a_traceback(self, tmp_path):
+        """Binary junk gives an OperationOutcome and exit 1, never a traceback."""
+        (tmp_path / "junk.hl7").write_bytes(b"\x00\xff\xfeMSH|\x00garbage\r\x1c")
+        proc = subprocess.run([sys.executable, "-m", "router.cli", "convert", str(tmp_path / "junk.hl7")], capture_output=True, cwd=ROOT, timeout=60)
+        assert proc.returncode == 1
+        assert b"Traceback" not in proc.stderr
+        assert json.loads(proc.stdout.splitlines()[0])["resourceType"] == "OperationOutcome"
+
+
+class TestIdentity:
+    @pytest.mark.parametrize(
+        ("pid3", "system"),
+        [
+            (f"{FNR}^^^NOR^FNR", "urn:oid:2.16.578.1.12.4.1.4.1"),
+            ("55866110270^^^NOR^FNR", "urn:oid:2.16.578.1.12.4.1.4.2"),  # a D-nummer sent as FNR
+            ("81234567802^^^NOR^NNNOR", "urn:oid:2.16.578.1.12.4.1.4.3"),
+            ("30108299939^^^NOR^FNR", "urn:oid:2.16.578.1.12.4.1.4.1"),  # valid only under the 2032 rule
+        ],
+    )
+    def test_national_id_is_classified_by_the_number(self, capsys, tmp_path, pid3, system):
+        """FNR, D-nummer and FH-nummer go under their no-basis system whatever the type code says."""
+        _, docs, _ = run_convert(capsys, tmp_path, adt(pid3))
+        [patient] = resources(docs[0], "Patient")
+        assert patient["identifier"][0]["system"] == system
+
+    def test_h_nummer_stays_local(self, capsys, tmp_path):
+        """An H-nummer (month + 40) is kept under the configured local system, not a national one."""
+        _, docs, _ = run_convert(capsys, tmp_path, adt("01415010016^^^STOLAV^FNR"))
+        [patient] = resources(docs[0], "Patient")
+        assert patient["identifier"][0]["system"] == "urn:oid:2.16.578.1.12.4.1.7.3.2.1"
+
+    def test_bad_check_digits_reject_the_message_naming_the_field(self, capsys, tmp_path):
+        """A national id failing its check digits gives an OperationOutcome at PID-3[n].1."""
+        _, docs, _ = run_convert(capsys, tmp_path, adt(f"4471^^^STOLAV^PI~{FNR[:-1]}8^^^NOR^FNR"))
+        issue = docs[0]["issue"][0]
+        assert issue["severity"] == "error"
+        assert issue["expression"] == ["PID-3[2].1"]
+        assert FNR[:-1] not in issue["diagnostics"]
+
+    def test_practitioner_and_organisation_identifiers(self, capsys, tmp_path):
+        """HPR numbers and organisasjonsnummer go under their OIDs."""
+        _, docs, _ = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR"))
+        assert resources(docs[0], "Practitioner")[0]["identifier"][0]["system"] == "urn:oid:2.16.578.1.12.4.1.4.4"
+        assert resources(docs[0], "Organization")[0]["identifier"][0] == {"system": "urn:oid:2.16.578.1.12.4.1.4.101", "value": "974749025"}
+
+
+class TestEncounter:
+    def test_oslo_time_in_summer_and_winter(self, capsys, tmp_path):
+        """Timestamps without an offset are Europe/Oslo: +02:00 in July, +01:00 in January."""
+        _, docs, _ = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR", admit="20240715083000"))
+        assert resources(docs[0], "Encounter")[0]["period"]["start"] == "2024-07-15T08:30:00+02:00"
+        _, docs, _ = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR", admit="20240115083000"))
+        assert resources(docs[0], "Encounter")[0]["period"]["start"] == "2024-01-15T08:30:00+01:00"
+
+    @pytest.mark.parametrize(("event", "status"), [("A01", "in-progress"), ("A03", "finished"), ("A11", "cancelled"), ("A13", "in-progress")])
+    def test_event_sets_status(self, capsys, tmp_path, event, status):
+        """The trigger event decides Encounter.status."""
+        text = adt(f"{FNR}^^^NOR^FNR", event=event).replace(f"ADT^{event}^ADT_A01", f"ADT^{event}")
+        _, docs, _ = run_convert(capsys, tmp_path, text)
+        assert resources(docs[0], "Encounter")[0]["status"] == status
+
+    def test_patient_class_maps_to_actcode(self, capsys, tmp_path):
+        """PV1-2 I becomes Encounter.class IMP."""
+        _, docs, _ = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR"))
+        assert resources(docs[0], "Encounter")[0]["class"]["code"] == "IMP"
+
+
+class TestAuthorTools:
+    def test_explain_names_rule_file_and_line(self, capsys, tmp_path):
+        """--explain prints, per element, the source and the rule's file:line."""
+        _, _, err = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR"), "--explain")
+        assert "birthDate" in err and "PID-7" in err and "PID.Patient.yaml:" in err
+
+    def test_unmapped_lists_unread_fields(self, capsys, tmp_path):
+        """--unmapped names non-empty fields that no rule read, e.g. a Z-segment."""
+        text = adt(f"{FNR}^^^NOR^FNR") + "ZPD|1|secret-local-flag\r"
+        _, _, err = run_convert(capsys, tmp_path, text, "--unmapped")
+        assert "ZPD-2" in err and "PID-7" not in err

@@ -1,0 +1,66 @@
+"""Tests for router/mapping/compiler.py: load-time checks name file:line:col."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from adapters.hl7v2.paths import compile_path
+from router.errors import MappingError
+from router.mapping import MappingSet
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def mapping_copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "mappings" / "hl7v2"
+    shutil.copytree(ROOT / "mappings" / "hl7v2", dst)
+    return dst
+
+
+def _edit(path: Path, old: str, new: str) -> int:
+    text = path.read_text()
+    assert old in text, old
+    line = text[: text.index(old)].count("\n") + 1
+    path.write_text(text.replace(old, new, 1))
+    return line
+
+
+class TestLoadChecks:
+    def test_project_mappings_load(self):
+        """The shipped mappings compile without error."""
+        ms = MappingSet.load(ROOT / "mappings" / "hl7v2", compile_path)
+        assert {"ADT_A01", "ADT_A02", "ADT_A03", "ADT_A05", "ADT_A09"} <= set(ms.messages)
+
+    @pytest.mark.parametrize(
+        ("file", "old", "new", "says"),
+        [
+            ("segments/PID.Patient.yaml", "target: birthDate", "target: birthdate", "has no element 'birthdate'"),
+            ("segments/PID.Patient.yaml", "from: PID-7", "from: PID-0", "count from 1"),
+            ("segments/PID.Patient.yaml", "    fn: date\n", "    fnn: date\n", "unknown key 'fnn'"),
+            ("segments/PV1.Encounter.yaml", "when: PV1-19 not valued", "when: PV1-19 not", "bad condition"),
+            ("segments/PID.Patient.yaml", "table: hl7-0001", "table: hl7-9999", "no table 'hl7-9999'"),
+            ("segments/PID.Patient.yaml", "fn: date", "fn: dato", "unknown function 'dato'"),
+            ("segments/PID.Patient.yaml", "use: XPN.HumanName", "use: CX.Identifier", "produces Identifier"),
+            ("segments/PV1.Encounter.yaml", "ref: patient", "ref: pasient", "not a declared parameter"),
+        ],
+    )
+    def test_errors_point_at_the_line(self, mapping_copy, file, old, new, says):
+        """Each kind of mistake is refused with file:line:col and a plain reason."""
+        line = _edit(mapping_copy / file, old, new)
+        with pytest.raises(MappingError) as err:
+            MappingSet.load(mapping_copy, compile_path)
+        assert says in err.value.reason
+        assert err.value.file.endswith(file)
+        assert err.value.line == line
+        assert err.value.column >= 1
+
+    def test_yaml_syntax_error_has_position(self, mapping_copy):
+        """Broken YAML is reported with its line."""
+        (mapping_copy / "tables" / "hl7-0001.yaml").write_text("table: hl7-0001\nmap: {M: male\n")
+        with pytest.raises(MappingError) as err:
+            MappingSet.load(mapping_copy, compile_path)
+        assert err.value.file.endswith("hl7-0001.yaml") and err.value.line >= 2

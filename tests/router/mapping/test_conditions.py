@@ -1,0 +1,42 @@
+"""Tests for router/mapping/conditions.py: the `when:` language."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.hl7v2._tokenizer import tokenize
+from adapters.hl7v2.paths import Scope, compile_path
+from router.mapping.conditions import ConditionSyntaxError, compile_condition
+
+SCOPE = Scope(tokenize("MSH|^~\\&|PAS|F|||||ADT^A03\rPID|1||A^^^X^MR||NORDMANN^OLA||19610615|M\rPV1|1|I\r"))
+
+
+def holds(text: str) -> bool:
+    return compile_condition(text, compile_path)(SCOPE)
+
+
+class TestCompileCondition:
+    @pytest.mark.parametrize(
+        ("text", "want"),
+        [
+            ("PV1 valued", True),
+            ("ZZZ valued", False),
+            ("PID-29 not valued", True),
+            ("PV1-2 = I", True),
+            ("PV1-2 != I", False),
+            ("MSH-9.2 in [A01, A03]", True),
+            ("MSH-9.2 in [A01]", False),
+            ("PID-5.1 matches '^NORD'", True),
+            ("not PID-8 = F and (PV1 valued or ZZZ valued)", True),
+            ("PID-8 = F or PV1-2 = O", False),
+        ],
+    )
+    def test_evaluates(self, text, want):
+        """Each operator answers as documented."""
+        assert holds(text) is want
+
+    @pytest.mark.parametrize("bad", ["PV1 =", "PV1 valued and", "PV1 frobs", "(PV1 valued", "PID-0 valued", "'x' = y", "PID-5 matches '('", ""])
+    def test_bad_syntax_is_refused(self, bad):
+        """A condition that does not parse raises ConditionSyntaxError at load time."""
+        with pytest.raises(ConditionSyntaxError):
+            compile_condition(bad, compile_path)
