@@ -91,7 +91,7 @@ class Segment:
 class Hl7Message:
     """A tokenized message: segments in order, plus its delimiters."""
 
-    __slots__ = ("segments", "delims", "_by_name")
+    __slots__ = ("segments", "delims", "_by_name", "_comps", "_comp", "_sub", "_esc")
 
     def __init__(self, segments: list[Segment], delims: Delimiters) -> None:
         self.segments = segments
@@ -100,6 +100,11 @@ class Hl7Message:
         for seg in segments:
             by_name.setdefault(seg.name, []).append(seg)
         self._by_name = by_name
+        # A datatype mapping reads several components of one value: split it once.
+        self._comps: dict[str, list[str]] = {}
+        self._comp = delims.component
+        self._sub = delims.subcomponent
+        self._esc = delims.escape
 
     def all(self, name: str) -> list[Segment]:
         """Return every segment called *name*, in message order."""
@@ -125,17 +130,20 @@ class Hl7Message:
         An empty value and the explicit null `""` both read as None: in a FHIR
         update the element is then absent, which is what "delete" means there.
         """
-        d = self.delims
         value = raw
         if component:
-            parts = value.split(d.component)
+            parts = self._comps.get(raw)
+            if parts is None:
+                parts = self._comps[raw] = raw.split(self._comp)
             value = parts[component - 1] if component <= len(parts) else ""
             if subcomponent:
-                subs = value.split(d.subcomponent)
+                subs = value.split(self._sub)
                 value = subs[subcomponent - 1] if subcomponent <= len(subs) else ""
         if not value or value == EXPLICIT_NULL:
             return None
-        return unescape(value, d)
+        if self._esc and self._esc in value:
+            return unescape(value, self.delims)
+        return value
 
 
 def delimiters_from_msh(line: str) -> Delimiters:

@@ -59,11 +59,15 @@ def split_messages(data: bytes) -> list[RawMessage]:
     and FHS/BHS/BTS/FTS batch segments. Bytes with no MSH give one RawMessage
     holding them all, so the caller can report it rather than drop it.
     """
-    data = data.replace(b"\x0b", b"").replace(b"\x1c", b"")
+    if b"\x0b" in data or b"\x1c" in data:
+        data = data.replace(b"\x0b", b"").replace(b"\x1c", b"")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+    if b"\n" in data:
+        data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
     starts = [m.start(1) for m in _MSH_START.finditer(data)]
+    if len(starts) == 1 and starts[0] == 0 and b"FHS" not in data and b"BHS" not in data:
+        return [RawMessage(0, data)]  # the common case: one plain message
     if not starts:
         return [RawMessage(0, data)] if data.strip() else []
     out: list[RawMessage] = []

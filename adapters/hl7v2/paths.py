@@ -36,20 +36,28 @@ class Scope:
     value_loc: str = ""
     reads: set[tuple[int, int]] = field(default_factory=set)  # (segment index, field) pairs read
 
-    def child(self, **changes: Any) -> Scope:
-        """Return a scope for an inner block; reads stay shared."""
-        segs = dict(self.segments)
-        segs.update(changes.pop("segments", {}))
-        return Scope(self.message, segs, changes.get("value", self.value), changes.get("value_loc", self.value_loc), self.reads)
+    def child(self, *, segments: dict[str, Segment] | None = None, value: str | None = None, value_loc: str = "") -> Scope:
+        """Return a scope for an inner block (a segment or a value); reads stay shared."""
+        if segments:
+            segs = dict(self.segments)
+            segs.update(segments)
+            return Scope(self.message, segs, self.value, self.value_loc, self.reads)
+        return Scope(self.message, self.segments, value, value_loc, self.reads)
 
 
-@dataclass(frozen=True, slots=True)
 class Item:
-    """One resolved value: raw text (or a segment), and its position for errors."""
+    """One resolved value: raw text (or a segment), and its position for errors.
 
-    raw: str
-    location: str
-    segment: Segment | None = None
+    A plain slotted class, not a frozen dataclass: one is made per value read,
+    and a frozen dataclass's __init__ costs three times as much.
+    """
+
+    __slots__ = ("raw", "location", "segment")
+
+    def __init__(self, raw: str, location: str, segment: Segment | None = None) -> None:
+        self.raw = raw
+        self.location = location
+        self.segment = segment
 
 
 class PathSyntaxError(ValueError):
@@ -108,11 +116,15 @@ class SourcePath:
         return out
 
     def _resolve_relative(self, scope: Scope) -> list[Item]:
-        if not scope.value:
+        raw = scope.value
+        if not raw:
             return []
-        out: list[Item] = []
-        self._leaf_into(out, scope.message, scope.value, scope.value_loc)
-        return out
+        if not self.comp:
+            return [Item(raw, scope.value_loc)] if raw != '""' else []
+        value = scope.message.leaf(raw, self.comp, self.sub)
+        if value is None:
+            return []
+        return [Item(value, f"{scope.value_loc}.{self.comp}.{self.sub}" if self.sub else f"{scope.value_loc}.{self.comp}")]
 
     def _leaf_into(self, out: list[Item], msg: Hl7Message, raw: str, loc: str) -> None:
         if not self.comp:

@@ -46,6 +46,17 @@ class Target:
 
     def put(self, obj: dict[str, Any], value: Any, ctx: RunContext) -> None:
         """Place *value*: intermediate lists extend their last item, the final list appends."""
+        if len(self.names) == 1 and type(value) is str:  # the common case: a primitive at the top
+            name = self.names[0]
+            if self.lists[0]:
+                items = obj.get(name)
+                if items is None:
+                    obj[name] = [value]
+                else:
+                    items.append(value)
+            else:
+                obj[name] = value
+            return
         node = obj
         last = len(self.names) - 1
         for i, (name, is_list) in enumerate(zip(self.names, self.lists)):
@@ -104,15 +115,19 @@ def conditional_entry(resource_type: str, resource: dict[str, Any], system: str,
     }
 
 
-def prune(obj: Any) -> Any:
-    """Drop empty dicts and lists that rules left behind (FHIR forbids empty elements)."""
+def prune(obj: Any) -> bool:
+    """Drop empty dicts and lists that rules left behind (FHIR forbids empty elements).
+
+    Returns True when *obj* itself ended up empty. One pass, linear in size.
+    """
     if isinstance(obj, dict):
-        for k in [k for k, v in obj.items() if isinstance(v, (dict, list))]:
-            v = prune(obj[k])
-            if v in ({}, []):
-                del obj[k]
-        return obj
+        empty = [k for k, v in obj.items() if isinstance(v, (dict, list)) and prune(v)]
+        for k in empty:
+            del obj[k]
+        return not obj
     if isinstance(obj, list):
-        obj[:] = [prune(v) for v in obj if not (isinstance(v, (dict, list)) and prune(v) in ({}, []))]
-        return obj
-    return obj
+        keep = [v for v in obj if not (isinstance(v, (dict, list)) and prune(v))]
+        if len(keep) != len(obj):
+            obj[:] = keep
+        return not obj
+    return False

@@ -1,0 +1,142 @@
+"""The record in PostgreSQL: the shared store that several workers write at once.
+
+Each apply runs in one READ COMMITTED transaction that first takes a transaction-scoped
+advisory lock per identity (type + identifier value, type + id), in sorted order. A
+second worker creating the same identity waits, then sees the first one's commit.
+Versions are written optimistically, without row locks (a no-op apply then writes
+nothing and commits without a WAL flush): two writers of one resource both aim at the
+same next version, and the history table's primary key fails the later one, which
+surfaces as RecordUnavailable, so it is retried.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any, Iterator, Sequence
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
+import psycopg
+from psycopg import sql
+from psycopg.types.json import set_json_loads
+
+from adapters.fhir._store import SCHEMA, SqlRecord
+from adapters.fhir._transaction import Db
+from router.contracts import FhirJson
+from router.errors import RecordUnavailable
+
+_SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+# Serialises schema creation: concurrent CREATE TABLE IF NOT EXISTS can still collide
+# on the catalogue's unique index in PostgreSQL.
+_DDL_LOCK = 0x4845_4C53_4252_4F01  # "HELSBRO" + 1
+
+_LOCK_SQL = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, n)"
+
+
+@lru_cache(maxsize=256)
+def _pg(statement: str) -> str:
+    """Turn the shared SQL's `?` placeholders into psycopg's `%s`."""
+    return statement.replace("?", "%s")
+
+
+def split_schema(url: str) -> tuple[str, str | None]:
+    """Remove Helsebro's own `schema=NAME` query parameter from *url*; libpq rejects it.
+
+    Raises:
+        RecordUnavailable: the schema name is not a plain lower-case identifier.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    if schema is not None and not _SCHEMA_RE.fullmatch(schema):
+        raise RecordUnavailable("record_url schema must be a lower-case identifier")
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+class _PgDb:
+    """A transaction's view of the connection."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def query(self, statement: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._conn.execute(_pg(statement), args).fetchall()
+
+    def execute(self, statement: str, args: Sequence[Any]) -> None:
+        self._conn.execute(_pg(statement), args)
+
+
+class PostgresRecord(SqlRecord):
+    """The record in a PostgreSQL database, optionally in its own schema."""
+
+    def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
+        """Connect to *url* and create the schema when missing.
+
+        A `schema=NAME` query parameter puts the tables in that schema (created if
+        needed); without it they go where the server's search_path says.
+
+        Raises:
+            RecordUnavailable: the database cannot be reached or prepared.
+        """
+        super().__init__()
+        self._conninfo, self._schema = split_schema(url)
+        self._connect_timeout = connect_timeout
+        self._conn = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True, connect_timeout=self._connect_timeout)
+        except psycopg.Error as exc:
+            raise RecordUnavailable("cannot connect to the PostgreSQL record") from exc
+        try:
+            set_json_loads(orjson.loads, conn)
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
+                if self._schema:
+                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema)))
+                    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
+                for statement in SCHEMA:
+                    conn.execute(statement.format(body="JSON"))
+        except psycopg.Error as exc:
+            conn.close()
+            raise RecordUnavailable("cannot prepare the PostgreSQL record") from exc
+        return conn
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        # A dropped connection (server restart, failover) is replaced on next use, so a
+        # worker recovers by retrying instead of restarting.
+        if self._conn.broken:
+            self._conn.close()
+            self._conn = self._connect()
+        return self._conn
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+    def _query(self, statement: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        try:
+            return self._connection().execute(_pg(statement), args).fetchall()
+        except psycopg.Error as exc:
+            raise RecordUnavailable("PostgreSQL record read failed") from exc
+
+    @contextmanager
+    def _transaction(self, keys: list[int]) -> Iterator[Db]:
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                if keys:
+                    conn.execute(_LOCK_SQL, (keys,))
+                yield _PgDb(conn)
+        except psycopg.Error as exc:
+            raise RecordUnavailable("PostgreSQL record write failed") from exc
+
+    def _decode(self, body: Any) -> FhirJson:
+        # The JSON column arrives already parsed by orjson (set_json_loads above).
+        decoded: FhirJson = body if isinstance(body, dict) else orjson.loads(body)
+        return decoded

@@ -1,0 +1,75 @@
+"""Turn FHIR search parameters into SQL over the record's index tables.
+
+The index holds, for the current version of each resource, every identifier
+(fhir_token) and its `subject`/`patient` references (fhir_ref). Parameters are ANDed.
+SQL uses `?` placeholders; the PostgreSQL store converts them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from router.contracts import FhirJson
+from router.errors import InvalidContent
+
+SEARCH_PARAMS = ("_id", "identifier", "patient", "subject")
+"""Search parameters the record understands, on every resource type."""
+
+REFERENCE_ELEMENTS = ("subject", "patient")
+"""Top-level elements whose references are indexed for `patient` and `subject`."""
+
+# `r.id IN (subquery)` rather than a correlated EXISTS: both planners then drive the
+# search from the index on the value, instead of probing once per resource of the type.
+_TOKEN = "r.id IN (SELECT t.id FROM fhir_token t WHERE t.type = ?{})"
+_REF = "r.id IN (SELECT f.id FROM fhir_ref f WHERE f.type = ? AND f.target = ? AND f.param {})"
+
+
+def search_sql(resource_type: str, params: Iterable[tuple[str, str]], *, select: str) -> tuple[str, list[Any]]:
+    """Return SQL and arguments selecting *select* from current resources matching *params*.
+
+    Raises:
+        InvalidContent: a parameter is unknown or its value is empty or malformed.
+    """
+    where = ["r.type = ?", "r.deleted = 0"]
+    args: list[Any] = [resource_type]
+    for name, value in params:
+        if not value:
+            raise InvalidContent("search parameter has no value", location=name)
+        if name == "_id":
+            where.append("r.id = ?")
+            args.append(value)
+        elif name == "identifier":
+            clause, more = _token(value)
+            where.append(clause)
+            args.extend([resource_type, *more])
+        elif name in ("patient", "subject"):
+            target = value if "/" in value else f"Patient/{value}"
+            if name == "patient" and not target.startswith("Patient/"):
+                raise InvalidContent("patient must name a Patient", location=name)
+            where.append(_REF.format("IN ('subject', 'patient')" if name == "patient" else "= 'subject'"))
+            args.extend([resource_type, target])
+        else:
+            raise InvalidContent("unsupported search parameter", location=name)
+    return f"SELECT {select} FROM fhir_resource r WHERE {' AND '.join(where)} ORDER BY r.id", args
+
+
+def _token(value: str) -> tuple[str, list[str]]:
+    # FHIR token syntax: `value` (any system), `system|value`, `|value` (no system),
+    # `system|` (any value in that system).
+    system, bar, code = value.partition("|")
+    if not bar:
+        return _TOKEN.format(" AND t.value = ?"), [value]
+    if not code:
+        return _TOKEN.format(" AND t.system = ?"), [system]
+    return _TOKEN.format(" AND t.value = ? AND t.system = ?"), [code, system]
+
+
+def references(resource: FhirJson) -> list[tuple[str, str]]:
+    """Return (element, reference) for the indexed references of *resource*."""
+    out: list[tuple[str, str]] = []
+    for element in REFERENCE_ELEMENTS:
+        value = resource.get(element)
+        for ref in value if isinstance(value, list) else [value]:
+            if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+                out.append((element, ref["reference"]))
+    return out

@@ -1,0 +1,145 @@
+"""The record's behaviour over any SQL backend: apply, read, history, search.
+
+Backends (_sqlite.py, _postgres.py) supply a connection, a transaction with identity
+locks, and error translation; everything FHIR-shaped lives here and in _transaction.py.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+from adapters.fhir._bundle import ID_RE, TYPE_RE, lock_keys, parse_bundle
+from adapters.fhir._search import search_sql
+from adapters.fhir._transaction import Db, apply_entries
+from router.contracts import ApplyResult, FhirJson
+from router.errors import InvalidContent
+
+# One schema for both backends; PostgreSQL swaps TEXT for JSON on `body`.
+# fhir_resource holds the current version (deleted ones too, flagged), with `digest`:
+# a hash of the content without versionId/lastUpdated, so a no-op write is detected
+# without parsing the stored body. fhir_token and fhir_ref index the current version.
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS fhir_resource (type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,"
+    " deleted INTEGER NOT NULL, last_updated TEXT NOT NULL, digest TEXT NOT NULL, body {body} NOT NULL,"
+    " PRIMARY KEY (type, id))",
+    "CREATE TABLE IF NOT EXISTS fhir_history (type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,"
+    " deleted INTEGER NOT NULL, last_updated TEXT NOT NULL, body {body} NOT NULL, PRIMARY KEY (type, id, version))",
+    "CREATE TABLE IF NOT EXISTS fhir_token (type TEXT NOT NULL, id TEXT NOT NULL, system TEXT NOT NULL, value TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS fhir_token_value ON fhir_token (type, value, system)",
+    "CREATE INDEX IF NOT EXISTS fhir_token_owner ON fhir_token (type, id)",
+    "CREATE TABLE IF NOT EXISTS fhir_ref (type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, target TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS fhir_ref_target ON fhir_ref (type, target, param)",
+    "CREATE INDEX IF NOT EXISTS fhir_ref_owner ON fhir_ref (type, id)",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One version of a resource as the history table holds it.
+
+    A deletion is a version too: `deleted` is True and `resource` is a stub with
+    only resourceType, id and meta.
+    """
+
+    version: int
+    last_updated: str
+    deleted: bool
+    resource: FhirJson
+
+
+class SqlRecord(ABC):
+    """The shared record over SQL; implements router.contracts.Record.
+
+    Every public method holds one lock, so a record may be shared between threads,
+    which then take turns. For parallel work, open one record per thread or process.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def apply(self, bundle: FhirJson) -> ApplyResult:
+        """Apply a transaction Bundle all-or-nothing.
+
+        Raises:
+            InvalidContent: the Bundle cannot be applied (bad request, unknown reference).
+            RecordUnavailable: the database is unreachable or busy; retry later.
+        """
+        entries = parse_bundle(bundle)
+        keys = lock_keys(entries)
+        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        with self._lock, self._transaction(keys) as db:
+            return ApplyResult(apply_entries(db, entries, now))
+
+    def read(self, resource_type: str, id: str) -> FhirJson | None:
+        """Return the current version, or None when absent or deleted."""
+        if not (TYPE_RE.fullmatch(resource_type) and ID_RE.fullmatch(id)):
+            return None
+        rows = self._select("SELECT body FROM fhir_resource WHERE type = ? AND id = ? AND deleted = 0", (resource_type, id))
+        return self._decode(rows[0][0]) if rows else None
+
+    def versions(self, resource_type: str, id: str) -> list[StoredVersion]:
+        """Return every version with its deletion flag, newest first."""
+        rows = self._select(
+            "SELECT version, last_updated, deleted, body FROM fhir_history WHERE type = ? AND id = ? ORDER BY version DESC",
+            (resource_type, id),
+        )
+        return [StoredVersion(int(v), str(t), bool(d), self._decode(b)) for v, t, d, b in rows]
+
+    def history(self, resource_type: str, id: str) -> list[FhirJson]:
+        """Return every version, newest first; a deletion appears as a stub."""
+        return [v.resource for v in self.versions(resource_type, id)]
+
+    def vread(self, resource_type: str, id: str, version: int) -> FhirJson | None:
+        """Return one version, or None when it does not exist or is a deletion."""
+        rows = self._select(
+            "SELECT body FROM fhir_history WHERE type = ? AND id = ? AND version = ? AND deleted = 0",
+            (resource_type, id, version),
+        )
+        return self._decode(rows[0][0]) if rows else None
+
+    def search(self, resource_type: str, params: Mapping[str, str]) -> list[FhirJson]:
+        """Search by `identifier`, `patient`, `subject` or `_id`; parameters are ANDed.
+
+        Raises:
+            InvalidContent: an unknown parameter, or an empty or malformed value.
+        """
+        if not TYPE_RE.fullmatch(resource_type):
+            raise InvalidContent("unknown resource type", location="type")
+        sql, args = search_sql(resource_type, params.items(), select="r.body")
+        return [self._decode(row[0]) for row in self._select(sql, args)]
+
+    def counts(self) -> dict[str, int]:
+        """Return how many current (not deleted) resources the record holds, per type."""
+        rows = self._select("SELECT type, COUNT(*) FROM fhir_resource WHERE deleted = 0 GROUP BY type ORDER BY type", ())
+        return {str(t): int(n) for t, n in rows}
+
+    def _select(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._query(sql, args)
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; the record cannot be used afterwards."""
+
+    @abstractmethod
+    def _query(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run one read outside any transaction, translating database errors."""
+
+    @abstractmethod
+    def _transaction(self, keys: list[int]) -> AbstractContextManager[Db]:
+        """Open a write transaction holding the identity locks *keys*; commit on exit."""
+
+    @abstractmethod
+    def _decode(self, body: Any) -> FhirJson:
+        """Turn a stored body column into a resource."""
+
+    def __enter__(self) -> SqlRecord:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,176 @@
+"""Apply checked Bundle entries inside one open database transaction.
+
+Three passes, in the order FHIR R4 §3.1.0.11.2 gives for transactions: resolve every
+entry's identity (conditional matches included), then rewrite `urn:uuid:` references
+to the ids found, then write. Committing, rolling back and locking are the store's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, Sequence
+
+import orjson
+
+from adapters.fhir._bundle import Criteria, Entry, identifiers, rewrite
+from adapters.fhir._search import references, search_sql
+from router.contracts import AppliedEntry, EntryOutcome, FhirJson
+from router.errors import InvalidContent
+
+Action = Literal["write", "delete", "noop"]
+"""What an entry will do once its identity is known."""
+
+
+class Db(Protocol):
+    """The two calls a transaction needs from a backend, with `?` placeholders."""
+
+    def query(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run *sql* and return its rows."""
+        ...
+
+    def execute(self, sql: str, args: Sequence[Any]) -> None:
+        """Run *sql* for its effect."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Current:
+    version: int
+    deleted: bool
+    digest: str
+
+
+_UPSERT = (
+    "INSERT INTO fhir_resource (type, id, version, deleted, last_updated, digest, body) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, "
+    "last_updated = excluded.last_updated, digest = excluded.digest, body = excluded.body"
+)
+_CURRENT = "SELECT version, deleted, digest FROM fhir_resource WHERE type = ? AND id = ?"
+_HISTORY = "INSERT INTO fhir_history (type, id, version, deleted, last_updated, body) VALUES (?, ?, ?, ?, ?, ?)"
+
+
+def apply_entries(db: Db, entries: list[Entry], now: str) -> tuple[AppliedEntry, ...]:
+    """Resolve, rewrite and write *entries*; return one AppliedEntry per entry, in order.
+
+    Raises:
+        InvalidContent: a condition matches several resources, or a reference dangles.
+    """
+    writer = _Writer(db, now)
+    plans = [writer.resolve(e) for e in entries]
+    targets = {
+        e.full_url: f"{e.resource_type}/{id_}"
+        for e, (_, id_) in zip(entries, plans, strict=True)
+        if e.full_url and e.resource is not None
+    }
+    resources = [rewrite(e.resource, targets, e.location) if e.resource is not None else None for e in entries]
+    return tuple(writer.perform(e, action, id_, res) for e, (action, id_), res in zip(entries, plans, resources, strict=True))
+
+
+class _Writer:
+    """The statements of one transaction, plus what earlier entries already claimed."""
+
+    def __init__(self, db: Db, now: str) -> None:
+        self._db = db
+        self._now = now
+        self._found: dict[tuple[str, Criteria], list[str]] = {}  # conditions seen in this Bundle
+        self._claimed: set[tuple[str, str]] = set()
+
+    def resolve(self, entry: Entry) -> tuple[Action, str]:
+        """Decide what *entry* does and to which id."""
+        if entry.id is not None:
+            self._claimed.add((entry.resource_type, entry.id))
+            return ("delete" if entry.method == "DELETE" else "write"), entry.id
+        if entry.criteria is None:  # plain POST: the server names it
+            return "write", self._new_id(entry)
+        matches = self._find(entry.resource_type, entry.criteria)
+        if len(matches) > 1:
+            raise InvalidContent("condition has multiple matches", location=entry.location)
+        if entry.method == "DELETE":
+            return ("delete", matches[0]) if matches else ("noop", "")
+        if matches:
+            return ("noop" if entry.method == "POST" else "write"), matches[0]
+        id_ = self._new_id(entry)
+        self._found[(entry.resource_type, entry.criteria)] = [id_]
+        return "write", id_
+
+    def perform(self, entry: Entry, action: Action, id_: str, resource: FhirJson | None) -> AppliedEntry:
+        """Carry out one resolved entry."""
+        if action == "write" and resource is not None:
+            return self._put(entry.resource_type, id_, resource)
+        current = self._current(entry.resource_type, id_) if id_ else None
+        if action == "noop" or current is None or current.deleted:
+            return AppliedEntry(entry.resource_type, id_, current.version if current else 0, "unchanged")
+        version = current.version + 1
+        stub = {"resourceType": entry.resource_type, "id": id_, "meta": {"versionId": str(version), "lastUpdated": self._now}}
+        self._write(entry.resource_type, id_, version, stub, digest="", deleted=True, existed=True)
+        return AppliedEntry(entry.resource_type, id_, version, "deleted")
+
+    def _put(self, resource_type: str, id_: str, resource: FhirJson) -> AppliedEntry:
+        content = _content(resource, id_)
+        digest = hashlib.blake2b(orjson.dumps(content, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+        current = self._current(resource_type, id_)
+        if current is not None and not current.deleted and current.digest == digest:
+            return AppliedEntry(resource_type, id_, current.version, "unchanged")
+        version = current.version + 1 if current else 1
+        meta = {"versionId": str(version), "lastUpdated": self._now, **content.get("meta", {})}
+        body = {"resourceType": resource_type, "id": id_, "meta": meta}
+        body.update((k, v) for k, v in content.items() if k not in body)
+        self._write(resource_type, id_, version, body, digest=digest, deleted=False, existed=current is not None)
+        outcome: EntryOutcome = "updated" if current is not None and not current.deleted else "created"
+        return AppliedEntry(resource_type, id_, version, outcome)
+
+    def _write(self, resource_type: str, id_: str, version: int, body: FhirJson, *, digest: str, deleted: bool, existed: bool) -> None:
+        text = orjson.dumps(body).decode()
+        flag = 1 if deleted else 0
+        self._db.execute(_HISTORY, (resource_type, id_, version, flag, self._now, text))
+        self._db.execute(_UPSERT, (resource_type, id_, version, flag, self._now, digest, text))
+        if existed:
+            self._db.execute("DELETE FROM fhir_token WHERE type = ? AND id = ?", (resource_type, id_))
+            self._db.execute("DELETE FROM fhir_ref WHERE type = ? AND id = ?", (resource_type, id_))
+        if deleted:
+            return
+        for system, value in set(identifiers(body)):
+            self._db.execute("INSERT INTO fhir_token (type, id, system, value) VALUES (?, ?, ?, ?)", (resource_type, id_, system, value))
+        for param, target in set(references(body)):
+            self._db.execute("INSERT INTO fhir_ref (type, id, param, target) VALUES (?, ?, ?, ?)", (resource_type, id_, param, target))
+
+    def _find(self, resource_type: str, criteria: Criteria) -> list[str]:
+        known = self._found.get((resource_type, criteria))
+        if known is not None:
+            return known
+        sql, args = search_sql(resource_type, criteria, select="r.id")
+        return [row[0] for row in self._db.query(sql, args)]
+
+    def _current(self, resource_type: str, id_: str) -> _Current | None:
+        rows = self._db.query(_CURRENT, (resource_type, id_))
+        return _Current(int(rows[0][0]), bool(rows[0][1]), rows[0][2]) if rows else None
+
+    def _new_id(self, entry: Entry) -> str:
+        # Keep the sender's id when it is free (or names a deleted resource), so ids stay
+        # deterministic across replays; never take over another live resource's id.
+        own = (entry.resource or {}).get("id")
+        key = (entry.resource_type, own or "")
+        current = self._current(entry.resource_type, own) if own and key not in self._claimed else None
+        if not own or key in self._claimed or (current is not None and not current.deleted):
+            own = str(uuid.uuid4())
+            key = (entry.resource_type, own)
+        self._claimed.add(key)
+        return own
+
+
+def _content(resource: FhirJson, id_: str) -> FhirJson:
+    """Return *resource* with its id set and the store-owned meta fields removed."""
+    content = dict(resource)
+    content["id"] = id_
+    meta = content.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        raise InvalidContent("meta must be an object", location=f"{content.get('resourceType')}.meta")
+    if isinstance(meta, dict):
+        meta = {k: v for k, v in meta.items() if k not in ("versionId", "lastUpdated")}
+        if meta:
+            content["meta"] = meta
+        else:
+            del content["meta"]
+    return content

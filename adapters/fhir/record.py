@@ -1,0 +1,55 @@
+"""Open the shared record: a FHIR R4 store in SQLite or PostgreSQL.
+
+The store applies transaction Bundles atomically, skips writes that change nothing,
+keeps every version, and indexes identifiers and patient references for search.
+Serving it over HTTP belongs to rest.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from adapters.fhir._postgres import PostgresRecord
+from adapters.fhir._sqlite import SqliteRecord
+from adapters.fhir._store import SqlRecord, StoredVersion
+from router.errors import ConfigError
+
+__all__ = ["PostgresRecord", "RecordSettings", "SqlRecord", "SqliteRecord", "StoredVersion", "open_record"]
+
+_POSTGRES = ("postgresql://", "postgres://")
+_SQLITE = "sqlite:///"
+
+
+class RecordSettings(Protocol):
+    """The two settings the record reads (router.settings.Settings has both)."""
+
+    @property
+    def record_url(self) -> str | None:
+        """postgresql://… or sqlite:///…, or None for SQLite in the data directory."""
+        ...
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file used when no record URL is set."""
+        ...
+
+
+def open_record(settings: RecordSettings) -> SqlRecord:
+    """Open the record that *settings* name, creating its schema when missing.
+
+    `record_url` may be `postgresql://…` (with an optional `?schema=NAME`), or
+    `sqlite:///path`; unset, the record is SQLite at `settings.sqlite_path`.
+
+    Raises:
+        ConfigError: `record_url` has a scheme the record does not support.
+        RecordUnavailable: the database cannot be reached, created or prepared.
+    """
+    url = settings.record_url
+    if url and url.startswith(_POSTGRES):
+        return PostgresRecord(url)
+    if url and url.startswith(_SQLITE):
+        return SqliteRecord(Path(url[len(_SQLITE):]))
+    if url:
+        raise ConfigError("record_url must start with postgresql:// or sqlite:///")
+    return SqliteRecord(settings.sqlite_path)

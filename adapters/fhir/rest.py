@@ -1,0 +1,272 @@
+"""Serve the shared record over FHIR R4 REST: read, vread, history, search, transaction.
+
+Standard library only (http.server), JSON only. Shaping responses belongs to
+_rest_bodies.py; the record itself to record.py. Request logs carry method, path and
+status, never query strings or bodies: identifier values there are patient data.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterator
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+
+from adapters.fhir._bundle import ID_RE, TYPE_RE
+from adapters.fhir._rest_bodies import capability, history_bundle, outcome, searchset, transaction_response
+from adapters.fhir._store import SqlRecord
+from router.contracts import FhirJson
+from router.errors import MessageError, TransientError
+
+__all__ = ["FhirServer", "RecordFactory", "make_server"]
+
+RecordFactory = Callable[[], SqlRecord]
+"""Opens one record connection; the server calls it when its pool is empty."""
+
+BASE = "/fhir"
+"""The FHIR base path on the server."""
+
+_CONTENT_TYPE = "application/fhir+json; charset=utf-8"
+_MAX_BODY = 32 * 1024 * 1024  # bytes; a transaction Bundle larger than this is refused
+_IGNORED = frozenset({"_format", "_pretty"})  # we answer JSON whatever they say
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    status: int
+    body: FhirJson
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class _Pool:
+    """Idle record connections, so each request thread borrows one of its own."""
+
+    def __init__(self, factory: RecordFactory) -> None:
+        self._factory = factory
+        self._idle: list[SqlRecord] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @contextmanager
+    def record(self) -> Iterator[SqlRecord]:
+        """Lend a record; one that failed with a transient error is closed, not kept."""
+        with self._lock:
+            record = self._idle.pop() if self._idle else None
+        if record is None:
+            record = self._factory()
+        try:
+            yield record
+        except TransientError:
+            record.close()
+            raise
+        except BaseException:
+            self._give_back(record)
+            raise
+        self._give_back(record)
+
+    def _give_back(self, record: SqlRecord) -> None:
+        with self._lock:
+            if not self._closed:
+                self._idle.append(record)
+                return
+        record.close()
+
+    def close(self) -> None:
+        """Close every idle record; records still lent are closed when given back."""
+        with self._lock:
+            self._closed, idle, self._idle = True, self._idle, []
+        for record in idle:
+            record.close()
+
+
+class FhirServer(ThreadingHTTPServer):
+    """An HTTP server whose request threads share one pool of record connections."""
+
+    daemon_threads = True  # a stop never waits for an idle keep-alive connection
+
+    def __init__(self, address: tuple[str, int], record_factory: RecordFactory, log: Any = None) -> None:
+        self.pool = _Pool(record_factory)
+        self.log = log
+        super().__init__(address, _Handler)
+
+    @property
+    def base_url(self) -> str:
+        """The FHIR base URL this server answers on, e.g. http://127.0.0.1:8080/fhir."""
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}{BASE}"
+
+    def server_close(self) -> None:
+        """Stop listening and close the idle record connections."""
+        super().server_close()
+        self.pool.close()
+
+
+def make_server(record_factory: RecordFactory, host: str = "127.0.0.1", port: int = 8080, *, log: Any = None) -> FhirServer:
+    """Bind a FHIR server to *host*:*port* (0 picks a free port); call serve_forever() to run it.
+
+    Args:
+        record_factory: opens a record; called once per concurrent request at most.
+        log: a bound structlog logger for request lines, or None for silence.
+    """
+    return FhirServer((host, port), record_factory, log)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: FhirServer
+    timeout = 120  # seconds an idle keep-alive connection may hold its thread
+    # Headers and body go out in two writes; with Nagle on, a keep-alive client's
+    # delayed ACK holds the body back ~40 ms per response.
+    disable_nagle_algorithm = True
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Drop http.server's own lines: they would print the query string."""
+
+    def _handle(self, method: str) -> None:
+        url = urlsplit(self.path)
+        if method not in ("GET", "POST"):
+            self.close_connection = True  # its body, if any, is never read
+        try:
+            body = self._body() if method == "POST" else b""
+            response = _route(self.server.pool, method, url.path.rstrip("/"), url.query, body, self._base())
+        except _Reject as reject:
+            response = reject.response
+        except Exception as exc:  # noqa: BLE001  # the HTTP edge: every request gets an OperationOutcome, never a traceback
+            if self.server.log is not None:
+                self.server.log.error("fhir_request_failed", method=method, path=url.path, error=type(exc).__name__)
+            response = _Response(500, outcome("exception", "internal error"))
+        payload = orjson.dumps(response.body)
+        self.send_response(response.status)
+        self.send_header("Content-Type", _CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in response.headers:
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+        if self.server.log is not None:
+            self.server.log.info("fhir_request", method=method, path=url.path, status=response.status)
+
+    def _body(self) -> bytes:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= _MAX_BODY:
+            self.close_connection = True  # the unread body cannot be skipped safely
+            raise _Reject(_Response(413 if length > 0 else 400, outcome("too-costly" if length > 0 else "structure", "bad request body length")))
+        return self.rfile.read(length)
+
+    def _base(self) -> str:
+        host = self.headers.get("Host")
+        return f"http://{host}{BASE}" if host else self.server.base_url
+
+
+class _Reject(Exception):
+    """The request is refused before routing (its body is too large or unframed)."""
+
+    def __init__(self, response: _Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _route(pool: _Pool, method: str, path: str, query: str, body: bytes, base: str) -> _Response:
+    if path != BASE and not path.startswith(BASE + "/"):
+        return _Response(404, outcome("not-found", "not a FHIR endpoint"))
+    parts = path[len(BASE) + 1:].split("/") if path != BASE else []
+    if method == "GET" and parts == ["metadata"]:
+        return _Response(200, capability(base))
+    if method == "POST" and not parts:
+        return _transaction(pool, body)
+    if method != "GET":
+        return _Response(405, outcome("not-supported", "unsupported interaction"))
+    if not parts or not TYPE_RE.fullmatch(parts[0]):
+        return _Response(404, outcome("not-found", "unknown path"))
+    if len(parts) > 1 and not ID_RE.fullmatch(parts[1]):
+        return _Response(404, outcome("not-found", "malformed id"))
+    try:
+        with pool.record() as record:
+            return _read_route(record, parts, query, base)
+    except MessageError as exc:
+        return _Response(400, outcome(exc.issue_code, exc.reason))
+    except TransientError:
+        return _Response(503, outcome("transient", "record unavailable"), (("Retry-After", "1"),))
+
+
+def _read_route(record: SqlRecord, parts: list[str], query: str, base: str) -> _Response:
+    if len(parts) == 1:
+        return _search(record, parts[0], query, base)
+    type_, id_ = parts[0], parts[1]
+    if len(parts) == 2:
+        return _read(record, type_, id_)
+    if parts[2] != "_history" or len(parts) > 4:
+        return _Response(404, outcome("not-found", "unknown path"))
+    versions = record.versions(type_, id_)
+    if not versions:
+        return _Response(404, outcome("not-found", "resource not found"))
+    if len(parts) == 3:
+        return _Response(200, history_bundle(type_, id_, versions, base))
+    found = next((v for v in versions if str(v.version) == parts[3]), None)
+    if found is None:
+        return _Response(404, outcome("not-found", "version not found"))
+    if found.deleted:
+        return _Response(410, outcome("deleted", "version is a deletion"))
+    return _Response(200, found.resource, _etag(found.resource))
+
+
+def _read(record: SqlRecord, type_: str, id_: str) -> _Response:
+    resource = record.read(type_, id_)
+    if resource is not None:
+        return _Response(200, resource, _etag(resource))
+    if record.versions(type_, id_):
+        return _Response(410, outcome("deleted", "resource is deleted"))
+    return _Response(404, outcome("not-found", "resource not found"))
+
+
+def _search(record: SqlRecord, type_: str, query: str, base: str) -> _Response:
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in _IGNORED:
+            continue
+        if name in params:
+            return _Response(400, outcome("not-supported", "repeated search parameter"))
+        params[name] = value
+    return _Response(200, searchset(record.search(type_, params), base))
+
+
+def _transaction(pool: _Pool, body: bytes) -> _Response:
+    try:
+        bundle = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _Response(400, outcome("structure", "body is not JSON"))
+    try:
+        with pool.record() as record:
+            result = record.apply(bundle)
+    except MessageError as exc:
+        return _Response(400, outcome(exc.issue_code, exc.reason, exc.location))
+    except TransientError:
+        return _Response(503, outcome("transient", "record unavailable"), (("Retry-After", "1"),))
+    return _Response(200, transaction_response(result))
+
+
+def _etag(resource: FhirJson) -> tuple[tuple[str, str], ...]:
+    version = resource.get("meta", {}).get("versionId")
+    return (("ETag", f'W/"{version}"'),) if version else ()

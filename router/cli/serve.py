@@ -1,0 +1,62 @@
+"""The `helsebro serve` verb: serve the shared record over FHIR R4 REST until stopped.
+
+SIGINT and SIGTERM stop it cleanly (exit 0). The record is the one the settings name
+(HELSEBRO_RECORD_URL, or SQLite under HELSEBRO_DATA_DIR).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+from types import FrameType
+from typing import Any
+
+from adapters.fhir.record import open_record
+from adapters.fhir.rest import make_server
+from router.errors import RecordUnavailable
+from router.logging import configure_logging, get_logger
+from router.settings import load_settings
+
+
+class _Stop(Exception):
+    """Raised in the main thread by the SIGTERM handler to leave serve_forever()."""
+
+
+def register(subparsers: Any) -> None:
+    """Add the `serve` verb."""
+    parser = subparsers.add_parser("serve", help="Serve the shared record over FHIR REST.", description=__doc__)
+    parser.add_argument("--port", type=int, default=8080, help="TCP port to listen on; 0 picks a free one (default 8080).")
+    parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1).")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM; return 0, or 1 when the record or port is unusable."""
+    configure_logging()
+    log = get_logger("fhir.rest")
+    settings = load_settings()
+    try:
+        open_record(settings).close()  # fail now, not at the first request
+        server = make_server(lambda: open_record(settings), args.host, args.port, log=log)
+    except RecordUnavailable as exc:
+        log.error("fhir_record_unavailable", reason=str(exc))
+        return 1
+    except OSError as exc:
+        log.error("fhir_listen_failed", host=args.host, port=args.port, reason=exc.strerror)
+        return 1
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise _Stop()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    host, port = server.server_address[:2]
+    log.info("fhir_serving", host=str(host), port=port, base_url=server.base_url)
+    try:
+        server.serve_forever()
+    except (_Stop, KeyboardInterrupt):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+        log.info("fhir_stopped")
+    return 0

@@ -1,0 +1,371 @@
+"""Tests for adapters/fhir/record.py: the shared record on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+import threading
+from contextlib import closing
+
+import pytest
+
+from adapters.fhir.record import SqliteRecord, open_record
+from router.errors import ConfigError, InvalidContent, RecordUnavailable
+from router.settings import Settings
+
+FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
+FNR_VALUE = "01015000232"
+PATIENT_UUID = "0d9a6c2e-1f3b-4c55-9a51-3f0e2b7c9a01"
+ENCOUNTER_UUID = "5b1c7e44-8d2a-4f0e-b3a9-6c2d1e0f4a02"
+OBS_UUID = "9e3f1a55-2c4b-4d6e-8f70-1a2b3c4d5e03"
+ENC_SYSTEM = "urn:helsebro:local:AHUS:VN"
+
+
+def patient(*, id_=PATIENT_UUID, family="Nordmann", value=FNR_VALUE):
+    return {"resourceType": "Patient", "id": id_, "identifier": [{"system": FNR, "value": value}], "name": [{"family": family}]}
+
+
+def entry(resource, method="PUT", url=None, **request):
+    full = {"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource, "request": {"method": method, "url": url, **request}}
+    return full
+
+
+def put_patient(**kwargs):
+    res = patient(**kwargs)
+    value = res["identifier"][0]["value"]
+    return entry(res, url=f"Patient?identifier={FNR}|{value}")
+
+
+def put_encounter(*, subject=PATIENT_UUID, status="finished", id_=ENCOUNTER_UUID, value="V1"):
+    res = {
+        "resourceType": "Encounter",
+        "id": id_,
+        "identifier": [{"system": ENC_SYSTEM, "value": value}],
+        "status": status,
+        "subject": {"reference": f"urn:uuid:{subject}"},
+    }
+    return entry(res, url=f"Encounter?identifier={ENC_SYSTEM}|{value}")
+
+
+def put_observation(*, subject=PATIENT_UUID):
+    res = {"resourceType": "Observation", "id": OBS_UUID, "status": "final", "code": {"text": "puls"}, "subject": {"reference": f"urn:uuid:{subject}"}}
+    return entry(res, url=f"Observation/{OBS_UUID}")
+
+
+def bundle(*entries):
+    return {"resourceType": "Bundle", "type": "transaction", "entry": list(entries)}
+
+
+def admission(**patient_kwargs):
+    return bundle(put_patient(**patient_kwargs), put_encounter(), put_observation())
+
+
+class TestOpenRecord:
+    def test_default_is_sqlite_in_data_dir(self, tmp_path):
+        """Without a record URL the record is SQLite at settings.sqlite_path, parent created."""
+        settings = Settings(data_dir=tmp_path / "deep" / "data")
+        with open_record(settings) as record:
+            assert isinstance(record, SqliteRecord)
+        assert settings.sqlite_path.exists()
+
+    def test_reopen_keeps_data(self, settings):
+        """Opening twice is idempotent and sees earlier writes."""
+        with open_record(settings) as first:
+            first.apply(admission())
+        with open_record(settings) as second:
+            assert second.read("Patient", PATIENT_UUID)["name"] == [{"family": "Nordmann"}]
+
+    def test_unknown_scheme_is_config_error(self, tmp_path):
+        """A record URL with an unsupported scheme refuses to start."""
+        with pytest.raises(ConfigError):
+            open_record(Settings(record_url="mysql://x/y", data_dir=tmp_path))
+
+    @pytest.mark.integration
+    def test_unreachable_postgres_is_unavailable(self, tmp_path):
+        """A PostgreSQL that does not answer raises RecordUnavailable."""
+        with pytest.raises(RecordUnavailable):
+            open_record(Settings(record_url="postgresql://postgres@127.0.0.1:1/test", data_dir=tmp_path))
+
+    def test_bad_schema_name_is_unavailable(self, tmp_path):
+        """A schema parameter that is not a plain identifier is refused before connecting."""
+        with pytest.raises(RecordUnavailable):
+            open_record(Settings(record_url="postgresql://postgres@127.0.0.1:5432/test?schema=a;drop", data_dir=tmp_path))
+
+    def test_locked_sqlite_is_unavailable(self, tmp_path):
+        """A writer that cannot get SQLite's lock raises RecordUnavailable, not sqlite3 errors."""
+        path = tmp_path / "r.sqlite3"
+        with SqliteRecord(path, busy_timeout=0) as record, closing(sqlite3.connect(path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            with pytest.raises(RecordUnavailable):
+                record.apply(admission())
+            other.execute("ROLLBACK")
+            assert record.apply(admission()).changed
+
+
+class TestApply:
+    def test_creates_with_own_ids(self, record):
+        """Conditional updates with no match create each resource at its own id, version 1."""
+        result = record.apply(admission())
+        assert [(e.resource_type, e.id, e.version, e.outcome) for e in result.entries] == [
+            ("Patient", PATIENT_UUID, 1, "created"),
+            ("Encounter", ENCOUNTER_UUID, 1, "created"),
+            ("Observation", OBS_UUID, 1, "created"),
+        ]
+        stored = record.read("Patient", PATIENT_UUID)
+        assert stored["meta"]["versionId"] == "1" and stored["meta"]["lastUpdated"].endswith("Z")
+
+    def test_rewrites_references(self, record):
+        """A urn:uuid reference to another entry becomes Type/id."""
+        record.apply(admission())
+        assert record.read("Encounter", ENCOUNTER_UUID)["subject"] == {"reference": f"Patient/{PATIENT_UUID}"}
+
+    def test_conditional_update_keeps_matched_id(self, record):
+        """A match on identifier keeps the stored id, and references follow it, not the new uuid."""
+        record.apply(bundle(put_patient()))
+        other = "7f000000-0000-4000-8000-000000000001"
+        result = record.apply(bundle(put_patient(id_=other, family="Hansen"), put_encounter(subject=other)))
+        assert (result.entries[0].id, result.entries[0].version, result.entries[0].outcome) == (PATIENT_UUID, 2, "updated")
+        assert record.read("Patient", other) is None
+        assert record.read("Encounter", ENCOUNTER_UUID)["subject"]["reference"] == f"Patient/{PATIENT_UUID}"
+
+    def test_apply_twice_changes_nothing(self, record):
+        """Applying the same Bundle again leaves every version and the history as they were."""
+        record.apply(admission())
+        again = record.apply(admission())
+        assert [e.outcome for e in again.entries] == ["unchanged"] * 3
+        assert [e.version for e in again.entries] == [1, 1, 1]
+        assert not again.changed
+        assert len(record.history("Patient", PATIENT_UUID)) == 1
+
+    def test_changed_content_makes_new_version(self, record):
+        """A changed resource gets version 2; unchanged neighbours stay at 1."""
+        record.apply(admission())
+        result = record.apply(admission(family="Hansen"))
+        assert [(e.version, e.outcome) for e in result.entries] == [(2, "updated"), (1, "unchanged"), (1, "unchanged")]
+        history = record.history("Patient", PATIENT_UUID)
+        assert [h["meta"]["versionId"] for h in history] == ["2", "1"]
+        assert [h["name"][0]["family"] for h in history] == ["Hansen", "Nordmann"]
+        assert record.vread("Patient", PATIENT_UUID, 1)["name"][0]["family"] == "Nordmann"
+
+    def test_incoming_meta_version_is_ignored(self, record):
+        """Store-owned meta fields do not count as a change; other meta is kept."""
+        first = put_patient()
+        first["resource"]["meta"] = {"profile": ["http://hl7.no/fhir/StructureDefinition/no-basis-Patient"]}
+        record.apply(bundle(first))
+        second = copy.deepcopy(first)
+        second["resource"]["meta"].update(versionId="9", lastUpdated="2001-01-01T00:00:00Z")
+        assert record.apply(bundle(second)).entries[0].outcome == "unchanged"
+        assert record.read("Patient", PATIENT_UUID)["meta"]["profile"] == first["resource"]["meta"]["profile"]
+
+    def test_leaves_callers_bundle_alone(self, record):
+        """The caller's Bundle still holds its urn:uuid references after apply."""
+        sent = admission()
+        kept = copy.deepcopy(sent)
+        record.apply(sent)
+        assert sent == kept
+
+    def test_conditional_create(self, record):
+        """POST with ifNoneExist creates once, then reports the match unchanged."""
+        post = entry(patient(), method="POST", url="Patient", ifNoneExist=f"identifier={FNR}|{FNR_VALUE}")
+        first = record.apply(bundle(post)).entries[0]
+        second = record.apply(bundle(post)).entries[0]
+        assert (first.outcome, second.outcome, second.id, second.version) == ("created", "unchanged", first.id, 1)
+
+    def test_duplicate_condition_in_one_bundle(self, record):
+        """Two conditional creates for one identifier in one Bundle make one resource."""
+        post = entry(patient(id_="a1"), method="POST", url="Patient", ifNoneExist=f"identifier={FNR}|{FNR_VALUE}")
+        result = record.apply(bundle(post, copy.deepcopy(post)))
+        assert result.entries[0].id == result.entries[1].id
+        assert record.counts() == {"Patient": 1}
+
+    def test_plain_post_and_put(self, record):
+        """POST Type always creates; PUT Type/id creates then updates at that id."""
+        post = {"resource": {"resourceType": "Patient", "active": True}, "request": {"method": "POST", "url": "Patient"}}
+        ids = {record.apply(bundle(post)).entries[0].id for _ in range(2)}
+        put = {"resource": {"resourceType": "Patient", "active": False}, "request": {"method": "PUT", "url": "Patient/p-1"}}
+        created = record.apply(bundle(put)).entries[0]
+        put["resource"]["active"] = True
+        updated = record.apply(bundle(put)).entries[0]
+        assert len(ids) == 2 and (created.outcome, updated.outcome, updated.version) == ("created", "updated", 2)
+        assert record.counts() == {"Patient": 3}
+
+    def test_multiple_matches_is_invalid(self, record):
+        """A condition that matches two resources is refused."""
+        for id_ in ("twin-a", "twin-b"):
+            record.apply(bundle(entry(patient(id_=id_), url=f"Patient/{id_}")))
+        with pytest.raises(InvalidContent, match="multiple matches"):
+            record.apply(bundle(put_patient()))
+
+    def test_failure_after_a_write_leaves_nothing(self, record):
+        """An entry that fails after an earlier entry was written rolls the whole Bundle back."""
+        bad = put_encounter()
+        bad["resource"]["meta"] = "not an object"
+        with pytest.raises(InvalidContent):
+            record.apply(bundle(put_patient(), bad))
+        assert record.counts() == {}
+        assert record.history("Patient", PATIENT_UUID) == []
+        assert record.apply(admission()).entries[0].version == 1
+
+    def test_dangling_reference_is_invalid(self, record):
+        """A urn:uuid reference that names no entry is refused and nothing is written."""
+        with pytest.raises(InvalidContent) as caught:
+            record.apply(bundle(put_encounter(subject="00000000-0000-4000-8000-000000000000")))
+        assert caught.value.location == "Bundle.entry[0]"
+        assert record.counts() == {}
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"resourceType": "Patient"},
+            {"resourceType": "Bundle", "type": "batch", "entry": []},
+            bundle({"request": {"method": "GET", "url": "Patient"}}),
+            bundle({"resource": {"resourceType": "Encounter"}, "request": {"method": "PUT", "url": "Patient/x"}}),
+            bundle({"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient/x"}}),
+            bundle({"resource": {"resourceType": "Patient", "id": "y"}, "request": {"method": "PUT", "url": "Patient/x"}}),
+            bundle({"request": {"method": "PUT", "url": "Patient"}}),
+            bundle({"resource": {"resourceType": "Patient"}, "request": {"method": "PUT", "url": "Patient?foo=bar"}}),
+        ],
+        ids=["not-bundle", "batch", "get", "type-mismatch", "post-with-id", "id-mismatch", "put-no-id", "unknown-param"],
+    )
+    def test_malformed_bundles_are_invalid(self, record, bad):
+        """Bad shapes, unsupported methods and unsupported conditions raise InvalidContent."""
+        with pytest.raises(InvalidContent):
+            record.apply(bad)
+
+    def test_empty_transaction(self, record):
+        """A transaction without entries applies and changes nothing."""
+        assert record.apply(bundle()).entries == ()
+
+
+class TestDelete:
+    def test_delete_by_id(self, record):
+        """DELETE makes a new, deleted version; read then returns None and history keeps it."""
+        record.apply(admission())
+        result = record.apply(bundle({"request": {"method": "DELETE", "url": f"Encounter/{ENCOUNTER_UUID}"}}))
+        assert (result.entries[0].version, result.entries[0].outcome) == (2, "deleted")
+        assert record.read("Encounter", ENCOUNTER_UUID) is None
+        assert [v.deleted for v in record.versions("Encounter", ENCOUNTER_UUID)] == [True, False]
+        assert record.search("Encounter", {"patient": PATIENT_UUID}) == []
+
+    def test_delete_twice_and_absent(self, record):
+        """Deleting what is already gone, or never was, is unchanged."""
+        record.apply(admission())
+        delete = bundle({"request": {"method": "DELETE", "url": f"Observation/{OBS_UUID}"}})
+        record.apply(delete)
+        again = record.apply(delete).entries[0]
+        absent = record.apply(bundle({"request": {"method": "DELETE", "url": "Observation/nope"}})).entries[0]
+        assert (again.outcome, again.version, absent.outcome, absent.version) == ("unchanged", 2, "unchanged", 0)
+
+    def test_conditional_delete_then_recreate(self, record):
+        """DELETE by identifier removes the match; a later PUT recreates it as a new version."""
+        record.apply(admission())
+        record.apply(bundle({"request": {"method": "DELETE", "url": f"Patient?identifier={FNR}|{FNR_VALUE}"}}))
+        assert record.search("Patient", {"identifier": FNR_VALUE}) == []
+        again = record.apply(bundle(put_patient())).entries[0]
+        assert (again.outcome, again.version) == ("created", 3)
+
+
+class TestSearch:
+    @pytest.mark.parametrize(
+        "params",
+        [{"identifier": f"{FNR}|{FNR_VALUE}"}, {"identifier": FNR_VALUE}, {"identifier": f"{FNR}|"}, {"_id": PATIENT_UUID}],
+        ids=["system-value", "bare-value", "system-only", "id"],
+    )
+    def test_finds_patient(self, record, params):
+        """Identifier with or without system, a system alone, and _id all find the patient."""
+        record.apply(admission())
+        assert [r["id"] for r in record.search("Patient", params)] == [PATIENT_UUID]
+
+    @pytest.mark.parametrize(
+        "params",
+        [{"identifier": f"urn:other|{FNR_VALUE}"}, {"identifier": f"|{FNR_VALUE}"}, {"identifier": "02020000000"}, {"_id": "x"}],
+        ids=["other-system", "no-system", "other-value", "other-id"],
+    )
+    def test_misses(self, record, params):
+        """A different system, an explicit empty system, or another value finds nothing."""
+        record.apply(admission())
+        assert record.search("Patient", params) == []
+
+    @pytest.mark.parametrize("param", ["patient", "subject"])
+    @pytest.mark.parametrize("value", [PATIENT_UUID, f"Patient/{PATIENT_UUID}"])
+    def test_by_patient_and_subject(self, record, param, value):
+        """patient and subject accept Patient/id or a bare id."""
+        record.apply(admission())
+        assert [r["id"] for r in record.search("Observation", {param: value})] == [OBS_UUID]
+
+    def test_params_are_anded(self, record):
+        """Several parameters must all match."""
+        record.apply(admission())
+        record.apply(bundle(put_patient(id_="p2", value="02020000000"), put_encounter(subject="p2", id_="e2", value="V2")))
+        both = {"patient": PATIENT_UUID, "identifier": "V1"}
+        assert [r["id"] for r in record.search("Encounter", both)] == [ENCOUNTER_UUID]
+        assert record.search("Encounter", {"patient": "p2", "identifier": "V1"}) == []
+
+    def test_index_follows_current_version(self, record):
+        """A changed identifier is found by its new value only."""
+        record.apply(bundle(entry(patient(), url=f"Patient/{PATIENT_UUID}")))
+        record.apply(bundle(entry(patient(value="02020000000"), url=f"Patient/{PATIENT_UUID}")))
+        assert record.search("Patient", {"identifier": FNR_VALUE}) == []
+        assert len(record.search("Patient", {"identifier": "02020000000"})) == 1
+
+    def test_unknown_parameter_is_invalid(self, record):
+        """A parameter the record does not index raises InvalidContent."""
+        with pytest.raises(InvalidContent):
+            record.search("Patient", {"name": "Nordmann"})
+
+    def test_counts(self, record):
+        """counts() reports current resources per type."""
+        record.apply(admission())
+        assert record.counts() == {"Encounter": 1, "Observation": 1, "Patient": 1}
+
+
+class TestConcurrentApply:
+    @pytest.mark.parametrize("how", ["post-if-none-exist", "conditional-put"])
+    def test_one_resource_per_identifier(self, settings, how):
+        """Two connections racing to create one identifier make exactly one resource."""
+        records = [open_record(settings) for _ in range(2)]
+        try:
+            for round_ in range(15):
+                value = f"{round_:011d}"
+                res = {"resourceType": "Patient", "identifier": [{"system": FNR, "value": value}]}
+                request = (
+                    {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={FNR}|{value}"}
+                    if how == "post-if-none-exist"
+                    else {"method": "PUT", "url": f"Patient?identifier={FNR}|{value}"}
+                )
+                _race(records, bundle({"resource": res, "request": request}))
+                assert len(records[0].search("Patient", {"identifier": value})) == 1
+        finally:
+            for r in records:
+                r.close()
+
+    def test_lost_update_is_refused(self, record):
+        """A writer whose next version another writer took fails with RecordUnavailable, writing nothing."""
+        record.apply(bundle(put_patient()))
+        with record._transaction([]) as db:  # play the other writer: version 2 is taken
+            db.execute(
+                "INSERT INTO fhir_history (type, id, version, deleted, last_updated, body) VALUES (?, ?, ?, ?, ?, ?)",
+                ("Patient", PATIENT_UUID, 2, 0, "2024-01-01T00:00:00.000Z", '{"resourceType": "Patient"}'),
+            )
+        with pytest.raises(RecordUnavailable):
+            record.apply(bundle(put_patient(family="Hansen")))
+        assert record.read("Patient", PATIENT_UUID)["name"] == [{"family": "Nordmann"}]
+
+
+def _race(records, sent):
+    barrier = threading.Barrier(len(records))
+    errors = []
+
+    def work(record):
+        barrier.wait()
+        try:
+            record.apply(sent)
+        except Exception as exc:  # noqa: BLE001  # reported to the test thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in records]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

@@ -1,0 +1,96 @@
+"""Tests for router/cli/serve.py: the `helsebro serve` verb, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from router.cli import build_parser
+from router.cli.serve import run
+
+ROOT = Path(__file__).resolve().parents[2]
+_MAIN = "import sys; from router.cli import main; sys.exit(main())"
+
+
+def _start(tmp_path, *args, record_url=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
+    env["HELSEBRO_DATA_DIR"] = str(tmp_path / "data")
+    if record_url:
+        env["HELSEBRO_RECORD_URL"] = record_url
+    return subprocess.Popen(
+        [sys.executable, "-c", _MAIN, "serve", *args],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _events(proc):
+    """Yield the JSON log events the process writes to stderr, as they come."""
+    for line in proc.stderr:
+        if line.startswith("{"):
+            yield json.loads(line)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A `helsebro serve --port 0` process and the base URL it reported."""
+    proc = _start(tmp_path, "--port", "0")
+    try:
+        events = _events(proc)
+        serving = next(e for e in events if e["event"] in ("fhir_serving", "fhir_record_unavailable"))
+        yield proc, serving["base_url"], events
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+
+
+class TestServe:
+    def test_defaults(self):
+        """`serve` listens on 127.0.0.1:8080 unless told otherwise."""
+        args = build_parser().parse_args(["serve"])
+        assert (args.host, args.port, args.func) == ("127.0.0.1", 8080, run)
+
+    def test_options(self):
+        """--host and --port are parsed."""
+        args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "9001"])
+        assert (args.host, args.port) == ("0.0.0.0", 9001)
+
+    def test_serves_until_sigterm(self, served):
+        """The process answers FHIR requests and exits 0 on SIGTERM."""
+        proc, base_url, events = served
+        with httpx.Client(base_url=base_url) as http:
+            assert http.get("/metadata").json()["fhirVersion"] == "4.0.1"
+            assert http.get("/Patient/absent").status_code == 404
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "fhir_stopped" in [e["event"] for e in events]
+
+    def test_sigint_stops_cleanly(self, served):
+        """SIGINT stops the server with exit code 0, too."""
+        proc, _, _ = served
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+
+    def test_unreachable_record_exits_1(self, tmp_path):
+        """An unusable record is reported at start with exit code 1."""
+        proc = _start(tmp_path, "--port", "0", record_url="postgresql://postgres@127.0.0.1:1/test")
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and "fhir_record_unavailable" in err
+
+    def test_busy_port_exits_1(self, tmp_path):
+        """A port already in use is reported with exit code 1."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            proc = _start(tmp_path, "--port", str(taken.getsockname()[1]))
+            _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 1 and "fhir_listen_failed" in err
