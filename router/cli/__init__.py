@@ -19,6 +19,7 @@ _VERBS = (
     "router.cli.run",
     "router.cli.serve",
     "router.cli.demo",
+    "router.cli.mappings",
 )
 
 

@@ -137,31 +137,67 @@ class Compiler:
     _raw: dict[tuple[str, str], tuple[YMap, str]] = field(default_factory=dict)
     _busy: set[str] = field(default_factory=set)
     _params: tuple[str, ...] = ()  # parameters of the template being compiled; refs must name one
+    check_path: Callable[[Any], str | None] | None = None  # the format's structure check (unknown fields)
+    errors: list[MappingError] | None = None  # set to collect every error (lint) instead of stopping
 
     # -- loading -------------------------------------------------------
     def load(self) -> dict[str, MessageMapping]:
-        """Compile every file; return the message mappings by structure."""
+        """Compile every file; return the message mappings by structure.
+
+        With `errors` set, each file is compiled on its own and its first error is
+        collected, so lint reports every broken file at once.
+        """
         for folder in ("tables", "datatypes", "segments"):
             for path in sorted((self.root / folder).glob("*.yaml")):
-                doc = self._doc(path)
-                key = {"tables": "table", "datatypes": "datatype", "segments": "resource"}[folder]
-                name = _need(doc, key, f"a file in {folder}/")
-                if path.stem != name:
-                    raise _err(f"{key} {name!r} must live in a file named {name}.yaml", doc.pos(key))
-                self._raw[(folder, str(name))] = (doc, self._show(path))
+                self._guard(self._register, folder, path)
         for (folder, name), (doc, _) in self._raw.items():
             if folder == "tables":
-                self.tables[name] = load_table(doc)
+                self._guard(self._table, name, doc)
         for (folder, name) in list(self._raw):
+            pos = self._raw[(folder, name)][0].pos()
             if folder == "datatypes":
-                self.datatype(name, self._raw[(folder, name)][0].pos())
+                self._guard(self.datatype, name, pos)
             elif folder == "segments":
-                self.template(name, self._raw[(folder, name)][0].pos())
+                self._guard(self.template, name, pos)
         out: dict[str, MessageMapping] = {}
         for path in sorted((self.root / "messages").glob("*.yaml")):
-            mm = self._message(path)
-            out[mm.structure] = mm
+            mm = self._guard(self._message, path)
+            if mm is not None:
+                out[mm.structure] = mm
+        # Provenance names the whole folder's content: a change to a shared
+        # datatype or table changes what every message mapping produces.
+        digest = hashlib.sha256()
+        for path in sorted(self.root.rglob("*.yaml")):
+            if ".cases" not in path.parent.name:
+                digest.update(str(path.relative_to(self.root)).encode() + b"\0" + path.read_bytes())
+        for mm in out.values():
+            mm.sha = mm.sha or digest.hexdigest()[:12]
         return out
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self.errors is None:
+            return fn(*args)
+        try:
+            return fn(*args)
+        except MappingError as exc:
+            self._collect(exc)
+            self._busy.clear()
+            return None
+
+    def _collect(self, exc: MappingError) -> None:
+        if self.errors is not None and not any(str(e) == str(exc) for e in self.errors):
+            self.errors.append(exc)
+
+    def _register(self, folder: str, path: Path) -> None:
+        doc = self._doc(path)
+        key = {"tables": "table", "datatypes": "datatype", "segments": "resource"}[folder]
+        name = _need(doc, key, f"a file in {folder}/")
+        if path.stem != name:
+            raise _err(f"{key} {name!r} must live in a file named {name}.yaml", doc.pos(key))
+        self._raw[(folder, str(name))] = (doc, self._show(path))
+
+    def _table(self, name: str, doc: YMap) -> None:
+        self.tables[name] = load_table(doc)
 
     def _show(self, path: Path) -> str:
         base = self.display_root or self.root.parent.parent
@@ -188,16 +224,24 @@ class Compiler:
         self._busy.add(name)
         saved, self._params = self._params, ()  # datatypes take no resource parameters
         doc, _ = self._raw[("datatypes", name)]
-        _check_keys(doc, {"datatype", "source", "target", "description", "rules"}, "a datatype mapping")
-        fhir_type = str(_need(doc, "target", "a datatype mapping"))
         try:
-            fhir_model.elements(fhir_type)
-        except fhir_model.UnknownType:
-            raise _err(f"{fhir_type!r} is not a FHIR R4 type", doc.pos("target")) from None
-        dt = Datatype(name, fhir_type, self.block(_need(doc, "rules", "a datatype mapping"), fhir_type, doc.pos("rules")))
+            _check_keys(doc, {"datatype", "source", "target", "description", "rules"}, "a datatype mapping")
+            fhir_type = str(_need(doc, "target", "a datatype mapping"))
+            try:
+                fhir_model.elements(fhir_type)
+            except fhir_model.UnknownType:
+                raise _err(f"{fhir_type!r} is not a FHIR R4 type", doc.pos("target")) from None
+            dt = Datatype(name, fhir_type, self.block(_need(doc, "rules", "a datatype mapping"), fhir_type, doc.pos("rules")))
+        except MappingError as exc:
+            if self.errors is None:
+                raise
+            # Lint goes on: users of a broken datatype are checked against a stand-in.
+            self._collect(exc)
+            dt = Datatype(name, str(doc.get("target", "")), Block([]))
+        finally:
+            self._busy.discard(name)
+            self._params = saved
         self.datatypes[name] = dt
-        self._busy.discard(name)
-        self._params = saved
         return dt
 
     def template(self, name: str, pos: Pos) -> Template:
@@ -207,6 +251,18 @@ class Compiler:
         if ("segments", name) not in self._raw:
             raise _err(f"no resource template {name!r} (looked for segments/{name}.yaml)", pos)
         doc, _ = self._raw[("segments", name)]
+        try:
+            return self._template(name, doc)
+        except MappingError as exc:
+            if self.errors is None:
+                raise
+            self._collect(exc)
+            params = tuple(str(p) for p in (doc.get("params") or []))
+            tpl = Template(name, str(doc.get("type", "")), params, (), (), Block([]), doc.pos())
+            self.templates[name] = tpl
+            return tpl
+
+    def _template(self, name: str, doc: YMap) -> Template:
         _check_keys(doc, {"resource", "type", "description", "params", "identity", "rules"}, "a resource template")
         fhir_type = str(_need(doc, "type", "a resource template"))
         if not fhir_model.is_resource_type(fhir_type):
@@ -260,15 +316,20 @@ class Compiler:
                 if bound not in names:
                     raise _err(f"{use.name}: parameter {param!r} is bound to {bound!r}, which this message does not produce", use.pos)
         raw_events = doc.get("events") or []
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-        return MessageMapping(structure, tuple(str(e) for e in raw_events), uses, self._show(path), sha)
+        # TEMPORARY: per-file hash until the hot-path work lands; then the folder hash above.
+        return MessageMapping(structure, tuple(str(e) for e in raw_events), uses, self._show(path), hashlib.sha256(path.read_bytes()).hexdigest()[:12])
 
     # -- rules ---------------------------------------------------------
     def _path(self, text: Any, pos: Pos) -> Any:
         try:
-            return self.compile_path(str(text))
+            path = self.compile_path(str(text))
         except ValueError as exc:
             raise _err(str(exc), pos) from None
+        if self.check_path is not None:
+            problem = self.check_path(path)
+            if problem:
+                raise _err(problem, pos)
+        return path
 
     def _when(self, node: YMap) -> Predicate | None:
         if "when" not in node:

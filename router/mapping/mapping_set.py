@@ -25,26 +25,29 @@ class MappingSet:
     compiler: Compiler
 
     @classmethod
-    def load(cls, root: Path, compile_path: Callable[[str], Any]) -> MappingSet:
+    def load(cls, root: Path, compile_path: Callable[[str], Any], *, check_path: Callable[[Any], str | None] | None = None) -> MappingSet:
         """Compile every mapping under *root* (e.g. `mappings/hl7v2`).
 
         Raises:
             MappingError: any file fails its checks; the error names file:line:col.
         """
-        compiler = Compiler(root, compile_path)
+        compiler = Compiler(root, compile_path, check_path=check_path)
         messages = compiler.load()
-        structures: dict[str, str] = {}
         table = root / "structures.yaml"
-        if table.exists():
-            doc = load_yaml(table, display=compiler._show(table))
-            if not isinstance(doc, YMap) or not isinstance(doc.get("structures"), dict):
-                raise MappingError("structures.yaml needs a structures: mapping", file=compiler._show(table), line=1, column=1)
-            structures = {str(k).upper(): str(v) for k, v in doc["structures"].items()}
-            for key, value in structures.items():
-                if value not in messages:
-                    pos = doc["structures"].pos(key)
-                    raise MappingError(f"{key} points at {value}, but messages/{value}.yaml does not exist", file=pos[0], line=pos[1], column=pos[2])
+        structures = cls._structures(table, compiler, messages) if table.exists() else {}
         return cls(root, messages, structures, compiler)
+
+    @staticmethod
+    def _structures(table: Path, compiler: Compiler, messages: dict[str, MessageMapping]) -> dict[str, str]:
+        doc = load_yaml(table, display=compiler._show(table))
+        if not isinstance(doc, YMap) or not isinstance(doc.get("structures"), dict):
+            raise MappingError("structures.yaml needs a structures: mapping", file=compiler._show(table), line=1, column=1)
+        structures = {str(k).upper(): str(v) for k, v in doc["structures"].items()}
+        for key, value in structures.items():
+            if value not in messages:
+                pos = doc["structures"].pos(key)
+                raise MappingError(f"{key} points at {value}, but messages/{value}.yaml does not exist", file=pos[0], line=pos[1], column=pos[2])
+        return structures
 
     def find(self, code: str, event: str, structure: str) -> MessageMapping | None:
         """Pick the mapping for a message: by MSH-9.3, else by event, else CODE_EVENT."""
@@ -54,3 +57,19 @@ class MappingSet:
         if by_event:
             return self.messages.get(by_event)
         return self.messages.get(f"{code}_{event}")
+
+
+def lint(root: Path, compile_path: Callable[[str], Any], *, check_path: Callable[[Any], str | None] | None = None) -> list[MappingError]:
+    """Run every load-time check on *root* and return all errors (empty when clean)."""
+    if not (root / "messages").is_dir():
+        return [MappingError("not a mapping folder: it has no messages/ folder", file=str(root), line=1, column=1)]
+    compiler = Compiler(root, compile_path, check_path=check_path, errors=[])
+    errors = compiler.errors if compiler.errors is not None else []
+    try:
+        messages = compiler.load()
+        table = root / "structures.yaml"
+        if table.exists():
+            MappingSet._structures(table, compiler, messages)
+    except MappingError as exc:
+        errors.append(exc)
+    return errors

@@ -1,0 +1,113 @@
+"""`helsebro mappings lint|test [PATH...]`: the mapping author's tools.
+
+lint  runs every load-time check and prints `file:line:col: what is wrong`.
+test  runs lint, then every fixture case (`X.cases/name.hl7` beside
+      `name.expected.json`), printing a readable diff on a mismatch;
+      `--update` rewrites the expected outputs after review.
+Exit 0 when clean, 1 when anything failed, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from router.settings import load_settings
+
+
+def register(sub: Any) -> None:
+    """Add the `mappings` verb with its `lint` and `test` actions."""
+    p = sub.add_parser("mappings", help="lint and test mapping files", description=__doc__.split("\n\n")[0])
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    lint = actions.add_parser("lint", help="run every load-time check")
+    lint.add_argument("paths", nargs="*", metavar="PATH", help="mapping folders (default: the configured mappings/hl7v2)")
+    lint.set_defaults(func=run_lint)
+    test = actions.add_parser("test", help="run fixture cases")
+    test.add_argument("paths", nargs="*", metavar="PATH", help="mapping folders (default: the configured mappings/hl7v2)")
+    test.add_argument("--update", action="store_true", help="rewrite the expected outputs from the current mappings")
+    test.set_defaults(func=run_test)
+
+
+def _roots(paths: list[str]) -> list[Path] | None:
+    """Map PATHs to mapping roots: a folder with messages/, or the one above a file or .cases folder."""
+    if not paths:
+        return [load_settings().mappings_dir / "hl7v2"]
+    roots: list[Path] = []
+    for text in paths:
+        p = Path(text).resolve()
+        if not p.exists():
+            print(f"helsebro mappings: no such file or folder: {text}", file=sys.stderr)
+            return None
+        probe = p if p.is_dir() else p.parent
+        while not (probe / "messages").is_dir() and probe != probe.parent:
+            probe = probe.parent
+        root = probe if (probe / "messages").is_dir() else p
+        if root not in roots:
+            roots.append(root)
+    return roots
+
+
+def _lint_roots(roots: list[Path]) -> int:
+    from adapters.hl7v2.paths import compile_path
+    from adapters.hl7v2.structure import check_path
+    from router.mapping.mapping_set import lint
+
+    count = 0
+    for root in roots:
+        for err in lint(root, compile_path, check_path=check_path):
+            print(f"{err.file}:{err.line}:{err.column}: {err.reason}", file=sys.stderr)
+            count += 1
+    return count
+
+
+def run_lint(args: argparse.Namespace) -> int:
+    """Lint every root; exit 1 on any error."""
+    roots = _roots(args.paths)
+    if roots is None:
+        return 2
+    errors = _lint_roots(roots)
+    print(f"{errors} error(s) in {len(roots)} mapping folder(s)" if errors else f"ok: {len(roots)} mapping folder(s) clean")
+    return 1 if errors else 0
+
+
+def run_test(args: argparse.Namespace) -> int:
+    """Lint, then run every fixture case under the roots."""
+    from adapters.hl7v2.paths import compile_path
+    from adapters.hl7v2.structure import check_path
+    from router.mapping import MappingSet
+    from router.mapping.fixtures import find_cases, run_case
+    from router.pipeline.convert import Converter
+
+    roots = _roots(args.paths)
+    if roots is None:
+        return 2
+    if _lint_roots(roots):
+        print("lint failed: fix the errors above before running cases", file=sys.stderr)
+        return 1
+    settings = load_settings()
+    failed = total = 0
+    for root in roots:
+        conv = Converter(settings, mappings=MappingSet.load(root, compile_path, check_path=check_path))
+
+        def convert(data: bytes, conv: Converter = conv) -> list[dict[str, Any]]:
+            return [r.bundle if r.ok and r.bundle is not None else r.outcome() for r in conv.convert(data)]
+
+        def show(p: Path, root: Path = root) -> str:
+            try:
+                return str(p.relative_to(root.parent.parent))
+            except ValueError:
+                return str(p)
+
+        for source, expected in find_cases(root):
+            total += 1
+            res = run_case(source, expected, convert, update=args.update, display=show)
+            if res.passed:
+                print(f"PASS {res.name}" + (" (updated)" if args.update else ""))
+            else:
+                failed += 1
+                print(f"FAIL {res.name} ({show(res.source)}:1)")
+                print(res.detail.rstrip())
+    print(f"{total - failed} passed, {failed} failed")
+    return 1 if failed else 0

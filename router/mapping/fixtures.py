@@ -1,0 +1,87 @@
+"""Mapping fixture cases: a message file beside its expected FHIR output.
+
+    mappings/hl7v2/messages/ADT_A01.cases/admit.hl7
+    mappings/hl7v2/messages/ADT_A01.cases/admit.expected.json
+
+The expected file holds a JSON list, one document per message in the case
+file, exactly as `helsebro convert` writes them. Outputs are also validated
+with fhir.resources here: full validation belongs to tests, not the hot path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+CASE_SUFFIXES = (".hl7", ".er7", ".txt", ".xml")
+
+
+@dataclass(frozen=True, slots=True)
+class CaseResult:
+    """The outcome of one fixture case."""
+
+    name: str
+    source: Path
+    expected: Path
+    passed: bool
+    detail: str  # a unified diff, or why the case could not run
+
+
+def find_cases(root: Path) -> list[tuple[Path, Path]]:
+    """Return (message file, expected file) pairs under *root*'s `*.cases/` folders."""
+    out = []
+    for folder in sorted(root.rglob("*.cases")):
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() in CASE_SUFFIXES:
+                out.append((f, f.with_name(f.stem + ".expected.json")))
+    return out
+
+
+def render(docs: list[dict[str, Any]]) -> str:
+    """Serialise outputs the one way expected files are written: stable and diffable.
+
+    The provenance tag's content hash is blanked: it changes with every edit to
+    the folder, and a case should fail only when the output itself changes.
+    """
+    for doc in docs:
+        for tag in doc.get("meta", {}).get("tag", []):
+            if tag.get("system") == "urn:helsebro:mapping" and "@" in tag.get("code", ""):
+                tag["code"] = tag["code"].split("@")[0] + "@<content-hash>"
+    return json.dumps(docs, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def _validate(docs: list[dict[str, Any]]) -> str | None:
+    from fhir.resources.R4B.bundle import Bundle
+    from fhir.resources.R4B.operationoutcome import OperationOutcome
+    from pydantic import ValidationError
+
+    for i, doc in enumerate(docs, 1):
+        model = Bundle if doc.get("resourceType") == "Bundle" else OperationOutcome
+        try:
+            model.model_validate(doc)
+        except ValidationError as exc:
+            return f"message {i}: not valid FHIR R4 {model.__name__}: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}"
+    return None
+
+
+def run_case(source: Path, expected: Path, convert: Callable[[bytes], list[dict[str, Any]]], *, update: bool, display: Callable[[Path], str]) -> CaseResult:
+    """Convert *source*, validate, and compare with (or, with *update*, rewrite) *expected*."""
+    name = f"{source.parent.name[: -len('.cases')]}/{source.stem}"
+    docs = convert(source.read_bytes())
+    problem = _validate(docs)
+    if problem:
+        return CaseResult(name, source, expected, False, problem)
+    actual = render(docs)
+    if update:
+        expected.write_text(actual, encoding="utf-8")
+        return CaseResult(name, source, expected, True, "updated")
+    if not expected.exists():
+        return CaseResult(name, source, expected, False, f"no expected output {display(expected)}; review the output and run with --update")
+    want = expected.read_text(encoding="utf-8")
+    if want == actual:
+        return CaseResult(name, source, expected, True, "")
+    diff = difflib.unified_diff(want.splitlines(keepends=True), actual.splitlines(keepends=True), fromfile=display(expected), tofile="actual output", n=2)
+    return CaseResult(name, source, expected, False, "".join(diff))
