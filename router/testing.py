@@ -1,0 +1,204 @@
+"""The test kit for developers and mapping authors: an engine in a thread, queues to look into, waits with deadlines.
+
+Tests and `helsebro demo` use it; nothing in the engine's own path imports it.
+Every wait here has a deadline and checks a condition; none sleeps a fixed time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, TypeVar
+
+import yaml
+from kombu import Queue
+
+from adapters.amqp.connection import declare_topology, delete_topology, open_connection
+from adapters.amqp.connection import queue_depth as _depth
+from adapters.amqp.outbound import Publisher
+from router.engine import Engine, EngineStats
+from router.settings import PROJECT_ROOT, Settings, load_settings
+
+__all__ = [
+    "EngineHandle",
+    "adt_message",
+    "delete_queues",
+    "drain_queue",
+    "isolated_settings",
+    "publish",
+    "queue_depth",
+    "run_engine_in_thread",
+    "settings_env",
+    "wait_until",
+]
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, *, interval: float = 0.05, what: str = "condition") -> T:
+    """Return *predicate*'s first truthy value; raise TimeoutError after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what} not met within {timeout} s")
+        time.sleep(interval)
+
+
+_STRUCTURE = {"A01": "ADT_A01", "A04": "ADT_A01", "A08": "ADT_A01", "A02": "ADT_A02", "A03": "ADT_A03"}
+
+
+def adt_message(
+    event: str,
+    *,
+    control_id: str,
+    fnr: str,
+    local_id: str,
+    visit: str,
+    family: str = "Testesen",
+    given: str = "Kari",
+    admitted: str = "20240115083000",
+    discharged: str = "",
+    sent: str = "20240115083000",
+) -> bytes:
+    """Return one synthetic HL7 v2.5.1 ADT message (CR-separated, UTF-8) about an inpatient visit.
+
+    Use synthetic national ids only (schemas.identity.first_valid_fnr(..., synthetic=True)).
+    """
+    structure = _STRUCTURE.get(event, "ADT_A01")
+    pv1 = ["PV1", "1", "I", "MED^101^1^STOLAV"] + [""] * 15 + [f"{visit}^^^STOLAV^VN"] + [""] * 24 + [admitted, discharged]
+    segments = [
+        f"MSH|^~\\&|PAS|STOLAV|HELSEBRO|HELSEPLATTFORMEN|{sent}||ADT^{event}^{structure}|{control_id}|P|2.5.1|||||NO|UNICODE UTF-8",
+        f"EVN|{event}|{sent}",
+        f"PID|1||{fnr}^^^NOR^FNR~{local_id}^^^STOLAV^PI||{family}^{given}^^^^^L||19850315|F",
+        "|".join(pv1),
+    ]
+    return ("\r".join(segments) + "\r").encode("utf-8")
+
+
+def isolated_settings(folder: Path, *, broker_url: str | None = None, record_url: str | None = None, tag: str | None = None) -> Settings:
+    """Write a config dir under *folder* whose broker names are unique, and return its settings.
+
+    The data dir is `folder / "data"`; queue and exchange names end in *tag*
+    (a fresh random one by default), so tests share one RabbitMQ safely.
+    """
+    tag = tag or uuid.uuid4().hex[:10]
+    config_dir = folder / "config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    base = PROJECT_ROOT / "config" / "engine.yaml"
+    raw: dict[str, Any] = yaml.safe_load(base.read_text(encoding="utf-8")) or {}
+    broker = raw.setdefault("broker", {})
+    names = broker.setdefault("names", {})
+    for key, default in (("exchange", "helsebro.in"), ("inbound", "helsebro.in.hl7v2"), ("dead_letter", "helsebro.dlq"), ("replies", "helsebro.reply.hl7v2")):
+        names[key] = f"{names.get(key, default)}.{tag}"
+    broker["reconnect_max_seconds"] = 2.0
+    (config_dir / "engine.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return load_settings(environ={}, config_dir=str(config_dir), data_dir=str(folder / "data"), broker_url=broker_url, record_url=record_url)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Return the HELSEBRO_* variables that make a subprocess load *settings*."""
+    env = {"HELSEBRO_CONFIG_DIR": str(settings.config_dir), "HELSEBRO_DATA_DIR": str(settings.data_dir)}
+    if settings.broker_url:
+        env["HELSEBRO_BROKER_URL"] = settings.broker_url
+    if settings.record_url:
+        env["HELSEBRO_RECORD_URL"] = settings.record_url
+    return env
+
+
+@dataclass
+class EngineHandle:
+    """An engine running in a background thread."""
+
+    engine: Engine
+    thread: threading.Thread
+    errors: list[BaseException] = field(default_factory=list)
+
+    @property
+    def stats(self) -> EngineStats:
+        """The engine's counters."""
+        return self.engine.stats
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the engine after its delivery in flight and wait for the thread; re-raise what killed it."""
+        self.engine.stop()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise TimeoutError(f"engine did not stop within {timeout} s")
+        if self.errors:
+            raise self.errors[0]
+
+
+def run_engine_in_thread(settings: Settings, *, until_idle: float | None = None, start_timeout: float = 60.0, **engine_kwargs: Any) -> EngineHandle:
+    """Start an Engine on *settings* in a daemon thread; return once it consumes."""
+    engine = Engine(settings, **engine_kwargs)
+    handle = EngineHandle(engine=engine, thread=threading.Thread())
+
+    def target() -> None:
+        try:
+            engine.run(until_idle=until_idle)
+        except BaseException as exc:  # noqa: BLE001  # handed to the caller by stop()
+            handle.errors.append(exc)
+            engine.started.set()
+
+    handle.thread = threading.Thread(target=target, name="helsebro-engine", daemon=True)
+    handle.thread.start()
+    if not engine.started.wait(start_timeout):
+        engine.stop()
+        raise TimeoutError(f"engine did not start within {start_timeout} s")
+    if handle.errors:
+        raise handle.errors[0]
+    return handle
+
+
+def publish(settings: Settings, bodies: Iterable[bytes], *, app_id: str = "helsebro-test") -> list[str]:
+    """Declare the topology and publish each body to the inbound exchange, confirmed; return message ids."""
+    conn = open_connection(settings)
+    try:
+        declare_topology(conn, settings)
+        publisher = Publisher(conn, settings, app_id=app_id)
+        ids = [publisher.publish_inbound(body) for body in bodies]
+        publisher.close()
+        return ids
+    finally:
+        conn.release()
+
+
+def queue_depth(settings: Settings, name: str) -> int:
+    """Return the number of ready messages in queue *name*."""
+    conn = open_connection(settings)
+    try:
+        return _depth(conn, name)
+    finally:
+        conn.release()
+
+
+def drain_queue(settings: Settings, name: str) -> list[tuple[dict[str, Any], bytes]]:
+    """Take every ready message off queue *name* (acking each); return (headers, body) pairs in order."""
+    conn = open_connection(settings)
+    out: list[tuple[dict[str, Any], bytes]] = []
+    try:
+        channel = conn.channel()
+        queue = Queue(name, no_declare=True)(channel)
+        while (message := queue.get(no_ack=False)) is not None:
+            body = message.body if isinstance(message.body, bytes) else str(message.body).encode("utf-8")
+            out.append((dict(message.headers or {}), body))
+            message.ack()
+        channel.close()
+        return out
+    finally:
+        conn.release()
+
+
+def delete_queues(settings: Settings) -> None:
+    """Delete the queues and exchange named by *settings* (test teardown)."""
+    conn = open_connection(settings)
+    try:
+        delete_topology(conn, settings)
+    finally:
+        conn.release()

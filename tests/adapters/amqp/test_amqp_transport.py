@@ -1,0 +1,169 @@
+"""connection.py, inbound.py and outbound.py on the embedded transport and on RabbitMQ, with the same cases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from adapters.amqp.connection import declare_topology, open_connection, queue_depth, topology
+from adapters.amqp.inbound import Inbound
+from adapters.amqp.outbound import Publisher
+from router.errors import BrokerUnavailable
+from router.testing import delete_queues, drain_queue, isolated_settings, publish, wait_until
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+def settings(request, tmp_path):
+    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None)
+    yield s
+    if s.broker_url:
+        delete_queues(s)
+
+
+@pytest.fixture
+def conn(settings):
+    c = open_connection(settings)
+    declare_topology(c, settings)
+    yield c
+    c.release()
+
+
+def _take_all(inbound, *, ack=True, timeout=1.0):
+    out = []
+    while (d := inbound.next(timeout)) is not None:
+        out.append(d)
+        if ack:
+            d.ack()
+    return out
+
+
+class TestTopology:
+    def test_declares_durable_queues(self, settings, conn):
+        """Declaring creates every queue empty, and declaring again is harmless."""
+        declare_topology(conn, settings)
+        names = settings.engine.broker.names
+        assert [queue_depth(conn, n) for n in (names.inbound, names.dead_letter, names.replies)] == [0, 0, 0]
+        assert all(q.durable for q in topology(settings).queues)
+
+    def test_quorum_only_on_rabbitmq(self, settings):
+        """Queues ask for the quorum type on RabbitMQ; the embedded transport gets plain durable ones."""
+        args = topology(settings).inbound.queue_arguments
+        assert args == ({"x-queue-type": "quorum"} if settings.broker_url else {})
+
+    @pytest.mark.integration
+    def test_unreachable_broker_is_transient(self, tmp_path):
+        """A broker that is not there raises BrokerUnavailable, never a kombu error."""
+        s = isolated_settings(tmp_path, broker_url="amqp://guest:guest@127.0.0.1:1/%2F")
+        c = open_connection(s)
+        with pytest.raises(BrokerUnavailable):
+            declare_topology(c, s)
+
+
+class TestPublishAndConsume:
+    def test_round_trip_keeps_bytes_and_headers(self, settings, conn):
+        """Bytes (not UTF-8 too), headers and the message id arrive as published."""
+        body = "MSH|^~\\&|Ærlig Østby\r".encode("iso-8859-1")
+        Publisher(conn, settings).publish_inbound(body, headers={"x-test": "1"}, message_id="m-1")
+        inbound = Inbound(conn, settings)
+        inbound.start()
+        [d] = _take_all(inbound)
+        assert (d.body, d.headers["x-test"], d.message_id) == (body, "1", "m-1")
+        inbound.stop()
+
+    def test_dead_letter_and_reply_queues(self, settings, conn):
+        """dead_letter() and reply() land on their own queues with their headers."""
+        p = Publisher(conn, settings)
+        p.dead_letter(b"raw", headers={"x-helsebro-reason": "why"})
+        p.reply(b"MSA|AA", headers={"x-helsebro-ack-code": "AA"})
+        names = settings.engine.broker.names
+        [(dead, raw)] = drain_queue(settings, names.dead_letter)
+        [(reply, ack)] = drain_queue(settings, names.replies)
+        assert (dead["x-helsebro-reason"], raw) == ("why", b"raw")  # quorum queues add x-delivery-count
+        assert (reply["x-helsebro-ack-code"], ack) == ("AA", b"MSA|AA")
+
+    def test_unroutable_publish_fails(self, settings, conn):
+        """A message no queue is bound for is a failed publish, not a silent drop."""
+        names = settings.engine.broker.names.model_copy(update={"routing_key": "nobody-listens"})
+        engine = settings.engine.model_copy(update={"broker": settings.engine.broker.model_copy(update={"names": names})})
+        wrong = settings.model_copy(update={"engine": engine})
+        with pytest.raises(BrokerUnavailable):
+            Publisher(conn, wrong).publish_inbound(b"x")
+
+    def test_order_is_publish_order(self, settings, conn):
+        """Messages published back to back come out in the same order."""
+        publish(settings, [f"m{i:03d}".encode() for i in range(150)])
+        inbound = Inbound(conn, settings)
+        inbound.start()
+        got = [d.body for d in _take_all(inbound)]
+        assert got == [f"m{i:03d}".encode() for i in range(150)]
+        inbound.stop()
+
+    def test_depth_counts_ready_messages(self, settings, conn):
+        """queue_depth counts the messages that wait, not the ones a consumer holds."""
+        publish(settings, [b"a", b"b", b"c"])
+        assert queue_depth(conn, settings.engine.broker.names.inbound) == 3
+        inbound = Inbound(conn, settings)
+        inbound.start()
+        held = inbound.next(5)
+        assert held is not None
+        wait_until(lambda: queue_depth(conn, settings.engine.broker.names.inbound) <= 2, 10, what="depth drops")
+        inbound.stop()
+
+
+@pytest.mark.integration
+def test_depth_of_a_missing_queue_is_unavailable(tmp_path):
+    """Asking RabbitMQ for a queue that does not exist raises BrokerUnavailable."""
+    c = open_connection(isolated_settings(tmp_path, broker_url=RABBIT))
+    with pytest.raises(BrokerUnavailable):
+        queue_depth(c, f"helsebro.no-such-queue.{os.getpid()}")
+    c.release()
+
+
+class TestRedelivery:
+    def test_unacked_comes_back_after_a_clean_stop(self, settings, conn):
+        """A delivery not acked before stop() is delivered again, in its place."""
+        publish(settings, [b"first", b"second"])
+        inbound = Inbound(conn, settings)
+        inbound.start()
+        first = inbound.next(5)
+        assert first is not None and first.body == b"first"
+        inbound.stop()
+        inbound = Inbound(conn, settings)
+        inbound.start()
+        assert [d.body for d in _take_all(inbound)] == [b"first", b"second"]
+        inbound.stop()
+
+    def test_unacked_survives_a_killed_consumer(self, settings, conn):
+        """A consumer killed with SIGKILL while holding deliveries loses none of them."""
+        publish(settings, [b"one", b"two", b"three"])
+        script = textwrap.dedent(f"""
+            import sys, time
+            from router.settings import load_settings
+            from adapters.amqp.connection import open_connection
+            from adapters.amqp.inbound import Inbound
+            s = load_settings(environ={{}}, config_dir={str(settings.config_dir)!r}, data_dir={str(settings.data_dir)!r}, broker_url={settings.broker_url!r})
+            c = open_connection(s)
+            i = Inbound(c, s); i.start()
+            d = i.next(10)
+            print("holding", d.body.decode(), flush=True)
+            time.sleep(600)
+        """)
+        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as proc:
+            try:
+                assert proc.stdout.readline().strip() == "holding one"
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(30)
+        inbound = Inbound(conn, settings)
+        inbound.start()
+        got = []
+        wait_until(lambda: got.extend(d.body for d in _take_all(inbound, timeout=0.5)) or len(got) >= 3, 30, what="all three back")
+        assert got == [b"one", b"two", b"three"]
+        inbound.stop()

@@ -1,0 +1,47 @@
+"""`helsebro demo` on the bundled examples: a fresh embedded setup, a summary, exit 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+HELSEBRO = str(Path(sys.executable).parent / "helsebro")
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _demo(tmp_path, **extra_env):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
+    env.update(HELSEBRO_DATA_DIR=str(tmp_path), **extra_env)
+    return subprocess.run([HELSEBRO, "demo"], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+
+class TestDemo:
+    def test_runs_the_examples_and_summarises(self, tmp_path):
+        """Every example is settled; the summary counts them, names each dead letter's reason and lists the patients."""
+        files = [p for p in EXAMPLES.rglob("*") if p.suffix in (".hl7", ".er7", ".txt", ".xml")]
+        result = _demo(tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        out = result.stdout
+        messages = int(re.search(r"Messages in:\s+(\d+)", out).group(1))
+        applied = int(re.search(r"Applied:\s+(\d+)", out).group(1))
+        dead = int(re.search(r"Dead-lettered:\s+(\d+)", out).group(1))
+        assert messages >= len(files) and applied + dead == messages
+        assert dead >= 1, "the examples include a malformed message"
+        assert len(re.findall(r"^  - .*\(stage (convert|apply|internal)", out, re.M)) == dead
+        patients = int(re.search(r"Patients in the record: (\d+)", out).group(1))
+        assert patients >= 1
+        assert len(re.findall(r"^  - Patient/\S+: .+\|.+; encounters: \d+$", out, re.M)) == patients
+        assert f"{len(files)}/{len(files)}" in result.stderr  # the progress bar reached the end
+        assert (tmp_path / "demo" / "record.sqlite3").exists()
+
+    def test_ignores_broker_and_record_urls_and_starts_fresh(self, tmp_path):
+        """The demo always runs embedded, and a second run starts from an empty record."""
+        first = _demo(tmp_path, HELSEBRO_BROKER_URL="amqp://nobody:nothing@127.0.0.1:1/%2F", HELSEBRO_RECORD_URL="postgresql://nobody@127.0.0.1:1/none")
+        assert first.returncode == 0, first.stderr[-3000:]
+        second = _demo(tmp_path)
+        assert second.returncode == 0
+        assert re.search(r"unchanged: 0", second.stdout)
+        assert first.stdout.split("Patients in the record")[1].split("Data in")[0] == second.stdout.split("Patients in the record")[1].split("Data in")[0]

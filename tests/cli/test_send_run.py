@@ -1,0 +1,124 @@
+"""`helsebro send` and `helsebro run` as a user runs them: subprocesses, exit codes, output, on both transports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from router.testing import adt_message, delete_queues, isolated_settings, queue_depth, settings_env, wait_until
+from schemas.identity import FNR_SYSTEM, first_valid_fnr
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
+HELSEBRO = [str(Path(sys.executable).parent / "helsebro")]
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+def settings(request, tmp_path):
+    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None)
+    yield s
+    if s.broker_url:
+        delete_queues(s)
+
+
+def _env(settings):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
+    env.update(settings_env(settings))
+    return env
+
+
+def _cli(settings, *args, timeout=60):
+    return subprocess.run([*HELSEBRO, *args], env=_env(settings), capture_output=True, text=True, timeout=timeout)
+
+
+def _write_messages(folder, count, *, start=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    fnrs = []
+    for i in range(start, start + count):
+        fnr = first_valid_fnr(1 + i % 28, 1 + i % 12, 80, 100 + i, synthetic=True)
+        fnrs.append(fnr)
+        (folder / f"m{i:03d}.hl7").write_bytes(adt_message("A01", control_id=f"CLI{i:04d}", fnr=fnr, local_id=f"L{i}", visit=f"V{i}"))
+    return fnrs
+
+
+def _events(stderr):
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def _patient(settings, fnr):
+    from adapters.fhir.record import open_record
+
+    record = open_record(settings)
+    try:
+        return record.search("Patient", {"identifier": f"{FNR_SYSTEM}|{fnr}"})
+    finally:
+        record.close()
+
+
+class TestSend:
+    def test_sends_files_and_folders_in_order(self, settings, tmp_path):
+        """Each file becomes one message; folders are searched recursively and sorted; one line per file."""
+        _write_messages(tmp_path / "in" / "sub", 2)
+        single = tmp_path / "single.hl7"
+        single.write_bytes(b"MSH|^~\\&|X\r")
+        (tmp_path / "in" / "notes.md").write_text("not a message")
+        result = _cli(settings, "send", str(single), str(tmp_path / "in"))
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0] == f"sent {single} ({len(single.read_bytes())} bytes)"
+        assert [line.split()[1].rsplit("/", 1)[-1] for line in lines[:3]] == ["single.hl7", "m000.hl7", "m001.hl7"]
+        assert "3 sent, 0 failed" in lines[-1]
+        assert queue_depth(settings, settings.engine.broker.names.inbound) == 3
+
+    def test_missing_path_is_a_usage_error(self, settings, tmp_path):
+        """A path that does not exist exits 2 and sends nothing."""
+        result = _cli(settings, "send", str(tmp_path / "nope.hl7"))
+        assert result.returncode == 2
+        assert "no such file" in result.stderr
+
+
+class TestRun:
+    def test_until_idle_settles_everything_and_exits_0(self, settings, tmp_path):
+        """run --until-idle applies what send queued, logs each settlement by control id, and exits 0."""
+        fnrs = _write_messages(tmp_path / "in", 5)
+        assert _cli(settings, "send", str(tmp_path / "in")).returncode == 0
+        result = _cli(settings, "run", "--until-idle", "0.5")
+        assert result.returncode == 0, result.stderr[-2000:]
+        events = _events(result.stderr)
+        assert events[0]["event"] == "engine_started"
+        settled = [e for e in events if e["event"] == "delivery_settled"]
+        assert [e["control_id"] for e in settled] == [f"CLI{i:04d}" for i in range(5)]
+        assert {e["outcome"] for e in settled} == {"applied"}
+        assert all(len(_patient(settings, f)) == 1 for f in fnrs)
+
+    def test_same_message_twice_changes_nothing(self, settings, tmp_path):
+        """The second copy of a message through the queue is settled as unchanged; versions stay at 1."""
+        [fnr] = _write_messages(tmp_path / "in", 1)
+        path = str(tmp_path / "in" / "m000.hl7")
+        assert _cli(settings, "send", path, path).returncode == 0
+        result = _cli(settings, "run", "--until-idle", "0.5")
+        assert result.returncode == 0, result.stderr[-2000:]
+        outcomes = [e["outcome"] for e in _events(result.stderr) if e["event"] == "delivery_settled"]
+        assert outcomes == ["applied", "unchanged"]
+        [patient] = _patient(settings, fnr)
+        assert patient["meta"]["versionId"] == "1"
+
+    def test_sigterm_finishes_and_exits_0(self, settings, tmp_path):
+        """SIGTERM stops the engine cleanly with exit 0 after what it took is settled."""
+        fnrs = _write_messages(tmp_path / "in", 3)
+        with subprocess.Popen([*HELSEBRO, "run"], env=_env(settings), stderr=subprocess.PIPE, text=True) as proc:
+            try:
+                assert _cli(settings, "send", str(tmp_path / "in")).returncode == 0
+                wait_until(lambda: all(_patient(settings, f) for f in fnrs), 60, what="all applied")
+                proc.send_signal(signal.SIGTERM)
+                _, stderr = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert proc.returncode == 0
+        assert _events(stderr)[-1]["event"] == "engine_stopped"
