@@ -25,6 +25,7 @@ from adapters.amqp.outbound import Publisher
 from router.errors import BrokerUnavailable, TransientError
 from router.logging import get_logger
 from router.pipeline.settle import Settle, Settled, dead_letter_headers
+from router.reload import MappingReloader
 
 if TYPE_CHECKING:
     from kombu import Connection
@@ -84,6 +85,7 @@ class Engine:
         self._publisher: Publisher | None = None
         self.stats = EngineStats()
         self.started = threading.Event()
+        self.mappings: Any = None  # the MappingReloader once run() starts
 
     def stop(self) -> None:
         """Ask the loop to stop after the delivery in flight; safe from a signal handler or another thread."""
@@ -100,7 +102,16 @@ class Engine:
         Raises:
             ConfigError: the mappings or settings are wrong (at start only).
         """
-        converter = self._converter or _load_converter(self._settings)
+        if self._converter is not None:
+            converter: Any = _Fixed(self._converter)
+        else:
+            converter = MappingReloader(
+                self._settings.mappings_dir,
+                lambda: _load_converter(self._settings),
+                interval=self._settings.engine.mappings.reload_seconds,
+                logger=self._log,
+            )
+        self.mappings = converter
         delay = _FIRST_RECONNECT_SECONDS
         max_delay = self._settings.engine.broker.reconnect_max_seconds
         self._log.info("engine_started", embedded_broker=not self._settings.broker_url, inbound=self._settings.engine.broker.names.inbound, until_idle=until_idle)
@@ -172,11 +183,12 @@ class Engine:
             delivery = inbound.next(timeout=_POLL_SECONDS)
             if delivery is None:
                 conn.heartbeat_check()
+                converter.current()  # an idle engine picks up mapping edits too
                 if until_idle is not None and self._idle_for(until_idle, conn):
                     self._log.info("engine_idle", idle_s=until_idle)
                     return True
                 continue
-            self._handle(delivery, converter, settle)
+            self._handle(delivery, converter.current(), settle)
             self.stats.idle_since = time.monotonic()
         return False
 
@@ -223,6 +235,16 @@ class Engine:
         if time.monotonic() - self.stats.idle_since < seconds or (self._inbound and self._inbound.buffered):
             return False
         return queue_depth(conn, self._settings.engine.broker.names.inbound) == 0
+
+
+class _Fixed:
+    """A converter given by the caller (tests, the demo): never reloaded."""
+
+    def __init__(self, converter: Any) -> None:
+        self._converter = converter
+
+    def current(self) -> Any:
+        return self._converter
 
 
 def _load_converter(settings: Settings) -> Any:

@@ -62,10 +62,17 @@ class IdentifierConfig(_Frozen):
     default_local_system: str = Field(default="urn:helsebro:local:{authority}:{type}", description="Template for a local identifier's system when its authority is not listed; {authority} and {type} are filled in from CX-4 and CX-5.")
 
 
+class MappingsConfig(_Frozen):
+    """The `mappings` block: how the running engine follows mapping edits."""
+
+    reload_seconds: float = Field(default=2.0, ge=0, le=3600, description="How often, in seconds, the engine looks for changed mapping files between deliveries. 0 turns hot reload off; a small value costs one stat per mapping file per look.")
+
+
 class EngineConfig(_Frozen):
     """config/engine.yaml."""
 
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    mappings: MappingsConfig = Field(default_factory=MappingsConfig)
     hl7v2: Hl7v2Config = Field(default_factory=Hl7v2Config)
     identifiers: IdentifierConfig = Field(default_factory=IdentifierConfig)
 
