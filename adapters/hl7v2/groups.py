@@ -1,0 +1,181 @@
+"""Group-aware structure: place each segment in its segment group (ORDER_OBSERVATION, OBSERVATION…).
+
+A result is never attached to the wrong order because results are read inside
+their own group, not by counting segments. The structure definitions are the
+standard's, from hl7apy (v2.5.1, whose structures are a superset of the older
+ones for the messages Helsebro maps, so one set of group names serves every
+sender). Group names drop hl7apy's message prefix: `ORU_R01_ORDER_OBSERVATION`
+is `ORDER_OBSERVATION`.
+
+Matching is a greedy recursive descent, like HAPI's: each child of a group is
+taken as often as its cardinality allows while the next segment can start it.
+A segment that fits nowhere (a Z-segment, or one out of place) is kept in the
+innermost open group, so nothing is ever dropped and the unmapped report sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Union
+
+from hl7apy import v2_5_1
+
+from adapters.hl7v2._tokenizer import Hl7Message, Segment
+
+
+@dataclass(frozen=True, slots=True)
+class _Def:
+    """One child of a structure: a segment or a group, with its cardinality."""
+
+    name: str
+    is_group: bool
+    min: int
+    max: int  # -1: unbounded
+    children: tuple[_Def, ...] = ()
+
+
+@dataclass(slots=True)
+class Group:
+    """One occurrence of a segment group, with its segments and subgroups in order."""
+
+    name: str
+    items: list[Union[Segment, Group]] = field(default_factory=list)
+
+    def groups(self, name: str) -> list[Group]:
+        """Return the direct child groups called *name*."""
+        return [g for g in self.items if isinstance(g, Group) and g.name == name]
+
+    def find_groups(self, name: str) -> list[Group]:
+        """Return the groups called *name* at the shallowest depth where any occur."""
+        level: list[Group] = [self]
+        while level:
+            hits = [g for grp in level for g in grp.groups(name)]
+            if hits:
+                return hits
+            level = [g for grp in level for g in grp.items if isinstance(g, Group)]
+        return []
+
+    def segments(self, name: str, *, deep: bool = False) -> list[Segment]:
+        """Return the segments called *name* in this group (and, with *deep*, its subgroups)."""
+        out: list[Segment] = []
+        for item in self.items:
+            if isinstance(item, Group):
+                if deep:
+                    out.extend(item.segments(name, deep=True))
+            elif item.name == name:
+                out.append(item)
+        return out
+
+
+def _convert(defn: Any, prefix: str) -> tuple[_Def, ...]:
+    out = []
+    for name, sub, (lo, hi), kind in defn[1]:
+        if kind == "GRP":
+            out.append(_Def(name[len(prefix):] if name.startswith(prefix) else name, True, lo, hi, _convert(sub, prefix)))
+        else:
+            out.append(_Def(name, False, lo, hi))
+    return tuple(out)
+
+
+@lru_cache(maxsize=None)
+def structure(name: str) -> tuple[_Def, ...] | None:
+    """Return the v2.5.1 structure *name* (e.g. `ORU_R01`), or None if the standard has none."""
+    defn = v2_5_1.MESSAGES.get(name)
+    return _convert(defn, name + "_") if defn else None
+
+
+def _first(d: _Def) -> frozenset[str]:
+    """Segment names that can start *d* (through optional leading children)."""
+    if not d.is_group:
+        return frozenset({d.name})
+    out: set[str] = set()
+    for child in d.children:
+        out |= _first(child)
+        if child.min > 0:
+            break
+    return frozenset(out)
+
+
+def _match(defs: tuple[_Def, ...], segs: list[Segment], i: int, into: Group) -> int:
+    for d in defs:
+        count = 0
+        starts = _first(d)
+        while i < len(segs) and (d.max == -1 or count < d.max) and segs[i].name in starts:
+            if d.is_group:
+                sub = Group(d.name)
+                j = _match(d.children, segs, i, sub)
+                if j == i:
+                    break
+                into.items.append(sub)
+                i = j
+            else:
+                into.items.append(segs[i])
+                i += 1
+            count += 1
+    return i
+
+
+def build(message: Hl7Message, structure_name: str) -> Group:
+    """Arrange *message*'s segments into the groups of *structure_name*.
+
+    Unknown structures give a flat root group holding every segment.
+    """
+    root = Group(structure_name)
+    defs = structure(structure_name)
+    segs = message.segments
+    if defs is None:
+        root.items.extend(segs)
+        return root
+    known_names = _names(defs)
+    known = [s for s in segs if s.name in known_names]
+    i = _match(defs, known, 0, root)
+    while i < len(known):
+        # A standard segment out of place: keep it where we are, then match on from the top.
+        _innermost(root).items.append(known[i])
+        i = _match(defs, known, i + 1, root)
+    if len(known) != len(segs):
+        _place_strays(root, segs, known_names)
+    return root
+
+
+@lru_cache(maxsize=None)
+def _names_cached(defs: tuple[_Def, ...]) -> frozenset[str]:
+    out: set[str] = set()
+    for d in defs:
+        out |= _names_cached(d.children) if d.is_group else {d.name}
+    return frozenset(out)
+
+
+def _names(defs: tuple[_Def, ...]) -> frozenset[str]:
+    return _names_cached(defs)
+
+
+def _innermost(group: Group) -> Group:
+    while group.items and isinstance(group.items[-1], Group):
+        group = group.items[-1]
+    return group
+
+
+def _place_strays(root: Group, segs: list[Segment], known: frozenset[str]) -> None:
+    """Put each site-defined segment (Z-segments) right after the segment before it, in that segment's group."""
+    where: dict[int, Group] = {}
+    stack = [root]
+    while stack:
+        g = stack.pop()
+        for item in g.items:
+            if isinstance(item, Group):
+                stack.append(item)
+            else:
+                where[id(item)] = g
+    prev: Segment | None = None
+    for seg in segs:
+        if seg.name in known:
+            prev = seg
+            continue
+        group = where.get(id(prev)) if prev is not None else root
+        group = group or root
+        at = group.items.index(prev) + 1 if prev is not None and prev in group.items else len(group.items)
+        group.items.insert(at, seg)
+        where[id(seg)] = group
+        prev = seg
