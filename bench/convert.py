@@ -7,6 +7,8 @@ speed is reported, never tested. Run: `python bench/convert.py [--n 20000]`.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import time
 import tracemalloc
@@ -37,12 +39,16 @@ ADT_A01 = "\r".join(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20000, help="messages to convert")
+    parser.add_argument("--profile", action="store_true", help="run under cProfile and print the 25 costliest functions instead")
     args = parser.parse_args()
     converter = Converter(load_settings(environ={}))
     data = ADT_A01.encode()
     assert converter.convert(data)[0].ok, "the benchmark message must convert"  # noqa: S101 - a bench sanity check
     for _ in range(500):  # warm caches
         orjson.dumps(converter.convert(data)[0].bundle)
+    if args.profile:
+        _profile(converter, data, args.n)
+        return
     tracemalloc.start()
     orjson.dumps(converter.convert(data)[0].bundle)
     _, peak = tracemalloc.get_traced_memory()
@@ -58,6 +64,16 @@ def main() -> None:
     print(f"convert ADT^A01 (12 segments, tokenize + map + serialize, one core): {args.n / total:,.0f} msg/s")
     print(f"  latency p50 {q[49] * 1e6:.1f} us   p99 {q[98] * 1e6:.1f} us   max {max(lat) * 1e6:.1f} us")
     print(f"  peak memory per conversion {peak / 1024:.1f} KiB (tracemalloc)")
+
+
+def _profile(converter: Converter, data: bytes, n: int) -> None:
+    """Print where the time goes; cProfile slows calls down, so read shares, not speeds."""
+    profile = cProfile.Profile()
+    profile.enable()
+    for _ in range(n):
+        orjson.dumps(converter.convert(data)[0].bundle)
+    profile.disable()
+    pstats.Stats(profile).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

@@ -75,12 +75,13 @@ def _expand(seq: str, d: Delimiters, esc: str) -> str:
 class Segment:
     """One segment: its name and its raw fields, indexed as HL7 numbers them."""
 
-    __slots__ = ("name", "fields", "index")
+    __slots__ = ("name", "fields", "index", "label")
 
     def __init__(self, name: str, fields: list[str], index: int) -> None:
         self.name = name
         self.fields = fields  # fields[n] is SEG-n; fields[0] is the name
         self.index = index  # position of the segment in the message, 0-based
+        self.label = name  # how positions name it: `NK1[2]` once the message has several
 
     def field(self, n: int) -> str:
         """Return SEG-n as raw text ("" when absent)."""
@@ -98,7 +99,15 @@ class Hl7Message:
         self.delims = delims
         by_name: dict[str, list[Segment]] = {}
         for seg in segments:
-            by_name.setdefault(seg.name, []).append(seg)
+            same = by_name.get(seg.name)
+            if same is None:
+                by_name[seg.name] = [seg]
+            else:
+                same.append(seg)
+        for same in by_name.values():
+            if len(same) > 1:
+                for k, seg in enumerate(same, 1):
+                    seg.label = f"{seg.name}[{k}]"
         self._by_name = by_name
         # A datatype mapping reads several components of one value: split it once.
         self._comps: dict[str, list[str]] = {}
@@ -166,6 +175,7 @@ def delimiters_from_msh(line: str) -> Delimiters:
 
 
 _SEGMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2}$")
+_KNOWN_NAMES: dict[str, str] = {}  # raw segment id → its upper-case name, once it has matched
 
 
 def tokenize(text: str) -> Hl7Message:
@@ -177,18 +187,38 @@ def tokenize(text: str) -> Hl7Message:
     lines = [ln for ln in text.split("\r") if ln.strip()]
     if not lines:
         raise ValueError("empty message")
-    d = delimiters_from_msh(lines[0])
+    head = lines[0][:9]  # MSH, MSH-1 and MSH-2 (4 to 5 characters, or 6 when a backslash is doubled)
+    d = _DELIMITERS.get(head) or _delimiters(lines[0], head)
     fs = d.field
     segments: list[Segment] = []
     for i, line in enumerate(lines):
         parts = line.split(fs)
-        name = parts[0].strip()
-        if not _SEGMENT_NAME.match(name):
-            raise ValueError(f"segment {i + 1} has no valid segment name")
-        # Some senders write segment ids in lower case: normalise rather than drop.
-        name = name.upper()
+        name = _KNOWN_NAMES.get(parts[0]) or _segment_name(parts[0], i)
         if name == "MSH":
             parts = ["MSH", fs, *parts[1:]]
         parts[0] = name
         segments.append(Segment(name, parts, i))
     return Hl7Message(segments, d)
+
+
+_DELIMITERS: dict[str, Delimiters] = {}  # by the first nine characters of MSH, once they parsed
+
+
+def _delimiters(line: str, head: str) -> Delimiters:
+    d = delimiters_from_msh(line)
+    # Cache only when those characters hold all of MSH-2 and the field separator after it.
+    if len(head) == 9 and head[3] in head[5:] and len(_DELIMITERS) < 64:
+        end = head.find(head[3], 4)
+        if delimiters_from_msh(head[: end + 1] + "xxxxx") == d:
+            _DELIMITERS[head] = d
+    return d
+
+
+def _segment_name(raw: str, i: int) -> str:
+    name = raw.strip()
+    if not _SEGMENT_NAME.match(name):
+        raise ValueError(f"segment {i + 1} has no valid segment name")
+    # Some senders write segment ids in lower case: normalise rather than drop.
+    if len(_KNOWN_NAMES) < 4096:  # bounded: ids are few, but a sender may invent many
+        _KNOWN_NAMES[raw] = name.upper()
+    return name.upper()

@@ -10,10 +10,10 @@ given, so one CX mapping serves PID-3, PID-18 and PV1-19 alike.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Callable
 
-from adapters.hl7v2._tokenizer import Hl7Message, Segment
+from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Hl7Message, Segment
 from adapters.hl7v2.structure import DATATYPE_NAMES, SEGMENT_NAMES
 
 ALL = -1
@@ -26,38 +26,93 @@ _MSG_PATH = re.compile(
 _REL_PATH = re.compile(r"^(?P<dt>[A-Z][A-Z0-9_]{1,9})(?:\.(?P<comp>\d+)(?:\.(?P<sub>\d+))?)?$")
 
 
-@dataclass(slots=True)
 class Scope:
-    """Where paths resolve: the message, the segments being iterated, the current value."""
+    """Where paths resolve: the message, the segments being iterated, the current value.
 
-    message: Hl7Message
-    segments: dict[str, Segment] = field(default_factory=dict)  # current segment per name, inside `each`
-    value: str | None = None  # current repetition's raw text, inside a datatype mapping
-    value_loc: str = ""
-    reads: set[tuple[int, int]] = field(default_factory=set)  # (segment index, field) pairs read
+    A plain slotted class: inner blocks make one per value they map. The
+    current value's position is only needed for an error, so a scope made by
+    `at` works it out when asked instead of formatting it up front.
+    """
+
+    __slots__ = ("message", "segments", "value", "reads", "_loc", "_origin")
+
+    def __init__(
+        self,
+        message: Hl7Message,
+        segments: dict[str, Segment] | None = None,
+        value: str | None = None,
+        value_loc: str | None = "",
+        reads: set[tuple[int, int]] | None = None,
+    ) -> None:
+        self.message = message
+        self.segments = {} if segments is None else segments  # current segment per name, inside `each`
+        self.value = value  # current repetition's raw text, inside a datatype mapping
+        self.reads = set() if reads is None else reads  # (segment index, field) pairs read
+        self._loc = value_loc
+        self._origin: tuple[SourcePath, Scope, int] | None = None
+
+    @property
+    def value_loc(self) -> str:
+        """The current value's position, e.g. `PID-3[2]`."""
+        loc = self._loc
+        if loc is None:
+            path, parent, index = self._origin  # type: ignore[misc]  # set whenever _loc is None
+            loc = self._loc = path.resolve(parent)[index].location
+        return loc
 
     def child(self, *, segments: dict[str, Segment] | None = None, value: str | None = None, value_loc: str = "") -> Scope:
         """Return a scope for an inner block (a segment or a value); reads stay shared."""
         if segments:
             segs = dict(self.segments)
             segs.update(segments)
-            return Scope(self.message, segs, self.value, self.value_loc, self.reads)
+            return Scope(self.message, segs, self.value, self._loc, self.reads).located(self._origin)
         return Scope(self.message, self.segments, value, value_loc, self.reads)
+
+    def at(self, value: str, path: SourcePath, index: int) -> Scope:
+        """Return a scope for *value*, the index-th value *path* gives here; reads stay shared."""
+        inner = Scope(self.message, self.segments, value, None, self.reads)
+        inner._origin = (path, self, index)
+        return inner
+
+    def located(self, origin: tuple[SourcePath, Scope, int] | None) -> Scope:
+        """Take the lazily found value position of another scope (see `at`)."""
+        self._origin = origin
+        return self
 
 
 class Item:
     """One resolved value: raw text (or a segment), and its position for errors.
 
     A plain slotted class, not a frozen dataclass: one is made per value read,
-    and a frozen dataclass's __init__ costs three times as much.
+    and a frozen dataclass's __init__ costs three times as much. A value read
+    relative to a datatype's value formats its position only when asked.
     """
 
-    __slots__ = ("raw", "location", "segment")
+    __slots__ = ("raw", "segment", "_loc", "_scope", "_suffix")
 
-    def __init__(self, raw: str, location: str, segment: Segment | None = None) -> None:
+    def __init__(self, raw: str, location: str | None, segment: Segment | None = None) -> None:
         self.raw = raw
-        self.location = location
+        self._loc = location
         self.segment = segment
+
+    @property
+    def location(self) -> str:
+        """Where the value sits, e.g. `PID-3[1].4.1`."""
+        loc = self._loc
+        if loc is None:
+            loc = self._loc = self._scope.value_loc + self._suffix
+        return loc
+
+
+def _relative(raw: str, scope: Scope, suffix: str) -> Item:
+    item = Item(raw, None)
+    item._scope = scope
+    item._suffix = suffix
+    return item
+
+
+Reader = Callable[[Scope], "str | None"]
+"""Gives what `resolve(scope)[0].raw` gives, or None, without making Items."""
 
 
 class PathSyntaxError(ValueError):
@@ -91,54 +146,112 @@ class SourcePath:
         """Return every value the path names in *scope* (empty values left out)."""
         if self.segment is None:
             return self._resolve_relative(scope)
-        msg = scope.message
-        current = scope.segments.get(self.segment)
-        if current is not None and self.seg_rep is None:
-            segs = [current]
-        else:
-            segs = msg.all(self.segment)
-            if self.seg_rep is None:
-                segs = segs[:1]
-            elif self.seg_rep != ALL:
-                segs = segs[self.seg_rep - 1 : self.seg_rep]
+        segs = self._segments(scope)
         if self.field_no is None:
-            return [Item("", self._seg_loc(msg, s), s) for s in segs]
-        out: list[Item] = []
+            return [Item("", s.label, s) for s in segs]
+        locs: list[str] = []
+        return [Item(raw, loc) for raw, loc in zip(self._collect(scope, segs, locs), locs)]
+
+    def values(self, scope: Scope) -> list[str]:
+        """Return the raw text of each Item `resolve` gives, in the same order."""
+        if self.segment is None or self.field_no is None:
+            return [item.raw for item in self.resolve(scope)]
+        return self._collect(scope, self._segments(scope), None)
+
+    def location(self, scope: Scope, index: int = 0) -> str | None:
+        """Return the position of the index-th value, or None (worked out again: errors only)."""
+        items = self.resolve(scope)
+        return items[index].location if index < len(items) else None
+
+    def _segments(self, scope: Scope) -> list[Segment]:
+        current = scope.segments.get(self.segment) if self.seg_rep is None else None  # type: ignore[arg-type]
+        if current is not None:
+            return [current]
+        segs = scope.message.all(self.segment)  # type: ignore[arg-type]  # absolute paths name one
+        if self.seg_rep is None:
+            return segs[:1]
+        if self.seg_rep != ALL:
+            return segs[self.seg_rep - 1 : self.seg_rep]
+        return segs
+
+    def _collect(self, scope: Scope, segs: list[Segment], locs: list[str] | None) -> list[str]:
+        msg = scope.message
+        field_no = self.field_no or 0
+        comp, sub = self.comp, self.sub
+        out: list[str] = []
         for seg in segs:
-            scope.reads.add((seg.index, self.field_no))
-            reps = msg.repetitions(seg, self.field_no)
-            picks = range(len(reps)) if self.rep == ALL else [0 if self.rep is None else self.rep - 1]
+            scope.reads.add((seg.index, field_no))
+            reps = msg.repetitions(seg, field_no)
+            picks = range(len(reps)) if self.rep == ALL else (0 if self.rep is None else self.rep - 1,)
             for i in picks:
                 if i >= len(reps) or not reps[i]:
                     continue
-                loc = f"{self._seg_loc(msg, seg)}-{self.field_no}[{i + 1}]"
-                self._leaf_into(out, msg, reps[i], loc)
+                value: str | None = reps[i]
+                if comp:
+                    value = msg.leaf(reps[i], comp, sub)
+                    if value is None:
+                        continue
+                elif value == EXPLICIT_NULL:
+                    continue
+                out.append(value)  # type: ignore[arg-type]  # narrowed above
+                if locs is not None:
+                    locs.append(f"{seg.label}-{field_no}[{i + 1}]{self._suffix()}")
         return out
+
+    def _suffix(self) -> str:
+        if not self.comp:
+            return ""
+        return f".{self.comp}.{self.sub}" if self.sub else f".{self.comp}"
 
     def _resolve_relative(self, scope: Scope) -> list[Item]:
         raw = scope.value
         if not raw:
             return []
         if not self.comp:
-            return [Item(raw, scope.value_loc)] if raw != '""' else []
+            return [_relative(raw, scope, "")] if raw != EXPLICIT_NULL else []
         value = scope.message.leaf(raw, self.comp, self.sub)
         if value is None:
             return []
-        return [Item(value, f"{scope.value_loc}.{self.comp}.{self.sub}" if self.sub else f"{scope.value_loc}.{self.comp}")]
+        return [_relative(value, scope, self._suffix())]
 
-    def _leaf_into(self, out: list[Item], msg: Hl7Message, raw: str, loc: str) -> None:
-        if not self.comp:
-            if raw and raw != '""':
-                out.append(Item(raw, loc))
-            return
-        value = msg.leaf(raw, self.comp, self.sub)
-        if value is not None:
-            suffix = f".{self.comp}" + (f".{self.sub}" if self.sub else "")
-            out.append(Item(value, loc + suffix))
+    def reader(self) -> Reader:
+        """Return a function that reads the first value, specialised for this path's shape."""
+        comp, sub = self.comp, self.sub
+        if self.segment is None:
+            if not comp:
+                return lambda scope: raw if (raw := scope.value) and raw != EXPLICIT_NULL else None
+            return lambda scope: scope.message.leaf(raw, comp, sub) if (raw := scope.value) else None
+        if self.field_no is None or self.rep == ALL or (self.seg_rep is not None and self.seg_rep < 1):
+            return self._first_item
+        return _field_reader(self.segment, self.seg_rep, self.field_no, self.rep, comp, sub)
 
-    def _seg_loc(self, msg: Hl7Message, seg: Segment) -> str:
-        same = msg.all(seg.name)
-        return seg.name if len(same) == 1 else f"{seg.name}[{same.index(seg) + 1}]"
+    def _first_item(self, scope: Scope) -> str | None:
+        items = self.resolve(scope)
+        return items[0].raw if items else None
+
+
+def _field_reader(name: str, seg_rep: int | None, field_no: int, rep: int | None, comp: int, sub: int) -> Reader:
+    """A reader for one repetition of one field of one segment: `PID-7`, `PV1-3.1`, `NK1[2]-2`."""
+    k = 0 if seg_rep is None else seg_rep - 1
+    r = 0 if rep is None else rep - 1
+
+    def read(scope: Scope) -> str | None:
+        seg = scope.segments.get(name) if seg_rep is None else None
+        msg = scope.message
+        if seg is None:
+            segs = msg.all(name)
+            if k >= len(segs):
+                return None
+            seg = segs[k]
+        scope.reads.add((seg.index, field_no))
+        reps = msg.repetitions(seg, field_no)
+        if r >= len(reps) or not (raw := reps[r]):
+            return None
+        if comp:
+            return msg.leaf(raw, comp, sub)
+        return raw if raw != EXPLICIT_NULL else None
+
+    return read
 
 
 def _rep(text: str | None) -> int | None:
@@ -166,4 +279,4 @@ def compile_path(text: str) -> SourcePath:
     raise PathSyntaxError(f"{text!r} is not an HL7 path (expected e.g. PID-3, PID-3[2].4.1, NK1[*]-2 or CX.4.1)")
 
 
-__all__ = ["ALL", "Item", "PathSyntaxError", "Scope", "SourcePath", "compile_path"]
+__all__ = ["ALL", "Item", "PathSyntaxError", "Reader", "Scope", "SourcePath", "compile_path"]

@@ -8,12 +8,13 @@ the same scope). `fn`, `table` and `use` transform what the source yields.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
-from router.mapping import fhir_model
+from router.mapping import _steps, fhir_model
+from router.mapping._steps import Convert
 from router.mapping._yaml import YList, YMap
 from router.mapping.library import LIBRARY, call
-from router.mapping.runtime import Produce, Ref, RunContext
+from router.mapping.runtime import Produce, Put, Ref, RunContext, Step, has_empty
 from router.mapping.tables import _plain
 
 if TYPE_CHECKING:
@@ -37,18 +38,37 @@ def compile_rule(c: Compiler, node: YMap, fhir_type: str) -> Rule:
     when = c._when(node)
     where = f"{node.pos()[0]}:{node.pos()[1]}"
     kind = sources[0] if sources else ("rules" if "rules" in node else "fn")
-    produce = _produce(c, node, kind, leaf, target_text=str(node["target"]), fhir_type=fhir_type)
+    put = _untidy(c, node, kind, target.setter(refs=kind == "ref"))
+    produce, step = _produce(c, node, kind, leaf, put, target_text=str(node["target"]))
     source = str(node.get(kind, node.get("args", ""))) if kind != "rules" else "rules"
-    return Rule(target, when, produce, where, source)
+    return Rule(target, when, produce, where, source, _steps.finish(step, produce, put, when))
 
 
-def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, *, target_text: str, fhir_type: str) -> Produce:
+def _untidy(c: Compiler, node: YMap, kind: str, put: Put) -> Put:
+    """Mark the resource for `prune` when this rule may place an empty element.
+
+    Strings, Refs and objects built by blocks never are one (a block's own rules
+    mark it); constants and table entries are checked here, function results
+    per value.
+    """
+    table = c.tables.get(str(node["table"])) if "table" in node else None
+    if kind == "value" and has_empty(_plain(node["value"])):
+        return _steps.untidy(put, always=True)
+    if table is not None and (has_empty(table.default) or any(has_empty(v) for v in table.entries.values())):
+        return _steps.untidy(put, always=True)
+    if "fn" in node:
+        return _steps.untidy(put, always=False)
+    return put
+
+
+def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: Put, *, target_text: str) -> tuple[Produce, Step | None]:
+    """Return the rule's `produce` and, for the common shapes, a fused step (see _steps.py)."""
     from router.mapping.compiler import _err
 
     if kind == "value":
         const = _plain(node["value"])
         _check_value_type(node, leaf, const)
-        return lambda scope, ctx: [const]
+        return (lambda scope, ctx: [const]), _steps.constant(const, put)
     if kind == "ref":
         if leaf.type_name != "Reference":
             raise _err(f"ref: needs a Reference target, but {target_text} is {leaf.type_name or 'a primitive'}", node.pos("ref"))
@@ -56,20 +76,20 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, *, ta
         params = c._params
         if name not in params:
             raise _err(f"ref: {name!r} is not a declared parameter of this template (params: {', '.join(params) or 'none'})", node.pos("ref"))
-        return lambda scope, ctx: [Ref(ctx.bindings.get(name, name))]
-    transform = _transform(c, node, leaf, target_text)
+        return (lambda scope, ctx: [Ref(ctx.bindings.get(name, name))]), None
+    transform, convert = _transform(c, node, leaf, target_text)
     if kind == "rules":
         sub_type = leaf.type_name
         if sub_type is None:
             raise _err(f"{target_text} is a primitive: nested rules need a complex element", node.pos("rules"))
         block = c.block(node["rules"], sub_type, node.pos("rules"))
         if "each" not in node:
-            return lambda scope, ctx: [o] if (o := block.build(scope, ctx)) else []
+            return (lambda scope, ctx: [o] if (o := block.build(scope, ctx)) else []), _steps.nested(block.build, put)
     if kind == "fn":
-        return _fn_args(c, node, transform)
+        return _fn_args(c, node, put)
     path = c._path(node[kind], node.pos(kind))
     if kind == "each":
-        return _each(c, node, path, leaf, transform)
+        return _each(c, node, path, leaf, transform, convert, put)
     if path.is_segment:
         raise _err(f"from: {node['from']!r} names a whole segment; use each: to iterate it, or name a field", node.pos("from"))
     if not path.is_leaf and "use" not in node:
@@ -82,10 +102,10 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, *, ta
         out = transform(scope, ctx, items[0])
         return [] if out is None else [out]
 
-    return produce
+    return produce, _steps.first(path, convert(path) if convert else None, put)
 
 
-def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transform: Any) -> Produce:
+def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transform: Any, convert: Any, put: Put) -> tuple[Produce, Step | None]:
     from router.mapping.compiler import _err
 
     if not leaf.is_list and "rules" not in node:
@@ -105,7 +125,7 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
                     out.append(obj)
             return out
 
-        return seg_produce
+        return seg_produce, None
     if path.rep is None and path.field_no is not None:
         text = str(node["each"])
         star = text.replace(f"-{path.field_no}", f"-{path.field_no}[*]", 1)
@@ -121,7 +141,7 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
                     out.append(obj)
             return out
 
-        return rules_produce
+        return rules_produce, _steps.each(path, _steps.datatype(block.build, path), put)
 
     def produce(scope: Any, ctx: RunContext) -> list[Any]:
         out = []
@@ -131,11 +151,15 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
                 out.append(v)
         return out
 
-    return produce
+    return produce, _steps.each(path, convert(path) if convert else None, put)
 
 
-def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: str) -> Any:
-    """Return f(scope, ctx, item) applying use/fn/table to one source item."""
+def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: str) -> tuple[Any, Callable[[Any], Convert] | None]:
+    """Return f(scope, ctx, item) applying use/fn/table to one source item.
+
+    Also returns, for the fused steps, a factory that makes the same conversion
+    for a given (final) source path, or None when there is nothing to convert.
+    """
     from router.mapping.compiler import _err
 
     if "use" in node:
@@ -148,7 +172,7 @@ def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: s
             obj = block.build(scope.child(value=item.raw, value_loc=item.location), ctx)
             return obj or None
 
-        return use
+        return use, lambda path: _steps.datatype(block.build, path)
     fn = None
     if "fn" in node:
         fn = LIBRARY.get(str(node["fn"]))
@@ -176,10 +200,13 @@ def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: s
                 value = {"coding": [value]}
         return value
 
-    return transform
+    if fn is None and table is None:
+        return transform, None
+    codeable = leaf.type_name == "CodeableConcept"
+    return transform, lambda path: _steps.converter(fn, table, codeable=codeable, path=path)
 
 
-def _fn_args(c: Compiler, node: YMap, transform: Any) -> Produce:
+def _fn_args(c: Compiler, node: YMap, put: Put) -> tuple[Produce, Step | None]:
     from router.mapping.compiler import _err
 
     args = node["args"]
@@ -200,7 +227,7 @@ def _fn_args(c: Compiler, node: YMap, transform: Any) -> Produce:
         out = call(fn, ctx.fn_ctx, values, locations)
         return [] if out is None else [out]
 
-    return produce
+    return produce, _steps.fn_args(fn, paths, put)
 
 
 def _check_value_type(node: YMap, leaf: fhir_model.Element, const: Any) -> None:

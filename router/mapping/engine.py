@@ -39,6 +39,7 @@ def run_mapping(mm: MessageMapping, scope: Any, fn_ctx: Any, *, trace: list[tupl
     """
     ctx = RunContext(fn_ctx, trace=trace)
     entries: list[dict[str, Any]] = []
+    untidy: list[bool] = []  # per entry: may hold an empty element (see RunContext.untidy)
     seen: set[str] = set()
     for use in mm.resources:
         if use.when is not None and not use.when(scope):
@@ -51,6 +52,7 @@ def run_mapping(mm: MessageMapping, scope: Any, fn_ctx: Any, *, trace: list[tupl
             inner = scope.child(value=items[0].raw, value_loc=items[0].location)
         ctx.bindings = use.bindings
         resource: dict[str, Any] = {"resourceType": use.template.fhir_type}
+        ctx.untidy = False
         use.template.block.build(inner, ctx, resource)
         if len(resource) == 1:
             continue
@@ -61,9 +63,11 @@ def run_mapping(mm: MessageMapping, scope: Any, fn_ctx: Any, *, trace: list[tupl
             continue  # the same business identity twice (e.g. attending = admitting): one entry
         seen.add(entry["fullUrl"])
         entries.append(entry)
-    resolve_refs(ctx)
-    for entry in entries:
-        prune(entry["resource"])
+        untidy.append(ctx.untidy)
+    dropped = resolve_refs(ctx)
+    for entry, flagged in zip(entries, untidy):
+        if flagged or dropped:  # the rest cannot hold an empty element: skip the walk
+            prune(entry["resource"])
     return {
         "resourceType": "Bundle",
         "type": "transaction",

@@ -20,6 +20,9 @@ from router.settings import Settings
 _SKIP_UNMAPPED = {("MSH", 1), ("MSH", 2), ("MSH", 7), ("MSH", 9), ("MSH", 10), ("MSH", 11), ("MSH", 12), ("MSH", 18)}
 """MSH fields the engine itself consumes (delimiters, type, control id, version, charset)."""
 
+_SKIP_BY_SEGMENT = {name: frozenset(n for s, n in _SKIP_UNMAPPED if s == name) for name, _ in _SKIP_UNMAPPED}
+_NOTHING: frozenset[int] = frozenset()
+
 
 class Converter:
     """Holds the compiled mappings; converts any number of messages."""
@@ -85,16 +88,21 @@ def _patient_key(bundle: dict[str, Any]) -> str | None:
 
 def _unmapped(message: Any, reads: set[tuple[int, int]]) -> list[str]:
     """Name every non-empty field that no rule read, e.g. `PID-19`, `ZPD[1]-2`."""
+    read_by_segment: dict[int, set[int]] = {}
+    for index, n in reads:
+        got = read_by_segment.get(index)
+        if got is None:
+            read_by_segment[index] = {n}
+        else:
+            got.add(n)
     out: list[str] = []
-    counts: dict[str, int] = {}
     for seg in message.segments:
-        counts[seg.name] = counts.get(seg.name, 0) + 1
-        for n in range(1, len(seg.fields)):
-            value = seg.fields[n]
-            if not value or value == '""' or (seg.index, n) in reads or (seg.name, n) in _SKIP_UNMAPPED:
-                continue
-            if seg.name == "MSH" and n <= 2:
-                continue
-            label = seg.name if len(message.all(seg.name)) == 1 else f"{seg.name}[{counts[seg.name]}]"
-            out.append(f"{label}-{n}")
+        skip = read_by_segment.get(seg.index, _NOTHING)
+        if seg.name in _SKIP_BY_SEGMENT:
+            skip = skip | _SKIP_BY_SEGMENT[seg.name]
+        fields = seg.fields
+        for n in range(1, len(fields)):
+            value = fields[n]
+            if value and n not in skip and value != '""':
+                out.append(f"{seg.label}-{n}")
     return out

@@ -1,0 +1,220 @@
+"""Fused closures for the common rule shapes: read, convert and place a value in one call.
+
+Split from _rules.py, which checks a rule and picks its shape; these only run.
+A step does what the rule's `produce` followed by `Target.put` does, in the
+same order, but makes no Items and formats no positions: a position is worked
+out again, by resolving the path once more, only when a function or a table
+rejects a value. Source paths may offer `reader()` and `values(scope)` (the
+HL7 paths do); any other path is read through `resolve`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from router.errors import MessageError
+from router.mapping.conditions import Predicate
+from router.mapping.library import Function, call
+from router.mapping.runtime import Produce, Put, RunContext, Step
+from router.mapping.tables import Table
+
+Convert = Callable[[Any, RunContext, Any, int], Any]
+"""(scope, context, value, index of the value in its path) → converted value, or None to drop it."""
+
+Build = Callable[..., dict[str, Any]]
+"""A Block's `build(scope, ctx)`."""
+
+
+def finish(step: Step | None, produce: Produce, put: Put, when: Predicate | None) -> Step:
+    """Return *step*, or one made of *produce* and *put*, guarded by *when*."""
+    if step is None:
+        step = _generic(produce, put)
+    if when is None:
+        return step
+    inner = step
+
+    def guarded(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
+        if not when(scope):
+            return False
+        return inner(scope, ctx, obj)
+
+    return guarded
+
+
+def untidy(put: Put, *, always: bool) -> Put:
+    """Wrap *put* to mark the resource for pruning: always, or when the value is not a string."""
+    if always:
+
+        def mark(obj: dict[str, Any], value: Any, ctx: RunContext) -> None:
+            ctx.untidy = True
+            put(obj, value, ctx)
+
+        return mark
+
+    def check(obj: dict[str, Any], value: Any, ctx: RunContext) -> None:
+        if type(value) is not str:
+            ctx.untidy = True
+        put(obj, value, ctx)
+
+    return check
+
+
+def _generic(produce: Produce, put: Put) -> Step:
+    def step(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
+        values = produce(scope, ctx)
+        for v in values:
+            put(obj, v, ctx)
+        return bool(values)
+
+    return step
+
+
+def first(path: Any, convert: Convert | None, put: Put) -> Step:
+    """`from:` — place the path's first value, converted."""
+    read = reader(path)
+    if convert is None:
+
+        def plain(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
+            v = read(scope)
+            if v is None:
+                return False
+            put(obj, v, ctx)
+            return True
+
+        return plain
+
+    def converted(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
+        v = read(scope)
+        if v is None:
+            return False
+        v = convert(scope, ctx, v, 0)
+        if v is None:
+            return False
+        put(obj, v, ctx)
+        return True
+
+    return converted
+
+
+def each(path: Any, convert: Convert | None, put: Put) -> Step:
+    """`each:` — place every value of the path, converted, in order."""
+    values = getattr(path, "values", None) or (lambda scope: [item.raw for item in path.resolve(scope)])
+
+    def step(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
+        placed = False
+        for i, v in enumerate(values(scope)):
+            if convert is not None:
+                v = convert(scope, ctx, v, i)
+                if v is None:
+                    continue
+            put(obj, v, ctx)
+            placed = True
+        return placed
+
+    return step
+
+
+def nested(build: Build, put: Put) -> Step:
+    """`rules:` without `each:` — an object built in the same scope."""
+
+    def step(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
+        o = build(scope, ctx)
+        if not o:
+            return False
+        put(obj, o, ctx)
+        return True
+
+    return step
+
+
+def constant(value: Any, put: Put) -> Step:
+    """`value:` — the same (shared) constant every time, as `produce` gives it."""
+
+    def step(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
+        put(obj, value, ctx)
+        return True
+
+    return step
+
+
+def fn_args(fn: Function, paths: list[Any], put: Put) -> Step:
+    """`fn:` with `args:` — call a function on the first value of each path."""
+    readers = [reader(p) for p in paths]
+    where = tuple((p, 0) for p in paths)
+    if len(readers) == 3:  # every args: rule in the shipped mappings; skip the comprehension
+        r0, r1, r2 = readers
+
+        def three(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
+            out = call_at(fn, ctx.fn_ctx, [r0(scope), r1(scope), r2(scope)], scope, where)
+            if out is None:
+                return False
+            put(obj, out, ctx)
+            return True
+
+        return three
+
+    def step(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
+        out = call_at(fn, ctx.fn_ctx, [r(scope) for r in readers], scope, where)
+        if out is None:
+            return False
+        put(obj, out, ctx)
+        return True
+
+    return step
+
+
+def datatype(build: Build, path: Any) -> Convert:
+    """Convert a value by building an object from it (`use:`, or `each:` with `rules:`)."""
+
+    def convert(scope: Any, ctx: RunContext, value: Any, index: int) -> Any:
+        return build(scope.at(value, path, index), ctx) or None
+
+    return convert
+
+
+def converter(fn: Function | None, table: Table | None, *, codeable: bool, path: Any) -> Convert | None:
+    """Convert a value with `fn:` then `table:`; None when the rule has neither."""
+    if fn is None and table is None:
+        return None
+    at_first = ((path, 0),)
+
+    def convert(scope: Any, ctx: RunContext, value: Any, index: int) -> Any:
+        if fn is not None:
+            value = call_at(fn, ctx.fn_ctx, [value], scope, ((path, index),) if index else at_first)
+        if table is not None and value is not None:
+            try:
+                value = table.lookup(value, None)
+            except MessageError:
+                value = table.lookup(value, location(path, scope, index))  # raises again, now with the position
+            if codeable and isinstance(value, dict):
+                value = {"coding": [value]}
+        return value
+
+    return convert
+
+
+def call_at(fn: Function, fn_ctx: Any, values: list[str | None], scope: Any, where: tuple[tuple[Any, int], ...]) -> Any:
+    """Call a library function; if it rejects the values, call it again with their positions.
+
+    Library functions are pure and read positions only to put them in the error
+    they raise, so the second call raises the error the first would have, with
+    the position filled in.
+    """
+    try:
+        return call(fn, fn_ctx, values, [None] * len(values))
+    except MessageError:
+        return call(fn, fn_ctx, values, [location(p, scope, i) for p, i in where])
+
+
+def reader(path: Any) -> Callable[[Any], Any]:
+    """Return path.reader(), or a reader built on `resolve`."""
+    make = getattr(path, "reader", None)
+    if make is not None:
+        return make()  # type: ignore[no-any-return]
+    return lambda scope: items[0].raw if (items := path.resolve(scope)) else None
+
+
+def location(path: Any, scope: Any, index: int) -> str | None:
+    """Return the position of the index-th value of *path* in *scope* (errors only)."""
+    items = path.resolve(scope)
+    return items[index].location if index < len(items) else None
