@@ -92,7 +92,7 @@ class Segment:
 class Hl7Message:
     """A tokenized message: segments in order, plus its delimiters."""
 
-    __slots__ = ("segments", "delims", "_by_name", "_comps", "_comp", "_sub", "_esc")
+    __slots__ = ("segments", "delims", "_by_name", "_comps", "_comp", "_sub", "_esc", "structure", "_root")
 
     def __init__(self, segments: list[Segment], delims: Delimiters) -> None:
         self.segments = segments
@@ -114,6 +114,16 @@ class Hl7Message:
         self._comp = delims.component
         self._sub = delims.subcomponent
         self._esc = delims.escape
+        self.structure = ""  # set once the mapping is chosen; groups are built from it on demand
+        self._root: object | None = None
+
+    def root(self) -> object:
+        """Return the message's segment-group tree, built on first use (only group paths need it)."""
+        if self._root is None:
+            from adapters.hl7v2.groups import build  # groups imports this module
+
+            self._root = build(self, self.structure)
+        return self._root
 
     def all(self, name: str) -> list[Segment]:
         """Return every segment called *name*, in message order."""

@@ -41,6 +41,7 @@ class Group:
 
     name: str
     items: list[Union[Segment, Group]] = field(default_factory=list)
+    parent: Group | None = field(default=None, repr=False, compare=False)
 
     def groups(self, name: str) -> list[Group]:
         """Return the direct child groups called *name*."""
@@ -78,6 +79,18 @@ def _convert(defn: Any, prefix: str) -> tuple[_Def, ...]:
     return tuple(out)
 
 
+def _all_group_names() -> frozenset[str]:
+    names: set[str] = set()
+    for msg, defn in v2_5_1.MESSAGES.items():
+        stack = list(_convert(defn, msg + "_"))
+        while stack:
+            d = stack.pop()
+            if d.is_group:
+                names.add(d.name)
+                stack.extend(d.children)
+    return frozenset(names)
+
+
 @lru_cache(maxsize=None)
 def structure(name: str) -> tuple[_Def, ...] | None:
     """Return the v2.5.1 structure *name* (e.g. `ORU_R01`), or None if the standard has none."""
@@ -103,7 +116,7 @@ def _match(defs: tuple[_Def, ...], segs: list[Segment], i: int, into: Group) -> 
         starts = _first(d)
         while i < len(segs) and (d.max == -1 or count < d.max) and segs[i].name in starts:
             if d.is_group:
-                sub = Group(d.name)
+                sub = Group(d.name, parent=into)
                 j = _match(d.children, segs, i, sub)
                 if j == i:
                     break
@@ -179,3 +192,17 @@ def _place_strays(root: Group, segs: list[Segment], known: frozenset[str]) -> No
         group.items.insert(at, seg)
         where[id(seg)] = group
         prev = seg
+
+
+GROUP_NAMES = _all_group_names()
+"""Every segment group name of the v2.5.1 structures (without message prefixes)."""
+
+
+def nearest(group: Group | None, name: str) -> list[Segment]:
+    """Return the segments called *name* in *group* or, failing that, the nearest enclosing group that has some."""
+    while group is not None:
+        found = group.segments(name)
+        if found:
+            return found
+        group = group.parent
+    return []

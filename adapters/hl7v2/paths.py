@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Hl7Message, Segment
+from adapters.hl7v2.groups import GROUP_NAMES, Group, nearest
 from adapters.hl7v2.structure import DATATYPE_NAMES, SEGMENT_NAMES
 
 ALL = -1
@@ -34,7 +35,7 @@ class Scope:
     `at` works it out when asked instead of formatting it up front.
     """
 
-    __slots__ = ("message", "segments", "value", "reads", "_loc", "_origin")
+    __slots__ = ("message", "segments", "value", "reads", "_loc", "_origin", "group")
 
     def __init__(
         self,
@@ -43,8 +44,10 @@ class Scope:
         value: str | None = None,
         value_loc: str | None = "",
         reads: set[tuple[int, int]] | None = None,
+        group: Group | None = None,
     ) -> None:
         self.message = message
+        self.group = group  # the segment group being mapped (ORDER_OBSERVATION…), or the message's root group
         self.segments = {} if segments is None else segments  # current segment per name, inside `each`
         self.value = value  # current repetition's raw text, inside a datatype mapping
         self.reads = set() if reads is None else reads  # (segment index, field) pairs read
@@ -60,17 +63,19 @@ class Scope:
             loc = self._loc = path.resolve(parent)[index].location
         return loc
 
-    def child(self, *, segments: dict[str, Segment] | None = None, value: str | None = None, value_loc: str = "") -> Scope:
-        """Return a scope for an inner block (a segment or a value); reads stay shared."""
+    def child(self, *, segments: dict[str, Segment] | None = None, value: str | None = None, value_loc: str = "", group: Group | None = None) -> Scope:
+        """Return a scope for an inner block (a segment, a group or a value); reads stay shared."""
+        if group is not None:
+            return Scope(self.message, {}, None, "", self.reads, group)
         if segments:
             segs = dict(self.segments)
             segs.update(segments)
-            return Scope(self.message, segs, self.value, self._loc, self.reads).located(self._origin)
-        return Scope(self.message, self.segments, value, value_loc, self.reads)
+            return Scope(self.message, segs, self.value, self._loc, self.reads, self.group).located(self._origin)
+        return Scope(self.message, self.segments, value, value_loc, self.reads, self.group)
 
     def at(self, value: str, path: SourcePath, index: int) -> Scope:
         """Return a scope for *value*, the index-th value *path* gives here; reads stay shared."""
-        inner = Scope(self.message, self.segments, value, None, self.reads)
+        inner = Scope(self.message, self.segments, value, None, self.reads, self.group)
         inner._origin = (path, self, index)
         return inner
 
@@ -167,7 +172,7 @@ class SourcePath:
         current = scope.segments.get(self.segment) if self.seg_rep is None else None  # type: ignore[arg-type]
         if current is not None:
             return [current]
-        segs = scope.message.all(self.segment)  # type: ignore[arg-type]  # absolute paths name one
+        segs = (scope.group is not None and nearest(scope.group, self.segment)) or scope.message.all(self.segment)  # type: ignore[arg-type]
         if self.seg_rep is None:
             return segs[:1]
         if self.seg_rep != ALL:
@@ -239,7 +244,7 @@ def _field_reader(name: str, seg_rep: int | None, field_no: int, rep: int | None
         seg = scope.segments.get(name) if seg_rep is None else None
         msg = scope.message
         if seg is None:
-            segs = msg.all(name)
+            segs = (scope.group is not None and nearest(scope.group, name)) or msg.all(name)
             if k >= len(segs):
                 return None
             seg = segs[k]
@@ -252,6 +257,132 @@ def _field_reader(name: str, seg_rep: int | None, field_no: int, rep: int | None
         return raw if raw != EXPLICIT_NULL else None
 
     return read
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPath:
+    """A path through segment groups: `ORDER_OBSERVATION[*]`, `ORDER_OBSERVATION.OBR-4`,
+    `ORDER_OBSERVATION[*].OBSERVATION[*].OBX-5`.
+
+    Each group step finds the named groups at the shallowest depth below the
+    current group (so `ORDER_OBSERVATION` needs no `PATIENT_RESULT.` before it);
+    the tail, if any, is an ordinary path read inside each group found.
+    """
+
+    text: str
+    steps: tuple[tuple[str, int | None], ...]  # (group name, None: first | ALL | 1-based)
+    tail: SourcePath | None
+
+    segment = None
+    datatype = None
+    seg_rep = None
+    is_segment = False
+
+    @property
+    def is_group(self) -> bool:
+        """True when the path names groups themselves (to iterate), not a value in them."""
+        return self.tail is None
+
+    @property
+    def field_no(self) -> int | None:
+        """The tail's field, for rule checks."""
+        return self.tail.field_no if self.tail else None
+
+    @property
+    def rep(self) -> int | None:
+        """The tail's repetition, for rule checks."""
+        return self.tail.rep if self.tail else None
+
+    @property
+    def comp(self) -> int:
+        """The tail's component."""
+        return self.tail.comp if self.tail else 0
+
+    @property
+    def sub(self) -> int:
+        """The tail's subcomponent."""
+        return self.tail.sub if self.tail else 0
+
+    @property
+    def is_leaf(self) -> bool:
+        """True when the tail names a component."""
+        return self.tail is not None and self.tail.is_leaf
+
+    def groups(self, scope: Scope) -> list[Group]:
+        """Return the groups the steps select, from the scope's group down."""
+        level: list[Group] = [scope.group if scope.group is not None else scope.message.root()]  # type: ignore[list-item]
+        for name, rep in self.steps:
+            found = [g for grp in level for g in grp.find_groups(name)]
+            if rep is None:
+                found = found[:1]
+            elif rep != ALL:
+                found = found[rep - 1 : rep]
+            level = found
+        return level
+
+    def resolve(self, scope: Scope) -> list[Item]:
+        """Return the groups (as Items whose `group` is set) or the tail's values in each group."""
+        out: list[Item] = []
+        for g in self.groups(scope):
+            if self.tail is None:
+                out.append(_GroupItem(g))
+            else:
+                out.extend(self.tail.resolve(scope.child(group=g)))
+        return out
+
+    def values(self, scope: Scope) -> list[str]:
+        """Return the raw text of each value."""
+        return [item.raw for item in self.resolve(scope)]
+
+    def location(self, scope: Scope, index: int = 0) -> str | None:
+        """Return the position of the index-th value, or None."""
+        items = self.resolve(scope)
+        return items[index].location if index < len(items) else None
+
+    def reader(self) -> Reader:
+        """Return a function that reads the first value."""
+
+        def read(scope: Scope) -> str | None:
+            items = self.resolve(scope)
+            return items[0].raw if items else None
+
+        return read
+
+    def starred(self) -> GroupPath:
+        """Return this path with its last group step iterating every group (`each:`)."""
+        steps = self.steps[:-1] + ((self.steps[-1][0], ALL if self.steps[-1][1] is None else self.steps[-1][1]),)
+        return GroupPath(self.text, steps, self.tail)
+
+
+class _GroupItem(Item):
+    """An Item naming a whole group occurrence (for `each:` over groups)."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, group: Group) -> None:
+        super().__init__("", group.name)
+        self.group = group
+
+
+_GROUP_STEP = re.compile(r"^(?P<name>[A-Z][A-Z0-9_]{3,})(?:\[(?P<rep>\*|\d+)\])?$")
+
+
+def _compile_group_path(t: str) -> GroupPath | None:
+    parts = t.split(".")
+    steps: list[tuple[str, int | None]] = []
+    i = 0
+    while i < len(parts):
+        m = _GROUP_STEP.match(parts[i])
+        if not m or m["name"] in DATATYPE_NAMES or m["name"] not in GROUP_NAMES:
+            break
+        steps.append((m["name"], _rep(m["rep"])))
+        i += 1
+    if not steps:
+        return None
+    tail = ".".join(parts[i:])
+    if not tail:
+        return GroupPath(t, tuple(steps), None)
+    return GroupPath(t, tuple(steps), compile_path(tail))
 
 
 def _rep(text: str | None) -> int | None:
@@ -267,6 +398,10 @@ def compile_path(text: str) -> SourcePath:
         PathSyntaxError: the text is not a valid path.
     """
     t = text.strip()
+    if "_" in t.split(".")[0] or (len(t.split(".")[0].split("[")[0]) > 3 and t.split(".")[0].split("[")[0] in GROUP_NAMES):
+        grouped = _compile_group_path(t)
+        if grouped is not None:
+            return grouped  # type: ignore[return-value]  # same protocol as SourcePath
     m = _MSG_PATH.match(t)
     if m and not (m["field"] is None and m["srep"] is None and t in DATATYPE_NAMES and t not in SEGMENT_NAMES):
         field_no = int(m["field"]) if m["field"] else None
@@ -276,7 +411,7 @@ def compile_path(text: str) -> SourcePath:
     m = _REL_PATH.match(t)
     if m:
         return SourcePath(t, None, m["dt"], None, None, None, int(m["comp"] or 0), int(m["sub"] or 0))
-    raise PathSyntaxError(f"{text!r} is not an HL7 path (expected e.g. PID-3, PID-3[2].4.1, NK1[*]-2 or CX.4.1)")
+    raise PathSyntaxError(f"{text!r} is not an HL7 path (expected e.g. PID-3, PID-3[2].4.1, NK1[*]-2, CX.4.1 or ORDER_OBSERVATION[*].OBX-5)")
 
 
-__all__ = ["ALL", "Item", "PathSyntaxError", "Reader", "Scope", "SourcePath", "compile_path"]
+__all__ = ["ALL", "GroupPath", "Item", "PathSyntaxError", "Reader", "Scope", "SourcePath", "compile_path"]

@@ -14,13 +14,13 @@ from router.mapping import _steps, fhir_model
 from router.mapping._steps import Convert
 from router.mapping._yaml import YList, YMap
 from router.mapping.library import LIBRARY, call
-from router.mapping.runtime import Produce, Put, Ref, RunContext, Step, has_empty
+from router.mapping.runtime import Produce, Put, Ref, RefList, RunContext, Step, has_empty
 from router.mapping.tables import _plain
 
 if TYPE_CHECKING:
     from router.mapping.compiler import Compiler, Rule
 
-_SOURCES = ("from", "each", "value", "ref")
+_SOURCES = ("from", "each", "value", "ref", "refs")
 
 
 def compile_rule(c: Compiler, node: YMap, fhir_type: str) -> Rule:
@@ -38,7 +38,7 @@ def compile_rule(c: Compiler, node: YMap, fhir_type: str) -> Rule:
     when = c._when(node)
     where = f"{node.pos()[0]}:{node.pos()[1]}"
     kind = sources[0] if sources else ("rules" if "rules" in node else "fn")
-    put = _untidy(c, node, kind, target.setter(refs=kind == "ref"))
+    put = _untidy(c, node, kind, target.setter(refs=kind in ("ref", "refs")))
     produce, step = _produce(c, node, kind, leaf, put, target_text=str(node["target"]))
     source = str(node.get(kind, node.get("args", ""))) if kind != "rules" else "rules"
     return Rule(target, when, produce, where, source, _steps.finish(step, produce, put, when))
@@ -76,7 +76,18 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: 
         params = c._params
         if name not in params:
             raise _err(f"ref: {name!r} is not a declared parameter of this template (params: {', '.join(params) or 'none'})", node.pos("ref"))
-        return (lambda scope, ctx: [Ref(ctx.bindings.get(name, name))]), None
+        def ref(scope: Any, ctx: RunContext) -> list[Any]:
+            bound = ctx.bindings.get(name, name)
+            return [Ref(ctx.env.get(bound, bound))]
+
+        return ref, None
+    if kind == "refs":
+        if leaf.type_name != "Reference" or not leaf.is_list:
+            raise _err(f"refs: needs a repeating Reference target, but {target_text} is not one", node.pos("refs"))
+        name = str(node["refs"])
+        if name not in c._params:
+            raise _err(f"refs: {name!r} is not a declared parameter of this template (params: {', '.join(c._params) or 'none'})", node.pos("refs"))
+        return (lambda scope, ctx: [RefList(ctx.current, ctx.bindings.get(name, name))]), None
     transform, convert = _transform(c, node, leaf, target_text)
     if kind == "rules":
         sub_type = leaf.type_name
@@ -110,6 +121,21 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
 
     if not leaf.is_list and "rules" not in node:
         pass  # a single target takes the last value; allowed for "latest wins" fields
+    if getattr(path, "is_group", False):
+        path = path.starred()
+        if "rules" not in node:
+            raise _err("each: over segment groups needs nested rules:", node.pos("each"))
+        gblock = c.block(node["rules"], leaf.type_name or "", node.pos("rules"))
+
+        def group_produce(scope: Any, ctx: RunContext) -> list[Any]:
+            out = []
+            for item in path.resolve(scope):
+                obj = gblock.build(scope.child(group=item.group), ctx)
+                if obj:
+                    out.append(obj)
+            return out
+
+        return group_produce, None
     if path.is_segment:
         if path.seg_rep is None:
             path = c._path(f"{path.segment}[*]", node.pos("each"))

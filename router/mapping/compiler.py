@@ -25,7 +25,7 @@ from router.mapping.tables import Table, load_table
 PathCompiler = Callable[[str], Any]
 """The source format's path compiler (HL7 terser, later XPath)."""
 
-_RULE_KEYS = {"target", "from", "each", "value", "fn", "args", "table", "use", "rules", "when", "ref", "note"}
+_RULE_KEYS = {"target", "from", "each", "value", "fn", "args", "table", "use", "rules", "when", "ref", "refs", "note"}
 
 
 def _err(reason: str, pos: Pos) -> MappingError:
@@ -119,6 +119,8 @@ class ResourceUse:
     source: Any | None  # a path whose first value the template reads (value-based templates)
     bindings: dict[str, str]
     pos: Pos
+    each: Any | None = None  # a path of groups, segments or values: one resource per item
+    children: list[ResourceUse] = field(default_factory=list)  # produced inside each instance
 
 
 @dataclass(slots=True)
@@ -179,7 +181,7 @@ class Compiler:
             if ".cases" not in path.parent.name:
                 digest.update(str(path.relative_to(self.root)).encode() + b"\0" + path.read_bytes())
         for mm in out.values():
-            mm.sha = mm.sha or digest.hexdigest()[:12]
+            mm.sha = digest.hexdigest()[:12]
         return out
 
     def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -293,39 +295,9 @@ class Compiler:
 
     # -- messages ------------------------------------------------------
     def _message(self, path: Path) -> MessageMapping:
-        doc = self._doc(path)
-        _check_keys(doc, {"message", "description", "events", "resources"}, "a message mapping")
-        structure = str(_need(doc, "message", "a message mapping"))
-        if path.stem != structure:
-            raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
-        items = _need(doc, "resources", "a message mapping")
-        if not isinstance(items, YList):
-            raise _err("resources must be a list", doc.pos("resources"))
-        uses: list[ResourceUse] = []
-        names: set[str] = set()
-        for i, item in enumerate(items):
-            if not isinstance(item, YMap):
-                raise _err("each resource must be a mapping with name: and use:", items.pos(i))
-            _check_keys(item, {"name", "use", "when", "from", "with", "note"}, "a resource entry")
-            name = str(_need(item, "name", "a resource entry"))
-            if name in names:
-                raise _err(f"resource name {name!r} is used twice", item.pos("name"))
-            names.add(name)
-            tpl = self.template(str(_need(item, "use", "a resource entry")), item.pos("use"))
-            bindings = {str(k): str(v) for k, v in (item.get("with") or {}).items()}
-            for param in tpl.params:
-                bindings.setdefault(param, param)
-            for k in bindings:
-                if k not in tpl.params:
-                    raise _err(f"template {tpl.name} has no parameter {k!r}", item.pos("with"))
-            uses.append(ResourceUse(name, tpl, self._when(item), self._path(item["from"], item.pos("from")) if "from" in item else None, bindings, item.pos()))
-        for use in uses:
-            for param, bound in use.bindings.items():
-                if bound not in names:
-                    raise _err(f"{use.name}: parameter {param!r} is bound to {bound!r}, which this message does not produce", use.pos)
-        raw_events = doc.get("events") or []
-        # TEMPORARY: per-file hash until the hot-path work lands; then the folder hash above.
-        return MessageMapping(structure, tuple(str(e) for e in raw_events), uses, self._show(path), hashlib.sha256(path.read_bytes()).hexdigest()[:12])
+        from router.mapping._messages import compile_message  # split for size
+
+        return compile_message(self, path)
 
     # -- rules ---------------------------------------------------------
     def _path(self, text: Any, pos: Pos) -> Any:

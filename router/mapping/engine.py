@@ -1,4 +1,10 @@
-"""Run a compiled message mapping: resources in order, identities, then a transaction Bundle."""
+"""Run a compiled message mapping: resources in order (per group where asked), identities, a Bundle.
+
+Every produced resource is an *instance* with an id: a top-level resource's
+is its name, a nested one's is `parent/name#k`. References are recorded
+against instances and resolved at the end, so a report can list observations
+that are built after it.
+"""
 
 from __future__ import annotations
 
@@ -31,46 +37,90 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any) -> tuple[s
     raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier to make it unique", location=None)
 
 
+class _Run:
+    """One message's run: entries in order, and which identity went where."""
+
+    __slots__ = ("ctx", "entries", "untidy", "by_url")
+
+    def __init__(self, ctx: RunContext) -> None:
+        self.ctx = ctx
+        self.entries: list[dict[str, Any]] = []
+        self.untidy: list[bool] = []  # per entry: may hold an empty element (see RunContext.untidy)
+        self.by_url: dict[str, dict[str, Any]] = {}
+
+    def uses(self, uses: list[ResourceUse], scope: Any, parent: str) -> None:
+        ctx = self.ctx
+        outer_env = ctx.env
+        ctx.env = dict(outer_env)  # siblings see each other; the enclosing level does not see them
+        for use in uses:
+            if use.when is not None and not use.when(scope):
+                continue
+            for k, inner in enumerate(self._instances(use, scope)):
+                inst = f"{parent}/{use.name}#{k}" if parent or use.each is not None else use.name
+                ctx.env[use.name] = inst
+                ctx.children.setdefault((parent, use.name), []).append(inst)
+                if self._one(use, inner, inst) and use.children:
+                    self.uses(use.children, inner, inst)
+        ctx.env = outer_env
+
+    def _instances(self, use: ResourceUse, scope: Any) -> list[Any]:
+        if use.each is not None:
+            out = []
+            for item in use.each.resolve(scope):
+                group = getattr(item, "group", None)
+                if group is not None:
+                    out.append(scope.child(group=group))
+                elif item.segment is not None:
+                    out.append(scope.child(segments={item.segment.name: item.segment}))
+                else:
+                    out.append(scope.child(value=item.raw, value_loc=item.location))
+            return out
+        if use.source is not None:
+            items = use.source.resolve(scope)
+            return [scope.child(value=items[0].raw, value_loc=items[0].location)] if items else []
+        return [scope]
+
+    def _one(self, use: ResourceUse, scope: Any, inst: str) -> bool:
+        ctx = self.ctx
+        ctx.bindings = use.bindings
+        ctx.current = inst
+        ctx.untidy = False
+        resource: dict[str, Any] = {"resourceType": use.template.fhir_type}
+        use.template.block.build(scope, ctx, resource)
+        if len(resource) == 1:
+            return False
+        system, value = _identity(use, resource, scope)
+        entry = conditional_entry(use.template.fhir_type, resource, system, value)
+        url = entry["fullUrl"]
+        ctx.full_urls[inst] = url
+        earlier = self.by_url.get(url)
+        if earlier is not None:
+            # The same business identity twice (attending = admitting) is one entry; two
+            # different resources under one identity would lose data, so they are refused.
+            if earlier["resource"] != resource:
+                raise InvalidContent(f"two different {use.template.fhir_type} resources share the identity {system}|…; the mapping's identity is not specific enough")
+            return True
+        self.by_url[url] = entry
+        self.entries.append(entry)
+        self.untidy.append(ctx.untidy)
+        return True
+
+
 def run_mapping(mm: MessageMapping, scope: Any, fn_ctx: Any, *, trace: list[tuple[str, str, str]] | None = None) -> dict[str, Any]:
     """Build the transaction Bundle for one message.
 
     Raises:
         MessageError: a value is invalid (e.g. a national id that fails its check digits).
     """
-    ctx = RunContext(fn_ctx, trace=trace)
-    entries: list[dict[str, Any]] = []
-    untidy: list[bool] = []  # per entry: may hold an empty element (see RunContext.untidy)
-    seen: set[str] = set()
-    for use in mm.resources:
-        if use.when is not None and not use.when(scope):
-            continue
-        inner = scope
-        if use.source is not None:
-            items = use.source.resolve(scope)
-            if not items:
-                continue
-            inner = scope.child(value=items[0].raw, value_loc=items[0].location)
-        ctx.bindings = use.bindings
-        resource: dict[str, Any] = {"resourceType": use.template.fhir_type}
-        ctx.untidy = False
-        use.template.block.build(inner, ctx, resource)
-        if len(resource) == 1:
-            continue
-        system, value = _identity(use, resource, inner)
-        entry = conditional_entry(use.template.fhir_type, resource, system, value)
-        ctx.full_urls[use.name] = entry["fullUrl"]
-        if entry["fullUrl"] in seen:
-            continue  # the same business identity twice (e.g. attending = admitting): one entry
-        seen.add(entry["fullUrl"])
-        entries.append(entry)
-        untidy.append(ctx.untidy)
-    dropped = resolve_refs(ctx)
-    for entry, flagged in zip(entries, untidy):
+    run = _Run(RunContext(fn_ctx, trace=trace))
+    run.uses(mm.resources, scope, "")
+    dropped = resolve_refs(run.ctx)
+    for entry, flagged in zip(run.entries, run.untidy):
         if flagged or dropped:  # the rest cannot hold an empty element: skip the walk
             prune(entry["resource"])
     return {
         "resourceType": "Bundle",
         "type": "transaction",
         "meta": {"tag": [{"system": "urn:helsebro:mapping", "code": f"{mm.structure}@{mm.sha}", "display": mm.file}]},
-        "entry": entries,
+        "entry": run.entries,
     }

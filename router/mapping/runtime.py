@@ -25,12 +25,36 @@ Put = Callable[[dict[str, Any], Any, "RunContext"], None]
 
 
 class Ref:
-    """A reference to a named resource, resolved once every resource exists."""
+    """A reference to one resource instance, resolved once every resource exists."""
 
     __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
-        self.name = name
+        self.name = name  # the instance id (a top-level resource's id is its name)
+
+    def urls(self, ctx: RunContext) -> list[str]:
+        """Return the fullUrl(s) this reference resolves to (none: the resource was not produced)."""
+        url = ctx.full_urls.get(self.name)
+        return [url] if url else []
+
+
+class RefList(Ref):
+    """References to every instance of a named resource produced inside one parent instance (`refs:`)."""
+
+    __slots__ = ("parent",)
+
+    def __init__(self, parent: str, name: str) -> None:
+        super().__init__(name)
+        self.parent = parent
+
+    def urls(self, ctx: RunContext) -> list[str]:
+        """Return the children's fullUrls, in the order they were produced, each once."""
+        out: list[str] = []
+        for inst in ctx.children.get((self.parent, self.name), ()):
+            url = ctx.full_urls.get(inst)
+            if url and url not in out:
+                out.append(url)
+        return out
 
 
 @dataclass(slots=True)
@@ -38,8 +62,11 @@ class RunContext:
     """Per-message state: the function context, produced resources, pending references."""
 
     fn_ctx: Any
-    full_urls: dict[str, str] = field(default_factory=dict)  # resource name → urn:uuid
-    ref_sites: list[tuple[Any, Any, str]] = field(default_factory=list)  # (container, key, name)
+    full_urls: dict[str, str] = field(default_factory=dict)  # resource instance id → urn:uuid
+    ref_sites: list[tuple[Any, Any, Ref]] = field(default_factory=list)  # (container, key, reference)
+    env: dict[str, str] = field(default_factory=dict)  # resource name → the instance in view here
+    current: str = ""  # the instance being built
+    children: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (parent instance, name) → instances
     trace: list[tuple[str, str, str]] | None = None  # (target, rule file:line, source) for --explain
     bindings: dict[str, str] = field(default_factory=dict)  # template parameter → resource name
     untidy: bool = False  # a placed value may hold an empty element: the resource needs `prune`
@@ -118,27 +145,32 @@ class Target:
     @staticmethod
     def _track(container: Any, key: Any, value: Any, ctx: RunContext) -> None:
         if isinstance(value, Ref):
-            ctx.ref_sites.append((container, key, value.name))
+            ctx.ref_sites.append((container, key, value))
 
 
 def resolve_refs(ctx: RunContext) -> bool:
-    """Turn every Ref into a Reference to the resource's fullUrl, or drop it if absent.
+    """Turn every Ref into Reference(s) to fullUrls, or drop it when nothing was produced.
 
     Returns True when it dropped one, which may leave an empty element behind.
     """
-    drops: list[tuple[Any, Any]] = []
-    for container, key, name in ctx.ref_sites:
-        url = ctx.full_urls.get(name)
-        if url is None:
-            drops.append((container, key))
-        else:
-            container[key] = {"reference": url}
-    for container, key in reversed(drops):
+    dropped = False
+    in_lists: dict[int, tuple[list[Any], list[tuple[int, Ref]]]] = {}
+    for container, key, ref in ctx.ref_sites:
         if isinstance(container, list):
-            container.pop(key)
+            in_lists.setdefault(id(container), (container, []))[1].append((key, ref))
+            continue
+        urls = ref.urls(ctx)
+        if urls:
+            container[key] = {"reference": urls[0]}
         else:
             container.pop(key, None)
-    return bool(drops)
+            dropped = True
+    for container, sites in in_lists.values():
+        for key, ref in sorted(sites, key=lambda kv: kv[0], reverse=True):  # right to left: indexes stay valid
+            urls = ref.urls(ctx)
+            container[key : key + 1] = [{"reference": u} for u in urls]
+            dropped = dropped or not urls
+    return dropped
 
 
 _NAMESPACE = HELSEBRO_NAMESPACE.bytes

@@ -62,6 +62,7 @@ class Converter:
         item.structure = mm.structure
         if mm.events and h.trigger_event and h.trigger_event not in mm.events:
             raise UnknownMessage(f"mapping {mm.structure} does not cover event {h.trigger_event}", location="MSH-9.2")
+        decoded.message.structure = mm.structure
         scope = Scope(decoded.message)
         explain: list[tuple[str, str, str]] | None = [] if trace else None
         item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain)

@@ -1,0 +1,99 @@
+"""Compile a message mapping: the resources it produces, nested per segment group.
+
+    resources:
+      - name: patient
+        use: PID.Patient
+      - name: report
+        use: OBR.DiagnosticReport
+        each: ORDER_OBSERVATION          # one DiagnosticReport per order group
+        resources:                       # produced inside each report's group
+          - name: observation
+            use: OBX.Observation
+            each: OBSERVATION
+
+A nested resource sees its enclosing instance by name (`ref: report` is *its*
+report), and an enclosing resource lists its own children with `refs:`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from router.mapping._yaml import YList, YMap
+
+if TYPE_CHECKING:
+    from router.mapping.compiler import Compiler, MessageMapping, ResourceUse
+
+_ENTRY_KEYS = {"name", "use", "when", "from", "each", "with", "resources", "note"}
+
+
+def compile_message(c: Compiler, path: Path) -> MessageMapping:
+    """Compile one file under messages/."""
+    from router.mapping.compiler import MessageMapping, _check_keys, _err, _need
+
+    doc = c._doc(path)
+    _check_keys(doc, {"message", "description", "events", "resources"}, "a message mapping")
+    structure = str(_need(doc, "message", "a message mapping"))
+    if path.stem != structure:
+        raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
+    names: set[str] = set()
+    uses = _uses(c, doc, "resources", names)
+    _check_bindings(uses, names, set())
+    raw_events = doc.get("events") or []
+    return MessageMapping(structure, tuple(str(e) for e in raw_events), uses, c._show(path), "")
+
+
+def _uses(c: Compiler, parent: YMap, key: str, names: set[str]) -> list[ResourceUse]:
+    from router.mapping.compiler import ResourceUse, _check_keys, _err, _need
+
+    items = _need(parent, key, "a message mapping")
+    if not isinstance(items, YList):
+        raise _err(f"{key} must be a list", parent.pos(key))
+    out: list[ResourceUse] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, YMap):
+            raise _err("each resource must be a mapping with name: and use:", items.pos(i))
+        _check_keys(item, _ENTRY_KEYS, "a resource entry")
+        name = str(_need(item, "name", "a resource entry"))
+        if name in names:
+            raise _err(f"resource name {name!r} is used twice", item.pos("name"))
+        names.add(name)
+        if "from" in item and "each" in item:
+            raise _err("a resource takes from: or each:, not both", item.pos("each"))
+        tpl = c.template(str(_need(item, "use", "a resource entry")), item.pos("use"))
+        bindings = {str(k): str(v) for k, v in (item.get("with") or {}).items()}
+        for param in tpl.params:
+            bindings.setdefault(param, param)
+        for k in bindings:
+            if k not in tpl.params:
+                raise _err(f"template {tpl.name} has no parameter {k!r}", item.pos("with"))
+        use = ResourceUse(name, tpl, c._when(item), c._path(item["from"], item.pos("from")) if "from" in item else None, bindings, item.pos())
+        if "each" in item:
+            use.each = _each_path(c, item)
+        if "resources" in item:
+            use.children = _uses(c, item, "resources", names)
+        out.append(use)
+    return out
+
+
+def _each_path(c: Compiler, item: YMap) -> Any:
+    """`each:` iterates every group, segment or repetition the path names."""
+    path = c._path(item["each"], item.pos("each"))
+    if getattr(path, "is_group", False):
+        return path.starred()
+    if path.is_segment and path.seg_rep is None:
+        return c._path(f"{path.segment}[*]", item.pos("each"))
+    if path.field_no is not None and path.rep is None and "-" in str(item["each"]):
+        return c._path(str(item["each"]).replace(f"-{path.field_no}", f"-{path.field_no}[*]", 1), item.pos("each"))
+    return path
+
+
+def _check_bindings(uses: list[ResourceUse], names: set[str], outer: set[str]) -> None:
+    from router.mapping.compiler import _err
+
+    for use in uses:
+        for param, bound in use.bindings.items():
+            if bound not in names:
+                raise _err(f"{use.name}: parameter {param!r} is bound to {bound!r}, which this message does not produce", use.pos)
+        _check_bindings(use.children, names, outer | {use.name})
