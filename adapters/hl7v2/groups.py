@@ -42,6 +42,7 @@ class Group:
     name: str
     items: list[Union[Segment, Group]] = field(default_factory=list)
     parent: Group | None = field(default=None, repr=False, compare=False)
+    allowed: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # segments the standard puts directly here
 
     def groups(self, name: str) -> list[Group]:
         """Return the direct child groups called *name*."""
@@ -116,7 +117,7 @@ def _match(defs: tuple[_Def, ...], segs: list[Segment], i: int, into: Group) -> 
         starts = _first(d)
         while i < len(segs) and (d.max == -1 or count < d.max) and segs[i].name in starts:
             if d.is_group:
-                sub = Group(d.name, parent=into)
+                sub = Group(d.name, parent=into, allowed=_direct(d.children))
                 j = _match(d.children, segs, i, sub)
                 if j == i:
                     break
@@ -134,8 +135,8 @@ def build(message: Hl7Message, structure_name: str) -> Group:
 
     Unknown structures give a flat root group holding every segment.
     """
-    root = Group(structure_name)
     defs = structure(structure_name)
+    root = Group(structure_name, allowed=_direct(defs) if defs else frozenset())
     segs = message.segments
     if defs is None:
         root.items.extend(segs)
@@ -198,11 +199,22 @@ GROUP_NAMES = _all_group_names()
 """Every segment group name of the v2.5.1 structures (without message prefixes)."""
 
 
-def nearest(group: Group | None, name: str) -> list[Segment]:
-    """Return the segments called *name* in *group* or, failing that, the nearest enclosing group that has some."""
+@lru_cache(maxsize=None)
+def _direct(defs: tuple[_Def, ...]) -> frozenset[str]:
+    return frozenset(d.name for d in defs if not d.is_group)
+
+
+def nearest(group: Group | None, name: str) -> list[Segment] | None:
+    """Return the segments called *name* that belong to *group*, else to the nearest enclosing group.
+
+    A group whose definition holds *name* answers for it even when it has none:
+    an OBSERVATION without NTEs must not borrow its order's NTEs.
+    """
     while group is not None:
-        found = group.segments(name)
+        if name in group.allowed:
+            return group.segments(name)
+        found = group.segments(name)  # a stray kept here (e.g. a Z-segment)
         if found:
             return found
         group = group.parent
-    return []
+    return None  # no group on the way up holds such segments: the caller looks message-wide

@@ -172,7 +172,9 @@ class SourcePath:
         current = scope.segments.get(self.segment) if self.seg_rep is None else None  # type: ignore[arg-type]
         if current is not None:
             return [current]
-        segs = (scope.group is not None and nearest(scope.group, self.segment)) or scope.message.all(self.segment)  # type: ignore[arg-type]
+        segs = nearest(scope.group, self.segment) if scope.group is not None else None  # type: ignore[arg-type]
+        if segs is None:
+            segs = scope.message.all(self.segment)  # type: ignore[arg-type]
         if self.seg_rep is None:
             return segs[:1]
         if self.seg_rep != ALL:
@@ -244,7 +246,9 @@ def _field_reader(name: str, seg_rep: int | None, field_no: int, rep: int | None
         seg = scope.segments.get(name) if seg_rep is None else None
         msg = scope.message
         if seg is None:
-            segs = (scope.group is not None and nearest(scope.group, name)) or msg.all(name)
+            segs = nearest(scope.group, name) if scope.group is not None else None
+            if segs is None:
+                segs = msg.all(name)
             if k >= len(segs):
                 return None
             seg = segs[k]

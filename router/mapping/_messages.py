@@ -11,6 +11,9 @@
             use: OBX.Observation
             each: OBSERVATION
 
+`write: create` makes a resource only when none with its identity exists: a lab
+result must not overwrite the demographics an ADT feed keeps current.
+
 A nested resource sees its enclosing instance by name (`ref: report` is *its*
 report), and an enclosing resource lists its own children with `refs:`.
 """
@@ -25,7 +28,7 @@ from router.mapping._yaml import YList, YMap
 if TYPE_CHECKING:
     from router.mapping.compiler import Compiler, MessageMapping, ResourceUse
 
-_ENTRY_KEYS = {"name", "use", "when", "from", "each", "with", "resources", "note"}
+_ENTRY_KEYS = {"name", "use", "when", "from", "each", "with", "resources", "write", "note"}
 
 
 def compile_message(c: Compiler, path: Path) -> MessageMapping:
@@ -69,10 +72,15 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str]) -> list[Resource
             if k not in tpl.params:
                 raise _err(f"template {tpl.name} has no parameter {k!r}", item.pos("with"))
         use = ResourceUse(name, tpl, c._when(item), c._path(item["from"], item.pos("from")) if "from" in item else None, bindings, item.pos())
+        use.explicit = frozenset(str(k) for k in (item.get("with") or {}))
         if "each" in item:
             use.each = _each_path(c, item)
         if "resources" in item:
             use.children = _uses(c, item, "resources", names)
+        if "write" in item:
+            if item["write"] not in ("update", "create"):
+                raise _err("write must be update (replace the resource with this message's view) or create (only when it does not exist yet)", item.pos("write"))
+            use.write = str(item["write"])
         out.append(use)
     return out
 
@@ -92,8 +100,10 @@ def _each_path(c: Compiler, item: YMap) -> Any:
 def _check_bindings(uses: list[ResourceUse], names: set[str], outer: set[str]) -> None:
     from router.mapping.compiler import _err
 
+    # A parameter left to its default may name a resource this message lacks
+    # (an ORU has no attending doctor): that reference is simply left out.
     for use in uses:
         for param, bound in use.bindings.items():
-            if bound not in names:
+            if param in use.explicit and bound not in names:
                 raise _err(f"{use.name}: parameter {param!r} is bound to {bound!r}, which this message does not produce", use.pos)
         _check_bindings(use.children, names, outer | {use.name})

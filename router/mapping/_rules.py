@@ -210,8 +210,14 @@ def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: s
         if table is None:
             raise _err(f"no table {node['table']!r} (looked for tables/{node['table']}.yaml)", node.pos("table"))
         if table.codings and leaf.type_name not in ("Coding", "CodeableConcept"):
-            raise _err(f"table {table.name} gives Codings, but {target_text} is {leaf.type_name or 'a primitive'}", node.pos("table"))
-        if leaf.enum:
+            if leaf.type_name is None:
+                raise _err(f"table {table.name} gives structures, but {target_text} is a primitive", node.pos("table"))
+            known = fhir_model.elements(leaf.type_name)
+            for value in table.entries.values():
+                bad = [k for k in value if k not in known] if isinstance(value, dict) else ["(a plain value)"]
+                if bad:
+                    raise _err(f"table {table.name} gives {bad[0]}, which {leaf.type_name} ({target_text}) does not have", node.pos("table"))
+        if leaf.enum and "+" not in leaf.enum:  # "+": the value set has child codes fhir.resources does not list
             bad = [v for v in table.entries.values() if isinstance(v, str) and v not in leaf.enum]
             if bad:
                 raise _err(f"table {table.name} maps to {bad[0]!r}, which {target_text} does not allow ({', '.join(leaf.enum)})", node.pos("table"))
@@ -242,17 +248,24 @@ def _fn_args(c: Compiler, node: YMap, put: Put) -> tuple[Produce, Step | None]:
     if fn.arity >= 0 and len(args) != fn.arity:
         raise _err(f"function {fn.name} takes {fn.arity} arguments, not {len(args)}", node.pos("args"))
     paths = [c._path(a, args.pos(i)) for i, a in enumerate(args)]
+    # A `[*]` argument gives all its values (e.g. every repetition of OBX-5 to `lines`).
+    multi = [getattr(p, "rep", None) == -1 or getattr(p, "seg_rep", None) == -1 for p in paths]
 
     def produce(scope: Any, ctx: RunContext) -> list[Any]:
         values: list[str | None] = []
         locations: list[str | None] = []
-        for p in paths:
+        for p, many in zip(paths, multi):
             items = p.resolve(scope)
-            values.append(items[0].raw if items else None)
-            locations.append(items[0].location if items else None)
+            chosen = items if many else items[:1]
+            values.extend(it.raw for it in chosen) if chosen else values.append(None)
+            locations.extend(it.location for it in chosen) if chosen else locations.append(None)
         out = call(fn, ctx.fn_ctx, values, locations)
         return [] if out is None else [out]
 
+    if any(multi):
+        if fn.arity >= 0:
+            raise _err(f"function {fn.name} takes exactly {fn.arity} values; a [*] argument needs a function like lines or join", node.pos("args"))
+        return produce, None
     return produce, _steps.fn_args(fn, paths, put)
 
 
@@ -263,5 +276,5 @@ def _check_value_type(node: YMap, leaf: fhir_model.Element, const: Any) -> None:
         raise _err(f"value: gives a structure, but {node['target']} is a primitive", node.pos("value"))
     if leaf.type_name is not None and not isinstance(const, dict):
         raise _err(f"value: gives a {type(const).__name__}, but {node['target']} is {leaf.type_name}", node.pos("value"))
-    if leaf.enum and isinstance(const, str) and const not in leaf.enum:
+    if leaf.enum and "+" not in leaf.enum and isinstance(const, str) and const not in leaf.enum:
         raise _err(f"{const!r} is not allowed in {node['target']} ({', '.join(leaf.enum)})", node.pos("value"))

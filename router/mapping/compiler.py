@@ -107,6 +107,7 @@ class Template:
     fallback: tuple[Any, ...]  # paths hashed into an identity when no identifier is mapped
     block: Block
     pos: Pos
+    required: tuple[tuple[str, str], ...] = ()  # (element with min 1, the source its first rule reads)
 
 
 @dataclass(slots=True)
@@ -121,6 +122,8 @@ class ResourceUse:
     pos: Pos
     each: Any | None = None  # a path of groups, segments or values: one resource per item
     children: list[ResourceUse] = field(default_factory=list)  # produced inside each instance
+    write: str = "update"  # "update": PUT on identity (the message is the truth); "create": only if absent
+    explicit: frozenset[str] = frozenset()  # parameters bound with `with:` (must name produced resources)
 
 
 @dataclass(slots=True)
@@ -289,9 +292,23 @@ class Compiler:
             fallback = tuple(self._path(str(p), ident["fallback"].pos(i)) for i, p in enumerate(ident.get("fallback") or []))
         self._params = params
         block = self.block(_need(doc, "rules", "a resource template"), fhir_type, doc.pos("rules"))
-        tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos())
+        tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos(), self._required(fhir_type, block, doc))
         self.templates[name] = tpl
         return tpl
+
+    def _required(self, fhir_type: str, block: Block, doc: YMap) -> tuple[tuple[str, str], ...]:
+        """Pair each element FHIR requires with the source of the first rule that writes it.
+
+        A template with no rule for a required element cannot make a valid
+        resource: that is a load-time error, not a surprise per message.
+        """
+        out = []
+        for element in fhir_model.required(fhir_type):
+            rules = [r for r in block.rules if r.target.names[0] == element]
+            if not rules:
+                raise _err(f"{fhir_type}.{element} is required (min 1) but no rule writes it", doc.pos("rules"))
+            out.append((element, rules[0].source))
+        return tuple(out)
 
     # -- messages ------------------------------------------------------
     def _message(self, path: Path) -> MessageMapping:

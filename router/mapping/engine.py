@@ -89,8 +89,12 @@ class _Run:
         use.template.block.build(scope, ctx, resource)
         if len(resource) == 1:
             return False
+        for element, source in use.template.required:
+            if element not in resource:
+                # Invalid FHIR never reaches the record: the sender hears which field was empty.
+                raise InvalidContent(f"{use.template.fhir_type}.{element} is required, but {source} gives no value", location=source)
         system, value = _identity(use, resource, scope)
-        entry = conditional_entry(use.template.fhir_type, resource, system, value)
+        entry = conditional_entry(use.template.fhir_type, resource, system, value, create_only=use.write == "create")
         url = entry["fullUrl"]
         ctx.full_urls[inst] = url
         earlier = self.by_url.get(url)

@@ -91,3 +91,16 @@ def walk(type_name: str, path: list[str]) -> list[Element]:
                 raise LookupError(f"{'.'.join([type_name, *path[: i + 1]])} is a primitive and has no element {path[i + 1]!r}")
             current = el.type_name
     return out
+
+
+@lru_cache(maxsize=None)
+def required(type_name: str) -> tuple[str, ...]:
+    """Return the JSON names of *type_name*'s elements with minimum cardinality 1."""
+    model = _model(type_name)
+    names = {model.model_fields[f].alias or f for f, info in model.model_fields.items() if info.is_required() and f != "resource_type"}
+    try:
+        names |= {model.model_fields[f].alias or f for f, _ext in model.get_required_fields(model.model_construct())}
+    except (AttributeError, KeyError, TypeError):
+        pass  # a model without primitive requirements
+    known = elements(type_name)
+    return tuple(sorted(n for n in names if n in known))

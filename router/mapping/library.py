@@ -7,6 +7,7 @@ what it does in `docs/mapping-language.md`, generated from the docstrings here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -146,6 +147,36 @@ def _uuid5(ctx: FnContext, v: _Values) -> str:
     return uuid5_id(*[x or "" for x in v.values])
 
 
+def _number(ctx: FnContext, v: _Values) -> int | float | None:
+    """A decimal as a JSON number; text that is not one reads as absent (map it as text instead)."""
+    raw = (v.values[0] or "").strip()
+    if not raw or not _DECIMAL.match(raw):
+        return None
+    if "." not in raw:
+        return int(raw)
+    return float(raw)
+
+
+_DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
+
+
+def _lines(ctx: FnContext, v: _Values) -> str | None:
+    """Join the valued arguments, one per line (TX/FT text split over repetitions)."""
+    parts = [x for x in v.values if x]
+    return "\n".join(parts) or None
+
+
+def _mime(ctx: FnContext, v: _Values) -> str | None:
+    """(type, subtype) of an ED value → a MIME type: `application`, `pdf` → `application/pdf`."""
+    kind, sub = (v.values + [None, None])[:2]
+    if not kind:
+        return None
+    kind = kind.strip().lower()
+    if "/" in kind or not sub:
+        return kind if "/" in kind else {"text": "text/plain", "image": "image/*", "application": "application/octet-stream"}.get(kind, kind)
+    return f"{kind}/{sub.strip().lower()}"
+
+
 def _join(ctx: FnContext, v: _Values) -> str | None:
     parts = [x for x in v.values if x]
     return " ".join(parts) or None
@@ -163,6 +194,9 @@ LIBRARY: dict[str, Function] = {
         Function("lower", 1, _lower, "Lower-case a string."),
         Function("trim", 1, _trim, "Strip surrounding spaces; empty becomes absent."),
         Function("join", -1, _join, "Join the valued arguments with a space."),
+        Function("lines", -1, _lines, "Join the valued arguments one per line; a [*] path gives all its repetitions."),
+        Function("mime", 2, _mime, "(ED.2 type, ED.3 subtype) → a MIME type such as application/pdf."),
+        Function("number", 1, _number, "A decimal (NM) as a JSON number; non-numeric text gives nothing."),
         Function("uuid5", -1, _uuid5, "A deterministic UUID (v5) of the arguments."),
     )
 }

@@ -32,6 +32,16 @@ class Ref:
     def __init__(self, name: str) -> None:
         self.name = name  # the instance id (a top-level resource's id is its name)
 
+    def __eq__(self, other: object) -> bool:
+        # Two resources that point at the same instance are the same resource (identity merges).
+        return type(other) is type(self) and self._key() == other._key()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def _key(self) -> tuple[str, ...]:
+        return (self.name,)
+
     def urls(self, ctx: RunContext) -> list[str]:
         """Return the fullUrl(s) this reference resolves to (none: the resource was not produced)."""
         url = ctx.full_urls.get(self.name)
@@ -46,6 +56,9 @@ class RefList(Ref):
     def __init__(self, parent: str, name: str) -> None:
         super().__init__(name)
         self.parent = parent
+
+    def _key(self) -> tuple[str, ...]:
+        return (self.parent, self.name)
 
     def urls(self, ctx: RunContext) -> list[str]:
         """Return the children's fullUrls, in the order they were produced, each once."""
@@ -190,15 +203,17 @@ def _resource_id(*parts: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def conditional_entry(resource_type: str, resource: dict[str, Any], system: str, value: str) -> dict[str, Any]:
-    """Return a Bundle entry that updates the resource with this identifier, or creates it."""
+def conditional_entry(resource_type: str, resource: dict[str, Any], system: str, value: str, *, create_only: bool = False) -> dict[str, Any]:
+    """Return a Bundle entry that updates the resource with this identifier, or creates it.
+
+    With *create_only*, the entry creates it only when no resource has the identifier
+    (POST with ifNoneExist) and otherwise leaves the stored one untouched.
+    """
     rid = _resource_id(resource_type, system, value)
     resource["id"] = rid
-    return {
-        "fullUrl": f"urn:uuid:{rid}",
-        "resource": resource,
-        "request": {"method": "PUT", "url": f"{resource_type}?identifier={quote(system, safe=':/.')}|{quote(value, safe='')}"},
-    }
+    query = f"identifier={quote(system, safe=':/.')}|{quote(value, safe='')}"
+    request = {"method": "POST", "url": resource_type, "ifNoneExist": query} if create_only else {"method": "PUT", "url": f"{resource_type}?{query}"}
+    return {"fullUrl": f"urn:uuid:{rid}", "resource": resource, "request": request}
 
 
 def has_empty(value: Any) -> bool:
