@@ -1,0 +1,55 @@
+"""KITH XML at the edge: safe parsing, national XSDs, MsgHead/Message/AppRec envelopes, AppRec replies.
+
+Words: *MsgHead* is the national envelope ("hodemelding", HIS 80601); *AppRec*
+the application receipt ("applikasjonskvittering", HIS 80415); *HER-id* a
+party's id in NHN's Adresseregisteret. Mapping payloads to FHIR is the router's
+job; it receives ``KithEnvelope.payload``.
+"""
+
+from __future__ import annotations
+
+from adapters.kith.apprec import APPREC_ERROR_FOR, AppRecMessage, AppRecVersion, apprec_error_for, apprec_version_for, build_apprecs
+from adapters.kith.dispatch import Received, check_envelope, read_envelope, read_message, salvage
+from adapters.kith.duplicates import DuplicateGuard, DuplicateGuardConfig, SqliteDuplicateGuard, unanswered
+from adapters.kith.envelope import APPREC_NS, MSGHEAD_NS, Attachment, ConversationRef, Ident, KithEnvelope, Party, Person, payload_standard
+from adapters.kith.errors import InvalidMsgId, PatientInsufficient, PatientNotFound, SchemaInvalid
+from adapters.kith.safe_xml import DEFAULT_LIMITS, ForbiddenDoctype, XmlLimits, parse_xml
+from adapters.kith.xsd import SchemaSet, schema_set, validation_status
+
+__all__ = [
+    "APPREC_ERROR_FOR",
+    "APPREC_NS",
+    "AppRecMessage",
+    "AppRecVersion",
+    "Attachment",
+    "ConversationRef",
+    "DEFAULT_LIMITS",
+    "DuplicateGuard",
+    "DuplicateGuardConfig",
+    "ForbiddenDoctype",
+    "Ident",
+    "InvalidMsgId",
+    "KithEnvelope",
+    "MSGHEAD_NS",
+    "Party",
+    "PatientInsufficient",
+    "PatientNotFound",
+    "Person",
+    "Received",
+    "SchemaInvalid",
+    "SchemaSet",
+    "SqliteDuplicateGuard",
+    "XmlLimits",
+    "apprec_error_for",
+    "apprec_version_for",
+    "build_apprecs",
+    "check_envelope",
+    "parse_xml",
+    "payload_standard",
+    "read_envelope",
+    "read_message",
+    "salvage",
+    "schema_set",
+    "unanswered",
+    "validation_status",
+]

@@ -1,0 +1,133 @@
+"""Recognise a KITH message by its root and namespaces, and run the edge checks in order.
+
+Owns the order of the checks and what each failure leaves for the reply:
+safe parse (T01) → recognise the root (T10) → read the envelope → XSD (T10
+unknown namespace, T02 invalid) → MsgId is a UUID (E10). Mapping the payload
+and deciding about the patient (E35/E36) are later stages.
+
+Recognition uses the root's QName and the payload's namespace, never a file
+name (FACTS §10.1): ``{msghead}MsgHead`` → MsgHead reader; a root named
+``Message`` in a known standard's namespace (or one the catalog knows) →
+Message reader; ``{apprec/…}AppRec`` → AppRec reader. A bare e-resept payload
+(``M41``, ``Reseptliste`` …) has no header to answer, so it is UnknownMessage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+from lxml import etree
+
+from adapters.kith.envelope import APPREC_NS, MSGHEAD_NS, KithEnvelope, payload_standard
+from adapters.kith.errors import InvalidMsgId, SchemaInvalid
+from adapters.kith.message import read_apprec, read_message_root
+from adapters.kith.msghead import read_msghead
+from adapters.kith.safe_xml import DEFAULT_LIMITS, ForbiddenDoctype, XmlLimits, parse_xml
+from adapters.kith.xsd import SchemaSet
+from router.errors import DecodeError, MessageError, UnknownMessage
+
+__all__ = ["Received", "check_envelope", "read_envelope", "read_message", "salvage"]
+
+# HIS 80601: MsgId is a GUID/UUID; any variant and version, either case, no braces.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_MSGHEAD = f"{{{MSGHEAD_NS}}}MsgHead"
+_APPRECS = frozenset(f"{{{ns}}}AppRec" for ns in APPREC_NS.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What the edge made of one message: the envelope when it could be read, and the first refusal."""
+
+    envelope: KithEnvelope | None
+    error: MessageError | None
+
+    @property
+    def ok(self) -> bool:
+        """True when every edge check passed."""
+        return self.error is None and self.envelope is not None
+
+
+def read_message(data: bytes, *, schemas: SchemaSet | None = None, limits: XmlLimits = DEFAULT_LIMITS) -> Received:
+    """Parse, recognise, validate and check *data*; never raises a MessageError.
+
+    ``schemas=None`` means validation is off (HELSEBRO_XSD_DIR unset). On a
+    refusal the envelope is still returned whenever it could be read, so the
+    AppRec can be addressed; after a DOCTYPE nothing is read at all.
+    """
+    try:
+        tree = parse_xml(data, limits=limits)
+    except ForbiddenDoctype as exc:
+        return Received(None, exc)
+    except DecodeError as exc:
+        return Received(salvage(data, limits=limits, schemas=schemas), exc)
+    try:
+        envelope = read_envelope(tree.getroot(), schemas=schemas)
+    except UnknownMessage as exc:
+        return Received(None, exc)
+    except SchemaInvalid as exc:  # an attachment that is not base64
+        return Received(read_envelope(tree.getroot(), schemas=schemas, attachments=False), exc)
+    try:
+        if schemas is not None:
+            schemas.validate(tree, envelope.schema_namespaces)
+        check_envelope(envelope)
+    except MessageError as exc:
+        return Received(envelope, exc)
+    return Received(envelope, None)
+
+
+def read_envelope(root: etree._Element, *, schemas: SchemaSet | None = None, attachments: bool = True) -> KithEnvelope:
+    """Recognise *root* and read its envelope; lenient about everything but the root.
+
+    Raises:
+        UnknownMessage: the root is not MsgHead, a known Message or an AppRec.
+        SchemaInvalid: an attachment is not base64 (only with attachments=True).
+    """
+    tag = root.tag if isinstance(root.tag, str) else ""
+    qname = etree.QName(tag) if tag else None
+    if tag == _MSGHEAD:
+        envelope = read_msghead(root, attachments=attachments)
+    elif tag in _APPRECS:
+        envelope = read_apprec(root)
+    elif qname is not None and qname.localname == "Message" and _known(qname.namespace, schemas):
+        envelope = read_message_root(root)
+    else:
+        raise UnknownMessage(f"root element {qname.localname if qname else '?'} in namespace {qname.namespace if qname else '?'} is not a message Helsebro reads")
+    if envelope.payload_version is None and schemas is not None and envelope.payload_namespace:
+        known = schemas.version_of(envelope.payload_namespace)
+        if known is not None:
+            envelope = dataclasses.replace(envelope, payload_version=known[1])
+    return envelope
+
+
+def check_envelope(envelope: KithEnvelope) -> None:
+    """Run the header checks HIS 80415 makes grounds for rejection.
+
+    Raises:
+        InvalidMsgId: MsgId is not a UUID (E10); AppRecs are not checked, they get no reply.
+    """
+    if envelope.kind != "AppRec" and not _UUID.fullmatch(envelope.msg_id):
+        where = "/MsgHead/MsgInfo/MsgId" if envelope.kind == "MsgHead" else "/Message/MsgId"
+        raise InvalidMsgId("MsgId is not a UUID", location=where)
+
+
+def salvage(data: bytes, *, limits: XmlLimits = DEFAULT_LIMITS, schemas: SchemaSet | None = None) -> KithEnvelope | None:
+    """Read what can be read from bytes that are not well-formed, for the T01 reply's addresses.
+
+    libxml2's recovery mode repairs truncation and stray markup; whatever it
+    rebuilds is used only to address the rejection, never processed.
+    """
+    try:
+        tree = parse_xml(data, limits=limits, recover=True)
+        return read_envelope(tree.getroot(), schemas=schemas, attachments=False)
+    except MessageError:
+        return None
+
+
+def _known(namespace: str | None, schemas: SchemaSet | None) -> bool:
+    if not namespace:
+        return False
+    if payload_standard(namespace) is not None:
+        return True
+    return schemas is not None and schemas.knows(namespace)

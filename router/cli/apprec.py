@@ -1,0 +1,63 @@
+"""`helsebro apprec FILE`: print the AppRec(s) the engine would send for one KITH XML message.
+
+Runs the same edge checks as the engine: safe parse, XSD validation when
+HELSEBRO_XSD_DIR is set, envelope checks. Prints one AppRec per recipient on
+standard output, each preceded by a comment line
+``<!-- to HER-id 59, role PRIM, AppRec 1.1, status 1 -->``; the reason of a
+rejection goes to standard error. Exit 0 when every AppRec is positive (or the
+message is itself an AppRec and gets none), 1 when they are negative, 2 for a
+usage error (no such file, bad settings).
+
+The verb reaches the KITH adapter directly: it is a composition root, like
+convert reaching the HL7 v2 adapter through router/pipeline/convert.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from router.settings import load_settings
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    """Add the `apprec` verb."""
+    p = sub.add_parser("apprec", help="print the AppRec(s) Helsebro would send for a KITH XML message", description=__doc__.split("\n\n")[0])
+    p.add_argument("file", metavar="FILE", help="one KITH XML message (MsgHead, Message or AppRec)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build and print the AppRecs for FILE; return the exit code."""
+    from adapters.kith import build_apprecs, read_message, schema_set, validation_status
+
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        print(f"helsebro apprec: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    schemas = schema_set(settings.xsd_dir)
+    if schemas is None:
+        print(f"helsebro apprec: {validation_status(None)}", file=sys.stderr)
+    received = read_message(data, schemas=schemas)
+    apprecs = build_apprecs(received.envelope, error=received.error)
+    if received.error is not None:
+        where = f" at {received.error.location}" if received.error.location else ""
+        code = apprecs[0].error_code if apprecs else "-"
+        print(f"helsebro apprec: {path}: {code}: {received.error.reason}{where}", file=sys.stderr)
+    if not apprecs:
+        print("<!-- no AppRec: the message is itself an AppRec, and an AppRec is never answered -->")
+        return 0 if received.error is None else 1
+    out = sys.stdout
+    for apprec in apprecs:
+        status = "1" if apprec.positive else f"2 {apprec.error_code}"
+        out.write(f"<!-- to HER-id {apprec.recipient_her_id or 'unknown'}, role {apprec.role}, AppRec {apprec.version}, status {status} -->\n")
+        out.write(apprec.xml.decode("utf-8"))
+    out.flush()
+    return 0 if all(a.positive for a in apprecs) else 1

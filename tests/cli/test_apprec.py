@@ -1,0 +1,98 @@
+"""`helsebro apprec FILE` through its command line: output, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from router.cli import main
+
+PLO_16 = "plo/1_6/pasientlogistikk_1_6_mottak/Pasientlogistikk_Utskrivningsklar_pasient_v1-6_Ny.xml"
+STATUS = "Dialogmelding/Dialogmelding-v1-1/Status_paa_henvisning-InnkaltEtterViderehenvisning.xml"
+HEADER = re.compile(r"<!-- to HER-id (\S+), role (PRIM|COP), AppRec (1\.[01]), status ([12])(?: (\w+))? -->")
+
+
+@pytest.fixture
+def norsk(shared_dir: Path, monkeypatch) -> Path:
+    """The national folder, with HELSEBRO_XSD_DIR pointing at its schemas."""
+    monkeypatch.setenv("HELSEBRO_XSD_DIR", str(shared_dir / "norsk" / "skjema"))
+    return shared_dir / "norsk"
+
+
+def _documents(out: str) -> list[tuple[tuple[str, ...], etree._Element]]:
+    """Split the output at the comment lines into (header fields, parsed AppRec)."""
+    parts = HEADER.split(out)
+    assert parts[0] == ""
+    docs = []
+    for i in range(1, len(parts), 6):
+        header, body = tuple(parts[i:i + 5]), parts[i + 5]
+        docs.append((header, etree.fromstring(body.lstrip("\n").encode("utf-8"))))
+    return docs
+
+
+class TestApprecVerb:
+    def test_positive(self, norsk, capsys):
+        """A valid message prints one positive AppRec per recipient and exits 0."""
+        code = main(["apprec", str(norsk / "eksempel" / STATUS)])
+        out = capsys.readouterr().out
+        assert code == 0
+        docs = _documents(out)
+        assert [h[:4] for h, _ in docs] == [("90998", "PRIM", "1.1", "1"), ("90998", "COP", "1.1", "1")]
+        assert all(etree.QName(d).localname == "AppRec" for _, d in docs)
+
+    def test_schema_invalid(self, norsk, tmp_path, capsys):
+        """An XSD-invalid message prints a T02 AppRec, names the reason on stderr and exits 1."""
+        bad = tmp_path / "bad.xml"
+        bad.write_bytes((norsk / "eksempel" / PLO_16).read_bytes().replace(b"<MIGversion>v1.2 2006-05-24</MIGversion>", b"<MIGversion>x</MIGversion>"))
+        code = main(["apprec", str(bad)])
+        captured = capsys.readouterr()
+        assert code == 1
+        ((header, _doc),) = _documents(captured.out)
+        assert header[3:] == ("2", "T02")
+        assert "T02" in captured.err and "/MsgHead/MsgInfo/MIGversion" in captured.err
+        assert "Traceback" not in captured.err
+
+    def test_malformed(self, tmp_path, capsys, monkeypatch):
+        """Bytes that are not XML give a T01 AppRec 1.1 to an unknown HER-id and exit 1."""
+        monkeypatch.delenv("HELSEBRO_XSD_DIR", raising=False)
+        bad = tmp_path / "bad.xml"
+        bad.write_bytes(b"<MsgHead><unclosed>")
+        code = main(["apprec", str(bad)])
+        captured = capsys.readouterr()
+        assert code == 1
+        ((header, _),) = _documents(captured.out)
+        assert header == ("unknown", "PRIM", "1.1", "2", "T01")
+        assert "validation off" in captured.err
+
+    def test_xxe(self, tmp_path, capsys, monkeypatch):
+        """An XXE payload is T01 and the named file's content is never printed."""
+        monkeypatch.delenv("HELSEBRO_XSD_DIR", raising=False)
+        secret = tmp_path / "secret.txt"
+        secret.write_text("TOP-SECRET-MARKER")
+        bad = tmp_path / "xxe.xml"
+        bad.write_text(f'<!DOCTYPE x [<!ENTITY e SYSTEM "{secret.as_uri()}">]><x>&e;</x>')
+        assert main(["apprec", str(bad)]) == 1
+        captured = capsys.readouterr()
+        assert "T01" in captured.out and "TOP-SECRET-MARKER" not in captured.out + captured.err
+
+    def test_apprec_gets_none(self, norsk, capsys):
+        """An AppRec file is answered by nothing and exits 0."""
+        assert main(["apprec", str(norsk / "eksempel" / "NPRbehandlerkravmelding" / "apprec-eksempel.xml")]) == 0
+        assert "no AppRec" in capsys.readouterr().out
+
+    def test_missing_file(self, tmp_path, capsys):
+        """A missing file is a usage error: exit 2, a one-line message, no traceback."""
+        assert main(["apprec", str(tmp_path / "nope.xml")]) == 2
+        err = capsys.readouterr().err
+        assert "cannot read" in err and "Traceback" not in err
+
+    def test_bad_xsd_dir(self, tmp_path, capsys, monkeypatch):
+        """A schema folder without a catalog is a usage error (exit 2)."""
+        monkeypatch.setenv("HELSEBRO_XSD_DIR", str(tmp_path))
+        msg = tmp_path / "m.xml"
+        msg.write_bytes(b"<a/>")
+        assert main(["apprec", str(msg)]) == 2
+        assert "ehelseCatalog.xml" in capsys.readouterr().err
