@@ -20,6 +20,9 @@ _VERBS = (
     "router.cli.serve",
     "router.cli.demo",
     "router.cli.mappings",
+    "router.cli.apprec",
+    "router.cli.status",
+    "router.cli.dlq",
 )
 
 
