@@ -1,0 +1,111 @@
+"""Read what an external FHIR server answers: transaction-responses, errors, Retry-After.
+
+Pure functions from response parts to the engine's types; sending, retrying and
+logging belong to client.py.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from router.contracts import AppliedEntry, EntryOutcome, FhirJson
+from router.errors import RecordUnavailable, Refused
+
+__all__ = ["applied", "entry_version", "refused", "retry_after"]
+
+_REASON_MAX = 200  # characters of a server's diagnostics kept in a Refused reason
+_FNR = re.compile(r"(?<!\d)\d{11}(?!\d)")  # fnr/dnr (11-digit national ids) a server may echo back
+_LOCATION = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/([^/?#]+))?/?(?:[?#]|$)")
+# HAPI FHIR says in each entry's response.outcome when it did nothing (its storage response codes).
+_HAPI_UNCHANGED = frozenset({"SUCCESSFUL_UPDATE_NO_CHANGE", "SUCCESSFUL_CREATE_WITH_CONDITIONAL_MATCH"})
+
+
+def retry_after(value: str, now: datetime) -> float:
+    """Return the seconds a Retry-After header asks for (delta-seconds or HTTP-date); 0 if unreadable."""
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - now).total_seconds())
+
+
+def refused(response: httpx.Response) -> Refused:
+    """Turn a 4xx into Refused, with the OperationOutcome's code and diagnostics (fnr masked)."""
+    reason, location = f"destination refused with HTTP {response.status_code}", None
+    try:
+        body = orjson.loads(response.content)
+        issue = body["issue"][0] if body.get("resourceType") == "OperationOutcome" else {}
+    except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError):
+        issue = {}
+    if isinstance(issue, dict):
+        parts = [str(issue[k]) for k in ("code", "diagnostics") if issue.get(k)]
+        if parts:
+            reason = f"{reason}: {': '.join(parts)}"
+        expression = issue.get("expression") or issue.get("location") or []
+        if isinstance(expression, list) and expression and isinstance(expression[0], str):
+            location = _FNR.sub("***********", expression[0][:_REASON_MAX])
+    reason = _FNR.sub("***********", reason)
+    if len(reason) > _REASON_MAX:
+        reason = reason[: _REASON_MAX - 1] + "…"
+    return Refused(reason, location=location)
+
+
+def entry_version(response: FhirJson, location_version: str | None) -> str:
+    """The version a transaction or history entry reports: from its location, else its ETag."""
+    if location_version:
+        return location_version
+    etag = str(response.get("etag") or "")
+    return etag.removeprefix("W/").strip('"')
+
+
+def applied(entry: Any, request: Any) -> AppliedEntry:
+    """Read one transaction-response entry, knowing the request entry it answers."""
+    response = entry.get("response") if isinstance(entry, dict) else None
+    if not isinstance(response, dict):
+        raise RecordUnavailable("destination answered a transaction entry without a response")
+    status = str(response.get("status", "")).split(" ", 1)[0]
+    if not status.startswith("2"):
+        raise Refused(f"destination refused a transaction entry with HTTP {status[:3]}")
+    match = _LOCATION.search(str(response.get("location") or ""))
+    method = str(request.get("method", "")).upper() if isinstance(request, dict) else ""
+    resource_type, id_ = (match.group(1), match.group(2)) if match else _target(request)
+    version = entry_version(response, match.group(3) if match else None)
+    outcome: EntryOutcome
+    if method == "DELETE":
+        outcome = "deleted"
+    elif status == "201":
+        outcome = "created"
+    elif status == "204" or _said_unchanged(response.get("outcome")):
+        outcome = "unchanged"
+    else:
+        outcome = "updated"
+    return AppliedEntry(resource_type, id_, int(version) if version.isdigit() else 0, outcome)
+
+
+def _target(request: Any) -> tuple[str, str]:
+    """Type and id from a request url like `Patient/abc` when the response has no location."""
+    url = str(request.get("url", "")) if isinstance(request, dict) else ""
+    path = url.split("?", 1)[0].strip("/").split("/")
+    return (path[0], path[1] if len(path) > 1 else "")
+
+
+def _said_unchanged(outcome: Any) -> bool:
+    if not isinstance(outcome, dict):
+        return False
+    codes = {
+        c.get("code")
+        for issue in outcome.get("issue") or [] if isinstance(issue, dict)
+        for c in (issue.get("details") or {}).get("coding") or [] if isinstance(c, dict)
+    }
+    return bool(codes & _HAPI_UNCHANGED)
