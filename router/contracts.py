@@ -87,6 +87,8 @@ class Converted:
     error: MessageError | None = None
     unmapped: list[str] = field(default_factory=list)
     header: "MessageHeader | None" = None
+    format: Literal["hl7v2", "kith"] = "hl7v2"
+    envelope: Any = None  # KITH: the KithEnvelope, for AppRecs
 
     @property
     def ok(self) -> bool:

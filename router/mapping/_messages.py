@@ -36,7 +36,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     from router.mapping.compiler import MessageMapping, _check_keys, _err, _need
 
     doc = c._doc(path)
-    _check_keys(doc, {"message", "description", "events", "resources"}, "a message mapping")
+    _check_keys(doc, {"message", "description", "events", "match", "resources"}, "a message mapping")
     structure = str(_need(doc, "message", "a message mapping"))
     if path.stem != structure:
         raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
@@ -44,7 +44,10 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     uses = _uses(c, doc, "resources", names)
     _check_bindings(uses, names, set())
     raw_events = doc.get("events") or []
-    return MessageMapping(structure, tuple(str(e) for e in raw_events), uses, c._show(path), "")
+    match = doc.get("match") or []
+    if not isinstance(match, list):
+        raise _err("match must be a list of payload namespaces (or root element names)", doc.pos("match"))
+    return MessageMapping(structure, tuple(str(e) for e in raw_events), uses, c._show(path), "", tuple(str(m) for m in match))
 
 
 def _uses(c: Compiler, parent: YMap, key: str, names: set[str]) -> list[ResourceUse]:

@@ -121,7 +121,7 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
 
     if not leaf.is_list and "rules" not in node:
         pass  # a single target takes the last value; allowed for "latest wins" fields
-    if getattr(path, "is_group", False):
+    if getattr(path, "is_group", False) and ("rules" in node or not path.is_leaf):
         path = path.starred()
         if "rules" not in node:
             raise _err("each: over segment groups needs nested rules:", node.pos("each"))

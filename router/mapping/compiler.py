@@ -135,6 +135,7 @@ class MessageMapping:
     resources: list[ResourceUse]
     file: str
     sha: str
+    match: tuple[str, ...] = ()  # XML: the payload namespaces (or root names) this mapping converts
 
 
 @dataclass(slots=True)

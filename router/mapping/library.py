@@ -91,6 +91,8 @@ def _identifier_system(ctx: FnContext, v: _Values) -> str | None:
         return ids.HPR_SYSTEM
     if t in ("HER",) or a == "HER":
         return ids.HER_SYSTEM
+    if t in ("RSH", "RESH") or a == "RSH":
+        return ids.RESH_SYSTEM
     if t in ("ENH", "NOORG") or a in ("ENH", "BRREG"):
         if not ids.orgnr_ok(value):
             raise InvalidContent("organisasjonsnummer fails its check digit", location=v.locations[0])
@@ -129,6 +131,48 @@ def _hd_value(ctx: FnContext, v: _Values) -> str | None:
     """The identifying value of an HD: its universal id when it has a type, else its namespace."""
     namespace, universal, kind = (v.values + [None, None, None])[:3]
     return universal if (universal and kind) else namespace
+
+
+def _xml_datetime(ctx: FnContext, v: _Values) -> str | None:
+    """xs:dateTime or xs:date → FHIR; a time without an offset is Europe/Oslo, like HL7's."""
+    value = (v.values[0] or "").strip()
+    if not value:
+        return None
+    m = _XS_DATETIME.match(value)
+    if not m:
+        raise InvalidContent("not a valid XML date or dateTime", location=v.locations[0])
+    date, time_part, frac, zone = m.group(1), m.group(2), m.group(3) or "", m.group(4) or ""
+    if not time_part:
+        return date
+    if zone:
+        return f"{date}T{time_part}{frac}{'+00:00' if zone == 'Z' else zone}"
+    hl7 = date.replace("-", "") + time_part.replace(":", "") + frac
+    return hl7_datetime_to_fhir(hl7)
+
+
+_XS_DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2})(?:T(\d{2}:\d{2}:\d{2})(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?$")
+
+
+def _oid_system(ctx: FnContext, v: _Values) -> str | None:
+    """A Volven/KITH `S` attribute (an OID) → `urn:oid:<S>`; a value already a URI is kept."""
+    value = (v.values[0] or "").strip()
+    if not value:
+        return None
+    return value if ":" in value else "urn:oid:" + value
+
+
+def _uuid_urn(ctx: FnContext, v: _Values) -> str | None:
+    """A MsgId (a UUID) → `urn:uuid:<id>`, the FHIR form of a UUID identifier; other text is kept."""
+    value = (v.values[0] or "").strip().lower()
+    if not value:
+        return None
+    return value if value.startswith("urn:") else f"urn:uuid:{value}"
+
+
+def _compact(ctx: FnContext, v: _Values) -> str | None:
+    """Remove every whitespace character (base64 text wrapped over lines)."""
+    value = "".join((v.values[0] or "").split())
+    return value or None
 
 
 def _upper(ctx: FnContext, v: _Values) -> str | None:
@@ -190,6 +234,10 @@ LIBRARY: dict[str, Function] = {
         Function("identifier_system", 3, _identifier_system, "(id, authority, type code) → Identifier.system. National ids are classified by the number (FNR/DNR/FH) and rejected if invalid; HPR, HER, orgnr by type; others from config per authority."),
         Function("hd_system", 3, _hd_system, "(HD.1, HD.2, HD.3) → organisation Identifier.system: HER-id, organisasjonsnummer, ISO OID, or a configured local system."),
         Function("hd_value", 3, _hd_value, "(HD.1, HD.2, HD.3) → the organisation's identifying value."),
+        Function("xml_datetime", 1, _xml_datetime, "xs:dateTime/xs:date → FHIR; no offset means Europe/Oslo."),
+        Function("oid_system", 1, _oid_system, "A KITH/Volven S attribute (OID) → urn:oid:<S>."),
+        Function("uuid_urn", 1, _uuid_urn, "A UUID → urn:uuid:<uuid> (identifier values for MsgIds)."),
+        Function("compact", 1, _compact, "Remove all whitespace (base64 wrapped over lines)."),
         Function("upper", 1, _upper, "Upper-case a string."),
         Function("lower", 1, _lower, "Lower-case a string."),
         Function("trim", 1, _trim, "Strip surrounding spaces; empty becomes absent."),

@@ -49,6 +49,16 @@ class MappingSet:
                 raise MappingError(f"{key} points at {value}, but messages/{value}.yaml does not exist", file=pos[0], line=pos[1], column=pos[2])
         return structures
 
+    def find_xml(self, namespace: str | None, root: str | None) -> MessageMapping | None:
+        """Pick the XML mapping whose `match:` names the payload namespace (or, failing that, its root element)."""
+        for mm in self.messages.values():
+            if namespace and namespace in mm.match:
+                return mm
+        for mm in self.messages.values():
+            if root and root in mm.match:
+                return mm
+        return None
+
     def find(self, code: str, event: str, structure: str) -> MessageMapping | None:
         """Pick the mapping for a message: by MSH-9.3, else by event, else CODE_EVENT."""
         if structure and structure in self.messages:
@@ -73,3 +83,22 @@ def lint(root: Path, compile_path: Callable[[str], Any], *, check_path: Callable
     except MappingError as exc:
         errors.append(exc)
     return errors
+
+
+def load_namespaces(path: Path) -> dict[str, tuple[str, ...]]:
+    """Read an XML mapping folder's `namespaces.yaml`: prefix → one or more namespace URIs.
+
+    Raises:
+        MappingError: the file is missing or malformed.
+    """
+    doc = load_yaml(path)
+    if not isinstance(doc, YMap) or not isinstance(doc.get("namespaces"), dict):
+        raise MappingError("namespaces.yaml needs a namespaces: mapping of prefix to URI(s)", file=str(path), line=1, column=1)
+    out: dict[str, tuple[str, ...]] = {}
+    for prefix, uris in doc["namespaces"].items():
+        values = uris if isinstance(uris, list) else [uris]
+        if not values or not all(isinstance(u, str) and u for u in values):
+            pos = doc["namespaces"].pos(prefix)
+            raise MappingError(f"prefix {prefix!r} needs a namespace URI or a list of them", file=pos[0], line=pos[1], column=pos[2])
+        out[str(prefix)] = tuple(values)
+    return out

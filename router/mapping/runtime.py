@@ -172,6 +172,8 @@ def resolve_refs(ctx: RunContext) -> bool:
         if isinstance(container, list):
             in_lists.setdefault(id(container), (container, []))[1].append((key, ref))
             continue
+        if container.get(key) is not ref:
+            continue  # a later rule replaced this reference before it was resolved
         urls = ref.urls(ctx)
         if urls:
             container[key] = {"reference": urls[0]}

@@ -35,9 +35,12 @@ class Converter:
         hl7 = settings.engine.hl7v2
         self._charset = hl7.default_charset
         self._sender_charsets = {k: v.charset for k, v in hl7.senders.items() if v.charset}
+        self._kith: Any = None
 
     def convert(self, data: bytes, *, trace: bool = False) -> list[Converted]:
-        """Convert every message in *data* (one, several, a batch, MLLP-framed)."""
+        """Convert every message in *data* (one, several, a batch, MLLP-framed; or one KITH XML message)."""
+        if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<":
+            return [self._convert_xml(data, trace)]
         out: list[Converted] = []
         for raw in split_messages(data):
             item = Converted(index=raw.index, raw=raw.data)
@@ -48,6 +51,20 @@ class Converter:
                 item.bundle = None
             out.append(item)
         return out
+
+    def _convert_xml(self, data: bytes, trace: bool) -> Converted:
+        item = Converted(index=0, raw=data)
+        if self._kith is None:
+            from router.pipeline._kith import KithConverter  # lxml and the XML mappings load on first use
+
+            self._kith = KithConverter(self._settings, self._fn_ctx)
+        try:
+            self._kith.convert_one(item, trace)
+            item.patient_key = _patient_key(item.bundle) if item.bundle else None
+        except MessageError as exc:
+            item.error = exc
+            item.bundle = None
+        return item
 
     def _convert_one(self, item: Converted, trace: bool) -> None:
         decoded = decode(_Raw(item), default_charset=self._charset, sender_charsets=self._sender_charsets)
@@ -83,7 +100,8 @@ class _Raw:
 def _patient_key(bundle: dict[str, Any]) -> str | None:
     for entry in bundle.get("entry", []):
         if entry["resource"].get("resourceType") == "Patient":
-            return phi_hash(entry["request"]["url"])
+            request = entry["request"]
+            return phi_hash(request.get("ifNoneExist") or request["url"])
     return None
 
 

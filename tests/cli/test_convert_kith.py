@@ -1,0 +1,68 @@
+"""`helsebro convert` on Norwegian KITH XML: the national examples become valid FHIR Bundles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from router.cli import main
+
+FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
+HER = "urn:oid:2.16.578.1.12.4.1.2"
+
+
+def _convert(capsys, monkeypatch, shared: Path, *paths: Path) -> tuple[int, list[dict]]:
+    monkeypatch.setenv("HELSEBRO_XSD_DIR", str(shared / "norsk" / "skjema"))
+    code = main(["convert", *map(str, paths)])
+    return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def _of(doc: dict, kind: str) -> list[dict]:
+    return [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == kind]
+
+
+class TestDialogmelding:
+    @pytest.mark.corpus
+    def test_every_example_converts_to_a_valid_bundle(self, shared_dir, capsys, monkeypatch):
+        """Each Dialogmelding example (1.0 and 1.1) gives a valid Bundle with a Communication."""
+        code, docs = _convert(capsys, monkeypatch, shared_dir, shared_dir / "norsk" / "eksempel" / "Dialogmelding")
+        assert code == 0 and len(docs) == 6
+        for doc in docs:
+            Bundle.model_validate(doc)
+            assert len(_of(doc, "Communication")) == 1
+
+    @pytest.mark.corpus
+    def test_patient_and_parties_carry_national_ids(self, shared_dir, capsys, monkeypatch):
+        """The patient's FNR is under its no-basis system; sender and receiver carry HER-ids."""
+        path = shared_dir / "norsk" / "eksempel" / "Dialogmelding" / "Dialogmelding-v1-1" / "Helsefaglig dialog.xml"
+        _, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        [patient] = _of(doc, "Patient")
+        assert patient["identifier"][0]["system"] == FNR
+        orgs = {o["identifier"][0]["value"]: o for o in _of(doc, "Organization")}
+        assert {o["identifier"][0]["system"] for o in orgs.values()} == {HER}
+        [comm] = _of(doc, "Communication")
+        by_url = {e["fullUrl"]: e["resource"] for e in doc["entry"]}
+        assert by_url[comm["sender"]["reference"]]["identifier"][0]["value"] == "56704"
+        assert {by_url[r["reference"]]["identifier"][0]["value"] for r in comm["recipient"]} == {"59", "90998"}
+        assert comm["payload"][1]["contentAttachment"]["contentType"] == "application/pdf"
+
+    @pytest.mark.corpus
+    def test_a_non_uuid_msgid_is_refused(self, shared_dir, tmp_path, capsys, monkeypatch):
+        """A MsgId that is not a UUID gives an OperationOutcome and exit 1."""
+        src = shared_dir / "norsk" / "eksempel" / "Dialogmelding" / "Dialogmelding-v1-1" / "Helsefaglig dialog.xml"
+        bad = tmp_path / "bad.xml"
+        bad.write_bytes(src.read_bytes().replace(b"de1a95c0-4d0c-11e7-9598-0800200c9a66", b"not-a-uuid"))
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, bad)
+        assert code == 1 and doc["resourceType"] == "OperationOutcome"
+
+    def test_xxe_is_refused_without_reading_files(self, tmp_path, capsys, monkeypatch):
+        """An XML message with a DOCTYPE is refused as an OperationOutcome, never expanded."""
+        evil = tmp_path / "x.xml"
+        evil.write_text('<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><MsgHead>&e;</MsgHead>')
+        monkeypatch.delenv("HELSEBRO_XSD_DIR", raising=False)
+        assert main(["convert", str(evil)]) == 1
+        out = capsys.readouterr().out
+        assert "OperationOutcome" in out and "root:" not in out
