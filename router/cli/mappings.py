@@ -33,7 +33,8 @@ def register(sub: Any) -> None:
 def _roots(paths: list[str]) -> list[Path] | None:
     """Map PATHs to mapping roots: a folder with messages/, or the one above a file or .cases folder."""
     if not paths:
-        return [load_settings().mappings_dir / "hl7v2"]
+        base = load_settings().mappings_dir
+        return [base / fmt for fmt in ("hl7v2", "kith") if (base / fmt / "messages").is_dir()]
     roots: list[Path] = []
     for text in paths:
         p = Path(text).resolve()
@@ -49,13 +50,35 @@ def _roots(paths: list[str]) -> list[Path] | None:
     return roots
 
 
-def _lint_roots(roots: list[Path]) -> int:
+def _is_xml(root: Path) -> bool:
+    return (root / "namespaces.yaml").exists()
+
+
+def _compilers(root: Path) -> tuple[Any, Any]:
+    """The path compiler and structure check for a mapping folder's source format."""
+    if _is_xml(root):
+        from adapters.kith.paths import path_compiler
+        from router.mapping.mapping_set import load_namespaces
+
+        return path_compiler(load_namespaces(root / "namespaces.yaml")), None
     from adapters.hl7v2.paths import compile_path
     from adapters.hl7v2.structure import check_path
+
+    return compile_path, check_path
+
+
+def _lint_roots(roots: list[Path]) -> int:
+    from router.errors import MappingError
     from router.mapping.mapping_set import lint
 
     count = 0
     for root in roots:
+        try:
+            compile_path, check_path = _compilers(root)
+        except MappingError as exc:
+            print(f"{exc.file}:{exc.line}:{exc.column}: {exc.reason}", file=sys.stderr)
+            count += 1
+            continue
         for err in lint(root, compile_path, check_path=check_path):
             print(f"{err.file}:{err.line}:{err.column}: {err.reason}", file=sys.stderr)
             count += 1
@@ -74,8 +97,6 @@ def run_lint(args: argparse.Namespace) -> int:
 
 def run_test(args: argparse.Namespace) -> int:
     """Lint, then run every fixture case under the roots."""
-    from adapters.hl7v2.paths import compile_path
-    from adapters.hl7v2.structure import check_path
     from router.mapping import MappingSet
     from router.mapping.fixtures import find_cases, run_case
     from router.pipeline.convert import Converter
@@ -89,7 +110,11 @@ def run_test(args: argparse.Namespace) -> int:
     settings = load_settings()
     failed = total = 0
     for root in roots:
-        conv = Converter(settings, mappings=MappingSet.load(root, compile_path, check_path=check_path))
+        if _is_xml(root):  # XML mappings load inside the converter, from <mappings_dir>/kith
+            conv = Converter(settings.model_copy(update={"mappings_dir": root.parent}))
+        else:
+            compile_path, check_path = _compilers(root)
+            conv = Converter(settings, mappings=MappingSet.load(root, compile_path, check_path=check_path))
 
         def convert(data: bytes, conv: Converter = conv) -> list[dict[str, Any]]:
             return [r.bundle if r.ok and r.bundle is not None else r.outcome() for r in conv.convert(data)]
