@@ -48,6 +48,7 @@ class EngineStats:
     applied: int = 0
     unchanged: int = 0
     dead_lettered: int = 0
+    duplicates: int = 0
     reconnects: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
@@ -58,6 +59,8 @@ class EngineStats:
             self.applied += 1
         elif settled.outcome == "unchanged":
             self.unchanged += 1
+        elif settled.outcome == "duplicate":
+            self.duplicates += 1
         else:
             self.dead_lettered += 1
 
@@ -86,6 +89,7 @@ class Engine:
         self.stats = EngineStats()
         self.started = threading.Event()
         self.mappings: Any = None  # the MappingReloader once run() starts
+        self._dup_guard: Any = None
 
     def stop(self) -> None:
         """Ask the loop to stop after the delivery in flight; safe from a signal handler or another thread."""
@@ -114,7 +118,15 @@ class Engine:
         self.mappings = converter
         delay = _FIRST_RECONNECT_SECONDS
         max_delay = self._settings.engine.broker.reconnect_max_seconds
-        self._log.info("engine_started", embedded_broker=not self._settings.broker_url, inbound=self._settings.engine.broker.names.inbound, until_idle=until_idle)
+        from adapters.kith.xsd import validation_status  # says whether KITH XML is XSD-validated
+
+        self._log.info(
+            "engine_started",
+            embedded_broker=not self._settings.broker_url,
+            inbound=self._settings.engine.broker.names.inbound,
+            until_idle=until_idle,
+            xml_validation=validation_status(self._settings.xsd_dir),
+        )
         try:
             while not self._stop.is_set():
                 try:
@@ -135,6 +147,8 @@ class Engine:
             self._disconnect()
             if self._record is not None:
                 self._record.close()
+            if self._dup_guard is not None:
+                self._dup_guard.close()
             self._log.info("engine_stopped", deliveries=self.stats.deliveries, messages=self.stats.messages)
 
     def _connect(self) -> None:
@@ -178,6 +192,8 @@ class Engine:
             max_backoff=self._settings.engine.broker.reconnect_max_seconds,
             on_wait=conn.heartbeat_check,
             logger=self._log,
+            apprec_prefix=self._settings.engine.broker.names.apprec_prefix,
+            guard=self._guard(),
         )
         while not self._stop.is_set():
             delivery = inbound.next(timeout=_POLL_SECONDS)
@@ -230,6 +246,14 @@ class Engine:
         self._publisher.dead_letter(delivery.body, headers=headers)
         delivery.ack()
         return Settled(None, None, None, None, "dead_lettered", round((time.monotonic() - started) * 1000, 2), "internal", reason)
+
+    def _guard(self) -> Any:
+        """The KITH duplicate guard (MsgIds already applied and answered), opened once."""
+        if self._dup_guard is None:
+            from adapters.kith.duplicates import SqliteDuplicateGuard
+
+            self._dup_guard = SqliteDuplicateGuard.in_data_dir(self._settings.data_dir)
+        return self._dup_guard
 
     def _idle_for(self, seconds: float, conn: Connection) -> bool:
         if time.monotonic() - self.stats.idle_since < seconds or (self._inbound and self._inbound.buffered):

@@ -31,6 +31,7 @@ class QueueNames(_Frozen):
     routing_key: str = Field(default="hl7v2", description="Routing key that binds the inbound queue to the exchange.")
     dead_letter: str = Field(default="helsebro.dlq", description="Queue that holds messages that cannot succeed, with the reason in their headers.")
     replies: str = Field(default="helsebro.reply.hl7v2", description="Queue that receives the HL7 ACK for every inbound message.")
+    apprec_prefix: str = Field(default="helsebro.reply.apprec", description="AppRecs go to one queue per receiving party: this prefix, a dot, and the original sender's HER-id (or `unknown`).", examples=["helsebro.reply.apprec"])
 
 
 class BrokerConfig(_Frozen):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any, Mapping
 
-from kombu import Connection, Exchange, Producer
+from kombu import Connection, Exchange, Producer, Queue
 
 from adapters.amqp.connection import Topology, broker_errors, topology
 from router.errors import BrokerUnavailable
@@ -33,6 +33,8 @@ class Publisher:
         self._app_id = app_id
         self._producer: Producer | None = None
         self._returned: list[str] = []
+        self._declared: set[str] = set()
+        self._queue_args = dict(self._topology.replies.queue_arguments or {})
 
     def publish_inbound(self, body: bytes, *, headers: Mapping[str, Any] | None = None, message_id: str | None = None) -> str:
         """Publish *body* to the inbound exchange with the inbound routing key; return its message id."""
@@ -45,6 +47,18 @@ class Publisher:
     def reply(self, body: bytes, *, headers: Mapping[str, Any]) -> str:
         """Publish an HL7 ACK (or another reply) to the replies queue; return its message id."""
         return self._publish(body, exchange="", routing_key=str(self._topology.replies.name), headers=headers)
+
+    def reply_to(self, queue: str, body: bytes, *, headers: Mapping[str, Any]) -> str:
+        """Publish a reply to *queue* (declared durable on first use, e.g. one per HER-id); return its message id."""
+        if queue not in self._declared:
+            try:
+                channel = self._ensure_producer().channel
+                Queue(queue, durable=True, auto_delete=False, queue_arguments=dict(self._queue_args)).bind(channel).declare()
+            except broker_errors(self._connection) as exc:
+                self._producer = None
+                raise BrokerUnavailable(f"cannot declare {queue}: {type(exc).__name__}") from exc
+            self._declared.add(queue)
+        return self._publish(body, exchange="", routing_key=queue, headers=headers)
 
     def close(self) -> None:
         """Release the channel (the connection stays the caller's)."""

@@ -86,6 +86,23 @@ class SqliteDuplicateGuard:
             raise RecordUnavailable(f"duplicate guard {self._path.name}: {exc}") from exc
         return inserted == 0
 
+    def contains(self, msg_id: str, *, recipient: str = "", now: datetime | None = None) -> bool:
+        """Tell whether (msg_id, recipient) was recorded within the window, without recording it.
+
+        The engine peeks before applying and records only after the AppRec is
+        durably published, so a crash in between answers again rather than never.
+
+        Raises:
+            RecordUnavailable: the SQLite file cannot be read.
+        """
+        cutoff = (now or datetime.now(timezone.utc)).timestamp() - self._window.total_seconds()
+        try:
+            with self._lock:
+                row = self._connect().execute("SELECT 1 FROM seen WHERE msg_id = ? AND recipient = ? AND seen_at >= ?", (msg_id, recipient, cutoff)).fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise RecordUnavailable(f"duplicate guard {self._path.name}: {exc}") from exc
+        return row is not None
+
     def close(self) -> None:
         """Close the SQLite connection."""
         with self._lock:

@@ -7,8 +7,13 @@ acked. A crash anywhere in between leaves the delivery unacked, so the broker
 delivers it again; applying is idempotent, so the replay changes nothing, but
 a dead letter or an ACK may then be published twice (at-least-once).
 
-Which HL7 ACK answers which error is adapters/hl7v2/ack.py's table; the
-consumer loop, reconnects and the one catch-all belong to router/engine.py.
+Which HL7 ACK answers which error is adapters/hl7v2/ack.py's table. A KITH
+XML message is answered with one AppRec per recipient (adapters/kith/apprec.py),
+on a queue per sender HER-id, after the record commit. A repeated MsgId whose
+AppRecs were all sent is neither applied nor answered again (HITS 1168 §5.4):
+the guard is only written after the AppRecs are durably published, so a crash
+in between answers twice rather than never. The consumer loop, reconnects and
+the one catch-all belong to router/engine.py.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Outcome", "Settle", "Settled", "dead_letter_headers"]
 
-Outcome = Literal["applied", "unchanged", "dead_lettered"]
+Outcome = Literal["applied", "unchanged", "dead_lettered", "duplicate"]
 """What became of one message."""
 
 Stage = Literal["convert", "apply", "internal"]
@@ -71,7 +76,20 @@ class Settle:
 
     name = "settle"
 
-    def __init__(self, *, record: Record, publisher: Publisher, stop: threading.Event, max_backoff: float, on_wait: Callable[[], None] | None = None, logger: Any) -> None:
+    def __init__(
+        self,
+        *,
+        record: Record,
+        publisher: Publisher,
+        stop: threading.Event,
+        max_backoff: float,
+        on_wait: Callable[[], None] | None = None,
+        logger: Any,
+        apprec_prefix: str = "helsebro.reply.apprec",
+        guard: Any = None,
+    ) -> None:
+        self._apprec_prefix = apprec_prefix
+        self._guard = guard  # a KITH DuplicateGuard with `contains` and `seen_before`, or None
         self._record = record
         self._publisher = publisher
         self._stop = stop
@@ -94,6 +112,9 @@ class Settle:
         error: MessageError | None = conv.error
         stage: Stage = "convert"
         outcome: Outcome = "dead_lettered"
+        if conv.format == "kith" and self._answered_before(conv):
+            self._log.info("duplicate_suppressed", msg_id=conv.control_id, sender=conv.sender)
+            return Settled(conv.control_id, conv.message_type, conv.sender, conv.patient_key, "duplicate", round((time.monotonic() - started) * 1000, 2), None, "duplicate MsgId: already applied and answered")
         if conv.ok and conv.bundle is not None:
             try:
                 outcome = "applied" if self._apply(conv.bundle).changed else "unchanged"
@@ -141,7 +162,32 @@ class Settle:
             self._on_wait()
         return self._stop.is_set()
 
+    def _answered_before(self, conv: Converted) -> bool:
+        if self._guard is None or not conv.control_id or conv.envelope is None:
+            return False
+        recipients = [p.her_id or p.role for p in conv.envelope.recipients]
+        return bool(recipients) and all(self._guard.contains(conv.control_id, recipient=r) for r in recipients)
+
+    def _reply_apprec(self, conv: Converted, error: MessageError | None) -> None:
+        from adapters.kith import build_apprecs  # the XML edge loads only when XML arrives
+
+        for apprec in build_apprecs(conv.envelope, error=error):
+            queue = f"{self._apprec_prefix}.{apprec.recipient_her_id or 'unknown'}"
+            self._publisher.reply_to(queue, apprec.xml, headers={
+                "x-helsebro-original-msg-id": apprec.original_msg_id or "",
+                "x-helsebro-apprec-status": apprec.status,
+                "x-helsebro-apprec-version": apprec.version,
+                "x-helsebro-role": apprec.role,
+                "x-helsebro-error-code": apprec.error_code or "",
+            })
+        if self._guard is not None and conv.control_id and conv.envelope is not None:
+            for party in conv.envelope.recipients:
+                self._guard.seen_before(conv.control_id, recipient=party.her_id or party.role)
+
     def _reply(self, conv: Converted, error: MessageError | None) -> None:
+        if conv.format == "kith":
+            self._reply_apprec(conv, error)
+            return
         header = conv.header
         if error is None:
             code, err_code = "AA", None

@@ -1,0 +1,69 @@
+"""Through the queue: every KITH message is answered with an AppRec per recipient, once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from adapters.fhir.record import open_record
+from router.testing import drain_queue, isolated_settings, publish, run_engine_in_thread, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+CASE = ROOT / "mappings" / "kith" / "messages" / "Dialogmelding.cases" / "helsefaglig_dialog.xml"
+MSG_ID = "3f2b6f0e-8f1c-4c55-9a59-2f3d7d1c0a01"
+AR = "{http://www.kith.no/xmlstds/apprec/2012-02-15}"
+
+
+@pytest.fixture
+def engine(tmp_path):
+    settings = isolated_settings(tmp_path)
+    handle = run_engine_in_thread(settings)
+    try:
+        yield settings, handle
+    finally:
+        handle.stop()
+
+
+def _apprecs(settings, her_id: str) -> list[etree._Element]:
+    queue = f"{settings.engine.broker.names.apprec_prefix}.{her_id}"
+    return [etree.fromstring(body) for _headers, body in drain_queue(settings, queue)]
+
+
+class TestAppRecFlow:
+    def test_positive_apprec_after_commit_and_none_for_a_duplicate(self, engine):
+        """A good message is applied and answered OK; the same MsgId again changes nothing and gets no second AppRec."""
+        settings, handle = engine
+        publish(settings, [CASE.read_bytes()])
+        wait_until(lambda: handle.stats.applied == 1, timeout=30, what="applied")
+        [apprec] = _apprecs(settings, "112233")
+        assert apprec.findtext(f"{AR}Status") is None or apprec.find(f"{AR}Status").get("V") == "1"
+        assert apprec.find(f"{AR}OriginalMsgId/{AR}Id").text == MSG_ID
+        record = open_record(settings)
+        try:
+            [comm] = record.search("Communication", {"identifier": f"urn:ietf:rfc:3986|urn:uuid:{MSG_ID}"})
+            version = comm["meta"]["versionId"]
+            publish(settings, [CASE.read_bytes()])
+            wait_until(lambda: handle.stats.duplicates == 1, timeout=30, what="duplicate seen")
+            assert _apprecs(settings, "112233") == []
+            assert record.read("Communication", comm["id"])["meta"]["versionId"] == version
+        finally:
+            record.close()
+
+    def test_non_uuid_msgid_is_answered_e10_and_dead_lettered(self, engine):
+        """A MsgId that is not a UUID is refused with AppRec E10 to its sender."""
+        settings, handle = engine
+        publish(settings, [CASE.read_bytes().replace(MSG_ID.encode(), b"melding-1")])
+        wait_until(lambda: handle.stats.dead_lettered == 1, timeout=30, what="dead-lettered")
+        [apprec] = _apprecs(settings, "112233")
+        assert apprec.find(f"{AR}Status").get("V") == "2"
+        assert apprec.find(f"{AR}Error").get("V") == "E10"
+
+    def test_malformed_xml_is_answered_t01(self, engine):
+        """XML that is not well-formed gets a negative AppRec T01 and lands in the DLQ."""
+        settings, handle = engine
+        publish(settings, [b"<MsgHead><MsgInfo></MsgHead>"])
+        wait_until(lambda: handle.stats.dead_lettered == 1, timeout=30, what="dead-lettered")
+        [apprec] = _apprecs(settings, "unknown")
+        assert [e.get("V") for e in apprec.iter() if e.tag.endswith("Error")] == ["T01"]
