@@ -13,6 +13,8 @@
 
 `write: create` makes a resource only when none with its identity exists: a lab
 result must not overwrite the demographics an ADT feed keeps current.
+`write: by-id` writes it at the id its identity gives (PUT Type/id), for a merge
+that retires the old Patient after moving its identifiers to the survivor.
 
 A nested resource sees its enclosing instance by name (`ref: report` is *its*
 report), and an enclosing resource lists its own children with `refs:`.
@@ -81,8 +83,8 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str]) -> list[Resource
         if "resources" in item:
             use.children = _uses(c, item, "resources", names)
         if "write" in item:
-            if item["write"] not in ("update", "create"):
-                raise _err("write must be update (replace the resource with this message's view) or create (only when it does not exist yet)", item.pos("write"))
+            if item["write"] not in ("update", "create", "by-id"):
+                raise _err("write must be update (replace the resource with this message's view), create (only when it does not exist yet) or by-id (write at the id its identity gives, e.g. to retire a merged record)", item.pos("write"))
             use.write = str(item["write"])
         out.append(use)
     return out

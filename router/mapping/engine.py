@@ -94,7 +94,7 @@ class _Run:
                 # Invalid FHIR never reaches the record: the sender hears which field was empty.
                 raise InvalidContent(f"{use.template.fhir_type}.{element} is required, but {source} gives no value", location=source)
         system, value = _identity(use, resource, scope)
-        entry = conditional_entry(use.template.fhir_type, resource, system, value, create_only=use.write == "create")
+        entry = conditional_entry(use.template.fhir_type, resource, system, value, create_only=use.write == "create", by_id=use.write == "by-id")
         url = entry["fullUrl"]
         ctx.full_urls[inst] = url
         earlier = self.by_url.get(url)

@@ -205,16 +205,24 @@ def _resource_id(*parts: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def conditional_entry(resource_type: str, resource: dict[str, Any], system: str, value: str, *, create_only: bool = False) -> dict[str, Any]:
+def conditional_entry(resource_type: str, resource: dict[str, Any], system: str, value: str, *, create_only: bool = False, by_id: bool = False) -> dict[str, Any]:
     """Return a Bundle entry that updates the resource with this identifier, or creates it.
 
     With *create_only*, the entry creates it only when no resource has the identifier
-    (POST with ifNoneExist) and otherwise leaves the stored one untouched.
+    (POST with ifNoneExist) and otherwise leaves the stored one untouched. With
+    *by_id*, it writes the resource at the id its identity gives (PUT Type/id):
+    a merge uses this to retire the old Patient after its identifiers moved to
+    the survivor, when a search by identifier would now find the survivor.
     """
     rid = _resource_id(resource_type, system, value)
     resource["id"] = rid
     query = f"identifier={quote(system, safe=':/.')}|{quote(value, safe='')}"
-    request = {"method": "POST", "url": resource_type, "ifNoneExist": query} if create_only else {"method": "PUT", "url": f"{resource_type}?{query}"}
+    if by_id:
+        request = {"method": "PUT", "url": f"{resource_type}/{rid}"}
+    elif create_only:
+        request = {"method": "POST", "url": resource_type, "ifNoneExist": query}
+    else:
+        request = {"method": "PUT", "url": f"{resource_type}?{query}"}
     return {"fullUrl": f"urn:uuid:{rid}", "resource": resource, "request": request}
 
 
