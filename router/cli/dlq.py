@@ -1,0 +1,253 @@
+"""`helsebro dlq list|show|replay|purge`: look into the dead-letter queue and act on its messages.
+
+    helsebro dlq list [--json] [--limit N]       id, failed at, stage, reason, location, control id, size
+    helsebro dlq show ID [--json] [--body]       headers and OperationOutcome; the body only with --body
+    helsebro dlq replay (ID... | --all)          back to the inbound exchange, through the whole pipeline
+    helsebro dlq purge (ID... | --all)           delete for good
+
+`list` and `show` never print a message body: bodies are patient data (DESIGN
+§5). `show --body` prints it, `replay` and `purge` change the queue; each of
+the three asks `... [y/N]` on the terminal first (`--yes` answers for it; with
+stdin not a terminal and no `--yes` it refuses) and writes a `begin` and an
+`end` line to the audit log `<HELSEBRO_DATA_DIR>/audit.log`: who (the OS user,
+and `HELSEBRO_OPERATOR` when set), when (UTC), what (action, queue, ids,
+counts). Being allowed to run this on the engine host, as a user who can read
+the data directory, is the authorisation.
+
+`replay` and `purge` read the queue once to count what they will do, ask, and
+then act in a second pass on exactly the ids counted (`--all` too: a dead
+letter that arrives in between is left alone). How a pass takes messages
+without losing them, and what a crash does, is router/ops/deadletters.py's
+docstring.
+
+`list --json` prints `{"queue": str, "truncated": bool, "dead_letters": [{"id",
+"failed_at", "stage", "reason", "location", "control_id", "size",
+"delivery_count"}]}`; `show --json` prints `{"queue": str, "dead_letter": {the
+same fields}, "headers": {...}, "outcome": {OperationOutcome} | null, "body":
+str | null}`. Keys are a contract: new ones may be added, none renamed.
+
+Exit 0 when done; 1 when an id is not found or the broker fails; 2 for a usage
+error or a refused confirmation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from typing import TYPE_CHECKING, Any, Iterator
+
+from adapters.amqp.connection import declare_topology, open_connection
+from router.cli.status import format_table
+from router.errors import BrokerUnavailable
+from router.ops import AuditLog, DeadLetter, browse, find, purge, replay, watched_queues
+from router.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from kombu import Connection
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the `dlq` verb and its four actions."""
+    parser = subparsers.add_parser("dlq", help="List, show, replay or purge dead letters.", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    parser.set_defaults(func=lambda _args: _usage(parser))
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--queue", metavar="NAME", help="Dead-letter queue to act on (default: broker.names.dead_letter).")
+
+    p = actions.add_parser("list", parents=[common], help="List dead letters: ids, reasons, sizes; never bodies.")
+    p.add_argument("--json", action="store_true", help="Print one JSON document.")
+    p.add_argument("--limit", type=_positive, metavar="N", help="List at most the first N dead letters.")
+    p.set_defaults(func=_list)
+
+    p = actions.add_parser("show", parents=[common], help="Show one dead letter's headers and OperationOutcome.")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--json", action="store_true", help="Print one JSON document.")
+    p.add_argument("--body", action="store_true", help="Also print the message body (patient data): asks, and is audited.")
+    p.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+    p.set_defaults(func=_show)
+
+    for name, help_text, func in (
+        ("replay", "Publish dead letters to the inbound exchange again, then remove them.", _replay),
+        ("purge", "Delete dead letters for good.", _purge),
+    ):
+        p = actions.add_parser(name, parents=[common], help=help_text)
+        p.add_argument("ids", nargs="*", metavar="ID")
+        p.add_argument("--all", action="store_true", help="Every dead letter in the queue now.")
+        p.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
+        p.set_defaults(func=func)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"helsebro dlq: {message}", file=sys.stderr)
+    return code
+
+
+def _queue(settings: Settings, args: argparse.Namespace) -> str | None:
+    """Return the dead-letter queue to act on, or None when --queue names no dead-letter queue."""
+    names = [q.name for q in watched_queues(settings) if q.role == "dead_letter"]
+    if args.queue is None:
+        return names[0]
+    return args.queue if args.queue in names else None
+
+
+def _plural(n: int) -> str:
+    return f"{n} dead letter{'' if n == 1 else 's'}"
+
+
+def _confirm(question: str, *, yes: bool) -> bool:
+    """Ask *question* on the terminal; True only for y or yes (or --yes)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        print("helsebro dlq: refusing: stdin is not a terminal; pass --yes to confirm", file=sys.stderr)
+        return False
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip().lower() in ("y", "yes"):
+        return True
+    print("helsebro dlq: not confirmed; nothing done", file=sys.stderr)
+    return False
+
+
+def _run(args: argparse.Namespace, action: Any) -> int:
+    """Load settings, pick the queue, run *action*(settings, queue) and turn broker and audit failures into exit 1."""
+    settings = load_settings()
+    queue = _queue(settings, args)
+    if queue is None:
+        return _fail(f"{args.queue!r} is not a dead-letter queue of this engine", 2)
+    try:
+        return int(action(settings, queue))
+    except BrokerUnavailable as exc:
+        return _fail(str(exc))
+    except OSError as exc:  # the audit log cannot be written: the action did not start, or its end line is missing
+        return _fail(f"audit log {settings.data_dir / 'audit.log'}: {exc}")
+
+
+@contextlib.contextmanager
+def _connected(settings: Settings) -> Iterator[Connection]:
+    """Open a broker connection for one pass; prompts happen outside, so no idle connection outlives its heartbeat."""
+    conn = open_connection(settings)
+    try:
+        yield conn
+    finally:
+        conn.release()
+
+
+def _list(args: argparse.Namespace) -> int:
+    def action(settings: Settings, queue: str) -> int:
+        with _connected(settings) as conn:
+            result = browse(conn, queue, limit=args.limit)
+        rows = [letter.summary() for letter in result.letters]
+        if args.json:
+            print(json.dumps({"queue": queue, "truncated": result.truncated, "dead_letters": rows}, ensure_ascii=False, indent=2))
+            return 0
+        keys = ("id", "failed_at", "stage", "control_id", "location", "size", "reason")
+        print("\n".join(format_table([k.replace("_", " ").upper() for k in keys], [[r[k] for k in keys] for r in rows], right=(5,))))
+        more = "; more wait (raise --limit)" if result.truncated else ""
+        print(f"{_plural(len(rows))} in {queue}{more}")
+        return 0
+
+    return _run(args, action)
+
+
+def _show(args: argparse.Namespace) -> int:
+    def action(settings: Settings, queue: str) -> int:
+        with _connected(settings) as conn:
+            letter = find(conn, queue, args.id)
+        if letter is None:
+            return _fail(f"no dead letter with id {args.id} in {queue}")
+        if not args.body:
+            _print_letter(queue, letter, None, as_json=args.json)
+            return 0
+        if not _confirm(f"Show the body of dead letter {letter.id}? It holds patient data; the showing is audited.", yes=args.yes):
+            return 2
+        audit = AuditLog(settings.data_dir / "audit.log")
+        action_id = audit.begin("show_body", queue=queue, ids=[letter.id], count=1)  # written before anything is shown
+        _print_letter(queue, letter, letter.body.decode("utf-8", "replace"), as_json=args.json)
+        audit.end("show_body", action_id, queue=queue, done=[letter.id], count=1)
+        return 0
+
+    return _run(args, action)
+
+
+def _print_letter(queue: str, letter: DeadLetter, body: str | None, *, as_json: bool) -> None:
+    headers = {k: v for k, v in sorted(letter.headers.items()) if k != "x-helsebro-outcome"}
+    if as_json:
+        doc = {"queue": queue, "dead_letter": letter.summary(), "headers": headers, "outcome": letter.outcome(), "body": body}
+        print(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
+        return
+    summary = letter.summary()
+    lines = format_table(("", ""), [(k.replace("_", " "), summary[k]) for k in summary])[1:]
+    lines += ["", "headers:", *("  " + line for line in format_table(("", ""), list(headers.items()))[1:])]
+    outcome = letter.outcome()
+    lines += ["", "outcome:", *("  " + line for line in json.dumps(outcome, ensure_ascii=False, indent=2).splitlines())]
+    if body is None:
+        lines += ["", "body: not shown (patient data; add --body, which asks and is audited)"]
+    else:
+        lines += ["", "body:", *body.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").split("\n")]
+    print("\n".join(lines))
+
+
+def _replay(args: argparse.Namespace) -> int:
+    return _change(args, "replay", "Replay {n} from {queue} to the inbound exchange?", "replayed")
+
+
+def _purge(args: argparse.Namespace) -> int:
+    return _change(args, "purge", "Purge (delete for good) {n} from {queue}?", "purged")
+
+
+def _change(args: argparse.Namespace, verb: str, question: str, past: str) -> int:
+    """Count what *verb* will touch, ask, audit, act on exactly those ids, audit again, report."""
+    if bool(args.ids) == bool(args.all):
+        return _fail(f"{verb}: give the ids of dead letters, or --all (not both)", 2)
+
+    def action(settings: Settings, queue: str) -> int:
+        with _connected(settings) as conn:
+            letters = browse(conn, queue).letters
+        present = list(dict.fromkeys(letter.id for letter in letters))  # queue order, each id once
+        missing = [] if args.all else [i for i in dict.fromkeys(args.ids) if i not in present]
+        if missing:
+            return _fail(f"not in {queue}: {' '.join(missing)}; nothing done")
+        ids = present if args.all else [i for i in present if i in set(args.ids)]
+        count = sum(1 for letter in letters if letter.id in set(ids))
+        if not ids:
+            print(f"no dead letters in {queue}")
+            return 0
+        if not _confirm(question.format(n=_plural(count), queue=queue), yes=args.yes):
+            return 2
+        audit = AuditLog(settings.data_dir / "audit.log")
+        action_id = audit.begin(verb, queue=queue, ids=ids, count=count)
+        with _connected(settings) as conn:
+            if verb == "replay":
+                declare_topology(conn, settings)  # the inbound exchange and queue must exist to route to
+                result = replay(conn, settings, queue, ids)
+            else:
+                result = purge(conn, queue, ids)
+        audit.end(verb, action_id, queue=queue, done=result.done, count=len(result.done), missing=result.missing, error=result.error)
+        for letter_id in result.done:
+            print(f"{past} {letter_id}")
+        print(f"{len(result.done)} {past}, {len(result.missing)} no longer found")
+        if result.error:
+            return _fail(f"{verb} stopped: {result.error}; the rest stays in {queue}")
+        return 1 if result.missing else 0
+
+    return _run(args, action)

@@ -1,0 +1,173 @@
+"""`helsebro status`: the queues, where the broker and the record are, XML validation, and why messages were dead-lettered.
+
+Per queue: depth (ready messages), consumers, and the change of depth per
+second over `--interval` seconds. Without RabbitMQ's management plugin, AMQP
+0-9-1 shows depth and consumers only, so that change is the one rate there
+is: it is not a throughput (a queue filled and drained at the same pace shows
+0). The embedded transport knows no consumers: they show as `-` (null).
+Dead letters are counted by stage and reason from their headers, never from
+their bodies; reading them takes the whole queue and gives it back (see
+router/ops/deadletters.py), so a queue deeper than `--scan-limit` is not
+read (`complete` false, `scanned` 0).
+
+`--json` prints one JSON document. Its keys are a contract: new keys may be
+added, existing ones keep their name and meaning.
+
+    {
+      "broker": {"transport": "rabbitmq" | "embedded",
+                 "location": "amqp://guest@127.0.0.1:5672/%2F" | "/abs/data/broker"},
+      "record": {"kind": "sqlite" | "postgresql",
+                 "location": "/abs/data/record.sqlite3" | "postgresql://user@host/db"},
+      "xml_validation": {"enabled": false, "xsd_dir": null},
+      "interval_s": 1.0,
+      "queues": [{"role": "inbound" | "dead_letter" | "replies", "name": "helsebro.in.hl7v2",
+                  "exists": true, "depth": 0 | null, "consumers": 1 | null,
+                  "depth_change_per_s": 0.0 | null}],
+      "dead_letters": [{"queue": "helsebro.dlq", "scanned": 2, "complete": true,
+                        "by_reason": [{"stage": "convert", "reason": "...", "count": 2}]}]
+    }
+
+URLs never carry a password. Exit 0; 1 when the broker cannot be reached
+(one line on stderr); 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from adapters.amqp.connection import open_connection
+from router.errors import BrokerUnavailable
+from router.ops import broker_location, browse, queue_stats, record_location, summarise
+from router.settings import Settings, load_settings
+
+__all__ = ["format_table", "register", "status_document"]
+
+_SCAN_LIMIT = 10_000
+
+
+def register(subparsers: Any) -> None:
+    """Add the `status` verb."""
+    parser = subparsers.add_parser("status", help="Show queue depths, consumers, dead letters by reason, and where things are.", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true", help="Print one JSON document (keys documented above) instead of a table.")
+    parser.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS", help="Seconds between the two depth samples; 0 takes one sample and reports no change (default 1.0).")
+    parser.add_argument("--scan-limit", type=_count, default=_SCAN_LIMIT, metavar="N", help=f"Count reasons only when a dead-letter queue holds at most N messages (it is read whole); 0 skips it (default {_SCAN_LIMIT}).")
+    parser.set_defaults(func=_status)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a number of seconds") from None
+    if not 0 <= value <= 60:
+        raise argparse.ArgumentTypeError("must be between 0 and 60 seconds")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def status_document(settings: Settings, *, interval: float, scan_limit: int = _SCAN_LIMIT) -> dict[str, Any]:
+    """Gather everything `status` shows, as the `--json` document.
+
+    Raises:
+        BrokerUnavailable: the broker cannot be reached.
+    """
+    conn = open_connection(settings)
+    try:
+        stats = queue_stats(conn, settings, interval=interval)
+        dead_letters = []
+        for q in stats:
+            if q.role != "dead_letter":
+                continue
+            letters, complete = [], not q.depth  # a missing or empty queue is read completely
+            if q.exists and q.depth and q.depth <= scan_limit:  # a pass reads the whole queue or nothing
+                letters, complete = browse(conn, q.name).letters, True
+            dead_letters.append({
+                "queue": q.name,
+                "scanned": len(letters),
+                "complete": complete,
+                "by_reason": [{"stage": r.stage, "reason": r.reason, "count": r.count} for r in summarise(letters)],
+            })
+    finally:
+        conn.release()
+    return {
+        "broker": broker_location(settings),
+        "record": record_location(settings),
+        "xml_validation": {"enabled": settings.xsd_dir is not None, "xsd_dir": str(settings.xsd_dir) if settings.xsd_dir else None},
+        "interval_s": interval,
+        "queues": [
+            {"role": q.role, "name": q.name, "exists": q.exists, "depth": q.depth, "consumers": q.consumers, "depth_change_per_s": q.depth_change_per_s}
+            for q in stats
+        ],
+        "dead_letters": dead_letters,
+    }
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = ()) -> list[str]:
+    """Return *rows* under *header* as aligned lines; columns in *right* are right-aligned, None shows as `-`."""
+    cells = [[str(h) for h in header]] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = []
+    for row in cells:
+        parts = [v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(parts).rstrip())
+    return lines
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    try:
+        doc = status_document(settings, interval=args.interval, scan_limit=args.scan_limit)
+    except BrokerUnavailable as exc:
+        where = broker_location(settings)["location"]
+        print(f"helsebro status: cannot reach the broker at {where}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False, indent=2))
+    else:
+        print("\n".join(_human(doc)))
+    return 0
+
+
+def _human(doc: dict[str, Any]) -> list[str]:
+    xml = doc["xml_validation"]
+    lines = format_table(
+        ("", "", ""),
+        [
+            ("broker", doc["broker"]["transport"], doc["broker"]["location"]),
+            ("record", doc["record"]["kind"], doc["record"]["location"]),
+            ("xml validation", "on" if xml["enabled"] else "off", xml["xsd_dir"] or "(HELSEBRO_XSD_DIR is not set)"),
+        ],
+    )[1:]
+    rows = [
+        (q["role"], q["name"], q["depth"] if q["exists"] else "missing", q["consumers"], _signed(q["depth_change_per_s"]))
+        for q in doc["queues"]
+    ]
+    lines += ["", *format_table(("ROLE", "QUEUE", "DEPTH", "CONSUMERS", "DEPTH CHANGE/S"), rows, right=(2, 3, 4))]
+    rate = f"change of depth per second over {doc['interval_s']} s" if doc["interval_s"] else "one sample, so no change of depth"
+    lines.append(f"(depth = ready messages; {rate}: AMQP 0-9-1 shows no message rates without the management plugin)")
+    for dl in doc["dead_letters"]:
+        lines += ["", f"DEAD LETTERS in {dl['queue']} by reason"]
+        if not dl["complete"]:
+            lines.append("not read: more than --scan-limit messages wait")
+            continue
+        if not dl["by_reason"]:
+            lines.append("none")
+            continue
+        lines += format_table(("COUNT", "STAGE", "REASON"), [(r["count"], r["stage"], r["reason"]) for r in dl["by_reason"]], right=(0,))
+    return lines
+
+
+def _signed(value: float | None) -> str | None:
+    return None if value is None else f"{value:+.2f}"

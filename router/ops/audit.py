@@ -1,0 +1,83 @@
+"""Append operator actions to the audit log: one JSON line per event, fsynced.
+
+DESIGN §5: the one place where clear text is shown to an operator is behind
+authorisation, and the showing is audited. Authorisation is, for now, being
+able to run `helsebro` on the engine host as a user who can read the data
+directory; the log names that OS user, plus `HELSEBRO_OPERATOR` when set (a
+shared service account then still says which person acted).
+
+The file is `<data_dir>/audit.log`, created mode 0600 and only ever opened
+with O_APPEND: each event is one `write()` of one line followed by `fsync`,
+so a crash can cut off at most the line being written, never an earlier one.
+Each line holds: `at` (UTC, ISO 8601), `user`, `operator` (or null), `host`,
+`action`, `event` ("begin" before the action touches anything, "end" after),
+`action_id` (shared by an action's begin and end lines), and the action's
+own fields (queue, ids, counts). It never holds a message body or a value
+taken from one.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["AuditLog", "operator_identity"]
+
+_FILE_MODE = 0o600
+
+
+def operator_identity() -> dict[str, str | None]:
+    """Return who is acting: the OS user, `HELSEBRO_OPERATOR` (or None) and the host name."""
+    return {"user": getpass.getuser(), "operator": os.environ.get("HELSEBRO_OPERATOR") or None, "host": socket.gethostname()}
+
+
+class AuditLog:
+    """The append-only audit file of one data directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path  # no I/O here: the first event creates the file
+
+    def begin(self, action: str, **fields: Any) -> str:
+        """Write the line that announces *action*, before it touches anything; return its action id.
+
+        Raises:
+            OSError: the line could not be written and synced; the caller must not act.
+        """
+        action_id = uuid.uuid4().hex
+        self._append({"action": action, "event": "begin", "action_id": action_id, **fields})
+        return action_id
+
+    def end(self, action: str, action_id: str, **fields: Any) -> None:
+        """Write the line that records what *action* (begun as *action_id*) did."""
+        self._append({"action": action, "event": "end", "action_id": action_id, **fields})
+
+    def _append(self, fields: dict[str, Any]) -> None:
+        line = {"at": datetime.now(timezone.utc).isoformat(), **operator_identity(), **fields}
+        data = orjson.dumps(line) + b"\n"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+        try:
+            written = os.write(fd, data)  # one write per line: O_APPEND keeps concurrent writers' lines whole
+            if written != len(data):
+                raise OSError(f"audit log: wrote {written} of {len(data)} bytes")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            _fsync_folder(self.path.parent)  # the new file's name must survive a power cut too
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,296 @@
+"""List, show, replay and purge the messages in a dead-letter queue, one confirmed step at a time.
+
+Asking the operator and writing the audit log belong to router/cli/dlq.py;
+this module only reads and moves messages.
+
+AMQP 0-9-1 cannot browse a queue or delete one message by id. So every pass
+here takes the messages with `basic.get` on one channel *without* acking them,
+decides, acks the ones it removes, and gives the others back by closing the
+channel. Until a message is acked the broker still owns it: if the process
+dies anywhere in a pass, the broker puts every unacked message back
+(RabbitMQ when the connection drops; the embedded transport when the next
+channel finds the dead consumer's folder unlocked). A pass can therefore
+duplicate, never lose:
+
+- replay publishes a dead letter's body to the inbound exchange, waits for
+  the broker's confirm, and only then acks the dead letter. A crash between
+  the two leaves the message both in the inbound queue and in the
+  dead-letter queue; the record's conditional, idempotent writes make the
+  second application change nothing.
+- purge acks; nothing is published.
+
+Order, and why a pass always takes the *whole* queue and never uses
+`basic.reject(requeue=True)` (RabbitMQ 3.10 quorum queues, checked): a
+rejected message goes to the back of the queue; a message left unacked when
+its channel closes goes to a "returns" line that is served before the rest of
+the queue, but *behind* messages returned earlier. A pass that took only a
+prefix would therefore rotate a queue that an earlier pass had returned, and
+rejecting would rotate any queue. Taking every message and closing the
+channel returns them all, in order, ahead of anything dead-lettered
+meanwhile. Classic queues put returned messages back in place either way; on
+the embedded transport a returned file gets its old name back, so its old
+place. tests/router/ops/test_deadletters.py checks the order on both.
+
+The broker applies those returns a few milliseconds after the channel's
+close-ok, so a pass ends by waiting (up to 10 s) until the queue's depth
+shows them again: a second pass, `status` or another command started right
+after sees the whole queue. While a pass runs the messages it holds are
+invisible: `status` counts them as not ready, and a second operator's pass
+does not see them. A pass holds every message, body included, in memory.
+
+Cost. Each pass raises a quorum queue's `x-delivery-count` of every message
+it gives back. RabbitMQ 3.x sets no delivery limit by default; RabbitMQ 4.x
+sets 20 and then *drops* the message when the queue has no dead-letter
+exchange. On 4.x, give the dead-letter queue `x-delivery-limit: -1` (or a
+policy with `delivery-limit: -1`) before browsing it this way.
+
+Each dead letter's id is its AMQP `message_id` (the engine sets one on every
+dead letter) or, for a message without one, `h-` and 32 hex digits of a
+SHA-256 over its `x-helsebro-*` headers and body: stable across passes, since
+the broker's own headers (`x-delivery-count`) are left out. Two messages with
+the same id are acted on together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import orjson
+from kombu import Queue
+
+from adapters.amqp.connection import broker_errors, queue_depth
+from adapters.amqp.outbound import Publisher
+from router.errors import BrokerUnavailable
+from router.ops.stats import is_not_found
+
+if TYPE_CHECKING:
+    from kombu import Connection
+    from kombu.message import Message
+
+    from router.settings import Settings
+
+__all__ = ["ActionResult", "Browse", "DeadLetter", "ReasonCount", "browse", "find", "purge", "replay", "summarise"]
+
+REPLAY_HEADER = "x-helsebro-replay-of"
+"""Header on a replayed message: the id of the dead letter it came from."""
+
+_PREFIX = "x-helsebro-"
+_RETURN_DEADLINE_SECONDS = 10.0
+_RETURN_POLL_SECONDS = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One dead letter: its reason headers and, kept out of every summary, its body."""
+
+    id: str
+    failed_at: str | None
+    stage: str | None
+    reason: str | None
+    location: str | None
+    control_id: str | None
+    size: int
+    delivery_count: int | None
+    headers: dict[str, Any] = field(repr=False)
+    body: bytes = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """Return the fields safe for any operator view: ids, reason, position, size; never the body."""
+        return {
+            "id": self.id,
+            "failed_at": self.failed_at,
+            "stage": self.stage,
+            "reason": self.reason,
+            "location": self.location,
+            "control_id": self.control_id,
+            "size": self.size,
+            "delivery_count": self.delivery_count,
+        }
+
+    def outcome(self) -> dict[str, Any] | None:
+        """Return the OperationOutcome the engine attached, or None when absent or unreadable."""
+        raw = self.headers.get(f"{_PREFIX}outcome")
+        if not raw:
+            return None
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Browse:
+    """The dead letters a pass saw, in queue order."""
+
+    letters: list[DeadLetter]
+    truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonCount:
+    """How many dead letters failed at *stage* for *reason*."""
+
+    stage: str | None
+    reason: str | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What a replay or purge did: the ids done, the ids it no longer found, and the error that stopped it."""
+
+    done: list[str]
+    missing: list[str]
+    error: str | None = None
+
+
+def browse(connection: Connection, queue: str, *, limit: int | None = None) -> Browse:
+    """Return the first *limit* dead letters (all by default) in queue order, and give every one back.
+
+    The whole queue is read either way (see the module docstring on order).
+
+    Raises:
+        BrokerUnavailable: the broker cannot be reached, or *queue* does not exist.
+    """
+    with _translated(connection, queue), _holding(connection, queue) as held:
+        letters = [letter for letter, _ in held]
+    if limit is not None and len(letters) > limit:
+        return Browse(letters=letters[:limit], truncated=True)
+    return Browse(letters=letters, truncated=False)
+
+
+def find(connection: Connection, queue: str, letter_id: str) -> DeadLetter | None:
+    """Return the first dead letter with id *letter_id*, or None; give every one back.
+
+    Raises:
+        BrokerUnavailable: the broker cannot be reached, or *queue* does not exist.
+    """
+    with _translated(connection, queue), _holding(connection, queue) as held:
+        return next((letter for letter, _ in held if letter.id == letter_id), None)
+
+
+def summarise(letters: list[DeadLetter]) -> list[ReasonCount]:
+    """Count *letters* per (stage, reason), most frequent first."""
+    counts = Counter((letter.stage, letter.reason) for letter in letters)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0][0] or "", item[0][1] or ""))
+    return [ReasonCount(stage=stage, reason=reason, count=n) for (stage, reason), n in ranked]
+
+
+def replay(connection: Connection, settings: Settings, queue: str, ids: list[str]) -> ActionResult:
+    """Publish each chosen dead letter's body to the inbound exchange, confirmed, then ack it; in queue order.
+
+    Stops at the first broker error: the dead letters not yet acked stay in the queue.
+
+    Raises:
+        BrokerUnavailable: *queue* cannot be read at all.
+    """
+    publisher = Publisher(connection, settings, app_id="helsebro-dlq")
+    try:
+        return _act(connection, queue, ids, lambda letter: publisher.publish_inbound(letter.body, headers={REPLAY_HEADER: letter.id}))
+    finally:
+        publisher.close()
+
+
+def purge(connection: Connection, queue: str, ids: list[str]) -> ActionResult:
+    """Ack (delete) each chosen dead letter.
+
+    Raises:
+        BrokerUnavailable: *queue* cannot be read at all.
+    """
+    return _act(connection, queue, ids, lambda letter: None)
+
+
+def _act(connection: Connection, queue: str, ids: list[str], before_ack: Callable[[DeadLetter], object]) -> ActionResult:
+    wanted = set(ids)
+    done: list[str] = []
+    failures: tuple[type[BaseException], ...] = (BrokerUnavailable, *broker_errors(connection))
+    with _translated(connection, queue), _holding(connection, queue) as held:
+        seen = {taken.id for taken, _ in held}
+        missing = [i for i in ids if i not in seen]
+        for letter, message in held:
+            if letter.id not in wanted:
+                continue
+            try:
+                before_ack(letter)  # a replay's publish returns once the broker confirmed it
+                message.ack()
+            except failures as exc:  # this letter and every later one stay in the queue, in order
+                return ActionResult(done=done, missing=missing, error=f"{type(exc).__name__}: {exc}")
+            done.append(letter.id)
+    return ActionResult(done=done, missing=missing)
+
+
+@contextlib.contextmanager
+def _translated(connection: Connection, queue: str) -> Iterator[None]:
+    """Turn the broker's errors into BrokerUnavailable, naming a missing queue as such."""
+    try:
+        yield
+    except broker_errors(connection) as exc:
+        if is_not_found(exc):
+            raise BrokerUnavailable(f"queue {queue!r} does not exist on the broker") from exc
+        raise BrokerUnavailable(f"cannot read queue {queue!r}: {type(exc).__name__}") from exc
+
+
+@contextlib.contextmanager
+def _holding(connection: Connection, queue: str) -> Iterator[list[tuple[DeadLetter, Message]]]:
+    """Take every message off *queue* unacked; on exit give back, in order, every one not acked."""
+    channel = connection.channel()
+    held: list[tuple[DeadLetter, Message]] = []
+    try:
+        source = Queue(queue, no_declare=True)(channel)
+        while (message := source.get(no_ack=False)) is not None:
+            held.append((_letter(message), message))
+        yield held
+    finally:
+        with contextlib.suppress(*broker_errors(connection)):
+            channel.close()  # returns every unacked message, in order; a lost connection does the same
+        _wait_for_returns(connection, queue, sum(1 for _, message in held if not message.acknowledged))
+
+
+def _wait_for_returns(connection: Connection, queue: str, returned: int) -> None:
+    """Wait until *queue* shows at least *returned* messages again, or the deadline passes."""
+    deadline = time.monotonic() + _RETURN_DEADLINE_SECONDS
+    while returned:
+        try:
+            if queue_depth(connection, queue) >= returned or time.monotonic() >= deadline:
+                return
+        except BrokerUnavailable:
+            return  # the connection is gone: the broker returns the messages by itself
+        time.sleep(_RETURN_POLL_SECONDS)
+
+
+def _letter(message: Message) -> DeadLetter:
+    headers = dict(message.headers or {})
+    body = message.body if isinstance(message.body, bytes) else str(message.body).encode("utf-8")
+    message_id = (message.properties or {}).get("message_id")
+    count = headers.get("x-delivery-count")
+    return DeadLetter(
+        id=str(message_id) if message_id else _content_id(headers, body),
+        failed_at=_text(headers, "failed-at"),
+        stage=_text(headers, "stage"),
+        reason=_text(headers, "reason"),
+        location=_text(headers, "location"),
+        control_id=_text(headers, "control-id"),
+        size=len(body),
+        delivery_count=int(count) if isinstance(count, int) else None,
+        headers=headers,
+        body=body,
+    )
+
+
+def _text(headers: dict[str, Any], key: str) -> str | None:
+    value = headers.get(f"{_PREFIX}{key}")
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value) if value not in (None, "") else None
+
+
+def _content_id(headers: dict[str, Any], body: bytes) -> str:
+    ours = {k: v for k, v in headers.items() if k.startswith(_PREFIX)}
+    digest = hashlib.sha256(orjson.dumps(ours, option=orjson.OPT_SORT_KEYS, default=str) + b"\0" + body)
+    return f"h-{digest.hexdigest()[:32]}"

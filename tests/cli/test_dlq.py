@@ -1,0 +1,279 @@
+"""`helsebro dlq list|show|replay|purge` through the CLI, on dead letters the engine really produced, on both transports."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from adapters.amqp.connection import open_connection
+from adapters.amqp.outbound import Publisher
+from router.cli import main
+from router.pipeline.settle import dead_letter_headers
+from router.testing import adt_message, delete_queues, isolated_settings, publish, queue_depth, run_engine_in_thread, settings_env, wait_until
+from schemas.identity import FNR_SYSTEM, first_valid_fnr
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
+BAD_FNR = "15866112378"  # fails its check digits
+NOT_HL7 = b"not hl7"
+LIST_KEYS = {"id", "failed_at", "stage", "reason", "location", "control_id", "size", "delivery_count"}
+NO_MSH = "not an HL7 v2 message: no MSH segment found"
+
+
+class QuietLogger:
+    """A logger that drops every event, so the engine's lines stay out of the CLI's captured output."""
+
+    def __getattr__(self, _name):
+        return lambda *_a, **_k: self
+
+
+def _engine(settings):
+    return run_engine_in_thread(settings, logger=QuietLogger())
+
+
+class Tty(io.StringIO):
+    """A terminal that types *answer*."""
+
+    def isatty(self):
+        return True
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+def settings(request, tmp_path, monkeypatch):
+    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None)
+    for name in ("HELSEBRO_BROKER_URL", "HELSEBRO_RECORD_URL", "HELSEBRO_XSD_DIR", "HELSEBRO_MAPPINGS_DIR", "HELSEBRO_OPERATOR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in settings_env(s).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal unless a test says so
+    yield s
+    if s.broker_url:
+        delete_queues(s)
+
+
+@pytest.fixture
+def dead(settings):
+    """Two dead letters from a real engine run: not HL7, then an ADT with a bad fnr check digit."""
+    publish(settings, [NOT_HL7, adt_message("A01", control_id="DLQ1", fnr=BAD_FNR, local_id="L1", visit="V1")])
+    handle = _engine(settings)
+    wait_until(lambda: handle.stats.dead_lettered == 2, 30, what="two dead letters")
+    handle.stop()
+    return settings
+
+
+def _cli(capsys, *args):
+    capsys.readouterr()
+    code = main(["dlq", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _listed(capsys):
+    code, out, _ = _cli(capsys, "list", "--json")
+    assert code == 0
+    return json.loads(out)["dead_letters"]
+
+
+def _audit(settings):
+    path = settings.data_dir / "audit.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _good_dead_letter(settings, body):
+    """Put *body* on the DLQ as if an earlier, since fixed, mapping had refused it."""
+    conn = open_connection(settings)
+    try:
+        publisher = Publisher(conn, settings)
+        headers = dead_letter_headers(reason="no mapping for ADT_A01", stage="convert", location=None, control_id="GOOD1", outcome={"resourceType": "OperationOutcome", "issue": []})
+        publisher.dead_letter(body, headers=headers)
+        publisher.close()
+    finally:
+        conn.release()
+
+
+class TestDlq:
+    def test_list_shows_reasons_never_bodies(self, dead, capsys):
+        """`list` shows one line per dead letter with reason and position, and no patient data."""
+        code, out, _ = _cli(capsys, "list")
+        assert code == 0
+        lines = out.splitlines()
+        assert lines[0].split()[:4] == ["ID", "FAILED", "AT", "STAGE"]
+        assert NO_MSH in lines[1] and "PID-3[1].1" in lines[2] and "DLQ1" in lines[2]
+        assert lines[-1].startswith("2 dead letters in ")
+        for secret in (BAD_FNR, "Testesen", "Kari", "not hl7", "19850315"):
+            assert secret not in out
+
+    def test_list_json_shape(self, dead, capsys):
+        """`list --json` gives each dead letter's summary fields, in queue order, and no body."""
+        code, out, _ = _cli(capsys, "list", "--json")
+        doc = json.loads(out)
+        assert code == 0
+        assert set(doc) == {"queue", "truncated", "dead_letters"}
+        assert doc["queue"] == dead.engine.broker.names.dead_letter and doc["truncated"] is False
+        first, second = doc["dead_letters"]
+        assert set(first) == set(second) == LIST_KEYS
+        assert (first["stage"], first["reason"], first["location"], first["size"]) == ("convert", NO_MSH, "MSH", len(NOT_HL7))
+        assert (second["control_id"], second["location"]) == ("DLQ1", "PID-3[1].1")
+        assert BAD_FNR not in out
+
+    def test_list_limit(self, dead, capsys):
+        """`--limit 1` lists the first dead letter and says more wait."""
+        code, out, _ = _cli(capsys, "list", "--json", "--limit", "1")
+        doc = json.loads(out)
+        assert code == 0 and doc["truncated"] is True and len(doc["dead_letters"]) == 1
+        assert doc["dead_letters"][0]["reason"] == NO_MSH
+        assert queue_depth(dead, dead.engine.broker.names.dead_letter) == 2
+
+    def test_show_gives_headers_and_outcome_without_body(self, dead, capsys):
+        """`show ID` prints the headers and the OperationOutcome, hides the body, and audits nothing."""
+        letter = _listed(capsys)[1]
+        code, out, _ = _cli(capsys, "show", letter["id"], "--json")
+        doc = json.loads(out)
+        assert code == 0
+        assert set(doc) == {"queue", "dead_letter", "headers", "outcome", "body"}
+        assert doc["dead_letter"] == letter | {"delivery_count": doc["dead_letter"]["delivery_count"]}
+        assert doc["headers"]["x-helsebro-location"] == "PID-3[1].1"
+        assert doc["outcome"]["issue"][0]["expression"] == ["PID-3[1].1"]
+        assert doc["body"] is None
+        code, out, _ = _cli(capsys, "show", letter["id"])
+        assert "not shown" in out and BAD_FNR not in out
+        assert _audit(dead) == []
+
+    def test_show_body_asks_and_is_audited(self, dead, capsys, monkeypatch):
+        """`show --body` asks on the terminal, writes the audit line, then shows the body."""
+        monkeypatch.setenv("HELSEBRO_OPERATOR", "kari.operator")
+        letter = _listed(capsys)[1]
+        monkeypatch.setattr("sys.stdin", Tty("y\n"))
+        code, out, err = _cli(capsys, "show", letter["id"], "--body")
+        assert code == 0
+        assert "[y/N]" in err
+        assert BAD_FNR in out
+        begin, end = _audit(dead)
+        assert (begin["action"], begin["event"], begin["ids"]) == ("show_body", "begin", [letter["id"]])
+        assert (end["event"], end["done"]) == ("end", [letter["id"]])
+        assert begin["operator"] == "kari.operator" and begin["user"]
+
+    def test_show_body_refused(self, dead, capsys, monkeypatch):
+        """Answering no, or having no terminal and no --yes, exits 2 without body or audit line."""
+        letter_id = _listed(capsys)[1]["id"]
+        code, out, err = _cli(capsys, "show", letter_id, "--body")
+        assert code == 2 and "not a terminal" in err and BAD_FNR not in out
+        monkeypatch.setattr("sys.stdin", Tty("n\n"))
+        code, out, _ = _cli(capsys, "show", letter_id, "--body")
+        assert code == 2 and BAD_FNR not in out
+        assert _audit(dead) == []
+
+    def test_show_unknown_id(self, dead, capsys):
+        """An id that is not in the queue exits 1."""
+        code, _, err = _cli(capsys, "show", "no-such-id")
+        assert code == 1 and "no dead letter with id no-such-id" in err
+
+    def test_replay_of_an_unfixed_message_comes_back(self, dead, capsys):
+        """Replayed twice, the same bad messages return to the DLQ each time with the same reasons, in order."""
+        before = _listed(capsys)
+        handle = _engine(dead)
+        try:
+            for round_ in (1, 2):
+                code, out, _ = _cli(capsys, "replay", "--all", "--yes")
+                assert code == 0, out
+                assert out.splitlines()[-1] == "2 replayed, 0 no longer found"
+                wait_until(lambda r=round_: handle.stats.dead_lettered == 2 * r, 30, what="replays dead-lettered again")
+                wait_until(lambda: queue_depth(dead, dead.engine.broker.names.dead_letter) == 2, 30, what="two dead letters")
+        finally:
+            handle.stop()
+        after = _listed(capsys)
+        assert [(d["reason"], d["control_id"]) for d in after] == [(d["reason"], d["control_id"]) for d in before]
+        assert not {d["id"] for d in after} & {d["id"] for d in before}
+        replays = [line for line in _audit(dead) if line["action"] == "replay"]
+        assert [line["event"] for line in replays] == ["begin", "end", "begin", "end"]
+        assert replays[1]["count"] == 2 and replays[1]["done"] == [d["id"] for d in before]
+
+    def test_replay_of_a_fixed_message_applies_it_once(self, settings, capsys):
+        """A dead letter held twice (a duplicate after a crash) replays into one patient, one version."""
+        fnr = first_valid_fnr(12, 3, 85, 432, synthetic=True)
+        body = adt_message("A01", control_id="GOOD1", fnr=fnr, local_id="L9", visit="V9")
+        publish(settings, [])
+        _good_dead_letter(settings, body)
+        _good_dead_letter(settings, body)
+        handle = _engine(settings)
+        try:
+            code, out, _ = _cli(capsys, "replay", "--all", "--yes")
+            assert code == 0, out
+            wait_until(lambda: handle.stats.messages == 2, 30, what="both replays settled")
+        finally:
+            handle.stop()
+        assert (handle.stats.applied, handle.stats.unchanged, handle.stats.dead_lettered) == (1, 1, 0)
+        assert _listed(capsys) == []
+        from adapters.fhir.record import open_record
+
+        record = open_record(settings)
+        try:
+            [patient] = record.search("Patient", {"identifier": f"{FNR_SYSTEM}|{fnr}"})
+        finally:
+            record.close()
+        assert patient["meta"]["versionId"] == "1"
+
+    def test_replay_of_one_id_leaves_the_others(self, dead, capsys):
+        """Replaying one id moves only that letter to the inbound queue; the other keeps its place."""
+        first, second = _listed(capsys)
+        code, out, _ = _cli(capsys, "replay", second["id"], "--yes")
+        assert code == 0 and f"replayed {second['id']}" in out
+        assert [d["id"] for d in _listed(capsys)] == [first["id"]]
+        assert queue_depth(dead, dead.engine.broker.names.inbound) == 1
+
+    def test_replay_unknown_id_does_nothing(self, dead, capsys):
+        """One unknown id among the given ones exits 1 before anything is asked, moved or audited."""
+        first = _listed(capsys)[0]
+        code, _, err = _cli(capsys, "replay", first["id"], "nope", "--yes")
+        assert code == 1 and "nope" in err
+        assert len(_listed(capsys)) == 2 and _audit(dead) == []
+
+    def test_replay_and_purge_need_ids_or_all(self, dead, capsys):
+        """Neither ids nor --all, or both, is a usage error."""
+        assert _cli(capsys, "replay", "--yes")[0] == 2
+        assert _cli(capsys, "purge", "x", "--all", "--yes")[0] == 2
+        assert len(_listed(capsys)) == 2
+
+    def test_purge_asks_and_audits(self, dead, capsys, monkeypatch):
+        """`purge ID` asks "Purge 1 dead letter ...? [y/N]", deletes it on yes, and audits who and what."""
+        first, second = _listed(capsys)
+        monkeypatch.setattr("sys.stdin", Tty("yes\n"))
+        code, out, err = _cli(capsys, "purge", first["id"])
+        assert code == 0
+        assert "Purge (delete for good) 1 dead letter from" in err and "[y/N]" in err
+        assert out.splitlines() == [f"purged {first['id']}", "1 purged, 0 no longer found"]
+        assert [d["id"] for d in _listed(capsys)] == [second["id"]]
+        begin, end = _audit(dead)
+        assert (begin["action"], begin["ids"], begin["count"]) == ("purge", [first["id"]], 1)
+        assert (end["done"], end["missing"], end["error"]) == ([first["id"]], [], None)
+
+    def test_purge_refused(self, dead, capsys, monkeypatch):
+        """Without a terminal and --yes, or with a no, purge exits 2 and deletes nothing."""
+        assert _cli(capsys, "purge", "--all")[0] == 2
+        monkeypatch.setattr("sys.stdin", Tty("\n"))
+        assert _cli(capsys, "purge", "--all")[0] == 2
+        assert len(_listed(capsys)) == 2 and _audit(dead) == []
+
+    def test_purge_all(self, dead, capsys):
+        """`purge --all --yes` empties the dead-letter queue."""
+        code, out, _ = _cli(capsys, "purge", "--all", "--yes")
+        assert code == 0 and out.splitlines()[-1] == "2 purged, 0 no longer found"
+        assert queue_depth(dead, dead.engine.broker.names.dead_letter) == 0
+        code, out, _ = _cli(capsys, "purge", "--all", "--yes")
+        assert code == 0 and out.startswith("no dead letters")
+
+    def test_unknown_queue_is_a_usage_error(self, dead, capsys):
+        """--queue must name one of the engine's dead-letter queues."""
+        code, _, err = _cli(capsys, "list", "--queue", dead.engine.broker.names.inbound)
+        assert code == 2 and "not a dead-letter queue" in err
+
+    def test_unreachable_broker_exits_1(self, tmp_path, capsys, monkeypatch):
+        """A broker that cannot be reached gives one line on stderr, without password, and exit 1."""
+        s = isolated_settings(tmp_path, broker_url="amqp://guest:s3cret@127.0.0.1:1/%2F")
+        monkeypatch.setenv("HELSEBRO_CONFIG_DIR", str(s.config_dir))
+        monkeypatch.setenv("HELSEBRO_DATA_DIR", str(s.data_dir))
+        monkeypatch.setenv("HELSEBRO_BROKER_URL", s.broker_url)
+        code, out, err = _cli(capsys, "list")
+        assert code == 1 and out == ""
+        assert err.startswith("helsebro dlq: ") and len(err.splitlines()) == 1 and "s3cret" not in err

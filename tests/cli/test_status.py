@@ -1,0 +1,147 @@
+"""`helsebro status` through the CLI: queues, locations, XML validation and dead letters by reason, on both transports."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from router.cli import main
+from router.testing import adt_message, delete_queues, isolated_settings, publish, run_engine_in_thread, settings_env, wait_until
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
+BAD_FNR = "15866112378"  # fails its check digits
+NO_MSH = "not an HL7 v2 message: no MSH segment found"
+QUEUE_KEYS = {"role", "name", "exists", "depth", "consumers", "depth_change_per_s"}
+
+
+class QuietLogger:
+    """A logger that drops every event, so the engine's lines stay out of the CLI's captured output."""
+
+    def __getattr__(self, _name):
+        return lambda *_a, **_k: self
+
+
+def _use(monkeypatch, settings):
+    for name in ("HELSEBRO_BROKER_URL", "HELSEBRO_RECORD_URL", "HELSEBRO_XSD_DIR", "HELSEBRO_MAPPINGS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+def settings(request, tmp_path, monkeypatch):
+    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None)
+    _use(monkeypatch, s)
+    yield s
+    if s.broker_url:
+        delete_queues(s)
+
+
+@pytest.fixture
+def dead(settings):
+    """Three dead letters from a real engine run: two not HL7, one ADT with a bad fnr check digit."""
+    publish(settings, [b"not hl7", adt_message("A01", control_id="ST1", fnr=BAD_FNR, local_id="L1", visit="V1"), b"still not hl7"])
+    handle = run_engine_in_thread(settings, logger=QuietLogger())
+    wait_until(lambda: handle.stats.dead_lettered == 3, 30, what="three dead letters")
+    handle.stop()
+    return settings
+
+
+def _status(capsys, *args):
+    capsys.readouterr()
+    code = main(["status", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+class TestStatus:
+    def test_json_shape(self, dead, capsys):
+        """`status --json` gives broker, record, XML validation, one entry per queue and dead letters by reason."""
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        doc = json.loads(out)
+        assert code == 0
+        assert set(doc) == {"broker", "record", "xml_validation", "interval_s", "queues", "dead_letters"}
+        names = dead.engine.broker.names
+        assert [(q["role"], q["name"]) for q in doc["queues"]] == [("inbound", names.inbound), ("dead_letter", names.dead_letter), ("replies", names.replies)]
+        assert all(set(q) == QUEUE_KEYS for q in doc["queues"])
+        depths = {q["role"]: q["depth"] for q in doc["queues"]}
+        assert depths == {"inbound": 0, "dead_letter": 3, "replies": 3}
+        assert doc["broker"]["transport"] == ("rabbitmq" if dead.broker_url else "embedded")
+        assert doc["record"] == {"kind": "sqlite", "location": str(dead.sqlite_path.resolve())}
+        assert doc["xml_validation"] == {"enabled": False, "xsd_dir": None}
+        [dl] = doc["dead_letters"]
+        assert (dl["queue"], dl["scanned"], dl["complete"]) == (names.dead_letter, 3, True)
+        assert [(r["stage"], r["reason"], r["count"]) for r in dl["by_reason"]] == [("convert", NO_MSH, 2), ("convert", dl["by_reason"][1]["reason"], 1)]
+
+    def test_scan_limit_skips_a_deep_queue(self, dead, capsys):
+        """A dead-letter queue deeper than --scan-limit is not read: complete is false and nothing is counted."""
+        code, out, _ = _status(capsys, "--json", "--interval", "0", "--scan-limit", "2")
+        [dl] = json.loads(out)["dead_letters"]
+        assert code == 0
+        assert (dl["scanned"], dl["complete"], dl["by_reason"]) == (0, False, [])
+        code, out, _ = _status(capsys, "--interval", "0", "--scan-limit", "2")
+        assert "not read: more than --scan-limit messages wait" in out
+
+    def test_broker_url_without_password(self, settings, capsys):
+        """The broker is shown by URL without its password (or as the embedded folder)."""
+        publish(settings, [])
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        location = json.loads(out)["broker"]["location"]
+        assert code == 0
+        if settings.broker_url:
+            assert location == "amqp://guest@127.0.0.1:5672/%2F"
+        else:
+            assert location == str((settings.data_dir / "broker").resolve())
+
+    def test_human_table_without_patient_data(self, dead, capsys):
+        """The table names every queue with its depth and the reasons with counts, and no fnr or body text."""
+        code, out, _ = _status(capsys, "--interval", "0")
+        assert code == 0
+        lines = out.splitlines()
+        assert lines[0].split()[0] == "broker" and lines[2].split()[:3] == ["xml", "validation", "off"]
+        table = lines[lines.index("") + 1:]
+        assert table[0].split() == ["ROLE", "QUEUE", "DEPTH", "CONSUMERS", "DEPTH", "CHANGE/S"]
+        assert table[2].split()[:3] == ["dead_letter", dead.engine.broker.names.dead_letter, "3"]
+        assert len({len(row) for row in table[1:4]}) == 1  # aligned columns
+        assert any(line.split()[:2] == ["2", "convert"] and line.endswith(NO_MSH) for line in lines)
+        for secret in (BAD_FNR, "Testesen", "not hl7", "19850315"):
+            assert secret not in out
+
+    def test_rate_over_an_interval(self, settings, capsys):
+        """With an interval each existing queue gets a numeric depth change per second."""
+        publish(settings, [b"x"])
+        code, out, _ = _status(capsys, "--json", "--interval", "0.05")
+        doc = json.loads(out)
+        assert code == 0 and doc["interval_s"] == 0.05
+        assert all(isinstance(q["depth_change_per_s"], float) for q in doc["queues"])
+
+    def test_consumers_while_the_engine_runs(self, settings, capsys):
+        """RabbitMQ reports the engine as the inbound queue's one consumer; the embedded transport cannot tell."""
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        try:
+            code, out, _ = _status(capsys, "--json", "--interval", "0")
+        finally:
+            handle.stop()
+        inbound = json.loads(out)["queues"][0]
+        assert code == 0
+        assert inbound["consumers"] == (1 if settings.broker_url else None)
+
+    def test_xml_validation_on_with_a_schema_folder(self, settings, capsys, monkeypatch, tmp_path):
+        """HELSEBRO_XSD_DIR set turns the XML validation line on, naming the folder."""
+        publish(settings, [])
+        monkeypatch.setenv("HELSEBRO_XSD_DIR", str(tmp_path / "xsd"))
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        assert code == 0
+        assert json.loads(out)["xml_validation"] == {"enabled": True, "xsd_dir": str(tmp_path / "xsd")}
+
+    def test_unreachable_broker_exits_1(self, tmp_path, capsys, monkeypatch):
+        """A broker that cannot be reached gives one line on stderr, without password or traceback, and exit 1."""
+        s = isolated_settings(tmp_path, broker_url="amqp://guest:s3cret@127.0.0.1:1/%2F")
+        _use(monkeypatch, s)
+        code, out, err = _status(capsys, "--interval", "0")
+        assert code == 1 and out == ""
+        assert err.startswith("helsebro status: cannot reach the broker at amqp://guest@127.0.0.1:1/%2F")
+        assert len(err.splitlines()) == 1 and "s3cret" not in err and "Traceback" not in err
