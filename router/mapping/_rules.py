@@ -41,7 +41,23 @@ def compile_rule(c: Compiler, node: YMap, fhir_type: str) -> Rule:
     put = _untidy(c, node, kind, target.setter(refs=kind in ("ref", "refs")))
     produce, step = _produce(c, node, kind, leaf, put, target_text=str(node["target"]))
     source = str(node.get(kind, node.get("args", ""))) if kind != "rules" else "rules"
-    return Rule(target, when, produce, where, source, _steps.finish(step, produce, put, when))
+    source_path = _explain_path(c, node, kind)
+    return Rule(target, when, produce, where, source, _steps.finish(step, produce, put, when), source_path)
+
+
+def _explain_path(c: Compiler, node: YMap, kind: str) -> Any:
+    """The path whose positions --explain names: every repetition/segment/group for `each:`, else the first."""
+    if kind not in ("from", "each"):
+        return None
+    path = c._path(node[kind], node.pos(kind))
+    if kind == "each":
+        if hasattr(path, "starred"):
+            return path.starred()
+        if path.is_segment and path.seg_rep is None:
+            return c._path(f"{path.segment}[*]", node.pos(kind))
+        if path.field_no is not None and path.rep is None:
+            return c._path(str(node["each"]).replace(f"-{path.field_no}", f"-{path.field_no}[*]", 1), node.pos(kind))
+    return path
 
 
 def _untidy(c: Compiler, node: YMap, kind: str, put: Put) -> Put:

@@ -56,6 +56,7 @@ class Rule:
     where: str  # file:line, for --explain and provenance
     source: str  # the source the author wrote, for --explain
     step: Step  # when, produce and put fused into one call: what Block.build runs
+    source_path: Any = None  # the compiled `from`/`each` path, so --explain can name the position read
 
 
 @dataclass(slots=True)
@@ -81,10 +82,28 @@ class Block:
             for step in self.steps:
                 step(scope, ctx, obj)
             return obj
+        prefix = ctx.trace_prefix
         for rule in self.rules:
-            if rule.step(scope, ctx, obj):
-                trace.append((".".join(rule.target.names), rule.where, rule.source))
+            target = ".".join(rule.target.names)
+            prefix.append(target)  # rules of nested blocks report their full path
+            try:
+                placed = rule.step(scope, ctx, obj)
+            finally:
+                prefix.pop()
+            if placed:
+                trace.append((".".join([*prefix, target]), rule.where, _positions(rule, scope)))
         return obj
+
+
+def _positions(rule: Rule, scope: Any) -> str:
+    """Name the positions a rule read (`PID-3[2].1`), or what the author wrote when there are none."""
+    if rule.source_path is None:
+        return rule.source
+    try:
+        locations = [item.location for item in rule.source_path.resolve(scope)]
+    except Exception:  # noqa: BLE001 - --explain only: fall back to the text rather than fail the explanation
+        return rule.source
+    return ", ".join(dict.fromkeys(loc for loc in locations if loc)) or rule.source
 
 
 @dataclass(slots=True)

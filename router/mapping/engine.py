@@ -86,6 +86,7 @@ class _Run:
         ctx.current = inst
         ctx.untidy = False
         resource: dict[str, Any] = {"resourceType": use.template.fhir_type}
+        ctx.trace_prefix = [use.template.fhir_type] if ctx.trace is not None else ctx.trace_prefix
         use.template.block.build(scope, ctx, resource)
         if len(resource) == 1:
             return False

@@ -7,6 +7,7 @@ what it does in `docs/mapping-language.md`, generated from the docstrings here.
 
 from __future__ import annotations
 
+import base64 as _b64
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -175,6 +176,14 @@ def _compact(ctx: FnContext, v: _Values) -> str | None:
     return value or None
 
 
+def _base64(ctx: FnContext, v: _Values) -> str | None:
+    """Text → base64 of its UTF-8 bytes: a document's text as `Attachment.data` (base64Binary)."""
+    value = v.values[0]
+    if not value:
+        return None
+    return _b64.b64encode(value.encode("utf-8")).decode("ascii")
+
+
 def _upper(ctx: FnContext, v: _Values) -> str | None:
     return v.values[0].upper() if v.values[0] else None
 
@@ -238,6 +247,7 @@ LIBRARY: dict[str, Function] = {
         Function("oid_system", 1, _oid_system, "A KITH/Volven S attribute (OID) → urn:oid:<S>."),
         Function("uuid_urn", 1, _uuid_urn, "A UUID → urn:uuid:<uuid> (identifier values for MsgIds)."),
         Function("compact", 1, _compact, "Remove all whitespace (base64 wrapped over lines)."),
+        Function("base64", 1, _base64, "Text → base64 of its UTF-8 bytes (Attachment.data for a document's text)."),
         Function("upper", 1, _upper, "Upper-case a string."),
         Function("lower", 1, _lower, "Lower-case a string."),
         Function("trim", 1, _trim, "Strip surrounding spaces; empty becomes absent."),

@@ -82,6 +82,7 @@ class RunContext:
     children: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (parent instance, name) → instances
     trace: list[tuple[str, str, str]] | None = None  # (target, rule file:line, source) for --explain
     bindings: dict[str, str] = field(default_factory=dict)  # template parameter → resource name
+    trace_prefix: list[str] = field(default_factory=list)  # --explain: the path of the object being built
     untidy: bool = False  # a placed value may hold an empty element: the resource needs `prune`
 
 
