@@ -172,6 +172,7 @@ class Compiler:
     _params: tuple[str, ...] = ()  # parameters of the template being compiled; refs must name one
     check_path: Callable[[Any], str | None] | None = None  # the format's structure check (unknown fields)
     errors: list[MappingError] | None = None  # set to collect every error (lint) instead of stopping
+    overlay: Path | None = None  # a sender's folder whose files replace the base files of the same name
 
     # -- loading -------------------------------------------------------
     def load(self) -> dict[str, MessageMapping]:
@@ -181,7 +182,7 @@ class Compiler:
         collected, so lint reports every broken file at once.
         """
         for folder in ("tables", "datatypes", "segments"):
-            for path in sorted((self.root / folder).glob("*.yaml")):
+            for path in self._files(folder):
                 self._guard(self._register, folder, path)
         for (folder, name), (doc, _) in self._raw.items():
             if folder == "tables":
@@ -193,7 +194,7 @@ class Compiler:
             elif folder == "segments":
                 self._guard(self.template, name, pos)
         out: dict[str, MessageMapping] = {}
-        for path in sorted((self.root / "messages").glob("*.yaml")):
+        for path in self._files("messages"):
             mm = self._guard(self._message, path)
             if mm is not None:
                 out[mm.structure] = mm
@@ -206,6 +207,13 @@ class Compiler:
         for mm in out.values():
             mm.sha = digest.hexdigest()[:12]
         return out
+
+    def _files(self, folder: str) -> list[Path]:
+        """The YAML files of *folder*: the base's, each replaced by the overlay's file of the same name."""
+        files = {p.name: p for p in sorted((self.root / folder).glob("*.yaml"))}
+        if self.overlay is not None:
+            files.update({p.name: p for p in sorted((self.overlay / folder).glob("*.yaml"))})
+        return [files[name] for name in sorted(files)]
 
     def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self.errors is None:

@@ -6,7 +6,7 @@ swaps a single reference, so a message is always mapped by one consistent set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,19 +23,36 @@ class MappingSet:
     messages: dict[str, MessageMapping]
     structures: dict[str, str]
     compiler: Compiler
+    senders: dict[str, MappingSet] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, root: Path, compile_path: Callable[[str], Any], *, check_path: Callable[[Any], str | None] | None = None) -> MappingSet:
-        """Compile every mapping under *root* (e.g. `mappings/hl7v2`).
+    def load(cls, root: Path, compile_path: Callable[[str], Any], *, check_path: Callable[[Any], str | None] | None = None, overlay: Path | None = None) -> MappingSet:
+        """Compile every mapping under *root* (e.g. `mappings/hl7v2`), and each sender's overlay.
+
+        A sender overlay is a folder `senders/<KEY>/` holding any of `messages/`,
+        `segments/`, `datatypes/`, `tables/`: its files replace the base files of
+        the same name for messages from that sender (MSH-3 or MSH-4 namespace, or
+        the sender's HER-id), without copying the rest.
 
         Raises:
             MappingError: any file fails its checks; the error names file:line:col.
         """
-        compiler = Compiler(root, compile_path, check_path=check_path)
+        compiler = Compiler(root, compile_path, check_path=check_path, overlay=overlay)
         messages = compiler.load()
         table = root / "structures.yaml"
         structures = cls._structures(table, compiler, messages) if table.exists() else {}
-        return cls(root, messages, structures, compiler)
+        senders: dict[str, MappingSet] = {}
+        if overlay is None and (root / "senders").is_dir():
+            for folder in sorted(p for p in (root / "senders").iterdir() if p.is_dir()):
+                senders[folder.name] = cls.load(root, compile_path, check_path=check_path, overlay=folder)
+        return cls(root, messages, structures, compiler, senders)
+
+    def for_sender(self, *keys: str | None) -> MappingSet:
+        """Return the overlay set of the first key with one (application, facility, HER-id), else this set."""
+        for key in keys:
+            if key and key in self.senders:
+                return self.senders[key]
+        return self
 
     @staticmethod
     def _structures(table: Path, compiler: Compiler, messages: dict[str, MessageMapping]) -> dict[str, str]:
@@ -73,15 +90,18 @@ def lint(root: Path, compile_path: Callable[[str], Any], *, check_path: Callable
     """Run every load-time check on *root* and return all errors (empty when clean)."""
     if not (root / "messages").is_dir():
         return [MappingError("not a mapping folder: it has no messages/ folder", file=str(root), line=1, column=1)]
-    compiler = Compiler(root, compile_path, check_path=check_path, errors=[])
-    errors = compiler.errors if compiler.errors is not None else []
-    try:
-        messages = compiler.load()
-        table = root / "structures.yaml"
-        if table.exists():
-            MappingSet._structures(table, compiler, messages)
-    except MappingError as exc:
-        errors.append(exc)
+    errors: list[MappingError] = []
+    overlays = [None, *sorted(p for p in (root / "senders").iterdir() if p.is_dir())] if (root / "senders").is_dir() else [None]
+    for overlay in overlays:
+        compiler = Compiler(root, compile_path, check_path=check_path, errors=[], overlay=overlay)
+        try:
+            messages = compiler.load()
+            table = root / "structures.yaml"
+            if table.exists():
+                MappingSet._structures(table, compiler, messages)
+        except MappingError as exc:
+            compiler.errors.append(exc)  # type: ignore[union-attr]  # set above
+        errors.extend(e for e in compiler.errors or [] if str(e) not in {str(x) for x in errors})
     return errors
 
 

@@ -40,7 +40,8 @@ class KithConverter:
         if received.error is not None:
             raise received.error
         assert env is not None  # noqa: S101 - read_message returns an envelope when there is no error
-        mm = self.mappings.find_xml(env.payload_namespace, env.payload_root) if self.mappings else None
+        her_ids = [env.sender.her_id if env.sender else None]
+        mm = self.mappings.for_sender(*her_ids).find_xml(env.payload_namespace, env.payload_root) if self.mappings else None
         if mm is None:
             raise UnknownMessage(f"no mapping for {env.payload_root or env.root} in namespace {env.payload_namespace}", location="/")
         root = env.payload.getroottree().getroot() if env.payload is not None else None

@@ -73,7 +73,7 @@ class Converter:
         item.control_id = h.control_id or None
         item.sender = h.sender
         item.message_type = h.message_type
-        mm = self.mappings.find(h.message_code, h.trigger_event, h.structure)
+        mm = self.mappings.for_sender(h.sending_application, h.sending_facility).find(h.message_code, h.trigger_event, h.structure)
         if mm is None:
             raise UnknownMessage(f"no mapping for message type {h.message_type or '(empty)'} structure {h.structure or '(empty)'}", location="MSH-9")
         item.structure = mm.structure
