@@ -1,0 +1,73 @@
+"""Tests for router/mapping/library.py: every function of the mapping language, by its YAML name."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.errors import InvalidContent
+from router.mapping.library import LIBRARY, FnContext, call
+
+CTX = FnContext({"STOLAV": "urn:oid:2.16.578.1.12.4.1.7.3.2.1"}, "urn:helsebro:local:{authority}:{type}")
+
+
+def fn(name: str, *values: str | None):
+    return call(LIBRARY[name], CTX, list(values), [f"ARG-{i}" for i in range(len(values))])
+
+
+CASES = {
+    "date": [(("19610615",), "1961-06-15"), (("196106",), "1961-06"), ((None,), None)],
+    "datetime": [(("20240115083000",), "2024-01-15T08:30:00+01:00"), (("20240715083000",), "2024-07-15T08:30:00+02:00"), (("202401150830+0000",), "2024-01-15T08:30:00+00:00")],
+    "identifier_system": [
+        (("15866112379", "NOR", "FNR"), "urn:oid:2.16.578.1.12.4.1.4.1"),
+        (("55866110270", "NOR", "FNR"), "urn:oid:2.16.578.1.12.4.1.4.2"),
+        (("81234567802", None, "FHN"), "urn:oid:2.16.578.1.12.4.1.4.3"),
+        (("9144900", None, "HPR"), "urn:oid:2.16.578.1.12.4.1.4.4"),
+        (("112233", None, "HER"), "urn:oid:2.16.578.1.12.4.1.2"),
+        (("974749025", None, "ENH"), "urn:oid:2.16.578.1.12.4.1.4.101"),
+        (("4471002", "STOLAV", "PI"), "urn:oid:2.16.578.1.12.4.1.7.3.2.1"),
+        (("X1", "OTHER HOSP", "MR"), "urn:helsebro:local:OTHER-HOSP:MR"),
+        ((None, "NOR", "FNR"), None),
+    ],
+    "hd_system": [(("STOLAV", "974749025", "ENH"), "urn:oid:2.16.578.1.12.4.1.4.101"), (("X", "112233", "HER"), "urn:oid:2.16.578.1.12.4.1.2"), (("X", "1.2.3", "ISO"), "urn:oid:1.2.3"), (("STOLAV", None, None), "urn:oid:2.16.578.1.12.4.1.7.3.2.1")],
+    "hd_value": [(("STOLAV", "974749025", "ENH"), "974749025"), (("STOLAV", None, None), "STOLAV")],
+    "upper": [(("abc",), "ABC"), ((None,), None)],
+    "lower": [(("ABC",), "abc")],
+    "trim": [(("  a ",), "a"), (("   ",), None)],
+    "join": [(("Ola", None, "Nordmann"), "Ola Nordmann"), ((None, None), None)],
+    "lines": [(("a", None, "b"), "a\nb")],
+    "number": [(("13.2",), 13.2), (("7",), 7), (("<5",), None), (("pos",), None)],
+    "mime": [(("application", "pdf"), "application/pdf"), (("TEXT", None), "text/plain"), (("image/png", None), "image/png")],
+    "uuid5": [(("a", "b"), "9a9c7f6b-04f4-5b5b-8b0f-1a0f3f3c5c9e")],
+    "uuid_urn": [(("3F2B6F0E-8F1C-4C55-9A59-2F3D7D1C0A01",), "urn:uuid:3f2b6f0e-8f1c-4c55-9a59-2f3d7d1c0a01"), ((None,), None)],
+    "compact": [(("QUJD\nREVG\n",), "QUJDREVG")],
+    "xml_datetime": [(("2018-01-30T15:34:47",), "2018-01-30T15:34:47+01:00"), (("2018-07-30",), "2018-07-30"), (("2018-01-30T15:34:47Z",), "2018-01-30T15:34:47+00:00")],
+    "oid_system": [(("2.16.578.1.12.4.1.1.7110",), "urn:oid:2.16.578.1.12.4.1.1.7110"), (("http://loinc.org",), "http://loinc.org")],
+}
+
+
+class TestLibrary:
+    def test_every_function_is_tested(self):
+        """Every library function has cases here or in a sibling test_library_*.py that names it."""
+        from pathlib import Path
+
+        assert set(CASES) <= set(LIBRARY)
+        siblings = "".join(p.read_text() for p in Path(__file__).parent.glob("test_library_*.py"))
+        untested = [name for name in LIBRARY if name not in CASES and f'"{name}"' not in siblings]
+        assert untested == []
+
+    @pytest.mark.parametrize(("name", "args", "want"), [(n, a, w) for n, cases in CASES.items() for a, w in cases if n != "uuid5"])
+    def test_function(self, name, args, want):
+        """Each function gives the documented result."""
+        assert fn(name, *args) == want
+
+    def test_uuid5_is_deterministic_and_distinct(self):
+        """uuid5 gives the same id for the same parts and a different one for other parts."""
+        assert fn("uuid5", "a", "b") == fn("uuid5", "a", "b") != fn("uuid5", "a", "c")
+
+    @pytest.mark.parametrize(("name", "args"), [("identifier_system", ("15866112378", "NOR", "FNR")), ("identifier_system", ("974749024", None, "ENH")), ("datetime", ("2024-13-01",)), ("xml_datetime", ("30.01.2018",))])
+    def test_bad_values_are_refused_with_their_position(self, name, args):
+        """A value that cannot be what it claims is refused, naming the argument's position."""
+        with pytest.raises(InvalidContent) as err:
+            fn(name, *args)
+        assert err.value.location and err.value.location.startswith("ARG-")
+        assert "15866112378" not in err.value.reason
