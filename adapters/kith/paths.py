@@ -40,11 +40,11 @@ class XmlScope:
 
     __slots__ = ("root", "node", "bindings", "reads", "_loc")
 
-    def __init__(self, root: Any, node: Any, bindings: tuple[tuple[str, str], ...], reads: set[int], loc: str = "") -> None:
+    def __init__(self, root: Any, node: Any, bindings: tuple[tuple[str, str], ...], reads: set[Any], loc: str = "") -> None:
         self.root = root
         self.node = node
         self.bindings = bindings  # prefix → namespace URI chosen for this document
-        self.reads = reads  # ids of elements whose value was read (for the unmapped report)
+        self.reads = reads  # elements whose value was read (held, so their identity stays stable)
         self._loc = loc
 
     # The mapping runtime's scope protocol (shared with HL7 v2) -----------------
@@ -130,6 +130,7 @@ class XmlPath:
     sub = 0
     is_segment = False
     is_leaf = True
+    multi_valued = True  # a variadic function (lines, join) gets every node the XPath selects
 
     def __init__(self, text: str, prefixes: dict[str, tuple[str, ...]]) -> None:
         self.text = text
@@ -164,7 +165,7 @@ class XmlPath:
         out = []
         for node in result:
             if isinstance(node, etree._Element):
-                scope.reads.add(id(node))
+                scope.reads.add(node)
                 value = _text(node)
                 if value or len(node) or node.attrib:  # a coded element (CV) is all attributes
                     out.append(XmlItem(value, node))
@@ -173,7 +174,7 @@ class XmlPath:
                 if text:
                     parent = node.getparent() if hasattr(node, "getparent") else None
                     if parent is not None:
-                        scope.reads.add(id(parent))
+                        scope.reads.add(parent)
                     out.append(XmlItem(text, node))
         return out
 
@@ -219,3 +220,28 @@ def path_compiler(prefixes: dict[str, tuple[str, ...]]) -> Any:
         return XmlPath(text.strip(), prefixes)
 
     return compile_path
+
+
+def unmapped(root: Any, reads: set[Any]) -> list[str]:
+    """Name every element with text or a coded value (V) in the payload that no rule read.
+
+    An element counts as read when it, or an element holding it, was read as a
+    value (a whole element read as text or mapped by a datatype covers its children).
+    """
+    out: list[str] = []
+    covered: set[Any] = set()
+    for el in root.iter():
+        if not isinstance(el.tag, str):
+            continue
+        parent = el.getparent()
+        if el in reads or (parent is not None and parent in covered):
+            covered.add(el)
+            continue
+        has_value = (el.text or "").strip() and len(el) == 0 or el.get("V") is not None
+        if has_value and etree.QName(el).localname not in _ENVELOPE_ONLY:
+            out.append(where(el))
+    return out
+
+
+# Header elements the engine itself reads (ids, dates, types, AppRec addressing).
+_ENVELOPE_ONLY = frozenset({"MIGversion", "MsgId", "GenDate", "Type", "IssueDate", "MsgType", "RefToParent", "RefToConversation", "ProcessingStatus", "Ack"})

@@ -265,7 +265,7 @@ def _fn_args(c: Compiler, node: YMap, put: Put) -> tuple[Produce, Step | None]:
         raise _err(f"function {fn.name} takes {fn.arity} arguments, not {len(args)}", node.pos("args"))
     paths = [c._path(a, args.pos(i)) for i, a in enumerate(args)]
     # A `[*]` argument gives all its values (e.g. every repetition of OBX-5 to `lines`).
-    multi = [getattr(p, "rep", None) == -1 or getattr(p, "seg_rep", None) == -1 for p in paths]
+    multi = [getattr(p, "rep", None) == -1 or getattr(p, "seg_rep", None) == -1 or (fn.arity < 0 and getattr(p, "multi_valued", False)) for p in paths]
 
     def produce(scope: Any, ctx: RunContext) -> list[Any]:
         values: list[str | None] = []

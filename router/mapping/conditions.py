@@ -4,6 +4,7 @@
     PID-3.5 in [FNR, DNR, NNNOR]     PID-8 not valued
     MSH-9.2 != A11 and (PV1-45 valued or EVN-1 = A03)
     PID-5.1 matches '^[A-ZÆØÅ]'
+    `//po:Forsendelsesstatus[@V = "C"]` valued      (backticks: a path with spaces or operators)
 
 There is no way to call Python from here: the grammar has paths, literals and
 these operators, nothing else. Paths compile through the source format's path
@@ -31,7 +32,7 @@ class ConditionSyntaxError(ValueError):
     """The condition does not parse; the message says where."""
 
 
-_TOKEN = re.compile(r"""\s*(?:(?P<str>'[^']*'|"[^"]*")|(?P<op>!=|=|\(|\)|\[|\]|,)|(?P<word>[^\s()\[\],=!'"](?:[^\s()\[\],=!'"]|\[[^\]\s]*\])*))""")
+_TOKEN = re.compile(r"""\s*(?:(?P<path>`[^`]+`)|(?P<str>'[^']*'|"[^"]*")|(?P<op>!=|=|\(|\)|\[|\]|,)|(?P<word>[^\s()\[\],=!'"](?:[^\s()\[\],=!'"]|\[[^\]\s]*\])*))""")
 _KEYWORDS = {"and", "or", "not", "valued", "in", "matches"}
 
 
@@ -102,6 +103,8 @@ class _Parser:
             return inner
         if tok in _KEYWORDS or tok[0] in "'\"":
             raise ConditionSyntaxError(f"expected a path but found {tok!r}")
+        if tok[0] == "`":  # a path with spaces, brackets or operators of its own (XPath predicates)
+            tok = tok[1:-1]
         try:
             path = self.compile_path(tok)
         except ValueError as exc:

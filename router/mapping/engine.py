@@ -20,7 +20,9 @@ FALLBACK_SYSTEM = "urn:helsebro:identity"
 
 
 def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any) -> tuple[str, str]:
-    idents = [i for i in resource.get("identifier", []) if i.get("system") and i.get("value")]
+    found = resource.get("identifier", [])
+    single = isinstance(found, dict)  # Composition, Bundle…: one Identifier, not a list
+    idents = [i for i in ([found] if single else found) if i.get("system") and i.get("value")]
     tpl = use.template
     for system in tpl.prefer:
         for ident in idents:
@@ -32,9 +34,20 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any) -> tuple[s
         parts = [it.raw for p in tpl.fallback for it in p.resolve(scope)[:1]]
         if parts:
             value = uuid5_id(tpl.fhir_type, *parts)
-            resource.setdefault("identifier", []).append({"system": FALLBACK_SYSTEM, "value": value})
+            derived = {"system": FALLBACK_SYSTEM, "value": value}
+            if single or _single_identifier(tpl.fhir_type):
+                resource["identifier"] = derived
+            else:
+                resource.setdefault("identifier", []).append(derived)
             return FALLBACK_SYSTEM, value
     raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier to make it unique", location=None)
+
+
+def _single_identifier(fhir_type: str) -> bool:
+    from router.mapping import fhir_model
+
+    el = fhir_model.elements(fhir_type).get("identifier")
+    return el is not None and not el.is_list
 
 
 class _Run:

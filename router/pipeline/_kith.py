@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.kith import read_message, schema_set
-from adapters.kith.paths import XmlScope, bind, path_compiler
+from adapters.kith.paths import XmlScope, bind, path_compiler, unmapped
 from router.contracts import Converted
 from router.errors import UnknownMessage
 from router.mapping import MappingSet, run_mapping
@@ -53,4 +53,5 @@ class KithConverter:
         item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain)
         if explain is not None:
             item.bundle["_explain"] = explain
+        item.unmapped = unmapped(root, scope.reads)
         return scope
