@@ -20,7 +20,7 @@ _TYPES = (
     "MedicationAdministration", "MedicationRequest", "MedicationStatement", "Observation", "Organization",
     "Patient", "Practitioner", "PractitionerRole", "Procedure", "RelatedPerson", "ServiceRequest", "Specimen",
 )
-_PARAM_TYPES = {"_id": "token", "identifier": "token", "patient": "reference", "subject": "reference"}
+_PARAM_TYPES = {"_id": "token", "identifier": "token", "patient": "reference", "subject": "reference", "_tag": "token"}
 _STATUS = {"created": "201 Created", "updated": "200 OK", "unchanged": "200 OK", "deleted": "200 OK"}
 
 
@@ -45,7 +45,7 @@ def capability(base: str) -> FhirJson:
             "updateCreate": True,
             "conditionalCreate": True,
             "conditionalUpdate": True,
-            "conditionalDelete": "single",
+            "conditionalDelete": "multiple",
             "searchParam": [{"name": p, "type": _PARAM_TYPES[p]} for p in params],
         })
     return {

@@ -12,8 +12,11 @@ from typing import Any, Iterable
 from router.contracts import FhirJson
 from router.errors import InvalidContent
 
-SEARCH_PARAMS = ("_id", "identifier", "patient", "subject")
+SEARCH_PARAMS = ("_id", "identifier", "patient", "subject", "_tag")
 """Search parameters the record understands, on every resource type."""
+
+INDEXED_TAG_SYSTEMS = ("urn:helsebro:document",)
+"""meta.tag systems the record indexes for `_tag` (Helsebro's document identity)."""
 
 REFERENCE_ELEMENTS = ("subject", "patient")
 """Top-level elements whose references are indexed for `patient` and `subject`."""
@@ -42,6 +45,9 @@ def search_sql(resource_type: str, params: Iterable[tuple[str, str]], *, select:
             clause, more = _token(value)
             where.append(clause)
             args.extend([resource_type, *more])
+        elif name == "_tag":
+            where.append(_REF.format("= '_tag'"))
+            args.extend([resource_type, value])
         elif name in ("patient", "subject"):
             target = value if "/" in value else f"Patient/{value}"
             if name == "patient" and not target.startswith("Patient/"):
@@ -65,8 +71,12 @@ def _token(value: str) -> tuple[str, list[str]]:
 
 
 def references(resource: FhirJson) -> list[tuple[str, str]]:
-    """Return (element, reference) for the indexed references of *resource*."""
+    """Return (element, reference) for the indexed references of *resource*, and its indexed tags as ("_tag", "system|code")."""
     out: list[tuple[str, str]] = []
+    meta = resource.get("meta")
+    for tag in meta.get("tag", []) if isinstance(meta, dict) else []:
+        if isinstance(tag, dict) and tag.get("system") in INDEXED_TAG_SYSTEMS and isinstance(tag.get("code"), str):
+            out.append(("_tag", f"{tag['system']}|{tag['code']}"))
     for element in REFERENCE_ELEMENTS:
         value = resource.get(element)
         for ref in value if isinstance(value, list) else [value]:

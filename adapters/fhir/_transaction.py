@@ -19,7 +19,7 @@ from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
 from router.errors import InvalidContent
 
-Action = Literal["write", "delete", "noop"]
+Action = Literal["write", "delete", "noop", "delete-all"]
 """What an entry will do once its identity is known."""
 
 
@@ -59,13 +59,23 @@ def apply_entries(db: Db, entries: list[Entry], now: str) -> tuple[AppliedEntry,
     """
     writer = _Writer(db, now)
     plans = [writer.resolve(e) for e in entries]
+    # A conditional DELETE that matches several resources deletes them all, except
+    # the ones this Bundle writes: "replace the document's resources with these"
+    # (Helsebro's document change and cancel; see router/mapping/engine.py).
+    written = {(e.resource_type, id_) for e, (action, id_) in zip(entries, plans) if action == "write"}
     targets = {
         e.full_url: f"{e.resource_type}/{id_}"
         for e, (_, id_) in zip(entries, plans, strict=True)
         if e.full_url and e.resource is not None
     }
     resources = [rewrite(e.resource, targets, e.location) if e.resource is not None else None for e in entries]
-    return tuple(writer.perform(e, action, id_, res) for e, (action, id_), res in zip(entries, plans, resources, strict=True))
+    out = []
+    for e, (action, id_), res in zip(entries, plans, resources, strict=True):
+        if action == "delete-all":
+            out.append(writer.delete_all(e, [i for i in id_.split(",") if i and (e.resource_type, i) not in written]))
+        else:
+            out.append(writer.perform(e, action, id_, res))
+    return tuple(out)
 
 
 class _Writer:
@@ -85,6 +95,8 @@ class _Writer:
         if entry.criteria is None:  # plain POST: the server names it
             return "write", self._new_id(entry)
         matches = self._find(entry.resource_type, entry.criteria)
+        if entry.method == "DELETE" and len(matches) > 1:
+            return "delete-all", ",".join(matches)
         if len(matches) > 1:
             raise InvalidContent("condition has multiple matches", location=entry.location)
         if entry.method == "DELETE":
@@ -106,6 +118,13 @@ class _Writer:
         stub = {"resourceType": entry.resource_type, "id": id_, "meta": {"versionId": str(version), "lastUpdated": self._now}}
         self._write(entry.resource_type, id_, version, stub, digest="", deleted=True, existed=True)
         return AppliedEntry(entry.resource_type, id_, version, "deleted")
+
+    def delete_all(self, entry: Entry, ids: list[str]) -> AppliedEntry:
+        """Delete every resource a multiple-match conditional DELETE found; report the last."""
+        last = AppliedEntry(entry.resource_type, "", 0, "unchanged")
+        for id_ in ids:
+            last = self.perform(entry, "delete", id_, None)
+        return last
 
     def _put(self, resource_type: str, id_: str, resource: FhirJson) -> AppliedEntry:
         content = _content(resource, id_)

@@ -113,6 +113,7 @@ class XPathSyntaxError(ValueError):
     """An XPath does not compile or uses an undeclared prefix."""
 
 
+_AXIS = re.compile(r"[A-Za-z-]+::")
 _PREFIX = re.compile(r"(?<![\w:@-])([A-Za-z_][\w.-]*):(?!:)")
 
 
@@ -134,7 +135,8 @@ class XmlPath:
 
     def __init__(self, text: str, prefixes: dict[str, tuple[str, ...]]) -> None:
         self.text = text
-        used = {p for p in _PREFIX.findall(text) if p not in ("http", "https", "urn")}
+        scan = _AXIS.sub(" ", re.sub(r"'[^']*'|\"[^\"]*\"", " ", text))  # literals and axes (`parent::`) hide no prefixes
+        used = {p for p in _PREFIX.findall(scan) if p not in ("http", "https", "urn")}
         unknown = sorted(used - set(prefixes))
         if unknown:
             raise XPathSyntaxError(f"{text!r} uses the undeclared namespace prefix {unknown[0]!r} (declare it in namespaces.yaml)")

@@ -16,6 +16,11 @@ result must not overwrite the demographics an ADT feed keeps current.
 `write: by-id` writes it at the id its identity gives (PUT Type/id), for a merge
 that retires the old Patient after moving its identifiers to the survivor.
 
+`document: {identity: [paths]}` makes the message a document: every resource it
+writes with `update` is tagged with the document identity, and each message of
+that document replaces the resources the previous one made (a change drops what
+the new version lacks, a cancel drops everything it does not restate).
+
 A nested resource sees its enclosing instance by name (`ref: report` is *its*
 report), and an enclosing resource lists its own children with `refs:`.
 """
@@ -38,7 +43,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     from router.mapping.compiler import MessageMapping, _check_keys, _err, _need
 
     doc = c._doc(path)
-    _check_keys(doc, {"message", "description", "events", "match", "resources"}, "a message mapping")
+    _check_keys(doc, {"message", "description", "events", "match", "document", "resources"}, "a message mapping")
     structure = str(_need(doc, "message", "a message mapping"))
     if path.stem != structure:
         raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
@@ -49,7 +54,33 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     match = doc.get("match") or []
     if not isinstance(match, list):
         raise _err("match must be a list of payload namespaces (or root element names)", doc.pos("match"))
-    return MessageMapping(structure, tuple(str(e) for e in raw_events), uses, c._show(path), "", tuple(str(m) for m in match))
+    mm = MessageMapping(structure, tuple(str(e) for e in raw_events), uses, c._show(path), "", tuple(str(m) for m in match))
+    if "document" in doc:
+        mm.document = _document(c, doc)
+        mm.owned_types = tuple(sorted({u.template.fhir_type for u in _walk(uses) if u.write == "update"}))
+    return mm
+
+
+def _document(c: Compiler, doc: YMap) -> tuple[Any, ...]:
+    """`document: {identity: [paths]}` — what makes a change or a cancel hit the same document."""
+    from router.mapping.compiler import _check_keys, _err
+
+    block = doc["document"]
+    if not isinstance(block, YMap):
+        raise _err("document must be a mapping with identity: [paths]", doc.pos("document"))
+    _check_keys(block, {"identity", "note"}, "document")
+    paths = block.get("identity")
+    if not isinstance(paths, YList) or not paths:
+        raise _err("document.identity must list one or more paths (the first that has a value wins)", block.pos("identity"))
+    return tuple(c._path(p, paths.pos(i)) for i, p in enumerate(paths))
+
+
+def _walk(uses: list[ResourceUse]) -> list[ResourceUse]:
+    out: list[ResourceUse] = []
+    for u in uses:
+        out.append(u)
+        out.extend(_walk(u.children))
+    return out
 
 
 def _uses(c: Compiler, parent: YMap, key: str, names: set[str]) -> list[ResourceUse]:

@@ -155,6 +155,8 @@ class MessageMapping:
     file: str
     sha: str
     match: tuple[str, ...] = ()  # XML: the payload namespaces (or root names) this mapping converts
+    document: tuple[Any, ...] = ()  # paths giving the document identity (first valued), for change/cancel
+    owned_types: tuple[str, ...] = ()  # resource types the document owns (written with `update`)
 
 
 @dataclass(slots=True)

@@ -9,11 +9,15 @@ that are built after it.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from router.errors import InvalidContent
 from router.mapping.compiler import MessageMapping, ResourceUse
 from router.mapping.functions import uuid5_id
 from router.mapping.runtime import RunContext, conditional_entry, prune, resolve_refs
+
+DOCUMENT_SYSTEM = "urn:helsebro:document"
+"""meta.tag system that marks the resources a document owns (the record indexes it for `_tag`)."""
 
 FALLBACK_SYSTEM = "urn:helsebro:identity"
 """System of the identifier Helsebro derives when a source carries none (documented in docs/mapping-language.md)."""
@@ -124,6 +128,27 @@ class _Run:
         return True
 
 
+def _own(mm: MessageMapping, scope: Any, run: _Run) -> None:
+    """Tag the document's own resources and replace what earlier messages of it made.
+
+    One conditional DELETE per owned type, by tag, goes first: the record deletes
+    the document's resources this Bundle does not write again (a change drops
+    what the new version lacks; a cancel that restates nothing drops them all).
+    """
+    doc_id = next((items[0].raw for p in mm.document if (items := p.resolve(scope))), None)
+    if not doc_id:
+        raise InvalidContent("the message has no document identity", location=getattr(mm.document[0], "text", None))
+    code = f"{mm.structure}/{doc_id}"
+    owned = set(mm.owned_types)
+    for entry in run.entries:
+        resource = entry["resource"]
+        if resource["resourceType"] in owned and entry["request"]["method"] == "PUT":
+            resource.setdefault("meta", {}).setdefault("tag", []).append({"system": DOCUMENT_SYSTEM, "code": code})
+    deletes = [{"request": {"method": "DELETE", "url": f"{t}?_tag={quote(DOCUMENT_SYSTEM, safe=':/.')}|{quote(code, safe='')}"}} for t in mm.owned_types]
+    run.entries[:0] = deletes
+    run.untidy[:0] = [False] * len(deletes)
+
+
 def run_mapping(mm: MessageMapping, scope: Any, fn_ctx: Any, *, trace: list[tuple[str, str, str]] | None = None) -> dict[str, Any]:
     """Build the transaction Bundle for one message.
 
@@ -133,8 +158,10 @@ def run_mapping(mm: MessageMapping, scope: Any, fn_ctx: Any, *, trace: list[tupl
     run = _Run(RunContext(fn_ctx, trace=trace))
     run.uses(mm.resources, scope, "")
     dropped = resolve_refs(run.ctx)
+    if mm.document:
+        _own(mm, scope, run)
     for entry, flagged in zip(run.entries, run.untidy):
-        if flagged or dropped:  # the rest cannot hold an empty element: skip the walk
+        if (flagged or dropped) and "resource" in entry:  # the rest cannot hold an empty element: skip the walk
             prune(entry["resource"])
     return {
         "resourceType": "Bundle",

@@ -83,7 +83,7 @@ class TestRest:
         assert (body["resourceType"], body["fhirVersion"]) == ("CapabilityStatement", "4.0.1")
         assert body["rest"][0]["interaction"] == [{"code": "transaction"}]
         encounter = next(r for r in body["rest"][0]["resource"] if r["type"] == "Encounter")
-        assert {p["name"] for p in encounter["searchParam"]} == {"_id", "identifier", "patient", "subject"}
+        assert {p["name"] for p in encounter["searchParam"]} == {"_id", "identifier", "patient", "subject", "_tag"}
 
     def test_transaction(self, client):
         """POST of a transaction returns a transaction-response with status, location and etag."""

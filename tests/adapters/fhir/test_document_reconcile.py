@@ -1,0 +1,50 @@
+"""The record's document semantics: `_tag` search, and a conditional DELETE that replaces a document's resources."""
+
+from __future__ import annotations
+
+DOC = "urn:helsebro:document|conv-1"
+
+
+def _condition(code: str, *, tag: bool = True) -> dict:
+    res = {"resourceType": "Condition", "id": f"c-{code}", "identifier": [{"system": "urn:test", "value": code}], "subject": {"reference": "Patient/p1"}, "code": {"text": code}}
+    if tag:
+        res["meta"] = {"tag": [{"system": "urn:helsebro:document", "code": "conv-1"}]}
+    return res
+
+
+def _bundle(*codes: str, replace: bool = False) -> dict:
+    entries = []
+    if replace:
+        entries.append({"request": {"method": "DELETE", "url": f"Condition?_tag={DOC}"}})
+    entries += [{"fullUrl": f"urn:uuid:{c}", "resource": _condition(c), "request": {"method": "PUT", "url": f"Condition?identifier=urn:test|{c}"}} for c in codes]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+class TestDocumentReplace:
+    def test_tag_search_finds_the_documents_resources(self, record):
+        """`_tag` finds every current resource carrying the document's tag."""
+        record.apply(_bundle("a", "b"))
+        assert {r["id"] for r in record.search("Condition", {"_tag": DOC})} == {"c-a", "c-b"}
+
+    def test_a_change_drops_what_the_new_version_lacks_and_keeps_the_rest_unchanged(self, record):
+        """Replacing (a, b) by (b, c) deletes a, leaves b at its version, and creates c."""
+        record.apply(_bundle("a", "b"))
+        result = record.apply(_bundle("b", "c", replace=True))
+        assert [e.outcome for e in result.entries] == ["deleted", "unchanged", "created"]
+        assert record.read("Condition", "c-a") is None
+        assert record.read("Condition", "c-b")["meta"]["versionId"] == "1"
+        assert {r["id"] for r in record.search("Condition", {"_tag": DOC})} == {"c-b", "c-c"}
+
+    def test_a_cancel_deletes_every_resource_of_the_document(self, record):
+        """A replace with no resources left (a cancel) deletes them all, keeping their history."""
+        record.apply(_bundle("a", "b"))
+        record.apply(_bundle(replace=True))
+        assert record.search("Condition", {"_tag": DOC}) == []
+        assert len(record.history("Condition", "c-a")) == 2
+
+    def test_untagged_resources_are_left_alone(self, record):
+        """Only resources carrying the document's tag are touched."""
+        record.apply({"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": _condition("z", tag=False), "request": {"method": "PUT", "url": "Condition/c-z"}}]})
+        record.apply(_bundle("a", "b"))
+        record.apply(_bundle(replace=True))
+        assert record.read("Condition", "c-z") is not None

@@ -1,0 +1,258 @@
+"""e-resept → FHIR R4: the ERM1/ERM10/ERM96/ERM912/ERM25 mappings over the Sarepta corpus and by hand.
+
+The corpus tests read ../shared/norsk/eksempel/eresept (skipped when ../shared is
+absent) and validate against the national XSDs in ../shared/norsk/skjema.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import pytest
+from lxml import etree
+
+from router.cli import main
+
+MSGHEAD = "{http://www.kith.no/xmlstds/msghead/2006-05-24}"
+URI = "urn:ietf:rfc:3986"
+ATC = "urn:oid:2.16.578.1.12.4.1.1.7180"
+
+IN_SCOPE = {"ERM1", "ERM10", "ERM96", "ERM251", "ERM252", "ERM253"}
+"""MsgInfo/Type values Helsebro maps (ERM912 is mapped too, but no corpus example reaches the mapping: see REFUSED)."""
+
+REFUSED = {
+    # The KITH adapter refuses these before any mapping runs; each with the reason it gives.
+    "Diverse eksempler/M96-b64.xml": "the national schema for",  # MsgHead + m96/2009-03-18 set does not compile (XSD missing)
+    "Lege endrer på legemiddelbehandling/M912 Nedlasting av PLL.xml": "no national schema for namespace http://www.kith.no/xmlstds/eresept/m912/2014-01-21",
+    "Påmelding multidose/M912 Nedlasting av PLL apotek.xml": "no national schema for namespace http://www.kith.no/xmlstds/eresept/m912/2014-01-21",
+    "Rekvirent rekvirerer kun resept og leverer ikke PLL/M912 Nedlasting av PLL.xml": "no national schema for namespace http://www.kith.no/xmlstds/eresept/m912/2014-01-21",
+}
+
+BARE = {
+    # e-resept payloads without a MsgHead: nothing to answer, so UnknownMessage ("not a message Helsebro reads").
+    f"Diverse eksempler/{name}.xml"
+    for name in (
+        "ER-M14-2008-12-12-eksempel1",
+        "ER-M241-2009-02-20-eksempel1",
+        "ER-M242-2008-10-03-eksempel1",
+        "ER-M3-2010-05-01-eksempel1",
+        "ER-M41-2006-10-06-example",
+        "ER-M42-2006-10-06-example",
+        "ER-M5-2013-04-16-eksempel1",
+        "ER-M7-2008-05-01-eksempel1",
+        "ER-M91-2013-10-08-eksempel1",
+        "ER-M91-2013-10-08-eksempel2",
+        "ER-M92-2013-10-08-eksempel1",
+        "ER-M93-2008-04-29-eksempel1",
+        "ER-M94-2010-07-01-eksempel1",
+    )
+}
+
+EXPECTED_COUNTS = {
+    # MsgInfo/Type (root element name for bare payloads) → (examples, Bundles)
+    "ERM1": (7, 7),
+    "ERM10": (2, 2),
+    "ERM96": (3, 2),  # + M96-b64 refused (XSD)
+    "ERM251": (2, 2),
+    "ERM252": (2, 2),
+    "ERM912": (3, 0),  # namespace not in the catalog
+    # out of scope: "no mapping for …" (UnknownMessage)
+    "ERM14": (2, 0),
+    "ERM15": (4, 0),
+    "ERM18": (1, 0),
+    "ERM20": (1, 0),
+    "ERM21": (1, 0),
+    "ERM22": (1, 0),
+    "ERM23": (1, 0),
+    "ERM241": (2, 0),
+    "ERM242": (2, 0),
+    "ERM271": (2, 0),
+    "ERM272": (2, 0),
+    "ERM28": (1, 0),
+    "ERM3": (2, 0),
+    "ERM041": (1, 0),  # M4.1/M4.2 MsgHead examples write the type with a leading zero
+    "ERM042": (1, 0),
+    "ERM5": (2, 0),
+    "ERM52": (2, 0),
+    "ERM6": (1, 0),
+    "ERM7": (2, 0),
+    "ERM91": (2, 0),
+    "ERM92": (2, 0),
+    "ERM93": (2, 0),
+    "ERM94": (2, 0),
+    "ERM95": (2, 0),
+    "ERM97": (2, 0),
+    "ERM98": (2, 0),
+    "ERM911": (3, 0),
+    "(bare payload)": (13, 0),
+}
+
+
+def _corpus(shared_dir: Path) -> Path:
+    folder = shared_dir / "norsk" / "eksempel" / "eresept"
+    if not folder.is_dir():
+        pytest.skip("../shared/norsk/eksempel/eresept is not there")
+    return folder
+
+
+def _type_of(path: Path) -> str:
+    root = etree.parse(str(path)).getroot()
+    if root.tag != f"{MSGHEAD}MsgHead":
+        return "(bare payload)"
+    return root.find(f"{MSGHEAD}MsgInfo/{MSGHEAD}Type").get("V")
+
+
+def _convert(monkeypatch, shared_dir: Path, *files: Path) -> list[dict]:
+    """Run `helsebro convert` on files; return one document per file."""
+    from router.pipeline.convert import Converter
+    from router.settings import load_settings
+
+    monkeypatch.setenv("HELSEBRO_XSD_DIR", str(shared_dir / "norsk" / "skjema"))
+    conv = Converter(load_settings())
+    out = []
+    for f in files:
+        (r,) = conv.convert(f.read_bytes())
+        out.append(r.bundle if r.ok else r.outcome())
+    return out
+
+
+def _entries(bundle: dict, rtype: str) -> list[dict]:
+    return [e for e in bundle["entry"] if e["resource"]["resourceType"] == rtype]
+
+
+@pytest.mark.corpus
+class TestEreseptCorpus:
+    def test_every_example_is_a_valid_bundle_or_an_expected_refusal(self, shared_dir, tmp_path, monkeypatch, capsys):
+        """convert over the whole e-resept folder: no crash; Bundles valid R4; refusals only where listed."""
+        from fhir.resources.R4B.bundle import Bundle
+
+        folder = _corpus(shared_dir)
+        monkeypatch.setenv("HELSEBRO_XSD_DIR", str(shared_dir / "norsk" / "skjema"))
+        code = main(["convert", "--out", str(tmp_path), str(folder)])
+        assert code in (0, 1)  # 1: some messages were refused, as listed below
+        counts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+        files = sorted(f for f in folder.rglob("*.xml"))
+        assert len(files) == 80
+        for f in files:
+            rel = f.relative_to(folder).as_posix()
+            out = tmp_path / (rel + ".ndjson")
+            assert out.exists(), f"no output for {rel}"
+            docs = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+            assert len(docs) == 1, rel
+            doc = docs[0]
+            kind = _type_of(f)
+            counts[kind][0] += 1
+            if doc["resourceType"] == "Bundle":
+                counts[kind][1] += 1
+                assert kind in IN_SCOPE, f"{rel}: {kind} is out of scope but was mapped"
+                Bundle.model_validate(doc)
+                continue
+            reason = doc["issue"][0].get("diagnostics", "")
+            if rel in REFUSED:
+                assert REFUSED[rel] in reason, f"{rel}: {reason}"
+            elif rel in BARE:
+                assert "is not a message Helsebro reads" in reason, f"{rel}: {reason}"
+            else:
+                assert kind not in IN_SCOPE, f"{rel} ({kind}) should map, but: {reason}"
+                assert reason.startswith("no mapping for "), f"{rel}: {reason}"
+        assert {k: tuple(v) for k, v in counts.items()} == EXPECTED_COUNTS
+
+    def test_m1_by_hand(self, shared_dir, monkeypatch):
+        """Lege endrer …/M1 Resept.xml: MsgId ef36537f-… is the ReseptId; Ibux 400 mg, ATC M01AE01, varenr 154021."""
+        folder = _corpus(shared_dir)
+        (bundle,) = _convert(monkeypatch, shared_dir, folder / "Lege endrer på legemiddelbehandling" / "M1 Resept.xml")
+        (mr_entry,) = _entries(bundle, "MedicationRequest")
+        mr = mr_entry["resource"]
+        assert mr["identifier"] == [{"system": URI, "value": "urn:uuid:ef36537f-563b-4fb1-b93d-1681170f9817"}]
+        assert mr_entry["request"]["method"] == "PUT"
+        assert mr["status"] == "active" and mr["intent"] == "order"
+        med = mr["medicationCodeableConcept"]
+        assert {"system": ATC, "code": "M01AE01", "display": "Ibuprofen"} in med["coding"]
+        assert {"system": "urn:helsebro:fest:varenummer", "code": "154021", "display": "Ibux Tab 400 mg"} in med["coding"]
+        assert med["text"] == "Ibux Tab 400 mg"
+        assert mr["authoredOn"] == "2019-07-17"
+        assert mr["dosageInstruction"][0]["text"].startswith("1 tablett morgen, 1 tablett midt på dagen")
+        assert mr["dispenseRequest"]["validityPeriod"] == {"start": "2019-07-17", "end": "2020-07-16"}
+        assert mr["dispenseRequest"]["numberOfRepeatsAllowed"] == 0
+        assert mr["dispenseRequest"]["quantity"] == {"value": 1, "unit": "pakning"}
+        # subject: the patient by FNR; requester: the prescriber's role (HPR) at the HER-identified office
+        by_url = {e["fullUrl"]: e for e in bundle["entry"]}
+        patient = by_url[mr["subject"]["reference"]]
+        assert patient["resource"]["identifier"] == [{"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": "21014605158"}]
+        assert patient["request"]["method"] == "POST"  # write: create
+        role = by_url[mr["requester"]["reference"]]["resource"]
+        practitioner = by_url[role["practitioner"]["reference"]]["resource"]
+        organization = by_url[role["organization"]["reference"]]["resource"]
+        assert practitioner["identifier"] == [{"system": "urn:oid:2.16.578.1.12.4.1.4.4", "value": "431002737"}]
+        assert {"system": "urn:oid:2.16.578.1.12.4.1.2", "value": "8095068"} in organization["identifier"]
+        assert {"system": "urn:oid:2.16.578.1.12.4.1.4.101", "value": "100169444"} in organization["identifier"]
+
+    @pytest.mark.parametrize(
+        ("m10", "m1"),
+        [
+            ("Ekspedering og utlevering/M10 Utleveringsrapport.xml", "Rekvirent rekvirerer kun resept og leverer ikke PLL/M1 Resept.xml"),
+            ("Søknad om godkjenningsfritak til Legemiddelverket/M10 Utleveringsrapport.xml", "Søknad om godkjenningsfritak til Legemiddelverket/M1 Resept_apotek sender søknad.xml"),
+        ],
+    )
+    def test_m10_dispense_points_at_its_m1_prescription(self, shared_dir, monkeypatch, m10, m1):
+        """The M10's authorizingPrescription is the very MedicationRequest the M1 writes (same identifier, same id)."""
+        folder = _corpus(shared_dir)
+        dispense_bundle, prescription_bundle = _convert(monkeypatch, shared_dir, folder / m10, folder / m1)
+        (disp,) = _entries(dispense_bundle, "MedicationDispense")
+        d = disp["resource"]
+        assert d["status"] == "completed"
+        assert any(c["system"] == ATC for c in d["medicationCodeableConcept"]["coding"])
+        assert any(c["system"] == "urn:helsebro:fest:varenummer" for c in d["medicationCodeableConcept"]["coding"])
+        by_url = {e["fullUrl"]: e for e in dispense_bundle["entry"]}
+        (ref,) = d["authorizingPrescription"]
+        placeholder = by_url[ref["reference"]]
+        assert placeholder["request"]["method"] == "POST"  # created only when the M1 is not stored: never overwrites it
+        (m1_entry,) = _entries(prescription_bundle, "MedicationRequest")
+        assert placeholder["resource"]["identifier"] == m1_entry["resource"]["identifier"]
+        assert placeholder["resource"]["id"] == m1_entry["resource"]["id"]
+        pharmacy = by_url[d["performer"][0]["actor"]["reference"]]["resource"]
+        assert pharmacy["resourceType"] == "Organization"
+        assert any(i["system"] == "urn:oid:2.16.578.1.12.4.1.2" for i in pharmacy["identifier"])
+
+    def test_m251_statements_are_based_on_prescriptions(self, shared_dir, monkeypatch):
+        """M25.1 'Avsluttet behandling': one MedicationStatement per LIB entry, basedOn the ReseptId's MedicationRequest."""
+        folder = _corpus(shared_dir) / "Lege endrer på legemiddelbehandling"
+        lib, m1 = _convert(monkeypatch, shared_dir, folder / "M251 PLL - Avsluttet behandling.xml", folder / "M1 Resept.xml")
+        statements = [e["resource"] for e in _entries(lib, "MedicationStatement")]
+        assert len(statements) == 5
+        assert sorted(s["status"] for s in statements) == ["active", "active", "active", "stopped", "stopped"]
+        by_url = {e["fullUrl"]: e["resource"] for e in lib["entry"]}
+        based_on = {by_url[s["basedOn"][0]["reference"]]["identifier"][0]["value"] for s in statements}
+        assert "urn:uuid:ef36537f-563b-4fb1-b93d-1681170f9817" in based_on  # the M1 example's prescription
+        (m1_mr,) = _entries(m1, "MedicationRequest")
+        assert any(u.endswith(m1_mr["resource"]["id"]) for s in statements for u in [s["basedOn"][0]["reference"]])
+
+    def test_m96_is_a_list_of_prescriptions_by_resept_id(self, shared_dir, monkeypatch):
+        """M9.6 names no patient: a snapshot List of logical references by ReseptId, flagged with the 7408 status."""
+        folder = _corpus(shared_dir) / "Lege endrer på legemiddelbehandling"
+        (bundle,) = _convert(monkeypatch, shared_dir, folder / "M96 Reseptliste rekvirent.xml")
+        (lst,) = [e["resource"] for e in _entries(bundle, "List")]
+        assert len(lst["entry"]) == 5
+        withdrawn = [e for e in lst["entry"] if e["flag"]["coding"][0]["code"] == "T"]
+        assert withdrawn[0]["item"]["identifier"] == {"system": URI, "value": "urn:uuid:c2883dc2-8eef-4b8e-a80f-167f858425f7"}
+        assert withdrawn[0]["item"]["display"] == "Cosylan Mikst 1,7 mg/ml"
+        assert not _entries(bundle, "Patient")
+
+
+class TestEreseptFixtures:
+    def test_cases_pass(self):
+        """The synthetic ERM* cases under mappings/kith/messages/*.cases convert to their reviewed output."""
+        from router.mapping.fixtures import find_cases, run_case
+        from router.pipeline.convert import Converter
+        from router.settings import load_settings
+
+        settings = load_settings()
+        root = settings.mappings_dir / "kith"
+        conv = Converter(settings.model_copy(update={"xsd_dir": None}))
+        cases = [(s, e) for s, e in find_cases(root) if s.parent.name.startswith("ERM")]
+        assert {s.parent.name for s, _ in cases} == {"ERM1.cases", "ERM10.cases", "ERM96.cases", "ERM912.cases", "ERM25.cases"}
+        for source, expected in cases:
+            res = run_case(source, expected, lambda data: [r.bundle if r.ok else r.outcome() for r in conv.convert(data)], update=False, display=str)
+            assert res.passed, f"{res.name}: {res.detail}"
