@@ -184,6 +184,18 @@ def _base64(ctx: FnContext, v: _Values) -> str | None:
     return _b64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
+def _base64_data(ctx: FnContext, v: _Values) -> str | None:
+    """Base64 text as sent (ED.5): whitespace removed, then checked; text that is not base64 rejects the message at its position."""
+    value = "".join((v.values[0] or "").split())
+    if not value:
+        return None
+    try:
+        _b64.b64decode(value, validate=True)
+    except ValueError as exc:
+        raise InvalidContent("ED data declared Base64 is not valid base64", location=v.locations[0]) from exc
+    return value
+
+
 def _upper(ctx: FnContext, v: _Values) -> str | None:
     return v.values[0].upper() if v.values[0] else None
 
@@ -219,12 +231,17 @@ def _lines(ctx: FnContext, v: _Values) -> str | None:
     return "\n".join(parts) or None
 
 
+_ED_TYPES = {"ap": "application", "au": "audio", "im": "image", "tx": "text", "ft": "text", "mu": "multipart", "ns": "application", "si": "application", "sd": "application"}
+"""HL7 table 0191 (type of referenced data, ED.2/RP.3) codes → the MIME top-level type."""
+
+
 def _mime(ctx: FnContext, v: _Values) -> str | None:
-    """(type, subtype) of an ED value → a MIME type: `application`, `pdf` → `application/pdf`."""
+    """(type, subtype) of an ED value → a MIME type: `application`, `pdf` → `application/pdf`; table 0191 codes (AP, IM, TEXT) too."""
     kind, sub = (v.values + [None, None])[:2]
     if not kind:
         return None
     kind = kind.strip().lower()
+    kind = _ED_TYPES.get(kind, kind)
     if "/" in kind or not sub:
         return kind if "/" in kind else {"text": "text/plain", "image": "image/*", "application": "application/octet-stream"}.get(kind, kind)
     return f"{kind}/{sub.strip().lower()}"
@@ -247,6 +264,7 @@ LIBRARY: dict[str, Function] = {
         Function("oid_system", 1, _oid_system, "A KITH/Volven S attribute (OID) → urn:oid:<S>."),
         Function("uuid_urn", 1, _uuid_urn, "A UUID → urn:uuid:<uuid> (identifier values for MsgIds)."),
         Function("compact", 1, _compact, "Remove all whitespace (base64 wrapped over lines)."),
+        Function("base64_data", 1, _base64_data, "Base64 as sent (ED data): whitespace removed and checked; invalid base64 is refused at its position."),
         Function("base64", 1, _base64, "Text → base64 of its UTF-8 bytes (Attachment.data for a document's text)."),
         Function("upper", 1, _upper, "Upper-case a string."),
         Function("lower", 1, _lower, "Lower-case a string."),
