@@ -19,7 +19,7 @@ from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
 from router.errors import InvalidContent
 
-Action = Literal["write", "delete", "noop", "delete-all"]
+Action = Literal["write", "delete", "noop", "delete-all", "retire-all"]
 """What an entry will do once its identity is known."""
 
 
@@ -71,8 +71,9 @@ def apply_entries(db: Db, entries: list[Entry], now: str) -> tuple[AppliedEntry,
     resources = [rewrite(e.resource, targets, e.location) if e.resource is not None else None for e in entries]
     out = []
     for e, (action, id_), res in zip(entries, plans, resources, strict=True):
-        if action == "delete-all":
-            out.append(writer.delete_all(e, [i for i in id_.split(",") if i and (e.resource_type, i) not in written]))
+        if action in ("delete-all", "retire-all"):
+            ids = [i for i in id_.split(",") if i and (e.resource_type, i) not in written]
+            out.append(writer.delete_all(e, ids, retire=action == "retire-all"))
         else:
             out.append(writer.perform(e, action, id_, res))
     return tuple(out)
@@ -95,6 +96,10 @@ class _Writer:
         if entry.criteria is None:  # plain POST: the server names it
             return "write", self._new_id(entry)
         matches = self._find(entry.resource_type, entry.criteria)
+        if entry.method == "DELETE" and any(k == "_tag" and v.startswith(DOCUMENT_TAG) for k, v in entry.criteria):
+            # Helsebro's document change/cancel: what the document no longer says is
+            # retired as entered-in-error, not erased (see _retired).
+            return "retire-all", ",".join(matches)
         if entry.method == "DELETE" and len(matches) > 1:
             return "delete-all", ",".join(matches)
         if len(matches) > 1:
@@ -119,12 +124,24 @@ class _Writer:
         self._write(entry.resource_type, id_, version, stub, digest="", deleted=True, existed=True)
         return AppliedEntry(entry.resource_type, id_, version, "deleted")
 
-    def delete_all(self, entry: Entry, ids: list[str]) -> AppliedEntry:
-        """Delete every resource a multiple-match conditional DELETE found; report the last."""
+    def delete_all(self, entry: Entry, ids: list[str], *, retire: bool = False) -> AppliedEntry:
+        """Delete (or, for a document, retire) every resource a conditional DELETE found; report the last."""
         last = AppliedEntry(entry.resource_type, "", 0, "unchanged")
         for id_ in ids:
-            last = self.perform(entry, "delete", id_, None)
+            body = self._body(entry.resource_type, id_) if retire else None
+            retired = _retired(body) if body is not None else None
+            if retired is not None:
+                last = self._put(entry.resource_type, id_, retired)
+            else:
+                last = self.perform(entry, "delete", id_, None)
         return last
+
+    def _body(self, resource_type: str, id_: str) -> FhirJson | None:
+        rows = self._db.query("SELECT body, deleted FROM fhir_resource WHERE type = ? AND id = ?", (resource_type, id_))
+        if not rows or rows[0][1]:
+            return None
+        body = rows[0][0]
+        return orjson.loads(body) if isinstance(body, (str, bytes)) else dict(body)
 
     def _put(self, resource_type: str, id_: str, resource: FhirJson) -> AppliedEntry:
         content = _content(resource, id_)
@@ -177,6 +194,37 @@ class _Writer:
             key = (entry.resource_type, own)
         self._claimed.add(key)
         return own
+
+
+DOCUMENT_TAG = "urn:helsebro:document|"
+"""`_tag` value prefix of Helsebro's document identity (router/mapping/engine.py writes it)."""
+
+_VERIFICATION = {
+    "Condition": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+    "AllergyIntolerance": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+}
+_STATUS_ENTERED_IN_ERROR = frozenset({
+    "Observation", "MedicationStatement", "MedicationRequest", "MedicationDispense", "Communication", "CommunicationRequest",
+    "Encounter", "EpisodeOfCare", "Composition", "DocumentReference", "DiagnosticReport", "ServiceRequest", "Immunization",
+    "Procedure", "Specimen", "Appointment", "CarePlan", "Goal", "List", "Flag",
+})
+
+
+def _retired(body: FhirJson) -> FhirJson | None:
+    """Return *body* marked entered-in-error, or None when its type has no such status (then it is deleted)."""
+    kind = body.get("resourceType")
+    out = {k: v for k, v in body.items() if k != "meta"}
+    meta = {k: v for k, v in (body.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    if meta:
+        out["meta"] = meta
+    if kind in _STATUS_ENTERED_IN_ERROR:
+        out["status"] = "entered-in-error"
+        return out
+    if kind in _VERIFICATION:
+        out.pop("clinicalStatus", None)  # FHIR: no clinical status on an entered-in-error record
+        out["verificationStatus"] = {"coding": [{"system": _VERIFICATION[kind], "code": "entered-in-error"}]}
+        return out
+    return None
 
 
 def _content(resource: FhirJson, id_: str) -> FhirJson:

@@ -16,10 +16,10 @@ result must not overwrite the demographics an ADT feed keeps current.
 `write: by-id` writes it at the id its identity gives (PUT Type/id), for a merge
 that retires the old Patient after moving its identifiers to the survivor.
 
-`document: {identity: [paths]}` makes the message a document: every resource it
-writes with `update` is tagged with the document identity, and each message of
-that document replaces the resources the previous one made (a change drops what
-the new version lacks, a cancel drops everything it does not restate).
+`document: {identity: [paths], replaces: condition}` makes the message a document:
+every resource it writes with `update` is tagged with the document identity, and a
+message for which `replaces` holds (a change or a cancel) retires what earlier
+messages of that document made and this one does not restate.
 
 A nested resource sees its enclosing instance by name (`ref: report` is *its*
 report), and an enclosing resource lists its own children with `refs:`.
@@ -68,11 +68,20 @@ def _document(c: Compiler, doc: YMap) -> tuple[Any, ...]:
     block = doc["document"]
     if not isinstance(block, YMap):
         raise _err("document must be a mapping with identity: [paths]", doc.pos("document"))
-    _check_keys(block, {"identity", "note"}, "document")
+    _check_keys(block, {"identity", "replaces", "note"}, "document")
     paths = block.get("identity")
     if not isinstance(paths, YList) or not paths:
         raise _err("document.identity must list one or more paths (the first that has a value wins)", block.pos("identity"))
-    return tuple(c._path(p, paths.pos(i)) for i, p in enumerate(paths))
+    replaces = c._when(_as_when(block)) if "replaces" in block else None
+    return (tuple(c._path(p, paths.pos(i)) for i, p in enumerate(paths)), replaces)
+
+
+def _as_when(block: YMap) -> YMap:
+    """Let `document.replaces` reuse the `when:` compiler (same language, same error positions)."""
+    node = YMap({"when": block["replaces"]})
+    node.start = block.start
+    node.key_pos = {"when": block.pos("replaces")}
+    return node
 
 
 def _walk(uses: list[ResourceUse]) -> list[ResourceUse]:

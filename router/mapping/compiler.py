@@ -155,7 +155,7 @@ class MessageMapping:
     file: str
     sha: str
     match: tuple[str, ...] = ()  # XML: the payload namespaces (or root names) this mapping converts
-    document: tuple[Any, ...] = ()  # paths giving the document identity (first valued), for change/cancel
+    document: tuple[Any, ...] = ()  # (identity paths, replaces-condition or None): see _messages.py
     owned_types: tuple[str, ...] = ()  # resource types the document owns (written with `update`)
 
 

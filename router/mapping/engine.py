@@ -135,15 +135,18 @@ def _own(mm: MessageMapping, scope: Any, run: _Run) -> None:
     the document's resources this Bundle does not write again (a change drops
     what the new version lacks; a cancel that restates nothing drops them all).
     """
-    doc_id = next((items[0].raw for p in mm.document if (items := p.resolve(scope))), None)
+    paths, replaces = mm.document
+    doc_id = next((items[0].raw for p in paths if (items := p.resolve(scope))), None)
     if not doc_id:
-        raise InvalidContent("the message has no document identity", location=getattr(mm.document[0], "text", None))
+        raise InvalidContent("the message has no document identity", location=getattr(paths[0], "text", None))
     code = f"{mm.structure}/{doc_id}"
     owned = set(mm.owned_types)
     for entry in run.entries:
         resource = entry["resource"]
         if resource["resourceType"] in owned and entry["request"]["method"] == "PUT":
             resource.setdefault("meta", {}).setdefault("tag", []).append({"system": DOCUMENT_SYSTEM, "code": code})
+    if replaces is None or not replaces(scope):
+        return  # a new document: nothing earlier to replace
     deletes = [{"request": {"method": "DELETE", "url": f"{t}?_tag={quote(DOCUMENT_SYSTEM, safe=':/.')}|{quote(code, safe='')}"}} for t in mm.owned_types]
     run.entries[:0] = deletes
     run.untidy[:0] = [False] * len(deletes)

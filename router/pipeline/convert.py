@@ -99,7 +99,7 @@ class _Raw:
 
 def _patient_key(bundle: dict[str, Any]) -> str | None:
     for entry in bundle.get("entry", []):
-        if entry["resource"].get("resourceType") == "Patient":
+        if entry.get("resource", {}).get("resourceType") == "Patient":
             request = entry["request"]
             return phi_hash(request.get("ifNoneExist") or request["url"])
     return None

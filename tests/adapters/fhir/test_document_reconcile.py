@@ -26,21 +26,30 @@ class TestDocumentReplace:
         record.apply(_bundle("a", "b"))
         assert {r["id"] for r in record.search("Condition", {"_tag": DOC})} == {"c-a", "c-b"}
 
-    def test_a_change_drops_what_the_new_version_lacks_and_keeps_the_rest_unchanged(self, record):
-        """Replacing (a, b) by (b, c) deletes a, leaves b at its version, and creates c."""
+    def test_a_change_retires_what_the_new_version_lacks_and_keeps_the_rest_unchanged(self, record):
+        """Replacing (a, b) by (b, c) marks a entered-in-error, leaves b at its version, and creates c."""
         record.apply(_bundle("a", "b"))
         result = record.apply(_bundle("b", "c", replace=True))
-        assert [e.outcome for e in result.entries] == ["deleted", "unchanged", "created"]
-        assert record.read("Condition", "c-a") is None
+        assert [e.outcome for e in result.entries] == ["updated", "unchanged", "created"]
+        a = record.read("Condition", "c-a")
+        assert a["verificationStatus"]["coding"][0]["code"] == "entered-in-error" and "clinicalStatus" not in a
         assert record.read("Condition", "c-b")["meta"]["versionId"] == "1"
-        assert {r["id"] for r in record.search("Condition", {"_tag": DOC})} == {"c-b", "c-c"}
 
-    def test_a_cancel_deletes_every_resource_of_the_document(self, record):
-        """A replace with no resources left (a cancel) deletes them all, keeping their history."""
+    def test_a_cancel_retires_every_resource_of_the_document(self, record):
+        """A replace that restates nothing (a cancel) retires them all; replaying it changes nothing more."""
         record.apply(_bundle("a", "b"))
         record.apply(_bundle(replace=True))
-        assert record.search("Condition", {"_tag": DOC}) == []
+        found = record.search("Condition", {"_tag": DOC})
+        assert {r["verificationStatus"]["coding"][0]["code"] for r in found} == {"entered-in-error"}
+        result = record.apply(_bundle(replace=True))
+        assert {e.outcome for e in result.entries} == {"unchanged"}
         assert len(record.history("Condition", "c-a")) == 2
+
+    def test_a_plain_multiple_match_delete_deletes(self, record):
+        """Outside documents, a conditional DELETE with several matches deletes them all."""
+        record.apply(_bundle("a", "b"))
+        record.apply({"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "DELETE", "url": "Condition?subject=Patient/p1"}}]})
+        assert record.search("Condition", {"subject": "Patient/p1"}) == []
 
     def test_untagged_resources_are_left_alone(self, record):
         """Only resources carrying the document's tag are touched."""

@@ -1,0 +1,206 @@
+"""Henvisning, Epikrise, Rekvisisjon and Svarrapport (KITH XML) → FHIR R4 Bundles.
+
+The national examples (../shared/norsk/eksempel) must all convert to valid
+Bundles; the patient's national id sits under its no-basis system and the
+parties under their HER-ids; a Svarrapport's results belong to their own
+report; Forsendelsesstatus N/M/C keeps one identity; the fixture cases pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from lxml import etree
+
+from router.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+CASES = ROOT / "mappings" / "kith" / "messages"
+FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
+HER = "urn:oid:2.16.578.1.12.4.1.2"
+HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
+NLK = "urn:oid:2.16.578.1.12.4.1.1.7280"
+UCUM = "http://unitsofmeasure.org"
+
+FAMILIES = {"Henvisning": 21, "Epikrise": 6, "Svarrapport": 41, "Rekvisisjon": 19}
+
+# National examples that are themselves invalid or unsupported, with the reason.
+# None today: every example converts to a valid Bundle.
+EXPECTED_OUTCOMES: dict[str, str] = {}
+
+
+def _convert(capsys, monkeypatch, shared: Path, *paths: Path) -> tuple[int, list[dict]]:
+    monkeypatch.setenv("HELSEBRO_XSD_DIR", str(shared / "norsk" / "skjema"))
+    code = main(["convert", *map(str, paths)])
+    return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def _of(doc: dict, kind: str) -> list[dict]:
+    return [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == kind]
+
+
+def _by_url(doc: dict) -> dict[str, dict]:
+    return {e["fullUrl"]: e["resource"] for e in doc["entry"]}
+
+
+def _idents(resources: list[dict], system: str) -> set[str]:
+    return {i["value"] for r in resources for i in r.get("identifier", []) if i.get("system") == system}
+
+
+def _x(root: etree._Element, path: str) -> list[str]:
+    return [str(v).strip() for v in root.xpath(path)]
+
+
+def _expected_parties(root: etree._Element) -> tuple[list[str], set[str]]:
+    """The patient's FNRs and the HER-ids of sender/receiver institutions and departments, read from the XML."""
+    fnr = _x(root, '//*[local-name()="Patient"][*[local-name()="TypeOffId"]/@V="FNR"]/*[local-name()="OffId"]/text()')
+    fnr += _x(root, '//*[local-name()="MsgInfo"]/*[local-name()="Patient"]/*[local-name()="Ident"][*[local-name()="TypeId"]/@V="FNR"]/*[local-name()="Id"]/text()')
+    inst = '//*[local-name()="ServProvider" or local-name()="Requester"]/*[local-name()="HCP"]/*[local-name()="Inst"]'
+    her = set(_x(root, f'({inst} | {inst}/*[local-name()="Dept"])[*[local-name()="TypeId"]/@V="HER"]/*[local-name()="Id"]/text()'))
+    org = '//*[local-name()="MsgInfo"]/*[local-name()="Sender" or local-name()="Receiver"]//*[local-name()="Organisation"]'
+    her |= set(_x(root, f'{org}/*[local-name()="Ident"][*[local-name()="TypeId"]/@V="HER"]/*[local-name()="Id"]/text()'))
+    return fnr, her
+
+
+class TestNationalExamples:
+    @pytest.mark.corpus
+    @pytest.mark.parametrize("family", sorted(FAMILIES))
+    def test_every_example_is_a_valid_bundle_with_national_ids(self, family, shared_dir, capsys, monkeypatch):
+        """Each example of the family converts (no crash) to a Bundle that validates; FNR and HER-ids carry their systems."""
+        folder = shared_dir / "norsk" / "eksempel" / family
+        files = sorted(str(p) for p in folder.rglob("*.xml"))
+        assert len(files) == FAMILIES[family]
+        code, docs = _convert(capsys, monkeypatch, shared_dir, folder)
+        assert len(docs) == len(files)
+        for path, doc in zip(files, docs):
+            name = Path(path).name
+            if name in EXPECTED_OUTCOMES:
+                assert doc["resourceType"] == "OperationOutcome", name
+                continue
+            assert doc["resourceType"] == "Bundle", f"{name}: {doc}"
+            Bundle.model_validate(doc)
+            fnr, her = _expected_parties(etree.parse(path).getroot())
+            [patient] = _of(doc, "Patient")
+            assert _idents([patient], FNR) == set(fnr), name
+            assert her and her <= _idents(_of(doc, "Organization"), HER), name
+        assert code == (1 if any(Path(f).name in EXPECTED_OUTCOMES for f in files) else 0)
+
+    @pytest.mark.corpus
+    def test_svarrapport_results_belong_to_their_own_report(self, shared_dir, capsys, monkeypatch):
+        """Svar_biokjemi 1.4: every Observation is referenced once, by its report; NLK codes; values and units by hand."""
+        path = shared_dir / "norsk" / "eksempel" / "Svarrapport" / "Svarrapport-v-1-4" / "Svar_biokjemi_v1-4_Ny.xml"
+        _, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        by_url = _by_url(doc)
+        [report] = _of(doc, "DiagnosticReport")
+        obs_urls = [e["fullUrl"] for e in doc["entry"] if e["resource"]["resourceType"] == "Observation"]
+        assert len(obs_urls) == 8
+        referenced = [r["reference"] for r in report["result"]]
+        referenced += [m["reference"] for o in _of(doc, "Observation") for m in o.get("hasMember", [])]
+        assert sorted(referenced) == sorted(obs_urls)  # each exactly once, all from this report
+        obs = {o["code"]["coding"][0]["code"]: o for o in _of(doc, "Observation")}
+        assert all(o["code"]["coding"][0]["system"] == NLK for o in obs.values())
+        ft4, ddimer, lh, leuk = obs["NOR05863"], obs["NPU19767"], obs["NOR05857"], obs["NPU02593"]
+        assert ft4["valueQuantity"] == {"value": 11, "unit": "pmol/L", "system": UCUM, "code": "pmol/L"}
+        assert ddimer["valueQuantity"]["value"] == 0.4 and ddimer["valueQuantity"]["code"] == "mg/L"
+        assert ddimer["referenceRange"] == [{"text": "< 0,5"}]
+        assert leuk["valueQuantity"] == {"value": 11.0, "unit": "10E9/L", "system": UCUM, "code": "10*9/L"}
+        assert lh["interpretation"][0]["coding"][0]["code"] == "H"
+        assert all(o["status"] == "final" for o in obs.values())
+        # RefAnalysedSubject 1 → the serum specimen, by its identity identifier
+        specimens = {s["accessionIdentifier"]["value"]: s for s in _of(doc, "Specimen")}
+        assert ft4["specimen"]["identifier"] == specimens["1"]["identifier"][0]
+        assert ddimer["specimen"]["identifier"] == specimens["2"]["identifier"][0]
+        assert {by_url[s["reference"]]["accessionIdentifier"]["value"] for s in report["specimen"]} == {"1", "2", "3"}
+        [request] = _of(doc, "ServiceRequest")
+        assert report["basedOn"] == [{"reference": next(u for u, r in by_url.items() if r is request)}]
+        assert report["identifier"][1] == {"use": "secondary", "system": "urn:ietf:rfc:3986", "value": "urn:uuid:01c59bd0-c6a5-11e6-9598-0800200c9a66"}
+
+    @pytest.mark.corpus
+    def test_grouped_results_are_members_of_their_group(self, shared_dir, capsys, monkeypatch):
+        """A grouping ResultItem (Heading GR) is a panel Observation whose members are its own nested results."""
+        path = shared_dir / "norsk" / "eksempel" / "Svarrapport" / "Svarrapport-v-1-4" / "Svar_mikrobiologi_gruppert_v1-4_Ny.xml"
+        _, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        by_url = _by_url(doc)
+        [report] = _of(doc, "DiagnosticReport")
+        groups = [by_url[r["reference"]] for r in report["result"]]
+        assert [g["code"]["text"] for g in groups][:2] == ["Antinukleære antistoff", "Immunglobuliner"]
+        first = [by_url[m["reference"]] for m in groups[0]["hasMember"]]
+        assert len(first) == 8 and {m["valueString"] for m in first} == {"Negativ"}
+
+    @pytest.mark.corpus
+    def test_forsendelsesstatus_keeps_identity_and_cancels(self, shared_dir, capsys, monkeypatch):
+        """N, M and C of one document are one resource: final, amended, entered-in-error (Svarrapport and Henvisning 1.0)."""
+        ex = shared_dir / "norsk" / "eksempel"
+        lab = ex / "Svarrapport" / "Svarrapport-v-1-4"
+        _, docs = _convert(capsys, monkeypatch, shared_dir, *(lab / f"Svar_biokjemi_v1-4_{s}.xml" for s in ("Ny", "Endring", "Kansellering")))
+        reports = [next(e for e in d["entry"] if e["resource"]["resourceType"] == "DiagnosticReport") for d in docs]
+        assert len({e["fullUrl"] for e in reports}) == 1
+        assert [e["resource"]["status"] for e in reports] == ["final", "amended", "entered-in-error"]
+        henv = ex / "Henvisning" / "Henvisning_v1-0"
+        _, docs = _convert(capsys, monkeypatch, shared_dir, *(henv / f"henvisning_v1.0_{s}.xml" for s in ("n", "m", "c")))
+        requests = [next(e for e in d["entry"] if e["resource"]["resourceType"] == "ServiceRequest") for d in docs]
+        assert len({e["fullUrl"] for e in requests}) == 1
+        assert [e["resource"]["status"] for e in requests] == ["active", "active", "entered-in-error"]
+        [cancelled] = _of(docs[2], "Condition")
+        assert cancelled["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
+
+    @pytest.mark.corpus
+    def test_epikrise_is_a_document_reference_linked_to_its_referral(self, shared_dir, capsys, monkeypatch):
+        """Epikrise 1.2: DocumentReference with its sections as text, diagnoses as Conditions, the referral by ServReq/Id."""
+        path = shared_dir / "norsk" / "eksempel" / "Epikrise" / "Epikrise_v1-2" / "epikrise_v1.2_n.xml"
+        _, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        by_url = _by_url(doc)
+        [ref] = _of(doc, "DocumentReference")
+        assert ref["identifier"][0]["value"] == "urn:uuid:b9270660-4567-11e7-9598-0800200c9a66"
+        titles = [c["attachment"]["title"] for c in ref["content"]]
+        assert "Forløp og behandling" in titles
+        text = base64.b64decode(ref["content"][titles.index("Sykmelding")]["attachment"]["data"]).decode()
+        assert text == "Sykmeldt ut uken etter utskrivelsen."
+        related = [by_url[r["reference"]] for r in ref["context"]["related"]]
+        [referral] = [r for r in related if r["resourceType"] == "ServiceRequest"]
+        assert referral["identifier"][0]["value"] == "urn:uuid:fdebda50-4567-11e7-9598-0800200c9a66"
+        assert sorted(r["code"]["coding"][0]["code"] for r in related if r["resourceType"] == "Condition") == ["E119", "I252", "I330"]
+        entry = next(e for e in doc["entry"] if e["resource"] is referral)
+        assert entry["request"]["method"] == "POST"  # the referral is only created when absent
+        assert _idents(_of(doc, "Practitioner"), HPR) == {"9144900"}
+
+
+class TestFixtures:
+    def _docs(self, converter, name: str) -> dict:
+        [source] = sorted((CASES / f"{name}.cases").glob("*.xml"))
+        [item] = converter.convert(source.read_bytes())
+        assert item.bundle is not None, item.error
+        Bundle.model_validate(item.bundle)
+        return item.bundle
+
+    def test_a_result_links_to_the_requisition_it_answers(self, converter):
+        """Svarrapport ServReq/Id = Rekvisisjon ServReq/Id: the report is basedOn the very same ServiceRequest."""
+        req = self._docs(converter, "Rekvisisjon")
+        svar = self._docs(converter, "Svarrapport")
+        [requisition] = [e for e in req["entry"] if e["resource"]["resourceType"] == "ServiceRequest" and "basedOn" not in e["resource"]]
+        [report] = _of(svar, "DiagnosticReport")
+        assert report["basedOn"] == [{"reference": requisition["fullUrl"]}]
+        tests = [r for r in _of(req, "ServiceRequest") if "basedOn" in r]
+        assert sorted(t["code"]["coding"][0]["code"] for t in tests) == ["NOR05172", "NPU03230", "NPU03429"]
+        assert all(t["requisition"]["value"] == "urn:uuid:e5f6a7b8-c9d0-4e1f-8a2b-3c4d5e6f7081" for t in tests)
+
+    def test_a_henvisning_2_0_change_keeps_its_document_identity(self, converter):
+        """Henvisning 2.0 ServType M: the ServiceRequest is found by DocumentId, the MsgId is a second identifier."""
+        doc = self._docs(converter, "Henvisning20")
+        [sr] = _of(doc, "ServiceRequest")
+        assert [i["value"] for i in sr["identifier"]] == ["urn:uuid:9e8d7c6b-5a49-4382-a1b0-c9d8e7f6a5b4", "urn:uuid:5c2d7e10-1111-4a2b-8c3d-4e5f60718293"]
+        assert sr["priority"] == "routine" and sr["status"] == "active"
+        assert _by_url(doc)[sr["requester"]["reference"]]["identifier"][0] == {"system": HPR, "value": "9144900"}
+
+    def test_cases_pass_through_the_cli(self):
+        """`helsebro mappings test mappings/kith` passes, including a case per message mapping here."""
+        proc = subprocess.run([sys.executable, "-m", "router.cli", "mappings", "test", "mappings/kith"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for case in ("Henvisning/henvisning_1_1_ny", "Henvisning20/henvisning_2_0_endring", "Epikrise/epikrise_1_2_ny", "Rekvisisjon/rekvisisjon_lab_1_6_ny", "Svarrapport/svar_lab_1_4_ny"):
+            assert f"PASS {case}" in proc.stdout
