@@ -1,7 +1,7 @@
-"""Benchmark `convert` on one core: a typical 12-segment ADT^A01, tokenize + map + serialize.
+"""Benchmark `convert` on one core: a typical 12-segment ADT^A01, or an ORU^R01 with 20 OBX; tokenize + map + serialize.
 
 Prints messages per second, latency percentiles and peak memory. No assertions:
-speed is reported, never tested. Run: `python bench/convert.py [--n 20000]`.
+speed is reported, never tested. Run: `python bench/convert.py [--message adt|oru] [--n 20000]`.
 """
 
 from __future__ import annotations
@@ -36,13 +36,55 @@ ADT_A01 = "\r".join(
 ) + "\r"
 
 
+_ORU_TESTS = [
+    ("NPU02319", "Hemoglobin;B", "134", "g/L", "134-170"),
+    ("NPU01960", "Leukocytter;B", "6.2", "10*9/L", "3.5-10.0"),
+    ("NPU03568", "Trombocytter;B", "245", "10*9/L", "145-390"),
+    ("NPU01961", "Erytrocytter;B", "4.6", "10*12/L", "4.25-5.70"),
+    ("NPU01370", "Erytrocytter vol.fr.;B", "0.42", "1", "0.40-0.50"),
+    ("NPU01944", "MCV;Ery", "90", "fL", "82-98"),
+    ("NPU02508", "MCH;Ery", "29", "pg", "27-33"),
+    ("NPU03429", "Natrium;P", "140", "mmol/L", "137-145"),
+    ("NPU03230", "Kalium;P", "4.1", "mmol/L", "3.5-4.4"),
+    ("NPU01459", "Kreatinin;P", "82", "umol/L", "60-105"),
+    ("NPU19748", "CRP;P", "<5", "mg/L", "<5"),
+    ("NPU02192", "Glukose;P", "5.4", "mmol/L", "4.0-6.0"),
+    ("NPU19763", "ALAT;P", "28", "U/L", "10-70"),
+    ("NPU19654", "ASAT;P", "24", "U/L", "15-45"),
+    ("NPU01567", "Kolesterol;P", "4.8", "mmol/L", "2.9-6.1"),
+    ("NPU04094", "LDL-kolesterol;P", "2.9", "mmol/L", "<3.0"),
+    ("NPU01566", "HDL-kolesterol;P", "1.3", "mmol/L", ">1.0"),
+    ("NPU04998", "Triglyserid;P", "1.2", "mmol/L", "0.45-2.60"),
+    ("NPU27300", "HbA1c;B", "38", "mmol/mol", "<42"),
+    ("NPU03577", "TSH;P", "1.9", "mU/L", "0.5-3.6"),
+]
+
+ORU_R01 = "\r".join(
+    [
+        "MSH|^~\\&|LAB|STOLAV^974749025^ENH|HELSEBRO|HELSEPLATTFORMEN|20250115101000||ORU^R01^ORU_R01|LAB-0001|P|2.5.1|||AL|NE|NOR|UNICODE UTF-8",
+        "PID|1||15866112379^^^NOR^FNR~4471002^^^STOLAV^PI||NORDMANN^OLA^K||19610615|M",
+        "PV1|1|I|MED^301^2^STOLAV||||9144900^LEGE^LISA^^^^^^HPR^^^^HPR||||||||||||V25-0001^^^STOLAV^VN",
+        "ORC|RE|ORD-1^DIPS|LAB-1^LABSYS",
+        "OBR|1|ORD-1^DIPS|LAB-1^LABSYS|BLODPRV^Blodprøver^L|||20250115080000|||||||||9144900^LEGE^LISA^^^^^^HPR^^^^HPR||||||20250115101000||LAB|F",
+    ]
+    + [
+        f"OBX|{i}|{'SN' if v.startswith('<') else 'NM'}|{code}^{name}^NLK||{('<^' + v[1:]) if v.startswith('<') else v}|{unit}|{rng}|{'H' if i == 11 else 'N'}|||F|||20250115080000"
+        for i, (code, name, v, unit, rng) in enumerate(_ORU_TESTS, start=1)
+    ]
+) + "\r"
+
+MESSAGES = {"adt": ("ADT^A01 (12 segments", ADT_A01), "oru": ("ORU^R01 (25 segments, 20 OBX", ORU_R01)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20000, help="messages to convert")
+    parser.add_argument("--message", choices=sorted(MESSAGES), default="adt", help="the message to convert: adt (ADT^A01) or oru (ORU^R01 with 20 OBX)")
     parser.add_argument("--profile", action="store_true", help="run under cProfile and print the 25 costliest functions instead")
     args = parser.parse_args()
     converter = Converter(load_settings(environ={}))
-    data = ADT_A01.encode()
+    label, text = MESSAGES[args.message]
+    data = text.encode()
     assert converter.convert(data)[0].ok, "the benchmark message must convert"  # noqa: S101 - a bench sanity check
     for _ in range(500):  # warm caches
         orjson.dumps(converter.convert(data)[0].bundle)
@@ -61,7 +103,7 @@ def main() -> None:
         lat.append(time.perf_counter() - t0)
     total = time.perf_counter() - start
     q = statistics.quantiles(lat, n=100)
-    print(f"convert ADT^A01 (12 segments, tokenize + map + serialize, one core): {args.n / total:,.0f} msg/s")
+    print(f"convert {label}, tokenize + map + serialize, one core): {args.n / total:,.0f} msg/s")
     print(f"  latency p50 {q[49] * 1e6:.1f} us   p99 {q[98] * 1e6:.1f} us   max {max(lat) * 1e6:.1f} us")
     print(f"  peak memory per conversion {peak / 1024:.1f} KiB (tracemalloc)")
 

@@ -113,6 +113,10 @@ class _Run:
                 raise InvalidContent(f"{use.template.fhir_type}.{element} is required, but {source} gives no value", location=source)
         system, value = _identity(use, resource, scope)
         entry = conditional_entry(use.template.fhir_type, resource, system, value, create_only=use.write == "create", by_id=use.write == "by-id")
+        if use.write == "by-id":
+            # A retired record (a merge's old Patient) is found by its id from now on: its
+            # identifiers moved to the survivor, so a search by them finds the survivor only.
+            resource.pop("identifier", None)
         url = entry["fullUrl"]
         ctx.full_urls[inst] = url
         earlier = self.by_url.get(url)

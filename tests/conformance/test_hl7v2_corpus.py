@@ -39,6 +39,37 @@ class TestCorpus:
         assert counts["bundle"] > 100  # the ADT structures Helsebro maps are most of the corpus
 
     @pytest.mark.corpus
+    def test_every_bundle_of_every_type_validates(self, shared_dir, converter):
+        """Every corpus message of every type is a valid FHIR R4(B) Bundle or an OperationOutcome naming a problem."""
+        counts: dict[str, Counter[str]] = {}
+        for path in _corpus_files(shared_dir):
+            for r in converter.convert(path.read_bytes()):
+                kind = "/".join((r.message_type or "?").split("^")[:2])
+                if r.ok:
+                    try:
+                        Bundle.model_validate(r.bundle)
+                    except Exception as exc:  # noqa: BLE001 - name the file in the failure
+                        pytest.fail(f"{path.name} ({kind}): invalid Bundle: {exc}")
+                    counts.setdefault(kind, Counter())["bundle"] += 1
+                else:
+                    issue = r.outcome()["issue"][0]
+                    assert issue["severity"] == "error" and issue["diagnostics"], path.name
+                    counts.setdefault(kind, Counter())["outcome"] += 1
+        for kind in ("ADT/A40", "ADT/A34", "ADT/A47", "ADT/A06", "ORM/O01", "OML/O21", "MDM/T02", "SIU/S12", "VXU/V04", "ORU/R01"):
+            assert counts.get(kind, Counter())["bundle"] > 0, f"{kind} produced no Bundle: {counts.get(kind)}"
+
+    @pytest.mark.corpus
+    def test_refusals_of_mapped_types_name_a_position(self, shared_dir, converter):
+        """A refused message of a type Helsebro maps says where: a field, or the resource it could not identify or tell apart."""
+        mapped = set(converter.mappings.messages)
+        for path in _corpus_files(shared_dir):
+            for r in converter.convert(path.read_bytes()):
+                if r.ok or r.structure not in mapped:
+                    continue
+                issue = r.outcome()["issue"][0]
+                assert issue.get("expression") or "has no identifier" in issue["diagnostics"] or "share the identity" in issue["diagnostics"], (path.name, issue)
+
+    @pytest.mark.corpus
     def test_whole_corpus_never_crashes(self, shared_dir, converter):
         """Every corpus file, of any type, converts without an exception."""
         for path in _corpus_files(shared_dir):

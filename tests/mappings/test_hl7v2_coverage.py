@@ -1,0 +1,96 @@
+"""HL7 v2 coverage through the public interface: a merge (A40) reaches the record as the IG and Helsebro intend.
+
+The engine runs on the embedded defaults (the project's own mappings) in a
+thread; messages go in through the inbound exchange and the result is read back
+from the record. Synthetic Norwegian people only.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from router.testing import isolated_settings, publish, run_engine_in_thread, wait_until
+
+FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
+DNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.2"
+SURVIVOR_FNR = "15866112379"
+OLD_DNR = "55866110270"  # the same person, first registered under a D-nummer
+
+MSH = "MSH|^~\\&|DIPS|STOLAV^974749025^ENH|HELSEBRO|HELSEPLATTFORMEN|{ts}||{type}|{ctrl}|P|2.5.1|||AL|NE|NOR|UNICODE UTF-8"
+
+
+def _message(*segments: str) -> bytes:
+    return ("\r".join(segments) + "\r").encode("utf-8")
+
+
+A01_OLD = _message(
+    MSH.format(ts="20250110083000", type="ADT^A01^ADT_A01", ctrl="COV-A01"),
+    "EVN|A01|20250110083000",
+    f"PID|1||{OLD_DNR}^^^NOR^DNR~4471002^^^STOLAV^PI||NORDMANN^OLA||19610615|M",
+    "PV1|1|I|MED^301^2^STOLAV||||||||||||||||V25-0001^^^STOLAV^VN|||||||||||||||||||||||||20250110082500",
+)
+
+A40_MERGE = _message(
+    MSH.format(ts="20250111090000", type="ADT^A40^ADT_A39", ctrl="COV-A40"),
+    "EVN|A40|20250111090000",
+    f"PID|1||{SURVIVOR_FNR}^^^NOR^FNR||NORDMANN^OLA||19610615|M",
+    f"MRG|{OLD_DNR}^^^NOR^DNR",
+)
+
+
+@pytest.fixture
+def merged(tmp_path):
+    """The record after an A01 for the old identity and then an A40 merging it into the survivor."""
+    from adapters.fhir.record import open_record
+
+    settings = isolated_settings(tmp_path)
+    handle = run_engine_in_thread(settings)
+    try:
+        publish(settings, [A01_OLD])
+        wait_until(lambda: handle.stats.messages >= 1, 30, what="the A01 settled")
+        publish(settings, [A40_MERGE])
+        wait_until(lambda: handle.stats.messages >= 2, 30, what="the A40 settled")
+    finally:
+        handle.stop()
+    record = open_record(settings)
+    try:
+        yield record
+    finally:
+        record.close()
+
+
+def _is_old(patient: dict) -> bool:
+    return any(i.get("system") == DNR_SYSTEM and i.get("value") == OLD_DNR and i.get("use") != "old" for i in patient.get("identifier", []))
+
+
+class TestMerge:
+    def test_survivor_carries_the_old_identifier_and_replaces_the_old_record(self, merged):
+        """A40: the survivor (PID-3) gets MRG-1 as an old identifier and a `replaces` link to the old record."""
+        [survivor] = merged.search("Patient", {"identifier": f"{FNR_SYSTEM}|{SURVIVOR_FNR}"})
+        old = [i for i in survivor["identifier"] if i["value"] == OLD_DNR]
+        assert old == [{"use": "old", "system": DNR_SYSTEM, "value": OLD_DNR, "type": old[0]["type"], "assigner": {"display": "NOR"}}]
+        [link] = survivor["link"]
+        assert link["type"] == "replaces"
+
+    def test_old_record_is_inactive_and_replaced_by_the_survivor(self, merged):
+        """The old Patient, kept at its own id (write: by-id), is active false with a `replaced-by` link."""
+        [survivor] = merged.search("Patient", {"identifier": f"{FNR_SYSTEM}|{SURVIVOR_FNR}"})
+        [link] = survivor["link"]
+        old_id = link["other"]["reference"].split("/")[1]
+        [old] = merged.search("Patient", {"_id": old_id})
+        assert old["active"] is False
+        assert old["link"] == [{"other": {"reference": f"Patient/{survivor['id']}"}, "type": "replaced-by"}]
+        history = merged.history("Patient", old_id)  # newest first
+        assert len(history) == 2 and history[1]["name"][0]["family"] == "NORDMANN"  # the A01's own record, retired in place
+        assert len(merged.search("Patient", {"identifier": f"{FNR_SYSTEM}|{SURVIVOR_FNR}"})) == 1
+
+    def test_search_by_the_old_identifier_finds_the_survivor(self, merged):
+        """After the merge the old D-nummer leads to the survivor."""
+        found = merged.search("Patient", {"identifier": f"{DNR_SYSTEM}|{OLD_DNR}"})
+        assert any(p["identifier"][0]["value"] == SURVIVOR_FNR for p in found)
+
+    def test_search_by_the_old_identifier_finds_only_the_survivor(self, merged):
+        """The old identifier finds exactly the survivor: the retired record no longer carries it."""
+        found = merged.search("Patient", {"identifier": f"{DNR_SYSTEM}|{OLD_DNR}"})
+        assert [p["identifier"][0]["value"] for p in found] == [SURVIVOR_FNR]
+        assert not any(_is_old(p) for p in found)
