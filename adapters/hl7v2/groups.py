@@ -43,6 +43,7 @@ class Group:
     items: list[Union[Segment, Group]] = field(default_factory=list)
     parent: Group | None = field(default=None, repr=False, compare=False)
     allowed: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # segments the standard puts directly here
+    _direct: dict[str, list[Segment]] | None = field(default=None, repr=False, compare=False)  # built on first lookup
 
     def groups(self, name: str) -> list[Group]:
         """Return the direct child groups called *name*."""
@@ -60,6 +61,15 @@ class Group:
 
     def segments(self, name: str, *, deep: bool = False) -> list[Segment]:
         """Return the segments called *name* in this group (and, with *deep*, its subgroups)."""
+        if not deep:
+            direct = self._direct
+            if direct is None:  # every rule of a group asks: index the group's segments once
+                direct = {}
+                for item in self.items:
+                    if not isinstance(item, Group):
+                        direct.setdefault(item.name, []).append(item)
+                self._direct = direct
+            return direct.get(name, [])
         out: list[Segment] = []
         for item in self.items:
             if isinstance(item, Group):

@@ -35,7 +35,7 @@ class Scope:
     `at` works it out when asked instead of formatting it up front.
     """
 
-    __slots__ = ("message", "segments", "value", "reads", "_loc", "_origin", "group")
+    __slots__ = ("message", "segments", "value", "reads", "_loc", "_origin", "group", "memo")
 
     def __init__(
         self,
@@ -48,6 +48,7 @@ class Scope:
     ) -> None:
         self.message = message
         self.group = group  # the segment group being mapped (ORDER_OBSERVATION…), or the message's root group
+        self.memo: dict[object, bool] | None = None  # condition answers in this scope (conditions.py)
         self.segments = {} if segments is None else segments  # current segment per name, inside `each`
         self.value = value  # current repetition's raw text, inside a datatype mapping
         self.reads = set() if reads is None else reads  # (segment index, field) pairs read

@@ -38,7 +38,7 @@ def _text(node: Any) -> NodeText:
 class XmlScope:
     """Where XPaths evaluate: the context node, the document's prefix binding, and what was read."""
 
-    __slots__ = ("root", "node", "bindings", "reads", "_loc")
+    __slots__ = ("root", "node", "bindings", "reads", "_loc", "memo")
 
     def __init__(self, root: Any, node: Any, bindings: tuple[tuple[str, str], ...], reads: set[Any], loc: str = "") -> None:
         self.root = root
@@ -46,6 +46,7 @@ class XmlScope:
         self.bindings = bindings  # prefix → namespace URI chosen for this document
         self.reads = reads  # elements whose value was read (held, so their identity stays stable)
         self._loc = loc
+        self.memo: dict[object, bool] | None = None  # condition answers in this scope (conditions.py)
 
     # The mapping runtime's scope protocol (shared with HL7 v2) -----------------
     group = None

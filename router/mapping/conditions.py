@@ -119,14 +119,15 @@ class _Parser:
 
     def test(self, path: _Path) -> Predicate:
         op = self.take(what="an operator: valued, not valued, =, !=, in, matches")
+        values = getattr(path, "values", None) or (lambda s: [it.raw for it in path.resolve(s)])
         if op == "valued":
-            return lambda s: bool(path.resolve(s))
+            return lambda s: bool(values(s))
         if op == "not":
             self.take("valued")
-            return lambda s: not path.resolve(s)
+            return lambda s: not values(s)
         if op in ("=", "!="):
             want = self.literal()
-            eq = lambda s: any(it.raw == want for it in path.resolve(s))  # noqa: E731 - tiny closure
+            eq = lambda s: want in values(s)  # noqa: E731 - tiny closure
             return eq if op == "=" else (lambda s: not eq(s))
         if op == "in":
             self.take("[")
@@ -135,14 +136,14 @@ class _Parser:
                 self.take()
                 options.add(self.literal())
             self.take("]")
-            return lambda s: any(it.raw in options for it in path.resolve(s))
+            return lambda s: any(v in options for v in values(s))
         if op == "matches":
             pattern = self.literal()
             try:
                 rx = re.compile(pattern)
             except re.error as exc:
                 raise ConditionSyntaxError(f"bad regular expression {pattern!r}: {exc}") from exc
-            return lambda s: any(rx.search(it.raw) for it in path.resolve(s))
+            return lambda s: any(rx.search(v) for v in values(s))
         raise ConditionSyntaxError(f"unknown operator {op!r} (use valued, not valued, =, !=, in, matches)")
 
 
@@ -154,4 +155,23 @@ def compile_condition(text: str, compile_path: PathCompiler) -> Predicate:
     """
     if not isinstance(text, str) or not text.strip():
         raise ConditionSyntaxError("a condition must be a non-empty string")
-    return _Parser(text, compile_path).parse()
+    return _memoised(_Parser(text, compile_path).parse())
+
+
+def _memoised(pred: Predicate) -> Predicate:
+    """Answer each condition once per scope: several rules of one block often ask the same (`OBX-2 = NM`)."""
+    key = object()
+
+    def ask(scope: Any) -> bool:
+        memo = getattr(scope, "memo", None)
+        if memo is None:
+            try:
+                memo = scope.memo = {}
+            except AttributeError:  # a scope type without a memo slot: just answer
+                return pred(scope)
+        answer = memo.get(key)
+        if answer is None:
+            answer = memo[key] = pred(scope)
+        return answer
+
+    return ask
