@@ -38,15 +38,18 @@ def _text(node: Any) -> NodeText:
 class XmlScope:
     """Where XPaths evaluate: the context node, the document's prefix binding, and what was read."""
 
-    __slots__ = ("root", "node", "bindings", "reads", "_loc", "memo")
+    __slots__ = ("root", "node", "bindings", "reads", "_loc", "memo", "results")
 
-    def __init__(self, root: Any, node: Any, bindings: tuple[tuple[str, str], ...], reads: set[Any], loc: str = "") -> None:
+    def __init__(self, root: Any, node: Any, bindings: tuple[tuple[str, str], ...], reads: set[Any], loc: str = "", results: dict[Any, Any] | None = None) -> None:
         self.root = root
         self.node = node
         self.bindings = bindings  # prefix → namespace URI chosen for this document
         self.reads = reads  # elements whose value was read (held, so their identity stays stable)
         self._loc = loc
         self.memo: dict[object, bool] | None = None  # condition answers in this scope (conditions.py)
+        # XPath results per (path, context node) for this message: templates ask the same
+        # questions from the same element many times (Forsendelsesstatus in every template).
+        self.results: dict[Any, Any] = {} if results is None else results
 
     # The mapping runtime's scope protocol (shared with HL7 v2) -----------------
     group = None
@@ -67,7 +70,7 @@ class XmlScope:
         node = group if group is not None else getattr(value, "node", None)
         if node is None:
             return self
-        return XmlScope(self.root, node, self.bindings, self.reads, value_loc)
+        return XmlScope(self.root, node, self.bindings, self.reads, value_loc, self.results)
 
     def at(self, value: Any, path: Any, index: int) -> XmlScope:
         """Return a scope on the element behind *value*."""
@@ -93,6 +96,8 @@ class XmlItem:
 
 def where(node: Any) -> str:
     """Return `/MsgHead/MsgInfo/Patient/Ident[2]/Id` for an element, or `…/@V` for an attribute result."""
+    if isinstance(node, _AttrRef):
+        return f"{where(node.element)}/@{node.name}"
     if isinstance(node, etree._ElementUnicodeResult):  # an attribute or text() result
         parent = node.getparent()
         base = where(parent) if parent is not None else ""
@@ -115,13 +120,24 @@ class XPathSyntaxError(ValueError):
 
 
 _AXIS = re.compile(r"[A-Za-z-]+::")
+_SIMPLE = re.compile(r"^(?:\.|(?P<steps>[A-Za-z_][\w.-]*:[A-Za-z_][\w.-]*(?:/[A-Za-z_][\w.-]*:[A-Za-z_][\w.-]*)*))?(?:(?:^|/)@(?P<attr>[A-Za-z_][\w-]*))?$")
+
+
+class _AttrRef:
+    """Where an attribute value came from (for positions only)."""
+
+    __slots__ = ("element", "name")
+
+    def __init__(self, element: Any, name: str) -> None:
+        self.element = element
+        self.name = name
 _PREFIX = re.compile(r"(?<![\w:@-])([A-Za-z_][\w.-]*):(?!:)")
 
 
 class XmlPath:
     """A compiled XPath source. Paths that select elements iterate like groups under `each:`."""
 
-    __slots__ = ("text", "_prefixes", "_choices")
+    __slots__ = ("text", "_prefixes", "_choices", "_by_binding", "_simple", "_absolute")
 
     segment = None
     datatype = None
@@ -143,6 +159,15 @@ class XmlPath:
             raise XPathSyntaxError(f"{text!r} uses the undeclared namespace prefix {unknown[0]!r} (declare it in namespaces.yaml)")
         self._prefixes = tuple(sorted(used))
         self._choices = prefixes
+        self._by_binding: dict[tuple[tuple[str, str], ...], Any] = {}
+        # Most paths are `@V`, `.`, or child steps like `po:Kode/@V`: those skip the XPath
+        # engine (5 µs a call) for ElementPath and attribute lookups (under 1 µs).
+        m = _SIMPLE.match(text)
+        self._simple: tuple[tuple[tuple[str, str], ...], str | None] | None = None
+        if m:
+            steps = tuple(tuple(step.split(":", 1)) for step in (m["steps"] or "").split("/") if step)
+            self._simple = (steps, m["attr"])  # type: ignore[assignment]  # pairs of (prefix, name)
+        self._absolute = text.lstrip("(").startswith("/")
         for binding in _all_bindings(self._prefixes, prefixes):
             _compiled(text, binding)  # fail at load time, not per message
 
@@ -157,9 +182,48 @@ class XmlPath:
 
     def resolve(self, scope: XmlScope) -> list[XmlItem]:
         """Evaluate against the context node; empty values are left out."""
-        binding = tuple((p, u) for p, u in scope.bindings if p in self._prefixes)
+        if self._simple is not None:
+            return self._walk(scope)
+        key = (self, None if self._absolute else scope.node)  # absolute paths give one answer per message
+        cached = scope.results.get(key)
+        if cached is not None:
+            return cached
+        out = self._evaluate(scope)
+        scope.results[key] = out
+        return out
+
+    def _walk(self, scope: XmlScope) -> list[XmlItem]:
+        steps, attr = self._simple  # type: ignore[misc]  # set when this is called
+        node = scope.node
+        if steps:
+            where = self._by_binding.get(scope.bindings)
+            if where is None:
+                uris = dict(scope.bindings)
+                where = self._by_binding[scope.bindings] = "/".join(f"{{{uris[p]}}}{name}" for p, name in steps)
+            found = node.findall(where)
+        else:
+            found = [node]
+        out = []
+        for el in found:
+            if attr is None:
+                scope.reads.add(el)
+                value = _text(el)
+                if value or len(el) or el.attrib:
+                    out.append(XmlItem(value, el))
+                continue
+            text = (el.get(attr) or "").strip()
+            if text:
+                scope.reads.add(el)
+                out.append(XmlItem(text, _AttrRef(el, attr)))
+        return out
+
+    def _evaluate(self, scope: XmlScope) -> list[XmlItem]:
+        xpath = self._by_binding.get(scope.bindings)
+        if xpath is None:
+            binding = tuple((p, u) for p, u in scope.bindings if p in self._prefixes)
+            xpath = self._by_binding[scope.bindings] = _compiled(self.text, binding)
         try:
-            result = _compiled(self.text, binding)(scope.node)
+            result = xpath(scope.node)
         except etree.XPathEvalError as exc:
             raise DecodeError(f"XPath {self.text!r} failed on this message", location=scope.value_loc) from exc
         if not isinstance(result, list):
@@ -230,19 +294,26 @@ def unmapped(root: Any, reads: set[Any]) -> list[str]:
 
     An element counts as read when it, or an element holding it, was read as a
     value (a whole element read as text or mapped by a datatype covers its children).
+    One walk, labels built from the parent's, so a large message costs little.
     """
     out: list[str] = []
-    covered: set[Any] = set()
-    for el in root.iter():
-        if not isinstance(el.tag, str):
+    stack: list[tuple[Any, str]] = [(root, "/" + etree.QName(root).localname)]
+    while stack:
+        el, label = stack.pop()
+        if el in reads:
+            continue  # read whole: its children are covered
+        children = [c for c in el if isinstance(c.tag, str)]
+        if not children:
+            if ((el.text or "").strip() or el.get("V") is not None) and etree.QName(el).localname not in _ENVELOPE_ONLY:
+                out.append(label)
             continue
-        parent = el.getparent()
-        if el in reads or (parent is not None and parent in covered):
-            covered.add(el)
-            continue
-        has_value = (el.text or "").strip() and len(el) == 0 or el.get("V") is not None
-        if has_value and etree.QName(el).localname not in _ENVELOPE_ONLY:
-            out.append(where(el))
+        names = [etree.QName(c).localname for c in children]
+        seen: dict[str, int] = {}
+        labelled = []
+        for c, name in zip(children, names):
+            seen[name] = seen.get(name, 0) + 1
+            labelled.append((c, f"{label}/{name}[{seen[name]}]" if names.count(name) > 1 else f"{label}/{name}"))
+        stack.extend(reversed(labelled))
     return out
 
 

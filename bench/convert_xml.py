@@ -1,0 +1,62 @@
+"""Benchmark KITH XML conversion on one core: safe parse + XSD validation + envelope checks + map.
+
+Uses a national PLO example of about 10 kB from ../shared (skipped with a message
+when it is absent) and the national schema folder for validation. Prints
+messages per second, latency percentiles and peak memory. No assertions.
+
+    python bench/convert_xml.py [--n 2000] [--no-xsd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+from router.pipeline.convert import Converter
+from router.settings import load_settings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+EXAMPLE = SHARED / "norsk" / "eksempel" / "plo" / "1_6" / "innleggelsesrapport_1_6_mottak" / "Innleggelsesrapport_v1-6_Ny.xml"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--no-xsd", action="store_true", help="measure without XSD validation")
+    args = parser.parse_args()
+    if not EXAMPLE.exists():
+        print(f"skipped: {EXAMPLE} is not there (../shared is needed)")
+        sys.exit(0)
+    xsd = None if args.no_xsd else str(SHARED / "norsk" / "skjema")
+    converter = Converter(load_settings(environ={}, xsd_dir=xsd))
+    data = EXAMPLE.read_bytes()
+    first = converter.convert(data)[0]
+    if not first.ok:
+        print(f"the example did not convert: {first.error}")
+        sys.exit(1)
+    for _ in range(50):
+        converter.convert(data)
+    tracemalloc.start()
+    converter.convert(data)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    lat = []
+    start = time.perf_counter()
+    for _ in range(args.n):
+        t0 = time.perf_counter()
+        converter.convert(data)
+        lat.append(time.perf_counter() - t0)
+    total = time.perf_counter() - start
+    q = statistics.quantiles(lat, n=100)
+    what = "parse + map" if args.no_xsd else "parse + XSD validation + map"
+    print(f"convert PLO Innleggelsesrapport ({len(data) / 1024:.1f} kB, {what}, one core): {args.n / total:,.0f} msg/s")
+    print(f"  latency p50 {q[49] * 1e3:.2f} ms   p99 {q[98] * 1e3:.2f} ms")
+    print(f"  peak memory per conversion {peak / 1024:.0f} KiB (tracemalloc)")
+
+
+if __name__ == "__main__":
+    main()
