@@ -16,6 +16,9 @@ from router.mapping.compiler import MessageMapping, ResourceUse
 from router.mapping.functions import uuid5_id
 from router.mapping.runtime import RunContext, conditional_entry, prune, resolve_refs
 
+PROVENANCE_SYSTEM = "urn:helsebro:mapping"
+"""meta.tag system naming the mapping (structure@content-hash) that made a resource or Bundle."""
+
 DOCUMENT_SYSTEM = "urn:helsebro:document"
 """meta.tag system that marks the resources a document owns (the record indexes it for `_tag`)."""
 
@@ -165,6 +168,11 @@ def run_mapping(mm: MessageMapping, scope: Any, fn_ctx: Any, *, trace: list[tupl
     run = _Run(RunContext(fn_ctx, trace=trace))
     run.uses(mm.resources, scope, "")
     dropped = resolve_refs(run.ctx)
+    # Provenance: every resource says which mapping (file and content hash) made it,
+    # so the record can tell, for each stored version, where it came from.
+    code = f"{mm.structure}@{mm.sha}"
+    for entry in run.entries:
+        entry["resource"]["meta"] = {"tag": [{"system": PROVENANCE_SYSTEM, "code": code, "display": mm.file}]}
     if mm.document:
         _own(mm, scope, run)
     for entry, flagged in zip(run.entries, run.untidy):
@@ -173,6 +181,6 @@ def run_mapping(mm: MessageMapping, scope: Any, fn_ctx: Any, *, trace: list[tupl
     return {
         "resourceType": "Bundle",
         "type": "transaction",
-        "meta": {"tag": [{"system": "urn:helsebro:mapping", "code": f"{mm.structure}@{mm.sha}", "display": mm.file}]},
+        "meta": {"tag": [{"system": PROVENANCE_SYSTEM, "code": code, "display": mm.file}]},
         "entry": run.entries,
     }

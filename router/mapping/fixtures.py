@@ -47,9 +47,11 @@ def render(docs: list[dict[str, Any]]) -> str:
     the folder, and a case should fail only when the output itself changes.
     """
     for doc in docs:
-        for tag in doc.get("meta", {}).get("tag", []):
-            if tag.get("system") == "urn:helsebro:mapping" and "@" in tag.get("code", ""):
-                tag["code"] = tag["code"].split("@")[0] + "@<content-hash>"
+        metas = [doc.get("meta", {})] + [e.get("resource", {}).get("meta", {}) for e in doc.get("entry", [])]
+        for meta in metas:
+            for tag in meta.get("tag", []):
+                if tag.get("system") == "urn:helsebro:mapping" and "@" in tag.get("code", ""):
+                    tag["code"] = tag["code"].split("@")[0] + "@<content-hash>"
     return json.dumps(docs, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
 
