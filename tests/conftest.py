@@ -25,3 +25,18 @@ def converter():
     from router.settings import load_settings
 
     return Converter(load_settings(environ={}))
+
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
+"""The real broker the integration tests use (CI starts it; a test fails, never skips, without it)."""
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+def broker_settings(request, tmp_path):
+    """Settings with unique queue names, on the embedded transport and on the real RabbitMQ; queues deleted after."""
+    from router.testing import delete_queues, isolated_settings
+
+    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None)
+    yield s
+    if s.broker_url:
+        delete_queues(s)

@@ -9,21 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from router.testing import adt_message, delete_queues, isolated_settings, publish, settings_env
+from router.testing import adt_message, publish, settings_env
 from schemas.identity import first_valid_fnr
 
-RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
 HELSEBRO = str(Path(sys.executable).parent / "helsebro")
 FAMILIES = ["Snøfrisk", "Brunostvik", "Lefsegård", "Kvæfjordkake"]
 GIVENS = ["Solveigunn", "Torbjørnar", "Ingeridda", "Haldorine"]
 
 
-@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
-def settings(request, tmp_path):
-    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None)
-    yield s
-    if s.broker_url:
-        delete_queues(s)
+@pytest.fixture
+def settings(broker_settings):
+    """The shared broker fixture (tests/conftest.py): embedded and RabbitMQ."""
+    return broker_settings
 
 
 def test_logs_hold_no_identities(settings):
