@@ -1,14 +1,18 @@
-"""Run the engine: consume the inbound queue, convert, settle, and survive the broker going away.
+"""Run the engine: consume, convert and settle in batches, feed the destinations, and survive the broker going away.
 
 The worker loop owns the connection's life (connect, declare, consume,
 reconnect with capped backoff) and is the one place that catches `Exception`:
 a delivery that breaks the code is dead-lettered as `internal`, its traceback
 logged without the body or the exception's text, and the loop goes on.
-Converting is router/pipeline/convert.py's; applying, dead-lettering,
-replying and acking are router/pipeline/settle.py's.
 
-The loop reaches the broker adapter and the record directly for now;
-they move behind router/registry.py kind names when that lands.
+Per loop turn it takes the deliveries already received (at most
+`broker.batch_max`), converts each, and hands the batch to settle, which
+applies, forwards, replies and acks it as one. With `broker.partitions` > 1
+it also runs the intake (router/delivery/intake.py) when this worker holds
+the inbound queue's single active consumer, and consumes the partitions it
+owns. Each queued destination (an external FHIR server) gets a
+router/delivery/worker.py thread. Converting is router/pipeline/convert.py's;
+applying, dead-lettering, replying and acking are router/pipeline/settle.py's.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from adapters.amqp.connection import broker_errors, declare_topology, open_connection, queue_depth
+from adapters.amqp.connection import broker_errors, declare_topology, open_connection, partition_count, queue_depth, read_ahead
 from adapters.amqp.inbound import Delivery, Inbound
 from adapters.amqp.outbound import Publisher
+from router.delivery import DestinationWorker, Forwarder, Intake, split_partitions
 from router.errors import BrokerUnavailable, TransientError
 from router.logging import get_logger
-from router.pipeline.settle import Settle, Settled, dead_letter_headers
+from router.pipeline.settle import InternalFailure, Settle, Settled
 from router.reload import MappingReloader
+from router.routing.match import Router
+from router.routing.model import RecordDestination
 
 if TYPE_CHECKING:
     from kombu import Connection
@@ -47,26 +54,24 @@ class EngineStats:
     messages: int = 0
     applied: int = 0
     unchanged: int = 0
+    forwarded: int = 0
+    filtered: int = 0
     dead_lettered: int = 0
     duplicates: int = 0
     reconnects: int = 0
+    batches: int = 0
+    intake_forwarded: int = 0
     idle_since: float = field(default_factory=time.monotonic)
 
     def count(self, settled: Settled) -> None:
         """Add one settled message."""
         self.messages += 1
-        if settled.outcome == "applied":
-            self.applied += 1
-        elif settled.outcome == "unchanged":
-            self.unchanged += 1
-        elif settled.outcome == "duplicate":
-            self.duplicates += 1
-        else:
-            self.dead_lettered += 1
+        name = {"duplicate": "duplicates", "dead_lettered": "dead_lettered"}.get(settled.outcome, settled.outcome)
+        setattr(self, name, getattr(self, name) + 1)
 
 
 class Engine:
-    """The worker: one consumer on the inbound queue, settling each delivery before taking the next."""
+    """The worker: consumes batches, settles each before taking the next, and runs the destination workers."""
 
     def __init__(
         self,
@@ -76,6 +81,10 @@ class Engine:
         record: Record | None = None,
         logger: Any = None,
         on_settled: Callable[[Settled], None] | None = None,
+        worker_index: int | None = None,
+        workers: int = 1,
+        destination_clients: dict[str, Any] | None = None,
+        standby_delay: float = 3.0,
     ) -> None:
         self._settings = settings  # no I/O here: run() connects
         self._converter = converter
@@ -84,15 +93,25 @@ class Engine:
         self._on_settled = on_settled or (lambda _s: None)
         self._stop = threading.Event()
         self._conn: Connection | None = None
-        self._inbound: Inbound | None = None
+        self._inbound: Inbound | None = None  # the work queues: the inbound queue itself, or this worker's partitions
+        self._intake: Inbound | None = None
         self._publisher: Publisher | None = None
+        self._worker = (worker_index, workers)
+        self._standby_delay = standby_delay
+        self._standby: list[tuple[Inbound, list[Any]]] = []
+        self._standby_at = 0.0
         self.stats = EngineStats()
         self.started = threading.Event()
         self.mappings: Any = None  # the MappingReloader once run() starts
         self._dup_guard: Any = None
+        self._seen: Any = None
+        self.destinations = [
+            DestinationWorker(settings, name, logger=self._log, client=(destination_clients or {}).get(name), worker_index=worker_index, workers=workers, standby_delay=standby_delay)
+            for name in settings.routes.queued()
+        ]
 
     def stop(self) -> None:
-        """Ask the loop to stop after the delivery in flight; safe from a signal handler or another thread."""
+        """Ask the loop to stop after the batch in flight; safe from a signal handler or another thread."""
         self._stop.set()
 
     @property
@@ -101,11 +120,58 @@ class Engine:
         return self._stop.is_set()
 
     def run(self, *, until_idle: float | None = None) -> None:
-        """Consume until stop() is called, or until the inbound queue was empty for *until_idle* seconds.
+        """Consume until stop() is called, or until the inbound queues were empty for *until_idle* seconds.
 
         Raises:
-            ConfigError: the mappings or settings are wrong (at start only).
+            ConfigError: the mappings, settings or routes are wrong (at start only).
         """
+        converter = self._converter_source()
+        hl7 = self._settings.engine.hl7v2
+        router = Router(self._settings.routes, mappings_dir=self._settings.mappings_dir, hl7_charset=hl7.default_charset, sender_charsets={k: v.charset for k, v in hl7.senders.items() if v.charset})
+        delay = _FIRST_RECONNECT_SECONDS
+        max_delay = self._settings.engine.broker.reconnect_max_seconds
+        from adapters.kith.xsd import validation_status  # says whether KITH XML is XSD-validated
+
+        self._log.info(
+            "engine_started",
+            embedded_broker=not self._settings.broker_url,
+            inbound=self._settings.engine.broker.names.inbound,
+            partitions=partition_count(self._settings),
+            destinations=sorted(self._settings.routes.destinations),
+            until_idle=until_idle,
+            xml_validation=validation_status(self._settings.xsd_dir),
+        )
+        for worker in self.destinations:
+            worker.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._connect()
+                    delay = _FIRST_RECONNECT_SECONDS
+                    if self._consume(converter, router, until_idle):
+                        break
+                except TransientError as exc:
+                    if self._stop.is_set():
+                        break  # a record outage while stopping: the batch stays unacked
+                    self.stats.reconnects += 1
+                    self._log.warning("broker_or_record_unavailable", error=type(exc).__name__, reason=str(exc), retry_in_s=delay)
+                    self._disconnect()
+                    if self._stop.wait(delay):
+                        break
+                    delay = min(delay * 2, max_delay)
+        finally:
+            for worker in self.destinations:
+                worker.stop()
+            self._disconnect()
+            if self._record is not None:
+                self._record.close()
+            if self._dup_guard is not None:
+                self._dup_guard.close()
+            if self._seen is not None and self._seen is not self._record:
+                self._seen.close()
+            self._log.info("engine_stopped", deliveries=self.stats.deliveries, messages=self.stats.messages)
+
+    def _converter_source(self) -> Any:
         if self._converter is not None:
             converter: Any = _Fixed(self._converter)
         else:
@@ -116,40 +182,7 @@ class Engine:
                 logger=self._log,
             )
         self.mappings = converter
-        delay = _FIRST_RECONNECT_SECONDS
-        max_delay = self._settings.engine.broker.reconnect_max_seconds
-        from adapters.kith.xsd import validation_status  # says whether KITH XML is XSD-validated
-
-        self._log.info(
-            "engine_started",
-            embedded_broker=not self._settings.broker_url,
-            inbound=self._settings.engine.broker.names.inbound,
-            until_idle=until_idle,
-            xml_validation=validation_status(self._settings.xsd_dir),
-        )
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._connect()
-                    delay = _FIRST_RECONNECT_SECONDS
-                    if self._consume(converter, until_idle):
-                        break
-                except TransientError as exc:
-                    if self._stop.is_set():
-                        break  # a record outage while stopping: the delivery stays unacked
-                    self.stats.reconnects += 1
-                    self._log.warning("broker_or_record_unavailable", error=type(exc).__name__, reason=str(exc), retry_in_s=delay)
-                    self._disconnect()
-                    if self._stop.wait(delay):
-                        break
-                    delay = min(delay * 2, max_delay)
-        finally:
-            self._disconnect()
-            if self._record is not None:
-                self._record.close()
-            if self._dup_guard is not None:
-                self._dup_guard.close()
-            self._log.info("engine_stopped", deliveries=self.stats.deliveries, messages=self.stats.messages)
+        return converter
 
     def _connect(self) -> None:
         self._disconnect()
@@ -161,17 +194,32 @@ class Engine:
             conn.ensure_connection(max_retries=1)
         except broker_errors(conn) as exc:
             raise BrokerUnavailable(f"cannot connect: {type(exc).__name__}") from exc
-        declare_topology(conn, self._settings)
-        self._publisher = Publisher(conn, self._settings, app_id="helsebro-run")
-        self._inbound = Inbound(conn, self._settings)
-        self._inbound.start()
+        read_ahead(conn)
+        topo = declare_topology(conn, self._settings)
+        self._publisher = Publisher(conn, self._settings, app_id="helsebro-run", pipelined=True)
+        own, others = split_partitions(len(topo.partitions), *self._worker)
+        prefetch = max(self._settings.engine.broker.prefetch, self._settings.engine.broker.batch_max)
+        self._standby, self._standby_at = [], time.monotonic() + self._standby_delay
+        if topo.partitions:
+            self._intake = Inbound(conn, self._settings, queues=[topo.inbound], prefetch=prefetch)
+            self._inbound = Inbound(conn, self._settings, queues=[topo.partitions[k] for k in own], prefetch=prefetch)
+            if self._worker[0] in (None, 0):
+                self._intake.start()
+            else:  # one intake is active at a time; worker 0 takes it first
+                self._standby.append((self._intake, [topo.inbound]))
+            self._standby.append((self._inbound, [topo.partitions[k] for k in others]))
+        else:
+            self._inbound = Inbound(conn, self._settings, queues=[topo.inbound], prefetch=prefetch)
+        if own or not topo.partitions:
+            self._inbound.start()
         self.started.set()
 
     def _disconnect(self) -> None:
-        inbound, publisher, conn = self._inbound, self._publisher, self._conn
-        self._inbound = self._publisher = self._conn = None
-        if inbound is not None:
-            inbound.stop()  # unacked deliveries go back to the queue
+        inbound, intake, publisher, conn = self._inbound, self._intake, self._publisher, self._conn
+        self._inbound = self._intake = self._publisher = self._conn = None
+        for consumer in (inbound, intake):
+            if consumer is not None:
+                consumer.stop()  # unacked deliveries go back to their queues
         if publisher is not None:
             publisher.close()
         if conn is not None:
@@ -180,72 +228,117 @@ class Engine:
             except broker_errors(conn):
                 pass  # closing a dead connection: it is gone either way
 
-    def _consume(self, converter: Any, until_idle: float | None) -> bool:
-        """Take deliveries until stopped (False) or idle long enough (True)."""
+    def _consume(self, converter: Any, router: Router, until_idle: float | None) -> bool:
+        """Take batches until stopped (False) or idle long enough (True)."""
         if self._inbound is None or self._publisher is None or self._record is None or self._conn is None:
             raise BrokerUnavailable("not connected")
-        conn, inbound = self._conn, self._inbound
-        settle = Settle(
-            record=self._record,
-            publisher=self._publisher,
+        conn, work, intake, publisher = self._conn, self._inbound, self._intake, self._publisher
+        settle = self._settle(conn, publisher, router)
+        forward = Intake(self._settings.engine.broker.names.inbound, partition_count(self._settings)) if intake is not None else None
+        most = self._settings.engine.broker.batch_max
+        while not self._stop.is_set():
+            self._subscribe_standby()
+            if intake is not None and forward is not None and intake.buffered:
+                batch = intake.take(most, 0)
+                forward(publisher, batch)
+                self.stats.intake_forwarded += len(batch)
+                self.stats.idle_since = time.monotonic()
+                continue
+            if work.buffered:
+                self._handle(work.take(most, 0), converter.current(), settle)
+                self.stats.idle_since = time.monotonic()
+                continue
+            work.poll(_POLL_SECONDS, more=most)
+            if work.buffered or (intake is not None and intake.buffered):
+                continue
+            conn.heartbeat_check()
+            converter.current()  # an idle engine picks up mapping edits too
+            if until_idle is not None and self._idle_for(until_idle, conn):
+                self._log.info("engine_idle", idle_s=until_idle)
+                return True
+        return False
+
+    def _settle(self, conn: Connection, publisher: Publisher, router: Router) -> Settle:
+        routes = self._settings.routes
+        return Settle(
+            record=self._record,  # type: ignore[arg-type]  # checked by the caller
+            publisher=publisher,
             stop=self._stop,
             max_backoff=self._settings.engine.broker.reconnect_max_seconds,
             on_wait=conn.heartbeat_check,
             logger=self._log,
             apprec_prefix=self._settings.engine.broker.names.apprec_prefix,
             guard=self._guard(),
+            router=router,
+            forwarder=Forwarder(self._settings),
+            record_destinations=frozenset(n for n, d in routes.destinations.items() if isinstance(d, RecordDestination)),
+            duplicate_window=float(routes.duplicates.window_seconds),
+            embedded=not self._settings.broker_url,
+            seen=self._seen_store(),
         )
-        while not self._stop.is_set():
-            delivery = inbound.next(timeout=_POLL_SECONDS)
-            if delivery is None:
-                conn.heartbeat_check()
-                converter.current()  # an idle engine picks up mapping edits too
-                if until_idle is not None and self._idle_for(until_idle, conn):
-                    self._log.info("engine_idle", idle_s=until_idle)
-                    return True
-                continue
-            self._handle(delivery, converter.current(), settle)
-            self.stats.idle_since = time.monotonic()
-        return False
 
-    def _handle(self, delivery: Delivery, converter: Any, settle: Settle) -> None:
-        """Settle one delivery; dead-letter it as `internal` if the code breaks on it."""
+    def _seen_store(self) -> Any:
+        """Where settled message ids are remembered: PostgreSQL keeps them in the record; SQLite in a file of its own,
+        so remembering does not queue for the record's single write lock."""
+        if self._seen is None:
+            if self._settings.record_url and not self._settings.record_url.startswith("sqlite"):
+                self._seen = self._record
+            else:
+                from adapters.fhir.record import SqliteRecord
+
+                self._seen = SqliteRecord(self._settings.data_dir / "seen.sqlite3")
+        return self._seen
+
+    def _subscribe_standby(self) -> None:
+        if self._standby and time.monotonic() >= self._standby_at:
+            for consumer, queues in self._standby:
+                if queues:
+                    consumer.start(queues)  # behind the owners: active only when an owner goes away
+            self._standby = []
+
+    def _handle(self, deliveries: list[Delivery], converter: Any, settle: Settle) -> None:
+        """Convert and settle a batch; dead-letter as `internal` whatever breaks the code."""
         started = time.monotonic()
-        self.stats.deliveries += 1
+        self.stats.deliveries += len(deliveries)
+        self.stats.batches += 1
+        items = [(d, self._convert(d, converter)) for d in deliveries]
+        try:
+            outcomes = settle.batch(items, started)
+        except TransientError:
+            raise  # a broker or record outage: the loop reconnects, the batch comes again
+        except Exception:  # noqa: BLE001  # the one catch-all (STYLE §4): find the delivery that breaks, one at a time
+            outcomes = [self._one_by_one(d, results, settle, started) for d, results in items]
+        for d, settled in zip(deliveries, outcomes, strict=True):
+            for one in settled:
+                self.stats.count(one)
+                self._log.info(
+                    "delivery_settled", control_id=one.control_id, message_type=one.message_type, sender=one.sender,
+                    patient_key=one.patient_key, outcome=one.outcome, stage=one.stage, reason=one.reason,
+                    message_id=d.message_id, ms=one.ms,
+                )
+                self._on_settled(one)
+
+    def _convert(self, delivery: Delivery, converter: Any) -> list[Converted]:
         try:
             results: list[Converted] = converter.convert(delivery.body)
-            settled = settle(delivery, results, started)
-        except TransientError:
-            raise  # a broker or record outage: the loop reconnects, the delivery comes again
-        except Exception as exc:  # noqa: BLE001  # the one catch-all (STYLE §4): never crash on input
-            frames = "".join(traceback.format_tb(exc.__traceback__))  # no exception text: it may quote the message
-            self._log.error("delivery_failed", error=type(exc).__name__, message_id=delivery.message_id, traceback=frames)
-            settled = [self._dead_letter_internal(delivery, exc, started)]
-        for one in settled:
-            self.stats.count(one)
-            self._log.info(
-                "delivery_settled",
-                control_id=one.control_id,
-                message_type=one.message_type,
-                sender=one.sender,
-                patient_key=one.patient_key,
-                outcome=one.outcome,
-                stage=one.stage,
-                reason=one.reason,
-                message_id=delivery.message_id,
-                ms=one.ms,
-            )
-            self._on_settled(one)
+            return results
+        except Exception as exc:  # noqa: BLE001  # part of the one catch-all: never crash on input
+            return [self._internal(delivery, exc)]
 
-    def _dead_letter_internal(self, delivery: Delivery, exc: Exception, started: float) -> Settled:
-        if self._publisher is None:
-            raise BrokerUnavailable("not connected")
-        reason = f"internal error: {type(exc).__name__}"
-        outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "fatal", "code": "exception", "diagnostics": reason}]}
-        headers = dead_letter_headers(reason=reason, stage="internal", location=None, control_id=None, outcome=outcome)
-        self._publisher.dead_letter(delivery.body, headers=headers)
-        delivery.ack()
-        return Settled(None, None, None, None, "dead_lettered", round((time.monotonic() - started) * 1000, 2), "internal", reason)
+    def _one_by_one(self, delivery: Delivery, results: list[Converted], settle: Settle, started: float) -> list[Settled]:
+        try:
+            return settle.batch([(delivery, results)], started)[0]
+        except TransientError:
+            raise
+        except Exception as exc:  # noqa: BLE001  # the one catch-all, for the delivery that breaks settling
+            return settle.batch([(delivery, [self._internal(delivery, exc)])], started)[0]
+
+    def _internal(self, delivery: Delivery, exc: Exception) -> Converted:
+        from router.contracts import Converted
+
+        frames = "".join(traceback.format_tb(exc.__traceback__))  # no exception text: it may quote the message
+        self._log.error("delivery_failed", error=type(exc).__name__, message_id=delivery.message_id, traceback=frames)
+        return Converted(index=0, raw=delivery.body, error=InternalFailure(f"internal error: {type(exc).__name__}"))
 
     def _guard(self) -> Any:
         """The KITH duplicate guard (MsgIds already applied and answered), opened once."""
@@ -256,9 +349,15 @@ class Engine:
         return self._dup_guard
 
     def _idle_for(self, seconds: float, conn: Connection) -> bool:
-        if time.monotonic() - self.stats.idle_since < seconds or (self._inbound and self._inbound.buffered):
+        if time.monotonic() - self.stats.idle_since < seconds:
             return False
-        return queue_depth(conn, self._settings.engine.broker.names.inbound) == 0
+        if (self._inbound and self._inbound.buffered) or (self._intake and self._intake.buffered):
+            return False
+        from adapters.amqp.connection import topology
+
+        topo = topology(self._settings)
+        queues = [topo.inbound, *topo.partitions, *(q for d in topo.destinations for q in d.work)]
+        return all(queue_depth(conn, str(q.name)) == 0 for q in queues)
 
 
 class _Fixed:

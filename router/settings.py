@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.errors import ConfigError
+from router.routing.model import RoutesConfig, default_routes, load_routes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The checkout: mappings/ and config/ are read from here unless a setting says otherwise."""
@@ -32,6 +33,7 @@ class QueueNames(_Frozen):
     dead_letter: str = Field(default="helsebro.dlq", description="Queue that holds messages that cannot succeed, with the reason in their headers.")
     replies: str = Field(default="helsebro.reply.hl7v2", description="Queue that receives the HL7 ACK for every inbound message.")
     apprec_prefix: str = Field(default="helsebro.reply.apprec", description="AppRecs go to one queue per receiving party: this prefix, a dot, and the original sender's HER-id (or `unknown`).", examples=["helsebro.reply.apprec"])
+    destination_prefix: str = Field(default="helsebro.dest", description="Queues of queued destinations (config/routes.yaml) are named this prefix, a dot, the destination's name, then `.p<k>` (work), `.retry.<i>` (retry ladder) or `.dlq`.", examples=["helsebro.dest"])
 
 
 class BrokerConfig(_Frozen):
@@ -41,6 +43,8 @@ class BrokerConfig(_Frozen):
     prefetch: int = Field(default=20, ge=1, le=1000, description="Deliveries held unacknowledged at once. More is faster; all of them are delivered again if the worker dies.")
     queue_type: Literal["quorum", "classic"] = Field(default="quorum", description="RabbitMQ queue type. Quorum queues are replicated and survive a node loss; the embedded transport ignores this.")
     reconnect_max_seconds: float = Field(default=30.0, gt=0, le=600, description="Longest wait, in seconds, between reconnect attempts after the broker is lost.")
+    partitions: int = Field(default=1, ge=1, le=64, description="Partition queues the inbound stream is split into by a hash of the patient, each with one active consumer, so several workers keep per-patient order. 1 consumes the inbound queue directly (one active worker); more should be at least the number of workers. The embedded transport always uses 1. Changing it while messages wait moves patients between partitions: drain first.")
+    batch_max: int = Field(default=100, ge=1, le=1000, description="Most deliveries settled together: one record transaction, one wait for publisher confirms, one multiple ack. Only deliveries already received are batched, so a quiet queue still settles each message at once; more costs redelivery of the whole batch after a crash.")
 
 
 class SenderConfig(_Frozen):
@@ -88,6 +92,7 @@ class Settings(_Frozen):
     mappings_dir: Path = Field(default=PROJECT_ROOT / "mappings", description="HELSEBRO_MAPPINGS_DIR: the mapping files.")
     config_dir: Path = Field(default=PROJECT_ROOT / "config", description="HELSEBRO_CONFIG_DIR: the folder holding engine.yaml.")
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    routes: RoutesConfig = Field(default_factory=default_routes, description="config/routes.yaml: destinations and the routes to them; absent, everything goes to the record.")
 
     @property
     def sqlite_path(self) -> Path:
@@ -109,7 +114,8 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     """Read config/engine.yaml, then apply HELSEBRO_* variables, then *overrides*.
 
     Raises:
-        ConfigError: engine.yaml is unreadable or does not match its model.
+        ConfigError: engine.yaml is unreadable or does not match its model, or
+            routes.yaml is wrong (a MappingError with file:line:col).
     """
     env = os.environ if environ is None else environ
     values: dict[str, object] = {k: env[v] for k, v in _ENV.items() if env.get(v)}
@@ -119,6 +125,9 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     try:
         raw = yaml.safe_load(engine_file.read_text(encoding="utf-8")) if engine_file.exists() else {}
         values["engine"] = EngineConfig.model_validate(raw or {})
+        routes_file = config_dir / "routes.yaml"
+        if routes_file.exists():
+            values["routes"] = load_routes(routes_file, mappings_dir=Path(str(values.get("mappings_dir", PROJECT_ROOT / "mappings"))))
         return Settings.model_validate(values)
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{engine_file}: cannot read: {exc}") from exc

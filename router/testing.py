@@ -81,24 +81,44 @@ def adt_message(
     return ("\r".join(segments) + "\r").encode("utf-8")
 
 
-def isolated_settings(folder: Path, *, broker_url: str | None = None, record_url: str | None = None, tag: str | None = None) -> Settings:
+def isolated_settings(
+    folder: Path,
+    *,
+    broker_url: str | None = None,
+    record_url: str | None = None,
+    tag: str | None = None,
+    routes: dict[str, Any] | None = None,
+    broker: dict[str, Any] | None = None,
+) -> Settings:
     """Write a config dir under *folder* whose broker names are unique, and return its settings.
 
     The data dir is `folder / "data"`; queue and exchange names end in *tag*
     (a fresh random one by default), so tests share one RabbitMQ safely.
+    *routes* is written as routes.yaml (legacy queue names in it are tagged
+    too); *broker* overrides keys of the `broker` block (partitions, batch_max …).
     """
     tag = tag or uuid.uuid4().hex[:10]
     config_dir = folder / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
     base = PROJECT_ROOT / "config" / "engine.yaml"
     raw: dict[str, Any] = yaml.safe_load(base.read_text(encoding="utf-8")) or {}
-    broker = raw.setdefault("broker", {})
-    names = broker.setdefault("names", {})
-    for key, default in (("exchange", "helsebro.in"), ("inbound", "helsebro.in.hl7v2"), ("dead_letter", "helsebro.dlq"), ("replies", "helsebro.reply.hl7v2")):
+    broker_block = raw.setdefault("broker", {})
+    names = broker_block.setdefault("names", {})
+    for key, default in (("exchange", "helsebro.in"), ("inbound", "helsebro.in.hl7v2"), ("dead_letter", "helsebro.dlq"), ("replies", "helsebro.reply.hl7v2"), ("destination_prefix", "helsebro.dest")):
         names[key] = f"{names.get(key, default)}.{tag}"
-    broker["reconnect_max_seconds"] = 2.0
+    broker_block["reconnect_max_seconds"] = 2.0
+    broker_block.update(broker or {})
     (config_dir / "engine.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    if routes is not None:
+        routes = {**routes, "destinations": {n: _tagged(d, tag) for n, d in routes.get("destinations", {}).items()}}
+        (config_dir / "routes.yaml").write_text(yaml.safe_dump(routes, sort_keys=False), encoding="utf-8")
     return load_settings(environ={}, config_dir=str(config_dir), data_dir=str(folder / "data"), broker_url=broker_url, record_url=record_url)
+
+
+def _tagged(destination: dict[str, Any], tag: str) -> dict[str, Any]:
+    if destination.get("kind") == "queue":
+        return {**destination, "queue": f"{destination['queue']}.{tag}"}
+    return destination
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -8,68 +8,42 @@ folder-backed queue under `<data_dir>/broker/`, so `helsebro send` in one
 process and `helsebro run` in another share it. Consuming, publishing,
 acking and dead-lettering go through the same kombu calls on both.
 
-The embedded transport's guarantee, and why it is not kombu's plain
-`filesystem://`: kombu's filesystem channel *deletes* a message file the
-moment it fetches it and keeps the message only in process memory until the
-ack; a clean close puts unacked messages back, but a SIGKILL, an OOM kill or a
-power cut loses every fetched, unacked message (up to `prefetch` of them).
-It also names files by millisecond, so two messages published in the same
-millisecond come back in random order, and a reader can pick up a file that
-the writer has not finished. `_DurableFolderChannel` below fixes those three:
-
-- publishing writes the file under a temporary name, fsyncs it and renames it
-  into the queue folder, so a reader sees whole messages only; names sort by
-  a nanosecond clock plus a per-process sequence, so order is publish order;
-- fetching *renames* the file into this consumer's own `unacked/<id>/` folder
-  (an atomic move); the ack deletes it there; a requeue or a clean close
-  renames it back under its original name, so it keeps its place in line;
-- each consumer folder holds a lock file that its process keeps
-  `flock`-ed; the kernel drops the lock when the process dies, however it
-  dies. A new channel moves the files of every unlocked folder back to the
-  queue: a killed worker's in-flight messages are delivered again, in order.
-
-So the embedded broker is at-least-once across process crashes on one
-machine, like RabbitMQ. What it does not give: safety across a power cut for
-the rename itself (the folder is not fsynced), replication, more than one
-machine, or speed (each fetch lists the folder). Use it for demos,
-development and tests; run production on RabbitMQ.
+The embedded transport's guarantees are _folder.py's docstring.
 """
 
 from __future__ import annotations
 
-import fcntl
-import itertools
-import os
-import shutil
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import ChannelError, OperationalError
-from kombu.transport import filesystem, virtual
 
+from adapters.amqp._folder import DurableFolderTransport
 from router.errors import BrokerUnavailable
 
 if TYPE_CHECKING:
     from router.settings import Settings
 
 __all__ = [
+    "DestinationQueues",
+    "QueueName",
     "Topology",
+    "all_queue_names",
     "broker_errors",
     "declare_topology",
     "delete_topology",
     "is_embedded",
     "open_connection",
+    "partition_count",
     "queue_depth",
+    "read_ahead",
     "topology",
 ]
 
 _HEARTBEAT_SECONDS = 30
 _EMBEDDED_POLL_SECONDS = 0.05
-_SEQ = itertools.count()
 
 
 def is_embedded(settings: Settings) -> bool:
@@ -94,7 +68,27 @@ def open_connection(settings: Settings) -> Connection:
         folder.mkdir(parents=True, exist_ok=True)
     options: dict[str, Any] = {k: str(v) for k, v in folders.items()}
     options.update(unacked_folder=str(root / "unacked"), polling_interval=_EMBEDDED_POLL_SECONDS)
-    return Connection("filesystem://", transport=_DurableFolderTransport, transport_options=options)
+    return Connection("filesystem://", transport=DurableFolderTransport, transport_options=options)
+
+
+_READ_AHEAD_BYTES = 8192
+
+
+def read_ahead(connection: Connection) -> None:
+    """Let a connected pyamqp connection read up to 8 KiB per recv instead of exactly one frame part.
+
+    py-amqp reads each frame in three exact-size recv calls (header, payload,
+    end octet); a batch of 100 deliveries and their confirms then costs about
+    1,000 syscalls. Its own buffer keeps what is read ahead (and what a timeout
+    leaves half-read), so asking for more is safe; 8 KiB keeps its
+    slice-per-read copying small. A no-op on the embedded transport.
+    """
+    transport = getattr(getattr(connection, "connection", None), "transport", None)
+    sock = getattr(transport, "sock", None)
+    if transport is None or sock is None or getattr(transport, "_quick_recv", None) != sock.recv:
+        return  # not plain TCP (TLS reads through its own buffer), or already set
+    recv = sock.recv
+    transport._quick_recv = lambda n: recv(max(n, _READ_AHEAD_BYTES))
 
 
 def broker_errors(connection: Connection) -> tuple[type[BaseException], ...]:
@@ -103,41 +97,134 @@ def broker_errors(connection: Connection) -> tuple[type[BaseException], ...]:
 
 
 @dataclass(frozen=True, slots=True)
+class DestinationQueues:
+    """A queued destination's queues: work partitions, the retry ladder (TTL queues), its dead-letter queue."""
+
+    name: str
+    exchange: Exchange
+    work: tuple[Queue, ...]
+    retry_exchanges: tuple[Exchange, ...]
+    retry: tuple[Queue, ...]
+    dead_letter: Queue
+
+
+@dataclass(frozen=True, slots=True)
 class Topology:
-    """The exchange and queues Helsebro uses, as kombu entities."""
+    """The exchanges and queues Helsebro uses, as kombu entities."""
 
     exchange: Exchange
     inbound: Queue
     dead_letter: Queue
     replies: Queue
+    partitions: tuple[Queue, ...] = ()
+    destinations: tuple[DestinationQueues, ...] = ()
+    legacy: tuple[Queue, ...] = ()
 
     @property
     def queues(self) -> tuple[Queue, ...]:
         """Every queue, inbound first."""
-        return (self.inbound, self.dead_letter, self.replies)
+        per_destination = tuple(q for d in self.destinations for q in (*d.work, *d.retry, d.dead_letter))
+        return (self.inbound, self.dead_letter, self.replies, *self.partitions, *per_destination, *self.legacy)
+
+    @property
+    def exchanges(self) -> tuple[Exchange, ...]:
+        """Every exchange, the inbound one first."""
+        return (self.exchange, *(x for d in self.destinations for x in (d.exchange, *d.retry_exchanges)))
+
+
+@dataclass(frozen=True, slots=True)
+class QueueName:
+    """One queue an operator may watch: its role, its name, and the destination it belongs to (or "")."""
+
+    role: str
+    name: str
+    destination: str = ""
+
+
+def all_queue_names(settings: Settings) -> tuple[QueueName, ...]:
+    """Return every queue the engine declares, in display order; names derive from engine.yaml and routes.yaml only.
+
+    Roles: `inbound`, `dead_letter`, `replies`, `partition` (inbound split by patient),
+    and per queued destination `work`, `retry` and `destination_dead_letter`;
+    `legacy` for a legacy system's queue. AppRec queues (one per HER-id) appear
+    on first use and are not listed.
+    """
+    topo = topology(settings)
+    out = [QueueName("inbound", topo.inbound.name), QueueName("dead_letter", topo.dead_letter.name), QueueName("replies", topo.replies.name)]
+    out += [QueueName("partition", q.name) for q in topo.partitions]
+    for d in topo.destinations:
+        out += [QueueName("work", q.name, d.name) for q in d.work]
+        out += [QueueName("retry", q.name, d.name) for q in d.retry]
+        out.append(QueueName("destination_dead_letter", d.dead_letter.name, d.name))
+    out += [QueueName("legacy", q.name, n) for n, q in zip(_legacy_names(settings), topo.legacy)]
+    return tuple(out)
+
+
+def partition_count(settings: Settings) -> int:
+    """Partitions in use: `broker.partitions` on RabbitMQ, always 1 on the embedded transport."""
+    return settings.engine.broker.partitions if settings.broker_url else 1
 
 
 def topology(settings: Settings) -> Topology:
-    """Build the kombu entities for `broker.names` (no I/O)."""
+    """Build the kombu entities for `broker.names` and the destinations of routes.yaml (no I/O)."""
     names = settings.engine.broker.names
     args: dict[str, Any] = {}
     if settings.broker_url and settings.engine.broker.queue_type == "quorum":
         args = {"x-queue-type": "quorum"}  # quorum queues must be durable and not auto-delete
+    # One active consumer per ordered queue: several workers then keep arrival order.
+    # The embedded transport has one worker and no such argument.
+    ordered = {**args, "x-single-active-consumer": True} if settings.broker_url else dict(args)
     exchange = Exchange(names.exchange, type="direct", durable=True, delivery_mode=2)
 
-    def queue(name: str, **bind: Any) -> Queue:
-        return Queue(name, durable=True, auto_delete=False, queue_arguments=dict(args), **bind)
+    def queue(name: str, arguments: dict[str, Any] | None = None, **bind: Any) -> Queue:
+        return Queue(name, durable=True, auto_delete=False, queue_arguments=dict(args if arguments is None else arguments), **bind)
 
+    n = partition_count(settings)
+    partitions = tuple(queue(f"{names.inbound}.p{k}", ordered) for k in range(n)) if n > 1 else ()
+    destinations = tuple(_destination(settings, d, n, queue, ordered, args) for d in settings.routes.queued())
+    legacy = tuple(queue(q) for q in _legacy_queues(settings))
     return Topology(
         exchange=exchange,
-        inbound=queue(names.inbound, exchange=exchange, routing_key=names.routing_key),
+        inbound=queue(names.inbound, ordered, exchange=exchange, routing_key=names.routing_key),
         dead_letter=queue(names.dead_letter),
         replies=queue(names.replies),
+        partitions=partitions,
+        destinations=destinations,
+        legacy=legacy,
     )
 
 
+def _destination(settings: Settings, name: str, n: int, queue: Any, ordered: dict[str, Any], args: dict[str, Any]) -> DestinationQueues:
+    from router.routing.model import FhirDestination  # settings carry the routes; only their shape is read here
+
+    base = f"{settings.engine.broker.names.destination_prefix}.{name}"
+    dest = settings.routes.destinations[name]
+    delays = dest.retry.delays_seconds if isinstance(dest, FhirDestination) else (1.0,)
+    jitter = dest.retry.jitter if isinstance(dest, FhirDestination) else 0.0
+    exchange = Exchange(base, type="direct", durable=True, delivery_mode=2)
+    work = tuple(queue(f"{base}.p{k}", ordered, exchange=exchange, routing_key=f"p{k}") for k in range(n))
+    retry_exchanges = tuple(Exchange(f"{base}.retry.{i}", type="fanout", durable=True, delivery_mode=2) for i in range(len(delays)))
+    retry = []
+    for i, delay in enumerate(delays):
+        # Expired messages dead-letter to the destination's exchange under the routing key
+        # they were parked with (p<k>), so they come back to their own partition.
+        ttl = {"x-message-ttl": int(delay * (1 + jitter) * 1000) + 1, "x-dead-letter-exchange": base}
+        if args.get("x-queue-type") == "quorum":
+            ttl.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+        retry.append(queue(f"{base}.retry.{i}", {**args, **ttl}, exchange=retry_exchanges[i], routing_key=""))
+    return DestinationQueues(name, exchange, work, retry_exchanges, tuple(retry), queue(f"{base}.dlq"))
+
+
+def _legacy_names(settings: Settings) -> list[str]:
+    return [n for n, d in settings.routes.destinations.items() if d.kind == "queue"]
+
+
+def _legacy_queues(settings: Settings) -> list[str]:
+    return [str(getattr(settings.routes.destinations[n], "queue")) for n in _legacy_names(settings)]
+
+
 def declare_topology(connection: Connection, settings: Settings) -> Topology:
-    """Declare the exchange, the queues and the inbound binding; idempotent.
+    """Declare the exchanges, the queues and their bindings; idempotent.
 
     Raises:
         BrokerUnavailable: the broker cannot be reached or refused a declaration.
@@ -145,7 +232,8 @@ def declare_topology(connection: Connection, settings: Settings) -> Topology:
     topo = topology(settings)
     try:
         channel = connection.default_channel
-        topo.exchange.bind(channel).declare()
+        for x in topo.exchanges:
+            x.bind(channel).declare()
         for q in topo.queues:
             q.bind(channel).declare()
     except broker_errors(connection) as exc:
@@ -154,7 +242,7 @@ def declare_topology(connection: Connection, settings: Settings) -> Topology:
 
 
 def delete_topology(connection: Connection, settings: Settings) -> None:
-    """Delete the queues and the exchange (tests and demos clean up with this)."""
+    """Delete the queues and the exchanges (tests and demos clean up with this)."""
     topo = topology(settings)
     channel = connection.default_channel
     for q in topo.queues:
@@ -162,10 +250,11 @@ def delete_topology(connection: Connection, settings: Settings) -> None:
             q.bind(channel).delete()
         except broker_errors(connection):
             channel = connection.channel()  # a failed delete closes the channel on RabbitMQ
-    try:
-        topo.exchange.bind(channel).delete()
-    except broker_errors(connection):
-        pass
+    for x in topo.exchanges:
+        try:
+            x.bind(channel).delete()
+        except broker_errors(connection):
+            channel = connection.channel()
 
 
 def queue_depth(connection: Connection, name: str) -> int:
@@ -182,120 +271,3 @@ def queue_depth(connection: Connection, name: str) -> int:
             channel.close()
     except broker_errors(connection) as exc:
         raise BrokerUnavailable(f"cannot read the depth of a queue: {type(exc).__name__}") from exc
-
-
-# ---------------------------------------------------------------------------
-# The embedded transport: kombu's filesystem channel, made crash-safe.
-# kombu is untyped; these overrides keep its signatures.
-
-
-class _DurableFolderChannel(filesystem.Channel):  # type: ignore[misc]  # kombu has no type hints
-    """A filesystem channel whose unacked messages survive the death of their consumer."""
-
-    def __init__(self, connection: Any, **kwargs: Any) -> None:
-        super().__init__(connection, **kwargs)
-        self._in_flight: dict[str, tuple[Path, str]] = {}  # delivery tag -> (file in unacked/, original name)
-        self._mine: Path | None = None
-        self._lock_file: Any = None
-        _recover_orphans(Path(self.transport_options["unacked_folder"]), Path(self.data_folder_in))
-
-    def _own_folder(self) -> Path:
-        if self._mine is None:
-            # Lock first, under a name recovery skips, then move it in place:
-            # recovery must never see this folder unlocked.
-            unacked = Path(self.transport_options["unacked_folder"])
-            new = unacked / f".new-{uuid.uuid4().hex}"
-            new.mkdir(parents=True)
-            self._lock_file = open(new / ".lock", "wb")  # noqa: SIM115  # held open for the channel's life
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
-            self._mine = unacked / new.name.removeprefix(".new-")
-            os.rename(new, self._mine)
-        return self._mine
-
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
-        name = f"{time.monotonic_ns():020d}-{next(_SEQ):09d}-{uuid.uuid4().hex}.{queue}.msg"
-        folder = Path(self.data_folder_out)
-        tmp = folder.parent / f".tmp-{uuid.uuid4().hex}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(filesystem.str_to_bytes(filesystem.dumps(payload)))
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, folder / name)
-        except OSError as exc:
-            raise ChannelError(f"cannot add a message to queue {queue!r}") from exc
-
-    def _get(self, queue: str) -> Any:
-        suffix = f"{queue}.msg"
-        folder = Path(self.data_folder_in)
-        for name in sorted(os.listdir(folder)):
-            if name.partition(".")[2] != suffix:
-                continue
-            target = self._own_folder() / name
-            try:
-                os.rename(folder / name, target)
-            except OSError:
-                continue  # another consumer took it first
-            payload = filesystem.loads(filesystem.bytes_to_str(target.read_bytes()))
-            self._in_flight[payload["properties"]["delivery_tag"]] = (target, name)
-            return payload
-        raise filesystem.Empty()
-
-    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
-        super().basic_ack(delivery_tag, multiple)
-        held = self._in_flight.pop(delivery_tag, None)
-        if held is not None:
-            held[0].unlink(missing_ok=True)
-
-    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        super().basic_reject(delivery_tag, requeue)  # a requeue goes through _restore
-        held = self._in_flight.pop(delivery_tag, None)
-        if held is not None:
-            held[0].unlink(missing_ok=True)
-
-    def _restore(self, message: Any) -> None:
-        held = self._in_flight.pop(message.delivery_tag, None)
-        if held is None:
-            super()._restore(message)
-            return
-        os.rename(held[0], Path(self.data_folder_in) / held[1])  # back to its place in line
-
-    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> list[str]:
-        found: list[str] = super()._lookup(exchange, routing_key, default)
-        if exchange and not found:
-            # RabbitMQ returns an unroutable `mandatory` message; the embedded broker refuses it.
-            raise ChannelError(f"unroutable: no queue bound to {exchange!r} with that routing key")
-        return found
-
-    def close(self) -> None:
-        super().close()  # puts unacked messages back through _restore
-        if self._mine is not None:
-            self._lock_file.close()
-            shutil.rmtree(self._mine, ignore_errors=True)
-            self._mine = None
-
-
-class _DurableFolderTransport(filesystem.Transport):  # type: ignore[misc]  # kombu has no type hints
-    Channel = _DurableFolderChannel
-
-    def __init__(self, client: Any, **kwargs: Any) -> None:
-        super().__init__(client, **kwargs)
-        # kombu shares one in-memory binding table per process across every
-        # filesystem connection; a second data folder (a test, a fresh demo)
-        # would then skip writing its bindings. Keep one per connection.
-        self.state = virtual.BrokerState()
-
-
-def _recover_orphans(unacked: Path, queue_folder: Path) -> None:
-    """Move the messages of consumers that died back into the queue folder."""
-    folders = sorted(p for p in unacked.iterdir() if p.is_dir() and not p.name.startswith(".")) if unacked.exists() else []
-    for folder in folders:
-        try:
-            with open(folder / ".lock", "ab") as lock:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                for msg in folder.iterdir():
-                    if msg.name.endswith(".msg"):
-                        os.rename(msg, queue_folder / msg.name)
-                shutil.rmtree(folder, ignore_errors=True)
-        except (BlockingIOError, FileNotFoundError):
-            continue  # alive (its process holds the lock) or already recovered

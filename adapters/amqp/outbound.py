@@ -1,15 +1,23 @@
-"""Publish to the broker with publisher confirms: inbound messages, dead letters and replies.
+"""Publish to the broker with publisher confirms: inbound messages, dead letters, replies, forwards.
 
-A publish returns only when the broker holds the message durably (RabbitMQ's
-confirm; the embedded transport's fsync). Deciding what to publish belongs to
-router/engine.py, not here.
+By default a publish returns only when the broker holds the message durably
+(RabbitMQ's confirm; the embedded transport's fsync). A *pipelined* publisher
+(`pipelined=True`, RabbitMQ only) sends without waiting and `flush()` waits
+once for every confirm since the last flush: a batch of 100 publishes to a
+quorum queue then costs one round of replication instead of 100 (a
+synchronous confirm there takes about 1.8 ms). A nack, an unroutable return
+or a lost connection makes `flush()` raise, and the caller must not ack what
+it was publishing for. Deciding what to publish belongs to router/, not here.
 """
 
 from __future__ import annotations
 
+import socket
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Mapping
 
+import amqp
 from kombu import Connection, Exchange, Producer, Queue
 
 from adapters.amqp.connection import Topology, broker_errors, topology
@@ -27,7 +35,7 @@ _CONTENT_TYPE = "application/octet-stream"  # kombu then passes the bytes throug
 class Publisher:
     """Owns one channel for publishing; every publish is persistent, mandatory and confirmed."""
 
-    def __init__(self, connection: Connection, settings: Settings, *, app_id: str = "helsebro") -> None:
+    def __init__(self, connection: Connection, settings: Settings, *, app_id: str = "helsebro", pipelined: bool = False) -> None:
         self._connection = connection  # no I/O here: the first publish opens the channel
         self._topology: Topology = topology(settings)
         self._app_id = app_id
@@ -35,6 +43,47 @@ class Publisher:
         self._returned: list[str] = []
         self._declared: set[str] = set()
         self._queue_args = dict(self._topology.replies.queue_arguments or {})
+        self._pipelined = pipelined and bool(settings.broker_url)
+        self._raw: Any = None  # the pipelined py-amqp channel
+        self._sent = 0
+        self._unconfirmed: set[int] = set()
+        self._nacked = 0
+        self._corked: tuple[Any, Any, list[bytes]] | None = None  # (transport, its write, frames held)
+
+    def publish_to(self, exchange: str, routing_key: str, body: bytes, *, headers: Mapping[str, Any] | None = None, message_id: str | None = None, expiration_ms: int | None = None) -> str:
+        """Publish *body* to *exchange* ("" for a queue by name) with *routing_key*; return its message id."""
+        return self._publish(body, exchange=exchange, routing_key=routing_key, headers=headers, message_id=message_id, expiration_ms=expiration_ms)
+
+    def flush(self, timeout: float = _CONFIRM_TIMEOUT_SECONDS) -> None:
+        """Wait until the broker confirmed every pipelined publish; a no-op when not pipelined.
+
+        Raises:
+            BrokerUnavailable: a publish was nacked or returned unroutable, the wait timed out, or the connection was lost.
+        """
+        if self._raw is None:
+            self._drop_cork()
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            self._uncork()
+            while self._unconfirmed and not self._returned and not self._nacked:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise BrokerUnavailable(f"no publisher confirm within {timeout} s")
+                try:
+                    self._connection.drain_events(timeout=min(left, 1.0))
+                except socket.timeout:
+                    continue
+        except broker_errors(self._connection) as exc:
+            self._raw = None
+            self._drop_cork()
+            raise BrokerUnavailable(f"lost the broker waiting for confirms: {type(exc).__name__}") from exc
+        if self._returned or self._nacked:
+            what = self._returned[0] if self._returned else f"{self._nacked} nacked"
+            self._returned.clear()
+            self._nacked = 0
+            self._unconfirmed.clear()
+            raise BrokerUnavailable(f"publish not accepted: {what}")
 
     def publish_inbound(self, body: bytes, *, headers: Mapping[str, Any] | None = None, message_id: str | None = None) -> str:
         """Publish *body* to the inbound exchange with the inbound routing key; return its message id."""
@@ -52,6 +101,7 @@ class Publisher:
         """Publish a reply to *queue* (declared durable on first use, e.g. one per HER-id); return its message id."""
         if queue not in self._declared:
             try:
+                self._uncork()  # the declare waits for its answer: what is held must go first
                 channel = self._ensure_producer().channel
                 Queue(queue, durable=True, auto_delete=False, queue_arguments=dict(self._queue_args)).bind(channel).declare()
             except broker_errors(self._connection) as exc:
@@ -61,17 +111,28 @@ class Publisher:
         return self._publish(body, exchange="", routing_key=queue, headers=headers)
 
     def close(self) -> None:
-        """Release the channel (the connection stays the caller's)."""
+        """Release the channels (the connection stays the caller's)."""
+        try:
+            self._uncork()
+        except broker_errors(self._connection):
+            pass  # the connection is gone; what was held is lost with it, unconfirmed
         producer, self._producer = self._producer, None
-        if producer is not None:
+        raw, self._raw = self._raw, None
+        for channel in (producer.channel if producer is not None else None, raw):
+            if channel is None:
+                continue
             try:
-                producer.channel.close()
+                channel.close()
             except broker_errors(self._connection):
                 pass  # the connection is gone already; nothing to release
 
-    def _publish(self, body: bytes, *, exchange: Exchange | str, routing_key: str, headers: Mapping[str, Any] | None, message_id: str | None = None) -> str:
+    def _publish(self, body: bytes, *, exchange: Exchange | str, routing_key: str, headers: Mapping[str, Any] | None, message_id: str | None = None, expiration_ms: int | None = None) -> str:
         message_id = message_id or str(uuid.uuid4())
+        if self._pipelined:
+            self._publish_pipelined(body, exchange=exchange if isinstance(exchange, str) else str(exchange.name), routing_key=routing_key, headers=headers, message_id=message_id, expiration_ms=expiration_ms)
+            return message_id
         self._returned.clear()
+        extra = {"expiration": expiration_ms / 1000} if expiration_ms is not None else {}  # kombu takes seconds
         try:
             producer = self._ensure_producer()
             producer.publish(
@@ -87,6 +148,7 @@ class Publisher:
                 app_id=self._app_id,
                 timeout=_CONFIRM_TIMEOUT_SECONDS,
                 retry=False,
+                **extra,
             )
         except broker_errors(self._connection) as exc:
             self._producer = None  # its channel is unusable now
@@ -95,6 +157,70 @@ class Publisher:
             # The confirm came after a basic.return: RabbitMQ routed it nowhere.
             raise BrokerUnavailable(f"publish returned unroutable: {self._returned[0]}")
         return message_id
+
+    def _publish_pipelined(self, body: bytes, *, exchange: str, routing_key: str, headers: Mapping[str, Any] | None, message_id: str, expiration_ms: int | None) -> None:
+        props: dict[str, Any] = {
+            "content_type": _CONTENT_TYPE, "content_encoding": "binary", "delivery_mode": 2,
+            "application_headers": dict(headers or {}), "message_id": message_id, "app_id": self._app_id,
+        }
+        if expiration_ms is not None:
+            props["expiration"] = str(expiration_ms)
+        try:
+            channel = self._ensure_raw()
+            self._cork()
+            channel._basic_publish(amqp.Message(body, **props), exchange=exchange, routing_key=routing_key, mandatory=True)
+        except broker_errors(self._connection) as exc:
+            self._drop_cork()
+            self._raw = None
+            raise BrokerUnavailable(f"publish failed: {type(exc).__name__}") from exc
+        self._sent += 1
+        self._unconfirmed.add(self._sent)
+
+    def _cork(self) -> None:
+        """Hold the frames of pipelined publishes and send them in one write at flush: one syscall and one
+        TCP segment train per batch instead of one per message, for us and for the broker."""
+        if self._corked is None:
+            transport = self._connection.connection.transport
+            held: list[bytes] = []
+            self._corked = (transport, transport._write, held)
+            transport._write = lambda data: held.append(bytes(data))
+
+    def _drop_cork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked is not None:
+            corked[0]._write = corked[1]  # the held frames die with the channel: nothing was confirmed
+
+    def _uncork(self) -> None:
+        corked, self._corked = self._corked, None
+        if corked is not None:
+            transport, write, held = corked
+            transport._write = write
+            if held:
+                transport.write(b"".join(held))
+
+    def _ensure_raw(self) -> Any:
+        if self._raw is None:
+            channel = self._connection.channel()  # a py-amqp channel: confirm mode, but we do not wait per publish
+            channel.confirm_select()
+            channel._confirm_selected = True
+            channel.events["basic_ack"].add(self._on_ack)
+            channel.events["basic_nack"].add(self._on_nack)
+            channel.events["basic_return"].add(self._on_return)
+            self._raw, self._sent = channel, 0
+            self._unconfirmed.clear()
+            self._returned.clear()
+            self._nacked = 0
+        return self._raw
+
+    def _on_ack(self, tag: int, multiple: bool) -> None:
+        if multiple:
+            self._unconfirmed = {t for t in self._unconfirmed if t > tag}
+        else:
+            self._unconfirmed.discard(tag)
+
+    def _on_nack(self, tag: int, multiple: bool) -> None:
+        self._nacked += 1
+        self._on_ack(tag, multiple)
 
     def _ensure_producer(self) -> Producer:
         if self._producer is None:

@@ -2,10 +2,15 @@
 
 Writers serialise on `BEGIN IMMEDIATE` (the file's write lock), so two processes
 cannot both conditionally create one identity; WAL lets readers run beside a writer.
+Before it, a writer takes an `flock` on `<file>-writer.lock`: SQLite's own busy
+handler polls with sleeps of 1, 2, 5 … 100 ms, so two busy workers would wait
+far longer than the other's transaction lasts; the kernel wakes an flock
+waiter the moment the lock is released.
 """
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,8 +51,10 @@ class SqliteRecord(SqlRecord):
             RecordUnavailable: the file cannot be created, opened or migrated.
         """
         super().__init__()
+        self._writer_lock: Any = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer_lock = open(path.with_name(path.name + "-writer.lock"), "ab")  # noqa: SIM115  # held for the record's life
             # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread is
             # off because the record's own lock serialises use across threads.
             self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
@@ -69,6 +76,8 @@ class SqliteRecord(SqlRecord):
         """Close the connection."""
         with self._lock:
             self._conn.close()
+            if self._writer_lock is not None:
+                self._writer_lock.close()
 
     def _query(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
         try:
@@ -79,19 +88,25 @@ class SqliteRecord(SqlRecord):
     @contextmanager
     def _transaction(self, keys: list[int]) -> Iterator[Db]:
         # The file lock taken by BEGIN IMMEDIATE covers every identity, so *keys* are unused.
+        if self._writer_lock is not None:
+            fcntl.flock(self._writer_lock.fileno(), fcntl.LOCK_EX)
         try:
-            self._conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise RecordUnavailable("SQLite record is busy") from exc
-        try:
-            yield _SqliteDb(self._conn)
-            self._conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self._rollback()
-            raise RecordUnavailable("SQLite record write failed") from exc
-        except BaseException:
-            self._rollback()
-            raise
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise RecordUnavailable("SQLite record is busy") from exc
+            try:
+                yield _SqliteDb(self._conn)
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise RecordUnavailable("SQLite record write failed") from exc
+            except BaseException:
+                self._rollback()
+                raise
+        finally:
+            if self._writer_lock is not None:
+                fcntl.flock(self._writer_lock.fileno(), fcntl.LOCK_UN)
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:

@@ -7,6 +7,7 @@ locks, and error translation; everything FHIR-shaped lives here and in _transact
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from adapters.fhir._bundle import ID_RE, TYPE_RE, lock_keys, parse_bundle
 from adapters.fhir._search import search_sql
 from adapters.fhir._transaction import Db, apply_entries
 from router.contracts import ApplyResult, FhirJson
-from router.errors import InvalidContent
+from router.errors import InvalidContent, MessageError
 
 # One schema for both backends; PostgreSQL swaps TEXT for JSON on `body`.
 # fhir_resource holds the current version (deleted ones too, flagged), with `digest`:
@@ -35,7 +36,11 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS fhir_ref (type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, target TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS fhir_ref_target ON fhir_ref (type, target, param)",
     "CREATE INDEX IF NOT EXISTS fhir_ref_owner ON fhir_ref (type, id)",
+    # Message ids already settled (sender + MSH-10), for duplicate detection; see SqlRecord.seen.
+    "CREATE TABLE IF NOT EXISTS helsebro_seen (key TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL)",
 )
+_REMEMBER = "INSERT INTO helsebro_seen (key, seen_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET seen_at = excluded.seen_at"
+_FORGET_EVERY = 1000  # remember() calls between purges of expired keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +66,7 @@ class SqlRecord(ABC):
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self._remembered = 0
 
     def apply(self, bundle: FhirJson) -> ApplyResult:
         """Apply a transaction Bundle all-or-nothing.
@@ -74,6 +80,73 @@ class SqlRecord(ABC):
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         with self._lock, self._transaction(keys) as db:
             return ApplyResult(apply_entries(db, entries, now))
+
+    def apply_batch(self, bundles: Sequence[FhirJson]) -> list[ApplyResult | MessageError]:
+        """Apply several transaction Bundles in order, in one database transaction, each all-or-nothing.
+
+        One commit for the whole batch is what makes batching pay: per-message
+        commits cost more than the writes. A Bundle that cannot apply comes back
+        as its MessageError and leaves no trace: the transaction is rolled back
+        and run again without it (cheaper than a savepoint per Bundle while
+        refusals are rare).
+
+        Raises:
+            RecordUnavailable: the database is unreachable or busy; nothing of the batch was applied.
+        """
+        out: list[ApplyResult | MessageError | None] = [None] * len(bundles)
+        parsed: dict[int, list[Any]] = {}
+        for i, bundle in enumerate(bundles):
+            try:
+                parsed[i] = parse_bundle(bundle)
+            except MessageError as exc:
+                out[i] = exc
+        while parsed:
+            keys = sorted({k for entries in parsed.values() for k in lock_keys(entries)})
+            now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            done: dict[int, ApplyResult] = {}
+            current = -1
+            try:
+                with self._lock, self._transaction(keys) as db:
+                    for i, entries in parsed.items():
+                        current = i
+                        done[i] = ApplyResult(apply_entries(db, entries, now))
+            except MessageError as exc:
+                out[current] = exc
+                del parsed[current]
+                continue
+            for i, result in done.items():
+                out[i] = result
+            break
+        return [r for r in out if r is not None]
+
+    def seen(self, keys: Sequence[str], *, window_seconds: float) -> set[str]:
+        """Return those of *keys* remembered less than *window_seconds* ago.
+
+        Raises:
+            RecordUnavailable: the database is unreachable.
+        """
+        if not keys:
+            return set()
+        since = time.time() - window_seconds
+        marks = ", ".join("?" for _ in keys)
+        rows = self._select(f"SELECT key FROM helsebro_seen WHERE key IN ({marks}) AND seen_at >= ?", (*keys, since))
+        return {str(r[0]) for r in rows}
+
+    def remember(self, keys: Sequence[str], *, window_seconds: float) -> None:
+        """Remember *keys* as settled now; now and then forget those older than *window_seconds*.
+
+        Raises:
+            RecordUnavailable: the database is unreachable or busy.
+        """
+        if not keys:
+            return
+        now = time.time()
+        with self._lock, self._transaction([]) as db:
+            for key in keys:
+                db.execute(_REMEMBER, (key, now))
+            self._remembered += 1
+            if self._remembered % _FORGET_EVERY == 0:
+                db.execute("DELETE FROM helsebro_seen WHERE seen_at < ?", (now - window_seconds,))
 
     def read(self, resource_type: str, id: str) -> FhirJson | None:
         """Return the current version, or None when absent or deleted."""

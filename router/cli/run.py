@@ -1,13 +1,21 @@
 """`helsebro run`: consume the inbound queue and settle every message until stopped.
 
-SIGTERM or SIGINT stops the loop after the delivery in flight is settled and
-acked; the exit code is then 0. The loop itself is router/engine.py's.
+SIGTERM or SIGINT stops the loop after the batch in flight is settled and
+acked; the exit code is then 0. `--workers N` starts N worker processes
+(`--worker-index i --workers N` each) and passes the signal on; each worker
+takes the partitions k with k % N == i first and the others as a standby, so
+one RabbitMQ and one PostgreSQL serve them all with per-patient order kept.
+Several `helsebro run` processes on several hosts work the same way: give each
+its `--worker-index` and the same `--workers`. The loop itself is router/engine.py's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import subprocess
+import sys
 from typing import Any
 
 from router.engine import Engine
@@ -19,9 +27,11 @@ __all__ = ["register"]
 
 def register(subparsers: Any) -> None:
     """Add the `run` verb."""
-    parser = subparsers.add_parser("run", help="Run the engine: consume, convert, apply, reply.", description=__doc__)
-    parser.add_argument("--until-idle", type=_seconds, metavar="SECONDS", default=None, help="Exit 0 once the inbound queue has been empty for this many seconds (for scripts and tests).")
+    parser = subparsers.add_parser("run", help="Run the engine: consume, convert, apply, forward, reply.", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--until-idle", type=_seconds, metavar="SECONDS", default=None, help="Exit 0 once the inbound queues have been empty for this many seconds (for scripts and tests).")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="Least severe log level to write (JSON lines on stderr).")
+    parser.add_argument("--workers", type=_count, default=1, metavar="N", help="Worker processes to run (default 1). Set broker.partitions to at least N on RabbitMQ, or the extra workers stand by.")
+    parser.add_argument("--worker-index", type=int, default=None, metavar="I", help="Run as worker I of --workers (0-based): take partitions k with k %% N == I first.")
     parser.set_defaults(func=_run)
 
 
@@ -32,10 +42,28 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError("must be between 1 and 64")
+    return value
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.workers > 1 and not load_settings().broker_url:
+        print("helsebro run: --workers needs RabbitMQ (HELSEBRO_BROKER_URL): the embedded transport has no single active consumer, so two workers would break per-patient order", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.worker_index is None:
+        return _supervise(args)
+    if args.worker_index is not None and not 0 <= args.worker_index < args.workers:
+        print("helsebro run: --worker-index must be below --workers", file=sys.stderr)
+        return 2
     configure_logging(level=args.log_level)
     settings = load_settings()
-    engine = Engine(settings, logger=get_logger("engine"))
+    logger = get_logger("engine")
+    if args.worker_index is not None:
+        logger = logger.bind(worker=args.worker_index)
+    engine = Engine(settings, logger=logger, worker_index=args.worker_index, workers=args.workers)
 
     def on_signal(signum: int, _frame: Any) -> None:
         engine.stop()
@@ -44,3 +72,21 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     engine.run(until_idle=args.until_idle)
     return 0
+
+
+def _supervise(args: argparse.Namespace) -> int:
+    """Start the workers, pass SIGTERM/SIGINT on, and return the worst exit code."""
+    base = [sys.executable, "-m", "router.cli", "run", "--workers", str(args.workers), "--log-level", args.log_level]
+    if args.until_idle is not None:
+        base += ["--until-idle", str(args.until_idle)]
+    children = [subprocess.Popen([*base, "--worker-index", str(i)], env=os.environ.copy()) for i in range(args.workers)]
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    codes = [child.wait() for child in children]
+    return max((abs(c) for c in codes), default=0)

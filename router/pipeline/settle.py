@@ -1,19 +1,24 @@
-"""Settle one delivery: apply each converted message, dead-letter the failures, reply, then ack.
+"""Settle a batch of deliveries: drop duplicates, route, apply, forward, dead-letter, reply, then ack.
 
-The order is the invariant (DESIGN §Invariants 1, "ack after effect"): the
-record has applied a message, or the dead-letter queue holds it (confirmed),
-and its ACK is on the replies queue (confirmed), before the delivery is
-acked. A crash anywhere in between leaves the delivery unacked, so the broker
-delivers it again; applying is idempotent, so the replay changes nothing, but
-a dead letter or an ACK may then be published twice (at-least-once).
+The order is the invariant (DESIGN §Invariants 1, "ack after effect"): for a
+whole batch, the record has committed (one transaction), every forward and
+dead letter and ACK/AppRec is confirmed by the broker (pipelined publishes,
+one wait), and only then are the deliveries acked (one multiple ack). A crash
+anywhere in between leaves the batch unacked, so the broker delivers it
+again; applying is idempotent, so the replay changes nothing, but a forward,
+a dead letter or an ACK may then be published twice (at-least-once, same
+content, same message id for forwards).
 
-Which HL7 ACK answers which error is adapters/hl7v2/ack.py's table. A KITH
-XML message is answered with one AppRec per recipient (adapters/kith/apprec.py),
-on a queue per sender HER-id, after the record commit. A repeated MsgId whose
-AppRecs were all sent is neither applied nor answered again (HITS 1168 §5.4):
-the guard is only written after the AppRecs are durably published, so a crash
-in between answers twice rather than never. The consumer loop, reconnects and
-the one catch-all belong to router/engine.py.
+Duplicates (HL7 v2): a message whose (sender, MSH-10) was settled within
+`duplicates.window_seconds` is neither applied nor forwarded again; it is
+answered AA again, since a sender resends when an ACK went missing. The key is
+remembered only after the batch's publishes are confirmed, so a crash in
+between forwards twice rather than never. A dead letter an operator replays
+(`helsebro dlq replay`, header `x-helsebro-replay-of`) is applied whatever the
+window says: the replay is a deliberate request, and applying is idempotent. KITH XML keeps its own rule: a
+repeated MsgId whose AppRecs were all sent is neither applied nor answered
+(HITS 1168 §5.4). Messages in one delivery share its ack. The consumer loop,
+reconnects and the one catch-all belong to router/engine.py.
 """
 
 from __future__ import annotations
@@ -22,27 +27,37 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import orjson
 
-from adapters.hl7v2.ack import ack_code_for, build_ack
+from adapters.amqp.inbound import ack_all
 from router.errors import MessageError, RecordUnavailable
+from router.pipeline._reply import reply
 
 if TYPE_CHECKING:
     from adapters.amqp.inbound import Delivery
     from adapters.amqp.outbound import Publisher
     from router.contracts import Converted, FhirJson, Record
+    from router.delivery.forward import Forwarder
+    from router.routing.match import Decision, Router
 
-__all__ = ["Outcome", "Settle", "Settled", "dead_letter_headers"]
+__all__ = ["InternalFailure", "Outcome", "Settle", "Settled", "dead_letter_headers"]
 
-Outcome = Literal["applied", "unchanged", "dead_lettered", "duplicate"]
-"""What became of one message."""
+Outcome = Literal["applied", "unchanged", "forwarded", "filtered", "dead_lettered", "duplicate"]
+"""What became of one message: `forwarded` went only to destinations other than the record; `filtered` matched no route."""
 
-Stage = Literal["convert", "apply", "internal"]
+Stage = Literal["convert", "apply", "internal", "deliver"]
 """Where a dead-lettered message failed."""
 
 _FIRST_RETRY_SECONDS = 0.5
+_REPLAY_HEADER = "x-helsebro-replay-of"  # set by router/ops/deadletters.py on a replayed dead letter
+
+
+class InternalFailure(MessageError):
+    """The code broke on this delivery (the engine's catch-all made it a value): dead-letter as `internal`, no reply."""
+
+    issue_code = "exception"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +74,12 @@ class Settled:
     reason: str | None = None
 
 
-def dead_letter_headers(*, reason: str, stage: Stage, location: str | None, control_id: str | None, outcome: FhirJson) -> dict[str, Any]:
+def dead_letter_headers(
+    *, reason: str, stage: Stage, location: str | None, control_id: str | None, outcome: FhirJson,
+    destination: str = "", attempts: int = 0, last_error: str = "",
+) -> dict[str, Any]:
     """Return the headers a dead letter carries: plain-words reason, never a value from the message."""
-    return {
+    headers = {
         "x-helsebro-reason": reason,
         "x-helsebro-location": location or "",
         "x-helsebro-stage": stage,
@@ -69,10 +87,28 @@ def dead_letter_headers(*, reason: str, stage: Stage, location: str | None, cont
         "x-helsebro-failed-at": datetime.now(timezone.utc).isoformat(),
         "x-helsebro-outcome": orjson.dumps(outcome).decode("utf-8"),
     }
+    if destination:
+        headers.update({"x-helsebro-destination": destination, "x-helsebro-attempts": attempts, "x-helsebro-last-error": last_error})
+    return headers
+
+
+class _Msg:
+    """One message of the batch while it settles."""
+
+    __slots__ = ("conv", "decision", "error", "stage", "outcome", "dup_key", "replayed")
+
+    def __init__(self, conv: Converted, *, replayed: bool = False) -> None:
+        self.conv = conv
+        self.replayed = replayed
+        self.decision: Decision | None = None
+        self.error: MessageError | None = conv.error
+        self.stage: Stage = "internal" if isinstance(conv.error, InternalFailure) else "convert"
+        self.outcome: Outcome | None = None
+        self.dup_key: str | None = None
 
 
 class Settle:
-    """Apply, dead-letter and reply for the messages of one delivery, then ack it."""
+    """Settle batches of deliveries; holds the record, the publisher, the routes and the duplicate window."""
 
     name = "settle"
 
@@ -87,6 +123,12 @@ class Settle:
         logger: Any,
         apprec_prefix: str = "helsebro.reply.apprec",
         guard: Any = None,
+        router: Router | None = None,
+        forwarder: Forwarder | None = None,
+        record_destinations: frozenset[str] = frozenset({"record"}),
+        seen: Any = None,
+        duplicate_window: float = 0.0,
+        embedded: bool = True,
     ) -> None:
         self._apprec_prefix = apprec_prefix
         self._guard = guard  # a KITH DuplicateGuard with `contains` and `seen_before`, or None
@@ -96,61 +138,146 @@ class Settle:
         self._max_backoff = max_backoff
         self._on_wait = on_wait or (lambda: None)
         self._log = logger
+        self._router = router
+        self._forwarder = forwarder
+        self._record_dests = record_destinations
+        self._seen = seen if seen is not None else record  # anything with `seen` and `remember`: the record by default
+        self._window = duplicate_window if hasattr(self._seen, "seen") else 0.0
+        self._embedded = embedded
 
     def __call__(self, delivery: Delivery, results: list[Converted], started: float) -> list[Settled]:
-        """Settle every message of *delivery*, then ack it; return what became of each.
+        """Settle the messages of one delivery, then ack it; return what became of each."""
+        return self.batch([(delivery, results)], started)[0]
+
+    def batch(self, items: Sequence[tuple[Delivery, list[Converted]]], started: float) -> list[list[Settled]]:
+        """Settle every message of every delivery in *items*, then ack them all; return the outcomes per delivery.
 
         Raises:
-            BrokerUnavailable: a publish or the ack failed; the delivery comes again.
-            RecordUnavailable: the engine is stopping during a record outage; the delivery comes again.
+            BrokerUnavailable: a publish, its confirm or the ack failed; the batch comes again.
+            RecordUnavailable: the engine is stopping during a record outage; the batch comes again.
         """
-        settled = [self._one(conv, started) for conv in results]
-        delivery.ack()
-        return settled
+        msgs = [[_Msg(c, replayed=_REPLAY_HEADER in d.headers) for c in results] for d, results in items]
+        flat = [m for group in msgs for m in group]
+        self._find_duplicates(flat)
+        for m in flat:
+            if m.outcome is None and m.error is None and m.conv.bundle is not None:
+                m.decision = self._router.decide(m.conv) if self._router is not None else None
+        self._apply(flat)
+        for m in flat:
+            self._publish(m)
+        self._publisher.flush()
+        self._remember(flat)
+        ack_all([d for d, _r in items], embedded=self._embedded)
+        ms = round((time.monotonic() - started) * 1000, 2)
+        return [[self._settled(m, ms) for m in group] for group in msgs]
 
-    def _one(self, conv: Converted, started: float) -> Settled:
-        error: MessageError | None = conv.error
-        stage: Stage = "convert"
-        outcome: Outcome = "dead_lettered"
-        if conv.format == "kith" and self._answered_before(conv):
-            self._log.info("duplicate_suppressed", msg_id=conv.control_id, sender=conv.sender)
-            return Settled(conv.control_id, conv.message_type, conv.sender, conv.patient_key, "duplicate", round((time.monotonic() - started) * 1000, 2), None, "duplicate MsgId: already applied and answered")
-        if conv.ok and conv.bundle is not None:
+    def _find_duplicates(self, flat: list[_Msg]) -> None:
+        keys: list[str] = []
+        for m in flat:
+            conv = m.conv
+            if conv.format == "kith":
+                if self._answered_before(conv):
+                    m.outcome, m.error = "duplicate", None
+                continue
+            if self._window > 0 and conv.ok and conv.control_id:
+                m.dup_key = f"hl7|{conv.sender or ''}|{conv.control_id}"
+                if not m.replayed:
+                    keys.append(m.dup_key)
+        if not keys:
+            return
+        known = self._with_record(lambda: self._seen.seen(keys, window_seconds=self._window))
+        for m in flat:
+            if m.dup_key is None or m.replayed:
+                continue
+            if m.dup_key in known:
+                m.outcome = "duplicate"
+            known.add(m.dup_key)  # a second copy in this batch is a duplicate of the first
+
+    def _apply(self, flat: list[_Msg]) -> None:
+        todo = [m for m in flat if m.outcome is None and m.error is None and m.conv.bundle is not None and self._to_record(m)]
+        if not todo:
+            return
+        bundles = [m.conv.bundle for m in todo]
+        results = self._with_record(lambda: self._apply_all(bundles))
+        for m, result in zip(todo, results, strict=True):
+            if isinstance(result, MessageError):  # InvalidContent, Refused: this bundle can never apply
+                m.error, m.stage = result, "apply"
+            else:
+                m.outcome = "applied" if result.changed else "unchanged"
+
+    def _apply_all(self, bundles: list[Any]) -> list[Any]:
+        apply_batch = getattr(self._record, "apply_batch", None)
+        if apply_batch is not None:
+            return list(apply_batch(bundles))
+        out: list[Any] = []
+        for bundle in bundles:
             try:
-                outcome = "applied" if self._apply(conv.bundle).changed else "unchanged"
-            except MessageError as exc:  # InvalidContent, Refused: this bundle can never apply
-                error, stage = exc, "apply"
-        if outcome == "dead_lettered":
-            error = error or MessageError("message produced no Bundle")
-            oo = conv.outcome() if stage == "convert" else _outcome_for(error)
-            headers = dead_letter_headers(reason=error.reason, stage=stage, location=error.location, control_id=conv.control_id, outcome=oo)
+                out.append(self._record.apply(bundle))
+            except MessageError as exc:
+                out.append(exc)
+        return out
+
+    def _to_record(self, m: _Msg) -> bool:
+        return m.decision is None or any(d in self._record_dests for d in m.decision.destinations)
+
+    def _publish(self, m: _Msg) -> None:
+        conv = m.conv
+        if m.outcome == "duplicate":
+            self._log.info("duplicate_suppressed", control_id=conv.control_id, sender=conv.sender)
+            if conv.format != "kith":
+                reply(self._publisher, conv, None, apprec_prefix=self._apprec_prefix)
+            return
+        if m.error is None and m.conv.bundle is None:
+            m.error = MessageError("message produced no Bundle")
+        if m.error is not None:
+            oo = conv.outcome() if m.stage == "convert" else _outcome_for(m.error)
+            headers = dead_letter_headers(reason=m.error.reason, stage=m.stage, location=m.error.location, control_id=conv.control_id, outcome=oo)
             self._publisher.dead_letter(conv.raw, headers=headers)
-        self._reply(conv, error)
-        return Settled(
-            control_id=conv.control_id,
-            message_type=conv.message_type,
-            sender=conv.sender,
-            patient_key=conv.patient_key,
-            outcome=outcome,
-            ms=round((time.monotonic() - started) * 1000, 2),
-            stage=stage if error else None,
-            reason=error.reason if error else None,
-        )
+            m.outcome = "dead_lettered"
+            if m.stage == "internal":
+                return  # no reply: nothing is known about the message
+        elif m.decision is not None and m.decision.filtered:
+            m.outcome = "filtered"
+        elif m.decision is not None and self._forwarder is not None:
+            if self._forwarder.forward(self._publisher, conv, m.decision) and m.outcome is None:
+                m.outcome = "forwarded"
+        reply(self._publisher, conv, m.error, apprec_prefix=self._apprec_prefix)
 
-    def _apply(self, bundle: FhirJson) -> Any:
-        """Apply *bundle*, waiting out a record outage with capped exponential backoff.
+    def _remember(self, flat: list[_Msg]) -> None:
+        keys = [m.dup_key for m in flat if m.dup_key and m.outcome in ("applied", "unchanged", "forwarded", "filtered")]
+        if keys:
+            self._with_record(lambda: self._seen.remember(keys, window_seconds=self._window))
+        if self._guard is None:
+            return
+        for m in flat:  # after the AppRecs are confirmed: a crash before answers twice rather than never
+            env = m.conv.envelope
+            if m.conv.format == "kith" and m.outcome != "duplicate" and m.conv.control_id and env is not None:
+                for party in env.recipients:
+                    self._guard.seen_before(m.conv.control_id, recipient=party.her_id or party.role)
 
-        The delivery stays unacked meanwhile, so order per patient holds and
+    def _settled(self, m: _Msg, ms: float) -> Settled:
+        conv, error = m.conv, (m.error if m.outcome == "dead_lettered" else None)
+        reason = error.reason if error else None
+        if m.outcome == "duplicate":
+            reason = "duplicate: already settled"
+        elif m.outcome == "filtered" and m.decision is not None:
+            reason = "no route matched"
+        return Settled(conv.control_id, conv.message_type, conv.sender, conv.patient_key, m.outcome or "dead_lettered", ms, m.stage if error else None, reason)
+
+    def _with_record(self, call: Callable[[], Any]) -> Any:
+        """Run *call* against the record, waiting out an outage with capped exponential backoff.
+
+        The deliveries stay unacked meanwhile, so order per patient holds and
         nothing is requeued behind later messages.
         """
         delay = _FIRST_RETRY_SECONDS
         while True:
             try:
-                return self._record.apply(bundle)
+                return call()
             except RecordUnavailable as exc:
                 self._log.warning("record_unavailable", error=type(exc).__name__, retry_in_s=delay)
                 if self._wait(delay):
-                    raise  # stopping: leave the delivery unacked for the next run
+                    raise  # stopping: leave the deliveries unacked for the next run
                 delay = min(delay * 2, self._max_backoff)
 
     def _wait(self, seconds: float) -> bool:
@@ -168,53 +295,10 @@ class Settle:
         recipients = [p.her_id or p.role for p in conv.envelope.recipients]
         return bool(recipients) and all(self._guard.contains(conv.control_id, recipient=r) for r in recipients)
 
-    def _reply_apprec(self, conv: Converted, error: MessageError | None) -> None:
-        from adapters.kith import build_apprecs  # the XML edge loads only when XML arrives
-
-        for apprec in build_apprecs(conv.envelope, error=error):
-            queue = f"{self._apprec_prefix}.{apprec.recipient_her_id or 'unknown'}"
-            self._publisher.reply_to(queue, apprec.xml, headers={
-                "x-helsebro-original-msg-id": apprec.original_msg_id or "",
-                "x-helsebro-apprec-status": apprec.status,
-                "x-helsebro-apprec-version": apprec.version,
-                "x-helsebro-role": apprec.role,
-                "x-helsebro-error-code": apprec.error_code or "",
-            })
-        if self._guard is not None and conv.control_id and conv.envelope is not None:
-            for party in conv.envelope.recipients:
-                self._guard.seen_before(conv.control_id, recipient=party.her_id or party.role)
-
-    def _reply(self, conv: Converted, error: MessageError | None) -> None:
-        if conv.format == "kith":
-            self._reply_apprec(conv, error)
-            return
-        header = conv.header
-        if error is None:
-            code, err_code = "AA", None
-        else:
-            code, err_code = ack_code_for(error)
-        ack = build_ack(
-            code=code,  # type: ignore[arg-type]  # "AA" or an AckCode from the table
-            control_id=conv.control_id or (header.control_id if header else None),
-            sending_application=header.sending_application if header else "",
-            sending_facility=header.sending_facility if header else "",
-            receiving_application=header.receiving_application if header else "",
-            receiving_facility=header.receiving_facility if header else "",
-            version=(header.version if header else "") or "2.5",
-            message_type=conv.message_type or (header.message_type if header else None),
-            text=error.reason if error else None,
-            error_location=error.location if error else None,
-            error_code=err_code,
-        )
-        self._publisher.reply(ack, headers={
-            "x-helsebro-control-id": conv.control_id or "",
-            "x-helsebro-ack-code": code,
-            "x-helsebro-sender": conv.sender or "",
-        })
-
 
 def _outcome_for(error: MessageError) -> FhirJson:
-    issue: FhirJson = {"severity": "error", "code": error.issue_code, "diagnostics": error.reason}
+    severity = "fatal" if isinstance(error, InternalFailure) else "error"
+    issue: FhirJson = {"severity": severity, "code": error.issue_code, "diagnostics": error.reason}
     if error.location:
         issue["expression"] = [error.location]
     return {"resourceType": "OperationOutcome", "issue": [issue]}

@@ -97,14 +97,14 @@ class TestRun:
         assert all(len(_patient(settings, f)) == 1 for f in fnrs)
 
     def test_same_message_twice_changes_nothing(self, settings, tmp_path):
-        """The second copy of a message through the queue is settled as unchanged; versions stay at 1."""
+        """The second copy of a message through the queue is settled as a duplicate, never applied; versions stay at 1."""
         [fnr] = _write_messages(tmp_path / "in", 1)
         path = str(tmp_path / "in" / "m000.hl7")
         assert _cli(settings, "send", path, path).returncode == 0
         result = _cli(settings, "run", "--until-idle", "0.5")
         assert result.returncode == 0, result.stderr[-2000:]
         outcomes = [e["outcome"] for e in _events(result.stderr) if e["event"] == "delivery_settled"]
-        assert outcomes == ["applied", "unchanged"]
+        assert outcomes == ["applied", "duplicate"]
         [patient] = _patient(settings, fnr)
         assert patient["meta"]["versionId"] == "1"
 
@@ -122,3 +122,26 @@ class TestRun:
                     proc.kill()
         assert proc.returncode == 0
         assert _events(stderr)[-1]["event"] == "engine_stopped"
+
+
+class TestRunWorkers:
+    def test_workers_need_rabbitmq(self, tmp_path):
+        """--workers 2 on the embedded transport is refused with exit 2: it has no single active consumer."""
+        settings = isolated_settings(tmp_path)
+        result = _cli(settings, "run", "--workers", "2", "--until-idle", "0.5")
+        assert result.returncode == 2
+        assert "needs RabbitMQ" in result.stderr
+
+    @pytest.mark.integration
+    def test_two_workers_settle_everything_and_exit_0(self, tmp_path):
+        """`run --workers 2` on four partitions settles every message once and exits 0 when idle."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 4})
+        try:
+            fnrs = _write_messages(tmp_path / "in", 12)
+            assert _cli(settings, "send", str(tmp_path / "in")).returncode == 0
+            result = _cli(settings, "run", "--workers", "2", "--until-idle", "2", timeout=120)
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert all(len(_patient(settings, f)) == 1 for f in fnrs)
+            assert queue_depth(settings, settings.engine.broker.names.inbound) == 0
+        finally:
+            delete_queues(settings)

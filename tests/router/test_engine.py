@@ -21,6 +21,7 @@ from router.testing import (
 
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
 SYSTEM = "urn:helsebro:test:patient"
+_ROUTES_NO_DUPLICATES = {"destinations": {"record": {"kind": "record"}}, "routes": [{"name": "all", "to": ["record"]}], "duplicates": {"window_seconds": 0}}
 
 
 class FakeConverter:
@@ -56,7 +57,7 @@ class FakeConverter:
 
 
 class FlakyRecord:
-    """A Record whose apply fails with RecordUnavailable *failures* times, then works."""
+    """A Record whose apply (and batch apply) fails with RecordUnavailable *failures* times, then works."""
 
     def __init__(self, inner, failures: int) -> None:
         self.inner = inner
@@ -68,6 +69,12 @@ class FlakyRecord:
         if self.calls <= self.failures:
             raise RecordUnavailable("database is restarting")
         return self.inner.apply(bundle)
+
+    def apply_batch(self, bundles):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RecordUnavailable("database is restarting")
+        return self.inner.apply_batch(bundles)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -155,13 +162,30 @@ class TestEngine:
         assert headers["x-helsebro-reason"] == "internal error: RuntimeError"
         assert len(_patients(settings, "1002")) == 1
 
-    def test_replay_changes_nothing(self, settings):
-        """The same message sent twice leaves the record as one application did."""
+    def test_a_resent_message_is_a_duplicate(self, settings):
+        """The same message (sender, MSH-10) sent twice is applied once; the copy is answered AA again, never applied."""
         seen = []
         handle = _engine(settings, on_settled=seen.append)
         publish(settings, [b"P 1003 Testesen", b"P 1003 Testesen"])
         wait_until(lambda: handle.stats.messages == 2, 30, what="both settled")
         handle.stop()
+        assert [s.outcome for s in seen] == ["applied", "duplicate"]
+        assert handle.stats.duplicates == 1
+        [patient] = _patients(settings, "1003")
+        assert patient["meta"]["versionId"] == "1"
+        replies = drain_queue(settings, settings.engine.broker.names.replies)
+        assert [h["x-helsebro-ack-code"] for h, _ in replies] == ["AA", "AA"]
+
+    def test_replay_changes_nothing(self, settings, tmp_path):
+        """With duplicate detection off, the same message applied twice leaves the record as one application did."""
+        settings = isolated_settings(tmp_path / "nodup", broker_url=settings.broker_url, routes=_ROUTES_NO_DUPLICATES)
+        seen = []
+        handle = _engine(settings, on_settled=seen.append)
+        publish(settings, [b"P 1003 Testesen", b"P 1003 Testesen"])
+        wait_until(lambda: handle.stats.messages == 2, 30, what="both settled")
+        handle.stop()
+        if settings.broker_url:
+            delete_queues(settings)
         assert [s.outcome for s in seen] == ["applied", "unchanged"]
         [patient] = _patients(settings, "1003")
         assert patient["meta"]["versionId"] == "1"
@@ -236,7 +260,7 @@ def _break_connection(engine):
         conn.connection.sock.shutdown(socket.SHUT_RDWR)
     else:
         # The embedded transport has no socket: make the next poll fail as a lost broker would.
-        channel = engine._inbound._consumer.channel
+        channel = engine._inbound._channel
 
         def broken(*_a, **_k):
             raise OSError("broker folder went away")

@@ -53,9 +53,10 @@ class TestTopology:
         assert all(q.durable for q in topology(settings).queues)
 
     def test_quorum_only_on_rabbitmq(self, settings):
-        """Queues ask for the quorum type on RabbitMQ; the embedded transport gets plain durable ones."""
-        args = topology(settings).inbound.queue_arguments
-        assert args == ({"x-queue-type": "quorum"} if settings.broker_url else {})
+        """Queues ask for the quorum type on RabbitMQ, the inbound one with a single active consumer; the embedded transport gets plain durable ones."""
+        topo = topology(settings)
+        assert topo.dead_letter.queue_arguments == ({"x-queue-type": "quorum"} if settings.broker_url else {})
+        assert topo.inbound.queue_arguments == ({"x-queue-type": "quorum", "x-single-active-consumer": True} if settings.broker_url else {})
 
     @pytest.mark.integration
     def test_unreachable_broker_is_transient(self, tmp_path):

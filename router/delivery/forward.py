@@ -1,0 +1,73 @@
+"""Hand a settled message to its broker-fed destinations: legacy queues in their own format, and the work queues of queued destinations.
+
+Publishing here is pipelined: the caller (router/pipeline/settle.py) waits for
+every confirm once per batch and acks the source only after that, so a
+destination holds the message durably before the source forgets it. Each
+forward carries a deterministic `message_id` (sender, control id,
+destination), so a receiver can drop the copy an at-least-once redelivery
+may bring. Applying a queued destination's work is router/delivery/worker.py's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from router.routing.model import FhirDestination, QueueDestination
+from router.routing.partition import partition_of
+
+if TYPE_CHECKING:
+    from adapters.amqp.outbound import Publisher
+    from router.contracts import Converted
+    from router.routing.match import Decision
+    from router.settings import Settings
+
+__all__ = ["Forwarder", "forward_id"]
+
+
+def forward_id(conv: Converted, destination: str) -> str:
+    """Return the message id every copy of *conv* sent to *destination* carries."""
+    basis = f"{conv.sender or ''}|{conv.control_id or ''}|{destination}".encode()
+    if not conv.control_id:
+        basis += b"|" + hashlib.blake2b(conv.raw, digest_size=16).digest()
+    return hashlib.blake2b(basis, digest_size=16).hexdigest()
+
+
+class Forwarder:
+    """Publishes one message to every non-record destination its routes chose."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._routes = settings.routes
+        self._prefix = settings.engine.broker.names.destination_prefix
+        self._partitions = settings.engine.broker.partitions if settings.broker_url else 1
+
+    def forward(self, publisher: Publisher, conv: Converted, decision: Decision) -> int:
+        """Publish *conv* to each queue and queued destination in *decision*; return how many were published (pipelined)."""
+        sent = 0
+        overrides = dict(decision.on_failure)
+        for name in decision.destinations:
+            dest = self._routes.destinations[name]
+            headers = _headers(conv, name, decision)
+            if isinstance(dest, QueueDestination):
+                body = conv.raw if dest.format == "passthrough" else orjson.dumps(conv.bundle)
+                publisher.publish_to("", dest.queue, body, headers={**headers, "x-helsebro-format": dest.format}, message_id=forward_id(conv, name))
+                sent += 1
+            elif isinstance(dest, FhirDestination):
+                k = partition_of(conv.raw, self._partitions)
+                headers.update({"x-helsebro-attempt": 1, "x-helsebro-on-failure": overrides.get(name, dest.on_failure)})
+                publisher.publish_to(f"{self._prefix}.{name}", f"p{k}", orjson.dumps(conv.bundle), headers=headers, message_id=forward_id(conv, name))
+                sent += 1
+        return sent
+
+
+def _headers(conv: Converted, destination: str, decision: Decision) -> dict[str, Any]:
+    return {
+        "x-helsebro-control-id": conv.control_id or "",
+        "x-helsebro-sender": conv.sender or "",
+        "x-helsebro-message-type": conv.message_type or "",
+        "x-helsebro-patient": conv.patient_key or "",  # a salted hash, never the identifier
+        "x-helsebro-destination": destination,
+        "x-helsebro-routes": ",".join(decision.routes),
+    }

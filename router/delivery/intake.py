@@ -1,0 +1,43 @@
+"""Split the inbound stream into patient partitions: read a cheap patient key, forward the bytes, ack.
+
+With `broker.partitions` > 1 every worker subscribes to the inbound queue,
+which has a single active consumer, so one intake at a time forwards in
+arrival order; each partition queue then has one active consumer too, so
+per-patient order survives any number of workers. The intake neither decodes
+nor converts (router/routing/partition.py reads the key from raw bytes):
+converting is the partition workers' work, in parallel. A batch is acked
+only after every forward is confirmed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from adapters.amqp.inbound import ack_all
+from router.routing.partition import partition_of
+
+if TYPE_CHECKING:
+    from adapters.amqp.inbound import Delivery
+    from adapters.amqp.outbound import Publisher
+
+__all__ = ["Intake"]
+
+
+class Intake:
+    """Forwards inbound deliveries to `<inbound>.p<k>`."""
+
+    def __init__(self, inbound_queue: str, partitions: int) -> None:
+        self._names = [f"{inbound_queue}.p{k}" for k in range(partitions)]
+        self._partitions = partitions
+
+    def __call__(self, publisher: Publisher, deliveries: Sequence[Delivery]) -> None:
+        """Forward *deliveries* (confirmed, in order), then ack them.
+
+        Raises:
+            BrokerUnavailable: a publish, its confirm or the ack failed; the deliveries come again.
+        """
+        for d in deliveries:
+            k = partition_of(d.body, self._partitions)
+            publisher.publish_to("", self._names[k], d.body, headers=d.headers, message_id=d.message_id)
+        publisher.flush()
+        ack_all(deliveries, embedded=False)

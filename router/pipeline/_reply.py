@@ -1,0 +1,60 @@
+"""Answer the sender: an HL7 ACK on the replies queue, or one KITH AppRec per recipient on a queue per sender HER-id.
+
+Kept beside settle.py, the only caller; which ACK code answers which error is
+adapters/hl7v2/ack.py's table, the AppRec's is adapters/kith/apprec.py's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from adapters.hl7v2.ack import ack_code_for, build_ack
+
+if TYPE_CHECKING:
+    from adapters.amqp.outbound import Publisher
+    from router.contracts import Converted
+    from router.errors import MessageError
+
+
+def reply(publisher: Publisher, conv: Converted, error: MessageError | None, *, apprec_prefix: str) -> None:
+    """Publish the answer to *conv* (AA, or the code *error* calls for)."""
+    if conv.format == "kith":
+        _reply_apprec(publisher, conv, error, apprec_prefix)
+        return
+    header = conv.header
+    if error is None:
+        code, err_code = "AA", None
+    else:
+        code, err_code = ack_code_for(error)
+    ack = build_ack(
+        code=code,  # type: ignore[arg-type]  # "AA" or an AckCode from the table
+        control_id=conv.control_id or (header.control_id if header else None),
+        sending_application=header.sending_application if header else "",
+        sending_facility=header.sending_facility if header else "",
+        receiving_application=header.receiving_application if header else "",
+        receiving_facility=header.receiving_facility if header else "",
+        version=(header.version if header else "") or "2.5",
+        message_type=conv.message_type or (header.message_type if header else None),
+        text=error.reason if error else None,
+        error_location=error.location if error else None,
+        error_code=err_code,
+    )
+    publisher.reply(ack, headers={
+        "x-helsebro-control-id": conv.control_id or "",
+        "x-helsebro-ack-code": code,
+        "x-helsebro-sender": conv.sender or "",
+    })
+
+
+def _reply_apprec(publisher: Publisher, conv: Converted, error: MessageError | None, prefix: str) -> None:
+    from adapters.kith import build_apprecs  # the XML edge loads only when XML arrives
+
+    for apprec in build_apprecs(conv.envelope, error=error):
+        queue = f"{prefix}.{apprec.recipient_her_id or 'unknown'}"
+        publisher.reply_to(queue, apprec.xml, headers={
+            "x-helsebro-original-msg-id": apprec.original_msg_id or "",
+            "x-helsebro-apprec-status": apprec.status,
+            "x-helsebro-apprec-version": apprec.version,
+            "x-helsebro-role": apprec.role,
+            "x-helsebro-error-code": apprec.error_code or "",
+        })

@@ -1,0 +1,221 @@
+"""The model of config/routes.yaml: destinations, the routes to them, the duplicate window; loaded with file:line:col.
+
+Matching a message against the routes is match.py's; delivering to a
+destination is router/delivery/'s. A missing routes.yaml means one default
+route, everything to the record, so an engine without one behaves as before.
+
+    destinations:
+      record: {kind: record}
+      kommune: {kind: queue, queue: kommune.adt.in, format: passthrough}
+      lab-fhir: {kind: fhir, server: {base_url: "https://lab.example.no/fhir"}, on_failure: park}
+    routes:
+      - name: admissions
+        match: {format: hl7v2, message_code: [ADT], event: [A01, A03], when: "PV1-2 = I"}
+        to: [record, kommune, lab-fhir]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adapters.fhir.client import FhirClientConfig
+from router.errors import MappingError
+from router.mapping._yaml import YList, YMap, load_yaml
+
+__all__ = [
+    "Destination",
+    "DuplicatesConfig",
+    "FhirDestination",
+    "OnFailure",
+    "QueueDestination",
+    "RecordDestination",
+    "RetryConfig",
+    "Route",
+    "RouteMatch",
+    "RoutesConfig",
+    "default_routes",
+    "load_routes",
+]
+
+OnFailure = Literal["strict", "park"]
+"""What a queued destination does with a message that fails for now: retry in place, holding back its
+partition (strict, order kept), or park it on the retry ladder and go on (park, order given up for it)."""
+
+_NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryConfig(_Frozen):
+    """The retry ladder of a queued destination: TTL queues that dead-letter back to the work queue."""
+
+    delays_seconds: tuple[float, ...] = Field(
+        default=(1.0, 5.0, 30.0, 300.0, 1800.0), min_length=1, max_length=10,
+        description="Wait before each retry, in seconds, one retry queue per step; the last step repeats. "
+        "Short first steps ride out a restart, long last ones an outage of hours.",
+        examples=[[1, 5, 30, 300, 1800]],
+    )
+    jitter: float = Field(
+        default=0.2, ge=0, le=1,
+        description="Fraction of a step's delay drawn at random and added per message, so parked messages "
+        "do not all come back at once. 0 makes retries land together.",
+    )
+    max_attempts: int = Field(
+        default=50, ge=1, le=10_000,
+        description="Attempts, the first included, before a message that keeps failing for now goes to the "
+        "destination's dead-letter queue. With the default ladder 50 attempts span about a day.",
+    )
+
+
+class RecordDestination(_Frozen):
+    """The shared record the engine itself holds (HELSEBRO_RECORD_URL): applied inline, in order, waiting out outages."""
+
+    kind: Literal["record"]
+
+
+class QueueDestination(_Frozen):
+    """A legacy system's RabbitMQ queue, fed in its own format; the broker's confirm is the delivery."""
+
+    kind: Literal["queue"]
+    queue: str = Field(min_length=1, max_length=200, description="Durable queue the messages are published to; declared on start.", examples=["kommune.pleie.adt"])
+    format: Literal["passthrough", "fhir-json", "hl7v2"] = Field(
+        default="passthrough",
+        description="passthrough: the original bytes; fhir-json: the canonical transaction Bundle as JSON; "
+        "hl7v2: rendered from the Bundle by an outbound mapping (not built yet: refused at load).",
+    )
+
+    @model_validator(mode="after")
+    def _renderable(self) -> QueueDestination:
+        if self.format == "hl7v2":
+            raise ValueError("format hl7v2 needs the outbound HL7 v2 renderer, which is not built yet; use passthrough or fhir-json")
+        return self
+
+
+class FhirDestination(_Frozen):
+    """An external FHIR R4 server, fed through its own partitioned work queue, retry ladder and dead-letter queue."""
+
+    kind: Literal["fhir"]
+    server: FhirClientConfig = Field(description="The server: base URL, authentication, timeouts.")
+    on_failure: OnFailure = Field(default="strict", description="strict: retry a failing message in place, holding back its partition, so order holds; park: put it on the retry ladder and go on.")
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="The retry ladder for parked messages.")
+
+
+Destination = Annotated[Union[RecordDestination, QueueDestination, FhirDestination], Field(discriminator="kind")]
+"""One destination block, told apart by `kind`."""
+
+
+class RouteMatch(_Frozen):
+    """What a message must be for a route to take it; every field given must match, an absent one matches all."""
+
+    format: Literal["hl7v2", "kith"] | None = Field(default=None, description="Source format. Required with `when`, whose paths are that format's (terser paths or XPath).")
+    message_code: tuple[str, ...] = Field(default=(), description="HL7 MSH-9.1 (ADT, ORU) or the KITH message type.", examples=[["ADT"]])
+    event: tuple[str, ...] = Field(default=(), description="HL7 MSH-9.2 trigger events.", examples=[["A01", "A03"]])
+    sender: tuple[str, ...] = Field(default=(), description="Sending application, facility or `application@facility` (MSH-3/MSH-4), or the sender's HER-id.", examples=[["PAS@STOLAV", "STOLAV", "8094"]])
+    receiver: tuple[str, ...] = Field(default=(), description="Receiving application, facility or `application@facility` (MSH-5/MSH-6), or the receiver's HER-id.", examples=[["HELSEPLATTFORMEN"]])
+    when: str | None = Field(default=None, description="A condition in the mappings' expression language over the message itself.", examples=["PV1-2 = I"])
+
+    @model_validator(mode="after")
+    def _when_needs_format(self) -> RouteMatch:
+        if self.when is not None and self.format is None:
+            raise ValueError("`when` needs `format` (hl7v2 or kith): its paths are that format's")
+        return self
+
+
+class Route(_Frozen):
+    """One route: the messages it matches and the destinations they go to."""
+
+    name: str = Field(pattern=_NAME, description="Names the route in logs and in the `filtered` outcome.", examples=["admissions"])
+    match: RouteMatch = Field(default_factory=RouteMatch, description="What the route takes; empty takes everything.")
+    to: tuple[str, ...] = Field(min_length=1, description="Destination names, as declared under `destinations`.", examples=[["record", "kommune"]])
+    on_failure: OnFailure | None = Field(default=None, description="Overrides the destinations' own `on_failure` for messages this route sends.")
+
+
+class DuplicatesConfig(_Frozen):
+    """How long a message id (MSH-10 with its sender) is remembered so a resent copy is not applied twice."""
+
+    window_seconds: int = Field(
+        default=7 * 86400, ge=0, le=366 * 86400,
+        description="Seconds a (sender, MSH-10) pair is remembered. 0 turns detection off (replays are then "
+        "applied again, harmlessly: writes are idempotent). Longer costs one small row per message for longer.",
+    )
+
+
+class RoutesConfig(_Frozen):
+    """config/routes.yaml."""
+
+    destinations: dict[str, Destination] = Field(description="Destinations by name (lower case, digits, dashes; part of queue names).")
+    routes: tuple[Route, ...] = Field(min_length=1, description="Routes; every route that matches adds its destinations.")
+    duplicates: DuplicatesConfig = Field(default_factory=DuplicatesConfig, description="Duplicate detection for HL7 v2.")
+
+    @model_validator(mode="after")
+    def _known_names(self) -> RoutesConfig:
+        import re
+
+        for name in self.destinations:
+            if not re.match(_NAME, name):
+                raise ValueError(f"destination name {name!r} must be lower case letters, digits and dashes")
+        for route in self.routes:
+            unknown = [d for d in route.to if d not in self.destinations]
+            if unknown:
+                raise ValueError(f"route {route.name!r} sends to undeclared destination {unknown[0]!r}")
+        return self
+
+    def queued(self) -> tuple[str, ...]:
+        """Names of the destinations fed through their own work queues (kind fhir), sorted."""
+        return tuple(sorted(n for n, d in self.destinations.items() if isinstance(d, FhirDestination)))
+
+
+def default_routes() -> RoutesConfig:
+    """Everything goes to the record: the behaviour without a routes.yaml."""
+    return RoutesConfig(destinations={"record": RecordDestination(kind="record")}, routes=(Route(name="default", to=("record",)),))
+
+
+def load_routes(path: Path, *, mappings_dir: Path | None = None) -> RoutesConfig:
+    """Read and check *path*, compiling every `when:` (XPath prefixes from *mappings_dir*/kith/namespaces.yaml).
+
+    Raises:
+        MappingError: a YAML, model or condition error, at file:line:col.
+    """
+    node = load_yaml(path)
+    try:
+        config = RoutesConfig.model_validate(_plain(node) or {})
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains the rest
+        pos = _position(node, list(first["loc"]))
+        where = ".".join(str(p) for p in first["loc"])
+        raise MappingError(f"{where}: {first['msg']}", file=pos[0], line=pos[1], column=pos[2]) from exc
+    from router.routing.match import compile_when  # the path compilers load only when a route has a condition
+
+    for i, route in enumerate(config.routes):
+        if route.match.when is not None:
+            try:
+                compile_when(route.match.when, route.match.format or "hl7v2", mappings_dir=mappings_dir)
+            except ValueError as exc:  # ConditionSyntaxError and the path compilers' syntax errors
+                pos = _position(node, ["routes", i, "match", "when"])
+                raise MappingError(f"route {route.name}: when: {exc}", file=pos[0], line=pos[1], column=pos[2]) from exc
+    return config
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _position(node: Any, loc: list[Any]) -> tuple[str, int, int]:
+    """The position of the deepest node of *loc* that exists in the YAML (pydantic adds union tags: skipped)."""
+    best = node.pos() if isinstance(node, (YMap, YList)) else ("?", 1, 1)
+    for part in loc:
+        if isinstance(node, YMap) and isinstance(part, str) and part in node:
+            best, node = node.pos(part), node[part]
+        elif isinstance(node, YList) and isinstance(part, int) and part < len(node):
+            best, node = node.pos(part), node[part]
+    return best

@@ -1,0 +1,118 @@
+"""Queued destinations: work partitions, strict retry in place, the retry ladder, and the destination's dead-letter queue."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from router.errors import RecordUnavailable, Refused
+from router.testing import delete_queues, drain_queue, isolated_settings, publish, run_engine_in_thread, wait_until
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+class FakeServer:
+    """Stands in for a FhirClient: fails for now `failures` times (or refuses), records what it applied."""
+
+    def __init__(self, failures: int = 0, refuse: bool = False) -> None:
+        self.failures = failures
+        self.refuse = refuse
+        self.calls = 0
+        self.applied: list[dict] = []
+        self.lock = threading.Lock()
+
+    def apply(self, bundle):
+        with self.lock:
+            self.calls += 1
+            if self.refuse:
+                raise Refused("the server refused the transaction (422)")
+            if self.calls <= self.failures:
+                raise RecordUnavailable("503 from the server")
+            self.applied.append(bundle)
+
+
+def _routes(on_failure: str, *, max_attempts: int = 50) -> dict:
+    return {
+        "destinations": {
+            "record": {"kind": "record"},
+            "ekstern": {"kind": "fhir", "on_failure": on_failure, "server": {"base_url": "http://127.0.0.1:9/fhir"},
+                        "retry": {"delays_seconds": [0.2, 0.4], "jitter": 0.1, "max_attempts": max_attempts}},
+        },
+        "routes": [{"name": "all", "to": ["record", "ekstern"]}],
+    }
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+def broker_url(request):
+    return RABBIT if request.param == "rabbitmq" else None
+
+
+class TestDestinationWorker:
+    def test_strict_retries_in_place_and_keeps_order(self, tmp_path, broker_url, fake_converter):
+        """A destination failing for now is retried in place; every message arrives once, in publish order."""
+        settings = isolated_settings(tmp_path, broker_url=broker_url, routes=_routes("strict"))
+        server = FakeServer(failures=3)
+        handle = run_engine_in_thread(settings, converter=fake_converter, destination_clients={"ekstern": server})
+        try:
+            publish(settings, [f"P {4000 + i}".encode() for i in range(10)])
+            wait_until(lambda: len(server.applied) == 10, 60, what="all delivered")
+        finally:
+            handle.stop()
+            if broker_url:
+                delete_queues(settings)
+        values = [b["entry"][0]["resource"]["identifier"][0]["value"] for b in server.applied]
+        assert values == [str(4000 + i) for i in range(10)]
+
+    @pytest.mark.integration
+    def test_park_goes_round_the_ladder(self, tmp_path, fake_converter):
+        """With park, a failing message rides the retry ladder back to its partition and is delivered later; others go on."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, routes=_routes("park"))
+        server = FakeServer(failures=2)
+        handle = run_engine_in_thread(settings, converter=fake_converter, destination_clients={"ekstern": server})
+        try:
+            publish(settings, [b"P 5001", b"P 5002"])
+            wait_until(lambda: len(server.applied) == 2, 60, what="both delivered")
+            stats = handle.engine.destinations[0].stats
+        finally:
+            handle.stop()
+            delete_queues(settings)
+        assert stats.parked == 2 and stats.applied == 2 and stats.dead_lettered == 0
+
+    @pytest.mark.integration
+    def test_park_gives_up_into_the_dead_letter_queue(self, tmp_path, fake_converter):
+        """After max_attempts the message goes to the destination's DLQ with reason, attempts and last error."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, routes=_routes("park", max_attempts=3))
+        server = FakeServer(failures=10_000)
+        handle = run_engine_in_thread(settings, converter=fake_converter, destination_clients={"ekstern": server})
+        dlq = f"{settings.engine.broker.names.destination_prefix}.ekstern.dlq"
+        try:
+            publish(settings, [b"P 5003"])
+            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="given up")
+            [(headers, _body)] = drain_queue(settings, dlq)
+        finally:
+            handle.stop()
+            delete_queues(settings)
+        assert headers["x-helsebro-reason"] == "gave up after 3 attempts"
+        assert headers["x-helsebro-attempts"] == 3
+        assert headers["x-helsebro-last-error"] == "RecordUnavailable"
+        assert headers["x-helsebro-destination"] == "ekstern"
+        assert headers["x-helsebro-stage"] == "deliver"
+        assert server.calls == 3
+
+    def test_refused_goes_straight_to_the_dead_letter_queue(self, tmp_path, broker_url, fake_converter):
+        """A message the server refuses is dead-lettered at once, the record still has it, nothing is retried."""
+        settings = isolated_settings(tmp_path, broker_url=broker_url, routes=_routes("strict"))
+        server = FakeServer(refuse=True)
+        handle = run_engine_in_thread(settings, converter=fake_converter, destination_clients={"ekstern": server})
+        dlq = f"{settings.engine.broker.names.destination_prefix}.ekstern.dlq"
+        try:
+            publish(settings, [b"P 5004"])
+            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="refused")
+            [(headers, _body)] = drain_queue(settings, dlq)
+        finally:
+            handle.stop()
+            if broker_url:
+                delete_queues(settings)
+        assert headers["x-helsebro-reason"] == "the server refused the transaction (422)"
+        assert server.calls == 1

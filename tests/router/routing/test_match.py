@@ -1,0 +1,58 @@
+"""Route matching: message type and event, sender and receiver, `when:` conditions, fan-out order, filtering."""
+
+from __future__ import annotations
+
+from router.pipeline.convert import Converter
+from router.routing.match import Router
+from router.routing.model import RoutesConfig
+from router.testing import adt_message
+from schemas.identity import first_valid_fnr
+
+FNR = first_valid_fnr(3, 4, 85, 123, synthetic=True)
+
+
+def _router(routes):
+    return Router(RoutesConfig.model_validate({"destinations": {"record": {"kind": "record"}, "kommune": {"kind": "queue", "queue": "k"}, "lab": {"kind": "queue", "queue": "l", "format": "fhir-json"}}, "routes": routes}))
+
+
+def _conv(converter, event="A01", **kw):
+    [conv] = converter.convert(adt_message(event, control_id="M1", fnr=FNR, local_id="L1", visit="V1", **kw))
+    return conv
+
+
+class TestRouter:
+    def test_every_matching_route_adds_its_destinations_once(self, converter):
+        """Routes are tried in order; destinations are the union, first appearance first."""
+        router = _router([
+            {"name": "adt", "match": {"message_code": ["ADT"]}, "to": ["record", "kommune"]},
+            {"name": "admit", "match": {"event": ["A01"]}, "to": ["kommune", "lab"]},
+            {"name": "oru", "match": {"message_code": ["ORU"]}, "to": ["lab"]},
+        ])
+        decision = router.decide(_conv(converter))
+        assert decision.routes == ("adt", "admit")
+        assert decision.destinations == ("record", "kommune", "lab")
+
+    def test_sender_and_receiver_match_application_facility_or_both(self, converter):
+        """`PAS`, `STOLAV` and `PAS@STOLAV` all name the sender; a receiver that differs does not match."""
+        for name in ("PAS", "STOLAV", "PAS@STOLAV"):
+            assert _router([{"name": "s", "match": {"sender": [name]}, "to": ["record"]}]).decide(_conv(converter)).destinations == ("record",)
+        assert _router([{"name": "r", "match": {"receiver": ["OTHER"]}, "to": ["record"]}]).decide(_conv(converter)).filtered
+
+    def test_when_reads_the_message(self, converter):
+        """A `when:` condition in the mapping language selects on content (PV1-2 patient class)."""
+        inpatient = _router([{"name": "inpatients", "match": {"format": "hl7v2", "when": "PV1-2 = I"}, "to": ["kommune"]}])
+        outpatient = _router([{"name": "outpatients", "match": {"format": "hl7v2", "when": "PV1-2 = O"}, "to": ["kommune"]}])
+        conv = _conv(converter)
+        assert inpatient.decide(conv).destinations == ("kommune",)
+        assert outpatient.decide(conv).filtered
+
+    def test_format_restricts(self, converter):
+        """A kith-only route never takes an HL7 message."""
+        assert _router([{"name": "xml", "match": {"format": "kith"}, "to": ["lab"]}]).decide(_conv(converter)).filtered
+
+    def test_on_failure_override_travels_with_the_decision(self, converter):
+        """A route's on_failure is handed on per destination."""
+        decision = _router([{"name": "all", "to": ["lab"], "on_failure": "park"}]).decide(_conv(converter))
+        assert decision.on_failure == (("lab", "park"),)
+
+

@@ -1,0 +1,83 @@
+"""routes.yaml: the default route, checked fields, errors at file:line:col, conditions compiled at load."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.errors import ConfigError, MappingError
+from router.routing import RoutesConfig, default_routes, load_routes
+from router.settings import load_settings
+from router.testing import isolated_settings
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "routes.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class TestRoutesModel:
+    def test_missing_file_means_everything_to_the_record(self, tmp_path):
+        """Without routes.yaml there is one route, `default`, to the record."""
+        settings = isolated_settings(tmp_path)
+        assert settings.routes == default_routes()
+        assert [r.to for r in settings.routes.routes] == [("record",)]
+
+    def test_shipped_routes_yaml_loads(self):
+        """config/routes.yaml as shipped passes its checks."""
+        assert isinstance(load_settings(environ={}).routes, RoutesConfig)
+
+    def test_unknown_key_points_at_its_line(self, tmp_path):
+        """A typo in a route is an error at the route's file:line:col, never a silent default."""
+        path = _write(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - name: all\n    too: [record]\n")
+        with pytest.raises(MappingError) as err:
+            load_routes(path)
+        assert str(err.value).startswith(f"{path}:5:5: routes.0.too: Extra inputs are not permitted")
+
+    def test_undeclared_destination_is_refused(self, tmp_path):
+        """A route to a destination nobody declared is an error."""
+        path = _write(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - {name: all, to: [record, lab]}\n")
+        with pytest.raises(MappingError, match="undeclared destination 'lab'"):
+            load_routes(path)
+
+    def test_bad_condition_points_at_when(self, tmp_path):
+        """A `when:` that does not compile is reported at its own line."""
+        path = _write(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - name: all\n    match:\n      format: hl7v2\n      when: PV1-2 ==== I\n    to: [record]\n")
+        with pytest.raises(MappingError) as err:
+            load_routes(path)
+        assert f"{path}:7:" in str(err.value)
+
+    def test_when_needs_a_format(self, tmp_path):
+        """A condition without `format` is refused: its paths would be ambiguous."""
+        path = _write(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - {name: all, match: {when: PV1 valued}, to: [record]}\n")
+        with pytest.raises(MappingError, match="needs `format`"):
+            load_routes(path)
+
+    def test_hl7v2_rendering_is_refused_until_built(self, tmp_path):
+        """format hl7v2 for a legacy queue says the renderer is not built yet."""
+        path = _write(tmp_path, "destinations:\n  pas: {kind: queue, queue: pas.in, format: hl7v2}\nroutes:\n  - {name: all, to: [pas]}\n")
+        with pytest.raises(MappingError, match="not built yet"):
+            load_routes(path)
+
+    def test_load_settings_reports_routes_errors_as_config_errors(self, tmp_path):
+        """A broken routes.yaml stops start-up with a ConfigError naming the file."""
+        settings = isolated_settings(tmp_path)
+        (settings.config_dir / "routes.yaml").write_text("routes: 3\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match="routes.yaml"):
+            load_settings(environ={}, config_dir=str(settings.config_dir))
+
+
+class TestShippedExample:
+    def test_the_commented_example_in_config_routes_yaml_loads(self, tmp_path):
+        """The example in config/routes.yaml's comments passes the same checks as the live routes."""
+        from router.settings import PROJECT_ROOT
+
+        lines = (PROJECT_ROOT / "config" / "routes.yaml").read_text(encoding="utf-8").splitlines()
+        start = lines.index("# destinations:")
+        example = []
+        for line in lines[start:]:
+            if not line.startswith("#"):
+                break
+            example.append(line[2:])
+        config = load_routes(_write(tmp_path, "\n".join(example) + "\n"))
+        assert config.queued() == ("lab-fhir",)
