@@ -315,6 +315,8 @@ class Engine:
                     "delivery_settled", control_id=one.control_id, message_type=one.message_type, sender=one.sender,
                     patient_key=one.patient_key, outcome=one.outcome, stage=one.stage, reason=one.reason,
                     message_id=d.message_id, ms=one.ms,
+                    # Nothing silent (DESIGN §4): name what no rule read, so data loss shows.
+                    unmapped=len(one.unmapped), unmapped_fields=list(one.unmapped[:20]),
                 )
                 self._on_settled(one)
 

@@ -72,6 +72,7 @@ class Settled:
     ms: float
     stage: Stage | None = None
     reason: str | None = None
+    unmapped: tuple[str, ...] = ()  # source positions no rule read (field and element names, no values)
 
 
 def dead_letter_headers(
@@ -262,7 +263,7 @@ class Settle:
             reason = "duplicate: already settled"
         elif m.outcome == "filtered" and m.decision is not None:
             reason = "no route matched"
-        return Settled(conv.control_id, conv.message_type, conv.sender, conv.patient_key, m.outcome or "dead_lettered", ms, m.stage if error else None, reason)
+        return Settled(conv.control_id, conv.message_type, conv.sender, conv.patient_key, m.outcome or "dead_lettered", ms, m.stage if error else None, reason, tuple(conv.unmapped))
 
     def _with_record(self, call: Callable[[], Any]) -> Any:
         """Run *call* against the record, waiting out an outage with capped exponential backoff.
