@@ -80,12 +80,10 @@ class FlakyRecord:
         return getattr(self.inner, name)
 
 
-@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
-def settings(request, tmp_path):
-    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None)
-    yield s
-    if s.broker_url:
-        delete_queues(s)
+@pytest.fixture
+def settings(broker_settings):
+    """The shared broker fixture (tests/conftest.py): embedded and RabbitMQ."""
+    return broker_settings
 
 
 def _record(settings):

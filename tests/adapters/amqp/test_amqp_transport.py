@@ -14,17 +14,15 @@ from adapters.amqp.connection import declare_topology, open_connection, queue_de
 from adapters.amqp.inbound import Inbound
 from adapters.amqp.outbound import Publisher
 from router.errors import BrokerUnavailable
-from router.testing import delete_queues, drain_queue, isolated_settings, publish, wait_until
+from router.testing import drain_queue, isolated_settings, publish, wait_until
 
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
-@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
-def settings(request, tmp_path):
-    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None)
-    yield s
-    if s.broker_url:
-        delete_queues(s)
+@pytest.fixture
+def settings(broker_settings):
+    """The shared broker fixture (tests/conftest.py): embedded and RabbitMQ."""
+    return broker_settings
 
 
 @pytest.fixture
