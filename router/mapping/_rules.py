@@ -135,8 +135,10 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: 
 def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transform: Any, convert: Any, put: Put) -> tuple[Produce, Step | None]:
     from router.mapping.compiler import _err
 
-    if not leaf.is_list and "rules" not in node:
-        pass  # a single target takes the last value; allowed for "latest wins" fields
+    if not leaf.is_list:
+        # Cardinality: `each:` gives every repetition; a 0..1 element can hold one of them,
+        # and silently keeping the last would drop the rest.
+        raise _err(f"each: gives one value per repetition, but {node['target']} holds only one (0..1): use from: (the first) or a repeating target", node.pos("each"))
     if getattr(path, "is_group", False) and ("rules" in node or not path.is_leaf):
         path = path.starred()
         if "rules" not in node:

@@ -46,6 +46,7 @@ class TestLoadChecks:
             ("segments/PID.Patient.yaml", "fn: date", "fn: dato", "unknown function 'dato'"),
             ("segments/PID.Patient.yaml", "use: XPN.HumanName", "use: CX.Identifier", "produces Identifier"),
             ("segments/PV1.Encounter.yaml", "ref: patient", "ref: pasient", "not a declared parameter"),
+            ("segments/PID.Patient.yaml", "from: PID-7", "each: PID-7", "holds only one (0..1)"),
         ],
     )
     def test_errors_point_at_the_line(self, mapping_copy, file, old, new, says):
