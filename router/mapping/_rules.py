@@ -206,6 +206,9 @@ def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: s
     """
     from router.mapping.compiler import _err
 
+    if leaf.type_name is not None and "use" not in node and "rules" not in node and "table" not in node:
+        # Type: a text value cannot be a HumanName or a Coding; it needs a datatype mapping.
+        raise _err(f"{target_text} is {leaf.type_name}: a value read from the source needs use: (a datatype mapping), a table with {leaf.type_name} values, or nested rules:", node.pos("target"))
     if "use" in node:
         dt = c.datatype(str(node["use"]), node.pos("use"))
         if leaf.type_name != dt.fhir_type:
@@ -227,6 +230,8 @@ def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: s
         table = c.tables.get(str(node["table"]))
         if table is None:
             raise _err(f"no table {node['table']!r} (looked for tables/{node['table']}.yaml)", node.pos("table"))
+        if not table.codings and leaf.type_name is not None:
+            raise _err(f"table {table.name} gives plain codes, but {target_text} is {leaf.type_name}", node.pos("table"))
         if table.codings and leaf.type_name not in ("Coding", "CodeableConcept"):
             if leaf.type_name is None:
                 raise _err(f"table {table.name} gives structures, but {target_text} is a primitive", node.pos("table"))

@@ -47,6 +47,8 @@ class TestLoadChecks:
             ("segments/PID.Patient.yaml", "use: XPN.HumanName", "use: CX.Identifier", "produces Identifier"),
             ("segments/PV1.Encounter.yaml", "ref: patient", "ref: pasient", "not a declared parameter"),
             ("segments/PID.Patient.yaml", "from: PID-7", "each: PID-7", "holds only one (0..1)"),
+            ("segments/PID.Patient.yaml", "target: name\n    each: PID-5\n    use: XPN.HumanName\n", "target: name\n    each: PID-5\n", "needs use:"),
+            ("segments/PV1.Encounter.yaml", "table: hl7-0004", "table: hl7-0001", "gives plain codes"),
         ],
     )
     def test_errors_point_at_the_line(self, mapping_copy, file, old, new, says):
