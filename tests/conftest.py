@@ -40,3 +40,16 @@ def broker_settings(request, tmp_path):
     yield s
     if s.broker_url:
         delete_queues(s)
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """An engine in a thread on the embedded broker and SQLite record: (settings, handle); stopped after."""
+    from router.testing import isolated_settings, run_engine_in_thread
+
+    settings = isolated_settings(tmp_path)
+    handle = run_engine_in_thread(settings)
+    try:
+        yield settings, handle
+    finally:
+        handle.stop()

@@ -11,7 +11,7 @@ from fhir.resources.R4B.bundle import Bundle
 from adapters.fhir.record import open_record
 from router.cli import main
 from router.mapping.functions import uuid5_id
-from router.testing import isolated_settings, publish, run_engine_in_thread, wait_until
+from router.testing import publish, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = Path(__file__).resolve().parent / "plo_cases"
@@ -115,16 +115,6 @@ class TestFixtureCases:
         assert code == 0, out
         for name in PLO_MAPPINGS:
             assert f"PASS {name}/" in out, name
-
-
-@pytest.fixture
-def engine(tmp_path):
-    settings = isolated_settings(tmp_path)
-    handle = run_engine_in_thread(settings)
-    try:
-        yield settings, handle
-    finally:
-        handle.stop()
 
 
 def _apply(settings, handle, path: Path, count: int) -> None:

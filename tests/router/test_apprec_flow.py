@@ -4,26 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from lxml import etree
 
 from adapters.fhir.record import open_record
-from router.testing import drain_queue, isolated_settings, publish, run_engine_in_thread, wait_until
+from router.testing import drain_queue, publish, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CASE = ROOT / "mappings" / "kith" / "messages" / "Dialogmelding.cases" / "helsefaglig_dialog.xml"
 MSG_ID = "3f2b6f0e-8f1c-4c55-9a59-2f3d7d1c0a01"
 AR = "{http://www.kith.no/xmlstds/apprec/2012-02-15}"
-
-
-@pytest.fixture
-def engine(tmp_path):
-    settings = isolated_settings(tmp_path)
-    handle = run_engine_in_thread(settings)
-    try:
-        yield settings, handle
-    finally:
-        handle.stop()
 
 
 def _apprecs(settings, her_id: str) -> list[etree._Element]:
