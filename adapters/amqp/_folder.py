@@ -118,6 +118,36 @@ class _DurableFolderChannel(filesystem.Channel):  # type: ignore[misc]  # kombu 
             return
         os.rename(held[0], Path(self.data_folder_in) / held[1])  # back to its place in line
 
+    def get_table(self, exchange: str) -> list[Any]:
+        # kombu's version reads the bindings file while another declare may have
+        # created it empty; ours only ever replaces it whole (see _queue_bind).
+        try:
+            raw = self._exchange_file(exchange).read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise ChannelError(f"cannot read the bindings of exchange {exchange!r}") from exc
+        return [filesystem.exchange_queue_t(*q) for q in filesystem.loads(filesystem.bytes_to_str(raw))] if raw else []
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        # Read-modify-write under a lock file, then an atomic rename: two
+        # processes declaring the topology at once neither lose a binding nor
+        # let a reader see a half-written file.
+        file = self._exchange_file(exchange)
+        self.control_folder.mkdir(parents=True, exist_ok=True)
+        binding = filesystem.exchange_queue_t(routing_key or "", pattern or "", queue or "")
+        try:
+            with open(file.with_name(file.name + ".lock"), "ab") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                table = self.get_table(exchange)
+                if binding in table:
+                    return
+                tmp = file.with_name(f".tmp-{uuid.uuid4().hex}")
+                tmp.write_bytes(filesystem.str_to_bytes(filesystem.dumps([binding, *table])))
+                os.rename(tmp, file)
+        except OSError as exc:
+            raise ChannelError(f"cannot bind queue {queue!r} to exchange {exchange!r}") from exc
+
     def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> list[str]:
         found: list[str] = super()._lookup(exchange, routing_key, default)
         if exchange and not found:

@@ -59,9 +59,17 @@ class SqliteRecord(SqlRecord):
             # off because the record's own lock serialises use across threads.
             self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
         except (OSError, sqlite3.Error) as exc:
+            if self._writer_lock is not None:
+                self._writer_lock.close()
             raise RecordUnavailable("cannot open the SQLite record") from exc
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
+            # Switching to WAL takes the file's lock without waiting on the busy
+            # handler, so it runs under the writer flock like every write.
+            fcntl.flock(self._writer_lock.fileno(), fcntl.LOCK_EX)
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+            finally:
+                fcntl.flock(self._writer_lock.fileno(), fcntl.LOCK_UN)
             # NORMAL in WAL mode: a commit survives a process crash; only an OS crash
             # can lose the last transactions, never corrupt the file.
             self._conn.execute("PRAGMA synchronous=NORMAL")
@@ -70,6 +78,7 @@ class SqliteRecord(SqlRecord):
                     self._conn.execute(statement.format(body="TEXT"))
         except (sqlite3.Error, RecordUnavailable) as exc:
             self._conn.close()
+            self._writer_lock.close()
             raise RecordUnavailable("cannot prepare the SQLite record") from exc
 
     def close(self) -> None:

@@ -38,7 +38,15 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS fhir_ref_owner ON fhir_ref (type, id)",
     # Message ids already settled (sender + MSH-10), for duplicate detection; see SqlRecord.seen.
     "CREATE TABLE IF NOT EXISTS helsebro_seen (key TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL)",
+    # Messages whose Bundle this record applied, written in the same transaction as
+    # the Bundle: a redelivery after a crash (or an ack lost with the broker) between
+    # commit and ack finds its key and is not applied a second time; see apply_batch.
+    "CREATE TABLE IF NOT EXISTS helsebro_applied (key TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)",
 )
+_MARK_APPLIED = "INSERT INTO helsebro_applied (key, applied_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+APPLIED_RETENTION_SECONDS = 14 * 24 * 3600.0
+"""How long an applied message's key is kept: far longer than any redelivery takes to come back."""
+_PURGE_APPLIED_EVERY = 1000  # apply_batch calls with keys between purges
 _REMEMBER = "INSERT INTO helsebro_seen (key, seen_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET seen_at = excluded.seen_at"
 _FORGET_EVERY = 1000  # remember() calls between purges of expired keys
 
@@ -67,6 +75,7 @@ class SqlRecord(ABC):
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._remembered = 0
+        self._batches_with_keys = 0
 
     def apply(self, bundle: FhirJson) -> ApplyResult:
         """Apply a transaction Bundle all-or-nothing.
@@ -81,7 +90,7 @@ class SqlRecord(ABC):
         with self._lock, self._transaction(keys) as db:
             return ApplyResult(apply_entries(db, entries, now))
 
-    def apply_batch(self, bundles: Sequence[FhirJson]) -> list[ApplyResult | MessageError]:
+    def apply_batch(self, bundles: Sequence[FhirJson], keys: Sequence[str | None] | None = None) -> list[ApplyResult | MessageError]:
         """Apply several transaction Bundles in order, in one database transaction, each all-or-nothing.
 
         One commit for the whole batch is what makes batching pay: per-message
@@ -90,9 +99,18 @@ class SqlRecord(ABC):
         and run again without it (cheaper than a savepoint per Bundle while
         refusals are rare).
 
+        *keys*, one per Bundle (None for none), name the messages the Bundles
+        came from. A key is written in the same transaction as its Bundle, and a
+        Bundle whose key is already there is not applied again: it comes back as
+        an ApplyResult with no entries (nothing changed). That is what makes a
+        redelivery harmless even when newer messages for the same patient were
+        applied since: re-applying an older Bundle would roll the record back.
+
         Raises:
             RecordUnavailable: the database is unreachable or busy; nothing of the batch was applied.
         """
+        if keys is not None and len(keys) != len(bundles):
+            raise ValueError("apply_batch: one key per Bundle")
         out: list[ApplyResult | MessageError | None] = [None] * len(bundles)
         parsed: dict[int, list[Any]] = {}
         for i, bundle in enumerate(bundles):
@@ -101,15 +119,26 @@ class SqlRecord(ABC):
             except MessageError as exc:
                 out[i] = exc
         while parsed:
-            keys = sorted({k for entries in parsed.values() for k in lock_keys(entries)})
+            locks = sorted({k for entries in parsed.values() for k in lock_keys(entries)})
             now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             done: dict[int, ApplyResult] = {}
             current = -1
             try:
-                with self._lock, self._transaction(keys) as db:
+                with self._lock, self._transaction(locks) as db:
+                    applied = self._applied_before(db, [keys[i] for i in parsed if keys[i]]) if keys is not None else set()
+                    stamp = time.time()
                     for i, entries in parsed.items():
                         current = i
+                        key = keys[i] if keys is not None else None
+                        if key is not None and key in applied:
+                            done[i] = ApplyResult(())
+                            continue
                         done[i] = ApplyResult(apply_entries(db, entries, now))
+                        if key is not None:
+                            db.execute(_MARK_APPLIED, (key, stamp))
+                            applied.add(key)  # a second copy in this batch is the same message
+                    if keys is not None:
+                        self._purge_applied(db, stamp)
             except MessageError as exc:
                 out[current] = exc
                 del parsed[current]
@@ -118,6 +147,44 @@ class SqlRecord(ABC):
                 out[i] = result
             break
         return [r for r in out if r is not None]
+
+    def _applied_before(self, db: Db, keys: list[str]) -> set[str]:
+        if not keys:
+            return set()
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):  # under SQLite's bound-parameter limit
+            chunk = keys[start:start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            found.update(str(r[0]) for r in db.query(f"SELECT key FROM helsebro_applied WHERE key IN ({marks})", chunk))
+        return found
+
+    def _purge_applied(self, db: Db, now: float) -> None:
+        self._batches_with_keys += 1
+        if self._batches_with_keys % _PURGE_APPLIED_EVERY == 0:
+            db.execute("DELETE FROM helsebro_applied WHERE applied_at < ?", (now - APPLIED_RETENTION_SECONDS,))
+
+    def applied(self, keys: Sequence[str]) -> set[str]:
+        """Return those of *keys* marked applied (by apply_batch or mark_applied) within the retention.
+
+        Raises:
+            RecordUnavailable: the database is unreachable.
+        """
+        with self._lock, self._transaction([]) as db:
+            return self._applied_before(db, list(keys))
+
+    def mark_applied(self, keys: Sequence[str]) -> None:
+        """Mark *keys* applied elsewhere (an external server's delivery ledger).
+
+        Raises:
+            RecordUnavailable: the database is unreachable or busy.
+        """
+        if not keys:
+            return
+        with self._lock, self._transaction([]) as db:
+            stamp = time.time()
+            for key in keys:
+                db.execute(_MARK_APPLIED, (key, stamp))
+            self._purge_applied(db, stamp)
 
     def seen(self, keys: Sequence[str], *, window_seconds: float) -> set[str]:
         """Return those of *keys* remembered less than *window_seconds* ago.

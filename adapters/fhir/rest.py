@@ -155,6 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.server.log.error("fhir_request_failed", method=method, path=url.path, error=type(exc).__name__)
             response = _Response(500, outcome("exception", "internal error"))
         payload = orjson.dumps(response.body)
+        if self.server.log is not None:  # before the answer, so whoever got the answer can already see the line
+            self.server.log.info("fhir_request", method=method, path=url.path, status=response.status)
         self.send_response(response.status)
         self.send_header("Content-Type", _CONTENT_TYPE)
         self.send_header("Content-Length", str(len(payload)))
@@ -162,8 +164,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
-        if self.server.log is not None:
-            self.server.log.info("fhir_request", method=method, path=url.path, status=response.status)
 
     def _body(self) -> bytes:
         try:

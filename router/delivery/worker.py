@@ -16,6 +16,14 @@ A message the server refuses (Refused, InvalidContent: a 4xx) goes to the
 dead-letter queue at once, with reason, attempts and last error in its headers.
 This consumer loop, like the engine's, catches everything a delivery breaks
 and dead-letters it as `internal error: <type>`.
+
+An external server cannot take a delivery mark in its own transaction, so a
+ledger in the record's database (`applied`/`mark_applied`, key
+`dest|<name>|<message id>`) stands in: written once the server has answered, before the ack, and
+read before sending. A redelivery after a kill or a lost ack (the broker went
+away) is then acked without being sent again, so an older Bundle never lands
+on top of a newer one. What remains is the moment between the server's answer
+and the ledger's commit: a kill -9 exactly there sends the message once more.
 The embedded transport has no TTL or dead-lettering, so there park acts as strict.
 """
 
@@ -62,6 +70,7 @@ class DestinationStats:
     parked: int = 0
     dead_lettered: int = 0
     failures: int = 0
+    already_sent: int = 0  # redeliveries the ledger knew were sent
 
 
 class DestinationWorker:
@@ -74,6 +83,7 @@ class DestinationWorker:
         *,
         logger: Any,
         client: Any = None,
+        ledger: Any = None,
         worker_index: int | None = None,
         workers: int = 1,
         standby_delay: float = 3.0,
@@ -83,6 +93,7 @@ class DestinationWorker:
         self.name = name
         self._dest: FhirDestination = settings.routes.destinations[name]  # type: ignore[assignment]  # queued() lists fhir ones only
         self._client = client
+        self._ledger = ledger  # anything with `applied` and `mark_applied`; run() opens the record's when None
         self._log = logger.bind(destination=name) if hasattr(logger, "bind") else logger
         self._split = split_partitions(len(next(d for d in topology(settings).destinations if d.name == name).work), worker_index, workers)
         self._standby_delay = standby_delay
@@ -110,6 +121,32 @@ class DestinationWorker:
             from adapters.fhir.client import FhirClient
 
             self._client = FhirClient(self._dest.server, log=self._log)
+        owned = self._ledger is None
+        if owned:
+            from adapters.fhir.record import open_record
+
+            self._ledger = self._open_ledger(open_record)
+        try:
+            self._run()
+        finally:
+            if owned and self._ledger is not None:
+                self._ledger.close()
+                self._ledger = None
+
+    def _open_ledger(self, opener: Callable[[Any], Any]) -> Any:
+        delay = 0.5
+        while True:
+            try:
+                return opener(self._settings)
+            except RecordUnavailable as exc:
+                self._log.warning("ledger_unavailable", error=type(exc).__name__, retry_in_s=delay)
+                if self._stop.wait(delay):
+                    return None
+                delay = min(delay * 2, self._settings.engine.broker.reconnect_max_seconds)
+
+    def _run(self) -> None:
+        if self._ledger is None:
+            return  # stopped before the ledger opened
         delay, max_delay = 0.5, self._settings.engine.broker.reconnect_max_seconds
         while not self._stop.is_set():
             conn = open_connection(self._settings)
@@ -160,9 +197,21 @@ class DestinationWorker:
         mode = str(d.headers.get("x-helsebro-on-failure") or self._dest.on_failure)
         attempt = int(d.headers.get("x-helsebro-attempt") or 1)
         wait = 0.5
+        key = f"dest|{self.name}|{d.message_id}" if d.message_id else None
+        if key is not None:
+            sent = self._with_ledger(lambda: key in self._ledger.applied([key]))
+            if sent is None:
+                return False
+            if sent:
+                self.stats.already_sent += 1
+                self._log.info("delivery_already_sent", control_id=d.headers.get("x-helsebro-control-id"))
+                d.ack()
+                return True
         while True:
             try:
                 self._client.apply(orjson.loads(d.body))
+                if key is not None and self._with_ledger(lambda: self._ledger.mark_applied([key]) or True) is None:
+                    return False  # stopping: it comes again, and is sent again (the same, latest Bundle)
                 self.stats.applied += 1
                 d.ack()
                 return True
@@ -178,6 +227,18 @@ class DestinationWorker:
                 if self._wait(wait):
                     return False
                 attempt += 1
+                wait = min(wait * 2, self._settings.engine.broker.reconnect_max_seconds)
+
+    def _with_ledger(self, call: Callable[[], Any]) -> Any:
+        """Run *call* against the ledger, waiting out its outage in place (never parking); None when stopping."""
+        wait = 0.5
+        while True:
+            try:
+                return call()
+            except RecordUnavailable as exc:
+                self._log.warning("ledger_unavailable", error=type(exc).__name__, retry_in_s=wait)
+                if self._wait(wait):
+                    return None
                 wait = min(wait * 2, self._settings.engine.broker.reconnect_max_seconds)
 
     def _park(self, d: Delivery, publisher: Publisher, attempt: int, error: str) -> None:

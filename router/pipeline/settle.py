@@ -5,7 +5,9 @@ whole batch, the record has committed (one transaction), every forward and
 dead letter and ACK/AppRec is confirmed by the broker (pipelined publishes,
 one wait), and only then are the deliveries acked (one multiple ack). A crash
 anywhere in between leaves the batch unacked, so the broker delivers it
-again; applying is idempotent, so the replay changes nothing, but a forward,
+again; the record keeps each applied message's key in the transaction that
+applied it (`applied_key`), so the redelivery is not applied a second time
+(re-applying an older Bundle would undo a newer one), but a forward,
 a dead letter or an ACK may then be published twice (at-least-once, same
 content, same message id for forwards).
 
@@ -15,7 +17,8 @@ answered AA again, since a sender resends when an ACK went missing. The key is
 remembered only after the batch's publishes are confirmed, so a crash in
 between forwards twice rather than never. A dead letter an operator replays
 (`helsebro dlq replay`, header `x-helsebro-replay-of`) is applied whatever the
-window says: the replay is a deliberate request, and applying is idempotent. KITH XML keeps its own rule: a
+window says: the replay is a deliberate request (the record still refuses a
+message it has applied before). KITH XML keeps its own rule: a
 repeated MsgId whose AppRecs were all sent is neither applied nor answered
 (HITS 1168 §5.4). Messages in one delivery share its ack. The consumer loop,
 reconnects and the one catch-all belong to router/engine.py.
@@ -23,6 +26,7 @@ reconnects and the one catch-all belong to router/engine.py.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from dataclasses import dataclass
@@ -42,7 +46,7 @@ if TYPE_CHECKING:
     from router.delivery.forward import Forwarder
     from router.routing.match import Decision, Router
 
-__all__ = ["InternalFailure", "Outcome", "Settle", "Settled", "dead_letter_headers"]
+__all__ = ["InternalFailure", "Outcome", "Settle", "Settled", "applied_key", "dead_letter_headers"]
 
 Outcome = Literal["applied", "unchanged", "forwarded", "filtered", "dead_lettered", "duplicate"]
 """What became of one message: `forwarded` went only to destinations other than the record; `filtered` matched no route."""
@@ -106,6 +110,16 @@ class _Msg:
         self.stage: Stage = "internal" if isinstance(conv.error, InternalFailure) else "convert"
         self.outcome: Outcome | None = None
         self.dup_key: str | None = None
+
+
+def applied_key(conv: Converted) -> str:
+    """Return the key the record keeps, with the Bundle, for the message *conv* came from.
+
+    Sender, control id and a hash of the bytes: a redelivered copy has the same
+    key, while a sender that reuses a control id for new content does not.
+    """
+    digest = hashlib.blake2b(conv.raw, digest_size=12).hexdigest()
+    return f"{conv.format}|{conv.sender or ''}|{conv.control_id or ''}|{digest}"
 
 
 class Settle:
@@ -199,17 +213,18 @@ class Settle:
         if not todo:
             return
         bundles = [m.conv.bundle for m in todo]
-        results = self._with_record(lambda: self._apply_all(bundles))
+        keys = [applied_key(m.conv) for m in todo]
+        results = self._with_record(lambda: self._apply_all(bundles, keys))
         for m, result in zip(todo, results, strict=True):
             if isinstance(result, MessageError):  # InvalidContent, Refused: this bundle can never apply
                 m.error, m.stage = result, "apply"
             else:
                 m.outcome = "applied" if result.changed else "unchanged"
 
-    def _apply_all(self, bundles: list[Any]) -> list[Any]:
+    def _apply_all(self, bundles: list[Any], keys: list[str]) -> list[Any]:
         apply_batch = getattr(self._record, "apply_batch", None)
         if apply_batch is not None:
-            return list(apply_batch(bundles))
+            return list(apply_batch(bundles, keys))
         out: list[Any] = []
         for bundle in bundles:
             try:

@@ -140,8 +140,9 @@ class DuplicatesConfig(_Frozen):
 
     window_seconds: int = Field(
         default=7 * 86400, ge=0, le=366 * 86400,
-        description="Seconds a (sender, MSH-10) pair is remembered. 0 turns detection off (replays are then "
-        "applied again, harmlessly: writes are idempotent). Longer costs one small row per message for longer.",
+        description="Seconds a (sender, MSH-10) pair is remembered. 0 turns detection off: a resent copy is then "
+        "forwarded and answered again, but the record and external FHIR servers still take each message's bytes once "
+        "(the applied-message ledger). Longer costs one small row per message for longer.",
     )
 
 

@@ -137,6 +137,28 @@ class TestApply:
         assert not again.changed
         assert len(record.history("Patient", PATIENT_UUID)) == 1
 
+    def test_redelivered_message_is_not_applied_again(self, record):
+        """A message key seen in an earlier batch keeps its older Bundle from rolling back a newer one."""
+        first, second = admission(family="Seq1"), admission(family="Seq2")
+        record.apply_batch([first, second], ["m1", "m2"])
+        again = record.apply_batch([first, second, admission(family="Seq3")], ["m1", "m2", "m3"])
+        assert [r.changed for r in again] == [False, False, True]
+        assert [r.entries for r in again[:2]] == [(), ()]
+        assert [h["name"][0]["family"] for h in record.history("Patient", PATIENT_UUID)] == ["Seq3", "Seq2", "Seq1"]
+
+    def test_key_of_a_refused_bundle_is_not_kept(self, record):
+        """A Bundle that cannot apply leaves no key behind: fixed and sent again, it applies."""
+        bad = bundle(put_encounter(subject="not-in-bundle"))
+        [refused] = record.apply_batch([bad], ["k"])
+        assert isinstance(refused, InvalidContent)
+        [ok] = record.apply_batch([admission()], ["k"])
+        assert ok.changed
+
+    def test_keys_must_match_bundles(self, record):
+        """One key per Bundle, or the call is a programming error."""
+        with pytest.raises(ValueError):
+            record.apply_batch([admission()], ["a", "b"])
+
     def test_changed_content_makes_new_version(self, record):
         """A changed resource gets version 2; unchanged neighbours stay at 1."""
         record.apply(admission())

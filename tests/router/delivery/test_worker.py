@@ -32,8 +32,9 @@ class FakeServer:
             self.applied.append(bundle)
 
 
-def _routes(on_failure: str, *, max_attempts: int = 50) -> dict:
-    return {
+def _routes(on_failure: str, *, max_attempts: int = 50, window: int | None = None) -> dict:
+    extra = {"duplicates": {"window_seconds": window}} if window is not None else {}
+    return {**extra,
         "destinations": {
             "record": {"kind": "record"},
             "ekstern": {"kind": "fhir", "on_failure": on_failure, "server": {"base_url": "http://127.0.0.1:9/fhir"},
@@ -116,3 +117,19 @@ class TestDestinationWorker:
                 delete_queues(settings)
         assert headers["x-helsebro-reason"] == "the server refused the transaction (422)"
         assert server.calls == 1
+
+    def test_a_copy_already_sent_is_not_sent_again(self, tmp_path, broker_url, fake_converter):
+        """With duplicate detection off, a resent copy reaches the work queue again; the ledger keeps the server from getting it twice."""
+        settings = isolated_settings(tmp_path, broker_url=broker_url, routes=_routes("strict", window=0))
+        server = FakeServer()
+        handle = run_engine_in_thread(settings, converter=fake_converter, destination_clients={"ekstern": server})
+        try:
+            publish(settings, [b"P 6001", b"P 6002", b"P 6001"])
+            wait_until(lambda: handle.engine.destinations[0].stats.already_sent == 1, 60, what="the copy acked unsent")
+            stats = handle.engine.destinations[0].stats
+        finally:
+            handle.stop()
+            if broker_url:
+                delete_queues(settings)
+        assert [b["entry"][0]["resource"]["identifier"][0]["value"] for b in server.applied] == ["6001", "6002"]
+        assert stats.applied == 2
