@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from router.delivery.render import Renderer, renderer_for
+from router.errors import MessageError
 from router.routing.model import FhirDestination, QueueDestination
 from router.routing.partition import partition_of
 
@@ -39,9 +41,17 @@ class Forwarder:
     """Publishes one message to every non-record destination its routes chose."""
 
     def __init__(self, settings: Settings) -> None:
+        """Build a renderer per queue destination.
+
+        Raises:
+            MappingError, ConfigError: an outbound mapping does not load.
+        """
         self._routes = settings.routes
         self._prefix = settings.engine.broker.names.destination_prefix
         self._partitions = settings.engine.broker.partitions if settings.broker_url else 1
+        self._renderers: dict[str, Renderer] = {
+            name: renderer_for(dest, settings) for name, dest in settings.routes.destinations.items() if isinstance(dest, QueueDestination)
+        }
 
     def forward(self, publisher: Publisher, conv: Converted, decision: Decision) -> int:
         """Publish *conv* to each queue and queued destination in *decision*; return how many were published (pipelined)."""
@@ -51,7 +61,11 @@ class Forwarder:
             dest = self._routes.destinations[name]
             headers = _headers(conv, name, decision)
             if isinstance(dest, QueueDestination):
-                body = conv.raw if dest.format == "passthrough" else orjson.dumps(conv.bundle)
+                try:
+                    body = self._renderers[name].render(conv)
+                except MessageError as exc:  # this destination only: the others go on
+                    self._dead_letter(publisher, conv, name, exc)
+                    continue
                 publisher.publish_to("", dest.queue, body, headers={**headers, "x-helsebro-format": dest.format}, message_id=forward_id(conv, name))
                 sent += 1
             elif isinstance(dest, FhirDestination):
@@ -60,6 +74,17 @@ class Forwarder:
                 publisher.publish_to(f"{self._prefix}.{name}", f"p{k}", orjson.dumps(conv.bundle), headers=headers, message_id=forward_id(conv, name))
                 sent += 1
         return sent
+
+
+    def _dead_letter(self, publisher: Publisher, conv: Converted, destination: str, error: MessageError) -> None:
+        from router.pipeline.settle import dead_letter_headers  # settle imports this module
+
+        issue: dict[str, Any] = {"severity": "error", "code": error.issue_code, "diagnostics": error.reason}
+        if error.location:
+            issue["expression"] = [error.location]
+        outcome = {"resourceType": "OperationOutcome", "issue": [issue]}
+        headers = dead_letter_headers(reason=error.reason, stage="render", location=error.location, control_id=conv.control_id, outcome=outcome, destination=destination, attempts=1, last_error=type(error).__name__)
+        publisher.dead_letter(conv.raw, headers=headers)
 
 
 def _headers(conv: Converted, destination: str, decision: Decision) -> dict[str, Any]:

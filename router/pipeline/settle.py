@@ -51,7 +51,7 @@ __all__ = ["InternalFailure", "Outcome", "Settle", "Settled", "applied_key", "de
 Outcome = Literal["applied", "unchanged", "forwarded", "filtered", "dead_lettered", "duplicate"]
 """What became of one message: `forwarded` went only to destinations other than the record; `filtered` matched no route."""
 
-Stage = Literal["convert", "apply", "internal", "deliver"]
+Stage = Literal["convert", "apply", "internal", "deliver", "render"]
 """Where a dead-lettered message failed."""
 
 _FIRST_RETRY_SECONDS = 0.5

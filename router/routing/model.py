@@ -83,16 +83,41 @@ class QueueDestination(_Frozen):
 
     kind: Literal["queue"]
     queue: str = Field(min_length=1, max_length=200, description="Durable queue the messages are published to; declared on start.", examples=["kommune.pleie.adt"])
-    format: Literal["passthrough", "fhir-json", "hl7v2"] = Field(
+    format: Literal["passthrough", "fhir-json", "hl7v2", "kith"] = Field(
         default="passthrough",
         description="passthrough: the original bytes; fhir-json: the canonical transaction Bundle as JSON; "
-        "hl7v2: rendered from the Bundle by an outbound mapping (not built yet: refused at load).",
+        "hl7v2: an HL7 v2 message rendered from the Bundle by an outbound mapping (mappings/outbound/hl7v2/); "
+        "kith: a Norwegian XML message in a MsgHead rendered by an outbound mapping (mappings/outbound/kith/).",
+    )
+    mapping: str | None = Field(
+        default=None, min_length=1, max_length=100,
+        description="The outbound mapping to render with (hl7v2 and kith), by the name in its file. "
+        "Unset, an hl7v2 destination picks the outbound mapping for the message's own structure.",
+        examples=["ADT_A01", "PLO_InnlagtPasient"],
+    )
+    version: str | None = Field(
+        default=None, pattern=r"^2\.[3-9](\.[0-9])?$",
+        description="hl7v2: the HL7 version the receiver reads (MSH-12), e.g. 2.3 or 2.5.1; unset, 2.5.1.",
+        examples=["2.3", "2.5.1"],
+    )
+    charset: str | None = Field(
+        default=None,
+        description="hl7v2: the receiver's character set, written in MSH-18 and used to encode: ASCII, 8859/1 or UNICODE UTF-8; unset, UNICODE UTF-8.",
+        examples=["8859/1"],
+    )
+    receiver_her_id: str | None = Field(
+        default=None, pattern=r"^[0-9]{1,9}$",
+        description="kith: the receiving organisation's HER-id, written in MsgHead/Receiver.",
     )
 
     @model_validator(mode="after")
-    def _renderable(self) -> QueueDestination:
-        if self.format == "hl7v2":
-            raise ValueError("format hl7v2 needs the outbound HL7 v2 renderer, which is not built yet; use passthrough or fhir-json")
+    def _options_fit_format(self) -> QueueDestination:
+        if self.format not in ("hl7v2", "kith") and (self.mapping or self.version or self.charset or self.receiver_her_id):
+            raise ValueError("mapping, version, charset and receiver_her_id apply to the hl7v2 and kith formats only")
+        if self.format != "hl7v2" and (self.version or self.charset):
+            raise ValueError("version and charset apply to the hl7v2 format only")
+        if self.format == "kith" and self.mapping is None:
+            raise ValueError("a kith destination needs `mapping`: the outbound mapping that builds its message")
         return self
 
 

@@ -53,11 +53,17 @@ class TestRoutesModel:
         with pytest.raises(MappingError, match="needs `format`"):
             load_routes(path)
 
-    def test_hl7v2_rendering_is_refused_until_built(self, tmp_path):
-        """format hl7v2 for a legacy queue says the renderer is not built yet."""
-        path = _write(tmp_path, "destinations:\n  pas: {kind: queue, queue: pas.in, format: hl7v2}\nroutes:\n  - {name: all, to: [pas]}\n")
-        with pytest.raises(MappingError, match="not built yet"):
+    @pytest.mark.parametrize(
+        ("options", "message"),
+        [("format: passthrough, version: '2.3'", "hl7v2 and kith formats only"), ("format: kith", "needs `mapping`"), ("format: kith, mapping: X, charset: 8859/1", "hl7v2 format only"), ("format: hl7v2, version: '3.0'", "version")],
+        ids=["version-on-passthrough", "kith-without-mapping", "charset-on-kith", "bad-version"],
+    )
+    def test_render_options_must_fit_the_format(self, tmp_path, options, message):
+        """Rendering options are refused where the format has no use for them, naming the line."""
+        path = _write(tmp_path, f"destinations:\n  pas: {{kind: queue, queue: pas.in, {options}}}\nroutes:\n  - {{name: all, to: [pas]}}\n")
+        with pytest.raises(MappingError, match=message) as err:
             load_routes(path)
+        assert f"{path}:2:" in str(err.value)
 
     def test_load_settings_reports_routes_errors_as_config_errors(self, tmp_path):
         """A broken routes.yaml stops start-up with a ConfigError naming the file."""
