@@ -3,16 +3,19 @@
 Words: *MsgHead* is the national envelope ("hodemelding", HIS 80601); *AppRec*
 the application receipt ("applikasjonskvittering", HIS 80415); *HER-id* a
 party's id in NHN's Adresseregisteret. Mapping payloads to FHIR is the router's
-job; it receives ``KithEnvelope.payload``.
+job; it receives ``KithEnvelope.payload``. Outbound, ``KithRenderer`` builds a
+MsgHead message from a Bundle with an outbound mapping (mappings/outbound/kith/).
 """
 
 from __future__ import annotations
 
+from adapters.kith._outbound import OutboundMapping, load_outbound
 from adapters.kith.apprec import APPREC_ERROR_FOR, AppRecMessage, AppRecVersion, apprec_error_for, apprec_version_for, build_apprecs
 from adapters.kith.dispatch import Received, check_envelope, read_envelope, read_message, salvage
 from adapters.kith.duplicates import DuplicateGuard, DuplicateGuardConfig, SqliteDuplicateGuard, unanswered
 from adapters.kith.envelope import APPREC_NS, MSGHEAD_NS, Attachment, ConversationRef, Ident, KithEnvelope, Party, Person, payload_standard
 from adapters.kith.errors import InvalidMsgId, PatientInsufficient, PatientNotFound, SchemaInvalid
+from adapters.kith.render import KithRenderer
 from adapters.kith.safe_xml import DEFAULT_LIMITS, ForbiddenDoctype, XmlLimits, parse_xml
 from adapters.kith.xsd import SchemaSet, schema_set, validation_status
 
@@ -30,7 +33,9 @@ __all__ = [
     "Ident",
     "InvalidMsgId",
     "KithEnvelope",
+    "KithRenderer",
     "MSGHEAD_NS",
+    "OutboundMapping",
     "Party",
     "PatientInsufficient",
     "PatientNotFound",
@@ -44,6 +49,7 @@ __all__ = [
     "apprec_version_for",
     "build_apprecs",
     "check_envelope",
+    "load_outbound",
     "parse_xml",
     "payload_standard",
     "read_envelope",

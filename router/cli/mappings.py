@@ -4,6 +4,8 @@ lint  runs every load-time check and prints `file:line:col: what is wrong`.
 test  runs lint, then every fixture case (`X.cases/name.hl7` beside
       `name.expected.json`), printing a readable diff on a mismatch;
       `--update` rewrites the expected outputs after review.
+Outbound HL7 v2 mappings (mappings/outbound/hl7v2) are linted and tested too:
+their cases are folders `X.cases/<case>/` with input and expected.hl7.
 Exit 0 when clean, 1 when anything failed, 2 for a usage error.
 """
 
@@ -34,7 +36,8 @@ def _roots(paths: list[str]) -> list[Path] | None:
     """Map PATHs to mapping roots: a folder with messages/, or the one above a file or .cases folder."""
     if not paths:
         base = load_settings().mappings_dir
-        return [base / fmt for fmt in ("hl7v2", "kith") if (base / fmt / "messages").is_dir()]
+        roots = [base / fmt for fmt in ("hl7v2", "kith") if (base / fmt / "messages").is_dir()]
+        return roots + ([base / "outbound" / "hl7v2"] if (base / "outbound" / "hl7v2").is_dir() else [])
     roots: list[Path] = []
     for text in paths:
         p = Path(text).resolve()
@@ -42,12 +45,17 @@ def _roots(paths: list[str]) -> list[Path] | None:
             print(f"helsebro mappings: no such file or folder: {text}", file=sys.stderr)
             return None
         probe = p if p.is_dir() else p.parent
-        while not (probe / "messages").is_dir() and probe != probe.parent:
+        while not (probe / "messages").is_dir() and not _is_outbound(probe) and probe != probe.parent:
             probe = probe.parent
-        root = probe if (probe / "messages").is_dir() else p
+        root = probe if (probe / "messages").is_dir() or _is_outbound(probe) else p
         if root not in roots:
             roots.append(root)
     return roots
+
+
+def _is_outbound(root: Path) -> bool:
+    """An outbound mapping folder: mappings/outbound/<format>."""
+    return root.parent.name == "outbound" and root.is_dir()
 
 
 def _is_xml(root: Path) -> bool:
@@ -73,6 +81,13 @@ def _lint_roots(roots: list[Path]) -> int:
 
     count = 0
     for root in roots:
+        if _is_outbound(root):
+            from adapters.hl7v2.outbound import lint_outbound
+
+            for err in lint_outbound(root):
+                print(f"{err.file}:{err.line}:{err.column}: {err.reason}", file=sys.stderr)
+                count += 1
+            continue
         try:
             compile_path, check_path = _compilers(root)
         except MappingError as exc:
@@ -110,6 +125,10 @@ def run_test(args: argparse.Namespace) -> int:
     settings = load_settings()
     failed = total = 0
     for root in roots:
+        if _is_outbound(root):
+            ran, bad = _test_outbound(root, settings, update=args.update)
+            total, failed = total + ran, failed + bad
+            continue
         if _is_xml(root):  # XML mappings load inside the converter, from <mappings_dir>/kith
             conv = Converter(settings.model_copy(update={"mappings_dir": root.parent}))
         else:
@@ -136,3 +155,22 @@ def run_test(args: argparse.Namespace) -> int:
                 print(res.detail.rstrip())
     print(f"{total - failed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def _test_outbound(root: Path, settings: Any, *, update: bool) -> tuple[int, int]:
+    """Run the outbound cases under *root*; return (cases run, cases failed)."""
+    from adapters.hl7v2.outbound_cases import find_outbound_cases, run_outbound_case
+    from router.pipeline.convert import Converter
+
+    converter = Converter(settings)
+    failed = 0
+    cases = find_outbound_cases(root)
+    for case in cases:
+        res = run_outbound_case(case, lambda data: converter.convert(data)[0], update=update)
+        if res.passed:
+            print(f"PASS outbound {res.name}" + (" (updated)" if update else ""))
+        else:
+            failed += 1
+            print(f"FAIL outbound {res.name} ({case.folder})")
+            print(res.detail.rstrip())
+    return len(cases), failed

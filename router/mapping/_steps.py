@@ -38,6 +38,9 @@ def finish(step: Step | None, produce: Produce, put: Put, when: Predicate | None
             return False
         return inner(scope, ctx, obj)
 
+    plan = getattr(inner, "plan", None)
+    if plan is not None:  # _codegen.py writes the guard out in line
+        guarded.plan, guarded.when = plan, when  # type: ignore[attr-defined]
     return guarded
 
 
@@ -81,6 +84,7 @@ def first(path: Any, convert: Convert | None, put: Put) -> Step:
             put(obj, v, ctx)
             return True
 
+        plain.plan = ("first", path, None, put)  # type: ignore[attr-defined]  # for _codegen.py
         return plain
 
     def converted(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
@@ -93,6 +97,7 @@ def first(path: Any, convert: Convert | None, put: Put) -> Step:
         put(obj, v, ctx)
         return True
 
+    converted.plan = ("first", path, convert, put)  # type: ignore[attr-defined]
     return converted
 
 
@@ -111,6 +116,7 @@ def each(path: Any, convert: Convert | None, put: Put) -> Step:
             placed = True
         return placed
 
+    step.plan = ("each", path, convert, put)  # type: ignore[attr-defined]
     return step
 
 
@@ -124,6 +130,7 @@ def nested(build: Build, put: Put) -> Step:
         put(obj, o, ctx)
         return True
 
+    step.plan = ("nested", build, put)  # type: ignore[attr-defined]
     return step
 
 
@@ -134,6 +141,7 @@ def constant(value: Any, put: Put) -> Step:
         put(obj, value, ctx)
         return True
 
+    step.plan = ("const", value, put)  # type: ignore[attr-defined]
     return step
 
 
@@ -169,6 +177,8 @@ def datatype(build: Build, path: Any) -> Convert:
     def convert(scope: Any, ctx: RunContext, value: Any, index: int) -> Any:
         return build(scope.at(value, path, index), ctx) or None
 
+    if hasattr(path, "segment") and hasattr(path, "comp"):  # an HL7 path: scope.at is its Scope's
+        convert.plan = ("datatype", build, path)  # type: ignore[attr-defined]  # for _codegen.py
     return convert
 
 

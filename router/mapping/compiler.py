@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from router.errors import MappingError
 from router.mapping import fhir_model
+from router.mapping._codegen import generate
 from router.mapping._yaml import Pos, YList, YMap, load_yaml
 from router.mapping.conditions import ConditionSyntaxError, Predicate, compile_condition
 from router.mapping.library import LIBRARY, call
@@ -65,9 +66,11 @@ class Block:
 
     rules: list[Rule]
     steps: tuple[Step, ...] = field(init=False, repr=False)
+    fast: Callable[..., dict[str, Any]] | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.steps = tuple(rule.step for rule in self.rules)
+        self.fast = generate(self.steps)  # the same steps written out as one function (_codegen.py)
 
     def build(self, scope: Any, ctx: RunContext, obj: dict[str, Any] | None = None) -> dict[str, Any]:
         """Run every rule in order into *obj* (a new object by default).
@@ -79,6 +82,8 @@ class Block:
             obj = {}
         trace = ctx.trace
         if trace is None:
+            if self.fast is not None:
+                return self.fast(scope, ctx, obj)
             for step in self.steps:
                 step(scope, ctx, obj)
             return obj

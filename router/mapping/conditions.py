@@ -79,20 +79,20 @@ class _Parser:
         while self.peek() == "or":
             self.take()
             parts.append(self.and_())
-        return parts[0] if len(parts) == 1 else (lambda s, ps=tuple(parts): any(p(s) for p in ps))
+        return parts[0] if len(parts) == 1 else _shaped(lambda s, ps=tuple(parts): any(p(s) for p in ps), ("or", tuple(parts)))
 
     def and_(self) -> Predicate:
         parts = [self.not_()]
         while self.peek() == "and":
             self.take()
             parts.append(self.not_())
-        return parts[0] if len(parts) == 1 else (lambda s, ps=tuple(parts): all(p(s) for p in ps))
+        return parts[0] if len(parts) == 1 else _shaped(lambda s, ps=tuple(parts): all(p(s) for p in ps), ("and", tuple(parts)))
 
     def not_(self) -> Predicate:
         if self.peek() == "not":
             self.take()
             inner = self.not_()
-            return lambda s: not inner(s)
+            return _shaped(lambda s: not inner(s), ("not", inner))
         return self.atom()
 
     def atom(self) -> Predicate:
@@ -121,14 +121,14 @@ class _Parser:
         op = self.take(what="an operator: valued, not valued, =, !=, in, matches")
         values = getattr(path, "values", None) or (lambda s: [it.raw for it in path.resolve(s)])
         if op == "valued":
-            return lambda s: bool(values(s))
+            return _shaped(lambda s: bool(values(s)), ("test", "valued", path, None))
         if op == "not":
             self.take("valued")
-            return lambda s: not values(s)
+            return _shaped(lambda s: not values(s), ("test", "not valued", path, None))
         if op in ("=", "!="):
             want = self.literal()
             eq = lambda s: want in values(s)  # noqa: E731 - tiny closure
-            return eq if op == "=" else (lambda s: not eq(s))
+            return _shaped(eq if op == "=" else (lambda s: not eq(s)), ("test", op, path, want))
         if op == "in":
             self.take("[")
             options = {self.literal()}
@@ -136,14 +136,14 @@ class _Parser:
                 self.take()
                 options.add(self.literal())
             self.take("]")
-            return lambda s: any(v in options for v in values(s))
+            return _shaped(lambda s: any(v in options for v in values(s)), ("test", "in", path, frozenset(options)))
         if op == "matches":
             pattern = self.literal()
             try:
                 rx = re.compile(pattern)
             except re.error as exc:
                 raise ConditionSyntaxError(f"bad regular expression {pattern!r}: {exc}") from exc
-            return lambda s: any(rx.search(v) for v in values(s))
+            return _shaped(lambda s: any(rx.search(v) for v in values(s)), ("test", "matches", path, rx))
         raise ConditionSyntaxError(f"unknown operator {op!r} (use valued, not valued, =, !=, in, matches)")
 
 
@@ -155,7 +155,17 @@ def compile_condition(text: str, compile_path: PathCompiler) -> Predicate:
     """
     if not isinstance(text, str) or not text.strip():
         raise ConditionSyntaxError("a condition must be a non-empty string")
-    return _memoised(_Parser(text, compile_path).parse())
+    pred = _Parser(text, compile_path).parse()
+    asked = _memoised(pred)
+    asked.shape = pred.shape  # type: ignore[attr-defined]
+    asked.text = " ".join(text.split())  # type: ignore[attr-defined]  # the same text asks the same question
+    return asked
+
+
+def _shaped(pred: Predicate, shape: tuple[Any, ...]) -> Predicate:
+    """Give *pred* its `shape`: what router/mapping/_codegen.py writes out as a Python expression."""
+    pred.shape = shape  # type: ignore[attr-defined]
+    return pred
 
 
 def _memoised(pred: Predicate) -> Predicate:

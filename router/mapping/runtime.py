@@ -142,6 +142,7 @@ class Target:
             def set_one(obj: dict[str, Any], value: Any, ctx: RunContext) -> None:
                 obj[name] = value
 
+            set_one.plan = ("set", name)  # type: ignore[attr-defined]  # _codegen.py writes it in line
             return set_one
 
         def append(obj: dict[str, Any], value: Any, ctx: RunContext) -> None:

@@ -1,0 +1,124 @@
+"""Writing ER7 text: escaping delimiters, HL7 timestamps from FHIR ones, the outbound charsets.
+
+Pure string work for the outbound renderer (render.py); reading ER7 is the
+tokenizer's. Every function here runs per message, so none parses more than
+it must.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+__all__ = [
+    "CHARSETS",
+    "DEFAULT_CHARSET",
+    "escape",
+    "fhir_to_hl7_date",
+    "fhir_to_hl7_ts",
+    "hl7_ts_to_ts",
+    "keeps_offset",
+]
+
+OSLO = ZoneInfo("Europe/Oslo")
+"""HL7 timestamps without an offset are Oslo wall time (docs/architecture.md, Time)."""
+
+CHARSETS: dict[str, str] = {"ASCII": "ascii", "8859/1": "latin-1", "UNICODE UTF-8": "utf-8"}
+"""MSH-18 values (HL7 table 0211) a destination may name, to the Python codec that encodes them."""
+
+DEFAULT_CHARSET = "UNICODE UTF-8"
+"""The charset of a destination that names none."""
+
+# The default encoding characters ^~\& and the field separator |; CR and LF
+# would end the segment, so they travel as hex escapes (HL7 v2.5 §2.7.5).
+_NEEDS_ESCAPE = re.compile(r"[|^~\\&\r\n]")
+_ESCAPES = {"|": "\\F\\", "^": "\\S\\", "~": "\\R\\", "\\": "\\E\\", "&": "\\T\\", "\r": "\\X0D\\", "\n": "\\X0A\\"}
+
+
+def escape(value: str) -> str:
+    """Return *value* with every delimiter written as its HL7 escape, so it stays one leaf."""
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value
+    return _NEEDS_ESCAPE.sub(lambda m: _ESCAPES[m.group(0)], value)
+
+
+def keeps_offset(version: str) -> bool:
+    """Tell whether timestamps for *version* carry their UTC offset.
+
+    v2.3 receivers in Norway read local time and many choke on `+0100`; from
+    v2.4 on the offset is written, so a timestamp means one instant.
+    """
+    return not version.startswith("2.3")
+
+
+_FHIR_DT = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$")
+
+
+def fhir_to_hl7_date(value: str) -> str:
+    """Return a FHIR date or dateTime's date part as HL7 DT (`1961-06-15` → `19610615`); '' when it is not one."""
+    m = _FHIR_DT.match(value)
+    return "".join(p for p in m.groups()[:3] if p) if m else ""
+
+
+def fhir_to_hl7_ts(value: str, *, with_offset: bool) -> str:
+    """Return a FHIR dateTime as HL7 TS, `YYYYMMDDHHMMSS+ZZZZ`; '' when it is not one.
+
+    A given offset is kept as sent; `Z` becomes Oslo time. Without offsets
+    (v2.3) the instant is written as Oslo wall time. A date without a time
+    stays a date: there is no instant to convert.
+    """
+    m = _FHIR_DT.match(value)
+    if m is None:
+        return ""
+    year, month, day, hour, minute, second, fraction, tz = m.groups()
+    if hour is None:
+        return "".join(p for p in (year, month, day) if p)
+    frac = f".{fraction[:4]}" if fraction else ""
+    if tz is None:  # FHIR requires an offset with a time; read a missing one as Oslo, like inbound HL7
+        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=OSLO)
+    elif tz == "Z":
+        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=timezone.utc).astimezone(OSLO)
+    else:
+        if with_offset:
+            return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}{tz[0]}{tz[1:3]}{tz[4:6]}"
+        sign = 1 if tz[0] == "+" else -1
+        offset = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
+        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=offset).astimezone(OSLO)
+    return _format(stamp, frac, with_offset)
+
+
+_HL7_TS = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d+)?([+-]\d{4})?$")
+
+
+def hl7_ts_to_ts(value: str, *, with_offset: bool) -> str:
+    """Return a received HL7 TS (MSH-7) in the outbound convention; '' when it is not a TS.
+
+    Without an offset the received value is Oslo wall time: it gains Oslo's
+    offset where offsets are written, and is returned as is where they are not.
+    """
+    m = _HL7_TS.match(value.strip())
+    if m is None:
+        return ""
+    year, month, day, hour, minute, second, fraction, tz = m.groups()
+    if hour is None or minute is None:
+        return "".join(p for p in (year, month, day, hour) if p)
+    frac = (fraction or "")[:5]
+    if tz is None:
+        if not with_offset:
+            return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}"
+        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=OSLO)
+        return _format(stamp, frac, True)
+    if with_offset:
+        return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}{tz}"
+    sign = 1 if tz[0] == "+" else -1
+    offset = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[3:5])))
+    stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=offset).astimezone(OSLO)
+    return _format(stamp, frac, False)
+
+
+def _format(stamp: datetime, frac: str, with_offset: bool) -> str:
+    text = stamp.strftime("%Y%m%d%H%M%S") + frac
+    if with_offset:
+        text += stamp.strftime("%z")
+    return text

@@ -1,0 +1,339 @@
+"""Compile one field of an outbound mapping into a closure: values, repetitions, components, references.
+
+outbound.py owns the file, its segments and their checks against the HL7
+version; this module owns what one `SEG-n:` spec means (docs/outbound-hl7v2.md,
+Fields). The closures it returns build escaped ER7 text straight from the
+Bundle's dicts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from adapters.hl7v2._er7 import escape, fhir_to_hl7_date, fhir_to_hl7_ts
+from adapters.hl7v2._fhir_paths import FhirPath, PathSyntaxError, as_text, compile_fhir_path
+from adapters.hl7v2._versions import FieldDef
+from router.errors import MessageError
+from router.mapping import fhir_model
+from router.mapping._yaml import Pos, YMap
+
+__all__ = ["CONTEXT_NAMES", "FieldCompiler", "FieldFn", "RenderContext", "Skip", "Table"]
+
+CONTEXT_NAMES = frozenset({
+    "event", "message_code", "structure", "control_id", "sent", "destination", "processing_id",
+    "sending_application", "sending_facility", "receiving_application", "receiving_facility",
+})
+"""What `context:` may name: the source message's header, its time (`sent`, as HL7 TS) and the destination."""
+
+FUNCTIONS = ("hl7_date", "hl7_ts")
+"""The function library: FHIR date or dateTime → HL7 DT, FHIR dateTime → HL7 TS (offset rule per version)."""
+
+_FIELD_KEYS = {"value", "context", "from", "each", "fn", "table", "else", "components", "resolve", "as", "required", "note"}
+_VALUE_KEYS = {"value", "context", "from", "fn", "table", "else", "note"}
+
+
+@dataclass(slots=True)
+class RenderContext:
+    """One message's lookups: the Bundle's resources by type and by reference, and the context values."""
+
+    by_type: dict[str, Any]
+    by_ref: dict[str, Any]
+    values: dict[str, str]
+
+
+FieldFn = Callable[[Any, RenderContext], str]
+"""Render one field's ER7 text (escaped, repetitions and components joined) from a resource."""
+
+_ValueFn = Callable[[Any, RenderContext], "str | None"]
+_ItemsFn = Callable[[Any, RenderContext], list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A FHIR code → HL7 code table, with what to do with a code it lacks."""
+
+    name: str
+    map: dict[str, str]
+    unmapped: str  # omit, keep, value or error
+    default: str | None
+
+    def lookup(self, code: str) -> str | None:
+        """Return the HL7 code for *code*, the default, the code itself, or None, as `unmapped` says."""
+        got = self.map.get(code)
+        if got is not None:
+            return got
+        if self.default is not None:
+            return self.default
+        if self.unmapped == "keep":
+            return code
+        if self.unmapped == "error":
+            raise MessageError(f"table {self.name} has no entry for the code found")
+        return None
+
+
+class Skip(Exception):
+    """An error was recorded; skip the rest of this part of the file."""
+
+
+class Owner(Protocol):
+    """What a field compiler needs from the file's compiler."""
+
+    version: str
+    with_offset: bool
+    tables: dict[str, Table]
+
+    def fail(self, reason: str, pos: Pos) -> Skip: ...
+
+
+def _pos(node: Any, key: str, fallback: Pos) -> Pos:
+    return node.pos(key) if isinstance(node, YMap) and key in node else fallback
+
+
+class FieldCompiler:
+    """Compiles the spec of field *n* of *segment*, whose paths start at *resource_type*."""
+
+    def __init__(self, owner: Owner, segment: str, n: int, definition: FieldDef, resource_type: str | None) -> None:
+        self.owner, self.segment, self.n, self.definition, self.resource_type = owner, segment, n, definition, resource_type
+        self.label = f"{segment}-{n}"
+
+    def compile(self, spec: Any, pos: Pos) -> FieldFn:
+        """Return the closure for *spec* (a path, or a mapping of the keys in _FIELD_KEYS)."""
+        if isinstance(spec, str):
+            spec = {"from": spec}
+        if not isinstance(spec, dict):
+            raise self.owner.fail(f"{self.label}: a field is a path or a mapping (value, context, from, each, components …)", pos)
+        self._keys(spec, _FIELD_KEYS, pos)
+        if {"each", "components", "resolve"} & set(spec):
+            fn = self._structured(spec, pos)
+        else:
+            value = self.value(spec, pos, self.resource_type)
+
+            def fn(node: Any, ctx: RenderContext) -> str:
+                got = value(node, ctx)
+                return escape(got) if got else ""
+
+        if spec.get("required", False) is True:
+            return _required(fn, self.label)
+        return fn
+
+    def _keys(self, spec: dict[str, Any], allowed: set[str], pos: Pos) -> None:
+        for key in spec:
+            if key not in allowed:
+                raise self.owner.fail(f"{self.label}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})", _pos(spec, key, pos))
+
+    def _path(self, text: Any, type_name: str | None, pos: Pos) -> FhirPath:
+        if type_name is None:
+            raise self.owner.fail(f"{self.label}: a path needs the segment's resource:, or use value: / context:", pos)
+        if not isinstance(text, str):
+            raise self.owner.fail(f"{self.label}: a path is text, e.g. name[0].family", pos)
+        try:
+            return compile_fhir_path(text, type_name)
+        except PathSyntaxError as exc:
+            raise self.owner.fail(f"{self.label}: {exc}", pos) from None
+
+    def _structured(self, spec: dict[str, Any], pos: Pos) -> FieldFn:
+        if "each" in spec and "from" in spec:
+            raise self.owner.fail(f"{self.label}: each: and from: exclude each other", pos)
+        if {"value", "context"} & set(spec):
+            raise self.owner.fail(f"{self.label}: value: and context: give one value; use them inside components:", pos)
+        items, item_type = self._items(spec, pos)
+        if "components" in spec:
+            render_item = self._components(spec["components"], item_type, _pos(spec, "components", pos))
+        else:
+            if item_type is not None:
+                raise self.owner.fail(f"{self.label}: the path reaches a {item_type}; say which parts go where with components:", pos)
+            transform = self._transform(spec, pos)
+
+            def render_item(item: Any, ctx: RenderContext) -> str:
+                got = transform(as_text(item))
+                return escape(got) if got else ""
+
+        repeats = self.definition.repeats
+
+        def fn(node: Any, ctx: RenderContext) -> str:
+            out = []
+            for item in items(node, ctx):
+                text = render_item(item, ctx)
+                if text:
+                    out.append(text)
+                    if not repeats:  # the receiver's version has one: the first wins
+                        break
+            return "~".join(out)
+
+        return fn
+
+    def _items(self, spec: dict[str, Any], pos: Pos) -> tuple[_ItemsFn, str | None]:
+        key = "each" if "each" in spec else "from" if "from" in spec else None
+        if key is None:
+            if self.resource_type is None:
+                raise self.owner.fail(f"{self.label}: components without from:/each: need the segment's resource:", pos)
+            item_type: str | None = self.resource_type
+            items: _ItemsFn = lambda node, ctx: [node] if node is not None else []  # noqa: E731  # one-line selector
+        else:
+            path = self._path(spec[key], self.resource_type, _pos(spec, key, pos))
+            item_type = path.type_name
+            if key == "each":
+                items = lambda node, ctx: path.all(node) if node is not None else []  # noqa: E731
+            else:
+                items = lambda node, ctx: path.all(node)[:1] if node is not None else []  # noqa: E731
+        if "resolve" in spec:
+            return self._resolve(spec, items, item_type, pos)
+        if "as" in spec:
+            raise self.owner.fail(f"{self.label}: as: names the type resolve: leads to; there is no resolve:", _pos(spec, "as", pos))
+        return items, item_type
+
+    def _resolve(self, spec: dict[str, Any], items: _ItemsFn, item_type: str | None, pos: Pos) -> tuple[_ItemsFn, str | None]:
+        ref = self._path(spec["resolve"], item_type, _pos(spec, "resolve", pos))
+        if ref.type_name != "Reference":
+            raise self.owner.fail(f"{self.label}: resolve: {ref.text} is not a Reference", _pos(spec, "resolve", pos))
+        target = spec.get("as")
+        if not isinstance(target, str) or not fhir_model.is_resource_type(target):
+            raise self.owner.fail(f"{self.label}: resolve: needs as: <the FHIR resource type it points to>", _pos(spec, "as", pos))
+
+        def resolved(node: Any, ctx: RenderContext) -> list[Any]:
+            out = []
+            for item in items(node, ctx):
+                reference = ref.first(item)
+                found = ctx.by_ref.get(reference.get("reference", "")) if isinstance(reference, dict) else None
+                if found is not None and found.get("resourceType") == target:
+                    out.append(found)
+            return out
+
+        return resolved, target
+
+    def _components(self, spec: Any, item_type: str | None, pos: Pos) -> Callable[[Any, RenderContext], str]:
+        if not isinstance(spec, dict) or not spec:
+            raise self.owner.fail(f"{self.label}: components: maps component numbers (1, 4, 4.2) to values", pos)
+        count = self.definition.components
+        if count == 0:
+            raise self.owner.fail(f"{self.label} is a {self.definition.datatype} in HL7 {self.owner.version}: it has no components", pos)
+        parts: list[tuple[int, int, _ValueFn]] = []
+        for key, sub in spec.items():
+            kpos = _pos(spec, str(key), pos)
+            text = str(key)
+            comp, _, subcomp = text.partition(".")
+            if not comp.isdigit() or (subcomp and not subcomp.isdigit()) or int(comp) < 1 or (subcomp and int(subcomp) < 1):
+                raise self.owner.fail(f"{self.label}: component {text!r} must be a number (4) or number.number (4.2)", kpos)
+            if int(comp) > count:
+                raise self.owner.fail(f"{self.label} ({self.definition.datatype}) has {count} components in HL7 {self.owner.version}; {self.label}.{comp} does not exist", kpos)
+            parts.append((int(comp), int(subcomp or 1), self.value({"from": sub} if isinstance(sub, str) else sub, kpos, item_type)))
+        return _assemble(sorted(parts, key=lambda p: (p[0], p[1])))
+
+    def value(self, spec: Any, pos: Pos, type_name: str | None) -> _ValueFn:
+        """Compile a single-value spec: exactly one of value/context/from, then fn, table, else."""
+        if not isinstance(spec, dict):
+            raise self.owner.fail(f"{self.label}: a value is a path or a mapping with value:, context: or from:", pos)
+        self._keys(spec, _VALUE_KEYS | ({"required"} if "required" in spec else set()), pos)
+        sources = [k for k in ("value", "context", "from") if k in spec]
+        if len(sources) != 1:
+            raise self.owner.fail(f"{self.label}: give exactly one of value:, context:, from:", pos)
+        get = self._source(spec, sources[0], pos, type_name)
+        transform = self._transform(spec, pos)
+        fallback = self.value({"from": spec["else"]} if isinstance(spec["else"], str) else spec["else"], _pos(spec, "else", pos), type_name) if "else" in spec else None
+
+        def fn(node: Any, ctx: RenderContext) -> str | None:
+            got = get(node, ctx)
+            got = transform(got) if got else None
+            if not got and fallback is not None:
+                return fallback(node, ctx)
+            return got
+
+        return fn
+
+    def _source(self, spec: dict[str, Any], key: str, pos: Pos, type_name: str | None) -> _ValueFn:
+        raw = spec[key]
+        kpos = _pos(spec, key, pos)
+        if key == "value":
+            if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+                raise self.owner.fail(f"{self.label}: value: is text (quote codes like \"01\")", kpos)
+            const = str(raw)
+            return lambda node, ctx: const
+        if key == "context":
+            if raw not in CONTEXT_NAMES:
+                raise self.owner.fail(f"{self.label}: context: {raw!r} is not one of {', '.join(sorted(CONTEXT_NAMES))}", kpos)
+            return lambda node, ctx: ctx.values.get(raw)
+        texts = raw if isinstance(raw, list) else [raw]
+        paths = [self._path(t, type_name, kpos) for t in texts]
+        for path in paths:
+            if path.type_name is not None:
+                raise self.owner.fail(f"{self.label}: {path.text} reaches a {path.type_name}, not a value; name one of its elements", kpos)
+
+        def first(node: Any, ctx: RenderContext) -> str | None:
+            if node is None:
+                return None
+            for path in paths:
+                got = path.first(node)
+                if got is not None:
+                    return as_text(got)
+            return None
+
+        return first
+
+    def _transform(self, spec: dict[str, Any], pos: Pos) -> Callable[[str], str | None]:
+        steps: list[Callable[[str], str | None]] = []
+        if "fn" in spec:
+            name = spec["fn"]
+            if name == "hl7_date":
+                steps.append(fhir_to_hl7_date)
+            elif name == "hl7_ts":
+                with_offset = self.owner.with_offset
+                steps.append(lambda v: fhir_to_hl7_ts(v, with_offset=with_offset))
+            else:
+                raise self.owner.fail(f"{self.label}: fn: {name!r} is not one of {', '.join(FUNCTIONS)}", _pos(spec, "fn", pos))
+        if "table" in spec:
+            table = self.owner.tables.get(str(spec["table"]))
+            if table is None:
+                raise self.owner.fail(f"{self.label}: no table {spec['table']!r} in tables/", _pos(spec, "table", pos))
+            steps.append(table.lookup)
+        if not steps:
+            return lambda v: v
+        if len(steps) == 1:
+            return steps[0]
+
+        def chain(v: str) -> str | None:
+            got: str | None = v
+            for step in steps:
+                got = step(got) if got else None
+            return got
+
+        return chain
+
+
+def _assemble(parts: list[tuple[int, int, _ValueFn]]) -> Callable[[Any, RenderContext], str]:
+    """Join component values: `^` between components, `&` between subcomponents, trailing empties dropped."""
+    width = parts[-1][0]
+    subs = {c: max(s for cc, s, _ in parts if cc == c) for c, _, _ in parts}
+
+    def build(item: Any, ctx: RenderContext) -> str:
+        got: dict[tuple[int, int], str] = {}
+        for comp, sub, fn in parts:
+            value = fn(item, ctx)
+            if value:
+                got[(comp, sub)] = escape(value)
+        if not got:
+            return ""
+        comps = []
+        for c in range(1, width + 1):
+            if c not in subs:
+                comps.append("")
+                continue
+            values = [got.get((c, s), "") for s in range(1, subs[c] + 1)]
+            while values and not values[-1]:
+                values.pop()
+            comps.append("&".join(values))
+        while comps and not comps[-1]:
+            comps.pop()
+        return "^".join(comps)
+
+    return build
+
+
+def _required(fn: FieldFn, label: str) -> FieldFn:
+    def checked(node: Any, ctx: RenderContext) -> str:
+        text = fn(node, ctx)
+        if not text:
+            raise MessageError(f"{label} is required, and the Bundle has no value for it", location=label)
+        return text
+
+    return checked

@@ -1,0 +1,181 @@
+"""Tests for adapters/hl7v2/render.py: ER7 out of a converted message, per destination version and charset."""
+
+from __future__ import annotations
+
+import copy
+import pytest
+
+from adapters.hl7v2.render import Hl7v2Renderer
+from router.contracts import Converted
+from router.errors import ConfigError, MessageError, UnknownMessage
+from router.pipeline.convert import Converter
+from router.routing.model import QueueDestination
+from router.settings import load_settings
+
+FNR = "15866112379"  # synthetic (Tenor), as in the inbound fixtures
+ADT_A01 = (
+    "MSH|^~\\&|DIPS|STOLAV^974749025^ENH|HELSEBRO|HELSEPLATTFORMEN|20250110083000||ADT^A01^ADT_A01|CTRL-0001|P|2.5.1|||AL|NE|NOR|UNICODE UTF-8\r"
+    "EVN|A01|20250110083000\r"
+    f"PID|1||{FNR}^^^NOR^FNR~4471002^^^STOLAV^PI||NORDMANN^OLA^K||19610615|M|||Storgata 1^^TRONDHEIM^^7011^NOR^H\r"
+    "PV1|1|I|MED^301^2^STOLAV||||9144900^LEGE^LISA^^^^^^HPR^^^^HPR||||||||||||V25-0001^^^STOLAV^VN|||||||||||||||||||||||||20250110082500\r"
+).encode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return load_settings(environ={})
+
+
+@pytest.fixture(scope="module")
+def converter(settings):
+    return Converter(settings)
+
+
+@pytest.fixture
+def admit(converter) -> Converted:
+    [conv] = converter.convert(ADT_A01)
+    assert conv.ok, conv.error
+    return conv
+
+
+def _renderer(settings, **options) -> Hl7v2Renderer:
+    return Hl7v2Renderer.for_destination(QueueDestination(kind="queue", queue="lab.adt", format="hl7v2", **options), settings, name="lab")
+
+
+def _fields(data: bytes, codec: str = "utf-8") -> dict[str, list[str]]:
+    """{segment id: fields}, MSH numbered like the standard (MSH-1 is the separator)."""
+    out = {}
+    for line in data.decode(codec).split("\r")[:-1]:
+        fields = line.split("|")
+        if fields[0] == "MSH":
+            fields.insert(1, "|")
+        out[fields[0]] = fields
+    return out
+
+
+def _with_patient(conv: Converted, **changes) -> Converted:
+    bundle = copy.deepcopy(conv.bundle)
+    for entry in bundle["entry"]:
+        if entry["resource"]["resourceType"] == "Patient":
+            entry["resource"].update(changes)
+    return Converted(index=0, raw=conv.raw, control_id=conv.control_id, bundle=bundle, header=conv.header, structure=conv.structure)
+
+
+class TestHl7v2Renderer:
+    def test_renders_msh_evn_pid_pv1(self, settings, admit):
+        """An admission renders MSH, EVN, PID and PV1 with the type, version, charset and the source's time."""
+        out = _renderer(settings).render(admit)
+        assert out.endswith(b"\r") and b"\n" not in out
+        seg = _fields(out)
+        assert list(seg) == ["MSH", "EVN", "PID", "PV1"]
+        msh = seg["MSH"]
+        assert (msh[3], msh[4], msh[5]) == ("HELSEBRO", "STOLAV", "lab")
+        assert msh[7] == "20250110083000+0100"
+        assert msh[9] == "ADT^A01^ADT_A01"
+        assert len(msh[10]) == 20
+        assert (msh[12], msh[18]) == ("2.5.1", "UNICODE UTF-8")
+        assert seg["PID"][3] == f"{FNR}^^^NOR^FNR~4471002^^^STOLAV^PI"
+        assert seg["PID"][5] == "NORDMANN^OLA^K"
+        assert (seg["PID"][7], seg["PID"][8]) == ("19610615", "M")
+        assert seg["PV1"][2] == "I"
+        assert seg["PV1"][7] == "9144900^LEGE^LISA^^^^^^HPR^^^^HPR"
+        assert seg["PV1"][44] == "20250110082500+0100"
+
+    def test_same_message_same_bytes(self, settings, converter):
+        """Rendering the same source twice, even after converting it again, gives identical bytes."""
+        renderer = _renderer(settings)
+        first = renderer.render(converter.convert(ADT_A01)[0])
+        assert renderer.render(converter.convert(ADT_A01)[0]) == first
+
+    def test_control_id_differs_per_source_and_destination(self, settings, converter, admit):
+        """MSH-10 changes with the source message and with the destination, so receivers never drop a real message as a repeat."""
+        msh10 = _fields(_renderer(settings).render(admit))["MSH"][10]
+        other_source = converter.convert(ADT_A01.replace(b"CTRL-0001", b"CTRL-0002"))[0]
+        assert _fields(_renderer(settings).render(other_source))["MSH"][10] != msh10
+        other_dest = Hl7v2Renderer.for_destination(QueueDestination(kind="queue", queue="x", format="hl7v2"), settings, name="kommune")
+        assert _fields(other_dest.render(admit))["MSH"][10] != msh10
+
+    def test_version_23_drops_structure_and_offsets(self, settings, admit):
+        """For v2.3, MSH-9 has two components, times are Oslo wall time without offset, and PID-5 keeps one name."""
+        seg = _fields(_renderer(settings, version="2.3").render(_with_patient(admit, name=[{"family": "A", "given": ["B"]}, {"family": "C"}])))
+        assert seg["MSH"][9] == "ADT^A01"
+        assert seg["MSH"][12] == "2.3"
+        assert seg["MSH"][7] == "20250110083000"
+        assert seg["PV1"][44] == "20250110082500"
+        assert seg["PID"][5] == "A^B"
+
+    def test_latin1_encodes_norwegian_letters(self, settings, admit):
+        """charset 8859/1 writes Ø, Å and Æ as single Latin-1 bytes and says so in MSH-18."""
+        conv = _with_patient(admit, name=[{"family": "ØSTBYE", "given": ["ÅSE", "ÆRLIG"]}])
+        out = _renderer(settings, charset="8859/1").render(conv)
+        assert "ØSTBYE^ÅSE^ÆRLIG".encode("latin-1") in out
+        assert "Ø".encode("utf-8") not in out
+        assert _fields(out, "latin-1")["MSH"][18] == "8859/1"
+
+    def test_ascii_replaces_what_it_cannot_carry(self, settings, admit):
+        """charset ASCII writes a character it lacks as '?', never failing the message."""
+        out = _renderer(settings, charset="ASCII").render(_with_patient(admit, name=[{"family": "BJØRN"}]))
+        assert _fields(out, "ascii")["PID"][5] == "BJ?RN"
+
+    def test_delimiters_in_values_are_escaped(self, settings, admit):
+        """A value holding | ^ ~ \\ & or a line break is written with HL7 escapes and stays one component."""
+        conv = _with_patient(admit, name=[{"family": "A|B^C~D\\E&F\nG", "given": ["H"]}])
+        out = _renderer(settings).render(conv)
+        assert _fields(out)["PID"][5] == "A\\F\\B\\S\\C\\R\\D\\E\\E\\T\\F\\X0A\\G^H"
+
+    def test_no_patient_is_a_message_error_without_phi(self, settings, admit):
+        """A Bundle without a Patient fails with a plain reason that names the resource and no value."""
+        bundle = {**admit.bundle, "entry": [e for e in admit.bundle["entry"] if e["resource"]["resourceType"] != "Patient"]}
+        conv = Converted(index=0, raw=admit.raw, bundle=bundle, header=admit.header, control_id=admit.control_id)
+        with pytest.raises(MessageError) as info:
+            _renderer(settings).render(conv)
+        assert info.value.reason == "the Bundle has no Patient, which PID is built from"
+        assert FNR not in str(info.value) and "NORDMANN" not in str(info.value)
+
+    def test_no_bundle_is_a_message_error(self, settings, admit):
+        """A failed conversion has nothing to render."""
+        with pytest.raises(MessageError, match="no Bundle"):
+            _renderer(settings).render(Converted(index=0, raw=admit.raw, header=admit.header))
+
+    def test_event_the_mapping_does_not_serve(self, settings, converter):
+        """An event no outbound mapping serves (A13) is an UnknownMessage for this destination."""
+        [conv] = converter.convert(ADT_A01.replace(b"ADT^A01^ADT_A01", b"ADT^A13^ADT_A01").replace(b"EVN|A01", b"EVN|A13"))
+        assert conv.ok
+        with pytest.raises(UnknownMessage, match="A13"):
+            _renderer(settings).render(conv)
+        with pytest.raises(UnknownMessage, match="does not serve event A13"):
+            _renderer(settings, mapping="ADT_A01").render(conv)
+
+    def test_discharge_uses_the_adt_a03_structure(self, settings, converter):
+        """An A03 renders MSH-9 ADT^A03^ADT_A03 and PV1-45 from Encounter.period.end."""
+        msg = ADT_A01.replace(b"ADT^A01^ADT_A01", b"ADT^A03^ADT_A03").replace(b"EVN|A01", b"EVN|A03").replace(b"20250110082500\r", b"20250110082500|20250714102000\r")
+        seg = _fields(_renderer(settings).render(converter.convert(msg)[0]))
+        assert seg["MSH"][9] == "ADT^A03^ADT_A03"
+        assert seg["PV1"][45] == "20250714102000+0200"
+
+    def test_unknown_mapping_or_charset_refuses_to_start(self, settings):
+        """A destination naming a mapping or charset that does not exist is a ConfigError at start."""
+        with pytest.raises(ConfigError, match="no outbound mapping 'ADT_A99'"):
+            _renderer(settings, mapping="ADT_A99")
+        with pytest.raises(ConfigError, match="charset"):
+            _renderer(settings, charset="EBCDIC")
+
+
+class TestRoundTrip:
+    def test_patient_and_encounter_survive(self, settings, converter, admit):
+        """Inbound ADT^A01 → Bundle → HL7 v2 → Bundle again keeps identifiers, name, birth date, gender and the stay."""
+        for version in ("2.5.1", "2.3"):
+            out = _renderer(settings, version=version, charset="8859/1").render(admit)
+            [back] = converter.convert(out)
+            assert back.ok, back.error
+            before, after = _resources(admit.bundle), _resources(back.bundle)
+            for key in ("identifier", "name", "birthDate", "gender"):
+                assert after["Patient"][key] == before["Patient"][key], (version, key)
+            assert after["Encounter"]["class"] == before["Encounter"]["class"]
+            assert after["Encounter"]["period"] == before["Encounter"]["period"]
+            assert after["Practitioner"]["identifier"] == before["Practitioner"]["identifier"]
+
+
+def _resources(bundle) -> dict:
+    return {e["resource"]["resourceType"]: e["resource"] for e in bundle["entry"]}
+
