@@ -27,6 +27,7 @@ from typing import Any, Callable
 from adapters.hl7v2._tokenizer import EXPLICIT_NULL, unescape
 from adapters.hl7v2.groups import nearest
 from adapters.hl7v2.paths import ALL, SourcePath
+from router.mapping._steps import call_at
 
 ENABLED = True
 """Tests switch this off (before mappings load) to compare against the closures alone."""
@@ -45,6 +46,10 @@ def _seg(scope: Any, name: str, k: int, current: bool) -> Any:
     if segs is None:
         segs = scope.message.all(name)
     return segs[k] if k < len(segs) else None
+
+
+_UNREAD = object()
+"""What a generated function's value locals hold before their field is read."""
 
 
 def _field_value(seg: Any, f: int, r: int, comp: int, sub: int, msg: Any, reads: set[tuple[int, int]]) -> str | None:
@@ -86,8 +91,10 @@ def generate(steps: tuple[Callable[..., bool], ...]) -> Build | None:
         head.append(f"    {var} = _seg(scope, {name!r}, {k}, {current})")
     for var in g.conditions.values():
         head.append(f"    {var} = None")
+    for var in g.values.values():
+        head.append(f"    {var} = _U")
     source = "\n".join([*head, *body, "    return obj"])
-    namespace: dict[str, Any] = {"_seg": _seg, "_field_value": _field_value, "unescape": unescape, "NULL": EXPLICIT_NULL, **g.names}
+    namespace: dict[str, Any] = {"_seg": _seg, "_field_value": _field_value, "_U": _UNREAD, "unescape": unescape, "NULL": EXPLICIT_NULL, **g.names}
     exec(compile(source, "<helsebro mapping block>", "exec"), namespace)  # noqa: S102 - source from compile-time constants only (see module doc)
     build: Build = namespace["build"]
     build.source = source  # type: ignore[attr-defined]  # for reading and debugging
@@ -103,6 +110,7 @@ class _Gen:
         self.uses_message = False
         self.uses_value = False
         self.conditions: dict[str, str] = {}  # condition text -> local holding its answer in this call
+        self.values: dict[tuple[Any, ...], str] = {}  # (segment var, field, rep, comp, sub) -> local holding the value
 
     def rule(self, i: int, step: Any) -> list[str] | None:
         plan = getattr(step, "plan", None)
@@ -128,6 +136,8 @@ class _Gen:
         elif kind == "each":
             _, path, convert, put = plan
             inner = self._each(i, path, convert, put)
+        elif kind == "fn":
+            inner = self._fn(i, *plan[1:])
         else:
             return None
         if inner is None:
@@ -205,14 +215,43 @@ class _Gen:
         if path.field_no is None:
             return "SEGMENT"
         r = 0 if path.rep is None else path.rep - 1
-        return f"_field_value({seg}, {path.field_no}, {r}, {path.comp}, {path.sub}, msg, reads)"
+        key = (seg, path.field_no, r, path.comp, path.sub)
+        var = self.values.get(key)
+        if var is None:
+            var = self.values[key] = f"fv{len(self.values)}"
+        # Read once per call, when first asked: several conditions of a block test one field (OBX-2).
+        return f"({var} if {var} is not _U else ({var} := _field_value({seg}, {path.field_no}, {r}, {path.comp}, {path.sub}, msg, reads)))"
+
+    def _fn(self, i: int, fn: Any, paths: list[Any], put: Any) -> list[str] | None:
+        exprs = [self._value_expr(p) for p in paths]
+        if any(e is None or e == "SEGMENT" for e in exprs):
+            return None
+        self.names[f"FN{i}"] = fn
+        self.names[f"WHERE{i}"] = tuple((p, 0) for p in paths)
+        self.names["call_at"] = call_at
+        return [f"v = call_at(FN{i}, ctx.fn_ctx, [{', '.join(exprs)}], scope, WHERE{i})", "if v is not None:", *("    " + x for x in self._put(i, put, "v"))]  # type: ignore[arg-type]
 
     def _put(self, i: int, put: Any, var: str) -> list[str]:
+        """Lines placing *var* as Target.put would (puts of rules that never give a Ref)."""
         shape = getattr(put, "plan", None)
         if shape is not None and shape[0] == "set":
             return [f"obj[{shape[1]!r}] = {var}"]
-        self.names[f"P{i}"] = put
-        return [f"P{i}(obj, {var}, ctx)"]
+        if shape is None or shape[0] != "target":
+            self.names[f"P{i}"] = put
+            return [f"P{i}(obj, {var}, ctx)"]
+        names, lists = shape[1], shape[2]
+        lines = ["_n = obj"]
+        for name, is_list in zip(names[:-1], lists[:-1]):
+            if is_list:
+                lines += [f"_l = _n.get({name!r})", "if _l is None:", f"    _l = _n[{name!r}] = [{{}}]", "elif not _l:", "    _l.append({})", "_n = _l[-1]"]
+            else:
+                lines += [f"_m = _n.get({name!r})", "if _m is None:", f"    _m = _n[{name!r}] = {{}}", "_n = _m"]
+        last = names[-1]
+        if lists[-1]:
+            lines += [f"_l = _n.get({last!r})", "if _l is None:", f"    _l = _n[{last!r}] = []", f"if type({var}) is list:", f"    _l.extend({var})", "else:", f"    _l.append({var})"]
+        else:
+            lines.append(f"_n[{last!r}] = {var}")
+        return lines
 
     def _convert(self, i: int, convert: Any, var: str, index: str) -> list[str]:
         if convert is None:

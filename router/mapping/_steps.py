@@ -45,7 +45,7 @@ def finish(step: Step | None, produce: Produce, put: Put, when: Predicate | None
 
 
 def untidy(put: Put, *, always: bool) -> Put:
-    """Wrap *put* to mark the resource for pruning: always, or when the value is not a string."""
+    """Wrap *put* to mark the resource for pruning: always, or when the value is a dict or a list."""
     if always:
 
         def mark(obj: dict[str, Any], value: Any, ctx: RunContext) -> None:
@@ -55,7 +55,7 @@ def untidy(put: Put, *, always: bool) -> Put:
         return mark
 
     def check(obj: dict[str, Any], value: Any, ctx: RunContext) -> None:
-        if type(value) is not str:
+        if type(value) is dict or type(value) is list:  # a number or a boolean is never empty
             ctx.untidy = True
         put(obj, value, ctx)
 
@@ -159,6 +159,7 @@ def fn_args(fn: Function, paths: list[Any], put: Put) -> Step:
             put(obj, out, ctx)
             return True
 
+        three.plan = ("fn", fn, paths, put)  # type: ignore[attr-defined]  # for _codegen.py
         return three
 
     def step(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
@@ -168,6 +169,7 @@ def fn_args(fn: Function, paths: list[Any], put: Put) -> Step:
         put(obj, out, ctx)
         return True
 
+    step.plan = ("fn", fn, paths, put)  # type: ignore[attr-defined]
     return step
 
 

@@ -132,6 +132,12 @@ class Template:
     block: Block
     pos: Pos
     required: tuple[tuple[str, str], ...] = ()  # (element with min 1, the source its first rule reads)
+    fallback_readers: tuple[Callable[[Any], Any], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from router.mapping._steps import reader
+
+        self.fallback_readers = tuple(reader(p) for p in self.fallback)  # the first value of each path
 
 
 @dataclass(slots=True)

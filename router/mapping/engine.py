@@ -13,8 +13,7 @@ from urllib.parse import quote
 
 from router.errors import InvalidContent
 from router.mapping.compiler import MessageMapping, ResourceUse
-from router.mapping.functions import uuid5_id
-from router.mapping.runtime import RunContext, conditional_entry, prune, resolve_refs
+from router.mapping.runtime import RunContext, conditional_entry, prune, resolve_refs, resource_id
 
 PROVENANCE_SYSTEM = "urn:helsebro:mapping"
 """meta.tag system naming the mapping (structure@content-hash) that made a resource or Bundle."""
@@ -38,9 +37,9 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any) -> tuple[s
     if idents:
         return idents[0]["system"], idents[0]["value"]
     if tpl.fallback:
-        parts = [it.raw for p in tpl.fallback for it in p.resolve(scope)[:1]]
+        parts = [v for read in tpl.fallback_readers if (v := read(scope)) is not None]
         if parts:
-            value = uuid5_id(tpl.fhir_type, *parts)
+            value = resource_id(tpl.fhir_type, *parts)  # functions.uuid5_id, faster
             derived = {"system": FALLBACK_SYSTEM, "value": value}
             if single or _single_identifier(tpl.fhir_type):
                 resource["identifier"] = derived
@@ -175,8 +174,9 @@ def run_mapping(mm: MessageMapping, scope: Any, fn_ctx: Any, *, trace: list[tupl
         entry["resource"]["meta"] = {"tag": [{"system": PROVENANCE_SYSTEM, "code": code, "display": mm.file}]}
     if mm.document:
         _own(mm, scope, run)
+    dropped_urls = {run.ctx.full_urls.get(inst) for inst in dropped} if dropped else ()
     for entry, flagged in zip(run.entries, run.untidy):
-        if (flagged or dropped) and "resource" in entry:  # the rest cannot hold an empty element: skip the walk
+        if (flagged or entry.get("fullUrl") in dropped_urls) and "resource" in entry:  # the rest cannot hold an empty element
             prune(entry["resource"])
     return {
         "resourceType": "Bundle",

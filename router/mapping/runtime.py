@@ -76,7 +76,7 @@ class RunContext:
 
     fn_ctx: Any
     full_urls: dict[str, str] = field(default_factory=dict)  # resource instance id → urn:uuid
-    ref_sites: list[tuple[Any, Any, Ref]] = field(default_factory=list)  # (container, key, reference)
+    ref_sites: list[tuple[Any, Any, Ref, str]] = field(default_factory=list)  # (container, key, reference, instance holding it)
     env: dict[str, str] = field(default_factory=dict)  # resource name → the instance in view here
     current: str = ""  # the instance being built
     children: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (parent instance, name) → instances
@@ -133,8 +133,16 @@ class Target:
 
     def setter(self, *, refs: bool) -> Put:
         """Return `put` specialised for this target; *refs* False promises no `Ref` values."""
-        if len(self.names) != 1 or refs:
+        if refs:
             return self.put
+        if len(self.names) != 1:
+            put_any = self.put
+
+            def put_deep(obj: dict[str, Any], value: Any, ctx: RunContext) -> None:
+                put_any(obj, value, ctx)
+
+            put_deep.plan = ("target", self.names, self.lists)  # type: ignore[attr-defined]  # _codegen.py writes it in line
+            return put_deep
         name = self.names[0]
         put = self.put
         if not self.lists[0]:
@@ -155,24 +163,26 @@ class Target:
             else:
                 items.append(value)
 
+        append.plan = ("target", self.names, self.lists)  # type: ignore[attr-defined]
         return append
 
     @staticmethod
     def _track(container: Any, key: Any, value: Any, ctx: RunContext) -> None:
         if isinstance(value, Ref):
-            ctx.ref_sites.append((container, key, value))
+            ctx.ref_sites.append((container, key, value, ctx.current))
 
 
-def resolve_refs(ctx: RunContext) -> bool:
+def resolve_refs(ctx: RunContext) -> set[str]:
     """Turn every Ref into Reference(s) to fullUrls, or drop it when nothing was produced.
 
-    Returns True when it dropped one, which may leave an empty element behind.
+    Returns the instances where dropping one emptied its container: that is an
+    empty element left behind, so those (and only those) need `prune`.
     """
-    dropped = False
-    in_lists: dict[int, tuple[list[Any], list[tuple[int, Ref]]]] = {}
-    for container, key, ref in ctx.ref_sites:
+    dropped: set[str] = set()
+    in_lists: dict[int, tuple[list[Any], list[tuple[int, Ref, str]]]] = {}
+    for container, key, ref, inst in ctx.ref_sites:
         if isinstance(container, list):
-            in_lists.setdefault(id(container), (container, []))[1].append((key, ref))
+            in_lists.setdefault(id(container), (container, []))[1].append((key, ref, inst))
             continue
         if container.get(key) is not ref:
             continue  # a later rule replaced this reference before it was resolved
@@ -181,19 +191,21 @@ def resolve_refs(ctx: RunContext) -> bool:
             container[key] = {"reference": urls[0]}
         else:
             container.pop(key, None)
-            dropped = True
+            if not container:  # only an emptied container is an empty element
+                dropped.add(inst)
     for container, sites in in_lists.values():
-        for key, ref in sorted(sites, key=lambda kv: kv[0], reverse=True):  # right to left: indexes stay valid
+        for key, ref, inst in sorted(sites, key=lambda kv: kv[0], reverse=True):  # right to left: indexes stay valid
             urls = ref.urls(ctx)
             container[key : key + 1] = [{"reference": u} for u in urls]
-            dropped = dropped or not urls
+            if not container:
+                dropped.add(inst)
     return dropped
 
 
 _NAMESPACE = HELSEBRO_NAMESPACE.bytes
 
 
-def _resource_id(*parts: str) -> str:
+def resource_id(*parts: str) -> str:
     """Return `functions.uuid5_id(*parts)`, in a fifth of the time.
 
     uuid.uuid5 builds a UUID object and checks its fields; this sets the
@@ -216,7 +228,7 @@ def conditional_entry(resource_type: str, resource: dict[str, Any], system: str,
     a merge uses this to retire the old Patient after its identifiers moved to
     the survivor, when a search by identifier would now find the survivor.
     """
-    rid = _resource_id(resource_type, system, value)
+    rid = resource_id(resource_type, system, value)
     resource["id"] = rid
     query = f"identifier={quote(system, safe=':/.')}|{quote(value, safe='')}"
     if by_id:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import copy
 
 from router.mapping.functions import uuid5_id
-from router.mapping.runtime import _resource_id, has_empty, prune
+from router.mapping.runtime import resource_id, has_empty, prune
 
 
 class TestRuntime:
     def test_resource_id_equals_uuid5_id(self):
         """The fast resource id is the same UUID that uuid5_id gives, for any text."""
         for parts in [("Patient", "urn:oid:2.16.578.1.12.4.1.4.1", "x"), ("Encounter", "", "æøå €"), ("a|b",)]:
-            assert _resource_id(*parts) == uuid5_id(*parts)
+            assert resource_id(*parts) == uuid5_id(*parts)
 
     def test_has_empty_finds_nested_empties(self):
         """has_empty is true exactly when prune would remove something."""
