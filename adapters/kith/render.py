@@ -138,7 +138,8 @@ class KithRenderer:
         etree.SubElement(ref_doc, f"{_M}IssueDate", V=gen_date)
         etree.SubElement(ref_doc, f"{_M}MsgType", V="XML", DN="XML-instans")
         content = etree.SubElement(ref_doc, f"{_M}Content")
-        _fill(etree.SubElement(content, m.body.tag, nsmap=dict(m.namespaces)), m.body, ctx, m.name)
+        if not _one(content, m.body, ctx, m.name, nsmap=dict(m.namespaces)):
+            raise InvalidContent(f"{m.name}: the payload came out empty", location=m.body.location)
         if self._schemas is not None:
             try:
                 self._schemas.validate(root, self._schema_ns)
@@ -209,32 +210,36 @@ def _emit(parent: etree._Element, node: Node, ctx: dict[str, Any], mapping: str)
         raise InvalidContent(f"{mapping}: nothing to write as {node.location.rsplit('/', 1)[-1]}", location=node.location)
 
 
-def _one(parent: etree._Element, node: Node, ctx: dict[str, Any], mapping: str) -> int:
-    """Write one element; leave it out when it ends up empty. Return how many were written (0 or 1)."""
-    element = etree.SubElement(parent, node.tag)
-    return _fill(element, node, ctx, mapping)
+def _one(parent: etree._Element, node: Node, ctx: dict[str, Any], mapping: str, nsmap: dict[str, str] | None = None) -> int:
+    """Write one element; leave it out when it ends up empty. Return how many were written (0 or 1).
 
-
-def _fill(element: etree._Element, node: Node, ctx: dict[str, Any], mapping: str) -> int:
+    Values are read before the element is made, so a leaf left out costs no lxml call.
+    """
+    text = node.text.read(ctx) if node.text is not None else None
+    attrs = {name: v for name, value in node.attributes if (v := value.read(ctx)) is not None}
+    if (node.text is not None and text is None) or (text is None and not attrs and not node.children):
+        if node.required:
+            raise InvalidContent(f"{mapping}: no value for {node.location.rsplit('/', 1)[-1]}{_sources(node)}", location=node.location)
+        return 0
     try:
-        if node.text is not None:
-            element.text = node.text.read(ctx)
-        for name, value in node.attributes:
-            text = value.read(ctx)
-            if text is not None:
-                element.set(name, text)
+        element = etree.SubElement(parent, node.tag, attrs, nsmap=nsmap)
+        element.text = text
     except ValueError as exc:  # lxml refuses control characters: say where, never what
         raise InvalidContent(f"{mapping}: a value for {node.location} holds characters XML cannot carry", location=node.location) from exc
+    return _children(element, node, ctx, mapping)
+
+
+def _children(element: etree._Element, node: Node, ctx: dict[str, Any], mapping: str) -> int:
+    """Write *node*'s children under *element*; drop an element left with nothing at all."""
     for child in node.children:
         _emit(element, child, ctx, mapping)
-    missing_text = node.text is not None and element.text is None
-    if missing_text or (element.text is None and not element.attrib and len(element) == 0):
+    if node.children and element.text is None and not element.attrib and len(element) == 0:
+        if node.required:
+            raise InvalidContent(f"{mapping}: no value for {node.location.rsplit('/', 1)[-1]}", location=node.location)
         parent = element.getparent()
-        if parent is not None and node.required:
-            raise InvalidContent(f"{mapping}: no value for {node.location.rsplit('/', 1)[-1]}{_sources(node)}", location=node.location)
         if parent is not None:
             parent.remove(element)
-            return 0
+        return 0
     return 1
 
 

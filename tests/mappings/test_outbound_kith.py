@@ -65,3 +65,23 @@ class TestOutboundCases:
         else:
             assert out is None, f"{case.name} rendered, but {error.name} expects a refusal"
             assert reason == error.read_text(encoding="utf-8").strip()
+
+
+class TestDocsExamples:
+    def test_yaml_examples_in_the_docs_load(self, tmp_path):
+        """Every YAML example in docs/outbound-kith.md passes its own checks: the mapping and the routes.yaml snippet."""
+        import re
+
+        from router.routing.model import load_routes
+
+        blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "outbound-kith.md").read_text(encoding="utf-8"), flags=re.S)
+        mappings = [b for b in blocks if b.startswith("message:")]
+        routes = [b for b in blocks if "destinations:" in b]
+        assert mappings and routes, "the docs lost their examples"
+        for block in mappings:
+            name = re.match(r"message: (\S+)", block).group(1)
+            (tmp_path / f"{name}.yaml").write_text(block, encoding="utf-8")
+            load_outbound(tmp_path / f"{name}.yaml")
+        for block in routes:
+            (tmp_path / "routes.yaml").write_text(block, encoding="utf-8")
+            assert load_routes(tmp_path / "routes.yaml").destinations["kommune"].format == "kith"
