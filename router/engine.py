@@ -345,9 +345,9 @@ class Engine:
     def _guard(self) -> Any:
         """The KITH duplicate guard (MsgIds already applied and answered), opened once."""
         if self._dup_guard is None:
-            from adapters.kith.duplicates import SqliteDuplicateGuard
+            from adapters.kith.duplicates import SeenStoreDuplicateGuard
 
-            self._dup_guard = SqliteDuplicateGuard.in_data_dir(self._settings.data_dir)
+            self._dup_guard = SeenStoreDuplicateGuard(self._seen_store())  # shared by every worker on PostgreSQL
         return self._dup_guard
 
     def _idle_for(self, seconds: float, conn: Connection) -> bool:
