@@ -231,6 +231,8 @@ class FieldCompiler:
         get = self._source(spec, sources[0], pos, type_name)
         transform = self._transform(spec, pos)
         fallback = self.value({"from": spec["else"]} if isinstance(spec["else"], str) else spec["else"], _pos(spec, "else", pos), type_name) if "else" in spec else None
+        if fallback is None and "fn" not in spec and "table" not in spec:
+            return get  # the common case, one call less per value
 
         def fn(node: Any, ctx: RenderContext) -> str | None:
             got = get(node, ctx)
@@ -304,6 +306,8 @@ def _assemble(parts: list[tuple[int, int, _ValueFn]]) -> Callable[[Any, RenderCo
     """Join component values: `^` between components, `&` between subcomponents, trailing empties dropped."""
     width = parts[-1][0]
     subs = {c: max(s for cc, s, _ in parts if cc == c) for c, _, _ in parts}
+    if all(s == 1 for s in subs.values()):
+        return _assemble_flat(width, [(c - 1, fn) for c, _, fn in parts])
 
     def build(item: Any, ctx: RenderContext) -> str:
         got: dict[tuple[int, int], str] = {}
@@ -325,6 +329,26 @@ def _assemble(parts: list[tuple[int, int, _ValueFn]]) -> Callable[[Any, RenderCo
         while comps and not comps[-1]:
             comps.pop()
         return "^".join(comps)
+
+    return build
+
+
+def _assemble_flat(width: int, parts: list[tuple[int, _ValueFn]]) -> Callable[[Any, RenderContext], str]:
+    """The same join when no subcomponent is addressed: one list, no lookups."""
+
+    def build(item: Any, ctx: RenderContext) -> str:
+        out = [""] * width
+        found = False
+        for i, fn in parts:
+            value = fn(item, ctx)
+            if value:
+                out[i] = escape(value)
+                found = True
+        if not found:
+            return ""
+        while not out[-1]:
+            out.pop()
+        return "^".join(out)
 
     return build
 

@@ -54,8 +54,8 @@ def _roots(paths: list[str]) -> list[Path] | None:
 
 
 def _is_outbound(root: Path) -> bool:
-    """An outbound mapping folder: mappings/outbound/<format>."""
-    return root.parent.name == "outbound" and root.is_dir()
+    """The outbound HL7 v2 mapping folder, mappings/outbound/hl7v2 (outbound/kith is not linted here yet)."""
+    return root.name == "hl7v2" and root.parent.name == "outbound" and root.is_dir()
 
 
 def _is_xml(root: Path) -> bool:
