@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
 from adapters.fhir._bundle import ID_RE, TYPE_RE, lock_keys, parse_bundle
+from adapters.fhir._lookups import Lookups
 from adapters.fhir._search import search_sql
 from adapters.fhir._transaction import Db, apply_entries
 from router.contracts import ApplyResult, FhirJson
@@ -88,7 +89,7 @@ class SqlRecord(ABC):
         keys = lock_keys(entries)
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         with self._lock, self._transaction(keys) as db:
-            return ApplyResult(apply_entries(db, entries, now))
+            return ApplyResult(apply_entries(db, entries, now, Lookups.prefetch(db, [entries])))
 
     def apply_batch(self, bundles: Sequence[FhirJson], keys: Sequence[str | None] | None = None) -> list[ApplyResult | MessageError]:
         """Apply several transaction Bundles in order, in one database transaction, each all-or-nothing.
@@ -126,6 +127,7 @@ class SqlRecord(ABC):
             try:
                 with self._lock, self._transaction(locks) as db:
                     applied = self._applied_before(db, [keys[i] for i in parsed if keys[i]]) if keys is not None else set()
+                    lookups = Lookups.prefetch(db, [entries for i, entries in parsed.items() if keys is None or keys[i] not in applied])
                     stamp = time.time()
                     for i, entries in parsed.items():
                         current = i
@@ -133,7 +135,7 @@ class SqlRecord(ABC):
                         if key is not None and key in applied:
                             done[i] = ApplyResult(())
                             continue
-                        done[i] = ApplyResult(apply_entries(db, entries, now))
+                        done[i] = ApplyResult(apply_entries(db, entries, now, lookups))
                         if key is not None:
                             db.execute(_MARK_APPLIED, (key, stamp))
                             applied.add(key)  # a second copy in this batch is the same message

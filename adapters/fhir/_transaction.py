@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol, Sequence
 import orjson
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers, rewrite
+from adapters.fhir._lookups import Current, Lookups
 from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
 from router.errors import InvalidContent
@@ -35,13 +36,6 @@ class Db(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Current:
-    version: int
-    deleted: bool
-    digest: str
-
-
 _UPSERT = (
     "INSERT INTO fhir_resource (type, id, version, deleted, last_updated, digest, body) VALUES (?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, "
@@ -51,13 +45,16 @@ _CURRENT = "SELECT version, deleted, digest FROM fhir_resource WHERE type = ? AN
 _HISTORY = "INSERT INTO fhir_history (type, id, version, deleted, last_updated, body) VALUES (?, ?, ?, ?, ?, ?)"
 
 
-def apply_entries(db: Db, entries: list[Entry], now: str) -> tuple[AppliedEntry, ...]:
+def apply_entries(db: Db, entries: list[Entry], now: str, lookups: Lookups | None = None) -> tuple[AppliedEntry, ...]:
     """Resolve, rewrite and write *entries*; return one AppliedEntry per entry, in order.
+
+    *lookups* holds what the transaction already read (prefetched for a batch);
+    without it, reads go to the database and are kept for this call.
 
     Raises:
         InvalidContent: a condition matches several resources, or a reference dangles.
     """
-    writer = _Writer(db, now)
+    writer = _Writer(db, now, lookups if lookups is not None else Lookups())
     plans = [writer.resolve(e) for e in entries]
     # A conditional DELETE that matches several resources deletes them all, except
     # the ones this Bundle writes: "replace the document's resources with these"
@@ -82,10 +79,10 @@ def apply_entries(db: Db, entries: list[Entry], now: str) -> tuple[AppliedEntry,
 class _Writer:
     """The statements of one transaction, plus what earlier entries already claimed."""
 
-    def __init__(self, db: Db, now: str) -> None:
+    def __init__(self, db: Db, now: str, lookups: Lookups) -> None:
         self._db = db
         self._now = now
-        self._found: dict[tuple[str, Criteria], list[str]] = {}  # conditions seen in this Bundle
+        self._lookups = lookups  # matches and current versions: read once, kept true by _write
         self._claimed: set[tuple[str, str]] = set()
 
     def resolve(self, entry: Entry) -> tuple[Action, str]:
@@ -109,7 +106,7 @@ class _Writer:
         if matches:
             return ("noop" if entry.method == "POST" else "write"), matches[0]
         id_ = self._new_id(entry)
-        self._found[(entry.resource_type, entry.criteria)] = [id_]
+        self._lookups.remember_found(entry.resource_type, entry.criteria, [id_])  # a second entry with it finds this one
         return "write", id_
 
     def perform(self, entry: Entry, action: Action, id_: str, resource: FhirJson | None) -> AppliedEntry:
@@ -165,6 +162,7 @@ class _Writer:
         if existed:
             self._db.execute("DELETE FROM fhir_token WHERE type = ? AND id = ?", (resource_type, id_))
             self._db.execute("DELETE FROM fhir_ref WHERE type = ? AND id = ?", (resource_type, id_))
+        self._lookups.wrote(resource_type, id_, body, version=version, digest=digest, deleted=deleted)
         if deleted:
             return
         for system, value in set(identifiers(body)):
@@ -173,15 +171,22 @@ class _Writer:
             self._db.execute("INSERT INTO fhir_ref (type, id, param, target) VALUES (?, ?, ?, ?)", (resource_type, id_, param, target))
 
     def _find(self, resource_type: str, criteria: Criteria) -> list[str]:
-        known = self._found.get((resource_type, criteria))
+        known = self._lookups.found.get((resource_type, criteria))
         if known is not None:
-            return known
+            return list(known)
         sql, args = search_sql(resource_type, criteria, select="r.id")
-        return [row[0] for row in self._db.query(sql, args)]
+        found = [row[0] for row in self._db.query(sql, args)]
+        self._lookups.remember_found(resource_type, criteria, found)
+        return list(found)
 
-    def _current(self, resource_type: str, id_: str) -> _Current | None:
-        rows = self._db.query(_CURRENT, (resource_type, id_))
-        return _Current(int(rows[0][0]), bool(rows[0][1]), rows[0][2]) if rows else None
+    def _current(self, resource_type: str, id_: str) -> Current | None:
+        key = (resource_type, id_)
+        if key in self._lookups.current:
+            return self._lookups.current[key]
+        rows = self._db.query(_CURRENT, key)
+        current = Current(int(rows[0][0]), bool(rows[0][1]), rows[0][2]) if rows else None
+        self._lookups.current[key] = current
+        return current
 
     def _new_id(self, entry: Entry) -> str:
         # Keep the sender's id when it is free (or names a deleted resource), so ids stay
