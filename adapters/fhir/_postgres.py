@@ -69,6 +69,10 @@ class _PgDb:
     def execute(self, statement: str, args: Sequence[Any]) -> None:
         self._conn.execute(_pg(statement), args)
 
+    def execute_many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._conn.cursor() as cur:
+            cur.executemany(_pg(statement), rows)
+
 
 class PostgresRecord(SqlRecord):
     """The record in a PostgreSQL database, optionally in its own schema."""

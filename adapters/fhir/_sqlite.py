@@ -36,6 +36,9 @@ class _SqliteDb:
     def execute(self, sql: str, args: Sequence[Any]) -> None:
         self._conn.execute(sql, args)
 
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._conn.executemany(sql, rows)
+
 
 class SqliteRecord(SqlRecord):
     """The record in a SQLite file, created with its schema on open."""

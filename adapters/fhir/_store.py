@@ -89,7 +89,10 @@ class SqlRecord(ABC):
         keys = lock_keys(entries)
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         with self._lock, self._transaction(keys) as db:
-            return ApplyResult(apply_entries(db, entries, now, Lookups.prefetch(db, [entries])))
+            lookups = Lookups.prefetch(db, [entries])
+            result = ApplyResult(apply_entries(db, entries, now, lookups))
+            lookups.flush(db)
+            return result
 
     def apply_batch(self, bundles: Sequence[FhirJson], keys: Sequence[str | None] | None = None) -> list[ApplyResult | MessageError]:
         """Apply several transaction Bundles in order, in one database transaction, each all-or-nothing.
@@ -139,6 +142,7 @@ class SqlRecord(ABC):
                         if key is not None:
                             db.execute(_MARK_APPLIED, (key, stamp))
                             applied.add(key)  # a second copy in this batch is the same message
+                    lookups.flush(db)  # the batch's writes, one statement per kind
                     if keys is not None:
                         self._purge_applied(db, stamp)
             except MessageError as exc:

@@ -35,26 +35,26 @@ class Db(Protocol):
         """Run *sql* for its effect."""
         ...
 
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run *sql* once per row, for its effect."""
+        ...
 
-_UPSERT = (
-    "INSERT INTO fhir_resource (type, id, version, deleted, last_updated, digest, body) VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, "
-    "last_updated = excluded.last_updated, digest = excluded.digest, body = excluded.body"
-)
+
 _CURRENT = "SELECT version, deleted, digest FROM fhir_resource WHERE type = ? AND id = ?"
-_HISTORY = "INSERT INTO fhir_history (type, id, version, deleted, last_updated, body) VALUES (?, ?, ?, ?, ?, ?)"
 
 
 def apply_entries(db: Db, entries: list[Entry], now: str, lookups: Lookups | None = None) -> tuple[AppliedEntry, ...]:
     """Resolve, rewrite and write *entries*; return one AppliedEntry per entry, in order.
 
-    *lookups* holds what the transaction already read (prefetched for a batch);
-    without it, reads go to the database and are kept for this call.
+    *lookups* holds what the transaction already read (prefetched for a batch)
+    and the writes it holds back; the caller then flushes it before committing.
+    Without it, reads go to the database and the writes are flushed here.
 
     Raises:
         InvalidContent: a condition matches several resources, or a reference dangles.
     """
-    writer = _Writer(db, now, lookups if lookups is not None else Lookups())
+    own = lookups is None
+    writer = _Writer(db, now, Lookups() if lookups is None else lookups)
     plans = [writer.resolve(e) for e in entries]
     # A conditional DELETE that matches several resources deletes them all, except
     # the ones this Bundle writes: "replace the document's resources with these"
@@ -73,6 +73,8 @@ def apply_entries(db: Db, entries: list[Entry], now: str, lookups: Lookups | Non
             out.append(writer.delete_all(e, ids, retire=action == "retire-all"))
         else:
             out.append(writer.perform(e, action, id_, res))
+    if own:
+        writer.flush()
     return tuple(out)
 
 
@@ -84,6 +86,10 @@ class _Writer:
         self._now = now
         self._lookups = lookups  # matches and current versions: read once, kept true by _write
         self._claimed: set[tuple[str, str]] = set()
+
+    def flush(self) -> None:
+        """Send the writes held so far."""
+        self._lookups.flush(self._db)
 
     def resolve(self, entry: Entry) -> tuple[Action, str]:
         """Decide what *entry* does and to which id."""
@@ -134,6 +140,7 @@ class _Writer:
         return last
 
     def _body(self, resource_type: str, id_: str) -> FhirJson | None:
+        self._lookups.flush(self._db)
         rows = self._db.query("SELECT body, deleted FROM fhir_resource WHERE type = ? AND id = ?", (resource_type, id_))
         if not rows or rows[0][1]:
             return None
@@ -156,25 +163,17 @@ class _Writer:
 
     def _write(self, resource_type: str, id_: str, version: int, body: FhirJson, *, digest: str, deleted: bool, existed: bool) -> None:
         text = orjson.dumps(body).decode()
-        flag = 1 if deleted else 0
-        self._db.execute(_HISTORY, (resource_type, id_, version, flag, self._now, text))
-        self._db.execute(_UPSERT, (resource_type, id_, version, flag, self._now, digest, text))
-        if existed:
-            self._db.execute("DELETE FROM fhir_token WHERE type = ? AND id = ?", (resource_type, id_))
-            self._db.execute("DELETE FROM fhir_ref WHERE type = ? AND id = ?", (resource_type, id_))
+        tokens = set() if deleted else set(identifiers(body))
+        refs = set() if deleted else set(references(body))
+        self._lookups.write(resource_type, id_, version, deleted, self._now, text, digest, existed=existed, tokens=tokens, refs=refs)
         self._lookups.wrote(resource_type, id_, body, version=version, digest=digest, deleted=deleted)
-        if deleted:
-            return
-        for system, value in set(identifiers(body)):
-            self._db.execute("INSERT INTO fhir_token (type, id, system, value) VALUES (?, ?, ?, ?)", (resource_type, id_, system, value))
-        for param, target in set(references(body)):
-            self._db.execute("INSERT INTO fhir_ref (type, id, param, target) VALUES (?, ?, ?, ?)", (resource_type, id_, param, target))
 
     def _find(self, resource_type: str, criteria: Criteria) -> list[str]:
         known = self._lookups.found.get((resource_type, criteria))
         if known is not None:
             return list(known)
         sql, args = search_sql(resource_type, criteria, select="r.id")
+        self._lookups.flush(self._db)  # the database must hold every earlier write before it answers
         found = [row[0] for row in self._db.query(sql, args)]
         self._lookups.remember_found(resource_type, criteria, found)
         return list(found)
@@ -183,6 +182,7 @@ class _Writer:
         key = (resource_type, id_)
         if key in self._lookups.current:
             return self._lookups.current[key]
+        self._lookups.flush(self._db)
         rows = self._db.query(_CURRENT, key)
         current = Current(int(rows[0][0]), bool(rows[0][1]), rows[0][2]) if rows else None
         self._lookups.current[key] = current
