@@ -123,6 +123,12 @@ class MessageHeader:
     control_id: str = ""
     processing_id: str = ""
     version: str = ""
+    sent: str | None = None
+    """When the sender made the message, as the source wrote it: the HL7 TS of MSH-7.1
+    (`20250110083000+0100`) or a KITH GenDate (`2025-01-10T08:30:00`); None when it gives none.
+
+    Kept as text in the source's own syntax so each outbound renderer converts it once,
+    by its format's rule, instead of re-reading the raw bytes."""
 
     @property
     def message_type(self) -> str:

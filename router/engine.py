@@ -141,6 +141,7 @@ class Engine:
             until_idle=until_idle,
             xml_validation=validation_status(self._settings.xsd_dir),
         )
+        self._warn_placeholder_identity()
         for worker in self.destinations:
             worker.start()
         try:
@@ -170,6 +171,14 @@ class Engine:
             if self._seen is not None and self._seen is not self._record:
                 self._seen.close()
             self._log.info("engine_stopped", deliveries=self.stats.deliveries, messages=self.stats.messages)
+
+    def _warn_placeholder_identity(self) -> None:
+        """Say so at start when KITH messages would go out under the shipped placeholder HER-id."""
+        from router.settings import PLACEHOLDER_HER_ID
+
+        kith = sorted(n for n, d in self._settings.routes.destinations.items() if getattr(d, "format", None) == "kith")
+        if kith and self._settings.engine.own.her_id == PLACEHOLDER_HER_ID:
+            self._log.warning("own_her_id_placeholder", destinations=kith, her_id=PLACEHOLDER_HER_ID, fix="set own.her_id in config/engine.yaml")
 
     def _converter_source(self) -> Any:
         if self._converter is not None:

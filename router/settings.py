@@ -73,13 +73,52 @@ class MappingsConfig(_Frozen):
     reload_seconds: float = Field(default=2.0, ge=0, le=3600, description="How often, in seconds, the engine looks for changed mapping files between deliveries. 0 turns hot reload off; a small value costs one stat per mapping file per look.")
 
 
+PLACEHOLDER_HER_ID = "8888888"
+"""The HER-id Helsebro signs KITH messages with until `own.her_id` is set: not a real party."""
+
+_HD_NAME = r"^[^|^~\\&\x00-\x1f]+$"
+"""An HL7 HD namespace id as Helsebro writes it: no HL7 delimiter (| ^ ~ \\ &), no control character."""
+
+
+class OwnConfig(_Frozen):
+    """The `own` block: how Helsebro names itself in the messages it renders for queue destinations (format hl7v2 and kith)."""
+
+    application: str = Field(
+        default="HELSEBRO", min_length=1, max_length=20, pattern=_HD_NAME,
+        description="MSH-3 (sending application) of every HL7 v2 message Helsebro renders, at most 20 characters (HD.1 is IS(20)). "
+        "Inbound senders already address Helsebro by this name in their MSH-5; a receiver may route or answer on it.",
+        examples=["HELSEBRO"],
+    )
+    facility: str | None = Field(
+        default=None, min_length=1, max_length=20, pattern=_HD_NAME,
+        description="MSH-4 (sending facility) of every HL7 v2 message Helsebro renders. Unset, MSH-4 is the source message's own "
+        "sending facility (its MSH-4.1), so a receiver still tells the hospitals apart; set, every message names this facility "
+        "and that distinction is lost.",
+        examples=["HELSEBRO"],
+    )
+    organisation_name: str = Field(
+        default="Helsebro integrasjonsmotor", min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$",
+        description="The organisation name in MsgHead/MsgInfo/Sender of every KITH message Helsebro renders "
+        "(read by an outbound mapping as `own.organisation_name`): the name NHN's Adresseregisteret has for the HER-id below.",
+        examples=["Helse Midt-Norge IKT, integrasjon"],
+    )
+    her_id: str = Field(
+        default=PLACEHOLDER_HER_ID, pattern=r"^[0-9]{1,9}$",
+        description="The HER-id in MsgHead/MsgInfo/Sender of every KITH message Helsebro renders (`own.her_id` in an outbound "
+        "mapping); receivers answer with AppRecs to it. The default, 8888888, is a placeholder that addresses nobody: "
+        "set your organisation's HER-id from NHN's Adresseregisteret before a kith destination goes live.",
+        examples=["8094"],
+    )
+
+
 class EngineConfig(_Frozen):
     """config/engine.yaml."""
 
-    broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    mappings: MappingsConfig = Field(default_factory=MappingsConfig)
-    hl7v2: Hl7v2Config = Field(default_factory=Hl7v2Config)
-    identifiers: IdentifierConfig = Field(default_factory=IdentifierConfig)
+    broker: BrokerConfig = Field(default_factory=BrokerConfig, description="How the engine talks to RabbitMQ or the embedded transport.")
+    mappings: MappingsConfig = Field(default_factory=MappingsConfig, description="How the running engine follows mapping edits.")
+    hl7v2: Hl7v2Config = Field(default_factory=Hl7v2Config, description="HL7 v2 decoding defaults.")
+    identifiers: IdentifierConfig = Field(default_factory=IdentifierConfig, description="FHIR systems for local identifiers.")
+    own: OwnConfig = Field(default_factory=OwnConfig, description="Helsebro's own names in the messages it renders: MSH-3/MSH-4, and the KITH MsgHead sender.")
 
 
 class Settings(_Frozen):

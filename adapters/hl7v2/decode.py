@@ -159,6 +159,7 @@ def read_header(msg: Hl7Message) -> MessageHeader:
         control_id=comp(10),
         processing_id=comp(11),
         version=comp(12),
+        sent=comp(7).strip() or None,
     )
 
 

@@ -6,9 +6,11 @@ segments is the outbound mapping's (outbound.py, mappings/outbound/hl7v2/);
 publishing and dead-lettering are router/delivery/'s.
 
 The output is a pure function of the source message: MSH-7 is the source's
-own time (MSH-7, or a KITH message's GenDate), MSH-10 a hash of the source
-and the destination, so a redelivery renders identical bytes. A character the
-destination charset cannot carry becomes `?` (docs/outbound-hl7v2.md).
+own time (MessageHeader.sent: its MSH-7, or a KITH message's GenDate), MSH-10
+a hash of the source and the destination, so a redelivery renders identical
+bytes. MSH-3/MSH-4 name Helsebro (engine.yaml `own`), MSH-5/MSH-6 the receiver
+(the destination's `receiving_application`/`receiving_facility`). A character
+the destination charset cannot carry becomes `?` (docs/outbound-hl7v2.md).
 """
 
 from __future__ import annotations
@@ -25,15 +27,12 @@ from router.errors import ConfigError, MessageError, UnknownMessage
 if TYPE_CHECKING:
     from router.contracts import Converted
     from router.routing.model import QueueDestination
-    from router.settings import Settings
+    from router.settings import OwnConfig, Settings
 
-__all__ = ["DEFAULT_VERSION", "SENDING_APPLICATION", "Hl7v2Renderer"]
+__all__ = ["DEFAULT_VERSION", "Hl7v2Renderer"]
 
 DEFAULT_VERSION = "2.5.1"
 """The HL7 version of a destination that names none."""
-
-SENDING_APPLICATION = "HELSEBRO"
-"""MSH-3 of every rendered message: engine.yaml has no name for Helsebro itself, and inbound senders already address it so (MSH-5)."""
 
 _ENCODING = "^~\\&"
 
@@ -41,9 +40,32 @@ _ENCODING = "^~\\&"
 class Hl7v2Renderer:
     """Renders converted messages for one queue destination: its outbound mapping(s), version and charset."""
 
-    def __init__(self, destination: str, mappings: list[OutboundMapping], *, version: str, charset: str, named: bool) -> None:
-        """Use *mappings* (compiled for *version*); *named* means the destination chose one mapping for every message."""
+    def __init__(
+        self,
+        destination: str,
+        mappings: list[OutboundMapping],
+        *,
+        version: str,
+        charset: str,
+        named: bool,
+        own: OwnConfig | None = None,
+        receiving_application: str | None = None,
+        receiving_facility: str | None = None,
+    ) -> None:
+        """Use *mappings* (compiled for *version*); *named* means the destination chose one mapping for every message.
+
+        *own* names Helsebro in MSH-3/MSH-4 (unset: engine.yaml's defaults); MSH-5 is
+        *receiving_application*, else the destination's name, and MSH-6 *receiving_facility*.
+        """
+        if own is None:
+            from router.settings import OwnConfig  # the defaults, for a renderer built without settings (fixture cases, benches)
+
+            own = OwnConfig()
         self._destination = destination
+        self._application = escape(own.application)
+        self._facility = escape(own.facility) if own.facility is not None else None
+        self._receiving_application = escape(receiving_application or destination)
+        self._receiving_facility = escape(receiving_facility or "")
         self._mappings = {m.name: m for m in mappings}
         self._by_event = {f"{m.message_code}^{e}": m for m in reversed(mappings) for e in m.events}
         self._named = mappings[0] if named else None
@@ -74,7 +96,10 @@ class Hl7v2Renderer:
         tables = load_tables(root)
         mappings = [load_outbound(f, version, tables=tables, display=_show(f, settings.mappings_dir)) for f in files]
         label = name or _destination_name(destination, settings)
-        return cls(label, mappings, version=version, charset=charset, named=destination.mapping is not None)
+        return cls(
+            label, mappings, version=version, charset=charset, named=destination.mapping is not None, own=settings.engine.own,
+            receiving_application=destination.receiving_application, receiving_facility=destination.receiving_facility,
+        )
 
     def render(self, conv: Converted) -> bytes:
         """Return *conv* as one ER7 message, segments ended by CR, in the destination's charset.
@@ -139,20 +164,21 @@ class Hl7v2Renderer:
         return RenderContext(by_type, by_ref, values)
 
     def _sent(self, conv: Converted) -> str:
-        """The source's own time as HL7 TS: MSH-7 of an HL7 source, GenDate of a KITH one, else ''."""
-        if conv.format == "hl7v2":
-            return hl7_ts_to_ts(_source_msh7(conv.raw), with_offset=self._with_offset)
-        gen_date = getattr(conv.envelope, "gen_date", "") or ""
-        return fhir_to_hl7_ts(gen_date, with_offset=self._with_offset)
+        """The source's own time (MessageHeader.sent) as HL7 TS: an HL7 source's MSH-7, a KITH source's GenDate, else ''."""
+        sent = (conv.header.sent if conv.header is not None else None) or ""
+        if conv.format == "kith":
+            return fhir_to_hl7_ts(sent, with_offset=self._with_offset)
+        return hl7_ts_to_ts(sent, with_offset=self._with_offset)
 
     def _msh(self, mapping: OutboundMapping, event: str, ctx: RenderContext, raw: bytes) -> str:
         msg_type = [mapping.message_code, event]
         if self._msg_components >= 3:  # v2.3 has no structure component
             msg_type.append(mapping.events[event])
         fields = [""] * 19
-        fields[3] = SENDING_APPLICATION
-        fields[4] = escape(ctx.values.get("sending_facility", ""))
-        fields[5] = escape(self._destination)
+        fields[3] = self._application
+        fields[4] = self._facility if self._facility is not None else escape(ctx.values.get("sending_facility", ""))
+        fields[5] = self._receiving_application
+        fields[6] = self._receiving_facility
         fields[7] = ctx.values["sent"]
         fields[9] = "^".join(escape(p) for p in msg_type)
         fields[10] = self._control_id(ctx, raw)
@@ -178,18 +204,6 @@ class Hl7v2Renderer:
         digest = hashlib.blake2b(raw, digest_size=16)
         digest.update("|".join((self._destination, v.get("sending_application", ""), v.get("sending_facility", ""), v["control_id"])).encode("utf-8"))
         return digest.hexdigest()[:20]
-
-
-def _source_msh7(raw: bytes) -> str:
-    """MSH-7.1 of the raw source message: digits and a sign, so any ASCII-compatible charset reads it."""
-    first = raw.split(b"\r", 1)[0]
-    if not first.startswith(b"MSH") or len(first) < 8:
-        return ""
-    fields = first.split(first[3:4])
-    if len(fields) < 7:
-        return ""
-    component = fields[1][:1] or b"^"
-    return fields[6].split(component, 1)[0].decode("ascii", errors="replace")
 
 
 def _mapping_files(root: Path, name: str | None, queue: str) -> list[Path]:

@@ -4,7 +4,9 @@ Words: *MsgHead* is the national envelope ("hodemelding", HIS 80601); *AppRec*
 the application receipt ("applikasjonskvittering", HIS 80415); *HER-id* a
 party's id in NHN's Adresseregisteret. Mapping payloads to FHIR is the router's
 job; it receives ``KithEnvelope.payload``. Outbound, ``KithRenderer`` builds a
-MsgHead message from a Bundle with an outbound mapping (mappings/outbound/kith/).
+MsgHead message from a Bundle with an outbound mapping (mappings/outbound/kith/);
+``lint_kith_outbound`` and ``run_kith_outbound_case`` check those mappings and
+their fixture cases for ``helsebro mappings lint|test``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from adapters.kith.dispatch import Received, check_envelope, read_envelope, read
 from adapters.kith.duplicates import DuplicateGuard, DuplicateGuardConfig, SqliteDuplicateGuard, unanswered
 from adapters.kith.envelope import APPREC_NS, MSGHEAD_NS, Attachment, ConversationRef, Ident, KithEnvelope, Party, Person, payload_standard
 from adapters.kith.errors import InvalidMsgId, PatientInsufficient, PatientNotFound, SchemaInvalid
+from adapters.kith.outbound_cases import (
+    CASE_DESTINATION,
+    CASE_RECEIVER_HER_ID,
+    KithOutboundCase,
+    KithOutboundCaseResult,
+    find_kith_outbound_cases,
+    lint_kith_outbound,
+    run_kith_outbound_case,
+)
 from adapters.kith.render import KithRenderer
 from adapters.kith.safe_xml import DEFAULT_LIMITS, ForbiddenDoctype, XmlLimits, parse_xml
 from adapters.kith.xsd import SchemaSet, schema_set, validation_status
@@ -25,6 +36,8 @@ __all__ = [
     "AppRecMessage",
     "AppRecVersion",
     "Attachment",
+    "CASE_DESTINATION",
+    "CASE_RECEIVER_HER_ID",
     "ConversationRef",
     "DEFAULT_LIMITS",
     "DuplicateGuard",
@@ -33,6 +46,8 @@ __all__ = [
     "Ident",
     "InvalidMsgId",
     "KithEnvelope",
+    "KithOutboundCase",
+    "KithOutboundCaseResult",
     "KithRenderer",
     "MSGHEAD_NS",
     "OutboundMapping",
@@ -49,11 +64,14 @@ __all__ = [
     "apprec_version_for",
     "build_apprecs",
     "check_envelope",
+    "find_kith_outbound_cases",
+    "lint_kith_outbound",
     "load_outbound",
     "parse_xml",
     "payload_standard",
     "read_envelope",
     "read_message",
+    "run_kith_outbound_case",
     "salvage",
     "schema_set",
     "unanswered",

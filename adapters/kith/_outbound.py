@@ -24,10 +24,16 @@ from adapters.kith.envelope import MSGHEAD_NS
 from router.errors import MappingError
 from router.mapping._yaml import Pos, YList, YMap, load_yaml
 
-__all__ = ["DESTINATION_FIELDS", "Node", "OutboundMapping", "ResourceSpec", "Value", "load_outbound"]
+__all__ = ["DESTINATION_FIELDS", "OWN_FIELDS", "Node", "OutboundMapping", "ResourceSpec", "Value", "load_outbound"]
 
-DESTINATION_FIELDS = ("name", "queue", "receiver_her_id")
+DESTINATION_FIELDS = ("name", "queue", "receiver_her_id", "receiver_name")
 """What a path may read from the destination it renders for: ``destination.receiver_her_id`` …"""
+
+OWN_FIELDS = ("organisation_name", "her_id")
+"""What a path may read of Helsebro itself (engine.yaml `own`): ``own.her_id`` for MsgHead's Sender."""
+
+_FIXED_ROOTS = {"destination": DESTINATION_FIELDS, "own": OWN_FIELDS}
+"""Path roots that are not Bundle resources, with the fields each has."""
 
 _TOP = {"message", "description", "type", "namespaces", "resources", "msghead", "body", "note"}
 _RESOURCE = {"type", "required", "ref", "note"}
@@ -178,11 +184,11 @@ class _Compiler:
         from router.mapping import fhir_model  # loads the FHIR definitions: load time only
 
         resources = self._map(node, "resources")
-        scope: dict[str, str] = {"destination": "destination"}
+        scope: dict[str, str] = {root: root for root in _FIXED_ROOTS}
         out = []
         for name, spec_node in resources.items():
             if not _NAME.fullmatch(name) or name in scope:
-                raise self._fail(resources.pos(name), f"resource name {name!r}: lower case letters, digits and _, not `destination`, each once")
+                raise self._fail(resources.pos(name), f"resource name {name!r}: lower case letters, digits and _, not `destination` or `own`, each once")
             spec = self._keys(spec_node, _RESOURCE, f"resource {name}", required=("type",))
             kind = self._string(spec, "type", f"resource {name}")
             if not fhir_model.is_resource_type(kind):
@@ -212,11 +218,13 @@ class _Compiler:
         if root not in scope:
             raise self._fail(pos, f"{key}: unknown name {root!r}; declare it under `resources` (known: {', '.join(sorted(scope))})")
         kind = scope[root]
-        if kind == "destination":
-            if len(steps) != 2 or steps[1].name not in DESTINATION_FIELDS:
-                raise self._fail(pos, f"{key}: destination has {', '.join(DESTINATION_FIELDS)}")
-            self._destination_reads.add(steps[1].name)
-            return steps, None, f"destination.{steps[1].name}"
+        if kind in _FIXED_ROOTS:
+            fields = _FIXED_ROOTS[kind]
+            if len(steps) != 2 or steps[1].name not in fields or any(s.index is not None for s in steps):
+                raise self._fail(pos, f"{key}: {kind} has {', '.join(fields)}")
+            if kind == "destination":
+                self._destination_reads.add(steps[1].name)
+            return steps, None, f"{kind}.{steps[1].name}"
         words = ".".join([kind, *(s.name for s in steps[1:])])
         if len(steps) == 1:
             return steps, kind, words

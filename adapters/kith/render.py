@@ -14,9 +14,11 @@ Rules (FACTS §1, §3; HIS 80601; HIS 80704:2014 §4.1.1):
   MsgId guard drops it: ``MsgId`` is a UUIDv5 of the source message's sender,
   control id, the mapping and the receiver (two destinations, or two messages
   made from one admission, get different MsgIds, as HIS 80601 wants one per
-  message); ``GenDate`` is the source message's own time (HL7 MSH-7, or the
-  KITH GenDate), never the clock. The Bundle and the MessageHeader carry no
-  message time, hence MSH-7 is read from the raw bytes.
+  message); ``GenDate`` is the source message's own time
+  (``MessageHeader.sent``: HL7 MSH-7, or the KITH GenDate), never the clock.
+- The sender is Helsebro itself (engine.yaml ``own``, read by the mapping as
+  ``own.organisation_name`` and ``own.her_id``); the receiver is the
+  destination (``destination.receiver_her_id``, ``destination.receiver_name``).
 - Times are written as Europe/Oslo local time without an offset, as the
   national examples do; Helsebro's inbound side reads them back as Oslo time.
 - With HELSEBRO_XSD_DIR set, every rendered message is validated against the
@@ -44,7 +46,7 @@ from router.errors import ConfigError, InvalidContent, UnknownMessage
 if TYPE_CHECKING:
     from router.contracts import Converted, FhirJson
     from router.routing.model import QueueDestination
-    from router.settings import Settings
+    from router.settings import OwnConfig, Settings
 
 __all__ = ["KithRenderer"]
 
@@ -66,17 +68,29 @@ class KithRenderer:
         *,
         destination_name: str,
         receiver_her_id: str | None,
+        receiver_name: str | None = None,
         queue: str = "",
+        own: OwnConfig | None = None,
         schemas: SchemaSet | None = None,
     ) -> None:
         """Bind *mapping* to a destination and compile the national schema it needs.
+
+        *receiver_name* defaults to *destination_name*; *own* (engine.yaml's `own`
+        block) to its defaults, for a renderer built without settings (fixture cases, benches).
 
         Raises:
             ConfigError: the mapping reads a destination field this destination does not set,
                 or the schema set has no (compilable) schema for the mapping's namespaces.
         """
+        if own is None:
+            from router.settings import OwnConfig  # imported here: the adapter needs the settings model only for its defaults
+
+            own = OwnConfig()
         self._mapping = mapping
-        self._destination: dict[str, Any] = {"name": destination_name, "queue": queue, "receiver_her_id": receiver_her_id}
+        self._own: dict[str, Any] = {"organisation_name": own.organisation_name, "her_id": own.her_id}
+        self._destination: dict[str, Any] = {
+            "name": destination_name, "queue": queue, "receiver_her_id": receiver_her_id, "receiver_name": receiver_name or destination_name,
+        }
         missing = sorted(f for f in mapping.destination_reads if not self._destination.get(f))
         if missing:
             raise ConfigError(f"destination {destination_name}: outbound mapping {mapping.name} writes destination.{missing[0]}; set `{missing[0]}` on the destination")
@@ -104,7 +118,9 @@ class KithRenderer:
             load_outbound(path),
             destination_name=name,
             receiver_her_id=destination.receiver_her_id,
+            receiver_name=destination.receiver_name,
             queue=destination.queue,
+            own=settings.engine.own,
             schemas=schema_set(settings.xsd_dir),
         )
 
@@ -171,7 +187,7 @@ class KithRenderer:
                     by_ref[f"{kind}/{resource['id']}"] = resource
             if isinstance(entry.get("fullUrl"), str):
                 by_ref[entry["fullUrl"]] = resource
-        ctx: dict[str, Any] = {"destination": self._destination}
+        ctx: dict[str, Any] = {"destination": self._destination, "own": self._own}
         for spec in self._mapping.resources:
             if spec.ref is None:
                 found = first.get(spec.type)
@@ -255,12 +271,12 @@ def _present(value: Any) -> bool:
 
 
 def _source_time(conv: Converted) -> str:
-    """The source message's own time as an xs:dateTime in Oslo local time: KITH GenDate, or HL7 MSH-7."""
+    """The source message's own time (MessageHeader.sent) as an xs:dateTime in Oslo local time: KITH GenDate, or HL7 MSH-7."""
+    sent = (conv.header.sent if conv.header is not None else None) or ""
     if conv.format == "kith":
-        sent = str(getattr(conv.envelope, "gen_date", "") or "").strip()
         where = "GenDate"
     else:
-        sent, where = _msh7(conv.raw), "MSH-7"
+        sent, where = _hl7_time(sent), "MSH-7"
     moment = xml_datetime(sent) if sent else None
     if moment is None:
         raise InvalidContent(f"the source message has no readable message time ({where}) for MsgInfo/GenDate", location=where)
@@ -273,18 +289,13 @@ def _at_midnight(date: str) -> str:
     return f"{parts[0]}-{parts[1]}-{parts[2]}T00:00:00"
 
 
-def _msh7(raw: bytes) -> str:
-    """Read MSH-7 (the message's date/time) as FHIR dateTime text; "" when it is absent or not a timestamp."""
+def _hl7_time(stamp: str) -> str:
+    """An HL7 TS (MSH-7) as FHIR dateTime text; "" when it is empty or not a timestamp."""
     from router.mapping.functions import hl7_datetime_to_fhir  # the inbound side's HL7 time rule, Oslo by name
 
-    line = raw.lstrip(b"\xef\xbb\xbf\x0b \t\r\n").split(b"\r", 1)[0].split(b"\n", 1)[0]
-    if line[:3].upper() != b"MSH" or len(line) < 8:
+    stamp = stamp.strip()
+    if not stamp:
         return ""
-    fields = line.split(line[3:4])  # fields[n - 1] is MSH-n: the separator itself is MSH-1
-    if len(fields) < 7:
-        return ""
-    component = fields[1][:1] or b"^"
-    stamp = fields[6].split(component, 1)[0].decode("ascii", errors="replace").strip()
     try:
         return hl7_datetime_to_fhir(stamp) or ""
     except ValueError:

@@ -4,8 +4,10 @@ lint  runs every load-time check and prints `file:line:col: what is wrong`.
 test  runs lint, then every fixture case (`X.cases/name.hl7` beside
       `name.expected.json`), printing a readable diff on a mismatch;
       `--update` rewrites the expected outputs after review.
-Outbound HL7 v2 mappings (mappings/outbound/hl7v2) are linted and tested too:
-their cases are folders `X.cases/<case>/` with input and expected.hl7.
+Outbound mappings are linted and tested too: HL7 v2 (mappings/outbound/hl7v2),
+whose cases are folders `X.cases/<case>/` with input and expected.hl7, and
+KITH XML (mappings/outbound/kith), whose cases are `X.cases/<case>.hl7|.xml`
+beside `<case>.expected.xml` or `<case>.expected-error.txt`.
 Exit 0 when clean, 1 when anything failed, 2 for a usage error.
 """
 
@@ -14,9 +16,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router.settings import load_settings
+
+if TYPE_CHECKING:
+    from router.errors import MappingError
 
 
 def register(sub: Any) -> None:
@@ -24,10 +29,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser("mappings", help="lint and test mapping files", description=__doc__.split("\n\n")[0])
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     lint = actions.add_parser("lint", help="run every load-time check")
-    lint.add_argument("paths", nargs="*", metavar="PATH", help="mapping folders (default: the configured mappings/hl7v2)")
+    lint.add_argument("paths", nargs="*", metavar="PATH", help="mapping folders (default: every folder under the configured mappings/)")
     lint.set_defaults(func=run_lint)
     test = actions.add_parser("test", help="run fixture cases")
-    test.add_argument("paths", nargs="*", metavar="PATH", help="mapping folders (default: the configured mappings/hl7v2)")
+    test.add_argument("paths", nargs="*", metavar="PATH", help="mapping folders (default: every folder under the configured mappings/)")
     test.add_argument("--update", action="store_true", help="rewrite the expected outputs from the current mappings")
     test.set_defaults(func=run_test)
 
@@ -37,7 +42,7 @@ def _roots(paths: list[str]) -> list[Path] | None:
     if not paths:
         base = load_settings().mappings_dir
         roots = [base / fmt for fmt in ("hl7v2", "kith") if (base / fmt / "messages").is_dir()]
-        return roots + ([base / "outbound" / "hl7v2"] if (base / "outbound" / "hl7v2").is_dir() else [])
+        return roots + [base / "outbound" / fmt for fmt in _OUTBOUND if (base / "outbound" / fmt).is_dir()]
     roots: list[Path] = []
     for text in paths:
         p = Path(text).resolve()
@@ -53,9 +58,13 @@ def _roots(paths: list[str]) -> list[Path] | None:
     return roots
 
 
+_OUTBOUND = ("hl7v2", "kith")
+"""The outbound mapping folders, mappings/outbound/<format>."""
+
+
 def _is_outbound(root: Path) -> bool:
-    """The outbound HL7 v2 mapping folder, mappings/outbound/hl7v2 (outbound/kith is not linted here yet)."""
-    return root.name == "hl7v2" and root.parent.name == "outbound" and root.is_dir()
+    """An outbound mapping folder: mappings/outbound/hl7v2 or mappings/outbound/kith."""
+    return root.name in _OUTBOUND and root.parent.name == "outbound" and root.is_dir()
 
 
 def _is_xml(root: Path) -> bool:
@@ -82,9 +91,7 @@ def _lint_roots(roots: list[Path]) -> int:
     count = 0
     for root in roots:
         if _is_outbound(root):
-            from adapters.hl7v2.outbound import lint_outbound
-
-            for err in lint_outbound(root):
+            for err in _lint_outbound(root):
                 print(f"{err.file}:{err.line}:{err.column}: {err.reason}", file=sys.stderr)
                 count += 1
             continue
@@ -98,6 +105,17 @@ def _lint_roots(roots: list[Path]) -> int:
             print(f"{err.file}:{err.line}:{err.column}: {err.reason}", file=sys.stderr)
             count += 1
     return count
+
+
+def _lint_outbound(root: Path) -> list[MappingError]:
+    """The errors of an outbound folder, by its format's own checks (both load only when linted)."""
+    if root.name == "kith":
+        from adapters.kith import lint_kith_outbound
+
+        return lint_kith_outbound(root)
+    from adapters.hl7v2.outbound import lint_outbound
+
+    return lint_outbound(root)
 
 
 def run_lint(args: argparse.Namespace) -> int:
@@ -126,7 +144,8 @@ def run_test(args: argparse.Namespace) -> int:
     failed = total = 0
     for root in roots:
         if _is_outbound(root):
-            ran, bad = _test_outbound(root, settings, update=args.update)
+            run = _test_kith_outbound if root.name == "kith" else _test_outbound
+            ran, bad = run(root, settings, update=args.update)
             total, failed = total + ran, failed + bad
             continue
         if _is_xml(root):  # XML mappings load inside the converter, from <mappings_dir>/kith
@@ -172,5 +191,25 @@ def _test_outbound(root: Path, settings: Any, *, update: bool) -> tuple[int, int
         else:
             failed += 1
             print(f"FAIL outbound {res.name} ({case.folder})")
+            print(res.detail.rstrip())
+    return len(cases), failed
+
+
+def _test_kith_outbound(root: Path, settings: Any, *, update: bool) -> tuple[int, int]:
+    """Run the outbound KITH cases under *root* (validated when HELSEBRO_XSD_DIR is set); return (cases run, cases failed)."""
+    from adapters.kith import find_kith_outbound_cases, run_kith_outbound_case, schema_set
+    from router.pipeline.convert import Converter
+
+    converter = Converter(settings)
+    schemas = schema_set(settings.xsd_dir)
+    failed = 0
+    cases = find_kith_outbound_cases(root)
+    for case in cases:
+        res = run_kith_outbound_case(case, lambda data: converter.convert(data)[0], schemas=schemas, update=update)
+        if res.passed:
+            print(f"PASS outbound {res.name}" + (" (updated)" if update else ""))
+        else:
+            failed += 1
+            print(f"FAIL outbound {res.name} ({case.source}:1)")
             print(res.detail.rstrip())
     return len(cases), failed

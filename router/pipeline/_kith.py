@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.kith import read_message, schema_set
+from adapters.kith import KithEnvelope, read_message, schema_set
 from adapters.kith.paths import XmlScope, bind, path_compiler, unmapped
-from router.contracts import Converted
+from router.contracts import Converted, MessageHeader
 from router.errors import UnknownMessage
 from router.mapping import MappingSet, run_mapping
 from router.mapping.mapping_set import load_namespaces
@@ -37,6 +37,7 @@ class KithConverter:
             item.sender = (env.sender.her_id if env.sender else None) or None
             item.message_type = env.msg_type or env.payload_root
             item.structure = env.payload_root
+            item.header = _header(env, item.message_type)
         if received.error is not None:
             raise received.error
         assert env is not None  # noqa: S101 - read_message returns an envelope when there is no error
@@ -55,3 +56,18 @@ class KithConverter:
             item.bundle["_explain"] = explain
         item.unmapped = unmapped(root, scope.reads)
         return scope
+
+
+def _header(env: KithEnvelope, message_type: str) -> MessageHeader:
+    """The MessageHeader of a KITH message: its type, MsgId and GenDate.
+
+    The HL7 party fields (MSH-3 to MSH-6) stay empty: a KITH party is a HER-id,
+    which routing reads from the envelope itself. The message code is the
+    message type, so routing by `message_code` works as it did without a header.
+    """
+    return MessageHeader(
+        message_code=message_type,
+        structure=env.payload_root or "",
+        control_id=env.msg_id or "",
+        sent=(env.gen_date or "").strip() or None,
+    )

@@ -187,7 +187,8 @@ def _parties(conv: Converted, *, sender: bool) -> set[str]:
     h = conv.header
     if h is not None:
         app, fac = (h.sending_application, h.sending_facility) if sender else (h.receiving_application, h.receiving_facility)
-        out.update(x for x in (app, fac, f"{app}@{fac}") if x)
+        if app or fac:  # a KITH header names no HL7 parties: no bare "@"
+            out.update(x for x in (app, fac, f"{app}@{fac}") if x)
     if conv.format == "kith" and conv.envelope is not None:
         party = conv.envelope.sender if sender else conv.envelope.receiver
         her = getattr(party, "her_id", None)

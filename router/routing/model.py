@@ -45,6 +45,7 @@ OnFailure = Literal["strict", "park"]
 partition (strict, order kept), or park it on the retry ladder and go on (park, order given up for it)."""
 
 _NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
+_HD_NAME = r"^[^|^~\\&\x00-\x1f]+$"  # an HL7 namespace id: no delimiter, no control character (as router/settings.py's)
 
 
 class _Frozen(BaseModel):
@@ -105,20 +106,51 @@ class QueueDestination(_Frozen):
         description="hl7v2: the receiver's character set, written in MSH-18 and used to encode: ASCII, 8859/1 or UNICODE UTF-8; unset, UNICODE UTF-8.",
         examples=["8859/1"],
     )
+    receiving_application: str | None = Field(
+        default=None, min_length=1, max_length=20, pattern=_HD_NAME,
+        description="hl7v2: MSH-5, the receiving application, at most 20 characters without | ^ ~ \\ &; unset, the destination's name.",
+        examples=["DIPS"],
+    )
+    receiving_facility: str | None = Field(
+        default=None, min_length=1, max_length=20, pattern=_HD_NAME,
+        description="hl7v2: MSH-6, the receiving facility, at most 20 characters without | ^ ~ \\ &; unset, MSH-6 is left empty.",
+        examples=["STOLAV"],
+    )
     receiver_her_id: str | None = Field(
         default=None, pattern=r"^[0-9]{1,9}$",
         description="kith: the receiving organisation's HER-id, written in MsgHead/Receiver.",
+        examples=["12345"],
+    )
+    receiver_name: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$",
+        description="kith: the receiving organisation's name as NHN's Adresseregisteret has it for receiver_her_id, "
+        "read by an outbound mapping as `destination.receiver_name`; unset, the destination's name.",
+        examples=["Trondheim kommune, helse og velferd"],
     )
 
     @model_validator(mode="after")
     def _options_fit_format(self) -> QueueDestination:
-        if self.format not in ("hl7v2", "kith") and (self.mapping or self.version or self.charset or self.receiver_her_id):
-            raise ValueError("mapping, version, charset and receiver_her_id apply to the hl7v2 and kith formats only")
-        if self.format != "hl7v2" and (self.version or self.charset):
-            raise ValueError("version and charset apply to the hl7v2 format only")
+        given = [n for n in ("mapping", *_HL7V2_OPTIONS, *_KITH_OPTIONS) if getattr(self, n) is not None]
+        if self.format not in ("hl7v2", "kith") and given:
+            raise ValueError(f"{given[0]}: mapping and the rendering options apply to the hl7v2 and kith formats only")
+        for fmt, options in (("hl7v2", _HL7V2_OPTIONS), ("kith", _KITH_OPTIONS)):
+            wrong = [n for n in options if getattr(self, n) is not None]
+            if self.format != fmt and wrong:
+                raise ValueError(f"{wrong[0]}: {_and(options)} apply to the {fmt} format only")
         if self.format == "kith" and self.mapping is None:
             raise ValueError("a kith destination needs `mapping`: the outbound mapping that builds its message")
         return self
+
+
+_HL7V2_OPTIONS = ("version", "charset", "receiving_application", "receiving_facility")
+"""QueueDestination fields only an hl7v2 destination reads."""
+
+_KITH_OPTIONS = ("receiver_her_id", "receiver_name")
+"""QueueDestination fields only a kith destination reads."""
+
+
+def _and(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class FhirDestination(_Frozen):

@@ -50,6 +50,20 @@ class TestLint:
             assert hits, (name, says, err)
             assert f"{name}:{line}:" in hits[0] or f"{name}:{line + 1}:" in hits[0]
 
+    def test_default_covers_inbound_and_outbound_folders(self, capsys):
+        """Without PATHs, lint covers mappings/hl7v2, mappings/kith, mappings/outbound/hl7v2 and mappings/outbound/kith."""
+        assert main(["mappings", "lint"]) == 0
+        assert "ok: 4 mapping folder(s) clean" in capsys.readouterr().out
+
+    def test_broken_kith_outbound_mapping_is_reported_at_its_line(self, authoring, capsys):
+        """An unknown function in an outbound KITH mapping is printed as file:line:col and lint exits 1, by default and by PATH."""
+        outbound = authoring.parent / "outbound" / "kith"
+        line = edit(outbound / "PLO_InnlagtPasient.yaml", "fn: datetime", "fn: when")
+        for args in ([], [str(outbound)], [str(outbound / "PLO_InnlagtPasient.yaml")]):
+            assert main(["mappings", "lint", *args]) == 1
+            err = capsys.readouterr().err
+            assert f"PLO_InnlagtPasient.yaml:{line}:" in err and "unknown function 'when'" in err, (args, err)
+
     def test_missing_path_is_a_usage_error(self, capsys):
         """A PATH that does not exist exits 2."""
         assert main(["mappings", "lint", "/no/such/folder"]) == 2
@@ -78,6 +92,20 @@ class TestFixtureCases:
         err = capsys.readouterr().err
         assert any("text" in ln and "XPN.HumanName.yaml:" in ln for ln in err.splitlines()), err
         assert line > 0
+
+    def test_failing_kith_outbound_case_shows_a_diff(self, authoring, capsys):
+        """A KITH outbound case whose output changed fails with its name and a diff, exits 1, and passes after --update."""
+        outbound = authoring.parent / "outbound" / "kith"
+        edit(outbound / "PLO_InnlagtPasient.yaml", "attributes: {V: N, DN: Ny}", "attributes: {V: N, DN: Ny melding}")
+        assert main(["mappings", "test", str(outbound)]) == 1
+        out = capsys.readouterr().out
+        assert "FAIL outbound PLO_InnlagtPasient/admission_fnr" in out
+        assert '-            <po:Forsendelsesstatus V="N" DN="Ny"/>' in out and '+            <po:Forsendelsesstatus V="N" DN="Ny melding"/>' in out
+        assert "PASS outbound PLO_InnlagtPasient/no_admission_time" in out
+        assert main(["mappings", "test", "--update", str(outbound)]) == 0
+        capsys.readouterr()
+        assert main(["mappings", "test"]) == 0
+        assert b'DN="Ny melding"' in (outbound / "PLO_InnlagtPasient.cases" / "admission_fnr.expected.xml").read_bytes()
 
     def test_missing_expected_output_fails_until_updated(self, authoring, capsys):
         """A new case without an expected file fails and says to run --update."""

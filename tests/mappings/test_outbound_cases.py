@@ -62,3 +62,24 @@ class TestOutboundCli:
         path.write_text(text.replace("PID-30:", "PID-99:"), encoding="utf-8")
         assert main(["mappings", "lint", str(dst)]) == 1
         assert f"ADT_A01.yaml:{line}:7: PID has 39 fields" in capsys.readouterr().err
+
+
+class TestDocsExamples:
+    def test_yaml_examples_in_the_docs_load(self, tmp_path):
+        """The routes.yaml and engine.yaml snippets of docs/outbound-hl7v2.md pass their models."""
+        import re
+
+        import yaml
+
+        from router.routing.model import load_routes
+        from router.settings import EngineConfig
+
+        text = (PROJECT_ROOT / "docs" / "outbound-hl7v2.md").read_text(encoding="utf-8")
+        routes = re.findall(r"```yaml\n# config/routes.yaml\n(.*?)```", text, flags=re.S)
+        engine = re.findall(r"```yaml\n# config/engine.yaml\n(.*?)```", text, flags=re.S)
+        assert routes and engine, "the docs lost their examples"
+        for block in routes:
+            (tmp_path / "routes.yaml").write_text(block, encoding="utf-8")
+            assert load_routes(tmp_path / "routes.yaml").destinations["lab"].receiving_application == "LABSYS"
+        for block in engine:
+            assert EngineConfig.model_validate(yaml.safe_load(block)).own.application == "HELSEBRO"

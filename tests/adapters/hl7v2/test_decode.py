@@ -38,6 +38,17 @@ class TestSplitMessages:
         assert all(b"BTS" not in p.data and b"FHS" not in p.data for p in parts)
 
 
+class TestHeader:
+    def test_sent_is_msh7_as_written(self):
+        """MessageHeader.sent is MSH-7.1 exactly as the sender wrote it, offset and all."""
+        data = MSG.format(cs="", name="OLA").replace("20240115083000", "20240115083000.12+0100^S").encode()
+        assert _one(data).header.sent == "20240115083000.12+0100"
+
+    def test_sent_is_none_without_msh7(self):
+        """A message without MSH-7 has no `sent`, rather than an empty string or the clock."""
+        assert _one(MSG.format(cs="", name="OLA").replace("20240115083000", "").encode()).header.sent is None
+
+
 class TestCharsets:
     def test_declared_latin1_is_decoded(self):
         """MSH-18 8859/1 decodes ISO-8859-1 bytes correctly."""

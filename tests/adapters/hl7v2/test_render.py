@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+
 import pytest
 
 from adapters.hl7v2.render import Hl7v2Renderer
@@ -10,7 +12,7 @@ from router.contracts import Converted
 from router.errors import ConfigError, MessageError, UnknownMessage
 from router.pipeline.convert import Converter
 from router.routing.model import QueueDestination
-from router.settings import load_settings
+from router.settings import OwnConfig, load_settings
 
 FNR = "15866112379"  # synthetic (Tenor), as in the inbound fixtures
 ADT_A01 = (
@@ -159,6 +161,34 @@ class TestHl7v2Renderer:
             _renderer(settings, mapping="ADT_A99")
         with pytest.raises(ConfigError, match="charset"):
             _renderer(settings, charset="EBCDIC")
+
+
+class TestMshParties:
+    def test_own_setting_names_msh3_and_msh4(self, settings, admit):
+        """engine.yaml's `own.application` and `own.facility` are MSH-3 and MSH-4."""
+        own = OwnConfig(application="HBRO", facility="HBRO-FAC")
+        custom = settings.model_copy(update={"engine": settings.engine.model_copy(update={"own": own})})
+        msh = _fields(_renderer(custom).render(admit))["MSH"]
+        assert (msh[3], msh[4]) == ("HBRO", "HBRO-FAC")
+
+    def test_without_own_facility_msh4_is_the_sources(self, settings, admit):
+        """Unset `own.facility` keeps the source's sending facility (MSH-4.1) in MSH-4, so receivers tell hospitals apart."""
+        assert settings.engine.own.facility is None
+        assert _fields(_renderer(settings).render(admit))["MSH"][4] == "STOLAV"
+
+    def test_destination_names_its_receiver(self, settings, admit):
+        """`receiving_application` and `receiving_facility` are MSH-5 and MSH-6; unset, the destination's name and empty."""
+        named = _fields(_renderer(settings, receiving_application="LABSYS", receiving_facility="STOLAV").render(admit))["MSH"]
+        plain = _fields(_renderer(settings).render(admit))["MSH"]
+        assert (named[5], named[6]) == ("LABSYS", "STOLAV")
+        assert (plain[5], plain[6]) == ("lab", "")
+
+    def test_msh7_is_the_headers_sent(self, settings, admit):
+        """MSH-7 comes from MessageHeader.sent (the raw bytes are not read again); none gives an empty MSH-7."""
+        later = dataclasses.replace(admit, header=dataclasses.replace(admit.header, sent="20250601120000"))
+        none = dataclasses.replace(admit, header=dataclasses.replace(admit.header, sent=None))
+        assert _fields(_renderer(settings).render(later))["MSH"][7] == "20250601120000+0200"
+        assert _fields(_renderer(settings).render(none))["MSH"][7] == ""
 
 
 class TestRoundTrip:

@@ -58,8 +58,14 @@ class TestLoadOutbound:
         m = load_outbound(PLO)
         assert (m.name, m.type_code) == ("PLO_InnlagtPasient", "LOG_INNLAGT")
         assert m.payload_namespace == "http://www.kith.no/xmlstds/po/Pasientlogistikk/2012-04-01"
-        assert m.destination_reads == {"name", "receiver_her_id"}
+        assert m.destination_reads == {"receiver_name", "receiver_her_id"}
         assert [r.name for r in m.resources] == ["patient", "encounter", "hospital", "clinician"]
+
+    def test_own_and_receiver_name_are_readable(self, tmp_path):
+        """`own.organisation_name`, `own.her_id` and `destination.receiver_name` load; only destination fields count as destination reads."""
+        text = VALID.replace("text: Helsebro}", "text: {from: own.organisation_name}}\n        - {element: Id, text: {from: own.her_id}}")
+        text = text.replace("{from: destination.receiver_her_id}", "{from: destination.receiver_name}")
+        assert _load(tmp_path, text).destination_reads == {"receiver_name"}
 
     def test_valid_sample_loads(self, tmp_path):
         """The sample the error tests start from is itself valid."""
@@ -80,6 +86,8 @@ class TestLoadOutbound:
             ("encounter: {type: Encounter}", "encounter: {type: Stay}", 8, "'Stay' is not a FHIR R4 resource type"),
             ("encounter: {type: Encounter}", "encounter: {type: Encounter, ref: patient.gender}", 8, "ref must end at a Reference"),
             ("destination.receiver_her_id", "destination.colour", 15, "destination has name, queue, receiver_her_id"),
+            ("text: Helsebro}", "text: {from: own.name}}", 13, "own has organisation_name, her_id"),
+            ("encounter: {type: Encounter}", "own: {type: Encounter}", 8, "not `destination` or `own`"),
             ("type: {V: LOG_INNLAGT, DN: Melding om innlagt pasient}", "type: {V: LOG_INNLAGT}", 2, "type needs `DN`"),
         ],
     )

@@ -133,9 +133,10 @@ class TestRefusals:
         with pytest.raises(MessageError, match="no Bundle"):
             renderer.render(dataclasses.replace(admission, bundle=None))
 
-    def test_no_message_time(self, renderer, admission):
+    def test_no_message_time(self, renderer, admission, converter):
         """Without MSH-7 there is no GenDate (the clock is never used): refused at MSH-7."""
-        conv = dataclasses.replace(admission, raw=admission.raw.replace(b"|20240115083500||ADT", b"|||ADT"))
+        [conv] = converter.convert(admission.raw.replace(b"|20240115083500||ADT", b"|||ADT"))
+        assert conv.ok and conv.header.sent is None
         with pytest.raises(InvalidContent) as info:
             renderer.render(conv)
         assert info.value.location == "MSH-7"
@@ -179,6 +180,44 @@ class TestForDestination:
         with pytest.raises(MappingError) as info:
             KithRenderer.for_destination(settings.routes.destinations["kommune"], settings)
         assert info.value.file.endswith("PLO_InnlagtPasient.yaml") and info.value.line > 1 and "unknown function 'when'" in str(info.value)
+
+
+class TestParties:
+    def test_sender_is_the_own_setting(self, tmp_path, admission):
+        """MsgHead's Sender is engine.yaml's `own` organisation name and HER-id, not a constant of the mapping."""
+        settings = _with_own(isolated_settings(tmp_path, routes=_routes(KOMMUNE)), organisation_name="Testsykehuset integrasjon", her_id="998877")
+        xml = KithRenderer.for_destination(settings.routes.destinations["kommune"], settings).render(admission)
+        assert _xpath(xml, "//m:Sender/m:Organisation/m:OrganisationName/text()") == ["Testsykehuset integrasjon"]
+        assert _xpath(xml, "//m:Sender/m:Organisation/m:Ident/m:Id/text()") == ["998877"]
+
+    def test_sender_defaults_to_the_shipped_placeholder(self, renderer, admission):
+        """Built without settings, the sender is the `own` defaults: the placeholder HER-id, so cases stay stable."""
+        from router.settings import PLACEHOLDER_HER_ID
+
+        assert _xpath(renderer.render(admission), "//m:Sender/m:Organisation/m:Ident/m:Id/text()") == [PLACEHOLDER_HER_ID]
+
+    def test_receiver_name_from_the_destination(self, tmp_path, admission):
+        """A destination's `receiver_name` is the Receiver's OrganisationName; without it, the destination's name is."""
+        named = isolated_settings(tmp_path / "a", routes=_routes({**KOMMUNE, "receiver_name": "Testkommune pleie og omsorg"}))
+        unnamed = isolated_settings(tmp_path / "b", routes=_routes(KOMMUNE))
+        for settings, want in ((named, "Testkommune pleie og omsorg"), (unnamed, "kommune")):
+            xml = KithRenderer.for_destination(settings.routes.destinations["kommune"], settings).render(admission)
+            assert _xpath(xml, "//m:Receiver/m:Organisation/m:OrganisationName/text()") == [want]
+
+    def test_gendate_is_the_headers_sent(self, renderer, admission):
+        """GenDate comes from MessageHeader.sent (the raw bytes are not read again)."""
+        conv = dataclasses.replace(admission, header=dataclasses.replace(admission.header, sent="20240620121500"))
+        assert _xpath(renderer.render(conv), "//m:GenDate/text()") == ["2024-06-20T12:15:00"]
+
+
+def _routes(destination: dict) -> dict:
+    return {"destinations": {"kommune": destination}, "routes": [{"name": "all", "to": ["kommune"]}]}
+
+
+def _with_own(settings, **own):
+    from router.settings import OwnConfig
+
+    return settings.model_copy(update={"engine": settings.engine.model_copy(update={"own": OwnConfig(**own)})})
 
 
 class TestNationalSchema:

@@ -72,3 +72,25 @@ class TestKithDestination:
         assert headers["x-helsebro-stage"] == "render" and headers["x-helsebro-destination"] == "kommune"
         assert "TidspunktForHendelse" in headers["x-helsebro-reason"]
         assert FNR not in str(headers)
+
+
+def test_start_warns_when_kith_goes_out_under_the_placeholder_her_id(tmp_path, capsys):
+    """A kith destination with the shipped own.her_id logs own_her_id_placeholder at start; none without one."""
+    import json
+
+    import structlog
+
+    from router.logging import configure_logging
+    from router.testing import isolated_settings, run_engine_in_thread
+
+    def events(routes):
+        configure_logging(level="info")
+        handle = run_engine_in_thread(isolated_settings(tmp_path / str(len(routes["destinations"])), routes=routes))
+        handle.stop()
+        structlog.reset_defaults()
+        return [json.loads(ln).get("event") for ln in capsys.readouterr().err.splitlines() if ln.startswith("{")]
+
+    with_kith = {"destinations": {"record": {"kind": "record"}, "kommune": {"kind": "queue", "queue": "kommune.plo", "format": "kith", "mapping": "PLO_InnlagtPasient", "receiver_her_id": "12345"}}, "routes": [{"name": "all", "to": ["record", "kommune"]}]}
+    without = {"destinations": {"record": {"kind": "record"}}, "routes": [{"name": "all", "to": ["record"]}]}
+    assert "own_her_id_placeholder" in events(with_kith)
+    assert "own_her_id_placeholder" not in events(without)

@@ -46,6 +46,16 @@ class TestRouter:
         assert inpatient.decide(conv).destinations == ("kommune",)
         assert outpatient.decide(conv).filtered
 
+    def test_kith_sender_is_its_her_id_and_nothing_else(self, converter):
+        """A KITH message, whose header names no HL7 parties, matches a route by its sender's HER-id, never by a bare `@`."""
+        from router.settings import PROJECT_ROOT
+
+        source = PROJECT_ROOT / "mappings" / "kith" / "messages" / "Dialogmelding.cases" / "helsefaglig_dialog.xml"
+        [conv] = converter.convert(source.read_bytes())
+        her_id = conv.envelope.sender.her_id
+        assert _router([{"name": "s", "match": {"sender": [her_id]}, "to": ["record"]}]).decide(conv).destinations == ("record",)
+        assert _router([{"name": "s", "match": {"sender": ["@"]}, "to": ["record"]}]).decide(conv).filtered
+
     def test_format_restricts(self, converter):
         """A kith-only route never takes an HL7 message."""
         assert _router([{"name": "xml", "match": {"format": "kith"}, "to": ["lab"]}]).decide(_conv(converter)).filtered

@@ -55,8 +55,22 @@ class TestRoutesModel:
 
     @pytest.mark.parametrize(
         ("options", "message"),
-        [("format: passthrough, version: '2.3'", "hl7v2 and kith formats only"), ("format: kith", "needs `mapping`"), ("format: kith, mapping: X, charset: 8859/1", "hl7v2 format only"), ("format: hl7v2, version: '3.0'", "version")],
-        ids=["version-on-passthrough", "kith-without-mapping", "charset-on-kith", "bad-version"],
+        [
+            ("format: passthrough, version: '2.3'", "hl7v2 and kith formats only"),
+            ("format: kith", "needs `mapping`"),
+            ("format: kith, mapping: X, charset: 8859/1", "hl7v2 format only"),
+            ("format: hl7v2, version: '3.0'", "version"),
+            ("format: kith, mapping: X, receiving_application: LAB", "receiving_application: .* apply to the hl7v2 format only"),
+            ("format: kith, mapping: X, receiving_facility: STOLAV", "receiving_facility: .* apply to the hl7v2 format only"),
+            ("format: hl7v2, receiver_name: Testkommune", "receiver_name: receiver_her_id and receiver_name apply to the kith format only"),
+            ("format: hl7v2, receiver_her_id: '12345'", "receiver_her_id: receiver_her_id and receiver_name apply to the kith format only"),
+            ("format: fhir-json, receiver_name: Testkommune", "receiver_name: .*hl7v2 and kith formats only"),
+            ("format: hl7v2, receiving_facility: 'A^B'", "receiving_facility"),
+        ],
+        ids=[
+            "version-on-passthrough", "kith-without-mapping", "charset-on-kith", "bad-version", "receiving-application-on-kith",
+            "receiving-facility-on-kith", "receiver-name-on-hl7v2", "receiver-her-id-on-hl7v2", "receiver-name-on-fhir-json", "delimiter-in-facility",
+        ],
     )
     def test_render_options_must_fit_the_format(self, tmp_path, options, message):
         """Rendering options are refused where the format has no use for them, naming the line."""
@@ -64,6 +78,18 @@ class TestRoutesModel:
         with pytest.raises(MappingError, match=message) as err:
             load_routes(path)
         assert f"{path}:2:" in str(err.value)
+
+    def test_receiver_options_load_for_their_format(self, tmp_path):
+        """receiving_application/receiving_facility on an hl7v2 destination and receiver_name on a kith one are accepted."""
+        path = _write(tmp_path, (
+            "destinations:\n"
+            "  lab: {kind: queue, queue: lab.in, format: hl7v2, receiving_application: LABSYS, receiving_facility: STOLAV}\n"
+            "  kommune: {kind: queue, queue: k.in, format: kith, mapping: X, receiver_her_id: '12345', receiver_name: Testkommune}\n"
+            "routes:\n  - {name: all, to: [lab, kommune]}\n"
+        ))
+        config = load_routes(path)
+        lab, kommune = config.destinations["lab"], config.destinations["kommune"]
+        assert (lab.receiving_application, lab.receiving_facility, kommune.receiver_name) == ("LABSYS", "STOLAV", "Testkommune")
 
     def test_load_settings_reports_routes_errors_as_config_errors(self, tmp_path):
         """A broken routes.yaml stops start-up with a ConfigError naming the file."""

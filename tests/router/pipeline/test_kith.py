@@ -1,0 +1,25 @@
+"""Tests for router/pipeline/_kith.py: the MessageHeader of a converted KITH message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+DIALOG = ROOT / "mappings" / "kith" / "messages" / "Dialogmelding.cases" / "helsefaglig_dialog.xml"
+
+
+class TestKithHeader:
+    def test_header_carries_type_msgid_and_gendate(self, converter):
+        """A KITH message's header has its type as message code, its MsgId as control id and its GenDate as `sent`."""
+        [conv] = converter.convert(DIALOG.read_bytes())
+        assert conv.ok, conv.error
+        h = conv.header
+        assert h is not None
+        assert (h.message_code, h.control_id, h.sent) == ("DIALOG_HELSEFAGLIG", "3f2b6f0e-8f1c-4c55-9a59-2f3d7d1c0a01", "2025-01-15T09:35:22")
+        assert h.message_code == conv.message_type and h.control_id == conv.control_id
+
+    def test_header_names_no_hl7_parties(self, converter):
+        """The HL7 party fields stay empty: a KITH party is a HER-id, read from the envelope."""
+        [conv] = converter.convert(DIALOG.read_bytes())
+        h = conv.header
+        assert (h.sending_application, h.sending_facility, h.receiving_application, h.receiving_facility) == ("", "", "", "")

@@ -1,0 +1,49 @@
+"""Tests for router/settings.py: the `own` block of config/engine.yaml (Helsebro's names in rendered messages)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from router.errors import ConfigError
+from router.settings import PLACEHOLDER_HER_ID, OwnConfig, load_settings
+from router.testing import isolated_settings
+
+
+def _with_engine(tmp_path, **blocks):
+    """Settings read from a copy of the shipped engine.yaml with *blocks* replaced."""
+    config_dir = isolated_settings(tmp_path).config_dir
+    engine = config_dir / "engine.yaml"
+    raw = yaml.safe_load(engine.read_text(encoding="utf-8"))
+    raw.update(blocks)
+    engine.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return load_settings(environ={}, config_dir=str(config_dir))
+
+
+class TestOwnConfig:
+    def test_shipped_engine_yaml_matches_the_defaults(self):
+        """config/engine.yaml's `own` block loads and says what the model defaults to, so the file documents the truth."""
+        assert load_settings(environ={}).engine.own == OwnConfig()
+        assert OwnConfig().application == "HELSEBRO" and OwnConfig().facility is None and OwnConfig().her_id == PLACEHOLDER_HER_ID
+
+    def test_values_from_engine_yaml(self, tmp_path):
+        """Names set under `own` in engine.yaml reach the settings."""
+        own = {"application": "HBRO", "facility": "HBRO-FAC", "organisation_name": "Testsykehuset integrasjon", "her_id": "998877"}
+        assert _with_engine(tmp_path, own=own).engine.own == OwnConfig(**own)
+
+    @pytest.mark.parametrize(
+        ("own", "where"),
+        [
+            ({"application": "HB^RO"}, "own.application"),
+            ({"application": "A" * 21}, "own.application"),
+            ({"facility": "X|Y"}, "own.facility"),
+            ({"her_id": "HER-1"}, "own.her_id"),
+            ({"organisation_name": ""}, "own.organisation_name"),
+            ({"name": "Helsebro"}, "own.name"),
+        ],
+        ids=["delimiter", "too-long", "pipe", "her-id-not-digits", "empty-name", "unknown-key"],
+    )
+    def test_wrong_values_refuse_to_start(self, tmp_path, own, where):
+        """A value HL7 or MsgHead cannot carry, or an unknown key, stops the start with a ConfigError naming the key."""
+        with pytest.raises(ConfigError, match=f"engine.yaml: {where}:"):
+            _with_engine(tmp_path, own=own)
