@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from router.errors import MessageError
 from router.mapping import _steps, fhir_model
 from router.mapping._steps import Convert
 from router.mapping._yaml import YList, YMap
@@ -179,8 +180,8 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
 
         def rules_produce(scope: Any, ctx: RunContext) -> list[Any]:
             out = []
-            for item in path.resolve(scope):
-                obj = block.build(scope.child(value=item.raw, value_loc=item.location), ctx)
+            for k, item in enumerate(path.resolve(scope)):
+                obj = block.build(scope.at(item.raw, path, k), ctx)
                 if obj:
                     out.append(obj)
             return out
@@ -276,13 +277,16 @@ def _fn_args(c: Compiler, node: YMap, put: Put) -> tuple[Produce, Step | None]:
 
     def produce(scope: Any, ctx: RunContext) -> list[Any]:
         values: list[str | None] = []
-        locations: list[str | None] = []
+        chosen_items: list[Any] = []
         for p, many in zip(paths, multi):
             items = p.resolve(scope)
             chosen = items if many else items[:1]
             values.extend(it.raw for it in chosen) if chosen else values.append(None)
-            locations.extend(it.location for it in chosen) if chosen else locations.append(None)
-        out = call(fn, ctx.fn_ctx, values, locations)
+            chosen_items.extend(chosen) if chosen else chosen_items.append(None)
+        try:
+            out = call(fn, ctx.fn_ctx, values, [None] * len(values))
+        except MessageError:  # positions cost a tree walk each: work them out only for the error
+            out = call(fn, ctx.fn_ctx, values, [it.location if it is not None else None for it in chosen_items])
         return [] if out is None else [out]
 
     if any(multi):

@@ -85,18 +85,18 @@ class _Run:
     def _instances(self, use: ResourceUse, scope: Any) -> list[Any]:
         if use.each is not None:
             out = []
-            for item in use.each.resolve(scope):
+            for k, item in enumerate(use.each.resolve(scope)):
                 group = getattr(item, "group", None)
                 if group is not None:
                     out.append(scope.child(group=group))
                 elif item.segment is not None:
                     out.append(scope.child(segments={item.segment.name: item.segment}))
                 else:
-                    out.append(scope.child(value=item.raw, value_loc=item.location))
+                    out.append(scope.at(item.raw, use.each, k))  # its position worked out only for an error
             return out
         if use.source is not None:
             items = use.source.resolve(scope)
-            return [scope.child(value=items[0].raw, value_loc=items[0].location)] if items else []
+            return [scope.at(items[0].raw, use.source, 0)] if items else []
         return [scope]
 
     def _one(self, use: ResourceUse, scope: Any, inst: str) -> bool:

@@ -20,9 +20,9 @@ class TestMappingSchema:
         """The schema itself is a valid JSON Schema."""
         jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
-    @pytest.mark.parametrize("path", sorted((ROOT / "mappings").rglob("*.yaml")), ids=lambda p: str(p.relative_to(ROOT)))
+    @pytest.mark.parametrize("path", sorted(p for p in (ROOT / "mappings").rglob("*.yaml") if "outbound" not in p.relative_to(ROOT / "mappings").parts), ids=lambda p: str(p.relative_to(ROOT)))
     def test_every_shipped_mapping_validates(self, path):
-        """Every mapping file in mappings/ matches the schema editors use."""
+        """Every inbound mapping file in mappings/ matches the schema editors use (outbound ones have their own)."""
         jsonschema.validate(yaml.safe_load(path.read_text()), SCHEMA)
 
     def test_a_typo_is_rejected(self):
