@@ -28,6 +28,7 @@ from adapters.hl7v2._tokenizer import EXPLICIT_NULL, unescape
 from adapters.hl7v2.groups import nearest
 from adapters.hl7v2.paths import ALL, SourcePath
 from router.mapping._steps import call_at
+from router.mapping.runtime import Ref, Target
 
 ENABLED = True
 """Tests switch this off (before mappings load) to compare against the closures alone."""
@@ -82,23 +83,30 @@ def generate(steps: tuple[Callable[..., bool], ...]) -> Build | None:
             body.extend(lines)
     if not inlined:
         return None
-    head = ["def build(scope, ctx, obj):"]
-    if g.uses_message:
-        head += ["    msg = scope.message", "    reads = scope.reads", "    delims = msg.delims", "    REP = delims.repetition", "    COMP = delims.component", "    SUB = delims.subcomponent", "    ESC = delims.escape"]
-    if g.uses_value:
-        head += ["    V = scope.value", "    VP = V.split(COMP) if V else ()", "    NVP = len(VP)"]
-    for (name, k, current), var in g.segments.items():
-        head.append(f"    {var} = _seg(scope, {name!r}, {k}, {current})")
-    for var in g.conditions.values():
-        head.append(f"    {var} = None")
-    for var in g.values.values():
-        head.append(f"    {var} = _U")
+    head = ["def build(scope, ctx, obj):", *g.prologue()]
     source = "\n".join([*head, *body, "    return obj"])
     namespace: dict[str, Any] = {"_seg": _seg, "_field_value": _field_value, "_U": _UNREAD, "unescape": unescape, "NULL": EXPLICIT_NULL, **g.names}
     exec(compile(source, "<helsebro mapping block>", "exec"), namespace)  # noqa: S102 - source from compile-time constants only (see module doc)
     build: Build = namespace["build"]
     build.source = source  # type: ignore[attr-defined]  # for reading and debugging
     return build
+
+
+def generate_values(paths: tuple[Any, ...]) -> Callable[[Any], list[str]] | None:
+    """Return a function giving the first value of each of *paths* that has one (an identity's fallback), or None."""
+    if not ENABLED or not paths:
+        return None
+    g = _Gen()
+    exprs = [g._value_expr(p) for p in paths]
+    if any(e is None or e == "SEGMENT" for e in exprs):
+        return None
+    lines = ["def values(scope):", *g.prologue(), "    out = []"]
+    for e in exprs:
+        lines += [f"    _t = {e}", "    if _t is not None:", "        out.append(_t)"]
+    lines.append("    return out")
+    namespace: dict[str, Any] = {"_seg": _seg, "_field_value": _field_value, "_U": _UNREAD, "NULL": EXPLICIT_NULL, **g.names}
+    exec(compile("\n".join(lines), "<helsebro identity values>", "exec"), namespace)  # noqa: S102 - compile-time constants only
+    return namespace["values"]  # type: ignore[no-any-return]
 
 
 class _Gen:
@@ -111,6 +119,21 @@ class _Gen:
         self.uses_value = False
         self.conditions: dict[str, str] = {}  # condition text -> local holding its answer in this call
         self.values: dict[tuple[Any, ...], str] = {}  # (segment var, field, rep, comp, sub) -> local holding the value
+
+    def prologue(self) -> list[str]:
+        """The function's first lines: what the body reads, found once."""
+        head: list[str] = []
+        if self.uses_message:
+            head += ["    msg = scope.message", "    reads = scope.reads", "    delims = msg.delims", "    REP = delims.repetition", "    COMP = delims.component", "    SUB = delims.subcomponent", "    ESC = delims.escape"]
+        if self.uses_value:
+            head += ["    V = scope.value", "    VP = V.split(COMP) if V else ()", "    NVP = len(VP)"]
+        for (name, k, current), var in self.segments.items():
+            head.append(f"    {var} = _seg(scope, {name!r}, {k}, {current})")
+        for var in self.conditions.values():
+            head.append(f"    {var} = None")
+        for var in self.values.values():
+            head.append(f"    {var} = _U")
+        return head
 
     def rule(self, i: int, step: Any) -> list[str] | None:
         plan = getattr(step, "plan", None)
@@ -138,6 +161,10 @@ class _Gen:
             inner = self._each(i, path, convert, put)
         elif kind == "fn":
             inner = self._fn(i, *plan[1:])
+        elif kind == "ref":
+            _, name, put = plan
+            self.names["Ref"] = Ref
+            inner = [f"_b = ctx.bindings.get({name!r}, {name!r})", "v = Ref(ctx.env.get(_b, _b))", *self._put(i, put, "v", track=True)]
         else:
             return None
         if inner is None:
@@ -231,9 +258,14 @@ class _Gen:
         self.names["call_at"] = call_at
         return [f"v = call_at(FN{i}, ctx.fn_ctx, [{', '.join(exprs)}], scope, WHERE{i})", "if v is not None:", *("    " + x for x in self._put(i, put, "v"))]  # type: ignore[arg-type]
 
-    def _put(self, i: int, put: Any, var: str) -> list[str]:
-        """Lines placing *var* as Target.put would (puts of rules that never give a Ref)."""
+    def _put(self, i: int, put: Any, var: str, *, track: bool = False) -> list[str]:
+        """Lines placing *var* as Target.put would; *track* records where a Ref went (ref rules)."""
         shape = getattr(put, "plan", None)
+        target = getattr(put, "__self__", None)
+        if track and isinstance(target, Target) and getattr(put, "__func__", None) is Target.put:
+            shape = ("target", target.names, target.lists)
+        elif track:
+            shape = None
         if shape is not None and shape[0] == "set":
             return [f"obj[{shape[1]!r}] = {var}"]
         if shape is None or shape[0] != "target":
@@ -248,8 +280,14 @@ class _Gen:
                 lines += [f"_m = _n.get({name!r})", "if _m is None:", f"    _m = _n[{name!r}] = {{}}", "_n = _m"]
         last = names[-1]
         if lists[-1]:
-            lines += [f"_l = _n.get({last!r})", "if _l is None:", f"    _l = _n[{last!r}] = []", f"if type({var}) is list:", f"    _l.extend({var})", "else:", f"    _l.append({var})"]
+            lines += [f"_l = _n.get({last!r})", "if _l is None:", f"    _l = _n[{last!r}] = []"]
+            if track:  # a Ref value is never a list
+                lines += [f"ctx.ref_sites.append((_l, len(_l), {var}, ctx.current))", f"_l.append({var})"]
+            else:
+                lines += [f"if type({var}) is list:", f"    _l.extend({var})", "else:", f"    _l.append({var})"]
         else:
+            if track:
+                lines.append(f"ctx.ref_sites.append((_n, {last!r}, {var}, ctx.current))")
             lines.append(f"_n[{last!r}] = {var}")
         return lines
 

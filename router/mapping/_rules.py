@@ -97,7 +97,7 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: 
             bound = ctx.bindings.get(name, name)
             return [Ref(ctx.env.get(bound, bound))]
 
-        return ref, None
+        return ref, _steps.ref(name, put)
     if kind == "refs":
         if leaf.type_name != "Reference" or not leaf.is_list:
             raise _err(f"refs: needs a repeating Reference target, but {target_text} is not one", node.pos("refs"))

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from router.errors import MessageError
 from router.mapping.conditions import Predicate
 from router.mapping.library import Function, call
-from router.mapping.runtime import Produce, Put, RunContext, Step
+from router.mapping.runtime import Produce, Put, Ref, RunContext, Step
 from router.mapping.tables import Table
 
 Convert = Callable[[Any, RunContext, Any, int], Any]
@@ -131,6 +131,18 @@ def nested(build: Build, put: Put) -> Step:
         return True
 
     step.plan = ("nested", build, put)  # type: ignore[attr-defined]
+    return step
+
+
+def ref(name: str, put: Put) -> Step:
+    """`ref:` — a reference to the resource bound to the template parameter *name*."""
+
+    def step(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
+        bound = ctx.bindings.get(name, name)
+        put(obj, Ref(ctx.env.get(bound, bound)), ctx)
+        return True
+
+    step.plan = ("ref", name, put)  # type: ignore[attr-defined]
     return step
 
 

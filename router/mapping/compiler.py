@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from router.errors import MappingError
 from router.mapping import fhir_model
-from router.mapping._codegen import generate
+from router.mapping._codegen import generate, generate_values
 from router.mapping._yaml import Pos, YList, YMap, load_yaml
 from router.mapping.conditions import ConditionSyntaxError, Predicate, compile_condition
 from router.mapping.library import LIBRARY, call
@@ -132,12 +132,13 @@ class Template:
     block: Block
     pos: Pos
     required: tuple[tuple[str, str], ...] = ()  # (element with min 1, the source its first rule reads)
-    fallback_readers: tuple[Callable[[Any], Any], ...] = field(init=False, repr=False)
+    fallback_values: Callable[[Any], list[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         from router.mapping._steps import reader
 
-        self.fallback_readers = tuple(reader(p) for p in self.fallback)  # the first value of each path
+        readers = tuple(reader(p) for p in self.fallback)  # the first value of each path
+        self.fallback_values = generate_values(self.fallback) or (lambda scope: [v for read in readers if (v := read(scope)) is not None])
 
 
 @dataclass(slots=True)

@@ -37,7 +37,7 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any) -> tuple[s
     if idents:
         return idents[0]["system"], idents[0]["value"]
     if tpl.fallback:
-        parts = [v for read in tpl.fallback_readers if (v := read(scope)) is not None]
+        parts = tpl.fallback_values(scope)
         if parts:
             value = resource_id(tpl.fhir_type, *parts)  # functions.uuid5_id, faster
             derived = {"system": FALLBACK_SYSTEM, "value": value}
