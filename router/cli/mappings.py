@@ -182,17 +182,22 @@ def _test_outbound(root: Path, settings: Any, *, update: bool) -> tuple[int, int
     from router.pipeline.convert import Converter
 
     converter = Converter(settings)
-    failed = 0
     cases = find_outbound_cases(root)
-    for case in cases:
-        res = run_outbound_case(case, lambda data: converter.convert(data)[0], update=update)
+    results = [(run_outbound_case(case, lambda data: converter.convert(data)[0], update=update), str(case.folder)) for case in cases]
+    return len(cases), _report_outbound(results, update=update)
+
+
+def _report_outbound(results: list[tuple[Any, str]], *, update: bool) -> int:
+    """Print PASS/FAIL (with the diff) per outbound case; return how many failed."""
+    failed = 0
+    for res, where in results:
         if res.passed:
             print(f"PASS outbound {res.name}" + (" (updated)" if update else ""))
         else:
             failed += 1
-            print(f"FAIL outbound {res.name} ({case.folder})")
+            print(f"FAIL outbound {res.name} ({where})")
             print(res.detail.rstrip())
-    return len(cases), failed
+    return failed
 
 
 def _test_kith_outbound(root: Path, settings: Any, *, update: bool) -> tuple[int, int]:
@@ -202,14 +207,6 @@ def _test_kith_outbound(root: Path, settings: Any, *, update: bool) -> tuple[int
 
     converter = Converter(settings)
     schemas = schema_set(settings.xsd_dir)
-    failed = 0
     cases = find_kith_outbound_cases(root)
-    for case in cases:
-        res = run_kith_outbound_case(case, lambda data: converter.convert(data)[0], schemas=schemas, update=update)
-        if res.passed:
-            print(f"PASS outbound {res.name}" + (" (updated)" if update else ""))
-        else:
-            failed += 1
-            print(f"FAIL outbound {res.name} ({case.source}:1)")
-            print(res.detail.rstrip())
-    return len(cases), failed
+    results = [(run_kith_outbound_case(case, lambda data: converter.convert(data)[0], schemas=schemas, update=update), f"{case.source}:1") for case in cases]
+    return len(cases), _report_outbound(results, update=update)

@@ -109,6 +109,17 @@ def generate_values(paths: tuple[Any, ...]) -> Callable[[Any], list[str]] | None
     return namespace["values"]  # type: ignore[no-any-return]
 
 
+def _open_field(seg: str, f: int) -> list[str]:
+    """Lines reading field *f* of the segment in local *seg* into `raw` (marked read), ending inside `if raw:`."""
+    return [
+        f"if {seg} is not None:",
+        f"    reads.add(({seg}.index, {f}))",
+        f"    _f = {seg}.fields",
+        f"    raw = _f[{f}] if {f} < len(_f) else ''",
+        "    if raw:",
+    ]
+
+
 class _Gen:
     """The state of one generation: names bound in globals, segments and value reads hoisted."""
 
@@ -353,13 +364,7 @@ class _Gen:
         if seg is None:
             return None
         f, r = path.field_no, (0 if path.rep is None else path.rep - 1)
-        lines = [
-            f"if {seg} is not None:",
-            f"    reads.add(({seg}.index, {f}))",
-            f"    _f = {seg}.fields",
-            f"    raw = _f[{f}] if {f} < len(_f) else ''",
-            "    if raw:",
-        ]
+        lines = _open_field(seg, f)
         if r == 0:
             lines.append("        raw = raw.split(REP, 1)[0]")
         else:
@@ -382,11 +387,7 @@ class _Gen:
         placed = [*self._put(i, put, "v")]
         body = (tail + ["    " + x for x in placed]) if tail else placed
         lines = [
-            f"if {seg} is not None:",
-            f"    reads.add(({seg}.index, {f}))",
-            f"    _f = {seg}.fields",
-            f"    raw = _f[{f}] if {f} < len(_f) else ''",
-            "    if raw:",
+            *_open_field(seg, f),
             "        k = 0",
             "        for rv in raw.split(REP):",
             "            if not rv:",
