@@ -218,7 +218,31 @@ def _read_catalog(folder: Path) -> dict[str, Path]:
         if name and target:
             path = folder / target
             out[name] = (path if path.is_file() else by_lower.get(target.lower(), path)).resolve()
+    for namespace, path in _uncatalogued(folder, set(out)).items():
+        out[namespace] = path
     return out
+
+
+def _uncatalogued(folder: Path, known: set[str]) -> dict[str, Path]:
+    """Namespaces the catalog misses but exactly one schema file in the folder declares.
+
+    The national catalog lags the folder it ships with (e-resept M9.12 of
+    2014-01-21 has its XSD but no catalog line). Only the first element of each
+    file is read; a namespace two files declare (a schema and its includes)
+    stays unknown rather than guessed.
+    """
+    found: dict[str, list[Path]] = {}
+    for path in sorted(folder.rglob("*.xsd")):
+        try:
+            with path.open("rb") as f:  # iterparse left early would keep a file it opened itself
+                for _event, element in etree.iterparse(f, events=("start",), resolve_entities=False, no_network=True, load_dtd=False):
+                    namespace = element.get("targetNamespace")
+                    if namespace and namespace not in known:
+                        found.setdefault(namespace, []).append(path.resolve())
+                    break
+        except (OSError, etree.XMLSyntaxError):
+            continue  # not a readable schema: the catalog's own entries still stand
+    return {ns: paths[0] for ns, paths in found.items() if len(paths) == 1}
 
 
 def _read_versions(folder: Path) -> dict[str, tuple[str, str]]:

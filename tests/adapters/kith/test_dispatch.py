@@ -37,9 +37,6 @@ KNOWN_REFUSED = {
     "eresept/Diverse eksempler/M96-b64.xml": (
         "T10", "the catalog maps eresept/m96/2009-03-18 to ER-M96-2009-03-18.xsd, which the archive lacks",
     ),
-    "eresept/Lege endrer på legemiddelbehandling/M912 Nedlasting av PLL.xml": ("T10", "namespace eresept/m912/2014-01-21 is not in the catalog"),
-    "eresept/Påmelding multidose/M912 Nedlasting av PLL apotek.xml": ("T10", "namespace eresept/m912/2014-01-21 is not in the catalog"),
-    "eresept/Rekvirent rekvirerer kun resept og leverer ikke PLL/M912 Nedlasting av PLL.xml": ("T10", "namespace eresept/m912/2014-01-21 is not in the catalog"),
 }
 
 

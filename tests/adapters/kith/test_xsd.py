@@ -121,3 +121,23 @@ class TestSchemaSet:
         (tmp_path / "w3c" / "other.xsd").write_text('<schema xmlns="http://www.w3.org/2001/XMLSchema" targetNamespace="urn:other"/>', encoding="utf-8")
         folder = _tiny_folder(tmp_path, "http://www.w3.org/TR/other.xsd")
         SchemaSet(folder).validate(etree.fromstring(b"<a xmlns='urn:t'>x</a>"), ("urn:t",))
+
+
+class TestUncatalogued:
+    def test_a_schema_the_catalog_misses_is_found_by_its_namespace(self, tmp_path):
+        """A file declaring a namespace the catalog lacks is used; one declared twice stays unknown (not guessed)."""
+        folder = _tiny_folder(tmp_path, "t.xsd")
+        (folder / "extra.xsd").write_text('<schema xmlns="http://www.w3.org/2001/XMLSchema" targetNamespace="urn:extra"><element name="b" type="string"/></schema>', encoding="utf-8")
+        for name in ("twin1.xsd", "twin2.xsd"):
+            (folder / name).write_text('<schema xmlns="http://www.w3.org/2001/XMLSchema" targetNamespace="urn:twin"/>', encoding="utf-8")
+        (folder / "broken.xsd").write_text("<schema", encoding="utf-8")
+        s = SchemaSet(folder)
+        assert s.knows("urn:extra") and s.knows("urn:t")
+        assert not s.knows("urn:twin")
+        s.validate(etree.fromstring('<b xmlns="urn:extra">x</b>'), ("urn:extra",))
+        with pytest.raises(SchemaInvalid):
+            s.validate(etree.fromstring('<b xmlns="urn:extra"><c/></b>'), ("urn:extra",))
+
+    def test_national_m912_of_2014_is_known(self, schemas):
+        """The national catalog has no line for e-resept M9.12 of 2014-01-21; its XSD is in the folder all the same."""
+        assert schemas.knows("http://www.kith.no/xmlstds/eresept/m912/2014-01-21")
