@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
+import orjson
+
 from router.contracts import FhirJson
 from router.errors import InvalidContent
 
@@ -169,17 +171,48 @@ def identifiers(resource: FhirJson) -> list[tuple[str, str]]:
     return out
 
 
+_URN_REFERENCE = re.compile(rb'"reference":"(urn:[^"\\]*)"')
+"""A `reference` member whose value starts with urn: in orjson's compact output (a quoted
+key can only be a key there: inside a string its quotes are escaped)."""
+
+
 def rewrite(value: Any, targets: dict[str, str], where: str) -> Any:
     """Return a deep copy of *value* with each `urn:uuid:` reference replaced by `Type/id`.
 
     Copying, rather than editing in place, leaves the caller's Bundle as it was, so a
-    later destination can still send the original.
+    later destination can still send the original. The copy is made in C (orjson out
+    and back in, references replaced in the text between): a Python walk of every
+    resource cost a third of an apply.
 
     Raises:
         InvalidContent: a `urn:uuid:` reference names no entry of the Bundle.
     """
+    try:
+        text = orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return _rewrite_walk(value, targets, where)
+    if b'"reference":"urn:' not in text:
+        return orjson.loads(text)
+    found = _URN_REFERENCE.findall(text)
+    if len(found) != text.count(b'"reference":"urn:'):
+        return _rewrite_walk(value, targets, where)  # an escaped character in one: the walk decides
+
+    def replace(match: re.Match[bytes]) -> bytes:
+        ref = match.group(1).decode("utf-8")
+        target = targets.get(ref)
+        if target is None:
+            if ref.startswith("urn:uuid:"):
+                raise InvalidContent("reference to no entry of the Bundle", location=where)
+            return match.group(0)
+        return b'"reference":' + orjson.dumps(target)
+
+    return orjson.loads(_URN_REFERENCE.sub(replace, text))
+
+
+def _rewrite_walk(value: Any, targets: dict[str, str], where: str) -> Any:
+    """`rewrite` in Python, for what orjson cannot write (and to define what rewrite does)."""
     if isinstance(value, dict):
-        out = {k: rewrite(v, targets, where) for k, v in value.items()}
+        out = {k: _rewrite_walk(v, targets, where) for k, v in value.items()}
         ref = out.get("reference")
         if isinstance(ref, str) and ref.startswith("urn:"):
             target = targets.get(ref)
@@ -190,5 +223,5 @@ def rewrite(value: Any, targets: dict[str, str], where: str) -> Any:
                 out["reference"] = target
         return out
     if isinstance(value, list):
-        return [rewrite(v, targets, where) for v in value]
+        return [_rewrite_walk(v, targets, where) for v in value]
     return value
