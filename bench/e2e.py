@@ -205,7 +205,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tag = uuid.uuid4().hex[:8]
         record = None if args.record == "sqlite" else f"{PG}?schema=bench_{tag}"
-        broker = {"partitions": args.partitions, "batch_max": args.batch_max, "prefetch": max(args.batch_max, 20)}
+        broker = {"partitions": args.partitions, "batch_max": args.batch_max, "prefetch": 2 * args.batch_max}
         settings = isolated_settings(Path(tmp), broker_url=BROKER, record_url=record, tag=tag, broker=broker)
         try:
             ceiling = _ceiling(settings, args.n, args.workers, tag)

@@ -40,7 +40,7 @@ class BrokerConfig(_Frozen):
     """The `broker` block: how the engine talks to RabbitMQ or the embedded transport."""
 
     names: QueueNames = Field(default_factory=QueueNames, description="Exchange and queue names.")
-    prefetch: int = Field(default=20, ge=1, le=1000, description="Deliveries held unacknowledged at once. More is faster; all of them are delivered again if the worker dies.")
+    prefetch: int = Field(default=200, ge=1, le=1000, description="Deliveries held unacknowledged at once: at least batch_max (a smaller window caps every batch), twice it keeps the next batch arriving while one settles. All of them are delivered again if the worker dies (harmless: nothing is applied twice).")
     queue_type: Literal["quorum", "classic"] = Field(default="quorum", description="RabbitMQ queue type. Quorum queues are replicated and survive a node loss; the embedded transport ignores this.")
     reconnect_max_seconds: float = Field(default=30.0, gt=0, le=600, description="Longest wait, in seconds, between reconnect attempts after the broker is lost.")
     partitions: int = Field(default=1, ge=1, le=64, description="Partition queues the inbound stream is split into by a hash of the patient, each with one active consumer, so several workers keep per-patient order. 1 consumes the inbound queue directly (one active worker); more should be at least the number of workers. The embedded transport always uses 1. Changing it while messages wait moves patients between partitions: drain first.")
