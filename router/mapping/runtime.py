@@ -8,7 +8,9 @@ one pass over the sites recorded while building.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable
 from urllib.parse import quote
 
@@ -219,6 +221,16 @@ def resource_id(*parts: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
+"""What `quote(value, safe='')` leaves as it is: most identifier values, so they skip it."""
+
+
+@lru_cache(maxsize=1024)
+def _quote_system(system: str) -> str:
+    """Identifier systems are few and repeat in every message: quote each once."""
+    return quote(system, safe=":/.")
+
+
 def conditional_entry(resource_type: str, resource: dict[str, Any], system: str, value: str, *, create_only: bool = False, by_id: bool = False) -> dict[str, Any]:
     """Return a Bundle entry that updates the resource with this identifier, or creates it.
 
@@ -230,7 +242,7 @@ def conditional_entry(resource_type: str, resource: dict[str, Any], system: str,
     """
     rid = resource_id(resource_type, system, value)
     resource["id"] = rid
-    query = f"identifier={quote(system, safe=':/.')}|{quote(value, safe='')}"
+    query = f"identifier={_quote_system(system)}|{value if _UNRESERVED.fullmatch(value) else quote(value, safe='')}"
     if by_id:
         request = {"method": "PUT", "url": f"{resource_type}/{rid}"}
     elif create_only:
