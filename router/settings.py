@@ -13,7 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from router.errors import ConfigError
+from router.errors import ConfigError, MappingError
+from router.mapping._yaml import load_yaml, plain, position_of
 from router.routing.model import RoutesConfig, default_routes, load_routes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -149,6 +150,28 @@ _ENV = {
 }
 
 
+def _load_engine(path: Path) -> EngineConfig:
+    """Read engine.yaml, naming file:line:col for what does not fit the model.
+
+    Raises:
+        ConfigError: a YAML syntax error, or a key or value the model refuses.
+    """
+    if not path.exists():
+        return EngineConfig()
+    try:
+        node = load_yaml(path)
+    except MappingError as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        return EngineConfig.model_validate(plain(node) or {})
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains the rest
+        file, line, column = position_of(node, list(first["loc"]))
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{file}:{line}:{column}: {where}: {first['msg']}") from exc
+
+
 def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
     """Read config/engine.yaml, then apply HELSEBRO_* variables, then *overrides*.
 
@@ -162,15 +185,14 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     config_dir = Path(str(values.get("config_dir", PROJECT_ROOT / "config")))
     engine_file = config_dir / "engine.yaml"
     try:
-        raw = yaml.safe_load(engine_file.read_text(encoding="utf-8")) if engine_file.exists() else {}
-        values["engine"] = EngineConfig.model_validate(raw or {})
+        values["engine"] = _load_engine(engine_file)
         routes_file = config_dir / "routes.yaml"
         if routes_file.exists():
             values["routes"] = load_routes(routes_file, mappings_dir=Path(str(values.get("mappings_dir", PROJECT_ROOT / "mappings"))))
         return Settings.model_validate(values)
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{engine_file}: cannot read: {exc}") from exc
-    except ValidationError as exc:
+    except ValidationError as exc:  # engine.yaml named its own place above: this is a HELSEBRO_* value
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{engine_file}: {where}: {first['msg']}") from exc
+        raise ConfigError(f"settings: {where}: {first['msg']}") from exc

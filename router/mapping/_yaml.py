@@ -102,3 +102,26 @@ def load_yaml_text(text: str, name: str) -> Any:
         raise MappingError(f"YAML syntax: {exc.problem or exc.context}", file=name, line=line, column=col) from exc
     finally:
         loader.dispose()
+
+
+def plain(node: Any) -> Any:
+    """Return *node* as plain dicts and lists (what a pydantic model validates)."""
+    if isinstance(node, dict):
+        return {k: plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [plain(v) for v in node]
+    return node
+
+
+def position_of(node: Any, loc: list[Any]) -> tuple[str, int, int]:
+    """The position of the deepest node along *loc* (a pydantic error's `loc`) that the YAML has.
+
+    Parts the YAML does not have (pydantic's union tags) are skipped.
+    """
+    best = node.pos() if isinstance(node, (YMap, YList)) else ("?", 1, 1)
+    for part in loc:
+        if isinstance(node, YMap) and isinstance(part, str) and part in node:
+            best, node = node.pos(part), node[part]
+        elif isinstance(node, YList) and isinstance(part, int) and part < len(node):
+            best, node = node.pos(part), node[part]
+    return best

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from adapters.fhir.client import FhirClientConfig
 from router.errors import MappingError
-from router.mapping._yaml import YList, YMap, load_yaml
+from router.mapping._yaml import load_yaml, plain, position_of
 
 __all__ = [
     "Destination",
@@ -241,11 +241,11 @@ def load_routes(path: Path, *, mappings_dir: Path | None = None) -> RoutesConfig
     """
     node = load_yaml(path)
     try:
-        config = RoutesConfig.model_validate(_plain(node) or {})
+        config = RoutesConfig.model_validate(plain(node) or {})
     except ValidationError as exc:
         errors = exc.errors()
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains the rest
-        pos = _position(node, list(first["loc"]))
+        pos = position_of(node, list(first["loc"]))
         where = ".".join(str(p) for p in first["loc"])
         raise MappingError(f"{where}: {first['msg']}", file=pos[0], line=pos[1], column=pos[2]) from exc
     from router.routing.match import compile_when  # the path compilers load only when a route has a condition
@@ -255,25 +255,8 @@ def load_routes(path: Path, *, mappings_dir: Path | None = None) -> RoutesConfig
             try:
                 compile_when(route.match.when, route.match.format or "hl7v2", mappings_dir=mappings_dir)
             except ValueError as exc:  # ConditionSyntaxError and the path compilers' syntax errors
-                pos = _position(node, ["routes", i, "match", "when"])
+                pos = position_of(node, ["routes", i, "match", "when"])
                 raise MappingError(f"route {route.name}: when: {exc}", file=pos[0], line=pos[1], column=pos[2]) from exc
     return config
 
 
-def _plain(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
-
-
-def _position(node: Any, loc: list[Any]) -> tuple[str, int, int]:
-    """The position of the deepest node of *loc* that exists in the YAML (pydantic adds union tags: skipped)."""
-    best = node.pos() if isinstance(node, (YMap, YList)) else ("?", 1, 1)
-    for part in loc:
-        if isinstance(node, YMap) and isinstance(part, str) and part in node:
-            best, node = node.pos(part), node[part]
-        elif isinstance(node, YList) and isinstance(part, int) and part < len(node):
-            best, node = node.pos(part), node[part]
-    return best

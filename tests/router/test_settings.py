@@ -45,5 +45,29 @@ class TestOwnConfig:
     )
     def test_wrong_values_refuse_to_start(self, tmp_path, own, where):
         """A value HL7 or MsgHead cannot carry, or an unknown key, stops the start with a ConfigError naming the key."""
-        with pytest.raises(ConfigError, match=f"engine.yaml: {where}:"):
+        with pytest.raises(ConfigError, match=rf"engine\.yaml:\d+:\d+: {where}:"):
             _with_engine(tmp_path, own=own)
+
+
+class TestEngineYamlErrors:
+    @pytest.mark.parametrize(
+        ("text", "line", "what"),
+        [
+            ("broker:\n  prefetch: 200\n  batch_maxx: 5\n", 3, "batch_maxx"),
+            ("broker:\n  prefetch: -1\n", 2, "prefetch"),
+            ("own:\n  application: HELSEBRO\n  her_id: abc\n", 3, "her_id"),
+        ],
+        ids=["typo", "out-of-range", "bad-her-id"],
+    )
+    def test_names_file_line_and_column(self, tmp_path, text, line, what):
+        """A key or value engine.yaml's model refuses is reported at file:line:col, naming the key."""
+        (tmp_path / "engine.yaml").write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError) as err:
+            load_settings(environ={}, config_dir=str(tmp_path))
+        assert f"{tmp_path / 'engine.yaml'}:{line}:" in str(err.value) and what in str(err.value)
+
+    def test_yaml_syntax_error_has_a_place(self, tmp_path):
+        """A YAML syntax error in engine.yaml names its line too."""
+        (tmp_path / "engine.yaml").write_text("broker:\n  prefetch: [1\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"engine\.yaml:\d+:\d+: YAML syntax"):
+            load_settings(environ={}, config_dir=str(tmp_path))
