@@ -1,8 +1,8 @@
-"""Benchmark the outbound HL7 v2 renderer on one core: a converted ADT^A01 Bundle → ER7 bytes.
+"""Benchmark the outbound HL7 v2 renderer on one core: a converted ADT^A01 (or ORU^R01, 20 OBX) Bundle → ER7 bytes.
 
 Prints messages per second and latency percentiles for rendering alone (the
 conversion happens once, before timing). No assertions: speed is reported,
-never tested. Run: `python bench/render_hl7v2.py [--n 50000] [--version 2.3] [--charset 8859/1]`.
+never tested. Run: `python bench/render_hl7v2.py [--message adt|oru] [--n 50000] [--version 2.3] [--charset 8859/1]`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convert import ADT_A01  # noqa: E402  # the same 12-segment ADT^A01 as bench/convert.py
+from convert import ADT_A01, ORU_R01  # noqa: E402  # the same messages as bench/convert.py
 
 from adapters.hl7v2.render import Hl7v2Renderer  # noqa: E402
 from router.pipeline.convert import Converter  # noqa: E402
@@ -23,14 +23,19 @@ from router.routing.model import QueueDestination  # noqa: E402
 from router.settings import load_settings  # noqa: E402
 
 
+_MESSAGES = {"adt": ("ADT^A01", ADT_A01), "oru": ("ORU^R01 (20 OBX)", ORU_R01)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=50000, help="messages to render")
+    parser.add_argument("--message", choices=sorted(_MESSAGES), default="adt", help="adt (12-segment ADT^A01) or oru (ORU^R01 with 20 OBX)")
     parser.add_argument("--version", default="2.5.1", help="the destination's HL7 version (MSH-12)")
     parser.add_argument("--charset", default="UNICODE UTF-8", help="the destination's charset (MSH-18)")
     args = parser.parse_args()
     settings = load_settings(environ={})
-    [conv] = Converter(settings).convert(ADT_A01.encode())
+    label, text = _MESSAGES[args.message]
+    [conv] = Converter(settings).convert(text.encode())
     if not conv.ok:
         raise SystemExit(f"the benchmark message must convert: {conv.error}")
     destination = QueueDestination(kind="queue", queue="bench.adt", format="hl7v2", version=args.version, charset=args.charset)
@@ -46,7 +51,7 @@ def main() -> None:
     total = time.perf_counter() - start
     q = statistics.quantiles(lat, n=100)
     size = len(renderer.render(conv))
-    print(f"render ADT^A01 Bundle → HL7 v{args.version} {args.charset} ({size} bytes, one core): {args.n / total:,.0f} msg/s")
+    print(f"render {label} Bundle → HL7 v{args.version} {args.charset} ({size} bytes, one core): {args.n / total:,.0f} msg/s")
     print(f"  latency p50 {q[49] * 1e6:.1f} us   p99 {q[98] * 1e6:.1f} us   max {max(lat) * 1e6:.1f} us")
 
 

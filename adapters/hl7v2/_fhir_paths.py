@@ -5,6 +5,10 @@
     identifier[system=urn:oid:2.16.578.1.12.4.1.4.4].value
     participant[type.coding.code=ATND]
 
+A condition (`where:` of a repeating segment or group, `when:` of a field) is
+the inside of such a filter, or a bare path: `clinicalStatus.coding.code=active`,
+`status!=entered-in-error`, `valueQuantity` (has a value).
+
 Compiled once into a callable, checked against FHIR R4 (router/mapping/fhir_model.py)
 when the mapping loads; per message a path is a few dict lookups. Choosing
 which resource a path starts from is the outbound compiler's.
@@ -18,7 +22,7 @@ from typing import Any, Callable
 
 from router.mapping import fhir_model
 
-__all__ = ["FhirPath", "PathSyntaxError", "as_text", "compile_fhir_path"]
+__all__ = ["FhirPath", "PathSyntaxError", "as_text", "compile_fhir_condition", "compile_fhir_path"]
 
 Getter = Callable[[Any], list[Any]]
 """Every value a path reaches from one node, in document order."""
@@ -71,7 +75,7 @@ def compile_fhir_path(text: str, type_name: str) -> FhirPath:
     current: str | None = type_name
     steps: list[Callable[[list[Any]], list[Any]]] = []
     is_list = False
-    names: list[str] = []
+    names: list[tuple[str, int | None]] = []
     plain = True
     for i, part in enumerate(_split(text)):
         m = _STEP.match(part)
@@ -86,13 +90,28 @@ def compile_fhir_path(text: str, type_name: str) -> FhirPath:
             raise PathSyntaxError(f"{text!r}: {exc}") from exc
         select = _bracket(text, bracket, element) if bracket is not None else None
         steps.append(_step(name, select))
-        names.append(name)
-        plain = plain and bracket is None
+        names.append((name, int(bracket) if bracket is not None and bracket.isdigit() else None))
+        plain = plain and (bracket is None or bracket.isdigit())
         is_list = is_list or (element.is_list and not (bracket or "").isdigit())
         current = element.type_name
     getter = _chain(steps)
     first = _first_plain(tuple(names)) if plain else _first_of(getter)
     return FhirPath(text, getter, first, current, is_list)
+
+
+def compile_fhir_condition(text: str, type_name: str) -> Callable[[Any], bool]:
+    """Compile a condition on a node of FHIR type *type_name*: `path=value`, `path!=value`, or `path` (has a value).
+
+    Raises:
+        PathSyntaxError: bad syntax or an element *type_name* does not have.
+    """
+    m = _FILTER.match(text)
+    if m is None:
+        path = compile_fhir_path(text, type_name)
+        return lambda node: path.first(node) is not None
+    inner = compile_fhir_path(m.group(1), type_name)
+    wanted, negate = m.group(3).strip(), m.group(2) == "!="
+    return lambda node: any(as_text(v) == wanted for v in inner.all(node)) != negate
 
 
 def _first_of(getter: Getter) -> Callable[[Any], Any]:
@@ -103,14 +122,19 @@ def _first_of(getter: Getter) -> Callable[[Any], Any]:
     return first
 
 
-def _first_plain(names: tuple[str, ...]) -> Callable[[Any], Any]:
-    """Depth first, stopping at the first value: the hot path of a mapping is plain paths like `name.family`."""
+def _first_plain(names: tuple[tuple[str, int | None], ...]) -> Callable[[Any], Any]:
+    """Depth first, stopping at the first value: the hot path of a mapping is paths like `name.family` or `coding[0].code`."""
     last = len(names) - 1
 
     def walk(node: Any, i: int) -> Any:
-        value = node.get(names[i]) if isinstance(node, dict) else None
+        name, index = names[i]
+        value = node.get(name) if isinstance(node, dict) else None
         if value is None:
             return None
+        if index is not None:  # [n] on a repeating element: that one item, or nothing
+            value = value[index] if isinstance(value, list) and len(value) > index else None
+            if value is None:
+                return None
         if i == last:
             return (value[0] if value else None) if isinstance(value, list) else value
         if isinstance(value, list):

@@ -4,19 +4,24 @@ outbound.py owns the file, its segments and their checks against the HL7
 version; this module owns what one `SEG-n:` spec means (docs/outbound-hl7v2.md,
 Fields). The closures it returns build escaped ER7 text straight from the
 Bundle's dicts.
+
+Over the 400-line guide (STYLE §12): the field language (alternatives, values,
+components, references, functions, tables) is one recursive compiler; its
+parts call each other.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from adapters.hl7v2._er7 import escape, fhir_to_hl7_date, fhir_to_hl7_ts
-from adapters.hl7v2._fhir_paths import FhirPath, PathSyntaxError, as_text, compile_fhir_path
+from adapters.hl7v2._fhir_paths import FhirPath, PathSyntaxError, as_text, compile_fhir_condition, compile_fhir_path
 from adapters.hl7v2._versions import FieldDef
 from router.errors import MessageError
 from router.mapping import fhir_model
-from router.mapping._yaml import Pos, YMap
+from router.mapping._yaml import Pos, YList, YMap
 
 __all__ = ["CONTEXT_NAMES", "FieldCompiler", "FieldFn", "RenderContext", "Skip", "Table"]
 
@@ -26,18 +31,20 @@ CONTEXT_NAMES = frozenset({
 })
 """What `context:` may name: the source message's header, its time (`sent`, as HL7 TS) and the destination."""
 
-FUNCTIONS = ("hl7_date", "hl7_ts")
-"""The function library: FHIR date or dateTime → HL7 DT, FHIR dateTime → HL7 TS (offset rule per version)."""
+FUNCTIONS = ("hl7_date", "hl7_ts", "lines")
+"""The function library: FHIR date or dateTime → HL7 DT, FHIR dateTime → HL7 TS (offset rule per version),
+text with line breaks → one repetition per line (a whole repeating field only)."""
 
-_FIELD_KEYS = {"value", "context", "from", "each", "fn", "table", "else", "components", "resolve", "as", "required", "note"}
+_FIELD_KEYS = {"value", "context", "from", "each", "fn", "table", "else", "components", "resolve", "as", "when", "versions", "required", "note"}
 _VALUE_KEYS = {"value", "context", "from", "fn", "table", "else", "note"}
+_VERSION = re.compile(r"\d+(\.\d+)*$")
 
 
 @dataclass(slots=True)
 class RenderContext:
-    """One message's lookups: the Bundle's resources by type and by reference, and the context values."""
+    """One message's lookups: the Bundle's resources by type (in Bundle order) and by reference, and the context values."""
 
-    by_type: dict[str, Any]
+    by_type: dict[str, list[Any]]
     by_ref: dict[str, Any]
     values: dict[str, str]
 
@@ -98,24 +105,92 @@ class FieldCompiler:
         self.label = f"{segment}-{n}"
 
     def compile(self, spec: Any, pos: Pos) -> FieldFn:
-        """Return the closure for *spec* (a path, or a mapping of the keys in _FIELD_KEYS)."""
+        """Return the closure for *spec*: a path, a mapping of the keys in _FIELD_KEYS, or a list of alternatives."""
+        if isinstance(spec, list):
+            return self._alternatives(spec, pos)
+        return self._one(spec, pos) or _empty
+
+    def _one(self, spec: Any, pos: Pos) -> FieldFn | None:
+        """Compile one spec; None when its versions: leave the receiver's version out."""
         if isinstance(spec, str):
             spec = {"from": spec}
         if not isinstance(spec, dict):
-            raise self.owner.fail(f"{self.label}: a field is a path or a mapping (value, context, from, each, components …)", pos)
+            raise self.owner.fail(f"{self.label}: a field is a path, a mapping (value, context, from, each, components …) or a list of those", pos)
         self._keys(spec, _FIELD_KEYS, pos)
+        if "versions" in spec and not self._for_receiver(spec["versions"], _pos(spec, "versions", pos)):
+            return None
         if {"each", "components", "resolve"} & set(spec):
             fn = self._structured(spec, pos)
+        elif spec.get("fn") == "lines":
+            fn = self._lines(spec, pos)
         else:
-            value = self.value(spec, pos, self.resource_type)
+            value = self.value(_without(spec, ("when", "versions")), pos, self.resource_type)
 
             def fn(node: Any, ctx: RenderContext) -> str:
                 got = value(node, ctx)
                 return escape(got) if got else ""
 
+        if "when" in spec:
+            fn = _when(fn, self._condition(spec["when"], _pos(spec, "when", pos)))
         if spec.get("required", False) is True:
             return _required(fn, self.label)
         return fn
+
+    def _lines(self, spec: dict[str, Any], pos: Pos) -> FieldFn:
+        """`fn: lines`: text with line breaks as one repetition per line, the way TX and FT carry them (OBX-5)."""
+        if not self.definition.repeats:
+            raise self.owner.fail(f"{self.label}: fn: lines writes one repetition per line, and {self.label} does not repeat in HL7 {self.owner.version}", _pos(spec, "fn", pos))
+        value = self.value(_without(spec, ("when", "versions", "fn")), pos, self.resource_type)
+
+        def fn(node: Any, ctx: RenderContext) -> str:
+            got = value(node, ctx)
+            return "~".join(escape(line) for line in got.splitlines()) if got else ""
+
+        return fn
+
+    def _alternatives(self, specs: list[Any], pos: Pos) -> FieldFn:
+        """A list of specs: the first that gives a value wins (alternatives by `when:` or by `versions:`)."""
+        fns: list[FieldFn] = []
+        for i, spec in enumerate(specs):
+            ipos = specs.pos(i) if isinstance(specs, YList) else pos
+            if isinstance(spec, list):
+                raise self.owner.fail(f"{self.label}: an alternative is one spec, not another list", ipos)
+            if isinstance(spec, dict) and "required" in spec:
+                raise self.owner.fail(f"{self.label}: required: inside a list of alternatives would stop at the first; leave it out", _pos(spec, "required", ipos))
+            fn = self._one(spec, ipos)
+            if fn is not None:
+                fns.append(fn)
+        if not specs:
+            raise self.owner.fail(f"{self.label}: a list of alternatives needs at least one", pos)
+        if len(fns) <= 1:
+            return fns[0] if fns else _empty
+
+        def first(node: Any, ctx: RenderContext) -> str:
+            for fn in fns:
+                text = fn(node, ctx)
+                if text:
+                    return text
+            return ""
+
+        return first
+
+    def _for_receiver(self, raw: Any, pos: Pos) -> bool:
+        """Tell whether `versions:` (a version or a list; 2.3 covers 2.3.1) includes the receiver's version."""
+        wanted = [str(v) for v in (raw if isinstance(raw, list) else [raw])]
+        if not wanted or not all(_VERSION.match(v) for v in wanted):
+            raise self.owner.fail(f"{self.label}: versions: lists HL7 versions, e.g. [\"2.3\", \"2.4\"]", pos)
+        version = self.owner.version
+        return any(version == v or version.startswith(v + ".") for v in wanted)
+
+    def _condition(self, text: Any, pos: Pos) -> Callable[[Any], bool]:
+        if self.resource_type is None:
+            raise self.owner.fail(f"{self.label}: when: needs the segment's resource (or the item of each:)", pos)
+        if not isinstance(text, str):
+            raise self.owner.fail(f"{self.label}: when: is a condition, e.g. valueQuantity or status=final", pos)
+        try:
+            return compile_fhir_condition(text, self.resource_type)
+        except PathSyntaxError as exc:
+            raise self.owner.fail(f"{self.label}: when: {exc}", pos) from None
 
     def _keys(self, spec: dict[str, Any], allowed: set[str], pos: Pos) -> None:
         for key in spec:
@@ -206,6 +281,8 @@ class FieldCompiler:
         if not isinstance(spec, dict) or not spec:
             raise self.owner.fail(f"{self.label}: components: maps component numbers (1, 4, 4.2) to values", pos)
         count = self.definition.components
+        if self.definition.datatype == "varies":  # OBX-5: the datatype is OBX-2's, chosen per message
+            count = 99
         if count == 0:
             raise self.owner.fail(f"{self.label} is a {self.definition.datatype} in HL7 {self.owner.version}: it has no components", pos)
         parts: list[tuple[int, int, _ValueFn]] = []
@@ -281,6 +358,8 @@ class FieldCompiler:
             elif name == "hl7_ts":
                 with_offset = self.owner.with_offset
                 steps.append(lambda v: fhir_to_hl7_ts(v, with_offset=with_offset))
+            elif name == "lines":
+                raise self.owner.fail(f"{self.label}: fn: lines makes repetitions of a whole field; it cannot shape a component or an item", _pos(spec, "fn", pos))
             else:
                 raise self.owner.fail(f"{self.label}: fn: {name!r} is not one of {', '.join(FUNCTIONS)}", _pos(spec, "fn", pos))
         if "table" in spec:
@@ -351,6 +430,27 @@ def _assemble_flat(width: int, parts: list[tuple[int, _ValueFn]]) -> Callable[[A
         return "^".join(out)
 
     return build
+
+
+def _without(spec: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """*spec* less *keys*, keeping a YMap's positions for the errors that follow."""
+    if not any(k in spec for k in keys):
+        return spec
+    out = YMap((k, v) for k, v in spec.items() if k not in keys)
+    if isinstance(spec, YMap):
+        out.start, out.key_pos = spec.start, spec.key_pos
+    return out
+
+
+def _empty(node: Any, ctx: RenderContext) -> str:
+    return ""
+
+
+def _when(fn: FieldFn, condition: Callable[[Any], bool]) -> FieldFn:
+    def guarded(node: Any, ctx: RenderContext) -> str:
+        return fn(node, ctx) if node is not None and condition(node) else ""
+
+    return guarded
 
 
 def _required(fn: FieldFn, label: str) -> FieldFn:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["FieldDef", "VersionDefs", "version_defs"]
+__all__ = ["FieldDef", "Occurrence", "StructureCursor", "StructureError", "VersionDefs", "version_defs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,16 @@ class FieldDef:
     datatype: str
     repeats: bool
     components: int  # 0 for a primitive
+
+
+@dataclass(frozen=True, slots=True)
+class Occurrence:
+    """One place a segment may stand in a message structure: the groups around it and whether it may repeat there."""
+
+    segment: str
+    groups: tuple[str, ...]  # outermost first, without the structure's prefix: ("PATIENT_RESULT", "ORDER_OBSERVATION")
+    repeating: tuple[bool, ...]  # per group in `groups`: whether that group repeats
+    repeats: bool  # the segment itself repeats, or one of its groups does
 
 
 class VersionDefs:
@@ -42,6 +52,13 @@ class VersionDefs:
         _flatten(self._module.MESSAGES[structure], out)
         return tuple(dict.fromkeys(out))
 
+    @lru_cache(maxsize=None)
+    def occurrences(self, structure: str) -> tuple[Occurrence, ...]:
+        """Return every place a segment may stand in *structure*, in standard order, groups kept."""
+        out: list[Occurrence] = []
+        _walk(self._module.MESSAGES[structure], structure + "_", (), (), out)
+        return tuple(out)
+
     def has_segment(self, segment: str) -> bool:
         """Tell whether *segment* is defined in this version."""
         return segment in self._module.SEGMENTS
@@ -58,12 +75,84 @@ class VersionDefs:
         return tuple(out)
 
 
+class StructureError(ValueError):
+    """A segment that the message structure does not allow where a mapping puts it."""
+
+
+class StructureCursor:
+    """Follow a mapping's segments, in its order, through the structures of its events.
+
+    Each segment must come after the one before it; a segment a loop writes
+    must be allowed to repeat there; and the segments of one mapping group must
+    stay inside the repeating structure group its first segment opens
+    (ORC, OBR … OBX, NTE inside ORDER_OBSERVATION).
+    """
+
+    def __init__(self, defs: VersionDefs, structures: dict[str, str]) -> None:
+        """*structures* maps each trigger event to its message structure."""
+        self._defs = defs
+        self._by_event = structures
+        self._last = {s: -1 for s in structures.values()}
+        self._groups: list[dict[str, tuple[tuple[str, ...] | None, str]]] = []  # per open group: structure → (groups it stays in, first segment)
+
+    def open_group(self) -> None:
+        """Start a mapping group: its first segment fixes the structure group the rest must stay in."""
+        self._groups.append({})
+
+    def close_group(self) -> None:
+        """End the innermost mapping group."""
+        self._groups.pop()
+
+    def place(self, name: str, events: frozenset[str] | None, *, repeated: bool) -> None:
+        """Place segment *name*, written for *events* (None: all), once or (*repeated*) several times.
+
+        Raises:
+            StructureError: the structure of one of the events does not allow it there, in plain words.
+        """
+        structures = dict.fromkeys(self._by_event[e] for e in (events if events is not None else self._by_event) if e in self._by_event)
+        for structure in structures:
+            occurrences = self._defs.occurrences(structure)
+            last = self._last[structure]
+            at = next((i for i in range(last + 1, len(occurrences)) if occurrences[i].segment == name), None)
+            if at is None and last >= 0 and occurrences[last].segment == name and occurrences[last].repeats:
+                at = last  # the same segment again, where it may repeat
+            if at is None:
+                if any(o.segment == name for o in occurrences):
+                    raise StructureError(f"{name} is out of order: {structure} puts it earlier")
+                raise StructureError(f"{name} is not a segment of {structure} in HL7 {self._defs.version}")
+            here = occurrences[at]
+            if repeated and not here.repeats:
+                raise StructureError(f"{structure} allows one {name} here in HL7 {self._defs.version}; each: would write several")
+            self._check_groups(structure, here)
+            self._last[structure] = at
+
+    def _check_groups(self, structure: str, here: Occurrence) -> None:
+        for group in self._groups:
+            if structure not in group:
+                repeating = [i for i, r in enumerate(here.repeating) if r]
+                group[structure] = (here.groups[: repeating[-1] + 1] if repeating else None, here.segment)
+                continue
+            inside, first = group[structure]
+            if inside is None:
+                raise StructureError(f"{here.segment} cannot repeat together with {first}: {structure} repeats {first} on its own")
+            if here.groups[: len(inside)] != inside:
+                raise StructureError(f"{here.segment} is not part of {structure}'s {inside[-1]} group, which this group's {first} begins")
+
+
 def _flatten(node: Any, out: list[str]) -> None:
     for name, spec, *_rest in node[1]:
         if len(name) == 3 and name.isalnum() and name.isupper():
             out.append(name)
         else:
             _flatten(spec, out)
+
+
+def _walk(node: Any, prefix: str, groups: tuple[str, ...], repeating: tuple[bool, ...], out: list[Occurrence]) -> None:
+    for name, spec, (_low, high), kind in node[1]:
+        if kind == "GRP":
+            _walk(spec, prefix, (*groups, name.removeprefix(prefix)), (*repeating, high != 1), out)
+        else:
+            out.append(Occurrence(name, groups, repeating, high != 1 or any(repeating)))
 
 
 @lru_cache(maxsize=None)

@@ -116,10 +116,8 @@ class Hl7v2Renderer:
         mapping = self._pick(code, event, conv.structure or (header.structure if header is not None else ""))
         ctx = self._context(conv, bundle, event)
         lines = [self._msh(mapping, event, ctx, conv.raw)]
-        for segment in mapping.segments:
-            line = segment.render(ctx)
-            if line is not None:
-                lines.append(line)
+        for part in mapping.segments:
+            part.emit(None, ctx, lines, None)
         return ("\r".join(lines) + "\r").encode(self._codec, errors="replace")
 
     def _pick(self, code: str, event: str, structure: str) -> OutboundMapping:
@@ -136,14 +134,14 @@ class Hl7v2Renderer:
         return found
 
     def _context(self, conv: Converted, bundle: dict[str, Any], event: str) -> RenderContext:
-        by_type: dict[str, Any] = {}
+        by_type: dict[str, list[Any]] = {}
         by_ref: dict[str, Any] = {}
         for entry in bundle.get("entry", ()):
             resource = entry.get("resource")
             if not isinstance(resource, dict):
                 continue
             rtype = resource.get("resourceType", "")
-            by_type.setdefault(rtype, resource)
+            by_type.setdefault(rtype, []).append(resource)  # Bundle order: `each: <type>` repeats in it
             if "fullUrl" in entry:
                 by_ref[entry["fullUrl"]] = resource
             if "id" in resource:

@@ -133,6 +133,26 @@ class TestOutboundHl7v2Schema:
         edit(doc)
         assert _rejects(HL7V2, doc), where
 
+    @pytest.mark.parametrize(
+        ("what", "edit"),
+        [
+            ("a typo in a group", lambda d: _oru_group(d).update(eech="DiagnosticReport")),
+            ("a group without each", lambda d: _oru_group(d).pop("each")),
+            ("a typo in a nested group", lambda d: _oru_group(d)["segments"][2].update(ass="Observation")),
+            ("resource with each", lambda d: d["segments"][4].update(resource="AllergyIntolerance")),
+            ("where without each", lambda d: d["segments"][2].update(where="gender=male")),
+            ("required inside alternatives", lambda d: _obx(d)["OBX-2"][0].update(required=True)),
+            ("a bad version", lambda d: _obx(d)["OBX-2"][4].update(versions=["two"])),
+        ],
+    )
+    def test_repeats_and_groups_are_checked(self, what, edit):
+        """Groups, each:/as:/where: and field alternatives refuse what the loader refuses."""
+        doc = {"ADT": _load(HL7V2_DIR / "ADT_A01.yaml"), "ORU": _load(HL7V2_DIR / "ORU_R01.yaml")}
+        target = doc["ADT"] if what in ("resource with each", "where without each") else doc["ORU"]
+        assert not _rejects(HL7V2, target)
+        edit(target)
+        assert _rejects(HL7V2, target), what
+
     def test_a_typo_in_a_table_or_case_is_rejected(self):
         """Tables and case.yaml refuse unknown keys too, and unmapped: takes only its four forms."""
         table = _load(HL7V2_TABLES[0])
@@ -207,10 +227,19 @@ class TestOutboundHl7v2Schema:
         """Each object lists exactly the keys the loader accepts (additionalProperties: false does the rest)."""
         assert _props(HL7V2, "mapping") == hl7v2_outbound._TOP_KEYS
         assert _props(HL7V2, "segment") == hl7v2_outbound._SEGMENT_KEYS
+        assert _props(HL7V2, "group") == hl7v2_outbound._GROUP_KEYS
         assert _props(HL7V2, "fieldSpec") == hl7v2_fields._FIELD_KEYS
         assert _props(HL7V2, "valueSpec") == hl7v2_fields._VALUE_KEYS | {"required"}
         assert _props(HL7V2, "case") == hl7v2_cases._CASE_KEYS
         assert _props(HL7V2, "table") == {"table", "description", "map", "unmapped", "note"}  # outbound._load_table
+
+
+def _oru_group(doc: dict[str, Any]) -> dict[str, Any]:
+    return next(e for e in doc["segments"] if e.get("group") == "ORDER_OBSERVATION")
+
+
+def _obx(doc: dict[str, Any]) -> dict[str, Any]:
+    return _oru_group(doc)["segments"][2]["segments"][0]["fields"]
 
 
 class TestOutboundKithSchema:

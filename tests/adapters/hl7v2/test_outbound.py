@@ -96,3 +96,60 @@ class TestOutboundLoad:
         """A table whose unmapped: is not a known policy is reported at its line."""
         line = _edit(folder / "tables" / "fhir-gender-to-0001.yaml", "unmapped: {value: U}", "unmapped: guess")
         assert any(f"fhir-gender-to-0001.yaml:{line}:" in e and "unmapped:" in e for e in _errors(folder))
+
+
+def _line_of(path: Path, text: str) -> int:
+    return path.read_text(encoding="utf-8")[: path.read_text(encoding="utf-8").index(text)].count("\n") + 1
+
+
+class TestRepeatsAndGroupsLoad:
+    @pytest.mark.parametrize(
+        ("file", "old", "new", "says"),
+        [
+            ("ADT_A01.yaml", "    each: AllergyIntolerance", "    each: Allergy", "each: 'Allergy' is not a FHIR R4 resource type"),
+            ("ADT_A01.yaml", "    each: AllergyIntolerance", "    eachh: AllergyIntolerance", "unknown key 'eachh'"),
+            ("ADT_A01.yaml", '    where: "verificationStatus.coding.code!=entered-in-error"\n    events: [A01, A04, A08]',
+             '    where: "verificationstatus.coding.code!=entered-in-error"\n    events: [A01, A04, A08]', "AllergyIntolerance has no element 'verificationstatus'"),
+            ("ADT_A01.yaml", "    events: [A01, A04, A08]", "    events: [A01, A02, A04]", "AL1 is not a segment of ADT_A02 in HL7 2.5.1"),  # at `segment: AL1`
+            ("ADT_A01.yaml", "    events: [A01, A04, A08]", "    events: [A01, A05]", "event A05 is not one of"),
+            ("ORU_R01.yaml", "    required: true               # an ORU", "    requird: true               # an ORU", "unknown key 'requird'"),
+            ("ORU_R01.yaml", "        each: result", "        each: code", "each: code is not a Reference"),
+            ("ORU_R01.yaml", "        as: Observation", "        as: Observaton", "as: names the FHIR resource type it points to"),
+            ("ORU_R01.yaml", "        each: result", "        each: results", "DiagnosticReport has no element 'results'"),
+            ("ORU_R01.yaml", "            each: note", "            each: note.text", "each: note.text reaches a primitive"),
+            ("ORU_R01.yaml", "          - segment: NTE", "          - segment: SPM", "SPM is not part of ORU_R01's OBSERVATION group"),
+            ("ORU_R01.yaml", "      - segment: ORC", "      - segment: PID", "PID is out of order: ORU_R01 puts it earlier"),
+            ("ORU_R01.yaml", "versions: [\"2.3\"], value: CE", "versions: [two], value: CE", "versions: lists HL7 versions"),
+            ("ORU_R01.yaml", "{when: valueString, value: ST}", "{when: valueStrng, value: ST}", "Observation has no element 'valueStrng'"),
+            ("ORU_R01.yaml", "{from: valueString, fn: lines}", "{from: valueString, fn: lines, required: true}", "required: inside a list of alternatives"),
+        ],
+    )
+    def test_each_mistake_names_its_line(self, folder, file, old, new, says):
+        """A wrong each:, as:, where:, events:, group member, versions: or when: is reported at its file and line."""
+        line = _edit(folder / file, old, new)
+        errors = _errors(folder)
+        hits = [e for e in errors if says in e]
+        assert hits, errors
+        assert any(f"{file}:{n}:" in hits[0] for n in range(line - 3, line + 2)), hits[0]  # the key edited, or its entry's first line
+
+    def test_each_on_a_segment_the_structure_does_not_repeat(self, folder):
+        """each: on PID, which ADT_A01 allows once, is an error at the segment's line and column."""
+        path = folder / "ADT_A01.yaml"
+        line = _edit(path, "    resource: Patient            # the first Patient", "    each: Patient            # the first Patient") - 1
+        errors = _errors(folder)
+        assert any(f"ADT_A01.yaml:{line}:5: ADT_A01 allows one PID here in HL7 2.5.1" in e for e in errors), errors
+
+    def test_a_segment_repeated_with_another_in_a_group(self, folder):
+        """A group pairing AL1 with DG1 is refused: the structure repeats AL1 on its own, never AL1 DG1 AL1 DG1."""
+        path = folder / "ADT_A01.yaml"
+        text = path.read_text(encoding="utf-8")
+        start = text.index("  - segment: AL1")
+        group = "  - group: ALLERGY\n    each: AllergyIntolerance\n    segments:\n      - segment: AL1\n      - segment: DG1\n"
+        path.write_text(text[:start] + group, encoding="utf-8")
+        line = _line_of(path, "      - segment: DG1")
+        assert any(f"ADT_A01.yaml:{line}:9: DG1 cannot repeat together with AL1" in e for e in _errors(folder)), _errors(folder)
+
+    def test_versions_keep_one_alternative(self, folder):
+        """The ORU's OBX-2 alternatives load for v2.3 and v2.8 alike (versions: picks CE or CWE, TS or DTM at load)."""
+        assert _errors(folder, "2.3") == []
+        assert [e for e in _errors(folder, "2.8") if "ORU_R01" in e] == []
