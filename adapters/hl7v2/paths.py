@@ -10,10 +10,10 @@ given, so one CX mapping serves PID-3, PID-18 and PV1-19 alike.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
-from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Hl7Message, Segment
+from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Hl7Message, Segment, unescape
 from adapters.hl7v2.groups import GROUP_NAMES, Group, nearest
 from adapters.hl7v2.structure import DATATYPE_NAMES, SEGMENT_NAMES
 
@@ -137,6 +137,16 @@ class SourcePath:
     rep: int | None  # None: first; ALL; or 1-based
     comp: int
     sub: int
+    decode_whole: bool = False  # a whole repetition is read as text (escapes undone), not as a datatype's value
+
+    def decoded(self) -> SourcePath:
+        """This path, reading whole repetitions as final text: `\\T\\` becomes `&`, `\\.br\\` a line break.
+
+        A whole repetition normally stays escaped, because a datatype mapping
+        splits it into components first; a function or a table that takes it as
+        it is (`fn: lines, args: [OBX-5[*]]`) must get the text the sender meant.
+        """
+        return self if self.comp else replace(self, decode_whole=True)
 
     @property
     def is_segment(self) -> bool:
@@ -201,6 +211,8 @@ class SourcePath:
                         continue
                 elif value == EXPLICIT_NULL:
                     continue
+                elif self.decode_whole and msg.delims.escape and msg.delims.escape in value:  # type: ignore[operator]
+                    value = unescape(value, msg.delims)  # type: ignore[arg-type]
                 out.append(value)  # type: ignore[arg-type]  # narrowed above
                 if locs is not None:
                     locs.append(f"{seg.label}-{field_no}[{i + 1}]{self._suffix()}")
@@ -216,7 +228,12 @@ class SourcePath:
         if not raw:
             return []
         if not self.comp:
-            return [_relative(raw, scope, "")] if raw != EXPLICIT_NULL else []
+            if raw == EXPLICIT_NULL:
+                return []
+            delims = scope.message.delims
+            if self.decode_whole and delims.escape and delims.escape in raw:
+                raw = unescape(raw, delims)
+            return [_relative(raw, scope, "")]
         value = scope.message.leaf(raw, self.comp, self.sub)
         if value is None:
             return []
@@ -225,6 +242,8 @@ class SourcePath:
     def reader(self) -> Reader:
         """Return a function that reads the first value, specialised for this path's shape."""
         comp, sub = self.comp, self.sub
+        if self.decode_whole:
+            return self._first_item  # rare (function arguments): the general path undoes escapes
         if self.segment is None:
             if not comp:
                 return lambda scope: raw if (raw := scope.value) and raw != EXPLICIT_NULL else None
@@ -352,6 +371,10 @@ class GroupPath:
             return items[0].raw if items else None
 
         return read
+
+    def decoded(self) -> GroupPath:
+        """This path with its tail reading whole repetitions as final text (see SourcePath.decoded)."""
+        return self if self.tail is None else GroupPath(self.text, self.steps, self.tail.decoded())
 
     def starred(self) -> GroupPath:
         """Return this path with its last group step iterating every group (`each:`)."""

@@ -237,8 +237,8 @@ class _Gen:
 
     def _value_expr(self, path: Any) -> str | None:
         """An expression for the one value *path* gives (str or None), or SEGMENT, or None when it cannot be written out."""
-        if type(path) is not SourcePath:
-            return None
+        if type(path) is not SourcePath or path.decode_whole:
+            return None  # whole values read as text: the closures undo their escapes
         self.uses_message = True
         if path.segment is None:
             self.uses_value = True
@@ -338,7 +338,7 @@ class _Gen:
         return var
 
     def _first(self, i: int, path: Any, convert: Any, put: Any) -> list[str] | None:
-        if type(path) is not SourcePath:
+        if type(path) is not SourcePath or path.decode_whole:
             return None
         self.uses_message = True
         tail = [*self._convert(i, convert, "v", "0")]
@@ -375,7 +375,7 @@ class _Gen:
         return lines
 
     def _each(self, i: int, path: Any, convert: Any, put: Any) -> list[str] | None:
-        if type(path) is not SourcePath or path.segment is None or path.field_no is None or path.rep != ALL:
+        if type(path) is not SourcePath or path.segment is None or path.field_no is None or path.rep != ALL or path.decode_whole:
             return None
         seg = self._segment_var(path)
         if seg is None:

@@ -188,6 +188,9 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
 
         return rules_produce, _steps.each(path, _steps.datatype(block.build, path), put)
 
+    if "use" not in node:
+        path = _as_text(path)  # each value is final (plain, fn or table): its escapes are undone
+
     def produce(scope: Any, ctx: RunContext) -> list[Any]:
         out = []
         for item in path.resolve(scope):
@@ -271,7 +274,8 @@ def _fn_args(c: Compiler, node: YMap, put: Put) -> tuple[Produce, Step | None]:
     fn = LIBRARY[str(node["fn"])]
     if fn.arity >= 0 and len(args) != fn.arity:
         raise _err(f"function {fn.name} takes {fn.arity} arguments, not {len(args)}", node.pos("args"))
-    paths = [c._path(a, args.pos(i)) for i, a in enumerate(args)]
+    # A function takes whole values as the text the sender meant (escapes undone), not as a datatype's raw value.
+    paths = [_as_text(c._path(a, args.pos(i))) for i, a in enumerate(args)]
     # A `[*]` argument gives all its values (e.g. every repetition of OBX-5 to `lines`).
     multi = [getattr(p, "rep", None) == -1 or getattr(p, "seg_rep", None) == -1 or (fn.arity < 0 and getattr(p, "multi_valued", False)) for p in paths]
 
@@ -294,6 +298,12 @@ def _fn_args(c: Compiler, node: YMap, put: Put) -> tuple[Produce, Step | None]:
             raise _err(f"function {fn.name} takes exactly {fn.arity} values; a [*] argument needs a function like lines or join", node.pos("args"))
         return produce, None
     return produce, _steps.fn_args(fn, paths, put)
+
+
+def _as_text(path: Any) -> Any:
+    """*path* reading whole values as final text, where its format tells the two apart (HL7 v2)."""
+    decoded = getattr(path, "decoded", None)
+    return decoded() if decoded is not None else path
 
 
 def _check_value_type(node: YMap, leaf: fhir_model.Element, const: Any) -> None:
