@@ -131,7 +131,8 @@ class Lookups:
         return out
 
     def remember_found(self, resource_type: str, criteria: Criteria, found: list[str]) -> None:
-        """Keep a match read from the database (or made by this batch) for the rest of the transaction."""
+        """Keep an `identifier=system|value` match read from the database for the rest of the transaction
+        (`wrote` keeps it true; other conditions are not kept)."""
         self.found[(resource_type, criteria)] = found
         for rid in found:
             self._holding.setdefault((resource_type, rid), set()).add(criteria)
@@ -152,6 +153,11 @@ class Lookups:
                 found.append(id_)
                 found.sort()
                 self._holding.setdefault((resource_type, id_), set()).add(criteria)
+
+
+def is_identifier_token(criteria: Criteria | None) -> bool:
+    """True for the one kind of condition a batch keeps answers for: `identifier=system|value`."""
+    return _identifier_token(criteria) is not None
 
 
 def _identifier_token(criteria: Criteria | None) -> tuple[str, str] | None:

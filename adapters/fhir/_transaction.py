@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, Sequence
 import orjson
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers, rewrite
-from adapters.fhir._lookups import Current, Lookups
+from adapters.fhir._lookups import Current, Lookups, is_identifier_token
 from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
 from router.errors import InvalidContent
@@ -86,6 +86,7 @@ class _Writer:
         self._now = now
         self._lookups = lookups  # matches and current versions: read once, kept true by _write
         self._claimed: set[tuple[str, str]] = set()
+        self._created: dict[tuple[str, Criteria], list[str]] = {}  # conditions this Bundle creates for, before the write
 
     def flush(self) -> None:
         """Send the writes held so far."""
@@ -112,7 +113,7 @@ class _Writer:
         if matches:
             return ("noop" if entry.method == "POST" else "write"), matches[0]
         id_ = self._new_id(entry)
-        self._lookups.remember_found(entry.resource_type, entry.criteria, [id_])  # a second entry with it finds this one
+        self._created[(entry.resource_type, entry.criteria)] = [id_]  # a second entry of this Bundle with it finds this one
         return "write", id_
 
     def perform(self, entry: Entry, action: Action, id_: str, resource: FhirJson | None) -> AppliedEntry:
@@ -169,13 +170,20 @@ class _Writer:
         self._lookups.wrote(resource_type, id_, body, version=version, digest=digest, deleted=deleted)
 
     def _find(self, resource_type: str, criteria: Criteria) -> list[str]:
-        known = self._lookups.found.get((resource_type, criteria))
+        created = self._created.get((resource_type, criteria))
+        if created is not None:
+            return created
+        # Only `identifier=system|value` answers are kept for the batch: Lookups.wrote keeps
+        # those true as resources are written; any other condition asks the database again.
+        token = is_identifier_token(criteria)
+        known = self._lookups.found.get((resource_type, criteria)) if token else None
         if known is not None:
             return list(known)
         sql, args = search_sql(resource_type, criteria, select="r.id")
         self._lookups.flush(self._db)  # the database must hold every earlier write before it answers
         found = [row[0] for row in self._db.query(sql, args)]
-        self._lookups.remember_found(resource_type, criteria, found)
+        if token:
+            self._lookups.remember_found(resource_type, criteria, found)
         return list(found)
 
     def _current(self, resource_type: str, id_: str) -> Current | None:

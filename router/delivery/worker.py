@@ -19,7 +19,7 @@ and dead-letters it as `internal error: <type>`.
 
 An external server cannot take a delivery mark in its own transaction, so a
 ledger in the record's database (`applied`/`mark_applied`, key
-`dest|<name>|<message id>`) stands in: written once the server has answered, before the ack, and
+`dest|<name>|<message id>|<hash of the content>`) stands in: written once the server has answered, before the ack, and
 read before sending. A redelivery after a kill or a lost ack (the broker went
 away) is then acked without being sent again, so an older Bundle never lands
 on top of a newer one. What remains is the moment between the server's answer
@@ -29,6 +29,7 @@ The embedded transport has no TTL or dead-lettering, so there park acts as stric
 
 from __future__ import annotations
 
+import hashlib
 import random
 import threading
 import time
@@ -197,7 +198,8 @@ class DestinationWorker:
         mode = str(d.headers.get("x-helsebro-on-failure") or self._dest.on_failure)
         attempt = int(d.headers.get("x-helsebro-attempt") or 1)
         wait = 0.5
-        key = f"dest|{self.name}|{d.message_id}" if d.message_id else None
+        # The content's hash too: a sender reusing a control id for new content makes a new message.
+        key = f"dest|{self.name}|{d.message_id}|{hashlib.blake2b(d.body, digest_size=12).hexdigest()}" if d.message_id else None
         if key is not None:
             sent = self._with_ledger(lambda: key in self._ledger.applied([key]))
             if sent is None:

@@ -158,7 +158,7 @@ def compile_condition(text: str, compile_path: PathCompiler) -> Predicate:
     pred = _Parser(text, compile_path).parse()
     asked = _memoised(pred)
     asked.shape = pred.shape  # type: ignore[attr-defined]
-    asked.text = " ".join(text.split())  # type: ignore[attr-defined]  # the same text asks the same question
+    asked.text = "\x1f".join(_tokens(text))  # type: ignore[attr-defined]  # the same tokens ask the same question (quoted spaces count)
     return asked
 
 

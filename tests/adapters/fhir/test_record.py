@@ -427,3 +427,38 @@ class TestBatchLookups:
             assert record.counts() == alone.counts()
         finally:
             alone.close()
+
+    def test_document_replaced_twice_in_one_batch(self, record, tmp_path):
+        """Two changes of one document in one batch retire what the second drops, as applied one by one."""
+        tag = "urn:helsebro:document|doc-1"
+
+        def condition(code):
+            return {"resourceType": "Condition", "id": f"c-{code}", "identifier": [{"system": "urn:test", "value": code}], "code": {"text": code},
+                    "meta": {"tag": [{"system": "urn:helsebro:document", "code": "doc-1"}]}}
+
+        def change(*codes):
+            return bundle({"request": {"method": "DELETE", "url": f"Condition?_tag={tag}"}},
+                          *[entry(condition(c), url=f"Condition?identifier=urn:test|{c}") for c in codes])
+
+        def states(rec):
+            return {c: ((rec.read("Condition", f"c-{c}") or {}).get("verificationStatus") or {}).get("coding", [{}])[0].get("code", "active") for c in "ab"}
+
+        record.apply_batch([change("a", "b"), change("a")])
+        alone = SqliteRecord(tmp_path / "alone-doc.sqlite3")
+        try:
+            alone.apply_batch([change("a", "b")])
+            alone.apply_batch([change("a")])
+            assert states(record) == states(alone) == {"a": "active", "b": "entered-in-error"}
+        finally:
+            alone.close()
+
+    def test_identifier_without_system_in_two_bundles_of_one_batch(self, record):
+        """`identifier=value` (no system) written by two Bundles of one batch is one resource, updated once."""
+        def put(family):
+            res = {"resourceType": "Patient", "id": PATIENT_UUID, "identifier": [{"value": "1"}], "name": [{"family": family}]}
+            return bundle(entry(res, url="Patient?identifier=1"))
+
+        first, second = record.apply_batch([put("A"), put("B")])
+        assert [e.outcome for e in first.entries] == ["created"]
+        assert [e.outcome for e in second.entries] == ["updated"]
+        assert record.counts().get("Patient") == 1

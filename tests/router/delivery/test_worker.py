@@ -133,3 +133,30 @@ class TestDestinationWorker:
                 delete_queues(settings)
         assert [b["entry"][0]["resource"]["identifier"][0]["value"] for b in server.applied] == ["6001", "6002"]
         assert stats.applied == 2
+
+
+class _ReusedControlIds:
+    """`P <id> <control id>`: a sender whose control ids start again (after a counter reset, say)."""
+
+    def convert(self, data):
+        from router.contracts import Converted, MessageHeader
+
+        _, value, control = data.decode().split()
+        system = "urn:helsebro:test:patient"
+        header = MessageHeader(sending_application="PAS", sending_facility="TEST", receiving_application="HELSEBRO", receiving_facility="HB", message_code="ADT", trigger_event="A01", structure="ADT_A01", control_id=control, version="2.5.1")
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Patient", "identifier": [{"system": system, "value": value}]}, "request": {"method": "PUT", "url": f"Patient?identifier={system}|{value}"}}]}
+        return [Converted(index=0, raw=data, control_id=control, sender="PAS@TEST", message_type="ADT^A01", patient_key=f"h:{value}", header=header, bundle=bundle)]
+
+
+def test_new_content_under_a_reused_control_id_is_sent(tmp_path):
+    """The ledger knows a message by its content too: a reused control id with new content reaches the server."""
+    settings = isolated_settings(tmp_path, routes=_routes("strict", window=0))
+    server = FakeServer()
+    handle = run_engine_in_thread(settings, converter=_ReusedControlIds(), destination_clients={"ekstern": server})
+    try:
+        publish(settings, [b"P 7001 C1", b"P 7002 C1", b"P 7002 C1"])
+        wait_until(lambda: len(server.applied) + handle.engine.destinations[0].stats.already_sent == 3, 60, what="all three handled")
+    finally:
+        handle.stop()
+    assert [b["entry"][0]["resource"]["identifier"][0]["value"] for b in server.applied] == ["7001", "7002"]
+    assert handle.engine.destinations[0].stats.already_sent == 1

@@ -77,3 +77,26 @@ def test_same_output_with_and_without_generated_code(both, request):
     differing = [i for i, data in enumerate(messages) if _outcome(fast, data) != _outcome(plain, data)]
     assert not differing, f"{len(differing)} of {len(messages)} messages differ, first: message {differing[0]}"
     assert len(messages) > len(EDGE_CASES)
+
+
+def test_conditions_differing_inside_quotes_are_not_shared():
+    """Two conditions that differ only in spaces inside a quoted value get their own answers in generated code."""
+    from adapters.hl7v2._tokenizer import tokenize
+    from adapters.hl7v2.paths import Scope
+    from router.mapping import _steps
+    from router.mapping.conditions import compile_condition
+    from router.mapping.runtime import RunContext, Target
+
+    message = tokenize("MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5\rPID|1||123||Doe  Jr^John\r")
+
+    def rule(name, condition):
+        put = Target((name,), (False,)).setter(refs=False)
+        return _steps.finish(_steps.constant(True, put), None, put, compile_condition(condition, compile_path))
+
+    steps = (rule("two", "PID-5.1 = 'Doe  Jr'"), rule("one", "PID-5.1 = 'Doe Jr'"))
+    by_closures: dict = {}
+    for step in steps:
+        step(Scope(message), RunContext(None), by_closures)
+    generated = _codegen.generate(steps)
+    assert generated is not None
+    assert generated(Scope(message), RunContext(None), {}) == by_closures == {"two": True}
