@@ -17,6 +17,7 @@ applying, dead-lettering, replying and acking are router/pipeline/settle.py's.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import traceback
@@ -85,7 +86,14 @@ class Engine:
         workers: int = 1,
         destination_clients: dict[str, Any] | None = None,
         standby_delay: float = 3.0,
+        freeze_gc: bool = False,
     ) -> None:
+        """Prepare an engine; run() connects.
+
+        *freeze_gc* is for a process that runs one engine (`helsebro run`): once the
+        mappings are compiled, the garbage collector stops rescanning them (see _freeze).
+        """
+        self._freeze_gc = freeze_gc
         self._settings = settings  # no I/O here: run() connects
         self._converter = converter
         self._record = record
@@ -142,6 +150,7 @@ class Engine:
             xml_validation=validation_status(self._settings.xsd_dir),
         )
         self._warn_placeholder_identity()
+        self._freeze()
         for worker in self.destinations:
             worker.start()
         try:
@@ -180,6 +189,17 @@ class Engine:
         if kith and self._settings.engine.own.her_id == PLACEHOLDER_HER_ID:
             self._log.warning("own_her_id_placeholder", destinations=kith, her_id=PLACEHOLDER_HER_ID, fix="set own.her_id in config/engine.yaml")
 
+    def _freeze(self, *, again: bool = False) -> None:
+        """Move what lives as long as the process (compiled mappings, HL7 structure tables, schemas)
+        out of the collector's sight: its full passes rescanned all of it, a latency spike each
+        under load. After a hot reload the old set is let go first, so it can be collected."""
+        if not self._freeze_gc:
+            return
+        if again:
+            gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+
     def _converter_source(self) -> Any:
         if self._converter is not None:
             converter: Any = _Fixed(self._converter)
@@ -189,6 +209,7 @@ class Engine:
                 lambda: _load_converter(self._settings),
                 interval=self._settings.engine.mappings.reload_seconds,
                 logger=self._log,
+                on_swap=lambda: self._freeze(again=True),
             )
         self.mappings = converter
         return converter

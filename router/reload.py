@@ -30,8 +30,9 @@ def fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
 class MappingReloader:
     """Holds the converter in use and replaces it when the mapping files change."""
 
-    def __init__(self, folder: Path, build: Callable[[], Any], *, interval: float, logger: Any, initial: Any | None = None) -> None:
+    def __init__(self, folder: Path, build: Callable[[], Any], *, interval: float, logger: Any, initial: Any | None = None, on_swap: Callable[[], None] | None = None) -> None:
         self._folder = folder
+        self._on_swap = on_swap or (lambda: None)  # called after a new set is in use
         self._build = build  # compiles a whole new converter, or raises MappingError
         self._interval = interval
         self._log = logger
@@ -59,5 +60,6 @@ class MappingReloader:
             return self._current
         self._current = fresh  # one reference swap: a message is mapped by one consistent set
         self.reloads += 1
+        self._on_swap()
         self._log.info("mappings_reloaded", changed=[Path(p).name for p in changed])
         return self._current

@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     logger = get_logger("engine")
     if args.worker_index is not None:
         logger = logger.bind(worker=args.worker_index)
-    engine = Engine(settings, logger=logger, worker_index=args.worker_index, workers=args.workers)
+    engine = Engine(settings, logger=logger, worker_index=args.worker_index, workers=args.workers, freeze_gc=True)
 
     def on_signal(signum: int, _frame: Any) -> None:
         engine.stop()

@@ -49,6 +49,16 @@ class TestMappingReloader:
         assert reloader.current() == 2
         assert log.events[-1][0] == "mappings_reloaded" and "XPN.HumanName.yaml" in log.events[-1][1]["changed"]
 
+    def test_on_swap_runs_after_a_reload_only(self, mappings):
+        """The swap hook (the engine re-freezes the collector there) runs once per new set, never for a refused one."""
+        swaps = []
+        sets = iter([1, 2])
+        reloader = MappingReloader(mappings, lambda: next(sets), interval=1e-9, logger=_Log(), on_swap=lambda: swaps.append(1))
+        assert reloader.current() == 1 and swaps == []
+        _edit(mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml", "from: XPN.1.1", "from: XPN.1.1\n    fn: upper")
+        assert reloader.current() == 2 and swaps == [1]
+        assert reloader.current() == 2 and swaps == [1]
+
     def test_refuses_a_broken_mapping_and_keeps_the_old(self, mappings):
         """A mapping that fails its checks is refused with file:line, and the old converter stays."""
         from adapters.hl7v2.paths import compile_path
@@ -89,3 +99,19 @@ class TestEngineHotReload:
         finally:
             record.close()
             handle.stop()
+
+
+def test_engine_freezes_the_collector_only_when_asked(tmp_path):
+    """`helsebro run` engines freeze what was loaded (fewer full GC passes); engines in tests and tools do not."""
+    import gc
+
+    gc.unfreeze()
+    handle = run_engine_in_thread(isolated_settings(tmp_path / "plain"))
+    handle.stop()
+    assert gc.get_freeze_count() == 0
+    try:
+        handle = run_engine_in_thread(isolated_settings(tmp_path / "frozen"), freeze_gc=True)
+        handle.stop()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
