@@ -13,9 +13,11 @@ The embedded transport's guarantees are _folder.py's docstring.
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import ChannelError, OperationalError
@@ -40,10 +42,22 @@ __all__ = [
     "queue_depth",
     "read_ahead",
     "topology",
+    "wait_alive",
 ]
 
 _HEARTBEAT_SECONDS = 30
 _EMBEDDED_POLL_SECONDS = 0.05
+
+
+def wait_alive(stop: threading.Event, seconds: float, heartbeat: Callable[[], None]) -> bool:
+    """Wait *seconds* (or until *stop* is set), sending heartbeats each second so the broker keeps the
+    connection through a long outage elsewhere; return True when stopping."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if stop.wait(min(left, 1.0)):
+            return True
+        heartbeat()
+    return stop.is_set()
 
 
 def is_embedded(settings: Settings) -> bool:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
-from adapters.amqp.connection import broker_errors, declare_topology, open_connection, topology
+from adapters.amqp.connection import broker_errors, declare_topology, open_connection, topology, wait_alive
 from adapters.amqp.inbound import Delivery, Inbound
 from adapters.amqp.outbound import Publisher
 from router.errors import MessageError, RecordUnavailable, TransientError
@@ -268,10 +268,4 @@ class DestinationWorker:
         self._log.warning("delivery_dead_lettered", control_id=control_id, reason=reason, attempts=attempts)
 
     def _wait(self, seconds: float) -> bool:
-        """Wait *seconds*, sending heartbeats so the broker keeps the connection; True when stopping."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self._stop.wait(min(left, 1.0)):
-                return True
-            self._heartbeat()
-        return self._stop.is_set()
+        return wait_alive(self._stop, seconds, self._heartbeat)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 import orjson
 
+from adapters.amqp.connection import wait_alive
 from adapters.amqp.inbound import ack_all
 from router.errors import MessageError, RecordUnavailable
 from router.pipeline._reply import reply
@@ -297,13 +298,7 @@ class Settle:
                 delay = min(delay * 2, self._max_backoff)
 
     def _wait(self, seconds: float) -> bool:
-        """Wait *seconds*, keeping the broker connection alive; True when asked to stop."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if self._stop.wait(min(left, 1.0)):
-                return True
-            self._on_wait()
-        return self._stop.is_set()
+        return wait_alive(self._stop, seconds, self._on_wait)
 
     def _answered_before(self, conv: Converted) -> bool:
         if self._guard is None or not conv.control_id or conv.envelope is None:
