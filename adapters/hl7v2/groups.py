@@ -44,6 +44,7 @@ class Group:
     parent: Group | None = field(default=None, repr=False, compare=False)
     allowed: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # segments the standard puts directly here
     _direct: dict[str, list[Segment]] | None = field(default=None, repr=False, compare=False)  # built on first lookup
+    _near: dict[str, list[Segment] | None] | None = field(default=None, repr=False, compare=False)  # nearest()'s answers here
 
     def groups(self, name: str) -> list[Group]:
         """Return the direct child groups called *name*."""
@@ -220,6 +221,19 @@ def nearest(group: Group | None, name: str) -> list[Segment] | None:
     A group whose definition holds *name* answers for it even when it has none:
     an OBSERVATION without NTEs must not borrow its order's NTEs.
     """
+    if group is None:
+        return None
+    near = group._near
+    if near is None:
+        near = group._near = {}
+    elif name in near:  # every block of a group asks again (groups are built per message, never changed after)
+        return near[name]
+    found = _nearest(group, name)
+    near[name] = found
+    return found
+
+
+def _nearest(group: Group | None, name: str) -> list[Segment] | None:
     while group is not None:
         if name in group.allowed:
             return group.segments(name)

@@ -5,11 +5,19 @@ reader, a path, the tokenizer's leaf and a put: five to eight Python calls per
 rule, some 150 rules per ADT message. The generated function does the same
 work with the reads written out in line: the segments a block reads are found
 once at its top, a datatype's value is split once, a field is read with index
-arithmetic. Conditions, conversions (fn, table, datatype) and complex puts are
-still the compiled closures, called by name.
+arithmetic, a condition is a Python expression. Conditions it cannot write
+out, complex puts and steps without a plan stay the compiled closures,
+called by name.
+
+Blocks a rule builds from (a datatype's `use:`, a nested `rules:`) are
+written out inside their parent rather than called, up to a depth of four:
+their locals carry a tag of their own, and the scope they would have been
+called with is made only when an error needs its position. Conversions
+(`fn:`, `table:`) are written out as the library call and the table lookup,
+retried with positions only when they reject a value, as `call_at` does.
 
 What it generates from: the steps in _steps.py carry a `plan` attribute (what
-they are: first, each, constant, nested) and guarded steps a `when`. A step
+they are: first, each, constant, nested, conv, untidy) and guarded steps a `when`. A step
 without a plan, or a path shape this module does not write out (group paths,
 XPath, `[*]` segment repeats, MSH-1/2), is called as it is. So the generated
 function is the closures' own semantics, unrolled; a test runs every fixture
@@ -27,7 +35,9 @@ from typing import Any, Callable
 from adapters.hl7v2._tokenizer import EXPLICIT_NULL, unescape
 from adapters.hl7v2.groups import nearest
 from adapters.hl7v2.paths import ALL, SourcePath
-from router.mapping._steps import call_at
+from router.errors import MessageError
+from router.mapping._steps import call_at, location
+from router.mapping.library import _Values
 from router.mapping.runtime import Ref, Target
 
 ENABLED = True
@@ -53,41 +63,17 @@ _UNREAD = object()
 """What a generated function's value locals hold before their field is read."""
 
 
-def _field_value(seg: Any, f: int, r: int, comp: int, sub: int, msg: Any, reads: set[tuple[int, int]]) -> str | None:
-    """The one value a path `SEG-f[r+1].comp.sub` gives in a condition (as SourcePath.values would), or None."""
-    if seg is None:
-        return None
-    reads.add((seg.index, f))
-    reps = msg.repetitions(seg, f)
-    if r >= len(reps) or not (raw := reps[r]):
-        return None
-    if comp:
-        return msg.leaf(raw, comp, sub)  # type: ignore[no-any-return]
-    return raw if raw != EXPLICIT_NULL else None
-
-
 def generate(steps: tuple[Callable[..., bool], ...]) -> Build | None:
     """Return a function doing what running *steps* in order does, or None when no step can be written out."""
     if not ENABLED or not steps:
         return None
     g = _Gen()
-    body: list[str] = []
-    inlined = 0
-    for i, step in enumerate(steps):
-        lines = g.rule(i, step)
-        if lines is None:
-            body.append(f"    S{i}(scope, ctx, obj)")
-            g.names[f"S{i}"] = step
-        else:
-            inlined += 1
-            body.extend(lines)
+    body, inlined = g.body(steps)
     if not inlined:
         return None
-    head = ["def build(scope, ctx, obj):", *g.prologue()]
-    source = "\n".join([*head, *body, "    return obj"])
-    namespace: dict[str, Any] = {"_seg": _seg, "_field_value": _field_value, "_U": _UNREAD, "unescape": unescape, "NULL": EXPLICIT_NULL, **g.names}
-    exec(compile(source, "<helsebro mapping block>", "exec"), namespace)  # noqa: S102 - source from compile-time constants only (see module doc)
-    build: Build = namespace["build"]
+    head = ["def build(scope, ctx, obj):", *("    " + x for x in g.prologue())]
+    source = "\n".join([*head, *("    " + x for x in body), "    return obj"])
+    build: Build = _compile(source, "build", g.names, "<helsebro mapping block>")
     build.source = source  # type: ignore[attr-defined]  # for reading and debugging
     return build
 
@@ -100,51 +86,131 @@ def generate_values(paths: tuple[Any, ...]) -> Callable[[Any], list[str]] | None
     exprs = [g._value_expr(p) for p in paths]
     if any(e is None or e == "SEGMENT" for e in exprs):
         return None
-    lines = ["def values(scope):", *g.prologue(), "    out = []"]
+    lines = ["def values(scope):", *("    " + x for x in g.prologue()), "    out = []"]
     for e in exprs:
         lines += [f"    _t = {e}", "    if _t is not None:", "        out.append(_t)"]
     lines.append("    return out")
-    namespace: dict[str, Any] = {"_seg": _seg, "_field_value": _field_value, "_U": _UNREAD, "NULL": EXPLICIT_NULL, **g.names}
-    exec(compile("\n".join(lines), "<helsebro identity values>", "exec"), namespace)  # noqa: S102 - compile-time constants only
-    return namespace["values"]  # type: ignore[no-any-return]
+    return _compile("\n".join(lines), "values", g.names, "<helsebro identity values>")  # type: ignore[no-any-return]
 
 
-def _open_field(seg: str, f: int) -> list[str]:
-    """Lines reading field *f* of the segment in local *seg* into `raw` (marked read), ending inside `if raw:`."""
-    return [
-        f"if {seg} is not None:",
-        f"    reads.add(({seg}.index, {f}))",
-        f"    _f = {seg}.fields",
-        f"    raw = _f[{f}] if {f} < len(_f) else ''",
-        "    if raw:",
-    ]
+def _leaf_expr(part: str, sub: int) -> str:
+    """An expression for Hl7Message.leaf's answer, given an expression *part* for the component's text."""
+    if sub:
+        part = f"(_u[{sub - 1}] if {sub} <= len(_u := {part}.split(SUB)) else '')"
+    return f"(None if not (_t := {part}) or _t == NULL else (unescape(_t, delims) if ESC and ESC in _t else _t))"
+
+
+def _known(convert: Any) -> str | None:
+    """The type a rule's value has after *convert*: "str" (none), "dict" (a datatype's object) or None (unknown)."""
+    if convert is None:
+        return "str"
+    plan = getattr(convert, "plan", None)
+    return "dict" if plan is not None and plan[0] == "datatype" else None
+
+
+def _compile(source: str, name: str, names: dict[str, Any], filename: str) -> Any:
+    namespace: dict[str, Any] = {
+        "_seg": _seg, "_U": _UNREAD, "unescape": unescape, "NULL": EXPLICIT_NULL,
+        "MessageError": MessageError, "_Values": _Values, "call_at": call_at, "location": location, **names,
+    }
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - source from compile-time constants only (see module doc)
+    return namespace[name]
+
+
+_MAX_DEPTH = 4
+"""Datatype and nested blocks are written out inside their parent up to this depth; deeper ones are called."""
 
 
 class _Gen:
-    """The state of one generation: names bound in globals, segments and value reads hoisted."""
+    """One block's generation: its locals carry a tag, so blocks written out inside it keep theirs apart.
 
-    def __init__(self) -> None:
-        self.names: dict[str, Any] = {}
-        self.segments: dict[tuple[str, int, bool], str] = {}
-        self.uses_message = False
+    The root (tag "") is the generated function itself. A block written out in
+    line (a datatype's `use:`, a nested `rules:`) is a child `_Gen` with a tag
+    of its own: its locals, cached values and conditions are reset where its
+    code starts, as a call would. Its scope, needed only to name a position in
+    an error or to call a step that is not written out, is made on first use
+    (`scope.at(value, path, index)`, as the closures make it up front).
+    """
+
+    def __init__(self, parent: _Gen | None = None, *, scope: str = "scope", value: str | None = None, same_value: bool = False) -> None:
+        self.root: _Gen = parent.root if parent is not None else self
+        self.depth = 0 if parent is None else parent.depth + 1
+        self.tag = "" if parent is None else self.root._next_tag()
+        self._tags = 0
+        self.names: dict[str, Any] = {} if parent is None else self.root.names
+        self.segments: dict[tuple[str, int, bool], str] = {} if parent is None else self.root.segments
+        self.uses_message = False  # root only
         self.uses_value = False
-        self.conditions: dict[str, str] = {}  # condition text -> local holding its answer in this call
-        self.values: dict[tuple[Any, ...], str] = {}  # (segment var, field, rep, comp, sub) -> local holding the value
+        self.conditions: dict[str, str] = {}  # condition text -> local holding its answer in this block
+        self.values: dict[tuple[Any, ...], str] = {}  # (segment var, field, rep, comp, sub) -> local holding the value, read when first asked
+        self.relative: dict[tuple[Any, ...], str] = {}  # (V, None, 0, comp, sub) -> local holding a part of the value, read where the block starts
+        self.scope = scope  # an expression for this block's scope
+        self.value_src = value  # the expression holding a datatype child's value (None: scope.value, the root's)
+        self.obj = "obj" if parent is None else self.n("o")
+        self.lazy_scope = parent is not None and scope != parent.scope  # SC<tag> is made on first use
+        self.vnames = parent.vnames if same_value and parent is not None else (self.n("V"), self.n("VP"), self.n("NVP"))
+        self.same_value = same_value
+        self.parent = parent
+
+    def _next_tag(self) -> str:
+        self._tags += 1
+        return f"_{self._tags}_"
+
+    def n(self, base: str) -> str:
+        """This block's name for local or global *base*."""
+        return f"{base}{self.tag}"
+
+    def message(self) -> None:
+        self.root.uses_message = True
+
+    def value(self) -> None:
+        self.message()
+        self.uses_value = True
+        if self.same_value and self.parent is not None:
+            self.parent.value()
+
+    def body(self, steps: tuple[Callable[..., bool], ...]) -> tuple[list[str], int]:
+        """Lines running *steps* in order (not indented), and how many were written out."""
+        out: list[str] = []
+        inlined = 0
+        for i, step in enumerate(steps):
+            lines = self.rule(i, step)
+            if lines is None:
+                name = self.n(f"S{i}")
+                self.names[name] = step
+                out.append(f"{name}({self.scope}, ctx, {self.obj})")
+            else:
+                inlined += 1
+                out.extend(lines)
+        return out, inlined
 
     def prologue(self) -> list[str]:
-        """The function's first lines: what the body reads, found once."""
+        """The root function's first lines: what the body reads, found once."""
         head: list[str] = []
         if self.uses_message:
-            head += ["    msg = scope.message", "    reads = scope.reads", "    delims = msg.delims", "    REP = delims.repetition", "    COMP = delims.component", "    SUB = delims.subcomponent", "    ESC = delims.escape"]
+            head += ["msg = scope.message", "reads = scope.reads", "delims = msg.delims", "REP = delims.repetition", "COMP = delims.component", "SUB = delims.subcomponent", "ESC = delims.escape"]
         if self.uses_value:
-            head += ["    V = scope.value", "    VP = V.split(COMP) if V else ()", "    NVP = len(VP)"]
+            head += ["V = scope.value", "VP = V.split(COMP) if V else ()", "NVP = len(VP)"]
         for (name, k, current), var in self.segments.items():
-            head.append(f"    {var} = _seg(scope, {name!r}, {k}, {current})")
-        for var in self.conditions.values():
-            head.append(f"    {var} = None")
-        for var in self.values.values():
-            head.append(f"    {var} = _U")
-        return head
+            head += [f"{var} = _seg(scope, {name!r}, {k}, {current})", f"F{var} = {var}.fields if {var} is not None else ()", f"NF{var} = len(F{var})"]
+        return head + self._resets()
+
+    def _resets(self) -> list[str]:
+        out = [f"{var} = None" for var in self.conditions.values()] + [f"{var} = _U" for var in self.values.values()]
+        _, vp, nvp = self.vnames
+        for (_, _, _, comp, sub), var in self.relative.items():
+            out.append(f"{var} = {_leaf_expr(f'({vp}[{comp - 1}] if {comp} <= {nvp} else {chr(39) * 2})', sub)}")
+        return out
+
+    def child_start(self) -> list[str]:
+        """A child's first lines, where its code starts: its value split, its caches reset, its object."""
+        head: list[str] = []
+        if self.uses_value and not self.same_value:
+            v, vp, nvp = self.vnames
+            head += [f"{v} = {self.value_src}", f"{vp} = {v}.split(COMP) if {v} else ()", f"{nvp} = len({vp})"]
+        if self.lazy_scope:
+            head.append(f"{self.n('SC')} = None")
+        return head + self._resets() + [f"{self.obj} = {{}}"]
 
     def rule(self, i: int, step: Any) -> list[str] | None:
         plan = getattr(step, "plan", None)
@@ -152,18 +218,19 @@ class _Gen:
             return None
         kind = plan[0]
         when = getattr(step, "when", None)
-        ind = "    "
+        ind = ""
         out: list[str] = []
         if when is not None:
             out += self._guard(i, when)
-            ind = "        "
+            ind = "    "
         if kind == "const":
             _, value, put = plan
-            self.names[f"K{i}"] = value
-            inner = self._put(i, put, f"K{i}")
+            name = self.n(f"K{i}")
+            self.names[name] = value
+            inner = self._put(i, put, name, known={str: "str", dict: "dict"}.get(type(value)))
         elif kind == "nested":
             _, build, put = plan
-            inner = [f"o = {self._builder(i, build)}(scope, ctx, {{}})", "if o:", *("    " + x for x in self._put(i, put, "o"))]
+            inner = self._nested(i, build, put)
         elif kind == "first":
             _, path, convert, put = plan
             inner = self._first(i, path, convert, put)
@@ -175,31 +242,57 @@ class _Gen:
         elif kind == "ref":
             _, name, put = plan
             self.names["Ref"] = Ref
-            inner = [f"_b = ctx.bindings.get({name!r}, {name!r})", "v = Ref(ctx.env.get(_b, _b))", *self._put(i, put, "v", track=True)]
+            v = self.n("v")
+            inner = [f"_b = ctx.bindings.get({name!r}, {name!r})", f"{v} = Ref(ctx.env.get(_b, _b))", *self._put(i, put, v, track=True)]
         else:
             return None
         if inner is None:
             return None
         return out + [ind + line for line in inner]
 
+    def _child_steps(self, build: Any) -> tuple[Any, ...] | None:
+        """The steps of the block behind *build*, when it can be written out here."""
+        block = getattr(build, "__self__", None)
+        steps = getattr(block, "steps", None)
+        if self.depth + 1 > _MAX_DEPTH or not steps or getattr(block, "fast", None) is None:
+            return None
+        return steps  # type: ignore[no-any-return]
+
     def _builder(self, i: int, build: Any) -> str:
         """The name of a function (scope, ctx, obj) building a nested block: its generated one when it has one."""
         block = getattr(build, "__self__", None)
         fast = getattr(block, "fast", None)
-        self.names[f"B{i}"] = fast if fast is not None else build
-        return f"B{i}"
+        name = self.n(f"B{i}")
+        self.names[name] = fast if fast is not None else build
+        return name
+
+    def _nested(self, i: int, build: Any, put: Any) -> list[str]:
+        """`rules:` without `each:`: an object built in this same scope, written out here when it can be."""
+        steps = self._child_steps(build)
+        o = self.n("o")
+        if steps is None:
+            return [f"{o} = {self._builder(i, build)}({self.scope}, ctx, {{}})", f"if {o}:", *("    " + x for x in self._put(i, put, o))]
+        child = _Gen(self, scope=self.scope, same_value=True)
+        body, _ = child.body(steps)
+        return [*child.child_start(), *body, f"if {child.obj}:", *("    " + x for x in self._put(i, put, child.obj, known="dict"))]
 
     def _guard(self, i: int, when: Any) -> list[str]:
-        """Lines opening `if <condition>:`, the answer kept for the rest of this call (as the memo would)."""
+        """Lines opening `if <condition>:`, the answer kept for the rest of this block (as the memo would)."""
         text = getattr(when, "text", None)
         expr = self._cond(when) if getattr(when, "shape", None) is not None else None
         if expr is None or text is None:
-            self.names[f"W{i}"] = when
-            return [f"    if W{i}(scope):"]
+            name = self.n(f"W{i}")
+            self.names[name] = when
+            return [f"if {name}({self.scope}):"]
         var = self.conditions.get(text)
         if var is None:
-            var = self.conditions[text] = f"c{len(self.conditions)}"
-        return [f"    if {var} is None:", f"        {var} = bool({expr})", f"    if {var}:"]
+            var = self.conditions[text] = self.n(f"c{len(self.conditions)}")
+        return [f"if {var} is None:", f"    {var} = bool({expr})", f"if {var}:"]
+
+    def _opaque(self, pred: Any) -> str:
+        name = self.n(f"T{len(self.names)}")
+        self.names[name] = pred
+        return f"{name}({self.scope})"
 
     def _cond(self, pred: Any) -> str:
         shape = pred.shape
@@ -211,25 +304,21 @@ class _Gen:
         _, op, path, arg = shape
         value = self._value_expr(path)
         if value is None:
-            name = f"T{len(self.names)}"
-            self.names[name] = pred
-            return f"{name}(scope)"
+            return self._opaque(pred)
         if value == "SEGMENT":  # `PV1 valued`: is there such a segment here
             seg = self._segment_var(path)
             if op == "valued":
                 return f"({seg} is not None)"
             if op == "not valued":
                 return f"({seg} is None)"
-            name = f"T{len(self.names)}"
-            self.names[name] = pred
-            return f"{name}(scope)"
+            return self._opaque(pred)
         if op == "valued":
             return f"({value} is not None)"
         if op == "not valued":
             return f"({value} is None)"
         if op in ("=", "!="):
             return f"({value} {'==' if op == '=' else '!='} {arg!r})"
-        name = f"X{len(self.names)}"
+        name = self.n(f"X{len(self.names)}")
         self.names[name] = arg
         if op == "in":
             return f"({value} in {name})"
@@ -239,12 +328,17 @@ class _Gen:
         """An expression for the one value *path* gives (str or None), or SEGMENT, or None when it cannot be written out."""
         if type(path) is not SourcePath or path.decode_whole:
             return None  # whole values read as text: the closures undo their escapes
-        self.uses_message = True
+        self.message()
         if path.segment is None:
-            self.uses_value = True
+            self.value()
+            v = self.vnames[0]
             if not path.comp:
-                return "(V if V and V != NULL else None)"
-            return f"(msg.leaf(V, {path.comp}, {path.sub}) if V else None)"
+                return f"({v} if {v} and {v} != NULL else None)"
+            key = (v, None, 0, path.comp, path.sub)
+            var = self.relative.get(key)
+            if var is None:
+                var = self.relative[key] = self.n(f"rv{len(self.relative)}")
+            return var  # computed where the block starts (see child_start): reading a value's parts reads no field
         if path.rep == ALL:
             return None
         seg = self._segment_var(path)
@@ -256,75 +350,148 @@ class _Gen:
         key = (seg, path.field_no, r, path.comp, path.sub)
         var = self.values.get(key)
         if var is None:
-            var = self.values[key] = f"fv{len(self.values)}"
-        # Read once per call, when first asked: several conditions of a block test one field (OBX-2).
-        return f"({var} if {var} is not _U else ({var} := _field_value({seg}, {path.field_no}, {r}, {path.comp}, {path.sub}, msg, reads)))"
+            var = self.values[key] = self.n(f"fv{len(self.values)}")
+        # Read once per block, when first asked: several conditions of a block test one field (OBX-2).
+        # What _field_value does, as one expression: the field, marked read when valued, then the leaf.
+        f = path.field_no
+        rep = "_w.split(REP, 1)[0]" if r == 0 else f"(_r[{r}] if {r} < len(_r := _w.split(REP)) else '')"
+        if path.comp:
+            leaf = _leaf_expr(f"(_p[{path.comp - 1}] if {path.comp} <= len(_p := {rep}.split(COMP)) else '')", path.sub)
+        else:
+            leaf = f"(None if not (_t := {rep}) or _t == NULL else _t)"
+        read = f"(None if not (_w := (F{seg}[{f}] if {f} < NF{seg} else '')) else (reads.add(({seg}.index, {f})) or {leaf}))"
+        return f"({var} if {var} is not _U else ({var} := {read}))"
+
+    def _call(self, i: int, fn: Any, args: str, where: str, out: str, arity: int) -> list[str]:
+        """Lines calling library function *fn* on the list *args* into *out*; on a rejection, again with positions (as call_at)."""
+        name = self.n(f"FN{i}")
+        self.names[name] = fn
+        a = self.n("_a")
+        return [
+            f"{a} = {args}",
+            "try:",
+            f"    {out} = {name}.call(ctx.fn_ctx, _Values({a}, [{', '.join(['None'] * arity)}]))",
+            "except MessageError:",
+            f"    {out} = call_at({name}, ctx.fn_ctx, {a}, {self.scope}, {where})",
+        ]
 
     def _fn(self, i: int, fn: Any, paths: list[Any], put: Any) -> list[str] | None:
         exprs = [self._value_expr(p) for p in paths]
         if any(e is None or e == "SEGMENT" for e in exprs):
             return None
-        self.names[f"FN{i}"] = fn
-        self.names[f"WHERE{i}"] = tuple((p, 0) for p in paths)
-        self.names["call_at"] = call_at
-        return [f"v = call_at(FN{i}, ctx.fn_ctx, [{', '.join(exprs)}], scope, WHERE{i})", "if v is not None:", *("    " + x for x in self._put(i, put, "v"))]  # type: ignore[arg-type]
+        where = self.n(f"WHERE{i}")
+        self.names[where] = tuple((p, 0) for p in paths)
+        v = self.n("v")
+        return [*self._call(i, fn, f"[{', '.join(exprs)}]", where, v, len(exprs)), f"if {v} is not None:", *("    " + x for x in self._put(i, put, v))]  # type: ignore[arg-type]
 
-    def _put(self, i: int, put: Any, var: str, *, track: bool = False) -> list[str]:
-        """Lines placing *var* as Target.put would; *track* records where a Ref went (ref rules)."""
+    def _put(self, i: int, put: Any, var: str, *, track: bool = False, known: str | None = None) -> list[str]:
+        """Lines placing *var* as Target.put would; *track* records where a Ref went (ref rules).
+
+        *known* is the value's type when the rule's shape fixes it ("str": a
+        value read as it is; "dict": a datatype's object): then no list check.
+        """
         shape = getattr(put, "plan", None)
         target = getattr(put, "__self__", None)
+        obj = self.obj
         if track and isinstance(target, Target) and getattr(put, "__func__", None) is Target.put:
             shape = ("target", target.names, target.lists)
         elif track:
             shape = None
+        if shape is not None and shape[0] == "untidy":  # _steps.untidy: mark the resource for pruning, then place
+            _, always, inner = shape
+            inner_lines = self._put(i, inner, var, known=known)
+            if inner_lines and inner_lines[0].startswith(self.n(f"P{i}") + "("):
+                shape = None  # the inner put is opaque: call the wrapper as it is
+            elif always:
+                return ["ctx.untidy = True", *inner_lines]
+            elif known == "str":
+                return inner_lines
+            elif known == "dict":
+                return ["ctx.untidy = True", *inner_lines]
+            else:
+                return [f"if type({var}) is dict or type({var}) is list:", "    ctx.untidy = True", *inner_lines]
         if shape is not None and shape[0] == "set":
-            return [f"obj[{shape[1]!r}] = {var}"]
+            return [f"{obj}[{shape[1]!r}] = {var}"]
         if shape is None or shape[0] != "target":
-            self.names[f"P{i}"] = put
-            return [f"P{i}(obj, {var}, ctx)"]
+            name = self.n(f"P{i}")
+            self.names[name] = put
+            return [f"{name}({obj}, {var}, ctx)"]
         names, lists = shape[1], shape[2]
-        lines = ["_n = obj"]
+        lines = [f"_n = {obj}"]
         for name, is_list in zip(names[:-1], lists[:-1]):
             if is_list:
                 lines += [f"_l = _n.get({name!r})", "if _l is None:", f"    _l = _n[{name!r}] = [{{}}]", "elif not _l:", "    _l.append({})", "_n = _l[-1]"]
-            else:
-                lines += [f"_m = _n.get({name!r})", "if _m is None:", f"    _m = _n[{name!r}] = {{}}", "_n = _m"]
+            else:  # an empty dict already there is kept: setdefault returns it
+                lines += [f"_n = _n.get({name!r}) or _n.setdefault({name!r}, {{}})"]
         last = names[-1]
         if lists[-1]:
-            lines += [f"_l = _n.get({last!r})", "if _l is None:", f"    _l = _n[{last!r}] = []"]
+            lines += [f"_l = _n.get({last!r}) or _n.setdefault({last!r}, [])"]
             if track:  # a Ref value is never a list
                 lines += [f"ctx.ref_sites.append((_l, len(_l), {var}, ctx.current))", f"_l.append({var})"]
+            elif known is not None:
+                lines += [f"_l.append({var})"]
             else:
                 lines += [f"if type({var}) is list:", f"    _l.extend({var})", "else:", f"    _l.append({var})"]
         else:
             if track:
                 lines.append(f"ctx.ref_sites.append((_n, {last!r}, {var}, ctx.current))")
             lines.append(f"_n[{last!r}] = {var}")
+        if len(lines) == 3 and lines[1].startswith("_l = _n.get(") and lines[2] == f"_l.append({var})":  # one list at the top: one line
+            lines = [lines[1].replace("_l = _n.", f"({obj}.").replace(" or _n.", f" or {obj}.") + f").append({var})"]
         return lines
 
     def _convert(self, i: int, convert: Any, var: str, index: str) -> list[str]:
+        """Lines converting *var* in place, ending inside `if <var> is not None:`."""
         if convert is None:
             return []
         plan = getattr(convert, "plan", None)
-        if plan is not None and plan[0] == "datatype":  # build the datatype's object in a scope at the value
+        if plan is not None and plan[0] == "datatype":  # build the datatype's object from the value
             _, build, path = plan
-            self.names[f"PATH{i}"] = path
-            builder = self._builder(i, build)
-            return [f"{var} = {builder}(scope.at({var}, PATH{i}, {index}), ctx, {{}}) or None", f"if {var} is not None:"]
-        self.names[f"C{i}"] = convert
-        return [f"{var} = C{i}(scope, ctx, {var}, {index})", f"if {var} is not None:"]
+            pname = self.n(f"PATH{i}")
+            self.names[pname] = path
+            steps = self._child_steps(build)
+            if steps is None:
+                builder = self._builder(i, build)
+                return [f"{var} = {builder}({self.scope}.at({var}, {pname}, {index}), ctx, {{}}) or None", f"if {var} is not None:"]
+            tag = self.root._tags + 1  # the child's tag, known before it is made
+            sc = f"SC_{tag}_"
+            child = _Gen(self, scope=f"({sc} or ({sc} := {self.scope}.at({var}, {pname}, {index})))", value=var)
+            body, _ = child.body(steps)
+            start = child.child_start()
+            if child.lazy_scope and sc not in "\n".join(body):
+                start.remove(f"{sc} = None")
+            return [*start, *body, f"{var} = {child.obj} or None", f"if {var} is not None:"]
+        if plan is not None and plan[0] == "conv":  # fn: then table:, written out (as _steps.converter)
+            _, fn, table, codeable, path = plan
+            pname = self.n(f"PATH{i}")
+            self.names[pname] = path
+            lines: list[str] = []
+            if fn is not None:
+                lines += self._call(i, fn, f"[{var}]", f"(({pname}, {index}),)", var, 1)
+            if table is not None:
+                tname = self.n(f"TB{i}")
+                self.names[tname] = table
+                guard = [f"if {var} is not None:"] if fn is not None else []
+                ind = "    " if guard else ""
+                lines += guard + [
+                    f"{ind}try:",
+                    f"{ind}    {var} = {tname}.lookup({var}, None)",
+                    f"{ind}except MessageError:",
+                    f"{ind}    {var} = {tname}.lookup({var}, location({pname}, {self.scope}, {index}))",
+                ]
+                if codeable:
+                    lines += [f"{ind}if isinstance({var}, dict):", f"{ind}    {var} = {{'coding': [{var}]}}"]
+            return [*lines, f"if {var} is not None:"]
+        name = self.n(f"C{i}")
+        self.names[name] = convert
+        return [f"{var} = {name}({self.scope}, ctx, {var}, {index})", f"if {var} is not None:"]
 
-    def _leaf(self, src: str, comp: int, sub: int) -> list[str]:
-        """Lines turning repetition text *src* into `v` (str or None), as Hl7Message.leaf does."""
-        lines: list[str] = []
-        if comp:
-            lines += [f"_p = {src}.split(COMP)", f"v = _p[{comp - 1}] if {comp} <= len(_p) else ''"]
-            if sub:
-                lines += ["_s = v.split(SUB)", f"v = _s[{sub - 1}] if {sub} <= len(_s) else ''"]
-        else:  # a whole repetition stays escaped: its components are split later
-            return [f"v = {src} if {src} != NULL else None"]
-        lines += ["if not v or v == NULL:", "    v = None", "elif ESC and ESC in v:", "    v = unescape(v, delims)"]
-        return lines
+    def _leaf(self, src: str, comp: int, sub: int, v: str) -> list[str]:
+        """A line turning repetition text *src* into *v* (str or None), as Hl7Message.leaf does."""
+        if not comp:  # a whole repetition stays escaped: its components are split later
+            return [f"{v} = {src} if {src} != NULL else None"]
+        part = f"(_p[{comp - 1}] if {comp} <= len(_p := {src}.split(COMP)) else '')"
+        return [f"{v} = {_leaf_expr(part, sub)}"]
 
     def _segment_var(self, path: SourcePath) -> str | None:
         if path.seg_rep == ALL or (path.seg_rep is not None and path.seg_rep < 1):
@@ -340,39 +507,50 @@ class _Gen:
     def _first(self, i: int, path: Any, convert: Any, put: Any) -> list[str] | None:
         if type(path) is not SourcePath or path.decode_whole:
             return None
-        self.uses_message = True
-        tail = [*self._convert(i, convert, "v", "0")]
-        placed = self._put(i, put, "v")
+        self.message()
+        v = self.n("v")
+        tail = [*self._convert(i, convert, v, "0")]
+        placed = self._put(i, put, v, known=_known(convert))
         if tail:
             tail += ["    " + x for x in placed]
         else:
             tail = placed
         if path.segment is None:  # relative to a datatype's value
-            self.uses_value = True
-            comp, sub = path.comp, path.sub
-            if not comp:
-                lines = ["v = V if V and V != NULL else None"]  # a whole value stays escaped
+            self.value()
+            V, VP, NVP = self.vnames
+            if not path.comp:
+                lines = [f"{v} = {V} if {V} and {V} != NULL else None"]  # a whole value stays escaped
             else:
-                lines = [f"v = VP[{comp - 1}] if {comp} <= NVP else ''"]
-                if sub:
-                    lines += ["_s = v.split(SUB)", f"v = _s[{sub - 1}] if {sub} <= len(_s) else ''"]
-                lines += ["if not v or v == NULL:", "    v = None", "elif ESC and ESC in v:", "    v = unescape(v, delims)"]
-            return [*lines, "if v is not None:", *("    " + x for x in tail)]
+                lines = [f"{v} = {self._value_expr(path)}"]
+            return [*lines, f"if {v} is not None:", *("    " + x for x in tail)]
         if path.field_no is None or path.rep == ALL:
             return None
         seg = self._segment_var(path)
         if seg is None:
             return None
         f, r = path.field_no, (0 if path.rep is None else path.rep - 1)
-        lines = _open_field(seg, f)
+        raw = self.n("raw")
+        lines = self._open_field(seg, f, raw)
         if r == 0:
-            lines.append("        raw = raw.split(REP, 1)[0]")
+            lines.append(f"    {raw} = {raw}.split(REP, 1)[0]")
         else:
-            lines += ["        _r = raw.split(REP)", f"        raw = _r[{r}] if {r} < len(_r) else ''"]
-        lines.append("        if raw:")
-        lines += ["            " + x for x in self._leaf("raw", path.comp, path.sub)]
-        lines += ["            if v is not None:", *("                " + x for x in tail)]
+            lines += [f"    _r = {raw}.split(REP)", f"    {raw} = _r[{r}] if {r} < len(_r) else ''"]
+        lines.append(f"    if {raw}:")
+        lines += ["        " + x for x in self._leaf(raw, path.comp, path.sub, v)]
+        lines += [f"        if {v} is not None:", *("            " + x for x in tail)]
         return lines
+
+    def _open_field(self, seg: str, f: int, raw: str) -> list[str]:
+        """Lines reading field *f* of the segment in local *seg* into *raw*, ending inside `if raw:`.
+
+        The field is marked read only when it holds something: the reads feed
+        the unmapped report, which lists valued fields only.
+        """
+        return [
+            f"{raw} = F{seg}[{f}] if {f} < NF{seg} else ''",
+            f"if {raw}:",
+            f"    reads.add(({seg}.index, {f}))",
+        ]
 
     def _each(self, i: int, path: Any, convert: Any, put: Any) -> list[str] | None:
         if type(path) is not SourcePath or path.segment is None or path.field_no is None or path.rep != ALL or path.decode_whole:
@@ -380,21 +558,22 @@ class _Gen:
         seg = self._segment_var(path)
         if seg is None:
             return None
-        self.uses_message = True
+        self.message()
         f = path.field_no
-        self.names[f"PATH{i}"] = path
-        tail = [*self._convert(i, convert, "v", "k")]
-        placed = [*self._put(i, put, "v")]
+        self.names[self.n(f"PATH{i}")] = path
+        v, k, rv, raw = self.n("v"), self.n("k"), self.n("rv"), self.n("raw")
+        tail = [*self._convert(i, convert, v, k)]
+        placed = [*self._put(i, put, v, known=_known(convert))]
         body = (tail + ["    " + x for x in placed]) if tail else placed
         lines = [
-            *_open_field(seg, f),
-            "        k = 0",
-            "        for rv in raw.split(REP):",
-            "            if not rv:",
-            "                continue",
+            *self._open_field(seg, f, raw),
+            f"    {k} = 0",
+            f"    for {rv} in {raw}.split(REP):",
+            f"        if not {rv}:",
+            "            continue",
         ]
-        lines += ["            " + x for x in self._leaf("rv", path.comp, path.sub)]
-        lines += ["            if v is None:", "                continue"]
-        lines += ["            " + x for x in body]
-        lines.append("            k += 1")
+        lines += ["        " + x for x in self._leaf(rv, path.comp, path.sub, v)]
+        lines += [f"        if {v} is None:", "            continue"]
+        lines += ["        " + x for x in body]
+        lines.append(f"        {k} += 1")
         return lines

@@ -52,6 +52,7 @@ def untidy(put: Put, *, always: bool) -> Put:
             ctx.untidy = True
             put(obj, value, ctx)
 
+        mark.plan = ("untidy", True, put)  # type: ignore[attr-defined]  # for _codegen.py
         return mark
 
     def check(obj: dict[str, Any], value: Any, ctx: RunContext) -> None:
@@ -59,6 +60,7 @@ def untidy(put: Put, *, always: bool) -> Put:
             ctx.untidy = True
         put(obj, value, ctx)
 
+    check.plan = ("untidy", False, put)  # type: ignore[attr-defined]
     return check
 
 
@@ -214,6 +216,7 @@ def converter(fn: Function | None, table: Table | None, *, codeable: bool, path:
                 value = {"coding": [value]}
         return value
 
+    convert.plan = ("conv", fn, table, codeable, path)  # type: ignore[attr-defined]  # for _codegen.py
     return convert
 
 

@@ -106,22 +106,16 @@ def _patient_key(bundle: dict[str, Any]) -> str | None:
 
 
 def _unmapped(message: Any, reads: set[tuple[int, int]]) -> list[str]:
-    """Name every non-empty field that no rule read, e.g. `PID-19`, `ZPD[1]-2`."""
-    read_by_segment: dict[int, set[int]] = {}
-    for index, n in reads:
-        got = read_by_segment.get(index)
-        if got is None:
-            read_by_segment[index] = {n}
-        else:
-            got.add(n)
+    """Name every non-empty field that no rule read, e.g. `PID-19`, `ZPD[1]-2`.
+
+    Only valued fields are looked up in *reads*: most fields of a segment are empty.
+    """
     out: list[str] = []
     for seg in message.segments:
-        skip = read_by_segment.get(seg.index, _NOTHING)
-        if seg.name in _SKIP_BY_SEGMENT:
-            skip = skip | _SKIP_BY_SEGMENT[seg.name]
-        fields = seg.fields
-        for n in range(1, len(fields)):
-            value = fields[n]
-            if value and n not in skip and value != '""':
-                out.append(f"{seg.label}-{n}")
+        index = seg.index
+        skip = _SKIP_BY_SEGMENT.get(seg.name, _NOTHING)
+        valued = [n for n, value in enumerate(seg.fields) if value and value != '""' and n and n not in skip and (index, n) not in reads]
+        if valued:
+            label = seg.label
+            out += [f"{label}-{n}" for n in valued]
     return out
