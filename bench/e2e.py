@@ -7,12 +7,15 @@ Three runs, in one process tree, on one RabbitMQ:
    pipelined confirms and multiple acks the engine uses): what the broker and
    the client library allow on this machine;
 2. throughput: a backlog of `--n` ADT^A01 through `helsebro run --workers N`
-   (real processes: intake → partition queues → convert → record → ACK → ack),
-   timed from the first ACK on the replies queue to the n-th;
+   (real processes: partition queues → convert → record → ACK → ack),
+   timed from the first ACK on the replies queue to the n-th. The backlog is
+   published as `helsebro send` publishes, straight to each patient's
+   partition; `--via-intake` publishes with the plain routing key instead, as a
+   foreign sender does, so the intake's second hop is in the figure too;
 3. latency: messages published at `--rate` msg/s for `--seconds` by a separate
    process, each timed from publish to its ACK arriving on the replies queue.
 
-    python bench/e2e.py [--n 6000] [--workers 2] [--partitions 4] [--rate 200] [--seconds 10] [--record sqlite|postgresql]
+    python bench/e2e.py [--n 6000] [--workers 2] [--partitions 4] [--rate 200] [--seconds 10] [--record sqlite|postgresql] [--via-intake]
 
 Needs RabbitMQ on 127.0.0.1:5672 (and PostgreSQL for --record postgresql).
 No assertions: figures are printed, never tested.
@@ -200,18 +203,20 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="arrival rate for the latency run, msg/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
     parser.add_argument("--record", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--via-intake", action="store_true", help="publish with the plain routing key (a foreign sender): every message passes the intake")
     args = parser.parse_args()
     configure_logging(level="warning")
     with tempfile.TemporaryDirectory() as tmp:
         tag = uuid.uuid4().hex[:8]
         record = None if args.record == "sqlite" else f"{PG}?schema=bench_{tag}"
-        broker = {"partitions": args.partitions, "batch_max": args.batch_max, "prefetch": 2 * args.batch_max}
+        broker = {"partitions": args.partitions, "batch_max": args.batch_max, "prefetch": 2 * args.batch_max, "publish_to_partition": not args.via_intake}
         settings = isolated_settings(Path(tmp), broker_url=BROKER, record_url=record, tag=tag, broker=broker)
         try:
             ceiling = _ceiling(settings, args.n, args.workers, tag)
             print(f"ceiling, bare broker loop, {args.workers} processes (consume → publish → ack, batched, no work): {ceiling:,.0f} msg/s", flush=True)
             rate = _throughput(settings, args.n, args.workers, Path(tmp))
-            print(f"end to end, {args.workers} workers, {args.partitions} partitions, {args.record}, backlog of {args.n} ADT^A01: {rate:,.0f} msg/s = {rate / ceiling:.0%} of the ceiling", flush=True)
+            way = "via the intake" if args.via_intake else "straight to the partitions"
+            print(f"end to end, {args.workers} workers, {args.partitions} partitions ({way}), {args.record}, backlog of {args.n} ADT^A01: {rate:,.0f} msg/s = {rate / ceiling:.0%} of the ceiling", flush=True)
             lat = _latency(settings, args.workers, args.rate, args.seconds, Path(tmp))
             q = statistics.quantiles(lat, n=100)
             print(f"latency at {args.rate:.0f} msg/s for {args.seconds:.0f} s ({len(lat)} messages, publish → ACK received): p50 {q[49]:.1f} ms  p99 {q[98]:.1f} ms  max {max(lat):.1f} ms", flush=True)

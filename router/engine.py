@@ -226,6 +226,7 @@ class Engine:
             raise BrokerUnavailable(f"cannot connect: {type(exc).__name__}") from exc
         read_ahead(conn)
         topo = declare_topology(conn, self._settings)
+        self._warn_unconsumed_partition(conn, len(topo.partitions))
         self._publisher = Publisher(conn, self._settings, app_id="helsebro-run", pipelined=True)
         own, others = split_partitions(len(topo.partitions), *self._worker)
         prefetch = max(self._settings.engine.broker.prefetch, self._settings.engine.broker.batch_max)
@@ -243,6 +244,23 @@ class Engine:
         if own or not topo.partitions:
             self._inbound.start()
         self.started.set()
+
+    def _warn_unconsumed_partition(self, conn: Connection, partitions: int) -> None:
+        """Say so, as an error, when partition queue p<n> exists although this engine consumes p0..p<n-1>.
+
+        Publishers route straight to a partition (router/routing/partition.py); one
+        configured with more partitions than the engine declares (and binds) queues
+        that no worker consumes, and its messages would wait there unseen. A queue
+        left over from a larger `partitions` is named the same way: drain it, then delete it.
+        """
+        if partitions < 2:
+            return
+        name = f"{self._settings.engine.broker.names.inbound}.p{partitions}"
+        try:
+            depth = queue_depth(conn, name)
+        except BrokerUnavailable:
+            return  # no such queue: the normal case
+        self._log.error("partition_not_consumed", queue=name, depth=depth, partitions=partitions, fix="give every publisher the engine's broker.partitions; drain and delete the queue")
 
     def _disconnect(self) -> None:
         inbound, intake, publisher, conn = self._inbound, self._intake, self._publisher, self._conn

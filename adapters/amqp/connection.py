@@ -39,6 +39,7 @@ __all__ = [
     "is_embedded",
     "open_connection",
     "partition_count",
+    "partition_routing_key",
     "queue_depth",
     "read_ahead",
     "topology",
@@ -179,6 +180,11 @@ def partition_count(settings: Settings) -> int:
     return settings.engine.broker.partitions if settings.broker_url else 1
 
 
+def partition_routing_key(routing_key: str, k: int) -> str:
+    """Return the routing key that reaches partition queue *k* straight from the inbound exchange: `<routing_key>.p<k>`."""
+    return f"{routing_key}.p{k}"
+
+
 def topology(settings: Settings) -> Topology:
     """Build the kombu entities for `broker.names` and the destinations of routes.yaml (no I/O)."""
     names = settings.engine.broker.names
@@ -194,7 +200,9 @@ def topology(settings: Settings) -> Topology:
         return Queue(name, durable=True, auto_delete=False, queue_arguments=dict(args if arguments is None else arguments), **bind)
 
     n = partition_count(settings)
-    partitions = tuple(queue(f"{names.inbound}.p{k}", ordered) for k in range(n)) if n > 1 else ()
+    # Each partition is bound to the inbound exchange under its own key, so Helsebro's own publishers
+    # (Publisher.publish_inbound) can skip the intake; see router/routing/partition.py for the order.
+    partitions = tuple(queue(f"{names.inbound}.p{k}", ordered, exchange=exchange, routing_key=partition_routing_key(names.routing_key, k)) for k in range(n)) if n > 1 else ()
     destinations = tuple(_destination(settings, d, n, queue, ordered, args) for d in settings.routes.queued())
     legacy = tuple(queue(q) for q in _legacy_queues(settings))
     return Topology(

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 import amqp
 from kombu import Connection, Exchange, Producer, Queue
 
+from adapters.amqp._frames import Properties, publish_frames
 from adapters.amqp.connection import Topology, broker_errors, topology
 from router.errors import BrokerUnavailable
+from router.routing.partition import partition_of  # pure: the patient key from raw bytes, no I/O
 
 if TYPE_CHECKING:
     from router.settings import Settings
@@ -30,6 +32,26 @@ __all__ = ["Publisher"]
 
 _CONFIRM_TIMEOUT_SECONDS = 30
 _CONTENT_TYPE = "application/octet-stream"  # kombu then passes the bytes through untouched
+
+
+class _MessageIds:
+    """Unique message ids without a uuid4 (an os.urandom syscall) per publish: 96 random bits per run, then a counter.
+
+    32 hex digits, like a uuid4's hex; two publishers share a prefix with
+    probability 2**-96, and a publisher draws a new one after 2**32 ids.
+    """
+
+    __slots__ = ("_count", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix, self._count = uuid.uuid4().hex[:24], 0
+
+    def next(self) -> str:
+        """Return a fresh id."""
+        if self._count >= 0xFFFFFFFF:
+            self._prefix, self._count = uuid.uuid4().hex[:24], 0
+        self._count += 1
+        return f"{self._prefix}{self._count:08x}"
 
 
 class Publisher:
@@ -49,6 +71,12 @@ class Publisher:
         self._unconfirmed: set[int] = set()
         self._nacked = 0
         self._corked: tuple[Any, Any, list[bytes]] | None = None  # (transport, its write, frames held)
+        self._props = Properties(content_type=_CONTENT_TYPE, content_encoding="binary", app_id=app_id)
+        self._frame_max = 0
+        self._ids = _MessageIds()
+        self._inbound_key = str(self._topology.inbound.routing_key)
+        direct = settings.engine.broker.publish_to_partition
+        self._partition_keys = [str(q.routing_key) for q in self._topology.partitions] if direct else []
 
     def publish_to(self, exchange: str, routing_key: str, body: bytes, *, headers: Mapping[str, Any] | None = None, message_id: str | None = None, expiration_ms: int | None = None) -> str:
         """Publish *body* to *exchange* ("" for a queue by name) with *routing_key*; return its message id."""
@@ -86,8 +114,16 @@ class Publisher:
             raise BrokerUnavailable(f"publish not accepted: {what}")
 
     def publish_inbound(self, body: bytes, *, headers: Mapping[str, Any] | None = None, message_id: str | None = None) -> str:
-        """Publish *body* to the inbound exchange with the inbound routing key; return its message id."""
-        return self._publish(body, exchange=self._topology.exchange, routing_key=str(self._topology.inbound.routing_key), headers=headers, message_id=message_id)
+        """Publish *body* to the inbound exchange; return its message id.
+
+        With `broker.partitions` > 1 (and `broker.publish_to_partition`) the routing key
+        names the patient's partition (`<routing_key>.p<k>`, k from
+        router/routing/partition.py on the raw bytes), so the message skips the
+        intake's second hop; otherwise it is the inbound routing key. The order
+        argument is partition.py's docstring.
+        """
+        key = self._partition_keys[partition_of(body, len(self._partition_keys))] if self._partition_keys else self._inbound_key
+        return self._publish(body, exchange=self._topology.exchange, routing_key=key, headers=headers, message_id=message_id)
 
     def dead_letter(self, body: bytes, *, headers: Mapping[str, Any]) -> str:
         """Publish *body* to the dead-letter queue with its reason *headers*; return its message id."""
@@ -127,7 +163,7 @@ class Publisher:
                 pass  # the connection is gone already; nothing to release
 
     def _publish(self, body: bytes, *, exchange: Exchange | str, routing_key: str, headers: Mapping[str, Any] | None, message_id: str | None = None, expiration_ms: int | None = None) -> str:
-        message_id = message_id or str(uuid.uuid4())
+        message_id = message_id or self._ids.next()
         if self._pipelined:
             self._publish_pipelined(body, exchange=exchange if isinstance(exchange, str) else str(exchange.name), routing_key=routing_key, headers=headers, message_id=message_id, expiration_ms=expiration_ms)
             return message_id
@@ -159,20 +195,18 @@ class Publisher:
         return message_id
 
     def _publish_pipelined(self, body: bytes, *, exchange: str, routing_key: str, headers: Mapping[str, Any] | None, message_id: str, expiration_ms: int | None) -> None:
-        props: dict[str, Any] = {
-            "content_type": _CONTENT_TYPE, "content_encoding": "binary", "delivery_mode": 2,
-            "application_headers": dict(headers or {}), "message_id": message_id, "app_id": self._app_id,
-        }
-        if expiration_ms is not None:
-            props["expiration"] = str(expiration_ms)
+        """Encode the publish's frames (_frames.py) and hold them for flush(): no socket read or write per message."""
         try:
             channel = self._ensure_raw()
+            if channel.connection is None:
+                raise amqp.exceptions.RecoverableConnectionError("publish: channel closed")
             self._cork()
-            channel._basic_publish(amqp.Message(body, **props), exchange=exchange, routing_key=routing_key, mandatory=True)
+            frames = publish_frames(channel.channel_id, self._frame_max, exchange, routing_key, body, self._props.encode(headers, message_id, expiration_ms))
         except broker_errors(self._connection) as exc:
             self._drop_cork()
             self._raw = None
             raise BrokerUnavailable(f"publish failed: {type(exc).__name__}") from exc
+        self._corked[2].append(frames)  # type: ignore[index]  # set by _cork just above
         self._sent += 1
         self._unconfirmed.add(self._sent)
 
@@ -207,6 +241,7 @@ class Publisher:
             channel.events["basic_nack"].add(self._on_nack)
             channel.events["basic_return"].add(self._on_return)
             self._raw, self._sent = channel, 0
+            self._frame_max = int(self._connection.connection.frame_max)
             self._unconfirmed.clear()
             self._returned.clear()
             self._nacked = 0

@@ -1,5 +1,9 @@
 """Split the inbound stream into patient partitions: read a cheap patient key, forward the bytes, ack.
 
+Only what was published with the plain inbound routing key (foreign
+publishers, or `broker.publish_to_partition: false`) comes this way: Helsebro's
+own publishers route straight to the partition (router/routing/partition.py
+says why order per patient holds across both ways, and when it does not).
 With `broker.partitions` > 1 every worker subscribes to the inbound queue,
 which has a single active consumer, so one intake at a time forwards in
 arrival order; each partition queue then has one active consumer too, so

@@ -1,9 +1,38 @@
 """Pick a delivery's partition from its patient, cheaply, before it is converted.
 
-The intake (router/delivery/intake.py) calls `partition_of(body, n)` on every
-inbound delivery and forwards it to partition queue `p<k>`; one consumer is
-active per partition, so two messages about one patient are settled in the
-order they arrived, while different patients spread over the workers.
+Two ways lead into partition queue `<inbound>.p<k>`, and both ask
+`partition_of(body, n)`:
+- Helsebro's own publishers (Publisher.publish_inbound: `helsebro send`,
+  `helsebro dlq replay`, the test kit, the bench) publish straight to it, with
+  routing key `<routing_key>.p<k>` on the inbound exchange: one broker hop;
+- anything else publishes with the plain routing key to the inbound queue, and
+  the intake (router/delivery/intake.py, one active at a time) forwards it.
+One consumer is active per partition, so two messages about one patient are
+settled in the order they reached the partition, while different patients
+spread over the workers.
+
+Why order per patient still holds: the partition is a pure function of the
+bytes and n, so a patient's messages all go to one partition whichever way
+they come. Each way keeps its own order: RabbitMQ keeps the order of what one
+channel publishes to one queue, and the intake forwards in arrival order
+(single active consumer, confirmed before acked, a crash replays its batch
+in order). What the two ways do not share is the delay: a message published
+the plain way waits in the inbound queue and in the intake's batch, and
+one published the direct way meanwhile reaches the partition first. So one
+patient's messages can be reordered only when they arrive by both ways within
+that delay (the inbound queue's backlog plus one intake batch), i.e. when a
+foreign publisher and a Helsebro publisher (or a sender switching ways) send
+about the same patient at nearly the same time. Messages from two publishers
+have no order between them before they reach the broker either; a sender that
+needs its own order keeps to one way. `broker.publish_to_partition: false`
+sends everything through the intake.
+
+Every publisher must use the engine's `broker.partitions` (they read the same
+config/engine.yaml). A publisher that believes in more partitions than are
+bound gets its publish returned unroutable (mandatory): an error, never a
+silent loss. One that believes in fewer (but more than 1) would send some
+patients to another partition than the intake does: the same hazard as
+changing `partitions` while messages wait, and the same rule, drain first.
 
 The key is read from the raw bytes in microseconds, not by the mapping:
 - HL7 v2: PID-3, the repetition whose identifier type (CX-5) is a national

@@ -131,6 +131,40 @@ class TestRunWorkers:
         assert "needs RabbitMQ" in result.stderr
 
     @pytest.mark.integration
+    def test_send_publishes_straight_to_the_patients_partition(self, tmp_path):
+        """With partitions, `send` puts each file in its patient's partition queue (one broker hop); the intake's queue stays empty."""
+        from adapters.amqp.connection import topology
+        from router.routing.partition import partition_of
+
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 4})
+        try:
+            _write_messages(tmp_path / "in", 12)
+            result = _cli(settings, "send", str(tmp_path / "in"))
+            assert result.returncode == 0, result.stderr
+            bodies = [f.read_bytes() for f in sorted((tmp_path / "in").glob("*.hl7"))]
+            expected = [sum(1 for b in bodies if partition_of(b, 4) == k) for k in range(4)]
+            assert [queue_depth(settings, str(q.name)) for q in topology(settings).partitions] == expected
+            assert queue_depth(settings, settings.engine.broker.names.inbound) == 0
+        finally:
+            delete_queues(settings)
+
+    @pytest.mark.integration
+    def test_run_names_a_partition_beyond_its_own(self, tmp_path):
+        """A sender configured with more partitions declares queues no worker consumes: `run` says so at start, as an error."""
+        tag = f"sm{os.getpid()}"
+        settings = isolated_settings(tmp_path / "engine", broker_url=RABBIT, broker={"partitions": 4}, tag=tag)
+        sender = isolated_settings(tmp_path / "sender", broker_url=RABBIT, broker={"partitions": 5}, tag=tag)
+        try:
+            _write_messages(tmp_path / "in", 1)
+            assert _cli(sender, "send", str(tmp_path / "in")).returncode == 0  # declares p0..p4
+            result = _cli(settings, "run", "--until-idle", "1", timeout=120)
+            assert result.returncode == 0, result.stderr[-2000:]
+            [event] = [e for e in _events(result.stderr) if e["event"] == "partition_not_consumed"]
+            assert event["level"] == "error" and event["queue"] == f"{settings.engine.broker.names.inbound}.p4"
+        finally:
+            delete_queues(sender)
+
+    @pytest.mark.integration
     def test_two_workers_settle_everything_and_exit_0(self, tmp_path):
         """`run --workers 2` on four partitions settles every message once and exits 0 when idle."""
         settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 4})

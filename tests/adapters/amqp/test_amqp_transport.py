@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
 
@@ -166,3 +167,81 @@ class TestRedelivery:
         wait_until(lambda: got.extend(d.body for d in _take_all(inbound, timeout=0.5)) or len(got) >= 3, 30, what="all three back")
         assert got == [b"one", b"two", b"three"]
         inbound.stop()
+
+
+
+def _adt_bodies(count: int) -> list[bytes]:
+    from router.testing import adt_message
+    from schemas.identity import first_valid_fnr
+
+    return [adt_message("A01", control_id=f"D{i}", fnr=first_valid_fnr(1 + i % 28, 2, 81, 300 + i, synthetic=True), local_id=f"L{i}", visit=f"V{i}") for i in range(count)]
+
+
+@pytest.mark.integration
+class TestPublishToPartition:
+    """With partitions > 1, publish_inbound routes straight to the patient's partition queue (RabbitMQ only)."""
+
+    @pytest.fixture
+    def world(self, tmp_path):
+        """Settings factory sharing one tag (so one topology), with per-call broker overrides; queues deleted after."""
+        from router.testing import delete_queues
+
+        tag, made = f"pp{os.getpid()}{uuid.uuid4().hex[:6]}", []
+
+        def make(**broker):
+            s = isolated_settings(tmp_path / f"s{len(made)}", broker_url=RABBIT, tag=tag, broker={"partitions": 4, **broker})
+            made.append(s)
+            return s
+
+        yield make
+        delete_queues(made[0])
+
+    @pytest.mark.parametrize("pipelined", [False, True])
+    def test_lands_in_the_patients_partition_not_the_intake(self, world, pipelined):
+        """Each message waits in partition_of's queue; the inbound queue (the intake's) stays empty."""
+        from router.routing.partition import partition_of
+
+        s = world()
+        c = open_connection(s)
+        try:
+            topo = declare_topology(c, s)
+            p = Publisher(c, s, pipelined=pipelined)
+            bodies = _adt_bodies(12)
+            for body in bodies:
+                p.publish_inbound(body)
+            p.flush()
+            p.close()
+            expected = [sum(1 for b in bodies if partition_of(b, 4) == k) for k in range(4)]
+            assert sum(1 for n in expected if n) > 1, "the bodies spread over partitions"
+            assert [queue_depth(c, str(q.name)) for q in topo.partitions] == expected
+            assert queue_depth(c, s.engine.broker.names.inbound) == 0
+        finally:
+            c.release()
+
+    def test_switched_off_goes_through_the_intake(self, world):
+        """`broker.publish_to_partition: false` publishes with the plain routing key, to the inbound queue."""
+        s = world(publish_to_partition=False)
+        publish(s, _adt_bodies(12))
+        c = open_connection(s)
+        try:
+            assert queue_depth(c, s.engine.broker.names.inbound) == 12
+            assert all(queue_depth(c, str(q.name)) == 0 for q in topology(s).partitions)
+        finally:
+            c.release()
+
+    @pytest.mark.parametrize("pipelined", [False, True])
+    def test_more_partitions_than_bound_is_a_failed_publish(self, world, pipelined):
+        """A publisher configured with more partitions than the broker has bound gets an error, never a silent drop."""
+        from router.routing.partition import partition_of
+
+        engine_side, sender_side = world(), world(partitions=64)
+        beyond = next(b for b in _adt_bodies(60) if partition_of(b, 64) >= 4)
+        c = open_connection(engine_side)
+        try:
+            declare_topology(c, engine_side)  # four partitions bound; the sender believes in 64
+            p = Publisher(c, sender_side, pipelined=pipelined)
+            with pytest.raises(BrokerUnavailable):
+                p.publish_inbound(beyond)
+                p.flush()
+        finally:
+            c.release()
