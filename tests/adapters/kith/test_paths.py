@@ -1,0 +1,167 @@
+"""XPath sources read without the XPath engine must answer exactly as the engine would.
+
+adapters/kith/paths.py reads most mapping paths (`@V`, `po:Kode/@V`,
+`*[local-name()="Id"]`, `../po:X`, `mh:Id|fk1:Id`) through a plan of child
+steps over a per-message index of children instead of lxml's XPath. These tests
+run every path the KITH mappings use both ways, from every element of national
+examples and of a document built to hold the awkward cases, and require the
+same values, positions, groups and the same elements recorded as read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from lxml import etree
+
+from adapters.kith.paths import NodeText, XmlPath, XmlScope, _plan, bind, path_compiler, unmapped
+from adapters.kith.safe_xml import parse_xml
+from router.mapping import MappingSet
+from router.mapping.mapping_set import load_namespaces
+from router.settings import PROJECT_ROOT
+from tests.adapters.kith.conftest import FAMILIES, examples
+
+KITH = PROJECT_ROOT / "mappings" / "kith"
+PREFIXES = load_namespaces(KITH / "namespaces.yaml")
+
+# Namespaces, comments, PIs, unprefixed elements, blank attributes, nesting, mixed content.
+AWKWARD = b"""<?xml version="1.0" encoding="UTF-8"?>
+<r:Root xmlns:r="http://www.kith.no/xmlstds/msghead/2006-05-24" xmlns:f="http://www.kith.no/xmlstds/felleskomponent1" V="root">
+  <!-- a comment among the children -->
+  <r:Ident><r:Id> 1 </r:Id><r:TypeId V=" HER " DN="HER-id"/></r:Ident>
+  <?pi between?>
+  <r:Ident><f:Id>2</f:Id><Id>3</Id><r:TypeId V="  "/><f:TypeId V="ENH"/><TypeId V="X"/></r:Ident>
+  <r:Ident/>
+  <Id>bare</Id>
+  <r:Organisation><r:OrganisationName>Ytre<!-- c --> del</r:OrganisationName>
+    <r:Organisation><r:OrganisationName>Indre</r:OrganisationName><r:Ident><r:Id>9</r:Id></r:Ident></r:Organisation>
+  </r:Organisation>
+  <r:Empty V=""/><r:Coded V="K" S="1.2" DN="Kode"/><r:Text>  tekst <f:b>fet</f:b> slutt </r:Text>
+</r:Root>"""
+
+
+def _mapping_paths() -> list[str]:
+    """Every distinct path text the KITH mappings compile."""
+    texts: set[str] = set()
+    compile_path = path_compiler(PREFIXES)
+
+    def recording(text: str) -> XmlPath:
+        path = compile_path(text)
+        texts.add(path.text)
+        return path
+
+    MappingSet.load(KITH, recording)
+    return sorted(texts)
+
+
+PATHS = _mapping_paths()
+EXTRA = [
+    "@V", "@DN", ".", "..", "../..", "../@V", "*", "*/@V", "mh:Ident", "mh:Ident/mh:Id", "mh:Ident/*",
+    "mh:Id|fk1:Id|*[local-name()=\"Id\"]", "fk1:Id | mh:Id", "*[local-name()='TypeId']/@V",
+    "mh:Ident/mh:TypeId/@V|mh:Ident/fk1:TypeId/@V", "mh:Organisation/mh:Organisation/mh:OrganisationName",
+    "mh:Text", "mh:Empty/@V", "mh:Coded", "../mh:Ident/mh:Id", "*[local-name()=\"Organisation\"]/*",
+]
+PLANNED = [t for t in dict.fromkeys(PATHS + EXTRA) if _plan(t) is not None]
+
+
+def _documents() -> list[tuple[str, bytes]]:
+    docs = [("awkward", AWKWARD)]
+    for family in FAMILIES:
+        found = examples(family)
+        for path in dict.fromkeys(found[:1] + found[-1:]):
+            docs.append((str(path.relative_to(path.parents[2])), path.read_bytes()))
+    return docs
+
+
+def _observed(path: XmlPath, root: Any, node: Any, binding: Any) -> tuple[Any, ...]:
+    """Everything a mapping can see of one path's answer, each way of asking it from a fresh scope."""
+    out: list[Any] = []
+    for ask in ("resolve", "values", "reader"):
+        scope = XmlScope(root, node, binding, set())
+        if ask == "resolve":
+            answer: Any = [
+                (str(i.raw), isinstance(i.raw, NodeText), getattr(i.raw, "node", None), i.group, i.location) for i in path.resolve(scope)
+            ]
+        elif ask == "values":
+            answer = [(str(v), isinstance(v, NodeText)) for v in path.values(scope)]
+        else:
+            value = path.reader()(scope)
+            answer = (value if value is None else str(value), isinstance(value, NodeText))
+        out.append((ask, answer, {id(el) for el in scope.reads}))
+    return tuple(out)
+
+
+def test_the_mappings_mostly_skip_the_xpath_engine() -> None:
+    """The plan covers the everyday paths; if this drops, a mapping change lost the fast route."""
+    assert len(PLANNED) > 200
+    for text in ("@V", ".", "po:Kode/@V", '*[local-name()="Id"]', "../@komponentID", 'mh:Id|fk1:Id|*[local-name()="Id"]'):
+        assert _plan(text) is not None, text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["//po:X", "/mh:MsgHead", "(rq:Priority|../rq:Priority)/@V", "rq:Comment|../rq:Comment", '""', "local-name()",
+     "self::*", "po:A[1]", "po:A/text()", "ancestor::mh:MsgHead", ".//po:X", "mh:A/mh:B|fk1:C/mh:B", "@V|@DN", "po:A/@*"],
+)
+def test_what_the_plan_leaves_to_xpath(text: str) -> None:
+    """Predicates, axes, absolute paths and unions that could interleave go to the XPath engine."""
+    assert _plan(text) is None
+
+
+@pytest.mark.parametrize(("name", "data"), _documents(), ids=lambda v: v if isinstance(v, str) else "")
+def test_planned_paths_answer_as_xpath_does(name: str, data: bytes) -> None:
+    """From every element (the root too, where `..` leaves the tree), each planned path gives what XPath gives."""
+    root = parse_xml(data).getroot()
+    binding = bind(root, PREFIXES)
+    compile_path = path_compiler(PREFIXES)
+    nodes = list(root.iter(etree.Element))
+    for text in PLANNED:
+        planned = compile_path(text)
+        engine = compile_path(text)
+        engine._plan = None  # the XPath engine, as before plans existed
+        for node in nodes:
+            assert _observed(planned, root, node, binding) == _observed(engine, root, node, binding), (text, name, node.tag)
+
+
+def test_bind_shares_one_tuple_per_binding() -> None:
+    """XmlPath recognises a binding by identity, so equal bindings must be the same object."""
+    first = bind(parse_xml(AWKWARD).getroot(), PREFIXES)
+    again = bind(parse_xml(AWKWARD).getroot(), PREFIXES)
+    assert first == again and first is again
+
+
+def test_unmapped_names_positions_by_local_name() -> None:
+    """Repeated siblings get an index, comments are skipped, envelope-only leaves are not listed."""
+    root = parse_xml(AWKWARD).getroot()
+    assert unmapped(root, set()) == [
+        "/Root/Ident[1]/Id",
+        "/Root/Ident[1]/TypeId",
+        "/Root/Ident[2]/Id[1]",
+        "/Root/Ident[2]/Id[2]",
+        "/Root/Ident[2]/TypeId[1]",
+        "/Root/Ident[2]/TypeId[2]",
+        "/Root/Ident[2]/TypeId[3]",
+        "/Root/Id",
+        "/Root/Organisation/OrganisationName",
+        "/Root/Organisation/Organisation/OrganisationName",
+        "/Root/Organisation/Organisation/Ident/Id",
+        "/Root/Empty",
+        "/Root/Coded",
+        "/Root/Text/b",
+    ]
+    ident = root.find("{http://www.kith.no/xmlstds/msghead/2006-05-24}Ident")
+    assert "/Root/Ident[1]/Id" not in unmapped(root, {ident})
+
+
+def test_element_text_is_all_text_below_it_stripped() -> None:
+    """A leaf's own text, or every text below an element with children (comments add none)."""
+    from adapters.kith.paths import _text
+
+    root = parse_xml(AWKWARD).getroot()
+    for element in root.iter(etree.Element):
+        text = _text(element)
+        assert text == "".join(element.itertext()).strip() and text.node is element
+    ns = "{http://www.kith.no/xmlstds/msghead/2006-05-24}"
+    assert _text(root.find(f"{ns}Organisation/{ns}OrganisationName")) == "Ytre del"
+    assert _text(root.find(f"{ns}Text")) == "tekst fet slutt"
