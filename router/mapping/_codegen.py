@@ -1,4 +1,4 @@
-"""Generate one plain Python function per Block from its compiled steps: the fast path for HL7 v2.
+"""Generate one plain Python function per Block from its compiled steps: the fast path.
 
 Why: a Block's build calls each rule's step, and each step calls a guard, a
 reader, a path, the tokenizer's leaf and a put: five to eight Python calls per
@@ -18,8 +18,9 @@ retried with positions only when they reject a value, as `call_at` does.
 
 What it generates from: the steps in _steps.py carry a `plan` attribute (what
 they are: first, each, constant, nested, conv, untidy) and guarded steps a `when`. A step
-without a plan, or a path shape this module does not write out (group paths,
-XPath, `[*]` segment repeats, MSH-1/2), is called as it is. So the generated
+without a plan is called as it is; a path this module does not write out
+(XPath for the KITH messages, group paths, `[*]` segment repeats, MSH-1/2) is
+read through its own `reader()` or `values()`, as the closures read it. So the generated
 function is the closures' own semantics, unrolled; a test runs every fixture
 and the corpus both ways and compares the Bundles.
 
@@ -36,7 +37,7 @@ from adapters.hl7v2._tokenizer import EXPLICIT_NULL, unescape
 from adapters.hl7v2.groups import nearest
 from adapters.hl7v2.paths import ALL, SourcePath
 from router.errors import MessageError
-from router.mapping._steps import call_at, location
+from router.mapping._steps import call_at, location, reader
 from router.mapping.library import _Values
 from router.mapping.runtime import Ref, Target
 
@@ -377,8 +378,9 @@ class _Gen:
 
     def _fn(self, i: int, fn: Any, paths: list[Any], put: Any) -> list[str] | None:
         exprs = [self._value_expr(p) for p in paths]
-        if any(e is None or e == "SEGMENT" for e in exprs):
+        if any(e == "SEGMENT" for e in exprs):
             return None
+        exprs = [e if e is not None else self._reader(i, p, j) for j, (e, p) in enumerate(zip(exprs, paths))]
         where = self.n(f"WHERE{i}")
         self.names[where] = tuple((p, 0) for p in paths)
         v = self.n("v")
@@ -506,7 +508,7 @@ class _Gen:
 
     def _first(self, i: int, path: Any, convert: Any, put: Any) -> list[str] | None:
         if type(path) is not SourcePath or path.decode_whole:
-            return None
+            return self._first_read(i, path, convert, put)
         self.message()
         v = self.n("v")
         tail = [*self._convert(i, convert, v, "0")]
@@ -524,10 +526,10 @@ class _Gen:
                 lines = [f"{v} = {self._value_expr(path)}"]
             return [*lines, f"if {v} is not None:", *("    " + x for x in tail)]
         if path.field_no is None or path.rep == ALL:
-            return None
+            return self._first_read(i, path, convert, put)
         seg = self._segment_var(path)
         if seg is None:
-            return None
+            return self._first_read(i, path, convert, put)
         f, r = path.field_no, (0 if path.rep is None else path.rep - 1)
         raw = self.n("raw")
         lines = self._open_field(seg, f, raw)
@@ -539,6 +541,30 @@ class _Gen:
         lines += ["        " + x for x in self._leaf(raw, path.comp, path.sub, v)]
         lines += [f"        if {v} is not None:", *("            " + x for x in tail)]
         return lines
+
+    def _reader(self, i: int, path: Any, j: int = 0) -> str:
+        """An expression reading *path*'s first value (str or None) through its own reader, as _steps.first does."""
+        name = self.n(f"R{i}_{j}")
+        self.names[name] = reader(path)
+        return f"{name}({self.scope})"
+
+    def _first_read(self, i: int, path: Any, convert: Any, put: Any) -> list[str]:
+        """`from:` over a path this module does not write out (XPath, group paths): its reader, called once."""
+        v = self.n("v")
+        tail = [*self._convert(i, convert, v, "0")]
+        placed = self._put(i, put, v)
+        body = (tail + ["    " + x for x in placed]) if tail else placed
+        return [f"{v} = {self._reader(i, path)}", f"if {v} is not None:", *("    " + x for x in body)]
+
+    def _each_read(self, i: int, path: Any, convert: Any, put: Any) -> list[str]:
+        """`each:` over a path this module does not write out: its values, as _steps.each reads them."""
+        name = self.n(f"VALS{i}")
+        self.names[name] = getattr(path, "values", None) or (lambda scope: [item.raw for item in path.resolve(scope)])
+        v, k = self.n("v"), self.n("k")
+        tail = [*self._convert(i, convert, v, k)]
+        placed = self._put(i, put, v)
+        body = (tail + ["    " + x for x in placed]) if tail else placed
+        return [f"for {k}, {v} in enumerate({name}({self.scope})):", *("    " + x for x in body)]
 
     def _open_field(self, seg: str, f: int, raw: str) -> list[str]:
         """Lines reading field *f* of the segment in local *seg* into *raw*, ending inside `if raw:`.
@@ -554,10 +580,10 @@ class _Gen:
 
     def _each(self, i: int, path: Any, convert: Any, put: Any) -> list[str] | None:
         if type(path) is not SourcePath or path.segment is None or path.field_no is None or path.rep != ALL or path.decode_whole:
-            return None
+            return self._each_read(i, path, convert, put)
         seg = self._segment_var(path)
         if seg is None:
-            return None
+            return self._each_read(i, path, convert, put)
         self.message()
         f = path.field_no
         self.names[self.n(f"PATH{i}")] = path
