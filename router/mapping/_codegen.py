@@ -305,7 +305,7 @@ class _Gen:
         _, op, path, arg = shape
         value = self._value_expr(path)
         if value is None:
-            return self._opaque(pred)
+            return self._cond_values(pred, op, path, arg)
         if value == "SEGMENT":  # `PV1 valued`: is there such a segment here
             seg = self._segment_var(path)
             if op == "valued":
@@ -324,6 +324,31 @@ class _Gen:
         if op == "in":
             return f"({value} in {name})"
         return f"((_t := {value}) is not None and {name}.search(_t) is not None)"  # matches
+
+    def _cond_values(self, pred: Any, op: str, path: Any, arg: Any) -> str:
+        """A test on every value of a path not written out (XPath, `[*]`), as conditions.py's test does, its values read once per block."""
+        values = getattr(path, "values", None)
+        if values is None or type(path) is not SourcePath:
+            # XPath conditions stay the memoised predicate: its answer is kept per scope, across
+            # every block that asks it (Forsendelsesstatus in each template), which beats reading here.
+            return self._opaque(pred)
+        key = ("values", id(path))
+        var = self.values.get(key)
+        if var is None:
+            var = self.values[key] = self.n(f"fv{len(self.values)}")
+            self.names[self.n(f"VL{var}")] = values
+        vals = f"({var} if {var} is not _U else ({var} := {self.n(f'VL{var}')}({self.scope})))"
+        if op == "valued":
+            return f"bool({vals})"
+        if op == "not valued":
+            return f"(not {vals})"
+        if op in ("=", "!="):
+            return f"({arg!r} {'in' if op == '=' else 'not in'} {vals})"
+        name = self.n(f"X{len(self.names)}")
+        self.names[name] = arg
+        if op == "in":
+            return f"(not {name}.isdisjoint({vals}))"
+        return f"((_vl := {vals}) is not None and any({name}.search(_v) for _v in _vl))"  # matches (values are never None)
 
     def _value_expr(self, path: Any) -> str | None:
         """An expression for the one value *path* gives (str or None), or SEGMENT, or None when it cannot be written out."""
