@@ -219,26 +219,21 @@ def nearest(group: Group | None, name: str) -> list[Segment] | None:
     """Return the segments called *name* that belong to *group*, else to the nearest enclosing group.
 
     A group whose definition holds *name* answers for it even when it has none:
-    an OBSERVATION without NTEs must not borrow its order's NTEs.
+    an OBSERVATION without NTEs must not borrow its order's NTEs. None: no
+    group on the way up holds such segments, and the caller looks message-wide.
+    Each group keeps its answers (groups are built per message and never
+    change after), so a parent's answer is worked out once for all its children.
     """
     if group is None:
         return None
     near = group._near
     if near is None:
         near = group._near = {}
-    elif name in near:  # every block of a group asks again (groups are built per message, never changed after)
+    elif name in near:
         return near[name]
-    found = _nearest(group, name)
+    if name in group.allowed:
+        found: list[Segment] | None = group.segments(name)
+    else:
+        found = group.segments(name) or nearest(group.parent, name)  # a stray kept here (e.g. a Z-segment), else up
     near[name] = found
     return found
-
-
-def _nearest(group: Group | None, name: str) -> list[Segment] | None:
-    while group is not None:
-        if name in group.allowed:
-            return group.segments(name)
-        found = group.segments(name)  # a stray kept here (e.g. a Z-segment)
-        if found:
-            return found
-        group = group.parent
-    return None  # no group on the way up holds such segments: the caller looks message-wide

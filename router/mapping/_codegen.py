@@ -46,6 +46,9 @@ ENABLED = True
 
 Build = Callable[[Any, Any, dict[str, Any]], dict[str, Any]]
 
+_UNREAD = object()
+"""What a generated function's value locals hold before their field is read."""
+
 
 def _seg(scope: Any, name: str, k: int, current: bool) -> Any:
     """The segment a path `NAME-…` (current=True) or `NAME[k+1]-…` reads in *scope*, or None."""
@@ -54,14 +57,18 @@ def _seg(scope: Any, name: str, k: int, current: bool) -> Any:
         if seg is not None:
             return seg
     group = scope.group
-    segs = nearest(group, name) if group is not None else None
-    if segs is None:
+    if group is None:
         segs = scope.message.all(name)
+    else:
+        near = group._near  # nearest()'s answers, asked again by every block of the group
+        segs = near.get(name, _UNREAD) if near is not None else _UNREAD
+        if segs is _UNREAD:
+            segs = nearest(group, name)
+        if segs is None:
+            segs = scope.message.all(name)
     return segs[k] if k < len(segs) else None
 
 
-_UNREAD = object()
-"""What a generated function's value locals hold before their field is read."""
 
 
 def generate(steps: tuple[Callable[..., bool], ...]) -> Build | None:
