@@ -94,20 +94,22 @@ class Hl7Message:
 
     __slots__ = ("segments", "delims", "_by_name", "_comps", "_comp", "_sub", "_esc", "structure", "_root")
 
-    def __init__(self, segments: list[Segment], delims: Delimiters) -> None:
+    def __init__(self, segments: list[Segment], delims: Delimiters, by_name: dict[str, list[Segment]] | None = None) -> None:
         self.segments = segments
         self.delims = delims
-        by_name: dict[str, list[Segment]] = {}
-        for seg in segments:
-            same = by_name.get(seg.name)
-            if same is None:
-                by_name[seg.name] = [seg]
-            else:
-                same.append(seg)
-        for same in by_name.values():
-            if len(same) > 1:
-                for k, seg in enumerate(same, 1):
-                    seg.label = f"{seg.name}[{k}]"
+        if by_name is None:  # tokenize hands its index over; anyone else gets one built here
+            by_name = {}
+            for seg in segments:
+                same = by_name.get(seg.name)
+                if same is None:
+                    by_name[seg.name] = [seg]
+                else:
+                    same.append(seg)
+        if len(by_name) < len(segments):  # some name repeats: label each repeat by its place
+            for same in by_name.values():
+                if len(same) > 1:
+                    for k, seg in enumerate(same, 1):
+                        seg.label = f"{seg.name}[{k}]"
         self._by_name = by_name
         # A datatype mapping reads several components of one value: split it once.
         self._comps: dict[str, list[str]] = {}
@@ -201,14 +203,21 @@ def tokenize(text: str) -> Hl7Message:
     d = _DELIMITERS.get(head) or _delimiters(lines[0], head)
     fs = d.field
     segments: list[Segment] = []
+    by_name: dict[str, list[Segment]] = {}
     for i, line in enumerate(lines):
         parts = line.split(fs)
         name = _KNOWN_NAMES.get(parts[0]) or _segment_name(parts[0], i)
         if name == "MSH":
             parts = ["MSH", fs, *parts[1:]]
         parts[0] = name
-        segments.append(Segment(name, parts, i))
-    return Hl7Message(segments, d)
+        seg = Segment(name, parts, i)
+        segments.append(seg)
+        same = by_name.get(name)
+        if same is None:
+            by_name[name] = [seg]
+        else:
+            same.append(seg)
+    return Hl7Message(segments, d, by_name)
 
 
 _DELIMITERS: dict[str, Delimiters] = {}  # by the first nine characters of MSH, once they parsed

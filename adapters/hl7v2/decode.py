@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-from adapters.hl7v2._tokenizer import Delimiters, Hl7Message, tokenize
+from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Delimiters, Hl7Message, tokenize, unescape
 from router.contracts import MessageHeader
 from router.errors import DecodeError
 
@@ -144,9 +144,19 @@ def read_header(msg: Hl7Message) -> MessageHeader:
     if msh is None:  # tokenize guarantees MSH first; kept for type narrowing
         raise DecodeError("no MSH segment", location="MSH")
 
+    fields = msh.fields
+    d = msg.delims
+
     def comp(n: int, c: int = 1) -> str:
-        reps = msg.repetitions(msh, n)
-        return (msg.leaf(reps[0], c, 0) or "") if reps else ""
+        # Hl7Message.leaf of the first repetition, "" for none, in one call: every message reads eleven.
+        raw = fields[n] if n < len(fields) else ""
+        if not raw:
+            return ""
+        parts = raw.split(d.repetition, 1)[0].split(d.component)
+        value = parts[c - 1] if c <= len(parts) else ""
+        if not value or value == EXPLICIT_NULL:
+            return ""
+        return unescape(value, d) if d.escape and d.escape in value else value
 
     return MessageHeader(
         sending_application=comp(3),
