@@ -14,11 +14,8 @@ RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
 PATIENTS, STEPS = 40, 5
 
 
-@pytest.mark.integration
-def test_two_workers_keep_per_patient_order(tmp_path):
-    """Every patient's messages are settled in the order they were published, and both workers settle some."""
-    settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 4, "batch_max": 20})
-    fnrs = [first_valid_fnr(1 + i % 28, 1 + i % 12, 77, 200 + i, synthetic=True) for i in range(PATIENTS)]
+def _recorder():
+    """A list of settled control ids, in settling order, and the on_settled callback that fills it from any thread."""
     order: list[str] = []
     lock = threading.Lock()
 
@@ -26,6 +23,21 @@ def test_two_workers_keep_per_patient_order(tmp_path):
         with lock:
             order.append(s.control_id)
 
+    return order, settled
+
+
+def _assert_in_order(order: list[str]) -> None:
+    for p in range(PATIENTS):
+        steps = [int(c.rsplit("-", 1)[1]) for c in order if c.startswith(f"P{p:03d}-")]
+        assert steps == list(range(STEPS)), f"patient {p} settled out of order"
+
+
+@pytest.mark.integration
+def test_two_workers_keep_per_patient_order(tmp_path):
+    """Every patient's messages are settled in the order they were published, and both workers settle some."""
+    settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 4, "batch_max": 20})
+    fnrs = [first_valid_fnr(1 + i % 28, 1 + i % 12, 77, 200 + i, synthetic=True) for i in range(PATIENTS)]
+    order, settled = _recorder()
     handles = [run_engine_in_thread(settings, converter=Converter(settings), on_settled=settled, worker_index=i, workers=2, standby_delay=30) for i in range(2)]
     try:
         publish(settings, [
@@ -37,9 +49,7 @@ def test_two_workers_keep_per_patient_order(tmp_path):
         for h in handles:
             h.stop()
         delete_queues(settings)
-    for p in range(PATIENTS):
-        steps = [int(c.rsplit("-", 1)[1]) for c in order if c.startswith(f"P{p:03d}-")]
-        assert steps == list(range(STEPS)), f"patient {p} settled out of order"
+    _assert_in_order(order)
     assert all(h.stats.messages > 0 for h in handles), "both workers take their own partitions"
 
 
@@ -52,13 +62,7 @@ def test_direct_and_intake_publishers_both_keep_per_patient_order(tmp_path):
 
     settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 4, "batch_max": 20})
     fnrs = [first_valid_fnr(1 + i % 28, 1 + i % 12, 78, 200 + i, synthetic=True) for i in range(PATIENTS)]
-    order: list[str] = []
-    lock = threading.Lock()
-
-    def settled(s) -> None:
-        with lock:
-            order.append(s.control_id)
-
+    order, settled = _recorder()
     handles = [run_engine_in_thread(settings, converter=Converter(settings), on_settled=settled, worker_index=i, workers=2, standby_delay=30) for i in range(2)]
     foreign = 0
     try:
@@ -83,7 +87,5 @@ def test_direct_and_intake_publishers_both_keep_per_patient_order(tmp_path):
         for h in handles:
             h.stop()
         delete_queues(settings)
-    for p in range(PATIENTS):
-        steps = [int(c.rsplit("-", 1)[1]) for c in order if c.startswith(f"P{p:03d}-")]
-        assert steps == list(range(STEPS)), f"patient {p} settled out of order"
+    _assert_in_order(order)
     assert sum(h.stats.intake_forwarded for h in handles) == foreign
