@@ -31,6 +31,7 @@ ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 """A FHIR logical id (R4 §2.24.0.1: id datatype)."""
 
 _METHODS = frozenset({"PUT", "POST", "DELETE"})
+_QUERY_SPECIAL = ("&", "%", "+")  # what makes parse_qsl split or unquote
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,11 @@ def _parse_url(url: str, where: str) -> tuple[str, str | None, Criteria | None]:
 
 def parse_criteria(query: str, where: str) -> Criteria:
     """Split a conditional request's query (`identifier=sys|val&_id=x`) into pairs."""
-    pairs = tuple(parse_qsl(query.lstrip("?"), keep_blank_values=True))
+    query = query.lstrip("?")
+    name, eq, value = query.partition("=")
+    if eq and not any(c in query for c in _QUERY_SPECIAL) and "=" not in value:
+        return ((name, value),)  # one plain pair, as every mapped entry has: what parse_qsl returns, without its cost
+    pairs = tuple(parse_qsl(query, keep_blank_values=True))
     if not pairs:
         raise InvalidContent("condition is empty", location=where)
     return pairs

@@ -137,8 +137,12 @@ class Lookups:
         for rid in found:
             self._holding.setdefault((resource_type, rid), set()).add(criteria)
 
-    def wrote(self, resource_type: str, id_: str, body: dict[str, Any], *, version: int, digest: str, deleted: bool) -> None:
-        """Follow a write: its current version, and which cached criteria now list it."""
+    def wrote(self, resource_type: str, id_: str, body: dict[str, Any], *, version: int, digest: str, deleted: bool,
+              tokens: set[tuple[str, str]] | None = None) -> None:
+        """Follow a write: its current version, and which cached criteria now list it.
+
+        *tokens* are the body's (system, value) identifiers when the caller has them already.
+        """
         self.current[(resource_type, id_)] = Current(version, deleted, digest)
         for criteria in self._holding.pop((resource_type, id_), ()):
             found = self.found.get((resource_type, criteria))
@@ -146,7 +150,7 @@ class Lookups:
                 found.remove(id_)
         if deleted:
             return
-        for system, value in set(identifiers(body)):
+        for system, value in set(identifiers(body)) if tokens is None else tokens:
             criteria = (("identifier", f"{system}|{value}"),)
             found = self.found.get((resource_type, criteria))
             if found is not None:

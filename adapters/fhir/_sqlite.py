@@ -6,11 +6,16 @@ Before it, a writer takes an `flock` on `<file>-writer.lock`: SQLite's own busy
 handler polls with sleeps of 1, 2, 5 … 100 ms, so two busy workers would wait
 far longer than the other's transaction lasts; the kernel wakes an flock
 waiter the moment the lock is released.
+
+Checkpoints are not done by COMMIT (SQLite's automatic checkpoint would copy and
+fsync inside it, under that lock): a WalCheckpointer thread does them, and the
+writer only steps in when the log passes `wal_limit` (see _checkpoint.py).
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +23,16 @@ from typing import Any, Iterator, Sequence
 
 import orjson
 
+from adapters.fhir._checkpoint import WalCheckpointer
 from adapters.fhir._store import SCHEMA, SqlRecord
 from adapters.fhir._transaction import Db
 from router.contracts import FhirJson
 from router.errors import RecordUnavailable
+from router.logging import get_logger
+
+WAL_LIMIT = 64 * 1024 * 1024
+"""Bytes of write-ahead log past which a writer checkpoints in line, as SQLite's own automatic checkpoint
+would: the bound on the log when the checkpointer is failing or always overtaken."""
 
 
 class _SqliteDb:
@@ -43,21 +54,31 @@ class _SqliteDb:
 class SqliteRecord(SqlRecord):
     """The record in a SQLite file, created with its schema on open."""
 
-    def __init__(self, path: Path, *, busy_timeout: float = 10.0) -> None:
+    # SQLite's file lock covers every identity: the apply skips computing advisory-lock keys.
+    uses_lock_keys = False
+
+    def __init__(self, path: Path, *, busy_timeout: float = 10.0, checkpoint_interval: float = 0.5, wal_limit: int = WAL_LIMIT) -> None:
         """Open (creating if needed) the record at *path*.
 
         Args:
             busy_timeout: seconds a writer waits for another's lock before the
                 apply fails with RecordUnavailable.
+            checkpoint_interval: least seconds between two background checkpoints.
+            wal_limit: bytes of log past which a commit is followed by a checkpoint in line.
 
         Raises:
             RecordUnavailable: the file cannot be created, opened or migrated.
         """
         super().__init__()
         self._writer_lock: Any = None
+        self._wal_path = path.with_name(path.name + "-wal")
+        self._wal_limit = wal_limit
+        self._log = get_logger("record")
+        lock_path = path.with_name(path.name + "-writer.lock")
+        self._checkpointer = WalCheckpointer(path, writer_lock=lock_path, restart_at=wal_limit // 4, interval=checkpoint_interval, log=self._log)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer_lock = open(path.with_name(path.name + "-writer.lock"), "ab")  # noqa: SIM115  # held for the record's life
+            self._writer_lock = open(lock_path, "ab")  # noqa: SIM115  # held for the record's life
             # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread is
             # off because the record's own lock serialises use across threads.
             self._conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
@@ -74,8 +95,18 @@ class SqliteRecord(SqlRecord):
             finally:
                 fcntl.flock(self._writer_lock.fileno(), fcntl.LOCK_UN)
             # NORMAL in WAL mode: a commit survives a process crash; only an OS crash
-            # can lose the last transactions, never corrupt the file.
+            # can lose the last transactions, never corrupt the file. The log is fsynced
+            # at each checkpoint, so that window is about one checkpoint_interval.
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            # No checkpoint inside COMMIT: the checkpointer thread does them (see _after_commit).
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
+            # When the log starts over, its file is cut back to an eighth of the limit,
+            # below where the checkpointer makes it start over (a quarter): so the file's
+            # size, which the checkpointer and the writer check, follows the log's length.
+            self._conn.execute(f"PRAGMA journal_size_limit={wal_limit // 8}")
+            # 32 MiB of page cache (SQLite's default is 2 MiB): a batch's index inserts land on
+            # pages all over the indexes, which the default cache re-reads from the OS again and again.
+            self._conn.execute("PRAGMA cache_size=-32768")
             with self._transaction([]):
                 for statement in SCHEMA:
                     self._conn.execute(statement.format(body="TEXT"))
@@ -85,7 +116,8 @@ class SqliteRecord(SqlRecord):
             raise RecordUnavailable("cannot prepare the SQLite record") from exc
 
     def close(self) -> None:
-        """Close the connection."""
+        """Stop the checkpointer and close the connection (the last one to close checkpoints what is left)."""
+        self._checkpointer.close()
         with self._lock:
             self._conn.close()
             if self._writer_lock is not None:
@@ -108,6 +140,7 @@ class SqliteRecord(SqlRecord):
             except sqlite3.Error as exc:
                 raise RecordUnavailable("SQLite record is busy") from exc
             try:
+                changes = self._conn.total_changes
                 yield _SqliteDb(self._conn)
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -116,9 +149,34 @@ class SqliteRecord(SqlRecord):
             except BaseException:
                 self._rollback()
                 raise
+            if self._conn.total_changes != changes:
+                self._after_commit()
         finally:
             if self._writer_lock is not None:
                 fcntl.flock(self._writer_lock.fileno(), fcntl.LOCK_UN)
+
+    def _after_commit(self) -> None:
+        """Hand the checkpoint to the checkpointer; past the limit, checkpoint here, still under the writer lock.
+
+        The in-line checkpoint is the fallback (the checkpointer failing, or always
+        overtaken), so it may cost the other worker a wait: under the lock, no
+        writer comes between it and the next BEGIN, which then starts the log over.
+        It is PASSIVE, as SQLite's automatic one was: it never waits for readers.
+        A failure of it is logged, not raised: the commit is done.
+        """
+        try:
+            size = os.stat(self._wal_path).st_size
+        except OSError:
+            size = 0
+        if size <= self._wal_limit:
+            self._checkpointer.notify()
+            return
+        try:
+            busy, frames, done = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            self._log.warning("record_checkpoint_failed", path=self._wal_path.name, error=type(exc).__name__, reason=str(exc), inline=True)
+            return
+        self._log.info("record_checkpoint_inline", wal_bytes=size, frames=frames, checkpointed=done, busy=busy)
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:

@@ -73,6 +73,10 @@ class SqlRecord(ABC):
     which then take turns. For parallel work, open one record per thread or process.
     """
 
+    uses_lock_keys = True
+    """Whether `_transaction` needs the identity-lock keys; a backend whose one write lock covers
+    every identity (SQLite) says False and the apply skips computing them."""
+
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._remembered = 0
@@ -86,7 +90,7 @@ class SqlRecord(ABC):
             RecordUnavailable: the database is unreachable or busy; retry later.
         """
         entries = parse_bundle(bundle)
-        keys = lock_keys(entries)
+        keys = lock_keys(entries) if self.uses_lock_keys else []
         now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         with self._lock, self._transaction(keys) as db:
             lookups = Lookups.prefetch(db, [entries])
@@ -123,7 +127,7 @@ class SqlRecord(ABC):
             except MessageError as exc:
                 out[i] = exc
         while parsed:
-            locks = sorted({k for entries in parsed.values() for k in lock_keys(entries)})
+            locks = sorted({k for entries in parsed.values() for k in lock_keys(entries)}) if self.uses_lock_keys else []
             now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             done: dict[int, ApplyResult] = {}
             current = -1
@@ -132,6 +136,7 @@ class SqlRecord(ABC):
                     applied = self._applied_before(db, [keys[i] for i in parsed if keys[i]]) if keys is not None else set()
                     lookups = Lookups.prefetch(db, [entries for i, entries in parsed.items() if keys is None or keys[i] not in applied])
                     stamp = time.time()
+                    marks: list[tuple[str, float]] = []
                     for i, entries in parsed.items():
                         current = i
                         key = keys[i] if keys is not None else None
@@ -140,10 +145,12 @@ class SqlRecord(ABC):
                             continue
                         done[i] = ApplyResult(apply_entries(db, entries, now, lookups))
                         if key is not None:
-                            db.execute(_MARK_APPLIED, (key, stamp))
+                            marks.append((key, stamp))
                             applied.add(key)  # a second copy in this batch is the same message
                     lookups.flush(db)  # the batch's writes, one statement per kind
                     if keys is not None:
+                        if marks:
+                            db.execute_many(_MARK_APPLIED, marks)  # in the same transaction as the writes
                         self._purge_applied(db, stamp)
             except MessageError as exc:
                 out[current] = exc
@@ -188,8 +195,7 @@ class SqlRecord(ABC):
             return
         with self._lock, self._transaction([]) as db:
             stamp = time.time()
-            for key in keys:
-                db.execute(_MARK_APPLIED, (key, stamp))
+            db.execute_many(_MARK_APPLIED, [(key, stamp) for key in keys])
             self._purge_applied(db, stamp)
 
     def seen(self, keys: Sequence[str], *, window_seconds: float) -> set[str]:
@@ -215,8 +221,7 @@ class SqlRecord(ABC):
             return
         now = time.time()
         with self._lock, self._transaction([]) as db:
-            for key in keys:
-                db.execute(_REMEMBER, (key, now))
+            db.execute_many(_REMEMBER, [(key, now) for key in keys])
             self._remembered += 1
             if self._remembered % _FORGET_EVERY == 0:
                 db.execute("DELETE FROM helsebro_seen WHERE seen_at < ?", (now - window_seconds,))

@@ -167,7 +167,7 @@ class _Writer:
         tokens = set() if deleted else set(identifiers(body))
         refs = set() if deleted else set(references(body))
         self._lookups.write(resource_type, id_, version, deleted, self._now, text, digest, existed=existed, tokens=tokens, refs=refs)
-        self._lookups.wrote(resource_type, id_, body, version=version, digest=digest, deleted=deleted)
+        self._lookups.wrote(resource_type, id_, body, version=version, digest=digest, deleted=deleted, tokens=tokens)
 
     def _find(self, resource_type: str, criteria: Criteria) -> list[str]:
         created = self._created.get((resource_type, criteria))
