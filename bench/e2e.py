@@ -41,7 +41,7 @@ from adapters.amqp.connection import declare_topology, open_connection, queue_de
 from adapters.amqp.inbound import Inbound, ack_all
 from adapters.amqp.outbound import Publisher
 from router.logging import configure_logging
-from router.testing import adt_message, delete_queues, isolated_settings, settings_env, wait_until
+from router.testing import adt_message, delete_queues, drop_schema, isolated_settings, settings_env, wait_until
 from schemas.identity import first_valid_fnr
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -222,6 +222,8 @@ def main() -> None:
             print(f"latency at {args.rate:.0f} msg/s for {args.seconds:.0f} s ({len(lat)} messages, publish → ACK received): p50 {q[49]:.1f} ms  p99 {q[98]:.1f} ms  max {max(lat):.1f} ms", flush=True)
         finally:
             delete_queues(settings)
+            if record is not None:
+                drop_schema(PG, f"bench_{tag}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from router.pipeline.convert import Converter  # noqa: E402
 from router.pipeline.settle import applied_key  # noqa: E402
 from router.settings import Settings, load_settings  # noqa: E402
-from router.testing import adt_message  # noqa: E402
+from router.testing import adt_message, drop_schema  # noqa: E402
 from schemas.identity import first_valid_fnr  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -129,11 +129,7 @@ def main() -> None:
                 p.join()
         finally:
             if args.record == "postgresql":
-                import psycopg
-                from psycopg import sql
-
-                with psycopg.connect(PG, autocommit=True) as conn:
-                    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+                drop_schema(PG, schema)
     total = args.n * args.procs
     wall = max(g[0] for g in got)
     cpu = sum(g[1] for g in got)

@@ -222,3 +222,12 @@ def delete_queues(settings: Settings) -> None:
         delete_topology(conn, settings)
     finally:
         conn.release()
+
+
+def drop_schema(url: str, schema: str) -> None:
+    """Drop PostgreSQL *schema* at *url* and everything in it: tests and benches clean up the schema they made."""
+    import psycopg  # only the PostgreSQL tests and benches get here
+    from psycopg import sql
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

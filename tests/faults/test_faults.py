@@ -29,11 +29,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
-import psycopg
 import pytest
 
 from adapters.fhir.rest import make_server
-from router.testing import adt_message, delete_queues, drain_queue, isolated_settings, publish, queue_depth, settings_env, wait_until
+from router.testing import adt_message, delete_queues, drain_queue, drop_schema, isolated_settings, publish, queue_depth, settings_env, wait_until
 from schemas.identity import FNR_SYSTEM, first_valid_fnr
 
 pytestmark = pytest.mark.integration
@@ -217,8 +216,7 @@ def world(tmp_path):
                 server.shutdown()
                 server.server_close()
                 delete_queues(settings)
-                with psycopg.connect(POSTGRES, autocommit=True) as conn:
-                    conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+                drop_schema(POSTGRES, schema)
 
 
 def _drained(settings) -> bool:

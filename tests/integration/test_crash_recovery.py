@@ -14,10 +14,9 @@ import sys
 import uuid
 from pathlib import Path
 
-import psycopg
 import pytest
 
-from router.testing import adt_message, delete_queues, drain_queue, isolated_settings, publish, settings_env, wait_until
+from router.testing import adt_message, delete_queues, drain_queue, drop_schema, isolated_settings, publish, settings_env, wait_until
 from schemas.identity import FNR_SYSTEM, first_valid_fnr
 
 pytestmark = pytest.mark.integration
@@ -38,8 +37,7 @@ def settings(request, tmp_path):
     if rabbit:
         delete_queues(s)
     if pg:
-        with psycopg.connect(POSTGRES, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        drop_schema(POSTGRES, schema)
 
 
 def _people():

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import uuid
 
-import psycopg
 import pytest
-from psycopg import sql
 
 from adapters.fhir.record import open_record
 from router.settings import Settings
+from router.testing import drop_schema
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -26,8 +25,7 @@ def record_url(request, tmp_path):
         return
     schema = f"helsebro_{uuid.uuid4().hex[:12]}"
     yield f"{PG_URL}?schema={schema}"
-    with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    drop_schema(PG_URL, schema)
 
 
 @pytest.fixture
