@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
 import orjson

@@ -6,8 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from router.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from router.pipeline.convert import Converter
 from router.routing.match import Router
 from router.routing.model import RoutesConfig
 from router.testing import adt_message
