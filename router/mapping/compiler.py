@@ -17,6 +17,7 @@ from typing import Any, Callable
 from router.errors import MappingError
 from router.mapping import fhir_model
 from router.mapping._codegen import generate, generate_values
+from router.mapping._steps import reader
 from router.mapping._yaml import Pos, YList, YMap, load_yaml
 from router.mapping.conditions import ConditionSyntaxError, Predicate, compile_condition
 from router.mapping.library import LIBRARY, call
@@ -135,8 +136,6 @@ class Template:
     fallback_values: Callable[[Any], list[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from router.mapping._steps import reader
-
         readers = tuple(reader(p) for p in self.fallback)  # the first value of each path
         self.fallback_values = generate_values(self.fallback) or (lambda scope: [v for read in readers if (v := read(scope)) is not None])
 
@@ -155,6 +154,11 @@ class ResourceUse:
     children: list[ResourceUse] = field(default_factory=list)  # produced inside each instance
     write: str = "update"  # "update": PUT on identity (the message is the truth); "create": only if absent
     explicit: frozenset[str] = frozenset()  # parameters bound with `with:` (must name produced resources)
+    read_source: Callable[[Any], Any] | None = field(default=None, init=False, repr=False)  # reads `source`'s first value
+
+    def __post_init__(self) -> None:
+        if self.source is not None:
+            self.read_source = reader(self.source)  # what source.resolve(scope)[0].raw gives, without the Items
 
 
 @dataclass(slots=True)

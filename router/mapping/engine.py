@@ -97,8 +97,8 @@ class _Run:
                     out.append(scope.at(item.raw, use.each, k))  # its position worked out only for an error
             return out
         if use.source is not None:
-            items = use.source.resolve(scope)
-            return [scope.at(items[0].raw, use.source, 0)] if items else []
+            raw = use.read_source(scope)  # type: ignore[misc]  # set whenever source is
+            return [scope.at(raw, use.source, 0)] if raw is not None else []
         return [scope]
 
     def _one(self, use: ResourceUse, scope: Any, inst: str) -> bool:
