@@ -250,11 +250,19 @@ def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: s
                 raise _err(f"table {table.name} maps to {bad[0]!r}, which {target_text} does not allow ({', '.join(leaf.enum)})", node.pos("table"))
 
     def transform(scope: Any, ctx: RunContext, item: Any) -> Any:
+        # A position is worked out only for an error (an XML element's walks its siblings):
+        # library functions and tables are pure, so a rejection is asked again with it.
         value: Any = item.raw
         if fn is not None:
-            value = call(fn, ctx.fn_ctx, [value], [item.location])
+            try:
+                value = call(fn, ctx.fn_ctx, [value], [None])
+            except MessageError:
+                value = call(fn, ctx.fn_ctx, [value], [item.location])
         if table is not None and value is not None:
-            value = table.lookup(value, item.location)
+            try:
+                value = table.lookup(value, None)
+            except MessageError:
+                value = table.lookup(value, item.location)
             if isinstance(value, dict) and leaf.type_name == "CodeableConcept":
                 value = {"coding": [value]}
         return value
