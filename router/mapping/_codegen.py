@@ -320,17 +320,7 @@ class _Gen:
             if op == "not valued":
                 return f"({seg} is None)"
             return self._opaque(pred)
-        if op == "valued":
-            return f"({value} is not None)"
-        if op == "not valued":
-            return f"({value} is None)"
-        if op in ("=", "!="):
-            return f"({value} {'==' if op == '=' else '!='} {arg!r})"
-        name = self.n(f"X{len(self.names)}")
-        self.names[name] = arg
-        if op == "in":
-            return f"({value} in {name})"
-        return f"((_t := {value}) is not None and {name}.search(_t) is not None)"  # matches
+        return self._test(op, arg, value, many=False)
 
     def _cond_values(self, pred: Any, op: str, path: Any, arg: Any) -> str:
         """A test on every value of a path not written out (XPath, `[*]`), as conditions.py's test does, its values read once per block."""
@@ -345,17 +335,25 @@ class _Gen:
             var = self.values[key] = self.n(f"fv{len(self.values)}")
             self.names[self.n(f"VL{var}")] = values
         vals = f"({var} if {var} is not _U else ({var} := {self.n(f'VL{var}')}({self.scope})))"
+        return self._test(op, arg, vals, many=True)
+
+    def _test(self, op: str, arg: Any, value: str, *, many: bool) -> str:
+        """The expression for `<value> <op> <arg>`: *value* gives one value or None, or (*many*) a list of values."""
         if op == "valued":
-            return f"bool({vals})"
+            return f"bool({value})" if many else f"({value} is not None)"
         if op == "not valued":
-            return f"(not {vals})"
+            return f"(not {value})" if many else f"({value} is None)"
         if op in ("=", "!="):
-            return f"({arg!r} {'in' if op == '=' else 'not in'} {vals})"
+            if many:
+                return f"({arg!r} {'in' if op == '=' else 'not in'} {value})"
+            return f"({value} {'==' if op == '=' else '!='} {arg!r})"
         name = self.n(f"X{len(self.names)}")
         self.names[name] = arg
         if op == "in":
-            return f"(not {name}.isdisjoint({vals}))"
-        return f"((_vl := {vals}) is not None and any({name}.search(_v) for _v in _vl))"  # matches (values are never None)
+            return f"(not {name}.isdisjoint({value}))" if many else f"({value} in {name})"
+        if many:  # matches (values are never None)
+            return f"((_vl := {value}) is not None and any({name}.search(_v) for _v in _vl))"
+        return f"((_t := {value}) is not None and {name}.search(_t) is not None)"  # matches
 
     def _value_expr(self, path: Any) -> str | None:
         """An expression for the one value *path* gives (str or None), or SEGMENT, or None when it cannot be written out."""
