@@ -68,6 +68,15 @@ class Record(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class OutboundCaseResult:
+    """The outcome of one outbound mapping case (HL7 v2 or KITH): what `helsebro mappings test` prints."""
+
+    name: str
+    passed: bool
+    detail: str  # a unified diff, or why the case could not run
+
+
 @dataclass(slots=True)
 class Converted:
     """One message's conversion: a Bundle or an error, plus the ids the journal needs.

@@ -21,7 +21,7 @@ import orjson
 
 from adapters.hl7v2._er7 import CHARSETS, DEFAULT_CHARSET
 from adapters.hl7v2.outbound import load_outbound, load_tables
-from router.contracts import Converted, MessageHeader
+from router.contracts import Converted, MessageHeader, OutboundCaseResult
 from router.errors import MappingError, MessageError
 from router.mapping._yaml import YMap, load_yaml
 
@@ -37,15 +37,6 @@ class OutboundCase:
     name: str
     folder: Path
     mapping: Path
-
-
-@dataclass(frozen=True, slots=True)
-class OutboundCaseResult:
-    """The outcome of one case."""
-
-    name: str
-    passed: bool
-    detail: str  # a unified diff, or why the case could not run
 
 
 def find_outbound_cases(root: Path) -> list[OutboundCase]:

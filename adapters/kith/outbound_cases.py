@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from adapters.kith._outbound import load_outbound
+from router.contracts import OutboundCaseResult as KithOutboundCaseResult  # one result type for both formats' cases
 from router.errors import ConfigError, MappingError, MessageError
 
 if TYPE_CHECKING:
@@ -62,15 +63,6 @@ class KithOutboundCase:
     def expected_error(self) -> Path:
         """`<case>.expected-error.txt`: the reason the source must be refused with."""
         return self.source.with_name(f"{self.source.stem}.expected-error.txt")
-
-
-@dataclass(frozen=True, slots=True)
-class KithOutboundCaseResult:
-    """The outcome of one case."""
-
-    name: str
-    passed: bool
-    detail: str  # a unified diff, or why the case could not run
 
 
 def find_kith_outbound_cases(root: Path) -> list[KithOutboundCase]:
