@@ -10,9 +10,8 @@ import pytest
 from adapters.hl7v2.render import Hl7v2Renderer
 from router.contracts import Converted
 from router.errors import ConfigError, MessageError, UnknownMessage
-from router.pipeline.convert import Converter
 from router.routing.model import QueueDestination
-from router.settings import OwnConfig, load_settings
+from router.settings import OwnConfig
 
 FNR = "15866112379"  # synthetic (Tenor), as in the inbound fixtures
 ADT_A01 = (
@@ -21,16 +20,6 @@ ADT_A01 = (
     f"PID|1||{FNR}^^^NOR^FNR~4471002^^^STOLAV^PI||NORDMANN^OLA^K||19610615|M|||Storgata 1^^TRONDHEIM^^7011^NOR^H\r"
     "PV1|1|I|MED^301^2^STOLAV||||9144900^LEGE^LISA^^^^^^HPR^^^^HPR||||||||||||V25-0001^^^STOLAV^VN|||||||||||||||||||||||||20250110082500\r"
 ).encode("utf-8")
-
-
-@pytest.fixture(scope="module")
-def settings():
-    return load_settings(environ={})
-
-
-@pytest.fixture(scope="module")
-def converter(settings):
-    return Converter(settings)
 
 
 @pytest.fixture

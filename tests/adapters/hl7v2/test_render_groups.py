@@ -17,9 +17,8 @@ from adapters.hl7v2.outbound import load_outbound, load_tables
 from adapters.hl7v2.render import Hl7v2Renderer
 from router.contracts import Converted, MessageHeader
 from router.errors import MessageError
-from router.pipeline.convert import Converter
 from router.routing.model import QueueDestination
-from router.settings import PROJECT_ROOT, load_settings
+from router.settings import PROJECT_ROOT
 
 SHIPPED = PROJECT_ROOT / "mappings" / "outbound" / "hl7v2"
 CASES = SHIPPED / "ORU_R01.cases"
@@ -240,16 +239,6 @@ def _results(bundle: dict) -> list[tuple]:
             value = {k: v for k, v in obs.items() if k.startswith("value")}
             out.append((report["code"]["coding"][0]["code"], report["status"], obs["code"]["coding"][0]["code"], value, obs["status"]))
     return out
-
-
-@pytest.fixture(scope="module")
-def settings():
-    return load_settings(environ={})
-
-
-@pytest.fixture(scope="module")
-def converter(settings):
-    return Converter(settings)
 
 
 def test_docs_group_example_loads(tmp_path):
