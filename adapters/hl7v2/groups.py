@@ -33,6 +33,8 @@ class _Def:
     min: int
     max: int  # -1: unbounded
     children: tuple[_Def, ...] = ()
+    starts: frozenset[str] = frozenset()  # segment names that can start it (through optional leading children)
+    allowed: frozenset[str] = frozenset()  # for a group: the segments its definition holds directly
 
 
 @dataclass(slots=True)
@@ -44,7 +46,7 @@ class Group:
     parent: Group | None = field(default=None, repr=False, compare=False)
     allowed: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # segments the standard puts directly here
     _direct: dict[str, list[Segment]] | None = field(default=None, repr=False, compare=False)  # built on first lookup
-    _near: dict[str, list[Segment] | None] | None = field(default=None, repr=False, compare=False)  # nearest()'s answers here
+    _near: dict[str, list[Segment]] | None = field(default=None, repr=False, compare=False)  # near_map(): nearest()'s answers here
 
     def groups(self, name: str) -> list[Group]:
         """Return the direct child groups called *name*."""
@@ -82,12 +84,25 @@ class Group:
 
 
 def _convert(defn: Any, prefix: str) -> tuple[_Def, ...]:
+    """Convert hl7apy's definition, working out each child's start set and direct segments once.
+
+    Matching asks both for every segment it places; as fields they cost an
+    attribute read, where working them out (or hashing the nested definition
+    to find them in a cache) cost a walk of the children each time.
+    """
     out = []
     for name, sub, (lo, hi), kind in defn[1]:
         if kind == "GRP":
-            out.append(_Def(name[len(prefix):] if name.startswith(prefix) else name, True, lo, hi, _convert(sub, prefix)))
+            children = _convert(sub, prefix)
+            starts: set[str] = set()
+            for child in children:
+                starts |= child.starts
+                if child.min > 0:
+                    break
+            allowed = frozenset(c.name for c in children if not c.is_group)
+            out.append(_Def(name[len(prefix):] if name.startswith(prefix) else name, True, lo, hi, children, frozenset(starts), allowed))
         else:
-            out.append(_Def(name, False, lo, hi))
+            out.append(_Def(name, False, lo, hi, (), frozenset({name})))
     return tuple(out)
 
 
@@ -110,25 +125,14 @@ def structure(name: str) -> tuple[_Def, ...] | None:
     return _convert(defn, name + "_") if defn else None
 
 
-def _first(d: _Def) -> frozenset[str]:
-    """Segment names that can start *d* (through optional leading children)."""
-    if not d.is_group:
-        return frozenset({d.name})
-    out: set[str] = set()
-    for child in d.children:
-        out |= _first(child)
-        if child.min > 0:
-            break
-    return frozenset(out)
-
-
 def _match(defs: tuple[_Def, ...], segs: list[Segment], i: int, into: Group) -> int:
+    n = len(segs)
     for d in defs:
         count = 0
-        starts = _first(d)
-        while i < len(segs) and (d.max == -1 or count < d.max) and segs[i].name in starts:
+        starts = d.starts
+        while i < n and (d.max == -1 or count < d.max) and segs[i].name in starts:
             if d.is_group:
-                sub = Group(d.name, parent=into, allowed=_direct(d.children))
+                sub = Group(d.name, parent=into, allowed=d.allowed)
                 j = _match(d.children, segs, i, sub)
                 if j == i:
                     break
@@ -221,19 +225,36 @@ def nearest(group: Group | None, name: str) -> list[Segment] | None:
     A group whose definition holds *name* answers for it even when it has none:
     an OBSERVATION without NTEs must not borrow its order's NTEs. None: no
     group on the way up holds such segments, and the caller looks message-wide.
-    Each group keeps its answers (groups are built per message and never
-    change after), so a parent's answer is worked out once for all its children.
     """
-    if group is None:
-        return None
+    return None if group is None else near_map(group).get(name)
+
+
+def near_map(group: Group) -> dict[str, list[Segment]]:
+    """Return what `nearest` answers in *group*, for every segment name at once.
+
+    Built once per group (groups never change once a message's tree is built)
+    from its parent's map: a copy, then the names the group's definition holds
+    (even when it has none of them) and the strays kept here. Every block of a
+    group reads its segments through it, so one dict lookup answers each.
+    """
     near = group._near
     if near is None:
-        near = group._near = {}
-    elif name in near:
-        return near[name]
-    if name in group.allowed:
-        found: list[Segment] | None = group.segments(name)
-    else:
-        found = group.segments(name) or nearest(group.parent, name)  # a stray kept here (e.g. a Z-segment), else up
-    near[name] = found
-    return found
+        parent = group.parent
+        near = dict(near_map(parent)) if parent is not None else {}
+        allowed = group.allowed
+        direct: dict[str, list[Segment]] = {}
+        for item in group.items:
+            if not isinstance(item, Group):
+                same = direct.get(item.name)
+                if same is None:
+                    direct[item.name] = [item]
+                else:
+                    same.append(item)
+        group._direct = direct
+        for n in allowed:
+            near[n] = direct.get(n, [])
+        for n, segs in direct.items():
+            if n not in allowed:
+                near[n] = segs
+        group._near = near
+    return near

@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from adapters.hl7v2._tokenizer import EXPLICIT_NULL, unescape
-from adapters.hl7v2.groups import nearest
+from adapters.hl7v2.groups import near_map
 from adapters.hl7v2.paths import ALL, SourcePath
 from router.errors import MessageError
 from router.mapping._steps import call_at, location, reader
@@ -60,10 +60,8 @@ def _seg(scope: Any, name: str, k: int, current: bool) -> Any:
     if group is None:
         segs = scope.message.all(name)
     else:
-        near = group._near  # nearest()'s answers, asked again by every block of the group
-        segs = near.get(name, _UNREAD) if near is not None else _UNREAD
-        if segs is _UNREAD:
-            segs = nearest(group, name)
+        near = group._near  # nearest()'s answers for every name, built once per group
+        segs = (near if near is not None else near_map(group)).get(name)
         if segs is None:
             segs = scope.message.all(name)
     return segs[k] if k < len(segs) else None
@@ -80,7 +78,7 @@ def generate(steps: tuple[Callable[..., bool], ...]) -> Build | None:
     if not inlined:
         return None
     head = ["def build(scope, ctx, obj):", *("    " + x for x in g.prologue())]
-    source = "\n".join([*head, *("    " + x for x in body), "    return obj"])
+    source = "\n".join(_guards([*head, *("    " + x for x in body), "    return obj"], g.guards))
     build: Build = _compile(source, "build", g.names, "<helsebro mapping block>")
     build.source = source  # type: ignore[attr-defined]  # for reading and debugging
     return build
@@ -99,6 +97,33 @@ def generate_values(paths: tuple[Any, ...]) -> Callable[[Any], list[str]] | None
         lines += [f"    _t = {e}", "    if _t is not None:", "        out.append(_t)"]
     lines.append("    return out")
     return _compile("\n".join(lines), "values", g.names, "<helsebro identity values>")  # type: ignore[no-any-return]
+
+
+_GUARD = "\x00"
+"""Marks a guard line until the block is complete: `<indent>\x00<var>\x00<condition>`."""
+
+
+def _guards(lines: list[str], uses: dict[str, int]) -> list[str]:
+    """Write out each guard once the block is complete and it is known how often its condition is asked.
+
+    A condition asked once in its block is tested in place (`if <test>:`);
+    one asked again keeps its answer in a local, as the memo would, so it is
+    worked out once. Asking twice gives the same answer either way: a test
+    only reads the message (its one effect, marking a field read, repeats harmlessly).
+    """
+    out: list[str] = []
+    for line in lines:
+        at = line.find(_GUARD)
+        if at == -1:
+            out.append(line)
+            continue
+        indent = line[:at]
+        var, expr = line[at + 1 :].split(_GUARD, 1)
+        if uses[var] == 1:
+            out.append(f"{indent}if {expr}:")
+        else:
+            out += [f"{indent}if {var} is None:", f"{indent}    {var} = bool({expr})", f"{indent}if {var}:"]
+    return out
 
 
 def _leaf_expr(part: str, sub: int) -> str:
@@ -150,6 +175,7 @@ class _Gen:
         self.uses_message = False  # root only
         self.uses_value = False
         self.conditions: dict[str, str] = {}  # condition text -> local holding its answer in this block
+        self.guards: dict[str, int] = {} if parent is None else self.root.guards  # condition local -> how many rules it guards
         self.values: dict[tuple[Any, ...], str] = {}  # (segment var, field, rep, comp, sub) -> local holding the value, read when first asked
         self.relative: dict[tuple[Any, ...], str] = {}  # (V, None, 0, comp, sub) -> local holding a part of the value, read where the block starts
         self.scope = scope  # an expression for this block's scope
@@ -204,7 +230,8 @@ class _Gen:
         return head + self._resets()
 
     def _resets(self) -> list[str]:
-        out = [f"{var} = None" for var in self.conditions.values()] + [f"{var} = _U" for var in self.values.values()]
+        guards = self.root.guards
+        out = [f"{var} = None" for var in self.conditions.values() if guards[var] > 1] + [f"{var} = _U" for var in self.values.values()]
         _, vp, nvp = self.vnames
         for (_, _, _, comp, sub), var in self.relative.items():
             out.append(f"{var} = {_leaf_expr(f'({vp}[{comp - 1}] if {comp} <= {nvp} else {chr(39) * 2})', sub)}")
@@ -295,7 +322,9 @@ class _Gen:
         var = self.conditions.get(text)
         if var is None:
             var = self.conditions[text] = self.n(f"c{len(self.conditions)}")
-        return [f"if {var} is None:", f"    {var} = bool({expr})", f"if {var}:"]
+        guards = self.root.guards
+        guards[var] = guards.get(var, 0) + 1
+        return [f"{_GUARD}{var}{_GUARD}{expr}"]  # written out by _guards once the block is complete
 
     def _opaque(self, pred: Any) -> str:
         name = self.n(f"T{len(self.names)}")
