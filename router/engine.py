@@ -45,6 +45,8 @@ __all__ = ["Engine", "EngineStats"]
 
 _POLL_SECONDS = 0.2
 _FIRST_RECONNECT_SECONDS = 0.5
+_COUNTER = {"duplicate": "duplicates"}  # outcome -> EngineStats field, where the names differ
+_GC_YOUNG = 10_000  # allocations between young-generation collections, once frozen (see _freeze)
 
 
 @dataclass(slots=True)
@@ -67,7 +69,7 @@ class EngineStats:
     def count(self, settled: Settled) -> None:
         """Add one settled message."""
         self.messages += 1
-        name = {"duplicate": "duplicates", "dead_lettered": "dead_lettered"}.get(settled.outcome, settled.outcome)
+        name = _COUNTER.get(settled.outcome, settled.outcome)
         setattr(self, name, getattr(self, name) + 1)
 
 
@@ -199,6 +201,11 @@ class Engine:
             gc.unfreeze()
         gc.collect()
         gc.freeze()
+        # Each batch allocates tens of thousands of containers (Bundles, rows), nearly all freed by
+        # reference counting: at the default threshold (700) the young generation was collected a dozen
+        # times a batch, 5% of a worker's CPU. Collecting every _GC_YOUNG allocations keeps a pass short
+        # (well under a millisecond) while doing a fraction of the work.
+        gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
 
     def _converter_source(self) -> Any:
         if self._converter is not None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from kombu import Connection, Consumer, Queue
 
-from adapters.amqp.connection import broker_errors, topology
+from adapters.amqp.connection import broker_errors, drain_events, topology
 from router.errors import BrokerUnavailable
 
 if TYPE_CHECKING:
@@ -156,9 +156,8 @@ class Inbound:
             BrokerUnavailable: the connection was lost.
         """
         try:
-            self._connection.drain_events(timeout=timeout)
-            while len(self._ready) < more:
-                self._connection.drain_events(timeout=_NEARLY_NOW)  # not 0: py-amqp spins on EAGAIN
+            ready = self._ready
+            drain_events(self._connection, timeout, more=lambda: len(ready) < more, then=_NEARLY_NOW)  # not 0: py-amqp spins on EAGAIN
         except socket.timeout:
             pass
         except broker_errors(self._connection) as exc:

@@ -21,7 +21,7 @@ import amqp
 from kombu import Connection, Exchange, Producer, Queue
 
 from adapters.amqp._frames import Properties, publish_frames
-from adapters.amqp.connection import Topology, broker_errors, topology
+from adapters.amqp.connection import Topology, broker_errors, drain_events, topology
 from router.errors import BrokerUnavailable
 from router.routing.partition import partition_of  # pure: the patient key from raw bytes, no I/O
 
@@ -99,7 +99,7 @@ class Publisher:
                 if left <= 0:
                     raise BrokerUnavailable(f"no publisher confirm within {timeout} s")
                 try:
-                    self._connection.drain_events(timeout=min(left, 1.0))
+                    drain_events(self._connection, min(left, 1.0))
                 except socket.timeout:
                     continue
         except broker_errors(self._connection) as exc:

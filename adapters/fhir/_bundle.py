@@ -181,8 +181,11 @@ _URN_REFERENCE = re.compile(rb'"reference":"(urn:[^"\\]*)"')
 key can only be a key there: inside a string its quotes are escaped)."""
 
 
-def rewrite(value: Any, targets: dict[str, str], where: str) -> Any:
+def rewrite(value: Any, targets: dict[str, str], where: str, *, copy: bool = True) -> Any:
     """Return a deep copy of *value* with each `urn:uuid:` reference replaced by `Type/id`.
+
+    With *copy* False, a *value* that has no `urn:` reference comes back itself, not
+    copied: for a caller that only reads the result (the apply, which serialises it).
 
     Copying, rather than editing in place, leaves the caller's Bundle as it was, so a
     later destination can still send the original. The copy is made in C (orjson out
@@ -197,7 +200,7 @@ def rewrite(value: Any, targets: dict[str, str], where: str) -> Any:
     except orjson.JSONEncodeError:
         return _rewrite_walk(value, targets, where)
     if b'"reference":"urn:' not in text:
-        return orjson.loads(text)
+        return orjson.loads(text) if copy else value
     found = _URN_REFERENCE.findall(text)
     if len(found) != text.count(b'"reference":"urn:'):
         return _rewrite_walk(value, targets, where)  # an escaped character in one: the walk decides

@@ -64,7 +64,8 @@ def apply_entries(db: Db, entries: list[Entry], now: str, lookups: Lookups | Non
         for e, (_, id_) in zip(entries, plans, strict=True)
         if e.full_url and e.resource is not None
     }
-    resources = [rewrite(e.resource, targets, e.location) if e.resource is not None else None for e in entries]
+    # Read only from here on (_content copies the top level; nested values go out as JSON): no copy when nothing is rewritten.
+    resources = [rewrite(e.resource, targets, e.location, copy=False) if e.resource is not None else None for e in entries]
     out = []
     for e, (action, id_), res in zip(entries, plans, resources, strict=True):
         if action in ("delete-all", "retire-all"):

@@ -50,3 +50,14 @@ def test_dangling_uuid_is_refused_with_its_place():
 def test_rewrites():
     """A known urn:uuid becomes Type/id."""
     assert rewrite(CASES["nested"], TARGETS, "")["performer"][0]["reference"] == "Encounter/def"
+
+
+def test_no_copy_when_asked_and_nothing_to_rewrite():
+    """copy=False (the apply) gives back the resource itself when it has no urn: reference, and a rewritten copy when it has."""
+    plain = {"resourceType": "Organization", "name": "x", "partOf": {"reference": "Organization/abc"}}
+    assert rewrite(plain, TARGETS, "here", copy=False) is plain
+    nested = CASES["nested"]
+    before = copy.deepcopy(nested)
+    got = rewrite(nested, TARGETS, "here", copy=False)
+    assert got == _rewrite_walk(nested, TARGETS, "here")
+    assert nested == before
