@@ -25,6 +25,8 @@ from lxml import etree
 
 from router.errors import DecodeError
 
+_tostring = etree.tostring
+
 
 class NodeText(str):
     """An element's text that remembers the element (for nested rules)."""
@@ -34,9 +36,13 @@ class NodeText(str):
 
 
 def _text(node: Any) -> NodeText:
-    """The element's whole text, stripped; a leaf's own text needs no itertext walk."""
+    """The element's whole text, stripped: a leaf's own text, else every text node below it.
+
+    `tostring(method="text")` joins the same text nodes as `"".join(itertext())`
+    (comments and PIs add none) in C, about ten times faster.
+    """
     if len(node):  # children (comments and PIs count): join every text below
-        out = NodeText("".join(node.itertext()).strip())
+        out = NodeText(_tostring(node, method="text", encoding="unicode", with_tail=False).strip())
     else:
         text = node.text
         out = NodeText(text.strip() if text else "")
@@ -89,15 +95,28 @@ class XmlScope:
 
 
 class XmlItem:
-    """One value an XPath gives: text (a NodeText for elements) and, for elements, the element."""
+    """One value an XPath gives: text (a NodeText for elements) and, for elements, the element.
 
-    __slots__ = ("raw", "group", "segment", "_node")
+    Made with raw None for an element that has children: its text, a walk of
+    the subtree, is made when first asked; `each:` over elements mostly wants
+    only the group.
+    """
 
-    def __init__(self, raw: str, node: Any) -> None:
-        self.raw = raw
+    __slots__ = ("_raw", "group", "segment", "_node")
+
+    def __init__(self, raw: str | None, node: Any) -> None:
+        self._raw = raw
         self._node = node
-        self.group = node if isinstance(raw, NodeText) else None  # `each:` maps inside elements
+        self.group = node if raw is None or isinstance(raw, NodeText) else None  # `each:` maps inside elements
         self.segment = None
+
+    @property
+    def raw(self) -> str:
+        """The value: an attribute's or a string's text, or the element's text as a NodeText."""
+        raw = self._raw
+        if raw is None:
+            raw = self._raw = _text(self._node)
+        return raw
 
     @property
     def location(self) -> str:
@@ -133,13 +152,19 @@ class XPathSyntaxError(ValueError):
 _AXIS = re.compile(r"[A-Za-z-]+::")
 _PREFIX = re.compile(r"(?<![\w:@-])([A-Za-z_][\w.-]*):(?!:)")
 _NAME = r"[A-Za-z_][\w.-]*"
-# One child step a plan can take: `p:Name`, `*[local-name()="Name"]` or `*`.
+# One name test a plan can take: `p:Name`, `*[local-name()="Name"]` or `*`.
 _STEP = re.compile(rf"(?P<prefix>{_NAME}):(?P<name>{_NAME})|\*\[local-name\(\)\s*=\s*(?:\"(?P<dq>{_NAME})\"|'(?P<sq>{_NAME})')\]|(?P<any>\*)")
 _ATTR = re.compile(r"@([A-Za-z_][\w-]*)")
 _LITERAL = re.compile(r"\"[^\"]*\"|'[^']*'")
 
 NameTest = tuple[str | None, str]
-"""(prefix, local name) of a child step; prefix None is any namespace, and ``(None, "*")`` any element."""
+"""(prefix, local name) of a step; prefix None is any namespace, and ``(None, "*")`` any element."""
+
+Step = tuple[bool, tuple[NameTest, ...]]
+"""One location step: (descendant, name tests). `a/b` is a child step, `a//b` a descendant one."""
+
+_REL, _ROOT, _DOC = range(3)
+"""Where a plan member starts: the context node, `/` (the document node) or `//` (every element of the document)."""
 
 
 class _AttrRef:
@@ -153,26 +178,57 @@ class _AttrRef:
 
 
 @dataclass(frozen=True, slots=True)
-class _Plan:
-    """A path read without the XPath engine: `..` steps up, child steps down, an optional attribute.
+class _Member:
+    """One union member a plan reads: a start, `..` steps up, location steps down, an optional attribute."""
 
-    Most mapping paths are `@V`, `.`, `po:Kode/@V`, `*[local-name()="Id"]` or
-    `../po:X`: an XPath call costs several µs, a lookup in the children index
-    (_Children) a fraction of one. Each child step holds one or more name tests, because a union such as
-    `mh:Id|fk1:Id|*[local-name()="Id"]` differs only in its last step. Children
-    are visited in order from parents that are themselves in document order and
-    never nested, so the result is in document order without duplicates: what
-    XPath gives for the same text.
-    """
-
+    start: int
     ups: int
-    steps: tuple[tuple[NameTest, ...], ...]
+    steps: tuple[Step, ...]
     attr: str | None
 
-    def filters(self, bindings: tuple[tuple[str, str], ...]) -> tuple[StepFilter, ...]:
-        """Each child step as a filter for one prefix binding (see StepFilter)."""
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A path read without the XPath engine: union members of name steps, and an optional attribute.
+
+    Most mapping paths are `@V`, `.`, `po:Kode/@V`, `*[local-name()="Id"]`,
+    `../po:X` or `//po:X/po:Y`: an XPath call costs several µs, a lookup in the
+    children index (_index) a fraction of one, and `//` steps walk the tree in
+    lxml's C iterators. A union whose members differ only in their last name
+    test (`mh:Id|fk1:Id|*[local-name()="Id"]`) is one member with several
+    tests. Any other union, and any step that can reach one element twice or
+    out of order (from nested elements, after `//`), is put in document order
+    without duplicates: what XPath gives for the same text.
+    """
+
+    members: tuple[_Member, ...]
+    attr: str | None
+
+    @property
+    def absolute(self) -> bool:
+        """Every member starts at the document: one answer per message, whatever the context."""
+        return all(m.start != _REL for m in self.members)
+
+    def selector(self, bindings: tuple[tuple[str, str], ...]) -> Any:
+        """Return `select(node, results)` for one prefix binding: the elements reached, or None when `..` leaves the root.
+
+        The result may be a children index's own list: callers only iterate it.
+        """
         uris = dict(bindings)
-        return tuple(_filter(step, uris) for step in self.steps)
+        runs = [_member_selector(m, uris) for m in self.members]
+        if len(runs) == 1:
+            return runs[0]
+
+        def union(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
+            found: list[Any] = []
+            for run in runs:
+                part = run(node, results)
+                if part is None:
+                    return None
+                found.extend(part)
+            return _in_order(found, node, results) if len(found) > 1 else found
+
+        return union
 
 
 StepFilter = tuple[int, Any]
@@ -180,14 +236,215 @@ StepFilter = tuple[int, Any]
 _EXACT, _LOCAL, _ANY, _MIXED = range(4)
 
 
-def _filter(step: tuple[NameTest, ...], uris: dict[str, str]) -> StepFilter:
-    exact = frozenset(f"{{{uris[prefix]}}}{name}" for prefix, name in step if prefix is not None)
-    local = frozenset(name for prefix, name in step if prefix is None)  # local-name() tests: any namespace or none
+def _filter(tests: tuple[NameTest, ...], uris: dict[str, str]) -> StepFilter:
+    exact = frozenset(f"{{{uris[prefix]}}}{name}" for prefix, name in tests if prefix is not None)
+    local = frozenset(name for prefix, name in tests if prefix is None)  # local-name() tests: any namespace or none
     if "*" in local:
         return (_ANY, None)
-    if len(step) > 1:
+    if len(tests) > 1:
         return (_MIXED, (exact, local))
     return (_EXACT, next(iter(exact))) if exact else (_LOCAL, next(iter(local)))
+
+
+def _iter_tags(filt: StepFilter) -> tuple[Any, ...]:
+    """The same test as arguments of lxml's C iterators (`iter`, `iterdescendants`); `{*}X` is any namespace or none."""
+    kind, key = filt
+    if kind == _EXACT:
+        return (key,)
+    if kind == _LOCAL:
+        return ("{*}" + key,)
+    if kind == _ANY:
+        return (etree.Element,)
+    exact, local = key
+    return (*sorted(exact), *sorted("{*}" + name for name in local))
+
+
+def _matches(filt: StepFilter, tag: str) -> bool:
+    kind, key = filt
+    if kind == _EXACT:
+        return tag == key
+    if kind == _LOCAL:
+        return tag.rpartition("}")[2] == key
+    if kind == _ANY:
+        return True
+    exact, local = key
+    return tag in exact or tag.rpartition("}")[2] in local
+
+
+def _member_selector(member: _Member, uris: dict[str, str]) -> Any:
+    """Compile one member for a binding into `select(node, results)`; the everyday shapes get a closure of their own."""
+    ups = member.ups
+    steps = [(desc, _filter(tests, uris)) for desc, tests in member.steps]
+    if member.start == _REL and not any(desc for desc, _ in steps):
+        if not steps:
+            if not ups:
+                return lambda node, results: (node,)
+
+            def up(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
+                for _ in range(ups):
+                    node = node.getparent()
+                    if node is None:
+                        return None  # XPath's `..` of the root is the document node: let XPath answer
+                return (node,)
+
+            return up
+        if len(steps) == 1 and steps[0][1][0] == _EXACT:
+            tag = steps[0][1][1]
+            if not ups:
+
+                def child(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
+                    kids = results.get(node)
+                    if kids is None:
+                        kids = results[node] = _index(node)
+                    return kids.get(tag, _NONE)  # type: ignore[no-any-return]
+
+                return child
+
+            def up_child(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
+                for _ in range(ups):
+                    node = node.getparent()
+                    if node is None:
+                        return None
+                kids = results.get(node)
+                if kids is None:
+                    kids = results[node] = _index(node)
+                return kids.get(tag, _NONE)  # type: ignore[no-any-return]
+
+            return up_child
+        filters = [filt for _, filt in steps]
+
+        def chain(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
+            for _ in range(ups):
+                node = node.getparent()
+                if node is None:
+                    return None
+            found: Sequence[Any] = (node,)
+            for kind, key in filters:
+                if len(found) == 1:
+                    el = found[0]
+                    kids = results.get(el)
+                    if kids is None:
+                        kids = results[el] = _index(el)
+                    found = kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key)
+                elif not found:
+                    return found
+                else:  # children of elements none of which holds another: in document order
+                    out: list[Any] = []
+                    for el in found:
+                        kids = results.get(el)
+                        if kids is None:
+                            kids = results[el] = _index(el)
+                        out.extend(kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key))
+                    found = out
+            return found
+
+        return chain
+    start = member.start
+    if start != _REL:
+        steps = steps[1:]  # the first step is taken from the document node below
+    first = _filter(member.steps[0][1], uris) if start != _REL else None
+    first_tags = _iter_tags(first) if first is not None else ()
+    rest = [(desc, filt, _iter_tags(filt) if desc else None) for desc, filt in steps]
+
+    def select(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
+        nested = False  # may `found` hold an element and one below it?
+        if start == _REL:
+            for _ in range(ups):
+                node = node.getparent()
+                if node is None:
+                    return None
+            found: Sequence[Any] = (node,)
+        else:
+            root = node.getroottree().getroot()
+            if start == _DOC:  # `//x`: every element of the document that matches, the root too
+                found = list(root.iter(*first_tags))
+                nested = True
+            else:  # `/x`: the root element, if it matches
+                found = (root,) if _matches(first, root.tag) else _NONE  # type: ignore[arg-type]
+        for desc, filt, tags in rest:
+            if not found:
+                return _NONE
+            if desc:
+                if len(found) == 1:
+                    found = list(found[0].iterdescendants(*tags))
+                else:
+                    found = _in_order([d for el in found for d in el.iterdescendants(*tags)], node, results)
+                nested = True
+                continue
+            kind, key = filt
+            if len(found) == 1:
+                el = found[0]
+                kids = results.get(el)
+                if kids is None:
+                    kids = results[el] = _index(el)
+                found = kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key)
+            else:
+                out = []
+                for el in found:
+                    kids = results.get(el)
+                    if kids is None:
+                        kids = results[el] = _index(el)
+                    out.extend(kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key))
+                found = _in_order(out, node, results) if nested else out
+        return found
+
+    return select
+
+
+_NONE: tuple[Any, ...] = ()
+_ALL = None  # the children index's key for every element child
+_ORDER = object()  # the results key of the document-order index
+_SELECTED = object()  # with a path's text, the results key of an absolute plan's answer
+_ELEMENTS = object()  # the results key of every node of the document, in order (message_scope)
+
+
+def _index(element: Any) -> dict[Any, Any]:
+    """One element's element children by tag, and all of them under _ALL, in document order.
+
+    Built the first time a plan steps down from the element in a message and
+    kept in the scope's results: a PLO message asks ~350 child steps of ~55
+    parents, and a dict lookup costs a fraction of `iterchildren(tag)`, which
+    parses its tag argument on every call. Local names, for `local-name()`
+    tests, are added under ("", name) keys when a step first asks.
+    """
+    everything: list[Any] = []
+    by_tag: dict[Any, Any] = {_ALL: everything}
+    for child in element.iterchildren(etree.Element):  # comments and PIs are no step's answer
+        tag = child.tag  # lxml builds this string on every access: once per child
+        everything.append(child)
+        same = by_tag.get(tag)
+        if same is None:
+            by_tag[tag] = [child]
+        else:
+            same.append(child)
+    return by_tag
+
+
+def _matching(kids: dict[Any, Any], kind: int, key: Any) -> Sequence[Any]:
+    """The children one step filter selects, in document order."""
+    if kind == _EXACT:
+        return kids.get(key, _NONE)  # type: ignore[no-any-return]
+    if kind == _LOCAL:
+        if ("", "") not in kids:
+            for child in kids[_ALL]:
+                kids.setdefault(("", child.tag.rpartition("}")[2]), []).append(child)
+            kids[("", "")] = _NONE
+        return kids.get(("", key), _NONE)  # type: ignore[no-any-return]
+    if kind == _ANY:
+        return kids[_ALL]  # type: ignore[no-any-return]
+    exact, local = key
+    return [c for c in kids[_ALL] if c.tag in exact or c.tag.rpartition("}")[2] in local]
+
+
+def _in_order(found: list[Any], node: Any, results: dict[Any, Any]) -> list[Any]:
+    """*found* in document order without duplicates, as XPath returns a node-set."""
+    order = results.get(_ORDER)
+    if order is None:
+        elements = results.get(_ELEMENTS)
+        if elements is None:
+            elements = node.getroottree().getroot().iter()
+        order = results[_ORDER] = {el: i for i, el in enumerate(elements)}
+    return sorted(dict.fromkeys(found), key=order.__getitem__)
 
 
 def _plan(text: str) -> _Plan | None:
@@ -195,50 +452,110 @@ def _plan(text: str) -> _Plan | None:
     members = [_member(part.strip()) for part in text.split("|")]
     if any(m is None for m in members):
         return None
-    ups, steps, attr = members[0]  # type: ignore[misc]  # checked above
     if len(members) == 1:
-        return _Plan(ups, steps, attr)
-    if not steps:
-        return None
-    last: list[NameTest] = []
-    for m_ups, m_steps, m_attr in members:  # type: ignore[misc]
-        if m_ups != ups or m_attr != attr or len(m_steps) != len(steps) or m_steps[:-1] != steps[:-1]:
-            return None  # members that differ before their last step may interleave: XPath orders them
-        last.extend(test for test in m_steps[-1] if test not in last)
-    return _Plan(ups, (*steps[:-1], tuple(last)), attr)
+        return _Plan((members[0],), members[0].attr)  # type: ignore[arg-type, union-attr]
+    first = members[0]
+    assert first is not None  # noqa: S101 - checked above
+    if any(m.attr != first.attr for m in members):  # type: ignore[union-attr]
+        return None  # attributes of one element follow their own order in XPath: let it answer
+    if any(not m.steps for m in members):  # type: ignore[union-attr]
+        return None  # `.|x`, `..|x`: rare, and XPath knows their order
+    head = first.steps[:-1]
+    if all(m.start == first.start and m.ups == first.ups and m.steps[:-1] == head and m.steps[-1][0] == first.steps[-1][0] for m in members):  # type: ignore[union-attr]
+        last: list[NameTest] = []
+        for m in members:
+            last.extend(test for test in m.steps[-1][1] if test not in last)  # type: ignore[union-attr]
+        return _Plan((_Member(first.start, first.ups, (*head, (first.steps[-1][0], tuple(last))), first.attr),), first.attr)
+    return _Plan(tuple(members), first.attr)  # type: ignore[arg-type]
 
 
-def _member(text: str) -> tuple[int, tuple[tuple[NameTest, ...], ...], str | None] | None:
-    """Split one union member into (`..` count, child steps, attribute); None when it is anything else."""
+def _member(text: str) -> _Member | None:
+    """Split one union member into start, `..` count, steps and attribute; None when it is anything else."""
     if text == ".":
-        return 0, (), None
+        return _Member(_REL, 0, (), None)
+    start = _REL
+    descend = False
+    if text.startswith("//"):
+        start, text = _DOC, text[2:]
+    elif text.startswith("/"):
+        start, text = _ROOT, text[1:]
+    elif text.startswith(".//"):
+        descend, text = True, text[3:]
     parts = text.split("/")
     ups = 0
-    while ups < len(parts) and parts[ups] == "..":
-        ups += 1
-    parts = parts[ups:]
+    if start == _REL and not descend:
+        while ups < len(parts) and parts[ups] == "..":
+            ups += 1
+        parts = parts[ups:]
     attr = None
     if parts and (m := _ATTR.fullmatch(parts[-1])):
         attr = m[1]
         parts = parts[:-1]
-    steps: list[tuple[NameTest, ...]] = []
+    steps: list[Step] = []
     for part in parts:
+        if part == "" and not descend and (steps or ups):
+            descend = True  # `a//b`, `..//b`
+            continue
         m = _STEP.fullmatch(part)
         if m is None:
-            return None  # absolute, `//`, predicates, axes, functions: the XPath engine
+            return None  # predicates, axes, functions, `.` or `..` past the start: the XPath engine
         if m["prefix"]:
-            steps.append(((m["prefix"], m["name"]),))
+            test: NameTest = (m["prefix"], m["name"])
         else:
-            steps.append(((None, "*" if m["any"] else (m["dq"] or m["sq"])),))
-    if not ups and not steps and attr is None:
+            test = (None, "*" if m["any"] else (m["dq"] or m["sq"]))
+        steps.append((descend, (test,)))
+        descend = False
+    if descend:
+        return None  # `a//@V`, `a//`: a descendant step with no name test
+    if start != _REL and not steps:
+        return None  # `/`, `//@V`: the document node itself
+    if start == _REL and not ups and not steps and attr is None:
         return None
-    return ups, tuple(steps), attr
+    return _Member(start, ups, tuple(steps), attr)
+
+
+class _Bound:
+    """A plan bound to one prefix binding: `select(scope)`, and the tag when the plan is one child step (`po:Kode/@V`)."""
+
+    __slots__ = ("bindings", "select", "tag")
+
+    def __init__(self, bindings: Any, select: Any, tag: str | None) -> None:
+        self.bindings = bindings
+        self.select = select
+        self.tag = tag
+
+
+_UNBOUND = _Bound(None, None, None)
+
+
+def _relative(select: Any) -> Any:
+    """`select(scope)` from a selector of (node, results)."""
+    return lambda scope: select(scope.node, scope.results)
+
+
+def _once(key: Any, select: Any) -> Any:
+    """`select(scope)` for an absolute plan: answered once per message and kept in the results, as XPath's answer is (_cached)."""
+
+    def select_once(scope: XmlScope) -> Sequence[Any] | None:
+        results = scope.results
+        found = results.get(key, results)  # the dict itself marks "not asked yet": None is an answer
+        if found is results:
+            found = results[key] = select(scope.node, results)
+        return found  # type: ignore[no-any-return]
+
+    return select_once
 
 
 class XmlPath:
-    """A compiled XPath source. Paths that select elements iterate like groups under `each:`."""
+    """A compiled XPath source. Paths that select elements iterate like groups under `each:`.
 
-    __slots__ = ("text", "_prefixes", "_choices", "_by_binding", "_plan", "_last", "_last_xpath", "_absolute")
+    `values(scope)` and the function `reader()` returns are what the mapping
+    engine calls per rule (~600 times per PLO message): each answers in one
+    call, without XmlItems, and a path of one child step (`po:Kode/@V`) looks
+    its elements up in the children index without a further call.
+    """
+
+    __slots__ = ("text", "_prefixes", "_choices", "_by_binding", "_plan", "_bound", "_last_xpath", "_absolute", "_literal", "values")
 
     segment = None
     datatype = None
@@ -260,15 +577,17 @@ class XmlPath:
             raise XPathSyntaxError(f"{text!r} uses the undeclared namespace prefix {unknown[0]!r} (declare it in namespaces.yaml)")
         self._prefixes = tuple(sorted(used))
         self._choices = prefixes
-        # Per document binding: the compiled XPath, or under ("plan", binding) the plan's filters.
+        # Per document binding: the compiled XPath, or under ("plan", binding) the plan's _Bound.
         self._by_binding: dict[Any, Any] = {}
         self._plan = _plan(text)
-        self._last: tuple[Any, Any] | None = None  # (binding, filters) of the last lookup
+        self._bound: _Bound = _UNBOUND  # the plan for the last binding seen
         self._last_xpath: tuple[Any, Any] | None = None  # (binding, compiled XPath) of the last lookup
         # Absolute paths and plain literals (`""`) give one answer per message, whatever the context.
         self._absolute = text.lstrip("(").startswith("/") or _LITERAL.fullmatch(text) is not None
+        self._literal = text[1:-1].strip() if _LITERAL.fullmatch(text) else None  # a string XPath would give as is
         for binding in _all_bindings(self._prefixes, prefixes):
             _compiled(text, binding)  # fail at load time, not per message
+        self.values = self._make_values()
 
     @property
     def is_group(self) -> bool:
@@ -287,13 +606,74 @@ class XmlPath:
                 return self._items(scope, found)
         return self._cached(scope)
 
-    def values(self, scope: XmlScope) -> list[str]:
-        """Return the raw values in order (no XmlItem per value: conditions ask this often)."""
-        if self._plan is not None:
-            found = self._select(scope)
-            if found is not None:
-                return _values(scope.reads, found, self._plan.attr)
-        return [item.raw for item in self._cached(scope)]
+    def _make_values(self) -> Any:
+        """Return `values(scope)`: the raw values in order (no XmlItem per value: conditions ask this often)."""
+        literal = self._literal
+        if literal is not None:
+            answer = [literal] if literal else []
+            return lambda scope: list(answer)
+        plan = self._plan
+        if plan is None:
+            return lambda scope: [item.raw for item in self._cached(scope)]
+        cached = self._cached
+        bind = self._bind
+        attr = plan.attr
+
+        if attr is None:
+
+            def values(scope: XmlScope) -> list[str]:
+                bound = self._bound
+                if bound.bindings is not scope.bindings:
+                    bound = bind(scope.bindings)
+                tag = bound.tag
+                if tag is not None:  # one child step: the children index answers
+                    node = scope.node
+                    results = scope.results
+                    kids = results.get(node)
+                    if kids is None:
+                        kids = results[node] = _index(node)
+                    found = kids.get(tag, _NONE)
+                else:
+                    found = bound.select(scope)
+                    if found is None:
+                        return [item.raw for item in cached(scope)]
+                reads = scope.reads
+                out: list[str] = []
+                for el in found:
+                    reads.add(el)
+                    value = _text(el)
+                    if value or len(el) or el.attrib:
+                        out.append(value)
+                return out
+
+            return values
+
+        def attr_values(scope: XmlScope) -> list[str]:
+            bound = self._bound
+            if bound.bindings is not scope.bindings:
+                bound = bind(scope.bindings)
+            tag = bound.tag
+            if tag is not None:
+                node = scope.node
+                results = scope.results
+                kids = results.get(node)
+                if kids is None:
+                    kids = results[node] = _index(node)
+                found = kids.get(tag, _NONE)
+            else:
+                found = bound.select(scope)
+                if found is None:
+                    return [item.raw for item in cached(scope)]
+            reads = scope.reads
+            out: list[str] = []
+            for el in found:
+                text = el.get(attr)
+                if text and (text := text.strip()):
+                    reads.add(el)
+                    out.append(text)
+            return out
+
+        return attr_values
 
     def reader(self) -> Any:
         """Return a function reading the first value, with the same reads recorded as `resolve`.
@@ -301,20 +681,40 @@ class XmlPath:
         Mapping rules read ~300 single values per PLO message: each reader does
         its work in one call, without building XmlItems.
         """
+        literal = self._literal
+        if literal is not None:
+            answer = literal or None
+            return lambda scope: answer
         plan = self._plan
         if plan is None:
             return self._read_xpath
-        if not plan.ups and not plan.steps:
+        member = plan.members[0]
+        if len(plan.members) == 1 and member.start == _REL and not member.ups and not member.steps:
             return _self_reader if plan.attr is None else _attr_reader(plan.attr)
         attr = plan.attr
+        bind = self._bind
+        read_xpath = self._read_xpath
 
-        def read(scope: XmlScope) -> str | None:
-            found = self._select(scope)
-            if found is None:
-                return self._read_xpath(scope)
-            reads = scope.reads
-            first = None
-            if attr is None:
+        if attr is None:
+
+            def read(scope: XmlScope) -> str | None:
+                bound = self._bound
+                if bound.bindings is not scope.bindings:
+                    bound = bind(scope.bindings)
+                tag = bound.tag
+                if tag is not None:
+                    node = scope.node
+                    results = scope.results
+                    kids = results.get(node)
+                    if kids is None:
+                        kids = results[node] = _index(node)
+                    found = kids.get(tag, _NONE)
+                else:
+                    found = bound.select(scope)
+                    if found is None:
+                        return read_xpath(scope)
+                reads = scope.reads
+                first = None
                 for el in found:
                     reads.add(el)  # every element the path selects counts as read, as in resolve
                     if first is None:
@@ -322,6 +722,27 @@ class XmlPath:
                         if value or len(el) or el.attrib:
                             first = value
                 return first
+
+            return read
+
+        def read_attr(scope: XmlScope) -> str | None:
+            bound = self._bound
+            if bound.bindings is not scope.bindings:
+                bound = bind(scope.bindings)
+            tag = bound.tag
+            if tag is not None:
+                node = scope.node
+                results = scope.results
+                kids = results.get(node)
+                if kids is None:
+                    kids = results[node] = _index(node)
+                found = kids.get(tag, _NONE)
+            else:
+                found = bound.select(scope)
+                if found is None:
+                    return read_xpath(scope)
+            reads = scope.reads
+            first = None
             for el in found:
                 text = el.get(attr)
                 if text and (text := text.strip()):
@@ -330,7 +751,7 @@ class XmlPath:
                         first = text
             return first
 
-        return read
+        return read_attr
 
     def _read_xpath(self, scope: XmlScope) -> str | None:
         items = self._cached(scope)
@@ -341,44 +762,38 @@ class XmlPath:
 
         The result may be a children index's own list: callers only iterate it.
         """
-        plan = self._plan
-        node = scope.node
-        for _ in range(plan.ups):  # type: ignore[union-attr]  # only called with a plan
-            node = node.getparent()
-            if node is None:
-                return None  # XPath's `..` of the root is the document node: let XPath answer
-        last = self._last
-        filters = last[1] if last is not None and last[0] is scope.bindings else self._filters(scope.bindings)
-        if not filters:
-            return (node,)
-        results = scope.results
-        found: Sequence[Any] = (node,)
-        for kind, key in filters:
-            if len(found) == 1:
-                el = found[0]
-                kids = results.get(el)
-                if kids is None:
-                    kids = results[el] = _Children(el)
-                found = kids.by_tag.get(key, _NONE) if kind == _EXACT else kids.matching(kind, key)
-            else:
-                found = [child for el in found for child in _children(results, el).matching(kind, key)]
-        return found
+        bound = self._bound
+        if bound.bindings is not scope.bindings:
+            bound = self._bind(scope.bindings)
+        return bound.select(scope)  # type: ignore[no-any-return]
 
-    def _filters(self, bindings: tuple[tuple[str, str], ...]) -> tuple[StepFilter, ...]:
-        """The plan's filters for *bindings*, remembered as the last binding seen (`_last`).
+    def _bind(self, bindings: tuple[tuple[str, str], ...]) -> _Bound:
+        """The plan for *bindings*, remembered as the last binding seen (`_bound`).
 
-        _select tests `_last` by identity before calling this: a binding is a
-        tuple of ~40 pairs whose hash Python does not cache, so a dict lookup
-        on every read would cost more than the read. bind() returns one shared
-        tuple per distinct binding, so the identity test nearly always answers.
-        One attribute holds both halves, so a thread never pairs one binding
-        with another's filters.
+        Readers test `_bound.bindings` by identity before calling this: a
+        binding is a tuple of ~40 pairs whose hash Python does not cache, so a
+        dict lookup on every read would cost more than the read. bind() returns
+        one shared tuple per distinct binding, so the identity test nearly
+        always answers. One attribute holds the binding and what it gives, so a
+        thread never pairs one binding with another's selector.
         """
-        filters = self._by_binding.get(("plan", bindings))
-        if filters is None:
-            filters = self._by_binding[("plan", bindings)] = self._plan.filters(bindings)  # type: ignore[union-attr]
-        self._last = (bindings, filters)
-        return filters  # type: ignore[no-any-return]
+        bound = self._by_binding.get(("plan", bindings))
+        if bound is None:
+            plan = self._plan
+            assert plan is not None  # noqa: S101 - only plans are bound
+            select = plan.selector(bindings)
+            tag = None
+            member = plan.members[0]
+            if len(plan.members) == 1 and member.start == _REL and not member.ups and len(member.steps) == 1 and not member.steps[0][0]:
+                kind, key = _filter(member.steps[0][1], dict(bindings))
+                tag = key if kind == _EXACT else None
+            if self._absolute:
+                select = _once((self.text, _SELECTED), select)
+            else:
+                select = _relative(select)
+            bound = self._by_binding[("plan", bindings)] = _Bound(bindings, select, tag)
+        self._bound = bound
+        return bound  # type: ignore[no-any-return]
 
     def _items(self, scope: XmlScope, found: Sequence[Any]) -> list[XmlItem]:
         """XmlItems for the plan's elements (their text) or their attribute, as the XPath route makes them."""
@@ -388,8 +803,11 @@ class XmlPath:
         if attr is None:
             for el in found:
                 reads.add(el)
+                if len(el):  # children (comments count): kept whatever its text, which is made when asked
+                    out.append(XmlItem(None, el))
+                    continue
                 value = _text(el)
-                if value or len(el) or el.attrib:  # a coded element (CV) is all attributes
+                if value or el.attrib:  # a coded element (CV) is all attributes
                     out.append(XmlItem(value, el))
             return out
         for el in found:
@@ -420,7 +838,7 @@ class XmlPath:
             if xpath is None:
                 binding = tuple((p, u) for p, u in scope.bindings if p in self._prefixes)
                 xpath = self._by_binding[scope.bindings] = _compiled(self.text, binding)
-            self._last_xpath = (scope.bindings, xpath)  # see _filters: identity first
+            self._last_xpath = (scope.bindings, xpath)  # see _bind: identity first
         try:
             result = xpath(scope.node)
         except etree.XPathEvalError as exc:
@@ -432,6 +850,9 @@ class XmlPath:
         for node in result:
             if isinstance(node, etree._Element):
                 scope.reads.add(node)
+                if len(node):
+                    out.append(XmlItem(None, node))
+                    continue
                 value = _text(node)
                 if value or len(node) or node.attrib:  # a coded element (CV) is all attributes
                     out.append(XmlItem(value, node))
@@ -443,64 +864,6 @@ class XmlPath:
                         scope.reads.add(parent)
                     out.append(XmlItem(text, node))
         return out
-
-
-_NONE: tuple[Any, ...] = ()
-
-
-class _Children:
-    """One element's element children, grouped by tag (and by local name when a step asks).
-
-    Built the first time a plan steps down from the element in a message and
-    kept in the scope's results: a PLO message asks ~350 child steps of ~55
-    parents, and a dict lookup costs a fraction of `iterchildren(tag)`, which
-    parses its tag argument on every call.
-    """
-
-    __slots__ = ("all", "by_tag", "_by_local")
-
-    def __init__(self, element: Any) -> None:
-        everything: list[Any] = []
-        by_tag: dict[str, list[Any]] = {}
-        for child in element:
-            tag = child.tag  # lxml builds this string on every access: once per child
-            if isinstance(tag, str):  # comments and PIs are no step's answer
-                everything.append(child)
-                same = by_tag.get(tag)
-                if same is None:
-                    by_tag[tag] = [child]
-                else:
-                    same.append(child)
-        self.all = everything
-        self.by_tag = by_tag
-        self._by_local: dict[str, list[Any]] | None = None
-
-    def matching(self, kind: int, key: Any) -> Sequence[Any]:
-        """The children one step filter selects, in document order."""
-        if kind == _EXACT:
-            return self.by_tag.get(key, _NONE)
-        if kind == _LOCAL:
-            return self._local().get(key, _NONE)
-        if kind == _ANY:
-            return self.all
-        exact, local = key
-        return [c for c in self.all if c.tag in exact or c.tag.rpartition("}")[2] in local]
-
-    def _local(self) -> dict[str, list[Any]]:
-        if self._by_local is None:
-            by_local: dict[str, list[Any]] = {}
-            for child in self.all:
-                by_local.setdefault(child.tag.rpartition("}")[2], []).append(child)
-            self._by_local = by_local
-        return self._by_local
-
-
-def _children(results: dict[Any, Any], element: Any) -> _Children:
-    """The children index of *element* for this message (made on first use)."""
-    kids = results.get(element)
-    if kids is None:
-        kids = results[element] = _Children(element)
-    return kids  # type: ignore[no-any-return]
 
 
 def _self_reader(scope: XmlScope) -> str | None:
@@ -525,24 +888,6 @@ def _attr_reader(attr: str) -> Any:
     return read
 
 
-def _values(reads: set[Any], found: Sequence[Any], attr: str | None) -> list[str]:
-    """The raw values `_items` would give for *found*, recording the same reads."""
-    out: list[str] = []
-    if attr is None:
-        for el in found:
-            reads.add(el)
-            value = _text(el)
-            if value or len(el) or el.attrib:
-                out.append(value)
-        return out
-    for el in found:
-        text = el.get(attr)
-        if text and (text := text.strip()):
-            reads.add(el)
-            out.append(text)
-    return out
-
-
 def _all_bindings(used: tuple[str, ...], prefixes: dict[str, tuple[str, ...]]) -> list[tuple[tuple[str, str], ...]]:
     out: list[tuple[tuple[str, str], ...]] = [()]
     for p in used:
@@ -562,19 +907,46 @@ def bind(root: Any, prefixes: dict[str, tuple[str, ...]]) -> tuple[tuple[str, st
     """Choose, for each prefix, the first of its URIs the document uses.
 
     Equal bindings come back as one shared tuple, so XmlPath can recognise a
-    binding by identity (see XmlPath._filters).
+    binding by identity (see XmlPath._bind).
     """
-    tags = {el.tag for el in root.iter(etree.Element)}  # distinct Clark names: few, so splitting out namespaces is cheap
-    used = {tag[1:].partition("}")[0] for tag in tags if tag[:1] == "{"}
+    return _binding({el.tag for el in root.iter(etree.Element)}, prefixes)
+
+
+def message_scope(root: Any, prefixes: dict[str, tuple[str, ...]]) -> XmlScope:
+    """The scope a message's mapping starts in: the root element, its prefix binding, nothing read yet.
+
+    What `XmlScope(root, root, bind(root, prefixes), set())` gives, but the one
+    walk that finds the namespaces also keeps every element's Python proxy for
+    the rest of the message: lxml makes a proxy each time an element is reached
+    while none is alive, and the children index, `//` steps and unmapped()
+    reach most elements again.
+    """
+    elements = list(root.iter())  # comments and PIs too: their proxies are made on every walk as well
+    binding = _binding({el.tag for el in elements}, prefixes)
+    # The document order of `//` answers (_in_order) is read from this list: only the whole document's will do.
+    return XmlScope(root, root, binding, set(), results={_ELEMENTS: elements} if root.getparent() is None else None)
+
+
+def _binding(tags: set[Any], prefixes: dict[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
+    """The shared binding for a document whose element tags are *tags* (distinct Clark names: few)."""
+    used = frozenset(tag[1:].partition("}")[0] for tag in tags if tag.__class__ is str and tag[:1] == "{")
+    key = (id(prefixes), used)
+    known = _BY_USE.get(key)
+    if known is not None and known[0] is prefixes:  # the entry holds prefixes, so its id is not reused meanwhile
+        return known[1]  # type: ignore[no-any-return]
     binding = tuple((p, next((u for u in uris if u in used), uris[0])) for p, uris in sorted(prefixes.items()))
     if len(_BINDINGS) >= _MAX_BINDINGS:
         return _BINDINGS.get(binding, binding)  # odd namespace mixes: correct, just not shared
-    return _BINDINGS.setdefault(binding, binding)
+    binding = _BINDINGS.setdefault(binding, binding)
+    _BY_USE[key] = (prefixes, binding)
+    return binding
 
 
-# Every distinct binding seen by this process: a handful, one per mix of standard versions.
+# Every distinct binding seen by this process: a handful, one per mix of standard versions;
+# and the binding for each set of namespaces a document used, per prefix table.
 _MAX_BINDINGS = 256
 _BINDINGS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+_BY_USE: dict[tuple[int, frozenset[str]], tuple[Any, tuple[tuple[str, str], ...]]] = {}
 
 
 def path_compiler(prefixes: dict[str, tuple[str, ...]]) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapters.kith import KithEnvelope, read_message, schema_set
-from adapters.kith.paths import XmlScope, bind, path_compiler, unmapped
+from adapters.kith.paths import message_scope, path_compiler, unmapped
 from router.contracts import Converted, MessageHeader
 from router.errors import UnknownMessage
 from router.mapping import MappingSet, run_mapping
@@ -48,7 +48,7 @@ class KithConverter:
         root = env.payload.getroottree().getroot() if env.payload is not None else None
         if root is None:
             raise UnknownMessage("the message carries no XML payload to map", location="/MsgHead/Document")
-        scope = XmlScope(root, root, bind(root, self.prefixes), set())
+        scope = message_scope(root, self.prefixes)
         explain: list[tuple[str, str, str]] | None = [] if trace else None
         item.structure = mm.structure
         item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain)

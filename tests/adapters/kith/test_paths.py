@@ -41,6 +41,14 @@ AWKWARD = b"""<?xml version="1.0" encoding="UTF-8"?>
 </r:Root>"""
 
 
+# Elements nested in elements of their own name, so `//` answers must be put back in document order.
+NESTED = b"""<r:Root xmlns:r="http://www.kith.no/xmlstds/msghead/2006-05-24" xmlns:f="http://www.kith.no/xmlstds/felleskomponent1">
+  <r:Organisation><r:Id>1</r:Id><r:Organisation><r:Id>2</r:Id><f:Id>2b</f:Id><r:Organisation><r:Id V="v3">3</r:Id></r:Organisation></r:Organisation><r:Id>4</r:Id>
+    <r:Ident><r:Id V="v5">5</r:Id></r:Ident></r:Organisation>
+  <r:Ident><r:Organisation><r:Id>6</r:Id></r:Organisation><r:Id>7</r:Id></r:Ident>
+</r:Root>"""
+
+
 def _mapping_paths() -> list[str]:
     """Every distinct path text the KITH mappings compile."""
     texts: set[str] = set()
@@ -61,12 +69,20 @@ EXTRA = [
     "mh:Id|fk1:Id|*[local-name()=\"Id\"]", "fk1:Id | mh:Id", "*[local-name()='TypeId']/@V",
     "mh:Ident/mh:TypeId/@V|mh:Ident/fk1:TypeId/@V", "mh:Organisation/mh:Organisation/mh:OrganisationName",
     "mh:Text", "mh:Empty/@V", "mh:Coded", "../mh:Ident/mh:Id", "*[local-name()=\"Organisation\"]/*",
+    # Absolute and `//` paths, and unions of different shapes: answers merged in document order.
+    "/mh:Root", "/mh:Root/mh:Ident/mh:Id", "/*/*[local-name()=\"Ident\"]/@V", "/fk1:Root", "//mh:Id", "//mh:Ident/mh:Id",
+    "//mh:Organisation/mh:OrganisationName", "//mh:Organisation//mh:Id", "//*//mh:Id", "//mh:Organisation//*",
+    "//*[local-name()=\"Id\"]", "//*", "//*/@V", ".//mh:Id", ".//*", "..//mh:OrganisationName", "../..//*/@V",
+    "mh:Organisation//mh:OrganisationName", "mh:Ident//mh:Id|mh:Ident//fk1:Id", "mh:Ident/mh:Id | ../mh:Id", "//mh:Id | mh:Ident/fk1:Id",
+    "//mh:Organisation/mh:Id", "//mh:Organisation/mh:Id/@V", "//mh:Organisation//mh:Ident/mh:Id", "//mh:Ident//mh:Organisation/mh:Id",
+    "//mh:Organisation/*[local-name()=\"Id\"]", "mh:Organisation//mh:Organisation/mh:Id|mh:Organisation//mh:Organisation/fk1:Id",
+    "//mh:Coded/@V | //mh:TypeId/@V | @V", "mh:Organisation | //mh:OrganisationName", "//fk1:Id|//mh:Id|//*[local-name()='Id']",
 ]
 PLANNED = [t for t in dict.fromkeys(PATHS + EXTRA) if _plan(t) is not None]
 
 
 def _documents() -> list[tuple[str, bytes]]:
-    docs = [("awkward", AWKWARD)]
+    docs = [("awkward", AWKWARD), ("nested", NESTED)]
     for family in FAMILIES:
         found = examples(family)
         for path in dict.fromkeys(found[:1] + found[-1:]):
@@ -101,12 +117,18 @@ def test_the_mappings_mostly_skip_the_xpath_engine() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["//po:X", "/mh:MsgHead", "(rq:Priority|../rq:Priority)/@V", "rq:Comment|../rq:Comment", '""', "local-name()",
-     "self::*", "po:A[1]", "po:A/text()", "ancestor::mh:MsgHead", ".//po:X", "mh:A/mh:B|fk1:C/mh:B", "@V|@DN", "po:A/@*"],
+    ["(rq:Priority|../rq:Priority)/@V", '""', "local-name()", "self::*", "po:A[1]", "po:A/text()", "ancestor::mh:MsgHead",
+     "@V|@DN", "po:A/@*", "/", "//@V", "po:A//@V", "./po:A", "po:A/../po:B", ".|po:A", "//po:A[1]", "(//po:A/@V)[last()]"],
 )
 def test_what_the_plan_leaves_to_xpath(text: str) -> None:
-    """Predicates, axes, absolute paths and unions that could interleave go to the XPath engine."""
+    """Predicates, axes, functions, `.` and `..` past the start, and unions of different attributes go to the XPath engine."""
     assert _plan(text) is None
+
+
+@pytest.mark.parametrize("text", ["//po:X", "/mh:MsgHead", ".//po:X", "rq:Comment|../rq:Comment", "mh:A/mh:B|fk1:C/mh:B", "po:A//po:B/@V", "//po:A | //po:B"])
+def test_what_the_plan_reads_beyond_child_steps(text: str) -> None:
+    """Absolute paths, `//` steps and unions whose members differ read without the XPath engine."""
+    assert _plan(text) is not None
 
 
 @pytest.mark.parametrize(("name", "data"), _documents(), ids=lambda v: v if isinstance(v, str) else "")
@@ -120,6 +142,7 @@ def test_planned_paths_answer_as_xpath_does(name: str, data: bytes) -> None:
         planned = compile_path(text)
         engine = compile_path(text)
         engine._plan = None  # the XPath engine, as before plans existed
+        engine.values = engine._make_values()  # values() is made once, from the plan
         for node in nodes:
             assert _observed(planned, root, node, binding) == _observed(engine, root, node, binding), (text, name, node.tag)
 
@@ -165,3 +188,30 @@ def test_element_text_is_all_text_below_it_stripped() -> None:
     ns = "{http://www.kith.no/xmlstds/msghead/2006-05-24}"
     assert _text(root.find(f"{ns}Organisation/{ns}OrganisationName")) == "Ytre del"
     assert _text(root.find(f"{ns}Text")) == "tekst fet slutt"
+
+
+@pytest.mark.parametrize(("name", "data"), _documents()[:4], ids=lambda v: v if isinstance(v, str) else "")
+def test_message_scope_answers_as_a_plain_scope(name: str, data: bytes) -> None:
+    """message_scope keeps every element's proxy for the message; the binding and every answer stay the same."""
+    from adapters.kith.paths import message_scope
+
+    root = parse_xml(data).getroot()
+    scope = message_scope(root, PREFIXES)
+    assert scope.bindings is bind(root, PREFIXES) and scope.node is root and not scope.reads
+    compile_path = path_compiler(PREFIXES)
+    for text in PLANNED:
+        path = compile_path(text)
+        plain = XmlScope(root, root, bind(root, PREFIXES), set())
+        fresh = message_scope(root, PREFIXES)
+        assert [(str(i.raw), i.group, i.location) for i in path.resolve(fresh)] == [(str(i.raw), i.group, i.location) for i in path.resolve(plain)]
+        assert fresh.reads == plain.reads, text
+
+
+def test_an_element_item_makes_its_text_when_asked() -> None:
+    """An element with children is an item (a group) whatever its text; its text is the element's, made once."""
+    root = parse_xml(AWKWARD).getroot()
+    scope = XmlScope(root, root, bind(root, PREFIXES), set())
+    [item] = path_compiler(PREFIXES)("mh:Organisation").resolve(scope)
+    assert item.group is not None and item._raw is None
+    assert item.raw == "Ytre del\n    Indre9"
+    assert isinstance(item.raw, NodeText) and item.raw.node is item.group and item.raw is item.raw
