@@ -606,6 +606,26 @@ class XmlPath:
                 return self._items(scope, found)
         return self._cached(scope)
 
+    def _selector(self) -> Any:
+        """Return `select(scope)`: the elements the path selects there, from the children index where one tag does; None: ask XPath."""
+        bind = self._bind
+
+        def select(scope: XmlScope) -> Sequence[Any] | None:
+            bound = self._bound
+            if bound.bindings is not scope.bindings:
+                bound = bind(scope.bindings)
+            tag = bound.tag
+            if tag is None:
+                return bound.select(scope)  # type: ignore[no-any-return]
+            node = scope.node
+            results = scope.results
+            kids = results.get(node)
+            if kids is None:
+                kids = results[node] = _index(node)
+            return kids.get(tag, _NONE)  # type: ignore[no-any-return]
+
+        return select
+
     def _make_values(self) -> Any:
         """Return `values(scope)`: the raw values in order (no XmlItem per value: conditions ask this often)."""
         literal = self._literal
@@ -616,27 +636,15 @@ class XmlPath:
         if plan is None:
             return lambda scope: [item.raw for item in self._cached(scope)]
         cached = self._cached
-        bind = self._bind
+        select = self._selector()
         attr = plan.attr
 
         if attr is None:
 
             def values(scope: XmlScope) -> list[str]:
-                bound = self._bound
-                if bound.bindings is not scope.bindings:
-                    bound = bind(scope.bindings)
-                tag = bound.tag
-                if tag is not None:  # one child step: the children index answers
-                    node = scope.node
-                    results = scope.results
-                    kids = results.get(node)
-                    if kids is None:
-                        kids = results[node] = _index(node)
-                    found = kids.get(tag, _NONE)
-                else:
-                    found = bound.select(scope)
-                    if found is None:
-                        return [item.raw for item in cached(scope)]
+                found = select(scope)
+                if found is None:
+                    return [item.raw for item in cached(scope)]
                 reads = scope.reads
                 out: list[str] = []
                 for el in found:
@@ -649,21 +657,9 @@ class XmlPath:
             return values
 
         def attr_values(scope: XmlScope) -> list[str]:
-            bound = self._bound
-            if bound.bindings is not scope.bindings:
-                bound = bind(scope.bindings)
-            tag = bound.tag
-            if tag is not None:
-                node = scope.node
-                results = scope.results
-                kids = results.get(node)
-                if kids is None:
-                    kids = results[node] = _index(node)
-                found = kids.get(tag, _NONE)
-            else:
-                found = bound.select(scope)
-                if found is None:
-                    return [item.raw for item in cached(scope)]
+            found = select(scope)
+            if found is None:
+                return [item.raw for item in cached(scope)]
             reads = scope.reads
             out: list[str] = []
             for el in found:
@@ -692,27 +688,16 @@ class XmlPath:
         if len(plan.members) == 1 and member.start == _REL and not member.ups and not member.steps:
             return _self_reader if plan.attr is None else _attr_reader(plan.attr)
         attr = plan.attr
-        bind = self._bind
         read_xpath = self._read_xpath
+
+        select = self._selector()
 
         if attr is None:
 
             def read(scope: XmlScope) -> str | None:
-                bound = self._bound
-                if bound.bindings is not scope.bindings:
-                    bound = bind(scope.bindings)
-                tag = bound.tag
-                if tag is not None:
-                    node = scope.node
-                    results = scope.results
-                    kids = results.get(node)
-                    if kids is None:
-                        kids = results[node] = _index(node)
-                    found = kids.get(tag, _NONE)
-                else:
-                    found = bound.select(scope)
-                    if found is None:
-                        return read_xpath(scope)
+                found = select(scope)
+                if found is None:
+                    return read_xpath(scope)
                 reads = scope.reads
                 first = None
                 for el in found:
@@ -726,21 +711,9 @@ class XmlPath:
             return read
 
         def read_attr(scope: XmlScope) -> str | None:
-            bound = self._bound
-            if bound.bindings is not scope.bindings:
-                bound = bind(scope.bindings)
-            tag = bound.tag
-            if tag is not None:
-                node = scope.node
-                results = scope.results
-                kids = results.get(node)
-                if kids is None:
-                    kids = results[node] = _index(node)
-                found = kids.get(tag, _NONE)
-            else:
-                found = bound.select(scope)
-                if found is None:
-                    return read_xpath(scope)
+            found = select(scope)
+            if found is None:
+                return read_xpath(scope)
             reads = scope.reads
             first = None
             for el in found:
