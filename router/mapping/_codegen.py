@@ -78,7 +78,7 @@ def generate(steps: tuple[Callable[..., bool], ...]) -> Build | None:
     if not inlined:
         return None
     head = ["def build(scope, ctx, obj):", *("    " + x for x in g.prologue())]
-    source = "\n".join(_guards([*head, *("    " + x for x in body), "    return obj"], g.guards))
+    source = "\n".join(_memos(_guards([*head, *("    " + x for x in body), "    return obj"], g.guards), g.memos))
     build: Build = _compile(source, "build", g.names, "<helsebro mapping block>")
     build.source = source  # type: ignore[attr-defined]  # for reading and debugging
     return build
@@ -124,6 +124,29 @@ def _guards(lines: list[str], uses: dict[str, int]) -> list[str]:
         else:
             out += [f"{indent}if {var} is None:", f"{indent}    {var} = bool({expr})", f"{indent}if {var}:"]
     return out
+
+
+def _memos(lines: list[str], memos: list[str]) -> list[str]:
+    """Read a field in place where only one expression of its block reads it: no local, no reset.
+
+    A field several conditions test (OBX-2) keeps its local, read when first asked.
+    """
+    text = "\n".join(lines)
+    for var in memos:
+        head = f"({var} if {var} is not _U else ({var} := "
+        at = text.find(head)
+        if at == -1 or text.find(head, at + 1) != -1:
+            continue
+        start = at + len(head)
+        depth, end = 1, start
+        while depth:  # the read holds no string with a parenthesis: match them
+            ch = text[end]
+            depth += (ch == "(") - (ch == ")")
+            end += 1
+        text = f"{text[:at]}({text[start:end - 1]}){text[end + 1:]}"
+        lines = [line for line in text.split("\n") if line.strip() != f"{var} = _U"]
+        text = "\n".join(lines)
+    return text.split("\n")
 
 
 def _leaf_expr(part: str, sub: int) -> str:
@@ -176,6 +199,7 @@ class _Gen:
         self.uses_value = False
         self.conditions: dict[str, str] = {}  # condition text -> local holding its answer in this block
         self.guards: dict[str, int] = {} if parent is None else self.root.guards  # condition local -> how many rules it guards
+        self.memos: list[str] = [] if parent is None else self.root.memos  # locals holding a field read when first asked (_memos)
         self.values: dict[tuple[Any, ...], str] = {}  # (segment var, field, rep, comp, sub) -> local holding the value, read when first asked
         self.relative: dict[tuple[Any, ...], str] = {}  # (V, None, 0, comp, sub) -> local holding a part of the value, read where the block starts
         self.scope = scope  # an expression for this block's scope
@@ -362,6 +386,7 @@ class _Gen:
         var = self.values.get(key)
         if var is None:
             var = self.values[key] = self.n(f"fv{len(self.values)}")
+            self.root.memos.append(var)
             self.names[self.n(f"VL{var}")] = values
         vals = f"({var} if {var} is not _U else ({var} := {self.n(f'VL{var}')}({self.scope})))"
         return self._test(op, arg, vals, many=True)
@@ -411,6 +436,7 @@ class _Gen:
         var = self.values.get(key)
         if var is None:
             var = self.values[key] = self.n(f"fv{len(self.values)}")
+            self.root.memos.append(var)
         # Read once per block, when first asked: several conditions of a block test one field (OBX-2).
         # What _field_value does, as one expression: the field, marked read when valued, then the leaf.
         f = path.field_no
@@ -570,6 +596,11 @@ class _Gen:
             return self._first_read(i, path, convert, put)
         self.message()
         v = self.n("v")
+        if path.segment is None and path.comp and convert is None:
+            self.value()
+            part = self._value_expr(path)
+            if part is not None and part.isidentifier():  # a part read where the block starts: placed as it is
+                return [f"if {part} is not None:", *("    " + x for x in self._put(i, put, part, known="str"))]
         tail = [*self._convert(i, convert, v, "0")]
         placed = self._put(i, put, v, known=_known(convert))
         if tail:
