@@ -235,8 +235,15 @@ class _Gen:
             lines = self.rule(i, step)
             if lines is None:
                 name = self.n(f"S{i}")
-                self.names[name] = step
-                out.append(f"{name}({self.scope}, ctx, {self.obj})")
+                inner = getattr(step, "inner", None)
+                when = getattr(step, "when", None)
+                if inner is not None and getattr(when, "shape", None) is not None and getattr(when, "text", None) is not None:
+                    # A rule not written out, whose condition is: the test here, the rule called only when it holds.
+                    self.names[name] = inner
+                    out += [*self._guard(i, when), f"    {name}({self.scope}, ctx, {self.obj})"]
+                else:
+                    self.names[name] = step
+                    out.append(f"{name}({self.scope}, ctx, {self.obj})")
             else:
                 inlined += 1
                 out.extend(lines)
@@ -298,6 +305,8 @@ class _Gen:
             inner = self._each(i, path, convert, put)
         elif kind == "fn":
             inner = self._fn(i, *plan[1:])
+        elif kind == "each_segment":
+            inner = self._each_segment(i, *plan[1:])
         elif kind == "ref":
             _, name, put = plan
             self.names["Ref"] = Ref
@@ -334,6 +343,18 @@ class _Gen:
         child = _Gen(self, scope=self.scope, same_value=True)
         body, _ = child.body(steps)
         return [*child.child_start(), *body, f"if {child.obj}:", *("    " + x for x in self._put(i, put, child.obj, known="dict"))]
+
+    def _each_segment(self, i: int, path: Any, build: Any, put: Any) -> list[str]:
+        """`each: NTE` with nested `rules:`: one object per segment, built in a scope where that segment is current."""
+        pname = self.n(f"SEGP{i}")
+        self.names[pname] = path
+        o, sg = self.n("o"), self.n("sg")
+        return [
+            f"for {sg} in {pname}._segments({self.scope}):",  # what path.resolve gives, without an Item per segment
+            f"    {o} = {self._builder(i, build)}({self.scope}.child(segments={{{sg}.name: {sg}}}), ctx, {{}})",
+            f"    if {o}:",
+            *("        " + x for x in self._put(i, put, o, known="dict")),
+        ]
 
     def _guard(self, i: int, when: Any) -> list[str]:
         """Lines opening `if <condition>:`, the answer kept for the rest of this block (as the memo would)."""
@@ -573,8 +594,13 @@ class _Gen:
         self.names[name] = convert
         return [f"{var} = {name}({self.scope}, ctx, {var}, {index})", f"if {var} is not None:"]
 
-    def _leaf(self, src: str, comp: int, sub: int, v: str) -> list[str]:
-        """A line turning repetition text *src* into *v* (str or None), as Hl7Message.leaf does."""
+    def _leaf(self, src: str, comp: int, sub: int, v: str, *, decode: bool = False) -> list[str]:
+        """A line turning repetition text *src* into *v* (str or None), as Hl7Message.leaf does.
+
+        With *decode*, a whole repetition is read as final text, escapes undone (SourcePath.decoded).
+        """
+        if not comp and decode:
+            return [f"{v} = None if {src} == NULL else (unescape({src}, delims) if ESC and ESC in {src} else {src})"]
         if not comp:  # a whole repetition stays escaped: its components are split later
             return [f"{v} = {src} if {src} != NULL else None"]
         part = f"(_p[{comp - 1}] if {comp} <= len(_p := {src}.split(COMP)) else '')"
@@ -592,7 +618,7 @@ class _Gen:
         return var
 
     def _first(self, i: int, path: Any, convert: Any, put: Any) -> list[str] | None:
-        if type(path) is not SourcePath or path.decode_whole:
+        if type(path) is not SourcePath or (path.decode_whole and path.segment is None):
             return self._first_read(i, path, convert, put)
         self.message()
         v = self.n("v")
@@ -628,7 +654,7 @@ class _Gen:
         else:
             lines += [f"    _r = {raw}.split(REP)", f"    {raw} = _r[{r}] if {r} < len(_r) else ''"]
         lines.append(f"    if {raw}:")
-        lines += ["        " + x for x in self._leaf(raw, path.comp, path.sub, v)]
+        lines += ["        " + x for x in self._leaf(raw, path.comp, path.sub, v, decode=path.decode_whole)]
         lines += [f"        if {v} is not None:", *("            " + x for x in tail)]
         return lines
 
@@ -669,7 +695,7 @@ class _Gen:
         ]
 
     def _each(self, i: int, path: Any, convert: Any, put: Any) -> list[str] | None:
-        if type(path) is not SourcePath or path.segment is None or path.field_no is None or path.rep != ALL or path.decode_whole:
+        if type(path) is not SourcePath or path.segment is None or path.field_no is None or path.rep != ALL:
             return self._each_read(i, path, convert, put)
         seg = self._segment_var(path)
         if seg is None:
@@ -688,7 +714,7 @@ class _Gen:
             f"        if not {rv}:",
             "            continue",
         ]
-        lines += ["        " + x for x in self._leaf(rv, path.comp, path.sub, v)]
+        lines += ["        " + x for x in self._leaf(rv, path.comp, path.sub, v, decode=path.decode_whole)]
         lines += [f"        if {v} is None:", "            continue"]
         lines += ["        " + x for x in body]
         lines.append(f"        {k} += 1")

@@ -170,6 +170,7 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
                     out.append(obj)
             return out
 
+        seg_produce.plan = ("segments", path, block.build)  # type: ignore[attr-defined]  # _codegen.py writes the loop out
         return seg_produce, None
     if path.rep is None and path.field_no is not None:
         text = str(node["each"])

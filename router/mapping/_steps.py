@@ -38,9 +38,10 @@ def finish(step: Step | None, produce: Produce, put: Put, when: Predicate | None
             return False
         return inner(scope, ctx, obj)
 
+    guarded.when, guarded.inner = when, inner  # type: ignore[attr-defined]  # _codegen.py writes the guard out in line
     plan = getattr(inner, "plan", None)
-    if plan is not None:  # _codegen.py writes the guard out in line
-        guarded.plan, guarded.when = plan, when  # type: ignore[attr-defined]
+    if plan is not None:  # and the rule too
+        guarded.plan = plan  # type: ignore[attr-defined]
     return guarded
 
 
@@ -71,6 +72,9 @@ def _generic(produce: Produce, put: Put) -> Step:
             put(obj, v, ctx)
         return bool(values)
 
+    shape = getattr(produce, "plan", None)
+    if shape is not None and shape[0] == "segments":  # `each:` over segments with nested rules
+        step.plan = ("each_segment", shape[1], shape[2], put)  # type: ignore[attr-defined]  # for _codegen.py
     return step
 
 
