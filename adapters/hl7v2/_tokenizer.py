@@ -92,7 +92,7 @@ class Segment:
 class Hl7Message:
     """A tokenized message: segments in order, plus its delimiters."""
 
-    __slots__ = ("segments", "delims", "_by_name", "_comps", "_comp", "_sub", "_esc", "structure", "_root")
+    __slots__ = ("segments", "delims", "by_name", "_comps", "_comp", "_sub", "_esc", "structure", "_root")
 
     def __init__(self, segments: list[Segment], delims: Delimiters, by_name: dict[str, list[Segment]] | None = None) -> None:
         self.segments = segments
@@ -110,7 +110,7 @@ class Hl7Message:
                 if len(same) > 1:
                     for k, seg in enumerate(same, 1):
                         seg.label = f"{seg.name}[{k}]"
-        self._by_name = by_name
+        self.by_name = by_name  # segment name → its segments in order (read-only: `all` is the same)
         # A datatype mapping reads several components of one value: split it once.
         self._comps: dict[str, list[str]] = {}
         self._comp = delims.component
@@ -129,11 +129,11 @@ class Hl7Message:
 
     def all(self, name: str) -> list[Segment]:
         """Return every segment called *name*, in message order."""
-        return self._by_name.get(name, [])
+        return self.by_name.get(name, [])
 
     def first(self, name: str) -> Segment | None:
         """Return the first segment called *name*, or None."""
-        segs = self._by_name.get(name)
+        segs = self.by_name.get(name)
         return segs[0] if segs else None
 
     def repetitions(self, seg: Segment, n: int) -> list[str]:

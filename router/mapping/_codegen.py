@@ -50,25 +50,6 @@ _UNREAD = object()
 """What a generated function's value locals hold before their field is read."""
 
 
-def _seg(scope: Any, name: str, k: int, current: bool) -> Any:
-    """The segment a path `NAME-…` (current=True) or `NAME[k+1]-…` reads in *scope*, or None."""
-    if current:
-        seg = scope.segments.get(name)
-        if seg is not None:
-            return seg
-    group = scope.group
-    if group is None:
-        segs = scope.message.all(name)
-    else:
-        near = group._near  # nearest()'s answers for every name, built once per group
-        segs = (near if near is not None else near_map(group)).get(name)
-        if segs is None:
-            segs = scope.message.all(name)
-    return segs[k] if k < len(segs) else None
-
-
-
-
 def generate(steps: tuple[Callable[..., bool], ...]) -> Build | None:
     """Return a function doing what running *steps* in order does, or None when no step can be written out."""
     if not ENABLED or not steps:
@@ -166,7 +147,7 @@ def _known(convert: Any) -> str | None:
 
 def _compile(source: str, name: str, names: dict[str, Any], filename: str) -> Any:
     namespace: dict[str, Any] = {
-        "_seg": _seg, "_U": _UNREAD, "unescape": unescape, "NULL": EXPLICIT_NULL,
+        "near_map": near_map, "_U": _UNREAD, "unescape": unescape, "NULL": EXPLICIT_NULL,
         "MessageError": MessageError, "_Values": _Values, "call_at": call_at, "location": location, **names,
     }
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - source from compile-time constants only (see module doc)
@@ -256,8 +237,21 @@ class _Gen:
             head += ["msg = scope.message", "reads = scope.reads", "delims = msg.delims", "REP = delims.repetition", "COMP = delims.component", "SUB = delims.subcomponent", "ESC = delims.escape"]
         if self.uses_value:
             head += ["V = scope.value", "VP = V.split(COMP) if V else ()", "NVP = len(VP)"]
+        if self.segments:
+            # The current segment, else the group's (near_map), else the message's: what a path's _segments finds.
+            head += ["_SG = scope.segments", "_GR = scope.group", "_NR = (_GR._near or near_map(_GR)) if _GR is not None else None", "_BY = scope.message.by_name"]
         for (name, k, current), var in self.segments.items():
-            head += [f"{var} = _seg(scope, {name!r}, {k}, {current})", f"F{var} = {var}.fields if {var} is not None else ()", f"NF{var} = len(F{var})"]
+            look = [
+                f"_s = _NR.get({name!r}) if _NR is not None else None",
+                "if _s is None:",
+                f"    _s = _BY.get({name!r}, ())",
+                f"{var} = _s[{k}] if {k} < len(_s) else None",
+            ]
+            if current:
+                head += [f"{var} = _SG.get({name!r})", f"if {var} is None:", *("    " + x for x in look)]
+            else:
+                head += look
+            head += [f"F{var} = {var}.fields if {var} is not None else ()", f"NF{var} = len(F{var})"]
         return head + self._resets()
 
     def _resets(self) -> list[str]:
