@@ -15,6 +15,7 @@ import tracemalloc
 
 import orjson
 
+from adapters._compiled import compiled_modules
 from router.pipeline.convert import Converter
 from schemas.identity import first_valid_fnr
 from router.settings import load_settings
@@ -141,6 +142,8 @@ def main() -> None:
     print(f"  CPU time {cpu / args.n * 1e6:.1f} us per message = {args.n / cpu:,.0f} msg/s of CPU")
     print(f"  latency p50 {q[49] * 1e6:.1f} us   p99 {q[98] * 1e6:.1f} us   max {max(lat) * 1e6:.1f} us")
     print(f"  peak memory per conversion {peak / 1024:.1f} KiB (tracemalloc)")
+    built = compiled_modules()
+    print(f"  hot path: {f'compiled with Cython ({len(built)} modules)' if built else 'pure Python'}")
 
 
 def _profile(converter: Converter, data: bytes, n: int) -> None:
