@@ -8,7 +8,7 @@ Encounter gets a new version. Conversion is done before the clock starts; each
 batch is one `apply_batch(bundles, keys)` call, with the message keys the engine
 passes (router.pipeline.settle.applied_key).
 
-    python bench/record.py [--n 6000] [--batch 100] [--updates 0.2] [--procs 1] [--record sqlite|postgresql] [--dir PATH]
+    python bench/record.py [--n 6000] [--batch 100] [--updates 0.2] [--procs 1] [--record sqlite|postgresql] [--dir PATH] [--wal]
 
 `--procs P` runs P processes applying disjoint shares to the same record at once,
 as `helsebro run --workers P` does (for SQLite: one file, one writer at a time).
@@ -22,6 +22,13 @@ included: the SQLite engine runs in it; PostgreSQL's server CPU is not in it),
 and the applying thread's own (time.thread_time). No assertions: figures are printed,
 never tested. The machine is shared: compare CPU figures, or runs made in the
 same minutes.
+
+`--wal` also prints the write-ahead log written per message, over the second half
+of the run (the first half fills the record): for SQLite the growth of the -wal file,
+with checkpoints turned off for the run (so the log only grows; the CPU figures then
+leave out checkpointing); for PostgreSQL the server's WAL position moved, which counts
+whatever else the server did meanwhile (use a quiet server). Use it with `--procs 1`:
+the log is shared, so each process would count the others' writes too.
 """
 
 from __future__ import annotations
@@ -80,25 +87,42 @@ def _prepared(n: int, updates: float, batch: int, offset: int) -> tuple[list[Any
     return bundles, keys
 
 
-def _run(url: str, n: int, batch: int, updates: float, offset: int, out: Any) -> None:
-    """Apply *n* messages in batches to the record at *url*; put (wall s, process cpu s, applying thread's cpu s, batch latencies) on *out*."""
+def _wal_meter(record: Any, url: str) -> Any:
+    """A function returning the log's length now (bytes), for `--wal`; turns the SQLite record's checkpoints off."""
+    if url.startswith("sqlite:///"):
+        record._checkpointer.notify = lambda: None  # the log only grows: its file's size is what was written
+        record._wal_limit = 1 << 62
+        wal = Path(url[len("sqlite:///"):] + "-wal")
+        return lambda: wal.stat().st_size if wal.exists() else 0
+    return lambda: int(record._select("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')", ())[0][0])
+
+
+def _run(url: str, n: int, batch: int, updates: float, offset: int, wal: bool, out: Any) -> None:
+    """Apply *n* messages in batches to the record at *url*; put (wall s, process cpu s, applying thread's cpu s,
+    batch latencies, log bytes per message over the second half or None) on *out*."""
     from adapters.fhir.record import open_record
 
     bundles, keys = _prepared(n, updates, batch, offset)
     record = open_record(Settings(record_url=url))
+    meter = _wal_meter(record, url) if wal else None
+    half = (n // 2) // batch * batch
     lat: list[float] = []
+    logged = None
     try:
         wall0, cpu0, own0 = time.perf_counter(), time.process_time(), time.thread_time()
         for start in range(0, n, batch):
+            if meter is not None and start == half:
+                logged = meter()
             t = time.perf_counter()
             results = record.apply_batch(bundles[start:start + batch], keys[start:start + batch])
             lat.append(time.perf_counter() - t)
             if any(isinstance(r, Exception) for r in results):
                 raise SystemExit("a bench Bundle was refused")
         wall, cpu, own = time.perf_counter() - wall0, time.process_time() - cpu0, time.thread_time() - own0
+        per_message = (meter() - logged) / (n - half) if meter is not None and logged is not None else None
     finally:
         record.close()
-    out.put((wall, cpu, own, lat))
+    out.put((wall, cpu, own, lat, per_message))
 
 
 def main() -> None:
@@ -109,6 +133,7 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=1, help="processes applying at once to one record")
     parser.add_argument("--record", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--dir", type=Path, default=None, help="folder for the SQLite file's temporary folder")
+    parser.add_argument("--wal", action="store_true", help="print log bytes per message (SQLite: with checkpoints off)")
     args = parser.parse_args()
 
     schema = f"bench_{uuid.uuid4().hex[:10]}"
@@ -120,7 +145,7 @@ def main() -> None:
             open_record(Settings(record_url=url)).close()  # schema first, so the processes do not race to create it
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_run, args=(url, args.n, args.batch, args.updates, p * 10_000_000, queue)) for p in range(args.procs)]
+        procs = [ctx.Process(target=_run, args=(url, args.n, args.batch, args.updates, p * 10_000_000, args.wal, queue)) for p in range(args.procs)]
         try:
             for p in procs:
                 p.start()
@@ -143,6 +168,9 @@ def main() -> None:
     print(f"  cpu ms/msg    {cpu / total * 1e3:10.3f}  (process: with any background thread)")
     print(f"  apply cpu     {own / total * 1e3:10.3f}  (ms/msg, the applying thread alone)")
     print(f"  wall ms/msg   {wall / total * 1e3 * args.procs:10.3f}  (per process)")
+    if args.wal:
+        logs = [g[4] for g in got if g[4] is not None]
+        print(f"  wal B/msg     {sum(logs) / len(logs):10.0f}  (second half of the run; SQLite: checkpoints off)")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ tells it every write so the answers stay what the database would say. The
 batch holds the identity locks of all its entries (see _store.py), so no other
 writer can change these rows meanwhile.
 
-Writes are held and sent by `flush` with executemany: five statements for a
+Writes are held and sent by `flush` with executemany: a few statements for a
 batch instead of eight per resource. A read the prefetch did not answer flushes
-first, so the database it reads has every earlier write.
+first, so the database it reads has every earlier write. An update whose
+identifiers and references are those already indexed leaves its index rows alone
+(`index_hash`): an ADT^A08 changes an Encounter's period, not its identifier.
 
 Only the criteria Helsebro's mappings write are prefetched: one `identifier`
 with a system and a value. Anything else, or anything not prefetched, is read
@@ -27,23 +29,38 @@ from adapters.fhir._bundle import Criteria, Entry, identifiers
 
 _CHUNK = 300  # rows per IN list: well under SQLite's bound-parameter limit
 
-_UPSERT = (
-    "INSERT INTO fhir_resource (type, id, version, deleted, last_updated, digest, body) VALUES (?, ?, ?, ?, ?, ?, ?) "
-    "ON CONFLICT (type, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted, "
-    "last_updated = excluded.last_updated, digest = excluded.digest, body = excluded.body"
-)
-_HISTORY = "INSERT INTO fhir_history (type, id, version, deleted, last_updated, body) VALUES (?, ?, ?, ?, ?, ?)"
+# A new resource's row is inserted, an existing one's updated by its key: never an upsert, so a writer
+# that wrongly believed an identity new (no lock held) fails on UNIQUE (type, id) instead of
+# overwriting it; a lost update fails on the history's primary key (rid, version), as before.
+_INSERT = "INSERT INTO fhir_resource (rid, type, id, version, deleted, digest, index_hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_UPDATE = "UPDATE fhir_resource SET version = ?, deleted = ?, digest = ?, index_hash = ? WHERE rid = ?"
+_HISTORY = "INSERT INTO fhir_history (rid, version, deleted, last_updated, body) VALUES (?, ?, ?, ?, ?)"
+_TOKEN = "INSERT INTO fhir_token (type, value, system, rid) VALUES (?, ?, ?, ?)"
+_REF = "INSERT INTO fhir_ref (type, target, param, rid) VALUES (?, ?, ?, ?)"
+CURRENT_COLUMNS = "r.version, r.deleted, r.digest, r.rid, r.index_hash"
 
 
 class Current:
-    """The current version of one resource: what a write compares and bumps."""
+    """The current version of one resource: what a write compares and bumps.
 
-    __slots__ = ("version", "deleted", "digest")
+    `rid` and `index_hash` describe the database's row: its integer key (None until the
+    resource's first row is sent) and the hash of the index rows sent for it (None when unknown).
+    """
 
-    def __init__(self, version: int, deleted: bool, digest: str) -> None:
+    __slots__ = ("version", "deleted", "digest", "rid", "index_hash")
+
+    def __init__(self, version: int, deleted: bool, digest: str, rid: int | None = None, index_hash: int | None = None) -> None:
         self.version = version
         self.deleted = deleted
         self.digest = digest
+        self.rid = rid
+        self.index_hash = index_hash
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Current:
+        """Read `CURRENT_COLUMNS`."""
+        version, deleted, digest, rid, index_hash = row
+        return cls(int(version), bool(deleted), digest, int(rid), None if index_hash is None else int(index_hash))
 
 
 class Lookups:
@@ -56,40 +73,62 @@ class Lookups:
         self._holding: dict[tuple[str, str], set[Criteria]] = {}  # (type, id) -> cached criteria that list it
         self._history: list[tuple[Any, ...]] = []
         self._rows: dict[tuple[str, str], tuple[Any, ...]] = {}  # the last version written per resource
-        self._clear: set[tuple[str, str]] = set()  # resources whose index rows in the database are stale
-        self._tokens: dict[tuple[str, str], set[tuple[str, str]]] = {}
-        self._refs: dict[tuple[str, str], set[tuple[str, str]]] = {}
+        self._index: dict[tuple[str, str], tuple[int, set[tuple[str, str]], set[tuple[str, str]]]] = {}  # hash, tokens, refs
 
-    def write(self, resource_type: str, id_: str, version: int, deleted: bool, now: str, text: str, digest: str, *, existed: bool,
-              tokens: set[tuple[str, str]], refs: set[tuple[str, str]]) -> None:
-        """Hold one version's statements: its history row, the current row, and its index rows."""
+    def write(self, resource_type: str, id_: str, version: int, deleted: bool, now: str, text: str, digest: str, *,
+              tokens: set[tuple[str, str]], refs: set[tuple[str, str]], index_hash: int) -> None:
+        """Hold one version's statements: its history row, the current row, and its index rows.
+
+        *index_hash* identifies *tokens* and *refs*: when the database's rows for the resource
+        have the same, they are left as they are.
+        """
         key = (resource_type, id_)
         flag = 1 if deleted else 0
-        self._history.append((resource_type, id_, version, flag, now, text))
-        self._rows[key] = (resource_type, id_, version, flag, now, digest, text)
-        if existed:
-            self._clear.add(key)
-        self._tokens[key] = tokens
-        self._refs[key] = refs
+        self._history.append((key, version, flag, now, text))
+        self._rows[key] = (version, flag, digest, index_hash)
+        self._index[key] = (index_hash, tokens, refs)
 
     def flush(self, db: Any) -> None:
         """Send the held writes: history, current rows, stale index rows out, index rows in; in that order."""
         if not self._rows:
             return
-        db.execute_many(_HISTORY, self._history)
-        db.execute_many(_UPSERT, list(self._rows.values()))
-        if self._clear:
-            db.execute_many("DELETE FROM fhir_token WHERE type = ? AND id = ?", list(self._clear))
-            db.execute_many("DELETE FROM fhir_ref WHERE type = ? AND id = ?", list(self._clear))
-        tokens = [(t, i, system, value) for (t, i), pairs in self._tokens.items() for system, value in pairs]
+        written = {key: cur for key in self._rows if (cur := self.current.get(key)) is not None}  # `wrote` set each one
+        new = [key for key, cur in written.items() if cur.rid is None]
+        for key, rid in zip(new, db.new_rids(len(new)) if new else (), strict=True):
+            written[key].rid = rid
+        db.execute_many(_HISTORY, [(written[key].rid, version, flag, now, text) for key, version, flag, now, text in self._history])
+        fresh = set(new)
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        stale: list[tuple[Any, ...]] = []
+        tokens: list[tuple[Any, ...]] = []
+        refs: list[tuple[Any, ...]] = []
+        for key, (version, flag, digest, index_hash) in self._rows.items():
+            cur = written[key]
+            rid = cur.rid
+            if key in fresh:
+                inserts.append((rid, key[0], key[1], version, flag, digest, index_hash))
+            else:
+                updates.append((version, flag, digest, index_hash, rid))
+                if cur.index_hash == index_hash:
+                    continue  # the same identifiers and references: the index rows stay
+                stale.append((rid,))
+            _, own_tokens, own_refs = self._index[key]
+            tokens.extend((key[0], value, system, rid) for system, value in own_tokens)
+            refs.extend((key[0], target, param, rid) for param, target in own_refs)
+            cur.index_hash = index_hash
+        if inserts:
+            db.execute_many(_INSERT, inserts)
+        if updates:
+            db.execute_many(_UPDATE, updates)
+        if stale:
+            db.execute_many("DELETE FROM fhir_token WHERE rid = ?", stale)
+            db.execute_many("DELETE FROM fhir_ref WHERE rid = ?", stale)
         if tokens:
-            db.execute_many("INSERT INTO fhir_token (type, id, system, value) VALUES (?, ?, ?, ?)", tokens)
-        refs = [(t, i, param, target) for (t, i), pairs in self._refs.items() for param, target in pairs]
+            db.execute_many(_TOKEN, tokens)
         if refs:
-            db.execute_many("INSERT INTO fhir_ref (type, id, param, target) VALUES (?, ?, ?, ?)", refs)
-        # What was sent is in the database now: a later write of one of these clears its rows first.
-        self._clear = set()
-        self._history, self._rows, self._tokens, self._refs = [], {}, {}, {}
+            db.execute_many(_REF, refs)
+        self._history, self._rows, self._index = [], {}, {}
 
     @classmethod
     def prefetch(cls, db: Any, bundles: Sequence[list[Entry]]) -> Lookups:
@@ -112,22 +151,23 @@ class Lookups:
         rows = _in_chunks(
             db, list(tokens), 3,
             "WITH q (type, system, value) AS (VALUES {}) "
-            "SELECT t.type, t.system, t.value, r.id FROM q JOIN fhir_token t ON t.type = q.type AND t.value = q.value AND t.system = q.system "
-            "JOIN fhir_resource r ON r.type = t.type AND r.id = t.id WHERE r.deleted = 0",
+            "SELECT t.type, t.system, t.value, r.id, " + CURRENT_COLUMNS + " FROM q JOIN fhir_token t ON t.type = q.type AND t.value = q.value "
+            "AND t.system = q.system JOIN fhir_resource r ON r.rid = t.rid WHERE r.deleted = 0",
         )
-        for rtype, system, value, rid in rows:
+        for rtype, system, value, found_id, *row in rows:
             criteria = tokens[(rtype, system, value)]
-            out.found[(rtype, criteria)].append(rid)
-            ids.add((rtype, rid))
+            out.found[(rtype, criteria)].append(found_id)
+            out.current[(rtype, found_id)] = Current.from_row(row)  # what the second query would say
         for (rtype, criteria), found in out.found.items():
             found.sort()  # as search_sql orders: by id
             for rid in found:
                 out._holding.setdefault((rtype, rid), set()).add(criteria)
+        ids.difference_update(out.current)
         for key in ids:
             out.current[key] = None
-        current_sql = "WITH q (type, id) AS (VALUES {}) SELECT r.type, r.id, r.version, r.deleted, r.digest FROM q JOIN fhir_resource r ON r.type = q.type AND r.id = q.id"
-        for rtype, rid, version, deleted, digest in _in_chunks(db, list(ids), 2, current_sql):
-            out.current[(rtype, rid)] = Current(int(version), bool(deleted), digest)
+        current_sql = "WITH q (type, id) AS (VALUES {}) SELECT r.type, r.id, " + CURRENT_COLUMNS + " FROM q JOIN fhir_resource r ON r.type = q.type AND r.id = q.id"
+        for rtype, id_, *row in _in_chunks(db, list(ids), 2, current_sql):
+            out.current[(rtype, id_)] = Current.from_row(row)
         return out
 
     def remember_found(self, resource_type: str, criteria: Criteria, found: list[str]) -> None:
@@ -143,7 +183,9 @@ class Lookups:
 
         *tokens* are the body's (system, value) identifiers when the caller has them already.
         """
-        self.current[(resource_type, id_)] = Current(version, deleted, digest)
+        key = (resource_type, id_)
+        before = self.current.get(key)  # the database's row stays what it was until flush
+        self.current[key] = Current(version, deleted, digest, before.rid, before.index_hash) if before else Current(version, deleted, digest)
         for criteria in self._holding.pop((resource_type, id_), ()):
             found = self.found.get((resource_type, criteria))
             if found is not None and id_ in found:

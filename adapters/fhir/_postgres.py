@@ -22,7 +22,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_loads
 
-from adapters.fhir._store import SCHEMA, SqlRecord
+from adapters.fhir._store import SqlRecord, prepare_schema
 from adapters.fhir._transaction import Db
 from router.contracts import FhirJson
 from router.errors import RecordUnavailable
@@ -32,6 +32,17 @@ _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Serialises schema creation: concurrent CREATE TABLE IF NOT EXISTS can still collide
 # on the catalogue's unique index in PostgreSQL.
 _DDL_LOCK = 0x4845_4C53_4252_4F01  # "HELSBRO" + 1
+
+_NEW_RIDS = "SELECT nextval('fhir_rid_seq') FROM generate_series(1, %s)"
+# The sequence starts past any key a migration copied (prepare_schema runs this after the tables exist).
+_RID_SEQUENCE = (
+    "CREATE SEQUENCE IF NOT EXISTS fhir_rid_seq",
+    "SELECT setval('fhir_rid_seq', (SELECT coalesce(max(rid), 0) + 1 FROM fhir_resource), false)"
+    " WHERE (SELECT last_value FROM fhir_rid_seq) <= (SELECT coalesce(max(rid), 0) FROM fhir_resource)",
+)
+
+# A renamed table keeps its primary key's index name; the migration frees it for the new table's.
+_V1_RENAMED = tuple(f"ALTER INDEX IF EXISTS {t}_pkey RENAME TO {t}_v1_pkey" for t in ("fhir_resource", "fhir_history", "helsebro_applied"))
 
 _LOCK_SQL = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, n)"
 
@@ -73,6 +84,10 @@ class _PgDb:
         with self._conn.cursor() as cur:
             cur.executemany(_pg(statement), rows)
 
+    def new_rids(self, n: int) -> Sequence[int]:
+        # From a sequence: writers of different resources run at once, and a key is never taken twice.
+        return [int(r[0]) for r in self._conn.execute(_NEW_RIDS, (n,)).fetchall()]
+
 
 class PostgresRecord(SqlRecord):
     """The record in a PostgreSQL database, optionally in its own schema."""
@@ -103,11 +118,16 @@ class PostgresRecord(SqlRecord):
                 if self._schema:
                     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema)))
                     conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
-                for statement in SCHEMA:
-                    conn.execute(statement.format(body="JSON"))
+                tables = {str(r[0]) for r in conn.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()").fetchall()}
+                prepare_schema(_PgDb(conn), tables, body="JSON", rid="BIGINT", without_rowid="", after=_RID_SEQUENCE,
+                               renamed=_V1_RENAMED)
         except psycopg.Error as exc:
             conn.close()
             raise RecordUnavailable("cannot prepare the PostgreSQL record") from exc
+        except RecordUnavailable:
+            conn.close()  # a schema this Helsebro cannot use
+            raise
         return conn
 
     def _connection(self) -> psycopg.Connection[Any]:

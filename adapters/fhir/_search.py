@@ -1,7 +1,8 @@
 """Turn FHIR search parameters into SQL over the record's index tables.
 
 The index holds, for the current version of each resource, every identifier
-(fhir_token) and its `subject`/`patient` references (fhir_ref). Parameters are ANDed.
+(fhir_token) and its `subject`/`patient` references (fhir_ref), each row naming its
+resource by the integer key `rid` (fhir_resource). Parameters are ANDed.
 SQL uses `?` placeholders; the PostgreSQL store converts them.
 """
 
@@ -21,20 +22,25 @@ INDEXED_TAG_SYSTEMS = ("urn:helsebro:document",)
 REFERENCE_ELEMENTS = ("subject", "patient")
 """Top-level elements whose references are indexed for `patient` and `subject`."""
 
-# `r.id IN (subquery)` rather than a correlated EXISTS: both planners then drive the
+# `r.rid IN (subquery)` rather than a correlated EXISTS: both planners then drive the
 # search from the index on the value, instead of probing once per resource of the type.
-_TOKEN = "r.id IN (SELECT t.id FROM fhir_token t WHERE t.type = ?{})"
-_REF = "r.id IN (SELECT f.id FROM fhir_ref f WHERE f.type = ? AND f.target = ? AND f.param {})"
+_TOKEN = "r.rid IN (SELECT t.rid FROM fhir_token t WHERE t.type = ?{})"
+_REF = "r.rid IN (SELECT f.rid FROM fhir_ref f WHERE f.type = ? AND f.target = ? AND f.param {})"
+_BODY = " JOIN fhir_history h ON h.rid = r.rid AND h.version = r.version"
+"""The current version's body is the history row of the current version (fhir_resource holds no body)."""
 
 
 def search_sql(resource_type: str, params: Iterable[tuple[str, str]], *, select: str) -> tuple[str, list[Any]]:
     """Return SQL and arguments selecting *select* from current resources matching *params*.
+
+    *select* names columns of `r` (fhir_resource) or `h.body`, the current version's body.
 
     Raises:
         InvalidContent: a parameter is unknown or its value is empty or malformed.
     """
     where = ["r.type = ?", "r.deleted = 0"]
     args: list[Any] = [resource_type]
+    by_index = False  # a token or reference subquery constrains the search
     for name, value in params:
         if not value:
             raise InvalidContent("search parameter has no value", location=name)
@@ -45,18 +51,27 @@ def search_sql(resource_type: str, params: Iterable[tuple[str, str]], *, select:
             clause, more = _token(value)
             where.append(clause)
             args.extend([resource_type, *more])
+            by_index = True
         elif name == "_tag":
             where.append(_REF.format("= '_tag'"))
             args.extend([resource_type, value])
+            by_index = True
         elif name in ("patient", "subject"):
             target = value if "/" in value else f"Patient/{value}"
             if name == "patient" and not target.startswith("Patient/"):
                 raise InvalidContent("patient must name a Patient", location=name)
             where.append(_REF.format("IN ('subject', 'patient')" if name == "patient" else "= 'subject'"))
             args.extend([resource_type, target])
+            by_index = True
         else:
             raise InvalidContent("unsupported search parameter", location=name)
-    return f"SELECT {select} FROM fhir_resource r WHERE {' AND '.join(where)} ORDER BY r.id", args
+    if by_index:
+        # The subquery names resources of this type only (a rid is one resource). Without
+        # `r.type = ?`, SQLite drives the search from the subquery's rids rather than scanning
+        # the type in id order to test each one.
+        del where[0], args[0]
+    body = _BODY if "h." in select else ""
+    return f"SELECT {select} FROM fhir_resource r{body} WHERE {' AND '.join(where)} ORDER BY r.id", args
 
 
 def _token(value: str) -> tuple[str, list[str]]:

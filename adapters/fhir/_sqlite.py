@@ -24,7 +24,7 @@ from typing import Any, Iterator, Sequence
 import orjson
 
 from adapters.fhir._checkpoint import WalCheckpointer
-from adapters.fhir._store import SCHEMA, SqlRecord
+from adapters.fhir._store import SqlRecord, prepare_schema
 from adapters.fhir._transaction import Db
 from router.contracts import FhirJson
 from router.errors import RecordUnavailable
@@ -49,6 +49,11 @@ class _SqliteDb:
 
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._conn.executemany(sql, rows)
+
+    def new_rids(self, n: int) -> Sequence[int]:
+        # The writer holds the file's write lock: nobody else takes keys meanwhile.
+        start = int(self._conn.execute("SELECT coalesce(max(rid), 0) FROM fhir_resource").fetchone()[0]) + 1
+        return range(start, start + n)
 
 
 class SqliteRecord(SqlRecord):
@@ -107,9 +112,9 @@ class SqliteRecord(SqlRecord):
             # 32 MiB of page cache (SQLite's default is 2 MiB): a batch's index inserts land on
             # pages all over the indexes, which the default cache re-reads from the OS again and again.
             self._conn.execute("PRAGMA cache_size=-32768")
-            with self._transaction([]):
-                for statement in SCHEMA:
-                    self._conn.execute(statement.format(body="TEXT"))
+            with self._transaction([]) as db:
+                tables = {str(r[0]) for r in db.query("SELECT name FROM sqlite_master WHERE type = 'table'", ())}
+                prepare_schema(db, tables, body="TEXT", rid="INTEGER", without_rowid=" WITHOUT ROWID")
         except (sqlite3.Error, RecordUnavailable) as exc:
             self._conn.close()
             self._writer_lock.close()

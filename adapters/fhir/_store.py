@@ -19,31 +19,120 @@ from adapters.fhir._lookups import Lookups
 from adapters.fhir._search import search_sql
 from adapters.fhir._transaction import Db, apply_entries
 from router.contracts import ApplyResult, FhirJson
-from router.errors import InvalidContent, MessageError
+from router.errors import InvalidContent, MessageError, RecordUnavailable
 
-# One schema for both backends; PostgreSQL swaps TEXT for JSON on `body`.
-# fhir_resource holds the current version (deleted ones too, flagged), with `digest`:
-# a hash of the content without versionId/lastUpdated, so a no-op write is detected
-# without parsing the stored body. fhir_token and fhir_ref index the current version.
+SCHEMA_VERSION = 2
+"""The layout the code below reads and writes; `prepare_schema` brings an older record up to it.
+
+1 (no helsebro_schema table): fhir_resource held the current body beside fhir_history's copy,
+  and every table and index was keyed by (type, id) text.
+2: fhir_resource is narrow (no body) and keyed by an integer `rid`; history, tokens and references
+  name their resource by it.
+"""
+
+# One schema for both backends; each fills {body} (TEXT, or JSON on PostgreSQL), {rid} (SQLite's
+# INTEGER PRIMARY KEY is the table's own row key) and {without_rowid} (SQLite only).
+#
+# fhir_resource: one narrow row per resource (deleted ones too, flagged): its integer key `rid`,
+#   current version, `digest` (a hash of the content without versionId/lastUpdated, so a no-op
+#   write is detected without reading the body) and `index_hash` (of the identifiers and references
+#   indexed for it, so an update that keeps them leaves fhir_token and fhir_ref alone).
+# fhir_history: every version, with its body; the current body is the row (rid, version).
+#   The body is stored once; new resources take rising `rid`s, so their history, and the `rid`
+#   indexes below, grow at one end instead of at random places in a tree keyed by a UUID.
+# fhir_token, fhir_ref: the current version's identifiers and subject/patient references (and
+#   indexed tags), keyed for search by value; `rid` indexes them for rewriting on change.
 SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS fhir_resource (type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,"
-    " deleted INTEGER NOT NULL, last_updated TEXT NOT NULL, digest TEXT NOT NULL, body {body} NOT NULL,"
-    " PRIMARY KEY (type, id))",
-    "CREATE TABLE IF NOT EXISTS fhir_history (type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,"
-    " deleted INTEGER NOT NULL, last_updated TEXT NOT NULL, body {body} NOT NULL, PRIMARY KEY (type, id, version))",
-    "CREATE TABLE IF NOT EXISTS fhir_token (type TEXT NOT NULL, id TEXT NOT NULL, system TEXT NOT NULL, value TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS fhir_token_value ON fhir_token (type, value, system)",
-    "CREATE INDEX IF NOT EXISTS fhir_token_owner ON fhir_token (type, id)",
-    "CREATE TABLE IF NOT EXISTS fhir_ref (type TEXT NOT NULL, id TEXT NOT NULL, param TEXT NOT NULL, target TEXT NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS fhir_ref_target ON fhir_ref (type, target, param)",
-    "CREATE INDEX IF NOT EXISTS fhir_ref_owner ON fhir_ref (type, id)",
+    "CREATE TABLE IF NOT EXISTS helsebro_schema (version INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS fhir_resource (rid {rid} PRIMARY KEY, type TEXT NOT NULL, id TEXT NOT NULL,"
+    " version INTEGER NOT NULL, deleted INTEGER NOT NULL, digest TEXT NOT NULL, index_hash BIGINT, UNIQUE (type, id))",
+    "CREATE TABLE IF NOT EXISTS fhir_history (rid {rid} NOT NULL, version INTEGER NOT NULL, deleted INTEGER NOT NULL,"
+    " last_updated TEXT NOT NULL, body {body} NOT NULL, PRIMARY KEY (rid, version))",
+    "CREATE TABLE IF NOT EXISTS fhir_token (type TEXT NOT NULL, value TEXT NOT NULL, system TEXT NOT NULL, rid {rid} NOT NULL,"
+    " PRIMARY KEY (type, value, system, rid)){without_rowid}",
+    "CREATE INDEX IF NOT EXISTS fhir_token_rid ON fhir_token (rid)",
+    "CREATE TABLE IF NOT EXISTS fhir_ref (type TEXT NOT NULL, target TEXT NOT NULL, param TEXT NOT NULL, rid {rid} NOT NULL,"
+    " PRIMARY KEY (type, target, param, rid)){without_rowid}",
+    "CREATE INDEX IF NOT EXISTS fhir_ref_rid ON fhir_ref (rid)",
     # Message ids already settled (sender + MSH-10), for duplicate detection; see SqlRecord.seen.
     "CREATE TABLE IF NOT EXISTS helsebro_seen (key TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL)",
     # Messages whose Bundle this record applied, written in the same transaction as
     # the Bundle: a redelivery after a crash (or an ack lost with the broker) between
     # commit and ack finds its key and is not applied a second time; see apply_batch.
-    "CREATE TABLE IF NOT EXISTS helsebro_applied (key TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS helsebro_applied (key TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL){without_rowid}",
 )
+
+# Version 1 → 2, in the transaction that prepares the schema. The old tables are renamed, the new
+# ones created (SCHEMA), the rows copied with their integer keys, the old tables dropped.
+_V1_TABLES = ("fhir_resource", "fhir_history", "fhir_token", "fhir_ref", "helsebro_applied")
+_V1_INDEXES = ("fhir_token_value", "fhir_token_owner", "fhir_ref_target", "fhir_ref_owner")
+_V1_ORPHANS = (
+    "SELECT count(*) FROM fhir_history_v1 h WHERE NOT EXISTS (SELECT 1 FROM fhir_resource_v1 r WHERE r.type = h.type AND r.id = h.id)"
+)
+_V1_COPY = (
+    "INSERT INTO fhir_resource (rid, type, id, version, deleted, digest, index_hash)"
+    " SELECT ROW_NUMBER() OVER (ORDER BY type, id), type, id, version, deleted, digest, NULL FROM fhir_resource_v1",
+    "INSERT INTO fhir_history (rid, version, deleted, last_updated, body) SELECT r.rid, h.version, h.deleted, h.last_updated, h.body"
+    " FROM fhir_history_v1 h JOIN fhir_resource r ON r.type = h.type AND r.id = h.id",
+    # A current version missing from history (never written so by Helsebro) keeps its body there.
+    "INSERT INTO fhir_history (rid, version, deleted, last_updated, body) SELECT r.rid, o.version, o.deleted, o.last_updated, o.body"
+    " FROM fhir_resource_v1 o JOIN fhir_resource r ON r.type = o.type AND r.id = o.id"
+    " WHERE NOT EXISTS (SELECT 1 FROM fhir_history h WHERE h.rid = r.rid AND h.version = r.version)",
+    "INSERT INTO fhir_token (type, value, system, rid) SELECT DISTINCT t.type, t.value, t.system, r.rid"
+    " FROM fhir_token_v1 t JOIN fhir_resource r ON r.type = t.type AND r.id = t.id",
+    "INSERT INTO fhir_ref (type, target, param, rid) SELECT DISTINCT f.type, f.target, f.param, r.rid"
+    " FROM fhir_ref_v1 f JOIN fhir_resource r ON r.type = f.type AND r.id = f.id",
+    "INSERT INTO helsebro_applied (key, applied_at) SELECT key, applied_at FROM helsebro_applied_v1",
+)
+
+
+def prepare_schema(db: Db, tables: set[str], *, body: str, rid: str, without_rowid: str, after: Sequence[str] = (),
+                   renamed: Sequence[str] = ()) -> int:
+    """Create the record's tables, or bring those of an older version up to SCHEMA_VERSION; return the version found.
+
+    Runs inside the transaction (and lock) the backend prepares the schema in, so two
+    processes opening one record do not both migrate it. *tables* are the names that
+    exist; *after* are backend statements run once the tables exist (each time); *renamed*,
+    run after a migration renamed the old tables, frees names the new tables' constraints take.
+
+    Raises:
+        RecordUnavailable: the record was written by a newer Helsebro, or cannot be migrated.
+    """
+    if "helsebro_schema" in tables:
+        rows = db.query("SELECT max(version) FROM helsebro_schema", ())
+        found = int(rows[0][0]) if rows and rows[0][0] is not None else SCHEMA_VERSION
+    else:
+        found = 1 if "fhir_resource" in tables else 0
+    if found > SCHEMA_VERSION:
+        raise RecordUnavailable(f"the record's schema is version {found}; this Helsebro knows up to {SCHEMA_VERSION}")
+    if found == 1:
+        for index in _V1_INDEXES:
+            db.execute(f"DROP INDEX IF EXISTS {index}", ())
+        for table in _V1_TABLES:
+            if table in tables:
+                db.execute(f"ALTER TABLE {table} RENAME TO {table}_v1", ())
+        if "helsebro_applied" not in tables:
+            db.execute("CREATE TABLE helsebro_applied_v1 (key TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL)", ())
+        for statement in renamed:
+            db.execute(statement, ())
+    for statement in SCHEMA:
+        db.execute(statement.format(body=body, rid=rid, without_rowid=without_rowid), ())
+    if found == 1:
+        orphans = db.query(_V1_ORPHANS, ())
+        if orphans and int(orphans[0][0]):
+            raise RecordUnavailable("cannot migrate the record: history rows without a current resource row")
+        for statement in _V1_COPY:
+            db.execute(statement, ())
+        for table in _V1_TABLES:
+            db.execute(f"DROP TABLE {table}_v1", ())
+    for statement in after:
+        db.execute(statement, ())
+    if found < SCHEMA_VERSION:
+        db.execute("DELETE FROM helsebro_schema", ())
+        db.execute("INSERT INTO helsebro_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+    return found
+
+
 _MARK_APPLIED = "INSERT INTO helsebro_applied (key, applied_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
 APPLIED_RETENTION_SECONDS = 14 * 24 * 3600.0
 """How long an applied message's key is kept: far longer than any redelivery takes to come back."""
@@ -230,13 +319,18 @@ class SqlRecord(ABC):
         """Return the current version, or None when absent or deleted."""
         if not (TYPE_RE.fullmatch(resource_type) and ID_RE.fullmatch(id)):
             return None
-        rows = self._select("SELECT body FROM fhir_resource WHERE type = ? AND id = ? AND deleted = 0", (resource_type, id))
+        rows = self._select(
+            "SELECT h.body FROM fhir_resource r JOIN fhir_history h ON h.rid = r.rid AND h.version = r.version"
+            " WHERE r.type = ? AND r.id = ? AND r.deleted = 0",
+            (resource_type, id),
+        )
         return self._decode(rows[0][0]) if rows else None
 
     def versions(self, resource_type: str, id: str) -> list[StoredVersion]:
         """Return every version with its deletion flag, newest first."""
         rows = self._select(
-            "SELECT version, last_updated, deleted, body FROM fhir_history WHERE type = ? AND id = ? ORDER BY version DESC",
+            "SELECT h.version, h.last_updated, h.deleted, h.body FROM fhir_resource r JOIN fhir_history h ON h.rid = r.rid"
+            " WHERE r.type = ? AND r.id = ? ORDER BY h.version DESC",
             (resource_type, id),
         )
         return [StoredVersion(int(v), str(t), bool(d), self._decode(b)) for v, t, d, b in rows]
@@ -248,7 +342,8 @@ class SqlRecord(ABC):
     def vread(self, resource_type: str, id: str, version: int) -> FhirJson | None:
         """Return one version, or None when it does not exist or is a deletion."""
         rows = self._select(
-            "SELECT body FROM fhir_history WHERE type = ? AND id = ? AND version = ? AND deleted = 0",
+            "SELECT h.body FROM fhir_resource r JOIN fhir_history h ON h.rid = r.rid"
+            " WHERE r.type = ? AND r.id = ? AND h.version = ? AND h.deleted = 0",
             (resource_type, id, version),
         )
         return self._decode(rows[0][0]) if rows else None
@@ -261,7 +356,7 @@ class SqlRecord(ABC):
         """
         if not TYPE_RE.fullmatch(resource_type):
             raise InvalidContent("unknown resource type", location="type")
-        sql, args = search_sql(resource_type, params.items(), select="r.body")
+        sql, args = search_sql(resource_type, params.items(), select="h.body")
         return [self._decode(row[0]) for row in self._select(sql, args)]
 
     def counts(self) -> dict[str, int]:

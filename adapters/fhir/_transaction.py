@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol, Sequence
 import orjson
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers, rewrite
-from adapters.fhir._lookups import Current, Lookups, is_identifier_token
+from adapters.fhir._lookups import CURRENT_COLUMNS, Current, Lookups, is_identifier_token
 from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
 from router.errors import InvalidContent
@@ -38,8 +38,16 @@ class Db(Protocol):
         """Run *sql* once per row, for its effect."""
         ...
 
+    def new_rids(self, n: int) -> Sequence[int]:
+        """Return *n* unused integer keys for new fhir_resource rows."""
+        ...
 
-_CURRENT = "SELECT version, deleted, digest FROM fhir_resource WHERE type = ? AND id = ?"
+
+_CURRENT = "SELECT " + CURRENT_COLUMNS + " FROM fhir_resource r WHERE r.type = ? AND r.id = ?"
+_CURRENT_BODY = (
+    "SELECT h.body, r.deleted FROM fhir_resource r JOIN fhir_history h ON h.rid = r.rid AND h.version = r.version"
+    " WHERE r.type = ? AND r.id = ?"
+)
 
 
 def apply_entries(db: Db, entries: list[Entry], now: str, lookups: Lookups | None = None) -> tuple[AppliedEntry, ...]:
@@ -125,7 +133,7 @@ class _Writer:
             return AppliedEntry(entry.resource_type, id_, current.version if current else 0, "unchanged")
         version = current.version + 1
         stub = {"resourceType": entry.resource_type, "id": id_, "meta": {"versionId": str(version), "lastUpdated": self._now}}
-        self._write(entry.resource_type, id_, version, stub, digest="", deleted=True, existed=True)
+        self._write(entry.resource_type, id_, version, stub, digest="", deleted=True)
         return AppliedEntry(entry.resource_type, id_, version, "deleted")
 
     def delete_all(self, entry: Entry, ids: list[str], *, retire: bool = False) -> AppliedEntry:
@@ -142,7 +150,7 @@ class _Writer:
 
     def _body(self, resource_type: str, id_: str) -> FhirJson | None:
         self._lookups.flush(self._db)
-        rows = self._db.query("SELECT body, deleted FROM fhir_resource WHERE type = ? AND id = ?", (resource_type, id_))
+        rows = self._db.query(_CURRENT_BODY, (resource_type, id_))
         if not rows or rows[0][1]:
             return None
         body = rows[0][0]
@@ -158,15 +166,16 @@ class _Writer:
         meta = {"versionId": str(version), "lastUpdated": self._now, **content.get("meta", {})}
         body = {"resourceType": resource_type, "id": id_, "meta": meta}
         body.update((k, v) for k, v in content.items() if k not in body)
-        self._write(resource_type, id_, version, body, digest=digest, deleted=False, existed=current is not None)
+        self._write(resource_type, id_, version, body, digest=digest, deleted=False)
         outcome: EntryOutcome = "updated" if current is not None and not current.deleted else "created"
         return AppliedEntry(resource_type, id_, version, outcome)
 
-    def _write(self, resource_type: str, id_: str, version: int, body: FhirJson, *, digest: str, deleted: bool, existed: bool) -> None:
+    def _write(self, resource_type: str, id_: str, version: int, body: FhirJson, *, digest: str, deleted: bool) -> None:
         text = orjson.dumps(body).decode()
         tokens = set() if deleted else set(identifiers(body))
         refs = set() if deleted else set(references(body))
-        self._lookups.write(resource_type, id_, version, deleted, self._now, text, digest, existed=existed, tokens=tokens, refs=refs)
+        self._lookups.write(resource_type, id_, version, deleted, self._now, text, digest, tokens=tokens, refs=refs,
+                            index_hash=_index_hash(tokens, refs))
         self._lookups.wrote(resource_type, id_, body, version=version, digest=digest, deleted=deleted, tokens=tokens)
 
     def _find(self, resource_type: str, criteria: Criteria) -> list[str]:
@@ -192,7 +201,7 @@ class _Writer:
             return self._lookups.current[key]
         self._lookups.flush(self._db)
         rows = self._db.query(_CURRENT, key)
-        current = Current(int(rows[0][0]), bool(rows[0][1]), rows[0][2]) if rows else None
+        current = Current.from_row(rows[0]) if rows else None
         self._lookups.current[key] = current
         return current
 
@@ -207,6 +216,12 @@ class _Writer:
             key = (entry.resource_type, own)
         self._claimed.add(key)
         return own
+
+
+def _index_hash(tokens: set[tuple[str, str]], refs: set[tuple[str, str]]) -> int:
+    """A stable 64-bit hash of a version's index rows: equal for equal sets, in any process."""
+    raw = orjson.dumps([sorted(tokens), sorted(refs)]) if tokens or refs else b"[[],[]]"
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
 DOCUMENT_TAG = "urn:helsebro:document|"

@@ -330,6 +330,21 @@ class TestSearch:
         assert record.search("Patient", {"identifier": FNR_VALUE}) == []
         assert len(record.search("Patient", {"identifier": "02020000000"})) == 1
 
+    def test_index_kept_and_changed_by_updates(self, record):
+        """An update that keeps identifiers and subject is found by them still; one that moves the subject, by the new one only."""
+        def encounter(status, subject):
+            e = put_encounter(status=status)
+            e["resource"]["subject"] = {"reference": f"Patient/{subject}"}
+            return bundle(e)
+
+        record.apply(admission())
+        record.apply(bundle(put_patient(id_="p2", value="02020000000")))
+        record.apply(encounter("in-progress", PATIENT_UUID))  # same identifier and subject: the index rows stay
+        assert [r["status"] for r in record.search("Encounter", {"patient": PATIENT_UUID, "identifier": "V1"})] == ["in-progress"]
+        record.apply_batch([encounter("planned", PATIENT_UUID), encounter("planned", "p2")])  # kept, then moved, in one batch
+        assert record.search("Encounter", {"patient": PATIENT_UUID}) == []
+        assert [r["meta"]["versionId"] for r in record.search("Encounter", {"patient": "p2", "identifier": f"{ENC_SYSTEM}|V1"})] == ["4"]
+
     def test_unknown_parameter_is_invalid(self, record):
         """A parameter the record does not index raises InvalidContent."""
         with pytest.raises(InvalidContent):
@@ -366,8 +381,9 @@ class TestConcurrentApply:
         record.apply(bundle(put_patient()))
         with record._transaction([]) as db:  # play the other writer: version 2 is taken
             db.execute(
-                "INSERT INTO fhir_history (type, id, version, deleted, last_updated, body) VALUES (?, ?, ?, ?, ?, ?)",
-                ("Patient", PATIENT_UUID, 2, 0, "2024-01-01T00:00:00.000Z", '{"resourceType": "Patient"}'),
+                "INSERT INTO fhir_history (rid, version, deleted, last_updated, body)"
+                " SELECT rid, ?, ?, ?, ? FROM fhir_resource WHERE type = ? AND id = ?",
+                (2, 0, "2024-01-01T00:00:00.000Z", '{"resourceType": "Patient"}', "Patient", PATIENT_UUID),
             )
         with pytest.raises(RecordUnavailable):
             record.apply(bundle(put_patient(family="Hansen")))
