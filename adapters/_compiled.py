@@ -24,16 +24,24 @@ from types import ModuleType
 from typing import Sequence
 
 HOT_PATH = (
+    "adapters/fhir/_bundle.py",
+    "adapters/fhir/_lookups.py",
+    "adapters/fhir/_sqlite.py",
+    "adapters/fhir/_store.py",
+    "adapters/fhir/_transaction.py",
     "adapters/hl7v2/_tokenizer.py",
+    "adapters/hl7v2/ack.py",
     "adapters/hl7v2/decode.py",
     "adapters/hl7v2/groups.py",
     "adapters/hl7v2/paths.py",
+    "router/mapping/conditions.py",
     "router/mapping/engine.py",
     "router/mapping/functions.py",
     "router/mapping/library.py",
     "router/mapping/runtime.py",
     "router/mapping/tables.py",
     "router/pipeline/convert.py",
+    "router/pipeline/settle.py",
 )
 """Source files compiled when the package is installed (paths from the project root)."""
 
