@@ -5,8 +5,11 @@ A prefix may name several namespace URIs (PLO 1.5 and 1.6 differ only by the
 date in the URI); for each document the prefix takes the URI that document
 uses, so one mapping serves every version. XPath is compiled once per prefix
 binding and cached; the everyday paths (`@V`, `po:Kode/@V`, `../po:X`,
-`*[local-name()="Id"]`) skip the XPath engine for a plan of child steps over a
-per-message index of each element's children, with the same answers.
+`*[local-name()="Id"]`, `//po:X[po:Y]`, `self::*[not(@a)]`) skip the XPath
+engine for a plan of steps over a per-message index of each element's
+children, and the string functions mappings use (`local-name()`,
+`normalize-space(.)`, `concat(po:X/@DN, ":")`) for a plan over those; the
+answers are the same.
 
 An element read as a value is its text, as a `NodeText`: a str that still
 knows its element, so `use:` and `each:` can map inside it. Attributes and
@@ -15,6 +18,7 @@ text() results are plain strings.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ from lxml import etree
 from router.errors import DecodeError
 
 _tostring = etree.tostring
+_TAG = operator.attrgetter("tag")
 
 
 class NodeText(str):
@@ -50,12 +55,24 @@ def _text(node: Any) -> NodeText:
     return out
 
 
+def _value(node: Any) -> NodeText | None:
+    """The element's text as a value: None when it holds no text, no children and no attributes."""
+    value = _text(node)
+    return value if value or len(node) or node.attrib else None
+
+
+_UNREAD = object()  # XmlScope.texts: not read yet in this message
+
+
 class XmlScope:
     """Where XPaths evaluate: the context node, the document's prefix binding, and what was read."""
 
-    __slots__ = ("root", "node", "bindings", "reads", "_loc", "memo", "results")
+    __slots__ = ("root", "node", "bindings", "reads", "_loc", "memo", "results", "texts")
 
-    def __init__(self, root: Any, node: Any, bindings: tuple[tuple[str, str], ...], reads: set[Any], loc: str = "", results: dict[Any, Any] | None = None) -> None:
+    def __init__(
+        self, root: Any, node: Any, bindings: tuple[tuple[str, str], ...], reads: set[Any], loc: str = "",
+        results: dict[Any, Any] | None = None, texts: dict[Any, Any] | None = None,
+    ) -> None:
         self.root = root
         self.node = node
         self.bindings = bindings  # prefix → namespace URI chosen for this document
@@ -67,6 +84,9 @@ class XmlScope:
         # template); and, under the element itself, the children index of each element a
         # plan stepped down from (_Children).
         self.results: dict[Any, Any] = {} if results is None else results
+        # For this message: each element's value as read (_value), made once: a PLO message
+        # reads ~280 element values of ~120 elements.
+        self.texts: dict[Any, NodeText | None] = {} if texts is None else texts
 
     # The mapping runtime's scope protocol (shared with HL7 v2) -----------------
     group = None
@@ -87,7 +107,7 @@ class XmlScope:
         node = group if group is not None else getattr(value, "node", None)
         if node is None:
             return self
-        return XmlScope(self.root, node, self.bindings, self.reads, value_loc, self.results)
+        return XmlScope(self.root, node, self.bindings, self.reads, value_loc, self.results, self.texts)
 
     def at(self, value: Any, path: Any, index: int) -> XmlScope:
         """Return a scope on the element behind *value*."""
@@ -132,17 +152,40 @@ def where(node: Any) -> str:
         parent = node.getparent()
         base = where(parent) if parent is not None else ""
         return f"{base}/@{node.attrname}" if node.is_attribute else f"{base}/text()"
-    parts = []
-    while node is not None and isinstance(node.tag, str):
-        name = etree.QName(node).localname
-        parent = node.getparent()
-        if parent is not None:
-            same = [c for c in parent if isinstance(c.tag, str) and etree.QName(c).localname == name]
-            parts.append(f"{name}[{same.index(node) + 1}]" if len(same) > 1 else name)
-        else:
-            parts.append(name)
-        node = parent
-    return "/" + "/".join(reversed(parts))
+    if node is None or node.tag.__class__ is not str:
+        return "/"
+    return _labeller({}, lambda parent: list(parent.iterchildren(etree.Element)))(node)  # type: ignore[no-any-return]
+
+
+def _labeller(labels: dict[Any, str], children: Any) -> Any:
+    """Return `label(element)`: `/MsgHead/MsgInfo/Patient/Ident[2]/Id`, local names indexed where element siblings share one.
+
+    *labels* keeps the labels made so far (an element's is its parent's and
+    one step) and may be seeded with a top element's label to stop there;
+    `children(parent)` gives a parent's element children in order.
+    """
+    names_of: dict[Any, list[str]] = {}
+
+    def label(node: Any) -> str:
+        known = labels.get(node)
+        if known is None:
+            parent = node.getparent()
+            name = node.tag.rpartition("}")[2]
+            if parent is None:
+                known = "/" + name
+            else:
+                siblings = children(parent)
+                names = names_of.get(parent)
+                if names is None:
+                    names = names_of[parent] = [c.tag.rpartition("}")[2] for c in siblings]
+                if names.count(name) > 1:
+                    known = f"{label(parent)}/{name}[{names[:siblings.index(node)].count(name) + 1}]"
+                else:
+                    known = f"{label(parent)}/{name}"
+            labels[node] = known
+        return known
+
+    return label
 
 
 class XPathSyntaxError(ValueError):
@@ -160,8 +203,13 @@ _LITERAL = re.compile(r"\"[^\"]*\"|'[^']*'")
 NameTest = tuple[str | None, str]
 """(prefix, local name) of a step; prefix None is any namespace, and ``(None, "*")`` any element."""
 
-Step = tuple[bool, tuple[NameTest, ...]]
-"""One location step: (descendant, name tests). `a/b` is a child step, `a//b` a descendant one."""
+Pred = tuple[bool, "_Plan"]
+"""A step's predicate, `[X]` or `[not(X)]`: (negated, X's plan). X is a node set, so the test is whether X selects anything."""
+
+Step = tuple[int, tuple[NameTest, ...], tuple[Pred, ...]]
+"""One location step: (axis, name tests, predicates). `a/b` is a child step, `a//b` a descendant one, `self::a` a self one."""
+
+_CHILD, _DESCENDANT, _SELF = range(3)
 
 _REL, _ROOT, _DOC = range(3)
 """Where a plan member starts: the context node, `/` (the document node) or `//` (every element of the document)."""
@@ -193,12 +241,14 @@ class _Plan:
 
     Most mapping paths are `@V`, `.`, `po:Kode/@V`, `*[local-name()="Id"]`,
     `../po:X` or `//po:X/po:Y`: an XPath call costs several µs, a lookup in the
-    children index (_index) a fraction of one, and `//` steps walk the tree in
+    children index (children_index) a fraction of one, and `//` steps walk the tree in
     lxml's C iterators. A union whose members differ only in their last name
     test (`mh:Id|fk1:Id|*[local-name()="Id"]`) is one member with several
     tests. Any other union, and any step that can reach one element twice or
     out of order (from nested elements, after `//`), is put in document order
-    without duplicates: what XPath gives for the same text.
+    without duplicates: what XPath gives for the same text. A step may be
+    `self::` and carry predicates that ask whether a path selects anything
+    (`[po:X]`, `[not(../../@a)]`); positions and comparisons are XPath's.
     """
 
     members: tuple[_Member, ...]
@@ -274,8 +324,8 @@ def _matches(filt: StepFilter, tag: str) -> bool:
 def _member_selector(member: _Member, uris: dict[str, str]) -> Any:
     """Compile one member for a binding into `select(node, results)`; the everyday shapes get a closure of their own."""
     ups = member.ups
-    steps = [(desc, _filter(tests, uris)) for desc, tests in member.steps]
-    if member.start == _REL and not any(desc for desc, _ in steps):
+    steps = [(axis, _filter(tests, uris)) for axis, tests, _ in member.steps]
+    if member.start == _REL and all(axis == _CHILD and not preds for axis, _, preds in member.steps):
         if not steps:
             if not ups:
                 return lambda node, results: (node,)
@@ -288,29 +338,8 @@ def _member_selector(member: _Member, uris: dict[str, str]) -> Any:
                 return (node,)
 
             return up
-        if len(steps) == 1 and steps[0][1][0] == _EXACT:
-            tag = steps[0][1][1]
-            if not ups:
-
-                def child(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
-                    kids = results.get(node)
-                    if kids is None:
-                        kids = results[node] = _index(node)
-                    return kids.get(tag, _NONE)  # type: ignore[no-any-return]
-
-                return child
-
-            def up_child(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
-                for _ in range(ups):
-                    node = node.getparent()
-                    if node is None:
-                        return None
-                kids = results.get(node)
-                if kids is None:
-                    kids = results[node] = _index(node)
-                return kids.get(tag, _NONE)  # type: ignore[no-any-return]
-
-            return up_child
+        if len(steps) <= 2:
+            return _near(ups, [filt for _, filt in steps])
         filters = [filt for _, filt in steps]
 
         def chain(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
@@ -324,27 +353,20 @@ def _member_selector(member: _Member, uris: dict[str, str]) -> Any:
                     el = found[0]
                     kids = results.get(el)
                     if kids is None:
-                        kids = results[el] = _index(el)
+                        kids = results[el] = children_index(el)
                     found = kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key)
                 elif not found:
                     return found
                 else:  # children of elements none of which holds another: in document order
-                    out: list[Any] = []
-                    for el in found:
-                        kids = results.get(el)
-                        if kids is None:
-                            kids = results[el] = _index(el)
-                        out.extend(kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key))
-                    found = out
+                    found = _children(found, (kind, key), False, node, results)
             return found
 
         return chain
     start = member.start
-    if start != _REL:
-        steps = steps[1:]  # the first step is taken from the document node below
-    first = _filter(member.steps[0][1], uris) if start != _REL else None
+    bound = [(axis, filt, _iter_tags(filt) if axis == _DESCENDANT else None, _tests(preds, uris)) for (axis, filt), (_, _, preds) in zip(steps, member.steps)]
+    first, first_preds = (bound[0][1], bound[0][3]) if start != _REL else (None, ())
     first_tags = _iter_tags(first) if first is not None else ()
-    rest = [(desc, filt, _iter_tags(filt) if desc else None) for desc, filt in steps]
+    rest = bound[1:] if start != _REL else bound  # the first step of `/x`, `//x` is taken from the document node below
 
     def select(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
         nested = False  # may `found` hold an element and one below it?
@@ -361,34 +383,118 @@ def _member_selector(member: _Member, uris: dict[str, str]) -> Any:
                 nested = True
             else:  # `/x`: the root element, if it matches
                 found = (root,) if _matches(first, root.tag) else _NONE  # type: ignore[arg-type]
-        for desc, filt, tags in rest:
+            if first_preds and found:
+                found = _keep(found, first_preds, results)  # type: ignore[assignment]
+                if found is None:
+                    return None
+        for axis, filt, tags, preds in rest:
             if not found:
                 return _NONE
-            if desc:
+            if axis == _DESCENDANT:
                 if len(found) == 1:
                     found = list(found[0].iterdescendants(*tags))
                 else:
                     found = _in_order([d for el in found for d in el.iterdescendants(*tags)], node, results)
                 nested = True
-                continue
-            kind, key = filt
-            if len(found) == 1:
-                el = found[0]
-                kids = results.get(el)
-                if kids is None:
-                    kids = results[el] = _index(el)
-                found = kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key)
+            elif axis == _SELF:
+                found = [el for el in found if _matches(filt, el.tag)]
             else:
-                out = []
-                for el in found:
-                    kids = results.get(el)
-                    if kids is None:
-                        kids = results[el] = _index(el)
-                    out.extend(kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key))
-                found = _in_order(out, node, results) if nested else out
+                found = _children(found, filt, nested, node, results)
+            if preds and found:
+                found = _keep(found, preds, results)  # type: ignore[assignment]
+                if found is None:
+                    return None
         return found
 
     return select
+
+
+def _near(ups: int, filters: list[StepFilter]) -> Any:
+    """`select(node, results)` for `..` steps then one or two child steps (`po:A/po:B/@V`, `../*[local-name()="X"]`): most mapping paths."""
+    (kind, key), (then, then_key) = filters[0], (filters[1] if len(filters) > 1 else (None, None))
+
+    def near(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
+        if ups:
+            for _ in range(ups):
+                node = node.getparent()
+                if node is None:
+                    return None  # XPath's `..` of the root is the document node: let XPath answer
+        kids = results.get(node)
+        if kids is None:
+            kids = results[node] = children_index(node)
+        found = kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key)
+        if then is None:
+            return found  # type: ignore[no-any-return]
+        if len(found) != 1:  # children of elements none of which holds another: in document order
+            return _children(found, (then, then_key), False, node, results) if found else found
+        el = found[0]
+        kids = results.get(el)
+        if kids is None:
+            kids = results[el] = children_index(el)
+        return kids.get(then_key, _NONE) if then == _EXACT else _matching(kids, then, then_key)  # type: ignore[no-any-return]
+
+    return near
+
+
+def _children(found: Sequence[Any], filt: StepFilter, nested: bool, node: Any, results: dict[Any, Any]) -> Sequence[Any]:
+    """The children of *found* one child step selects, in document order (*nested*: *found* may hold an element and one below it)."""
+    kind, key = filt
+    if len(found) == 1:
+        el = found[0]
+        kids = results.get(el)
+        if kids is None:
+            kids = results[el] = children_index(el)
+        return kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key)  # type: ignore[no-any-return]
+    out: list[Any] = []
+    for el in found:
+        kids = results.get(el)
+        if kids is None:
+            kids = results[el] = children_index(el)
+        out.extend(kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key))
+    return _in_order(out, node, results) if nested else out
+
+
+PredTest = tuple[bool, Any]
+"""A predicate bound to a document: (negated, `exists(element, results)`)."""
+
+
+def _tests(preds: tuple[Pred, ...], uris: dict[str, str]) -> tuple[PredTest, ...]:
+    return tuple((negated, _exists(plan, uris)) for negated, plan in preds)
+
+
+def _exists(plan: _Plan, uris: dict[str, str]) -> Any:
+    """Return `exists(element, results)`: does *plan* select anything from the element (an attribute counts however empty); None: ask XPath."""
+    runs = [_member_selector(m, uris) for m in plan.members]
+    attr = plan.attr
+
+    def exists(element: Any, results: dict[Any, Any]) -> bool | None:
+        for run in runs:
+            found = run(element, results)
+            if found is None:
+                return None  # `..` left the root element
+            if attr is None:
+                if found:
+                    return True
+            elif any(el.get(attr) is not None for el in found):
+                return True
+        return False
+
+    return exists
+
+
+def _keep(found: Sequence[Any], tests: tuple[PredTest, ...], results: dict[Any, Any]) -> list[Any] | None:
+    """The elements of *found* every predicate keeps, in order; None when one needs the XPath engine."""
+    out = []
+    for el in found:
+        for negated, exists in tests:
+            answer = exists(el, results)
+            if answer is None:
+                return None
+            if answer is negated:
+                break
+        else:
+            out.append(el)
+    return out
 
 
 _NONE: tuple[Any, ...] = ()
@@ -398,19 +504,22 @@ _SELECTED = object()  # with a path's text, the results key of an absolute plan'
 _ELEMENTS = object()  # the results key of every node of the document, in order (message_scope)
 
 
-def _index(element: Any) -> dict[Any, Any]:
+def children_index(element: Any) -> dict[Any, Any]:
     """One element's element children by tag, and all of them under _ALL, in document order.
 
     Built the first time a plan steps down from the element in a message and
     kept in the scope's results: a PLO message asks ~350 child steps of ~55
     parents, and a dict lookup costs a fraction of `iterchildren(tag)`, which
-    parses its tag argument on every call. Local names, for `local-name()`
-    tests, are added under ("", name) keys when a step first asks.
+    parses its tag argument on every call (even `iterchildren(etree.Element)`
+    costs more than this loop's test). Local names, for `local-name()` tests,
+    are added under ("", name) keys when a step first asks.
     """
     everything: list[Any] = []
     by_tag: dict[Any, Any] = {_ALL: everything}
-    for child in element.iterchildren(etree.Element):  # comments and PIs are no step's answer
+    for child in element:
         tag = child.tag  # lxml builds this string on every access: once per child
+        if tag.__class__ is not str:
+            continue  # comments and PIs are no step's answer
         everything.append(child)
         same = by_tag.get(tag)
         if same is None:
@@ -443,13 +552,13 @@ def _in_order(found: list[Any], node: Any, results: dict[Any, Any]) -> list[Any]
         elements = results.get(_ELEMENTS)
         if elements is None:
             elements = node.getroottree().getroot().iter()
-        order = results[_ORDER] = {el: i for i, el in enumerate(elements)}
+        order = results[_ORDER] = dict(zip(elements, range(1 << 62)))
     return sorted(dict.fromkeys(found), key=order.__getitem__)
 
 
 def _plan(text: str) -> _Plan | None:
     """Return the plan for *text*, or None when only the XPath engine can read it."""
-    members = [_member(part.strip()) for part in text.split("|")]
+    members = [_member(part.strip()) for part in _split(text, "|")]
     if any(m is None for m in members):
         return None
     if len(members) == 1:
@@ -461,11 +570,12 @@ def _plan(text: str) -> _Plan | None:
     if any(not m.steps for m in members):  # type: ignore[union-attr]
         return None  # `.|x`, `..|x`: rare, and XPath knows their order
     head = first.steps[:-1]
-    if all(m.start == first.start and m.ups == first.ups and m.steps[:-1] == head and m.steps[-1][0] == first.steps[-1][0] for m in members):  # type: ignore[union-attr]
+    axis, _, preds = first.steps[-1]
+    if all(m.start == first.start and m.ups == first.ups and m.steps[:-1] == head and m.steps[-1][0] == axis and m.steps[-1][2] == preds for m in members):  # type: ignore[union-attr]
         last: list[NameTest] = []
         for m in members:
             last.extend(test for test in m.steps[-1][1] if test not in last)  # type: ignore[union-attr]
-        return _Plan((_Member(first.start, first.ups, (*head, (first.steps[-1][0], tuple(last))), first.attr),), first.attr)
+        return _Plan((_Member(first.start, first.ups, (*head, (axis, tuple(last), preds)), first.attr),), first.attr)
     return _Plan(tuple(members), first.attr)  # type: ignore[arg-type]
 
 
@@ -481,7 +591,7 @@ def _member(text: str) -> _Member | None:
         start, text = _ROOT, text[1:]
     elif text.startswith(".//"):
         descend, text = True, text[3:]
-    parts = text.split("/")
+    parts = _split(text, "/")
     ups = 0
     if start == _REL and not descend:
         while ups < len(parts) and parts[ups] == "..":
@@ -496,33 +606,105 @@ def _member(text: str) -> _Member | None:
         if part == "" and not descend and (steps or ups):
             descend = True  # `a//b`, `..//b`
             continue
-        m = _STEP.fullmatch(part)
-        if m is None:
-            return None  # predicates, axes, functions, `.` or `..` past the start: the XPath engine
-        if m["prefix"]:
-            test: NameTest = (m["prefix"], m["name"])
-        else:
-            test = (None, "*" if m["any"] else (m["dq"] or m["sq"]))
-        steps.append((descend, (test,)))
+        step = _step(part, descend)
+        if step is None:
+            return None  # other predicates, axes, functions, `.` or `..` past the start: the XPath engine
+        steps.append(step)
         descend = False
     if descend:
         return None  # `a//@V`, `a//`: a descendant step with no name test
-    if start != _REL and not steps:
-        return None  # `/`, `//@V`: the document node itself
+    if start != _REL and (not steps or steps[0][0] == _SELF):
+        return None  # `/`, `//@V`: the document node itself; `/self::x`
     if start == _REL and not ups and not steps and attr is None:
         return None
     return _Member(start, ups, tuple(steps), attr)
 
 
+def _step(text: str, descend: bool) -> Step | None:
+    """One step: an optional `self::`, a name test, then predicates that test whether a path selects anything (`[p:X]`, `[not(@a)]`)."""
+    axis = _DESCENDANT if descend else _CHILD
+    if text.startswith("self::"):
+        if descend:
+            return None  # `a//self::b` is descendant-or-self: rare, XPath answers
+        axis, text = _SELF, text[6:]
+    m = _STEP.match(text)
+    if m is None:
+        return None
+    if m["prefix"]:
+        test: NameTest = (m["prefix"], m["name"])
+    else:
+        test = (None, "*" if m["any"] else (m["dq"] or m["sq"]))
+    preds: list[Pred] = []
+    pos = m.end()
+    while pos < len(text):
+        end = _closing(text, pos) if text[pos] == "[" else -1
+        if end < 0:
+            return None
+        inner = text[pos + 1:end].strip()
+        negated = inner.startswith("not") and inner[3:].lstrip()[:1] == "(" and _closing(inner, inner.index("(")) == len(inner) - 1
+        if negated:
+            inner = inner[inner.index("(") + 1:-1].strip()
+        plan = _plan(inner)
+        if plan is None:
+            return None  # a position, a comparison, a function: XPath answers
+        preds.append((negated, plan))
+        pos = end + 1
+    return (axis, (test,), tuple(preds))
+
+
+_OPEN = {"[": "]", "(": ")"}
+
+
+def _scan(text: str, pos: int = 0) -> Any:
+    """(index, character, bracket depth after it) of each character of *text* from *pos* outside string literals."""
+    depth = 0
+    quote = ""
+    for i in range(pos, len(text)):
+        ch = text[i]
+        if quote:
+            quote = "" if ch == quote else quote
+            continue
+        if ch in "\"'":
+            quote = ch
+            continue
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        yield i, ch, depth
+
+
+def _closing(text: str, pos: int) -> int:
+    """The index of the bracket that closes the one at *pos*; -1 when none does."""
+    for i, ch, depth in _scan(text, pos):
+        if not depth:
+            return i if _OPEN[text[pos]] == ch else -1
+    return -1
+
+
+def _split(text: str, sep: str) -> list[str]:
+    """*text* split at each *sep* outside brackets and string literals."""
+    parts = []
+    last = 0
+    for i, ch, depth in _scan(text):
+        if ch == sep and not depth:
+            parts.append(text[last:i])
+            last = i + 1
+    parts.append(text[last:])
+    return parts
+
+
 class _Bound:
-    """A plan bound to one prefix binding: `select(scope)`, and the tag when the plan is one child step (`po:Kode/@V`)."""
+    """A plan bound to one prefix binding: `select(scope)`; the tag when the plan is one child step (`po:Kode/@V`);
+    and for a relative plan, the selector of (node, results) `select` calls, which readers call without it."""
 
-    __slots__ = ("bindings", "select", "tag")
+    __slots__ = ("bindings", "select", "tag", "run")
 
-    def __init__(self, bindings: Any, select: Any, tag: str | None) -> None:
+    def __init__(self, bindings: Any, select: Any, tag: str | None, run: Any = None) -> None:
         self.bindings = bindings
         self.select = select
         self.tag = tag
+        self.run = run
 
 
 _UNBOUND = _Bound(None, None, None)
@@ -555,7 +737,7 @@ class XmlPath:
     its elements up in the children index without a further call.
     """
 
-    __slots__ = ("text", "_prefixes", "_choices", "_by_binding", "_plan", "_bound", "_last_xpath", "_absolute", "_literal", "values")
+    __slots__ = ("text", "_prefixes", "_choices", "_by_binding", "_plan", "_fn", "_bound", "_last_xpath", "_absolute", "_literal", "values")
 
     segment = None
     datatype = None
@@ -580,10 +762,12 @@ class XmlPath:
         # Per document binding: the compiled XPath, or under ("plan", binding) the plan's _Bound.
         self._by_binding: dict[Any, Any] = {}
         self._plan = _plan(text)
+        self._fn = _function(text) if self._plan is None else None  # a string function over paths: its answer, or None
         self._bound: _Bound = _UNBOUND  # the plan for the last binding seen
         self._last_xpath: tuple[Any, Any] | None = None  # (binding, compiled XPath) of the last lookup
         # Absolute paths and plain literals (`""`) give one answer per message, whatever the context.
-        self._absolute = text.lstrip("(").startswith("/") or _LITERAL.fullmatch(text) is not None
+        # Every union member must start at the document: `//po:X | po:Y` depends on the context node.
+        self._absolute = all(part.lstrip(" (").startswith("/") for part in text.split("|")) or _LITERAL.fullmatch(text) is not None
         self._literal = text[1:-1].strip() if _LITERAL.fullmatch(text) else None  # a string XPath would give as is
         for binding in _all_bindings(self._prefixes, prefixes):
             _compiled(text, binding)  # fail at load time, not per message
@@ -604,6 +788,10 @@ class XmlPath:
             found = self._select(scope)
             if found is not None:
                 return self._items(scope, found)
+        elif self._fn is not None:
+            text = self._select(scope)
+            if text is not None:
+                return [XmlItem(text, None)] if text else []
         return self._cached(scope)
 
     def _selector(self) -> Any:
@@ -616,12 +804,13 @@ class XmlPath:
                 bound = bind(scope.bindings)
             tag = bound.tag
             if tag is None:
-                return bound.select(scope)  # type: ignore[no-any-return]
+                run = bound.run
+                return run(scope.node, scope.results) if run is not None else bound.select(scope)  # type: ignore[no-any-return]
             node = scope.node
             results = scope.results
             kids = results.get(node)
             if kids is None:
-                kids = results[node] = _index(node)
+                kids = results[node] = children_index(node)
             return kids.get(tag, _NONE)  # type: ignore[no-any-return]
 
         return select
@@ -633,9 +822,19 @@ class XmlPath:
             answer = [literal] if literal else []
             return lambda scope: list(answer)
         plan = self._plan
-        if plan is None:
-            return lambda scope: [item.raw for item in self._cached(scope)]
         cached = self._cached
+        if plan is None:
+            if self._fn is None:
+                return lambda scope: [item.raw for item in cached(scope)]
+            string = self._select
+
+            def string_values(scope: XmlScope) -> list[str]:
+                text = string(scope)
+                if text is None:
+                    return [item.raw for item in cached(scope)]
+                return [text] if text else []
+
+            return string_values
         select = self._selector()
         attr = plan.attr
 
@@ -646,11 +845,14 @@ class XmlPath:
                 if found is None:
                     return [item.raw for item in cached(scope)]
                 reads = scope.reads
+                texts = scope.texts
                 out: list[str] = []
                 for el in found:
                     reads.add(el)
-                    value = _text(el)
-                    if value or len(el) or el.attrib:
+                    value = texts.get(el, _UNREAD)
+                    if value is _UNREAD:
+                        value = texts[el] = _value(el)
+                    if value is not None:
                         out.append(value)
                 return out
 
@@ -683,7 +885,16 @@ class XmlPath:
             return lambda scope: answer
         plan = self._plan
         if plan is None:
-            return self._read_xpath
+            if self._fn is None:
+                return self._read_xpath
+            string = self._select
+            read_xpath = self._read_xpath
+
+            def read_string(scope: XmlScope) -> str | None:
+                text = string(scope)
+                return read_xpath(scope) if text is None else text or None
+
+            return read_string
         member = plan.members[0]
         if len(plan.members) == 1 and member.start == _REL and not member.ups and not member.steps:
             return _self_reader if plan.attr is None else _attr_reader(plan.attr)
@@ -699,13 +910,14 @@ class XmlPath:
                 if found is None:
                     return read_xpath(scope)
                 reads = scope.reads
+                texts = scope.texts
                 first = None
                 for el in found:
                     reads.add(el)  # every element the path selects counts as read, as in resolve
                     if first is None:
-                        value = _text(el)
-                        if value or len(el) or el.attrib:
-                            first = value
+                        first = texts.get(el, _UNREAD)
+                        if first is _UNREAD:
+                            first = texts[el] = _value(el)
                 return first
 
             return read
@@ -751,20 +963,20 @@ class XmlPath:
         thread never pairs one binding with another's selector.
         """
         bound = self._by_binding.get(("plan", bindings))
+        if bound is None and self._fn is not None:
+            bound = self._by_binding[("plan", bindings)] = _Bound(bindings, _string_selector(self._fn, bindings), None)
         if bound is None:
             plan = self._plan
-            assert plan is not None  # noqa: S101 - only plans are bound
+            assert plan is not None  # noqa: S101 - only plans and string functions are bound
             select = plan.selector(bindings)
             tag = None
             member = plan.members[0]
-            if len(plan.members) == 1 and member.start == _REL and not member.ups and len(member.steps) == 1 and not member.steps[0][0]:
+            if len(plan.members) == 1 and member.start == _REL and not member.ups and len(member.steps) == 1 and member.steps[0][0] == _CHILD and not member.steps[0][2]:
                 kind, key = _filter(member.steps[0][1], dict(bindings))
                 tag = key if kind == _EXACT else None
-            if self._absolute:
-                select = _once((self.text, _SELECTED), select)
-            else:
-                select = _relative(select)
-            bound = self._by_binding[("plan", bindings)] = _Bound(bindings, select, tag)
+            run = None if self._absolute else select
+            select = _once((self.text, _SELECTED), select) if self._absolute else _relative(select)
+            bound = self._by_binding[("plan", bindings)] = _Bound(bindings, select, tag, run)
         self._bound = bound
         return bound  # type: ignore[no-any-return]
 
@@ -839,12 +1051,117 @@ class XmlPath:
         return out
 
 
+Function = tuple[str, tuple[Any, ...]]
+"""A string function the XPath engine need not evaluate: (name, arguments); an argument is ("", literal), ("path", _Plan) or a Function."""
+
+_ARITY = {"local-name": (0, 0), "normalize-space": (0, 1), "string": (0, 1), "concat": (2, 99), "substring-after": (2, 2), "substring-before": (2, 2)}
+_CALL = re.compile(r"([a-z-]+)\s*\(")
+_XML_SPACE = re.compile("[ \t\r\n]+")  # XPath's whitespace: not Python's, which also takes NBSP and the like
+
+
+def _function(text: str) -> Function | None:
+    """Parse `normalize-space(.)`, `local-name()`, `concat(po:X/@DN, ":")`, … over literals and planned paths; None for anything else."""
+    m = _CALL.match(text)
+    if m is None or m[1] not in _ARITY or _closing(text, m.end() - 1) != len(text) - 1:
+        return None
+    inner = text[m.end():-1].strip()
+    args: list[Any] = []
+    for arg in (_split(inner, ",") if inner else []):
+        arg = arg.strip()
+        if _LITERAL.fullmatch(arg):
+            args.append(("", arg[1:-1]))
+        elif (call := _function(arg)) is not None:
+            args.append(call)
+        elif (plan := _plan(arg)) is not None:
+            args.append(("path", plan))
+        else:
+            return None  # numbers, other functions, paths only XPath reads
+    low, high = _ARITY[m[1]]
+    if not low <= len(args) <= high:
+        return None
+    if not args and m[1] != "local-name":
+        args.append(("path", _plan(".")))  # `normalize-space()` is `normalize-space(.)`
+    return (m[1], tuple(args))
+
+
+def _string_selector(fn: Function, bindings: tuple[tuple[str, str], ...]) -> Any:
+    """`select(scope)` for a string function: its answer stripped, as the XPath route gives it; None: ask XPath."""
+    run = _string_of(fn, bindings)
+
+    def select(scope: XmlScope) -> str | None:
+        text = run(scope.node, scope.results)
+        return None if text is None else text.strip()
+
+    return select
+
+
+def _string_of(arg: Any, bindings: tuple[tuple[str, str], ...]) -> Any:
+    """Compile one argument into `string(node, results)`: XPath's string value of it, or None when XPath must answer."""
+    kind, rest = arg
+    if kind == "":
+        return lambda node, results: rest
+    if kind == "path":
+        select = rest.selector(bindings)
+        attr = rest.attr
+
+        def first(node: Any, results: dict[Any, Any]) -> str | None:
+            found = select(node, results)
+            if found is None:
+                return None
+            for el in found:  # a node set's string value is its first node's, in document order
+                if attr is None:
+                    return _tostring(el, method="text", encoding="unicode", with_tail=False) if len(el) else el.text or ""
+                value = el.get(attr)
+                if value is not None:
+                    return value
+            return ""
+
+        return first
+    if kind == "local-name":
+        return lambda node, results: node.tag.rpartition("}")[2] if node.tag.__class__ is str else None
+    parts = [_string_of(a, bindings) for a in rest]
+    apply = _APPLY[kind]
+
+    def call(node: Any, results: dict[Any, Any]) -> str | None:
+        strings = []
+        for part in parts:
+            text = part(node, results)
+            if text is None:
+                return None
+            strings.append(text)
+        return apply(*strings)  # type: ignore[no-any-return]
+
+    return call
+
+
+def _after(text: str, sep: str) -> str | None:
+    at = text.find(sep)
+    return None if not sep else text[at + len(sep):] if at >= 0 else ""
+
+
+def _before(text: str, sep: str) -> str | None:
+    at = text.find(sep)
+    return None if not sep else text[:at] if at >= 0 else ""
+
+
+_APPLY = {
+    "normalize-space": lambda text: _XML_SPACE.sub(" ", text).strip(" \t\r\n"),
+    "string": lambda text: text,
+    "concat": lambda *texts: "".join(texts),
+    "substring-after": _after,  # an empty separator: XPath answers
+    "substring-before": _before,
+}
+
+
 def _self_reader(scope: XmlScope) -> str | None:
     """The reader for `.`: the context element's text (NodeText), or None when it holds nothing."""
     node = scope.node
     scope.reads.add(node)
-    value = _text(node)
-    return value if value or len(node) or node.attrib else None
+    texts = scope.texts
+    value = texts.get(node, _UNREAD)
+    if value is _UNREAD:
+        value = texts[node] = _value(node)
+    return value  # type: ignore[no-any-return]
 
 
 def _attr_reader(attr: str) -> Any:
@@ -895,7 +1212,7 @@ def message_scope(root: Any, prefixes: dict[str, tuple[str, ...]]) -> XmlScope:
     reach most elements again.
     """
     elements = list(root.iter())  # comments and PIs too: their proxies are made on every walk as well
-    binding = _binding({el.tag for el in elements}, prefixes)
+    binding = _binding(set(map(_TAG, elements)), prefixes)
     # The document order of `//` answers (_in_order) is read from this list: only the whole document's will do.
     return XmlScope(root, root, binding, set(), results={_ELEMENTS: elements} if root.getparent() is None else None)
 
@@ -931,36 +1248,37 @@ def path_compiler(prefixes: dict[str, tuple[str, ...]]) -> Any:
     return compile_path
 
 
-def unmapped(root: Any, reads: set[Any]) -> list[str]:
+def unmapped(root: Any, reads: set[Any], results: dict[Any, Any] | None = None) -> list[str]:
     """Name every element with text or a coded value (V) in the payload that no rule read.
 
     An element counts as read when it, or an element holding it, was read as a
     value (a whole element read as text or mapped by a datatype covers its children).
-    One walk, labels built from the parent's, so a large message costs little.
+    One walk that skips what was read; only the leaves it names get a label,
+    and a mapped message names few. *results* (the scope's) lends the children
+    index the mapping built, so most elements are not asked for children again.
     """
     out: list[str] = []
-    stack: list[tuple[Any, str]] = [(root, "/" + root.tag.rpartition("}")[2])]
+    results = {} if results is None else results
+    walked: dict[Any, list[Any]] = {}  # the element children of each element the walk went into
+    label = _labeller({root: "/" + root.tag.rpartition("}")[2]}, walked.__getitem__)
+    stack = [root]
+    pop = stack.pop
+    extend = stack.extend
     while stack:
-        el, label = stack.pop()
+        el = pop()
         if el in reads:
             continue  # read whole: its children are covered
-        children = [(c, tag.rpartition("}")[2]) for c in el if isinstance(tag := c.tag, str)]  # (child, local name)
-        if not children:
-            if ((el.text or "").strip() or el.get("V") is not None) and el.tag.rpartition("}")[2] not in _ENVELOPE_ONLY:
-                out.append(label)
-            continue
-        counts: dict[str, int] = {}
-        for _, name in children:
-            counts[name] = counts.get(name, 0) + 1
-        seen: dict[str, int] = {}
-        labelled = []
-        for c, name in children:
-            if counts[name] > 1:
-                seen[name] = seen.get(name, 0) + 1
-                labelled.append((c, f"{label}/{name}[{seen[name]}]"))
-            else:
-                labelled.append((c, f"{label}/{name}"))
-        stack.extend(reversed(labelled))
+        if len(el):  # children, maybe only comments and PIs
+            kids = results.get(el)
+            if kids is None:
+                kids = results[el] = children_index(el)
+            children = walked[el] = kids[_ALL]
+            if children:
+                extend(reversed(children))
+                continue
+        text = el.text
+        if ((text and text.strip()) or el.get("V") is not None) and el.tag.rpartition("}")[2] not in _ENVELOPE_ONLY:
+            out.append(label(el))
     return out
 
 

@@ -85,7 +85,8 @@ def parse_xml(data: bytes, *, limits: XmlLimits = DEFAULT_LIMITS, recover: bool 
         raise DecodeError("not XML bytes") from exc
     if tree.getroot() is None:
         raise DecodeError("no XML element found")
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
+    info = tree.docinfo  # a new DocInfo on each access
+    if info.doctype or info.internalDTD is not None:
         raise ForbiddenDoctype("a DOCTYPE is not allowed in a message")
     if _too_deep(tree.getroot(), limits.max_depth):
         raise DecodeError(f"elements nested deeper than {limits.max_depth}")

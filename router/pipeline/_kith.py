@@ -32,17 +32,18 @@ class KithConverter:
         received = read_message(item.raw, schemas=self.schemas)
         env = received.envelope
         item.envelope = env
+        her_id = None  # the sender's, asked once: Party.her_id searches its persons and departments
         if env is not None:
+            her_id = env.sender.her_id if env.sender else None
             item.control_id = env.msg_id or None
-            item.sender = (env.sender.her_id if env.sender else None) or None
+            item.sender = her_id or None
             item.message_type = env.msg_type or env.payload_root
             item.structure = env.payload_root
             item.header = _header(env, item.message_type)
         if received.error is not None:
             raise received.error
         assert env is not None  # noqa: S101 - read_message returns an envelope when there is no error
-        her_ids = [env.sender.her_id if env.sender else None]
-        mm = self.mappings.for_sender(*her_ids).find_xml(env.payload_namespace, env.payload_root) if self.mappings else None
+        mm = self.mappings.for_sender(her_id).find_xml(env.payload_namespace, env.payload_root) if self.mappings else None
         if mm is None:
             raise UnknownMessage(f"no mapping for {env.payload_root or env.root} in namespace {env.payload_namespace}", location="/")
         root = env.payload.getroottree().getroot() if env.payload is not None else None
@@ -54,7 +55,7 @@ class KithConverter:
         item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain)
         if explain is not None:
             item.bundle["_explain"] = explain
-        item.unmapped = unmapped(root, scope.reads)
+        item.unmapped = unmapped(root, scope.reads, scope.results)
         return scope
 
 

@@ -68,6 +68,17 @@ class TestReadMsghead:
             read_msghead(root)
         assert read_msghead(root, attachments=False).attachments == ()
 
+    def test_first_sender_with_an_organisation(self):
+        """Comments and PIs among the children change nothing; the sender is the first Sender's Organisation that exists."""
+        ns = "http://www.kith.no/xmlstds/msghead/2006-05-24"
+        root = etree.fromstring(f"""<MsgHead xmlns="{ns}"><!-- c --><MsgInfo><?pi x?><Type V="T" DN="Tn"/><Type V="U"/>
+            <MsgId> id </MsgId><Sender/><Sender><!-- c --><Organisation><OrganisationName>A</OrganisationName>
+            <Ident><Id>1</Id><TypeId V="HER"/></Ident><Organisation><OrganisationName>B</OrganisationName></Organisation></Organisation>
+            <Organisation><OrganisationName>C</OrganisationName></Organisation></Sender></MsgInfo></MsgHead>""".encode())
+        env = read_msghead(root)
+        assert (env.msg_type, env.msg_type_name, env.msg_id) == ("T", "Tn", "id")
+        assert env.sender is not None and (env.sender.name, env.sender.her_id, [d.name for d in env.sender.depts]) == ("A", "1", ["B"])
+
     def test_empty_msghead(self):
         """A MsgHead with no MsgInfo reads as empty strings and no parties, without raising."""
         env = read_msghead(etree.fromstring(b'<MsgHead xmlns="http://www.kith.no/xmlstds/msghead/2006-05-24"/>'))

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from adapters.kith.paths import NodeText, XmlPath, XmlScope, _plan, bind, path_compiler, unmapped
+from adapters.kith.paths import NodeText, XmlPath, XmlScope, _function, _plan, bind, path_compiler, unmapped
 from adapters.kith.safe_xml import parse_xml
 from router.mapping import MappingSet
 from router.mapping.mapping_set import load_namespaces
@@ -49,6 +49,13 @@ NESTED = b"""<r:Root xmlns:r="http://www.kith.no/xmlstds/msghead/2006-05-24" xml
 </r:Root>"""
 
 
+# XML whitespace (tab, CR, LF, space) next to other white space (NBSP, EM SPACE), which normalize-space() keeps.
+SPACES = """<r:Root xmlns:r="http://www.kith.no/xmlstds/msghead/2006-05-24" V=" a&#9;b&#13;&#10; c ">
+  <r:Text>&#160; x &#9;&#13; y&#160;<!-- c --> z </r:Text><r:Coded V="&#160;v&#160;" DN=" d&#13;o:o " />
+  <r:Ident><r:Id> 1 2 </r:Id><r:TypeId V=" a:b "/></r:Ident><r:Empty V=""/>
+</r:Root>""".encode()
+
+
 def _mapping_paths() -> list[str]:
     """Every distinct path text the KITH mappings compile."""
     texts: set[str] = set()
@@ -77,12 +84,22 @@ EXTRA = [
     "//mh:Organisation/mh:Id", "//mh:Organisation/mh:Id/@V", "//mh:Organisation//mh:Ident/mh:Id", "//mh:Ident//mh:Organisation/mh:Id",
     "//mh:Organisation/*[local-name()=\"Id\"]", "mh:Organisation//mh:Organisation/mh:Id|mh:Organisation//mh:Organisation/fk1:Id",
     "//mh:Coded/@V | //mh:TypeId/@V | @V", "mh:Organisation | //mh:OrganisationName", "//fk1:Id|//mh:Id|//*[local-name()='Id']",
+    # Predicates that test whether a path selects anything, and the self axis.
+    "mh:Ident[mh:Id]", "mh:Ident[not(mh:Id)]", "*[@V]", "*[not(@V)]", "mh:Ident[fk1:Id|mh:TypeId]/mh:TypeId/@V", "//mh:Organisation[mh:Ident]",
+    "//mh:Id[not(../../@V)]", "mh:Ident/mh:Id[../mh:TypeId/@DN]", "//*[not(*)][not(@V)]", "self::*", "self::mh:Ident", 'self::*[local-name()="Id"]',
+    "self::*[not(@V)]", "self::*[mh:Organisation]/mh:Id", "mh:Organisation[mh:Organisation[mh:Ident]]/mh:OrganisationName", "mh:Ident[..]",
+    "mh:Ident[mh:Id] | mh:Organisation[not(mh:Id)]", "//mh:Organisation/mh:Id[not(../mh:Ident)] | /mh:Root/mh:Ident/mh:Id", "..[mh:Id]/@V",
+    # String functions over literals and planned paths.
+    "local-name()", "normalize-space(.)", "normalize-space()", "normalize-space(mh:Text)", "string(mh:Coded/@DN)", "string(mh:Ident)",
+    'concat(mh:Ident/mh:TypeId/@V, ":", mh:Coded/@DN)', 'concat(*/@V, "|", ../@V, "|", mh:Empty/@V)', 'normalize-space(concat(" a ", mh:Text, .))',
+    'substring-after(mh:Coded/@DN, "o")', 'substring-before(mh:Coded/@DN, "d")', 'substring-after(@V, "")', 'substring-before(mh:Nothing/@V, "x")',
+    'normalize-space(substring-before(mh:Text, "fet"))', 'concat(.., "x")', "normalize-space(*)",
 ]
-PLANNED = [t for t in dict.fromkeys(PATHS + EXTRA) if _plan(t) is not None]
+PLANNED = [t for t in dict.fromkeys(PATHS + EXTRA) if _plan(t) is not None or _function(t) is not None]
 
 
 def _documents() -> list[tuple[str, bytes]]:
-    docs = [("awkward", AWKWARD), ("nested", NESTED)]
+    docs = [("awkward", AWKWARD), ("nested", NESTED), ("spaces", SPACES)]
     for family in FAMILIES:
         found = examples(family)
         for path in dict.fromkeys(found[:1] + found[-1:]):
@@ -117,17 +134,30 @@ def test_the_mappings_mostly_skip_the_xpath_engine() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["(rq:Priority|../rq:Priority)/@V", '""', "local-name()", "self::*", "po:A[1]", "po:A/text()", "ancestor::mh:MsgHead",
-     "@V|@DN", "po:A/@*", "/", "//@V", "po:A//@V", "./po:A", "po:A/../po:B", ".|po:A", "//po:A[1]", "(//po:A/@V)[last()]"],
+    ["(rq:Priority|../rq:Priority)/@V", '""', "local-name()", "po:A[1]", "po:A/text()", "ancestor::mh:MsgHead", "po:A[@V = 'x']",
+     "@V|@DN", "po:A/@*", "/", "//@V", "po:A//@V", "./po:A", "po:A/../po:B", ".|po:A", "//po:A[1]", "(//po:A/@V)[last()]",
+     "po:A[not(po:B) and po:C]", "po:A[not(po:B) or not(po:C)]", "/self::po:A", "po:A//self::po:B", "po:A[last()]", "po:A[po:B[1]]"],
 )
 def test_what_the_plan_leaves_to_xpath(text: str) -> None:
-    """Predicates, axes, functions, `.` and `..` past the start, and unions of different attributes go to the XPath engine."""
+    """Positions, comparisons, other axes and functions, `.` and `..` past the start, and unions of different attributes go to the XPath engine."""
     assert _plan(text) is None
 
 
-@pytest.mark.parametrize("text", ["//po:X", "/mh:MsgHead", ".//po:X", "rq:Comment|../rq:Comment", "mh:A/mh:B|fk1:C/mh:B", "po:A//po:B/@V", "//po:A | //po:B"])
+@pytest.mark.parametrize(
+    "text", ["count(po:A)", "substring(po:A/@V, 1, 10)", "local-name(..)", 'concat("a")', "normalize-space(po:A, po:B)", "string-length(.)", "concat(po:A[1], 'x')"],
+)
+def test_what_string_functions_leave_to_xpath(text: str) -> None:
+    """Only local-name(), normalize-space(), string(), concat() and substring-after/-before() over literals and planned paths skip the engine."""
+    assert _function(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["//po:X", "/mh:MsgHead", ".//po:X", "rq:Comment|../rq:Comment", "mh:A/mh:B|fk1:C/mh:B", "po:A//po:B/@V", "//po:A | //po:B", "self::*",
+     'self::*[local-name()="X"]', "self::*[not(@a)]", "po:A[not(../../@a)]", "//po:A[po:B]", "rq:Comment[rq:A|rq:B]", "po:A[po:B/@V]/po:C"],
+)
 def test_what_the_plan_reads_beyond_child_steps(text: str) -> None:
-    """Absolute paths, `//` steps and unions whose members differ read without the XPath engine."""
+    """Absolute paths, `//` steps, unions whose members differ, the self axis and existence predicates read without the XPath engine."""
     assert _plan(text) is not None
 
 
@@ -141,7 +171,7 @@ def test_planned_paths_answer_as_xpath_does(name: str, data: bytes) -> None:
     for text in PLANNED:
         planned = compile_path(text)
         engine = compile_path(text)
-        engine._plan = None  # the XPath engine, as before plans existed
+        engine._plan = engine._fn = None  # the XPath engine, as before plans existed
         engine.values = engine._make_values()  # values() is made once, from the plan
         for node in nodes:
             assert _observed(planned, root, node, binding) == _observed(engine, root, node, binding), (text, name, node.tag)
@@ -215,3 +245,43 @@ def test_an_element_item_makes_its_text_when_asked() -> None:
     assert item.group is not None and item._raw is None
     assert item.raw == "Ytre del\n    Indre9"
     assert isinstance(item.raw, NodeText) and item.raw.node is item.group and item.raw is item.raw
+
+
+@pytest.mark.parametrize(("name", "data"), _documents()[:5], ids=lambda v: v if isinstance(v, str) else "")
+def test_one_message_scope_answers_every_path_twice_alike(name: str, data: bytes) -> None:
+    """Values read again in the same message (kept per element) and the shared children index give what a fresh scope gives."""
+    from adapters.kith.paths import message_scope
+
+    root = parse_xml(data).getroot()
+    compile_path = path_compiler(PREFIXES)
+    paths = [compile_path(text) for text in PLANNED]
+    shared = message_scope(root, PREFIXES)
+    for _ in range(2):
+        for node in root.iter(etree.Element):
+            scope = shared.child(group=node)
+            for path in paths:
+                fresh = XmlScope(root, node, shared.bindings, set())
+                assert path.values(scope) == path.values(fresh), (path.text, node.tag)
+                assert path.reader()(scope) == path.reader()(fresh), (path.text, node.tag)
+
+
+@pytest.mark.parametrize(("name", "data"), _documents(), ids=lambda v: v if isinstance(v, str) else "")
+def test_unmapped_with_the_children_index_is_unmapped_without(name: str, data: bytes) -> None:
+    """unmapped() walks the children index the mapping built where there is one, and labels as where() does."""
+    from adapters.kith.paths import _ENVELOPE_ONLY, message_scope, where
+
+    elements = list(parse_xml(data).getroot().iter(etree.Element))
+    root = elements[0]
+    scope = message_scope(root, PREFIXES)
+    reading = [path_compiler(PREFIXES)(text) for text in ("*", "*/*", '*[local-name()="Id"]', "mh:Ident/@V", "fk1:Id")]
+    for node in elements[::3]:
+        for path in reading:
+            path.values(scope.child(group=node))
+    assert unmapped(root, scope.reads, scope.results) == unmapped(root, scope.reads)
+    leaves = [
+        el for el in elements
+        if next(el.iterchildren(etree.Element), None) is None
+        and ((el.text or "").strip() or el.get("V") is not None)
+        and el.tag.rpartition("}")[2] not in _ENVELOPE_ONLY
+    ]
+    assert unmapped(root, set()) == [where(el) for el in leaves]
