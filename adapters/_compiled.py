@@ -24,6 +24,9 @@ from types import ModuleType
 from typing import Sequence
 
 HOT_PATH = (
+    "adapters/amqp/_frames.py",
+    "adapters/amqp/inbound.py",
+    "adapters/amqp/outbound.py",
     "adapters/fhir/_bundle.py",
     "adapters/fhir/_lookups.py",
     "adapters/fhir/_sqlite.py",
@@ -40,8 +43,12 @@ HOT_PATH = (
     "router/mapping/library.py",
     "router/mapping/runtime.py",
     "router/mapping/tables.py",
+    "router/engine.py",
+    "router/pipeline/_reply.py",
     "router/pipeline/convert.py",
     "router/pipeline/settle.py",
+    "router/routing/match.py",
+    "router/routing/partition.py",
 )
 """Source files compiled when the package is installed (paths from the project root)."""
 
