@@ -62,17 +62,25 @@ class Group:
             level = [g for grp in level for g in grp.items if isinstance(g, Group)]
         return []
 
+    def direct(self) -> dict[str, list[Segment]]:
+        """Return this group's own segments by name (not its subgroups'), indexed once: every rule of a group asks."""
+        direct = self._direct
+        if direct is None:
+            direct = {}
+            for item in self.items:
+                if not isinstance(item, Group):
+                    same = direct.get(item.name)
+                    if same is None:
+                        direct[item.name] = [item]
+                    else:
+                        same.append(item)
+            self._direct = direct
+        return direct
+
     def segments(self, name: str, *, deep: bool = False) -> list[Segment]:
         """Return the segments called *name* in this group (and, with *deep*, its subgroups)."""
         if not deep:
-            direct = self._direct
-            if direct is None:  # every rule of a group asks: index the group's segments once
-                direct = {}
-                for item in self.items:
-                    if not isinstance(item, Group):
-                        direct.setdefault(item.name, []).append(item)
-                self._direct = direct
-            return direct.get(name, [])
+            return self.direct().get(name, [])
         out: list[Segment] = []
         for item in self.items:
             if isinstance(item, Group):
@@ -242,15 +250,7 @@ def near_map(group: Group) -> dict[str, list[Segment]]:
         parent = group.parent
         near = dict(near_map(parent)) if parent is not None else {}
         allowed = group.allowed
-        direct: dict[str, list[Segment]] = {}
-        for item in group.items:
-            if not isinstance(item, Group):
-                same = direct.get(item.name)
-                if same is None:
-                    direct[item.name] = [item]
-                else:
-                    same.append(item)
-        group._direct = direct
+        direct = group.direct()
         for n in allowed:
             near[n] = direct.get(n, [])
         for n, segs in direct.items():
