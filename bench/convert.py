@@ -1,7 +1,8 @@
 """Benchmark `convert` on one core: a typical 12-segment ADT^A01, or an ORU^R01 with 20 OBX; tokenize + map + serialize.
 
 Prints messages per second, latency percentiles and peak memory. No assertions:
-speed is reported, never tested. Run: `python bench/convert.py [--message adt|oru] [--n 20000] [--patients 2000 | --same]`.
+speed is reported, never tested. Run: `python bench/convert.py [--message adt|oru] [--n 20000] [--patients 2000 | --same] [--no-freeze]`.
+After warming up, the garbage collector is tuned as a worker tunes it (router.engine.freeze_long_lived).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import tracemalloc
 import orjson
 
 from adapters._compiled import compiled_modules
+from router.engine import freeze_long_lived
 from router.pipeline.convert import Converter
 from schemas.identity import first_valid_fnr
 from router.settings import load_settings
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="run under cProfile and print the 25 costliest functions instead")
     parser.add_argument("--patients", type=int, default=2000, help="distinct patients in the stream (each message is one of them, in turn)")
     parser.add_argument("--same", action="store_true", help="convert one message over and over (how sessions before 4 measured)")
+    parser.add_argument("--no-freeze", action="store_true", help="leave the garbage collector as it is (the engine tunes it once its mappings load)")
     args = parser.parse_args()
     converter = Converter(load_settings(environ={}))
     label, text = MESSAGES[args.message]
@@ -119,6 +122,8 @@ def main() -> None:
         assert converter.convert(data)[0].ok, "every benchmark message must convert"  # noqa: S101 - a bench sanity check
     for k in range(500):  # warm caches
         orjson.dumps(converter.convert(feed[k % len(feed)])[0].bundle)
+    if not args.no_freeze:
+        freeze_long_lived()  # as a worker does once its mappings load (router/engine.py)
     if args.profile:
         _profile(converter, feed[0], args.n)
         return
@@ -142,6 +147,7 @@ def main() -> None:
     print(f"  CPU time {cpu / args.n * 1e6:.1f} us per message = {args.n / cpu:,.0f} msg/s of CPU")
     print(f"  latency p50 {q[49] * 1e6:.1f} us   p99 {q[98] * 1e6:.1f} us   max {max(lat) * 1e6:.1f} us")
     print(f"  peak memory per conversion {peak / 1024:.1f} KiB (tracemalloc)")
+    print(f"  garbage collector: {'as Python leaves it' if args.no_freeze else 'tuned as in the engine (freeze_long_lived)'}")
     built = compiled_modules()
     print(f"  hot path: {f'compiled with Cython ({len(built)} modules)' if built else 'pure Python'}")
 

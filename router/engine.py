@@ -41,12 +41,32 @@ if TYPE_CHECKING:
     from router.contracts import Converted, Record
     from router.settings import Settings
 
-__all__ = ["Engine", "EngineStats"]
+__all__ = ["Engine", "EngineStats", "freeze_long_lived"]
 
 _POLL_SECONDS = 0.2
 _FIRST_RECONNECT_SECONDS = 0.5
 _COUNTER = {"duplicate": "duplicates"}  # outcome -> EngineStats field, where the names differ
-_GC_YOUNG = 10_000  # allocations between young-generation collections, once frozen (see _freeze)
+_GC_YOUNG = 10_000  # allocations between young-generation collections, once frozen (see freeze_long_lived)
+
+
+def freeze_long_lived(*, again: bool = False) -> None:
+    """Move what lives as long as the process (compiled mappings, HL7 structure tables, schemas)
+    out of the collector's sight, and collect the young generation less often.
+
+    Why: the collector's full passes rescanned all of that, a latency spike each under load.
+    After a hot reload (*again*) the old set is let go first, so it can be collected. The
+    engine calls this once its mappings are loaded; the benches call it too, so they measure
+    what a worker runs.
+    """
+    if again:
+        gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+    # Each batch allocates tens of thousands of containers (Bundles, rows), nearly all freed by
+    # reference counting: at the default threshold (700) the young generation was collected a dozen
+    # times a batch, 5% of a worker's CPU. Collecting every _GC_YOUNG allocations keeps a pass short
+    # (well under a millisecond) while doing a fraction of the work.
+    gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
 
 
 @dataclass(slots=True)
@@ -93,7 +113,7 @@ class Engine:
         """Prepare an engine; run() connects.
 
         *freeze_gc* is for a process that runs one engine (`helsebro run`): once the
-        mappings are compiled, the garbage collector stops rescanning them (see _freeze).
+        mappings are compiled, the garbage collector stops rescanning them (see freeze_long_lived).
         """
         self._freeze_gc = freeze_gc
         self._settings = settings  # no I/O here: run() connects
@@ -192,20 +212,8 @@ class Engine:
             self._log.warning("own_her_id_placeholder", destinations=kith, her_id=PLACEHOLDER_HER_ID, fix="set own.her_id in config/engine.yaml")
 
     def _freeze(self, *, again: bool = False) -> None:
-        """Move what lives as long as the process (compiled mappings, HL7 structure tables, schemas)
-        out of the collector's sight: its full passes rescanned all of it, a latency spike each
-        under load. After a hot reload the old set is let go first, so it can be collected."""
-        if not self._freeze_gc:
-            return
-        if again:
-            gc.unfreeze()
-        gc.collect()
-        gc.freeze()
-        # Each batch allocates tens of thousands of containers (Bundles, rows), nearly all freed by
-        # reference counting: at the default threshold (700) the young generation was collected a dozen
-        # times a batch, 5% of a worker's CPU. Collecting every _GC_YOUNG allocations keeps a pass short
-        # (well under a millisecond) while doing a fraction of the work.
-        gc.set_threshold(_GC_YOUNG, *gc.get_threshold()[1:])
+        if self._freeze_gc:
+            freeze_long_lived(again=again)
 
     def _converter_source(self) -> Any:
         if self._converter is not None:

@@ -77,7 +77,8 @@ def generate_values(paths: tuple[Any, ...]) -> Callable[[Any], list[str]] | None
     for e in exprs:
         lines += [f"    _t = {e}", "    if _t is not None:", "        out.append(_t)"]
     lines.append("    return out")
-    return _compile("\n".join(lines), "values", g.names, "<helsebro identity values>")  # type: ignore[no-any-return]
+    # Each path is read once here: its field is read in place, with no memo local (see _memos).
+    return _compile("\n".join(_memos(lines, g.memos)), "values", g.names, "<helsebro identity values>")  # type: ignore[no-any-return]
 
 
 _GUARD = "\x00"

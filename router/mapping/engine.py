@@ -116,13 +116,14 @@ class _Run:
             block.build(scope, ctx, resource)
         if len(resource) == 1:
             return False
-        for element, source in use.template.required:
+        for element, source in tpl.required:
             if element not in resource:
                 # Invalid FHIR never reaches the record: the sender hears which field was empty.
-                raise InvalidContent(f"{use.template.fhir_type}.{element} is required, but {source} gives no value", location=source)
+                raise InvalidContent(f"{tpl.fhir_type}.{element} is required, but {source} gives no value", location=source)
         system, value = _identity(use, resource, scope)
-        entry = conditional_entry(use.template.fhir_type, resource, system, value, create_only=use.write == "create", by_id=use.write == "by-id")
-        if use.write == "by-id":
+        write = use.write
+        entry = conditional_entry(tpl.fhir_type, resource, system, value, create_only=write == "create", by_id=write == "by-id")
+        if write == "by-id":
             # A retired record (a merge's old Patient) is found by its id from now on: its
             # identifiers moved to the survivor, so a search by them finds the survivor only.
             resource.pop("identifier", None)
@@ -133,7 +134,7 @@ class _Run:
             # The same business identity twice (attending = admitting) is one entry; two
             # different resources under one identity would lose data, so they are refused.
             if earlier["resource"] != resource:
-                raise InvalidContent(f"two different {use.template.fhir_type} resources share the identity {system}|…; the mapping's identity is not specific enough")
+                raise InvalidContent(f"two different {tpl.fhir_type} resources share the identity {system}|…; the mapping's identity is not specific enough")
             return True
         self.by_url[url] = entry
         self.entries.append(entry)

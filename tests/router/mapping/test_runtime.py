@@ -13,6 +13,12 @@ class TestRuntime:
         """The fast resource id is the same UUID that uuid5_id gives, for any text."""
         for parts in [("Patient", "urn:oid:2.16.578.1.12.4.1.4.1", "x"), ("Encounter", "", "æøå €"), ("a|b",)]:
             assert resource_id(*parts) == uuid5_id(*parts)
+        variants = set()
+        for k in range(500):  # enough digests that every value of the digit holding the variant bits occurs
+            parts = ("Observation", "urn:helsebro:identity", f"value-{k}")
+            assert resource_id(*parts) == uuid5_id(*parts)
+            variants.add(uuid5_id(*parts)[19])
+        assert variants == set("89ab")
 
     def test_has_empty_finds_nested_empties(self):
         """has_empty is true exactly when prune would remove something."""
