@@ -11,6 +11,8 @@ In an editable install the built module sits beside its source, and Python
 would import it even after the source changed. The finder installed here
 imports the source instead whenever it is newer than the build, so an edit
 takes effect at once (at the source's speed) until the next `pip install -e .`.
+`HELSEBRO_PURE_PYTHON=1` at run time does the same for every module, builds
+or not: the source runs (for profiling with cProfile, or to rule the build out).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def stale(source: str, built: str) -> bool:
 
 
 class _FreshSource(importlib.abc.MetaPathFinder):
-    """Import a hot-path module from its source when its build is older than the source."""
+    """Import a hot-path module from its source when its build is older than the source, or when HELSEBRO_PURE_PYTHON is set."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
         if fullname not in _MODULES:
@@ -78,7 +80,7 @@ class _FreshSource(importlib.abc.MetaPathFinder):
         if origin is None or not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
             return None  # the source is what the usual finders import anyway
         source = origin[: origin.index(".", origin.rindex(os.sep))] + ".py"
-        if not stale(source, origin):
+        if not os.environ.get("HELSEBRO_PURE_PYTHON") and not stale(source, origin):
             return None  # the build is current: the usual finders import it
         return importlib.util.spec_from_file_location(fullname, source)
 

@@ -62,3 +62,17 @@ def test_the_finder_is_installed_once_and_ignores_other_modules() -> None:
     _compiled.install()
     assert sum(isinstance(f, _compiled._FreshSource) for f in sys.meta_path) == 1
     assert _compiled._FreshSource().find_spec("router.cli", None) is None
+
+
+def test_pure_python_at_run_time_imports_every_source_though_built() -> None:
+    """HELSEBRO_PURE_PYTHON=1 in a process's environment runs the hot path from source, builds or not."""
+    import subprocess
+
+    code = "import router.pipeline.convert, adapters._compiled as c; print(len(c.compiled_modules()))"
+    env = {**os.environ, "HELSEBRO_PURE_PYTHON": "1"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "0"
+    env.pop("HELSEBRO_PURE_PYTHON")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    _built_engine()  # skips here when this install has no build: nothing to tell apart
+    assert int(out.stdout) > 0
