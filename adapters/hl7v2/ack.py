@@ -15,8 +15,10 @@ defines which versions we may echo (``_KNOWN_VERSIONS`` mirrors its
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from datetime import datetime
+from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
@@ -73,6 +75,8 @@ _FALLBACK_VERSION = "2.5"
 _OSLO = ZoneInfo("Europe/Oslo")
 _ESCAPES = str.maketrans({"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_PLAIN = re.compile(r"[^\\|^&~\x00-\x1f\x7f]*")
+"""Text with no delimiter and no control character: what _escape leaves as it is."""
 # "PID-3[1].1.2", "OBX[2]-5", "MSH-9": segment[occurrence]-field[repetition].component.sub
 _LOCATION = re.compile(
     r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)(?:\[(\d+)\])?(?:\.(\d+))?(?:\.(\d+))?", re.ASCII
@@ -93,9 +97,12 @@ def ack_code_for(error: MessageError) -> tuple[AckCode, str]:
 
 def _escape(text: str) -> str:
     """Escape HL7 delimiters and flatten control characters (a CR would end the segment)."""
+    if _PLAIN.fullmatch(text):  # most values (ids, names, codes) need neither: one scan, no copy
+        return text
     return _CONTROL.sub(" ", text).translate(_ESCAPES)
 
 
+@lru_cache(maxsize=4096)
 def _components(value: str) -> str:
     """Escape each ``^``-separated component of an HD or MSG value, keeping the ``^``."""
     return "^".join(_escape(part) for part in value.split("^"))
@@ -125,6 +132,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
+@lru_cache(maxsize=1024)
 def _message_type(trigger: str, version: str) -> str:
     """MSH-9 of the ACK: ``ACK^<trigger>^ACK``; v2.1–2.3 have no structure component."""
     if not trigger:
@@ -134,9 +142,21 @@ def _message_type(trigger: str, version: str) -> str:
     return f"ACK^{trigger}^ACK"
 
 
+_LAST_SECOND: tuple[int, str] = (-1, "")
+"""The last whole second stamped and its text: ACKs go out by the thousand per second."""
+
+
 def _timestamp(now: datetime | None) -> str:
-    moment = now if now is not None else datetime.now(_OSLO)
-    return moment.strftime("%Y%m%d%H%M%S%z")  # %z is "" for a naive datetime
+    global _LAST_SECOND
+    if now is not None:
+        return now.strftime("%Y%m%d%H%M%S%z")  # %z is "" for a naive datetime
+    second = int(time.time())
+    last = _LAST_SECOND
+    if last[0] == second:
+        return last[1]
+    text = datetime.fromtimestamp(second, _OSLO).strftime("%Y%m%d%H%M%S%z")
+    _LAST_SECOND = (second, text)
+    return text
 
 
 def _err_segment(version: str, *, error_code: str | None, location: str) -> str:

@@ -128,6 +128,25 @@ class TestBuildAck:
         now = datetime(2024, 7, 15, 8, 30, 5, tzinfo=timezone(timedelta(hours=2)))
         assert _build(now=now)["MSH"][7] == "20240715083005+0200"
 
+    @pytest.mark.parametrize(("epoch", "stamp"), [
+        (1_751_362_205, "20250701113005+0200"),  # 09:30:05 UTC in summer: Oslo is UTC+2
+        (1_735_723_805, "20250101103005+0100"),  # 09:30:05 UTC in winter: Oslo is UTC+1
+    ])
+    def test_timestamp_without_a_moment_is_oslo_now(self, monkeypatch, epoch, stamp):
+        """Without `now`, MSH-7 is the current second in Oslo, with its offset; one second's ACKs share it."""
+        clock = [epoch + 0.1]
+        monkeypatch.setattr(ack.time, "time", lambda: clock[0])
+        assert _build()["MSH"][7] == stamp
+        clock[0] = epoch + 0.9  # the same second: the stamp made for it
+        assert _build()["MSH"][7] == stamp
+        clock[0] = epoch + 1.0  # the next one: a new stamp
+        assert _build()["MSH"][7] == stamp[:13] + str(int(stamp[13]) + 1) + stamp[14:]
+
+    def test_plain_and_escaped_text(self):
+        """Text without delimiters or control characters is sent as it is; any other is escaped."""
+        assert ack._escape("Ola Nordmann 123-æøå") == "Ola Nordmann 123-æøå"
+        assert ack._escape("a|b^c&d~e\\f\rg") == "a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f g"
+
     def test_hl7apy_accepts_it(self):
         """hl7apy's strict parser validates an AE as a v2.5 ACK."""
         from hl7apy.consts import VALIDATION_LEVEL
