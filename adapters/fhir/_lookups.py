@@ -27,16 +27,17 @@ from typing import Any, Sequence
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers
 
-_CHUNK = 300  # rows per IN list: well under SQLite's bound-parameter limit
-
 # A new resource's row is inserted, an existing one's updated by its key: never an upsert, so a writer
 # that wrongly believed an identity new (no lock held) fails on UNIQUE (type, id) instead of
 # overwriting it; a lost update fails on the history's primary key (rid, version), as before.
-_INSERT = "INSERT INTO fhir_resource (rid, type, id, version, deleted, digest, index_hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
-_UPDATE = "UPDATE fhir_resource SET version = ?, deleted = ?, digest = ?, index_hash = ? WHERE rid = ?"
-_HISTORY = "INSERT INTO fhir_history (rid, version, deleted, last_updated, body) VALUES (?, ?, ?, ?, ?)"
-_TOKEN = "INSERT INTO fhir_token (type, value, system, rid) VALUES (?, ?, ?, ?)"
-_REF = "INSERT INTO fhir_ref (type, target, param, rid) VALUES (?, ?, ?, ?)"
+# Public for the backends: PostgreSQL sends each as one statement over arrays (see _postgres.py).
+INSERT_RESOURCE = "INSERT INTO fhir_resource (rid, type, id, version, deleted, digest, index_hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+UPDATE_RESOURCE = "UPDATE fhir_resource SET version = ?, deleted = ?, digest = ?, index_hash = ? WHERE rid = ?"
+INSERT_HISTORY = "INSERT INTO fhir_history (rid, version, deleted, last_updated, body) VALUES (?, ?, ?, ?, ?)"
+INSERT_TOKEN = "INSERT INTO fhir_token (type, value, system, rid) VALUES (?, ?, ?, ?)"
+INSERT_REF = "INSERT INTO fhir_ref (type, target, param, rid) VALUES (?, ?, ?, ?)"
+DELETE_TOKENS = "DELETE FROM fhir_token WHERE rid = ?"
+DELETE_REFS = "DELETE FROM fhir_ref WHERE rid = ?"
 CURRENT_COLUMNS = "r.version, r.deleted, r.digest, r.rid, r.index_hash"
 
 
@@ -96,7 +97,7 @@ class Lookups:
         new = [key for key, cur in written.items() if cur.rid is None]
         for key, rid in zip(new, db.new_rids(len(new)) if new else (), strict=True):
             written[key].rid = rid
-        db.execute_many(_HISTORY, [(written[key].rid, version, flag, now, text) for key, version, flag, now, text in self._history])
+        db.execute_many(INSERT_HISTORY, [(written[key].rid, version, flag, now, text) for key, version, flag, now, text in self._history])
         fresh = set(new)
         inserts: list[tuple[Any, ...]] = []
         updates: list[tuple[Any, ...]] = []
@@ -118,16 +119,16 @@ class Lookups:
             refs.extend((key[0], target, param, rid) for param, target in own_refs)
             cur.index_hash = index_hash
         if inserts:
-            db.execute_many(_INSERT, inserts)
+            db.execute_many(INSERT_RESOURCE, inserts)
         if updates:
-            db.execute_many(_UPDATE, updates)
+            db.execute_many(UPDATE_RESOURCE, updates)
         if stale:
-            db.execute_many("DELETE FROM fhir_token WHERE rid = ?", stale)
-            db.execute_many("DELETE FROM fhir_ref WHERE rid = ?", stale)
+            db.execute_many(DELETE_TOKENS, stale)
+            db.execute_many(DELETE_REFS, stale)
         if tokens:
-            db.execute_many(_TOKEN, tokens)
+            db.execute_many(INSERT_TOKEN, tokens)
         if refs:
-            db.execute_many(_REF, refs)
+            db.execute_many(INSERT_REF, refs)
         self._history, self._rows, self._index = [], {}, {}
 
     @classmethod
@@ -148,9 +149,9 @@ class Lookups:
                     ids.add((e.resource_type, own))
         for key, criteria in tokens.items():
             out.found[(key[0], criteria)] = []
-        rows = _in_chunks(
-            db, list(tokens), 3,
-            "WITH q (type, system, value) AS (VALUES {}) "
+        rows = db.query_keys(
+            list(tokens), 3,
+            "WITH q (type, system, value) AS ({}) "
             "SELECT t.type, t.system, t.value, r.id, " + CURRENT_COLUMNS + " FROM q JOIN fhir_token t ON t.type = q.type AND t.value = q.value "
             "AND t.system = q.system JOIN fhir_resource r ON r.rid = t.rid WHERE r.deleted = 0",
         )
@@ -165,8 +166,8 @@ class Lookups:
         ids.difference_update(out.current)
         for key in ids:
             out.current[key] = None
-        current_sql = "WITH q (type, id) AS (VALUES {}) SELECT r.type, r.id, " + CURRENT_COLUMNS + " FROM q JOIN fhir_resource r ON r.type = q.type AND r.id = q.id"
-        for rtype, id_, *row in _in_chunks(db, list(ids), 2, current_sql):
+        current_sql = "WITH q (type, id) AS ({}) SELECT r.type, r.id, " + CURRENT_COLUMNS + " FROM q JOIN fhir_resource r ON r.type = q.type AND r.id = q.id"
+        for rtype, id_, *row in db.query_keys(list(ids), 2, current_sql):
             out.current[(rtype, id_)] = Current.from_row(row)
         return out
 
@@ -213,17 +214,3 @@ def _identifier_token(criteria: Criteria | None) -> tuple[str, str] | None:
     if not bar or not system or not value:
         return None
     return system, value
-
-
-def _in_chunks(db: Any, keys: list[tuple[str, ...]], width: int, sql: str) -> list[tuple[Any, ...]]:
-    """Run *sql* with its `{}` replaced by one row of placeholders per key, in chunks.
-
-    A joined VALUES list, not `(a, b) IN (…)`: both planners then probe the
-    index once per row instead of scanning.
-    """
-    rows: list[tuple[Any, ...]] = []
-    row = "(" + ", ".join("?" for _ in range(width)) + ")"
-    for start in range(0, len(keys), _CHUNK):
-        chunk = keys[start:start + _CHUNK]
-        rows.extend(db.query(sql.format(", ".join(row for _ in chunk)), [v for key in chunk for v in key]))
-    return rows

@@ -22,7 +22,9 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_loads
 
-from adapters.fhir._store import SqlRecord, prepare_schema
+from adapters.fhir._lookups import (DELETE_REFS, DELETE_TOKENS, INSERT_HISTORY, INSERT_REF, INSERT_RESOURCE, INSERT_TOKEN,
+                                    UPDATE_RESOURCE)
+from adapters.fhir._store import MARK_APPLIED, SqlRecord, prepare_schema
 from adapters.fhir._transaction import Db
 from router.contracts import FhirJson
 from router.errors import RecordUnavailable
@@ -44,7 +46,28 @@ _RID_SEQUENCE = (
 # A renamed table keeps its primary key's index name; the migration frees it for the new table's.
 _V1_RENAMED = tuple(f"ALTER INDEX IF EXISTS {t}_pkey RENAME TO {t}_v1_pkey" for t in ("fhir_resource", "fhir_history", "helsebro_applied"))
 
-_LOCK_SQL = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, n)"
+# The batch's writes, each kind as one statement over arrays (one per column), in binary: psycopg's
+# executemany sends and dumps every row on its own (about 40 k client instructions a row), and a
+# query with hundreds of placeholders is parsed again each time it is sent (psycopg caches only
+# short ones). Same rows, same constraints: a conflict fails the statement, and so the transaction,
+# as it failed the row. The rows of one kind in a flush never name a resource twice (Lookups keeps
+# one per resource), which UPDATE … FROM needs.
+_BULK = {
+    INSERT_HISTORY: "INSERT INTO fhir_history (rid, version, deleted, last_updated, body) SELECT r, v, d, t, b::json"
+                    " FROM unnest(%b::bigint[], %b::int[], %b::int[], %b::text[], %b::text[]) AS u(r, v, d, t, b)",
+    INSERT_RESOURCE: "INSERT INTO fhir_resource (rid, type, id, version, deleted, digest, index_hash)"
+                     " SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::int[], %b::text[], %b::bigint[])",
+    UPDATE_RESOURCE: "UPDATE fhir_resource r SET version = u.v, deleted = u.d, digest = u.g, index_hash = u.h"
+                     " FROM unnest(%b::int[], %b::int[], %b::text[], %b::bigint[], %b::bigint[]) AS u(v, d, g, h, rid) WHERE r.rid = u.rid",
+    INSERT_TOKEN: "INSERT INTO fhir_token (type, value, system, rid) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[])",
+    INSERT_REF: "INSERT INTO fhir_ref (type, target, param, rid) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[])",
+    DELETE_TOKENS: "DELETE FROM fhir_token WHERE rid = ANY(%b::bigint[])",
+    DELETE_REFS: "DELETE FROM fhir_ref WHERE rid = ANY(%b::bigint[])",
+    MARK_APPLIED: "INSERT INTO helsebro_applied (key, applied_at) SELECT * FROM unnest(%b::text[], %b::float8[]) ON CONFLICT (key) DO NOTHING",
+}
+
+# The keys in binary (%b): psycopg's text form of an array runs a regex over each element.
+_LOCK_SQL = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%b::bigint[]) WITH ORDINALITY AS t(k, n)"
 
 
 @lru_cache(maxsize=256)
@@ -81,8 +104,18 @@ class _PgDb:
         self._conn.execute(_pg(statement), args)
 
     def execute_many(self, statement: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self._conn.cursor() as cur:
-            cur.executemany(_pg(statement), rows)
+        bulk = _BULK.get(statement)
+        if bulk is None:
+            with self._conn.cursor() as cur:
+                cur.executemany(_pg(statement), rows)
+        elif rows:
+            self._conn.execute(bulk, [list(column) for column in zip(*rows)])
+
+    def query_keys(self, keys: Sequence[tuple[str, ...]], width: int, statement: str) -> list[tuple[Any, ...]]:
+        if not keys:
+            return []
+        source = "SELECT * FROM unnest(" + ", ".join("%b::text[]" for _ in range(width)) + ")"
+        return self._conn.execute(_pg(statement.format(source)), [list(column) for column in zip(*keys)]).fetchall()
 
     def new_rids(self, n: int) -> Sequence[int]:
         # From a sequence: writers of different resources run at once, and a key is never taken twice.

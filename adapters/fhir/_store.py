@@ -133,7 +133,8 @@ def prepare_schema(db: Db, tables: set[str], *, body: str, rid: str, without_row
     return found
 
 
-_MARK_APPLIED = "INSERT INTO helsebro_applied (key, applied_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+MARK_APPLIED = "INSERT INTO helsebro_applied (key, applied_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+_APPLIED_AMONG = "WITH q (key) AS ({}) SELECT h.key FROM q JOIN helsebro_applied h ON h.key = q.key"
 APPLIED_RETENTION_SECONDS = 14 * 24 * 3600.0
 """How long an applied message's key is kept: far longer than any redelivery takes to come back."""
 _PURGE_APPLIED_EVERY = 1000  # apply_batch calls with keys between purges
@@ -239,7 +240,7 @@ class SqlRecord(ABC):
                     lookups.flush(db)  # the batch's writes, one statement per kind
                     if keys is not None:
                         if marks:
-                            db.execute_many(_MARK_APPLIED, marks)  # in the same transaction as the writes
+                            db.execute_many(MARK_APPLIED, marks)  # in the same transaction as the writes
                         self._purge_applied(db, stamp)
             except MessageError as exc:
                 out[current] = exc
@@ -253,12 +254,7 @@ class SqlRecord(ABC):
     def _applied_before(self, db: Db, keys: list[str]) -> set[str]:
         if not keys:
             return set()
-        found: set[str] = set()
-        for start in range(0, len(keys), 500):  # under SQLite's bound-parameter limit
-            chunk = keys[start:start + 500]
-            marks = ", ".join("?" for _ in chunk)
-            found.update(str(r[0]) for r in db.query(f"SELECT key FROM helsebro_applied WHERE key IN ({marks})", chunk))
-        return found
+        return {str(r[0]) for r in db.query_keys([(key,) for key in keys], 1, _APPLIED_AMONG)}
 
     def _purge_applied(self, db: Db, now: float) -> None:
         self._batches_with_keys += 1
@@ -284,7 +280,7 @@ class SqlRecord(ABC):
             return
         with self._lock, self._transaction([]) as db:
             stamp = time.time()
-            db.execute_many(_MARK_APPLIED, [(key, stamp) for key in keys])
+            db.execute_many(MARK_APPLIED, [(key, stamp) for key in keys])
             self._purge_applied(db, stamp)
 
     def seen(self, keys: Sequence[str], *, window_seconds: float) -> set[str]:

@@ -24,7 +24,7 @@ Action = Literal["write", "delete", "noop", "delete-all", "retire-all"]
 
 
 class Db(Protocol):
-    """The two calls a transaction needs from a backend, with `?` placeholders."""
+    """The calls a transaction needs from a backend, with `?` placeholders."""
 
     def query(self, sql: str, args: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Run *sql* and return its rows."""
@@ -38,10 +38,19 @@ class Db(Protocol):
         """Run *sql* once per row, for its effect."""
         ...
 
+    def query_keys(self, keys: Sequence[tuple[str, ...]], width: int, sql: str) -> list[tuple[Any, ...]]:
+        """Run *sql*, whose `{}` stands for a row source of *keys* (each *width* text values), and return its rows.
+
+        SQLite fills in VALUES lists, in chunks; PostgreSQL one unnest of arrays.
+        """
+        ...
+
     def new_rids(self, n: int) -> Sequence[int]:
         """Return *n* unused integer keys for new fhir_resource rows."""
         ...
 
+
+_blake2b = hashlib.blake2b  # bound once, not looked up in the module per write
 
 _CURRENT = "SELECT " + CURRENT_COLUMNS + " FROM fhir_resource r WHERE r.type = ? AND r.id = ?"
 _CURRENT_BODY = (
@@ -158,14 +167,16 @@ class _Writer:
 
     def _put(self, resource_type: str, id_: str, resource: FhirJson) -> AppliedEntry:
         content = _content(resource, id_)
-        digest = hashlib.blake2b(orjson.dumps(content, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+        digest = _blake2b(orjson.dumps(content, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
         current = self._current(resource_type, id_)
         if current is not None and not current.deleted and current.digest == digest:
             return AppliedEntry(resource_type, id_, current.version, "unchanged")
         version = current.version + 1 if current else 1
         meta = {"versionId": str(version), "lastUpdated": self._now, **content.get("meta", {})}
-        body = {"resourceType": resource_type, "id": id_, "meta": meta}
-        body.update((k, v) for k, v in content.items() if k not in body)
+        # resourceType, id and meta first, then the rest of the content in its order: merged in C, the
+        # three set again after (their places stay first), not a generator over the members.
+        body = {"resourceType": resource_type, "id": id_, "meta": meta, **content}
+        body["resourceType"], body["id"], body["meta"] = resource_type, id_, meta
         self._write(resource_type, id_, version, body, digest=digest, deleted=False)
         outcome: EntryOutcome = "updated" if current is not None and not current.deleted else "created"
         return AppliedEntry(resource_type, id_, version, outcome)
@@ -221,7 +232,7 @@ class _Writer:
 def _index_hash(tokens: set[tuple[str, str]], refs: set[tuple[str, str]]) -> int:
     """A stable 64-bit hash of a version's index rows: equal for equal sets, in any process."""
     raw = orjson.dumps([sorted(tokens), sorted(refs)]) if tokens or refs else b"[[],[]]"
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
+    return int.from_bytes(_blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
 DOCUMENT_TAG = "urn:helsebro:document|"

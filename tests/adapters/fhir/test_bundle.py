@@ -1,4 +1,4 @@
-"""adapters/fhir/_bundle.py `rewrite`: the text-level copy gives what the Python walk gives, on the awkward cases too."""
+"""adapters/fhir/_bundle.py: `rewrite` gives what the Python walk gives, on the awkward cases too; parsing keeps its errors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import copy
 
 import pytest
 
-from adapters.fhir._bundle import _rewrite_walk, rewrite
+from urllib.parse import parse_qsl
+
+from adapters.fhir._bundle import TYPE_RE, _is_type, _rewrite_walk, parse_bundle, parse_criteria, rewrite
 from router.errors import InvalidContent
 
 TARGETS = {"urn:uuid:p1": "Patient/abc", "urn:uuid:e1": "Encounter/def"}
@@ -19,7 +21,11 @@ CASES = {
     "unicode-and-numbers": {"resourceType": "Patient", "name": [{"family": "Ærø"}], "multipleBirthInteger": 2, "x": 1.5, "y": None, "z": True},
     "big-int": {"resourceType": "Observation", "valueInteger": 2**70, "subject": {"reference": "urn:uuid:p1"}},
     "no-references": {"resourceType": "Patient", "id": "p"},
+    "own-member": {"resourceType": "Basic", "reference": "urn:uuid:p1", "subject": {"reference": "urn:uuid:e1"}},
+    "dangling-in-a-member": {"resourceType": "Encounter", "subject": {"reference": "urn:uuid:p1"}, "partOf": [{"reference": "urn:uuid:nobody"}]},
 }
+# Not JSON, so not a walk case (the walk leaves tuples alone): copy=False must still do what the text copy does.
+NO_COPY_CASES = {**CASES, "tuple-member": {"resourceType": "Observation", "performer": ({"reference": "urn:uuid:p1"},), "subject": {"reference": "urn:uuid:e1"}}}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -61,3 +67,63 @@ def test_no_copy_when_asked_and_nothing_to_rewrite():
     got = rewrite(nested, TARGETS, "here", copy=False)
     assert got == _rewrite_walk(nested, TARGETS, "here")
     assert nested == before
+
+
+@pytest.mark.parametrize("name", sorted(NO_COPY_CASES))
+def test_no_copy_gives_what_the_text_copy_gives(name):
+    """copy=False (members walked one by one) gives what copy=True gives, or the same error, and leaves the input alone."""
+    value = NO_COPY_CASES[name]
+    before = copy.deepcopy(value)
+    try:
+        expected = rewrite(value, TARGETS, "here")
+    except InvalidContent as exc:
+        with pytest.raises(InvalidContent, match=exc.reason):
+            rewrite(value, TARGETS, "here", copy=False)
+        return
+    assert rewrite(value, TARGETS, "here", copy=False) == expected
+    assert value == before
+
+
+def _entry(url: str, resource: object = None, **request: object) -> dict:
+    entry: dict = {"request": {"method": "PUT", "url": url, **request}}
+    if resource is not None:
+        entry["resource"] = resource
+    return entry
+
+
+class TestParseBundle:
+    @pytest.mark.parametrize(
+        ("entry", "location"),
+        [
+            ({"resource": {}}, "Bundle.entry[1]"),
+            (_entry("Patient", method="GET"), "Bundle.entry[1].request.method"),
+            (_entry(""), "Bundle.entry[1].request.url"),
+            (_entry("patient/x", {"resourceType": "patient"}), "Bundle.entry[1].request.url"),
+            (_entry("Patient/x y", {"resourceType": "Patient"}), "Bundle.entry[1].request.url"),
+            (_entry("Patient/x?identifier=a", {"resourceType": "Patient"}), "Bundle.entry[1].request.url"),
+            (_entry("Patient?identifier=a", {"resourceType": "Patient"}, ifNoneExist="identifier=b"), "Bundle.entry[1].request.ifNoneExist"),
+            (_entry("Patient?&", {"resourceType": "Patient"}), "Bundle.entry[1].request.url"),
+            (_entry("Patient/x"), "Bundle.entry[1].resource"),
+            (_entry("Patient/x", {"resourceType": "Encounter"}), "Bundle.entry[1].resource.resourceType"),
+            (_entry("Patient/x", {"resourceType": "Patient", "id": "x y"}), "Bundle.entry[1].resource.id"),
+            (_entry("Patient/x", {"resourceType": "Patient", "id": "y"}), "Bundle.entry[1].resource.id"),
+            ({**_entry("Patient/x", {"resourceType": "Patient"}), "fullUrl": 3}, "Bundle.entry[1].fullUrl"),
+        ],
+    )
+    def test_errors_name_the_entry_member(self, entry, location):
+        """A malformed entry is InvalidContent at its own index and member (the locations are built only then)."""
+        good = _entry("Patient/ok", {"resourceType": "Patient"})
+        with pytest.raises(InvalidContent) as err:
+            parse_bundle({"resourceType": "Bundle", "type": "transaction", "entry": [good, entry]})
+        assert err.value.location == location
+
+    @pytest.mark.parametrize("query", ["identifier=sys|v", "?identifier=sys|v", "identifier=a%7Cb", "a=b&c=d", "a=b+c", "a=b=c", "a", "_id=x.y-z"])
+    def test_criteria_split_as_parse_qsl_splits(self, query):
+        """The fast path for one plain pair gives what parse_qsl gives."""
+        assert parse_criteria(query, "here") == tuple(parse_qsl(query.lstrip("?"), keep_blank_values=True))
+
+    @pytest.mark.parametrize("name", ["Patient", "Patient", "patient", "P", "Pa", "Patient1", "A" * 64, "A" * 65, "Patient\n"])
+    def test_type_check_is_the_pattern_remembered(self, name):
+        """_is_type answers as TYPE_RE does, the second time too (it remembers the names it accepted)."""
+        assert _is_type(name) == bool(TYPE_RE.fullmatch(name))
+        assert _is_type(name) == bool(TYPE_RE.fullmatch(name))
