@@ -31,6 +31,7 @@ HOT_PATH = (
     "adapters/amqp/outbound.py",
     "adapters/fhir/_bundle.py",
     "adapters/fhir/_lookups.py",
+    "adapters/fhir/_search.py",
     "adapters/fhir/_sqlite.py",
     "adapters/fhir/_store.py",
     "adapters/fhir/_transaction.py",
