@@ -1,7 +1,10 @@
-"""The must-show: SIGKILL the engine halfway through 300 ADT messages, restart it, and find every effect exactly once.
+"""The must-show: SIGKILL the engine partway through 900 ADT messages, restart it, and find every effect exactly once.
 
-100 synthetic patients, each admitted (A01), updated (A08, new given name) and
-discharged (A03) on one visit, plus one message with a bad check digit.
+300 synthetic patients, each admitted (A01), updated (A08, new given name) and
+discharged (A03) on one visit, plus one message with a bad check digit. The
+stream is long, and its progress watched closely, so that a fast engine is still
+mid-stream when the kill lands (with 300 messages it could finish in the 50 ms
+between two looks at its log).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
 HELSEBRO = str(Path(sys.executable).parent / "helsebro")
 VISIT_SYSTEM = "urn:oid:2.16.578.1.12.4.1.7.3.2.1"  # STOLAV in config/engine.yaml
-PATIENTS = 100
+PATIENTS = 300
 
 
 @pytest.fixture(params=["rabbitmq+postgres", "embedded+sqlite"])
@@ -77,7 +80,7 @@ def test_sigkill_halfway_loses_and_duplicates_nothing(settings, tmp_path):
     first_log = tmp_path / "first.log"
     proc = _run(settings, first_log)
     try:
-        wait_until(lambda: _settled_count(first_log) >= len(messages) // 3 or proc.poll() is not None, 90, what="a third settled")
+        wait_until(lambda: _settled_count(first_log) >= len(messages) // 3 or proc.poll() is not None, 90, interval=0.005, what="a third settled")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
