@@ -5,11 +5,11 @@ A prefix may name several namespace URIs (PLO 1.5 and 1.6 differ only by the
 date in the URI); for each document the prefix takes the URI that document
 uses, so one mapping serves every version. XPath is compiled once per prefix
 binding and cached; the everyday paths (`@V`, `po:Kode/@V`, `../po:X`,
-`*[local-name()="Id"]`, `//po:X[po:Y]`, `self::*[not(@a)]`) skip the XPath
-engine for a plan of steps over a per-message index of each element's
-children, and the string functions mappings use (`local-name()`,
-`normalize-space(.)`, `concat(po:X/@DN, ":")`) for a plan over those; the
-answers are the same.
+`*[local-name()="Id"]`, `//po:X[po:Y]`, `self::*[not(@a)]`, `po:X[@V = "1"]`,
+`(//po:X/@V)[last()]`) skip the XPath engine for a plan of steps over a
+per-message index of each element's children, and the string functions
+mappings use (`local-name()`, `normalize-space(.)`, `concat(po:X/@DN, ":")`)
+for a plan over those; the answers are the same.
 
 An element read as a value is its text, as a `NodeText`: a str that still
 knows its element, so `use:` and `each:` can map inside it. Attributes and
@@ -18,9 +18,8 @@ text() results are plain strings.
 
 from __future__ import annotations
 
-import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -30,7 +29,6 @@ from lxml import etree
 from router.errors import DecodeError
 
 _tostring = etree.tostring
-_TAG = operator.attrgetter("tag")
 
 
 class NodeText(str):
@@ -62,6 +60,7 @@ def _value(node: Any) -> NodeText | None:
 
 
 _UNREAD = object()  # XmlScope.texts: not read yet in this message
+_new_scope = object.__new__
 
 
 class XmlScope:
@@ -107,11 +106,29 @@ class XmlScope:
         node = group if group is not None else getattr(value, "node", None)
         if node is None:
             return self
-        return XmlScope(self.root, node, self.bindings, self.reads, value_loc, self.results, self.texts)
+        return self._on(node, value_loc)
 
     def at(self, value: Any, path: Any, index: int) -> XmlScope:
         """Return a scope on the element behind *value*."""
-        return self.child(value=value)
+        node = getattr(value, "node", None)
+        return self if node is None else self._on(node, "")
+
+    def _on(self, node: Any, loc: str) -> XmlScope:
+        """This scope moved to *node*, sharing what the message shares.
+
+        Made without calling the class: the mapping asks for ~80 scopes a PLO
+        message, and the call through type and __init__ costs more than the copy.
+        """
+        scope: XmlScope = _new_scope(XmlScope)
+        scope.root = self.root
+        scope.node = node
+        scope.bindings = self.bindings
+        scope.reads = self.reads
+        scope._loc = loc
+        scope.memo = None
+        scope.results = self.results
+        scope.texts = self.texts
+        return scope
 
 
 class XmlItem:
@@ -203,8 +220,16 @@ _LITERAL = re.compile(r"\"[^\"]*\"|'[^']*'")
 NameTest = tuple[str | None, str]
 """(prefix, local name) of a step; prefix None is any namespace, and ``(None, "*")`` any element."""
 
-Pred = tuple[bool, "_Plan"]
-"""A step's predicate, `[X]` or `[not(X)]`: (negated, X's plan). X is a node set, so the test is whether X selects anything."""
+Term = tuple["_Plan", str | None, str]
+"""One alternative of a predicate: (X's plan, op, literal). op None: X selects anything; "=" or "!=": some node X selects
+has a string value equal (unequal) to the literal, as XPath compares a node set with a string."""
+
+Pred = tuple[bool, tuple[Term, ...]]
+"""A predicate, `[X]`, `[X = "a" or Y != 'b']` or `[not(...)]`: (negated, its alternatives joined by `or`)."""
+
+Filter = int | Pred
+"""A predicate after a parenthesised path, `(U)[1]`, `(U)[last()]` (_LAST) or `(U)[po:X]`, applied in order over U's answer in document order."""
+_LAST = 0
 
 Step = tuple[int, tuple[NameTest, ...], tuple[Pred, ...]]
 """One location step: (axis, name tests, predicates). `a/b` is a child step, `a//b` a descendant one, `self::a` a self one."""
@@ -253,6 +278,7 @@ class _Plan:
 
     members: tuple[_Member, ...]
     attr: str | None
+    filters: tuple[Filter, ...] = ()  # `(U)[…]`: the members' attribute, if any, is what the filters count
 
     @property
     def absolute(self) -> bool:
@@ -264,21 +290,57 @@ class _Plan:
 
         The result may be a children index's own list: callers only iterate it.
         """
-        uris = dict(bindings)
+        return self.select_for(dict(bindings))
+
+    def select_for(self, uris: dict[str, str]) -> Any:
+        """selector() for a binding given as prefix → URI."""
         runs = [_member_selector(m, uris) for m in self.members]
+        if self.filters:
+            return _filtered(runs[0] if len(runs) == 1 else _union(runs), self.filters, self.members[0].attr, uris)
         if len(runs) == 1:
             return runs[0]
+        return _union(runs)
 
-        def union(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
-            found: list[Any] = []
-            for run in runs:
-                part = run(node, results)
-                if part is None:
+
+def _union(runs: list[Any]) -> Any:
+    """`select(node, results)` for a union: every member's answer, in document order without duplicates."""
+
+    def union(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
+        found: list[Any] = []
+        for run in runs:
+            part = run(node, results)
+            if part is None:
+                return None
+            found.extend(part)
+        return _in_order(found, node, results) if len(found) > 1 else found
+
+    return union
+
+
+def _filtered(select: Any, filters: tuple[Filter, ...], attr: str | None, uris: dict[str, str]) -> Any:
+    """`select(node, results)` narrowed by the predicates of `(U)[@V][1]`, in order, over U's answer in document order.
+
+    When U selects an attribute, its answer holds only the elements that carry
+    it, as XPath's node set holds only attributes that exist (empty ones too).
+    """
+    steps = [f if isinstance(f, int) else _tests((f,), uris) for f in filters]
+
+    def narrowed(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
+        found = select(node, results)
+        if found is None:
+            return None
+        if attr is not None:
+            found = [el for el in found if el.get(attr) is not None]
+        for step in steps:
+            if isinstance(step, int):
+                found = found[-1:] if step == _LAST else found[step - 1:step]
+            elif found:
+                found = _keep(found, step, results)
+                if found is None:
                     return None
-                found.extend(part)
-            return _in_order(found, node, results) if len(found) > 1 else found
+        return found
 
-        return union
+    return narrowed
 
 
 StepFilter = tuple[int, Any]
@@ -366,6 +428,7 @@ def _member_selector(member: _Member, uris: dict[str, str]) -> Any:
     bound = [(axis, filt, _iter_tags(filt) if axis == _DESCENDANT else None, _tests(preds, uris)) for (axis, filt), (_, _, preds) in zip(steps, member.steps)]
     first, first_preds = (bound[0][1], bound[0][3]) if start != _REL else (None, ())
     first_tags = _iter_tags(first) if first is not None else ()
+    first_exact = first[1] if first is not None and first[0] == _EXACT else None
     rest = bound[1:] if start != _REL else bound  # the first step of `/x`, `//x` is taken from the document node below
 
     def select(node: Any, results: dict[Any, Any]) -> Sequence[Any] | None:
@@ -377,11 +440,15 @@ def _member_selector(member: _Member, uris: dict[str, str]) -> Any:
                     return None
             found: Sequence[Any] = (node,)
         else:
-            root = node.getroottree().getroot()
-            if start == _DOC:  # `//x`: every element of the document that matches, the root too
-                found = list(root.iter(*first_tags))
+            by_tag = results.get(_BY_TAG) if start == _DOC and first_exact is not None else None
+            if by_tag is not None:  # `//x`: message_scope's index; iter(tag) would walk the document and parse its tag argument again
+                found = by_tag.get(first_exact, _NONE)
+                nested = True
+            elif start == _DOC:  # `//x`: every element of the document that matches, the root too
+                found = list(node.getroottree().getroot().iter(*first_tags))
                 nested = True
             else:  # `/x`: the root element, if it matches
+                root = node.getroottree().getroot()
                 found = (root,) if _matches(first, root.tag) else _NONE  # type: ignore[arg-type]
             if first_preds and found:
                 found = _keep(found, first_preds, results)  # type: ignore[assignment]
@@ -459,12 +526,51 @@ PredTest = tuple[bool, Any]
 
 
 def _tests(preds: tuple[Pred, ...], uris: dict[str, str]) -> tuple[PredTest, ...]:
-    return tuple((negated, _exists(plan, uris)) for negated, plan in preds)
+    return tuple((negated, _either(terms, uris)) for negated, terms in preds)
+
+
+def _either(terms: tuple[Term, ...], uris: dict[str, str]) -> Any:
+    """Return `test(element, results)` for alternatives joined by `or`: True when one holds; None: ask XPath."""
+    tests = [_exists(plan, uris) if op is None else _compare(plan, op == "=", literal, uris) for plan, op, literal in terms]
+    if len(tests) == 1:
+        return tests[0]
+
+    def either(element: Any, results: dict[Any, Any]) -> bool | None:
+        for test in tests:
+            answer = test(element, results)
+            if answer is None or answer:
+                return answer  # XPath's `or` stops at the first true one too
+        return False
+
+    return either
+
+
+def _compare(plan: _Plan, equal: bool, literal: str, uris: dict[str, str]) -> Any:
+    """Return `test(element, results)` for `X = "a"` (`X != "a"`): some node X selects has a string value equal (unequal) to the literal."""
+    select = plan.select_for(uris)
+    attr = plan.attr
+
+    def compare(element: Any, results: dict[Any, Any]) -> bool | None:
+        found = select(element, results)
+        if found is None:
+            return None  # `..` left the root element
+        for el in found:
+            if attr is None:  # an element's string value is all the text below it
+                value = _tostring(el, method="text", encoding="unicode", with_tail=False) if len(el) else el.text or ""
+            else:
+                value = el.get(attr)
+                if value is None:
+                    continue
+            if (value == literal) is equal:
+                return True
+        return False
+
+    return compare
 
 
 def _exists(plan: _Plan, uris: dict[str, str]) -> Any:
     """Return `exists(element, results)`: does *plan* select anything from the element (an attribute counts however empty); None: ask XPath."""
-    runs = [_member_selector(m, uris) for m in plan.members]
+    runs = [_member_selector(m, uris) for m in plan.members] if not plan.filters else [plan.select_for(uris)]
     attr = plan.attr
 
     def exists(element: Any, results: dict[Any, Any]) -> bool | None:
@@ -502,6 +608,7 @@ _ALL = None  # the children index's key for every element child
 _ORDER = object()  # the results key of the document-order index
 _SELECTED = object()  # with a path's text, the results key of an absolute plan's answer
 _ELEMENTS = object()  # the results key of every node of the document, in order (message_scope)
+_BY_TAG = object()  # the results key of the document's nodes by tag, each list in document order (message_scope)
 
 
 def children_index(element: Any) -> dict[Any, Any]:
@@ -558,6 +665,8 @@ def _in_order(found: list[Any], node: Any, results: dict[Any, Any]) -> list[Any]
 
 def _plan(text: str) -> _Plan | None:
     """Return the plan for *text*, or None when only the XPath engine can read it."""
+    if text.startswith("("):
+        return _parenthesised(text)
     members = [_member(part.strip()) for part in _split(text, "|")]
     if any(m is None for m in members):
         return None
@@ -577,6 +686,82 @@ def _plan(text: str) -> _Plan | None:
             last.extend(test for test in m.steps[-1][1] if test not in last)  # type: ignore[union-attr]
         return _Plan((_Member(first.start, first.ups, (*head, (axis, tuple(last), preds)), first.attr),), first.attr)
     return _Plan(tuple(members), first.attr)  # type: ignore[arg-type]
+
+
+def _parenthesised(text: str) -> _Plan | None:
+    """The plan for `(U)`, `(U)[1]`, `(U)[last()]`, `(U)[po:X][1]` or `(U)[1]/@V`: U's answer in document order, narrowed in turn."""
+    end = _closing(text, 0)
+    inner = _plan(text[1:end].strip()) if end > 0 else None
+    if inner is None or inner.filters:
+        return None
+    filters: list[Filter] = []
+    rest = text[end + 1:].strip()
+    while rest.startswith("["):
+        close = _closing(rest, 0)
+        if close < 0:
+            return None
+        pred = rest[1:close].strip()
+        if _POSITION.fullmatch(pred) and int(pred) > 0:
+            filters.append(int(pred))
+        elif pred == "last()":
+            filters.append(_LAST)
+        elif inner.attr is None and (test := _predicate(pred)) is not None:
+            filters.append(test)
+        else:
+            return None  # other positions, and tests of attributes: XPath answers
+        rest = rest[close + 1:].strip()
+    attr = inner.attr
+    if rest:
+        m = _TRAILING_ATTR.fullmatch(rest)
+        if m is None or attr is not None:
+            return None
+        attr = m[1]
+    return _Plan(inner.members, attr, tuple(filters))
+
+
+_POSITION = re.compile(r"[0-9]+")
+_TRAILING_ATTR = re.compile(r"/\s*@([A-Za-z_][\w-]*)")
+
+
+def _predicate(text: str) -> Pred | None:
+    """Parse `X`, `not(X)`, `X = "a"`, `X != 'a'` and `or` of those, X a planned path; None for anything else (XPath answers)."""
+    negated = text.startswith("not") and text[3:].lstrip()[:1] == "(" and _closing(text, text.index("(")) == len(text) - 1
+    if negated:
+        text = text[text.index("(") + 1:-1].strip()
+    terms: list[Term] = []
+    for part in _split_or(text):
+        term = _term(part.strip())
+        if term is None:
+            return None
+        terms.append(term)
+    return (negated, tuple(terms))
+
+
+def _term(text: str) -> Term | None:
+    """One alternative: a path (does it select anything), or a path compared with a string literal."""
+    at = next((i for i, ch, depth in _scan(text) if ch == "=" and not depth), -1)
+    if at < 0:
+        plan = _plan(text)
+        return (plan, None, "") if plan is not None else None
+    equal = text[at - 1:at] != "!"
+    left = text[:at] if equal else text[:at - 1]
+    right = text[at + 1:].strip()
+    if left[-1:] in ("<", ">") or not _LITERAL.fullmatch(right):
+        return None  # `<=`, `>=`, numbers, paths on both sides: XPath answers
+    plan = _plan(left.strip())
+    return (plan, "=" if equal else "!=", right[1:-1]) if plan is not None else None
+
+
+def _split_or(text: str) -> list[str]:
+    """*text* split at each ` or ` outside brackets and string literals."""
+    parts = []
+    last = 0
+    for i, ch, depth in _scan(text):
+        if not depth and ch in " \t\r\n" and i >= last and text[i + 1:i + 3] == "or" and text[i + 3:i + 4] in (" ", "\t", "\r", "\n"):
+            parts.append(text[last:i])
+            last = i + 3
+    parts.append(text[last:])
+    return parts
 
 
 def _member(text: str) -> _Member | None:
@@ -640,14 +825,10 @@ def _step(text: str, descend: bool) -> Step | None:
         end = _closing(text, pos) if text[pos] == "[" else -1
         if end < 0:
             return None
-        inner = text[pos + 1:end].strip()
-        negated = inner.startswith("not") and inner[3:].lstrip()[:1] == "(" and _closing(inner, inner.index("(")) == len(inner) - 1
-        if negated:
-            inner = inner[inner.index("(") + 1:-1].strip()
-        plan = _plan(inner)
-        if plan is None:
-            return None  # a position, a comparison, a function: XPath answers
-        preds.append((negated, plan))
+        pred = _predicate(text[pos + 1:end].strip())
+        if pred is None:
+            return None  # a position, a function, `and`: XPath answers
+        preds.append(pred)
         pos = end + 1
     return (axis, (test,), tuple(preds))
 
@@ -896,7 +1077,7 @@ class XmlPath:
 
             return read_string
         member = plan.members[0]
-        if len(plan.members) == 1 and member.start == _REL and not member.ups and not member.steps:
+        if len(plan.members) == 1 and member.start == _REL and not member.ups and not member.steps and not plan.filters:
             return _self_reader if plan.attr is None else _attr_reader(plan.attr)
         attr = plan.attr
         read_xpath = self._read_xpath
@@ -971,7 +1152,7 @@ class XmlPath:
             select = plan.selector(bindings)
             tag = None
             member = plan.members[0]
-            if len(plan.members) == 1 and member.start == _REL and not member.ups and len(member.steps) == 1 and member.steps[0][0] == _CHILD and not member.steps[0][2]:
+            if len(plan.members) == 1 and not plan.filters and member.start == _REL and not member.ups and len(member.steps) == 1 and member.steps[0][0] == _CHILD and not member.steps[0][2]:
                 kind, key = _filter(member.steps[0][1], dict(bindings))
                 tag = key if kind == _EXACT else None
             run = None if self._absolute else select
@@ -1209,18 +1390,38 @@ def message_scope(root: Any, prefixes: dict[str, tuple[str, ...]]) -> XmlScope:
     walk that finds the namespaces also keeps every element's Python proxy for
     the rest of the message: lxml makes a proxy each time an element is reached
     while none is alive, and the children index, `//` steps and unmapped()
-    reach most elements again.
+    reach most elements again. It also indexes the elements by tag, which `//x`
+    steps read instead of walking the document.
     """
     elements = list(root.iter())  # comments and PIs too: their proxies are made on every walk as well
-    binding = _binding(set(map(_TAG, elements)), prefixes)
-    # The document order of `//` answers (_in_order) is read from this list: only the whole document's will do.
-    return XmlScope(root, root, binding, set(), results={_ELEMENTS: elements} if root.getparent() is None else None)
+    by_tag: dict[Any, list[Any]] = {}  # the walk reads every tag anyway; a `//x` step then needs no walk of its own
+    for el in elements:
+        tag = el.tag
+        same = by_tag.get(tag)
+        if same is None:
+            by_tag[tag] = [el]
+        else:
+            same.append(el)
+    binding = _binding(by_tag, prefixes)
+    if root.getparent() is not None:
+        return XmlScope(root, root, binding, set())
+    # Both are read for answers about the whole document (`//x`, _in_order): only the whole document's will do.
+    return XmlScope(root, root, binding, set(), results={_ELEMENTS: elements, _BY_TAG: by_tag})
 
 
-def _binding(tags: set[Any], prefixes: dict[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
+def _binding(tags: Iterable[Any], prefixes: dict[str, tuple[str, ...]]) -> tuple[tuple[str, str], ...]:
     """The shared binding for a document whose element tags are *tags* (distinct Clark names: few)."""
-    used = frozenset(tag[1:].partition("}")[0] for tag in tags if tag.__class__ is str and tag[:1] == "{")
-    key = (id(prefixes), used)
+    used: set[str] = set()
+    namespace_of = _NAMESPACE_OF
+    for tag in tags:
+        ns: Any = namespace_of.get(tag, _UNREAD)
+        if ns is _UNREAD:
+            ns = tag[1:].partition("}")[0] if tag.__class__ is str and tag[:1] == "{" else None
+            if len(namespace_of) < _MAX_TAGS:
+                namespace_of[tag] = ns
+        if ns is not None:
+            used.add(ns)
+    key = (id(prefixes), frozenset(used))
     known = _BY_USE.get(key)
     if known is not None and known[0] is prefixes:  # the entry holds prefixes, so its id is not reused meanwhile
         return known[1]  # type: ignore[no-any-return]
@@ -1237,6 +1438,10 @@ def _binding(tags: set[Any], prefixes: dict[str, tuple[str, ...]]) -> tuple[tupl
 _MAX_BINDINGS = 256
 _BINDINGS: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
 _BY_USE: dict[tuple[int, frozenset[str]], tuple[Any, tuple[tuple[str, str], ...]]] = {}
+# The namespace URI of each tag seen (None: no namespace), so a message's binding costs a lookup per
+# distinct tag rather than a slice and a split; the national schemas name a few thousand at most.
+_MAX_TAGS = 8192
+_NAMESPACE_OF: dict[Any, str | None] = {}
 
 
 def path_compiler(prefixes: dict[str, tuple[str, ...]]) -> Any:

@@ -134,8 +134,15 @@ def _too_deep(root: etree._Element, max_depth: int) -> bool:
 
     One XPath step per level touches each element once, so this is linear in
     the size of the tree; libxml2 itself stops at 256 levels without huge_tree.
+    A shallow probe goes first: messages end within ~20 levels, and each of
+    the ~180 steps past the last level still costs the XPath engine a step.
     """
+    if max_depth > _SHALLOW and not _depth_probe(_SHALLOW)(root):
+        return False  # nothing below _SHALLOW levels, so nothing below max_depth
     return bool(_depth_probe(max_depth)(root))
+
+
+_SHALLOW = 32
 
 
 @functools.lru_cache(maxsize=8)
