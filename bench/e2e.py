@@ -15,7 +15,7 @@ Three runs, in one process tree, on one RabbitMQ:
 3. latency: messages published at `--rate` msg/s for `--seconds` by a separate
    process, each timed from publish to its ACK arriving on the replies queue.
 
-    python bench/e2e.py [--n 6000] [--workers 2] [--partitions 4] [--rate 200] [--seconds 10] [--record sqlite|postgresql] [--via-intake]
+    python bench/e2e.py [--n 6000] [--workers 2] [--partitions 4] [--rate 200] [--seconds 10] [--record sqlite|postgresql] [--via-intake] [--rounds K]
 
 Needs RabbitMQ on 127.0.0.1:5672 (and PostgreSQL for --record postgresql).
 No assertions: figures are printed, never tested.
@@ -141,11 +141,19 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait(60)
 
 
-def _throughput(settings, n: int, workers: int, tmp: Path) -> float:
-    _publish_all(settings, [_message(i, f"B{i:07d}") for i in range(n)])
+def _throughput(settings, n: int, workers: int, tmp: Path, *, first: int = 0) -> float:
+    """Time a backlog of *n* new admissions (patients *first* … *first* + n − 1) through the engine."""
+    replies = settings.engine.broker.names.replies
+    conn = open_connection(settings)
+    try:
+        declare_topology(conn, settings)
+        Queue(replies, no_declare=True).bind(conn.default_channel).purge()  # an earlier round's ACKs
+    finally:
+        conn.release()
+    _publish_all(settings, [_message(i, f"B{i:07d}") for i in range(first, first + n)])
     proc = _start_workers(settings, workers, tmp / "throughput.log")
     try:
-        seconds = _timed_fill(settings, settings.engine.broker.names.replies, n)
+        seconds = _timed_fill(settings, replies, n)
     finally:
         _stop(proc)
     return n / seconds
@@ -204,6 +212,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
     parser.add_argument("--record", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--via-intake", action="store_true", help="publish with the plain routing key (a foreign sender): every message passes the intake")
+    parser.add_argument("--rounds", type=int, default=1, help="ceiling and throughput runs, alternated, each ratio taken within its round "
+                        "(the machine's speed drifts between runs); new patients each round, distinct while rounds × n ≤ 13,000")
     args = parser.parse_args()
     configure_logging(level="warning")
     with tempfile.TemporaryDirectory() as tmp:
@@ -212,11 +222,16 @@ def main() -> None:
         broker = {"partitions": args.partitions, "batch_max": args.batch_max, "prefetch": 2 * args.batch_max, "publish_to_partition": not args.via_intake}
         settings = isolated_settings(Path(tmp), broker_url=BROKER, record_url=record, tag=tag, broker=broker)
         try:
-            ceiling = _ceiling(settings, args.n, args.workers, tag)
-            print(f"ceiling, bare broker loop, {args.workers} processes (consume → publish → ack, batched, no work): {ceiling:,.0f} msg/s", flush=True)
-            rate = _throughput(settings, args.n, args.workers, Path(tmp))
             way = "via the intake" if args.via_intake else "straight to the partitions"
-            print(f"end to end, {args.workers} workers, {args.partitions} partitions ({way}), {args.record}, backlog of {args.n} ADT^A01: {rate:,.0f} msg/s = {rate / ceiling:.0%} of the ceiling", flush=True)
+            shares = []
+            for r in range(args.rounds):
+                ceiling = _ceiling(settings, args.n, args.workers, f"{tag}r{r}")
+                print(f"ceiling, bare broker loop, {args.workers} processes (consume → publish → ack, batched, no work): {ceiling:,.0f} msg/s", flush=True)
+                rate = _throughput(settings, args.n, args.workers, Path(tmp), first=r * args.n)
+                print(f"end to end, {args.workers} workers, {args.partitions} partitions ({way}), {args.record}, backlog of {args.n} ADT^A01: {rate:,.0f} msg/s = {rate / ceiling:.0%} of the ceiling", flush=True)
+                shares.append(rate / ceiling)
+            if args.rounds > 1:
+                print(f"share of the ceiling over {args.rounds} rounds: median {statistics.median(shares):.0%} (each: {', '.join(f'{x:.0%}' for x in shares)})", flush=True)
             lat = _latency(settings, args.workers, args.rate, args.seconds, Path(tmp))
             q = statistics.quantiles(lat, n=100)
             print(f"latency at {args.rate:.0f} msg/s for {args.seconds:.0f} s ({len(lat)} messages, publish → ACK received): p50 {q[49]:.1f} ms  p99 {q[98]:.1f} ms  max {max(lat):.1f} ms", flush=True)
