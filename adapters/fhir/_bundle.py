@@ -89,7 +89,7 @@ def _parse_entry(index: int, raw: Any) -> Entry:
     if if_none_exist is not None:
         if method != "POST" or not isinstance(if_none_exist, str):
             raise InvalidContent("ifNoneExist needs a POST", location=_at(index, ".request.ifNoneExist"))
-        criteria = _plain_pair(if_none_exist) or parse_criteria(if_none_exist, _at(index, ".request.ifNoneExist"))
+        criteria = _plain_pair(if_none_exist) or _parsed(if_none_exist, _at(index, ".request.ifNoneExist"))
     if method == "POST" and id_ is not None:
         raise InvalidContent("POST url must be a type", location=_at(index, ".request.url"))
     if method == "PUT" and id_ is None and criteria is None:
@@ -115,7 +115,7 @@ def _parse_url(url: str, index: int) -> tuple[str, str | None, Criteria | None]:
         return parts[0], id_, None
     if id_ is not None:
         raise InvalidContent("request url has both an id and a query", location=_at(index, ".request.url"))
-    return parts[0], id_, _plain_pair(query) or parse_criteria(query, _at(index, ".request.url"))
+    return parts[0], id_, _plain_pair(query) or _parsed(query, _at(index, ".request.url"))
 
 
 _ID_MATCH = ID_RE.fullmatch  # bound once: looking the method up per entry is a fifth of its cost
@@ -147,9 +147,11 @@ def _plain_pair(query: str) -> Criteria | None:
 
 def parse_criteria(query: str, where: str) -> Criteria:
     """Split a conditional request's query (`identifier=sys|val&_id=x`) into pairs."""
-    pair = _plain_pair(query)
-    if pair is not None:
-        return pair  # what parse_qsl returns, without its cost
+    return _plain_pair(query) or _parsed(query, where)  # the plain pair: what parse_qsl returns, without its cost
+
+
+def _parsed(query: str, where: str) -> Criteria:
+    """parse_criteria for a query that is not one plain pair."""
     pairs = tuple(parse_qsl(query.lstrip("?"), keep_blank_values=True))
     if not pairs:
         raise InvalidContent("condition is empty", location=where)
