@@ -224,6 +224,10 @@ def hpr_ok(value: str) -> bool:
     return 1 <= len(value) <= 9 and value.isascii() and value.isdigit()
 
 
+_K1_OFFSETS = {"classic": (0,), "2032": (0, 1, 2, 3)}
+"""The K1 values a rule allows, as offsets from the classic one (FACTS §6.3)."""
+
+
 def _check_digits(nine: str, rule: Rule) -> str:
     """Append K1 and K2 to nine digits, or raise ValueError if none are issued.
 
@@ -232,7 +236,7 @@ def _check_digits(nine: str, rule: Rule) -> str:
     a digit.
     """
     s1 = _sum1(nine)
-    offsets = (0,) if rule == "classic" else (0, 1, 2, 3)
+    offsets = _K1_OFFSETS[rule]
     for offset in offsets:
         k1 = (11 + offset - s1 % 11) % 11
         if k1 == 10:

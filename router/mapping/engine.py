@@ -21,6 +21,7 @@ PROVENANCE_SYSTEM = "urn:helsebro:mapping"
 
 DOCUMENT_SYSTEM = "urn:helsebro:document"
 """meta.tag system that marks the resources a document owns (the record indexes it for `_tag`)."""
+_DOCUMENT_SYSTEM_QUOTED = quote(DOCUMENT_SYSTEM, safe=":/.")
 
 FALLBACK_SYSTEM = "urn:helsebro:identity"
 """System of the identifier Helsebro derives when a source carries none (documented in docs/mapping-language.md)."""
@@ -161,7 +162,8 @@ def _own(mm: MessageMapping, scope: Any, run: _Run) -> None:
             resource.setdefault("meta", {}).setdefault("tag", []).append({"system": DOCUMENT_SYSTEM, "code": code})
     if replaces is None or not replaces(scope):
         return  # a new document: nothing earlier to replace
-    deletes = [{"request": {"method": "DELETE", "url": f"{t}?_tag={quote(DOCUMENT_SYSTEM, safe=':/.')}|{quote(code, safe='')}"}} for t in mm.owned_types]
+    tag = f"{_DOCUMENT_SYSTEM_QUOTED}|{quote(code, safe='')}"
+    deletes = [{"request": {"method": "DELETE", "url": f"{t}?_tag={tag}"}} for t in mm.owned_types]
     run.entries[:0] = deletes
     run.untidy[:0] = [False] * len(deletes)
 
