@@ -10,6 +10,7 @@ it returns.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,6 +27,9 @@ from router.mapping.tables import Table, load_table
 
 PathCompiler = Callable[[str], Any]
 """The source format's path compiler (HL7 terser, later XPath)."""
+
+_MEMO_KEYS = itertools.count(1)
+"""Numbers the resource uses whose resources the engine may remember (ResourceUse.memo)."""
 
 _RULE_KEYS = {"target", "from", "each", "value", "fn", "args", "table", "use", "rules", "when", "ref", "refs", "note"}
 
@@ -155,10 +159,14 @@ class ResourceUse:
     write: str = "update"  # "update": PUT on identity (the message is the truth); "create": only if absent
     explicit: frozenset[str] = frozenset()  # parameters bound with `with:` (must name produced resources)
     read_source: Callable[[Any], Any] | None = field(default=None, init=False, repr=False)  # reads `source`'s first value
+    memo: int | None = field(default=None, init=False, repr=False)  # set: the engine builds it once per value (engine._one)
 
     def __post_init__(self) -> None:
         if self.source is not None:
             self.read_source = reader(self.source)  # what source.resolve(scope)[0].raw gives, without the Items
+            tpl = self.template
+            if not tpl.fallback and getattr(tpl.block.fast, "value_only", False):
+                self.memo = next(_MEMO_KEYS)  # unique in the process: a reloaded mapping never reads an older one's memo
 
 
 @dataclass(slots=True)

@@ -12,6 +12,8 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
+import orjson
+
 from router.errors import InvalidContent
 from router.mapping.compiler import MessageMapping, ResourceUse
 from router.mapping.runtime import RunContext, conditional_entry, prune, resolve_refs, resource_id
@@ -107,6 +109,14 @@ class _Run:
         ctx.bindings = use.bindings
         ctx.current = inst
         ctx.untidy = False
+        key = None
+        if use.memo is not None and ctx.trace is None:
+            # A resource built from a value alone (a practitioner in PV1-7) is the same
+            # for the same value: build it once, then copy it (see _remember).
+            key = (use.memo, scope.value, scope.message.delims)
+            known = ctx.fn_ctx.memo.get(key)
+            if known is not None:
+                return self._recall(use, known, inst)
         tpl = use.template
         resource: dict[str, Any] = {"resourceType": tpl.fhir_type}
         block = tpl.block
@@ -116,6 +126,8 @@ class _Run:
             ctx.trace_prefix = [tpl.fhir_type] if ctx.trace is not None else ctx.trace_prefix
             block.build(scope, ctx, resource)
         if len(resource) == 1:
+            if key is not None:
+                _remember(ctx.fn_ctx.memo, key, _NOTHING)
             return False
         for element, source in tpl.required:
             if element not in resource:
@@ -128,19 +140,51 @@ class _Run:
             # A retired record (a merge's old Patient) is found by its id from now on: its
             # identifiers moved to the survivor, so a search by them finds the survivor only.
             resource.pop("identifier", None)
+        if key is not None:
+            try:
+                _remember(ctx.fn_ctx.memo, key, (orjson.dumps(entry), ctx.untidy, system))
+            except TypeError:  # a value JSON cannot hold exactly (an integer past 64 bits): built each time
+                pass
+        return self._place(tpl.fhir_type, entry, inst, system, ctx.untidy)
+
+    def _recall(self, use: ResourceUse, known: tuple[bytes | None, bool, str], inst: str) -> bool:
+        blob, untidy, system = known
+        if blob is None:
+            return False
+        return self._place(use.template.fhir_type, orjson.loads(blob), inst, system, untidy)
+
+    def _place(self, fhir_type: str, entry: dict[str, Any], inst: str, system: str, untidy: bool) -> bool:
         url = entry["fullUrl"]
-        ctx.full_urls[inst] = url
+        self.ctx.full_urls[inst] = url
         earlier = self.by_url.get(url)
         if earlier is not None:
             # The same business identity twice (attending = admitting) is one entry; two
             # different resources under one identity would lose data, so they are refused.
-            if earlier["resource"] != resource:
-                raise InvalidContent(f"two different {tpl.fhir_type} resources share the identity {system}|…; the mapping's identity is not specific enough")
+            if earlier["resource"] != entry["resource"]:
+                raise InvalidContent(f"two different {fhir_type} resources share the identity {system}|…; the mapping's identity is not specific enough")
             return True
         self.by_url[url] = entry
         self.entries.append(entry)
-        self.untidy.append(ctx.untidy)
+        self.untidy.append(untidy)
         return True
+
+
+_NOTHING = (None, False, "")
+"""What a remembered use that built an empty resource gives: no entry."""
+
+_MEMO_MAX = 4096
+"""Values remembered per converter before the memo starts over: practitioners and senders repeat, this bounds the rest."""
+
+
+def _remember(memo: dict[Any, Any], key: Any, known: tuple[bytes | None, bool, str]) -> None:
+    """Keep what a use built from a value, as JSON bytes.
+
+    Bytes, so no message can change what the next one is given: each recall
+    parses a fresh entry, which later steps (provenance, prune, the record) may change freely.
+    """
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[key] = known
 
 
 def _own(mm: MessageMapping, scope: Any, run: _Run) -> None:

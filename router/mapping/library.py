@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64 as _b64
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from router.errors import InvalidContent
@@ -19,10 +19,16 @@ from schemas import identity as ids
 
 @dataclass(frozen=True, slots=True)
 class FnContext:
-    """What a function may know besides its arguments: configured identifier systems."""
+    """What a function may know besides its arguments: configured identifier systems.
+
+    It lives as long as its converter, and so does `memo`: the resources the
+    engine built from a value alone, by value (engine._one). A new converter
+    (new settings, reloaded mappings) starts with an empty one.
+    """
 
     authorities: Mapping[str, str]
     local_template: str
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ class TestLint:
             ("PID.Patient.yaml", edit(seg / "PID.Patient.yaml", "target: birthDate", "target: birthdate"), "has no element 'birthdate'"),
             ("PV1.Encounter.yaml", edit(seg / "PV1.Encounter.yaml", "from: PV1-44", "from: PV1-99"), "PV1-99 does not exist"),
             ("XCN.Practitioner.yaml", edit(seg / "XCN.Practitioner.yaml", "    use: XCN.HumanName", "    uze: XCN.HumanName"), "unknown key 'uze'"),
-            ("MSH.Organization.yaml", edit(seg / "MSH.Organization.yaml", "  - target: name\n", "  - target: name\n    when: MSH-4 valued and\n"), "bad condition"),
+            ("HD.Organization.yaml", edit(seg / "HD.Organization.yaml", "  - target: name\n", "  - target: name\n    when: HD.1 valued and\n"), "bad condition"),
             ("XPN.HumanName.yaml", edit(authoring / "datatypes" / "XPN.HumanName.yaml", "table: hl7-0200", "table: hl7-0999"), "no table 'hl7-0999'"),
         }
         assert main(["mappings", "lint", str(authoring)]) == 1
