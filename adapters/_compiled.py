@@ -41,6 +41,7 @@ HOT_PATH = (
     "adapters/hl7v2/decode.py",
     "adapters/hl7v2/groups.py",
     "adapters/hl7v2/paths.py",
+    "adapters/kith/_plans.py",
     "adapters/kith/dispatch.py",
     "adapters/kith/envelope.py",
     "adapters/kith/msghead.py",

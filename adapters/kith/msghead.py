@@ -15,7 +15,7 @@ from lxml import etree
 
 from adapters.kith.envelope import BASE64_NS, MSGHEAD_NS, Attachment, ConversationRef, Ident, KithEnvelope, Party, Person, ident_of, payload_standard
 from adapters.kith.errors import SchemaInvalid
-from adapters.kith.paths import children_index
+from adapters.kith._plans import children_index
 
 __all__ = ["read_msghead"]
 

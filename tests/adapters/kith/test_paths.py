@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from adapters.kith.paths import NodeText, XmlPath, XmlScope, _function, _plan, bind, path_compiler, unmapped
+from adapters.kith._plans import _function, _plan
+from adapters.kith.paths import NodeText, XmlPath, XmlScope, bind, path_compiler, unmapped
 from adapters.kith.safe_xml import parse_xml
 from router.mapping import MappingSet
 from router.mapping.mapping_set import load_namespaces
