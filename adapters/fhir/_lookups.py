@@ -133,7 +133,7 @@ class Lookups:
 
     @classmethod
     def prefetch(cls, db: Any, bundles: Sequence[list[Entry]]) -> Lookups:
-        """Fetch, in two queries, the matches and current versions every entry of *bundles* will ask for."""
+        """Fetch, in two queries sent together, the matches and current versions every entry of *bundles* will ask for."""
         out = cls()
         tokens: dict[tuple[str, str, str], Criteria] = {}
         ids: set[tuple[str, str]] = set()
@@ -149,26 +149,28 @@ class Lookups:
                     ids.add((e.resource_type, own))
         for key, criteria in tokens.items():
             out.found[(key[0], criteria)] = []
-        rows = db.query_keys(
+        matches = db.query_keys_later(
             list(tokens), 3,
             "WITH q (type, system, value) AS ({}) "
             "SELECT t.type, t.system, t.value, r.id, " + CURRENT_COLUMNS + " FROM q JOIN fhir_token t ON t.type = q.type AND t.value = q.value "
             "AND t.system = q.system JOIN fhir_resource r ON r.rid = t.rid WHERE r.deleted = 0",
         )
-        for rtype, system, value, found_id, *row in rows:
+        # Every id the entries name, also those a match may find: the second query need not wait for the first.
+        current_sql = "WITH q (type, id) AS ({}) SELECT r.type, r.id, " + CURRENT_COLUMNS + " FROM q JOIN fhir_resource r ON r.type = q.type AND r.id = q.id"
+        by_id = db.query_keys_later(list(ids), 2, current_sql)
+        for rtype, system, value, found_id, *row in matches():
             criteria = tokens[(rtype, system, value)]
             out.found[(rtype, criteria)].append(found_id)
-            out.current[(rtype, found_id)] = Current.from_row(row)  # what the second query would say
+            out.current[(rtype, found_id)] = Current.from_row(row)
         for (rtype, criteria), found in out.found.items():
             found.sort()  # as search_sql orders: by id
             for rid in found:
                 out._holding.setdefault((rtype, rid), set()).add(criteria)
-        ids.difference_update(out.current)
-        for key in ids:
-            out.current[key] = None
-        current_sql = "WITH q (type, id) AS ({}) SELECT r.type, r.id, " + CURRENT_COLUMNS + " FROM q JOIN fhir_resource r ON r.type = q.type AND r.id = q.id"
-        for rtype, id_, *row in db.query_keys(list(ids), 2, current_sql):
+        for rtype, id_, *row in by_id():
             out.current[(rtype, id_)] = Current.from_row(row)
+        for key in ids:
+            if key not in out.current:
+                out.current[key] = None
         return out
 
     def remember_found(self, resource_type: str, criteria: Criteria, found: list[str]) -> None:

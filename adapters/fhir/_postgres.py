@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -112,10 +112,14 @@ class _PgDb:
             self._conn.execute(bulk, [list(column) for column in zip(*rows)])
 
     def query_keys(self, keys: Sequence[tuple[str, ...]], width: int, statement: str) -> list[tuple[Any, ...]]:
+        return self.query_keys_later(keys, width, statement)()
+
+    def query_keys_later(self, keys: Sequence[tuple[str, ...]], width: int, statement: str) -> Callable[[], list[tuple[Any, ...]]]:
         if not keys:
-            return []
+            return list
         source = "SELECT * FROM unnest(" + ", ".join("%b::text[]" for _ in range(width)) + ")"
-        return self._conn.execute(_pg(statement.format(source)), [list(column) for column in zip(*keys)]).fetchall()
+        # In pipeline mode execute only queues the query; fetchall sends what is queued and reads up to its answer.
+        return self._conn.execute(_pg(statement.format(source)), [list(column) for column in zip(*keys)]).fetchall
 
     def new_rids(self, n: int) -> Sequence[int]:
         # From a sequence: writers of different resources run at once, and a key is never taken twice.

@@ -223,8 +223,11 @@ class SqlRecord(ABC):
             current = -1
             try:
                 with self._lock, self._transaction(locks) as db:
-                    applied = self._applied_before(db, [keys[i] for i in parsed if keys[i]]) if keys is not None else set()
-                    lookups = Lookups.prefetch(db, [entries for i, entries in parsed.items() if keys is None or keys[i] not in applied])
+                    # Sent together: which messages were applied before, and what every Bundle reads (also
+                    # one applied before: a redelivery is rare, and a read too many changes nothing).
+                    applied_rows = db.query_keys_later([(keys[i],) for i in parsed if keys[i]], 1, _APPLIED_AMONG) if keys is not None else list
+                    lookups = Lookups.prefetch(db, list(parsed.values()))
+                    applied = {str(r[0]) for r in applied_rows()}
                     stamp = time.time()
                     marks: list[tuple[str, float]] = []
                     for i, entries in parsed.items():
@@ -251,11 +254,6 @@ class SqlRecord(ABC):
             break
         return [r for r in out if r is not None]
 
-    def _applied_before(self, db: Db, keys: list[str]) -> set[str]:
-        if not keys:
-            return set()
-        return {str(r[0]) for r in db.query_keys([(key,) for key in keys], 1, _APPLIED_AMONG)}
-
     def _purge_applied(self, db: Db, now: float) -> None:
         self._batches_with_keys += 1
         if self._batches_with_keys % _PURGE_APPLIED_EVERY == 0:
@@ -267,8 +265,10 @@ class SqlRecord(ABC):
         Raises:
             RecordUnavailable: the database is unreachable.
         """
+        if not keys:
+            return set()
         with self._lock, self._transaction([]) as db:
-            return self._applied_before(db, list(keys))
+            return {str(r[0]) for r in db.query_keys([(key,) for key in keys], 1, _APPLIED_AMONG)}
 
     def mark_applied(self, keys: Sequence[str]) -> None:
         """Mark *keys* applied elsewhere (an external server's delivery ledger).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any, Literal, Protocol, Sequence
+from typing import Any, Callable, Literal, Protocol, Sequence
 
 import orjson
 
@@ -42,6 +42,14 @@ class Db(Protocol):
         """Run *sql*, whose `{}` stands for a row source of *keys* (each *width* text values), and return its rows.
 
         SQLite fills in VALUES lists, in chunks; PostgreSQL one unnest of arrays.
+        """
+        ...
+
+    def query_keys_later(self, keys: Sequence[tuple[str, ...]], width: int, sql: str) -> Callable[[], list[tuple[Any, ...]]]:
+        """Send query_keys's query now; return a function that gives its rows.
+
+        PostgreSQL queues it in the pipeline, so the reads a batch starts with share one
+        round trip; SQLite runs it at once.
         """
         ...
 
