@@ -6,12 +6,14 @@ Components receive a bound logger; they never configure logging themselves.
 from __future__ import annotations
 
 import hashlib
+import json as _stdlib_json
 import logging
 import re
 import sys
 from typing import Any, TextIO
 
 import structlog
+from orjson import dumps as _orjson_dumps
 
 #: Keys whose values are patient data. Their values are hashed before rendering.
 PHI_KEYS = frozenset({"fnr", "dnr", "national_id", "patient_id", "name", "family", "given", "birth_date", "body", "raw", "address", "phone"})
@@ -31,14 +33,23 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
         value = event[key]
         if key in PHI_KEYS and value is not None:
             event[key] = phi_hash(str(value))
-        elif isinstance(value, str):
+        elif isinstance(value, str) and len(value) >= 11:  # a shorter text holds no 11 digits: no regex for it
             event[key] = _ELEVEN_DIGITS.sub("<11-digit id>", value)
     return event
 
 
+def _json(event: dict[str, Any], **_: Any) -> str:
+    """One JSON line, by orjson: the engine logs every settled message, and the standard library's encoder took a
+    third of that line's cost. Whatever orjson cannot encode goes to the standard library, as before."""
+    try:
+        return _orjson_dumps(event, default=repr).decode()
+    except TypeError:
+        return _stdlib_json.dumps(event, default=repr)
+
+
 def configure_logging(*, level: str = "info", stream: TextIO | None = None, json: bool = True) -> None:
     """Set up structlog for this process: redaction first, then JSON or console lines."""
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    renderer: Any = structlog.processors.JSONRenderer(serializer=_json) if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -1,0 +1,37 @@
+"""Log lines (router/logging.py): one JSON object a line, patient data hashed or masked, whatever the values are."""
+
+from __future__ import annotations
+
+import io
+import json
+from decimal import Decimal
+
+import pytest
+
+from router.logging import configure_logging, get_logger
+
+
+@pytest.fixture
+def lines():
+    stream = io.StringIO()
+    configure_logging(stream=stream)
+    yield lambda: [json.loads(line) for line in stream.getvalue().splitlines()]
+    configure_logging()
+
+
+def test_a_line_is_json_with_patient_data_hashed_and_ids_masked(lines):
+    get_logger("engine").info("delivery_settled", fnr="15866112379", name="Ødegård", reason="PID-3 15866112379 fails", outcome="applied", short="1586611237")
+    (line,) = lines()
+    assert line["event"] == "delivery_settled" and line["component"] == "engine" and line["level"] == "info"
+    assert line["fnr"].startswith("h:") and line["name"].startswith("h:")
+    assert line["reason"] == "PID-3 <11-digit id> fails"
+    assert line["short"] == "1586611237"  # ten digits are no national id
+    assert line["timestamp"].endswith("Z")
+
+
+def test_values_json_cannot_hold_exactly_still_make_a_line(lines):
+    """An integer past 64 bits (orjson refuses it) and objects without a JSON form: the line is written all the same."""
+    get_logger("engine").info("odd_values", big=2**70, amount=Decimal("1.50"))
+    (line,) = lines()
+    assert line["big"] == 2**70
+    assert line["amount"] == "Decimal('1.50')"
