@@ -103,6 +103,7 @@ def _oslo_offset(date8: str, hour: str, minute: str) -> str:
     return _format_offset(moment)
 
 
+@lru_cache(maxsize=8192)  # a lab message repeats its time in every OBX; errors are raised each time, never kept
 def hl7_datetime_to_fhir(value: str) -> str | None:
     """Convert an HL7 v2 TS/DTM to a FHIR ``date`` or ``dateTime``.
 
