@@ -63,28 +63,24 @@ def generate(steps: tuple[Callable[..., bool], ...]) -> Build | None:
     source = "\n".join(_memos(_guards([*head, *("    " + x for x in body), "    return obj"], g.guards), g.memos))
     build: Build = _compile(source, "build", g.names, "<helsebro mapping block>")
     build.source = source  # type: ignore[attr-defined]  # for reading and debugging
-    build.value_only = _value_only(g, source)  # type: ignore[attr-defined]  # the engine may remember what it built (engine._one)
+    build.value_only = _value_only(g)  # type: ignore[attr-defined]  # the engine may remember what it built (engine._one)
     return build
 
 
 _PURE_GLOBALS = re.compile(r"(?:FN|TB|K|PATH|WHERE|X)\d")
 """Globals a block may call and stay a function of its value: library functions, tables, constants, positions, patterns."""
 
-_CONTEXT_READS = ("_SG", "reads.add(", "ctx.env", "ctx.bindings", "ctx.ref_sites", "ctx.current", "ctx.children")
-"""What a block writes when it reads a segment or places a reference: text its source holds only then."""
 
-
-def _value_only(g: _Gen, source: str) -> bool:
+def _value_only(g: _Gen) -> bool:
     """Tell whether the block's output depends on nothing but its value, the delimiters and the function context.
 
-    Such a block (an XCN → Practitioner) reads no segment, marks no field read,
-    places no reference and calls no rule that was not written out. Built twice
+    Such a block (an XCN → Practitioner) reads no segment (so marks no field
+    read) and needs no global beyond pure ones: a reference needs `Ref`, a rule
+    not written out its step, a path not written out its reader. Built twice
     from the same value, it gives the same resource, so the engine may build it
     once per value (engine._one). Its errors are raised, never remembered.
     """
-    if g.segments or any(_PURE_GLOBALS.match(name) is None for name in g.names):
-        return False
-    return not any(text in source for text in _CONTEXT_READS)
+    return not g.segments and all(_PURE_GLOBALS.match(name) is not None for name in g.names)
 
 
 def generate_values(paths: tuple[Any, ...]) -> Callable[[Any], list[str]] | None:
