@@ -99,6 +99,24 @@ def generate_values(paths: tuple[Any, ...]) -> Callable[[Any], list[str]] | None
     return _compile("\n".join(_memos(lines, g.memos)), "values", g.names, "<helsebro identity values>")  # type: ignore[no-any-return]
 
 
+def generate_condition(pred: Any) -> Callable[[Any], bool] | None:
+    """Return a function answering *pred* (a compiled `when:`) as one expression, or None when it cannot be written out.
+
+    A resource's `when:` is asked once per scope, so the memo that condition
+    closures keep per scope (conditions._memoised) never answers it twice:
+    written out, it is one call instead of a memo lookup, a lambda per
+    operator and a path resolved into items.
+    """
+    if not ENABLED or getattr(pred, "shape", None) is None:
+        return None
+    g = _Gen()
+    expr = g._cond(pred)
+    if any(name.startswith("T") for name in g.names):
+        return None  # a part it could not write out: the closure answers it whole
+    lines = ["def when(scope):", *("    " + x for x in g.prologue()), f"    return bool({expr})"]
+    return _compile("\n".join(_memos(lines, g.memos)), "when", g.names, "<helsebro condition>")  # type: ignore[no-any-return]
+
+
 _GUARD = "\x00"
 """Marks a guard line until the block is complete: `<indent>\x00<var>\x00<condition>`."""
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from router.errors import MappingError
 from router.mapping import fhir_model
-from router.mapping._codegen import generate, generate_values
+from router.mapping._codegen import generate, generate_condition, generate_values
 from router.mapping._steps import reader
 from router.mapping._yaml import Pos, YList, YMap, load_yaml
 from router.mapping.conditions import ConditionSyntaxError, Predicate, compile_condition
@@ -162,6 +162,8 @@ class ResourceUse:
     memo: int | None = field(default=None, init=False, repr=False)  # set: the engine builds it once per value (engine._one)
 
     def __post_init__(self) -> None:
+        if self.when is not None:
+            self.when = generate_condition(self.when) or self.when  # asked once per scope: written out, no memo
         if self.source is not None:
             self.read_source = reader(self.source)  # what source.resolve(scope)[0].raw gives, without the Items
             tpl = self.template

@@ -66,6 +66,7 @@ def test_generated_functions_exist(both):
     mm = fast.mappings.for_sender("PAS", "STOLAV").find("ADT", "A01", "ADT_A01")
     blocks = [use.template.block for use in mm.resources]
     assert all(b.fast is not None for b in blocks)
+    assert [use.when.__name__ for use in mm.resources if use.when is not None] == ["when"] * 3  # each resource's `when:` written out too
     assert all(use.template.block.fast is None for use in plain.mappings.for_sender("PAS", "STOLAV").find("ADT", "A01", "ADT_A01").resources)
 
 
