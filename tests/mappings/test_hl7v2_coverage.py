@@ -94,3 +94,56 @@ class TestMerge:
         found = merged.search("Patient", {"identifier": f"{DNR_SYSTEM}|{OLD_DNR}"})
         assert [p["identifier"][0]["value"] for p in found] == [SURVIVOR_FNR]
         assert not any(_is_old(p) for p in found)
+
+
+# Two patients' lab results from one laboratory, with no order numbers (OBR-2, OBR-3 empty):
+# the same test, so only the patient and the time tell them apart.
+PATIENT_A, PATIENT_B = "15866112379", "02036110182"
+
+
+def _result(ctrl: str, fnr: str, taken: str, value: str) -> bytes:
+    return _message(
+        MSH.format(ts=taken, type="ORU^R01^ORU_R01", ctrl=ctrl),
+        f"PID|1||{fnr}^^^NOR^FNR||NORDMANN^OLA||19610615|M",
+        f"OBR|1|||NPU02319^Hemoglobin;B^NPU|||{taken}",
+        f"OBX|1|NM|NPU02319^Hemoglobin;B^NPU||{value}|g/L|||||F",
+    )
+
+
+@pytest.fixture
+def results(tmp_path):
+    """The record after three unnumbered Hb results: patient A today, patient B today, patient A a day later."""
+    from adapters.fhir.record import open_record
+
+    settings = isolated_settings(tmp_path)
+    handle = run_engine_in_thread(settings)
+    try:
+        publish(settings, [_result("R1", PATIENT_A, "20250115101000", "134"), _result("R2", PATIENT_B, "20250115101000", "99"),
+                           _result("R3", PATIENT_A, "20250116101000", "128")])
+        wait_until(lambda: handle.stats.messages >= 3, 30, what="the three results settled")
+        assert handle.stats.dead_lettered == 0
+    finally:
+        handle.stop()
+    record = open_record(settings)
+    try:
+        yield record
+    finally:
+        record.close()
+
+
+def _values(record, fnr: str) -> list[float]:
+    [patient] = record.search("Patient", {"identifier": f"{FNR_SYSTEM}|{fnr}"})
+    found = [o for o in record.search("Observation", {}) if o["subject"]["reference"] == f"Patient/{patient['id']}"]
+    return sorted(o["valueQuantity"]["value"] for o in found)
+
+
+class TestResultsWithoutOrderNumbers:
+    def test_each_patient_keeps_their_own_result(self, results):
+        """Another patient's result for the same test never overwrites this one's: the patient is part of a result's identity."""
+        assert _values(results, PATIENT_B) == [99]
+        assert 134 in _values(results, PATIENT_A)
+
+    def test_a_later_result_is_a_result_of_its_own(self, results):
+        """The same test for the same patient on another day is a second result, not a new version of the first."""
+        assert _values(results, PATIENT_A) == [128, 134]
+        assert len(results.search("DiagnosticReport", {})) == 3
