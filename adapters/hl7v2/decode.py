@@ -143,34 +143,48 @@ def read_header(msg: Hl7Message) -> MessageHeader:
     msh = msg.first("MSH")
     if msh is None:  # tokenize guarantees MSH first; kept for type narrowing
         raise DecodeError("no MSH segment", location="MSH")
-
     fields = msh.fields
     d = msg.delims
-
-    def comp(n: int, c: int = 1) -> str:
-        # Hl7Message.leaf of the first repetition, "" for none, in one call: every message reads eleven.
-        raw = fields[n] if n < len(fields) else ""
-        if not raw:
-            return ""
-        parts = raw.split(d.repetition, 1)[0].split(d.component)
-        value = parts[c - 1] if c <= len(parts) else ""
-        if not value or value == EXPLICIT_NULL:
-            return ""
-        return unescape(value, d) if d.escape and d.escape in value else value
-
+    n = len(fields)
+    # Each field as Hl7Message.leaf reads its first component of the first repetition, "" for
+    # none; MSH-9 split once for its three components. Every message reads these eleven.
+    kind = _components(fields[9], d) if n > 9 else ("", "", "")
     return MessageHeader(
-        sending_application=comp(3),
-        sending_facility=comp(4),
-        receiving_application=comp(5),
-        receiving_facility=comp(6),
-        message_code=comp(9, 1).upper(),
-        trigger_event=comp(9, 2).upper(),
-        structure=comp(9, 3).upper(),
-        control_id=comp(10),
-        processing_id=comp(11),
-        version=comp(12),
-        sent=comp(7).strip() or None,
+        sending_application=_first(fields[3], d) if n > 3 else "",
+        sending_facility=_first(fields[4], d) if n > 4 else "",
+        receiving_application=_first(fields[5], d) if n > 5 else "",
+        receiving_facility=_first(fields[6], d) if n > 6 else "",
+        message_code=kind[0].upper(),
+        trigger_event=kind[1].upper(),
+        structure=kind[2].upper(),
+        control_id=_first(fields[10], d) if n > 10 else "",
+        processing_id=_first(fields[11], d) if n > 11 else "",
+        version=_first(fields[12], d) if n > 12 else "",
+        sent=(_first(fields[7], d) if n > 7 else "").strip() or None,
     )
+
+
+def _first(raw: str, d: Delimiters) -> str:
+    """The first component of the first repetition of *raw*, unescaped; "" for none or an explicit null."""
+    if not raw:
+        return ""
+    value = raw.split(d.repetition, 1)[0].split(d.component, 1)[0]
+    if not value or value == EXPLICIT_NULL:
+        return ""
+    return unescape(value, d) if d.escape and d.escape in value else value
+
+
+def _components(raw: str, d: Delimiters) -> tuple[str, str, str]:
+    """The first three components of the first repetition of *raw*, each as `_first` reads one."""
+    parts = raw.split(d.repetition, 1)[0].split(d.component) if raw else []
+    out = []
+    for value in parts[:3]:
+        if not value or value == EXPLICIT_NULL:
+            out.append("")
+        else:
+            out.append(unescape(value, d) if d.escape and d.escape in value else value)
+    out += [""] * (3 - len(out))
+    return out[0], out[1], out[2]
 
 
 __all__ = ["DecodedMessage", "Delimiters", "RawMessage", "decode", "read_header", "split_messages"]
