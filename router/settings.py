@@ -66,7 +66,7 @@ class IdentifierConfig(_Frozen):
     """The `identifiers` block: FHIR systems for local identifiers, per assigning authority."""
 
     authorities: dict[str, str] = Field(default_factory=dict, description="Assigning authority (CX-4.1, or MSH-4 when CX-4 is empty) to FHIR Identifier.system URI.", examples=[{"AHUS": "urn:oid:2.16.578.1.12.4.1.7.1"}])
-    default_local_system: str = Field(default="urn:helsebro:local:{authority}:{type}", description="Template for a local identifier's system when its authority is not listed; {authority} and {type} are filled in from CX-4 and CX-5.")
+    default_local_system: str = Field(default="urn:helsebro:local:{authority}:{type}", description="Template for a local identifier's system when its authority is not listed; {authority} and {type} are filled in from CX-4 (the sender, MSH-4, when CX-4 is empty) and CX-5.")
 
 
 class MappingsConfig(_Frozen):

@@ -94,6 +94,15 @@ class Party:
                 return her
         return _her(self.idents)
 
+    @property
+    def institution_her_id(self) -> str | None:
+        """The institution's own HER-id, else the most specific one: whose numbers the party's local identifiers are.
+
+        An H-nummer belongs to the institution that gave it, not to the department
+        or person who sent this message.
+        """
+        return _her(self.idents) or self.her_id
+
 
 def _her(idents: tuple[Ident, ...]) -> str | None:
     return next((i.id for i in idents if i.type == "HER" and i.id), None)

@@ -113,7 +113,7 @@ class _Run:
         if use.memo is not None and ctx.trace is None:
             # A resource built from a value alone (a practitioner in PV1-7) is the same
             # for the same value: build it once, then copy it (see _remember).
-            key = (use.memo, scope.value, scope.message.delims)
+            key = (use.memo, scope.value, scope.message.delims, ctx.fn_ctx.sender)  # the sender: see FnContext
             known = ctx.fn_ctx.memo.get(key)
             if known is not None:
                 return self._recall(use, known, inst)

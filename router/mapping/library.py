@@ -17,18 +17,25 @@ from router.mapping.functions import hl7_date_to_fhir, hl7_datetime_to_fhir, uui
 from schemas import identity as ids
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FnContext:
-    """What a function may know besides its arguments: configured identifier systems.
+    """What a function may know besides its arguments: configured identifier systems, and who sent the message.
 
     It lives as long as its converter, and so does `memo`: the resources the
     engine built from a value alone, by value (engine._one). A new converter
     (new settings, reloaded mappings) starts with an empty one.
+
+    `sender` is the one per-message part, set by the converter before each
+    message is mapped: the sending organisation (MSH-4.1, or the KITH sender's
+    HER-id). A local identifier that names no assigning authority is the
+    sender's own number, so its system says so: two hospitals' patient 123456
+    are two patients, not one (see `_local_system`).
     """
 
     authorities: Mapping[str, str]
     local_template: str
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    sender: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,11 @@ _HPR_MARKERS = {"HPR", "NOHPR", "HPRNR", ids.HPR_SYSTEM[8:]}
 
 
 def _local_system(ctx: FnContext, authority: str | None, type_code: str | None) -> str:
+    if not authority:
+        # No assigning authority: the number is its sender's (a hospital's own patient or order
+        # number). Shared by every sender as `unknown`, one hospital's patient 123456 would be
+        # another hospital's, and a message from one would overwrite the other's record.
+        authority = ctx.sender
     if authority and authority in ctx.authorities:
         return ctx.authorities[authority]
     # A URI may not hold spaces: "GOOD HEALTH HOSPITAL" becomes "GOOD-HEALTH-HOSPITAL".

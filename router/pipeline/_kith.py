@@ -50,6 +50,7 @@ class KithConverter:
         if root is None:
             raise UnknownMessage("the message carries no XML payload to map", location="/MsgHead/Document")
         scope = message_scope(root, self.prefixes)
+        self._fn_ctx.sender = env.sender.institution_her_id if env.sender else None  # whose the unqualified numbers (an H-nummer) are
         explain: list[tuple[str, str, str]] | None = [] if trace else None
         item.structure = mm.structure
         item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain)

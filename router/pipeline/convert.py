@@ -81,6 +81,7 @@ class Converter:
             raise UnknownMessage(f"mapping {mm.structure} does not cover event {h.trigger_event}", location="MSH-9.2")
         decoded.message.structure = mm.structure
         scope = Scope(decoded.message)
+        self._fn_ctx.sender = h.sending_facility or _universal_id(decoded.message)  # whose numbers the unqualified local identifiers are
         explain: list[tuple[str, str, str]] | None = [] if trace else None
         item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain)
         if explain is not None:
@@ -95,6 +96,13 @@ class _Raw:
     def __init__(self, item: Converted) -> None:
         self.index = item.index
         self.data = item.raw
+
+
+def _universal_id(message: Any) -> str | None:
+    """MSH-4.2, the sending facility's universal id, for a header that gives no MSH-4.1."""
+    fields = message.segments[0].fields
+    parts = fields[4].split(message.delims.component) if len(fields) > 4 else []
+    return parts[1] if len(parts) > 1 and parts[1] and parts[1] != '""' else None
 
 
 def _patient_key(bundle: dict[str, Any]) -> str | None:

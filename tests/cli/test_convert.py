@@ -120,6 +120,27 @@ class TestIdentity:
         assert resources(docs[0], "Practitioner")[0]["identifier"][0]["system"] == "urn:oid:2.16.578.1.12.4.1.4.4"
         assert resources(docs[0], "Organization")[0]["identifier"][0] == {"system": "urn:oid:2.16.578.1.12.4.1.4.101", "value": "974749025"}
 
+    def test_a_local_number_without_authority_is_its_senders(self, capsys, tmp_path):
+        """Patient 123456 and doctor 4711, with no assigning authority, from two hospitals: two patients and two
+        doctors, each under a system naming its sender (MSH-4), in one run (the practitioner is remembered per value)."""
+        msgs = []
+        for facility in ("SYKEHUS-A", "SYKEHUS-B"):
+            text = adt("123456^^^^PI").replace("STOLAV^974749025^ENH", facility).replace("9144900^LEGE^LISA^^^^^^HPR^^^^HPR", "4711^LEGE^LISA")
+            msgs.append(text)
+        _, docs, _ = run_convert(capsys, tmp_path, "".join(msgs))
+        systems = [(resources(d, "Patient")[0]["identifier"][0]["system"], resources(d, "Practitioner")[0]["identifier"][0]["system"]) for d in docs]
+        assert systems == [
+            ("urn:helsebro:local:SYKEHUS-A:PI", "urn:helsebro:local:SYKEHUS-A:id"),
+            ("urn:helsebro:local:SYKEHUS-B:PI", "urn:helsebro:local:SYKEHUS-B:id"),
+        ]
+        assert docs[0]["entry"][1]["request"]["url"] != docs[1]["entry"][1]["request"]["url"]
+
+    def test_a_configured_sender_names_the_system_of_its_unqualified_numbers(self, capsys, tmp_path):
+        """A sender listed under identifiers.authorities gives its configured system to numbers that name no authority."""
+        _, docs, _ = run_convert(capsys, tmp_path, adt("123456^^^^PI"))
+        [patient] = resources(docs[0], "Patient")
+        assert patient["identifier"][0]["system"] == "urn:oid:2.16.578.1.12.4.1.7.3.2.1"  # STOLAV's, config/engine.yaml
+
 
 class TestEncounter:
     def test_oslo_time_in_summer_and_winter(self, capsys, tmp_path):

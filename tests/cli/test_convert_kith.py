@@ -66,3 +66,22 @@ class TestDialogmelding:
         assert main(["convert", str(evil)]) == 1
         out = capsys.readouterr().out
         assert "OperationOutcome" in out and "root:" not in out
+
+
+class TestLocalNumbers:
+    @pytest.mark.corpus
+    def test_an_h_nummer_is_its_institutions(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """One H-nummer from two laboratories (two institutions' HER-ids) is two patients, each under a system
+        naming the institution that gave it; from the same laboratory it is one."""
+        src = (shared_dir / "norsk" / "eksempel" / "Svarrapport" / "Svarrapport-v-1-4" / "Svar_biokjemi_v1-4_Ny.xml").read_text("utf-8")
+        hnr = src.replace("<OffId>13116900216</OffId>", "<OffId>02436110084</OffId>").replace('<TypeOffId V="FNR" DN="Fødselsnummer"/>', '<TypeOffId V="HNR" DN="H-nummer"/>')
+        assert hnr != src
+        paths = []
+        for name, inst in (("a", "59"), ("b", "88"), ("c", "59")):
+            path = tmp_path / f"{name}.xml"
+            path.write_text(hnr.replace("<Id>59</Id>", f"<Id>{inst}</Id>", 1), "utf-8")
+            paths.append(path)
+        code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
+        assert code == 0
+        systems = [_of(doc, "Patient")[0]["identifier"][0]["system"] for doc in docs]
+        assert systems == ["urn:helsebro:local:59:HNR", "urn:helsebro:local:88:HNR", "urn:helsebro:local:59:HNR"]
