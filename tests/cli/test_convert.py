@@ -141,6 +141,43 @@ class TestIdentity:
         [patient] = resources(docs[0], "Patient")
         assert patient["identifier"][0]["system"] == "urn:oid:2.16.578.1.12.4.1.7.3.2.1"  # STOLAV's, config/engine.yaml
 
+    def test_an_allergy_belongs_to_its_hospitals_patient(self, capsys, tmp_path):
+        """The same allergy for MRN 123456 at two hospitals (different people) is two AllergyIntolerances."""
+        msgs = [adt(f"123456^^^^PI~{fnr}^^^NOR^FNR").replace("STOLAV^974749025^ENH", facility) + "AL1|1|DA|^Penicillin\r"
+                for facility, fnr in (("SYKEHUS-A", FNR), ("SYKEHUS-B", "02036110182"))]
+        _, docs, _ = run_convert(capsys, tmp_path, "".join(msgs))
+        urls = [e["request"]["url"] for d in docs for e in d["entry"] if e["resource"]["resourceType"] == "AllergyIntolerance"]
+        assert len(urls) == 2 and urls[0] != urls[1]
+
+    def test_results_of_v23_senders_keep_their_patient(self, capsys, tmp_path):
+        """A v2.3 sender with the national id in PID-2 only: two patients' unnumbered results are two Observations."""
+        def oru(ctrl: str, fnr: str) -> str:
+            return "\r".join([f"MSH|^~\\&|LIS|LABA|HB|HP|20250115101500||ORU^R01^ORU_R01|{ctrl}|P|2.3", f"PID|1|{fnr}^^^NOR^FNR|||HANSEN^KARI||19610302|F",
+                              "OBR|1|||NPU02319^Hb", "OBX|1|NM|NPU02319^Hb||134|g/L|||||F"]) + "\r"
+        _, docs, _ = run_convert(capsys, tmp_path, oru("1", FNR) + oru("2", "02036110182"))
+        urls = [e["request"]["url"] for d in docs for e in d["entry"] if e["resource"]["resourceType"] == "Observation"]
+        assert len(urls) == 2 and urls[0] != urls[1]
+
+
+class TestContextStay:
+    @staticmethod
+    def _oru(pv1: str) -> str:
+        return "\r".join(["MSH|^~\\&|LIS|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|C1|P|2.5.1", f"PID|1||{FNR}^^^NOR^FNR",
+                           pv1, "OBR|1||LAB-1|NPU02319^Hb", "OBX|1|NM|NPU02319^Hb||134|g/L|||||F"]) + "\r"
+
+    def test_a_pv1_without_visit_number_or_admit_time_names_no_stay(self, capsys, tmp_path):
+        """A result's PV1 with only a patient class makes no Encounter: its derived identity would be every stay of the patient."""
+        _, docs, _ = run_convert(capsys, tmp_path, self._oru("PV1|1|I"))
+        assert resources(docs[0], "Encounter") == []
+        assert "encounter" not in resources(docs[0], "Observation")[0]
+
+    def test_a_visit_number_names_the_stay(self, capsys, tmp_path):
+        """With PV1-19 the result's stay is created when missing and referenced."""
+        _, docs, _ = run_convert(capsys, tmp_path, self._oru("PV1|1|I" + "|" * 17 + "V9^^^STOLAV^VN"))
+        [stay] = resources(docs[0], "Encounter")
+        assert stay["identifier"][0]["value"] == "V9"
+        assert resources(docs[0], "Observation")[0]["encounter"]["reference"].startswith("urn:uuid:")
+
 
 class TestEncounter:
     def test_oslo_time_in_summer_and_winter(self, capsys, tmp_path):

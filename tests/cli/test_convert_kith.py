@@ -85,3 +85,21 @@ class TestLocalNumbers:
         assert code == 0
         systems = [_of(doc, "Patient")[0]["identifier"][0]["system"] for doc in docs]
         assert systems == ["urn:helsebro:local:59:HNR", "urn:helsebro:local:88:HNR", "urn:helsebro:local:59:HNR"]
+
+    @pytest.mark.corpus
+    def test_a_professional_without_hpr_is_known_within_the_sending_organisation(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """The same nurse's name (no HPR-nummer) from two municipalities is two Practitioners and two roles;
+        from the same municipality again, the same ones."""
+        src = (shared_dir / "norsk" / "eksempel" / "plo" / "1_6" / "innleggelsesrapport_1_6_mottak" / "Innleggelsesrapport_v1-6_Ny.xml").read_text("utf-8")
+        assert "<Id>99387</Id>" in src
+        paths = []
+        for name, org in (("a", "99387"), ("b", "71717"), ("c", "99387")):
+            path = tmp_path / f"{name}.xml"
+            path.write_text(src.replace("<Id>99387</Id>", f"<Id>{org}</Id>", 1), "utf-8")
+            paths.append(path)
+        code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
+        assert code == 0
+        keys = [sorted(e["request"]["ifNoneExist"] for e in doc["entry"] if e["resource"]["resourceType"] in ("Practitioner", "PractitionerRole")
+                       and "4.1.4.4|" not in e["request"].get("ifNoneExist", "4.1.4.4|")) for doc in docs]
+        assert keys[0] and keys[0] == keys[2]
+        assert not set(keys[0]) & set(keys[1])
