@@ -171,6 +171,15 @@ class TestContextStay:
         assert resources(docs[0], "Encounter") == []
         assert "encounter" not in resources(docs[0], "Observation")[0]
 
+    def test_a_demographics_update_without_a_stay_makes_no_encounter(self, capsys, tmp_path):
+        """ADT^A08 with `PV1|1|N` (no visit number, no admit time) updates the Patient and makes no never-ending Encounter."""
+        text = "\r".join(["MSH|^~\\&|DIPS|STOLAV|HB|HP|20250115101500||ADT^A08^ADT_A01|C1|P|2.5.1", "EVN|A08|20250115101500",
+                          f"PID|1||{FNR}^^^NOR^FNR||NORDMANN^OLA||19610615|M", "PV1|1|N"]) + "\r"
+        code, docs, _ = run_convert(capsys, tmp_path, text)
+        assert code == 0
+        assert resources(docs[0], "Encounter") == []
+        assert len(resources(docs[0], "Patient")) == 1
+
     def test_a_visit_number_names_the_stay(self, capsys, tmp_path):
         """With PV1-19 the result's stay is created when missing and referenced."""
         _, docs, _ = run_convert(capsys, tmp_path, self._oru("PV1|1|I" + "|" * 17 + "V9^^^STOLAV^VN"))
