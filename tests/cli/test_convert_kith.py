@@ -103,3 +103,42 @@ class TestLocalNumbers:
                        and "4.1.4.4|" not in e["request"].get("ifNoneExist", "4.1.4.4|")) for doc in docs]
         assert keys[0] and keys[0] == keys[2]
         assert not set(keys[0]) & set(keys[1])
+
+    @pytest.mark.corpus
+    def test_a_laboratorys_own_report_number_is_its_own(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """Two laboratories' reports numbered 12345 (not a UUID) for two patients: their results and specimens are
+        their own, and each result still points at its own specimen."""
+        src = (shared_dir / "norsk" / "eksempel" / "Svarrapport" / "Svarrapport-v-1-4" / "Svar_biokjemi_v1-4_Ny.xml").read_text("utf-8")
+        numbered = src.replace("<ServProvId>55b6344fc-a61d-4a67-95fe-7276613785ab</ServProvId>", "<ServProvId>12345</ServProvId>")
+        assert numbered != src
+        paths = []
+        for name, inst, fnr in (("a", "59", "13116900216"), ("b", "88", "02036110182")):
+            path = tmp_path / f"{name}.xml"
+            path.write_text(numbered.replace("<Id>59</Id>", f"<Id>{inst}</Id>", 1).replace("13116900216", fnr), "utf-8")
+            paths.append(path)
+        code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
+        assert code == 0
+        keys = [{e["request"].get("url") or e["request"].get("ifNoneExist") for e in doc["entry"]
+                 if e["resource"]["resourceType"] in ("Observation", "Specimen")} for doc in docs]
+        assert keys[0] and keys[1] and not keys[0] & keys[1]
+        for doc in docs:
+            specimens = {i["value"] for s in _of(doc, "Specimen") for i in s.get("identifier", [])}
+            refs = [o["specimen"]["identifier"]["value"] for o in _of(doc, "Observation") if "identifier" in o.get("specimen", {})]
+            assert refs and set(refs) <= specimens
+
+    @pytest.mark.corpus
+    def test_a_requesters_own_requisition_number_is_its_own(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """Two surgeries' requisitions numbered 4711 (not a UUID) for two patients are two sets of ordered tests."""
+        src = (shared_dir / "norsk" / "eksempel" / "Rekvisisjon" / "Rekvisisjon-v-1-6" / "Rekvisisjon_lab_v1-6_Ny.xml").read_text("utf-8")
+        numbered = src.replace("<Id>79209fb0-0b3a-11e8-b566-0800200c9a66</Id>", "<Id>4711</Id>", 1)
+        assert numbered != src and "<Id>91096</Id>" in numbered
+        paths = []
+        for name, inst, fnr in (("a", "91096", "13116900216"), ("b", "77777", "02036110182")):
+            path = tmp_path / f"{name}.xml"
+            path.write_text(numbered.replace("<Id>91096</Id>", f"<Id>{inst}</Id>").replace("13116900216", fnr), "utf-8")
+            paths.append(path)
+        code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
+        assert code == 0
+        keys = [{e["request"].get("url") or e["request"].get("ifNoneExist") for e in doc["entry"]
+                 if e["resource"]["resourceType"] in ("ServiceRequest", "Specimen")} for doc in docs]
+        assert keys[0] and keys[1] and not keys[0] & keys[1]
