@@ -20,6 +20,25 @@ def _convert(capsys, monkeypatch, shared: Path, *paths: Path) -> tuple[int, list
     return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
+def _variants(tmp_path: Path, text: str, *changes: dict[str, str]) -> list[Path]:
+    """Write one file per entry of *changes*: *text* with each of its old → new replacements made."""
+    paths = []
+    for k, change in enumerate(changes):
+        variant = text
+        for old, new in change.items():
+            assert old in variant, old
+            variant = variant.replace(old, new)
+        path = tmp_path / f"variant{k}.xml"
+        path.write_text(variant, "utf-8")
+        paths.append(path)
+    return paths
+
+
+def _identities(doc: dict, *kinds: str) -> set[str]:
+    """What each entry of these resource types is written under: its conditional URL or ifNoneExist."""
+    return {e["request"].get("ifNoneExist") or e["request"]["url"] for e in doc["entry"] if e["resource"]["resourceType"] in kinds}
+
+
 def _of(doc: dict, kind: str) -> list[dict]:
     return [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == kind]
 
@@ -76,11 +95,7 @@ class TestLocalNumbers:
         src = (shared_dir / "norsk" / "eksempel" / "Svarrapport" / "Svarrapport-v-1-4" / "Svar_biokjemi_v1-4_Ny.xml").read_text("utf-8")
         hnr = src.replace("<OffId>13116900216</OffId>", "<OffId>02436110084</OffId>").replace('<TypeOffId V="FNR" DN="Fødselsnummer"/>', '<TypeOffId V="HNR" DN="H-nummer"/>')
         assert hnr != src
-        paths = []
-        for name, inst in (("a", "59"), ("b", "88"), ("c", "59")):
-            path = tmp_path / f"{name}.xml"
-            path.write_text(hnr.replace("<Id>59</Id>", f"<Id>{inst}</Id>", 1), "utf-8")
-            paths.append(path)
+        paths = _variants(tmp_path, hnr, {}, {"<Id>59</Id>": "<Id>88</Id>"}, {})
         code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
         assert code == 0
         systems = [_of(doc, "Patient")[0]["identifier"][0]["system"] for doc in docs]
@@ -91,12 +106,7 @@ class TestLocalNumbers:
         """The same nurse's name (no HPR-nummer) from two municipalities is two Practitioners and two roles;
         from the same municipality again, the same ones."""
         src = (shared_dir / "norsk" / "eksempel" / "plo" / "1_6" / "innleggelsesrapport_1_6_mottak" / "Innleggelsesrapport_v1-6_Ny.xml").read_text("utf-8")
-        assert "<Id>99387</Id>" in src
-        paths = []
-        for name, org in (("a", "99387"), ("b", "71717"), ("c", "99387")):
-            path = tmp_path / f"{name}.xml"
-            path.write_text(src.replace("<Id>99387</Id>", f"<Id>{org}</Id>", 1), "utf-8")
-            paths.append(path)
+        paths = _variants(tmp_path, src, {}, {"<Id>99387</Id>": "<Id>71717</Id>"}, {})
         code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
         assert code == 0
         keys = [sorted(e["request"]["ifNoneExist"] for e in doc["entry"] if e["resource"]["resourceType"] in ("Practitioner", "PractitionerRole")
@@ -111,16 +121,11 @@ class TestLocalNumbers:
         src = (shared_dir / "norsk" / "eksempel" / "Svarrapport" / "Svarrapport-v-1-4" / "Svar_biokjemi_v1-4_Ny.xml").read_text("utf-8")
         numbered = src.replace("<ServProvId>55b6344fc-a61d-4a67-95fe-7276613785ab</ServProvId>", "<ServProvId>12345</ServProvId>")
         assert numbered != src
-        paths = []
-        for name, inst, fnr in (("a", "59", "13116900216"), ("b", "88", "02036110182")):
-            path = tmp_path / f"{name}.xml"
-            path.write_text(numbered.replace("<Id>59</Id>", f"<Id>{inst}</Id>", 1).replace("13116900216", fnr), "utf-8")
-            paths.append(path)
+        paths = _variants(tmp_path, numbered, {}, {"<Id>59</Id>": "<Id>88</Id>", "13116900216": "02036110182"})
         code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
         assert code == 0
-        keys = [{e["request"].get("url") or e["request"].get("ifNoneExist") for e in doc["entry"]
-                 if e["resource"]["resourceType"] in ("Observation", "Specimen")} for doc in docs]
-        assert keys[0] and keys[1] and not keys[0] & keys[1]
+        first, second = (_identities(doc, "Observation", "Specimen") for doc in docs)
+        assert first and second and not first & second
         for doc in docs:
             specimens = {i["value"] for s in _of(doc, "Specimen") for i in s.get("identifier", [])}
             refs = [o["specimen"]["identifier"]["value"] for o in _of(doc, "Observation") if "identifier" in o.get("specimen", {})]
@@ -131,14 +136,9 @@ class TestLocalNumbers:
         """Two surgeries' requisitions numbered 4711 (not a UUID) for two patients are two sets of ordered tests."""
         src = (shared_dir / "norsk" / "eksempel" / "Rekvisisjon" / "Rekvisisjon-v-1-6" / "Rekvisisjon_lab_v1-6_Ny.xml").read_text("utf-8")
         numbered = src.replace("<Id>79209fb0-0b3a-11e8-b566-0800200c9a66</Id>", "<Id>4711</Id>", 1)
-        assert numbered != src and "<Id>91096</Id>" in numbered
-        paths = []
-        for name, inst, fnr in (("a", "91096", "13116900216"), ("b", "77777", "02036110182")):
-            path = tmp_path / f"{name}.xml"
-            path.write_text(numbered.replace("<Id>91096</Id>", f"<Id>{inst}</Id>").replace("13116900216", fnr), "utf-8")
-            paths.append(path)
+        assert numbered != src
+        paths = _variants(tmp_path, numbered, {}, {"<Id>91096</Id>": "<Id>77777</Id>", "13116900216": "02036110182"})
         code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
         assert code == 0
-        keys = [{e["request"].get("url") or e["request"].get("ifNoneExist") for e in doc["entry"]
-                 if e["resource"]["resourceType"] in ("ServiceRequest", "Specimen")} for doc in docs]
-        assert keys[0] and keys[1] and not keys[0] & keys[1]
+        first, second = (_identities(doc, "ServiceRequest", "Specimen") for doc in docs)
+        assert first and second and not first & second

@@ -38,18 +38,19 @@ A40_MERGE = _message(
 )
 
 
-@pytest.fixture
-def merged(tmp_path):
-    """The record after an A01 for the old identity and then an A40 merging it into the survivor."""
+def _record_after(tmp_path, *batches: list[bytes]):
+    """Run the engine, publish each batch in turn (waiting until it settled, none dead-lettered), then yield the record."""
     from adapters.fhir.record import open_record
 
     settings = isolated_settings(tmp_path)
     handle = run_engine_in_thread(settings)
     try:
-        publish(settings, [A01_OLD])
-        wait_until(lambda: handle.stats.messages >= 1, 30, what="the A01 settled")
-        publish(settings, [A40_MERGE])
-        wait_until(lambda: handle.stats.messages >= 2, 30, what="the A40 settled")
+        sent = 0
+        for batch in batches:
+            publish(settings, batch)
+            sent += len(batch)
+            wait_until(lambda n=sent: handle.stats.messages >= n, 30, what=f"{sent} messages settled")
+        assert handle.stats.dead_lettered == 0
     finally:
         handle.stop()
     record = open_record(settings)
@@ -57,6 +58,12 @@ def merged(tmp_path):
         yield record
     finally:
         record.close()
+
+
+@pytest.fixture
+def merged(tmp_path):
+    """The record after an A01 for the old identity and then an A40 merging it into the survivor."""
+    yield from _record_after(tmp_path, [A01_OLD], [A40_MERGE])
 
 
 def _is_old(patient: dict) -> bool:
@@ -113,22 +120,8 @@ def _result(ctrl: str, fnr: str, taken: str, value: str) -> bytes:
 @pytest.fixture
 def results(tmp_path):
     """The record after three unnumbered Hb results: patient A today, patient B today, patient A a day later."""
-    from adapters.fhir.record import open_record
-
-    settings = isolated_settings(tmp_path)
-    handle = run_engine_in_thread(settings)
-    try:
-        publish(settings, [_result("R1", PATIENT_A, "20250115101000", "134"), _result("R2", PATIENT_B, "20250115101000", "99"),
-                           _result("R3", PATIENT_A, "20250116101000", "128")])
-        wait_until(lambda: handle.stats.messages >= 3, 30, what="the three results settled")
-        assert handle.stats.dead_lettered == 0
-    finally:
-        handle.stop()
-    record = open_record(settings)
-    try:
-        yield record
-    finally:
-        record.close()
+    yield from _record_after(tmp_path, [_result("R1", PATIENT_A, "20250115101000", "134"), _result("R2", PATIENT_B, "20250115101000", "99"),
+                                        _result("R3", PATIENT_A, "20250116101000", "128")])
 
 
 def _values(record, fnr: str) -> list[float]:
