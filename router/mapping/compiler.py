@@ -137,11 +137,28 @@ class Template:
     block: Block
     pos: Pos
     required: tuple[tuple[str, str], ...] = ()  # (element with min 1, the source its first rule reads)
+    tiers: tuple[tuple[Any, tuple[Any, ...]], ...] = ()  # (condition or None, paths): fallback alternatives, the first that holds
     fallback_values: Callable[[Any], list[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        readers = tuple(reader(p) for p in self.fallback)  # the first value of each path
-        self.fallback_values = generate_values(self.fallback) or (lambda scope: [v for read in readers if (v := read(scope)) is not None])
+        if not self.tiers:
+            self.fallback_values = _values_of(self.fallback)
+            return
+        tiers = tuple((when, _values_of(paths)) for when, paths in self.tiers)
+
+        def fallback_values(scope: Any) -> list[str]:
+            for when, values in tiers:
+                if when is None or when(scope):
+                    return values(scope)
+            return []
+
+        self.fallback_values = fallback_values
+
+
+def _values_of(paths: tuple[Any, ...]) -> Callable[[Any], list[str]]:
+    """A function giving the first value of each of *paths* that has one: generated, else through their readers."""
+    readers = tuple(reader(p) for p in paths)
+    return generate_values(paths) or (lambda scope: [v for read in readers if (v := read(scope)) is not None])
 
 
 @dataclass(slots=True)
@@ -339,18 +356,46 @@ class Compiler:
         params = tuple(str(p) for p in (doc.get("params") or []))
         prefer: tuple[str, ...] = ()
         fallback: tuple[Any, ...] = ()
+        tiers: tuple[tuple[Any, tuple[Any, ...]], ...] = ()
         ident = doc.get("identity")
         if ident is not None:
             if not isinstance(ident, YMap):
                 raise _err("identity must be a mapping with prefer: and/or fallback:", doc.pos("identity"))
             _check_keys(ident, {"prefer", "fallback"}, "identity")
             prefer = tuple(str(s) for s in ident.get("prefer") or [])
-            fallback = tuple(self._path(str(p), ident["fallback"].pos(i)) for i, p in enumerate(ident.get("fallback") or []))
+            items = ident.get("fallback") or []
+            if any(isinstance(item, YMap) for item in items):
+                tiers = self._tiers(items)
+                fallback = tuple(p for _, paths in tiers for p in paths)
+            else:
+                fallback = tuple(self._path(str(p), items.pos(i)) for i, p in enumerate(items))
         self._params = params
         block = self.block(_need(doc, "rules", "a resource template"), fhir_type, doc.pos("rules"))
-        tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos(), self._required(fhir_type, block, doc))
+        tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos(), self._required(fhir_type, block, doc), tiers)
         self.templates[name] = tpl
         return tpl
+
+    def _tiers(self, items: Any) -> tuple[tuple[Any, tuple[Any, ...]], ...]:
+        """`fallback:` as alternatives, `- {when: <condition>, paths: [...]}`, the last without `when:`.
+
+        What tells two resources apart can depend on what the message gives: a
+        result with an order number is its order's test line; one without needs
+        its patient and time. The first alternative whose condition holds is hashed.
+        """
+        out: list[tuple[Any, tuple[Any, ...]]] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, YMap):
+                raise _err("fallback: either lists paths, or lists alternatives ({when:, paths:}): not both", items.pos(i))
+            _check_keys(item, {"when", "paths", "note"}, "a fallback alternative")
+            paths = item.get("paths")
+            if not isinstance(paths, YList) or not paths:
+                raise _err("a fallback alternative needs paths: [one or more paths]", item.pos())
+            when = self._when(item)
+            last = i == len(items) - 1
+            if (when is None) != last:
+                raise _err("every fallback alternative but the last needs when:, and the last has none (it answers when no other does)", item.pos())
+            out.append((generate_condition(when) or when if when is not None else None, tuple(self._path(str(p), paths.pos(j)) for j, p in enumerate(paths))))
+        return tuple(out)
 
     def _required(self, fhir_type: str, block: Block, doc: YMap) -> tuple[tuple[str, str], ...]:
         """Pair each element FHIR requires with the source of the first rule that writes it.

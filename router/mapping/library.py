@@ -129,6 +129,23 @@ def _identifier_system(ctx: FnContext, v: _Values) -> str | None:
     return _local_system(ctx, authority, type_code)
 
 
+def _cx_system(ctx: FnContext, v: _Values) -> str | None:
+    """(id, authority, type code, authority's universal id, its type) → Identifier.system.
+
+    As identifier_system; an authority named only by its universal id (CX-4.2
+    and CX-4.3, `777^^^&2.16.578.1.12.4.1.7.1&ISO`) names its own system:
+    `urn:oid:<id>` for an ISO OID (the v2-to-FHIR IG's rule), else that id
+    looked up as the authority. Without either, the number is its sender's.
+    """
+    value, authority, type_code, universal, universal_type = (v.values + [None] * 5)[:5]
+    if authority or not universal:
+        return _identifier_system(ctx, _Values([value, authority, type_code], v.locations[:3]))
+    system = _identifier_system(ctx, _Values([value, universal, type_code], v.locations[:3]))
+    if (universal_type or "").upper() == "ISO" and universal not in ctx.authorities and system == _local_system(ctx, universal, type_code):
+        return "urn:oid:" + universal  # not a national or otherwise known system: the OID itself
+    return system
+
+
 def _hd_system(ctx: FnContext, v: _Values) -> str | None:
     """(namespace id, universal id, universal id type) → system for an organisation."""
     namespace, universal, kind = (v.values + [None, None, None])[:3]
@@ -276,6 +293,7 @@ LIBRARY: dict[str, Function] = {
         Function("date", 1, _date, "HL7 DT/TS → FHIR date (precision kept)."),
         Function("datetime", 1, _datetime, "HL7 TS/DTM → FHIR dateTime; no offset means Europe/Oslo local time."),
         Function("identifier_system", 3, _identifier_system, "(id, authority, type code) → Identifier.system. National ids are classified by the number (FNR/DNR/FH) and rejected if invalid; HPR, HER, orgnr by type; others from config per authority."),
+        Function("cx_system", 5, _cx_system, "(CX.1, CX.4.1, CX.5, CX.4.2, CX.4.3) → Identifier.system: as identifier_system; an authority named only by its universal id gives urn:oid:<id> (ISO) or that id's configured system."),
         Function("hd_system", 3, _hd_system, "(HD.1, HD.2, HD.3) → organisation Identifier.system: HER-id, organisasjonsnummer, ISO OID, or a configured local system."),
         Function("hd_value", 3, _hd_value, "(HD.1, HD.2, HD.3) → the organisation's identifying value."),
         Function("xml_datetime", 1, _xml_datetime, "xs:dateTime/xs:date → FHIR; no offset means Europe/Oslo."),

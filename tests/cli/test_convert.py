@@ -135,16 +135,37 @@ class TestIdentity:
         ]
         assert docs[0]["entry"][1]["request"]["url"] != docs[1]["entry"][1]["request"]["url"]
 
+    @pytest.mark.parametrize(
+        ("pid3", "system"),
+        [
+            ("777^^^&2.16.578.1.12.4.1.7.9&ISO^PI", "urn:oid:2.16.578.1.12.4.1.7.9"),  # an authority known by its OID only
+            (f"{FNR}^^^&2.16.578.1.12.4.1.4.1&ISO^NNNOR", "urn:oid:2.16.578.1.12.4.1.4.1"),  # the FNR OID: still a national number (a control)
+            ("777^^^&AHUS&L^PI", "urn:oid:2.16.578.1.12.4.1.7.1.1"),  # a universal id that is a configured authority
+        ],
+    )
+    def test_an_authority_named_by_its_universal_id(self, capsys, tmp_path, pid3, system):
+        """CX-4.2/4.3 name the assigning authority when CX-4.1 is empty: an ISO OID is the system (as the v2-to-FHIR IG has it)."""
+        _, docs, _ = run_convert(capsys, tmp_path, adt(pid3))
+        [patient] = resources(docs[0], "Patient")
+        assert patient["identifier"][0]["system"] == system
+
+    def test_an_invalid_number_under_the_national_oid_is_refused(self, capsys, tmp_path):
+        """A number whose authority is the FNR OID (CX-4.2) but whose check digits fail rejects the message."""
+        code, docs, _ = run_convert(capsys, tmp_path, adt(f"{FNR[:-1]}8^^^&2.16.578.1.12.4.1.4.1&ISO"))
+        assert code == 1 and docs[0]["issue"][0]["expression"] == ["PID-3[1].1"]
+
     def test_a_configured_sender_names_the_system_of_its_unqualified_numbers(self, capsys, tmp_path):
         """A sender listed under identifiers.authorities gives its configured system to numbers that name no authority."""
         _, docs, _ = run_convert(capsys, tmp_path, adt("123456^^^^PI"))
         [patient] = resources(docs[0], "Patient")
         assert patient["identifier"][0]["system"] == "urn:oid:2.16.578.1.12.4.1.7.3.2.1"  # STOLAV's, config/engine.yaml
 
-    def test_an_allergy_belongs_to_its_hospitals_patient(self, capsys, tmp_path):
-        """The same allergy for MRN 123456 at two hospitals (different people) is two AllergyIntolerances."""
+    @pytest.mark.parametrize("facilities", [("SYKEHUS-A", "SYKEHUS-B"), ("^2.16.578.1.12.4.1.7.1^ISO", "^2.16.578.1.12.4.1.7.2^ISO")])
+    def test_an_allergy_belongs_to_its_hospitals_patient(self, capsys, tmp_path, facilities):
+        """The same allergy for MRN 123456 at two hospitals (different people) is two AllergyIntolerances,
+        whether MSH-4 names each hospital by namespace or only by universal id."""
         msgs = [adt(f"123456^^^^PI~{fnr}^^^NOR^FNR").replace("STOLAV^974749025^ENH", facility) + "AL1|1|DA|^Penicillin\r"
-                for facility, fnr in (("SYKEHUS-A", FNR), ("SYKEHUS-B", "02036110182"))]
+                for facility, fnr in zip(facilities, (FNR, "02036110182"))]
         _, docs, _ = run_convert(capsys, tmp_path, "".join(msgs))
         urls = [e["request"]["url"] for d in docs for e in d["entry"] if e["resource"]["resourceType"] == "AllergyIntolerance"]
         assert len(urls) == 2 and urls[0] != urls[1]
@@ -157,6 +178,18 @@ class TestIdentity:
         _, docs, _ = run_convert(capsys, tmp_path, oru("1", FNR) + oru("2", "02036110182"))
         urls = [e["request"]["url"] for d in docs for e in d["entry"] if e["resource"]["resourceType"] == "Observation"]
         assert len(urls) == 2 and urls[0] != urls[1]
+
+    def test_a_final_result_updates_its_preliminary(self, capsys, tmp_path):
+        """With an order number (OBR-3), a result is its order's test line: the final is the preliminary's next
+        version even when the patient's identifiers come in another order or the time in another precision."""
+        def oru(ctrl: str, pid: str, taken: str, status: str) -> str:
+            return "\r".join([f"MSH|^~\\&|LIS|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|{ctrl}|P|2.5.1", pid,
+                              f"OBR|1||LAB-1^LIS|NPU02319^Hb|||{taken}", f"OBX|1|NM|NPU02319^Hb||134|g/L|||||{status}"]) + "\r"
+        preliminary = oru("1", f"PID|1||{FNR}^^^NOR^FNR~4471^^^STOLAV^PI", "202501150800", "P")
+        final = oru("2", f"PID|1|{FNR}^^^NOR^FNR|4471^^^STOLAV^PI~{FNR}^^^NOR^FNR", "20250115080000", "F")
+        _, docs, _ = run_convert(capsys, tmp_path, preliminary + final)
+        urls = [[e["request"]["url"] for e in d["entry"] if e["resource"]["resourceType"] in ("Observation", "DiagnosticReport")] for d in docs]
+        assert urls[0] == urls[1] and len(urls[0]) == 2
 
 
 class TestContextStay:

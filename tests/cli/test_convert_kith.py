@@ -141,3 +141,14 @@ class TestLocalNumbers:
             specimens = {i["value"] for s in _of(doc, "Specimen") for i in s.get("identifier", [])}
             refs = [o["specimen"]["identifier"]["value"] for o in _of(doc, "Observation") if "identifier" in o.get("specimen", {})]
             assert set(refs) <= specimens and (refs or "Observation" not in kinds)
+
+    def test_a_bare_messages_document_number_is_its_institutions(self, capsys, monkeypatch, tmp_path):
+        """An Epikrise without MsgHead numbered 55501 by two hospitals (ServProvider 445566 and 778899): two documents, and
+        two sets of diagnoses."""
+        fixture = Path(__file__).resolve().parents[2] / "mappings" / "kith" / "messages" / "Epikrise.cases" / "epikrise_1_2_ny.xml"
+        numbered = fixture.read_text("utf-8").replace("<ServProvId>c3d4e5f6-a7b8-4c9d-8e0f-1a2b3c4d5e6f</ServProvId>", "<ServProvId>55501</ServProvId>")
+        paths = _variants(tmp_path, numbered, {}, {"<Id>445566</Id>": "<Id>778899</Id>"})
+        monkeypatch.delenv("HELSEBRO_XSD_DIR", raising=False)
+        assert main(["convert", *map(str, paths)]) == 0
+        first, second = (_identities(json.loads(line), "DocumentReference", "Condition") for line in capsys.readouterr().out.splitlines())
+        assert len(first) == len(second) >= 2 and not first & second

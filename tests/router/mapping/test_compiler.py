@@ -49,6 +49,11 @@ class TestLoadChecks:
             ("segments/PID.Patient.yaml", "from: PID-7", "each: PID-7", "holds only one (0..1)"),
             ("segments/PID.Patient.yaml", "target: name\n    each: PID-5\n    use: XPN.HumanName\n", "target: name\n    each: PID-5\n", "needs use:"),
             ("segments/PV1.Encounter.yaml", "table: hl7-0004", "table: hl7-0001", "gives plain codes"),
+            ("segments/OBX.Observation.yaml", "    - when: OBR-3 valued or OBR-2 valued\n      paths:", "    - paths:", "but the last needs when:"),
+            ("segments/OBX.Observation.yaml", "    - paths: [MSH-4.1, MSH-4.2, PID-3.1", "    - when: PID-3 valued\n      paths: [MSH-4.1, MSH-4.2, PID-3.1", "the last has none"),
+            ("segments/OBX.Observation.yaml", "    - paths: [MSH-4.1, MSH-4.2, PID-3.1, PID-2.1, OBR-4.1, OBR-7, OBX-1, OBX-3.1, OBX-4]", "    - MSH-4.1", "not both"),
+            ("segments/OBX.Observation.yaml", "      paths: [MSH-4.1, OBR-3.1", "      pahts: [MSH-4.1, OBR-3.1", "unknown key 'pahts'"),
+            ("segments/OBX.Observation.yaml", "    - when: OBR-3 valued or OBR-2 valued", "    - when: OBR-3 valued or", "bad condition"),
         ],
     )
     def test_errors_point_at_the_line(self, mapping_copy, file, old, new, says):
