@@ -28,6 +28,14 @@ CASES = {
         (("X1", "OTHER HOSP", "MR"), "urn:helsebro:local:OTHER-HOSP:MR"),
         ((None, "NOR", "FNR"), None),
     ],
+    "cx_system": [
+        (("4471002", "STOLAV", "PI", "1.2.3", "ISO"), "urn:oid:2.16.578.1.12.4.1.7.3.2.1"),  # CX-4.1 named: as identifier_system
+        (("777", None, "PI", "2.16.578.1.12.4.1.7.9", "ISO"), "urn:oid:2.16.578.1.12.4.1.7.9"),  # an OID only: the OID
+        (("777", None, "PI", "STOLAV", "L"), "urn:oid:2.16.578.1.12.4.1.7.3.2.1"),  # a configured universal id
+        (("777", None, "PI", "LAB7", "L"), "urn:helsebro:local:LAB7:PI"),
+        (("15866112379", None, None, "2.16.578.1.12.4.1.4.1", "ISO"), "urn:oid:2.16.578.1.12.4.1.4.1"),
+        (("777", None, "PI", None, None), "urn:helsebro:local:unknown:PI"),  # no authority, no sender here
+    ],
     "hd_system": [(("STOLAV", "974749025", "ENH"), "urn:oid:2.16.578.1.12.4.1.4.101"), (("X", "112233", "HER"), "urn:oid:2.16.578.1.12.4.1.2"), (("X", "1.2.3", "ISO"), "urn:oid:1.2.3"), (("STOLAV", None, None), "urn:oid:2.16.578.1.12.4.1.7.3.2.1")],
     "hd_value": [(("STOLAV", "974749025", "ENH"), "974749025"), (("STOLAV", None, None), "STOLAV")],
     "upper": [(("abc",), "ABC"), ((None,), None)],
@@ -64,7 +72,7 @@ class TestLibrary:
         """uuid5 gives the same id for the same parts and a different one for other parts."""
         assert fn("uuid5", "a", "b") == fn("uuid5", "a", "b") != fn("uuid5", "a", "c")
 
-    @pytest.mark.parametrize(("name", "args"), [("identifier_system", ("15866112378", "NOR", "FNR")), ("identifier_system", ("974749024", None, "ENH")), ("datetime", ("2024-13-01",)), ("xml_datetime", ("30.01.2018",))])
+    @pytest.mark.parametrize(("name", "args"), [("identifier_system", ("15866112378", "NOR", "FNR")), ("cx_system", ("15866112378", None, None, "2.16.578.1.12.4.1.4.1", "ISO")), ("identifier_system", ("974749024", None, "ENH")), ("datetime", ("2024-13-01",)), ("xml_datetime", ("30.01.2018",))])
     def test_bad_values_are_refused_with_their_position(self, name, args):
         """A value that cannot be what it claims is refused, naming the argument's position."""
         with pytest.raises(InvalidContent) as err:
