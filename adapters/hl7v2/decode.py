@@ -165,26 +165,22 @@ def read_header(msg: Hl7Message) -> MessageHeader:
 
 
 def _first(raw: str, d: Delimiters) -> str:
-    """The first component of the first repetition of *raw*, unescaped; "" for none or an explicit null."""
-    if not raw:
-        return ""
-    value = raw.split(d.repetition, 1)[0].split(d.component, 1)[0]
-    if not value or value == EXPLICIT_NULL:
-        return ""
-    return unescape(value, d) if d.escape and d.escape in value else value
+    """The first component of the first repetition of *raw*, as _leaf reads it."""
+    return _leaf(raw.split(d.repetition, 1)[0].split(d.component, 1)[0], d) if raw else ""
 
 
 def _components(raw: str, d: Delimiters) -> tuple[str, str, str]:
-    """The first three components of the first repetition of *raw*, each as `_first` reads one."""
-    parts = raw.split(d.repetition, 1)[0].split(d.component) if raw else []
-    out = []
-    for value in parts[:3]:
-        if not value or value == EXPLICIT_NULL:
-            out.append("")
-        else:
-            out.append(unescape(value, d) if d.escape and d.escape in value else value)
-    out += [""] * (3 - len(out))
-    return out[0], out[1], out[2]
+    """The first three components of the first repetition of *raw*, each as _leaf reads it."""
+    parts = [_leaf(value, d) for value in raw.split(d.repetition, 1)[0].split(d.component)[:3]] if raw else []
+    parts += [""] * (3 - len(parts))
+    return parts[0], parts[1], parts[2]
+
+
+def _leaf(value: str, d: Delimiters) -> str:
+    """A component's text, escapes undone; "" for none or an explicit null."""
+    if not value or value == EXPLICIT_NULL:
+        return ""
+    return unescape(value, d) if d.escape and d.escape in value else value
 
 
 __all__ = ["DecodedMessage", "Delimiters", "RawMessage", "decode", "read_header", "split_messages"]

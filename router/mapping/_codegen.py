@@ -99,6 +99,10 @@ def generate_values(paths: tuple[Any, ...]) -> Callable[[Any], list[str]] | None
     return _compile("\n".join(_memos(lines, g.memos)), "values", g.names, "<helsebro identity values>")  # type: ignore[no-any-return]
 
 
+_OPAQUE = re.compile(r"T\d+")
+"""The globals `_Gen._opaque` names: a condition it calls as a closure."""
+
+
 def generate_condition(pred: Any) -> Callable[[Any], bool] | None:
     """Return a function answering *pred* (a compiled `when:`) as one expression, or None when it cannot be written out.
 
@@ -111,7 +115,7 @@ def generate_condition(pred: Any) -> Callable[[Any], bool] | None:
         return None
     g = _Gen()
     expr = g._cond(pred)
-    if any(name.startswith("T") for name in g.names):
+    if any(_OPAQUE.fullmatch(name) for name in g.names):
         return None  # a part it could not write out: the closure answers it whole
     lines = ["def when(scope):", *("    " + x for x in g.prologue()), f"    return bool({expr})"]
     return _compile("\n".join(_memos(lines, g.memos)), "when", g.names, "<helsebro condition>")  # type: ignore[no-any-return]

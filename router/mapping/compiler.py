@@ -394,7 +394,9 @@ class Compiler:
             last = i == len(items) - 1
             if (when is None) != last:
                 raise _err("every fallback alternative but the last needs when:, and the last has none (it answers when no other does)", item.pos())
-            out.append((generate_condition(when) or when if when is not None else None, tuple(self._path(str(p), paths.pos(j)) for j, p in enumerate(paths))))
+            if when is not None:
+                when = generate_condition(when) or when
+            out.append((when, tuple(self._path(str(p), paths.pos(j)) for j, p in enumerate(paths))))
         return tuple(out)
 
     def _required(self, fhir_type: str, block: Block, doc: YMap) -> tuple[tuple[str, str], ...]:

@@ -26,8 +26,8 @@ class FnContext:
     (new settings, reloaded mappings) starts with an empty one.
 
     `sender` is the one per-message part, set by the converter before each
-    message is mapped: the sending organisation (MSH-4.1, or the KITH sender's
-    HER-id). A local identifier that names no assigning authority is the
+    message is mapped: the sending organisation (MSH-4.1, else MSH-4.2; or the KITH
+    sender institution's HER-id). A local identifier that names no assigning authority is the
     sender's own number, so its system says so: two hospitals' patient 123456
     are two patients, not one (see `_local_system`).
     """
@@ -81,7 +81,8 @@ _NATIONAL_AUTHORITIES = {"NOR", "NO", "FREG", "SKD", "FOLKEREG", ids.FNR_SYSTEM[
 _HPR_MARKERS = {"HPR", "NOHPR", "HPRNR", ids.HPR_SYSTEM[8:]}
 
 
-def _local_system(ctx: FnContext, authority: str | None, type_code: str | None) -> str:
+def _local_system(ctx: FnContext, authority: str | None, type_code: str | None, *, oid: bool = False) -> str:
+    """The system of a number its authority gives: configured, else the authority's ISO OID itself (*oid*), else the template."""
     if not authority:
         # No assigning authority: the number is its sender's (a hospital's own patient or order
         # number). Shared by every sender as `unknown`, one hospital's patient 123456 would be
@@ -89,6 +90,8 @@ def _local_system(ctx: FnContext, authority: str | None, type_code: str | None) 
         authority = ctx.sender
     if authority and authority in ctx.authorities:
         return ctx.authorities[authority]
+    if oid and authority:
+        return "urn:oid:" + authority  # an authority known by its OID only (CX-4.2 with CX-4.3 ISO), as the v2-to-FHIR IG has it
     # A URI may not hold spaces: "GOOD HEALTH HOSPITAL" becomes "GOOD-HEALTH-HOSPITAL".
     return ctx.local_template.format(authority=_uri_part(authority or "unknown"), type=_uri_part(type_code or "id"))
 
@@ -100,13 +103,31 @@ def _uri_part(text: str) -> str:
 def _identifier_system(ctx: FnContext, v: _Values) -> str | None:
     """(value, authority, type code) → Identifier.system, validating national ids."""
     value, authority, type_code = (v.values + [None, None, None])[:3]
+    return _system(ctx, value, authority, type_code, v.locations[0])
+
+
+def _cx_system(ctx: FnContext, v: _Values) -> str | None:
+    """(id, authority, type code, authority's universal id, its type) → Identifier.system.
+
+    As identifier_system; an authority named only by its universal id (CX-4.2
+    and CX-4.3, `777^^^&2.16.578.1.12.4.1.7.1&ISO`) is looked up as the
+    authority, and an ISO OID nobody configured is the system itself.
+    """
+    value, authority, type_code, universal, universal_type = (v.values + [None] * 5)[:5]
+    if authority or not universal:
+        return _system(ctx, value, authority, type_code, v.locations[0])
+    return _system(ctx, value, universal, type_code, v.locations[0], oid=(universal_type or "").upper() == "ISO")
+
+
+def _system(ctx: FnContext, value: str | None, authority: str | None, type_code: str | None, location: str | None, *, oid: bool = False) -> str | None:
+    """What identifier_system and cx_system answer; *oid*: the authority is an ISO OID."""
     if not value:
         return None
     t = (type_code or "").upper()
     a = (authority or "").upper()
     if t in _HPR_MARKERS or a in _HPR_MARKERS:
         if not ids.hpr_ok(value):
-            raise InvalidContent("HPR number is not 1-9 digits", location=v.locations[0])
+            raise InvalidContent("HPR number is not 1-9 digits", location=location)
         return ids.HPR_SYSTEM
     if t in ("HER",) or a == "HER":
         return ids.HER_SYSTEM
@@ -114,7 +135,7 @@ def _identifier_system(ctx: FnContext, v: _Values) -> str | None:
         return ids.RESH_SYSTEM
     if t in ("ENH", "NOORG") or a in ("ENH", "BRREG"):
         if not ids.orgnr_ok(value):
-            raise InvalidContent("organisasjonsnummer fails its check digit", location=v.locations[0])
+            raise InvalidContent("organisasjonsnummer fails its check digit", location=location)
         return ids.ENH_SYSTEM
     declared_national = t in _NATIONAL_TYPES or a in _NATIONAL_AUTHORITIES or "FNR" in a
     if declared_national or (not t and not a and ids.looks_like_national_id(value)):
@@ -122,28 +143,11 @@ def _identifier_system(ctx: FnContext, v: _Values) -> str | None:
         if person is None:
             if declared_national:
                 # Never store a number under a national system unless it is one.
-                raise InvalidContent("national identity number is not a valid fødselsnummer, D-nummer or FH-nummer (check digits or date)", location=v.locations[0])
-            return _local_system(ctx, authority, type_code)
+                raise InvalidContent("national identity number is not a valid fødselsnummer, D-nummer or FH-nummer (check digits or date)", location=location)
+            return _local_system(ctx, authority, type_code, oid=oid)
         if person.kind != "HNR":
             return person.system
-    return _local_system(ctx, authority, type_code)
-
-
-def _cx_system(ctx: FnContext, v: _Values) -> str | None:
-    """(id, authority, type code, authority's universal id, its type) → Identifier.system.
-
-    As identifier_system; an authority named only by its universal id (CX-4.2
-    and CX-4.3, `777^^^&2.16.578.1.12.4.1.7.1&ISO`) names its own system:
-    `urn:oid:<id>` for an ISO OID (the v2-to-FHIR IG's rule), else that id
-    looked up as the authority. Without either, the number is its sender's.
-    """
-    value, authority, type_code, universal, universal_type = (v.values + [None] * 5)[:5]
-    if authority or not universal:
-        return _identifier_system(ctx, _Values([value, authority, type_code], v.locations[:3]))
-    system = _identifier_system(ctx, _Values([value, universal, type_code], v.locations[:3]))
-    if (universal_type or "").upper() == "ISO" and universal not in ctx.authorities and system == _local_system(ctx, universal, type_code):
-        return "urn:oid:" + universal  # not a national or otherwise known system: the OID itself
-    return system
+    return _local_system(ctx, authority, type_code, oid=oid)
 
 
 def _hd_system(ctx: FnContext, v: _Values) -> str | None:
