@@ -40,7 +40,7 @@ from adapters.hl7v2.paths import ALL, SourcePath
 from router.errors import MessageError
 from router.mapping._steps import call_at, location, reader
 from router.mapping.library import _Values
-from router.mapping.runtime import Ref, Target
+from router.mapping.runtime import IdentityOf, Ref, Target, identity_of
 
 ENABLED = True
 """Tests switch this off (before mappings load) to compare against the closures alone."""
@@ -83,15 +83,18 @@ def _value_only(g: _Gen) -> bool:
     return not g.segments and all(_PURE_GLOBALS.match(name) is not None for name in g.names)
 
 
-def generate_values(paths: tuple[Any, ...]) -> Callable[[Any], list[str]] | None:
-    """Return a function giving the first value of each of *paths* that has one (an identity's fallback), or None."""
+def generate_values(paths: tuple[Any, ...]) -> Callable[[Any, Any], list[str]] | None:
+    """Return a function giving the first value of each of *paths* that has one (an identity's fallback), or None.
+
+    A part that names another resource (`IdentityOf`, `ref(patient)`) is that resource's id.
+    """
     if not ENABLED or not paths:
         return None
     g = _Gen()
-    exprs = [g._value_expr(p) for p in paths]
+    exprs = [f"identity_of(ctx, {p.param!r})" if type(p) is IdentityOf else g._value_expr(p) for p in paths]
     if any(e is None or e == "SEGMENT" for e in exprs):
         return None
-    lines = ["def values(scope):", *("    " + x for x in g.prologue()), "    out = []"]
+    lines = ["def values(scope, ctx):", *("    " + x for x in g.prologue()), "    out = []"]
     for e in exprs:
         lines += [f"    _t = {e}", "    if _t is not None:", "        out.append(_t)"]
     lines.append("    return out")
@@ -189,7 +192,7 @@ def _known(convert: Any) -> str | None:
 def _compile(source: str, name: str, names: dict[str, Any], filename: str) -> Any:
     namespace: dict[str, Any] = {
         "near_map": near_map, "_U": _UNREAD, "unescape": unescape, "NULL": EXPLICIT_NULL,
-        "MessageError": MessageError, "_Values": _Values, "call_at": call_at, "location": location, **names,
+        "MessageError": MessageError, "_Values": _Values, "call_at": call_at, "location": location, "identity_of": identity_of, **names,
     }
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - source from compile-time constants only (see module doc)
     return namespace[name]

@@ -50,6 +50,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     names: set[str] = set()
     uses = _uses(c, doc, "resources", names)
     _check_bindings(uses, names, set())
+    _check_identity_order(uses, names, set())
     raw_events = doc.get("events") or []
     match = doc.get("match") or []
     if not isinstance(match, list):
@@ -152,3 +153,19 @@ def _check_bindings(uses: list[ResourceUse], names: set[str], outer: set[str]) -
             if param in use.explicit and bound not in names:
                 raise _err(f"{use.name}: parameter {param!r} is bound to {bound!r}, which this message does not produce", use.pos)
         _check_bindings(use.children, names, outer | {use.name})
+
+
+def _check_identity_order(uses: list[ResourceUse], names: set[str], before: set[str]) -> None:
+    """Refuse an identity part `ref(x)` whose resource the message makes only later: it would be empty, silently."""
+    from router.mapping.compiler import _err
+    from router.mapping.runtime import IdentityOf
+
+    seen = set(before)  # what a use here can see: earlier siblings and what encloses them (engine._Run.uses)
+    for use in uses:
+        for part in use.template.fallback:
+            if type(part) is IdentityOf:
+                bound = use.bindings.get(part.param, part.param)
+                if bound in names and bound not in seen:
+                    raise _err(f"{use.name}: its identity's {part.text} names {bound!r}, which this message makes later or elsewhere; list {bound!r} before {use.name!r}", use.pos)
+        seen.add(use.name)
+        _check_identity_order(use.children, names, seen)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from router.mapping._steps import reader
 from router.mapping._yaml import Pos, YList, YMap, load_yaml
 from router.mapping.conditions import ConditionSyntaxError, Predicate, compile_condition
 from router.mapping.library import LIBRARY, call
-from router.mapping.runtime import Produce, Ref, RunContext, Step, Target
+from router.mapping.runtime import IdentityOf, Produce, Ref, RunContext, Step, Target, identity_of
 from router.mapping.tables import Table, load_table
 
 PathCompiler = Callable[[str], Any]
@@ -125,6 +126,10 @@ class Datatype:
     block: Block
 
 
+_IDENTITY_REF = re.compile(r"ref\(\s*([A-Za-z_][\w-]*)\s*\)")
+"""`ref(patient)` in an identity's fallback: the id of the resource the parameter names."""
+
+
 @dataclass(slots=True)
 class Template:
     """A resource template: how one resource is built, and what makes two of them the same."""
@@ -138,7 +143,7 @@ class Template:
     pos: Pos
     required: tuple[tuple[str, str], ...] = ()  # (element with min 1, the source its first rule reads)
     tiers: tuple[tuple[Any, tuple[Any, ...]], ...] = ()  # (condition or None, paths): fallback alternatives, the first that holds
-    fallback_values: Callable[[Any], list[str]] = field(init=False, repr=False)
+    fallback_values: Callable[[Any, RunContext], list[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.tiers:
@@ -146,19 +151,26 @@ class Template:
             return
         tiers = tuple((when, _values_of(paths)) for when, paths in self.tiers)
 
-        def fallback_values(scope: Any) -> list[str]:
+        def fallback_values(scope: Any, ctx: RunContext) -> list[str]:
             for when, values in tiers:
                 if when is None or when(scope):
-                    return values(scope)
+                    return values(scope, ctx)
             return []
 
         self.fallback_values = fallback_values
 
 
-def _values_of(paths: tuple[Any, ...]) -> Callable[[Any], list[str]]:
+def _values_of(paths: tuple[Any, ...]) -> Callable[[Any, RunContext], list[str]]:
     """A function giving the first value of each of *paths* that has one: generated, else through their readers."""
-    readers = tuple(reader(p) for p in paths)
-    return generate_values(paths) or (lambda scope: [v for read in readers if (v := read(scope)) is not None])
+    readers = tuple(_part_reader(p) for p in paths)
+    return generate_values(paths) or (lambda scope, ctx: [v for read in readers if (v := read(scope, ctx)) is not None])
+
+
+def _part_reader(part: Any) -> Callable[[Any, RunContext], str | None]:
+    if type(part) is IdentityOf:
+        return lambda scope, ctx: identity_of(ctx, part.param)
+    read = reader(part)
+    return lambda scope, ctx: read(scope)
 
 
 @dataclass(slots=True)
@@ -354,6 +366,7 @@ class Compiler:
         if not fhir_model.is_resource_type(fhir_type):
             raise _err(f"{fhir_type!r} is not a FHIR R4 resource type", doc.pos("type"))
         params = tuple(str(p) for p in (doc.get("params") or []))
+        self._params = params
         prefer: tuple[str, ...] = ()
         fallback: tuple[Any, ...] = ()
         tiers: tuple[tuple[Any, tuple[Any, ...]], ...] = ()
@@ -368,8 +381,7 @@ class Compiler:
                 tiers = self._tiers(items)
                 fallback = tuple(p for _, paths in tiers for p in paths)
             else:
-                fallback = tuple(self._path(str(p), items.pos(i)) for i, p in enumerate(items))
-        self._params = params
+                fallback = tuple(self._part(str(p), items.pos(i)) for i, p in enumerate(items))
         block = self.block(_need(doc, "rules", "a resource template"), fhir_type, doc.pos("rules"))
         tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos(), self._required(fhir_type, block, doc), tiers)
         self.templates[name] = tpl
@@ -396,7 +408,7 @@ class Compiler:
                 raise _err("every fallback alternative but the last needs when:, and the last has none (it answers when no other does)", item.pos())
             if when is not None:
                 when = generate_condition(when) or when
-            out.append((when, tuple(self._path(str(p), paths.pos(j)) for j, p in enumerate(paths))))
+            out.append((when, tuple(self._part(str(p), paths.pos(j)) for j, p in enumerate(paths))))
         return tuple(out)
 
     def _required(self, fhir_type: str, block: Block, doc: YMap) -> tuple[tuple[str, str], ...]:
@@ -420,6 +432,16 @@ class Compiler:
         return compile_message(self, path)
 
     # -- rules ---------------------------------------------------------
+    def _part(self, text: str, pos: Pos) -> Any:
+        """One part of an identity's fallback: a path, or `ref(param)`, the id of the resource a parameter names."""
+        m = _IDENTITY_REF.fullmatch(text.strip())
+        if m is None:
+            return self._path(text, pos)
+        param = m.group(1)
+        if param not in self._params:
+            raise _err(f"{text}: {param!r} is not a parameter of this template (params: {', '.join(self._params) or 'none'})", pos)
+        return IdentityOf(param)
+
     def _path(self, text: Any, pos: Pos) -> Any:
         try:
             path = self.compile_path(str(text))

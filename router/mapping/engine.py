@@ -16,7 +16,7 @@ import orjson
 
 from router.errors import InvalidContent
 from router.mapping.compiler import MessageMapping, ResourceUse
-from router.mapping.runtime import RunContext, conditional_entry, prune, resolve_refs, resource_id
+from router.mapping.runtime import MissingIdentity, RunContext, conditional_entry, prune, resolve_refs, resource_id
 
 PROVENANCE_SYSTEM = "urn:helsebro:mapping"
 """meta.tag system naming the mapping (structure@content-hash) that made a resource or Bundle."""
@@ -29,7 +29,7 @@ FALLBACK_SYSTEM = "urn:helsebro:identity"
 """System of the identifier Helsebro derives when a source carries none (documented in docs/mapping-language.md)."""
 
 
-def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any) -> tuple[str, str]:
+def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunContext) -> tuple[str, str]:
     found = resource.get("identifier", [])
     single = isinstance(found, dict)  # Composition, Bundle…: one Identifier, not a list
     idents = [i for i in ([found] if single else found) if i.get("system") and i.get("value")]
@@ -41,7 +41,11 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any) -> tuple[s
     if idents:
         return idents[0]["system"], idents[0]["value"]
     if tpl.fallback:
-        parts = tpl.fallback_values(scope)
+        try:
+            parts = tpl.fallback_values(scope, ctx)
+        except MissingIdentity as exc:
+            # Keyed without its patient, every patient's allergy to penicillin would be one resource.
+            raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier of its own, and the one Helsebro derives needs its {exc.param}, which this message does not give", location=None) from None
         if parts:
             value = resource_id(tpl.fhir_type, *parts)  # functions.uuid5_id, faster
             derived = {"system": FALLBACK_SYSTEM, "value": value}
@@ -133,7 +137,7 @@ class _Run:
             if element not in resource:
                 # Invalid FHIR never reaches the record: the sender hears which field was empty.
                 raise InvalidContent(f"{tpl.fhir_type}.{element} is required, but {source} gives no value", location=source)
-        system, value = _identity(use, resource, scope)
+        system, value = _identity(use, resource, scope, ctx)
         write = use.write
         entry = conditional_entry(tpl.fhir_type, resource, system, value, create_only=write == "create", by_id=write == "by-id")
         if write == "by-id":

@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any, Callable
 from urllib.parse import quote
 
+from router.errors import InvalidContent
 from router.mapping.functions import HELSEBRO_NAMESPACE
 
 Produce = Callable[[Any, "RunContext"], list[Any]]
@@ -48,6 +49,49 @@ class Ref:
         """Return the fullUrl(s) this reference resolves to (none: the resource was not produced)."""
         url = ctx.full_urls.get(self.name)
         return [url] if url else []
+
+
+class IdentityOf:
+    """A part of a derived identity: the id of the resource a template parameter names (`ref(patient)` in `fallback:`).
+
+    Why not the patient's fields (PID-3.1): those are whatever the sender lists
+    first, which can be an explicit null or a different number from one message
+    to the next. The Patient's id is its chosen identity (the national id first),
+    so an allergy or result keyed by it stays one resource whatever the order.
+    """
+
+    __slots__ = ("param", "text")
+
+    def __init__(self, param: str) -> None:
+        self.param = param
+        self.text = f"ref({param})"
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def identity_of(ctx: RunContext, param: str) -> str:
+    """The id of the resource *param* is bound to.
+
+    Raises:
+        InvalidContent: the message made no such resource. An allergy or a result
+            that needs its patient to be told apart is refused without one, rather
+            than keyed so that every patient's would be the same resource.
+    """
+    name = ctx.bindings.get(param, param)
+    inst = ctx.env.get(name)
+    url = ctx.full_urls.get(inst) if inst is not None else None
+    if not url:
+        raise MissingIdentity(param)
+    return url[9:]  # "urn:uuid:<id>"
+
+
+class MissingIdentity(InvalidContent):
+    """A derived identity's `ref(param)` names a resource this message did not make (engine._identity says which)."""
+
+    def __init__(self, param: str) -> None:
+        super().__init__(f"its identity needs its {param}, which this message does not give", location=None)
+        self.param = param
 
 
 class RefList(Ref):
@@ -174,6 +218,13 @@ class Target:
             ctx.ref_sites.append((container, key, value, ctx.current))
 
 
+@lru_cache(maxsize=None)
+def _required(fhir_type: str) -> frozenset[str]:
+    from router.mapping import fhir_model
+
+    return frozenset(fhir_model.required(fhir_type))
+
+
 def resolve_refs(ctx: RunContext) -> set[str]:
     """Turn every Ref into Reference(s) to fullUrls, or drop it when nothing was produced.
 
@@ -195,6 +246,10 @@ def resolve_refs(ctx: RunContext) -> set[str]:
             container[key] = {"reference": url}
         else:
             container.pop(key, None)
+            rtype = container.get("resourceType")
+            if rtype is not None and key in _required(rtype):
+                # Dropping it would leave invalid FHIR (a diagnosis for nobody): the sender hears why instead.
+                raise InvalidContent(f"{rtype}.{key} is required, but the {ref.name} it refers to is not in this message", location=None)
             if not container:  # only an emptied container is an empty element
                 dropped.add(inst)
     for container, sites in in_lists.values():

@@ -179,6 +179,35 @@ class TestIdentity:
         urls = [e["request"]["url"] for d in docs for e in d["entry"] if e["resource"]["resourceType"] == "Observation"]
         assert len(urls) == 2 and urls[0] != urls[1]
 
+    @staticmethod
+    def _urls(docs: list[dict], kind: str) -> list[str]:
+        return [e["request"]["url"] for d in docs for e in d["entry"] if e["resource"]["resourceType"] == kind]
+
+    def test_an_allergy_is_keyed_by_its_patient_not_by_the_first_pid3(self, capsys, tmp_path):
+        """An explicit null first in PID-3 (`""~FNR`) names no patient: two patients' penicillin allergies from one
+        hospital stay two AllergyIntolerances, and two unnumbered Hb results stay two Observations."""
+        allergies = [adt(f'""~{fnr}^^^NOR^FNR') + "AL1|1|DA|^Penicillin\r" for fnr in (FNR, "02036110182")]
+        _, docs, _ = run_convert(capsys, tmp_path, "".join(allergies))
+        urls = self._urls(docs, "AllergyIntolerance")
+        assert len(urls) == 2 and urls[0] != urls[1]
+
+        def oru(ctrl: str, fnr: str) -> str:
+            return "\r".join([f"MSH|^~\\&|LIS|LABA|HB|HP|20250115101500||ORU^R01^ORU_R01|{ctrl}|P|2.5.1", f'PID|1||""~{fnr}^^^NOR^FNR||HANSEN^KARI||19610302|F',
+                              "OBR|1|||NPU02319^Hb", "OBX|1|NM|NPU02319^Hb||134|g/L|||||F"]) + "\r"
+        _, docs, _ = run_convert(capsys, tmp_path, oru("1", FNR) + oru("2", "02036110182"))
+        urls = self._urls(docs, "Observation")
+        assert len(urls) == 2 and urls[0] != urls[1]
+
+    def test_an_allergy_stays_one_whatever_the_order_of_pid3(self, capsys, tmp_path):
+        """The same patient's allergy, sent once with the FNR first in PID-3 and once with the hospital number first,
+        is one AllergyIntolerance (and one Condition): it is keyed by the Patient's identity, the FNR."""
+        first = adt(f"{FNR}^^^NOR^FNR~4471002^^^STOLAV^PI") + "AL1|1|DA|^Penicillin\rDG1|1||R07.4^Brystsmerter^ICD10|||A\r"
+        second = adt(f"4471002^^^STOLAV^PI~{FNR}^^^NOR^FNR", event="A08") + "AL1|1|DA|^Penicillin\rDG1|1||R07.4^Brystsmerter^ICD10|||A\r"
+        _, docs, _ = run_convert(capsys, tmp_path, first + second)
+        for kind in ("AllergyIntolerance", "Condition", "Patient"):
+            urls = self._urls(docs, kind)
+            assert len(urls) == 2 and urls[0] == urls[1], kind
+
     def test_a_final_result_updates_its_preliminary(self, capsys, tmp_path):
         """With an order number (OBR-3), a result is its order's test line: the final is the preliminary's next
         version even when the patient's identifiers come in another order or the time in another precision."""
