@@ -208,6 +208,18 @@ class TestIdentity:
             urls = self._urls(docs, kind)
             assert len(urls) == 2 and urls[0] == urls[1], kind
 
+    @pytest.mark.parametrize(("dg1", "says"), [
+        ("DG1|1||R07.4^Brystsmerter^ICD10|||A", "the one Helsebro derives needs its patient"),  # no id of its own
+        ("DG1|1||R07.4^Brystsmerter^ICD10|||A" + "|" * 14 + "D-77^DIPS", "Condition.subject is required, but the patient"),  # DG1-20 names it
+    ])
+    def test_a_diagnosis_without_a_patient_is_refused(self, capsys, tmp_path, dg1, says):
+        """A PID with no identifier makes no Patient: its diagnosis is refused with the reason, not stored for nobody."""
+        text = "\r".join(["MSH|^~\\&|DIPS|STOLAV|HB|HP|20250115101500||ADT^A08^ADT_A01|C1|P|2.5.1", "EVN|A08|20250115101500",
+                          "PID|1||||", dg1]) + "\r"
+        code, docs, _ = run_convert(capsys, tmp_path, text)
+        assert code == 1 and docs[0]["resourceType"] == "OperationOutcome"
+        assert says in docs[0]["issue"][0]["diagnostics"]
+
     def test_a_final_result_updates_its_preliminary(self, capsys, tmp_path):
         """With an order number (OBR-3), a result is its order's test line: the final is the preliminary's next
         version even when the patient's identifiers come in another order or the time in another precision."""
