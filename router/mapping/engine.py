@@ -140,6 +140,8 @@ class _Run:
         system, value = _identity(use, resource, scope, ctx)
         write = use.write
         entry = conditional_entry(tpl.fhir_type, resource, system, value, create_only=write == "create", by_id=write == "by-id")
+        if system == FALLBACK_SYSTEM:
+            entry = self._distinct(tpl.fhir_type, resource, entry, value, write)
         if write == "by-id":
             # A retired record (a merge's old Patient) is found by its id from now on: its
             # identifiers moved to the survivor, so a search by them finds the survivor only.
@@ -150,6 +152,23 @@ class _Run:
             except TypeError:  # a value JSON cannot hold exactly (an integer past 64 bits): built each time
                 pass
         return self._place(tpl.fhir_type, entry, inst, system, ctx.untidy)
+
+    def _distinct(self, fhir_type: str, resource: dict[str, Any], entry: dict[str, Any], value: str, write: str) -> dict[str, Any]:
+        """Tell apart resources whose derived identity is the same but whose content is not: the k-th is `value` and k.
+
+        Two lines of one test in one order (a TX report in several OBX, a panel
+        repeating a code without OBX-4) have the same derived parts. Numbered by
+        occurrence, not by OBX-1, each keeps its identity when a final report
+        renumbers its lines or adds another test before them. Alike ones stay one entry.
+        """
+        k = 1
+        while (earlier := self.by_url.get(entry["fullUrl"])) is not None and earlier["resource"] != resource:
+            k += 1
+            derived = resource["identifier"]
+            derived = derived if type(derived) is dict else derived[-1]  # what _identity added
+            derived["value"] = resource_id(fhir_type, value, str(k))
+            entry = conditional_entry(fhir_type, resource, FALLBACK_SYSTEM, derived["value"], create_only=write == "create", by_id=write == "by-id")
+        return entry
 
     def _recall(self, use: ResourceUse, known: tuple[bytes | None, bool, str], inst: str) -> bool:
         blob, untidy, system = known

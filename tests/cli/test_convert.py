@@ -233,6 +233,46 @@ class TestIdentity:
         assert urls[0] == urls[1] and len(urls[0]) == 2
 
 
+class TestResultLines:
+    """A result with an order number is its order's test (OBX-3, OBX-4), not its line number (OBX-1)."""
+
+    @staticmethod
+    def _oru(ctrl: str, *obx: str) -> str:
+        lines = [f"OBX|{k}|{o}" for k, o in enumerate(obx, start=1)]
+        return "\r".join([f"MSH|^~\\&|LIS|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|{ctrl}|P|2.5.1", f"PID|1||{FNR}^^^NOR^FNR",
+                           "OBR|1||LAB-1^LIS|PANEL^Panel|||20250115080000", *lines]) + "\r"
+
+    @staticmethod
+    def _by_code(doc: dict) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for e in doc["entry"]:
+            if e["resource"]["resourceType"] == "Observation":
+                out.setdefault(e["resource"]["code"]["coding"][0]["code"], []).append(e["request"]["url"])
+        return out
+
+    def test_a_renumbered_final_updates_its_preliminary(self, capsys, tmp_path):
+        """The final adds a test before Hb, so Hb moves from OBX-1 to OBX-2: it still updates the preliminary Hb."""
+        preliminary = self._oru("1", "NM|NPU02319^Hb||130|g/L|||||P")
+        final = self._oru("2", "NM|NPU01960^Lkc||6.2|10*9/L|||||F", "NM|NPU02319^Hb||134|g/L|||||F")
+        _, docs, _ = run_convert(capsys, tmp_path, preliminary + final)
+        first, second = (self._by_code(d) for d in docs)
+        assert first["NPU02319"] == second["NPU02319"]
+        assert second["NPU01960"] != second["NPU02319"]
+
+    def test_lines_of_one_test_are_told_apart_by_occurrence(self, capsys, tmp_path):
+        """A report in three TX lines of one code is three Observations; sent again after another test was added
+        before them, each line keeps its resource. Two alike lines are one."""
+        lines = ["TX|REPORT^Report||line one", "TX|REPORT^Report||line two", "TX|REPORT^Report||line three"]
+        first = self._oru("1", *lines)
+        again = self._oru("2", "NM|NPU02319^Hb||134|g/L|||||F", *lines)
+        alike = self._oru("3", "TX|REPORT^Report||same", "TX|REPORT^Report||same")
+        code, docs, _ = run_convert(capsys, tmp_path, first + again + alike)
+        assert code == 0
+        one, two, three = (self._by_code(d)["REPORT"] for d in docs)
+        assert len(set(one)) == 3 and one == two
+        assert len(three) == 1
+
+
 class TestContextStay:
     @staticmethod
     def _oru(pv1: str) -> str:

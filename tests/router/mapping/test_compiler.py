@@ -51,7 +51,7 @@ class TestLoadChecks:
             ("segments/PV1.Encounter.yaml", "table: hl7-0004", "table: hl7-0001", "gives plain codes"),
             ("segments/OBX.Observation.yaml", "    - when: OBR-3 valued or OBR-2 valued\n      paths:", "    - paths:", "but the last needs when:"),
             ("segments/OBX.Observation.yaml", "    - paths: [MSH-4.1, MSH-4.2, ref(patient)", "    - when: PID-3 valued\n      paths: [MSH-4.1, MSH-4.2, ref(patient)", "the last has none"),
-            ("segments/OBX.Observation.yaml", "    - paths: [MSH-4.1, MSH-4.2, ref(patient), OBR-4.1, OBR-7, OBX-1, OBX-3.1, OBX-4]", "    - MSH-4.1", "not both"),
+            ("segments/OBX.Observation.yaml", "    - paths: [MSH-4.1, MSH-4.2, ref(patient), OBR-4.1, OBR-7, OBX-3.1, OBX-4]", "    - MSH-4.1", "not both"),
             ("segments/AL1.AllergyIntolerance.yaml", "  fallback: [MSH-4.1, MSH-4.2, ref(patient)", "  fallback: [MSH-4.1, MSH-4.2, ref(pasient)", "'pasient' is not a parameter of this template"),
             ("segments/AL1.AllergyIntolerance.yaml", "  fallback: [MSH-4.1, MSH-4.2, ref(patient)", "  fallback: [MSH-4.1, MSH-4.2, ref(patient", "'ref(patient' is not an HL7 path"),
             ("messages/ADT_A01.yaml", "  - name: allergy\n    use: AL1.AllergyIntolerance\n", "  - name: allergy\n    use: AL1.AllergyIntolerance\n    with: {patient: diagnosis}\n", "names 'diagnosis', which this message makes later"),
