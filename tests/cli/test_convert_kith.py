@@ -102,6 +102,20 @@ class TestLocalNumbers:
         assert systems == ["urn:helsebro:local:59:HNR", "urn:helsebro:local:88:HNR", "urn:helsebro:local:59:HNR"]
 
     @pytest.mark.corpus
+    def test_next_of_kin_follow_the_patient_whatever_the_order_of_its_idents(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """The patient's next of kin are one RelatedPerson each whether MsgHead lists the FNR first or a local
+        patient number first: they are keyed by the Patient's identity (the FNR), not by its first Ident."""
+        src = (shared_dir / "norsk" / "eksempel" / "plo" / "1_6" / "innleggelsesrapport_1_6_mottak" / "Innleggelsesrapport_v1-6_Ny.xml").read_text("utf-8")
+        fnr = "<Ident>\n\t\t\t\t<Id>13116900216</Id>"
+        local = "<Ident>\n\t\t\t\t<Id>KPN-4711</Id>\n\t\t\t\t<TypeId V=\"XX\" DN=\"Kommunalt pasientnummer\"/>\n\t\t\t</Ident>\n\t\t\t"
+        paths = _variants(tmp_path, src, {}, {fnr: local + fnr})
+        code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
+        assert code == 0
+        kin = [_identities(doc, "RelatedPerson") for doc in docs]
+        assert kin[0] and kin[0] == kin[1]
+        assert len(_of(docs[1], "Patient")[0]["identifier"]) == 2  # the local number is there, and not the key
+
+    @pytest.mark.corpus
     def test_a_professional_without_hpr_is_known_within_the_sending_organisation(self, shared_dir, capsys, monkeypatch, tmp_path):
         """The same nurse's name (no HPR-nummer) from two municipalities is two Practitioners and two roles;
         from the same municipality again, the same ones."""
