@@ -8,6 +8,7 @@ Exit 0 when every message converted, 1 when any did not, 2 for a usage error.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,9 +38,24 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"helsebro convert: {exc}", file=sys.stderr)
         return 2
-    converter = Converter(load_settings())
-    failed = 0
     out_dir = Path(args.out) if args.out else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        print(f"helsebro convert: --out {out_dir}: exists and is not a folder", file=sys.stderr)
+        return 2
+    converter = Converter(load_settings())
+    try:
+        return _convert_all(converter, files, out_dir, args)
+    except BrokenPipeError:
+        # The reader stopped (`convert DIR | head`): not every message was written, and there is nobody to tell.
+        _silence_stdout()
+        return 1
+    except OSError as exc:  # --out cannot be written (permissions, disk full): what was written stays
+        print(f"helsebro convert: cannot write under {out_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 2 if out_dir is not None and not _writable(out_dir) else 1
+
+
+def _convert_all(converter: Any, files: list[tuple[Path, Path]], out_dir: Path | None, args: argparse.Namespace) -> int:
+    failed = 0
     for path, rel in files:
         try:
             data = path.read_bytes()
@@ -64,6 +80,21 @@ def run(args: argparse.Namespace) -> int:
             lines.append(orjson.dumps(doc))
         _write(out_dir, rel, lines)
     return 1 if failed else 0
+
+
+def _writable(out_dir: Path) -> bool:
+    """Tell whether --out can hold files at all: if not, the option was unusable (a usage error), not one file."""
+    probe = out_dir
+    while not probe.exists():
+        probe = probe.parent
+    return probe.is_dir() and os.access(probe, os.W_OK)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so Python's flush at exit finds no closed pipe to complain about."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _write(out_dir: Path | None, rel: Path, lines: list[bytes]) -> None:

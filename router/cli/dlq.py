@@ -3,7 +3,7 @@
     helsebro dlq list [--json] [--limit N]       id, failed at, stage, reason, location, control id, size
     helsebro dlq show ID [--json] [--body]       headers and OperationOutcome; the body only with --body
     helsebro dlq replay (ID... | --all)          back to the inbound exchange, through the whole pipeline
-    helsebro dlq purge (ID... | --all)           delete for good
+    helsebro dlq purge [ID... | --all]           delete for good (no ids: every dead letter, as --all)
 
 `list` and `show` never print a message body: bodies are patient data (DESIGN
 §5). `show --body` prints it, `replay` and `purge` change the queue; each of
@@ -217,8 +217,12 @@ def _purge(args: argparse.Namespace) -> int:
 
 def _change(args: argparse.Namespace, verb: str, question: str, past: str) -> int:
     """Count what *verb* will touch, ask, audit, act on exactly those ids, audit again, report."""
-    if bool(args.ids) == bool(args.all):
+    if args.ids and args.all:
         return _fail(f"{verb}: give the ids of dead letters, or --all (not both)", 2)
+    if not args.ids and not args.all:
+        if verb != "purge":
+            return _fail(f"{verb}: give the ids of dead letters, or --all", 2)
+        args.all = True  # `dlq purge` alone: every dead letter now, after the same question
 
     def action(settings: Settings, queue: str) -> int:
         with _connected(settings) as conn:

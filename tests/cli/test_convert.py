@@ -75,6 +75,35 @@ class TestConvertContract:
         written = (tmp_path / "out" / "x" / "y.hl7.ndjson").read_text().splitlines()
         assert json.loads(written[0])["resourceType"] == "Bundle"
 
+    def test_an_out_that_is_a_file_is_a_usage_error(self, tmp_path, capsys):
+        """--out naming an existing file is refused with exit 2 and a reason, before anything is converted."""
+        (tmp_path / "in.hl7").write_text(adt(f"{FNR}^^^NOR^FNR"))
+        (tmp_path / "taken").write_text("not a folder")
+        assert main(["convert", "--out", str(tmp_path / "taken"), str(tmp_path / "in.hl7")]) == 2
+        assert "exists and is not a folder" in capsys.readouterr().err
+
+    def test_an_out_that_cannot_be_written_gives_a_reason_not_a_traceback(self, tmp_path):
+        """--out under a file (mkdir fails) ends with a reason on stderr and no traceback."""
+        (tmp_path / "in.hl7").write_text(adt(f"{FNR}^^^NOR^FNR"))
+        (tmp_path / "file").write_text("x")
+        proc = subprocess.run([sys.executable, "-m", "router.cli", "convert", "--out", str(tmp_path / "file" / "sub"), str(tmp_path / "in.hl7")],
+                              capture_output=True, cwd=ROOT, timeout=60)
+        assert proc.returncode in (1, 2)
+        assert b"Traceback" not in proc.stderr and b"cannot write under" in proc.stderr
+
+    def test_a_reader_that_stops_early_gives_no_traceback(self, tmp_path):
+        """`convert DIR | head`: the reader closes the pipe; convert stops quietly with exit 1 (not everything was written)."""
+        for k in range(300):
+            (tmp_path / f"m{k:03d}.hl7").write_text(adt(f"{FNR}^^^NOR^FNR"))
+        proc = subprocess.Popen([sys.executable, "-m", "router.cli", "convert", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        assert proc.stdout is not None and proc.stderr is not None
+        assert json.loads(proc.stdout.readline())["resourceType"] == "Bundle"
+        proc.stdout.close()  # what `head -1` does
+        err = proc.stderr.read()
+        proc.stderr.close()
+        assert proc.wait(timeout=60) == 1
+        assert b"Traceback" not in err and b"Error" not in err
+
     def test_garbage_never_gives_a_traceback(self, tmp_path):
         """Binary junk gives an OperationOutcome and exit 1, never a traceback."""
         (tmp_path / "junk.hl7").write_bytes(b"\x00\xff\xfeMSH|\x00garbage\r\x1c")

@@ -230,10 +230,20 @@ class TestDlq:
         assert len(_listed(capsys)) == 2 and _audit(dead) == []
 
     def test_replay_and_purge_need_ids_or_all(self, dead, capsys):
-        """Neither ids nor --all, or both, is a usage error."""
+        """Replay without ids or --all, or either verb with both, is a usage error."""
         assert _cli(capsys, "replay", "--yes")[0] == 2
         assert _cli(capsys, "purge", "x", "--all", "--yes")[0] == 2
         assert len(_listed(capsys)) == 2
+
+    def test_purge_alone_is_purge_all_after_the_same_question(self, dead, capsys, monkeypatch):
+        """`dlq purge` as the issue writes it: every dead letter, asked first; a no deletes nothing."""
+        monkeypatch.setattr("sys.stdin", Tty("n\n"))
+        code, _, err = _cli(capsys, "purge")
+        assert code == 2 and "Purge (delete for good) 2 dead letters from" in err
+        assert len(_listed(capsys)) == 2
+        code, out, _ = _cli(capsys, "purge", "--yes")
+        assert code == 0 and out.splitlines()[-1] == "2 purged, 0 no longer found"
+        assert _listed(capsys) == []
 
     def test_purge_asks_and_audits(self, dead, capsys, monkeypatch):
         """`purge ID` asks "Purge 1 dead letter ...? [y/N]", deletes it on yes, and audits who and what."""
