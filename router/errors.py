@@ -68,9 +68,19 @@ class InvalidContent(MessageError):
 
 
 class Refused(MessageError):
-    """A destination rejected the message for good."""
+    """A destination rejected the message for good.
+
+    `detail` is what the destination said (its OperationOutcome diagnostics):
+    it may quote the message's values, names included, so it goes into the dead
+    letter's OperationOutcome, inside the record's walls, and never into a log,
+    a reason or `helsebro status`.
+    """
 
     issue_code = "business-rule"
+
+    def __init__(self, reason: str, *, location: str | None = None, detail: str | None = None) -> None:
+        super().__init__(reason, location=location)
+        self.detail = detail
 
 
 class TransientError(HelsebroError):

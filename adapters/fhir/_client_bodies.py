@@ -21,6 +21,8 @@ __all__ = ["applied", "entry_version", "refused", "retry_after"]
 
 _REASON_MAX = 200  # characters of a server's diagnostics kept in a Refused reason
 _FNR = re.compile(r"(?<!\d)\d{11}(?!\d)")  # fnr/dnr (11-digit national ids) a server may echo back
+_CODE = re.compile(r"[a-z][a-z-]{0,39}")  # an issue-type code (FHIR's IssueType: invalid, business-rule, …)
+_PATH = re.compile(r"[A-Za-z][A-Za-z0-9_.\[\]()-]{0,119}")  # a FHIRPath such as Patient.identifier[0].value: names, no values
 _LOCATION = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/([^/?#]+))?/?(?:[?#]|$)")
 # HAPI FHIR says in each entry's response.outcome when it did nothing (its storage response codes).
 _HAPI_UNCHANGED = frozenset({"SUCCESSFUL_UPDATE_NO_CHANGE", "SUCCESSFUL_CREATE_WITH_CONDITIONAL_MATCH"})
@@ -41,24 +43,29 @@ def retry_after(value: str, now: datetime) -> float:
 
 
 def refused(response: httpx.Response) -> Refused:
-    """Turn a 4xx into Refused, with the OperationOutcome's code and diagnostics (fnr masked)."""
-    reason, location = f"destination refused with HTTP {response.status_code}", None
+    """Turn a 4xx into Refused: the reason is the HTTP status and the issue's code, never the server's words.
+
+    A server's diagnostics may quote the resource ("Patient Ola Nordmann born …"):
+    they become the Refused's `detail` (national ids masked, cut short), which only
+    the dead letter keeps; the reason is logged and counted, so it holds no free text.
+    """
+    reason, location, detail = f"destination refused with HTTP {response.status_code}", None, None
     try:
         body = orjson.loads(response.content)
         issue = body["issue"][0] if body.get("resourceType") == "OperationOutcome" else {}
     except (orjson.JSONDecodeError, AttributeError, KeyError, IndexError, TypeError):
         issue = {}
     if isinstance(issue, dict):
-        parts = [str(issue[k]) for k in ("code", "diagnostics") if issue.get(k)]
-        if parts:
-            reason = f"{reason}: {': '.join(parts)}"
+        code = issue.get("code")
+        if isinstance(code, str) and _CODE.fullmatch(code):
+            reason = f"{reason}: {code}"
+        if issue.get("diagnostics"):
+            detail = _FNR.sub("***********", str(issue["diagnostics"]))
+            detail = detail if len(detail) <= _REASON_MAX else detail[: _REASON_MAX - 1] + "…"
         expression = issue.get("expression") or issue.get("location") or []
-        if isinstance(expression, list) and expression and isinstance(expression[0], str):
-            location = _FNR.sub("***********", expression[0][:_REASON_MAX])
-    reason = _FNR.sub("***********", reason)
-    if len(reason) > _REASON_MAX:
-        reason = reason[: _REASON_MAX - 1] + "…"
-    return Refused(reason, location=location)
+        if isinstance(expression, list) and expression and isinstance(expression[0], str) and _PATH.fullmatch(expression[0]):
+            location = expression[0]
+    return Refused(reason, location=location, detail=detail)
 
 
 def entry_version(response: FhirJson, location_version: str | None) -> str:

@@ -218,7 +218,7 @@ class DestinationWorker:
                 d.ack()
                 return True
             except MessageError as exc:
-                self._dead_letter(d, publisher, reason=exc.reason, location=exc.location, attempts=attempt, last_error=type(exc).__name__)
+                self._dead_letter(d, publisher, reason=exc.reason, location=exc.location, attempts=attempt, last_error=type(exc).__name__, detail=getattr(exc, "detail", None))
                 return True
             except RecordUnavailable as exc:
                 self.stats.failures += 1
@@ -257,8 +257,11 @@ class DestinationWorker:
         self.stats.parked += 1
         self._log.info("delivery_parked", control_id=d.headers.get("x-helsebro-control-id"), attempt=attempt, retry_in_ms=delay_ms)
 
-    def _dead_letter(self, d: Delivery, publisher: Publisher, *, reason: str, location: str | None, attempts: int, last_error: str) -> None:
-        outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "processing", "diagnostics": reason}]}
+    def _dead_letter(self, d: Delivery, publisher: Publisher, *, reason: str, location: str | None, attempts: int, last_error: str, detail: str | None = None) -> None:
+        issue: dict[str, Any] = {"severity": "error", "code": "processing", "diagnostics": reason}
+        if detail:
+            issue["details"] = {"text": detail}  # the destination's own words: kept with the letter, never logged
+        outcome = {"resourceType": "OperationOutcome", "issue": [issue]}
         control_id = str(d.headers.get("x-helsebro-control-id") or "")
         headers = dead_letter_headers(reason=reason, stage="deliver", location=location, control_id=control_id, outcome=outcome, destination=self.name, attempts=attempts, last_error=last_error)
         base = f"{self._settings.engine.broker.names.destination_prefix}.{self.name}"

@@ -310,6 +310,9 @@ class Settle:
 def _outcome_for(error: MessageError) -> FhirJson:
     severity = "fatal" if isinstance(error, InternalFailure) else "error"
     issue: FhirJson = {"severity": severity, "code": error.issue_code, "diagnostics": error.reason}
+    detail = getattr(error, "detail", None)
+    if detail:
+        issue["details"] = {"text": detail}  # a record server's own words (Refused.detail): with the letter, not in logs
     if error.location:
         issue["expression"] = [error.location]
     return {"resourceType": "OperationOutcome", "issue": [issue]}

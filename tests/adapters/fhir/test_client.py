@@ -372,14 +372,25 @@ class TestFhirClient:
         assert len(sleeps) == 2 and len(faults.fhir_requests()) == 3
 
     def test_refused(self, faults, make_client, sleeps):
-        """A 400 is Refused at once, with the diagnostics truncated and any fnr masked."""
-        faults.script.append(Canned(400, outcome(f"identifier {FNR_VALUE} is not valid. " + "x" * 400)))
+        """A 400 is Refused at once: the reason is the status and issue code only; the server's words, which may
+        quote the patient, are the detail (fnr masked, cut short), which only the dead letter keeps."""
+        faults.script.append(Canned(400, outcome(f"Patient Ola Nordmann: identifier {FNR_VALUE} is not valid. " + "x" * 400)))
         with pytest.raises(Refused) as caught:
             make_client(faults.base_url).apply(transaction())
-        reason = caught.value.reason
-        assert reason.startswith("destination refused with HTTP 400: invalid: identifier ***********")
-        assert len(reason) <= 200 and FNR_VALUE not in reason and caught.value.location == "Patient.identifier[0]"
+        reason, detail = caught.value.reason, caught.value.detail
+        assert reason == "destination refused with HTTP 400: invalid"
+        assert detail is not None and detail.startswith("Patient Ola Nordmann: identifier *********** is not valid")
+        assert len(detail) <= 200 and FNR_VALUE not in detail and caught.value.location == "Patient.identifier[0]"
         assert sleeps == [] and len(faults.fhir_requests()) == 1
+
+    def test_refused_keeps_no_free_text_in_code_or_location(self, faults, make_client, sleeps):
+        """A server that puts words in the issue code or a value in the expression gets neither into the reason or location."""
+        bad = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "Ola Nordmann is unknown",
+                                                              "expression": [f"Patient.identifier.where(value='{FNR_VALUE}')"]}]}
+        faults.script.append(Canned(422, bad))
+        with pytest.raises(Refused) as caught:
+            make_client(faults.base_url).apply(transaction())
+        assert caught.value.reason == "destination refused with HTTP 422" and caught.value.location is None
 
     def test_refused_by_record(self, fhir_server, make_client):
         """The project's server refusing a dangling reference becomes Refused without the request body."""

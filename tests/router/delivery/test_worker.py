@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -26,7 +27,7 @@ class FakeServer:
         with self.lock:
             self.calls += 1
             if self.refuse:
-                raise Refused("the server refused the transaction (422)")
+                raise Refused("the server refused the transaction (422)", detail="Patient Ola Nordmann has no birth date")
             if self.calls <= self.failures:
                 raise RecordUnavailable("503 from the server")
             self.applied.append(bundle)
@@ -116,6 +117,8 @@ class TestDestinationWorker:
             if broker_url:
                 delete_queues(settings)
         assert headers["x-helsebro-reason"] == "the server refused the transaction (422)"
+        # the server's own words stay with the letter (dlq show), never in the reason that is logged and counted
+        assert json.loads(headers["x-helsebro-outcome"])["issue"][0]["details"] == {"text": "Patient Ola Nordmann has no birth date"}
         assert server.calls == 1
 
     def test_a_copy_already_sent_is_not_sent_again(self, tmp_path, broker_url, fake_converter):
