@@ -256,5 +256,24 @@ def near_map(group: Group) -> dict[str, list[Segment]]:
         for n, segs in direct.items():
             if n not in allowed:
                 near[n] = segs
+        if parent is not None and parent.parent is None:
+            # A group at the top (ORU's PATIENT_RESULT, A40's PATIENT) is one patient's part of the
+            # message: what no group on the way up holds is looked for inside it before message-wide,
+            # so the second patient's results read the second PID, not the first.
+            for n, segs in _subtree(group).items():
+                near.setdefault(n, segs)
         group._near = near
     return near
+
+
+def _subtree(group: Group) -> dict[str, list[Segment]]:
+    """Every segment under *group*, by name, in message order."""
+    out: dict[str, list[Segment]] = {}
+    stack: list[Union[Segment, Group]] = list(reversed(group.items))
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Group):
+            stack.extend(reversed(item.items))
+        else:
+            out.setdefault(item.name, []).append(item)
+    return out

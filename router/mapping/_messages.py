@@ -58,7 +58,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     mm = MessageMapping(structure, tuple(str(e) for e in raw_events), uses, c._show(path), "", tuple(str(m) for m in match))
     if "document" in doc:
         mm.document = _document(c, doc)
-        mm.owned_types = tuple(sorted({u.template.fhir_type for u in _walk(uses) if u.write == "update"}))
+        mm.owned_types = tuple(sorted({u.template.fhir_type for u in _walk(uses) if u.template is not None and u.write == "update"}))
     return mm
 
 
@@ -110,6 +110,9 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str]) -> list[Resource
         names.add(name)
         if "from" in item and "each" in item:
             raise _err("a resource takes from: or each:, not both", item.pos("each"))
+        if "use" not in item:
+            out.append(_group(c, item, name, names))
+            continue
         tpl = c.template(str(_need(item, "use", "a resource entry")), item.pos("use"))
         bindings = {str(k): str(v) for k, v in (item.get("with") or {}).items()}
         for param in tpl.params:
@@ -129,6 +132,27 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str]) -> list[Resource
             use.write = str(item["write"])
         out.append(use)
     return out
+
+
+def _group(c: Compiler, item: YMap, name: str, names: set[str]) -> ResourceUse:
+    """An entry without `use:`: `each:` names a segment group, and its `resources:` are made once per group.
+
+    Why: a message may repeat a whole group with its own patient (ORU's PATIENT_RESULT,
+    A40's PATIENT). Made at the top, every result would belong to the first patient.
+    """
+    from router.mapping.compiler import ResourceUse, _err
+
+    if "each" not in item or "resources" not in item:
+        raise _err("an entry without use: is a group: it needs each: <a segment group> and resources:", item.pos())
+    for key in ("from", "with", "write"):
+        if key in item:
+            raise _err(f"a group entry (no use:) makes no resource of its own, so it takes no {key}:", item.pos(key))
+    group = ResourceUse(name, None, c._when(item), None, {}, item.pos())
+    group.each = _each_path(c, item)
+    if not getattr(group.each, "is_group", False):
+        raise _err(f"each: {item['each']} is not a segment group; a group entry iterates groups (e.g. PATIENT_RESULT)", item.pos("each"))
+    group.children = _uses(c, item, "resources", names)
+    return group
 
 
 def _each_path(c: Compiler, item: YMap) -> Any:
@@ -162,7 +186,7 @@ def _check_identity_order(uses: list[ResourceUse], names: set[str], before: set[
 
     seen = set(before)  # what a use here can see: earlier siblings and what encloses them (engine._Run.uses)
     for use in uses:
-        for part in use.template.fallback:
+        for part in use.template.fallback if use.template is not None else ():
             if type(part) is IdentityOf:
                 bound = use.bindings.get(part.param, part.param)
                 if bound in names and bound not in seen:

@@ -175,10 +175,10 @@ def _part_reader(part: Any) -> Callable[[Any, RunContext], str | None]:
 
 @dataclass(slots=True)
 class ResourceUse:
-    """One resource a message mapping produces."""
+    """One resource a message mapping produces; or, without a template, a group whose resources are made once per instance."""
 
     name: str
-    template: Template
+    template: Template | None  # None: `each:` a segment group, only its `resources:` (ORU's PATIENT_RESULT)
     when: Predicate | None
     source: Any | None  # a path whose first value the template reads (value-based templates)
     bindings: dict[str, str]

@@ -80,6 +80,12 @@ class _Run:
         ctx = self.ctx
         outer_env = ctx.env
         ctx.env = dict(outer_env)  # siblings see each other; the enclosing level does not see them
+        if parent:
+            # A reference to a later sibling (A40's survivor links the retired record made after it) is by
+            # name; at the top a name is its instance, below it is `parent/name#0`: known before it is made.
+            for use in uses:
+                if use.each is None:
+                    ctx.env[use.name] = f"{parent}/{use.name}#0"
         for use in uses:
             if use.when is not None and not use.when(scope):
                 continue
@@ -87,7 +93,9 @@ class _Run:
                 inst = f"{parent}/{use.name}#{k}" if parent or use.each is not None else use.name
                 ctx.env[use.name] = inst
                 ctx.children.setdefault((parent, use.name), []).append(inst)
-                if self._one(use, inner, inst) and use.children:
+                if use.template is None:  # a group: its resources, in its scope
+                    self.uses(use.children, inner, inst)
+                elif self._one(use, inner, inst) and use.children:
                     self.uses(use.children, inner, inst)
         ctx.env = outer_env
 

@@ -302,6 +302,47 @@ class TestResultLines:
         assert len(three) == 1
 
 
+class TestSeveralPatientsInOneMessage:
+    def test_each_patient_result_group_keeps_its_own_patient(self, capsys, tmp_path):
+        """An ORU^R01 with two PATIENT_RESULT groups: each report and result is about its own group's patient and stay."""
+        text = "\r".join([
+            "MSH|^~\\&|LIS|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|C1|P|2.5.1",
+            f"PID|1||{FNR}^^^NOR^FNR||NORDMANN^KARI||19610615|F", "|".join(["PV1", "1", "I", "MED"] + [""] * 15 + ["V-1^^^STOLAV^VN"]),
+            "OBR|1||LAB-1^LIS|NPU02319^Hb", "OBX|1|NM|NPU02319^Hb||134|g/L|||||F",
+            "PID|2||02036110182^^^NOR^FNR||HANSEN^PER||19610302|M", "|".join(["PV1", "1", "I", "KIR"] + [""] * 15 + ["V-2^^^STOLAV^VN"]),
+            "OBR|1||LAB-2^LIS|NPU01459^Kreatinin", "OBX|1|NM|NPU01459^Kreatinin||250|umol/L|||H||F",
+        ]) + "\r"
+        code, docs, _ = run_convert(capsys, tmp_path, text)
+        assert code == 0
+        by_url = {e["fullUrl"]: e["resource"] for e in docs[0]["entry"]}
+        about = {(r["resourceType"], r["code"]["coding"][0]["code"]): (by_url[r["subject"]["reference"]]["name"][0]["family"],
+                 by_url[r["encounter"]["reference"]]["identifier"][0]["value"])
+                 for r in by_url.values() if r["resourceType"] in ("Observation", "DiagnosticReport")}
+        assert about == {
+            ("DiagnosticReport", "NPU02319"): ("NORDMANN", "V-1"), ("Observation", "NPU02319"): ("NORDMANN", "V-1"),
+            ("DiagnosticReport", "NPU01459"): ("HANSEN", "V-2"), ("Observation", "NPU01459"): ("HANSEN", "V-2"),
+        }
+
+    def test_every_merge_of_an_a40_is_applied(self, capsys, tmp_path):
+        """An ADT^A40 with two PATIENT groups (PID + MRG each) is two merges: each survivor replaces its own old record."""
+        text = "\r".join([
+            "MSH|^~\\&|DIPS|STOLAV|HB|HP|20250115101500||ADT^A40^ADT_A39|C1|P|2.5.1", "EVN|A40|20250115101500",
+            f"PID|1||{FNR}^^^NOR^FNR||NORDMANN^KARI", "MRG|111^^^STOLAV^PI",
+            "PID|2||02036110182^^^NOR^FNR||HANSEN^PER", "MRG|222^^^STOLAV^PI",
+        ]) + "\r"
+        code, docs, _ = run_convert(capsys, tmp_path, text)
+        assert code == 0
+        patients = resources(docs[0], "Patient")
+        by_id = {p["id"]: p for p in patients}
+        retired = [p for p in patients if p.get("active") is False]
+        assert len(patients) == 4 and len(retired) == 2
+        for old in retired:
+            survivor = by_id[old["link"][0]["other"]["reference"].removeprefix("urn:uuid:")]
+            assert {i["value"] for i in survivor["identifier"] if i.get("use") == "old"} in ({"111"}, {"222"})
+        assert {tuple(sorted(i["value"] for i in by_id[o["link"][0]["other"]["reference"].removeprefix("urn:uuid:")]["identifier"])) for o in retired} == {
+            ("111", FNR), ("02036110182", "222")}
+
+
 class TestContextStay:
     @staticmethod
     def _oru(pv1: str) -> str:
