@@ -84,9 +84,11 @@ def _value_only(g: _Gen) -> bool:
 
 
 def generate_values(paths: tuple[Any, ...]) -> Callable[[Any, Any], list[str]] | None:
-    """Return a function giving the first value of each of *paths* that has one (an identity's fallback), or None.
+    """Return a function giving the first value of each of *paths* (an identity's fallback), or None.
 
-    A part that names another resource (`IdentityOf`, `ref(patient)`) is that resource's id.
+    A part that names another resource (`IdentityOf`, `ref(patient)`) is that resource's id. A path
+    without a value is an empty part, kept in its place: dropped, a placer number 100 and a filler
+    number 100 would be one part list, and two orders one identity.
     """
     if not ENABLED or not paths:
         return None
@@ -96,7 +98,7 @@ def generate_values(paths: tuple[Any, ...]) -> Callable[[Any, Any], list[str]] |
         return None
     lines = ["def values(scope, ctx):", *("    " + x for x in g.prologue()), "    out = []"]
     for e in exprs:
-        lines += [f"    _t = {e}", "    if _t is not None:", "        out.append(_t)"]
+        lines.append(f"    out.append(_t if (_t := {e}) is not None else '')")
     lines.append("    return out")
     # Each path is read once here: its field is read in place, with no memo local (see _memos).
     return _compile("\n".join(_memos(lines, g.memos)), "values", g.names, "<helsebro identity values>")  # type: ignore[no-any-return]

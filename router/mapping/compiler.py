@@ -161,9 +161,9 @@ class Template:
 
 
 def _values_of(paths: tuple[Any, ...]) -> Callable[[Any, RunContext], list[str]]:
-    """A function giving the first value of each of *paths* that has one: generated, else through their readers."""
+    """A function giving the first value of each of *paths*, '' where none (see generate_values): generated, else through their readers."""
     readers = tuple(_part_reader(p) for p in paths)
-    return generate_values(paths) or (lambda scope, ctx: [v for read in readers if (v := read(scope, ctx)) is not None])
+    return generate_values(paths) or (lambda scope, ctx: [v if (v := read(scope, ctx)) is not None else "" for read in readers])
 
 
 def _part_reader(part: Any) -> Callable[[Any, RunContext], str | None]:

@@ -46,7 +46,7 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunCo
         except MissingIdentity as exc:
             # Keyed without its patient, every patient's allergy to penicillin would be one resource.
             raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier of its own, and the one Helsebro derives needs its {exc.param}, which this message does not give", location=None) from None
-        if parts:
+        if any(parts):
             value = resource_id(tpl.fhir_type, *parts)  # functions.uuid5_id, faster
             derived = {"system": FALLBACK_SYSTEM, "value": value}
             if single or _single_identifier(tpl.fhir_type):

@@ -119,6 +119,23 @@ def _cx_system(ctx: FnContext, v: _Values) -> str | None:
     return _system(ctx, value, universal, type_code, v.locations[0], oid=(universal_type or "").upper() == "ISO")
 
 
+def _role_system(role: str) -> Callable[[FnContext, _Values], str | None]:
+    """cx_system for a placer's or a filler's number: without a namespace, the sender's numbers of that role.
+
+    Why: OBR-2 and OBR-3 without EI-2 are both the sender's numbers, but not one
+    number space. Under one system, a report whose filler number is 100 was the
+    report whose placer number was 100: another patient's, overwritten.
+    """
+
+    def system(ctx: FnContext, v: _Values) -> str | None:
+        value, authority, _type, universal = (v.values + [None] * 5)[:4]
+        if value and not authority and not universal:
+            return ctx.local_template.format(authority=_uri_part(ctx.sender or "unknown"), type=role)
+        return _cx_system(ctx, v)
+
+    return system
+
+
 def _system(ctx: FnContext, value: str | None, authority: str | None, type_code: str | None, location: str | None, *, oid: bool = False) -> str | None:
     """What identifier_system and cx_system answer; *oid*: the authority is an ISO OID."""
     if not value:
@@ -297,6 +314,8 @@ LIBRARY: dict[str, Function] = {
         Function("date", 1, _date, "HL7 DT/TS → FHIR date (precision kept)."),
         Function("datetime", 1, _datetime, "HL7 TS/DTM → FHIR dateTime; no offset means Europe/Oslo local time."),
         Function("identifier_system", 3, _identifier_system, "(id, authority, type code) → Identifier.system. National ids are classified by the number (FNR/DNR/FH) and rejected if invalid; HPR, HER, orgnr by type; others from config per authority."),
+        Function("placer_system", 5, _role_system("PLAC"), "(EI.1, EI.2, EI.4, EI.3, EI.4) of a placer's number → Identifier.system: as cx_system; with no namespace, the sender's placer numbers (urn:helsebro:local:<sender>:PLAC), apart from its filler numbers."),
+        Function("filler_system", 5, _role_system("FILL"), "(EI.1, EI.2, EI.4, EI.3, EI.4) of a filler's number → Identifier.system: as placer_system, for filler numbers (…:FILL)."),
         Function("cx_system", 5, _cx_system, "(CX.1, CX.4.1, CX.5, CX.4.2, CX.4.3) → Identifier.system: as identifier_system; an authority named only by its universal id gives urn:oid:<id> (ISO) or that id's configured system."),
         Function("hd_system", 3, _hd_system, "(HD.1, HD.2, HD.3) → organisation Identifier.system: HER-id, organisasjonsnummer, ISO OID, or a configured local system."),
         Function("hd_value", 3, _hd_value, "(HD.1, HD.2, HD.3) → the organisation's identifying value."),

@@ -140,3 +140,47 @@ class TestResultsWithoutOrderNumbers:
         """The same test for the same patient on another day is a second result, not a new version of the first."""
         assert _values(results, PATIENT_A) == [128, 134]
         assert len(results.search("DiagnosticReport", {})) == 3
+
+
+# Two patients' reports from one laboratory whose numbers carry no namespace (OBR-2, OBR-3 without EI-2):
+# patient A's order has placer 100 and filler 200, patient B's placer 555 and filler 100.
+def _numbered(ctrl: str, fnr: str, placer: str, filler: str, code: str, value: str) -> bytes:
+    return _message(
+        MSH.format(ts="20250115101000", type="ORU^R01^ORU_R01", ctrl=ctrl),
+        f"PID|1||{fnr}^^^NOR^FNR||NORDMANN^OLA||19610615|M",
+        f"OBR|1|{placer}|{filler}|{code}^Test;B^NPU|||20250115080000||||||||||||||||||F",
+        f"OBX|1|NM|{code}^Test;B^NPU||{value}|g/L|||||F",
+    )
+
+
+@pytest.fixture
+def numbered(tmp_path):
+    """The record after A's report (placer 100, filler 200), then B's (placer 555, filler 100)."""
+    yield from _record_after(tmp_path, [_numbered("N1", PATIENT_A, "100", "200", "NPU02319", "134")],
+                             [_numbered("N2", PATIENT_B, "555", "100", "NPU01459", "250")])
+
+
+class TestPlacerAndFillerNumbers:
+    def test_a_filler_number_is_not_another_orders_placer_number(self, numbered):
+        """B's filler number 100 does not find A's report, whose placer number is 100: both reports stay, each its patient's."""
+        reports = numbered.search("DiagnosticReport", {})
+        assert len(reports) == 2
+        patients = {p["id"]: p["identifier"][0]["value"] for p in numbered.search("Patient", {})}
+        about = {r["code"]["coding"][0]["code"]: patients[r["subject"]["reference"].removeprefix("Patient/")] for r in reports}
+        assert about == {"NPU02319": PATIENT_A, "NPU01459": PATIENT_B}
+        assert _values(numbered, PATIENT_A) == [134] and _values(numbered, PATIENT_B) == [250]
+
+
+@pytest.fixture
+def one_number_each(tmp_path):
+    """A's order gives only a placer number 100, B's (another patient, same test) only a filler number 100."""
+    yield from _record_after(tmp_path, [_numbered("M1", PATIENT_A, "100", "", "NPU02319", "134")],
+                             [_numbered("M2", PATIENT_B, "", "100", "NPU02319", "99")])
+
+
+class TestDerivedIdentityParts:
+    def test_an_empty_part_keeps_its_place(self, one_number_each):
+        """Placer 100 and filler 100 of one test are two results: an empty part is kept in its place in the derived
+        identity, not dropped (dropped, both were sender|100|test, and B's Hb overwrote A's)."""
+        assert _values(one_number_each, PATIENT_A) == [134] and _values(one_number_each, PATIENT_B) == [99]
+        assert len(one_number_each.search("DiagnosticReport", {})) == 2

@@ -36,6 +36,17 @@ CASES = {
         (("15866112379", None, None, "2.16.578.1.12.4.1.4.1", "ISO"), "urn:oid:2.16.578.1.12.4.1.4.1"),
         (("777", None, "PI", None, None), "urn:helsebro:local:unknown:PI"),  # no authority, no sender here
     ],
+    "placer_system": [
+        (("100", None, None, None, None), "urn:helsebro:local:unknown:PLAC"),  # no namespace: the sender's placer numbers
+        (("100", "DIPS", None, None, None), "urn:helsebro:local:DIPS:id"),  # a namespace: as cx_system
+        (("100", "STOLAV", None, None, None), "urn:oid:2.16.578.1.12.4.1.7.3.2.1"),
+        (("100", None, None, "1.2.3", "ISO"), "urn:oid:1.2.3"),
+        ((None, None, None, None, None), None),
+    ],
+    "filler_system": [
+        (("100", None, None, None, None), "urn:helsebro:local:unknown:FILL"),  # a number space apart from placer numbers
+        (("100", "LABSYS", None, None, None), "urn:helsebro:local:LABSYS:id"),
+    ],
     "hd_system": [(("STOLAV", "974749025", "ENH"), "urn:oid:2.16.578.1.12.4.1.4.101"), (("X", "112233", "HER"), "urn:oid:2.16.578.1.12.4.1.2"), (("X", "1.2.3", "ISO"), "urn:oid:1.2.3"), (("STOLAV", None, None), "urn:oid:2.16.578.1.12.4.1.7.3.2.1")],
     "hd_value": [(("STOLAV", "974749025", "ENH"), "974749025"), (("STOLAV", None, None), "STOLAV")],
     "upper": [(("abc",), "ABC"), ((None,), None)],
