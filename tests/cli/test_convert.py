@@ -343,6 +343,34 @@ class TestSeveralPatientsInOneMessage:
             ("111", FNR), ("02036110182", "222")}
 
 
+class TestStructuredNumbers:
+    """OBX-2 SN as the v2-to-FHIR IG maps it: no value is dropped, and a quantity keeps its unit."""
+
+    @pytest.mark.parametrize(("obx5", "unit", "value"), [
+        ("<^5", "mg/L", {"valueQuantity": {"comparator": "<", "value": 5, "unit": "mg/L", "system": "http://unitsofmeasure.org", "code": "mg/L"}}),
+        ("^5^-^10", "mmol/L", {"valueRange": {"low": {"value": 5, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"},
+                                              "high": {"value": 10, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"}}}),
+        ("^1^:^64", "", {"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 64}}}),
+        ("^1^/^128", "", {"valueRatio": {"numerator": {"value": 1}, "denominator": {"value": 128}}}),
+        ("^2^+", "", {"valueString": "2 +"}),
+        ("^pos", "", {"valueString": "pos"}),
+    ])
+    def test_each_form_keeps_its_value(self, capsys, tmp_path, obx5, unit, value):
+        text = "\r".join(["MSH|^~\\&|LIS|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|C1|P|2.5.1", f"PID|1||{FNR}^^^NOR^FNR",
+                           "OBR|1||LAB-1^LIS|PANEL^Panel", f"OBX|1|SN|T^Test^L||{obx5}|{unit}|||||F"]) + "\r"
+        code, docs, _ = run_convert(capsys, tmp_path, text)
+        assert code == 0
+        [obs] = resources(docs[0], "Observation")
+        assert {k: v for k, v in obs.items() if k.startswith("value")} == value
+
+    def test_a_number_with_a_comparator_sent_as_nm_keeps_its_unit(self, capsys, tmp_path):
+        """`NM` "<5" is not a number: it is kept as text, with its unit."""
+        text = "\r".join(["MSH|^~\\&|LIS|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|C1|P|2.5.1", f"PID|1||{FNR}^^^NOR^FNR",
+                           "OBR|1||LAB-1^LIS|PANEL^Panel", "OBX|1|NM|CRP^CRP^L||<5|mg/L|||||F"]) + "\r"
+        _, docs, _ = run_convert(capsys, tmp_path, text)
+        assert resources(docs[0], "Observation")[0]["valueString"] == "<5 mg/L"
+
+
 class TestContextStay:
     @staticmethod
     def _oru(pv1: str) -> str:
