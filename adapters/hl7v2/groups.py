@@ -47,6 +47,7 @@ class Group:
     allowed: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # segments the standard puts directly here
     _direct: dict[str, list[Segment]] | None = field(default=None, repr=False, compare=False)  # built on first lookup
     _near: dict[str, list[Segment]] | None = field(default=None, repr=False, compare=False)  # near_map(): nearest()'s answers here
+    misplaced: list[Segment] = field(default_factory=list, repr=False, compare=False)  # root only: standard segments where the structure has no place for them
 
     def groups(self, name: str) -> list[Group]:
         """Return the direct child groups called *name*."""
@@ -170,6 +171,7 @@ def build(message: Hl7Message, structure_name: str) -> Group:
     while i < len(known):
         # A standard segment out of place: keep it where we are, then match on from the top.
         _innermost(root).items.append(known[i])
+        root.misplaced.append(known[i])
         i = _match(defs, known, i + 1, root)
     if len(known) != len(segs):
         _place_strays(root, segs, known_names)

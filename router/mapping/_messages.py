@@ -43,7 +43,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     from router.mapping.compiler import MessageMapping, _check_keys, _err, _need
 
     doc = c._doc(path)
-    _check_keys(doc, {"message", "description", "events", "match", "document", "resources"}, "a message mapping")
+    _check_keys(doc, {"message", "description", "events", "match", "document", "out_of_place", "resources"}, "a message mapping")
     structure = str(_need(doc, "message", "a message mapping"))
     if path.stem != structure:
         raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
@@ -56,10 +56,31 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     if not isinstance(match, list):
         raise _err("match must be a list of payload namespaces (or root element names)", doc.pos("match"))
     mm = MessageMapping(structure, tuple(str(e) for e in raw_events), uses, c._show(path), "", tuple(str(m) for m in match))
+    if "out_of_place" in doc:
+        mm.out_of_place = _out_of_place(doc)
     if "document" in doc:
         mm.document = _document(c, doc)
         mm.owned_types = tuple(sorted({u.template.fhir_type for u in _walk(uses) if u.template is not None and u.write == "update"}))
     return mm
+
+
+def _out_of_place(doc: YMap) -> frozenset[str]:
+    """`out_of_place: {refuse: [OBX, ...]}`: segments that refuse the message where its structure has no place for them.
+
+    Why: a segment the structure does not allow where it stands is kept there, and the
+    groups the mapping iterates never reach it. For a result (an OBX with no OBR before
+    it) that is a result silently lost; the sender hears which segment instead.
+    """
+    from router.mapping.compiler import _check_keys, _err
+
+    block = doc["out_of_place"]
+    if not isinstance(block, YMap):
+        raise _err("out_of_place must be a mapping: {refuse: [segment names]}", doc.pos("out_of_place"))
+    _check_keys(block, {"refuse", "note"}, "out_of_place")
+    names = block.get("refuse")
+    if not isinstance(names, YList) or not all(isinstance(n, str) and len(n) == 3 and n.isalnum() for n in names):
+        raise _err("out_of_place.refuse must list segment names (OBX, OBR, ...)", block.pos("refuse"))
+    return frozenset(str(n) for n in names)
 
 
 def _document(c: Compiler, doc: YMap) -> tuple[Any, ...]:

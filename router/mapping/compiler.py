@@ -212,6 +212,7 @@ class MessageMapping:
     match: tuple[str, ...] = ()  # XML: the payload namespaces (or root names) this mapping converts
     document: tuple[Any, ...] = ()  # (identity paths, replaces-condition or None): see _messages.py
     owned_types: tuple[str, ...] = ()  # resource types the document owns (written with `update`)
+    out_of_place: frozenset[str] = frozenset()  # segments refused where the structure has no place for them (an OBX with no OBR)
 
 
 @dataclass(slots=True)

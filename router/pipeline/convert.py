@@ -12,7 +12,7 @@ from typing import Any
 from adapters.hl7v2.decode import decode, split_messages
 from adapters.hl7v2.paths import Scope, compile_path
 from router.contracts import Converted
-from router.errors import MessageError, UnknownMessage
+from router.errors import InvalidContent, MessageError, UnknownMessage
 from router.logging import phi_hash
 from router.mapping import FnContext, MappingSet, run_mapping
 from router.settings import Settings
@@ -80,6 +80,8 @@ class Converter:
         if mm.events and h.trigger_event and h.trigger_event not in mm.events:
             raise UnknownMessage(f"mapping {mm.structure} does not cover event {h.trigger_event}", location="MSH-9.2")
         decoded.message.structure = mm.structure
+        if mm.out_of_place:
+            _refuse_out_of_place(decoded.message, mm)
         scope = Scope(decoded.message)
         self._fn_ctx.sender = h.sending_facility or _universal_id(decoded.message)  # whose numbers the unqualified local identifiers are
         explain: list[tuple[str, str, str]] | None = [] if trace else None
@@ -103,6 +105,13 @@ def _universal_id(message: Any) -> str | None:
     fields = message.segments[0].fields
     parts = fields[4].split(message.delims.component) if len(fields) > 4 else []
     return parts[1] if len(parts) > 1 and parts[1] and parts[1] != '""' else None
+
+
+def _refuse_out_of_place(message: Any, mm: Any) -> None:
+    """Refuse a segment the mapping names where the structure has no place for it (an OBX before any OBR)."""
+    for seg in message.root().misplaced:
+        if seg.name in mm.out_of_place:
+            raise InvalidContent(f"{seg.label} stands where {mm.structure} has no place for it (a result needs its order, an OBR, before it), so no rule could map it", location=seg.label)
 
 
 def _patient_key(bundle: dict[str, Any]) -> str | None:

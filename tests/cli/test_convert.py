@@ -371,6 +371,17 @@ class TestStructuredNumbers:
         assert resources(docs[0], "Observation")[0]["valueString"] == "<5 mg/L"
 
 
+class TestOutOfPlace:
+    def test_a_result_with_no_order_is_refused_naming_it(self, capsys, tmp_path):
+        """An OBX after PV1 with no OBR before it has no report to belong to: refused at OBX, not dropped with a success."""
+        text = "\r".join(["MSH|^~\\&|LIS|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|C1|P|2.5.1", f"PID|1||{FNR}^^^NOR^FNR",
+                           "PV1|1|I", "OBX|1|NM|NPU02319^Hb||134|g/L|||||F"]) + "\r"
+        code, docs, _ = run_convert(capsys, tmp_path, text)
+        assert code == 1
+        issue = docs[0]["issue"][0]
+        assert issue["expression"] == ["OBX"] and "no place for it" in issue["diagnostics"]
+
+
 class TestContextStay:
     @staticmethod
     def _oru(pv1: str) -> str:

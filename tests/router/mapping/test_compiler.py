@@ -59,6 +59,7 @@ class TestLoadChecks:
              "  - name: result\n", "needs each: <a segment group> and resources:"),
             ("messages/ORU_R01.yaml", "    each: PATIENT_RESULT\n", "    each: PID\n", "is not a segment group"),
             ("messages/ORU_R01.yaml", "    each: PATIENT_RESULT\n", "    write: create\n    each: PATIENT_RESULT\n", "takes no write:"),
+            ("messages/ORU_R01.yaml", "  refuse: [OBX, SPM, OBR]", "  refuse: [OBX, specimen]", "must list segment names"),
             ("segments/OBX.Observation.yaml", "      paths: [MSH-4.1, OBR-3.1", "      pahts: [MSH-4.1, OBR-3.1", "unknown key 'pahts'"),
             ("segments/OBX.Observation.yaml", "    - when: OBR-3 valued or OBR-2 valued", "    - when: OBR-3 valued or", "bad condition"),
         ],
