@@ -240,6 +240,31 @@ def _base64(ctx: FnContext, v: _Values) -> str | None:
     return _b64.b64encode(value.encode("utf-8")).decode("ascii")
 
 
+def _markup_base64(ctx: FnContext, v: _Values) -> str | None:
+    """An element's content as written → base64: its XHTML children serialised, else its text (as base64).
+
+    Why: flattened to text, a table loses its empty cells, and a value slides into
+    the column of the day before (glucose 7.9 on 29.04 read as on 28.04).
+    """
+    value = v.values[0]
+    node = getattr(value, "node", None)  # an XML path's value remembers its element (adapters/kith/paths.NodeText)
+    if node is not None:
+        children = [child for child in node if isinstance(child.tag, str)]
+        if children:
+            from copy import deepcopy
+
+            from lxml import etree  # only XML messages get here
+
+            def written(child: Any) -> str:
+                child = deepcopy(child)
+                etree.cleanup_namespaces(child)  # the envelope's declarations are not the document's
+                return str(etree.tostring(child, encoding="unicode", with_tail=False))
+
+            markup = "".join(written(child) for child in children)
+            return _b64.b64encode(markup.encode("utf-8")).decode("ascii")
+    return _base64(ctx, v)
+
+
 def _base64_data(ctx: FnContext, v: _Values) -> str | None:
     """Base64 text as sent (ED.5): whitespace removed, then checked; text that is not base64 rejects the message at its position."""
     value = "".join((v.values[0] or "").split())
@@ -324,6 +349,7 @@ LIBRARY: dict[str, Function] = {
         Function("uuid_urn", 1, _uuid_urn, "A UUID → urn:uuid:<uuid> (identifier values for MsgIds)."),
         Function("compact", 1, _compact, "Remove all whitespace (base64 wrapped over lines)."),
         Function("base64_data", 1, _base64_data, "Base64 as sent (ED data): whitespace removed and checked; invalid base64 is refused at its position."),
+        Function("markup_base64", 1, _markup_base64, "An XML element → base64 of its XHTML content as written (tables keep their cells), else of its text."),
         Function("base64", 1, _base64, "Text → base64 of its UTF-8 bytes (Attachment.data for a document's text)."),
         Function("upper", 1, _upper, "Upper-case a string."),
         Function("lower", 1, _lower, "Lower-case a string."),

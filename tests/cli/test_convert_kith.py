@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -166,3 +167,23 @@ class TestLocalNumbers:
         assert main(["convert", *map(str, paths)]) == 0
         first, second = (_identities(json.loads(line), "DocumentReference", "Condition") for line in capsys.readouterr().out.splitlines())
         assert len(first) == len(second) >= 2 and not first & second
+
+
+class TestDocumentText:
+    @pytest.mark.corpus
+    def test_a_table_in_an_epikrise_keeps_its_empty_cells(self, shared_dir, capsys, monkeypatch):
+        """The Epikrise's blood-test table is kept as the XHTML it was sent as: glucose 7.9 stays under 29.04,
+        the third date, with the empty cell for 28.04 before it (flattened to text it read as 28.04)."""
+        from lxml import etree
+
+        path = shared_dir / "norsk" / "eksempel" / "Epikrise" / "Epikrise_v1-1" / "epikrise_v1.1_n.xml"
+        code, docs = _convert(capsys, monkeypatch, shared_dir, path)
+        assert code == 0
+        [doc] = _of(docs[0], "DocumentReference")
+        [found] = [c["attachment"] for c in doc["content"] if "glukose" in base64.b64decode(c["attachment"]["data"]).decode()]
+        assert found["contentType"] == "application/xhtml+xml"
+        table = etree.fromstring(base64.b64decode(found["data"]))
+        ns = {"x": "http://www.w3.org/1999/xhtml"}
+        rows = [[(td.text or "").strip() for td in tr.findall("x:td", ns)] for tr in table.iterfind(".//x:tr", ns)]
+        dates, glucose = rows[0], next(r for r in rows if r[0].startswith("glukose"))
+        assert dict(zip(dates, glucose))["29.04"] == "7.9" and dict(zip(dates, glucose))["28.04"] == ""
