@@ -187,3 +187,19 @@ class TestDocumentText:
         rows = [[(td.text or "").strip() for td in tr.findall("x:td", ns)] for tr in table.iterfind(".//x:tr", ns)]
         dates, glucose = rows[0], next(r for r in rows if r[0].startswith("glukose"))
         assert dict(zip(dates, glucose))["29.04"] == "7.9" and dict(zip(dates, glucose))["28.04"] == ""
+
+
+class TestMicrobiology:
+    @pytest.mark.corpus
+    def test_each_susceptibility_names_its_isolate(self, shared_dir, capsys, monkeypatch):
+        """Two isolates (E. coli, Klebsiella) each with an Ampicillin R: each susceptibility is derivedFrom its own
+        isolate's Observation (RefIdResultItem → IdResultItem), by the identity identifier that Observation carries."""
+        path = shared_dir / "norsk" / "eksempel" / "Svarrapport" / "Svarrapport-v-1-4" / "Svar_mikrobiologi_dyrkning_v1-4_Ny.xml"
+        code, docs = _convert(capsys, monkeypatch, shared_dir, path)
+        assert code == 0
+        observations = _of(docs[0], "Observation")
+        by_identity = {i["value"]: o for o in observations for i in o.get("identifier", []) if i.get("system") == "urn:helsebro:identity"}
+        tested = sorted((o["code"]["coding"][0]["display"], by_identity[o["derivedFrom"][0]["identifier"]["value"]]["valueString"])
+                        for o in observations if "derivedFrom" in o)
+        assert ("Us-Ampicillin", "Escherichia coli") in tested and ("Us-Ampicillin", "Klebsiella pneumoniae") in tested
+        assert len(tested) == 7
