@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from adapters.kith.envelope import APPREC_NS, MSGHEAD_NS, KithEnvelope, payload_standard
-from adapters.kith.errors import InvalidMsgId, SchemaInvalid
+from adapters.kith.errors import InvalidMsgId, PatientInsufficient, SchemaInvalid
 from adapters.kith.message import read_apprec, read_message_root
 from adapters.kith.msghead import read_msghead
 from adapters.kith.safe_xml import DEFAULT_LIMITS, ForbiddenDoctype, XmlLimits, parse_xml
@@ -72,6 +72,7 @@ def read_message(data: bytes, *, schemas: SchemaSet | None = None, limits: XmlLi
         if schemas is not None:
             schemas.validate(tree, envelope.schema_namespaces)
         check_envelope(envelope)
+        check_patient(tree.getroot(), envelope)
     except MessageError as exc:
         return Received(envelope, exc)
     return Received(envelope, None)
@@ -110,6 +111,58 @@ def check_envelope(envelope: KithEnvelope) -> None:
     if envelope.kind != "AppRec" and not _UUID.fullmatch(envelope.msg_id):
         where = "/MsgHead/MsgInfo/MsgId" if envelope.kind == "MsgHead" else "/Message/MsgId"
         raise InvalidMsgId("MsgId is not a UUID", location=where)
+
+
+_NATIONAL_IDS = frozenset({"FNR", "DNR", "FHN"})
+"""Identifier types that identify a person with a name alone (HIS 80415 §3.3: FNR, D-nummer, FH-nummer)."""
+
+
+def check_patient(root: etree._Element, envelope: KithEnvelope) -> None:
+    """Refuse a patient not identified well enough to be matched in a record (AppRec E36).
+
+    HIS 80415 §3.3: a name with a fødselsnummer, D-nummer or FH-nummer, or a name
+    with date of birth and sex. A message without a patient element is not checked
+    (e-resept lists, AppRecs); an emergency referral's exception is not made here.
+
+    Raises:
+        PatientInsufficient: the patient element lacks a name, or both a national id and date of birth with sex.
+    """
+    if envelope.kind == "AppRec":
+        return
+    if envelope.kind == "MsgHead":
+        patient, where = root.find(f"{{{MSGHEAD_NS}}}MsgInfo/{{{MSGHEAD_NS}}}Patient"), "/MsgHead/MsgInfo/Patient"
+    else:
+        document = envelope.document
+        patient = next((p for p in document.iter() if isinstance(p.tag, str) and etree.QName(p).localname == "Patient"), None) if document is not None else None
+        where = "/Message/…/Patient"
+    if patient is None or _identified(patient):
+        return
+    raise PatientInsufficient("the patient is not identified well enough: a name with a fødselsnummer, D-nummer or FH-nummer, or a name with date of birth and sex", location=where)
+
+
+def _identified(patient: etree._Element) -> bool:
+    """A name, and a national id or date of birth with sex: in MsgHead's form (FamilyName, Ident) or Message's (Name, OffId)."""
+    kids: dict[str, list[etree._Element]] = {}
+    for child in patient:
+        if isinstance(child.tag, str):
+            kids.setdefault(etree.QName(child).localname, []).append(child)
+
+    def text(name: str) -> str:
+        el = kids.get(name, [None])[0]
+        return ((el.text or el.get("V") or "") if el is not None else "").strip()
+
+    if not (text("FamilyName") or text("GivenName") or text("Name")):
+        return False
+    for ident in kids.get("Ident", []):
+        kind = next((c.get("V") for c in ident if isinstance(c.tag, str) and etree.QName(c).localname == "TypeId"), None)
+        number = next(((c.text or "").strip() for c in ident if isinstance(c.tag, str) and etree.QName(c).localname == "Id"), "")
+        if number and (kind or "").upper() in _NATIONAL_IDS:
+            return True
+    type_off = kids.get("TypeOffId", [None])[0]
+    if text("OffId") and type_off is not None and (type_off.get("V") or "").upper() in _NATIONAL_IDS:
+        return True
+    sex = kids.get("Sex", [None])[0]
+    return bool(text("DateOfBirth") and sex is not None and sex.get("V"))
 
 
 def salvage(data: bytes, *, limits: XmlLimits = DEFAULT_LIMITS, schemas: SchemaSet | None = None) -> KithEnvelope | None:

@@ -1,7 +1,9 @@
 """`helsebro apprec FILE`: print the AppRec(s) the engine would send for one KITH XML message.
 
-Runs the same edge checks as the engine: safe parse, XSD validation when
-HELSEBRO_XSD_DIR is set, envelope checks. Prints one AppRec per recipient on
+Runs what the engine runs before it writes: safe parse, XSD validation when
+HELSEBRO_XSD_DIR is set, envelope checks, and the mapping (a message no mapping
+serves, or whose content it refuses, is answered as the engine answers it). What
+the record itself might refuse later is not known here. Prints one AppRec per recipient on
 standard output, each preceded by a comment line
 ``<!-- to HER-id 59, role PRIM, AppRec 1.1, status 1 -->``; the reason of a
 rejection goes to standard error. Exit 0 when every AppRec is positive (or the
@@ -33,7 +35,9 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build and print the AppRecs for FILE; return the exit code."""
-    from adapters.kith import build_apprecs, read_message, schema_set, validation_status
+    from adapters.kith import build_apprecs, schema_set, validation_status
+    from router.errors import UnknownMessage
+    from router.pipeline.convert import Converter
 
     path = Path(args.file)
     try:
@@ -42,18 +46,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"helsebro apprec: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 2
     settings = load_settings()
-    schemas = schema_set(settings.xsd_dir)
-    if schemas is None:
+    if schema_set(settings.xsd_dir) is None:
         print(f"helsebro apprec: {validation_status(None)}", file=sys.stderr)
-    received = read_message(data, schemas=schemas)
-    apprecs = build_apprecs(received.envelope, error=received.error)
-    if received.error is not None:
-        where = f" at {received.error.location}" if received.error.location else ""
+    # The engine's own path: read, validate, then map. A message no mapping serves (T10) or whose
+    # content the mapping refuses gets the AppRec the engine sends, not only what the envelope says.
+    received = Converter(settings).convert(data)[0]
+    error = received.error
+    if received.envelope is not None and received.envelope.kind == "AppRec" and isinstance(error, UnknownMessage):
+        error = None  # an AppRec answers a message; it is not one to map, and is never answered
+    apprecs = build_apprecs(received.envelope, error=error)
+    if error is not None:
+        where = f" at {error.location}" if error.location else ""
         code = apprecs[0].error_code if apprecs else "-"
-        print(f"helsebro apprec: {path}: {code}: {received.error.reason}{where}", file=sys.stderr)
+        print(f"helsebro apprec: {path}: {code}: {error.reason}{where}", file=sys.stderr)
     if not apprecs:
         print("<!-- no AppRec: the message is itself an AppRec, and an AppRec is never answered -->")
-        return 0 if received.error is None else 1
+        return 0 if error is None else 1
     out = sys.stdout
     for apprec in apprecs:
         status = "1" if apprec.positive else f"2 {apprec.error_code}"

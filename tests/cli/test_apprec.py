@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,32 @@ class TestApprecVerb:
         docs = _documents(out)
         assert [h[:4] for h, _ in docs] == [("90998", "PRIM", "1.1", "1"), ("90998", "COP", "1.1", "1")]
         assert all(etree.QName(d).localname == "AppRec" for _, d in docs)
+
+    def test_the_answer_is_the_engines_for_a_message_no_mapping_serves(self, norsk, tmp_path, capsys, monkeypatch):
+        """A well-formed, valid message of a kind no mapping converts gets T10, as the engine answers it (not OK)."""
+        path = norsk / "eksempel" / PLO_16
+        mappings = tmp_path / "mappings"
+        shutil.copytree(Path(__file__).resolve().parents[2] / "mappings", mappings)
+        (mappings / "kith" / "messages" / "PLO_Pasientlogistikk.yaml").unlink()
+        shutil.rmtree(mappings / "kith" / "messages" / "PLO_Pasientlogistikk.cases")
+        monkeypatch.setenv("HELSEBRO_MAPPINGS_DIR", str(mappings))
+        code = main(["apprec", str(path)])
+        captured = capsys.readouterr()
+        assert code == 1
+        assert [h[3:] for h, _ in _documents(captured.out)] == [("2", "T10")]
+
+    def test_a_patient_not_identified_well_enough_gets_e36(self, norsk, tmp_path, capsys):
+        """No name, only date of birth and sex: E36 (HIS 80415 §3.3), exit 1."""
+        bad = tmp_path / "e36.xml"
+        text = (norsk / "eksempel" / PLO_16).read_text("utf-8")
+        stripped = re.sub(r"(<Patient>.*?)<FamilyName>[^<]*</FamilyName>\s*<GivenName>[^<]*</GivenName>", r"\1", text, count=1, flags=re.S)
+        assert stripped != text
+        bad.write_text(stripped, "utf-8")
+        code = main(["apprec", str(bad)])
+        captured = capsys.readouterr()
+        assert code == 1
+        assert {h[3:] for h, _ in _documents(captured.out)} == {("2", "E36")}
+        assert "/MsgHead/MsgInfo/Patient" in captured.err
 
     def test_schema_invalid(self, norsk, tmp_path, capsys):
         """An XSD-invalid message prints a T02 AppRec, names the reason on stderr and exits 1."""

@@ -56,3 +56,14 @@ class TestAppRecFlow:
         wait_until(lambda: handle.stats.dead_lettered == 1, timeout=30, what="dead-lettered")
         [apprec] = _apprecs(settings, "unknown")
         assert [e.get("V") for e in apprec.iter() if e.tag.endswith("Error")] == ["T01"]
+
+    def test_a_patient_not_identified_well_enough_is_answered_e36(self, engine):
+        """A patient with a name but neither a national id nor date of birth and sex is refused with AppRec E36."""
+        settings, handle = engine
+        body = CASE.read_bytes().replace(b'<Ident><Id>15866112379</Id><TypeId V="FNR" DN="F\xc3\xb8dselsnummer" S="2.16.578.1.12.4.1.1.8116"/></Ident>', b"")
+        assert b"15866112379" not in body
+        publish(settings, [body])
+        wait_until(lambda: handle.stats.dead_lettered == 1, timeout=30, what="dead-lettered")
+        [apprec] = _apprecs(settings, "112233")
+        assert apprec.find(f"{AR}Status").get("V") == "2"
+        assert apprec.find(f"{AR}Error").get("V") == "E36"
