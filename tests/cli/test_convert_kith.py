@@ -95,6 +95,8 @@ class TestLocalNumbers:
         naming the institution that gave it; from the same laboratory it is one."""
         src = (shared_dir / "norsk" / "eksempel" / "Svarrapport" / "Svarrapport-v-1-4" / "Svar_biokjemi_v1-4_Ny.xml").read_text("utf-8")
         hnr = src.replace("<OffId>13116900216</OffId>", "<OffId>02436110084</OffId>").replace('<TypeOffId V="FNR" DN="Fødselsnummer"/>', '<TypeOffId V="HNR" DN="H-nummer"/>')
+        # with an H-nummer, a name identifies the patient only with date of birth and sex (E36 otherwise)
+        hnr = hnr.replace("<Name>Danser, Line</Name>", '<Sex V="2" DN="Kvinne"/><DateOfBirth V="1969-11-13"/><Name>Danser, Line</Name>', 1)
         assert hnr != src
         paths = _variants(tmp_path, hnr, {}, {"<Id>59</Id>": "<Id>88</Id>"}, {})
         code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
