@@ -3,6 +3,8 @@
     helsebro dlq list [--json] [--limit N]       id, failed at, stage, reason, location, control id, size
     helsebro dlq show ID [--json] [--body]       headers and OperationOutcome; the body only with --body
     helsebro dlq replay (ID... | --all)          back to the inbound exchange, through the whole pipeline
+                                                 (a destination's dead letter, --queue helsebro.dest.<name>.dlq:
+                                                 back to that destination's work partition)
     helsebro dlq purge [ID... | --all]           delete for good (no ids: every dead letter, as --all)
 
 `list` and `show` never print a message body: bodies are patient data (DESIGN
@@ -103,11 +105,21 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def _queue(settings: Settings, args: argparse.Namespace) -> str | None:
-    """Return the dead-letter queue to act on, or None when --queue names no dead-letter queue."""
+    """Return the dead-letter queue to act on, or None when --queue names no dead-letter queue.
+
+    The engine's own (the default) or a queued destination's (`helsebro.dest.<name>.dlq`).
+    """
     names = [q.name for q in watched_queues(settings) if q.role == "dead_letter"]
     if args.queue is None:
         return names[0]
-    return args.queue if args.queue in names else None
+    return args.queue if args.queue in names or args.queue in _destination_dlqs(settings) else None
+
+
+def _destination_dlqs(settings: Settings) -> dict[str, str]:
+    """Each queued destination's dead-letter queue → the destination's name."""
+    from adapters.amqp.connection import all_queue_names
+
+    return {q.name: q.destination for q in all_queue_names(settings) if q.role == "destination_dead_letter"}
 
 
 def _plural(n: int) -> str:
@@ -243,7 +255,7 @@ def _change(args: argparse.Namespace, verb: str, question: str, past: str) -> in
         with _connected(settings) as conn:
             if verb == "replay":
                 declare_topology(conn, settings)  # the inbound exchange and queue must exist to route to
-                result = replay(conn, settings, queue, ids)
+                result = replay(conn, settings, queue, ids, destination=_destination_dlqs(settings).get(queue))
             else:
                 result = purge(conn, queue, ids)
         audit.end(verb, action_id, queue=queue, done=result.done, count=len(result.done), missing=result.missing, error=result.error)

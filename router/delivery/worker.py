@@ -63,6 +63,10 @@ def split_partitions(partitions: int, worker_index: int | None, workers: int) ->
     return own, [k for k in range(partitions) if k not in own]
 
 
+PARTITION_HEADER = "x-helsebro-partition"
+"""Header on a destination's dead letter: the work partition (`p<k>`) it was taken from."""
+
+
 @dataclass(slots=True)
 class DestinationStats:
     """Counters since start, written by the worker's thread only."""
@@ -264,6 +268,7 @@ class DestinationWorker:
         outcome = {"resourceType": "OperationOutcome", "issue": [issue]}
         control_id = str(d.headers.get("x-helsebro-control-id") or "")
         headers = dead_letter_headers(reason=reason, stage="deliver", location=location, control_id=control_id, outcome=outcome, destination=self.name, attempts=attempts, last_error=last_error)
+        headers[PARTITION_HEADER] = d.queue.rsplit(".", 1)[-1]  # `dlq replay` puts it back on its patient's partition
         base = f"{self._settings.engine.broker.names.destination_prefix}.{self.name}"
         publisher.publish_to("", f"{base}.dlq", d.body, headers=headers, message_id=d.message_id)
         d.ack()

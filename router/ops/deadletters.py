@@ -182,19 +182,39 @@ def summarise(letters: list[DeadLetter]) -> list[ReasonCount]:
     return [ReasonCount(stage=stage, reason=reason, count=n) for (stage, reason), n in ranked]
 
 
-def replay(connection: Connection, settings: Settings, queue: str, ids: list[str]) -> ActionResult:
-    """Publish each chosen dead letter's body to the inbound exchange, confirmed, then ack it; in queue order.
+def replay(connection: Connection, settings: Settings, queue: str, ids: list[str], *, destination: str | None = None) -> ActionResult:
+    """Publish each chosen dead letter again, confirmed, then ack it; in queue order.
 
-    Stops at the first broker error: the dead letters not yet acked stay in the queue.
+    A message the engine refused goes back to the inbound exchange, through the whole
+    pipeline. A destination's dead letter (*destination*: an external FHIR server
+    refused or never took its Bundle) goes back to that destination's work partition
+    it came from: it was converted and applied to the record already, and only that
+    destination still lacks it. Stops at the first broker error: the dead letters not
+    yet acked stay in the queue.
 
     Raises:
         BrokerUnavailable: *queue* cannot be read at all.
     """
     publisher = Publisher(connection, settings, app_id="helsebro-dlq")
+    prefix = settings.engine.broker.names.destination_prefix
+
+    def again(letter: DeadLetter) -> None:
+        if destination is None:
+            publisher.publish_inbound(letter.body, headers={REPLAY_HEADER: letter.id})
+            return
+        kept = {k: v for k, v in letter.headers.items() if k in _WORK_HEADERS}
+        headers = {**kept, "x-helsebro-destination": destination, "x-helsebro-attempt": 1, REPLAY_HEADER: letter.id}
+        partition = str(letter.headers.get(f"{_PREFIX}partition") or "p0")
+        publisher.publish_to(f"{prefix}.{destination}", partition, letter.body, headers=headers, message_id=letter.id)
+
     try:
-        return _act(connection, queue, ids, lambda letter: publisher.publish_inbound(letter.body, headers={REPLAY_HEADER: letter.id}))
+        return _act(connection, queue, ids, again)
     finally:
         publisher.close()
+
+
+_WORK_HEADERS = frozenset({"x-helsebro-control-id", "x-helsebro-sender", "x-helsebro-message-type", "x-helsebro-patient", "x-helsebro-routes"})
+"""What a destination's worker reads from a work message, kept when its dead letter goes back."""
 
 
 def purge(connection: Connection, queue: str, ids: list[str]) -> ActionResult:
