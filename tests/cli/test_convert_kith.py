@@ -205,3 +205,26 @@ class TestMicrobiology:
                         for o in observations if "derivedFrom" in o)
         assert ("Us-Ampicillin", "Escherichia coli") in tested and ("Us-Ampicillin", "Klebsiella pneumoniae") in tested
         assert len(tested) == 7
+
+
+class TestAttachments:
+    @pytest.mark.corpus
+    def test_a_referrals_attached_pdf_is_a_document_of_the_referral(self, shared_dir, capsys, monkeypatch):
+        """Henvisning 2.0 with the original referral attached as PDF (Vedlegg): a DocumentReference holding the PDF as
+        sent, about the patient and related to the referral; its change (Endring) updates the same DocumentReference."""
+        folder = shared_dir / "norsk" / "eksempel" / "Henvisning" / "Henvisning_v2-0"
+        paths = [folder / "Viderehenvisning_v2-0_Uten_rettighetsvurdering_Ny.xml", folder / "Viderehenvisning_v2-0_Uten_rettighetsvurdering_Endring.xml"]
+        code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
+        assert code == 0
+        urls = []
+        for doc in docs:
+            Bundle.model_validate(doc)
+            [entry] = [e for e in doc["entry"] if e["resource"]["resourceType"] == "DocumentReference"]
+            ref = entry["resource"]
+            attachment = ref["content"][0]["attachment"]
+            assert attachment["contentType"] == "application/pdf" and base64.b64decode(attachment["data"]).startswith(b"%PDF")
+            by_url = {e["fullUrl"]: e["resource"] for e in doc["entry"]}
+            assert by_url[ref["context"]["related"][0]["reference"]]["resourceType"] == "ServiceRequest"
+            assert by_url[ref["subject"]["reference"]]["resourceType"] == "Patient"
+            urls.append(entry["request"]["url"])
+        assert urls[0] == urls[1]
