@@ -283,6 +283,16 @@ class SqlRecord(ABC):
             db.execute_many(MARK_APPLIED, [(key, stamp) for key in keys])
             self._purge_applied(db, stamp)
 
+    def count_applied(self, prefix: str, *, since: float) -> int:
+        """How many applied-message keys starting with *prefix* were marked at or after *since* (a destination's deliveries).
+
+        Raises:
+            RecordUnavailable: the database is unreachable.
+        """
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._select("SELECT count(*) FROM helsebro_applied WHERE key LIKE ? ESCAPE '\\' AND applied_at >= ?", (pattern, since))
+        return int(rows[0][0]) if rows else 0
+
     def seen(self, keys: Sequence[str], *, window_seconds: float) -> set[str]:
         """Return those of *keys* remembered less than *window_seconds* ago.
 

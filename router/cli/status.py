@@ -24,8 +24,15 @@ added, existing ones keep their name and meaning.
                   "exists": true, "depth": 0 | null, "consumers": 1 | null,
                   "depth_change_per_s": 0.0 | null}],
       "dead_letters": [{"queue": "helsebro.dlq", "scanned": 2, "complete": true,
-                        "by_reason": [{"stage": "convert", "reason": "...", "count": 2}]}]
+                        "by_reason": [{"stage": "convert", "reason": "...", "count": 2}]}],
+      "destinations": [{"name": "ekstern", "delivered_24h": 120 | null, "waiting": 0 | null,
+                        "retrying": 0 | null, "dead_lettered": 1 | null}]
     }
+
+Per queued destination (an external FHIR server): delivered in the last 24 hours
+(from the delivery ledger the record keeps; null when the record cannot be read),
+and the depths of its work partitions (waiting), its retry ladder (retrying) and
+its dead-letter queue (dead-lettered; `helsebro dlq --queue` acts on it).
 
 URLs never carry a password. Exit 0; 1 when the broker cannot be reached
 (one line on stderr); 2 for a usage error.
@@ -36,10 +43,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any, Sequence
 
 from adapters.amqp.connection import open_connection
-from router.errors import BrokerUnavailable
+from router.errors import BrokerUnavailable, HelsebroError
 from router.ops import broker_location, browse, queue_stats, record_location, summarise
 from router.settings import Settings, load_settings
 
@@ -99,6 +107,7 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
                 "complete": complete,
                 "by_reason": [{"stage": r.stage, "reason": r.reason, "count": r.count} for r in summarise(letters)],
             })
+        destinations = _destinations(conn, settings)
     finally:
         conn.release()
     return {
@@ -111,7 +120,54 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
             for q in stats
         ],
         "dead_letters": dead_letters,
+        "destinations": destinations,
     }
+
+
+_DELIVERED_WINDOW_S = 24 * 3600.0
+
+
+def _destinations(conn: Any, settings: Settings) -> list[dict[str, Any]]:
+    """Per queued destination: delivered in the last 24 hours (the delivery ledger), and what waits, retries or died.
+
+    Waiting, retrying and dead-lettered are the depths of its work partitions, its retry
+    ladder and its dead-letter queue; delivered counts the ledger's keys of the destination,
+    which the record keeps (null when the record cannot be read).
+    """
+    from adapters.amqp.connection import queue_depth, topology
+
+    queued = topology(settings).destinations
+    if not queued:
+        return []
+
+    def depth(names: Sequence[str]) -> int | None:
+        try:
+            return sum(queue_depth(conn, n) for n in names)
+        except BrokerUnavailable:  # a queue not declared yet (the engine has not run)
+            return None
+
+    delivered: dict[str, int | None] = {d.name: None for d in queued}
+    try:
+        from adapters.fhir.record import open_record
+
+        record = open_record(settings)
+        try:
+            since = time.time() - _DELIVERED_WINDOW_S
+            delivered = {d.name: record.count_applied(f"dest|{d.name}|", since=since) for d in queued}
+        finally:
+            record.close()
+    except HelsebroError:
+        pass  # the record is away: delivered stays null, the queues still show
+    return [
+        {
+            "name": d.name,
+            "delivered_24h": delivered[d.name],
+            "waiting": depth([str(q.name) for q in d.work]),
+            "retrying": depth([str(q.name) for q in d.retry]),
+            "dead_lettered": depth([str(d.dead_letter.name)]),
+        }
+        for d in queued
+    ]
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], *, right: Sequence[int] = ()) -> list[str]:
@@ -157,6 +213,9 @@ def _human(doc: dict[str, Any]) -> list[str]:
     lines += ["", *format_table(("ROLE", "QUEUE", "DEPTH", "CONSUMERS", "DEPTH CHANGE/S"), rows, right=(2, 3, 4))]
     rate = f"change of depth per second over {doc['interval_s']} s" if doc["interval_s"] else "one sample, so no change of depth"
     lines.append(f"(depth = ready messages; {rate}: AMQP 0-9-1 shows no message rates without the management plugin)")
+    if doc["destinations"]:
+        lines += ["", *format_table(("DESTINATION", "DELIVERED (24 H)", "WAITING", "RETRYING", "DEAD-LETTERED"),
+                                    [(d["name"], d["delivered_24h"], d["waiting"], d["retrying"], d["dead_lettered"]) for d in doc["destinations"]], right=(1, 2, 3, 4))]
     for dl in doc["dead_letters"]:
         lines += ["", f"DEAD LETTERS in {dl['queue']} by reason"]
         if not dl["complete"]:

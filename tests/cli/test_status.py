@@ -63,7 +63,8 @@ class TestStatus:
         code, out, _ = _status(capsys, "--json", "--interval", "0")
         doc = json.loads(out)
         assert code == 0
-        assert set(doc) == {"broker", "record", "xml_validation", "interval_s", "queues", "dead_letters"}
+        assert set(doc) == {"broker", "record", "xml_validation", "interval_s", "queues", "dead_letters", "destinations"}
+        assert doc["destinations"] == []  # the record is the only destination here: nothing queued
         names = dead.engine.broker.names
         assert [(q["role"], q["name"]) for q in doc["queues"]] == [("inbound", names.inbound), ("dead_letter", names.dead_letter), ("replies", names.replies)]
         assert all(set(q) == QUEUE_KEYS for q in doc["queues"])
@@ -145,3 +146,51 @@ class TestStatus:
         assert code == 1 and out == ""
         assert err.startswith("helsebro status: cannot reach the broker at amqp://guest@127.0.0.1:1/%2F")
         assert len(err.splitlines()) == 1 and "s3cret" not in err and "Traceback" not in err
+
+
+class OneThenRefuse:
+    """Stands in for an external FHIR server: takes the first Bundle, refuses the rest."""
+
+    def __init__(self) -> None:
+        self.applied: list[dict] = []
+
+    def apply(self, bundle):
+        from router.errors import Refused
+
+        if self.applied:
+            raise Refused("destination refused with HTTP 422: business-rule")
+        self.applied.append(bundle)
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+def with_destination(request, tmp_path, monkeypatch):
+    routes = {
+        "destinations": {"record": {"kind": "record"},
+                         "ekstern": {"kind": "fhir", "on_failure": "strict", "server": {"base_url": "http://127.0.0.1:9/fhir"}}},
+        "routes": [{"name": "all", "to": ["record", "ekstern"]}],
+    }
+    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None, routes=routes)
+    _use(monkeypatch, s)
+    yield s
+    if s.broker_url:
+        delete_queues(s)
+
+
+class TestDestinations:
+    def test_per_destination_delivered_waiting_retrying_and_dead_lettered(self, with_destination, capsys):
+        """Two messages to an external FHIR server that takes one and refuses the other: status says 1 delivered, 1 dead-lettered."""
+        settings = with_destination
+        server = OneThenRefuse()
+        publish(settings, [adt_message("A01", control_id=f"D{i}", fnr="15866112379", local_id=f"L{i}", visit=f"V{i}") for i in (1, 2)])
+        handle = run_engine_in_thread(settings, logger=QuietLogger(), destination_clients={"ekstern": server})
+        try:
+            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1 and len(server.applied) == 1, 60, what="one delivered, one refused")
+        finally:
+            handle.stop()
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        assert code == 0
+        assert json.loads(out)["destinations"] == [{"name": "ekstern", "delivered_24h": 1, "waiting": 0, "retrying": 0, "dead_lettered": 1}]
+        code, out, _ = _status(capsys, "--interval", "0")
+        assert code == 0
+        [row] = [line.split() for line in out.splitlines() if line.startswith("ekstern")]
+        assert row == ["ekstern", "1", "0", "0", "1"]
