@@ -11,7 +11,7 @@ from adapters.amqp.connection import open_connection
 from adapters.amqp.outbound import Publisher
 from router.cli import main
 from router.pipeline.settle import dead_letter_headers
-from router.testing import adt_message, delete_queues, isolated_settings, publish, queue_depth, run_engine_in_thread, settings_env, wait_until
+from router.testing import adt_message, isolated_settings, publish, queue_depth, run_engine_in_thread, wait_until
 from schemas.identity import FNR_SYSTEM, first_valid_fnr
 
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -41,16 +41,8 @@ class Tty(io.StringIO):
 
 
 @pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
-def settings(request, tmp_path, monkeypatch):
-    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None)
-    for name in ("HELSEBRO_BROKER_URL", "HELSEBRO_RECORD_URL", "HELSEBRO_XSD_DIR", "HELSEBRO_MAPPINGS_DIR", "HELSEBRO_OPERATOR"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in settings_env(s).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal unless a test says so
-    yield s
-    if s.broker_url:
-        delete_queues(s)
+def settings(request, exported):
+    return exported(RABBIT if request.param == "rabbitmq" else None)
 
 
 @pytest.fixture
@@ -290,46 +282,12 @@ class TestDlq:
         assert err.startswith("helsebro dlq: ") and len(err.splitlines()) == 1 and "s3cret" not in err
 
 
-class Refusing:
-    """Stands in for an external FHIR server: refuses every Bundle until told to take them, and keeps what it took."""
-
-    def __init__(self) -> None:
-        self.refuse = True
-        self.applied: list[dict] = []
-
-    def apply(self, bundle):
-        from router.errors import Refused
-
-        if self.refuse:
-            raise Refused("destination refused with HTTP 422: business-rule")
-        self.applied.append(bundle)
-
-
-@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
-def with_destination(request, tmp_path, monkeypatch):
-    """Settings with an external FHIR destination `ekstern` beside the record, exported to the CLI's environment."""
-    routes = {
-        "destinations": {"record": {"kind": "record"},
-                         "ekstern": {"kind": "fhir", "on_failure": "strict", "server": {"base_url": "http://127.0.0.1:9/fhir"}}},
-        "routes": [{"name": "all", "to": ["record", "ekstern"]}],
-    }
-    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None, routes=routes)
-    for name in ("HELSEBRO_BROKER_URL", "HELSEBRO_RECORD_URL", "HELSEBRO_XSD_DIR", "HELSEBRO_MAPPINGS_DIR", "HELSEBRO_OPERATOR"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in settings_env(s).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr("sys.stdin", io.StringIO(""))
-    yield s
-    if s.broker_url:
-        delete_queues(s)
-
-
 class TestDestinationDeadLetters:
-    def test_list_and_replay_a_destinations_dead_letter(self, with_destination, capsys):
+    def test_list_and_replay_a_destinations_dead_letter(self, with_destination, scripted_fhir, capsys):
         """A Bundle the external server refused is in `helsebro.dest.ekstern.dlq`: `dlq list --queue` shows it, and
         `dlq replay --queue ... --all --yes` sends it back to that destination alone, which takes it now."""
         settings = with_destination
-        server = Refusing()
+        server = scripted_fhir()
         dlq = f"{settings.engine.broker.names.destination_prefix}.ekstern.dlq"
         publish(settings, [adt_message("A01", control_id="DEST1", fnr=GOOD_FNR, local_id="L1", visit="V1")])
         handle = run_engine_in_thread(settings, logger=QuietLogger(), destination_clients={"ekstern": server})
@@ -340,7 +298,7 @@ class TestDestinationDeadLetters:
             [letter] = json.loads(out)["dead_letters"]
             assert (letter["control_id"], letter["stage"]) == ("DEST1", "deliver")
             assert letter["reason"] == "destination refused with HTTP 422: business-rule"
-            server.refuse = False
+            server.refusing = False
             code, out, _ = _cli(capsys, "replay", "--queue", dlq, "--all", "--yes")
             assert code == 0 and out.splitlines()[-1] == "1 replayed, 0 no longer found"
             wait_until(lambda: len(server.applied) == 1, 60, what="the replayed Bundle applied")

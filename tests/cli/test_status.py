@@ -148,39 +148,11 @@ class TestStatus:
         assert len(err.splitlines()) == 1 and "s3cret" not in err and "Traceback" not in err
 
 
-class OneThenRefuse:
-    """Stands in for an external FHIR server: takes the first Bundle, refuses the rest."""
-
-    def __init__(self) -> None:
-        self.applied: list[dict] = []
-
-    def apply(self, bundle):
-        from router.errors import Refused
-
-        if self.applied:
-            raise Refused("destination refused with HTTP 422: business-rule")
-        self.applied.append(bundle)
-
-
-@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
-def with_destination(request, tmp_path, monkeypatch):
-    routes = {
-        "destinations": {"record": {"kind": "record"},
-                         "ekstern": {"kind": "fhir", "on_failure": "strict", "server": {"base_url": "http://127.0.0.1:9/fhir"}}},
-        "routes": [{"name": "all", "to": ["record", "ekstern"]}],
-    }
-    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None, routes=routes)
-    _use(monkeypatch, s)
-    yield s
-    if s.broker_url:
-        delete_queues(s)
-
-
 class TestDestinations:
-    def test_per_destination_delivered_waiting_retrying_and_dead_lettered(self, with_destination, capsys):
+    def test_per_destination_delivered_waiting_retrying_and_dead_lettered(self, with_destination, scripted_fhir, capsys):
         """Two messages to an external FHIR server that takes one and refuses the other: status says 1 delivered, 1 dead-lettered."""
         settings = with_destination
-        server = OneThenRefuse()
+        server = scripted_fhir(take=1)
         publish(settings, [adt_message("A01", control_id=f"D{i}", fnr="15866112379", local_id=f"L{i}", visit=f"V{i}") for i in (1, 2)])
         handle = run_engine_in_thread(settings, logger=QuietLogger(), destination_clients={"ekstern": server})
         try:
