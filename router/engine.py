@@ -410,7 +410,8 @@ class Engine:
         if self._dup_guard is None:
             from adapters.kith.duplicates import SeenStoreDuplicateGuard
 
-            self._dup_guard = SeenStoreDuplicateGuard(self._seen_store())  # shared by every worker on PostgreSQL
+            days = self._settings.routes.duplicates.kith_window_days
+            self._dup_guard = SeenStoreDuplicateGuard(self._seen_store(), window_days=days)  # shared by every worker on PostgreSQL
         return self._dup_guard
 
     def _idle_for(self, seconds: float, conn: Connection) -> bool:

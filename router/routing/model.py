@@ -193,13 +193,20 @@ class Route(_Frozen):
 
 
 class DuplicatesConfig(_Frozen):
-    """How long a message id (MSH-10 with its sender) is remembered so a resent copy is not applied twice."""
+    """How long a message id (MSH-10 with its sender; a KITH MsgId) is remembered so a resent copy is not applied twice."""
 
     window_seconds: int = Field(
         default=7 * 86400, ge=0, le=366 * 86400,
         description="Seconds a (sender, MSH-10) pair is remembered. 0 turns detection off: a resent copy is then "
         "forwarded and answered again, but the record and external FHIR servers still take each message's bytes once "
         "(the applied-message ledger). Longer costs one small row per message for longer.",
+    )
+    kith_window_days: int = Field(
+        default=30, ge=0, le=3650,
+        description="Days a KITH MsgId (with each recipient) is remembered: a resent copy inside it gets no second "
+        "AppRec and is not applied again. Senders treat a missing AppRec as an error after 4 days (HIS 80415:2012 §3.2), "
+        "so resends come well inside 30 days. 0 turns it off: a copy is answered again (the applied-message ledger "
+        "still applies its bytes once).",
     )
 
 
@@ -208,7 +215,7 @@ class RoutesConfig(_Frozen):
 
     destinations: dict[str, Destination] = Field(description="Destinations by name (lower case, digits, dashes; part of queue names).")
     routes: tuple[Route, ...] = Field(min_length=1, description="Routes; every route that matches adds its destinations.")
-    duplicates: DuplicatesConfig = Field(default_factory=DuplicatesConfig, description="Duplicate detection for HL7 v2.")
+    duplicates: DuplicatesConfig = Field(default_factory=DuplicatesConfig, description="Duplicate detection for HL7 v2 (window_seconds) and KITH (kith_window_days).")
 
     @model_validator(mode="after")
     def _known_names(self) -> RoutesConfig:

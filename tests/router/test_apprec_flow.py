@@ -67,3 +67,24 @@ class TestAppRecFlow:
         [apprec] = _apprecs(settings, "112233")
         assert apprec.find(f"{AR}Status").get("V") == "2"
         assert apprec.find(f"{AR}Error").get("V") == "E36"
+
+
+def test_kith_window_days_zero_answers_a_resent_copy_again(tmp_path):
+    """routes.yaml `duplicates.kith_window_days: 0` turns the MsgId guard off: the same message twice gets two AppRecs,
+    and the record still applies its bytes once (the second settles as already applied)."""
+    from router.testing import isolated_settings, run_engine_in_thread
+
+    routes = {"destinations": {"record": {"kind": "record"}}, "routes": [{"name": "default", "to": ["record"]}],
+              "duplicates": {"kith_window_days": 0}}
+    settings = isolated_settings(tmp_path, routes=routes)
+    assert settings.routes.duplicates.kith_window_days == 0
+    handle = run_engine_in_thread(settings)
+    try:
+        publish(settings, [CASE.read_bytes()])
+        wait_until(lambda: handle.stats.applied == 1, timeout=30, what="applied")
+        publish(settings, [CASE.read_bytes()])
+        wait_until(lambda: handle.stats.messages == 2, timeout=30, what="the copy settled")
+        assert handle.stats.duplicates == 0 and handle.stats.dead_lettered == 0
+    finally:
+        handle.stop()
+    assert len(_apprecs(settings, "112233")) == 2
