@@ -145,6 +145,12 @@ class TestEreseptCorpus:
                 counts[kind][1] += 1
                 assert kind in IN_SCOPE, f"{rel}: {kind} is out of scope but was mapped"
                 Bundle.model_validate(doc)
+                # both MsgHead parties are in the Bundle under their HER-ids (receiver: Reseptformidleren, a prescriber, a pharmacy)
+                her_ids = {i["value"] for e in _entries(doc, "Organization") for i in e["resource"].get("identifier", []) if i["system"] == "urn:oid:2.16.578.1.12.4.1.2"}
+                root = etree.parse(str(f)).getroot()
+                for party in ("Sender", "Receiver"):
+                    ids = root.xpath(f"m:MsgInfo/m:{party}/m:Organisation/m:Ident[m:TypeId/@V = 'HER']/m:Id/text()", namespaces={"m": MSGHEAD[1:-1]})
+                    assert all(i.strip() in her_ids for i in ids), f"{rel}: the {party.lower()}'s HER-id {ids} is not in the Bundle"
                 continue
             reason = doc["issue"][0].get("diagnostics", "")
             if rel in REFUSED:
