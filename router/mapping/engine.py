@@ -148,8 +148,6 @@ class _Run:
         system, value = _identity(use, resource, scope, ctx)
         write = use.write
         entry = conditional_entry(tpl.fhir_type, resource, system, value, create_only=write == "create", by_id=write == "by-id")
-        if system == FALLBACK_SYSTEM:
-            entry = self._distinct(tpl.fhir_type, resource, entry, value, write)
         if write == "by-id":
             # A retired record (a merge's old Patient) is found by its id from now on: its
             # identifiers moved to the survivor, so a search by them finds the survivor only.
@@ -159,24 +157,7 @@ class _Run:
                 _remember(ctx.fn_ctx.memo, key, (orjson.dumps(entry), ctx.untidy, system))
             except TypeError:  # a value JSON cannot hold exactly (an integer past 64 bits): built each time
                 pass
-        return self._place(tpl.fhir_type, entry, inst, system, ctx.untidy)
-
-    def _distinct(self, fhir_type: str, resource: dict[str, Any], entry: dict[str, Any], value: str, write: str) -> dict[str, Any]:
-        """Tell apart resources whose derived identity is the same but whose content is not: the k-th is `value` and k.
-
-        Two lines of one test in one order (a TX report in several OBX, a panel
-        repeating a code without OBX-4) have the same derived parts. Numbered by
-        occurrence, not by OBX-1, each keeps its identity when a final report
-        renumbers its lines or adds another test before them. Alike ones stay one entry.
-        """
-        k = 1
-        while (earlier := self.by_url.get(entry["fullUrl"])) is not None and earlier["resource"] != resource:
-            k += 1
-            derived = resource["identifier"]
-            derived = derived if type(derived) is dict else derived[-1]  # what _identity added
-            derived["value"] = resource_id(fhir_type, value, str(k))
-            entry = conditional_entry(fhir_type, resource, FALLBACK_SYSTEM, derived["value"], create_only=write == "create", by_id=write == "by-id")
-        return entry
+        return self._place(tpl.fhir_type, entry, inst, system, ctx.untidy, write)
 
     def _recall(self, use: ResourceUse, known: tuple[bytes | None, bool, str], inst: str) -> bool:
         blob, untidy, system = known
@@ -184,16 +165,27 @@ class _Run:
             return False
         return self._place(use.template.fhir_type, orjson.loads(blob), inst, system, untidy)
 
-    def _place(self, fhir_type: str, entry: dict[str, Any], inst: str, system: str, untidy: bool) -> bool:
+    def _place(self, fhir_type: str, entry: dict[str, Any], inst: str, system: str, untidy: bool, write: str = "update") -> bool:
+        base, k = "", 1
+        while (earlier := self.by_url.get(entry["fullUrl"])) is not None:
+            # The same identity twice with the same content (attending = admitting) is one entry.
+            if earlier["resource"] == entry["resource"]:
+                self.ctx.full_urls[inst] = entry["fullUrl"]
+                return True
+            if system != FALLBACK_SYSTEM:
+                # Two different resources under one business identity would lose data: refused.
+                raise InvalidContent(f"two different {fhir_type} resources share the identity {system}|…; the mapping's identity is not specific enough")
+            # A derived identity is told apart by occurrence, the k-th hashing the derived value and k:
+            # lines repeating one test in one order, which the line number (OBX-1) told apart before,
+            # keep their identities when a final report renumbers them.
+            resource = entry["resource"]
+            derived = resource["identifier"]
+            derived = derived if type(derived) is dict else derived[-1]  # what _identity added
+            base, k = base or derived["value"], k + 1
+            derived["value"] = resource_id(fhir_type, base, str(k))
+            entry = conditional_entry(fhir_type, resource, FALLBACK_SYSTEM, derived["value"], create_only=write == "create", by_id=write == "by-id")
         url = entry["fullUrl"]
         self.ctx.full_urls[inst] = url
-        earlier = self.by_url.get(url)
-        if earlier is not None:
-            # The same business identity twice (attending = admitting) is one entry; two
-            # different resources under one identity would lose data, so they are refused.
-            if earlier["resource"] != entry["resource"]:
-                raise InvalidContent(f"two different {fhir_type} resources share the identity {system}|…; the mapping's identity is not specific enough")
-            return True
         self.by_url[url] = entry
         self.entries.append(entry)
         self.untidy.append(untidy)
