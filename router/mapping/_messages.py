@@ -135,7 +135,9 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str]) -> list[Resource
             out.append(_group(c, item, name, names))
             continue
         tpl = c.template(str(_need(item, "use", "a resource entry")), item.pos("use"))
-        bindings = {str(k): str(v) for k, v in (item.get("with") or {}).items()}
+        # `with: {encounter: null}` leaves a parameter unbound: its references are left out (an ADT
+        # OBX is the patient's, and the v2-to-FHIR IG cannot tell whether it belongs to the stay)
+        bindings = {str(k): "" if v is None else str(v) for k, v in (item.get("with") or {}).items()}
         for param in tpl.params:
             bindings.setdefault(param, param)
         for k in bindings:
@@ -195,7 +197,7 @@ def _check_bindings(uses: list[ResourceUse], names: set[str], outer: set[str]) -
     # (an ORU has no attending doctor): that reference is simply left out.
     for use in uses:
         for param, bound in use.bindings.items():
-            if param in use.explicit and bound not in names:
+            if param in use.explicit and bound and bound not in names:
                 raise _err(f"{use.name}: parameter {param!r} is bound to {bound!r}, which this message does not produce", use.pos)
         _check_bindings(use.children, names, outer | {use.name})
 

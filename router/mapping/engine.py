@@ -29,6 +29,15 @@ FALLBACK_SYSTEM = "urn:helsebro:identity"
 """System of the identifier Helsebro derives when a source carries none (documented in docs/mapping-language.md)."""
 
 
+def _where(use: ResourceUse, scope: Any) -> str | None:
+    """The segment an entry maps (`OBX[2]` of `each: OBX`), or the value it reads, for an error's location."""
+    each = use.each
+    seg = scope.segments.get(each.segment) if each is not None else None
+    if seg is not None:
+        return seg.label
+    return getattr(scope, "value_loc", None) or None
+
+
 def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunContext) -> tuple[str, str]:
     found = resource.get("identifier", [])
     single = isinstance(found, dict)  # Composition, Bundle…: one Identifier, not a list
@@ -45,7 +54,7 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunCo
             parts = tpl.fallback_values(scope, ctx)
         except MissingIdentity as exc:
             # Keyed without its patient, every patient's allergy to penicillin would be one resource.
-            raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier of its own, and the one Helsebro derives needs its {exc.param}, which this message does not give", location=None) from None
+            raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier of its own, and the one Helsebro derives needs its {exc.param}, which this message does not give", location=_where(use, scope)) from None
         if any(parts):
             value = resource_id(tpl.fhir_type, *parts)  # functions.uuid5_id, faster
             derived = {"system": FALLBACK_SYSTEM, "value": value}

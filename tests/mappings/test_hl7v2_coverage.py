@@ -184,3 +184,93 @@ class TestDerivedIdentityParts:
         identity, not dropped (dropped, both were sender|100|test, and B's Hb overwrote A's)."""
         assert _values(one_number_each, PATIENT_A) == [134] and _values(one_number_each, PATIENT_B) == [99]
         assert len(one_number_each.search("DiagnosticReport", {})) == 2
+
+
+# An admission with the patient's weight and height, an operation (PR1) with its surgeon, and the
+# discharge that repeats the weight and adds a new weighing. The IG maps ADT OBX to Observation
+# (the patient's, not linked to the stay) and PR1 to Procedure; they used to be dropped as unmapped.
+def _adt(event: str, ctrl: str, *extra: str) -> bytes:
+    return _message(
+        MSH.format(ts="20250110083000", type=f"ADT^{event}^ADT_{'A03' if event == 'A03' else 'A01'}", ctrl=ctrl),
+        f"EVN|{event}|20250110083000",
+        f"PID|1||{PATIENT_A}^^^NOR^FNR||NORDMANN^OLA||19610615|M",
+        "PV1|1|I|MED^301^2^STOLAV||||||||||||||||V25-0001^^^STOLAV^VN|||||||||||||||||||||||||20250110082500",
+        *extra,
+    )
+
+
+WEIGHT = "OBX|1|NM|29463-7^Body weight^LN||{kg}|kg^kilogram^UCUM|||||F|||{at}"
+HEIGHT = "OBX|2|NM|8302-2^Body height^LN||181|cm^centimeter^UCUM|||||F"
+PCI = "PR1|1||FNG05^Perkutan koronar intervensjon^NCSP|PCI|20250110120000||||||2222^KIRURG^KARI^^^^^^HPR||||I21.0^Akutt hjerteinfarkt^ICD10"
+
+
+@pytest.fixture
+def admitted_and_discharged(tmp_path):
+    """The record after the A01 (weight 82.5 at 09:00, height, the PCI) and the A03 (weight 82.5 at 09:00 again, 80.1 on the 12th, the PCI again)."""
+    a01 = _adt("A01", "OBS-1", WEIGHT.format(kg="82.5", at="20250110090000"), HEIGHT, PCI)
+    a03 = _adt("A03", "OBS-2", PCI, WEIGHT.format(kg="82.5", at="20250110090000"), WEIGHT.format(kg="80.1", at="20250112080000").replace("OBX|1|", "OBX|2|"))
+    yield from _record_after(tmp_path, [a01], [a03])
+
+
+class TestAdtObservationsAndProcedures:
+    def test_weights_are_the_patients_one_per_weighing(self, admitted_and_discharged):
+        """The weight the A03 repeats is the A01's Observation, not a third; the new weighing is a second one.
+        None is linked to the stay: the IG says an ADT cannot tell whether it was made during it."""
+        record = admitted_and_discharged
+        [patient] = record.search("Patient", {"identifier": f"{FNR_SYSTEM}|{PATIENT_A}"})
+        observations = record.search("Observation", {"subject": f"Patient/{patient['id']}"})
+        weights = sorted((o["effectiveDateTime"], o["valueQuantity"]["value"]) for o in observations if o["code"]["coding"][0]["code"] == "29463-7")
+        assert weights == [("2025-01-10T09:00:00+01:00", 82.5), ("2025-01-12T08:00:00+01:00", 80.1)]
+        first = next(o for o in observations if o.get("effectiveDateTime") == "2025-01-10T09:00:00+01:00")
+        assert first["valueQuantity"] == {"system": "http://unitsofmeasure.org", "code": "kg", "value": 82.5, "unit": "kg"}
+        assert all("encounter" not in o for o in observations)
+        assert {o["code"]["coding"][0]["code"] for o in observations} == {"29463-7", "8302-2"}
+
+    def test_the_operation_is_one_procedure_on_the_stay_with_its_surgeon(self, admitted_and_discharged):
+        """PR1 → Procedure: code, time, reason, the surgeon as a Practitioner by HPR number, the patient and the stay."""
+        record = admitted_and_discharged
+        [procedure] = record.search("Procedure", {})  # the PCI the discharge repeats is the admission's procedure
+        assert procedure["code"]["coding"] == [{"code": "FNG05", "display": "Perkutan koronar intervensjon", "system": "NCSP"}]
+        assert procedure["performedDateTime"] == "2025-01-10T12:00:00+01:00"
+        assert procedure["reasonCode"][0]["coding"][0]["system"] == "urn:oid:2.16.578.1.12.4.1.1.7110"
+        [encounter] = record.search("Encounter", {})
+        assert procedure["encounter"] == {"reference": f"Encounter/{encounter['id']}"}
+        [performer] = procedure["performer"]
+        assert performer["function"] == {"text": "Surgeon"}
+        [surgeon] = record.search("Practitioner", {"identifier": "urn:oid:2.16.578.1.12.4.1.4.4|2222"})
+        assert performer["actor"] == {"reference": f"Practitioner/{surgeon['id']}"}
+
+
+def test_adt_observation_and_procedure_fields_are_no_longer_unmapped(tmp_path):
+    """`helsebro convert --unmapped` no longer lists OBX-3/-5 or PR1-3 of an admission: they are mapped."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = tmp_path / "a01.hl7"
+    src.write_bytes(_adt("A01", "OBS-3", WEIGHT.format(kg="82.5", at="20250110090000"), PCI))
+    helsebro = str(Path(sys.executable).parent / "helsebro")
+    done = subprocess.run([helsebro, "convert", "--unmapped", str(src)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    unmapped = done.stderr.split("unmapped:", 1)[1]
+    for field in ("OBX-3", "OBX-5", "OBX-6", "OBX-14", "PR1-3", "PR1-5", "PR1-11", "PR1-15"):
+        assert f"{field}," not in unmapped + "," and f"{field}\n" not in unmapped
+    kinds = [e["resource"]["resourceType"] for e in __import__("json").loads(done.stdout)["entry"]]
+    assert kinds.count("Observation") == 1 and kinds.count("Procedure") == 1
+
+
+def test_an_adt_observation_without_its_patient_is_refused(tmp_path):
+    """An A01 with no PID cannot key the weight to anyone: an OperationOutcome at the OBX, exit 1, not a weight for nobody."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    message = _adt("A01", "OBS-4", WEIGHT.format(kg="82.5", at="20250110090000")).split(b"\r")
+    src = tmp_path / "a01.hl7"
+    src.write_bytes(b"\r".join(seg for seg in message if not seg.startswith(b"PID|")))
+    helsebro = str(Path(sys.executable).parent / "helsebro")
+    done = subprocess.run([helsebro, "convert", str(src)], capture_output=True, text=True, timeout=120)
+    [issue] = json.loads(done.stdout)["issue"]
+    assert done.returncode == 1
+    assert issue["location"] == ["OBX"] and "needs its patient" in issue["diagnostics"], issue

@@ -64,10 +64,12 @@ def test_generated_functions_exist(both):
     """The ADT_A01 mapping's blocks are generated (else this comparison would compare the closures with themselves)."""
     fast, plain = both
     mm = fast.mappings.for_sender("PAS", "STOLAV").find("ADT", "A01", "ADT_A01")
-    blocks = [use.template.block for use in mm.resources]
-    assert all(b.fast is not None for b in blocks)
-    assert [use.when.__name__ for use in mm.resources if use.when is not None] == ["when"] * 3  # each resource's `when:` written out too
-    assert all(use.template.block.fast is None for use in plain.mappings.for_sender("PAS", "STOLAV").find("ADT", "A01", "ADT_A01").resources)
+    uses = [u for use in mm.resources for u in (use, *use.children) if u.template is not None]  # a group (procedures) has none
+    assert len(uses) == len(mm.resources) + 3  # the PROCEDURE group's three practitioners and its procedure
+    assert all(use.template.block.fast is not None for use in uses)
+    assert [use.when.__name__ for use in uses if use.when is not None] == ["when"] * 5  # each resource's `when:` written out too
+    plain_uses = plain.mappings.for_sender("PAS", "STOLAV").find("ADT", "A01", "ADT_A01").resources
+    assert all(u.template.block.fast is None for use in plain_uses for u in (use, *use.children) if u.template is not None)
 
 
 def test_same_output_with_and_without_generated_code(both, request):
