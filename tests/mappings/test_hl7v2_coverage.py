@@ -274,3 +274,38 @@ def test_an_adt_observation_without_its_patient_is_refused(tmp_path):
     [issue] = json.loads(done.stdout)["issue"]
     assert done.returncode == 1
     assert issue["location"] == ["OBX"] and "needs its patient" in issue["diagnostics"], issue
+
+
+def _convert(tmp_path, message: bytes) -> tuple[int, dict]:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = tmp_path / "in.hl7"
+    src.write_bytes(message)
+    done = subprocess.run([str(Path(sys.executable).parent / "helsebro"), "convert", str(src)], capture_output=True, text=True, timeout=120)
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_a_vaccinations_observations_are_part_of_it(tmp_path):
+    """VXU: each ORDER's OBX becomes an Observation partOf that order's Immunization (v2-to-FHIR IG). Two vaccines'
+    funding lines (same code, same sub-id) stay two Observations, each its own vaccine's; they used to be dropped."""
+    funding = "OBX|1|CE|64994-7^Vaccine funding program eligibility category^LN|1|NOR01^Nasjonalt program^NIP002||||||F|||20250115101000"
+    message = _message(
+        MSH.format(ts="20250115101500", type="VXU^V04^VXU_V04", ctrl="VXU-OBX"),
+        f"PID|1||{PATIENT_A}^^^NOR^FNR||NORDMANN^OLA||19610615|M",
+        "ORC|RE|VAKS-1^VAKSINE|||CM",
+        "RXA|0|1|20250115100000||J07BB02^Influensa^ATC|0.5|mL^mL^UCUM",
+        funding,
+        "ORC|RE|VAKS-2^VAKSINE|||CM",
+        "RXA|0|1|20250115100500||J07AL02^Pneumokokk^ATC|0.5|mL^mL^UCUM",
+        funding,
+    )
+    code, bundle = _convert(tmp_path, message)
+    assert code == 0, bundle
+    urls = {e["resource"]["resourceType"] + ":" + e["resource"].get("vaccineCode", {}).get("coding", [{}])[0].get("code", ""): e["fullUrl"] for e in bundle["entry"]}
+    observations = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
+    assert sorted(o["partOf"][0]["reference"] for o in observations) == sorted([urls["Immunization:J07BB02"], urls["Immunization:J07AL02"]])
+    assert len({o["id"] for o in observations}) == 2
+    assert all(o["valueCodeableConcept"]["coding"][0]["code"] == "NOR01" for o in observations)
