@@ -265,6 +265,72 @@ def _markup_base64(ctx: FnContext, v: _Values) -> str | None:
     return _base64(ctx, v)
 
 
+_BLOCKS = frozenset(("p", "div", "br", "li", "tr", "table", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote"))
+_CELLS = frozenset(("td", "th"))
+_SEPARATORS = frozenset((":", ";", ","))
+_LINES = frozenset(("br", "tr", "li"))
+
+
+def _rendered(node: Any) -> str:
+    """An element's text with its XHTML shape kept: a paragraph, line break or row on a line of its own, cells apart.
+
+    Why: `normalize-space()` runs paragraphs together ("jfr. kommentar.Leveren ses"), and a
+    table's empty cell vanishes, so a value reads as the column before it.
+    """
+    out: list[str] = []
+
+    def walk(el: Any) -> None:
+        tag = el.tag.rsplit("}", 1)[-1] if isinstance(el.tag, str) else ""
+        if tag in _BLOCKS:
+            out.append("\n")
+        if tag in _CELLS:
+            out.append(" | ")
+        if el.text and isinstance(el.tag, str):
+            out.append(el.text)
+        for child in el:
+            walk(child)
+            if child.tail:
+                out.append(child.tail)
+        if tag in _BLOCKS and tag not in _LINES:  # a paragraph ends its line; a row or item only starts one
+            out.append("\n")
+
+    if node.text:
+        out.append(node.text)
+    for child in node:
+        walk(child)
+        if child.tail:
+            out.append(child.tail)
+    lines = (" ".join(line.split()) for line in "".join(out).split("\n"))
+    text = "\n".join(line.removeprefix("| ").removesuffix(" |") if line.startswith("| ") else line for line in lines)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.strip("\n ")
+
+
+def _concat_text(ctx: FnContext, v: _Values) -> str | None:
+    """The valued arguments joined with a space, a punctuation-only one (`'":"'`) kept to the part before it.
+
+    As `normalize-space(concat(...))` wrote them, except that an XHTML element keeps its
+    paragraphs and line breaks on lines of their own and its table cells apart (`_rendered`).
+    Path values come stripped, so the separators are the function's, not the arguments'.
+    """
+    parts: list[str] = []
+    for value in v.values:
+        if not value:
+            continue
+        node = getattr(value, "node", None)  # an XML path's value remembers its element (adapters/kith/paths.NodeText)
+        if node is not None and any(isinstance(child.tag, str) for child in node):
+            text = _rendered(node)
+        else:
+            text = " ".join(str(value).split())
+        if text in _SEPARATORS:  # to the part before it, if any
+            if parts:
+                parts[-1] += text
+            continue
+        parts.append(text)
+    return " ".join(parts) or None
+
+
 def _base64_data(ctx: FnContext, v: _Values) -> str | None:
     """Base64 text as sent (ED.5): whitespace removed, then checked; text that is not base64 rejects the message at its position."""
     value = "".join((v.values[0] or "").split())
@@ -350,6 +416,7 @@ LIBRARY: dict[str, Function] = {
         Function("compact", 1, _compact, "Remove all whitespace (base64 wrapped over lines)."),
         Function("base64_data", 1, _base64_data, "Base64 as sent (ED data): whitespace removed and checked; invalid base64 is refused at its position."),
         Function("markup_base64", 1, _markup_base64, "An XML element → base64 of its XHTML content as written (tables keep their cells), else of its text."),
+        Function("concat_text", -1, _concat_text, "Join the valued arguments with a space, a punctuation-only one ('\":\"') kept to the part before it; an XHTML element keeps its paragraphs and line breaks on lines of their own and its table cells apart (' | '), empty ones too."),
         Function("base64", 1, _base64, "Text → base64 of its UTF-8 bytes (Attachment.data for a document's text)."),
         Function("upper", 1, _upper, "Upper-case a string."),
         Function("lower", 1, _lower, "Lower-case a string."),

@@ -133,6 +133,16 @@ class TestNationalExamples:
         first = [by_url[m["reference"]] for m in groups[0]["hasMember"]]
         assert len(first) == 8 and {m["valueString"] for m in first} == {"Negativ"}
 
+    def test_a_radiology_reports_paragraphs_stay_apart(self, shared_dir, capsys, monkeypatch):
+        """The report text sent as XHTML keeps its paragraphs and line breaks: flattened, the conclusion ran into the
+        findings ("jfr. kommentar.Leveren ses") and a line break vanished ("flowvariasjon.Ved kontrast")."""
+        path = shared_dir / "norsk" / "eksempel" / "Svarrapport" / "Svarrapport-v-1-4" / "Svar_radiologi_v1-4_Ny.xml"
+        _, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        [text] = [o["code"]["text"] for o in _of(doc, "Observation") if o["code"]["text"].startswith("R: ")]
+        assert "jfr. kommentar.\n\nLeveren ses jevnt over" in text
+        assert "god flowvariasjon.\nVed kontrast us" in text
+        assert "  " not in text
+
     @pytest.mark.corpus
     def test_forsendelsesstatus_keeps_identity_and_cancels(self, shared_dir, capsys, monkeypatch):
         """N, M and C of one document are one resource: final, amended, entered-in-error (Svarrapport and Henvisning 1.0)."""

@@ -59,6 +59,8 @@ CASES = {
     "uuid5": [(("a", "b"), "9a9c7f6b-04f4-5b5b-8b0f-1a0f3f3c5c9e")],
     "uuid_urn": [(("3F2B6F0E-8F1C-4C55-9A59-2F3D7D1C0A01",), "urn:uuid:3f2b6f0e-8f1c-4c55-9a59-2f3d7d1c0a01"), ((None,), None)],
     "markup_base64": [(("Ingen funn",), "SW5nZW4gZnVubg=="), ((None,), None)],  # a plain value: its text (an element's XHTML: test_convert_kith)
+    "concat_text": [(("Cave-opplysninger", ":", "Penicillinallergi"), "Cave-opplysninger: Penicillinallergi"), ((None, ":", "Ingen  funn "), "Ingen funn"),
+                    (("Hb", "<5", "g/L"), "Hb <5 g/L"), ((None, None), None)],  # plain values (an element's XHTML: test_library_markup.py)
     "compact": [(("QUJD\nREVG\n",), "QUJDREVG")],
     "xml_datetime": [(("2018-01-30T15:34:47",), "2018-01-30T15:34:47+01:00"), (("2018-07-30",), "2018-07-30"), (("2018-01-30T15:34:47Z",), "2018-01-30T15:34:47+00:00")],
     "oid_system": [(("2.16.578.1.12.4.1.1.7110",), "urn:oid:2.16.578.1.12.4.1.1.7110"), (("http://loinc.org",), "http://loinc.org")],
