@@ -309,3 +309,38 @@ def test_a_vaccinations_observations_are_part_of_it(tmp_path):
     assert sorted(o["partOf"][0]["reference"] for o in observations) == sorted([urls["Immunization:J07BB02"], urls["Immunization:J07AL02"]])
     assert len({o["id"] for o in observations}) == 2
     assert all(o["valueCodeableConcept"]["coding"][0]["code"] == "NOR01" for o in observations)
+
+
+def test_the_fastlege_and_the_office_are_the_patients_general_practitioners(tmp_path):
+    """PD1-4 (the fastlege, by HPR number) and PD1-3 (the office, by HER-id) become Patient.generalPractitioner
+    (v2-to-FHIR IG PD1[Patient]); they were unmapped."""
+    code, bundle = _convert(tmp_path, _adt("A01", "GP-1").replace(
+        b"\rPV1|", b"\rPD1|||LEGESENTERET NORD^^^^^^HER^^^81234^|9144900^LEGE^LISA^^^^^^HPR^^^^HPR\rPV1|", 1))
+    assert code == 0, bundle
+    by_url = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+    [patient] = [r for r in by_url.values() if r["resourceType"] == "Patient"]
+    gps = [by_url[g["reference"]] for g in patient["generalPractitioner"]]
+    assert [(g["resourceType"], g["identifier"][0]["system"], g["identifier"][0]["value"]) for g in gps] == [
+        ("Organization", "urn:oid:2.16.578.1.12.4.1.2", "81234"),
+        ("Practitioner", "urn:oid:2.16.578.1.12.4.1.4.4", "9144900"),
+    ]
+    assert gps[0]["name"] == "LEGESENTERET NORD"
+
+
+def test_an_office_named_only_by_name_does_not_refuse_the_admission(tmp_path):
+    """PD1-3 with a name and no number is the sender's office of that name (a derived identity), not a refusal."""
+    first = _adt("A01", "GP-2").replace(b"\rPV1|", b"\rPD1|||LEGESENTERET NORD\rPV1|", 1)
+    code, bundle = _convert(tmp_path, first)
+    assert code == 0, bundle
+    [office] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Organization" and e["resource"].get("name") == "LEGESENTERET NORD"]
+    code, again = _convert(tmp_path, first.replace(b"GP-2", b"GP-3"))
+    assert [e["resource"]["id"] for e in again["entry"] if e["resource"].get("name") == "LEGESENTERET NORD"] == [office["id"]]
+
+
+def test_a_coded_field_with_text_only_keeps_its_text(tmp_path):
+    """`PV2-3 ^Brystsmerter` (a reason with no code, as legacy systems send it) is the reason's text; the coding
+    needed CWE.1, so the text was read and lost without a word."""
+    code, bundle = _convert(tmp_path, _adt("A01", "CWE-1", "PV2|||^Brystsmerter"))
+    assert code == 0, bundle
+    [encounter] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Encounter"]
+    assert encounter["reasonCode"] == [{"text": "Brystsmerter"}]
