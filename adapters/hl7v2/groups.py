@@ -8,7 +8,10 @@ sender). Group names drop hl7apy's message prefix: `ORU_R01_ORDER_OBSERVATION`
 is `ORDER_OBSERVATION`.
 
 Matching is a greedy recursive descent, like HAPI's: each child of a group is
-taken as often as its cardinality allows while the next segment can start it.
+taken as often as its cardinality allows while the next segment can start it. One
+exception: a segment that anchors the next repetition of an enclosing group (ORC
+for OML's ORDER) does not open a nested group through an optional member (the ORC
+of a PRIOR_RESULT), where greedy HAPI-style matching would swallow every later order.
 A segment that fits nowhere (a Z-segment, or one out of place) is kept in the
 innermost open group, so nothing is ever dropped and the unmapped report sees it.
 """
@@ -35,6 +38,7 @@ class _Def:
     children: tuple[_Def, ...] = ()
     starts: frozenset[str] = frozenset()  # segment names that can start it (through optional leading children)
     allowed: frozenset[str] = frozenset()  # for a group: the segments its definition holds directly
+    anchor: frozenset[str] = frozenset()  # for a group: what starts its first required child (ORDER_PRIOR: OBR, not its optional ORC)
 
 
 @dataclass(slots=True)
@@ -109,7 +113,9 @@ def _convert(defn: Any, prefix: str) -> tuple[_Def, ...]:
                 if child.min > 0:
                     break
             allowed = frozenset(c.name for c in children if not c.is_group)
-            out.append(_Def(name[len(prefix):] if name.startswith(prefix) else name, True, lo, hi, children, frozenset(starts), allowed))
+            required = next((c for c in children if c.min > 0), None)
+            anchor = (required.anchor if required.is_group else required.starts) if required is not None else frozenset(starts)
+            out.append(_Def(name[len(prefix):] if name.startswith(prefix) else name, True, lo, hi, children, frozenset(starts), allowed, anchor))
         else:
             out.append(_Def(name, False, lo, hi, (), frozenset({name})))
     return tuple(out)
@@ -134,15 +140,25 @@ def structure(name: str) -> tuple[_Def, ...] | None:
     return _convert(defn, name + "_") if defn else None
 
 
-def _match(defs: tuple[_Def, ...], segs: list[Segment], i: int, into: Group) -> int:
+def _match(defs: tuple[_Def, ...], segs: list[Segment], i: int, into: Group, stops: frozenset[str] = frozenset()) -> int:
+    """Place segments from *i* on into *into*'s children; return where it stopped.
+
+    *stops* are the segments that anchor the next repetition of an enclosing repeating
+    group (its first required segment). Such a segment does not open a group it would
+    enter only through an optional leading member: in OML^O21 a second ORC is the next ORDER, not the optional ORC of a
+    PRIOR_RESULT inside the first order (greedy, it swallowed every later order).
+    """
     n = len(segs)
     for d in defs:
         count = 0
         starts = d.starts
         while i < n and (d.max == -1 or count < d.max) and segs[i].name in starts:
             if d.is_group:
+                name = segs[i].name
+                if name in stops and name not in d.anchor:
+                    break
                 sub = Group(d.name, parent=into, allowed=d.allowed)
-                j = _match(d.children, segs, i, sub)
+                j = _match(d.children, segs, i, sub, stops | d.anchor if d.max != 1 else stops)
                 if j == i:
                     break
                 into.items.append(sub)

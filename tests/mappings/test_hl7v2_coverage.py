@@ -344,3 +344,29 @@ def test_a_coded_field_with_text_only_keeps_its_text(tmp_path):
     assert code == 0, bundle
     [encounter] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Encounter"]
     assert encounter["reasonCode"] == [{"text": "Brystsmerter"}]
+
+
+@pytest.mark.parametrize("structure", ["ORM^O01^ORM_O01", "OML^O21^OML_O21"])
+def test_every_order_of_an_order_message_is_a_service_request(tmp_path, structure):
+    """Three ORDER groups are three ServiceRequests; the OBX sent with the first (the orderer's answer) is an
+    Observation in its supportingInfo (v2-to-FHIR IG). Before, ORM kept only the first order, and OML read orders
+    2 and 3 as the first order's prior results: both were acknowledged as applied."""
+    message = _message(
+        MSH.format(ts="20250110093000", type=structure, ctrl="ORD-3"),
+        f"PID|1||{PATIENT_A}^^^NOR^FNR||NORDMANN^OLA||19610615|M",
+        "ORC|NW|REK-1^DIPS",
+        "OBR|1|REK-1^DIPS||NPU02319^Hemoglobin;B^NLK",
+        "OBX|1|CWE|FAST^Fastende^L||J^Ja^HL70136||||||F",
+        "ORC|NW|REK-2^DIPS",
+        "OBR|2|REK-2^DIPS||NPU01459^Kreatinin;P^NLK",
+        "ORC|NW|REK-3^DIPS",
+        "OBR|3|REK-3^DIPS||NPU19748^CRP;P^NLK",
+    )
+    code, bundle = _convert(tmp_path, message)
+    assert code == 0, bundle
+    orders = {e["resource"]["identifier"][0]["value"]: e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ServiceRequest"}
+    assert sorted(orders) == ["REK-1", "REK-2", "REK-3"]
+    [answer] = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
+    assert orders["REK-1"]["supportingInfo"] == [{"reference": answer["fullUrl"]}]
+    assert answer["resource"]["valueCodeableConcept"]["coding"][0]["code"] == "J"
+    assert "supportingInfo" not in orders["REK-2"]

@@ -66,3 +66,41 @@ class TestBuild:
         """A structure the standard lacks keeps its segments flat, in order."""
         root = build(tokenize("MSH|^~\\&|A\rZZZ|1\r"), "ZZZ_Z01")
         assert [s.name for s in root.items] == ["MSH", "ZZZ"]
+
+
+OML = [
+    "MSH|^~\\&|DIPS|X|||20240101||OML^O21^OML_O21|1|P|2.5.1",
+    "PID|1||1",
+    "ORC|NW|REK-1",
+    "OBR|1|REK-1||HB",
+    "OBX|1|NM|FAST||J",
+    "ORC|NW|REK-2",
+    "OBR|2|REK-2||KREA",
+    "ORC|NW|REK-3",
+    "OBR|3|REK-3||CRP",
+]
+
+
+class TestOrdersAreNotPriorResults:
+    def test_each_orc_starts_its_own_order(self):
+        """In OML^O21 an ORC after an order is the next ORDER, not the optional ORC of the first order's
+        PRIOR_RESULT: matched greedily there, orders 2 and 3 became prior results and no ServiceRequest."""
+        root = build(tokenize("\r".join(OML)), "OML_O21")
+        orders = root.groups("ORDER")
+        assert [o.segments("ORC")[0].field(2) for o in orders] == ["REK-1", "REK-2", "REK-3"]
+        assert [o.groups("OBSERVATION_REQUEST")[0].segments("OBR")[0].field(2) for o in orders] == ["REK-1", "REK-2", "REK-3"]
+        assert not root.find_groups("PRIOR_RESULT")
+
+    def test_an_obr_without_its_own_orc_is_still_a_prior_result(self):
+        """OBR is what anchors ORDER_PRIOR, so an OBR with no ORC after an order is read as the standard reads it."""
+        root = build(tokenize("\r".join(OML[:5] + ["OBR|2|OLD-9||HB"])), "OML_O21")
+        [prior] = root.find_groups("ORDER_PRIOR")
+        assert prior.segments("OBR")[0].field(2) == "OLD-9"
+
+    def test_oru_orders_without_orc_stay_in_one_patient_result(self):
+        """ORC is optional in ORU's ORDER_OBSERVATION: a second ORC opens the next order, not a new PATIENT_RESULT."""
+        segments = [*ORU[:9], "ORC|RE|2", *ORU[9:]]
+        root = build(tokenize("\r".join(segments)), "ORU_R01")
+        [result] = root.groups("PATIENT_RESULT")
+        assert [o.segments("OBR")[0].field(4) for o in result.groups("ORDER_OBSERVATION")] == ["CBC", "BMP"]
+        assert result.groups("ORDER_OBSERVATION")[1].segments("ORC")[0].field(2) == "2"
