@@ -15,6 +15,7 @@ from adapters.kith._outbound import OutboundMapping, load_outbound
 from adapters.kith.apprec import APPREC_ERROR_FOR, AppRecMessage, AppRecVersion, apprec_error_for, apprec_version_for, build_apprecs
 from adapters.kith.dispatch import Received, check_envelope, read_envelope, read_message, salvage
 from adapters.kith.duplicates import DuplicateGuard, DuplicateGuardConfig, SqliteDuplicateGuard, unanswered
+from adapters.kith.embedded import decode_embedded
 from adapters.kith.envelope import APPREC_NS, MSGHEAD_NS, Attachment, ConversationRef, Ident, KithEnvelope, Party, Person, payload_standard
 from adapters.kith.errors import InvalidMsgId, PatientInsufficient, PatientNotFound, SchemaInvalid
 from adapters.kith.outbound_cases import (
@@ -64,6 +65,7 @@ __all__ = [
     "apprec_version_for",
     "build_apprecs",
     "check_envelope",
+    "decode_embedded",
     "find_kith_outbound_cases",
     "lint_kith_outbound",
     "load_outbound",

@@ -16,6 +16,11 @@ result must not overwrite the demographics an ADT feed keeps current.
 `write: by-id` writes it at the id its identity gives (PUT Type/id), for a merge
 that retires the old Patient after moving its identifiers to the survivor.
 
+`embedded: {from: path, message: ERM1, same: patient}` says that the elements
+*from* names each carry a whole message, base64-encoded, that its own mapping
+(*message*) converts into the same Bundle; *same* names the resource every one
+of them, and this mapping, must agree on (one patient per list).
+
 `document: {identity: [paths], replaces: condition}` makes the message a document:
 every resource it writes with `update` is tagged with the document identity, and a
 message for which `replaces` holds (a change or a cancel) retires what earlier
@@ -27,10 +32,11 @@ report), and an enclosing resource lists its own children with `refs:`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from router.mapping._yaml import YList, YMap
+from router.mapping._yaml import Pos, YList, YMap
 
 if TYPE_CHECKING:
     from router.mapping.compiler import Compiler, MessageMapping, ResourceUse
@@ -43,12 +49,15 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     from router.mapping.compiler import MessageMapping, _check_keys, _err, _need
 
     doc = c._doc(path)
-    _check_keys(doc, {"message", "description", "events", "match", "document", "out_of_place", "resources"}, "a message mapping")
+    _check_keys(doc, {"message", "description", "events", "match", "document", "out_of_place", "embedded", "resources"}, "a message mapping")
     structure = str(_need(doc, "message", "a message mapping"))
     if path.stem != structure:
         raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
     names: set[str] = set()
     uses = _uses(c, doc, "resources", names)
+    embedded = _embedded(c, doc) if "embedded" in doc else None
+    if embedded is not None and embedded.same:
+        names.add(embedded.same)  # the embedded messages' resource: this mapping's resources may bind it
     _check_bindings(uses, names, set())
     _check_identity_order(uses, names, set())
     raw_events = doc.get("events") or []
@@ -56,6 +65,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     if not isinstance(match, list):
         raise _err("match must be a list of payload namespaces (or root element names)", doc.pos("match"))
     mm = MessageMapping(structure, tuple(str(e) for e in raw_events), uses, c._show(path), "", tuple(str(m) for m in match))
+    mm.embedded = embedded
     if "out_of_place" in doc:
         mm.out_of_place = _out_of_place(doc)
     if "document" in doc:
@@ -81,6 +91,68 @@ def _out_of_place(doc: YMap) -> frozenset[str]:
     if not isinstance(names, YList) or not all(isinstance(n, str) and len(n) == 3 and n.isalnum() for n in names):
         raise _err("out_of_place.refuse must list segment names (OBX, OBR, ...)", block.pos("refuse"))
     return frozenset(str(n) for n in names)
+
+
+@dataclass(frozen=True, slots=True)
+class Embedded:
+    """`embedded:` of a message mapping: where whole messages ride inside this one, and what converts them."""
+
+    path: Any
+    """The elements whose text is one base64-encoded message each (`b64:Base64Container`, `m912:VarerIBrukB64`)."""
+    message: str
+    """The message mapping every embedded message must be converted by; any other message is refused."""
+    same: str | None
+    """The top-level resource (in both mappings) that must be one and the same across all of them, or None."""
+    pos: Pos
+    """Where `embedded:` stands, for the load-time checks against the other mapping."""
+
+
+def _embedded(c: Compiler, doc: YMap) -> Embedded:
+    """`embedded: {from, message, same}`: the messages this one carries whole, base64-encoded.
+
+    Why: an M9.6 Reseptliste carries the complete signed M1 prescriptions it lists
+    (HIS 3004, FACTS §4), an M9.12 the M25.1 list of medicines in use. XPath cannot
+    read inside base64, so the pipeline decodes each and converts it as it would
+    the same message sent on its own; declaring it here keeps that visible to authors.
+    """
+    from router.mapping.compiler import _check_keys, _err, _need
+
+    block = doc["embedded"]
+    if not isinstance(block, YMap):
+        raise _err("embedded must be a mapping: {from: <path to the base64 elements>, message: <mapping>, same: <resource name>}", doc.pos("embedded"))
+    _check_keys(block, {"from", "message", "same", "note"}, "embedded")
+    path = c._path(_need(block, "from", "embedded"), block.pos("from"))
+    if not getattr(path, "is_group", False):
+        raise _err("embedded.from must select elements (their text is the base64), not attributes or text()", block.pos("from"))
+    message = _need(block, "message", "embedded")
+    if not isinstance(message, str) or not message:
+        raise _err("embedded.message must name one message mapping (e.g. ERM1)", block.pos("message"))
+    same = block.get("same")
+    if same is not None and (not isinstance(same, str) or not same):
+        raise _err("embedded.same must name one resource (e.g. patient)", block.pos("same"))
+    return Embedded(path, message, same, doc.pos("embedded"))
+
+
+def check_embedded(mm: MessageMapping, messages: dict[str, MessageMapping]) -> MessageMapping:
+    """Check `embedded:` against the mapping it names, once every message mapping is compiled.
+
+    One level only: a message that carries messages that carry messages would
+    let a few kilobytes ask for unbounded work.
+
+    Raises:
+        MappingError: the named mapping is missing, embeds messages itself, or lacks the `same:` resource.
+    """
+    from router.mapping.compiler import _err
+
+    spec: Embedded = mm.embedded
+    inner = messages.get(spec.message)
+    if inner is None:
+        raise _err(f"embedded.message {spec.message!r}: there is no messages/{spec.message}.yaml to convert the embedded messages", spec.pos)
+    if inner.embedded is not None:
+        raise _err(f"embedded.message {spec.message!r} embeds messages itself; embedding is one level deep", spec.pos)
+    if spec.same and spec.same not in {u.name for u in inner.resources}:
+        raise _err(f"embedded.same {spec.same!r}: {spec.message} makes no top-level resource named {spec.same!r}", spec.pos)
+    return mm
 
 
 def _document(c: Compiler, doc: YMap) -> tuple[Any, ...]:

@@ -213,6 +213,7 @@ class MessageMapping:
     document: tuple[Any, ...] = ()  # (identity paths, replaces-condition or None): see _messages.py
     owned_types: tuple[str, ...] = ()  # resource types the document owns (written with `update`)
     out_of_place: frozenset[str] = frozenset()  # segments refused where the structure has no place for them (an OBX with no OBR)
+    embedded: Any = None  # _messages.Embedded: whole messages carried base64-encoded inside this one (M9.6's M1s)
 
 
 @dataclass(slots=True)
@@ -256,6 +257,11 @@ class Compiler:
             mm = self._guard(self._message, path)
             if mm is not None:
                 out[mm.structure] = mm
+        from router.mapping._messages import check_embedded  # split for size
+
+        for mm in list(out.values()):
+            if mm.embedded is not None and self._guard(check_embedded, mm, out) is None and self.errors is not None:
+                del out[mm.structure]  # lint: reported; the message is not served half-checked
         # Provenance names the whole folder's content: a change to a shared
         # datatype or table changes what every message mapping produces.
         digest = hashlib.sha256()

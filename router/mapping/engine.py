@@ -244,14 +244,26 @@ def _own(mm: MessageMapping, scope: Any, run: _Run) -> None:
     run.untidy[:0] = [False] * len(deletes)
 
 
-def run_mapping(mm: MessageMapping, scope: Any, fn_ctx: Any, *, trace: list[tuple[str, str, str]] | None = None) -> dict[str, Any]:
+def run_mapping(
+    mm: MessageMapping, scope: Any, fn_ctx: Any, *, trace: list[tuple[str, str, str]] | None = None,
+    given: dict[str, str] | None = None, made: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Build the transaction Bundle for one message.
+
+    *given* names resources made outside this run (name → fullUrl: the patient of
+    the messages an M9.6 embeds), which its resources may reference as their own.
+    *made*, when passed, is filled with the fullUrl of each top-level resource made.
 
     Raises:
         MessageError: a value is invalid (e.g. a national id that fails its check digits).
     """
     run = _Run(RunContext(fn_ctx, trace=trace))
+    for name, url in (given or {}).items():
+        run.ctx.env[name] = f"given:{name}"  # an instance id no use can make (names have no colon)
+        run.ctx.full_urls[f"given:{name}"] = url
     run.uses(mm.resources, scope, "")
+    if made is not None:
+        made.update((u.name, run.ctx.full_urls[u.name]) for u in mm.resources if u.name in run.ctx.full_urls)
     dropped = resolve_refs(run.ctx)
     # Provenance: every resource says which mapping (file and content hash) made it,
     # so the record can tell, for each stored version, where it came from.

@@ -1,17 +1,21 @@
 """The KITH XML branch of conversion: safe read, XSD, envelope checks, then the XML mappings.
 
-Kept beside convert.py, which hands it any delivery that starts with `<`.
+Kept beside convert.py, which hands it any delivery that starts with `<`. A
+message whose mapping declares `embedded:` (an M9.6 carrying its M1s) has each
+carried message decoded and converted here by this same path, then joined into
+its Bundle.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.kith import KithEnvelope, read_message, schema_set
+from adapters.kith import KithEnvelope, decode_embedded, read_message, schema_set
 from adapters.kith.paths import message_scope, path_compiler, unmapped
 from router.contracts import Converted, MessageHeader
-from router.errors import UnknownMessage
-from router.mapping import MappingSet, run_mapping
+from router.errors import InvalidContent, MessageError, UnknownMessage
+from router.mapping import MappingSet, join_bundles, run_mapping
 from router.mapping.mapping_set import load_namespaces
 from router.settings import Settings
 
@@ -26,8 +30,12 @@ class KithConverter:
         self.schemas = schema_set(settings.xsd_dir) if settings.xsd_dir else None
         self._fn_ctx = fn_ctx
 
-    def convert_one(self, item: Converted, trace: bool) -> Any:
-        """Fill *item* from its XML; raise the MessageError that makes it fail. Returns the read scope."""
+    def convert_one(self, item: Converted, trace: bool, *, expect: str | None = None, made: dict[str, str] | None = None) -> Any:
+        """Fill *item* from its XML; raise the MessageError that makes it fail. Returns the read scope.
+
+        *expect* names the only mapping that may convert it (a message embedded in
+        another); *made*, when given, receives its top-level resources' fullUrls.
+        """
         item.format = "kith"
         received = read_message(item.raw, schemas=self.schemas)
         env = received.envelope
@@ -46,18 +54,95 @@ class KithConverter:
         mm = self.mappings.for_sender(her_id).find_xml(env.payload_namespace, env.payload_root) if self.mappings else None
         if mm is None:
             raise UnknownMessage(f"no mapping for {env.payload_root or env.root} in namespace {env.payload_namespace}", location="/")
+        if expect is not None and mm.structure != expect:
+            raise UnknownMessage(f"the embedded message is {env.msg_type or env.payload_root}, where only {expect} may be embedded", location="/MsgHead/MsgInfo/Type")
         root = env.payload.getroottree().getroot() if env.payload is not None else None
         if root is None:
             raise UnknownMessage("the message carries no XML payload to map", location="/MsgHead/Document")
         scope = message_scope(root, self.prefixes)
+        carried = self._carried(mm.embedded, scope, trace) if mm.embedded is not None else None
         self._fn_ctx.sender = env.sender.institution_her_id if env.sender else None  # whose the unqualified numbers (an H-nummer) are
         explain: list[tuple[str, str, str]] | None = [] if trace else None
         item.structure = mm.structure
-        item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain)
-        if explain is not None:
-            item.bundle["_explain"] = explain
+        own: dict[str, str] = {} if made is None else made
+        bundle = item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain, given=carried.given if carried else None, made=own)
         item.unmapped = unmapped(root, scope.reads, scope.results)
+        if carried is not None:
+            carried.join_into(bundle, item, mm.embedded.same, own, explain)
+        if explain is not None:
+            bundle["_explain"] = explain
         return scope
+
+    def _carried(self, spec: Any, scope: Any, trace: bool) -> _Carried:
+        """Decode and convert every message the elements of `embedded.from` carry, as if each came on its own.
+
+        The same path as a delivery (safe parse, DOCTYPE refused, XSD, envelope
+        checks, the sender's mappings), so an M1 gives the same ids embedded as
+        sent alone, and the record keeps one MedicationRequest. A refusal names
+        the carrying element before the embedded message's own position.
+        """
+        carried = _Carried()
+        for found in spec.path.resolve(scope):
+            where = found.location
+            inner = Converted(index=0, raw=b"")
+            made: dict[str, str] = {}
+            try:
+                inner.raw = decode_embedded(found.raw, location=where)
+                self.convert_one(inner, trace, expect=spec.message, made=made)
+            except MessageError as exc:
+                _place(exc, where)
+                raise
+            bundle = inner.bundle or {"entry": []}
+            carried.explain += bundle.pop("_explain", [])
+            carried.parts.append((where, bundle))
+            carried.unmapped += [f"{where} > {u}" for u in inner.unmapped or ()]
+            if spec.same and spec.same in made:
+                carried.add_same(spec.same, made[spec.same], where)
+        return carried
+
+
+@dataclass(slots=True)
+class _Carried:
+    """What the embedded messages of one message gave: their Bundles, and the one resource they must share."""
+
+    parts: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (carrying element, Bundle)
+    given: dict[str, str] = field(default_factory=dict)  # `same:` name → the fullUrl all of them made
+    explain: list[tuple[str, str, str]] = field(default_factory=list)
+    unmapped: list[str] = field(default_factory=list)
+
+    def add_same(self, name: str, url: str, where: str) -> None:
+        """Refuse a second, different `same:` resource: a prescription list is one patient's (patient safety)."""
+        known = self.given.setdefault(name, url)
+        if known != url:
+            raise InvalidContent(f"the embedded messages name different {name}s; every one must be about the same {name}", location=where)
+
+    def join_into(
+        self, bundle: dict[str, Any], item: Converted, name: str | None, own: dict[str, str], explain: list[tuple[str, str, str]] | None,
+    ) -> None:
+        """Join the embedded messages' Bundles into the carrying message's, after checking that they share its `same:` resource.
+
+        Raises:
+            InvalidContent: the carrying message's own `same:` resource is not theirs
+                (an M9.12's Fnr and its M25.1), or two of them write one identity differently.
+        """
+        if name and name in own and name in self.given and own[name] != self.given[name]:
+            where = next(w for w, _ in self.parts)
+            raise InvalidContent(f"the embedded message is about another {name} than the message that carries it", location=where)
+        join_bundles(bundle, self.parts)
+        item.unmapped += self.unmapped
+        if explain is not None:
+            explain += self.explain
+
+
+def _place(exc: MessageError, where: str) -> None:
+    """Place the embedded message's refusal in the carrying message: its element first, then its own position.
+
+    The same error, not a new one: its type decides the reply (AppRec T01 for
+    XML that is not well-formed or declares a DOCTYPE, T02 for the schema).
+    """
+    exc.location = f"{where} > {exc.location}" if exc.location and exc.location != where else where
+    exc.reason = exc.reason if exc.reason.startswith("the embedded message") else f"the embedded message is refused: {exc.reason}"
+    exc.args = (exc.reason,)
 
 
 def _header(env: KithEnvelope, message_type: str) -> MessageHeader:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,135 @@ class TestAttachments:
             assert by_url[ref["subject"]["reference"]]["resourceType"] == "Patient"
             urls.append(entry["request"]["url"])
         assert urls[0] == urls[1]
+
+
+_CARRIED = re.compile(rb"(<bas:Base64Container[^>]*>)([^<]+)(</bas:Base64Container>)")
+"""The M9.6 example's carried M1s: each a whole signed MsgHead message, base64 in a Base64Container."""
+
+_XXE = b'<?xml version="1.0"?><!DOCTYPE MsgHead [<!ENTITY e SYSTEM "file:///etc/passwd">]><MsgHead xmlns="http://www.kith.no/xmlstds/msghead/2006-05-24">&e;</MsgHead>'
+_LAUGHS = (
+    b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+    b'<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]><MsgHead>&lol3;</MsgHead>'
+)
+
+
+def _m96(shared: Path) -> Path:
+    path = shared / "norsk" / "eksempel" / "eresept" / "Lege endrer på legemiddelbehandling" / "M96 Reseptliste rekvirent.xml"
+    if not path.is_file():
+        pytest.skip("../shared/norsk/eksempel/eresept (the national M9.6 example) is not there")
+    return path
+
+
+def _carried(data: bytes) -> list[bytes]:
+    """The messages the M9.6 carries, decoded."""
+    return [base64.b64decode(b"".join(m.group(2).split())) for m in _CARRIED.finditer(data)]
+
+
+def _carrying(tmp_path: Path, src: Path, k: int, change) -> Path:
+    """Write the M9.6 with its k-th carried message (0-based) replaced: *change* takes the decoded message and
+    returns the new one (bytes, encoded here) or the Base64Container's new text (str, written as it is)."""
+    data = src.read_bytes()
+    found = list(_CARRIED.finditer(data))[k]
+    new = change(base64.b64decode(b"".join(found.group(2).split())))
+    text = new.encode("ascii") if isinstance(new, str) else base64.b64encode(new)
+    path = tmp_path / f"m96_carried{k}.xml"
+    path.write_bytes(data[: found.start(2)] + text + data[found.end(2):])
+    return path
+
+
+@pytest.mark.corpus
+class TestEmbeddedMessages:
+    def test_the_list_is_about_the_patient_of_its_m1s_and_points_at_their_prescriptions(self, shared_dir, capsys, monkeypatch):
+        """The national M9.6: a valid Bundle whose List has the M1s' patient as subject and whose five entries each point
+        at the MedicationRequest of its ReseptId, carrying the M1's content (medication, subject, requester)."""
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, _m96(shared_dir))
+        assert code == 0
+        Bundle.model_validate(doc)
+        by_url = {e["fullUrl"]: e["resource"] for e in doc["entry"]}
+        [lst] = _of(doc, "List")
+        [patient] = _of(doc, "Patient")
+        assert by_url[lst["subject"]["reference"]] is patient
+        assert patient["identifier"] == [{"system": FNR, "value": "21014605158"}]
+        assert len(lst["entry"]) == 5
+        for item in (e["item"] for e in lst["entry"]):
+            request = by_url[item["reference"]]
+            assert request["resourceType"] == "MedicationRequest" and request["identifier"] == [item["identifier"]]
+            assert request["medicationCodeableConcept"]["coding"] and request["requester"]["reference"] in by_url
+            assert by_url[request["subject"]["reference"]] is patient
+
+    def test_an_embedded_m1_is_written_as_the_same_m1_sent_alone(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """Each carried M1, converted alone, gives the same entries (fullUrl, conditional URL, content) as inside the
+        M9.6: the record holds one MedicationRequest, not two."""
+        src = _m96(shared_dir)
+        alone = []
+        for k, message in enumerate(_carried(src.read_bytes())):
+            alone.append(tmp_path / f"m1_{k}.xml")
+            alone[-1].write_bytes(message)
+        code, [listed, *singles] = _convert(capsys, monkeypatch, shared_dir, src, *alone)
+        assert code == 0 and len(singles) == 5
+        inside = {e["fullUrl"]: e for e in listed["entry"]}
+        for single in singles:
+            [request] = [e for e in single["entry"] if e["resource"]["resourceType"] == "MedicationRequest"]
+            assert inside[request["fullUrl"]] == request
+            [patient] = [e for e in single["entry"] if e["resource"]["resourceType"] == "Patient"]
+            assert patient["fullUrl"] in inside
+
+    @pytest.mark.parametrize(
+        ("k", "change", "code", "says"),
+        [
+            (0, lambda m1: "Tm90IGJhc2U2NCEh*****", "value", "not valid base64"),
+            (1, lambda m1: m1[: len(m1) // 2], "structure", "not well-formed XML"),
+            (2, lambda m1: _XXE, "structure", "DOCTYPE"),
+            (3, lambda m1: _LAUGHS, "structure", "DOCTYPE"),
+            (4, lambda m1: m1.replace(b"<MIGversion>", b"<MIGversjon>").replace(b"</MIGversion>", b"</MIGversjon>"), "value", "schema"),
+        ],
+        ids=["base64", "not-xml", "xxe", "entity-bomb", "xsd"],
+    )
+    def test_a_carried_message_that_cannot_be_read_refuses_the_list(self, shared_dir, capsys, monkeypatch, tmp_path, k, change, code, says):
+        """A carried M1 that is not base64, not well-formed, declares a DOCTYPE (XXE, entity bomb) or breaks its XSD
+        refuses the M9.6 with an OperationOutcome naming that Document, never a traceback or an expanded entity."""
+        bad = _carrying(tmp_path, _m96(shared_dir), k, change)
+        exit_code, [doc] = _convert(capsys, monkeypatch, shared_dir, bad)
+        assert exit_code == 1 and doc["resourceType"] == "OperationOutcome"
+        [issue] = doc["issue"]
+        assert issue["code"] == code and says in issue["diagnostics"]
+        assert issue["location"][0].startswith(f"/MsgHead/Document[{k + 2}]/RefDoc/Content/Base64Container")
+        assert "root:" not in json.dumps(doc) and "lollol" not in json.dumps(doc)
+
+    def test_a_carried_message_that_is_not_an_m1_refuses_the_list(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """An M10 (a message Helsebro maps, but not an M1) carried in an M9.6 is refused at its Document."""
+        m10 = (shared_dir / "norsk" / "eksempel" / "eresept" / "Ekspedering og utlevering" / "M10 Utleveringsrapport.xml").read_bytes()
+        bad = _carrying(tmp_path, _m96(shared_dir), 1, lambda m1: m10)
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, bad)
+        assert code == 1
+        [issue] = doc["issue"]
+        assert "only ERM1 may be embedded" in issue["diagnostics"]
+        assert issue["location"] == ["/MsgHead/Document[3]/RefDoc/Content/Base64Container > /MsgHead/MsgInfo/Type"]
+
+    def test_m1s_about_two_patients_refuse_the_list_and_log_no_patient(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """One carried M1 about another patient (a valid synthetic fødselsnummer) refuses the list at that Document,
+        and neither fødselsnummer appears in the output or the log."""
+        bad = _carrying(tmp_path, _m96(shared_dir), 3, lambda m1: m1.replace(b"21014605158", b"15866112379"))
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, bad)
+        assert code == 1
+        [issue] = doc["issue"]
+        assert issue["code"] == "value" and "different patients" in issue["diagnostics"]
+        assert issue["location"] == ["/MsgHead/Document[5]/RefDoc/Content/Base64Container"]
+        main(["convert", str(bad)])  # again, for its log
+        err = capsys.readouterr().err
+        out = json.dumps(doc)
+        assert "21014605158" not in err + out and "15866112379" not in err + out
+
+    def test_an_m912s_list_of_medicines_in_use_must_be_about_its_patient(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """M9.12's VarerIBrukB64 (a whole M25.1) joins the Bundle; one about another patient than the M9.12's Fnr is refused."""
+        src = shared_dir / "norsk" / "eksempel" / "eresept" / "Lege endrer på legemiddelbehandling" / "M912 Nedlasting av PLL.xml"
+        text = src.read_text("utf-8")
+        start = text.index("<VarerIBrukB64>") + len("<VarerIBrukB64>")
+        end = text.index("</VarerIBrukB64>")
+        other = base64.b64encode(base64.b64decode(text[start:end]).replace(b"21014605158", b"15866112379")).decode()
+        [bad] = _variants(tmp_path, text, {text[start:end]: other})
+        code, [ok, refused] = _convert(capsys, monkeypatch, shared_dir, src, bad)
+        assert code == 1
+        Bundle.model_validate(ok)
+        assert len(_of(ok, "MedicationStatement")) == 2 and len(_of(ok, "Patient")) == 1
+        assert refused["issue"][0]["location"] == ["/MsgHead/Document/RefDoc/Content/M912/Multidosepasient/VarerIBrukB64"]

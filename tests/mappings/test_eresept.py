@@ -233,7 +233,7 @@ class TestEreseptCorpus:
         assert any(u.endswith(m1_mr["resource"]["id"]) for s in statements for u in [s["basedOn"][0]["reference"]])
 
     def test_m96_is_a_list_of_prescriptions_by_resept_id(self, shared_dir, monkeypatch):
-        """M9.6 names no patient: a snapshot List of logical references by ReseptId, flagged with the 7408 status."""
+        """M9.6: a snapshot List by ReseptId, flagged with the 7408 status, whose subject is the patient of the M1s it carries."""
         folder = _corpus(shared_dir) / "Lege endrer på legemiddelbehandling"
         (bundle,) = _convert(monkeypatch, shared_dir, folder / "M96 Reseptliste rekvirent.xml")
         (lst,) = [e["resource"] for e in _entries(bundle, "List")]
@@ -241,7 +241,19 @@ class TestEreseptCorpus:
         withdrawn = [e for e in lst["entry"] if e["flag"]["coding"][0]["code"] == "T"]
         assert withdrawn[0]["item"]["identifier"] == {"system": URI, "value": "urn:uuid:c2883dc2-8eef-4b8e-a80f-167f858425f7"}
         assert withdrawn[0]["item"]["display"] == "Cosylan Mikst 1,7 mg/ml"
-        assert not _entries(bundle, "Patient")
+        (patient,) = _entries(bundle, "Patient")
+        assert lst["subject"] == {"reference": patient["fullUrl"]}
+        assert patient["resource"]["identifier"] == [{"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": "21014605158"}]
+
+    def test_m912_carries_its_m251_list_of_medicines_in_use(self, shared_dir, monkeypatch):
+        """M9.12's VarerIBrukB64 is a whole M25.1: its MedicationStatements join the Bundle, about the M9.12's patient."""
+        folder = _corpus(shared_dir) / "Påmelding multidose"
+        (bundle,) = _convert(monkeypatch, shared_dir, folder / "M912 Nedlasting av PLL apotek.xml")
+        statements = [e["resource"] for e in _entries(bundle, "MedicationStatement")]
+        assert len(statements) == 5
+        (patient,) = _entries(bundle, "Patient")
+        assert {s["subject"]["reference"] for s in statements} == {patient["fullUrl"]}
+        assert {s["meta"]["tag"][0]["display"] for s in statements} == {"mappings/kith/messages/ERM25.yaml"}
 
 
 class TestEreseptFixtures:

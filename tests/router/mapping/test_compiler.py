@@ -80,3 +80,37 @@ class TestLoadChecks:
         with pytest.raises(MappingError) as err:
             MappingSet.load(mapping_copy, compile_path)
         assert err.value.file.endswith("hl7-0001.yaml") and err.value.line >= 2
+
+
+@pytest.fixture
+def kith_copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "mappings" / "kith"
+    shutil.copytree(ROOT / "mappings" / "kith", dst, ignore=shutil.ignore_patterns("*.cases"))
+    return dst
+
+
+class TestEmbeddedKey:
+    @pytest.mark.parametrize(
+        ("file", "old", "new", "says", "at"),
+        [
+            ("ERM96", "  from: 'mh:Document/mh:RefDoc/mh:Content/b64:Base64Container'", "  form: 'mh:Document'", "unknown key 'form' in embedded", "  form:"),
+            ("ERM96", "  from: 'mh:Document/mh:RefDoc/mh:Content/b64:Base64Container'", "  from: 'mh:Document/mh:RefDoc/mh:Content/b64:Base64Container/@V'",
+             "must select elements", "  from:"),
+            ("ERM96", "  message: ERM1\n", "  message: ERM99\n", "there is no messages/ERM99.yaml", "embedded:"),
+            ("ERM96", "  message: ERM1\n", "  message: ERM912\n", "embeds messages itself", "embedded:"),
+            ("ERM912", "  same: patient\n", "  same: prescriber\n", "ERM25 makes no top-level resource named 'prescriber'", "embedded:"),
+        ],
+    )
+    def test_errors_point_at_the_line(self, kith_copy, file, old, new, says, at):
+        """A wrong `embedded:` block (unknown key, a path to attributes, a missing or nesting mapping, a `same:` the
+        carried mapping does not make) is refused at load with file:line."""
+        from adapters.kith.paths import path_compiler
+        from router.mapping.mapping_set import load_namespaces
+
+        path = kith_copy / "messages" / f"{file}.yaml"
+        _edit(path, old, new)
+        line = _edit(path, at, at)
+        with pytest.raises(MappingError) as err:
+            MappingSet.load(kith_copy, path_compiler(load_namespaces(kith_copy / "namespaces.yaml")))
+        assert says in err.value.reason
+        assert err.value.file.endswith(f"messages/{file}.yaml") and err.value.line == line
