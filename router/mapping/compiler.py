@@ -143,6 +143,7 @@ class Template:
     pos: Pos
     required: tuple[tuple[str, str], ...] = ()  # (element with min 1, the source its first rule reads)
     tiers: tuple[tuple[Any, tuple[Any, ...]], ...] = ()  # (condition or None, paths): fallback alternatives, the first that holds
+    unidentified: str | None = None  # "display": without an identifier it is not written, and references to it carry its name
     fallback_values: Callable[[Any, RunContext], list[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -377,12 +378,18 @@ class Compiler:
         prefer: tuple[str, ...] = ()
         fallback: tuple[Any, ...] = ()
         tiers: tuple[tuple[Any, tuple[Any, ...]], ...] = ()
+        unidentified = None
         ident = doc.get("identity")
         if ident is not None:
             if not isinstance(ident, YMap):
                 raise _err("identity must be a mapping with prefer: and/or fallback:", doc.pos("identity"))
-            _check_keys(ident, {"prefer", "fallback"}, "identity")
+            _check_keys(ident, {"prefer", "fallback", "unidentified"}, "identity")
             prefer = tuple(str(s) for s in ident.get("prefer") or [])
+            unidentified = ident.get("unidentified")
+            if unidentified is not None and unidentified != "display":
+                raise _err("unidentified: display is the only choice (not written; references to it carry its name)", ident.pos("unidentified"))
+            if unidentified is not None and ident.get("fallback"):
+                raise _err("unidentified: and fallback: exclude each other: a fallback always identifies it", ident.pos("unidentified"))
             items = ident.get("fallback") or []
             if any(isinstance(item, YMap) for item in items):
                 tiers = self._tiers(items)
@@ -390,7 +397,7 @@ class Compiler:
             else:
                 fallback = tuple(self._part(str(p), items.pos(i)) for i, p in enumerate(items))
         block = self.block(_need(doc, "rules", "a resource template"), fhir_type, doc.pos("rules"))
-        tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos(), self._required(fhir_type, block, doc), tiers)
+        tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos(), self._required(fhir_type, block, doc), tiers, unidentified)
         self.templates[name] = tpl
         return tpl
 

@@ -66,6 +66,23 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunCo
     raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier to make it unique", location=None)
 
 
+def _has_identifier(resource: dict[str, Any]) -> bool:
+    found = resource.get("identifier")
+    return any(i.get("system") and i.get("value") for i in ([found] if isinstance(found, dict) else found or ()))
+
+
+def _display(resource: dict[str, Any]) -> str | None:
+    """A resource's name as a reference's display: HumanName text, else given names and family; or a plain name."""
+    name = resource.get("name")
+    if isinstance(name, str):
+        return name or None
+    for n in name or ():
+        text = n.get("text") or " ".join([*n.get("prefix", ()), *n.get("given", ()), *([n["family"]] if n.get("family") else [])])
+        if text:
+            return text
+    return None
+
+
 @lru_cache(maxsize=None)
 def _single_identifier(fhir_type: str) -> bool:
     from router.mapping import fhir_model
@@ -154,6 +171,13 @@ class _Run:
             if element not in resource:
                 # Invalid FHIR never reaches the record: the sender hears which field was empty.
                 raise InvalidContent(f"{tpl.fhir_type}.{element} is required, but {source} gives no value", location=source)
+        if tpl.unidentified is not None and not _has_identifier(resource):
+            # A doctor or an office named without a number is no record of its own (two
+            # "Lisa Lege" need not be one person): references to it carry its name instead.
+            shown = _display(resource)
+            if shown:
+                ctx.displays[inst] = shown
+            return False
         system, value = _identity(use, resource, scope, ctx)
         write = use.write
         entry = conditional_entry(tpl.fhir_type, resource, system, value, create_only=write == "create", by_id=write == "by-id")

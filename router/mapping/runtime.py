@@ -130,6 +130,7 @@ class RunContext:
     bindings: dict[str, str] = field(default_factory=dict)  # template parameter → resource name
     trace_prefix: list[str] = field(default_factory=list)  # --explain: the path of the object being built
     untidy: bool = False  # a placed value may hold an empty element: the resource needs `prune`
+    displays: dict[str, str] = field(default_factory=dict)  # instance not written for want of an identifier → its name, for references
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +245,8 @@ def resolve_refs(ctx: RunContext) -> set[str]:
         url = full_urls.get(ref.name) if type(ref) is Ref else next(iter(ref.urls(ctx)), None)
         if url:
             container[key] = {"reference": url}
+        elif type(ref) is Ref and (shown := ctx.displays.get(ref.name)):
+            container[key] = {"display": shown}  # a doctor named without a number: the name, not a record of its own
         else:
             container.pop(key, None)
             rtype = container.get("resourceType")
@@ -255,6 +258,9 @@ def resolve_refs(ctx: RunContext) -> set[str]:
     for container, sites in in_lists.values():
         for key, ref, inst in sorted(sites, key=lambda kv: kv[0], reverse=True):  # right to left: indexes stay valid
             urls = ref.urls(ctx)
+            if not urls and type(ref) is Ref and (shown := ctx.displays.get(ref.name)):
+                container[key : key + 1] = [{"display": shown}]
+                continue
             container[key : key + 1] = [{"reference": u} for u in urls]
             if not container:
                 dropped.add(inst)

@@ -327,14 +327,19 @@ def test_the_fastlege_and_the_office_are_the_patients_general_practitioners(tmp_
     assert gps[0]["name"] == "LEGESENTERET NORD"
 
 
-def test_an_office_named_only_by_name_does_not_refuse_the_admission(tmp_path):
-    """PD1-3 with a name and no number is the sender's office of that name (a derived identity), not a refusal."""
-    first = _adt("A01", "GP-2").replace(b"\rPV1|", b"\rPD1|||LEGESENTERET NORD\rPV1|", 1)
-    code, bundle = _convert(tmp_path, first)
+def test_a_doctor_or_office_named_without_a_number_does_not_refuse_the_admission(tmp_path):
+    """`^LEGE^LISA` in PV1-7 and an office by name only: no Practitioner or Organization of their own (two Lisa Leges
+    need not be one person), and references carry the names. The admission was refused ("has no identifier")."""
+    message = _adt("A01", "GP-2").replace(b"\rPV1|", b"\rPD1|||LEGESENTERET NORD|^FASTLEGE^FRODE\rPV1|", 1)
+    message = message.replace(b"|I|MED^301^2^STOLAV||||", b"|I|MED^301^2^STOLAV||||^LEGE^LISA", 1)
+    code, bundle = _convert(tmp_path, message)
     assert code == 0, bundle
-    [office] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Organization" and e["resource"].get("name") == "LEGESENTERET NORD"]
-    code, again = _convert(tmp_path, first.replace(b"GP-2", b"GP-3"))
-    assert [e["resource"]["id"] for e in again["entry"] if e["resource"].get("name") == "LEGESENTERET NORD"] == [office["id"]]
+    kinds = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert "Practitioner" not in kinds and kinds.count("Organization") == 1  # the sending facility only
+    [patient] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+    assert patient["generalPractitioner"] == [{"display": "LEGESENTERET NORD"}, {"display": "FRODE FASTLEGE"}]
+    [encounter] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Encounter"]
+    assert [p["individual"] for p in encounter["participant"]] == [{"display": "LISA LEGE"}]
 
 
 def test_a_coded_field_with_text_only_keeps_its_text(tmp_path):

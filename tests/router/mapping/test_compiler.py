@@ -58,6 +58,8 @@ class TestLoadChecks:
             ("messages/ORU_R01.yaml", "  - name: result\n    note: >\n      one PATIENT_RESULT group per patient: each group's results belong to its own patient\n      and stay (made at the top, a second patient's results went to the first)\n    each: PATIENT_RESULT\n",
              "  - name: result\n", "needs each: <a segment group> and resources:"),
             ("messages/ORU_R01.yaml", "    each: PATIENT_RESULT\n", "    each: PID\n", "is not a segment group"),
+            ("segments/XCN.Practitioner.yaml", "unidentified: display", "unidentified: drop", "display is the only choice"),
+            ("segments/XCN.Practitioner.yaml", "unidentified: display", "unidentified: display\n  fallback: [XCN.2]", "exclude each other"),
             ("messages/ORU_R01.yaml", "    each: PATIENT_RESULT\n", "    write: create\n    each: PATIENT_RESULT\n", "takes no write:"),
             ("messages/ORU_R01.yaml", "  refuse: [OBX, SPM, OBR]", "  refuse: [OBX, specimen]", "must list segment names"),
             ("segments/OBX.Observation.yaml", "      paths: [MSH-4.1, OBR-3.1", "      pahts: [MSH-4.1, OBR-3.1", "unknown key 'pahts'"),
