@@ -67,7 +67,8 @@ def test_generated_functions_exist(both):
     uses = [u for use in mm.resources for u in (use, *use.children) if u.template is not None]  # a group (procedures) has none
     assert len(uses) == len(mm.resources) + 3  # the PROCEDURE group's three practitioners and its procedure
     assert all(use.template.block.fast is not None for use in uses)
-    assert [use.when.__name__ for use in uses if use.when is not None] == ["when"] * 5  # each resource's `when:` written out too
+    whens = [u.when for use in mm.resources for u in (use, *use.children) if u.when is not None]
+    assert len(whens) == 5 and {w.__name__ for w in whens} == {"when"}  # each entry's `when:` written out too, the group's included
     plain_uses = plain.mappings.for_sender("PAS", "STOLAV").find("ADT", "A01", "ADT_A01").resources
     assert all(u.template.block.fast is None for use in plain_uses for u in (use, *use.children) if u.template is not None)
 
