@@ -351,7 +351,8 @@ class _Gen:
             _, name, put = plan
             self.names["Ref"] = Ref
             v = self.n("v")
-            inner = [f"_b = ctx.bindings.get({name!r}, {name!r})", f"{v} = Ref(ctx.env.get(_b, _b))", *self._put(i, put, v, track=True)]
+            # "" binds nothing (`with: {x: null}`, or a resource this message never makes): no Ref to drop later
+            inner = [f"_b = ctx.bindings.get({name!r}, {name!r})", "if _b:", *("    " + x for x in [f"{v} = Ref(ctx.env.get(_b, _b))", *self._put(i, put, v, track=True)])]
         else:
             return None
         if inner is None:

@@ -60,6 +60,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
         names.add(embedded.same)  # the embedded messages' resource: this mapping's resources may bind it
     _check_bindings(uses, names, set())
     _check_identity_order(uses, names, set())
+    _unbind_absent(uses, names)
     raw_events = doc.get("events") or []
     match = doc.get("match") or []
     if not isinstance(match, list):
@@ -272,6 +273,21 @@ def _check_bindings(uses: list[ResourceUse], names: set[str], outer: set[str]) -
             if param in use.explicit and bound and bound not in names:
                 raise _err(f"{use.name}: parameter {param!r} is bound to {bound!r}, which this message does not produce", use.pos)
         _check_bindings(use.children, names, outer | {use.name})
+
+
+def _unbind_absent(uses: list[ResourceUse], names: set[str]) -> None:
+    """Bind to nothing ("") each parameter left to its default that names no resource of this message.
+
+    Why: an ORU makes no Immunization, yet every result's `partOf: ref immunization` made a
+    reference, dropped it at the end, and so marked the result for pruning (~20 k instructions
+    per OBX). Bound to nothing, the rule places nothing.
+    """
+    for use in uses:
+        if use.template is not None:
+            for param in use.template.params:
+                if param not in use.explicit and use.bindings.get(param, param) not in names:
+                    use.bindings[param] = ""
+        _unbind_absent(use.children, names)
 
 
 def _check_identity_order(uses: list[ResourceUse], names: set[str], before: set[str]) -> None:

@@ -95,7 +95,7 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: 
             raise _err(f"ref: {name!r} is not a declared parameter of this template (params: {', '.join(params) or 'none'})", node.pos("ref"))
         def ref(scope: Any, ctx: RunContext) -> list[Any]:
             bound = ctx.bindings.get(name, name)
-            return [Ref(ctx.env.get(bound, bound))]
+            return [Ref(ctx.env.get(bound, bound))] if bound else []
 
         return ref, _steps.ref(name, put)
     if kind == "refs":

@@ -145,6 +145,8 @@ def ref(name: str, put: Put) -> Step:
 
     def step(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
         bound = ctx.bindings.get(name, name)
+        if not bound:  # bound to nothing: `with: {x: null}`, or a resource this message never makes
+            return False
         put(obj, Ref(ctx.env.get(bound, bound)), ctx)
         return True
 

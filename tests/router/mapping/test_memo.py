@@ -103,11 +103,12 @@ def test_the_same_text_under_other_delimiters_is_not_mistaken_for_it(converter):
 
 
 def test_a_rejected_value_is_rejected_every_time(converter):
-    """A practitioner with no identifier fails its message each time it comes, before and after good ones: errors are never remembered."""
-    nameless = adt("C1", "^LEGE^LISA")
-    expected = fresh(nameless)
-    assert expected[0][0] is None and "identifier" in expected[0][1][0]
-    for text in (nameless, adt("C2", LISA), nameless, nameless):
+    """A practitioner whose national id fails its check digits fails its message each time it comes, before and after
+    good ones: errors are never remembered."""
+    invalid = adt("C1", "15866112370^LEGE^LISA^^^^^^NOR^^^^FNR")
+    expected = fresh(invalid)
+    assert expected[0][0] is None and "check digits" in expected[0][1][0]
+    for text in (invalid, adt("C2", LISA), invalid, invalid):
         assert outcome(converter, text) == fresh(text)
 
 
