@@ -336,11 +336,12 @@ class GroupPath:
         """Return the groups the steps select, from the scope's group down."""
         level: list[Group] = [scope.group if scope.group is not None else scope.message.root()]  # type: ignore[list-item]
         for name, rep in self.steps:
-            found = [g for grp in level for g in grp.find_groups(name)]
-            if rep is None:
-                found = found[:1]
-            elif rep != ALL:
-                found = found[rep - 1 : rep]
+            # A step without [n] is the first in each group the step before gave, not the first
+            # overall: `ORDER[*].ORDER_DETAIL.X[*]` named only the first order's X.
+            found: list[Group] = []
+            for grp in level:
+                hits = grp.find_groups(name)
+                found += hits if rep == ALL else hits[:1] if rep is None else hits[rep - 1 : rep]
             level = found
         return level
 

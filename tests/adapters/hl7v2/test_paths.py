@@ -42,3 +42,23 @@ class TestSourcePath:
         """Malformed paths raise PathSyntaxError at compile time."""
         with pytest.raises(PathSyntaxError):
             compile_path(bad)
+
+
+class TestGroupPaths:
+    ORM = "\r".join([
+        "MSH|^~\\&|DIPS|X|||20240101||ORM^O01^ORM_O01|1|P|2.5.1",
+        "PID|1||1",
+        "ORC|NW|REK-1", "OBR|1|REK-1||HB",
+        "ORC|NW|REK-2", "OBR|2|REK-2||KREA",
+        "ORC|NW|REK-3", "OBR|3|REK-3||CRP",
+    ])
+
+    def test_an_unnumbered_step_is_the_first_in_each_group_before_it(self):
+        """`ORDER[*].ORDER_DETAIL.X[*]`: ORDER_DETAIL is the first of each order, so every order's X is named.
+        It was the first ORDER_DETAIL of the whole message: an ORM mapped with it kept only its first order."""
+        message = tokenize(self.ORM)
+        message.structure = "ORM_O01"
+        path = compile_path("ORDER[*].ORDER_DETAIL.OBRRQDRQ1RXOODSODT_SUPPGRP[*].OBR-2")
+        assert path.values(Scope(message)) == ["REK-1", "REK-2", "REK-3"]
+        assert compile_path("ORDER[2].ORDER_DETAIL.OBRRQDRQ1RXOODSODT_SUPPGRP.OBR-2").values(Scope(message)) == ["REK-2"]
+        assert compile_path("ORDER.ORDER_DETAIL.OBRRQDRQ1RXOODSODT_SUPPGRP.OBR-2").values(Scope(message)) == ["REK-1"]
