@@ -294,12 +294,7 @@ def _rendered(node: Any) -> str:
         if tag in _BLOCKS and tag not in _LINES:  # a paragraph ends its line; a row or item only starts one
             out.append("\n")
 
-    if node.text:
-        out.append(node.text)
-    for child in node:
-        walk(child)
-        if child.tail:
-            out.append(child.tail)
+    walk(node)  # the carrying element (TextResultValue) is no block: only its text and children count
     lines = (" ".join(line.split()) for line in "".join(out).split("\n"))
     text = "\n".join(line.removeprefix("| ").removesuffix(" |") if line.startswith("| ") else line for line in lines)
     while "\n\n\n" in text:
