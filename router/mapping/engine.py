@@ -38,7 +38,8 @@ def _where(use: ResourceUse, scope: Any) -> str | None:
     return getattr(scope, "value_loc", None) or None
 
 
-def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunContext) -> tuple[str, str]:
+def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunContext) -> tuple[str, str] | None:
+    """The (system, value) that makes *resource* unique; None for an `unidentified: display` template without one."""
     found = resource.get("identifier", [])
     single = isinstance(found, dict)  # Composition, Bundle…: one Identifier, not a list
     idents = [i for i in ([found] if single else found) if i.get("system") and i.get("value")]
@@ -63,12 +64,9 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunCo
             else:
                 resource.setdefault("identifier", []).append(derived)
             return FALLBACK_SYSTEM, value
+    if tpl.unidentified is not None:
+        return None
     raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier to make it unique", location=None)
-
-
-def _has_identifier(resource: dict[str, Any]) -> bool:
-    found = resource.get("identifier")
-    return any(i.get("system") and i.get("value") for i in ([found] if isinstance(found, dict) else found or ()))
 
 
 def _display(resource: dict[str, Any]) -> str | None:
@@ -171,14 +169,15 @@ class _Run:
             if element not in resource:
                 # Invalid FHIR never reaches the record: the sender hears which field was empty.
                 raise InvalidContent(f"{tpl.fhir_type}.{element} is required, but {source} gives no value", location=source)
-        if tpl.unidentified is not None and not _has_identifier(resource):
+        identity = _identity(use, resource, scope, ctx)
+        if identity is None:
             # A doctor or an office named without a number is no record of its own (two
             # "Lisa Lege" need not be one person): references to it carry its name instead.
             shown = _display(resource)
             if shown:
                 ctx.displays[inst] = shown
             return False
-        system, value = _identity(use, resource, scope, ctx)
+        system, value = identity
         write = use.write
         entry = conditional_entry(tpl.fhir_type, resource, system, value, create_only=write == "create", by_id=write == "by-id")
         if write == "by-id":
