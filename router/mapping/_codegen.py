@@ -36,7 +36,7 @@ from typing import Any, Callable
 
 from adapters.hl7v2._tokenizer import EXPLICIT_NULL, unescape
 from adapters.hl7v2.groups import near_map
-from adapters.hl7v2.paths import ALL, SourcePath
+from adapters.hl7v2.paths import ALL, GroupPath, SourcePath
 from router.errors import MessageError
 from router.mapping._steps import call_at, location, reader
 from router.mapping.library import _Values
@@ -347,6 +347,8 @@ class _Gen:
             inner = self._fn(i, *plan[1:])
         elif kind == "each_segment":
             inner = self._each_segment(i, *plan[1:])
+        elif kind == "each_group":
+            inner = self._each_group(i, *plan[1:])
         elif kind == "ref":
             _, name, put = plan
             self.names["Ref"] = Ref
@@ -393,6 +395,20 @@ class _Gen:
         return [
             f"for {sg} in {pname}._segments({self.scope}):",  # what path.resolve gives, without an Item per segment
             f"    {o} = {self._builder(i, build)}({self.scope}.child(segments={{{sg}.name: {sg}}}), ctx, {{}})",
+            f"    if {o}:",
+            *("        " + x for x in self._put(i, put, o, known="dict")),
+        ]
+
+    def _each_group(self, i: int, path: Any, build: Any, put: Any) -> list[str] | None:
+        """`each: OBSERVATION` with nested `rules:`: one object per segment group, built in that group's scope."""
+        if type(path) is not GroupPath:
+            return None  # an XML path's groups: its step, as it is
+        pname = self.n(f"GRPP{i}")
+        self.names[pname] = path
+        o, gr = self.n("o"), self.n("gr")
+        return [
+            f"for {gr} in {pname}.groups({self.scope}):",  # what path.resolve gives, without an Item per group
+            f"    {o} = {self._builder(i, build)}({self.scope}.child(group={gr}), ctx, {{}})",
             f"    if {o}:",
             *("        " + x for x in self._put(i, put, o, known="dict")),
         ]

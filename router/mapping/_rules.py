@@ -154,6 +154,7 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
                     out.append(obj)
             return out
 
+        group_produce.plan = ("groups", path, gblock.build)  # type: ignore[attr-defined]  # _codegen.py writes the loop out
         return group_produce, None
     if path.is_segment:
         if path.seg_rep is None:

@@ -73,6 +73,13 @@ def test_generated_functions_exist(both):
     assert all(u.template.block.fast is None for use in plain_uses for u in (use, *use.children) if u.template is not None)
 
 
+def test_a_report_writes_out_its_loop_over_result_groups(both):
+    """A report's `each: OBSERVATION` (its presentedForm) is a loop in generated code, not the closure behind it."""
+    fast, plain = both
+    assert ".groups(scope)" in fast.mappings.compiler.templates["OBR.DiagnosticReport"].block.fast.source
+    assert plain.mappings.compiler.templates["OBR.DiagnosticReport"].block.fast is None
+
+
 def test_same_output_with_and_without_generated_code(both, request):
     """Every message gives the same Bundle, error and unmapped list both ways."""
     fast, plain = both
