@@ -122,7 +122,8 @@ def check_patient(root: etree._Element, envelope: KithEnvelope) -> None:
 
     HIS 80415 §3.3: a name with a fødselsnummer, D-nummer or FH-nummer, or a name
     with date of birth and sex. A message without a patient element is not checked
-    (e-resept lists, AppRecs); an emergency referral's exception is not made here.
+    (e-resept lists, AppRecs), and neither is an emergency referral: §3.3 makes it
+    the exception, since an unconscious or unknown patient must still be referred.
 
     Raises:
         PatientInsufficient: the patient element lacks a name, or both a national id and date of birth with sex.
@@ -135,9 +136,27 @@ def check_patient(root: etree._Element, envelope: KithEnvelope) -> None:
         document = envelope.document
         patient = next((p for p in document.iter() if isinstance(p.tag, str) and etree.QName(p).localname == "Patient"), None) if document is not None else None
         where = "/Message/…/Patient"
-    if patient is None or _identified(patient):
+    if patient is None or _identified(patient) or _emergency_referral(root, envelope):
         return
     raise PatientInsufficient("the patient is not identified well enough: a name with a fødselsnummer, D-nummer or FH-nummer, or a name with date of birth and sex", location=where)
+
+
+_EMERGENCY = "0"
+"""Volven 8304 (Prioritet for henvisning) 0: Øyeblikkelig hjelp."""
+
+
+def _emergency_referral(root: etree._Element, envelope: KithEnvelope) -> bool:
+    """Tell whether a referral (Henvisning 1.x or 2.0) asks for emergency care: ReqServ/Priority V="0".
+
+    Read only for a patient who is not identified well enough, so the walk costs nothing on the common path.
+    """
+    if "/henvisning/" not in (envelope.payload_namespace or ""):
+        return False
+    for el in root.iter("{*}Priority"):
+        parent = el.getparent()
+        if parent is not None and etree.QName(parent).localname == "ReqServ" and el.get("V") == _EMERGENCY:
+            return True
+    return False
 
 
 def _identified(patient: etree._Element) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -123,3 +124,77 @@ class TestApprecVerb:
         msg.write_bytes(b"<a/>")
         assert main(["apprec", str(msg)]) == 2
         assert "ehelseCatalog.xml" in capsys.readouterr().err
+
+
+class TestPatientWithoutANumber:
+    """HIS 80415 §3.3: a name with date of birth and sex identifies a patient well enough, and an
+    emergency referral needs no more than it has. Neither may be refused for want of a national id."""
+
+    HENVISNING_OH = "Henvisning/Henvisning_v1-1/henvisning strukturert_v1.1_n.xml"  # ReqServ/Priority V="0"
+    FNR_LINES = ("<OffId>21016400952</OffId>", '<TypeOffId V="FNR" DN="Fødselsnummer"/>')
+    BIRTH = '<DateOfBirth V="1964-01-21"/>'
+
+    def _referral(self, norsk: Path, tmp_path: Path, name: str, *, drop: tuple[str, ...], changes: dict[str, str] | None = None) -> Path:
+        text = (norsk / "eksempel" / self.HENVISNING_OH).read_text("utf-8")
+        for old in drop:
+            assert old in text, old
+            text = text.replace(old, "")
+        for old, new in (changes or {}).items():
+            assert old in text, old
+            text = text.replace(old, new)
+        path = tmp_path / name
+        path.write_text(text, "utf-8")
+        return path
+
+    def _convert(self, path: Path, capsys) -> tuple[int, dict]:
+        code = main(["convert", str(path)])
+        (doc,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        return code, doc
+
+    @staticmethod
+    def _patient_request(doc: dict) -> dict:
+        (entry,) = [e for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"]
+        return entry["request"]
+
+    def test_name_birth_date_and_sex_without_a_number_is_accepted_and_kept_apart(self, norsk, tmp_path, capsys):
+        """An elective referral whose patient has no OffId, but a name, date of birth and sex: a positive AppRec, a Bundle."""
+        elective = {'<Priority V="0" DN="Øyeblikkelig hjelp"/>': '<Priority V="N" DN="Elektiv/Ordinær (elektiv)"/>'}
+        path = self._referral(norsk, tmp_path, "dob.xml", drop=self.FNR_LINES, changes=elective)
+        assert main(["apprec", str(path)]) == 0
+        assert {h[3:] for h, _ in _documents(capsys.readouterr().out)} == {("1", None)}
+        code, doc = self._convert(path, capsys)
+        assert code == 0 and doc["resourceType"] == "Bundle"
+        first = self._patient_request(doc)
+        assert first["method"] == "POST" and "urn:helsebro:identity|" in first["ifNoneExist"]
+        # The same referral again is the same patient; another referral for a namesake born the same day is not.
+        again = self._convert(self._referral(norsk, tmp_path, "dob2.xml", drop=self.FNR_LINES, changes=elective), capsys)[1]
+        assert self._patient_request(again) == first
+        other = dict(elective, **{"<Id>a1d21df0-b080-11e1-afa6-0800200c9a66</Id>": "<Id>b2e32ef1-b080-11e1-afa6-0800200c9a66</Id>"})
+        namesake = self._convert(self._referral(norsk, tmp_path, "dob3.xml", drop=self.FNR_LINES, changes=other), capsys)[1]
+        assert self._patient_request(namesake) != first
+
+    def test_an_emergency_referral_with_a_name_only_is_accepted(self, norsk, tmp_path, capsys):
+        """Priority 0 (øyeblikkelig hjelp, Volven 8304), no number and no date of birth: positive AppRec and a Bundle."""
+        path = self._referral(norsk, tmp_path, "oh.xml", drop=(*self.FNR_LINES, self.BIRTH))
+        assert main(["apprec", str(path)]) == 0
+        assert {h[3:] for h, _ in _documents(capsys.readouterr().out)} == {("1", None)}
+        code, doc = self._convert(path, capsys)
+        assert code == 0 and doc["resourceType"] == "Bundle"
+
+    def test_an_elective_referral_with_a_name_only_gets_e36(self, norsk, tmp_path, capsys):
+        """The same referral marked elective is refused: the exception is for emergencies only."""
+        elective = {'<Priority V="0" DN="Øyeblikkelig hjelp"/>': '<Priority V="3" DN="Haster (elektiv)"/>'}
+        path = self._referral(norsk, tmp_path, "elective.xml", drop=(*self.FNR_LINES, self.BIRTH), changes=elective)
+        assert main(["apprec", str(path)]) == 1
+        assert {h[3:] for h, _ in _documents(capsys.readouterr().out)} == {("2", "E36")}
+
+    def test_a_msghead_patient_with_name_birth_date_and_sex_only_is_accepted(self, norsk, tmp_path, capsys):
+        """A PLO message whose MsgInfo/Patient has no Ident: a Bundle with the patient, not X99."""
+        text = (norsk / "eksempel" / PLO_16).read_text("utf-8")
+        stripped = re.sub(r"(<Patient>.*?)<Ident>.*?</Ident>", r"\1", text, count=1, flags=re.S)
+        assert stripped != text
+        path = tmp_path / "plo.xml"
+        path.write_text(stripped, "utf-8")
+        code, doc = self._convert(path, capsys)
+        assert code == 0 and doc["resourceType"] == "Bundle"
+        assert "urn:helsebro:identity|" in self._patient_request(doc)["ifNoneExist"]
