@@ -31,12 +31,15 @@ CONTEXT_NAMES = frozenset({
 })
 """What `context:` may name: the source message's header, its time (`sent`, as HL7 TS) and the destination."""
 
-FUNCTIONS = ("hl7_date", "hl7_ts", "lines")
+FUNCTIONS = ("hl7_date", "hl7_ts", "lines", "family_name", "given_names")
 """The function library: FHIR date or dateTime → HL7 DT, FHIR dateTime → HL7 TS (offset rule per version),
-text with line breaks → one repetition per line (a whole repeating field only)."""
+text with line breaks → one repetition per line (a whole repeating field only), and a name written in one
+string, given names first (a Reference's display) → its last word (the family name) or the words before it."""
 
-_FIELD_KEYS = {"value", "context", "from", "each", "fn", "table", "else", "components", "resolve", "as", "when", "versions", "required", "note"}
-_VALUE_KEYS = {"value", "context", "from", "fn", "table", "else", "note"}
+_FIELD_KEYS = {"value", "context", "from", "each", "fn", "table", "else", "components", "resolve", "as", "when", "versions", "required", "up", "where", "note"}
+_VALUE_KEYS = {"value", "context", "from", "fn", "table", "else", "up", "where", "note"}
+_MAX_UP = 16
+"""Resources `up:` climbs at most: a bed, its room, ward, floor, building and site are six; a loop of references ends here."""
 _VERSION = re.compile(r"\d+(\.\d+)*$")
 
 
@@ -120,6 +123,9 @@ class FieldCompiler:
         if "versions" in spec and not self._for_receiver(spec["versions"], _pos(spec, "versions", pos)):
             return None
         if {"each", "components", "resolve"} & set(spec):
+            for key in ("up", "where"):
+                if key in spec:
+                    raise self.owner.fail(f"{self.label}: {key}: belongs to one value (a component, or a field without each:, components: or resolve:)", _pos(spec, key, pos))
             fn = self._structured(spec, pos)
         elif spec.get("fn") == "lines":
             fn = self._lines(spec, pos)
@@ -306,6 +312,10 @@ class FieldCompiler:
         if len(sources) != 1:
             raise self.owner.fail(f"{self.label}: give exactly one of value:, context:, from:", pos)
         get = self._source(spec, sources[0], pos, type_name)
+        if "up" in spec:
+            get = self._up(spec, get, pos, type_name)
+        elif "where" in spec:
+            raise self.owner.fail(f"{self.label}: where: picks among the resources up: climbs to; give up: too", _pos(spec, "where", pos))
         transform = self._transform(spec, pos)
         fallback = self.value({"from": spec["else"]} if isinstance(spec["else"], str) else spec["else"], _pos(spec, "else", pos), type_name) if "else" in spec else None
         if fallback is None and "fn" not in spec and "table" not in spec:
@@ -319,6 +329,48 @@ class FieldCompiler:
             return got
 
         return fn
+
+    def _up(self, spec: dict[str, Any], get: _ValueFn, pos: Pos, type_name: str | None) -> _ValueFn:
+        """`up:` (a Reference path) and `where:`: read `from:` in the item, else in the resource it references, and so on up.
+
+        Why: PV1-3 is a point of care, a room and a bed, and the canonical Encounter names the most
+        granular Location only (v2-to-FHIR IG PL[Location]): the room is the bed's `partOf`, the ward
+        the room's. `where:` picks the one of the right kind (physicalType), so a stay in a room with
+        no bed still writes the room as PL.2. A reference outside the Bundle or to another type ends the climb.
+        """
+        upos = _pos(spec, "up", pos)
+        if "from" not in spec:
+            raise self.owner.fail(f"{self.label}: up: reads from: in each resource it climbs to", upos)
+        if type_name is None or not fhir_model.is_resource_type(type_name):
+            raise self.owner.fail(f"{self.label}: up: climbs from a resource (the segment's, or one resolve: leads to), not from {type_name or 'no resource'}", upos)
+        ref = self._path(spec["up"], type_name, upos)
+        if ref.type_name != "Reference":
+            raise self.owner.fail(f"{self.label}: up: {ref.text} is not a Reference", upos)
+        where = None
+        if "where" in spec:
+            wpos = _pos(spec, "where", pos)
+            if not isinstance(spec["where"], str):
+                raise self.owner.fail(f"{self.label}: where: is a condition, e.g. physicalType.coding.code=ro", wpos)
+            try:
+                where = compile_fhir_condition(spec["where"], type_name)
+            except PathSyntaxError as exc:
+                raise self.owner.fail(f"{self.label}: where: {exc}", wpos) from None
+
+        def climbed(node: Any, ctx: RenderContext) -> str | None:
+            for _ in range(_MAX_UP):
+                if node is None:
+                    return None
+                if where is None or where(node):
+                    got = get(node, ctx)
+                    if got:
+                        return got
+                reference = ref.first(node)
+                node = ctx.by_ref.get(reference.get("reference", "")) if isinstance(reference, dict) else None
+                if node is not None and node.get("resourceType") != type_name:
+                    return None
+            return None
+
+        return climbed
 
     def _source(self, spec: dict[str, Any], key: str, pos: Pos, type_name: str | None) -> _ValueFn:
         raw = spec[key]
@@ -360,6 +412,10 @@ class FieldCompiler:
                 steps.append(lambda v: fhir_to_hl7_ts(v, with_offset=with_offset))
             elif name == "lines":
                 raise self.owner.fail(f"{self.label}: fn: lines makes repetitions of a whole field; it cannot shape a component or an item", _pos(spec, "fn", pos))
+            elif name == "family_name":
+                steps.append(_family_name)
+            elif name == "given_names":
+                steps.append(_given_names)
             else:
                 raise self.owner.fail(f"{self.label}: fn: {name!r} is not one of {', '.join(FUNCTIONS)}", _pos(spec, "fn", pos))
         if "table" in spec:
@@ -379,6 +435,24 @@ class FieldCompiler:
             return got
 
         return chain
+
+
+def _family_name(name: str) -> str | None:
+    """The last word of a name written given names first ("LISA LEGE" → "LEGE").
+
+    Why: a doctor named without an HPR number is a Reference with a display only, which
+    Helsebro writes given names first, family name last (router/mapping/engine.py, _display);
+    XCN wants them apart. A family name of two words ("BERG HANSEN") cannot be told from a
+    middle name: its first word goes with the given names.
+    """
+    words = name.split()
+    return words[-1] if words else None
+
+
+def _given_names(name: str) -> str | None:
+    """The words of a name before its last ("KARI ANNE NORDMANN" → "KARI ANNE"); see _family_name."""
+    words = name.split()
+    return " ".join(words[:-1]) or None
 
 
 def _assemble(parts: list[tuple[int, int, _ValueFn]]) -> Callable[[Any, RenderContext], str]:

@@ -61,6 +61,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     _check_bindings(uses, names, set())
     _check_identity_order(uses, names, set())
     _unbind_absent(uses, names)
+    _remember_refs(uses)
     raw_events = doc.get("events") or []
     match = doc.get("match") or []
     if not isinstance(match, list):
@@ -290,8 +291,32 @@ def _unbind_absent(uses: list[ResourceUse], names: set[str]) -> None:
         _unbind_absent(use.children, names)
 
 
+def _remember_refs(uses: list[ResourceUse]) -> None:
+    """Let the engine build once per value a resource whose `ref:` lists name siblings made from that value.
+
+    Why: a bed is part of its room, and the room of its ward, all three read from PV1-3 alone,
+    and a feed names the same few places in message after message. The engine keeps what it built
+    from a value (engine._one); that is right only when what the resource holds follows from the
+    value. A `ref:` list reads which resource was made: so each one it names must be an earlier
+    sibling with the same `from:`, no `when:`, that is itself built from the value alone. Then it
+    is made, under the same identity, in exactly the messages that make this one.
+    """
+    from router.mapping.compiler import _MEMO_KEYS
+
+    seen: dict[str, ResourceUse] = {}
+    for use in uses:
+        tpl = use.template
+        if tpl is not None and tpl.value_only_refs and use.memo is None and use.source is not None and not tpl.fallback:
+            text = getattr(use.source, "text", None)
+            named = [seen.get(use.bindings.get(p, p)) for p in tpl.earlier if use.bindings.get(p, p)]
+            if text is not None and all(o is not None and o.memo is not None and o.when is None and getattr(o.source, "text", None) == text for o in named):
+                use.memo = next(_MEMO_KEYS)
+        seen[use.name] = use
+        _remember_refs(use.children)
+
+
 def _check_identity_order(uses: list[ResourceUse], names: set[str], before: set[str]) -> None:
-    """Refuse an identity part `ref(x)` whose resource the message makes only later: it would be empty, silently."""
+    """Refuse an identity part `ref(x)`, or a `ref:` list's resource, that the message makes only later: it would be empty, silently."""
     from router.mapping.compiler import _err
     from router.mapping.runtime import IdentityOf
 
@@ -302,5 +327,10 @@ def _check_identity_order(uses: list[ResourceUse], names: set[str], before: set[
                 bound = use.bindings.get(part.param, part.param)
                 if bound in names and bound not in seen:
                     raise _err(f"{use.name}: its identity's {part.text} names {bound!r}, which this message makes later or elsewhere; list {bound!r} before {use.name!r}", use.pos)
+        for param in use.template.earlier if use.template is not None else ():
+            # A `ref:` list is resolved when its rule runs: a resource made later would never be chosen.
+            bound = use.bindings.get(param, param)
+            if bound in names and bound not in seen:
+                raise _err(f"{use.name}: its `ref:` list (or `ref:` with rules:) reads {param!r} when it runs, but {bound!r} is made later or elsewhere; list {bound!r} before {use.name!r}", use.pos)
         seen.add(use.name)
         _check_identity_order(use.children, names, seen)

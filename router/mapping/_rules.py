@@ -15,7 +15,7 @@ from router.mapping import _steps, fhir_model
 from router.mapping._steps import Convert
 from router.mapping._yaml import YList, YMap
 from router.mapping.library import LIBRARY, call
-from router.mapping.runtime import Produce, Put, Ref, RefList, RunContext, Step, has_empty
+from router.mapping.runtime import Produce, Put, Ref, RefList, RunContext, Step, Target, has_empty
 from router.mapping.tables import _plain
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def compile_rule(c: Compiler, node: YMap, fhir_type: str) -> Rule:
     where = f"{node.pos()[0]}:{node.pos()[1]}"
     kind = sources[0] if sources else ("rules" if "rules" in node else "fn")
     put = _untidy(c, node, kind, target.setter(refs=kind in ("ref", "refs")))
-    produce, step = _produce(c, node, kind, leaf, put, target_text=str(node["target"]))
+    produce, step = _produce(c, node, kind, leaf, put, target_text=str(node["target"]), target=target)
     source = str(node.get(kind, node.get("args", ""))) if kind != "rules" else "rules"
     source_path = _explain_path(c, node, kind)
     return Rule(target, when, produce, where, source, _steps.finish(step, produce, put, when), source_path)
@@ -78,7 +78,7 @@ def _untidy(c: Compiler, node: YMap, kind: str, put: Put) -> Put:
     return put
 
 
-def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: Put, *, target_text: str) -> tuple[Produce, Step | None]:
+def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: Put, *, target_text: str, target: Target) -> tuple[Produce, Step | None]:
     """Return the rule's `produce` and, for the common shapes, a fused step (see _steps.py)."""
     from router.mapping.compiler import _err
 
@@ -89,10 +89,14 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: 
     if kind == "ref":
         if leaf.type_name != "Reference":
             raise _err(f"ref: needs a Reference target, but {target_text} is {leaf.type_name or 'a primitive'}", node.pos("ref"))
-        name = str(node["ref"])
+        raw = node["ref"]
         params = c._params
-        if name not in params:
-            raise _err(f"ref: {name!r} is not a declared parameter of this template (params: {', '.join(params) or 'none'})", node.pos("ref"))
+        for name in raw if isinstance(raw, YList) else [raw]:
+            if str(name) not in params:
+                raise _err(f"ref: {str(name)!r} is not a declared parameter of this template (params: {', '.join(params) or 'none'})", node.pos("ref"))
+        if isinstance(raw, YList) or "rules" in node:
+            return _first_made(c, node, put, target)
+        name = str(raw)
         def ref(scope: Any, ctx: RunContext) -> list[Any]:
             bound = ctx.bindings.get(name, name)
             return [Ref(ctx.env.get(bound, bound))] if bound else []
@@ -131,6 +135,32 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: 
         return [] if out is None else [out]
 
     return produce, _steps.first(path, convert(path) if convert else None, put)
+
+
+def _first_made(c: Compiler, node: YMap, put: Put, target: Target) -> tuple[Produce, Step | None]:
+    """`ref:` naming a list (`[bed, room, ward]`), or with `rules:` giving the Reference's other elements (display).
+
+    Why: a stay's place is the most granular Location the message made (v2-to-FHIR IG PL), and a
+    reader of the Encounter should still see its name. A lazy reference is resolved after every
+    resource is made and can hold neither a choice nor a display; this one is resolved when the rule
+    runs, so its resources must come earlier in the message mapping (checked at load, _messages.py).
+    """
+    from router.mapping.compiler import _err
+
+    raw = node["ref"]
+    names = tuple(str(n) for n in raw) if isinstance(raw, YList) else (str(raw),)
+    if not names or len(set(names)) != len(names):
+        raise _err("ref: lists one or more different parameters, the first the message made wins", node.pos("ref"))
+    build = None
+    if "rules" in node:
+        rules = node["rules"]
+        for rule in rules if isinstance(rules, YList) else ():
+            if isinstance(rule, YMap) and str(rule.get("target", "")).split(".")[0] == "reference":
+                raise _err("the reference is the named resource's own; rules: beside ref: give the Reference's other elements (display, type)", rule.pos("target"))
+        build = c.block(rules, "Reference", node.pos("rules")).build
+    c._earlier.update(names)
+    step = _steps.first_made(names, build, put, stand_in=target.setter(refs=False))
+    return (lambda scope, ctx: [r] if (r := _steps.reference_to_first(names, build, scope, ctx)) else []), step
 
 
 def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transform: Any, convert: Any, put: Put) -> tuple[Produce, Step | None]:

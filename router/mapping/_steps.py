@@ -156,6 +156,48 @@ def ref(name: str, put: Put) -> Step:
     return step
 
 
+def reference_to_first(names: tuple[str, ...], build: Build | None, scope: Any, ctx: RunContext) -> dict[str, Any] | None:
+    """The Reference to the first resource of the parameters *names* this message made so far, with what *build* gives.
+
+    One made without an identifier (`unidentified: display`) is referenced by its name; when none
+    was made, or a parameter is bound to nothing, what *build* gives is the reference on its own
+    (a display-only one), and nothing when it gives nothing.
+    """
+    value = build(scope, ctx) if build is not None else {}
+    for name in names:
+        bound = ctx.bindings.get(name, name)
+        if not bound:  # `with: {x: null}`, or a resource this message never makes
+            continue
+        inst = ctx.env.get(bound, bound)
+        url = ctx.full_urls.get(inst)
+        if url:
+            return {"reference": url, **value}
+        shown = ctx.displays.get(inst)
+        if shown:
+            return {"display": shown, **value}
+    return value or None
+
+
+def first_made(names: tuple[str, ...], build: Build | None, put: Put, *, stand_in: Put) -> Step:
+    """`ref:` naming a list, or with `rules:` — the Reference to the first of *names* made, resolved when the rule runs.
+
+    The step carries what the compiler asks when it decides whether the engine may build its
+    resource once per value (compiler._value_only_but_refs): `extra`, the build of the rules
+    beside `ref:`, and `stand_in`, a step that places a constant where this one places the
+    reference (the rest of the block is then judged as it is).
+    """
+
+    def step(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
+        value = reference_to_first(names, build, scope, ctx)
+        if value is None:
+            return False
+        put(obj, value, ctx)
+        return True
+
+    step.extra, step.stand_in = build, constant({}, stand_in)  # type: ignore[attr-defined]  # read by compiler._value_only_but_refs
+    return step
+
+
 def constant(value: Any, put: Put) -> Step:
     """`value:` — the same (shared) constant every time, as `produce` gives it."""
 

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from router.errors import MappingError
 from router.mapping import fhir_model
 from router.mapping._codegen import generate, generate_condition, generate_values
-from router.mapping._steps import reader
+from router.mapping._steps import finish, reader
 from router.mapping._yaml import Pos, YList, YMap, load_yaml
 from router.mapping.conditions import ConditionSyntaxError, Predicate, compile_condition
 from router.mapping.library import LIBRARY, call
@@ -106,6 +106,35 @@ class Block:
         return obj
 
 
+def _value_only_but_refs(block: Block) -> bool:
+    """Tell whether *block* reads nothing but its value, its `ref:` lists taken as given.
+
+    Each such rule (a bed's `partOf: ref: [room, ward]`) is judged by a stand-in placing a
+    constant under the same condition, and the rules beside its `ref:` by their own block; the
+    rest as the generated function judges any block (_codegen._value_only). Only a rule at the
+    block's top is stood in for: one nested deeper keeps the block from qualifying.
+    """
+    steps = []
+    for step in block.steps:
+        inner = getattr(step, "inner", step)
+        stand_in = getattr(inner, "stand_in", None)
+        if stand_in is not None:
+            extra = getattr(inner, "extra", None)
+            if extra is not None and not getattr(getattr(getattr(extra, "__self__", None), "fast", None), "value_only", False):
+                return False
+            step = finish(stand_in, _no_values, _no_put, getattr(step, "when", None))
+        steps.append(step)
+    return bool(getattr(generate(tuple(steps)), "value_only", False))
+
+
+def _no_values(scope: Any, ctx: RunContext) -> list[Any]:
+    return []
+
+
+def _no_put(obj: dict[str, Any], value: Any, ctx: RunContext) -> None:
+    return None
+
+
 def _positions(rule: Rule, scope: Any) -> str:
     """Name the positions a rule read (`PID-3[2].1`), or what the author wrote when there are none."""
     if rule.source_path is None:
@@ -144,6 +173,8 @@ class Template:
     required: tuple[tuple[str, str], ...] = ()  # (element with min 1, the source its first rule reads)
     tiers: tuple[tuple[Any, tuple[Any, ...]], ...] = ()  # (condition or None, paths): fallback alternatives, the first that holds
     unidentified: str | None = None  # "display": without an identifier it is not written, and references to it carry its name
+    earlier: tuple[str, ...] = ()  # parameters a `ref:` list or a `ref:` with `rules:` reads when it runs: made before this one
+    value_only_refs: bool = False  # reads nothing but its value once those references are given (_messages._remember_refs)
     fallback_values: Callable[[Any, RunContext], list[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -230,6 +261,7 @@ class Compiler:
     _raw: dict[tuple[str, str], tuple[YMap, str]] = field(default_factory=dict)
     _busy: set[str] = field(default_factory=set)
     _params: tuple[str, ...] = ()  # parameters of the template being compiled; refs must name one
+    _earlier: set[str] = field(default_factory=set)  # its parameters a rule resolves when it runs (_rules._first_made)
     check_path: Callable[[Any], str | None] | None = None  # the format's structure check (unknown fields)
     errors: list[MappingError] | None = None  # set to collect every error (lint) instead of stopping
     overlay: Path | None = None  # a sender's folder whose files replace the base files of the same name
@@ -396,8 +428,10 @@ class Compiler:
                 fallback = tuple(p for _, paths in tiers for p in paths)
             else:
                 fallback = tuple(self._part(str(p), items.pos(i)) for i, p in enumerate(items))
+        self._earlier = set()
         block = self.block(_need(doc, "rules", "a resource template"), fhir_type, doc.pos("rules"))
-        tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos(), self._required(fhir_type, block, doc), tiers, unidentified)
+        tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos(), self._required(fhir_type, block, doc), tiers, unidentified, tuple(sorted(self._earlier)))
+        tpl.value_only_refs = bool(self._earlier) and _value_only_but_refs(block)
         self.templates[name] = tpl
         return tpl
 

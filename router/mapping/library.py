@@ -184,6 +184,37 @@ def _hd_system(ctx: FnContext, v: _Values) -> str | None:
     return None
 
 
+def _location_facility(ctx: FnContext, v: _Values) -> str | None:
+    """(facility's namespace id, its universal id, its type: PL.4.1-3) → the facility whose location codes these are.
+
+    A PL without a facility is its sender's (MSH-4), as a local number is: the same ward sent
+    with and without PL.4 by one hospital is one Location, with one assigner.
+    """
+    namespace, universal = (v.values + [None, None])[:2]
+    return namespace or universal or ctx.sender
+
+
+def _location_system(ctx: FnContext, v: _Values) -> str | None:
+    """(PL.4.1-3) → the system of that facility's location codes (see _location_facility).
+
+    Why not the facility's configured system (`identifiers.authorities`): that names its patient
+    and visit numbers, and a ward's code is no such number. A system per facility keeps two
+    hospitals' ward MED apart.
+    """
+    return ctx.local_template.format(authority=_uri_part(_location_facility(ctx, v) or "unknown"), type="location")
+
+
+def _key(ctx: FnContext, v: _Values) -> str | None:
+    """The arguments as one identifying value, each in its place: joined with `/`, an empty one left empty.
+
+    A `/` or `%` inside an argument is written `%2F`, `%25`, so no two argument lists give one key:
+    bed 2 of room 301 (`MED/301/2`) is not bed 2 with no room (`MED//2`), nor room `301/2`.
+    """
+    if not any(v.values):
+        return None
+    return "/".join((x or "").replace("%", "%25").replace("/", "%2F") for x in v.values)
+
+
 def _hd_value(ctx: FnContext, v: _Values) -> str | None:
     """The identifying value of an HD: its universal id when it has a type, else its namespace."""
     namespace, universal, kind = (v.values + [None, None, None])[:3]
@@ -405,6 +436,9 @@ LIBRARY: dict[str, Function] = {
         Function("cx_system", 5, _cx_system, "(CX.1, CX.4.1, CX.5, CX.4.2, CX.4.3) → Identifier.system: as identifier_system; an authority named only by its universal id gives urn:oid:<id> (ISO) or that id's configured system."),
         Function("hd_system", 3, _hd_system, "(HD.1, HD.2, HD.3) → organisation Identifier.system: HER-id, organisasjonsnummer, ISO OID, or a configured local system."),
         Function("hd_value", 3, _hd_value, "(HD.1, HD.2, HD.3) → the organisation's identifying value."),
+        Function("location_facility", 3, _location_facility, "(PL.4.1, PL.4.2, PL.4.3) → the facility whose location codes a PL's are: PL.4.1, else PL.4.2, else the sender (MSH-4)."),
+        Function("location_system", 3, _location_system, "(PL.4.1, PL.4.2, PL.4.3) → the system of the facility's location codes: urn:helsebro:local:<facility>:location; without a facility, the sender's."),
+        Function("key", -1, _key, "The arguments as one identifying value: joined with '/', an empty one kept in its place, '/' and '%' inside one written %2F and %25."),
         Function("xml_datetime", 1, _xml_datetime, "xs:dateTime/xs:date → FHIR; no offset means Europe/Oslo."),
         Function("oid_system", 1, _oid_system, "A KITH/Volven S attribute (OID) → urn:oid:<S>."),
         Function("uuid_urn", 1, _uuid_urn, "A UUID → urn:uuid:<uuid> (identifier values for MsgIds)."),

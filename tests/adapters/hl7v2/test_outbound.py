@@ -54,6 +54,12 @@ class TestOutboundLoad:
             ("          5: postalCode", "          15: postalCode", "has 14 components in HL7 2.5.1"),
             ("        resolve: individual", "        resolve: period", "resolve: period is not a Reference"),
             ("  A03: ADT_A03", "  A03: ADT_A99", "ADT_A99 (for A03) is not a message structure of HL7 2.5.1"),
+            ('1: {from: name, up: partOf, where: "physicalType.coding.code=wa"}', '1: {from: name, up: name, where: "physicalType.coding.code=wa"}', "up: name is not a Reference"),
+            ('1: {from: name, up: partOf, where: "physicalType.coding.code=wa"}', '1: {from: name, up: partOf, where: "physicalType.coding.cod=wa"}', "has no element 'cod'"),
+            ('4: {from: "identifier[0].assigner.display", up: partOf}', "4: {value: STOLAV, up: partOf}", "up: reads from:"),
+            ('1: {from: name, up: partOf, where: "physicalType.coding.code=wa"}', '1: {from: name, where: "physicalType.coding.code=wa"}', "give up: too"),
+            ("        components:              # each part from", "        up: partOf\n        components:              # each part from", "up: belongs to one value"),
+            ("2: {from: individual.display, fn: family_name}", "2: {from: individual.display, fn: surname}", "fn: 'surname' is not one of"),
         ],
     )
     def test_each_mistake_names_its_line(self, folder, old, new, says):

@@ -198,3 +198,21 @@ class TestRoundTrip:
 def _resources(bundle) -> dict:
     return {e["resource"]["resourceType"]: e["resource"] for e in bundle["entry"]}
 
+
+
+def _with_bundle(conv: Converted, bundle: dict) -> Converted:
+    return Converted(index=0, raw=conv.raw, control_id=conv.control_id, bundle=bundle, header=conv.header, structure=conv.structure)
+
+
+class TestLocationChain:
+    def test_pv1_3_is_read_up_the_location_chain(self, settings, admit):
+        """PV1-3 takes the bed the stay refers to, the room it is part of, that room's ward, and the facility."""
+        assert _fields(_renderer(settings).render(admit))["PV1"][3] == "MED^301^2^STOLAV"
+
+    def test_a_loop_of_part_of_references_ends(self, settings, admit):
+        """A room that says it is part of its own bed, with no ward in the Bundle, ends the climb: no ward, no hang."""
+        bundle = copy.deepcopy(admit.bundle)
+        locations = {e["resource"]["physicalType"]["coding"][0]["code"]: e for e in bundle["entry"] if e["resource"]["resourceType"] == "Location"}
+        locations["ro"]["resource"]["partOf"] = {"reference": locations["bd"]["fullUrl"]}
+        bundle["entry"].remove(locations["wa"])
+        assert _fields(_renderer(settings).render(_with_bundle(admit, bundle)))["PV1"][3] == "^301^2^STOLAV"

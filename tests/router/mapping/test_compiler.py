@@ -64,6 +64,12 @@ class TestLoadChecks:
             ("messages/ORU_R01.yaml", "  refuse: [OBX, SPM, OBR]", "  refuse: [OBX, specimen]", "must list segment names"),
             ("segments/OBX.Observation.yaml", "      paths: [MSH-4.1, OBR-3.1", "      pahts: [MSH-4.1, OBR-3.1", "unknown key 'pahts'"),
             ("segments/OBX.Observation.yaml", "    - when: OBR-3 valued or OBR-2 valued", "    - when: OBR-3 valued or", "bad condition"),
+            ("segments/PL.Bed.Location.yaml", "    ref: [room, ward]", "    ref: [room, wart]", "'wart' is not a declared parameter"),
+            ("segments/PL.Bed.Location.yaml", "    ref: [room, ward]", "    ref: [room, room]", "one or more different parameters"),
+            ("segments/PV1.Encounter.yaml", "          - target: display\n            fn: join\n            args: [PV1-3.1",
+             "          - target: reference\n            fn: join\n            args: [PV1-3.1", "the reference is the named resource's own"),
+            ("messages/ADT_A01.yaml", "  - name: encounter\n    use: PV1.Encounter\n", "  - name: encounter\n    use: PV1.Encounter\n    with: {bed: allergy}\n",
+             "reads 'bed' when it runs, but 'allergy' is made later"),
         ],
     )
     def test_errors_point_at_the_line(self, mapping_copy, file, old, new, says):

@@ -49,6 +49,20 @@ CASES = {
     ],
     "hd_system": [(("STOLAV", "974749025", "ENH"), "urn:oid:2.16.578.1.12.4.1.4.101"), (("X", "112233", "HER"), "urn:oid:2.16.578.1.12.4.1.2"), (("X", "1.2.3", "ISO"), "urn:oid:1.2.3"), (("STOLAV", None, None), "urn:oid:2.16.578.1.12.4.1.7.3.2.1")],
     "hd_value": [(("STOLAV", "974749025", "ENH"), "974749025"), (("STOLAV", None, None), "STOLAV")],
+    "location_facility": [(("STOLAV", "974749025", "ENH"), "STOLAV"), ((None, "974749025", "ENH"), "974749025"), ((None, None, None), None)],
+    "location_system": [
+        (("STOLAV", None, None), "urn:helsebro:local:STOLAV:location"),  # not STOLAV's configured patient-number system
+        ((None, "974749025", "ENH"), "urn:helsebro:local:974749025:location"),  # a facility named by its universal id
+        (("GOOD HEALTH", None, None), "urn:helsebro:local:GOOD-HEALTH:location"),
+        ((None, None, None), "urn:helsebro:local:unknown:location"),  # no facility, no sender here
+    ],
+    "key": [
+        (("MED", "301", "2"), "MED/301/2"),
+        (("MED", None, "2"), "MED//2"),  # bed 2 with no room is not room 2's bed, nor room 2
+        (("MED", "301/2"), "MED/301%2F2"),  # a / inside a part is not a step
+        (("A%B",), "A%25B"),
+        ((None, None), None),
+    ],
     "upper": [(("abc",), "ABC"), ((None,), None)],
     "lower": [(("ABC",), "abc")],
     "trim": [(("  a ",), "a"), (("   ",), None)],

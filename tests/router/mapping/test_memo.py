@@ -128,3 +128,48 @@ def test_what_is_remembered_is_bounded(converter, monkeypatch):
         text = adt(f"C{k}", f"91449{k:02d}^LEGE^NR{k}^^^^^^HPR^^^^HPR")
         assert outcome(converter, text) == fresh(text)
         assert len(converter._fn_ctx.memo) <= 3  # noqa: SLF001 - the bound is what this test is about
+
+
+def place(ctrl: str, location: str, *, sender: str = "STOLAV") -> str:
+    """An ADT^A01 whose PV1-3 is *location*, from *sender*."""
+    return "\r".join(
+        [
+            f"MSH|^~\\&|DIPS|{sender}|HB|HP|20250110083000||ADT^A01^ADT_A01|{ctrl}|P|2.5.1",
+            "PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|M",
+            f"PV1|1|I|{location}||||||||||||||||V1",
+        ]
+    ) + "\r"
+
+
+def test_locations_are_remembered_each_as_a_fresh_converter_makes_it(converter):
+    """A point of care, its room and bed (each part of the one before) are built once per PV1-3 value; every message,
+    after other places, other senders and the same place again, gets what a fresh converter gives."""
+    uses = {u.name: u for u in converter.mappings.messages["ADT_A01"].resources}
+    assert all(uses[name].memo is not None for name in ("ward", "room", "bed", "prior_ward", "prior_room", "prior_bed"))
+    texts = [place("L1", "MED^301^2^STOLAV"), place("L2", "MED^302^2^STOLAV"), place("L3", "MED^301^2"), place("L4", "MED^301^2", sender="AHUS"),
+             place("L5", "MED^301^^STOLAV"), place("L6", "MED^301^2^STOLAV"), place("L7", "MED^^2^STOLAV")]
+    unremembering = Converter(load_settings(environ={}))
+    for text in texts:
+        unremembering._fn_ctx.memo.clear()  # noqa: SLF001 - as a fresh converter, without loading the mappings seven times
+        assert outcome(converter, text) == outcome(unremembering, text)
+    assert outcome(converter, texts[0]) == fresh(texts[0])
+    beds = [kind(outcome(converter, text)[0][0], "Location")[-1]["resource"] for text in (texts[0], texts[3])]
+    assert beds[0]["partOf"] != beds[1]["partOf"]  # the same codes from another hospital are its own room
+
+
+def test_a_location_whose_part_may_be_missing_is_built_each_time(tmp_path):
+    """A bed is remembered only when the room and ward it may be part of are made whenever it is: a `when:` on the room
+    (made in some messages, not in others) leaves the bed built per message, the room itself still remembered."""
+    import re
+    import shutil
+
+    from adapters.hl7v2.paths import compile_path
+    from router.mapping import MappingSet
+
+    copy = tmp_path / "hl7v2"
+    shutil.copytree(Path(__file__).resolve().parents[3] / "mappings" / "hl7v2", copy, ignore=shutil.ignore_patterns("*.cases"))
+    path = copy / "messages" / "ADT_A01.yaml"
+    path.write_text(re.sub(r"(  - name: room\n    use: PL.Room.Location\n    from: PV1-3\n)", r"\1    when: PV1-2 = I\n", path.read_text()))
+    uses = {u.name: u for u in MappingSet.load(copy, compile_path).messages["ADT_A01"].resources}
+    assert uses["room"].memo is not None and uses["bed"].memo is None
+    assert uses["prior_bed"].memo is not None
