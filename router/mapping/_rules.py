@@ -8,6 +8,7 @@ the same scope). `fn`, `table` and `use` transform what the source yields.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Callable
 
 from router.errors import MessageError
@@ -15,7 +16,7 @@ from router.mapping import _steps, fhir_model
 from router.mapping._steps import Convert
 from router.mapping._yaml import YList, YMap
 from router.mapping.library import LIBRARY, call
-from router.mapping.runtime import Produce, Put, Ref, RefList, RunContext, Step, Target, has_empty
+from router.mapping.runtime import Produce, Put, Ref, RefList, RunContext, SameRef, Step, Target, has_empty
 from router.mapping.tables import _plain
 
 if TYPE_CHECKING:
@@ -31,6 +32,8 @@ def compile_rule(c: Compiler, node: YMap, fhir_type: str) -> Rule:
     _check_keys(node, _RULE_KEYS, "a rule")
     target, els = c.target(node, fhir_type)
     leaf = els[-1]
+    if "same" in node and "ref" not in node:
+        raise _err("same: goes with ref: (the instance of that resource made from the same segment)", node.pos("same"))
     sources = [k for k in _SOURCES if k in node]
     if len(sources) > 1:
         raise _err(f"a rule takes one source, not {' and '.join(sources)}", node.pos(sources[1]))
@@ -94,6 +97,10 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: 
         for name in raw if isinstance(raw, YList) else [raw]:
             if str(name) not in params:
                 raise _err(f"ref: {str(name)!r} is not a declared parameter of this template (params: {', '.join(params) or 'none'})", node.pos("ref"))
+        if "same" in node:
+            if isinstance(raw, YList) or "rules" in node:
+                raise _err("same: goes with ref: naming one parameter, without rules:", node.pos("same"))
+            return _same_ref(node, str(raw)), None
         if isinstance(raw, YList) or "rules" in node:
             return _first_made(c, node, put, target)
         name = str(raw)
@@ -161,6 +168,32 @@ def _first_made(c: Compiler, node: YMap, put: Put, target: Target) -> tuple[Prod
     c._earlier.update(names)
     step = _steps.first_made(names, build, put, stand_in=target.setter(refs=False))
     return (lambda scope, ctx: [r] if (r := _steps.reference_to_first(names, build, scope, ctx)) else []), step
+
+
+_SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
+
+
+def _same_ref(node: YMap, name: str) -> Produce:
+    """`ref: diagnosis` with `same: DG1`: the *name* instance made from the DG1 that is current here.
+
+    Why: inside `each: DG1` (an Encounter's diagnosis list) every entry must name the Condition
+    made from its own segment; a plain `ref:` names the last one made, `refs:` all of them.
+    """
+    from router.mapping.compiler import _err
+
+    segment = str(node["same"])
+    if not _SEGMENT_NAME.fullmatch(segment):
+        raise _err(f"same: names a segment (DG1), not {segment!r}", node.pos("same"))
+
+    def same_ref(scope: Any, ctx: RunContext) -> list[Any]:
+        seg = scope.segments.get(segment)
+        if seg is None:
+            return []  # no such segment current here: nothing to point at
+        # Unbound (no resource of this message is made from these segments), it names nothing and
+        # so takes its element away when references are resolved, as a Condition not made would.
+        return [SameRef(ctx.bindings.get(name, name) or "", seg.index)]
+
+    return same_ref
 
 
 def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transform: Any, convert: Any, put: Put) -> tuple[Produce, Step | None]:

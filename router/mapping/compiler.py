@@ -32,7 +32,7 @@ PathCompiler = Callable[[str], Any]
 _MEMO_KEYS = itertools.count(1)
 """Numbers the resource uses whose resources the engine may remember (ResourceUse.memo)."""
 
-_RULE_KEYS = {"target", "from", "each", "value", "fn", "args", "table", "use", "rules", "when", "ref", "refs", "note"}
+_RULE_KEYS = {"target", "from", "each", "value", "fn", "args", "table", "use", "rules", "when", "ref", "refs", "same", "note"}
 
 
 def _err(reason: str, pos: Pos) -> MappingError:

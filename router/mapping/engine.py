@@ -113,9 +113,13 @@ class _Run:
         for use in uses:
             if use.when is not None and not use.when(scope):
                 continue
+            # `each:` over segments (not over fields or groups): which instance each segment made, for `same:` refs
+            by_segment = getattr(use.each, "segment", None) if getattr(use.each, "field_no", 0) is None else None
             for k, inner in enumerate(self._instances(use, scope)):
                 inst = f"{parent}/{use.name}#{k}" if parent or use.each is not None else use.name
                 ctx.env[use.name] = inst
+                if by_segment is not None and (seg := inner.segments.get(by_segment)) is not None:
+                    ctx.made_from[(use.name, seg.index)] = inst
                 ctx.children.setdefault((parent, use.name), []).append(inst)
                 if use.template is None:  # a group: its resources, in its scope
                     self.uses(use.children, inner, inst)

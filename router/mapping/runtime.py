@@ -116,6 +116,30 @@ class RefList(Ref):
         return out
 
 
+class SameRef(Ref):
+    """A reference to the instance of a named resource made from one given segment (`ref:` with `same:`).
+
+    Why: an Encounter lists its diagnoses (DG1[Encounter]) with each one's use and rank; each entry
+    must point at the Condition made from its own DG1, not at every Condition or the first. Instances
+    of an `each:` over segments are recorded by segment (RunContext.made_from), so this resolves to
+    the one made from the same segment, or to nothing when no resource was made from it.
+    """
+
+    __slots__ = ("segment",)
+
+    def __init__(self, name: str, segment: int) -> None:
+        super().__init__(name)
+        self.segment = segment  # the segment's index in the message
+
+    def _key(self) -> tuple[str, ...]:
+        return (self.name, str(self.segment))
+
+    def urls(self, ctx: RunContext) -> list[str]:
+        inst = ctx.made_from.get((self.name, self.segment))
+        url = ctx.full_urls.get(inst) if inst is not None else None
+        return [url] if url else []
+
+
 @dataclass(slots=True)
 class RunContext:
     """Per-message state: the function context, produced resources, pending references."""
@@ -131,6 +155,7 @@ class RunContext:
     trace_prefix: list[str] = field(default_factory=list)  # --explain: the path of the object being built
     untidy: bool = False  # a placed value may hold an empty element: the resource needs `prune`
     displays: dict[str, str] = field(default_factory=dict)  # instance not written for want of an identifier → its name, for references
+    made_from: dict[tuple[str, int], str] = field(default_factory=dict)  # (resource name, segment index) → the instance made from it (SameRef)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +274,10 @@ def resolve_refs(ctx: RunContext) -> set[str]:
             container[key] = {"display": shown}  # a doctor named without a number: the name, not a record of its own
         else:
             container.pop(key, None)
+            if type(ref) is SameRef:
+                # An element about one resource (a diagnosis entry and its use and rank) means nothing
+                # without it: the whole element goes, not only its reference.
+                container.clear()
             rtype = container.get("resourceType")
             if rtype is not None and key in _required(rtype):
                 # Dropping it would leave invalid FHIR (a diagnosis for nobody): the sender hears why instead.

@@ -375,3 +375,59 @@ def test_every_order_of_an_order_message_is_a_service_request(tmp_path, structur
     assert orders["REK-1"]["supportingInfo"] == [{"reference": answer["fullUrl"]}]
     assert answer["resource"]["valueCodeableConcept"]["coding"][0]["code"] == "J"
     assert "supportingInfo" not in orders["REK-2"]
+
+
+ADMITTING = "DG1|1||R07.4^Brystsmerter^ICD10|||A|||||||||1"
+FINAL = "DG1|2||I21.0^Akutt hjerteinfarkt^ICD10|||F|||||||||1"
+SECONDARY = "DG1|3||E11.9^Diabetes type 2^ICD10|||F|||||||||2"
+
+
+@pytest.fixture
+def discharged_with_diagnoses(tmp_path):
+    """The record after an A01 with its admitting diagnosis and an A03 with the final ones."""
+    yield from _record_after(tmp_path, [_adt("A01", "DG-1", ADMITTING)], [_adt("A03", "DG-2", FINAL, SECONDARY)])
+
+
+class TestEncounterDiagnoses:
+    def test_the_stay_lists_each_diagnosis_with_its_type_and_rank(self, discharged_with_diagnoses):
+        """DG1[Encounter]: every DG1's Condition is on the stay, each entry pointing at the Condition
+        made from its own DG1, with DG1-6 as its use (admitting → AD) and DG1-15 as its rank."""
+        record = discharged_with_diagnoses
+        [encounter] = record.search("Encounter", {})
+        conditions = {c["id"]: c["code"]["coding"][0]["code"] for c in record.search("Condition", {})}
+        listed = [
+            (conditions[d["condition"]["reference"].split("/")[1]], d["use"]["coding"][0]["code"], d.get("rank"))
+            for d in encounter["diagnosis"]
+        ]
+        # The A03 states the stay in full (a discharge replaces the Encounter): its two final diagnoses.
+        assert listed == [("I21.0", "F", 1), ("E11.9", "F", 2)]
+        assert set(conditions.values()) == {"R07.4", "I21.0", "E11.9"}  # the admitting diagnosis stays a Condition
+
+    def test_an_admitting_diagnosis_is_the_fhir_admission_role(self, tmp_path):
+        """DG1-6 A is diagnosis-role AD (the IG's DiagnosisType map); its rank 1 is kept."""
+        code, doc = _convert(tmp_path, _adt("A01", "DG-3", ADMITTING))
+        assert code == 0
+        [encounter] = [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Encounter"]
+        [condition] = [e for e in doc["entry"] if e["resource"]["resourceType"] == "Condition"]
+        assert encounter["diagnosis"] == [{
+            "condition": {"reference": condition["fullUrl"]},
+            "use": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/diagnosis-role", "code": "AD", "display": "Admission diagnosis"}]},
+            "rank": 1,
+        }]
+
+
+def test_a_diagnosis_no_condition_was_made_from_leaves_no_entry(tmp_path):
+    """A transfer (A02) makes no Condition from a DG1 sent with it: the stay gets no diagnosis entry
+    either, rather than one without its condition (which FHIR requires)."""
+    message = _message(
+        MSH.format(ts="20250110083000", type="ADT^A02^ADT_A02", ctrl="DG-4"),
+        "EVN|A02|20250110083000",
+        f"PID|1||{PATIENT_A}^^^NOR^FNR||NORDMANN^OLA||19610615|M",
+        "PV1|1|I|MED^301^2^STOLAV||||||||||||||||V25-0001^^^STOLAV^VN",
+        ADMITTING,
+    )
+    code, doc = _convert(tmp_path, message)
+    assert code == 0
+    [encounter] = [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Encounter"]
+    assert "diagnosis" not in encounter
+    assert not [e for e in doc["entry"] if e["resource"]["resourceType"] == "Condition"]

@@ -70,6 +70,8 @@ class TestLoadChecks:
              "          - target: reference\n            fn: join\n            args: [PV1-3.1", "the reference is the named resource's own"),
             ("messages/ADT_A01.yaml", "  - name: encounter\n    use: PV1.Encounter\n", "  - name: encounter\n    use: PV1.Encounter\n    with: {bed: allergy}\n",
              "reads 'bed' when it runs, but 'allergy' is made later"),
+            ("segments/PV1.Encounter.yaml", "        same: DG1\n", "        same: dg1\n", "same: names a segment (DG1)"),
+            ("segments/PV1.Encounter.yaml", "        ref: diagnosis\n        same: DG1\n", "        same: DG1\n", "same: goes with ref:"),
         ],
     )
     def test_errors_point_at_the_line(self, mapping_copy, file, old, new, says):
