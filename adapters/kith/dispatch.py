@@ -10,10 +10,17 @@ name (FACTS §10.1): ``{msghead}MsgHead`` → MsgHead reader; a root named
 ``Message`` in a known standard's namespace (or one the catalog knows) →
 Message reader; ``{apprec/…}AppRec`` → AppRec reader. A bare e-resept payload
 (``M41``, ``Reseptliste`` …) has no header to answer, so it is UnknownMessage.
+
+Last, a document an e-resept payload carries base64-encoded (M25.x
+``ReseptDokLegemiddelB64``: the prescription's M1 ``ReseptDokLegemiddel``) is
+opened in place, checked as a message is (safe parse, DOCTYPE refused, root,
+XSD), so the mappings read it by XPath like the rest of the payload.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import re
 from dataclasses import dataclass
@@ -73,6 +80,7 @@ def read_message(data: bytes, *, schemas: SchemaSet | None = None, limits: XmlLi
             schemas.validate(tree, envelope.schema_namespaces)
         check_envelope(envelope)
         check_patient(tree.getroot(), envelope)
+        _open_documents(envelope, schemas=schemas, limits=limits)  # after the XSD: it types them as base64 text
     except MessageError as exc:
         return Received(envelope, exc)
     return Received(envelope, None)
@@ -182,6 +190,80 @@ def _identified(patient: etree._Element) -> bool:
         return True
     sex = kids.get("Sex", [None])[0]
     return bool(text("DateOfBirth") and sex is not None and sex.get("V"))
+
+
+_DOCUMENTS = {"ReseptDokLegemiddelB64": "ReseptDokLegemiddel"}
+"""e-resept elements that hold one XML document base64-encoded (the XSD says only base64Binary), by local
+name, with the local name of that document's root, an element of an M1 namespace. M25.1–M25.4
+EnkeltoppforingLIB/ReseptDokLegemiddelB64 is the prescription's m1:ReseptDokLegemiddel (product,
+dosage, amount, reiterations: FACTS §4), so the list of medicines in use names what each entry is
+[S1 skjema/eresept/ER-M251…M254-2013-10-08.xsd; every national M25.1/M25.2 example, and the M25.1s
+the M9.12 examples carry]. SisteUtlevering/UtleveringB64 is not opened: no example shows it."""
+_M1_NS = re.compile(r"http://(?:www\.)?(?:kith|ehelse)\.no/xmlstds/eresept/m1/")
+_ERESEPT_NS = re.compile(r"http://(?:www\.)?(?:kith|ehelse)\.no/xmlstds/eresept/")
+
+
+def _open_documents(envelope: KithEnvelope, *, schemas: SchemaSet | None = None, limits: XmlLimits = DEFAULT_LIMITS) -> None:
+    """Replace the base64 text of each document an e-resept payload carries (`_DOCUMENTS`) with the document's root element.
+
+    After this, `…/EnkeltoppforingLIB/ReseptDokLegemiddelB64/m1:ReseptDokLegemiddel/f:Forskrivning`
+    reads the prescription as if it had been sent inline. The document is read as a whole
+    message is: safe parse (a DOCTYPE refused), its root must be an M1 ReseptDokLegemiddel,
+    and it must validate against its own national schema when validation is on. Run it only
+    after the carrying message validated, since its XSD wants the base64 text.
+
+    Raises:
+        SchemaInvalid: not base64, not an M1 ReseptDokLegemiddel, or breaks its schema (AppRec T02).
+        DecodeError: not well-formed XML, or a DOCTYPE (ForbiddenDoctype) (T01).
+        UnknownMessage: its namespace has no national schema (T10).
+    """
+    payload, namespace = envelope.payload, envelope.payload_namespace or ""
+    if payload is None or not _ERESEPT_NS.match(namespace):
+        return
+    for name, root_name in _DOCUMENTS.items():
+        for holder in list(payload.iter(f"{{{namespace}}}{name}")):
+            try:
+                root = _document(holder.text or "", root_name, schemas=schemas, limits=limits)
+            except MessageError as exc:
+                where = _where(holder)
+                exc.location = f"{where} > {exc.location}" if exc.location else where
+                exc.reason = f"the embedded document is refused: {exc.reason}"
+                exc.args = (exc.reason,)
+                raise
+            holder.text = None
+            holder.append(root)
+
+
+def _document(text: str, root_name: str, *, schemas: SchemaSet | None, limits: XmlLimits) -> etree._Element:
+    """Decode, parse and check the document *text* holds; return its root element (see _open_documents)."""
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SchemaInvalid("it is not valid base64") from exc
+    tree = parse_xml(data, limits=limits)
+    root = tree.getroot()
+    qname = etree.QName(root)
+    if qname.localname != root_name or not _M1_NS.match(qname.namespace or ""):
+        raise SchemaInvalid(f"it is not an e-resept M1 {root_name}", location=f"/{qname.localname}")
+    if schemas is not None:
+        schemas.validate(tree, (qname.namespace or "",))
+    return root
+
+
+def _where(element: etree._Element) -> str:
+    """``/MsgHead/Document/RefDoc/Content/LegemidlerIBruk/EnkeltoppforingLIB[2]/ReseptDokLegemiddelB64``: local names, indexed among same-named siblings."""
+    steps: list[str] = []
+    node: etree._Element | None = element
+    while node is not None:
+        parent = node.getparent()
+        step = etree.QName(node).localname
+        if parent is not None:
+            same = [c for c in parent if c.tag == node.tag]
+            if len(same) > 1:
+                step += f"[{same.index(node) + 1}]"
+        steps.append(step)
+        node = parent
+    return "/" + "/".join(reversed(steps))
 
 
 def salvage(data: bytes, *, limits: XmlLimits = DEFAULT_LIMITS, schemas: SchemaSet | None = None) -> KithEnvelope | None:

@@ -361,3 +361,114 @@ class TestEmbeddedMessages:
         Bundle.model_validate(ok)
         assert len(_of(ok, "MedicationStatement")) == 2 and len(_of(ok, "Patient")) == 1
         assert refused["issue"][0]["location"] == ["/MsgHead/Document/RefDoc/Content/M912/Multidosepasient/VarerIBrukB64"]
+
+
+_DOCUMENTS = re.compile(rb"(<ReseptDokLegemiddelB64>)([^<]+)(</ReseptDokLegemiddelB64>)")
+"""The M25.1 example's prescriptions: each an M1 ReseptDokLegemiddel, base64 in a ReseptDokLegemiddelB64."""
+_ENTRY = "/MsgHead/Document/RefDoc/Content/LegemidlerIBruk/EnkeltoppforingLIB"
+ATC = "urn:oid:2.16.578.1.12.4.1.1.7180"
+
+
+def _m251(shared: Path) -> Path:
+    path = shared / "norsk" / "eksempel" / "eresept" / "Lege endrer på legemiddelbehandling" / "M251 PLL - Avsluttet behandling.xml"
+    if not path.is_file():
+        pytest.skip("../shared/norsk/eksempel/eresept (the national M25.1 example) is not there")
+    return path
+
+
+def _with_document(tmp_path: Path, src: Path, k: int, change) -> Path:
+    """Write the M25.1 with its k-th ReseptDokLegemiddelB64 (0-based) replaced, as _carrying does for the M9.6."""
+    data = src.read_bytes()
+    found = list(_DOCUMENTS.finditer(data))[k]
+    new = change(base64.b64decode(b"".join(found.group(2).split())))
+    text = new.encode("ascii") if isinstance(new, str) else base64.b64encode(new)
+    path = tmp_path / f"m251_document{k}.xml"
+    path.write_bytes(data[: found.start(2)] + text + data[found.end(2):])
+    return path
+
+
+@pytest.mark.corpus
+class TestEmbeddedDocuments:
+    def test_each_entry_names_the_medicine_its_m1_prescribed(self, shared_dir, capsys, monkeypatch):
+        """The national M25.1: every entry's ReseptDokLegemiddelB64 is read, so each MedicationStatement names its medicine
+        and dosage, about the M25.1's patient; the prescription it creates (never overwriting) for the national M1's
+        ReseptId says what that M1 says of the medicine."""
+        folder = _m251(shared_dir).parent
+        code, [lib, m1] = _convert(capsys, monkeypatch, shared_dir, _m251(shared_dir), folder / "M1 Resept.xml")
+        assert code == 0
+        Bundle.model_validate(lib)
+        by_url = {e["fullUrl"]: e for e in lib["entry"]}
+        [patient] = _of(lib, "Patient")
+        statements = _of(lib, "MedicationStatement")
+        assert len(statements) == 5
+        for statement in statements:
+            assert any(c["system"] == ATC for c in statement["medicationCodeableConcept"]["coding"])
+            assert statement["dosage"][0]["text"]
+            assert by_url[statement["subject"]["reference"]]["resource"] is patient
+        [written] = [e for e in m1["entry"] if e["resource"]["resourceType"] == "MedicationRequest"]
+        created = by_url[written["fullUrl"]]
+        assert created["request"]["method"] == "POST"  # write: create, so the M1's own MedicationRequest stays
+        request, own = created["resource"], written["resource"]
+        for key in ("medicationCodeableConcept", "dosageInstruction", "category", "reasonCode", "courseOfTherapyType", "substitution"):
+            assert request.get(key) == own.get(key), key
+        for key in ("numberOfRepeatsAllowed", "quantity"):
+            assert request["dispenseRequest"][key] == own["dispenseRequest"][key], key
+        assert by_url[request["subject"]["reference"]]["resource"] is patient
+
+    def test_an_m912s_list_of_medicines_in_use_names_its_medicines(self, shared_dir, capsys, monkeypatch):
+        """The M25.1 an M9.12 carries (VarerIBrukB64) has its own documents read too: every MedicationStatement names its medicine."""
+        src = shared_dir / "norsk" / "eksempel" / "eresept" / "Påmelding multidose" / "M912 Nedlasting av PLL apotek.xml"
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, src)
+        assert code == 0
+        Bundle.model_validate(doc)
+        statements = _of(doc, "MedicationStatement")
+        assert len(statements) == 5
+        assert all(any(c["system"] == ATC for c in s["medicationCodeableConcept"]["coding"]) for s in statements)
+
+    @pytest.mark.parametrize(
+        ("k", "change", "code", "says", "inner"),
+        [
+            (1, lambda d: d[: len(d) // 2], "structure", "not well-formed XML", " > line "),
+            (2, lambda d: _XXE, "structure", "DOCTYPE", ""),
+            (3, lambda d: _LAUGHS, "structure", "DOCTYPE", ""),
+            (4, lambda d: d.replace(b"<Antall>", b"<Antal>").replace(b"</Antall>", b"</Antal>"), "value", "national schema", " > /ReseptDokLegemiddel/Antal"),
+            (0, lambda d: d.replace(b"ReseptDokLegemiddel", b"ReseptDokHandelsvare"), "value", "not an e-resept M1 ReseptDokLegemiddel", " > /ReseptDokHandelsvare"),
+        ],
+        ids=["not-xml", "xxe", "entity-bomb", "xsd", "other-element"],
+    )
+    def test_a_document_that_cannot_be_read_refuses_the_list(self, shared_dir, capsys, monkeypatch, tmp_path, k, change, code, says, inner):
+        """A ReseptDokLegemiddelB64 that is not well-formed, declares a DOCTYPE (XXE, entity bomb), breaks the M1 XSD or
+        holds another element refuses the M25.1 with an OperationOutcome naming that entry's element, never a traceback,
+        a file's content or an expanded entity."""
+        bad = _with_document(tmp_path, _m251(shared_dir), k, change)
+        exit_code, [doc] = _convert(capsys, monkeypatch, shared_dir, bad)
+        assert exit_code == 1 and doc["resourceType"] == "OperationOutcome"
+        [issue] = doc["issue"]
+        assert issue["code"] == code and says in issue["diagnostics"]
+        assert issue["diagnostics"].startswith("the embedded document is refused")
+        assert issue["location"][0].startswith(f"{_ENTRY}[{k + 1}]/ReseptDokLegemiddelB64{inner}")
+        assert "root:" not in json.dumps(doc) and "lollol" not in json.dumps(doc)
+
+    def test_a_whole_message_in_place_of_the_document_refuses_the_list(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """The whole signed M1 message (MsgHead) where its ReseptDokLegemiddel belongs is refused at that element."""
+        m1 = (_m251(shared_dir).parent / "M1 Resept.xml").read_bytes()
+        bad = _with_document(tmp_path, _m251(shared_dir), 4, lambda d: m1)
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, bad)
+        assert code == 1
+        [issue] = doc["issue"]
+        assert issue["code"] == "value" and "not an e-resept M1 ReseptDokLegemiddel" in issue["diagnostics"]
+        assert issue["location"] == [f"{_ENTRY}[5]/ReseptDokLegemiddelB64 > /MsgHead"]
+
+    def test_a_document_that_is_not_base64_refuses_the_list_without_validation(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """With validation off (HELSEBRO_XSD_DIR unset) the base64 itself is checked: text that is not base64 is refused
+        at its element (the national XSD, when on, refuses it first as a base64Binary that does not validate)."""
+        bad = _with_document(tmp_path, _m251(shared_dir), 0, lambda d: "Tm90IGJhc2U2NCEh*****")
+        monkeypatch.delenv("HELSEBRO_XSD_DIR", raising=False)
+        code = main(["convert", str(bad)])
+        [doc] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert code == 1
+        [issue] = doc["issue"]
+        assert issue["code"] == "value" and "not valid base64" in issue["diagnostics"]
+        assert issue["location"] == [f"{_ENTRY}[1]/ReseptDokLegemiddelB64"]
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, bad)
+        assert code == 1 and doc["issue"][0]["location"] == [f"{_ENTRY}[1]/ReseptDokLegemiddelB64"]

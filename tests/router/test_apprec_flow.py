@@ -12,6 +12,7 @@ from router.testing import drain_queue, publish, wait_until
 ROOT = Path(__file__).resolve().parents[2]
 CASE = ROOT / "mappings" / "kith" / "messages" / "Dialogmelding.cases" / "helsefaglig_dialog.xml"
 MSG_ID = "3f2b6f0e-8f1c-4c55-9a59-2f3d7d1c0a01"
+LIB = ROOT / "mappings" / "kith" / "messages" / "ERM25.cases" / "pll_med_seponering.xml"
 AR = "{http://www.kith.no/xmlstds/apprec/2012-02-15}"
 
 
@@ -67,6 +68,22 @@ class TestAppRecFlow:
         [apprec] = _apprecs(settings, "112233")
         assert apprec.find(f"{AR}Status").get("V") == "2"
         assert apprec.find(f"{AR}Error").get("V") == "E36"
+
+    def test_a_prescription_in_a_list_of_medicines_in_use_that_is_not_base64_is_answered_t02(self, engine):
+        """An M25.1 whose second entry's ReseptDokLegemiddelB64 is not base64 is dead-lettered, nothing applied, and its
+        sender gets AppRec T02 naming that element."""
+        settings, handle = engine
+        body = LIB.read_bytes()
+        open_tag, close_tag = b"<ReseptDokLegemiddelB64>", b"</ReseptDokLegemiddelB64>"
+        start = body.index(open_tag, body.index(open_tag) + 1) + len(open_tag)
+        publish(settings, [body[:start] + b"ikke base64!" + body[body.index(close_tag, start):]])
+        wait_until(lambda: handle.stats.dead_lettered == 1, timeout=30, what="dead-lettered")
+        assert handle.stats.applied == 0
+        [apprec] = _apprecs(settings, "112233")  # AppRec 1.0, as for every e-resept message (HITS 1168 §8.3)
+        assert apprec.find("{*}Status").get("V") == "2"
+        error = apprec.find("{*}Error")
+        assert error.get("V") == "T02"
+        assert "/LegemidlerIBruk/EnkeltoppforingLIB[2]/ReseptDokLegemiddelB64" in error.get("OT")
 
 
 def test_kith_window_days_zero_answers_a_resent_copy_again(tmp_path):
