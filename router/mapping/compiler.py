@@ -170,7 +170,7 @@ class Template:
     fallback: tuple[Any, ...]  # paths hashed into an identity when no identifier is mapped
     block: Block
     pos: Pos
-    required: tuple[tuple[str, str], ...] = ()  # (element with min 1, the source its first rule reads)
+    required: tuple[tuple[str | tuple[str, ...], str], ...] = ()  # (element with min 1, or a choice's names, and the source its first rule reads)
     tiers: tuple[tuple[Any, tuple[Any, ...]], ...] = ()  # (condition or None, paths): fallback alternatives, the first that holds
     unidentified: str | None = None  # "display": without an identifier it is not written, and references to it carry its name
     earlier: tuple[str, ...] = ()  # parameters a `ref:` list or a `ref:` with `rules:` reads when it runs: made before this one
@@ -459,7 +459,7 @@ class Compiler:
             out.append((when, tuple(self._part(str(p), paths.pos(j)) for j, p in enumerate(paths))))
         return tuple(out)
 
-    def _required(self, fhir_type: str, block: Block, doc: YMap) -> tuple[tuple[str, str], ...]:
+    def _required(self, fhir_type: str, block: Block, doc: YMap) -> tuple[tuple[str | tuple[str, ...], str], ...]:
         """Pair each element FHIR requires with the source of the first rule that writes it.
 
         A template with no rule for a required element cannot make a valid
@@ -471,6 +471,12 @@ class Compiler:
             if not rules:
                 raise _err(f"{fhir_type}.{element} is required (min 1) but no rule writes it", doc.pos("rules"))
             out.append((element, rules[0].source))
+        for label, names in fhir_model.required_choices(fhir_type):
+            # A choice element (medication[x], 1..1) is there when any of its types is: the engine tests the names.
+            rules = [r for r in block.rules if r.target.names[0] in names]
+            if not rules:
+                raise _err(f"{fhir_type}.{label} is required (min 1) but no rule writes any of {', '.join(names)}", doc.pos("rules"))
+            out.append((names, rules[0].source))
         return tuple(out)
 
     # -- messages ------------------------------------------------------

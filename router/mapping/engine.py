@@ -69,6 +69,19 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunCo
     raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier to make it unique", location=None)
 
 
+def _element_name(element: str | tuple[str, ...]) -> str:
+    """`status`, or a choice element's FHIR name from its JSON names (`medication[x]`)."""
+    if type(element) is str:
+        return element
+    common = element[0]
+    for name in element[1:]:
+        while not name.startswith(common):
+            common = common[:-1]
+    while common and common[-1].isupper():  # medicationCodeableConcept, medicationReference → medicationC… → medication
+        common = common[:-1]
+    return f"{common}[x]"
+
+
 def _display(resource: dict[str, Any]) -> str | None:
     """A resource's name as a reference's display: HumanName text, else given names and family; or a plain name."""
     name = resource.get("name")
@@ -170,9 +183,9 @@ class _Run:
                 _remember(ctx.fn_ctx.memo, key, _NOTHING)
             return False
         for element, source in tpl.required:
-            if element not in resource:
+            if element not in resource and (type(element) is str or not any(n in resource for n in element)):
                 # Invalid FHIR never reaches the record: the sender hears which field was empty.
-                raise InvalidContent(f"{tpl.fhir_type}.{element} is required, but {source} gives no value", location=source)
+                raise InvalidContent(f"{tpl.fhir_type}.{_element_name(element)} is required, but {source} gives no value", location=source)
         identity = _identity(use, resource, scope, ctx)
         if identity is None:
             # A doctor or an office named without a number is no record of its own (two

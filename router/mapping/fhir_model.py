@@ -104,3 +104,23 @@ def required(type_name: str) -> tuple[str, ...]:
         pass  # a model without primitive requirements
     known = elements(type_name)
     return tuple(sorted(n for n in names if n in known))
+
+
+@lru_cache(maxsize=None)
+def required_choices(type_name: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Return *type_name*'s choice elements with minimum cardinality 1, each as (`medication[x]`, its JSON names).
+
+    `required` cannot list them: no one of `medicationCodeableConcept` and
+    `medicationReference` is required, but one of them is (MedicationRequest.medication[x], 1..1).
+    """
+    model = _model(type_name)
+    try:
+        choices = model.get_one_of_many_fields(model.model_construct())
+    except (AttributeError, TypeError):
+        return ()  # a model without choice elements
+    out = []
+    for prefix, names in sorted(choices.items()):
+        extra = model.model_fields[names[0]].json_schema_extra
+        if isinstance(extra, dict) and extra.get("one_of_many_required") is True:
+            out.append((f"{prefix}[x]", tuple(names)))
+    return tuple(out)

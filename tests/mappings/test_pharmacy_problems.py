@@ -164,6 +164,7 @@ class TestRefusals:
         """No RXE-2 means no medication: the message is refused naming RXE-2, never written as invalid FHIR."""
         issue = _refused(converter, _rde("ORC|NW|LM-5009^DIPS", "RXE|||1||g"))
         assert issue["expression"] == ["RXE-2"]
+        assert issue["diagnostics"].startswith("MedicationRequest.medication[x] is required, but RXE-2 gives no value")
 
     def test_a_give_code_sent_as_text_only_is_a_medication(self, converter):
         """RXE-2 with only its text (`^Paracetamol 500 mg`) still makes the order, with the text as the medication."""
@@ -212,7 +213,9 @@ class TestPharmacyOrder:
 
     def test_an_rxo_without_a_give_code_is_refused_at_rxo_1(self, converter):
         """No RXO-1 means no medication: refused naming RXO-1."""
-        assert _refused(converter, _omp("ORC|NW|LM-8009^DIPS", "RXO||1||g"))["expression"] == ["RXO-1"]
+        issue = _refused(converter, _omp("ORC|NW|LM-8009^DIPS", "RXO||1||g"))
+        assert issue["expression"] == ["RXO-1"]
+        assert issue["diagnostics"].startswith("MedicationRequest.medication[x] is required, but RXO-1 gives no value")
 
 
 def _ppr(*problems: str, fnr: str = PATIENT_A, ctrl: str = "PPR-1") -> bytes:

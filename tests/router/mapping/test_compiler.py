@@ -84,6 +84,16 @@ class TestLoadChecks:
         assert err.value.line == line
         assert err.value.column >= 1
 
+    def test_a_required_choice_element_needs_a_rule(self, mapping_copy):
+        """MedicationRequest.medication[x] is 1..1: a template that writes none of its types is refused at its rules."""
+        path = mapping_copy / "segments" / "RXE.MedicationRequest.yaml"
+        _edit(path, "  - target: medicationCodeableConcept\n    from: RXE-2\n    use: CWE.CodeableConcept\n", "")
+        rules_line = path.read_text().split("\n").index("rules:") + 1
+        with pytest.raises(MappingError) as err:
+            MappingSet.load(mapping_copy, compile_path)
+        assert "MedicationRequest.medication[x] is required (min 1) but no rule writes any of medicationCodeableConcept, medicationReference" in err.value.reason
+        assert err.value.file.endswith("RXE.MedicationRequest.yaml") and err.value.line == rules_line
+
     def test_yaml_syntax_error_has_position(self, mapping_copy):
         """Broken YAML is reported with its line."""
         (mapping_copy / "tables" / "hl7-0001.yaml").write_text("table: hl7-0001\nmap: {M: male\n")
