@@ -113,8 +113,10 @@ def hl7_datetime_to_fhir(value: str) -> str | None:
     keeps fractional seconds, and carries the sender's ``+/-ZZZZ`` or else the
     Europe/Oslo offset of that wall time (see _oslo_offset for the DST hours).
 
+    Spaces around the value (a sender's padding) are ignored.
+
     Returns:
-        None for an empty string (HL7 sends empty for "not known").
+        None for an empty string (HL7 sends empty for "not known"), or one of spaces.
 
     Raises:
         ValueError: "not an HL7 timestamp" for anything else that is not one.
@@ -123,6 +125,9 @@ def hl7_datetime_to_fhir(value: str) -> str | None:
         return None
     match = _HL7_TS.fullmatch(value)
     if match is None:
+        if value.strip() != value:
+            # `20040629 `: senders pad a field with spaces before the next delimiter; the time is whole.
+            return hl7_datetime_to_fhir(value.strip())
         raise ValueError(_NOT_TS)
     year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
     if hour is None:

@@ -267,6 +267,11 @@ class TestProblemAdd:
         issue = _refused(converter, _ppr("PRB|AD|20250316085500|K86^Hypertensjon^ICPC-2|PRB-1^DIPS||||||||||||i fjor"))
         assert issue["expression"] == ["PRB-16[1].1"]
 
+    def test_a_time_padded_with_spaces_is_read(self, converter):
+        """`20040629 ` (a sender pads the field before the next delimiter) is the date, not a refusal."""
+        [problem] = _of(_one(converter, _ppr("PRB|AD|20250316085500|K86^Hypertensjon^ICPC-2|PRB-1^DIPS||||||||||||20040629 ")), "Condition")
+        assert problem["onsetDateTime"] == "2004-06-29"
+
 
 class TestThroughTheCli:
     def test_helsebro_convert_writes_the_bundle(self, tmp_path, capsys):

@@ -38,6 +38,13 @@ class TestHl7DatetimeToFhir:
         """Year, month and day precision stay FHIR dates without a time or offset."""
         assert hl7_datetime_to_fhir(hl7) == fhir
 
+    def test_spaces_around_the_value_are_padding(self):
+        """A sender's padding is not part of the time; spaces inside it still refuse it."""
+        assert hl7_datetime_to_fhir(" 20240115083000 ") == "2024-01-15T08:30:00+01:00"
+        assert hl7_datetime_to_fhir("   ") is None
+        with pytest.raises(ValueError, match="not an HL7 timestamp"):
+            hl7_datetime_to_fhir("2024 0115")
+
     def test_explicit_offset_kept(self):
         """The sender's offset wins over Oslo's, summer or not."""
         assert hl7_datetime_to_fhir("20240715083000-0500") == "2024-07-15T08:30:00-05:00"
@@ -101,7 +108,7 @@ class TestHl7DatetimeToFhir:
             "202401150830+0160",
             "202401150830+01",
             "0000",
-            " 20240115",
+            " 2024 0115",  # padding is ignored (test_spaces_around_the_value_are_padding); spaces inside are not
             "２０２４",  # full-width digits
             "20240115083000^S",
         ],
