@@ -115,6 +115,15 @@ class FieldCompiler:
 
     def _one(self, spec: Any, pos: Pos) -> FieldFn | None:
         """Compile one spec; None when its versions: leave the receiver's version out."""
+        part = self._part(spec, pos)
+        if isinstance(part, _Repeated):
+            part = part.field(self.definition.repeats)
+        if part is not None and isinstance(spec, dict) and spec.get("required", False) is True:
+            return _required(part, self.label)
+        return part
+
+    def _part(self, spec: Any, pos: Pos) -> FieldFn | _Repeated | None:
+        """Compile one spec, an `each:` one kept apart item by item (see _alternatives); None when versions: leave it out."""
         if isinstance(spec, str):
             spec = {"from": spec}
         if not isinstance(spec, dict):
@@ -126,8 +135,11 @@ class FieldCompiler:
             for key in ("up", "where"):
                 if key in spec:
                     raise self.owner.fail(f"{self.label}: {key}: belongs to one value (a component, or a field without each:, components: or resolve:)", _pos(spec, key, pos))
-            fn = self._structured(spec, pos)
-        elif spec.get("fn") == "lines":
+            items, render = self._structured(spec, pos)
+            when = self._condition(spec["when"], _pos(spec, "when", pos)) if "when" in spec else None
+            repeated = _Repeated(str(spec["each"]) if "each" in spec else "", items, render, when)
+            return repeated if "each" in spec else repeated.field(self.definition.repeats)
+        if spec.get("fn") == "lines":
             fn = self._lines(spec, pos)
         else:
             value = self.value(_without(spec, ("when", "versions")), pos, self.resource_type)
@@ -138,8 +150,6 @@ class FieldCompiler:
 
         if "when" in spec:
             fn = _when(fn, self._condition(spec["when"], _pos(spec, "when", pos)))
-        if spec.get("required", False) is True:
-            return _required(fn, self.label)
         return fn
 
     def _lines(self, spec: dict[str, Any], pos: Pos) -> FieldFn:
@@ -155,19 +165,30 @@ class FieldCompiler:
         return fn
 
     def _alternatives(self, specs: list[Any], pos: Pos) -> FieldFn:
-        """A list of specs: the first that gives a value wins (alternatives by `when:` or by `versions:`)."""
-        fns: list[FieldFn] = []
+        """A list of specs: the first that gives a value wins (alternatives by `when:` or by `versions:`).
+
+        Alternatives that all repeat over the same `each:` path are chosen item by item: each
+        item's repetition is the first alternative's that gives one, in the items' order. Why: the
+        Encounter names one attending doctor by a Practitioner (an HPR number) and another by a
+        display only (docs/outbound-hl7v2.md, Locations and doctors); PV1-7 needs both, in order.
+        """
+        parts: list[FieldFn | _Repeated] = []
         for i, spec in enumerate(specs):
             ipos = specs.pos(i) if isinstance(specs, YList) else pos
             if isinstance(spec, list):
                 raise self.owner.fail(f"{self.label}: an alternative is one spec, not another list", ipos)
             if isinstance(spec, dict) and "required" in spec:
                 raise self.owner.fail(f"{self.label}: required: inside a list of alternatives would stop at the first; leave it out", _pos(spec, "required", ipos))
-            fn = self._one(spec, ipos)
-            if fn is not None:
-                fns.append(fn)
+            part = self._part(spec, ipos)
+            if part is not None:
+                parts.append(part)
         if not specs:
             raise self.owner.fail(f"{self.label}: a list of alternatives needs at least one", pos)
+        repeats = self.definition.repeats
+        repeated = [p for p in parts if isinstance(p, _Repeated)]
+        if len(parts) > 1 and len(repeated) == len(parts) and len({p.each for p in repeated}) == 1:
+            return _per_item(repeated, repeats)
+        fns = [p.field(repeats) if isinstance(p, _Repeated) else p for p in parts]
         if len(fns) <= 1:
             return fns[0] if fns else _empty
 
@@ -213,12 +234,18 @@ class FieldCompiler:
         except PathSyntaxError as exc:
             raise self.owner.fail(f"{self.label}: {exc}", pos) from None
 
-    def _structured(self, spec: dict[str, Any], pos: Pos) -> FieldFn:
+    def _structured(self, spec: dict[str, Any], pos: Pos) -> tuple[_ItemsFn, Callable[[Any, RenderContext], str]]:
+        """The items an `each:`/`from:`/`resolve:` spec writes (before resolve:), and one item's escaped repetition."""
         if "each" in spec and "from" in spec:
             raise self.owner.fail(f"{self.label}: each: and from: exclude each other", pos)
         if {"value", "context"} & set(spec):
             raise self.owner.fail(f"{self.label}: value: and context: give one value; use them inside components:", pos)
         items, item_type = self._items(spec, pos)
+        resolve = None
+        if "resolve" in spec:
+            resolve, item_type = self._resolve(spec, item_type, pos)
+        elif "as" in spec:
+            raise self.owner.fail(f"{self.label}: as: names the type resolve: leads to; there is no resolve:", _pos(spec, "as", pos))
         if "components" in spec:
             render_item = self._components(spec["components"], item_type, _pos(spec, "components", pos))
         else:
@@ -230,41 +257,29 @@ class FieldCompiler:
                 got = transform(as_text(item))
                 return escape(got) if got else ""
 
-        repeats = self.definition.repeats
+        if resolve is None:
+            return items, render_item
+        follow, render_found = resolve, render_item
 
-        def fn(node: Any, ctx: RenderContext) -> str:
-            out = []
-            for item in items(node, ctx):
-                text = render_item(item, ctx)
-                if text:
-                    out.append(text)
-                    if not repeats:  # the receiver's version has one: the first wins
-                        break
-            return "~".join(out)
+        def render_resolved(item: Any, ctx: RenderContext) -> str:
+            found = follow(item, ctx)
+            return render_found(found, ctx) if found is not None else ""
 
-        return fn
+        return items, render_resolved
 
     def _items(self, spec: dict[str, Any], pos: Pos) -> tuple[_ItemsFn, str | None]:
         key = "each" if "each" in spec else "from" if "from" in spec else None
         if key is None:
             if self.resource_type is None:
                 raise self.owner.fail(f"{self.label}: components without from:/each: need the segment's resource:", pos)
-            item_type: str | None = self.resource_type
-            items: _ItemsFn = lambda node, ctx: [node] if node is not None else []  # noqa: E731  # one-line selector
-        else:
-            path = self._path(spec[key], self.resource_type, _pos(spec, key, pos))
-            item_type = path.type_name
-            if key == "each":
-                items = lambda node, ctx: path.all(node) if node is not None else []  # noqa: E731
-            else:
-                items = lambda node, ctx: path.all(node)[:1] if node is not None else []  # noqa: E731
-        if "resolve" in spec:
-            return self._resolve(spec, items, item_type, pos)
-        if "as" in spec:
-            raise self.owner.fail(f"{self.label}: as: names the type resolve: leads to; there is no resolve:", _pos(spec, "as", pos))
-        return items, item_type
+            return (lambda node, ctx: [node] if node is not None else []), self.resource_type
+        path = self._path(spec[key], self.resource_type, _pos(spec, key, pos))
+        if key == "each":
+            return (lambda node, ctx: path.all(node) if node is not None else []), path.type_name
+        return (lambda node, ctx: path.all(node)[:1] if node is not None else []), path.type_name
 
-    def _resolve(self, spec: dict[str, Any], items: _ItemsFn, item_type: str | None, pos: Pos) -> tuple[_ItemsFn, str | None]:
+    def _resolve(self, spec: dict[str, Any], item_type: str | None, pos: Pos) -> tuple[Callable[[Any, RenderContext], Any], str]:
+        """`resolve:` + `as:`: the Bundle entry an item's Reference leads to (None: outside the Bundle, or another type), and that type."""
         ref = self._path(spec["resolve"], item_type, _pos(spec, "resolve", pos))
         if ref.type_name != "Reference":
             raise self.owner.fail(f"{self.label}: resolve: {ref.text} is not a Reference", _pos(spec, "resolve", pos))
@@ -272,14 +287,10 @@ class FieldCompiler:
         if not isinstance(target, str) or not fhir_model.is_resource_type(target):
             raise self.owner.fail(f"{self.label}: resolve: needs as: <the FHIR resource type it points to>", _pos(spec, "as", pos))
 
-        def resolved(node: Any, ctx: RenderContext) -> list[Any]:
-            out = []
-            for item in items(node, ctx):
-                reference = ref.first(item)
-                found = ctx.by_ref.get(reference.get("reference", "")) if isinstance(reference, dict) else None
-                if found is not None and found.get("resourceType") == target:
-                    out.append(found)
-            return out
+        def resolved(item: Any, ctx: RenderContext) -> Any:
+            reference = ref.first(item)
+            found = ctx.by_ref.get(reference.get("reference", "")) if isinstance(reference, dict) else None
+            return found if found is not None and found.get("resourceType") == target else None
 
         return resolved, target
 
@@ -518,6 +529,55 @@ def _without(spec: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 def _empty(node: Any, ctx: RenderContext) -> str:
     return ""
+
+
+@dataclass(frozen=True, slots=True)
+class _Repeated:
+    """A spec with `each:`, `from:` + components or `resolve:`: the items it writes, and one item's repetition."""
+
+    each: str  # the `each:` path as written ("" for from: or the node itself): alternatives over one path go item by item
+    items: _ItemsFn
+    render: Callable[[Any, RenderContext], str]  # one item's escaped repetition, "" when it gives none
+    when: Callable[[Any], bool] | None
+
+    def field(self, repeats: bool) -> FieldFn:
+        """The field: every item's repetition, or (*repeats* False: the receiver's version has one) the first."""
+        items, render, when = self.items, self.render, self.when
+
+        def fn(node: Any, ctx: RenderContext) -> str:
+            if when is not None and (node is None or not when(node)):
+                return ""
+            out = []
+            for item in items(node, ctx):
+                text = render(item, ctx)
+                if text:
+                    out.append(text)
+                    if not repeats:  # the receiver's version has one: the first wins
+                        break
+            return "~".join(out)
+
+        return fn
+
+
+def _per_item(parts: list[_Repeated], repeats: bool) -> FieldFn:
+    """Alternatives over the same items: each item's repetition is the first part's (whose `when:` holds) that gives one."""
+    items = parts[0].items
+    choices = [(p.when, p.render) for p in parts]
+
+    def fn(node: Any, ctx: RenderContext) -> str:
+        renders = [render for when, render in choices if when is None or (node is not None and when(node))]
+        out = []
+        for item in items(node, ctx):
+            for render in renders:
+                text = render(item, ctx)
+                if text:
+                    out.append(text)
+                    break
+            if out and not repeats:
+                break
+        return "~".join(out)
+
+    return fn
 
 
 def _when(fn: FieldFn, condition: Callable[[Any], bool]) -> FieldFn:

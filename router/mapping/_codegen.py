@@ -387,15 +387,30 @@ class _Gen:
         body, _ = child.body(steps)
         return [*child.child_start(), *body, f"if {child.obj}:", *("    " + x for x in self._put(i, put, child.obj, known="dict"))]
 
-    def _each_segment(self, i: int, path: Any, build: Any, put: Any) -> list[str]:
-        """`each: NTE` with nested `rules:`: one object per segment, built in a scope where that segment is current."""
+    def _each_segment(self, i: int, path: Any, build: Any, put: Any, held: bool) -> list[str]:
+        """`each: NTE` with nested `rules:`: one object per segment, built in a scope where that segment is current.
+
+        *held*: each object's reads are its own until references are resolved (_rules._held_segments).
+        """
         pname = self.n(f"SEGP{i}")
         self.names[pname] = path
         o, sg = self.n("o"), self.n("sg")
+        child = f"{self.scope}.child(segments={{{sg}.name: {sg}}})"
+        if not held:
+            return [
+                f"for {sg} in {pname}._segments({self.scope}):",  # what path.resolve gives, without an Item per segment
+                f"    {o} = {self._builder(i, build)}({child}, ctx, {{}})",
+                f"    if {o}:",
+                *("        " + x for x in self._put(i, put, o, known="dict")),
+            ]
+        hs, hr = self.n("hs"), self.n("hr")
         return [
-            f"for {sg} in {pname}._segments({self.scope}):",  # what path.resolve gives, without an Item per segment
-            f"    {o} = {self._builder(i, build)}({self.scope}.child(segments={{{sg}.name: {sg}}}), ctx, {{}})",
+            f"for {sg} in {pname}._segments({self.scope}):",
+            f"    {hs} = {child}",
+            f"    {hr} = {hs}.reads = set()",
+            f"    {o} = {self._builder(i, build)}({hs}, ctx, {{}})",
             f"    if {o}:",
+            f"        ctx.held_reads.append(({o}, {hr}, {self.scope}.reads))",
             *("        " + x for x in self._put(i, put, o, known="dict")),
         ]
 

@@ -44,9 +44,19 @@ def compile_rule(c: Compiler, node: YMap, fhir_type: str) -> Rule:
     kind = sources[0] if sources else ("rules" if "rules" in node else "fn")
     put = _untidy(c, node, kind, target.setter(refs=kind in ("ref", "refs")))
     produce, step = _produce(c, node, kind, leaf, put, target_text=str(node["target"]), target=target)
-    source = str(node.get(kind, node.get("args", ""))) if kind != "rules" else "rules"
+    source = _source_text(node, kind)
     source_path = _explain_path(c, node, kind)
     return Rule(target, when, produce, where, source, _steps.finish(step, produce, put, when), source_path)
+
+
+def _source_text(node: YMap, kind: str) -> str:
+    """The rule's source as --explain names it, in the author's words: `patient`, `[bed, room, ward]`, `PID-7`, `rules`."""
+    if kind == "rules":
+        return "rules"
+    raw = node.get(kind, node.get("args", ""))
+    if kind == "ref" and isinstance(raw, YList):  # YAML's flow list, as written; a Python list would print quoted names
+        return "[" + ", ".join(str(name) for name in raw) + "]"
+    return str(raw)
 
 
 def _explain_path(c: Compiler, node: YMap, kind: str) -> Any:
@@ -225,6 +235,8 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
         if "rules" not in node:
             raise _err("each: over segments needs nested rules:", node.pos("each"))
         block = c.block(node["rules"], leaf.type_name or "", node.pos("rules"))
+        if _kept_by_same(node["rules"]):
+            return _held_segments(path, block.build)
 
         def seg_produce(scope: Any, ctx: RunContext) -> list[Any]:
             out = []
@@ -234,7 +246,7 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
                     out.append(obj)
             return out
 
-        seg_produce.plan = ("segments", path, block.build)  # type: ignore[attr-defined]  # _codegen.py writes the loop out
+        seg_produce.plan = ("segments", path, block.build, False)  # type: ignore[attr-defined]  # _codegen.py writes the loop out
         return seg_produce, None
     if path.rep is None and path.field_no is not None:
         text = str(node["each"])
@@ -265,6 +277,36 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
         return out
 
     return produce, _steps.each(path, convert(path) if convert else None, put)
+
+
+def _kept_by_same(rules: Any) -> bool:
+    """Tell whether an element these rules build is kept only if its `same:` reference names a resource (a diagnosis entry)."""
+    return isinstance(rules, YList) and any(isinstance(rule, YMap) and "same" in rule for rule in rules)
+
+
+def _held_segments(path: Any, build: Any) -> tuple[Produce, Step | None]:
+    """`each:` over segments whose element stands or falls with its `same:` reference: its reads are held until then.
+
+    Why: an Encounter's diagnosis entry reads DG1-6 and DG1-15, and is dropped whole when no
+    Condition was made from its DG1 (an A02 makes none). A field read only for an element that
+    is dropped reached no output, so the unmapped report must list it. Each element is built
+    with reads of its own; the engine counts them once references are resolved, for the
+    elements still there (engine.run_mapping).
+    """
+
+    def held_produce(scope: Any, ctx: RunContext) -> list[Any]:
+        out = []
+        for item in path.resolve(scope):
+            inner = scope.child(segments={item.segment.name: item.segment})
+            own = inner.reads = set()
+            obj = build(inner, ctx)
+            if obj:
+                ctx.held_reads.append((obj, own, scope.reads))
+                out.append(obj)
+        return out
+
+    held_produce.plan = ("segments", path, build, True)  # type: ignore[attr-defined]  # _codegen.py writes the loop out
+    return held_produce, None
 
 
 def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: str) -> tuple[Any, Callable[[Any], Convert] | None]:

@@ -74,7 +74,7 @@ def _generic(produce: Produce, put: Put) -> Step:
 
     shape = getattr(produce, "plan", None)
     if shape is not None and shape[0] == "segments":  # `each:` over segments with nested rules
-        step.plan = ("each_segment", shape[1], shape[2], put)  # type: ignore[attr-defined]  # for _codegen.py
+        step.plan = ("each_segment", shape[1], shape[2], put, shape[3])  # type: ignore[attr-defined]  # for _codegen.py
     elif shape is not None and shape[0] == "groups":  # `each:` over segment groups with nested rules
         step.plan = ("each_group", shape[1], shape[2], put)  # type: ignore[attr-defined]
     return step

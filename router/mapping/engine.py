@@ -305,6 +305,9 @@ def run_mapping(
     if made is not None:
         made.update((u.name, run.ctx.full_urls[u.name]) for u in mm.resources if u.name in run.ctx.full_urls)
     dropped = resolve_refs(run.ctx)
+    for element, own, reads in run.ctx.held_reads:
+        if element:  # still there: its `same:` reference named a resource (resolve_refs empties it otherwise)
+            reads |= own
     # Provenance: every resource says which mapping (file and content hash) made it,
     # so the record can tell, for each stored version, where it came from.
     code = f"{mm.structure}@{mm.sha}"

@@ -156,6 +156,7 @@ class RunContext:
     untidy: bool = False  # a placed value may hold an empty element: the resource needs `prune`
     displays: dict[str, str] = field(default_factory=dict)  # instance not written for want of an identifier → its name, for references
     made_from: dict[tuple[str, int], str] = field(default_factory=dict)  # (resource name, segment index) → the instance made from it (SameRef)
+    held_reads: list[tuple[dict[str, Any], set[Any], set[Any]]] = field(default_factory=list)  # (element, its reads, the message's): counted if it is kept (_rules._held_segments)
 
 
 @dataclass(frozen=True, slots=True)

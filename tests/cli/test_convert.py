@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -443,3 +444,19 @@ class TestAuthorTools:
         text = adt(f"{FNR}^^^NOR^FNR") + "ZPD|1|secret-local-flag\r"
         _, _, err = run_convert(capsys, tmp_path, text, "--unmapped")
         assert "ZPD-2" in err and "PID-7" not in err
+
+    def test_explain_names_a_ref_list_as_the_mapping_writes_it(self, capsys, tmp_path):
+        """A rule `ref: [bed, room, ward]` is explained in the mapping language's words, as a single `ref:` is by its name."""
+        _, _, err = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR"), "--explain")
+        assert re.search(r"^  Encounter\.subject +<- patient +\S*PV1\.Encounter\.yaml:\d+$", err, re.M)
+        assert re.search(r"^  Encounter\.location\.location +<- \[bed, room, ward\] +\S*PV1\.Encounter\.yaml:\d+$", err, re.M)
+        assert re.search(r"^  Location\.partOf +<- \[room, ward\] +\S*PL\.Bed\.Location\.yaml:\d+$", err, re.M)
+        assert "['" not in err
+
+    def test_unmapped_lists_fields_read_only_for_a_dropped_element(self, capsys, tmp_path):
+        """--unmapped names DG1-6 and DG1-15 of an A02, whose diagnosis entry is dropped (no Condition), not of an A01, which keeps them."""
+        dg1 = "DG1|1||R07.4^Brystsmerter^ICD10|||A|||||||||1\r"
+        _, _, transfer = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR", event="A02").replace("ADT_A01", "ADT_A02") + dg1, "--unmapped")
+        _, _, admit = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR") + dg1, "--unmapped")
+        assert "DG1-6," in transfer and transfer.rstrip().endswith("DG1-15")
+        assert "DG1-6" not in admit and "DG1-15" not in admit

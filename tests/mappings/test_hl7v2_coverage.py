@@ -431,3 +431,21 @@ def test_a_diagnosis_no_condition_was_made_from_leaves_no_entry(tmp_path):
     [encounter] = [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Encounter"]
     assert "diagnosis" not in encounter
     assert not [e for e in doc["entry"] if e["resource"]["resourceType"] == "Condition"]
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["generated", "explain"])
+def test_fields_read_only_for_a_dropped_diagnosis_entry_are_unmapped(trace):
+    """The unmapped list the converter returns names DG1-6 and DG1-15 of an A02's DG1, which reached no
+    output with the diagnosis entry dropped, and not those of the same DG1 on an A01, which keeps them."""
+    from router.pipeline.convert import Converter
+    from router.settings import load_settings
+
+    converter = Converter(load_settings(environ={}))
+    pv1 = "PV1|1|I|MED^301^2^STOLAV||||||||||||||||V25-0001^^^STOLAV^VN"
+    transfer = _message(MSH.format(ts="20250110083000", type="ADT^A02^ADT_A02", ctrl="DG-5"), "EVN|A02|20250110083000", f"PID|1||{PATIENT_A}^^^NOR^FNR", pv1, ADMITTING)
+    admit = _message(MSH.format(ts="20250110083000", type="ADT^A01^ADT_A01", ctrl="DG-6"), "EVN|A01|20250110083000", f"PID|1||{PATIENT_A}^^^NOR^FNR", pv1, ADMITTING)
+    [moved] = converter.convert(transfer, trace=trace)
+    [admitted] = converter.convert(admit, trace=trace)
+    assert moved.ok and admitted.ok
+    assert [f for f in moved.unmapped if f.startswith("DG1")] == ["DG1-1", "DG1-3", "DG1-6", "DG1-15"]
+    assert [f for f in admitted.unmapped if f.startswith("DG1")] == ["DG1-1"]

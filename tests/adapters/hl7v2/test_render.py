@@ -216,3 +216,33 @@ class TestLocationChain:
         locations["ro"]["resource"]["partOf"] = {"reference": locations["bd"]["fullUrl"]}
         bundle["entry"].remove(locations["wa"])
         assert _fields(_renderer(settings).render(_with_bundle(admit, bundle)))["PV1"][3] == "^301^2^STOLAV"
+
+
+def _with_participants(conv: Converted, *participants: tuple[str, dict]) -> Converted:
+    """*conv* with its Encounter's participants replaced by (type code, individual) pairs, in order."""
+    bundle = copy.deepcopy(conv.bundle)
+    [encounter] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Encounter"]
+    code = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+    encounter["participant"] = [{"type": [{"coding": [{"system": code, "code": c}]}], "individual": who} for c, who in participants]
+    return _with_bundle(conv, bundle)
+
+
+class TestAttendingDoctors:
+    def _practitioner(self, admit) -> dict:
+        [url] = [e["fullUrl"] for e in admit.bundle["entry"] if e["resource"]["resourceType"] == "Practitioner"]
+        return {"reference": url}
+
+    def test_a_named_doctor_and_a_practitioner_are_both_written_in_order(self, settings, admit):
+        """PV1-7 repeats every attending doctor in the Encounter's order: a name alone as ^FAMILY^GIVEN, a Practitioner with its HPR number."""
+        conv = _with_participants(admit, ("ATND", {"display": "PER OLAV DOKTOR"}), ("ADM", {"display": "ANNE INNLEGGER"}), ("ATND", self._practitioner(admit)))
+        assert _fields(_renderer(settings).render(conv))["PV1"][7] == "^DOKTOR^PER OLAV~9144900^LEGE^LISA^^^^^^HPR^^^^HPR"
+
+    def test_a_receiver_without_repetitions_gets_the_first_attending_doctor(self, settings, admit):
+        """For v2.3, where PV1-7 does not repeat, the Encounter's first attending doctor is written, whichever kind it is."""
+        conv = _with_participants(admit, ("ATND", {"display": "PER OLAV DOKTOR"}), ("ATND", self._practitioner(admit)))
+        assert _fields(_renderer(settings, version="2.3").render(conv))["PV1"][7] == "^DOKTOR^PER OLAV"
+
+    def test_a_reference_outside_the_bundle_without_a_name_is_skipped(self, settings, admit):
+        """A participant whose reference leads nowhere in the Bundle and carries no name writes no empty repetition."""
+        conv = _with_participants(admit, ("ATND", {"reference": "urn:uuid:00000000-0000-5000-8000-000000000000"}), ("ATND", self._practitioner(admit)))
+        assert _fields(_renderer(settings).render(conv))["PV1"][7] == "9144900^LEGE^LISA^^^^^^HPR^^^^HPR"

@@ -31,6 +31,9 @@ EDGE_CASES = [
     "OBX|2|SN|C2^Y^NLK||<^5|mg/L||||F\rOBX|3|ST|C3^Z^NLK||line one~line two||||||F\rNTE|1||a note\r",
     # non-standard delimiters
     "MSH#*~!&#PAS#STOLAV#HB#HP#20250110083000##ADT*A08*ADT_A01#E3#P#2.4\rPID#1##15866112379*!*!*NOR*FNR##NORDMANN*KARI##19610615#F\r",
+    # a DG1 on a transfer, which makes no Condition: the stay's diagnosis entry is dropped, and so are its reads (DG1-6, DG1-15)
+    "MSH|^~\\&|PAS|STOLAV|HB|HP|20250110083000||ADT^A02^ADT_A02|E4|P|2.5.1\rEVN|A02|20250110083000\rPID|1||15866112379^^^NOR^FNR\r"
+    "PV1|1|I|MED^301^2^STOLAV||||||||||||||||V1^^^STOLAV^VN\rDG1|1||R07.4^Brystsmerter^ICD10|||A|||||||||1\r",
 ]
 
 
@@ -78,6 +81,13 @@ def test_a_report_writes_out_its_loop_over_result_groups(both):
     fast, plain = both
     assert ".groups(scope)" in fast.mappings.compiler.templates["OBR.DiagnosticReport"].block.fast.source
     assert plain.mappings.compiler.templates["OBR.DiagnosticReport"].block.fast is None
+
+
+def test_a_stays_diagnoses_hold_their_reads_in_generated_code(both):
+    """The stay's `each: DG1` (entries kept only with their Condition) is a loop in generated code that holds each entry's reads."""
+    fast, _ = both
+    source = fast.mappings.compiler.templates["PV1.Encounter"].block.fast.source
+    assert "._segments(scope)" in source and "ctx.held_reads.append(" in source
 
 
 def test_same_output_with_and_without_generated_code(both, request):
