@@ -1,0 +1,268 @@
+"""Appointment changes (SIU^S13-S17, S26), document notifications (MDM^T01, T05, T06, T09, T10) and referrals (REF^I12, I14).
+
+Each later event must land on the resource its first message made (the same
+Appointment, the same ServiceRequest), with the status the event means; an
+addendum or replacement is a document of its own that points at its parent.
+The corpus's samples go through `helsebro convert`; synthetic Norwegian
+messages (Tenor-style fødselsnummer) through the Converter. Every Bundle is
+validated with fhir.resources.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from router.cli import main
+
+FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
+HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
+ORGNR = "urn:oid:2.16.578.1.12.4.1.4.101"
+ICD10 = "urn:oid:2.16.578.1.12.4.1.1.7110"
+DATA_ABSENT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+REFERRAL = {"system": "http://snomed.info/sct", "code": "3457005", "display": "Patient referral"}
+PATIENT = "31929945681"
+
+MSH = "MSH|^~\\&|DIPS|STOLAV^974749025^ENH|HELSEBRO|STOLAV|{ts}||{type}|{ctrl}|P|2.5.1|||AL|NE|NOR|UNICODE UTF-8"
+PID = f"PID|1||{PATIENT}^^^NOR^FNR||HANSEN^KARI||19921231|F"
+
+
+def _message(*segments: str) -> bytes:
+    return ("\r".join(segments) + "\r").encode("utf-8")
+
+
+def _one(converter, data: bytes) -> dict:
+    """Convert one message; it must give a Bundle valid FHIR R4."""
+    [result] = converter.convert(data)
+    assert result.ok, result.outcome()
+    Bundle.model_validate(result.bundle)
+    return result.bundle
+
+
+def _entry(bundle: dict, kind: str) -> dict:
+    [entry] = [e for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
+    return entry
+
+
+# --- SIU: one booking, its later events ---------------------------------------------------------
+
+
+def _siu(event: str, *, ctrl: str, event_reason: str = "", filler_status: str = "Booked", start: str = "20250120093000") -> bytes:
+    return _message(
+        MSH.format(ts="20250105080000", type=f"SIU^{event}^SIU_S12", ctrl=ctrl),
+        f"SCH|TIME-4001^DIPS|B-77881^DIPS-TIMEBOK||||{event_reason}|KONTROLL^Kontroll^L|POLIKLINISK^Poliklinisk time^L|30|min|||||||||||||||{filler_status}",
+        f"TQ1|1||||||{start}|",
+        PID,
+        "RGS|1|A",
+        f"AIS|1|A|KARDIO-KTR^Kardiologisk kontroll^L|{start}|||30|min",
+    )
+
+
+class TestAppointmentEvents:
+    def test_every_event_updates_the_appointment_the_booking_made(self, converter):
+        """S12, S13, S14, S15, S16, S17 and S26 of one booking (SCH-1) write one Appointment under one identity."""
+        written = set()
+        for i, event in enumerate(["S12", "S13", "S14", "S15", "S16", "S17", "S26"]):
+            entry = _entry(_one(converter, _siu(event, ctrl=f"SIU-{i}")), "Appointment")
+            written.add((entry["fullUrl"], entry["request"]["method"], entry["request"]["url"]))
+        [(_, method, url)] = written
+        assert (method, url) == ("PUT", "Appointment?identifier=urn:helsebro:local:DIPS:id|TIME-4001")
+
+    @pytest.mark.parametrize(("event", "status"), [("S15", "cancelled"), ("S16", "cancelled"), ("S17", "entered-in-error"), ("S26", "noshow")])
+    def test_the_event_sets_the_status_whatever_sch_25_says(self, converter, event, status):
+        """A cancel, discontinue, delete or no-show sets its FHIR status though SCH-25 still says Booked."""
+        appointment = _entry(_one(converter, _siu(event, ctrl="SIU-1")), "Appointment")["resource"]
+        assert appointment["status"] == status
+
+    @pytest.mark.parametrize("event", ["S13", "S14"])
+    def test_a_reschedule_or_modify_keeps_sch_25s_status(self, converter, event):
+        """A reschedule or modify takes SCH-25 (Pending → pending), and its new time."""
+        appointment = _entry(_one(converter, _siu(event, ctrl="SIU-1", filler_status="Pending", start="20250127130000")), "Appointment")["resource"]
+        assert (appointment["status"], appointment["start"]) == ("pending", "2025-01-27T13:00:00+01:00")
+
+    def test_a_cancel_gives_sch_6_as_its_reason(self, converter):
+        """SCH-6 of a cancel is the cancelationReason; the appointment's own reason (SCH-7) stays reasonCode."""
+        appointment = _entry(_one(converter, _siu("S15", ctrl="SIU-1", event_reason="PASAVB^Pasienten avbestilte^L")), "Appointment")["resource"]
+        assert appointment["cancelationReason"]["coding"][0]["code"] == "PASAVB"
+        assert appointment["reasonCode"][0]["coding"][0]["code"] == "KONTROLL"
+
+    def test_a_booking_has_no_cancelation_reason(self, converter):
+        """SCH-6 of a booking or reschedule is not taken as a cancelationReason."""
+        for event in ("S12", "S13"):
+            appointment = _entry(_one(converter, _siu(event, ctrl="SIU-1", event_reason="NY^Ny time^L")), "Appointment")["resource"]
+            assert "cancelationReason" not in appointment
+
+
+# --- MDM: notifications without content, addenda, replacements ---------------------------------------
+
+
+def _mdm(event: str, structure: str, *, number: str, parent: str = "", obx: tuple[str, ...] = ()) -> bytes:
+    return _message(
+        MSH.format(ts="20250112150000", type=f"MDM^{event}^{structure}", ctrl=f"MDM-{event}"),
+        f"EVN|{event}|20250112150000",
+        PID,
+        "PV1|1|I|MED^301^2^STOLAV||||||||||||||||V25-0001^^^STOLAV^VN",
+        f"TXA|1|EPIKRISE^Epikrise^L|TX|20250112143000||20250112143000||||||{number}^DIPS|{parent}|||epikrise.txt|LA||AV||||||Epikrise",
+        *obx,
+    )
+
+
+TEXT = ("OBX|1|TX|EPIKRISE^Epikrise^L||Utskrevet i god form.||||||F",)
+
+
+class TestDocumentNotifications:
+    def test_a_notification_without_content_is_one_attachment_marked_data_absent(self, converter):
+        """T01 gives a DocumentReference whose one attachment describes the document (TXA-3, -25, -6) and marks its data absent."""
+        entry = _entry(_one(converter, _mdm("T01", "MDM_T01", number="DOK-1")), "DocumentReference")
+        [content] = entry["resource"]["content"]
+        assert content["attachment"] == {
+            "contentType": "text/plain",
+            "title": "Epikrise",
+            "creation": "2025-01-12T14:30:00+01:00",
+            "extension": [{"url": DATA_ABSENT, "valueCode": "unknown"}],
+        }
+
+    def test_a_notification_is_written_only_when_the_document_is_absent(self, converter):
+        """T01 creates the document only when absent (POST ifNoneExist); T02 with content writes it (PUT), under the same identity."""
+        t01 = _entry(_one(converter, _mdm("T01", "MDM_T01", number="DOK-1")), "DocumentReference")
+        t02 = _entry(_one(converter, _mdm("T02", "MDM_T02", number="DOK-1", obx=TEXT)), "DocumentReference")
+        assert t01["fullUrl"] == t02["fullUrl"]
+        assert t01["request"] == {"method": "POST", "url": "DocumentReference", "ifNoneExist": "identifier=urn:helsebro:local:DIPS:id|DOK-1"}
+        assert t02["request"] == {"method": "PUT", "url": "DocumentReference?identifier=urn:helsebro:local:DIPS:id|DOK-1"}
+
+    @pytest.mark.parametrize(
+        ("event", "structure", "obx", "code"),
+        [("T05", "MDM_T01", (), "appends"), ("T06", "MDM_T02", TEXT, "appends"), ("T09", "MDM_T01", (), "replaces"), ("T10", "MDM_T02", TEXT, "replaces")],
+    )
+    def test_an_addendum_or_replacement_is_a_new_document_related_to_its_parent(self, converter, event, structure, obx, code):
+        """T05/T06 append to, T09/T10 replace, the parent TXA-13, named by its own document number; the new one is TXA-12."""
+        doc = _entry(_one(converter, _mdm(event, structure, number="DOK-2", parent="DOK-1^DIPS", obx=obx)), "DocumentReference")["resource"]
+        assert doc["masterIdentifier"]["value"] == "DOK-2"
+        parent = _entry(_one(converter, _mdm("T02", "MDM_T02", number="DOK-1", obx=TEXT)), "DocumentReference")["resource"]
+        assert doc["relatesTo"] == [{"code": code, "target": {"type": "DocumentReference", "identifier": parent["masterIdentifier"]}}]
+
+    def test_an_original_document_relates_to_nothing(self, converter):
+        """TXA-13 of an original (T01, T02) is not read as a parent."""
+        for event, structure, obx in (("T01", "MDM_T01", ()), ("T02", "MDM_T02", TEXT)):
+            doc = _entry(_one(converter, _mdm(event, structure, number="DOK-2", parent="DOK-1^DIPS", obx=obx)), "DocumentReference")["resource"]
+            assert "relatesTo" not in doc
+
+
+# --- REF: a referral and its cancel ----------------------------------------------------------------
+
+
+def _ref(event: str, *, structure: str = "REF_I12", status: str = "P^Pending^HL70283") -> bytes:
+    return _message(
+        "MSH|^~\\&|INFODOC|LEGESENTERET^987654325^ENH|DIPS|STOLAV|20250201091500||" + f"REF^{event}{'^' + structure if structure else ''}|REF-{event}|P|2.5.1",
+        f"RF1|{status}|S^STAT^HL70280|Med^Medical^HL70281||O^Outpatient^HL70284|HEN-5001^INFODOC|20250201|20250801|20250201",
+        "PRD|RP^Referring Provider^HL70286|FASTLEGE^FRIDA|||||9144901^HPR",
+        "PRD|RT^Referred to Provider^HL70286|KARDIOLOG^KARL|||||9144902^HPR|||ST. OLAVS HOSPITAL^^^^^^ENH^^^974749025",
+        PID,
+        "DG1|1||I20.9^Angina pectoris^ICD10|||W",
+    )
+
+
+class TestReferral:
+    def test_a_referral_is_a_service_request_of_the_patient(self, converter):
+        """I12 gives an active referral ServiceRequest: RF1-6 its identifier, RF1-2 its priority, DG1 its reason, the patient its subject."""
+        bundle = _one(converter, _ref("I12"))
+        request = _entry(bundle, "ServiceRequest")["resource"]
+        assert (request["status"], request["intent"], request["priority"]) == ("active", "order", "stat")
+        assert request["identifier"][0]["value"] == "HEN-5001"
+        assert REFERRAL in request["category"][0]["coding"]
+        assert {"code": "I20.9", "display": "Angina pectoris", "system": ICD10} in [c for r in request["reasonCode"] for c in r["coding"]]
+        patient = _entry(bundle, "Patient")
+        assert request["subject"] == {"reference": patient["fullUrl"]}
+        assert [(i["system"], i["value"]) for i in patient["resource"]["identifier"]] == [(FNR, PATIENT)]
+
+    def test_the_providers_are_requester_and_performers(self, converter):
+        """The referring provider (PRD RP) is the requester, the referred-to one (RT) and its organisation the performers, by HPR-nummer and organisasjonsnummer."""
+        request = _entry(_one(converter, _ref("I12")), "ServiceRequest")["resource"]
+        assert request["requester"] == {"identifier": {"system": HPR, "value": "9144901"}, "display": "FRIDA FASTLEGE"}
+        assert request["performer"] == [
+            {"identifier": {"system": HPR, "value": "9144902"}, "display": "KARL KARDIOLOG"},
+            {"type": "Organization", "identifier": {"system": ORGNR, "value": "974749025"}, "display": "ST. OLAVS HOSPITAL"},
+        ]
+
+    def test_a_cancel_revokes_the_same_referral(self, converter):
+        """I14 writes the ServiceRequest I12 made, revoked, though RF1-1 still says pending; MSH-9.3 may be empty."""
+        made = _entry(_one(converter, _ref("I12")), "ServiceRequest")
+        cancelled = _entry(_one(converter, _ref("I14", structure="")), "ServiceRequest")
+        assert (cancelled["fullUrl"], cancelled["request"]) == (made["fullUrl"], made["request"])
+        assert cancelled["resource"]["status"] == "revoked"
+
+    def test_a_rejected_referral_is_revoked(self, converter):
+        """RF1-1 R (rejected) makes the referral revoked (table 0283)."""
+        request = _entry(_one(converter, _ref("I12", status="R^Rejected^HL70283")), "ServiceRequest")["resource"]
+        assert request["status"] == "revoked"
+
+
+# --- The public corpus through `helsebro convert` ------------------------------------------------------
+
+APPOINTMENT_STATUS = {"SIU_S13": "booked", "SIU_S14": "booked", "SIU_S15": "cancelled", "SIU_S16": "cancelled", "SIU_S17": "entered-in-error", "SIU_S26": "noshow"}
+DOCUMENT_RELATION = {"MDM_T01": None, "MDM_T05": "appends", "MDM_T06": "appends", "MDM_T09": "replaces", "MDM_T10": "replaces"}
+REFERRAL_STATUS = {"REF_I12": "active", "REF_I14": "revoked"}
+
+
+def _corpus_files(shared: Path, types: set[str]) -> list[tuple[str, Path]]:
+    """(type, file) of the corpus index's messages of *types*, each file once."""
+    root = shared / "corpus" / "hl7v2"
+    rows = [r.split("\t") for r in (root / "CORPUS_INDEX.tsv").read_text(encoding="utf-8").splitlines()[1:]]
+    return sorted({(r[2], root / r[0].split("#")[0]) for r in rows if r[2] in types})
+
+
+@pytest.fixture(scope="module")
+def corpus(shared_dir, tmp_path_factory):
+    """Every corpus message of these types (and the S12 bookings they change), converted by one `helsebro convert --out` run: (type, Bundle)."""
+    files = _corpus_files(shared_dir, {"SIU_S12", *APPOINTMENT_STATUS, *DOCUMENT_RELATION, *REFERRAL_STATUS})
+    out = tmp_path_factory.mktemp("converted")
+    code = main(["convert", "--out", str(out), *[str(p) for _, p in files]])
+    docs = [json.loads(line) for _, p in files for line in (out / f"{p.name}.ndjson").read_text(encoding="utf-8").splitlines()]
+    assert (code, len(docs)) == (0, len(files)), [d.get("issue") for d in docs if d["resourceType"] != "Bundle"]
+    for doc in docs:
+        Bundle.model_validate(doc)
+    return [(kind, doc) for (kind, _), doc in zip(files, docs)]
+
+
+@pytest.mark.corpus
+class TestCorpus:
+    def test_every_appointment_event_updates_the_bookings_appointment(self, corpus):
+        """The corpus's S13-S17 and S26 write the Appointment its S12 samples made (SCH-1 12345), with the event's status."""
+        booked = {_entry(doc, "Appointment")["request"]["url"] for kind, doc in corpus if kind == "SIU_S12" and "12345" in json.dumps(doc)}
+        seen = set()
+        for kind, doc in corpus:
+            if kind in APPOINTMENT_STATUS:
+                entry = _entry(doc, "Appointment")
+                assert entry["request"]["url"] in booked, kind
+                assert entry["resource"]["status"] == APPOINTMENT_STATUS[kind], kind
+                seen.add(kind)
+        assert seen == set(APPOINTMENT_STATUS)
+
+    def test_every_document_notification_is_its_txa_12_document(self, corpus):
+        """The corpus's T01/T05/T06/T09/T10 each give the DocumentReference of TXA-12, related to TXA-13 as the event says."""
+        seen = set()
+        for kind, doc in corpus:
+            if kind in DOCUMENT_RELATION:
+                document = _entry(doc, "DocumentReference")["resource"]
+                assert document["masterIdentifier"]["value"] == "1.2.840.317.5947431.51.20080131160038", kind
+                relation = [(r["code"], r["target"]["identifier"]["value"]) for r in document.get("relatesTo", [])]
+                expected = DOCUMENT_RELATION[kind]
+                assert relation == ([(expected, "1.2.840.317.5947431.51.20080131155715")] if expected else []), kind
+                assert document["content"], kind
+                seen.add(kind)
+        assert seen == set(DOCUMENT_RELATION)
+
+    def test_every_referral_is_one_service_request(self, corpus):
+        """The corpus's I12 and I14 write one referral ServiceRequest (RF1-6 226839) for the patient: active, then revoked."""
+        urls = set()
+        for kind, doc in corpus:
+            if kind in REFERRAL_STATUS:
+                entry = _entry(doc, "ServiceRequest")
+                assert entry["resource"]["status"] == REFERRAL_STATUS[kind], kind
+                assert REFERRAL in entry["resource"]["category"][0]["coding"]
+                assert entry["resource"]["subject"] == {"reference": _entry(doc, "Patient")["fullUrl"]}
+                urls.add(entry["request"]["url"])
+        assert len(urls) == 1 and "226839" in urls.pop()
