@@ -9,18 +9,31 @@ messages wrote. Decoding and converting the carried messages is the pipeline's
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from router.errors import InvalidContent
 from router.mapping.runtime import resource_id
 
-__all__ = ["join_bundles"]
+__all__ = ["Override", "join_bundles"]
 
 _REFERENCE_KEYS = frozenset({"reference", "type", "identifier", "display", "id", "extension"})
 """The elements of a FHIR Reference: a dict with other keys is not one."""
 
 
-def join_bundles(bundle: dict[str, Any], parts: list[tuple[str, dict[str, Any]]]) -> None:
+@dataclass(frozen=True, slots=True)
+class Override:
+    """`embedded.override:` (compiled in _messages.py): the elements the carrying message's resource of *type* lays over a carried one."""
+
+    type: str
+    """The FHIR resource type (MedicationRequest)."""
+    elements: tuple[str, ...]
+    """Top-level elements taken from the carrying message's resource, where it gives them (status, statusReason)."""
+    alone: Literal["keep", "drop"]
+    """What becomes of the carrying message's resource of *type* that no carried message writes: written as it is, or not at all."""
+
+
+def join_bundles(bundle: dict[str, Any], parts: list[tuple[str, dict[str, Any]]], *, override: Override | None = None) -> None:
     """Add each part's entries to *bundle*, one entry per fullUrl, then link logical references.
 
     *parts* are (where the carried message sits, its Bundle), in document order.
@@ -29,16 +42,25 @@ def join_bundles(bundle: dict[str, Any], parts: list[tuple[str, dict[str, Any]]]
     are the M1s' parties:
 
     - the same resource (its provenance tag aside): one entry;
-    - two creates (POST ifNoneExist): the first stays, since a create of an identity
-      that exists writes nothing, so the second could never apply;
+    - a create of the carrying message and one of a carried message: the carried
+      one stays. The carrying message only summarises what it carries whole (an
+      M9.12's Reseptinfo beside the M25.1 entry that holds the prescription);
+    - two creates (POST ifNoneExist) of carried messages: the first stays, since a
+      create of an identity that exists writes nothing, so the second could never apply;
     - an update (PUT) and a create: the update stays; it says what the resource is;
     - two different updates: refused, one transaction cannot say both.
+
+    *override* (`embedded.override:`) then lays the carrying message's named
+    elements over the carried resource of its type that it met, and drops, when
+    `alone: drop`, the carrying message's resources of that type that met none.
 
     Raises:
         InvalidContent: two carried messages write different content under one identity.
     """
     entries: list[dict[str, Any]] = bundle["entry"]
-    at = {e["fullUrl"]: i for i, e in enumerate(entries) if "fullUrl" in e}
+    own = {url: e for e in entries if (url := e.get("fullUrl")) is not None}
+    at = {url: i for i, e in enumerate(entries) if (url := e.get("fullUrl")) is not None}
+    met: dict[str, dict[str, Any]] = {}  # fullUrl → the carrying message's entry that a carried one met
     for where, part in parts:
         for entry in part["entry"]:
             url = entry.get("fullUrl")
@@ -47,15 +69,69 @@ def join_bundles(bundle: dict[str, Any], parts: list[tuple[str, dict[str, Any]]]
                     at[url] = len(entries)
                 entries.append(entry)
                 continue
+            if url in own:
+                met[url] = own[url]
             kept = entries[at[url]]
-            if _same(kept["resource"], entry["resource"]) or _creates(entry):
-                continue
-            if _creates(kept):
-                entries[at[url]] = entry
-                continue
-            rtype = entry["resource"].get("resourceType", "resource")
-            raise InvalidContent(f"the embedded message writes a {rtype} that another message in this one writes differently, under the same identity", location=where)
+            chosen = _pick(kept, entry, carrying=kept is own.get(url))
+            if chosen is None:
+                rtype = entry["resource"].get("resourceType", "resource")
+                raise InvalidContent(f"the embedded message writes a {rtype} that another message in this one writes differently, under the same identity", location=where)
+            entries[at[url]] = chosen
+    if override is not None:
+        _override(entries, own, met, override)
     _link(entries)
+
+
+def _pick(kept: dict[str, Any], entry: dict[str, Any], *, carrying: bool) -> dict[str, Any] | None:
+    """Which of two entries of one identity the transaction writes (join_bundles' rules), or None when neither can stand for both.
+
+    *kept* is already in the Bundle, *entry* a carried message's; *carrying* says
+    that *kept* is the carrying message's own.
+    """
+    if _same(kept["resource"], entry["resource"]):
+        return kept
+    if _creates(kept) and (carrying or not _creates(entry)):
+        return entry
+    if _creates(entry):
+        return kept
+    return None
+
+
+def _override(entries: list[dict[str, Any]], own: dict[str, dict[str, Any]], met: dict[str, dict[str, Any]], spec: Override) -> None:
+    """Lay the carrying message's *spec.elements* over each carried resource of *spec.type* it met; drop the rest if asked.
+
+    Why: the carried message was converted as if sent alone; what the carrying
+    message adds is newer (an M9.6's 7408 status: T tilbakekalt over the M1's
+    active). An element the carrying resource leaves out stays as carried. The
+    carried resource's identity, id and request stay, so the record keeps one
+    resource; its provenance tag names both mappings when an element changed.
+    """
+    for entry in entries:
+        url = entry.get("fullUrl")
+        ours = met.get(url) if url is not None else None
+        if ours is None or entry is ours or entry["resource"].get("resourceType") != spec.type:
+            continue
+        resource = entry["resource"]
+        changed = False
+        for name in spec.elements:
+            if name in ours["resource"] and resource.get(name) != ours["resource"][name]:
+                resource[name] = ours["resource"][name]
+                changed = True
+        if changed:
+            resource["meta"] = _tagged(resource.get("meta"), ours["resource"].get("meta"))
+    if spec.alone == "drop":
+        alone = {url for url, e in own.items() if url not in met and e["resource"].get("resourceType") == spec.type}
+        entries[:] = [e for e in entries if e.get("fullUrl") not in alone]
+
+
+def _tagged(meta: dict[str, Any] | None, other: dict[str, Any] | None) -> dict[str, Any]:
+    """*meta* with the tags of *other* it lacks: a resource two mappings wrote says so."""
+    out = dict(meta or {})
+    tags = list(out.get("tag", []))
+    tags += [t for t in (other or {}).get("tag", []) if t not in tags]
+    if tags:
+        out["tag"] = tags
+    return out
 
 
 def _creates(entry: dict[str, Any]) -> bool:

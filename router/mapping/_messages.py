@@ -20,6 +20,9 @@ that retires the old Patient after moving its identifiers to the survivor.
 *from* names each carry a whole message, base64-encoded, that its own mapping
 (*message*) converts into the same Bundle; *same* names the resource every one
 of them, and this mapping, must agree on (one patient per list).
+`embedded.override: {type, elements, alone}` lets this message's resource of that
+type lay the named elements over a carried message's resource of the same
+identity (router/mapping/_join.py).
 
 `document: {identity: [paths], replaces: condition}` makes the message a document:
 every resource it writes with `update` is tagged with the document identity, and a
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from router.mapping._join import Override
 from router.mapping._yaml import Pos, YList, YMap
 
 if TYPE_CHECKING:
@@ -107,6 +111,12 @@ class Embedded:
     """The top-level resource (in both mappings) that must be one and the same across all of them, or None."""
     pos: Pos
     """Where `embedded:` stands, for the load-time checks against the other mapping."""
+    override: Override | None = None
+    """What this message says of a carried resource that the carried message does not, or None."""
+
+
+_NOT_OVERRIDDEN = frozenset({"resourceType", "id", "meta", "identifier"})
+"""The identity and provenance of a resource: the carried message's stay, or the two would not be one resource."""
 
 
 def _embedded(c: Compiler, doc: YMap) -> Embedded:
@@ -122,7 +132,7 @@ def _embedded(c: Compiler, doc: YMap) -> Embedded:
     block = doc["embedded"]
     if not isinstance(block, YMap):
         raise _err("embedded must be a mapping: {from: <path to the base64 elements>, message: <mapping>, same: <resource name>}", doc.pos("embedded"))
-    _check_keys(block, {"from", "message", "same", "note"}, "embedded")
+    _check_keys(block, {"from", "message", "same", "override", "note"}, "embedded")
     path = c._path(_need(block, "from", "embedded"), block.pos("from"))
     if not getattr(path, "is_group", False):
         raise _err("embedded.from must select elements (their text is the base64), not attributes or text()", block.pos("from"))
@@ -132,7 +142,35 @@ def _embedded(c: Compiler, doc: YMap) -> Embedded:
     same = block.get("same")
     if same is not None and (not isinstance(same, str) or not same):
         raise _err("embedded.same must name one resource (e.g. patient)", block.pos("same"))
-    return Embedded(path, message, same, doc.pos("embedded"))
+    override = _override(block) if "override" in block else None
+    return Embedded(path, message, same, doc.pos("embedded"), override)
+
+
+def _override(block: YMap) -> Override:
+    """`embedded.override: {type, elements, alone}`: what the carrying message knows better than the message it carries.
+
+    Why: an M9.6 lists each prescription with Reseptformidleren's status now (7408:
+    T tilbakekalt) and carries the M1 as it was signed, which knows no withdrawal;
+    converted alone, the M1 would write a withdrawn prescription as active.
+    """
+    from router.mapping import fhir_model
+    from router.mapping.compiler import _check_keys, _err, _need
+
+    spec = block["override"]
+    if not isinstance(spec, YMap):
+        raise _err("embedded.override must be a mapping: {type: <FHIR resource>, elements: [names], alone: keep|drop}", block.pos("override"))
+    _check_keys(spec, {"type", "elements", "alone", "note"}, "embedded.override")
+    rtype = _need(spec, "type", "embedded.override")
+    if not isinstance(rtype, str) or not fhir_model.is_resource_type(rtype):
+        raise _err("embedded.override.type must name a FHIR resource type (e.g. MedicationRequest)", spec.pos("type"))
+    names = _need(spec, "elements", "embedded.override")
+    known = fhir_model.elements(rtype)
+    if not isinstance(names, YList) or not names or not all(isinstance(n, str) and n in known and n not in _NOT_OVERRIDDEN for n in names):
+        raise _err(f"embedded.override.elements must list top-level elements of {rtype} other than its identifier, id and meta", spec.pos("elements"))
+    alone = spec.get("alone", "keep")
+    if alone not in ("keep", "drop"):
+        raise _err("embedded.override.alone is keep (the default: written as it is) or drop (written only over a carried resource)", spec.pos("alone"))
+    return Override(rtype, tuple(str(n) for n in names), alone)
 
 
 def check_embedded(mm: MessageMapping, messages: dict[str, MessageMapping]) -> MessageMapping:

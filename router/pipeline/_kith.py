@@ -16,6 +16,7 @@ from adapters.kith.paths import message_scope, path_compiler, unmapped
 from router.contracts import Converted, MessageHeader
 from router.errors import InvalidContent, MessageError, UnknownMessage
 from router.mapping import MappingSet, join_bundles, run_mapping
+from router.mapping._join import Override
 from router.mapping.mapping_set import load_namespaces
 from router.settings import Settings
 
@@ -68,7 +69,7 @@ class KithConverter:
         bundle = item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain, given=carried.given if carried else None, made=own)
         item.unmapped = unmapped(root, scope.reads, scope.results)
         if carried is not None:
-            carried.join_into(bundle, item, mm.embedded.same, own, explain)
+            carried.join_into(bundle, item, mm.embedded.same, own, explain, override=mm.embedded.override)
         if explain is not None:
             bundle["_explain"] = explain
         return scope
@@ -118,6 +119,7 @@ class _Carried:
 
     def join_into(
         self, bundle: dict[str, Any], item: Converted, name: str | None, own: dict[str, str], explain: list[tuple[str, str, str]] | None,
+        *, override: Override | None = None,
     ) -> None:
         """Join the embedded messages' Bundles into the carrying message's, after checking that they share its `same:` resource.
 
@@ -128,7 +130,7 @@ class _Carried:
         if name and name in own and name in self.given and own[name] != self.given[name]:
             where = next(w for w, _ in self.parts)
             raise InvalidContent(f"the embedded message is about another {name} than the message that carries it", location=where)
-        join_bundles(bundle, self.parts)
+        join_bundles(bundle, self.parts, override=override)
         item.unmapped += self.unmapped
         if explain is not None:
             explain += self.explain

@@ -241,6 +241,15 @@ _LAUGHS = (
 )
 
 
+WITHDRAWN = "urn:uuid:c2883dc2-8eef-4b8e-a80f-167f858425f7"
+"""The prescription the national M9.6 lists as T tilbakekalt, whose signed M1 it carries."""
+
+
+def _but(entry: dict, *names: str) -> dict:
+    """*entry* with these elements of its resource left out."""
+    return {**entry, "resource": {k: v for k, v in entry["resource"].items() if k not in names}}
+
+
 def _m96(shared: Path) -> Path:
     path = shared / "norsk" / "eksempel" / "eresept" / "Lege endrer på legemiddelbehandling" / "M96 Reseptliste rekvirent.xml"
     if not path.is_file():
@@ -298,9 +307,34 @@ class TestEmbeddedMessages:
         inside = {e["fullUrl"]: e for e in listed["entry"]}
         for single in singles:
             [request] = [e for e in single["entry"] if e["resource"]["resourceType"] == "MedicationRequest"]
+            if request["resource"]["identifier"][0]["value"] == WITHDRAWN:  # the list's status is laid over it (see below)
+                assert _but(inside[request["fullUrl"]], "status", "statusReason", "meta") == _but(request, "status", "statusReason", "meta")
+                continue
             assert inside[request["fullUrl"]] == request
             [patient] = [e for e in single["entry"] if e["resource"]["resourceType"] == "Patient"]
             assert patient["fullUrl"] in inside
+
+    def test_a_withdrawn_prescription_is_written_with_the_lists_status(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """The national M9.6 lists c2883dc2 as T tilbakekalt (Arsak 4 Annen) and carries its signed M1: its MedicationRequest
+        is written stopped with that reason, under the M1's identity and request, and the List entry points at it; the
+        Ekspederbar entries stay active. Made Ekspederbar in a copy, the same prescription is written active."""
+        src = _m96(shared_dir)
+        [active] = _variants(tmp_path, src.read_text("utf-8"), {'<Status V="T" DN="Tilbakekalt"/>': '<Status V="E" DN="Ekspederbar"/>', '<Arsak V="4" S="2.16.578.1.12.4.1.1.7500" DN="Annen"/>': ""})
+        code, [listed, edited] = _convert(capsys, monkeypatch, shared_dir, src, active)
+        assert code == 0
+        Bundle.model_validate(listed)
+        requests = {r["identifier"][0]["value"]: r for r in _of(listed, "MedicationRequest")}
+        withdrawn = requests.pop(WITHDRAWN)
+        assert withdrawn["status"] == "stopped"
+        assert withdrawn["statusReason"] == {"coding": [{"system": "urn:oid:2.16.578.1.12.4.1.1.7500", "code": "4", "display": "Annen"}]}
+        assert withdrawn["medicationCodeableConcept"]["coding"] and withdrawn["authoredOn"]  # the M1's own content stays
+        assert {r["status"] for r in requests.values()} == {"active"} and len(requests) == 4
+        [entry] = [e for e in listed["entry"] if e["resource"] is withdrawn]
+        assert entry["request"] == {"method": "PUT", "url": f"MedicationRequest?identifier=urn:ietf:rfc:3986|{WITHDRAWN.replace(':', '%3A')}"}
+        [lst] = _of(listed, "List")
+        assert [e["item"]["reference"] for e in lst["entry"] if e["flag"]["coding"][0]["code"] == "T"] == [entry["fullUrl"]]
+        [again] = [r for r in _of(edited, "MedicationRequest") if r["identifier"][0]["value"] == WITHDRAWN]
+        assert again["status"] == "active" and "statusReason" not in again
 
     @pytest.mark.parametrize(
         ("k", "change", "code", "says"),
@@ -361,6 +395,27 @@ class TestEmbeddedMessages:
         Bundle.model_validate(ok)
         assert len(_of(ok, "MedicationStatement")) == 2 and len(_of(ok, "Patient")) == 1
         assert refused["issue"][0]["location"] == ["/MsgHead/Document/RefDoc/Content/M912/Multidosepasient/VarerIBrukB64"]
+
+
+class TestSummaryAndWholeResource:
+    def test_an_m912_writes_the_fuller_prescription_with_the_reseptinfos_status(self, capsys, monkeypatch):
+        """The ERM912 case names 5b1f… twice: a Reseptinfo (status E, Forskrivningsdato, product) and the entry of the
+        M25.1 it carries, which holds the whole prescription. Both are creates; the one written is the entry's, with its
+        ATC, dosage and reason, under the Reseptinfo's status and date, and the patient is the M25.1's, with a name."""
+        path = Path(__file__).parents[2] / "mappings" / "kith" / "messages" / "ERM912.cases" / "pll_nedlasting.xml"
+        monkeypatch.delenv("HELSEBRO_XSD_DIR", raising=False)
+        code = main(["convert", str(path)])
+        [doc] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert code == 0
+        Bundle.model_validate(doc)
+        [entry] = [e for e in doc["entry"] if e["resource"]["resourceType"] == "MedicationRequest" and e["resource"]["identifier"][0]["value"].endswith("0a1b2c3d4e01")]
+        request = entry["resource"]
+        assert entry["request"]["method"] == "POST"  # still never overwrites the M1's own
+        assert any(c["system"] == ATC for c in request["medicationCodeableConcept"]["coding"])
+        assert request["dosageInstruction"][0]["text"] == "1 tablett om kvelden"
+        assert request["status"] == "active" and request["authoredOn"] == "2024-03-05"
+        [patient] = _of(doc, "Patient")
+        assert patient["name"] == [{"family": "Syntetisk", "given": ["Pasient"]}]
 
 
 _DOCUMENTS = re.compile(rb"(<ReseptDokLegemiddelB64>)([^<]+)(</ReseptDokLegemiddelB64>)")

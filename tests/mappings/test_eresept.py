@@ -271,3 +271,67 @@ class TestEreseptFixtures:
         for source, expected in cases:
             res = run_case(source, expected, lambda data: [r.bundle if r.ok else r.outcome() for r in conv.convert(data)], update=False, display=str)
             assert res.passed, f"{res.name}: {res.detail}"
+
+
+KNOWN_INVALID: dict[str, str] = {}
+"""KITH case inputs (`<message>/<case>`) known not to pass the national XSDs, each with the reason it is kept."""
+
+
+@pytest.mark.corpus
+class TestKithFixturesAgainstTheNationalSchemas:
+    def test_every_kith_case_input_validates(self, shared_dir):
+        """Every KITH case input (mappings/kith/messages/*.cases), the messages it carries included, passes the national
+        XSDs (../shared/norsk/skjema) and, validated, still converts to its reviewed output."""
+        from router.mapping.fixtures import find_cases, run_case
+        from router.pipeline.convert import Converter
+        from router.settings import load_settings
+
+        schemas = shared_dir / "norsk" / "skjema"
+        if not (schemas / "ehelseCatalog.xml").is_file():
+            pytest.skip("../shared/norsk/skjema (the national XSDs) is not there")
+        settings = load_settings()
+        conv = Converter(settings.model_copy(update={"xsd_dir": schemas}))
+        cases = find_cases(settings.mappings_dir / "kith")
+        assert cases
+        failed = []
+        for source, expected in cases:
+            res = run_case(source, expected, lambda data: [r.bundle if r.ok else r.outcome() for r in conv.convert(data)], update=False, display=str)
+            if not res.passed and res.name not in KNOWN_INVALID:
+                failed.append(f"{res.name}: {res.detail[:400]}")
+        assert not failed, "\n".join(failed)
+
+
+class TestOverrideKey:
+    @pytest.mark.parametrize(
+        ("old", "new", "says", "at"),
+        [
+            ("    alone: drop\n", "    alone: drop\n    kind: x\n", "unknown key 'kind' in embedded.override", "    kind:"),
+            ("    type: MedicationRequest\n", "    type: Medisinering\n", "must name a FHIR resource type", "    type:"),
+            ("    elements: [status, statusReason]\n", "    elements: [status, reseptStatus]\n", "top-level elements of MedicationRequest", "    elements:"),
+            ("    elements: [status, statusReason]\n", "    elements: [identifier]\n", "other than its identifier", "    elements:"),
+            ("    alone: drop\n", "    alone: forget\n", "keep (the default", "    alone:"),
+        ],
+        ids=["unknown-key", "type", "element", "identity", "alone"],
+    )
+    def test_errors_point_at_the_line(self, tmp_path, old, new, says, at):
+        """A wrong `embedded.override:` (unknown key, a type FHIR lacks, an element the type lacks or its identity, an
+        unknown `alone:`) refuses the mappings at load with file:line."""
+        import shutil
+
+        from adapters.kith.paths import path_compiler
+        from router.errors import MappingError
+        from router.mapping import MappingSet
+        from router.mapping.mapping_set import load_namespaces
+
+        root = tmp_path / "kith"
+        shutil.copytree(Path(__file__).resolve().parents[2] / "mappings" / "kith", root, ignore=shutil.ignore_patterns("*.cases"))
+        path = root / "messages" / "ERM96.yaml"
+        text = path.read_text("utf-8")
+        assert old in text, old
+        text = text.replace(old, new, 1)
+        path.write_text(text, "utf-8")
+        line = text[: text.index(at)].count("\n") + 1
+        with pytest.raises(MappingError) as err:
+            MappingSet.load(root, path_compiler(load_namespaces(root / "namespaces.yaml")))
+        assert says in err.value.reason
+        assert err.value.file.endswith("messages/ERM96.yaml") and err.value.line == line

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import pytest
 
 from router.errors import InvalidContent
 from router.mapping import join_bundles
+from router.mapping._join import Override
 from router.mapping.runtime import conditional_entry
 
 
@@ -25,11 +28,19 @@ class TestJoinBundles:
         join_bundles(outer, [("/d[2]", _bundle(_entry("Organization", "1", create=True, tag="B", name="Legekontor")))])
         assert len(outer["entry"]) == 1 and outer["entry"][0]["resource"]["meta"]["tag"] == [{"code": "A"}]
 
-    def test_of_two_creates_the_first_stays(self):
-        """Two creates of one identity with different content keep the first: the second could never write."""
-        outer = _bundle(_entry("Patient", "1", create=True, gender="female"))
-        join_bundles(outer, [("/d[2]", _bundle(_entry("Patient", "1", create=True)))])
+    def test_of_two_carried_creates_the_first_stays(self):
+        """Two carried messages' creates of one identity with different content keep the first: the second could never write."""
+        outer = _bundle()
+        join_bundles(outer, [("/d[2]", _bundle(_entry("Patient", "1", create=True, gender="female"))), ("/d[3]", _bundle(_entry("Patient", "1", create=True)))])
         assert [e["resource"].get("gender") for e in outer["entry"]] == ["female"]
+
+    def test_a_carried_create_wins_over_the_carrying_messages_create(self):
+        """The carrying message's create of an identity a carried message also creates gives way to the carried one:
+        the carrying message summarises (an M9.12's Reseptinfo), the carried one holds the whole resource."""
+        outer = _bundle(_entry("MedicationRequest", "r1", create=True, status="active"))
+        join_bundles(outer, [("/d[2]", _bundle(_entry("MedicationRequest", "r1", create=True, tag="B", status="unknown", note=[{"text": "whole"}])))])
+        [entry] = outer["entry"]
+        assert entry["resource"]["status"] == "unknown" and entry["resource"]["note"] == [{"text": "whole"}]
 
     def test_an_update_wins_over_a_create(self):
         """An update and a create of one identity keep the update, in the create's place."""
@@ -54,3 +65,31 @@ class TestJoinBundles:
         join_bundles(outer, [("/d[2]", _bundle(request))])
         linked, logical = (e["item"] for e in outer["entry"][0]["resource"]["entry"])
         assert linked["reference"] == request["fullUrl"] and "reference" not in logical
+
+
+def _override(elements: tuple[str, ...] = ("status", "statusReason"), alone: Literal["keep", "drop"] = "keep") -> Override:
+    return Override("MedicationRequest", elements, alone)
+
+
+class TestOverride:
+    def test_the_carrying_messages_elements_are_laid_over_the_carried_resource(self):
+        """The named elements the carrying message gives replace the carried resource's; the rest, its request and its
+        identity stay the carried one's, and the provenance names both mappings."""
+        outer = _bundle(_entry("MedicationRequest", "r1", create=True, status="stopped", intent="plan"))
+        carried = _entry("MedicationRequest", "r1", tag="B", status="active", intent="order", authoredOn="2019-07-17")
+        join_bundles(outer, [("/d[2]", _bundle(carried))], override=_override())
+        [entry] = outer["entry"]
+        assert entry["request"]["method"] == "PUT" and entry["fullUrl"] == carried["fullUrl"]
+        resource = entry["resource"]
+        assert (resource["status"], resource["intent"], resource["authoredOn"]) == ("stopped", "order", "2019-07-17")
+        assert "statusReason" not in resource  # the carrying message gives none: nothing to lay over
+        assert resource["meta"]["tag"] == [{"code": "B"}, {"code": "A"}]
+
+    @pytest.mark.parametrize(("alone", "kept"), [("keep", ["r1", "r2"]), ("drop", ["r1"])])
+    def test_the_carrying_messages_resource_met_by_none_is_kept_or_dropped(self, alone, kept):
+        """`alone: keep` writes the carrying message's own resource that no carried message writes; `alone: drop` does not."""
+        outer = _bundle(_entry("MedicationRequest", "r1", create=True, status="stopped"), _entry("MedicationRequest", "r2", create=True, status="stopped"))
+        join_bundles(outer, [("/d[2]", _bundle(_entry("MedicationRequest", "r1", tag="B", status="active")))], override=_override(alone=alone))
+        assert [e["resource"]["identifier"][0]["value"] for e in outer["entry"]] == kept
+        assert outer["entry"][0]["resource"]["status"] == "stopped"
+
