@@ -32,6 +32,8 @@ from message content.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+from types import CodeType
 from typing import Any, Callable
 
 from adapters.hl7v2._tokenizer import EXPLICIT_NULL, unescape
@@ -196,8 +198,19 @@ def _compile(source: str, name: str, names: dict[str, Any], filename: str) -> An
         "near_map": near_map, "_U": _UNREAD, "unescape": unescape, "NULL": EXPLICIT_NULL,
         "MessageError": MessageError, "_Values": _Values, "call_at": call_at, "location": location, "identity_of": identity_of, **names,
     }
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - source from compile-time constants only (see module doc)
+    exec(_code(source, filename), namespace)  # noqa: S102 - source from compile-time constants only (see module doc)
     return namespace[name]
+
+
+@lru_cache(maxsize=2048)
+def _code(source: str, filename: str) -> CodeType:
+    """Compile *source* once: two thirds of a mapping set's blocks are the same text (a datatype written out in many templates).
+
+    Why: compiling the generated source was the largest cost of loading the
+    mappings, and every CLI start and worker loads them. The code object holds
+    no names (they are bound by each `exec`), so blocks of the same text share it.
+    """
+    return compile(source, filename, "exec")
 
 
 _MAX_DEPTH = 4
