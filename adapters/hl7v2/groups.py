@@ -7,6 +7,13 @@ ones for the messages Helsebro maps, so one set of group names serves every
 sender). Group names drop hl7apy's message prefix: `ORU_R01_ORDER_OBSERVATION`
 is `ORDER_OBSERVATION`.
 
+One kind of group later versions added is merged into these definitions (`_ADDED`):
+v2.7 put the patient's own observations (an OBX right after PID, before the stay
+and the orders) in a PATIENT_OBSERVATION group of ORU^R01's and OUL's PATIENT.
+v2.5.1 has no place for such an OBX, so a v2.7+ lab message that carries one was
+refused. Only that group is merged, not the later structures whole: every other
+group name, and so every mapping and every other message's output, stays as it was.
+
 Matching is a greedy recursive descent, like HAPI's: each child of a group is
 taken as often as its cardinality allows while the next segment can start it. One
 exception: a segment that anchors the next repetition of an enclosing group (ORC
@@ -37,7 +44,7 @@ class _Def:
     max: int  # -1: unbounded
     children: tuple[_Def, ...] = ()
     starts: frozenset[str] = frozenset()  # segment names that can start it (through optional leading children)
-    allowed: frozenset[str] = frozenset()  # for a group: the segments its definition holds directly
+    allowed: frozenset[str] = frozenset()  # for a group: the segments its definition holds directly (and any it answers for: _PATIENT_OBSERVATION)
     anchor: frozenset[str] = frozenset()  # for a group: what starts its first required child (ORDER_PRIOR: OBR, not its optional ORC)
 
 
@@ -106,25 +113,74 @@ def _convert(defn: Any, prefix: str) -> tuple[_Def, ...]:
     out = []
     for name, sub, (lo, hi), kind in defn[1]:
         if kind == "GRP":
-            children = _convert(sub, prefix)
-            starts: set[str] = set()
-            for child in children:
-                starts |= child.starts
-                if child.min > 0:
-                    break
-            allowed = frozenset(c.name for c in children if not c.is_group)
-            required = next((c for c in children if c.min > 0), None)
-            anchor = (required.anchor if required.is_group else required.starts) if required is not None else frozenset(starts)
-            out.append(_Def(name[len(prefix):] if name.startswith(prefix) else name, True, lo, hi, children, frozenset(starts), allowed, anchor))
+            out.append(_group(name[len(prefix):] if name.startswith(prefix) else name, lo, hi, _convert(sub, prefix)))
         else:
-            out.append(_Def(name, False, lo, hi, (), frozenset({name})))
+            out.append(_segment(name, lo, hi))
+    return tuple(out)
+
+
+def _segment(name: str, lo: int, hi: int) -> _Def:
+    """A segment definition: it starts itself."""
+    return _Def(name, False, lo, hi, (), frozenset({name}))
+
+
+def _group(name: str, lo: int, hi: int, children: tuple[_Def, ...], also: frozenset[str] = frozenset()) -> _Def:
+    """A group definition, with what can start it, what it holds directly (and *also* answers for) and its anchor."""
+    starts: set[str] = set()
+    for child in children:
+        starts |= child.starts
+        if child.min > 0:
+            break
+    allowed = frozenset(c.name for c in children if not c.is_group) | also
+    required = next((c for c in children if c.min > 0), None)
+    anchor = (required.anchor if required.is_group else required.starts) if required is not None else frozenset(starts)
+    return _Def(name, True, lo, hi, children, frozenset(starts), allowed, anchor)
+
+
+_PATIENT_OBSERVATION = _group(
+    "PATIENT_OBSERVATION", 0, -1, (_segment("OBX", 1, 1), _segment("NTE", 0, -1)),
+    # OBR too, though it holds none: a patient's own observation belongs to no order, and must not
+    # read the first order's OBR (its number, test and time) as its identity, code or time.
+    also=frozenset({"OBR"}),
+)
+"""v2.7's PATIENT_OBSERVATION: an OBX about the patient. v2.7 gives it PRT, not NTE: the NTEs
+are Helsebro's, read as that observation's notes (as everywhere else an NTE follows its OBX)
+rather than refused. PRT stays out: v2.5.1 knows no PRT, and naming it here would move the PRTs
+of every other ORU and OUL."""
+
+_ADDED: dict[str, tuple[tuple[str, ...], str | None, _Def]] = {
+    # structure: (path of the group that holds it, the child it goes before (None: at its end), the group),
+    # where v2.7 and v2.8 put it
+    "ORU_R01": (("PATIENT_RESULT", "PATIENT"), "VISIT", _PATIENT_OBSERVATION),
+    "OUL_R22": (("PATIENT",), None, _PATIENT_OBSERVATION),
+    "OUL_R23": (("PIDPD1NTE_SUPPGRP",), None, _PATIENT_OBSERVATION),  # v2.8's PATIENT, under its v2.5.1 name
+    "OUL_R24": (("PIDPD1NTE_SUPPGRP",), None, _PATIENT_OBSERVATION),
+}
+"""Groups later versions added to structures Helsebro maps, merged into the v2.5.1 definitions."""
+
+
+def _merge(defs: tuple[_Def, ...], path: tuple[str, ...], before: str | None, added: _Def) -> tuple[_Def, ...]:
+    """Return *defs* with *added* put into the group at *path*, before its child *before*.
+
+    The groups on the way are rebuilt, so their start sets and anchors take it in.
+    """
+    out = []
+    for d in defs:
+        if d.is_group and d.name == path[0]:
+            if len(path) > 1:
+                children = _merge(d.children, path[1:], before, added)
+            else:
+                at = next((k for k, c in enumerate(d.children) if c.name == before), len(d.children))
+                children = d.children[:at] + (added,) + d.children[at:]
+            d = _group(d.name, d.min, d.max, children)
+        out.append(d)
     return tuple(out)
 
 
 def _all_group_names() -> frozenset[str]:
     names: set[str] = set()
-    for msg, defn in v2_5_1.MESSAGES.items():
-        stack = list(_convert(defn, msg + "_"))
+    for msg in v2_5_1.MESSAGES:
+        stack = list(structure(msg) or ())
         while stack:
             d = stack.pop()
             if d.is_group:
@@ -135,9 +191,13 @@ def _all_group_names() -> frozenset[str]:
 
 @lru_cache(maxsize=None)
 def structure(name: str) -> tuple[_Def, ...] | None:
-    """Return the v2.5.1 structure *name* (e.g. `ORU_R01`), or None if the standard has none."""
+    """Return the v2.5.1 structure *name* (e.g. `ORU_R01`) with its `_ADDED` group, or None if the standard has none."""
     defn = v2_5_1.MESSAGES.get(name)
-    return _convert(defn, name + "_") if defn else None
+    if not defn:
+        return None
+    defs = _convert(defn, name + "_")
+    added = _ADDED.get(name)
+    return _merge(defs, *added) if added else defs
 
 
 def _match(defs: tuple[_Def, ...], segs: list[Segment], i: int, into: Group, stops: frozenset[str] = frozenset()) -> int:
