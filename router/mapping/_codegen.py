@@ -40,7 +40,8 @@ from adapters.hl7v2._tokenizer import EXPLICIT_NULL, unescape
 from adapters.hl7v2.groups import near_map
 from adapters.hl7v2.paths import ALL, GroupPath, SourcePath
 from router.errors import MessageError
-from router.mapping._steps import call_at, location, reader
+from router.mapping._steps import call_at, fit, location, reader
+from router.mapping.conditions import paths_of, quiet
 from router.mapping.library import _Values
 from router.mapping.runtime import IdentityOf, Ref, Target, identity_of
 
@@ -69,8 +70,8 @@ def generate(steps: tuple[Callable[..., bool], ...]) -> Build | None:
     return build
 
 
-_PURE_GLOBALS = re.compile(r"(?:FN|TB|K|PATH|WHERE|X)\d")
-"""Globals a block may call and stay a function of its value: library functions, tables, constants, positions, patterns."""
+_PURE_GLOBALS = re.compile(r"(?:FN|TB|K|PATH|WHERE|X|CKT|CK)\d")
+"""Globals a block may call and stay a function of its value: library functions, tables, constants, positions, patterns, type checks."""
 
 
 def _value_only(g: _Gen) -> bool:
@@ -124,7 +125,8 @@ def generate_condition(pred: Any) -> Callable[[Any], bool] | None:
     expr = g._cond(pred)
     if any(_OPAQUE.fullmatch(name) for name in g.names):
         return None  # a part it could not write out: the closure answers it whole
-    lines = ["def when(scope):", *("    " + x for x in g.prologue()), f"    return bool({expr})"]
+    marks = g.marks(pred)  # its fields count as read only when it holds (conditions.held)
+    lines = ["def when(scope):", *("    " + x for x in g.prologue()), f"    if {expr}:", *("        " + x for x in marks), "        return True", "    return False"]
     return _compile("\n".join(_memos(lines, g.memos)), "when", g.names, "<helsebro condition>")  # type: ignore[no-any-return]
 
 
@@ -190,13 +192,15 @@ def _known(convert: Any) -> str | None:
     if convert is None:
         return "str"
     plan = getattr(convert, "plan", None)
+    if plan is not None and plan[0] == "conv" and plan[1] is None and plan[2] is None:
+        return "str"  # only fitted to its type (a `code`): still the text read, or None
     return "dict" if plan is not None and plan[0] == "datatype" else None
 
 
 def _compile(source: str, name: str, names: dict[str, Any], filename: str) -> Any:
     namespace: dict[str, Any] = {
         "near_map": near_map, "_U": _UNREAD, "unescape": unescape, "NULL": EXPLICIT_NULL,
-        "MessageError": MessageError, "_Values": _Values, "call_at": call_at, "location": location, "identity_of": identity_of, **names,
+        "MessageError": MessageError, "_Values": _Values, "call_at": call_at, "fit": fit, "quiet": quiet, "location": location, "identity_of": identity_of, **names,
     }
     exec(_code(source, filename), namespace)  # noqa: S102 - source from compile-time constants only (see module doc)
     return namespace[name]
@@ -238,6 +242,7 @@ class _Gen:
         self.uses_message = False  # root only
         self.uses_value = False
         self.conditions: dict[str, str] = {}  # condition text -> local holding its answer in this block
+        self.marked: set[str] = set()  # condition locals whose fields are marked read where they first hold
         self.guards: dict[str, int] = {} if parent is None else self.root.guards  # condition local -> how many rules it guards
         self.memos: list[str] = [] if parent is None else self.root.memos  # locals holding a field read when first asked (_memos)
         self.values: dict[tuple[Any, ...], str] = {}  # (segment var, field, rep, comp, sub) -> local holding the value, read when first asked
@@ -454,12 +459,48 @@ class _Gen:
             var = self.conditions[text] = self.n(f"c{len(self.conditions)}")
         guards = self.root.guards
         guards[var] = guards.get(var, 0) + 1
-        return [f"{_GUARD}{var}{_GUARD}{expr}"]  # written out by _guards once the block is complete
+        marks = [] if var in self.marked else self.marks(when)  # the first test of it in this block runs before the others
+        self.marked.add(var)
+        return [f"{_GUARD}{var}{_GUARD}{expr}", *("    " + x for x in marks)]  # written out by _guards once the block is complete
+
+    def marks(self, pred: Any) -> list[str]:
+        """Lines marking read what made *pred*, which holds, hold: as conditions.held does.
+
+        All of an `and`, the first part that holds of an `or` (asked again: its reads are this
+        block's cached locals), everything under a `not`. A field in a segment is marked in line
+        when valued, as a rule's read marks it; any other path (XPath, `[*]`) is resolved by its
+        own code, which marks what it reads.
+        """
+        kind = pred.shape[0]
+        if kind == "and":
+            return [line for part in pred.shape[1] for line in self.marks(part)]
+        if kind == "or":
+            lines: list[str] = []
+            for k, part in enumerate(pred.shape[1]):
+                lines += [f"{'el' if k else ''}if {self._cond(part)}:", *("    " + x for x in self.marks(part) or ["pass"])]
+            return lines
+        lines = []
+        others = []
+        for path in paths_of(pred):
+            if type(path) is SourcePath and path.segment is None:
+                continue  # a datatype's value: its parts are no field of their own
+            seg = self._segment_var(path) if type(path) is SourcePath and path.rep != ALL and not path.decode_whole else None
+            if seg is None:
+                others.append(path)
+            elif path.field_no is not None:
+                f = path.field_no
+                lines.append(f"if {f} < NF{seg} and F{seg}[{f}]: reads.add(({seg}.index, {f}))")
+        if others:
+            name = self.n(f"MK{len(self.names)}")
+            self.names[name] = tuple(others)
+            lines.append(f"for _mp in {name}: _mp.resolve({self.scope})")
+        return lines
 
     def _opaque(self, pred: Any) -> str:
+        """A part of a condition called as its closure, what it reads not counted (the guard marks it where the condition holds)."""
         name = self.n(f"T{len(self.names)}")
         self.names[name] = pred
-        return f"{name}({self.scope})"
+        return f"quiet({name}, {self.scope})"
 
     def _cond(self, pred: Any) -> str:
         shape = pred.shape
@@ -469,7 +510,7 @@ class _Gen:
         if kind == "not":
             return f"(not {self._cond(shape[1])})"
         _, op, path, arg = shape
-        value = self._value_expr(path)
+        value = self._value_expr(path, mark=False)  # the guard marks it where the condition holds
         if value is None:
             return self._cond_values(pred, op, path, arg)
         if value == "SEGMENT":  # `PV1 valued`: is there such a segment here
@@ -494,7 +535,7 @@ class _Gen:
             var = self.values[key] = self.n(f"fv{len(self.values)}")
             self.root.memos.append(var)
             self.names[self.n(f"VL{var}")] = values
-        vals = f"({var} if {var} is not _U else ({var} := {self.n(f'VL{var}')}({self.scope})))"
+        vals = f"({var} if {var} is not _U else ({var} := quiet({self.n(f'VL{var}')}, {self.scope})))"
         return self._test(op, arg, vals, many=True)
 
     def _test(self, op: str, arg: Any, value: str, *, many: bool) -> str:
@@ -515,8 +556,11 @@ class _Gen:
             return f"((_vl := {value}) is not None and any({name}.search(_v) for _v in _vl))"
         return f"((_t := {value}) is not None and {name}.search(_t) is not None)"  # matches
 
-    def _value_expr(self, path: Any) -> str | None:
-        """An expression for the one value *path* gives (str or None), or SEGMENT, or None when it cannot be written out."""
+    def _value_expr(self, path: Any, *, mark: bool = True) -> str | None:
+        """An expression for the one value *path* gives (str or None), or SEGMENT, or None when it cannot be written out.
+
+        *mark*: the field is marked read when valued; a condition's is not (see `marks`).
+        """
         if type(path) is not SourcePath or path.decode_whole:
             return None  # whole values read as text: the closures undo their escapes
         self.message()
@@ -538,7 +582,7 @@ class _Gen:
         if path.field_no is None:
             return "SEGMENT"
         r = 0 if path.rep is None else path.rep - 1
-        key = (seg, path.field_no, r, path.comp, path.sub)
+        key = (seg, path.field_no, r, path.comp, path.sub, mark)
         var = self.values.get(key)
         if var is None:
             var = self.values[key] = self.n(f"fv{len(self.values)}")
@@ -551,7 +595,7 @@ class _Gen:
             leaf = _leaf_expr(f"(_p[{path.comp - 1}] if {path.comp} <= len(_p := {rep}.split(COMP)) else '')", path.sub)
         else:
             leaf = f"(None if not (_t := {rep}) or _t == NULL else _t)"
-        read = f"(None if not (_w := (F{seg}[{f}] if {f} < NF{seg} else '')) else (reads.add(({seg}.index, {f})) or {leaf}))"
+        read = f"(None if not (_w := (F{seg}[{f}] if {f} < NF{seg} else '')) else {f'(reads.add(({seg}.index, {f})) or {leaf})' if mark else leaf})"
         return f"({var} if {var} is not _U else ({var} := {read}))"
 
     def _call(self, i: int, fn: Any, args: str, where: str, out: str, arity: int) -> list[str]:
@@ -567,7 +611,7 @@ class _Gen:
             f"    {out} = call_at({name}, ctx.fn_ctx, {a}, {self.scope}, {where})",
         ]
 
-    def _fn(self, i: int, fn: Any, paths: list[Any], put: Any) -> list[str] | None:
+    def _fn(self, i: int, fn: Any, paths: list[Any], put: Any, check: Any) -> list[str] | None:
         exprs = [self._value_expr(p) for p in paths]
         if any(e == "SEGMENT" for e in exprs):
             return None
@@ -575,7 +619,23 @@ class _Gen:
         where = self.n(f"WHERE{i}")
         self.names[where] = tuple((p, 0) for p in paths)
         v = self.n("v")
-        return [*self._call(i, fn, f"[{', '.join(exprs)}]", where, v, len(exprs)), f"if {v} is not None:", *("    " + x for x in self._put(i, put, v))]  # type: ignore[arg-type]
+        fitted = self._fit(i, check, v, f"{where}[0][0]", "0", typed=False) if check is not None else []  # refused at the first argument, as _steps.fn_args
+        return [*self._call(i, fn, f"[{', '.join(exprs)}]", where, v, len(exprs)), *fitted, f"if {v} is not None:", *("    " + x for x in self._put(i, put, v))]  # type: ignore[arg-type]
+
+    def _fit(self, i: int, check: Any, var: str, path: str, index: str, *, typed: bool) -> list[str]:
+        """Lines fitting *var* to its FHIR type as _steps.converter does: one match, `fit` only when it fails.
+
+        *typed*: *var* is known to be text; else it may be None or a non-text result.
+        """
+        name = self.n(f"CK{i}")
+        self.names[name] = check.pattern
+        test = f"{name}.fullmatch({var}) is None"
+        if check.printable_fits:  # as ValueCheck.fits: most codes are told by the quick test alone
+            test = f"not ({var}.isprintable() and ' ' not in {var}) and {test}"
+        if not typed:
+            test = f"type({var}) is str and {test}"
+        self.names[self.n(f"CKT{i}")] = check
+        return [f"if {test}:", f"    {var} = fit({self.n(f'CKT{i}')}, {var}, {path}, {self.scope}, {index})"]
 
     def _put(self, i: int, put: Any, var: str, *, track: bool = False, known: str | None = None) -> list[str]:
         """Lines placing *var* as Target.put would; *track* records where a Ref went (ref rules).
@@ -654,8 +714,8 @@ class _Gen:
             if child.lazy_scope and sc not in "\n".join(body):
                 start.remove(f"{sc} = None")
             return [*start, *body, f"{var} = {child.obj} or None", f"if {var} is not None:"]
-        if plan is not None and plan[0] == "conv":  # fn: then table:, written out (as _steps.converter)
-            _, fn, table, codeable, path = plan
+        if plan is not None and plan[0] == "conv":  # fn: then table:, then the type's fit, written out (as _steps.converter)
+            _, fn, table, codeable, path, check = plan
             pname = self.n(f"PATH{i}")
             self.names[pname] = path
             lines: list[str] = []
@@ -674,6 +734,8 @@ class _Gen:
                 ]
                 if codeable:
                     lines += [f"{ind}if isinstance({var}, dict):", f"{ind}    {var} = {{'coding': [{var}]}}"]
+            if check is not None:
+                lines += self._fit(i, check, var, pname, index, typed=fn is None and table is None)
             return [*lines, f"if {var} is not None:"]
         name = self.n(f"C{i}")
         self.names[name] = convert

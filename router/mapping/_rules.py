@@ -11,13 +11,14 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any, Callable
 
-from router.errors import MessageError
+from router.errors import InvalidContent, MessageError
 from router.mapping import _steps, fhir_model
+from router.mapping._checks import check_args, check_table
 from router.mapping._steps import Convert
 from router.mapping._yaml import YList, YMap
 from router.mapping.library import LIBRARY, call
 from router.mapping.runtime import Produce, Put, Ref, RefList, RunContext, SameRef, Step, Target, has_empty
-from router.mapping.tables import _plain
+from router.mapping.tables import Table, _plain
 
 if TYPE_CHECKING:
     from router.mapping.compiler import Compiler, Rule
@@ -39,6 +40,8 @@ def compile_rule(c: Compiler, node: YMap, fhir_type: str) -> Rule:
         raise _err(f"a rule takes one source, not {' and '.join(sources)}", node.pos(sources[1]))
     if not sources and "rules" not in node and not ("fn" in node and "args" in node):
         raise _err("a rule needs a source: from, each, value, ref, rules, or fn with args", node.pos())
+    if "args" in node:
+        check_args(node, sources)
     when = c._when(node)
     where = f"{node.pos()[0]}:{node.pos()[1]}"
     kind = sources[0] if sources else ("rules" if "rules" in node else "fn")
@@ -135,7 +138,7 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: 
         if "each" not in node:
             return (lambda scope, ctx: [o] if (o := block.build(scope, ctx)) else []), _steps.nested(block.build, put)
     if kind == "fn":
-        return _fn_args(c, node, put)
+        return _fn_args(c, node, put, leaf)
     path = c._path(node[kind], node.pos(kind))
     if kind == "each":
         return _each(c, node, path, leaf, transform, convert, put)
@@ -341,20 +344,9 @@ def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: s
         table = c.tables.get(str(node["table"]))
         if table is None:
             raise _err(f"no table {node['table']!r} (looked for tables/{node['table']}.yaml)", node.pos("table"))
-        if not table.codings and leaf.type_name is not None:
-            raise _err(f"table {table.name} gives plain codes, but {target_text} is {leaf.type_name}", node.pos("table"))
-        if table.codings and leaf.type_name not in ("Coding", "CodeableConcept"):
-            if leaf.type_name is None:
-                raise _err(f"table {table.name} gives structures, but {target_text} is a primitive", node.pos("table"))
-            known = fhir_model.elements(leaf.type_name)
-            for value in table.entries.values():
-                bad = [k for k in value if k not in known] if isinstance(value, dict) else ["(a plain value)"]
-                if bad:
-                    raise _err(f"table {table.name} gives {bad[0]}, which {leaf.type_name} ({target_text}) does not have", node.pos("table"))
-        if leaf.enum and "+" not in leaf.enum:  # "+": the value set has child codes fhir.resources does not list
-            bad = [v for v in table.entries.values() if isinstance(v, str) and v not in leaf.enum]
-            if bad:
-                raise _err(f"table {table.name} maps to {bad[0]!r}, which {target_text} does not allow ({', '.join(leaf.enum)})", node.pos("table"))
+        check_table(node, table, leaf, target_text)
+
+    check = _code_check(leaf, table)
 
     def transform(scope: Any, ctx: RunContext, item: Any) -> Any:
         # A position is worked out only for an error (an XML element's walks its siblings):
@@ -372,15 +364,37 @@ def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: s
                 value = table.lookup(value, item.location)
             if isinstance(value, dict) and leaf.type_name == "CodeableConcept":
                 value = {"coding": [value]}
+        if check is not None and type(value) is str and not check.fits(value):
+            value = _fit(check, value, item)
         return value
 
-    if fn is None and table is None:
+    if fn is None and table is None and check is None:
         return transform, None
     codeable = leaf.type_name == "CodeableConcept"
-    return transform, lambda path: _steps.converter(fn, table, codeable=codeable, path=path)
+    return transform, lambda path: _steps.converter(fn, table, codeable=codeable, path=path, check=check)
 
 
-def _fn_args(c: Compiler, node: YMap, put: Put) -> tuple[Produce, Step | None]:
+def _code_check(leaf: fhir_model.Element, table: Table | None) -> fhir_model.ValueCheck | None:
+    """The check a value read from the message gets before it is placed in *leaf* (a `code`), or None.
+
+    Only values from the message: a table's own values are constants, checked at load
+    (_checks.check_table), so a table rule is checked only when it keeps the codes it does not list.
+    """
+    if table is not None and (table.unmapped != "keep" or table.codings):
+        return None  # a Coding table keeps a code checked by the table itself (Table._kept)
+    return fhir_model.value_check(leaf)
+
+
+def _fit(check: fhir_model.ValueCheck, value: str, item: Any) -> str | None:
+    """*value* fitted to its type, or the message refused at the position of *item* (None: no position)."""
+    try:
+        return check.fix(value)
+    except ValueError as exc:
+        raise InvalidContent(str(exc), location=item.location if item is not None else None) from None
+
+
+def _fn_args(c: Compiler, node: YMap, put: Put, leaf: fhir_model.Element) -> tuple[Produce, Step | None]:
+    """`fn:` with `args:`: the function of several paths; a result for a `code` is fitted, refused at the first argument."""
     from router.mapping.compiler import _err
 
     args = node["args"]
@@ -393,6 +407,7 @@ def _fn_args(c: Compiler, node: YMap, put: Put) -> tuple[Produce, Step | None]:
     paths = [_as_text(c._path(a, args.pos(i))) for i, a in enumerate(args)]
     # A `[*]` argument gives all its values (e.g. every repetition of OBX-5 to `lines`).
     multi = [getattr(p, "rep", None) == -1 or getattr(p, "seg_rep", None) == -1 or (fn.arity < 0 and getattr(p, "multi_valued", False)) for p in paths]
+    check = fhir_model.value_check(leaf)
 
     def produce(scope: Any, ctx: RunContext) -> list[Any]:
         values: list[str | None] = []
@@ -406,13 +421,15 @@ def _fn_args(c: Compiler, node: YMap, put: Put) -> tuple[Produce, Step | None]:
             out = call(fn, ctx.fn_ctx, values, [None] * len(values))
         except MessageError:  # positions cost a tree walk each: work them out only for the error
             out = call(fn, ctx.fn_ctx, values, [it.location if it is not None else None for it in chosen_items])
+        if check is not None and type(out) is str and not check.fits(out):
+            out = _fit(check, out, chosen_items[0])
         return [] if out is None else [out]
 
     if any(multi):
         if fn.arity >= 0:
             raise _err(f"function {fn.name} takes exactly {fn.arity} values; a [*] argument needs a function like lines or join", node.pos("args"))
         return produce, None
-    return produce, _steps.fn_args(fn, paths, put)
+    return produce, _steps.fn_args(fn, paths, put, check)
 
 
 def _as_text(path: Any) -> Any:
@@ -430,3 +447,6 @@ def _check_value_type(node: YMap, leaf: fhir_model.Element, const: Any) -> None:
         raise _err(f"value: gives a {type(const).__name__}, but {node['target']} is {leaf.type_name}", node.pos("value"))
     if leaf.enum and "+" not in leaf.enum and isinstance(const, str) and const not in leaf.enum:
         raise _err(f"{const!r} is not allowed in {node['target']} ({', '.join(leaf.enum)})", node.pos("value"))
+    why = fhir_model.invalid_constant(leaf, const)
+    if why is not None:  # a constant is checked here once, never per message (see _code_check)
+        raise _err(f"value: gives a value {node['target']} cannot hold: {why}", node.pos("value"))

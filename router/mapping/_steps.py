@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from router.errors import MessageError
+from router.errors import InvalidContent, MessageError
 from router.mapping.conditions import Predicate
+from router.mapping.fhir_model import ValueCheck
 from router.mapping.library import Function, call
 from router.mapping.runtime import Produce, Put, Ref, RunContext, Step
 from router.mapping.tables import Table
@@ -209,11 +210,11 @@ def constant(value: Any, put: Put) -> Step:
     return step
 
 
-def fn_args(fn: Function, paths: list[Any], put: Put) -> Step:
-    """`fn:` with `args:` — call a function on the first value of each path."""
+def fn_args(fn: Function, paths: list[Any], put: Put, check: ValueCheck | None = None) -> Step:
+    """`fn:` with `args:` — call a function on the first value of each path; *check* fits the result to the target's type."""
     readers = [reader(p) for p in paths]
     where = tuple((p, 0) for p in paths)
-    if len(readers) == 3:  # every args: rule in the shipped mappings; skip the comprehension
+    if len(readers) == 3 and check is None:  # every args: rule in the shipped mappings; skip the comprehension
         r0, r1, r2 = readers
 
         def three(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
@@ -223,17 +224,19 @@ def fn_args(fn: Function, paths: list[Any], put: Put) -> Step:
             put(obj, out, ctx)
             return True
 
-        three.plan = ("fn", fn, paths, put)  # type: ignore[attr-defined]  # for _codegen.py
+        three.plan = ("fn", fn, paths, put, None)  # type: ignore[attr-defined]  # for _codegen.py
         return three
 
     def step(scope: Any, ctx: RunContext, obj: dict[str, Any]) -> bool:
         out = call_at(fn, ctx.fn_ctx, [r(scope) for r in readers], scope, where)
+        if check is not None and type(out) is str and not check.fits(out):
+            out = fit(check, out, paths[0], scope, 0)  # a result from several fields is refused at the first
         if out is None:
             return False
         put(obj, out, ctx)
         return True
 
-    step.plan = ("fn", fn, paths, put)  # type: ignore[attr-defined]
+    step.plan = ("fn", fn, paths, put, check)  # type: ignore[attr-defined]
     return step
 
 
@@ -248,9 +251,9 @@ def datatype(build: Build, path: Any) -> Convert:
     return convert
 
 
-def converter(fn: Function | None, table: Table | None, *, codeable: bool, path: Any) -> Convert | None:
-    """Convert a value with `fn:` then `table:`; None when the rule has neither."""
-    if fn is None and table is None:
+def converter(fn: Function | None, table: Table | None, *, codeable: bool, path: Any, check: ValueCheck | None = None) -> Convert | None:
+    """Convert a value with `fn:` then `table:`, then fit it to the target's type (*check*); None when there is nothing to do."""
+    if fn is None and table is None and check is None:
         return None
     at_first = ((path, 0),)
 
@@ -264,10 +267,23 @@ def converter(fn: Function | None, table: Table | None, *, codeable: bool, path:
                 value = table.lookup(value, location(path, scope, index))  # raises again, now with the position
             if codeable and isinstance(value, dict):
                 value = {"coding": [value]}
+        if check is not None and type(value) is str and not check.fits(value):
+            value = fit(check, value, path, scope, index)
         return value
 
-    convert.plan = ("conv", fn, table, codeable, path)  # type: ignore[attr-defined]  # for _codegen.py
+    convert.plan = ("conv", fn, table, codeable, path, check)  # type: ignore[attr-defined]  # for _codegen.py
     return convert
+
+
+def fit(check: ValueCheck, value: str, path: Any, scope: Any, index: int) -> str | None:
+    """*value*, read from the message, made to fit its FHIR type (padding stripped), or the message refused at its position.
+
+    Called only for a value that does not fit as it stands (ValueCheck.fits): a valid one costs that test alone.
+    """
+    try:
+        return check.fix(value)
+    except ValueError as exc:
+        raise InvalidContent(str(exc), location=location(path, scope, index)) from None
 
 
 def call_at(fn: Function, fn_ctx: Any, values: list[str | None], scope: Any, where: tuple[tuple[Any, int], ...]) -> Any:

@@ -178,10 +178,62 @@ def _memoised(pred: Predicate) -> Predicate:
             try:
                 memo = scope.memo = {}
             except AttributeError:  # a scope type without a memo slot: just answer
-                return pred(scope)
+                return held(pred, scope)
         answer = memo.get(key)
         if answer is None:
-            answer = memo[key] = pred(scope)
+            answer = memo[key] = held(pred, scope)
         return answer
 
     return ask
+
+
+def held(pred: Predicate, scope: Any) -> bool:
+    """Answer *pred*; the fields that made it hold count as read (the unmapped report), no others.
+
+    Why: a field only tested by a condition that failed (PID-30 `N` for `when: PID-30 = Y`)
+    reached no output, so `--unmapped` must list it. Where the condition holds, its fields count:
+    all of an `and`, the first part that holds of an `or` (ORC-2 is not read for `OBR-2 valued or
+    ORC-2 valued` when OBR-2 gives the number), everything under a `not`. The generated code
+    marks by the same rule (_codegen._Gen.marks).
+    """
+    answer = bool(quiet(pred, scope))
+    if answer:
+        _mark(pred, scope)
+    return answer
+
+
+def _mark(pred: Any, scope: Any) -> None:
+    """Mark read what made *pred*, which holds, hold (see `held`)."""
+    kind = pred.shape[0]
+    if kind == "and":
+        for part in pred.shape[1]:
+            _mark(part, scope)
+    elif kind == "or":
+        part = next((p for p in pred.shape[1] if quiet(p, scope)), None)  # asked again: a condition only reads
+        if part is not None:
+            _mark(part, scope)
+    else:
+        for path in paths_of(pred):
+            path.resolve(scope)  # marks what it reads, as a rule's read does
+
+
+def quiet(read: Callable[[Any], Any], scope: Any) -> Any:
+    """What *read* gives on *scope*, the fields it reads not counted as read."""
+    reads = getattr(scope, "reads", None)
+    if reads is None:
+        return read(scope)
+    scope.reads = set()
+    try:
+        return read(scope)
+    finally:
+        scope.reads = reads
+
+
+def paths_of(pred: Any) -> tuple[Any, ...]:
+    """The paths a compiled condition names, from its shape, each once."""
+    shape = pred.shape
+    if shape[0] in ("and", "or"):
+        return tuple({id(p): p for sub in shape[1] for p in paths_of(sub)}.values())
+    if shape[0] == "not":
+        return paths_of(shape[1])
+    return (shape[2],)

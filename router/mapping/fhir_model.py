@@ -1,6 +1,7 @@
 """What FHIR R4 allows where: element names, cardinality and types, from fhir.resources.
 
-Used when a mapping loads, never per message. fhir.resources 8 ships R4B models,
+Used when a mapping loads; per message only a primitive's ValueCheck runs, on values
+read from the message that do not fit at first sight. fhir.resources 8 ships R4B models,
 the nearest to R4 it has; the elements Helsebro maps are the same in both.
 """
 
@@ -14,7 +15,8 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 
 _TYPE = re.compile(r"abc\.(\w+?)Type\b")
-_PRIMITIVES = {"str", "bool", "int", "Decimal", "date", "datetime", "time", "float"}
+_PRIMITIVE = re.compile(r"(\w+)\([^()]*\)\]")
+"""A primitive element's FHIR type as fhir.resources annotates it: `Annotated[str, Code()]`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,7 @@ class Element:
     is_list: bool
     type_name: str | None  # a complex or backbone type's model name; None for primitives
     enum: tuple[str, ...] = ()
+    primitive: str | None = None  # a primitive's FHIR type, first letter lower case as FHIR writes it ("code", "string", "uri")
 
 
 class UnknownType(LookupError):
@@ -56,7 +59,9 @@ def elements(type_name: str) -> dict[str, Element]:
         text = str(info.annotation)
         m = _TYPE.search(text)
         enum = extra.get("enum_values") or ()
-        out[alias] = Element(alias, "List[" in text, m.group(1) if m else None, tuple(enum))
+        p = None if m else _PRIMITIVE.search(text)
+        primitive = p.group(1)[0].lower() + p.group(1)[1:] if p else None
+        out[alias] = Element(alias, "List[" in text, m.group(1) if m else None, tuple(enum), primitive)
     return out
 
 
@@ -124,3 +129,72 @@ def required_choices(type_name: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
         if isinstance(extra, dict) and extra.get("one_of_many_required") is True:
             out.append((f"{prefix}[x]", tuple(names)))
     return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class ValueCheck:
+    """The syntax FHIR gives a primitive type, and what a value read from a message is made to fit it.
+
+    Why: a sender pads (`ABC ` in a fixed-width HL7 v2 field); FHIR's `code` forbids
+    whitespace at either end and any inside but single spaces, and a Bundle holding one is
+    not valid FHIR. Surrounding whitespace is no part of the value, so it is stripped;
+    anything else is refused, the sender told where (the engine adds the position).
+    """
+
+    type_name: str
+    pattern: re.Pattern[str]
+    printable_fits: bool = False  # a value of printable characters and no space is of the type (a `code`): no match needed
+
+    def fits(self, value: str) -> bool:
+        """Tell whether *value* is of the type as it stands: the hot path's test, the pattern only when the quick one cannot tell."""
+        return (self.printable_fits and value.isprintable() and " " not in value) or self.pattern.fullmatch(value) is not None
+
+    def fix(self, value: str) -> str | None:
+        """Return *value* stripped, or None when nothing is left.
+
+        Raises:
+            ValueError: it is still not of the type; the reason holds no part of the value.
+        """
+        stripped = value.strip()
+        if not stripped:
+            return None
+        if self.pattern.fullmatch(stripped) is None:
+            raise ValueError(f"not a valid FHIR {self.type_name}: whitespace inside it other than single spaces")
+        return stripped
+
+
+CODE = ValueCheck("code", re.compile(r"[^\s]+( [^\s]+)*"), printable_fits=True)
+"""FHIR R4 `code`: no whitespace at either end, single spaces inside (the spec's regex; fhir.resources allows any one whitespace).
+
+Printable with no space, a value holds no whitespace at all (str.isprintable counts the space as the one printable
+whitespace), so it is a code: most codes are told so without the pattern."""
+
+_CHECKS = {"code": CODE}
+"""The primitive types whose values are checked: a constant at load, a value from the message as it is placed."""
+
+
+def value_check(element: Element) -> ValueCheck | None:
+    """The check for values placed in *element*, or None when its type has none."""
+    return _CHECKS.get(element.primitive or "")
+
+
+def invalid_constant(element: Element, value: Any) -> str | None:
+    """Say why the constant *value* (from `value:` or a table) cannot stand in *element*, or None when it can.
+
+    A structure is checked element by element by its FHIR type (a Coding's `code`).
+    """
+    if isinstance(value, dict):
+        if element.type_name is None:
+            return None  # a structure for a primitive: the callers' own check says so
+        known = elements(element.type_name)
+        for name, inner in value.items():
+            el = known.get(name)
+            for item in (inner if isinstance(inner, list) else [inner]) if el is not None else ():
+                why = invalid_constant(el, item)
+                if why is not None:
+                    return f"{name}: {why}"
+        return None
+    check = value_check(element)
+    if check is not None and isinstance(value, str) and not check.fits(value):
+        return f"{value!r} is not a valid FHIR {check.type_name} (no whitespace at either end, single spaces inside)"
+    return None

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from router.errors import InvalidContent, MappingError
-from router.mapping._yaml import YMap
+from router.mapping import fhir_model
+from router.mapping._yaml import Pos, YMap
 
 Unmapped = Literal["keep", "omit", "error", "value"]
 """What a table does with a code it does not list."""
@@ -40,6 +41,7 @@ class Table:
     default: Any
     source_system: str | None
     codings: bool  # True when the mapped values are Codings (dicts)
+    default_pos: Pos | None = None  # where `unmapped: {value: ...}` is written, for lint's errors about that value
 
     def lookup(self, code: str, location: str | None) -> Any:
         """Translate *code*; None means "leave the element out" (`omit`)."""
@@ -50,14 +52,25 @@ class Table:
             return dict(self.default) if isinstance(self.default, dict) else self.default
         if self.unmapped == "keep":
             if self.codings:
-                coding = {"code": code}
-                if self.source_system:
-                    coding = {"system": self.source_system, "code": code}
-                return coding
+                return self._kept(code, location)
             return code
         if self.unmapped == "error":
             raise InvalidContent(f"code is not in table {self.name}", location=location)
         return None
+
+    def _kept(self, code: str, location: str | None) -> dict[str, str] | None:
+        """The Coding an unlisted code is kept as: its code a valid FHIR code (padding stripped), or the message refused.
+
+        Coding.code is a FHIR `code` wherever the Coding goes, so a kept code is checked
+        here (fhir_model.CODE); the table's own Codings are constants, checked at load.
+        """
+        try:
+            fixed = fhir_model.CODE.fix(code)
+        except ValueError as exc:
+            raise InvalidContent(f"{exc} (table {self.name} keeps codes it does not list)", location=location) from None
+        if fixed is None:
+            return None
+        return {"system": self.source_system, "code": fixed} if self.source_system else {"code": fixed}
 
 
 def load_table(doc: YMap) -> Table:
@@ -86,4 +99,4 @@ def load_table(doc: YMap) -> Table:
         raise MappingError("unmapped must be keep, omit, error or {value: ...}", file=p[0], line=p[1], column=p[2])
     entries = {str(k): _plain(v) for k, v in doc["map"].items()}
     codings = any(isinstance(v, dict) for v in entries.values())
-    return Table(str(doc["table"]), entries, mode, default, doc.get("source_system"), codings)
+    return Table(str(doc["table"]), entries, mode, default, doc.get("source_system"), codings, doc.pos("unmapped") if mode == "value" else None)

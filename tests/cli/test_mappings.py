@@ -69,6 +69,55 @@ class TestLint:
         assert main(["mappings", "lint", "/no/such/folder"]) == 2
 
 
+class TestLintValues:
+    """Lint refuses what would not do what it reads as: a table no rule applies, a value FHIR would not take."""
+
+    @staticmethod
+    def _errors(authoring, capsys) -> list[str]:
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        return capsys.readouterr().err.splitlines()
+
+    def test_a_table_beside_fn_with_args_is_refused_at_its_line(self, authoring, capsys):
+        """`fn: mime` with `args:` and `table:` is refused at table:, saying what to write instead (the table was ignored)."""
+        line = edit(authoring / "segments" / "TXA.DocumentReference.yaml", "        fn: mime\n        args: [OBX-5.2, OBX-5.3]\n",
+                    "        fn: mime\n        args: [OBX-5.2, OBX-5.3]\n        table: hl7-0001\n") + 2
+        err = self._errors(authoring, capsys)
+        hits = [e for e in err if "table: is not applied to fn: with args:" in e]
+        assert len(hits) == 1 and f"TXA.DocumentReference.yaml:{line}:" in hits[0], err
+        assert "from: <path> with table:" in hits[0]
+
+    @pytest.mark.parametrize(
+        ("table", "old", "new", "says", "rule"),
+        [
+            ("hl7-0001", "unmapped: {value: unknown}", "unmapped: {value: unkown}", "'unkown', which gender does not allow", "PID.Patient.yaml:"),
+            ("hl7-0004", "unmapped: keep", "unmapped: {value: IMP}", "gives (a plain value), but class is Coding", "PV1.Encounter.yaml:"),
+            ("hl7-0004", "unmapped: keep", 'unmapped: {value: {system: "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", code: "UNK "}}',
+             "code: 'UNK ' is not a valid FHIR code", "PV1.Encounter.yaml:"),
+        ],
+    )
+    def test_an_unmapped_value_is_checked_like_the_map_at_its_line(self, authoring, capsys, table, old, new, says, rule):
+        """A table's `unmapped: {value: …}` gets the checks its map's values get against the element it feeds, reported at unmapped:."""
+        line = edit(authoring / "tables" / f"{table}.yaml", old, new)
+        err = self._errors(authoring, capsys)
+        hits = [e for e in err if f"tables/{table}.yaml:{line}:" in e and says in e]
+        assert hits, err
+        assert "unmapped: {value: …}" in hits[0] and rule in hits[0]  # and it names the rule that feeds it
+
+    def test_a_constant_code_with_padding_is_refused(self, authoring, capsys):
+        """`value:` giving a Coding whose code has a trailing space is refused at value:: FHIR's code allows no padding."""
+        line = edit(authoring / "segments" / "PV1.Encounter.yaml", "code: ATND, display: attender}", 'code: "ATND ", display: attender}')
+        err = self._errors(authoring, capsys)
+        assert any(f"PV1.Encounter.yaml:{line}:" in e and "code: 'ATND ' is not a valid FHIR code" in e for e in err), err
+
+    def test_a_table_code_with_double_space_is_refused_where_the_table_is_used(self, authoring, capsys):
+        """A table entry's Coding code `IM  P` is refused at the table: key of the rule it feeds."""
+        edit(authoring / "tables" / "hl7-0004.yaml", "code: IMP, display: inpatient encounter}", 'code: "IM  P", display: inpatient encounter}')
+        text = (authoring / "segments" / "PV1.Encounter.yaml").read_text(encoding="utf-8")
+        line = text[: text.index("    table: hl7-0004")].count("\n") + 1
+        err = self._errors(authoring, capsys)
+        assert any(f"PV1.Encounter.yaml:{line}:" in e and "code: 'IM  P' is not a valid FHIR code" in e for e in err), err
+
+
 class TestFixtureCases:
     def test_shipped_cases_pass(self, capsys):
         """Every fixture case beside the shipped mappings passes."""

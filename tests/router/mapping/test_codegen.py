@@ -34,6 +34,16 @@ EDGE_CASES = [
     # a DG1 on a transfer, which makes no Condition: the stay's diagnosis entry is dropped, and so are its reads (DG1-6, DG1-15)
     "MSH|^~\\&|PAS|STOLAV|HB|HP|20250110083000||ADT^A02^ADT_A02|E4|P|2.5.1\rEVN|A02|20250110083000\rPID|1||15866112379^^^NOR^FNR\r"
     "PV1|1|I|MED^301^2^STOLAV||||||||||||||||V1^^^STOLAV^VN\rDG1|1||R07.4^Brystsmerter^ICD10|||A|||||||||1\r",
+    # codes padded (stripped: a CWE's code, its alternate, a flag kept by table 0078), then codes refused at
+    # their position for whitespace inside: a CWE's code, a kept flag, a function's result (fn: mime, args:)
+    "MSH|^~\\&|LAB|STOLAV|HB|HP|20250115101000||ORU^R01^ORU_R01|E5|P|2.5.1\rPID|1||15866112379^^^NOR^FNR\rOBR|1|O1|L1|B^Blod^L|||20250115080000\r"
+    "OBX|1|NM| C1 ^X^^L1\t^Alt||5|g/L||ZZ ~ H|||F\rOBX|2|ED|DOC^Doc||^ TEXT^PLAIN ^Base64^aGVp||||||F\r",
+    "MSH|^~\\&|LAB|STOLAV|HB|HP|20250115101000||ORU^R01^ORU_R01|E6|P|2.5.1\rPID|1||15866112379^^^NOR^FNR\rOBR|1|O1|L1|B^Blod^L|||20250115080000\r"
+    "OBX|1|NM|C  1^X||5|g/L|||||F\r",
+    "MSH|^~\\&|LAB|STOLAV|HB|HP|20250115101000||ORU^R01^ORU_R01|E7|P|2.5.1\rPID|1||15866112379^^^NOR^FNR\rOBR|1|O1|L1|B^Blod^L|||20250115080000\r"
+    "OBX|1|NM|C1^X||5|g/L||Z\tZ|||F\r",
+    "MSH|^~\\&|LAB|STOLAV|HB|HP|20250115101000||ORU^R01^ORU_R01|E8|P|2.5.1\rPID|1||15866112379^^^NOR^FNR\rOBR|1|O1|L1|B^Blod^L|||20250115080000\r"
+    "OBX|1|ED|DOC^Doc||^TEXT^X  Y^Base64^aGVp||||||F\r",
 ]
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from adapters.hl7v2._tokenizer import tokenize
 from adapters.hl7v2.paths import Scope, compile_path
 from router.mapping._codegen import generate_condition
+from router.cli import main
 from router.mapping.conditions import ConditionSyntaxError, compile_condition
 from router.pipeline.convert import _unmapped
 
@@ -58,3 +61,41 @@ class TestCompileCondition:
         """A condition that does not parse raises ConditionSyntaxError at load time."""
         with pytest.raises(ConditionSyntaxError):
             compile_condition(bad, compile_path)
+
+
+class TestReads:
+    """A field counts as read by a condition only where the condition holds: the fields that made it hold (`--unmapped`)."""
+
+    @pytest.mark.parametrize(
+        ("text", "read"),
+        [
+            ("PV1-2 = O", set()),  # failed: PV1-2 reached nothing
+            ("PV1-2 = I", {"PV1-2"}),
+            ("PID-8 = M and PV1-2 = O", set()),  # an `and` that fails counts none of its parts
+            ("PID-8 = M and PV1-2 = I", {"PID-8", "PV1-2"}),
+            ("PID-8 = F or PV1-2 = I", {"PV1-2"}),  # an `or`: the part that held, not the one tested and failed
+            ("PV1-2 = I or PID-8 = M", {"PV1-2"}),  # the first part that holds, as its closures stop there
+            ("not PID-8 = F", {"PID-8"}),  # everything under a `not` that holds
+        ],
+    )
+    def test_only_what_made_it_hold_counts_as_read(self, text, read):
+        """As closures and written out alike, a condition marks read the valued fields that made it hold, and none when it fails."""
+        pred = compile_condition(text, compile_path)
+        valued = set(_unmapped(SCOPE.message, set()))
+        for ask in (pred, generate_condition(pred)):
+            scope = Scope(SCOPE.message)
+            ask(scope)
+            assert valued - set(_unmapped(SCOPE.message, scope.reads)) == read, ask
+
+    @pytest.mark.parametrize(("pid30", "listed"), [("N", True), ("Y", False)])
+    def test_a_field_only_a_failed_condition_tested_is_unmapped(self, capsys, tmp_path, pid30, listed):
+        """`helsebro convert --unmapped` lists PID-30 `N`, tested only by `when: PID-30 = Y` (deceasedBoolean), and not PID-30 `Y`, which it maps."""
+        pid = "PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|M" + "|" * 22 + pid30
+        text = "\r".join(["MSH|^~\\&|PAS|STOLAV|HB|HP|20250110083000||ADT^A08^ADT_A01|C-1|P|2.5.1", "EVN|A08|20250110083000", pid]) + "\r"
+        path = tmp_path / "m.hl7"
+        path.write_text(text, encoding="utf-8")
+        assert main(["convert", "--unmapped", str(path)]) == 0
+        out, err = capsys.readouterr()
+        [patient] = [e["resource"] for e in json.loads(out)["entry"] if e["resource"]["resourceType"] == "Patient"]
+        assert ("deceasedBoolean" in patient) is not listed
+        assert ("PID-30" in err) is listed, err
