@@ -25,9 +25,11 @@ from router.settings import PROJECT_ROOT, Settings, load_settings
 __all__ = [
     "EngineHandle",
     "adt_message",
+    "converted",
     "delete_queues",
     "drain_queue",
     "isolated_settings",
+    "one_bundle",
     "publish",
     "queue_depth",
     "run_engine_in_thread",
@@ -231,3 +233,28 @@ def drop_schema(url: str, schema: str) -> None:
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def converted(converter: Any, data: bytes) -> list[dict[str, Any]]:
+    """Convert *data* with *converter*: each Bundle validated with fhir.resources, each failure as its OperationOutcome.
+
+    Why: a mapping test that asserts on a Bundle must also know it is valid FHIR R4,
+    which the engine itself checks only cheaply per message.
+    """
+    from fhir.resources.R4B.bundle import Bundle
+
+    out = []
+    for result in converter.convert(data):
+        if result.ok:
+            Bundle.model_validate(result.bundle)
+            out.append(result.bundle)
+        else:
+            out.append(result.outcome())
+    return out
+
+
+def one_bundle(converter: Any, data: bytes) -> dict[str, Any]:
+    """The one valid Bundle *data* (one message) converts to; fails the test with the OperationOutcome otherwise."""
+    [doc] = converted(converter, data)
+    assert doc["resourceType"] == "Bundle", doc
+    return doc

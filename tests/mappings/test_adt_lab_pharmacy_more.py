@@ -17,6 +17,8 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from router.cli import main
+from router.testing import converted as _convert
+from router.testing import one_bundle as _one
 
 HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
 PATIENT = "15866112379"
@@ -39,24 +41,6 @@ def _pv1(*, doctors: str = "9144900^LEGE^LISA^^^^^^HPR^^^^HPR", pending: str = "
 def _adt(event: str, structure: str, *segments: str, ctrl: str = "ADT-1") -> bytes:
     msh = MSH.format(ts="20250110083000", type=f"ADT^{event}^{structure}", ctrl=ctrl)
     return _message(msh, f"EVN|{event}|20250110083000", PID, *segments)
-
-
-def _convert(converter, data: bytes) -> list[dict]:
-    """Convert *data*; each Bundle is validated, each failure returned as its OperationOutcome."""
-    out = []
-    for r in converter.convert(data):
-        if r.ok:
-            Bundle.model_validate(r.bundle)
-            out.append(r.bundle)
-        else:
-            out.append(r.outcome())
-    return out
-
-
-def _one(converter, data: bytes) -> dict:
-    [doc] = _convert(converter, data)
-    assert doc["resourceType"] == "Bundle", doc
-    return doc
 
 
 def _refused(converter, data: bytes) -> dict:

@@ -12,11 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 
 from router.cli import main
+from router.testing import converted as _convert
+from router.testing import one_bundle as _one
 
 FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
 HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
@@ -55,24 +56,6 @@ PARACETAMOL = (
     "TQ1|1||BID^to ganger daglig^HL70335||||20250312090000|20250319090000|R||Gis morgen og kveld",
     "RXR|53^Oral bruk^7477",
 )
-
-
-def _convert(converter, data: bytes) -> list[dict]:
-    """Convert *data*; each Bundle is validated, each failure returned as its OperationOutcome."""
-    out = []
-    for r in converter.convert(data):
-        if r.ok:
-            Bundle.model_validate(r.bundle)
-            out.append(r.bundle)
-        else:
-            out.append(r.outcome())
-    return out
-
-
-def _one(converter, data: bytes) -> dict:
-    [doc] = _convert(converter, data)
-    assert doc["resourceType"] == "Bundle", doc
-    return doc
 
 
 def _of(bundle: dict, kind: str) -> list[dict]:
