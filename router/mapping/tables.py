@@ -44,8 +44,14 @@ class Table:
     default_pos: Pos | None = None  # where `unmapped: {value: ...}` is written, for lint's errors about that value
 
     def lookup(self, code: str, location: str | None) -> Any:
-        """Translate *code*; None means "leave the element out" (`omit`)."""
+        """Translate *code*; None means "leave the element out" (`omit`).
+
+        A code padded with spaces (`H `, as HL7 v2 senders pad) is looked up as the code
+        it pads: only on a miss, so a listed code costs nothing more.
+        """
         hit = self.entries.get(code)
+        if hit is None and type(code) is str and (bare := code.strip()) != code:
+            hit = self.entries.get(bare)
         if hit is not None:
             return dict(hit) if isinstance(hit, dict) else hit
         if self.unmapped == "value":

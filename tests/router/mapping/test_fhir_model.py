@@ -49,6 +49,14 @@ class TestCodeValues:
         assert obs["code"]["coding"] == [{"code": "NPU02319", "display": "Hb"}, {"code": "L1", "display": "Alt"}]
         assert obs["interpretation"] == [{"coding": [{"system": V2_0078, "code": "ZZ"}]}]
 
+    def test_a_padded_code_finds_its_table_entry(self, capsys, tmp_path):
+        """A flag `H ` is translated as `H` is (table 0078's entry), not kept as an unlisted code."""
+        _, padded = _convert(capsys, tmp_path, _oru("NM|NPU02319^Hb||190|g/L||H |||F"), name="padded.hl7")
+        _, bare = _convert(capsys, tmp_path, _oru("NM|NPU02319^Hb||190|g/L||H|||F"), name="bare.hl7")
+        Bundle.model_validate(padded)
+        assert _observation(padded)["interpretation"] == _observation(bare)["interpretation"]
+        assert _observation(bare)["interpretation"] != [{"coding": [{"system": V2_0078, "code": "H"}]}]  # the table translates H
+
     @pytest.mark.parametrize(
         ("obx", "position"),
         [
