@@ -7,20 +7,27 @@ ones for the messages Helsebro maps, so one set of group names serves every
 sender). Group names drop hl7apy's message prefix: `ORU_R01_ORDER_OBSERVATION`
 is `ORDER_OBSERVATION`.
 
-One kind of group later versions added is merged into these definitions (`_ADDED`):
-v2.7 put the patient's own observations (an OBX right after PID, before the stay
-and the orders) in a PATIENT_OBSERVATION group of ORU^R01's and OUL's PATIENT.
-v2.5.1 has no place for such an OBX, so a v2.7+ lab message that carries one was
-refused. Only that group is merged, not the later structures whole: every other
-group name, and so every mapping and every other message's output, stays as it was.
+Two groups later versions added are merged into these definitions (`_ADDED`), as
+v2.5.1 has no place for them: v2.7's PATIENT_OBSERVATION (an OBX about the patient
+right after PID, in ORU^R01's and OUL's PATIENT) and v2.8's ORDER_DOCUMENT (an OBX
+holding a document and its TXA, right after the ORC; without it, an ORC whose OBR
+follows its document was read as an order without an OBR). Only those groups are
+merged, not the later structures whole, so every other group name and every mapping
+stays as it was.
 
 Matching is a greedy recursive descent, like HAPI's: each child of a group is
 taken as often as its cardinality allows while the next segment can start it. One
 exception: a segment that anchors the next repetition of an enclosing group (ORC
 for OML's ORDER) does not open a nested group through an optional member (the ORC
 of a PRIOR_RESULT), where greedy HAPI-style matching would swallow every later order.
+A group entered through an optional leading member (ORU's ORDER_OBSERVATION through
+its ORC) ends where its first required member is missing: an OBX after an ORC with
+no OBR belongs to no order, and is refused as out of place.
+
 A segment that fits nowhere (a Z-segment, or one out of place) is kept in the
-innermost open group, so nothing is ever dropped and the unmapped report sees it.
+innermost open group, right after the segment before it, so nothing is ever dropped
+and the unmapped report sees it; the segments after it are placed as if it had not
+been sent, not matched again from the top of the structure.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from typing import Any, Union
 from hl7apy import v2_5_1
 
 from adapters.hl7v2._tokenizer import Hl7Message, Segment
+
+# Over 400 lines: the v2.5.1 definitions, the later groups merged into them and the matcher share one
+# private definition type (_Def) and its derived sets; apart, each would reach into the other's internals.
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +56,9 @@ class _Def:
     starts: frozenset[str] = frozenset()  # segment names that can start it (through optional leading children)
     allowed: frozenset[str] = frozenset()  # for a group: the segments its definition holds directly (and any it answers for: _PATIENT_OBSERVATION)
     anchor: frozenset[str] = frozenset()  # for a group: what starts its first required child (ORDER_PRIOR: OBR, not its optional ORC)
+    first_required: int = -1  # for a group: the index of its first required child (-1: none)
+    after: str | None = None  # taken only right after this segment (ORDER_DOCUMENT: v2.8 holds it in COMMON_ORDER, after ORC)
+    whole: bool = False  # taken only when every required member follows (ORDER_DOCUMENT: its OBX only with its TXA)
 
 
 @dataclass(slots=True)
@@ -124,17 +137,22 @@ def _segment(name: str, lo: int, hi: int) -> _Def:
     return _Def(name, False, lo, hi, (), frozenset({name}))
 
 
-def _group(name: str, lo: int, hi: int, children: tuple[_Def, ...], also: frozenset[str] = frozenset()) -> _Def:
-    """A group definition, with what can start it, what it holds directly (and *also* answers for) and its anchor."""
+def _group(name: str, lo: int, hi: int, children: tuple[_Def, ...], also: frozenset[str] = frozenset(), *, after: str | None = None, whole: bool = False) -> _Def:
+    """A group definition, with what can start it, what it holds directly (and *also* answers for) and its anchor.
+
+    A child that needs a segment before it (*after*) never starts its parent.
+    """
     starts: set[str] = set()
     for child in children:
-        starts |= child.starts
+        if child.after is None:
+            starts |= child.starts
         if child.min > 0:
             break
     allowed = frozenset(c.name for c in children if not c.is_group) | also
-    required = next((c for c in children if c.min > 0), None)
+    at = next((k for k, c in enumerate(children) if c.min > 0), -1)
+    required = children[at] if at >= 0 else None
     anchor = (required.anchor if required.is_group else required.starts) if required is not None else frozenset(starts)
-    return _Def(name, True, lo, hi, children, frozenset(starts), allowed, anchor)
+    return _Def(name, True, lo, hi, children, frozenset(starts), allowed, anchor, at, after, whole)
 
 
 _PATIENT_OBSERVATION = _group(
@@ -148,13 +166,31 @@ are Helsebro's, read as that observation's notes (as everywhere else an NTE foll
 rather than refused. PRT stays out: v2.5.1 knows no PRT, and naming it here would move the PRTs
 of every other ORU and OUL."""
 
-_ADDED: dict[str, tuple[tuple[str, ...], str | None, _Def]] = {
-    # structure: (path of the group that holds it, the child it goes before (None: at its end), the group),
-    # where v2.7 and v2.8 put it
-    "ORU_R01": (("PATIENT_RESULT", "PATIENT"), "VISIT", _PATIENT_OBSERVATION),
-    "OUL_R22": (("PATIENT",), None, _PATIENT_OBSERVATION),
-    "OUL_R23": (("PIDPD1NTE_SUPPGRP",), None, _PATIENT_OBSERVATION),  # v2.8's PATIENT, under its v2.5.1 name
-    "OUL_R24": (("PIDPD1NTE_SUPPGRP",), None, _PATIENT_OBSERVATION),
+_ORDER_DOCUMENT = _group("ORDER_DOCUMENT", 0, 1, (_segment("OBX", 1, 1), _segment("TXA", 1, 1)), after="ORC", whole=True)
+"""v2.8's ORDER_DOCUMENT (an OBX holding a document about the order, its TXA header), in COMMON_ORDER
+after the ORC; here right after the ORC, as a COMMON_ORDER would move the ORC every mapping reads. Only
+with its TXA: an OBX an older sender puts after its ORC stays what it was. The v2-to-FHIR IG maps none
+of it for R4 ("will be addressed with FHIR R5"): no rule reads it, the unmapped report lists it."""
+
+_ADDED: dict[str, tuple[tuple[tuple[str, ...], str | None, _Def], ...]] = {
+    # structure: (path of the group that holds it, the child it goes before (None: at its end), the group)...,
+    # where v2.7 and v2.8 put them
+    "ORU_R01": (
+        (("PATIENT_RESULT", "PATIENT"), "VISIT", _PATIENT_OBSERVATION),
+        (("PATIENT_RESULT", "ORDER_OBSERVATION"), "OBR", _ORDER_DOCUMENT),
+    ),
+    "OUL_R22": (
+        (("PATIENT",), None, _PATIENT_OBSERVATION),
+        (("SPECIMEN", "ORDER"), "NTE", _ORDER_DOCUMENT),
+    ),
+    "OUL_R23": (
+        (("PIDPD1NTE_SUPPGRP",), None, _PATIENT_OBSERVATION),  # v2.8's PATIENT, under its v2.5.1 name
+        (("SPMOBXSACINVOBRORCNTETQ1TQ2OBXTCDSIDNTECTI_SUPPGRP", "CONTAINER", "ORDER"), "NTE", _ORDER_DOCUMENT),
+    ),
+    "OUL_R24": (
+        (("PIDPD1NTE_SUPPGRP",), None, _PATIENT_OBSERVATION),
+        (("ORDER",), "NTE", _ORDER_DOCUMENT),
+    ),
 }
 """Groups later versions added to structures Helsebro maps, merged into the v2.5.1 definitions."""
 
@@ -172,7 +208,8 @@ def _merge(defs: tuple[_Def, ...], path: tuple[str, ...], before: str | None, ad
             else:
                 at = next((k for k, c in enumerate(d.children) if c.name == before), len(d.children))
                 children = d.children[:at] + (added,) + d.children[at:]
-            d = _group(d.name, d.min, d.max, children)
+            also = d.allowed - {c.name for c in children if not c.is_group}
+            d = _group(d.name, d.min, d.max, children, also, after=d.after, whole=d.whole)
         out.append(d)
     return tuple(out)
 
@@ -196,20 +233,25 @@ def structure(name: str) -> tuple[_Def, ...] | None:
     if not defn:
         return None
     defs = _convert(defn, name + "_")
-    added = _ADDED.get(name)
-    return _merge(defs, *added) if added else defs
+    for added in _ADDED.get(name, ()):
+        defs = _merge(defs, *added)
+    return defs
 
 
-def _match(defs: tuple[_Def, ...], segs: list[Segment], i: int, into: Group, stops: frozenset[str] = frozenset()) -> int:
+def _match(defs: tuple[_Def, ...], segs: list[Segment], i: int, into: Group, stops: frozenset[str] = frozenset(), required: int = -1) -> int:
     """Place segments from *i* on into *into*'s children; return where it stopped.
 
     *stops* are the segments that anchor the next repetition of an enclosing repeating
     group (its first required segment). Such a segment does not open a group it would
     enter only through an optional leading member: in OML^O21 a second ORC is the next ORDER, not the optional ORC of a
     PRIOR_RESULT inside the first order (greedy, it swallowed every later order).
+
+    *required* is the index of *into*'s first required child: when it is missing (the group was
+    entered through an optional member before it), the group ends there. OBR is required in ORU's
+    ORDER_OBSERVATION: an OBX after an ORC with no OBR is a result of no order, not of that ORC.
     """
     n = len(segs)
-    for d in defs:
+    for k, d in enumerate(defs):
         count = 0
         starts = d.starts
         while i < n and (d.max == -1 or count < d.max) and segs[i].name in starts:
@@ -217,8 +259,10 @@ def _match(defs: tuple[_Def, ...], segs: list[Segment], i: int, into: Group, sto
                 name = segs[i].name
                 if name in stops and name not in d.anchor:
                     break
+                if (d.after is not None and not _follows(into, d.after)) or (d.whole and not _complete(d.children, segs, i)):
+                    break
                 sub = Group(d.name, parent=into, allowed=d.allowed)
-                j = _match(d.children, segs, i, sub, stops | d.anchor if d.max != 1 else stops)
+                j = _match(d.children, segs, i, sub, stops | d.anchor if d.max != 1 else stops, d.first_required)
                 if j == i:
                     break
                 into.items.append(sub)
@@ -227,7 +271,27 @@ def _match(defs: tuple[_Def, ...], segs: list[Segment], i: int, into: Group, sto
                 into.items.append(segs[i])
                 i += 1
             count += 1
+        if k == required and count == 0:
+            break
     return i
+
+
+def _follows(into: Group, name: str) -> bool:
+    """Whether the last thing placed in *into* is a segment called *name*."""
+    return bool(into.items) and not isinstance(into.items[-1], Group) and into.items[-1].name == name
+
+
+def _complete(children: tuple[_Def, ...], segs: list[Segment], i: int) -> bool:
+    """Whether the segments from *i* on hold every required member of a group of segments (*children*)."""
+    n = len(segs)
+    for c in children:
+        count = 0
+        while i < n and segs[i].name == c.name and (c.max == -1 or count < c.max):
+            i += 1
+            count += 1
+        if count < c.min:
+            return False
+    return True
 
 
 def build(message: Hl7Message, structure_name: str) -> Group:
@@ -243,14 +307,18 @@ def build(message: Hl7Message, structure_name: str) -> Group:
         return root
     known_names = _names(defs)
     known = [s for s in segs if s.name in known_names]
+    misplaced: list[Segment] = []
     i = _match(defs, known, 0, root)
     while i < len(known):
-        # A standard segment out of place: keep it where we are, then match on from the top.
-        _innermost(root).items.append(known[i])
-        root.misplaced.append(known[i])
-        i = _match(defs, known, i + 1, root)
+        # A standard segment out of place: set aside, and the rest matched again (left to right, so what came
+        # before lands as it did). Matching on from the top read an order's NTE as the message's, its OBXs nowhere.
+        misplaced.append(known[i])
+        del known[i]
+        root = Group(structure_name, allowed=root.allowed)
+        i = _match(defs, known, 0, root)
+    root.misplaced = misplaced
     if len(known) != len(segs):
-        _place_strays(root, segs, known_names)
+        _place_strays(root, segs)
     return root
 
 
@@ -266,14 +334,8 @@ def _names(defs: tuple[_Def, ...]) -> frozenset[str]:
     return _names_cached(defs)
 
 
-def _innermost(group: Group) -> Group:
-    while group.items and isinstance(group.items[-1], Group):
-        group = group.items[-1]
-    return group
-
-
-def _place_strays(root: Group, segs: list[Segment], known: frozenset[str]) -> None:
-    """Put each site-defined segment (Z-segments) right after the segment before it, in that segment's group."""
+def _place_strays(root: Group, segs: list[Segment]) -> None:
+    """Put each segment the tree lacks (Z-segments, misplaced ones) right after the segment before it, in that segment's group."""
     where: dict[int, Group] = {}
     stack = [root]
     while stack:
@@ -285,7 +347,7 @@ def _place_strays(root: Group, segs: list[Segment], known: frozenset[str]) -> No
                 where[id(item)] = g
     prev: Segment | None = None
     for seg in segs:
-        if seg.name in known:
+        if id(seg) in where:
             prev = seg
             continue
         group = where.get(id(prev)) if prev is not None else root

@@ -233,8 +233,9 @@ class TestSpecimenOrientedResults:
         assert sorted(specimens[r["specimen"][0]["reference"]]["type"]["coding"][0]["code"] for r in _of(doc, "DiagnosticReport")) == ["BLD", "UR"]
 
     def test_a_result_the_structure_has_no_place_for_is_refused(self, converter):
-        """A result after the order's timing (OBX, TQ1, OBX) is refused at that OBX, never dropped with a success."""
-        issue = _refused(converter, _oul("R22", *self.R22[:5], "TQ1|1||BID", _obx(2, "NPU01961")))
+        """A result after the order's CTI (OBX, CTI, OBX), where no version has a place for it, is refused at that OBX,
+        never dropped with a success."""
+        issue = _refused(converter, _oul("R22", *self.R22[:5], "CTI|STUDIE-1", _obx(2, "NPU01961")))
         assert issue["expression"] == ["OBX[3]"]  # the third OBX: the specimen's, the first result, this one
 
 
@@ -334,8 +335,8 @@ class TestProblemUpdateAndDelete:
 
 # The public corpus's messages of these types (../shared/corpus/hl7v2); before these mappings every one
 # was refused with "no mapping for message type".
-CORPUS_BUNDLES = {"ADT_A15": 2, "ADT_A16": 2, "ADT_A25": 2, "ADT_A26": 2, "ADT_A27": 2, "ADT_A60": 3, "PPR_PC2": 1, "PPR_PC3": 1, "OMG_O19": 1}
-CORPUS_REFUSED = {"ADT_A29": 2, "OUL_R22": 2, "OUL_R23": 2, "OUL_R24": 2, "OMG_O19": 1}
+CORPUS_BUNDLES = {"ADT_A15": 2, "ADT_A16": 2, "ADT_A25": 2, "ADT_A26": 2, "ADT_A27": 2, "ADT_A60": 3, "PPR_PC2": 1, "PPR_PC3": 1, "OMG_O19": 0}
+CORPUS_REFUSED = {"ADT_A29": 2, "OUL_R22": 2, "OUL_R23": 2, "OUL_R24": 2, "OMG_O19": 2}
 ENCOUNTER_STATUS = {"ADT_A15": "in-progress", "ADT_A16": "in-progress", "ADT_A25": "in-progress", "ADT_A26": "in-progress", "ADT_A27": "cancelled"}
 
 
@@ -348,7 +349,7 @@ def _corpus(shared: Path, types: set[str]) -> list[tuple[str, Path]]:
 @pytest.mark.corpus
 class TestCorpus:
     def test_corpus_messages_convert_or_say_where_they_fail(self, shared_dir, converter):
-        """The corpus's A15-A27, A60, PPR PC2/PC3 and one OMG^O19 give valid Bundles; A29, the OUL samples and the other OMG are refused saying why, none but A29 for want of a mapping."""
+        """The corpus's A15-A27, A60 and PPR PC2/PC3 give valid Bundles; A29, the OUL and the OMG samples are refused saying why, none but A29 for want of a mapping."""
         bundles: Counter[str] = Counter()
         refused: Counter[str] = Counter()
         for kind, path in _corpus(shared_dir, set(CORPUS_BUNDLES) | set(CORPUS_REFUSED)):
@@ -358,7 +359,7 @@ class TestCorpus:
                     continue
                 issue = doc["issue"][0]
                 assert "no mapping" not in issue["diagnostics"] or kind == "ADT_A29", (path.name, issue)
-                # a position, or the sample's own fault: two results under one OBX-21 (OMG-O19-02)
+                # a position, or the sample's own fault: two results under one OBX-21 (OMG-O19-01, -02, the OUL samples)
                 assert issue.get("expression") or "share the identity" in issue["diagnostics"], (path.name, issue)
                 refused[kind] += 1
         assert {k: bundles[k] for k in CORPUS_BUNDLES} == CORPUS_BUNDLES
