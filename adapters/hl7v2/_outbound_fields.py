@@ -31,10 +31,11 @@ CONTEXT_NAMES = frozenset({
 })
 """What `context:` may name: the source message's header, its time (`sent`, as HL7 TS) and the destination."""
 
-FUNCTIONS = ("hl7_date", "hl7_ts", "lines", "family_name", "given_names")
+FUNCTIONS = ("hl7_date", "hl7_ts", "lines", "family_name", "given_names", "coding_system_name")
 """The function library: FHIR date or dateTime → HL7 DT, FHIR dateTime → HL7 TS (offset rule per version),
-text with line breaks → one repetition per line (a whole repeating field only), and a name written in one
-string, given names first (a Reference's display) → its last word (the family name) or the words before it."""
+text with line breaks → one repetition per line (a whole repeating field only), a name written in one
+string, given names first (a Reference's display) → its last word (the family name) or the words before it,
+and a Coding.system the inbound side made of a table 0396 name → that name again."""
 
 _FIELD_KEYS = {"value", "context", "from", "each", "fn", "table", "else", "components", "resolve", "as", "when", "versions", "required", "up", "where", "note"}
 _VALUE_KEYS = {"value", "context", "from", "fn", "table", "else", "up", "where", "note"}
@@ -427,6 +428,8 @@ class FieldCompiler:
                 steps.append(_family_name)
             elif name == "given_names":
                 steps.append(_given_names)
+            elif name == "coding_system_name":
+                steps.append(_coding_system_name)
             else:
                 raise self.owner.fail(f"{self.label}: fn: {name!r} is not one of {', '.join(FUNCTIONS)}", _pos(spec, "fn", pos))
         if "table" in spec:
@@ -464,6 +467,25 @@ def _given_names(name: str) -> str | None:
     """The words of a name before its last ("KARI ANNE NORDMANN" → "KARI ANNE"); see _family_name."""
     words = name.split()
     return " ".join(words[:-1]) or None
+
+
+_V2_TABLE_URI = re.compile(r"^http://terminology\.hl7\.org/CodeSystem/v2-(\d{4})$")
+_LOCAL_CODE_SYSTEM = re.compile(r"^urn:helsebro:local:.*:codesystem:([^:]+)$")
+
+
+def _coding_system_name(system: str) -> str | None:
+    """A Coding.system the inbound side made of a coding-system name (CWE.3) → that name; any other as it is.
+
+    Why: inbound, a name its table does not list becomes a URI (router/mapping/library.py,
+    _coding_system): `HL70078` is HL7's v2 table URI, a sender's `L` is
+    `urn:helsebro:local:<sender>:codesystem:L`. A receiver of CWE.3 wants the name back, not
+    the URI. A system this does not recognise is left to the table after it.
+    """
+    table = _V2_TABLE_URI.match(system)
+    if table:
+        return "HL7" + table.group(1)
+    local = _LOCAL_CODE_SYSTEM.match(system)
+    return local.group(1) if local else system
 
 
 def _assemble(parts: list[tuple[int, int, _ValueFn]]) -> Callable[[Any, RenderContext], str]:

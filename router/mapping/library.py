@@ -119,8 +119,19 @@ def _cx_system(ctx: FnContext, v: _Values) -> str | None:
     return _system(ctx, value, universal, type_code, v.locations[0], oid=(universal_type or "").upper() == "ISO")
 
 
+def _ei_system(ctx: FnContext, v: _Values) -> str | None:
+    """(EI.1, EI.2, EI.3, EI.4) → Identifier.system: the namespace (EI.2), else the universal id (EI.3, an ISO OID as `urn:oid:`).
+
+    As cx_system without a type code: EI.4 says what kind of id EI.3 is (`ISO`), it is no
+    identifier type. Read as one, a namespace nobody configured gave `urn:helsebro:local:<ns>:ISO`,
+    and the same number sent without EI.3/EI.4 another system. v2-to-FHIR IG EI[Identifier-System].
+    """
+    value, namespace, universal, universal_type = (v.values + [None] * 4)[:4]
+    return _cx_system(ctx, _Values([value, namespace, None, universal, universal_type], [v.locations[0], None, None, None, None]))
+
+
 def _role_system(role: str) -> Callable[[FnContext, _Values], str | None]:
-    """cx_system for a placer's or a filler's number: without a namespace, the sender's numbers of that role.
+    """ei_system for a placer's or a filler's number: without a namespace, the sender's numbers of that role.
 
     Why: OBR-2 and OBR-3 without EI-2 are both the sender's numbers, but not one
     number space. Under one system, a report whose filler number is 100 was the
@@ -128,12 +139,34 @@ def _role_system(role: str) -> Callable[[FnContext, _Values], str | None]:
     """
 
     def system(ctx: FnContext, v: _Values) -> str | None:
-        value, authority, _type, universal = (v.values + [None] * 5)[:4]
-        if value and not authority and not universal:
+        value, namespace, universal = (v.values + [None] * 4)[:3]
+        if value and not namespace and not universal:
             return ctx.local_template.format(authority=_uri_part(ctx.sender or "unknown"), type=role)
-        return _cx_system(ctx, v)
+        return _ei_system(ctx, v)
 
     return system
+
+
+_V2_TABLE = re.compile(r"^HL7(\d{3,4})$", re.IGNORECASE)
+
+
+def _coding_system(ctx: FnContext, v: _Values) -> str | None:
+    """A coding-system name (CWE.3, CWE.6; HL7 table 0396) that tables/coding-systems.yaml does not list → a URI.
+
+    `HL7nnnn`, an HL7 table, is `http://terminology.hl7.org/CodeSystem/v2-nnnn` (as the v2-to-FHIR
+    IG names v2 tables; `HL7127`, a digit short, is table 0127). Any other name (`L`, `99zzz`,
+    `LOCAL`) is the sender's own code system: `urn:helsebro:local:<sender>:codesystem:<name>`, a
+    URI, as Coding.system must be, and one per sender: two hospitals' local code `L|K1` are two codes.
+    A mapping reads this first and the table after it, so a listed name wins.
+    """
+    name = (v.values[0] or "").strip()
+    if not name:
+        return None
+    table = _V2_TABLE.match(name)
+    if table:
+        return "http://terminology.hl7.org/CodeSystem/v2-" + table.group(1).zfill(4)
+    sender = _uri_part(ctx.sender or "unknown")
+    return ctx.local_template.format(authority=sender, type="codesystem:" + _uri_part(name))
 
 
 def _system(ctx: FnContext, value: str | None, authority: str | None, type_code: str | None, location: str | None, *, oid: bool = False) -> str | None:
@@ -431,8 +464,10 @@ LIBRARY: dict[str, Function] = {
         Function("date", 1, _date, "HL7 DT/TS → FHIR date (precision kept)."),
         Function("datetime", 1, _datetime, "HL7 TS/DTM → FHIR dateTime; no offset means Europe/Oslo local time."),
         Function("identifier_system", 3, _identifier_system, "(id, authority, type code) → Identifier.system. National ids are classified by the number (FNR/DNR/FH) and rejected if invalid; HPR, HER, orgnr by type; others from config per authority."),
-        Function("placer_system", 5, _role_system("PLAC"), "(EI.1, EI.2, EI.4, EI.3, EI.4) of a placer's number → Identifier.system: as cx_system; with no namespace, the sender's placer numbers (urn:helsebro:local:<sender>:PLAC), apart from its filler numbers."),
-        Function("filler_system", 5, _role_system("FILL"), "(EI.1, EI.2, EI.4, EI.3, EI.4) of a filler's number → Identifier.system: as placer_system, for filler numbers (…:FILL)."),
+        Function("ei_system", 4, _ei_system, "(EI.1, EI.2, EI.3, EI.4) → Identifier.system: the namespace EI.2 (configured, else local), else the universal id EI.3 (urn:oid:<id> when EI.4 is ISO); EI.4 is no identifier type."),
+        Function("placer_system", 4, _role_system("PLAC"), "(EI.1, EI.2, EI.3, EI.4) of a placer's number → Identifier.system: as ei_system; with no namespace, the sender's placer numbers (urn:helsebro:local:<sender>:PLAC), apart from its filler numbers."),
+        Function("filler_system", 4, _role_system("FILL"), "(EI.1, EI.2, EI.3, EI.4) of a filler's number → Identifier.system: as placer_system, for filler numbers (…:FILL)."),
+        Function("coding_system", 1, _coding_system, "A coding-system name the coding-systems table does not list → a URI: HL7nnnn is http://terminology.hl7.org/CodeSystem/v2-nnnn, any other the sender's urn:helsebro:local:<sender>:codesystem:<name>."),
         Function("cx_system", 5, _cx_system, "(CX.1, CX.4.1, CX.5, CX.4.2, CX.4.3) → Identifier.system: as identifier_system; an authority named only by its universal id gives urn:oid:<id> (ISO) or that id's configured system."),
         Function("hd_system", 3, _hd_system, "(HD.1, HD.2, HD.3) → organisation Identifier.system: HER-id, organisasjonsnummer, ISO OID, or a configured local system."),
         Function("hd_value", 3, _hd_value, "(HD.1, HD.2, HD.3) → the organisation's identifying value."),

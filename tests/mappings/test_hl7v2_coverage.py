@@ -230,7 +230,7 @@ class TestAdtObservationsAndProcedures:
         """PR1 → Procedure: code, time, reason, the surgeon as a Practitioner by HPR number, the patient and the stay."""
         record = admitted_and_discharged
         [procedure] = record.search("Procedure", {})  # the PCI the discharge repeats is the admission's procedure
-        assert procedure["code"]["coding"] == [{"code": "FNG05", "display": "Perkutan koronar intervensjon", "system": "NCSP"}]
+        assert procedure["code"]["coding"] == [{"code": "FNG05", "display": "Perkutan koronar intervensjon", "system": "urn:helsebro:local:STOLAV:codesystem:NCSP"}]  # a name tables/coding-systems.yaml does not list: the sender's
         assert procedure["performedDateTime"] == "2025-01-10T12:00:00+01:00"
         assert procedure["reasonCode"][0]["coding"][0]["system"] == "urn:oid:2.16.578.1.12.4.1.1.7110"
         [encounter] = record.search("Encounter", {})

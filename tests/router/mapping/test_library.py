@@ -36,16 +36,33 @@ CASES = {
         (("15866112379", None, None, "2.16.578.1.12.4.1.4.1", "ISO"), "urn:oid:2.16.578.1.12.4.1.4.1"),
         (("777", None, "PI", None, None), "urn:helsebro:local:unknown:PI"),  # no authority, no sender here
     ],
+    "ei_system": [
+        (("ALG-1", "DIPS", None, None), "urn:helsebro:local:DIPS:id"),
+        (("ALG-1", "DIPS", "2.16.578.1.12.4.1.7.9", "ISO"), "urn:helsebro:local:DIPS:id"),  # EI.4 is no identifier type: not …:DIPS:ISO
+        (("ALG-1", "STOLAV", "1.2.3", "ISO"), "urn:oid:2.16.578.1.12.4.1.7.3.2.1"),  # a configured namespace
+        (("ALG-1", None, "2.16.578.1.12.4.1.7.9", "ISO"), "urn:oid:2.16.578.1.12.4.1.7.9"),  # a universal id only
+        (("ALG-1", None, None, None), "urn:helsebro:local:unknown:id"),  # no namespace: the sender's (none here)
+        ((None, "DIPS", None, None), None),
+    ],
     "placer_system": [
-        (("100", None, None, None, None), "urn:helsebro:local:unknown:PLAC"),  # no namespace: the sender's placer numbers
-        (("100", "DIPS", None, None, None), "urn:helsebro:local:DIPS:id"),  # a namespace: as cx_system
-        (("100", "STOLAV", None, None, None), "urn:oid:2.16.578.1.12.4.1.7.3.2.1"),
-        (("100", None, None, "1.2.3", "ISO"), "urn:oid:1.2.3"),
-        ((None, None, None, None, None), None),
+        (("100", None, None, None), "urn:helsebro:local:unknown:PLAC"),  # no namespace: the sender's placer numbers
+        (("100", "DIPS", None, None), "urn:helsebro:local:DIPS:id"),  # a namespace: as ei_system
+        (("100", "DIPS", "1.2.3", "ISO"), "urn:helsebro:local:DIPS:id"),
+        (("100", "STOLAV", None, None), "urn:oid:2.16.578.1.12.4.1.7.3.2.1"),
+        (("100", None, "1.2.3", "ISO"), "urn:oid:1.2.3"),
+        ((None, None, None, None), None),
     ],
     "filler_system": [
-        (("100", None, None, None, None), "urn:helsebro:local:unknown:FILL"),  # a number space apart from placer numbers
-        (("100", "LABSYS", None, None, None), "urn:helsebro:local:LABSYS:id"),
+        (("100", None, None, None), "urn:helsebro:local:unknown:FILL"),  # a number space apart from placer numbers
+        (("100", "LABSYS", None, None), "urn:helsebro:local:LABSYS:id"),
+    ],
+    "coding_system": [
+        (("HL70078",), "http://terminology.hl7.org/CodeSystem/v2-0078"),  # an HL7 table
+        (("HL7127",), "http://terminology.hl7.org/CodeSystem/v2-0127"),  # a digit short, as some senders write it
+        (("L",), "urn:helsebro:local:unknown:codesystem:L"),  # a local code system: the sender's (none here)
+        (("99 LAB",), "urn:helsebro:local:unknown:codesystem:99-LAB"),  # a URI holds no space
+        (("  ",), None),
+        ((None,), None),
     ],
     "hd_system": [(("STOLAV", "974749025", "ENH"), "urn:oid:2.16.578.1.12.4.1.4.101"), (("X", "112233", "HER"), "urn:oid:2.16.578.1.12.4.1.2"), (("X", "1.2.3", "ISO"), "urn:oid:1.2.3"), (("STOLAV", None, None), "urn:oid:2.16.578.1.12.4.1.7.3.2.1")],
     "hd_value": [(("STOLAV", "974749025", "ENH"), "974749025"), (("STOLAV", None, None), "STOLAV")],
