@@ -243,6 +243,8 @@ class _Gen:
         self.uses_value = False
         self.conditions: dict[str, str] = {}  # condition text -> local holding its answer in this block
         self.marked: set[str] = set()  # condition locals whose fields are marked read where they first hold
+        self.negated = 0  # how many `not`s the condition being written is under
+        self.self_marking: set[int] = set() if parent is None else self.root.self_marking  # ids of conditions called as they are: their yes marks their fields (conditions._memoised)
         self.guards: dict[str, int] = {} if parent is None else self.root.guards  # condition local -> how many rules it guards
         self.memos: list[str] = [] if parent is None else self.root.memos  # locals holding a field read when first asked (_memos)
         self.values: dict[tuple[Any, ...], str] = {}  # (segment var, field, rep, comp, sub) -> local holding the value, read when first asked
@@ -479,6 +481,8 @@ class _Gen:
             for k, part in enumerate(pred.shape[1]):
                 lines += [f"{'el' if k else ''}if {self._cond(part)}:", *("    " + x for x in self.marks(part) or ["pass"])]
             return lines
+        if id(pred) in self.self_marking:
+            return []  # asked as it is, it marked what made it hold
         lines = []
         others = []
         for path in paths_of(pred):
@@ -497,9 +501,17 @@ class _Gen:
         return lines
 
     def _opaque(self, pred: Any) -> str:
-        """A part of a condition called as its closure, what it reads not counted (the guard marks it where the condition holds)."""
+        """A part of a condition called as its closure, what it reads not counted (the guard marks it where the condition holds).
+
+        A whole memoised condition with no `or` and no `not` is called as it is, outside a `not`:
+        its yes marks the fields that made it hold, kept from when it was first answered on this
+        scope, where the guard would resolve its paths again (an XPath each, in KITH mappings).
+        """
         name = self.n(f"T{len(self.names)}")
         self.names[name] = pred
+        if getattr(pred, "marks_itself", False) and not self.negated:
+            self.self_marking.add(id(pred))
+            return f"{name}({self.scope})"
         return f"quiet({name}, {self.scope})"
 
     def _cond(self, pred: Any) -> str:
@@ -508,7 +520,11 @@ class _Gen:
         if kind in ("and", "or"):
             return "(" + f" {kind} ".join(self._cond(p) for p in shape[1]) + ")"
         if kind == "not":
-            return f"(not {self._cond(shape[1])})"
+            self.negated += 1
+            try:
+                return f"(not {self._cond(shape[1])})"
+            finally:
+                self.negated -= 1
         _, op, path, arg = shape
         value = self._value_expr(path, mark=False)  # the guard marks it where the condition holds
         if value is None:

@@ -169,8 +169,14 @@ def _shaped(pred: Predicate, shape: tuple[Any, ...]) -> Predicate:
 
 
 def _memoised(pred: Predicate) -> Predicate:
-    """Answer each condition once per scope: several rules of one block often ask the same (`OBX-2 = NM`)."""
+    """Answer each condition once per scope: several rules of one block often ask the same (`OBX-2 = NM`).
+
+    The memo keeps, with a yes, the fields that made it hold, and every ask marks
+    them again: a later block asking the same condition on the same scope counts
+    them as read without resolving a path (see `held`).
+    """
     key = object()
+    exact = _exact(pred)
 
     def ask(scope: Any) -> bool:
         memo = getattr(scope, "memo", None)
@@ -179,11 +185,15 @@ def _memoised(pred: Predicate) -> Predicate:
                 memo = scope.memo = {}
             except AttributeError:  # a scope type without a memo slot: just answer
                 return held(pred, scope)
-        answer = memo.get(key)
-        if answer is None:
-            answer = memo[key] = held(pred, scope)
+        known = memo.get(key)
+        if known is None:
+            known = memo[key] = _answer(pred, scope, exact)
+        answer, taken = known
+        if taken:
+            scope.reads.update(taken)
         return answer
 
+    ask.marks_itself = exact  # type: ignore[attr-defined]  # _codegen: asked as it is, its yes marks its fields
     return ask
 
 
@@ -196,10 +206,40 @@ def held(pred: Predicate, scope: Any) -> bool:
     ORC-2 valued` when OBR-2 gives the number), everything under a `not`. The generated code
     marks by the same rule (_codegen._Gen.marks).
     """
-    answer = bool(quiet(pred, scope))
-    if answer:
-        _mark(pred, scope)
+    answer, taken = _answer(pred, scope, _exact(pred))
+    if taken:
+        scope.reads.update(taken)
     return answer
+
+
+def _answer(pred: Predicate, scope: Any, exact: bool) -> tuple[bool, set[Any] | None]:
+    """*pred*'s answer, with the fields that made it hold when it holds (None: it does not, or nothing is counted).
+
+    An *exact* condition (no `or`, no `not`) read, to hold, all it names and nothing else:
+    what it read is what made it hold. Any other is marked by its shape (`_mark`), which
+    resolves the paths of the parts that count a second time.
+    """
+    reads = getattr(scope, "reads", None)
+    if reads is None:
+        return bool(pred(scope)), None
+    taken: set[Any] = set()
+    scope.reads = taken
+    try:
+        answer = bool(pred(scope))
+        if answer and not exact:
+            taken = scope.reads = set()
+            _mark(pred, scope)
+    finally:
+        scope.reads = reads
+    return answer, (taken if answer else None)
+
+
+def _exact(pred: Any) -> bool:
+    """Whether *pred* has no `or` and no `not`: to hold, it reads every path it names (see `_answer`)."""
+    shape = pred.shape
+    if shape[0] == "and":
+        return all(_exact(p) for p in shape[1])
+    return shape[0] == "test"
 
 
 def _mark(pred: Any, scope: Any) -> None:
