@@ -18,8 +18,8 @@ import orjson
 from router.contracts import FhirJson
 from router.errors import InvalidContent
 
-Method = Literal["PUT", "POST", "DELETE"]
-"""The request methods a transaction entry may use here (no GET, no PATCH)."""
+Method = Literal["PUT", "POST", "DELETE", "PATCH"]
+"""The request methods a transaction entry may use here (no GET; PATCH with a FHIRPath Patch, see _patch.py)."""
 
 Criteria = tuple[tuple[str, str], ...]
 """Search parameters of a conditional request, in the order they were written."""
@@ -30,7 +30,11 @@ TYPE_RE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 ID_RE = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 """A FHIR logical id (R4 §2.24.0.1: id datatype)."""
 
-_METHODS = frozenset({"PUT", "POST", "DELETE"})
+_METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
+
+PATCH_ABSENT = "urn:helsebro:patch-absent"
+"""The request extension (valueCode `skip`) that makes a PATCH of a resource the record lacks do nothing, not refuse the
+transaction (router/mapping/_join.py writes it: an M9.6 list names prescriptions the record may never have seen)."""
 
 
 # Not frozen, as an exception to STYLE §7: one is made per Bundle entry, and a frozen
@@ -45,8 +49,9 @@ class Entry:
     resource_type: str
     id: str | None  # from `Type/id`
     criteria: Criteria | None  # from `Type?…` or ifNoneExist
-    resource: FhirJson | None
+    resource: FhirJson | None  # for a PATCH, the Parameters that say what changes
     full_url: str | None
+    skip_absent: bool = False  # a PATCH whose resource is not in the record does nothing (PATCH_ABSENT)
 
     @property
     def location(self) -> str:
@@ -96,11 +101,31 @@ def _parse_entry(index: int, raw: Any) -> Entry:
         raise InvalidContent("PUT needs an id or a condition", location=_at(index, ".request.url"))
     if method == "DELETE" and id_ is None and criteria is None:
         raise InvalidContent("DELETE needs an id or a condition", location=_at(index, ".request.url"))
-    resource = _check_resource(raw.get("resource"), method, resource_type, id_, index)
     full_url = raw.get("fullUrl")
     if full_url is not None and not isinstance(full_url, str):
         raise InvalidContent("fullUrl must be a string", location=_at(index, ".fullUrl"))
+    if method == "PATCH":
+        return _patch_entry(index, request, resource_type, id_, criteria, raw.get("resource"), full_url)
+    resource = _check_resource(raw.get("resource"), method, resource_type, id_, index)
     return Entry(index, method, resource_type, id_, criteria, resource, full_url)
+
+
+def _patch_entry(
+    index: int, request: dict[str, Any], resource_type: str, id_: str | None, criteria: Criteria | None, body: Any, full_url: str | None,
+) -> Entry:
+    """A PATCH entry: `Type/id` or `Type?condition`, a FHIRPath Patch (Parameters) the record can apply, and PATCH_ABSENT."""
+    from adapters.fhir._patch import check_patch
+
+    if id_ is None and criteria is None:
+        raise InvalidContent("PATCH needs an id or a condition", location=_at(index, ".request.url"))
+    check_patch(body, resource_type, _at(index, ".resource"))
+    skip = False
+    for ext in request.get("extension") or ():
+        if isinstance(ext, dict) and ext.get("url") == PATCH_ABSENT:
+            if ext.get("valueCode") != "skip":
+                raise InvalidContent("the patch-absent extension's valueCode must be skip", location=_at(index, ".request.extension"))
+            skip = True
+    return Entry(index, "PATCH", resource_type, id_, criteria, body, full_url, skip)
 
 
 def _parse_url(url: str, index: int) -> tuple[str, str | None, Criteria | None]:

@@ -15,11 +15,12 @@ import orjson
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers, rewrite
 from adapters.fhir._lookups import CURRENT_COLUMNS, Current, Lookups, is_identifier_token
+from adapters.fhir._patch import apply_patch
 from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
 from router.errors import InvalidContent
 
-Action = Literal["write", "delete", "noop", "delete-all", "retire-all"]
+Action = Literal["write", "delete", "noop", "delete-all", "retire-all", "patch"]
 """What an entry will do once its identity is known."""
 
 
@@ -83,11 +84,11 @@ def apply_entries(db: Db, entries: list[Entry], now: str, lookups: Lookups | Non
     # A conditional DELETE that matches several resources deletes them all, except
     # the ones this Bundle writes: "replace the document's resources with these"
     # (Helsebro's document change and cancel; see router/mapping/engine.py).
-    written = {(e.resource_type, id_) for e, (action, id_) in zip(entries, plans) if action == "write"}
+    written = {(e.resource_type, id_) for e, (action, id_) in zip(entries, plans) if action in ("write", "patch")}
     targets = {
         e.full_url: f"{e.resource_type}/{id_}"
         for e, (_, id_) in zip(entries, plans, strict=True)
-        if e.full_url and e.resource is not None
+        if e.full_url and e.resource is not None and id_
     }
     # Read only from here on (_content copies the top level; nested values go out as JSON): no copy when nothing is rewritten.
     resources = [rewrite(e.resource, targets, e.location, copy=False) if e.resource is not None else None for e in entries]
@@ -119,6 +120,8 @@ class _Writer:
 
     def resolve(self, entry: Entry) -> tuple[Action, str]:
         """Decide what *entry* does and to which id."""
+        if entry.method == "PATCH":
+            return self._resolve_patch(entry)
         if entry.id is not None:
             self._claimed.add((entry.resource_type, entry.id))
             return ("delete" if entry.method == "DELETE" else "write"), entry.id
@@ -141,8 +144,34 @@ class _Writer:
         self._created[(entry.resource_type, entry.criteria)] = [id_]  # a second entry of this Bundle with it finds this one
         return "write", id_
 
+    def _resolve_patch(self, entry: Entry) -> tuple[Action, str]:
+        """A PATCH changes the one resource its id or condition finds.
+
+        None found: as FHIR's 404 for a patch of no resource, the transaction is
+        refused (an M5 withdrawing a prescription the record never had), unless the
+        entry says to skip it (PATCH_ABSENT: an M9.6 lists prescriptions of others).
+        """
+        if entry.criteria is not None:
+            matches = self._find(entry.resource_type, entry.criteria)
+        else:  # Type/id (parse_bundle refuses a PATCH with neither)
+            current = self._current(entry.resource_type, entry.id) if entry.id is not None else None
+            matches = [entry.id] if entry.id is not None and current is not None and not current.deleted else []
+        if len(matches) > 1:
+            raise InvalidContent("condition has multiple matches", location=entry.location)
+        if not matches:
+            if entry.skip_absent:
+                return "noop", ""
+            raise InvalidContent(f"the {entry.resource_type} this message changes is not in the record", location=entry.location)
+        self._claimed.add((entry.resource_type, matches[0]))
+        return "patch", matches[0]
+
     def perform(self, entry: Entry, action: Action, id_: str, resource: FhirJson | None) -> AppliedEntry:
         """Carry out one resolved entry."""
+        if action == "patch" and resource is not None:
+            stored = self._body(entry.resource_type, id_)
+            if stored is None:  # deleted by an earlier entry of this Bundle
+                raise InvalidContent(f"the {entry.resource_type} this message changes is not in the record", location=entry.location)
+            return self._put(entry.resource_type, id_, apply_patch(stored, resource, entry.resource_type, f"{entry.location}.resource"))
         if action == "write" and resource is not None:
             return self._put(entry.resource_type, id_, resource)
         current = self._current(entry.resource_type, id_) if id_ else None

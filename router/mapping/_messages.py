@@ -15,6 +15,9 @@
 result must not overwrite the demographics an ADT feed keeps current.
 `write: by-id` writes it at the id its identity gives (PUT Type/id), for a merge
 that retires the old Patient after moving its identifiers to the survivor.
+`write: patch` with `patch: {elements, absent: refuse|skip}` changes only those
+elements of the resource the record holds under its identity (a FHIR PATCH: an
+M5 withdraws what an M1 stored; router/mapping/_join.py).
 
 `embedded: {from: path, message: ERM1, same: patient}` says that the elements
 *from* names each carry a whole message, base64-encoded, that its own mapping
@@ -22,7 +25,8 @@ that retires the old Patient after moving its identifiers to the survivor.
 of them, and this mapping, must agree on (one patient per list).
 `embedded.override: {type, elements, alone}` lets this message's resource of that
 type lay the named elements over a carried message's resource of the same
-identity (router/mapping/_join.py).
+identity (router/mapping/_join.py); `alone: patch` lays them, as a PATCH, over
+the stored resource of an identity no carried message writes.
 
 `document: {identity: [paths], replaces: condition}` makes the message a document:
 every resource it writes with `update` is tagged with the document identity, and a
@@ -39,13 +43,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from router.mapping._join import Override
+from router.mapping._join import Override, Patch, PatchWrite, patch_value_key
 from router.mapping._yaml import Pos, YList, YMap
 
 if TYPE_CHECKING:
     from router.mapping.compiler import Compiler, MessageMapping, ResourceUse
 
-_ENTRY_KEYS = {"name", "use", "when", "from", "each", "with", "resources", "write", "note"}
+_ENTRY_KEYS = {"name", "use", "when", "from", "each", "with", "resources", "write", "patch", "note"}
 
 
 def compile_message(c: Compiler, path: Path) -> MessageMapping:
@@ -58,7 +62,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     if path.stem != structure:
         raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
     names: set[str] = set()
-    uses = _uses(c, doc, "resources", names)
+    uses = _uses(c, doc, "resources", names, top=True)
     embedded = _embedded(c, doc) if "embedded" in doc else None
     if embedded is not None and embedded.same:
         names.add(embedded.same)  # the embedded messages' resource: this mapping's resources may bind it
@@ -70,6 +74,9 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     match = doc.get("match") or []
     if not isinstance(match, list):
         raise _err("match must be a list of payload namespaces (or root element names)", doc.pos("match"))
+    for use in uses:  # only the KITH branch turns it into a PATCH (router/pipeline/_kith.py): elsewhere it would PUT the whole
+        if isinstance(use.write, PatchWrite) and not match:
+            raise _err("write: patch is for XML mappings (with match:) only, so far", use.pos)
     mm = MessageMapping(structure, tuple(str(e) for e in raw_events), uses, c._show(path), "", tuple(str(m) for m in match))
     mm.embedded = embedded
     if "out_of_place" in doc:
@@ -158,7 +165,7 @@ def _override(block: YMap) -> Override:
 
     spec = block["override"]
     if not isinstance(spec, YMap):
-        raise _err("embedded.override must be a mapping: {type: <FHIR resource>, elements: [names], alone: keep|drop}", block.pos("override"))
+        raise _err("embedded.override must be a mapping: {type: <FHIR resource>, elements: [names], alone: keep|drop|patch}", block.pos("override"))
     _check_keys(spec, {"type", "elements", "alone", "note"}, "embedded.override")
     rtype = _need(spec, "type", "embedded.override")
     if not isinstance(rtype, str) or not fhir_model.is_resource_type(rtype):
@@ -168,8 +175,10 @@ def _override(block: YMap) -> Override:
     if not isinstance(names, YList) or not names or not all(isinstance(n, str) and n in known and n not in _NOT_OVERRIDDEN for n in names):
         raise _err(f"embedded.override.elements must list top-level elements of {rtype} other than its identifier, id and meta", spec.pos("elements"))
     alone = spec.get("alone", "keep")
-    if alone not in ("keep", "drop"):
-        raise _err("embedded.override.alone is keep (the default: written as it is) or drop (written only over a carried resource)", spec.pos("alone"))
+    if alone not in ("keep", "drop", "patch"):
+        raise _err("embedded.override.alone is keep (the default: written as it is), drop (written only over a carried resource) or patch (its elements laid over the stored resource, as a PATCH)", spec.pos("alone"))
+    if alone == "patch" and any(known[str(n)].is_list for n in names):
+        raise _err(f"embedded.override.alone: patch needs elements of {rtype} that do not repeat", spec.pos("elements"))
     return Override(rtype, tuple(str(n) for n in names), alone)
 
 
@@ -226,7 +235,7 @@ def _walk(uses: list[ResourceUse]) -> list[ResourceUse]:
     return out
 
 
-def _uses(c: Compiler, parent: YMap, key: str, names: set[str]) -> list[ResourceUse]:
+def _uses(c: Compiler, parent: YMap, key: str, names: set[str], *, top: bool = False) -> list[ResourceUse]:
     from router.mapping.compiler import ResourceUse, _check_keys, _err, _need
 
     items = _need(parent, key, "a message mapping")
@@ -262,11 +271,41 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str]) -> list[Resource
         if "resources" in item:
             use.children = _uses(c, item, "resources", names)
         if "write" in item:
-            if item["write"] not in ("update", "create", "by-id"):
-                raise _err("write must be update (replace the resource with this message's view), create (only when it does not exist yet) or by-id (write at the id its identity gives, e.g. to retire a merged record)", item.pos("write"))
+            if item["write"] not in ("update", "create", "by-id", "patch"):
+                raise _err("write must be update (replace the resource with this message's view), create (only when it does not exist yet), by-id (write at the id its identity gives, e.g. to retire a merged record) or patch (change only the elements patch: names)", item.pos("write"))
             use.write = str(item["write"])
+        if use.write == "patch" or "patch" in item:
+            use.write = PatchWrite(_patch(item, tpl.fhir_type, top=top))
         out.append(use)
     return out
+
+
+def _patch(item: YMap, rtype: str, *, top: bool) -> Patch:
+    """`write: patch` with `patch: {elements, absent}`: what this message changes in the stored resource, and what if none.
+
+    Why: an M5 knows the ReseptId and why, and must not replace the M1's medication and dosage.
+    """
+    from router.mapping import fhir_model
+    from router.mapping.compiler import _check_keys, _err, _need
+
+    if item.get("write") != "patch":
+        raise _err("patch: goes with write: patch", item.pos("patch"))
+    if not top or "each" in item:
+        raise _err("write: patch is for a top-level resource entry without each: (one resource the message changes)", item.pos("write"))
+    if "patch" not in item:
+        raise _err("write: patch needs patch: {elements: [top-level elements], absent: refuse|skip}", item.pos("write"))
+    spec = item["patch"]
+    if not isinstance(spec, YMap):
+        raise _err("patch must be a mapping: {elements: [top-level elements], absent: refuse|skip}", item.pos("patch"))
+    _check_keys(spec, {"elements", "absent", "note"}, "patch")
+    names = _need(spec, "elements", "patch")
+    known = fhir_model.elements(rtype)
+    if not isinstance(names, YList) or not names or not all(isinstance(n, str) and n in known and n not in _NOT_OVERRIDDEN and not known[n].is_list for n in names):
+        raise _err(f"patch.elements must list top-level elements of {rtype} that do not repeat, other than its identifier, id and meta", spec.pos("elements"))
+    absent = _need(spec, "absent", "patch")
+    if absent not in ("refuse", "skip"):
+        raise _err("patch.absent is refuse (the record must hold the resource: the message is refused otherwise) or skip (nothing to change)", spec.pos("absent"))
+    return Patch(rtype, tuple((str(n), patch_value_key(known[str(n)])) for n in names), absent)
 
 
 def _group(c: Compiler, item: YMap, name: str, names: set[str]) -> ResourceUse:
@@ -279,7 +318,7 @@ def _group(c: Compiler, item: YMap, name: str, names: set[str]) -> ResourceUse:
 
     if "each" not in item or "resources" not in item:
         raise _err("an entry without use: is a group: it needs each: <a segment group> and resources:", item.pos())
-    for key in ("from", "with", "write"):
+    for key in ("from", "with", "write", "patch"):
         if key in item:
             raise _err(f"a group entry (no use:) makes no resource of its own, so it takes no {key}:", item.pos(key))
     group = ResourceUse(name, None, c._when(item), None, {}, item.pos())

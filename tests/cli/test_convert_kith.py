@@ -527,3 +527,56 @@ class TestEmbeddedDocuments:
         assert issue["location"] == [f"{_ENTRY}[1]/ReseptDokLegemiddelB64"]
         code, [doc] = _convert(capsys, monkeypatch, shared_dir, bad)
         assert code == 1 and doc["issue"][0]["location"] == [f"{_ENTRY}[1]/ReseptDokLegemiddelB64"]
+
+
+_M5 = "Lege endrer på legemiddelbehandling/M5 Tilbakekalling.xml"
+"""The national M5: withdraws f63b9535-… for Seponering (7500 2), with Merknad "Ikke oppgitt"."""
+_OWN_M5 = Path(__file__).resolve().parents[2] / "mappings" / "kith" / "messages" / "ERM5.cases" / "tilbakekalling.xml"
+
+
+def _patches(doc: dict) -> list[dict]:
+    return [e for e in doc["entry"] if e["request"]["method"] == "PATCH"]
+
+
+def _operations(entry: dict) -> list[tuple[str, str, str | None, object]]:
+    """(type, path, name, value) of each FHIRPath Patch operation of a PATCH entry."""
+    out = []
+    for param in entry["resource"]["parameter"]:
+        parts = {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in param["part"]}
+        out.append((parts["type"], parts["path"], parts.get("name"), parts.get("value")))
+    return out
+
+
+class TestWithdrawal:
+    @pytest.mark.corpus
+    def test_the_national_m5_changes_only_the_status_of_its_prescription(self, shared_dir, capsys, monkeypatch):
+        """The national M5 converts to a valid Bundle whose prescription is a PATCH of status (stopped) and statusReason
+        (Arsak and Merknad) under the ReseptId's identity, the M1's: no MedicationRequest is written whole."""
+        path = shared_dir / "norsk" / "eksempel" / "eresept" / _M5
+        if not path.is_file():
+            pytest.skip("../shared/norsk/eksempel/eresept (the national M5 example) is not there")
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        assert code == 0
+        Bundle.model_validate(doc)
+        assert _of(doc, "MedicationRequest") == []
+        [entry] = _patches(doc)
+        assert entry["request"] == {"method": "PATCH", "url": "MedicationRequest?identifier=urn:ietf:rfc:3986|urn%3Auuid%3Af63b9535-5160-4972-b923-168114660619"}
+        assert "fullUrl" not in entry
+        reason = {"coding": [{"system": "urn:oid:2.16.578.1.12.4.1.1.7500", "code": "2", "display": "Seponering"}], "text": "Ikke oppgitt"}
+        assert _operations(entry) == [
+            ("delete", "MedicationRequest.status", None, None),
+            ("add", "MedicationRequest", "status", "stopped"),
+            ("delete", "MedicationRequest.statusReason", None, None),
+            ("add", "MedicationRequest", "statusReason", reason),
+        ]
+        [patient] = _of(doc, "Patient")
+        assert patient["identifier"] == [{"system": FNR, "value": "21014605158"}]
+
+    def test_an_m5_without_a_reason_text_patches_the_coded_reason(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """Our own M5 without its Merknad (optional in the schema): statusReason is Arsak alone."""
+        [bare] = _variants(tmp_path, _OWN_M5.read_text("utf-8"), {"<Merknad>Behandlingen avsluttes</Merknad>": ""})
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, bare)
+        assert code == 0
+        [entry] = _patches(doc)
+        reason = {"coding": [{"system": "urn:oid:2.16.578.1.12.4.1.1.7500", "code": "2", "display": "Seponering"}]}
+        assert ("add", "MedicationRequest", "statusReason", reason) in _operations(entry)

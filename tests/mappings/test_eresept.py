@@ -1,4 +1,4 @@
-"""e-resept → FHIR R4: the ERM1/ERM10/ERM96/ERM912/ERM25 mappings over the Sarepta corpus and by hand.
+"""e-resept → FHIR R4: the ERM1/ERM5/ERM10/ERM96/ERM912/ERM25 mappings over the Sarepta corpus, by hand and in the record.
 
 The corpus tests read ../shared/norsk/eksempel/eresept (skipped when ../shared is
 absent) and validate against the national XSDs in ../shared/norsk/skjema.
@@ -19,7 +19,7 @@ MSGHEAD = "{http://www.kith.no/xmlstds/msghead/2006-05-24}"
 URI = "urn:ietf:rfc:3986"
 ATC = "urn:oid:2.16.578.1.12.4.1.1.7180"
 
-IN_SCOPE = {"ERM1", "ERM10", "ERM96", "ERM912", "ERM251", "ERM252", "ERM253"}
+IN_SCOPE = {"ERM1", "ERM5", "ERM10", "ERM96", "ERM912", "ERM251", "ERM252", "ERM253"}
 """MsgInfo/Type values Helsebro maps."""
 
 REFUSED = {
@@ -71,7 +71,7 @@ EXPECTED_COUNTS = {
     "ERM3": (2, 0),
     "ERM041": (1, 0),  # M4.1/M4.2 MsgHead examples write the type with a leading zero
     "ERM042": (1, 0),
-    "ERM5": (2, 0),
+    "ERM5": (2, 2),  # + the bare ER-M5 payload, above
     "ERM52": (2, 0),
     "ERM6": (1, 0),
     "ERM7": (2, 0),
@@ -267,7 +267,7 @@ class TestEreseptFixtures:
         root = settings.mappings_dir / "kith"
         conv = Converter(settings.model_copy(update={"xsd_dir": None}))
         cases = [(s, e) for s, e in find_cases(root) if s.parent.name.startswith("ERM")]
-        assert {s.parent.name for s, _ in cases} == {"ERM1.cases", "ERM10.cases", "ERM96.cases", "ERM912.cases", "ERM25.cases"}
+        assert {s.parent.name for s, _ in cases} == {"ERM1.cases", "ERM5.cases", "ERM10.cases", "ERM96.cases", "ERM912.cases", "ERM25.cases"}
         for source, expected in cases:
             res = run_case(source, expected, lambda data: [r.bundle if r.ok else r.outcome() for r in conv.convert(data)], update=False, display=str)
             assert res.passed, f"{res.name}: {res.detail}"
@@ -305,17 +305,18 @@ class TestOverrideKey:
     @pytest.mark.parametrize(
         ("old", "new", "says", "at"),
         [
-            ("    alone: drop\n", "    alone: drop\n    kind: x\n", "unknown key 'kind' in embedded.override", "    kind:"),
+            ("    alone: patch\n", "    alone: patch\n    kind: x\n", "unknown key 'kind' in embedded.override", "    kind:"),
             ("    type: MedicationRequest\n", "    type: Medisinering\n", "must name a FHIR resource type", "    type:"),
             ("    elements: [status, statusReason]\n", "    elements: [status, reseptStatus]\n", "top-level elements of MedicationRequest", "    elements:"),
             ("    elements: [status, statusReason]\n", "    elements: [identifier]\n", "other than its identifier", "    elements:"),
-            ("    alone: drop\n", "    alone: forget\n", "keep (the default", "    alone:"),
+            ("    alone: patch\n", "    alone: forget\n", "keep (the default", "    alone:"),
+            ("    elements: [status, statusReason]\n", "    elements: [status, note]\n", "alone: patch needs elements of MedicationRequest that do not repeat", "    elements:"),
         ],
-        ids=["unknown-key", "type", "element", "identity", "alone"],
+        ids=["unknown-key", "type", "element", "identity", "alone", "patch-repeating"],
     )
     def test_errors_point_at_the_line(self, tmp_path, old, new, says, at):
         """A wrong `embedded.override:` (unknown key, a type FHIR lacks, an element the type lacks or its identity, an
-        unknown `alone:`) refuses the mappings at load with file:line."""
+        unknown `alone:`, a repeating element to patch) refuses the mappings at load with file:line."""
         import shutil
 
         from adapters.kith.paths import path_compiler
@@ -335,3 +336,185 @@ class TestOverrideKey:
             MappingSet.load(root, path_compiler(load_namespaces(root / "namespaces.yaml")))
         assert says in err.value.reason
         assert err.value.file.endswith("messages/ERM96.yaml") and err.value.line == line
+
+
+CASES = Path(__file__).resolve().parents[2] / "mappings" / "kith" / "messages"
+M1 = CASES / "ERM1.cases" / "resept_pakning.xml"
+"""Our M1: ReseptId 5b1f0c1e-…-0a1b2c3d4e01 (its MsgId), Syntetisk Cetirizin Tab 10 mg, for patient 15866112379."""
+M5 = CASES / "ERM5.cases" / "tilbakekalling.xml"
+"""Our M5: withdraws that prescription, 7500 2 Seponering, Merknad "Behandlingen avsluttes"."""
+M96 = CASES / "ERM96.cases" / "reseptliste.xml"
+"""Our M9.6: carries that M1 (listed U) and lists 8e4c3f41-…-3d4e5f6a7b04 as T tilbakekalt without carrying it."""
+RESEPT_ID = "5b1f0c1e-2d3a-4c4b-9e5f-0a1b2c3d4e01"
+LISTED_ONLY = "8e4c3f41-5a6d-4f7e-a182-3d4e5f6a7b04"
+
+
+def _apprec(body: bytes) -> tuple[str | None, str | None]:
+    """(Status/@V, Error/@V) of an AppRec, whichever version (e-resept is answered with AppRec 1.0)."""
+    root = etree.fromstring(body)
+    found = {etree.QName(e).localname: e.get("V") for e in root.iter() if isinstance(e.tag, str)}
+    return found.get("Status"), found.get("Error")
+
+
+def _prescription(record, resept_id: str) -> dict | None:
+    found = record.search("MedicationRequest", {"identifier": f"{URI}|urn:uuid:{resept_id}"})
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def _published(settings, handle, *bodies: bytes, applied: int = 0, dead: int = 0) -> None:
+    from router.testing import publish, wait_until
+
+    publish(settings, list(bodies))
+    wait_until(lambda: handle.stats.applied + handle.stats.dead_lettered >= applied + dead, timeout=30, what="settled")
+    assert (handle.stats.applied, handle.stats.dead_lettered) == (applied, dead)
+
+
+class TestWithdrawalsReachTheRecord:
+    """M1, then M5 or M9.6, through the queue into the record (the engine on the embedded broker and SQLite)."""
+
+    def test_our_m5_is_valid_against_the_national_schema(self, shared_dir):
+        """The synthetic M5 case passes the national XSDs (MsgHead and m5/2013-04-16)."""
+        from adapters.kith import read_message, schema_set
+
+        schemas = shared_dir / "norsk" / "skjema"
+        if not (schemas / "ehelseCatalog.xml").is_file():
+            pytest.skip("../shared/norsk/skjema (the national XSDs) is not there")
+        assert read_message(M5.read_bytes(), schemas=schema_set(schemas)).error is None
+
+    def test_an_m5_stops_the_prescription_its_m1_stored_and_keeps_the_rest(self, engine):
+        """M1 then M5: one MedicationRequest, now stopped with the M5's reason, its medication, dosage and prescriber as
+        the M1 stored them; a new version whose provenance names both mappings; the M5's sender gets a positive AppRec."""
+        from adapters.fhir.record import open_record
+        from router.testing import drain_queue
+
+        settings, handle = engine
+        _published(settings, handle, M1.read_bytes(), applied=1)
+        record = open_record(settings)
+        try:
+            before = _prescription(record, RESEPT_ID)
+            assert before["status"] == "active"
+            drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.112233")
+            _published(settings, handle, M5.read_bytes(), applied=2)
+            after = _prescription(record, RESEPT_ID)
+        finally:
+            record.close()
+        assert after["id"] == before["id"] and after["meta"]["versionId"] == "2"
+        assert after["status"] == "stopped"
+        assert after["statusReason"] == {
+            "coding": [{"system": "urn:oid:2.16.578.1.12.4.1.1.7500", "code": "2", "display": "Seponering"}],
+            "text": "Behandlingen avsluttes",
+        }
+        unchanged = ("status", "statusReason", "meta")
+        assert {k: v for k, v in after.items() if k not in unchanged} == {k: v for k, v in before.items() if k not in unchanged}
+        assert after["medicationCodeableConcept"]["text"] == "Syntetisk Cetirizin Tab 10 mg" and after["dosageInstruction"]
+        assert [t["display"] for t in after["meta"]["tag"]] == ["mappings/kith/messages/ERM1.yaml", "mappings/kith/messages/ERM5.yaml"]
+        [(_, body)] = drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.112233")
+        assert _apprec(body) == ("1", None)
+
+    def test_an_m5_for_a_prescription_the_record_lacks_is_refused(self, engine):
+        """An M5 whose ReseptId the record does not hold writes nothing (not even its patient), is dead-lettered at the
+        apply stage with its reason, and its sender gets a negative AppRec (X99): a stopped stub would be overwritten
+        whole by the M1 arriving later."""
+        from adapters.fhir.record import open_record
+        from router.testing import drain_queue
+
+        settings, handle = engine
+        _published(settings, handle, M5.read_bytes(), dead=1)
+        [(headers, _)] = drain_queue(settings, settings.engine.broker.names.dead_letter)
+        assert headers["x-helsebro-stage"] == "apply"
+        assert headers["x-helsebro-reason"] == "the MedicationRequest this message changes is not in the record"
+        [(_, body)] = drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.112233")
+        assert _apprec(body) == ("2", "X99")
+        record = open_record(settings)
+        try:
+            assert record.search("MedicationRequest", {}) == [] and record.search("Patient", {}) == []
+        finally:
+            record.close()
+
+    def test_an_m96_entry_withdrawn_without_its_m1_stops_the_stored_prescription(self, engine):
+        """An M1 for 8e4c3f41 is stored; the M9.6 lists it as T tilbakekalt without carrying it: the stored prescription
+        becomes stopped, its medication kept, while the M1 the list carries (U) is written active."""
+        from adapters.fhir.record import open_record
+
+        settings, handle = engine
+        other = M1.read_bytes().replace(f"<MsgId>{RESEPT_ID}</MsgId>".encode(), f"<MsgId>{LISTED_ONLY}</MsgId>".encode())
+        assert other != M1.read_bytes()
+        _published(settings, handle, other, applied=1)
+        _published(settings, handle, M96.read_bytes(), applied=2)
+        record = open_record(settings)
+        try:
+            listed_only, carried = _prescription(record, LISTED_ONLY), _prescription(record, RESEPT_ID)
+        finally:
+            record.close()
+        assert listed_only["status"] == "stopped" and "statusReason" not in listed_only
+        assert listed_only["medicationCodeableConcept"]["text"] == "Syntetisk Cetirizin Tab 10 mg"
+        assert listed_only["meta"]["versionId"] == "2"
+        assert carried["status"] == "active" and carried["meta"]["versionId"] == "1"
+
+    def test_an_m96_entry_whose_prescription_the_record_lacks_changes_nothing(self, engine):
+        """The same M9.6 on an empty record: applied; the entry without an M1 anywhere writes no MedicationRequest."""
+        from adapters.fhir.record import open_record
+
+        settings, handle = engine
+        _published(settings, handle, M96.read_bytes(), applied=1)
+        record = open_record(settings)
+        try:
+            assert _prescription(record, LISTED_ONLY) is None
+            assert _prescription(record, RESEPT_ID)["status"] == "active"
+        finally:
+            record.close()
+
+
+class TestPatchKey:
+    @pytest.mark.parametrize(
+        ("old", "new", "says", "at"),
+        [
+            ("      absent: refuse\n", "      absent: maybe\n", "patch.absent is refuse", "      absent:"),
+            ("      elements: [status, statusReason]\n", "      elements: [status, note]\n", "do not repeat", "      elements:"),
+            ("      elements: [status, statusReason]\n", "      elements: [identifier]\n", "other than its identifier", "      elements:"),
+            ("    write: patch\n", "    write: update\n", "patch: goes with write: patch", "    patch:"),
+            ("    patch:\n      note: an M5 carries the ReseptId and why, nothing else of the prescription\n      elements: [status, statusReason]\n      absent: refuse\n",
+             "", "write: patch needs patch:", "    write: patch"),
+            ("      absent: refuse\n", "      absent: refuse\n      when: x\n", "unknown key 'when' in patch", "      when:"),
+        ],
+        ids=["absent", "repeating", "identity", "without-write", "without-patch", "unknown-key"],
+    )
+    def test_errors_point_at_the_line(self, tmp_path, old, new, says, at):
+        """A wrong `write: patch` (an unknown `absent:`, a repeating element or the identity, `patch:` without it, it
+        without `patch:`, an unknown key) refuses the mappings at load with file:line."""
+        import shutil
+
+        from adapters.kith.paths import path_compiler
+        from router.errors import MappingError
+        from router.mapping import MappingSet
+        from router.mapping.mapping_set import load_namespaces
+
+        root = tmp_path / "kith"
+        shutil.copytree(Path(__file__).resolve().parents[2] / "mappings" / "kith", root, ignore=shutil.ignore_patterns("*.cases"))
+        path = root / "messages" / "ERM5.yaml"
+        text = path.read_text("utf-8")
+        assert old in text, old
+        text = text.replace(old, new, 1)
+        path.write_text(text, "utf-8")
+        line = text[: text.index(at)].count("\n") + 1
+        with pytest.raises(MappingError) as err:
+            MappingSet.load(root, path_compiler(load_namespaces(root / "namespaces.yaml")))
+        assert says in err.value.reason
+        assert err.value.file.endswith("messages/ERM5.yaml") and err.value.line == line
+
+    def test_an_hl7v2_mapping_cannot_patch(self, tmp_path, capsys):
+        """`write: patch` in an HL7 v2 mapping is a lint error at its entry: only the KITH branch writes the PATCH, and
+        elsewhere the resource would be written whole."""
+        import shutil
+
+        root = tmp_path / "hl7v2"
+        shutil.copytree(Path(__file__).resolve().parents[2] / "mappings" / "hl7v2", root, ignore=shutil.ignore_patterns("*.cases"))
+        path = root / "messages" / "ADT_A01.yaml"
+        text = path.read_text("utf-8")
+        entry = "  - name: patient\n    use: PID.Patient\n"
+        assert entry in text
+        path.write_text(text.replace(entry, entry + "    write: patch\n    patch: {elements: [active], absent: skip}\n", 1), "utf-8")
+        line = text[: text.index(entry)].count("\n") + 1
+        assert main(["mappings", "lint", str(root)]) == 1
+        assert f"messages/ADT_A01.yaml:{line}:5: write: patch is for XML mappings (with match:) only, so far" in capsys.readouterr().err

@@ -1,0 +1,121 @@
+"""FHIRPath Patch (a Parameters resource) on one stored resource: the part of it the record supports.
+
+Supported: `replace` and `delete` of a top-level element (path `Type.element`),
+and `add` of a top-level element the resource lacks (path `Type`, with `name`).
+That is what a message that changes some elements of a resource without
+restating it needs (an M5 withdraws a prescription: status and statusReason).
+Anything else (deeper paths, insert, move, a list item) is refused when the
+Bundle is read, before the database is touched. The record knows no FHIR
+definitions, so it cannot tell a repeating element from one that does not:
+`add` sets the value as given, and the producer must not add a repeating one.
+The Parameters' own meta.tag (its mapping, for provenance) is added to the
+patched resource's tags.
+Error reasons never quote a value: they may be patient data.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from router.contracts import FhirJson
+from router.errors import InvalidContent
+
+_ELEMENT = re.compile(r"[a-z][A-Za-z0-9]{0,63}")
+"""A top-level element's JSON name."""
+
+_FIXED = frozenset({"resourceType", "id", "meta", "identifier"})
+"""What a patch may not change: the record keys resources by their type, id and identifiers, and owns meta's version."""
+
+_KINDS = frozenset({"replace", "delete", "add"})
+
+
+def check_patch(body: Any, resource_type: str, where: str) -> None:
+    """Check that *body* is a FHIRPath Patch of *resource_type* that apply_patch can carry out.
+
+    Raises:
+        InvalidContent: not a Parameters of operations, or one this record does not support.
+    """
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise InvalidContent("a PATCH entry's resource must be a Parameters (FHIRPath Patch)", location=f"{where}.resourceType")
+    params = body.get("parameter")
+    if not isinstance(params, list) or not params:
+        raise InvalidContent("a FHIRPath Patch needs at least one operation", location=f"{where}.parameter")
+    for i, param in enumerate(params):
+        _operation(param, resource_type, f"{where}.parameter[{i}]")
+
+
+def _operation(param: Any, resource_type: str, where: str) -> tuple[str, str, Any]:
+    """(kind, element, value) of one operation, checked; value is None for delete."""
+    if not isinstance(param, dict) or param.get("name") != "operation" or not isinstance(param.get("part"), list):
+        raise InvalidContent("each parameter of a FHIRPath Patch is an operation with parts", location=where)
+    parts: dict[str, Any] = {}
+    for part in param["part"]:
+        if not isinstance(part, dict) or not isinstance(part.get("name"), str) or part["name"] in parts:
+            raise InvalidContent("an operation's parts are named, each once", location=f"{where}.part")
+        values = [k for k in part if k.startswith("value")]
+        if len(values) != 1:
+            raise InvalidContent("an operation's part has one value", location=f"{where}.part")
+        parts[part["name"]] = part[values[0]]
+    kind, path = parts.get("type"), parts.get("path")
+    if kind not in _KINDS:
+        raise InvalidContent("the record supports the FHIRPath Patch operations replace, delete and add", location=f"{where}.part")
+    if not isinstance(path, str):
+        raise InvalidContent("an operation needs a path", location=f"{where}.part")
+    if kind == "add":
+        name = parts.get("name")
+        if path != resource_type or not isinstance(name, str) or not _ELEMENT.fullmatch(name):
+            raise InvalidContent("the record supports add of a top-level element only (path: the resource type, name: the element)", location=f"{where}.part")
+        element = name
+    else:
+        head, _, element = path.partition(".")
+        if head != resource_type or not _ELEMENT.fullmatch(element):
+            raise InvalidContent(f"the record supports {kind} of a top-level element only (path: Type.element)", location=f"{where}.part")
+    if element in _FIXED:
+        raise InvalidContent("a patch may not change a resource's id, identifiers or meta", location=f"{where}.part")
+    if kind != "delete" and "value" not in parts:
+        raise InvalidContent(f"{kind} needs a value", location=f"{where}.part")
+    return kind, element, parts.get("value")
+
+
+def apply_patch(stored: FhirJson, patch: FhirJson, resource_type: str, where: str) -> FhirJson:
+    """Return *stored* with the operations of *patch* (checked by check_patch) carried out in order.
+
+    Raises:
+        InvalidContent: an operation does not fit the stored resource (replace of an
+            absent element, add of one that exists, delete of one item of several):
+            the transaction cannot say what the result is.
+    """
+    out = dict(stored)
+    for i, param in enumerate(patch["parameter"]):
+        kind, element, value = _operation(param, resource_type, f"{where}.parameter[{i}]")
+        has = element in out
+        if isinstance(out.get(element), list) and len(out[element]) > 1:
+            raise InvalidContent(f"{kind} of a repeating element that holds several items is not supported", location=f"{where}.parameter[{i}]")
+        if kind == "delete":
+            out.pop(element, None)  # "if found": deleting what is not there changes nothing
+        elif kind == "replace" and not has:
+            raise InvalidContent("replace of an element the stored resource does not have", location=f"{where}.parameter[{i}]")
+        elif kind == "add" and has:
+            raise InvalidContent("add of an element the stored resource already has", location=f"{where}.parameter[{i}]")
+        else:
+            out[element] = value
+    return _tagged(out, patch.get("meta"))
+
+
+def _tagged(resource: FhirJson, meta: Any) -> FhirJson:
+    """*resource* with the Parameters' meta.tag codings it lacks added to its own.
+
+    Why: every stored version says which mapping made it (meta.tag
+    urn:helsebro:mapping); a version a patch made was made by the patch's
+    mapping too, which tags the Parameters it sends.
+    """
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    if not isinstance(tags, list) or not tags:
+        return resource
+    own = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
+    kept = list(own.get("tag") or [])
+    added = [t for t in tags if isinstance(t, dict) and t not in kept]
+    if added:
+        resource["meta"] = {**own, "tag": kept + added}
+    return resource

@@ -1,0 +1,145 @@
+"""Tests for adapters/fhir/_patch.py: a FHIRPath Patch entry in a transaction, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.errors import InvalidContent
+
+SYSTEM = "urn:ietf:rfc:3986"
+VALUE = "urn:uuid:0b7e5f10-3c2d-4e1f-9a8b-7c6d5e4f3a21"
+MR_ID = "4f6a1b2c-3d4e-4f50-8a9b-0c1d2e3f4a5b"
+CONDITION = f"MedicationRequest?identifier={SYSTEM}|{VALUE}"
+MEDICATION = {"text": "Syntetisk Cetirizin Tab 10 mg"}
+TAG = {"system": "urn:helsebro:mapping", "code": "ERM5@x", "display": "mappings/kith/messages/ERM5.yaml"}
+
+
+def prescription(status="active"):
+    return {
+        "resourceType": "MedicationRequest", "id": MR_ID, "identifier": [{"system": SYSTEM, "value": VALUE}],
+        "status": status, "intent": "order", "medicationCodeableConcept": MEDICATION,
+        "subject": {"display": "Syntetisk Pasient"},
+    }
+
+
+def bundle(*entries):
+    return {"resourceType": "Bundle", "type": "transaction", "entry": list(entries)}
+
+
+def put_prescription():
+    return {"fullUrl": f"urn:uuid:{MR_ID}", "resource": prescription(), "request": {"method": "PUT", "url": CONDITION}}
+
+
+def op(kind, path, *, name=None, value=None):
+    parts = [{"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}]
+    if name is not None:
+        parts.append({"name": "name", "valueString": name})
+    if value is not None:
+        parts.append({"name": "value", **value})
+    return {"name": "operation", "part": parts}
+
+
+WITHDRAW = [
+    op("delete", "MedicationRequest.status"),
+    op("add", "MedicationRequest", name="status", value={"valueCode": "stopped"}),
+    op("delete", "MedicationRequest.statusReason"),
+    op("add", "MedicationRequest", name="statusReason", value={"valueCodeableConcept": {"text": "seponert"}}),
+]
+
+
+def patch(ops=WITHDRAW, *, url=CONDITION, skip=False, meta=None):
+    request = {"method": "PATCH", "url": url}
+    if skip:
+        request["extension"] = [{"url": "urn:helsebro:patch-absent", "valueCode": "skip"}]
+    body = {"resourceType": "Parameters", "parameter": ops}
+    if meta is not None:
+        body["meta"] = meta
+    return {"resource": body, "request": request}
+
+
+class TestPatch:
+    def test_changes_only_the_named_elements(self, record):
+        """A conditional PATCH sets status and statusReason of the stored resource; everything else stays, as a new version."""
+        record.apply(bundle(put_prescription()))
+        result = record.apply(bundle(patch()))
+        assert [(e.resource_type, e.id, e.version, e.outcome) for e in result.entries] == [("MedicationRequest", MR_ID, 2, "updated")]
+        stored = record.read("MedicationRequest", MR_ID)
+        assert stored["status"] == "stopped" and stored["statusReason"] == {"text": "seponert"}
+        assert stored["medicationCodeableConcept"] == MEDICATION and stored["identifier"] == [{"system": SYSTEM, "value": VALUE}]
+
+    def test_the_same_patch_again_changes_nothing(self, record):
+        """Applying a patch whose result is what is stored makes no new version."""
+        record.apply(bundle(put_prescription()))
+        record.apply(bundle(patch()))
+        assert record.apply(bundle(patch())).entries[0].outcome == "unchanged"
+        assert record.read("MedicationRequest", MR_ID)["meta"]["versionId"] == "2"
+
+    def test_a_resource_not_in_the_record_refuses_the_transaction(self, record):
+        """No resource under the condition: the Bundle is refused, as FHIR's 404 for a patch, and nothing of it is written."""
+        other = {"fullUrl": "urn:uuid:11111111-2222-4333-8444-555555555555",
+                 "resource": {"resourceType": "Organization", "id": "11111111-2222-4333-8444-555555555555", "name": "x"},
+                 "request": {"method": "PUT", "url": "Organization/11111111-2222-4333-8444-555555555555"}}
+        with pytest.raises(InvalidContent) as err:
+            record.apply(bundle(other, patch()))
+        assert err.value.reason == "the MedicationRequest this message changes is not in the record"
+        assert err.value.location == "Bundle.entry[1]"
+        assert record.read("Organization", "11111111-2222-4333-8444-555555555555") is None
+
+    def test_skip_leaves_a_missing_resource_alone(self, record):
+        """With the patch-absent extension `skip`, a PATCH of no stored resource does nothing and the rest applies."""
+        result = record.apply(bundle(patch(skip=True)))
+        assert [e.outcome for e in result.entries] == ["unchanged"]
+        assert record.search("MedicationRequest", {}) == []
+
+    def test_patch_after_a_write_in_the_same_batch(self, record):
+        """A prescription written earlier in the same batch is the one a later Bundle patches."""
+        results = record.apply_batch([bundle(put_prescription()), bundle(patch())], ["m1", "m5"])
+        assert [r.entries[0].outcome for r in results] == ["created", "updated"]
+        assert record.read("MedicationRequest", MR_ID)["status"] == "stopped"
+
+    def test_provenance_of_the_patch_is_added(self, record):
+        """The Parameters' meta.tag (the mapping that asked) joins the patched resource's tags."""
+        record.apply(bundle(put_prescription()))
+        record.apply(bundle(patch(meta={"tag": [TAG]})))
+        assert record.read("MedicationRequest", MR_ID)["meta"]["tag"] == [TAG]
+
+    def test_by_id(self, record):
+        """PATCH Type/id patches that resource."""
+        record.apply(bundle(put_prescription()))
+        record.apply(bundle(patch(url=f"MedicationRequest/{MR_ID}")))
+        assert record.read("MedicationRequest", MR_ID)["status"] == "stopped"
+
+    @pytest.mark.parametrize(
+        ("ops", "says"),
+        [
+            ([op("move", "MedicationRequest.status")], "replace, delete and add"),
+            ([op("delete", "MedicationRequest.dosageInstruction.text")], "top-level element only"),
+            ([op("replace", "MedicationRequest.identifier", value={"valueString": "x"})], "id, identifiers or meta"),
+            ([op("add", "MedicationRequest", name="note")], "add needs a value"),
+            ([op("add", "Patient", name="note", value={"valueString": "x"})], "top-level element only"),
+            ([], "at least one operation"),
+        ],
+        ids=["move", "deep", "identifier", "no-value", "other-type", "empty"],
+    )
+    def test_unsupported_patches_are_refused_before_the_database(self, record, ops, says):
+        """An operation the record does not carry out is refused when the Bundle is read."""
+        record.apply(bundle(put_prescription()))
+        with pytest.raises(InvalidContent) as err:
+            record.apply(bundle(patch(ops)))
+        assert says in err.value.reason
+        assert record.read("MedicationRequest", MR_ID)["status"] == "active"
+
+    def test_an_operation_that_does_not_fit_the_stored_resource_is_refused(self, record):
+        """replace of an element the stored resource lacks, or add of one it has, refuses the transaction."""
+        record.apply(bundle(put_prescription()))
+        with pytest.raises(InvalidContent, match="does not have"):
+            record.apply(bundle(patch([op("replace", "MedicationRequest.statusReason", value={"valueCodeableConcept": {"text": "x"}})])))
+        with pytest.raises(InvalidContent, match="already has"):
+            record.apply(bundle(patch([op("add", "MedicationRequest", name="status", value={"valueCode": "stopped"})])))
+        assert record.read("MedicationRequest", MR_ID)["meta"]["versionId"] == "1"
+
+    def test_the_body_must_be_parameters(self, record):
+        """A PATCH whose resource is not a Parameters (a JSON Patch, a resource) is refused."""
+        bad = {"resource": prescription(), "request": {"method": "PATCH", "url": CONDITION}}
+        with pytest.raises(InvalidContent, match="Parameters"):
+            record.apply(bundle(bad))
