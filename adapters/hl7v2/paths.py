@@ -174,6 +174,19 @@ class SourcePath:
             return [item.raw for item in self.resolve(scope)]
         return self._collect(scope, self._segments(scope), None)
 
+    def keyed(self, scope: Scope) -> list[tuple[str, tuple[int, int, int]]]:
+        """Return each value `values` gives with its (segment index, field, repetition): what `same:` pairs by.
+
+        Why: a resource made per repetition (a doctor per PV1-7 repetition) and an element made per
+        repetition (the stay's participant) must pair by the repetition itself, which the values
+        alone do not tell (two doctors may be sent alike; empty repetitions are left out).
+        """
+        if self.segment is None or self.field_no is None:
+            return []
+        keys: list[tuple[int, int, int]] = []
+        raws = self._collect(scope, self._segments(scope), None, keys)
+        return list(zip(raws, keys))
+
     def location(self, scope: Scope, index: int = 0) -> str | None:
         """Return the position of the index-th value, or None (worked out again: errors only)."""
         items = self.resolve(scope)
@@ -192,7 +205,7 @@ class SourcePath:
             return segs[self.seg_rep - 1 : self.seg_rep]
         return segs
 
-    def _collect(self, scope: Scope, segs: list[Segment], locs: list[str] | None) -> list[str]:
+    def _collect(self, scope: Scope, segs: list[Segment], locs: list[str] | None, keys: list[tuple[int, int, int]] | None = None) -> list[str]:
         msg = scope.message
         field_no = self.field_no or 0
         comp, sub = self.comp, self.sub
@@ -216,6 +229,8 @@ class SourcePath:
                 out.append(value)  # type: ignore[arg-type]  # narrowed above
                 if locs is not None:
                     locs.append(f"{seg.label}-{field_no}[{i + 1}]{self._suffix()}")
+                if keys is not None:
+                    keys.append((seg.index, field_no, i + 1))
         return out
 
     def _suffix(self) -> str:

@@ -369,6 +369,8 @@ class _Gen:
             inner = self._each_segment(i, *plan[1:])
         elif kind == "each_group":
             inner = self._each_group(i, *plan[1:])
+        elif kind == "each_repetition":
+            inner = self._each_repetition(i, *plan[1:])
         elif kind == "ref":
             _, name, put = plan
             self.names["Ref"] = Ref
@@ -432,6 +434,34 @@ class _Gen:
             f"    if {o}:",
             f"        ctx.held_reads.append(({o}, {hr}, {self.scope}.reads))",
             *("        " + x for x in self._put(i, put, o, known="dict")),
+        ]
+
+    def _each_repetition(self, i: int, path: Any, field: tuple[str, int], build: Any, put: Any) -> list[str]:
+        """`each: PV1-7[*]` whose element's `same: PV1-7` names the resource of its own repetition: as _rules._held_repetitions."""
+        pname, fname = self.n(f"REPP{i}"), self.n(f"FLD{i}")
+        self.names[pname], self.names[fname] = path, field
+        s = self.scope
+        outer, fr, keyed, before = self.n("ro"), self.n("fr"), self.n("kd"), self.n("bf")
+        k, raw, key, hs, hr, o = self.n("k"), self.n("rv"), self.n("ky"), self.n("hs"), self.n("hr"), self.n("o")
+        return [
+            f"{outer} = {s}.reads",
+            f"{s}.reads = {fr} = set()",  # the field counts as read only for an element kept
+            f"{keyed} = {pname}.keyed({s})",
+            f"{s}.reads = {outer}",
+            f"if {keyed}:",
+            f"    {before} = ctx.same_at.get({fname})",
+            f"    for {k}, ({raw}, {key}) in enumerate({keyed}):",
+            f"        {hs} = {s}.at({raw}, {pname}, {k})",
+            f"        {hr} = {hs}.reads = set({fr})",
+            f"        ctx.same_at[{fname}] = {key}",
+            f"        {o} = {self._builder(i, build)}({hs}, ctx, {{}})",
+            f"        if {o}:",
+            f"            ctx.held_reads.append(({o}, {hr}, {outer}))",
+            *("            " + x for x in self._put(i, put, o, known="dict")),
+            f"    if {before} is None:",
+            f"        del ctx.same_at[{fname}]",
+            "    else:",
+            f"        ctx.same_at[{fname}] = {before}",
         ]
 
     def _each_group(self, i: int, path: Any, build: Any, put: Any) -> list[str] | None:

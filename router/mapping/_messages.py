@@ -236,7 +236,7 @@ def _walk(uses: list[ResourceUse]) -> list[ResourceUse]:
 
 
 def _uses(c: Compiler, parent: YMap, key: str, names: set[str], *, top: bool = False) -> list[ResourceUse]:
-    from router.mapping.compiler import ResourceUse, _check_keys, _err, _need
+    from router.mapping.compiler import _MEMO_KEYS, ResourceUse, _check_keys, _err, _need
 
     items = _need(parent, key, "a message mapping")
     if not isinstance(items, YList):
@@ -268,6 +268,10 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str], *, top: bool = F
         use.explicit = frozenset(str(k) for k in (item.get("with") or {}))
         if "each" in item:
             use.each = _each_path(c, item)
+            if getattr(use.each, "field_no", None) is not None and getattr(use.each, "segment", None) is not None:
+                # One per repetition, each built from its value alone (a doctor per PV1-7 repetition): remembered per value, as `from:` is
+                if not tpl.fallback and getattr(tpl.block.fast, "value_only", False):
+                    use.memo = next(_MEMO_KEYS)
         if "resources" in item:
             use.children = _uses(c, item, "resources", names)
         if "write" in item:

@@ -113,7 +113,7 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: 
         if "same" in node:
             if isinstance(raw, YList) or "rules" in node:
                 raise _err("same: goes with ref: naming one parameter, without rules:", node.pos("same"))
-            return _same_ref(node, str(raw)), None
+            return _same_ref(c, node, str(raw)), None
         if isinstance(raw, YList) or "rules" in node:
             return _first_made(c, node, put, target)
         name = str(raw)
@@ -184,19 +184,37 @@ def _first_made(c: Compiler, node: YMap, put: Put, target: Target) -> tuple[Prod
 
 
 _SEGMENT_NAME = re.compile(r"[A-Z][A-Z0-9]{2}")
+_FIELD_NAME = re.compile(r"([A-Z][A-Z0-9]{2})-([1-9][0-9]*)")
 
 
-def _same_ref(node: YMap, name: str) -> Produce:
+def _same_ref(c: Compiler, node: YMap, name: str) -> Produce:
     """`ref: diagnosis` with `same: DG1`: the *name* instance made from the DG1 that is current here.
 
     Why: inside `each: DG1` (an Encounter's diagnosis list) every entry must name the Condition
     made from its own segment; a plain `ref:` names the last one made, `refs:` all of them.
+    `same: PV1-7` does the same for a field's repetitions: inside `each: PV1-7[*]` (the stay's
+    participants) the Practitioner made from this repetition (a message's `each: PV1-7[*]`).
     """
     from router.mapping.compiler import _err
 
-    segment = str(node["same"])
-    if not _SEGMENT_NAME.fullmatch(segment):
-        raise _err(f"same: names a segment (DG1), not {segment!r}", node.pos("same"))
+    text = str(node["same"])
+    field = _FIELD_NAME.fullmatch(text)
+    if field is not None:
+        at = (field[1], int(field[2]))
+        if at not in c._iterating:
+            around = ", ".join(f"{s}-{f}" for s, f in c._iterating) or "none"
+            raise _err(f"same: {text} pairs with the repetition of {text} an enclosing each: iterates, but no enclosing each: iterates {text} (fields iterated here: {around}); put this rule under `each: {text}[*]`", node.pos("same"))
+
+        def same_repetition(scope: Any, ctx: RunContext) -> list[Any]:
+            key = ctx.same_at.get(at)
+            if key is None:
+                return []
+            return [SameRef(ctx.bindings.get(name, name) or "", key)]
+
+        return same_repetition
+    if not _SEGMENT_NAME.fullmatch(text):
+        raise _err(f"same: names a segment (DG1) or a field an enclosing each: iterates (PV1-7), not {text!r}", node.pos("same"))
+    segment = text
 
     def same_ref(scope: Any, ctx: RunContext) -> list[Any]:
         seg = scope.segments.get(segment)
@@ -256,7 +274,17 @@ def _each(c: Compiler, node: YMap, path: Any, leaf: fhir_model.Element, transfor
         star = text.replace(f"-{path.field_no}", f"-{path.field_no}[*]", 1)
         path = c._path(star, node.pos("each"))
     if "rules" in node:
-        block = c.block(node["rules"], leaf.type_name or "", node.pos("rules"))
+        # an HL7 v2 field's repetitions (a path that can tell each value's repetition): what a `same: PV1-7` inside may pair with
+        field = (path.segment, path.field_no) if hasattr(path, "keyed") and path.segment is not None and path.field_no is not None else None
+        saved = c._iterating
+        if field is not None:
+            c._iterating = (*saved, field)
+        try:
+            block = c.block(node["rules"], leaf.type_name or "", node.pos("rules"))
+        finally:
+            c._iterating = saved
+        if field is not None and _kept_by_same(node["rules"]):
+            return _held_repetitions(path, field, block.build)
 
         def rules_produce(scope: Any, ctx: RunContext) -> list[Any]:
             out = []
@@ -309,6 +337,46 @@ def _held_segments(path: Any, build: Any) -> tuple[Produce, Step | None]:
         return out
 
     held_produce.plan = ("segments", path, build, True)  # type: ignore[attr-defined]  # _codegen.py writes the loop out
+    return held_produce, None
+
+
+def _held_repetitions(path: Any, field: tuple[str, int], build: Any) -> tuple[Produce, Step | None]:
+    """`each: PV1-7[*]` whose element stands or falls with its `same: PV1-7` reference: per repetition, reads held.
+
+    Why: each attending doctor is a participant of the stay by the Practitioner made from his own
+    repetition, however many the sender gives (the message makes one per repetition, recorded by
+    segment, field and repetition: engine._Run.uses). The element's `same:` reference finds its
+    repetition in `ctx.same_at`. As with segments (_held_segments), an element dropped for want of
+    its resource reached no output, so what only it read is reported unmapped.
+    """
+
+    def held_produce(scope: Any, ctx: RunContext) -> list[Any]:
+        outer = scope.reads
+        scope.reads = field_reads = set()  # the field itself counts as read only for an element kept
+        try:
+            keyed = path.keyed(scope)
+        finally:
+            scope.reads = outer
+        if not keyed:
+            return []
+        same_at = ctx.same_at
+        before = same_at.get(field)
+        out = []
+        for k, (raw, key) in enumerate(keyed):
+            inner = scope.at(raw, path, k)
+            own = inner.reads = set(field_reads)
+            same_at[field] = key
+            obj = build(inner, ctx)
+            if obj:
+                ctx.held_reads.append((obj, own, outer))
+                out.append(obj)
+        if before is None:
+            del same_at[field]
+        else:
+            same_at[field] = before
+        return out
+
+    held_produce.plan = ("repetitions", path, field, build)  # type: ignore[attr-defined]  # _codegen.py writes the loop out
     return held_produce, None
 
 

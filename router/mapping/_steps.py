@@ -78,6 +78,8 @@ def _generic(produce: Produce, put: Put) -> Step:
         step.plan = ("each_segment", shape[1], shape[2], put, shape[3])  # type: ignore[attr-defined]  # for _codegen.py
     elif shape is not None and shape[0] == "groups":  # `each:` over segment groups with nested rules
         step.plan = ("each_group", shape[1], shape[2], put)  # type: ignore[attr-defined]
+    elif shape is not None and shape[0] == "repetitions":  # `each:` over a field's repetitions, paired by `same:`
+        step.plan = ("each_repetition", shape[1], shape[2], shape[3], put)  # type: ignore[attr-defined]
     return step
 
 

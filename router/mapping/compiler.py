@@ -262,6 +262,7 @@ class Compiler:
     _busy: set[str] = field(default_factory=set)
     _params: tuple[str, ...] = ()  # parameters of the template being compiled; refs must name one
     _earlier: set[str] = field(default_factory=set)  # its parameters a rule resolves when it runs (_rules._first_made)
+    _iterating: tuple[tuple[str, int], ...] = ()  # (segment, field) whose repetitions the enclosing `each:` rules iterate (`same: PV1-7`)
     check_path: Callable[[Any], str | None] | None = None  # the format's structure check (unknown fields)
     errors: list[MappingError] | None = None  # set to collect every error (lint) instead of stopping
     overlay: Path | None = None  # a sender's folder whose files replace the base files of the same name

@@ -128,9 +128,17 @@ class _Run:
                 continue
             # `each:` over segments (not over fields or groups): which instance each segment made, for `same:` refs
             by_segment = getattr(use.each, "segment", None) if getattr(use.each, "field_no", 0) is None else None
-            for k, inner in enumerate(self._instances(use, scope)):
+            keyed = self._keyed(use, scope) if use.each is not None else None
+            keys = None if keyed is None else [key for _, key in keyed]
+            instances = self._instances(use, scope) if keyed is None else [scope.at(raw, use.each, k) for k, (raw, _) in enumerate(keyed)]
+            for k, inner in enumerate(instances):
                 inst = f"{parent}/{use.name}#{k}" if parent or use.each is not None else use.name
-                ctx.env[use.name] = inst
+                if keys is None or k == 0:
+                    # One per repetition (each attending doctor): a plain `ref:` names the first, as
+                    # `from:` (the first repetition) did; `same:` names the one of its own repetition.
+                    ctx.env[use.name] = inst
+                if keys is not None:
+                    ctx.made_from[(use.name, keys[k])] = inst
                 if by_segment is not None and (seg := inner.segments.get(by_segment)) is not None:
                     ctx.made_from[(use.name, seg.index)] = inst
                 ctx.children.setdefault((parent, use.name), []).append(inst)
@@ -139,6 +147,15 @@ class _Run:
                 elif self._one(use, inner, inst) and use.children:
                     self.uses(use.children, inner, inst)
         ctx.env = outer_env
+
+    @staticmethod
+    def _keyed(use: ResourceUse, scope: Any) -> list[tuple[str, tuple[int, int, int]]] | None:
+        """For `each:` over an HL7 v2 field's repetitions, each value with its (segment index, field, repetition); else None."""
+        each = use.each
+        if getattr(each, "field_no", None) is None or getattr(each, "segment", None) is None:
+            return None
+        keyed = getattr(each, "keyed", None)
+        return keyed(scope) if keyed is not None else None
 
     def _instances(self, use: ResourceUse, scope: Any) -> list[Any]:
         if use.each is not None:

@@ -117,19 +117,21 @@ class RefList(Ref):
 
 
 class SameRef(Ref):
-    """A reference to the instance of a named resource made from one given segment (`ref:` with `same:`).
+    """A reference to the instance of a named resource made from one given segment or repetition (`ref:` with `same:`).
 
     Why: an Encounter lists its diagnoses (DG1[Encounter]) with each one's use and rank; each entry
     must point at the Condition made from its own DG1, not at every Condition or the first. Instances
     of an `each:` over segments are recorded by segment (RunContext.made_from), so this resolves to
-    the one made from the same segment, or to nothing when no resource was made from it.
+    the one made from the same segment, or to nothing when no resource was made from it. So are the
+    instances of an `each:` over a field's repetitions, by (segment index, field, repetition): each
+    attending doctor (PV1-7) a participant of the stay by the Practitioner made from his own repetition.
     """
 
     __slots__ = ("segment",)
 
-    def __init__(self, name: str, segment: int) -> None:
+    def __init__(self, name: str, segment: int | tuple[int, int, int]) -> None:
         super().__init__(name)
-        self.segment = segment  # the segment's index in the message
+        self.segment = segment  # the segment's index in the message, or (segment index, field, repetition)
 
     def _key(self) -> tuple[str, ...]:
         return (self.name, str(self.segment))
@@ -138,6 +140,11 @@ class SameRef(Ref):
         inst = ctx.made_from.get((self.name, self.segment))
         url = ctx.full_urls.get(inst) if inst is not None else None
         return [url] if url else []
+
+    def shown(self, ctx: RunContext) -> str | None:
+        """The name of the instance made without an identifier (`unidentified: display`), or None."""
+        inst = ctx.made_from.get((self.name, self.segment))
+        return ctx.displays.get(inst) if inst is not None else None
 
 
 @dataclass(slots=True)
@@ -155,7 +162,8 @@ class RunContext:
     trace_prefix: list[str] = field(default_factory=list)  # --explain: the path of the object being built
     untidy: bool = False  # a placed value may hold an empty element: the resource needs `prune`
     displays: dict[str, str] = field(default_factory=dict)  # instance not written for want of an identifier → its name, for references
-    made_from: dict[tuple[str, int], str] = field(default_factory=dict)  # (resource name, segment index) → the instance made from it (SameRef)
+    made_from: dict[tuple[str, Any], str] = field(default_factory=dict)  # (resource name, segment index or (segment, field, repetition)) → the instance made from it (SameRef)
+    same_at: dict[tuple[str, int], tuple[int, int, int]] = field(default_factory=dict)  # (segment, field) → the repetition an `each:` over it is at (_rules._held_repetitions)
     held_reads: list[tuple[dict[str, Any], set[Any], set[Any]]] = field(default_factory=list)  # (element, its reads, the message's): counted if it is kept (_rules._held_segments)
 
 
@@ -273,6 +281,8 @@ def resolve_refs(ctx: RunContext) -> set[str]:
             container[key] = {"reference": url}
         elif type(ref) is Ref and (shown := ctx.displays.get(ref.name)):
             container[key] = {"display": shown}  # a doctor named without a number: the name, not a record of its own
+        elif type(ref) is SameRef and (shown := ref.shown(ctx)):
+            container[key] = {"display": shown}  # the same, made from this element's own repetition
         else:
             container.pop(key, None)
             if type(ref) is SameRef:
@@ -288,7 +298,7 @@ def resolve_refs(ctx: RunContext) -> set[str]:
     for container, sites in in_lists.values():
         for key, ref, inst in sorted(sites, key=lambda kv: kv[0], reverse=True):  # right to left: indexes stay valid
             urls = ref.urls(ctx)
-            if not urls and type(ref) is Ref and (shown := ctx.displays.get(ref.name)):
+            if not urls and (shown := ctx.displays.get(ref.name) if type(ref) is Ref else ref.shown(ctx) if type(ref) is SameRef else None):
                 container[key : key + 1] = [{"display": shown}]
                 continue
             container[key : key + 1] = [{"reference": u} for u in urls]
