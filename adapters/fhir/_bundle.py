@@ -120,7 +120,10 @@ def _patch_entry(
         raise InvalidContent("PATCH needs an id or a condition", location=_at(index, ".request.url"))
     check_patch(body, resource_type, _at(index, ".resource"))
     skip = False
-    for ext in request.get("extension") or ():
+    extensions = request.get("extension") or []
+    if not isinstance(extensions, list):
+        raise InvalidContent("request.extension must be a list", location=_at(index, ".request.extension"))
+    for ext in extensions:
         if isinstance(ext, dict) and ext.get("url") == PATCH_ABSENT:
             if ext.get("valueCode") != "skip":
                 raise InvalidContent("the patch-absent extension's valueCode must be skip", location=_at(index, ".request.extension"))

@@ -73,7 +73,7 @@ def _operation(param: Any, resource_type: str, where: str) -> tuple[str, str, An
             raise InvalidContent(f"the record supports {kind} of a top-level element only (path: Type.element)", location=f"{where}.part")
     if element in _FIXED:
         raise InvalidContent("a patch may not change a resource's id, identifiers or meta", location=f"{where}.part")
-    if kind != "delete" and "value" not in parts:
+    if kind != "delete" and parts.get("value") is None:
         raise InvalidContent(f"{kind} needs a value", location=f"{where}.part")
     return kind, element, parts.get("value")
 

@@ -294,6 +294,10 @@ def _complete(children: tuple[_Def, ...], segs: list[Segment], i: int) -> bool:
     return True
 
 
+_MAX_REMATCHES = 32
+"""Misplaced segments after which `build` stops matching the rest again (each match reads the whole message)."""
+
+
 def build(message: Hl7Message, structure_name: str) -> Group:
     """Arrange *message*'s segments into the groups of *structure_name*.
 
@@ -314,6 +318,12 @@ def build(message: Hl7Message, structure_name: str) -> Group:
         # before lands as it did). Matching on from the top read an order's NTE as the message's, its OBXs nowhere.
         misplaced.append(known[i])
         del known[i]
+        if len(misplaced) > _MAX_REMATCHES:
+            # Each match is linear in the message: past a few, one message of thousands of stray segments
+            # would hold a worker for minutes. The rest is out of place too, kept where it stands.
+            misplaced += known[i:]
+            del known[i:]
+            break
         root = Group(structure_name, allowed=root.allowed)
         i = _match(defs, known, 0, root)
     root.misplaced = misplaced

@@ -164,9 +164,10 @@ def _override(entries: list[dict[str, Any]], own: dict[str, dict[str, Any]], met
         if changed:
             resource["meta"] = _tagged(resource.get("meta"), ours["resource"].get("meta"))
     if spec.alone in ("drop", "patch"):
-        alone = {url for url, e in own.items() if url not in met and e["resource"].get("resourceType") == spec.type}
+        alone = [url for url, e in own.items() if url not in met and e["resource"].get("resourceType") == spec.type]  # a list: the Bundle's order may not depend on the hash seed
         patches = [_patch(own[url], spec.type, _value_keys(spec.type, spec.elements), skip=True) for url in alone] if spec.alone == "patch" else []
-        entries[:] = [e for e in entries if e.get("fullUrl") not in alone] + [p for p in patches if p is not None]
+        gone = set(alone)
+        entries[:] = [e for e in entries if e.get("fullUrl") not in gone] + [p for p in patches if p is not None]
 
 
 def patch_entries(bundle: dict[str, Any], specs: dict[str, Patch]) -> None:
@@ -211,19 +212,20 @@ def _patch(entry: dict[str, Any], rtype: str, elements: tuple[tuple[str, str], .
     Each element the resource has is deleted, then added with this value: one
     pair that works whether or not the stored resource has it (FHIRPath Patch's
     replace needs it present, add needs it absent). An element the resource
-    lacks is left as stored. The url is the entry's identity condition; there is
+    lacks is deleted: a withdrawal without a reason must not keep an earlier
+    message's reason beside its new status. The url is the entry's identity condition; there is
     no fullUrl, so nothing else in the Bundle can point at a resource that may
     not exist (a List item by ReseptId stays logical).
     """
     resource = entry["resource"]
     ops: list[dict[str, Any]] = []
     for name, key in elements:
+        ops.append(_operation("delete", f"{rtype}.{name}"))
         if name not in resource:
             continue
-        ops.append(_operation("delete", f"{rtype}.{name}"))
         ops.append(_operation("add", rtype, name=name, value=(key, resource[name])))
-    if not ops:
-        return None
+    if not any(op["part"][0]["valueCode"] == "add" for op in ops):
+        return None  # it gives none of the elements: nothing to lay over the stored resource
     request = entry["request"]
     url = request["url"] if "?" in request["url"] else f"{rtype}?{request['ifNoneExist']}"
     patch_request: dict[str, Any] = {"method": "PATCH", "url": url}

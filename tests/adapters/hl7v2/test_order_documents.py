@@ -169,3 +169,26 @@ class TestOutOfPlace:
         assert root.segments("NTE") == []
         [order] = root.find_groups("ORDER")
         assert _names(order) == ["ORDER", "OBR", "ORC", "TXA", "NTE", ["TIMING_QTY", "TQ1"], ["OBXTCDSIDNTE_SUPPGRP", "OBX"]]
+
+    def test_past_the_rematch_limit_the_rest_of_the_message_is_out_of_place(self):
+        """Each misplaced segment costs a match of the whole message: after 32 of them the matcher stops and keeps
+        the rest, misplaced, where it stands (a message of thousands of stray segments held a worker for minutes)."""
+        from adapters.hl7v2.groups import _MAX_REMATCHES
+
+        strays = ["CTD|PAT^Patient"] * (_MAX_REMATCHES + 2)  # one CTD has its place, the rest do not
+        root = build(tokenize(_message("ORU^R01", ORC, OBR, *strays, CHOLESTEROL, version="2.5.1").decode()), "ORU_R01")
+        assert [s.name for s in root.misplaced] == ["CTD"] * (_MAX_REMATCHES + 1) + ["OBX"]
+        assert root.segments("OBX") == [] and not root.find_groups("OBSERVATION")
+
+    def test_below_the_rematch_limit_a_result_after_misplaced_segments_is_its_orders(self, converter):
+        strays = ["CTD|PAT^Patient"] * 5
+        bundle = one_bundle(converter, _message("ORU^R01", ORC, OBR, *strays, CHOLESTEROL, version="2.5.1"))
+        [report] = _resources(bundle, "DiagnosticReport")
+        assert _results(report) == [_url_of(bundle, "2093-3")]
+
+    def test_past_the_rematch_limit_a_result_is_refused_not_lost(self, converter):
+        from adapters.hl7v2.groups import _MAX_REMATCHES
+
+        strays = ["CTD|PAT^Patient"] * (_MAX_REMATCHES + 2)
+        issue = _refusal(converter, _message("ORU^R01", ORC, OBR, *strays, CHOLESTEROL, version="2.5.1"))
+        assert "OBX" in (issue.get("expression") or issue.get("location") or [""])[0], issue
