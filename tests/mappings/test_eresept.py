@@ -317,25 +317,7 @@ class TestOverrideKey:
     def test_errors_point_at_the_line(self, tmp_path, old, new, says, at):
         """A wrong `embedded.override:` (unknown key, a type FHIR lacks, an element the type lacks or its identity, an
         unknown `alone:`, a repeating element to patch) refuses the mappings at load with file:line."""
-        import shutil
-
-        from adapters.kith.paths import path_compiler
-        from router.errors import MappingError
-        from router.mapping import MappingSet
-        from router.mapping.mapping_set import load_namespaces
-
-        root = tmp_path / "kith"
-        shutil.copytree(Path(__file__).resolve().parents[2] / "mappings" / "kith", root, ignore=shutil.ignore_patterns("*.cases"))
-        path = root / "messages" / "ERM96.yaml"
-        text = path.read_text("utf-8")
-        assert old in text, old
-        text = text.replace(old, new, 1)
-        path.write_text(text, "utf-8")
-        line = text[: text.index(at)].count("\n") + 1
-        with pytest.raises(MappingError) as err:
-            MappingSet.load(root, path_compiler(load_namespaces(root / "namespaces.yaml")))
-        assert says in err.value.reason
-        assert err.value.file.endswith("messages/ERM96.yaml") and err.value.line == line
+        _refused_at_load(tmp_path, "ERM96", old, new, at, says)
 
 
 CASES = Path(__file__).resolve().parents[2] / "mappings" / "kith" / "messages"
@@ -483,25 +465,7 @@ class TestPatchKey:
     def test_errors_point_at_the_line(self, tmp_path, old, new, says, at):
         """A wrong `write: patch` (an unknown `absent:`, a repeating element or the identity, `patch:` without it, it
         without `patch:`, an unknown key) refuses the mappings at load with file:line."""
-        import shutil
-
-        from adapters.kith.paths import path_compiler
-        from router.errors import MappingError
-        from router.mapping import MappingSet
-        from router.mapping.mapping_set import load_namespaces
-
-        root = tmp_path / "kith"
-        shutil.copytree(Path(__file__).resolve().parents[2] / "mappings" / "kith", root, ignore=shutil.ignore_patterns("*.cases"))
-        path = root / "messages" / "ERM5.yaml"
-        text = path.read_text("utf-8")
-        assert old in text, old
-        text = text.replace(old, new, 1)
-        path.write_text(text, "utf-8")
-        line = text[: text.index(at)].count("\n") + 1
-        with pytest.raises(MappingError) as err:
-            MappingSet.load(root, path_compiler(load_namespaces(root / "namespaces.yaml")))
-        assert says in err.value.reason
-        assert err.value.file.endswith("messages/ERM5.yaml") and err.value.line == line
+        _refused_at_load(tmp_path, "ERM5", old, new, at, says)
 
     def test_an_hl7v2_mapping_cannot_patch(self, tmp_path, capsys):
         """`write: patch` in an HL7 v2 mapping is a lint error at its entry: only the KITH branch writes the PATCH, and
@@ -518,3 +482,26 @@ class TestPatchKey:
         line = text[: text.index(entry)].count("\n") + 1
         assert main(["mappings", "lint", str(root)]) == 1
         assert f"messages/ADT_A01.yaml:{line}:5: write: patch is for XML mappings (with match:) only, so far" in capsys.readouterr().err
+
+
+def _refused_at_load(tmp_path: Path, message: str, old: str, new: str, at: str, says: str) -> None:
+    """Load the KITH mappings with *old* replaced by *new* in messages/<message>.yaml: refused, naming the line of *at*."""
+    import shutil
+
+    from adapters.kith.paths import path_compiler
+    from router.errors import MappingError
+    from router.mapping import MappingSet
+    from router.mapping.mapping_set import load_namespaces
+
+    root = tmp_path / "kith"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "mappings" / "kith", root, ignore=shutil.ignore_patterns("*.cases"))
+    path = root / "messages" / f"{message}.yaml"
+    text = path.read_text("utf-8")
+    assert old in text, old
+    text = text.replace(old, new, 1)
+    path.write_text(text, "utf-8")
+    line = text[: text.index(at)].count("\n") + 1
+    with pytest.raises(MappingError) as err:
+        MappingSet.load(root, path_compiler(load_namespaces(root / "namespaces.yaml")))
+    assert says in err.value.reason
+    assert err.value.file.endswith(f"messages/{message}.yaml") and err.value.line == line
