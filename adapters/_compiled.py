@@ -36,6 +36,7 @@ HOT_PATH = (
     "adapters/fhir/_sqlite.py",
     "adapters/fhir/_store.py",
     "adapters/fhir/_transaction.py",
+    "adapters/hl7v2/_group_defs.py",
     "adapters/hl7v2/_tokenizer.py",
     "adapters/hl7v2/ack.py",
     "adapters/hl7v2/decode.py",
