@@ -644,9 +644,9 @@ class _Gen:
         read = f"(None if not (_w := (F{seg}[{f}] if {f} < NF{seg} else '')) else {f'(reads.add(({seg}.index, {f})) or {leaf})' if mark else leaf})"
         return f"({var} if {var} is not _U else ({var} := {read}))"
 
-    def _call(self, i: int, fn: Any, args: str, where: str, out: str, arity: int) -> list[str]:
+    def _call(self, i: int, fn: Any, args: str, where: str, out: str, arity: int, *, key: str = "FN") -> list[str]:
         """Lines calling library function *fn* on the list *args* into *out*; on a rejection, again with positions (as call_at)."""
-        name = self.n(f"FN{i}")
+        name = self.n(f"{key}{i}")
         self.names[name] = fn
         a = self.n("_a")
         return [
@@ -765,6 +765,10 @@ class _Gen:
             pname = self.n(f"PATH{i}")
             self.names[pname] = path
             lines: list[str] = []
+            fallback = table.fallback if table is not None else None
+            raw = self.n("_r")
+            if fallback is not None:
+                lines.append(f"{raw} = {var}")  # `unmapped: {fn: …}` gets the value as read: `fn:` and the lookup replace it
             if fn is not None:
                 lines += self._call(i, fn, f"[{var}]", f"(({pname}, {index}),)", var, 1)
             if table is not None:
@@ -778,6 +782,11 @@ class _Gen:
                     f"{ind}except MessageError:",
                     f"{ind}    {var} = {tname}.lookup({var}, location({pname}, {self.scope}, {index}))",
                 ]
+                if fallback is not None:  # only its result needs the fit: the table's own values are checked at load
+                    fitted = self._fit(i, check, var, pname, index, typed=False) if check is not None else []
+                    call = self._call(i, fallback, f"[{raw}]", f"(({pname}, {index}),)", var, 1, key="FB")
+                    lines += [f"{ind}if {var} is None:", *(f"{ind}    {x}" for x in [*call, *fitted])]
+                    check = None
                 if codeable:
                     lines += [f"{ind}if isinstance({var}, dict):", f"{ind}    {var} = {{'coding': [{var}]}}"]
             if check is not None:

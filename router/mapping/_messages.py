@@ -67,6 +67,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     if embedded is not None and embedded.same:
         names.add(embedded.same)  # the embedded messages' resource: this mapping's resources may bind it
     _check_bindings(uses, names, set())
+    _check_same_fields(uses, names)
     _check_identity_order(uses, names, set())
     _unbind_absent(uses, names)
     _remember_refs(uses)
@@ -355,6 +356,39 @@ def _check_bindings(uses: list[ResourceUse], names: set[str], outer: set[str]) -
             if param in use.explicit and bound and bound not in names:
                 raise _err(f"{use.name}: parameter {param!r} is bound to {bound!r}, which this message does not produce", use.pos)
         _check_bindings(use.children, names, outer | {use.name})
+
+
+def _check_same_fields(uses: list[ResourceUse], names: set[str]) -> None:
+    """Refuse a `same: PV1-7` whose resource this message does not make with `each:` over PV1-7's repetitions.
+
+    Why: `same:` finds the instance made from its own repetition (engine._Run.uses records
+    them by segment, field and repetition). A resource made with `from:`, or over another field,
+    records none, and every element that `same:` keeps (a participant) was left out without a word.
+    """
+    from router.mapping.compiler import _err
+
+    made = {u.name: u for u in _walk(uses)}
+    for use in made.values():
+        for param, (segment, field_no), at in use.template.same_fields if use.template is not None else ():
+            bound = use.bindings.get(param, param)
+            if not bound:
+                continue  # `with: {param: null}`: left out on purpose
+            field = f"{segment}-{field_no}"
+            pairs = f"{use.name} ({use.template.name}) pairs with the {bound!r} made from each {field} repetition (same: {field} at {at[0]}:{at[1]})"
+            other = made.get(bound)
+            if other is None:
+                if bound in names:
+                    continue  # the embedded messages' resource (embedded.same): made by their own mapping
+                raise _err(f"{pairs}, but this message makes no {bound!r}: make it with each: {field}[*], or bind {param!r} with with: {{{param}: null}}", use.pos)
+            each = other.each
+            if other.template is not None and getattr(each, "segment", None) == segment and getattr(each, "field_no", None) == field_no and hasattr(each, "keyed"):
+                continue
+            how = f"each: {_text(each)}" if each is not None else f"from: {_text(other.source)}" if other.source is not None else "once, with neither from: nor each:"
+            raise _err(f"{pairs}, but {bound!r} is made {how}; make it with each: {field}[*], one per repetition", other.pos)
+
+
+def _text(path: Any) -> str:
+    return str(getattr(path, "text", path))
 
 
 def _unbind_absent(uses: list[ResourceUse], names: set[str]) -> None:

@@ -89,7 +89,7 @@ def _untidy(c: Compiler, node: YMap, kind: str, put: Put) -> Put:
         return _steps.untidy(put, always=True)
     if table is not None and (has_empty(table.default) or any(has_empty(v) for v in table.entries.values())):
         return _steps.untidy(put, always=True)
-    if "fn" in node:
+    if "fn" in node or (table is not None and table.fallback is not None):
         return _steps.untidy(put, always=False)
     return put
 
@@ -204,6 +204,7 @@ def _same_ref(c: Compiler, node: YMap, name: str) -> Produce:
         if at not in c._iterating:
             around = ", ".join(f"{s}-{f}" for s, f in c._iterating) or "none"
             raise _err(f"same: {text} pairs with the repetition of {text} an enclosing each: iterates, but no enclosing each: iterates {text} (fields iterated here: {around}); put this rule under `each: {text}[*]`", node.pos("same"))
+        c._same_fields.append((name, at, node.pos("same")))  # the message must make *name* with each: over this field
 
         def same_repetition(scope: Any, ctx: RunContext) -> list[Any]:
             key = ctx.same_at.get(at)
@@ -430,6 +431,11 @@ def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: s
                 value = table.lookup(value, None)
             except MessageError:
                 value = table.lookup(value, item.location)
+            if value is None and table.fallback is not None:  # `unmapped: {fn: …}`: of the value as read, before `fn:`
+                try:
+                    value = call(table.fallback, ctx.fn_ctx, [item.raw], [None])
+                except MessageError:
+                    value = call(table.fallback, ctx.fn_ctx, [item.raw], [item.location])
             if isinstance(value, dict) and leaf.type_name == "CodeableConcept":
                 value = {"coding": [value]}
         if check is not None and type(value) is str and not check.fits(value):
@@ -446,9 +452,10 @@ def _code_check(leaf: fhir_model.Element, table: Table | None) -> fhir_model.Val
     """The check a value read from the message gets before it is placed in *leaf* (a `code`), or None.
 
     Only values from the message: a table's own values are constants, checked at load
-    (_checks.check_table), so a table rule is checked only when it keeps the codes it does not list.
+    (_checks.check_table), so a table rule is checked only when it keeps the codes it does not list,
+    or gives them to a function (`unmapped: {fn: …}`: generated code fits only that function's result).
     """
-    if table is not None and (table.unmapped != "keep" or table.codings):
+    if table is not None and (table.unmapped not in ("keep", "fn") or table.codings):
         return None  # a Coding table keeps a code checked by the table itself (Table._kept)
     return fhir_model.value_check(leaf)
 

@@ -254,12 +254,14 @@ def datatype(build: Build, path: Any) -> Convert:
 
 
 def converter(fn: Function | None, table: Table | None, *, codeable: bool, path: Any, check: ValueCheck | None = None) -> Convert | None:
-    """Convert a value with `fn:` then `table:`, then fit it to the target's type (*check*); None when there is nothing to do."""
+    """Convert a value with `fn:` then `table:` (and its `unmapped: {fn: …}` of the value as read), then fit it to the target's type (*check*); None when there is nothing to do."""
     if fn is None and table is None and check is None:
         return None
     at_first = ((path, 0),)
+    fallback = table.fallback if table is not None else None
 
     def convert(scope: Any, ctx: RunContext, value: Any, index: int) -> Any:
+        raw = value
         if fn is not None:
             value = call_at(fn, ctx.fn_ctx, [value], scope, ((path, index),) if index else at_first)
         if table is not None and value is not None:
@@ -267,6 +269,8 @@ def converter(fn: Function | None, table: Table | None, *, codeable: bool, path:
                 value = table.lookup(value, None)
             except MessageError:
                 value = table.lookup(value, location(path, scope, index))  # raises again, now with the position
+            if value is None and fallback is not None:
+                value = call_at(fallback, ctx.fn_ctx, [raw], scope, ((path, index),) if index else at_first)
             if codeable and isinstance(value, dict):
                 value = {"coding": [value]}
         if check is not None and type(value) is str and not check.fits(value):

@@ -175,6 +175,7 @@ class Template:
     unidentified: str | None = None  # "display": without an identifier it is not written, and references to it carry its name
     earlier: tuple[str, ...] = ()  # parameters a `ref:` list or a `ref:` with `rules:` reads when it runs: made before this one
     value_only_refs: bool = False  # reads nothing but its value once those references are given (_messages._remember_refs)
+    same_fields: tuple[tuple[str, tuple[str, int], Pos], ...] = ()  # (parameter, (segment, field), where) of each `same: PV1-7`: checked against the message (_messages._check_same_fields)
     fallback_values: Callable[[Any, RunContext], list[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -263,6 +264,7 @@ class Compiler:
     _params: tuple[str, ...] = ()  # parameters of the template being compiled; refs must name one
     _earlier: set[str] = field(default_factory=set)  # its parameters a rule resolves when it runs (_rules._first_made)
     _iterating: tuple[tuple[str, int], ...] = ()  # (segment, field) whose repetitions the enclosing `each:` rules iterate (`same: PV1-7`)
+    _same_fields: list[tuple[str, tuple[str, int], Pos]] = field(default_factory=list)  # the template's `same: PV1-7` rules (_rules._same_ref)
     check_path: Callable[[Any], str | None] | None = None  # the format's structure check (unknown fields)
     errors: list[MappingError] | None = None  # set to collect every error (lint) instead of stopping
     overlay: Path | None = None  # a sender's folder whose files replace the base files of the same name
@@ -430,9 +432,11 @@ class Compiler:
             else:
                 fallback = tuple(self._part(str(p), items.pos(i)) for i, p in enumerate(items))
         self._earlier = set()
+        self._same_fields = []
         block = self.block(_need(doc, "rules", "a resource template"), fhir_type, doc.pos("rules"))
         tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos(), self._required(fhir_type, block, doc), tiers, unidentified, tuple(sorted(self._earlier)))
         tpl.value_only_refs = bool(self._earlier) and _value_only_but_refs(block)
+        tpl.same_fields = tuple(self._same_fields)
         self.templates[name] = tpl
         return tpl
 

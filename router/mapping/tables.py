@@ -4,10 +4,14 @@
     description: Administrative sex → FHIR AdministrativeGender
     source_system: http://terminology.hl7.org/CodeSystem/v2-0001
     map: {M: male, F: female, O: other, U: unknown, A: other, N: unknown}
-    unmapped: {value: unknown}      # or: keep, omit, error
+    unmapped: {value: unknown}      # or: keep, omit, error, {fn: coding_system}
 
 `keep` returns the code itself (as a Coding with `source_system` when the
-table maps to Codings), so an unmapped code is never lost.
+table maps to Codings), so an unmapped code is never lost. `{fn: name}` gives
+what the library function makes of the value as the rule read it, before the
+rule's own `fn:` (which shapes only the key looked up: `fn: upper`): a
+coding-system name the table does not list becomes coding_system's URI, in the
+same rule that looks it up (the rule applies it: it needs the sender).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from typing import Any, Literal
 from router.errors import InvalidContent, MappingError
 from router.mapping import fhir_model
 from router.mapping._yaml import Pos, YMap
+from router.mapping.library import LIBRARY, Function
 
-Unmapped = Literal["keep", "omit", "error", "value"]
+Unmapped = Literal["keep", "omit", "error", "value", "fn"]
 """What a table does with a code it does not list."""
 
 
@@ -42,9 +47,10 @@ class Table:
     source_system: str | None
     codings: bool  # True when the mapped values are Codings (dicts)
     default_pos: Pos | None = None  # where `unmapped: {value: ...}` is written, for lint's errors about that value
+    fallback: Function | None = None  # `unmapped: {fn: ...}`: the function the rule gives a value the table lacks (lookup returns None)
 
     def lookup(self, code: str, location: str | None) -> Any:
-        """Translate *code*; None means "leave the element out" (`omit`).
+        """Translate *code*; None means "leave the element out" (`omit`), or, with `fallback`, "ask it".
 
         A code padded with spaces (`H `, as HL7 v2 senders pad) is looked up as the code
         it pads: only on a miss, so a listed code costs nothing more.
@@ -95,14 +101,23 @@ def load_table(doc: YMap) -> Table:
         raise MappingError("a table needs map: with code: value pairs", file=p[0], line=p[1], column=p[2])
     raw = doc.get("unmapped", "keep")
     default = None
+    fallback = None
+    p = doc.pos("unmapped")
     if isinstance(raw, dict) and set(raw) == {"value"}:
         mode: Unmapped = "value"
         default = _plain(raw["value"])
+    elif isinstance(raw, dict) and set(raw) == {"fn"}:
+        mode = "fn"
+        fallback = LIBRARY.get(str(raw["fn"]))
+        if fallback is None or fallback.arity != 1:
+            why = "is not one" if fallback is None else "takes any number" if fallback.arity < 0 else f"takes {fallback.arity}"
+            raise MappingError(f"unmapped: {{fn: {raw['fn']}}} needs a library function of one value, and {raw['fn']!r} {why}", file=p[0], line=p[1], column=p[2])
     elif raw in ("keep", "omit", "error"):
         mode = raw
     else:
-        p = doc.pos("unmapped")
-        raise MappingError("unmapped must be keep, omit, error or {value: ...}", file=p[0], line=p[1], column=p[2])
+        raise MappingError("unmapped must be keep, omit, error, {value: ...} or {fn: <function of one value>}", file=p[0], line=p[1], column=p[2])
     entries = {str(k): _plain(v) for k, v in doc["map"].items()}
     codings = any(isinstance(v, dict) for v in entries.values())
-    return Table(str(doc["table"]), entries, mode, default, doc.get("source_system"), codings, doc.pos("unmapped") if mode == "value" else None)
+    if fallback is not None and codings:
+        raise MappingError("unmapped: {fn: ...} gives text: a table of Codings falls back to keep, omit, error or {value: ...}", file=p[0], line=p[1], column=p[2])
+    return Table(str(doc["table"]), entries, mode, default, doc.get("source_system"), codings, doc.pos("unmapped") if mode == "value" else None, fallback)

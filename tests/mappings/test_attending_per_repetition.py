@@ -193,3 +193,68 @@ def test_a_same_naming_a_field_no_each_iterates_is_refused_at_its_line(mapping_c
     assert says in err.value.reason
     assert err.value.file.endswith("PV1.Encounter.yaml")
     assert err.value.line == line
+
+
+class TestSameNeedsEachOverItsField:
+    """Lint refuses a message whose resource a template's `same: PV1-7` names is not made with each: over PV1-7."""
+
+    A01 = ("hl7v2", "messages", "ADT_A01.yaml")
+    EACH = "    use: XCN.Practitioner\n    each: PV1-7[*]\n  - name: admitting\n"
+
+    @staticmethod
+    def _line_of(path: Path, text: str) -> int:
+        return path.read_text()[: path.read_text().index(text)].count("\n") + 1
+
+    @pytest.mark.parametrize(
+        ("new", "says"),
+        [
+            ("    use: XCN.Practitioner\n    from: PV1-7\n  - name: admitting\n", "'attending' is made from: PV1-7"),
+            ("    use: XCN.Practitioner\n    each: PV1-17[*]\n  - name: admitting\n", "'attending' is made each: PV1-17[*]"),
+            ("    use: XCN.Practitioner\n  - name: admitting\n", "'attending' is made once, with neither from: nor each:"),
+        ],
+        ids=["from", "each-over-another-field", "once"],
+    )
+    def test_a_resource_not_made_per_repetition_is_refused_at_its_entry(self, mapping_copy, new, says):
+        """`attending` made with from:, over PV1-17, or once: refused at its entry, naming the same: field, its line and what it is made from."""
+        path = mapping_copy.joinpath(*self.A01)
+        _edit(path, self.EACH, new)
+        with pytest.raises(MappingError) as err:
+            MappingSet.load(mapping_copy / "hl7v2", compile_path)
+        assert says in err.value.reason
+        same_line = self._line_of(mapping_copy / "hl7v2" / "segments" / "PV1.Encounter.yaml", "        same: PV1-7\n")
+        assert "pairs with the 'attending' made from each PV1-7 repetition (same: PV1-7 at " in err.value.reason
+        assert f"hl7v2/segments/PV1.Encounter.yaml:{same_line})" in err.value.reason
+        assert err.value.file.endswith("ADT_A01.yaml")
+        assert err.value.line == self._line_of(path, "  - name: attending\n")
+
+    def test_a_message_without_the_resource_is_refused_at_the_user(self, mapping_copy):
+        """A message that makes no `attending` at all: refused at the encounter that pairs with it."""
+        path = mapping_copy.joinpath(*self.A01)
+        _edit(path, "  - name: attending\n", "  - name: doctors\n")
+        with pytest.raises(MappingError) as err:
+            MappingSet.load(mapping_copy / "hl7v2", compile_path)
+        assert "this message makes no 'attending'" in err.value.reason and "same: PV1-7" in err.value.reason
+        assert err.value.file.endswith("ADT_A01.yaml")
+        assert err.value.line == self._line_of(path, "  - name: encounter\n")
+
+    @pytest.mark.parametrize(
+        ("old", "new"),
+        [
+            ("    each: PV1-7[*]\n  - name: admitting\n", "    each: PV1-7\n  - name: admitting\n"),
+            ("    use: PV1.Encounter\n", "    use: PV1.Encounter\n    with: {attending: null}\n"),
+        ],
+        ids=["each-without-star", "left-unbound"],
+    )
+    def test_each_over_the_field_or_no_binding_loads(self, mapping_copy, old, new):
+        """`each: PV1-7` (every repetition too) loads, and so does a stay whose attending is left out with with: {attending: null}."""
+        _edit(mapping_copy.joinpath(*self.A01), old, new)
+        assert "ADT_A01" in MappingSet.load(mapping_copy / "hl7v2", compile_path).messages
+
+    def test_helsebro_mappings_lint_prints_file_and_line(self, mapping_copy, capsys):
+        """`helsebro mappings lint` on the folder exits 1 and prints ADT_A01.yaml:<line>: with the reason."""
+        path = mapping_copy.joinpath(*self.A01)
+        _edit(path, self.EACH, "    use: XCN.Practitioner\n    from: PV1-7\n  - name: admitting\n")
+        assert main(["mappings", "lint", str(mapping_copy / "hl7v2")]) == 1
+        err = capsys.readouterr().err
+        line = self._line_of(path, "  - name: attending\n")
+        assert any(f"ADT_A01.yaml:{line}:" in e and "'attending' is made from: PV1-7" in e for e in err.splitlines()), err

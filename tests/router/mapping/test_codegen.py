@@ -44,6 +44,9 @@ EDGE_CASES = [
     "OBX|1|NM|C1^X||5|g/L||Z\tZ|||F\r",
     "MSH|^~\\&|LAB|STOLAV|HB|HP|20250115101000||ORU^R01^ORU_R01|E8|P|2.5.1\rPID|1||15866112379^^^NOR^FNR\rOBR|1|O1|L1|B^Blod^L|||20250115080000\r"
     "OBX|1|ED|DOC^Doc||^TEXT^X  Y^Base64^aGVp||||||F\r",
+    # coding-system names the table lists in another case (`sct`), lacks (`WinPath`: coding_system of it as sent), one of blanks
+    "MSH|^~\\&|LAB|STOLAV|HB|HP|20250115101000||ORU^R01^ORU_R01|E9|P|2.5.1\rPID|1||15866112379^^^NOR^FNR\rOBR|1|O1|L1|B^Blod^sct|||20250115080000\r"
+    "OBX|1|NM|C1^X^WinPath^A1^Alt^hl70078||5|g/L|||||F\rOBX|2|NM|C2^Y^ ^A2^Alt^99 lab||5|g/L|||||F\r",
 ]
 
 
