@@ -13,7 +13,8 @@ right after PID, in ORU^R01's and OUL's PATIENT) and v2.8's ORDER_DOCUMENT (an O
 holding a document and its TXA, right after the ORC; without it, an ORC whose OBR
 follows its document was read as an order without an OBR). Only those groups are
 merged, not the later structures whole, so every other group name and every mapping
-stays as it was.
+stays as it was. One requirement senders ignore is dropped (`_OPTIONAL`): the NTE that
+v2.5.1 puts first in RDS's and RAS's ORDER_DETAIL_SUPPLEMENT.
 
 A choice group (hl7apy's name for ORM^O01's `<OBR|RQD|RQ1|RXO|ODS|ODT>`,
 OBRRQDRQ1RXOODSODT_SUPPGRP) is one of its children, not each in turn: read as a
@@ -22,7 +23,7 @@ sequence, only its first child, OBR, could start it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -137,6 +138,33 @@ _ADDED: dict[str, tuple[tuple[tuple[str, ...], str | None, Def], ...]] = {
 """Groups later versions added to structures Helsebro maps, merged into the v2.5.1 definitions."""
 
 
+_OPTIONAL: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
+    # structure: (path of the group, its child made optional)...
+    # v2.5.1 requires an NTE before the RXRs of RDS's and RAS's ORDER_DETAIL_SUPPLEMENT (RDE_O11's
+    # ORDER_DETAIL has the same segments with the NTEs optional). Senders write it as in RDE, with no NTE
+    # (the public corpus' RDS-O13-01/02): read as the standard has it, that RXR fitted only the ORDER's own
+    # RXR after RXD, and the RXE, its TQ1 and the RXD after it had no place, so the order was lost.
+    "RDS_O13": ((("ORDER", "ORDER_DETAIL", "ORDER_DETAIL_SUPPLEMENT"), "NTE"),),
+    "RAS_O17": ((("ORDER", "ORDER_DETAIL", "ORDER_DETAIL_SUPPLEMENT"), "NTE"),),
+}
+"""Children of a v2.5.1 group that senders leave out where the standard requires them, made optional."""
+
+
+def _loosen(defs: tuple[Def, ...], path: tuple[str, ...], child: str) -> tuple[Def, ...]:
+    """Return *defs* with the child *child* of the group at *path* optional (min 0), the groups on the way rebuilt."""
+    out = []
+    for d in defs:
+        if d.is_group and d.name == path[0]:
+            if len(path) > 1:
+                children = _loosen(d.children, path[1:], child)
+            else:
+                children = tuple(replace(c, min=0) if c.name == child else c for c in d.children)
+            also = d.allowed - {c.name for c in children if not c.is_group}
+            d = _group(d.name, d.min, d.max, children, also, after=d.after, whole=d.whole, choice=d.choice)
+        out.append(d)
+    return tuple(out)
+
+
 def _merge(defs: tuple[Def, ...], path: tuple[str, ...], before: str | None, added: Def) -> tuple[Def, ...]:
     """Return *defs* with *added* put into the group at *path*, before its child *before*.
 
@@ -170,13 +198,15 @@ def _all_group_names() -> frozenset[str]:
 
 @lru_cache(maxsize=None)
 def structure(name: str) -> tuple[Def, ...] | None:
-    """Return the v2.5.1 structure *name* (e.g. `ORU_R01`) with its `_ADDED` group, or None if the standard has none."""
+    """Return the v2.5.1 structure *name* (e.g. `ORU_R01`) with its `_ADDED` groups and `_OPTIONAL` children, or None if the standard has none."""
     defn = v2_5_1.MESSAGES.get(name)
     if not defn:
         return None
     defs = _convert(defn, name + "_")
     for added in _ADDED.get(name, ()):
         defs = _merge(defs, *added)
+    for path, child in _OPTIONAL.get(name, ()):
+        defs = _loosen(defs, path, child)
     return defs
 
 

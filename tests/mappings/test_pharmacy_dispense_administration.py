@@ -1,0 +1,200 @@
+"""Pharmacy dispenses (RDS^O13) and administrations (RAS^O17) → MedicationDispense and MedicationAdministration.
+
+Each names the order it fills: the MedicationRequest RDE^O11 makes for the same ORC numbers,
+under the same reference, made from the ENCODING group's RXE only when the record lacks it.
+Messages are converted through the Converter over the project's own mappings (and the public
+RDS samples once through `helsebro convert`); every Bundle is validated with fhir.resources.
+Synthetic Norwegian people only (Tenor-style fødselsnummer).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.medicationadministration import MedicationAdministration
+from fhir.resources.R4B.medicationdispense import MedicationDispense
+
+from router.cli import main
+from router.testing import converted as _convert
+from router.testing import one_bundle as _one
+
+ATC = "urn:oid:2.16.578.1.12.4.1.1.7180"
+HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
+ROUTE = "urn:oid:2.16.578.1.12.4.1.1.7477"  # Volven 7477 Administrasjonsvei
+UCUM = "http://unitsofmeasure.org"
+PATIENT = "15866112379"
+
+MSH = "MSH|^~\\&|{app}|STOLAV^974749025^ENH|DIPS|STOLAV|20250312143000||{type}|{ctrl}|P|2.5.1|||AL|NE|NOR|UNICODE UTF-8"
+PID = f"PID|1||{PATIENT}^^^NOR^FNR||NORDMANN^OLA^K||19610615|M"
+ORDERER = "9144900^LEGE^LISA^^^^^^HPR^^^^HPR"
+PHARMACIST = "9144893^APOTEKER^KARI^^^^^^HPR^^^^HPR"
+NURSE = "6024416^SYKEPLEIER^SIGRID^^^^^^HPR^^^^HPR"
+
+ORC_RDE = f"ORC|NW|LM-5001^DIPS||GRP-12^DIPS|||||20250312081000|||{ORDERER}"
+ORC_RE = f"ORC|RE|LM-5001^DIPS|AP-90001^APOTEK|GRP-12^DIPS|||||20250312081000|||{ORDERER}"
+ENCODED = (
+    "RXE||N02BE01^Paracetamol^ATC|1|2|g^gram^UCUM|53^Tablett^7448|^Ta med et glass vann|||40|tablett|0",
+    "TQ1|1||BID^to ganger daglig^HL70335||||20250312090000|20250319090000|R",
+    "RXR|53^Oral bruk^7477",
+)
+RXD = f"RXD|1|N02BE01^Paracetamol 500 mg tablett^ATC|20250312142500|40|tablett|53^Tablett^7448|RX-778812||Generisk bytte|{PHARMACIST}|G|4^g"
+
+
+def _message(type_: str, *segments: str, app: str = "DIPS", ctrl: str = "CTRL-1") -> bytes:
+    return ("\r".join([MSH.format(app=app, type=type_, ctrl=ctrl), *segments]) + "\r").encode("utf-8")
+
+
+def _rde() -> bytes:
+    return _message("RDE^O11^RDE_O11", PID, ORC_RDE, *ENCODED)
+
+
+def _rds(*order: str) -> bytes:
+    return _message("RDS^O13^RDS_O13", PID, *order, app="APOTEK")
+
+
+def _rxa(rxa20: str = "CP", *, rxa4: str = "", rxa5: str = "N02BE01^Paracetamol 500 mg tablett^ATC", rxa21: str = "A") -> str:
+    fields = ["RXA", "0", "1", "20250312090500", rxa4, rxa5, "1", "g^gram^UCUM", "", "", NURSE] + [""] * 9 + [rxa20, rxa21]
+    return "|".join(fields)
+
+
+def _ras(*administration: str, encoded: bool = True) -> bytes:
+    order = (ORC_RE, *ENCODED) if encoded else (ORC_RE,)
+    return _message("RAS^O17^RAS_O17", PID, *order, *administration, app="METAVISION")
+
+
+def _of(bundle: dict, kind: str) -> list[dict]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
+
+
+def _entry(bundle: dict, kind: str) -> dict:
+    [entry] = [e for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
+    return entry
+
+
+def _refused(converter, data: bytes) -> dict:
+    [doc] = _convert(converter, data)
+    assert doc["resourceType"] == "OperationOutcome", doc
+    return doc["issue"][0]
+
+
+class TestDispense:
+    def test_the_dispense_names_the_order_rde_made(self, converter):
+        """RDS^O13: authorizingPrescription is the very reference RDE^O11 gives the MedicationRequest of the same ORC-2."""
+        order = _entry(_one(converter, _rde()), "MedicationRequest")
+        bundle = _one(converter, _rds(ORC_RE, *ENCODED, RXD, "RXR|53^Oral bruk^7477"))
+        [dispense] = _of(bundle, "MedicationDispense")
+        MedicationDispense.model_validate(dispense)
+        assert dispense["authorizingPrescription"] == [{"reference": order["fullUrl"]}]
+        assert _entry(bundle, "MedicationRequest")["fullUrl"] == order["fullUrl"]
+
+    def test_the_order_is_created_when_missing_and_never_written_over(self, converter):
+        """The dispense's RXE makes the MedicationRequest only if the record has none of its identity (POST ifNoneExist, not PUT)."""
+        request = _entry(_one(converter, _rds(ORC_RE, *ENCODED, RXD)), "MedicationRequest")["request"]
+        assert request == {"method": "POST", "url": "MedicationRequest", "ifNoneExist": "identifier=urn:helsebro:local:DIPS:id|LM-5001"}
+
+    def test_the_dispense_gives_drug_amount_time_pharmacist_and_substitution(self, converter):
+        """RXD-2 the drug, RXD-4/5 the amount, RXD-3 the time (Europe/Oslo), RXD-10 the pharmacist, RXD-11 G a generic swap."""
+        [dispense] = _of(_one(converter, _rds(ORC_RE, *ENCODED, RXD)), "MedicationDispense")
+        assert dispense["status"] == "completed"
+        assert dispense["medicationCodeableConcept"]["coding"] == [{"system": ATC, "code": "N02BE01", "display": "Paracetamol 500 mg tablett"}]
+        assert dispense["quantity"] == {"value": 40, "unit": "tablett"}
+        assert dispense["whenHandedOver"] == "2025-03-12T14:25:00+01:00"
+        assert dispense["performer"] == [{"actor": {"identifier": {"system": HPR, "value": "9144893"}, "display": "KARI APOTEKER"}}]
+        assert dispense["substitution"]["wasSubstituted"] is True
+        assert dispense["substitution"]["type"]["coding"][0]["code"] == "G"
+        assert dispense["dosageInstruction"][0]["maxDosePerPeriod"]["numerator"] == {"system": UCUM, "code": "g", "value": 4, "unit": "g"}
+
+    def test_the_route_is_the_dispenses_own(self, converter):
+        """The RXR after the RXD is the dispense's route, not the ENCODING group's."""
+        encoded = (*ENCODED[:2], "RXR|64^Intravenøs bruk^7477")
+        [dispense] = _of(_one(converter, _rds(ORC_RE, *encoded, RXD, "RXR|53^Oral bruk^7477")), "MedicationDispense")
+        assert dispense["dosageInstruction"][0]["route"]["coding"] == [{"system": ROUTE, "code": "53", "display": "Oral bruk"}]
+
+    def test_without_encoding_the_order_is_named_by_its_placer_number(self, converter):
+        """An RDS with no RXE makes no MedicationRequest; the dispense names it by the placer identifier RDE gives it."""
+        order = _of(_one(converter, _rde()), "MedicationRequest")[0]
+        bundle = _one(converter, _rds(ORC_RE, RXD))
+        assert _of(bundle, "MedicationRequest") == []
+        [dispense] = _of(bundle, "MedicationDispense")
+        [placer] = [i for i in order["identifier"] if i["type"]["coding"][0]["code"] == "PLAC"]
+        assert dispense["authorizingPrescription"] == [{"type": "MedicationRequest", "identifier": {"system": placer["system"], "value": placer["value"]}}]
+
+    def test_an_order_detail_without_its_nte_keeps_the_encoding(self, converter):
+        """An RXR right after the RXO (v2.5.1 wants an NTE first; senders leave it out) still leaves the RXE its ENCODING group."""
+        detail = ("RXO|N02BE01^Paracetamol^ATC|1||g", "RXR|53^Oral bruk^7477")
+        bundle = _one(converter, _rds(ORC_RE, *detail, *ENCODED, RXD))
+        [order] = _of(bundle, "MedicationRequest")
+        assert order["dispenseRequest"]["quantity"] == {"value": 40, "unit": "tablett"}  # RXE-10/11: the encoded order
+        assert _of(bundle, "MedicationDispense")[0]["authorizingPrescription"] == [{"reference": _entry(bundle, "MedicationRequest")["fullUrl"]}]
+
+    def test_a_dispense_without_a_drug_is_refused_at_rxd_2(self, converter):
+        """An RXD with no RXD-2 is refused naming RXD-2: a MedicationDispense needs its medication."""
+        issue = _refused(converter, _rds(ORC_RE, *ENCODED, RXD.replace("|N02BE01^Paracetamol 500 mg tablett^ATC|", "||")))
+        assert issue["location"] == ["RXD-2"]
+        assert "medication" in issue["diagnostics"]
+
+    def test_rds_o13_without_msh_9_3_is_routed(self, converter):
+        """A sender that leaves MSH-9.3 empty reaches RDS_O13 through structures.yaml."""
+        bundle = _one(converter, _message("RDS^O13", PID, ORC_RE, *ENCODED, RXD, app="APOTEK"))
+        assert len(_of(bundle, "MedicationDispense")) == 1
+
+    def test_helsebro_convert_links_the_public_sample_to_its_order(self, shared_dir, capsys):
+        """`helsebro convert` on the public RDS-O13-01 (v2.8, no NTE before its RXR) makes the order and the dispense naming it."""
+        path = shared_dir / "corpus" / "hl7v2" / "microsoft" / "SampleData-Hl7v2" / "RDS-O13-01.hl7"
+        assert main(["convert", str(path)]) == 0
+        [doc] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        Bundle.model_validate(doc)
+        order = _entry(doc, "MedicationRequest")
+        [dispense] = _of(doc, "MedicationDispense")
+        assert dispense["authorizingPrescription"] == [{"reference": order["fullUrl"]}]
+
+
+class TestAdministration:
+    @pytest.mark.parametrize(
+        ("rxa20", "status"),
+        [("CP", "completed"), ("PA", "stopped"), ("RE", "not-done"), ("NA", "not-done"), ("", "completed"), ("XX", "unknown")],
+    )
+    def test_rxa_20_gives_the_status(self, converter, rxa20, status):
+        """RXA-20 (table 0322) gives MedicationAdministration.status; no RXA-20 is a dose given, a code outside 0322 unknown."""
+        [given] = _of(_one(converter, _ras(_rxa(rxa20), "RXR|53^Oral bruk^7477")), "MedicationAdministration")
+        MedicationAdministration.model_validate(given)
+        assert given["status"] == status
+
+    def test_a_deleted_administration_is_entered_in_error(self, converter):
+        """RXA-21 D (delete) makes the administration entered-in-error, whatever RXA-20 says."""
+        [given] = _of(_one(converter, _ras(_rxa("CP", rxa21="D"), "RXR|53^Oral bruk^7477")), "MedicationAdministration")
+        assert given["status"] == "entered-in-error"
+
+    def test_the_administration_names_the_order_rde_made(self, converter):
+        """RAS^O17: request is the reference RDE^O11 gives the MedicationRequest of the same ORC-2."""
+        order = _entry(_one(converter, _rde()), "MedicationRequest")
+        bundle = _one(converter, _ras(_rxa(), "RXR|53^Oral bruk^7477"))
+        [given] = _of(bundle, "MedicationAdministration")
+        assert given["request"] == {"reference": order["fullUrl"]}
+        assert _entry(bundle, "MedicationRequest")["request"]["method"] == "POST"
+
+    def test_without_encoding_the_order_is_named_by_its_placer_number(self, converter):
+        """A RAS with no RXE names the order by its placer identifier and makes no MedicationRequest."""
+        bundle = _one(converter, _ras(_rxa(), "RXR|53^Oral bruk^7477", encoded=False))
+        assert _of(bundle, "MedicationRequest") == []
+        [given] = _of(bundle, "MedicationAdministration")
+        assert given["request"] == {"type": "MedicationRequest", "identifier": {"system": "urn:helsebro:local:DIPS:id", "value": "LM-5001"}}
+
+    def test_every_rxa_is_an_administration_with_dose_time_and_nurse(self, converter):
+        """Each RXA of the order is its own MedicationAdministration: RXA-6/7 the dose, RXA-3/4 the time, RXA-10 who gave it."""
+        infusion = _rxa("CP", rxa4="20250312093500").replace("20250312090500", "20250312090000")
+        bundle = _one(converter, _ras(_rxa(), "RXR|53^Oral bruk^7477", infusion, "RXR|64^Intravenøs bruk^7477"))
+        first, second = _of(bundle, "MedicationAdministration")
+        assert first["effectiveDateTime"] == "2025-03-12T09:05:00+01:00"
+        assert second["effectivePeriod"] == {"start": "2025-03-12T09:00:00+01:00", "end": "2025-03-12T09:35:00+01:00"}
+        assert first["dosage"]["dose"] == {"system": UCUM, "code": "g", "value": 1, "unit": "g"}
+        assert second["dosage"]["route"]["coding"][0]["code"] == "64"
+        assert first["performer"][0]["actor"] == {"identifier": {"system": HPR, "value": "6024416"}, "display": "SIGRID SYKEPLEIER"}
+        assert first["id"] != second["id"]
+
+    def test_an_administration_without_a_drug_is_refused_at_rxa_5(self, converter):
+        """An RXA with no RXA-5 is refused naming RXA-5: a MedicationAdministration needs its medication."""
+        issue = _refused(converter, _ras(_rxa(rxa5=""), "RXR|53^Oral bruk^7477"))
+        assert issue["location"] == ["RXA-5"]
