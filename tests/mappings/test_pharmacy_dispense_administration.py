@@ -198,3 +198,43 @@ class TestAdministration:
         """An RXA with no RXA-5 is refused naming RXA-5: a MedicationAdministration needs its medication."""
         issue = _refused(converter, _ras(_rxa(rxa5=""), "RXR|53^Oral bruk^7477"))
         assert issue["location"] == ["RXA-5"]
+
+
+class TestDispenseInTheRecord:
+    """The create-only order, applied: what the record holds after RDE^O11 and then RDS^O13 (SQLite)."""
+
+    def _record(self, tmp_path):
+        from adapters.fhir.record import open_record
+        from router.settings import Settings
+
+        return open_record(Settings(record_url=f"sqlite:///{tmp_path}/record.sqlite3", data_dir=tmp_path / "data"))
+
+    def test_a_dispense_never_writes_over_the_prescribers_order(self, converter, tmp_path):
+        """The pharmacy's RXE (a generic swap: another drug, another dose) leaves the stored order as RDE^O11 wrote it,
+        and the dispense's authorizingPrescription resolves to that stored order."""
+        swapped = (ENCODED[0].replace("N02BE01^Paracetamol", "N02BE51^Paracetamol kombinasjoner").replace("|1|2|g", "|2|2|g"), *ENCODED[1:])
+        record = self._record(tmp_path)
+        try:
+            record.apply(_one(converter, _rde()))
+            [before] = record.search("MedicationRequest", {})
+            record.apply(_one(converter, _rds(ORC_RE, *swapped, RXD)))
+            [after] = record.search("MedicationRequest", {})
+            [dispense] = record.search("MedicationDispense", {})
+        finally:
+            record.close()
+        assert after == before  # same content, same version: the POST ifNoneExist found it and wrote nothing
+        assert after["medicationCodeableConcept"]["coding"][0]["code"] == "N02BE01"
+        assert dispense["authorizingPrescription"] == [{"reference": f"MedicationRequest/{after['id']}"}]
+
+    def test_a_dispense_before_its_order_creates_the_order_once(self, converter, tmp_path):
+        """RDS first: its RXE makes the order, so the dispense points at something; the RDE after it updates that one order."""
+        record = self._record(tmp_path)
+        try:
+            record.apply(_one(converter, _rds(ORC_RE, *ENCODED, RXD)))
+            record.apply(_one(converter, _rde()))
+            orders = record.search("MedicationRequest", {})
+            [dispense] = record.search("MedicationDispense", {})
+        finally:
+            record.close()
+        assert len(orders) == 1
+        assert dispense["authorizingPrescription"] == [{"reference": f"MedicationRequest/{orders[0]['id']}"}]
