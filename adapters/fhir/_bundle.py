@@ -34,7 +34,7 @@ _METHODS = frozenset({"PUT", "POST", "DELETE", "PATCH"})
 
 PATCH_ABSENT = "urn:helsebro:patch-absent"
 """The request extension (valueCode `skip`) that makes a PATCH of a resource the record lacks do nothing, not refuse the
-transaction (router/mapping/_join.py writes it: an M9.6 list names prescriptions the record may never have seen)."""
+transaction (router/mapping/_patch.py writes it: an M9.6 list names prescriptions the record may never have seen)."""
 
 
 # Not frozen, as an exception to STYLE §7: one is made per Bundle entry, and a frozen
@@ -52,6 +52,7 @@ class Entry:
     resource: FhirJson | None  # for a PATCH, the Parameters that say what changes
     full_url: str | None
     skip_absent: bool = False  # a PATCH whose resource is not in the record does nothing (PATCH_ABSENT)
+    owner: Criteria = ()  # a PATCH's `subject=`/`patient=` conditions: checked on the resource its identity finds (split_owner)
 
     @property
     def location(self) -> str:
@@ -128,7 +129,30 @@ def _patch_entry(
             if ext.get("valueCode") != "skip":
                 raise InvalidContent("the patch-absent extension's valueCode must be skip", location=_at(index, ".request.extension"))
             skip = True
-    return Entry(index, "PATCH", resource_type, id_, criteria, body, full_url, skip)
+    criteria, owner = split_owner(criteria)
+    return Entry(index, "PATCH", resource_type, id_, criteria, body, full_url, skip, owner)
+
+
+OWNER_PARAMS = ("subject", "patient")
+"""The search parameters of a PATCH's condition that say whose the resource must be, not which it is."""
+
+
+def split_owner(criteria: Criteria | None) -> tuple[Criteria | None, Criteria]:
+    """Split a PATCH's condition into what finds the resource (its identifier) and whose it must be (`subject=`, `patient=`).
+
+    Why (patient safety): an M5 names a patient and the ReseptId of the
+    prescription it withdraws. Searched with both, another patient's
+    prescription under that ReseptId would look absent, and an M9.6 skips an
+    absent one; found by the identifier and then checked, it refuses the
+    transaction, saying which of the two is wrong (_transaction.py). A
+    condition of owner parameters only is left whole: they are then what finds it.
+    """
+    if criteria is None or not any(name in OWNER_PARAMS for name, _ in criteria):
+        return criteria, ()
+    finds = tuple(p for p in criteria if p[0] not in OWNER_PARAMS)
+    if not finds:
+        return criteria, ()
+    return finds, tuple(p for p in criteria if p[0] in OWNER_PARAMS)
 
 
 def _parse_url(url: str, index: int) -> tuple[str, str | None, Criteria | None]:

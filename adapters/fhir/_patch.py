@@ -9,7 +9,9 @@ Bundle is read, before the database is touched. The record knows no FHIR
 definitions, so it cannot tell a repeating element from one that does not:
 `add` sets the value as given, and the producer must not add a repeating one.
 The Parameters' own meta.tag (its mapping, for provenance) is added to the
-patched resource's tags.
+patched resource's tags. A conditional PATCH that also names a `subject=` or
+`patient=` changes the resource its identifier finds only when that resource
+is the named patient's (check_owner).
 Error reasons never quote a value: they may be patient data.
 """
 
@@ -18,6 +20,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from adapters.fhir._bundle import Criteria
+from adapters.fhir._search import references
 from router.contracts import FhirJson
 from router.errors import InvalidContent
 
@@ -101,6 +105,32 @@ def apply_patch(stored: FhirJson, patch: FhirJson, resource_type: str, where: st
         else:
             out[element] = value
     return _tagged(out, patch.get("meta"))
+
+
+def check_owner(stored: FhirJson, owner: Criteria, targets: dict[str, str], resource_type: str, where: str) -> None:
+    """Refuse unless *stored* is the resource of whom each of *owner* (a PATCH's `subject=`, `patient=`) names.
+
+    A value that is a `urn:uuid:` is the fullUrl of an entry of the Bundle (the
+    message's own Patient) and stands for the id *targets* gives it, as a
+    reference in a resource does; a bare id is a Patient's, as in a search.
+
+    Why (patient safety): an M5 that names one patient with the ReseptId of
+    another's prescription must not stop that prescription. Refused, not
+    skipped, even with PATCH_ABSENT: the resource is there, and the message is
+    wrong about whose it is.
+
+    Raises:
+        InvalidContent: *stored* belongs to another patient, or a `urn:uuid:` names no entry of the Bundle.
+    """
+    refs = references(stored)
+    for name, value in owner:
+        target = targets.get(value) if value.startswith("urn:") else (value if "/" in value else f"Patient/{value}")
+        if not target:
+            raise InvalidContent(f"the {name} condition of a PATCH names no entry of the Bundle", location=f"{where}.request.url")
+        elements = ("subject",) if name == "subject" else ("subject", "patient")
+        if not any(element in elements and ref == target for element, ref in refs):
+            whose = "another patient" if target.startswith("Patient/") else f"another {name}"
+            raise InvalidContent(f"the {resource_type} this message changes belongs to {whose}", location=where)
 
 
 def _tagged(resource: FhirJson, meta: Any) -> FhirJson:

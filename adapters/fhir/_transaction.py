@@ -15,7 +15,7 @@ import orjson
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers, rewrite
 from adapters.fhir._lookups import CURRENT_COLUMNS, Current, Lookups, is_identifier_token
-from adapters.fhir._patch import apply_patch
+from adapters.fhir._patch import apply_patch, check_owner
 from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
 from router.errors import InvalidContent
@@ -98,7 +98,7 @@ def apply_entries(db: Db, entries: list[Entry], now: str, lookups: Lookups | Non
             ids = [i for i in id_.split(",") if i and (e.resource_type, i) not in written]
             out.append(writer.delete_all(e, ids, retire=action == "retire-all"))
         else:
-            out.append(writer.perform(e, action, id_, res))
+            out.append(writer.perform(e, action, id_, res, targets=targets))
     if own:
         writer.flush()
     return tuple(out)
@@ -150,6 +150,7 @@ class _Writer:
         None found: as FHIR's 404 for a patch of no resource, the transaction is
         refused (an M5 withdrawing a prescription the record never had), unless the
         entry says to skip it (PATCH_ABSENT: an M9.6 lists prescriptions of others).
+        Found, it is checked in perform to be the patient's the entry names (Entry.owner).
         """
         if entry.criteria is not None:
             matches = self._find(entry.resource_type, entry.criteria)
@@ -165,12 +166,14 @@ class _Writer:
         self._claimed.add((entry.resource_type, matches[0]))
         return "patch", matches[0]
 
-    def perform(self, entry: Entry, action: Action, id_: str, resource: FhirJson | None) -> AppliedEntry:
-        """Carry out one resolved entry."""
+    def perform(self, entry: Entry, action: Action, id_: str, resource: FhirJson | None, *, targets: dict[str, str] | None = None) -> AppliedEntry:
+        """Carry out one resolved entry; *targets* (fullUrl → Type/id) resolves a PATCH's owner condition."""
         if action == "patch" and resource is not None:
             stored = self._body(entry.resource_type, id_)
             if stored is None:  # deleted by an earlier entry of this Bundle
                 raise InvalidContent(f"the {entry.resource_type} this message changes is not in the record", location=entry.location)
+            if entry.owner:  # checked on the stored resource, so also on one an earlier entry of this Bundle wrote
+                check_owner(stored, entry.owner, targets or {}, entry.resource_type, entry.location)
             return self._put(entry.resource_type, id_, apply_patch(stored, resource, entry.resource_type, f"{entry.location}.resource"))
         if action == "write" and resource is not None:
             return self._put(entry.resource_type, id_, resource)

@@ -1,11 +1,11 @@
 """Join the Bundles of messages carried inside a message into that message's Bundle.
 
-Owns what one transaction does with an identity it meets twice, the link
+Owns what one transaction does with an identity it meets twice, and the link
 from the carrying message's logical references to the resources the carried
-messages wrote, and the PATCH entries that change some elements of a stored
-resource without restating it (`write: patch`, an M5 Tilbakekalling). Decoding and converting the carried messages is the pipeline's
+messages wrote. Decoding and converting the carried messages is the pipeline's
 (router/pipeline/_kith.py); which messages are carried is the mapping's
-(`embedded:`, _messages.py).
+(`embedded:`, _messages.py); the PATCH entries of `alone: patch` are built as
+`write: patch` builds them (_patch.py).
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from router.errors import InvalidContent
+from router.mapping._patch import Patch, patch_entry, patch_value_key
 from router.mapping.runtime import resource_id
 
-__all__ = ["PATCH_ABSENT", "Override", "Patch", "PatchWrite", "join_bundles", "patch_entries"]
+__all__ = ["Override", "join_bundles"]
 
 _REFERENCE_KEYS = frozenset({"reference", "type", "identifier", "display", "id", "extension"})
 """The elements of a FHIR Reference: a dict with other keys is not one."""
@@ -33,44 +34,6 @@ class Override:
     alone: Literal["keep", "drop", "patch"]
     """What becomes of the carrying message's resource of *type* that no carried message writes: written as it is, not at
     all, or as a PATCH of *elements* onto the stored resource of its identity, skipped when the record has none."""
-
-
-PATCH_ABSENT = "urn:helsebro:patch-absent"
-"""URL of the extension on a PATCH entry's request whose valueCode `skip` says: no such resource in the record, nothing to do.
-
-Without it a conditional PATCH that matches nothing refuses the transaction, as
-FHIR's 404 for a conditional patch with no match does (adapters/fhir/_transaction.py).
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Patch:
-    """`write: patch` with its `patch:` block (compiled in _messages.py): which elements reach the stored resource."""
-
-    type: str
-    """The FHIR resource type (MedicationRequest)."""
-    elements: tuple[tuple[str, str], ...]
-    """(top-level element, its FHIRPath Patch value key): ("status", "valueCode"), ("statusReason", "valueCodeableConcept")."""
-    absent: Literal["refuse", "skip"]
-    """What the record does when no resource has the identity: refuse the message, or leave it (nothing to change)."""
-
-
-class PatchWrite(str):
-    """The write mode `patch`, carrying its Patch.
-
-    A str, so the mapping engine, which writes every mode other than create and
-    by-id as a conditional PUT, builds the entry as usual; the KITH branch then
-    turns it into a PATCH (patch_entries). Why a str subclass: ResourceUse has no
-    field for the Patch (router/mapping/compiler.py), and its `write` is the one
-    place a resource entry's write mode travels to the pipeline.
-    """
-
-    patch: Patch
-
-    def __new__(cls, patch: Patch) -> PatchWrite:
-        out = super().__new__(cls, "patch")
-        out.patch = patch
-        return out
 
 
 def join_bundles(bundle: dict[str, Any], parts: list[tuple[str, dict[str, Any]]], *, override: Override | None = None) -> None:
@@ -165,31 +128,10 @@ def _override(entries: list[dict[str, Any]], own: dict[str, dict[str, Any]], met
             resource["meta"] = _tagged(resource.get("meta"), ours["resource"].get("meta"))
     if spec.alone in ("drop", "patch"):
         alone = [url for url, e in own.items() if url not in met and e["resource"].get("resourceType") == spec.type]  # a list: the Bundle's order may not depend on the hash seed
-        patches = [_patch(own[url], spec.type, _value_keys(spec.type, spec.elements), skip=True) for url in alone] if spec.alone == "patch" else []
+        patch = Patch(spec.type, _value_keys(spec.type, spec.elements), "skip") if spec.alone == "patch" else None
+        patches = [patch_entry(own[url], patch) for url in alone] if patch is not None else []
         gone = set(alone)
         entries[:] = [e for e in entries if e.get("fullUrl") not in gone] + [p for p in patches if p is not None]
-
-
-def patch_entries(bundle: dict[str, Any], specs: dict[str, Patch]) -> None:
-    """Turn the entries whose fullUrl *specs* names into PATCH entries of their Patch's elements.
-
-    Why: an M5 Tilbakekalling carries only the ReseptId and why it was withdrawn;
-    written whole (PUT), its MedicationRequest would erase the medication, dosage
-    and prescriber the M1 stored. As a PATCH it changes status and statusReason
-    alone. An entry that patches nothing (the message gave none of the elements)
-    is left out.
-    """
-    entries: list[dict[str, Any]] = bundle["entry"]
-    out = []
-    for entry in entries:
-        spec = specs.get(entry.get("fullUrl", ""))
-        if spec is None:
-            out.append(entry)
-            continue
-        patched = _patch(entry, spec.type, spec.elements, skip=spec.absent == "skip")
-        if patched is not None:
-            out.append(patched)
-    entries[:] = out
 
 
 def _value_keys(rtype: str, names: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -198,52 +140,6 @@ def _value_keys(rtype: str, names: tuple[str, ...]) -> tuple[tuple[str, str], ..
 
     known = fhir_model.elements(rtype)
     return tuple((n, patch_value_key(known[n])) for n in names)
-
-
-def patch_value_key(element: Any) -> str:
-    """The `value[x]` name of a FHIRPath Patch operation's value for *element* (a fhir_model.Element)."""
-    kind = element.primitive or element.type_name or "String"
-    return "value" + kind[0].upper() + kind[1:]
-
-
-def _patch(entry: dict[str, Any], rtype: str, elements: tuple[tuple[str, str], ...], *, skip: bool) -> dict[str, Any] | None:
-    """A FHIR PATCH entry (FHIRPath Patch, a Parameters resource) that sets *elements* of the stored resource of *entry*'s identity.
-
-    Each element the resource has is deleted, then added with this value: one
-    pair that works whether or not the stored resource has it (FHIRPath Patch's
-    replace needs it present, add needs it absent). An element the resource
-    lacks is deleted: a withdrawal without a reason must not keep an earlier
-    message's reason beside its new status. The url is the entry's identity condition; there is
-    no fullUrl, so nothing else in the Bundle can point at a resource that may
-    not exist (a List item by ReseptId stays logical).
-    """
-    resource = entry["resource"]
-    ops: list[dict[str, Any]] = []
-    for name, key in elements:
-        ops.append(_operation("delete", f"{rtype}.{name}"))
-        if name not in resource:
-            continue
-        ops.append(_operation("add", rtype, name=name, value=(key, resource[name])))
-    if not any(op["part"][0]["valueCode"] == "add" for op in ops):
-        return None  # it gives none of the elements: nothing to lay over the stored resource
-    request = entry["request"]
-    url = request["url"] if "?" in request["url"] else f"{rtype}?{request['ifNoneExist']}"
-    patch_request: dict[str, Any] = {"method": "PATCH", "url": url}
-    if skip:
-        patch_request["extension"] = [{"url": PATCH_ABSENT, "valueCode": "skip"}]
-    body: dict[str, Any] = {"resourceType": "Parameters", "parameter": ops}
-    if "meta" in resource:
-        body["meta"] = resource["meta"]  # provenance: the mapping that asked for the change
-    return {"resource": body, "request": patch_request}
-
-
-def _operation(kind: str, path: str, *, name: str | None = None, value: tuple[str, Any] | None = None) -> dict[str, Any]:
-    parts: list[dict[str, Any]] = [{"name": "type", "valueCode": kind}, {"name": "path", "valueString": path}]
-    if name is not None:
-        parts.append({"name": "name", "valueString": name})
-    if value is not None:
-        parts.append({"name": "value", value[0]: value[1]})
-    return {"name": "operation", "part": parts}
 
 
 def _tagged(meta: dict[str, Any] | None, other: dict[str, Any] | None) -> dict[str, Any]:

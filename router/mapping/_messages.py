@@ -17,7 +17,7 @@ result must not overwrite the demographics an ADT feed keeps current.
 that retires the old Patient after moving its identifiers to the survivor.
 `write: patch` with `patch: {elements, absent: refuse|skip}` changes only those
 elements of the resource the record holds under its identity (a FHIR PATCH: an
-M5 withdraws what an M1 stored; router/mapping/_join.py).
+M5 withdraws what an M1 stored; the engine builds it, router/mapping/_patch.py).
 
 `embedded: {from: path, message: ERM1, same: patient}` says that the elements
 *from* names each carry a whole message, base64-encoded, that its own mapping
@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from router.mapping._join import Override, Patch, PatchWrite, patch_value_key
+from router.mapping._join import Override
+from router.mapping._patch import Patch, patch_value_key
 from router.mapping._yaml import Pos, YList, YMap
 
 if TYPE_CHECKING:
@@ -75,9 +76,6 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     match = doc.get("match") or []
     if not isinstance(match, list):
         raise _err("match must be a list of payload namespaces (or root element names)", doc.pos("match"))
-    for use in uses:  # only the KITH branch turns it into a PATCH (router/pipeline/_kith.py): elsewhere it would PUT the whole
-        if isinstance(use.write, PatchWrite) and not match:
-            raise _err("write: patch is for XML mappings (with match:) only, so far", use.pos)
     mm = MessageMapping(structure, tuple(str(e) for e in raw_events), uses, c._show(path), "", tuple(str(m) for m in match))
     mm.embedded = embedded
     if "out_of_place" in doc:
@@ -280,7 +278,7 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str], *, top: bool = F
                 raise _err("write must be update (replace the resource with this message's view), create (only when it does not exist yet), by-id (write at the id its identity gives, e.g. to retire a merged record) or patch (change only the elements patch: names)", item.pos("write"))
             use.write = str(item["write"])
         if use.write == "patch" or "patch" in item:
-            use.write = PatchWrite(_patch(item, tpl.fhir_type, top=top))
+            use.patch = _patch(item, tpl.fhir_type, top=top)
         out.append(use)
     return out
 

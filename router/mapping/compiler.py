@@ -19,6 +19,7 @@ from typing import Any, Callable
 from router.errors import MappingError
 from router.mapping import fhir_model
 from router.mapping._codegen import generate, generate_condition, generate_values
+from router.mapping._patch import Patch
 from router.mapping._steps import finish, reader
 from router.mapping._yaml import Pos, YList, YMap, load_yaml
 from router.mapping.conditions import ConditionSyntaxError, Predicate, compile_condition
@@ -218,7 +219,8 @@ class ResourceUse:
     pos: Pos
     each: Any | None = None  # a path of groups, segments or values: one resource per item
     children: list[ResourceUse] = field(default_factory=list)  # produced inside each instance
-    write: str = "update"  # "update": PUT on identity (the message is the truth); "create": only if absent
+    write: str = "update"  # "update": PUT on identity (the message is the truth); "create": only if absent; "by-id"; "patch"
+    patch: Patch | None = None  # with write "patch": the elements the engine's PATCH entry changes (_patch.py)
     explicit: frozenset[str] = frozenset()  # parameters bound with `with:` (must name produced resources)
     read_source: Callable[[Any], Any] | None = field(default=None, init=False, repr=False)  # reads `source`'s first value
     memo: int | None = field(default=None, init=False, repr=False)  # set: the engine builds it once per value (engine._one)

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import orjson
 
 from router.errors import InvalidContent
+from router.mapping._patch import patch_entry
 from router.mapping.compiler import MessageMapping, ResourceUse
 from router.mapping.runtime import MissingIdentity, RunContext, conditional_entry, prune, resolve_refs, resource_id
 
@@ -340,5 +341,26 @@ def run_mapping(
         "resourceType": "Bundle",
         "type": "transaction",
         "meta": {"tag": [{"system": PROVENANCE_SYSTEM, "code": code, "display": mm.file}]},
-        "entry": run.entries,
+        "entry": _patched(mm, run),
     }
+
+
+def _patched(mm: MessageMapping, run: _Run) -> list[dict[str, Any]]:
+    """The run's entries, each `write: patch` resource's turned into its PATCH entry (or left out when it changes nothing).
+
+    Why at the end: the PATCH carries the resource as finished, with its
+    references resolved to the Bundle's fullUrls (the subject its condition
+    names), its provenance tag and its empty elements pruned. `write: patch` is
+    for top-level entries only (_messages.py), so each is one instance, named as its use.
+    """
+    specs = {run.ctx.full_urls[u.name]: u.patch for u in mm.resources if u.patch is not None and u.name in run.ctx.full_urls}
+    if not specs:
+        return run.entries
+    out = []
+    for entry in run.entries:
+        spec = specs.get(entry.get("fullUrl", ""))
+        if spec is None:
+            out.append(entry)
+        elif (patched := patch_entry(entry, spec)) is not None:
+            out.append(patched)
+    return out

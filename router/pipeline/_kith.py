@@ -3,8 +3,7 @@
 Kept beside convert.py, which hands it any delivery that starts with `<`. A
 message whose mapping declares `embedded:` (an M9.6 carrying its M1s) has each
 carried message decoded and converted here by this same path, then joined into
-its Bundle. A resource written with `write: patch` (an M5's withdrawal) becomes
-a PATCH entry here, once the mapping has run.
+its Bundle.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from adapters.kith.paths import message_scope, path_compiler, unmapped
 from router.contracts import Converted, MessageHeader
 from router.errors import InvalidContent, MessageError, UnknownMessage
 from router.mapping import MappingSet, join_bundles, run_mapping
-from router.mapping._join import Override, Patch, PatchWrite, patch_entries
+from router.mapping._join import Override
 from router.mapping.mapping_set import load_namespaces
 from router.settings import Settings
 
@@ -71,9 +70,6 @@ class KithConverter:
         item.unmapped = unmapped(root, scope.reads, scope.results)
         if carried is not None:
             carried.join_into(bundle, item, mm.embedded.same, own, explain, override=mm.embedded.override)
-        patches = _patches(mm, own)
-        if patches:
-            patch_entries(bundle, patches)
         if explain is not None:
             bundle["_explain"] = explain
         return scope
@@ -138,20 +134,6 @@ class _Carried:
         item.unmapped += self.unmapped
         if explain is not None:
             explain += self.explain
-
-
-def _patches(mm: Any, made: dict[str, str]) -> dict[str, Patch]:
-    """The fullUrl of each top-level resource the mapping writes with `write: patch`, with its Patch.
-
-    Here rather than in the mapping engine, which builds every entry as a PUT or
-    POST: a PATCH carries a Parameters resource, not the resource itself, and
-    only XML mappings use it so far (router/mapping/_join.py, PatchWrite).
-    """
-    out: dict[str, Patch] = {}
-    for use in mm.resources:
-        if isinstance(use.write, PatchWrite) and use.name in made:
-            out[made[use.name]] = use.write.patch
-    return out
 
 
 def _place(exc: MessageError, where: str) -> None:

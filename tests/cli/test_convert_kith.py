@@ -560,7 +560,9 @@ class TestWithdrawal:
         Bundle.model_validate(doc)
         assert _of(doc, "MedicationRequest") == []
         [entry] = _patches(doc)
-        assert entry["request"] == {"method": "PATCH", "url": "MedicationRequest?identifier=urn:ietf:rfc:3986|urn%3Auuid%3Af63b9535-5160-4972-b923-168114660619"}
+        [patient] = [e["fullUrl"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"]
+        condition = f"identifier=urn:ietf:rfc:3986|urn%3Auuid%3Af63b9535-5160-4972-b923-168114660619&subject={patient}"
+        assert entry["request"] == {"method": "PATCH", "url": f"MedicationRequest?{condition}"}  # only the M5's patient's prescription
         assert "fullUrl" not in entry
         reason = {"coding": [{"system": "urn:oid:2.16.578.1.12.4.1.1.7500", "code": "2", "display": "Seponering"}], "text": "Ikke oppgitt"}
         assert _operations(entry) == [

@@ -329,6 +329,10 @@ M96 = CASES / "ERM96.cases" / "reseptliste.xml"
 """Our M9.6: carries that M1 (listed U) and lists 8e4c3f41-…-3d4e5f6a7b04 as T tilbakekalt without carrying it."""
 RESEPT_ID = "5b1f0c1e-2d3a-4c4b-9e5f-0a1b2c3d4e01"
 LISTED_ONLY = "8e4c3f41-5a6d-4f7e-a182-3d4e5f6a7b04"
+FNR_A = "15866112379"
+"""The patient of our M1, M5 and M9.6 (synthetic)."""
+FNR_B = "01015000232"
+"""Another patient: the test number of HIS 1001 §4.1 (FACTS §6.3)."""
 
 
 def _apprec(body: bytes) -> tuple[str | None, str | None]:
@@ -414,6 +418,54 @@ class TestWithdrawalsReachTheRecord:
         finally:
             record.close()
 
+    def test_an_m5_naming_another_patient_is_refused(self, engine):
+        """M1 for patient A, then an M5 naming patient B with A's ReseptId: A's prescription stays active, nothing of the
+        M5 is written (not even B), it is dead-lettered at apply saying whose the prescription is, and its sender gets a
+        negative AppRec (X99) (patient safety: a ReseptId must not stop another patient's prescription)."""
+        from adapters.fhir.record import open_record
+        from router.testing import drain_queue
+
+        settings, handle = engine
+        other = M5.read_bytes().replace(f"<Id>{FNR_A}</Id>".encode(), f"<Id>{FNR_B}</Id>".encode())
+        assert other != M5.read_bytes()
+        _published(settings, handle, M1.read_bytes(), applied=1)
+        drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.112233")
+        _published(settings, handle, other, applied=1, dead=1)
+        [(headers, _)] = drain_queue(settings, settings.engine.broker.names.dead_letter)
+        assert headers["x-helsebro-stage"] == "apply"
+        assert headers["x-helsebro-reason"] == "the MedicationRequest this message changes belongs to another patient"
+        [(_, body)] = drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.112233")
+        assert _apprec(body) == ("2", "X99")
+        record = open_record(settings)
+        try:
+            kept = _prescription(record, RESEPT_ID)
+            patients = record.search("Patient", {})
+        finally:
+            record.close()
+        assert kept["status"] == "active" and "statusReason" not in kept and kept["meta"]["versionId"] == "1"
+        assert [p["identifier"][0]["value"] for p in patients] == [FNR_A]
+
+    def test_an_m96_listing_another_patients_prescription_is_refused(self, engine):
+        """An M1 for 8e4c3f41 of patient B is stored; an M9.6 of patient A lists it as T tilbakekalt without carrying it:
+        not skipped as absent, the M9.6 is refused and B's prescription stays active."""
+        from adapters.fhir.record import open_record
+        from router.testing import drain_queue
+
+        settings, handle = engine
+        other = M1.read_bytes().replace(f"<MsgId>{RESEPT_ID}</MsgId>".encode(), f"<MsgId>{LISTED_ONLY}</MsgId>".encode())
+        other = other.replace(f"<Id>{FNR_A}</Id>".encode(), f"<Id>{FNR_B}</Id>".encode())
+        _published(settings, handle, other, applied=1)
+        _published(settings, handle, M96.read_bytes(), applied=1, dead=1)
+        [(headers, _)] = drain_queue(settings, settings.engine.broker.names.dead_letter)
+        assert headers["x-helsebro-reason"] == "the MedicationRequest this message changes belongs to another patient"
+        record = open_record(settings)
+        try:
+            kept, carried = _prescription(record, LISTED_ONLY), _prescription(record, RESEPT_ID)
+        finally:
+            record.close()
+        assert kept["status"] == "active" and kept["meta"]["versionId"] == "1"
+        assert carried is None
+
     def test_an_m96_entry_withdrawn_without_its_m1_stops_the_stored_prescription(self, engine):
         """An M1 for 8e4c3f41 is stored; the M9.6 lists it as T tilbakekalt without carrying it: the stored prescription
         becomes stopped, its medication kept, while the M1 the list carries (U) is written active."""
@@ -467,21 +519,28 @@ class TestPatchKey:
         without `patch:`, an unknown key) refuses the mappings at load with file:line."""
         _refused_at_load(tmp_path, "ERM5", old, new, at, says)
 
-    def test_an_hl7v2_mapping_cannot_patch(self, tmp_path, capsys):
-        """`write: patch` in an HL7 v2 mapping is a lint error at its entry: only the KITH branch writes the PATCH, and
-        elsewhere the resource would be written whole."""
+    def test_an_hl7v2_mapping_can_patch(self, tmp_path, monkeypatch, capsys):
+        """`write: patch` in an HL7 v2 mapping makes the same PATCH entry as in an XML one: the engine builds it, its
+        condition naming the resource's identity and its subject (the Bundle's Patient), and no whole resource is written."""
         import shutil
 
-        root = tmp_path / "hl7v2"
-        shutil.copytree(Path(__file__).resolve().parents[2] / "mappings" / "hl7v2", root, ignore=shutil.ignore_patterns("*.cases"))
-        path = root / "messages" / "ADT_A01.yaml"
+        root = tmp_path / "mappings"
+        shutil.copytree(Path(__file__).resolve().parents[2] / "mappings" / "hl7v2", root / "hl7v2")
+        path = root / "hl7v2" / "messages" / "ADT_A01.yaml"
         text = path.read_text("utf-8")
-        entry = "  - name: patient\n    use: PID.Patient\n"
+        entry = "  - name: encounter\n    use: PV1.Encounter\n"
         assert entry in text
-        path.write_text(text.replace(entry, entry + "    write: patch\n    patch: {elements: [active], absent: skip}\n", 1), "utf-8")
-        line = text[: text.index(entry)].count("\n") + 1
-        assert main(["mappings", "lint", str(root)]) == 1
-        assert f"messages/ADT_A01.yaml:{line}:5: write: patch is for XML mappings (with match:) only, so far" in capsys.readouterr().err
+        path.write_text(text.replace(entry, entry + "    write: patch\n    patch: {elements: [status], absent: skip}\n", 1), "utf-8")
+        monkeypatch.setenv("HELSEBRO_MAPPINGS_DIR", str(root))
+        assert main(["convert", str(root / "hl7v2" / "messages" / "ADT_A01.cases" / "admit_fnr.hl7")]) == 0
+        [bundle] = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.strip()]
+        patient = next(e["fullUrl"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+        [patch] = [e for e in bundle["entry"] if e["request"]["method"] == "PATCH"]
+        assert patch["request"]["url"] == f"Encounter?identifier=urn:oid:2.16.578.1.12.4.1.7.3.2.1|V25-0001&subject={patient}"
+        assert patch["request"]["extension"] == [{"url": "urn:helsebro:patch-absent", "valueCode": "skip"}]
+        assert "fullUrl" not in patch and patch["resource"]["resourceType"] == "Parameters"
+        assert [p["part"][0]["valueCode"] for p in patch["resource"]["parameter"]] == ["delete", "add"]
+        assert not any(e["resource"]["resourceType"] == "Encounter" for e in bundle["entry"])
 
 
 def _refused_at_load(tmp_path: Path, message: str, old: str, new: str, at: str, says: str) -> None:

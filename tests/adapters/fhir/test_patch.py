@@ -143,3 +143,68 @@ class TestPatch:
         bad = {"resource": prescription(), "request": {"method": "PATCH", "url": CONDITION}}
         with pytest.raises(InvalidContent, match="Parameters"):
             record.apply(bundle(bad))
+
+
+PATIENT_A = "0a0a0a0a-1111-4222-8333-444444444444"
+PATIENT_B = "0b0b0b0b-1111-4222-8333-444444444444"
+FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
+FNR = {PATIENT_A: "15866112379", PATIENT_B: "01015000232"}
+
+
+def create_patient(pid):
+    """The message's Patient, as a mapping writes it: POST ifNoneExist, under a fullUrl the PATCH's condition names."""
+    return {"fullUrl": f"urn:uuid:{pid}",
+            "resource": {"resourceType": "Patient", "id": pid, "identifier": [{"system": FNR_SYSTEM, "value": FNR[pid]}]},
+            "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={FNR_SYSTEM}|{FNR[pid]}"}}
+
+
+def store_patient_a_prescription(record):
+    """Patient A and her prescription, whose subject is her Patient."""
+    mr = {**prescription(), "subject": {"reference": f"urn:uuid:{PATIENT_A}"}}
+    record.apply(bundle(create_patient(PATIENT_A), {"fullUrl": f"urn:uuid:{MR_ID}", "resource": mr, "request": {"method": "PUT", "url": CONDITION}}))
+    assert record.read("MedicationRequest", MR_ID)["subject"] == {"reference": f"Patient/{PATIENT_A}"}
+
+
+class TestPatchOwner:
+    def test_the_named_patients_resource_is_patched(self, record):
+        """A PATCH whose condition adds `subject=` the message's Patient changes her resource found by its identifier."""
+        store_patient_a_prescription(record)
+        record.apply(bundle(create_patient(PATIENT_A), patch(url=f"{CONDITION}&subject=urn:uuid:{PATIENT_A}")))
+        assert record.read("MedicationRequest", MR_ID)["status"] == "stopped"
+
+    @pytest.mark.parametrize("skip", [False, True], ids=["refuse", "skip"])
+    def test_another_patients_resource_refuses_the_transaction(self, record, skip):
+        """The identifier finds a resource of another patient: the whole Bundle is refused, saying so, even with patch-absent skip."""
+        store_patient_a_prescription(record)
+        with pytest.raises(InvalidContent) as err:
+            record.apply(bundle(create_patient(PATIENT_B), patch(url=f"{CONDITION}&subject=urn:uuid:{PATIENT_B}", skip=skip)))
+        assert err.value.reason == "the MedicationRequest this message changes belongs to another patient"
+        assert err.value.location == "Bundle.entry[1]"
+        assert record.read("MedicationRequest", MR_ID)["status"] == "active"
+        assert record.read("Patient", PATIENT_B) is None
+
+    def test_a_missing_resource_is_told_apart_from_another_patients(self, record):
+        """An identifier the record does not hold is still `not in the record` (refused), and skipped with patch-absent skip."""
+        store_patient_a_prescription(record)
+        other = CONDITION.replace(VALUE, "urn:uuid:9f9f9f9f-1111-4222-8333-444444444444")
+        with pytest.raises(InvalidContent) as err:
+            record.apply(bundle(create_patient(PATIENT_B), patch(url=f"{other}&subject=urn:uuid:{PATIENT_B}")))
+        assert err.value.reason == "the MedicationRequest this message changes is not in the record"
+        result = record.apply(bundle(create_patient(PATIENT_B), patch(url=f"{other}&subject=urn:uuid:{PATIENT_B}", skip=True)))
+        assert [e.outcome for e in result.entries] == ["created", "unchanged"]
+
+    def test_a_subject_naming_no_entry_is_refused(self, record):
+        """`subject=urn:uuid:…` that is no fullUrl of the Bundle cannot be checked: refused."""
+        store_patient_a_prescription(record)
+        with pytest.raises(InvalidContent, match="names no entry of the Bundle"):
+            record.apply(bundle(patch(url=f"{CONDITION}&subject=urn:uuid:{PATIENT_A}")))
+        assert record.read("MedicationRequest", MR_ID)["status"] == "active"
+
+    def test_another_patient_in_the_same_batch(self, record):
+        """A prescription an earlier Bundle of the batch wrote is checked too: another patient's M5 after it is refused alone."""
+        mr = {**prescription(), "subject": {"reference": f"urn:uuid:{PATIENT_A}"}}
+        first = bundle(create_patient(PATIENT_A), {"fullUrl": f"urn:uuid:{MR_ID}", "resource": mr, "request": {"method": "PUT", "url": CONDITION}})
+        results = record.apply_batch([first, bundle(create_patient(PATIENT_B), patch(url=f"{CONDITION}&subject=urn:uuid:{PATIENT_B}"))], ["m1", "m5"])
+        assert [e.outcome for e in results[0].entries] == ["created", "created"]
+        assert isinstance(results[1], InvalidContent) and results[1].reason == "the MedicationRequest this message changes belongs to another patient"
+        assert record.read("MedicationRequest", MR_ID)["status"] == "active" and record.read("Patient", PATIENT_B) is None
