@@ -91,6 +91,13 @@ class TestCodingSystems:
         ("I9C", "http://hl7.org/fhir/sid/icd-9-cm"),
         ("sct", "http://snomed.info/sct"),  # table 0396 names are not case-sensitive
         ("NLK", NLK),
+        # names the public corpus sends, by their THO records
+        ("cdcgs1vis", "https://www.cdc.gov/vaccines/hcp/vis/index.html"),
+        ("CDCPHINVS", "https://phinvads.cdc.gov/vads/ViewCodeSystem.action?id=2.16.840.1.114222.4.5.274"),
+        ("ISO639", "urn:ietf:bcp:47"),
+        ("ICDO", "http://terminology.hl7.org/CodeSystem/icd-o"),
+        ("ICD-10-CM", "http://hl7.org/fhir/sid/icd-10-cm"),
+        ("NIP001", "urn:helsebro:local:STOLAV:codesystem:NIP001"),  # no URI in THO
     ])
     def test_every_coding_system_name_becomes_a_uri(self, converter, name, system):
         """A CWE.3 name becomes a URI: the table's for a name it lists, HL7's v2 table for HL7nnnn, the sender's local code system otherwise."""
@@ -188,6 +195,30 @@ class TestReferral:
         """A referral whose only NTEs belong to its results gets no note."""
         [referral] = _of(_one(converter, _ref(RP, RT)), "ServiceRequest")
         assert "note" not in referral
+
+    def test_the_notes_of_every_result_are_left_to_the_results(self, converter):
+        """With two OBR groups, each with OBR and OBX notes, and a stay (PV1, PV2), the notes are exactly the message's closing NTEs, in order."""
+        results = ("OBR|1|||NPU02319^Hemoglobin^NLK", "NTE|1||Rekvirentens merknad", "OBX|1|NM|NPU02319^Hemoglobin^NLK||134|g/L|||||F",
+                   "NTE|1||Under referanseområdet~kontrolleres", "OBX|2|NM|NPU01960^Leukocytter^NLK||7.1|10*9/L|||||F",
+                   "OBR|2|||NPU19748^CRP^NLK", "NTE|1||Tatt ikke-fastende", "OBX|1|NM|NPU19748^CRP^NLK||12|mg/L|||||F", "NTE|1||Svarets merknad")
+        data = _message("REF^I12^REF_I12", RF1, RP, "CTD|CP|KONTAKT^KARI", RT, PID, "DG1|1||I20.9^Angina pectoris^ICD10|||W", *results,
+                        "PV1|1|O", "PV2|||^Brystsmerter", "NTE|1||Henvisningens merknad", "NTE|2||Haster~innen to uker")
+        [referral] = _of(_one(converter, data), "ServiceRequest")
+        assert referral["note"] == [{"text": "Henvisningens merknad"}, {"text": "Haster"}, {"text": "innen to uker"}]
+
+    def test_a_referral_without_results_or_stay_keeps_the_note_after_its_diagnoses(self, converter):
+        """Without OBR or PV1, the NTE after the last DG1 is the message's own, and the referral's note."""
+        data = _message("REF^I12^REF_I12", RF1, RP, RT, PID, "DG1|1||I20.9^Angina pectoris^ICD10|||W", "NTE|1||Vurder koronar angiografi")
+        [referral] = _of(_one(converter, data), "ServiceRequest")
+        assert referral["note"] == [{"text": "Vurder koronar angiografi"}]
+
+    @pytest.mark.parametrize(("sample", "note"), [("REF-I12-01", "Lab test"), ("REF-I12-02", "Lab test"),
+                                                  ("REF-I14-01", "Lab test"), ("REF-I14-02", "Laboratoy test")])
+    def test_every_corpus_referral_notes_its_closing_nte_only(self, converter, shared_dir, sample, note):
+        """Each public REF sample (v2.8, notes after its OBR, OBX and PRT too) gets its closing NTE as its one note."""
+        path = shared_dir / "corpus" / "hl7v2" / "microsoft" / "SampleData-Hl7v2" / f"{sample}.hl7"
+        [referral] = _of(_one(converter, path.read_bytes()), "ServiceRequest")
+        assert referral["note"] == [{"text": note}]
 
     def test_helsebro_convert_keeps_the_corpus_referrals_own_note(self, shared_dir, capsys):
         """`helsebro convert` on the public REF^I12 sample notes its closing NTE only, not its five result NTEs."""
