@@ -51,6 +51,8 @@ HOT_PATH = (
     "adapters/kith/xsd.py",
     "router/engine.py",
     "router/logging.py",
+    "router/mapping/_each_rules.py",
+    "router/mapping/_forms.py",
     "router/mapping/_rules.py",
     "router/mapping/_steps.py",
     "router/mapping/compiler.py",

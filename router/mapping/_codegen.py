@@ -412,7 +412,7 @@ class _Gen:
     def _each_segment(self, i: int, path: Any, build: Any, put: Any, held: bool) -> list[str]:
         """`each: NTE` with nested `rules:`: one object per segment, built in a scope where that segment is current.
 
-        *held*: each object's reads are its own until references are resolved (_rules._held_segments).
+        *held*: each object's reads are its own until references are resolved (_each_rules._held_segments).
         """
         pname = self.n(f"SEGP{i}")
         self.names[pname] = path
@@ -437,7 +437,7 @@ class _Gen:
         ]
 
     def _each_repetition(self, i: int, path: Any, field: tuple[str, int], build: Any, put: Any) -> list[str]:
-        """`each: PV1-7[*]` whose element's `same: PV1-7` names the resource of its own repetition: as _rules._held_repetitions."""
+        """`each: PV1-7[*]` whose element's `same: PV1-7` names the resource of its own repetition: as _each_rules._held_repetitions."""
         pname, fname = self.n(f"REPP{i}"), self.n(f"FLD{i}")
         self.names[pname], self.names[fname] = path, field
         s = self.scope

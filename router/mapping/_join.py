@@ -4,7 +4,7 @@ Owns what one transaction does with an identity it meets twice, and the link
 from the carrying message's logical references to the resources the carried
 messages wrote. Decoding and converting the carried messages is the pipeline's
 (router/pipeline/_kith.py); which messages are carried is the mapping's
-(`embedded:`, _messages.py); the PATCH entries of `alone: patch` are built as
+(`embedded:`, _embedded.py); the PATCH entries of `alone: patch` are built as
 `write: patch` builds them (_patch.py).
 """
 
@@ -25,7 +25,7 @@ _REFERENCE_KEYS = frozenset({"reference", "type", "identifier", "display", "id",
 
 @dataclass(frozen=True, slots=True)
 class Override:
-    """`embedded.override:` (compiled in _messages.py): the elements the carrying message's resource of *type* lays over a carried one."""
+    """`embedded.override:` (compiled in _embedded.py): the elements the carrying message's resource of *type* lays over a carried one."""
 
     type: str
     """The FHIR resource type (MedicationRequest)."""

@@ -19,14 +19,9 @@ that retires the old Patient after moving its identifiers to the survivor.
 elements of the resource the record holds under its identity (a FHIR PATCH: an
 M5 withdraws what an M1 stored; the engine builds it, router/mapping/_patch.py).
 
-`embedded: {from: path, message: ERM1, same: patient}` says that the elements
-*from* names each carry a whole message, base64-encoded, that its own mapping
-(*message*) converts into the same Bundle; *same* names the resource every one
-of them, and this mapping, must agree on (one patient per list).
-`embedded.override: {type, elements, alone}` lets this message's resource of that
-type lay the named elements over a carried message's resource of the same
-identity (router/mapping/_join.py); `alone: patch` lays them, as a PATCH, over
-the stored resource of an identity no carried message writes.
+`embedded:` (whole messages carried base64-encoded inside this one) is compiled
+in _embedded.py; the checks of the resource entries against each other, once all
+are compiled, are in _message_checks.py.
 
 `document: {identity: [paths], replaces: condition}` makes the message a document:
 every resource it writes with `update` is tagged with the document identity, and a
@@ -39,13 +34,13 @@ report), and an enclosing resource lists its own children with `refs:`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from router.mapping._join import Override
+from router.mapping._embedded import NOT_OVERRIDDEN, compile_embedded
+from router.mapping._message_checks import check_uses, walk_uses
 from router.mapping._patch import Patch, patch_value_key
-from router.mapping._yaml import Pos, YList, YMap
+from router.mapping._yaml import YList, YMap
 
 if TYPE_CHECKING:
     from router.mapping.compiler import Compiler, MessageMapping, ResourceUse
@@ -64,14 +59,10 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
         raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
     names: set[str] = set()
     uses = _uses(c, doc, "resources", names, top=True)
-    embedded = _embedded(c, doc) if "embedded" in doc else None
+    embedded = compile_embedded(c, doc) if "embedded" in doc else None
     if embedded is not None and embedded.same:
         names.add(embedded.same)  # the embedded messages' resource: this mapping's resources may bind it
-    _check_bindings(uses, names, set())
-    _check_same_fields(uses, names)
-    _check_identity_order(uses, names, set())
-    _unbind_absent(uses, names)
-    _remember_refs(uses)
+    check_uses(uses, names)
     raw_events = doc.get("events") or []
     match = doc.get("match") or []
     if not isinstance(match, list):
@@ -82,7 +73,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
         mm.out_of_place = _out_of_place(doc)
     if "document" in doc:
         mm.document = _document(c, doc)
-        mm.owned_types = tuple(sorted({u.template.fhir_type for u in _walk(uses) if u.template is not None and u.write == "update"}))
+        mm.owned_types = tuple(sorted({u.template.fhir_type for u in walk_uses(uses) if u.template is not None and u.write == "update"}))
     return mm
 
 
@@ -103,104 +94,6 @@ def _out_of_place(doc: YMap) -> frozenset[str]:
     if not isinstance(names, YList) or not all(isinstance(n, str) and len(n) == 3 and n.isalnum() for n in names):
         raise _err("out_of_place.refuse must list segment names (OBX, OBR, ...)", block.pos("refuse"))
     return frozenset(str(n) for n in names)
-
-
-@dataclass(frozen=True, slots=True)
-class Embedded:
-    """`embedded:` of a message mapping: where whole messages ride inside this one, and what converts them."""
-
-    path: Any
-    """The elements whose text is one base64-encoded message each (`b64:Base64Container`, `m912:VarerIBrukB64`)."""
-    message: str
-    """The message mapping every embedded message must be converted by; any other message is refused."""
-    same: str | None
-    """The top-level resource (in both mappings) that must be one and the same across all of them, or None."""
-    pos: Pos
-    """Where `embedded:` stands, for the load-time checks against the other mapping."""
-    override: Override | None = None
-    """What this message says of a carried resource that the carried message does not, or None."""
-
-
-_NOT_OVERRIDDEN = frozenset({"resourceType", "id", "meta", "identifier"})
-"""The identity and provenance of a resource: the carried message's stay, or the two would not be one resource."""
-
-
-def _embedded(c: Compiler, doc: YMap) -> Embedded:
-    """`embedded: {from, message, same}`: the messages this one carries whole, base64-encoded.
-
-    Why: an M9.6 Reseptliste carries the complete signed M1 prescriptions it lists
-    (HIS 3004, FACTS §4), an M9.12 the M25.1 list of medicines in use. XPath cannot
-    read inside base64, so the pipeline decodes each and converts it as it would
-    the same message sent on its own; declaring it here keeps that visible to authors.
-    """
-    from router.mapping.compiler import _check_keys, _err, _need
-
-    block = doc["embedded"]
-    if not isinstance(block, YMap):
-        raise _err("embedded must be a mapping: {from: <path to the base64 elements>, message: <mapping>, same: <resource name>}", doc.pos("embedded"))
-    _check_keys(block, {"from", "message", "same", "override", "note"}, "embedded")
-    path = c._path(_need(block, "from", "embedded"), block.pos("from"))
-    if not getattr(path, "is_group", False):
-        raise _err("embedded.from must select elements (their text is the base64), not attributes or text()", block.pos("from"))
-    message = _need(block, "message", "embedded")
-    if not isinstance(message, str) or not message:
-        raise _err("embedded.message must name one message mapping (e.g. ERM1)", block.pos("message"))
-    same = block.get("same")
-    if same is not None and (not isinstance(same, str) or not same):
-        raise _err("embedded.same must name one resource (e.g. patient)", block.pos("same"))
-    override = _override(block) if "override" in block else None
-    return Embedded(path, message, same, doc.pos("embedded"), override)
-
-
-def _override(block: YMap) -> Override:
-    """`embedded.override: {type, elements, alone}`: what the carrying message knows better than the message it carries.
-
-    Why: an M9.6 lists each prescription with Reseptformidleren's status now (7408:
-    T tilbakekalt) and carries the M1 as it was signed, which knows no withdrawal;
-    converted alone, the M1 would write a withdrawn prescription as active.
-    """
-    from router.mapping import fhir_model
-    from router.mapping.compiler import _check_keys, _err, _need
-
-    spec = block["override"]
-    if not isinstance(spec, YMap):
-        raise _err("embedded.override must be a mapping: {type: <FHIR resource>, elements: [names], alone: keep|drop|patch}", block.pos("override"))
-    _check_keys(spec, {"type", "elements", "alone", "note"}, "embedded.override")
-    rtype = _need(spec, "type", "embedded.override")
-    if not isinstance(rtype, str) or not fhir_model.is_resource_type(rtype):
-        raise _err("embedded.override.type must name a FHIR resource type (e.g. MedicationRequest)", spec.pos("type"))
-    names = _need(spec, "elements", "embedded.override")
-    known = fhir_model.elements(rtype)
-    if not isinstance(names, YList) or not names or not all(isinstance(n, str) and n in known and n not in _NOT_OVERRIDDEN for n in names):
-        raise _err(f"embedded.override.elements must list top-level elements of {rtype} other than its identifier, id and meta", spec.pos("elements"))
-    alone = spec.get("alone", "keep")
-    if alone not in ("keep", "drop", "patch"):
-        raise _err("embedded.override.alone is keep (the default: written as it is), drop (written only over a carried resource) or patch (its elements laid over the stored resource, as a PATCH)", spec.pos("alone"))
-    if alone == "patch" and any(known[str(n)].is_list for n in names):
-        raise _err(f"embedded.override.alone: patch needs elements of {rtype} that do not repeat", spec.pos("elements"))
-    return Override(rtype, tuple(str(n) for n in names), alone)
-
-
-def check_embedded(mm: MessageMapping, messages: dict[str, MessageMapping]) -> MessageMapping:
-    """Check `embedded:` against the mapping it names, once every message mapping is compiled.
-
-    One level only: a message that carries messages that carry messages would
-    let a few kilobytes ask for unbounded work.
-
-    Raises:
-        MappingError: the named mapping is missing, embeds messages itself, or lacks the `same:` resource.
-    """
-    from router.mapping.compiler import _err
-
-    spec: Embedded = mm.embedded
-    inner = messages.get(spec.message)
-    if inner is None:
-        raise _err(f"embedded.message {spec.message!r}: there is no messages/{spec.message}.yaml to convert the embedded messages", spec.pos)
-    if inner.embedded is not None:
-        raise _err(f"embedded.message {spec.message!r} embeds messages itself; embedding is one level deep", spec.pos)
-    if spec.same and spec.same not in {u.name for u in inner.resources}:
-        raise _err(f"embedded.same {spec.same!r}: {spec.message} makes no top-level resource named {spec.same!r}", spec.pos)
-    return mm
 
 
 def _document(c: Compiler, doc: YMap) -> tuple[Any, ...]:
@@ -226,16 +119,9 @@ def _as_when(block: YMap) -> YMap:
     return node
 
 
-def _walk(uses: list[ResourceUse]) -> list[ResourceUse]:
-    out: list[ResourceUse] = []
-    for u in uses:
-        out.append(u)
-        out.extend(_walk(u.children))
-    return out
-
-
 def _uses(c: Compiler, parent: YMap, key: str, names: set[str], *, top: bool = False) -> list[ResourceUse]:
-    from router.mapping.compiler import _MEMO_KEYS, ResourceUse, _check_keys, _err, _need
+    from router.mapping._forms import _MEMO_KEYS
+    from router.mapping.compiler import ResourceUse, _check_keys, _err, _need
 
     items = _need(parent, key, "a message mapping")
     if not isinstance(items, YList):
@@ -303,7 +189,7 @@ def _patch(item: YMap, rtype: str, *, top: bool) -> Patch:
     _check_keys(spec, {"elements", "absent", "note"}, "patch")
     names = _need(spec, "elements", "patch")
     known = fhir_model.elements(rtype)
-    if not isinstance(names, YList) or not names or not all(isinstance(n, str) and n in known and n not in _NOT_OVERRIDDEN and not known[n].is_list for n in names):
+    if not isinstance(names, YList) or not names or not all(isinstance(n, str) and n in known and n not in NOT_OVERRIDDEN and not known[n].is_list for n in names):
         raise _err(f"patch.elements must list top-level elements of {rtype} that do not repeat, other than its identifier, id and meta", spec.pos("elements"))
     absent = _need(spec, "absent", "patch")
     if absent not in ("refuse", "skip"):
@@ -342,108 +228,3 @@ def _each_path(c: Compiler, item: YMap) -> Any:
     if path.field_no is not None and path.rep is None and "-" in str(item["each"]):
         return c._path(str(item["each"]).replace(f"-{path.field_no}", f"-{path.field_no}[*]", 1), item.pos("each"))
     return path
-
-
-def _check_bindings(uses: list[ResourceUse], names: set[str], outer: set[str]) -> None:
-    from router.mapping.compiler import _err
-
-    # A parameter left to its default may name a resource this message lacks
-    # (an ORU has no attending doctor): that reference is simply left out.
-    for use in uses:
-        for param, bound in use.bindings.items():
-            if param in use.explicit and bound and bound not in names:
-                raise _err(f"{use.name}: parameter {param!r} is bound to {bound!r}, which this message does not produce", use.pos)
-        _check_bindings(use.children, names, outer | {use.name})
-
-
-def _check_same_fields(uses: list[ResourceUse], names: set[str]) -> None:
-    """Refuse a `same: PV1-7` whose resource this message does not make with `each:` over PV1-7's repetitions.
-
-    Why: `same:` finds the instance made from its own repetition (engine._Run.uses records
-    them by segment, field and repetition). A resource made with `from:`, or over another field,
-    records none, and every element that `same:` keeps (a participant) was left out without a word.
-    """
-    from router.mapping.compiler import _err
-
-    made = {u.name: u for u in _walk(uses)}
-    for use in made.values():
-        for param, (segment, field_no), at in use.template.same_fields if use.template is not None else ():
-            bound = use.bindings.get(param, param)
-            if not bound:
-                continue  # `with: {param: null}`: left out on purpose
-            field = f"{segment}-{field_no}"
-            pairs = f"{use.name} ({use.template.name}) pairs with the {bound!r} made from each {field} repetition (same: {field} at {at[0]}:{at[1]})"
-            other = made.get(bound)
-            if other is None:
-                if bound in names:
-                    continue  # the embedded messages' resource (embedded.same): made by their own mapping
-                raise _err(f"{pairs}, but this message makes no {bound!r}: make it with each: {field}[*], or bind {param!r} with with: {{{param}: null}}", use.pos)
-            each = other.each
-            if other.template is not None and getattr(each, "segment", None) == segment and getattr(each, "field_no", None) == field_no and hasattr(each, "keyed"):
-                continue
-            how = f"each: {_text(each)}" if each is not None else f"from: {_text(other.source)}" if other.source is not None else "once, with neither from: nor each:"
-            raise _err(f"{pairs}, but {bound!r} is made {how}; make it with each: {field}[*], one per repetition", other.pos)
-
-
-def _text(path: Any) -> str:
-    return str(getattr(path, "text", path))
-
-
-def _unbind_absent(uses: list[ResourceUse], names: set[str]) -> None:
-    """Bind to nothing ("") each parameter left to its default that names no resource of this message.
-
-    Why: an ORU makes no Immunization, yet every result's `partOf: ref immunization` made a
-    reference, dropped it at the end, and so marked the result for pruning (~20 k instructions
-    per OBX). Bound to nothing, the rule places nothing.
-    """
-    for use in uses:
-        if use.template is not None:
-            for param in use.template.params:
-                if param not in use.explicit and use.bindings.get(param, param) not in names:
-                    use.bindings[param] = ""
-        _unbind_absent(use.children, names)
-
-
-def _remember_refs(uses: list[ResourceUse]) -> None:
-    """Let the engine build once per value a resource whose `ref:` lists name siblings made from that value.
-
-    Why: a bed is part of its room, and the room of its ward, all three read from PV1-3 alone,
-    and a feed names the same few places in message after message. The engine keeps what it built
-    from a value (engine._one); that is right only when what the resource holds follows from the
-    value. A `ref:` list reads which resource was made: so each one it names must be an earlier
-    sibling with the same `from:`, no `when:`, that is itself built from the value alone. Then it
-    is made, under the same identity, in exactly the messages that make this one.
-    """
-    from router.mapping.compiler import _MEMO_KEYS
-
-    seen: dict[str, ResourceUse] = {}
-    for use in uses:
-        tpl = use.template
-        if tpl is not None and tpl.value_only_refs and use.memo is None and use.source is not None and not tpl.fallback:
-            text = getattr(use.source, "text", None)
-            named = [seen.get(use.bindings.get(p, p)) for p in tpl.earlier if use.bindings.get(p, p)]
-            if text is not None and all(o is not None and o.memo is not None and o.when is None and getattr(o.source, "text", None) == text for o in named):
-                use.memo = next(_MEMO_KEYS)
-        seen[use.name] = use
-        _remember_refs(use.children)
-
-
-def _check_identity_order(uses: list[ResourceUse], names: set[str], before: set[str]) -> None:
-    """Refuse an identity part `ref(x)`, or a `ref:` list's resource, that the message makes only later: it would be empty, silently."""
-    from router.mapping.compiler import _err
-    from router.mapping.runtime import IdentityOf
-
-    seen = set(before)  # what a use here can see: earlier siblings and what encloses them (engine._Run.uses)
-    for use in uses:
-        for part in use.template.fallback if use.template is not None else ():
-            if type(part) is IdentityOf:
-                bound = use.bindings.get(part.param, part.param)
-                if bound in names and bound not in seen:
-                    raise _err(f"{use.name}: its identity's {part.text} names {bound!r}, which this message makes later or elsewhere; list {bound!r} before {use.name!r}", use.pos)
-        for param in use.template.earlier if use.template is not None else ():
-            # A `ref:` list is resolved when its rule runs: a resource made later would never be chosen.
-            bound = use.bindings.get(param, param)
-            if bound in names and bound not in seen:
-                raise _err(f"{use.name}: its `ref:` list (or `ref:` with rules:) reads {param!r} when it runs, but {bound!r} is made later or elsewhere; list {bound!r} before {use.name!r}", use.pos)
-        seen.add(use.name)
-        _check_identity_order(use.children, names, seen)

@@ -4,13 +4,14 @@ One mapping folder per source format (`mappings/hl7v2/`), with folders by role:
 `messages/` (one file per message structure), `segments/` (resource templates),
 `datatypes/` (reusable datatype mappings), `tables/` (code lookups). Every
 error names file:line:col. Nothing here runs per message except the closures
-it returns.
+it returns. What it returns (Rule, Block, Template, ResourceUse, MessageMapping...)
+is declared in _forms.py and importable from here; a message mapping's own
+compiling is in _messages.py, a rule's in _rules.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,20 +19,17 @@ from typing import Any, Callable
 
 from router.errors import MappingError
 from router.mapping import fhir_model
-from router.mapping._codegen import generate, generate_condition, generate_values
-from router.mapping._patch import Patch
-from router.mapping._steps import finish, reader
+from router.mapping._codegen import generate, generate_condition
+from router.mapping._forms import Block, Datatype, MessageMapping, ResourceUse, Rule, Template
+from router.mapping._steps import finish
 from router.mapping._yaml import Pos, YList, YMap, load_yaml
 from router.mapping.conditions import ConditionSyntaxError, Predicate, compile_condition
 from router.mapping.library import LIBRARY, call
-from router.mapping.runtime import IdentityOf, Produce, Ref, RunContext, Step, Target, identity_of
+from router.mapping.runtime import IdentityOf, Ref, RunContext, Target
 from router.mapping.tables import Table, load_table
 
 PathCompiler = Callable[[str], Any]
 """The source format's path compiler (HL7 terser, later XPath)."""
-
-_MEMO_KEYS = itertools.count(1)
-"""Numbers the resource uses whose resources the engine may remember (ResourceUse.memo)."""
 
 _RULE_KEYS = {"target", "from", "each", "value", "fn", "args", "table", "use", "rules", "when", "ref", "refs", "same", "note"}
 
@@ -52,59 +50,6 @@ def _need(node: YMap, key: str, what: str) -> Any:
     if key not in node:
         raise _err(f"{what} needs {key!r}", node.pos())
     return node[key]
-
-
-@dataclass(slots=True)
-class Rule:
-    """A compiled rule: where it writes, when it applies, what it produces."""
-
-    target: Target
-    when: Predicate | None
-    produce: Produce
-    where: str  # file:line, for --explain and provenance
-    source: str  # the source the author wrote, for --explain
-    step: Step  # when, produce and put fused into one call: what Block.build runs
-    source_path: Any = None  # the compiled `from`/`each` path, so --explain can name the position read
-
-
-@dataclass(slots=True)
-class Block:
-    """An ordered list of rules that builds one object."""
-
-    rules: list[Rule]
-    steps: tuple[Step, ...] = field(init=False, repr=False)
-    fast: Callable[..., dict[str, Any]] | None = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.steps = tuple(rule.step for rule in self.rules)
-        self.fast = generate(self.steps)  # the same steps written out as one function (_codegen.py)
-
-    def build(self, scope: Any, ctx: RunContext, obj: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Run every rule in order into *obj* (a new object by default).
-
-        The hot path; the loop without --explain's trace is kept apart so it
-        does nothing but call each rule's step.
-        """
-        if obj is None:
-            obj = {}
-        trace = ctx.trace
-        if trace is None:
-            if self.fast is not None:
-                return self.fast(scope, ctx, obj)
-            for step in self.steps:
-                step(scope, ctx, obj)
-            return obj
-        prefix = ctx.trace_prefix
-        for rule in self.rules:
-            target = ".".join(rule.target.names)
-            prefix.append(target)  # rules of nested blocks report their full path
-            try:
-                placed = rule.step(scope, ctx, obj)
-            finally:
-                prefix.pop()
-            if placed:
-                trace.append((".".join([*prefix, target]), rule.where, _positions(rule, scope)))
-        return obj
 
 
 def _value_only_but_refs(block: Block) -> bool:
@@ -136,119 +81,8 @@ def _no_put(obj: dict[str, Any], value: Any, ctx: RunContext) -> None:
     return None
 
 
-def _positions(rule: Rule, scope: Any) -> str:
-    """Name the positions a rule read (`PID-3[2].1`), or what the author wrote when there are none."""
-    if rule.source_path is None:
-        return rule.source
-    try:
-        locations = [item.location for item in rule.source_path.resolve(scope)]
-    except Exception:  # noqa: BLE001 - --explain only: fall back to the text rather than fail the explanation
-        return rule.source
-    return ", ".join(dict.fromkeys(loc for loc in locations if loc)) or rule.source
-
-
-@dataclass(slots=True)
-class Datatype:
-    """A reusable mapping from one source datatype to one FHIR type (e.g. CX → Identifier)."""
-
-    name: str
-    fhir_type: str
-    block: Block
-
-
 _IDENTITY_REF = re.compile(r"ref\(\s*([A-Za-z_][\w-]*)\s*\)")
 """`ref(patient)` in an identity's fallback: the id of the resource the parameter names."""
-
-
-@dataclass(slots=True)
-class Template:
-    """A resource template: how one resource is built, and what makes two of them the same."""
-
-    name: str
-    fhir_type: str
-    params: tuple[str, ...]
-    prefer: tuple[str, ...]  # identifier systems, most trusted first
-    fallback: tuple[Any, ...]  # paths hashed into an identity when no identifier is mapped
-    block: Block
-    pos: Pos
-    required: tuple[tuple[str | tuple[str, ...], str], ...] = ()  # (element with min 1, or a choice's names, and the source its first rule reads)
-    tiers: tuple[tuple[Any, tuple[Any, ...]], ...] = ()  # (condition or None, paths): fallback alternatives, the first that holds
-    unidentified: str | None = None  # "display": without an identifier it is not written, and references to it carry its name
-    earlier: tuple[str, ...] = ()  # parameters a `ref:` list or a `ref:` with `rules:` reads when it runs: made before this one
-    value_only_refs: bool = False  # reads nothing but its value once those references are given (_messages._remember_refs)
-    same_fields: tuple[tuple[str, tuple[str, int], Pos], ...] = ()  # (parameter, (segment, field), where) of each `same: PV1-7`: checked against the message (_messages._check_same_fields)
-    fallback_values: Callable[[Any, RunContext], list[str]] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.tiers:
-            self.fallback_values = _values_of(self.fallback)
-            return
-        tiers = tuple((when, _values_of(paths)) for when, paths in self.tiers)
-
-        def fallback_values(scope: Any, ctx: RunContext) -> list[str]:
-            for when, values in tiers:
-                if when is None or when(scope):
-                    return values(scope, ctx)
-            return []
-
-        self.fallback_values = fallback_values
-
-
-def _values_of(paths: tuple[Any, ...]) -> Callable[[Any, RunContext], list[str]]:
-    """A function giving the first value of each of *paths*, '' where none (see generate_values): generated, else through their readers."""
-    readers = tuple(_part_reader(p) for p in paths)
-    return generate_values(paths) or (lambda scope, ctx: [v if (v := read(scope, ctx)) is not None else "" for read in readers])
-
-
-def _part_reader(part: Any) -> Callable[[Any, RunContext], str | None]:
-    if type(part) is IdentityOf:
-        return lambda scope, ctx: identity_of(ctx, part.param)
-    read = reader(part)
-    return lambda scope, ctx: read(scope)
-
-
-@dataclass(slots=True)
-class ResourceUse:
-    """One resource a message mapping produces; or, without a template, a group whose resources are made once per instance."""
-
-    name: str
-    template: Template | None  # None: `each:` a segment group, only its `resources:` (ORU's PATIENT_RESULT)
-    when: Predicate | None
-    source: Any | None  # a path whose first value the template reads (value-based templates)
-    bindings: dict[str, str]
-    pos: Pos
-    each: Any | None = None  # a path of groups, segments or values: one resource per item
-    children: list[ResourceUse] = field(default_factory=list)  # produced inside each instance
-    write: str = "update"  # "update": PUT on identity (the message is the truth); "create": only if absent; "by-id"; "patch"
-    patch: Patch | None = None  # with write "patch": the elements the engine's PATCH entry changes (_patch.py)
-    explicit: frozenset[str] = frozenset()  # parameters bound with `with:` (must name produced resources)
-    read_source: Callable[[Any], Any] | None = field(default=None, init=False, repr=False)  # reads `source`'s first value
-    memo: int | None = field(default=None, init=False, repr=False)  # set: the engine builds it once per value (engine._one)
-
-    def __post_init__(self) -> None:
-        if self.when is not None:
-            self.when = generate_condition(self.when) or self.when  # asked once per scope: written out, no memo
-        if self.source is not None:
-            self.read_source = reader(self.source)  # what source.resolve(scope)[0].raw gives, without the Items
-            tpl = self.template
-            if not tpl.fallback and getattr(tpl.block.fast, "value_only", False):
-                self.memo = next(_MEMO_KEYS)  # unique in the process: a reloaded mapping never reads an older one's memo
-
-
-@dataclass(slots=True)
-class MessageMapping:
-    """The compiled mapping for one message structure."""
-
-    structure: str
-    events: tuple[str, ...]
-    resources: list[ResourceUse]
-    file: str
-    sha: str
-    match: tuple[str, ...] = ()  # XML: the payload namespaces (or root names) this mapping converts
-    document: tuple[Any, ...] = ()  # (identity paths, replaces-condition or None): see _messages.py
-    owned_types: tuple[str, ...] = ()  # resource types the document owns (written with `update`)
-    out_of_place: frozenset[str] = frozenset()  # segments refused where the structure has no place for them (an OBX with no OBR)
-    embedded: Any = None  # _messages.Embedded: whole messages carried base64-encoded inside this one (M9.6's M1s)
 
 
 @dataclass(slots=True)
@@ -266,7 +100,7 @@ class Compiler:
     _params: tuple[str, ...] = ()  # parameters of the template being compiled; refs must name one
     _earlier: set[str] = field(default_factory=set)  # its parameters a rule resolves when it runs (_rules._first_made)
     _iterating: tuple[tuple[str, int], ...] = ()  # (segment, field) whose repetitions the enclosing `each:` rules iterate (`same: PV1-7`)
-    _same_fields: list[tuple[str, tuple[str, int], Pos]] = field(default_factory=list)  # the template's `same: PV1-7` rules (_rules._same_ref)
+    _same_fields: list[tuple[str, tuple[str, int], Pos]] = field(default_factory=list)  # the template's `same: PV1-7` rules (_each_rules.compile_same_ref)
     check_path: Callable[[Any], str | None] | None = None  # the format's structure check (unknown fields)
     errors: list[MappingError] | None = None  # set to collect every error (lint) instead of stopping
     overlay: Path | None = None  # a sender's folder whose files replace the base files of the same name
@@ -295,7 +129,7 @@ class Compiler:
             mm = self._guard(self._message, path)
             if mm is not None:
                 out[mm.structure] = mm
-        from router.mapping._messages import check_embedded  # split for size
+        from router.mapping._embedded import check_embedded  # split for size
 
         for mm in list(out.values()):
             if mm.embedded is not None and self._guard(check_embedded, mm, out) is None and self.errors is not None:

@@ -163,8 +163,8 @@ class RunContext:
     untidy: bool = False  # a placed value may hold an empty element: the resource needs `prune`
     displays: dict[str, str] = field(default_factory=dict)  # instance not written for want of an identifier → its name, for references
     made_from: dict[tuple[str, Any], str] = field(default_factory=dict)  # (resource name, segment index or (segment, field, repetition)) → the instance made from it (SameRef)
-    same_at: dict[tuple[str, int], tuple[int, int, int]] = field(default_factory=dict)  # (segment, field) → the repetition an `each:` over it is at (_rules._held_repetitions)
-    held_reads: list[tuple[dict[str, Any], set[Any], set[Any]]] = field(default_factory=list)  # (element, its reads, the message's): counted if it is kept (_rules._held_segments)
+    same_at: dict[tuple[str, int], tuple[int, int, int]] = field(default_factory=dict)  # (segment, field) → the repetition an `each:` over it is at (_each_rules._held_repetitions)
+    held_reads: list[tuple[dict[str, Any], set[Any], set[Any]]] = field(default_factory=list)  # (element, its reads, the message's): counted if it is kept (_each_rules._held_segments)
 
 
 @dataclass(frozen=True, slots=True)
