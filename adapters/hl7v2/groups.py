@@ -25,6 +25,7 @@ been sent, not matched again from the top of the structure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Union
 
 from adapters.hl7v2._group_defs import GROUP_NAMES, Def, direct_names, segment_names, structure
@@ -99,7 +100,10 @@ class Group:
         return out
 
 
-def _match(defs: tuple[Def, ...], segs: list[Segment], i: int, into: Group, stops: frozenset[str] = frozenset(), required: int = -1) -> int:
+def _match(
+    defs: tuple[Def, ...], segs: list[Segment], i: int, into: Group, stops: frozenset[str] = frozenset(), required: int = -1,
+    last: dict[str, int] | None = None,
+) -> int:
     """Place segments from *i* on into *into*'s children; return where it stopped.
 
     *stops* are the segments that anchor the next repetition of an enclosing repeating
@@ -110,12 +114,18 @@ def _match(defs: tuple[Def, ...], segs: list[Segment], i: int, into: Group, stop
     *required* is the index of *into*'s first required child: when it is missing (the group was
     entered through an optional member before it), the group ends there. OBR is required in ORU's
     ORDER_OBSERVATION: an OBX after an ORC with no OBR is a result of no order, not of that ORC.
+
+    *last* (the top level only: where each segment name last occurs) stops at a top-level segment that
+    skips members whose segments follow it (`_jumps`): it is the stray, not everything after it.
     """
     n = len(segs)
+    skipped: set[str] = set()  # at the top: what starts the members passed with nothing
     for k, d in enumerate(defs):
         count = 0
         starts = d.starts
         while i < n and (d.max == -1 or count < d.max) and segs[i].name in starts:
+            if last is not None and count == 0 and skipped and not d.is_group and _jumps(defs, k, skipped, last, i):
+                return i  # a stray: build sets it aside, and the segments after it are placed where they belong
             if d.is_group:
                 name = segs[i].name
                 if name in stops and name not in d.anchor:
@@ -137,7 +147,26 @@ def _match(defs: tuple[Def, ...], segs: list[Segment], i: int, into: Group, stop
             count += 1
         if k == required and count == 0:
             break
+        if last is not None and count == 0:
+            skipped |= starts
     return i
+
+
+def _jumps(defs: tuple[Def, ...], k: int, skipped: set[str], last: dict[str, int], i: int) -> bool:
+    """Whether the segment at *i*, matching the top-level segment *defs[k]*, skips a member whose segments follow it.
+
+    Such a segment is out of place, not the rest: REF^I12's closing {NTE} sent right after RF1 (or a PRD,
+    PID, DG1) took the NTE as the message's last and left every PRD, DG1, OBR and OBX after it out of
+    their groups. Only segments that no later member can take count: ADT's second ROL is not its first.
+    """
+    later = _tail_starts(defs, k)
+    return any(last.get(name, -1) > i for name in skipped if name not in later)
+
+
+@lru_cache(maxsize=None)
+def _tail_starts(defs: tuple[Def, ...], k: int) -> frozenset[str]:
+    """The segments that can start any of *defs* from *k* on."""
+    return frozenset().union(*(d.starts for d in defs[k:]))
 
 
 def _follows(into: Group, name: str) -> bool:
@@ -176,7 +205,7 @@ def build(message: Hl7Message, structure_name: str) -> Group:
     known_names = segment_names(defs)
     known = [s for s in segs if s.name in known_names]
     misplaced: list[Segment] = []
-    i = _match(defs, known, 0, root)
+    i = _match(defs, known, 0, root, last=_last(known))
     while i < len(known):
         # A standard segment out of place: set aside, and the rest matched again (left to right, so what came
         # before lands as it did). Matching on from the top read an order's NTE as the message's, its OBXs nowhere.
@@ -189,15 +218,24 @@ def build(message: Hl7Message, structure_name: str) -> Group:
             del known[i:]
             break
         root = Group(structure_name, allowed=root.allowed)
-        i = _match(defs, known, 0, root)
+        i = _match(defs, known, 0, root, last=_last(known))
     root.misplaced = misplaced
     if len(known) != len(segs):
         _place_strays(root, segs)
     return root
 
 
+def _last(segs: list[Segment]) -> dict[str, int]:
+    """Where each segment name last occurs in *segs*: one pass, so `_jumps` asks in constant time."""
+    return {seg.name: k for k, seg in enumerate(segs)}
+
+
 def _place_strays(root: Group, segs: list[Segment]) -> None:
-    """Put each segment the tree lacks (Z-segments, misplaced ones) right after the segment before it, in that segment's group."""
+    """Put each segment the tree lacks (Z-segments, misplaced ones) right after the segment before it, in that segment's group.
+
+    A misplaced segment whose group has no place for it, but an enclosing group has, goes to the nearest
+    such group, right after the group that holds the segment before it.
+    """
     where: dict[int, Group] = {}
     stack = [root]
     while stack:
@@ -214,7 +252,17 @@ def _place_strays(root: Group, segs: list[Segment]) -> None:
             continue
         group = where.get(id(prev)) if prev is not None else root
         group = group or root
-        at = group.items.index(prev) + 1 if prev is not None and prev in group.items else len(group.items)
+        after: Segment | Group | None = prev
+        holder = group
+        while holder is not None and seg.name not in holder.allowed:
+            holder = holder.parent
+        if holder is not None:
+            # A standard segment the group before it has no place for, but an enclosing group has (REF^I12's
+            # closing NTE sent after a PRD), is that group's, after the group it follows: not a note of a
+            # PROVIDER_CONTACT, whose definition holds none, where REF_I12's path to its own notes would read it.
+            while group is not holder and group.parent is not None:
+                after, group = group, group.parent
+        at = next((k + 1 for k, item in enumerate(group.items) if item is after), len(group.items))  # by identity: groups compare equal by content
         group.items.insert(at, seg)
         where[id(seg)] = group
         prev = seg
