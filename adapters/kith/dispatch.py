@@ -94,15 +94,16 @@ def read_envelope(root: etree._Element, *, schemas: SchemaSet | None = None, att
         SchemaInvalid: an attachment is not base64 (only with attachments=True).
     """
     tag = root.tag if isinstance(root.tag, str) else ""
-    qname = etree.QName(tag) if tag else None
     if tag == _MSGHEAD:
         envelope = read_msghead(root, attachments=attachments)
     elif tag in _APPRECS:
         envelope = read_apprec(root)
-    elif qname is not None and qname.localname == "Message" and _known(qname.namespace, schemas):
-        envelope = read_message_root(root)
     else:
-        raise UnknownMessage(f"root element {qname.localname if qname else '?'} in namespace {qname.namespace if qname else '?'} is not a message Helsebro reads")
+        qname = etree.QName(tag) if tag else None
+        if qname is not None and qname.localname == "Message" and _known(qname.namespace, schemas):
+            envelope = read_message_root(root)
+        else:
+            raise UnknownMessage(f"root element {qname.localname if qname else '?'} in namespace {qname.namespace if qname else '?'} is not a message Helsebro reads")
     if envelope.payload_version is None and schemas is not None and envelope.payload_namespace:
         known = schemas.version_of(envelope.payload_namespace)
         if known is not None:
@@ -139,10 +140,10 @@ def check_patient(root: etree._Element, envelope: KithEnvelope) -> None:
     if envelope.kind == "AppRec":
         return
     if envelope.kind == "MsgHead":
-        patient, where = root.find(f"{{{MSGHEAD_NS}}}MsgInfo/{{{MSGHEAD_NS}}}Patient"), "/MsgHead/MsgInfo/Patient"
+        patient, where = _msghead_patient(root), "/MsgHead/MsgInfo/Patient"
     else:
         document = envelope.document
-        patient = next((p for p in document.iter() if isinstance(p.tag, str) and etree.QName(p).localname == "Patient"), None) if document is not None else None
+        patient = next((p for p in document.iter() if isinstance(p.tag, str) and _local(p.tag) == "Patient"), None) if document is not None else None
         where = "/Message/…/Patient"
     if patient is None or _identified(patient) or _emergency_referral(root, envelope):
         return
@@ -167,12 +168,32 @@ def _emergency_referral(root: etree._Element, envelope: KithEnvelope) -> bool:
     return False
 
 
+_PATIENT_PATH = (f"{{{MSGHEAD_NS}}}MsgInfo", f"{{{MSGHEAD_NS}}}Patient")
+
+
+def _msghead_patient(root: etree._Element) -> etree._Element | None:
+    """``root.find("MsgInfo/Patient")`` in the MsgHead namespace, without ElementPath's parse of the path."""
+    info_tag, patient_tag = _PATIENT_PATH
+    for info in root:
+        if info.tag == info_tag:
+            for child in info:
+                if child.tag == patient_tag:
+                    return child
+    return None
+
+
+def _local(tag: str) -> str:
+    """An element's local name from its Clark name (``etree.QName(tag).localname``, without the object)."""
+    return tag[tag.rfind("}") + 1:]
+
+
 def _identified(patient: etree._Element) -> bool:
     """A name, and a national id or date of birth with sex: in MsgHead's form (FamilyName, Ident) or Message's (Name, OffId)."""
     kids: dict[str, list[etree._Element]] = {}
     for child in patient:
-        if isinstance(child.tag, str):
-            kids.setdefault(etree.QName(child).localname, []).append(child)
+        tag = child.tag
+        if tag.__class__ is str:
+            kids.setdefault(_local(tag), []).append(child)
 
     def text(name: str) -> str:
         el = kids.get(name, [None])[0]
@@ -181,8 +202,17 @@ def _identified(patient: etree._Element) -> bool:
     if not (text("FamilyName") or text("GivenName") or text("Name")):
         return False
     for ident in kids.get("Ident", []):
-        kind = next((c.get("V") for c in ident if isinstance(c.tag, str) and etree.QName(c).localname == "TypeId"), None)
-        number = next(((c.text or "").strip() for c in ident if isinstance(c.tag, str) and etree.QName(c).localname == "Id"), "")
+        kind: str | None = None
+        number: str | None = None
+        for c in ident:  # the first TypeId's V and the first Id's text
+            tag = c.tag
+            if tag.__class__ is not str:
+                continue
+            local = _local(tag)
+            if local == "TypeId" and kind is None:
+                kind = c.get("V") or ""
+            elif local == "Id" and number is None:
+                number = (c.text or "").strip()
         if number and (kind or "").upper() in _NATIONAL_IDS:
             return True
     type_off = kids.get("TypeOffId", [None])[0]

@@ -167,6 +167,13 @@ class KithEnvelope:
     """The namespaces a schema set needs to validate this document, root first."""
     payload: etree._Element | None = field(default=None, compare=False, repr=False)
     document: etree._Element | None = field(default=None, compare=False, repr=False)
+    header_elements: tuple[etree._Element, ...] = field(default=(), compare=False, repr=False)
+    """Every element of MsgInfo, held only to keep lxml's Python proxy (with its cached tag) of each alive.
+
+    lxml builds a new proxy, and the tag string anew, whenever an element is reached while no proxy
+    of it is alive; the patient check and the mapping's walk of the whole document reach the header
+    again after the reader is done. Bounded by the header's size: the payload is not held.
+    """
 
     @property
     def recipients(self) -> tuple[Party, ...]:

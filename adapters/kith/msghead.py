@@ -33,13 +33,14 @@ def read_msghead(root: etree._Element, *, attachments: bool = True) -> KithEnvel
     Raises:
         SchemaInvalid: an attachment is not base64 (T02, as the XSD would say).
     """
-    top = _kids(root)
-    info = _first(top, _MSG_INFO)
+    info = _child(root, _MSG_INFO)
+    header = tuple(info.iter()) if info is not None else ()  # one proxy per element, made in C (KithEnvelope.header_elements)
     kids = _kids(info) if info is not None else {}
-    payload, found, content_ns = _documents(top, decode=attachments)
+    payload, found, content_ns = _documents(root, decode=attachments)
     tag = payload.tag if payload is not None else ""
     ns, _, local = tag[1:].partition("}") if tag[:1] == "{" else ("", "", tag)
     standard = payload_standard(ns or None)
+    patient = _first(kids, _PATIENT)
     return KithEnvelope(
         kind="MsgHead",
         root=root.tag,
@@ -55,14 +56,14 @@ def read_msghead(root: etree._Element, *, attachments: bool = True) -> KithEnvel
         sender=_party(_nested(kids, _SENDER, _ORGANISATION), role=""),
         receiver=_party(_nested(kids, _RECEIVER, _ORGANISATION), role="PRIM"),
         other_receivers=tuple(p for p in map(_other_receiver, kids.get(_OTHER_RECEIVER, ())) if p is not None),
-        patient_idents=_idents(_kids_of(kids, _PATIENT)),
+        patient_idents=tuple(_ident(c) for c in patient if c.tag == _IDENT) if patient is not None else (),
         attachments=tuple(found),
         ack_requested=_attr(kids, _ACK, "V"),
         schema_namespaces=(MSGHEAD_NS, *content_ns),
         payload=payload,
         document=root,
+        header_elements=header,
     )
-
 
 Kids = dict[Any, list[etree._Element]]
 """An element's element children by tag, each list in document order (paths.children_index)."""
@@ -79,8 +80,10 @@ _PROFESSION = f"{_M}TypeHealthcareProfessional"
 
 
 _kids = children_index
-"""One pass over an element's children: the reader asks each element for several of them by name,
-and `iterchildren(tag)` parses its tag argument on every call, which costs more than the walk."""
+"""One pass over an element's children, for MsgInfo: the reader asks it for a dozen of them by name,
+and `iterchildren(tag)` parses its tag argument on every call, which costs more than the walk.
+The smaller elements (parties, Ident, Document) are read in one loop each that keeps only what
+the envelope needs, which costs less again than building their index."""
 
 
 def _first(kids: Kids, tag: str) -> etree._Element | None:
@@ -88,30 +91,36 @@ def _first(kids: Kids, tag: str) -> etree._Element | None:
     return same[0] if same else None
 
 
-def _kids_of(kids: Kids, tag: str) -> Kids | None:
-    """The children of the first child named *tag*; None when there is none."""
-    child = _first(kids, tag)
-    return _kids(child) if child is not None else None
+def _child(element: etree._Element, tag: str) -> etree._Element | None:
+    """The first child named *tag* (what ``find(tag)`` gives for a Clark name)."""
+    for child in element:
+        if child.tag == tag:
+            return child
+    return None
 
 
 def _nested(kids: Kids, outer: str, inner: str) -> etree._Element | None:
     """The first *inner* child of an *outer* child (what ``find("outer/inner")`` gives)."""
     for node in kids.get(outer, ()):
-        found = next(node.iterchildren(inner), None)
+        found = _child(node, inner)
         if found is not None:
             return found
     return None
 
 
-def _documents(top: Kids, *, decode: bool) -> tuple[etree._Element | None, list[Attachment], list[str]]:
+def _documents(root: etree._Element, *, decode: bool) -> tuple[etree._Element | None, list[Attachment], list[str]]:
     payload: etree._Element | None = None
     attachments: list[Attachment] = []
     namespaces: dict[str, None] = {}
-    refs = [ref for doc in top.get(_DOCUMENT, ()) for ref in doc.iterchildren(_REF_DOC)]
+    refs = [ref for doc in root if doc.tag == _DOCUMENT for ref in doc if ref.tag == _REF_DOC]
     for index, ref in enumerate(refs, start=1):
-        for content in ref.iterchildren(_CONTENT):
-            for child in content.iterchildren("*"):
+        for content in ref:
+            if content.tag != _CONTENT:
+                continue
+            for child in content:
                 tag = child.tag
+                if tag.__class__ is not str:
+                    continue  # a comment or a processing instruction
                 namespaces[tag[1:].partition("}")[0] if tag[:1] == "{" else ""] = None
                 if tag == _B64:
                     if decode:
@@ -128,17 +137,16 @@ def _attachment(ref: etree._Element, container: etree._Element, index: int) -> A
         raise SchemaInvalid(
             "attachment is not valid base64", location=f"/MsgHead/Document[{index}]/RefDoc/Content/Base64Container"
         ) from exc
-    kids = _kids(ref)
-    mime = _text(kids, _MIME_TYPE) or None
-    description = _text(kids, _DESCRIPTION) or None
+    mime = _child_text(ref, _MIME_TYPE) or None
+    description = _child_text(ref, _DESCRIPTION) or None
     return Attachment(mime_type=mime, data=data, description=description)
 
 
 def _conversation(info: Kids) -> ConversationRef | None:
-    ref = _kids_of(info, _CONVERSATION_REF)
+    ref = _first(info, _CONVERSATION_REF)
     if ref is None:
         return None
-    return ConversationRef(ref_to_parent=_text(ref, _REF_TO_PARENT), ref_to_conversation=_text(ref, _REF_TO_CONVERSATION))
+    return ConversationRef(ref_to_parent=_child_text(ref, _REF_TO_PARENT), ref_to_conversation=_child_text(ref, _REF_TO_CONVERSATION))
 
 
 def _other_receiver(node: etree._Element) -> Party | None:
@@ -147,11 +155,10 @@ def _other_receiver(node: etree._Element) -> Party | None:
     A Patient or Person copy recipient is a citizen reached through
     helsenorge.no, whose own system answers; we send nothing on its behalf.
     """
-    kids = _kids(node)
-    org = _first(kids, _ORGANISATION)
+    org = _child(node, _ORGANISATION)
     if org is not None:
         return _party(org, role="COP")
-    hcp = _first(kids, _HCP)
+    hcp = _child(node, _HCP)
     if hcp is not None:
         return Party(name="", idents=(), professional=_person(hcp), role="COP")
     return None
@@ -161,32 +168,69 @@ def _party(org: etree._Element | None, *, role: str) -> Party | None:
     """An Organisation with every nested Organisation as a dept and every HCP as a person."""
     if org is None:
         return None
-    top = kids = _kids(org)
+    name, idents, persons, inner = _organisation(org)
     depts: list[Party] = []
+    while inner is not None:
+        dept_name, dept_idents, dept_persons, inner = _organisation(inner)
+        depts.append(Party(name=dept_name, idents=dept_idents))
+        persons += dept_persons
+    return Party(name=name, idents=idents, depts=tuple(depts), persons=tuple(persons), role=role)
+
+
+def _organisation(org: etree._Element) -> tuple[str, tuple[Ident, ...], list[Person], etree._Element | None]:
+    """One Organisation's name, idents and HCPs, and its first nested Organisation, in one pass."""
+    name: str | None = None
+    idents: list[Ident] = []
     persons: list[Person] = []
-    while True:
-        persons.extend(_person(h) for h in kids.get(_HCP, ()))
-        kids = _kids_of(kids, _ORGANISATION)  # type: ignore[assignment]
-        if kids is None:
-            break
-        depts.append(Party(name=_text(kids, _ORGANISATION_NAME), idents=_idents(kids)))
-    return Party(name=_text(top, _ORGANISATION_NAME), idents=_idents(top), depts=tuple(depts), persons=tuple(persons), role=role)
+    inner: etree._Element | None = None
+    for child in org:
+        tag = child.tag
+        if tag == _IDENT:
+            idents.append(_ident(child))
+        elif tag == _ORGANISATION_NAME:
+            if name is None:
+                name = (child.text or "").strip()
+        elif tag == _HCP:
+            persons.append(_person(child))
+        elif tag == _ORGANISATION and inner is None:
+            inner = child
+    return name or "", tuple(idents), persons, inner
 
 
 def _person(hcp: etree._Element) -> Person:
-    kids = _kids(hcp)
-    names = [_text(kids, tag) for tag in _NAMES]
-    return Person(name=" ".join(n for n in names if n), idents=_idents(kids), profession=_attr(kids, _PROFESSION, "V"))
+    names: dict[str, str] = {}
+    idents: list[Ident] = []
+    profession: str | None = None
+    for child in hcp:
+        tag = child.tag
+        if tag == _IDENT:
+            idents.append(_ident(child))
+        elif tag in _NAMES:
+            if tag not in names:
+                names[tag] = (child.text or "").strip()
+        elif tag == _PROFESSION and profession is None:
+            profession = (child.get("V") or "").strip()
+    name = " ".join(n for n in (names.get(tag, "") for tag in _NAMES) if n)
+    return Person(name=name, idents=tuple(idents), profession=profession or "")
 
 
-def _idents(kids: Kids | None) -> tuple[Ident, ...]:
-    if kids is None:
-        return ()
-    out = []
-    for ident in kids.get(_IDENT, ()):
-        own = _kids(ident)
-        out.append(ident_of(_text(own, _ID), _first(own, _TYPE_ID)))
-    return tuple(out)
+def _ident(ident: etree._Element) -> Ident:
+    """``<Ident><Id/><TypeId/></Ident>``: the first Id's text and the first TypeId."""
+    id_text: str | None = None
+    code: etree._Element | None = None
+    for child in ident:
+        tag = child.tag
+        if tag == _ID:
+            if id_text is None:
+                id_text = (child.text or "").strip()
+        elif tag == _TYPE_ID and code is None:
+            code = child
+    return ident_of(id_text or "", code)
+
+
+def _child_text(element: etree._Element, tag: str) -> str:
+    child = _child(element, tag)
+    return (child.text or "").strip() if child is not None else ""
 
 
 def _text(kids: Kids, tag: str) -> str:

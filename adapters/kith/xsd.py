@@ -125,12 +125,14 @@ class SchemaSet:
         )
 
     def _schema(self, namespaces: tuple[str, ...]) -> tuple[etree.XMLSchema, threading.Lock]:
-        with self._guard:
-            compiled = self._compiled.get(namespaces)
-            if compiled is None:
-                compiled = self._compile(namespaces)
-                self._compiled[namespaces] = compiled
-                self._locks[namespaces] = threading.Lock()
+        compiled = self._compiled.get(namespaces)  # set once, lock first: a hit needs no guard
+        if compiled is None:
+            with self._guard:
+                compiled = self._compiled.get(namespaces)
+                if compiled is None:
+                    compiled = self._compile(namespaces)
+                    self._locks[namespaces] = threading.Lock()
+                    self._compiled[namespaces] = compiled
         if isinstance(compiled, UnknownMessage):
             raise UnknownMessage(compiled.reason, location=compiled.location)
         return compiled, self._locks[namespaces]
