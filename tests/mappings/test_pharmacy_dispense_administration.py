@@ -238,3 +238,20 @@ class TestDispenseInTheRecord:
             record.close()
         assert len(orders) == 1
         assert dispense["authorizingPrescription"] == [{"reference": f"MedicationRequest/{orders[0]['id']}"}]
+
+
+class TestAdministrationIdentity:
+    def test_a_corrected_time_updates_the_administration_it_corrects(self, converter):
+        """RXA-21 U with another RXA-3 (the nurse corrects when the dose was given) reaches the same
+        MedicationAdministration through the order and RXA-2: keyed on the time, the dose looked given twice."""
+        first = _entry(_one(converter, _ras(_rxa())), "MedicationAdministration")
+        corrected = _rxa(rxa21="U").replace("|20250312090500|", "|20250312091500|", 1)
+        again = _entry(_one(converter, _ras(corrected)), "MedicationAdministration")
+        assert again["fullUrl"] == first["fullUrl"]
+        assert again["resource"]["effectiveDateTime"] == "2025-03-12T09:15:00+01:00"
+
+    def test_two_administrations_of_one_order_are_two(self, converter):
+        """The counter (RXA-2) tells one order's administrations apart, whatever their times."""
+        first = _entry(_one(converter, _ras(_rxa())), "MedicationAdministration")
+        second = _entry(_one(converter, _ras(_rxa().replace("RXA|0|1|", "RXA|0|2|", 1))), "MedicationAdministration")
+        assert second["fullUrl"] != first["fullUrl"]
