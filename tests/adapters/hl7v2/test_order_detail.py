@@ -8,6 +8,8 @@ sheet says; the IG maps none of the others, which the unmapped report lists.
 
 from __future__ import annotations
 
+import pytest
+
 from adapters.hl7v2._tokenizer import tokenize
 from adapters.hl7v2.groups import Group, build
 from router.testing import converted, one_bundle
@@ -107,3 +109,23 @@ class TestConversion:
         """v2.3 names the choice CHOICE; the structure Helsebro reads is v2.5.1's, so a v2.3 sender's RXO is placed the same."""
         bundle = one_bundle(converter, _message(*PHARMACY, version="2.3"))
         assert len(_resources(bundle, "MedicationRequest")) == 1
+
+
+class TestOneDetailPerOrder:
+    """An ORDER_DETAIL is one of OBR, RXO (a choice): a second detail segment in one order is refused, never a second order."""
+
+    @pytest.mark.parametrize(
+        ("body", "segment"),
+        [
+            (["ORC|NW|REK-1^DIPS", "OBR|1|REK-1^DIPS||NPU02319^Hemoglobin;B^NLK", "RXO|J01CA04^Amoksicillin^ATC|500||mg", "NTE|1||Fastende"], "RXO"),
+            (["ORC|NW|REK-2^DIPS", "RXO|J01CA04^Amoksicillin^ATC|500||mg", "OBR|1|REK-2^DIPS||NPU02319^Hemoglobin;B^NLK", "NTE|1||Tas med mat"], "OBR"),
+        ],
+    )
+    def test_a_second_detail_in_one_order_is_refused(self, converter, body, segment):
+        """Read in place, the stray RXO became a MedicationRequest under the lab order's number with its note
+        (a medication order nobody placed); now the sender hears which segment has no place."""
+        [doc] = converted(converter, _message(*body))
+        assert doc["resourceType"] == "OperationOutcome", doc
+        issue = doc["issue"][0]
+        assert issue["severity"] == "error"
+        assert issue["expression"][0].startswith(segment)
