@@ -177,6 +177,8 @@ class _Writer:
             return self._put(entry.resource_type, id_, apply_patch(stored, resource, entry.resource_type, f"{entry.location}.resource"))
         if action == "write" and resource is not None:
             return self._put(entry.resource_type, id_, resource)
+        if action == "noop" and entry.method == "POST" and resource is not None and id_:
+            self._check_same_patient(entry, id_, resource)
         current = self._current(entry.resource_type, id_) if id_ else None
         if action == "noop" or current is None or current.deleted:
             return AppliedEntry(entry.resource_type, id_, current.version if current else 0, "unchanged")
@@ -184,6 +186,45 @@ class _Writer:
         stub = {"resourceType": entry.resource_type, "id": id_, "meta": {"versionId": str(version), "lastUpdated": self._now}}
         self._write(entry.resource_type, id_, version, stub, digest="", deleted=True)
         return AppliedEntry(entry.resource_type, id_, version, "deleted")
+
+    def _check_same_patient(self, entry: Entry, id_: str, resource: FhirJson) -> None:
+        """Refuse a create-only entry whose identity finds another patient's resource.
+
+        Why (patient safety): a create-only entry (POST ifNoneExist) that finds its
+        identity writes nothing, and the Bundle's references to it then name the
+        stored resource. A dispense for patient B whose order number is patient A's
+        order would point at A's prescription without a word. The stored resource's
+        patient is this one's when it is the same Patient, or one merged into it
+        (an A40 leaves the old Patient `replaced-by` the survivor, and its resources where they were).
+
+        Raises:
+            InvalidContent: the stored resource's subject (or patient) is another patient's.
+        """
+        new = _patients(resource)
+        if not new:
+            return
+        stored = self._body(entry.resource_type, id_)
+        old = _patients(stored) if stored is not None else set()
+        if not old or old & new or any(self._merged_into(p, new) for p in old):
+            return
+        raise InvalidContent(f"the {entry.resource_type} this message names belongs to another patient", location=entry.location)
+
+    def _merged_into(self, patient: str, survivors: set[str], hops: int = 4) -> bool:
+        """Whether *patient* (Patient/id) was merged, through at most *hops* `replaced-by` links, into one of *survivors*."""
+        for _ in range(hops):
+            body = self._body("Patient", patient.partition("/")[2])
+            nxt = next(
+                (link["other"]["reference"] for link in (body or {}).get("link", [])
+                 if isinstance(link, dict) and link.get("type") == "replaced-by" and isinstance(link.get("other"), dict)
+                 and isinstance(link["other"].get("reference"), str)),
+                None,
+            )
+            if nxt is None:
+                return False
+            if nxt in survivors:
+                return True
+            patient = nxt
+        return False
 
     def delete_all(self, entry: Entry, ids: list[str], *, retire: bool = False) -> AppliedEntry:
         """Delete (or, for a document, retire) every resource a conditional DELETE found; report the last."""
@@ -320,3 +361,8 @@ def _content(resource: FhirJson, id_: str) -> FhirJson:
         else:
             del content["meta"]
     return content
+
+
+def _patients(resource: FhirJson) -> set[str]:
+    """The Patient references (Patient/id) of *resource*'s subject and patient elements."""
+    return {ref for element, ref in references(resource) if element in ("subject", "patient") and ref.startswith("Patient/")}

@@ -255,3 +255,41 @@ class TestAdministrationIdentity:
         first = _entry(_one(converter, _ras(_rxa())), "MedicationAdministration")
         second = _entry(_one(converter, _ras(_rxa().replace("RXA|0|1|", "RXA|0|2|", 1))), "MedicationAdministration")
         assert second["fullUrl"] != first["fullUrl"]
+
+
+class TestAnotherPatientsOrder:
+    """A create-only order found by its number must be this patient's (SQLite record)."""
+
+    OTHER = "PID|1||01015000232^^^NOR^FNR||HANSEN^KARI||19500101|F"  # synthetic
+
+    def test_a_dispense_naming_another_patients_order_is_refused(self, converter, tmp_path):
+        """RDE for patient A, then an RDS for patient B with A's order number: refused whole (nothing of B written),
+        not a dispense of B's pointing at A's prescription."""
+        from router.errors import InvalidContent
+
+        record = TestDispenseInTheRecord()._record(tmp_path)
+        try:
+            record.apply(_one(converter, _rde()))
+            other = _message("RDS^O13^RDS_O13", self.OTHER, ORC_RE, *ENCODED, RXD, app="APOTEK")
+            with pytest.raises(InvalidContent, match="belongs to another patient"):
+                record.apply(_one(converter, other))
+            assert record.search("MedicationDispense", {}) == []
+            assert len(record.search("Patient", {})) == 1
+        finally:
+            record.close()
+
+    def test_an_order_of_a_patient_merged_into_this_one_is_theirs(self, converter, tmp_path):
+        """After an A40 merges A into B, a dispense for B with the order A's number names is B's own order."""
+        merge = _message(
+            "ADT^A40^ADT_A39", "EVN|A40|20250312100000", self.OTHER, f"MRG|{PATIENT}^^^NOR^FNR", ctrl="MERGE-1",
+        )
+        record = TestDispenseInTheRecord()._record(tmp_path)
+        try:
+            record.apply(_one(converter, _rde()))
+            record.apply(_one(converter, merge))
+            record.apply(_one(converter, _message("RDS^O13^RDS_O13", self.OTHER, ORC_RE, *ENCODED, RXD, app="APOTEK")))
+            [dispense] = record.search("MedicationDispense", {})
+            [order] = record.search("MedicationRequest", {})
+        finally:
+            record.close()
+        assert dispense["authorizingPrescription"] == [{"reference": f"MedicationRequest/{order['id']}"}]
