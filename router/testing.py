@@ -258,3 +258,16 @@ def one_bundle(converter: Any, data: bytes) -> dict[str, Any]:
     [doc] = converted(converter, data)
     assert doc["resourceType"] == "Bundle", doc
     return doc
+
+
+def edit_text(path: Path, old: str, new: str) -> int:
+    """Replace the first *old* in the file at *path* with *new*; return the line *old*'s text starts on.
+
+    For tests that break a copy of the mappings and expect lint to name the line: leading
+    newlines of *old* are not its text, so they do not count.
+    """
+    text = path.read_text()
+    assert old in text, old  # noqa: S101 - a test helper: the test's own text must be there
+    line = text[: text.index(old)].count("\n") + 1 + old[: len(old) - len(old.lstrip("\n"))].count("\n")
+    path.write_text(text.replace(old, new, 1))
+    return line

@@ -27,6 +27,16 @@ def converter():
     return Converter(load_settings(environ={}))
 
 
+@pytest.fixture
+def mapping_copy(tmp_path: Path) -> Path:
+    """A copy of the project's mappings/ to break on purpose (lint and load-time refusals)."""
+    import shutil
+
+    dst = tmp_path / "mappings"
+    shutil.copytree(ROOT / "mappings", dst)
+    return dst
+
+
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
 """The real broker the integration tests use (CI starts it; a test fails, never skips, without it)."""
 

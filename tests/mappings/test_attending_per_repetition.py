@@ -10,7 +10,6 @@ validated (router.testing). Synthetic Norwegian people only (Tenor-style fødsel
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,8 @@ from router.errors import MappingError
 from router.mapping import MappingSet
 from router.pipeline.convert import Converter
 from router.settings import load_settings
-from router.testing import one_bundle
+from router.testing import edit_text, one_bundle
 
-ROOT = Path(__file__).resolve().parents[2]
 HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
 PATIENT = "15866112379"
 ATND = "ATND"
@@ -143,25 +141,13 @@ def test_helsebro_convert_unmapped_no_longer_hides_a_fifth_doctor(tmp_path, caps
     assert "PV1-7" not in line.split("unmapped:")[1].split(", ")
 
 
-@pytest.fixture
-def mapping_copy(tmp_path: Path) -> Path:
-    dst = tmp_path / "mappings"
-    shutil.copytree(ROOT / "mappings", dst)
-    return dst
 
-
-def _edit(path: Path, old: str, new: str) -> int:
-    text = path.read_text()
-    assert old in text, old
-    line = text[: text.index(old)].count("\n") + 1 + old[: len(old) - len(old.lstrip("\n"))].count("\n")
-    path.write_text(text.replace(old, new, 1))
-    return line
 
 
 def test_a_plain_ref_names_the_first_repetitions_resource(mapping_copy):
     """A `ref: attending` without `same:` names the Practitioner of the first repetition (as `from: PV1-7`
     did), not the last one made."""
-    _edit(mapping_copy / "hl7v2" / "segments" / "PV1.Encounter.yaml", "  - target: serviceProvider\n",
+    edit_text(mapping_copy / "hl7v2" / "segments" / "PV1.Encounter.yaml", "  - target: serviceProvider\n",
           "  - target: participant\n    rules:\n      - target: type.coding\n        value: {system: urn:test, code: FIRST}\n"
           "      - target: individual\n        ref: attending\n  - target: serviceProvider\n")
     converter = Converter(load_settings(environ={"HELSEBRO_MAPPINGS_DIR": str(mapping_copy)}))
@@ -185,7 +171,7 @@ def test_a_same_naming_a_field_no_each_iterates_is_refused_at_its_line(mapping_c
     """Lint refuses `same: PV1-7` unless an enclosing `each:` iterates PV1-7's repetitions, naming file:line."""
     path = mapping_copy / "hl7v2" / "segments" / "PV1.Encounter.yaml"
     text = path.read_text()
-    line = _edit(path, old, new)
+    line = edit_text(path, old, new)
     if old.startswith("    each"):
         line = text[: text.index("        same: PV1-7\n")].count("\n") + 1  # the error is at the same:, not at the each:
     with pytest.raises(MappingError) as err:
@@ -217,7 +203,7 @@ class TestSameNeedsEachOverItsField:
     def test_a_resource_not_made_per_repetition_is_refused_at_its_entry(self, mapping_copy, new, says):
         """`attending` made with from:, over PV1-17, or once: refused at its entry, naming the same: field, its line and what it is made from."""
         path = mapping_copy.joinpath(*self.A01)
-        _edit(path, self.EACH, new)
+        edit_text(path, self.EACH, new)
         with pytest.raises(MappingError) as err:
             MappingSet.load(mapping_copy / "hl7v2", compile_path)
         assert says in err.value.reason
@@ -230,7 +216,7 @@ class TestSameNeedsEachOverItsField:
     def test_a_message_without_the_resource_is_refused_at_the_user(self, mapping_copy):
         """A message that makes no `attending` at all: refused at the encounter that pairs with it."""
         path = mapping_copy.joinpath(*self.A01)
-        _edit(path, "  - name: attending\n", "  - name: doctors\n")
+        edit_text(path, "  - name: attending\n", "  - name: doctors\n")
         with pytest.raises(MappingError) as err:
             MappingSet.load(mapping_copy / "hl7v2", compile_path)
         assert "this message makes no 'attending'" in err.value.reason and "same: PV1-7" in err.value.reason
@@ -247,13 +233,13 @@ class TestSameNeedsEachOverItsField:
     )
     def test_each_over_the_field_or_no_binding_loads(self, mapping_copy, old, new):
         """`each: PV1-7` (every repetition too) loads, and so does a stay whose attending is left out with with: {attending: null}."""
-        _edit(mapping_copy.joinpath(*self.A01), old, new)
+        edit_text(mapping_copy.joinpath(*self.A01), old, new)
         assert "ADT_A01" in MappingSet.load(mapping_copy / "hl7v2", compile_path).messages
 
     def test_helsebro_mappings_lint_prints_file_and_line(self, mapping_copy, capsys):
         """`helsebro mappings lint` on the folder exits 1 and prints ADT_A01.yaml:<line>: with the reason."""
         path = mapping_copy.joinpath(*self.A01)
-        _edit(path, self.EACH, "    use: XCN.Practitioner\n    from: PV1-7\n  - name: admitting\n")
+        edit_text(path, self.EACH, "    use: XCN.Practitioner\n    from: PV1-7\n  - name: admitting\n")
         assert main(["mappings", "lint", str(mapping_copy / "hl7v2")]) == 1
         err = capsys.readouterr().err
         line = self._line_of(path, "  - name: attending\n")

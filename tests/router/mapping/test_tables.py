@@ -7,7 +7,6 @@ Synthetic people only.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,8 @@ from router.mapping import MappingSet
 from router.mapping.library import LIBRARY, Function
 from router.pipeline.convert import Converter
 from router.settings import load_settings
+from router.testing import edit_text
 
-ROOT = Path(__file__).resolve().parents[3]
 LOCAL = "urn:helsebro:local:STOLAV:codesystem:"
 
 # OBX-3 with a coding system named in lower case (`sct`: SNOMED CT), by a mixed-case local name the
@@ -31,18 +30,7 @@ ORU = (
 ).encode()
 
 
-@pytest.fixture
-def mapping_copy(tmp_path: Path) -> Path:
-    dst = tmp_path / "mappings"
-    shutil.copytree(ROOT / "mappings", dst)
-    return dst
 
-
-def _edit(path: Path, old: str, new: str) -> int:
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1))
-    return text[: text.index(old)].count("\n") + 1
 
 
 def _codings(mappings: Path | None, *, trace: bool) -> list[list[dict]]:
@@ -66,7 +54,7 @@ class TestFunctionFallback:
     @pytest.mark.parametrize("trace", [False, True], ids=["generated", "explain"])
     def test_a_rule_without_fn_gives_the_function_the_value_it_looked_up(self, mapping_copy, trace):
         """Without `fn: upper`, `sct` is not listed: coding_system makes it the sender's own system, `SCT` still SNOMED CT."""
-        _edit(mapping_copy / "hl7v2" / "datatypes" / "CWE.CodeableConcept.yaml", "        from: CWE.3\n        fn: upper\n", "        from: CWE.3\n")
+        edit_text(mapping_copy / "hl7v2" / "datatypes" / "CWE.CodeableConcept.yaml", "        from: CWE.3\n        fn: upper\n", "        from: CWE.3\n")
         first, *_ = _codings(mapping_copy, trace=trace)
         assert [c["system"] for c in first] == [LOCAL + "sct", LOCAL + "WinPath"]
 
@@ -90,7 +78,7 @@ class TestFunctionFallback:
     )
     def test_a_fallback_that_cannot_work_is_refused_at_unmapped(self, mapping_copy, table, old, new, says):
         """An unknown function, one not of one value, or a fallback for a table of Codings: refused at the table's unmapped: line."""
-        line = _edit(mapping_copy / "hl7v2" / "tables" / f"{table}.yaml", old, new)
+        line = edit_text(mapping_copy / "hl7v2" / "tables" / f"{table}.yaml", old, new)
         with pytest.raises(MappingError) as err:
             MappingSet.load(mapping_copy / "hl7v2", compile_path)
         assert says in err.value.reason
@@ -99,7 +87,7 @@ class TestFunctionFallback:
     @pytest.mark.parametrize("trace", [False, True], ids=["generated", "explain"])
     def test_the_function_result_is_fitted_like_a_value_read(self, mapping_copy, trace):
         """A fallback's result for a `code` (gender) is fitted as a value read from the message: `X  Y` is refused at PID-8."""
-        _edit(mapping_copy / "hl7v2" / "tables" / "hl7-0001.yaml", "unmapped: {value: unknown}", "unmapped: {fn: trim}")
+        edit_text(mapping_copy / "hl7v2" / "tables" / "hl7-0001.yaml", "unmapped: {value: unknown}", "unmapped: {fn: trim}")
         adt = ("MSH|^~\\&|PAS|STOLAV|HB|HP|20250110083000||ADT^A01^ADT_A01|T2|P|2.5.1\rEVN|A01|20250110083000\r"
                "PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|X  Y\r").encode()
         [item] = Converter(load_settings(environ={"HELSEBRO_MAPPINGS_DIR": str(mapping_copy)})).convert(adt, trace=trace)
