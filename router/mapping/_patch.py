@@ -77,7 +77,8 @@ def patch_entry(entry: dict[str, Any], patch: Patch) -> dict[str, Any] | None:
 
 
 def _subject_condition(resource: dict[str, Any]) -> str:
-    """`&subject=<reference>` when *resource* names its subject by reference, else nothing.
+    """`&subject=<reference>` when *resource* names its subject by reference (`&patient=` for the
+    types that call it patient: AllergyIntolerance, Immunization), else nothing.
 
     Why (patient safety): an M5 names a patient and a ReseptId; found by the
     ReseptId alone, a ReseptId of another patient's prescription would stop that
@@ -87,11 +88,12 @@ def _subject_condition(resource: dict[str, Any]) -> str:
     names that prescription as this patient's). The reference is usually the
     Bundle's own Patient (`urn:uuid:`), which the record resolves as any other.
     """
-    subject = resource.get("subject")
-    ref = subject.get("reference") if isinstance(subject, dict) else None
-    if not isinstance(ref, str) or not ref:
-        return ""
-    return "&subject=" + quote(ref, safe=":/")
+    for element in ("subject", "patient"):
+        owner = resource.get(element)
+        ref = owner.get("reference") if isinstance(owner, dict) else None
+        if isinstance(ref, str) and ref:
+            return f"&{element}=" + quote(ref, safe=":/")
+    return ""
 
 
 def _operation(kind: str, path: str, *, name: str | None = None, value: tuple[str, Any] | None = None) -> dict[str, Any]:

@@ -33,6 +33,16 @@ class TestPatchEntry:
         patched = patch_entry(entry(status="stopped", subject={"reference": PATIENT}), WITHDRAW)
         assert patched["request"]["url"] == f"{CONDITION}&subject={PATIENT}"
 
+    def test_a_patient_element_joins_the_condition_as_patient(self):
+        """AllergyIntolerance and Immunization call their owner `patient`: patched only as that patient's, too."""
+        allergy = {"resourceType": "AllergyIntolerance", "id": "x", "clinicalStatus": {"text": "inactive"}, "patient": {"reference": PATIENT}}
+        url = "AllergyIntolerance?identifier=urn:ietf:rfc:3986|a"
+        patched = patch_entry(
+            {"fullUrl": "urn:uuid:x", "resource": allergy, "request": {"method": "PUT", "url": url}},
+            Patch("AllergyIntolerance", (("clinicalStatus", "valueCodeableConcept"),), "refuse"),
+        )
+        assert patched["request"]["url"] == f"{url}&patient={PATIENT}"
+
     def test_skip_and_a_create_condition(self):
         """`absent: skip` adds the patch-absent extension; a create's ifNoneExist gives the condition."""
         create = entry(status="stopped")
