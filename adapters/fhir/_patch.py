@@ -18,7 +18,7 @@ Error reasons never quote a value: they may be patient data.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Callable
 
 from adapters.fhir._bundle import Criteria
 from adapters.fhir._search import references
@@ -107,7 +107,10 @@ def apply_patch(stored: FhirJson, patch: FhirJson, resource_type: str, where: st
     return _tagged(out, patch.get("meta"))
 
 
-def check_owner(stored: FhirJson, owner: Criteria, targets: dict[str, str], resource_type: str, where: str) -> None:
+def check_owner(
+    stored: FhirJson, owner: Criteria, targets: dict[str, str], resource_type: str, where: str,
+    merged_into: Callable[[str, set[str]], bool] = lambda _old, _new: False,
+) -> None:
     """Refuse unless *stored* is the resource of whom each of *owner* (a PATCH's `subject=`, `patient=`) names.
 
     A value that is a `urn:uuid:` is the fullUrl of an entry of the Bundle (the
@@ -119,6 +122,10 @@ def check_owner(stored: FhirJson, owner: Criteria, targets: dict[str, str], reso
     skipped, even with PATCH_ABSENT: the resource is there, and the message is
     wrong about whose it is.
 
+    *merged_into(old, new)* tells whether the stored resource's Patient `old`
+    was merged into `new` (the record follows the `replaced-by` links an A40
+    leaves): such a resource is the named patient's, as for a create-only entry.
+
     Raises:
         InvalidContent: *stored* belongs to another patient, or a `urn:uuid:` names no entry of the Bundle.
     """
@@ -128,7 +135,7 @@ def check_owner(stored: FhirJson, owner: Criteria, targets: dict[str, str], reso
         if not target:
             raise InvalidContent(f"the {name} condition of a PATCH names no entry of the Bundle", location=f"{where}.request.url")
         elements = ("subject",) if name == "subject" else ("subject", "patient")
-        if not any(element in elements and ref == target for element, ref in refs):
+        if not any(element in elements and (ref == target or merged_into(ref, {target})) for element, ref in refs):
             whose = "another patient" if target.startswith("Patient/") else f"another {name}"
             raise InvalidContent(f"the {resource_type} this message changes belongs to {whose}", location=where)
 

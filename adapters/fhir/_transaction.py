@@ -173,7 +173,7 @@ class _Writer:
             if stored is None:  # deleted by an earlier entry of this Bundle
                 raise InvalidContent(f"the {entry.resource_type} this message changes is not in the record", location=entry.location)
             if entry.owner:  # checked on the stored resource, so also on one an earlier entry of this Bundle wrote
-                check_owner(stored, entry.owner, targets or {}, entry.resource_type, entry.location)
+                check_owner(stored, entry.owner, targets or {}, entry.resource_type, entry.location, self._merged_into)
             return self._put(entry.resource_type, id_, apply_patch(stored, resource, entry.resource_type, f"{entry.location}.resource"))
         if action == "write" and resource is not None:
             return self._put(entry.resource_type, id_, resource)
@@ -211,6 +211,8 @@ class _Writer:
 
     def _merged_into(self, patient: str, survivors: set[str], hops: int = 4) -> bool:
         """Whether *patient* (Patient/id) was merged, through at most *hops* `replaced-by` links, into one of *survivors*."""
+        if not patient.startswith("Patient/"):
+            return False
         for _ in range(hops):
             body = self._body("Patient", patient.partition("/")[2])
             nxt = next(

@@ -183,6 +183,16 @@ class TestPatchOwner:
         assert record.read("MedicationRequest", MR_ID)["status"] == "active"
         assert record.read("Patient", PATIENT_B) is None
 
+    def test_a_patient_merged_into_the_named_one_is_hers(self, record):
+        """After an A40 merges A into B (A `replaced-by` B), B's withdrawal stops the prescription stored under A."""
+        store_patient_a_prescription(record)
+        retired = {"resourceType": "Patient", "id": PATIENT_A, "identifier": [{"system": FNR_SYSTEM, "value": FNR[PATIENT_A]}],
+                   "active": False, "link": [{"other": {"reference": f"urn:uuid:{PATIENT_B}"}, "type": "replaced-by"}]}
+        record.apply(bundle(create_patient(PATIENT_B), {"fullUrl": f"urn:uuid:{PATIENT_A}", "resource": retired,
+                                                        "request": {"method": "PUT", "url": f"Patient/{PATIENT_A}"}}))
+        record.apply(bundle(create_patient(PATIENT_B), patch(url=f"{CONDITION}&subject=urn:uuid:{PATIENT_B}")))
+        assert record.read("MedicationRequest", MR_ID)["status"] == "stopped"
+
     def test_a_missing_resource_is_told_apart_from_another_patients(self, record):
         """An identifier the record does not hold is still `not in the record` (refused), and skipped with patch-absent skip."""
         store_patient_a_prescription(record)
