@@ -176,7 +176,7 @@ class _Writer:
                 check_owner(stored, entry.owner, targets or {}, entry.resource_type, entry.location, self._merged_into)
             return self._put(entry.resource_type, id_, apply_patch(stored, resource, entry.resource_type, f"{entry.location}.resource"))
         if action == "write" and resource is not None:
-            return self._put(entry.resource_type, id_, resource)
+            return self._put(entry.resource_type, id_, resource, writer=entry)
         if action == "noop" and entry.method == "POST" and resource is not None and id_:
             self._check_same_patient(entry, id_, resource)
         current = self._current(entry.resource_type, id_) if id_ else None
@@ -193,21 +193,31 @@ class _Writer:
         Why (patient safety): a create-only entry (POST ifNoneExist) that finds its
         identity writes nothing, and the Bundle's references to it then name the
         stored resource. A dispense for patient B whose order number is patient A's
-        order would point at A's prescription without a word. The stored resource's
-        patient is this one's when it is the same Patient, or one merged into it
-        (an A40 leaves the old Patient `replaced-by` the survivor, and its resources where they were).
+        order would point at A's prescription without a word.
 
         Raises:
             InvalidContent: the stored resource's subject (or patient) is another patient's.
         """
         new = _patients(resource)
-        if not new:
-            return
+        if new:
+            self._refuse_other_patient(entry, id_, new, "names")
+
+    def _refuse_other_patient(self, entry: Entry, id_: str, new: set[str], verb: str) -> None:
+        """Raise unless the stored resource *id_* is this patient's (one of *new*), has none, or is gone.
+
+        The stored resource's patient is this one's when it is the same Patient, or one
+        merged into it: an A40 leaves the old Patient `replaced-by` the survivor, and its
+        stays, results and prescriptions where they were.
+        """
         stored = self._body(entry.resource_type, id_)
         old = _patients(stored) if stored is not None else set()
         if not old or old & new or any(self._merged_into(p, new) for p in old):
             return
-        raise InvalidContent(f"the {entry.resource_type} this message names belongs to another patient", location=entry.location)
+        raise InvalidContent(
+            f"the {entry.resource_type} this message {verb} belongs to another patient"
+            + ("; a resource moves between patients only by a merge (A40, A34) of the patients themselves" if verb == "updates" else ""),
+            location=entry.location,
+        )
 
     def _merged_into(self, patient: str, survivors: set[str], hops: int = 4) -> bool:
         """Whether *patient* (Patient/id) was merged, through at most *hops* `replaced-by` links, into one of *survivors*."""
@@ -248,7 +258,18 @@ class _Writer:
         body = rows[0][0]
         return orjson.loads(body) if isinstance(body, (str, bytes)) else dict(body)
 
-    def _put(self, resource_type: str, id_: str, resource: FhirJson) -> AppliedEntry:
+    def _put(self, resource_type: str, id_: str, resource: FhirJson, *, writer: Entry | None = None) -> AppliedEntry:
+        """Write *resource* as the next version of *id_*, or nothing when its content is unchanged.
+
+        With *writer* (an update entry: PUT by condition or by id), a version that would
+        give the stored resource another patient is refused (_refuse_other_patient).
+        Why (patient safety): an update finds its resource by identifier alone, and a
+        sender reusing an order, visit or prescription number for another patient would
+        otherwise move that patient's order, stay or prescription without a word. The
+        check reads the stored body only when the version's indexed identifiers and
+        references differ from the stored ones (`index_hash`): an A08 that changes an
+        Encounter's period costs nothing more.
+        """
         content = _content(resource, id_)
         digest = _blake2b(orjson.dumps(content, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
         current = self._current(resource_type, id_)
@@ -260,16 +281,27 @@ class _Writer:
         # three set again after (their places stay first), not a generator over the members.
         body = {"resourceType": resource_type, "id": id_, "meta": meta, **content}
         body["resourceType"], body["id"], body["meta"] = resource_type, id_, meta
-        self._write(resource_type, id_, version, body, digest=digest, deleted=False)
+        tokens = set(identifiers(body))
+        refs = set(references(body))
+        index_hash = _index_hash(tokens, refs)
+        if writer is not None and current is not None and not current.deleted and current.index_hash != index_hash:
+            new = {ref for element, ref in refs if element in ("subject", "patient") and ref.startswith("Patient/")}
+            if new:
+                self._refuse_other_patient(writer, id_, new, "updates")
+        self._write(resource_type, id_, version, body, digest=digest, deleted=False, index=(tokens, refs, index_hash))
         outcome: EntryOutcome = "updated" if current is not None and not current.deleted else "created"
         return AppliedEntry(resource_type, id_, version, outcome)
 
-    def _write(self, resource_type: str, id_: str, version: int, body: FhirJson, *, digest: str, deleted: bool) -> None:
+    def _write(self, resource_type: str, id_: str, version: int, body: FhirJson, *, digest: str, deleted: bool,
+               index: tuple[set[tuple[str, str]], set[tuple[str, str]], int] | None = None) -> None:
         text = orjson.dumps(body).decode()
-        tokens = set() if deleted else set(identifiers(body))
-        refs = set() if deleted else set(references(body))
-        self._lookups.write(resource_type, id_, version, deleted, self._now, text, digest, tokens=tokens, refs=refs,
-                            index_hash=_index_hash(tokens, refs))
+        if index is not None:
+            tokens, refs, index_hash = index
+        else:
+            tokens = set() if deleted else set(identifiers(body))
+            refs = set() if deleted else set(references(body))
+            index_hash = _index_hash(tokens, refs)
+        self._lookups.write(resource_type, id_, version, deleted, self._now, text, digest, tokens=tokens, refs=refs, index_hash=index_hash)
         self._lookups.wrote(resource_type, id_, body, version=version, digest=digest, deleted=deleted, tokens=tokens)
 
     def _find(self, resource_type: str, criteria: Criteria) -> list[str]:

@@ -50,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, stop)
     host, port = server.server_address[:2]
-    log.info("fhir_serving", host=str(host), port=port, base_url=server.base_url)
     try:
+        # Announced inside the try: a signal sent as soon as the line is read (a test, a supervisor)
+        # must find the handlers in place, not interrupt the step between the log and the try (exit 130).
+        log.info("fhir_serving", host=str(host), port=port, base_url=server.base_url)
         server.serve_forever()
     except (_Stop, KeyboardInterrupt):
         pass

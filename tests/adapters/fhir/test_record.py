@@ -331,7 +331,8 @@ class TestSearch:
         assert len(record.search("Patient", {"identifier": "02020000000"})) == 1
 
     def test_index_kept_and_changed_by_updates(self, record):
-        """An update that keeps identifiers and subject is found by them still; one that moves the subject, by the new one only."""
+        """An update that keeps identifiers and subject is found by them still; one that moves the subject
+        (to the patient the first was merged into), by the new one only."""
         def encounter(status, subject):
             e = put_encounter(status=status)
             e["resource"]["subject"] = {"reference": f"Patient/{subject}"}
@@ -341,9 +342,33 @@ class TestSearch:
         record.apply(bundle(put_patient(id_="p2", value="02020000000")))
         record.apply(encounter("in-progress", PATIENT_UUID))  # same identifier and subject: the index rows stay
         assert [r["status"] for r in record.search("Encounter", {"patient": PATIENT_UUID, "identifier": "V1"})] == ["in-progress"]
+        merged = patient() | {"active": False, "link": [{"other": {"reference": "Patient/p2"}, "type": "replaced-by"}]}
+        record.apply(bundle(entry(merged, url=f"Patient/{PATIENT_UUID}")))  # an A40: the first patient merged into p2
         record.apply_batch([encounter("planned", PATIENT_UUID), encounter("planned", "p2")])  # kept, then moved, in one batch
         assert record.search("Encounter", {"patient": PATIENT_UUID}) == []
         assert [r["meta"]["versionId"] for r in record.search("Encounter", {"patient": "p2", "identifier": f"{ENC_SYSTEM}|V1"})] == ["4"]
+
+    def test_update_that_moves_a_resource_to_another_patient_is_refused(self, record):
+        """A visit number reused for another patient must not move the first patient's stay (patient safety).
+
+        The update is found by identifier alone; the record refuses the whole Bundle, in a
+        batch as alone, and the stay stays where it was. A change that keeps the patient, or
+        one to a patient the first was merged into (above), goes through.
+        """
+        def encounter(status, subject):
+            e = put_encounter(status=status)
+            e["resource"]["subject"] = {"reference": f"Patient/{subject}"}
+            return bundle(put_patient(id_="p2", value="02020000000"), e) if subject == "p2" else bundle(e)
+
+        record.apply(admission())
+        with pytest.raises(InvalidContent, match="Encounter this message updates belongs to another patient") as err:
+            record.apply(encounter("finished", "p2"))
+        assert err.value.location == "Bundle.entry[1]"
+        outcomes = record.apply_batch([encounter("finished", "p2"), encounter("in-progress", PATIENT_UUID)])
+        assert isinstance(outcomes[0], InvalidContent) and not isinstance(outcomes[1], InvalidContent)
+        stays = record.search("Encounter", {"identifier": f"{ENC_SYSTEM}|V1"})
+        assert [(s["subject"]["reference"], s["status"], s["meta"]["versionId"]) for s in stays] == [(f"Patient/{PATIENT_UUID}", "in-progress", "2")]
+        assert record.search("Patient", {"identifier": "02020000000"}) == []  # the refused Bundle left nothing
 
     def test_unknown_parameter_is_invalid(self, record):
         """A parameter the record does not index raises InvalidContent."""
