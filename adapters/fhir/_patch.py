@@ -104,7 +104,7 @@ def apply_patch(stored: FhirJson, patch: FhirJson, resource_type: str, where: st
             raise InvalidContent("add of an element the stored resource already has", location=f"{where}.parameter[{i}]")
         else:
             out[element] = value
-    return _tagged(out, patch.get("meta"))
+    return add_tags(out, patch.get("meta"))
 
 
 def check_owner(
@@ -140,7 +140,7 @@ def check_owner(
             raise InvalidContent(f"the {resource_type} this message changes belongs to {whose}", location=where)
 
 
-def _tagged(resource: FhirJson, meta: Any) -> FhirJson:
+def add_tags(resource: FhirJson, meta: Any) -> FhirJson:
     """*resource* with the Parameters' meta.tag codings it lacks added to its own.
 
     Why: every stored version says which mapping made it (meta.tag

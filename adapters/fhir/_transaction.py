@@ -15,7 +15,7 @@ import orjson
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers, rewrite
 from adapters.fhir._lookups import CURRENT_COLUMNS, Current, Lookups, is_identifier_token
-from adapters.fhir._patch import apply_patch, check_owner
+from adapters.fhir._patch import add_tags, apply_patch, check_owner
 from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
 from router.errors import InvalidContent
@@ -174,7 +174,13 @@ class _Writer:
                 raise InvalidContent(f"the {entry.resource_type} this message changes is not in the record", location=entry.location)
             if entry.owner:  # checked on the stored resource, so also on one an earlier entry of this Bundle wrote
                 check_owner(stored, entry.owner, targets or {}, entry.resource_type, entry.location, self._merged_into)
-            return self._put(entry.resource_type, id_, apply_patch(stored, resource, entry.resource_type, f"{entry.location}.resource"))
+            patched = apply_patch(stored, resource, entry.resource_type, f"{entry.location}.resource")
+            before, after = _patients(stored), _patients(patched)
+            if before and after and before != after:  # a move: an A45 gives a stay to another patient
+                if not entry.owner:
+                    self._refuse_other_patient(entry, id_, after, "changes")  # only a PATCH that names whose it was may move it
+                self._move_recorded_in(f"{entry.resource_type}/{id_}", before, after, resource.get("meta"))
+            return self._put(entry.resource_type, id_, patched)
         if action == "write" and resource is not None:
             return self._put(entry.resource_type, id_, resource, writer=entry)
         if action == "noop" and entry.method == "POST" and resource is not None and id_:
@@ -218,6 +224,33 @@ class _Writer:
             + ("; a resource moves between patients only by a merge (A40, A34) of the patients themselves" if verb == "updates" else ""),
             location=entry.location,
         )
+
+    def _move_recorded_in(self, stay: str, before: set[str], after: set[str], meta: Any, depth: int = 3) -> None:
+        """Give what was recorded in *stay* (its results, diagnoses, procedures, orders; a stay within it) the patient it moved to.
+
+        Why: moved alone, the stay would go to its right patient and leave its
+        results with the wrong one, where the next corrected result for the right
+        patient is refused as another patient's. Only resources of the patient the
+        stay moved from are moved; each gets a new version, tagged with the moving
+        mapping (*meta*), so its history says what moved it.
+        """
+        [patient] = sorted(after)[:1]
+        for rtype, path in _RECORDED_IN.items():
+            for old in sorted(before):
+                sql, args = search_sql(rtype, [("patient", old)], select="r.id, h.body")
+                self._lookups.flush(self._db)
+                for id_, raw in self._db.query(sql, args):
+                    body = orjson.loads(raw) if isinstance(raw, (str, bytes)) else dict(raw)
+                    if not _names(body, path, stay):
+                        continue
+                    moved = dict(body)
+                    for element in ("subject", "patient"):
+                        ref = moved.get(element)
+                        if isinstance(ref, dict) and ref.get("reference") == old:
+                            moved[element] = {**ref, "reference": patient}
+                    self._put(rtype, id_, add_tags(moved, meta))
+                    if rtype == "Encounter" and depth:
+                        self._move_recorded_in(f"Encounter/{id_}", {old}, after, meta, depth - 1)
 
     def _merged_into(self, patient: str, survivors: set[str], hops: int = 4) -> bool:
         """Whether *patient* (Patient/id) was merged, through at most *hops* `replaced-by` links, into one of *survivors*."""
@@ -395,6 +428,28 @@ def _content(resource: FhirJson, id_: str) -> FhirJson:
         else:
             del content["meta"]
     return content
+
+
+_RECORDED_IN: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys((
+        "Observation", "DiagnosticReport", "Condition", "Procedure", "ServiceRequest", "MedicationRequest", "Immunization",
+        "AllergyIntolerance", "Composition", "Communication", "CommunicationRequest", "CarePlan", "Flag", "List",
+        "ClinicalImpression", "QuestionnaireResponse", "RiskAssessment", "NutritionOrder", "DeviceRequest", "Media",
+    ), ("encounter",)),
+    **dict.fromkeys(("MedicationAdministration", "MedicationDispense", "MedicationStatement"), ("context",)),
+    "DocumentReference": ("context", "encounter"),
+    "Encounter": ("partOf",),
+}
+"""FHIR R4: the element path by which a resource of each type names the stay it was recorded in."""
+
+
+def _names(body: Any, path: tuple[str, ...], target: str) -> bool:
+    """Whether *body* references *target* at *path* (each step a dict or a list of them)."""
+    if isinstance(body, list):
+        return any(_names(item, path, target) for item in body)
+    if not path:
+        return isinstance(body, dict) and body.get("reference") == target
+    return isinstance(body, dict) and _names(body.get(path[0]), path[1:], target)
 
 
 def _patients(resource: FhirJson) -> set[str]:

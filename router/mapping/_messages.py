@@ -164,12 +164,12 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str], *, top: bool = F
                 raise _err("write must be update (replace the resource with this message's view), create (only when it does not exist yet), by-id (write at the id its identity gives, e.g. to retire a merged record) or patch (change only the elements patch: names)", item.pos("write"))
             use.write = str(item["write"])
         if use.write == "patch" or "patch" in item:
-            use.patch = _patch(item, tpl.fhir_type, top=top)
+            use.patch = _patch(item, tpl.fhir_type, top=top, patients={u.name for u in out if u.template is not None and u.template.fhir_type == "Patient"})
         out.append(use)
     return out
 
 
-def _patch(item: YMap, rtype: str, *, top: bool) -> Patch:
+def _patch(item: YMap, rtype: str, *, top: bool, patients: set[str]) -> Patch:
     """`write: patch` with `patch: {elements, absent}`: what this message changes in the stored resource, and what if none.
 
     Why: an M5 knows the ReseptId and why, and must not replace the M1's medication and dosage.
@@ -186,7 +186,7 @@ def _patch(item: YMap, rtype: str, *, top: bool) -> Patch:
     spec = item["patch"]
     if not isinstance(spec, YMap):
         raise _err("patch must be a mapping: {elements: [top-level elements], absent: refuse|skip}", item.pos("patch"))
-    _check_keys(spec, {"elements", "absent", "note"}, "patch")
+    _check_keys(spec, {"elements", "absent", "owner", "note"}, "patch")
     names = _need(spec, "elements", "patch")
     known = fhir_model.elements(rtype)
     if not isinstance(names, YList) or not names or not all(isinstance(n, str) and n in known and n not in NOT_OVERRIDDEN and not known[n].is_list for n in names):
@@ -194,7 +194,13 @@ def _patch(item: YMap, rtype: str, *, top: bool) -> Patch:
     absent = _need(spec, "absent", "patch")
     if absent not in ("refuse", "skip"):
         raise _err("patch.absent is refuse (the record must hold the resource: the message is refused otherwise) or skip (nothing to change)", spec.pos("absent"))
-    return Patch(rtype, tuple((str(n), patch_value_key(known[str(n)])) for n in names), absent)
+    owner = spec.get("owner")
+    if owner is not None and "subject" not in names and "patient" not in names:
+        raise _err("patch.owner goes with a patch of subject (or patient): a move from the owner to the resource's own patient", spec.pos("owner"))
+    if owner is not None and owner not in patients:
+        # the patient the stored resource is checked to belong to before it moves: a name that makes nothing would leave the move unchecked
+        raise _err(f"patch.owner {owner!r} must name a Patient this message makes earlier, at the top level (the patient the resource moves from)", spec.pos("owner"))
+    return Patch(rtype, tuple((str(n), patch_value_key(known[str(n)])) for n in names), absent, None if owner is None else str(owner))
 
 
 def _group(c: Compiler, item: YMap, name: str, names: set[str]) -> ResourceUse:

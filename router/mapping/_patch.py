@@ -33,6 +33,9 @@ class Patch:
     """(top-level element, its FHIRPath Patch value key): ("status", "valueCode"), ("statusReason", "valueCodeableConcept")."""
     absent: Literal["refuse", "skip"]
     """What the record does when no resource has the identity: refuse the message, or leave it (nothing to change)."""
+    owner: str | None = None
+    """The top-level resource of the message (a Patient) the stored resource must belong to, when that is not
+    the resource's own subject: an A45 moves a stay from the MRG patient (owner) to the PID patient (subject)."""
 
 
 def patch_value_key(element: Any) -> str:
@@ -41,7 +44,7 @@ def patch_value_key(element: Any) -> str:
     return "value" + kind[0].upper() + kind[1:]
 
 
-def patch_entry(entry: dict[str, Any], patch: Patch) -> dict[str, Any] | None:
+def patch_entry(entry: dict[str, Any], patch: Patch, owner: str | None = None) -> dict[str, Any] | None:
     """A FHIR PATCH entry (FHIRPath Patch, a Parameters resource) that sets *patch*'s elements of the stored resource of *entry*'s identity.
 
     *entry* is the conditional entry the mapping made of the whole resource. Each
@@ -55,6 +58,10 @@ def patch_entry(entry: dict[str, Any], patch: Patch) -> dict[str, Any] | None:
 
     Returns None when the resource gives none of the elements: nothing to lay
     over the stored resource.
+
+    *owner* is the Bundle reference (fullUrl) of the patient the stored resource
+    must belong to, when the patch names one (Patch.owner); else it is the
+    resource's own subject.
     """
     resource = entry["resource"]
     rtype = patch.type
@@ -67,7 +74,7 @@ def patch_entry(entry: dict[str, Any], patch: Patch) -> dict[str, Any] | None:
         return None  # deletes only: it gives none of the elements
     request = entry["request"]
     url = request["url"] if "?" in request["url"] else f"{rtype}?{request['ifNoneExist']}"
-    patch_request: dict[str, Any] = {"method": "PATCH", "url": url + _subject_condition(resource)}
+    patch_request: dict[str, Any] = {"method": "PATCH", "url": url + _subject_condition(resource, owner)}
     if patch.absent == "skip":
         patch_request["extension"] = [{"url": PATCH_ABSENT, "valueCode": "skip"}]
     body: dict[str, Any] = {"resourceType": "Parameters", "parameter": ops}
@@ -76,9 +83,10 @@ def patch_entry(entry: dict[str, Any], patch: Patch) -> dict[str, Any] | None:
     return {"resource": body, "request": patch_request}
 
 
-def _subject_condition(resource: dict[str, Any]) -> str:
+def _subject_condition(resource: dict[str, Any], owner: str | None = None) -> str:
     """`&subject=<reference>` when *resource* names its subject by reference (`&patient=` for the
-    types that call it patient: AllergyIntolerance, Immunization), else nothing.
+    types that call it patient: AllergyIntolerance, Immunization), else nothing; with *owner*,
+    that reference instead of the resource's own (the patient a move takes the resource from).
 
     Why (patient safety): an M5 names a patient and a ReseptId; found by the
     ReseptId alone, a ReseptId of another patient's prescription would stop that
@@ -89,10 +97,10 @@ def _subject_condition(resource: dict[str, Any]) -> str:
     Bundle's own Patient (`urn:uuid:`), which the record resolves as any other.
     """
     for element in ("subject", "patient"):
-        owner = resource.get(element)
-        ref = owner.get("reference") if isinstance(owner, dict) else None
+        named = resource.get(element)
+        ref = named.get("reference") if isinstance(named, dict) else None
         if isinstance(ref, str) and ref:
-            return f"&{element}=" + quote(ref, safe=":/")
+            return f"&{element}=" + quote(owner or ref, safe=":/")
     return ""
 
 

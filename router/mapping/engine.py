@@ -361,6 +361,12 @@ def _patched(mm: MessageMapping, run: _Run) -> list[dict[str, Any]]:
         spec = specs.get(entry.get("fullUrl", ""))
         if spec is None:
             out.append(entry)
-        elif (patched := patch_entry(entry, spec)) is not None:
+            continue
+        owner = None
+        if spec.owner is not None:
+            owner = run.ctx.full_urls.get(spec.owner)
+            if owner is None:  # lint makes it a Patient the message always makes; a `when:` may still leave it out
+                raise InvalidContent(f"the {spec.type} this message moves names no patient to move it from ({spec.owner})")
+        if (patched := patch_entry(entry, spec, owner)) is not None:
             out.append(patched)
     return out

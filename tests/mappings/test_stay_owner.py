@@ -1,10 +1,11 @@
-"""A stay belongs to its patient: an ADT that reuses another patient's visit number is refused, through the engine.
+"""A stay belongs to its patient, through the engine: refused when a message reuses its number, moved by an A45.
 
 The record refuses an update that would give a stored resource another patient
 (adapters/fhir/_transaction.py); here the whole path shows it: dead letter at
 apply with the reason, an ACK AE to the sender, and the first patient's stay
 untouched. After an A40 merge the survivor's messages take the old record's stay.
-Synthetic Norwegian people only.
+An A45 moves a stay, with what was recorded in it, from the MRG patient to the
+PID patient, and only a stay that is the MRG patient's. Synthetic Norwegian people only.
 """
 
 from __future__ import annotations
@@ -21,8 +22,20 @@ MSH = "MSH|^~\\&|DIPS|STOLAV^974749025^ENH|HELSEBRO|HELSEPLATTFORMEN|{ts}||{type
 PV1 = "PV1|1|I|MED^301^2^STOLAV||||||||||||||||V25-0001^^^STOLAV^VN|||||||||||||||||||||||||20250110082500"
 
 
-def _adt(event: str, ctrl: str, pid: str, *, structure: str = "ADT_A01") -> bytes:
-    segments = (MSH.format(ts="20250110083000", type=f"ADT^{event}^{structure}", ctrl=ctrl), f"EVN|{event}|20250110083000", pid, PV1)
+PATIENT_C = "01015000232"
+DIAGNOSIS = "DG1|1||I21.0^Akutt hjerteinfarkt^ICD10|||F"
+
+
+def _adt(event: str, ctrl: str, pid: str, *extra: str, structure: str = "ADT_A01") -> bytes:
+    segments = (MSH.format(ts="20250110083000", type=f"ADT^{event}^{structure}", ctrl=ctrl), f"EVN|{event}|20250110083000", pid, PV1, *extra)
+    return ("\r".join(segments) + "\r").encode()
+
+
+def _a45(ctrl: str, to: str, prior: str, visit: str = "V25-0001") -> bytes:
+    segments = (
+        MSH.format(ts="20250112090000", type="ADT^A45^ADT_A45", ctrl=ctrl), "EVN|A45|20250112090000", _pid(to),
+        f"MRG|{prior}^^^NOR^FNR||||{visit}^^^STOLAV^VN", f"PV1|1|I|||||||||||||||||{visit}^^^STOLAV^VN",
+    )
     return ("\r".join(segments) + "\r").encode()
 
 
@@ -54,19 +67,24 @@ def _send(settings, handle, *messages: bytes) -> None:
     wait_until(lambda: handle.stats.messages >= before + len(messages), 30, what="settled")
 
 
-def _stays(settings) -> list[tuple[str, str]]:
-    """(subject's national id, status) of every stay with visit number V25-0001."""
+def _stays(settings, rtype: str = "Encounter") -> list[tuple[str, str]]:
+    """(subject's national id, status) of every stay with visit number V25-0001; with *rtype*, (id, code) of every resource of that type."""
     from adapters.fhir.record import open_record
 
     record = open_record(settings)
     try:
         out = []
-        for stay in record.search("Encounter", {"identifier": "V25-0001"}):
-            [patient] = record.search("Patient", {"_id": stay["subject"]["reference"].split("/")[1]})
-            out.append((patient["identifier"][0]["value"], stay["status"]))
+        for found in record.search(rtype, {"identifier": "V25-0001"} if rtype == "Encounter" else {}):
+            [patient] = record.search("Patient", {"_id": found["subject"]["reference"].split("/")[1]})
+            status = found["status"] if rtype == "Encounter" else found["code"]["coding"][0]["code"]
+            out.append((patient["identifier"][0]["value"], status))
         return out
     finally:
         record.close()
+
+
+def _dead_letters(settings) -> list[str]:
+    return [h["x-helsebro-reason"] for h, _ in drain_queue(settings, settings.engine.broker.names.dead_letter)]
 
 
 def test_a08_reusing_another_patients_visit_number_is_refused(engine):
@@ -92,3 +110,29 @@ def test_after_a_merge_the_survivor_takes_the_old_records_stay(engine):
     _send(settings, handle, _adt("A03", "OWN-3", _pid(PATIENT_A), structure="ADT_A03"))
     assert handle.stats.dead_lettered == 0
     assert _stays(settings) == [(PATIENT_A, "finished")]
+
+
+def test_a45_moves_the_stay_and_what_was_recorded_in_it(engine):
+    """A's stay (with its diagnosis) registered in error moves to B; B's next message about it is B's own."""
+    settings, handle = engine
+    _send(settings, handle, _adt("A01", "OWN-1", _pid(PATIENT_A), DIAGNOSIS))
+    _send(settings, handle, _a45("OWN-45", PATIENT_B, PATIENT_A))
+    assert _dead_letters(settings) == []
+    assert _stays(settings) == [(PATIENT_B, "in-progress")]
+    assert _stays(settings, "Condition") == [(PATIENT_B, "I21.0")]
+    _send(settings, handle, _adt("A03", "OWN-2", _pid(PATIENT_B), structure="ADT_A03"))
+    assert _dead_letters(settings) == [] and _stays(settings) == [(PATIENT_B, "finished")]
+
+
+def test_a45_for_a_stay_that_is_not_the_mrg_patients_is_refused(engine):
+    """MRG names C, but the stay is A's: nothing moves (and no patient C is left behind); a stay the record lacks is refused too."""
+    settings, handle = engine
+    _send(settings, handle, _adt("A01", "OWN-1", _pid(PATIENT_A), DIAGNOSIS))
+    _send(settings, handle, _a45("OWN-45", PATIENT_B, PATIENT_C), _a45("OWN-46", PATIENT_B, PATIENT_A, visit="V25-9999"))
+    assert _dead_letters(settings) == [
+        "the Encounter this message changes belongs to another patient",
+        "the Encounter this message changes is not in the record",
+    ]
+    assert _stays(settings) == [(PATIENT_A, "in-progress")] and _stays(settings, "Condition") == [(PATIENT_A, "I21.0")]
+    replies = {h["x-helsebro-control-id"]: h["x-helsebro-ack-code"] for h, _ in drain_queue(settings, settings.engine.broker.names.replies)}
+    assert replies == {"OWN-1": "AA", "OWN-45": "AE", "OWN-46": "AE"}

@@ -218,3 +218,51 @@ class TestPatchOwner:
         assert [e.outcome for e in results[0].entries] == ["created", "created"]
         assert isinstance(results[1], InvalidContent) and results[1].reason == "the MedicationRequest this message changes belongs to another patient"
         assert record.read("MedicationRequest", MR_ID)["status"] == "active" and record.read("Patient", PATIENT_B) is None
+
+
+MOVE = [op("delete", "MedicationRequest.subject"), op("add", "MedicationRequest", name="subject", value={"valueReference": {"reference": f"urn:uuid:{PATIENT_B}"}})]
+
+
+class TestMove:
+    """A PATCH that gives a resource another patient: only when its condition names whose it was, and what was recorded in a stay moves with it."""
+
+    def test_a_move_that_names_the_owner_moves_it(self, record):
+        """`subject=` A, subject set to B: A's prescription becomes B's, tagged by the moving mapping."""
+        store_patient_a_prescription(record)
+        record.apply(bundle(create_patient(PATIENT_A), create_patient(PATIENT_B), patch(MOVE, url=f"{CONDITION}&subject=urn:uuid:{PATIENT_A}", meta={"tag": [TAG]})))
+        stored = record.read("MedicationRequest", MR_ID)
+        assert stored["subject"] == {"reference": f"Patient/{PATIENT_B}"} and stored["meta"]["tag"] == [TAG]
+
+    def test_a_move_that_names_no_owner_is_refused(self, record):
+        """A PATCH of the subject with no `subject=` condition would move a resource unchecked: refused whole."""
+        store_patient_a_prescription(record)
+        with pytest.raises(InvalidContent) as err:
+            record.apply(bundle(create_patient(PATIENT_B), patch(MOVE)))
+        assert err.value.reason == "the MedicationRequest this message changes belongs to another patient"
+        assert record.read("MedicationRequest", MR_ID)["subject"] == {"reference": f"Patient/{PATIENT_A}"}
+        assert record.read("Patient", PATIENT_B) is None
+
+    def test_what_was_recorded_in_a_moved_stay_moves_with_it(self, record):
+        """The stay's result, its report's document (context.encounter) and a stay within it move; another stay's result of A stays A's."""
+        def put(rtype, rid, **elements):
+            res = {"resourceType": rtype, "id": rid, "identifier": [{"system": SYSTEM, "value": f"urn:uuid:{rid}"}], **elements}
+            return {"fullUrl": f"urn:uuid:{rid}", "resource": res, "request": {"method": "PUT", "url": f"{rtype}?identifier={SYSTEM}|urn:uuid:{rid}"}}
+
+        ids = {name: f"{n:08d}-0000-4000-8000-000000000000" for n, name in enumerate(("stay", "other", "inner", "obs", "other_obs", "doc"), 1)}
+        a = {"reference": f"urn:uuid:{PATIENT_A}"}
+        record.apply(bundle(
+            create_patient(PATIENT_A),
+            put("Encounter", ids["stay"], status="finished", subject=a),
+            put("Encounter", ids["other"], status="finished", subject=a),
+            put("Encounter", ids["inner"], status="finished", subject=a, partOf={"reference": f"urn:uuid:{ids['stay']}"}),
+            put("Observation", ids["obs"], status="final", subject=a, encounter={"reference": f"urn:uuid:{ids['inner']}"}),
+            put("Observation", ids["other_obs"], status="final", subject=a, encounter={"reference": f"urn:uuid:{ids['other']}"}),
+            put("DocumentReference", ids["doc"], status="current", subject=a, context={"encounter": [{"reference": f"urn:uuid:{ids['stay']}"}]}),
+        ))
+        move = [op("delete", "Encounter.subject"), op("add", "Encounter", name="subject", value={"valueReference": {"reference": f"urn:uuid:{PATIENT_B}"}})]
+        stay = f"Encounter?identifier={SYSTEM}|urn:uuid:{ids['stay']}&subject=urn:uuid:{PATIENT_A}"
+        record.apply(bundle(create_patient(PATIENT_A), create_patient(PATIENT_B), patch(move, url=stay)))
+        whose = {name: record.read(rtype, ids[name])["subject"]["reference"].split("/")[1] for name, rtype in (
+            ("stay", "Encounter"), ("inner", "Encounter"), ("obs", "Observation"), ("doc", "DocumentReference"),
+            ("other", "Encounter"), ("other_obs", "Observation"))}
+        assert whose == {"stay": PATIENT_B, "inner": PATIENT_B, "obs": PATIENT_B, "doc": PATIENT_B, "other": PATIENT_A, "other_obs": PATIENT_A}

@@ -72,6 +72,8 @@ class TestLoadChecks:
              "reads 'bed' when it runs, but 'allergy' is made later"),
             ("segments/PV1.Encounter.yaml", "        same: DG1\n", "        same: dg1\n", "same: names a segment (DG1)"),
             ("segments/PV1.Encounter.yaml", "        ref: diagnosis\n        same: DG1\n", "        same: DG1\n", "same: goes with ref:"),
+            ("messages/ADT_A45.yaml", "      owner: prior", "      owner: facility", "'facility' must name a Patient this message makes earlier"),
+            ("messages/ADT_A45.yaml", "      owner: prior", "      owner: stay", "'stay' must name a Patient this message makes earlier"),
         ],
     )
     def test_errors_point_at_the_line(self, mapping_copy, file, old, new, says):
