@@ -29,6 +29,8 @@ from typing import Any
 
 from hl7apy import v2_5_1
 
+from adapters.hl7v2._versions import is_choice
+
 __all__ = ["GROUP_NAMES", "Def", "direct_names", "segment_names", "structure"]
 
 
@@ -61,7 +63,7 @@ def _convert(defn: Any, prefix: str) -> tuple[Def, ...]:
     for name, sub, (lo, hi), kind in defn[1]:
         if kind == "GRP":
             short = name[len(prefix):] if name.startswith(prefix) else name
-            out.append(_group(short, lo, hi, _convert(sub, prefix), choice=sub[0] == "choice"))
+            out.append(_group(short, lo, hi, _convert(sub, prefix), choice=is_choice(sub)))
         else:
             out.append(_segment(name, lo, hi))
     return tuple(out)

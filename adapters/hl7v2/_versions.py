@@ -3,6 +3,9 @@
 Read when an outbound mapping loads, never per message (hl7apy's objects
 cost milliseconds; its tables are plain tuples). Inbound path checks use the
 union of versions (structure.py); outbound checks use the receiver's one.
+
+A choice group (ORM^O01's `<OBR|RQD|RQ1|RXO|ODS|ODT>`) is one of its children, for
+the outbound check as for the inbound matcher (_group_defs.py): both ask `is_choice`.
 """
 
 from __future__ import annotations
@@ -12,7 +15,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["FieldDef", "Occurrence", "StructureCursor", "StructureError", "VersionDefs", "version_defs"]
+__all__ = ["FieldDef", "Occurrence", "StructureCursor", "StructureError", "VersionDefs", "is_choice", "version_defs"]
+
+
+def is_choice(spec: Any) -> bool:
+    """Tell whether hl7apy's definition *spec* of a group is a choice: one of its children stands there, not each in turn.
+
+    Why one place: ORM^O01's order detail is OBR, or RXO, or ...; the inbound matcher
+    (_group_defs.py) and the outbound structure check (StructureCursor) must agree on that.
+    """
+    return spec[0] == "choice"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +44,20 @@ class Occurrence:
     groups: tuple[str, ...]  # outermost first, without the structure's prefix: ("PATIENT_RESULT", "ORDER_OBSERVATION")
     repeating: tuple[bool, ...]  # per group in `groups`: whether that group repeats
     repeats: bool  # the segment itself repeats, or one of its groups does
+    members: tuple[int | None, ...]  # per group in `groups`: which of a choice group's children it stands in (None: not a choice)
+
+    def excludes(self, other: Occurrence) -> str | None:
+        """Return the choice group in which this and *other* stand in different children (one message holds one of them), or None.
+
+        A choice that repeats holds one child per repetition, so it excludes nothing.
+        """
+        for depth, (group, theirs) in enumerate(zip(self.groups, other.groups)):
+            if group != theirs:
+                return None
+            mine, their = self.members[depth], other.members[depth]
+            if mine is not None and mine != their and not self.repeating[depth]:
+                return group
+        return None
 
 
 class VersionDefs:
@@ -113,10 +139,16 @@ class StructureCursor:
         for structure in structures:
             occurrences = self._defs.occurrences(structure)
             last = self._last[structure]
-            at = next((i for i in range(last + 1, len(occurrences)) if occurrences[i].segment == name), None)
-            if at is None and last >= 0 and occurrences[last].segment == name and occurrences[last].repeats:
+            before = occurrences[last] if last >= 0 else None
+            # not a later child of the choice the segment before stands in: that one is in its place
+            at = next((i for i in range(last + 1, len(occurrences)) if occurrences[i].segment == name and (before is None or before.excludes(occurrences[i]) is None)), None)
+            if at is None and before is not None and before.segment == name and before.repeats:
                 at = last  # the same segment again, where it may repeat
             if at is None:
+                choice = next((c for o in occurrences if o.segment == name and before is not None and (c := before.excludes(o)) is not None), None)
+                if choice is not None and before is not None:
+                    either = "|".join(_members(occurrences, before, choice))
+                    raise StructureError(f"{name} cannot stand with {before.segment}: {structure} holds one of <{either}> there, not both")
                 if any(o.segment == name for o in occurrences):
                     raise StructureError(f"{name} is out of order: {structure} puts it earlier")
                 raise StructureError(f"{name} is not a segment of {structure} in HL7 {self._defs.version}")
@@ -147,12 +179,24 @@ def _flatten(node: Any, out: list[str]) -> None:
             _flatten(spec, out)
 
 
-def _walk(node: Any, prefix: str, groups: tuple[str, ...], repeating: tuple[bool, ...], out: list[Occurrence]) -> None:
-    for name, spec, (_low, high), kind in node[1]:
+def _walk(node: Any, prefix: str, groups: tuple[str, ...], repeating: tuple[bool, ...], out: list[Occurrence], members: tuple[int | None, ...] = ()) -> None:
+    choice = bool(groups) and is_choice(node)
+    for k, (name, spec, (_low, high), kind) in enumerate(node[1]):
+        here = (*members[:-1], k) if choice else members  # a choice's child: which one, at the choice's depth
         if kind == "GRP":
-            _walk(spec, prefix, (*groups, name.removeprefix(prefix)), (*repeating, high != 1), out)
+            _walk(spec, prefix, (*groups, name.removeprefix(prefix)), (*repeating, high != 1), out, (*here, None))
         else:
-            out.append(Occurrence(name, groups, repeating, high != 1 or any(repeating)))
+            out.append(Occurrence(name, groups, repeating, high != 1 or any(repeating), here))
+
+
+def _members(occurrences: tuple[Occurrence, ...], one: Occurrence, choice: str) -> list[str]:
+    """The first segment of each child of the choice group *choice* that *one* stands in: its alternatives, in standard order."""
+    depth = one.groups.index(choice)
+    first: dict[int | None, str] = {}
+    for o in occurrences:
+        if o.groups[: depth + 1] == one.groups[: depth + 1]:
+            first.setdefault(o.members[depth], o.segment)
+    return list(first.values())
 
 
 @lru_cache(maxsize=None)

@@ -60,6 +60,7 @@ def compile_same_ref(c: Compiler, node: YMap, name: str) -> Produce:
     if not _SEGMENT_NAME.fullmatch(text):
         raise _err(f"same: names a segment (DG1) or a field an enclosing each: iterates (PV1-7), not {text!r}", node.pos("same"))
     segment = text
+    c._same_fields.append((name, (segment, None), node.pos("same")))  # the message must make *name* with each: over this segment
 
     def same_ref(scope: Any, ctx: RunContext) -> list[Any]:
         seg = scope.segments.get(segment)

@@ -114,7 +114,7 @@ class Template:
     unidentified: str | None = None  # "display": without an identifier it is not written, and references to it carry its name
     earlier: tuple[str, ...] = ()  # parameters a `ref:` list or a `ref:` with `rules:` reads when it runs: made before this one
     value_only_refs: bool = False  # reads nothing but its value once those references are given (_message_checks._remember_refs)
-    same_fields: tuple[tuple[str, tuple[str, int], Pos], ...] = ()  # (parameter, (segment, field), where) of each `same: PV1-7`: checked against the message (_message_checks._check_same_fields)
+    same_fields: tuple[tuple[str, tuple[str, int | None], Pos], ...] = ()  # (parameter, (segment, field or None), where) of each `same: PV1-7` or `same: DG1`: checked against the message (_message_checks._check_same_fields)
     fallback_values: Callable[[Any, RunContext], list[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -1,6 +1,6 @@
 """Check a message mapping's resource entries against each other, once all of them are compiled.
 
-What one entry may say depends on the others: a `with:` binding, a `same: PV1-7`, an
+What one entry may say depends on the others: a `with:` binding, a `same: PV1-7` or `same: DG1`, an
 identity's `ref(x)` or a `ref:` list must name a resource the message makes, and makes
 in time. These refuse, with file:line:col. The last two steps settle what the checks
 found: a parameter that names no resource of the message is bound to nothing, and a
@@ -52,32 +52,73 @@ def _check_bindings(uses: list[ResourceUse], names: set[str], outer: set[str]) -
 
 
 def _check_same_fields(uses: list[ResourceUse], names: set[str]) -> None:
-    """Refuse a `same: PV1-7` whose resource this message does not make with `each:` over PV1-7's repetitions.
+    """Refuse a `same: PV1-7` (`same: DG1`) whose resource this message does not make with `each:` over PV1-7's repetitions (DG1's segments).
 
-    Why: `same:` finds the instance made from its own repetition (engine._Run.uses records
-    them by segment, field and repetition). A resource made with `from:`, or over another field,
-    records none, and every element that `same:` keeps (a participant) was left out without a word.
+    Why: `same:` finds the instance made from its own repetition or segment (engine._Run.uses records
+    them by segment index, and field and repetition). A resource made with `from:`, once, over
+    another field or segment, or once per segment group around it records none, and every element
+    that `same:` keeps (a participant, a diagnosis entry) was left out without a word.
+
+    A message that makes no resource for a `same: DG1` is left alone: its elements are left out
+    on purpose (an A02 makes no Condition, so its stay lists no diagnoses; docs/mapping-language.md).
+    One that makes none for a `same: PV1-7` is refused, as it was: `with: {attending: null}` says that on purpose.
     """
     from router.mapping.compiler import _err
 
     made = {u.name: u for u in walk_uses(uses)}
+    enclosing = _enclosing(uses, None)
     for use in made.values():
         for param, (segment, field_no), at in use.template.same_fields if use.template is not None else ():
             bound = use.bindings.get(param, param)
             if not bound:
                 continue  # `with: {param: null}`: left out on purpose
-            field = f"{segment}-{field_no}"
-            pairs = f"{use.name} ({use.template.name}) pairs with the {bound!r} made from each {field} repetition (same: {field} at {at[0]}:{at[1]})"
+            what, per = (segment, "segment") if field_no is None else (f"{segment}-{field_no}", "repetition")
+            each_of = what if field_no is None else f"{what}[*]"
+            pairs = f"{use.name} ({use.template.name}) pairs with the {bound!r} made from each {what} {per} (same: {what} at {at[0]}:{at[1]})"
             other = made.get(bound)
             if other is None:
-                if bound in names:
-                    continue  # the embedded messages' resource (embedded.same): made by their own mapping
-                raise _err(f"{pairs}, but this message makes no {bound!r}: make it with each: {field}[*], or bind {param!r} with with: {{{param}: null}}", use.pos)
-            each = other.each
-            if other.template is not None and getattr(each, "segment", None) == segment and getattr(each, "field_no", None) == field_no and hasattr(each, "keyed"):
+                if bound in names or field_no is None:
+                    continue  # the embedded messages' resource (embedded.same), or no DG1 resource at all (see above)
+                raise _err(f"{pairs}, but this message makes no {bound!r}: make it with each: {each_of}, or bind {param!r} with with: {{{param}: null}}", use.pos)
+            if other.template is not None and _recorded_per(other.each, segment, field_no):
                 continue
-            how = f"each: {_text(each)}" if each is not None else f"from: {_text(other.source)}" if other.source is not None else "once, with neither from: nor each:"
-            raise _err(f"{pairs}, but {bound!r} is made {how}; make it with each: {field}[*], one per repetition", other.pos)
+            raise _err(f"{pairs}, but {bound!r} is made {_how(other, enclosing)}; make it with each: {each_of}, one per {per}", other.pos)
+
+
+def _recorded_per(each: Any, segment: str, field_no: int | None) -> bool:
+    """Tell whether the engine records which of *segment*'s segments (*field_no* None) or of the field's repetitions made each instance of an `each:` over *each*.
+
+    Why: what `same:` finds is only what engine._Run.uses records: for an `each:` over a segment
+    path (DG1, DG1[*]) the segment of each instance; for one over a field's repetitions that can
+    tell each value's repetition (`keyed`) the repetition. An `each:` over a segment group records neither.
+    """
+    if getattr(each, "segment", None) != segment:
+        return False
+    if field_no is None:
+        return getattr(each, "field_no", 0) is None
+    return getattr(each, "field_no", None) == field_no and hasattr(each, "keyed")
+
+
+def _enclosing(uses: list[ResourceUse], parent: ResourceUse | None) -> dict[str, ResourceUse]:
+    """Each nested entry's name, with the entry (a group's `each:`, usually) it is made inside."""
+    out: dict[str, ResourceUse] = {}
+    for use in uses:
+        if parent is not None:
+            out[use.name] = parent
+        out.update(_enclosing(use.children, use))
+    return out
+
+
+def _how(use: ResourceUse, enclosing: dict[str, ResourceUse]) -> str:
+    """How *use* is made, as its entry says: `each: AL1`, `from: DG1`, once per an enclosing group, or once."""
+    if use.each is not None:
+        return f"each: {_text(use.each)}"
+    if use.source is not None:
+        return f"from: {_text(use.source)}"
+    outer = enclosing.get(use.name)
+    if outer is not None:
+        return f"once per each: {_text(outer.each)}" if outer.each is not None else f"once per {outer.name}"
+    return "once, with neither from: nor each:"
 
 
 def _text(path: Any) -> str:

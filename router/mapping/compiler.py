@@ -100,7 +100,7 @@ class Compiler:
     _params: tuple[str, ...] = ()  # parameters of the template being compiled; refs must name one
     _earlier: set[str] = field(default_factory=set)  # its parameters a rule resolves when it runs (_rules._first_made)
     _iterating: tuple[tuple[str, int], ...] = ()  # (segment, field) whose repetitions the enclosing `each:` rules iterate (`same: PV1-7`)
-    _same_fields: list[tuple[str, tuple[str, int], Pos]] = field(default_factory=list)  # the template's `same: PV1-7` rules (_each_rules.compile_same_ref)
+    _same_fields: list[tuple[str, tuple[str, int | None], Pos]] = field(default_factory=list)  # the template's `same: PV1-7` and `same: DG1` rules (_each_rules.compile_same_ref)
     check_path: Callable[[Any], str | None] | None = None  # the format's structure check (unknown fields)
     errors: list[MappingError] | None = None  # set to collect every error (lint) instead of stopping
     overlay: Path | None = None  # a sender's folder whose files replace the base files of the same name
