@@ -52,7 +52,7 @@ class Entry:
     resource: FhirJson | None  # for a PATCH, the Parameters that say what changes
     full_url: str | None
     skip_absent: bool = False  # a PATCH whose resource is not in the record does nothing (PATCH_ABSENT)
-    owner: Criteria = ()  # a PATCH's `subject=`/`patient=` conditions: checked on the resource its identity finds (split_owner)
+    owner: Criteria = ()  # a PATCH's `subject=`/`patient=` conditions, any spelling: checked on the resource its identity finds (split_owner)
 
     @property
     def location(self) -> str:
@@ -129,7 +129,7 @@ def _patch_entry(
             if ext.get("valueCode") != "skip":
                 raise InvalidContent("the patch-absent extension's valueCode must be skip", location=_at(index, ".request.extension"))
             skip = True
-    criteria, owner = split_owner(criteria)
+    criteria, owner = split_owner(criteria, _at(index))
     return Entry(index, "PATCH", resource_type, id_, criteria, body, full_url, skip, owner)
 
 
@@ -137,22 +137,67 @@ OWNER_PARAMS = ("subject", "patient")
 """The search parameters of a PATCH's condition that say whose the resource must be, not which it is."""
 
 
-def split_owner(criteria: Criteria | None) -> tuple[Criteria | None, Criteria]:
+@dataclass(frozen=True, slots=True)
+class OwnerParam:
+    """One owner condition's parameter name, read: `subject`, `patient:Patient`, `subject:Patient.identifier` …"""
+
+    element: str
+    """subject or patient: `subject` checks the resource's subject, `patient` its subject or patient."""
+    kind: str | None
+    """The type modifier (`subject:Patient`): the owner must be a resource of this type; None when not written."""
+    by_identifier: bool
+    """`.identifier` chained: the value is a token (system|value) of the owner's identifiers, not a reference."""
+
+
+def owner_param(name: str, where: str = "Bundle") -> OwnerParam | None:
+    """Read *name* as an owner condition's parameter, or None when it is no `subject`/`patient` parameter.
+
+    Any spelling FHIR gives a reference parameter of the owner counts:
+    `subject`, `subject:Type` (type modifier), `subject.identifier` and
+    `subject:Type.identifier` (chained on the owner's identifier), and the
+    same for `patient` (whose type can only be Patient).
+
+    Raises:
+        InvalidContent: a `subject`/`patient` parameter the record cannot check
+            (another modifier or chain: `:missing`, `:identifier`, `.name` …):
+            found by, it would stand for the owner check; left out, the owner unchecked.
+    """
+    head = name.partition(".")[0].partition(":")[0]
+    if head not in OWNER_PARAMS:
+        return None
+    if name == head:
+        return OwnerParam(head, None, False)
+    base, dot, chain = name.partition(".")
+    kind = base.partition(":")[2] if ":" in base else None
+    if (dot and chain != "identifier") or (kind is not None and not _is_type(kind)) or (head == "patient" and kind not in (None, "Patient")):
+        raise InvalidContent(
+            f"the record checks a PATCH's {head} condition written {head}=, {head}:Type=, {head}.identifier= or {head}:Type.identifier=;"
+            " not with this modifier or chain", location=f"{where}.request.url",
+        )
+    return OwnerParam(head, kind, bool(dot))
+
+
+def split_owner(criteria: Criteria | None, where: str = "Bundle") -> tuple[Criteria | None, Criteria]:
     """Split a PATCH's condition into what finds the resource (its identifier) and whose it must be (`subject=`, `patient=`).
 
     Why (patient safety): an M5 names a patient and the ReseptId of the
     prescription it withdraws. Searched with both, another patient's
     prescription under that ReseptId would look absent, and an M9.6 skips an
     absent one; found by the identifier and then checked, it refuses the
-    transaction, saying which of the two is wrong (_transaction.py). A
+    transaction, saying which of the two is wrong (_transaction.py). An owner
+    condition is one in any of its spellings (owner_param: `subject:Patient=`,
+    `patient.identifier=` …), so none of them slips into the search. A
     condition of owner parameters only is left whole: they are then what finds it.
+
+    Raises:
+        InvalidContent: an owner parameter the record cannot check (owner_param).
     """
-    if criteria is None or not any(name in OWNER_PARAMS for name, _ in criteria):
+    if criteria is None:
         return criteria, ()
-    finds = tuple(p for p in criteria if p[0] not in OWNER_PARAMS)
-    if not finds:
+    owner = tuple(p for p in criteria if owner_param(p[0], where) is not None)
+    if not owner or len(owner) == len(criteria):
         return criteria, ()
-    return finds, tuple(p for p in criteria if p[0] in OWNER_PARAMS)
+    return tuple(p for p in criteria if p not in owner), owner
 
 
 def _parse_url(url: str, index: int) -> tuple[str, str | None, Criteria | None]:

@@ -10,8 +10,9 @@ definitions, so it cannot tell a repeating element from one that does not:
 `add` sets the value as given, and the producer must not add a repeating one.
 The Parameters' own meta.tag (its mapping, for provenance) is added to the
 patched resource's tags. A conditional PATCH that also names a `subject=` or
-`patient=` changes the resource its identifier finds only when that resource
-is the named patient's (check_owner).
+`patient=` (or `subject:Patient=`, `subject.identifier=system|value` …) changes
+the resource its identifier finds only when that resource is the named
+patient's (check_owner).
 Error reasons never quote a value: they may be patient data.
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-from adapters.fhir._bundle import Criteria
+from adapters.fhir._bundle import Criteria, OwnerParam, identifiers, owner_param
 from adapters.fhir._search import references
 from router.contracts import FhirJson
 from router.errors import InvalidContent
@@ -110,12 +111,17 @@ def apply_patch(stored: FhirJson, patch: FhirJson, resource_type: str, where: st
 def check_owner(
     stored: FhirJson, owner: Criteria, targets: dict[str, str], resource_type: str, where: str,
     merged_into: Callable[[str, set[str]], bool] = lambda _old, _new: False,
+    read: Callable[[str, str], FhirJson | None] | None = None,
 ) -> None:
     """Refuse unless *stored* is the resource of whom each of *owner* (a PATCH's `subject=`, `patient=`) names.
 
     A value that is a `urn:uuid:` is the fullUrl of an entry of the Bundle (the
     message's own Patient) and stands for the id *targets* gives it, as a
-    reference in a resource does; a bare id is a Patient's, as in a search.
+    reference in a resource does; a bare id is a Patient's, as in a search (or
+    the type modifier's: `subject:Group=`). A `.identifier` chain
+    (`subject.identifier=system|value`) names the owner by one of its
+    identifiers: the owner *stored* refers to is read (*read*, type and id →
+    its current body) and must hold it.
 
     Why (patient safety): an M5 that names one patient with the ReseptId of
     another's prescription must not stop that prescription. Refused, not
@@ -125,19 +131,91 @@ def check_owner(
     *merged_into(old, new)* tells whether the stored resource's Patient `old`
     was merged into `new` (the record follows the `replaced-by` links an A40
     leaves): such a resource is the named patient's, as for a create-only entry.
+    For a `.identifier` chain the links are followed by *read*: the identifier
+    of the Patient it was merged into names it too.
 
     Raises:
-        InvalidContent: *stored* belongs to another patient, or a `urn:uuid:` names no entry of the Bundle.
+        InvalidContent: *stored* belongs to another patient, a `urn:uuid:` names no
+            entry of the Bundle, or an identifier cannot be checked (no reader, an
+            empty token, or the owner *stored* refers to is not in the record).
     """
     refs = references(stored)
     for name, value in owner:
-        target = targets.get(value) if value.startswith("urn:") else (value if "/" in value else f"Patient/{value}")
-        if not target:
-            raise InvalidContent(f"the {name} condition of a PATCH names no entry of the Bundle", location=f"{where}.request.url")
-        elements = ("subject",) if name == "subject" else ("subject", "patient")
-        if not any(element in elements and (ref == target or merged_into(ref, {target})) for element, ref in refs):
-            whose = "another patient" if target.startswith("Patient/") else f"another {name}"
+        param = owner_param(name, where)
+        if param is None:  # split_owner put only owner parameters here
+            continue
+        elements = ("subject",) if param.element == "subject" else ("subject", "patient")
+        held = [ref for element, ref in refs if element in elements]
+        kind = param.kind or "Patient"
+        if param.by_identifier:
+            found = _holds_identifier(held, param, value, read, resource_type, where)
+        else:
+            target = targets.get(value) if value.startswith("urn:") else (value if "/" in value else f"{kind}/{value}")
+            if not target:
+                raise InvalidContent(f"the {param.element} condition of a PATCH names no entry of the Bundle", location=f"{where}.request.url")
+            if param.kind is not None and not target.startswith(f"{kind}/"):
+                raise InvalidContent(f"the {param.element} condition of a PATCH names no {kind}, as its type modifier says", location=f"{where}.request.url")
+            kind = target.partition("/")[0]
+            found = any(ref == target or merged_into(ref, {target}) for ref in held)
+        if not found:
+            whose = "another patient" if kind == "Patient" else f"another {param.element}"
             raise InvalidContent(f"the {resource_type} this message changes belongs to {whose}", location=where)
+
+
+_MERGE_HOPS = 4
+"""How many `replaced-by` links an identifier check follows from the stored owner (as _transaction's merge check)."""
+
+
+def _holds_identifier(
+    held: list[str], param: OwnerParam, token: str, read: Callable[[str, str], FhirJson | None] | None, resource_type: str, where: str,
+) -> bool:
+    """Whether one of the owners *held* (references), or a Patient it was merged into, has the identifier *token*.
+
+    *token* is FHIR's `system|value` (`|value`: no system; `value`: any system).
+    `system|` (any value of the system) is refused: it would let any patient's
+    number pass for the owner's.
+
+    Raises:
+        InvalidContent: no *read*, an empty value, or an owner *held* names is not in the
+            record and none of the others matched: the check cannot be made.
+    """
+    system, bar, value = token.partition("|")  # as the record's search reads a token (_search._token)
+    if not bar:
+        system, value = "", system
+    if not value or read is None:
+        why = "has no value" if not value else "cannot be resolved here"
+        raise InvalidContent(f"the {param.element}.identifier condition of a PATCH {why}", location=f"{where}.request.url")
+    unread = False
+    for ref in held:
+        kind, _, id_ = ref.partition("/")
+        if param.kind is not None and kind != param.kind:
+            continue
+        for _ in range(_MERGE_HOPS + 1):
+            body = read(kind, id_) if id_ else None
+            if body is None:
+                unread = True
+                break
+            if any(v == value and (not bar or s == system) for s, v in identifiers(body)):
+                return True
+            nxt = _replaced_by(body)
+            if nxt is None:
+                break
+            kind, _, id_ = nxt.partition("/")
+    if unread:
+        raise InvalidContent(
+            f"the {param.element}.identifier condition of a PATCH cannot be checked: the {resource_type}'s {param.element} is not in the record",
+            location=where,
+        )
+    return False
+
+
+def _replaced_by(body: FhirJson) -> str | None:
+    """The reference of *body*'s `replaced-by` link (a Patient an A40 merged away), or None."""
+    for link in body.get("link") or []:
+        other = link.get("other") if isinstance(link, dict) and link.get("type") == "replaced-by" else None
+        if isinstance(other, dict) and isinstance(other.get("reference"), str):
+            return other["reference"]
+    return None
 
 
 def add_tags(resource: FhirJson, meta: Any) -> FhirJson:

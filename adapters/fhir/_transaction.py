@@ -173,7 +173,7 @@ class _Writer:
             if stored is None:  # deleted by an earlier entry of this Bundle
                 raise InvalidContent(f"the {entry.resource_type} this message changes is not in the record", location=entry.location)
             if entry.owner:  # checked on the stored resource, so also on one an earlier entry of this Bundle wrote
-                check_owner(stored, entry.owner, targets or {}, entry.resource_type, entry.location, self._merged_into)
+                check_owner(stored, entry.owner, targets or {}, entry.resource_type, entry.location, self._merged_into, self._body)
             patched = apply_patch(stored, resource, entry.resource_type, f"{entry.location}.resource")
             before, after = _patients(stored), _patients(patched)
             if before and after and before != after:  # a move: an A45 gives a stay to another patient

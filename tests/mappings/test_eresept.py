@@ -500,6 +500,92 @@ class TestWithdrawalsReachTheRecord:
             record.close()
 
 
+    def test_an_m96_naming_another_patient_without_m1s_does_not_change_her_prescription(self, engine):
+        """An M1 of patient A is stored under 8e4c3f41; an M9.6 whose MsgHead names patient B and carries no M1 lists it as
+        T tilbakekalt: its PATCH names B as owner, so the M9.6 is refused whole (dead letter, AppRec X99) and A's
+        prescription stays active (patient safety: without the MsgHead patient it was found by ReseptId alone)."""
+        from adapters.fhir.record import open_record
+        from router.testing import drain_queue
+
+        settings, handle = engine
+        stored = M1.read_bytes().replace(f"<MsgId>{RESEPT_ID}</MsgId>".encode(), f"<MsgId>{LISTED_ONLY}</MsgId>".encode())
+        _published(settings, handle, stored, applied=1)
+        _published(settings, handle, _m96(patient=FNR_B, carried=False), applied=1, dead=1)
+        [(headers, _)] = drain_queue(settings, settings.engine.broker.names.dead_letter)
+        assert headers["x-helsebro-stage"] == "apply"
+        assert headers["x-helsebro-reason"] == "the MedicationRequest this message changes belongs to another patient"
+        [(_, body)] = drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.445566")
+        assert _apprec(body) == ("2", "X99")
+        record = open_record(settings)
+        try:
+            kept = _prescription(record, LISTED_ONLY)
+            patients = [p["identifier"][0]["value"] for p in record.search("Patient", {})]
+        finally:
+            record.close()
+        assert kept["status"] == "active" and kept["meta"]["versionId"] == "1"
+        assert patients == [FNR_A]
+
+    def test_an_m96_naming_its_patient_without_m1s_stops_her_prescription(self, engine):
+        """The same M9.6 naming patient A in its MsgHead: her stored prescription becomes stopped."""
+        from adapters.fhir.record import open_record
+
+        settings, handle = engine
+        stored = M1.read_bytes().replace(f"<MsgId>{RESEPT_ID}</MsgId>".encode(), f"<MsgId>{LISTED_ONLY}</MsgId>".encode())
+        _published(settings, handle, stored, applied=1)
+        _published(settings, handle, _m96(patient=FNR_A, carried=False), applied=2)
+        record = open_record(settings)
+        try:
+            stopped = _prescription(record, LISTED_ONLY)
+        finally:
+            record.close()
+        assert stopped["status"] == "stopped" and stopped["meta"]["versionId"] == "2"
+
+    def test_an_m96_with_no_patient_anywhere_is_refused(self, converter):
+        """Neither a MsgHead patient nor a carried M1: its entries would be found by ReseptId alone, with no owner to check,
+        so the message is refused at conversion (its MedicationRequest needs a subject); naming one, it converts, each
+        PATCH with that patient as its subject condition."""
+        (result,) = converter.convert(_m96(carried=False))
+        assert not result.ok
+        assert result.error.reason == "MedicationRequest.subject is required, but the patient it refers to is not in this message"
+        (result,) = converter.convert(_m96(patient=FNR_A, carried=False))
+        assert result.ok, result.outcome()
+        [patient] = _entries(result.bundle, "Patient")
+        patches = _entries(result.bundle, "Parameters")
+        assert len(patches) == 2 and all(p["request"]["url"].endswith(f"&subject={patient['fullUrl']}") for p in patches)
+
+    def test_an_m96_whose_msghead_names_another_patient_than_its_m1s_is_refused(self, converter):
+        """A MsgHead patient other than the carried M1's: the list is not one patient's, refused at conversion."""
+        (result,) = converter.convert(_m96(patient=FNR_B))
+        assert not result.ok
+        assert result.error.reason == "the embedded message is about another patient than the message that carries it"
+
+    def test_an_m96_whose_msghead_names_its_m1s_patient_writes_her_once(self, converter):
+        """The same patient in the MsgHead and the carried M1: one Patient entry, the list's and the PATCH's subject; the
+        MsgHead's Patient is read (not reported unmapped)."""
+        (result,) = converter.convert(_m96(patient=FNR_A))
+        assert result.ok, result.outcome()
+        assert not [u for u in result.unmapped if "/MsgInfo/Patient" in u]
+        [patient] = _entries(result.bundle, "Patient")
+        [listed] = _entries(result.bundle, "List")
+        [patch] = _entries(result.bundle, "Parameters")
+        assert listed["resource"]["subject"] == {"reference": patient["fullUrl"]}
+        assert patch["request"]["url"].endswith(f"&subject={patient['fullUrl']}")
+
+
+def _m96(*, patient: str | None = None, carried: bool = True) -> bytes:
+    """Our M9.6, its MsgHead naming *patient* (an FNR) when given, with or without the M1 it carries."""
+    text = M96.read_text(encoding="utf-8")
+    if patient is not None:
+        named = (f'    <Patient>\n      <FamilyName>Syntetisk</FamilyName>\n      <GivenName>Pasient</GivenName>\n'
+                 f'      <Ident><Id>{patient}</Id><TypeId V="FNR" DN="Fødselsnummer" S="2.16.578.1.12.4.1.1.8116"/></Ident>\n'
+                 f'    </Patient>\n  </MsgInfo>')
+        text = text.replace("  </MsgInfo>", named, 1)
+    if not carried:
+        cut = text.index("  <Document>", text.index("</M96>"))
+        text = text[:cut] + "</MsgHead>\n"
+    return text.encode("utf-8")
+
+
 class TestPatchKey:
     @pytest.mark.parametrize(
         ("old", "new", "says", "at"),

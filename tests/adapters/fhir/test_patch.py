@@ -266,3 +266,109 @@ class TestMove:
             ("stay", "Encounter"), ("inner", "Encounter"), ("obs", "Observation"), ("doc", "DocumentReference"),
             ("other", "Encounter"), ("other_obs", "Observation"))}
         assert whose == {"stay": PATIENT_B, "inner": PATIENT_B, "obs": PATIENT_B, "doc": PATIENT_B, "other": PATIENT_A, "other_obs": PATIENT_A}
+
+
+OWNER_SPELLINGS = {
+    # id → the owner condition naming patient *pid*, in each spelling FHIR gives it
+    "subject:Patient": lambda pid: f"subject:Patient=urn:uuid:{pid}",
+    "subject:Patient-id": lambda pid: f"subject:Patient={pid}",
+    "patient:Patient": lambda pid: f"patient:Patient=urn:uuid:{pid}",
+    "subject.identifier": lambda pid: f"subject.identifier={FNR_SYSTEM}|{FNR[pid]}",
+    "subject:Patient.identifier": lambda pid: f"subject:Patient.identifier={FNR_SYSTEM}|{FNR[pid]}",
+    "patient.identifier": lambda pid: f"patient.identifier={FNR_SYSTEM}|{FNR[pid]}",
+    "patient:Patient.identifier": lambda pid: f"patient:Patient.identifier={FNR_SYSTEM}|{FNR[pid]}",
+    "identifier-any-system": lambda pid: f"subject.identifier={FNR[pid]}",
+}
+
+
+class TestPatchOwnerSpellings:
+    """An owner condition written with a type modifier or chained on the owner's identifier is an owner condition:
+    the resource is found by its identifier alone and then checked, never searched with it."""
+
+    @pytest.mark.parametrize("spelling", OWNER_SPELLINGS)
+    def test_the_named_patients_resource_is_patched(self, record, spelling):
+        """Each spelling naming patient A patches her prescription."""
+        store_patient_a_prescription(record)
+        record.apply(bundle(create_patient(PATIENT_A), patch(url=f"{CONDITION}&{OWNER_SPELLINGS[spelling](PATIENT_A)}")))
+        assert record.read("MedicationRequest", MR_ID)["status"] == "stopped"
+
+    @pytest.mark.parametrize("skip", [False, True], ids=["refuse", "skip"])
+    @pytest.mark.parametrize("spelling", OWNER_SPELLINGS)
+    def test_another_patients_resource_refuses_the_transaction(self, record, spelling, skip):
+        """Each spelling naming patient B, with A's ReseptId: refused whole, saying whose, even with patch-absent skip
+        (not searched with it, which would make A's prescription look absent and, with skip, pass silently)."""
+        store_patient_a_prescription(record)
+        with pytest.raises(InvalidContent) as err:
+            record.apply(bundle(create_patient(PATIENT_B), patch(url=f"{CONDITION}&{OWNER_SPELLINGS[spelling](PATIENT_B)}", skip=skip)))
+        assert err.value.reason == "the MedicationRequest this message changes belongs to another patient"
+        assert err.value.location == "Bundle.entry[1]"
+        assert record.read("MedicationRequest", MR_ID)["status"] == "active"
+        assert record.read("Patient", PATIENT_B) is None
+
+    def test_a_missing_resource_is_still_not_in_the_record(self, record):
+        """An identifier the record does not hold, with a spelled owner: refused as absent, or skipped with patch-absent skip."""
+        store_patient_a_prescription(record)
+        other = CONDITION.replace(VALUE, "urn:uuid:9f9f9f9f-1111-4222-8333-444444444444")
+        owner = OWNER_SPELLINGS["subject:Patient.identifier"](PATIENT_B)
+        with pytest.raises(InvalidContent) as err:
+            record.apply(bundle(create_patient(PATIENT_B), patch(url=f"{other}&{owner}")))
+        assert err.value.reason == "the MedicationRequest this message changes is not in the record"
+        result = record.apply(bundle(create_patient(PATIENT_B), patch(url=f"{other}&{owner}", skip=True)))
+        assert [e.outcome for e in result.entries] == ["created", "unchanged"]
+
+    def test_an_identifier_without_a_system_matches_only_one_without(self, record):
+        """`|value` names an identifier with no system: A's FNR has one, so it is not hers."""
+        store_patient_a_prescription(record)
+        with pytest.raises(InvalidContent, match="belongs to another patient"):
+            record.apply(bundle(patch(url=f"{CONDITION}&subject.identifier=|{FNR[PATIENT_A]}")))
+        assert record.read("MedicationRequest", MR_ID)["status"] == "active"
+
+    def test_an_identifier_without_a_value_is_refused(self, record):
+        """`system|` (any number of the system) would let any patient pass for the owner: refused, naming the url."""
+        store_patient_a_prescription(record)
+        with pytest.raises(InvalidContent) as err:
+            record.apply(bundle(patch(url=f"{CONDITION}&subject.identifier={FNR_SYSTEM}|")))
+        assert err.value.reason == "the subject.identifier condition of a PATCH has no value"
+        assert err.value.location == "Bundle.entry[0].request.url"
+        assert record.read("MedicationRequest", MR_ID)["status"] == "active"
+
+    def test_an_identifier_of_the_patient_merged_into_is_hers(self, record):
+        """After an A40 merges A into B, a PATCH naming B by her FNR stops the prescription stored under A."""
+        store_patient_a_prescription(record)
+        retired = {"resourceType": "Patient", "id": PATIENT_A, "identifier": [{"system": FNR_SYSTEM, "value": FNR[PATIENT_A]}],
+                   "active": False, "link": [{"other": {"reference": f"urn:uuid:{PATIENT_B}"}, "type": "replaced-by"}]}
+        record.apply(bundle(create_patient(PATIENT_B), {"fullUrl": f"urn:uuid:{PATIENT_A}", "resource": retired,
+                                                        "request": {"method": "PUT", "url": f"Patient/{PATIENT_A}"}}))
+        record.apply(bundle(patch(url=f"{CONDITION}&{OWNER_SPELLINGS['subject.identifier'](PATIENT_B)}")))
+        assert record.read("MedicationRequest", MR_ID)["status"] == "stopped"
+
+    def test_an_owner_the_record_lacks_cannot_be_checked_by_identifier(self, record):
+        """The stored prescription's subject names a Patient the record does not hold: its identifiers are unknown, so
+        an identifier condition cannot be checked and the transaction is refused, saying so."""
+        mr = {**prescription(), "subject": {"reference": f"Patient/{PATIENT_A}"}}
+        record.apply(bundle({"fullUrl": f"urn:uuid:{MR_ID}", "resource": mr, "request": {"method": "PUT", "url": CONDITION}}))
+        with pytest.raises(InvalidContent) as err:
+            record.apply(bundle(patch(url=f"{CONDITION}&{OWNER_SPELLINGS['subject.identifier'](PATIENT_A)}", skip=True)))
+        assert err.value.reason == "the subject.identifier condition of a PATCH cannot be checked: the MedicationRequest's subject is not in the record"
+        assert record.read("MedicationRequest", MR_ID)["status"] == "active"
+
+    def test_a_type_modifier_the_owner_does_not_have(self, record):
+        """`subject:Group=` naming the Bundle's Patient: the condition contradicts itself, refused."""
+        store_patient_a_prescription(record)
+        with pytest.raises(InvalidContent, match="names no Group, as its type modifier says"):
+            record.apply(bundle(create_patient(PATIENT_A), patch(url=f"{CONDITION}&subject:Group=urn:uuid:{PATIENT_A}")))
+        assert record.read("MedicationRequest", MR_ID)["status"] == "active"
+
+    @pytest.mark.parametrize(
+        "owner",
+        ["subject:missing=false", "subject:identifier=x|y", "subject.name=Syntetisk", "patient:Group=g1", "subject:=x",
+         "subject:Patient.birthdate=1961"],
+    )
+    def test_an_owner_condition_the_record_cannot_check_is_refused_when_read(self, record, owner):
+        """Another modifier or chain on subject/patient: refused before the database is touched, at the request url."""
+        store_patient_a_prescription(record)
+        with pytest.raises(InvalidContent) as err:
+            record.apply(bundle(create_patient(PATIENT_A), patch(url=f"{CONDITION}&{owner}")))
+        assert "not with this modifier or chain" in err.value.reason
+        assert err.value.location == "Bundle.entry[1].request.url"
+        assert record.read("MedicationRequest", MR_ID)["status"] == "active"
