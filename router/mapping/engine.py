@@ -365,8 +365,10 @@ def _patched(mm: MessageMapping, run: _Run) -> list[dict[str, Any]]:
         owner = None
         if spec.owner is not None:
             owner = run.ctx.full_urls.get(spec.owner)
-            if owner is None:  # lint makes it a Patient the message always makes; a `when:` may still leave it out
-                raise InvalidContent(f"the {spec.type} this message moves names no patient to move it from ({spec.owner})")
+            if owner is None:  # lint makes it a Patient the message makes; its source may still be empty (an A45 without MRG-1)
+                made = next((u for u in mm.resources if u.name == spec.owner), None)
+                where = getattr(getattr(made, "source", None), "text", None)
+                raise InvalidContent(f"the {spec.type} this message moves needs the patient it moves from, which {where or spec.owner} does not give", location=where)
         if (patched := patch_entry(entry, spec, owner)) is not None:
             out.append(patched)
     return out

@@ -136,3 +136,14 @@ def test_a45_for_a_stay_that_is_not_the_mrg_patients_is_refused(engine):
     assert _stays(settings) == [(PATIENT_A, "in-progress")] and _stays(settings, "Condition") == [(PATIENT_A, "I21.0")]
     replies = {h["x-helsebro-control-id"]: h["x-helsebro-ack-code"] for h, _ in drain_queue(settings, settings.engine.broker.names.replies)}
     assert replies == {"OWN-1": "AA", "OWN-45": "AE", "OWN-46": "AE"}
+
+
+def test_a45_without_the_prior_patient_is_refused_at_mrg_1():
+    """An A45 whose MRG-1 is empty cannot say whose stay it moves: refused naming MRG-1, not applied unchecked."""
+    from router.pipeline.convert import Converter
+    from router.settings import load_settings
+
+    message = _a45("OWN-47", PATIENT_B, PATIENT_A).replace(f"MRG|{PATIENT_A}^^^NOR^FNR|".encode(), b"MRG||")
+    [item] = Converter(load_settings(environ={})).convert(message)
+    assert item.bundle is None
+    assert (item.error.reason, item.error.location) == ("the Encounter this message moves needs the patient it moves from, which MRG-1 does not give", "MRG-1")
