@@ -50,6 +50,7 @@ class Def:
     after: str | None = None  # taken only right after this segment (ORDER_DOCUMENT: v2.8 holds it in COMMON_ORDER, after ORC)
     whole: bool = False  # taken only when every required member follows (ORDER_DOCUMENT: its OBX only with its TXA)
     choice: bool = False  # for a group: one of its children, not each in turn (ORM's <OBR|RQD|RQ1|RXO|ODS|ODT>)
+    own: frozenset[str] = frozenset()  # a top-level group: the segments the structure places only inside it (an order's RXE)
 
 
 def _convert(defn: Any, prefix: str) -> tuple[Def, ...]:
@@ -209,7 +210,25 @@ def structure(name: str) -> tuple[Def, ...] | None:
         defs = _merge(defs, *added)
     for path, child in _OPTIONAL.get(name, ()):
         defs = _loosen(defs, path, child)
-    return defs
+    return _owning(defs)
+
+
+def _owning(defs: tuple[Def, ...]) -> tuple[Def, ...]:
+    """Return *defs* with each top-level group's `own`: the segments no other top-level member has a place for.
+
+    Such a segment missing from one occurrence of the group is missing, not another occurrence's:
+    RDS's second ORDER without an ENCODING group has no RXE, where the first order's RXE, found
+    message-wide, hid that it names its order by number. A segment placed outside the group too
+    (OML's PID, in PATIENT and in an ORDER's PRIOR_RESULT) is still looked for message-wide.
+    """
+    names = [segment_names(d.children) if d.is_group else frozenset({d.name}) for d in defs]
+    out = []
+    for k, d in enumerate(defs):
+        if d.is_group:
+            elsewhere = frozenset().union(*(n for j, n in enumerate(names) if j != k))
+            d = replace(d, own=names[k] - elsewhere)
+        out.append(d)
+    return tuple(out)
 
 
 @lru_cache(maxsize=None)

@@ -16,6 +16,11 @@ no OBR belongs to no order, and is refused as out of place. A choice group (ORM^
 `<OBR|RQD|RQ1|RXO|ODS|ODT>`) takes the one child the next segment starts, and its
 parent (ORDER_DETAIL) holds that segment as its own.
 
+A segment a group does not hold is looked for in the groups around it, then inside its
+top-level group (ORU's second PATIENT_RESULT reads its own PID), then message-wide (an
+RDS order's PID); one the structure places only inside that top-level group (an order's
+RXE) is that group's or none, never another order's.
+
 A segment that fits nowhere (a Z-segment, or one out of place) is kept in the
 innermost open group, right after the segment before it, so nothing is ever dropped
 and the unmapped report sees it; the segments after it are placed as if it had not
@@ -46,6 +51,7 @@ class Group:
     _near: dict[str, list[Segment]] | None = field(default=None, repr=False, compare=False)  # near_map(): nearest()'s answers here
     misplaced: list[Segment] = field(default_factory=list, repr=False, compare=False)  # root only: standard segments where the structure has no place for them
     choice: bool = False  # hl7apy's wrapper around a choice: its parent holds its segment as its own (direct())
+    own: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # a top-level group: what the structure places only in it (Def.own)
 
     def groups(self, name: str) -> list[Group]:
         """Return the direct child groups called *name*."""
@@ -132,7 +138,7 @@ def _match(
                     break
                 if (d.after is not None and not _follows(into, d.after)) or (d.whole and not _complete(d.children, segs, i)):
                     break
-                sub = Group(d.name, parent=into, allowed=d.allowed, choice=d.choice)
+                sub = Group(d.name, parent=into, allowed=d.allowed, choice=d.choice, own=d.own)
                 if d.choice:  # the one child the segment starts
                     j = _match(tuple(c for c in d.children if name in c.starts)[:1], segs, i, sub, stops)
                 else:
@@ -303,6 +309,10 @@ def near_map(group: Group) -> dict[str, list[Segment]]:
             # so the second patient's results read the second PID, not the first.
             for n, segs in _subtree(group).items():
                 near.setdefault(n, segs)
+            # What the structure places only in such a group is this one's or none: the second order of an
+            # RDS without its ENCODING has no RXE, not the first order's.
+            for n in group.own:
+                near.setdefault(n, [])
         group._near = near
     return near
 

@@ -258,6 +258,15 @@ class TestGeneralClinicalOrder:
         assert [specimens[r["reference"]]["type"]["coding"][0]["code"] for r in pathology["specimen"]] == ["TISS"]
         assert "supportingInfo" not in pathology and "note" not in pathology
 
+    def test_an_order_without_timing_has_no_time_of_another_order(self, converter):
+        """The first order's TQ1 (the X-ray at 10:00) is its own: the second order, with no TQ1, OBR-6 or ORC-7,
+        has no occurrence, where the first order's TQ1, found message-wide, gave the biopsy the X-ray's time."""
+        msh = MSH.format(ts="20250110093000", type="OMG^O19^OMG_O19", ctrl="OMG-2")
+        orders = (self.ORDERS[0], "TQ1|1||||||20250110100000|||R", *self.ORDERS[1:])
+        by_code = {r["code"]["coding"][0]["code"]: r for r in _of(_one(converter, _message(msh, PID, LAB_PV1, *orders)), "ServiceRequest")}
+        assert by_code["RTHORAX"]["occurrenceDateTime"] == "2025-01-10T10:00:00+01:00"
+        assert "occurrenceDateTime" not in by_code["HIST"]
+
 
 def _status(doc: dict) -> tuple[str, list[tuple[str, str]]]:
     [encounter] = _of(doc, "Encounter")

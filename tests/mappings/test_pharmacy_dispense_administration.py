@@ -293,3 +293,216 @@ class TestAnotherPatientsOrder:
         finally:
             record.close()
         assert dispense["authorizingPrescription"] == [{"reference": f"MedicationRequest/{order['id']}"}]
+
+
+# v2.3's dispense and administration (RDS^O01, RAS^O01; v2.4 renamed them O13 and O17): no MSH-9.3, the order's
+# timing in RXE-1 (TQ) rather than TQ1, and RAS's RXAs with their one RXR straight in the ORDER (no ADMINISTRATION).
+MSH_23 = "MSH|^~\\&|{app}|STOLAV^974749025^ENH|DIPS|STOLAV|20250312143000||{type}|{ctrl}|P|{version}"
+ENCODED_23 = (
+    "RXE|1^BID^^20250312090000^20250319090000^R|N02BE01^Paracetamol^ATC|1|2|g^gram^UCUM|53^Tablett^7448|^Ta med et glass vann|||40|tablett|0",
+    "RXR|53^Oral bruk^7477",
+)
+RXD_23 = f"RXD|1|N02BE01^Paracetamol 500 mg tablett^ATC|20250312142500|40|tablett|53^Tablett^7448|RX-778812||Generisk bytte|{PHARMACIST}|G"
+
+
+def _v23(type_: str, *segments: str, app: str, ctrl: str = "CTRL-23", version: str = "2.3") -> bytes:
+    return ("\r".join([MSH_23.format(app=app, type=type_, ctrl=ctrl, version=version), *segments]) + "\r").encode("utf-8")
+
+
+def _rds_o01(*order: str, pid: str = PID, type_: str = "RDS^O01", version: str = "2.3") -> bytes:
+    return _v23(type_, pid, *order, app="APOTEK", version=version)
+
+
+def _ras_o01(*order: str, pid: str = PID) -> bytes:
+    return _v23("RAS^O01", pid, *order, app="METAVISION")
+
+
+class TestV23Dispense:
+    """RDS^O01 takes RDS_O13's mapping: the same order, the same dispense, the same reference between them."""
+
+    def test_the_dispense_names_the_order_rde_made(self, converter):
+        """A v2.3 RDS^O01 with its RXE: the order created only when missing (POST ifNoneExist), under the fullUrl
+        RDE^O11 gives the MedicationRequest of the same ORC-2, and the dispense's authorizingPrescription that one."""
+        order = _entry(_one(converter, _rde()), "MedicationRequest")
+        encoded = (ENCODED_23[0], "RXR|64^Intravenøs bruk^7477")  # the ENCODING's route, not the dispense's
+        bundle = _one(converter, _rds_o01(ORC_RE, *encoded, RXD_23, "RXR|53^Oral bruk^7477"))
+        Bundle.model_validate(bundle)
+        made = _entry(bundle, "MedicationRequest")
+        assert made["fullUrl"] == order["fullUrl"]
+        assert made["request"] == {"method": "POST", "url": "MedicationRequest", "ifNoneExist": "identifier=urn:helsebro:local:DIPS:id|LM-5001"}
+        assert made["resource"]["dispenseRequest"]["quantity"] == {"value": 40, "unit": "tablett"}  # RXE-10/11
+        [dispense] = _of(bundle, "MedicationDispense")
+        MedicationDispense.model_validate(dispense)
+        assert dispense["authorizingPrescription"] == [{"reference": order["fullUrl"]}]
+        assert dispense["status"] == "completed"
+        assert dispense["quantity"] == {"value": 40, "unit": "tablett"}
+        assert dispense["whenHandedOver"] == "2025-03-12T14:25:00+01:00"
+        assert dispense["substitution"]["wasSubstituted"] is True
+        assert dispense["dosageInstruction"][0]["route"]["coding"] == [{"system": ROUTE, "code": "53", "display": "Oral bruk"}]
+
+    def test_the_dispense_is_the_one_rds_o13_makes(self, converter):
+        """The same dispense sent as v2.3 RDS^O01 and as v2.5.1 RDS^O13 is one MedicationDispense (one identity, one content)."""
+        old = _entry(_one(converter, _rds_o01(ORC_RE, *ENCODED_23, RXD_23)), "MedicationDispense")
+        new = _entry(_one(converter, _rds(ORC_RE, *ENCODED, RXD_23)), "MedicationDispense")
+        assert old["fullUrl"] == new["fullUrl"]
+        assert old["resource"]["authorizingPrescription"] == new["resource"]["authorizingPrescription"]
+        assert {k: v for k, v in old["resource"].items() if k != "meta"} == {k: v for k, v in new["resource"].items() if k != "meta"}
+
+    def test_without_encoding_the_order_is_named_by_its_placer_number(self, converter):
+        """An RDS^O01 with no RXE makes no MedicationRequest; the dispense names the order by the placer identifier RDE gives it."""
+        order = _of(_one(converter, _rde()), "MedicationRequest")[0]
+        bundle = _one(converter, _rds_o01(ORC_RE, RXD_23, "RXR|53^Oral bruk^7477"))
+        assert _of(bundle, "MedicationRequest") == []
+        [dispense] = _of(bundle, "MedicationDispense")
+        [placer] = [i for i in order["identifier"] if i["type"]["coding"][0]["code"] == "PLAC"]
+        assert dispense["authorizingPrescription"] == [{"type": "MedicationRequest", "identifier": {"system": placer["system"], "value": placer["value"]}}]
+
+    def test_without_encoding_or_placer_number_the_filler_number_names_it(self, converter):
+        """No ORC-2: the dispense names the order by the filler number (ORC-3), as RDS^O13 does."""
+        orc = ORC_RE.replace("|LM-5001^DIPS|", "||", 1)
+        [dispense] = _of(_one(converter, _rds_o01(orc, RXD_23)), "MedicationDispense")
+        [named] = dispense["authorizingPrescription"]
+        assert named["type"] == "MedicationRequest"
+        assert named["identifier"]["value"] == "AP-90001"
+
+    def test_v231_with_its_own_structure_name_is_routed(self, converter):
+        """v2.3.1 senders fill MSH-9.3 with RDS_O01, a structure with no mapping of its own: the event table routes it."""
+        bundle = _one(converter, _rds_o01(ORC_RE, *ENCODED_23, RXD_23, type_="RDS^O01^RDS_O01", version="2.3.1"))
+        assert len(_of(bundle, "MedicationDispense")) == 1
+
+    def test_a_dispense_without_a_drug_is_refused_at_rxd_2(self, converter):
+        """An RXD with no RXD-2 is refused naming RXD-2, as in RDS^O13."""
+        issue = _refused(converter, _rds_o01(ORC_RE, *ENCODED_23, RXD_23.replace("|N02BE01^Paracetamol 500 mg tablett^ATC|", "||")))
+        assert issue["location"] == ["RXD-2"]
+
+    def test_helsebro_convert_converts_a_v23_dispense_file(self, tmp_path, capsys):
+        """`helsebro convert` on an RDS^O01 file exits 0 and prints the order and the dispense naming it."""
+        path = tmp_path / "rds_o01.hl7"
+        path.write_bytes(_rds_o01(ORC_RE, *ENCODED_23, RXD_23))
+        assert main(["convert", str(path)]) == 0
+        [doc] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        [dispense] = _of(doc, "MedicationDispense")
+        assert dispense["authorizingPrescription"] == [{"reference": _entry(doc, "MedicationRequest")["fullUrl"]}]
+
+
+class TestV23Administration:
+    """RAS^O01 takes RAS_O17's mapping: v2.3's RXAs and their RXR, straight in the ORDER, read as one ADMINISTRATION."""
+
+    RXR = "RXR|53^Oral bruk^7477"
+
+    def test_the_administration_names_the_order_rde_made(self, converter):
+        """RAS^O01 with its RXE: the order created only when missing, the administration's request that order."""
+        order = _entry(_one(converter, _rde()), "MedicationRequest")
+        bundle = _one(converter, _ras_o01(ORC_RE, *ENCODED_23, _rxa(), self.RXR))
+        Bundle.model_validate(bundle)
+        assert _entry(bundle, "MedicationRequest")["request"]["method"] == "POST"
+        [given] = _of(bundle, "MedicationAdministration")
+        MedicationAdministration.model_validate(given)
+        assert given["request"] == {"reference": order["fullUrl"]}
+        assert given["status"] == "completed"
+        assert given["effectiveDateTime"] == "2025-03-12T09:05:00+01:00"
+        assert given["performer"][0]["actor"] == {"identifier": {"system": HPR, "value": "6024416"}, "display": "SIGRID SYKEPLEIER"}
+
+    @pytest.mark.parametrize(("rxa20", "rxa21", "status"), [("CP", "A", "completed"), ("RE", "A", "not-done"), ("PA", "A", "stopped"), ("CP", "D", "entered-in-error")])
+    def test_rxa_20_and_21_give_the_status(self, converter, rxa20, rxa21, status):
+        """RXA-20 (table 0322) and RXA-21 D give the status, as in RAS^O17."""
+        [given] = _of(_one(converter, _ras_o01(ORC_RE, *ENCODED_23, _rxa(rxa20, rxa21=rxa21), self.RXR)), "MedicationAdministration")
+        assert given["status"] == status
+
+    def test_every_rxa_before_the_one_rxr_is_an_administration_by_that_route(self, converter):
+        """v2.3 puts one RXR after all the order's RXAs: each RXA is its own administration, each given by that route."""
+        second = _rxa().replace("RXA|0|1|20250312090500|", "RXA|0|2|20250312210500|", 1)
+        bundle = _one(converter, _ras_o01(ORC_RE, *ENCODED_23, _rxa(), second, "RXR|64^Intravenøs bruk^7477"))
+        first, later = _of(bundle, "MedicationAdministration")
+        assert first["id"] != later["id"]
+        assert later["effectiveDateTime"] == "2025-03-12T21:05:00+01:00"
+        assert [g["dosage"]["route"]["coding"][0]["code"] for g in (first, later)] == ["64", "64"]
+        assert first["request"] == later["request"] == {"reference": _entry(bundle, "MedicationRequest")["fullUrl"]}
+
+    def test_the_administration_is_the_one_ras_o17_makes(self, converter):
+        """The same RXA sent as v2.3 RAS^O01 and as v2.5.1 RAS^O17 is one MedicationAdministration: a later correction finds it."""
+        old = _entry(_one(converter, _ras_o01(ORC_RE, *ENCODED_23, _rxa(), self.RXR)), "MedicationAdministration")
+        new = _entry(_one(converter, _ras(_rxa(), self.RXR)), "MedicationAdministration")
+        assert old["fullUrl"] == new["fullUrl"]
+
+    def test_without_encoding_the_order_is_named_by_its_placer_number(self, converter):
+        """A RAS^O01 with no RXE names the order by its placer identifier and makes no MedicationRequest."""
+        bundle = _one(converter, _ras_o01(ORC_RE, _rxa(), self.RXR))
+        assert _of(bundle, "MedicationRequest") == []
+        [given] = _of(bundle, "MedicationAdministration")
+        assert given["request"] == {"type": "MedicationRequest", "identifier": {"system": "urn:helsebro:local:DIPS:id", "value": "LM-5001"}}
+
+    def test_an_administration_without_a_drug_is_refused_at_rxa_5(self, converter):
+        """An RXA with no RXA-5 is refused naming RXA-5, as in RAS^O17."""
+        issue = _refused(converter, _ras_o01(ORC_RE, *ENCODED_23, _rxa(rxa5=""), self.RXR))
+        assert issue["location"] == ["RXA-5"]
+
+
+class TestV23AnotherPatientsOrder:
+    """RDS^O01 and RAS^O01 through the record (SQLite): the order their RXE finds by number must be this patient's."""
+
+    def test_a_v23_dispense_naming_another_patients_order_is_refused(self, converter, tmp_path):
+        """RDE for patient A, then a v2.3 RDS^O01 for patient B with A's order number: refused whole, nothing of B written."""
+        from router.errors import InvalidContent
+
+        record = TestDispenseInTheRecord()._record(tmp_path)
+        try:
+            record.apply(_one(converter, _rde()))
+            with pytest.raises(InvalidContent, match="belongs to another patient"):
+                record.apply(_one(converter, _rds_o01(ORC_RE, *ENCODED_23, RXD_23, pid=TestAnotherPatientsOrder.OTHER)))
+            assert record.search("MedicationDispense", {}) == []
+            assert len(record.search("Patient", {})) == 1
+        finally:
+            record.close()
+
+    def test_a_v23_administration_naming_another_patients_order_is_refused(self, converter, tmp_path):
+        """The same for RAS^O01: no administration of B's pointing at A's prescription."""
+        from router.errors import InvalidContent
+
+        record = TestDispenseInTheRecord()._record(tmp_path)
+        try:
+            record.apply(_one(converter, _rde()))
+            with pytest.raises(InvalidContent, match="belongs to another patient"):
+                record.apply(_one(converter, _ras_o01(ORC_RE, *ENCODED_23, _rxa(), "RXR|53^Oral bruk^7477", pid=TestAnotherPatientsOrder.OTHER)))
+            assert record.search("MedicationAdministration", {}) == []
+        finally:
+            record.close()
+
+    def test_the_patients_own_v23_dispense_leaves_the_order_as_rde_wrote_it(self, converter, tmp_path):
+        """The same patient's RDS^O01 writes the dispense, leaves the stored order untouched and points at it."""
+        record = TestDispenseInTheRecord()._record(tmp_path)
+        try:
+            record.apply(_one(converter, _rde()))
+            [before] = record.search("MedicationRequest", {})
+            record.apply(_one(converter, _rds_o01(ORC_RE, *ENCODED_23, RXD_23)))
+            [after] = record.search("MedicationRequest", {})
+            [dispense] = record.search("MedicationDispense", {})
+        finally:
+            record.close()
+        assert after == before
+        assert dispense["authorizingPrescription"] == [{"reference": f"MedicationRequest/{after['id']}"}]
+
+
+class TestAnOrderWithoutEncodingBesideOneWith:
+    """Two orders in one message, only the first with its ENCODING: the second names its own order by number.
+
+    An RXE is placed only inside an ORDER, so the second ORDER's RXE is none, not the first order's found
+    message-wide: read so, the second dispense or administration named no order at all."""
+
+    ORC_2 = "ORC|RE|LM-5002^DIPS|AP-90002^APOTEK||||||20250314101000"
+
+    def test_rds_o13(self, converter):
+        """RDS^O13: the first dispense names the order its RXE made, the second LM-5002 by its placer number."""
+        bundle = _one(converter, _rds(ORC_RE, *ENCODED, RXD, self.ORC_2, RXD.replace("RXD|1|", "RXD|2|", 1)))
+        [order] = _of(bundle, "MedicationRequest")
+        first, second = _of(bundle, "MedicationDispense")
+        assert first["authorizingPrescription"] == [{"reference": _entry(bundle, "MedicationRequest")["fullUrl"]}]
+        assert order["identifier"][0]["value"] == "LM-5001"
+        assert second["authorizingPrescription"] == [{"type": "MedicationRequest", "identifier": {"system": "urn:helsebro:local:DIPS:id", "value": "LM-5002"}}]
+
+    def test_v23_ras_o01(self, converter):
+        """RAS^O01: the second order's administration names LM-5002 by number, not nothing."""
+        bundle = _one(converter, _ras_o01(ORC_RE, *ENCODED_23, _rxa(), "RXR|53^Oral bruk^7477", self.ORC_2, _rxa(), "RXR|53^Oral bruk^7477"))
+        first, second = _of(bundle, "MedicationAdministration")
+        assert first["request"] == {"reference": _entry(bundle, "MedicationRequest")["fullUrl"]}
+        assert second["request"] == {"type": "MedicationRequest", "identifier": {"system": "urn:helsebro:local:DIPS:id", "value": "LM-5002"}}
