@@ -179,8 +179,34 @@ def _flatten(node: Any, out: list[str]) -> None:
             _flatten(spec, out)
 
 
+@lru_cache(maxsize=1)
+def _standard_choices() -> frozenset[tuple[str, frozenset[str]]]:
+    """The choices v2.5.1's tables draw: (message structure, its members' names), e.g. ORM_O01 and {OBR, RQD, RQ1, RXO, ODS, ODT}.
+
+    Why only these: hl7apy's tables for v2.6 and later also mark as choices groups the
+    standard reads as sequences (EHC_E15's PMT then PYE, QBP_E03's QPD then RCP), so a
+    later receiver's valid message would be refused. A group of any version is a choice
+    when v2.5.1 draws one with the same members in the same structure (v2.3.1 lists
+    ORM's in another order, under another group name); the rest are read in turn.
+    """
+    from hl7apy import v2_5_1
+
+    out: set[tuple[str, frozenset[str]]] = set()
+
+    def walk(structure: str, node: Any) -> None:
+        for _name, spec, _card, kind in node[1]:
+            if kind == "GRP":
+                if is_choice(spec):
+                    out.add((structure, frozenset(child[0] for child in spec[1])))
+                walk(structure, spec)
+
+    for structure, spec in v2_5_1.MESSAGES.items():
+        walk(structure, spec)
+    return frozenset(out)
+
+
 def _walk(node: Any, prefix: str, groups: tuple[str, ...], repeating: tuple[bool, ...], out: list[Occurrence], members: tuple[int | None, ...] = ()) -> None:
-    choice = bool(groups) and is_choice(node)
+    choice = bool(groups) and is_choice(node) and (prefix.rstrip("_"), frozenset(child[0] for child in node[1])) in _standard_choices()
     for k, (name, spec, (_low, high), kind) in enumerate(node[1]):
         here = (*members[:-1], k) if choice else members  # a choice's child: which one, at the choice's depth
         if kind == "GRP":

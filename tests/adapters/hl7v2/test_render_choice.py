@@ -101,3 +101,24 @@ def test_a_child_of_the_choice_after_what_follows_it_is_out_of_order(tmp_path):
     with pytest.raises(MappingError) as err:
         load_outbound(path, "2.5.1", tables=load_tables(path.parent))
     assert err.value.reason == "RXO is out of order: ORM_O01 puts it earlier"
+
+
+def test_a_v2_6_order_detail_is_still_a_choice(tmp_path):
+    """v2.6 keeps ORM's order detail as v2.5.1 has it: OBR then RXO is refused there too."""
+    path = _write(tmp_path, ["OBR", "RXO"])
+    with pytest.raises(MappingError, match="RXO cannot stand with OBR: ORM_O01 holds one of <OBR|RQD|RQ1|RXO|ODS|ODT> there"):
+        load_outbound(path, "2.6", tables=load_tables(path.parent))
+
+
+@pytest.mark.parametrize("version", ["2.6", "2.7", "2.8"])
+def test_groups_later_tables_mark_as_choices_are_read_in_turn(version):
+    """hl7apy's v2.6+ tables mark EHC_E15's payment header <PMT|PYE> as a choice; the standard writes PMT, then PYE.
+
+    A choice is taken only where v2.5.1 has one (_versions._standard_choices), so a later receiver's
+    remittance advice keeps its payee instead of being refused ("PYE cannot stand with PMT").
+    """
+    from adapters.hl7v2._versions import StructureCursor, version_defs
+
+    cursor = StructureCursor(version_defs(version), {"E15": "EHC_E15"})
+    for segment in ("MSH", "PMT", "PYE"):
+        cursor.place(segment, None, repeated=False)
