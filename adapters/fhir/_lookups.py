@@ -89,6 +89,18 @@ class Lookups:
         self._rows[key] = (version, flag, digest, index_hash)
         self._index[key] = (index_hash, tokens, refs)
 
+    def last_index_hash(self, resource_type: str, id_: str) -> int | None:
+        """The index hash of the version last written for the resource: a held write's, else the database row's.
+
+        Why: `Current.index_hash` is the database's row until flush; a version written since
+        (an earlier entry or Bundle of this transaction) may have other references.
+        """
+        held = self._index.get((resource_type, id_))
+        if held is not None:
+            return held[0]
+        cur = self.current.get((resource_type, id_))
+        return cur.index_hash if cur is not None else None
+
     def flush(self, db: Any) -> None:
         """Send the held writes: history, current rows, stale index rows out, index rows in; in that order."""
         if not self._rows:

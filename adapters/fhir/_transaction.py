@@ -176,8 +176,8 @@ class _Writer:
                 check_owner(stored, entry.owner, targets or {}, entry.resource_type, entry.location, self._merged_into, self._body)
             patched = apply_patch(stored, resource, entry.resource_type, f"{entry.location}.resource")
             before, after = _patients(stored), _patients(patched)
-            if before and after and before != after:  # a move: an A45 gives a stay to another patient
-                if not entry.owner:
+            if before and before != after:  # a move (an A45 gives a stay to another patient), or a patch that drops the patient
+                if not entry.owner or not after:
                     self._refuse_other_patient(entry, id_, after, "changes")  # only a PATCH that names whose it was may move it
                 self._move_recorded_in(f"{entry.resource_type}/{id_}", before, after, resource.get("meta"))
             return self._put(entry.resource_type, id_, patched)
@@ -211,6 +211,8 @@ class _Writer:
     def _refuse_other_patient(self, entry: Entry, id_: str, new: set[str], verb: str) -> None:
         """Raise unless the stored resource *id_* is this patient's (one of *new*), has none, or is gone.
 
+        An empty *new* (an update naming no Patient) passes only a stored resource that names none.
+
         The stored resource's patient is this one's when it is the same Patient, or one
         merged into it: an A40 leaves the old Patient `replaced-by` the survivor, and its
         stays, results and prescriptions where they were.
@@ -219,9 +221,11 @@ class _Writer:
         old = _patients(stored) if stored is not None else set()
         if not old or old & new or any(self._merged_into(p, new) for p in old):
             return
+        if not new:
+            raise InvalidContent(f"the {entry.resource_type} this message {verb} belongs to a patient, and this message names none", location=entry.location)
         raise InvalidContent(
             f"the {entry.resource_type} this message {verb} belongs to another patient"
-            + ("; a resource moves between patients only by a merge (A40, A34) of the patients themselves" if verb == "updates" else ""),
+            + ("; it goes to another patient only when the two are merged, or by a move that names whose it was" if verb == "updates" else ""),
             location=entry.location,
         )
 
@@ -231,12 +235,20 @@ class _Writer:
         Why: moved alone, the stay would go to its right patient and leave its
         results with the wrong one, where the next corrected result for the right
         patient is refused as another patient's. Only resources of the patient the
-        stay moved from are moved; each gets a new version, tagged with the moving
-        mapping (*meta*), so its history says what moved it.
+        stay moved from (or of a record it was merged into since) are moved, and the
+        specimens they name (a corrected result restates its specimen); each gets a
+        new version, tagged with the moving mapping (*meta*), so its history says what moved it.
         """
         [patient] = sorted(after)[:1]
+        # The stay's patient and whom that record was merged into (an A40 since): results recorded in
+        # the stay under either are the old patient's, and must not stay behind with them.
+        olds = set(before)
+        for p in before:
+            olds.update(self._merge_chain(p))
+        olds -= after
+        specimens: set[str] = set()  # the specimens of what moved: a Specimen names no stay, but a corrected result restates it
         for rtype, path in _RECORDED_IN.items():
-            for old in sorted(before):
+            for old in sorted(olds):
                 sql, args = search_sql(rtype, [("patient", old)], select="r.id, h.body")
                 self._lookups.flush(self._db)
                 for id_, raw in self._db.query(sql, args):
@@ -249,13 +261,23 @@ class _Writer:
                         if isinstance(ref, dict) and ref.get("reference") == old:
                             moved[element] = {**ref, "reference": patient}
                     self._put(rtype, id_, add_tags(moved, meta))
+                    specimens.update(
+                        ref["reference"].partition("/")[2] for ref in (moved.get("specimen") if isinstance(moved.get("specimen"), list) else [])
+                        if isinstance(ref, dict) and isinstance(ref.get("reference"), str) and ref["reference"].startswith("Specimen/")
+                    )
                     if rtype == "Encounter" and depth:
-                        self._move_recorded_in(f"Encounter/{id_}", {old}, after, meta, depth - 1)
+                        self._move_recorded_in(f"Encounter/{id_}", olds, after, meta, depth - 1)
+        for id_ in sorted(specimens):
+            body = self._body("Specimen", id_)
+            ref = (body or {}).get("subject")
+            if isinstance(ref, dict) and ref.get("reference") in olds:
+                self._put("Specimen", id_, add_tags({**body, "subject": {**ref, "reference": patient}}, meta))
 
-    def _merged_into(self, patient: str, survivors: set[str], hops: int = 4) -> bool:
-        """Whether *patient* (Patient/id) was merged, through at most *hops* `replaced-by` links, into one of *survivors*."""
+    def _merge_chain(self, patient: str, hops: int = 4) -> list[str]:
+        """The Patients *patient* (Patient/id) was merged into, following at most *hops* `replaced-by` links, in order."""
+        out: list[str] = []
         if not patient.startswith("Patient/"):
-            return False
+            return out
         for _ in range(hops):
             body = self._body("Patient", patient.partition("/")[2])
             nxt = next(
@@ -264,12 +286,15 @@ class _Writer:
                  and isinstance(link["other"].get("reference"), str)),
                 None,
             )
-            if nxt is None:
-                return False
-            if nxt in survivors:
-                return True
+            if nxt is None or nxt in out:
+                break
+            out.append(nxt)
             patient = nxt
-        return False
+        return out
+
+    def _merged_into(self, patient: str, survivors: set[str], hops: int = 4) -> bool:
+        """Whether *patient* (Patient/id) was merged, through at most *hops* `replaced-by` links, into one of *survivors*."""
+        return any(p in survivors for p in self._merge_chain(patient, hops))
 
     def delete_all(self, entry: Entry, ids: list[str], *, retire: bool = False) -> AppliedEntry:
         """Delete (or, for a document, retire) every resource a conditional DELETE found; report the last."""
@@ -317,10 +342,12 @@ class _Writer:
         tokens = set(identifiers(body))
         refs = set(references(body))
         index_hash = _index_hash(tokens, refs)
-        if writer is not None and current is not None and not current.deleted and current.index_hash != index_hash:
+        if writer is not None and current is not None and not current.deleted and self._lookups.last_index_hash(resource_type, id_) != index_hash:
+            # Checked also when the version names no Patient: else an update that drops the subject
+            # (or names it by an absolute URL or identifier only) would leave a resource with none, which
+            # the next update may give to anyone.
             new = {ref for element, ref in refs if element in ("subject", "patient") and ref.startswith("Patient/")}
-            if new:
-                self._refuse_other_patient(writer, id_, new, "updates")
+            self._refuse_other_patient(writer, id_, new, "updates")
         self._write(resource_type, id_, version, body, digest=digest, deleted=False, index=(tokens, refs, index_hash))
         outcome: EntryOutcome = "updated" if current is not None and not current.deleted else "created"
         return AppliedEntry(resource_type, id_, version, outcome)

@@ -147,3 +147,28 @@ def test_a45_without_the_prior_patient_is_refused_at_mrg_1():
     [item] = Converter(load_settings(environ={})).convert(message)
     assert item.bundle is None
     assert (item.error.reason, item.error.location) == ("the Encounter this message moves needs the patient it moves from, which MRG-1 does not give", "MRG-1")
+
+
+def _oru(ctrl: str, pid: str, status: str) -> bytes:
+    """A lab result in stay V25-0001: order REK-77, specimen PRV-77, one haemoglobin (F final, C corrected)."""
+    segments = (
+        MSH.format(ts="20250110100000", type="ORU^R01^ORU_R01", ctrl=ctrl), pid, PV1,
+        "ORC|RE|REK-77^DIPS|LAB-77^LABSYS||CM", f"OBR|1|REK-77^DIPS|LAB-77^LABSYS|NPU02319^Hemoglobin^NLK|||20250110090000||||||||||||||||||{status}",
+        f"OBX|1|NM|NPU02319^Hemoglobin^NLK||{'13.1' if status == 'C' else '12.1'}|g/dL|||||{status}", "SPM|1|PRV-77&LABSYS||BLD^Blod^HL70487",
+    )
+    return ("\r".join(segments) + "\r").encode()
+
+
+def test_a_corrected_result_after_a45_is_the_new_patients(engine):
+    """A's stay with a lab result moves to B by an A45; the lab's correction of that result, now for B, must apply.
+
+    The A45 moves what names the stay (encounter, context, partOf): the result and its report, not the
+    specimen (Specimen has no encounter), which stays A's; the correction's Specimen update is then refused
+    as another patient's, the very failure the move is there to prevent."""
+    settings, handle = engine
+    _send(settings, handle, _adt("A01", "OWN-1", _pid(PATIENT_A)), _oru("LAB-1", _pid(PATIENT_A), "F"))
+    _send(settings, handle, _a45("OWN-45", PATIENT_B, PATIENT_A))
+    assert _dead_letters(settings) == []
+    _send(settings, handle, _oru("LAB-2", _pid(PATIENT_B), "C"))
+    assert _dead_letters(settings) == []
+    assert _stays(settings, "Observation") == [(PATIENT_B, "NPU02319")]

@@ -148,7 +148,8 @@ class TestPatch:
 PATIENT_A = "0a0a0a0a-1111-4222-8333-444444444444"
 PATIENT_B = "0b0b0b0b-1111-4222-8333-444444444444"
 FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
-FNR = {PATIENT_A: "15866112379", PATIENT_B: "01015000232"}
+PATIENT_A0 = "c3d4e5f6-0000-4000-8000-00000000a0a0"
+FNR = {PATIENT_A: "15866112379", PATIENT_B: "01015000232", PATIENT_A0: "55866110270"}
 
 
 def create_patient(pid):
@@ -372,3 +373,89 @@ class TestPatchOwnerSpellings:
         assert "not with this modifier or chain" in err.value.reason
         assert err.value.location == "Bundle.entry[1].request.url"
         assert record.read("MedicationRequest", MR_ID)["status"] == "active"
+
+
+def _put(rtype, rid, **elements):
+    """A PUT by identifier of *rtype* with id *rid* (its identifier is its urn)."""
+    res = {"resourceType": rtype, "id": rid, "identifier": [{"system": SYSTEM, "value": f"urn:uuid:{rid}"}], **elements}
+    return {"fullUrl": f"urn:uuid:{rid}", "resource": res, "request": {"method": "PUT", "url": f"{rtype}?identifier={SYSTEM}|urn:uuid:{rid}"}}
+
+
+STAY = "00000001-0000-4000-8000-000000000001"
+RESULT = "00000002-0000-4000-8000-000000000002"
+LATER_RESULT = "00000003-0000-4000-8000-000000000003"
+
+
+def _merge(old, survivor):
+    """An A40: *old* retired, `replaced-by` *survivor*."""
+    retired = {"resourceType": "Patient", "id": old, "identifier": [{"system": FNR_SYSTEM, "value": FNR[old]}],
+               "active": False, "link": [{"other": {"reference": f"urn:uuid:{survivor}"}, "type": "replaced-by"}]}
+    return bundle(create_patient(survivor), {"fullUrl": f"urn:uuid:{old}", "resource": retired, "request": {"method": "PUT", "url": f"Patient/{old}"}})
+
+
+def _move_stay(owner, to):
+    move = [op("delete", "Encounter.subject"), op("add", "Encounter", name="subject", value={"valueReference": {"reference": f"urn:uuid:{to}"}})]
+    return bundle(create_patient(owner), create_patient(to), patch(move, url=f"Encounter?identifier={SYSTEM}|urn:uuid:{STAY}&subject=urn:uuid:{owner}"))
+
+
+class TestReviewOwner:
+    """Review h64: ways a stored resource still changes patient, or a move leaves what was recorded in the stay behind."""
+
+    def test_an_update_after_a_move_in_the_same_batch_is_checked(self, record):
+        """A45 moves A's stay to B; the next message of the same batch, for A with the same visit number, must be refused.
+
+        The update's check is skipped when its index rows equal `Current.index_hash`, but that is the
+        database's row, not the version the A45 wrote earlier in the batch (held, not flushed): the
+        stay goes back to A without a word, its result staying B's.
+        """
+        a = {"reference": f"urn:uuid:{PATIENT_A}"}
+        record.apply(bundle(create_patient(PATIENT_A), _put("Encounter", STAY, status="in-progress", subject=a),
+                            _put("Observation", RESULT, status="final", subject=a, encounter={"reference": f"urn:uuid:{STAY}"})))
+        stale = bundle(create_patient(PATIENT_A), _put("Encounter", STAY, status="in-progress", subject=a))
+        results = record.apply_batch([_move_stay(PATIENT_A, PATIENT_B), stale])
+        assert not isinstance(results[0], InvalidContent)
+        assert isinstance(results[1], InvalidContent) and "belongs to another patient" in results[1].reason
+        assert record.read("Encounter", STAY)["subject"] == {"reference": f"Patient/{PATIENT_B}"}
+
+    def test_an_update_after_a_move_in_the_same_bundle_is_checked(self, record):
+        """The same within one Bundle (the REST path takes any Bundle): a move, then a PUT giving the stay back to A."""
+        a = {"reference": f"urn:uuid:{PATIENT_A}"}
+        record.apply(bundle(create_patient(PATIENT_A), _put("Encounter", STAY, status="in-progress", subject=a)))
+        moved = _move_stay(PATIENT_A, PATIENT_B)
+        moved["entry"].append(_put("Encounter", STAY, status="in-progress", subject=a))
+        with pytest.raises(InvalidContent, match="belongs to another patient"):
+            record.apply(moved)
+        assert record.read("Encounter", STAY)["subject"] == {"reference": f"Patient/{PATIENT_A}"}
+
+    def test_an_update_without_a_patient_does_not_open_the_stay_to_another(self, record):
+        """One update drops the stay's subject (not checked: no patient), the next gives it to B (not refused: the
+        stored version has none). A's stay ends up B's with no merge and no owner-named move."""
+        a, b = {"reference": f"urn:uuid:{PATIENT_A}"}, {"reference": f"urn:uuid:{PATIENT_B}"}
+        record.apply(bundle(create_patient(PATIENT_A), _put("Encounter", STAY, status="in-progress", subject=a)))
+        with pytest.raises(InvalidContent, match="belongs to a patient, and this message names none"):
+            record.apply(bundle(create_patient(PATIENT_B), _put("Encounter", STAY, status="in-progress"),
+                                _put("Encounter", STAY, status="finished", subject=b)))
+        assert record.read("Encounter", STAY)["subject"] == {"reference": f"Patient/{PATIENT_A}"}
+
+    def test_a_moved_stay_takes_the_results_recorded_under_the_merged_away_record(self, record):
+        """A's stay was registered under her old record A0 (later merged into A by an A40), and a result came in
+        for A since. An A45 naming A moves the stay to B: both results recorded in it must move, not only those
+        whose subject is the stay's stored patient."""
+        a0, a = {"reference": f"urn:uuid:{PATIENT_A0}"}, {"reference": f"urn:uuid:{PATIENT_A}"}
+        in_stay = {"reference": f"Encounter/{STAY}"}
+        record.apply(bundle(create_patient(PATIENT_A0), _put("Encounter", STAY, status="in-progress", subject=a0),
+                            _put("Observation", RESULT, status="final", subject=a0, encounter={"reference": f"urn:uuid:{STAY}"})))
+        record.apply(_merge(PATIENT_A0, PATIENT_A))
+        record.apply(bundle(create_patient(PATIENT_A), _put("Observation", LATER_RESULT, status="final", subject=a, encounter=in_stay)))
+        record.apply(_move_stay(PATIENT_A, PATIENT_B))
+        whose = {rid: record.read(rtype, rid)["subject"]["reference"] for rtype, rid in
+                 (("Encounter", STAY), ("Observation", RESULT), ("Observation", LATER_RESULT))}
+        assert whose == dict.fromkeys((STAY, RESULT, LATER_RESULT), f"Patient/{PATIENT_B}")
+
+    def test_a_patch_that_drops_the_patient_is_refused(self, record):
+        """A PATCH deleting the subject would leave A's prescription with no patient, for the next update to give to anyone."""
+        store_patient_a_prescription(record)
+        with pytest.raises(InvalidContent) as err:
+            record.apply(bundle(patch([op("delete", "MedicationRequest.subject")])))
+        assert err.value.reason == "the MedicationRequest this message changes belongs to a patient, and this message names none"
+        assert record.read("MedicationRequest", MR_ID)["subject"] == {"reference": f"Patient/{PATIENT_A}"}
