@@ -22,8 +22,8 @@ import importlib.machinery
 import importlib.util
 import os
 import sys
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Sequence
 
 HOT_PATH = (
     "adapters/amqp/_frames.py",

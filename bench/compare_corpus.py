@@ -59,9 +59,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-from datetime import datetime, timezone
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -165,7 +166,7 @@ def _instant(text: str | None) -> datetime | None:
         d = datetime.fromisoformat(t)
     except ValueError:
         return None
-    return d.astimezone(timezone.utc) if d.tzinfo else d.replace(tzinfo=timezone.utc)
+    return d.astimezone(UTC) if d.tzinfo else d.replace(tzinfo=UTC)
 
 
 def _wall(text: str | None) -> str | None:

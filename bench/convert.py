@@ -19,8 +19,8 @@ import orjson
 from adapters._compiled import compiled_modules
 from router.engine import freeze_long_lived
 from router.pipeline.convert import Converter
-from schemas.identity import first_valid_fnr
 from router.settings import load_settings
+from schemas.identity import first_valid_fnr
 
 ADT_A01 = "\r".join(
     [

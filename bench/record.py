@@ -45,11 +45,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from router.pipeline.convert import Converter  # noqa: E402
-from router.pipeline.settle import applied_key  # noqa: E402
-from router.settings import Settings, load_settings  # noqa: E402
-from router.testing import adt_message, drop_schema  # noqa: E402
-from schemas.identity import first_valid_fnr  # noqa: E402
+from router.pipeline.convert import Converter
+from router.pipeline.settle import applied_key
+from router.settings import Settings, load_settings
+from router.testing import adt_message, drop_schema
+from schemas.identity import first_valid_fnr
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 

@@ -15,13 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from convert import ADT_A01, ORU_R01  # noqa: E402  # the same messages as bench/convert.py
+from convert import ADT_A01, ORU_R01  # the same messages as bench/convert.py
 
-from adapters.hl7v2.render import Hl7v2Renderer  # noqa: E402
-from router.pipeline.convert import Converter  # noqa: E402
-from router.routing.model import QueueDestination  # noqa: E402
-from router.settings import load_settings  # noqa: E402
-
+from adapters.hl7v2.render import Hl7v2Renderer
+from router.pipeline.convert import Converter
+from router.routing.model import QueueDestination
+from router.settings import load_settings
 
 _MESSAGES = {"adt": ("ADT^A01", ADT_A01), "oru": ("ORU^R01 (20 OBX)", ORU_R01)}
 

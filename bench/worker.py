@@ -34,15 +34,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.amqp.connection import declare_topology, open_connection  # noqa: E402
-from adapters.amqp.inbound import Inbound  # noqa: E402
-from adapters.amqp.outbound import Publisher  # noqa: E402
-from router import engine as engine_module  # noqa: E402
-from router.logging import configure_logging  # noqa: E402
-from router.pipeline import settle as settle_module  # noqa: E402
-from router.pipeline.convert import Converter  # noqa: E402
-from router.testing import adt_message, delete_queues, drop_schema, isolated_settings, wait_until  # noqa: E402
-from schemas.identity import first_valid_fnr  # noqa: E402
+from adapters.amqp.connection import declare_topology, open_connection
+from adapters.amqp.inbound import Inbound
+from adapters.amqp.outbound import Publisher
+from router import engine as engine_module
+from router.logging import configure_logging
+from router.pipeline import settle as settle_module
+from router.pipeline.convert import Converter
+from router.testing import adt_message, delete_queues, drop_schema, isolated_settings, wait_until
+from schemas.identity import first_valid_fnr
 
 BROKER = "amqp://guest:guest@127.0.0.1:5672/%2F"
 PG = "postgresql://postgres@127.0.0.1:5432/test"
@@ -120,7 +120,7 @@ def main() -> None:
         settings = isolated_settings(Path(tmp), broker_url=BROKER, record_url=url, broker={"partitions": 1})
         _backlog(settings, [_message(i) for i in range(args.n)])  # first, so the worker takes full batches
         worker = engine_module.Engine(settings)
-        worker._log = _TimedLog(worker._log)  # noqa: SLF001 - the log line is one of the phases
+        worker._log = _TimedLog(worker._log)  # a private attribute on purpose: the log line is one of the phases
         thread = threading.Thread(target=worker.run, kwargs={"until_idle": 3.0}, daemon=True)
         _spent.clear()
         t0 = time.perf_counter()

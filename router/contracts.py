@@ -5,8 +5,9 @@ Adapters implement these; the router depends only on them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, Protocol
+from typing import Any, Literal, Protocol
 
 from router.errors import MessageError
 
@@ -95,7 +96,7 @@ class Converted:
     bundle: FhirJson | None = None
     error: MessageError | None = None
     unmapped: list[str] = field(default_factory=list)
-    header: "MessageHeader | None" = None
+    header: MessageHeader | None = None
     format: Literal["hl7v2", "kith"] = "hl7v2"
     envelope: Any = None  # KITH: the KithEnvelope, for AppRecs
 

@@ -21,8 +21,9 @@ import gc
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from adapters.amqp.connection import broker_errors, declare_topology, open_connection, partition_count, queue_depth, read_ahead
 from adapters.amqp.inbound import Delivery, Inbound
@@ -445,4 +446,4 @@ def _load_converter(settings: Settings) -> Any:
 def _open_record(settings: Settings) -> Record:
     from adapters.fhir.record import open_record  # raises RecordUnavailable when the database is down
 
-    return open_record(settings)  # type: ignore[no-any-return]  # implements Record
+    return open_record(settings)

@@ -10,6 +10,7 @@ import json as _stdlib_json
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -28,7 +29,7 @@ def phi_hash(value: str) -> str:
     return "h:" + hashlib.sha256(b"helsebro|" + value.encode("utf-8")).hexdigest()[:16]
 
 
-def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event):
         value = event[key]
         if key in PHI_KEYS and value is not None:

@@ -9,8 +9,9 @@ old one keeps running, and the refusal is logged with file:line:col.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from router.errors import MappingError
 

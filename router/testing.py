@@ -9,9 +9,10 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from kombu import Queue
@@ -256,7 +257,7 @@ def converted(converter: Any, data: bytes) -> list[dict[str, Any]]:
 def one_bundle(converter: Any, data: bytes) -> dict[str, Any]:
     """The one valid Bundle *data* (one message) converts to; fails the test with the OperationOutcome otherwise."""
     [doc] = converted(converter, data)
-    assert doc["resourceType"] == "Bundle", doc
+    assert doc["resourceType"] == "Bundle", doc  # noqa: S101 - a test helper: fails the test
     return doc
 
 

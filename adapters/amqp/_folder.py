@@ -44,10 +44,10 @@ from kombu.transport import filesystem, virtual
 _SEQ = itertools.count()
 
 
-# kombu is untyped; these overrides keep its signatures.
+# These overrides keep kombu's filesystem.Channel signatures, which differ from its AbstractChannel's.
 
 
-class _DurableFolderChannel(filesystem.Channel):  # type: ignore[misc]  # kombu has no type hints
+class _DurableFolderChannel(filesystem.Channel):
     """A filesystem channel whose unacked messages survive the death of their consumer."""
 
     def __init__(self, connection: Any, **kwargs: Any) -> None:
@@ -70,7 +70,7 @@ class _DurableFolderChannel(filesystem.Channel):  # type: ignore[misc]  # kombu 
             os.rename(new, self._mine)
         return self._mine
 
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as filesystem.Channel._put
         name = f"{time.monotonic_ns():020d}-{next(_SEQ):09d}-{uuid.uuid4().hex}.{queue}.msg"
         folder = Path(self.data_folder_out)
         tmp = folder.parent / f".tmp-{uuid.uuid4().hex}"
@@ -83,7 +83,7 @@ class _DurableFolderChannel(filesystem.Channel):  # type: ignore[misc]  # kombu 
         except OSError as exc:
             raise ChannelError(f"cannot add a message to queue {queue!r}") from exc
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str) -> Any:  # type: ignore[override]  # as filesystem.Channel._get
         suffix = f"{queue}.msg"
         folder = Path(self.data_folder_in)
         for name in sorted(os.listdir(folder)):
@@ -163,7 +163,7 @@ class _DurableFolderChannel(filesystem.Channel):  # type: ignore[misc]  # kombu 
             self._mine = None
 
 
-class DurableFolderTransport(filesystem.Transport):  # type: ignore[misc]  # kombu has no type hints
+class DurableFolderTransport(filesystem.Transport):
     Channel = _DurableFolderChannel
 
     def __init__(self, client: Any, **kwargs: Any) -> None:

@@ -16,8 +16,9 @@ publish and when to write.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from struct import Struct
-from typing import Any, Mapping
+from typing import Any
 
 from amqp.serialization import dumps
 

@@ -13,13 +13,13 @@ The embedded transport's guarantees are _folder.py's docstring.
 
 from __future__ import annotations
 
-import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import ChannelError, OperationalError
@@ -108,7 +108,7 @@ def drain_events(connection: Connection, timeout: float, *, more: Callable[[], b
         socket.timeout: nothing (more) arrived in time; what was read stays dispatched or buffered.
         The connection's own errors, as kombu's drain_events raises them.
     """
-    amqp_conn = getattr(connection, "_connection", None)  # kombu's py-amqp Connection, when connected
+    amqp_conn: Any = getattr(connection, "_connection", None)  # kombu's py-amqp Connection, when connected
     transport = getattr(amqp_conn, "transport", None)
     sock = getattr(transport, "sock", None)
     if sock is None or isinstance(sock, ssl.SSLSocket) or not hasattr(amqp_conn, "blocking_read"):
@@ -130,7 +130,7 @@ def drain_events(connection: Connection, timeout: float, *, more: Callable[[], b
                 while not read(None):
                     pass
     except BlockingIOError as exc:  # as py-amqp's having_timeout translates it
-        raise socket.timeout() from exc
+        raise TimeoutError() from exc
     finally:
         if sock.gettimeout() != prev:
             sock.settimeout(prev)
@@ -289,7 +289,7 @@ def _legacy_names(settings: Settings) -> list[str]:
 
 
 def _legacy_queues(settings: Settings) -> list[str]:
-    return [str(getattr(settings.routes.destinations[n], "queue")) for n in _legacy_names(settings)]
+    return [str(d.queue) for d in settings.routes.destinations.values() if d.kind == "queue"]
 
 
 def declare_topology(connection: Connection, settings: Settings) -> Topology:

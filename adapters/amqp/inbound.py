@@ -17,9 +17,9 @@ embedded transport acks one by one (its channel keeps a file per delivery).
 from __future__ import annotations
 
 import collections
-import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from kombu import Connection, Consumer, Queue
 
@@ -129,7 +129,7 @@ class Inbound:
         """
         if not self._ready:
             self.poll(timeout)
-        out = []
+        out: list[Delivery] = []
         while self._ready and len(out) < most:
             queue, message = self._ready.popleft()
             body = message.body if isinstance(message.body, bytes) else bytes(message.body, "utf-8")
@@ -158,7 +158,7 @@ class Inbound:
         try:
             ready = self._ready
             drain_events(self._connection, timeout, more=lambda: len(ready) < more, then=_NEARLY_NOW)  # not 0: py-amqp spins on EAGAIN
-        except socket.timeout:
+        except TimeoutError:
             pass
         except broker_errors(self._connection) as exc:
             self._ready.clear()

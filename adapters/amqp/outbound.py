@@ -12,10 +12,10 @@ it was publishing for. Deciding what to publish belongs to router/, not here.
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import amqp
 from kombu import Connection, Exchange, Producer, Queue
@@ -64,7 +64,7 @@ class Publisher:
         self._producer: Producer | None = None
         self._returned: list[str] = []
         self._declared: set[str] = set()
-        self._queue_args = dict(self._topology.replies.queue_arguments or {})
+        self._queue_args = dict(self._topology.replies.queue_arguments or {})  # type: ignore[attr-defined]  # kombu's Queue sets it from its attrs table
         self._pipelined = pipelined and bool(settings.broker_url)
         self._raw: Any = None  # the pipelined py-amqp channel
         self._sent = 0
@@ -100,7 +100,7 @@ class Publisher:
                     raise BrokerUnavailable(f"no publisher confirm within {timeout} s")
                 try:
                     drain_events(self._connection, min(left, 1.0))
-                except socket.timeout:
+                except TimeoutError:
                     continue
         except broker_errors(self._connection) as exc:
             self._raw = None

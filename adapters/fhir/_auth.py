@@ -12,7 +12,8 @@ import base64
 import os
 import threading
 import time
-from typing import Annotated, Callable, Literal, Union
+from collections.abc import Callable
+from typing import Annotated, Literal
 from urllib.parse import quote_plus
 
 import httpx
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from router.errors import ConfigError, RecordUnavailable
 
-__all__ = ["AuthConfig", "BearerAuth", "NoAuth", "OAuth2ClientCredentials", "Authenticator", "make_authenticator"]
+__all__ = ["AuthConfig", "Authenticator", "BearerAuth", "NoAuth", "OAuth2ClientCredentials", "make_authenticator"]
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -88,7 +89,7 @@ class OAuth2ClientCredentials(_Frozen):
     )
 
 
-AuthConfig = Annotated[Union[NoAuth, BearerAuth, OAuth2ClientCredentials], Field(discriminator="type")]
+AuthConfig = Annotated[NoAuth | BearerAuth | OAuth2ClientCredentials, Field(discriminator="type")]
 """The `auth` block of a FHIR destination, told apart by its `type` key."""
 
 

@@ -7,7 +7,7 @@ logging belong to client.py.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -38,7 +38,7 @@ def retry_after(value: str, now: datetime) -> float:
     except (TypeError, ValueError, IndexError):
         return 0.0
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
 
 

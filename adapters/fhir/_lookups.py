@@ -23,7 +23,8 @@ from the database as before (and remembered).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers
 
@@ -48,7 +49,7 @@ class Current:
     resource's first row is sent) and the hash of the index rows sent for it (None when unknown).
     """
 
-    __slots__ = ("version", "deleted", "digest", "rid", "index_hash")
+    __slots__ = ("deleted", "digest", "index_hash", "rid", "version")
 
     def __init__(self, version: int, deleted: bool, digest: str, rid: int | None = None, index_hash: int | None = None) -> None:
         self.version = version
@@ -180,9 +181,9 @@ class Lookups:
                 out._holding.setdefault((rtype, rid), set()).add(criteria)
         for rtype, id_, *row in by_id():
             out.current[(rtype, id_)] = Current.from_row(row)
-        for key in ids:
-            if key not in out.current:
-                out.current[key] = None
+        for typed_id in ids:
+            if typed_id not in out.current:
+                out.current[typed_id] = None
         return out
 
     def remember_found(self, resource_type: str, criteria: Criteria, found: list[str]) -> None:

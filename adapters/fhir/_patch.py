@@ -19,7 +19,8 @@ Error reasons never quote a value: they may be patient data.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from adapters.fhir._bundle import Criteria, OwnerParam, identifiers, owner_param
 from adapters.fhir._search import references
@@ -214,7 +215,7 @@ def _replaced_by(body: FhirJson) -> str | None:
     for link in body.get("link") or []:
         other = link.get("other") if isinstance(link, dict) and link.get("type") == "replaced-by" else None
         if isinstance(other, dict) and isinstance(other.get("reference"), str):
-            return other["reference"]
+            return other["reference"]  # type: ignore[no-any-return]
     return None
 
 
@@ -228,7 +229,7 @@ def add_tags(resource: FhirJson, meta: Any) -> FhirJson:
     tags = meta.get("tag") if isinstance(meta, dict) else None
     if not isinstance(tags, list) or not tags:
         return resource
-    own = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
+    own = found if isinstance(found := resource.get("meta"), dict) else {}
     kept = list(own.get("tag") or [])
     added = [t for t in tags if isinstance(t, dict) and t not in kept]
     if added:

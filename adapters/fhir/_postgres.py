@@ -12,9 +12,10 @@ surfaces as RecordUnavailable, so it is retried.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
@@ -22,8 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import set_json_loads
 
-from adapters.fhir._lookups import (DELETE_REFS, DELETE_TOKENS, INSERT_HISTORY, INSERT_REF, INSERT_RESOURCE, INSERT_TOKEN,
-                                    UPDATE_RESOURCE)
+from adapters.fhir._lookups import DELETE_REFS, DELETE_TOKENS, INSERT_HISTORY, INSERT_REF, INSERT_RESOURCE, INSERT_TOKEN, UPDATE_RESOURCE
 from adapters.fhir._store import MARK_APPLIED, SqlRecord, prepare_schema
 from adapters.fhir._transaction import Db
 from router.contracts import FhirJson

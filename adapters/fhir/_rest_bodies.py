@@ -5,8 +5,8 @@ Pure functions from record results to JSON; routing and HTTP stay in rest.py.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date
-from typing import Sequence
 
 from adapters.fhir._search import SEARCH_PARAMS
 from adapters.fhir._store import StoredVersion

@@ -8,7 +8,8 @@ SQL uses `?` placeholders; the PostgreSQL store converts them.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from router.contracts import FhirJson
 from router.errors import InvalidContent

@@ -9,10 +9,11 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from adapters.fhir._bundle import ID_RE, TYPE_RE, lock_keys, parse_bundle
 from adapters.fhir._lookups import Lookups
@@ -181,7 +182,7 @@ class SqlRecord(ABC):
         """
         entries = parse_bundle(bundle)
         keys = lock_keys(entries) if self.uses_lock_keys else []
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         with self._lock, self._transaction(keys) as db:
             lookups = Lookups.prefetch(db, [entries])
             result = ApplyResult(apply_entries(db, entries, now, lookups))
@@ -218,14 +219,14 @@ class SqlRecord(ABC):
                 out[i] = exc
         while parsed:
             locks = sorted({k for entries in parsed.values() for k in lock_keys(entries)}) if self.uses_lock_keys else []
-            now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             done: dict[int, ApplyResult] = {}
             current = -1
             try:
                 with self._lock, self._transaction(locks) as db:
                     # Sent together: which messages were applied before, and what every Bundle reads (also
                     # one applied before: a redelivery is rare, and a read too many changes nothing).
-                    applied_rows = db.query_keys_later([(keys[i],) for i in parsed if keys[i]], 1, _APPLIED_AMONG) if keys is not None else list
+                    applied_rows = db.query_keys_later([(known,) for i in parsed if (known := keys[i])], 1, _APPLIED_AMONG) if keys is not None else list
                     lookups = Lookups.prefetch(db, list(parsed.values()))
                     applied = {str(r[0]) for r in applied_rows()}
                     stamp = time.time()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any, Callable, Literal, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -261,15 +262,18 @@ class _Writer:
                         if isinstance(ref, dict) and ref.get("reference") == old:
                             moved[element] = {**ref, "reference": patient}
                     self._put(rtype, id_, add_tags(moved, meta))
+                    specimen = moved.get("specimen")
                     specimens.update(
-                        ref["reference"].partition("/")[2] for ref in (moved.get("specimen") if isinstance(moved.get("specimen"), list) else [])
+                        ref["reference"].partition("/")[2] for ref in (specimen if isinstance(specimen, list) else [])
                         if isinstance(ref, dict) and isinstance(ref.get("reference"), str) and ref["reference"].startswith("Specimen/")
                     )
                     if rtype == "Encounter" and depth:
                         self._move_recorded_in(f"Encounter/{id_}", olds, after, meta, depth - 1)
         for id_ in sorted(specimens):
             body = self._body("Specimen", id_)
-            ref = (body or {}).get("subject")
+            if body is None:
+                continue
+            ref = body.get("subject")
             if isinstance(ref, dict) and ref.get("reference") in olds:
                 self._put("Specimen", id_, add_tags({**body, "subject": {**ref, "reference": patient}}, meta))
 

@@ -15,9 +15,10 @@ import re
 import ssl
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -294,7 +295,7 @@ class FhirClient:
         return self._rng.uniform(0, cap)
 
     def _retry_after(self, response: httpx.Response) -> float:
-        return min(self._config.backoff_max_seconds, retry_after(response.headers["Retry-After"], datetime.now(timezone.utc)))
+        return min(self._config.backoff_max_seconds, retry_after(response.headers["Retry-After"], datetime.now(UTC)))
 
     def _pages(self, url: str, params: dict[str, str] | None, *, absent_ok: bool = False) -> list[FhirJson]:
         """GET a Bundle and its `next` pages, up to max_search_pages; return all their entries."""

@@ -8,7 +8,7 @@ it must.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 __all__ = [
@@ -78,7 +78,7 @@ def fhir_to_hl7_ts(value: str, *, with_offset: bool) -> str:
     if tz is None:  # FHIR requires an offset with a time; read a missing one as Oslo, like inbound HL7
         stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=OSLO)
     elif tz == "Z":
-        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=timezone.utc).astimezone(OSLO)
+        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=UTC).astimezone(OSLO)
     else:
         if with_offset:
             return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}{tz[0]}{tz[1:3]}{tz[4:6]}"

@@ -17,8 +17,9 @@ which resource a path starts from is the outbound compiler's.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from router.mapping import fhir_model
 
@@ -49,7 +50,9 @@ _FILTER = re.compile(r"([A-Za-z][A-Za-z0-9_.]*)\s*(!?=)\s*(.+)$")
 
 def _split(text: str) -> list[str]:
     """Split on dots outside brackets: filter values are often OIDs."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    depth = 0
+    current: list[str] = []
     for ch in text:
         if ch == "[":
             depth += 1

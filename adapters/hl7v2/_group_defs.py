@@ -24,7 +24,7 @@ sequence, only its first child, OBR, could start it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from hl7apy import v2_5_1
@@ -199,7 +199,7 @@ def _all_group_names() -> frozenset[str]:
     return frozenset(names)
 
 
-@lru_cache(maxsize=None)
+@cache
 def structure(name: str) -> tuple[Def, ...] | None:
     """Return the v2.5.1 structure *name* (e.g. `ORU_R01`) with its `_ADDED` groups and `_OPTIONAL` children, or None if the standard has none."""
     defn = v2_5_1.MESSAGES.get(name)
@@ -231,7 +231,7 @@ def _owning(defs: tuple[Def, ...]) -> tuple[Def, ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _names_cached(defs: tuple[Def, ...]) -> frozenset[str]:
     out: set[str] = set()
     for d in defs:
@@ -244,7 +244,7 @@ def segment_names(defs: tuple[Def, ...]) -> frozenset[str]:
     return _names_cached(defs)
 
 
-@lru_cache(maxsize=None)
+@cache
 def direct_names(defs: tuple[Def, ...]) -> frozenset[str]:
     """Return the segment names *defs* hold themselves, not through a group (a structure's top-level segments)."""
     return frozenset(d.name for d in defs if not d.is_group)

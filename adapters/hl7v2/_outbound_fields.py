@@ -13,8 +13,9 @@ parts call each other.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from adapters.hl7v2._er7 import escape, fhir_to_hl7_date, fhir_to_hl7_ts
 from adapters.hl7v2._fhir_paths import FhirPath, PathSyntaxError, as_text, compile_fhir_condition, compile_fhir_path

@@ -75,7 +75,7 @@ def _expand(seq: str, d: Delimiters, esc: str) -> str:
 class Segment:
     """One segment: its name and its raw fields, indexed as HL7 numbers them."""
 
-    __slots__ = ("name", "fields", "index", "label")
+    __slots__ = ("fields", "index", "label", "name")
 
     def __init__(self, name: str, fields: list[str], index: int) -> None:
         self.name = name
@@ -92,7 +92,7 @@ class Segment:
 class Hl7Message:
     """A tokenized message: segments in order, plus its delimiters."""
 
-    __slots__ = ("segments", "delims", "by_name", "_comps", "_comp", "_sub", "_esc", "structure", "_root")
+    __slots__ = ("_comp", "_comps", "_esc", "_root", "_sub", "by_name", "delims", "segments", "structure")
 
     def __init__(self, segments: list[Segment], delims: Delimiters, by_name: dict[str, list[Segment]] | None = None) -> None:
         self.segments = segments

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 __all__ = ["FieldDef", "Occurrence", "StructureCursor", "StructureError", "VersionDefs", "is_choice", "version_defs"]
@@ -24,7 +24,7 @@ def is_choice(spec: Any) -> bool:
     Why one place: ORM^O01's order detail is OBR, or RXO, or ...; the inbound matcher
     (_group_defs.py) and the outbound structure check (StructureCursor) must agree on that.
     """
-    return spec[0] == "choice"
+    return spec[0] == "choice"  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,14 +71,14 @@ class VersionDefs:
         """Tell whether *structure* (e.g. ADT_A01) is a message structure of this version."""
         return structure in self._module.MESSAGES
 
-    @lru_cache(maxsize=None)
+    @cache  # noqa: B019 - one VersionDefs per HL7 version, kept for the process's life: nothing leaks
     def segments_of(self, structure: str) -> tuple[str, ...]:
         """Return the segment names of *structure* in standard order, groups flattened, first occurrence only."""
         out: list[str] = []
         _flatten(self._module.MESSAGES[structure], out)
         return tuple(dict.fromkeys(out))
 
-    @lru_cache(maxsize=None)
+    @cache  # noqa: B019 - one VersionDefs per HL7 version, kept for the process's life: nothing leaks
     def occurrences(self, structure: str) -> tuple[Occurrence, ...]:
         """Return every place a segment may stand in *structure*, in standard order, groups kept."""
         out: list[Occurrence] = []
@@ -89,7 +89,7 @@ class VersionDefs:
         """Tell whether *segment* is defined in this version."""
         return segment in self._module.SEGMENTS
 
-    @lru_cache(maxsize=None)
+    @cache  # noqa: B019 - one VersionDefs per HL7 version, kept for the process's life: nothing leaks
     def fields_of(self, segment: str) -> tuple[FieldDef, ...]:
         """Return the fields of *segment*, index 0 being field 1."""
         out = []
@@ -118,7 +118,7 @@ class StructureCursor:
         """*structures* maps each trigger event to its message structure."""
         self._defs = defs
         self._by_event = structures
-        self._last = {s: -1 for s in structures.values()}
+        self._last = dict.fromkeys(structures.values(), -1)
         self._groups: list[dict[str, tuple[tuple[str, ...] | None, str]]] = []  # per open group: structure → (groups it stays in, first segment)
 
     def open_group(self) -> None:
@@ -225,7 +225,7 @@ def _members(occurrences: tuple[Occurrence, ...], one: Occurrence, choice: str) 
     return list(first.values())
 
 
-@lru_cache(maxsize=None)
+@cache
 def version_defs(version: str) -> VersionDefs:
     """Return the definitions of HL7 *version* ("2.3", "2.5.1").
 

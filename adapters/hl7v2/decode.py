@@ -8,12 +8,22 @@ the message to FHIR is the router's job.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING
 
 from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Delimiters, Hl7Message, tokenize, unescape
 from router.contracts import MessageHeader
 from router.errors import DecodeError
+
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _HasData(Protocol):
+        """What decode() reads of a RawMessage: its bytes (the pipeline's slotted stand-ins have them too)."""
+
+        @property
+        def data(self) -> bytes: ...
 
 # MSH-18 values (HL7 table 0211) to Python codecs. Unknown values are refused:
 # guessing a charset silently corrupts names.
@@ -112,7 +122,7 @@ def _charset_for(data: bytes, *, default: str, senders: Mapping[str, str]) -> tu
     return default, False
 
 
-def decode(raw: RawMessage, *, default_charset: str = "utf-8", sender_charsets: Mapping[str, str] | None = None) -> DecodedMessage:
+def decode(raw: RawMessage | _HasData, *, default_charset: str = "utf-8", sender_charsets: Mapping[str, str] | None = None) -> DecodedMessage:
     """Decode and tokenize one message.
 
     Raises:

@@ -30,8 +30,7 @@ been sent, not matched again from the top of the structure.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Union
+from functools import cache
 
 from adapters.hl7v2._group_defs import GROUP_NAMES, Def, direct_names, segment_names, structure
 from adapters.hl7v2._tokenizer import Hl7Message, Segment
@@ -44,7 +43,7 @@ class Group:
     """One occurrence of a segment group, with its segments and subgroups in order."""
 
     name: str
-    items: list[Union[Segment, Group]] = field(default_factory=list)
+    items: list[Segment | Group] = field(default_factory=list)
     parent: Group | None = field(default=None, repr=False, compare=False)
     allowed: frozenset[str] = field(default=frozenset(), repr=False, compare=False)  # segments the standard puts directly here
     _direct: dict[str, list[Segment]] | None = field(default=None, repr=False, compare=False)  # built on first lookup
@@ -169,7 +168,7 @@ def _jumps(defs: tuple[Def, ...], k: int, skipped: set[str], last: dict[str, int
     return any(last.get(name, -1) > i for name in skipped if name not in later)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tail_starts(defs: tuple[Def, ...], k: int) -> frozenset[str]:
     """The segments that can start any of *defs* from *k* on."""
     return frozenset().union(*(d.starts for d in defs[k:]))
@@ -256,18 +255,18 @@ def _place_strays(root: Group, segs: list[Segment]) -> None:
         if id(seg) in where:
             prev = seg
             continue
-        group = where.get(id(prev)) if prev is not None else root
-        group = group or root
+        found = where.get(id(prev)) if prev is not None else root
+        group = found or root
         after: Segment | Group | None = prev
-        holder = group
+        holder: Group | None = group
         while holder is not None and seg.name not in holder.allowed:
             holder = holder.parent
         if holder is not None:
             # A standard segment the group before it has no place for, but an enclosing group has (REF^I12's
             # closing NTE sent after a PRD), is that group's, after the group it follows: not a note of a
             # PROVIDER_CONTACT, whose definition holds none, where REF_I12's path to its own notes would read it.
-            while group is not holder and group.parent is not None:
-                after, group = group, group.parent
+            while group is not holder and (parent := group.parent) is not None:
+                after, group = group, parent
         at = next((k + 1 for k, item in enumerate(group.items) if item is after), len(group.items))  # by identity: groups compare equal by content
         group.items.insert(at, seg)
         where[id(seg)] = group
@@ -320,7 +319,7 @@ def near_map(group: Group) -> dict[str, list[Segment]]:
 def _subtree(group: Group) -> dict[str, list[Segment]]:
     """Every segment under *group*, by name, in message order."""
     out: dict[str, list[Segment]] = {}
-    stack: list[Union[Segment, Group]] = list(reversed(group.items))
+    stack: list[Segment | Group] = list(reversed(group.items))
     while stack:
         item = stack.pop()
         if isinstance(item, Group):

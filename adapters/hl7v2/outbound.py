@@ -13,9 +13,10 @@ list and one structure cursor; split, both would travel through every call.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, NoReturn
 
 from adapters.hl7v2._er7 import keeps_offset
 from adapters.hl7v2._fhir_paths import FhirPath, PathSyntaxError, compile_fhir_condition, compile_fhir_path
@@ -177,7 +178,7 @@ def _load_table(file: Path) -> Table:
     return Table(file.stem, {str(k): str(v) for k, v in entries.items()}, str(unmapped), default)
 
 
-def _raise(reason: str, pos: Pos) -> None:
+def _raise(reason: str, pos: Pos) -> NoReturn:
     raise MappingError(reason, file=pos[0], line=pos[1], column=pos[2])
 
 

@@ -10,8 +10,8 @@ given, so one CX mapping serves PID-3, PID-18 and PV1-19 alike.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Hl7Message, Segment, unescape
 from adapters.hl7v2.groups import GROUP_NAMES, Group, nearest
@@ -35,7 +35,7 @@ class Scope:
     `at` works it out when asked instead of formatting it up front.
     """
 
-    __slots__ = ("message", "segments", "value", "reads", "_loc", "_origin", "group", "memo")
+    __slots__ = ("_loc", "_origin", "group", "memo", "message", "reads", "segments", "value")
 
     def __init__(
         self,
@@ -94,7 +94,9 @@ class Item:
     relative to a datatype's value formats its position only when asked.
     """
 
-    __slots__ = ("raw", "segment", "_loc", "_scope", "_suffix")
+    __slots__ = ("_loc", "_scope", "_suffix", "raw", "segment")
+    _scope: Scope  # these two are set by _relative() only, for a position formatted when asked
+    _suffix: str
 
     def __init__(self, raw: str, location: str | None, segment: Segment | None = None) -> None:
         self.raw = raw

@@ -6,9 +6,8 @@ Helsebro reads them once, when mappings load, to check source paths.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import importlib
+from functools import cache
 
 from hl7apy.v2_5 import DATATYPES_STRUCTS
 
@@ -22,7 +21,7 @@ DATATYPE_NAMES = frozenset(k for k in DATATYPES_STRUCTS if "_" not in k) | {"TS"
 """Every v2.5 datatype name: a bare one in a path means "the current value" (e.g. `XCN`)."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def field_count(segment: str) -> int | None:
     """Return how many fields the standard defines for *segment*, or None if unknown (Z-segments)."""
     counts = [len(v.SEGMENTS[segment][1]) for v in _VERSIONS if segment in v.SEGMENTS]

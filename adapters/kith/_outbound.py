@@ -15,9 +15,10 @@ used at load only, never per message.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from adapters.kith._outbound_fns import FUNCTIONS, Getter, PathStep, compile_path, parse_path, text_of
 from adapters.kith.envelope import MSGHEAD_NS
@@ -321,7 +322,7 @@ class _Compiler:
             constant = text_of(raw)
             if constant is None:
                 raise self._fail(node.pos(key), f"{key}: an empty constant; leave the {key} out instead")
-            return Value(lambda _ctx, c=constant: c, "constant")
+            return Value(lambda _ctx, c=constant: c, "constant")  # type: ignore[misc]  # mypy cannot type a lambda whose defaults bind values
         spec = self._keys(raw, _VALUE, key, required=("from",))
         steps, last_type, words = self._path(spec["from"], spec.pos("from"), "from", scope)
         if last_type is not None:

@@ -14,9 +14,10 @@ RESH-id. Their FHIR systems are FACTS §6.1; their KITH codes are Volven 8116
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 from zoneinfo import ZoneInfo
 
 __all__ = ["FUNCTIONS", "Getter", "PathStep", "compile_path", "parse_path", "text_of"]

@@ -11,7 +11,7 @@ whether a plan or lxml's XPath answers; the answers are the same (tests/adapters
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -139,7 +139,7 @@ def _filtered(select: Any, filters: tuple[Filter, ...], attr: str | None, uris: 
                 found = _keep(found, step, results)
                 if found is None:
                     return None
-        return found
+        return found  # type: ignore[no-any-return]
 
     return narrowed
 
@@ -175,9 +175,9 @@ def _iter_tags(filt: StepFilter) -> tuple[Any, ...]:
 def _matches(filt: StepFilter, tag: str) -> bool:
     kind, key = filt
     if kind == _EXACT:
-        return tag == key
+        return tag == key  # type: ignore[no-any-return]
     if kind == _LOCAL:
-        return tag.rpartition("}")[2] == key
+        return tag.rpartition("}")[2] == key  # type: ignore[no-any-return]
     if kind == _ANY:
         return True
     exact, local = key
@@ -226,7 +226,7 @@ def _member_selector(member: _Member, uris: dict[str, str]) -> Any:
 
         return chain
     start = member.start
-    bound = [(axis, filt, _iter_tags(filt) if axis == _DESCENDANT else None, _tests(preds, uris)) for (axis, filt), (_, _, preds) in zip(steps, member.steps)]
+    bound = [(axis, filt, _iter_tags(filt) if axis == _DESCENDANT else (), _tests(preds, uris)) for (axis, filt), (_, _, preds) in zip(steps, member.steps)]
     first, first_preds = (bound[0][1], bound[0][3]) if start != _REL else (None, ())
     first_tags = _iter_tags(first) if first is not None else ()
     first_exact = first[1] if first is not None and first[0] == _EXACT else None
@@ -239,7 +239,7 @@ def _member_selector(member: _Member, uris: dict[str, str]) -> Any:
                 node = node.getparent()
                 if node is None:
                     return None
-            found: Sequence[Any] = (node,)
+            found: Sequence[Any] | None = (node,)
         else:
             by_tag = results.get(_BY_TAG) if start == _DOC and first_exact is not None else None
             if by_tag is not None:  # `//x`: message_scope's index; iter(tag) would walk the document and parse its tag argument again
@@ -252,7 +252,7 @@ def _member_selector(member: _Member, uris: dict[str, str]) -> Any:
                 root = node.getroottree().getroot()
                 found = (root,) if _matches(first, root.tag) else _NONE  # type: ignore[arg-type]
             if first_preds and found:
-                found = _keep(found, first_preds, results)  # type: ignore[assignment]
+                found = _keep(found, first_preds, results)
                 if found is None:
                     return None
         for axis, filt, tags, preds in rest:
@@ -269,7 +269,7 @@ def _member_selector(member: _Member, uris: dict[str, str]) -> Any:
             else:
                 found = _children(found, filt, nested, node, results)
             if preds and found:
-                found = _keep(found, preds, results)  # type: ignore[assignment]
+                found = _keep(found, preds, results)
                 if found is None:
                     return None
         return found
@@ -292,14 +292,14 @@ def _near(ups: int, filters: list[StepFilter]) -> Any:
             kids = results[node] = children_index(node)
         found = kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key)
         if then is None:
-            return found  # type: ignore[no-any-return]
+            return found
         if len(found) != 1:  # children of elements none of which holds another: in document order
             return _children(found, (then, then_key), False, node, results) if found else found
         el = found[0]
         kids = results.get(el)
         if kids is None:
             kids = results[el] = children_index(el)
-        return kids.get(then_key, _NONE) if then == _EXACT else _matching(kids, then, then_key)  # type: ignore[no-any-return]
+        return kids.get(then_key, _NONE) if then == _EXACT else _matching(kids, then, then_key)
 
     return near
 
@@ -312,7 +312,7 @@ def _children(found: Sequence[Any], filt: StepFilter, nested: bool, node: Any, r
         kids = results.get(el)
         if kids is None:
             kids = results[el] = children_index(el)
-        return kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key)  # type: ignore[no-any-return]
+        return kids.get(key, _NONE) if kind == _EXACT else _matching(kids, kind, key)
     out: list[Any] = []
     for el in found:
         kids = results.get(el)
@@ -738,7 +738,7 @@ def _string_of(arg: Any, bindings: tuple[tuple[str, str], ...]) -> Any:
                     return _tostring(el, method="text", encoding="unicode", with_tail=False) if len(el) else el.text or ""
                 value = el.get(attr)
                 if value is not None:
-                    return value
+                    return value  # type: ignore[no-any-return]
             return ""
 
         return first
@@ -754,7 +754,7 @@ def _string_of(arg: Any, bindings: tuple[tuple[str, str], ...]) -> Any:
             if text is None:
                 return None
             strings.append(text)
-        return apply(*strings)  # type: ignore[no-any-return]
+        return apply(*strings)
 
     return call
 
@@ -769,7 +769,7 @@ def _before(text: str, sep: str) -> str | None:
     return None if not sep else text[:at] if at >= 0 else ""
 
 
-_APPLY = {
+_APPLY: dict[str, Callable[..., str | None]] = {
     "normalize-space": lambda text: _XML_SPACE.sub(" ", text).strip(" \t\r\n"),
     "string": lambda text: text,
     "concat": lambda *texts: "".join(texts),

@@ -188,7 +188,7 @@ def _render(
     _cs(original, f"{n}MsgType", envelope.msg_type if envelope else "", envelope.msg_type_name if envelope else "")
     _text(original, f"{n}IssueDate", _issue_date(envelope.gen_date if envelope else "", fallback=gen_date))
     _text(original, f"{n}Id", envelope.msg_id if envelope else "")
-    return _DECLARATION + etree.tostring(root, encoding="UTF-8", pretty_print=True)
+    return _DECLARATION + etree.tostring(root, encoding="UTF-8", pretty_print=True)  # type: ignore[no-any-return]
 
 
 def _address(root: etree._Element, tag: str, n: str, party: Party | None, role: str) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -73,7 +73,7 @@ class SqliteDuplicateGuard:
         Raises:
             RecordUnavailable: the SQLite file cannot be opened or written.
         """
-        moment = (now or datetime.now(timezone.utc)).timestamp()
+        moment = (now or datetime.now(UTC)).timestamp()
         cutoff = moment - self._window.total_seconds()
         try:
             with self._lock:
@@ -97,7 +97,7 @@ class SqliteDuplicateGuard:
         Raises:
             RecordUnavailable: the SQLite file cannot be read.
         """
-        cutoff = (now or datetime.now(timezone.utc)).timestamp() - self._window.total_seconds()
+        cutoff = (now or datetime.now(UTC)).timestamp() - self._window.total_seconds()
         try:
             with self._lock:
                 row = self._connect().execute("SELECT 1 FROM seen WHERE msg_id = ? AND recipient = ? AND seen_at >= ?", (msg_id, recipient, cutoff)).fetchone()

@@ -17,11 +17,11 @@ from lxml import etree
 
 __all__ = [
     "APPREC_NS",
+    "MSGHEAD_NS",
     "Attachment",
     "ConversationRef",
     "Ident",
     "KithEnvelope",
-    "MSGHEAD_NS",
     "Party",
     "Person",
     "ident_of",

@@ -13,9 +13,9 @@ from typing import Any
 
 from lxml import etree
 
+from adapters.kith._plans import children_index
 from adapters.kith.envelope import BASE64_NS, MSGHEAD_NS, Attachment, ConversationRef, Ident, KithEnvelope, Party, Person, ident_of, payload_standard
 from adapters.kith.errors import SchemaInvalid
-from adapters.kith._plans import children_index
 
 __all__ = ["read_msghead"]
 

@@ -15,9 +15,10 @@ needs no pipeline.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from adapters.kith._outbound import load_outbound
 from router.contracts import OutboundCaseResult as KithOutboundCaseResult  # one result type for both formats' cases
@@ -137,11 +138,11 @@ def _compare(case: KithOutboundCase, out: bytes | None, reason: str | None) -> K
         return KithOutboundCaseResult(case.name, False, f"{which} of {xml.name} and {error.name} exist: review the output and run with --update")
     if xml.exists():
         want = xml.read_bytes()
-        got = out if out is not None else f"(refused: {reason})\n".encode("utf-8")
+        got = out if out is not None else f"(refused: {reason})\n".encode()
         shown = str(xml)
     else:
         want = (error.read_text(encoding="utf-8").strip() + "\n").encode("utf-8")
-        got = f"{reason}\n".encode("utf-8") if reason is not None else b"(rendered a message instead of refusing it)\n"
+        got = f"{reason}\n".encode() if reason is not None else b"(rendered a message instead of refusing it)\n"
         shown = str(error)
     if want == got:
         return KithOutboundCaseResult(case.name, True, "")

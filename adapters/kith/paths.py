@@ -60,14 +60,14 @@ def _value(node: Any) -> NodeText | None:
     return value if value or len(node) or node.attrib else None
 
 
-_UNREAD = object()  # XmlScope.texts: not read yet in this message
+_UNREAD: Any = object()  # XmlScope.texts: not read yet in this message (Any: `texts.get(el, _UNREAD)` keeps the value type)
 _new_scope = object.__new__
 
 
 class XmlScope:
     """Where XPaths evaluate: the context node, the document's prefix binding, and what was read."""
 
-    __slots__ = ("root", "node", "bindings", "reads", "_loc", "memo", "results", "texts")
+    __slots__ = ("_loc", "bindings", "memo", "node", "reads", "results", "root", "texts")
 
     def __init__(
         self, root: Any, node: Any, bindings: tuple[tuple[str, str], ...], reads: set[Any], loc: str = "",
@@ -90,7 +90,7 @@ class XmlScope:
 
     # The mapping runtime's scope protocol (shared with HL7 v2) -----------------
     group = None
-    segments: dict[str, Any] = {}
+    segments: dict[str, Any] = {}  # noqa: RUF012 - never written: an XML scope has no HL7 v2 segments
 
     @property
     def value(self) -> Any:
@@ -140,7 +140,7 @@ class XmlItem:
     only the group.
     """
 
-    __slots__ = ("_raw", "group", "segment", "_node")
+    __slots__ = ("_node", "_raw", "group", "segment")
 
     def __init__(self, raw: str | None, node: Any) -> None:
         self._raw = raw
@@ -226,7 +226,7 @@ class _Bound:
     """A plan bound to one prefix binding: `select(scope)`; the tag when the plan is one child step (`po:Kode/@V`);
     and for a relative plan, the selector of (node, results) `select` calls, which readers call without it."""
 
-    __slots__ = ("bindings", "select", "tag", "run")
+    __slots__ = ("bindings", "run", "select", "tag")
 
     def __init__(self, bindings: Any, select: Any, tag: str | None, run: Any = None) -> None:
         self.bindings = bindings
@@ -265,7 +265,7 @@ class XmlPath:
     its elements up in the children index without a further call.
     """
 
-    __slots__ = ("text", "_prefixes", "_choices", "_by_binding", "_plan", "_fn", "_bound", "_last_xpath", "_absolute", "_literal", "values")
+    __slots__ = ("_absolute", "_bound", "_by_binding", "_choices", "_fn", "_last_xpath", "_literal", "_plan", "_prefixes", "text", "values")
 
     segment = None
     datatype = None
@@ -470,15 +470,16 @@ class XmlPath:
         items = self._cached(scope)
         return items[0].raw if items else None
 
-    def _select(self, scope: XmlScope) -> Sequence[Any] | None:
+    def _select(self, scope: XmlScope) -> Any:
         """The elements the plan reaches from the context node; None when `..` leaves the root element.
+        For a string function (`_fn`): its text, or None to ask XPath.
 
         The result may be a children index's own list: callers only iterate it.
         """
         bound = self._bound
         if bound.bindings is not scope.bindings:
             bound = self._bind(scope.bindings)
-        return bound.select(scope)  # type: ignore[no-any-return]
+        return bound.select(scope)
 
     def _bind(self, bindings: tuple[tuple[str, str], ...]) -> _Bound:
         """The plan for *bindings*, remembered as the last binding seen (`_bound`).
@@ -506,7 +507,7 @@ class XmlPath:
             select = _once((self.text, _SELECTED), select) if self._absolute else _relative(select)
             bound = self._by_binding[("plan", bindings)] = _Bound(bindings, select, tag, run)
         self._bound = bound
-        return bound  # type: ignore[no-any-return]
+        return bound
 
     def _items(self, scope: XmlScope, found: Sequence[Any]) -> list[XmlItem]:
         """XmlItems for the plan's elements (their text) or their attribute, as the XPath route makes them."""
@@ -598,7 +599,7 @@ def _attr_reader(attr: str) -> Any:
         text = node.get(attr)
         if text and (text := text.strip()):
             scope.reads.add(node)
-            return text
+            return text  # type: ignore[no-any-return]
         return None
 
     return read
@@ -669,7 +670,7 @@ def _binding(tags: Iterable[Any], prefixes: dict[str, tuple[str, ...]]) -> tuple
     key = (id(prefixes), frozenset(used))
     known = _BY_USE.get(key)
     if known is not None and known[0] is prefixes:  # the entry holds prefixes, so its id is not reused meanwhile
-        return known[1]  # type: ignore[no-any-return]
+        return known[1]
     binding = tuple((p, next((u for u in uris if u in used), uris[0])) for p, uris in sorted(prefixes.items()))
     if len(_BINDINGS) >= _MAX_BINDINGS:
         return _BINDINGS.get(binding, binding)  # odd namespace mixes: correct, just not shared

@@ -161,7 +161,7 @@ class KithRenderer:
                 self._schemas.validate(root, self._schema_ns)
             except SchemaInvalid as exc:
                 raise SchemaInvalid(f"the rendered {m.name} message breaks the national schema: {exc.reason}", location=exc.location) from exc
-        return _DECLARATION + etree.tostring(root, encoding="UTF-8", pretty_print=True)
+        return _DECLARATION + etree.tostring(root, encoding="UTF-8", pretty_print=True)  # type: ignore[no-any-return]
 
     def _part(self, info: etree._Element, tag: str, nodes: tuple[Node, ...], ctx: dict[str, Any], *, needed: bool) -> None:
         part = etree.SubElement(info, f"{_M}{tag}")

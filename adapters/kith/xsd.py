@@ -43,7 +43,7 @@ _SHARED_FOLDERS = ("felleskomponenter", "w3c")
 _XS = "http://www.w3.org/2001/XMLSchema"
 
 
-class _FolderResolver(etree.Resolver):
+class _FolderResolver(etree.Resolver):  # type: ignore[misc]  # lxml is untyped here (pyproject.toml says why)
     """Resolve schema imports to files inside one folder; refuse everything else."""
 
     def __init__(self, root: Path) -> None:

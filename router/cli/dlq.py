@@ -38,7 +38,8 @@ import argparse
 import contextlib
 import json
 import sys
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from adapters.amqp.connection import declare_topology, open_connection
 from router.cli.status import format_table

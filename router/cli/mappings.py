@@ -41,8 +41,8 @@ def _roots(paths: list[str]) -> list[Path] | None:
     """Map PATHs to mapping roots: a folder with messages/, or the one above a file or .cases folder."""
     if not paths:
         base = load_settings().mappings_dir
-        roots = [base / fmt for fmt in ("hl7v2", "kith") if (base / fmt / "messages").is_dir()]
-        return roots + [base / "outbound" / fmt for fmt in _OUTBOUND if (base / "outbound" / fmt).is_dir()]
+        inbound = [base / fmt for fmt in ("hl7v2", "kith") if (base / fmt / "messages").is_dir()]
+        return inbound + [base / "outbound" / fmt for fmt in _OUTBOUND if (base / "outbound" / fmt).is_dir()]
     roots: list[Path] = []
     for text in paths:
         p = Path(text).resolve()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from adapters.amqp.connection import declare_topology, open_connection
 from adapters.amqp.outbound import Publisher

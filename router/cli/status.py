@@ -44,7 +44,8 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from adapters.amqp.connection import open_connection
 from router.errors import BrokerUnavailable, HelsebroError

@@ -15,7 +15,8 @@ only after every forward is confirmed.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from adapters.amqp.inbound import ack_all
 from router.routing.partition import partition_of

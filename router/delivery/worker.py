@@ -34,8 +34,9 @@ import random
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -155,6 +156,7 @@ class DestinationWorker:
         delay, max_delay = 0.5, self._settings.engine.broker.reconnect_max_seconds
         while not self._stop.is_set():
             conn = open_connection(self._settings)
+            failures: tuple[type[BaseException], ...] = (TransientError, *broker_errors(conn))
             inbound = publisher = None
             try:
                 conn.ensure_connection(max_retries=1)
@@ -166,7 +168,7 @@ class DestinationWorker:
                 inbound.start()
                 delay = 0.5
                 self._consume(inbound, publisher, [queues.work[k] for k in self._split[1]])
-            except (TransientError, *broker_errors(conn)) as exc:
+            except failures as exc:
                 self._log.warning("destination_reconnecting", error=type(exc).__name__, retry_in_s=delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, max_delay)

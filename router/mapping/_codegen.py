@@ -37,9 +37,10 @@ their marks), _codegen_rules.py (rules by plan, blocks written out in line, loop
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from functools import lru_cache
 from types import CodeType
-from typing import Any, Callable
+from typing import Any
 
 from adapters.hl7v2._tokenizer import EXPLICIT_NULL, unescape
 from adapters.hl7v2.groups import near_map

@@ -12,7 +12,6 @@ from adapters.hl7v2.paths import ALL, SourcePath
 from router.mapping._codegen_values import _BlockGen
 from router.mapping.conditions import paths_of
 
-
 _GUARD = "\x00"
 """Marks a guard line until the block is complete: `<indent>\x00<var>\x00<condition>`."""
 

@@ -9,7 +9,8 @@ a nested `rules:` or datatype conversion (a child `_Gen`), and the loops of
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from adapters.hl7v2.paths import ALL, GroupPath, SourcePath
 from router.mapping._codegen_conditions import _ConditionGen
@@ -66,11 +67,13 @@ class _Gen(_ConditionGen):
         if when is not None:
             out += self._guard(i, when)
             ind = "    "
+        inner: list[str] | None
         if kind == "const":
             _, value, put = plan
             name = self.n(f"K{i}")
             self.names[name] = value
-            inner = self._put(i, put, name, known={str: "str", dict: "dict"}.get(type(value)))
+            known: dict[type, str] = {str: "str", dict: "dict"}
+            inner = self._put(i, put, name, known=known.get(type(value)))
         elif kind == "nested":
             _, build, put = plan
             inner = self._nested(i, build, put)
@@ -281,7 +284,7 @@ class _Gen(_ConditionGen):
             tail = placed
         if path.segment is None:  # relative to a datatype's value
             self.value()
-            V, VP, NVP = self.vnames
+            V = self.vnames[0]
             if not path.comp:
                 lines = [f"{v} = {V} if {V} and {V} != NULL else None"]  # a whole value stays escaped
             else:

@@ -34,11 +34,11 @@ class _BlockGen:
 
     def __init__(self, parent: _BlockGen | None = None, *, scope: str = "scope", value: str | None = None, same_value: bool = False) -> None:
         self.root: _BlockGen = parent.root if parent is not None else self
-        self.depth = 0 if parent is None else parent.depth + 1
+        self.depth: int = 0 if parent is None else parent.depth + 1
         self.tag = "" if parent is None else self.root._next_tag()
         self._tags = 0
         self.names: dict[str, Any] = {} if parent is None else self.root.names
-        self.segments: dict[tuple[str, int, bool], str] = {} if parent is None else self.root.segments
+        self.segments: dict[tuple[str | None, int, bool], str] = {} if parent is None else self.root.segments
         self.uses_message = False  # root only
         self.uses_value = False
         self.conditions: dict[str, str] = {}  # condition text -> local holding its answer in this block
@@ -53,7 +53,7 @@ class _BlockGen:
         self.value_src = value  # the expression holding a datatype child's value (None: scope.value, the root's)
         self.obj = "obj" if parent is None else self.n("o")
         self.lazy_scope = parent is not None and scope != parent.scope  # SC<tag> is made on first use
-        self.vnames = parent.vnames if same_value and parent is not None else (self.n("V"), self.n("VP"), self.n("NVP"))
+        self.vnames: tuple[str, str, str] = parent.vnames if same_value and parent is not None else (self.n("V"), self.n("VP"), self.n("NVP"))
         self.same_value = same_value
         self.parent = parent
 
@@ -129,7 +129,7 @@ class _BlockGen:
             v = self.vnames[0]
             if not path.comp:
                 return f"({v} if {v} and {v} != NULL else None)"
-            key = (v, None, 0, path.comp, path.sub)
+            key: tuple[Any, ...] = (v, None, 0, path.comp, path.sub)
             var = self.relative.get(key)
             if var is None:
                 var = self.relative[key] = self.n(f"rv{len(self.relative)}")

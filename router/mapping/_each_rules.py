@@ -203,7 +203,8 @@ def _held_repetitions(path: Any, field: tuple[str, int], build: Any) -> tuple[Pr
 
     def held_produce(scope: Any, ctx: RunContext) -> list[Any]:
         outer = scope.reads
-        scope.reads = field_reads = set()  # the field itself counts as read only for an element kept
+        field_reads: set[Any] = set()
+        scope.reads = field_reads  # the field itself counts as read only for an element kept
         try:
             keyed = path.keyed(scope)
         finally:

@@ -11,8 +11,9 @@ Split from compiler.py, which builds them from the YAML; importable from there t
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from router.mapping._codegen import generate, generate_condition, generate_values
 from router.mapping._patch import Patch
@@ -169,6 +170,7 @@ class ResourceUse:
         if self.source is not None:
             self.read_source = reader(self.source)  # what source.resolve(scope)[0].raw gives, without the Items
             tpl = self.template
+            assert tpl is not None  # noqa: S101 - a group (no template) takes no from: (_messages._group refuses it)
             if not tpl.fallback and getattr(tpl.block.fast, "value_only", False):
                 self.memo = next(_MEMO_KEYS)  # unique in the process: a reloaded mapping never reads an older one's memo
 

@@ -153,7 +153,7 @@ def _tagged(meta: dict[str, Any] | None, other: dict[str, Any] | None) -> dict[s
 
 
 def _creates(entry: dict[str, Any]) -> bool:
-    return entry.get("request", {}).get("method") == "POST"
+    return entry.get("request", {}).get("method") == "POST"  # type: ignore[no-any-return]
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

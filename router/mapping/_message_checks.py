@@ -68,13 +68,16 @@ def _check_same_fields(uses: list[ResourceUse], names: set[str]) -> None:
     made = {u.name: u for u in walk_uses(uses)}
     enclosing = _enclosing(uses, None)
     for use in made.values():
-        for param, (segment, field_no), at in use.template.same_fields if use.template is not None else ():
+        tpl = use.template
+        if tpl is None:
+            continue  # a group: no template, no same:
+        for param, (segment, field_no), at in tpl.same_fields:
             bound = use.bindings.get(param, param)
             if not bound:
                 continue  # `with: {param: null}`: left out on purpose
             what, per = (segment, "segment") if field_no is None else (f"{segment}-{field_no}", "repetition")
             each_of = what if field_no is None else f"{what}[*]"
-            pairs = f"{use.name} ({use.template.name}) pairs with the {bound!r} made from each {what} {per} (same: {what} at {at[0]}:{at[1]})"
+            pairs = f"{use.name} ({tpl.name}) pairs with the {bound!r} made from each {what} {per} (same: {what} at {at[0]}:{at[1]})"
             other = made.get(bound)
             if other is None:
                 if bound in names or field_no is None:

@@ -153,10 +153,9 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str], *, top: bool = F
         use.explicit = frozenset(str(k) for k in (item.get("with") or {}))
         if "each" in item:
             use.each = _each_path(c, item)
-            if getattr(use.each, "field_no", None) is not None and getattr(use.each, "segment", None) is not None:
-                # One per repetition, each built from its value alone (a doctor per PV1-7 repetition): remembered per value, as `from:` is
-                if not tpl.fallback and getattr(tpl.block.fast, "value_only", False):
-                    use.memo = next(_MEMO_KEYS)
+            # One per repetition, each built from its value alone (a doctor per PV1-7 repetition): remembered per value, as `from:` is
+            if getattr(use.each, "field_no", None) is not None and getattr(use.each, "segment", None) is not None and not tpl.fallback and getattr(tpl.block.fast, "value_only", False):
+                use.memo = next(_MEMO_KEYS)
         if "resources" in item:
             use.children = _uses(c, item, "resources", names)
         if "write" in item:

@@ -10,7 +10,8 @@ what they iterate, are compiled in _each_rules.py.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from router.errors import InvalidContent, MessageError
 from router.mapping import _steps, fhir_model
@@ -30,7 +31,7 @@ _SOURCES = ("from", "each", "value", "ref", "refs")
 
 def compile_rule(c: Compiler, node: YMap, fhir_type: str) -> Rule:
     """Compile *node*, a rule inside an object of *fhir_type*."""
-    from router.mapping.compiler import Rule, _RULE_KEYS, _check_keys, _err
+    from router.mapping.compiler import _RULE_KEYS, Rule, _check_keys, _err
 
     _check_keys(node, _RULE_KEYS, "a rule")
     target, els = c.target(node, fhir_type)
@@ -185,7 +186,7 @@ def _first_made(c: Compiler, node: YMap, put: Put, target: Target) -> tuple[Prod
     return (lambda scope, ctx: [r] if (r := _steps.reference_to_first(names, build, scope, ctx)) else []), step
 
 
-def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: str) -> tuple[Any, Callable[[Any], Convert] | None]:
+def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: str) -> tuple[Any, Callable[[Any], Convert | None] | None]:
     """Return f(scope, ctx, item) applying use/fn/table to one source item.
 
     Also returns, for the fused steps, a factory that makes the same conversion

@@ -10,7 +10,8 @@ HL7 paths do); any other path is read through `resolve`.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from router.errors import InvalidContent, MessageError
 from router.mapping.conditions import Predicate

@@ -128,7 +128,7 @@ def position_of(node: Any, loc: list[Any]) -> tuple[str, int, int]:
     """
     best = node.pos() if isinstance(node, (YMap, YList)) else ("?", 1, 1)
     for part in loc:
-        if isinstance(node, YMap) and isinstance(part, str) and part in node:
+        if isinstance(node, YMap) and isinstance(part, str) and part in node:  # noqa: SIM114 - each branch narrows node and part its own way
             best, node = node.pos(part), node[part]
         elif isinstance(node, YList) and isinstance(part, int) and part < len(node):
             best, node = node.pos(part), node[part]

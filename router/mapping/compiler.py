@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from router.errors import MappingError
 from router.mapping import fhir_model
@@ -261,11 +262,13 @@ class Compiler:
                 raise _err("unidentified: display is the only choice (not written; references to it carry its name)", ident.pos("unidentified"))
             if unidentified is not None and ident.get("fallback"):
                 raise _err("unidentified: and fallback: exclude each other: a fallback always identifies it", ident.pos("unidentified"))
-            items = ident.get("fallback") or []
-            if any(isinstance(item, YMap) for item in items):
+            items = ident.get("fallback")
+            if items is not None and not isinstance(items, YList):
+                raise _err("fallback: must be a list: of paths, or of alternatives with when: and paths:", ident.pos("fallback"))
+            if items and any(isinstance(item, YMap) for item in items):
                 tiers = self._tiers(items)
                 fallback = tuple(p for _, paths in tiers for p in paths)
-            else:
+            elif items:
                 fallback = tuple(self._part(str(p), items.pos(i)) for i, p in enumerate(items))
         self._earlier = set()
         self._same_fields = []
@@ -306,7 +309,7 @@ class Compiler:
         A template with no rule for a required element cannot make a valid
         resource: that is a load-time error, not a surprise per message.
         """
-        out = []
+        out: list[tuple[str | tuple[str, ...], str]] = []
         for element in fhir_model.required(fhir_type):
             rules = [r for r in block.rules if r.target.names[0] == element]
             if not rules:
@@ -383,4 +386,4 @@ class Compiler:
         return Target(tuple(e.name for e in els), tuple(e.is_list for e in els)), els
 
 
-__all__ = ["Block", "Compiler", "Datatype", "MessageMapping", "ResourceUse", "Rule", "Template", "call", "LIBRARY", "Ref", "Pos", "RunContext"]
+__all__ = ["LIBRARY", "Block", "Compiler", "Datatype", "MessageMapping", "Pos", "Ref", "ResourceUse", "Rule", "RunContext", "Template", "call"]

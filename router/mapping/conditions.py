@@ -14,7 +14,8 @@ compiler, so the same language serves HL7 v2 and XPath sources.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 Predicate = Callable[[Any], bool]
 """A compiled condition: takes a scope, answers yes or no."""
@@ -79,14 +80,14 @@ class _Parser:
         while self.peek() == "or":
             self.take()
             parts.append(self.and_())
-        return parts[0] if len(parts) == 1 else _shaped(lambda s, ps=tuple(parts): any(p(s) for p in ps), ("or", tuple(parts)))
+        return parts[0] if len(parts) == 1 else _shaped(lambda s, ps=tuple(parts): any(p(s) for p in ps), ("or", tuple(parts)))  # type: ignore[misc]  # mypy cannot type a lambda whose defaults bind values
 
     def and_(self) -> Predicate:
         parts = [self.not_()]
         while self.peek() == "and":
             self.take()
             parts.append(self.not_())
-        return parts[0] if len(parts) == 1 else _shaped(lambda s, ps=tuple(parts): all(p(s) for p in ps), ("and", tuple(parts)))
+        return parts[0] if len(parts) == 1 else _shaped(lambda s, ps=tuple(parts): all(p(s) for p in ps), ("and", tuple(parts)))  # type: ignore[misc]  # mypy cannot type a lambda whose defaults bind values
 
     def not_(self) -> Predicate:
         if self.peek() == "not":
@@ -127,7 +128,7 @@ class _Parser:
             return _shaped(lambda s: not values(s), ("test", "not valued", path, None))
         if op in ("=", "!="):
             want = self.literal()
-            eq = lambda s: want in values(s)  # noqa: E731 - tiny closure
+            eq: Predicate = lambda s: want in values(s)  # noqa: E731 - tiny closure
             return _shaped(eq if op == "=" else (lambda s: not eq(s)), ("test", op, path, want))
         if op == "in":
             self.take("[")
@@ -239,7 +240,7 @@ def _exact(pred: Any) -> bool:
     shape = pred.shape
     if shape[0] == "and":
         return all(_exact(p) for p in shape[1])
-    return shape[0] == "test"
+    return shape[0] == "test"  # type: ignore[no-any-return]
 
 
 def _mark(pred: Any, scope: Any) -> None:

@@ -8,8 +8,8 @@ that are built after it.
 
 from __future__ import annotations
 
-from functools import lru_cache
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
@@ -18,6 +18,9 @@ from router.errors import InvalidContent
 from router.mapping._patch import patch_entry
 from router.mapping.compiler import MessageMapping, ResourceUse
 from router.mapping.runtime import MissingIdentity, RunContext, conditional_entry, prune, resolve_refs, resource_id
+
+if TYPE_CHECKING:
+    from router.mapping._forms import Template
 
 PROVENANCE_SYSTEM = "urn:helsebro:mapping"
 """meta.tag system naming the mapping (structure@content-hash) that made a resource or Bundle."""
@@ -35,7 +38,7 @@ def _where(use: ResourceUse, scope: Any) -> str | None:
     each = use.each
     seg = scope.segments.get(each.segment) if each is not None else None
     if seg is not None:
-        return seg.label
+        return seg.label  # type: ignore[no-any-return]
     return getattr(scope, "value_loc", None) or None
 
 
@@ -44,7 +47,7 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunCo
     found = resource.get("identifier", [])
     single = isinstance(found, dict)  # Composition, Bundle…: one Identifier, not a list
     idents = [i for i in ([found] if single else found) if i.get("system") and i.get("value")]
-    tpl = use.template
+    tpl: Template = use.template  # type: ignore[assignment]  # a resource's use: groups (no template) never get here
     for system in tpl.prefer:
         for ident in idents:
             if ident["system"] == system:
@@ -95,7 +98,7 @@ def _display(resource: dict[str, Any]) -> str | None:
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _single_identifier(fhir_type: str) -> bool:
     from router.mapping import fhir_model
 
@@ -106,7 +109,7 @@ def _single_identifier(fhir_type: str) -> bool:
 class _Run:
     """One message's run: entries in order, and which identity went where."""
 
-    __slots__ = ("ctx", "entries", "untidy", "by_url")
+    __slots__ = ("by_url", "ctx", "entries", "untidy")
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -143,7 +146,7 @@ class _Run:
                 if by_segment is not None and (seg := inner.segments.get(by_segment)) is not None:
                     ctx.made_from[(use.name, seg.index)] = inst
                 ctx.children.setdefault((parent, use.name), []).append(inst)
-                if use.template is None:  # a group: its resources, in its scope
+                if use.template is None:  # noqa: SIM114 - a group: its resources, in its scope (below, _one() builds the resource: an action, not a condition to merge)
                     self.uses(use.children, inner, inst)
                 elif self._one(use, inner, inst) and use.children:
                     self.uses(use.children, inner, inst)
@@ -188,7 +191,7 @@ class _Run:
             known = ctx.fn_ctx.memo.get(key)
             if known is not None:
                 return self._recall(use, known, inst)
-        tpl = use.template
+        tpl: Template = use.template  # type: ignore[assignment]  # uses() takes the groups (no template)
         resource: dict[str, Any] = {"resourceType": tpl.fhir_type}
         block = tpl.block
         if ctx.trace is None and block.fast is not None:
@@ -230,7 +233,8 @@ class _Run:
         blob, untidy, system = known
         if blob is None:
             return False
-        return self._place(use.template.fhir_type, orjson.loads(blob), inst, system, untidy)
+        tpl: Template = use.template  # type: ignore[assignment]  # only _one() remembers, and only resources
+        return self._place(tpl.fhir_type, orjson.loads(blob), inst, system, untidy)
 
     def _place(self, fhir_type: str, entry: dict[str, Any], inst: str, system: str, untidy: bool, write: str = "update") -> bool:
         base, k = "", 1

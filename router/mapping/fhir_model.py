@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
@@ -34,7 +34,7 @@ class UnknownType(LookupError):
     """Not a FHIR R4 resource or datatype name."""
 
 
-@lru_cache(maxsize=None)
+@cache
 def _model(type_name: str) -> Any:
     try:
         return get_fhir_model_class(type_name)
@@ -42,7 +42,7 @@ def _model(type_name: str) -> Any:
         raise UnknownType(type_name) from exc
 
 
-@lru_cache(maxsize=None)
+@cache
 def elements(type_name: str) -> dict[str, Element]:
     """Return the elements of a FHIR type by JSON name.
 
@@ -71,7 +71,7 @@ def is_resource_type(type_name: str) -> bool:
         model = _model(type_name)
     except UnknownType:
         return False
-    return "resourceType" in model.model_fields or hasattr(model, "get_resource_type") and type_name[0].isupper() and "DomainResource" in [c.__name__ for c in model.__mro__]
+    return "resourceType" in model.model_fields or (hasattr(model, "get_resource_type") and type_name[0].isupper() and "DomainResource" in [c.__name__ for c in model.__mro__])
 
 
 def walk(type_name: str, path: list[str]) -> list[Element]:
@@ -98,7 +98,7 @@ def walk(type_name: str, path: list[str]) -> list[Element]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def required(type_name: str) -> tuple[str, ...]:
     """Return the JSON names of *type_name*'s elements with minimum cardinality 1."""
     model = _model(type_name)
@@ -111,7 +111,7 @@ def required(type_name: str) -> tuple[str, ...]:
     return tuple(sorted(n for n in names if n in known))
 
 
-@lru_cache(maxsize=None)
+@cache
 def required_choices(type_name: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """Return *type_name*'s choice elements with minimum cardinality 1, each as (`medication[x]`, its JSON names).
 
@@ -189,7 +189,9 @@ def invalid_constant(element: Element, value: Any) -> str | None:
         known = elements(element.type_name)
         for name, inner in value.items():
             el = known.get(name)
-            for item in (inner if isinstance(inner, list) else [inner]) if el is not None else ():
+            if el is None:
+                continue
+            for item in inner if isinstance(inner, list) else [inner]:
                 why = invalid_constant(el, item)
                 if why is not None:
                     return f"{name}: {why}"

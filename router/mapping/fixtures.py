@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 CASE_SUFFIXES = (".hl7", ".er7", ".txt", ".xml")
 

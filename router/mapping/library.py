@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64 as _b64
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from router.errors import InvalidContent
 from router.mapping.functions import hl7_date_to_fhir, hl7_datetime_to_fhir, uuid5_id
@@ -51,7 +52,7 @@ class Function:
 class _Values:
     """Argument values plus their positions, so a function can name the field it rejects."""
 
-    __slots__ = ("values", "locations")
+    __slots__ = ("locations", "values")
 
     def __init__(self, values: list[str | None], locations: list[str | None]) -> None:
         self.values = values

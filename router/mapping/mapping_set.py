@@ -6,9 +6,10 @@ swaps a single reference, so a message is always mapped by one consistent set.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from router.errors import MappingError
 from router.mapping._yaml import YMap, load_yaml

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Callable
+from functools import cache, lru_cache
+from typing import Any
 from urllib.parse import quote
 
 from router.errors import InvalidContent
@@ -37,7 +38,7 @@ class Ref:
 
     def __eq__(self, other: object) -> bool:
         # Two resources that point at the same instance are the same resource (identity merges).
-        return type(other) is type(self) and self._key() == other._key()  # type: ignore[attr-defined]
+        return type(other) is type(self) and self._key() == other._key()
 
     def __hash__(self) -> int:
         return hash(self._key())
@@ -253,7 +254,7 @@ class Target:
             ctx.ref_sites.append((container, key, value, ctx.current))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _required(fhir_type: str) -> frozenset[str]:
     from router.mapping import fhir_model
 
@@ -397,5 +398,5 @@ def _prune_list(obj: list[Any]) -> bool:
         if type(v) is not str and ((isinstance(v, dict) and _prune_dict(v)) or (isinstance(v, list) and _prune_list(v))):
             drop = True
     if drop:
-        obj[:] = [v for v in obj if not ((isinstance(v, dict) or isinstance(v, list)) and not v)]
+        obj[:] = [v for v in obj if not (isinstance(v, (dict, list)) and not v)]
     return not obj

@@ -22,7 +22,7 @@ import getpass
 import os
 import socket
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,7 @@ class AuditLog:
         self._append({"action": action, "event": "end", "action_id": action_id, **fields})
 
     def _append(self, fields: dict[str, Any]) -> None:
-        line = {"at": datetime.now(timezone.utc).isoformat(), **operator_identity(), **fields}
+        line = {"at": datetime.now(UTC).isoformat(), **operator_identity(), **fields}
         data = orjson.dumps(line) + b"\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()

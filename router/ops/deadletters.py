@@ -57,8 +57,9 @@ import contextlib
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from kombu import Queue

@@ -19,8 +19,9 @@ notion of consumers, and any queue name "exists" there: `consumers` is None.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from adapters.amqp.connection import broker_errors, is_embedded

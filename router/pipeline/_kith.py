@@ -147,7 +147,7 @@ def _place(exc: MessageError, where: str) -> None:
     exc.args = (exc.reason,)
 
 
-def _header(env: KithEnvelope, message_type: str) -> MessageHeader:
+def _header(env: KithEnvelope, message_type: str | None) -> MessageHeader:
     """The MessageHeader of a KITH message: its type, MsgId and GenDate.
 
     The HL7 party fields (MSH-3 to MSH-6) stay empty: a KITH party is a HER-id,
@@ -155,7 +155,7 @@ def _header(env: KithEnvelope, message_type: str) -> MessageHeader:
     message type, so routing by `message_code` works as it did without a header.
     """
     return MessageHeader(
-        message_code=message_type,
+        message_code=message_type or "",  # none: a MsgHead without a type and without a payload
         structure=env.payload_root or "",
         control_id=env.msg_id or "",
         sent=(env.gen_date or "").strip() or None,

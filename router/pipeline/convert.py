@@ -93,7 +93,7 @@ class Converter:
 
 
 class _Raw:
-    __slots__ = ("index", "data")
+    __slots__ = ("data", "index")
 
     def __init__(self, item: Converted) -> None:
         self.index = item.index

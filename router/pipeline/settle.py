@@ -29,9 +29,10 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -85,12 +86,12 @@ def dead_letter_headers(
     destination: str = "", attempts: int = 0, last_error: str = "",
 ) -> dict[str, Any]:
     """Return the headers a dead letter carries: plain-words reason, never a value from the message."""
-    headers = {
+    headers: dict[str, Any] = {
         "x-helsebro-reason": reason,
         "x-helsebro-location": location or "",
         "x-helsebro-stage": stage,
         "x-helsebro-control-id": control_id or "",
-        "x-helsebro-failed-at": datetime.now(timezone.utc).isoformat(),
+        "x-helsebro-failed-at": datetime.now(UTC).isoformat(),
         "x-helsebro-outcome": orjson.dumps(outcome).decode("utf-8"),
     }
     if destination:
@@ -101,7 +102,7 @@ def dead_letter_headers(
 class _Msg:
     """One message of the batch while it settles."""
 
-    __slots__ = ("conv", "decision", "error", "stage", "outcome", "dup_key", "replayed")
+    __slots__ = ("conv", "decision", "dup_key", "error", "outcome", "replayed", "stage")
 
     def __init__(self, conv: Converted, *, replayed: bool = False) -> None:
         self.conv = conv
@@ -157,7 +158,7 @@ class Settle:
         self._router = router
         self._forwarder = forwarder
         self._record_dests = record_destinations
-        self._seen = seen if seen is not None else record  # anything with `seen` and `remember`: the record by default
+        self._seen: Any = seen if seen is not None else record  # anything with `seen` and `remember`: the record by default
         self._window = duplicate_window if hasattr(self._seen, "seen") else 0.0
         self._embedded = embedded
 
@@ -255,7 +256,7 @@ class Settle:
                 return  # no reply: nothing is known about the message
         elif m.decision is not None and m.decision.filtered:
             m.outcome = "filtered"
-        elif m.decision is not None and self._forwarder is not None:
+        elif m.decision is not None and self._forwarder is not None:  # noqa: SIM102 - forward() is an action, not a condition
             if self._forwarder.forward(self._publisher, conv, m.decision) and m.outcome is None:
                 m.outcome = "forwarded"
         reply(self._publisher, conv, m.error, apprec_prefix=self._apprec_prefix)

@@ -11,9 +11,10 @@ router/delivery/'s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from router.errors import ConfigError, MessageError
 from router.mapping.conditions import ConditionSyntaxError, compile_condition
@@ -62,7 +63,7 @@ def _prefixes(mappings_dir: Path | None) -> dict[str, tuple[str, ...]]:
 
 
 class _Compiled:
-    __slots__ = ("route", "when", "codes", "events", "senders", "receivers")
+    __slots__ = ("codes", "events", "receivers", "route", "senders", "when")
 
     def __init__(self, route: Route, when: Callable[[Any], bool] | None) -> None:
         m = route.match
@@ -163,7 +164,7 @@ class Router:
 
 
 class _Raw:
-    __slots__ = ("index", "data")
+    __slots__ = ("data", "index")
 
     def __init__(self, data: bytes) -> None:
         self.index = 0

@@ -17,7 +17,7 @@ route, everything to the record, so an engine without one behaves as before.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -162,7 +162,7 @@ class FhirDestination(_Frozen):
     retry: RetryConfig = Field(default_factory=RetryConfig, description="The retry ladder for parked messages.")
 
 
-Destination = Annotated[Union[RecordDestination, QueueDestination, FhirDestination], Field(discriminator="kind")]
+Destination = Annotated[RecordDestination | QueueDestination | FhirDestination, Field(discriminator="kind")]
 """One destination block, told apart by `kind`."""
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import router.mapping
-import router.pipeline.convert  # noqa: F401  # loads the hot path
+import router.pipeline.convert  # loads the hot path
 from adapters import _compiled
 
 ROOT = Path(__file__).resolve().parents[2]

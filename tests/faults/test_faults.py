@@ -20,6 +20,7 @@ import json
 import random
 import time
 from collections import defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import orjson
@@ -75,7 +76,7 @@ def test_faults_lose_nothing_apply_nothing_twice_keep_order(world, tmp_path, cap
     outage_until = time.monotonic() + 6.0
     faults["fhir_outage"] += 1
     for progress in (200, 500):  # kill -9 a random worker mid-stream, then restart it
-        wait_until(lambda: workers.settled() >= progress + rng.randrange(100), 120, interval=0.1, what="progress before a kill")
+        wait_until(lambda: workers.settled() >= progress + rng.randrange(100), 120, interval=0.1, what="progress before a kill")  # noqa: B023 - called within this iteration
         victim = rng.randrange(WORKERS)
         workers.kill(victim)
         faults["kill_9"] += 1
@@ -178,11 +179,11 @@ def _check_sends(applied: list[tuple[str, str, float]], mix, destination: str, *
     for fnr, given, at in applied:
         sends[fnr].append((int(given.removeprefix("Seq")), at))
     repeats = 0
-    for fnr, sent in sends.items():
+    for sent in sends.values():
         runs = [seq for i, (seq, _) in enumerate(sent) if i == 0 or sent[i - 1][0] != seq]
         assert len(runs) == len(set(runs)), f"{destination}: a message applied again after another one of its patient"
         assert not ordered or runs == sorted(runs), f"{destination}: a patient's messages applied out of order"
-        for (before, at), (seq, _) in zip(sent, sent[1:]):
+        for (before, at), (seq, _) in pairwise(sent):
             if seq == before:
                 repeats += 1
                 assert any(abs(at - kill) < _KILL_WINDOW for kill in kills), f"{destination}: a message sent twice with no kill -9 to explain it"

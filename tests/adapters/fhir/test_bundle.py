@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import copy
+from urllib.parse import parse_qsl
 
 import pytest
-
-from urllib.parse import parse_qsl
 
 from adapters.fhir._bundle import TYPE_RE, _is_type, _rewrite_walk, parse_bundle, parse_criteria, rewrite
 from router.errors import InvalidContent

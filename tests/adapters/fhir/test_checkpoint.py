@@ -129,11 +129,10 @@ class TestFailingCheckpointer:
 
     def test_failure_is_logged_once_per_streak(self, tmp_path, failing):
         """A checkpointer that keeps failing does not repeat its warning on every commit."""
-        with capture_logs() as logs:
-            with SqliteRecord(tmp_path / "r.sqlite3", checkpoint_interval=0.0) as record:
-                apply_batches(record, 5, size=5)
-                wait_until(lambda: any(e["event"] == "record_checkpoint_failed" for e in logs), WAIT, what="failure logged")
-                apply_batches(record, 5, size=5)
+        with capture_logs() as logs, SqliteRecord(tmp_path / "r.sqlite3", checkpoint_interval=0.0) as record:
+            apply_batches(record, 5, size=5)
+            wait_until(lambda: any(e["event"] == "record_checkpoint_failed" for e in logs), WAIT, what="failure logged")
+            apply_batches(record, 5, size=5)
         assert [e["event"] for e in logs].count("record_checkpoint_failed") == 1
 
 

@@ -14,7 +14,7 @@ import random
 import socket
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
@@ -337,7 +337,7 @@ class TestFhirClient:
 
     def test_retry_after_date(self, faults, make_client, sleeps):
         """Retry-After given as an HTTP-date waits until that moment."""
-        when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=30), usegmt=True)
+        when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
         faults.script.append(Canned(503, headers=(("Retry-After", when),)))
         make_client(faults.base_url, backoff_max_seconds=60).apply(transaction())
         assert len(sleeps) == 1 and 25 < sleeps[0] <= 30

@@ -8,8 +8,8 @@ import pytest
 
 from adapters.hl7v2._tokenizer import tokenize
 from adapters.hl7v2.paths import Scope, compile_path
-from router.mapping._codegen import generate_condition
 from router.cli import main
+from router.mapping._codegen import generate_condition
 from router.mapping.conditions import ConditionSyntaxError, compile_condition
 from router.pipeline.convert import _unmapped
 

@@ -115,7 +115,7 @@ class TestHl7DatetimeToFhir:
     )
     def test_garbage_raises(self, garbage):
         """Anything not an HL7 timestamp raises ValueError with a fixed message."""
-        with pytest.raises(ValueError, match="^not an HL7 timestamp$"):
+        with pytest.raises(ValueError, match=r"^not an HL7 timestamp$"):
             hl7_datetime_to_fhir(garbage)
 
     def test_leap_day_accepted(self):
@@ -152,7 +152,7 @@ class TestHl7DateToFhir:
 class TestUuid5Id:
     def test_pinned_value(self):
         """The namespace never changes, so a known input keeps its known id."""
-        assert HELSEBRO_NAMESPACE == uuid.UUID("d10ee399-0d8d-475b-87fd-f286ebc99291")
+        assert uuid.UUID("d10ee399-0d8d-475b-87fd-f286ebc99291") == HELSEBRO_NAMESPACE
         value = uuid5_id("Patient", "urn:oid:2.16.578.1.12.4.1.4.1", "x")
         assert value == "3457f510-c81e-5016-9f86-20031c3be4bc"
 

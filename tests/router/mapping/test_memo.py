@@ -127,7 +127,7 @@ def test_what_is_remembered_is_bounded(converter, monkeypatch):
     for k in range(10):
         text = adt(f"C{k}", f"91449{k:02d}^LEGE^NR{k}^^^^^^HPR^^^^HPR")
         assert outcome(converter, text) == fresh(text)
-        assert len(converter._fn_ctx.memo) <= 3  # noqa: SLF001 - the bound is what this test is about
+        assert len(converter._fn_ctx.memo) <= 3  # a private attribute on purpose: the bound is what this test is about
 
 
 def place(ctrl: str, location: str, *, sender: str = "STOLAV") -> str:
@@ -150,7 +150,7 @@ def test_locations_are_remembered_each_as_a_fresh_converter_makes_it(converter):
              place("L5", "MED^301^^STOLAV"), place("L6", "MED^301^2^STOLAV"), place("L7", "MED^^2^STOLAV")]
     unremembering = Converter(load_settings(environ={}))
     for text in texts:
-        unremembering._fn_ctx.memo.clear()  # noqa: SLF001 - as a fresh converter, without loading the mappings seven times
+        unremembering._fn_ctx.memo.clear()  # as a fresh converter, without loading the mappings seven times
         assert outcome(converter, text) == outcome(unremembering, text)
     assert outcome(converter, texts[0]) == fresh(texts[0])
     beds = [kind(outcome(converter, text)[0][0], "Location")[-1]["resource"] for text in (texts[0], texts[3])]

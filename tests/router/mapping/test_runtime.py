@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from router.mapping.functions import uuid5_id
-from router.mapping.runtime import resource_id, has_empty, prune
+from router.mapping.runtime import has_empty, prune, resource_id
 
 
 class TestRuntime:

@@ -24,10 +24,10 @@ LOCAL = "urn:helsebro:local:STOLAV:codesystem:"
 # OBX-3 with a coding system named in lower case (`sct`: SNOMED CT), by a mixed-case local name the
 # table lacks (`WinPath`, OBX-3's alternate coding: CWE.6), by an HL7 table it lists (`HL70078`); no name at all
 ORU = (
-    "MSH|^~\\&|LAB|STOLAV|HB|HP|20250115101000||ORU^R01^ORU_R01|T1|P|2.5.1\rPID|1||15866112379^^^NOR^FNR\r"
-    "OBR|1|O1|L1|B^Blod^L|||20250115080000\r"
-    "OBX|1|NM|C1^X^sct^A1^Alt^WinPath||5|g/L|||||F\rOBX|2|NM|C2^Y^HL70078||5|g/L|||||F\rOBX|3|NM|C3^Z||5|g/L|||||F\r"
-).encode()
+    b"MSH|^~\\&|LAB|STOLAV|HB|HP|20250115101000||ORU^R01^ORU_R01|T1|P|2.5.1\rPID|1||15866112379^^^NOR^FNR\r"
+    b"OBR|1|O1|L1|B^Blod^L|||20250115080000\r"
+    b"OBX|1|NM|C1^X^sct^A1^Alt^WinPath||5|g/L|||||F\rOBX|2|NM|C2^Y^HL70078||5|g/L|||||F\rOBX|3|NM|C3^Z||5|g/L|||||F\r"
+)
 
 
 
@@ -88,7 +88,7 @@ class TestFunctionFallback:
     def test_the_function_result_is_fitted_like_a_value_read(self, mapping_copy, trace):
         """A fallback's result for a `code` (gender) is fitted as a value read from the message: `X  Y` is refused at PID-8."""
         edit_text(mapping_copy / "hl7v2" / "tables" / "hl7-0001.yaml", "unmapped: {value: unknown}", "unmapped: {fn: trim}")
-        adt = ("MSH|^~\\&|PAS|STOLAV|HB|HP|20250110083000||ADT^A01^ADT_A01|T2|P|2.5.1\rEVN|A01|20250110083000\r"
-               "PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|X  Y\r").encode()
+        adt = (b"MSH|^~\\&|PAS|STOLAV|HB|HP|20250110083000||ADT^A01^ADT_A01|T2|P|2.5.1\rEVN|A01|20250110083000\r"
+               b"PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|X  Y\r")
         [item] = Converter(load_settings(environ={"HELSEBRO_MAPPINGS_DIR": str(mapping_copy)})).convert(adt, trace=trace)
         assert not item.ok and item.error.location == "PID-8[1].1" and "not a valid FHIR code" in item.error.reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -23,3 +24,13 @@ class TestKithHeader:
         [conv] = converter.convert(DIALOG.read_bytes())
         h = conv.header
         assert (h.sending_application, h.sending_facility, h.receiving_application, h.receiving_facility) == ("", "", "", "")
+
+    def test_header_of_a_msghead_without_type_or_payload(self, converter):
+        """A MsgHead with no Type and no Document still gets a text message code (empty), as MessageHeader declares, not None."""
+        text = DIALOG.read_text(encoding="utf-8")
+        text = re.sub(r"<Type\b[^>]*/>", "", text, count=1)
+        text = re.sub(r"<Document>.*</Document>", "", text, flags=re.S)
+        [conv] = converter.convert(text.encode("utf-8"))
+        assert not conv.ok
+        assert conv.header is not None
+        assert conv.header.message_code == ""

@@ -95,7 +95,7 @@ class TestRoutesModel:
         """A broken routes.yaml stops start-up with a ConfigError naming the file."""
         settings = isolated_settings(tmp_path)
         (settings.config_dir / "routes.yaml").write_text("routes: 3\n", encoding="utf-8")
-        with pytest.raises(ConfigError, match="routes.yaml"):
+        with pytest.raises(ConfigError, match=r"routes\.yaml"):
             load_settings(environ={}, config_dir=str(settings.config_dir))
 
 
