@@ -342,6 +342,17 @@ def _apprec(body: bytes) -> tuple[str | None, str | None]:
     return found.get("Status"), found.get("Error")
 
 
+def _refused_as_another_patients(settings, apprec_queue: str) -> None:
+    """The message is dead-lettered at apply because a prescription it changes is another patient's, and answered AppRec X99."""
+    from router.testing import drain_queue
+
+    [(headers, _)] = drain_queue(settings, settings.engine.broker.names.dead_letter)
+    assert headers["x-helsebro-stage"] == "apply"
+    assert headers["x-helsebro-reason"] == "the MedicationRequest this message changes belongs to another patient"
+    [(_, body)] = drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.{apprec_queue}")
+    assert _apprec(body) == ("2", "X99")
+
+
 def _prescription(record, resept_id: str) -> dict | None:
     found = record.search("MedicationRequest", {"identifier": f"{URI}|urn:uuid:{resept_id}"})
     assert len(found) <= 1
@@ -431,11 +442,7 @@ class TestWithdrawalsReachTheRecord:
         _published(settings, handle, M1.read_bytes(), applied=1)
         drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.112233")
         _published(settings, handle, other, applied=1, dead=1)
-        [(headers, _)] = drain_queue(settings, settings.engine.broker.names.dead_letter)
-        assert headers["x-helsebro-stage"] == "apply"
-        assert headers["x-helsebro-reason"] == "the MedicationRequest this message changes belongs to another patient"
-        [(_, body)] = drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.112233")
-        assert _apprec(body) == ("2", "X99")
+        _refused_as_another_patients(settings, "112233")
         record = open_record(settings)
         try:
             kept = _prescription(record, RESEPT_ID)
@@ -505,17 +512,12 @@ class TestWithdrawalsReachTheRecord:
         T tilbakekalt: its PATCH names B as owner, so the M9.6 is refused whole (dead letter, AppRec X99) and A's
         prescription stays active (patient safety: without the MsgHead patient it was found by ReseptId alone)."""
         from adapters.fhir.record import open_record
-        from router.testing import drain_queue
 
         settings, handle = engine
         stored = M1.read_bytes().replace(f"<MsgId>{RESEPT_ID}</MsgId>".encode(), f"<MsgId>{LISTED_ONLY}</MsgId>".encode())
         _published(settings, handle, stored, applied=1)
         _published(settings, handle, _m96(patient=FNR_B, carried=False), applied=1, dead=1)
-        [(headers, _)] = drain_queue(settings, settings.engine.broker.names.dead_letter)
-        assert headers["x-helsebro-stage"] == "apply"
-        assert headers["x-helsebro-reason"] == "the MedicationRequest this message changes belongs to another patient"
-        [(_, body)] = drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.445566")
-        assert _apprec(body) == ("2", "X99")
+        _refused_as_another_patients(settings, "445566")
         record = open_record(settings)
         try:
             kept = _prescription(record, LISTED_ONLY)

@@ -441,30 +441,22 @@ class TestV23Administration:
 class TestV23AnotherPatientsOrder:
     """RDS^O01 and RAS^O01 through the record (SQLite): the order their RXE finds by number must be this patient's."""
 
-    def test_a_v23_dispense_naming_another_patients_order_is_refused(self, converter, tmp_path):
-        """RDE for patient A, then a v2.3 RDS^O01 for patient B with A's order number: refused whole, nothing of B written."""
+    @pytest.mark.parametrize("kind", ["MedicationDispense", "MedicationAdministration"])
+    def test_a_v23_message_naming_another_patients_order_is_refused(self, converter, tmp_path, kind):
+        """RDE for patient A, then a v2.3 RDS^O01 (RAS^O01) for patient B with A's order number: refused whole,
+        nothing of B written, no dispense (administration) of B's pointing at A's prescription."""
         from router.errors import InvalidContent
 
+        other = TestAnotherPatientsOrder.OTHER
+        message = (_rds_o01(ORC_RE, *ENCODED_23, RXD_23, pid=other) if kind == "MedicationDispense"
+                   else _ras_o01(ORC_RE, *ENCODED_23, _rxa(), "RXR|53^Oral bruk^7477", pid=other))
         record = TestDispenseInTheRecord()._record(tmp_path)
         try:
             record.apply(_one(converter, _rde()))
             with pytest.raises(InvalidContent, match="belongs to another patient"):
-                record.apply(_one(converter, _rds_o01(ORC_RE, *ENCODED_23, RXD_23, pid=TestAnotherPatientsOrder.OTHER)))
-            assert record.search("MedicationDispense", {}) == []
+                record.apply(_one(converter, message))
+            assert record.search(kind, {}) == []
             assert len(record.search("Patient", {})) == 1
-        finally:
-            record.close()
-
-    def test_a_v23_administration_naming_another_patients_order_is_refused(self, converter, tmp_path):
-        """The same for RAS^O01: no administration of B's pointing at A's prescription."""
-        from router.errors import InvalidContent
-
-        record = TestDispenseInTheRecord()._record(tmp_path)
-        try:
-            record.apply(_one(converter, _rde()))
-            with pytest.raises(InvalidContent, match="belongs to another patient"):
-                record.apply(_one(converter, _ras_o01(ORC_RE, *ENCODED_23, _rxa(), "RXR|53^Oral bruk^7477", pid=TestAnotherPatientsOrder.OTHER)))
-            assert record.search("MedicationAdministration", {}) == []
         finally:
             record.close()
 
