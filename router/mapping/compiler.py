@@ -256,7 +256,11 @@ class Compiler:
             if not isinstance(ident, YMap):
                 raise _err("identity must be a mapping with prefer: and/or fallback:", doc.pos("identity"))
             _check_keys(ident, {"prefer", "fallback", "unidentified"}, "identity")
-            prefer = tuple(str(s) for s in ident.get("prefer") or [])
+            listed = ident.get("prefer")
+            if listed is not None and not isinstance(listed, YList):
+                # a string here was read as its characters: no identifier system is one letter, so none was preferred
+                raise _err("prefer: must be a list of identifier systems, most wanted first", ident.pos("prefer"))
+            prefer = tuple(str(s) for s in listed or [])
             unidentified = ident.get("unidentified")
             if unidentified is not None and unidentified != "display":
                 raise _err("unidentified: display is the only choice (not written; references to it carry its name)", ident.pos("unidentified"))

@@ -73,6 +73,8 @@ class TestLoadChecks:
              "reads 'bed' when it runs, but 'allergy' is made later"),
             ("segments/PV1.Encounter.yaml", "        same: DG1\n", "        same: dg1\n", "same: names a segment (DG1)"),
             ("segments/PV1.Encounter.yaml", "        ref: diagnosis\n        same: DG1\n", "        same: DG1\n", "same: goes with ref:"),
+            ("segments/PID.Patient.yaml", "  prefer:\n    - urn:oid:2.16.578.1.12.4.1.4.1\n    - urn:oid:2.16.578.1.12.4.1.4.2\n    - urn:oid:2.16.578.1.12.4.1.4.3\n",
+             "  prefer: urn:oid:2.16.578.1.12.4.1.4.1\n", "prefer: must be a list"),
             ("messages/ADT_A45.yaml", "      owner: prior", "      owner: facility", "'facility' must name a Patient this message makes earlier"),
             ("messages/ADT_A45.yaml", "      owner: prior", "      owner: stay", "'stay' must name a Patient this message makes earlier"),
         ],
