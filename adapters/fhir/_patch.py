@@ -198,7 +198,7 @@ def _holds_identifier(
                 break
             if any(v == value and (not bar or s == system) for s, v in identifiers(body)):
                 return True
-            nxt = _replaced_by(body)
+            nxt = replaced_by(body)
             if nxt is None:
                 break
             kind, _, id_ = nxt.partition("/")
@@ -210,7 +210,7 @@ def _holds_identifier(
     return False
 
 
-def _replaced_by(body: FhirJson) -> str | None:
+def replaced_by(body: FhirJson) -> str | None:
     """The reference of *body*'s `replaced-by` link (a Patient an A40 merged away), or None."""
     for link in body.get("link") or []:
         other = link.get("other") if isinstance(link, dict) and link.get("type") == "replaced-by" else None

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Protocol
 
 import orjson
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers, rewrite
 from adapters.fhir._lookups import CURRENT_COLUMNS, Current, Lookups, is_identifier_token
-from adapters.fhir._patch import add_tags, apply_patch, check_owner
+from adapters.fhir._patch import add_tags, apply_patch, check_owner, replaced_by
 from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
 from router.errors import InvalidContent
@@ -256,11 +256,7 @@ class _Writer:
                     body = orjson.loads(raw) if isinstance(raw, (str, bytes)) else dict(raw)
                     if not _names(body, path, stay):
                         continue
-                    moved = dict(body)
-                    for element in ("subject", "patient"):
-                        ref = moved.get(element)
-                        if isinstance(ref, dict) and ref.get("reference") == old:
-                            moved[element] = {**ref, "reference": patient}
+                    moved = _moved(body, olds, patient)
                     self._put(rtype, id_, add_tags(moved, meta))
                     specimen = moved.get("specimen")
                     specimens.update(
@@ -271,11 +267,8 @@ class _Writer:
                         self._move_recorded_in(f"Encounter/{id_}", olds, after, meta, depth - 1)
         for id_ in sorted(specimens):
             body = self._body("Specimen", id_)
-            if body is None:
-                continue
-            ref = body.get("subject")
-            if isinstance(ref, dict) and ref.get("reference") in olds:
-                self._put("Specimen", id_, add_tags({**body, "subject": {**ref, "reference": patient}}, meta))
+            if body is not None and (moved := _moved(body, olds, patient)) != body:
+                self._put("Specimen", id_, add_tags(moved, meta))
 
     def _merge_chain(self, patient: str, hops: int = 4) -> list[str]:
         """The Patients *patient* (Patient/id) was merged into, following at most *hops* `replaced-by` links, in order."""
@@ -284,12 +277,7 @@ class _Writer:
             return out
         for _ in range(hops):
             body = self._body("Patient", patient.partition("/")[2])
-            nxt = next(
-                (link["other"]["reference"] for link in (body or {}).get("link", [])
-                 if isinstance(link, dict) and link.get("type") == "replaced-by" and isinstance(link.get("other"), dict)
-                 and isinstance(link["other"].get("reference"), str)),
-                None,
-            )
+            nxt = replaced_by(body) if body is not None else None
             if nxt is None or nxt in out:
                 break
             out.append(nxt)
@@ -350,8 +338,7 @@ class _Writer:
             # Checked also when the version names no Patient: else an update that drops the subject
             # (or names it by an absolute URL or identifier only) would leave a resource with none, which
             # the next update may give to anyone.
-            new = {ref for element, ref in refs if element in ("subject", "patient") and ref.startswith("Patient/")}
-            self._refuse_other_patient(writer, id_, new, "updates")
+            self._refuse_other_patient(writer, id_, _patient_refs(refs), "updates")
         self._write(resource_type, id_, version, body, digest=digest, deleted=False, index=(tokens, refs, index_hash))
         outcome: EntryOutcome = "updated" if current is not None and not current.deleted else "created"
         return AppliedEntry(resource_type, id_, version, outcome)
@@ -485,4 +472,19 @@ def _names(body: Any, path: tuple[str, ...], target: str) -> bool:
 
 def _patients(resource: FhirJson) -> set[str]:
     """The Patient references (Patient/id) of *resource*'s subject and patient elements."""
-    return {ref for element, ref in references(resource) if element in ("subject", "patient") and ref.startswith("Patient/")}
+    return _patient_refs(references(resource))
+
+
+def _patient_refs(refs: Iterable[tuple[str, str]]) -> set[str]:
+    """The Patient references among indexed (element, reference) pairs: those of subject and patient."""
+    return {ref for element, ref in refs if element in ("subject", "patient") and ref.startswith("Patient/")}
+
+
+def _moved(body: FhirJson, olds: set[str], patient: str) -> FhirJson:
+    """*body* with each subject or patient reference to one of *olds* naming *patient* instead."""
+    out = dict(body)
+    for element in ("subject", "patient"):
+        ref = out.get(element)
+        if isinstance(ref, dict) and ref.get("reference") in olds:
+            out[element] = {**ref, "reference": patient}
+    return out
