@@ -172,3 +172,21 @@ def test_a_corrected_result_after_a45_is_the_new_patients(engine):
     _send(settings, handle, _oru("LAB-2", _pid(PATIENT_B), "C"))
     assert _dead_letters(settings) == []
     assert _stays(settings, "Observation") == [(PATIENT_B, "NPU02319")]
+
+
+PROCEDURE = "PR1|1||0DTJ0ZZ^Appendektomi^ICD10PCS||20250110120000"
+
+
+def test_what_a45_moved_is_found_again_by_the_new_patients_next_message(engine):
+    """After the move, B's A08 restating the stay's diagnosis and procedure updates the moved ones, not new ones beside them.
+
+    Their identities (no id of their own) are the stay's visit number, the code and the time: a
+    patient-derived identity would still be A's after the move, and B's next message would make a
+    second diagnosis for B beside the moved one."""
+    settings, handle = engine
+    _send(settings, handle, _adt("A01", "OWN-1", _pid(PATIENT_A), DIAGNOSIS, PROCEDURE))
+    _send(settings, handle, _a45("OWN-45", PATIENT_B, PATIENT_A))
+    _send(settings, handle, _adt("A08", "OWN-8", _pid(PATIENT_B), DIAGNOSIS, PROCEDURE))
+    assert _dead_letters(settings) == []
+    assert _stays(settings, "Condition") == [(PATIENT_B, "I21.0")]
+    assert _stays(settings, "Procedure") == [(PATIENT_B, "0DTJ0ZZ")]
