@@ -209,7 +209,7 @@ class _Writer:
         if new:
             self._refuse_other_patient(entry, id_, new, "names")
 
-    def _refuse_other_patient(self, entry: Entry, id_: str, new: set[str], verb: str) -> None:
+    def _refuse_other_patient(self, entry: Entry, id_: str, new: set[str], verb: str, *, replaces: bool = False) -> None:
         """Raise unless the stored resource *id_* is this patient's (one of *new*), has none, or is gone.
 
         An empty *new* (an update naming no Patient) passes only a stored resource that names none.
@@ -217,10 +217,19 @@ class _Writer:
         The stored resource's patient is this one's when it is the same Patient, or one
         merged into it: an A40 leaves the old Patient `replaced-by` the survivor, and its
         stays, results and prescriptions where they were.
+
+        With *replaces* (a whole new version, not a patch of the stored one), a stored
+        resource marked entered-in-error may take the patient *new* names. Why: that is
+        how a sender corrects a message sent under the wrong patient: it cancels it
+        (the record retires what it made) and sends it again for the right patient,
+        under the same document, order or result numbers. The retracted version stays
+        in the resource's history; a live resource of another patient is still refused.
         """
         stored = self._body(entry.resource_type, id_)
         old = _patients(stored) if stored is not None else set()
         if not old or old & new or any(self._merged_into(p, new) for p in old):
+            return
+        if replaces and new and stored is not None and _withdrawn(stored):
             return
         if not new:
             raise InvalidContent(f"the {entry.resource_type} this message {verb} belongs to a patient, and this message names none", location=entry.location)
@@ -338,7 +347,7 @@ class _Writer:
             # Checked also when the version names no Patient: else an update that drops the subject
             # (or names it by an absolute URL or identifier only) would leave a resource with none, which
             # the next update may give to anyone.
-            self._refuse_other_patient(writer, id_, _patient_refs(refs), "updates")
+            self._refuse_other_patient(writer, id_, _patient_refs(refs), "updates", replaces=True)
         self._write(resource_type, id_, version, body, digest=digest, deleted=False, index=(tokens, refs, index_hash))
         outcome: EntryOutcome = "updated" if current is not None and not current.deleted else "created"
         return AppliedEntry(resource_type, id_, version, outcome)
@@ -413,6 +422,15 @@ _STATUS_ENTERED_IN_ERROR = frozenset({
     "Encounter", "EpisodeOfCare", "Composition", "DocumentReference", "DiagnosticReport", "ServiceRequest", "Immunization",
     "Procedure", "Specimen", "Appointment", "CarePlan", "Goal", "List", "Flag",
 })
+
+
+def _withdrawn(body: FhirJson) -> bool:
+    """Whether *body* is marked entered-in-error (by its status, or its verification status), as _retired marks it."""
+    if body.get("status") == "entered-in-error":
+        return True
+    verification = body.get("verificationStatus")
+    codings = verification.get("coding") if isinstance(verification, dict) else None
+    return isinstance(codings, list) and any(isinstance(c, dict) and c.get("code") == "entered-in-error" for c in codings)
 
 
 def _retired(body: FhirJson) -> FhirJson | None:

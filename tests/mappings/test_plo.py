@@ -117,9 +117,9 @@ class TestFixtureCases:
             assert f"PASS {name}/" in out, name
 
 
-def _apply(settings, handle, path: Path, count: int) -> None:
-    publish(settings, [path.read_bytes()])
-    wait_until(lambda: handle.stats.applied == count, timeout=30, what=f"{path.name} applied")
+def _apply(settings, handle, path: Path | None, count: int, *, raw: bytes | None = None) -> None:
+    publish(settings, [raw if path is None else path.read_bytes()])
+    wait_until(lambda: handle.stats.applied == count, timeout=30, what=f"{path.name if path else 'message'} applied")
 
 
 class TestChangeAndCancelInTheRecord:
@@ -160,6 +160,35 @@ class TestChangeAndCancelInTheRecord:
             assert stay["id"] == encounter["id"] and stay["status"] == "entered-in-error"
             # The patient is shared context: created once, never rewritten by PLO messages.
             assert record.search("Patient", {"identifier": f"{FNR}|15866112379"})[0]["meta"]["versionId"] == "1"
+        finally:
+            record.close()
+
+    def test_sent_under_the_wrong_patient_cancelled_then_changed_for_the_right_one(self, engine):
+        """N for the wrong patient, C, then an M of the same dialog for the right one: the document goes to the right patient.
+
+        The cancel left the document's resources entered-in-error; the record lets a retired resource
+        take another patient (a live one it refuses: an M straight after the N is dead-lettered), so
+        the correction is applied, and the first patient's versions stay in each resource's history."""
+        settings, handle = engine
+        right = "15866112530"  # another synthetic person, same birth date
+        change = (CASES / "innleggelsesrapport_M.xml").read_bytes().replace(b"15866112379", right.encode())
+        # Sent again after the cancel: a new message (its own MsgId) of the same dialog.
+        late = change.replace(b"<GenDate>2024-03-01T11:05:00", b"<GenDate>2024-03-01T13:00:00").replace(
+            b"<MsgId>5a1e7c00-1111-4a00-8000-000000000002", b"<MsgId>5a1e7c00-1111-4a00-8000-000000000004")
+        early = change
+        record = open_record(settings)
+        try:
+            _apply(settings, handle, CASES / "innleggelsesrapport_N.xml", 1)
+            publish(settings, [early])  # the document is live and the first patient's: refused
+            wait_until(lambda: handle.stats.dead_lettered == 1, timeout=30, what="the early change refused")
+            _apply(settings, handle, CASES / "innleggelsesrapport_C.xml", 2)
+            _apply(settings, handle, None, 3, raw=late)
+            [patient] = record.search("Patient", {"identifier": f"{FNR}|{right}"})
+            [comm] = record.search("Communication", {"identifier": _document_identity(self.CONVERSATION)})
+            assert comm["status"] == "completed" and comm["subject"]["reference"] == f"Patient/{patient['id']}"
+            history = record.history("Communication", comm["id"])
+            assert [(v["status"], v["subject"]["reference"] == f"Patient/{patient['id']}") for v in history] == [
+                ("completed", True), ("entered-in-error", False), ("completed", False)]
         finally:
             record.close()
 

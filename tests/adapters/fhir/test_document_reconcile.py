@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import pytest
+
+from router.errors import InvalidContent
+
 DOC = "urn:helsebro:document|conv-1"
 
 
-def _condition(code: str, *, tag: bool = True) -> dict:
-    res = {"resourceType": "Condition", "id": f"c-{code}", "identifier": [{"system": "urn:test", "value": code}], "subject": {"reference": "Patient/p1"}, "code": {"text": code}}
+def _condition(code: str, *, tag: bool = True, patient: str = "Patient/p1") -> dict:
+    res = {"resourceType": "Condition", "id": f"c-{code}", "identifier": [{"system": "urn:test", "value": code}], "subject": {"reference": patient}, "code": {"text": code}}
     if tag:
         res["meta"] = {"tag": [{"system": "urn:helsebro:document", "code": "conv-1"}]}
     return res
 
 
-def _bundle(*codes: str, replace: bool = False) -> dict:
+def _bundle(*codes: str, replace: bool = False, patient: str = "Patient/p1") -> dict:
     entries = []
     if replace:
         entries.append({"request": {"method": "DELETE", "url": f"Condition?_tag={DOC}"}})
-    entries += [{"fullUrl": f"urn:uuid:{c}", "resource": _condition(c), "request": {"method": "PUT", "url": f"Condition?identifier=urn:test|{c}"}} for c in codes]
+    entries += [{"fullUrl": f"urn:uuid:{c}", "resource": _condition(c, patient=patient), "request": {"method": "PUT", "url": f"Condition?identifier=urn:test|{c}"}} for c in codes]
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
@@ -57,3 +61,32 @@ class TestDocumentReplace:
         record.apply(_bundle("a", "b"))
         record.apply(_bundle(replace=True))
         assert record.read("Condition", "c-z") is not None
+
+
+class TestWrongPatientCorrected:
+    """A document sent under the wrong patient is cancelled, then sent again for the right one (the same conversation)."""
+
+    def test_what_the_cancel_retired_goes_to_the_right_patient(self, record):
+        """The retired resources take the new patient; each one's history keeps the first patient's versions."""
+        record.apply(_bundle("a", "b"))
+        record.apply(_bundle(replace=True))
+        result = record.apply(_bundle("a", "b", replace=True, patient="Patient/p2"))
+        assert [e.outcome for e in result.entries][-2:] == ["updated", "updated"]
+        found = record.search("Condition", {"_tag": DOC})
+        assert sorted((r["id"], r["subject"]["reference"], "verificationStatus" in r) for r in found) == [("c-a", "Patient/p2", False), ("c-b", "Patient/p2", False)]
+        assert [v["subject"]["reference"] for v in record.history("Condition", "c-a")] == ["Patient/p2", "Patient/p1", "Patient/p1"]
+
+    def test_a_live_document_of_another_patient_is_still_refused(self, record):
+        """Without the cancel the first patient's resources are live: the second patient's copy is refused."""
+        record.apply(_bundle("a", "b"))
+        with pytest.raises(InvalidContent, match="belongs to another patient"):
+            record.apply(_bundle("a", "b", replace=True, patient="Patient/p2"))
+        assert {r["subject"]["reference"] for r in record.search("Condition", {"_tag": DOC})} == {"Patient/p1"}
+
+    def test_only_what_was_retired_moves(self, record):
+        """One resource retired and one live (a change dropped it, then it came back): the live one refuses the message."""
+        record.apply(_bundle("a", "b"))
+        record.apply(_bundle("b", replace=True))  # a retired, b live
+        with pytest.raises(InvalidContent, match="belongs to another patient"):
+            record.apply(_bundle("a", "b", replace=True, patient="Patient/p2"))
+        assert record.read("Condition", "c-a")["subject"]["reference"] == "Patient/p1"
