@@ -102,6 +102,14 @@ class Lookups:
         cur = self.current.get((resource_type, id_))
         return cur.index_hash if cur is not None else None
 
+    def held_refs(self, resource_type: str, id_: str) -> set[tuple[str, str]] | None:
+        """The indexed references of the version written and not yet flushed (none for a deletion); None when none is held.
+
+        Why: the database's fhir_ref rows say whose a resource is only once flush has sent them.
+        """
+        held = self._index.get((resource_type, id_))
+        return held[2] if held is not None else None
+
     def flush(self, db: Any) -> None:
         """Send the held writes: history, current rows, stale index rows out, index rows in; in that order."""
         if not self._rows:

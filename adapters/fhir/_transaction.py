@@ -16,6 +16,7 @@ import orjson
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers, rewrite
 from adapters.fhir._lookups import CURRENT_COLUMNS, Current, Lookups, is_identifier_token
+from adapters.fhir._named import Named, named_records
 from adapters.fhir._patch import add_tags, apply_patch, check_owner, replaced_by
 from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
@@ -67,6 +68,11 @@ _CURRENT_BODY = (
     "SELECT h.body, r.deleted FROM fhir_resource r JOIN fhir_history h ON h.rid = r.rid AND h.version = r.version"
     " WHERE r.type = ? AND r.id = ?"
 )
+_OWNERS = (
+    "SELECT f.target FROM fhir_resource r LEFT JOIN fhir_ref f ON f.rid = r.rid AND f.param IN ('subject', 'patient')"
+    " WHERE r.type = ? AND r.id = ? AND r.deleted = 0"
+)
+"""The stored resource's indexed subject and patient references: no row when the record lacks it, one NULL when it names none."""
 
 
 def apply_entries(db: Db, entries: list[Entry], now: str, lookups: Lookups | None = None) -> tuple[AppliedEntry, ...]:
@@ -100,6 +106,7 @@ def apply_entries(db: Db, entries: list[Entry], now: str, lookups: Lookups | Non
             out.append(writer.delete_all(e, ids, retire=action == "retire-all"))
         else:
             out.append(writer.perform(e, action, id_, res, targets=targets))
+    writer.check_named()  # after every write: a record this Bundle names may be written by a later entry
     if own:
         writer.flush()
     return tuple(out)
@@ -114,6 +121,8 @@ class _Writer:
         self._lookups = lookups  # matches and current versions: read once, kept true by _write
         self._claimed: set[tuple[str, str]] = set()
         self._created: dict[tuple[str, Criteria], list[str]] = {}  # conditions this Bundle creates for, before the write
+        self._written: list[tuple[Entry, FhirJson]] = []  # the versions this Bundle wrote by its entries, for check_named
+        self._owners: dict[tuple[str, str], set[str]] = {}  # (type, id) -> its Patient references, as read; dropped when written
 
     def flush(self) -> None:
         """Send the writes held so far."""
@@ -181,9 +190,9 @@ class _Writer:
                 if not entry.owner or not after:
                     self._refuse_other_patient(entry, id_, after, "changes")  # only a PATCH that names whose it was may move it
                 self._move_recorded_in(f"{entry.resource_type}/{id_}", before, after, resource.get("meta"))
-            return self._put(entry.resource_type, id_, patched)
+            return self._wrote(entry, patched, self._put(entry.resource_type, id_, patched))
         if action == "write" and resource is not None:
-            return self._put(entry.resource_type, id_, resource, writer=entry)
+            return self._wrote(entry, resource, self._put(entry.resource_type, id_, resource, writer=entry))
         if action == "noop" and entry.method == "POST" and resource is not None and id_:
             self._check_same_patient(entry, id_, resource)
         current = self._current(entry.resource_type, id_) if id_ else None
@@ -193,6 +202,69 @@ class _Writer:
         stub = {"resourceType": entry.resource_type, "id": id_, "meta": {"versionId": str(version), "lastUpdated": self._now}}
         self._write(entry.resource_type, id_, version, stub, digest="", deleted=True)
         return AppliedEntry(entry.resource_type, id_, version, "deleted")
+
+    def _wrote(self, entry: Entry, resource: FhirJson, applied: AppliedEntry) -> AppliedEntry:
+        """Keep a new version written by *entry* for check_named (an unchanged one names nothing anew)."""
+        if applied.outcome != "unchanged":
+            self._written.append((entry, resource))
+        return applied
+
+    def check_named(self) -> None:
+        """Refuse the Bundle when a version it wrote names a record of another patient as its order, stay, report … (_named.py).
+
+        Why (patient safety): a new resource names its order or prescription by number,
+        or by an id, and the record would otherwise hold patient B's dispense of
+        patient A's prescription without a word. Named records the record does not hold
+        are accepted: the order may come later, or live in another system. Nor is a
+        resource that names no Patient checked, or one naming a record that names none.
+        The two patients are one when either was merged into the other (`replaced-by`).
+
+        Cheap when nothing is named: references to people, places and organisations
+        are not looked up; a named record is looked up in what this transaction wrote
+        (Lookups.held_refs), in what this Bundle already read, and only then in the
+        index (fhir_ref), never by reading a stored body.
+
+        Raises:
+            InvalidContent: "the MedicationRequest this MedicationDispense names belongs to another patient".
+        """
+        for entry, resource in self._written:
+            patients = _patients(resource) if "subject" in resource or "patient" in resource else None
+            if not patients:
+                continue
+            for named in named_records(resource):
+                for id_ in self._named_ids(named):
+                    owners = self._owners_of(named.resource_type, id_)
+                    if owners and not owners & patients and not self._one_person(owners, patients):
+                        raise InvalidContent(
+                            f"the {named.resource_type} this {entry.resource_type} names belongs to another patient",
+                            location=f"{entry.location}.resource.{named.element}",
+                        )
+
+    def _named_ids(self, named: Named) -> list[str]:
+        """The ids of the stored (or just written) resources *named* names: its id, or what its search finds."""
+        if named.id is not None:
+            return [named.id]
+        return self._find(named.resource_type, named.criteria or ())
+
+    def _owners_of(self, resource_type: str, id_: str) -> set[str]:
+        """The Patient references (Patient/id) of the resource as the transaction has it; empty when it names none or is not there."""
+        key = (resource_type, id_)
+        known = self._owners.get(key)
+        if known is not None:
+            return known
+        held = self._lookups.held_refs(resource_type, id_)
+        if held is not None:
+            owners = _patient_refs(held)
+        elif key in self._lookups.current and self._lookups.current[key] is None:
+            owners = set()  # prefetched: the record does not hold it
+        else:
+            owners = {row[0] for row in self._db.query(_OWNERS, key) if isinstance(row[0], str) and row[0].startswith("Patient/")}
+        self._owners[key] = owners
+        return owners
+
+    def _one_person(self, owners: set[str], patients: set[str]) -> bool:
+        """Whether a Patient of *owners* was merged into one of *patients*, or one of *patients* into one of *owners*."""
+        return any(self._merged_into(p, patients) for p in owners) or any(self._merged_into(p, owners) for p in patients)
 
     def _check_same_patient(self, entry: Entry, id_: str, resource: FhirJson) -> None:
         """Refuse a create-only entry whose identity finds another patient's resource.
@@ -227,6 +299,7 @@ class _Writer:
         """
         stored = self._body(entry.resource_type, id_)
         old = _patients(stored) if stored is not None else set()
+        self._owners[(entry.resource_type, id_)] = old  # read anyway: check_named need not ask again (a write drops it)
         if not old or old & new or any(self._merged_into(p, new) for p in old):
             return
         if replaces and new and stored is not None and _withdrawn(stored):
@@ -355,6 +428,7 @@ class _Writer:
     def _write(self, resource_type: str, id_: str, version: int, body: FhirJson, *, digest: str, deleted: bool,
                index: tuple[set[tuple[str, str]], set[tuple[str, str]], int] | None = None) -> None:
         text = orjson.dumps(body).decode()
+        self._owners.pop((resource_type, id_), None)  # Lookups.held_refs now says whose it is
         if index is not None:
             tokens, refs, index_hash = index
         else:
