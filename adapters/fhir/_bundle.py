@@ -95,7 +95,7 @@ def _parse_entry(index: int, raw: Any) -> Entry:
     if if_none_exist is not None:
         if method != "POST" or not isinstance(if_none_exist, str):
             raise InvalidContent("ifNoneExist needs a POST", location=_at(index, ".request.ifNoneExist"))
-        criteria = _plain_pair(if_none_exist) or _parsed(if_none_exist, _at(index, ".request.ifNoneExist"))
+        criteria = _plain_pair(if_none_exist) or _parsed(if_none_exist, index, ".request.ifNoneExist")
     if method == "POST" and id_ is not None:
         raise InvalidContent("POST url must be a type", location=_at(index, ".request.url"))
     if method == "PUT" and id_ is None and criteria is None:
@@ -212,7 +212,7 @@ def _parse_url(url: str, index: int) -> tuple[str, str | None, Criteria | None]:
         return parts[0], id_, None
     if id_ is not None:
         raise InvalidContent("request url has both an id and a query", location=_at(index, ".request.url"))
-    return parts[0], id_, _plain_pair(query) or _parsed(query, _at(index, ".request.url"))
+    return parts[0], id_, _plain_pair(query) or _parsed(query, index, ".request.url")
 
 
 _ID_MATCH = ID_RE.fullmatch  # bound once: looking the method up per entry is a fifth of its cost
@@ -244,14 +244,27 @@ def _plain_pair(query: str) -> Criteria | None:
 
 def parse_criteria(query: str, where: str) -> Criteria:
     """Split a conditional request's query (`identifier=sys|val&_id=x`) into pairs."""
-    return _plain_pair(query) or _parsed(query, where)  # the plain pair: what parse_qsl returns, without its cost
+    return _plain_pair(query) or _parsed(query, -1, where)  # the plain pair: what parse_qsl returns, without its cost
 
 
-def _parsed(query: str, where: str) -> Criteria:
-    """parse_criteria for a query that is not one plain pair."""
+_PARSED: dict[str, Criteria] = {}
+"""Queries parse_qsl has split, by their text. Why: a ward's, room's or bed's condition (`…|MED%2F101`)
+comes back in nearly every ADT message, and parse_qsl, run in Python, costs about 30 k instructions
+a query, twice the rest of its entry's parsing. Bounded: emptied when it reaches _PARSED_MOST."""
+_PARSED_MOST = 2048
+
+
+def _parsed(query: str, index: int, member: str) -> Criteria:
+    """parse_criteria for a query that is not one plain pair; *index* and *member* place an error (_at), or *member* alone when *index* is -1."""
+    pairs = _PARSED.get(query)
+    if pairs is not None:
+        return pairs
     pairs = tuple(parse_qsl(query.lstrip("?"), keep_blank_values=True))
     if not pairs:
-        raise InvalidContent("condition is empty", location=where)
+        raise InvalidContent("condition is empty", location=member if index < 0 else _at(index, member))
+    if len(_PARSED) >= _PARSED_MOST:
+        _PARSED.clear()
+    _PARSED[query] = pairs
     return pairs
 
 
@@ -337,12 +350,13 @@ def rewrite(value: Any, targets: dict[str, str], where: str, *, copy: bool = Tru
         return _rewrite_walk(value, targets, where)
     if text.find(_URN_MARK) < 0:
         return orjson.loads(text) if copy else value
+    marks = text.count(_URN_MARK)
     if not copy and isinstance(value, dict):
-        out = _rewrite_members(value, targets, where)
+        out = _rewrite_members(value, targets, where, marks)
         if out is not None:
             return out
     found = _URN_REFERENCE.findall(text)
-    if len(found) != text.count(_URN_MARK):
+    if len(found) != marks:
         return _rewrite_walk(value, targets, where)  # an escaped character in one: the walk decides
 
     def replace(match: re.Match[bytes]) -> bytes:
@@ -357,13 +371,14 @@ def rewrite(value: Any, targets: dict[str, str], where: str, *, copy: bool = Tru
     return orjson.loads(_URN_REFERENCE.sub(replace, text))
 
 
-def _rewrite_members(value: dict[str, Any], targets: dict[str, str], where: str) -> dict[str, Any] | None:
-    """`rewrite` without a copy, for a resource that has a `urn:` reference: walk only the members that hold one.
+def _rewrite_members(value: dict[str, Any], targets: dict[str, str], where: str, marks: int) -> dict[str, Any] | None:
+    """`rewrite` without a copy, for a resource that has *marks* `urn:` references: walk only the members that hold one.
 
     Why: a mapped resource's references sit in one or two small members (an Encounter's
     `subject` and `serviceProvider`); reading the whole resource back from JSON to
     replace them cost more than the rest of the rewrite. The members without one are
-    shared with *value*, which the caller only reads (as with copy=False's plain case).
+    shared with *value*, which the caller only reads (as with copy=False's plain case);
+    once every reference is found, the members left (`id`, `meta`) are not written out to look.
     None when a member is not a JSON value (a tuple, say): the text-level copy decides.
     """
     top = value.get("reference")
@@ -371,9 +386,13 @@ def _rewrite_members(value: dict[str, Any], targets: dict[str, str], where: str)
         return None  # the resource's own member
     out = dict(value)
     for key, member in value.items():
+        if not marks:
+            break  # the rest holds none: a key cannot hold the mark (its quotes would be escaped)
         if isinstance(member, (dict, list)):
-            if orjson.dumps(member).find(_URN_MARK) >= 0:
+            found = orjson.dumps(member).count(_URN_MARK)
+            if found:
                 out[key] = _rewrite_walk(member, targets, where)
+                marks -= found
         elif not (member is None or isinstance(member, (str, int, float))):
             return None
     return out

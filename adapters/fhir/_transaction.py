@@ -403,9 +403,11 @@ class _Writer:
         Encounter's period costs nothing more.
         """
         content = _content(resource, id_)
-        digest = _blake2b(orjson.dumps(content, option=orjson.OPT_SORT_KEYS), digest_size=16).hexdigest()
+        canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        digest = _RESTATED.get(canonical) or _blake2b(canonical, digest_size=16).hexdigest()
         current = self._current(resource_type, id_)
         if current is not None and not current.deleted and current.digest == digest:
+            _restated(canonical, digest)
             return AppliedEntry(resource_type, id_, current.version, "unchanged")
         version = current.version + 1 if current else 1
         meta = {"versionId": str(version), "lastUpdated": self._now, **content.get("meta", {})}
@@ -478,6 +480,24 @@ class _Writer:
         return own
 
 
+_RESTATED: dict[bytes, str] = {}
+"""Digests of contents lately restated unchanged, by their canonical JSON (the bytes the digest is of).
+
+Why: most entries of an ADT message restate what the record holds (the sending facility;
+the ward, room and bed), and blake2b of the content was the dearest single call of such an
+entry; finding the bytes in a dict costs a tenth of it. Only contents a write found unchanged
+are kept (reference data, mostly), at most _RESTATED_MOST: then it starts over."""
+_RESTATED_MOST = 512
+
+
+def _restated(canonical: bytes, digest: str) -> None:
+    """Remember that *canonical* has *digest*: the next write of the same content skips the hash."""
+    if canonical not in _RESTATED:
+        if len(_RESTATED) >= _RESTATED_MOST:
+            _RESTATED.clear()
+        _RESTATED[canonical] = digest
+
+
 def _index_hash(tokens: set[tuple[str, str]], refs: set[tuple[str, str]]) -> int:
     """A stable 64-bit hash of a version's index rows: equal for equal sets, in any process."""
     raw = orjson.dumps([sorted(tokens), sorted(refs)]) if tokens or refs else b"[[],[]]"
@@ -525,7 +545,10 @@ def _retired(body: FhirJson) -> FhirJson | None:
 
 
 def _content(resource: FhirJson, id_: str) -> FhirJson:
-    """Return *resource* with its id set and the store-owned meta fields removed."""
+    """Return *resource* with its id set and the store-owned meta fields removed (*resource* itself when it has them so already)."""
+    meta = resource.get("meta")
+    if resource.get("id") == id_ and (meta is None or (isinstance(meta, dict) and meta and "versionId" not in meta and "lastUpdated" not in meta)):
+        return resource  # as a mapping makes it: no copy, for callers that only read it
     content = dict(resource)
     content["id"] = id_
     meta = content.get("meta")

@@ -122,6 +122,21 @@ class TestParseBundle:
         """The fast path for one plain pair gives what parse_qsl gives."""
         assert parse_criteria(query, "here") == tuple(parse_qsl(query.lstrip("?"), keep_blank_values=True))
 
+    @pytest.mark.parametrize("query", ["identifier=sys|MED%2F101", "a=b&c=d", "a=b+c"])
+    def test_criteria_parse_qsl_splits_are_the_same_again(self, query):
+        """A condition parse_qsl splits is answered alike when it comes again (remembered), in a request url too."""
+        first = parse_criteria(query, "here")
+        assert parse_criteria(query, "here") == first == tuple(parse_qsl(query, keep_blank_values=True))
+        [entry] = parse_bundle({"resourceType": "Bundle", "type": "transaction", "entry": [_entry(f"Location?{query}", {"resourceType": "Location"})]})
+        assert entry.criteria == first
+
+    def test_empty_condition_is_refused_every_time(self):
+        """A condition with no pair is refused however often it comes: a refusal is never remembered."""
+        for _ in range(2):
+            with pytest.raises(InvalidContent) as err:
+                parse_criteria("&", "here")
+            assert err.value.location == "here"
+
     @pytest.mark.parametrize("name", ["Patient", "Patient", "patient", "P", "Pa", "Patient1", "A" * 64, "A" * 65, "Patient\n"])
     def test_type_check_is_the_pattern_remembered(self, name):
         """_is_type answers as TYPE_RE does, the second time too (it remembers the names it accepted)."""

@@ -169,6 +169,16 @@ class TestApply:
         assert [h["name"][0]["family"] for h in history] == ["Hansen", "Nordmann"]
         assert record.vread("Patient", PATIENT_UUID, 1)["name"][0]["family"] == "Nordmann"
 
+    def test_restated_content_is_compared_with_the_current_version(self, record):
+        """Content restated many times stays one version; a change, and a change back, are each a new version."""
+        outcomes = [[e.outcome for e in record.apply(admission()).entries] for _ in range(3)]  # the third finds a digest worked out before
+        assert outcomes == [["created"] * 3, ["unchanged"] * 3, ["unchanged"] * 3]
+        assert [h["meta"]["versionId"] for h in record.history("Patient", PATIENT_UUID)] == ["1"]
+        assert record.apply(admission(family="Hansen")).entries[0].outcome == "updated"
+        back = record.apply(admission())
+        assert [(e.version, e.outcome) for e in back.entries] == [(3, "updated"), (1, "unchanged"), (1, "unchanged")]
+        assert [h["name"][0]["family"] for h in record.history("Patient", PATIENT_UUID)] == ["Nordmann", "Hansen", "Nordmann"]
+
     def test_incoming_meta_version_is_ignored(self, record):
         """Store-owned meta fields do not count as a change; other meta is kept."""
         first = put_patient()
