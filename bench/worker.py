@@ -16,6 +16,10 @@ figures, spread over the messages: use a few thousand. The phases are the engine
 
     python bench/worker.py [--n 4000] [--record sqlite|postgresql]
 
+The engine freezes the garbage collector's view of what lives as long as the
+process, as `helsebro run` does (before session 16 this bench did not, and its
+convert figure included the full collections a worker does not make).
+
 Needs RabbitMQ on 127.0.0.1:5672 (and PostgreSQL for --record postgresql).
 Figures are printed, never tested. The wrappers cost about 1 µs a call.
 """
@@ -119,7 +123,7 @@ def main() -> None:
         url = f"sqlite:///{tmp}/record.sqlite3" if args.record == "sqlite" else f"{PG}?schema={schema}"
         settings = isolated_settings(Path(tmp), broker_url=BROKER, record_url=url, broker={"partitions": 1})
         _backlog(settings, [_message(i) for i in range(args.n)])  # first, so the worker takes full batches
-        worker = engine_module.Engine(settings)
+        worker = engine_module.Engine(settings, freeze_gc=True)  # as `helsebro run` starts its engine: else convert pays full collections
         worker._log = _TimedLog(worker._log)  # a private attribute on purpose: the log line is one of the phases
         thread = threading.Thread(target=worker.run, kwargs={"until_idle": 3.0}, daemon=True)
         _spent.clear()
