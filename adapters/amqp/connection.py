@@ -25,7 +25,7 @@ from kombu import Connection, Exchange, Queue
 from kombu.exceptions import ChannelError, OperationalError
 
 from adapters.amqp._folder import DurableFolderTransport
-from router.errors import BrokerUnavailable
+from router.errors import BrokerUnavailable, ConfigError
 
 if TYPE_CHECKING:
     from router.settings import Settings
@@ -70,7 +70,11 @@ def is_embedded(settings: Settings) -> bool:
 
 
 def open_connection(settings: Settings) -> Connection:
-    """Return an unconnected kombu Connection for *settings* (no I/O yet)."""
+    """Return an unconnected kombu Connection for *settings* (no I/O yet, beyond the embedded transport's folders).
+
+    Raises:
+        ConfigError: the embedded transport's folders cannot be made under the data directory.
+    """
     if settings.broker_url:
         return Connection(
             settings.broker_url,
@@ -82,8 +86,11 @@ def open_connection(settings: Settings) -> Connection:
         )
     root = Path(settings.data_dir) / "broker"
     folders = {"data_folder_in": root / "queue", "data_folder_out": root / "queue", "control_folder": root / "control"}
-    for folder in (*folders.values(), root / "unacked"):
-        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for folder in (*folders.values(), root / "unacked"):
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, or no permission: the setting is wrong, and retrying will not help
+        raise ConfigError(f"HELSEBRO_DATA_DIR {settings.data_dir}: cannot hold the embedded broker: {exc.strerror or exc}") from exc
     options: dict[str, Any] = {k: str(v) for k, v in folders.items()}
     options.update(unacked_folder=str(root / "unacked"), polling_interval=_EMBEDDED_POLL_SECONDS)
     return Connection("filesystem://", transport=DurableFolderTransport, transport_options=options)

@@ -44,6 +44,7 @@ _CHARSETS = {
 _MSH_START = re.compile(rb"(?:^|[\r\n])[ \t]*(MSH)", re.IGNORECASE)
 _NEXT_MSH = re.compile(rb"\r[ \t]*MSH", re.IGNORECASE)  # a literal first byte: ten times faster than _MSH_START
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
+_MLLP_START = b"\x0b"  # MLLP frames a message as 0x0B ... 0x1C 0x0D
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +69,13 @@ def split_messages(data: bytes) -> list[RawMessage]:
 
     Handles MLLP start/end bytes, a UTF-8 BOM, CR/LF/CRLF endings, blank lines
     and FHS/BHS/BTS/FTS batch segments. Bytes with no MSH give one RawMessage
-    holding them all, so the caller can report it rather than drop it.
+    holding them all, so the caller can report it rather than drop it. The last
+    message of an MLLP frame that never ends keeps the start byte, so decode()
+    refuses it instead of converting a message cut mid-field.
     """
+    open_frame = False
     if b"\x0b" in data or b"\x1c" in data:
+        open_frame = _ends_in_open_frame(data)
         data = data.replace(b"\x0b", b"").replace(b"\x1c", b"")
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -79,16 +84,25 @@ def split_messages(data: bytes) -> list[RawMessage]:
     # The common case, one plain message, checked without the slow scan below.
     # Line ends are all CR by now, so a second MSH can only follow a CR.
     if data[:3].upper() == b"MSH" and b"FHS" not in data and b"BHS" not in data and not _NEXT_MSH.search(data):
-        return [RawMessage(0, data)]
-    starts = [m.start(1) for m in _MSH_START.finditer(data)]
-    if not starts:
-        return [RawMessage(0, data)] if data.strip() else []
-    out: list[RawMessage] = []
-    for i, start in enumerate(starts):
-        end = starts[i + 1] if i + 1 < len(starts) else len(data)
-        lines = [ln for ln in data[start:end].split(b"\r") if ln.strip() and ln.lstrip()[:3].upper() not in _BATCH_SEGMENTS]
-        out.append(RawMessage(i, b"\r".join(lines) + b"\r"))
+        out = [RawMessage(0, data)]
+    elif starts := [m.start(1) for m in _MSH_START.finditer(data)]:
+        out = []
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else len(data)
+            lines = [ln for ln in data[start:end].split(b"\r") if ln.strip() and ln.lstrip()[:3].upper() not in _BATCH_SEGMENTS]
+            out.append(RawMessage(i, b"\r".join(lines) + b"\r"))
+    else:
+        out = [RawMessage(0, data)] if data.strip() else []
+    if open_frame and out:
+        # Keep the start byte on the message the open frame cut: decode() refuses it.
+        out[-1] = RawMessage(out[-1].index, _MLLP_START + out[-1].data)
     return out
+
+
+def _ends_in_open_frame(data: bytes) -> bool:
+    """Tell whether the last MLLP frame never got its end byte (0x1C), so its last message may be cut short."""
+    start = data.rfind(_MLLP_START)
+    return start >= 0 and data.find(b"\x1c", start) < 0 and bool(data[start + 1 :].strip())
 
 
 def _raw_msh_fields(data: bytes) -> list[bytes]:
@@ -129,6 +143,8 @@ def decode(raw: RawMessage | _HasData, *, default_charset: str = "utf-8", sender
         DecodeError: not an HL7 v2 message, or its bytes do not fit its charset.
     """
     data = raw.data
+    if data[:1] == _MLLP_START:  # split_messages left it on a message whose frame never ended
+        raise DecodeError("the MLLP frame has no end byte (0x1C): the message may be cut short", location="MSH")
     if not data.lstrip()[:3].upper() == b"MSH":
         raise DecodeError("not an HL7 v2 message: no MSH segment found", location="MSH")
     codec, declared = _charset_for(data, default=default_charset, senders=sender_charsets or {})

@@ -99,7 +99,10 @@ def read_envelope(root: etree._Element, *, schemas: SchemaSet | None = None, att
     elif tag in _APPRECS:
         envelope = read_apprec(root)
     else:
-        qname = etree.QName(tag) if tag else None
+        try:
+            qname = etree.QName(tag) if tag else None
+        except ValueError:  # recover mode keeps an undeclared prefix in the tag (`a:b`): no namespace to recognise
+            qname = None
         if qname is not None and qname.localname == "Message" and _known(qname.namespace, schemas):
             envelope = read_message_root(root)
         else:

@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         print(f"helsebro convert: --out {out_dir}: exists and is not a folder", file=sys.stderr)
         return 2
+    if out_dir is not None and (clash := _shared_output(files)):
+        print(f"helsebro convert: --out {out_dir}: {clash[0]} and {clash[1]} would both be written to {clash[2]}.ndjson", file=sys.stderr)
+        return 2
     converter = Converter(load_settings())
     try:
         return _convert_all(converter, files, out_dir, args)
@@ -80,6 +83,16 @@ def _convert_all(converter: Any, files: list[tuple[Path, Path]], out_dir: Path |
             lines.append(orjson.dumps(doc))
         _write(out_dir, rel, lines)
     return 1 if failed else 0
+
+
+def _shared_output(files: list[tuple[Path, Path]]) -> tuple[Path, Path, Path] | None:
+    """Find two different inputs with one relative path (a/m.hl7, b/m.hl7): under --out the second would overwrite the first."""
+    seen: dict[Path, Path] = {}
+    for path, rel in files:
+        first = seen.setdefault(rel, path)
+        if first.resolve() != path.resolve():
+            return first, path, rel
+    return None
 
 
 def _writable(out_dir: Path) -> bool:

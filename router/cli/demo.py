@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from router.cli.send import collect_files
+from router.errors import ConfigError
 from router.logging import configure_logging
 from router.settings import PROJECT_ROOT, Settings, load_settings
 from router.testing import drain_queue, publish, run_engine_in_thread, wait_until
@@ -61,7 +62,10 @@ def _fresh_settings() -> Settings:
     base = Path(environ.get("HELSEBRO_DATA_DIR") or ".helsebro")
     demo_dir = base / "demo"
     shutil.rmtree(demo_dir, ignore_errors=True)
-    demo_dir.mkdir(parents=True)
+    try:
+        demo_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise ConfigError(f"HELSEBRO_DATA_DIR {base}: cannot hold the demo: {exc.strerror or exc}") from exc
     return load_settings(environ=environ, data_dir=str(demo_dir))
 
 

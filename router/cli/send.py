@@ -60,7 +60,12 @@ def _send(args: argparse.Namespace) -> int:
         declare_topology(conn, settings)
         publisher = Publisher(conn, settings, app_id="helsebro-send")
         for path in files:
-            body = path.read_bytes()
+            try:
+                body = path.read_bytes()
+            except OSError as exc:  # unreadable, or gone since the folder was searched: this file fails, the rest go
+                failed += 1
+                print(f"failed {path}: cannot read: {exc.strerror or exc}", flush=True)
+                continue
             try:
                 publisher.publish_inbound(body)
             except BrokerUnavailable as exc:

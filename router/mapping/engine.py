@@ -70,7 +70,12 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunCo
             return FALLBACK_SYSTEM, value
     if tpl.unidentified is not None:
         return None
-    raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier to make it unique", location=None)
+    raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier to make it unique", location=_where(use, scope) or _identifier_source(tpl))
+
+
+def _identifier_source(tpl: Template) -> str | None:
+    """The source the template's first identifier rule reads (`PID-3`): where the sender should have put one."""
+    return next((rule.source for rule in tpl.block.rules if rule.target.names[0] == "identifier" and rule.source), None)
 
 
 def _element_name(element: str | tuple[str, ...]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,15 @@ class TestConvertContract:
         written = (tmp_path / "out" / "x" / "y.hl7.ndjson").read_text().splitlines()
         assert json.loads(written[0])["resourceType"] == "Bundle"
 
+    def test_two_inputs_that_would_share_an_output_file_are_a_usage_error(self, tmp_path, capsys):
+        """--out with a/m.hl7 and b/m.hl7 (both m.hl7 under their folder PATH) is refused with exit 2, before anything is written."""
+        for folder in ("a", "b"):
+            (tmp_path / folder).mkdir()
+            (tmp_path / folder / "m.hl7").write_text(adt(f"{FNR}^^^NOR^FNR"))
+        assert main(["convert", "--out", str(tmp_path / "out"), str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+        assert "m.hl7.ndjson" in capsys.readouterr().err
+        assert not (tmp_path / "out").exists()
+
     def test_an_out_that_is_a_file_is_a_usage_error(self, tmp_path, capsys):
         """--out naming an existing file is refused with exit 2 and a reason, before anything is converted."""
         (tmp_path / "in.hl7").write_text(adt(f"{FNR}^^^NOR^FNR"))
@@ -104,6 +114,18 @@ class TestConvertContract:
         proc.stderr.close()
         assert proc.wait(timeout=60) == 1
         assert b"Traceback" not in err and b"Error" not in err
+
+    def test_an_mllp_frame_cut_short_is_refused_not_converted(self, capsys, tmp_path):
+        """A frame whose end byte (0x1C) never came is refused: its message may be cut mid-field; a whole frame before it converts."""
+        whole = adt(f"{FNR}^^^NOR^FNR").encode()
+        cut = whole[: whole.index(b"NORDMANN") + 4]  # the family name cut to NORD
+        f = tmp_path / "framed.hl7"
+        f.write_bytes(b"\x0b" + whole + b"\x1c\r" + b"\x0b" + cut)
+        code = main(["convert", str(f)])
+        docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert code == 1
+        assert [d["resourceType"] for d in docs] == ["Bundle", "OperationOutcome"]
+        assert "end byte" in docs[1]["issue"][0]["diagnostics"]
 
     def test_garbage_never_gives_a_traceback(self, tmp_path):
         """Binary junk gives an OperationOutcome and exit 1, never a traceback."""
@@ -143,6 +165,13 @@ class TestIdentity:
         assert issue["severity"] == "error"
         assert issue["expression"] == ["PID-3[2].1"]
         assert FNR[:-1] not in issue["diagnostics"]
+
+    def test_a_patient_without_identifiers_is_refused_naming_the_field(self, capsys, tmp_path):
+        """A PID with no PID-3 (nor PID-2) is refused with an OperationOutcome that names PID-3, as every refusal names its position."""
+        code, docs, _ = run_convert(capsys, tmp_path, adt(""))
+        assert code == 1
+        [issue] = docs[0]["issue"]
+        assert issue["expression"] == issue["location"] == ["PID-3"]
 
     def test_practitioner_and_organisation_identifiers(self, capsys, tmp_path):
         """HPR numbers and organisasjonsnummer go under their OIDs."""
@@ -444,6 +473,19 @@ class TestAuthorTools:
         text = adt(f"{FNR}^^^NOR^FNR") + "ZPD|1|secret-local-flag\r"
         _, _, err = run_convert(capsys, tmp_path, text, "--unmapped")
         assert "ZPD-2" in err and "PID-7" not in err
+
+    def test_a_mapping_reads_a_z_segment_between_standard_segments(self, capsys, tmp_path, monkeypatch):
+        """A rule `from: ZPD-2` reads a site-defined segment placed between PID and PV1, escapes undone."""
+        mappings = tmp_path / "mappings"
+        shutil.copytree(ROOT / "mappings", mappings)
+        template = mappings / "hl7v2" / "segments" / "PID.Patient.yaml"
+        template.write_text(template.read_text().replace("rules:\n", "rules:\n  - target: maritalStatus.text\n    from: ZPD-2\n", 1))
+        monkeypatch.setenv("HELSEBRO_MAPPINGS_DIR", str(mappings))
+        text = adt(f"{FNR}^^^NOR^FNR").replace("\rPV1|", "\rZPD|1|Gift \\T\\ glad\rPV1|")
+        code, docs, _ = run_convert(capsys, tmp_path, text)
+        assert code == 0
+        [patient] = resources(docs[0], "Patient")
+        assert patient["maritalStatus"] == {"text": "Gift & glad"}
 
     def test_explain_names_a_ref_list_as_the_mapping_writes_it(self, capsys, tmp_path):
         """A rule `ref: [bed, room, ward]` is explained in the mapping language's words, as a single `ref:` is by its name."""

@@ -88,6 +88,16 @@ class TestDialogmelding:
         out = capsys.readouterr().out
         assert "OperationOutcome" in out and "root:" not in out
 
+    @pytest.mark.parametrize("junk", ["<a:b>", '<ns0:Envelope/xmlns:ns0="urn:x"><a/></ns0:Envelope>'], ids=["bare-prefix", "broken-declaration"])
+    def test_xml_with_an_undeclared_prefix_is_refused_not_a_traceback(self, tmp_path, capsys, monkeypatch, junk):
+        """Broken XML whose repaired root keeps an undeclared prefix (`a:b`) is refused as an OperationOutcome, exit 1."""
+        bad = tmp_path / "bad.xml"
+        bad.write_text(junk)
+        monkeypatch.delenv("HELSEBRO_XSD_DIR", raising=False)
+        assert main(["convert", str(bad)]) == 1
+        [doc] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert doc["resourceType"] == "OperationOutcome" and doc["issue"][0]["severity"] == "error"
+
 
 class TestLocalNumbers:
     @pytest.mark.corpus

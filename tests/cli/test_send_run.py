@@ -79,6 +79,17 @@ class TestSend:
         assert result.returncode == 2
         assert "no such file" in result.stderr
 
+    @pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux /proc: a file whose read fails even for root")
+    def test_a_file_that_cannot_be_read_fails_alone_without_a_traceback(self, settings, tmp_path):
+        """An unreadable file is reported as failed, exit 1, and the files after it are still sent."""
+        _write_messages(tmp_path / "in", 1)
+        result = _cli(settings, "send", "/proc/self/mem", str(tmp_path / "in"))
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert result.stdout.splitlines()[0].startswith("failed /proc/self/mem: ")
+        assert "1 sent, 1 failed" in result.stdout.splitlines()[-1]
+        assert queue_depth(settings, settings.engine.broker.names.inbound) == 1
+
 
 class TestRun:
     def test_until_idle_settles_everything_and_exits_0(self, settings, tmp_path):
@@ -120,6 +131,29 @@ class TestRun:
                     proc.kill()
         assert proc.returncode == 0
         assert _events(stderr)[-1]["event"] == "engine_stopped"
+
+    def test_sigterm_mid_stream_acks_what_it_settled_and_leaves_the_rest(self, settings, tmp_path):
+        """SIGTERM while a backlog is worked: exit 0, and a restart settles exactly the rest, none of them a second time."""
+        total = 600
+        _write_messages(tmp_path / "in", total)
+        assert _cli(settings, "send", str(tmp_path / "in"), timeout=300).returncode == 0
+        log = tmp_path / "first.log"
+        with log.open("wb") as err:
+            proc = subprocess.Popen([*HELSEBRO, "run"], env=_env(settings), stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_until(lambda: '"delivery_settled"' in log.read_text(errors="replace") or proc.poll() is not None, 90, interval=0.005, what="a first message settled")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(90) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        first = [e["outcome"] for e in _events(log.read_text()) if e["event"] == "delivery_settled"]
+        assert 0 < len(first) < total, "the SIGTERM did not land mid-stream: the test proved nothing"
+        result = _cli(settings, "run", "--until-idle", "1", timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        second = [e["outcome"] for e in _events(result.stderr) if e["event"] == "delivery_settled"]
+        assert set(first) == set(second) == {"applied"}, "a message settled before the SIGTERM came back (it was not acked)"
+        assert len(first) + len(second) == total
 
 
 class TestRunWorkers:

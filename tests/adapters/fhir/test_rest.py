@@ -134,6 +134,16 @@ class TestRest:
         assert body["entry"][0]["fullUrl"].startswith("http://127.0.0.1:")
         assert body["entry"][0]["fullUrl"].endswith(f"{path}/{body['entry'][0]['resource']['id']}")
 
+    @pytest.mark.parametrize(
+        ("path", "params"),
+        [("/Patient", {"identifier": f"{FNR}|00000000000"}), ("/Patient", {"identifier": f"urn:other|{FNR_VALUE}"}), ("/Patient", {"identifier": "00000000000"}), ("/Encounter", {"patient": "someone-else"}), ("/Encounter", {"subject": f"Patient/{PATIENT_UUID}", "_id": "other"})],
+        ids=["identifier-value", "identifier-system", "bare-identifier", "patient", "subject-and-id"],
+    )
+    def test_search_misses(self, loaded, path, params):
+        """Each search parameter filters: a value that matches nothing gives an empty searchset, not everything."""
+        body = loaded.get(path, params=params).json()
+        assert (body["type"], body["total"]) == ("searchset", 0)
+
     def test_search_bad_parameter(self, loaded):
         """An unsupported search parameter answers 400."""
         assert loaded.get("/Patient", params={"name": "x"}).status_code == 400

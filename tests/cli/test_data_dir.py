@@ -1,0 +1,28 @@
+"""HELSEBRO_DATA_DIR that cannot hold Helsebro's data: every verb that needs it says so and exits 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("verb", [["send", "MESSAGE"], ["status"], ["dlq", "list"], ["demo"]], ids=["send", "status", "dlq", "demo"])
+def test_a_data_dir_that_is_a_file_is_a_config_error(tmp_path, verb):
+    """The embedded broker's folders cannot be made under a file: the verb names the setting and exits 2."""
+    taken = tmp_path / "not-a-folder"
+    taken.write_text("a file where the data directory should be")
+    message = tmp_path / "m.hl7"
+    message.write_bytes(b"MSH|^~\\&|X\r")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
+    env.update({k: v for k, v in os.environ.items() if k == "HELSEBRO_PURE_PYTHON"}, HELSEBRO_DATA_DIR=str(taken))
+    args = [str(message) if a == "MESSAGE" else a for a in verb]
+    proc = subprocess.run([sys.executable, "-m", "router.cli", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2
+    assert "HELSEBRO_DATA_DIR" in proc.stderr and str(taken) in proc.stderr
