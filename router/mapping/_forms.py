@@ -188,4 +188,5 @@ class MessageMapping:
     document: tuple[Any, ...] = ()  # (identity paths, replaces-condition or None): see _messages.py
     owned_types: tuple[str, ...] = ()  # resource types the document owns (written with `update`)
     out_of_place: frozenset[str] = frozenset()  # segments refused where the structure has no place for them (an OBX with no OBR)
+    requires: tuple[str, ...] = ()  # segments a message must carry, else it is refused naming the first missing (PID)
     embedded: Any = None  # _embedded.Embedded: whole messages carried base64-encoded inside this one (M9.6's M1s)

@@ -53,7 +53,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     from router.mapping.compiler import MessageMapping, _check_keys, _err, _need
 
     doc = c._doc(path)
-    _check_keys(doc, {"message", "description", "events", "match", "document", "out_of_place", "embedded", "resources"}, "a message mapping")
+    _check_keys(doc, {"message", "description", "events", "match", "document", "out_of_place", "requires", "embedded", "resources"}, "a message mapping")
     structure = str(_need(doc, "message", "a message mapping"))
     if path.stem != structure:
         raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
@@ -71,6 +71,8 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     mm.embedded = embedded
     if "out_of_place" in doc:
         mm.out_of_place = _out_of_place(doc)
+    if "requires" in doc:
+        mm.requires = _requires(doc)
     if "document" in doc:
         mm.document = _document(c, doc)
         mm.owned_types = tuple(sorted({u.template.fhir_type for u in walk_uses(uses) if u.template is not None and u.write == "update"}))
@@ -94,6 +96,21 @@ def _out_of_place(doc: YMap) -> frozenset[str]:
     if not isinstance(names, YList) or not all(isinstance(n, str) and len(n) == 3 and n.isalnum() for n in names):
         raise _err("out_of_place.refuse must list segment names (OBX, OBR, ...)", block.pos("refuse"))
     return frozenset(str(n) for n in names)
+
+
+def _requires(doc: YMap) -> tuple[str, ...]:
+    """`requires: [PID]`: segments a message must carry, or it is refused naming the first one missing.
+
+    Why: every rule about an absent segment simply writes nothing, so an ADT with no PID
+    converted to a Bundle of its sending facility alone and was acknowledged as applied.
+    The structure requires PID; the sender hears that it is missing instead.
+    """
+    from router.mapping.compiler import _err
+
+    names = doc["requires"]
+    if not isinstance(names, YList) or not names or not all(isinstance(n, str) and len(n) == 3 and n.isalnum() and n.isupper() for n in names):
+        raise _err("requires must list segment names (PID, PV1, ...)", doc.pos("requires"))
+    return tuple(str(n) for n in names)
 
 
 def _document(c: Compiler, doc: YMap) -> tuple[Any, ...]:

@@ -82,6 +82,8 @@ class Converter:
         decoded.message.structure = mm.structure
         if mm.out_of_place:
             _refuse_out_of_place(decoded.message, mm)
+        if mm.requires:
+            _refuse_missing(decoded.message, mm)
         scope = Scope(decoded.message)
         self._fn_ctx.sender = h.sending_facility or _universal_id(decoded.message)  # whose numbers the unqualified local identifiers are
         explain: list[tuple[str, str, str]] | None = [] if trace else None
@@ -112,6 +114,13 @@ def _refuse_out_of_place(message: Any, mm: Any) -> None:
     for seg in message.root().misplaced:
         if seg.name in mm.out_of_place:
             raise InvalidContent(f"{seg.label} stands where {mm.structure} has no place for it (a result needs its order, an OBR, before it), so no rule could map it", location=seg.label)
+
+
+def _refuse_missing(message: Any, mm: Any) -> None:
+    """Refuse a message that lacks a segment its mapping requires (an ADT with no PID): else it is acknowledged having said nothing."""
+    for name in mm.requires:
+        if not message.by_name.get(name):
+            raise InvalidContent(f"{mm.structure} needs a {name} segment, and this message has none", location=name)
 
 
 def _patient_key(bundle: dict[str, Any]) -> str | None:

@@ -412,6 +412,37 @@ class TestOutOfPlace:
         assert issue["expression"] == ["OBX"] and "no place for it" in issue["diagnostics"]
 
 
+class TestRequiredSegments:
+    @pytest.mark.parametrize("event", ["A01", "A04", "A08"])
+    def test_an_adt_without_pid_is_refused_naming_it(self, capsys, tmp_path, event):
+        """An ADT whose PID is missing is refused at PID, not converted to a Bundle of its sending facility alone."""
+        text = "\r".join(line for line in adt(f"{FNR}^^^NOR^FNR", event=event).split("\r") if not line.startswith("PID")) + "\r"
+        code, [doc], _ = run_convert(capsys, tmp_path, text)
+        assert code == 1 and doc["resourceType"] == "OperationOutcome"
+        issue = doc["issue"][0]
+        assert (issue["diagnostics"], issue["expression"]) == ("ADT_A01 needs a PID segment, and this message has none", ["PID"])
+
+    def test_a_result_without_pid_is_not_refused_for_it(self, capsys, tmp_path):
+        """ORU_R01's PATIENT group is optional: a result with no PID is not refused as missing one (it fails, if at all, for its own reasons)."""
+        text = "\r".join(["MSH|^~\\&|LIS|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|C1|P|2.5.1",
+                           "OBR|1|REK-1|LAB-1|NPU02319^Hb", "OBX|1|NM|NPU02319^Hb||134|g/L|||||F"]) + "\r"
+        _, [doc], _ = run_convert(capsys, tmp_path, text)
+        assert "needs a PID segment" not in json.dumps(doc)
+
+    def test_lint_refuses_requires_that_is_not_a_list_of_segments(self, capsys, tmp_path):
+        """`requires: PID` (a string) is refused at its line."""
+        folder = tmp_path / "mappings" / "hl7v2"
+        shutil.copytree(ROOT / "mappings" / "hl7v2", folder)
+        path = folder / "messages" / "ADT_A01.yaml"
+        text = path.read_text().replace("requires: [PID]", "requires: PID")
+        path.write_text(text)
+        line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith("requires:"))
+        code = main(["mappings", "lint", str(folder)])
+        out = capsys.readouterr()
+        assert code != 0
+        assert f"ADT_A01.yaml:{line}" in out.out + out.err and "requires must list segment names" in out.out + out.err
+
+
 class TestContextStay:
     @staticmethod
     def _oru(pv1: str) -> str:
