@@ -7,6 +7,7 @@ HelsebroError
 │   ├── DecodeError      not a message (charset, delimiters, XML, framing)
 │   ├── UnknownMessage   no mapping for this structure or sender
 │   ├── InvalidContent   well formed but wrong (check digit, XSD, required element)
+│   │   └── InvalidNationalId  a number declared a national id is not one
 │   └── Refused          a destination rejected it for good
 └── TransientError       the world is wrong for now: retry with backoff
     ├── BrokerUnavailable
@@ -65,6 +66,14 @@ class InvalidContent(MessageError):
     """Well formed, but a value is wrong (check digit, required element)."""
 
     issue_code = "value"
+
+
+class InvalidNationalId(InvalidContent):
+    """A number declared a fødselsnummer, D-nummer or FH-nummer fails its check digits or date.
+
+    Its own class because a KITH sender is told so by its own AppRec code when the
+    number is the patient's (8221 E31), not by the catch-all X99; `location` says whose.
+    """
 
 
 class Refused(MessageError):

@@ -149,6 +149,9 @@ _OPTIONAL: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
     # RXR after RXD, and the RXE, its TQ1 and the RXD after it had no place, so the order was lost.
     "RDS_O13": ((("ORDER", "ORDER_DETAIL", "ORDER_DETAIL_SUPPLEMENT"), "NTE"),),
     "RAS_O17": ((("ORDER", "ORDER_DETAIL", "ORDER_DETAIL_SUPPLEMENT"), "NTE"),),
+    # v2.3.1 and v2.4 make the ORC of VXU's order optional (`[{[ORC], RXA, …}]`), and senders of later versions
+    # leave it out: read as v2.5.1 has it, each RXA stood in no ORDER, and the vaccination was lost with a success.
+    "VXU_V04": ((("ORDER",), "ORC"),),
 }
 """Children of a v2.5.1 group that senders leave out where the standard requires them, made optional."""
 

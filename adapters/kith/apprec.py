@@ -39,7 +39,7 @@ from lxml import etree
 
 from adapters.kith.envelope import APPREC_NS, Ident, KithEnvelope, Party, Person, payload_standard
 from adapters.kith.errors import InvalidMsgId, PatientInsufficient, PatientNotFound, SchemaInvalid
-from router.errors import DecodeError, MessageError, UnknownMessage
+from router.errors import DecodeError, InvalidNationalId, MessageError, UnknownMessage
 
 __all__ = ["APPREC_ERROR_FOR", "AppRecMessage", "AppRecVersion", "apprec_error_for", "apprec_version_for", "build_apprecs"]
 
@@ -60,6 +60,11 @@ APPREC_ERROR_FOR: dict[type[MessageError], tuple[str, str]] = {
     PatientInsufficient: ("E36", "Pasientopplysninger er utilstrekkelige"),
     MessageError: ("X99", "Annen feil"),
 }
+
+#: The patient's own national id: MsgHead's ``MsgInfo/Patient/Ident/Id``, or the
+#: ``Patient/OffId`` of a ``Message`` root's ServReq or ServRprt (the two header families).
+_PATIENT_ID_AT = re.compile(r"/MsgHead/MsgInfo/Patient/Ident(\[\d+\])?/Id|/Message/[^/]+/Patient/OffId")
+_PATIENT_ID_WRONG = ("E31", "Pasientens fødselsnummer er feil")
 
 _STATUS_DN = {"1": "OK", "2": "Avvist"}
 _ROLE_DN = {"PRIM": "Primærmottaker", "COP": "Kopimottaker", "AVS": "Avsender"}
@@ -110,7 +115,13 @@ class AppRecMessage:
 
 
 def apprec_error_for(error: MessageError) -> tuple[str, str]:
-    """Return the Volven 8221 code and display for *error*, by its nearest listed class."""
+    """Return the Volven 8221 code and display for *error*, by its nearest listed class.
+
+    A national id that fails its check digits is E31 when it is the patient's (by its
+    location); a relative's or a professional's is no patient problem and stays X99.
+    """
+    if isinstance(error, InvalidNationalId) and error.location and _PATIENT_ID_AT.fullmatch(error.location):
+        return _PATIENT_ID_WRONG
     for cls in type(error).__mro__:
         if cls in APPREC_ERROR_FOR:
             return APPREC_ERROR_FOR[cls]

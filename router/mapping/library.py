@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.errors import InvalidContent
+from router.errors import InvalidContent, InvalidNationalId
 from router.mapping.functions import hl7_date_to_fhir, hl7_datetime_to_fhir, uuid5_id
 from schemas import identity as ids
 
@@ -194,7 +194,7 @@ def _system(ctx: FnContext, value: str | None, authority: str | None, type_code:
         if person is None:
             if declared_national:
                 # Never store a number under a national system unless it is one.
-                raise InvalidContent("national identity number is not a valid fødselsnummer, D-nummer or FH-nummer (check digits or date)", location=location)
+                raise InvalidNationalId("national identity number is not a valid fødselsnummer, D-nummer or FH-nummer (check digits or date)", location=location)
             return _local_system(ctx, authority, type_code, oid=oid)
         if person.kind != "HNR":
             return person.system

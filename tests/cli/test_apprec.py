@@ -71,6 +71,26 @@ class TestApprecVerb:
         assert {h[3:] for h, _ in _documents(captured.out)} == {("2", "E36")}
         assert "/MsgHead/MsgInfo/Patient" in captured.err
 
+    @pytest.mark.parametrize(("example", "number", "where"), [
+        (PLO_16, "15076500565", "/MsgHead/MsgInfo/Patient/Ident/Id"),
+        ("Epikrise/Epikrise_v1-2/epikrise_v1.2_m.xml", "13116900216", "/Message/ServRprt/Patient/OffId"),
+    ])
+    def test_a_patients_national_id_with_a_wrong_check_digit_gets_e31(self, norsk, tmp_path, capsys, example, number, where):
+        """The patient's FNR with its last digit changed: E31 (Pasientens fødselsnummer er feil), never the catch-all X99; exit 1."""
+        bad = tmp_path / "e31.xml"
+        text = (norsk / "eksempel" / example).read_text("utf-8")
+        assert number in text
+        bad.write_text(text.replace(number, number[:10] + str((int(number[10]) + 1) % 10)), "utf-8")
+        code = main(["apprec", str(bad)])
+        captured = capsys.readouterr()
+        assert code == 1
+        docs = _documents(captured.out)
+        assert docs and {h[3:] for h, _ in docs} == {("2", "E31")}
+        for _, doc in docs:
+            [error] = [e for e in doc.iter() if etree.QName(e).localname == "Error"]
+            assert error.get("S") == "2.16.578.1.12.4.1.1.8221" and error.get("DN") == "Pasientens fødselsnummer er feil"
+            assert where in error.get("OT")
+
     def test_schema_invalid(self, norsk, tmp_path, capsys):
         """An XSD-invalid message prints a T02 AppRec, names the reason on stderr and exits 1."""
         bad = tmp_path / "bad.xml"

@@ -268,6 +268,42 @@ class TestGeneralClinicalOrder:
         assert "occurrenceDateTime" not in by_code["HIST"]
 
 
+class TestAnOrderOutOfItsPlace:
+    """A lab or clinical order (OML^O21, OMG^O19) whose OBR, OBX or SPM stands where the structure has no place
+    for it is refused at that segment, as ORU^R01 and ORM^O01 are: never a success that left the order out."""
+
+    @pytest.mark.parametrize("kind", ["OML^O21^OML_O21", "OMG^O19^OMG_O19"])
+    def test_an_order_without_its_orc_is_refused_at_its_obr(self, converter, kind):
+        """v2.5.1 opens each ORDER with an ORC: an OBR with none before it was set aside and the message
+        converted to a Patient alone; the sender must hear that its order was not taken."""
+        msh = MSH.format(ts="20250110093000", type=kind, ctrl="ORD-OOP-1")
+        issue = _refused(converter, _message(msh, PID, LAB_PV1, *TestGeneralClinicalOrder.ORDERS[1:4]))
+        assert issue["expression"] == ["OBR"]
+
+    @pytest.mark.parametrize(("kind", "detail"), [("OMP^O09^OMP_O09", "RXO|N02BE01^Paracetamol^ATC|500||mg"),
+                                                  ("RDE^O11^RDE_O11", "RXE|^^^20250110|N02BE01^Paracetamol^ATC|500||mg")])
+    def test_a_medication_order_without_its_orc_is_refused_at_its_detail(self, converter, kind, detail):
+        """A pharmacy order whose RXO (OMP) or RXE (RDE) has no ORC before it: refused there, where the
+        message converted to a Patient alone and the prescription was lost with a success."""
+        msh = MSH.format(ts="20250110093000", type=kind, ctrl="ORD-OOP-4")
+        issue = _refused(converter, _message(msh, PID, detail))
+        assert issue["expression"] == [detail[:3]]
+
+    @pytest.mark.parametrize("kind", ["OML^O21^OML_O21", "OMG^O19^OMG_O19"])
+    def test_a_specimen_with_no_order_before_it_is_refused_at_it(self, converter, kind):
+        """An SPM before the first ORC has no order to belong to."""
+        msh = MSH.format(ts="20250110093000", type=kind, ctrl="ORD-OOP-2")
+        issue = _refused(converter, _message(msh, PID, LAB_PV1, "SPM|1|PRV-601&DIPS||TISS^Vev^HL70487", *TestGeneralClinicalOrder.ORDERS))
+        assert issue["expression"] == ["SPM[1]"]  # the first of the two SPMs: the one before any order
+
+    @pytest.mark.parametrize("kind", ["OML^O21^OML_O21", "OMG^O19^OMG_O19"])
+    def test_orders_in_their_places_still_convert(self, converter, kind):
+        """The refusal is for a segment out of place only: both orders of the same message in place make two ServiceRequests."""
+        msh = MSH.format(ts="20250110093000", type=kind, ctrl="ORD-OOP-3")
+        doc = _one(converter, _message(msh, PID, LAB_PV1, *TestGeneralClinicalOrder.ORDERS))
+        assert sorted(r["code"]["coding"][0]["code"] for r in _of(doc, "ServiceRequest")) == ["HIST", "RTHORAX"]
+
+
 def _status(doc: dict) -> tuple[str, list[tuple[str, str]]]:
     [encounter] = _of(doc, "Encounter")
     return encounter["status"], [(loc["status"], loc["location"]["display"]) for loc in encounter["location"]]

@@ -260,7 +260,10 @@ def test_adt_observation_and_procedure_fields_are_no_longer_unmapped(tmp_path):
 
 
 def test_an_adt_observation_without_its_patient_is_refused(tmp_path):
-    """An A01 with no PID cannot key the weight to anyone: an OperationOutcome at the OBX, exit 1, not a weight for nobody."""
+    """An A01 with no PID cannot key the weight to anyone: an OperationOutcome, exit 1, not a weight for nobody.
+
+    The ADT mapping requires PID (requires: [PID]), so it is refused at the missing PID before the
+    OBX would be refused as needing its patient."""
     import json
     import subprocess
     import sys
@@ -273,7 +276,7 @@ def test_an_adt_observation_without_its_patient_is_refused(tmp_path):
     done = subprocess.run([helsebro, "convert", str(src)], capture_output=True, text=True, timeout=120)
     [issue] = json.loads(done.stdout)["issue"]
     assert done.returncode == 1
-    assert issue["location"] == ["OBX"] and "needs its patient" in issue["diagnostics"], issue
+    assert issue["location"] == ["PID"] and issue["diagnostics"] == "ADT_A01 needs a PID segment, and this message has none", issue
 
 
 def _convert(tmp_path, message: bytes) -> tuple[int, dict]:
@@ -309,6 +312,27 @@ def test_a_vaccinations_observations_are_part_of_it(tmp_path):
     assert sorted(o["partOf"][0]["reference"] for o in observations) == sorted([urls["Immunization:J07BB02"], urls["Immunization:J07AL02"]])
     assert len({o["id"] for o in observations}) == 2
     assert all(o["valueCodeableConcept"]["coding"][0]["code"] == "NOR01" for o in observations)
+
+
+@pytest.mark.parametrize("version", ["2.3.1", "2.4", "2.5.1"])
+def test_a_vaccination_without_its_orc_is_still_a_vaccination(tmp_path, version):
+    """VXU: v2.3.1 and v2.4 make the order's ORC optional (`[{[ORC], RXA, [RXR], [{OBX}]}]`), and senders of
+    later versions leave it out too. Each RXA is then its own vaccination with its own OBX; it used to stand in no group,
+    and the message converted, exit 0, to a Patient alone: the vaccination was lost with a success."""
+    message = _message(
+        MSH.format(ts="20250115101500", type="VXU^V04^VXU_V04", ctrl="VXU-NO-ORC").replace("|2.5.1|", f"|{version}|"),
+        f"PID|1||{PATIENT_A}^^^NOR^FNR||NORDMANN^OLA||19610615|M",
+        "RXA|0|1|20250115100000||J07BB02^Influensa^ATC|0.5|mL^mL^UCUM",
+        "OBX|1|CE|64994-7^Vaccine funding program eligibility category^LN|1|NOR01^Nasjonalt program^NIP002||||||F",
+        "RXA|0|1|20250115100500||J07AL02^Pneumokokk^ATC|0.5|mL^mL^UCUM",
+    )
+    code, bundle = _convert(tmp_path, message)
+    assert code == 0, bundle
+    by_url = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+    vaccines = {r["vaccineCode"]["coding"][0]["code"]: url for url, r in by_url.items() if r["resourceType"] == "Immunization"}
+    assert sorted(vaccines) == ["J07AL02", "J07BB02"]
+    [funding] = [r for r in by_url.values() if r["resourceType"] == "Observation"]
+    assert funding["partOf"] == [{"reference": vaccines["J07BB02"]}]  # the OBX after the first RXA is the first vaccination's
 
 
 def test_the_fastlege_and_the_office_are_the_patients_general_practitioners(tmp_path):

@@ -275,3 +275,28 @@ class TestTheStaysDoctor:
             for encounter in _of(doc, "Encounter") if doc["resourceType"] == "Bundle" else []:
                 empty += [p for p in encounter.get("participant", []) if "individual" not in p]
         assert empty == []
+
+
+class TestPersonNameParts:
+    """XPN per the v2-to-FHIR IG's XPN[HumanName] table: degree and professional suffix are suffixes, XPN.12/13 the name's period."""
+
+    def _names(self, converter, xpn: str) -> list[dict]:
+        [patient] = _of(_one(converter, _message("ADT^A01^ADT_A01", "EVN|A01|20250110083000", f"PID|1||{PATIENT}^^^NOR^FNR||{xpn}||19610615|M", PV1.format(doctor=DOCTOR))), "Patient")
+        return patient["name"]
+
+    def test_degree_and_professional_suffix_follow_the_suffix(self, converter):
+        """XPN.4, then XPN.6 (degree), then XPN.14 (professional suffix): the IG's suffix[1], [2], [3]."""
+        [name] = self._names(converter, "NORDMANN^OLA^K^JR^DR^PHD^L^^^^^^^MNF")
+        assert name["suffix"] == ["JR", "PHD", "MNF"]
+        assert name["prefix"] == ["DR"] and name["use"] == "official"
+
+    def test_effective_and_expiration_dates_are_the_names_period(self, converter):
+        """XPN.12 and XPN.13 (TS) are period.start and period.end, times as the message's other times (Europe/Oslo)."""
+        [name] = self._names(converter, "NORDMANN^OLA^^^^^M^^^^^20010203^20200405120000")
+        assert name["period"] == {"start": "2001-02-03", "end": "2020-04-05T12:00:00+02:00"}
+
+    def test_a_name_without_them_has_no_period_and_no_suffix(self, converter):
+        """Nothing is invented: a plain name stays plain."""
+        [name] = self._names(converter, "NORDMANN^OLA^K")
+        assert "period" not in name and "suffix" not in name
+

@@ -28,7 +28,8 @@ class TestAppRecFlow:
         publish(settings, [CASE.read_bytes()])
         wait_until(lambda: handle.stats.applied == 1, timeout=30, what="applied")
         [apprec] = _apprecs(settings, "112233")
-        assert apprec.findtext(f"{AR}Status") is None or apprec.find(f"{AR}Status").get("V") == "1"
+        assert apprec.find(f"{AR}Status").get("V") == "1"  # Status is required: an AppRec without one is no answer
+        assert apprec.find(f"{AR}Error") is None
         assert apprec.find(f"{AR}OriginalMsgId/{AR}Id").text == MSG_ID
         record = open_record(settings)
         try:

@@ -13,7 +13,7 @@ from adapters.kith.apprec import APPREC_ERROR_FOR, apprec_error_for, apprec_vers
 from adapters.kith.dispatch import read_message
 from adapters.kith.envelope import APPREC_NS
 from adapters.kith.errors import InvalidMsgId, PatientInsufficient, PatientNotFound, SchemaInvalid
-from router.errors import DecodeError, InvalidContent, MessageError, Refused, UnknownMessage
+from router.errors import DecodeError, InvalidContent, InvalidNationalId, MessageError, Refused, UnknownMessage
 
 from .conftest import FAMILIES, PLO_16, examples
 
@@ -26,6 +26,7 @@ ERRORS = [
     (InvalidMsgId("MsgId is not a UUID"), "E10"),
     (PatientNotFound("patient not in the receiving system"), "E35"),
     (PatientInsufficient("no national id and no name"), "E36"),
+    (InvalidNationalId("the patient's FNR fails its check digits", location="/MsgHead/MsgInfo/Patient/Ident/Id"), "E31"),
     (Refused("destination said no"), "X99"),
 ]
 
@@ -55,6 +56,20 @@ class TestAppRecErrorFor:
         assert apprec_error_for(Truncated("x"))[0] == "T01"
         assert apprec_error_for(InvalidContent("x"))[0] == "X99"
         assert set(APPREC_ERROR_FOR) >= {DecodeError, SchemaInvalid, UnknownMessage, InvalidMsgId, MessageError}
+
+
+class TestThePatientsNationalId:
+    """A fødselsnummer, D-nummer or FH-nummer that fails its check digits is E31 when it is the patient's, X99 elsewhere."""
+
+    @pytest.mark.parametrize("where", ["/MsgHead/MsgInfo/Patient/Ident/Id", "/MsgHead/MsgInfo/Patient/Ident[2]/Id", "/Message/ServRprt/Patient/OffId", "/Message/ServReq/Patient/OffId"])
+    def test_the_patients_number_is_e31(self, where):
+        """HIS 80415 §6.3, Volven 8221 E31 "Pasientens fødselsnummer er feil": the sender learns which number to correct."""
+        assert apprec_error_for(InvalidNationalId("bad check digits", location=where)) == ("E31", "Pasientens fødselsnummer er feil")
+
+    @pytest.mark.parametrize("where", [None, "/MsgHead/Document/RefDoc/Content/Innleggelsesrapport/Parorende/Ident/Id", "/Message/ServRprt/Patient/InfItem/OffId"])
+    def test_another_persons_number_is_x99(self, where):
+        """A relative's or a professional's number is not the patient's: E31 would send the sender to the wrong field."""
+        assert apprec_error_for(InvalidNationalId("bad check digits", location=where))[0] == "X99"
 
 
 class TestAppRecVersionFor:
