@@ -151,7 +151,9 @@ class SchemaSet:
             doc = etree.fromstring(etree.tostring(wrapper), parser, base_url=(self.folder / "wrapper.xsd").as_uri())
             return etree.XMLSchema(doc)
         except (etree.XMLSchemaParseError, etree.XMLSyntaxError) as exc:
-            return UnknownMessage(f"the national schema for {' + '.join(namespaces)} does not compile: {exc}")
+            # The reason reaches the sender (AppRec OT, dead letter): files named within the folder, not by this server's path.
+            detail = str(exc).replace(self.folder.as_uri() + "/", "").replace(str(self.folder) + "/", "")
+            return UnknownMessage(f"the national schema for {' + '.join(namespaces)} does not compile: {detail}")
 
 
 def _readable_path(tree: etree._ElementTree | etree._Element, path: str | None) -> str | None:

@@ -105,6 +105,15 @@ class TestSchemaSet:
         finally:
             sock.close()
 
+    def test_a_broken_schema_is_reported_without_this_servers_paths(self, tmp_path):
+        """A schema file of the folder that is not a schema: T10 naming the file within the folder, never the server's path (the reason reaches the sender's AppRec)."""
+        folder = _tiny_folder(tmp_path, "other.xsd")
+        (folder / "other.xsd").write_text("<not-a-schema/>", encoding="utf-8")
+        with pytest.raises(UnknownMessage, match="does not compile") as err:
+            SchemaSet(folder).validate(etree.fromstring(b"<a xmlns='urn:t'/>"), ("urn:t",))
+        assert "other.xsd" in err.value.reason
+        assert str(tmp_path) not in err.value.reason and "file:" not in err.value.reason
+
     def test_import_outside_folder_refused(self, tmp_path):
         """An import of a file outside the folder fails the compile instead of reading it."""
         outside = tmp_path / "outside.xsd"
