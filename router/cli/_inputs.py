@@ -9,7 +9,11 @@ SUFFIXES = (".hl7", ".er7", ".txt", ".xml")
 
 
 class UsageError(Exception):
-    """A PATH that does not exist or holds no message files."""
+    """A PATH that does not exist.
+
+    A folder that holds no message files is not one: it gives nothing to do, and exit 0,
+    so a script that converts a drop folder does not fail when the folder is empty.
+    """
 
 
 def expand(paths: list[str]) -> list[tuple[Path, Path]]:
