@@ -28,7 +28,7 @@ from adapters.fhir._checkpoint import WalCheckpointer
 from adapters.fhir._store import SqlRecord, prepare_schema
 from adapters.fhir._transaction import Db
 from router.contracts import FhirJson
-from router.errors import RecordUnavailable
+from router.errors import ConfigError, RecordUnavailable
 from router.logging import get_logger
 
 WAL_LIMIT = 64 * 1024 * 1024
@@ -100,6 +100,11 @@ class SqliteRecord(SqlRecord):
         self._checkpointer = WalCheckpointer(path, writer_lock=lock_path, restart_at=wal_limit // 4, interval=checkpoint_interval, log=self._log)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError, PermissionError) as exc:
+            # A file in the way, or no permission: the setting is wrong, and retrying as if the
+            # database were down would only log "unavailable" for ever.
+            raise ConfigError(f"the SQLite record's folder {path.parent} cannot be made (HELSEBRO_RECORD_URL, HELSEBRO_DATA_DIR): {exc.strerror or exc}") from exc
+        try:
             self._writer_lock = open(lock_path, "ab")  # noqa: SIM115  # held for the record's life
             # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread is
             # off because the record's own lock serialises use across threads.

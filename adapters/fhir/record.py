@@ -42,7 +42,8 @@ def open_record(settings: RecordSettings) -> SqlRecord:
     `sqlite:///path`; unset, the record is SQLite at `settings.sqlite_path`.
 
     Raises:
-        ConfigError: `record_url` has a scheme the record does not support.
+        ConfigError: `record_url` has a scheme the record does not support, or names
+            a SQLite file whose folder cannot be made (a file in the way, no permission).
         RecordUnavailable: the database cannot be reached, created or prepared.
     """
     url = settings.record_url

@@ -26,3 +26,17 @@ def test_a_data_dir_that_is_a_file_is_a_config_error(tmp_path, verb):
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 2
     assert "HELSEBRO_DATA_DIR" in proc.stderr and str(taken) in proc.stderr
+
+
+def test_run_with_a_record_under_a_file_stops_with_a_config_error(tmp_path):
+    """`run` whose SQLite record cannot have its folder stops at once, exit 2, naming it, rather than retrying as if the database were down."""
+    taken = tmp_path / "not-a-folder"
+    taken.write_text("a file where the record's folder should be")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
+    env.update({k: v for k, v in os.environ.items() if k == "HELSEBRO_PURE_PYTHON"},
+               HELSEBRO_DATA_DIR=str(tmp_path / "data"), HELSEBRO_RECORD_URL=f"sqlite:///{taken}/record.sqlite3")
+    proc = subprocess.run([sys.executable, "-m", "router.cli", "run", "--until-idle", "30"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2
+    assert "HELSEBRO_RECORD_URL" in proc.stderr and str(taken) in proc.stderr
+    assert "broker_or_record_unavailable" not in proc.stdout + proc.stderr
