@@ -167,14 +167,22 @@ class Hl7Message:
         return value
 
 
+class TokenizeError(ValueError):
+    """A message that cannot be tokenized, with where it went wrong (`MSH-2`, `segment 5`) for the sender."""
+
+    def __init__(self, reason: str, location: str | None) -> None:
+        super().__init__(reason)
+        self.location = location
+
+
 def delimiters_from_msh(line: str) -> Delimiters:
     """Read MSH-1 and MSH-2 from the first line of a message.
 
     Raises:
-        ValueError: the line is too short to carry the delimiters.
+        TokenizeError: the line is too short to carry the delimiters, or they are not distinct.
     """
     if len(line) < 8 or line[:3].upper() != "MSH":
-        raise ValueError("message does not start with an MSH segment")
+        raise TokenizeError("message does not start with an MSH segment", "MSH")
     fs = line[3]
     end = line.find(fs, 4)
     enc = line[4:end] if end != -1 else line[4:]
@@ -182,7 +190,7 @@ def delimiters_from_msh(line: str) -> Delimiters:
         # `^~\\&`: a doubled backslash from a tool that escaped it when writing the file.
         enc = enc[:3] + enc[4:]
     if len(enc) < 4 or fs in enc or len(set(enc + fs)) != len(enc) + 1:
-        raise ValueError("MSH-2 must hold four distinct encoding characters")
+        raise TokenizeError("MSH-2 must hold four distinct encoding characters", "MSH-2")
     return Delimiters(fs, enc[0], enc[1], enc[2], enc[3], enc[4] if len(enc) > 4 else "")
 
 
@@ -194,11 +202,11 @@ def tokenize(text: str) -> Hl7Message:
     """Tokenize one message whose segments are separated by CR.
 
     Raises:
-        ValueError: with a reason and the segment position (handled by decode).
+        TokenizeError: with a reason and where (handled by decode).
     """
     lines = [ln for ln in text.split("\r") if ln.strip()]
     if not lines:
-        raise ValueError("empty message")
+        raise TokenizeError("empty message", "MSH")
     head = lines[0][:9]  # MSH, MSH-1 and MSH-2 (4 to 5 characters, or 6 when a backslash is doubled)
     d = _DELIMITERS.get(head) or _delimiters(lines[0], head)
     fs = d.field
@@ -236,7 +244,7 @@ def _delimiters(line: str, head: str) -> Delimiters:
 def _segment_name(raw: str, i: int) -> str:
     name = raw.strip()
     if not _SEGMENT_NAME.match(name):
-        raise ValueError(f"segment {i + 1} has no valid segment name")
+        raise TokenizeError(f"segment {i + 1} has no valid segment name", f"segment {i + 1}")
     # Some senders write segment ids in lower case: normalise rather than drop.
     if len(_KNOWN_NAMES) < 4096:  # bounded: ids are few, but a sender may invent many
         _KNOWN_NAMES[raw] = name.upper()

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Delimiters, Hl7Message, tokenize, unescape
+from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Delimiters, Hl7Message, TokenizeError, tokenize, unescape
 from router.contracts import MessageHeader
 from router.errors import DecodeError
 
@@ -159,8 +159,8 @@ def decode(raw: RawMessage | _HasData, *, default_charset: str = "utf-8", sender
         text = data.decode(codec)
     try:
         message = tokenize(text)
-    except ValueError as exc:
-        raise DecodeError(str(exc), location="MSH-2" if "MSH" in str(exc) else None) from exc
+    except ValueError as exc:  # a TokenizeError says where; anything else in tokenizing is the message's fault too
+        raise DecodeError(str(exc), location=exc.location if isinstance(exc, TokenizeError) else None) from exc
     return DecodedMessage(message, read_header(message), codec)
 
 

@@ -42,6 +42,19 @@ def _where(use: ResourceUse, scope: Any) -> str | None:
     return getattr(scope, "value_loc", None) or None
 
 
+def _group_start(scope: Any) -> str | None:
+    """The first segment of the group occurrence *scope* maps (`ORC[2]` of an ORDER), for an error's location; None at the message's root."""
+    group = getattr(scope, "group", None)
+    if group is None or group.parent is None:
+        return None
+    while group is not None and group.items:
+        first = group.items[0]
+        if not hasattr(first, "items"):
+            return getattr(first, "label", None)
+        group = first
+    return None
+
+
 def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunContext) -> tuple[str, str] | None:
     """The (system, value) that makes *resource* unique; None for an `unidentified: display` template without one."""
     found = resource.get("identifier", [])
@@ -232,7 +245,12 @@ class _Run:
                 _remember(ctx.fn_ctx.memo, key, (orjson.dumps(entry), ctx.untidy, system))
             except TypeError:  # a value JSON cannot hold exactly (an integer past 64 bits): built each time
                 pass
-        return self._place(tpl.fhir_type, entry, inst, system, ctx.untidy, write)
+        try:
+            return self._place(tpl.fhir_type, entry, inst, system, ctx.untidy, write)
+        except InvalidContent as exc:  # two resources under one identity: say which segment made the second
+            if exc.location is None and (where := _where(use, scope) or _group_start(scope)):
+                raise InvalidContent(exc.reason, location=where) from None
+            raise
 
     def _recall(self, use: ResourceUse, known: tuple[bytes | None, bool, str], inst: str) -> bool:
         blob, untidy, system = known

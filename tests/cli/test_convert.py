@@ -443,6 +443,34 @@ class TestRequiredSegments:
         assert f"ADT_A01.yaml:{line}" in out.out + out.err and "requires must list segment names" in out.out + out.err
 
 
+class TestRefusalsSayWhere:
+    """Refusals name the position the sender must look at (issue 2: expression/location), not only the reason."""
+
+    def test_a_segment_with_no_valid_name_is_placed_by_its_number(self, capsys, tmp_path):
+        text = f"MSH|^~\\&|LIS|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|C1|P|2.5.1\rPID|1||{FNR}^^^NOR^FNR\r12|x\r"
+        code, [doc], _ = run_convert(capsys, tmp_path, text)
+        assert code == 1 and doc["issue"][0]["location"] == ["segment 3"]
+
+    def test_a_message_that_does_not_start_with_msh_is_placed_at_msh_not_msh_2(self, capsys, tmp_path):
+        code, [doc], _ = run_convert(capsys, tmp_path, "MSH|^~\r")  # too short to carry its delimiters
+        assert code == 1 and doc["issue"][0]["location"] == ["MSH"] and "MSH" in doc["issue"][0]["diagnostics"]
+
+    def test_bad_encoding_characters_are_placed_at_msh_2(self, capsys, tmp_path):
+        code, [doc], _ = run_convert(capsys, tmp_path, "MSH|^^\\&|LIS|STOLAV|HB|HP|20250115101500||ADT^A01|C1|P|2.5.1\r")
+        assert code == 1 and doc["issue"][0]["location"] == ["MSH-2"]
+
+    def test_two_orders_under_one_number_are_placed_at_the_second(self, capsys, tmp_path):
+        """Two different orders with one placer number: refused at the second order's segment, not without a place."""
+        text = "\r".join([
+            "MSH|^~\\&|CPOE|STOLAV|HB|HP|20250115101500||OMP^O09^OMP_O09|C1|P|2.5.1", f"PID|1||{FNR}^^^NOR^FNR",
+            "ORC|NW|PLAC-1^CPOE", "RXO|A02BC01^Omeprazol^ATC|20||mg", "ORC|NW|PLAC-1^CPOE", "RXO|N02BE01^Paracetamol^ATC|500||mg",
+        ]) + "\r"
+        code, [doc], _ = run_convert(capsys, tmp_path, text)
+        issue = doc["issue"][0]
+        assert code == 1 and "share the identity" in issue["diagnostics"], issue
+        assert issue["location"] in (["ORC[2]"], ["RXO[2]"]), issue
+
+
 class TestContextStay:
     @staticmethod
     def _oru(pv1: str) -> str:
