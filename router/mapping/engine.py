@@ -17,7 +17,7 @@ import orjson
 from router.errors import InvalidContent
 from router.mapping._patch import patch_entry
 from router.mapping.compiler import MessageMapping, ResourceUse
-from router.mapping.runtime import MissingIdentity, RunContext, conditional_entry, prune, resolve_refs, resource_id
+from router.mapping.runtime import MissingIdentity, MissingReference, RunContext, conditional_entry, prune, resolve_refs, resource_id
 
 if TYPE_CHECKING:
     from router.mapping._forms import Template
@@ -349,7 +349,11 @@ def run_mapping(
     run.uses(mm.resources, scope, "")
     if made is not None:
         made.update((u.name, run.ctx.full_urls[u.name]) for u in mm.resources if u.name in run.ctx.full_urls)
-    dropped = resolve_refs(run.ctx)
+    try:
+        dropped = resolve_refs(run.ctx)
+    except MissingReference as exc:  # where the missing resource would have come from: PID-3 for the patient
+        template = next((u.template for u in mm.resources if u.name == exc.name and u.template is not None), None)
+        raise InvalidContent(exc.reason, location=_identifier_source(template) if template is not None else None) from None
     for element, own, reads in run.ctx.held_reads:
         if element:  # still there: its `same:` reference named a resource (resolve_refs empties it otherwise)
             reads |= own

@@ -95,6 +95,14 @@ class MissingIdentity(InvalidContent):
         self.param = param
 
 
+class MissingReference(InvalidContent):
+    """A required reference names a resource this message did not make (engine.run_mapping says where it would come from)."""
+
+    def __init__(self, reason: str, name: str) -> None:
+        super().__init__(reason, location=None)
+        self.name = name
+
+
 class RefList(Ref):
     """References to every instance of a named resource produced inside one parent instance (`refs:`)."""
 
@@ -293,7 +301,7 @@ def resolve_refs(ctx: RunContext) -> set[str]:
             rtype = container.get("resourceType")
             if rtype is not None and key in _required(rtype):
                 # Dropping it would leave invalid FHIR (a diagnosis for nobody): the sender hears why instead.
-                raise InvalidContent(f"{rtype}.{key} is required, but the {ref.name} it refers to is not in this message", location=None)
+                raise MissingReference(f"{rtype}.{key} is required, but the {ref.name} it refers to is not in this message", ref.name)
             if not container:  # only an emptied container is an empty element
                 dropped.add(inst)
     for container, sites in in_lists.values():

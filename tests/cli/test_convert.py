@@ -459,6 +459,15 @@ class TestRefusalsSayWhere:
         code, [doc], _ = run_convert(capsys, tmp_path, "MSH|^^\\&|LIS|STOLAV|HB|HP|20250115101500||ADT^A01|C1|P|2.5.1\r")
         assert code == 1 and doc["issue"][0]["location"] == ["MSH-2"]
 
+    def test_a_diagnosis_whose_patient_the_empty_pid_does_not_give_is_placed_at_pid_3(self, capsys, tmp_path):
+        """PID is there but empty: the Condition has no patient to refer to, and the sender is pointed at PID-3."""
+        text = "\r".join(line if not line.startswith("PID") else "PID|1" for line in adt(f"{FNR}^^^NOR^FNR").split("\r"))
+        text = text.rstrip("\r") + "\rDG1|1||R07.4^Brystsmerter^ICD10|||A\r"
+        code, [doc], _ = run_convert(capsys, tmp_path, text)
+        issue = doc["issue"][0]
+        assert code == 1 and issue["diagnostics"] == "Condition.subject is required, but the patient it refers to is not in this message", issue
+        assert issue["location"] == ["PID-3"]
+
     def test_two_orders_under_one_number_are_placed_at_the_second(self, capsys, tmp_path):
         """Two different orders with one placer number: refused at the second order's segment, not without a place."""
         text = "\r".join([
