@@ -264,7 +264,10 @@ class _Writer:
 
     def _one_person(self, owners: set[str], patients: set[str]) -> bool:
         """Whether a Patient of *owners* was merged into one of *patients*, or one of *patients* into one of *owners*."""
-        return any(self._merged_into(p, patients) for p in owners) or any(self._merged_into(p, owners) for p in patients)
+        # One person also when both were merged into a third (two old records of one survivor): compare where each chain ends up.
+        def people(refs: set[str]) -> set[str]:
+            return refs.union(*(self._merge_chain(p) for p in refs))
+        return not people(owners).isdisjoint(people(patients))
 
     def _check_same_patient(self, entry: Entry, id_: str, resource: FhirJson) -> None:
         """Refuse a create-only entry whose identity finds another patient's resource.
@@ -281,7 +284,7 @@ class _Writer:
         if new:
             self._refuse_other_patient(entry, id_, new, "names")
 
-    def _refuse_other_patient(self, entry: Entry, id_: str, new: set[str], verb: str, *, replaces: bool = False) -> None:
+    def _refuse_other_patient(self, entry: Entry, id_: str, new: set[str], verb: str, *, replaces: FhirJson | None = None) -> None:
         """Raise unless the stored resource *id_* is this patient's (one of *new*), has none, or is gone.
 
         An empty *new* (an update naming no Patient) passes only a stored resource that names none.
@@ -290,19 +293,22 @@ class _Writer:
         merged into it: an A40 leaves the old Patient `replaced-by` the survivor, and its
         stays, results and prescriptions where they were.
 
-        With *replaces* (a whole new version, not a patch of the stored one), a stored
-        resource marked entered-in-error may take the patient *new* names. Why: that is
-        how a sender corrects a message sent under the wrong patient: it cancels it
-        (the record retires what it made) and sends it again for the right patient,
-        under the same document, order or result numbers. The retracted version stays
-        in the resource's history; a live resource of another patient is still refused.
+        With *replaces* (the whole new version, not a patch of the stored one), a stored
+        resource of a document that a cancel retired (entered-in-error, with the document's
+        tag) may take the patient *new* names when the new version is of the same document.
+        Why: that is how a sender corrects a document sent under the wrong patient: it
+        cancels it (the record retires what it made) and sends it again for the right
+        patient in the same dialog. Only a document's own resources: an order or result
+        entered in error for another reason may still be named by the first patient's live
+        records, which would then point at another patient's. The retracted version stays in
+        the resource's history; a live resource of another patient is still refused.
         """
         stored = self._body(entry.resource_type, id_)
         old = _patients(stored) if stored is not None else set()
         self._owners[(entry.resource_type, id_)] = old  # read anyway: check_named need not ask again (a write drops it)
         if not old or old & new or any(self._merged_into(p, new) for p in old):
             return
-        if replaces and new and stored is not None and _withdrawn(stored):
+        if replaces is not None and new and stored is not None and _withdrawn(stored) and (doc := _document(stored)) and doc == _document(replaces):
             return
         if not new:
             raise InvalidContent(f"the {entry.resource_type} this message {verb} belongs to a patient, and this message names none", location=entry.location)
@@ -422,7 +428,7 @@ class _Writer:
             # Checked also when the version names no Patient: else an update that drops the subject
             # (or names it by an absolute URL or identifier only) would leave a resource with none, which
             # the next update may give to anyone.
-            self._refuse_other_patient(writer, id_, _patient_refs(refs), "updates", replaces=True)
+            self._refuse_other_patient(writer, id_, _patient_refs(refs), "updates", replaces=body)
         self._write(resource_type, id_, version, body, digest=digest, deleted=False, index=(tokens, refs, index_hash))
         outcome: EntryOutcome = "updated" if current is not None and not current.deleted else "created"
         return AppliedEntry(resource_type, id_, version, outcome)
@@ -516,6 +522,16 @@ _STATUS_ENTERED_IN_ERROR = frozenset({
     "Encounter", "EpisodeOfCare", "Composition", "DocumentReference", "DiagnosticReport", "ServiceRequest", "Immunization",
     "Procedure", "Specimen", "Appointment", "CarePlan", "Goal", "List", "Flag",
 })
+
+
+def _document(body: FhirJson) -> str | None:
+    """The document *body* belongs to (its `urn:helsebro:document` tag's code), or None."""
+    meta = body.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    for tag in tags if isinstance(tags, list) else ():
+        if isinstance(tag, dict) and tag.get("system") == DOCUMENT_TAG[:-1] and isinstance(tag.get("code"), str):
+            return tag["code"]  # type: ignore[no-any-return]
+    return None
 
 
 def _withdrawn(body: FhirJson) -> bool:

@@ -45,6 +45,7 @@ _MSH_START = re.compile(rb"(?:^|[\r\n])[ \t]*(MSH)", re.IGNORECASE)
 _NEXT_MSH = re.compile(rb"\r[ \t]*MSH", re.IGNORECASE)  # a literal first byte: ten times faster than _MSH_START
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 _MLLP_START = b"\x0b"  # MLLP frames a message as 0x0B ... 0x1C 0x0D
+_FRAME_START = re.compile(rb"\x0b(?:\xef\xbb\xbf)?[ \t\r\n]*(?:MSH|FHS|BHS)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +102,10 @@ def split_messages(data: bytes) -> list[RawMessage]:
 
 def _ends_in_open_frame(data: bytes) -> bool:
     """Tell whether the last MLLP frame never got its end byte (0x1C), so its last message may be cut short."""
-    start = data.rfind(_MLLP_START)
-    return start >= 0 and data.find(b"\x1c", start) < 0 and bool(data[start + 1 :].strip())
+    # Only a start byte before a message (MSH, or a batch header) opens a frame: a stray 0x0B inside a field
+    # of an unframed message (dropped, as before) does not.
+    starts = [m.start() for m in _FRAME_START.finditer(data)]
+    return bool(starts) and data.find(b"\x1c", starts[-1]) < 0
 
 
 def _raw_msh_fields(data: bytes) -> list[bytes]:

@@ -190,3 +190,18 @@ def test_what_a45_moved_is_found_again_by_the_new_patients_next_message(engine):
     assert _dead_letters(settings) == []
     assert _stays(settings, "Condition") == [(PATIENT_B, "I21.0")]
     assert _stays(settings, "Procedure") == [(PATIENT_B, "0DTJ0ZZ")]
+
+
+def test_two_patients_stays_with_one_visit_number_of_two_authorities_keep_their_own_diagnoses(engine):
+    """Review: the visit number stands for the patient only with its assigning authority (PV1-19.4), as the stay's own identifier.
+
+    A's stay V25-0001 of STOLAV and B's stay V25-0001 of AHUS are two Encounters (their identifiers' systems
+    differ); a DG1 identity of PV1-19.1 alone made them one Condition, and B's admission was refused as A's."""
+    settings, handle = engine
+    _send(settings, handle, _adt("A01", "OWN-1", _pid(PATIENT_A), DIAGNOSIS))
+    other = ("\r".join((
+        MSH.format(ts="20250110083000", type="ADT^A01^ADT_A01", ctrl="OWN-2"), "EVN|A01|20250110083000", _pid(PATIENT_B),
+        PV1.replace("V25-0001^^^STOLAV^VN", "V25-0001^^^AHUS^VN"), DIAGNOSIS)) + "\r").encode()
+    _send(settings, handle, other)
+    assert _dead_letters(settings) == []
+    assert sorted(_stays(settings, "Condition")) == sorted([(PATIENT_A, "I21.0"), (PATIENT_B, "I21.0")])

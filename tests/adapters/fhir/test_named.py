@@ -141,3 +141,27 @@ class TestAccepted:
                 "subject": {"reference": "Patient/pb"}, "focus": [LITERAL]}
         stored.apply(bundle(put(seen)))
         assert len(stored.search("Observation", {})) == 1
+
+
+class TestReview:
+    def test_a_retired_order_taken_by_another_patient_leaves_no_live_record_naming_it(self, stored):
+        """Review: A's order, retired (entered-in-error), still named by A's live result; B's whole new version of the
+        order (the same number) may not move it: A's result would then name B's order, what check_named refuses."""
+        retired = {**order(), "resourceType": "ServiceRequest", "id": "sr-a", "status": "entered-in-error"}
+        del retired["medicationCodeableConcept"]
+        retired["code"] = {"text": "Hb"}
+        result = {"resourceType": "Observation", "id": "obs-a", "status": "final", "code": {"text": "Hb"},
+                  "subject": {"reference": "Patient/pa"}, "basedOn": [{"reference": "ServiceRequest/sr-a"}]}
+        stored.apply(bundle(put(retired), put(result)))
+        again = {**retired, "status": "active", "subject": {"reference": "Patient/pb"}}
+        with pytest.raises(InvalidContent, match="another patient"):
+            stored.apply(bundle(put(again, url=f"ServiceRequest?identifier={ORDERS}|LM-1")))
+        assert stored.read("Observation", "obs-a")["basedOn"] == [{"reference": "ServiceRequest/sr-a"}]
+        assert stored.read("ServiceRequest", "sr-a")["subject"] == {"reference": "Patient/pa"}
+
+    def test_two_records_merged_into_one_survivor_are_one_patient(self, stored):
+        """Review: pold and pold2 were both merged into A; a dispense under pold naming pold2's order is one person's.
+        _one_person looks only for one merged into the other, not for a common survivor."""
+        stored.apply(bundle(put(patient("pold2", replaced_by="pa")), put(order(id_="mr-old2", number="LM-9", subject="pold2"))))
+        stored.apply(bundle(put(dispense({"reference": "MedicationRequest/mr-old2"}, subject="pold"))))
+        assert len(stored.search("MedicationDispense", {})) == 1

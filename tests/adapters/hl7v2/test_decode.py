@@ -111,3 +111,11 @@ class TestUnescape:
     def test_escape_sequences(self, raw, want):
         """Each standard escape sequence becomes its character; unknown ones are kept."""
         assert unescape(raw, Delimiters()) == want
+
+
+def test_a_stray_vertical_tab_in_an_unframed_message_is_no_open_frame():
+    """Review: a 0x0B inside a field of a message sent without MLLP framing starts no frame; the message is
+    not refused as one cut off (it was converted before, the byte dropped)."""
+    data = MSG.format(cs="", name="OLA\x0bNORDMANN").encode()
+    [part] = split_messages(data)
+    assert decode(part).header.control_id == "C1"
