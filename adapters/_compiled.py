@@ -32,6 +32,7 @@ HOT_PATH = (
     "adapters/fhir/_bundle.py",
     "adapters/fhir/_lookups.py",
     "adapters/fhir/_named.py",
+    "adapters/fhir/_owners.py",
     "adapters/fhir/_postgres.py",
     "adapters/fhir/_search.py",
     "adapters/fhir/_sqlite.py",
