@@ -105,8 +105,11 @@ class PatientChecks:
         return owners
 
     def _one_person(self, owners: set[str], patients: set[str]) -> bool:
-        """Whether a Patient of *owners* was merged into one of *patients*, or one of *patients* into one of *owners*."""
-        # One person also when both were merged into a third (two old records of one survivor): compare where each chain ends up.
+        """Whether the two sets name one person: the same Patient, one merged into the other, or both into a third.
+
+        Either way round, unlike _refuse_other_patient: naming a record changes nothing of it, while
+        an update takes it over, and may only carry it forward to the survivor of a merge.
+        """
         def people(refs: set[str]) -> set[str]:
             return refs.union(*(self._merge_chain(p) for p in refs))
         return not people(owners).isdisjoint(people(patients))
@@ -148,7 +151,7 @@ class PatientChecks:
         stored = self._body(entry.resource_type, id_)
         old = patients_of(stored) if stored is not None else set()
         self._owners[(entry.resource_type, id_)] = old  # read anyway: check_named need not ask again (a write drops it)
-        if not old or old & new or any(self._merged_into(p, new) for p in old):
+        if not old or old & new or any(self._merged_into(p, new) for p in old):  # forward only: never back to a merged-away record
             return
         if replaces is not None and new and stored is not None and _withdrawn(stored) and (doc := _document(stored)) and doc == _document(replaces):
             return
