@@ -100,6 +100,98 @@ def split_messages(data: bytes) -> list[RawMessage]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class BatchShortfall:
+    """A batch whose BTS-1 or FTS-1 count disagrees with what arrived: messages were lost on the way.
+
+    `envelope` is the batch's own segments (FHS, BHS, BTS, FTS), never a message,
+    so a dead letter of it carries no patient data; `control_id` is the short batch's BHS-11
+    (else FHS-11), for the ACK's MSA-2 and the dead letter's header.
+    """
+
+    error: DecodeError
+    envelope: bytes
+    control_id: str | None
+    messages: int  # how many messages the delivery held: 0 for an envelope alone (a replayed dead letter of one)
+
+
+def check_batch_counts(data: bytes) -> BatchShortfall | None:
+    """Compare each BTS-1 (messages in the batch) and FTS-1 (batches in the file) with what *data* holds.
+
+    Why: a batch file that lost messages in transit still converts message by
+    message, so without this check nobody would hear of the loss. An absent or
+    empty count is not checked. Messages are counted as split_messages() cuts them
+    (a line starting with MSH), per batch: since the last BHS or BTS. Batches are
+    counted by their BHS; a file with messages but no BHS is one batch. Returns
+    None when every count agrees or the delivery has no BTS/FTS.
+    """
+    if b"BTS" not in data and b"FTS" not in data and b"bts" not in data and b"fts" not in data:
+        return None  # the common case, a delivery without trailers: four byte searches, no copy
+    lines = data.replace(b"\x0b", b"").replace(b"\x1c", b"").replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
+    problems: list[tuple[str, str, str]] = []  # (reason, location, control id of the batch or file)
+    envelope: list[bytes] = []
+    batch_id = file_id = ""
+    in_batch = batches = trailers = messages = 0
+    for raw_line in lines:
+        line = raw_line.lstrip().lstrip(b"\xef\xbb\xbf")
+        name = line[:3].upper()
+        if name == b"MSH":
+            in_batch += 1
+            messages += 1
+            continue
+        if name not in _BATCH_SEGMENTS:
+            continue
+        envelope.append(line)
+        count = _count_field(line)
+        if name == b"BHS":
+            batches += 1
+            in_batch = 0
+            batch_id = _field(line, 10)  # BHS-11: BHS-1 is the separator itself, as MSH-1
+        elif name == b"FHS":
+            file_id = _field(line, 10)  # FHS-11
+        elif name == b"BTS":
+            trailers += 1
+            label = "BTS-1" if trailers == 1 else f"BTS[{trailers}]-1"
+            if count is not None and count != in_batch:
+                problems.append((_says(label, count, in_batch, "message"), label, batch_id or file_id))
+            in_batch = 0
+        elif count is not None:  # FTS
+            held = batches or (1 if messages else 0)
+            if count != held:
+                problems.append((_says("FTS-1", count, held, "batch"), "FTS-1", file_id))
+    if not problems:
+        return None
+    reason = "; ".join(text for text, _, _ in problems) + ": messages were lost on the way; each message that arrived was still converted"
+    return BatchShortfall(DecodeError(reason, location=problems[0][1]), b"\r".join(envelope) + b"\r", problems[0][2] or None, messages)
+
+
+def _count_field(line: bytes) -> int | None:
+    """BTS-1 or FTS-1 as a number; None when absent or empty, -1 when it is not a number."""
+    value = _field(line, 1)
+    if not value:
+        return None
+    return int(value) if value.isdigit() else -1
+
+
+def _field(line: bytes, n: int) -> str:
+    """Item *n* of a segment split on its own separator (the byte after the name), first component, stripped.
+
+    For BTS and FTS that is field *n*; for FHS and BHS, whose field 1 is the separator itself, field *n* + 1.
+    """
+    fields = line.split(line[3:4] or b"|") if len(line) > 3 else []
+    if len(fields) <= n:
+        return ""
+    return fields[n].split(b"^", 1)[0].decode("ascii", errors="replace").strip()
+
+
+def _says(label: str, count: int, held: int, what: str) -> str:
+    if count < 0:
+        return f"{label} is not a number of {what}es" if what == "batch" else f"{label} is not a number of {what}s"
+    noun = what if count == 1 else (f"{what}es" if what == "batch" else f"{what}s")
+    holds = "the file holds" if what == "batch" else "the batch holds"
+    return f"{label} says {count} {noun}, {holds} {held}"
+
+
 def _ends_in_open_frame(data: bytes) -> bool:
     """Tell whether the last MLLP frame never got its end byte (0x1C), so its last message may be cut short."""
     # Only a start byte before a message (MSH, or a batch header) opens a frame: a stray 0x0B inside a field
@@ -212,4 +304,4 @@ def _leaf(value: str, d: Delimiters) -> str:
     return unescape(value, d) if d.escape and d.escape in value else value
 
 
-__all__ = ["DecodedMessage", "Delimiters", "RawMessage", "decode", "read_header", "split_messages"]
+__all__ = ["BatchShortfall", "DecodedMessage", "Delimiters", "RawMessage", "check_batch_counts", "decode", "read_header", "split_messages"]

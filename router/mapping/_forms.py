@@ -189,4 +189,5 @@ class MessageMapping:
     owned_types: tuple[str, ...] = ()  # resource types the document owns (written with `update`)
     out_of_place: frozenset[str] = frozenset()  # segments refused where the structure has no place for them (an OBX with no OBR)
     requires: tuple[str, ...] = ()  # segments a message must carry, else it is refused naming the first missing (PID)
+    once: tuple[str, ...] = ()  # segments the mapping applies once: a message with a second is refused at it (MRG[2])
     embedded: Any = None  # _embedded.Embedded: whole messages carried base64-encoded inside this one (M9.6's M1s)

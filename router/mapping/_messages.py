@@ -53,7 +53,7 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     from router.mapping.compiler import MessageMapping, _check_keys, _err, _need
 
     doc = c._doc(path)
-    _check_keys(doc, {"message", "description", "events", "match", "document", "out_of_place", "requires", "embedded", "resources"}, "a message mapping")
+    _check_keys(doc, {"message", "description", "events", "match", "document", "out_of_place", "requires", "once", "embedded", "resources"}, "a message mapping")
     structure = str(_need(doc, "message", "a message mapping"))
     if path.stem != structure:
         raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
@@ -73,6 +73,8 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
         mm.out_of_place = _out_of_place(doc)
     if "requires" in doc:
         mm.requires = _requires(doc)
+    if "once" in doc:
+        mm.once = _once(doc)
     if "document" in doc:
         mm.document = _document(c, doc)
         mm.owned_types = tuple(sorted({u.template.fhir_type for u in walk_uses(uses) if u.template is not None and u.write == "update"}))
@@ -110,6 +112,22 @@ def _requires(doc: YMap) -> tuple[str, ...]:
     names = doc["requires"]
     if not isinstance(names, YList) or not names or not all(isinstance(n, str) and len(n) == 3 and n.isalnum() and n.isupper() for n in names):
         raise _err("requires must list segment names (PID, PV1, ...)", doc.pos("requires"))
+    return tuple(str(n) for n in names)
+
+
+def _once(doc: YMap) -> tuple[str, ...]:
+    """`once: [MRG]`: segments the mapping applies only once, so a message carrying a second is refused naming it.
+
+    Why: an ADT^A45 may repeat MERGE_INFO, but its move (a PATCH whose owner is the
+    top-level MRG patient) is made once; a second MRG was listed as unmapped and its
+    stay silently not moved, while the message was acknowledged. The sender hears
+    "MRG[2]" instead, and can send each move as its own message.
+    """
+    from router.mapping.compiler import _err
+
+    names = doc["once"]
+    if not isinstance(names, YList) or not names or not all(isinstance(n, str) and len(n) == 3 and n.isalnum() and n.isupper() for n in names):
+        raise _err("once must list segment names (MRG, PV1, ...)", doc.pos("once"))
     return tuple(str(n) for n in names)
 
 

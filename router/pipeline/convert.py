@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.hl7v2.decode import decode, split_messages
+from adapters.hl7v2.decode import BatchShortfall, check_batch_counts, decode, split_messages
 from adapters.hl7v2.paths import Scope, compile_path
 from router.contracts import Converted
 from router.errors import InvalidContent, MessageError, UnknownMessage
@@ -50,6 +50,10 @@ class Converter:
                 item.error = exc
                 item.bundle = None
             out.append(item)
+        if (short := check_batch_counts(data)) is not None:
+            if not short.messages:
+                out = []  # an envelope alone: its shortfall says it all, rather than also "no MSH segment"
+            out.append(_batch_shortfall(short, len(out)))
         return out
 
     def _convert_xml(self, data: bytes, trace: bool) -> Converted:
@@ -84,6 +88,8 @@ class Converter:
             _refuse_out_of_place(decoded.message, mm)
         if mm.requires:
             _refuse_missing(decoded.message, mm)
+        if mm.once:
+            _refuse_repeated(decoded.message, mm)
         scope = Scope(decoded.message)
         self._fn_ctx.sender = h.sending_facility or _universal_id(decoded.message)  # whose numbers the unqualified local identifiers are
         explain: list[tuple[str, str, str]] | None = [] if trace else None
@@ -100,6 +106,14 @@ class _Raw:
     def __init__(self, item: Converted) -> None:
         self.index = item.index
         self.data = item.raw
+
+
+def _batch_shortfall(short: BatchShortfall, index: int) -> Converted:
+    """One more result for a batch whose BTS-1/FTS-1 count disagrees with what arrived: its messages stand, the loss is reported.
+
+    Its bytes are the batch's envelope segments only, so its dead letter holds no message and a replay of it refuses again.
+    """
+    return Converted(index=index, raw=short.envelope, control_id=short.control_id, error=short.error)
 
 
 def _universal_id(message: Any) -> str | None:
@@ -121,6 +135,18 @@ def _refuse_missing(message: Any, mm: Any) -> None:
     for name in mm.requires:
         if not message.by_name.get(name):
             raise InvalidContent(f"{mm.structure} needs a {name} segment, and this message has none", location=name)
+
+
+def _refuse_repeated(message: Any, mm: Any) -> None:
+    """Refuse a message with a second segment its mapping applies once (an A45's MRG[2]): else that part is acknowledged and never applied."""
+    for name in mm.once:
+        found = message.by_name.get(name) or []
+        if len(found) > 1:
+            extra = found[1]
+            raise InvalidContent(
+                f"{mm.structure} applies one {name} per message, and this message has {len(found)}: {extra.label} would not be applied; send each as its own message",
+                location=extra.label,
+            )
 
 
 def _patient_key(bundle: dict[str, Any]) -> str | None:

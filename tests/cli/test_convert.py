@@ -570,3 +570,35 @@ class TestAuthorTools:
         _, _, admit = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR") + dg1, "--unmapped")
         assert "DG1-6," in transfer and transfer.rstrip().endswith("DG1-15")
         assert "DG1-6" not in admit and "DG1-15" not in admit
+
+
+class TestSegmentsAppliedOnce:
+    A45 = ROOT / "mappings" / "hl7v2" / "messages" / "ADT_A45.cases" / "move_stay_to_the_right_patient.hl7"
+
+    def test_an_a45_with_one_merge_info_moves_its_stay(self, capsys, tmp_path):
+        """One MERGE_INFO: the stay is patched to the PID patient, owner the MRG patient."""
+        code, [doc], _ = run_convert(capsys, tmp_path, self.A45.read_text())
+        assert code == 0
+        [patch] = [e for e in doc["entry"] if e["request"]["method"] == "PATCH"]
+        assert patch["request"]["url"].startswith("Encounter?identifier=")
+
+    def test_a_second_merge_info_is_refused_naming_mrg_2(self, capsys, tmp_path):
+        """A second MRG (another stay to move) is refused at MRG[2], not acknowledged with its stay left unmoved."""
+        second = "MRG|15866112379^^^NOR^FNR||||V25-0002^^^STOLAV^VN\rPV1|1|I|MED^302^1^STOLAV||||||||||||||||V25-0002^^^STOLAV^VN\r"
+        code, [doc], _ = run_convert(capsys, tmp_path, self.A45.read_text() + second)
+        assert code == 1 and doc["resourceType"] == "OperationOutcome"
+        [issue] = doc["issue"]
+        assert issue["expression"] == ["MRG[2]"] and "applies one MRG per message, and this message has 2" in issue["diagnostics"]
+
+    def test_lint_refuses_once_that_is_not_a_list_of_segments(self, capsys, tmp_path):
+        """`once: MRG` (a string) is refused at its line."""
+        folder = tmp_path / "mappings" / "hl7v2"
+        shutil.copytree(ROOT / "mappings" / "hl7v2", folder)
+        path = folder / "messages" / "ADT_A45.yaml"
+        text = path.read_text().replace("once: [MRG]", "once: MRG")
+        path.write_text(text)
+        line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith("once:"))
+        code = main(["mappings", "lint", str(folder)])
+        out = capsys.readouterr()
+        assert code != 0
+        assert f"ADT_A45.yaml:{line}" in out.out + out.err and "once must list segment names" in out.out + out.err

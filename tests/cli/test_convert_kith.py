@@ -592,3 +592,51 @@ class TestWithdrawal:
         [entry] = _patches(doc)
         reason = {"coding": [{"system": "urn:oid:2.16.578.1.12.4.1.1.7500", "code": "2", "display": "Seponering"}]}
         assert ("add", "MedicationRequest", "statusReason", reason) in _operations(entry)
+
+
+def _codings_without_system(node, path: str = "") -> list[str]:
+    """Where a Coding (an item of a `coding` list, or a `…Coding` element) has a code but no system."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        if path.endswith((".coding", "Coding")) and "code" in node and "system" not in node:
+            found.append(f"{path}={node['code']}")
+        for key, value in node.items():
+            found += _codings_without_system(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for item in node:
+            found += _codings_without_system(item, path)
+    return found
+
+
+class TestCodeSystems:
+    @pytest.mark.corpus
+    def test_a_coded_value_whose_list_the_standard_fixes_gets_that_system(self, shared_dir, capsys, monkeypatch):
+        """kith:CS values carry no S: MsgInfo/Type (8279), Bruk (9101), Slektskap (9033), Varegruppekode (7402),
+        LIB Type (7491) and Seponering/Arsak (7494) get their Volven list as system; no Coding of these examples lacks one."""
+        eksempel = shared_dir / "norsk" / "eksempel"
+        folders = [eksempel / "plo", eksempel / "eresept", eksempel / "Dialogmelding", eksempel / "Rekvisisjon" / "Rekvisisjon-v-1-6"]
+        _, docs = _convert(capsys, monkeypatch, shared_dir, *folders)
+        bundles = [d for d in docs if d["resourceType"] == "Bundle"]
+        assert len(bundles) > 60
+        resources = [e["resource"] for d in bundles for e in d["entry"] if "resource" in e]  # a DELETE has none
+        assert [where for r in resources for where in _codings_without_system(r, r["resourceType"])] == []
+        systems = {c["system"] for r in resources for c in _all_codings(r)}
+        assert {f"urn:oid:2.16.578.1.12.4.1.1.{n}" for n in (8279, 9101, 9033, 7402, 7491, 7494)} <= systems
+
+    @pytest.mark.corpus
+    def test_rekvisisjon_1_5s_own_type_r_stays_without_a_system(self, shared_dir, capsys, monkeypatch):
+        """Rekvisisjon 1.5 sends Type R, a code of no Volven list: kept as code and display, not given 8279."""
+        path = shared_dir / "norsk" / "eksempel" / "Rekvisisjon" / "Rekvisisjon-v-1-5" / "Rekvisisjon_lab_v1-5_Ny.xml"
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        assert code == 0
+        requisition = next(r for r in _of(doc, "ServiceRequest") if r["code"]["coding"][0]["code"] == "R")
+        assert requisition["code"]["coding"] == [{"code": "R", "display": "Rekvisisjon"}]
+
+
+def _all_codings(node) -> list[dict]:
+    if isinstance(node, dict):
+        own = [c for c in node.get("coding", []) if isinstance(c, dict) and "system" in c]
+        return own + [c for value in node.values() for c in _all_codings(value)]
+    if isinstance(node, list):
+        return [c for item in node for c in _all_codings(item)]
+    return []

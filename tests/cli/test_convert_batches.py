@@ -1,0 +1,93 @@
+"""`helsebro convert` of FHS/BHS batch files: BTS-1 and FTS-1 counts are checked against what arrived."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from router.cli import main
+from router.testing import adt_message
+from schemas.identity import first_valid_fnr
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS_BATCH = ROOT.parent / "shared" / "corpus" / "hl7v2" / "derived-quirks" / "20_batch_FHS_BHS_two_messages.hl7"
+
+
+def _messages(count: int) -> bytes:
+    return b"".join(
+        adt_message("A01", control_id=f"B{i}", fnr=first_valid_fnr(1 + i, 3, 80, 100 + i, synthetic=True), local_id=f"L{i}", visit=f"V{i}")
+        for i in range(count)
+    )
+
+
+def _batch(count: int, bts: str, fts: str = "1") -> bytes:
+    return b"FHS|^~\\&|PAS|STOLAV\rBHS|^~\\&|PAS|STOLAV|||||||BATCH-7\r" + _messages(count) + f"BTS|{bts}\rFTS|{fts}\r".encode()
+
+
+def _convert(capsys, tmp_path: Path, data: bytes) -> tuple[int, list[dict]]:
+    f = tmp_path / "batch.hl7"
+    f.write_bytes(data)
+    code = main(["convert", str(f)])
+    out = capsys.readouterr().out
+    return code, [json.loads(line) for line in out.splitlines()]
+
+
+class TestBatchCounts:
+    def test_a_batch_whose_counts_agree_converts_each_message(self, capsys, tmp_path):
+        """BTS-1 = 3 and FTS-1 = 1 over three messages: three Bundles, exit 0, nothing more."""
+        code, docs = _convert(capsys, tmp_path, _batch(3, "3"))
+        assert code == 0
+        assert [d["resourceType"] for d in docs] == ["Bundle"] * 3
+
+    def test_a_batch_that_lost_messages_is_reported_and_what_arrived_still_converts(self, capsys, tmp_path):
+        """BTS-1 says 5, four arrived: four Bundles, then one OperationOutcome at BTS-1, exit 1."""
+        code, docs = _convert(capsys, tmp_path, _batch(4, "5"))
+        assert code == 1
+        assert [d["resourceType"] for d in docs] == ["Bundle"] * 4 + ["OperationOutcome"]
+        [issue] = docs[-1]["issue"]
+        assert issue["severity"] == "error" and issue["expression"] == ["BTS-1"]
+        assert issue["diagnostics"].startswith("BTS-1 says 5 messages, the batch holds 4")
+
+    def test_a_file_that_lost_a_batch_is_reported_at_fts_1(self, capsys, tmp_path):
+        """FTS-1 says 2 batches, one BHS arrived."""
+        code, docs = _convert(capsys, tmp_path, _batch(2, "2", fts="2"))
+        assert code == 1
+        [issue] = docs[-1]["issue"]
+        assert issue["expression"] == ["FTS-1"] and issue["diagnostics"].startswith("FTS-1 says 2 batches, the file holds 1")
+
+    def test_the_second_batch_of_a_file_is_named_by_its_occurrence(self, capsys, tmp_path):
+        """Two batches in one file, the second short: the outcome names BTS[2]-1."""
+        second = b"BHS|^~\\&|PAS|STOLAV\r" + _messages(1) + b"BTS|2\r"
+        data = _batch(2, "2", fts="2").replace(b"FTS|2\r", second + b"FTS|2\r")
+        code, docs = _convert(capsys, tmp_path, data)
+        assert code == 1 and len(docs) == 4
+        assert docs[-1]["issue"][0]["expression"] == ["BTS[2]-1"]
+
+    def test_a_count_that_is_not_a_number_is_reported(self, capsys, tmp_path):
+        """BTS-1 = "x" cannot confirm the batch: reported, not taken as agreeing."""
+        code, docs = _convert(capsys, tmp_path, _batch(1, "x"))
+        assert code == 1 and docs[-1]["issue"][0]["diagnostics"].startswith("BTS-1 is not a number of messages")
+
+    @pytest.mark.parametrize("trailers", [b"BTS\rFTS\r", b"BTS|\rFTS|\r", b""])
+    def test_an_absent_or_empty_count_is_not_checked(self, capsys, tmp_path, trailers):
+        """BTS and FTS without a count, or no trailers at all: nothing to check, the messages convert, exit 0."""
+        code, docs = _convert(capsys, tmp_path, b"BHS|^~\\&|PAS|STOLAV\r" + _messages(2) + trailers)
+        assert code == 0 and [d["resourceType"] for d in docs] == ["Bundle"] * 2
+
+    def test_the_corpus_batch_file_agrees_and_a_short_copy_does_not(self, capsys, tmp_path):
+        """The corpus's FHS/BHS batch (BTS|2, FTS|1, two messages) converts; the same file claiming 3 is reported."""
+        if not CORPUS_BATCH.exists():
+            pytest.skip(f"corpus not present: {CORPUS_BATCH}")
+        data = CORPUS_BATCH.read_bytes()
+        code, docs = _convert(capsys, tmp_path, data)
+        assert code == 0 and len(docs) == 2
+        code, docs = _convert(capsys, tmp_path, data.replace(b"BTS|2", b"BTS|3"))
+        assert code == 1 and docs[-1]["issue"][0]["diagnostics"].startswith("BTS-1 says 3 messages, the batch holds 2")
+
+    def test_a_batch_that_lost_every_message_gives_one_outcome(self, capsys, tmp_path):
+        """The envelope alone (what a dead letter of a short batch holds): one OperationOutcome, not also "no MSH segment"."""
+        code, docs = _convert(capsys, tmp_path, b"FHS|^~\\&|PAS\rBHS|^~\\&|PAS\rBTS|3\rFTS|1\r")
+        assert code == 1 and len(docs) == 1
+        assert docs[0]["issue"][0]["diagnostics"].startswith("BTS-1 says 3 messages, the batch holds 0")
