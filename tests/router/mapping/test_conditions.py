@@ -87,15 +87,16 @@ class TestReads:
             ask(scope)
             assert valued - set(_unmapped(SCOPE.message, scope.reads)) == read, ask
 
-    @pytest.mark.parametrize(("pid30", "listed"), [("N", True), ("Y", False)])
-    def test_a_field_only_a_failed_condition_tested_is_unmapped(self, capsys, tmp_path, pid30, listed):
-        """`helsebro convert --unmapped` lists PID-30 `N`, tested only by `when: PID-30 = Y` (deceasedBoolean), and not PID-30 `Y`, which it maps."""
-        pid = "PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|M" + "|" * 22 + pid30
+    @pytest.mark.parametrize(("pid25", "listed"), [("2", True), ("", False)])
+    def test_a_field_only_a_failed_condition_tested_is_unmapped(self, capsys, tmp_path, pid25, listed):
+        """`helsebro convert --unmapped` lists PID-24 `N` when PID-25 gives the birth order (multipleBirthInteger):
+        its only rules, `when: PID-24 ... and not PID-25 matches '^\\d+$'`, failed; without PID-25 it maps (multipleBirthBoolean)."""
+        pid = "PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|M" + "|" * 16 + "N|" + pid25
         text = "\r".join(["MSH|^~\\&|PAS|STOLAV|HB|HP|20250110083000||ADT^A08^ADT_A01|C-1|P|2.5.1", "EVN|A08|20250110083000", pid]) + "\r"
         path = tmp_path / "m.hl7"
         path.write_text(text, encoding="utf-8")
         assert main(["convert", "--unmapped", str(path)]) == 0
         out, err = capsys.readouterr()
         [patient] = [e["resource"] for e in json.loads(out)["entry"] if e["resource"]["resourceType"] == "Patient"]
-        assert ("deceasedBoolean" in patient) is not listed
-        assert ("PID-30" in err) is listed, err
+        assert ("multipleBirthBoolean" in patient) is not listed
+        assert ("PID-24" in err) is listed, err
