@@ -208,7 +208,10 @@ class _Run:
             key = (use.memo, scope.value, scope.message.delims, ctx.fn_ctx.sender)  # the sender: see FnContext
             known = ctx.fn_ctx.memo.get(key)
             if known is not None:
-                return self._recall(use, known, inst)
+                try:
+                    return self._recall(use, known, inst)
+                except InvalidContent as exc:  # remembered or built, a refusal says which segment made the second
+                    raise _placed(exc, use, scope) from None
         tpl: Template = use.template  # type: ignore[assignment]  # uses() takes the groups (no template)
         resource: dict[str, Any] = {"resourceType": tpl.fhir_type}
         block = tpl.block
@@ -248,9 +251,7 @@ class _Run:
         try:
             return self._place(tpl.fhir_type, entry, inst, system, ctx.untidy, write)
         except InvalidContent as exc:  # two resources under one identity: say which segment made the second
-            if exc.location is None and (where := _where(use, scope) or _group_start(scope)):
-                raise InvalidContent(exc.reason, location=where) from None
-            raise
+            raise _placed(exc, use, scope) from None
 
     def _recall(self, use: ResourceUse, known: tuple[bytes | None, bool, str], inst: str) -> bool:
         blob, untidy, system = known
@@ -284,6 +285,13 @@ class _Run:
         self.entries.append(entry)
         self.untidy.append(untidy)
         return True
+
+
+def _placed(exc: InvalidContent, use: ResourceUse, scope: Any) -> InvalidContent:
+    """*exc* with the position of the segment that made the second resource, when it has none of its own."""
+    if exc.location is None and (where := _where(use, scope) or _group_start(scope)):
+        return InvalidContent(exc.reason, location=where)
+    return exc
 
 
 _NOTHING = (None, False, "")

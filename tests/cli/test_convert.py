@@ -479,6 +479,21 @@ class TestRefusalsSayWhere:
         assert code == 1 and "share the identity" in issue["diagnostics"], issue
         assert issue["location"] in (["ORC[2]"], ["RXO[2]"]), issue
 
+    def test_a_doctor_number_naming_two_people_is_placed_in_every_message_not_only_the_first(self, capsys, tmp_path):
+        """PV1-7 and PV1-17 give one number two names. The second message of the file builds its doctors from what the
+        converter remembers of the first (engine._one's memo): its refusal must still say PV1-17, not nothing."""
+        pv1 = ["PV1", "1", "I", "MED", "", "", "", "0148^ADDISON^JAMES"] + [""] * 9 + ["0148^ANDERSON^CARL", "", "V1^^^STOLAV^VN"]
+        one = "\r".join([
+            "MSH|^~\\&|DIPS|STOLAV|HB|HP|20250110083000||ADT^A01^ADT_A01|{ctrl}|P|2.5.1", "EVN|A01|20250110083000",
+            f"PID|1||{FNR}^^^NOR^FNR||NORDMANN^OLA", "|".join(pv1),
+        ]) + "\r"
+        code, docs, _ = run_convert(capsys, tmp_path, one.format(ctrl="C1") + one.format(ctrl="C2"))
+        assert code == 1 and len(docs) == 2
+        for doc in docs:
+            issue = doc["issue"][0]
+            assert "share the identity" in issue["diagnostics"], issue
+            assert issue["location"] == ["PV1-17[1]"], issue
+
 
 class TestContextStay:
     @staticmethod
