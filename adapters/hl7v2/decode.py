@@ -122,7 +122,8 @@ def check_batch_counts(data: bytes) -> BatchShortfall | None:
     message, so without this check nobody would hear of the loss. An absent or
     empty count is not checked. Messages are counted as split_messages() cuts them
     (a line starting with MSH), per batch: since the last BHS or BTS. Batches are
-    counted by their BHS; a file with messages but no BHS is one batch. Returns
+    counted by their BHS, per file (since the last FHS or FTS: files concatenated in one
+    delivery each have their own FTS); a file with messages but no BHS is one batch. Returns
     None when every count agrees or the delivery has no BTS/FTS.
     """
     if b"BTS" not in data and b"FTS" not in data and b"bts" not in data and b"fts" not in data:
@@ -131,38 +132,58 @@ def check_batch_counts(data: bytes) -> BatchShortfall | None:
     problems: list[tuple[str, str, str]] = []  # (reason, location, control id of the batch or file)
     envelope: list[bytes] = []
     batch_id = file_id = ""
-    in_batch = batches = trailers = messages = 0
+    in_batch = trailers = messages = 0
+    file_batches = file_messages = file_trailers = 0  # since the last FHS: files concatenated in one delivery are counted each on its own
+    sep = b"|"  # the field separator of the last MSH, FHS or BHS: a BTS or FTS trailer is written with it
     for raw_line in lines:
         line = raw_line.lstrip().lstrip(b"\xef\xbb\xbf")
         name = line[:3].upper()
+        mark = line[3:4]
         if name == b"MSH":
             in_batch += 1
             messages += 1
+            file_messages += 1
+            sep = mark if _is_separator(mark) else sep
             continue
         if name not in _BATCH_SEGMENTS:
             continue
+        if name in (b"FHS", b"BHS"):
+            if not _is_separator(mark):
+                continue
+            sep = mark
+        elif mark and mark != sep:
+            continue  # text that starts with BTS or FTS (a field's line-feed continuation), not a trailer: never in the envelope
         envelope.append(line)
         count = _count_field(line)
         if name == b"BHS":
-            batches += 1
+            file_batches += 1
             in_batch = 0
             batch_id = _field(line, 10)  # BHS-11: BHS-1 is the separator itself, as MSH-1
         elif name == b"FHS":
             file_id = _field(line, 10)  # FHS-11
+            file_batches = file_messages = 0
         elif name == b"BTS":
             trailers += 1
             label = "BTS-1" if trailers == 1 else f"BTS[{trailers}]-1"
             if count is not None and count != in_batch:
                 problems.append((_says(label, count, in_batch, "message"), label, batch_id or file_id))
             in_batch = 0
-        elif count is not None:  # FTS
-            held = batches or (1 if messages else 0)
-            if count != held:
-                problems.append((_says("FTS-1", count, held, "batch"), "FTS-1", file_id))
+        else:  # FTS
+            file_trailers += 1
+            label = "FTS-1" if file_trailers == 1 else f"FTS[{file_trailers}]-1"
+            held = file_batches or (1 if file_messages else 0)
+            if count is not None and count != held:
+                problems.append((_says(label, count, held, "batch"), label, file_id))
+            file_batches = file_messages = 0
     if not problems:
         return None
     reason = "; ".join(text for text, _, _ in problems) + ": messages were lost on the way; each message that arrived was still converted"
     return BatchShortfall(DecodeError(reason, location=problems[0][1]), b"\r".join(envelope) + b"\r", problems[0][2] or None, messages)
+
+
+def _is_separator(mark: bytes) -> bool:
+    """Tell whether the byte after a segment name can be a field separator (not a letter, digit or blank)."""
+    return len(mark) == 1 and not mark.isalnum() and not mark.isspace()
 
 
 def _count_field(line: bytes) -> int | None:

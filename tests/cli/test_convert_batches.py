@@ -65,6 +65,39 @@ class TestBatchCounts:
         assert code == 1 and len(docs) == 4
         assert docs[-1]["issue"][0]["expression"] == ["BTS[2]-1"]
 
+    def test_two_batch_files_in_one_delivery_are_counted_each_on_its_own(self, capsys, tmp_path):
+        """Two whole files (FHS ... FTS|1 twice), nothing lost: each FTS-1 counts its own file's batches, exit 0.
+
+        Before: the second FTS-1 was compared with every BHS of the delivery ("FTS-1 says 1 batch, the
+        file holds 2"), a false loss report, exit 1 and a dead letter."""
+        code, docs = _convert(capsys, tmp_path, _batch(1, "1") + _batch(2, "2"))
+        assert code == 0 and [d["resourceType"] for d in docs] == ["Bundle"] * 3
+
+    def test_the_second_file_of_a_delivery_that_lost_a_batch_is_named(self, capsys, tmp_path):
+        """Two files, the second's FTS-1 says 2 batches and one arrived: reported at FTS[2]-1."""
+        code, docs = _convert(capsys, tmp_path, _batch(1, "1") + _batch(1, "1", fts="2"))
+        assert code == 1 and [d["resourceType"] for d in docs] == ["Bundle"] * 2 + ["OperationOutcome"]
+        [issue] = docs[-1]["issue"]
+        assert issue["expression"] == ["FTS[2]-1"] and issue["diagnostics"].startswith("FTS[2]-1 says 2 batches, the file holds 1")
+
+    def test_text_that_starts_with_fts_is_not_taken_for_a_trailer(self, capsys, tmp_path):
+        """An FT field continued on a new line (a bare LF) whose text starts "FTS-": not a file trailer.
+
+        Before: it was read as FTS with a count "not a number", a second outcome claimed lost messages,
+        and the shortfall's "envelope", which its dead letter keeps, was that line of clinical text."""
+        message = (
+            b"MSH|^~\\&|LAB|STOLAV|HELSEBRO|HP|20250110083000||ORU^R01^ORU_R01|C1|P|2.5.1\r"
+            b"PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|M\r"
+            b"OBR|1|P1|F1|HB^Hb^L|||20250110080000\r"
+            b"OBX|1|FT|TXT^Tekst^L||Linje en\nFTS-verdi normal hos pasienten||||||F\r"
+        )
+        f = tmp_path / "m.hl7"
+        f.write_bytes(message)
+        main(["convert", str(f)])
+        out = capsys.readouterr().out
+        assert "FTS-1" not in out and "lost on the way" not in out
+        assert "hos pasienten" not in out
+
     def test_a_count_that_is_not_a_number_is_reported(self, capsys, tmp_path):
         """BTS-1 = "x" cannot confirm the batch: reported, not taken as agreeing."""
         code, docs = _convert(capsys, tmp_path, _batch(1, "x"))

@@ -16,6 +16,7 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from router.cli import main
+from schemas.identity import first_valid_fnr
 
 HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
 FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
@@ -182,14 +183,30 @@ class TestPatientFields:
         assert patient["id"] == _one(plain, "Patient")["id"]
         assert "PID-4" not in unread, unread
 
-    def test_a_failing_national_id_in_pid4_is_refused_there(self, tmp_path, capsys):
-        """A fødselsnummer with bad check digits in PID-4 is refused at PID-4, as in PID-3: never stored under the FNR system."""
-        path = tmp_path / "m.hl7"
-        path.write_bytes(_adt(_pid(p4="15866112378^^^NOR^FNR"), _pv1()))
-        assert main(["convert", str(path)]) == 1
-        [doc] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-        assert doc["resourceType"] == "OperationOutcome"
-        assert "PID-4" in json.dumps(doc["issue"][0]["expression"])
+    def test_a_national_id_in_pid4_does_not_change_which_patient_is_updated(self, tmp_path, capsys):
+        """PID-3 a hospital number, PID-4 a valid fødselsnummer: the Patient is still the one PID-3 names.
+
+        Before: the FNR, mapped from PID-4 under the national system, outranked the local PID-3 as the
+        identity, so the message updated the Patient of that FNR (maybe another person's: a mother's)."""
+        local = "88123^^^STOLAV^PI"
+        plain, _ = _convert(tmp_path, capsys, _adt(_pid(p3=local), _pv1()))
+        doc, _ = _convert(tmp_path, capsys, _adt(_pid(p3=local, p4="15866112379^^^NOR^FNR"), _pv1()))
+        patient = _one(doc, "Patient")
+        assert patient["id"] == _one(plain, "Patient")["id"]
+        assert FNR not in [i["system"] for i in patient["identifier"]]
+
+    def test_another_persons_national_id_in_pid4_is_not_stored_on_this_patient(self, tmp_path, capsys):
+        """PID-3 one FNR, PID-4 another valid one: the Patient must not carry the second (a later message for
+        that person would find this Patient by it)."""
+        other = first_valid_fnr(1, 3, 80, 100, synthetic=True)
+        doc, _ = _convert(tmp_path, capsys, _adt(_pid(p4=f"{other}^^^NOR^FNR"), _pv1()))
+        patient = _one(doc, "Patient")
+        assert [(i["system"], i["value"]) for i in patient["identifier"]] == [(FNR, "15866112379")]
+
+    def test_a_failing_national_id_in_pid4_is_not_stored(self, tmp_path, capsys):
+        """A fødselsnummer with bad check digits in PID-4 is never stored under the FNR system, nor refuses the stay."""
+        doc, _ = _convert(tmp_path, capsys, _adt(_pid(p4="15866112378^^^NOR^FNR"), _pv1()))
+        assert "15866112378" not in json.dumps(doc)
 
     @pytest.mark.parametrize(
         ("pid29", "pid30", "expected"),
