@@ -38,6 +38,20 @@ def run_convert(capsys, tmp_path: Path, text: str, *extra: str) -> tuple[int, li
     return code, [json.loads(line) for line in out.splitlines()], err
 
 
+def lint_refuses_a_key_that_is_not_a_list(capsys, tmp_path: Path, mapping: str, key: str, good: str, bad: str) -> None:
+    """Edit a copy of the shipped mappings so *mapping*'s `key: good` reads `key: bad`; lint must refuse it at that line."""
+    folder = tmp_path / "mappings" / "hl7v2"
+    shutil.copytree(ROOT / "mappings" / "hl7v2", folder)
+    path = folder / "messages" / f"{mapping}.yaml"
+    text = path.read_text().replace(f"{key}: {good}", f"{key}: {bad}")
+    path.write_text(text)
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith(f"{key}:"))
+    code = main(["mappings", "lint", str(folder)])
+    out = capsys.readouterr()
+    assert code != 0
+    assert f"{mapping}.yaml:{line}" in out.out + out.err and f"{key} must list segment names" in out.out + out.err
+
+
 def resources(doc: dict, kind: str) -> list[dict]:
     return [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == kind]
 
@@ -431,16 +445,7 @@ class TestRequiredSegments:
 
     def test_lint_refuses_requires_that_is_not_a_list_of_segments(self, capsys, tmp_path):
         """`requires: PID` (a string) is refused at its line."""
-        folder = tmp_path / "mappings" / "hl7v2"
-        shutil.copytree(ROOT / "mappings" / "hl7v2", folder)
-        path = folder / "messages" / "ADT_A01.yaml"
-        text = path.read_text().replace("requires: [PID]", "requires: PID")
-        path.write_text(text)
-        line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith("requires:"))
-        code = main(["mappings", "lint", str(folder)])
-        out = capsys.readouterr()
-        assert code != 0
-        assert f"ADT_A01.yaml:{line}" in out.out + out.err and "requires must list segment names" in out.out + out.err
+        lint_refuses_a_key_that_is_not_a_list(capsys, tmp_path, "ADT_A01", "requires", "[PID]", "PID")
 
 
 class TestRefusalsSayWhere:
@@ -607,13 +612,4 @@ class TestSegmentsAppliedOnce:
 
     def test_lint_refuses_once_that_is_not_a_list_of_segments(self, capsys, tmp_path):
         """`once: MRG` (a string) is refused at its line."""
-        folder = tmp_path / "mappings" / "hl7v2"
-        shutil.copytree(ROOT / "mappings" / "hl7v2", folder)
-        path = folder / "messages" / "ADT_A45.yaml"
-        text = path.read_text().replace("once: [MRG]", "once: MRG")
-        path.write_text(text)
-        line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith("once:"))
-        code = main(["mappings", "lint", str(folder)])
-        out = capsys.readouterr()
-        assert code != 0
-        assert f"ADT_A45.yaml:{line}" in out.out + out.err and "once must list segment names" in out.out + out.err
+        lint_refuses_a_key_that_is_not_a_list(capsys, tmp_path, "ADT_A45", "once", "[MRG]", "MRG")
