@@ -107,12 +107,7 @@ def _requires(doc: YMap) -> tuple[str, ...]:
     converted to a Bundle of its sending facility alone and was acknowledged as applied.
     The structure requires PID; the sender hears that it is missing instead.
     """
-    from router.mapping.compiler import _err
-
-    names = doc["requires"]
-    if not isinstance(names, YList) or not names or not all(isinstance(n, str) and len(n) == 3 and n.isalnum() and n.isupper() for n in names):
-        raise _err("requires must list segment names (PID, PV1, ...)", doc.pos("requires"))
-    return tuple(str(n) for n in names)
+    return _segment_names(doc, "requires", "PID, PV1, ...")
 
 
 def _once(doc: YMap) -> tuple[str, ...]:
@@ -123,11 +118,16 @@ def _once(doc: YMap) -> tuple[str, ...]:
     stay silently not moved, while the message was acknowledged. The sender hears
     "MRG[2]" instead, and can send each move as its own message.
     """
+    return _segment_names(doc, "once", "MRG, PV1, ...")
+
+
+def _segment_names(doc: YMap, key: str, example: str) -> tuple[str, ...]:
+    """The non-empty list of segment names under *key*, or a lint error at its line."""
     from router.mapping.compiler import _err
 
-    names = doc["once"]
+    names = doc[key]
     if not isinstance(names, YList) or not names or not all(isinstance(n, str) and len(n) == 3 and n.isalnum() and n.isupper() for n in names):
-        raise _err("once must list segment names (MRG, PV1, ...)", doc.pos("once"))
+        raise _err(f"{key} must list segment names ({example})", doc.pos(key))
     return tuple(str(n) for n in names)
 
 
