@@ -77,9 +77,9 @@ _ESCAPES = str.maketrans({"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _PLAIN = re.compile(r"[^\\|^&~\x00-\x1f\x7f]*")
 """Text with no delimiter and no control character: what _escape leaves as it is."""
-# "PID-3[1].1.2", "OBX[2]-5", "MSH-9": segment[occurrence]-field[repetition].component.sub
+# "PID-3[1].1.2", "OBX[2]-5", "MSH-9", "MRG[2]": segment[occurrence]-field[repetition].component.sub
 _LOCATION = re.compile(
-    r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?-(\d+)(?:\[(\d+)\])?(?:\.(\d+))?(?:\.(\d+))?", re.ASCII
+    r"([A-Z][A-Z0-9]{2})(?:\[(\d+)\])?(?:-(\d+)(?:\[(\d+)\])?(?:\.(\d+))?(?:\.(\d+))?)?", re.ASCII
 )
 # MSA-3 is ST(80) in v2.5; longer text may be cut off or refused by the sender.
 _TEXT_MAX = 80
@@ -111,6 +111,9 @@ def _components(value: str) -> str:
 def _erl(location: str | None) -> str:
     """Turn "PID-3[1].1" into the ERL "PID^1^3^1^1"; "" for anything unrecognised.
 
+    A whole segment ("MRG[2]", "PID") is an ERL too: its segment id and
+    sequence are required, its field position optional.
+
     An XPath or a malformed location must not stop the ACK from going out, so
     it yields an empty ERR-2 rather than an error.
     """
@@ -118,7 +121,9 @@ def _erl(location: str | None) -> str:
     if match is None:
         return ""
     segment, occurrence, field, repetition, component, sub = match.groups()
-    parts = [segment, occurrence or "1", field]
+    parts = [segment, occurrence or "1"]
+    if field:
+        parts.append(field)
     if repetition or component:
         parts.append(repetition or "1")
     if component:

@@ -202,6 +202,23 @@ class TestFixtures:
         assert sorted(t["code"]["coding"][0]["code"] for t in tests) == ["NOR05172", "NPU03230", "NPU03429"]
         assert all(t["requisition"]["value"] == "urn:uuid:e5f6a7b8-c9d0-4e1f-8a2b-3c4d5e6f7081" for t in tests)
 
+    @pytest.mark.parametrize(
+        ("type_element", "code"),
+        [
+            ('<Type V="REQ_LAB" DN="Rekvisisjon-Laboratoriemedisin"/>', {"coding": [{"system": "urn:oid:2.16.578.1.12.4.1.1.8279", "code": "REQ_LAB", "display": "Rekvisisjon-Laboratoriemedisin"}]}),
+            ('<Type DN="Rekvisisjon-Laboratoriemedisin"/>', {"text": "Rekvisisjon-Laboratoriemedisin"}),
+            ('<Type V="R" DN="Rekvisisjon"/>', {"coding": [{"code": "R", "display": "Rekvisisjon"}]}),
+        ],
+    )
+    def test_a_requisitions_kind_is_kept_with_or_without_its_code(self, converter, type_element, code):
+        """Message/Type → the requisition's code: a Volven 8279 Coding, 1.5's R as sent, and a display name alone as text (not dropped)."""
+        [source] = sorted((CASES / "Rekvisisjon.cases").glob("*.xml"))
+        xml = source.read_bytes().replace(b'<Type V="REQ_LAB" DN="Rekvisisjon-Laboratoriemedisin"/>', type_element.encode(), 1)
+        [item] = converter.convert(xml)
+        assert item.bundle is not None, item.error
+        [requisition] = [r for r in _of(item.bundle, "ServiceRequest") if "basedOn" not in r]
+        assert requisition["code"] == code
+
     def test_a_henvisning_2_0_change_keeps_its_document_identity(self, converter):
         """Henvisning 2.0 ServType M: the ServiceRequest is found by DocumentId, the MsgId is a second identifier."""
         doc = self._docs(converter, "Henvisning20")

@@ -136,6 +136,7 @@ class TestEngine:
         [(reply, ack)] = drain_queue(settings, settings.engine.broker.names.replies)
         assert reply["x-helsebro-ack-code"] == "AR"
         assert b"MSA|AR|" in ack
+        assert b"\rERR||MSH^1|" in ack  # ERR-2 names the segment even without a field number
 
     def test_dead_letters_invalid_content_from_the_record(self, settings):
         """A Bundle the record refuses goes to the DLQ at stage apply and gets an AE."""
