@@ -81,7 +81,7 @@ def split_messages(data: bytes) -> list[RawMessage]:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     if b"\n" in data:
-        data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+        data = _line_ends(data)
     # The common case, one plain message, checked without the slow scan below.
     # Line ends are all CR by now, so a second MSH can only follow a CR.
     if data[:3].upper() == b"MSH" and b"FHS" not in data and b"BHS" not in data and not _NEXT_MSH.search(data):
@@ -98,6 +98,34 @@ def split_messages(data: bytes) -> list[RawMessage]:
         # Keep the start byte on the message the open frame cut: decode() refuses it.
         out[-1] = RawMessage(out[-1].index, _MLLP_START + out[-1].data)
     return out
+
+
+_BARE_LF = re.compile(rb"\n((?:[ \t]*\n)*)([^\r\n]*)")
+"""A bare LF, the blank lines after it, and the next line: whether it ends a segment depends on that line."""
+
+
+def _line_ends(data: bytes) -> bytes:
+    """Make every segment end a CR; a bare LF inside a field's text stays in it.
+
+    Why: files from Unix tools end segments with LF, from Windows with CRLF. But
+    some senders also put a bare LF inside a text (an NTE or OBX-5 written on
+    several lines) where HL7 wants ``\\.br\\``. Cut there, the rest of the text
+    becomes a "segment" with no name and the whole message is refused. So a bare
+    LF (with any blank lines after it) ends a segment only when the next line can
+    start one: a segment name and the field separator, or nothing (the end).
+    Otherwise that line is the text's next line, and the LFs stay in the field.
+    """
+    data = data.replace(b"\r\n", b"\r")
+    at = data.find(b"MSH")
+    sep = data[at + 3 : at + 4] if at >= 0 else b""
+    segment = re.compile(rb"[ \t]*(?:[A-Za-z][A-Za-z0-9]{2}(?:" + re.escape(sep or b"|") + rb"|[ \t]*$)|$)")
+
+    def one(m: re.Match[bytes]) -> bytes:
+        if segment.match(m.group(2)):
+            return b"\r" + m.group(1).replace(b"\n", b"\r") + m.group(2)
+        return m.group(0)
+
+    return _BARE_LF.sub(one, data)
 
 
 @dataclass(frozen=True, slots=True)

@@ -346,6 +346,16 @@ class TestResultLines:
         assert len(three) == 1
 
 
+    @pytest.mark.parametrize("end", ["\r", "\n", "\r\n"])
+    def test_a_text_sent_over_several_lines_keeps_its_line_breaks(self, capsys, tmp_path, end):
+        """A TX value and its NTE written with bare LFs (not \\.br\\) convert, their line breaks kept, whatever ends the segments."""
+        oru = self._oru("1", "TX|REPORT^Report||Funn:\nIngen brudd.|||||||F") + "NTE|1||Tatt\nfastende\r"
+        code, [doc], _ = run_convert(capsys, tmp_path, oru.replace("\r", end))
+        assert code == 0, doc
+        [obs] = resources(doc, "Observation")
+        assert obs["valueString"] == "Funn:\nIngen brudd." and obs["note"] == [{"text": "Tatt\nfastende"}]
+
+
 class TestSeveralPatientsInOneMessage:
     def test_each_patient_result_group_keeps_its_own_patient(self, capsys, tmp_path):
         """An ORU^R01 with two PATIENT_RESULT groups: each report and result is about its own group's patient and stay."""

@@ -93,10 +93,12 @@ class TestBatchCounts:
         )
         f = tmp_path / "m.hl7"
         f.write_bytes(message)
-        main(["convert", str(f)])
+        assert main(["convert", str(f)]) == 0
         out = capsys.readouterr().out
         assert "FTS-1" not in out and "lost on the way" not in out
-        assert "hos pasienten" not in out
+        [doc] = [json.loads(line) for line in out.splitlines()]  # one Bundle: the text is the OBX's (docs/hl7v2-coverage.md, Line ends)
+        [obs] = [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Observation"]
+        assert obs["valueString"] == "Linje en\nFTS-verdi normal hos pasienten"
 
     def test_a_count_that_is_not_a_number_is_reported(self, capsys, tmp_path):
         """BTS-1 = "x" cannot confirm the batch: reported, not taken as agreeing."""

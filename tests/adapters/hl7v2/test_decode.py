@@ -23,6 +23,35 @@ class TestSplitMessages:
         for variant in (base, base.replace(b"\r", b"\n"), base.replace(b"\r", b"\r\n")):
             assert [s.name for s in _one(variant).message.segments] == ["MSH", "PID"]
 
+    @pytest.mark.parametrize("end", ["\r", "\n", "\r\n"])
+    def test_a_bare_lf_inside_a_text_stays_in_it(self, end):
+        """An NTE written on several lines (bare LFs, a blank line) is one segment whose text keeps its line breaks, whatever ends the segments."""
+        text = "Prøven ble tatt\nkl. 08:00 etter faste.\n\nRing ved spørsmål"
+        data = (MSG.format(cs="", name="OLA") + f"NTE|1||{text}\rZZZ|1\r").replace("\r", end).encode()
+        msg = _one(data).message
+        assert [s.name for s in msg.segments] == ["MSH", "PID", "NTE", "ZZZ"]
+        assert msg.leaf(msg.repetitions(msg.first("NTE"), 3)[0], 1, 0) == text
+
+    @pytest.mark.parametrize(
+        ("after", "names"),
+        [
+            ("PV1|1|I", ["MSH", "PID", "PV1"]),  # a segment name and the field separator
+            ("pv1|1|I", ["MSH", "PID", "PV1"]),  # lowercase names are still names (the tokenizer's quirk)
+            ("ZPX", ["MSH", "PID", "ZPX"]),  # a segment with no fields
+            ("  \n\t\nPV1|1", ["MSH", "PID", "PV1"]),  # blank lines between segments are dropped
+            ("", ["MSH", "PID"]),  # trailing LFs
+        ],
+    )
+    def test_a_bare_lf_before_a_segment_ends_the_segment(self, after, names):
+        """A bare LF followed by something that can start a segment (or nothing) is a segment end, as before."""
+        data = (MSG.format(cs="", name="OLA").rstrip("\r") + "\n" + after + "\n\n").encode()
+        assert [s.name for s in _one(data).message.segments] == names
+
+    def test_a_text_line_that_looks_like_a_segment_still_splits(self):
+        """The rule reads no content: a continuation line starting "ABC|" is a segment (and refused as one), never merged silently."""
+        data = (MSG.format(cs="", name="OLA") + "NTE|1||se\nXYZ|neste linje\r").encode()
+        assert [s.name for s in _one(data).message.segments] == ["MSH", "PID", "NTE", "XYZ"]
+
     def test_mllp_frame_and_bom_are_ignored(self):
         """MLLP start/end bytes and a UTF-8 BOM around a message are stripped."""
         data = b"\x0b\xef\xbb\xbf" + MSG.format(cs="", name="OLA").encode() + b"\x1c\r"
