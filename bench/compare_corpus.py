@@ -185,11 +185,11 @@ def facts(bundle: Any) -> dict[str, Any]:
             if part:
                 names.add(str(part).upper())
     period = encounter.get("period") or {}
-    obs = {}
+    obs: dict[str, tuple[str | None, str | None, Any]] = {}
     for r in resources:
-        if r.get("resourceType") == "Observation" and _code(r.get("code")):
+        if r.get("resourceType") == "Observation" and (code := _code(r.get("code"))):
             value, unit = _value(r)
-            obs.setdefault(_code(r.get("code")), (value, unit, r.get("status")))
+            obs.setdefault(code, (value, unit, r.get("status")))
     groups = {}
     for r in resources:
         if r.get("resourceType") == "DiagnosticReport":

@@ -41,6 +41,7 @@ from adapters.amqp.connection import declare_topology, open_connection, queue_de
 from adapters.amqp.inbound import Inbound, ack_all
 from adapters.amqp.outbound import Publisher
 from router.logging import configure_logging
+from router.settings import Settings
 from router.testing import adt_message, delete_queues, drop_schema, isolated_settings, settings_env, wait_until
 from schemas.identity import first_valid_fnr
 
@@ -53,7 +54,7 @@ def _message(i: int, control: str) -> bytes:
     return adt_message("A01", control_id=control, fnr=fnr, local_id=f"L{i}", visit=f"V{i}")
 
 
-def _publish_all(settings, bodies: list[bytes], *, queue: str | None = None) -> None:
+def _publish_all(settings: Settings, bodies: list[bytes], *, queue: str | None = None) -> None:
     conn = open_connection(settings)
     declare_topology(conn, settings)
     pub = Publisher(conn, settings, app_id="bench", pipelined=True)
@@ -68,7 +69,7 @@ def _publish_all(settings, bodies: list[bytes], *, queue: str | None = None) -> 
     conn.release()
 
 
-def _depth(settings, name: str) -> int:
+def _depth(settings: Settings, name: str) -> int:
     conn = open_connection(settings)
     try:
         return queue_depth(conn, name)
@@ -76,7 +77,7 @@ def _depth(settings, name: str) -> int:
         conn.release()
 
 
-def _timed_fill(settings, name: str, n: int, timeout: float = 600) -> float:
+def _timed_fill(settings: Settings, name: str, n: int, timeout: float = 600) -> float:
     """Return seconds from the first message appearing in *name* to the n-th."""
     conn = open_connection(settings)
     try:
@@ -104,7 +105,7 @@ def _bare_loop(config_dir: str, data_dir: str, source: str, target: str, batch: 
         ack_all(got, embedded=False)
 
 
-def _ceiling(settings, n: int, workers: int, tag: str) -> float:
+def _ceiling(settings: Settings, n: int, workers: int, tag: str) -> float:
     source, target = f"bench.ceiling.in.{tag}", f"bench.ceiling.out.{tag}"
     conn = open_connection(settings)
     for name in (source, target):
@@ -128,7 +129,7 @@ def _ceiling(settings, n: int, workers: int, tag: str) -> float:
     return n / seconds
 
 
-def _start_workers(settings, workers: int, log: Path) -> subprocess.Popen:
+def _start_workers(settings: Settings, workers: int, log: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
     env.update(settings_env(settings))
     env["HELSEBRO_MAPPINGS_DIR"] = os.environ.get("HELSEBRO_MAPPINGS_DIR", str(settings.mappings_dir))
@@ -136,12 +137,12 @@ def _start_workers(settings, workers: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen([helsebro, "run", "--workers", str(workers), "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
 
 
-def _throughput(settings, n: int, workers: int, tmp: Path, *, first: int = 0) -> float:
+def _throughput(settings: Settings, n: int, workers: int, tmp: Path, *, first: int = 0) -> float:
     """Time a backlog of *n* new admissions (patients *first* … *first* + n − 1) through the engine."""
     replies = settings.engine.broker.names.replies
     conn = open_connection(settings)
@@ -176,7 +177,7 @@ def _paced_publisher(config_dir: str, data_dir: str, rate: float, seconds: float
     conn.release()
 
 
-def _latency(settings, workers: int, rate: float, seconds: float, tmp: Path) -> list[float]:
+def _latency(settings: Settings, workers: int, rate: float, seconds: float, tmp: Path) -> list[float]:
     conn = open_connection(settings)
     conn.default_channel.queue_purge(settings.engine.broker.names.replies)
     replies = Inbound(conn, settings, queues=[Queue(settings.engine.broker.names.replies, no_declare=True)], prefetch=500)

@@ -33,7 +33,7 @@ class TestStatic:
         assert done.returncode == 0, _report(done)
 
     def test_mypy_passes(self):
-        """mypy, strict, finds no error in adapters/, router/ and schemas/ (the `files` pyproject.toml sets)."""
+        """mypy, strict, finds no error in adapters/, router/, schemas/ and bench/ (the `files` pyproject.toml sets)."""
         try:
             metadata.version("types-PyYAML")
         except metadata.PackageNotFoundError:
