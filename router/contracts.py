@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from router.errors import MessageError
 
@@ -38,6 +38,18 @@ class ApplyResult:
     def changed(self) -> bool:
         """True when any entry created or changed a resource."""
         return any(e.outcome != "unchanged" for e in self.entries)
+
+
+class JournalFacts(NamedTuple):
+    """What the record journals about a message it applies (SqlRecord.apply_batch): safe to show, no patient data.
+
+    '' for a value the message did not give.
+    """
+
+    control_id: str
+    sender: str
+    message_type: str
+    patient_key: str  # a hash of the patient's identity (router.pipeline.convert.patient_key_for)
 
 
 class Record(Protocol):

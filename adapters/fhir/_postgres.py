@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 
 from adapters.fhir._lookups import DELETE_REFS, DELETE_TOKENS, INSERT_HISTORY, INSERT_REF, INSERT_RESOURCE, INSERT_TOKEN, UPDATE_RESOURCE
-from adapters.fhir._store import MARK_APPLIED, SqlRecord, prepare_schema
+from adapters.fhir._store import JOURNAL, MARK_APPLIED, SqlRecord, prepare_schema
 from adapters.fhir._transaction import Db
 from router.contracts import FhirJson
 from router.errors import RecordUnavailable
@@ -64,6 +64,8 @@ _BULK = {
     DELETE_TOKENS: "DELETE FROM fhir_token WHERE rid = ANY(%b::bigint[])",
     DELETE_REFS: "DELETE FROM fhir_ref WHERE rid = ANY(%b::bigint[])",
     MARK_APPLIED: "INSERT INTO helsebro_applied (key, applied_at) SELECT * FROM unnest(%b::text[], %b::float8[]) ON CONFLICT (key) DO NOTHING",
+    JOURNAL: "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, resources)"
+             " SELECT * FROM unnest(%b::text[], %b::float8[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[]) ON CONFLICT (key) DO NOTHING",
 }
 
 # The keys in binary (%b): psycopg's text form of an array runs a regex over each element.

@@ -15,20 +15,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from adapters.fhir._bundle import ID_RE, TYPE_RE, lock_keys, parse_bundle
 from adapters.fhir._lookups import Lookups
 from adapters.fhir._search import search_sql
 from adapters.fhir._transaction import Db, apply_entries
-from router.contracts import ApplyResult, FhirJson
+from router.contracts import ApplyResult, FhirJson, JournalFacts
 from router.errors import InvalidContent, MessageError, RecordUnavailable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout the code below reads and writes; `prepare_schema` brings an older record up to it.
 
 1 (no helsebro_schema table): fhir_resource held the current body beside fhir_history's copy,
   and every table and index was keyed by (type, id) text.
 2: fhir_resource is narrow (no body) and keyed by an integer `rid`; history, tokens and references
   name their resource by it.
+3: helsebro_journal, what each applied message wrote (created empty: messages applied before have no row).
 """
 
 # One schema for both backends; each fills {body} (TEXT, or JSON on PostgreSQL), {rid} (SQLite's
@@ -61,6 +64,14 @@ SCHEMA = (
     # the Bundle: a redelivery after a crash (or an ack lost with the broker) between
     # commit and ack finds its key and is not applied a second time; see apply_batch.
     "CREATE TABLE IF NOT EXISTS helsebro_applied (key TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL){without_rowid}",
+    # What each applied message was and wrote, for operators finding a message by its control id or
+    # its patient (`helsebro find`): written with its helsebro_applied row, kept as long. The patient
+    # is a key (router.pipeline.convert.patient_key_for: a hash), never a number or a name; `resources`
+    # is JSON, [[type, id, version, outcome], ...]. '' stands for a value the message did not give.
+    "CREATE TABLE IF NOT EXISTS helsebro_journal (key TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL,"
+    " control_id TEXT NOT NULL, sender TEXT NOT NULL, message_type TEXT NOT NULL, patient_key TEXT NOT NULL, resources TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS helsebro_journal_control ON helsebro_journal (control_id)",
+    "CREATE INDEX IF NOT EXISTS helsebro_journal_patient ON helsebro_journal (patient_key)",
 )
 
 # Version 1 → 2, in the transaction that prepares the schema. The old tables are renamed, the new
@@ -135,12 +146,30 @@ def prepare_schema(db: Db, tables: set[str], *, body: str, rid: str, without_row
 
 
 MARK_APPLIED = "INSERT INTO helsebro_applied (key, applied_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+JOURNAL = (
+    "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, resources)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
+)
+_JOURNAL_COLUMNS = "key, applied_at, control_id, sender, message_type, patient_key, resources"
 _APPLIED_AMONG = "WITH q (key) AS ({}) SELECT h.key FROM q JOIN helsebro_applied h ON h.key = q.key"
 APPLIED_RETENTION_SECONDS = 14 * 24 * 3600.0
 """How long an applied message's key is kept: far longer than any redelivery takes to come back."""
 _PURGE_APPLIED_EVERY = 1000  # apply_batch calls with keys between purges
 _REMEMBER = "INSERT INTO helsebro_seen (key, seen_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET seen_at = excluded.seen_at"
 _FORGET_EVERY = 1000  # remember() calls between purges of expired keys
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One applied message as helsebro_journal holds it (SqlRecord.journal)."""
+
+    key: str  # format|sender|control id|hash of the bytes (router.pipeline.settle.applied_key)
+    applied_at: float  # Unix time of the commit
+    control_id: str
+    sender: str
+    message_type: str
+    patient_key: str
+    resources: tuple[tuple[str, str, int, str], ...]  # (type, id, version, outcome) per entry written
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +184,11 @@ class StoredVersion:
     last_updated: str
     deleted: bool
     resource: FhirJson
+
+
+def _written(result: ApplyResult) -> str:
+    """What a Bundle wrote, as the journal keeps it: [[type, id, version, outcome], ...]."""
+    return orjson.dumps([(e.resource_type, e.id, e.version, e.outcome) for e in result.entries]).decode()
 
 
 class SqlRecord(ABC):
@@ -189,7 +223,9 @@ class SqlRecord(ABC):
             lookups.flush(db)
             return result
 
-    def apply_batch(self, bundles: Sequence[FhirJson], keys: Sequence[str | None] | None = None) -> list[ApplyResult | MessageError]:
+    def apply_batch(
+        self, bundles: Sequence[FhirJson], keys: Sequence[str | None] | None = None, facts: Sequence[JournalFacts | None] | None = None,
+    ) -> list[ApplyResult | MessageError]:
         """Apply several transaction Bundles in order, in one database transaction, each all-or-nothing.
 
         One commit for the whole batch is what makes batching pay: per-message
@@ -205,11 +241,16 @@ class SqlRecord(ABC):
         redelivery harmless even when newer messages for the same patient were
         applied since: re-applying an older Bundle would roll the record back.
 
+        *facts*, one per Bundle (None for none), say what a keyed message was: they are
+        journalled with what it wrote, in the same transaction (see `journal`).
+
         Raises:
             RecordUnavailable: the database is unreachable or busy; nothing of the batch was applied.
         """
         if keys is not None and len(keys) != len(bundles):
             raise ValueError("apply_batch: one key per Bundle")
+        if facts is not None and len(facts) != len(bundles):
+            raise ValueError("apply_batch: one journal entry per Bundle")
         out: list[ApplyResult | MessageError | None] = [None] * len(bundles)
         parsed: dict[int, list[Any]] = {}
         for i, bundle in enumerate(bundles):
@@ -231,20 +272,26 @@ class SqlRecord(ABC):
                     applied = {str(r[0]) for r in applied_rows()}
                     stamp = time.time()
                     marks: list[tuple[str, float]] = []
+                    journal: list[tuple[str, float, str, str, str, str, str]] = []
                     for i, entries in parsed.items():
                         current = i
                         key = keys[i] if keys is not None else None
                         if key is not None and key in applied:
                             done[i] = ApplyResult(())
                             continue
-                        done[i] = ApplyResult(apply_entries(db, entries, now, lookups))
+                        done[i] = result = ApplyResult(apply_entries(db, entries, now, lookups))
                         if key is not None:
                             marks.append((key, stamp))
                             applied.add(key)  # a second copy in this batch is the same message
+                            if facts is not None and (fact := facts[i]) is not None:
+                                # A microsecond apart, so the batch's messages keep their order newest-first.
+                                journal.append((key, stamp + len(journal) * 1e-6, *fact, _written(result)))
                     lookups.flush(db)  # the batch's writes, one statement per kind
                     if keys is not None:
                         if marks:
                             db.execute_many(MARK_APPLIED, marks)  # in the same transaction as the writes
+                        if journal:
+                            db.execute_many(JOURNAL, journal)
                         self._purge_applied(db, stamp)
             except MessageError as exc:
                 out[current] = exc
@@ -259,6 +306,32 @@ class SqlRecord(ABC):
         self._batches_with_keys += 1
         if self._batches_with_keys % _PURGE_APPLIED_EVERY == 0:
             db.execute("DELETE FROM helsebro_applied WHERE applied_at < ?", (now - APPLIED_RETENTION_SECONDS,))
+            db.execute("DELETE FROM helsebro_journal WHERE applied_at < ?", (now - APPLIED_RETENTION_SECONDS,))
+
+    def journal(self, *, control_id: str | None = None, patient_key: str | None = None, sender: str | None = None,
+                limit: int = 100) -> list[JournalEntry]:
+        """The applied messages with this control id and/or patient key (and sender), newest first, at most *limit*.
+
+        Kept as long as their applied keys (APPLIED_RETENTION_SECONDS). A message
+        whose Bundle went only to other destinations, or that was refused, is not here.
+
+        Raises:
+            ValueError: neither a control id nor a patient key was given (the journal is not listed whole).
+            RecordUnavailable: the database is unreachable.
+        """
+        if not control_id and not patient_key:
+            raise ValueError("journal: give a control id or a patient key")
+        where, args = [], []
+        for column, value in (("control_id", control_id), ("patient_key", patient_key), ("sender", sender)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        rows = self._select(f"SELECT {_JOURNAL_COLUMNS} FROM helsebro_journal WHERE {' AND '.join(where)}"
+                            " ORDER BY applied_at DESC, key LIMIT ?", (*args, limit))
+        return [
+            JournalEntry(str(key), float(at), str(cid), str(snd), str(mtype), str(pkey), tuple((str(t), str(i), int(v), str(o)) for t, i, v, o in orjson.loads(res)))
+            for key, at, cid, snd, mtype, pkey, res in rows
+        ]
 
     def applied(self, keys: Sequence[str]) -> set[str]:
         """Return those of *keys* marked applied (by apply_batch or mark_applied) within the retention.

@@ -12,10 +12,10 @@ from typing import Protocol
 
 from adapters.fhir._postgres import PostgresRecord
 from adapters.fhir._sqlite import SqliteRecord
-from adapters.fhir._store import SqlRecord, StoredVersion
+from adapters.fhir._store import JournalEntry, SqlRecord, StoredVersion
 from router.errors import ConfigError
 
-__all__ = ["PostgresRecord", "RecordSettings", "SqlRecord", "SqliteRecord", "StoredVersion", "open_record"]
+__all__ = ["JournalEntry", "PostgresRecord", "RecordSettings", "SqlRecord", "SqliteRecord", "StoredVersion", "open_record"]
 
 _POSTGRES = ("postgresql://", "postgres://")
 _SQLITE = "sqlite:///"

@@ -23,6 +23,7 @@ _VERBS = (
     "router.cli.apprec",
     "router.cli.status",
     "router.cli.dlq",
+    "router.cli.find",
 )
 
 

@@ -24,7 +24,8 @@ docstring.
 
 `list --json` prints `{"queue": str, "truncated": bool, "dead_letters": [{"id",
 "failed_at", "stage", "reason", "location", "control_id", "size",
-"delivery_count"}]}`; `show --json` prints `{"queue": str, "dead_letter": {the
+"delivery_count", "patient_key"}]}` (`patient_key`: the hashed key `helsebro find --patient` searches by;
+null when the message was refused before its patient was known); `show --json` prints `{"queue": str, "dead_letter": {the
 same fields}, "headers": {...}, "outcome": {OperationOutcome} | null, "body":
 str | null}`. Keys are a contract: new ones may be added, none renamed.
 

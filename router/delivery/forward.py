@@ -83,7 +83,8 @@ class Forwarder:
         if error.location:
             issue["expression"] = [error.location]
         outcome = {"resourceType": "OperationOutcome", "issue": [issue]}
-        headers = dead_letter_headers(reason=error.reason, stage="render", location=error.location, control_id=conv.control_id, outcome=outcome, destination=destination, attempts=1, last_error=type(error).__name__)
+        headers = dead_letter_headers(reason=error.reason, stage="render", location=error.location, control_id=conv.control_id, outcome=outcome, destination=destination, attempts=1, last_error=type(error).__name__,
+                                      patient_key=conv.patient_key)
         publisher.dead_letter(conv.raw, headers=headers)
 
 
@@ -92,7 +93,7 @@ def _headers(conv: Converted, destination: str, decision: Decision) -> dict[str,
         "x-helsebro-control-id": conv.control_id or "",
         "x-helsebro-sender": conv.sender or "",
         "x-helsebro-message-type": conv.message_type or "",
-        "x-helsebro-patient": conv.patient_key or "",  # a salted hash, never the identifier
+        "x-helsebro-patient": conv.patient_key or "",  # a hash of the identity (patient_key_for), never the identifier
         "x-helsebro-destination": destination,
         "x-helsebro-routes": ",".join(decision.routes),
     }

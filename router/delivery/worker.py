@@ -269,7 +269,8 @@ class DestinationWorker:
             issue["details"] = {"text": detail}  # the destination's own words: kept with the letter, never logged
         outcome = {"resourceType": "OperationOutcome", "issue": [issue]}
         control_id = str(d.headers.get("x-helsebro-control-id") or "")
-        headers = dead_letter_headers(reason=reason, stage="deliver", location=location, control_id=control_id, outcome=outcome, destination=self.name, attempts=attempts, last_error=last_error)
+        headers = dead_letter_headers(reason=reason, stage="deliver", location=location, control_id=control_id, outcome=outcome, destination=self.name, attempts=attempts, last_error=last_error,
+                                      patient_key=str(d.headers.get("x-helsebro-patient") or ""))
         headers[PARTITION_HEADER] = d.queue.rsplit(".", 1)[-1]  # `dlq replay` puts it back on its patient's partition
         base = f"{self._settings.engine.broker.names.destination_prefix}.{self.name}"
         publisher.publish_to("", f"{base}.dlq", d.body, headers=headers, message_id=d.message_id)

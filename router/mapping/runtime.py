@@ -347,6 +347,12 @@ def _quote_system(system: str) -> str:
     return quote(system, safe=":/.")
 
 
+def identifier_query(system: str, value: str) -> str:
+    """The search `identifier=system|value`, quoted, that finds a resource by its identity (and keys its patient: router.logging.patient_key)."""
+    safe = (value.isascii() and value.isalnum()) or _UNRESERVED.fullmatch(value)  # most values are digits: no pattern
+    return f"identifier={_quote_system(system)}|{value if safe else quote(value, safe='')}"
+
+
 def conditional_entry(resource_type: str, resource: dict[str, Any], system: str, value: str, *, create_only: bool = False, by_id: bool = False) -> dict[str, Any]:
     """Return a Bundle entry that updates the resource with this identifier, or creates it.
 
@@ -358,8 +364,7 @@ def conditional_entry(resource_type: str, resource: dict[str, Any], system: str,
     """
     rid = resource_id(resource_type, system, value)
     resource["id"] = rid
-    safe = (value.isascii() and value.isalnum()) or _UNRESERVED.fullmatch(value)  # most values are digits: no pattern
-    query = f"identifier={_quote_system(system)}|{value if safe else quote(value, safe='')}"
+    query = identifier_query(system, value)
     if by_id:
         request = {"method": "PUT", "url": f"{resource_type}/{rid}"}
     elif create_only:

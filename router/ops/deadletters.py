@@ -99,6 +99,7 @@ class DeadLetter:
     delivery_count: int | None
     headers: dict[str, Any] = field(repr=False)
     body: bytes = field(repr=False)
+    patient_key: str | None = None  # a hash (x-helsebro-patient), None when the message was refused before its patient was known
 
     def summary(self) -> dict[str, Any]:
         """Return the fields safe for any operator view: ids, reason, position, size; never the body."""
@@ -111,6 +112,7 @@ class DeadLetter:
             "control_id": self.control_id,
             "size": self.size,
             "delivery_count": self.delivery_count,
+            "patient_key": self.patient_key,
         }
 
     def outcome(self) -> dict[str, Any] | None:
@@ -301,6 +303,7 @@ def _letter(message: Message) -> DeadLetter:
         delivery_count=int(count) if isinstance(count, int) else None,
         headers=headers,
         body=body,
+        patient_key=_text(headers, "patient"),
     )
 
 

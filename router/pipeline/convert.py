@@ -15,6 +15,7 @@ from router.contracts import Converted
 from router.errors import InvalidContent, MessageError, UnknownMessage
 from router.logging import phi_hash
 from router.mapping import FnContext, MappingSet, run_mapping
+from router.mapping.runtime import identifier_query
 from router.settings import Settings
 
 _SKIP_UNMAPPED = {("MSH", 1), ("MSH", 2), ("MSH", 7), ("MSH", 9), ("MSH", 10), ("MSH", 11), ("MSH", 12), ("MSH", 18)}
@@ -149,11 +150,22 @@ def _refuse_repeated(message: Any, mm: Any) -> None:
             )
 
 
+def patient_key_for(system: str, value: str) -> str:
+    """The key a patient's messages are logged, dead-lettered and journalled under: a hash of their identity's search.
+
+    One key per identity, whether a message updates the Patient (`PUT Patient?identifier=…`,
+    an ADT) or creates it only when missing (`ifNoneExist: identifier=…`, a lab result), so an
+    operator finds all of a patient's messages by one key (`helsebro find --patient`).
+    """
+    return phi_hash(identifier_query(system, value))
+
+
 def _patient_key(bundle: dict[str, Any]) -> str | None:
     for entry in bundle.get("entry", []):
         if entry.get("resource", {}).get("resourceType") == "Patient":
             request = entry["request"]
-            return phi_hash(request.get("ifNoneExist") or request["url"])
+            url = request["url"]
+            return phi_hash(request.get("ifNoneExist") or url.partition("?")[2] or url)  # the query patient_key() hashes
     return None
 
 

@@ -38,6 +38,7 @@ import orjson
 
 from adapters.amqp.connection import wait_alive
 from adapters.amqp.inbound import ack_all
+from router.contracts import JournalFacts
 from router.errors import MessageError, RecordUnavailable
 from router.pipeline._reply import reply
 
@@ -83,9 +84,13 @@ class Settled:
 
 def dead_letter_headers(
     *, reason: str, stage: Stage, location: str | None, control_id: str | None, outcome: FhirJson,
-    destination: str = "", attempts: int = 0, last_error: str = "",
+    destination: str = "", attempts: int = 0, last_error: str = "", patient_key: str | None = None,
 ) -> dict[str, Any]:
-    """Return the headers a dead letter carries: plain-words reason, never a value from the message."""
+    """Return the headers a dead letter carries: plain-words reason, never a value from the message.
+
+    `x-helsebro-patient` is the patient's key (a hash: router.pipeline.convert.patient_key_for),
+    empty when the message was refused before its patient was known.
+    """
     headers: dict[str, Any] = {
         "x-helsebro-reason": reason,
         "x-helsebro-location": location or "",
@@ -93,6 +98,7 @@ def dead_letter_headers(
         "x-helsebro-control-id": control_id or "",
         "x-helsebro-failed-at": datetime.now(UTC).isoformat(),
         "x-helsebro-outcome": orjson.dumps(outcome).decode("utf-8"),
+        "x-helsebro-patient": patient_key or "",
     }
     if destination:
         headers.update({"x-helsebro-destination": destination, "x-helsebro-attempts": attempts, "x-helsebro-last-error": last_error})
@@ -122,6 +128,11 @@ def applied_key(conv: Converted) -> str:
     """
     digest = hashlib.blake2b(conv.raw, digest_size=12).hexdigest()
     return f"{conv.format}|{conv.sender or ''}|{conv.control_id or ''}|{digest}"
+
+
+def _facts(conv: Converted) -> JournalFacts:
+    """What the record journals of *conv* with what it wrote (`helsebro find`)."""
+    return JournalFacts(conv.control_id or "", conv.sender or "", conv.message_type or "", conv.patient_key or "")
 
 
 class Settle:
@@ -216,17 +227,18 @@ class Settle:
             return
         bundles = [m.conv.bundle for m in todo]
         keys = [applied_key(m.conv) for m in todo]
-        results = self._with_record(lambda: self._apply_all(bundles, keys))
+        facts = [_facts(m.conv) for m in todo]
+        results = self._with_record(lambda: self._apply_all(bundles, keys, facts))
         for m, result in zip(todo, results, strict=True):
             if isinstance(result, MessageError):  # InvalidContent, Refused: this bundle can never apply
                 m.error, m.stage = result, "apply"
             else:
                 m.outcome = "applied" if result.changed else "unchanged"
 
-    def _apply_all(self, bundles: list[Any], keys: list[str]) -> list[Any]:
+    def _apply_all(self, bundles: list[Any], keys: list[str], facts: list[JournalFacts]) -> list[Any]:
         apply_batch = getattr(self._record, "apply_batch", None)
         if apply_batch is not None:
-            return list(apply_batch(bundles, keys))
+            return list(apply_batch(bundles, keys, facts))
         out: list[Any] = []
         for bundle in bundles:
             try:
@@ -249,7 +261,7 @@ class Settle:
             m.error = MessageError("message produced no Bundle")
         if m.error is not None:
             oo = conv.outcome() if m.stage == "convert" else _outcome_for(m.error)
-            headers = dead_letter_headers(reason=m.error.reason, stage=m.stage, location=m.error.location, control_id=conv.control_id, outcome=oo)
+            headers = dead_letter_headers(reason=m.error.reason, stage=m.stage, location=m.error.location, control_id=conv.control_id, outcome=oo, patient_key=conv.patient_key)
             self._publisher.dead_letter(conv.raw, headers=headers)
             m.outcome = "dead_lettered"
             if m.stage == "internal":

@@ -18,7 +18,7 @@ RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
 BAD_FNR = "15866112378"  # fails its check digits
 GOOD_FNR = "15866112379"  # synthetic (Tenor, month + 80)
 NOT_HL7 = b"not hl7"
-LIST_KEYS = {"id", "failed_at", "stage", "reason", "location", "control_id", "size", "delivery_count"}
+LIST_KEYS = {"id", "failed_at", "stage", "reason", "location", "control_id", "size", "delivery_count", "patient_key"}
 NO_MSH = "not an HL7 v2 message: no MSH segment found"
 
 

@@ -70,11 +70,11 @@ class FlakyRecord:
             raise RecordUnavailable("database is restarting")
         return self.inner.apply(bundle)
 
-    def apply_batch(self, bundles, keys=None):
+    def apply_batch(self, bundles, keys=None, facts=None):
         self.calls += 1
         if self.calls <= self.failures:
             raise RecordUnavailable("database is restarting")
-        return self.inner.apply_batch(bundles, keys)
+        return self.inner.apply_batch(bundles, keys, facts)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

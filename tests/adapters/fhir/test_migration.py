@@ -15,6 +15,7 @@ import pytest
 
 from adapters.fhir._store import SCHEMA_VERSION
 from adapters.fhir.record import open_record
+from router.contracts import JournalFacts
 from router.errors import RecordUnavailable
 
 FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
@@ -155,3 +156,20 @@ class TestFromVersion1:
                 db.execute("UPDATE helsebro_schema SET version = ?", (SCHEMA_VERSION + 1,))
         with pytest.raises(RecordUnavailable):
             open_record(settings)
+
+
+class TestFromVersion2:
+    def test_the_journal_is_added_and_kept(self, settings):
+        """A version-2 record (no journal) opens at the current version with an empty journal that applies then fill."""
+        with open_record(settings) as record:
+            record.apply_batch([_put(P1, "Nordmann", "01015000232")], ["hl7v2|A@B|1|x"])
+            with record._transaction([]) as db:
+                db.execute("DROP TABLE helsebro_journal", ())
+                db.execute("UPDATE helsebro_schema SET version = ?", (2,))
+        with open_record(settings) as record:
+            assert record._select("SELECT version FROM helsebro_schema", ()) == [(SCHEMA_VERSION,)]
+            assert record.applied(["hl7v2|A@B|1|x"]) == {"hl7v2|A@B|1|x"}  # what version 2 kept stays
+            assert record.journal(control_id="1") == []  # applied before the journal: no row
+            record.apply_batch([_put(P1, "Hansen", "01015000232")], ["hl7v2|A@B|2|y"], [JournalFacts("2", "A@B", "ADT^A08", "h:p1")])
+            [entry] = record.journal(control_id="2")
+            assert entry.resources == (("Patient", P1, 2, "updated"),)

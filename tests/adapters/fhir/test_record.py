@@ -10,6 +10,7 @@ from contextlib import closing
 import pytest
 
 from adapters.fhir.record import SqliteRecord, open_record
+from router.contracts import JournalFacts
 from router.errors import ConfigError, InvalidContent, RecordUnavailable
 from router.settings import Settings
 
@@ -267,6 +268,59 @@ class TestApply:
     def test_empty_transaction(self, record):
         """A transaction without entries applies and changes nothing."""
         assert record.apply(bundle()).entries == ()
+
+
+class TestJournal:
+    """What each applied message wrote, kept with its key for `helsebro find`."""
+
+    FACTS = JournalFacts("C1", "PAS@STOLAV", "ADT^A01", "h:patient-1")
+
+    def test_an_applied_message_is_journalled_with_what_it_wrote(self, record):
+        """Control id, sender, type, patient key, and each resource with its version and outcome; found by control id or patient key."""
+        record.apply_batch([admission()], ["m1"], [self.FACTS])
+        [entry] = record.journal(control_id="C1")
+        assert (entry.key, entry.control_id, entry.sender, entry.message_type, entry.patient_key) == ("m1", "C1", "PAS@STOLAV", "ADT^A01", "h:patient-1")
+        assert entry.resources == (("Patient", PATIENT_UUID, 1, "created"), ("Encounter", ENCOUNTER_UUID, 1, "created"), ("Observation", OBS_UUID, 1, "created"))
+        assert record.journal(patient_key="h:patient-1") == [entry]
+        assert record.journal(control_id="C1", sender="OTHER@X") == [] and record.journal(control_id="C2") == []
+
+    def test_newest_first_also_within_a_batch(self, record):
+        """Two messages of one patient in one batch, then one in the next: newest first, the update's versions as written."""
+        facts = [self.FACTS._replace(control_id=c) for c in ("C1", "C2", "C3")]
+        record.apply_batch([admission(family="A"), admission(family="B")], ["m1", "m2"], facts[:2])
+        record.apply_batch([admission(family="C")], ["m3"], facts[2:])
+        found = record.journal(patient_key="h:patient-1")
+        assert [e.control_id for e in found] == ["C3", "C2", "C1"]
+        assert [e.resources[0][2:] for e in found] == [(3, "updated"), (2, "updated"), (1, "created")]
+        assert [e.control_id for e in record.journal(patient_key="h:patient-1", limit=2)] == ["C3", "C2"]
+
+    def test_a_redelivery_or_a_refusal_adds_no_row(self, record):
+        """A key applied before is not journalled again; a Bundle the record refuses leaves no row."""
+        record.apply_batch([admission()], ["m1"], [self.FACTS])
+        record.apply_batch([admission()], ["m1"], [self.FACTS])
+        [refused] = record.apply_batch([bundle(put_encounter(subject="not-in-bundle"))], ["m2"], [self.FACTS._replace(control_id="C2")])
+        assert isinstance(refused, InvalidContent)
+        assert len(record.journal(patient_key="h:patient-1")) == 1 and record.journal(control_id="C2") == []
+
+    def test_rows_go_with_their_applied_keys(self, record, monkeypatch):
+        """Past the retention, a purge drops the journal's rows with the applied keys; newer rows stay."""
+        import adapters.fhir._store as store
+
+        monkeypatch.setattr(store, "_PURGE_APPLIED_EVERY", 1)
+        clock = [1_000_000.0]
+        monkeypatch.setattr(store.time, "time", lambda: clock[0])
+        record.apply_batch([admission(family="Old")], ["m1"], [self.FACTS])
+        clock[0] += store.APPLIED_RETENTION_SECONDS + 1
+        record.apply_batch([admission(family="New")], ["m2"], [self.FACTS._replace(control_id="C2")])  # this batch purges
+        assert [e.control_id for e in record.journal(patient_key="h:patient-1")] == ["C2"]
+        assert record.applied(["m1", "m2"]) == {"m2"}
+
+    def test_a_search_needs_a_control_id_or_a_patient(self, record):
+        """The journal is never listed whole (a sender alone is not a search), and facts go one per Bundle."""
+        with pytest.raises(ValueError):
+            record.journal(sender="PAS@STOLAV")
+        with pytest.raises(ValueError):
+            record.apply_batch([admission()], ["m1"], [])
 
 
 class TestDelete:

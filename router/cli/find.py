@@ -1,0 +1,165 @@
+"""`helsebro find`: what became of a message, found by its control id or its patient.
+
+    helsebro find --control-id ID [--sender S]     MSH-10 (or a KITH MsgId), optionally one sender's (MSH-3@MSH-4)
+    helsebro find --patient NUMBER                 a fødselsnummer, D-nummer or FH-nummer: hashed here, never stored or logged
+    helsebro find --patient-key KEY                the `patient_key` of a log line or a dead letter (h:…)
+
+It prints the applied messages the record's journal holds (newest first: when,
+sender, control id, type, patient key, and each resource written with its
+version and whether it was created, updated or unchanged), then the dead letters
+with that control id or patient key in the engine's and every queued
+destination's dead-letter queue (id, when, stage, reason). A message in neither
+was a duplicate, filtered, forwarded elsewhere only, or not received: the
+engine's `delivery_settled` log line with its control id says which. The
+journal keeps what the applied keys keep (14 days).
+
+Nothing shown is patient data: a patient is a key (a hash of the identity's
+search), resources are ids. A lookup by patient is still an access to one
+person's trail, so it writes a `begin` and an `end` line to the audit log
+(`<HELSEBRO_DATA_DIR>/audit.log`) with the patient's key, never the number.
+
+`--json` prints `{"applied": [{"key", "applied_at", "sender", "control_id",
+"message_type", "patient_key", "resources": [{"type", "id", "version",
+"outcome"}]}], "dead_letters": [{"queue", and the fields of `dlq list --json`}],
+"queues_read": [...], "queues_skipped": [{"queue", "why"}]}`.
+
+Exit 0 when something was found, 1 when nothing was (or the record or the
+audit log failed), 2 for a usage error (no search given; a --patient that is not
+a valid national id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from router.errors import BrokerUnavailable, RecordUnavailable
+from router.ops import AuditLog
+from router.ops.trail import Trail, find_messages
+from router.settings import Settings, load_settings
+
+__all__ = ["register"]
+
+_SCAN_LIMIT = 10_000
+
+
+def register(subparsers: Any) -> None:
+    """Add the `find` verb."""
+    p = subparsers.add_parser("find", help="Find what became of a message, by control id or patient.", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--control-id", metavar="ID", help="The message's control id (MSH-10, or a KITH MsgId).")
+    p.add_argument("--patient", metavar="NUMBER", help="The patient's fødselsnummer, D-nummer or FH-nummer (hashed, audited).")
+    p.add_argument("--patient-key", metavar="KEY", help="The patient's key as a log line or dead letter shows it (h:…; audited).")
+    p.add_argument("--sender", metavar="S", help="Only this sender's applied messages (MSH-3@MSH-4 as logged).")
+    p.add_argument("--limit", type=_positive, default=100, metavar="N", help="At most N applied messages (default 100).")
+    p.add_argument("--no-dlq", action="store_true", help="Search the record's journal only, not the dead-letter queues.")
+    p.add_argument("--scan-limit", type=_positive, default=_SCAN_LIMIT, metavar="N",
+                   help=f"Skip a dead-letter queue holding more than N messages (default {_SCAN_LIMIT}).")
+    p.add_argument("--json", action="store_true", help="Print one JSON document.")
+    p.set_defaults(func=_find)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"helsebro find: {message}", file=sys.stderr)
+    return code
+
+
+def _patient_key(args: argparse.Namespace) -> str | None:
+    """The key to search by, from --patient-key or --patient; raises ValueError for a number that is no national id."""
+    if args.patient_key:
+        return str(args.patient_key)
+    if not args.patient:
+        return None
+    from router.pipeline.convert import patient_key_for
+    from schemas.identity import validate_person_id
+
+    person = validate_person_id(args.patient)  # PersonIdError (a ValueError) never quotes the number
+    return patient_key_for(person.system, person.value)
+
+
+def _find(args: argparse.Namespace) -> int:
+    if args.patient and args.patient_key:
+        return _fail("give --patient or --patient-key, not both", 2)
+    try:
+        patient_key = _patient_key(args)
+    except ValueError as exc:
+        return _fail(f"--patient is not a fødselsnummer, D-nummer or FH-nummer ({exc})", 2)
+    if not args.control_id and not patient_key:
+        return _fail("give --control-id, --patient or --patient-key", 2)
+    settings = load_settings()
+    audit = AuditLog(settings.data_dir / "audit.log") if patient_key else None
+    try:
+        action_id = audit.begin("find", patient_key=patient_key, control_id=args.control_id) if audit else ""
+        trail = _search(settings, args, patient_key)
+        if audit:
+            audit.end("find", action_id, patient_key=patient_key, applied=len(trail.applied), dead_letters=len(trail.dead_letters))
+    except RecordUnavailable as exc:
+        return _fail(f"the record: {exc}")
+    except OSError as exc:
+        return _fail(f"audit log {settings.data_dir / 'audit.log'}: {exc}")
+    for queue, why in trail.queues_skipped:
+        print(f"helsebro find: dead letters in {queue} not searched: {why}", file=sys.stderr)
+    print(json.dumps(_as_json(trail), ensure_ascii=False, indent=2) if args.json else _as_text(trail))
+    return 0 if trail.found else 1
+
+
+def _search(settings: Settings, args: argparse.Namespace, patient_key: str | None) -> Trail:
+    if args.no_dlq:
+        return find_messages(settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender, limit=args.limit)
+    from adapters.amqp.connection import open_connection
+
+    try:
+        conn = open_connection(settings)
+    except BrokerUnavailable as exc:
+        trail = find_messages(settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender, limit=args.limit)
+        trail.queues_skipped.append(("every dead-letter queue", str(exc)))
+        return trail
+    try:
+        return find_messages(settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender, limit=args.limit,
+                             connection=conn, scan_limit=args.scan_limit)
+    finally:
+        conn.release()
+
+
+def _when(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _as_json(trail: Trail) -> dict[str, Any]:
+    return {
+        "applied": [
+            {"key": e.key, "applied_at": _when(e.applied_at), "sender": e.sender, "control_id": e.control_id, "message_type": e.message_type,
+             "patient_key": e.patient_key, "resources": [{"type": t, "id": i, "version": v, "outcome": o} for t, i, v, o in e.resources]}
+            for e in trail.applied
+        ],
+        "dead_letters": [{"queue": queue, **letter.summary()} for queue, letter in trail.dead_letters],
+        "queues_read": trail.queues_read,
+        "queues_skipped": [{"queue": q, "why": why} for q, why in trail.queues_skipped],
+    }
+
+
+def _as_text(trail: Trail) -> str:
+    lines = [f"applied ({len(trail.applied)}, newest first):" if trail.applied else "applied: none in the record's journal"]
+    for e in trail.applied:
+        lines.append(f"  {_when(e.applied_at)}  {e.sender or '-'}  {e.control_id or '-'}  {e.message_type or '-'}  patient {e.patient_key or '-'}")
+        lines += [f"      {t}/{i}/_history/{v}  {o}" for t, i, v, o in e.resources]
+    if trail.dead_letters:
+        lines.append(f"dead letters ({len(trail.dead_letters)}):")
+        for queue, d in trail.dead_letters:
+            lines.append(f"  {d.id}  {queue}  {d.failed_at or '-'}  {d.stage or '-'}  {d.control_id or '-'}  at {d.location or '-'}: {d.reason or '-'}")
+    elif trail.queues_read:
+        lines.append(f"dead letters: none in {', '.join(trail.queues_read)}")
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""Find what became of a message, by its control id or its patient: the operator's `helsebro find`.
+
+Two places know: the record's journal (SqlRecord.journal: each applied message,
+its sender and type, and the resources and versions it wrote) and the dead-letter
+queues (each refused message with its reason). A message in neither was a
+duplicate, filtered by the routes, forwarded only to destinations other than the
+record, or never arrived: the engine's `delivery_settled` log line says which.
+
+Everything here is safe to show: control ids, senders, hashed patient keys,
+resource ids and reasons; never a body, a national id or a name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from adapters.fhir.record import JournalEntry, open_record
+from router.ops.deadletters import DeadLetter, browse
+from router.ops.stats import watched_queues
+
+if TYPE_CHECKING:
+    from kombu import Connection
+
+    from router.settings import Settings
+
+__all__ = ["Trail", "dead_letter_queues", "find_messages"]
+
+
+@dataclass(slots=True)
+class Trail:
+    """What was found: applied messages (newest first) and dead letters per queue."""
+
+    applied: list[JournalEntry]
+    dead_letters: list[tuple[str, DeadLetter]] = field(default_factory=list)  # (queue, letter), in queue order
+    queues_read: list[str] = field(default_factory=list)
+    queues_skipped: list[tuple[str, str]] = field(default_factory=list)  # (queue, why): unreadable, or longer than the scan limit
+
+    @property
+    def found(self) -> int:
+        return len(self.applied) + len(self.dead_letters)
+
+
+def dead_letter_queues(settings: Settings) -> list[str]:
+    """The engine's dead-letter queue and every queued destination's, in that order."""
+    from adapters.amqp.connection import all_queue_names
+
+    own = [q.name for q in watched_queues(settings) if q.role == "dead_letter"]
+    return own + [q.name for q in all_queue_names(settings) if q.role == "destination_dead_letter"]
+
+
+def find_messages(
+    settings: Settings,
+    *,
+    control_id: str | None = None,
+    patient_key: str | None = None,
+    sender: str | None = None,
+    limit: int = 100,
+    connection: Connection | None = None,
+    scan_limit: int = 10_000,
+) -> Trail:
+    """Look a message up by control id and/or patient key in the record's journal and, given a *connection*, the dead-letter queues.
+
+    *sender* narrows the journal only (a dead letter does not name its sender). A
+    dead-letter queue holding more than *scan_limit* messages is not read (reading
+    one means taking every message and giving it back) and is reported as skipped.
+
+    Raises:
+        ValueError: neither a control id nor a patient key.
+        RecordUnavailable: the record cannot be reached.
+    """
+    record = open_record(settings)
+    try:
+        trail = Trail(applied=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, limit=limit))
+    finally:
+        record.close()
+    if connection is None:
+        return trail
+    from adapters.amqp.connection import queue_depth
+    from router.errors import BrokerUnavailable
+
+    for queue in dead_letter_queues(settings):
+        try:
+            depth = queue_depth(connection, queue)
+            if depth > scan_limit:
+                trail.queues_skipped.append((queue, f"{depth} messages wait, more than the scan limit {scan_limit}"))
+                continue
+            letters = browse(connection, queue).letters
+        except BrokerUnavailable as exc:
+            trail.queues_skipped.append((queue, str(exc)))
+            continue
+        trail.queues_read.append(queue)
+        trail.dead_letters += [(queue, d) for d in letters if _matches(d, control_id, patient_key)]
+    return trail
+
+
+def _matches(letter: DeadLetter, control_id: str | None, patient_key: str | None) -> bool:
+    return (not control_id or letter.control_id == control_id) and (not patient_key or letter.patient_key == patient_key)

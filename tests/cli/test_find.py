@@ -1,0 +1,122 @@
+"""`helsebro find`: what became of a message, by control id or patient, on messages a real engine settled, on both transports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from router.cli import main
+from router.testing import adt_message, publish, run_engine_in_thread, wait_until
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
+ROOT = Path(__file__).resolve().parents[2]
+GOOD_FNR = "15866112379"  # synthetic (Tenor, month + 80)
+MOVED_TO = "02036110182"  # the A45 fixture's PID patient
+BAD_FNR = "15866112378"  # fails its check digits
+A45 = ROOT / "mappings" / "hl7v2" / "messages" / "ADT_A45.cases" / "move_stay_to_the_right_patient.hl7"
+
+
+class QuietLogger:
+    def __getattr__(self, _name):
+        return lambda *_a, **_k: self
+
+
+def _oru(control_id: str, fnr: str) -> bytes:
+    return (f"MSH|^~\\&|LAB|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|{control_id}|P|2.5.1\rPID|1||{fnr}^^^NOR^FNR\r"
+            "OBR|1||LAB-1^LIS|PANEL^Panel|||20250115080000\rOBX|1|NM|NPU02319^Hb||134|g/L|||||F\r").encode()
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+def settled(request, exported):
+    """An engine run: an admission (F1) and a lab result (F2, its patient created only when missing) for one patient,
+    an A45 moving a stay the record does not hold (dead-lettered when applied, its patient known), and an ADT whose
+    fødselsnummer fails its check digits (F4, dead-lettered when converted, no patient)."""
+    settings = exported(RABBIT if request.param == "rabbitmq" else None)
+    publish(settings, [
+        adt_message("A01", control_id="F1", fnr=GOOD_FNR, local_id="L1", visit="V1"),
+        _oru("F2", GOOD_FNR),
+        A45.read_bytes(),
+        adt_message("A01", control_id="F4", fnr=BAD_FNR, local_id="L4", visit="V4"),
+    ])
+    handle = run_engine_in_thread(settings, logger=QuietLogger())
+    wait_until(lambda: handle.stats.messages == 4, 60, what="four messages settled")
+    handle.stop()
+    assert (handle.stats.applied, handle.stats.dead_lettered) == (2, 2)
+    return settings
+
+
+def _find(capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["find", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _audit(settings) -> list[dict]:
+    path = settings.data_dir / "audit.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class TestFind:
+    def test_a_patients_messages_share_one_key_whatever_they_write(self, settled, capsys):
+        """By fødselsnummer: the admission (PUT Patient) and the lab result (Patient created only when missing), newest first,
+        with what each wrote; the number is in no output and no audit line, which holds the key."""
+        code, out, err = _find(capsys, "--patient", GOOD_FNR, "--json")
+        assert code == 0, err
+        doc = json.loads(out)
+        assert [m["control_id"] for m in doc["applied"]] == ["F2", "F1"]
+        assert len({m["patient_key"] for m in doc["applied"]}) == 1 and doc["applied"][0]["patient_key"].startswith("h:")
+        admission = doc["applied"][1]
+        assert admission["message_type"] == "ADT^A01" and admission["sender"]
+        assert {"type": "Patient", "version": 1, "outcome": "created"} in [{k: r[k] for k in ("type", "version", "outcome")} for r in admission["resources"]]
+        lab = doc["applied"][0]
+        assert {r["type"] for r in lab["resources"]} >= {"Observation", "DiagnosticReport"}
+        assert doc["dead_letters"] == [] and doc["queues_read"]
+        begin, end = _audit(settled)[-2:]
+        assert (begin["action"], begin["event"], end["event"]) == ("find", "begin", "end") and end["applied"] == 2
+        assert begin["patient_key"] == admission["patient_key"]
+        assert GOOD_FNR not in out + err and GOOD_FNR not in (settled.data_dir / "audit.log").read_text()
+
+    def test_a_message_refused_by_the_record_is_found_by_its_patient(self, settled, capsys):
+        """The A45 converted (its patient known) but the record refused it: it is a dead letter with that patient's key."""
+        code, out, _ = _find(capsys, "--patient", MOVED_TO, "--json")
+        assert code == 0
+        doc = json.loads(out)
+        assert doc["applied"] == []
+        [letter] = doc["dead_letters"]
+        assert (letter["control_id"], letter["stage"]) == ("OWN-A45", "apply") and letter["patient_key"].startswith("h:")
+        assert letter["queue"] == settled.engine.broker.names.dead_letter
+
+    def test_by_control_id_in_text(self, settled, capsys):
+        """By control id: an applied message lists its resources and versions; a refused one its reason and position."""
+        code, out, _ = _find(capsys, "--control-id", "F1")
+        assert code == 0
+        assert "F1  ADT^A01" in out and "Patient/" in out and "/_history/1  created" in out
+        code, out, _ = _find(capsys, "--control-id", "F4")
+        assert code == 0
+        assert "applied: none" in out and "F4  at PID-3[1].1: national identity number is not a valid" in out
+        assert _audit(settled) == []  # a lookup by control id names no patient: not audited
+
+    def test_nothing_found_exits_1(self, settled, capsys):
+        """An unknown control id, or a known one from another sender: exit 1, and the output says where it looked."""
+        code, out, _ = _find(capsys, "--control-id", "NO-SUCH")
+        assert code == 1 and "applied: none" in out and "dead letters: none in" in out
+        code, out, _ = _find(capsys, "--control-id", "F1", "--sender", "SOMEONE@ELSE", "--no-dlq")
+        assert code == 1 and "applied: none" in out and "dead letters" not in out
+
+    @pytest.mark.parametrize(
+        ("args", "says"),
+        [
+            ((), "give --control-id, --patient or --patient-key"),
+            (("--patient", BAD_FNR), "check digits do not match"),
+            (("--patient", "12345"), "not 11 digits"),
+            (("--patient", GOOD_FNR, "--patient-key", "h:0"), "not both"),
+        ],
+    )
+    def test_usage_errors_exit_2_without_echoing_the_number(self, exported, capsys, args, says):
+        exported(None)
+        code, out, err = _find(capsys, *args)
+        assert code == 2 and says in err and out == ""
+        assert BAD_FNR not in err and GOOD_FNR not in err
