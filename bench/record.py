@@ -5,8 +5,9 @@ The Bundles are made by the real converter from synthetic ADT^A01 messages
 share of updates (`--updates`, default 0.2): a later ADT^A08 for a patient of an
 earlier batch, with a discharge time, so its Patient is unchanged and its
 Encounter gets a new version. Conversion is done before the clock starts; each
-batch is one `apply_batch(bundles, keys)` call, with the message keys the engine
-passes (router.pipeline.settle.applied_key).
+batch is one `apply_batch(bundles, keys, facts)` call, with the message keys and
+journal facts the engine passes (router.pipeline.settle.applied_key, journal_facts);
+`--no-journal` leaves the facts out, to see what the journal costs.
 
     python bench/record.py [--n 6000] [--batch 100] [--updates 0.2] [--procs 1] [--record sqlite|postgresql] [--dir PATH] [--wal]
 
@@ -45,8 +46,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from router.contracts import JournalFacts
 from router.pipeline.convert import Converter
-from router.pipeline.settle import applied_key
+from router.pipeline.settle import applied_key, journal_facts
 from router.settings import Settings, load_settings
 from router.testing import adt_message, drop_schema
 from schemas.identity import first_valid_fnr
@@ -75,16 +77,17 @@ def _messages(n: int, updates: float, batch: int, offset: int) -> list[bytes]:
     return out
 
 
-def _prepared(n: int, updates: float, batch: int, offset: int) -> tuple[list[Any], list[str]]:
+def _prepared(n: int, updates: float, batch: int, offset: int) -> tuple[list[Any], list[str], list[JournalFacts]]:
     converter = Converter(load_settings(environ={}))
-    bundles, keys = [], []
+    bundles, keys, facts = [], [], []
     for raw in _messages(n, updates, batch, offset):
         conv = converter.convert(raw)[0]
         if not conv.ok:
             raise SystemExit(f"bench message did not convert: {conv.outcome}")
         bundles.append(conv.bundle)
         keys.append(applied_key(conv))
-    return bundles, keys
+        facts.append(journal_facts(conv))
+    return bundles, keys, facts
 
 
 def _wal_meter(record: Any, url: str) -> Any:
@@ -97,12 +100,12 @@ def _wal_meter(record: Any, url: str) -> Any:
     return lambda: int(record._select("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')", ())[0][0])
 
 
-def _run(url: str, n: int, batch: int, updates: float, offset: int, wal: bool, out: Any) -> None:
+def _run(url: str, n: int, batch: int, updates: float, offset: int, wal: bool, journal: bool, out: Any) -> None:
     """Apply *n* messages in batches to the record at *url*; put (wall s, process cpu s, applying thread's cpu s,
     batch latencies, log bytes per message over the second half or None) on *out*."""
     from adapters.fhir.record import open_record
 
-    bundles, keys = _prepared(n, updates, batch, offset)
+    bundles, keys, facts = _prepared(n, updates, batch, offset)
     record = open_record(Settings(record_url=url))
     meter = _wal_meter(record, url) if wal else None
     half = (n // 2) // batch * batch
@@ -114,7 +117,7 @@ def _run(url: str, n: int, batch: int, updates: float, offset: int, wal: bool, o
             if meter is not None and start == half:
                 logged = meter()
             t = time.perf_counter()
-            results = record.apply_batch(bundles[start:start + batch], keys[start:start + batch])
+            results = record.apply_batch(bundles[start:start + batch], keys[start:start + batch], facts[start:start + batch] if journal else None)
             lat.append(time.perf_counter() - t)
             if any(isinstance(r, Exception) for r in results):
                 raise SystemExit("a bench Bundle was refused")
@@ -134,6 +137,7 @@ def main() -> None:
     parser.add_argument("--record", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--dir", type=Path, default=None, help="folder for the SQLite file's temporary folder")
     parser.add_argument("--wal", action="store_true", help="print log bytes per message (SQLite: with checkpoints off)")
+    parser.add_argument("--no-journal", action="store_true", help="apply without journal facts (what helsebro_journal costs)")
     args = parser.parse_args()
 
     schema = f"bench_{uuid.uuid4().hex[:10]}"
@@ -145,7 +149,7 @@ def main() -> None:
             open_record(Settings(record_url=url)).close()  # schema first, so the processes do not race to create it
         ctx = multiprocessing.get_context("spawn")
         queue = ctx.Queue()
-        procs = [ctx.Process(target=_run, args=(url, args.n, args.batch, args.updates, p * 10_000_000, args.wal, queue)) for p in range(args.procs)]
+        procs = [ctx.Process(target=_run, args=(url, args.n, args.batch, args.updates, p * 10_000_000, args.wal, not args.no_journal, queue)) for p in range(args.procs)]
         try:
             for p in procs:
                 p.start()

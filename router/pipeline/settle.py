@@ -130,7 +130,7 @@ def applied_key(conv: Converted) -> str:
     return f"{conv.format}|{conv.sender or ''}|{conv.control_id or ''}|{digest}"
 
 
-def _facts(conv: Converted) -> JournalFacts:
+def journal_facts(conv: Converted) -> JournalFacts:
     """What the record journals of *conv* with what it wrote (`helsebro find`)."""
     return JournalFacts(conv.control_id or "", conv.sender or "", conv.message_type or "", conv.patient_key or "")
 
@@ -227,7 +227,7 @@ class Settle:
             return
         bundles = [m.conv.bundle for m in todo]
         keys = [applied_key(m.conv) for m in todo]
-        facts = [_facts(m.conv) for m in todo]
+        facts = [journal_facts(m.conv) for m in todo]
         results = self._with_record(lambda: self._apply_all(bundles, keys, facts))
         for m, result in zip(todo, results, strict=True):
             if isinstance(result, MessageError):  # InvalidContent, Refused: this bundle can never apply
