@@ -41,7 +41,7 @@ _CHARSETS = {
     "CP1252": "cp1252",
 }
 
-_MSH_START = re.compile(rb"(?:^|[\r\n])[ \t]*(MSH)", re.IGNORECASE)
+_MSH_START = re.compile(rb"(?:^|\r)[ \t]*(MSH)", re.IGNORECASE)  # after _line_ends every segment ends in CR; an LF left is text
 _NEXT_MSH = re.compile(rb"\r[ \t]*MSH", re.IGNORECASE)  # a literal first byte: ten times faster than _MSH_START
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 _MLLP_START = b"\x0b"  # MLLP frames a message as 0x0B ... 0x1C 0x0D
@@ -100,6 +100,8 @@ def split_messages(data: bytes) -> list[RawMessage]:
     return out
 
 
+_HEADER_LINE = re.compile(rb"(?:^|[\r\n])([ \t]*(?:MSH|FHS|BHS))([^A-Za-z0-9\s])", re.IGNORECASE)
+"""A line that starts a message or a batch, and its field separator."""
 _BARE_LF = re.compile(rb"\n((?:[ \t]*\n)*)([^\r\n]*)")
 """A bare LF, the blank lines after it, and the next line: whether it ends a segment depends on that line."""
 
@@ -112,20 +114,31 @@ def _line_ends(data: bytes) -> bytes:
     several lines) where HL7 wants ``\\.br\\``. Cut there, the rest of the text
     becomes a "segment" with no name and the whole message is refused. So a bare
     LF (with any blank lines after it) ends a segment only when the next line can
-    start one: a segment name and the field separator, or nothing (the end).
+    start one: a segment name and its message's field separator, a name alone
+    in capitals (a segment with no fields, never a word such as "Mvh"), or
+    nothing (the end).
     Otherwise that line is the text's next line, and the LFs stay in the field.
     """
     data = data.replace(b"\r\n", b"\r")
-    at = data.find(b"MSH")
-    sep = data[at + 3 : at + 4] if at >= 0 else b""
-    segment = re.compile(rb"[ \t]*(?:[A-Za-z][A-Za-z0-9]{2}(?:" + re.escape(sep or b"|") + rb"|[ \t]*$)|$)")
+    if b"\n" not in data:
+        return data  # CRLF throughout: no bare LF to judge
+    # Each message (or batch header) names its own field separator: its segments are read with it.
+    heads = [(m.start(1), m.group(2)) for m in _HEADER_LINE.finditer(data)]
+    if not heads:
+        at = data.find(b"MSH")
+        heads = [(0, data[at + 3 : at + 4] if at >= 0 else b"|")]
+    out: list[bytes] = []
+    for n, (start, sep) in enumerate(heads):
+        segment = re.compile(rb"[ \t]*(?:[A-Za-z][A-Za-z0-9]{2}" + re.escape(sep or b"|") + rb"|[A-Z][A-Z0-9]{2}[ \t]*$|$)")
 
-    def one(m: re.Match[bytes]) -> bytes:
-        if segment.match(m.group(2)):
-            return b"\r" + m.group(1).replace(b"\n", b"\r") + m.group(2)
-        return m.group(0)
+        def one(m: re.Match[bytes], segment: re.Pattern[bytes] = segment) -> bytes:
+            if segment.match(m.group(2)):
+                return b"\r" + m.group(1).replace(b"\n", b"\r") + m.group(2)
+            return m.group(0)
 
-    return _BARE_LF.sub(one, data)
+        end = heads[n + 1][0] if n + 1 < len(heads) else len(data)
+        out.append(_BARE_LF.sub(one, data[0 if n == 0 else start : end]))
+    return b"".join(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +169,8 @@ def check_batch_counts(data: bytes) -> BatchShortfall | None:
     """
     if b"BTS" not in data and b"FTS" not in data and b"bts" not in data and b"fts" not in data:
         return None  # the common case, a delivery without trailers: four byte searches, no copy
-    lines = data.replace(b"\x0b", b"").replace(b"\x1c", b"").replace(b"\r\n", b"\r").replace(b"\n", b"\r").split(b"\r")
+    data = data.replace(b"\x0b", b"").replace(b"\x1c", b"")
+    lines = (_line_ends(data) if b"\n" in data else data).split(b"\r")  # segments as split_messages() sees them: an LF in a text stays in it
     problems: list[tuple[str, str, str]] = []  # (reason, location, control id of the batch or file)
     envelope: list[bytes] = []
     batch_id = file_id = ""

@@ -1,7 +1,8 @@
 """`helsebro find`: what became of a message, found by its control id or its patient.
 
     helsebro find --control-id ID [--sender S]     MSH-10 (or a KITH MsgId), optionally one sender's (MSH-3@MSH-4)
-    helsebro find --patient NUMBER                 a fødselsnummer, D-nummer or FH-nummer: hashed here, never stored or logged
+    helsebro find --patient NUMBER                 a fødselsnummer, D-nummer or FH-nummer: hashed here, never stored or logged;
+                                                   `--patient -` reads it from stdin, out of `ps` and the shell's history
     helsebro find --patient-key KEY                the `patient_key` of a log line or a dead letter (h:…)
 
 It prints the applied messages the record's journal holds (newest first: when,
@@ -51,7 +52,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("find", help="Find what became of a message, by control id or patient.", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--control-id", metavar="ID", help="The message's control id (MSH-10, or a KITH MsgId).")
-    p.add_argument("--patient", metavar="NUMBER", help="The patient's fødselsnummer, D-nummer or FH-nummer (hashed, audited).")
+    p.add_argument("--patient", metavar="NUMBER", help="The patient's fødselsnummer, D-nummer or FH-nummer (hashed, audited); - reads it from stdin.")
     p.add_argument("--patient-key", metavar="KEY", help="The patient's key as a log line or dead letter shows it (h:…; audited).")
     p.add_argument("--sender", metavar="S", help="Only this sender's applied messages (MSH-3@MSH-4 as logged).")
     p.add_argument("--limit", type=_positive, default=100, metavar="N", help="At most N applied messages (default 100).")
@@ -83,10 +84,11 @@ def _patient_key(args: argparse.Namespace) -> str | None:
         return str(args.patient_key)
     if not args.patient:
         return None
+    number = sys.stdin.readline().strip() if args.patient == "-" else args.patient
     from router.pipeline.convert import patient_key_for
     from schemas.identity import validate_person_id
 
-    person = validate_person_id(args.patient)  # PersonIdError (a ValueError) never quotes the number
+    person = validate_person_id(number)  # PersonIdError (a ValueError) never quotes the number
     return patient_key_for(person.system, person.value)
 
 

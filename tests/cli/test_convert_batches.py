@@ -35,6 +35,13 @@ def _convert(capsys, tmp_path: Path, data: bytes) -> tuple[int, list[dict]]:
 
 
 class TestBatchCounts:
+    def test_a_text_line_starting_msh_is_neither_a_message_nor_counted(self, capsys, tmp_path):
+        """An NTE continued after a bare LF with "MSH er …": the batch is still two messages, its count agrees, exit 0."""
+        one, two = _messages(2).split(b"MSH|", 2)[1:]
+        first = b"MSH|" + one + b"NTE|1||Se merknad\nMSH er en forkortelse her\r"
+        code, docs = _convert(capsys, tmp_path, b"FHS|^~\\&|PAS|STOLAV\rBHS|^~\\&|PAS|STOLAV|||||||BATCH-7\r" + first + b"MSH|" + two + b"BTS|2\rFTS|1\r")
+        assert code == 0 and [d["resourceType"] for d in docs] == ["Bundle", "Bundle"]
+
     def test_a_batch_whose_counts_agree_converts_each_message(self, capsys, tmp_path):
         """BTS-1 = 3 and FTS-1 = 1 over three messages: three Bundles, exit 0, nothing more."""
         code, docs = _convert(capsys, tmp_path, _batch(3, "3"))

@@ -79,6 +79,14 @@ class TestFind:
         assert begin["patient_key"] == admission["patient_key"]
         assert GOOD_FNR not in out + err and GOOD_FNR not in (settled.data_dir / "audit.log").read_text()
 
+    def test_the_number_can_come_from_stdin(self, settled, capsys, monkeypatch):
+        """`--patient -` reads the number from stdin (kept out of ps and shell history): the same messages."""
+        import io
+
+        monkeypatch.setattr("sys.stdin", io.StringIO(GOOD_FNR + "\n"))
+        code, out, _ = _find(capsys, "--patient", "-", "--json", "--no-dlq")
+        assert code == 0 and [m["control_id"] for m in json.loads(out)["applied"]] == ["F2", "F1"]
+
     def test_a_message_refused_by_the_record_is_found_by_its_patient(self, settled, capsys):
         """The A45 converted (its patient known) but the record refused it: it is a dead letter with that patient's key."""
         code, out, _ = _find(capsys, "--patient", MOVED_TO, "--json")

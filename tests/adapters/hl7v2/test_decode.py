@@ -52,6 +52,25 @@ class TestSplitMessages:
         data = (MSG.format(cs="", name="OLA") + "NTE|1||se\nXYZ|neste linje\r").encode()
         assert [s.name for s in _one(data).message.segments] == ["MSH", "PID", "NTE", "XYZ"]
 
+    def test_a_second_message_with_its_own_field_separator_is_not_swallowed(self):
+        """Two LF-ended messages in one file, the second written with another field separator: two messages, as before
+        bare LFs could stay in a text (each message's segments start with its own separator, not the first message's)."""
+        first = MSG.format(cs="", name="OLA")
+        second = MSG.format(cs="", name="KARI").replace("C1", "C2").replace("|", "#")
+        raws = split_messages((first + second).replace("\r", "\n").encode())
+        assert len(raws) == 2
+        assert [[s.name for s in decode(r).message.segments] for r in raws] == [["MSH", "PID"], ["MSH", "PID"]]
+        assert decode(raws[1]).header.control_id == "C2"
+
+    def test_a_short_word_on_its_own_line_stays_in_the_text(self):
+        """A text signed off on its own line ("Mvh", then a name) is text: a name alone on a line is a segment only
+        in capitals, as segment names are written (ZPX), not any three letters."""
+        text = "Prøven er hemolysert.\nMvh\nKari"
+        data = (MSG.format(cs="", name="OLA") + f"NTE|1||{text}\rZZZ|1\r").replace("\r", "\n").encode()
+        msg = _one(data).message
+        assert [s.name for s in msg.segments] == ["MSH", "PID", "NTE", "ZZZ"]
+        assert msg.leaf(msg.repetitions(msg.first("NTE"), 3)[0], 1, 0) == text
+
     def test_mllp_frame_and_bom_are_ignored(self):
         """MLLP start/end bytes and a UTF-8 BOM around a message are stripped."""
         data = b"\x0b\xef\xbb\xbf" + MSG.format(cs="", name="OLA").encode() + b"\x1c\r"
