@@ -31,7 +31,8 @@ SCHEMA_VERSION = 3
   and every table and index was keyed by (type, id) text.
 2: fhir_resource is narrow (no body) and keyed by an integer `rid`; history, tokens and references
   name their resource by it.
-3: helsebro_journal, what each applied message wrote (created empty: messages applied before have no row).
+3: helsebro_journal, what each applied message wrote (created empty: messages applied before have no row);
+  helsebro_applied indexed by applied_at, for the purge.
 """
 
 # One schema for both backends; each fills {body} (TEXT, or JSON on PostgreSQL), {rid} (SQLite's
@@ -64,6 +65,9 @@ SCHEMA = (
     # the Bundle: a redelivery after a crash (or an ack lost with the broker) between
     # commit and ack finds its key and is not applied a second time; see apply_batch.
     "CREATE TABLE IF NOT EXISTS helsebro_applied (key TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL){without_rowid}",
+    # The purge (_purge_applied) deletes by age inside an apply transaction: without these it read
+    # the whole table, 14 days of messages, while holding the writers' lock.
+    "CREATE INDEX IF NOT EXISTS helsebro_applied_at ON helsebro_applied (applied_at)",
     # What each applied message was and wrote, for operators finding a message by its control id or
     # its patient (`helsebro find`): written with its helsebro_applied row, kept as long. The patient
     # is a key (router.pipeline.convert.patient_key_for: a hash), never a number or a name; `resources`
@@ -72,6 +76,7 @@ SCHEMA = (
     " control_id TEXT NOT NULL, sender TEXT NOT NULL, message_type TEXT NOT NULL, patient_key TEXT NOT NULL, resources TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS helsebro_journal_control ON helsebro_journal (control_id)",
     "CREATE INDEX IF NOT EXISTS helsebro_journal_patient ON helsebro_journal (patient_key)",
+    "CREATE INDEX IF NOT EXISTS helsebro_journal_at ON helsebro_journal (applied_at)",
 )
 
 # Version 1 → 2, in the transaction that prepares the schema. The old tables are renamed, the new
