@@ -32,7 +32,7 @@ SCHEMA_VERSION = 3
 2: fhir_resource is narrow (no body) and keyed by an integer `rid`; history, tokens and references
   name their resource by it.
 3: helsebro_journal, what each applied message wrote (created empty: messages applied before have no row);
-  helsebro_applied indexed by applied_at, for the purge.
+  helsebro_applied and helsebro_seen indexed by age, for their purges.
 """
 
 # One schema for both backends; each fills {body} (TEXT, or JSON on PostgreSQL), {rid} (SQLite's
@@ -61,6 +61,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS fhir_ref_rid ON fhir_ref (rid)",
     # Message ids already settled (sender + MSH-10), for duplicate detection; see SqlRecord.seen.
     "CREATE TABLE IF NOT EXISTS helsebro_seen (key TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS helsebro_seen_at ON helsebro_seen (seen_at)",  # the window's purge (remember), as below
     # Messages whose Bundle this record applied, written in the same transaction as
     # the Bundle: a redelivery after a crash (or an ack lost with the broker) between
     # commit and ack finds its key and is not applied a second time; see apply_batch.
