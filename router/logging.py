@@ -6,6 +6,7 @@ Components receive a bound logger; they never configure logging themselves.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json as _stdlib_json
 import logging
 import re
@@ -24,19 +25,30 @@ PHI_KEYS = frozenset({"fnr", "dnr", "national_id", "patient_id", "name", "family
 _ELEVEN_DIGITS = re.compile(r"(?<!\d)\d{11}(?!\d)")
 
 
-def phi_hash(value: str) -> str:
-    """Return a short, stable, one-way key for *value*, safe to log and to correlate."""
+def phi_hash(value: str, key: bytes | None = None) -> str:
+    """Return a short, stable, one-way key for *value*, safe to log and to correlate.
+
+    With *key* (the secret HELSEBRO_PHI_KEY, Settings.phi_key_bytes) it is an HMAC:
+    without the secret nobody can tell which number a key stands for. Without it,
+    a plain hash: national ids are few enough (some hundred million) that anyone
+    with a key can find its number by hashing every one; `helsebro status` says so.
+    """
+    if key:
+        return "h:" + hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
     return "h:" + hashlib.sha256(b"helsebro|" + value.encode("utf-8")).hexdigest()[:16]
 
 
-def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
-        value = event[key]
-        if key in PHI_KEYS and value is not None:
-            event[key] = phi_hash(str(value))
-        elif isinstance(value, str) and len(value) >= 11:  # a shorter text holds no 11 digits: no regex for it
-            event[key] = _ELEVEN_DIGITS.sub("<11-digit id>", value)
-    return event
+def _redactor(phi_key: bytes | None) -> Any:
+    def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key in list(event):
+            value = event[key]
+            if key in PHI_KEYS and value is not None:
+                event[key] = phi_hash(str(value), phi_key)
+            elif isinstance(value, str) and len(value) >= 11:  # a shorter text holds no 11 digits: no regex for it
+                event[key] = _ELEVEN_DIGITS.sub("<11-digit id>", value)
+        return event
+
+    return redact
 
 
 def _json(event: dict[str, Any], **_: Any) -> str:
@@ -48,8 +60,8 @@ def _json(event: dict[str, Any], **_: Any) -> str:
         return _stdlib_json.dumps(event, default=repr)
 
 
-def configure_logging(*, level: str = "info", stream: TextIO | None = None, json: bool = True) -> None:
-    """Set up structlog for this process: redaction first, then JSON or console lines."""
+def configure_logging(*, level: str = "info", stream: TextIO | None = None, json: bool = True, phi_key: bytes | None = None) -> None:
+    """Set up structlog for this process: redaction first (PHI fields hashed with *phi_key*, see phi_hash), then JSON or console lines."""
     renderer: Any = structlog.processors.JSONRenderer(serializer=_json) if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
         processors=[
@@ -57,7 +69,7 @@ def configure_logging(*, level: str = "info", stream: TextIO | None = None, json
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
-            _redact,
+            _redactor(phi_key),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

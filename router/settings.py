@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from router.errors import ConfigError, MappingError
 from router.mapping._yaml import load_yaml, plain, position_of
@@ -132,8 +132,14 @@ class Settings(_Frozen):
     xsd_dir: Path | None = Field(default=None, description="HELSEBRO_XSD_DIR: the national schema folder (with ehelseCatalog.xml). Unset: XML validation is off.")
     mappings_dir: Path = Field(default=PROJECT_ROOT / "mappings", description="HELSEBRO_MAPPINGS_DIR: the mapping files.")
     config_dir: Path = Field(default=PROJECT_ROOT / "config", description="HELSEBRO_CONFIG_DIR: the folder holding engine.yaml.")
+    phi_key: SecretStr | None = Field(default=None, description="HELSEBRO_PHI_KEY: a secret that keys the hashes patients are logged, dead-lettered and journalled under (HMAC), so a key cannot be traced to its number by trying every number. Every worker and `helsebro find` must share it; changing it changes every key. Unset: a plain hash.")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     routes: RoutesConfig = Field(default_factory=default_routes, description="config/routes.yaml: destinations and the routes to them; absent, everything goes to the record.")
+
+    @property
+    def phi_key_bytes(self) -> bytes | None:
+        """HELSEBRO_PHI_KEY as the HMAC key router.logging.phi_hash takes, or None."""
+        return self.phi_key.get_secret_value().encode("utf-8") if self.phi_key else None
 
     @property
     def sqlite_path(self) -> Path:
@@ -148,6 +154,7 @@ _ENV = {
     "xsd_dir": "HELSEBRO_XSD_DIR",
     "mappings_dir": "HELSEBRO_MAPPINGS_DIR",
     "config_dir": "HELSEBRO_CONFIG_DIR",
+    "phi_key": "HELSEBRO_PHI_KEY",
 }
 
 

@@ -38,12 +38,12 @@ def register(subparsers: Any) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    configure_logging(level="warning")  # the demo's own output is the summary below
     files = collect_files([args.examples]) if args.examples.is_dir() else []
     if not files:
         print(f"helsebro demo: no example messages under {args.examples}", file=sys.stderr)
         return 2
     settings = _fresh_settings()
+    configure_logging(level="warning", phi_key=settings.phi_key_bytes)  # the demo's own output is the summary below
     print(f"helsebro demo: embedded broker and SQLite record in {settings.data_dir}", file=sys.stderr)
     handle = run_engine_in_thread(settings)
     try:

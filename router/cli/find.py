@@ -78,7 +78,7 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _patient_key(args: argparse.Namespace) -> str | None:
+def _patient_key(args: argparse.Namespace, settings: Settings) -> str | None:
     """The key to search by, from --patient-key or --patient; raises ValueError for a number that is no national id."""
     if args.patient_key:
         return str(args.patient_key)
@@ -89,19 +89,19 @@ def _patient_key(args: argparse.Namespace) -> str | None:
     from schemas.identity import validate_person_id
 
     person = validate_person_id(number)  # PersonIdError (a ValueError) never quotes the number
-    return patient_key_for(person.system, person.value)
+    return patient_key_for(person.system, person.value, settings.phi_key_bytes)
 
 
 def _find(args: argparse.Namespace) -> int:
     if args.patient and args.patient_key:
         return _fail("give --patient or --patient-key, not both", 2)
+    settings = load_settings()
     try:
-        patient_key = _patient_key(args)
+        patient_key = _patient_key(args, settings)
     except ValueError as exc:
         return _fail(f"--patient is not a fødselsnummer, D-nummer or FH-nummer ({exc})", 2)
     if not args.control_id and not patient_key:
         return _fail("give --control-id, --patient or --patient-key", 2)
-    settings = load_settings()
     audit = AuditLog(settings.data_dir / "audit.log") if patient_key else None
     try:
         action_id = audit.begin("find", patient_key=patient_key, control_id=args.control_id) if audit else ""

@@ -58,8 +58,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.worker_index is not None and not 0 <= args.worker_index < args.workers:
         print("helsebro run: --worker-index must be below --workers", file=sys.stderr)
         return 2
-    configure_logging(level=args.log_level)
     settings = load_settings()
+    configure_logging(level=args.log_level, phi_key=settings.phi_key_bytes)
     logger = get_logger("engine")
     if args.worker_index is not None:
         logger = logger.bind(worker=args.worker_index)

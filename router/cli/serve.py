@@ -32,9 +32,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; return 0, or 1 when the record or port is unusable."""
-    configure_logging()
-    log = get_logger("fhir.rest")
     settings = load_settings()
+    configure_logging(phi_key=settings.phi_key_bytes)
+    log = get_logger("fhir.rest")
     try:
         open_record(settings).close()  # fail now, not at the first request
         server = make_server(lambda: open_record(settings), args.host, args.port, log=log)

@@ -19,6 +19,7 @@ added, existing ones keep their name and meaning.
       "record": {"kind": "sqlite" | "postgresql",
                  "location": "/abs/data/record.sqlite3" | "postgresql://user@host/db"},
       "xml_validation": {"enabled": false, "xsd_dir": null},
+      "patient_keys": {"keyed": false},
       "interval_s": 1.0,
       "queues": [{"role": "inbound" | "dead_letter" | "replies", "name": "helsebro.in.hl7v2",
                   "exists": true, "depth": 0 | null, "consumers": 1 | null,
@@ -33,6 +34,11 @@ Per queued destination (an external FHIR server): delivered in the last 24 hours
 (from the delivery ledger the record keeps; null when the record cannot be read),
 and the depths of its work partitions (waiting), its retry ladder (retrying) and
 its dead-letter queue (dead-lettered; `helsebro dlq --queue` acts on it).
+
+`patient_keys.keyed` says whether the hashes patients are logged, dead-lettered
+and journalled under are keyed with HELSEBRO_PHI_KEY (an HMAC: only who holds
+the secret can tell whose a key is), or plain (anyone can find a key's number by
+hashing every number). The secret itself is never shown.
 
 URLs never carry a password. Exit 0; 1 when the broker cannot be reached
 (one line on stderr); 2 for a usage error.
@@ -115,6 +121,7 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
         "broker": broker_location(settings),
         "record": record_location(settings),
         "xml_validation": {"enabled": settings.xsd_dir is not None, "xsd_dir": str(settings.xsd_dir) if settings.xsd_dir else None},
+        "patient_keys": {"keyed": settings.phi_key is not None},
         "interval_s": interval,
         "queues": [
             {"role": q.role, "name": q.name, "exists": q.exists, "depth": q.depth, "consumers": q.consumers, "depth_change_per_s": q.depth_change_per_s}
@@ -205,6 +212,8 @@ def _human(doc: dict[str, Any]) -> list[str]:
             ("broker", doc["broker"]["transport"], doc["broker"]["location"]),
             ("record", doc["record"]["kind"], doc["record"]["location"]),
             ("xml validation", "on" if xml["enabled"] else "off", xml["xsd_dir"] or "(HELSEBRO_XSD_DIR is not set)"),
+            ("patient keys", *(("keyed", "HMAC with HELSEBRO_PHI_KEY") if doc["patient_keys"]["keyed"]
+                               else ("plain hash", "(HELSEBRO_PHI_KEY is not set: a key can be traced to its number by hashing every number)"))),
         ],
     )[1:]
     rows = [

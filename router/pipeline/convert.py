@@ -30,6 +30,7 @@ class Converter:
 
     def __init__(self, settings: Settings, *, mappings: MappingSet | None = None) -> None:
         self._settings = settings
+        self._phi_key = settings.phi_key_bytes
         self.mappings = mappings or MappingSet.load(settings.mappings_dir / "hl7v2", compile_path)
         ids = settings.engine.identifiers
         self._fn_ctx = FnContext(dict(ids.authorities), ids.default_local_system)
@@ -65,7 +66,7 @@ class Converter:
             self._kith = KithConverter(self._settings, self._fn_ctx)
         try:
             self._kith.convert_one(item, trace)
-            item.patient_key = _patient_key(item.bundle) if item.bundle else None
+            item.patient_key = _patient_key(item.bundle, self._phi_key) if item.bundle else None
         except MessageError as exc:
             item.error = exc
             item.bundle = None
@@ -97,7 +98,7 @@ class Converter:
         item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain)
         if explain is not None:
             item.bundle["_explain"] = explain
-        item.patient_key = _patient_key(item.bundle)
+        item.patient_key = _patient_key(item.bundle, self._phi_key)
         item.unmapped = _unmapped(decoded.message, scope.reads)
 
 
@@ -150,22 +151,23 @@ def _refuse_repeated(message: Any, mm: Any) -> None:
             )
 
 
-def patient_key_for(system: str, value: str) -> str:
+def patient_key_for(system: str, value: str, phi_key: bytes | None = None) -> str:
     """The key a patient's messages are logged, dead-lettered and journalled under: a hash of their identity's search.
 
     One key per identity, whether a message updates the Patient (`PUT Patient?identifier=…`,
     an ADT) or creates it only when missing (`ifNoneExist: identifier=…`, a lab result), so an
-    operator finds all of a patient's messages by one key (`helsebro find --patient`).
+    operator finds all of a patient's messages by one key (`helsebro find --patient`). *phi_key*:
+    Settings.phi_key_bytes (HELSEBRO_PHI_KEY), see router.logging.phi_hash.
     """
-    return phi_hash(identifier_query(system, value))
+    return phi_hash(identifier_query(system, value), phi_key)
 
 
-def _patient_key(bundle: dict[str, Any]) -> str | None:
+def _patient_key(bundle: dict[str, Any], phi_key: bytes | None) -> str | None:
     for entry in bundle.get("entry", []):
         if entry.get("resource", {}).get("resourceType") == "Patient":
             request = entry["request"]
             url = request["url"]
-            return phi_hash(request.get("ifNoneExist") or url.partition("?")[2] or url)  # the query patient_key() hashes
+            return phi_hash(request.get("ifNoneExist") or url.partition("?")[2] or url, phi_key)  # the query patient_key_for() hashes
     return None
 
 

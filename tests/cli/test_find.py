@@ -128,3 +128,29 @@ class TestFind:
         code, out, err = _find(capsys, *args)
         assert code == 2 and says in err and out == ""
         assert BAD_FNR not in err and GOOD_FNR not in err
+
+
+class TestKeyedPatientKeys:
+    def test_a_key_made_with_the_secret_is_found_only_with_it(self, exported, capsys, monkeypatch):
+        """HELSEBRO_PHI_KEY set for the engine and for find: the patient's key is an HMAC, not the plain hash, and find
+        with another secret (or none) cannot name the patient."""
+        from router.pipeline.convert import patient_key_for
+        from router.settings import load_settings
+        from schemas.identity import FNR_SYSTEM
+
+        exported(None)
+        monkeypatch.setenv("HELSEBRO_PHI_KEY", "first-secret")
+        keyed = load_settings()
+        publish(keyed, [adt_message("A01", control_id="K1", fnr=GOOD_FNR, local_id="L1", visit="V1")])
+        handle = run_engine_in_thread(keyed, logger=QuietLogger())
+        wait_until(lambda: handle.stats.applied == 1, 60, what="applied")
+        handle.stop()
+        code, out, _ = _find(capsys, "--patient", GOOD_FNR, "--json", "--no-dlq")
+        assert code == 0
+        [found] = json.loads(out)["applied"]
+        assert found["patient_key"] == patient_key_for(FNR_SYSTEM, GOOD_FNR, b"first-secret") != patient_key_for(FNR_SYSTEM, GOOD_FNR)
+        monkeypatch.setenv("HELSEBRO_PHI_KEY", "another-secret")
+        assert _find(capsys, "--patient", GOOD_FNR, "--no-dlq")[0] == 1
+        monkeypatch.delenv("HELSEBRO_PHI_KEY")
+        assert _find(capsys, "--patient", GOOD_FNR, "--no-dlq")[0] == 1
+        assert _find(capsys, "--patient-key", found["patient_key"], "--no-dlq")[0] == 0  # the key itself needs no secret

@@ -63,7 +63,7 @@ class TestStatus:
         code, out, _ = _status(capsys, "--json", "--interval", "0")
         doc = json.loads(out)
         assert code == 0
-        assert set(doc) == {"broker", "record", "xml_validation", "interval_s", "queues", "dead_letters", "destinations"}
+        assert set(doc) == {"broker", "record", "xml_validation", "patient_keys", "interval_s", "queues", "dead_letters", "destinations"}
         assert doc["destinations"] == []  # the record is the only destination here: nothing queued
         names = dead.engine.broker.names
         assert [(q["role"], q["name"]) for q in doc["queues"]] == [("inbound", names.inbound), ("dead_letter", names.dead_letter), ("replies", names.replies)]
@@ -73,6 +73,7 @@ class TestStatus:
         assert doc["broker"]["transport"] == ("rabbitmq" if dead.broker_url else "embedded")
         assert doc["record"] == {"kind": "sqlite", "location": str(dead.sqlite_path.resolve())}
         assert doc["xml_validation"] == {"enabled": False, "xsd_dir": None}
+        assert doc["patient_keys"] == {"keyed": False}
         [dl] = doc["dead_letters"]
         assert (dl["queue"], dl["scanned"], dl["complete"]) == (names.dead_letter, 3, True)
         assert [(r["stage"], r["reason"], r["count"]) for r in dl["by_reason"]] == [("convert", NO_MSH, 2), ("convert", dl["by_reason"][1]["reason"], 1)]
@@ -137,6 +138,17 @@ class TestStatus:
         code, out, _ = _status(capsys, "--json", "--interval", "0")
         assert code == 0
         assert json.loads(out)["xml_validation"] == {"enabled": True, "xsd_dir": str(tmp_path / "xsd")}
+
+    def test_patient_keys_keyed_with_a_secret_never_shown(self, settings, capsys, monkeypatch):
+        """HELSEBRO_PHI_KEY set: the patient keys are reported keyed; the secret is in neither output."""
+        publish(settings, [])
+        code, out, _ = _status(capsys, "--interval", "0")
+        assert code == 0 and "plain hash" in out and "HELSEBRO_PHI_KEY is not set" in out
+        monkeypatch.setenv("HELSEBRO_PHI_KEY", "s3cret-phi-key")
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        assert json.loads(out)["patient_keys"] == {"keyed": True} and "s3cret-phi-key" not in out
+        code, out, _ = _status(capsys, "--interval", "0")
+        assert "keyed" in out and "plain hash" not in out and "s3cret-phi-key" not in out
 
     def test_unreachable_broker_exits_1(self, tmp_path, capsys, monkeypatch):
         """A broker that cannot be reached gives one line on stderr, without password or traceback, and exit 1."""

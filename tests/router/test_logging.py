@@ -35,3 +35,19 @@ def test_values_json_cannot_hold_exactly_still_make_a_line(lines):
     (line,) = lines()
     assert line["big"] == 2**70
     assert line["amount"] == "Decimal('1.50')"
+
+
+def test_a_keyed_hash_differs_by_secret_and_is_stable():
+    """With HELSEBRO_PHI_KEY's secret a PHI field is an HMAC: the same for one secret, another for another, not the plain hash."""
+    from router.logging import phi_hash
+
+    stream = io.StringIO()
+    try:
+        for secret in (b"one", b"one", b"two", None):
+            configure_logging(stream=stream, phi_key=secret)
+            get_logger("engine").info("x", fnr="15866112379")
+    finally:
+        configure_logging()
+    one, again, two, plain = (json.loads(line)["fnr"] for line in stream.getvalue().splitlines())
+    assert one == again == phi_hash("15866112379", b"one") and len({one, two, plain}) == 3
+    assert plain == phi_hash("15866112379")
