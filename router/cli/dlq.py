@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from adapters.amqp.connection import declare_topology, open_connection
+from router.cli._args import positive
 from router.cli.status import format_table
 from router.errors import BrokerUnavailable
 from router.ops import AuditLog, DeadLetter, browse, find, purge, replay, watched_queues
@@ -65,7 +66,7 @@ def register(subparsers: Any) -> None:
 
     p = actions.add_parser("list", parents=[common], help="List dead letters: ids, reasons, sizes; never bodies.")
     p.add_argument("--json", action="store_true", help="Print one JSON document.")
-    p.add_argument("--limit", type=_positive, metavar="N", help="List at most the first N dead letters.")
+    p.add_argument("--limit", type=positive, metavar="N", help="List at most the first N dead letters.")
     p.set_defaults(func=_list)
 
     p = actions.add_parser("show", parents=[common], help="Show one dead letter's headers and OperationOutcome.")
@@ -84,16 +85,6 @@ def register(subparsers: Any) -> None:
         p.add_argument("--all", action="store_true", help="Every dead letter in the queue now.")
         p.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
         p.set_defaults(func=func)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

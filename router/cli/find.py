@@ -37,6 +37,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from router.cli._args import positive
 from router.errors import BrokerUnavailable, RecordUnavailable
 from router.ops import AuditLog
 from router.ops.trail import Trail, find_messages
@@ -55,22 +56,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--patient", metavar="NUMBER", help="The patient's fødselsnummer, D-nummer or FH-nummer (hashed, audited); - reads it from stdin.")
     p.add_argument("--patient-key", metavar="KEY", help="The patient's key as a log line or dead letter shows it (h:…; audited).")
     p.add_argument("--sender", metavar="S", help="Only this sender's applied messages (MSH-3@MSH-4 as logged).")
-    p.add_argument("--limit", type=_positive, default=100, metavar="N", help="At most N applied messages (default 100).")
+    p.add_argument("--limit", type=positive, default=100, metavar="N", help="At most N applied messages (default 100).")
     p.add_argument("--no-dlq", action="store_true", help="Search the record's journal only, not the dead-letter queues.")
-    p.add_argument("--scan-limit", type=_positive, default=_SCAN_LIMIT, metavar="N",
+    p.add_argument("--scan-limit", type=positive, default=_SCAN_LIMIT, metavar="N",
                    help=f"Skip a dead-letter queue holding more than N messages (default {_SCAN_LIMIT}).")
     p.add_argument("--json", action="store_true", help="Print one JSON document.")
     p.set_defaults(func=_find)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
 
 
 def _fail(message: str, code: int = 1) -> int:
