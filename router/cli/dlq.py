@@ -46,7 +46,7 @@ from adapters.amqp.connection import declare_topology, open_connection
 from router.cli._args import positive
 from router.cli.status import format_table
 from router.errors import BrokerUnavailable
-from router.ops import AuditLog, DeadLetter, browse, find, purge, replay, watched_queues
+from router.ops import AuditLog, DeadLetter, browse, dead_letter_queues, find, purge, replay
 from router.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -102,10 +102,10 @@ def _queue(settings: Settings, args: argparse.Namespace) -> str | None:
 
     The engine's own (the default) or a queued destination's (`helsebro.dest.<name>.dlq`).
     """
-    names = [q.name for q in watched_queues(settings) if q.role == "dead_letter"]
+    names = dead_letter_queues(settings)
     if args.queue is None:
         return names[0]
-    return args.queue if args.queue in names or args.queue in _destination_dlqs(settings) else None
+    return args.queue if args.queue in names else None
 
 
 def _destination_dlqs(settings: Settings) -> dict[str, str]:

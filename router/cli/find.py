@@ -32,6 +32,7 @@ a valid national id).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from datetime import UTC, datetime
@@ -110,19 +111,19 @@ def _find(args: argparse.Namespace) -> int:
 
 
 def _search(settings: Settings, args: argparse.Namespace, patient_key: str | None) -> Trail:
+    lookup = functools.partial(find_messages, settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender, limit=args.limit)
     if args.no_dlq:
-        return find_messages(settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender, limit=args.limit)
+        return lookup()
     from adapters.amqp.connection import open_connection
 
     try:
         conn = open_connection(settings)
     except BrokerUnavailable as exc:
-        trail = find_messages(settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender, limit=args.limit)
+        trail = lookup()
         trail.queues_skipped.append(("every dead-letter queue", str(exc)))
         return trail
     try:
-        return find_messages(settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender, limit=args.limit,
-                             connection=conn, scan_limit=args.scan_limit)
+        return lookup(connection=conn, scan_limit=args.scan_limit)
     finally:
         conn.release()
 

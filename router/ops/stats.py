@@ -80,6 +80,14 @@ def watched_queues(settings: Settings) -> tuple[WatchedQueue, ...]:
     )
 
 
+def dead_letter_queues(settings: Settings) -> list[str]:
+    """The engine's dead-letter queue and every queued destination's, in that order: what `dlq --queue` and `find` accept."""
+    from adapters.amqp.connection import all_queue_names
+
+    own = [q.name for q in watched_queues(settings) if q.role == "dead_letter"]
+    return own + [q.name for q in all_queue_names(settings) if q.role == "destination_dead_letter"]
+
+
 def is_not_found(exc: BaseException) -> bool:
     """Return True when a broker error is AMQP's 404: the queue does not exist."""
     return getattr(exc, "reply_code", None) == _NOT_FOUND

@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 from adapters.fhir.record import JournalEntry, open_record
 from router.ops.deadletters import DeadLetter, browse
-from router.ops.stats import watched_queues
+from router.ops.stats import dead_letter_queues
 
 if TYPE_CHECKING:
     from kombu import Connection
 
     from router.settings import Settings
 
-__all__ = ["Trail", "dead_letter_queues", "find_messages"]
+__all__ = ["Trail", "find_messages"]
 
 
 @dataclass(slots=True)
@@ -39,14 +39,6 @@ class Trail:
     @property
     def found(self) -> int:
         return len(self.applied) + len(self.dead_letters)
-
-
-def dead_letter_queues(settings: Settings) -> list[str]:
-    """The engine's dead-letter queue and every queued destination's, in that order."""
-    from adapters.amqp.connection import all_queue_names
-
-    own = [q.name for q in watched_queues(settings) if q.role == "dead_letter"]
-    return own + [q.name for q in all_queue_names(settings) if q.role == "destination_dead_letter"]
 
 
 def find_messages(
