@@ -24,7 +24,7 @@ from adapters.fhir._transaction import Db, apply_entries
 from router.contracts import ApplyResult, FhirJson, JournalFacts
 from router.errors import InvalidContent, MessageError, RecordUnavailable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout the code below reads and writes; `prepare_schema` brings an older record up to it.
 
 1 (no helsebro_schema table): fhir_resource held the current body beside fhir_history's copy,
@@ -33,6 +33,8 @@ SCHEMA_VERSION = 3
   name their resource by it.
 3: helsebro_journal, what each applied message wrote (created empty: messages applied before have no row);
   helsebro_applied and helsebro_seen indexed by age, for their purges.
+4: helsebro_journal also keeps the messages that were not applied (duplicates, filtered, forwarded
+  elsewhere only, dead-lettered): columns `outcome` and `note` (rows of version 3 are `applied`).
 """
 
 # One schema for both backends; each fills {body} (TEXT, or JSON on PostgreSQL), {rid} (SQLite's
@@ -69,12 +71,16 @@ SCHEMA = (
     # The purge (_purge_applied) deletes by age inside an apply transaction: without these it read
     # the whole table, 14 days of messages, while holding the writers' lock.
     "CREATE INDEX IF NOT EXISTS helsebro_applied_at ON helsebro_applied (applied_at)",
-    # What each applied message was and wrote, for operators finding a message by its control id or
-    # its patient (`helsebro find`): written with its helsebro_applied row, kept as long. The patient
-    # is a key (router.pipeline.convert.patient_key_for: a hash), never a number or a name; `resources`
-    # is JSON, [[type, id, version, outcome], ...]. '' stands for a value the message did not give.
+    # What became of each message, for operators finding it by its control id or its patient
+    # (`helsebro find`): an applied one is written with its helsebro_applied row (outcome `applied` or
+    # `unchanged`, `resources` what it wrote: JSON, [[type, id, version, outcome], ...]); one that was
+    # not applied (`duplicate`, `filtered`, `forwarded`, `dead_lettered`) by `journal_settled`, with a
+    # plain-words `note` and no resources. `applied_at` is when it settled. Kept as long as the applied
+    # keys. The patient is a key (router.pipeline.convert.patient_key_for: a hash), never a number or a
+    # name; '' stands for a value the message did not give.
     "CREATE TABLE IF NOT EXISTS helsebro_journal (key TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL,"
-    " control_id TEXT NOT NULL, sender TEXT NOT NULL, message_type TEXT NOT NULL, patient_key TEXT NOT NULL, resources TEXT NOT NULL)",
+    " control_id TEXT NOT NULL, sender TEXT NOT NULL, message_type TEXT NOT NULL, patient_key TEXT NOT NULL, resources TEXT NOT NULL,"
+    " outcome TEXT NOT NULL DEFAULT 'applied', note TEXT NOT NULL DEFAULT '')",
     "CREATE INDEX IF NOT EXISTS helsebro_journal_control ON helsebro_journal (control_id)",
     "CREATE INDEX IF NOT EXISTS helsebro_journal_patient ON helsebro_journal (patient_key)",
     "CREATE INDEX IF NOT EXISTS helsebro_journal_at ON helsebro_journal (applied_at)",
@@ -101,6 +107,13 @@ _V1_COPY = (
     "INSERT INTO fhir_ref (type, target, param, rid) SELECT DISTINCT f.type, f.target, f.param, r.rid"
     " FROM fhir_ref_v1 f JOIN fhir_resource r ON r.type = f.type AND r.id = f.id",
     "INSERT INTO helsebro_applied (key, applied_at) SELECT key, applied_at FROM helsebro_applied_v1",
+)
+
+
+# Version 3 → 4: the journal's rows so far are applied messages.
+_V3_JOURNAL = (
+    "ALTER TABLE helsebro_journal ADD COLUMN outcome TEXT NOT NULL DEFAULT 'applied'",
+    "ALTER TABLE helsebro_journal ADD COLUMN note TEXT NOT NULL DEFAULT ''",
 )
 
 
@@ -143,6 +156,9 @@ def prepare_schema(db: Db, tables: set[str], *, body: str, rid: str, without_row
             db.execute(statement, ())
         for table in _V1_TABLES:
             db.execute(f"DROP TABLE {table}_v1", ())
+    if found == 3:  # the journal table exists without the columns version 4 added
+        for statement in _V3_JOURNAL:
+            db.execute(statement, ())
     for statement in after:
         db.execute(statement, ())
     if found < SCHEMA_VERSION:
@@ -153,10 +169,16 @@ def prepare_schema(db: Db, tables: set[str], *, body: str, rid: str, without_row
 
 MARK_APPLIED = "INSERT INTO helsebro_applied (key, applied_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
 JOURNAL = (
-    "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, resources)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
+    "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, resources, outcome)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
 )
-_JOURNAL_COLUMNS = "key, applied_at, control_id, sender, message_type, patient_key, resources"
+# A message settled again under the same key (a redelivery after a crash, a resent duplicate) is one row, at its latest time.
+_JOURNAL_SETTLED = (
+    "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, resources, outcome, note)"
+    " VALUES (?, ?, ?, ?, ?, ?, '[]', ?, ?) ON CONFLICT (key) DO UPDATE SET applied_at = excluded.applied_at, note = excluded.note"
+)
+_JOURNAL_COLUMNS = "key, applied_at, control_id, sender, message_type, patient_key, resources, outcome, note"
+JOURNAL_OUTCOMES = frozenset({"applied", "unchanged", "duplicate", "filtered", "forwarded", "dead_lettered"})
 _APPLIED_AMONG = "WITH q (key) AS ({}) SELECT h.key FROM q JOIN helsebro_applied h ON h.key = q.key"
 APPLIED_RETENTION_SECONDS = 14 * 24 * 3600.0
 """How long an applied message's key is kept: far longer than any redelivery takes to come back."""
@@ -167,15 +189,21 @@ _FORGET_EVERY = 1000  # remember() calls between purges of expired keys
 
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
-    """One applied message as helsebro_journal holds it (SqlRecord.journal)."""
+    """One settled message as helsebro_journal holds it (SqlRecord.journal)."""
 
-    key: str  # format|sender|control id|hash of the bytes (router.pipeline.settle.applied_key)
-    applied_at: float  # Unix time of the commit
+    key: str  # format|sender|control id|hash of the bytes (router.pipeline.settle.applied_key), then |outcome when not applied
+    applied_at: float  # Unix time it settled (the commit, for an applied one)
     control_id: str
     sender: str
     message_type: str
     patient_key: str
-    resources: tuple[tuple[str, str, int, str], ...]  # (type, id, version, outcome) per entry written
+    resources: tuple[tuple[str, str, int, str], ...]  # (type, id, version, outcome) per entry written; () when not applied
+    outcome: str = "applied"  # applied, unchanged, duplicate, filtered, forwarded or dead_lettered (router.pipeline.settle.Outcome)
+    note: str = ""  # why it was not applied, in plain words (no value from the message)
+
+    @property
+    def was_applied(self) -> bool:
+        return self.outcome in ("applied", "unchanged")
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +306,7 @@ class SqlRecord(ABC):
                     applied = {str(r[0]) for r in applied_rows()}
                     stamp = time.time()
                     marks: list[tuple[str, float]] = []
-                    journal: list[tuple[str, float, str, str, str, str, str]] = []
+                    journal: list[tuple[str, float, str, str, str, str, str, str]] = []
                     for i, entries in parsed.items():
                         current = i
                         key = keys[i] if keys is not None else None
@@ -291,7 +319,8 @@ class SqlRecord(ABC):
                             applied.add(key)  # a second copy in this batch is the same message
                             if facts is not None and (fact := facts[i]) is not None:
                                 # A microsecond apart, so the batch's messages keep their order newest-first.
-                                journal.append((key, stamp + len(journal) * 1e-6, *fact, _written(result)))
+                                outcome = "applied" if result.changed else "unchanged"
+                                journal.append((key, stamp + len(journal) * 1e-6, *fact, _written(result), outcome))
                     lookups.flush(db)  # the batch's writes, one statement per kind
                     if keys is not None:
                         if marks:
@@ -314,12 +343,33 @@ class SqlRecord(ABC):
             db.execute("DELETE FROM helsebro_applied WHERE applied_at < ?", (now - APPLIED_RETENTION_SECONDS,))
             db.execute("DELETE FROM helsebro_journal WHERE applied_at < ?", (now - APPLIED_RETENTION_SECONDS,))
 
+    def journal_settled(self, entries: Sequence[tuple[str, JournalFacts, str, str]]) -> None:
+        """Journal messages that settled without being applied: (key, facts, outcome, note) each.
+
+        The engine writes these once the batch's publishes are confirmed and before
+        it acks, so a crash in between writes a row again rather than never; a row
+        with the same key is updated to the later time.
+
+        Raises:
+            ValueError: an outcome that is not one of JOURNAL_OUTCOMES, or `applied`/`unchanged` (apply_batch writes those).
+            RecordUnavailable: the database is unreachable or busy.
+        """
+        if not entries:
+            return
+        for _key, _facts, outcome, _note in entries:
+            if outcome not in JOURNAL_OUTCOMES or outcome in ("applied", "unchanged"):
+                raise ValueError(f"journal_settled: {outcome!r} is not an outcome of a message that was not applied")
+        with self._lock, self._transaction([]) as db:
+            stamp = time.time()
+            db.execute_many(_JOURNAL_SETTLED, [(key, stamp + n * 1e-6, *facts, outcome, note) for n, (key, facts, outcome, note) in enumerate(entries)])
+
     def journal(self, *, control_id: str | None = None, patient_key: str | None = None, sender: str | None = None,
                 limit: int = 100) -> list[JournalEntry]:
-        """The applied messages with this control id and/or patient key (and sender), newest first, at most *limit*.
+        """The settled messages with this control id and/or patient key (and sender), newest first, at most *limit*.
 
-        Kept as long as their applied keys (APPLIED_RETENTION_SECONDS). A message
-        whose Bundle went only to other destinations, or that was refused, is not here.
+        Kept as long as the applied keys (APPLIED_RETENTION_SECONDS). Applied messages
+        come with what they wrote; the others (duplicates, filtered, forwarded only to
+        other destinations, dead-lettered) with their outcome and note.
 
         Raises:
             ValueError: neither a control id nor a patient key was given (the journal is not listed whole).
@@ -335,8 +385,9 @@ class SqlRecord(ABC):
         rows = self._select(f"SELECT {_JOURNAL_COLUMNS} FROM helsebro_journal WHERE {' AND '.join(where)}"
                             " ORDER BY applied_at DESC, key LIMIT ?", (*args, limit))
         return [
-            JournalEntry(str(key), float(at), str(cid), str(snd), str(mtype), str(pkey), tuple((str(t), str(i), int(v), str(o)) for t, i, v, o in orjson.loads(res)))
-            for key, at, cid, snd, mtype, pkey, res in rows
+            JournalEntry(str(key), float(at), str(cid), str(snd), str(mtype), str(pkey),
+                         tuple((str(t), str(i), int(v), str(o)) for t, i, v, o in orjson.loads(res)), str(outcome), str(note))
+            for key, at, cid, snd, mtype, pkey, res, outcome, note in rows
         ]
 
     def applied(self, keys: Sequence[str]) -> set[str]:

@@ -5,14 +5,15 @@
                                                    `--patient -` reads it from stdin, out of `ps` and the shell's history
     helsebro find --patient-key KEY                the `patient_key` of a log line or a dead letter (h:…)
 
-It prints the applied messages the record's journal holds (newest first: when,
-sender, control id, type, patient key, and each resource written with its
-version and whether it was created, updated or unchanged), then the dead letters
-with that control id or patient key in the engine's and every queued
-destination's dead-letter queue (id, when, stage, reason). A message in neither
-was a duplicate, filtered, forwarded elsewhere only, or not received: the
-engine's `delivery_settled` log line with its control id says which. The
-journal keeps what the applied keys keep (14 days).
+It prints what the record's journal holds, newest first: the applied messages
+(when, sender, control id, type, patient key, and each resource written with its
+version and whether it was created, updated or unchanged), then the messages that
+were not applied (a duplicate, filtered by the routes, forwarded only to other
+destinations, or dead-lettered), each with a note saying why. Then the dead
+letters with that control id or patient key still waiting in the engine's and
+every queued destination's dead-letter queue (id, when, stage, reason). A message
+found nowhere has not settled: it is still queued, or it never arrived. The
+journal keeps 14 days.
 
 Nothing shown is patient data: a patient is a key (a hash of the identity's
 search), resources are ids. A lookup by patient is still an access to one
@@ -20,9 +21,12 @@ person's trail, so it writes a `begin` and an `end` line to the audit log
 (`<HELSEBRO_DATA_DIR>/audit.log`) with the patient's key, never the number.
 
 `--json` prints `{"applied": [{"key", "applied_at", "sender", "control_id",
-"message_type", "patient_key", "resources": [{"type", "id", "version",
-"outcome"}]}], "dead_letters": [{"queue", and the fields of `dlq list --json`}],
-"queues_read": [...], "queues_skipped": [{"queue", "why"}]}`.
+"message_type", "patient_key", "outcome" (applied or unchanged), "resources":
+[{"type", "id", "version", "outcome"}]}], "not_applied": [{"key", "settled_at",
+"sender", "control_id", "message_type", "patient_key", "outcome" (duplicate,
+filtered, forwarded or dead_lettered), "note"}], "dead_letters": [{"queue", and
+the fields of `dlq list --json`}], "queues_read": [...], "queues_skipped":
+[{"queue", "why"}]}`.
 
 Exit 0 when something was found, 1 when nothing was (or the record or the
 audit log failed), 2 for a usage error (no search given; a --patient that is not
@@ -57,7 +61,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--patient", metavar="NUMBER", help="The patient's fødselsnummer, D-nummer or FH-nummer (hashed, audited); - reads it from stdin.")
     p.add_argument("--patient-key", metavar="KEY", help="The patient's key as a log line or dead letter shows it (h:…; audited).")
     p.add_argument("--sender", metavar="S", help="Only this sender's applied messages (MSH-3@MSH-4 as logged).")
-    p.add_argument("--limit", type=positive, default=100, metavar="N", help="At most N applied messages (default 100).")
+    p.add_argument("--limit", type=positive, default=100, metavar="N", help="At most N messages from the journal (default 100).")
     p.add_argument("--no-dlq", action="store_true", help="Search the record's journal only, not the dead-letter queues.")
     p.add_argument("--scan-limit", type=positive, default=_SCAN_LIMIT, metavar="N",
                    help=f"Skip a dead-letter queue holding more than N messages (default {_SCAN_LIMIT}).")
@@ -99,7 +103,8 @@ def _find(args: argparse.Namespace) -> int:
         action_id = audit.begin("find", patient_key=patient_key, control_id=args.control_id) if audit else ""
         trail = _search(settings, args, patient_key)
         if audit:
-            audit.end("find", action_id, patient_key=patient_key, applied=len(trail.applied), dead_letters=len(trail.dead_letters))
+            audit.end("find", action_id, patient_key=patient_key, applied=len(trail.applied), not_applied=len(trail.not_applied),
+                      dead_letters=len(trail.dead_letters))
     except RecordUnavailable as exc:
         return _fail(f"the record: {exc}")
     except OSError as exc:
@@ -136,8 +141,14 @@ def _as_json(trail: Trail) -> dict[str, Any]:
     return {
         "applied": [
             {"key": e.key, "applied_at": _when(e.applied_at), "sender": e.sender, "control_id": e.control_id, "message_type": e.message_type,
-             "patient_key": e.patient_key, "resources": [{"type": t, "id": i, "version": v, "outcome": o} for t, i, v, o in e.resources]}
+             "patient_key": e.patient_key, "outcome": e.outcome,
+             "resources": [{"type": t, "id": i, "version": v, "outcome": o} for t, i, v, o in e.resources]}
             for e in trail.applied
+        ],
+        "not_applied": [
+            {"key": e.key, "settled_at": _when(e.applied_at), "sender": e.sender, "control_id": e.control_id, "message_type": e.message_type,
+             "patient_key": e.patient_key, "outcome": e.outcome, "note": e.note}
+            for e in trail.not_applied
         ],
         "dead_letters": [{"queue": queue, **letter.summary()} for queue, letter in trail.dead_letters],
         "queues_read": trail.queues_read,
@@ -150,6 +161,11 @@ def _as_text(trail: Trail) -> str:
     for e in trail.applied:
         lines.append(f"  {_when(e.applied_at)}  {e.sender or '-'}  {e.control_id or '-'}  {e.message_type or '-'}  patient {e.patient_key or '-'}")
         lines += [f"      {t}/{i}/_history/{v}  {o}" for t, i, v, o in e.resources]
+    if trail.not_applied:
+        lines.append(f"not applied ({len(trail.not_applied)}, newest first):")
+        for e in trail.not_applied:
+            lines.append(f"  {_when(e.applied_at)}  {e.sender or '-'}  {e.control_id or '-'}  {e.message_type or '-'}  patient {e.patient_key or '-'}")
+            lines.append(f"      {e.outcome}: {e.note or '-'}")
     if trail.dead_letters:
         lines.append(f"dead letters ({len(trail.dead_letters)}):")
         for queue, d in trail.dead_letters:

@@ -1,10 +1,11 @@
 """Find what became of a message, by its control id or its patient: the operator's `helsebro find`.
 
-Two places know: the record's journal (SqlRecord.journal: each applied message,
-its sender and type, and the resources and versions it wrote) and the dead-letter
-queues (each refused message with its reason). A message in neither was a
-duplicate, filtered by the routes, forwarded only to destinations other than the
-record, or never arrived: the engine's `delivery_settled` log line says which.
+Two places know: the record's journal (SqlRecord.journal: every settled message
+with its sender, type and outcome; an applied one with the resources and versions
+it wrote, any other (duplicate, filtered, forwarded only to destinations other than
+the record, dead-lettered) with a note saying why) and the dead-letter queues (each
+refused message still waiting there, with its reason). A message in neither never
+settled: it is still queued, or it never arrived.
 
 Everything here is safe to show: control ids, senders, hashed patient keys,
 resource ids and reasons; never a body, a national id or a name.
@@ -29,16 +30,26 @@ __all__ = ["Trail", "find_messages"]
 
 @dataclass(slots=True)
 class Trail:
-    """What was found: applied messages (newest first) and dead letters per queue."""
+    """What was found: the journal's messages (newest first) and dead letters per queue."""
 
-    applied: list[JournalEntry]
+    journal: list[JournalEntry]
     dead_letters: list[tuple[str, DeadLetter]] = field(default_factory=list)  # (queue, letter), in queue order
     queues_read: list[str] = field(default_factory=list)
     queues_skipped: list[tuple[str, str]] = field(default_factory=list)  # (queue, why): unreadable, or longer than the scan limit
 
     @property
+    def applied(self) -> list[JournalEntry]:
+        """The messages the record applied (whether or not they changed anything)."""
+        return [e for e in self.journal if e.was_applied]
+
+    @property
+    def not_applied(self) -> list[JournalEntry]:
+        """Duplicates, filtered, forwarded-only and dead-lettered messages, with their notes."""
+        return [e for e in self.journal if not e.was_applied]
+
+    @property
     def found(self) -> int:
-        return len(self.applied) + len(self.dead_letters)
+        return len(self.journal) + len(self.dead_letters)
 
 
 def find_messages(
@@ -63,7 +74,7 @@ def find_messages(
     """
     record = open_record(settings)
     try:
-        trail = Trail(applied=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, limit=limit))
+        trail = Trail(journal=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, limit=limit))
     finally:
         record.close()
     if connection is None:

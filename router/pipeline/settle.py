@@ -22,6 +22,12 @@ message it has applied before). KITH XML keeps its own rule: a
 repeated MsgId whose AppRecs were all sent is neither applied nor answered
 (HITS 1168 §5.4). Messages in one delivery share its ack. The consumer loop,
 reconnects and the one catch-all belong to router/engine.py.
+
+Nothing settles silently: an applied message is journalled with what it wrote
+(in its apply transaction), and every other one (duplicate, filtered,
+forwarded only to other destinations, dead-lettered) with its outcome and a
+plain-words note, once the publishes are confirmed and before the ack, so an
+operator finds any message with `helsebro find`.
 """
 
 from __future__ import annotations
@@ -195,6 +201,7 @@ class Settle:
             self._publish(m)
         self._publisher.flush()
         self._remember(flat)
+        self._journal_others(flat)
         ack_all([d for d, _r in items], embedded=self._embedded)
         ms = round((time.monotonic() - started) * 1000, 2)
         return [[self._settled(m, ms) for m in group] for group in msgs]
@@ -284,6 +291,34 @@ class Settle:
             if m.conv.format == "kith" and m.outcome != "duplicate" and m.conv.control_id and env is not None:
                 for party in env.recipients:
                     self._guard.seen_before(m.conv.control_id, recipient=party.her_id or party.role)
+
+    def _journal_others(self, flat: list[_Msg]) -> None:
+        """Journal the messages that settled without being applied (SqlRecord.journal_settled); a message with no id to find it by is left out."""
+        journal_settled = getattr(self._record, "journal_settled", None)
+        if journal_settled is None:
+            return
+        rows = [
+            (f"{applied_key(m.conv)}|{m.outcome}", journal_facts(m.conv), m.outcome, self._note(m))
+            for m in flat
+            if m.outcome in ("duplicate", "filtered", "forwarded", "dead_lettered") and (m.conv.control_id or m.conv.patient_key)
+        ]
+        if rows:
+            self._with_record(lambda: journal_settled(rows))
+
+    def _note(self, m: _Msg) -> str:
+        """Why *m* was not applied, in plain words: never a value from the message."""
+        if m.outcome == "duplicate":
+            if m.conv.format == "kith":
+                return "duplicate: this MsgId was answered before to every recipient (not applied, not answered again)"
+            return f"duplicate: its sender's control id was settled within the last {self._window:g} s (not applied; answered AA again)"
+        if m.outcome == "filtered":
+            return "no route matched (not applied, not forwarded)"
+        if m.outcome == "forwarded" and m.decision is not None:
+            return "forwarded to " + ", ".join(m.decision.destinations) + " (not to the record)"
+        if m.outcome == "dead_lettered" and m.error is not None:
+            where = f" at {m.error.location}" if m.error.location else ""
+            return f"dead-lettered ({m.stage}){where}: {m.error.reason}"
+        return ""
 
     def _settled(self, m: _Msg, ms: float) -> Settled:
         conv, error = m.conv, (m.error if m.outcome == "dead_lettered" else None)

@@ -176,3 +176,64 @@ class TestAcrossFormats:
         assert (adt["control_id"], kith["message_type"]) == ("X1", "INNLEGGELSESRAPPORT")
         assert kith["control_id"] in plo.read_text() and kith["sender"] in plo.read_text()
         assert adt["patient_key"] == kith["patient_key"] == patient_key_for(FNR_SYSTEM, GOOD_FNR)
+
+
+class TestWhatWasNotApplied:
+    @pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+    def routed(self, request, exported):
+        """Admissions (A01) go to the record, lab results (ORU) only to a legacy queue, anything else nowhere; a resent
+        A01 comes within the duplicate window; an A01 with a bad fødselsnummer is dead-lettered."""
+        routes = {
+            "destinations": {"record": {"kind": "record"}, "lab": {"kind": "queue", "queue": "lab.results", "format": "passthrough"}},
+            "routes": [{"name": "admissions", "match": {"message_code": ["ADT"], "event": ["A01"]}, "to": ["record"]},
+                       {"name": "lab", "match": {"message_code": ["ORU"]}, "to": ["lab"]}],
+            "duplicates": {"window_seconds": 3600},
+        }
+        settings = exported(RABBIT if request.param == "rabbitmq" else None, routes=routes)
+        admission = adt_message("A01", control_id="N1", fnr=GOOD_FNR, local_id="L1", visit="V1")
+        publish(settings, [
+            admission,
+            admission,  # resent: a duplicate
+            adt_message("A08", control_id="N3", fnr=GOOD_FNR, local_id="L1", visit="V1"),  # no route takes an A08
+            _oru("N2", GOOD_FNR),  # forwarded to the lab only
+            adt_message("A01", control_id="N4", fnr=BAD_FNR, local_id="L4", visit="V4"),
+        ])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.messages == 5, 60, what="five messages settled")
+        handle.stop()
+        return settings
+
+    def test_every_outcome_is_found_with_why(self, routed, capsys):
+        """By patient: the one applied admission, then its duplicate, the filtered A08 and the forwarded result, each
+        with its outcome and a note; nothing of the patient's is left out, and no number is shown."""
+        code, out, err = _find(capsys, "--patient", GOOD_FNR, "--json", "--no-dlq")
+        assert code == 0, err
+        doc = json.loads(out)
+        assert [(m["control_id"], m["outcome"]) for m in doc["applied"]] == [("N1", "applied")]
+        outcomes = {m["control_id"]: (m["outcome"], m["note"]) for m in doc["not_applied"]}
+        assert set(outcomes) == {"N1", "N2", "N3"}
+        assert outcomes["N1"][0] == "duplicate" and "within the last 3600 s" in outcomes["N1"][1]
+        assert outcomes["N2"] == ("forwarded", "forwarded to lab (not to the record)")
+        assert outcomes["N3"] == ("filtered", "no route matched (not applied, not forwarded)")
+        assert {m["patient_key"] for m in doc["applied"] + doc["not_applied"]} == {doc["applied"][0]["patient_key"]}
+        assert all(m["settled_at"].endswith("Z") for m in doc["not_applied"])
+        _begin, end = _audit(routed)[-2:]
+        assert (end["applied"], end["not_applied"]) == (1, 3)
+        code, text, _ = _find(capsys, "--patient", GOOD_FNR, "--no-dlq")
+        assert "not applied (3, newest first):" in text and "      duplicate: duplicate:" in text
+        assert GOOD_FNR not in out + text
+
+    def test_a_dead_letter_stays_in_the_journal_after_the_queue_is_purged(self, routed, capsys):
+        """The refused A01 is found in the journal (with its reason and position) and in the dead-letter queue; once an
+        operator purges the queue, the journal still says what became of it."""
+        code, out, _ = _find(capsys, "--control-id", "N4", "--json")
+        doc = json.loads(out)
+        assert code == 0 and [d["control_id"] for d in doc["dead_letters"]] == ["N4"]
+        [entry] = doc["not_applied"]
+        assert entry["outcome"] == "dead_lettered" and entry["note"].startswith("dead-lettered (convert) at PID-3[1].1: national identity number")
+        assert entry["patient_key"] == ""  # refused before its patient was known
+        assert main(["dlq", "purge", "--all", "--yes"]) == 0
+        code, out, _ = _find(capsys, "--control-id", "N4", "--json")
+        doc = json.loads(out)
+        assert code == 0 and doc["dead_letters"] == [] and [m["outcome"] for m in doc["not_applied"]] == ["dead_lettered"]
+        assert BAD_FNR not in out

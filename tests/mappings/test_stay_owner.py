@@ -175,6 +175,7 @@ def test_a_corrected_result_after_a45_is_the_new_patients(engine):
 
 
 PROCEDURE = "PR1|1||0DTJ0ZZ^Appendektomi^ICD10PCS||20250110120000"
+HEIGHT = "OBX|1|NM|8302-2^Body height^LN||180|cm|||||F|||20250110083000"
 
 
 def test_what_a45_moved_is_found_again_by_the_new_patients_next_message(engine):
@@ -182,14 +183,19 @@ def test_what_a45_moved_is_found_again_by_the_new_patients_next_message(engine):
 
     Their identities (no id of their own) are the stay's visit number, the code and the time: a
     patient-derived identity would still be A's after the move, and B's next message would make a
-    second diagnosis for B beside the moved one."""
+    second diagnosis for B beside the moved one.
+
+    An ADT's OBX (a height) is the patient's, not the stay's (v2-to-FHIR IG: the message cannot say it
+    was made during the stay), so the A45 does not move it: A keeps the height A's A01 carried, and B's
+    A08 makes B's own, neither refused nor taken from A."""
     settings, handle = engine
-    _send(settings, handle, _adt("A01", "OWN-1", _pid(PATIENT_A), DIAGNOSIS, PROCEDURE))
+    _send(settings, handle, _adt("A01", "OWN-1", _pid(PATIENT_A), DIAGNOSIS, PROCEDURE, HEIGHT))
     _send(settings, handle, _a45("OWN-45", PATIENT_B, PATIENT_A))
-    _send(settings, handle, _adt("A08", "OWN-8", _pid(PATIENT_B), DIAGNOSIS, PROCEDURE))
+    _send(settings, handle, _adt("A08", "OWN-8", _pid(PATIENT_B), DIAGNOSIS, PROCEDURE, HEIGHT))
     assert _dead_letters(settings) == []
     assert _stays(settings, "Condition") == [(PATIENT_B, "I21.0")]
     assert _stays(settings, "Procedure") == [(PATIENT_B, "0DTJ0ZZ")]
+    assert sorted(_stays(settings, "Observation")) == sorted([(PATIENT_A, "8302-2"), (PATIENT_B, "8302-2")])
 
 
 def test_two_patients_stays_with_one_visit_number_of_two_authorities_keep_their_own_diagnoses(engine):

@@ -173,3 +173,26 @@ class TestFromVersion2:
             record.apply_batch([_put(P1, "Hansen", "01015000232")], ["hl7v2|A@B|2|y"], [JournalFacts("2", "A@B", "ADT^A08", "h:p1")])
             [entry] = record.journal(control_id="2")
             assert entry.resources == (("Patient", P1, 2, "updated"),)
+
+
+class TestFromVersion3:
+    def test_the_journal_gains_outcomes_and_keeps_its_rows(self, settings):
+        """A version-3 record (a journal without outcome and note) opens at the current version: its rows read as
+        applied, and messages not applied can be journalled beside them."""
+        with open_record(settings) as record:
+            record.apply_batch([_put(P1, "Nordmann", "01015000232")], ["hl7v2|A@B|1|x"], [JournalFacts("1", "A@B", "ADT^A01", "h:p1")])
+            with record._transaction([]) as db:
+                db.execute("DROP TABLE helsebro_journal", ())
+                db.execute("CREATE TABLE helsebro_journal (key TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL, control_id TEXT NOT NULL,"
+                           " sender TEXT NOT NULL, message_type TEXT NOT NULL, patient_key TEXT NOT NULL, resources TEXT NOT NULL)", ())
+                db.execute("INSERT INTO helsebro_journal VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           ("hl7v2|A@B|1|x", time.time(), "1", "A@B", "ADT^A01", "h:p1", orjson.dumps([["Patient", P1, 1, "created"]]).decode()))
+                db.execute("UPDATE helsebro_schema SET version = ?", (3,))
+        with open_record(settings) as record:
+            assert record._select("SELECT version FROM helsebro_schema", ()) == [(SCHEMA_VERSION,)]
+            [old] = record.journal(control_id="1")
+            assert (old.outcome, old.note, old.resources) == ("applied", "", (("Patient", P1, 1, "created"),))
+            record.journal_settled([("hl7v2|A@B|1|x|duplicate", JournalFacts("1", "A@B", "ADT^A01", "h:p1"), "duplicate", "resent")])
+            assert [e.outcome for e in record.journal(patient_key="h:p1")] == ["duplicate", "applied"]
+        with open_record(settings) as record:  # opened again: nothing to migrate twice
+            assert len(record.journal(patient_key="h:p1")) == 2

@@ -302,6 +302,30 @@ class TestJournal:
         assert isinstance(refused, InvalidContent)
         assert len(record.journal(patient_key="h:patient-1")) == 1 and record.journal(control_id="C2") == []
 
+    def test_an_unchanged_message_says_so(self, record):
+        """A message whose Bundle changed nothing (a new key, the same content) is journalled as unchanged."""
+        record.apply_batch([admission()], ["m1"], [self.FACTS])
+        record.apply_batch([admission()], ["m2"], [self.FACTS._replace(control_id="C2")])
+        assert [(e.control_id, e.outcome) for e in record.journal(patient_key="h:patient-1")] == [("C2", "unchanged"), ("C1", "applied")]
+
+    def test_messages_not_applied_are_journalled_with_their_note(self, record):
+        """journal_settled keeps a duplicate, a filtered, a forwarded and a dead-lettered message beside the applied ones,
+        newest first; settling one again under its key updates its time and note instead of adding a row."""
+        record.apply_batch([admission()], ["m1"], [self.FACTS])
+        record.journal_settled([("m1|duplicate", self.FACTS, "duplicate", "first copy"), ("m2|filtered", self.FACTS._replace(control_id="C2"), "filtered", "no route")])
+        record.journal_settled([("m1|duplicate", self.FACTS, "duplicate", "second copy")])
+        found = record.journal(patient_key="h:patient-1")
+        assert [(e.key, e.outcome, e.note, e.was_applied) for e in found] == [
+            ("m1|duplicate", "duplicate", "second copy", False), ("m2|filtered", "filtered", "no route", False), ("m1", "applied", "", True)]
+        assert found[0].resources == () and found[0].applied_at > found[1].applied_at
+        assert [e.outcome for e in record.journal(control_id="C1")] == ["duplicate", "applied"]
+
+    @pytest.mark.parametrize("outcome", ["applied", "unchanged", "lost", ""])
+    def test_journal_settled_takes_only_outcomes_of_messages_not_applied(self, record, outcome):
+        with pytest.raises(ValueError, match="not an outcome of a message that was not applied"):
+            record.journal_settled([("k", self.FACTS, outcome, "")])
+        assert record.journal(control_id="C1") == []
+
     def test_rows_go_with_their_applied_keys(self, record, monkeypatch):
         """Past the retention, a purge drops the journal's rows with the applied keys; newer rows stay."""
         import adapters.fhir._store as store
