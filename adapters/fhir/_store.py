@@ -363,6 +363,18 @@ class SqlRecord(ABC):
             stamp = time.time()
             db.execute_many(_JOURNAL_SETTLED, [(key, stamp + n * 1e-6, *facts, outcome, note) for n, (key, facts, outcome, note) in enumerate(entries)])
 
+    def settled_counts(self, *, since: float) -> dict[str, int]:
+        """How many messages settled at or after *since* (Unix time), per journal outcome; every outcome is a key.
+
+        Raises:
+            RecordUnavailable: the database is unreachable.
+        """
+        counts = dict.fromkeys(sorted(JOURNAL_OUTCOMES), 0)
+        for outcome, count in self._select("SELECT outcome, count(*) FROM helsebro_journal WHERE applied_at >= ? GROUP BY outcome", (since,)):
+            if str(outcome) in counts:
+                counts[str(outcome)] = int(count)
+        return counts
+
     def journal(self, *, control_id: str | None = None, patient_key: str | None = None, sender: str | None = None,
                 limit: int = 100) -> list[JournalEntry]:
         """The settled messages with this control id and/or patient key (and sender), newest first, at most *limit*.

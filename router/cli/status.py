@@ -1,4 +1,4 @@
-"""`helsebro status`: the queues, where the broker and the record are, XML validation, and why messages were dead-lettered.
+"""`helsebro status`: the queues, what settled lately, where the broker and the record are, XML validation, and why messages were dead-lettered.
 
 Per queue: depth (ready messages), consumers, and the change of depth per
 second over `--interval` seconds. Without RabbitMQ's management plugin, AMQP
@@ -27,8 +27,17 @@ added, existing ones keep their name and meaning.
       "dead_letters": [{"queue": "helsebro.dlq", "scanned": 2, "complete": true,
                         "by_reason": [{"stage": "convert", "reason": "...", "count": 2}]}],
       "destinations": [{"name": "ekstern", "delivered_24h": 120 | null, "waiting": 0 | null,
-                        "retrying": 0 | null, "dead_lettered": 1 | null}]
+                        "retrying": 0 | null, "dead_lettered": 1 | null}],
+      "settled": {"last_minute": {"applied": 12, "unchanged": 0, "duplicate": 1, "filtered": 0,
+                                  "forwarded": 3, "dead_lettered": 0},
+                  "last_hour": {...the same outcomes}} | null
     }
+
+`settled` counts the messages the engine settled in the last minute and the
+last hour, per outcome, from the record's journal (`helsebro find` reads the
+same rows): the throughput and error rate AMQP cannot show. A message that was
+not applied and names neither a control id nor a patient is not journalled, so
+not counted (its dead letter is). Null when the record cannot be read.
 
 Per queued destination (an external FHIR server): delivered in the last 24 hours
 (from the delivery ledger the record keeps; null when the record cannot be read),
@@ -114,7 +123,13 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
                 "complete": complete,
                 "by_reason": [{"stage": r.stage, "reason": r.reason, "count": r.count} for r in summarise(letters)],
             })
-        destinations = _destinations(conn, settings)
+        record = _open_record(settings)
+        try:
+            destinations = _destinations(conn, settings, record)
+            settled = _settled(record)
+        finally:
+            if record is not None:
+                record.close()
     finally:
         conn.release()
     return {
@@ -129,13 +144,36 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
         ],
         "dead_letters": dead_letters,
         "destinations": destinations,
+        "settled": settled,
     }
 
 
 _DELIVERED_WINDOW_S = 24 * 3600.0
+_SETTLED_WINDOWS = (("last_minute", 60.0), ("last_hour", 3600.0))
 
 
-def _destinations(conn: Any, settings: Settings) -> list[dict[str, Any]]:
+def _open_record(settings: Settings) -> Any:
+    """The record, or None when it cannot be opened (status still shows the queues)."""
+    from adapters.fhir.record import open_record
+
+    try:
+        return open_record(settings)
+    except HelsebroError:
+        return None
+
+
+def _settled(record: Any) -> dict[str, dict[str, int]] | None:
+    """Per window, the messages settled in it by outcome (the record's journal); None when the record cannot be read."""
+    if record is None:
+        return None
+    now = time.time()
+    try:
+        return {name: record.settled_counts(since=now - seconds) for name, seconds in _SETTLED_WINDOWS}
+    except HelsebroError:
+        return None
+
+
+def _destinations(conn: Any, settings: Settings, record: Any) -> list[dict[str, Any]]:
     """Per queued destination: delivered in the last 24 hours (the delivery ledger), and what waits, retries or died.
 
     Waiting, retrying and dead-lettered are the depths of its work partitions, its retry
@@ -155,17 +193,12 @@ def _destinations(conn: Any, settings: Settings) -> list[dict[str, Any]]:
             return None
 
     delivered: dict[str, int | None] = {d.name: None for d in queued}
-    try:
-        from adapters.fhir.record import open_record
-
-        record = open_record(settings)
+    if record is not None:
         try:
             since = time.time() - _DELIVERED_WINDOW_S
             delivered = {d.name: record.count_applied(f"dest|{d.name}|", since=since) for d in queued}
-        finally:
-            record.close()
-    except HelsebroError:
-        pass  # the record is away: delivered stays null, the queues still show
+        except HelsebroError:
+            pass  # the record is away: delivered stays null, the queues still show
     return [
         {
             "name": d.name,
@@ -204,6 +237,9 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+_OUTCOME_ORDER = ("applied", "unchanged", "forwarded", "filtered", "duplicate", "dead_lettered")
+
+
 def _human(doc: dict[str, Any]) -> list[str]:
     xml = doc["xml_validation"]
     lines = format_table(
@@ -223,6 +259,11 @@ def _human(doc: dict[str, Any]) -> list[str]:
     lines += ["", *format_table(("ROLE", "QUEUE", "DEPTH", "CONSUMERS", "DEPTH CHANGE/S"), rows, right=(2, 3, 4))]
     rate = f"change of depth per second over {doc['interval_s']} s" if doc["interval_s"] else "one sample, so no change of depth"
     lines.append(f"(depth = ready messages; {rate}: AMQP 0-9-1 shows no message rates without the management plugin)")
+    if doc["settled"] is None:
+        lines += ["", "SETTLED: not known (the record cannot be read)"]
+    else:
+        minute, hour = doc["settled"]["last_minute"], doc["settled"]["last_hour"]
+        lines += ["", *format_table(("SETTLED", "LAST MINUTE", "LAST HOUR"), [(o.replace("_", "-"), minute[o], hour[o]) for o in _OUTCOME_ORDER], right=(1, 2))]
     if doc["destinations"]:
         lines += ["", *format_table(("DESTINATION", "DELIVERED (24 H)", "WAITING", "RETRYING", "DEAD-LETTERED"),
                                     [(d["name"], d["delivered_24h"], d["waiting"], d["retrying"], d["dead_lettered"]) for d in doc["destinations"]], right=(1, 2, 3, 4))]

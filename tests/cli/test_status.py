@@ -63,7 +63,7 @@ class TestStatus:
         code, out, _ = _status(capsys, "--json", "--interval", "0")
         doc = json.loads(out)
         assert code == 0
-        assert set(doc) == {"broker", "record", "xml_validation", "patient_keys", "interval_s", "queues", "dead_letters", "destinations"}
+        assert set(doc) == {"broker", "record", "xml_validation", "patient_keys", "interval_s", "queues", "dead_letters", "destinations", "settled"}
         assert doc["destinations"] == []  # the record is the only destination here: nothing queued
         names = dead.engine.broker.names
         assert [(q["role"], q["name"]) for q in doc["queues"]] == [("inbound", names.inbound), ("dead_letter", names.dead_letter), ("replies", names.replies)]
@@ -77,6 +77,20 @@ class TestStatus:
         [dl] = doc["dead_letters"]
         assert (dl["queue"], dl["scanned"], dl["complete"]) == (names.dead_letter, 3, True)
         assert [(r["stage"], r["reason"], r["count"]) for r in dl["by_reason"]] == [("convert", NO_MSH, 2), ("convert", dl["by_reason"][1]["reason"], 1)]
+        # Settled, from the journal: the ADT (control id ST1) as dead-lettered; the two that were not HL7 name no
+        # control id and no patient, so only their dead letters hold them.
+        none = dict.fromkeys(("applied", "unchanged", "duplicate", "filtered", "forwarded", "dead_lettered"), 0)
+        assert doc["settled"] == {"last_minute": {**none, "dead_lettered": 1}, "last_hour": {**none, "dead_lettered": 1}}
+
+    def test_settled_unknown_when_the_record_cannot_be_read(self, settings, capsys, monkeypatch):
+        """The record away: settled is null (the table says so) and the queues still show; exit 0."""
+        publish(settings, [])
+        monkeypatch.setenv("HELSEBRO_RECORD_URL", "postgresql://nobody@127.0.0.1:1/none")
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        doc = json.loads(out)
+        assert code == 0 and doc["settled"] is None and doc["queues"]
+        code, out, _ = _status(capsys, "--interval", "0")
+        assert code == 0 and "SETTLED: not known (the record cannot be read)" in out
 
     def test_scan_limit_skips_a_deep_queue(self, dead, capsys):
         """A dead-letter queue deeper than --scan-limit is not read: complete is false and nothing is counted."""
@@ -178,3 +192,6 @@ class TestDestinations:
         assert code == 0
         [row] = [line.split() for line in out.splitlines() if line.startswith("ekstern")]
         assert row == ["ekstern", "1", "0", "0", "1"]
+        # Both went to the record too (the route's other destination): settled as applied, whatever the external server did.
+        assert [line.split() for line in out.splitlines() if line.split()[:1] in (["SETTLED"], ["applied"], ["dead-lettered"])] == [
+            ["SETTLED", "LAST", "MINUTE", "LAST", "HOUR"], ["applied", "2", "2"], ["dead-lettered", "0", "0"]]
