@@ -187,6 +187,11 @@ _REMEMBER = "INSERT INTO helsebro_seen (key, seen_at) VALUES (?, ?) ON CONFLICT 
 _FORGET_EVERY = 1000  # remember() calls between purges of expired keys
 
 
+def _text(value: str) -> str:
+    """*value* as every backend's text takes it: PostgreSQL refuses NUL, which a refused message's ids may hold."""
+    return value.replace("\x00", "\ufffd")
+
+
 @dataclass(frozen=True, slots=True)
 class JournalEntry:
     """One settled message as helsebro_journal holds it (SqlRecord.journal)."""
@@ -361,7 +366,8 @@ class SqlRecord(ABC):
                 raise ValueError(f"journal_settled: {outcome!r} is not an outcome of a message that was not applied")
         with self._lock, self._transaction([]) as db:
             stamp = time.time()
-            db.execute_many(_JOURNAL_SETTLED, [(key, stamp + n * 1e-6, *facts, outcome, note) for n, (key, facts, outcome, note) in enumerate(entries)])
+            db.execute_many(_JOURNAL_SETTLED, [(_text(key), stamp + n * 1e-6, *map(_text, facts), outcome, _text(note))
+                                               for n, (key, facts, outcome, note) in enumerate(entries)])
 
     def settled_counts(self, *, since: float) -> dict[str, int]:
         """How many messages settled at or after *since* (Unix time), per journal outcome; every outcome is a key.

@@ -60,7 +60,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--control-id", metavar="ID", help="The message's control id (MSH-10, or a KITH MsgId).")
     p.add_argument("--patient", metavar="NUMBER", help="The patient's fødselsnummer, D-nummer or FH-nummer (hashed, audited); - reads it from stdin.")
     p.add_argument("--patient-key", metavar="KEY", help="The patient's key as a log line or dead letter shows it (h:…; audited).")
-    p.add_argument("--sender", metavar="S", help="Only this sender's applied messages (MSH-3@MSH-4 as logged).")
+    p.add_argument("--sender", metavar="S", help="Only this sender's messages in the journal (MSH-3@MSH-4 as logged); dead letters do not name their sender.")
     p.add_argument("--limit", type=positive, default=100, metavar="N", help="At most N messages from the journal (default 100).")
     p.add_argument("--no-dlq", action="store_true", help="Search the record's journal only, not the dead-letter queues.")
     p.add_argument("--scan-limit", type=positive, default=_SCAN_LIMIT, metavar="N",
@@ -165,7 +165,7 @@ def _as_text(trail: Trail) -> str:
         lines.append(f"not applied ({len(trail.not_applied)}, newest first):")
         for e in trail.not_applied:
             lines.append(f"  {_when(e.applied_at)}  {e.sender or '-'}  {e.control_id or '-'}  {e.message_type or '-'}  patient {e.patient_key or '-'}")
-            lines.append(f"      {e.outcome}: {e.note or '-'}")
+            lines.append(f"      {e.note or e.outcome}")
     if trail.dead_letters:
         lines.append(f"dead letters ({len(trail.dead_letters)}):")
         for queue, d in trail.dead_letters:

@@ -53,8 +53,12 @@ class Forwarder:
             name: renderer_for(dest, settings) for name, dest in settings.routes.destinations.items() if isinstance(dest, QueueDestination)
         }
 
-    def forward(self, publisher: Publisher, conv: Converted, decision: Decision) -> int:
-        """Publish *conv* to each queue and queued destination in *decision*; return how many were published (pipelined)."""
+    def forward(self, publisher: Publisher, conv: Converted, decision: Decision,
+                unrendered: list[tuple[str, MessageError]] | None = None) -> int:
+        """Publish *conv* to each queue and queued destination in *decision*; return how many were published (pipelined).
+
+        A destination *conv* cannot be rendered for is dead-lettered (stage render) and, given *unrendered*, added to it with why.
+        """
         sent = 0
         overrides = dict(decision.on_failure)
         for name in decision.destinations:
@@ -65,6 +69,8 @@ class Forwarder:
                     body = self._renderers[name].render(conv)
                 except MessageError as exc:  # this destination only: the others go on
                     self._dead_letter(publisher, conv, name, exc)
+                    if unrendered is not None:
+                        unrendered.append((name, exc))
                     continue
                 publisher.publish_to("", dest.queue, body, headers={**headers, "x-helsebro-format": dest.format}, message_id=forward_id(conv, name))
                 sent += 1

@@ -114,7 +114,7 @@ def dead_letter_headers(
 class _Msg:
     """One message of the batch while it settles."""
 
-    __slots__ = ("conv", "decision", "dup_key", "error", "outcome", "replayed", "stage")
+    __slots__ = ("conv", "decision", "dup_key", "error", "outcome", "replayed", "stage", "unrendered")
 
     def __init__(self, conv: Converted, *, replayed: bool = False) -> None:
         self.conv = conv
@@ -124,6 +124,7 @@ class _Msg:
         self.stage: Stage = "internal" if isinstance(conv.error, InternalFailure) else "convert"
         self.outcome: Outcome | None = None
         self.dup_key: str | None = None
+        self.unrendered: list[tuple[str, MessageError]] = []  # (destination, why): dead-lettered at stage render by the Forwarder
 
 
 def applied_key(conv: Converted) -> str:
@@ -200,8 +201,10 @@ class Settle:
         for m in flat:
             self._publish(m)
         self._publisher.flush()
-        self._remember(flat)
+        # Journal before remembering: were the journal to fail (a stop during a record outage), the redelivered
+        # batch must not find its own messages remembered and journal them as duplicates of themselves.
         self._journal_others(flat)
+        self._remember(flat)
         ack_all([d for d, _r in items], embedded=self._embedded)
         ms = round((time.monotonic() - started) * 1000, 2)
         return [[self._settled(m, ms) for m in group] for group in msgs]
@@ -275,9 +278,10 @@ class Settle:
                 return  # no reply: nothing is known about the message
         elif m.decision is not None and m.decision.filtered:
             m.outcome = "filtered"
-        elif m.decision is not None and self._forwarder is not None:  # noqa: SIM102 - forward() is an action, not a condition
-            if self._forwarder.forward(self._publisher, conv, m.decision) and m.outcome is None:
-                m.outcome = "forwarded"
+        elif m.decision is not None and self._forwarder is not None:
+            sent = self._forwarder.forward(self._publisher, conv, m.decision, unrendered=m.unrendered)
+            if m.outcome is None and (sent or m.unrendered):
+                m.outcome = "forwarded" if sent else "dead_lettered"  # every destination it went to dead-lettered it at render
         reply(self._publisher, conv, m.error, apprec_prefix=self._apprec_prefix)
 
     def _remember(self, flat: list[_Msg]) -> None:
@@ -306,19 +310,23 @@ class Settle:
             self._with_record(lambda: journal_settled(rows))
 
     def _note(self, m: _Msg) -> str:
-        """Why *m* was not applied, in plain words: never a value from the message."""
+        """Why *m* was not applied, in plain words starting with what became of it: never a value from the message."""
         if m.outcome == "duplicate":
             if m.conv.format == "kith":
                 return "duplicate: this MsgId was answered before to every recipient (not applied, not answered again)"
             return f"duplicate: its sender's control id was settled within the last {self._window:g} s (not applied; answered AA again)"
         if m.outcome == "filtered":
-            return "no route matched (not applied, not forwarded)"
+            return "filtered: no route matched (not applied, not forwarded)"
+        unrendered = "; ".join(
+            f"dead-lettered (render) for {name}{f' at {exc.location}' if exc.location else ''}: {exc.reason}" for name, exc in m.unrendered)
         if m.outcome == "forwarded" and m.decision is not None:
-            return "forwarded to " + ", ".join(m.decision.destinations) + " (not to the record)"
+            failed = {name for name, _exc in m.unrendered}
+            forwarded = "forwarded to " + ", ".join(d for d in m.decision.destinations if d not in failed) + " (not to the record)"
+            return f"{forwarded}; {unrendered}" if unrendered else forwarded
         if m.outcome == "dead_lettered" and m.error is not None:
             where = f" at {m.error.location}" if m.error.location else ""
             return f"dead-lettered ({m.stage}){where}: {m.error.reason}"
-        return ""
+        return unrendered if m.outcome == "dead_lettered" else ""
 
     def _settled(self, m: _Msg, ms: float) -> Settled:
         conv, error = m.conv, (m.error if m.outcome == "dead_lettered" else None)

@@ -214,13 +214,13 @@ class TestWhatWasNotApplied:
         assert set(outcomes) == {"N1", "N2", "N3"}
         assert outcomes["N1"][0] == "duplicate" and "within the last 3600 s" in outcomes["N1"][1]
         assert outcomes["N2"] == ("forwarded", "forwarded to lab (not to the record)")
-        assert outcomes["N3"] == ("filtered", "no route matched (not applied, not forwarded)")
+        assert outcomes["N3"] == ("filtered", "filtered: no route matched (not applied, not forwarded)")
         assert {m["patient_key"] for m in doc["applied"] + doc["not_applied"]} == {doc["applied"][0]["patient_key"]}
         assert all(m["settled_at"].endswith("Z") for m in doc["not_applied"])
         _begin, end = _audit(routed)[-2:]
         assert (end["applied"], end["not_applied"]) == (1, 3)
         code, text, _ = _find(capsys, "--patient", GOOD_FNR, "--no-dlq")
-        assert "not applied (3, newest first):" in text and "      duplicate: duplicate:" in text
+        assert "not applied (3, newest first):" in text and "      duplicate: its sender's control id was settled within" in text
         assert GOOD_FNR not in out + text
 
     def test_a_dead_letter_stays_in_the_journal_after_the_queue_is_purged(self, routed, capsys):
@@ -237,3 +237,62 @@ class TestWhatWasNotApplied:
         doc = json.loads(out)
         assert code == 0 and doc["dead_letters"] == [] and [m["outcome"] for m in doc["not_applied"]] == ["dead_lettered"]
         assert BAD_FNR not in out
+
+    def test_a_message_dead_lettered_at_render_is_journalled_with_what_failed(self, exported, capsys):
+        """An A13 the outbound HL7 v2 mapping cannot render: sent only to that legacy queue (R1), it is dead-lettered at
+        stage render and journalled so; sent also to a passthrough queue (R2), the note names only the queue it reached
+        and says which destination dead-lettered it."""
+        routes = {
+            "destinations": {"lab": {"kind": "queue", "queue": "lab.adt", "format": "hl7v2", "version": "2.3", "charset": "8859/1"},
+                             "raw": {"kind": "queue", "queue": "raw.adt", "format": "passthrough"}},
+            "routes": [{"name": "here", "match": {"event": ["A13"], "sender": ["PAS@STOLAV"]}, "to": ["lab"]},
+                       {"name": "there", "match": {"event": ["A13"], "sender": ["PAS@OTHER"]}, "to": ["lab", "raw"]}],
+        }
+        settings = exported(None, routes=routes)
+        other = adt_message("A13", control_id="R2", fnr=GOOD_FNR, local_id="L2", visit="V2").replace(b"|PAS|STOLAV|", b"|PAS|OTHER|", 1)
+        publish(settings, [adt_message("A13", control_id="R1", fnr=GOOD_FNR, local_id="L1", visit="V1"), other])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.messages == 2, 60, what="both settled")
+        handle.stop()
+        code, out, _ = _find(capsys, "--patient", GOOD_FNR, "--json", "--no-dlq")
+        assert code == 0
+        notes = {m["control_id"]: (m["outcome"], m["note"]) for m in json.loads(out)["not_applied"]}
+        why = "dead-lettered (render) for lab at MSH-9: no outbound hl7v2 mapping serves ADT^A13"
+        assert notes == {"R1": ("dead_lettered", why), "R2": ("forwarded", f"forwarded to raw (not to the record); {why}")}
+
+    def test_a_batch_settled_again_after_a_stop_keeps_its_outcome(self, exported, capsys):
+        """The engine stops while the record cannot take the journal rows: the batch is not acked and comes again. The
+        filtered message is journalled as filtered then, not as a duplicate of itself."""
+        from router.errors import RecordUnavailable
+
+        routes = {"destinations": {"record": {"kind": "record"}},
+                  "routes": [{"name": "admissions", "match": {"event": ["A01"]}, "to": ["record"]}],
+                  "duplicates": {"window_seconds": 3600}}
+        settings = exported(None, routes=routes)
+        publish(settings, [adt_message("A08", control_id="S1", fnr=GOOD_FNR, local_id="L1", visit="V1")])
+
+        class Unjournalled:
+            def __init__(self, inner):
+                self.inner, self.calls = inner, 0
+
+            def journal_settled(self, _rows):
+                self.calls += 1
+                raise RecordUnavailable("database is restarting")
+
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+
+        from adapters.fhir.record import open_record
+
+        record = Unjournalled(open_record(settings))
+        handle = run_engine_in_thread(settings, logger=QuietLogger(), record=record)
+        wait_until(lambda: record.calls >= 1, 60, what="a journal attempt")
+        handle.stop()
+        record.inner.close()
+        assert handle.stats.messages == 0
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.messages == 1, 60, what="settled again")
+        handle.stop()
+        code, out, _ = _find(capsys, "--control-id", "S1", "--json", "--no-dlq")
+        assert code == 0
+        assert [(m["outcome"], m["note"]) for m in json.loads(out)["not_applied"]] == [("filtered", "filtered: no route matched (not applied, not forwarded)")]

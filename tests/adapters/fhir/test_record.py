@@ -326,6 +326,15 @@ class TestJournal:
             record.journal_settled([("k", self.FACTS, outcome, "")])
         assert record.journal(control_id="C1") == []
 
+    def test_a_message_id_with_a_nul_is_journalled_on_every_backend(self, record):
+        """Bytes an HL7 v2 sender put in MSH-10 or MSH-3 (a NUL among them: PostgreSQL's text refuses it) must not make
+        journal_settled fail: the engine would take that for an outage and wait on this batch for ever."""
+        facts = self.FACTS._replace(control_id="C\x001", sender="A\x00@B")
+        record.journal_settled([("hl7v2|A\x00@B|C\x001|ff|dead_lettered", facts, "dead_lettered", "dead-lettered (convert)")])
+        [entry] = record.journal(patient_key="h:patient-1")
+        assert (entry.outcome, entry.note) == ("dead_lettered", "dead-lettered (convert)")
+        assert entry.control_id.startswith("C") and entry.control_id.endswith("1")
+
     def test_rows_go_with_their_applied_keys(self, record, monkeypatch):
         """Past the retention, a purge drops the journal's rows with the applied keys; newer rows stay."""
         import adapters.fhir._store as store
