@@ -66,7 +66,8 @@ def _expand(seq: str, d: Delimiters, esc: str) -> str:
         return _FORMAT_ESCAPES[seq]
     if _HEX.match(seq):
         raw = bytes.fromhex(seq[1:])
-        return raw.decode("utf-8", errors="replace") if len(raw) > 1 else raw.decode("latin-1")
+        # A NUL is no character of any text, and PostgreSQL's text refuses it: it stands as U+FFFD, like a byte UTF-8 cannot read.
+        return (raw.decode("utf-8", errors="replace") if len(raw) > 1 else raw.decode("latin-1")).replace("\x00", "\ufffd")
     if seq.startswith((".sp", ".in", ".ti")):
         return "\n" if seq.startswith(".sp") else ""
     return esc + seq + esc

@@ -315,11 +315,25 @@ def decode(raw: RawMessage | _HasData, *, default_charset: str = "utf-8", sender
         # ISO-8859-1 without saying so, and latin-1 decodes any byte.
         codec = "iso-8859-1"
         text = data.decode(codec)
+    if "\x00" in text:
+        raise DecodeError("the message holds a NUL character, which no HL7 v2 value may hold (a binary value is sent base64-encoded)",
+                          location=_position_of(text, text.index("\x00")))
     try:
         message = tokenize(text)
     except ValueError as exc:  # a TokenizeError says where; anything else in tokenizing is the message's fault too
         raise DecodeError(str(exc), location=exc.location if isinstance(exc, TokenizeError) else None) from exc
     return DecodedMessage(message, read_header(message), codec)
+
+
+def _position_of(text: str, at: int) -> str:
+    """The segment and field (`PID-5`) the character at *at* lies in, for an error about the raw text."""
+    start = max(text.rfind("\r", 0, at), text.rfind("\n", 0, at)) + 1
+    line = text[start:at]
+    name = text[start:start + 3].replace("\x00", "?")  # a NUL in the name itself: `?ID`
+    fields = line.count(text.lstrip()[3:4] or "|")
+    if not fields:
+        return name
+    return f"{name}-{fields + 1 if name == 'MSH' else fields}"
 
 
 def read_header(msg: Hl7Message) -> MessageHeader:

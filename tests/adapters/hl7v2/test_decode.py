@@ -123,6 +123,27 @@ class TestCharsets:
             _one(MSG.format(cs="KLINGON", name="X").encode())
 
 
+class TestNul:
+    @pytest.mark.parametrize(
+        ("message", "location"),
+        [
+            (MSG.format(cs="", name="KARI").replace("|C1|", "|C\x001|"), "MSH-10"),
+            (MSG.format(cs="", name="KA\x00RI"), "PID-5"),
+            (MSG.format(cs="", name="KARI").replace("\rPID", "\rP\x00D"), "P?D"),
+            (MSG.format(cs="", name="KARI").replace("|^~", "|^\x00~"), "MSH-2"),
+        ],
+    )
+    def test_a_nul_character_is_refused_naming_where(self, message, location):
+        """No HL7 v2 value holds a NUL, and the record's PostgreSQL text refuses one: the message is refused at decode."""
+        with pytest.raises(DecodeError, match="NUL character") as err:
+            _one(message.encode())
+        assert err.value.location == location
+
+    @pytest.mark.parametrize(("escaped", "read"), [("\\X00\\", "\ufffd"), ("\\X4100\\", "A\ufffd"), ("\\X41\\", "A")])
+    def test_an_escaped_nul_reads_as_the_replacement_character(self, escaped, read):
+        assert unescape(f"KA{escaped}RI", Delimiters()) == f"KA{read}RI"
+
+
 class TestTokenizer:
     def test_custom_delimiters_come_from_msh(self):
         """Non-standard MSH-1/MSH-2 characters are honoured."""
