@@ -2,12 +2,65 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+
+# The suite runs in parallel (pytest-xdist, `-n auto` in pyproject.toml), and so may a second run on
+# the same machine: the tests that use the real broker share it, except the fault suite, which
+# restarts it and so holds it alone. File locks, so every process on the machine agrees.
+_LOCKS = Path(tempfile.gettempdir())
+_MOST_WORKERS = 4  # the broker and the database are shared: more workers wait on them rather than go faster
+# Run first what takes longest and holds the broker alone, then what never touches the broker, so
+# the other workers have work while the fault suite runs; each folder keeps its own order.
+_FOLDER_ORDER = ("faults", "conformance", "mappings", "schemas", "test_static.py", "adapters", "router", "cli", "integration")
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto`: one worker per CPU, at most _MOST_WORKERS."""
+    return max(1, min(os.cpu_count() or 1, _MOST_WORKERS))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    def folder(item) -> int:
+        parts = Path(str(item.path)).relative_to(ROOT / "tests").parts
+        return _FOLDER_ORDER.index(parts[0]) if parts and parts[0] in _FOLDER_ORDER else len(_FOLDER_ORDER)
+
+    items.sort(key=folder)  # stable: the order within a folder stays
+
+
+@contextmanager
+def _broker_turn(alone: bool) -> Iterator[None]:
+    """Hold the broker shared, or alone; a test waiting to hold it alone stops new sharers from coming in first."""
+    gate = os.open(_LOCKS / "helsebro-tests-broker.gate", os.O_RDWR | os.O_CREAT, 0o666)
+    lock = os.open(_LOCKS / "helsebro-tests-broker.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        fcntl.flock(gate, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(lock)  # closing releases the lock
+        os.close(gate)
+
+
+@pytest.fixture(autouse=True)
+def _broker(request) -> Iterator[None]:
+    """Tests marked `integration` share RabbitMQ; one marked `restarts_broker` holds it alone."""
+    alone = request.node.get_closest_marker("restarts_broker") is not None
+    if not alone and request.node.get_closest_marker("integration") is None:
+        yield
+        return
+    with _broker_turn(alone):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from router.testing import drain_queue, publish, queue_depth, wait_until
 from schemas.identity import FNR_SYSTEM
 from tests.faults.conftest import EXTERNAL, FLAKY_EVERY, LEGACY, PATIENTS, PER_PATIENT, WORKERS, FailingProxy, Mix, Workers, message_mix, patient_of, people, rabbitmqctl
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.restarts_broker]
 
 XSD_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "norsk" / "skjema"  # ../shared, when beside the checkout
 
