@@ -68,6 +68,16 @@ class InvalidContent(MessageError):
     issue_code = "value"
 
 
+class UnstorableContent(InvalidContent):
+    """The record's database refused a value it was given to store: a NUL character, an index entry over its size.
+
+    A batch's write fails whole and does not say which Bundle held the value, so the
+    record applies that batch's Bundles one at a time to find it (SqlRecord.apply_batch);
+    the one that fails alone is refused, the others apply. Before this class such a
+    refusal read as an outage, retried for ever: one message stopped its partition.
+    """
+
+
 class InvalidNationalId(InvalidContent):
     """A number declared a fødselsnummer, D-nummer or FH-nummer fails its check digits or date.
 

@@ -27,7 +27,7 @@ from adapters.fhir._lookups import DELETE_REFS, DELETE_TOKENS, INSERT_HISTORY, I
 from adapters.fhir._store import JOURNAL, MARK_APPLIED, SqlRecord, prepare_schema
 from adapters.fhir._transaction import Db
 from router.contracts import FhirJson
-from router.errors import RecordUnavailable
+from router.errors import RecordUnavailable, UnstorableContent
 
 _SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -71,6 +71,21 @@ _BULK = {
 
 # The keys in binary (%b): psycopg's text form of an array runs a regex over each element.
 _LOCK_SQL = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%b::bigint[]) WITH ORDINALITY AS t(k, n)"
+
+
+# Refusals of a value (SQLSTATE class 22, and 54: an index entry over its size), as opposed to an
+# outage, a lock timeout or two writers racing (retried). The message is never quoted: its values
+# may be in the database's words.
+_REFUSED_VALUES = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
+
+
+def _refusal(exc: psycopg.Error) -> str:
+    """Plain words for a refused value, without the database's message (which may quote the value)."""
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+        return "a value is too long to index"
+    if isinstance(exc, psycopg.errors.CharacterNotInRepertoire):
+        return "a character the database's text cannot hold"
+    return f"PostgreSQL data error {exc.sqlstate or ''}".strip()
 
 
 @lru_cache(maxsize=256)
@@ -200,6 +215,8 @@ class PostgresRecord(SqlRecord):
                 if keys:
                     conn.execute(_LOCK_SQL, (keys,))
                 yield _PgDb(conn)
+        except _REFUSED_VALUES as exc:  # the content, not the database: the same write fails every time
+            raise UnstorableContent(f"the record cannot store a value of this message ({_refusal(exc)})") from exc
         except psycopg.Error as exc:
             raise RecordUnavailable("PostgreSQL record write failed") from exc
 

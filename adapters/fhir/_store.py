@@ -22,7 +22,7 @@ from adapters.fhir._lookups import Lookups
 from adapters.fhir._search import search_sql
 from adapters.fhir._transaction import Db, apply_entries
 from router.contracts import ApplyResult, FhirJson, JournalFacts
-from router.errors import InvalidContent, MessageError, RecordUnavailable
+from router.errors import InvalidContent, MessageError, RecordUnavailable, UnstorableContent
 
 SCHEMA_VERSION = 4
 """The layout the code below reads and writes; `prepare_schema` brings an older record up to it.
@@ -271,7 +271,9 @@ class SqlRecord(ABC):
         commits cost more than the writes. A Bundle that cannot apply comes back
         as its MessageError and leaves no trace: the transaction is rolled back
         and run again without it (cheaper than a savepoint per Bundle while
-        refusals are rare).
+        refusals are rare). A value the database refuses to store
+        (UnstorableContent: it does not say whose) makes the batch's Bundles
+        apply one at a time, so only the Bundle holding it is refused.
 
         *keys*, one per Bundle (None for none), name the messages the Bundles
         came from. A key is written in the same transaction as its Bundle, and a
@@ -333,6 +335,14 @@ class SqlRecord(ABC):
                         if journal:
                             db.execute_many(JOURNAL, journal)
                         self._purge_applied(db, stamp)
+            except UnstorableContent as exc:  # nothing of the batch was written, and which Bundle is not known
+                if len(parsed) == 1:
+                    [only] = parsed
+                    out[only] = exc
+                    break
+                for i in parsed:  # one at a time, in order: the one that cannot be stored is refused alone
+                    [out[i]] = self.apply_batch([bundles[i]], None if keys is None else [keys[i]], None if facts is None else [facts[i]])
+                break
             except MessageError as exc:
                 out[current] = exc
                 del parsed[current]
@@ -348,26 +358,42 @@ class SqlRecord(ABC):
             db.execute("DELETE FROM helsebro_applied WHERE applied_at < ?", (now - APPLIED_RETENTION_SECONDS,))
             db.execute("DELETE FROM helsebro_journal WHERE applied_at < ?", (now - APPLIED_RETENTION_SECONDS,))
 
-    def journal_settled(self, entries: Sequence[tuple[str, JournalFacts, str, str]]) -> None:
-        """Journal messages that settled without being applied: (key, facts, outcome, note) each.
+    def journal_settled(self, entries: Sequence[tuple[str, JournalFacts, str, str]]) -> int:
+        """Journal messages that settled without being applied: (key, facts, outcome, note) each; return how many were left out.
 
         The engine writes these once the batch's publishes are confirmed and before
         it acks, so a crash in between writes a row again rather than never; a row
-        with the same key is updated to the later time.
+        with the same key is updated to the later time. A row whose values the
+        database refuses to store (UnstorableContent) is left out, not raised: the
+        journal is a trail, and the message's dead letter or log line still holds it.
 
         Raises:
             ValueError: an outcome that is not one of JOURNAL_OUTCOMES, or `applied`/`unchanged` (apply_batch writes those).
             RecordUnavailable: the database is unreachable or busy.
         """
-        if not entries:
-            return
         for _key, _facts, outcome, _note in entries:
             if outcome not in JOURNAL_OUTCOMES or outcome in ("applied", "unchanged"):
                 raise ValueError(f"journal_settled: {outcome!r} is not an outcome of a message that was not applied")
+        stamp = time.time()
+        rows = [(_text(key), stamp + n * 1e-6, *map(_text, facts), outcome, _text(note)) for n, (key, facts, outcome, note) in enumerate(entries)]
+        if not rows:
+            return 0
+        try:
+            self._write_many(_JOURNAL_SETTLED, rows)
+            return 0
+        except UnstorableContent:  # which row is not known: each alone
+            pass
+        left_out = 0
+        for row in rows:
+            try:
+                self._write_many(_JOURNAL_SETTLED, [row])
+            except UnstorableContent:
+                left_out += 1
+        return left_out
+
+    def _write_many(self, statement: str, rows: list[Any]) -> None:
         with self._lock, self._transaction([]) as db:
-            stamp = time.time()
-            db.execute_many(_JOURNAL_SETTLED, [(_text(key), stamp + n * 1e-6, *map(_text, facts), outcome, _text(note))
-                                               for n, (key, facts, outcome, note) in enumerate(entries)])
+            db.execute_many(statement, rows)
 
     def settled_counts(self, *, since: float) -> dict[str, int]:
         """How many messages settled at or after *since* (Unix time), per journal outcome; every outcome is a key.

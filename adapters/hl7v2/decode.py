@@ -336,6 +336,10 @@ def _position_of(text: str, at: int) -> str:
     return f"{name}-{fields + 1 if name == 'MSH' else fields}"
 
 
+_MOST_CONTROL_ID = 199  # MSH-10 (ST), v2.7 and later; 20 before
+_MOST_HD = 227  # MSH-3 and MSH-4 (HD), whole
+
+
 def read_header(msg: Hl7Message) -> MessageHeader:
     """Read the MSH fields every later stage needs."""
     msh = msg.first("MSH")
@@ -347,15 +351,23 @@ def read_header(msg: Hl7Message) -> MessageHeader:
     # Each field as Hl7Message.leaf reads its first component of the first repetition, "" for
     # none; MSH-9 split once for its three components. Every message reads these eleven.
     kind = _components(fields[9], d) if n > 9 else ("", "", "")
+    control_id = _first(fields[10], d) if n > 10 else ""
+    application = _first(fields[3], d) if n > 3 else ""
+    facility = _first(fields[4], d) if n > 4 else ""
+    # The sender and the control id name the message in the record's keys (applied, duplicates, journal):
+    # longer than HL7 lets them be, they would be longer than the database indexes.
+    for value, where, most in ((control_id, "MSH-10", _MOST_CONTROL_ID), (application, "MSH-3", _MOST_HD), (facility, "MSH-4", _MOST_HD)):
+        if len(value) > most:
+            raise DecodeError(f"{where} is {len(value)} characters long; HL7 v2 allows at most {most}", location=where)
     return MessageHeader(
-        sending_application=_first(fields[3], d) if n > 3 else "",
-        sending_facility=_first(fields[4], d) if n > 4 else "",
+        sending_application=application,
+        sending_facility=facility,
         receiving_application=_first(fields[5], d) if n > 5 else "",
         receiving_facility=_first(fields[6], d) if n > 6 else "",
         message_code=kind[0].upper(),
         trigger_event=kind[1].upper(),
         structure=kind[2].upper(),
-        control_id=_first(fields[10], d) if n > 10 else "",
+        control_id=control_id,
         processing_id=_first(fields[11], d) if n > 11 else "",
         version=_first(fields[12], d) if n > 12 else "",
         sent=(_first(fields[7], d) if n > 7 else "").strip() or None,

@@ -306,8 +306,8 @@ class Settle:
             for m in flat
             if m.outcome in ("duplicate", "filtered", "forwarded", "dead_lettered") and (m.conv.control_id or m.conv.patient_key)
         ]
-        if rows:
-            self._with_record(lambda: journal_settled(rows))
+        if rows and (left_out := self._with_record(lambda: journal_settled(rows))):
+            self._log.warning("journal_rows_left_out", count=left_out, why="the record's database refused a value of theirs")
 
     def _note(self, m: _Msg) -> str:
         """Why *m* was not applied, in plain words starting with what became of it: never a value from the message."""

@@ -609,3 +609,52 @@ class TestBatchLookups:
         assert [e.outcome for e in first.entries] == ["created"]
         assert [e.outcome for e in second.entries] == ["updated"]
         assert record.counts().get("Patient") == 1
+
+
+def _incompressible(n: int, seed: int = 7) -> str:
+    """*n* random letters: too long for a PostgreSQL index entry even compressed."""
+    import random
+    import string
+
+    rng = random.Random(seed)
+    return "".join(rng.choice(string.ascii_letters) for _ in range(n))
+
+
+@pytest.mark.integration
+class TestUnstorableValues:
+    """PostgreSQL refuses some values outright (a NUL; an index entry over its size): only the message holding one is refused."""
+
+    @pytest.fixture
+    def pg(self, tmp_path):
+        import uuid
+
+        from router.testing import drop_schema
+
+        from .conftest import PG_URL
+
+        schema = f"unstorable_{uuid.uuid4().hex[:10]}"
+        with open_record(Settings(record_url=f"{PG_URL}?schema={schema}", data_dir=tmp_path / "data")) as record:
+            yield record
+        drop_schema(PG_URL, schema)
+
+    def test_a_batch_applies_around_the_bundle_that_cannot_be_stored(self, pg):
+        """The batch's write fails whole without saying whose value it was: applied one at a time, the others apply in order,
+        the one alone is refused as UnstorableContent (never RecordUnavailable, which would be retried for ever) and leaves no key."""
+        from router.errors import UnstorableContent
+
+        first = bundle(put_patient(family="Først"))
+        unstorable = bundle(put_encounter(value=_incompressible(30_000), id_="6c2d1e0f-4a02-4f0e-b3a9-5b1c7e448d2a", subject=PATIENT_UUID), put_patient())
+        last = bundle(put_patient(family="Sist"))
+        results = pg.apply_batch([first, unstorable, last], ["k1", "k2", "k3"])
+        assert [type(r).__name__ for r in results] == ["ApplyResult", "UnstorableContent", "ApplyResult"]
+        assert isinstance(results[1], UnstorableContent) and results[1].reason == "the record cannot store a value of this message (a value is too long to index)"
+        assert pg.applied(["k1", "k2", "k3"]) == {"k1", "k3"}
+        assert pg.read("Patient", PATIENT_UUID)["name"] == [{"family": "Sist"}]  # in order: the last one wins
+        assert sorted(v.version for v in pg.versions("Patient", PATIENT_UUID)) == [1, 2]
+
+    def test_a_journal_row_that_cannot_be_stored_is_left_out_and_counted(self, pg):
+        facts = JournalFacts("C1", "PAS@STOLAV", "ADT^A01", "h:p")
+        left_out = pg.journal_settled([("k1|filtered", facts, "filtered", "filtered: no route"),
+                                       ("k2|" + _incompressible(30_000), facts._replace(control_id="C2"), "filtered", "filtered: no route")])
+        assert left_out == 1
+        assert [e.control_id for e in pg.journal(patient_key="h:p")] == ["C1"]

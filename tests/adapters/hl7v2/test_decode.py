@@ -144,6 +144,22 @@ class TestNul:
         assert unescape(f"KA{escaped}RI", Delimiters()) == f"KA{read}RI"
 
 
+class TestHeaderLengths:
+    @pytest.mark.parametrize(
+        ("old", "new", "location"),
+        [("|C1|", "|" + "C" * 200 + "|", "MSH-10"), ("|PAS|", "|" + "P" * 228 + "|", "MSH-3"), ("|STOLAV|", "|" + "S" * 228 + "|", "MSH-4")],
+    )
+    def test_a_sender_or_control_id_longer_than_hl7_allows_is_refused(self, old, new, location):
+        """They name the message in the record's keys, which the database indexes: refused at decode, naming the field."""
+        with pytest.raises(DecodeError, match="HL7 v2 allows at most") as err:
+            _one(MSG.format(cs="", name="KARI").replace(old, new).encode())
+        assert err.value.location == location
+
+    def test_the_longest_allowed_are_read(self):
+        header = _one(MSG.format(cs="", name="KARI").replace("|C1|", "|" + "C" * 199 + "|").replace("|PAS|", "|" + "P" * 227 + "|").encode()).header
+        assert (len(header.control_id), len(header.sending_application)) == (199, 227)
+
+
 class TestTokenizer:
     def test_custom_delimiters_come_from_msh(self):
         """Non-standard MSH-1/MSH-2 characters are honoured."""

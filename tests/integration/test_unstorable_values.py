@@ -1,8 +1,11 @@
-"""A NUL character in an HL7 v2 message is refused at decode, never written: PostgreSQL's text refuses NUL, and a
-write it refuses reads as an outage, so a NUL in MSH-10 or an identifier used to stop its partition for good."""
+"""Values PostgreSQL will not store never stop the stream. Its refusal of a write used to read as an outage, retried
+for ever, so one message stopped its partition for good: a NUL character (now refused at decode, naming its field),
+or a value too long to index (now refused at apply, for that message alone)."""
 
 from __future__ import annotations
 
+import random
+import string
 import uuid
 
 import pytest
@@ -22,7 +25,7 @@ class QuietLogger:
 
 @pytest.fixture
 def settings(tmp_path):
-    schema = f"nul_{uuid.uuid4().hex[:10]}"
+    schema = f"unstorable_{uuid.uuid4().hex[:10]}"
     s = isolated_settings(tmp_path, broker_url=RABBIT, record_url=f"{POSTGRES}?schema={schema}")
     yield s
     delete_queues(s)
@@ -51,3 +54,30 @@ def test_a_nul_is_dead_lettered_with_its_position_and_the_stream_goes_on(setting
     with open_record(settings) as record:
         [patient] = record.search("Patient", {"identifier": "15866112379"})
         assert patient["name"][0]["family"] == "Nord\ufffdmann"
+
+
+def test_a_value_too_long_to_index_refuses_its_message_alone(settings):
+    """Three admissions in one batch, the second with a 30,000-character local patient number (incompressible, so over
+    PostgreSQL's index entry size): it is dead-lettered at apply, saying why without the value; the other two apply."""
+    from adapters.fhir.record import open_record
+    from router.testing import drain_queue
+
+    rng = random.Random(7)
+    long_local = "".join(rng.choice(string.ascii_letters) for _ in range(30_000))
+    publish(settings, [
+        adt_message("A01", control_id="U1", fnr="15866112379", local_id="L1", visit="V1"),
+        adt_message("A01", control_id="U2", fnr="02036110182", local_id=long_local, visit="V2"),
+        adt_message("A01", control_id="U3", fnr="01015000232", local_id="L3", visit="V3"),
+    ])
+    handle = run_engine_in_thread(settings, logger=QuietLogger())
+    try:
+        wait_until(lambda: handle.stats.messages == 3, 60, what="three messages settled")
+    finally:
+        handle.stop()
+    assert (handle.stats.applied, handle.stats.dead_lettered) == (2, 1)
+    [(headers, _body)] = drain_queue(settings, settings.engine.broker.names.dead_letter)
+    assert (headers["x-helsebro-control-id"], headers["x-helsebro-stage"]) == ("U2", "apply")
+    assert headers["x-helsebro-reason"] == "the record cannot store a value of this message (a value is too long to index)"
+    with open_record(settings) as record:
+        assert {p["identifier"][0]["value"] for p in record.search("Patient", {})} == {"15866112379", "01015000232"}
+        assert [e.control_id for e in record.journal(control_id="U2")] == ["U2"]  # its journal row holds no long value
