@@ -408,24 +408,33 @@ class SqlRecord(ABC):
         return counts
 
     def journal(self, *, control_id: str | None = None, patient_key: str | None = None, sender: str | None = None,
-                limit: int = 100) -> list[JournalEntry]:
+                outcome: str | None = None, since: float | None = None, limit: int = 100) -> list[JournalEntry]:
         """The settled messages with this control id and/or patient key (and sender), newest first, at most *limit*.
 
         Kept as long as the applied keys (APPLIED_RETENTION_SECONDS). Applied messages
         come with what they wrote; the others (duplicates, filtered, forwarded only to
-        other destinations, dead-lettered) with their outcome and note.
+        other destinations, dead-lettered) with their outcome and note. *outcome* (one of
+        JOURNAL_OUTCOMES), *sender* and *since* (Unix time) narrow the search, or make it
+        alone: the newest rows are read first (the time index), so a rare outcome over
+        14 days reads many rows before *limit* are found.
 
         Raises:
-            ValueError: neither a control id nor a patient key was given (the journal is not listed whole).
+            ValueError: no criterion was given (the journal is not listed whole), or an unknown outcome.
             RecordUnavailable: the database is unreachable.
         """
-        if not control_id and not patient_key:
-            raise ValueError("journal: give a control id or a patient key")
-        where, args = [], []
-        for column, value in (("control_id", control_id), ("patient_key", patient_key), ("sender", sender)):
+        if not (control_id or patient_key or sender or outcome or since is not None):
+            raise ValueError("journal: give a control id, a patient key, a sender, an outcome or a time")
+        if outcome is not None and outcome not in JOURNAL_OUTCOMES:
+            raise ValueError(f"journal: {outcome!r} is not one of {', '.join(sorted(JOURNAL_OUTCOMES))}")
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("control_id", control_id), ("patient_key", patient_key), ("sender", sender), ("outcome", outcome)):
             if value:
                 where.append(f"{column} = ?")
                 args.append(value)
+        if since is not None:
+            where.append("applied_at >= ?")
+            args.append(since)
         rows = self._select(f"SELECT {_JOURNAL_COLUMNS} FROM helsebro_journal WHERE {' AND '.join(where)}"
                             " ORDER BY applied_at DESC, key LIMIT ?", (*args, limit))
         return [

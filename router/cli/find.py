@@ -4,16 +4,21 @@
     helsebro find --patient NUMBER                 a fødselsnummer, D-nummer or FH-nummer: hashed here, never stored or logged;
                                                    `--patient -` reads it from stdin, out of `ps` and the shell's history
     helsebro find --patient-key KEY                the `patient_key` of a log line or a dead letter (h:…)
+    helsebro find --outcome filtered --since 1h    a list: the journal's messages with that outcome (applied, unchanged,
+                                                   duplicate, filtered, forwarded, dead_lettered), settled since then
+                                                   (90s, 15m, 2h, 7d); --sender, --outcome and --since narrow any search
+                                                   or list by themselves
 
 It prints what the record's journal holds, newest first: the applied messages
 (when, sender, control id, type, patient key, and each resource written with its
 version and whether it was created, updated or unchanged), then the messages that
 were not applied (a duplicate, filtered by the routes, forwarded only to other
-destinations, or dead-lettered), each with a note saying why. Then the dead
-letters with that control id or patient key still waiting in the engine's and
-every queued destination's dead-letter queue (id, when, stage, reason). A message
-found nowhere has not settled: it is still queued, or it never arrived. The
-journal keeps 14 days.
+destinations, or dead-lettered), each with a note saying why. Then, for a
+control id or a patient, the dead letters with it still waiting in the engine's
+and every queued destination's dead-letter queue (id, when, stage, reason); a
+list by outcome, sender or time reads the journal only (`helsebro dlq list`
+lists a queue). A message found nowhere has not settled: it is still queued, or
+it never arrived. The journal keeps 14 days.
 
 Nothing shown is patient data: a patient is a key (a hash of the identity's
 search), resources are ids. A lookup by patient is still an access to one
@@ -39,6 +44,7 @@ import argparse
 import functools
 import json
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -51,6 +57,16 @@ from router.settings import Settings, load_settings
 __all__ = ["register"]
 
 _SCAN_LIMIT = 10_000
+_OUTCOMES = ("applied", "unchanged", "duplicate", "filtered", "forwarded", "dead_lettered")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    """An age such as 90s, 15m, 2h or 7d, in seconds."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in _UNITS or not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError("must be a whole number of s, m, h or d, such as 90s, 15m, 2h or 7d")
+    return float(int(number) * _UNITS[unit])
 
 
 def register(subparsers: Any) -> None:
@@ -61,6 +77,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--patient", metavar="NUMBER", help="The patient's fødselsnummer, D-nummer or FH-nummer (hashed, audited); - reads it from stdin.")
     p.add_argument("--patient-key", metavar="KEY", help="The patient's key as a log line or dead letter shows it (h:…; audited).")
     p.add_argument("--sender", metavar="S", help="Only this sender's messages in the journal (MSH-3@MSH-4 as logged); dead letters do not name their sender.")
+    p.add_argument("--outcome", choices=_OUTCOMES, help="Only messages with this outcome (or list them, newest first).")
+    p.add_argument("--since", type=_duration, metavar="AGE", help="Only messages settled within AGE: 90s, 15m, 2h, 7d.")
     p.add_argument("--limit", type=positive, default=100, metavar="N", help="At most N messages from the journal (default 100).")
     p.add_argument("--no-dlq", action="store_true", help="Search the record's journal only, not the dead-letter queues.")
     p.add_argument("--scan-limit", type=positive, default=_SCAN_LIMIT, metavar="N",
@@ -96,8 +114,8 @@ def _find(args: argparse.Namespace) -> int:
         patient_key = _patient_key(args, settings)
     except ValueError as exc:
         return _fail(f"--patient is not a fødselsnummer, D-nummer or FH-nummer ({exc})", 2)
-    if not args.control_id and not patient_key:
-        return _fail("give --control-id, --patient or --patient-key", 2)
+    if not (args.control_id or patient_key or args.outcome or args.sender or args.since):
+        return _fail("give --control-id, --patient or --patient-key (or list by --outcome, --sender or --since)", 2)
     audit = AuditLog(settings.data_dir / "audit.log") if patient_key else None
     try:
         action_id = audit.begin("find", patient_key=patient_key, control_id=args.control_id) if audit else ""
@@ -116,8 +134,10 @@ def _find(args: argparse.Namespace) -> int:
 
 
 def _search(settings: Settings, args: argparse.Namespace, patient_key: str | None) -> Trail:
-    lookup = functools.partial(find_messages, settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender, limit=args.limit)
-    if args.no_dlq:
+    since = time.time() - args.since if args.since else None
+    lookup = functools.partial(find_messages, settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender,
+                               outcome=args.outcome, since=since, limit=args.limit)
+    if args.no_dlq or not (args.control_id or patient_key):
         return lookup()
     from adapters.amqp.connection import open_connection
 
@@ -172,4 +192,6 @@ def _as_text(trail: Trail) -> str:
             lines.append(f"  {d.id}  {queue}  {d.failed_at or '-'}  {d.stage or '-'}  {d.control_id or '-'}  at {d.location or '-'}: {d.reason or '-'}")
     elif trail.queues_read:
         lines.append(f"dead letters: none in {', '.join(trail.queues_read)}")
+    elif trail.listed:
+        lines.append("dead letters: searched for a control id or a patient only (helsebro dlq list lists a queue)")
     return "\n".join(lines)

@@ -34,6 +34,7 @@ class Trail:
 
     journal: list[JournalEntry]
     dead_letters: list[tuple[str, DeadLetter]] = field(default_factory=list)  # (queue, letter), in queue order
+    listed: bool = False  # a list by outcome, sender or time: the dead-letter queues are not searched
     queues_read: list[str] = field(default_factory=list)
     queues_skipped: list[tuple[str, str]] = field(default_factory=list)  # (queue, why): unreadable, or longer than the scan limit
 
@@ -58,26 +59,30 @@ def find_messages(
     control_id: str | None = None,
     patient_key: str | None = None,
     sender: str | None = None,
+    outcome: str | None = None,
+    since: float | None = None,
     limit: int = 100,
     connection: Connection | None = None,
     scan_limit: int = 10_000,
 ) -> Trail:
-    """Look a message up by control id and/or patient key in the record's journal and, given a *connection*, the dead-letter queues.
+    """Look messages up in the record's journal and, given a *connection* and a control id or patient key, the dead-letter queues.
 
-    *sender* narrows the journal only (a dead letter does not name its sender). A
+    *sender*, *outcome* and *since* (Unix time) narrow the journal only, or list it by
+    themselves (a dead letter names no sender; `helsebro dlq list` lists a queue). A
     dead-letter queue holding more than *scan_limit* messages is not read (reading
     one means taking every message and giving it back) and is reported as skipped.
 
     Raises:
-        ValueError: neither a control id nor a patient key.
+        ValueError: no criterion, or an unknown outcome.
         RecordUnavailable: the record cannot be reached.
     """
     record = open_record(settings)
     try:
-        trail = Trail(journal=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, limit=limit))
+        trail = Trail(journal=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, outcome=outcome, since=since, limit=limit))
     finally:
         record.close()
-    if connection is None:
+    trail.listed = not (control_id or patient_key)
+    if connection is None or trail.listed or outcome not in (None, "dead_lettered"):
         return trail
     from adapters.amqp.connection import queue_depth
     from router.errors import BrokerUnavailable

@@ -223,6 +223,37 @@ class TestWhatWasNotApplied:
         assert "not applied (3, newest first):" in text and "      duplicate: its sender's control id was settled within" in text
         assert GOOD_FNR not in out + text
 
+    def test_a_list_by_outcome_and_time_reads_the_journal_only(self, routed, capsys):
+        """--outcome alone lists the journal's messages with that outcome, newest first, and searches no dead-letter queue;
+        --since narrows by age; --sender narrows too; nothing by patient, so nothing is audited."""
+        code, out, _ = _find(capsys, "--outcome", "filtered", "--json")
+        doc = json.loads(out)
+        assert code == 0 and [(m["control_id"], m["outcome"]) for m in doc["not_applied"]] == [("N3", "filtered")]
+        assert doc["applied"] == [] and doc["dead_letters"] == [] and doc["queues_read"] == []
+        code, out, _ = _find(capsys, "--outcome", "dead_lettered")
+        assert code == 0 and "N4" in out and "dead letters: searched for a control id or a patient only" in out
+        code, out, _ = _find(capsys, "--since", "1h", "--json")
+        assert code == 0 and {m["control_id"] for m in json.loads(out)["applied"] + json.loads(out)["not_applied"]} == {"N1", "N2", "N3", "N4"}
+        sender = json.loads(out)["applied"][0]["sender"]
+        assert _find(capsys, "--sender", sender, "--outcome", "applied", "--no-dlq")[0] == 0
+        assert _find(capsys, "--sender", "SOMEONE@ELSE", "--outcome", "applied")[0] == 1
+        assert _find(capsys, "--outcome", "unchanged")[0] == 1
+        assert _audit(routed) == []
+
+    def test_an_outcome_narrows_a_patients_trail(self, routed, capsys):
+        """--patient with --outcome: only that outcome of the patient's messages; dead letters are searched only for dead_lettered."""
+        code, out, _ = _find(capsys, "--patient", GOOD_FNR, "--outcome", "duplicate", "--json")
+        doc = json.loads(out)
+        assert code == 0 and doc["applied"] == [] and [m["outcome"] for m in doc["not_applied"]] == ["duplicate"]
+        assert doc["queues_read"] == []
+
+    @pytest.mark.parametrize("age", ["0h", "1w", "h", "-5m", "1.5h"])
+    def test_a_since_that_is_no_age_is_a_usage_error(self, exported, capsys, age):
+        exported(None)
+        with pytest.raises(SystemExit) as exit_:
+            main(["find", "--outcome", "filtered", f"--since={age}"])
+        assert exit_.value.code == 2 and "90s, 15m, 2h or 7d" in capsys.readouterr().err
+
     def test_a_dead_letter_stays_in_the_journal_after_the_queue_is_purged(self, routed, capsys):
         """The refused A01 is found in the journal (with its reason and position) and in the dead-letter queue; once an
         operator purges the queue, the journal still says what became of it."""

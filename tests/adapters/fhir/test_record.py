@@ -357,12 +357,31 @@ class TestJournal:
                 plan = " ".join(str(row) for row in db.query(f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE {column} < ?", (0.0,)))
                 assert index in plan, plan
 
-    def test_a_search_needs_a_control_id_or_a_patient(self, record):
-        """The journal is never listed whole (a sender alone is not a search), and facts go one per Bundle."""
-        with pytest.raises(ValueError):
-            record.journal(sender="PAS@STOLAV")
+    def test_a_search_needs_a_criterion(self, record):
+        """The journal is never listed whole, an outcome is one the journal knows, and facts go one per Bundle."""
+        with pytest.raises(ValueError, match="give a control id"):
+            record.journal()
+        with pytest.raises(ValueError, match="is not one of"):
+            record.journal(outcome="lost")
         with pytest.raises(ValueError):
             record.apply_batch([admission()], ["m1"], [])
+
+    def test_a_list_by_sender_outcome_and_time(self, record, monkeypatch):
+        """Sender, outcome and age narrow a search or list by themselves, newest first, the limit counting every row."""
+        import adapters.fhir._store as store
+
+        clock = [1_000_000.0]
+        monkeypatch.setattr(store.time, "time", lambda: clock[0])
+        record.apply_batch([admission(family="A")], ["m1"], [self.FACTS])
+        clock[0] += 3600
+        record.apply_batch([admission(family="B")], ["m2"], [self.FACTS._replace(control_id="C2", sender="LAB@STOLAV")])
+        clock[0] += 1
+        record.journal_settled([("m3|filtered", self.FACTS._replace(control_id="C3"), "filtered", "filtered: no route")])
+        assert [e.control_id for e in record.journal(sender="PAS@STOLAV")] == ["C3", "C1"]
+        assert [e.control_id for e in record.journal(outcome="filtered")] == ["C3"]
+        assert [e.control_id for e in record.journal(since=clock[0] - 60)] == ["C3", "C2"]
+        assert [e.control_id for e in record.journal(since=clock[0] - 60, outcome="applied")] == ["C2"]
+        assert [e.control_id for e in record.journal(patient_key="h:patient-1", outcome="applied", limit=1)] == ["C2"]
 
 
 class TestDelete:
