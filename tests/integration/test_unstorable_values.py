@@ -32,23 +32,29 @@ def settings(tmp_path):
     drop_schema(POSTGRES, schema)
 
 
+def _settle(settings, messages: list[bytes], *, applied: int, dead_lettered: int) -> list:
+    """Publish *messages*, run the engine until it settled them all, check the counts; return the dead letters."""
+    from router.testing import drain_queue
+
+    publish(settings, messages)
+    handle = run_engine_in_thread(settings, logger=QuietLogger())
+    try:
+        wait_until(lambda: handle.stats.messages == len(messages), 60, what=f"{len(messages)} messages settled")
+    finally:
+        handle.stop()
+    assert (handle.stats.applied, handle.stats.dead_lettered) == (applied, dead_lettered)
+    return drain_queue(settings, settings.engine.broker.names.dead_letter)
+
+
 def test_a_nul_is_dead_lettered_with_its_position_and_the_stream_goes_on(settings):
     """A NUL in MSH-10, and one in PID-3, are dead-lettered naming the field; the admission after them is applied,
     and an escaped NUL (\\X00\\) in a name arrives as U+FFFD."""
     from adapters.fhir.record import open_record
-    from router.testing import drain_queue
 
     good = adt_message("A01", control_id="G1", fnr="15866112379", local_id="L1", visit="V1", family="Nord\\X00\\mann")
     in_control_id = adt_message("A01", control_id="N\x00X", fnr="15866112379", local_id="L2", visit="V2")
     in_identifier = adt_message("A01", control_id="N2", fnr="15866112379", local_id="L\x003", visit="V3")
-    publish(settings, [in_control_id, in_identifier, good])
-    handle = run_engine_in_thread(settings, logger=QuietLogger())
-    try:
-        wait_until(lambda: handle.stats.messages == 3, 60, what="three messages settled")
-    finally:
-        handle.stop()
-    assert (handle.stats.applied, handle.stats.dead_lettered) == (1, 2)
-    letters = drain_queue(settings, settings.engine.broker.names.dead_letter)
+    letters = _settle(settings, [in_control_id, in_identifier, good], applied=1, dead_lettered=2)
     assert sorted(h["x-helsebro-location"] for h, _body in letters) == ["MSH-10", "PID-3"]
     assert all("NUL character" in h["x-helsebro-reason"] for h, _body in letters)
     with open_record(settings) as record:
@@ -60,22 +66,14 @@ def test_a_value_too_long_to_index_refuses_its_message_alone(settings):
     """Three admissions in one batch, the second with a 30,000-character local patient number (incompressible, so over
     PostgreSQL's index entry size): it is dead-lettered at apply, saying why without the value; the other two apply."""
     from adapters.fhir.record import open_record
-    from router.testing import drain_queue
 
     rng = random.Random(7)
     long_local = "".join(rng.choice(string.ascii_letters) for _ in range(30_000))
-    publish(settings, [
+    [(headers, _body)] = _settle(settings, [
         adt_message("A01", control_id="U1", fnr="15866112379", local_id="L1", visit="V1"),
         adt_message("A01", control_id="U2", fnr="02036110182", local_id=long_local, visit="V2"),
         adt_message("A01", control_id="U3", fnr="01015000232", local_id="L3", visit="V3"),
-    ])
-    handle = run_engine_in_thread(settings, logger=QuietLogger())
-    try:
-        wait_until(lambda: handle.stats.messages == 3, 60, what="three messages settled")
-    finally:
-        handle.stop()
-    assert (handle.stats.applied, handle.stats.dead_lettered) == (2, 1)
-    [(headers, _body)] = drain_queue(settings, settings.engine.broker.names.dead_letter)
+    ], applied=2, dead_lettered=1)
     assert (headers["x-helsebro-control-id"], headers["x-helsebro-stage"]) == ("U2", "apply")
     assert headers["x-helsebro-reason"] == "the record cannot store a value of this message (a value is too long to index)"
     with open_record(settings) as record:
