@@ -50,6 +50,7 @@ class JournalFacts(NamedTuple):
     sender: str
     message_type: str
     patient_key: str  # a hash of the patient's identity (router.pipeline.convert.patient_key_for)
+    destinations: str = ""  # the destinations other than the record its routes chose, comma-separated
 
 
 class Record(Protocol):

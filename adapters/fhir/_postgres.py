@@ -64,8 +64,8 @@ _BULK = {
     DELETE_TOKENS: "DELETE FROM fhir_token WHERE rid = ANY(%b::bigint[])",
     DELETE_REFS: "DELETE FROM fhir_ref WHERE rid = ANY(%b::bigint[])",
     MARK_APPLIED: "INSERT INTO helsebro_applied (key, applied_at) SELECT * FROM unnest(%b::text[], %b::float8[]) ON CONFLICT (key) DO NOTHING",
-    JOURNAL: "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, resources, outcome)"
-             " SELECT * FROM unnest(%b::text[], %b::float8[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
+    JOURNAL: "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, destinations, resources, outcome)"
+             " SELECT * FROM unnest(%b::text[], %b::float8[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[])"
              " ON CONFLICT (key) DO NOTHING",
 }
 

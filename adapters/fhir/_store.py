@@ -34,7 +34,8 @@ SCHEMA_VERSION = 4
 3: helsebro_journal, what each applied message wrote (created empty: messages applied before have no row);
   helsebro_applied and helsebro_seen indexed by age, for their purges.
 4: helsebro_journal also keeps the messages that were not applied (duplicates, filtered, forwarded
-  elsewhere only, dead-lettered): columns `outcome` and `note` (rows of version 3 are `applied`).
+  elsewhere only, dead-lettered): columns `outcome` and `note` (rows of version 3 are `applied`),
+  and `destinations`, where its routes sent it besides the record.
 """
 
 # One schema for both backends; each fills {body} (TEXT, or JSON on PostgreSQL), {rid} (SQLite's
@@ -77,10 +78,11 @@ SCHEMA = (
     # not applied (`duplicate`, `filtered`, `forwarded`, `dead_lettered`) by `journal_settled`, with a
     # plain-words `note` and no resources. `applied_at` is when it settled. Kept as long as the applied
     # keys. The patient is a key (router.pipeline.convert.patient_key_for: a hash), never a number or a
-    # name; '' stands for a value the message did not give.
+    # name; '' stands for a value the message did not give. `destinations`: the destinations other than
+    # the record its routes chose, comma-separated (find looks up an external server's delivery ledger).
     "CREATE TABLE IF NOT EXISTS helsebro_journal (key TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL,"
     " control_id TEXT NOT NULL, sender TEXT NOT NULL, message_type TEXT NOT NULL, patient_key TEXT NOT NULL, resources TEXT NOT NULL,"
-    " outcome TEXT NOT NULL DEFAULT 'applied', note TEXT NOT NULL DEFAULT '')",
+    " destinations TEXT NOT NULL DEFAULT '', outcome TEXT NOT NULL DEFAULT 'applied', note TEXT NOT NULL DEFAULT '')",
     "CREATE INDEX IF NOT EXISTS helsebro_journal_control ON helsebro_journal (control_id)",
     "CREATE INDEX IF NOT EXISTS helsebro_journal_patient ON helsebro_journal (patient_key)",
     "CREATE INDEX IF NOT EXISTS helsebro_journal_at ON helsebro_journal (applied_at)",
@@ -114,6 +116,7 @@ _V1_COPY = (
 _V3_JOURNAL = (
     "ALTER TABLE helsebro_journal ADD COLUMN outcome TEXT NOT NULL DEFAULT 'applied'",
     "ALTER TABLE helsebro_journal ADD COLUMN note TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE helsebro_journal ADD COLUMN destinations TEXT NOT NULL DEFAULT ''",
 )
 
 
@@ -169,15 +172,15 @@ def prepare_schema(db: Db, tables: set[str], *, body: str, rid: str, without_row
 
 MARK_APPLIED = "INSERT INTO helsebro_applied (key, applied_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
 JOURNAL = (
-    "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, resources, outcome)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
+    "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, destinations, resources, outcome)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO NOTHING"
 )
 # A message settled again under the same key (a redelivery after a crash, a resent duplicate) is one row, at its latest time.
 _JOURNAL_SETTLED = (
-    "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, resources, outcome, note)"
-    " VALUES (?, ?, ?, ?, ?, ?, '[]', ?, ?) ON CONFLICT (key) DO UPDATE SET applied_at = excluded.applied_at, note = excluded.note"
+    "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, destinations, resources, outcome, note)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?, ?) ON CONFLICT (key) DO UPDATE SET applied_at = excluded.applied_at, note = excluded.note"
 )
-_JOURNAL_COLUMNS = "key, applied_at, control_id, sender, message_type, patient_key, resources, outcome, note"
+_JOURNAL_COLUMNS = "key, applied_at, control_id, sender, message_type, patient_key, resources, outcome, note, destinations"
 JOURNAL_OUTCOMES = frozenset({"applied", "unchanged", "duplicate", "filtered", "forwarded", "dead_lettered"})
 _APPLIED_AMONG = "WITH q (key) AS ({}) SELECT h.key FROM q JOIN helsebro_applied h ON h.key = q.key"
 APPLIED_RETENTION_SECONDS = 14 * 24 * 3600.0
@@ -205,6 +208,7 @@ class JournalEntry:
     resources: tuple[tuple[str, str, int, str], ...]  # (type, id, version, outcome) per entry written; () when not applied
     outcome: str = "applied"  # applied, unchanged, duplicate, filtered, forwarded or dead_lettered (router.pipeline.settle.Outcome)
     note: str = ""  # why it was not applied, in plain words (no value from the message)
+    destinations: tuple[str, ...] = ()  # the destinations other than the record its routes chose
 
     @property
     def was_applied(self) -> bool:
@@ -439,8 +443,9 @@ class SqlRecord(ABC):
                             " ORDER BY applied_at DESC, key LIMIT ?", (*args, limit))
         return [
             JournalEntry(str(key), float(at), str(cid), str(snd), str(mtype), str(pkey),
-                         tuple((str(t), str(i), int(v), str(o)) for t, i, v, o in orjson.loads(res)), str(outcome), str(note))
-            for key, at, cid, snd, mtype, pkey, res, outcome, note in rows
+                         tuple((str(t), str(i), int(v), str(o)) for t, i, v, o in orjson.loads(res)), str(outcome), str(note),
+                         tuple(d for d in str(dests).split(",") if d))
+            for key, at, cid, snd, mtype, pkey, res, outcome, note, dests in rows
         ]
 
     def applied(self, keys: Sequence[str]) -> set[str]:

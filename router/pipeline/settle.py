@@ -137,9 +137,9 @@ def applied_key(conv: Converted) -> str:
     return f"{conv.format}|{conv.sender or ''}|{conv.control_id or ''}|{digest}"
 
 
-def journal_facts(conv: Converted) -> JournalFacts:
-    """What the record journals of *conv* with what it wrote (`helsebro find`)."""
-    return JournalFacts(conv.control_id or "", conv.sender or "", conv.message_type or "", conv.patient_key or "")
+def journal_facts(conv: Converted, destinations: Sequence[str] = ()) -> JournalFacts:
+    """What the record journals of *conv* (`helsebro find`); *destinations*: those besides the record its routes chose."""
+    return JournalFacts(conv.control_id or "", conv.sender or "", conv.message_type or "", conv.patient_key or "", ",".join(destinations))
 
 
 class Settle:
@@ -237,7 +237,7 @@ class Settle:
             return
         bundles = [m.conv.bundle for m in todo]
         keys = [applied_key(m.conv) for m in todo]
-        facts = [journal_facts(m.conv) for m in todo]
+        facts = [journal_facts(m.conv, self._elsewhere(m)) for m in todo]
         results = self._with_record(lambda: self._apply_all(bundles, keys, facts))
         for m, result in zip(todo, results, strict=True):
             if isinstance(result, MessageError):  # InvalidContent, Refused: this bundle can never apply
@@ -256,6 +256,10 @@ class Settle:
             except MessageError as exc:
                 out.append(exc)
         return out
+
+    def _elsewhere(self, m: _Msg) -> list[str]:
+        """The destinations besides the record that *m*'s routes chose (none for a message not routed)."""
+        return [d for d in m.decision.destinations if d not in self._record_dests] if m.decision is not None else []
 
     def _to_record(self, m: _Msg) -> bool:
         return m.decision is None or any(d in self._record_dests for d in m.decision.destinations)
@@ -302,7 +306,7 @@ class Settle:
         if journal_settled is None:
             return
         rows = [
-            (f"{applied_key(m.conv)}|{m.outcome}", journal_facts(m.conv), m.outcome, self._note(m))
+            (f"{applied_key(m.conv)}|{m.outcome}", journal_facts(m.conv, self._elsewhere(m)), m.outcome, self._note(m))
             for m in flat
             if m.outcome in ("duplicate", "filtered", "forwarded", "dead_lettered") and (m.conv.control_id or m.conv.patient_key)
         ]
