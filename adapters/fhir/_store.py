@@ -498,11 +498,25 @@ class SqlRecord(ABC):
     def remember(self, keys: Sequence[str], *, window_seconds: float) -> None:
         """Remember *keys* as settled now; now and then forget those older than *window_seconds*.
 
+        A key the database refuses to store (UnstorableContent: a KITH recipient's HER-id has
+        no length limit) is left out, not raised: the others are remembered, and the caller (Settle,
+        after the batch's publishes, outside any per-message handling) never sees a MessageError.
+
         Raises:
             RecordUnavailable: the database is unreachable or busy.
         """
         if not keys:
             return
+        try:
+            self._remember(keys, window_seconds)
+        except UnstorableContent:  # which key is not known: each alone
+            for key in keys:
+                try:
+                    self._remember([key], window_seconds)
+                except UnstorableContent:
+                    pass
+
+    def _remember(self, keys: Sequence[str], window_seconds: float) -> None:
         now = time.time()
         with self._lock, self._transaction([]) as db:
             db.execute_many(_REMEMBER, [(key, now) for key in keys])

@@ -325,12 +325,21 @@ def decode(raw: RawMessage | _HasData, *, default_charset: str = "utf-8", sender
     return DecodedMessage(message, read_header(message), codec)
 
 
+_NAMED = re.compile(r"[A-Za-z?][A-Za-z0-9?]{2}")  # a segment name, a NUL in it read as `?`
+
+
 def _position_of(text: str, at: int) -> str:
     """The segment and field (`PID-5`) the character at *at* lies in, for an error about the raw text."""
-    start = max(text.rfind("\r", 0, at), text.rfind("\n", 0, at)) + 1
+    # Segments end in CR, as tokenize reads them: a bare LF left in the text is inside a field (split_messages).
+    start = text.rfind("\r", 0, at) + 1
     line = text[start:at]
-    name = text[start:start + 3].replace("\x00", "?")  # a NUL in the name itself: `?ID`
-    fields = line.count(text.lstrip()[3:4] or "|")
+    separator = text.lstrip()[3:4] or "|"
+    name = text[start:].split("\r", 1)[0].split(separator, 1)[0].strip().replace("\x00", "?")  # a NUL in the name itself: `?ID`
+    if not _NAMED.fullmatch(name):
+        # No segment name (a text's line after a CR): its number, as tokenize says, never its text.
+        number = sum(1 for ln in text[:start].split("\r") if ln.strip()) + 1
+        return f"segment {number}"
+    fields = line.count(separator)
     if not fields:
         return name
     return f"{name}-{fields + 1 if name == 'MSH' else fields}"

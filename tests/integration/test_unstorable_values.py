@@ -79,3 +79,26 @@ def test_a_value_too_long_to_index_refuses_its_message_alone(settings):
     with open_record(settings) as record:
         assert {p["identifier"][0]["value"] for p in record.search("Patient", {})} == {"15866112379", "01015000232"}
         assert [e.control_id for e in record.journal(control_id="U2")] == ["U2"]  # its journal row holds no long value
+
+
+def test_a_kith_recipient_too_long_to_store_is_dead_lettered_once(settings):
+    """A KITH receiver HER-id has no length limit: one too long to index is refused at apply (its Organization's
+    identifier), and then the duplicate guard remembers (MsgId, recipient) after the publishes. That key is left out
+    of its memory, never raised: raised, the UnstorableContent (a MessageError) escaped Settle into the engine's
+    catch-all, which settled the batch again and again, dead-lettering the message three times, the last as internal."""
+    from pathlib import Path
+
+    from router.testing import drain_queue
+
+    plo = Path(__file__).resolve().parents[2] / "mappings" / "kith" / "messages" / "PLO_Innleggelsesrapport.cases" / "innleggelsesrapport_ny.xml"
+    rng = random.Random(9)
+    long_her_id = "".join(rng.choice(string.digits) for _ in range(30_000))
+    publish(settings, [plo.read_bytes().replace(b"<Id>445566</Id>", f"<Id>{long_her_id}</Id>".encode())])
+    handle = run_engine_in_thread(settings, logger=QuietLogger())
+    try:
+        wait_until(lambda: handle.stats.messages >= 1, 60, what="the message settled")
+    finally:
+        handle.stop()
+    letters = drain_queue(settings, settings.engine.broker.names.dead_letter)
+    assert [h["x-helsebro-stage"] for h, _body in letters] == ["apply"]
+    assert (handle.stats.messages, handle.stats.dead_lettered) == (1, 1)

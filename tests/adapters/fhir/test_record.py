@@ -677,3 +677,16 @@ class TestUnstorableValues:
                                        ("k2|" + _incompressible(30_000), facts._replace(control_id="C2"), "filtered", "filtered: no route")])
         assert left_out == 1
         assert [e.control_id for e in pg.journal(patient_key="h:p")] == ["C1"]
+
+    def test_a_key_that_cannot_be_remembered_is_left_out_never_raised(self, pg):
+        """The duplicate window's keys (and the KITH guard's, whose recipient HER-id has no length limit) are remembered
+        after the batch's publishes: a key the database refuses is left out, the others remembered. Raised,
+        UnstorableContent (a MessageError) escaped Settle into the engine's catch-all, which settled the batch again and
+        dead-lettered the message as an internal error."""
+        from adapters.kith.duplicates import SeenStoreDuplicateGuard
+
+        long_key = "kith|r|" + _incompressible(30_000)
+        pg.remember(["hl7|PAS@STOLAV|C1", long_key, "hl7|PAS@STOLAV|C2"], window_seconds=60)
+        assert pg.seen(["hl7|PAS@STOLAV|C1", long_key, "hl7|PAS@STOLAV|C2"], window_seconds=60) == {"hl7|PAS@STOLAV|C1", "hl7|PAS@STOLAV|C2"}
+        guard = SeenStoreDuplicateGuard(pg)
+        assert guard.seen_before("5a1e7c00-1111-4a00-8000-000000000001", recipient=_incompressible(30_000, seed=8)) is False

@@ -139,6 +139,17 @@ class TestNul:
             _one(message.encode())
         assert err.value.location == location
 
+    @pytest.mark.parametrize(("note", "location"), [("first line\nsec\x00ond", "NTE-3"), ("first line\nsecond|li\x00ne", "NTE-4"),
+                                                    ("first line\rsecond li\x00ne", "segment 4")])
+    def test_a_nul_after_a_line_break_in_a_text_names_its_segment_never_the_text(self, note, location):
+        """A bare LF inside a field's text stays in the field (split_messages), so it does not start a segment: the
+        location is the field the NUL lies in, never three characters of the text (a dead letter's header holds it).
+        A line that is no segment is named by its number, as tokenize names it."""
+        message = MSG.format(cs="", name="KARI") + f"NTE|1||{note}\r"
+        with pytest.raises(DecodeError, match="NUL character") as err:
+            _one(message.encode())
+        assert err.value.location == location
+
     @pytest.mark.parametrize(("escaped", "read"), [("\\X00\\", "\ufffd"), ("\\X4100\\", "A\ufffd"), ("\\X41\\", "A")])
     def test_an_escaped_nul_reads_as_the_replacement_character(self, escaped, read):
         assert unescape(f"KA{escaped}RI", Delimiters()) == f"KA{read}RI"
