@@ -290,7 +290,8 @@ class SqlRecord(ABC):
         journalled with what it wrote, in the same transaction (see `journal`).
 
         Raises:
-            RecordUnavailable: the database is unreachable or busy; nothing of the batch was applied.
+            RecordUnavailable: the database is unreachable or busy; nothing of the batch was applied (in the
+                one-at-a-time fallback, those before the outage were: a retry finds their keys).
         """
         if keys is not None and len(keys) != len(bundles):
             raise ValueError("apply_batch: one key per Bundle")

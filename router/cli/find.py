@@ -25,13 +25,20 @@ search), resources are ids. A lookup by patient is still an access to one
 person's trail, so it writes a `begin` and an `end` line to the audit log
 (`<HELSEBRO_DATA_DIR>/audit.log`) with the patient's key, never the number.
 
+Each message also names the destinations besides the record its routes sent it
+to: a legacy queue got it when it settled (unless its note says it was
+dead-lettered at render there); an external FHIR server gets it from its own work
+queue, and a refusal shows among the dead letters (`helsebro status` counts what
+each server has delivered).
+
 `--json` prints `{"applied": [{"key", "applied_at", "sender", "control_id",
-"message_type", "patient_key", "outcome" (applied or unchanged), "resources":
-[{"type", "id", "version", "outcome"}]}], "not_applied": [{"key", "settled_at",
-"sender", "control_id", "message_type", "patient_key", "outcome" (duplicate,
-filtered, forwarded or dead_lettered), "note"}], "dead_letters": [{"queue", and
-the fields of `dlq list --json`}], "queues_read": [...], "queues_skipped":
-[{"queue", "why"}]}`.
+"message_type", "patient_key", "outcome" (applied or unchanged), "destinations":
+[...], "resources": [{"type", "id", "version", "outcome"}]}], "not_applied":
+[{"key", "settled_at", "sender", "control_id", "message_type", "patient_key",
+"outcome" (duplicate, filtered, forwarded or dead_lettered), "destinations": [...],
+"note"}], "dead_letters": [{"queue", and the fields of `dlq list --json`}],
+"queues_read": [...], "queues_skipped": [{"queue", "why"}]}`; a destination is
+`{"name", "kind"}`, kind `queue`, `fhir`, or `unknown` (no longer in routes.yaml).
 
 Exit 0 when something was found, 1 when nothing was (or the record or the
 audit log failed), 2 for a usage error (no search given; a --patient that is not
@@ -129,7 +136,8 @@ def _find(args: argparse.Namespace) -> int:
         return _fail(f"audit log {settings.data_dir / 'audit.log'}: {exc}")
     for queue, why in trail.queues_skipped:
         print(f"helsebro find: dead letters in {queue} not searched: {why}", file=sys.stderr)
-    print(json.dumps(_as_json(trail), ensure_ascii=False, indent=2) if args.json else _as_text(trail))
+    kinds = _destination_kinds(settings)
+    print(json.dumps(_as_json(trail, kinds), ensure_ascii=False, indent=2) if args.json else _as_text(trail, kinds))
     return 0 if trail.found else 1
 
 
@@ -157,17 +165,26 @@ def _when(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _as_json(trail: Trail) -> dict[str, Any]:
+def _destination_kinds(settings: Settings) -> dict[str, str]:
+    """Each configured destination's kind (queue, fhir, record), by name."""
+    return {name: getattr(d, "kind", "unknown") for name, d in settings.routes.destinations.items()}
+
+
+def _destinations(names: tuple[str, ...], kinds: dict[str, str]) -> list[dict[str, str]]:
+    return [{"name": n, "kind": kinds.get(n, "unknown")} for n in names]
+
+
+def _as_json(trail: Trail, kinds: dict[str, str]) -> dict[str, Any]:
     return {
         "applied": [
             {"key": e.key, "applied_at": _when(e.applied_at), "sender": e.sender, "control_id": e.control_id, "message_type": e.message_type,
-             "patient_key": e.patient_key, "outcome": e.outcome,
+             "patient_key": e.patient_key, "outcome": e.outcome, "destinations": _destinations(e.destinations, kinds),
              "resources": [{"type": t, "id": i, "version": v, "outcome": o} for t, i, v, o in e.resources]}
             for e in trail.applied
         ],
         "not_applied": [
             {"key": e.key, "settled_at": _when(e.applied_at), "sender": e.sender, "control_id": e.control_id, "message_type": e.message_type,
-             "patient_key": e.patient_key, "outcome": e.outcome, "note": e.note}
+             "patient_key": e.patient_key, "outcome": e.outcome, "destinations": _destinations(e.destinations, kinds), "note": e.note}
             for e in trail.not_applied
         ],
         "dead_letters": [{"queue": queue, **letter.summary()} for queue, letter in trail.dead_letters],
@@ -176,16 +193,24 @@ def _as_json(trail: Trail) -> dict[str, Any]:
     }
 
 
-def _as_text(trail: Trail) -> str:
+def _routed(e: Any, kinds: dict[str, str]) -> list[str]:
+    if not e.destinations:
+        return []
+    return ["      also to: " + ", ".join(f"{d['name']} ({d['kind']})" for d in _destinations(e.destinations, kinds))]
+
+
+def _as_text(trail: Trail, kinds: dict[str, str]) -> str:
     lines = [f"applied ({len(trail.applied)}, newest first):" if trail.applied else "applied: none in the record's journal"]
     for e in trail.applied:
         lines.append(f"  {_when(e.applied_at)}  {e.sender or '-'}  {e.control_id or '-'}  {e.message_type or '-'}  patient {e.patient_key or '-'}")
         lines += [f"      {t}/{i}/_history/{v}  {o}" for t, i, v, o in e.resources]
+        lines += _routed(e, kinds)
     if trail.not_applied:
         lines.append(f"not applied ({len(trail.not_applied)}, newest first):")
         for e in trail.not_applied:
             lines.append(f"  {_when(e.applied_at)}  {e.sender or '-'}  {e.control_id or '-'}  {e.message_type or '-'}  patient {e.patient_key or '-'}")
             lines.append(f"      {e.note or e.outcome}")
+            lines += _routed(e, kinds)
     if trail.dead_letters:
         lines.append(f"dead letters ({len(trail.dead_letters)}):")
         for queue, d in trail.dead_letters:

@@ -214,6 +214,8 @@ class TestWhatWasNotApplied:
         assert set(outcomes) == {"N1", "N2", "N3"}
         assert outcomes["N1"][0] == "duplicate" and "within the last 3600 s" in outcomes["N1"][1]
         assert outcomes["N2"] == ("forwarded", "forwarded to lab (not to the record)")
+        routed_to = {m["control_id"]: m["destinations"] for m in doc["applied"] + doc["not_applied"]}
+        assert routed_to["N2"] == [{"name": "lab", "kind": "queue"}] and routed_to["N3"] == [] and doc["applied"][0]["destinations"] == []
         assert outcomes["N3"] == ("filtered", "filtered: no route matched (not applied, not forwarded)")
         assert {m["patient_key"] for m in doc["applied"] + doc["not_applied"]} == {doc["applied"][0]["patient_key"]}
         assert all(m["settled_at"].endswith("Z") for m in doc["not_applied"])
@@ -221,6 +223,7 @@ class TestWhatWasNotApplied:
         assert (end["applied"], end["not_applied"]) == (1, 3)
         code, text, _ = _find(capsys, "--patient", GOOD_FNR, "--no-dlq")
         assert "not applied (3, newest first):" in text and "      duplicate: its sender's control id was settled within" in text
+        assert "      forwarded to lab (not to the record)\n      also to: lab (queue)" in text
         assert GOOD_FNR not in out + text
 
     def test_a_list_by_outcome_and_time_reads_the_journal_only(self, routed, capsys):
@@ -327,3 +330,25 @@ class TestWhatWasNotApplied:
         code, out, _ = _find(capsys, "--control-id", "S1", "--json", "--no-dlq")
         assert code == 0
         assert [(m["outcome"], m["note"]) for m in json.loads(out)["not_applied"]] == [("filtered", "filtered: no route matched (not applied, not forwarded)")]
+
+
+class TestDestinations:
+    def test_an_applied_message_names_the_external_server_it_also_went_to(self, with_destination, scripted_fhir, capsys):
+        """Routed to the record and an external FHIR server that refuses it: applied, naming `ekstern (fhir)`, and the server's
+        refusal is among the dead letters (the destination's own queue) with the same control id."""
+        server = scripted_fhir(take=0)
+        publish(with_destination, [adt_message("A01", control_id="E1", fnr=GOOD_FNR, local_id="L1", visit="V1")])
+        handle = run_engine_in_thread(with_destination, logger=QuietLogger(), destination_clients={"ekstern": server})
+        try:
+            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="the server's refusal dead-lettered")
+        finally:
+            handle.stop()
+        code, out, _ = _find(capsys, "--control-id", "E1", "--json")
+        doc = json.loads(out)
+        assert code == 0
+        [applied] = doc["applied"]
+        assert applied["destinations"] == [{"name": "ekstern", "kind": "fhir"}]
+        [letter] = doc["dead_letters"]
+        assert letter["queue"].endswith(".ekstern.dlq") and letter["control_id"] == "E1"
+        code, text, _ = _find(capsys, "--control-id", "E1")
+        assert "      also to: ekstern (fhir)" in text
