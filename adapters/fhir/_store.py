@@ -318,7 +318,7 @@ class SqlRecord(ABC):
                     applied = {str(r[0]) for r in applied_rows()}
                     stamp = time.time()
                     marks: list[tuple[str, float]] = []
-                    journal: list[tuple[str, float, str, str, str, str, str, str]] = []
+                    journal: list[tuple[str, float, str, str, str, str, str, str, str]] = []
                     for i, entries in parsed.items():
                         current = i
                         key = keys[i] if keys is not None else None
