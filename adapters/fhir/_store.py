@@ -79,7 +79,8 @@ SCHEMA = (
     # plain-words `note` and no resources. `applied_at` is when it settled. Kept as long as the applied
     # keys. The patient is a key (router.pipeline.convert.patient_key_for: a hash), never a number or a
     # name; '' stands for a value the message did not give. `destinations`: the destinations other than
-    # the record its routes chose, comma-separated (find looks up an external server's delivery ledger).
+    # the record its routes chose, comma-separated ('' for none, and for a message dead-lettered before it
+    # was forwarded); find shows them with their kind. An external server's delivery ledger is not looked up.
     "CREATE TABLE IF NOT EXISTS helsebro_journal (key TEXT PRIMARY KEY, applied_at DOUBLE PRECISION NOT NULL,"
     " control_id TEXT NOT NULL, sender TEXT NOT NULL, message_type TEXT NOT NULL, patient_key TEXT NOT NULL, resources TEXT NOT NULL,"
     " destinations TEXT NOT NULL DEFAULT '', outcome TEXT NOT NULL DEFAULT 'applied', note TEXT NOT NULL DEFAULT '')",
@@ -178,7 +179,8 @@ JOURNAL = (
 # A message settled again under the same key (a redelivery after a crash, a resent duplicate) is one row, at its latest time.
 _JOURNAL_SETTLED = (
     "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, destinations, resources, outcome, note)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?, ?) ON CONFLICT (key) DO UPDATE SET applied_at = excluded.applied_at, note = excluded.note"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?, ?) ON CONFLICT (key) DO UPDATE SET applied_at = excluded.applied_at, note = excluded.note,"
+    " destinations = excluded.destinations"
 )
 _JOURNAL_COLUMNS = "key, applied_at, control_id, sender, message_type, patient_key, resources, outcome, note, destinations"
 JOURNAL_OUTCOMES = frozenset({"applied", "unchanged", "duplicate", "filtered", "forwarded", "dead_lettered"})

@@ -25,11 +25,13 @@ search), resources are ids. A lookup by patient is still an access to one
 person's trail, so it writes a `begin` and an `end` line to the audit log
 (`<HELSEBRO_DATA_DIR>/audit.log`) with the patient's key, never the number.
 
-Each message also names the destinations besides the record its routes sent it
-to: a legacy queue got it when it settled (unless its note says it was
-dead-lettered at render there); an external FHIR server gets it from its own work
-queue, and a refusal shows among the dead letters (`helsebro status` counts what
-each server has delivered).
+Each message also names the destinations besides the record its routes chose
+(none for one dead-lettered before it was forwarded: at convert, or refused by
+the record): a legacy queue got it when it settled unless it was dead-lettered at
+render there (the dead letter, with the same control id, is among the dead
+letters; a message not applied says so in its note too); an external FHIR server
+gets it from its own work queue, and a refusal shows among the dead letters
+(`helsebro status` counts what each server has delivered).
 
 `--json` prints `{"applied": [{"key", "applied_at", "sender", "control_id",
 "message_type", "patient_key", "outcome" (applied or unchanged), "destinations":

@@ -258,8 +258,11 @@ class Settle:
         return out
 
     def _elsewhere(self, m: _Msg) -> list[str]:
-        """The destinations besides the record that *m*'s routes chose (none for a message not routed)."""
-        return [d for d in m.decision.destinations if d not in self._record_dests] if m.decision is not None else []
+        """The destinations besides the record that *m*'s routes chose (none for a message not routed, nor for one
+        dead-lettered before it was forwarded: refused by the record, it went nowhere else)."""
+        if m.decision is None or m.error is not None:
+            return []
+        return [d for d in m.decision.destinations if d not in self._record_dests]
 
     def _to_record(self, m: _Msg) -> bool:
         return m.decision is None or any(d in self._record_dests for d in m.decision.destinations)

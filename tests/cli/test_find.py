@@ -352,3 +352,24 @@ class TestDestinations:
         assert letter["queue"].endswith(".ekstern.dlq") and letter["control_id"] == "E1"
         code, text, _ = _find(capsys, "--control-id", "E1")
         assert "      also to: ekstern (fhir)" in text
+
+    def test_a_message_the_record_refused_names_no_destination_it_never_reached(self, exported, capsys):
+        """Routed to the record and a legacy queue, an A45 the record refuses is dead-lettered at apply and not forwarded:
+        the journal must not say it also went to the queue (found by review)."""
+        routes = {
+            "destinations": {"record": {"kind": "record"}, "lab": {"kind": "queue", "queue": "lab.adt", "format": "passthrough"}},
+            "routes": [{"name": "all", "to": ["record", "lab"]}],
+        }
+        settings = exported(None, routes=routes)
+        publish(settings, [A45.read_bytes()])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.messages == 1, 60, what="the A45 settled")
+        handle.stop()
+        assert handle.stats.dead_lettered == 1
+        code, out, _ = _find(capsys, "--control-id", "OWN-A45", "--json", "--no-dlq")
+        assert code == 0
+        [entry] = json.loads(out)["not_applied"]
+        assert entry["outcome"] == "dead_lettered" and entry["note"].startswith("dead-lettered (apply)")
+        assert entry["destinations"] == []
+        code, text, _ = _find(capsys, "--control-id", "OWN-A45", "--no-dlq")
+        assert "also to:" not in text

@@ -192,7 +192,10 @@ class TestFromVersion3:
             assert record._select("SELECT version FROM helsebro_schema", ()) == [(SCHEMA_VERSION,)]
             [old] = record.journal(control_id="1")
             assert (old.outcome, old.note, old.resources) == ("applied", "", (("Patient", P1, 1, "created"),))
+            assert old.destinations == ()
             record.journal_settled([("hl7v2|A@B|1|x|duplicate", JournalFacts("1", "A@B", "ADT^A01", "h:p1"), "duplicate", "resent")])
             assert [e.outcome for e in record.journal(patient_key="h:p1")] == ["duplicate", "applied"]
+            record.apply_batch([_put(P1, "Hansen", "01015000232")], ["hl7v2|A@B|2|y"], [JournalFacts("2", "A@B", "ADT^A08", "h:p2", "lab")])
+            assert [e.destinations for e in record.journal(control_id="2")] == [("lab",)]  # the column version 4 added is written
         with open_record(settings) as record:  # opened again: nothing to migrate twice
-            assert len(record.journal(patient_key="h:p1")) == 2
+            assert len(record.journal(patient_key="h:p1")) == 2 and len(record.journal(patient_key="h:p2")) == 1

@@ -320,6 +320,18 @@ class TestJournal:
         assert found[0].resources == () and found[0].applied_at > found[1].applied_at
         assert [e.outcome for e in record.journal(control_id="C1")] == ["duplicate", "applied"]
 
+    def test_the_destinations_are_journalled_and_follow_the_latest_settling(self, record):
+        """Each statement writes the destinations in their own column (apply_batch's and journal_settled's); settling a
+        message again under its key keeps the destinations of that settling with its note (found by review: the row
+        kept the first settling's destinations beside the latest note)."""
+        record.apply_batch([admission()], ["m1"], [self.FACTS._replace(destinations="lab,ekstern")])
+        record.journal_settled([("m2|forwarded", self.FACTS._replace(control_id="C2", destinations="lab"), "forwarded", "forwarded to lab")])
+        assert [(e.key, e.destinations, e.resources != ()) for e in record.journal(patient_key="h:patient-1")] == [
+            ("m2|forwarded", ("lab",), False), ("m1", ("lab", "ekstern"), True)]
+        record.journal_settled([("m2|forwarded", self.FACTS._replace(control_id="C2", destinations="raw"), "forwarded", "forwarded to raw")])
+        [again] = record.journal(control_id="C2")
+        assert (again.note, again.destinations) == ("forwarded to raw", ("raw",))
+
     @pytest.mark.parametrize("outcome", ["applied", "unchanged", "lost", ""])
     def test_journal_settled_takes_only_outcomes_of_messages_not_applied(self, record, outcome):
         with pytest.raises(ValueError, match="not an outcome of a message that was not applied"):
