@@ -29,6 +29,21 @@ def pytest_xdist_auto_num_workers(config) -> int:
     return max(1, min(os.cpu_count() or 1, _MOST_WORKERS))
 
 
+_FIGURES: list[tuple[str, str]] = []  # (test id, JSON) that tests recorded as the property `figures`
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Collect the figures a test recorded (record_property("figures", …)): on the controller, also from xdist workers."""
+    if report.when == "call":
+        _FIGURES.extend((report.nodeid, value) for name, value in report.user_properties if name == "figures")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the recorded figures (the fault suite's: sent, applied, dead-lettered, duplicates, faults, lost)."""
+    for nodeid, figures in _FIGURES:
+        terminalreporter.write_line(f"figures of {nodeid}: {figures}")
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     def folder(item) -> int:
         parts = Path(str(item.path)).relative_to(ROOT / "tests").parts

@@ -11,7 +11,8 @@ applications and their order: each good message is applied exactly once, in
 order, when a patient's Patient has one version per good message, in
 sequence, ending at the last one. The park server gives order up, so there
 the versions are each good message once, in any order. The figures are
-printed (also with -s off) and written to figures.json in the test's tmp dir.
+printed at the end of the run (`figures of tests/faults/…`, in the terminal
+summary, also under pytest-xdist) and written to figures.json in the test's tmp dir.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def _all_sent(proxy: FailingProxy, mix: Mix) -> bool:
     return wanted <= {(fnr, given) for fnr, given, _ in proxy.applied}
 
 
-def test_faults_lose_nothing_apply_nothing_twice_keep_order(world, tmp_path, capsys):
+def test_faults_lose_nothing_apply_nothing_twice_keep_order(world, tmp_path, record_property):
     """Through kill -9s, a broker restart and a FHIR outage: every good message applied once and in order everywhere (in any order where parked), every bad one dead-lettered."""
     settings, proxies = world.settings, world.proxies
     mix = message_mix(PATIENTS, PER_PATIENT, bad_every=50, duplicate_every=40)
@@ -144,8 +145,7 @@ def test_faults_lose_nothing_apply_nothing_twice_keep_order(world, tmp_path, cap
         "lost": len(mix.good) - applied, "seconds": round(elapsed, 1),
     }
     (tmp_path / "figures.json").write_text(json.dumps(figures, indent=2), encoding="utf-8")
-    with capsys.disabled():
-        print("\nfault-injection figures:", json.dumps(figures), f"(also in {tmp_path / 'figures.json'})")
+    record_property("figures", json.dumps(figures))  # printed at the end of the run, also from a pytest-xdist worker (tests/conftest.py)
     assert figures["lost"] == 0 and external_applied == len(mix.good) and park_applied == len(mix.good)
     assert figures["duplicates_suppressed"] > 0
 
