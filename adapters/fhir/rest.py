@@ -249,6 +249,8 @@ def _search(record: SqlRecord, type_: str, query: str, base: str) -> _Response:
             continue
         if name in params:
             return _Response(400, outcome("not-supported", "repeated search parameter"))
+        if "\x00" in name or "\x00" in value:  # PostgreSQL refuses it as a value; no stored value holds one
+            return _Response(400, outcome("value", "a search parameter holds a NUL character"))
         params[name] = value
     return _Response(200, searchset(record.search(type_, params), base))
 

@@ -222,7 +222,7 @@ class RoutesConfig(_Frozen):
         import re
 
         for name in self.destinations:
-            if not re.match(_NAME, name):
+            if not re.fullmatch(_NAME, name):  # fullmatch: `$` alone lets a trailing newline through
                 raise ValueError(f"destination name {name!r} must be lower case letters, digits and dashes")
         for route in self.routes:
             unknown = [d for d in route.to if d not in self.destinations]

@@ -148,6 +148,11 @@ class TestRest:
         """An unsupported search parameter answers 400."""
         assert loaded.get("/Patient", params={"name": "x"}).status_code == 400
 
+    def test_a_nul_in_a_search_answers_400_not_503(self, loaded):
+        """A NUL no stored value holds (PostgreSQL's text refuses one): a bad request, never "record unavailable"."""
+        response = loaded.get("/Patient?identifier=0101%0050232")
+        assert response.status_code == 400 and "NUL" in response.json()["issue"][0]["diagnostics"]
+
     @pytest.mark.parametrize(
         "content",
         [b"{not json", b'{"resourceType": "Bundle", "type": "batch"}', b'{"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "GET", "url": "Patient"}}]}'],

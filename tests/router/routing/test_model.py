@@ -40,6 +40,13 @@ class TestRoutesModel:
         with pytest.raises(MappingError, match="undeclared destination 'lab'"):
             load_routes(path)
 
+    @pytest.mark.parametrize("name", ['"lab\\n"', "Lab", "-lab", '"lab,raw"', "l" * 41])
+    def test_a_destination_name_is_lower_case_letters_digits_and_dashes_only(self, tmp_path, name):
+        """It is part of queue names and of the journal's comma-separated list: a trailing newline is refused too."""
+        path = _write(tmp_path, f"destinations:\n  record: {{kind: record}}\n  {name}: {{kind: queue, queue: q, format: passthrough}}\nroutes:\n  - {{name: all, to: [record]}}\n")
+        with pytest.raises(MappingError, match="must be lower case letters, digits and dashes"):
+            load_routes(path)
+
     def test_bad_condition_points_at_when(self, tmp_path):
         """A `when:` that does not compile is reported at its own line."""
         path = _write(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - name: all\n    match:\n      format: hl7v2\n      when: PV1-2 ==== I\n    to: [record]\n")
