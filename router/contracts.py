@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, get_args
 
 from router.errors import MessageError
 
@@ -16,6 +16,12 @@ FhirJson = dict[str, Any]
 
 EntryOutcome = Literal["created", "updated", "unchanged", "deleted"]
 """What applying one Bundle entry did to the record."""
+
+SettledOutcome = Literal["applied", "unchanged", "forwarded", "filtered", "duplicate", "dead_lettered"]
+"""What became of one message (router.pipeline.settle), as the journal keeps it and find and status show it."""
+SETTLED_OUTCOMES: tuple[SettledOutcome, ...] = get_args(SettledOutcome)
+APPLIED_OUTCOMES: frozenset[str] = frozenset({"applied", "unchanged"})
+"""The outcomes of a message the record applied; the others are journalled with a note instead of what it wrote."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from adapters.fhir._bundle import ID_RE, TYPE_RE, lock_keys, parse_bundle
 from adapters.fhir._lookups import Lookups
 from adapters.fhir._search import search_sql
 from adapters.fhir._transaction import Db, apply_entries
-from router.contracts import ApplyResult, FhirJson, JournalFacts
+from router.contracts import APPLIED_OUTCOMES, SETTLED_OUTCOMES, ApplyResult, FhirJson, JournalFacts
 from router.errors import InvalidContent, MessageError, RecordUnavailable, UnstorableContent
 
 SCHEMA_VERSION = 4
@@ -183,7 +183,7 @@ _JOURNAL_SETTLED = (
     " destinations = excluded.destinations"
 )
 _JOURNAL_COLUMNS = "key, applied_at, control_id, sender, message_type, patient_key, resources, outcome, note, destinations"
-JOURNAL_OUTCOMES = frozenset({"applied", "unchanged", "duplicate", "filtered", "forwarded", "dead_lettered"})
+JOURNAL_OUTCOMES = frozenset(SETTLED_OUTCOMES)
 _APPLIED_AMONG = "WITH q (key) AS ({}) SELECT h.key FROM q JOIN helsebro_applied h ON h.key = q.key"
 APPLIED_RETENTION_SECONDS = 14 * 24 * 3600.0
 """How long an applied message's key is kept: far longer than any redelivery takes to come back."""
@@ -214,7 +214,7 @@ class JournalEntry:
 
     @property
     def was_applied(self) -> bool:
-        return self.outcome in ("applied", "unchanged")
+        return self.outcome in APPLIED_OUTCOMES
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,7 +379,7 @@ class SqlRecord(ABC):
             RecordUnavailable: the database is unreachable or busy.
         """
         for _key, _facts, outcome, _note in entries:
-            if outcome not in JOURNAL_OUTCOMES or outcome in ("applied", "unchanged"):
+            if outcome not in JOURNAL_OUTCOMES or outcome in APPLIED_OUTCOMES:
                 raise ValueError(f"journal_settled: {outcome!r} is not an outcome of a message that was not applied")
         stamp = time.time()
         rows = [(_text(key), stamp + n * 1e-6, *map(_text, facts), outcome, _text(note)) for n, (key, facts, outcome, note) in enumerate(entries)]
@@ -408,7 +408,7 @@ class SqlRecord(ABC):
         Raises:
             RecordUnavailable: the database is unreachable.
         """
-        counts = dict.fromkeys(sorted(JOURNAL_OUTCOMES), 0)
+        counts: dict[str, int] = dict.fromkeys(SETTLED_OUTCOMES, 0)
         for outcome, count in self._select("SELECT outcome, count(*) FROM helsebro_journal WHERE applied_at >= ? GROUP BY outcome", (since,)):
             if str(outcome) in counts:
                 counts[str(outcome)] = int(count)
@@ -432,7 +432,7 @@ class SqlRecord(ABC):
         if not (control_id or patient_key or sender or outcome or since is not None):
             raise ValueError("journal: give a control id, a patient key, a sender, an outcome or a time")
         if outcome is not None and outcome not in JOURNAL_OUTCOMES:
-            raise ValueError(f"journal: {outcome!r} is not one of {', '.join(sorted(JOURNAL_OUTCOMES))}")
+            raise ValueError(f"journal: {outcome!r} is not one of {', '.join(SETTLED_OUTCOMES)}")
         where: list[str] = []
         args: list[Any] = []
         for column, value in (("control_id", control_id), ("patient_key", patient_key), ("sender", sender), ("outcome", outcome)):

@@ -58,6 +58,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from router.cli._args import positive
+from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, RecordUnavailable
 from router.ops import AuditLog
 from router.ops.trail import Trail, find_messages
@@ -66,7 +67,6 @@ from router.settings import Settings, load_settings
 __all__ = ["register"]
 
 _SCAN_LIMIT = 10_000
-_OUTCOMES = ("applied", "unchanged", "duplicate", "filtered", "forwarded", "dead_lettered")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -86,7 +86,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--patient", metavar="NUMBER", help="The patient's fødselsnummer, D-nummer or FH-nummer (hashed, audited); - reads it from stdin.")
     p.add_argument("--patient-key", metavar="KEY", help="The patient's key as a log line or dead letter shows it (h:…; audited).")
     p.add_argument("--sender", metavar="S", help="Only this sender's messages in the journal (MSH-3@MSH-4 as logged); dead letters do not name their sender.")
-    p.add_argument("--outcome", choices=_OUTCOMES, help="Only messages with this outcome (or list them, newest first).")
+    p.add_argument("--outcome", choices=SETTLED_OUTCOMES, help="Only messages with this outcome (or list them, newest first).")
     p.add_argument("--since", type=_duration, metavar="AGE", help="Only messages settled within AGE: 90s, 15m, 2h, 7d.")
     p.add_argument("--limit", type=positive, default=100, metavar="N", help="At most N messages from the journal (default 100).")
     p.add_argument("--no-dlq", action="store_true", help="Search the record's journal only, not the dead-letter queues.")

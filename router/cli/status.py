@@ -63,6 +63,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.amqp.connection import open_connection
+from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, HelsebroError
 from router.ops import broker_location, browse, queue_stats, record_location, summarise
 from router.settings import Settings, load_settings
@@ -237,9 +238,6 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-_OUTCOME_ORDER = ("applied", "unchanged", "forwarded", "filtered", "duplicate", "dead_lettered")
-
-
 def _human(doc: dict[str, Any]) -> list[str]:
     xml = doc["xml_validation"]
     lines = format_table(
@@ -263,7 +261,7 @@ def _human(doc: dict[str, Any]) -> list[str]:
         lines += ["", "SETTLED: not known (the record cannot be read)"]
     else:
         minute, hour = doc["settled"]["last_minute"], doc["settled"]["last_hour"]
-        lines += ["", *format_table(("SETTLED", "LAST MINUTE", "LAST HOUR"), [(o.replace("_", "-"), minute[o], hour[o]) for o in _OUTCOME_ORDER], right=(1, 2))]
+        lines += ["", *format_table(("SETTLED", "LAST MINUTE", "LAST HOUR"), [(o.replace("_", "-"), minute[o], hour[o]) for o in SETTLED_OUTCOMES], right=(1, 2))]
     if doc["destinations"]:
         lines += ["", *format_table(("DESTINATION", "DELIVERED (24 H)", "WAITING", "RETRYING", "DEAD-LETTERED"),
                                     [(d["name"], d["delivered_24h"], d["waiting"], d["retrying"], d["dead_lettered"]) for d in doc["destinations"]], right=(1, 2, 3, 4))]

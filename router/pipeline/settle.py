@@ -44,7 +44,7 @@ import orjson
 
 from adapters.amqp.connection import wait_alive
 from adapters.amqp.inbound import ack_all
-from router.contracts import JournalFacts
+from router.contracts import APPLIED_OUTCOMES, SETTLED_OUTCOMES, JournalFacts, SettledOutcome
 from router.errors import MessageError, RecordUnavailable
 from router.pipeline._reply import reply
 
@@ -57,13 +57,14 @@ if TYPE_CHECKING:
 
 __all__ = ["InternalFailure", "Outcome", "Settle", "Settled", "applied_key", "dead_letter_headers"]
 
-Outcome = Literal["applied", "unchanged", "forwarded", "filtered", "dead_lettered", "duplicate"]
+Outcome = SettledOutcome
 """What became of one message: `forwarded` went only to destinations other than the record; `filtered` matched no route."""
 
 Stage = Literal["convert", "apply", "internal", "deliver", "render"]
 """Where a dead-lettered message failed."""
 
 _FIRST_RETRY_SECONDS = 0.5
+_NOT_APPLIED = frozenset(SETTLED_OUTCOMES) - APPLIED_OUTCOMES  # journalled by Settle, with a note
 _REPLAY_HEADER = "x-helsebro-replay-of"  # set by router/ops/deadletters.py on a replayed dead letter
 
 
@@ -311,7 +312,7 @@ class Settle:
         rows = [
             (f"{applied_key(m.conv)}|{m.outcome}", journal_facts(m.conv, self._elsewhere(m)), m.outcome, self._note(m))
             for m in flat
-            if m.outcome in ("duplicate", "filtered", "forwarded", "dead_lettered") and (m.conv.control_id or m.conv.patient_key)
+            if m.outcome in _NOT_APPLIED and (m.conv.control_id or m.conv.patient_key)
         ]
         if rows and (left_out := self._with_record(lambda: journal_settled(rows))):
             self._log.warning("journal_rows_left_out", count=left_out, why="the record's database refused a value of theirs")
