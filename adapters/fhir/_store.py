@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -190,6 +190,26 @@ APPLIED_RETENTION_SECONDS = 14 * 24 * 3600.0
 _PURGE_APPLIED_EVERY = 1000  # apply_batch calls with keys between purges
 _REMEMBER = "INSERT INTO helsebro_seen (key, seen_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET seen_at = excluded.seen_at"
 _FORGET_EVERY = 1000  # remember() calls between purges of expired keys
+
+
+def _storable(write: Callable[[Sequence[Any]], None], rows: Sequence[Any]) -> int:
+    """Write *rows* in one go; when the database refuses a value (UnstorableContent, which does not say whose),
+    each alone, leaving out those it refuses. Return how many were left out. For trails (the journal, the
+    duplicate window) that must never stop the engine over one message's value."""
+    if not rows:
+        return 0
+    try:
+        write(rows)
+        return 0
+    except UnstorableContent:
+        pass
+    left_out = 0
+    for row in rows:
+        try:
+            write([row])
+        except UnstorableContent:
+            left_out += 1
+    return left_out
 
 
 def _text(value: str) -> str:
@@ -383,22 +403,9 @@ class SqlRecord(ABC):
                 raise ValueError(f"journal_settled: {outcome!r} is not an outcome of a message that was not applied")
         stamp = time.time()
         rows = [(_text(key), stamp + n * 1e-6, *map(_text, facts), outcome, _text(note)) for n, (key, facts, outcome, note) in enumerate(entries)]
-        if not rows:
-            return 0
-        try:
-            self._write_many(_JOURNAL_SETTLED, rows)
-            return 0
-        except UnstorableContent:  # which row is not known: each alone
-            pass
-        left_out = 0
-        for row in rows:
-            try:
-                self._write_many(_JOURNAL_SETTLED, [row])
-            except UnstorableContent:
-                left_out += 1
-        return left_out
+        return _storable(lambda chunk: self._write_many(_JOURNAL_SETTLED, chunk), rows)
 
-    def _write_many(self, statement: str, rows: list[Any]) -> None:
+    def _write_many(self, statement: str, rows: Sequence[Any]) -> None:
         with self._lock, self._transaction([]) as db:
             db.execute_many(statement, rows)
 
@@ -508,16 +515,7 @@ class SqlRecord(ABC):
         Raises:
             RecordUnavailable: the database is unreachable or busy.
         """
-        if not keys:
-            return
-        try:
-            self._remember(keys, window_seconds)
-        except UnstorableContent:  # which key is not known: each alone
-            for key in keys:
-                try:
-                    self._remember([key], window_seconds)
-                except UnstorableContent:
-                    pass
+        _storable(lambda chunk: self._remember(chunk, window_seconds), keys)
 
     def _remember(self, keys: Sequence[str], window_seconds: float) -> None:
         now = time.time()
