@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
-def positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1 (a --limit, a --scan-limit)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
+def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from *low* up to *high* (no bound when None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("must be a whole number") from None
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}")
+        if value < low:
+            raise argparse.ArgumentTypeError("must not be negative" if low == 0 else f"must be at least {low}")
+        return value
+
+    return parse
+
+
+positive = whole_number(1)
+"""A whole number of at least 1 (a --limit, a --scan-limit)."""

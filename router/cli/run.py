@@ -18,6 +18,7 @@ import subprocess
 import sys
 from typing import Any
 
+from router.cli._args import whole_number
 from router.engine import Engine
 from router.logging import configure_logging, get_logger
 from router.settings import load_settings
@@ -30,7 +31,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("run", help="Run the engine: consume, convert, apply, forward, reply.", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--until-idle", type=_seconds, metavar="SECONDS", default=None, help="Exit 0 once the inbound queues have been empty for this many seconds (for scripts and tests).")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="Least severe log level to write (JSON lines on stderr).")
-    parser.add_argument("--workers", type=_count, default=1, metavar="N", help="Worker processes to run (default 1). Set broker.partitions to at least N on RabbitMQ, or the extra workers stand by.")
+    parser.add_argument("--workers", type=whole_number(1, 64), default=1, metavar="N", help="Worker processes to run (default 1). Set broker.partitions to at least N on RabbitMQ, or the extra workers stand by.")
     parser.add_argument("--worker-index", type=int, default=None, metavar="I", help="Run as worker I of --workers (0-based): take partitions k with k %% N == I first.")
     parser.set_defaults(func=_run)
 
@@ -39,13 +40,6 @@ def _seconds(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 64:
-        raise argparse.ArgumentTypeError("must be between 1 and 64")
     return value
 
 

@@ -63,6 +63,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.amqp.connection import open_connection
+from router.cli._args import whole_number
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, HelsebroError
 from router.ops import broker_location, browse, queue_stats, record_location, summarise
@@ -78,7 +79,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("status", help="Show queue depths, consumers, dead letters by reason, and where things are.", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="Print one JSON document (keys documented above) instead of a table.")
     parser.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS", help="Seconds between the two depth samples; 0 takes one sample and reports no change (default 1.0).")
-    parser.add_argument("--scan-limit", type=_count, default=_SCAN_LIMIT, metavar="N", help=f"Count reasons only when a dead-letter queue holds at most N messages (it is read whole); 0 skips it (default {_SCAN_LIMIT}).")
+    parser.add_argument("--scan-limit", type=whole_number(0), default=_SCAN_LIMIT, metavar="N", help=f"Count reasons only when a dead-letter queue holds at most N messages (it is read whole); 0 skips it (default {_SCAN_LIMIT}).")
     parser.set_defaults(func=_status)
 
 
@@ -89,16 +90,6 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError("must be a number of seconds") from None
     if not 0 <= value <= 60:
         raise argparse.ArgumentTypeError("must be between 0 and 60 seconds")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("must be a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must not be negative")
     return value
 
 

@@ -1,0 +1,24 @@
+"""The whole-number flags of every verb share one argparse type (router/cli/_args.py): one flag, one meaning, one message."""
+
+from __future__ import annotations
+
+import pytest
+
+from router.cli import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["status", "--scan-limit", "-1"], "--scan-limit: must not be negative"),
+        (["status", "--scan-limit", "x"], "--scan-limit: must be a whole number"),
+        (["run", "--workers", "65"], "--workers: must be between 1 and 64"),
+        (["run", "--workers", "0"], "--workers: must be between 1 and 64"),
+        (["find", "--limit", "0"], "--limit: must be at least 1"),
+        (["dlq", "list", "--limit", "1.5"], "--limit: must be a whole number"),
+    ],
+)
+def test_a_bad_whole_number_is_a_usage_error_naming_its_flag(capsys, argv, says):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
