@@ -185,6 +185,7 @@ _JOURNAL_SETTLED = (
 _JOURNAL_COLUMNS = "key, applied_at, control_id, sender, message_type, patient_key, resources, outcome, note, destinations"
 JOURNAL_OUTCOMES = frozenset(SETTLED_OUTCOMES)
 _APPLIED_AMONG = "WITH q (key) AS ({}) SELECT h.key FROM q JOIN helsebro_applied h ON h.key = q.key"
+_MARKED_AMONG = "WITH q (key) AS ({}) SELECT h.key, h.applied_at FROM q JOIN helsebro_applied h ON h.key = q.key"
 APPLIED_RETENTION_SECONDS = 14 * 24 * 3600.0
 """How long an applied message's key is kept: far longer than any redelivery takes to come back."""
 _PURGE_APPLIED_EVERY = 1000  # apply_batch calls with keys between purges
@@ -468,6 +469,17 @@ class SqlRecord(ABC):
             return set()
         with self._lock, self._transaction([]) as db:
             return {str(r[0]) for r in db.query_keys([(key,) for key in keys], 1, _APPLIED_AMONG)}
+
+    def marked_at(self, keys: Sequence[str]) -> dict[str, float]:
+        """Return when each of *keys* that is marked was marked (Unix time): `helsebro find` reads a destination's deliveries so.
+
+        Raises:
+            RecordUnavailable: the database is unreachable.
+        """
+        if not keys:
+            return {}
+        with self._lock, self._transaction([]) as db:
+            return {str(k): float(at) for k, at in db.query_keys([(key,) for key in dict.fromkeys(keys)], 1, _MARKED_AMONG)}
 
     def mark_applied(self, keys: Sequence[str]) -> None:
         """Mark *keys* applied elsewhere (an external server's delivery ledger).

@@ -27,11 +27,16 @@ person's trail, so it writes a `begin` and an `end` line to the audit log
 
 Each message also names the destinations besides the record its routes chose
 (none for one dead-lettered before it was forwarded: at convert, or refused by
-the record): a legacy queue got it when it settled unless it was dead-lettered at
-render there (the dead letter, with the same control id, is among the dead
-letters; a message not applied says so in its note too); an external FHIR server
-gets it from its own work queue, and a refusal shows among the dead letters
-(`helsebro status` counts what each server has delivered).
+the record), each with how far it got:
+  published      a legacy queue: the broker confirmed it there before the message settled
+  delivered      an external FHIR server accepted it (with when: its delivery ledger)
+  dead_lettered  refused there: its dead letter is among the dead letters (render, for a
+                 legacy queue; deliver, in the destination's own dead-letter queue)
+  pending        an external FHIR server has not accepted it yet: it waits in the work
+                 queue or is parked for a retry (a list, or --no-dlq, does not read the
+                 dead-letter queues: a dead letter then reads as pending)
+  unknown        a destination no longer in routes.yaml, or a message without a control id
+A sender that reuses a control id shows the first copy's delivery.
 
 `--json` prints `{"applied": [{"key", "applied_at", "sender", "control_id",
 "message_type", "patient_key", "outcome" (applied or unchanged), "destinations":
@@ -40,7 +45,8 @@ gets it from its own work queue, and a refusal shows among the dead letters
 "outcome" (duplicate, filtered, forwarded or dead_lettered), "destinations": [...],
 "note"}], "dead_letters": [{"queue", and the fields of `dlq list --json`}],
 "queues_read": [...], "queues_skipped": [{"queue", "why"}]}`; a destination is
-`{"name", "kind"}`, kind `queue`, `fhir`, or `unknown` (no longer in routes.yaml).
+`{"name", "kind", "state", "delivered_at"}`: kind `queue`, `fhir`, or `unknown` (no
+longer in routes.yaml), state as above, delivered_at null unless delivered.
 
 Exit 0 when something was found, 1 when nothing was (or the record or the
 audit log failed), 2 for a usage error (no search given; a --patient that is not
@@ -55,13 +61,16 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router.cli._args import positive
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, RecordUnavailable
 from router.ops import AuditLog
 from router.ops.trail import Trail, find_messages
+
+if TYPE_CHECKING:
+    from adapters.fhir.record import JournalEntry
 from router.settings import Settings, load_settings
 
 __all__ = ["register"]
@@ -138,8 +147,7 @@ def _find(args: argparse.Namespace) -> int:
         return _fail(f"audit log {settings.data_dir / 'audit.log'}: {exc}")
     for queue, why in trail.queues_skipped:
         print(f"helsebro find: dead letters in {queue} not searched: {why}", file=sys.stderr)
-    kinds = _destination_kinds(settings)
-    print(json.dumps(_as_json(trail, kinds), ensure_ascii=False, indent=2) if args.json else _as_text(trail, kinds))
+    print(json.dumps(_as_json(trail), ensure_ascii=False, indent=2) if args.json else _as_text(trail))
     return 0 if trail.found else 1
 
 
@@ -167,26 +175,22 @@ def _when(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def _destination_kinds(settings: Settings) -> dict[str, str]:
-    """Each configured destination's kind (queue, fhir, record), by name."""
-    return {name: getattr(d, "kind", "unknown") for name, d in settings.routes.destinations.items()}
+def _destinations(trail: Trail, entry: JournalEntry) -> list[dict[str, Any]]:
+    return [{"name": h.name, "kind": h.kind, "state": h.state, "delivered_at": _when(h.at) if h.at is not None else None}
+            for h in trail.handovers_of(entry)]
 
 
-def _destinations(names: tuple[str, ...], kinds: dict[str, str]) -> list[dict[str, str]]:
-    return [{"name": n, "kind": kinds.get(n, "unknown")} for n in names]
-
-
-def _as_json(trail: Trail, kinds: dict[str, str]) -> dict[str, Any]:
+def _as_json(trail: Trail) -> dict[str, Any]:
     return {
         "applied": [
             {"key": e.key, "applied_at": _when(e.applied_at), "sender": e.sender, "control_id": e.control_id, "message_type": e.message_type,
-             "patient_key": e.patient_key, "outcome": e.outcome, "destinations": _destinations(e.destinations, kinds),
+             "patient_key": e.patient_key, "outcome": e.outcome, "destinations": _destinations(trail, e),
              "resources": [{"type": t, "id": i, "version": v, "outcome": o} for t, i, v, o in e.resources]}
             for e in trail.applied
         ],
         "not_applied": [
             {"key": e.key, "settled_at": _when(e.applied_at), "sender": e.sender, "control_id": e.control_id, "message_type": e.message_type,
-             "patient_key": e.patient_key, "outcome": e.outcome, "destinations": _destinations(e.destinations, kinds), "note": e.note}
+             "patient_key": e.patient_key, "outcome": e.outcome, "destinations": _destinations(trail, e), "note": e.note}
             for e in trail.not_applied
         ],
         "dead_letters": [{"queue": queue, **letter.summary()} for queue, letter in trail.dead_letters],
@@ -195,24 +199,26 @@ def _as_json(trail: Trail, kinds: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _routed(e: Any, kinds: dict[str, str]) -> list[str]:
-    if not e.destinations:
+def _routed(trail: Trail, e: JournalEntry) -> list[str]:
+    handovers = trail.handovers_of(e)
+    if not handovers:
         return []
-    return ["      also to: " + ", ".join(f"{d['name']} ({d['kind']})" for d in _destinations(e.destinations, kinds))]
+    return ["      also to: " + ", ".join(f"{h.name} ({h.kind}): {h.state.replace('_', '-')}{f' {_when(h.at)}' if h.at is not None else ''}"
+                                       for h in handovers)]
 
 
-def _as_text(trail: Trail, kinds: dict[str, str]) -> str:
+def _as_text(trail: Trail) -> str:
     lines = [f"applied ({len(trail.applied)}, newest first):" if trail.applied else "applied: none in the record's journal"]
     for e in trail.applied:
         lines.append(f"  {_when(e.applied_at)}  {e.sender or '-'}  {e.control_id or '-'}  {e.message_type or '-'}  patient {e.patient_key or '-'}")
         lines += [f"      {t}/{i}/_history/{v}  {o}" for t, i, v, o in e.resources]
-        lines += _routed(e, kinds)
+        lines += _routed(trail, e)
     if trail.not_applied:
         lines.append(f"not applied ({len(trail.not_applied)}, newest first):")
         for e in trail.not_applied:
             lines.append(f"  {_when(e.applied_at)}  {e.sender or '-'}  {e.control_id or '-'}  {e.message_type or '-'}  patient {e.patient_key or '-'}")
             lines.append(f"      {e.note or e.outcome}")
-            lines += _routed(e, kinds)
+            lines += _routed(trail, e)
     if trail.dead_letters:
         lines.append(f"dead letters ({len(trail.dead_letters)}):")
         for queue, d in trail.dead_letters:

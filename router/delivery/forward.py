@@ -26,15 +26,20 @@ if TYPE_CHECKING:
     from router.routing.match import Decision
     from router.settings import Settings
 
-__all__ = ["Forwarder", "forward_id"]
+__all__ = ["Forwarder", "forward_id", "forward_id_of"]
 
 
 def forward_id(conv: Converted, destination: str) -> str:
     """Return the message id every copy of *conv* sent to *destination* carries."""
-    basis = f"{conv.sender or ''}|{conv.control_id or ''}|{destination}".encode()
-    if not conv.control_id:
-        basis += b"|" + hashlib.blake2b(conv.raw, digest_size=16).digest()
+    if conv.control_id:
+        return forward_id_of(conv.sender or "", conv.control_id, destination)
+    basis = f"{conv.sender or ''}||{destination}".encode() + b"|" + hashlib.blake2b(conv.raw, digest_size=16).digest()
     return hashlib.blake2b(basis, digest_size=16).hexdigest()
+
+
+def forward_id_of(sender: str, control_id: str, destination: str) -> str:
+    """The id forward_id gives a message with a control id, from what the journal keeps of it (`helsebro find`)."""
+    return hashlib.blake2b(f"{sender}|{control_id}|{destination}".encode(), digest_size=16).hexdigest()
 
 
 class Forwarder:

@@ -20,7 +20,8 @@ and dead-letters it as `internal error: <type>`.
 An external server cannot take a delivery mark in its own transaction, so a
 ledger in the record's database (`applied`/`mark_applied`, key
 `dest|<name>|<message id>|<hash of the content>`) stands in: written once the server has answered, before the ack, and
-read before sending. A redelivery after a kill or a lost ack (the broker went
+read before sending, with a second mark without the hash (`delivered_key`) by
+which `helsebro find` tells an operator when the message reached the server. A redelivery after a kill or a lost ack (the broker went
 away) is then acked without being sent again, so an older Bundle never lands
 on top of a newer one. What remains is the moment between the server's answer
 and the ledger's commit: a kill -9 exactly there sends the message once more.
@@ -50,10 +51,19 @@ if TYPE_CHECKING:
     from router.routing.model import FhirDestination
     from router.settings import Settings
 
-__all__ = ["DestinationStats", "DestinationWorker", "split_partitions"]
+__all__ = ["DestinationStats", "DestinationWorker", "delivered_key", "split_partitions"]
 
 _POLL_SECONDS = 0.2
 _PREFETCH = 20
+
+
+def delivered_key(destination: str, message_id: str) -> str:
+    """The ledger's mark that *destination*'s server accepted the message *message_id* (router.delivery.forward.forward_id).
+
+    One per message id, whatever its content: `helsebro find` derives the id from a journal
+    row (sender, control id, destination) and reads when the mark was written.
+    """
+    return f"sent|{destination}|{message_id}"
 
 
 def split_partitions(partitions: int, worker_index: int | None, workers: int) -> tuple[list[int], list[int]]:
@@ -206,6 +216,7 @@ class DestinationWorker:
         wait = 0.5
         # The content's hash too: a sender reusing a control id for new content makes a new message.
         key = f"dest|{self.name}|{d.message_id}|{hashlib.blake2b(d.body, digest_size=12).hexdigest()}" if d.message_id else None
+        marks = [key, delivered_key(self.name, d.message_id)] if key is not None and d.message_id else []
         if key is not None:
             sent = self._with_ledger(lambda: key in self._ledger.applied([key]))
             if sent is None:
@@ -218,7 +229,7 @@ class DestinationWorker:
         while True:
             try:
                 self._client.apply(orjson.loads(d.body))
-                if key is not None and self._with_ledger(lambda: self._ledger.mark_applied([key]) or True) is None:
+                if marks and self._with_ledger(lambda: self._ledger.mark_applied(marks) or True) is None:
                     return False  # stopping: it comes again, and is sent again (the same, latest Bundle)
                 self.stats.applied += 1
                 d.ack()

@@ -7,6 +7,14 @@ the record, dead-lettered) with a note saying why) and the dead-letter queues (e
 refused message still waiting there, with its reason). A message in neither never
 settled: it is still queued, or it never arrived.
 
+For each destination besides the record a message was routed to, a third place
+says how far it got: a legacy queue had it confirmed by the broker before the
+message settled (unless a render dead letter for that destination is found); an
+external FHIR server's delivery ledger marks when the server accepted it
+(router.delivery.worker.delivered_key), else its dead letter is found in the
+destination's dead-letter queue, else it is still pending (in the work queue, or
+parked for a retry).
+
 Everything here is safe to show: control ids, senders, hashed patient keys,
 resource ids and reasons; never a body, a national id or a name.
 """
@@ -14,7 +22,7 @@ resource ids and reasons; never a body, a national id or a name.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from adapters.fhir.record import JournalEntry, open_record
 from router.ops.deadletters import DeadLetter, browse
@@ -25,7 +33,21 @@ if TYPE_CHECKING:
 
     from router.settings import Settings
 
-__all__ = ["Trail", "find_messages"]
+__all__ = ["Handover", "HandoverState", "Trail", "find_messages"]
+
+
+HandoverState = Literal["published", "delivered", "dead_lettered", "pending", "unknown"]
+"""How far a message got at one destination besides the record (see the module's docstring)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """One destination a journalled message was routed to besides the record, and how far it got there."""
+
+    name: str
+    kind: str  # queue, fhir, or unknown (no longer in routes.yaml)
+    state: HandoverState
+    at: float | None = None  # Unix time the server accepted it (delivered)
 
 
 @dataclass(slots=True)
@@ -37,6 +59,11 @@ class Trail:
     listed: bool = False  # a list by outcome, sender or time: the dead-letter queues are not searched
     queues_read: list[str] = field(default_factory=list)
     queues_skipped: list[tuple[str, str]] = field(default_factory=list)  # (queue, why): unreadable, or longer than the scan limit
+    handovers: dict[str, list[Handover]] = field(default_factory=dict)  # journal key → its destinations besides the record
+
+    def handovers_of(self, entry: JournalEntry) -> list[Handover]:
+        """The destinations besides the record *entry* was routed to, each with how far it got."""
+        return self.handovers.get(entry.key, [])
 
     @property
     def applied(self) -> list[JournalEntry]:
@@ -76,14 +103,63 @@ def find_messages(
         ValueError: no criterion, or an unknown outcome.
         RecordUnavailable: the record cannot be reached.
     """
+    kinds = {name: str(getattr(d, "kind", "unknown")) for name, d in settings.routes.destinations.items()}
     record = open_record(settings)
     try:
         trail = Trail(journal=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, outcome=outcome, since=since, limit=limit))
+        marks = _delivery_marks(trail.journal, kinds)
+        delivered = record.marked_at(list(marks.values())) if marks else {}
     finally:
         record.close()
     trail.listed = not (control_id or patient_key)
-    if connection is None or trail.listed or outcome not in (None, "dead_lettered"):
-        return trail
+    if connection is not None and not trail.listed and outcome in (None, "dead_lettered"):
+        _read_dead_letters(trail, settings, connection, control_id, patient_key, scan_limit)
+    trail.handovers = _handovers(trail, kinds, marks, delivered, settings.engine.broker.names.destination_prefix)
+    return trail
+
+
+def _delivery_marks(journal: list[JournalEntry], kinds: dict[str, str]) -> dict[tuple[str, str], str]:
+    """(journal key, destination) → the ledger mark of its delivery, for each external FHIR destination of a message with a control id."""
+    from router.delivery.forward import forward_id_of
+    from router.delivery.worker import delivered_key
+
+    return {
+        (e.key, d): delivered_key(d, forward_id_of(e.sender, e.control_id, d))
+        for e in journal if e.control_id
+        for d in e.destinations if kinds.get(d) == "fhir"
+    }
+
+
+def _handovers(trail: Trail, kinds: dict[str, str], marks: dict[tuple[str, str], str], delivered: dict[str, float],
+               prefix: str) -> dict[str, list[Handover]]:
+    from router.delivery.forward import forward_id_of
+
+    letters = [(queue, d) for queue, d in trail.dead_letters]
+    out: dict[str, list[Handover]] = {}
+    for e in trail.journal:
+        found: list[Handover] = []
+        for name in e.destinations:
+            kind = kinds.get(name, "unknown")
+            if kind == "queue":
+                rendered = not any(d.stage == "render" and d.control_id == e.control_id and d.headers.get("x-helsebro-destination") == name
+                                   for _q, d in letters)
+                found.append(Handover(name, kind, "published" if rendered else "dead_lettered"))
+            elif kind == "fhir" and (mark := marks.get((e.key, name))) is not None:
+                if mark in delivered:
+                    found.append(Handover(name, kind, "delivered", delivered[mark]))
+                    continue
+                letter_id = forward_id_of(e.sender, e.control_id, name)
+                waiting = any(q == f"{prefix}.{name}.dlq" and d.id == letter_id for q, d in letters)
+                found.append(Handover(name, kind, "dead_lettered" if waiting else "pending"))
+            else:
+                found.append(Handover(name, kind, "unknown"))
+        if found:
+            out[e.key] = found
+    return out
+
+
+def _read_dead_letters(trail: Trail, settings: Settings, connection: Connection, control_id: str | None, patient_key: str | None,
+                       scan_limit: int) -> None:
     from adapters.amqp.connection import queue_depth
     from router.errors import BrokerUnavailable
 
@@ -99,7 +175,6 @@ def find_messages(
             continue
         trail.queues_read.append(queue)
         trail.dead_letters += [(queue, d) for d in letters if _matches(d, control_id, patient_key)]
-    return trail
 
 
 def _matches(letter: DeadLetter, control_id: str | None, patient_key: str | None) -> bool:

@@ -215,7 +215,8 @@ class TestWhatWasNotApplied:
         assert outcomes["N1"][0] == "duplicate" and "within the last 3600 s" in outcomes["N1"][1]
         assert outcomes["N2"] == ("forwarded", "forwarded to lab (not to the record)")
         routed_to = {m["control_id"]: m["destinations"] for m in doc["applied"] + doc["not_applied"]}
-        assert routed_to["N2"] == [{"name": "lab", "kind": "queue"}] and routed_to["N3"] == [] and doc["applied"][0]["destinations"] == []
+        assert routed_to["N2"] == [{"name": "lab", "kind": "queue", "state": "published", "delivered_at": None}]
+        assert routed_to["N3"] == [] and doc["applied"][0]["destinations"] == []
         assert outcomes["N3"] == ("filtered", "filtered: no route matched (not applied, not forwarded)")
         assert {m["patient_key"] for m in doc["applied"] + doc["not_applied"]} == {doc["applied"][0]["patient_key"]}
         assert all(m["settled_at"].endswith("Z") for m in doc["not_applied"])
@@ -223,7 +224,7 @@ class TestWhatWasNotApplied:
         assert (end["applied"], end["not_applied"]) == (1, 3)
         code, text, _ = _find(capsys, "--patient", GOOD_FNR, "--no-dlq")
         assert "not applied (3, newest first):" in text and "      duplicate: its sender's control id was settled within" in text
-        assert "      forwarded to lab (not to the record)\n      also to: lab (queue)" in text
+        assert "      forwarded to lab (not to the record)\n      also to: lab (queue): published" in text
         assert GOOD_FNR not in out + text
 
     def test_a_list_by_outcome_and_time_reads_the_journal_only(self, routed, capsys):
@@ -293,6 +294,9 @@ class TestWhatWasNotApplied:
         notes = {m["control_id"]: (m["outcome"], m["note"]) for m in json.loads(out)["not_applied"]}
         why = "dead-lettered (render) for lab at MSH-9: no outbound hl7v2 mapping serves ADT^A13"
         assert notes == {"R1": ("dead_lettered", why), "R2": ("forwarded", f"forwarded to raw (not to the record); {why}")}
+        code, out, _ = _find(capsys, "--patient", GOOD_FNR, "--json")  # the dead letters read: each says where it failed
+        states = {m["control_id"]: [(d["name"], d["state"]) for d in m["destinations"]] for m in json.loads(out)["not_applied"]}
+        assert states == {"R1": [("lab", "dead_lettered")], "R2": [("lab", "dead_lettered"), ("raw", "published")]}
 
     def test_a_batch_settled_again_after_a_stop_keeps_its_outcome(self, exported, capsys):
         """The engine stops while the record cannot take the journal rows: the batch is not acked and comes again. The
@@ -347,11 +351,66 @@ class TestDestinations:
         doc = json.loads(out)
         assert code == 0
         [applied] = doc["applied"]
-        assert applied["destinations"] == [{"name": "ekstern", "kind": "fhir"}]
+        assert applied["destinations"] == [{"name": "ekstern", "kind": "fhir", "state": "dead_lettered", "delivered_at": None}]
         [letter] = doc["dead_letters"]
         assert letter["queue"].endswith(".ekstern.dlq") and letter["control_id"] == "E1"
         code, text, _ = _find(capsys, "--control-id", "E1")
-        assert "      also to: ekstern (fhir)" in text
+        assert "      also to: ekstern (fhir): dead-lettered" in text
+        code, text, _ = _find(capsys, "--control-id", "E1", "--no-dlq")  # the dead letters not read: not delivered, and no more known
+        assert "      also to: ekstern (fhir): pending" in text
+
+    def test_each_message_says_whether_the_external_server_has_it(self, with_destination, scripted_fhir, capsys):
+        """The server accepts the first Bundle and refuses the second: `find` says the first was delivered, and when, from the
+        destination's ledger, and the second dead-lettered. Once the operator replays the letter and the server takes it,
+        the second reads delivered too."""
+        server = scripted_fhir(take=1)
+        publish(with_destination, [adt_message("A01", control_id=f"D{n}", fnr=GOOD_FNR, local_id="L1", visit=f"V{n}") for n in (1, 2)])
+        handle = run_engine_in_thread(with_destination, logger=QuietLogger(), destination_clients={"ekstern": server})
+        try:
+            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="the second refused")
+        finally:
+            handle.stop()
+        code, out, _ = _find(capsys, "--patient", GOOD_FNR, "--json")
+        assert code == 0
+        states = {m["control_id"]: m["destinations"] for m in json.loads(out)["applied"]}
+        [first], [second] = states["D1"], states["D2"]
+        assert (first["state"], second["state"]) == ("delivered", "dead_lettered")
+        assert first["delivered_at"].endswith("Z") and second["delivered_at"] is None
+        code, text, _ = _find(capsys, "--control-id", "D1")
+        assert f"      also to: ekstern (fhir): delivered {first['delivered_at']}" in text
+        [letter] = json.loads(_find(capsys, "--control-id", "D2", "--json")[1])["dead_letters"]
+        assert main(["dlq", "replay", letter["id"], "--queue", letter["queue"], "--yes"]) == 0
+        server.refusing = False
+        handle = run_engine_in_thread(with_destination, logger=QuietLogger(), destination_clients={"ekstern": server})
+        try:
+            wait_until(lambda: len(server.applied) == 2, 60, what="the replayed letter delivered")
+        finally:
+            handle.stop()
+        [entry] = json.loads(_find(capsys, "--control-id", "D2", "--json")[1])["applied"]
+        assert [d["state"] for d in entry["destinations"]] == ["delivered"]
+
+    def test_a_message_the_server_has_not_taken_yet_is_pending(self, with_destination, capsys):
+        """The server is down (every call fails for now): the message waits in its work queue (strict order), and `find`
+        says so, with no dead letter and no delivery time."""
+        from router.errors import RecordUnavailable
+
+        class Down:
+            calls = 0
+
+            def apply(self, _bundle):
+                Down.calls += 1
+                raise RecordUnavailable("connection refused")
+
+        publish(with_destination, [adt_message("A01", control_id="P1", fnr=GOOD_FNR, local_id="L1", visit="V1")])
+        handle = run_engine_in_thread(with_destination, logger=QuietLogger(), destination_clients={"ekstern": Down()})
+        try:
+            wait_until(lambda: Down.calls >= 1 and handle.stats.applied == 1, 60, what="applied, and the server tried")
+        finally:
+            handle.stop()
+        code, out, _ = _find(capsys, "--control-id", "P1", "--json")
+        doc = json.loads(out)
+        assert code == 0 and doc["dead_letters"] == []
+        assert doc["applied"][0]["destinations"] == [{"name": "ekstern", "kind": "fhir", "state": "pending", "delivered_at": None}]
 
     def test_a_message_the_record_refused_names_no_destination_it_never_reached(self, exported, capsys):
         """Routed to the record and a legacy queue, an A45 the record refuses is dead-lettered at apply and not forwarded:

@@ -360,6 +360,19 @@ class TestJournal:
         assert [e.control_id for e in record.journal(patient_key="h:patient-1")] == ["C2"]
         assert record.applied(["m1", "m2"]) == {"m2"}
 
+    def test_a_mark_says_when_it_was_written(self, record, monkeypatch):
+        """marked_at: the time each marked key was written, by mark_applied or apply_batch; keys never marked are absent,
+        a key asked twice is answered once."""
+        import adapters.fhir._store as store
+
+        clock = [1_700_000_000.0]
+        monkeypatch.setattr(store.time, "time", lambda: clock[0])
+        record.mark_applied(["sent|lab|a", "dest|lab|a|h"])
+        clock[0] += 60
+        record.apply_batch([admission()], ["m1"], [self.FACTS])
+        assert record.marked_at(["sent|lab|a", "m1", "sent|lab|b", "sent|lab|a"]) == {"sent|lab|a": 1_700_000_000.0, "m1": 1_700_000_060.0}
+        assert record.marked_at([]) == {}
+
     def test_the_purges_read_by_age_not_the_whole_table(self, tmp_path):
         """The purge runs inside an apply transaction: SQLite's plan for it uses the applied_at indexes (a scan of 14 days
         of keys took 267 ms per 2 million rows, with the writers' lock held)."""
