@@ -6,6 +6,7 @@ HelsebroError
 ├── MessageError         this message cannot succeed: dead-letter, never retry
 │   ├── DecodeError      not a message (charset, delimiters, XML, framing)
 │   ├── UnknownMessage   no mapping for this structure or sender
+│   │   └── NoMapping    read, but no mapping serves it: a passthrough route may still forward it
 │   ├── InvalidContent   well formed but wrong (check digit, XSD, required element)
 │   │   └── InvalidNationalId  a number declared a national id is not one
 │   └── Refused          a destination rejected it for good
@@ -60,6 +61,14 @@ class UnknownMessage(MessageError):
     """No mapping handles this message structure or sender."""
 
     issue_code = "not-supported"
+
+
+class NoMapping(UnknownMessage):
+    """The message was read (header, sender, type), but no mapping serves its structure or event.
+
+    It has no Bundle, so it can reach no destination that needs one; routes whose every
+    destination takes the original bytes (passthrough) still forward it (router.routing.match).
+    """
 
 
 class InvalidContent(MessageError):

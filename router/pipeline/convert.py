@@ -12,7 +12,7 @@ from typing import Any
 from adapters.hl7v2.decode import BatchShortfall, check_batch_counts, decode, split_messages
 from adapters.hl7v2.paths import Scope, compile_path
 from router.contracts import Converted
-from router.errors import InvalidContent, MessageError, UnknownMessage
+from router.errors import InvalidContent, MessageError, NoMapping
 from router.logging import phi_hash
 from router.mapping import FnContext, MappingSet, run_mapping
 from router.mapping.runtime import identifier_query
@@ -81,10 +81,10 @@ class Converter:
         item.message_type = h.message_type
         mm = self.mappings.for_sender(h.sending_application, h.sending_facility).find(h.message_code, h.trigger_event, h.structure)
         if mm is None:
-            raise UnknownMessage(f"no mapping for message type {h.message_type or '(empty)'} structure {h.structure or '(empty)'}", location="MSH-9")
+            raise NoMapping(f"no mapping for message type {h.message_type or '(empty)'} structure {h.structure or '(empty)'}", location="MSH-9")
         item.structure = mm.structure
         if mm.events and h.trigger_event and h.trigger_event not in mm.events:
-            raise UnknownMessage(f"mapping {mm.structure} does not cover event {h.trigger_event}", location="MSH-9.2")
+            raise NoMapping(f"mapping {mm.structure} does not cover event {h.trigger_event}", location="MSH-9.2")
         decoded.message.structure = mm.structure
         if mm.out_of_place:
             _refuse_out_of_place(decoded.message, mm)

@@ -45,7 +45,7 @@ import orjson
 from adapters.amqp.connection import wait_alive
 from adapters.amqp.inbound import ack_all
 from router.contracts import APPLIED_OUTCOMES, SETTLED_OUTCOMES, JournalFacts, SettledOutcome
-from router.errors import MessageError, RecordUnavailable
+from router.errors import MessageError, NoMapping, RecordUnavailable
 from router.pipeline._reply import reply
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ def dead_letter_headers(
 class _Msg:
     """One message of the batch while it settles."""
 
-    __slots__ = ("conv", "decision", "dup_key", "error", "outcome", "replayed", "stage", "unrendered")
+    __slots__ = ("as_received", "conv", "decision", "dup_key", "error", "outcome", "replayed", "stage", "unrendered")
 
     def __init__(self, conv: Converted, *, replayed: bool = False) -> None:
         self.conv = conv
@@ -126,6 +126,7 @@ class _Msg:
         self.outcome: Outcome | None = None
         self.dup_key: str | None = None
         self.unrendered: list[tuple[str, MessageError]] = []  # (destination, why): dead-lettered at stage render by the Forwarder
+        self.as_received = False  # no mapping serves it, and its routes forward it as received (passthrough only)
 
 
 def applied_key(conv: Converted) -> str:
@@ -194,6 +195,7 @@ class Settle:
         """
         msgs = [[_Msg(c, replayed=_REPLAY_HEADER in d.headers) for c in results] for d, results in items]
         flat = [m for group in msgs for m in group]
+        self._route_unmapped(flat)
         self._find_duplicates(flat)
         for m in flat:
             if m.outcome is None and m.error is None and m.conv.bundle is not None:
@@ -210,6 +212,17 @@ class Settle:
         ms = round((time.monotonic() - started) * 1000, 2)
         return [[self._settled(m, ms) for m in group] for group in msgs]
 
+    def _route_unmapped(self, flat: list[_Msg]) -> None:
+        """A message no mapping serves is forwarded as received when its routes send it only to passthrough queues
+        (a legacy system that still reads a message type the record does not take); otherwise it stays refused."""
+        if self._router is None or self._forwarder is None:
+            return
+        for m in flat:
+            if isinstance(m.error, NoMapping) and m.conv.header is not None:
+                decision = self._router.decide_unmapped(m.conv)
+                if decision is not None:
+                    m.decision, m.error, m.as_received = decision, None, True
+
     def _find_duplicates(self, flat: list[_Msg]) -> None:
         keys: list[str] = []
         for m in flat:
@@ -218,7 +231,7 @@ class Settle:
                 if self._answered_before(conv):
                     m.outcome, m.error = "duplicate", None
                 continue
-            if self._window > 0 and conv.ok and conv.control_id:
+            if self._window > 0 and (conv.ok or m.as_received) and conv.control_id:
                 m.dup_key = f"hl7|{conv.sender or ''}|{conv.control_id}"
                 if not m.replayed:
                     keys.append(m.dup_key)
@@ -275,7 +288,7 @@ class Settle:
             if conv.format != "kith":
                 reply(self._publisher, conv, None, apprec_prefix=self._apprec_prefix)
             return
-        if m.error is None and m.conv.bundle is None:
+        if m.error is None and m.conv.bundle is None and not m.as_received:
             m.error = MessageError("message produced no Bundle")
         if m.error is not None:
             oo = conv.outcome() if m.stage == "convert" else _outcome_for(m.error)
@@ -329,7 +342,8 @@ class Settle:
             f"dead-lettered (render) for {name}{f' at {exc.location}' if exc.location else ''}: {exc.reason}" for name, exc in m.unrendered)
         if m.outcome == "forwarded" and m.decision is not None:
             failed = {name for name, _exc in m.unrendered}
-            forwarded = "forwarded to " + ", ".join(d for d in m.decision.destinations if d not in failed) + " (not to the record)"
+            to = ", ".join(d for d in m.decision.destinations if d not in failed)
+            forwarded = f"forwarded as received to {to} (no mapping serves it: not to the record)" if m.as_received else f"forwarded to {to} (not to the record)"
             return f"{forwarded}; {unrendered}" if unrendered else forwarded
         if m.outcome == "dead_lettered" and m.error is not None:
             where = f" at {m.error.location}" if m.error.location else ""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from router.errors import ConfigError, MessageError
 from router.mapping.conditions import ConditionSyntaxError, compile_condition
-from router.routing.model import OnFailure, Route, RoutesConfig
+from router.routing.model import OnFailure, QueueDestination, Route, RoutesConfig
 
 if TYPE_CHECKING:
     from router.contracts import Converted
@@ -120,6 +120,19 @@ class Router:
                     if c.route.on_failure is not None:
                         overrides.append((d, c.route.on_failure))
         return Decision(tuple(names), tuple(dests), tuple(overrides))
+
+    def decide_unmapped(self, conv: Converted) -> Decision | None:
+        """Where a message no mapping serves (NoMapping) goes: the matching routes' decision when every destination in it
+        takes the original bytes (a `passthrough` queue), else None (it needs a Bundle somewhere, or no route took it).
+
+        Such a message has no Bundle and no patient; its header (type, event, sender,
+        receiver) and its own content (`when:`) are matched as any message's are.
+        """
+        decision = self.decide(conv)
+        dests = self._config.destinations
+        if decision.filtered or not all(isinstance(d := dests.get(name), QueueDestination) and d.format == "passthrough" for name in decision.destinations):
+            return None
+        return decision
 
     def _matches(self, c: _Compiled, conv: Converted, scope: list[Any]) -> bool:
         m = c.route.match
