@@ -21,6 +21,7 @@ import gc
 import threading
 import time
 import traceback
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,11 +43,13 @@ if TYPE_CHECKING:
     from router.contracts import Converted, Record
     from router.settings import Settings
 
-__all__ = ["Engine", "EngineStats", "freeze_long_lived"]
+__all__ = ["SETTLE_LATENCY_BOUNDS", "Engine", "EngineStats", "freeze_long_lived"]
 
 _POLL_SECONDS = 0.2
 _FIRST_RECONNECT_SECONDS = 0.5
 _COUNTER = {"duplicate": "duplicates"}  # outcome -> EngineStats field, where the names differ
+SETTLE_LATENCY_BOUNDS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds (seconds) of EngineStats' settle-latency buckets; one more bucket counts the rest (+Inf)."""
 _GC_YOUNG = 10_000  # allocations between young-generation collections, once frozen (see freeze_long_lived)
 
 
@@ -86,12 +89,24 @@ class EngineStats:
     batches: int = 0
     intake_forwarded: int = 0
     idle_since: float = field(default_factory=time.monotonic)
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(SETTLE_LATENCY_BOUNDS) + 1))  # per bucket, not cumulative
+    latency_sum: float = 0.0  # seconds, over every message counted
 
     def count(self, settled: Settled) -> None:
-        """Add one settled message."""
+        """Add one settled message, and its batch's time to settle to the histogram (router/ops/metrics.py)."""
         self.messages += 1
         name = _COUNTER.get(settled.outcome, settled.outcome)
         setattr(self, name, getattr(self, name) + 1)
+        seconds = settled.ms / 1000
+        self.latency_buckets[bisect_left(SETTLE_LATENCY_BOUNDS, seconds)] += 1
+        self.latency_sum += seconds
+
+    def settled_count(self, outcome: str) -> int:
+        """How many messages settled with *outcome* (one of router.contracts.SETTLED_OUTCOMES)."""
+        return int(getattr(self, _COUNTER.get(outcome, outcome)))
+
+    def idle_seconds(self) -> float:
+        return time.monotonic() - self.idle_since
 
 
 class Engine:

@@ -7,6 +7,13 @@ takes the partitions k with k % N == i first and the others as a standby, so
 one RabbitMQ and one PostgreSQL serve them all with per-patient order kept.
 Several `helsebro run` processes on several hosts work the same way: give each
 its `--worker-index` and the same `--workers`. The loop itself is router/engine.py's.
+
+`--metrics-port P` serves the worker's counters at http://HOST:P/metrics in
+Prometheus' text format (router/ops/metrics.py: messages settled by outcome,
+deliveries, batches, reconnects, the time batches take to settle, and each
+queued destination's results), on `--metrics-host` (127.0.0.1 unless given:
+open it to a scraper on purpose). With `--workers N`, worker i serves on P + i.
+A port that cannot be bound stops the worker before it consumes (exit 1).
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="Least severe log level to write (JSON lines on stderr).")
     parser.add_argument("--workers", type=whole_number(1, 64), default=1, metavar="N", help="Worker processes to run (default 1). Set broker.partitions to at least N on RabbitMQ, or the extra workers stand by.")
     parser.add_argument("--worker-index", type=int, default=None, metavar="I", help="Run as worker I of --workers (0-based): take partitions k with k %% N == I first.")
+    parser.add_argument("--metrics-port", type=whole_number(0, 65535), default=None, metavar="P",
+                        help="Serve Prometheus metrics at http://HOST:P/metrics (worker i of --workers N on P + i).")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST", help="Address the metrics listen on (default 127.0.0.1).")
     parser.set_defaults(func=_run)
 
 
@@ -64,7 +74,23 @@ def _run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    engine.run(until_idle=args.until_idle)
+    metrics = None
+    if args.metrics_port is not None:
+        from router.ops.metrics import MetricsServer
+
+        port = args.metrics_port + (args.worker_index or 0) if args.metrics_port else 0
+        try:
+            metrics = MetricsServer(engine, host=args.metrics_host, port=port)
+        except OSError as exc:
+            print(f"helsebro run: cannot serve metrics on {args.metrics_host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        metrics.start()
+        logger.info("metrics_serving", host=args.metrics_host, port=metrics.port)
+    try:
+        engine.run(until_idle=args.until_idle)
+    finally:
+        if metrics is not None:
+            metrics.stop()
     return 0
 
 
@@ -73,6 +99,8 @@ def _supervise(args: argparse.Namespace) -> int:
     base = [sys.executable, "-m", "router.cli", "run", "--workers", str(args.workers), "--log-level", args.log_level]
     if args.until_idle is not None:
         base += ["--until-idle", str(args.until_idle)]
+    if args.metrics_port is not None:
+        base += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host]
     children = [subprocess.Popen([*base, "--worker-index", str(i)], env=os.environ.copy()) for i in range(args.workers)]
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -1,0 +1,163 @@
+"""`helsebro run --metrics-port`: a worker's counters in Prometheus' text format, scraped over HTTP as a monitoring system does."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from router.testing import adt_message, delete_queues, isolated_settings, publish, run_engine_in_thread, settings_env, wait_until
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
+HELSEBRO = [str(Path(sys.executable).parent / "helsebro")]
+GOOD_FNR = "15866112379"  # synthetic (Tenor, month + 80)
+BAD_FNR = "15866112378"  # fails its check digits
+SAMPLE = re.compile(r'^([a-z_]+)(?:\{([^}]*)\})? (\S+)$')
+
+
+def _env(settings):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
+    env.update(settings_env(settings))
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _scrape(port: int, path: str = "/metrics") -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.headers["Content-Type"], r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], ""
+
+
+def _samples(text: str) -> dict[str, float]:
+    """Every sample line as 'name{labels}' → value; every line is a comment or a well-formed sample."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(("# HELP ", "# TYPE ")):
+            continue
+        m = SAMPLE.match(line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        out[f"{m[1]}{{{m[2]}}}" if m[2] else m[1]] = float(m[3])
+    return out
+
+
+def _up(port: int) -> bool:
+    try:
+        return _scrape(port)[0] == 200
+    except OSError:
+        return False
+
+
+class TestMetrics:
+    def test_a_scrape_counts_what_the_worker_settled(self, broker_settings):
+        """Three admissions, one of them twice, and one with a bad fødselsnummer: the counters say 3 applied, 1 duplicate,
+        1 dead-lettered, the latency histogram holds all 5, no number from a message is in the page; any other path is 404;
+        SIGTERM stops the worker with exit 0 and frees the port."""
+        settings, port = broker_settings, _free_port()
+        first = adt_message("A01", control_id="X1", fnr=GOOD_FNR, local_id="L1", visit="V1")
+        with subprocess.Popen([*HELSEBRO, "run", "--metrics-port", str(port)], env=_env(settings), stderr=subprocess.PIPE, text=True) as proc:
+            try:
+                wait_until(lambda: _up(port), 60, what="metrics served")
+                publish(settings, [first, adt_message("A01", control_id="X2", fnr=GOOD_FNR, local_id="L1", visit="V2"), first,
+                                   adt_message("A01", control_id="X3", fnr=GOOD_FNR, local_id="L1", visit="V3"),
+                                   adt_message("A01", control_id="X4", fnr=BAD_FNR, local_id="L4", visit="V4")])
+                wait_until(lambda: _samples(_scrape(port)[2]).get("helsebro_settle_seconds_count") == 5, 60, what="five settled")
+                status, content_type, text = _scrape(port)
+                assert (_scrape(port, "/")[0], _scrape(port, "/metricsx")[0]) == (404, 404)
+                proc.send_signal(signal.SIGTERM)
+                _, stderr = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert proc.returncode == 0, stderr[-2000:]
+        assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
+        samples = _samples(text)
+        settled = {o: samples[f'helsebro_messages_settled_total{{outcome="{o}"}}'] for o in
+                   ("applied", "unchanged", "duplicate", "filtered", "forwarded", "dead_lettered")}
+        assert settled == {"applied": 3, "unchanged": 0, "duplicate": 1, "filtered": 0, "forwarded": 0, "dead_lettered": 1}
+        buckets = [v for k, v in samples.items() if k.startswith("helsebro_settle_seconds_bucket")]
+        assert buckets == sorted(buckets) and buckets[-1] == samples["helsebro_settle_seconds_count"] == 5
+        assert 'helsebro_settle_seconds_bucket{le="+Inf"}' in samples and samples["helsebro_settle_seconds_sum"] > 0
+        assert samples["helsebro_deliveries_total"] >= 5 and samples["helsebro_batches_total"] >= 1
+        assert "# TYPE helsebro_messages_settled_total counter" in text and "# TYPE helsebro_settle_seconds histogram" in text
+        assert GOOD_FNR not in text and BAD_FNR not in text and "NORDMANN" not in text
+        assert '"metrics_serving"' in stderr
+        assert not _up(port)
+
+    def test_a_port_in_use_stops_the_worker_before_it_consumes(self, broker_settings):
+        """Another process holds the port: exit 1 with one line saying so, and nothing is taken off the queue."""
+        settings = broker_settings
+        publish(settings, [adt_message("A01", control_id="Y1", fnr=GOOD_FNR, local_id="L1", visit="V1")])
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            result = subprocess.run([*HELSEBRO, "run", "--metrics-port", str(port), "--until-idle", "0.5"], env=_env(settings),
+                                    capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1
+        assert f"helsebro run: cannot serve metrics on 127.0.0.1:{port}:" in result.stderr and "Traceback" not in result.stderr
+        result = subprocess.run([*HELSEBRO, "run", "--until-idle", "0.5"], env=_env(settings), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and '"outcome":"applied"' in result.stderr  # it was still there to take
+
+    @pytest.mark.parametrize("port", ["-1", "65536", "http"])
+    def test_a_port_that_is_no_port_is_a_usage_error(self, port, tmp_path):
+        settings = isolated_settings(tmp_path)
+        result = subprocess.run([*HELSEBRO, "run", "--metrics-port", port], env=_env(settings), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "--metrics-port" in result.stderr
+
+    @pytest.mark.integration
+    def test_each_worker_serves_its_own_counters(self, tmp_path):
+        """`run --workers 2 --metrics-port P`: worker 0 on P, worker 1 on P + 1; together they count every message once."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 4})
+        port = _free_port()
+        try:
+            with subprocess.Popen([*HELSEBRO, "run", "--workers", "2", "--metrics-port", str(port)], env=_env(settings),
+                                  stderr=subprocess.DEVNULL) as proc:
+                try:
+                    wait_until(lambda: _up(port) and _up(port + 1), 60, what="both workers' metrics")
+                    publish(settings, [adt_message("A01", control_id=f"W{i}", fnr=GOOD_FNR, local_id="L1", visit=f"V{i}") for i in range(8)])
+
+                    def applied() -> float:
+                        return sum(_samples(_scrape(p)[2])['helsebro_messages_settled_total{outcome="applied"}'] for p in (port, port + 1))
+
+                    wait_until(lambda: applied() == 8, 60, what="eight applied across the workers")
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(timeout=60)
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+            assert proc.returncode == 0
+        finally:
+            delete_queues(settings)
+
+
+class TestDestinationCounters:
+    def test_a_queued_destinations_results_are_labelled_by_its_name(self, with_destination, scripted_fhir):
+        """The external server takes the first Bundle and refuses the second: its counters say 1 applied, 1 dead-lettered."""
+        from router.ops.metrics import exposition
+
+        server = scripted_fhir(take=1)
+        publish(with_destination, [adt_message("A01", control_id=f"D{n}", fnr=GOOD_FNR, local_id="L1", visit=f"V{n}") for n in (1, 2)])
+        handle = run_engine_in_thread(with_destination, destination_clients={"ekstern": server})
+        try:
+            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="the second refused")
+            samples = _samples(exposition(handle.engine))
+        finally:
+            handle.stop()
+        results = {r: samples[f'helsebro_destination_messages_total{{destination="ekstern",result="{r}"}}']
+                   for r in ("applied", "already_sent", "parked", "dead_lettered", "failures")}
+        assert results == {"applied": 1, "already_sent": 0, "parked": 0, "dead_lettered": 1, "failures": 0}
