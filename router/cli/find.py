@@ -34,7 +34,8 @@ the record), each with how far it got:
                  legacy queue; deliver, in the destination's own dead-letter queue)
   pending        an external FHIR server has not accepted it yet: it waits in the work
                  queue or is parked for a retry (a list, or --no-dlq, does not read the
-                 dead-letter queues: a dead letter then reads as pending)
+                 dead-letter queues: a dead letter then reads as pending, and a legacy
+                 queue's render failure of an applied message as published)
   unknown        a destination no longer in routes.yaml, or a message without a control id
 A sender that reuses a control id shows the first copy's delivery.
 

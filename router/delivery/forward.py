@@ -96,6 +96,7 @@ class Forwarder:
         outcome = {"resourceType": "OperationOutcome", "issue": [issue]}
         headers = dead_letter_headers(reason=error.reason, stage="render", location=error.location, control_id=conv.control_id, outcome=outcome, destination=destination, attempts=1, last_error=type(error).__name__,
                                       patient_key=conv.patient_key)
+        headers["x-helsebro-sender"] = conv.sender or ""  # `helsebro find` tells it from another sender's message with its control id
         publisher.dead_letter(conv.raw, headers=headers)
 
 

@@ -21,6 +21,7 @@ resource ids and reasons; never a body, a national id or a name.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -112,10 +113,21 @@ def find_messages(
     finally:
         record.close()
     trail.listed = not (control_id or patient_key)
-    if connection is not None and not trail.listed and outcome in (None, "dead_lettered"):
-        _read_dead_letters(trail, settings, connection, control_id, patient_key, scan_limit)
-    trail.handovers = _handovers(trail, kinds, marks, delivered, settings.engine.broker.names.destination_prefix)
+    searched = connection is not None and not trail.listed and outcome in (None, "dead_lettered")
+    # Another outcome lists no dead letter, but a destination's state still depends on them: a refused delivery is not pending.
+    needed = connection is not None and not trail.listed and _states_need_letters(trail.journal, kinds, marks, delivered)
+    letters: list[tuple[str, DeadLetter]] = []
+    if searched or needed:
+        assert connection is not None  # noqa: S101 - checked just above
+        letters = _read_dead_letters(trail, settings, connection, control_id, patient_key, scan_limit, listed=searched)
+    trail.handovers = _handovers(trail, letters, kinds, marks, delivered, settings.engine.broker.names.destination_prefix)
     return trail
+
+
+def _states_need_letters(journal: list[JournalEntry], kinds: dict[str, str], marks: dict[tuple[str, str], str], delivered: dict[str, float]) -> bool:
+    """True when a destination's state in *journal* depends on the dead letters: a legacy queue, or a server that has not accepted it."""
+    return any(kinds.get(d) == "queue" or (kinds.get(d) == "fhir" and marks.get((e.key, d)) not in delivered)
+               for e in journal for d in e.destinations)
 
 
 def _delivery_marks(journal: list[JournalEntry], kinds: dict[str, str]) -> dict[tuple[str, str], str]:
@@ -130,19 +142,20 @@ def _delivery_marks(journal: list[JournalEntry], kinds: dict[str, str]) -> dict[
     }
 
 
-def _handovers(trail: Trail, kinds: dict[str, str], marks: dict[tuple[str, str], str], delivered: dict[str, float],
-               prefix: str) -> dict[str, list[Handover]]:
+def _handovers(trail: Trail, letters: list[tuple[str, DeadLetter]], kinds: dict[str, str], marks: dict[tuple[str, str], str],
+               delivered: dict[str, float], prefix: str) -> dict[str, list[Handover]]:
     from router.delivery.forward import forward_id_of
 
-    letters = [(queue, d) for queue, d in trail.dead_letters]
     out: dict[str, list[Handover]] = {}
     for e in trail.journal:
         found: list[Handover] = []
         for name in e.destinations:
             kind = kinds.get(name, "unknown")
             if kind == "queue":
-                rendered = not any(d.stage == "render" and d.control_id == e.control_id and d.headers.get("x-helsebro-destination") == name
-                                   for _q, d in letters)
+                rendered = not (_render_failed_in_note(e.note, name) or any(
+                    d.stage == "render" and d.control_id == e.control_id and d.headers.get("x-helsebro-destination") == name
+                    and d.headers.get("x-helsebro-sender", e.sender) == e.sender  # a control id is unique per sender only
+                    for _q, d in letters))
                 found.append(Handover(name, kind, "published" if rendered else "dead_lettered"))
             elif kind == "fhir" and (mark := marks.get((e.key, name))) is not None:
                 if mark in delivered:
@@ -158,11 +171,18 @@ def _handovers(trail: Trail, kinds: dict[str, str], marks: dict[tuple[str, str],
     return out
 
 
+def _render_failed_in_note(note: str | None, name: str) -> bool:
+    """True when a journal note (router.pipeline.settle.Settle._note) says the message was dead-lettered at render for *name*."""
+    return bool(note) and re.search(rf"dead-lettered \(render\) for {re.escape(name)}(?: at |: )", note or "") is not None
+
+
 def _read_dead_letters(trail: Trail, settings: Settings, connection: Connection, control_id: str | None, patient_key: str | None,
-                       scan_limit: int) -> None:
+                       scan_limit: int, *, listed: bool = True) -> list[tuple[str, DeadLetter]]:
+    """The dead letters with *control_id* or *patient_key*; *listed*: also shown as the trail's dead letters, with the queues read."""
     from adapters.amqp.connection import queue_depth
     from router.errors import BrokerUnavailable
 
+    found: list[tuple[str, DeadLetter]] = []
     for queue in dead_letter_queues(settings):
         try:
             depth = queue_depth(connection, queue)
@@ -173,8 +193,12 @@ def _read_dead_letters(trail: Trail, settings: Settings, connection: Connection,
         except BrokerUnavailable as exc:
             trail.queues_skipped.append((queue, str(exc)))
             continue
-        trail.queues_read.append(queue)
-        trail.dead_letters += [(queue, d) for d in letters if _matches(d, control_id, patient_key)]
+        if listed:
+            trail.queues_read.append(queue)
+        found += [(queue, d) for d in letters if _matches(d, control_id, patient_key)]
+    if listed:
+        trail.dead_letters += found
+    return found
 
 
 def _matches(letter: DeadLetter, control_id: str | None, patient_key: str | None) -> bool:

@@ -92,6 +92,8 @@ class KithConverter:
                 self.convert_one(inner, trace, expect=spec.message, made=made)
             except MessageError as exc:
                 _place(exc, where)
+                if isinstance(exc, NoMapping):  # the carrier is mapped: its content is refused, never forwarded as received
+                    raise UnknownMessage(exc.reason, location=exc.location) from exc
                 raise
             bundle = inner.bundle or {"entry": []}
             carried.explain += bundle.pop("_explain", [])

@@ -274,7 +274,7 @@ class Settle:
     def _elsewhere(self, m: _Msg) -> list[str]:
         """The destinations besides the record that *m*'s routes chose (none for a message not routed, nor for one
         dead-lettered before it was forwarded: refused by the record, it went nowhere else)."""
-        if m.decision is None or m.error is not None:
+        if m.decision is None or m.error is not None or m.outcome == "duplicate":  # a duplicate forwarded as received went nowhere again
             return []
         return [d for d in m.decision.destinations if d not in self._record_dests]
 

@@ -432,3 +432,56 @@ class TestDestinations:
         assert entry["destinations"] == []
         code, text, _ = _find(capsys, "--control-id", "OWN-A45", "--no-dlq")
         assert "also to:" not in text
+
+
+class TestReviewH84States:
+    def test_an_outcome_filter_does_not_turn_a_refused_delivery_into_pending(self, with_destination, scripted_fhir, capsys):
+        """The server refused E1 (its letter waits in ekstern's dead-letter queue). `find --control-id E1 --outcome applied`
+        reads no dead-letter queue, yet says `pending` ("it waits in the work queue"): it must not claim that."""
+        server = scripted_fhir(take=0)
+        publish(with_destination, [adt_message("A01", control_id="E1", fnr=GOOD_FNR, local_id="L1", visit="V1")])
+        handle = run_engine_in_thread(with_destination, logger=QuietLogger(), destination_clients={"ekstern": server})
+        try:
+            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="the server's refusal dead-lettered")
+        finally:
+            handle.stop()
+        code, out, _ = _find(capsys, "--control-id", "E1", "--outcome", "applied", "--json")
+        assert code == 0
+        [applied] = json.loads(out)["applied"]
+        assert applied["destinations"][0]["state"] == "dead_lettered"
+
+    def test_another_senders_render_dead_letter_does_not_mark_this_message(self, exported, capsys):
+        """Two senders both use control id X1 (MSH-10 is unique per sender only). OTHER's A13 cannot be rendered for lab;
+        STOLAV's A08 was rendered and published there. `find --control-id X1` must not say STOLAV's reached lab dead-lettered."""
+        routes = {
+            "destinations": {"lab": {"kind": "queue", "queue": "lab.adt", "format": "hl7v2", "version": "2.3", "charset": "8859/1"}},
+            "routes": [{"name": "all", "to": ["lab"]}],
+        }
+        settings = exported(None, routes=routes)
+        other = adt_message("A13", control_id="X1", fnr=GOOD_FNR, local_id="L2", visit="V2").replace(b"|PAS|STOLAV|", b"|PAS|OTHER|", 1)
+        publish(settings, [adt_message("A08", control_id="X1", fnr=GOOD_FNR, local_id="L1", visit="V1"), other])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.messages == 2, 60, what="both settled")
+        handle.stop()
+        code, out, _ = _find(capsys, "--control-id", "X1", "--json")
+        assert code == 0
+        states = {m["sender"]: (m["outcome"], [d["state"] for d in m["destinations"]]) for m in json.loads(out)["not_applied"]}
+        assert states["PAS@STOLAV"] == ("forwarded", ["published"]), states
+
+    def test_without_the_dead_letters_a_render_failure_is_not_called_published(self, exported, capsys):
+        """R1 was dead-lettered at render for lab, and its own journal note says so; with --no-dlq `find` must not say
+        in the same entry that lab has it (`published`)."""
+        routes = {
+            "destinations": {"lab": {"kind": "queue", "queue": "lab.adt", "format": "hl7v2", "version": "2.3", "charset": "8859/1"}},
+            "routes": [{"name": "here", "to": ["lab"]}],
+        }
+        settings = exported(None, routes=routes)
+        publish(settings, [adt_message("A13", control_id="R1", fnr=GOOD_FNR, local_id="L1", visit="V1")])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.messages == 1, 60, what="settled")
+        handle.stop()
+        code, out, _ = _find(capsys, "--control-id", "R1", "--json", "--no-dlq")
+        assert code == 0
+        [entry] = json.loads(out)["not_applied"]
+        assert "dead-lettered (render) for lab" in entry["note"]
+        assert [d["state"] for d in entry["destinations"]] != ["published"], entry

@@ -111,3 +111,49 @@ def test_without_a_passthrough_route_it_is_refused_as_before(tmp_path):
     handle.stop()
     assert (seen[0].outcome, seen[0].stage) == ("dead_lettered", "convert")
     assert _acks(s) == {"M2": "AR"}
+
+
+M96 = ROOT / "mappings" / "kith" / "messages" / "ERM96.cases" / "reseptliste.xml"
+
+
+def _m96_carrying_an_unmapped_m1() -> bytes:
+    """The M9.6 case, its carried M1 moved to a namespace version Helsebro maps nothing of."""
+    import base64
+    import re
+
+    data = M96.read_bytes()
+    found = re.search(rb"(<(?:\w+:)?Base64Container[^>]*>)([^<]+)(</(?:\w+:)?Base64Container>)", data)
+    inner = base64.b64decode(b"".join(found.group(2).split()))
+    inner = inner.replace(b"http://www.kith.no/xmlstds/eresept/m1/2013-10-08", b"http://www.kith.no/xmlstds/eresept/m1/2099-01-01")
+    return data[: found.start(2)] + base64.b64encode(inner) + data[found.end(2):]
+
+
+class TestReviewH84:
+    def test_a_duplicate_forwarded_as_received_names_no_destination(self, settings):
+        """The resend is a duplicate: not forwarded again, so its journal row names no destination (as for any duplicate),
+        and `find` does not say it was published to raw."""
+        seen = []
+        handle = run_engine_in_thread(settings, on_settled=seen.append)
+        master = _hl7("MFN^M02^MFN_M02", "M9")
+        publish(settings, [master, master])
+        wait_until(lambda: len(seen) == 2, 60, what="two settled")
+        handle.stop()
+        assert [s.outcome for s in seen] == ["forwarded", "duplicate"]
+        assert len(drain_queue(settings, settings.routes.destinations["raw"].queue)) == 1
+        record = open_record(settings)
+        try:
+            rows = {e.outcome: e.destinations for e in record.journal(control_id="M9")}
+        finally:
+            record.close()
+        assert rows == {"forwarded": ("raw",), "duplicate": ()}
+
+    def test_a_mapped_carrier_whose_embedded_message_no_mapping_serves_is_refused(self, settings):
+        """An M9.6 (mapped) carrying an M1 of a version no mapping serves: the carrier is mapped, its content is refused,
+        as for any other refusal of an embedded message; it is not `forwarded as received` with an OK AppRec."""
+        seen = []
+        handle = run_engine_in_thread(settings, on_settled=seen.append)
+        publish(settings, [_m96_carrying_an_unmapped_m1()])
+        wait_until(lambda: len(seen) == 1, 60, what="settled")
+        handle.stop()
+        assert seen[0].outcome == "dead_lettered", seen[0]
+        assert drain_queue(settings, settings.routes.destinations["raw"].queue) == []
