@@ -152,6 +152,10 @@ class MessageHeader:
     control_id: str = ""
     processing_id: str = ""
     version: str = ""
+    accept_ack_type: str = ""
+    """MSH-15, when to send an accept ACK (HL7 table 0155: AL, NE, ER, SU); empty with MSH-16 empty is original mode."""
+    application_ack_type: str = ""
+    """MSH-16, when to send an application ACK (table 0155)."""
     sent: str | None = None
     """When the sender made the message, as the source wrote it: the HL7 TS of MSH-7.1
     (`20250110083000+0100`) or a KITH GenDate (`2025-01-10T08:30:00`); None when it gives none.

@@ -354,6 +354,7 @@ class Engine:
             duplicate_window=float(routes.duplicates.window_seconds),
             embedded=not self._settings.broker_url,
             seen=self._seen_store(),
+            original_acks=self._settings.engine.hl7v2.original_acks,
         )
 
     def _seen_store(self) -> Any:

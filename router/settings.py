@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -53,6 +53,10 @@ class SenderConfig(_Frozen):
     """Per-sender overrides, keyed by MSH-3 (application) or MSH-4 (facility)."""
 
     charset: str | None = Field(default=None, description="Charset used when MSH-18 is empty, as a Python codec name.", examples=["iso-8859-1"])
+    acknowledgments: Literal["msh", "original"] | None = Field(
+        default=None, description="This sender's ACKs: `msh` as its MSH-15/16 ask (enhanced mode when either is set), `original` one application ACK "
+        "(AA, AE, AR) whatever they say. Unset, the `hl7v2` block's.",
+    )
 
 
 class Hl7v2Config(_Frozen):
@@ -60,6 +64,20 @@ class Hl7v2Config(_Frozen):
 
     default_charset: str = Field(default="utf-8", description="Charset used when MSH-18 is empty and the sender has no override. Bytes that are not valid in it fall back to ISO-8859-1, which never fails.", examples=["utf-8", "iso-8859-1"])
     senders: dict[str, SenderConfig] = Field(default_factory=dict, description="Overrides per sending application or facility (MSH-3 or MSH-4 namespace id).")
+    acknowledgments: Literal["msh", "original"] = Field(
+        default="original", description="How messages are acknowledged: `original` one application ACK (AA, AE or AR) for every message, whatever "
+        "its MSH-15/16 say (many senders fill them in by habit and read only the application ACK: an error is never left unsaid); `msh` as "
+        "each message's MSH-15 (accept ACK: CA or CR) and MSH-16 (application ACK: AA, AE or AR) ask, each AL, NE, ER or SU, and one "
+        "application ACK when both are empty (HL7 original mode).",
+    )
+
+    def original_acks(self, header: Any) -> bool:
+        """True when *header*'s sender (MSH-3, else MSH-4, as for charsets) is answered in original mode whatever its MSH-15/16 say."""
+        for name in (header.sending_application, header.sending_facility):
+            sender = self.senders.get(name)
+            if sender is not None and sender.acknowledgments is not None:
+                return sender.acknowledgments == "original"
+        return self.acknowledgments == "original"
 
 
 class IdentifierConfig(_Frozen):

@@ -24,10 +24,11 @@ from zoneinfo import ZoneInfo
 
 from router.errors import DecodeError, InvalidContent, MessageError, Refused, UnknownMessage
 
-__all__ = ["ACK_CODE_FOR", "AckCode", "ack_code_for", "build_ack"]
+__all__ = ["ACK_CODE_FOR", "AckCode", "ack_code_for", "acks_for", "build_ack"]
 
-AckCode = Literal["AA", "AE", "AR"]
-"""HL7 table 0008, original mode: accept, error, reject."""
+AckCode = Literal["AA", "AE", "AR", "CA", "CR"]
+"""HL7 table 0008: application accept, error, reject (original mode, and enhanced mode's application
+ACK); commit accept and commit reject (enhanced mode's accept ACK)."""
 
 #: HL7 table 0008 code and table 0357 error code for each error class. Looked up
 #: along the class's MRO by ack_code_for, so a subclass an adapter adds answers
@@ -93,6 +94,40 @@ def ack_code_for(error: MessageError) -> tuple[AckCode, str]:
         if issubclass(cls, MessageError) and cls in ACK_CODE_FOR:
             return ACK_CODE_FOR[cls]
     return ACK_CODE_FOR[MessageError]
+
+
+def acks_for(code: AckCode, *, accept_type: str, application_type: str) -> tuple[AckCode, ...]:
+    """The ACKs that answer a message whose outcome is *code* (AA, AE or AR), as its MSH-15 and MSH-16 ask.
+
+    Both empty: original acknowledgment mode, one application ACK, *code*. Either set:
+    enhanced mode (HL7 v2.5 §2.9.3), where MSH-15 says when to send the accept ACK and
+    MSH-16 when to send the application ACK, each by table 0155: AL always, NE never, ER
+    only on an error or reject, SU only on success. The accept ACK is CA, or CR for a
+    message rejected as unsupported (*code* AR: type, event, version, or unreadable); a
+    message refused for its content was still taken into safe keeping (its dead letter),
+    so it is CA with an AE application ACK. An empty or unknown condition in enhanced mode
+    reads as AL: a sender that asks for nothing it understands is answered, not left waiting.
+    """
+    if not accept_type and not application_type:
+        return (code,)
+    accept: AckCode = "CR" if code == "AR" else "CA"
+    out: list[AckCode] = []
+    if _wanted(accept_type, ok=accept == "CA"):
+        out.append(accept)
+    if _wanted(application_type, ok=code == "AA"):
+        out.append(code)
+    return tuple(out)
+
+
+def _wanted(condition: str, *, ok: bool) -> bool:
+    """Whether a table 0155 *condition* asks for the ACK of an outcome that is *ok* or not."""
+    if condition == "NE":
+        return False
+    if condition == "ER":
+        return not ok
+    if condition == "SU":
+        return ok
+    return True  # AL, empty or unknown
 
 
 def _escape(text: str) -> str:
@@ -239,6 +274,6 @@ def build_ack(
     if text:
         msa += f"|{_escape(text[:_TEXT_MAX])}"
     segments = [msh, msa]
-    if code != "AA":
+    if code not in ("AA", "CA"):
         segments.append(_err_segment(version, error_code=error_code, location=_erl(error_location)))
     return ("\r".join(segments) + "\r").encode("utf-8")

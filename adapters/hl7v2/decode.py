@@ -379,6 +379,8 @@ def read_header(msg: Hl7Message) -> MessageHeader:
         control_id=control_id,
         processing_id=_first(fields[11], d) if n > 11 else "",
         version=_first(fields[12], d) if n > 12 else "",
+        accept_ack_type=_first(fields[15], d).upper() if n > 15 else "",
+        application_ack_type=_first(fields[16], d).upper() if n > 16 else "",
         sent=(_first(fields[7], d) if n > 7 else "").strip() or None,
     )
 

@@ -8,42 +8,52 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from adapters.hl7v2.ack import ack_code_for, build_ack
+from adapters.hl7v2.ack import AckCode, ack_code_for, acks_for, build_ack
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from adapters.amqp.outbound import Publisher
-    from router.contracts import Converted
+    from router.contracts import Converted, MessageHeader
     from router.errors import MessageError
 
 
-def reply(publisher: Publisher, conv: Converted, error: MessageError | None, *, apprec_prefix: str) -> None:
-    """Publish the answer to *conv* (AA, or the code *error* calls for)."""
+def reply(publisher: Publisher, conv: Converted, error: MessageError | None, *, apprec_prefix: str,
+          original_acks: Callable[[MessageHeader], bool] | None = None) -> None:
+    """Publish the answer to *conv*: for HL7 v2 the ACKs its MSH-15/16 ask for (adapters/hl7v2/ack.py acks_for), each
+    AA or CA, or the code *error* calls for; one application ACK when *original_acks* says its sender reads only those."""
     if conv.format == "kith":
         _reply_apprec(publisher, conv, error, apprec_prefix)
         return
     header = conv.header
+    code: AckCode
     if error is None:
         code, err_code = "AA", None
     else:
         code, err_code = ack_code_for(error)
-    ack = build_ack(
-        code=code,  # type: ignore[arg-type]  # "AA" or an AckCode from the table
-        control_id=conv.control_id or (header.control_id if header else None),
-        sending_application=header.sending_application if header else "",
-        sending_facility=header.sending_facility if header else "",
-        receiving_application=header.receiving_application if header else "",
-        receiving_facility=header.receiving_facility if header else "",
-        version=(header.version if header else "") or "2.5",
-        message_type=conv.message_type or (header.message_type if header else None),
-        text=error.reason if error else None,
-        error_location=error.location if error else None,
-        error_code=err_code,
-    )
-    publisher.reply(ack, headers={
-        "x-helsebro-control-id": conv.control_id or "",
-        "x-helsebro-ack-code": code,
-        "x-helsebro-sender": conv.sender or "",
-    })
+    codes: tuple[AckCode, ...] = (code,)
+    if header is not None and not (original_acks is not None and original_acks(header)):
+        codes = acks_for(code, accept_type=header.accept_ack_type, application_type=header.application_ack_type)
+    for one in codes:
+        failed = one not in ("AA", "CA")
+        ack = build_ack(
+            code=one,
+            control_id=conv.control_id or (header.control_id if header else None),
+            sending_application=header.sending_application if header else "",
+            sending_facility=header.sending_facility if header else "",
+            receiving_application=header.receiving_application if header else "",
+            receiving_facility=header.receiving_facility if header else "",
+            version=(header.version if header else "") or "2.5",
+            message_type=conv.message_type or (header.message_type if header else None),
+            text=error.reason if error and failed else None,
+            error_location=error.location if error and failed else None,
+            error_code=err_code if failed else None,
+        )
+        publisher.reply(ack, headers={
+            "x-helsebro-control-id": conv.control_id or "",
+            "x-helsebro-ack-code": one,
+            "x-helsebro-sender": conv.sender or "",
+        })
 
 
 def _reply_apprec(publisher: Publisher, conv: Converted, error: MessageError | None, prefix: str) -> None:

@@ -18,8 +18,8 @@ from router.mapping import FnContext, MappingSet, run_mapping
 from router.mapping.runtime import identifier_query
 from router.settings import Settings
 
-_SKIP_UNMAPPED = {("MSH", 1), ("MSH", 2), ("MSH", 7), ("MSH", 9), ("MSH", 10), ("MSH", 11), ("MSH", 12), ("MSH", 18)}
-"""MSH fields the engine itself consumes (delimiters, type, control id, version, charset)."""
+_SKIP_UNMAPPED = {("MSH", 1), ("MSH", 2), ("MSH", 7), ("MSH", 9), ("MSH", 10), ("MSH", 11), ("MSH", 12), ("MSH", 15), ("MSH", 16), ("MSH", 18)}
+"""MSH fields the engine itself consumes (delimiters, type, control id, version, the ACKs asked for, charset)."""
 
 _SKIP_BY_SEGMENT = {name: frozenset(n for s, n in _SKIP_UNMAPPED if s == name) for name, _ in _SKIP_UNMAPPED}
 _NOTHING: frozenset[int] = frozenset()

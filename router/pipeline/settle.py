@@ -166,8 +166,10 @@ class Settle:
         seen: Any = None,
         duplicate_window: float = 0.0,
         embedded: bool = True,
+        original_acks: Callable[[Any], bool] | None = None,
     ) -> None:
         self._apprec_prefix = apprec_prefix
+        self._original_acks = original_acks  # HL7: a sender answered with one application ACK whatever its MSH-15/16 say
         self._guard = guard  # a KITH DuplicateGuard with `contains` and `seen_before`, or None
         self._record = record
         self._publisher = publisher
@@ -286,7 +288,7 @@ class Settle:
         if m.outcome == "duplicate":
             self._log.info("duplicate_suppressed", control_id=conv.control_id, sender=conv.sender)
             if conv.format != "kith":
-                reply(self._publisher, conv, None, apprec_prefix=self._apprec_prefix)
+                reply(self._publisher, conv, None, apprec_prefix=self._apprec_prefix, original_acks=self._original_acks)
             return
         if m.error is None and m.conv.bundle is None and not m.as_received:
             m.error = MessageError("message produced no Bundle")
@@ -303,7 +305,7 @@ class Settle:
             sent = self._forwarder.forward(self._publisher, conv, m.decision, unrendered=m.unrendered)
             if m.outcome is None and (sent or m.unrendered):
                 m.outcome = "forwarded" if sent else "dead_lettered"  # every destination it went to dead-lettered it at render
-        reply(self._publisher, conv, m.error, apprec_prefix=self._apprec_prefix)
+        reply(self._publisher, conv, m.error, apprec_prefix=self._apprec_prefix, original_acks=self._original_acks)
 
     def _remember(self, flat: list[_Msg]) -> None:
         keys = [m.dup_key for m in flat if m.dup_key and m.outcome in ("applied", "unchanged", "forwarded", "filtered")]

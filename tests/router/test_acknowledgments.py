@@ -1,0 +1,92 @@
+"""Which ACKs answer a message: HL7 original mode, or enhanced mode as MSH-15/16 ask, through the queue on both transports."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.hl7v2.ack import acks_for
+from router.testing import adt_message, delete_queues, drain_queue, isolated_settings, publish, run_engine_in_thread, wait_until
+
+RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
+GOOD_FNR = "15866112379"  # synthetic (Tenor, month + 80)
+BAD_FNR = "15866112378"  # fails its check digits
+
+
+def _asking(message: bytes, accept: str, application: str, *, sender: bytes = b"PAS") -> bytes:
+    """*message* with MSH-15/16 set (and MSH-3 *sender*)."""
+    return message.replace(b"|2.5.1|||||NO|", f"|2.5.1|||{accept}|{application}|NO|".encode(), 1).replace(b"MSH|^~\\&|PAS|", b"MSH|^~\\&|" + sender + b"|", 1)
+
+
+def _good(control_id: str) -> bytes:
+    return adt_message("A01", control_id=control_id, fnr=GOOD_FNR, local_id="L1", visit=f"V-{control_id}")
+
+
+def _bad(control_id: str) -> bytes:
+    return adt_message("A01", control_id=control_id, fnr=BAD_FNR, local_id="L2", visit=f"V-{control_id}")
+
+
+def _unsupported(control_id: str) -> bytes:
+    return _good(control_id).replace(b"ADT^A01^ADT_A01", b"MFN^M02^MFN_M02", 1)
+
+
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+def enhanced(request, tmp_path):
+    """Settings that answer as MSH-15/16 ask, except sender OLDPAS, answered in original mode whatever it asks."""
+    s = isolated_settings(tmp_path, broker_url=RABBIT if request.param == "rabbitmq" else None,
+                          hl7v2={"acknowledgments": "msh", "senders": {"OLDPAS": {"acknowledgments": "original"}}})
+    yield s
+    if s.broker_url:
+        delete_queues(s)
+
+
+def _answers(settings, messages: list[bytes]) -> dict[str, list[tuple[str, bytes]]]:
+    handle = run_engine_in_thread(settings)
+    publish(settings, messages)
+    wait_until(lambda: handle.stats.messages == len(messages), 60, what="all settled")
+    handle.stop()
+    out: dict[str, list[tuple[str, bytes]]] = {}
+    for headers, body in drain_queue(settings, settings.engine.broker.names.replies):
+        out.setdefault(headers["x-helsebro-control-id"], []).append((headers["x-helsebro-ack-code"], body))
+    return out
+
+
+class TestEnhancedMode:
+    def test_each_message_gets_the_acks_its_header_asks_for(self, enhanced):
+        """AL/NE: only the accept ACK (CA), for a good message and for one refused for its content (kept as a dead letter);
+        AL/AL: CA then AA; NE/ER: nothing for a good message, AE for a bad one; ER/SU: a message of an unsupported type is
+        rejected at accept level (CR), with no application ACK; no MSH-15/16: original mode, one AA; OLDPAS asking AL/NE
+        is answered in original mode (AE for its bad message) by its own setting."""
+        answers = _answers(enhanced, [
+            _asking(_good("G-ALNE"), "AL", "NE"), _asking(_bad("B-ALNE"), "AL", "NE"),
+            _asking(_good("G-ALAL"), "AL", "AL"),
+            _asking(_good("G-NEER"), "NE", "ER"), _asking(_bad("B-NEER"), "NE", "ER"),
+            _asking(_unsupported("U-ERSU"), "ER", "SU"),
+            _good("G-NONE"),
+            _asking(_bad("B-OLD"), "AL", "NE", sender=b"OLDPAS"),
+        ])
+        codes = {cid: [code for code, _ in acks] for cid, acks in answers.items()}
+        assert codes == {"G-ALNE": ["CA"], "B-ALNE": ["CA"], "G-ALAL": ["CA", "AA"], "B-NEER": ["AE"], "U-ERSU": ["CR"],
+                         "G-NONE": ["AA"], "B-OLD": ["AE"]}
+        [(_, ca)] = answers["G-ALNE"]
+        assert b"\rMSA|CA|G-ALNE\r" in ca and b"\rERR|" not in ca  # an accept carries no error
+        [(_, cr)] = answers["U-ERSU"]
+        assert b"\rMSA|CR|U-ERSU|no mapping for message type MFN\\S\\M02" in cr and b"\rERR||MSH^1^9|200^Unsupported message type^HL70357|E\r" in cr
+        [(_, ae)] = answers["B-NEER"]
+        assert b"\rMSA|AE|B-NEER|" in ae and b"PID^1^3^1^1" in ae
+
+    def test_by_default_every_message_is_answered_in_original_mode(self, tmp_path):
+        """The shipped default (`original`): a sender asking AL/NE still hears AE about its bad message, and AA about its good one."""
+        answers = _answers(isolated_settings(tmp_path), [_asking(_good("D1"), "AL", "NE"), _asking(_bad("D2"), "AL", "NE")])
+        assert {cid: [code for code, _ in acks] for cid, acks in answers.items()} == {"D1": ["AA"], "D2": ["AE"]}
+
+
+@pytest.mark.parametrize(("code", "accept", "application", "expected"), [
+    ("AA", "", "", ("AA",)), ("AE", "", "", ("AE",)), ("AR", "", "", ("AR",)),
+    ("AA", "AL", "AL", ("CA", "AA")), ("AE", "AL", "AL", ("CA", "AE")), ("AR", "AL", "AL", ("CR", "AR")),
+    ("AA", "NE", "NE", ()), ("AR", "NE", "NE", ()),
+    ("AA", "ER", "ER", ()), ("AE", "ER", "ER", ("AE",)), ("AR", "ER", "ER", ("CR", "AR")),
+    ("AA", "SU", "SU", ("CA", "AA")), ("AE", "SU", "SU", ("CA",)), ("AR", "SU", "SU", ()),
+    ("AA", "AL", "", ("CA", "AA")), ("AE", "", "XX", ("CA", "AE")),  # empty or unknown in enhanced mode reads as AL
+])
+def test_the_table_0155_conditions(code, accept, application, expected):
+    assert acks_for(code, accept_type=accept, application_type=application) == expected
