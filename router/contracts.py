@@ -17,8 +17,9 @@ FhirJson = dict[str, Any]
 EntryOutcome = Literal["created", "updated", "unchanged", "deleted"]
 """What applying one Bundle entry did to the record."""
 
-SettledOutcome = Literal["applied", "unchanged", "forwarded", "filtered", "duplicate", "dead_lettered"]
-"""What became of one message (router.pipeline.settle), as the journal keeps it and find and status show it."""
+SettledOutcome = Literal["applied", "unchanged", "forwarded", "filtered", "duplicate", "dead_lettered", "receipt"]
+"""What became of one message (router.pipeline.settle), as the journal keeps it and find and status show it.
+`receipt`: an AppRec answering a message Helsebro sent, journalled under the MsgId it answers; never answered."""
 SETTLED_OUTCOMES: tuple[SettledOutcome, ...] = get_args(SettledOutcome)
 APPLIED_OUTCOMES: frozenset[str] = frozenset({"applied", "unchanged"})
 """The outcomes of a message the record applied; the others are journalled with a note instead of what it wrote."""

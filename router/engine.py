@@ -47,7 +47,7 @@ __all__ = ["SETTLE_LATENCY_BOUNDS", "Engine", "EngineStats", "freeze_long_lived"
 
 _POLL_SECONDS = 0.2
 _FIRST_RECONNECT_SECONDS = 0.5
-_COUNTER = {"duplicate": "duplicates"}  # outcome -> EngineStats field, where the names differ
+_COUNTER = {"duplicate": "duplicates", "receipt": "receipts"}  # outcome -> EngineStats field, where the names differ
 SETTLE_LATENCY_BOUNDS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds (seconds) of EngineStats' settle-latency buckets; one more bucket counts the rest (+Inf)."""
 _GC_YOUNG = 10_000  # allocations between young-generation collections, once frozen (see freeze_long_lived)
@@ -85,6 +85,7 @@ class EngineStats:
     filtered: int = 0
     dead_lettered: int = 0
     duplicates: int = 0
+    receipts: int = 0
     reconnects: int = 0
     batches: int = 0
     intake_forwarded: int = 0

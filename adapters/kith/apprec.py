@@ -1,4 +1,4 @@
-"""Build AppRec replies (applikasjonskvittering), and decide which AppRec answers which error.
+"""Build AppRec replies (applikasjonskvittering), decide which AppRec answers which error, and read the ones we receive.
 
 The reply table of STYLE §5 for KITH XML lives here (``APPREC_ERROR_FOR``);
 when to send, over which queue and whether a duplicate gets one (duplicates.py)
@@ -21,7 +21,11 @@ Rules (FACTS §2; HIS 80415:2012 §3; HITS 1168 §5, §8):
 - ``OriginalMsgId`` echoes the original Type, GenDate and MsgId. When GenDate
   is missing or is not an xs:dateTime (an unreadable message), IssueDate is the
   AppRec's own GenDate: the element is required and nothing better is known.
-- An AppRec is never answered with an AppRec.
+- An AppRec is never answered with an AppRec. One that comes in answers a message
+  Helsebro sent (a PLO it rendered for a municipality): ``read_receipt`` takes what
+  the pipeline journals of it (FACTS §10: track what was sent, and act on a negative
+  AppRec): the original's MsgId, the status, and each error's code and display.
+  Never the OT free text: a receiver may have written patient data there.
 """
 
 from __future__ import annotations
@@ -112,6 +116,48 @@ class AppRecMessage:
     def positive(self) -> bool:
         """True for status 1 (OK)."""
         return self.status == "1"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A received AppRec, as far as it is safe to journal: what it answers, and how."""
+
+    original_msg_id: str
+    """OriginalMsgId/Id: the MsgId of the message it answers (for one Helsebro sent, render.outbound_msg_id)."""
+    status: str
+    """Status/@V, Volven 8258: 1 OK, 2 Avvist, 3 OK med feil i delmelding ("" when absent)."""
+    errors: tuple[tuple[str, str], ...] = ()
+    """Each Error's (V, DN): a Volven 8221 code and its display; never its OT."""
+
+    @property
+    def accepted(self) -> bool:
+        """True for status 1 (and 3: accepted, with errors in a part)."""
+        return self.status in ("1", "3")
+
+    def summary(self) -> str:
+        """Plain words for the journal and logs: `AppRec OK`, or `AppRec Avvist (2): E35 Pasienten finnes ikke …`."""
+        word = {"1": "OK", "2": "Avvist", "3": "OK med feil i delmelding"}.get(self.status, "with no known status")
+        text = f"AppRec {word}" + (f" ({self.status})" if self.status not in ("1", "") else "")
+        if self.errors:
+            text += ": " + "; ".join(f"{code} {display}".strip() for code, display in self.errors)
+        return text
+
+
+def read_receipt(envelope: KithEnvelope) -> Receipt:
+    """Read a received AppRec's OriginalMsgId, Status and Errors (the envelope of adapters.kith.message.read_apprec)."""
+    root = envelope.payload
+    ns = f"{{{envelope.payload_namespace}}}" if envelope.payload_namespace else ""
+    status = root.find(f"{ns}Status") if root is not None else None
+    errors = root.findall(f"{ns}Error") if root is not None else []
+    return Receipt(
+        original_msg_id=envelope.conversation.ref_to_parent if envelope.conversation is not None else "",
+        status=(status.get("V") or "").strip() if status is not None else "",
+        errors=tuple(((e.get("V") or "").strip()[:16], _printable(e.get("DN") or "")[:120]) for e in errors),
+    )
+
+
+def _printable(text: str) -> str:
+    return " ".join(text.split())
 
 
 def apprec_error_for(error: MessageError) -> tuple[str, str]:

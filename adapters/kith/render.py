@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from router.routing.model import QueueDestination
     from router.settings import OwnConfig, Settings
 
-__all__ = ["KithRenderer"]
+__all__ = ["KithRenderer", "outbound_msg_id"]
 
 _M = f"{{{MSGHEAD_NS}}}"
 _MIG = "v1.2 2006-05-24"  # fixed in MsgHead-v1_2.xsd (FACTS §1)
@@ -202,10 +202,17 @@ class KithRenderer:
         return ctx
 
     def _msg_id(self, conv: Converted) -> str:
-        basis = f"{conv.sender or ''}|{conv.control_id or ''}|{self._mapping.name}|{self._destination['receiver_her_id'] or self._destination['name']}"
-        if not conv.control_id:
-            basis += "|" + hashlib.blake2b(conv.raw, digest_size=16).hexdigest()
+        receiver = self._destination["receiver_her_id"] or self._destination["name"]
+        if conv.control_id:
+            return outbound_msg_id(conv.sender or "", conv.control_id, self._mapping.name, receiver)
+        basis = f"{conv.sender or ''}||{self._mapping.name}|{receiver}|" + hashlib.blake2b(conv.raw, digest_size=16).hexdigest()
         return str(uuid.uuid5(_MSGID_NAMESPACE, basis))
+
+
+def outbound_msg_id(sender: str, control_id: str, mapping: str, receiver: str) -> str:
+    """The MsgId Helsebro gives what it renders with *mapping* for *receiver* (its HER-id, else the destination's name)
+    from a source message with a control id: what that receiver's AppRec names in OriginalMsgId/Id (`helsebro find`)."""
+    return str(uuid.uuid5(_MSGID_NAMESPACE, f"{sender}|{control_id}|{mapping}|{receiver}"))
 
 
 def _emit(parent: etree._Element, node: Node, ctx: dict[str, Any], mapping: str) -> None:

@@ -5,7 +5,7 @@
                                                    `--patient -` reads it from stdin, out of `ps` and the shell's history
     helsebro find --patient-key KEY                the `patient_key` of a log line or a dead letter (h:…)
     helsebro find --outcome filtered --since 1h    a list: the journal's messages with that outcome (applied, unchanged,
-                                                   duplicate, filtered, forwarded, dead_lettered), settled since then
+                                                   duplicate, filtered, forwarded, dead_lettered, receipt), settled since then
                                                    (90s, 15m, 2h, 7d); --sender, --outcome and --since narrow any search
                                                    or list by themselves
 
@@ -39,15 +39,24 @@ the record), each with how far it got:
   unknown        a destination no longer in routes.yaml, or a message without a control id
 A sender that reuses a control id shows the first copy's delivery.
 
+A legacy queue fed KITH XML that Helsebro rendered (format kith) also says
+whether its receiver answered: the receiver's AppRec comes back on the inbound
+queue, is settled as a `receipt` (never answered, never dead-lettered) and is
+journalled under the MsgId it answers, so the message shows `AppRec OK`,
+`REFUSED by AppRec` (its note has the Volven 8221 codes) or `no AppRec yet`.
+`--outcome receipt` lists the AppRecs received, with their notes.
+
 `--json` prints `{"applied": [{"key", "applied_at", "sender", "control_id",
 "message_type", "patient_key", "outcome" (applied or unchanged), "destinations":
 [...], "resources": [{"type", "id", "version", "outcome"}]}], "not_applied":
 [{"key", "settled_at", "sender", "control_id", "message_type", "patient_key",
-"outcome" (duplicate, filtered, forwarded or dead_lettered), "destinations": [...],
+"outcome" (duplicate, filtered, forwarded, dead_lettered or receipt), "destinations": [...],
 "note"}], "dead_letters": [{"queue", and the fields of `dlq list --json`}],
 "queues_read": [...], "queues_skipped": [{"queue", "why"}]}`; a destination is
-`{"name", "kind", "state", "delivered_at"}`: kind `queue`, `fhir`, or `unknown` (no
-longer in routes.yaml), state as above, delivered_at null unless delivered.
+`{"name", "kind", "state", "delivered_at", "receipt"}`: kind `queue`, `fhir`, or `unknown`
+(no longer in routes.yaml), state as above, delivered_at null unless delivered, receipt
+null unless Helsebro rendered KITH for it, else `{"accepted": true|false|null, "at",
+"note"}` (null fields: no AppRec yet).
 
 Exit 0 when something was found, 1 when nothing was (or the record or the
 audit log failed), 2 for a usage error (no search given; a --patient that is not
@@ -68,7 +77,7 @@ from router.cli._args import positive
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, RecordUnavailable
 from router.ops import AuditLog
-from router.ops.trail import Trail, find_messages
+from router.ops.trail import Handover, Trail, find_messages
 
 if TYPE_CHECKING:
     from adapters.fhir.record import JournalEntry
@@ -177,8 +186,15 @@ def _when(unix: float) -> str:
 
 
 def _destinations(trail: Trail, entry: JournalEntry) -> list[dict[str, Any]]:
-    return [{"name": h.name, "kind": h.kind, "state": h.state, "delivered_at": _when(h.at) if h.at is not None else None}
+    return [{"name": h.name, "kind": h.kind, "state": h.state, "delivered_at": _when(h.at) if h.at is not None else None,
+             "receipt": _receipt(h)}
             for h in trail.handovers_of(entry)]
+
+
+def _receipt(h: Handover) -> dict[str, Any] | None:
+    if h.receipt is None:
+        return {"accepted": None, "at": None, "note": None} if h.awaits_receipt else None
+    return {"accepted": h.receipt_accepted, "at": _when(h.receipt.applied_at), "note": h.receipt.note}
 
 
 def _as_json(trail: Trail) -> dict[str, Any]:
@@ -205,7 +221,13 @@ def _routed(trail: Trail, e: JournalEntry) -> list[str]:
     if not handovers:
         return []
     return ["      also to: " + ", ".join(f"{h.name} ({h.kind}): {h.state.replace('_', '-')}{f' {_when(h.at)}' if h.at is not None else ''}"
-                                       for h in handovers)]
+                                       f"{_receipt_text(h)}" for h in handovers)]
+
+
+def _receipt_text(h: Handover) -> str:
+    if h.receipt is None:
+        return ", no AppRec yet" if h.awaits_receipt and h.state == "published" else ""
+    return f", {'AppRec OK' if h.receipt_accepted else 'REFUSED by AppRec'} {_when(h.receipt.applied_at)}"
 
 
 def _as_text(trail: Trail) -> str:

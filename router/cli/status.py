@@ -29,12 +29,13 @@ added, existing ones keep their name and meaning.
       "destinations": [{"name": "ekstern", "delivered_24h": 120 | null, "waiting": 0 | null,
                         "retrying": 0 | null, "dead_lettered": 1 | null}],
       "settled": {"last_minute": {"applied": 12, "unchanged": 0, "duplicate": 1, "filtered": 0,
-                                  "forwarded": 3, "dead_lettered": 0},
+                                  "forwarded": 3, "dead_lettered": 0, "receipt": 2},
                   "last_hour": {...the same outcomes}} | null
     }
 
 `settled` counts the messages the engine settled in the last minute and the
-last hour, per outcome, from the record's journal (`helsebro find` reads the
+last hour, per outcome (`receipt`: an AppRec answering a KITH message Helsebro
+sent), from the record's journal (`helsebro find` reads the
 same rows): the throughput and error rate AMQP cannot show. A message that was
 not applied and names neither a control id nor a patient is not journalled, so
 not counted (its dead letter is). Null when the record cannot be read.

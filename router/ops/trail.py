@@ -22,7 +22,7 @@ resource ids and reasons; never a body, a national id or a name.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from adapters.fhir.record import JournalEntry, open_record
@@ -32,6 +32,7 @@ from router.ops.stats import dead_letter_queues
 if TYPE_CHECKING:
     from kombu import Connection
 
+    from adapters.fhir.record import SqlRecord
     from router.settings import Settings
 
 __all__ = ["Handover", "HandoverState", "Trail", "find_messages"]
@@ -49,6 +50,15 @@ class Handover:
     kind: str  # queue, fhir, or unknown (no longer in routes.yaml)
     state: HandoverState
     at: float | None = None  # Unix time the server accepted it (delivered)
+    receipt: JournalEntry | None = None  # a KITH receiver's newest AppRec for what Helsebro sent it (outcome `receipt`)
+    awaits_receipt: bool = False  # Helsebro rendered a KITH message for it: its receiver answers with an AppRec
+
+    @property
+    def receipt_accepted(self) -> bool | None:
+        """True for an AppRec OK (status 1 or 3), False for one that refused it, None when none came."""
+        if self.receipt is None:
+            return None
+        return self.receipt.message_type.partition("^")[2] in ("1", "3")
 
 
 @dataclass(slots=True)
@@ -110,6 +120,7 @@ def find_messages(
         trail = Trail(journal=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, outcome=outcome, since=since, limit=limit))
         marks = _delivery_marks(trail.journal, kinds)
         delivered = record.marked_at(list(marks.values())) if marks else {}
+        receipts = _receipts(record, trail.journal, settings)
     finally:
         record.close()
     trail.listed = not (control_id or patient_key)
@@ -121,7 +132,27 @@ def find_messages(
         assert connection is not None  # noqa: S101 - checked just above
         letters = _read_dead_letters(trail, settings, connection, control_id, patient_key, scan_limit, listed=searched)
     trail.handovers = _handovers(trail, letters, kinds, marks, delivered, settings.engine.broker.names.destination_prefix)
+    for key, found in trail.handovers.items():
+        trail.handovers[key] = [replace(h, receipt=receipts[(key, h.name)], awaits_receipt=True) if (key, h.name) in receipts else h
+                                for h in found]
     return trail
+
+
+def _receipts(record: SqlRecord, journal: list[JournalEntry], settings: Settings) -> dict[tuple[str, str], JournalEntry | None]:
+    """(journal key, destination) → the newest AppRec journalled for what Helsebro rendered for that KITH destination (None: none yet)."""
+    from adapters.kith.render import outbound_msg_id
+    from router.routing.model import QueueDestination
+
+    out: dict[tuple[str, str], JournalEntry | None] = {}
+    for e in journal:
+        for name in e.destinations if e.control_id else ():
+            dest = settings.routes.destinations.get(name)
+            if not (isinstance(dest, QueueDestination) and dest.format == "kith" and dest.mapping):
+                continue
+            msg_id = outbound_msg_id(e.sender, e.control_id, dest.mapping, dest.receiver_her_id or name)
+            found = record.journal(control_id=msg_id, outcome="receipt", limit=1)
+            out[(e.key, name)] = found[0] if found else None
+    return out
 
 
 def _states_need_letters(journal: list[JournalEntry], kinds: dict[str, str], marks: dict[tuple[str, str], str], delivered: dict[str, float]) -> bool:

@@ -51,6 +51,7 @@ from router.pipeline._reply import reply
 if TYPE_CHECKING:
     from adapters.amqp.inbound import Delivery
     from adapters.amqp.outbound import Publisher
+    from adapters.kith.apprec import Receipt
     from router.contracts import Converted, FhirJson, Record
     from router.delivery.forward import Forwarder
     from router.routing.match import Decision, Router
@@ -115,7 +116,7 @@ def dead_letter_headers(
 class _Msg:
     """One message of the batch while it settles."""
 
-    __slots__ = ("as_received", "conv", "decision", "dup_key", "error", "outcome", "replayed", "stage", "unrendered")
+    __slots__ = ("as_received", "conv", "decision", "dup_key", "error", "outcome", "receipt", "replayed", "stage", "unrendered")
 
     def __init__(self, conv: Converted, *, replayed: bool = False) -> None:
         self.conv = conv
@@ -127,6 +128,7 @@ class _Msg:
         self.dup_key: str | None = None
         self.unrendered: list[tuple[str, MessageError]] = []  # (destination, why): dead-lettered at stage render by the Forwarder
         self.as_received = False  # no mapping serves it, and its routes forward it as received (passthrough only)
+        self.receipt: Receipt | None = None  # an AppRec answering a message Helsebro sent
 
 
 def applied_key(conv: Converted) -> str:
@@ -197,6 +199,7 @@ class Settle:
         """
         msgs = [[_Msg(c, replayed=_REPLAY_HEADER in d.headers) for c in results] for d, results in items]
         flat = [m for group in msgs for m in group]
+        self._take_receipts(flat)
         self._route_unmapped(flat)
         self._find_duplicates(flat)
         for m in flat:
@@ -214,6 +217,17 @@ class Settle:
         ms = round((time.monotonic() - started) * 1000, 2)
         return [[self._settled(m, ms) for m in group] for group in msgs]
 
+    @staticmethod
+    def _take_receipts(flat: list[_Msg]) -> None:
+        """An AppRec that comes in answers a message Helsebro sent: settled as a `receipt`, journalled under the MsgId it
+        answers (so `helsebro find` shows it beside that message), never answered, forwarded or dead-lettered."""
+        for m in flat:
+            env = m.conv.envelope
+            if m.conv.format == "kith" and isinstance(m.error, NoMapping) and env is not None and env.kind == "AppRec":
+                from adapters.kith.apprec import read_receipt  # the XML edge loads only when XML arrives
+
+                m.receipt, m.error, m.outcome = read_receipt(env), None, "receipt"
+
     def _route_unmapped(self, flat: list[_Msg]) -> None:
         """A message no mapping serves is forwarded as received when its routes send it only to passthrough queues
         (a legacy system that still reads a message type the record does not take); otherwise it stays refused."""
@@ -229,6 +243,8 @@ class Settle:
         keys: list[str] = []
         for m in flat:
             conv = m.conv
+            if m.outcome is not None:
+                continue  # a receipt: never answered, so never a duplicate of an answered message
             if conv.format == "kith":
                 if self._answered_before(conv):
                     m.outcome, m.error = "duplicate", None
@@ -290,6 +306,8 @@ class Settle:
             if conv.format != "kith":
                 reply(self._publisher, conv, None, apprec_prefix=self._apprec_prefix, original_acks=self._original_acks)
             return
+        if m.outcome == "receipt":
+            return  # an AppRec is never answered
         if m.error is None and m.conv.bundle is None and not m.as_received:
             m.error = MessageError("message produced no Bundle")
         if m.error is not None:
@@ -315,7 +333,7 @@ class Settle:
             return
         for m in flat:  # after the AppRecs are confirmed: a crash before answers twice rather than never
             env = m.conv.envelope
-            if m.conv.format == "kith" and m.outcome != "duplicate" and m.conv.control_id and env is not None:
+            if m.conv.format == "kith" and m.outcome not in ("duplicate", "receipt") and m.conv.control_id and env is not None:
                 for party in env.recipients:
                     self._guard.seen_before(m.conv.control_id, recipient=party.her_id or party.role)
 
@@ -325,15 +343,24 @@ class Settle:
         if journal_settled is None:
             return
         rows = [
-            (f"{applied_key(m.conv)}|{m.outcome}", journal_facts(m.conv, self._elsewhere(m)), m.outcome, self._note(m))
+            (f"{applied_key(m.conv)}|{m.outcome}", self._facts(m), m.outcome, self._note(m))
             for m in flat
             if m.outcome in _NOT_APPLIED and (m.conv.control_id or m.conv.patient_key)
         ]
         if rows and (left_out := self._with_record(lambda: journal_settled(rows))):
             self._log.warning("journal_rows_left_out", count=left_out, why="the record's database refused a value of theirs")
 
+    def _facts(self, m: _Msg) -> JournalFacts:
+        """What the journal keeps of *m*; a receipt is kept under the MsgId it answers, which find looks it up by, with
+        its status as the type's second part (`APPREC^1` OK, `APPREC^2` Avvist)."""
+        if m.receipt is not None:
+            return JournalFacts(m.receipt.original_msg_id, m.conv.sender or "", f"APPREC^{m.receipt.status}", "", "")
+        return journal_facts(m.conv, self._elsewhere(m))
+
     def _note(self, m: _Msg) -> str:
         """Why *m* was not applied, in plain words starting with what became of it: never a value from the message."""
+        if m.receipt is not None:
+            return f"receipt: {m.receipt.summary()} (AppRec {m.conv.control_id or 'without an Id'})"
         if m.outcome == "duplicate":
             if m.conv.format == "kith":
                 return "duplicate: this MsgId was answered before to every recipient (not applied, not answered again)"
@@ -359,6 +386,8 @@ class Settle:
             reason = "duplicate: already settled"
         elif m.outcome == "filtered" and m.decision is not None:
             reason = "no route matched"
+        elif m.receipt is not None:
+            reason = m.receipt.summary()
         return Settled(conv.control_id, conv.message_type, conv.sender, conv.patient_key, m.outcome or "dead_lettered", ms, m.stage if error else None, reason, tuple(conv.unmapped))
 
     def _with_record(self, call: Callable[[], Any]) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from router.cli import main
-from router.testing import adt_message, publish, run_engine_in_thread, wait_until
+from router.testing import adt_message, drain_queue, publish, run_engine_in_thread, wait_until
 
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,7 +215,7 @@ class TestWhatWasNotApplied:
         assert outcomes["N1"][0] == "duplicate" and "within the last 3600 s" in outcomes["N1"][1]
         assert outcomes["N2"] == ("forwarded", "forwarded to lab (not to the record)")
         routed_to = {m["control_id"]: m["destinations"] for m in doc["applied"] + doc["not_applied"]}
-        assert routed_to["N2"] == [{"name": "lab", "kind": "queue", "state": "published", "delivered_at": None}]
+        assert routed_to["N2"] == [{"name": "lab", "kind": "queue", "state": "published", "delivered_at": None, "receipt": None}]
         assert routed_to["N3"] == [] and doc["applied"][0]["destinations"] == []
         assert outcomes["N3"] == ("filtered", "filtered: no route matched (not applied, not forwarded)")
         assert {m["patient_key"] for m in doc["applied"] + doc["not_applied"]} == {doc["applied"][0]["patient_key"]}
@@ -351,7 +351,7 @@ class TestDestinations:
         doc = json.loads(out)
         assert code == 0
         [applied] = doc["applied"]
-        assert applied["destinations"] == [{"name": "ekstern", "kind": "fhir", "state": "dead_lettered", "delivered_at": None}]
+        assert applied["destinations"] == [{"name": "ekstern", "kind": "fhir", "state": "dead_lettered", "delivered_at": None, "receipt": None}]
         [letter] = doc["dead_letters"]
         assert letter["queue"].endswith(".ekstern.dlq") and letter["control_id"] == "E1"
         code, text, _ = _find(capsys, "--control-id", "E1")
@@ -410,7 +410,7 @@ class TestDestinations:
         code, out, _ = _find(capsys, "--control-id", "P1", "--json")
         doc = json.loads(out)
         assert code == 0 and doc["dead_letters"] == []
-        assert doc["applied"][0]["destinations"] == [{"name": "ekstern", "kind": "fhir", "state": "pending", "delivered_at": None}]
+        assert doc["applied"][0]["destinations"] == [{"name": "ekstern", "kind": "fhir", "state": "pending", "delivered_at": None, "receipt": None}]
 
     def test_a_message_the_record_refused_names_no_destination_it_never_reached(self, exported, capsys):
         """Routed to the record and a legacy queue, an A45 the record refuses is dead-lettered at apply and not forwarded:
@@ -485,3 +485,77 @@ class TestReviewH84States:
         [entry] = json.loads(out)["not_applied"]
         assert "dead-lettered (render) for lab" in entry["note"]
         assert [d["state"] for d in entry["destinations"]] != ["published"], entry
+
+
+def _drain_if_declared(settings, queue: str) -> list:
+    try:
+        return drain_queue(settings, queue)
+    except Exception as exc:  # noqa: BLE001  # RabbitMQ: a queue nothing was ever sent to was never declared
+        assert getattr(exc, "reply_code", None) == 404, exc
+        return []
+
+
+KITH_ROUTES = {
+    "destinations": {
+        "record": {"kind": "record"},
+        "kommune": {"kind": "queue", "queue": "kommune.plo", "format": "kith", "mapping": "PLO_InnlagtPasient", "receiver_her_id": "12345"},
+    },
+    "routes": [{"name": "admissions", "to": ["record", "kommune"]}],
+}
+
+
+class TestReceipts:
+
+    @pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+    def sent(self, request, exported):
+        """Three admissions rendered as PLO for kommune 12345; the municipality answers the first with AppRec OK and the
+        second with a refusal (X99), and the third not at all. Returns the settings and the engine's stats of the answers."""
+        from adapters.kith import build_apprecs, read_message
+        from router.errors import MessageError
+
+        settings = exported(RABBIT if request.param == "rabbitmq" else None, routes=KITH_ROUTES)
+        publish(settings, [adt_message("A01", control_id=f"K{n}", fnr=GOOD_FNR, local_id="L1", visit=f"V{n}", admitted="20240301101500")
+                           for n in (1, 2, 3)])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.messages == 3, 60, what="three admissions settled")
+        plo = {h["x-helsebro-control-id"]: body for h, body in drain_queue(settings, settings.routes.destinations["kommune"].queue)}
+        answers = []
+        for control_id, error in (("K1", None), ("K2", MessageError("the receiving system could not file it"))):
+            [apprec] = build_apprecs(read_message(plo[control_id]).envelope, error=error)  # what kommune's system sends back
+            answers.append(apprec.xml)
+        _drain_if_declared(settings, f"{settings.engine.broker.names.apprec_prefix}.12345")  # not tagged per test: others' answers go
+        publish(settings, answers)
+        wait_until(lambda: handle.stats.messages == 5, 60, what="both AppRecs settled")
+        handle.stop()
+        return settings, handle.stats
+
+    def test_an_apprec_for_what_helsebro_sent_is_a_receipt_never_answered(self, sent):
+        """Each AppRec settles as a `receipt`: not dead-lettered, not answered with an AppRec of its own."""
+        settings, stats = sent
+        assert (stats.receipts, stats.dead_lettered, stats.applied) == (2, 0, 3)
+        assert drain_queue(settings, settings.engine.broker.names.dead_letter) == []
+        assert _drain_if_declared(settings, f"{settings.engine.broker.names.apprec_prefix}.12345") == []
+
+    def test_find_shows_each_messages_apprec_beside_its_destination(self, sent, capsys):
+        """find --control-id: the admission's kommune destination says AppRec OK (K1), refused with the code (K2), or
+        none yet (K3); --outcome receipt lists the AppRecs with their notes."""
+        receipts = {}
+        for control_id in ("K1", "K2", "K3"):
+            code, out, _ = _find(capsys, "--control-id", control_id, "--json")
+            assert code == 0
+            [entry] = json.loads(out)["applied"]
+            [dest] = entry["destinations"]
+            assert (dest["name"], dest["state"]) == ("kommune", "published")
+            receipts[control_id] = dest["receipt"]
+        assert receipts["K1"]["accepted"] is True and receipts["K1"]["at"].endswith("Z")
+        assert receipts["K2"]["accepted"] is False and "Avvist" in receipts["K2"]["note"] and "X99" in receipts["K2"]["note"]
+        assert receipts["K3"] == {"accepted": None, "at": None, "note": None}
+        code, text, _ = _find(capsys, "--control-id", "K2")
+        assert "      also to: kommune (queue): published, REFUSED by AppRec " in text
+        code, text, _ = _find(capsys, "--control-id", "K3")
+        assert "      also to: kommune (queue): published, no AppRec yet" in text
+        code, out, _ = _find(capsys, "--outcome", "receipt", "--json")
+        listed = json.loads(out)["not_applied"]
+        assert code == 0 and [m["outcome"] for m in listed] == ["receipt", "receipt"]
+        assert {m["message_type"] for m in listed} == {"APPREC^1", "APPREC^2"} and all(m["sender"] == "12345" for m in listed)
+        assert all(m["note"].startswith("receipt: AppRec ") for m in listed)

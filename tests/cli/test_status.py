@@ -79,7 +79,7 @@ class TestStatus:
         assert [(r["stage"], r["reason"], r["count"]) for r in dl["by_reason"]] == [("convert", NO_MSH, 2), ("convert", dl["by_reason"][1]["reason"], 1)]
         # Settled, from the journal: the ADT (control id ST1) as dead-lettered; the two that were not HL7 name no
         # control id and no patient, so only their dead letters hold them.
-        none = dict.fromkeys(("applied", "unchanged", "duplicate", "filtered", "forwarded", "dead_lettered"), 0)
+        none = dict.fromkeys(("applied", "unchanged", "duplicate", "filtered", "forwarded", "dead_lettered", "receipt"), 0)
         assert doc["settled"] == {"last_minute": {**none, "dead_lettered": 1}, "last_hour": {**none, "dead_lettered": 1}}
 
     def test_settled_unknown_when_the_record_cannot_be_read(self, settings, capsys, monkeypatch):
