@@ -336,17 +336,22 @@ class TestWhatWasNotApplied:
         assert [(m["outcome"], m["note"]) for m in json.loads(out)["not_applied"]] == [("filtered", "filtered: no route matched (not applied, not forwarded)")]
 
 
+def _refused_by_the_server(settings, scripted_fhir) -> None:
+    """An engine run in which the external server `ekstern` refuses the one admission E1 (its letter waits in ekstern's dead-letter queue)."""
+    server = scripted_fhir(take=0)
+    publish(settings, [adt_message("A01", control_id="E1", fnr=GOOD_FNR, local_id="L1", visit="V1")])
+    handle = run_engine_in_thread(settings, logger=QuietLogger(), destination_clients={"ekstern": server})
+    try:
+        wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="the server's refusal dead-lettered")
+    finally:
+        handle.stop()
+
+
 class TestDestinations:
     def test_an_applied_message_names_the_external_server_it_also_went_to(self, with_destination, scripted_fhir, capsys):
         """Routed to the record and an external FHIR server that refuses it: applied, naming `ekstern (fhir)`, and the server's
         refusal is among the dead letters (the destination's own queue) with the same control id."""
-        server = scripted_fhir(take=0)
-        publish(with_destination, [adt_message("A01", control_id="E1", fnr=GOOD_FNR, local_id="L1", visit="V1")])
-        handle = run_engine_in_thread(with_destination, logger=QuietLogger(), destination_clients={"ekstern": server})
-        try:
-            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="the server's refusal dead-lettered")
-        finally:
-            handle.stop()
+        _refused_by_the_server(with_destination, scripted_fhir)
         code, out, _ = _find(capsys, "--control-id", "E1", "--json")
         doc = json.loads(out)
         assert code == 0
@@ -434,17 +439,11 @@ class TestDestinations:
         assert "also to:" not in text
 
 
-class TestReviewH84States:
+class TestDestinationStatesAtTheEdges:
     def test_an_outcome_filter_does_not_turn_a_refused_delivery_into_pending(self, with_destination, scripted_fhir, capsys):
         """The server refused E1 (its letter waits in ekstern's dead-letter queue). `find --control-id E1 --outcome applied`
         reads no dead-letter queue, yet says `pending` ("it waits in the work queue"): it must not claim that."""
-        server = scripted_fhir(take=0)
-        publish(with_destination, [adt_message("A01", control_id="E1", fnr=GOOD_FNR, local_id="L1", visit="V1")])
-        handle = run_engine_in_thread(with_destination, logger=QuietLogger(), destination_clients={"ekstern": server})
-        try:
-            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="the server's refusal dead-lettered")
-        finally:
-            handle.stop()
+        _refused_by_the_server(with_destination, scripted_fhir)
         code, out, _ = _find(capsys, "--control-id", "E1", "--outcome", "applied", "--json")
         assert code == 0
         [applied] = json.loads(out)["applied"]

@@ -128,7 +128,7 @@ def _m96_carrying_an_unmapped_m1() -> bytes:
     return data[: found.start(2)] + base64.b64encode(inner) + data[found.end(2):]
 
 
-class TestReviewH84:
+class TestWhatIsNotForwarded:
     def test_a_duplicate_forwarded_as_received_names_no_destination(self, settings):
         """The resend is a duplicate: not forwarded again, so its journal row names no destination (as for any duplicate),
         and `find` does not say it was published to raw."""
