@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from router.errors import DecodeError, InvalidContent, MessageError, Refused, UnknownMessage
 
-__all__ = ["ACK_CODE_FOR", "AckCode", "ack_code_for", "acks_for", "build_ack"]
+__all__ = ["ACK_CODE_FOR", "AckCode", "accept_code_for", "ack_code_for", "acks_for", "build_ack"]
 
 AckCode = Literal["AA", "AE", "AR", "CA", "CR"]
 """HL7 table 0008: application accept, error, reject (original mode, and enhanced mode's application
@@ -96,7 +96,7 @@ def ack_code_for(error: MessageError) -> tuple[AckCode, str]:
     return ACK_CODE_FOR[MessageError]
 
 
-def acks_for(code: AckCode, *, accept_type: str, application_type: str) -> tuple[AckCode, ...]:
+def acks_for(code: AckCode, *, accept_type: str, application_type: str, accept: AckCode | None = None) -> tuple[AckCode, ...]:
     """The ACKs that answer a message whose outcome is *code* (AA, AE or AR), as its MSH-15 and MSH-16 ask.
 
     Both empty: original acknowledgment mode, one application ACK, *code*. Either set:
@@ -105,18 +105,28 @@ def acks_for(code: AckCode, *, accept_type: str, application_type: str) -> tuple
     only on an error or reject, SU only on success. The accept ACK is CA, or CR for a
     message rejected as unsupported (*code* AR: type, event, version, or unreadable); a
     message refused for its content was still taken into safe keeping (its dead letter),
-    so it is CA with an AE application ACK. An empty or unknown condition in enhanced mode
-    reads as AL: a sender that asks for nothing it understands is answered, not left waiting.
+    so it is CA with an AE application ACK. *accept* overrides that guess: the caller that knows
+    the error passes accept_code_for's (a message refused after it was kept, AR/Refused, is CA).
+    An empty or unknown condition in enhanced mode reads as AL: a sender that asks for nothing it
+    understands is answered, not left waiting.
     """
     if not accept_type and not application_type:
         return (code,)
-    accept: AckCode = "CR" if code == "AR" else "CA"
+    if accept is None:
+        accept = "CR" if code == "AR" else "CA"
     out: list[AckCode] = []
     if _wanted(accept_type, ok=accept == "CA"):
         out.append(accept)
     if _wanted(application_type, ok=code == "AA"):
         out.append(code)
     return tuple(out)
+
+
+def accept_code_for(error: MessageError | None) -> AckCode:
+    """The enhanced-mode accept ACK for a message settled with *error*: CR when it was not acceptable as a message at all
+    (unreadable, or a type, event or version Helsebro does not take: HL7 v2.5 §2.9.3, MSH-9/11/12), else CA: it was
+    kept (applied, forwarded, or dead-lettered), and a refusal by the record or a destination is the application ACK's AR."""
+    return "CR" if isinstance(error, (DecodeError, UnknownMessage)) else "CA"
 
 
 def _wanted(condition: str, *, ok: bool) -> bool:

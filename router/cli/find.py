@@ -55,7 +55,7 @@ journalled under the MsgId it answers, so the message shows `AppRec OK`,
 "queues_read": [...], "queues_skipped": [{"queue", "why"}]}`; a destination is
 `{"name", "kind", "state", "delivered_at", "receipt"}`: kind `queue`, `fhir`, or `unknown`
 (no longer in routes.yaml), state as above, delivered_at null unless delivered, receipt
-null unless Helsebro rendered KITH for it, else `{"accepted": true|false|null, "at",
+null unless Helsebro rendered and published KITH there (or an AppRec came), else `{"accepted": true|false|null, "at",
 "note"}` (null fields: no AppRec yet).
 
 Exit 0 when something was found, 1 when nothing was (or the record or the

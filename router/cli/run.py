@@ -13,7 +13,8 @@ Prometheus' text format (router/ops/metrics.py: messages settled by outcome,
 deliveries, batches, reconnects, the time batches take to settle, and each
 queued destination's results), on `--metrics-host` (127.0.0.1 unless given:
 open it to a scraper on purpose). With `--workers N`, worker i serves on P + i.
-A port that cannot be bound stops the worker before it consumes (exit 1).
+A port that cannot be bound stops the worker before it consumes (exit 1); a
+P + N - 1 past 65535 is a usage error (exit 2).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.workers > 1 and not load_settings().broker_url:
         print("helsebro run: --workers needs RabbitMQ (HELSEBRO_BROKER_URL): the embedded transport has no single active consumer, so two workers would break per-patient order", file=sys.stderr)
         return 2
+    if args.metrics_port and args.metrics_port + args.workers - 1 > 65535:  # worker i serves on P + i
+        print(f"helsebro run: --metrics-port {args.metrics_port} leaves no port for worker {args.workers - 1} (P + i must be at most 65535)", file=sys.stderr)
+        return 2
     if args.workers > 1 and args.worker_index is None:
         return _supervise(args)
     if args.worker_index is not None and not 0 <= args.worker_index < args.workers:
@@ -81,8 +85,8 @@ def _run(args: argparse.Namespace) -> int:
         port = args.metrics_port + (args.worker_index or 0) if args.metrics_port else 0
         try:
             metrics = MetricsServer(engine, host=args.metrics_host, port=port)
-        except OSError as exc:
-            print(f"helsebro run: cannot serve metrics on {args.metrics_host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        except (OSError, OverflowError) as exc:  # OverflowError: a port past 65535 (socket.bind)
+            print(f"helsebro run: cannot serve metrics on {args.metrics_host}:{port}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return 1
         metrics.start()
         logger.info("metrics_serving", host=args.metrics_host, port=metrics.port)

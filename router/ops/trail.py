@@ -51,7 +51,7 @@ class Handover:
     state: HandoverState
     at: float | None = None  # Unix time the server accepted it (delivered)
     receipt: JournalEntry | None = None  # a KITH receiver's newest AppRec for what Helsebro sent it (outcome `receipt`)
-    awaits_receipt: bool = False  # Helsebro rendered a KITH message for it: its receiver answers with an AppRec
+    awaits_receipt: bool = False  # Helsebro rendered and published a KITH message for it: its receiver answers with an AppRec
 
     @property
     def receipt_accepted(self) -> bool | None:
@@ -133,8 +133,8 @@ def find_messages(
         letters = _read_dead_letters(trail, settings, connection, control_id, patient_key, scan_limit, listed=searched)
     trail.handovers = _handovers(trail, letters, kinds, marks, delivered, settings.engine.broker.names.destination_prefix)
     for key, found in trail.handovers.items():
-        trail.handovers[key] = [replace(h, receipt=receipts[(key, h.name)], awaits_receipt=True) if (key, h.name) in receipts else h
-                                for h in found]
+        trail.handovers[key] = [replace(h, receipt=receipts[(key, h.name)], awaits_receipt=h.state == "published")  # sent: an AppRec is due
+                                if (key, h.name) in receipts else h for h in found]
     return trail
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from adapters.hl7v2.ack import AckCode, ack_code_for, acks_for, build_ack
+from adapters.hl7v2.ack import AckCode, accept_code_for, ack_code_for, acks_for, build_ack
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def reply(publisher: Publisher, conv: Converted, error: MessageError | None, *, apprec_prefix: str,
           original_acks: Callable[[MessageHeader], bool] | None = None) -> None:
     """Publish the answer to *conv*: for HL7 v2 the ACKs its MSH-15/16 ask for (adapters/hl7v2/ack.py acks_for), each
-    AA or CA, or the code *error* calls for; one application ACK when *original_acks* says its sender reads only those."""
+    AA or CA, or the code *error* calls for; one application ACK when *original_acks* says its sender reads only those, or is not given (the shipped default)."""
     if conv.format == "kith":
         _reply_apprec(publisher, conv, error, apprec_prefix)
         return
@@ -32,8 +32,8 @@ def reply(publisher: Publisher, conv: Converted, error: MessageError | None, *, 
     else:
         code, err_code = ack_code_for(error)
     codes: tuple[AckCode, ...] = (code,)
-    if header is not None and not (original_acks is not None and original_acks(header)):
-        codes = acks_for(code, accept_type=header.accept_ack_type, application_type=header.application_ack_type)
+    if header is not None and original_acks is not None and not original_acks(header):  # no policy given: original, the default
+        codes = acks_for(code, accept_type=header.accept_ack_type, application_type=header.application_ack_type, accept=accept_code_for(error))
     for one in codes:
         failed = one not in ("AA", "CA")
         ack = build_ack(

@@ -13,7 +13,8 @@ content, same message id for forwards).
 
 Duplicates (HL7 v2): a message whose (sender, MSH-10) was settled within
 `duplicates.window_seconds` is neither applied nor forwarded again; it is
-answered AA again, since a sender resends when an ACK went missing. The key is
+answered again as the first copy was (AA, or CA/AA as MSH-15/16 ask with
+`hl7v2.acknowledgments: msh`), since a sender resends when an ACK went missing. The key is
 remembered only after the batch's publishes are confirmed, so a crash in
 between forwards twice rather than never. A dead letter an operator replays
 (`helsebro dlq replay`, header `x-helsebro-replay-of`) is applied whatever the
@@ -25,7 +26,8 @@ reconnects and the one catch-all belong to router/engine.py.
 
 Nothing settles silently: an applied message is journalled with what it wrote
 (in its apply transaction), and every other one (duplicate, filtered,
-forwarded only to other destinations, dead-lettered) with its outcome and a
+forwarded only to other destinations, dead-lettered, and an incoming AppRec as a
+`receipt` under the MsgId it answers) with its outcome and a
 plain-words note, once the publishes are confirmed and before the ack, so an
 operator finds any message with `helsebro find`.
 """
@@ -45,7 +47,7 @@ import orjson
 from adapters.amqp.connection import wait_alive
 from adapters.amqp.inbound import ack_all
 from router.contracts import APPLIED_OUTCOMES, SETTLED_OUTCOMES, JournalFacts, SettledOutcome
-from router.errors import MessageError, NoMapping, RecordUnavailable
+from router.errors import InvalidContent, MessageError, NoMapping, RecordUnavailable
 from router.pipeline._reply import reply
 
 if TYPE_CHECKING:
@@ -217,16 +219,26 @@ class Settle:
         ms = round((time.monotonic() - started) * 1000, 2)
         return [[self._settled(m, ms) for m in group] for group in msgs]
 
-    @staticmethod
-    def _take_receipts(flat: list[_Msg]) -> None:
+    def _take_receipts(self, flat: list[_Msg]) -> None:
         """An AppRec that comes in answers a message Helsebro sent: settled as a `receipt`, journalled under the MsgId it
-        answers (so `helsebro find` shows it beside that message), never answered, forwarded or dead-lettered."""
+        answers (so `helsebro find` shows it beside that message), never answered or dead-lettered. One that
+        names no OriginalMsgId/Id answers nothing find could show: dead-lettered (never answered), as XSD validation would.
+        One that routes naming only passthrough queues take (a legacy system reading the answers) is also forwarded as
+        received: journalled as a receipt all the same."""
         for m in flat:
             env = m.conv.envelope
             if m.conv.format == "kith" and isinstance(m.error, NoMapping) and env is not None and env.kind == "AppRec":
                 from adapters.kith.apprec import read_receipt  # the XML edge loads only when XML arrives
 
-                m.receipt, m.error, m.outcome = read_receipt(env), None, "receipt"
+                receipt = read_receipt(env)
+                if not receipt.original_msg_id:
+                    m.error = InvalidContent("the AppRec names no OriginalMsgId/Id: it answers no message that can be found",
+                                             location="/AppRec/OriginalMsgId/Id")
+                    continue
+                m.receipt, m.error, m.outcome = receipt, None, "receipt"
+                if self._router is not None and self._forwarder is not None:
+                    m.decision = self._router.decide_unmapped(m.conv)
+                    m.as_received = m.decision is not None
 
     def _route_unmapped(self, flat: list[_Msg]) -> None:
         """A message no mapping serves is forwarded as received when its routes send it only to passthrough queues
@@ -307,6 +319,8 @@ class Settle:
                 reply(self._publisher, conv, None, apprec_prefix=self._apprec_prefix, original_acks=self._original_acks)
             return
         if m.outcome == "receipt":
+            if m.decision is not None and self._forwarder is not None:  # also to the legacy queues its routes name
+                self._forwarder.forward(self._publisher, conv, m.decision, unrendered=m.unrendered)
             return  # an AppRec is never answered
         if m.error is None and m.conv.bundle is None and not m.as_received:
             m.error = MessageError("message produced no Bundle")
@@ -345,7 +359,7 @@ class Settle:
         rows = [
             (f"{applied_key(m.conv)}|{m.outcome}", self._facts(m), m.outcome, self._note(m))
             for m in flat
-            if m.outcome in _NOT_APPLIED and (m.conv.control_id or m.conv.patient_key)
+            if m.outcome in _NOT_APPLIED and (m.conv.control_id or m.conv.patient_key or m.receipt is not None)
         ]
         if rows and (left_out := self._with_record(lambda: journal_settled(rows))):
             self._log.warning("journal_rows_left_out", count=left_out, why="the record's database refused a value of theirs")
@@ -354,13 +368,15 @@ class Settle:
         """What the journal keeps of *m*; a receipt is kept under the MsgId it answers, which find looks it up by, with
         its status as the type's second part (`APPREC^1` OK, `APPREC^2` Avvist)."""
         if m.receipt is not None:
-            return JournalFacts(m.receipt.original_msg_id, m.conv.sender or "", f"APPREC^{m.receipt.status}", "", "")
+            forwarded = ",".join(m.decision.destinations) if m.decision is not None else ""
+            return JournalFacts(m.receipt.original_msg_id, m.conv.sender or "", f"APPREC^{m.receipt.status}", "", forwarded)
         return journal_facts(m.conv, self._elsewhere(m))
 
     def _note(self, m: _Msg) -> str:
         """Why *m* was not applied, in plain words starting with what became of it: never a value from the message."""
         if m.receipt is not None:
-            return f"receipt: {m.receipt.summary()} (AppRec {m.conv.control_id or 'without an Id'})"
+            note = f"receipt: {m.receipt.summary()} (AppRec {m.conv.control_id or 'without an Id'})"
+            return f"{note}; forwarded as received to {', '.join(m.decision.destinations)}" if m.decision is not None else note
         if m.outcome == "duplicate":
             if m.conv.format == "kith":
                 return "duplicate: this MsgId was answered before to every recipient (not applied, not answered again)"
