@@ -558,3 +558,24 @@ class TestReceipts:
         assert code == 0 and [m["outcome"] for m in listed] == ["receipt", "receipt"]
         assert {m["message_type"] for m in listed} == {"APPREC^1", "APPREC^2"} and all(m["sender"] == "12345" for m in listed)
         assert all(m["note"].startswith("receipt: AppRec ") for m in listed)
+
+    def test_a_message_never_sent_there_awaits_no_apprec(self, exported, capsys, monkeypatch):
+        """K9 could not be rendered for kommune (dead-lettered at render): nothing was sent, so no AppRec will ever come.
+        `--json` must not say `"receipt": {"accepted": null, ...}` (no AppRec yet): a script chasing missing AppRecs after
+        96 h would chase this one for ever (found by review)."""
+        from adapters.kith.render import KithRenderer
+        from router.errors import InvalidContent
+
+        def refuse(self, conv):
+            raise InvalidContent("the Bundle has no Encounter, which outbound mapping PLO_InnlagtPasient needs", location="Bundle")
+
+        monkeypatch.setattr(KithRenderer, "render", refuse)
+        settings = exported(None, routes=KITH_ROUTES)
+        publish(settings, [adt_message("A01", control_id="K9", fnr=GOOD_FNR, local_id="L1", visit="V9")])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.messages == 1, 60, what="settled")
+        handle.stop()
+        code, out, _ = _find(capsys, "--control-id", "K9", "--json")
+        [entry] = json.loads(out)["applied"]
+        [dest] = entry["destinations"]
+        assert code == 0 and dest["state"] == "dead_lettered" and dest["receipt"] is None, dest
