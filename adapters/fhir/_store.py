@@ -186,6 +186,7 @@ _JOURNAL_COLUMNS = "key, applied_at, control_id, sender, message_type, patient_k
 JOURNAL_OUTCOMES = frozenset(SETTLED_OUTCOMES)
 _APPLIED_AMONG = "WITH q (key) AS ({}) SELECT h.key FROM q JOIN helsebro_applied h ON h.key = q.key"
 _MARKED_AMONG = "WITH q (key) AS ({}) SELECT h.key, h.applied_at FROM q JOIN helsebro_applied h ON h.key = q.key"
+_RECEIPT_CHUNK = 500  # MsgIds per receipts query: well under SQLite's bound-parameter limit
 APPLIED_RETENTION_SECONDS = 14 * 24 * 3600.0
 """How long an applied message's key is kept: far longer than any redelivery takes to come back."""
 _PURGE_APPLIED_EVERY = 1000  # apply_batch calls with keys between purges
@@ -211,6 +212,16 @@ def _storable(write: Callable[[Sequence[Any]], None], rows: Sequence[Any]) -> in
         except UnstorableContent:
             left_out += 1
     return left_out
+
+
+def _entries(rows: Sequence[tuple[Any, ...]]) -> list[JournalEntry]:
+    """helsebro_journal rows (_JOURNAL_COLUMNS) as JournalEntry values."""
+    return [
+        JournalEntry(str(key), float(at), str(cid), str(snd), str(mtype), str(pkey),
+                     tuple((str(t), str(i), int(v), str(o)) for t, i, v, o in orjson.loads(res)), str(outcome), str(note),
+                     tuple(d for d in str(dests).split(",") if d))
+        for key, at, cid, snd, mtype, pkey, res, outcome, note, dests in rows
+    ]
 
 
 def _text(value: str) -> str:
@@ -452,12 +463,23 @@ class SqlRecord(ABC):
             args.append(since)
         rows = self._select(f"SELECT {_JOURNAL_COLUMNS} FROM helsebro_journal WHERE {' AND '.join(where)}"
                             " ORDER BY applied_at DESC, key LIMIT ?", (*args, limit))
-        return [
-            JournalEntry(str(key), float(at), str(cid), str(snd), str(mtype), str(pkey),
-                         tuple((str(t), str(i), int(v), str(o)) for t, i, v, o in orjson.loads(res)), str(outcome), str(note),
-                         tuple(d for d in str(dests).split(",") if d))
-            for key, at, cid, snd, mtype, pkey, res, outcome, note, dests in rows
-        ]
+        return _entries(rows)
+
+    def receipts(self, msg_ids: Sequence[str]) -> dict[str, JournalEntry]:
+        """The newest receipt (an AppRec journalled under the MsgId it answers) for each of *msg_ids* that has one.
+
+        Raises:
+            RecordUnavailable: the database is unreachable.
+        """
+        out: dict[str, JournalEntry] = {}
+        wanted = list(dict.fromkeys(msg_ids))
+        for start in range(0, len(wanted), _RECEIPT_CHUNK):
+            chunk = wanted[start:start + _RECEIPT_CHUNK]
+            rows = self._select(f"SELECT {_JOURNAL_COLUMNS} FROM helsebro_journal WHERE outcome = 'receipt' AND control_id IN"
+                                f" ({', '.join('?' for _ in chunk)}) ORDER BY applied_at DESC, key", chunk)
+            for entry in _entries(rows):
+                out.setdefault(entry.control_id, entry)  # newest first
+        return out
 
     def applied(self, keys: Sequence[str]) -> set[str]:
         """Return those of *keys* marked applied (by apply_batch or mark_applied) within the retention.

@@ -18,6 +18,7 @@ Prometheus expects of a counter.
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -73,6 +74,10 @@ def exposition(engine: Engine) -> str:
     return "\n".join(lines) + "\n"
 
 
+class _Ipv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class MetricsServer:
     """Serves `GET /metrics` for one engine on its own daemon thread; anything else is 404."""
 
@@ -99,7 +104,8 @@ class MetricsServer:
             def log_message(self, *_args: Any) -> None:
                 pass  # a scrape every few seconds is not worth a log line
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        server_class = _Ipv6Server if ":" in host else ThreadingHTTPServer  # `::` or `::1`: http.server binds IPv4 unless told
+        self._server = server_class((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="helsebro-metrics", daemon=True)
 

@@ -143,16 +143,14 @@ def _receipts(record: SqlRecord, journal: list[JournalEntry], settings: Settings
     from adapters.kith.render import outbound_msg_id
     from router.routing.model import QueueDestination
 
-    out: dict[tuple[str, str], JournalEntry | None] = {}
+    sent: dict[tuple[str, str], str] = {}  # (journal key, destination) → the MsgId Helsebro gave what it rendered
     for e in journal:
         for name in e.destinations if e.control_id else ():
             dest = settings.routes.destinations.get(name)
-            if not (isinstance(dest, QueueDestination) and dest.format == "kith" and dest.mapping):
-                continue
-            msg_id = outbound_msg_id(e.sender, e.control_id, dest.mapping, dest.receiver_her_id or name)
-            found = record.journal(control_id=msg_id, outcome="receipt", limit=1)
-            out[(e.key, name)] = found[0] if found else None
-    return out
+            if isinstance(dest, QueueDestination) and dest.format == "kith" and dest.mapping:
+                sent[(e.key, name)] = outbound_msg_id(e.sender, e.control_id, dest.mapping, dest.receiver_her_id or name)
+    found = record.receipts(list(sent.values())) if sent else {}
+    return {where: found.get(msg_id) for where, msg_id in sent.items()}
 
 
 def _states_need_letters(journal: list[JournalEntry], kinds: dict[str, str], marks: dict[tuple[str, str], str], delivered: dict[str, float]) -> bool:

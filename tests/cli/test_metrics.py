@@ -113,6 +113,29 @@ class TestMetrics:
         result = subprocess.run([*HELSEBRO, "run", "--until-idle", "0.5"], env=_env(settings), capture_output=True, text=True, timeout=60)
         assert result.returncode == 0 and '"outcome":"applied"' in result.stderr  # it was still there to take
 
+    def test_an_ipv6_address_is_served(self, tmp_path):
+        """--metrics-host ::1 serves over IPv6 (http.server binds IPv4 only unless told)."""
+        if not socket.has_ipv6:
+            pytest.skip("this machine has no IPv6")
+        settings, port = isolated_settings(tmp_path), _free_port()
+        with subprocess.Popen([*HELSEBRO, "run", "--metrics-port", str(port), "--metrics-host", "::1"], env=_env(settings),
+                              stderr=subprocess.PIPE, text=True) as proc:
+            try:
+                def scraped() -> bool:
+                    try:
+                        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=5) as r:
+                            return r.status == 200 and "helsebro_messages_settled_total" in r.read().decode()
+                    except OSError:
+                        return False
+
+                wait_until(scraped, 60, what="metrics served on ::1")
+                proc.send_signal(signal.SIGTERM)
+                _, stderr = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert proc.returncode == 0, stderr[-2000:]
+
     @pytest.mark.parametrize("port", ["-1", "65536", "http"])
     def test_a_port_that_is_no_port_is_a_usage_error(self, port, tmp_path):
         settings = isolated_settings(tmp_path)

@@ -360,6 +360,18 @@ class TestJournal:
         assert [e.control_id for e in record.journal(patient_key="h:patient-1")] == ["C2"]
         assert record.applied(["m1", "m2"]) == {"m2"}
 
+    def test_receipts_are_found_by_the_msgids_they_answer_newest_first(self, record):
+        """receipts(): per MsgId, the newest AppRec journalled under it (outcome receipt); ids with none, and rows of other
+        outcomes under the same id, are left out."""
+        def answer(n: int, msg_id: str, status: str) -> tuple:
+            return (f"kith|12345|apprec-{n}|h|receipt", JournalFacts(msg_id, "12345", f"APPREC^{status}", "", ""), "receipt", f"receipt {n}")
+
+        record.journal_settled([answer(1, "m-1", "2"), answer(2, "m-2", "1"), answer(3, "m-1", "1"),
+                                ("hl7v2|A@B|m-3|h|filtered", JournalFacts("m-3", "A@B", "ADT^A08", "", ""), "filtered", "filtered")])
+        found = record.receipts(["m-1", "m-2", "m-3", "m-4", "m-1"])
+        assert {k: (e.message_type, e.note) for k, e in found.items()} == {"m-1": ("APPREC^1", "receipt 3"), "m-2": ("APPREC^1", "receipt 2")}
+        assert record.receipts([]) == {}
+
     def test_a_mark_says_when_it_was_written(self, record, monkeypatch):
         """marked_at: the time each marked key was written, by mark_applied or apply_batch; keys never marked are absent,
         a key asked twice is answered once."""
