@@ -434,7 +434,8 @@ class SqlRecord(ABC):
         return counts
 
     def journal(self, *, control_id: str | None = None, patient_key: str | None = None, sender: str | None = None,
-                outcome: str | None = None, since: float | None = None, limit: int = 100) -> list[JournalEntry]:
+                outcome: str | None = None, since: float | None = None, limit: int = 100, until: float | None = None,
+                destination: str | None = None) -> list[JournalEntry]:
         """The settled messages with this control id and/or patient key (and sender), newest first, at most *limit*.
 
         Kept as long as the applied keys (APPLIED_RETENTION_SECONDS). Applied messages
@@ -442,13 +443,14 @@ class SqlRecord(ABC):
         other destinations, dead-lettered) with their outcome and note. *outcome* (one of
         JOURNAL_OUTCOMES), *sender* and *since* (Unix time) narrow the search, or make it
         alone: the newest rows are read first (the time index), so a rare outcome over
-        14 days reads many rows before *limit* are found.
+        14 days reads many rows before *limit* are found. *until* (Unix time, exclusive) and
+        *destination* (one of the destinations besides the record it was routed to) narrow too.
 
         Raises:
             ValueError: no criterion was given (the journal is not listed whole), or an unknown outcome.
             RecordUnavailable: the database is unreachable.
         """
-        if not (control_id or patient_key or sender or outcome or since is not None):
+        if not (control_id or patient_key or sender or outcome or since is not None or until is not None or destination):
             raise ValueError("journal: give a control id, a patient key, a sender, an outcome or a time")
         if outcome is not None and outcome not in JOURNAL_OUTCOMES:
             raise ValueError(f"journal: {outcome!r} is not one of {', '.join(SETTLED_OUTCOMES)}")
@@ -461,6 +463,12 @@ class SqlRecord(ABC):
         if since is not None:
             where.append("applied_at >= ?")
             args.append(since)
+        if until is not None:
+            where.append("applied_at < ?")
+            args.append(until)
+        if destination:
+            where.append("(',' || destinations || ',') LIKE ?")  # names are lower case, digits and dashes: no wildcard in them
+            args.append(f"%,{destination},%")
         rows = self._select(f"SELECT {_JOURNAL_COLUMNS} FROM helsebro_journal WHERE {' AND '.join(where)}"
                             " ORDER BY applied_at DESC, key LIMIT ?", (*args, limit))
         return _entries(rows)

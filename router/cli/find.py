@@ -4,6 +4,8 @@
     helsebro find --patient NUMBER                 a fødselsnummer, D-nummer or FH-nummer: hashed here, never stored or logged;
                                                    `--patient -` reads it from stdin, out of `ps` and the shell's history
     helsebro find --patient-key KEY                the `patient_key` of a log line or a dead letter (h:…)
+    helsebro find --awaiting-apprec 96h            a list: messages Helsebro rendered KITH for at least that long ago
+                                                   whose receiver has sent no AppRec yet (follow them up: FACTS §10)
     helsebro find --outcome filtered --since 1h    a list: the journal's messages with that outcome (applied, unchanged,
                                                    duplicate, filtered, forwarded, dead_lettered, receipt), settled since then
                                                    (90s, 15m, 2h, 7d); --sender, --outcome and --since narrow any search
@@ -107,6 +109,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--sender", metavar="S", help="Only this sender's messages in the journal (MSH-3@MSH-4 as logged); dead letters do not name their sender.")
     p.add_argument("--outcome", choices=SETTLED_OUTCOMES, help="Only messages with this outcome (or list them, newest first).")
     p.add_argument("--since", type=_duration, metavar="AGE", help="Only messages settled within AGE: 90s, 15m, 2h, 7d.")
+    p.add_argument("--awaiting-apprec", type=_duration, metavar="AGE",
+                   help="List the messages sent to a KITH destination at least AGE ago (96h is the standard's) with no AppRec yet.")
     p.add_argument("--limit", type=positive, default=100, metavar="N", help="At most N messages from the journal (default 100).")
     p.add_argument("--no-dlq", action="store_true", help="Search the record's journal only, not the dead-letter queues.")
     p.add_argument("--scan-limit", type=positive, default=_SCAN_LIMIT, metavar="N",
@@ -142,8 +146,10 @@ def _find(args: argparse.Namespace) -> int:
         patient_key = _patient_key(args, settings)
     except ValueError as exc:
         return _fail(f"--patient is not a fødselsnummer, D-nummer or FH-nummer ({exc})", 2)
-    if not (args.control_id or patient_key or args.outcome or args.sender or args.since):
-        return _fail("give --control-id, --patient or --patient-key (or list by --outcome, --sender or --since)", 2)
+    if args.awaiting_apprec and (args.control_id or patient_key or args.outcome or args.sender or args.since):
+        return _fail("--awaiting-apprec lists by itself: give it without --control-id, --patient, --outcome, --sender or --since", 2)
+    if not (args.control_id or patient_key or args.outcome or args.sender or args.since or args.awaiting_apprec):
+        return _fail("give --control-id, --patient or --patient-key (or list by --outcome, --sender, --since or --awaiting-apprec)", 2)
     audit = AuditLog(settings.data_dir / "audit.log") if patient_key else None
     try:
         action_id = audit.begin("find", patient_key=patient_key, control_id=args.control_id) if audit else ""
@@ -164,7 +170,7 @@ def _find(args: argparse.Namespace) -> int:
 def _search(settings: Settings, args: argparse.Namespace, patient_key: str | None) -> Trail:
     since = time.time() - args.since if args.since else None
     lookup = functools.partial(find_messages, settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender,
-                               outcome=args.outcome, since=since, limit=args.limit)
+                               outcome=args.outcome, since=since, limit=args.limit, awaiting_apprec=args.awaiting_apprec)
     if args.no_dlq or not (args.control_id or patient_key):
         return lookup()
     from adapters.amqp.connection import open_connection

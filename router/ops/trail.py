@@ -22,6 +22,7 @@ resource ids and reasons; never a body, a national id or a name.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from router.settings import Settings
 
 __all__ = ["Handover", "HandoverState", "Trail", "find_messages"]
+
+_AWAITING_SCAN = 20_000  # journal rows read per KITH destination for --awaiting-apprec
 
 
 HandoverState = Literal["published", "delivered", "dead_lettered", "pending", "unknown"]
@@ -94,6 +97,7 @@ class Trail:
 def find_messages(
     settings: Settings,
     *,
+    awaiting_apprec: float | None = None,
     control_id: str | None = None,
     patient_key: str | None = None,
     sender: str | None = None,
@@ -105,6 +109,11 @@ def find_messages(
 ) -> Trail:
     """Look messages up in the record's journal and, given a *connection* and a control id or patient key, the dead-letter queues.
 
+    *awaiting_apprec* (seconds) lists instead the messages Helsebro rendered KITH for at
+    least that long ago whose receiver has sent no AppRec yet (FACTS §10: follow up after
+    96 hours), newest first, from the journal's newest 20,000 such rows per KITH destination
+    (a message dead-lettered at render there is among them: the journal of an applied
+    message does not say so, its dead letter does).
     *sender*, *outcome* and *since* (Unix time) narrow the journal only, or list it by
     themselves (a dead letter names no sender; `helsebro dlq list` lists a queue). A
     dead-letter queue holding more than *scan_limit* messages is not read (reading
@@ -117,7 +126,10 @@ def find_messages(
     kinds = {name: str(getattr(d, "kind", "unknown")) for name, d in settings.routes.destinations.items()}
     record = open_record(settings)
     try:
-        trail = Trail(journal=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, outcome=outcome, since=since, limit=limit))
+        if awaiting_apprec is not None:
+            trail = Trail(journal=_awaiting(record, settings, time.time() - awaiting_apprec, limit, _AWAITING_SCAN))
+        else:
+            trail = Trail(journal=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, outcome=outcome, since=since, limit=limit))
         marks = _delivery_marks(trail.journal, kinds)
         delivered = record.marked_at(list(marks.values())) if marks else {}
         receipts = _receipts(record, trail.journal, settings)
@@ -136,6 +148,18 @@ def find_messages(
         trail.handovers[key] = [replace(h, receipt=receipts[(key, h.name)], awaits_receipt=h.state == "published")  # sent: an AppRec is due
                                 if (key, h.name) in receipts else h for h in found]
     return trail
+
+
+def _awaiting(record: SqlRecord, settings: Settings, until: float, limit: int, scan_limit: int) -> list[JournalEntry]:
+    """The journalled messages settled before *until* that went to a KITH destination whose AppRec has not come, newest first."""
+    from router.routing.model import QueueDestination
+
+    kith = [name for name, d in settings.routes.destinations.items() if isinstance(d, QueueDestination) and d.format == "kith" and d.mapping]
+    sent = {e.key: e for name in kith for e in record.journal(destination=name, until=until, limit=scan_limit)}
+    entries = sorted(sent.values(), key=lambda e: (-e.applied_at, e.key))
+    answered = _receipts(record, entries, settings)
+    waiting = {key for (key, _name), receipt in answered.items() if receipt is None}
+    return [e for e in entries if e.key in waiting][:limit]
 
 
 def _receipts(record: SqlRecord, journal: list[JournalEntry], settings: Settings) -> dict[tuple[str, str], JournalEntry | None]:

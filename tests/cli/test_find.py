@@ -559,6 +559,22 @@ class TestReceipts:
         assert {m["message_type"] for m in listed} == {"APPREC^1", "APPREC^2"} and all(m["sender"] == "12345" for m in listed)
         assert all(m["note"].startswith("receipt: AppRec ") for m in listed)
 
+    def test_the_messages_still_awaiting_an_apprec_are_listed(self, sent, capsys):
+        """--awaiting-apprec AGE: the messages sent to a KITH destination at least AGE ago with no AppRec yet: K3 only (K1
+        was answered OK, K2 refused: a refusal is followed up by its own note). Nothing that old: exit 1. It lists alone."""
+        import time
+
+        time.sleep(1.1)
+        code, out, _ = _find(capsys, "--awaiting-apprec", "1s", "--json")
+        doc = json.loads(out)
+        assert code == 0 and [m["control_id"] for m in doc["applied"]] == ["K3"] and doc["not_applied"] == []
+        assert doc["applied"][0]["destinations"][0]["receipt"] == {"accepted": None, "at": None, "note": None}
+        code, text, _ = _find(capsys, "--awaiting-apprec", "1s")
+        assert "K3" in text and "      also to: kommune (queue): published, no AppRec yet" in text and "K1" not in text
+        assert _find(capsys, "--awaiting-apprec", "1h")[0] == 1
+        code, _out, err = _find(capsys, "--awaiting-apprec", "96h", "--control-id", "K3")
+        assert code == 2 and "--awaiting-apprec lists by itself" in err
+
     def test_a_message_never_sent_there_awaits_no_apprec(self, exported, capsys, monkeypatch):
         """K9 could not be rendered for kommune (dead-lettered at render): nothing was sent, so no AppRec will ever come.
         `--json` must not say `"receipt": {"accepted": null, ...}` (no AppRec yet): a script chasing missing AppRecs after

@@ -372,6 +372,24 @@ class TestJournal:
         assert {k: (e.message_type, e.note) for k, e in found.items()} == {"m-1": ("APPREC^1", "receipt 3"), "m-2": ("APPREC^1", "receipt 2")}
         assert record.receipts([]) == {}
 
+    def test_a_destination_and_a_time_bound_narrow_the_journal(self, record, monkeypatch):
+        """journal(destination=, until=): rows routed to that destination (a whole name in the list, not a part of one),
+        settled before the bound."""
+        import adapters.fhir._store as store
+
+        clock = [1_700_000_000.0]
+        monkeypatch.setattr(store.time, "time", lambda: clock[0])
+
+        def row(n: int, destinations: str) -> tuple:
+            return (f"k{n}|forwarded", JournalFacts(f"C{n}", "A@B", "ADT^A01", "", destinations), "forwarded", "forwarded")
+
+        record.journal_settled([row(1, "kommune"), row(2, "lab,kommune"), row(3, "kommune-2"), row(4, "lab")])
+        clock[0] += 60
+        record.journal_settled([row(5, "kommune")])
+        assert [e.control_id for e in record.journal(destination="kommune")] == ["C5", "C2", "C1"]
+        assert [e.control_id for e in record.journal(destination="kommune", until=1_700_000_030.0)] == ["C2", "C1"]
+        assert [e.control_id for e in record.journal(until=1_700_000_030.0)] == ["C4", "C3", "C2", "C1"]
+
     def test_a_mark_says_when_it_was_written(self, record, monkeypatch):
         """marked_at: the time each marked key was written, by mark_applied or apply_batch; keys never marked are absent,
         a key asked twice is answered once."""
