@@ -171,7 +171,7 @@ def _search(settings: Settings, args: argparse.Namespace, patient_key: str | Non
     since = time.time() - args.since if args.since else None
     lookup = functools.partial(find_messages, settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender,
                                outcome=args.outcome, since=since, limit=args.limit, awaiting_apprec=args.awaiting_apprec)
-    if args.no_dlq or not (args.control_id or patient_key):
+    if args.no_dlq or not (args.control_id or patient_key or args.awaiting_apprec):  # awaiting: render dead letters are not due an AppRec
         return lookup()
     from adapters.amqp.connection import open_connection
 

@@ -112,8 +112,8 @@ def find_messages(
     *awaiting_apprec* (seconds) lists instead the messages Helsebro rendered KITH for at
     least that long ago whose receiver has sent no AppRec yet (FACTS §10: follow up after
     96 hours), newest first, from the journal's newest 20,000 such rows per KITH destination
-    (a message dead-lettered at render there is among them: the journal of an applied
-    message does not say so, its dead letter does).
+    (one dead-lettered at render there is left out: a forwarded one's note says so, an
+    applied one's dead letter does, read given a *connection*).
     *sender*, *outcome* and *since* (Unix time) narrow the journal only, or list it by
     themselves (a dead letter names no sender; `helsebro dlq list` lists a queue). A
     dead-letter queue holding more than *scan_limit* messages is not read (reading
@@ -127,7 +127,7 @@ def find_messages(
     record = open_record(settings)
     try:
         if awaiting_apprec is not None:
-            trail = Trail(journal=_awaiting(record, settings, time.time() - awaiting_apprec, limit, _AWAITING_SCAN))
+            trail = Trail(journal=_awaiting(record, settings, time.time() - awaiting_apprec, _AWAITING_SCAN))
         else:
             trail = Trail(journal=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, outcome=outcome, since=since, limit=limit))
         marks = _delivery_marks(trail.journal, kinds)
@@ -138,7 +138,7 @@ def find_messages(
     trail.listed = not (control_id or patient_key)
     searched = connection is not None and not trail.listed and outcome in (None, "dead_lettered")
     # Another outcome lists no dead letter, but a destination's state still depends on them: a refused delivery is not pending.
-    needed = connection is not None and not trail.listed and _states_need_letters(trail.journal, kinds, marks, delivered)
+    needed = connection is not None and (not trail.listed or awaiting_apprec is not None) and _states_need_letters(trail.journal, kinds, marks, delivered)
     letters: list[tuple[str, DeadLetter]] = []
     if searched or needed:
         assert connection is not None  # noqa: S101 - checked just above
@@ -147,11 +147,16 @@ def find_messages(
     for key, found in trail.handovers.items():
         trail.handovers[key] = [replace(h, receipt=receipts[(key, h.name)], awaits_receipt=h.state == "published")  # sent: an AppRec is due
                                 if (key, h.name) in receipts else h for h in found]
+    if awaiting_apprec is not None:  # only what was published there (not dead-lettered at render) and is still unanswered
+        trail.journal = [e for e in trail.journal if any(h.awaits_receipt and h.receipt is None for h in trail.handovers_of(e))][:limit]
+        kept = {e.key for e in trail.journal}
+        trail.handovers = {key: found for key, found in trail.handovers.items() if key in kept}
     return trail
 
 
-def _awaiting(record: SqlRecord, settings: Settings, until: float, limit: int, scan_limit: int) -> list[JournalEntry]:
-    """The journalled messages settled before *until* that went to a KITH destination whose AppRec has not come, newest first."""
+def _awaiting(record: SqlRecord, settings: Settings, until: float, scan_limit: int) -> list[JournalEntry]:
+    """The journalled messages settled before *until* routed to a KITH destination whose AppRec has not come, newest first
+    (find_messages keeps those that were published there, then the limit)."""
     from router.routing.model import QueueDestination
 
     kith = [name for name, d in settings.routes.destinations.items() if isinstance(d, QueueDestination) and d.format == "kith" and d.mapping]
@@ -159,7 +164,7 @@ def _awaiting(record: SqlRecord, settings: Settings, until: float, limit: int, s
     entries = sorted(sent.values(), key=lambda e: (-e.applied_at, e.key))
     answered = _receipts(record, entries, settings)
     waiting = {key for (key, _name), receipt in answered.items() if receipt is None}
-    return [e for e in entries if e.key in waiting][:limit]
+    return [e for e in entries if e.key in waiting and e.outcome != "receipt"]
 
 
 def _receipts(record: SqlRecord, journal: list[JournalEntry], settings: Settings) -> dict[tuple[str, str], JournalEntry | None]:

@@ -595,3 +595,26 @@ class TestReceipts:
         [entry] = json.loads(out)["applied"]
         [dest] = entry["destinations"]
         assert code == 0 and dest["state"] == "dead_lettered" and dest["receipt"] is None, dest
+
+    @pytest.mark.parametrize("to", [["record", "kommune"], ["kommune"]])
+    def test_a_message_never_sent_there_is_not_awaiting_an_apprec(self, exported, capsys, monkeypatch, to):
+        """Review H86: K9 was dead-lettered at render for kommune (applied, or forwarded-only whose note says so): nothing
+        was sent, so --awaiting-apprec must not list it for follow-up (the case H85 fixed for --control-id)."""
+        import time
+
+        from adapters.kith.render import KithRenderer
+        from router.errors import InvalidContent
+
+        def refuse(self, conv):
+            raise InvalidContent("the Bundle has no Encounter, which outbound mapping PLO_InnlagtPasient needs", location="Bundle")
+
+        monkeypatch.setattr(KithRenderer, "render", refuse)
+        routes = {**KITH_ROUTES, "routes": [{"name": "admissions", "to": to}]}
+        settings = exported(None, routes=routes)
+        publish(settings, [adt_message("A01", control_id="K9", fnr=GOOD_FNR, local_id="L1", visit="V9")])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.messages == 1, 60, what="settled")
+        handle.stop()
+        time.sleep(1.1)
+        code, out, _ = _find(capsys, "--awaiting-apprec", "1s", "--json")
+        assert code == 1, out
