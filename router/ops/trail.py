@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from adapters.fhir.record import JournalEntry, open_record
@@ -127,12 +127,13 @@ def find_messages(
     record = open_record(settings)
     try:
         if awaiting_apprec is not None:
-            trail = Trail(journal=_awaiting(record, settings, time.time() - awaiting_apprec, _AWAITING_SCAN))
+            journal, receipts = _awaiting(record, settings, time.time() - awaiting_apprec, _AWAITING_SCAN)
+            trail = Trail(journal=journal)
         else:
             trail = Trail(journal=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, outcome=outcome, since=since, limit=limit))
+            receipts = _receipts(record, trail.journal, settings)
         marks = _delivery_marks(trail.journal, kinds)
         delivered = record.marked_at(list(marks.values())) if marks else {}
-        receipts = _receipts(record, trail.journal, settings)
     finally:
         record.close()
     trail.listed = not (control_id or patient_key)
@@ -143,10 +144,7 @@ def find_messages(
     if searched or needed:
         assert connection is not None  # noqa: S101 - checked just above
         letters = _read_dead_letters(trail, settings, connection, control_id, patient_key, scan_limit, listed=searched)
-    trail.handovers = _handovers(trail, letters, kinds, marks, delivered, settings.engine.broker.names.destination_prefix)
-    for key, found in trail.handovers.items():
-        trail.handovers[key] = [replace(h, receipt=receipts[(key, h.name)], awaits_receipt=h.state == "published")  # sent: an AppRec is due
-                                if (key, h.name) in receipts else h for h in found]
+    trail.handovers = _handovers(trail, letters, kinds, marks, delivered, receipts, settings.engine.broker.names.destination_prefix)
     if awaiting_apprec is not None:  # only what was published there (not dead-lettered at render) and is still unanswered
         trail.journal = [e for e in trail.journal if any(h.awaits_receipt and h.receipt is None for h in trail.handovers_of(e))][:limit]
         kept = {e.key for e in trail.journal}
@@ -154,9 +152,10 @@ def find_messages(
     return trail
 
 
-def _awaiting(record: SqlRecord, settings: Settings, until: float, scan_limit: int) -> list[JournalEntry]:
+def _awaiting(record: SqlRecord, settings: Settings, until: float,
+              scan_limit: int) -> tuple[list[JournalEntry], dict[tuple[str, str], JournalEntry | None]]:
     """The journalled messages settled before *until* routed to a KITH destination whose AppRec has not come, newest first
-    (find_messages keeps those that were published there, then the limit)."""
+    (find_messages keeps those that were published there, then the limit), with their receipts as _receipts gives them."""
     from router.routing.model import QueueDestination
 
     kith = [name for name, d in settings.routes.destinations.items() if isinstance(d, QueueDestination) and d.format == "kith" and d.mapping]
@@ -164,7 +163,7 @@ def _awaiting(record: SqlRecord, settings: Settings, until: float, scan_limit: i
     entries = sorted(sent.values(), key=lambda e: (-e.applied_at, e.key))
     answered = _receipts(record, entries, settings)
     waiting = {key for (key, _name), receipt in answered.items() if receipt is None}
-    return [e for e in entries if e.key in waiting and e.outcome != "receipt"]
+    return [e for e in entries if e.key in waiting and e.outcome != "receipt"], answered
 
 
 def _receipts(record: SqlRecord, journal: list[JournalEntry], settings: Settings) -> dict[tuple[str, str], JournalEntry | None]:
@@ -201,7 +200,7 @@ def _delivery_marks(journal: list[JournalEntry], kinds: dict[str, str]) -> dict[
 
 
 def _handovers(trail: Trail, letters: list[tuple[str, DeadLetter]], kinds: dict[str, str], marks: dict[tuple[str, str], str],
-               delivered: dict[str, float], prefix: str) -> dict[str, list[Handover]]:
+               delivered: dict[str, float], receipts: dict[tuple[str, str], JournalEntry | None], prefix: str) -> dict[str, list[Handover]]:
     from router.delivery.forward import forward_id_of
 
     out: dict[str, list[Handover]] = {}
@@ -214,7 +213,11 @@ def _handovers(trail: Trail, letters: list[tuple[str, DeadLetter]], kinds: dict[
                     d.stage == "render" and d.control_id == e.control_id and d.headers.get("x-helsebro-destination") == name
                     and d.headers.get("x-helsebro-sender", e.sender) == e.sender  # a control id is unique per sender only
                     for _q, d in letters))
-                found.append(Handover(name, kind, "published" if rendered else "dead_lettered"))
+                state: HandoverState = "published" if rendered else "dead_lettered"
+                if (e.key, name) in receipts:  # KITH Helsebro rendered: an AppRec is due once it was sent
+                    found.append(Handover(name, kind, state, receipt=receipts[(e.key, name)], awaits_receipt=rendered))
+                else:
+                    found.append(Handover(name, kind, state))
             elif kind == "fhir" and (mark := marks.get((e.key, name))) is not None:
                 if mark in delivered:
                     found.append(Handover(name, kind, "delivered", delivered[mark]))

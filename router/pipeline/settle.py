@@ -236,17 +236,15 @@ class Settle:
                                              location="/AppRec/OriginalMsgId/Id")
                     continue
                 m.receipt, m.error, m.outcome = receipt, None, "receipt"
-                if self._router is not None and self._forwarder is not None:
-                    m.decision = self._router.decide_unmapped(m.conv)
-                    m.as_received = m.decision is not None
 
     def _route_unmapped(self, flat: list[_Msg]) -> None:
         """A message no mapping serves is forwarded as received when its routes send it only to passthrough queues
-        (a legacy system that still reads a message type the record does not take); otherwise it stays refused."""
+        (a legacy system that still reads a message type the record does not take); otherwise it stays refused.
+        A receipt (_take_receipts, run first) is forwarded so too, and stays a receipt."""
         if self._router is None or self._forwarder is None:
             return
         for m in flat:
-            if isinstance(m.error, NoMapping) and m.conv.header is not None:
+            if (isinstance(m.error, NoMapping) or m.receipt is not None) and m.conv.header is not None:
                 decision = self._router.decide_unmapped(m.conv)
                 if decision is not None:
                     m.decision, m.error, m.as_received = decision, None, True
