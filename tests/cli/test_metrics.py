@@ -55,6 +55,29 @@ def _samples(text: str) -> dict[str, float]:
     return out
 
 
+class _Worker:
+    """`helsebro run ARGS` as a subprocess for a `with` block; leaving it sends SIGTERM and keeps the exit code and stderr
+    (the process is killed if it will not stop). Only for short runs: stderr is read when it ends."""
+
+    def __init__(self, settings, *args: str) -> None:
+        self.proc = subprocess.Popen([*HELSEBRO, "run", *args], env=_env(settings), stderr=subprocess.PIPE, text=True)
+        self.code: int | None = None
+        self.stderr = ""
+
+    def __enter__(self) -> _Worker:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+            _, self.stderr = self.proc.communicate(timeout=60)
+            self.code = self.proc.returncode
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def _up(port: int) -> bool:
     try:
         return _scrape(port)[0] == 200
@@ -69,21 +92,16 @@ class TestMetrics:
         SIGTERM stops the worker with exit 0 and frees the port."""
         settings, port = broker_settings, _free_port()
         first = adt_message("A01", control_id="X1", fnr=GOOD_FNR, local_id="L1", visit="V1")
-        with subprocess.Popen([*HELSEBRO, "run", "--metrics-port", str(port)], env=_env(settings), stderr=subprocess.PIPE, text=True) as proc:
-            try:
-                wait_until(lambda: _up(port), 60, what="metrics served")
-                publish(settings, [first, adt_message("A01", control_id="X2", fnr=GOOD_FNR, local_id="L1", visit="V2"), first,
-                                   adt_message("A01", control_id="X3", fnr=GOOD_FNR, local_id="L1", visit="V3"),
-                                   adt_message("A01", control_id="X4", fnr=BAD_FNR, local_id="L4", visit="V4")])
-                wait_until(lambda: _samples(_scrape(port)[2]).get("helsebro_settle_seconds_count") == 5, 60, what="five settled")
-                status, content_type, text = _scrape(port)
-                assert (_scrape(port, "/")[0], _scrape(port, "/metricsx")[0]) == (404, 404)
-                proc.send_signal(signal.SIGTERM)
-                _, stderr = proc.communicate(timeout=60)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-        assert proc.returncode == 0, stderr[-2000:]
+        with _Worker(settings, "--metrics-port", str(port)) as worker:
+            wait_until(lambda: _up(port), 60, what="metrics served")
+            publish(settings, [first, adt_message("A01", control_id="X2", fnr=GOOD_FNR, local_id="L1", visit="V2"), first,
+                               adt_message("A01", control_id="X3", fnr=GOOD_FNR, local_id="L1", visit="V3"),
+                               adt_message("A01", control_id="X4", fnr=BAD_FNR, local_id="L4", visit="V4")])
+            wait_until(lambda: _samples(_scrape(port)[2]).get("helsebro_settle_seconds_count") == 5, 60, what="five settled")
+            status, content_type, text = _scrape(port)
+            assert (_scrape(port, "/")[0], _scrape(port, "/metricsx")[0]) == (404, 404)
+        stderr = worker.stderr
+        assert worker.code == 0, stderr[-2000:]
         assert status == 200 and content_type.startswith("text/plain; version=0.0.4")
         samples = _samples(text)
         settled = {o: samples[f'helsebro_messages_settled_total{{outcome="{o}"}}'] for o in
@@ -118,23 +136,16 @@ class TestMetrics:
         if not socket.has_ipv6:
             pytest.skip("this machine has no IPv6")
         settings, port = isolated_settings(tmp_path), _free_port()
-        with subprocess.Popen([*HELSEBRO, "run", "--metrics-port", str(port), "--metrics-host", "::1"], env=_env(settings),
-                              stderr=subprocess.PIPE, text=True) as proc:
+        def scraped() -> bool:
             try:
-                def scraped() -> bool:
-                    try:
-                        with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=5) as r:
-                            return r.status == 200 and "helsebro_messages_settled_total" in r.read().decode()
-                    except OSError:
-                        return False
+                with urllib.request.urlopen(f"http://[::1]:{port}/metrics", timeout=5) as r:
+                    return r.status == 200 and "helsebro_messages_settled_total" in r.read().decode()
+            except OSError:
+                return False
 
-                wait_until(scraped, 60, what="metrics served on ::1")
-                proc.send_signal(signal.SIGTERM)
-                _, stderr = proc.communicate(timeout=60)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-        assert proc.returncode == 0, stderr[-2000:]
+        with _Worker(settings, "--metrics-port", str(port), "--metrics-host", "::1") as worker:
+            wait_until(scraped, 60, what="metrics served on ::1")
+        assert worker.code == 0, worker.stderr[-2000:]
 
     @pytest.mark.parametrize("port", ["-1", "65536", "http"])
     def test_a_port_that_is_no_port_is_a_usage_error(self, port, tmp_path):
