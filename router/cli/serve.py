@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import threading
 from types import FrameType
 from typing import Any
 
@@ -16,10 +17,6 @@ from adapters.fhir.rest import make_server
 from router.errors import RecordUnavailable
 from router.logging import configure_logging, get_logger
 from router.settings import load_settings
-
-
-class _Stop(Exception):
-    """Raised in the main thread by the SIGTERM handler to leave serve_forever()."""
 
 
 def register(subparsers: Any) -> None:
@@ -45,20 +42,31 @@ def run(args: argparse.Namespace) -> int:
         log.error("fhir_listen_failed", host=args.host, port=args.port, reason=exc.strerror)
         return 1
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        raise _Stop()
+    # The handlers only set an event: an exception raised from a handler can land inside
+    # socketserver's dispatch of a new connection, whose `except Exception` swallows it and
+    # serves on (SIGTERM lost while a client connects). The server runs on its own thread and
+    # the main thread, which receives the signals, waits for the event and shuts it down.
+    stopping = threading.Event()
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     host, port = server.server_address[:2]
+    serving = threading.Thread(target=server.serve_forever, name="helsebro-fhir-serve", daemon=True)
+    serving.start()
     try:
-        # Announced inside the try: a signal sent as soon as the line is read (a test, a supervisor)
-        # must find the handlers in place, not interrupt the step between the log and the try (exit 130).
+        # Announced after the handlers are in place: a signal sent as soon as the line is
+        # read (a test, a supervisor) must find them, not end the process with 130 or 143.
         log.info("fhir_serving", host=str(host), port=port, base_url=server.base_url)
-        server.serve_forever()
-    except (_Stop, KeyboardInterrupt):
-        pass
+        while not stopping.wait(1.0):  # a timeout keeps the wait interruptible on every platform
+            if not serving.is_alive():
+                break
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        server.shutdown()  # returns at once when serve_forever already ended
+        serving.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.server_close()
         log.info("fhir_stopped")
     return 0
