@@ -105,14 +105,24 @@ def _supervise(args: argparse.Namespace) -> int:
         base += ["--until-idle", str(args.until_idle)]
     if args.metrics_port is not None:
         base += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host]
-    children = [subprocess.Popen([*base, "--worker-index", str(i)], env=os.environ.copy()) for i in range(args.workers)]
+    # The handlers go in before the first child starts: a stop while they start is passed to
+    # those running, and no further one is started (it would run on, unstopped).
+    children: list[subprocess.Popen[bytes]] = []
+    stopped: list[int] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
+        stopped.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    for i in range(args.workers):
+        if stopped:
+            break
+        children.append(subprocess.Popen([*base, "--worker-index", str(i)], env=os.environ.copy()))
+    if stopped:  # again, for a child that started between the signal and its place in the list
+        on_signal(stopped[0], None)
     codes = [child.wait() for child in children]
     return max((abs(c) for c in codes), default=0)
