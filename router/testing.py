@@ -109,7 +109,8 @@ def isolated_settings(
     raw: dict[str, Any] = yaml.safe_load(base.read_text(encoding="utf-8")) or {}
     broker_block = raw.setdefault("broker", {})
     names = broker_block.setdefault("names", {})
-    for key, default in (("exchange", "helsebro.in"), ("inbound", "helsebro.in.hl7v2"), ("dead_letter", "helsebro.dlq"), ("replies", "helsebro.reply.hl7v2"), ("destination_prefix", "helsebro.dest")):
+    for key, default in (("exchange", "helsebro.in"), ("inbound", "helsebro.in.hl7v2"), ("dead_letter", "helsebro.dlq"), ("replies", "helsebro.reply.hl7v2"), ("destination_prefix", "helsebro.dest"),
+                         ("apprec_prefix", "helsebro.reply.apprec")):
         names[key] = f"{names.get(key, default)}.{tag}"
     broker_block["reconnect_max_seconds"] = 2.0
     broker_block.update(broker or {})

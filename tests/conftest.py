@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,3 +134,30 @@ def engine(tmp_path):
         yield settings, handle
     finally:
         handle.stop()
+
+
+_TAGGED_APPRECS = re.compile(r"^helsebro\.reply\.apprec\.[0-9a-f]{10}\.")
+
+
+def pytest_sessionfinish(session) -> None:
+    """Delete the AppRec queues the tests left on RabbitMQ (on the controller, once).
+
+    isolated_settings tags the AppRec prefix per test, but a queue per receiver
+    HER-id is declared only when an AppRec goes there, so no test knows all of
+    its own to delete: they are found here by their tagged names. Best effort:
+    without rabbitmqctl (a broker elsewhere) nothing is deleted.
+    """
+    if hasattr(session.config, "workerinput") or shutil.which("rabbitmqctl") is None:
+        return
+    from kombu import Connection
+
+    # Alone: a test of another run on this machine may still be sending AppRecs to its own.
+    with _broker_turn(alone=True):
+        listed = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], capture_output=True, text=True, timeout=60, check=False)
+        leftovers = [name for name in listed.stdout.split() if _TAGGED_APPRECS.match(name)]
+        if not leftovers:
+            return
+        with Connection(RABBIT, connect_timeout=10) as conn:
+            channel = conn.channel()
+            for name in leftovers:
+                channel.queue_delete(name)

@@ -54,7 +54,9 @@ journalled under the MsgId it answers, so the message shows `AppRec OK`,
 [{"key", "settled_at", "sender", "control_id", "message_type", "patient_key",
 "outcome" (duplicate, filtered, forwarded, dead_lettered or receipt), "destinations": [...],
 "note"}], "dead_letters": [{"queue", and the fields of `dlq list --json`}],
-"queues_read": [...], "queues_skipped": [{"queue", "why"}]}`; a destination is
+"queues_read": [...], "queues_skipped": [{"queue", "why"}], "scans_cut": [{"destination", "read"}]}`
+(--awaiting-apprec reads the newest 20,000 messages sent to each KITH destination; one it
+stopped at is named there and on stderr); a destination is
 `{"name", "kind", "state", "delivered_at", "receipt"}`: kind `queue`, `fhir`, or `unknown`
 (no longer in routes.yaml), state as above, delivered_at null unless delivered, receipt
 null unless Helsebro rendered and published KITH there (or an AppRec came), else `{"accepted": true|false|null, "at",
@@ -163,6 +165,9 @@ def _find(args: argparse.Namespace) -> int:
         return _fail(f"audit log {settings.data_dir / 'audit.log'}: {exc}")
     for queue, why in trail.queues_skipped:
         print(f"helsebro find: dead letters in {queue} not searched: {why}", file=sys.stderr)
+    for name, read in trail.scans_cut:
+        print(f"helsebro find: only the newest {read:,} messages sent to {name} were read; older ones still awaiting an AppRec are not listed",
+              file=sys.stderr)
     print(json.dumps(_as_json(trail), ensure_ascii=False, indent=2) if args.json else _as_text(trail))
     return 0 if trail.found else 1
 
@@ -219,6 +224,7 @@ def _as_json(trail: Trail) -> dict[str, Any]:
         "dead_letters": [{"queue": queue, **letter.summary()} for queue, letter in trail.dead_letters],
         "queues_read": trail.queues_read,
         "queues_skipped": [{"queue": q, "why": why} for q, why in trail.queues_skipped],
+        "scans_cut": [{"destination": name, "read": read} for name, read in trail.scans_cut],
     }
 
 

@@ -74,6 +74,7 @@ class Trail:
     queues_read: list[str] = field(default_factory=list)
     queues_skipped: list[tuple[str, str]] = field(default_factory=list)  # (queue, why): unreadable, or longer than the scan limit
     handovers: dict[str, list[Handover]] = field(default_factory=dict)  # journal key → its destinations besides the record
+    scans_cut: list[tuple[str, int]] = field(default_factory=list)  # --awaiting-apprec: (KITH destination, rows read) where the read stopped at its limit
 
     def handovers_of(self, entry: JournalEntry) -> list[Handover]:
         """The destinations besides the record *entry* was routed to, each with how far it got."""
@@ -127,8 +128,8 @@ def find_messages(
     record = open_record(settings)
     try:
         if awaiting_apprec is not None:
-            journal, receipts = _awaiting(record, settings, time.time() - awaiting_apprec, _AWAITING_SCAN)
-            trail = Trail(journal=journal)
+            journal, receipts, cut = _awaiting(record, settings, time.time() - awaiting_apprec, _AWAITING_SCAN)
+            trail = Trail(journal=journal, scans_cut=cut)
         else:
             trail = Trail(journal=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, outcome=outcome, since=since, limit=limit))
             receipts = _receipts(record, trail.journal, settings)
@@ -153,17 +154,25 @@ def find_messages(
 
 
 def _awaiting(record: SqlRecord, settings: Settings, until: float,
-              scan_limit: int) -> tuple[list[JournalEntry], dict[tuple[str, str], JournalEntry | None]]:
+              scan_limit: int) -> tuple[list[JournalEntry], dict[tuple[str, str], JournalEntry | None], list[tuple[str, int]]]:
     """The journalled messages settled before *until* routed to a KITH destination whose AppRec has not come, newest first
-    (find_messages keeps those that were published there, then the limit), with their receipts as _receipts gives them."""
+    (find_messages keeps those that were published there, then the limit), with their receipts as _receipts gives them,
+    and the destinations whose read stopped at *scan_limit* rows (older messages there were not looked at)."""
     from router.routing.model import QueueDestination
 
     kith = [name for name, d in settings.routes.destinations.items() if isinstance(d, QueueDestination) and d.format == "kith" and d.mapping]
-    sent = {e.key: e for name in kith for e in record.journal(destination=name, until=until, limit=scan_limit)}
+    sent: dict[str, JournalEntry] = {}
+    cut: list[tuple[str, int]] = []
+    for name in kith:
+        rows = record.journal(destination=name, until=until, limit=scan_limit + 1)  # one more: was there more?
+        if len(rows) > scan_limit:
+            rows = rows[:scan_limit]
+            cut.append((name, scan_limit))
+        sent.update((e.key, e) for e in rows)
     entries = sorted(sent.values(), key=lambda e: (-e.applied_at, e.key))
     answered = _receipts(record, entries, settings)
     waiting = {key for (key, _name), receipt in answered.items() if receipt is None}
-    return [e for e in entries if e.key in waiting and e.outcome != "receipt"], answered
+    return [e for e in entries if e.key in waiting and e.outcome != "receipt"], answered, cut
 
 
 def _receipts(record: SqlRecord, journal: list[JournalEntry], settings: Settings) -> dict[tuple[str, str], JournalEntry | None]:

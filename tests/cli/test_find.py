@@ -522,7 +522,6 @@ class TestReceipts:
         for control_id, error in (("K1", None), ("K2", MessageError("the receiving system could not file it"))):
             [apprec] = build_apprecs(read_message(plo[control_id]).envelope, error=error)  # what kommune's system sends back
             answers.append(apprec.xml)
-        _drain_if_declared(settings, f"{settings.engine.broker.names.apprec_prefix}.12345")  # not tagged per test: others' answers go
         publish(settings, answers)
         wait_until(lambda: handle.stats.messages == 5, 60, what="both AppRecs settled")
         handle.stop()
@@ -574,6 +573,24 @@ class TestReceipts:
         assert _find(capsys, "--awaiting-apprec", "1h")[0] == 1
         code, _out, err = _find(capsys, "--awaiting-apprec", "96h", "--control-id", "K3")
         assert code == 2 and "--awaiting-apprec lists by itself" in err
+
+    def test_a_cut_read_is_said_not_passed_over(self, sent, capsys, monkeypatch):
+        """When the journal read per KITH destination stops at its limit, find says so on stderr and in `scans_cut`: older
+        messages may be waiting too. Limit 2: K3 and K2 are read (K3 listed), K1 is not; limit 3 reads all, nothing is said."""
+        import time
+
+        import router.ops.trail as trail_module
+
+        time.sleep(1.1)
+        monkeypatch.setattr(trail_module, "_AWAITING_SCAN", 2)
+        code, out, err = _find(capsys, "--awaiting-apprec", "1s", "--json")
+        doc = json.loads(out)
+        assert code == 0 and [m["control_id"] for m in doc["applied"]] == ["K3"]
+        assert doc["scans_cut"] == [{"destination": "kommune", "read": 2}]
+        assert "only the newest 2 messages sent to kommune were read" in err
+        monkeypatch.setattr(trail_module, "_AWAITING_SCAN", 3)
+        code, out, err = _find(capsys, "--awaiting-apprec", "1s", "--json")
+        assert code == 0 and json.loads(out)["scans_cut"] == [] and "were read" not in err
 
     def test_a_message_never_sent_there_awaits_no_apprec(self, exported, capsys, monkeypatch):
         """K9 could not be rendered for kommune (dead-lettered at render): nothing was sent, so no AppRec will ever come.
