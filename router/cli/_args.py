@@ -25,3 +25,14 @@ def whole_number(low: int, high: int | None = None) -> Callable[[str], int]:
 
 positive = whole_number(1)
 """A whole number of at least 1 (a --limit, a --scan-limit)."""
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def age(text: str) -> float:
+    """An argparse type: an age such as 90s, 15m, 2h or 7d, in seconds."""
+    number, unit = text[:-1], text[-1:]
+    if unit not in _UNITS or not number.isdigit() or int(number) == 0:
+        raise argparse.ArgumentTypeError("must be a whole number of s, m, h or d, such as 90s, 15m, 2h or 7d")
+    return float(int(number) * _UNITS[unit])

@@ -77,7 +77,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from router.cli._args import positive
+from router.cli._args import age, positive
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, RecordUnavailable
 from router.ops import AuditLog
@@ -90,15 +90,6 @@ from router.settings import Settings, load_settings
 __all__ = ["register"]
 
 _SCAN_LIMIT = 10_000
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _duration(text: str) -> float:
-    """An age such as 90s, 15m, 2h or 7d, in seconds."""
-    number, unit = text[:-1], text[-1:]
-    if unit not in _UNITS or not number.isdigit() or int(number) == 0:
-        raise argparse.ArgumentTypeError("must be a whole number of s, m, h or d, such as 90s, 15m, 2h or 7d")
-    return float(int(number) * _UNITS[unit])
 
 
 def register(subparsers: Any) -> None:
@@ -110,8 +101,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--patient-key", metavar="KEY", help="The patient's key as a log line or dead letter shows it (h:…; audited).")
     p.add_argument("--sender", metavar="S", help="Only this sender's messages in the journal (MSH-3@MSH-4 as logged); dead letters do not name their sender.")
     p.add_argument("--outcome", choices=SETTLED_OUTCOMES, help="Only messages with this outcome (or list them, newest first).")
-    p.add_argument("--since", type=_duration, metavar="AGE", help="Only messages settled within AGE: 90s, 15m, 2h, 7d.")
-    p.add_argument("--awaiting-apprec", type=_duration, metavar="AGE",
+    p.add_argument("--since", type=age, metavar="AGE", help="Only messages settled within AGE: 90s, 15m, 2h, 7d.")
+    p.add_argument("--awaiting-apprec", type=age, metavar="AGE",
                    help="List the messages sent to a KITH destination at least AGE ago (96h is the standard's) with no AppRec yet.")
     p.add_argument("--limit", type=positive, default=100, metavar="N", help="At most N messages from the journal (default 100).")
     p.add_argument("--no-dlq", action="store_true", help="Search the record's journal only, not the dead-letter queues.")

@@ -30,7 +30,9 @@ added, existing ones keep their name and meaning.
                         "retrying": 0 | null, "dead_lettered": 1 | null}],
       "settled": {"last_minute": {"applied": 12, "unchanged": 0, "duplicate": 1, "filtered": 0,
                                   "forwarded": 3, "dead_lettered": 0, "receipt": 2},
-                  "last_hour": {...the same outcomes}} | null
+                  "last_hour": {...the same outcomes}} | null,
+      "apprecs": [{"destination": "kommune", "overdue": 3 | null, "overdue_after_s": 345600,
+                   "complete": true}]
     }
 
 `settled` counts the messages the engine settled in the last minute and the
@@ -39,6 +41,13 @@ sent), from the record's journal (`helsebro find` reads the
 same rows): the throughput and error rate AMQP cannot show. A message that was
 not applied and names neither a control id nor a patient is not journalled, so
 not counted (its dead letter is). Null when the record cannot be read.
+
+Per destination fed KITH that Helsebro rendered (`format: kith`): `overdue`
+counts the messages sent there at least `--apprec-overdue` ago (default 96h,
+the standard's follow-up) whose receiver has sent no AppRec yet, as
+`helsebro find --awaiting-apprec` lists them (from the newest 20,000 sent
+there: `complete` false when there were more; null when the record cannot be
+read).
 
 Per queued destination (an external FHIR server): delivered in the last 24 hours
 (from the delivery ledger the record keeps; null when the record cannot be read),
@@ -64,7 +73,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.amqp.connection import open_connection
-from router.cli._args import whole_number
+from router.cli._args import age, whole_number
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, HelsebroError
 from router.ops import broker_location, browse, queue_stats, record_location, summarise
@@ -73,6 +82,7 @@ from router.settings import Settings, load_settings
 __all__ = ["format_table", "register", "status_document"]
 
 _SCAN_LIMIT = 10_000
+_APPREC_OVERDUE = 96 * 3600.0  # FACTS §10: a sender follows up a message unanswered after 96 hours
 
 
 def register(subparsers: Any) -> None:
@@ -81,6 +91,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--json", action="store_true", help="Print one JSON document (keys documented above) instead of a table.")
     parser.add_argument("--interval", type=_seconds, default=1.0, metavar="SECONDS", help="Seconds between the two depth samples; 0 takes one sample and reports no change (default 1.0).")
     parser.add_argument("--scan-limit", type=whole_number(0), default=_SCAN_LIMIT, metavar="N", help=f"Count reasons only when a dead-letter queue holds at most N messages (it is read whole); 0 skips it (default {_SCAN_LIMIT}).")
+    parser.add_argument("--apprec-overdue", type=age, default=_APPREC_OVERDUE, metavar="AGE",
+                        help="Count a KITH message as overdue when its AppRec has not come AGE after it was sent: 90s, 15m, 2h, 7d (default 96h).")
     parser.set_defaults(func=_status)
 
 
@@ -94,7 +106,8 @@ def _seconds(text: str) -> float:
     return value
 
 
-def status_document(settings: Settings, *, interval: float, scan_limit: int = _SCAN_LIMIT) -> dict[str, Any]:
+def status_document(settings: Settings, *, interval: float, scan_limit: int = _SCAN_LIMIT,
+                    apprec_overdue: float = _APPREC_OVERDUE) -> dict[str, Any]:
     """Gather everything `status` shows, as the `--json` document.
 
     Raises:
@@ -123,6 +136,7 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
         finally:
             if record is not None:
                 record.close()
+        apprecs = _apprecs(conn, settings, apprec_overdue, scan_limit, readable=record is not None)
     finally:
         conn.release()
     return {
@@ -138,6 +152,7 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
         "dead_letters": dead_letters,
         "destinations": destinations,
         "settled": settled,
+        "apprecs": apprecs,
     }
 
 
@@ -164,6 +179,32 @@ def _settled(record: Any) -> dict[str, dict[str, int]] | None:
         return {name: record.settled_counts(since=now - seconds) for name, seconds in _SETTLED_WINDOWS}
     except HelsebroError:
         return None
+
+
+def _apprecs(conn: Any, settings: Settings, overdue_after: float, scan_limit: int, *, readable: bool) -> list[dict[str, Any]]:
+    """Per KITH destination, the messages sent there at least *overdue_after* seconds ago still without an AppRec."""
+    from router.ops.trail import find_messages
+    from router.routing.model import QueueDestination
+
+    kith = [name for name, d in settings.routes.destinations.items() if isinstance(d, QueueDestination) and d.format == "kith" and d.mapping]
+    if not kith:
+        return []
+    counts: dict[str, int | None] = dict.fromkeys(kith)
+    cut: set[str] = set()
+    if readable:
+        try:
+            # find's own list, so the two never disagree; no limit on what it returns, only on what it reads
+            trail = find_messages(settings, awaiting_apprec=overdue_after, connection=conn, scan_limit=scan_limit, limit=sys.maxsize)
+        except HelsebroError:
+            pass  # the record is away: the counts stay null
+        else:
+            counts = dict.fromkeys(kith, 0)
+            for entry in trail.journal:
+                for handover in trail.handovers_of(entry):
+                    if handover.awaits_receipt and handover.receipt is None and handover.name in counts:
+                        counts[handover.name] = (counts[handover.name] or 0) + 1
+            cut = {name for name, _read in trail.scans_cut}
+    return [{"destination": name, "overdue": counts[name], "overdue_after_s": overdue_after, "complete": name not in cut} for name in kith]
 
 
 def _destinations(conn: Any, settings: Settings, record: Any) -> list[dict[str, Any]]:
@@ -218,7 +259,7 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], *, rig
 def _status(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
-        doc = status_document(settings, interval=args.interval, scan_limit=args.scan_limit)
+        doc = status_document(settings, interval=args.interval, scan_limit=args.scan_limit, apprec_overdue=args.apprec_overdue)
     except BrokerUnavailable as exc:
         where = broker_location(settings)["location"]
         print(f"helsebro status: cannot reach the broker at {where}: {exc}", file=sys.stderr)
@@ -257,6 +298,13 @@ def _human(doc: dict[str, Any]) -> list[str]:
     if doc["destinations"]:
         lines += ["", *format_table(("DESTINATION", "DELIVERED (24 H)", "WAITING", "RETRYING", "DEAD-LETTERED"),
                                     [(d["name"], d["delivered_24h"], d["waiting"], d["retrying"], d["dead_lettered"]) for d in doc["destinations"]], right=(1, 2, 3, 4))]
+    if doc["apprecs"]:
+        after = _age_text(doc["apprecs"][0]["overdue_after_s"])
+        lines += ["", *format_table(("KITH DESTINATION", f"NO APPREC AFTER {after}", ""),
+                                    [(a["destination"], a["overdue"], "" if a["complete"] else "(of the newest 20,000 sent)")
+                                     for a in doc["apprecs"]], right=(1,))]
+        if any(a["overdue"] for a in doc["apprecs"]):
+            lines.append(f"(helsebro find --awaiting-apprec {after.replace(' ', '')} lists them)")
     for dl in doc["dead_letters"]:
         lines += ["", f"DEAD LETTERS in {dl['queue']} by reason"]
         if not dl["complete"]:
@@ -267,6 +315,14 @@ def _human(doc: dict[str, Any]) -> list[str]:
             continue
         lines += format_table(("COUNT", "STAGE", "REASON"), [(r["count"], r["stage"], r["reason"]) for r in dl["by_reason"]], right=(0,))
     return lines
+
+
+def _age_text(seconds: float) -> str:
+    """96 h, 15 m, 90 s: the largest unit the age is a whole number of."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0 and not (unit == "d" and seconds < 7 * 86400):
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"
 
 
 def _signed(value: float | None) -> str | None:

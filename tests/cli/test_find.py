@@ -574,6 +574,27 @@ class TestReceipts:
         code, _out, err = _find(capsys, "--awaiting-apprec", "96h", "--control-id", "K3")
         assert code == 2 and "--awaiting-apprec lists by itself" in err
 
+    def test_status_counts_the_messages_whose_apprec_is_overdue(self, sent, capsys, monkeypatch):
+        """`status`: per KITH destination, the messages sent at least --apprec-overdue ago (default 96h) with no AppRec
+        yet: K3 once it is 1 s old, none at 96 h. The record away: the count is null, the rest still shows."""
+        import time
+
+        time.sleep(1.1)
+        capsys.readouterr()
+        assert main(["status", "--json", "--interval", "0", "--apprec-overdue", "1s"]) == 0
+        assert json.loads(capsys.readouterr().out)["apprecs"] == [{"destination": "kommune", "overdue": 1, "overdue_after_s": 1.0, "complete": True}]
+        assert main(["status", "--interval", "0", "--apprec-overdue", "1s"]) == 0
+        text = capsys.readouterr().out
+        assert "KITH DESTINATION  NO APPREC AFTER 1 s" in text and "(helsebro find --awaiting-apprec 1s lists them)" in text
+        assert main(["status", "--json", "--interval", "0"]) == 0
+        assert json.loads(capsys.readouterr().out)["apprecs"] == [{"destination": "kommune", "overdue": 0, "overdue_after_s": 345600.0, "complete": True}]
+        assert main(["status", "--interval", "0"]) == 0
+        text = capsys.readouterr().out
+        assert "NO APPREC AFTER 96 h" in text and "--awaiting-apprec" not in text
+        monkeypatch.setenv("HELSEBRO_RECORD_URL", "postgresql://nobody@127.0.0.1:1/none")
+        assert main(["status", "--json", "--interval", "0", "--apprec-overdue", "1s"]) == 0
+        assert json.loads(capsys.readouterr().out)["apprecs"] == [{"destination": "kommune", "overdue": None, "overdue_after_s": 1.0, "complete": True}]
+
     def test_a_cut_read_is_said_not_passed_over(self, sent, capsys, monkeypatch):
         """When the journal read per KITH destination stops at its limit, find says so on stderr and in `scans_cut`: older
         messages may be waiting too. Limit 2: K3 and K2 are read (K3 listed), K1 is not; limit 3 reads all, nothing is said."""

@@ -63,8 +63,9 @@ class TestStatus:
         code, out, _ = _status(capsys, "--json", "--interval", "0")
         doc = json.loads(out)
         assert code == 0
-        assert set(doc) == {"broker", "record", "xml_validation", "patient_keys", "interval_s", "queues", "dead_letters", "destinations", "settled"}
+        assert set(doc) == {"broker", "record", "xml_validation", "patient_keys", "interval_s", "queues", "dead_letters", "destinations", "settled", "apprecs"}
         assert doc["destinations"] == []  # the record is the only destination here: nothing queued
+        assert doc["apprecs"] == []  # and no destination is fed KITH
         names = dead.engine.broker.names
         assert [(q["role"], q["name"]) for q in doc["queues"]] == [("inbound", names.inbound), ("dead_letter", names.dead_letter), ("replies", names.replies)]
         assert all(set(q) == QUEUE_KEYS for q in doc["queues"])
