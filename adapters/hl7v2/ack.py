@@ -108,18 +108,20 @@ def acks_for(code: AckCode, *, accept_type: str, application_type: str, accept: 
     so it is CA with an AE application ACK. *accept* overrides that guess: the caller that knows
     the error passes accept_code_for's (a message refused after it was kept, AR/Refused, is CA).
     An empty or unknown condition in enhanced mode reads as AL: a sender that asks for nothing it
-    understands is answered, not left waiting.
+    understands is answered, not left waiting. A CR sent ends the exchange: the message never
+    reached an application, so no application ACK follows it (§2.9.3: the application ACK
+    answers processing); when the sender asked for no accept ACK, the AR says it instead.
     """
     if not accept_type and not application_type:
         return (code,)
     if accept is None:
         accept = "CR" if code == "AR" else "CA"
-    out: list[AckCode] = []
     if _wanted(accept_type, ok=accept == "CA"):
-        out.append(accept)
-    if _wanted(application_type, ok=code == "AA"):
-        out.append(code)
-    return tuple(out)
+        if accept != "CA":  # rejected at accept level: no application took it, so none answers for it
+            return (accept,)
+        return (accept, code) if _wanted(application_type, ok=code == "AA") else (accept,)
+    # No accept ACK wanted: the application ACK is the only word the sender gets, a rejection included.
+    return (code,) if _wanted(application_type, ok=code == "AA") else ()
 
 
 def accept_code_for(error: MessageError | None) -> AckCode:

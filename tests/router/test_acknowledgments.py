@@ -82,9 +82,10 @@ class TestEnhancedMode:
 
 @pytest.mark.parametrize(("code", "accept", "application", "expected"), [
     ("AA", "", "", ("AA",)), ("AE", "", "", ("AE",)), ("AR", "", "", ("AR",)),
-    ("AA", "AL", "AL", ("CA", "AA")), ("AE", "AL", "AL", ("CA", "AE")), ("AR", "AL", "AL", ("CR", "AR")),
+    ("AA", "AL", "AL", ("CA", "AA")), ("AE", "AL", "AL", ("CA", "AE")), ("AR", "AL", "AL", ("CR",)),
     ("AA", "NE", "NE", ()), ("AR", "NE", "NE", ()),
-    ("AA", "ER", "ER", ()), ("AE", "ER", "ER", ("AE",)), ("AR", "ER", "ER", ("CR", "AR")),
+    ("AA", "ER", "ER", ()), ("AE", "ER", "ER", ("AE",)), ("AR", "ER", "ER", ("CR",)),
+    ("AR", "NE", "AL", ("AR",)), ("AR", "SU", "ER", ("AR",)),  # no accept ACK asked for a rejection: the AR tells it
     ("AA", "SU", "SU", ("CA", "AA")), ("AE", "SU", "SU", ("CA",)), ("AR", "SU", "SU", ()),
     ("AA", "AL", "", ("CA", "AA")), ("AE", "", "XX", ("CA", "AE")),  # empty or unknown in enhanced mode reads as AL
 ])
