@@ -125,4 +125,13 @@ def _supervise(args: argparse.Namespace) -> int:
     if stopped:  # again, for a child that started between the signal and its place in the list
         on_signal(stopped[0], None)
     codes = [child.wait() for child in children]
-    return max((abs(c) for c in codes), default=0)
+    return max((abs(c) for c in codes if not _stopped_as_asked(c, stopped)), default=0)
+
+
+def _stopped_as_asked(code: int, stopped: list[int]) -> bool:
+    """True when a worker's exit code is the stop the supervisor passed on, not a failure.
+
+    A worker the signal reaches before its own handlers are in (still starting up) dies of it
+    (-SIGTERM), or leaves through main's KeyboardInterrupt (130) on SIGINT: it had taken no work.
+    """
+    return any(code in (-signum, 128 + signum) for signum in stopped)

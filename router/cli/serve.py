@@ -1,7 +1,8 @@
 """The `helsebro serve` verb: serve the shared record over FHIR R4 REST until stopped.
 
-SIGINT and SIGTERM stop it cleanly (exit 0). The record is the one the settings name
-(HELSEBRO_RECORD_URL, or SQLite under HELSEBRO_DATA_DIR).
+SIGINT and SIGTERM stop it cleanly (exit 0); serving that fails by itself exits 1.
+The record is the one the settings name (HELSEBRO_RECORD_URL, or SQLite under
+HELSEBRO_DATA_DIR).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Serve until SIGINT or SIGTERM; return 0, or 1 when the record or port is unusable."""
+    """Serve until SIGINT or SIGTERM; return 0, or 1 when the record or port is unusable or serving fails."""
     settings = load_settings()
     configure_logging(phi_key=settings.phi_key_bytes)
     log = get_logger("fhir.rest")
@@ -42,31 +43,41 @@ def run(args: argparse.Namespace) -> int:
         log.error("fhir_listen_failed", host=args.host, port=args.port, reason=exc.strerror)
         return 1
 
-    # The handlers only set an event: an exception raised from a handler can land inside
+    # The handlers only note the signal: an exception raised from a handler can land inside
     # socketserver's dispatch of a new connection, whose `except Exception` swallows it and
-    # serves on (SIGTERM lost while a client connects). The server runs on its own thread and
-    # the main thread, which receives the signals, waits for the event and shuts it down.
-    stopping = threading.Event()
+    # serves on (SIGTERM lost while a client connects); and a handler that takes a lock (an
+    # Event's) deadlocks when the signal lands while the main thread holds that lock. The server
+    # runs on its own thread; the main thread, which receives the signals, watches both.
+    stopping: list[int] = []
+    failed: list[Exception] = []
 
     def stop(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
+        stopping.append(signum)
+
+    def serve() -> None:
+        try:
+            server.serve_forever()
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread, which exits 1
+            failed.append(exc)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     host, port = server.server_address[:2]
-    serving = threading.Thread(target=server.serve_forever, name="helsebro-fhir-serve", daemon=True)
+    serving = threading.Thread(target=serve, name="helsebro-fhir-serve", daemon=True)
     serving.start()
     try:
         # Announced after the handlers are in place: a signal sent as soon as the line is
         # read (a test, a supervisor) must find them, not end the process with 130 or 143.
         log.info("fhir_serving", host=str(host), port=port, base_url=server.base_url)
-        while not stopping.wait(1.0):  # a timeout keeps the wait interruptible on every platform
-            if not serving.is_alive():
-                break
+        while not stopping and serving.is_alive():
+            serving.join(0.2)  # a signal's handler runs in between; no lock is held that it needs
     finally:
         server.shutdown()  # returns at once when serve_forever already ended
         serving.join()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         server.server_close()
-        log.info("fhir_stopped")
+        for sig, handler in previous.items():  # only now: a second Ctrl-C must not break the close
+            signal.signal(sig, handler)
+    if failed:  # serve_forever ended by itself: no clean stop, so a supervisor restarts it
+        log.error("fhir_serve_failed", reason=f"{type(failed[0]).__name__}: {failed[0]}")
+        return 1
+    log.info("fhir_stopped")
     return 0

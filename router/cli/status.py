@@ -32,7 +32,7 @@ added, existing ones keep their name and meaning.
                                   "forwarded": 3, "dead_lettered": 0, "receipt": 2},
                   "last_hour": {...the same outcomes}} | null,
       "apprecs": [{"destination": "kommune", "overdue": 3 | null, "overdue_after_s": 345600,
-                   "complete": true}]
+                   "complete": true, "dead_letters_read": true}]
     }
 
 `settled` counts the messages the engine settled in the last minute and the
@@ -47,7 +47,10 @@ counts the messages sent there at least `--apprec-overdue` ago (default 96h,
 the standard's follow-up) whose receiver has sent no AppRec yet, as
 `helsebro find --awaiting-apprec` lists them (from the newest 20,000 sent
 there: `complete` false when there were more; null when the record cannot be
-read).
+read). A message applied but dead-lettered at render was never sent, which
+only its dead letter says: when the engine's dead-letter queue is not read
+(deeper than `--scan-limit`, or the broker failing), `dead_letters_read` and
+`complete` are false and such a message may be counted.
 
 Per queued destination (an external FHIR server): delivered in the last 24 hours
 (from the delivery ledger the record keeps; null when the record cannot be read),
@@ -191,6 +194,7 @@ def _apprecs(conn: Any, settings: Settings, overdue_after: float, scan_limit: in
         return []
     counts: dict[str, int | None] = dict.fromkeys(kith)
     cut: set[str] = set()
+    letters_read = True
     if readable:
         try:
             # find's own list, so the two never disagree; no limit on what it returns, only on what it reads
@@ -204,7 +208,19 @@ def _apprecs(conn: Any, settings: Settings, overdue_after: float, scan_limit: in
                     if handover.awaits_receipt and handover.receipt is None and handover.name in counts:
                         counts[handover.name] = (counts[handover.name] or 0) + 1
             cut = {name for name, _read in trail.scans_cut}
-    return [{"destination": name, "overdue": counts[name], "overdue_after_s": overdue_after, "complete": name not in cut} for name in kith]
+            letters_read = _render_letters_read(trail, settings)
+    return [{"destination": name, "overdue": counts[name], "overdue_after_s": overdue_after, "complete": name not in cut and letters_read,
+             "dead_letters_read": letters_read} for name in kith]
+
+
+def _render_letters_read(trail: Any, settings: Settings) -> bool:
+    """False when find_messages skipped the engine's dead-letter queue (deeper than --scan-limit, or the broker failed).
+
+    Only there does an applied message dead-lettered at render say it was never sent: unread, such a
+    message counts as overdue, so the count is not exact (find says the same on stderr).
+    """
+    own = settings.engine.broker.names.dead_letter
+    return not any(queue == own for queue, _why in trail.queues_skipped)
 
 
 def _destinations(conn: Any, settings: Settings, record: Any) -> list[dict[str, Any]]:
@@ -301,8 +317,7 @@ def _human(doc: dict[str, Any]) -> list[str]:
     if doc["apprecs"]:
         after = _age_text(doc["apprecs"][0]["overdue_after_s"])
         lines += ["", *format_table(("KITH DESTINATION", f"NO APPREC AFTER {after}", ""),
-                                    [(a["destination"], a["overdue"], "" if a["complete"] else "(of the newest 20,000 sent)")
-                                     for a in doc["apprecs"]], right=(1,))]
+                                    [(a["destination"], a["overdue"], _apprec_note(a)) for a in doc["apprecs"]], right=(1,))]
         if any(a["overdue"] for a in doc["apprecs"]):
             lines.append(f"(helsebro find --awaiting-apprec {after.replace(' ', '')} lists them)")
     for dl in doc["dead_letters"]:
@@ -315,6 +330,13 @@ def _human(doc: dict[str, Any]) -> list[str]:
             continue
         lines += format_table(("COUNT", "STAGE", "REASON"), [(r["count"], r["stage"], r["reason"]) for r in dl["by_reason"]], right=(0,))
     return lines
+
+
+def _apprec_note(apprec: dict[str, Any]) -> str:
+    """Why an overdue count is not exact: too few read (it may be higher), or the dead letters unread (it may be lower)."""
+    if not apprec["dead_letters_read"]:
+        return "(dead letters not read: one dead-lettered at render may be counted)"
+    return "" if apprec["complete"] else "(of the newest 20,000 sent)"
 
 
 def _age_text(seconds: float) -> str:

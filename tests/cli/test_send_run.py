@@ -211,3 +211,32 @@ class TestRunWorkers:
             assert queue_depth(settings, settings.engine.broker.names.inbound) == 0
         finally:
             delete_queues(settings)
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """True once process *pid* has a handler for *signum* (Linux: SigCgt in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (signum - 1)))
+
+
+class TestSupervisor:
+    @pytest.mark.integration
+    @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads SigCgt from /proc")
+    def test_a_sigterm_while_the_workers_start_is_a_clean_stop(self, tmp_path):
+        """Review H87: SIGTERM as soon as the supervisor's handlers are in, while its workers still start up. The
+        workers it reaches before their own handlers are in die of the signal it passed on; that is the stop asked
+        for, not a failure: exit 0 (README: SIGTERM stops `run` with exit 0), and no worker runs on."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 4})
+        try:
+            proc = subprocess.Popen([*HELSEBRO, "run", "--workers", "3"], env=_env(settings), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, text=True)
+            wait_until(lambda: _catches(proc.pid, signal.SIGTERM) or proc.poll() is not None, 30, what="the supervisor's handlers")
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err[-2000:]
+        finally:
+            delete_queues(settings)

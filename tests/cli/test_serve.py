@@ -108,6 +108,22 @@ class TestServe:
         assert code == 0
         assert "fhir_stopped" in [e["event"] for e in events]
 
+    def test_a_server_that_stops_serving_by_itself_exits_1(self, tmp_path, monkeypatch, capsys):
+        """Review H87: serve_forever ending in an error (its thread dies) is no clean stop: the process must not exit 0
+        with `fhir_stopped` as if told to, or a supervisor that restarts on failure leaves the record unserved."""
+        from adapters.fhir.rest import FhirServer
+        from router.cli import main
+
+        def broken(self):  # called by serve_forever's loop: as a failing select() would, it ends serve_forever
+            raise OSError(9, "Bad file descriptor")
+
+        for name in [k for k in os.environ if k.startswith("HELSEBRO_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("HELSEBRO_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setattr(FhirServer, "service_actions", broken)
+        assert main(["serve", "--port", "0"]) == 1
+        assert "fhir_serve_failed" in capsys.readouterr().err
+
     def test_sigint_stops_cleanly(self, served):
         """SIGINT stops the server with exit code 0, too."""
         proc, _, _ = served
