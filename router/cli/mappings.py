@@ -131,7 +131,7 @@ def run_lint(args: argparse.Namespace) -> int:
 def run_test(args: argparse.Namespace) -> int:
     """Lint, then run every fixture case under the roots."""
     from router.mapping import MappingSet
-    from router.mapping.fixtures import find_cases, run_case
+    from router.mapping.fixtures import find_cases, orphans, run_case
     from router.pipeline.convert import Converter
 
     roots = _roots(args.paths)
@@ -163,7 +163,12 @@ def run_test(args: argparse.Namespace) -> int:
             except ValueError:
                 return str(p)
 
-        for source, expected in find_cases(root):
+        cases = find_cases(root)
+        for stray in orphans(root, cases):
+            total, failed = total + 1, failed + 1
+            print(f"FAIL {stray.parent.name[: -len('.cases')]}/{stray.name[: -len('.expected.json')]} ({show(stray)}:1)")
+            print("expected output with no case file beside it: restore its message file or delete it")
+        for source, expected in cases:
             total += 1
             res = run_case(source, expected, convert, update=args.update, display=show)
             if res.passed:

@@ -92,10 +92,24 @@ def load_yaml(path: Path, *, display: str | None = None) -> Any:
     """Parse *path*; raise MappingError with file:line:col on a syntax error."""
     name = display or str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise MappingError(f"cannot read: {exc.strerror}", file=name, line=1, column=1) from exc
-    return load_yaml_text(text, name)
+    return load_yaml_text(_decode(data, name), name)
+
+
+def _decode(data: bytes, name: str) -> str:
+    """Decode a YAML file as UTF-8, or name the line and column of the first byte that is not.
+
+    Why: a file saved as Latin-1 (an author's `ø`) must be a lint error at its place, not a traceback.
+    """
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = data[: exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8")) + 1  # characters, as the YAML marks count
+        raise MappingError(f"not UTF-8: byte 0x{data[exc.start]:02x} cannot be decoded (save the file as UTF-8)", file=name, line=line, column=column) from None
 
 
 def load_yaml_text(text: str, name: str) -> Any:

@@ -86,6 +86,25 @@ _IDENTITY_REF = re.compile(r"ref\(\s*([A-Za-z_][\w-]*)\s*\)")
 """`ref(patient)` in an identity's fallback: the id of the resource the parameter names."""
 
 
+def _folder_digest(root: Path) -> str:
+    """The content hash of every YAML file under *root* but the fixture cases, for provenance.
+
+    A `*.yaml` that cannot be read (a folder of that name, a symlink loop) is hashed by its
+    name alone: the file checks report it at its place, and the hash must not end lint or
+    loading with a traceback.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.yaml")):
+        if ".cases" in path.parent.name:
+            continue
+        try:
+            content = path.read_bytes()
+        except OSError:
+            content = b"\0unreadable"
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + content)
+    return digest.hexdigest()[:12]
+
+
 @dataclass(slots=True)
 class Compiler:
     """Compiles one format's mapping folder; keeps what it compiled for reuse."""
@@ -137,12 +156,9 @@ class Compiler:
                 del out[mm.structure]  # lint: reported; the message is not served half-checked
         # Provenance names the whole folder's content: a change to a shared
         # datatype or table changes what every message mapping produces.
-        digest = hashlib.sha256()
-        for path in sorted(self.root.rglob("*.yaml")):
-            if ".cases" not in path.parent.name:
-                digest.update(str(path.relative_to(self.root)).encode() + b"\0" + path.read_bytes())
+        sha = _folder_digest(self.root)
         for mm in out.values():
-            mm.sha = digest.hexdigest()[:12]
+            mm.sha = sha
         return out
 
     def _files(self, folder: str) -> list[Path]:

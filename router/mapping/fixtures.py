@@ -31,14 +31,31 @@ class CaseResult:
     detail: str  # a unified diff, or why the case could not run
 
 
+EXPECTED_SUFFIX = ".expected.json"
+
+
 def find_cases(root: Path) -> list[tuple[Path, Path]]:
-    """Return (message file, expected file) pairs under *root*'s `*.cases/` folders."""
+    """Return (message file, expected file) pairs under *root*'s `*.cases/` folders.
+
+    Only files are cases: a folder named `x.hl7` is not a message to convert.
+    """
     out = []
-    for folder in sorted(root.rglob("*.cases")):
+    for folder in sorted(p for p in root.rglob("*.cases") if p.is_dir()):
         for f in sorted(folder.iterdir()):
-            if f.suffix.lower() in CASE_SUFFIXES:
-                out.append((f, f.with_name(f.stem + ".expected.json")))
+            if f.suffix.lower() in CASE_SUFFIXES and f.is_file():
+                out.append((f, f.with_name(f.stem + EXPECTED_SUFFIX)))
     return out
+
+
+def orphans(root: Path, cases: list[tuple[Path, Path]]) -> list[Path]:
+    """The expected outputs under *root* that no case file produces.
+
+    Why: an expected file whose message was renamed or deleted is never compared, so a
+    fixture the author believes runs would pass silently; the test run names it instead.
+    """
+    wanted = {expected for _, expected in cases}
+    found = (p for folder in sorted(root.rglob("*.cases")) if folder.is_dir() for p in sorted(folder.glob("*" + EXPECTED_SUFFIX)))
+    return [p for p in found if p not in wanted]
 
 
 def render(docs: list[dict[str, Any]]) -> str:
@@ -73,7 +90,11 @@ def _validate(docs: list[dict[str, Any]]) -> str | None:
 def run_case(source: Path, expected: Path, convert: Callable[[bytes], list[dict[str, Any]]], *, update: bool, display: Callable[[Path], str]) -> CaseResult:
     """Convert *source*, validate, and compare with (or, with *update*, rewrite) *expected*."""
     name = f"{source.parent.name[: -len('.cases')]}/{source.stem}"
-    docs = convert(source.read_bytes())
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        return CaseResult(name, source, expected, False, f"cannot read {display(source)}: {exc.strerror}")
+    docs = convert(data)
     problem = _validate(docs)
     if problem:
         return CaseResult(name, source, expected, False, problem)
@@ -83,7 +104,11 @@ def run_case(source: Path, expected: Path, convert: Callable[[bytes], list[dict[
         return CaseResult(name, source, expected, True, "updated")
     if not expected.exists():
         return CaseResult(name, source, expected, False, f"no expected output {display(expected)}; review the output and run with --update")
-    want = expected.read_text(encoding="utf-8")
+    try:
+        want = expected.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        return CaseResult(name, source, expected, False, f"cannot read {display(expected)}: {why}; review the output and run with --update")
     if want == actual:
         return CaseResult(name, source, expected, True, "")
     diff = difflib.unified_diff(want.splitlines(keepends=True), actual.splitlines(keepends=True), fromfile=display(expected), tofile="actual output", n=2)

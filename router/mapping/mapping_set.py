@@ -99,11 +99,19 @@ def lint(root: Path, compile_path: Callable[[str], Any], *, check_path: Callable
             messages = compiler.load()
             table = root / "structures.yaml"
             if table.exists():
-                MappingSet._structures(table, compiler, messages)
+                MappingSet._structures(table, compiler, _present(compiler, messages))
         except MappingError as exc:
             compiler.errors.append(exc)  # type: ignore[union-attr]  # set above
         errors.extend(e for e in compiler.errors or [] if str(e) not in {str(x) for x in errors})
     return errors
+
+
+def _present(compiler: Compiler, messages: dict[str, MessageMapping]) -> dict[str, Any]:
+    """The compiled messages, plus those whose file exists but failed (lint has reported it already).
+
+    Why: structures.yaml pointing at a broken ADT_A02 must not also say messages/ADT_A02.yaml does not exist.
+    """
+    return {path.stem: None for path in compiler._files("messages")} | messages
 
 
 def load_namespaces(path: Path) -> dict[str, tuple[str, ...]]:

@@ -69,6 +69,46 @@ class TestLint:
         assert main(["mappings", "lint", "/no/such/folder"]) == 2
 
 
+class TestLintUnreadableFiles:
+    """A mapping file lint cannot read or decode is an error at file:line:col, exit 1, never a traceback."""
+
+    def test_a_file_not_in_utf8_is_reported_at_its_first_bad_byte(self, authoring, capsys):
+        """A segment saved as Latin-1 (`ø` as one byte 0xf8) names the line and column of that byte."""
+        seg = authoring / "segments" / "PID.Patient.yaml"
+        text = seg.read_text(encoding="utf-8")
+        line = text[: text.index("params:")].count("\n") + 1
+        seg.write_bytes(text.replace("params:", "# kommentar på norsk\nparams:", 1).encode("latin-1"))
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err
+        assert f"PID.Patient.yaml:{line}:14: not UTF-8" in err, err
+
+    @pytest.mark.parametrize("kind", ["folder", "symlink loop"])
+    def test_a_yaml_name_that_is_no_file_is_reported(self, authoring, capsys, kind):
+        """A folder named X.yaml, or a symlink to itself, in messages/ is `cannot read` at its name."""
+        bad = authoring / "messages" / "BROKEN.yaml"
+        if kind == "folder":
+            bad.mkdir()
+        else:
+            bad.symlink_to(bad.name)
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err
+        assert "messages/BROKEN.yaml:1:1: cannot read" in err, err
+        assert "Traceback" not in err
+
+    def test_a_broken_message_is_not_called_missing_by_structures(self, authoring, capsys):
+        """structures.yaml pointing at a message whose file has an error reports that error alone."""
+        line = edit(authoring / "messages" / "ADT_A02.yaml", "events: [A02]\n", "events: [A02]\nevents: [A02]\n") + 1
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert err == [f"{authoring.parent.name}/hl7v2/messages/ADT_A02.yaml:{line}:1: duplicate key 'events'"], err
+
+    def test_a_message_that_is_gone_is_still_missing_for_structures(self, authoring, capsys):
+        """Deleting a message that structures.yaml names is still reported at the structures.yaml line."""
+        (authoring / "messages" / "ADT_A02.yaml").unlink()
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        assert "structures.yaml:9:3: ADT^A02 points at ADT_A02, but messages/ADT_A02.yaml does not exist" in capsys.readouterr().err
+
+
 class TestLintValues:
     """Lint refuses what would not do what it reads as: a table no rule applies, a value FHIR would not take."""
 
@@ -162,3 +202,28 @@ class TestFixtureCases:
         shutil.copy(authoring / "messages" / "ADT_A01.cases" / "admit_fnr.hl7", case)
         assert main(["mappings", "test"]) == 1
         assert "--update" in capsys.readouterr().out
+
+    def test_expected_output_without_its_case_fails(self, authoring, capsys):
+        """An expected file whose message was renamed is not silently skipped: the run fails and names it."""
+        cases = authoring / "messages" / "ADT_A02.cases"
+        (cases / "transfer.hl7").rename(cases / "transfer_renamed.hl7")
+        (cases / "transfer_renamed.expected.json").write_bytes((cases / "transfer.expected.json").read_bytes())
+        assert main(["mappings", "test", str(authoring)]) == 1
+        out = capsys.readouterr().out
+        assert "FAIL ADT_A02/transfer (mappings/hl7v2/messages/ADT_A02.cases/transfer.expected.json:1)" in out, out
+        assert "expected output with no case file" in out and "PASS ADT_A02/transfer_renamed" in out
+        assert " 1 failed" in out
+
+    def test_unreadable_case_files_fail_without_a_traceback(self, authoring, capsys):
+        """A folder named like a message is no case; an expected file not in UTF-8 fails that case, and --update rewrites it."""
+        cases = authoring / "messages" / "ADT_A02.cases"
+        (cases / "folder.hl7").mkdir()
+        expected = cases / "transfer.expected.json"
+        expected.write_bytes(expected.read_bytes() + b"\xff")
+        assert main(["mappings", "test", str(authoring)]) == 1
+        out = capsys.readouterr().out
+        assert "FAIL ADT_A02/transfer (" in out and "transfer.expected.json: not UTF-8" in out, out
+        assert "folder" not in out
+        assert main(["mappings", "test", "--update", str(authoring)]) == 0
+        capsys.readouterr()
+        assert main(["mappings", "test", str(authoring)]) == 0
