@@ -215,9 +215,12 @@ class _Run:
         tpl: Template = use.template  # type: ignore[assignment]  # uses() takes the groups (no template)
         resource: dict[str, Any] = {"resourceType": tpl.fhir_type}
         block = tpl.block
+        traced = 0  # --explain: where this resource's lines start in the trace
         if ctx.trace is None and block.fast is not None:
             block.fast(scope, ctx, resource)  # what block.build does without --explain, one call less
         else:
+            if ctx.trace is not None:
+                traced = len(ctx.trace)
             ctx.trace_prefix = [tpl.fhir_type] if ctx.trace is not None else ctx.trace_prefix
             block.build(scope, ctx, resource)
         if len(resource) == 1:
@@ -235,6 +238,10 @@ class _Run:
             shown = _display(resource)
             if shown:
                 ctx.displays[inst] = shown
+            if ctx.trace is not None:  # --explain tells what is in the output: not this resource's elements
+                del ctx.trace[traced:]
+                ctx.trace.append((f"{tpl.fhir_type} (not written)", f"{tpl.pos[0]}:{tpl.pos[1]}",
+                                  "no identifier: a reference to it carries its name" if shown else "no identifier"))
             return False
         system, value = identity
         write = use.write

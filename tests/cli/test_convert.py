@@ -566,6 +566,18 @@ class TestAuthorTools:
         _, _, err = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR"), "--explain")
         assert "birthDate" in err and "PID-7" in err and "PID.Patient.yaml:" in err
 
+    def test_explain_shows_a_resource_left_out_as_left_out(self, capsys, tmp_path):
+        """PV1-7 names a doctor without a number: no Practitioner is written (the Encounter's participant carries the
+        name). --explain must not list Practitioner elements the output does not hold; it says the resource was not
+        written, at its template (review H88: it listed `Practitioner.name` as if it were there)."""
+        code, docs, err = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR").replace("9144900^LEGE^LISA^^^^^^HPR^^^^HPR", "^LEGE^LISA"), "--explain")
+        assert code == 0 and resources(docs[0], "Practitioner") == []
+        assert "Practitioner.name" not in err
+        assert "Practitioner (not written)" in err and "no identifier: a reference to it carries its name" in err
+        assert "XCN.Practitioner.yaml:" in err
+        code, docs, err = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR"), "--explain")  # with its number it is written
+        assert resources(docs[0], "Practitioner") and "Practitioner.name.family" in err and "(not written)" not in err
+
     def test_unmapped_lists_unread_fields(self, capsys, tmp_path):
         """--unmapped names non-empty fields that no rule read, e.g. a Z-segment."""
         text = adt(f"{FNR}^^^NOR^FNR") + "ZPD|1|secret-local-flag\r"
