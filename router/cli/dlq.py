@@ -29,8 +29,13 @@ null when the message was refused before its patient was known); `show --json` p
 same fields}, "headers": {...}, "outcome": {OperationOutcome} | null, "body":
 str | null}`. Keys are a contract: new ones may be added, none renamed.
 
+A letter whose replay the broker confirmed but that it then failed to remove is
+named on stderr and in the end line's `kept`: it was replayed and is still a
+dead letter. A replay or purge that fails, or is stopped by Ctrl-C, still
+prints and audits what it did before.
+
 Exit 0 when done; 1 when an id is not found or the broker fails; 2 for a usage
-error or a refused confirmation.
+error or a refused confirmation; 130 when stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from adapters.amqp.connection import declare_topology, open_connection
 from router.cli._args import positive
 from router.cli.status import format_table
 from router.errors import BrokerUnavailable
-from router.ops import AuditLog, DeadLetter, browse, dead_letter_queues, find, purge, replay
+from router.ops import ActionResult, AuditLog, DeadLetter, browse, dead_letter_queues, find, purge, replay
 from router.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -143,6 +148,8 @@ def _run(args: argparse.Namespace, action: Any) -> int:
         return int(action(settings, queue))
     except BrokerUnavailable as exc:
         return _fail(str(exc))
+    except BrokenPipeError:  # the reader of the output left (`| head`); the audit log is not to blame
+        return _fail("output closed by its reader")
     except OSError as exc:  # the audit log cannot be written: the action did not start, or its end line is missing
         return _fail(f"audit log {settings.data_dir / 'audit.log'}: {exc}")
 
@@ -187,8 +194,10 @@ def _show(args: argparse.Namespace) -> int:
             return 2
         audit = AuditLog(settings.data_dir / "audit.log")
         action_id = audit.begin("show_body", queue=queue, ids=[letter.id], count=1)  # written before anything is shown
-        _print_letter(queue, letter, letter.body.decode("utf-8", "replace"), as_json=args.json)
-        audit.end("show_body", action_id, queue=queue, done=[letter.id], count=1)
+        try:
+            _print_letter(queue, letter, letter.body.decode("utf-8", "replace"), as_json=args.json)
+        finally:  # also when the reader left (`| head`): part of the body may have been shown
+            audit.end("show_body", action_id, queue=queue, done=[letter.id], count=1)
         return 0
 
     return _run(args, action)
@@ -213,7 +222,7 @@ def _print_letter(queue: str, letter: DeadLetter, body: str | None, *, as_json: 
 
 
 def _replay(args: argparse.Namespace) -> int:
-    return _change(args, "replay", "Replay {n} from {queue} to the inbound exchange?", "replayed")
+    return _change(args, "replay", "Replay {n} from {queue} {to}?", "replayed")
 
 
 def _purge(args: argparse.Namespace) -> int:
@@ -241,22 +250,41 @@ def _change(args: argparse.Namespace, verb: str, question: str, past: str) -> in
         if not ids:
             print(f"no dead letters in {queue}")
             return 0
-        if not _confirm(question.format(n=_plural(count), queue=queue), yes=args.yes):
+        destination = _destination_dlqs(settings).get(queue)
+        to = f"to the destination {destination}'s work queue" if destination else "to the inbound exchange"  # what the operator consents to
+        if not _confirm(question.format(n=_plural(count), queue=queue, to=to), yes=args.yes):
             return 2
         audit = AuditLog(settings.data_dir / "audit.log")
         action_id = audit.begin(verb, queue=queue, ids=ids, count=count)
-        with _connected(settings) as conn:
-            if verb == "replay":
-                declare_topology(conn, settings)  # the inbound exchange and queue must exist to route to
-                result = replay(conn, settings, queue, ids, destination=_destination_dlqs(settings).get(queue))
-            else:
-                result = purge(conn, queue, ids)
-        audit.end(verb, action_id, queue=queue, done=result.done, count=len(result.done), missing=result.missing, error=result.error)
-        for letter_id in result.done:
-            print(f"{past} {letter_id}")
-        print(f"{len(result.done)} {past}, {len(result.missing)} no longer found")
-        if result.error:
-            return _fail(f"{verb} stopped: {result.error}; the rest stays in {queue}")
-        return 1 if result.missing else 0
+        try:
+            result = _act_on(settings, verb, queue, ids)
+        except (BrokerUnavailable, KeyboardInterrupt) as exc:  # before it moved anything: the begin line must not stand alone
+            audit.end(verb, action_id, queue=queue, done=[], count=0, missing=[], error=str(exc) or "interrupted (Ctrl-C)")
+            raise
+        try:
+            return _report(result, verb, past, queue)  # before the end line: a failing audit log must not hide what was done
+        finally:  # and a closed output must not leave the begin line alone
+            audit.end(verb, action_id, queue=queue, done=result.done, count=len(result.done), missing=result.missing, error=result.error, kept=result.kept)
 
     return _run(args, action)
+
+
+def _act_on(settings: Settings, verb: str, queue: str, ids: list[str]) -> ActionResult:
+    """Replay or purge *ids* on a connection of its own (opened after the question, so none idles through it)."""
+    with _connected(settings) as conn:
+        if verb == "replay":
+            declare_topology(conn, settings)  # the inbound exchange and queue must exist to route to
+            return replay(conn, settings, queue, ids, destination=_destination_dlqs(settings).get(queue))
+        return purge(conn, queue, ids)
+
+
+def _report(result: ActionResult, verb: str, past: str, queue: str) -> int:
+    """Print what was done and return the exit code; a letter both replayed and still held is named on stderr."""
+    for letter_id in result.done:
+        print(f"{past} {letter_id}")
+    print(f"{len(result.done)} {past}, {len(result.missing)} no longer found")
+    for letter_id in result.kept:
+        print(f"helsebro dlq: {letter_id} was {past}, but the broker failed before it left {queue}: it is there too; purge it rather than {verb} it again", file=sys.stderr)
+    if result.error:
+        return _fail(f"{verb} stopped: {result.error}; the rest stays in {queue}", 130 if result.interrupted else 1)
+    return 1 if result.missing else 0

@@ -77,6 +77,9 @@ def split_partitions(partitions: int, worker_index: int | None, workers: int) ->
 PARTITION_HEADER = "x-helsebro-partition"
 """Header on a destination's dead letter: the work partition (`p<k>`) it was taken from."""
 
+ON_FAILURE_HEADER = "x-helsebro-on-failure"
+"""A work message's route-chosen failure mode (strict or park); a dead letter keeps it for `dlq replay`."""
+
 
 @dataclass(slots=True)
 class DestinationStats:
@@ -211,7 +214,7 @@ class DestinationWorker:
 
     def _one(self, d: Delivery, publisher: Publisher) -> bool:
         """Deliver one message; False when stopping left it unacked."""
-        mode = str(d.headers.get("x-helsebro-on-failure") or self._dest.on_failure)
+        mode = str(d.headers.get(ON_FAILURE_HEADER) or self._dest.on_failure)
         attempt = int(d.headers.get("x-helsebro-attempt") or 1)
         wait = 0.5
         # The content's hash too: a sender reusing a control id for new content makes a new message.
@@ -283,6 +286,8 @@ class DestinationWorker:
         headers = dead_letter_headers(reason=reason, stage="deliver", location=location, control_id=control_id, outcome=outcome, destination=self.name, attempts=attempts, last_error=last_error,
                                       patient_key=str(d.headers.get("x-helsebro-patient") or ""))
         headers[PARTITION_HEADER] = d.queue.rsplit(".", 1)[-1]  # `dlq replay` puts it back on its patient's partition
+        if d.headers.get(ON_FAILURE_HEADER):
+            headers[ON_FAILURE_HEADER] = d.headers[ON_FAILURE_HEADER]  # the route's choice, which `dlq replay` must keep
         base = f"{self._settings.engine.broker.names.destination_prefix}.{self.name}"
         publisher.publish_to("", f"{base}.dlq", d.body, headers=headers, message_id=d.message_id)
         d.ack()

@@ -146,11 +146,18 @@ class ReasonCount:
 
 @dataclass(frozen=True, slots=True)
 class ActionResult:
-    """What a replay or purge did: the ids done, the ids it no longer found, and the error that stopped it."""
+    """What a replay or purge did: the ids done, the ids it no longer found, and the error that stopped it.
+
+    *kept*: the ids published again (the broker confirmed) whose removal from the dead-letter queue
+    then failed, so each is both replayed and still a dead letter; the operator must be told, or a
+    second replay sends it through a third time believing it the first.
+    """
 
     done: list[str]
     missing: list[str]
     error: str | None = None
+    kept: list[str] = field(default_factory=list)
+    interrupted: bool = False  # stopped by Ctrl-C (KeyboardInterrupt), which the caller should pass on
 
 
 def browse(connection: Connection, queue: str, *, limit: int | None = None) -> Browse:
@@ -211,12 +218,12 @@ def replay(connection: Connection, settings: Settings, queue: str, ids: list[str
         publisher.publish_to(f"{prefix}.{destination}", partition, letter.body, headers=headers, message_id=letter.id)
 
     try:
-        return _act(connection, queue, ids, again)
+        return _act(connection, queue, ids, again, publishes=True)
     finally:
         publisher.close()
 
 
-_WORK_HEADERS = frozenset({"x-helsebro-control-id", "x-helsebro-sender", "x-helsebro-message-type", "x-helsebro-patient", "x-helsebro-routes"})
+_WORK_HEADERS = frozenset({"x-helsebro-control-id", "x-helsebro-sender", "x-helsebro-message-type", "x-helsebro-patient", "x-helsebro-routes", "x-helsebro-on-failure"})
 """What a destination's worker reads from a work message, kept when its dead letter goes back."""
 
 
@@ -229,23 +236,43 @@ def purge(connection: Connection, queue: str, ids: list[str]) -> ActionResult:
     return _act(connection, queue, ids, lambda letter: None)
 
 
-def _act(connection: Connection, queue: str, ids: list[str], before_ack: Callable[[DeadLetter], object]) -> ActionResult:
+def _act(connection: Connection, queue: str, ids: list[str], before_ack: Callable[[DeadLetter], object], *, publishes: bool = False) -> ActionResult:
+    """Run *before_ack* then ack for each wanted letter; stop at the first broker error or at Ctrl-C.
+
+    With *publishes*, a letter whose *before_ack* returned (published, confirmed) but whose ack
+    failed is reported as kept: it went out again and stays in the queue too. A KeyboardInterrupt
+    is not re-raised but returned (`interrupted`), so the caller can still say and audit what was
+    done before it; every letter not acked is given back either way.
+    """
     wanted = set(ids)
     done: list[str] = []
-    failures: tuple[type[BaseException], ...] = (BrokerUnavailable, *broker_errors(connection))
-    with _translated(connection, queue), _holding(connection, queue) as held:
-        seen = {taken.id for taken, _ in held}
-        missing = [i for i in ids if i not in seen]
-        for letter, message in held:
-            if letter.id not in wanted:
-                continue
-            try:
-                before_ack(letter)  # a replay's publish returns once the broker confirmed it
-                message.ack()
-            except failures as exc:  # this letter and every later one stay in the queue, in order
-                return ActionResult(done=done, missing=missing, error=f"{type(exc).__name__}: {exc}")
-            done.append(letter.id)
-    return ActionResult(done=done, missing=missing)
+    missing: list[str] = []
+    kept: list[str] = []
+    error: str | None = None
+    failures: tuple[type[BaseException], ...] = (BrokerUnavailable, *broker_errors(connection), KeyboardInterrupt)
+    try:
+        with _translated(connection, queue), _holding(connection, queue) as held:
+            seen = {taken.id for taken, _ in held}
+            missing = [i for i in ids if i not in seen]
+            for letter, message in held:
+                if letter.id not in wanted:
+                    continue
+                sent = False
+                try:
+                    before_ack(letter)  # a replay's publish returns once the broker confirmed it
+                    sent = publishes
+                    message.ack()
+                except failures as exc:  # this letter and every later one stay in the queue, in order
+                    kept = [letter.id] if sent else []
+                    error = _INTERRUPTED if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+                    break
+                done.append(letter.id)
+    except KeyboardInterrupt:  # while taking the queue or giving it back: the broker returns what is unacked by itself
+        error = error or _INTERRUPTED
+    return ActionResult(done=done, missing=missing, error=error, kept=kept, interrupted=error == _INTERRUPTED)
+
+
+_INTERRUPTED = "interrupted (Ctrl-C)"
 
 
 @contextlib.contextmanager

@@ -147,6 +147,20 @@ class TestDlq:
         assert (end["event"], end["done"]) == ("end", [letter["id"]])
         assert begin["operator"] == "kari.operator" and begin["user"]
 
+    def test_show_body_into_a_closed_pipe_is_audited_to_the_end(self, dead, capsys, monkeypatch):
+        """`show --body --yes | head -1`: the reader goes, the write fails. The end line is still written (the
+        body was at least partly shown) and the error is not blamed on the audit log."""
+        letter_id = _listed(capsys)[1]["id"]
+
+        def reader_gone(*_args, **_kwargs):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        monkeypatch.setattr("router.cli.dlq._print_letter", reader_gone)
+        code, _, err = _cli(capsys, "show", letter_id, "--body", "--yes")
+        assert code == 1 and "audit log" not in err
+        begin, end = _audit(dead)
+        assert (begin["event"], end["event"], end["action_id"], end["done"]) == ("begin", "end", begin["action_id"], [letter_id])
+
     def test_show_body_refused(self, dead, capsys, monkeypatch):
         """Answering no, or having no terminal and no --yes, exits 2 without body or audit line."""
         letter_id = _listed(capsys)[1]["id"]
@@ -221,6 +235,102 @@ class TestDlq:
         code, _, err = _cli(capsys, "replay", first["id"], "nope", "--yes")
         assert code == 1 and "nope" in err
         assert len(_listed(capsys)) == 2 and _audit(dead) == []
+
+    def test_replay_names_a_letter_the_broker_kept_after_publishing_it(self, dead, capsys, monkeypatch):
+        """The broker fails between a replay's confirmed publish and the dead letter's ack: that letter is
+        replayed *and* still a dead letter. Output and audit say so; before, both said it was not replayed."""
+        from kombu.message import Message
+
+        first, second = _listed(capsys)
+        real_ack, acks = Message.ack, []
+
+        def ack_then_lose_the_broker(message, *args, **kwargs):
+            acks.append(1)
+            if len(acks) == 2:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return real_ack(message, *args, **kwargs)
+
+        monkeypatch.setattr(Message, "ack", ack_then_lose_the_broker)
+        code, out, err = _cli(capsys, "replay", "--all", "--yes")
+        monkeypatch.setattr(Message, "ack", real_ack)
+        assert code == 1
+        assert out.splitlines() == [f"replayed {first['id']}", "1 replayed, 0 no longer found"]
+        assert f"{second['id']} was replayed, but the broker failed before it left" in err
+        assert queue_depth(dead, dead.engine.broker.names.inbound) == 2
+        assert [d["id"] for d in _listed(capsys)] == [second["id"]]
+        end = _audit(dead)[-1]
+        assert (end["event"], end["done"], end["kept"]) == ("end", [first["id"]], [second["id"]])
+        assert "ConnectionResetError" in end["error"]
+
+    def test_a_replay_that_fails_before_moving_anything_still_writes_its_end_line(self, dead, capsys, monkeypatch):
+        """The broker goes between the question and the act: the begin line gets its end line, saying nothing was done."""
+        from router.errors import BrokerUnavailable
+
+        def gone(*_args, **_kwargs):
+            raise BrokerUnavailable("cannot declare the topology: ConnectionRefusedError")
+
+        monkeypatch.setattr("router.cli.dlq.declare_topology", gone)
+        code, _, err = _cli(capsys, "replay", "--all", "--yes")
+        assert code == 1 and "cannot declare the topology" in err
+        begin, end = _audit(dead)
+        assert (begin["event"], end["event"], end["action_id"]) == ("begin", "end", begin["action_id"])
+        assert (end["done"], end["count"]) == ([], 0) and "cannot declare" in end["error"]
+        assert len(_listed(capsys)) == 2
+
+    def test_an_end_line_that_cannot_be_written_does_not_hide_what_was_done(self, dead, capsys, monkeypatch):
+        """The audit log fails after the purge: the purged ids are still printed, then the audit error, exit 1."""
+        from router.ops import AuditLog
+
+        def full(*_args, **_kwargs):
+            raise OSError(28, "No space left on device")
+
+        first, _ = _listed(capsys)
+        monkeypatch.setattr(AuditLog, "end", full)
+        code, out, err = _cli(capsys, "purge", first["id"], "--yes")
+        assert code == 1
+        assert out.splitlines() == [f"purged {first['id']}", "1 purged, 0 no longer found"]
+        assert "audit log" in err and "No space left" in err
+
+    def test_ctrl_c_during_a_replay_reports_and_audits_what_was_done(self, dead, capsys, monkeypatch):
+        """Ctrl-C in the middle of `replay --all`: the letters replayed so far are printed and in the end line,
+        the rest stays, exit 130. Before, the KeyboardInterrupt left a begin line alone and printed nothing."""
+        from adapters.amqp.outbound import Publisher
+
+        first, second = _listed(capsys)
+        real, calls = Publisher.publish_inbound, []
+
+        def interrupted_on_the_second(publisher, body, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return real(publisher, body, **kwargs)
+
+        monkeypatch.setattr(Publisher, "publish_inbound", interrupted_on_the_second)
+        code, out, err = _cli(capsys, "replay", "--all", "--yes")
+        monkeypatch.setattr(Publisher, "publish_inbound", real)
+        assert code == 130
+        assert out.splitlines() == [f"replayed {first['id']}", "1 replayed, 0 no longer found"]
+        assert "interrupted" in err
+        begin, end = _audit(dead)
+        assert (end["event"], end["action_id"], end["done"], end["kept"]) == ("end", begin["action_id"], [first["id"]], [])
+        assert "interrupted" in end["error"]
+        assert [d["id"] for d in _listed(capsys)] == [second["id"]]
+
+    def test_purge_into_a_closed_pipe_is_audited_to_the_end(self, dead, capsys, monkeypatch):
+        """`purge --all --yes | head -1`: the purge is done when the report's write fails; the end line is still
+        written with what was done, and the error is not blamed on the audit log."""
+        ids = [d["id"] for d in _listed(capsys)]
+
+        def reader_gone(*_args, **_kwargs):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        real_print = print
+        monkeypatch.setattr("builtins.print", lambda *a, **k: reader_gone() if k.get("file") is None else None)
+        code = main(["dlq", "purge", "--all", "--yes"])
+        monkeypatch.setattr("builtins.print", real_print)
+        assert code == 1
+        begin, end = _audit(dead)
+        assert (end["event"], end["action_id"], end["done"]) == ("end", begin["action_id"], ids)
 
     def test_replay_and_purge_need_ids_or_all(self, dead, capsys):
         """Replay without ids or --all, or either verb with both, is a usage error."""
@@ -307,3 +417,66 @@ class TestDestinationDeadLetters:
             handle.stop()
         assert server.applied[0]["resourceType"] == "Bundle"
         assert _cli(capsys, "list", "--queue", dlq, "--json")[0] == 0 and json.loads(_cli(capsys, "list", "--queue", dlq, "--json")[1])["dead_letters"] == []
+
+    @pytest.mark.parametrize("transport", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+    def test_a_replayed_destination_dead_letter_keeps_its_routes_on_failure(self, transport, exported, scripted_fhir, capsys):
+        """A route that says `on_failure: park` for a strict destination: its refused Bundle, replayed, goes back
+        with `park` still on it. Before, the dead letter dropped the header and the replay was delivered `strict`
+        (holding back the patient's partition through an outage the route wanted parked), or the reverse."""
+        routes = {
+            "destinations": {"record": {"kind": "record"},
+                             "ekstern": {"kind": "fhir", "on_failure": "strict", "server": {"base_url": "http://127.0.0.1:9/fhir"}}},
+            "routes": [{"name": "all", "to": ["record", "ekstern"], "on_failure": "park"}],
+        }
+        settings = exported(RABBIT if transport == "rabbitmq" else None, routes=routes)
+        server = scripted_fhir()
+        prefix = f"{settings.engine.broker.names.destination_prefix}.ekstern"
+        publish(settings, [adt_message("A01", control_id="DEST2", fnr=GOOD_FNR, local_id="L2", visit="V2")])
+        handle = run_engine_in_thread(settings, logger=QuietLogger(), destination_clients={"ekstern": server})
+        try:
+            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="refused by ekstern")
+        finally:
+            handle.stop()
+        code, out, _ = _cli(capsys, "replay", "--queue", f"{prefix}.dlq", "--all", "--yes")
+        assert code == 0 and out.splitlines()[-1] == "1 replayed, 0 no longer found"
+        work = [headers for p in range(settings.engine.broker.partitions) for headers in _consumed_headers(settings, f"{prefix}.p{p}")]
+        assert [h.get("x-helsebro-on-failure") for h in work] == ["park"]
+
+
+    def test_the_replay_question_for_a_destinations_dead_letters_names_that_destination(self, with_destination, capsys, monkeypatch):
+        """The operator consents to what the question says: a destination's dead letters go back to that
+        destination, not to the inbound exchange as the question claimed."""
+        from kombu import Producer
+
+        settings = with_destination
+        dlq = f"{settings.engine.broker.names.destination_prefix}.ekstern.dlq"
+        publish(settings, [])  # declares the topology
+        conn = open_connection(settings)
+        try:
+            Producer(conn.channel()).publish(b"{}", exchange="", routing_key=dlq, headers={"x-helsebro-stage": "deliver"}, content_type="application/octet-stream", content_encoding="binary")
+        finally:
+            conn.release()
+        monkeypatch.setattr("sys.stdin", Tty("n\n"))
+        code, _, err = _cli(capsys, "replay", "--queue", dlq, "--all")
+        assert code == 2
+        assert f"Replay 1 dead letter from {dlq} to the destination ekstern's work queue?" in err
+
+def _consumed_headers(settings, queue):
+    """Take every message off *queue* with a consumer (a quorum queue with a single active consumer refuses
+    basic.get); return their headers in order."""
+    from kombu import Consumer, Queue
+
+    depth = queue_depth(settings, queue)
+    got: list[dict] = []
+    conn = open_connection(settings)
+    try:
+        def take(message):
+            got.append(dict(message.headers or {}))
+            message.ack()
+
+        with Consumer(conn.channel(), queues=[Queue(queue, no_declare=True)], on_message=take, prefetch_count=10):
+            while len(got) < depth:
+                conn.drain_events(timeout=10)
+    finally:
+        conn.release()
+    return got
