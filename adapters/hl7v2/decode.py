@@ -294,6 +294,18 @@ def _charset_for(data: bytes, *, default: str, senders: Mapping[str, str]) -> tu
     return default, False
 
 
+def hl7_charset(data: bytes) -> str | None:
+    """The Python codec *data*'s MSH-18 declares, or None (not HL7 v2, nothing declared, or a name Helsebro does not know)."""
+    start = data.lstrip(b"\x0b\xef\xbb\xbf \t\r\n")
+    if start[:3].upper() != b"MSH":
+        return None
+    try:
+        codec, declared = _charset_for(start, default="", senders={})
+    except DecodeError:
+        return None
+    return codec if declared else None
+
+
 def decode(raw: RawMessage | _HasData, *, default_charset: str = "utf-8", sender_charsets: Mapping[str, str] | None = None) -> DecodedMessage:
     """Decode and tokenize one message.
 

@@ -27,7 +27,9 @@ docstring.
 "delivery_count", "patient_key"}]}` (`patient_key`: the hashed key `helsebro find --patient` searches by;
 null when the message was refused before its patient was known); `show --json` prints `{"queue": str, "dead_letter": {the
 same fields}, "headers": {...}, "outcome": {OperationOutcome} | null, "body":
-str | null}`. Keys are a contract: new ones may be added, none renamed.
+str | null, "body_charset": str | null}` (the body as text in the charset the message names:
+UTF-8 when it is valid UTF-8, else MSH-18's or the XML declaration's, else ISO-8859-1).
+Keys are a contract: new ones may be added, none renamed.
 
 A letter whose replay the broker confirmed but that it then failed to remove is
 named on stderr and in the end line's `kept`: it was replayed and is still a
@@ -48,6 +50,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from adapters.amqp.connection import declare_topology, open_connection
+from adapters.text import readable
 from router.cli._args import positive
 from router.cli.status import format_table
 from router.errors import BrokerUnavailable
@@ -195,7 +198,8 @@ def _show(args: argparse.Namespace) -> int:
         audit = AuditLog(settings.data_dir / "audit.log")
         action_id = audit.begin("show_body", queue=queue, ids=[letter.id], count=1)  # written before anything is shown
         try:
-            _print_letter(queue, letter, letter.body.decode("utf-8", "replace"), as_json=args.json)
+            body, charset = readable(letter.body)
+            _print_letter(queue, letter, body, as_json=args.json, charset=charset)
         finally:  # also when the reader left (`| head`): part of the body may have been shown
             audit.end("show_body", action_id, queue=queue, done=[letter.id], count=1)
         return 0
@@ -203,10 +207,10 @@ def _show(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
-def _print_letter(queue: str, letter: DeadLetter, body: str | None, *, as_json: bool) -> None:
+def _print_letter(queue: str, letter: DeadLetter, body: str | None, *, as_json: bool, charset: str | None = None) -> None:
     headers = {k: v for k, v in sorted(letter.headers.items()) if k != "x-helsebro-outcome"}
     if as_json:
-        doc = {"queue": queue, "dead_letter": letter.summary(), "headers": headers, "outcome": letter.outcome(), "body": body}
+        doc = {"queue": queue, "dead_letter": letter.summary(), "headers": headers, "outcome": letter.outcome(), "body": body, "body_charset": charset}
         print(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
         return
     summary = letter.summary()
@@ -217,7 +221,7 @@ def _print_letter(queue: str, letter: DeadLetter, body: str | None, *, as_json: 
     if body is None:
         lines += ["", "body: not shown (patient data; add --body, which asks and is audited)"]
     else:
-        lines += ["", "body:", *body.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").split("\n")]
+        lines += ["", f"body ({charset}):" if charset and charset != "utf-8" else "body:", *body.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").split("\n")]
     print("\n".join(lines))
 
 

@@ -124,7 +124,8 @@ class TestDlq:
         code, out, _ = _cli(capsys, "show", letter["id"], "--json")
         doc = json.loads(out)
         assert code == 0
-        assert set(doc) == {"queue", "dead_letter", "headers", "outcome", "body"}
+        assert set(doc) == {"queue", "dead_letter", "headers", "outcome", "body", "body_charset"}
+        assert doc["body_charset"] is None
         assert doc["dead_letter"] == letter | {"delivery_count": doc["dead_letter"]["delivery_count"]}
         assert doc["headers"]["x-helsebro-location"] == "PID-3[1].1"
         assert doc["outcome"]["issue"][0]["expression"] == ["PID-3[1].1"]
@@ -146,6 +147,25 @@ class TestDlq:
         assert (begin["action"], begin["event"], begin["ids"]) == ("show_body", "begin", [letter["id"]])
         assert (end["event"], end["done"]) == ("end", [letter["id"]])
         assert begin["operator"] == "kari.operator" and begin["user"]
+
+    @pytest.mark.parametrize(("body", "charset"), [
+        ("MSH|^~\\&|PAS|STOLAV|HB|HP|20240101||ADT^A01|L1|P|2.5.1||||||8859/1\rPID|1||||SKJØRSÆTER^ÅSE\r".encode("iso-8859-1"), "iso8859-1"),
+        ('<?xml version="1.0" encoding="ISO-8859-1"?><MsgHead><Navn>SKJØRSÆTER ÅSE</Navn></MsgHead>'.encode("iso-8859-1"), "iso8859-1"),
+        ("MSH|^~\\&|PAS|STOLAV|HB|HP|20240101||ADT^A01|L2|P|2.5.1\rPID|1||||SKJØRSÆTER^ÅSE\r".encode("iso-8859-1"), "iso-8859-1"),
+        ("MSH|^~\\&|PAS|STOLAV|HB|HP|20240101||ADT^A01|L3|P|2.5.1\rPID|1||||SKJØRSÆTER^ÅSE\r".encode(), "utf-8"),
+    ], ids=["hl7-msh18", "xml-declaration", "hl7-undeclared", "utf-8"])
+    def test_show_body_reads_the_charset_the_message_names(self, settings, capsys, body, charset):
+        """A Latin-1 body is shown with its æøå, in the charset MSH-18 or the XML declaration names (ISO-8859-1 when
+        it names none), not as replacement characters (review H89); `--json` says which in `body_charset`."""
+        publish(settings, [])  # declares the queues
+        _good_dead_letter(settings, body)
+        [letter] = _listed(capsys)
+        code, out, _ = _cli(capsys, "show", letter["id"], "--body", "--yes", "--json")
+        doc = json.loads(out)
+        assert code == 0 and "SKJØRSÆTER" in doc["body"] and "\ufffd" not in doc["body"]
+        assert doc["body_charset"] == charset
+        code, out, _ = _cli(capsys, "show", letter["id"], "--body", "--yes")
+        assert "SKJØRSÆTER" in out and (f"body ({charset}):" in out) == (charset != "utf-8")
 
     def test_show_body_into_a_closed_pipe_is_audited_to_the_end(self, dead, capsys, monkeypatch):
         """`show --body --yes | head -1`: the reader goes, the write fails. The end line is still written (the
