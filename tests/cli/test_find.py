@@ -494,6 +494,23 @@ def _drain_if_declared(settings, queue: str) -> list:
         return []
 
 
+def _k9_dead_lettered_at_render(exported, monkeypatch, routes):
+    """Settings after the engine settled K9, an admission that could not be rendered for kommune (dead-lettered at render)."""
+    from adapters.kith.render import KithRenderer
+    from router.errors import InvalidContent
+
+    def refuse(self, conv):
+        raise InvalidContent("the Bundle has no Encounter, which outbound mapping PLO_InnlagtPasient needs", location="Bundle")
+
+    monkeypatch.setattr(KithRenderer, "render", refuse)
+    settings = exported(None, routes=routes)
+    publish(settings, [adt_message("A01", control_id="K9", fnr=GOOD_FNR, local_id="L1", visit="V9")])
+    handle = run_engine_in_thread(settings, logger=QuietLogger())
+    wait_until(lambda: handle.stats.messages == 1, 60, what="settled")
+    handle.stop()
+    return settings
+
+
 KITH_ROUTES = {
     "destinations": {
         "record": {"kind": "record"},
@@ -617,18 +634,7 @@ class TestReceipts:
         """K9 could not be rendered for kommune (dead-lettered at render): nothing was sent, so no AppRec will ever come.
         `--json` must not say `"receipt": {"accepted": null, ...}` (no AppRec yet): a script chasing missing AppRecs after
         96 h would chase this one for ever (found by review)."""
-        from adapters.kith.render import KithRenderer
-        from router.errors import InvalidContent
-
-        def refuse(self, conv):
-            raise InvalidContent("the Bundle has no Encounter, which outbound mapping PLO_InnlagtPasient needs", location="Bundle")
-
-        monkeypatch.setattr(KithRenderer, "render", refuse)
-        settings = exported(None, routes=KITH_ROUTES)
-        publish(settings, [adt_message("A01", control_id="K9", fnr=GOOD_FNR, local_id="L1", visit="V9")])
-        handle = run_engine_in_thread(settings, logger=QuietLogger())
-        wait_until(lambda: handle.stats.messages == 1, 60, what="settled")
-        handle.stop()
+        _k9_dead_lettered_at_render(exported, monkeypatch, KITH_ROUTES)
         code, out, _ = _find(capsys, "--control-id", "K9", "--json")
         [entry] = json.loads(out)["applied"]
         [dest] = entry["destinations"]
@@ -640,19 +646,7 @@ class TestReceipts:
         was sent, so --awaiting-apprec must not list it for follow-up (the case H85 fixed for --control-id)."""
         import time
 
-        from adapters.kith.render import KithRenderer
-        from router.errors import InvalidContent
-
-        def refuse(self, conv):
-            raise InvalidContent("the Bundle has no Encounter, which outbound mapping PLO_InnlagtPasient needs", location="Bundle")
-
-        monkeypatch.setattr(KithRenderer, "render", refuse)
-        routes = {**KITH_ROUTES, "routes": [{"name": "admissions", "to": to}]}
-        settings = exported(None, routes=routes)
-        publish(settings, [adt_message("A01", control_id="K9", fnr=GOOD_FNR, local_id="L1", visit="V9")])
-        handle = run_engine_in_thread(settings, logger=QuietLogger())
-        wait_until(lambda: handle.stats.messages == 1, 60, what="settled")
-        handle.stop()
+        _k9_dead_lettered_at_render(exported, monkeypatch, {**KITH_ROUTES, "routes": [{"name": "admissions", "to": to}]})
         time.sleep(1.1)
         code, out, _ = _find(capsys, "--awaiting-apprec", "1s", "--json")
         assert code == 1, out
@@ -663,18 +657,7 @@ class TestReceipts:
         as overdue: `complete` must then say false (and the table why), not pass the count off as exact."""
         import time
 
-        from adapters.kith.render import KithRenderer
-        from router.errors import InvalidContent
-
-        def refuse(self, conv):
-            raise InvalidContent("the Bundle has no Encounter, which outbound mapping PLO_InnlagtPasient needs", location="Bundle")
-
-        monkeypatch.setattr(KithRenderer, "render", refuse)
-        settings = exported(None, routes=KITH_ROUTES)
-        publish(settings, [adt_message("A01", control_id="K9", fnr=GOOD_FNR, local_id="L1", visit="V9")])
-        handle = run_engine_in_thread(settings, logger=QuietLogger())
-        wait_until(lambda: handle.stats.messages == 1, 60, what="settled")
-        handle.stop()
+        _k9_dead_lettered_at_render(exported, monkeypatch, KITH_ROUTES)
         time.sleep(1.1)
         capsys.readouterr()
         assert main(["status", "--json", "--interval", "0", "--apprec-overdue", "1s"]) == 0
