@@ -62,7 +62,10 @@ def render(docs: list[dict[str, Any]]) -> str:
     """Serialise outputs the one way expected files are written: stable and diffable.
 
     The provenance tag's content hash is blanked: it changes with every edit to
-    the folder, and a case should fail only when the output itself changes.
+    the folder, and a case should fail only when the output itself changes. Its
+    display names the mapping file under the folder that holds the mappings, and
+    that folder's own name is read as `mappings`: a tree copied under another
+    name (an author's working copy) passes the same cases.
     """
     for doc in docs:
         metas = [doc.get("meta", {})] + [e.get("resource", {}).get("meta", {}) for e in doc.get("entry", [])]
@@ -70,6 +73,9 @@ def render(docs: list[dict[str, Any]]) -> str:
             for tag in meta.get("tag", []):
                 if tag.get("system") == "urn:helsebro:mapping" and "@" in tag.get("code", ""):
                     tag["code"] = tag["code"].split("@")[0] + "@<content-hash>"
+                    display = tag.get("display")
+                    if isinstance(display, str) and "/" in display:
+                        tag["display"] = "mappings/" + display.split("/", 1)[1]
     return json.dumps(docs, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
 
 
