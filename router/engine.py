@@ -175,6 +175,8 @@ class Engine:
         converter = self._converter_source()
         hl7 = self._settings.engine.hl7v2
         router = Router(self._settings.routes, mappings_dir=self._settings.mappings_dir, hl7_charset=hl7.default_charset, sender_charsets={k: v.charset for k, v in hl7.senders.items() if v.charset})
+        for worker in self.destinations:
+            worker.prepare()  # every client before any thread: a ConfigError refuses the start, no worker left running
         delay = _FIRST_RECONNECT_SECONDS
         max_delay = self._settings.engine.broker.reconnect_max_seconds
         from adapters.kith.xsd import validation_status  # says whether KITH XML is XSD-validated

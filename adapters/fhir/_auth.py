@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from router.errors import ConfigError, RecordUnavailable
 __all__ = ["AuthConfig", "Authenticator", "BearerAuth", "NoAuth", "OAuth2ClientCredentials", "make_authenticator"]
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # what can follow "Bearer " in a header: visible ASCII, no space or newline
 
 
 class _Frozen(BaseModel):
@@ -109,6 +111,15 @@ class Authenticator:
 
 class _Bearer(Authenticator):
     def __init__(self, token: str) -> None:
+        """Refuse a token no header can carry, at start, rather than fail every message.
+
+        Raises:
+            ConfigError: the token holds a space, a newline (a secret file's last line) or a
+                non-ASCII character (a copied typographic quote). httpx raised UnicodeEncodeError
+                for the latter on every request, which the worker dead-letters as an internal error.
+        """
+        if not _TOKEN.fullmatch(token):
+            raise ConfigError("auth: the bearer token holds characters a header cannot carry (whitespace or non-ASCII)")
         self._value = f"Bearer {token}"
 
     def header(self) -> str | None:
@@ -177,6 +188,8 @@ class _OAuth2(Authenticator):
             raise RecordUnavailable("token endpoint answered without an access_token") from exc
         if not isinstance(token, str) or not token:
             raise RecordUnavailable("token endpoint answered without an access_token")
+        if not _TOKEN.fullmatch(token):  # else httpx's UnicodeEncodeError: an internal error, dead-lettering the message
+            raise RecordUnavailable("token endpoint answered an access_token no header can carry")
         return token, lifetime
 
 

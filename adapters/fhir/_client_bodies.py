@@ -25,18 +25,27 @@ _CODE = re.compile(r"[a-z][a-z-]{0,39}")  # an issue-type code (FHIR's IssueType
 _PATH = re.compile(r"[A-Za-z][A-Za-z0-9_.\[\]()-]{0,119}")  # a FHIRPath such as Patient.identifier[0].value: names, no values
 _LOCATION = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/([^/?#]+))?/?(?:[?#]|$)")
 # HAPI FHIR says in each entry's response.outcome when it did nothing (its storage response codes).
+_STATUS = re.compile(r"[1-5][0-9][0-9]")  # an HTTP status code, as a transaction-response entry's status starts
+_DELTA_SECONDS = re.compile(r"[0-9]+")  # Retry-After as delta-seconds
 _HAPI_UNCHANGED = frozenset({"SUCCESSFUL_UPDATE_NO_CHANGE", "SUCCESSFUL_CREATE_WITH_CONDITIONAL_MATCH"})
 
 
-def retry_after(value: str, now: datetime) -> float:
-    """Return the seconds a Retry-After header asks for (delta-seconds or HTTP-date); 0 if unreadable."""
+def retry_after(value: str, now: datetime) -> float | None:
+    """Return the seconds a Retry-After header asks for (delta-seconds or HTTP-date); None if unreadable.
+
+    None, not 0: a header the client cannot read ("soon", "-5", "1.5") must fall back
+    to the backoff, not be taken as "retry at once" and hammer a server that is
+    already overloaded. Delta-seconds are ASCII digits only (RFC 9110 §10.2.3):
+    str.isdigit() also accepts "²", which float() then refuses with a ValueError
+    that turned a 503 into a dead letter.
+    """
     value = value.strip()
-    if value.isdigit():
+    if _DELTA_SECONDS.fullmatch(value):
         return float(value)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return 0.0
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - now).total_seconds())
@@ -83,7 +92,9 @@ def applied(entry: Any, request: Any) -> AppliedEntry:
         raise RecordUnavailable("destination answered a transaction entry without a response")
     status = str(response.get("status", "")).split(" ", 1)[0]
     if not status.startswith("2"):
-        raise Refused(f"destination refused a transaction entry with HTTP {status[:3]}")
+        # The reason is logged: only a status code goes in, never the server's own text in its place.
+        code = status if _STATUS.fullmatch(status) else "(no status code)"
+        raise Refused(f"destination refused a transaction entry with HTTP {code}")
     match = _LOCATION.search(str(response.get("location") or ""))
     method = str(request.get("method", "")).upper() if isinstance(request, dict) else ""
     resource_type, id_ = (match.group(1), match.group(2)) if match else _target(request)

@@ -284,7 +284,7 @@ class FhirClient:
                     raise refused(response)
                 failure = _Status(status)
                 reason = f"destination answered HTTP {status}"
-                delay = self._retry_after(response) if "Retry-After" in response.headers else self._backoff(attempt)
+                delay = self._retry_after(response, attempt)
             if attempt >= limit:
                 raise RecordUnavailable(f"{reason}; gave up after {attempt} attempts") from failure
             self._sleep(delay)
@@ -294,8 +294,11 @@ class FhirClient:
         cap = min(self._config.backoff_max_seconds, self._config.backoff_base_seconds * 2 ** (attempt - 1))
         return self._rng.uniform(0, cap)
 
-    def _retry_after(self, response: httpx.Response) -> float:
-        return min(self._config.backoff_max_seconds, retry_after(response.headers["Retry-After"], datetime.now(UTC)))
+    def _retry_after(self, response: httpx.Response, attempt: int) -> float:
+        """The server's Retry-After, capped; the backoff when it sent none or none the client can read."""
+        header = response.headers.get("Retry-After")
+        asked = retry_after(header, datetime.now(UTC)) if header is not None else None
+        return self._backoff(attempt) if asked is None else min(self._config.backoff_max_seconds, asked)
 
     def _pages(self, url: str, params: dict[str, str] | None, *, absent_ok: bool = False) -> list[FhirJson]:
         """GET a Bundle and its `next` pages, up to max_search_pages; return all their entries."""

@@ -93,6 +93,9 @@ _NAV_NAMESPACES = frozenset({
     "http://www.kith.no/xmlstds/legeerklaring/2008-06-06",
     "http://www.kith.no/xmlstds/sykmelding/2011-03-04",
 })
+_NAV_PREFIX = "http://www.kith.no/xmlstds/nav/"
+"""Helfo's messages (Egenandel, EgenandelMengde, Fastlege, Pasientliste) and NAV's Innrapportering trekk all sit
+under this path [S1 skjema/HELFO*/NAV-*.xsd, skjema/NAVInnrapporteringTrekk]: NAV and Helfo answer with 1.0."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +182,7 @@ def apprec_version_for(envelope: KithEnvelope | None) -> AppRecVersion:
     if envelope is None:
         return "1.1"
     namespace = envelope.payload_namespace
-    if namespace in _NAV_NAMESPACES:
+    if namespace in _NAV_NAMESPACES or (namespace or "").startswith(_NAV_PREFIX):
         return "1.0"
     standard = payload_standard(namespace)
     return "1.0" if standard in _ANSWERED_WITH_1_0 else "1.1"

@@ -10,6 +10,7 @@ Words: *HER-id* is a party's id in NHN's Adresseregisteret (TypeId ``HER``);
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -105,7 +106,19 @@ class Party:
 
 
 def _her(idents: tuple[Ident, ...]) -> str | None:
-    return next((i.id for i in idents if i.type == "HER" and i.id), None)
+    """The first Ident typed HER whose Id is a HER-id at all (`_HER_ID`).
+
+    The HER-id names the sender's AppRec queue (router/pipeline/_reply.py), the
+    duplicate guard's recipient and the sender's mappings: a value that is no
+    number (300 digits, letters, spaces) must not name a queue on the broker,
+    so it counts as no HER-id and the next holder's is used.
+    """
+    return next((i.id for i in idents if i.type == "HER" and _HER_ID.fullmatch(i.id)), None)
+
+
+_HER_ID = re.compile(r"[0-9]{1,10}(?:\.[0-9]{1,9})?")
+"""A HER-id: a number in NHN's Adresseregisteret (FACTS §6): the national examples have 1–7 digits, and a few
+e-resept and NPR examples a dotted one (`2397.1`, `9644.3`). ASCII digits only, not any Unicode digit."""
 
 
 def ident_of(id_text: str, code: etree._Element | None) -> Ident:

@@ -112,6 +112,7 @@ class DestinationWorker:
         self.name = name
         self._dest: FhirDestination = settings.routes.destinations[name]  # type: ignore[assignment]  # queued() lists fhir ones only
         self._client = client
+        self._owns_client = False  # built by prepare(): run() closes it, with its connection pool
         self._ledger = ledger  # anything with `applied` and `mark_applied`; run() opens the record's when None
         self._log = logger.bind(destination=name) if hasattr(logger, "bind") else logger
         self._split = split_partitions(len(next(d for d in topology(settings).destinations if d.name == name).work), worker_index, workers)
@@ -123,8 +124,29 @@ class DestinationWorker:
         self.stats = DestinationStats()
         self.thread: threading.Thread | None = None
 
+    def prepare(self) -> None:
+        """Build the destination's FhirClient, if none was given, in the calling thread.
+
+        Its ConfigError (a secret's environment variable unset, an unusable token or CA
+        file) must refuse the engine's start: raised inside run(), it killed this thread
+        alone, and the engine ran on while the destination's queue only grew.
+
+        Raises:
+            ConfigError: the destination's server block cannot make a client.
+        """
+        if self._client is None:
+            from adapters.fhir.client import FhirClient
+
+            self._client = FhirClient(self._dest.server, log=self._log, sleep=self._between_attempts)
+            self._owns_client = True
+
     def start(self) -> None:
-        """Run in a daemon thread."""
+        """Run in a daemon thread (prepare() first, if the caller did not).
+
+        Raises:
+            ConfigError: see prepare().
+        """
+        self.prepare()
         self.thread = threading.Thread(target=self.run, name=f"helsebro-dest-{self.name}", daemon=True)
         self.thread.start()
 
@@ -136,10 +158,7 @@ class DestinationWorker:
 
     def run(self) -> None:
         """Consume until stopped, reconnecting with capped backoff."""
-        if self._client is None:
-            from adapters.fhir.client import FhirClient
-
-            self._client = FhirClient(self._dest.server, log=self._log)
+        self.prepare()
         owned = self._ledger is None
         if owned:
             from adapters.fhir.record import open_record
@@ -151,6 +170,26 @@ class DestinationWorker:
             if owned and self._ledger is not None:
                 self._ledger.close()
                 self._ledger = None
+            self._close_client()
+
+    def _close_client(self) -> None:
+        """Close the client prepare() built, so a stopped worker leaves no connection to the server open."""
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client, self._owns_client = None, False
+
+    def _between_attempts(self, seconds: float) -> None:
+        """The FHIR client's wait between attempts (a Retry-After up to backoff_max_seconds, several per call).
+
+        With time.sleep the client held this thread for minutes: no heartbeats, so the broker
+        dropped the connection and handed the partition, message in hand, to a standby worker
+        while this one was still sending it; and a stop waited the whole ladder out.
+
+        Raises:
+            RecordUnavailable: stopping; the call is abandoned and the message comes again.
+        """
+        if self._wait(seconds):
+            raise RecordUnavailable("stopping between attempts")
 
     def _open_ledger(self, opener: Callable[[Any], Any]) -> Any:
         delay = 0.5
@@ -241,6 +280,8 @@ class DestinationWorker:
                 self._dead_letter(d, publisher, reason=exc.reason, location=exc.location, attempts=attempt, last_error=type(exc).__name__, detail=getattr(exc, "detail", None))
                 return True
             except RecordUnavailable as exc:
+                if self._stop.is_set():
+                    return False  # stopping: unacked, it comes again; neither parked nor counted as an attempt
                 self.stats.failures += 1
                 if mode == "park" and not self._embedded:
                     self._park(d, publisher, attempt, type(exc).__name__)

@@ -25,6 +25,21 @@ _SKIP_BY_SEGMENT = {name: frozenset(n for s, n in _SKIP_UNMAPPED if s == name) f
 _NOTHING: frozenset[int] = frozenset()
 
 
+_WIDE_XML_STARTS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff", b"<\x00", b"\x00<", b"\x00\x00\x00<")
+"""How a UTF-16 or UTF-32 XML document begins: a byte order mark (UTF-32LE's starts like UTF-16LE's), or `<` without one."""
+
+
+def _is_xml(data: bytes) -> bool:
+    """Tell whether *data* is an XML document (a KITH message) rather than HL7 v2.
+
+    UTF-8 and ISO-8859-1 XML starts with `<` after an optional BOM and whitespace; UTF-16 and
+    UTF-32 XML (the XML declaration may name them, and safe_xml reads them) start with a BOM or a
+    `<` padded with NUL bytes. No HL7 v2 message starts so (MSH, or the MLLP start byte 0x0B), and a
+    KITH message taken for HL7 v2 would be answered with an HL7 NAK its sender never reads, not an AppRec.
+    """
+    return data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<" or data.startswith(_WIDE_XML_STARTS)
+
+
 class Converter:
     """Holds the compiled mappings; converts any number of messages."""
 
@@ -41,7 +56,7 @@ class Converter:
 
     def convert(self, data: bytes, *, trace: bool = False) -> list[Converted]:
         """Convert every message in *data* (one, several, a batch, MLLP-framed; or one KITH XML message)."""
-        if data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<":
+        if _is_xml(data):
             return [self._convert_xml(data, trace)]
         out: list[Converted] = []
         for raw in split_messages(data):

@@ -251,12 +251,13 @@ class Settle:
 
     def _find_duplicates(self, flat: list[_Msg]) -> None:
         keys: list[str] = []
+        claimed: set[tuple[str, str]] = set()  # KITH (MsgId, recipient) pairs an earlier message of this batch answers
         for m in flat:
             conv = m.conv
             if m.outcome is not None:
                 continue  # a receipt: never answered, so never a duplicate of an answered message
             if conv.format == "kith":
-                if self._answered_before(conv):
+                if self._answered_before(conv) or self._claimed_in_batch(conv, claimed):
                     m.outcome, m.error = "duplicate", None
                 continue
             if self._window > 0 and (conv.ok or m.as_received) and conv.control_id:
@@ -346,8 +347,8 @@ class Settle:
         for m in flat:  # after the AppRecs are confirmed: a crash before answers twice rather than never
             env = m.conv.envelope
             if m.conv.format == "kith" and m.outcome not in ("duplicate", "receipt") and m.conv.control_id and env is not None:
-                for party in env.recipients:
-                    self._guard.seen_before(m.conv.control_id, recipient=party.her_id or party.role)
+                for recipient in _recipient_keys(m.conv):
+                    self._guard.seen_before(m.conv.control_id, recipient=recipient)
 
     def _journal_others(self, flat: list[_Msg]) -> None:
         """Journal the messages that settled without being applied (SqlRecord.journal_settled); a message with no id to find it by is left out."""
@@ -426,8 +427,28 @@ class Settle:
     def _answered_before(self, conv: Converted) -> bool:
         if self._guard is None or not conv.control_id or conv.envelope is None:
             return False
-        recipients = [p.her_id or p.role for p in conv.envelope.recipients]
+        recipients = _recipient_keys(conv)
         return bool(recipients) and all(self._guard.contains(conv.control_id, recipient=r) for r in recipients)
+
+    def _claimed_in_batch(self, conv: Converted, claimed: set[tuple[str, str]]) -> bool:
+        """Tell whether an earlier message of this batch answers every recipient of *conv*'s MsgId; claim them if not.
+
+        The guard learns a MsgId only after the batch's AppRecs are confirmed (_remember), so two copies
+        that arrive together would both pass it and both be answered; HITS 1168 §5.4 wants one AppRec
+        per recipient. Claims what _remember will record, so a copy in the next batch is judged alike.
+        """
+        if self._guard is None or not conv.control_id or conv.envelope is None:
+            return False
+        pairs = {(conv.control_id, r) for r in _recipient_keys(conv)}
+        if pairs and pairs <= claimed:
+            return True
+        claimed.update(pairs)
+        return False
+
+
+def _recipient_keys(conv: Converted) -> list[str]:
+    """The duplicate guard's recipient for each recipient of a KITH message: its HER-id, else its role (PRIM, COP)."""
+    return [p.her_id or p.role for p in conv.envelope.recipients] if conv.envelope is not None else []
 
 
 def _outcome_for(error: MessageError) -> FhirJson:

@@ -51,6 +51,26 @@ class TestAppRecFlow:
         assert apprec.find(f"{AR}Status").get("V") == "2"
         assert apprec.find(f"{AR}Error").get("V") == "E10"
 
+    def test_a_sender_her_id_that_is_no_number_does_not_name_a_queue(self, engine):
+        """A HER-id is a number in NHN's Adresseregisteret; a sender Ident typed HER with 300 characters must neither
+        break the reply (an AMQP queue name holds at most 255 bytes) nor declare a queue of its own: the AppRec goes
+        to `unknown`, and the message is applied as it would be without that Ident."""
+        settings, handle = engine
+        publish(settings, [CASE.read_bytes().replace(b"<Id>112233</Id>", b"<Id>" + b"9" * 300 + b"</Id>")])
+        wait_until(lambda: handle.stats.messages == 1, timeout=30, what="settled")
+        assert handle.stats.applied == 1
+        [apprec] = _apprecs(settings, "unknown")
+        assert apprec.find(f"{AR}Status").get("V") == "1"
+
+    def test_two_copies_in_one_batch_get_one_apprec(self, engine):
+        """The same MsgId twice, arriving together, is answered once (HITS 1168 §5.4): the second copy is a duplicate
+        even when the first one's AppRec is not confirmed yet, as for an HL7 control id within one batch."""
+        settings, handle = engine
+        publish(settings, [CASE.read_bytes(), CASE.read_bytes()])
+        wait_until(lambda: handle.stats.messages == 2, timeout=30, what="both settled")
+        assert handle.stats.duplicates == 1
+        assert len(_apprecs(settings, "112233")) == 1
+
     def test_malformed_xml_is_answered_t01(self, engine):
         """XML that is not well-formed gets a negative AppRec T01 and lands in the DLQ."""
         settings, handle = engine

@@ -105,6 +105,7 @@ class FaultServer(ThreadingHTTPServer):
         self.seen = []
         self.release = threading.Event()
         self.token_status = 200
+        self.token_prefix = "tok-"
         self.expires_in = 3600
         self.tokens = 0
 
@@ -135,7 +136,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
         srv.seen.append(Seen(self.command, self.path, dict(self.headers), body))
         if self.path == "/token":
             srv.tokens += 1
-            token = {"access_token": f"tok-{srv.tokens}", "token_type": "Bearer", "expires_in": srv.expires_in}
+            token = {"access_token": f"{srv.token_prefix}{srv.tokens}", "token_type": "Bearer", "expires_in": srv.expires_in}
             return self._answer(srv.token_status, orjson.dumps(token), "application/json")
         canned = srv.script.pop(0) if srv.script else None
         if canned is None:
@@ -342,6 +343,17 @@ class TestFhirClient:
         make_client(faults.base_url, backoff_max_seconds=60).apply(transaction())
         assert len(sleeps) == 1 and 25 < sleeps[0] <= 30
 
+    @pytest.mark.parametrize("value", ["soon", "-5", "1.5", "\u00b2"])
+    def test_retry_after_unreadable(self, faults, make_client, sleeps, value):
+        """A Retry-After the client cannot read falls back to the backoff: not a retry at once, not an error.
+
+        "\u00b2" (a latin-1 byte a server may send) passes str.isdigit but not float(): it raised ValueError,
+        which the destination worker dead-letters as an internal error instead of retrying the 503.
+        """
+        faults.script.append(Canned(503, headers=(("Retry-After", value),)))
+        make_client(faults.base_url).apply(transaction())
+        assert sleeps == [0.5] and len(faults.fhir_requests()) == 2
+
     def test_backoff_grows(self, make_client, closed_port, sleeps):
         """A refused connection is retried with a doubling ceiling, capped, then RecordUnavailable from httpx's error."""
         client = make_client(f"http://127.0.0.1:{closed_port}/fhir", max_attempts=5, backoff_max_seconds=1.5)
@@ -427,6 +439,17 @@ class TestFhirClient:
         assert [(e.resource_type, e.version, e.outcome) for e in result.entries] == [("Patient", 3, "unchanged"), ("Encounter", 4, "updated")]
         assert faults.fhir_requests()[0].headers["Content-Type"] == "application/fhir+json"
 
+    def test_entry_refused_reason_holds_no_server_text(self, faults, make_client):
+        """A refused transaction entry's reason (logged by the worker) carries its status code, never the server's words in its place."""
+        entries = [{"response": {"status": "Ola Nordmann er ukjent"}}, {"response": {"status": "201 Created"}}]
+        faults.script.append(Canned(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": entries}))
+        with pytest.raises(Refused) as caught:
+            make_client(faults.base_url).apply(transaction())
+        assert caught.value.reason == "destination refused a transaction entry with HTTP (no status code)"
+        faults.script.append(Canned(200, {"resourceType": "Bundle", "type": "transaction-response", "entry": [{"response": {"status": "422 Unprocessable"}}] * 2}))
+        with pytest.raises(Refused, match=r"HTTP 422$"):
+            make_client(faults.base_url).apply(transaction())
+
     def test_search_pages(self, faults, make_client, log):
         """search follows next links up to max_search_pages and logs when it stops early."""
         def page(n):
@@ -487,6 +510,18 @@ class TestBearerAuth:
         with pytest.raises(ConfigError, match="HELSEBRO_TEST_TOKEN"):
             make_client("https://fhir.example.no/fhir", auth={"type": "bearer", "token_env": "HELSEBRO_TEST_TOKEN"})
 
+    @pytest.mark.parametrize("token", ["\u201ct0ken\u201d", "t\u00f8ken", "t0ken\n", "t0 ken"])
+    def test_token_no_header_can_carry(self, make_client, monkeypatch, token):
+        """A token with a typographic quote, a non-ASCII letter or whitespace refuses construction with ConfigError.
+
+        Before, a non-ASCII one raised UnicodeEncodeError from every call, which the destination worker
+        dead-letters as an internal error: every message lost to the DLQ for a config mistake.
+        """
+        monkeypatch.setenv("HELSEBRO_TEST_TOKEN", token)
+        with pytest.raises(ConfigError, match="header") as caught:
+            make_client("https://fhir.example.no/fhir", auth={"type": "bearer", "token_env": "HELSEBRO_TEST_TOKEN"})
+        assert token not in str(caught.value)
+
     def test_unauthorized(self, faults, make_client, sleeps):
         """A 401 with a fixed token is RecordUnavailable at once: the credentials, not the message, are wrong."""
         faults.script.append(Canned(401, outcome("no", "login")))
@@ -546,6 +581,13 @@ class TestOAuth2ClientCredentials:
     def test_token_refused(self, faults, oauth):
         """A token endpoint that refuses the client is RecordUnavailable, and no FHIR request is sent."""
         faults.token_status = 401
+        with pytest.raises(RecordUnavailable, match="token endpoint"):
+            oauth().apply(transaction())
+        assert faults.fhir_requests() == []
+
+    def test_token_no_header_can_carry(self, faults, oauth):
+        """An access_token with a non-ASCII character is RecordUnavailable (messages wait), never UnicodeEncodeError."""
+        faults.token_prefix = "t\u00f8k-"
         with pytest.raises(RecordUnavailable, match="token endpoint"):
             oauth().apply(transaction())
         assert faults.fhir_requests() == []

@@ -11,7 +11,7 @@ from lxml import etree
 
 from adapters.kith.apprec import APPREC_ERROR_FOR, apprec_error_for, apprec_version_for, build_apprecs
 from adapters.kith.dispatch import read_message
-from adapters.kith.envelope import APPREC_NS
+from adapters.kith.envelope import APPREC_NS, KithEnvelope
 from adapters.kith.errors import InvalidMsgId, PatientInsufficient, PatientNotFound, SchemaInvalid
 from router.errors import DecodeError, InvalidContent, InvalidNationalId, MessageError, Refused, UnknownMessage
 
@@ -95,6 +95,18 @@ class TestAppRecVersionFor:
     def test_by_standard(self, example, relative, version):
         """The incoming standard and version pick the AppRec version (HITS 1168 §8.3–8.4)."""
         assert apprec_version_for(_envelope(example, relative)) == version
+
+    @pytest.mark.parametrize("namespace", [
+        "http://www.kith.no/xmlstds/nav/pasientliste/2010-02-01",
+        "http://www.kith.no/xmlstds/nav/fastlege/2010-02-01",
+        "http://www.kith.no/xmlstds/nav/egenandel/2016-06-10",
+        "http://www.kith.no/xmlstds/nav/egenandelmengde/2016-06-10",
+    ])
+    def test_helfo_messages_get_1_0(self, namespace):
+        """Helfo's messages (skjema/HELFO*, namespaces under xmlstds/nav/) are answered with 1.0, as every NAV/Helfo message (HITS 1168 §8.3)."""
+        env = KithEnvelope(kind="MsgHead", root="MsgHead", msg_type="", msg_type_name="", msg_id="", gen_date="", mig_version="",
+                           conversation=None, payload_namespace=namespace, payload_root="X", payload_version=None, sender=None, receiver=None)
+        assert apprec_version_for(env) == "1.0"
 
     def test_unreadable(self):
         """A message that could not be read is answered with 1.1."""

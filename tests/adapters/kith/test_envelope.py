@@ -53,3 +53,14 @@ class TestParty:
         """The institution's HER-id is used when nothing below has one; no HER-id gives None."""
         assert Party(name="L", idents=(Ident("974749025", "ENH"), _her("1"))).her_id == "1"
         assert Party(name="L", idents=(Ident("974749025", "ENH"),)).her_id is None
+
+    @pytest.mark.parametrize("bad", ["9" * 300, "59 60", "abc", "٥٩", "59/../x", ""])
+    def test_an_id_that_is_no_her_id_is_skipped(self, bad):
+        """An Ident typed HER whose Id is no number names no AppRec queue: the next holder's HER-id is used, else None."""
+        assert Party(name="L", idents=(_her("1"),), persons=(Person(name="P", idents=(_her(bad),)),)).her_id == "1"
+        assert Party(name="L", idents=(_her(bad),)).her_id is None
+
+    @pytest.mark.parametrize("good", ["59", "8093225", "2397.1"])
+    def test_national_her_ids_are_kept(self, good):
+        """Every HER-id shape in the national examples, the dotted e-resept/NPR ones among them, stays a HER-id."""
+        assert Party(name="L", idents=(_her(good),)).her_id == good

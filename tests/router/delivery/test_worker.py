@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from router.errors import RecordUnavailable, Refused
+from router.errors import ConfigError, RecordUnavailable, Refused
 from router.testing import delete_queues, drain_queue, isolated_settings, publish, run_engine_in_thread, wait_until
 
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -33,12 +35,33 @@ class FakeServer:
             self.applied.append(bundle)
 
 
-def _routes(on_failure: str, *, max_attempts: int = 50, window: int | None = None) -> dict:
+class _Busy(BaseHTTPRequestHandler):
+    """A FHIR server under load: every request is a 503 asking for a minute's rest."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.requests += 1  # type: ignore[attr-defined]
+        self.send_response(503)
+        self.send_header("Retry-After", "60")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def finish(self):
+        super().finish()
+        self.server.closed += 1  # type: ignore[attr-defined]  # the client closed its connection
+
+    def log_message(self, format, *args):
+        """Keep the test output quiet."""
+
+
+def _routes(on_failure: str, *, max_attempts: int = 50, window: int | None = None, server: dict | None = None) -> dict:
     extra = {"duplicates": {"window_seconds": window}} if window is not None else {}
     return {**extra,
         "destinations": {
             "record": {"kind": "record"},
-            "ekstern": {"kind": "fhir", "on_failure": on_failure, "server": {"base_url": "http://127.0.0.1:9/fhir"},
+            "ekstern": {"kind": "fhir", "on_failure": on_failure, "server": server or {"base_url": "http://127.0.0.1:9/fhir"},
                         "retry": {"delays_seconds": [0.2, 0.4], "jitter": 0.1, "max_attempts": max_attempts}},
         },
         "routes": [{"name": "all", "to": ["record", "ekstern"]}],
@@ -163,3 +186,52 @@ def test_new_content_under_a_reused_control_id_is_sent(tmp_path):
         handle.stop()
     assert [b["entry"][0]["resource"]["identifier"][0]["value"] for b in server.applied] == ["7001", "7002"]
     assert handle.engine.destinations[0].stats.already_sent == 1
+
+
+def test_stop_does_not_wait_out_a_servers_retry_after(tmp_path, fake_converter):
+    """The worker's own FhirClient waits between attempts through the worker: heartbeats go on and a stop ends the wait;
+    the stopped worker closes that client, leaving no connection to the server open.
+
+    With time.sleep a 503 asking for 60 s (capped at backoff_max_seconds) held the thread through
+    every attempt: no broker heartbeat for minutes, and a stop that outlasted its grace. The message
+    is not lost: stopping leaves it unacked, and the next start sends it.
+    """
+    busy = ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    busy.requests = busy.closed = 0  # type: ignore[attr-defined]
+    serving = threading.Thread(target=busy.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    serving.start()
+    server = {"base_url": f"http://127.0.0.1:{busy.server_address[1]}/fhir", "backoff_max_seconds": 60}
+    settings = isolated_settings(tmp_path, routes=_routes("strict", server=server))
+    handle = run_engine_in_thread(settings, converter=fake_converter)
+    try:
+        publish(settings, [b"P 8001"])
+        wait_until(lambda: busy.requests >= 1, 60, what="the first attempt")
+        started = time.monotonic()
+        handle.stop(timeout=15)
+        took = time.monotonic() - started
+        stats = handle.engine.destinations[0].stats
+        wait_until(lambda: busy.closed == 1, 5, what="the stopped worker's client closing its connection")
+    finally:
+        busy.shutdown()
+        busy.server_close()
+    assert took < 5 and busy.requests == 1
+    assert stats.applied == 0 and stats.dead_lettered == 0 and stats.failures == 0
+    healthy = FakeServer()
+    again = run_engine_in_thread(settings, converter=fake_converter, destination_clients={"ekstern": healthy})
+    try:
+        wait_until(lambda: len(healthy.applied) == 1, 60, what="the unacked message sent after the restart")
+    finally:
+        again.stop()
+
+
+def test_unset_token_env_refuses_the_start(tmp_path, fake_converter, monkeypatch):
+    """A destination whose bearer token's variable is unset refuses the engine's start with ConfigError.
+
+    Before, the FhirClient was built inside the worker's thread: the ConfigError killed that thread
+    alone, the engine ran on, and the destination's work queue only grew, with no line in the log.
+    """
+    monkeypatch.delenv("HELSEBRO_TEST_UNSET_TOKEN", raising=False)
+    server = {"base_url": "http://127.0.0.1:9/fhir", "auth": {"type": "bearer", "token_env": "HELSEBRO_TEST_UNSET_TOKEN"}}
+    settings = isolated_settings(tmp_path, routes=_routes("strict", server=server))
+    with pytest.raises(ConfigError, match="HELSEBRO_TEST_UNSET_TOKEN"):
+        run_engine_in_thread(settings, converter=fake_converter).stop()

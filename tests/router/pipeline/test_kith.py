@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 DIALOG = ROOT / "mappings" / "kith" / "messages" / "Dialogmelding.cases" / "helsefaglig_dialog.xml"
 
@@ -34,3 +36,21 @@ class TestKithHeader:
         assert not conv.ok
         assert conv.header is not None
         assert conv.header.message_code == ""
+
+
+class TestKithEncodings:
+    @pytest.mark.parametrize("encoding", ["UTF-16", "UTF-16BE", "UTF-16LE", "UTF-32"])
+    def test_a_utf16_or_utf32_message_is_read_as_kith(self, converter, encoding):
+        """A KITH message in UTF-16 or UTF-32 (with a BOM, or big-endian without one) is read as XML and mapped,
+        not taken for HL7 v2 and answered with an HL7 NAK its sender never reads instead of an AppRec."""
+        text = DIALOG.read_text(encoding="utf-8").replace('encoding="UTF-8"', f'encoding="{encoding}"')
+        codec = {"UTF-16": "utf-16", "UTF-16BE": "utf-16-be", "UTF-16LE": "utf-16-le", "UTF-32": "utf-32"}[encoding]
+        [conv] = converter.convert(text.encode(codec))
+        assert conv.format == "kith"
+        assert conv.ok, conv.error
+        assert conv.control_id == "3f2b6f0e-8f1c-4c55-9a59-2f3d7d1c0a01"
+
+    def test_hl7v2_is_still_hl7v2(self, converter):
+        """An HL7 v2 message is not taken for XML."""
+        [conv] = converter.convert(b"MSH|^~\\&|A|B|C|D|20250101||ADT^A01|1|P|2.5\rPID|1||123\r")
+        assert conv.format == "hl7v2"
