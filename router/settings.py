@@ -195,6 +195,7 @@ def _load_engine(path: Path) -> EngineConfig:
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains the rest
         file, line, column = position_of(node, list(first["loc"]))
         where = ".".join(str(p) for p in first["loc"])
+        file = str(path) if file == "?" else file  # a file of one scalar holds no position: name it all the same
         raise ConfigError(f"{file}:{line}:{column}: {where}: {first['msg']}") from exc
 
 
@@ -211,10 +212,14 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     config_dir = Path(str(values.get("config_dir", PROJECT_ROOT / "config")))
     engine_file = config_dir / "engine.yaml"
     try:
-        values["engine"] = _load_engine(engine_file)
+        engine = values["engine"] = _load_engine(engine_file)
         routes_file = config_dir / "routes.yaml"
         if routes_file.exists():
-            values["routes"] = load_routes(routes_file, mappings_dir=Path(str(values.get("mappings_dir", PROJECT_ROOT / "mappings"))))
+            names = engine.broker.names
+            values["routes"] = load_routes(
+                routes_file, mappings_dir=Path(str(values.get("mappings_dir", PROJECT_ROOT / "mappings"))),
+                own_queues=(names.inbound, names.dead_letter, names.replies), own_prefixes=(names.inbound, names.apprec_prefix, names.destination_prefix),
+            )
         return Settings.model_validate(values)
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{engine_file}: cannot read: {exc}") from exc

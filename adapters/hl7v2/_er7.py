@@ -8,7 +8,7 @@ it must.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 __all__ = [
@@ -66,7 +66,9 @@ def fhir_to_hl7_ts(value: str, *, with_offset: bool) -> str:
 
     A given offset is kept as sent; `Z` becomes Oslo time. Without offsets
     (v2.3) the instant is written as Oslo wall time. A date without a time
-    stays a date: there is no instant to convert.
+    stays a date: there is no instant to convert. A time that names no instant
+    (February 30th, hour 25) is not one either: '', never a ValueError that the
+    renderer's caller would not take for a message's fault.
     """
     m = _FHIR_DT.match(value)
     if m is None:
@@ -75,17 +77,29 @@ def fhir_to_hl7_ts(value: str, *, with_offset: bool) -> str:
     if hour is None:
         return "".join(p for p in (year, month, day) if p)
     frac = f".{fraction[:4]}" if fraction else ""
-    if tz is None:  # FHIR requires an offset with a time; read a missing one as Oslo, like inbound HL7
-        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=OSLO)
-    elif tz == "Z":
-        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=UTC).astimezone(OSLO)
-    else:
-        if with_offset:
-            return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}{tz[0]}{tz[1:3]}{tz[4:6]}"
-        sign = 1 if tz[0] == "+" else -1
-        offset = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6])))
-        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=offset).astimezone(OSLO)
-    return _format(stamp, frac, with_offset)
+    offset = None if tz is None else "+0000" if tz == "Z" else tz[:3] + tz[4:6]
+    stamp = _instant(year, month, day, hour, minute, second, offset)  # no offset: Oslo, like inbound HL7
+    if stamp is None:
+        return ""
+    if with_offset and offset is not None and tz != "Z":
+        return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}{offset}"
+    return _format(stamp.astimezone(OSLO), frac, with_offset)
+
+
+def _instant(year: str, month: str, day: str, hour: str, minute: str, second: str | None, offset: str | None) -> datetime | None:
+    """The instant a parsed timestamp names (no *offset*: Oslo wall time), or None when the calendar has no such time.
+
+    Why: the patterns only check digits; a sender's MSH-7 of `20250230…` passes the
+    inbound side untouched, and must not crash rendering with a ValueError.
+    """
+    zone: tzinfo = OSLO
+    try:
+        if offset is not None:
+            sign = 1 if offset[0] == "+" else -1
+            zone = timezone(sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5])))
+        return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=zone)
+    except ValueError:
+        return None
 
 
 _HL7_TS = re.compile(r"(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d+)?([+-]\d{4})?$")
@@ -96,6 +110,7 @@ def hl7_ts_to_ts(value: str, *, with_offset: bool) -> str:
 
     Without an offset the received value is Oslo wall time: it gains Oslo's
     offset where offsets are written, and is returned as is where they are not.
+    A time the calendar lacks (February 30th) is not a TS: ''.
     """
     m = _HL7_TS.match(value.strip())
     if m is None:
@@ -104,17 +119,14 @@ def hl7_ts_to_ts(value: str, *, with_offset: bool) -> str:
     if hour is None or minute is None:
         return "".join(p for p in (year, month, day, hour) if p)
     frac = (fraction or "")[:5]
-    if tz is None:
-        if not with_offset:
-            return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}"
-        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=OSLO)
-        return _format(stamp, frac, True)
-    if with_offset:
+    stamp = _instant(year, month, day, hour, minute, second, tz)
+    if stamp is None:
+        return ""
+    if tz is None and not with_offset:
+        return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}"
+    if tz is not None and with_offset:
         return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}{tz}"
-    sign = 1 if tz[0] == "+" else -1
-    offset = timezone(sign * timedelta(hours=int(tz[1:3]), minutes=int(tz[3:5])))
-    stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), tzinfo=offset).astimezone(OSLO)
-    return _format(stamp, frac, False)
+    return _format(stamp.astimezone(OSLO), frac, with_offset)
 
 
 def _format(stamp: datetime, frac: str, with_offset: bool) -> str:

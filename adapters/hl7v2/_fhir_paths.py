@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from router.mapping import fhir_model
@@ -207,8 +208,15 @@ def _chain(steps: list[Callable[[list[Any]], list[Any]]]) -> Getter:
 
 
 def as_text(value: Any) -> str:
-    """Return a primitive as FHIR JSON writes it: booleans lower case."""
+    """Return a primitive as HL7 text: booleans lower case, as FHIR JSON writes them; decimals without an exponent.
+
+    Why the decimals: a Bundle's decimal is a float, and `str(0.00001)` is `1e-05`, which
+    HL7 NM (OBX-5, SN's numbers) does not allow: it has a sign, digits and a point only.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        text = repr(value)
+        return format(Decimal(text), "f") if "e" in text else text
     return str(value)
 

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from adapters.hl7v2._er7 import CHARSETS, DEFAULT_CHARSET
+from adapters.hl7v2._versions import version_defs
 from adapters.hl7v2.outbound import load_outbound, load_tables
 from router.contracts import Converted, MessageHeader, OutboundCaseResult
 from router.errors import MappingError, MessageError
@@ -63,6 +64,10 @@ def run_outbound_case(case: OutboundCase, convert: Callable[[bytes], Converted],
         charset = str(options.get("charset", DEFAULT_CHARSET))
         if charset not in CHARSETS:
             return OutboundCaseResult(case.name, False, f"case.yaml: charset {charset!r} is not one of {', '.join(CHARSETS)}")
+        try:
+            version_defs(version)
+        except LookupError as exc:  # a typo in case.yaml fails its case, not the whole run
+            return OutboundCaseResult(case.name, False, f"case.yaml: {exc}")
         mapping = load_outbound(case.mapping, version, tables=load_tables(case.mapping.parent))
         renderer = Hl7v2Renderer(str(options.get("destination", "legacy")), [mapping], version=version, charset=charset, named=True)
         conv = _input(case.folder, options, convert)
@@ -109,4 +114,8 @@ def _input(folder: Path, options: dict[str, Any], convert: Callable[[bytes], Con
     code, _, event = str(options.get("message_type", "")).partition("^")
     header = MessageHeader(message_code=code, trigger_event=event, control_id=folder.name)
     raw = source.read_bytes()
-    return Converted(index=0, raw=raw, control_id=folder.name, bundle=orjson.loads(raw), header=header)
+    try:
+        bundle = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:  # a broken input fails its case, not the whole run
+        raise MessageError(f"{folder.name}/input.json is not JSON: {exc}") from None
+    return Converted(index=0, raw=raw, control_id=folder.name, bundle=bundle, header=header)

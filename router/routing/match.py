@@ -52,7 +52,34 @@ def compile_when(text: str, fmt: str, *, mappings_dir: Path | None) -> Callable[
         return compile_condition(text, compile_path)
     from adapters.kith.paths import path_compiler
 
-    return compile_condition(text, path_compiler(_prefixes(mappings_dir)))
+    prefixes = _prefixes(mappings_dir)
+    when = compile_condition(text, path_compiler(prefixes))
+    _try_xpaths(when, prefixes)
+    return when
+
+
+def _try_xpaths(when: Callable[[Any], bool], prefixes: dict[str, tuple[str, ...]]) -> None:
+    """Evaluate each XPath of *when* once, on an empty document, so a path the XPath engine can never run is refused now.
+
+    Why: lxml compiles `$name` (an unbound variable) and `foo()` (an unknown function)
+    and fails only when it evaluates them; unchecked, every KITH message the route
+    looked at would break settling and be dead-lettered as `internal`, unanswered.
+
+    Raises:
+        ConditionSyntaxError: a path that fails on any document.
+    """
+    from lxml import etree
+
+    from adapters.kith.paths import XmlScope
+    from router.mapping.conditions import paths_of
+
+    root = etree.Element("probe")
+    binding = tuple((prefix, uris[0]) for prefix, uris in prefixes.items() if uris)
+    for path in paths_of(when):
+        try:
+            path.resolve(XmlScope(root, root, binding, set()))
+        except MessageError as exc:
+            raise ConditionSyntaxError(f"{exc.reason}: an unbound $variable or an unknown function?") from exc
 
 
 def _prefixes(mappings_dir: Path | None) -> dict[str, tuple[str, ...]]:
@@ -69,8 +96,8 @@ class _Compiled:
         m = route.match
         self.route = route
         self.when = when
-        self.codes = frozenset(m.message_code)
-        self.events = frozenset(m.event)
+        self.codes = frozenset(c.upper() for c in m.message_code)  # upper case: see _code
+        self.events = frozenset(e.upper() for e in m.event)
         self.senders = frozenset(m.sender)
         self.receivers = frozenset(m.receiver)
 
@@ -141,7 +168,7 @@ class Router:
         header = conv.header
         if c.codes and _code(conv) not in c.codes:
             return False
-        if c.events and (header is None or header.trigger_event not in c.events):
+        if c.events and (header is None or header.trigger_event.upper() not in c.events):
             return False
         if c.senders and c.senders.isdisjoint(_parties(conv, sender=True)):
             return False
@@ -190,9 +217,13 @@ def _restricts(c: _Compiled) -> bool:
 
 
 def _code(conv: Converted) -> str | None:
-    if conv.header is not None:
-        return conv.header.message_code
-    return conv.message_type
+    """The message code, upper case on both sides of the comparison.
+
+    Why: codes are case-blind to the people who write routes.yaml; `message_code: [adt]`
+    matching nothing would settle every admission as `filtered`, answered AA, and lost.
+    """
+    code = conv.header.message_code if conv.header is not None else conv.message_type
+    return code.upper() if code is not None else None
 
 
 def _parties(conv: Converted, *, sender: bool) -> set[str]:

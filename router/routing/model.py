@@ -17,7 +17,7 @@ route, everything to the record, so an engine without one behaves as before.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -210,6 +210,18 @@ class DuplicatesConfig(_Frozen):
     )
 
 
+class _Placed(ValueError):
+    """A check across the file that knows which key is wrong: load_routes points at that key's line, not the file's first.
+
+    Why: a model-level validator's error carries no `loc`, so without this an undeclared
+    destination or a duplicate route name would be reported at line 1.
+    """
+
+    def __init__(self, message: str, loc: tuple[str | int, ...]) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
 class RoutesConfig(_Frozen):
     """config/routes.yaml."""
 
@@ -223,12 +235,26 @@ class RoutesConfig(_Frozen):
 
         for name in self.destinations:
             if not re.fullmatch(_NAME, name):  # fullmatch: `$` alone lets a trailing newline through
-                raise ValueError(f"destination name {name!r} must be lower case letters, digits and dashes")
-        for route in self.routes:
-            unknown = [d for d in route.to if d not in self.destinations]
+                raise _Placed(f"destination name {name!r} must be lower case letters, digits and dashes", ("destinations", name))
+        seen: dict[str, int] = {}
+        for i, route in enumerate(self.routes):
+            if route.name in seen:  # one name, two routes: logs and the `filtered` outcome could not tell them apart
+                raise _Placed(f"route name {route.name!r} is used already by route {seen[route.name] + 1}", ("routes", i, "name"))
+            seen[route.name] = i
+            unknown = [j for j, d in enumerate(route.to) if d not in self.destinations]
             if unknown:
-                raise ValueError(f"route {route.name!r} sends to undeclared destination {unknown[0]!r}")
+                raise _Placed(f"route {route.name!r} sends to undeclared destination {route.to[unknown[0]]!r}", ("routes", i, "to", unknown[0]))
+        self._distinct_queues()
         return self
+
+    def _distinct_queues(self) -> None:
+        """Two queue destinations on one queue would each publish every message there: the receiver gets it twice."""
+        owner: dict[str, str] = {}
+        for name, dest in self.destinations.items():
+            if isinstance(dest, QueueDestination):
+                if dest.queue in owner:
+                    raise _Placed(f"destination {owner[dest.queue]!r} publishes to queue {dest.queue!r} already", ("destinations", name, "queue"))
+                owner[dest.queue] = name
 
     def queued(self) -> tuple[str, ...]:
         """Names of the destinations fed through their own work queues (kind fhir), sorted."""
@@ -240,11 +266,14 @@ def default_routes() -> RoutesConfig:
     return RoutesConfig(destinations={"record": RecordDestination(kind="record")}, routes=(Route(name="default", to=("record",)),))
 
 
-def load_routes(path: Path, *, mappings_dir: Path | None = None) -> RoutesConfig:
+def load_routes(path: Path, *, mappings_dir: Path | None = None, own_queues: tuple[str, ...] = (), own_prefixes: tuple[str, ...] = ()) -> RoutesConfig:
     """Read and check *path*, compiling every `when:` (XPath prefixes from *mappings_dir*/kith/namespaces.yaml).
 
+    *own_queues* are the engine's own queue names (inbound, dead letters, replies) and *own_prefixes*
+    the prefixes of its own queue families (`<prefix>.…`): a queue destination may use none of them.
+
     Raises:
-        MappingError: a YAML, model or condition error, at file:line:col.
+        MappingError: a YAML, model or condition error, or a queue of the engine's own, at file:line:col.
     """
     node = load_yaml(path)
     try:
@@ -252,9 +281,10 @@ def load_routes(path: Path, *, mappings_dir: Path | None = None) -> RoutesConfig
     except ValidationError as exc:
         errors = exc.errors()
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains the rest
-        pos = position_of(node, list(first["loc"]))
-        where = ".".join(str(p) for p in first["loc"])
-        raise MappingError(f"{where}: {first['msg']}", file=pos[0], line=pos[1], column=pos[2]) from exc
+        placed = (first.get("ctx") or {}).get("error")
+        loc = [*first["loc"], *placed.loc] if isinstance(placed, _Placed) else list(first["loc"])
+        raise _error(path, node, loc, f"{'.'.join(str(p) for p in loc)}: {first['msg']}") from exc
+    _own_queues_refused(config, path, node, own_queues, own_prefixes)
     from router.routing.match import compile_when  # the path compilers load only when a route has a condition
 
     for i, route in enumerate(config.routes):
@@ -262,8 +292,27 @@ def load_routes(path: Path, *, mappings_dir: Path | None = None) -> RoutesConfig
             try:
                 compile_when(route.match.when, route.match.format or "hl7v2", mappings_dir=mappings_dir)
             except ValueError as exc:  # ConditionSyntaxError and the path compilers' syntax errors
-                pos = position_of(node, ["routes", i, "match", "when"])
-                raise MappingError(f"route {route.name}: when: {exc}", file=pos[0], line=pos[1], column=pos[2]) from exc
+                raise _error(path, node, ["routes", i, "match", "when"], f"route {route.name}: when: {exc}") from exc
     return config
 
 
+def _error(path: Path, node: object, loc: list[Any], reason: str) -> MappingError:
+    """A MappingError at *loc*'s line; an empty file (no node to hold a position) is named by its path, at line 1."""
+    file, line, column = position_of(node, loc)
+    return MappingError(reason, file=str(path) if file == "?" else file, line=line, column=column)
+
+
+def _own_queues_refused(config: RoutesConfig, path: Path, node: object, own: tuple[str, ...], prefixes: tuple[str, ...]) -> None:
+    """Refuse a queue destination that publishes to one of the engine's own queues.
+
+    Why: a destination on the inbound queue feeds every message back in (a loop without
+    end); one on the dead-letter, reply or a destination's work queue mixes its messages
+    into another's. `amq.` names are the broker's own and cannot be declared.
+    """
+    for name, dest in config.destinations.items():
+        if not isinstance(dest, QueueDestination):
+            continue
+        taken = dest.queue in own or dest.queue.startswith(("amq.", *(f"{p}." for p in prefixes)))
+        if taken:
+            raise _error(path, node, ["destinations", name, "queue"],
+                         f"destinations.{name}.queue: {dest.queue!r} is a queue of Helsebro's own or the broker's (config/engine.yaml broker.names); choose another")

@@ -45,6 +45,23 @@ class TestOutboundCases:
         assert "-PID|" in res.detail and "+PID|" in res.detail
 
 
+    @pytest.mark.parametrize(
+        ("file", "text", "detail"),
+        [
+            ("case.yaml", 'version: "2.4.9"\n', "HL7 version 2.4.9 is not known"),
+            ("input.json", '{"resourceType": "Bundle",', "input.json is not JSON"),
+        ],
+    )
+    def test_a_broken_case_fails_alone(self, tmp_path, convert, file, text, detail):
+        """An unknown version in case.yaml or an input.json that is not JSON fails that case with a reason; the run goes on."""
+        dst = tmp_path / "outbound" / "hl7v2"
+        shutil.copytree(ROOT, dst)
+        [case] = [c for c in find_outbound_cases(dst) if c.name == "ADT_A01/update_patient_only_bundle"]
+        (case.folder / file).write_text(text, encoding="utf-8")
+        res = run_outbound_case(case, convert)
+        assert not res.passed
+        assert detail in res.detail
+
 class TestOutboundCli:
     def test_mappings_test_runs_outbound_cases(self, capsys):
         """`helsebro mappings test mappings/outbound/hl7v2` runs every outbound case and exits 0."""

@@ -51,3 +51,19 @@ class TestEr7:
     def test_received_ts(self, value, with_offset, expected):
         """A received MSH-7 without offset is Oslo time: it gains the offset, or stays as is for v2.3."""
         assert hl7_ts_to_ts(value, with_offset=with_offset) == expected
+
+    @pytest.mark.parametrize("with_offset", [True, False])
+    @pytest.mark.parametrize(
+        ("convert", "value"),
+        [
+            (hl7_ts_to_ts, "20250230083000"),
+            (hl7_ts_to_ts, "20251310083000+0100"),
+            (hl7_ts_to_ts, "20250110253000"),
+            (fhir_to_hl7_ts, "2025-02-30T08:30:00Z"),
+            (fhir_to_hl7_ts, "2025-02-30T08:30:00+01:00"),
+            (fhir_to_hl7_ts, "2025-01-10T25:30:00"),
+        ],
+    )
+    def test_a_time_the_calendar_lacks_is_not_a_ts(self, convert, value, with_offset):
+        """February 30th or hour 25 has digits a TS has but names no instant: '' like any non-TS, never a ValueError."""
+        assert convert(value, with_offset=with_offset) == ""

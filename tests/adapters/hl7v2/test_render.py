@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -181,6 +182,28 @@ class TestMshParties:
 
 
 class TestRoundTrip:
+    def test_msh7_the_calendar_lacks_renders_without_a_time(self, settings, converter):
+        """A source MSH-7 of February 30th passes the inbound side; rendering writes no MSH-7 rather than raising ValueError.
+
+        Why: the forwarder dead-letters a MessageError per destination; any other exception stops the whole delivery.
+        """
+        [conv] = converter.convert(ADT_A01.replace(b"|20250110083000||ADT", b"|20250230083000||ADT"))
+        assert conv.ok, conv.error
+        for version in ("2.5.1", "2.3"):
+            seg = _fields(_renderer(settings, version=version).render(conv))
+            assert seg["MSH"][7] == "" and seg["EVN"] == ["EVN", "A01"]
+
+    def test_small_and_large_decimals_are_written_without_an_exponent(self, settings, converter):
+        """OBX-5 NM and SN numbers of 0.00001 and 1E20 are written in digits: HL7 NM has no exponent, and str(float) gives one."""
+        src = (Path(settings.mappings_dir) / "outbound/hl7v2/ORU_R01.cases/two_orders_string_and_nm/input.hl7").read_bytes().replace(b"\n", b"\r")
+        src = src.replace(b"||13.2|g/dL", b"||0.00001|g/dL").replace(b"<^5", b">=^100000000000000000000")
+        [conv] = converter.convert(src)
+        assert conv.ok, conv.error
+        out = _renderer(settings).render(conv).decode()
+        obx5 = [line.split("|")[5] for line in out.split("\r") if line.startswith("OBX|")]
+        assert obx5[0] == "0.00001"
+        assert obx5[2] == ">=^100000000000000000000"
+
     def test_patient_and_encounter_survive(self, settings, converter, admit):
         """Inbound ADT^A01 → Bundle → HL7 v2 → Bundle again keeps identifiers, name, birth date, gender and the stay."""
         for version in ("2.5.1", "2.3"):

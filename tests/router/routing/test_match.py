@@ -64,4 +64,7 @@ class TestRouter:
         decision = _router([{"name": "all", "to": ["lab"], "on_failure": "park"}]).decide(_conv(converter))
         assert decision.on_failure == (("lab", "park"),)
 
-
+    def test_message_code_and_event_match_whatever_their_case(self, converter):
+        """`message_code: [adt]` takes ADT messages: matching nothing would settle them `filtered`, answered AA, lost."""
+        decision = _router([{"name": "adt", "match": {"message_code": ["adt"], "event": ["a01"]}, "to": ["kommune"]}]).decide(_conv(converter))
+        assert decision.destinations == ("kommune",)

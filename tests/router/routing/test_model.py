@@ -40,6 +40,45 @@ class TestRoutesModel:
         with pytest.raises(MappingError, match="undeclared destination 'lab'"):
             load_routes(path)
 
+    def test_a_cross_file_error_points_at_the_wrong_key_not_line_1(self, tmp_path):
+        """An undeclared destination is reported at the route's `to` entry, where the operator must edit."""
+        path = _write(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - name: all\n    to: [record]\n  - name: lab\n    to: [lab]\n")
+        with pytest.raises(MappingError) as err:
+            load_routes(path)
+        assert str(err.value).startswith(f"{path}:7:10: routes.1.to.0:")
+
+    def test_an_empty_routes_yaml_names_its_file(self, tmp_path):
+        """A routes.yaml emptied by mistake is refused naming the file, not `?`."""
+        path = _write(tmp_path, "# everything commented out\n")
+        with pytest.raises(MappingError) as err:
+            load_routes(path)
+        assert str(err.value).startswith(f"{path}:1:1: destinations: Field required")
+
+    def test_two_routes_of_one_name_are_refused(self, tmp_path):
+        """Route names tell routes apart in logs and `filtered` outcomes: a copied route (or a YAML alias) must be renamed."""
+        path = _write(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - &r\n    name: all\n    to: [record]\n  - *r\n")
+        with pytest.raises(MappingError, match="route name 'all' is used already by route 1") as err:
+            load_routes(path)
+        assert f"{path}:5:" in str(err.value)
+
+    def test_two_queue_destinations_on_one_queue_are_refused(self, tmp_path):
+        """The receiver would get every message twice."""
+        path = _write(tmp_path, "destinations:\n  a: {kind: queue, queue: q}\n  b: {kind: queue, queue: q}\nroutes:\n  - {name: all, to: [a, b]}\n")
+        with pytest.raises(MappingError, match="destination 'a' publishes to queue 'q' already") as err:
+            load_routes(path)
+        assert str(err.value).startswith(f"{path}:3:")
+
+    @pytest.mark.parametrize("queue", ["helsebro.in.hl7v2", "helsebro.in.hl7v2.p0", "helsebro.dlq", "helsebro.reply.hl7v2",
+                                       "helsebro.reply.apprec.8094", "helsebro.dest.lab.p0", "amq.gen-x"])
+    def test_a_queue_destination_on_helsebros_own_queue_is_refused(self, tmp_path, queue):
+        """On the inbound queue every message would come back in for ever; on the others it would mix with their messages."""
+        config_dir = tmp_path / "config"  # no engine.yaml: the default broker names
+        config_dir.mkdir()
+        (config_dir / "routes.yaml").write_text(
+            f"destinations:\n  record: {{kind: record}}\n  legacy: {{kind: queue, queue: {queue}}}\nroutes:\n  - {{name: all, to: [record, legacy]}}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"routes\.yaml:3:\d+: destinations\.legacy\.queue: .* of Helsebro's own"):
+            load_settings(environ={}, config_dir=str(config_dir))
+
     @pytest.mark.parametrize("name", ['"lab\\n"', "Lab", "-lab", '"lab,raw"', "l" * 41])
     def test_a_destination_name_is_lower_case_letters_digits_and_dashes_only(self, tmp_path, name):
         """It is part of queue names and of the journal's comma-separated list: a trailing newline is refused too."""
@@ -120,3 +159,21 @@ class TestShippedExample:
             example.append(line[2:])
         config = load_routes(_write(tmp_path, "\n".join(example) + "\n"))
         assert config.queued() == ("lab-fhir",)
+
+
+class TestKithConditions:
+    @pytest.mark.parametrize("path", ["$who", "//*[foo()]"])
+    def test_an_xpath_that_can_never_run_is_refused_at_load(self, tmp_path, path):
+        """lxml compiles an unbound variable or an unknown function and fails only on a message: every KITH message would be dead-lettered `internal`."""
+        text = f"destinations:\n  record: {{kind: record}}\nroutes:\n  - name: kith\n    match: {{format: kith, when: '`{path}` valued'}}\n    to: [record]\n"
+        path_ = _write(tmp_path, text)
+        with pytest.raises(MappingError, match=r"route kith: when: .*failed") as err:
+            load_routes(path_)
+        assert str(err.value).startswith(f"{path_}:5:")
+
+    def test_an_xpath_that_runs_loads(self, tmp_path):
+        """A namespaced path and an XPath function of the standard library are fine on any message."""
+        from router.settings import PROJECT_ROOT
+
+        text = "destinations:\n  record: {kind: record}\nroutes:\n  - name: kith\n    match: {format: kith, when: '`count(//*)` != 0 or `name(/*)` = x or `//mh:MsgHead/@V` valued'}\n    to: [record]\n"
+        assert load_routes(_write(tmp_path, text), mappings_dir=PROJECT_ROOT / "mappings").routes[0].name == "kith"
