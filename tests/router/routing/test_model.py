@@ -16,6 +16,14 @@ def _write(tmp_path, text: str):
     return path
 
 
+def _refused(tmp_path, text: str):
+    """Write *text* as routes.yaml and load it; return its path and the MappingError's words."""
+    path = _write(tmp_path, text)
+    with pytest.raises(MappingError) as err:
+        load_routes(path)
+    return path, str(err.value)
+
+
 class TestRoutesModel:
     def test_missing_file_means_everything_to_the_record(self, tmp_path):
         """Without routes.yaml there is one route, `default`, to the record."""
@@ -29,10 +37,8 @@ class TestRoutesModel:
 
     def test_unknown_key_points_at_its_line(self, tmp_path):
         """A typo in a route is an error at the route's file:line:col, never a silent default."""
-        path = _write(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - name: all\n    too: [record]\n")
-        with pytest.raises(MappingError) as err:
-            load_routes(path)
-        assert str(err.value).startswith(f"{path}:5:5: routes.0.too: Extra inputs are not permitted")
+        path, error = _refused(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - name: all\n    too: [record]\n")
+        assert error.startswith(f"{path}:5:5: routes.0.too: Extra inputs are not permitted")
 
     def test_undeclared_destination_is_refused(self, tmp_path):
         """A route to a destination nobody declared is an error."""
@@ -42,17 +48,13 @@ class TestRoutesModel:
 
     def test_a_cross_file_error_points_at_the_wrong_key_not_line_1(self, tmp_path):
         """An undeclared destination is reported at the route's `to` entry, where the operator must edit."""
-        path = _write(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - name: all\n    to: [record]\n  - name: lab\n    to: [lab]\n")
-        with pytest.raises(MappingError) as err:
-            load_routes(path)
-        assert str(err.value).startswith(f"{path}:7:10: routes.1.to.0:")
+        path, error = _refused(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - name: all\n    to: [record]\n  - name: lab\n    to: [lab]\n")
+        assert error.startswith(f"{path}:7:10: routes.1.to.0:")
 
     def test_an_empty_routes_yaml_names_its_file(self, tmp_path):
         """A routes.yaml emptied by mistake is refused naming the file, not `?`."""
-        path = _write(tmp_path, "# everything commented out\n")
-        with pytest.raises(MappingError) as err:
-            load_routes(path)
-        assert str(err.value).startswith(f"{path}:1:1: destinations: Field required")
+        path, error = _refused(tmp_path, "# everything commented out\n")
+        assert error.startswith(f"{path}:1:1: destinations: Field required")
 
     def test_two_routes_of_one_name_are_refused(self, tmp_path):
         """Route names tell routes apart in logs and `filtered` outcomes: a copied route (or a YAML alias) must be renamed."""
