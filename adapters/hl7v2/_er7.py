@@ -31,16 +31,23 @@ DEFAULT_CHARSET = "UNICODE UTF-8"
 """The charset of a destination that names none."""
 
 # The default encoding characters ^~\& and the field separator |; CR and LF
-# would end the segment, so they travel as hex escapes (HL7 v2.5 §2.7.5).
-_NEEDS_ESCAPE = re.compile(r"[|^~\\&\r\n]")
-_ESCAPES = {"|": "\\F\\", "^": "\\S\\", "~": "\\R\\", "\\": "\\E\\", "&": "\\T\\", "\r": "\\X0D\\", "\n": "\\X0A\\"}
+# would end the segment, and the other control characters (but tab) would reach
+# the receiver raw: 0x0B and 0x1C are MLLP's frame bytes, which cut a framed
+# message short. They travel as hex escapes (HL7 v2.5 §2.7.5).
+_NEEDS_ESCAPE = re.compile(r"[|^~\\&\x00-\x08\x0a-\x1f\x7f]")
+_ESCAPES = {"|": "\\F\\", "^": "\\S\\", "~": "\\R\\", "\\": "\\E\\", "&": "\\T\\"}
 
 
 def escape(value: str) -> str:
     """Return *value* with every delimiter written as its HL7 escape, so it stays one leaf."""
     if _NEEDS_ESCAPE.search(value) is None:
         return value
-    return _NEEDS_ESCAPE.sub(lambda m: _ESCAPES[m.group(0)], value)
+    return _NEEDS_ESCAPE.sub(_escaped, value)
+
+
+def _escaped(found: re.Match[str]) -> str:
+    char = found.group(0)
+    return _ESCAPES.get(char) or f"\\X{ord(char):02X}\\"
 
 
 def keeps_offset(version: str) -> bool:

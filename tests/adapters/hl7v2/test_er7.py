@@ -14,6 +14,13 @@ class TestEr7:
         assert escape("a|b^c~d\\e&f") == "a\\F\\b\\S\\c\\R\\d\\E\\e\\T\\f"
         assert escape("x\ry") == "x\\X0D\\y"
 
+    def test_control_characters_travel_as_hex_escapes(self):
+        """0x0B and 0x1C (MLLP's frame bytes), and the other control characters but tab, are hex escapes: raw, a value
+        holding one cut a framed message short at the receiver (noted by review H92). A tab stays a tab."""
+        assert escape("a\x0bb\x1cc\nd") == "a\\X0B\\b\\X1C\\c\\X0A\\d"
+        assert escape("\x00\x1f\x7f") == "\\X00\\\\X1F\\\\X7F\\"
+        assert escape("col1\tcol2") == "col1\tcol2"
+
     @pytest.mark.parametrize(
         ("value", "with_offset", "expected"),
         [
