@@ -36,3 +36,11 @@ def age(text: str) -> float:
     if unit not in _UNITS or not number.isdigit() or int(number) == 0:
         raise argparse.ArgumentTypeError("must be a whole number of s, m, h or d, such as 90s, 15m, 2h or 7d")
     return float(int(number) * _UNITS[unit])
+
+
+def age_text(seconds: float) -> str:
+    """An age as a person reads it, the inverse of `age`: 96 h, 15 m, 90 s (the largest unit it is a whole number of; days from a week)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0 and not (unit == "d" and seconds < 7 * 86400):
+            return f"{int(seconds // size)} {unit}"
+    return f"{int(seconds)} s"

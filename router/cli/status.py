@@ -76,7 +76,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.amqp.connection import open_connection
-from router.cli._args import age, whole_number
+from router.cli._args import age, age_text, whole_number
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, HelsebroError
 from router.ops import broker_location, browse, queue_stats, record_location, summarise
@@ -187,9 +187,8 @@ def _settled(record: Any) -> dict[str, dict[str, int]] | None:
 def _apprecs(conn: Any, settings: Settings, overdue_after: float, scan_limit: int, *, readable: bool) -> list[dict[str, Any]]:
     """Per KITH destination, the messages sent there at least *overdue_after* seconds ago still without an AppRec."""
     from router.ops.trail import find_messages
-    from router.routing.model import QueueDestination
 
-    kith = [name for name, d in settings.routes.destinations.items() if isinstance(d, QueueDestination) and d.format == "kith" and d.mapping]
+    kith = settings.routes.rendered_kith()
     if not kith:
         return []
     counts: dict[str, int | None] = dict.fromkeys(kith)
@@ -315,7 +314,7 @@ def _human(doc: dict[str, Any]) -> list[str]:
         lines += ["", *format_table(("DESTINATION", "DELIVERED (24 H)", "WAITING", "RETRYING", "DEAD-LETTERED"),
                                     [(d["name"], d["delivered_24h"], d["waiting"], d["retrying"], d["dead_lettered"]) for d in doc["destinations"]], right=(1, 2, 3, 4))]
     if doc["apprecs"]:
-        after = _age_text(doc["apprecs"][0]["overdue_after_s"])
+        after = age_text(doc["apprecs"][0]["overdue_after_s"])
         lines += ["", *format_table(("KITH DESTINATION", f"NO APPREC AFTER {after}", ""),
                                     [(a["destination"], a["overdue"], _apprec_note(a)) for a in doc["apprecs"]], right=(1,))]
         if any(a["overdue"] for a in doc["apprecs"]):
@@ -337,14 +336,6 @@ def _apprec_note(apprec: dict[str, Any]) -> str:
     if not apprec["dead_letters_read"]:
         return "(dead letters not read: one dead-lettered at render may be counted)"
     return "" if apprec["complete"] else "(of the newest 20,000 sent)"
-
-
-def _age_text(seconds: float) -> str:
-    """96 h, 15 m, 90 s: the largest unit the age is a whole number of."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0 and not (unit == "d" and seconds < 7 * 86400):
-            return f"{int(seconds // size)} {unit}"
-    return f"{int(seconds)} s"
 
 
 def _signed(value: float | None) -> str | None:

@@ -158,12 +158,9 @@ def _awaiting(record: SqlRecord, settings: Settings, until: float,
     """The journalled messages settled before *until* routed to a KITH destination whose AppRec has not come, newest first
     (find_messages keeps those that were published there, then the limit), with their receipts as _receipts gives them,
     and the destinations whose read stopped at *scan_limit* rows (older messages there were not looked at)."""
-    from router.routing.model import QueueDestination
-
-    kith = [name for name, d in settings.routes.destinations.items() if isinstance(d, QueueDestination) and d.format == "kith" and d.mapping]
     sent: dict[str, JournalEntry] = {}
     cut: list[tuple[str, int]] = []
-    for name in kith:
+    for name in settings.routes.rendered_kith():
         rows = record.journal(destination=name, until=until, limit=scan_limit + 1)  # one more: was there more?
         if len(rows) > scan_limit:
             rows = rows[:scan_limit]
@@ -180,11 +177,13 @@ def _receipts(record: SqlRecord, journal: list[JournalEntry], settings: Settings
     from adapters.kith.render import outbound_msg_id
     from router.routing.model import QueueDestination
 
+    names = settings.routes.rendered_kith()
+    kith = {n: d for n, d in settings.routes.destinations.items() if n in names and isinstance(d, QueueDestination)}
     sent: dict[tuple[str, str], str] = {}  # (journal key, destination) → the MsgId Helsebro gave what it rendered
     for e in journal:
         for name in e.destinations if e.control_id else ():
-            dest = settings.routes.destinations.get(name)
-            if isinstance(dest, QueueDestination) and dest.format == "kith" and dest.mapping:
+            dest = kith.get(name)
+            if dest is not None and dest.mapping:
                 sent[(e.key, name)] = outbound_msg_id(e.sender, e.control_id, dest.mapping, dest.receiver_her_id or name)
     found = record.receipts(list(sent.values())) if sent else {}
     return {where: found.get(msg_id) for where, msg_id in sent.items()}

@@ -256,6 +256,10 @@ class RoutesConfig(_Frozen):
                     raise _Placed(f"destination {owner[dest.queue]!r} publishes to queue {dest.queue!r} already", ("destinations", name, "queue"))
                 owner[dest.queue] = name
 
+    def rendered_kith(self) -> tuple[str, ...]:
+        """Names of the queue destinations Helsebro renders KITH for (`format: kith` with a mapping): their receivers answer with AppRecs."""
+        return tuple(n for n, d in self.destinations.items() if isinstance(d, QueueDestination) and d.format == "kith" and d.mapping)
+
     def queued(self) -> tuple[str, ...]:
         """Names of the destinations fed through their own work queues (kind fhir), sorted."""
         return tuple(sorted(n for n, d in self.destinations.items() if isinstance(d, FhirDestination)))
