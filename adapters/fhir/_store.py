@@ -192,6 +192,9 @@ APPLIED_RETENTION_SECONDS = 14 * 24 * 3600.0
 _PURGE_APPLIED_EVERY = 1000  # apply_batch calls with keys between purges
 _REMEMBER = "INSERT INTO helsebro_seen (key, seen_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET seen_at = excluded.seen_at"
 _FORGET_EVERY = 1000  # remember() calls between purges of expired keys
+# One kind of key (see _kind) past its own window: HL7 v2 ids (7 days) and KITH MsgIds (30) share the table.
+# substr, not a range on the key: PostgreSQL compares text by its collation, which may skip punctuation.
+_FORGET = "DELETE FROM helsebro_seen WHERE seen_at < ? AND substr(key, 1, CAST(? AS INTEGER)) = ?"
 
 
 def _storable(write: Callable[[Sequence[Any]], None], rows: Sequence[Any]) -> int:
@@ -212,6 +215,21 @@ def _storable(write: Callable[[Sequence[Any]], None], rows: Sequence[Any]) -> in
         except UnstorableContent:
             left_out += 1
     return left_out
+
+
+def _kind(key: str) -> str:
+    """The kind of a remembered key, which has a window of its own: its text up to the first `|` (`hl7|`, `kith|`).
+
+    A key without one is of the kind '', whose purge takes every key: no caller writes such keys.
+    """
+    cut = key.find("|")
+    return key[:cut + 1] if cut >= 0 else ""
+
+
+def _due(count: int, every: int) -> bool:
+    """Whether the *count*-th call purges: the first one of a process, then every *every*-th, so a worker
+    restarted before its *every*-th call (a quiet interface, a nightly restart) still purges."""
+    return (count - 1) % every == 0
 
 
 def _entries(rows: Sequence[tuple[Any, ...]]) -> list[JournalEntry]:
@@ -283,6 +301,7 @@ class SqlRecord(ABC):
         self._lock = threading.RLock()
         self._remembered = 0
         self._batches_with_keys = 0
+        self._windows: dict[str, float] = {}  # per kind of remembered key (_kind), the window its caller last gave
 
     def apply(self, bundle: FhirJson) -> ApplyResult:
         """Apply a transaction Bundle all-or-nothing.
@@ -393,7 +412,7 @@ class SqlRecord(ABC):
 
     def _purge_applied(self, db: Db, now: float) -> None:
         self._batches_with_keys += 1
-        if self._batches_with_keys % _PURGE_APPLIED_EVERY == 0:
+        if _due(self._batches_with_keys, _PURGE_APPLIED_EVERY):
             db.execute("DELETE FROM helsebro_applied WHERE applied_at < ?", (now - APPLIED_RETENTION_SECONDS,))
             db.execute("DELETE FROM helsebro_journal WHERE applied_at < ?", (now - APPLIED_RETENTION_SECONDS,))
 
@@ -415,11 +434,14 @@ class SqlRecord(ABC):
                 raise ValueError(f"journal_settled: {outcome!r} is not an outcome of a message that was not applied")
         stamp = time.time()
         rows = [(_text(key), stamp + n * 1e-6, *map(_text, facts), outcome, _text(note)) for n, (key, facts, outcome, note) in enumerate(entries)]
-        return _storable(lambda chunk: self._write_many(_JOURNAL_SETTLED, chunk), rows)
+        return _storable(lambda chunk: self._write_settled(chunk, stamp), rows)
 
-    def _write_many(self, statement: str, rows: Sequence[Any]) -> None:
+    def _write_settled(self, rows: Sequence[Any], stamp: float) -> None:
+        # The purge comes along: an engine that only forwards (no record destination, no FHIR
+        # server's ledger) never applies a keyed batch, and its journal grew past the retention for ever.
         with self._lock, self._transaction([]) as db:
-            db.execute_many(statement, rows)
+            db.execute_many(_JOURNAL_SETTLED, rows)
+            self._purge_applied(db, stamp)
 
     def settled_counts(self, *, since: float) -> dict[str, int]:
         """How many messages settled at or after *since* (Unix time), per journal outcome; every outcome is a key.
@@ -560,12 +582,17 @@ class SqlRecord(ABC):
         _storable(lambda chunk: self._remember(chunk, window_seconds), keys)
 
     def _remember(self, keys: Sequence[str], window_seconds: float) -> None:
+        # Each kind of key is forgotten past its own window only: one purge with the caller's window
+        # (HL7 v2's 7 days) deleted the KITH MsgIds of 7 to 30 days, whose resent copies were answered
+        # and applied again. A kind no call of this process named yet is left for a later purge.
         now = time.time()
         with self._lock, self._transaction([]) as db:
             db.execute_many(_REMEMBER, [(key, now) for key in keys])
+            self._windows.update((_kind(key), window_seconds) for key in keys)
             self._remembered += 1
-            if self._remembered % _FORGET_EVERY == 0:
-                db.execute("DELETE FROM helsebro_seen WHERE seen_at < ?", (now - window_seconds,))
+            if _due(self._remembered, _FORGET_EVERY):
+                for kind, window in sorted(self._windows.items()):
+                    db.execute(_FORGET, (now - window, len(kind), kind))
 
     def read(self, resource_type: str, id: str) -> FhirJson | None:
         """Return the current version, or None when absent or deleted."""

@@ -227,7 +227,14 @@ class _Writer(PatientChecks):
         Encounter's period costs nothing more.
         """
         content = _content(resource, id_)
-        canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        try:
+            canonical = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError as exc:
+            # A mapping's number() gives a whole number of any size (an OBX-5 of 25 digits); JSON as the record
+            # stores it holds 64 bits. Raised as it was (a TypeError), it broke the whole batch, every message
+            # of which was then dead-lettered as an internal error. The value is not quoted: it is the message's.
+            raise InvalidContent(f"the {resource_type} holds a value the record cannot store (a whole number beyond 64 bits)",
+                                 location=writer.location if writer is not None else resource_type) from exc
         digest = _RESTATED.get(canonical) or _blake2b(canonical, digest_size=16).hexdigest()
         current = self._current(resource_type, id_)
         if current is not None and not current.deleted and current.digest == digest:

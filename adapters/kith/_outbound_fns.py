@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -127,15 +127,31 @@ def xml_datetime(value: str) -> str | None:
     time that was never sent must not be invented. Anything else is None.
     """
     if "T" not in value:
-        return value if re.fullmatch(r"[0-9]{4}(-[0-9]{2}(-[0-9]{2})?)?", value) else None
+        return value if _calendar_date(value) else None
     moment = _moment(value)
     return moment.strftime("%Y-%m-%dT%H:%M:%S") if moment is not None else None
+
+
+def _calendar_date(value: str) -> bool:
+    """Whether *value* is a year, year-month or date that exists: 1961-02-30 is not, and xs:date refuses it.
+
+    The shape alone let an impossible date through to the message (an XSD refusal of the whole
+    message, or without HELSEBRO_XSD_DIR an invalid message sent); now it is missing, as the docs say.
+    """
+    m = re.fullmatch(r"([0-9]{4})(?:-([0-9]{2})(?:-([0-9]{2}))?)?", value)
+    if m is None:
+        return False
+    try:
+        date(int(m.group(1)), int(m.group(2) or 1), int(m.group(3) or 1))
+    except ValueError:
+        return False
+    return True
 
 
 def xml_date(value: str) -> str | None:
     """FHIR date or dateTime → ``YYYY-MM-DD`` (the Oslo day of a dateTime); partial dates give None."""
     if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value):
-        return value
+        return value if _calendar_date(value) else None
     if "T" not in value:
         return None
     moment = _moment(value)

@@ -8,6 +8,7 @@ what it does in `docs/mapping-language.md`, generated from the docstrings here.
 from __future__ import annotations
 
 import base64 as _b64
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -420,16 +421,28 @@ def _uuid5(ctx: FnContext, v: _Values) -> str:
 
 
 def _number(ctx: FnContext, v: _Values) -> int | float | None:
-    """A decimal as a JSON number; text that is not one reads as absent (map it as text instead)."""
+    """A decimal as a JSON number; text that is not one reads as absent (map it as text instead).
+
+    A number JSON cannot carry as one is refused at its field rather than dropped: a whole number
+    beyond 64 bits (an OBX-5 of 25 digits) stopped `convert` and the record's writer with a
+    traceback, and a decimal too large for a double became infinity, which JSON writes as null.
+    """
     raw = (v.values[0] or "").strip()
     if not raw or not _DECIMAL.match(raw):
         return None
     if "." not in raw:
-        return int(raw)
-    return float(raw)
+        whole = int(raw)
+        if -_INT64 <= whole < _INT64:
+            return whole
+    else:
+        value = float(raw)
+        if math.isfinite(value):
+            return value
+    raise InvalidContent("the number is too large to store (beyond 64 bits)", location=v.locations[0])
 
 
 _DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
+_INT64 = 2**63
 
 
 def _lines(ctx: FnContext, v: _Values) -> str | None:

@@ -300,3 +300,24 @@ class TestPersonNameParts:
         [name] = self._names(converter, "NORDMANN^OLA^K")
         assert "period" not in name and "suffix" not in name
 
+
+
+class TestNumbersJsonCannotCarry:
+    """A result JSON cannot hold as a number is refused at its field, never a traceback, never a value dropped."""
+
+    ORDER = "OBR|1|A1|B1|NPU02319^Hb^NPU"
+
+    @pytest.mark.parametrize("value", ["1234567890123456789012345", "-9223372036854775809", "1" * 400 + ".5"])
+    def test_helsebro_convert_refuses_it_at_obx_5(self, value, tmp_path, capsys):
+        path = tmp_path / "big.hl7"
+        path.write_bytes(_message("ORU^R01^ORU_R01", PID, self.ORDER, f"OBX|1|NM|NPU02319^Hb^NPU||{value}|g/L|||||F"))
+        assert main(["convert", str(path)]) == 1
+        outcome = json.loads(capsys.readouterr().out)
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert outcome["issue"][0]["location"] == ["OBX-5[1].1"]
+        assert value not in outcome["issue"][0]["diagnostics"]
+
+    @pytest.mark.parametrize(("value", "number"), [("9223372036854775807", 9223372036854775807), ("-9223372036854775808", -9223372036854775808), ("0.5", 0.5)])
+    def test_the_largest_numbers_it_can_carry_are_kept(self, converter, value, number):
+        bundle = _one(converter, _message("ORU^R01^ORU_R01", PID, self.ORDER, f"OBX|1|NM|NPU02319^Hb^NPU||{value}|g/L|||||F"))
+        assert [o["valueQuantity"]["value"] for o in _of(bundle, "Observation")] == [number]

@@ -239,6 +239,18 @@ class TestApply:
         assert record.history("Patient", PATIENT_UUID) == []
         assert record.apply(admission()).entries[0].version == 1
 
+    def test_a_number_beyond_64_bits_refuses_only_its_bundle(self, record):
+        """A whole number JSON cannot hold (a mapping's number() of a 25-digit field) refuses its Bundle as InvalidContent,
+        naming neither the value nor raising a TypeError that broke the batch: the others apply, its key and journal row are not written."""
+        huge = bundle(put_patient(family="Stor"), put_observation())
+        huge["entry"][1]["resource"]["valueInteger"] = 10**25
+        facts = [TestJournal.FACTS._replace(control_id=c) for c in ("C1", "C2", "C3")]
+        first, refused, last = record.apply_batch([admission(family="A"), huge, admission(family="B")], ["k1", "k2", "k3"], facts)
+        assert isinstance(refused, InvalidContent) and str(10**25) not in refused.reason
+        assert refused.reason == "the Observation holds a value the record cannot store (a whole number beyond 64 bits)"
+        assert first.changed and last.changed and record.applied(["k1", "k2", "k3"]) == {"k1", "k3"}
+        assert record.read("Patient", PATIENT_UUID)["name"] == [{"family": "B"}] and record.journal(control_id="C2") == []
+
     def test_dangling_reference_is_invalid(self, record):
         """A urn:uuid reference that names no entry is refused and nothing is written."""
         with pytest.raises(InvalidContent) as caught:
@@ -405,12 +417,44 @@ class TestJournal:
 
     def test_the_purges_read_by_age_not_the_whole_table(self, tmp_path):
         """The purge runs inside an apply transaction: SQLite's plan for it uses the applied_at indexes (a scan of 14 days
-        of keys took 267 ms per 2 million rows, with the writers' lock held)."""
+        of keys took 267 ms per 2 million rows, with the writers' lock held), the duplicate window's per kind of key too."""
+        import adapters.fhir._store as store
+
         with SqliteRecord(tmp_path / "r.sqlite3") as record, record._transaction([]) as db:
             for table, index, column in (("helsebro_applied", "helsebro_applied_at", "applied_at"), ("helsebro_journal", "helsebro_journal_at", "applied_at"),
                                          ("helsebro_seen", "helsebro_seen_at", "seen_at")):
                 plan = " ".join(str(row) for row in db.query(f"EXPLAIN QUERY PLAN DELETE FROM {table} WHERE {column} < ?", (0.0,)))
                 assert index in plan, plan
+            plan = " ".join(str(row) for row in db.query(f"EXPLAIN QUERY PLAN {store._FORGET}", (0.0, 4, "hl7|")))
+            assert "helsebro_seen_at" in plan, plan
+
+    def test_an_engine_that_only_forwards_purges_its_journal(self, record, monkeypatch):
+        """Rows journal_settled wrote are purged past the retention by journal_settled too: an engine whose routes never
+        reach the record applies no keyed batch, and its journal was never purged."""
+        import adapters.fhir._store as store
+
+        monkeypatch.setattr(store, "_PURGE_APPLIED_EVERY", 1)
+        clock = [1_000_000.0]
+        monkeypatch.setattr(store.time, "time", lambda: clock[0])
+        record.journal_settled([("m1|forwarded", self.FACTS._replace(destinations="lab"), "forwarded", "forwarded to lab")])
+        clock[0] += store.APPLIED_RETENTION_SECONDS + 1
+        record.journal_settled([("m2|forwarded", self.FACTS._replace(control_id="C2", destinations="lab"), "forwarded", "forwarded to lab")])
+        assert [e.control_id for e in record.journal(patient_key="h:patient-1")] == ["C2"]
+
+    def test_a_new_process_purges_on_its_first_batch(self, settings, monkeypatch):
+        """A worker restarted before its thousandth keyed batch (a quiet interface, a nightly restart) still purges the keys
+        and journal rows past the retention: the purge ran only on every thousandth batch of a process, so such a worker never did."""
+        import adapters.fhir._store as store
+
+        clock = [1_000_000.0]
+        monkeypatch.setattr(store.time, "time", lambda: clock[0])
+        with open_record(settings) as first:
+            first.apply_batch([admission(family="Old")], ["m1"], [self.FACTS])
+        clock[0] += store.APPLIED_RETENTION_SECONDS + 1
+        with open_record(settings) as second:
+            second.apply_batch([admission(family="New")], ["m2"], [self.FACTS._replace(control_id="C2")])
+            assert second.applied(["m1", "m2"]) == {"m2"}
+            assert [e.control_id for e in second.journal(patient_key="h:patient-1")] == ["C2"]
 
     def test_a_search_needs_a_criterion(self, record):
         """The journal is never listed whole, an outcome is one the journal knows, and facts go one per Bundle."""
@@ -437,6 +481,34 @@ class TestJournal:
         assert [e.control_id for e in record.journal(since=clock[0] - 60)] == ["C3", "C2"]
         assert [e.control_id for e in record.journal(since=clock[0] - 60, outcome="applied")] == ["C2"]
         assert [e.control_id for e in record.journal(patient_key="h:patient-1", outcome="applied", limit=1)] == ["C2"]
+
+
+class TestDuplicateWindow:
+    """helsebro_seen: message ids remembered for duplicate detection, each kind of key for its own window."""
+
+    DAY = 86400.0
+
+    @pytest.fixture
+    def clock(self, monkeypatch):
+        import adapters.fhir._store as store
+
+        now = [1_700_000_000.0]
+        monkeypatch.setattr(store.time, "time", lambda: now[0])
+        monkeypatch.setattr(store, "_FORGET_EVERY", 1)
+        return now
+
+    def test_a_purge_with_the_hl7_window_keeps_the_kith_msgids_of_their_longer_window(self, record, clock):
+        """HL7 v2 ids (7 days) and KITH MsgIds (30 days) share the table: the HL7 v2 purge forgets only HL7 v2 ids past 7
+        days (found by review: it forgot every key past 7 days, so a KITH resend on day 8 got a second AppRec and was applied again)."""
+        record.remember(["kith|12345|msg-1"], window_seconds=30 * self.DAY)
+        record.remember(["hl7|PAS@STOLAV|C1"], window_seconds=7 * self.DAY)
+        clock[0] += 8 * self.DAY
+        record.remember(["hl7|PAS@STOLAV|C2"], window_seconds=7 * self.DAY)  # this call purges
+        assert record.seen(["kith|12345|msg-1"], window_seconds=30 * self.DAY) == {"kith|12345|msg-1"}
+        assert record.seen(["hl7|PAS@STOLAV|C1", "hl7|PAS@STOLAV|C2"], window_seconds=365 * self.DAY) == {"hl7|PAS@STOLAV|C2"}
+        clock[0] += 23 * self.DAY
+        record.remember(["kith|12345|msg-2"], window_seconds=30 * self.DAY)
+        assert record.seen(["kith|12345|msg-1", "kith|12345|msg-2"], window_seconds=365 * self.DAY) == {"kith|12345|msg-2"}
 
 
 class TestDelete:

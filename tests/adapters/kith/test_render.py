@@ -141,6 +141,15 @@ class TestRefusals:
             renderer.render(conv)
         assert info.value.location == "MSH-7"
 
+    def test_impossible_gendate_is_refused_at_gendate(self, renderer, admission, converter):
+        """A KITH source whose GenDate is no calendar day (2024-02-30) is refused at GenDate, not sent as an invalid xs:dateTime."""
+        xml = renderer.render(admission).replace(b"<GenDate>2024-01-15T08:35:00</GenDate>", b"<GenDate>2024-02-30</GenDate>")
+        [conv] = converter.convert(xml)
+        assert conv.ok
+        with pytest.raises(InvalidContent) as info:
+            renderer.render(conv)
+        assert info.value.location == "GenDate"
+
     def test_control_characters(self, renderer, admission):
         """A value XML cannot carry is refused with its place, never its text."""
         conv = copy.deepcopy(admission)
@@ -227,6 +236,15 @@ class TestNationalSchema:
         xml = renderer.render(admission)
         schemas.validate(etree.fromstring(xml), (MSGHEAD_NS, NS["pl"]))  # raises when invalid
         assert read_message(xml, schemas=schemas).ok
+
+    def test_impossible_birth_date_is_left_out(self, mapping, schemas, renderer, admission, converter):
+        """A KITH source with a DateOfBirth that is no calendar day (1985-02-30) renders without one: valid, not refused whole."""
+        xml = renderer.render(admission).replace(b"<DateOfBirth>1985-03-15</DateOfBirth>", b"<DateOfBirth>1985-02-30</DateOfBirth>")
+        [conv] = converter.convert(xml)
+        assert conv.ok
+        out = KithRenderer(mapping, destination_name="kommune", receiver_her_id="12345", schemas=schemas).render(conv)
+        assert _xpath(out, "//m:Patient/m:DateOfBirth") == [] and _xpath(out, "//m:Patient/m:Ident/m:Id/text()") == [FNR]
+        assert b"1985-02-30" not in renderer.render(conv)  # without the schema too: never an invalid xs:date
 
     def test_invalid_output_is_refused(self, tmp_path, schemas, admission):
         """A mapping whose output breaks the schema (Anslag left out) is refused per message, with no values in the reason."""
