@@ -240,7 +240,7 @@ class Engine:
         else:
             converter = MappingReloader(
                 self._settings.mappings_dir,
-                lambda: _load_converter(self._settings),
+                lambda: _load(self._settings),
                 interval=self._settings.engine.mappings.reload_seconds,
                 logger=self._log,
                 on_swap=lambda: self._freeze(again=True),
@@ -315,7 +315,7 @@ class Engine:
         if self._inbound is None or self._publisher is None or self._record is None or self._conn is None:
             raise BrokerUnavailable("not connected")
         conn, work, intake, publisher = self._conn, self._inbound, self._intake, self._publisher
-        settle = self._settle(conn, publisher, router)
+        settle = self._settle(conn, publisher, router, _forwarder_of(converter.current(), self._settings))
         forward = Intake(self._settings.engine.broker.names.inbound, partition_count(self._settings)) if intake is not None else None
         most = self._settings.engine.broker.batch_max
         while not self._stop.is_set():
@@ -327,7 +327,10 @@ class Engine:
                 self.stats.idle_since = time.monotonic()
                 continue
             if work.buffered:
-                self._handle(work.take(most, 0), converter.current(), settle)
+                loaded = converter.current()
+                if isinstance(loaded, _Loaded):
+                    settle.use_forwarder(loaded.forwarder)  # a reload's outbound mappings, from this batch on
+                self._handle(work.take(most, 0), loaded, settle)
                 self.stats.idle_since = time.monotonic()
                 continue
             work.poll(_POLL_SECONDS, more=most)
@@ -340,7 +343,7 @@ class Engine:
                 return True
         return False
 
-    def _settle(self, conn: Connection, publisher: Publisher, router: Router) -> Settle:
+    def _settle(self, conn: Connection, publisher: Publisher, router: Router, forwarder: Forwarder) -> Settle:
         routes = self._settings.routes
         return Settle(
             record=self._record,  # type: ignore[arg-type]  # checked by the caller
@@ -352,7 +355,7 @@ class Engine:
             apprec_prefix=self._settings.engine.broker.names.apprec_prefix,
             guard=self._guard(),
             router=router,
-            forwarder=Forwarder(self._settings),
+            forwarder=forwarder,
             record_destinations=frozenset(n for n, d in routes.destinations.items() if isinstance(d, RecordDestination)),
             duplicate_window=float(routes.duplicates.window_seconds),
             embedded=not self._settings.broker_url,
@@ -456,10 +459,34 @@ class _Fixed:
         return self._converter
 
 
-def _load_converter(settings: Settings) -> Any:
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    """One whole set compiled from the mapping folder, which a hot reload swaps at once.
+
+    Why the forwarder too: mappings/outbound/ is in the folder the reloader watches; built
+    at each connect instead, an outbound edit was logged as reloaded but not used until a
+    reconnect, and a broken one ended the worker there rather than being refused.
+    """
+
+    converter: Any  # router.pipeline.convert.Converter: inbound mappings, HL7 v2 and KITH
+    forwarder: Forwarder  # the outbound mappings of the queue destinations
+
+    def convert(self, data: bytes) -> list[Converted]:
+        return self.converter.convert(data)  # type: ignore[no-any-return]  # Converter.convert is typed
+
+
+def _load(settings: Settings) -> _Loaded:
+    """Compile every mapping the engine runs, or raise MappingError/ConfigError (the reload refuses it)."""
     from router.pipeline.convert import Converter  # the heavy part: mappings compile here
 
-    return Converter(settings)
+    converter = Converter(settings)
+    converter.load_xml()  # now, so a broken KITH mapping is refused here rather than failing every XML message
+    return _Loaded(converter, Forwarder(settings))
+
+
+def _forwarder_of(converter: Any, settings: Settings) -> Forwarder:
+    """The forwarder compiled with *converter*'s set, or a new one beside a caller's fixed converter."""
+    return converter.forwarder if isinstance(converter, _Loaded) else Forwarder(settings)
 
 
 def _open_record(settings: Settings) -> Record:

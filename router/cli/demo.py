@@ -48,9 +48,18 @@ def _demo(args: argparse.Namespace) -> int:
     handle = run_engine_in_thread(settings)
     try:
         publish(settings, (f.read_bytes() for f in files), app_id="helsebro-demo")
-        wait_until(lambda: _progress(handle.stats.deliveries, len(files), sys.stderr), _DEADLINE_SECONDS, interval=0.1, what="all examples settled")
-    finally:
+        wait_until(lambda: not handle.thread.is_alive() or _progress(handle.stats.deliveries, len(files), sys.stderr), _DEADLINE_SECONDS, interval=0.1, what="all examples settled")
+    except TimeoutError:
+        # Say what went wrong and exit 1, rather than a traceback after the wait.
+        print(f"\nhelsebro demo: {handle.stats.deliveries} of {len(files)} examples settled within {_DEADLINE_SECONDS:.0f} s", file=sys.stderr)
         handle.stop()
+        return 1
+    finally:
+        if handle.thread.is_alive():
+            handle.stop()
+    if handle.errors:  # the engine ended early: do not wait out the deadline for deliveries that never come
+        print(f"\nhelsebro demo: the engine stopped: {type(handle.errors[0]).__name__}: {handle.errors[0]}", file=sys.stderr)
+        return 1
     print(file=sys.stderr)
     _summary(settings, handle.stats, len(files), sys.stdout)
     return 0

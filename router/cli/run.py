@@ -13,8 +13,9 @@ Prometheus' text format (router/ops/metrics.py: messages settled by outcome,
 deliveries, batches, reconnects, the time batches take to settle, and each
 queued destination's results), on `--metrics-host` (127.0.0.1 unless given:
 open it to a scraper on purpose). With `--workers N`, worker i serves on P + i.
-A port that cannot be bound stops the worker before it consumes (exit 1); a
-P + N - 1 past 65535 is a usage error (exit 2).
+A port that cannot be bound stops the worker before it consumes (exit 1; with
+`--workers N` every worker's port is tried before any starts, so none consumes);
+a P + N - 1 past 65535 is a usage error (exit 2).
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _supervise(args: argparse.Namespace) -> int:
     """Start the workers, pass SIGTERM/SIGINT on, and return the worst exit code."""
+    if args.metrics_port and not _metrics_ports_free(args):
+        return 1
     base = [sys.executable, "-m", "router.cli", "run", "--workers", str(args.workers), "--log-level", args.log_level]
     if args.until_idle is not None:
         base += ["--until-idle", str(args.until_idle)]
@@ -126,6 +129,22 @@ def _supervise(args: argparse.Namespace) -> int:
         on_signal(stopped[0], None)
     codes = [child.wait() for child in children]
     return max((abs(c) for c in codes if not _stopped_as_asked(c, stopped)), default=0)
+
+
+def _metrics_ports_free(args: argparse.Namespace) -> bool:
+    """Try every worker's metrics port before any worker starts; say which one cannot be bound.
+
+    A worker that cannot bind its port stops alone, and the others would consume on, one short.
+    """
+    from router.ops.metrics import check_port
+
+    for port in range(args.metrics_port, args.metrics_port + args.workers):
+        try:
+            check_port(args.metrics_host, port)
+        except (OSError, OverflowError) as exc:
+            print(f"helsebro run: cannot serve metrics on {args.metrics_host}:{port}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return False
+    return True
 
 
 def _stopped_as_asked(code: int, stopped: list[int]) -> bool:

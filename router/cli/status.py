@@ -1,7 +1,9 @@
 """`helsebro status`: the queues, what settled lately, where the broker and the record are, XML validation, and why messages were dead-lettered.
 
 Per queue: depth (ready messages), consumers, and the change of depth per
-second over `--interval` seconds. Without RabbitMQ's management plugin, AMQP
+second over `--interval` seconds. With `broker.partitions` above 1 the inbound
+queue is only the intake: the patient partitions (role `partition`, after the
+others) hold what waits for a worker. Without RabbitMQ's management plugin, AMQP
 0-9-1 shows depth and consumers only, so that change is the one rate there
 is: it is not a throughput (a queue filled and drained at the same pace shows
 0). The embedded transport knows no consumers: they show as `-` (null).
@@ -21,7 +23,7 @@ added, existing ones keep their name and meaning.
       "xml_validation": {"enabled": false, "xsd_dir": null},
       "patient_keys": {"keyed": false},
       "interval_s": 1.0,
-      "queues": [{"role": "inbound" | "dead_letter" | "replies", "name": "helsebro.in.hl7v2",
+      "queues": [{"role": "inbound" | "dead_letter" | "replies" | "partition", "name": "helsebro.in.hl7v2",
                   "exists": true, "depth": 0 | null, "consumers": 1 | null,
                   "depth_change_per_s": 0.0 | null}],
       "dead_letters": [{"queue": "helsebro.dlq", "scanned": 2, "complete": true,

@@ -114,7 +114,10 @@ def _decode(data: bytes, name: str) -> str:
 
 def load_yaml_text(text: str, name: str) -> Any:
     """Parse YAML text, naming it *name* in positions and errors."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the pure-Python reader checks every character here
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(exc, text, name) from exc
     loader.filename = name
     try:
         return loader.get_single_data()
@@ -122,8 +125,23 @@ def load_yaml_text(text: str, name: str) -> Any:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         raise MappingError(f"YAML syntax: {exc.problem or exc.context}", file=name, line=line, column=col) from exc
+    except yaml.reader.ReaderError as exc:  # libyaml's reader checks while it parses
+        raise _reader_error(exc, text, name) from exc
     finally:
         loader.dispose()
+
+
+def _reader_error(exc: yaml.reader.ReaderError, text: str, name: str) -> MappingError:
+    """Name the line and column of a character YAML does not allow (a NUL from a half-written save).
+
+    Why: the reader's error is no MarkedYAMLError and carries only an offset; unnamed, it
+    escaped lint as a traceback and ended the worker in a hot reload.
+    """
+    position = min(max(exc.position, 0), len(text))
+    before = text[:position]
+    line, col = before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1
+    code = exc.character if isinstance(exc.character, int) else ord(exc.character or "\0")
+    return MappingError(f"YAML syntax: control character 0x{code:02x} is not allowed", file=name, line=line, column=col)
 
 
 def plain(node: Any) -> Any:

@@ -29,7 +29,7 @@ from router.engine import SETTLE_LATENCY_BOUNDS
 if TYPE_CHECKING:
     from router.engine import Engine
 
-__all__ = ["MetricsServer", "exposition"]
+__all__ = ["MetricsServer", "check_port", "exposition"]
 
 _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _ENGINE_COUNTERS = (  # EngineStats field, metric name, help
@@ -78,6 +78,24 @@ class _Ipv6Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
 
 
+def _server_class(host: str) -> type[ThreadingHTTPServer]:
+    return _Ipv6Server if ":" in host else ThreadingHTTPServer  # `::` or `::1`: http.server binds IPv4 unless told
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind *host*:*port* as MetricsServer would, and let it go at once.
+
+    Why: `run --workers N` starts N processes that bind P + i each; one that cannot
+    bind stops alone while the others consume on. The supervisor tries every port
+    first, so a port in use stops them all before any takes a message.
+
+    Raises:
+        OSError: the address cannot be bound.
+        OverflowError: *port* is past 65535.
+    """
+    _server_class(host)((host, port), BaseHTTPRequestHandler).server_close()
+
+
 class MetricsServer:
     """Serves `GET /metrics` for one engine on its own daemon thread; anything else is 404."""
 
@@ -104,8 +122,7 @@ class MetricsServer:
             def log_message(self, *_args: Any) -> None:
                 pass  # a scrape every few seconds is not worth a log line
 
-        server_class = _Ipv6Server if ":" in host else ThreadingHTTPServer  # `::` or `::1`: http.server binds IPv4 unless told
-        self._server = server_class((host, port), Handler)
+        self._server = _server_class(host)((host, port), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="helsebro-metrics", daemon=True)
 

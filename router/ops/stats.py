@@ -44,8 +44,8 @@ __all__ = [
     "watched_queues",
 ]
 
-QueueRole = Literal["inbound", "dead_letter", "replies"]
-"""What a queue is for. Per-destination `work`, `retry` and `dead_letter` queues join when routing lands."""
+QueueRole = Literal["inbound", "dead_letter", "replies", "partition"]
+"""What a queue is for: `partition` is one of the inbound stream's patient partitions (broker.partitions > 1)."""
 
 _NOT_FOUND = 404  # AMQP 0-9-1 reply code NOT_FOUND (spec §1.2): a protocol constant, not a library's type
 
@@ -71,12 +71,19 @@ class QueueStats:
 
 
 def watched_queues(settings: Settings) -> tuple[WatchedQueue, ...]:
-    """Return every queue an operator watches, in display order; `status` and `dlq` read this one list."""
+    """Return every queue an operator watches, in display order; `status` and `dlq` read this one list.
+
+    With broker.partitions > 1 the inbound queue is only the intake: what waits for a worker
+    waits in the partitions, so they are watched too (last, so the first three keep their place).
+    """
+    from adapters.amqp.connection import topology
+
     names = settings.engine.broker.names
     return (
         WatchedQueue("inbound", names.inbound),
         WatchedQueue("dead_letter", names.dead_letter),
         WatchedQueue("replies", names.replies),
+        *(WatchedQueue("partition", str(q.name)) for q in topology(settings).partitions),
     )
 
 

@@ -54,6 +54,18 @@ class Converter:
         self._sender_charsets = {k: v.charset for k, v in hl7.senders.items() if v.charset}
         self._kith: Any = None
 
+    def load_xml(self) -> None:
+        """Compile the KITH XML mappings now instead of at the first XML message.
+
+        Why: the engine's hot reload swaps in only a set that compiles. Compiled on first
+        use, a broken KITH mapping passed the reload, and every XML message after it
+        failed as `internal` while it was compiled again, and refused again, for each one.
+        """
+        if self._kith is None:
+            from router.pipeline._kith import KithConverter
+
+            self._kith = KithConverter(self._settings, self._fn_ctx)
+
     def convert(self, data: bytes, *, trace: bool = False) -> list[Converted]:
         """Convert every message in *data* (one, several, a batch, MLLP-framed; or one KITH XML message)."""
         if _is_xml(data):

@@ -188,6 +188,10 @@ class Settle:
         self._window = duplicate_window if hasattr(self._seen, "seen") else 0.0
         self._embedded = embedded
 
+    def use_forwarder(self, forwarder: Forwarder) -> None:
+        """Forward with *forwarder* from the next batch on: the outbound mappings of a hot reload."""
+        self._forwarder = forwarder
+
     def __call__(self, delivery: Delivery, results: list[Converted], started: float) -> list[Settled]:
         """Settle the messages of one delivery, then ack it; return what became of each."""
         return self.batch([(delivery, results)], started)[0]

@@ -45,3 +45,26 @@ class TestDemo:
         assert second.returncode == 0
         assert re.search(r"unchanged: 0", second.stdout)
         assert first.stdout.split("Patients in the record")[1].split("Data in")[0] == second.stdout.split("Patients in the record")[1].split("Data in")[0]
+
+
+def test_a_demo_that_does_not_settle_says_so_and_exits_1(tmp_path, monkeypatch, capsys):
+    """Past its deadline the demo names how far it got and exits 1: a message, not a traceback."""
+    import router.cli.demo as demo
+    from router.cli import main
+    from router.testing import adt_message
+
+    examples = tmp_path / "examples"
+    examples.mkdir()
+    (examples / "a.hl7").write_bytes(adt_message("A01", control_id="D1", fnr="15866112379", local_id="L1", visit="V1"))
+    for name in [k for k in os.environ if k.startswith("HELSEBRO_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HELSEBRO_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(demo, "configure_logging", lambda **kw: None)  # keep this process's logging as it is
+
+    def never(*args, **kwargs):
+        raise TimeoutError("all examples settled not met within 120 s")
+
+    monkeypatch.setattr(demo, "wait_until", never)
+    assert main(["demo", "--examples", str(examples)]) == 1
+    err = capsys.readouterr().err
+    assert "of 1 examples settled within 120 s" in err and "Traceback" not in err

@@ -196,3 +196,26 @@ class TestDestinations:
         # Both went to the record too (the route's other destination): settled as applied, whatever the external server did.
         assert [line.split() for line in out.splitlines() if line.split()[:1] in (["SETTLED"], ["applied"], ["dead-lettered"])] == [
             ["SETTLED", "LAST", "MINUTE", "LAST", "HOUR"], ["applied", "2", "2"], ["dead-lettered", "0", "0"]]
+
+
+class TestPartitions:
+    @pytest.mark.integration
+    def test_messages_waiting_in_partitions_are_shown(self, tmp_path, monkeypatch, capsys):
+        """broker.partitions 4 and no worker: what waits sits in the patient's partition, not the intake; status shows
+        each partition's depth and consumers, so 'inbound depth rising, consumers 0' still tells that workers are down."""
+        s = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 4})
+        _use(monkeypatch, s)
+        try:
+            publish(s, [adt_message("A01", control_id=f"PT{i}", fnr="15866112379", local_id="L1", visit=f"V{i}") for i in range(3)])
+            code, out, _ = _status(capsys, "--json", "--interval", "0")
+            queues = json.loads(out)["queues"]
+            assert code == 0 and all(set(q) == QUEUE_KEYS for q in queues)
+            names = s.engine.broker.names
+            parts = [q for q in queues if q["role"] == "partition"]
+            assert [q["name"] for q in parts] == [f"{names.inbound}.p{k}" for k in range(4)]
+            assert sum(q["depth"] for q in parts) == 3 and {q["consumers"] for q in parts} == {0}
+            code, out, _ = _status(capsys, "--interval", "0")
+            assert code == 0 and [line.split()[:2] for line in out.splitlines() if line.startswith("partition ")] == [
+                ["partition", f"{names.inbound}.p{k}"] for k in range(4)]
+        finally:
+            delete_queues(s)

@@ -9,7 +9,7 @@ import pytest
 
 from adapters.fhir.record import open_record
 from router.reload import MappingReloader
-from router.testing import adt_message, isolated_settings, publish, run_engine_in_thread, wait_until
+from router.testing import adt_message, drain_queue, isolated_settings, publish, run_engine_in_thread, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FNR = "15866112379"
@@ -115,3 +115,138 @@ def test_engine_freezes_the_collector_only_when_asked(tmp_path):
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+class TestWhatAReloadSees:
+    """Session 22: which edits a look catches, and what a rebuild that fails does to the worker."""
+
+    def test_a_same_size_edit_in_one_mtime_tick_is_seen(self, mappings):
+        """An edit that keeps size and mtime (saved within the tick of the last look) still reloads."""
+        import os
+        import time
+
+        path = mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml"
+        tick = time.time_ns() + 3600 * 10**9  # a future mtime stands for "in the tick of the last look", deterministically
+        os.utime(path, ns=(tick, tick))
+        builds = []
+        reloader = MappingReloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
+        assert reloader.current() == 1
+        size = path.stat().st_size
+        _edit(path, "from: XPN.1.1", "from: XPN.1.2")
+        os.utime(path, ns=(tick, tick))
+        assert path.stat().st_size == size
+        assert reloader.current() == 2
+
+    def test_an_edit_reloads_once_not_again_when_it_is_no_longer_recent(self, mappings, monkeypatch):
+        """A file hashed while its edit was recent is not taken for edited again once it is older."""
+        import os
+        import time
+
+        import router.reload as reload_module
+
+        clock = [time.time_ns()]
+        monkeypatch.setattr(reload_module.time, "time_ns", lambda: clock[0])
+        builds = []
+        reloader = MappingReloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
+        path = mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml"
+        _edit(path, "from: XPN.1.1", "from: XPN.1.2")
+        os.utime(path, ns=(clock[0], clock[0]))
+        assert reloader.current() == 2  # the edit, hashed: it is recent
+        clock[0] += 60 * 10**9  # a minute later the file is no longer recent: one stat, no digest
+        assert reloader.current() == 2
+        assert reloader.current() == 2 and builds == [1, 1]
+
+    def test_deleting_or_renaming_a_mapping_file_reloads(self, mappings):
+        builds = []
+        reloader = MappingReloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
+        assert reloader.current() == 1
+        table = next((mappings / "hl7v2" / "tables").glob("*.yaml"))
+        table.rename(table.with_suffix(".yaml.bak"))
+        assert reloader.current() == 2
+        (mappings / "outbound" / "hl7v2" / "ORU_R01.yaml").unlink()
+        assert reloader.current() == 3
+
+    def test_a_half_written_file_is_refused_then_loaded_once_complete(self, mappings):
+        """A save caught halfway (NUL padding) is refused at its file:line, not raised; the finished file then loads."""
+        from adapters.hl7v2.paths import compile_path
+        from router.mapping import MappingSet
+
+        log = _Log()
+        reloader = MappingReloader(mappings, lambda: MappingSet.load(mappings / "hl7v2", compile_path), interval=1e-9, logger=log)
+        before = reloader.current()
+        path = mappings / "hl7v2" / "segments" / "PID.Patient.yaml"
+        whole = path.read_bytes()
+        path.write_bytes(whole[: len(whole) // 2] + b"\0" * 64)
+        assert reloader.current() is before
+        event, fields = log.events[-1]
+        assert event == "mappings_reload_refused" and fields["file"].endswith("PID.Patient.yaml") and fields["line"] > 1
+        assert "control character" in fields["error"]
+        path.write_bytes(whole)
+        assert reloader.current() is not before
+        assert (reloader.reloads, reloader.refusals) == (1, 1)
+
+    def test_an_os_error_in_a_rebuild_is_refused_not_raised(self, mappings):
+        """A file gone between the look and the build (an editor's rename dance) keeps the old set running."""
+        path = mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml"
+        builds = iter([1])
+
+        def build():
+            for value in builds:
+                return value
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+
+        log = _Log()
+        reloader = MappingReloader(mappings, build, interval=1e-9, logger=log)
+        _edit(path, "from: XPN.1.1", "from: XPN.1.1\n    fn: upper")
+        assert reloader.current() == 1
+        event, fields = log.events[-1]
+        assert event == "mappings_reload_refused" and fields["file"].endswith("XPN.HumanName.yaml") and fields["error"] == "FileNotFoundError"
+
+
+def _fast_reload(settings):
+    return settings.model_copy(update={"engine": settings.engine.model_copy(update={"mappings": settings.engine.mappings.model_copy(update={"reload_seconds": 0.05})})})
+
+
+class TestEngineReloadsEveryMapping:
+    def test_a_broken_kith_mapping_is_refused(self, tmp_path, mappings):
+        """KITH mappings are compiled by the reload, so a broken one is refused like an HL7 v2 one."""
+        handle = run_engine_in_thread(_fast_reload(isolated_settings(tmp_path).model_copy(update={"mappings_dir": mappings})))
+        try:
+            _edit(mappings / "kith" / "segments" / "Message.Patient.yaml", "target: birthDate", "target: birthdate")
+            wait_until(lambda: handle.engine.mappings.reloads + handle.engine.mappings.refusals, timeout=20, what="the edit looked at")
+            assert (handle.engine.mappings.reloads, handle.engine.mappings.refusals) == (0, 1)
+        finally:
+            handle.stop()
+
+    def test_outbound_mapping_edits_reach_the_legacy_queue_and_broken_ones_are_refused(self, tmp_path, mappings):
+        """An outbound edit is used from the next message on; a broken one is refused and the old rendering goes on."""
+        routes = {
+            "destinations": {"record": {"kind": "record"}, "pas": {"kind": "queue", "queue": "reload.pas", "format": "hl7v2"}},
+            "routes": [{"name": "adt", "match": {"format": "hl7v2", "message_code": ["ADT"]}, "to": ["record", "pas"]}],
+        }
+        shutil.rmtree(mappings / "kith")  # not needed here: each build is a third shorter
+        settings = _fast_reload(isolated_settings(tmp_path, routes=routes).model_copy(update={"mappings_dir": mappings}))
+        queue = settings.routes.destinations["pas"].queue
+        handle = run_engine_in_thread(settings)
+        reloader = handle.engine.mappings
+
+        def pid_1() -> bytes:
+            bodies = wait_until(lambda: drain_queue(settings, queue), timeout=20, what="a rendered message")
+            (_headers, body), = bodies
+            return next(s for s in body.split(b"\r") if s.startswith(b"PID|")).split(b"|")[1]
+
+        try:
+            publish(settings, [adt_message("A01", control_id="O1", fnr=FNR, local_id="L1", visit="V1")])
+            assert pid_1() == b"1"
+            _edit(mappings / "outbound" / "hl7v2" / "ADT_A01.yaml", 'PID-1: {value: "1"}', 'PID-1: {value: "7"}')
+            wait_until(lambda: reloader.reloads + reloader.refusals, timeout=20, what="the edit looked at")
+            assert reloader.reloads == 1
+            publish(settings, [adt_message("A08", control_id="O2", fnr=FNR, local_id="L1", visit="V1")])
+            assert pid_1() == b"7"
+            _edit(mappings / "outbound" / "hl7v2" / "ADT_A01.yaml", "PID-7: {from: birthDate", "PID-7: {from: birthdate")
+            wait_until(lambda: reloader.reloads + reloader.refusals == 2, timeout=20, what="the broken edit looked at")
+            assert reloader.refusals == 1
+            publish(settings, [adt_message("A08", control_id="O3", fnr=FNR, local_id="L1", visit="V1")])
+            assert pid_1() == b"7"
+        finally:
+            handle.stop()
