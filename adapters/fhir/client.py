@@ -31,7 +31,11 @@ from router.errors import ConfigError, InvalidContent, RecordUnavailable, Refuse
 
 __all__ = ["FhirClient", "FhirClientConfig"]
 
-_RETRY_STATUS = frozenset({408, 429})  # and every 5xx
+_RETRY_STATUS = frozenset({408, 409, 429})  # and every 5xx
+"""408 timeout, 429 too many requests, and 409 conflict: a FHIR server answers 409 when another client
+changed the resource while it applied ours (HAPI's concurrent-modification error); the same transaction
+a moment later applies. Refused at once, the message was dead-lettered for a race it did not cause. A
+409 that lasts (a delete a reference still holds up) ends as any retried failure does, after the attempts."""
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id datatype
 _FHIR_JSON = "application/fhir+json"

@@ -336,6 +336,13 @@ class TestFhirClient:
         make_client(faults.base_url).apply(transaction())
         assert sleeps == [3.0, 4.0]
 
+    def test_a_conflict_is_retried(self, faults, make_client, sleeps):
+        """409 (another client changed the resource meanwhile) is retried like a 503, not refused at once."""
+        faults.script.append(Canned(409, outcome("version conflict", "conflict")))
+        result = make_client(faults.base_url).apply(transaction())
+        assert [e.outcome for e in result.entries] == ["created", "created"]
+        assert len(sleeps) == 1 and len(faults.fhir_requests()) == 2
+
     def test_retry_after_date(self, faults, make_client, sleeps):
         """Retry-After given as an HTTP-date waits until that moment."""
         when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
