@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from adapters.kith.envelope import APPREC_NS, MSGHEAD_NS, KithEnvelope, payload_standard
-from adapters.kith.errors import InvalidMsgId, PatientInsufficient, SchemaInvalid
+from adapters.kith.errors import InvalidMsgId, PatientInsufficient, SchemaInvalid, shown
 from adapters.kith.message import read_apprec, read_message_root
 from adapters.kith.msghead import read_msghead
 from adapters.kith.safe_xml import DEFAULT_LIMITS, ForbiddenDoctype, XmlLimits, parse_xml
@@ -106,7 +106,7 @@ def read_envelope(root: etree._Element, *, schemas: SchemaSet | None = None, att
         if qname is not None and qname.localname == "Message" and _known(qname.namespace, schemas):
             envelope = read_message_root(root)
         else:
-            raise UnknownMessage(f"root element {qname.localname if qname else '?'} in namespace {qname.namespace if qname else '?'} is not a message Helsebro reads")
+            raise UnknownMessage(f"root element {shown(qname.localname) if qname else '?'} in namespace {shown(str(qname.namespace)) if qname else '?'} is not a message Helsebro reads")
     if envelope.payload_version is None and schemas is not None and envelope.payload_namespace:
         known = schemas.version_of(envelope.payload_namespace)
         if known is not None:

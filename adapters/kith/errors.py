@@ -13,7 +13,18 @@ from __future__ import annotations
 
 from router.errors import InvalidContent
 
-__all__ = ["InvalidMsgId", "PatientInsufficient", "PatientNotFound", "SchemaInvalid"]
+__all__ = ["InvalidMsgId", "PatientInsufficient", "PatientNotFound", "SchemaInvalid", "shown"]
+
+_SHOWN_MAX = 120
+
+
+def shown(name: str) -> str:
+    """A sender's own name (a namespace, a root element) as a refusal quotes it: cut at 120 characters.
+
+    The reason goes to the AppRec, the dead letter's headers and the log; a namespace of
+    a megabyte made each of them a megabyte.
+    """
+    return name if len(name) <= _SHOWN_MAX else name[:_SHOWN_MAX] + "…"
 
 
 class SchemaInvalid(InvalidContent):

@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlparse
 
 from lxml import etree
 
-from adapters.kith.errors import SchemaInvalid
+from adapters.kith.errors import SchemaInvalid, shown
 from router.errors import ConfigError, UnknownMessage
 
 __all__ = ["SchemaSet", "schema_set", "validation_status"]
@@ -125,6 +125,11 @@ class SchemaSet:
         )
 
     def _schema(self, namespaces: tuple[str, ...]) -> tuple[etree.XMLSchema, threading.Lock]:
+        missing = next((ns for ns in namespaces if ns not in self._catalog), None)
+        if missing is not None:
+            # Not cached: the namespaces come from the message, and a cache keyed by every one
+            # a sender makes up grows without end. Only the catalog's own combinations are kept.
+            raise UnknownMessage(f"no national schema for namespace {shown(missing)}")
         compiled = self._compiled.get(namespaces)  # set once, lock first: a hit needs no guard
         if compiled is None:
             with self._guard:
@@ -139,9 +144,6 @@ class SchemaSet:
 
     def _compile(self, namespaces: tuple[str, ...]) -> etree.XMLSchema | UnknownMessage:
         """Compile the wrapper schema; a failure is cached too, so it costs once."""
-        missing = [ns for ns in namespaces if ns not in self._catalog]
-        if missing:
-            return UnknownMessage(f"no national schema for namespace {missing[0]}")
         wrapper = etree.Element(f"{{{_XS}}}schema", nsmap={"xs": _XS})
         for ns in dict.fromkeys(namespaces):
             etree.SubElement(wrapper, f"{{{_XS}}}import", namespace=ns, schemaLocation=self._catalog[ns].as_uri())

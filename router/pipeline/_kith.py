@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from adapters.kith import KithEnvelope, decode_embedded, read_message, schema_set
+from adapters.kith.errors import shown
 from adapters.kith.paths import message_scope, path_compiler, unmapped
 from router.contracts import Converted, MessageHeader
 from router.errors import InvalidContent, MessageError, NoMapping, UnknownMessage
@@ -54,7 +55,7 @@ class KithConverter:
         assert env is not None  # noqa: S101 - read_message returns an envelope when there is no error
         mm = self.mappings.for_sender(her_id).find_xml(env.payload_namespace, env.payload_root) if self.mappings else None
         if mm is None:
-            raise NoMapping(f"no mapping for {env.payload_root or env.root} in namespace {env.payload_namespace}", location="/")
+            raise NoMapping(f"no mapping for {shown(str(env.payload_root or env.root))} in namespace {shown(str(env.payload_namespace))}", location="/")
         if expect is not None and mm.structure != expect:
             raise UnknownMessage(f"the embedded message is {env.msg_type or env.payload_root}, where only {expect} may be embedded", location="/MsgHead/MsgInfo/Type")
         root = env.payload.getroottree().getroot() if env.payload is not None else None

@@ -137,6 +137,21 @@ class TestReadMessage:
         assert apprec_error_for(received.error)[0] == "T10"
         assert received.envelope is not None and received.envelope.payload_namespace == "urn:example:nobody"
 
+    def test_a_made_up_namespace_is_quoted_short_and_not_kept(self, example, schemas):
+        """Session 22: a namespace a sender makes up is quoted cut short in the reason, and no schema cache keeps it."""
+        made_up = b"urn:example:" + b"x" * 100_000
+        before = len(schemas._compiled)
+        for n in range(3):
+            data = example(PLO_16).replace(b"http://www.kith.no/xmlstds/po/Pasientlogistikk/2012-04-01", made_up + str(n).encode())
+            received = read_message(data, schemas=schemas)
+            assert apprec_error_for(received.error)[0] == "T10"
+            assert len(received.error.reason) < 300
+        assert len(schemas._compiled) == before
+
+    def test_an_unknown_roots_namespace_is_quoted_short(self):
+        received = read_message(b"<Message xmlns='urn:" + b"y" * 100_000 + b"'/>")
+        assert apprec_error_for(received.error)[0] == "T10" and len(received.error.reason) < 400
+
     def test_unknown_root(self):
         """A root that is no KITH message is T10 with no envelope."""
         received = read_message(b"<Bundle xmlns='http://hl7.org/fhir'/>")
