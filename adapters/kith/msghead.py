@@ -70,6 +70,8 @@ Kids = dict[Any, list[etree._Element]]
 
 _MSG_INFO, _TYPE, _MSG_ID, _GEN_DATE, _MIG_VERSION, _ACK = (f"{_M}{n}" for n in ("MsgInfo", "Type", "MsgId", "GenDate", "MIGversion", "Ack"))
 _SENDER, _RECEIVER, _OTHER_RECEIVER, _PATIENT = (f"{_M}{n}" for n in ("Sender", "Receiver", "OtherReceiver", "Patient"))
+_ROLE_RECEIVER = f"{_M}RoleReceiver"
+_NOT_ANSWERED = frozenset({"OR", "FR"})  # Volven 8112: opprinnelig mottaker, mottaker i videresendt melding
 _CONVERSATION_REF, _REF_TO_PARENT, _REF_TO_CONVERSATION = (f"{_M}{n}" for n in ("ConversationRef", "RefToParent", "RefToConversation"))
 _ORGANISATION, _ORGANISATION_NAME, _HCP, _IDENT, _ID, _TYPE_ID = (
     f"{_M}{n}" for n in ("Organisation", "OrganisationName", "HealthcareProfessional", "Ident", "Id", "TypeId")
@@ -154,7 +156,13 @@ def _other_receiver(node: etree._Element) -> Party | None:
 
     A Patient or Person copy recipient is a citizen reached through
     helsenorge.no, whose own system answers; we send nothing on its behalf.
+    Nor for a party whose role (RoleReceiver, Volven 8112) is OR or FR: the
+    original recipient of a forwarded message, or the one it goes to next,
+    did not receive this copy, and an AppRec in its name would say it had.
     """
+    role = _child(node, _ROLE_RECEIVER)
+    if role is not None and (role.get("V") or "").strip().upper() in _NOT_ANSWERED:
+        return None
     org = _child(node, _ORGANISATION)
     if org is not None:
         return _party(org, role="COP")

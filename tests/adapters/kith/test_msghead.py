@@ -49,6 +49,17 @@ class TestReadMsghead:
         assert env.conversation.ref_to_conversation == "87ef6130-2d17-11e8-b566-0800200c9a66"
         assert [p.role for p in env.recipients] == ["PRIM", "COP"]
 
+    @pytest.mark.parametrize("role", ["OR", "FR"])
+    def test_an_original_or_forwarded_recipient_is_not_answered_for(self, example, role):
+        """Session 22: an OtherReceiver whose RoleReceiver is OR or FR (8112) did not receive this copy: no AppRec in its name."""
+        from adapters.kith.apprec import build_apprecs
+
+        data = example(STATUS).replace(b'V="COP"', f'V="{role}"'.encode(), 1)
+        assert f'V="{role}"'.encode() in data
+        env = read_msghead(etree.fromstring(data))
+        assert env.other_receivers == () and [p.role for p in env.recipients] == ["PRIM"]
+        assert [a.role for a in build_apprecs(env, error=None)] == ["PRIM"]
+
     def test_attachment(self, example):
         """A Base64Container document becomes an attachment with its MIME type, bytes and description."""
         env = read_msghead(etree.fromstring(example(WITH_PDF)))
