@@ -351,6 +351,7 @@ class Engine:
             stop=self._stop,
             max_backoff=self._settings.engine.broker.reconnect_max_seconds,
             on_wait=conn.heartbeat_check,
+            on_outage=self._record_outage,
             logger=self._log,
             apprec_prefix=self._settings.engine.broker.names.apprec_prefix,
             guard=self._guard(),
@@ -362,6 +363,10 @@ class Engine:
             seen=self._seen_store(),
             original_acks=self._settings.engine.hl7v2.original_acks,
         )
+
+    def _record_outage(self) -> None:
+        """Count a record outage that settle waits out in place as a reconnect, as the metric's HELP text says."""
+        self.stats.reconnects += 1
 
     def _seen_store(self) -> Any:
         """Where settled message ids are remembered: PostgreSQL keeps them in the record; SQLite in a file of its own,
@@ -383,10 +388,12 @@ class Engine:
             self._standby = []
 
     def _handle(self, deliveries: list[Delivery], converter: Any, settle: Settle) -> None:
-        """Convert and settle a batch; dead-letter as `internal` whatever breaks the code."""
+        """Convert and settle a batch; dead-letter as `internal` whatever breaks the code.
+
+        Deliveries and batches are counted once settled: a batch an outage interrupts comes
+        again, and counted on arrival it was counted twice (helsebro_deliveries_total).
+        """
         started = time.monotonic()
-        self.stats.deliveries += len(deliveries)
-        self.stats.batches += 1
         items = [(d, self._convert(d, converter)) for d in deliveries]
         try:
             outcomes = settle.batch(items, started)
@@ -394,6 +401,8 @@ class Engine:
             raise  # a broker or record outage: the loop reconnects, the batch comes again
         except Exception:  # noqa: BLE001  # the one catch-all (STYLE §4): find the delivery that breaks, one at a time
             outcomes = [self._one_by_one(d, results, settle, started) for d, results in items]
+        self.stats.deliveries += len(deliveries)
+        self.stats.batches += 1
         for d, settled in zip(deliveries, outcomes, strict=True):
             for one in settled:
                 self.stats.count(one)

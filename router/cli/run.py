@@ -2,7 +2,10 @@
 
 SIGTERM or SIGINT stops the loop after the batch in flight is settled and
 acked; the exit code is then 0. `--workers N` starts N worker processes
-(`--worker-index i --workers N` each) and passes the signal on; each worker
+(`--worker-index i --workers N` each), passes the signal on, and starts a
+worker that dies unasked again after a backoff (giving up, with the others
+stopped and the dead one's exit code, after 5 deaths in a row each within 30 s
+of its start; exit 2, a config error, is never retried); each worker
 takes the partitions k with k % N == i first and the others as a standby, so
 one RabbitMQ and one PostgreSQL serve them all with per-patient order kept.
 Several `helsebro run` processes on several hosts work the same way: give each
@@ -25,6 +28,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 from router.cli._args import whole_number
@@ -33,6 +37,12 @@ from router.logging import configure_logging, get_logger
 from router.settings import load_settings
 
 __all__ = ["register"]
+
+_RESTART_FIRST_SECONDS = 1.0  # a dead worker's first restart; doubled per fast crash in a row
+_RESTART_MAX_SECONDS = 30.0
+_FAST_CRASH_SECONDS = 30.0  # a worker that dies sooner after its start counts as a fast crash
+_FAST_CRASHES = 5  # fast crashes in a row of one worker after which the supervisor gives up
+_SUPERVISE_POLL_SECONDS = 0.2
 
 
 def register(subparsers: Any) -> None:
@@ -100,7 +110,16 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace) -> int:
-    """Start the workers, pass SIGTERM/SIGINT on, and return the worst exit code."""
+    """Start the workers, restart one that dies, pass SIGTERM/SIGINT on, and return the worst exit code.
+
+    A worker that dies unasked (a crash, the OOM killer, `kill -9`) is started again after a
+    backoff (1 s, doubling to 30 s): the others had taken its partitions as standby, and without
+    a restart the run went on one worker short for good, unnoticed. Exit 0 (idle, with
+    `--until-idle`) and exit 2 (a ConfigError or usage error: it would fail again) are not
+    restarted. A worker that dies _FAST_CRASHES times in a row within _FAST_CRASH_SECONDS of
+    its start is given up: the others are stopped and the run exits with its code, so the
+    service manager sees the failure rather than a crash loop.
+    """
     if args.metrics_port and not _metrics_ports_free(args):
         return 1
     base = [sys.executable, "-m", "router.cli", "run", "--workers", str(args.workers), "--log-level", args.log_level]
@@ -108,27 +127,64 @@ def _supervise(args: argparse.Namespace) -> int:
         base += ["--until-idle", str(args.until_idle)]
     if args.metrics_port is not None:
         base += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host]
+    configure_logging(level=args.log_level, phi_key=load_settings().phi_key_bytes)
+    log = get_logger("supervisor")
     # The handlers go in before the first child starts: a stop while they start is passed to
     # those running, and no further one is started (it would run on, unstopped).
-    children: list[subprocess.Popen[bytes]] = []
+    children: dict[int, subprocess.Popen[bytes]] = {}
     stopped: list[int] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
         stopped.append(signum)
-        for child in children:
+        for child in list(children.values()):
             if child.poll() is None:
                 child.send_signal(signum)
 
+    def start(i: int) -> None:
+        children[i] = subprocess.Popen([*base, "--worker-index", str(i)], env=os.environ.copy())
+        began[i] = time.monotonic()
+        if stopped:  # a signal that came while it started, before it was in `children`
+            on_signal(stopped[0], None)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    began: dict[int, float] = {}
+    crashes = dict.fromkeys(range(args.workers), 0)
+    due: dict[int, float] = {}  # worker -> when to start it again
+    codes: list[int] = []
+    given_up: list[int] = []  # the codes of workers that kept dying: a failure even though the others were then stopped
     for i in range(args.workers):
         if stopped:
             break
-        children.append(subprocess.Popen([*base, "--worker-index", str(i)], env=os.environ.copy()))
-    if stopped:  # again, for a child that started between the signal and its place in the list
-        on_signal(stopped[0], None)
-    codes = [child.wait() for child in children]
-    return max((abs(c) for c in codes if not _stopped_as_asked(c, stopped)), default=0)
+        start(i)
+    while children or (due and not stopped):
+        for i, child in list(children.items()):
+            code = child.poll()
+            if code is None:
+                continue
+            del children[i]
+            if stopped or code in (0, 2):
+                codes.append(code)
+                continue
+            fast = time.monotonic() - began[i] < _FAST_CRASH_SECONDS
+            crashes[i] = crashes[i] + 1 if fast else 1
+            if crashes[i] >= _FAST_CRASHES:
+                log.error("worker_given_up", worker=i, exit_code=code, crashes=crashes[i], within_s=_FAST_CRASH_SECONDS)
+                given_up.append(abs(code) or 1)
+                on_signal(signal.SIGTERM, None)
+                continue
+            delay = min(_RESTART_FIRST_SECONDS * 2 ** (crashes[i] - 1), _RESTART_MAX_SECONDS)
+            log.error("worker_died", worker=i, exit_code=code, restart_in_s=delay)
+            due[i] = time.monotonic() + delay
+        for i, at in list(due.items()):
+            if stopped:
+                due.clear()
+            elif time.monotonic() >= at:
+                del due[i]
+                start(i)
+                log.info("worker_restarted", worker=i, pid=children[i].pid)
+        time.sleep(_SUPERVISE_POLL_SECONDS)
+    return max([*given_up, *(abs(c) for c in codes if not _stopped_as_asked(c, stopped))], default=0)
 
 
 def _metrics_ports_free(args: argparse.Namespace) -> bool:

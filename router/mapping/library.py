@@ -423,9 +423,10 @@ def _uuid5(ctx: FnContext, v: _Values) -> str:
 def _number(ctx: FnContext, v: _Values) -> int | float | None:
     """A decimal as a JSON number; text that is not one reads as absent (map it as text instead).
 
-    A number JSON cannot carry as one is refused at its field rather than dropped: a whole number
+    A number JSON cannot carry exactly is refused at its field rather than dropped: a whole number
     beyond 64 bits (an OBX-5 of 25 digits) stopped `convert` and the record's writer with a
     traceback, and a decimal too large for a double became infinity, which JSON writes as null.
+    A whole number beyond 64 bits that a double holds exactly (1E20) is kept as that double.
     """
     raw = (v.values[0] or "").strip()
     if not raw or not _DECIMAL.match(raw):
@@ -434,6 +435,8 @@ def _number(ctx: FnContext, v: _Values) -> int | float | None:
         whole = int(raw)
         if -_INT64 <= whole < _INT64:
             return whole
+        if len(raw) < 400 and int(as_double := float(whole)) == whole:
+            return as_double
     else:
         value = float(raw)
         if math.isfinite(value):

@@ -58,7 +58,7 @@ import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -163,7 +163,9 @@ class ActionResult:
 def browse(connection: Connection, queue: str, *, limit: int | None = None) -> Browse:
     """Return the first *limit* dead letters (all by default) in queue order, and give every one back.
 
-    The whole queue is read either way (see the module docstring on order).
+    The whole queue is read either way (see the module docstring on order). Their bodies are
+    not kept (`body` is empty, `size` tells): no caller of a browse shows one, and a queue of
+    KITH messages with their PDFs held whole ran an operator's `dlq list` out of memory.
 
     Raises:
         BrokerUnavailable: the broker cannot be reached, or *queue* does not exist.
@@ -181,7 +183,7 @@ def find(connection: Connection, queue: str, letter_id: str) -> DeadLetter | Non
     Raises:
         BrokerUnavailable: the broker cannot be reached, or *queue* does not exist.
     """
-    with _translated(connection, queue), _holding(connection, queue) as held:
+    with _translated(connection, queue), _holding(connection, queue, keep=lambda letter: letter.id == letter_id) as held:
         return next((letter for letter, _ in held if letter.id == letter_id), None)
 
 
@@ -251,7 +253,7 @@ def _act(connection: Connection, queue: str, ids: list[str], before_ack: Callabl
     error: str | None = None
     failures: tuple[type[BaseException], ...] = (BrokerUnavailable, *broker_errors(connection), KeyboardInterrupt)
     try:
-        with _translated(connection, queue), _holding(connection, queue) as held:
+        with _translated(connection, queue), _holding(connection, queue, keep=lambda letter: letter.id in wanted) as held:
             seen = {taken.id for taken, _ in held}
             missing = [i for i in ids if i not in seen]
             for letter, message in held:
@@ -287,14 +289,22 @@ def _translated(connection: Connection, queue: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _holding(connection: Connection, queue: str) -> Iterator[list[tuple[DeadLetter, Message]]]:
-    """Take every message off *queue* unacked; on exit give back, in order, every one not acked."""
+def _holding(connection: Connection, queue: str, *, keep: Callable[[DeadLetter], bool] = lambda _: False) -> Iterator[list[tuple[DeadLetter, Message]]]:
+    """Take every message off *queue* unacked; on exit give back, in order, every one not acked.
+
+    Only the letters *keep* chooses keep their body (the broker holds the rest until they are
+    given back): a dead-letter queue can hold more than this process's memory.
+    """
     channel = connection.channel()
     held: list[tuple[DeadLetter, Message]] = []
     try:
         source = Queue(queue, no_declare=True)(channel)
         while (message := source.get(no_ack=False)) is not None:
-            held.append((_letter(message), message))
+            letter = _letter(message)
+            if not keep(letter):
+                letter = replace(letter, body=b"")
+                message.body = None  # acking and giving back need only its delivery tag
+            held.append((letter, message))
         yield held
     finally:
         with contextlib.suppress(*broker_errors(connection)):

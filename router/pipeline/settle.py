@@ -161,6 +161,7 @@ class Settle:
         stop: threading.Event,
         max_backoff: float,
         on_wait: Callable[[], None] | None = None,
+        on_outage: Callable[[], None] | None = None,
         logger: Any,
         apprec_prefix: str = "helsebro.reply.apprec",
         guard: Any = None,
@@ -180,6 +181,7 @@ class Settle:
         self._stop = stop
         self._max_backoff = max_backoff
         self._on_wait = on_wait or (lambda: None)
+        self._on_outage = on_outage or (lambda: None)  # once per record outage waited out here: the engine counts it a reconnect
         self._log = logger
         self._router = router
         self._forwarder = forwarder
@@ -413,13 +415,18 @@ class Settle:
         """Run *call* against the record, waiting out an outage with capped exponential backoff.
 
         The deliveries stay unacked meanwhile, so order per patient holds and
-        nothing is requeued behind later messages.
+        nothing is requeued behind later messages. Each outage is reported once to
+        *on_outage*: waited out here, it never reaches the engine's reconnect loop, and
+        `helsebro_reconnects_total` (the runbook's "the record keeps going away") stayed 0.
         """
-        delay = _FIRST_RETRY_SECONDS
+        delay, counted = _FIRST_RETRY_SECONDS, False
         while True:
             try:
                 return call()
             except RecordUnavailable as exc:
+                if not counted:
+                    self._on_outage()
+                    counted = True
                 self._log.warning("record_unavailable", error=type(exc).__name__, retry_in_s=delay)
                 if self._wait(delay):
                     raise  # stopping: leave the deliveries unacked for the next run

@@ -500,3 +500,36 @@ def _consumed_headers(settings, queue):
     finally:
         conn.release()
     return got
+
+
+@pytest.mark.integration
+def test_listing_and_replaying_a_queue_of_big_letters_holds_only_the_bodies_it_needs(exported, capsys):
+    """Session 22: `list` keeps no body and `replay ID` only its own; the queue's bodies stay with the broker.
+
+    Twenty 2 MB letters (KITH messages carry their PDFs) held whole took 40 MB and more per pass;
+    a hospital's dead-letter queue could run the operator's command out of memory.
+    """
+    import tracemalloc
+
+    from adapters.amqp.connection import declare_topology
+
+    settings = exported(RABBIT)
+    conn = open_connection(settings)
+    try:
+        declare_topology(conn, settings)
+    finally:
+        conn.release()
+    for n in range(20):
+        _good_dead_letter(settings, b"%d" % n + b"x" * 2_000_000)
+    tracemalloc.start()
+    try:
+        rows = _listed(capsys)
+        _, listing_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        code, _, _ = _cli(capsys, "purge", rows[3]["id"], "--yes")
+        _, purge_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(rows) == 20 and {r["size"] for r in rows} == {2_000_001, 2_000_002}
+    assert code == 0 and len(_listed(capsys)) == 19
+    assert listing_peak < 16_000_000 and purge_peak < 16_000_000

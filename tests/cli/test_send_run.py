@@ -240,3 +240,53 @@ class TestSupervisor:
             assert proc.returncode == 0, err[-2000:]
         finally:
             delete_queues(settings)
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The worker processes of supervisor *pid*: pid -> its --worker-index (Linux /proc)."""
+    try:
+        pids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return {}
+    found = {}
+    for child in pids:
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"--worker-index" in argv:
+            found[child] = argv[argv.index(b"--worker-index") + 1].decode()
+    return found
+
+
+class TestSupervisorRestarts:
+    @pytest.mark.integration
+    @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+    def test_a_killed_worker_is_started_again(self, tmp_path):
+        """Review H99: `kill -9` of one worker of `run --workers 2`. The supervisor did nothing: the other ran on alone
+        for good. Now it logs the death and starts that worker again, and SIGTERM to the supervisor then stops both
+        with exit 0. (Slow: each worker process takes seconds to start here.)"""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
+        proc = subprocess.Popen([*HELSEBRO, "run", "--workers", "2"], env=_env(settings), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: len(_children(proc.pid)) == 2 and all(_catches(p, signal.SIGTERM) for p in _children(proc.pid)),
+                       30, what="two workers running")
+            [victim] = [p for p, i in _children(proc.pid).items() if i == "1"]
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: any(i == "1" and p != victim and _catches(p, signal.SIGTERM) for p, i in _children(proc.pid).items()),
+                       30, what="worker 1 restarted")
+            workers = list(_children(proc.pid))
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err[-2000:]
+            assert not any(Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text() for p in workers)
+            events = _events(err)
+            [died] = [e for e in events if e["event"] == "worker_died"]
+            assert (died["worker"], died["exit_code"]) == (1, -9)
+            assert [e["worker"] for e in events if e["event"] == "worker_restarted"] == [1]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            delete_queues(settings)

@@ -307,7 +307,7 @@ class TestNumbersJsonCannotCarry:
 
     ORDER = "OBR|1|A1|B1|NPU02319^Hb^NPU"
 
-    @pytest.mark.parametrize("value", ["1234567890123456789012345", "-9223372036854775809", "1" * 400 + ".5"])
+    @pytest.mark.parametrize("value", ["1234567890123456789012345", "-9223372036854775809", "1" * 400 + ".5", "1" * 400])
     def test_helsebro_convert_refuses_it_at_obx_5(self, value, tmp_path, capsys):
         path = tmp_path / "big.hl7"
         path.write_bytes(_message("ORU^R01^ORU_R01", PID, self.ORDER, f"OBX|1|NM|NPU02319^Hb^NPU||{value}|g/L|||||F"))
@@ -317,7 +317,7 @@ class TestNumbersJsonCannotCarry:
         assert outcome["issue"][0]["location"] == ["OBX-5[1].1"]
         assert value not in outcome["issue"][0]["diagnostics"]
 
-    @pytest.mark.parametrize(("value", "number"), [("9223372036854775807", 9223372036854775807), ("-9223372036854775808", -9223372036854775808), ("0.5", 0.5)])
+    @pytest.mark.parametrize(("value", "number"), [("9223372036854775807", 9223372036854775807), ("-9223372036854775808", -9223372036854775808), ("0.5", 0.5), ("100000000000000000000", 1e20)])
     def test_the_largest_numbers_it_can_carry_are_kept(self, converter, value, number):
         bundle = _one(converter, _message("ORU^R01^ORU_R01", PID, self.ORDER, f"OBX|1|NM|NPU02319^Hb^NPU||{value}|g/L|||||F"))
         assert [o["valueQuantity"]["value"] for o in _of(bundle, "Observation")] == [number]

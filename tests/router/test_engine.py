@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from router.contracts import Converted, MessageHeader
-from router.errors import DecodeError, RecordUnavailable
+from router.errors import BrokerUnavailable, DecodeError, RecordUnavailable
 from router.testing import (
     delete_queues,
     drain_queue,
@@ -59,21 +59,22 @@ class FakeConverter:
 class FlakyRecord:
     """A Record whose apply (and batch apply) fails with RecordUnavailable *failures* times, then works."""
 
-    def __init__(self, inner, failures: int) -> None:
+    def __init__(self, inner, failures: int, error=RecordUnavailable) -> None:
         self.inner = inner
         self.failures = failures
+        self.error = error
         self.calls = 0
 
     def apply(self, bundle):
         self.calls += 1
         if self.calls <= self.failures:
-            raise RecordUnavailable("database is restarting")
+            raise self.error("database is restarting")
         return self.inner.apply(bundle)
 
     def apply_batch(self, bundles, keys=None, facts=None):
         self.calls += 1
         if self.calls <= self.failures:
-            raise RecordUnavailable("database is restarting")
+            raise self.error("database is restarting")
         return self.inner.apply_batch(bundles, keys, facts)
 
     def __getattr__(self, name):
@@ -218,6 +219,27 @@ class TestEngine:
         assert record.calls == 3
         assert handle.stats.applied == 1
         assert drain_queue(settings, settings.engine.broker.names.dead_letter) == []
+
+    def test_a_record_outage_counts_as_a_reconnect(self, settings):
+        """Review H99: a record outage waited out in settle counts once in `reconnects` (helsebro_reconnects_total,
+        whose HELP text and runbook alert promise record outages too); it stayed 0."""
+        record = FlakyRecord(_record(settings), failures=2)
+        handle = _engine(settings, record=record)
+        publish(settings, [b"P 1009"])
+        wait_until(lambda: handle.stats.messages == 1, 30, what="settled after the outage")
+        handle.stop()
+        assert handle.stats.reconnects == 1
+
+    def test_a_batch_cut_by_a_broker_outage_is_counted_once(self, settings):
+        """Review H99: deliveries and batches count when they settle; a batch the broker's loss interrupted was
+        counted, then counted again when it came back."""
+        record = FlakyRecord(_record(settings), failures=1, error=BrokerUnavailable)
+        handle = _engine(settings, record=record)
+        publish(settings, [b"P 1010"])
+        wait_until(lambda: handle.stats.messages == 1, 30, what="settled after the reconnect")
+        handle.stop()
+        assert record.calls == 2 and handle.stats.reconnects == 1
+        assert (handle.stats.deliveries, handle.stats.batches) == (1, 1)
 
     def test_stop_during_an_outage_keeps_the_message(self, settings):
         """Stopping while the record is down leaves the delivery unacked: it is back in the queue."""
