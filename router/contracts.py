@@ -157,6 +157,9 @@ class MessageHeader:
     """MSH-15, when to send an accept ACK (HL7 table 0155: AL, NE, ER, SU); empty with MSH-16 empty is original mode."""
     application_ack_type: str = ""
     """MSH-16, when to send an application ACK (table 0155)."""
+    charset: str = ""
+    """The Python codec an HL7 v2 message was read in (MSH-18, else the sender's configured default, else
+    UTF-8 or the ISO-8859-1 fallback): its ACK is written in it, so the sender reads its own names back."""
     sent: str | None = None
     """When the sender made the message, as the source wrote it: the HL7 TS of MSH-7.1
     (`20250110083000+0100`) or a KITH GenDate (`2025-01-10T08:30:00`); None when it gives none.

@@ -61,17 +61,23 @@ def capability(base: str) -> FhirJson:
     }
 
 
-def searchset(resources: Sequence[FhirJson], base: str) -> FhirJson:
-    """Return a searchset Bundle holding *resources*, all of them matches."""
-    return {
+def searchset(resources: Sequence[FhirJson], base: str, *, total: int | None = None, next_url: str | None = None) -> FhirJson:
+    """Return a searchset Bundle holding *resources*, all of them matches.
+
+    *total* counts every match when *resources* is one page of them; *next_url* leads to the next page.
+    """
+    bundle: FhirJson = {
         "resourceType": "Bundle",
         "type": "searchset",
-        "total": len(resources),
+        "total": len(resources) if total is None else total,
         "entry": [
             {"fullUrl": f"{base}/{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
             for r in resources
         ],
     }
+    if next_url is not None:
+        bundle["link"] = [{"relation": "next", "url": next_url}]
+    return bundle
 
 
 def history_bundle(type_: str, id_: str, versions: Sequence[StoredVersion], base: str) -> FhirJson:

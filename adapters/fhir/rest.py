@@ -7,13 +7,17 @@ status, never query strings or bodies: identifier values there are patient data.
 
 from __future__ import annotations
 
+import itertools
+import re
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 
@@ -34,6 +38,11 @@ BASE = "/fhir"
 _CONTENT_TYPE = "application/fhir+json; charset=utf-8"
 _MAX_BODY = 32 * 1024 * 1024  # bytes; a transaction Bundle larger than this is refused
 _IGNORED = frozenset({"_format", "_pretty"})  # we answer JSON whatever they say
+_MAX_COUNT = 1000  # matches one page of a search may hold (`_count`)
+_MAX_ALTERNATIVES = 100  # searches one request may run for its `a,b` values, all parameters combined
+_ROUTE_SHAPE = re.compile(rf"{BASE}(/metadata|/{TYPE_RE.pattern}(/{ID_RE.pattern}(/_history(/{ID_RE.pattern})?)?)?)?/?")
+"""Paths the request log shows as they are; any other could hold a patient's identifier."""
+_COMMA = re.compile(r"(?<!\\),")  # FHIR §3.1.1.5.7: `\,` is a comma inside a value
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +109,18 @@ class FhirServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}{BASE}"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log a connection's failure in one line instead of socketserver's traceback on stderr.
+
+        A client that hangs up before its answer (a timeout, a health check) is routine and
+        logged not at all; anything else is logged by its exception's name only, as the
+        request handler's own failures are.
+        """
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError) or self.log is None:
+            return
+        self.log.error("fhir_connection_failed", error=type(exc).__name__)
+
     def server_close(self) -> None:
         """Stop listening and close the idle record connections."""
         super().server_close()
@@ -127,6 +148,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._handle("GET")
 
+    def do_HEAD(self) -> None:
+        """Answer as GET would, without the body (a load balancer's health check)."""
+        self._handle("GET", head=True)
+
     def do_POST(self) -> None:
         self._handle("POST")
 
@@ -142,7 +167,29 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Drop http.server's own lines: they would print the query string."""
 
-    def _handle(self, method: str) -> None:
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Answer http.server's own refusals with an OperationOutcome, not its HTML page.
+
+        They are an unknown method (OPTIONS, say: 501), a malformed request line or headers
+        too long; a FHIR client reads the body as JSON. The diagnostics are the status's
+        phrase only: the request line may hold a query string's identifier values.
+        """
+        self.close_connection = True
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "error"
+        code_ = "not-supported" if code in (HTTPStatus.NOT_IMPLEMENTED, HTTPStatus.METHOD_NOT_ALLOWED) else "structure"
+        payload = orjson.dumps(outcome(code_, phrase))
+        self.send_response(code)
+        self.send_header("Content-Type", _CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _handle(self, method: str, *, head: bool = False) -> None:
         url = urlsplit(self.path)
         if method not in ("GET", "POST"):
             self.close_connection = True  # its body, if any, is never read
@@ -153,20 +200,24 @@ class _Handler(BaseHTTPRequestHandler):
             response = reject.response
         except Exception as exc:  # noqa: BLE001  # the HTTP edge: every request gets an OperationOutcome, never a traceback
             if self.server.log is not None:
-                self.server.log.error("fhir_request_failed", method=method, path=url.path, error=type(exc).__name__)
+                self.server.log.error("fhir_request_failed", method=self.command, path=_logged(url.path), error=type(exc).__name__)
             response = _Response(500, outcome("exception", "internal error"))
         payload = orjson.dumps(response.body)
         if self.server.log is not None:  # before the answer, so whoever got the answer can already see the line
-            self.server.log.info("fhir_request", method=method, path=url.path, status=response.status)
+            self.server.log.info("fhir_request", method=self.command, path=_logged(url.path), status=response.status)
         self.send_response(response.status)
         self.send_header("Content-Type", _CONTENT_TYPE)
         self.send_header("Content-Length", str(len(payload)))
         for name, value in response.headers:
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(payload)
+        if not head:
+            self.wfile.write(payload)
 
     def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):  # chunked: unframed for Content-Length, its chunks would read as the next request
+            self.close_connection = True
+            raise _Reject(_Response(411, outcome("structure", "send the body with a Content-Length, not chunked")))
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -243,8 +294,16 @@ def _read(record: SqlRecord, type_: str, id_: str) -> _Response:
 
 
 def _search(record: SqlRecord, type_: str, query: str, base: str) -> _Response:
+    """Search, one value of each `a,b` parameter at a time (FHIR's OR), listing each match once in id order.
+
+    The record's search takes one value per parameter; the union of the searches for every
+    combination of alternatives is the OR within a parameter, ANDed across parameters.
+    `_count` pages the matches: a page's `next` link names the last id shown (`_after`),
+    so a page never repeats or skips a match that is still there.
+    """
     params: dict[str, str] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
+    pairs = parse_qsl(query, keep_blank_values=True)
+    for name, value in pairs:
         if name in _IGNORED:
             continue
         if name in params:
@@ -252,7 +311,34 @@ def _search(record: SqlRecord, type_: str, query: str, base: str) -> _Response:
         if "\x00" in name or "\x00" in value:  # PostgreSQL refuses it as a value; no stored value holds one
             return _Response(400, outcome("value", "a search parameter holds a NUL character"))
         params[name] = value
-    return _Response(200, searchset(record.search(type_, params), base))
+    count_text, after = params.pop("_count", None), params.pop("_after", None)
+    count = int(count_text) if count_text is not None and count_text.isdigit() else -1
+    if count_text is not None and not 0 <= count <= _MAX_COUNT:
+        return _Response(400, outcome("value", f"_count must be a whole number from 0 to {_MAX_COUNT}"))
+    alternatives = [[(name, v.replace("\\,", ",")) for v in _COMMA.split(value)] for name, value in params.items()]
+    combinations = 1
+    for values in alternatives:
+        combinations *= len(values)
+    if combinations > _MAX_ALTERNATIVES:
+        return _Response(400, outcome("too-costly", f"more than {_MAX_ALTERNATIVES} combinations of comma-separated values"))
+    if combinations == 1:
+        matches = record.search(type_, dict(p for values in alternatives for p in values))
+    else:
+        found: dict[str, FhirJson] = {}
+        for combination in itertools.product(*alternatives):
+            for resource in record.search(type_, dict(combination)):
+                found.setdefault(resource["id"], resource)
+        matches = [found[id_] for id_ in sorted(found)]
+    if count_text is None and after is None:
+        return _Response(200, searchset(matches, base))
+    matches = sorted(matches, key=lambda r: str(r["id"]))  # the order _after pages by, whatever the database's collation
+    rest = [r for r in matches if after is None or str(r["id"]) > after]
+    page = rest if count_text is None else rest[:count]
+    next_url = None
+    if page and len(rest) > len(page):
+        kept = [(n, v) for n, v in pairs if n != "_after"]
+        next_url = f"{base}/{type_}?{urlencode([*kept, ('_after', str(page[-1]['id']))], safe='|,:/')}"
+    return _Response(200, searchset(page, base, total=len(matches), next_url=next_url))
 
 
 def _transaction(pool: _Pool, body: bytes) -> _Response:
@@ -263,11 +349,22 @@ def _transaction(pool: _Pool, body: bytes) -> _Response:
     try:
         with pool.record() as record:
             result = record.apply(bundle)
+    except RecursionError:  # orjson takes 1024 levels, the record's walks of the Bundle fewer: the client's error, not ours
+        return _Response(400, outcome("structure", "body nests too deeply"))
     except MessageError as exc:
         return _Response(400, outcome(exc.issue_code, exc.reason, exc.location))
     except TransientError:
         return _Response(503, outcome("transient", "record unavailable"), (("Retry-After", "1"),))
     return _Response(200, transaction_response(result))
+
+
+def _logged(path: str) -> str:
+    """Return *path* for the request log when it has the shape of a FHIR route, else its base and `…`.
+
+    The query string is never logged (its identifiers are patient data); a path that routes
+    nowhere may hold one all the same (an escaped `?`, a `;`), so it is not logged either.
+    """
+    return path if _ROUTE_SHAPE.fullmatch(path) else BASE + "/…"
 
 
 def _etag(resource: FhirJson) -> tuple[tuple[str, str], ...]:

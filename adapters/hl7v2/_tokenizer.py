@@ -32,7 +32,8 @@ class Delimiters:
         return self.component + self.repetition + self.escape + self.subcomponent + self.truncation
 
 
-_FORMAT_ESCAPES = {".br": "\n", ".sp": "\n", ".in": "", ".ti": "", ".fi": "", ".nf": "", ".ce": "", ".sk": " "}
+_FORMAT_ESCAPES = {".br": "\n", ".sp": "\n", ".in": "", ".ti": "", ".fi": "", ".nf": "", ".ce": "", ".sk": " ", "H": "", "N": ""}
+"""Formatting: line breaks become LF; the rest, highlighting (`\\H\\` … `\\N\\`, v2.5 §2.7.6) included, is markup, not text."""
 _HEX = re.compile(r"^X([0-9A-Fa-f]{2})+$")
 
 
@@ -67,7 +68,13 @@ def _expand(seq: str, d: Delimiters, esc: str) -> str:
     if _HEX.match(seq):
         raw = bytes.fromhex(seq[1:])
         # A NUL is no character of any text, and PostgreSQL's text refuses it: it stands as U+FFFD, like a byte UTF-8 cannot read.
-        return (raw.decode("utf-8", errors="replace") if len(raw) > 1 else raw.decode("latin-1")).replace("\x00", "\ufffd")
+        # Several bytes are UTF-8 when they can be; else ISO-8859-1 (`\\XE5F8\\`, "åø" from a Norwegian legacy sender),
+        # as decode() reads an undeclared message whose bytes UTF-8 refuses: never U+FFFD for a letter that was sent.
+        try:
+            text = raw.decode("utf-8") if len(raw) > 1 else raw.decode("latin-1")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        return text.replace("\x00", "\ufffd")
     if seq.startswith((".sp", ".in", ".ti")):
         return "\n" if seq.startswith(".sp") else ""
     return esc + seq + esc

@@ -262,8 +262,14 @@ def build_ack(
     ack_control_id: str | None = None,
     now: datetime | None = None,
     processing_id: str = "P",
+    charset: str = "utf-8",
 ) -> bytes:
-    """Build the ER7 bytes (UTF-8, segments ended by CR) of an ACK to one message.
+    """Build the ER7 bytes (in *charset*, segments ended by CR) of an ACK to one message.
+
+    *charset* is the Python codec the original message declared in MSH-18: the ACK echoes
+    the sender's own names (MSH-5/6) and control id, and written in UTF-8 to a sender that
+    reads ISO-8859-1 a facility "SØR" came back as "SÃ˜R". A character the codec lacks
+    (never one the sender sent: the text is ours) is written as `?`.
 
     The application and facility arguments are the *original* message's MSH-3
     to MSH-6, as HD values with ``^`` between components; the ACK swaps them.
@@ -288,4 +294,4 @@ def build_ack(
     segments = [msh, msa]
     if code not in ("AA", "CA"):
         segments.append(_err_segment(version, error_code=error_code, location=_erl(error_location)))
-    return ("\r".join(segments) + "\r").encode("utf-8")
+    return ("\r".join(segments) + "\r").encode(charset, errors="replace")

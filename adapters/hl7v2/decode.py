@@ -46,6 +46,16 @@ _NEXT_MSH = re.compile(rb"\r[ \t]*MSH", re.IGNORECASE)  # a literal first byte: 
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
 _MLLP_START = b"\x0b"  # MLLP frames a message as 0x0B ... 0x1C 0x0D
 _FRAME_START = re.compile(rb"\x0b(?:\xef\xbb\xbf)?[ \t\r\n]*(?:MSH|FHS|BHS)", re.IGNORECASE)
+_OUTSIDE_FRAMES = re.compile(rb"(?<=\x1c\r)(?:(?!MSH|FHS|BHS|BTS|FTS)[^\x0b])+(?=\x0b|$)", re.IGNORECASE)
+"""What follows an MLLP frame's end (0x1C 0x0D) up to the next start byte or the end: MLLP ignores it (noise in a
+captured stream), so it joins no message. Never a stretch naming a segment that starts a message or a batch (a sender
+that forgot a start byte): that one is kept, and refused or converted as before, never dropped unseen."""
+_LINE_BOM = re.compile(rb"(?:^|(?<=[\r\n\x0b]))\xef\xbb\xbf")
+"""A UTF-8 BOM that starts the delivery or a line: files saved with one and joined (`cat a.hl7 b.hl7`) carry one before each MSH."""
+
+
+_UTF16_STARTS = (b"\xff\xfe", b"\xfe\xff", b"M\x00S\x00H\x00", b"\x00M\x00S\x00H")
+"""How a UTF-16 message begins, with its byte order mark or without: named as such, not as "no MSH"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +87,9 @@ def split_messages(data: bytes) -> list[RawMessage]:
     open_frame = False
     if b"\x0b" in data or b"\x1c" in data:
         open_frame = _ends_in_open_frame(data)
-        data = data.replace(b"\x0b", b"").replace(b"\x1c", b"")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+        data = _OUTSIDE_FRAMES.sub(b"", data).replace(b"\x0b", b"").replace(b"\x1c", b"")
+    if b"\xef\xbb\xbf" in data:
+        data = _LINE_BOM.sub(b"", data)
     if b"\n" in data:
         data = _line_ends(data)
     # The common case, one plain message, checked without the slow scan below.
@@ -315,7 +325,9 @@ def decode(raw: RawMessage | _HasData, *, default_charset: str = "utf-8", sender
     data = raw.data
     if data[:1] == _MLLP_START:  # split_messages left it on a message whose frame never ended
         raise DecodeError("the MLLP frame has no end byte (0x1C): the message may be cut short", location="MSH")
-    if not data.lstrip()[:3].upper() == b"MSH":
+    if data.lstrip()[:3].upper() != b"MSH":
+        if data.startswith(_UTF16_STARTS):
+            raise DecodeError("the message is in UTF-16, which HL7 v2 here is not read in: send it as UTF-8 or ISO-8859-1 (MSH-18)", location="MSH")
         raise DecodeError("not an HL7 v2 message: no MSH segment found", location="MSH")
     codec, declared = _charset_for(data, default=default_charset, senders=sender_charsets or {})
     try:
@@ -334,7 +346,7 @@ def decode(raw: RawMessage | _HasData, *, default_charset: str = "utf-8", sender
         message = tokenize(text)
     except ValueError as exc:  # a TokenizeError says where; anything else in tokenizing is the message's fault too
         raise DecodeError(str(exc), location=exc.location if isinstance(exc, TokenizeError) else None) from exc
-    return DecodedMessage(message, read_header(message), codec)
+    return DecodedMessage(message, read_header(message, charset=codec), codec)
 
 
 _NAMED = re.compile(r"[A-Za-z?][A-Za-z0-9?]{2}")  # a segment name, a NUL in it read as `?`
@@ -361,7 +373,7 @@ _MOST_CONTROL_ID = 199  # MSH-10 (ST), v2.7 and later; 20 before
 _MOST_HD = 227  # MSH-3 and MSH-4 (HD), whole
 
 
-def read_header(msg: Hl7Message) -> MessageHeader:
+def read_header(msg: Hl7Message, *, charset: str = "") -> MessageHeader:
     """Read the MSH fields every later stage needs."""
     msh = msg.first("MSH")
     if msh is None:  # tokenize guarantees MSH first; kept for type narrowing
@@ -372,7 +384,9 @@ def read_header(msg: Hl7Message) -> MessageHeader:
     # Each field as Hl7Message.leaf reads its first component of the first repetition, "" for
     # none; MSH-9 split once for its three components. Every message reads these eleven.
     kind = _components(fields[9], d) if n > 9 else ("", "", "")
-    control_id = _first(fields[10], d) if n > 10 else ""
+    # MSH-10 is ST: whole, escapes undone. Cut at a `^` or `~` a sender wrote in it, `B7^1` and `B7^2` were both `B7`,
+    # the second suppressed as a duplicate of the first, and MSA-2 answered neither.
+    control_id = _leaf(fields[10], d) if n > 10 else ""
     application = _first(fields[3], d) if n > 3 else ""
     facility = _first(fields[4], d) if n > 4 else ""
     # The sender and the control id name the message in the record's keys (applied, duplicates, journal):
@@ -394,6 +408,7 @@ def read_header(msg: Hl7Message) -> MessageHeader:
         accept_ack_type=_first(fields[15], d).upper() if n > 15 else "",
         application_ack_type=_first(fields[16], d).upper() if n > 16 else "",
         sent=(_first(fields[7], d) if n > 7 else "").strip() or None,
+        charset=charset,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from adapters.fhir.record import open_record
 from adapters.fhir.rest import make_server
+from router.cli._args import whole_number
 from router.errors import RecordUnavailable
 from router.logging import configure_logging, get_logger
 from router.settings import load_settings
@@ -23,7 +24,7 @@ from router.settings import load_settings
 def register(subparsers: Any) -> None:
     """Add the `serve` verb."""
     parser = subparsers.add_parser("serve", help="Serve the shared record over FHIR REST.", description=__doc__)
-    parser.add_argument("--port", type=int, default=8080, help="TCP port to listen on; 0 picks a free one (default 8080).")
+    parser.add_argument("--port", type=whole_number(0, 65535), default=8080, help="TCP port to listen on; 0 picks a free one (default 8080).")
     parser.add_argument("--host", default="127.0.0.1", help="Address to listen on (default 127.0.0.1).")
     parser.set_defaults(func=run)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adapters.hl7v2.ack import AckCode, accept_code_for, ack_code_for, acks_for, build_ack
+from adapters.hl7v2.decode import hl7_charset
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,6 +35,8 @@ def reply(publisher: Publisher, conv: Converted, error: MessageError | None, *, 
     codes: tuple[AckCode, ...] = (code,)
     if header is not None and original_acks is not None and not original_acks(header):  # no policy given: original, the default
         codes = acks_for(code, accept_type=header.accept_ack_type, application_type=header.application_ack_type, accept=accept_code_for(error))
+    # The charset the message was read in (MSH-18, or the sender's configured default): its names come back as it wrote them.
+    charset = (header.charset if header is not None else "") or hl7_charset(conv.raw) or "utf-8"
     for one in codes:
         failed = one not in ("AA", "CA")
         ack = build_ack(
@@ -48,6 +51,7 @@ def reply(publisher: Publisher, conv: Converted, error: MessageError | None, *, 
             text=error.reason if error and failed else None,
             error_location=error.location if error and failed else None,
             error_code=err_code if failed else None,
+            charset=charset,
         )
         publisher.reply(ack, headers={
             "x-helsebro-control-id": conv.control_id or "",

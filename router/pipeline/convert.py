@@ -37,6 +37,11 @@ def _is_xml(data: bytes) -> bool:
     `<` padded with NUL bytes. No HL7 v2 message starts so (MSH, or the MLLP start byte 0x0B), and a
     KITH message taken for HL7 v2 would be answered with an HL7 NAK its sender never reads, not an AppRec.
     """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        # A byte order mark says only "UTF-16 or UTF-32": an HL7 v2 file saved as "Unicode" starts so too, and taken
+        # for XML it was answered "not well-formed XML". What follows the mark decides (UTF-32 reads as `<` between NULs).
+        codec = "utf-16-le" if data[:1] == b"\xff" else "utf-16-be"
+        return data[2:64].decode(codec, errors="replace").lstrip(" \t\r\n\x00\ufeff")[:1] == "<"
     return data.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<" or data.startswith(_WIDE_XML_STARTS)
 
 

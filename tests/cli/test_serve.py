@@ -66,6 +66,13 @@ class TestServe:
         args = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "9001"])
         assert (args.host, args.port) == ("0.0.0.0", 9001)
 
+    @pytest.mark.parametrize("port", ["70000", "-1", "x"])
+    def test_a_port_out_of_range_is_a_usage_error(self, port, capsys):
+        """`--port 70000` ended in socket.bind's OverflowError traceback; it is a usage error (exit 2)."""
+        with pytest.raises(SystemExit) as stopped:
+            build_parser().parse_args(["serve", "--port", port])
+        assert stopped.value.code == 2 and "--port" in capsys.readouterr().err
+
     def test_serves_until_sigterm(self, served):
         """The process answers FHIR requests and exits 0 on SIGTERM."""
         proc, base_url, events = served

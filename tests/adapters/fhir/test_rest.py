@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 
 import httpx
@@ -173,3 +174,125 @@ class TestRest:
         loaded.get("/Patient", params={"identifier": FNR_VALUE})
         assert ("fhir_request", {"method": "GET", "path": "/fhir/Patient", "status": 200}) in log.events
         assert FNR_VALUE not in repr(log.events)
+
+
+class TestRestEdges:
+    """Found by review (H100): answers a FHIR client relies on."""
+
+    @pytest.mark.parametrize(
+        "params",
+        [{"identifier": f"{FNR}|00000000000,{FNR}|{FNR_VALUE}"}, {"identifier": f"{FNR_VALUE},00000000000"}, {"_id": f"other,{PATIENT_UUID}"}],
+        ids=["system-and-value", "bare", "id"],
+    )
+    def test_a_comma_separated_search_matches_any_value(self, loaded, params):
+        """FHIR's `a,b` is either value: a client looking up several patients at once found none of them."""
+        body = loaded.get("/Patient", params=params).json()
+        assert (body["type"], body["total"]) == ("searchset", 1)
+        assert body["entry"][0]["resource"]["id"] == PATIENT_UUID
+
+    def test_a_comma_search_lists_each_match_once_with_the_other_parameters_anded(self, loaded):
+        """Alternatives that find the same resource list it once; another parameter still narrows them all."""
+        body = loaded.get("/Patient", params={"identifier": f"{FNR_VALUE},{FNR}|{FNR_VALUE}"}).json()
+        assert body["total"] == 1
+        body = loaded.get("/Patient", params={"identifier": f"{FNR_VALUE},{FNR}|{FNR_VALUE}", "_id": "other"}).json()
+        assert body["total"] == 0
+
+    def test_an_escaped_comma_is_part_of_the_value(self, client):
+        """`\\,` is a comma inside one value (FHIR's escape), not two alternatives."""
+        patient = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "urn:local", "value": "MED,101"}]}
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": patient, "request": {"method": "PUT", "url": "Patient/p1"}}]}
+        assert client.post("", json=bundle).status_code == 200
+        assert client.get("/Patient", params={"identifier": "urn:local|MED\\,101"}).json()["total"] == 1
+
+    def test_head_answers_like_get_without_a_body(self, client):
+        """HEAD (a load balancer's health check) answered 501 with an HTML page."""
+        response = client.head("/metadata")
+        assert response.status_code == 200 and response.content == b""
+        assert response.headers["content-type"].startswith("application/fhir+json")
+
+    @pytest.mark.parametrize("method", ["OPTIONS", "FOO"])
+    def test_an_unknown_method_answers_an_operation_outcome_not_html(self, client, method):
+        """http.server's own refusals were HTML pages, which no FHIR client can read."""
+        response = client.request(method, "/metadata")
+        assert response.status_code == 501
+        assert response.headers["content-type"].startswith("application/fhir+json")
+        assert response.json()["resourceType"] == "OperationOutcome"
+
+    def test_a_chunked_body_is_refused_with_411_and_the_connection_closed(self, client):
+        """A chunked POST (no Content-Length) was read as empty: "body is not JSON", and its chunks
+        then answered as the connection's next request, so the client's next call got a stale 400."""
+        host, port = client.base_url.host, client.base_url.port
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(b"POST /fhir HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(65536):  # the server closes the connection after its one answer
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 411 ")
+        assert answer.count(b"HTTP/1.1") == 1 and b"OperationOutcome" in answer
+
+    def test_a_deeply_nested_body_answers_400_not_500(self, client, log):
+        """JSON nested deeper than Python's recursion (within orjson's limit) failed as an internal
+        error: a 500, which an engine posting to this server retries for ever."""
+        resource = '{"resourceType":"Patient","id":"d","extension":' + '[{"url":"x","extension":' * 450 + "[]" + "}]" * 450 + "}"
+        body = '{"resourceType":"Bundle","type":"transaction","entry":[{"resource":' + resource + ',"request":{"method":"PUT","url":"Patient/d"}}]}'
+        response = client.post("", content=body.encode())
+        assert response.status_code == 400 and response.json()["issue"][0]["code"] == "structure"
+        assert not [e for e, _ in log.events if e == "fhir_request_failed"]
+        assert client.post("", json=transaction()).status_code == 200  # the record it used still works
+        assert client.get("/Patient/d").status_code == 404
+
+    def test_a_client_gone_before_its_answer_prints_no_traceback(self, settings, log, capsys):
+        """socketserver printed a traceback on stderr for every client that hung up before its answer."""
+        server = make_server(lambda: open_record(settings), "127.0.0.1", 0, log=log)
+        try:
+            try:
+                raise BrokenPipeError(32, "Broken pipe")
+            except BrokenPipeError:
+                server.handle_error(None, ("127.0.0.1", 1))
+            try:
+                raise ValueError("boom")
+            except ValueError:
+                server.handle_error(None, ("127.0.0.1", 1))
+        finally:
+            server.server_close()
+        assert capsys.readouterr().err == ""
+        assert ("fhir_connection_failed", {"error": "ValueError"}) in log.events
+
+    @pytest.mark.parametrize("path", [f"/Patient%3Fidentifier%3D{FNR_VALUE}", f"/Patient/x/_history/1/{FNR_VALUE}%7C", f"/Patient;identifier={FNR_VALUE}"], ids=["escaped-query", "long", "semicolon"])
+    def test_a_path_that_routes_nowhere_is_not_logged(self, client, log, path):
+        """A client that escapes its `?` (or otherwise mangles the URL) put the search's fødselsnummer
+        in the request log's path; a path the server does not route is logged as its base only."""
+        assert client.get(path).status_code == 404
+        assert FNR_VALUE not in repr(log.events)
+        assert ("fhir_request", {"method": "GET", "path": "/fhir/…", "status": 404}) in log.events
+
+    def test_count_pages_through_next_links_without_skipping_or_repeating(self, client):
+        """`_count` was refused as an unsupported parameter (a HAPI client's `.count(n)` got 400);
+        now each page holds at most that many, `next` leads on, and every match comes once."""
+        entries = [
+            {"resource": {"resourceType": "Patient", "id": f"p{i}", "identifier": [{"system": "urn:local", "value": f"v{i}"}]}, "request": {"method": "PUT", "url": f"Patient/p{i}"}}
+            for i in range(5)
+        ]
+        assert client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}).status_code == 200
+        page = client.get("/Patient", params={"identifier": "urn:local|", "_count": "2"}).json()
+        seen, totals = [], set()
+        while True:
+            seen += [e["resource"]["id"] for e in page["entry"]]
+            totals.add(page["total"])
+            assert len(page["entry"]) <= 2
+            link = next((ln["url"] for ln in page.get("link", []) if ln["relation"] == "next"), None)
+            if link is None:
+                break
+            page = client.get(link).json()
+        assert seen == [f"p{i}" for i in range(5)] and totals == {5}
+
+    @pytest.mark.parametrize("count", ["-1", "x", "100000"])
+    def test_a_bad_count_answers_400(self, loaded, count):
+        """A `_count` that is not a whole number from 0 to 1000 is refused with an OperationOutcome."""
+        response = loaded.get("/Patient", params={"_count": count})
+        assert response.status_code == 400 and response.json()["resourceType"] == "OperationOutcome"
+
+    def test_count_zero_gives_the_total_only(self, loaded):
+        """`_count=0` asks how many match, without the resources."""
+        body = loaded.get("/Patient", params={"_count": "0"}).json()
+        assert (body["total"], body["entry"], body.get("link", [])) == (1, [], [])
