@@ -9,20 +9,26 @@ It also names files by millisecond, so two messages published in the same
 millisecond come back in random order, and a reader can pick up a file that
 the writer has not finished. `_DurableFolderChannel` below fixes those three:
 
-- publishing writes the file under a temporary name, fsyncs it and renames it
-  into the queue folder, so a reader sees whole messages only; names sort by
-  a nanosecond clock plus a per-process sequence, so order is publish order;
+- publishing writes the file under a temporary name in the publisher's own
+  locked folder (below), fsyncs it, renames it into the queue folder and
+  fsyncs that folder, so a reader sees whole messages only and a publish that
+  returned survives a power cut; a publisher that dies mid-write leaves its
+  half to the recovery below, which deletes it; names sort by a wall-clock
+  nanosecond stamp plus a per-process sequence, so order is publish order,
+  across a reboot too;
 - fetching *renames* the file into this consumer's own `unacked/<id>/` folder
   (an atomic move); the ack deletes it there; a requeue or a clean close
   renames it back under its original name, so it keeps its place in line;
+- a queue declared with `x-single-active-consumer` (the ordered ones, as on
+  RabbitMQ) is served to one consuming channel at a time, whichever holds its
+  `control/<queue>.consumer.lock`; the others stand by until it closes or dies;
 - each consumer folder holds a lock file that its process keeps
   `flock`-ed; the kernel drops the lock when the process dies, however it
   dies. A new channel moves the files of every unlocked folder back to the
   queue: a killed worker's in-flight messages are delivered again, in order.
 
 So the embedded broker is at-least-once across process crashes on one
-machine, like RabbitMQ. What it does not give: safety across a power cut for
-the rename itself (the folder is not fsynced), replication, more than one
+machine, like RabbitMQ. What it does not give: replication, more than one
 machine, or speed (each fetch lists the folder). Use it for demos,
 development and tests; run production on RabbitMQ.
 """
@@ -33,6 +39,7 @@ import fcntl
 import itertools
 import os
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -55,6 +62,8 @@ class _DurableFolderChannel(filesystem.Channel):
         self._in_flight: dict[str, tuple[Path, str]] = {}  # delivery tag -> (file in unacked/, original name)
         self._mine: Path | None = None
         self._lock_file: Any = None
+        self._single: set[str] = set()  # queues declared with x-single-active-consumer on this channel
+        self._active: dict[str, Any] = {}  # queue consumed here -> its flock-ed consumer lock, or None while standing by
         _recover_orphans(Path(self.transport_options["unacked_folder"]), Path(self.data_folder_in))
 
     def _own_folder(self) -> Path:
@@ -71,19 +80,68 @@ class _DurableFolderChannel(filesystem.Channel):
         return self._mine
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as filesystem.Channel._put
-        name = f"{time.monotonic_ns():020d}-{next(_SEQ):09d}-{uuid.uuid4().hex}.{queue}.msg"
+        name = f"{_stamp():020d}-{next(_SEQ):09d}-{uuid.uuid4().hex}.{queue}.msg"
         folder = Path(self.data_folder_out)
-        tmp = folder.parent / f".tmp-{uuid.uuid4().hex}"
+        tmp: Path | None = None
         try:
+            # Written in this channel's own locked folder: if the process dies
+            # mid-write, the next channel's recovery deletes the half-written
+            # file with the folder (it moves only whole `.msg` files back).
+            tmp = self._own_folder() / f".tmp-{uuid.uuid4().hex}"
             with open(tmp, "wb") as f:
                 f.write(filesystem.str_to_bytes(filesystem.dumps(payload)))
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, folder / name)
+            tmp = None
+            _fsync_folder(folder)  # the rename itself must survive a power cut before the publish returns
         except OSError as exc:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)  # a full disk must not fill up with the halves of refused messages
             raise ChannelError(f"cannot add a message to queue {queue!r}") from exc
 
+    def queue_declare(self, queue: Any = None, passive: bool = False, **kwargs: Any) -> Any:
+        if (kwargs.get("arguments") or {}).get("x-single-active-consumer"):
+            self._single.add(queue)
+        return super().queue_declare(queue, passive, **kwargs)
+
+    def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> Any:
+        if queue in self._single:
+            self._active.setdefault(queue, None)
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        try:
+            return super().basic_cancel(consumer_tag)
+        finally:
+            lock = self._active.pop(queue, None) if queue is not None else None
+            if lock is not None:
+                lock.close()  # the next consumer in line takes over
+
+    def _is_active(self, queue: str) -> bool:
+        """Take *queue*'s consumer lock if free: RabbitMQ's single active consumer, across processes.
+
+        Two engines on one data folder (a second `helsebro run`, a `demo`
+        beside a `run`) would otherwise take a patient's messages in turn and
+        apply them out of order. The one that finds the lock held stands by;
+        the kernel drops the lock when its holder dies, and the standby takes over.
+        """
+        if self._active[queue] is not None:
+            return True
+        path = Path(self.control_folder) / f"{queue}.consumer.lock"
+        lock = open(path, "ab")  # noqa: SIM115  # held open while this channel consumes the queue
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            return False
+        self._active[queue] = lock
+        return True
+
     def _get(self, queue: str) -> Any:  # type: ignore[override]  # as filesystem.Channel._get
+        if queue in self._active and not self._is_active(queue):
+            raise filesystem.Empty()  # standing by: another consumer is the active one
         suffix = f"{queue}.msg"
         folder = Path(self.data_folder_in)
         for name in sorted(os.listdir(folder)):
@@ -156,7 +214,13 @@ class _DurableFolderChannel(filesystem.Channel):
         return found
 
     def close(self) -> None:
-        super().close()  # puts unacked messages back through _restore
+        try:
+            super().close()  # puts unacked messages back through _restore
+        finally:
+            active, self._active = self._active, {}
+            for lock in active.values():
+                if lock is not None:
+                    lock.close()  # after the messages went back: the standby finds them in their place
         if self._mine is not None:
             self._lock_file.close()
             shutil.rmtree(self._mine, ignore_errors=True)
@@ -172,6 +236,33 @@ class DurableFolderTransport(filesystem.Transport):
         # filesystem connection; a second data folder (a test, a fresh demo)
         # would then skip writing its bindings. Keep one per connection.
         self.state = virtual.BrokerState()
+
+
+_stamp_lock = threading.Lock()
+_last_stamp = 0
+
+
+def _stamp() -> int:
+    """Return a wall-clock nanosecond stamp, never below one this process returned before.
+
+    Not `time.monotonic_ns()`: that clock starts over at each boot, so a
+    message published after a restart of the machine sorted before the
+    messages still waiting from before it. Wall-clock stamps keep their order
+    across a reboot; the guard keeps one process's order through a clock step back.
+    """
+    global _last_stamp
+    with _stamp_lock:
+        _last_stamp = max(time.time_ns(), _last_stamp + 1)
+        return _last_stamp
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush *folder*'s entries (a rename into it) to disk."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _recover_orphans(unacked: Path, queue_folder: Path) -> None:

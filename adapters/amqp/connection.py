@@ -246,8 +246,8 @@ def topology(settings: Settings) -> Topology:
     if settings.broker_url and settings.engine.broker.queue_type == "quorum":
         args = {"x-queue-type": "quorum"}  # quorum queues must be durable and not auto-delete
     # One active consumer per ordered queue: several workers then keep arrival order.
-    # The embedded transport has one worker and no such argument.
-    ordered = {**args, "x-single-active-consumer": True} if settings.broker_url else dict(args)
+    # The embedded transport honours the argument too (adapters/amqp/_folder.py).
+    ordered = {**args, "x-single-active-consumer": True}
     exchange = Exchange(names.exchange, type="direct", durable=True, delivery_mode=2)
 
     def queue(name: str, arguments: dict[str, Any] | None = None, **bind: Any) -> Queue:

@@ -52,10 +52,10 @@ class TestTopology:
         assert all(q.durable for q in topology(settings).queues)
 
     def test_quorum_only_on_rabbitmq(self, settings):
-        """Queues ask for the quorum type on RabbitMQ, the inbound one with a single active consumer; the embedded transport gets plain durable ones."""
+        """Queues ask for the quorum type on RabbitMQ only; the inbound one asks for a single active consumer on both."""
         topo = topology(settings)
         assert topo.dead_letter.queue_arguments == ({"x-queue-type": "quorum"} if settings.broker_url else {})
-        assert topo.inbound.queue_arguments == ({"x-queue-type": "quorum", "x-single-active-consumer": True} if settings.broker_url else {})
+        assert topo.inbound.queue_arguments == ({"x-queue-type": "quorum", "x-single-active-consumer": True} if settings.broker_url else {"x-single-active-consumer": True})
 
     @pytest.mark.integration
     def test_unreachable_broker_is_transient(self, tmp_path):
@@ -245,3 +245,138 @@ class TestPublishToPartition:
                 p.flush()
         finally:
             c.release()
+
+
+class TestEmbeddedDurability:
+    """What adapters/amqp/_folder.py promises beyond kombu's filesystem transport (embedded only)."""
+
+    @pytest.fixture
+    def embedded(self, tmp_path):
+        s = isolated_settings(tmp_path)
+        c = open_connection(s)
+        declare_topology(c, s)
+        yield s, c
+        c.release()
+
+    @staticmethod
+    def _leftovers(settings):
+        return sorted(p.name for p in (settings.data_dir / "broker").rglob(".tmp-*"))
+
+    def test_publish_fsyncs_the_queue_folder(self, embedded, monkeypatch):
+        """A publish returns only after the queue folder holding the renamed message is fsynced, not the file alone."""
+        settings, conn = embedded
+        synced, real = [], os.fsync
+
+        def spy(fd):
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", spy)
+        Publisher(conn, settings).publish_inbound(b"x")
+        assert str((settings.data_dir / "broker" / "queue").resolve()) in synced
+
+    def test_a_full_disk_leaves_no_half_message(self, embedded, monkeypatch):
+        """A publish the disk refuses raises BrokerUnavailable and leaves neither a message nor its half-written file."""
+        import errno
+
+        settings, conn = embedded
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(BrokerUnavailable):
+            Publisher(conn, settings).publish_inbound(b"x" * 4096)
+        monkeypatch.undo()
+        assert self._leftovers(settings) == []
+        assert queue_depth(conn, settings.engine.broker.names.inbound) == 0
+
+    def test_a_publisher_killed_mid_write_leaves_nothing_behind(self, embedded):
+        """The half-written file of a publisher killed with SIGKILL is never delivered and is gone once a channel opens again."""
+        settings, _conn = embedded
+        script = textwrap.dedent(f"""
+            import os, time
+            from router.settings import load_settings
+            from adapters.amqp.connection import open_connection
+            from adapters.amqp.outbound import Publisher
+            s = load_settings(environ={{}}, config_dir={str(settings.config_dir)!r}, data_dir={str(settings.data_dir)!r}, broker_url=None)
+            def stuck(fd):
+                print("writing", flush=True)
+                time.sleep(600)
+            os.fsync = stuck
+            Publisher(open_connection(s), s).publish_inbound(b"half" * 1000)
+        """)
+        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as proc:
+            try:
+                assert proc.stdout.readline().strip() == "writing"
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(30)
+        later = open_connection(settings)
+        try:
+            declare_topology(later, settings)  # a new channel recovers what dead processes left
+            assert self._leftovers(settings) == []
+            assert queue_depth(later, settings.engine.broker.names.inbound) == 0
+        finally:
+            later.release()
+
+    def test_order_survives_a_reboot(self, embedded, monkeypatch):
+        """A message published after the machine restarted (its monotonic clock back near zero) comes after those waiting from before."""
+        import time as time_module
+
+        settings, conn = embedded
+        with monkeypatch.context() as m:
+            m.setattr(time_module, "monotonic_ns", lambda: 9 * 10**15)  # 104 days of uptime
+            publish(settings, [b"before"])
+        with monkeypatch.context() as m:
+            m.setattr(time_module, "monotonic_ns", lambda: 10**9)  # a second after the next boot
+            publish(settings, [b"after"])
+        inbound = Inbound(conn, settings)
+        inbound.start()
+        assert [d.body for d in _take_all(inbound)] == [b"before", b"after"]
+        inbound.stop()
+
+    def test_two_live_consumers_never_share_a_message(self, embedded):
+        """Two consumers of one queue without a single active consumer (a dead-letter queue), each holding what it took unacked, split it without overlap."""
+        settings, conn = embedded
+        p = Publisher(conn, settings)
+        for i in range(20):
+            p.dead_letter(f"m{i:02d}".encode(), headers={"x-helsebro-reason": "r"})
+        other = open_connection(settings)
+        queue = [topology(settings).dead_letter]
+        a, b = Inbound(conn, settings, queues=queue), Inbound(other, settings, queues=queue)
+        try:
+            a.start()
+            b.start()
+            got_a, got_b = [], []
+            while True:
+                da, db = a.next(0.2), b.next(0.2)
+                if da is None and db is None:
+                    break
+                got_a += [da.body] if da else []
+                got_b += [db.body] if db else []
+            assert not set(got_a) & set(got_b)
+            assert sorted(got_a + got_b) == [f"m{i:02d}".encode() for i in range(20)]
+        finally:
+            a.stop()
+            b.stop()
+            other.release()
+
+    def test_a_second_engine_stands_by(self, embedded):
+        """A second consumer of an ordered queue on the same data folder gets nothing while the first consumes, then takes over in order."""
+        settings, conn = embedded
+        publish(settings, [b"A01", b"A08", b"A03"])
+        other = open_connection(settings)
+        first, second = Inbound(conn, settings), Inbound(other, settings)
+        try:
+            first.start()
+            second.start()
+            held = first.next(5)
+            assert held is not None and held.body == b"A01"
+            assert second.next(0.3) is None  # on RabbitMQ: x-single-active-consumer
+            first.stop()  # A01 unacked: it goes back to its place
+            assert [d.body for d in _take_all(second)] == [b"A01", b"A08", b"A03"]
+        finally:
+            first.stop()
+            second.stop()
+            other.release()
