@@ -25,6 +25,20 @@ PHI_KEYS = frozenset({"fnr", "dnr", "national_id", "patient_id", "name", "family
 _ELEVEN_DIGITS = re.compile(r"(?<!\d)\d{11}(?!\d)")
 
 
+_RESOURCE_ID = re.compile(r"/([A-Z][A-Za-z]{1,63})/[A-Za-z0-9\-.]{1,64}(?=/|$)")
+
+
+def resource_path(path: str) -> str:
+    """A FHIR request path as a log line may show it: `/fhir/Patient/{id}/_history/2`.
+
+    A resource's id is derived from its business identity without a secret
+    (router.mapping.runtime.resource_id), so a Patient's id stands for its
+    fødselsnummer: anyone with the logs could find the number by hashing
+    every one. The type, the route and the version stay.
+    """
+    return _RESOURCE_ID.sub(r"/\1/{id}", path)
+
+
 def phi_hash(value: str, key: bytes | None = None) -> str:
     """Return a short, stable, one-way key for *value*, safe to log and to correlate.
 

@@ -28,6 +28,7 @@ from adapters.fhir._auth import AuthConfig, NoAuth, make_authenticator
 from adapters.fhir._client_bodies import applied, entry_version, refused, retry_after
 from router.contracts import ApplyResult, FhirJson
 from router.errors import ConfigError, InvalidContent, RecordUnavailable, Refused
+from router.logging import resource_path
 
 __all__ = ["FhirClient", "FhirClientConfig"]
 
@@ -345,7 +346,7 @@ class FhirClient:
     def _logged(self, method: str, url: str, status: int | None, attempt: int, started: float, **extra: Any) -> None:
         if self._log is not None:
             ms = round((time.perf_counter() - started) * 1000, 1)
-            path = httpx.URL(url).path  # never the query: identifier values are patient data
+            path = resource_path(httpx.URL(url).path)  # never the query, nor an id: both stand for patient data
             self._log.info("fhir_request", method=method, path=path, status=status, attempt=attempt, ms=ms, **extra)
 
 

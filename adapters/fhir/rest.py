@@ -26,6 +26,7 @@ from adapters.fhir._rest_bodies import capability, history_bundle, outcome, sear
 from adapters.fhir._store import SqlRecord
 from router.contracts import FhirJson
 from router.errors import MessageError, TransientError
+from router.logging import resource_path
 
 __all__ = ["FhirServer", "RecordFactory", "make_server"]
 
@@ -364,7 +365,7 @@ def _logged(path: str) -> str:
     The query string is never logged (its identifiers are patient data); a path that routes
     nowhere may hold one all the same (an escaped `?`, a `;`), so it is not logged either.
     """
-    return path if _ROUTE_SHAPE.fullmatch(path) else BASE + "/…"
+    return resource_path(path) if _ROUTE_SHAPE.fullmatch(path) else BASE + "/…"
 
 
 def _etag(resource: FhirJson) -> tuple[tuple[str, str], ...]:

@@ -40,6 +40,8 @@ _CHARSETS = {
     "WINDOWS-1252": "cp1252",
     "CP1252": "cp1252",
 }
+_KNOWN_CHARSETS = ", ".join(name for name in _CHARSETS if name)
+"""The MSH-18 names an unknown one's refusal lists."""
 
 _MSH_START = re.compile(rb"(?:^|\r)[ \t]*(MSH)", re.IGNORECASE)  # after _line_ends every segment ends in CR; an LF left is text
 _NEXT_MSH = re.compile(rb"\r[ \t]*MSH", re.IGNORECASE)  # a literal first byte: ten times faster than _MSH_START
@@ -294,7 +296,9 @@ def _charset_for(data: bytes, *, default: str, senders: Mapping[str, str]) -> tu
     declared = fields[18].split(fields[2][1:2] or b"~")[0].decode("ascii", errors="replace").strip().upper() if len(fields) > 18 else ""
     if declared:
         if declared not in _CHARSETS:
-            raise DecodeError(f"MSH-18 names a character set Helsebro does not know: {declared!r}", location="MSH-18")
+            # The known names, never the value: a sender that shifts its MSH fields puts a name or a
+            # fødselsnummer here, and the reason goes to the log, the dead letter and the ACK.
+            raise DecodeError(f"MSH-18 names a character set Helsebro does not know; it reads {_KNOWN_CHARSETS}", location="MSH-18")
         return str(_CHARSETS[declared]), True
     for n in (3, 4):
         if len(fields) > n:

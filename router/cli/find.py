@@ -54,7 +54,8 @@ journalled under the MsgId it answers, so the message shows `AppRec OK`,
 [{"key", "settled_at", "sender", "control_id", "message_type", "patient_key",
 "outcome" (duplicate, filtered, forwarded, dead_lettered or receipt), "destinations": [...],
 "note"}], "dead_letters": [{"queue", and the fields of `dlq list --json`}],
-"queues_read": [...], "queues_skipped": [{"queue", "why"}], "scans_cut": [{"destination", "read"}]}`
+"queues_read": [...], "queues_skipped": [{"queue", "why"}], "scans_cut": [{"destination", "read"}],
+"more": true when more messages matched than --limit (only the newest are listed; stderr says so too)}`
 (--awaiting-apprec reads the newest 20,000 messages sent to each KITH destination; one it
 stopped at is named there and on stderr); a destination is
 `{"name", "kind", "state", "delivered_at", "receipt"}`: kind `queue`, `fhir`, or `unknown`
@@ -64,7 +65,7 @@ null unless Helsebro rendered and published KITH there (or an AppRec came), else
 
 Exit 0 when something was found, 1 when nothing was (or the record or the
 audit log failed), 2 for a usage error (no search given; a --patient that is not
-a valid national id).
+a valid national id, or an H-nummer: its key depends on the hospital, give --patient-key).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--control-id", metavar="ID", help="The message's control id (MSH-10, or a KITH MsgId).")
     p.add_argument("--patient", metavar="NUMBER", help="The patient's fødselsnummer, D-nummer or FH-nummer (hashed, audited); - reads it from stdin.")
     p.add_argument("--patient-key", metavar="KEY", help="The patient's key as a log line or dead letter shows it (h:…; audited).")
-    p.add_argument("--sender", metavar="S", help="Only this sender's messages in the journal (MSH-3@MSH-4 as logged); dead letters do not name their sender.")
+    p.add_argument("--sender", metavar="S", help="Only this sender's messages (MSH-3@MSH-4 as logged); a dead letter refused at convert or apply names no sender and is shown.")
     p.add_argument("--outcome", choices=SETTLED_OUTCOMES, help="Only messages with this outcome (or list them, newest first).")
     p.add_argument("--since", type=age, metavar="AGE", help="Only messages settled within AGE: 90s, 15m, 2h, 7d.")
     p.add_argument("--awaiting-apprec", type=age, metavar="AGE",
@@ -128,6 +129,10 @@ def _patient_key(args: argparse.Namespace, settings: Settings) -> str | None:
     from schemas.identity import validate_person_id
 
     person = validate_person_id(number)  # PersonIdError (a ValueError) never quotes the number
+    if person.kind == "HNR":
+        # The engine keys an H-nummer under its hospital's own system (router.mapping.library._system), which the
+        # number alone does not tell: hashed under any other, it matched nothing and read as "never arrived".
+        raise ValueError("an H-nummer is a hospital's own number: give the --patient-key a log line or dead letter shows")
     return patient_key_for(person.system, person.value, settings.phi_key_bytes)
 
 
@@ -151,11 +156,19 @@ def _find(args: argparse.Namespace) -> int:
             audit.end("find", action_id, patient_key=patient_key, applied=len(trail.applied), not_applied=len(trail.not_applied),
                       dead_letters=len(trail.dead_letters))
     except RecordUnavailable as exc:
+        if audit:  # the begin line stands: say the lookup ended, having read nothing, as dlq's end lines carry their error
+            try:
+                audit.end("find", action_id, patient_key=patient_key, applied=0, not_applied=0, dead_letters=0, error=f"the record: {exc}")
+            except OSError as audit_exc:
+                return _fail(f"the record: {exc}; audit log {settings.data_dir / 'audit.log'}: {audit_exc}")
         return _fail(f"the record: {exc}")
     except OSError as exc:
         return _fail(f"audit log {settings.data_dir / 'audit.log'}: {exc}")
     for queue, why in trail.queues_skipped:
         print(f"helsebro find: dead letters in {queue} not searched: {why}", file=sys.stderr)
+    if trail.more:
+        print(f"helsebro find: more than {args.limit:,} messages match; only the newest {args.limit:,} are shown (raise --limit)",
+              file=sys.stderr)
     for name, read in trail.scans_cut:
         print(f"helsebro find: only the newest {read:,} messages sent to {name} were read; older ones still awaiting an AppRec are not listed",
               file=sys.stderr)
@@ -216,6 +229,7 @@ def _as_json(trail: Trail) -> dict[str, Any]:
         "queues_read": trail.queues_read,
         "queues_skipped": [{"queue": q, "why": why} for q, why in trail.queues_skipped],
         "scans_cut": [{"destination": name, "read": read} for name, read in trail.scans_cut],
+        "more": trail.more,
     }
 
 

@@ -75,6 +75,7 @@ class Trail:
     queues_skipped: list[tuple[str, str]] = field(default_factory=list)  # (queue, why): unreadable, or longer than the scan limit
     handovers: dict[str, list[Handover]] = field(default_factory=dict)  # journal key → its destinations besides the record
     scans_cut: list[tuple[str, int]] = field(default_factory=list)  # --awaiting-apprec: (KITH destination, rows read) where the read stopped at its limit
+    more: bool = False  # more messages matched than the limit: only the newest `limit` are in journal
 
     def handovers_of(self, entry: JournalEntry) -> list[Handover]:
         """The destinations besides the record *entry* was routed to, each with how far it got."""
@@ -116,7 +117,9 @@ def find_messages(
     (one dead-lettered at render there is left out: a forwarded one's note says so, an
     applied one's dead letter does, read given a *connection*).
     *sender*, *outcome* and *since* (Unix time) narrow the journal only, or list it by
-    themselves (a dead letter names no sender; `helsebro dlq list` lists a queue). A
+    themselves (`helsebro dlq list` lists a queue); a dead letter that names no sender (refused at convert or
+    apply) is kept under any *sender*. At most
+    *limit* messages are kept, the newest; the trail's `more` says that more matched. A
     dead-letter queue holding more than *scan_limit* messages is not read (reading
     one means taking every message and giving it back) and is reported as skipped.
 
@@ -131,7 +134,9 @@ def find_messages(
             journal, receipts, cut = _awaiting(record, settings, time.time() - awaiting_apprec, _AWAITING_SCAN)
             trail = Trail(journal=journal, scans_cut=cut)
         else:
-            trail = Trail(journal=record.journal(control_id=control_id, patient_key=patient_key, sender=sender, outcome=outcome, since=since, limit=limit))
+            # One more than asked: a patient's busy fortnight must say it was cut, not read as all there is.
+            rows = record.journal(control_id=control_id, patient_key=patient_key, sender=sender, outcome=outcome, since=since, limit=limit + 1)
+            trail = Trail(journal=rows[:limit], more=len(rows) > limit)
             receipts = _receipts(record, trail.journal, settings)
         marks = _delivery_marks(trail.journal, kinds)
         delivered = record.marked_at(list(marks.values())) if marks else {}
@@ -144,10 +149,11 @@ def find_messages(
     letters: list[tuple[str, DeadLetter]] = []
     if searched or needed:
         assert connection is not None  # noqa: S101 - checked just above
-        letters = _read_dead_letters(trail, settings, connection, control_id, patient_key, scan_limit, listed=searched)
+        letters = _read_dead_letters(trail, settings, connection, control_id, patient_key, sender, scan_limit, listed=searched)
     trail.handovers = _handovers(trail, letters, kinds, marks, delivered, receipts, settings.engine.broker.names.destination_prefix)
     if awaiting_apprec is not None:  # only what was published there (not dead-lettered at render) and is still unanswered
-        trail.journal = [e for e in trail.journal if any(h.awaits_receipt and h.receipt is None for h in trail.handovers_of(e))][:limit]
+        waiting = [e for e in trail.journal if any(h.awaits_receipt and h.receipt is None for h in trail.handovers_of(e))]
+        trail.journal, trail.more = waiting[:limit], len(waiting) > limit
         kept = {e.key for e in trail.journal}
         trail.handovers = {key: found for key, found in trail.handovers.items() if key in kept}
     return trail
@@ -246,8 +252,9 @@ def _render_failed_in_note(note: str | None, name: str) -> bool:
 
 
 def _read_dead_letters(trail: Trail, settings: Settings, connection: Connection, control_id: str | None, patient_key: str | None,
-                       scan_limit: int, *, listed: bool = True) -> list[tuple[str, DeadLetter]]:
-    """The dead letters with *control_id* or *patient_key*; *listed*: also shown as the trail's dead letters, with the queues read."""
+                       sender: str | None, scan_limit: int, *, listed: bool = True) -> list[tuple[str, DeadLetter]]:
+    """The dead letters with *control_id* or *patient_key* (and not another *sender*'s); *listed*: also shown as the trail's
+    dead letters, with the queues read."""
     from adapters.amqp.connection import queue_depth
     from router.errors import BrokerUnavailable
 
@@ -264,11 +271,15 @@ def _read_dead_letters(trail: Trail, settings: Settings, connection: Connection,
             continue
         if listed:
             trail.queues_read.append(queue)
-        found += [(queue, d) for d in letters if _matches(d, control_id, patient_key)]
+        found += [(queue, d) for d in letters if _matches(d, control_id, patient_key, sender)]
     if listed:
         trail.dead_letters += found
     return found
 
 
-def _matches(letter: DeadLetter, control_id: str | None, patient_key: str | None) -> bool:
-    return (not control_id or letter.control_id == control_id) and (not patient_key or letter.patient_key == patient_key)
+def _matches(letter: DeadLetter, control_id: str | None, patient_key: str | None, sender: str | None) -> bool:
+    """Whether *letter* is one searched for. A render or deliver dead letter names its sender (x-helsebro-sender): under
+    --sender, another sender's letter with the same control id is not this one's. One that names none may be."""
+    named = letter.headers.get("x-helsebro-sender")
+    return ((not control_id or letter.control_id == control_id) and (not patient_key or letter.patient_key == patient_key)
+            and (not sender or not named or named == sender))

@@ -7,11 +7,12 @@ converted comes back as a `Converted` with its error and position.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from adapters.hl7v2.decode import BatchShortfall, check_batch_counts, decode, split_messages
 from adapters.hl7v2.paths import Scope, compile_path
-from router.contracts import Converted
+from router.contracts import Converted, MessageHeader
 from router.errors import InvalidContent, MessageError, NoMapping
 from router.logging import phi_hash
 from router.mapping import FnContext, MappingSet, run_mapping
@@ -23,6 +24,30 @@ _SKIP_UNMAPPED = {("MSH", 1), ("MSH", 2), ("MSH", 7), ("MSH", 9), ("MSH", 10), (
 
 _SKIP_BY_SEGMENT = {name: frozenset(n for s, n in _SKIP_UNMAPPED if s == name) for name, _ in _SKIP_UNMAPPED}
 _NOTHING: frozenset[int] = frozenset()
+
+
+_HL7_CODE = re.compile(r"[A-Z0-9]{3}")
+"""MSH-9.1 (HL7 table 0076) and MSH-9.2 (table 0003): three letters or digits, `ADT`, `A01`, `PC1`."""
+_HL7_STRUCTURE = re.compile(r"[A-Z0-9]{3}_[A-Z0-9]{3}")
+"""MSH-9.3 (HL7 table 0354): `ADT_A01`."""
+_NOT_A_CODE = "?"
+_MASKED_NOTE = " (MSH-9 holds text that is not an HL7 code, shown as ?)"
+
+
+def _shown(value: str, shape: re.Pattern[str]) -> str:
+    """One MSH-9 component as logs, the journal and refusals show it: as sent when it is shaped as its HL7 table's codes, else `?`.
+
+    Why: a sender that shifts its MSH fields puts a name or a fødselsnummer in MSH-9, and the message type is
+    logged with every message (`delivery_settled`), journalled, and quoted in the ACK and the dead letter's reason
+    (DESIGN §5: never patient data). The mapping is still found by the components as sent.
+    """
+    return value if not value or shape.fullmatch(value) else _NOT_A_CODE
+
+
+def _shown_type(h: MessageHeader) -> tuple[str, str, str]:
+    """MSH-9 as shown: (`CODE^EVENT` as MessageHeader.message_type writes it, the event, the structure)."""
+    code, event = _shown(h.message_code, _HL7_CODE), _shown(h.trigger_event, _HL7_CODE)
+    return (f"{code}^{event}" if event else code), event, _shown(h.structure, _HL7_STRUCTURE)
 
 
 _WIDE_XML_STARTS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff", b"<\x00", b"\x00<", b"\x00\x00\x00<")
@@ -110,13 +135,15 @@ class Converter:
         item.header = h
         item.control_id = h.control_id or None
         item.sender = h.sender
-        item.message_type = h.message_type
+        message_type, event, structure = _shown_type(h)
+        item.message_type = message_type
+        note = _MASKED_NOTE if _NOT_A_CODE in (message_type.split("^") + [structure]) else ""
         mm = self.mappings.for_sender(h.sending_application, h.sending_facility).find(h.message_code, h.trigger_event, h.structure)
         if mm is None:
-            raise NoMapping(f"no mapping for message type {h.message_type or '(empty)'} structure {h.structure or '(empty)'}", location="MSH-9")
+            raise NoMapping(f"no mapping for message type {message_type or '(empty)'} structure {structure or '(empty)'}{note}", location="MSH-9")
         item.structure = mm.structure
         if mm.events and h.trigger_event and h.trigger_event not in mm.events:
-            raise NoMapping(f"mapping {mm.structure} does not cover event {h.trigger_event}", location="MSH-9.2")
+            raise NoMapping(f"mapping {mm.structure} does not cover event {event}{note}", location="MSH-9.2")
         decoded.message.structure = mm.structure
         if mm.out_of_place:
             _refuse_out_of_place(decoded.message, mm)

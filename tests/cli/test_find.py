@@ -667,3 +667,105 @@ class TestReceipts:
         assert kommune["complete"] is False, kommune
         assert main(["status", "--interval", "0", "--apprec-overdue", "1s", "--scan-limit", "0"]) == 0
         assert "(dead letters not read: one dead-lettered at render may be counted)" in capsys.readouterr().out
+
+
+HNR = "15456110042"  # an H-nummer (month + 40, first digit 0-3): a hospital's own auxiliary number
+
+
+def _journal_filtered(settings, patient_key: str, count: int) -> None:
+    """*count* filtered messages of one patient in the record's journal, as the engine's settle writes them."""
+    from adapters.fhir.record import open_record
+    from router.contracts import JournalFacts
+
+    record = open_record(settings)
+    try:
+        record.journal_settled([(f"hl7|LAB@STOLAV|M{i}|x|filtered", JournalFacts(f"M{i}", "LAB@STOLAV", "ORU^R01", patient_key), "filtered",
+                                 "no route took it") for i in range(count)])
+    finally:
+        record.close()
+
+
+class TestFoundByReview:
+    def test_an_h_nummer_is_refused_not_reported_as_never_arrived(self, exported, capsys):
+        """The engine keys an H-nummer under its hospital's own system, which the number does not tell: find hashed it under
+        `HNR`, matched nothing and exited 1 ("never arrived") for a patient whose messages were all there. Now a usage
+        error (exit 2) that points at --patient-key, and the number is not echoed (found by review)."""
+        exported(None)
+        code, out, err = _find(capsys, "--patient", HNR, "--no-dlq")
+        assert code == 2 and out == ""
+        assert "H-nummer" in err and "--patient-key" in err and HNR not in err
+
+    @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+    def on_record(self, request, exported, monkeypatch):
+        """Settings exported to the CLI, with the record on SQLite or on a PostgreSQL schema of its own."""
+        import uuid
+
+        from router.settings import load_settings
+        from router.testing import drop_schema
+
+        exported(None)
+        if request.param == "sqlite":
+            yield load_settings()
+            return
+        pg, schema = "postgresql://postgres@127.0.0.1:5432/test", f"helsebro_{uuid.uuid4().hex[:12]}"
+        monkeypatch.setenv("HELSEBRO_RECORD_URL", f"{pg}?schema={schema}")
+        yield load_settings()
+        drop_schema(pg, schema)
+
+    def test_a_cut_at_the_limit_is_said(self, on_record, capsys):
+        """A patient with more settled messages than --limit: only the newest N were listed, and nothing said more matched,
+        so an operator took the list for the patient's whole trail. Now stderr says so and `--json` has `"more": true`;
+        exactly N messages say nothing (found by review)."""
+        from router.pipeline.convert import patient_key_for
+        from schemas.identity import FNR_SYSTEM
+
+        settings = on_record
+        key = patient_key_for(FNR_SYSTEM, GOOD_FNR, settings.phi_key_bytes)
+        _journal_filtered(settings, key, 3)
+        code, out, err = _find(capsys, "--patient-key", key, "--limit", "2", "--json", "--no-dlq")
+        doc = json.loads(out)
+        assert code == 0 and [m["control_id"] for m in doc["not_applied"]] == ["M2", "M1"] and doc["more"] is True
+        assert "more than 2 messages match; only the newest 2 are shown" in err
+        code, out, err = _find(capsys, "--patient-key", key, "--limit", "3", "--no-dlq")
+        assert code == 0 and "M0" in out and "more than" not in err
+        code, out, err = _find(capsys, "--outcome", "filtered", "--limit", "1", "--json")
+        assert code == 0 and json.loads(out)["more"] is True and "more than 1 messages match" in err
+
+    def test_another_senders_dead_letter_is_not_listed_under_sender(self, exported, capsys):
+        """A control id is unique per sender only. A render dead letter names its sender (PAS@STOLAV); `--control-id K9
+        --sender LAB@AHUS` listed it as that sender's and exited 0. Now it is left out (exit 1), and still found under
+        its own sender; a letter that names no sender (refused at convert) is still shown under any (found by review)."""
+        from adapters.amqp.connection import open_connection
+        from adapters.amqp.outbound import Publisher
+        from router.pipeline.settle import dead_letter_headers
+
+        settings = exported(None)
+        conn = open_connection(settings)
+        try:
+            publisher = Publisher(conn, settings)
+            headers = dead_letter_headers(reason="no outbound mapping", stage="render", location=None, control_id="K9",
+                                          outcome={"resourceType": "OperationOutcome", "issue": []}, destination="kommune")
+            publisher.dead_letter(b"MSH|", headers={**headers, "x-helsebro-sender": "PAS@STOLAV"})
+            publisher.dead_letter(b"MSH|", headers=dead_letter_headers(reason="no mapping", stage="convert", location=None, control_id="K8",
+                                                                       outcome={"resourceType": "OperationOutcome", "issue": []}))
+            publisher.close()
+        finally:
+            conn.release()
+        code, out, _ = _find(capsys, "--control-id", "K9", "--sender", "LAB@AHUS", "--json")
+        assert code == 1 and json.loads(out)["dead_letters"] == []
+        code, out, _ = _find(capsys, "--control-id", "K9", "--sender", "PAS@STOLAV", "--json")
+        assert code == 0 and [(d["control_id"], d["stage"]) for d in json.loads(out)["dead_letters"]] == [("K9", "render")]
+        code, out, _ = _find(capsys, "--control-id", "K8", "--sender", "LAB@AHUS", "--json")
+        assert code == 0 and [d["control_id"] for d in json.loads(out)["dead_letters"]] == ["K8"]
+
+    def test_a_lookup_the_record_refused_still_ends_in_the_audit_log(self, exported, capsys, monkeypatch):
+        """The record unreachable: a lookup by patient wrote its audit `begin` line and never an `end`, so the audit log
+        could not tell a failed lookup from one still running or killed. Now an `end` with the error, nothing read; exit 1
+        as the docs say (found by review)."""
+        settings = exported(None)
+        monkeypatch.setenv("HELSEBRO_RECORD_URL", "postgresql://nobody@127.0.0.1:1/none")
+        code, out, err = _find(capsys, "--patient-key", "h:0123", "--no-dlq")
+        assert code == 1 and out == "" and "the record:" in err
+        begin, end = _audit(settings)[-2:]
+        assert (begin["event"], end["event"], end["action_id"]) == ("begin", "end", begin["action_id"])
+        assert end["applied"] == 0 and "the record:" in end["error"]

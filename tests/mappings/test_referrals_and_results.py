@@ -42,7 +42,7 @@ def _convert(capsys, monkeypatch, shared: Path, *paths: Path) -> tuple[int, list
 
 
 def _of(doc: dict, kind: str) -> list[dict]:
-    return [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == kind]
+    return [e["resource"] for e in doc["entry"] if e.get("resource", {}).get("resourceType") == kind]
 
 
 def _by_url(doc: dict) -> dict[str, dict]:
@@ -149,7 +149,7 @@ class TestNationalExamples:
         ex = shared_dir / "norsk" / "eksempel"
         lab = ex / "Svarrapport" / "Svarrapport-v-1-4"
         _, docs = _convert(capsys, monkeypatch, shared_dir, *(lab / f"Svar_biokjemi_v1-4_{s}.xml" for s in ("Ny", "Endring", "Kansellering")))
-        reports = [next(e for e in d["entry"] if e["resource"]["resourceType"] == "DiagnosticReport") for d in docs]
+        reports = [next(e for e in d["entry"] if e.get("resource", {}).get("resourceType") == "DiagnosticReport") for d in docs]
         assert len({e["fullUrl"] for e in reports}) == 1
         assert [e["resource"]["status"] for e in reports] == ["final", "amended", "entered-in-error"]
         henv = ex / "Henvisning" / "Henvisning_v1-0"
@@ -159,6 +159,83 @@ class TestNationalExamples:
         assert [e["resource"]["status"] for e in requests] == ["active", "active", "entered-in-error"]
         [cancelled] = _of(docs[2], "Condition")
         assert cancelled["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
+
+    @pytest.mark.corpus
+    def test_svarrapport_change_and_cancel_retire_that_reports_results_in_the_record(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """Svar_biokjemi 1.4 N → M (one result left out) → C, beside another report of the same patient, applied to the record.
+
+        M is the whole report again: the result it no longer has is entered-in-error, the others stay.
+        C carries no results: every result and sample of that report is entered-in-error, and the other
+        report (mikrobiologi, same patient) is untouched. A C for a report the record never saw applies.
+        """
+        from adapters.fhir.record import open_record
+        from router.testing import isolated_settings
+
+        lab = shared_dir / "norsk" / "eksempel" / "Svarrapport" / "Svarrapport-v-1-4"
+        tree = etree.parse(str(lab / "Svar_biokjemi_v1-4_Endring.xml"))
+        [left_out] = tree.xpath('//*[local-name()="ResultItem"][*[local-name()="IdResultItem"]="118891124"]')
+        [left_out_code] = left_out.xpath('*[local-name()="Investigation"]/*[local-name()="Id"]/@V')
+        left_out.getparent().remove(left_out)
+        change = tmp_path / "Svar_biokjemi_uten_ett_Endring.xml"
+        tree.write(str(change), xml_declaration=True, encoding="UTF-8")
+        paths = [lab / "Svar_biokjemi_v1-4_Ny.xml", lab / "Svar_mikrobiologi_dyrkning_v1-4_Ny.xml", change,
+                 lab / "Svar_biokjemi_v1-4_Kansellering.xml", lab / "Svar_patologi_cytologi_v1-4_Kansellering.xml"]
+        code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
+        assert code == 0 and len(docs) == 5
+        record = open_record(isolated_settings(tmp_path / "record"))
+        try:
+            def results(doc: dict, element: str = "result") -> dict[str, str]:
+                [report] = _of(doc, "DiagnosticReport")
+                [stored] = record.search("DiagnosticReport", {"identifier": f"{report['identifier'][0]['system']}|{report['identifier'][0]['value']}"})
+                out = {}
+                for ref in stored.get(element, []):
+                    kind, id_ = ref["reference"].split("/")
+                    out[id_] = record.read(kind, id_).get("status")
+                return out
+
+            record.apply(docs[0])
+            record.apply(docs[1])
+            bio, micro, samples = results(docs[0]), results(docs[1]), results(docs[0], "specimen")
+            assert len(bio) == 8 and set(bio.values()) == {"final"}
+            micro_versions = {o["id"]: o["meta"]["versionId"] for o in record.search("Observation", {}) if o["id"] in micro}
+            record.apply(docs[2])
+            after_m = {i: record.read("Observation", i)["status"] for i in bio}
+            assert sorted(after_m.values()).count("entered-in-error") == 2, after_m  # FT4 (its own C) and the one left out
+            [gone] = [o for o in record.search("Observation", {}) if o["id"] in bio and o["code"]["coding"][0]["code"] == left_out_code]
+            assert gone["status"] == "entered-in-error"
+            record.apply(docs[3])
+            assert {record.read("Observation", i)["status"] for i in bio} == {"entered-in-error"}
+            assert len(samples) == 3 and {record.read("Specimen", i)["status"] for i in samples} == {"entered-in-error"}
+            # The other report of the same patient: not one result touched.
+            assert {o["id"]: o["meta"]["versionId"] for o in record.search("Observation", {}) if o["id"] in micro} == micro_versions
+            assert set(results(docs[1]).values()) <= {"final", "preliminary", "amended"}
+            record.apply(docs[4])  # a cancel of a report never seen: applied, marks only itself
+            [never] = _of(docs[4], "DiagnosticReport")
+            assert never["status"] == "entered-in-error"
+        finally:
+            record.close()
+
+    @pytest.mark.corpus
+    def test_a_results_arithmetic_comparison_is_kept(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """Svar_biokjemi 1.4 with D-dimer "<0.4": ArithmeticComp in Volven 8239 codes (or the sign) → valueQuantity.comparator.
+
+        LT 0.4 must never read as 0.4. NE has no FHIR comparator and is kept as a note.
+        """
+        src = (shared_dir / "norsk" / "eksempel" / "Svarrapport" / "Svarrapport-v-1-4" / "Svar_biokjemi_v1-4_Ny.xml").read_text("utf-8")
+        value = '<NumResultValue V="0.4" U="mg/L"/>'
+        assert value in src
+        cases = {"LT": "<", "GE": ">=", "&lt;": "<", "NE": None}
+        paths = []
+        for i, code in enumerate(cases):
+            path = tmp_path / f"svar_{i}.xml"
+            path.write_text(src.replace(value, f'<ArithmeticComp V="{code}" DN="x{i}"/>{value}'), "utf-8")
+            paths.append(path)
+        code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
+        assert code == 0
+        for (sent, expected), doc in zip(cases.items(), docs):
+            [dimer] = [o for o in _of(doc, "Observation") if o["code"]["text"] == "P-D-dimer"]
+            assert dimer["valueQuantity"]["value"] == 0.4 and dimer["valueQuantity"].get("comparator") == expected, sent
+        assert {"text": "x3 0.4 mg/L"} in dimer["note"]  # NE: said in words
 
     @pytest.mark.corpus
     def test_epikrise_is_a_document_reference_linked_to_its_referral(self, shared_dir, capsys, monkeypatch):

@@ -484,6 +484,14 @@ class TestFhirClient:
         assert (fields["method"], fields["path"], fields["status"], fields["attempt"]) == ("GET", "/fhir/Patient", 200, 1)
         assert FNR_VALUE not in repr(log.events)
 
+    def test_logs_without_resource_ids(self, fhir_server, make_client, log):
+        """A read's line shows `Patient/{id}`: the id is derived from the patient's fødselsnummer."""
+        client = make_client(fhir_server.base_url)
+        client.apply(transaction())
+        client.read("Patient", PATIENT)
+        assert log.events[-1][1]["path"] == "/fhir/Patient/{id}"
+        assert PATIENT not in repr(log.events)
+
     def test_closed(self, fhir_server, make_client):
         """A closed client refuses further calls with RecordUnavailable."""
         client = make_client(fhir_server.base_url)

@@ -176,6 +176,14 @@ class TestRest:
         assert FNR_VALUE not in repr(log.events)
 
 
+    def test_logs_without_resource_ids(self, loaded, log):
+        """A read's and a history's lines show the route, not the id: an id derived from a fødselsnummer stands for it."""
+        loaded.get(f"/Patient/{PATIENT_UUID}")
+        loaded.get(f"/Patient/{PATIENT_UUID}/_history/1")
+        assert ("fhir_request", {"method": "GET", "path": "/fhir/Patient/{id}", "status": 200}) in log.events
+        assert ("fhir_request", {"method": "GET", "path": "/fhir/Patient/{id}/_history/1", "status": 200}) in log.events
+        assert PATIENT_UUID not in repr(log.events)
+
 class TestRestEdges:
     """Found by review (H100): answers a FHIR client relies on."""
 

@@ -122,6 +122,13 @@ class TestCharsets:
         with pytest.raises(DecodeError):
             _one(MSG.format(cs="KLINGON", name="X").encode())
 
+    def test_unknown_charset_refusal_lists_the_known_names_not_the_value(self):
+        """An unknown MSH-18 holding a name and a fødselsnummer is refused naming MSH-18 and the names Helsebro reads, never the value."""
+        with pytest.raises(DecodeError) as err:
+            _one(MSG.format(cs="Snøfriskvik 15866112379", name="X").encode())
+        assert err.value.location == "MSH-18" and "UNICODE UTF-8" in err.value.reason
+        assert "15866112379" not in err.value.reason and "FRISKVIK" not in err.value.reason.upper()
+
 
 class TestNul:
     @pytest.mark.parametrize(

@@ -1,0 +1,141 @@
+"""ORU^R01 results through the Converter: every OBX value kept on its own order's report and patient.
+
+The patient-safety bar of a lab feed: a result under the wrong order or patient, or a
+value quietly dropped, is a wrong record. Each order group's results, notes and specimens
+stay with that group; every OBX-2 value type gives a value (the IG's where it has one, the
+text as sent otherwise); an empty value stays empty. Synthetic Norwegian people only.
+"""
+
+from __future__ import annotations
+
+from router.testing import one_bundle
+
+MSH = "MSH|^~\\&|LAB|STOLAV^974749025^ENH|HELSEBRO|HP|20250110083000||ORU^R01^ORU_R01|LAB-CTRL-1|P|2.5.1"
+PID = "PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|M"
+PID_2 = "PID|1||02036110182^^^NOR^FNR||HANSEN^KARI||19610302|F"
+
+
+def _oru(*segments: str) -> bytes:
+    return ("\r".join([MSH, *segments]) + "\r").encode("utf-8")
+
+
+def _of(bundle: dict, kind: str) -> list[dict]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == kind]
+
+
+def _by_url(bundle: dict) -> dict[str, dict]:
+    return {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+
+
+def _results(converter, *obx: str) -> dict[str, dict]:
+    """The Observations of one order's OBXs, by their test code (OBX-3.1)."""
+    doc = one_bundle(converter, _oru(PID, "OBR|1|ORD-1^DIPS|LAB-1^LABSYS|PANEL^Panel^L|||20250110080000", *obx))
+    return {o["code"]["coding"][0]["code"]: o for o in _of(doc, "Observation")}
+
+
+class TestEachResultUnderItsOwnOrder:
+    def test_results_notes_and_specimens_stay_with_their_own_order_and_patient(self, converter):
+        doc = one_bundle(converter, _oru(
+            PID,
+            "OBR|1|ORD-1^DIPS|LAB-1^LABSYS|HB^Hemoglobin^L|||20250110080000",
+            "NTE|1||about order 1",
+            "OBX|1|NM|HB^Hb^L||134|g/L|||||F",
+            "NTE|1||about Hb",
+            "SPM|1|^SP-1&LABSYS||BLD^Blood^L",
+            PID_2,
+            "OBR|1|ORD-2^DIPS|LAB-2^LABSYS|CRP^CRP^L|||20250110080000",
+            "OBX|1|NM|CRP^CRP^L||7|mg/L|||||F",
+            "NTE|1||about CRP",
+            "SPM|1|^SP-2&LABSYS||SER^Serum^L",
+            "OBX|1|NM|VOL^Volume^L||2|mL|||||F",
+        ))
+        urls = _by_url(doc)
+        reports = {r["identifier"][0]["value"]: r for r in _of(doc, "DiagnosticReport")}
+        patients = {p["identifier"][0]["value"]: u for u, p in urls.items() if p["resourceType"] == "Patient"}
+        for order, patient, codes, note, specimen in (
+            ("LAB-1", "15866112379", ["HB"], "about Hb", "SP-1"),
+            ("LAB-2", "02036110182", ["CRP"], "about CRP", "SP-2"),
+        ):
+            report = reports[order]
+            assert report["subject"]["reference"] == patients[patient]
+            results = [urls[r["reference"]] for r in report["result"]]
+            assert [o["code"]["coding"][0]["code"] for o in results] == codes
+            assert [n["text"] for o in results for n in o.get("note", [])] == [note]
+            assert all(o["subject"]["reference"] == patients[patient] for o in results)
+            [spec] = [urls[s["reference"]] for s in report["specimen"]]
+            assert spec["identifier"][0]["value"] == specimen
+        [volume] = [o for o in _of(doc, "Observation") if o["code"]["coding"][0]["code"] == "VOL"]
+        assert urls[volume["specimen"]["reference"]]["identifier"][0]["value"] == "SP-2"
+        assert volume["subject"]["reference"] == patients["02036110182"]
+
+    def test_a_corrected_result_in_a_later_message_is_the_same_observation(self, converter):
+        first = _results(converter, "OBX|1|NM|HB^Hb^L||134|g/L|||||P")["HB"]
+        later = _results(converter, "OBX|2|NM|HB^Hb^L||136|g/L|||||C")["HB"]
+        assert (first["status"], later["status"]) == ("preliminary", "corrected")
+        assert first["id"] == later["id"] and first["identifier"] == later["identifier"]
+
+
+class TestEveryValueKept:
+    def test_each_value_type_gives_its_value(self, converter):
+        results = _results(
+            converter,
+            "OBX|1|NM|NM^n^L||134|g/L|120-160|N|||F",
+            "OBX|2|SN|SN^s^L||>^1.0|mg/L|>1.0|H|||F",
+            "OBX|3|ST|ST^s^L||positive||||||F",
+            "OBX|4|TX|TX^t^L||line one~line two||||||F",
+            "OBX|5|FT|FT^f^L||one\\.br\\two||||||F",
+            "OBX|6|CWE|CWE^c^L||POS^Positive^L||||||F",
+            "OBX|7|DT|DT^d^L||20250101||||||F",
+            "OBX|8|TS|TS^t^L||202501011230||||||F",
+        )
+        assert results["NM"]["valueQuantity"]["value"] == 134
+        assert results["NM"]["referenceRange"] == [{"text": "120-160"}]
+        assert results["NM"]["interpretation"][0]["coding"][0]["system"] == "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+        assert (results["SN"]["valueQuantity"]["comparator"], results["SN"]["valueQuantity"]["value"]) == (">", 1.0)
+        assert results["ST"]["valueString"] == "positive"
+        assert results["TX"]["valueString"] == "line one\nline two"
+        assert results["FT"]["valueString"] == "one\ntwo"
+        assert results["CWE"]["valueCodeableConcept"]["coding"][0]["code"] == "POS"
+        assert results["DT"]["valueDateTime"] == "2025-01-01"
+        assert results["TS"]["valueDateTime"].startswith("2025-01-01T12:30")
+
+    def test_a_coded_value_of_type_is_or_cf_is_a_codeable_concept(self, converter):
+        """The IG maps IS and CF as it maps CWE; they gave no value at all."""
+        results = _results(converter, "OBX|1|IS|IS^i^L||ABC||||||F", "OBX|2|CF|CF^c^L||X^Xray^L||||||F")
+        assert results["IS"]["valueCodeableConcept"]["coding"][0]["code"] == "ABC"
+        assert results["CF"]["valueCodeableConcept"]["coding"][0]["code"] == "X"
+
+    def test_a_value_of_a_type_without_a_rule_is_kept_as_sent(self, converter):
+        """TM, ID, an unknown type, or no OBX-2 at all: the value was dropped with a success."""
+        results = _results(
+            converter,
+            "OBX|1|TM|TM^t^L||1230||||||F",
+            "OBX|2|ID|ID^i^L||Y||||||F",
+            "OBX|3||NONE^n^L||134|g/L|||||F",
+        )
+        assert results["TM"]["valueString"] == "1230"
+        assert results["ID"]["valueString"] == "Y"
+        assert results["NONE"]["valueString"] == "134 g/L"
+
+    def test_a_result_without_a_value_has_none_not_its_unit(self, converter):
+        """A cancelled NM result (OBX-5 empty) read "g/L" as its value."""
+        [result] = _results(converter, "OBX|1|NM|HB^Hb^L|||g/L|||||X").values()
+        assert result["status"] == "cancelled"
+        assert not [k for k in result if k.startswith("value")]
+
+    def test_a_deleted_result_is_entered_in_error(self, converter):
+        [result] = _results(converter, "OBX|1|NM|HB^Hb^L||134|g/L|||||D").values()
+        assert result["status"] == "entered-in-error"
+
+    def test_every_repetition_of_a_value_is_a_component(self, converter):
+        """OBX-5 repeated: the IG's components, one per repetition; every one after the first was dropped."""
+        results = _results(
+            converter,
+            "OBX|1|CWE|ORG^Organisms^L||ECOLI^E. coli^L~KLEB^Klebsiella^L||||||F",
+            "OBX|2|NM|SERIES^Series^L||12~<5|g/L|||||F",
+        )
+        organisms, series = results["ORG"], results["SERIES"]
+        assert "valueCodeableConcept" not in organisms and "valueQuantity" not in series
+        assert [c["valueCodeableConcept"]["coding"][0]["code"] for c in organisms["component"]] == ["ECOLI", "KLEB"]
+        assert all(c["code"]["coding"][0]["code"] == "ORG" for c in organisms["component"])
+        assert [c.get("valueQuantity", {}).get("value") or c.get("valueString") for c in series["component"]] == [12, "<5 g/L"]
