@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
+from router.cli import main
 from router.errors import Refused
 from router.testing import delete_queues, isolated_settings, settings_env
 
@@ -62,3 +64,17 @@ def with_destination(request, exported):
 def scripted_fhir() -> type[ScriptedFhirServer]:
     """The ScriptedFhirServer class, for tests to make one with the script they need."""
     return ScriptedFhirServer
+
+
+@pytest.fixture
+def convert_file(capsys, tmp_path):
+    """`helsebro convert` on *data* written to a file (named *name*): its exit code and the NDJSON documents it printed."""
+
+    def run(data: bytes, name: str = "in.hl7") -> tuple[int, list[dict]]:
+        path = tmp_path / name
+        path.write_bytes(data)
+        capsys.readouterr()
+        code = main(["convert", str(path)])
+        return code, [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    return run

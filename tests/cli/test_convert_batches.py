@@ -26,63 +26,56 @@ def _batch(count: int, bts: str, fts: str = "1") -> bytes:
     return b"FHS|^~\\&|PAS|STOLAV\rBHS|^~\\&|PAS|STOLAV|||||||BATCH-7\r" + _messages(count) + f"BTS|{bts}\rFTS|{fts}\r".encode()
 
 
-def _convert(capsys, tmp_path: Path, data: bytes) -> tuple[int, list[dict]]:
-    f = tmp_path / "batch.hl7"
-    f.write_bytes(data)
-    code = main(["convert", str(f)])
-    out = capsys.readouterr().out
-    return code, [json.loads(line) for line in out.splitlines()]
-
 
 class TestBatchCounts:
-    def test_a_text_line_starting_msh_is_neither_a_message_nor_counted(self, capsys, tmp_path):
+    def test_a_text_line_starting_msh_is_neither_a_message_nor_counted(self, convert_file):
         """An NTE continued after a bare LF with "MSH er …": the batch is still two messages, its count agrees, exit 0."""
         one, two = _messages(2).split(b"MSH|", 2)[1:]
         first = b"MSH|" + one + b"NTE|1||Se merknad\nMSH er en forkortelse her\r"
-        code, docs = _convert(capsys, tmp_path, b"FHS|^~\\&|PAS|STOLAV\rBHS|^~\\&|PAS|STOLAV|||||||BATCH-7\r" + first + b"MSH|" + two + b"BTS|2\rFTS|1\r")
+        code, docs = convert_file(b"FHS|^~\\&|PAS|STOLAV\rBHS|^~\\&|PAS|STOLAV|||||||BATCH-7\r" + first + b"MSH|" + two + b"BTS|2\rFTS|1\r", "batch.hl7")
         assert code == 0 and [d["resourceType"] for d in docs] == ["Bundle", "Bundle"]
 
-    def test_a_batch_whose_counts_agree_converts_each_message(self, capsys, tmp_path):
+    def test_a_batch_whose_counts_agree_converts_each_message(self, convert_file):
         """BTS-1 = 3 and FTS-1 = 1 over three messages: three Bundles, exit 0, nothing more."""
-        code, docs = _convert(capsys, tmp_path, _batch(3, "3"))
+        code, docs = convert_file(_batch(3, "3"), "batch.hl7")
         assert code == 0
         assert [d["resourceType"] for d in docs] == ["Bundle"] * 3
 
-    def test_a_batch_that_lost_messages_is_reported_and_what_arrived_still_converts(self, capsys, tmp_path):
+    def test_a_batch_that_lost_messages_is_reported_and_what_arrived_still_converts(self, convert_file):
         """BTS-1 says 5, four arrived: four Bundles, then one OperationOutcome at BTS-1, exit 1."""
-        code, docs = _convert(capsys, tmp_path, _batch(4, "5"))
+        code, docs = convert_file(_batch(4, "5"), "batch.hl7")
         assert code == 1
         assert [d["resourceType"] for d in docs] == ["Bundle"] * 4 + ["OperationOutcome"]
         [issue] = docs[-1]["issue"]
         assert issue["severity"] == "error" and issue["expression"] == ["BTS-1"]
         assert issue["diagnostics"].startswith("BTS-1 says 5 messages, the batch holds 4")
 
-    def test_a_file_that_lost_a_batch_is_reported_at_fts_1(self, capsys, tmp_path):
+    def test_a_file_that_lost_a_batch_is_reported_at_fts_1(self, convert_file):
         """FTS-1 says 2 batches, one BHS arrived."""
-        code, docs = _convert(capsys, tmp_path, _batch(2, "2", fts="2"))
+        code, docs = convert_file(_batch(2, "2", fts="2"), "batch.hl7")
         assert code == 1
         [issue] = docs[-1]["issue"]
         assert issue["expression"] == ["FTS-1"] and issue["diagnostics"].startswith("FTS-1 says 2 batches, the file holds 1")
 
-    def test_the_second_batch_of_a_file_is_named_by_its_occurrence(self, capsys, tmp_path):
+    def test_the_second_batch_of_a_file_is_named_by_its_occurrence(self, convert_file):
         """Two batches in one file, the second short: the outcome names BTS[2]-1."""
         second = b"BHS|^~\\&|PAS|STOLAV\r" + _messages(1) + b"BTS|2\r"
         data = _batch(2, "2", fts="2").replace(b"FTS|2\r", second + b"FTS|2\r")
-        code, docs = _convert(capsys, tmp_path, data)
+        code, docs = convert_file(data, "batch.hl7")
         assert code == 1 and len(docs) == 4
         assert docs[-1]["issue"][0]["expression"] == ["BTS[2]-1"]
 
-    def test_two_batch_files_in_one_delivery_are_counted_each_on_its_own(self, capsys, tmp_path):
+    def test_two_batch_files_in_one_delivery_are_counted_each_on_its_own(self, convert_file):
         """Two whole files (FHS ... FTS|1 twice), nothing lost: each FTS-1 counts its own file's batches, exit 0.
 
         Before: the second FTS-1 was compared with every BHS of the delivery ("FTS-1 says 1 batch, the
         file holds 2"), a false loss report, exit 1 and a dead letter."""
-        code, docs = _convert(capsys, tmp_path, _batch(1, "1") + _batch(2, "2"))
+        code, docs = convert_file(_batch(1, "1") + _batch(2, "2"), "batch.hl7")
         assert code == 0 and [d["resourceType"] for d in docs] == ["Bundle"] * 3
 
-    def test_the_second_file_of_a_delivery_that_lost_a_batch_is_named(self, capsys, tmp_path):
+    def test_the_second_file_of_a_delivery_that_lost_a_batch_is_named(self, convert_file):
         """Two files, the second's FTS-1 says 2 batches and one arrived: reported at FTS[2]-1."""
-        code, docs = _convert(capsys, tmp_path, _batch(1, "1") + _batch(1, "1", fts="2"))
+        code, docs = convert_file(_batch(1, "1") + _batch(1, "1", fts="2"), "batch.hl7")
         assert code == 1 and [d["resourceType"] for d in docs] == ["Bundle"] * 2 + ["OperationOutcome"]
         [issue] = docs[-1]["issue"]
         assert issue["expression"] == ["FTS[2]-1"] and issue["diagnostics"].startswith("FTS[2]-1 says 2 batches, the file holds 1")
@@ -107,29 +100,29 @@ class TestBatchCounts:
         [obs] = [e["resource"] for e in doc["entry"] if e["resource"]["resourceType"] == "Observation"]
         assert obs["valueString"] == "Linje en\nFTS-verdi normal hos pasienten"
 
-    def test_a_count_that_is_not_a_number_is_reported(self, capsys, tmp_path):
+    def test_a_count_that_is_not_a_number_is_reported(self, convert_file):
         """BTS-1 = "x" cannot confirm the batch: reported, not taken as agreeing."""
-        code, docs = _convert(capsys, tmp_path, _batch(1, "x"))
+        code, docs = convert_file(_batch(1, "x"), "batch.hl7")
         assert code == 1 and docs[-1]["issue"][0]["diagnostics"].startswith("BTS-1 is not a number of messages")
 
     @pytest.mark.parametrize("trailers", [b"BTS\rFTS\r", b"BTS|\rFTS|\r", b""])
-    def test_an_absent_or_empty_count_is_not_checked(self, capsys, tmp_path, trailers):
+    def test_an_absent_or_empty_count_is_not_checked(self, convert_file, trailers):
         """BTS and FTS without a count, or no trailers at all: nothing to check, the messages convert, exit 0."""
-        code, docs = _convert(capsys, tmp_path, b"BHS|^~\\&|PAS|STOLAV\r" + _messages(2) + trailers)
+        code, docs = convert_file(b"BHS|^~\\&|PAS|STOLAV\r" + _messages(2) + trailers, "batch.hl7")
         assert code == 0 and [d["resourceType"] for d in docs] == ["Bundle"] * 2
 
-    def test_the_corpus_batch_file_agrees_and_a_short_copy_does_not(self, capsys, tmp_path):
+    def test_the_corpus_batch_file_agrees_and_a_short_copy_does_not(self, convert_file):
         """The corpus's FHS/BHS batch (BTS|2, FTS|1, two messages) converts; the same file claiming 3 is reported."""
         if not CORPUS_BATCH.exists():
             pytest.skip(f"corpus not present: {CORPUS_BATCH}")
         data = CORPUS_BATCH.read_bytes()
-        code, docs = _convert(capsys, tmp_path, data)
+        code, docs = convert_file(data, "batch.hl7")
         assert code == 0 and len(docs) == 2
-        code, docs = _convert(capsys, tmp_path, data.replace(b"BTS|2", b"BTS|3"))
+        code, docs = convert_file(data.replace(b"BTS|2", b"BTS|3"), "batch.hl7")
         assert code == 1 and docs[-1]["issue"][0]["diagnostics"].startswith("BTS-1 says 3 messages, the batch holds 2")
 
-    def test_a_batch_that_lost_every_message_gives_one_outcome(self, capsys, tmp_path):
+    def test_a_batch_that_lost_every_message_gives_one_outcome(self, convert_file):
         """The envelope alone (what a dead letter of a short batch holds): one OperationOutcome, not also "no MSH segment"."""
-        code, docs = _convert(capsys, tmp_path, b"FHS|^~\\&|PAS\rBHS|^~\\&|PAS\rBTS|3\rFTS|1\r")
+        code, docs = convert_file(b"FHS|^~\\&|PAS\rBHS|^~\\&|PAS\rBTS|3\rFTS|1\r", "batch.hl7")
         assert code == 1 and len(docs) == 1
         assert docs[0]["issue"][0]["diagnostics"].startswith("BTS-1 says 3 messages, the batch holds 0")

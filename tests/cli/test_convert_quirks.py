@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from adapters.hl7v2._tokenizer import Delimiters, unescape
-from router.cli import main
 from router.contracts import Converted
 from router.pipeline._reply import reply
 from router.pipeline.convert import Converter
@@ -17,24 +13,17 @@ def _adt(control_id: str, visit: str = "V1") -> bytes:
     return adt_message("A01", control_id=control_id, fnr="15866112379", local_id="L1", visit=visit)
 
 
-def _convert(capsys, tmp_path: Path, data: bytes) -> tuple[int, list[dict]]:
-    f = tmp_path / "in.hl7"
-    f.write_bytes(data)
-    code = main(["convert", str(f)])
-    out = capsys.readouterr().out
-    return code, [json.loads(line) for line in out.splitlines()]
-
 
 class TestSplitting:
-    def test_a_second_file_with_its_own_bom_is_a_second_message(self, capsys, tmp_path):
+    def test_a_second_file_with_its_own_bom_is_a_second_message(self, convert_file):
         """`cat a.hl7 b.hl7` of two files saved with a UTF-8 BOM: two Bundles, not one message refused at "segment 5"."""
-        code, docs = _convert(capsys, tmp_path, b"\xef\xbb\xbf" + _adt("C1") + b"\xef\xbb\xbf" + _adt("C2", "V2"))
+        code, docs = convert_file(b"\xef\xbb\xbf" + _adt("C1") + b"\xef\xbb\xbf" + _adt("C2", "V2"))
         assert [d["resourceType"] for d in docs] == ["Bundle", "Bundle"] and code == 0
 
-    def test_bytes_between_mllp_frames_are_not_part_of_a_message(self, capsys, tmp_path):
+    def test_bytes_between_mllp_frames_are_not_part_of_a_message(self, convert_file):
         """A capture of an MLLP stream with noise between frames: MLLP ignores bytes outside a frame, so both messages convert."""
         data = b"\x0b" + _adt("C1") + b"\x1c\r" + b"keepalive\r\n" + b"\x0b" + _adt("C2", "V2") + b"\x1c\r" + b"trailer"
-        code, docs = _convert(capsys, tmp_path, data)
+        code, docs = convert_file(data)
         assert [d["resourceType"] for d in docs] == ["Bundle", "Bundle"] and code == 0
 
     def test_a_frame_that_lost_its_start_byte_is_kept(self):
@@ -84,10 +73,10 @@ class TestControlId:
 
 
 class TestWideCharsets:
-    def test_a_utf16_hl7_file_is_refused_as_utf16_not_as_broken_xml(self, capsys, tmp_path):
+    def test_a_utf16_hl7_file_is_refused_as_utf16_not_as_broken_xml(self, convert_file):
         """A message saved as "Unicode" (UTF-16 with a BOM, Notepad's) is HL7 v2 in a charset Helsebro does not read: the
         OperationOutcome says so at MSH, instead of "not well-formed XML" that sends its reader after a KITH problem."""
-        code, docs = _convert(capsys, tmp_path, _adt("C1").decode().encode("utf-16"))
+        code, docs = convert_file(_adt("C1").decode().encode("utf-16"))
         [issue] = docs[0]["issue"]
         assert code == 1 and "UTF-16" in issue["diagnostics"] and "XML" not in issue["diagnostics"]
         assert issue["expression"] == ["MSH"]

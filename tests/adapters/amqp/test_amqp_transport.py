@@ -34,6 +34,16 @@ def conn(settings):
     c.release()
 
 
+def _kill_once_it_says(script: str, line: str) -> None:
+    """Run *script* in a Python process, wait for it to print *line*, then SIGKILL it: a crash at that very point."""
+    with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout.readline().strip() == line
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+
+
 def _take_all(inbound, *, ack=True, timeout=1.0):
     out = []
     while (d := inbound.next(timeout)) is not None:
@@ -155,12 +165,7 @@ class TestRedelivery:
             print("holding", d.body.decode(), flush=True)
             time.sleep(600)
         """)
-        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as proc:
-            try:
-                assert proc.stdout.readline().strip() == "holding one"
-            finally:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(30)
+        _kill_once_it_says(script, "holding one")
         inbound = Inbound(conn, settings)
         inbound.start()
         got = []
@@ -306,12 +311,7 @@ class TestEmbeddedDurability:
             os.fsync = stuck
             Publisher(open_connection(s), s).publish_inbound(b"half" * 1000)
         """)
-        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as proc:
-            try:
-                assert proc.stdout.readline().strip() == "writing"
-            finally:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait(30)
+        _kill_once_it_says(script, "writing")
         later = open_connection(settings)
         try:
             declare_topology(later, settings)  # a new channel recovers what dead processes left
