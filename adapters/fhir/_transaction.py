@@ -233,7 +233,9 @@ class _Writer(PatientChecks):
             # A mapping's number() gives a whole number of any size (an OBX-5 of 25 digits); JSON as the record
             # stores it holds 64 bits. Raised as it was (a TypeError), it broke the whole batch, every message
             # of which was then dead-lettered as an internal error. The value is not quoted: it is the message's.
-            raise InvalidContent(f"the {resource_type} holds a value the record cannot store (a whole number beyond 64 bits)",
+            # orjson's own words name the kind (fixed texts, never a value): a number, or nesting past its 254 levels.
+            kind = "nesting deeper than 254 levels" if "ecursion" in str(exc) else "a whole number beyond 64 bits" if "64-bit" in str(exc) else "a value JSON cannot hold"
+            raise InvalidContent(f"the {resource_type} holds a value the record cannot store ({kind})",
                                  location=writer.location if writer is not None else resource_type) from exc
         digest = _RESTATED.get(canonical) or _blake2b(canonical, digest_size=16).hexdigest()
         current = self._current(resource_type, id_)

@@ -244,10 +244,11 @@ class TestRestEdges:
         resource = '{"resourceType":"Patient","id":"d","extension":' + '[{"url":"x","extension":' * 450 + "[]" + "}]" * 450 + "}"
         body = '{"resourceType":"Bundle","type":"transaction","entry":[{"resource":' + resource + ',"request":{"method":"PUT","url":"Patient/d"}}]}'
         response = client.post("", content=body.encode())
-        # 400 with an OperationOutcome: from the source, RecursionError ("structure"); compiled, the walks go deeper and a
-        # check of the content refuses it first ("value"). Either way the client's error, never an internal one.
+        # 400 with an OperationOutcome: from the source, RecursionError ("structure"); compiled, the walks go deeper and
+        # the record's canonical JSON (orjson: 254 levels) refuses it first ("value"). Either way the client's error.
         issue = response.json()["issue"][0]
         assert response.status_code == 400 and issue["severity"] == "error" and issue["code"] in ("structure", "value")
+        assert "nest" in issue["diagnostics"]
         assert not [e for e, _ in log.events if e == "fhir_request_failed"]
         assert client.post("", json=transaction()).status_code == 200  # the record it used still works
         assert client.get("/Patient/d").status_code == 404
