@@ -25,7 +25,9 @@ the writer has not finished. `_DurableFolderChannel` below fixes those three:
 - each consumer folder holds a lock file that its process keeps
   `flock`-ed; the kernel drops the lock when the process dies, however it
   dies. A new channel moves the files of every unlocked folder back to the
-  queue: a killed worker's in-flight messages are delivered again, in order.
+  queue: a killed worker's in-flight messages are delivered again, in order;
+- a file that does not decode is moved to `damaged/` and logged
+  (`embedded_message_unreadable`), not fetched again after every restart.
 
 So the embedded broker is at-least-once across process crashes on one
 machine, like RabbitMQ. What it does not give: replication, more than one
@@ -47,6 +49,8 @@ from typing import Any
 
 from kombu.exceptions import ChannelError
 from kombu.transport import filesystem, virtual
+
+from router.logging import get_logger
 
 _SEQ = itertools.count()
 
@@ -152,7 +156,12 @@ class _DurableFolderChannel(filesystem.Channel):
                 os.rename(folder / name, target)
             except OSError:
                 continue  # another consumer took it first
-            payload = filesystem.loads(filesystem.bytes_to_str(target.read_bytes()))
+            try:
+                payload = filesystem.loads(filesystem.bytes_to_str(target.read_bytes()))
+                payload["properties"]["delivery_tag"]
+            except (ValueError, KeyError, TypeError):
+                _set_aside(target, Path(self.transport_options["damaged_folder"]), queue)
+                continue
             self._in_flight[payload["properties"]["delivery_tag"]] = (target, name)
             return payload
         raise filesystem.Empty()
@@ -263,6 +272,19 @@ def _fsync_folder(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _set_aside(message: Path, damaged: Path, queue: str) -> None:
+    """Move a message file that does not decode out of the queue, and say so.
+
+    Publishing writes whole files only, so this is a bad disk block or a hand
+    edit. Left in place it would fail every fetch, and every restart would
+    move it back to the head of the queue: one file would stop the engine.
+    The file is kept, byte for byte, for the operator; the log names the file, never its content.
+    """
+    damaged.mkdir(exist_ok=True)
+    os.rename(message, damaged / message.name)
+    get_logger("broker").error("embedded_message_unreadable", queue=queue, file=str(damaged / message.name))
 
 
 def _recover_orphans(unacked: Path, queue_folder: Path) -> None:

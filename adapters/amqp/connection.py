@@ -92,8 +92,19 @@ def open_connection(settings: Settings) -> Connection:
     except OSError as exc:  # a file in the way, or no permission: the setting is wrong, and retrying will not help
         raise ConfigError(f"HELSEBRO_DATA_DIR {settings.data_dir}: cannot hold the embedded broker: {exc.strerror or exc}") from exc
     options: dict[str, Any] = {k: str(v) for k, v in folders.items()}
-    options.update(unacked_folder=str(root / "unacked"), polling_interval=_EMBEDDED_POLL_SECONDS)
+    options.update(unacked_folder=str(root / "unacked"), damaged_folder=str(root / _DAMAGED), polling_interval=_EMBEDDED_POLL_SECONDS)
     return Connection("filesystem://", transport=DurableFolderTransport, transport_options=options)
+
+
+_DAMAGED = "damaged"
+
+
+def damaged_messages(settings: Settings) -> int | None:
+    """Count the embedded broker's message files set aside as unreadable; None on RabbitMQ, which has no such files."""
+    if settings.broker_url:
+        return None
+    folder = Path(settings.data_dir) / "broker" / _DAMAGED
+    return sum(1 for p in folder.iterdir() if p.name.endswith(".msg")) if folder.is_dir() else 0
 
 
 _READ_AHEAD_BYTES = 8192

@@ -17,7 +17,8 @@ added, existing ones keep their name and meaning.
 
     {
       "broker": {"transport": "rabbitmq" | "embedded",
-                 "location": "amqp://guest@127.0.0.1:5672/%2F" | "/abs/data/broker"},
+                 "location": "amqp://guest@127.0.0.1:5672/%2F" | "/abs/data/broker",
+                 "damaged": 0 | null},
       "record": {"kind": "sqlite" | "postgresql",
                  "location": "/abs/data/record.sqlite3" | "postgresql://user@host/db"},
       "xml_validation": {"enabled": false, "xsd_dir": null},
@@ -36,6 +37,9 @@ added, existing ones keep their name and meaning.
       "apprecs": [{"destination": "kommune", "overdue": 3 | null, "overdue_after_s": 345600,
                    "complete": true, "dead_letters_read": true}]
     }
+
+`broker.damaged` counts the embedded broker's message files that did not
+decode and were set aside in its `damaged/` folder (null on RabbitMQ).
 
 `settled` counts the messages the engine settled in the last minute and the
 last hour, per outcome (`receipt`: an AppRec answering a KITH message Helsebro
@@ -77,7 +81,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from adapters.amqp.connection import open_connection
+from adapters.amqp.connection import damaged_messages, open_connection
 from router.cli._args import age, age_text, whole_number
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, HelsebroError
@@ -145,7 +149,7 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
     finally:
         conn.release()
     return {
-        "broker": broker_location(settings),
+        "broker": {**broker_location(settings), "damaged": damaged_messages(settings)},
         "record": record_location(settings),
         "xml_validation": {"enabled": settings.xsd_dir is not None, "xsd_dir": str(settings.xsd_dir) if settings.xsd_dir else None},
         "patient_keys": {"keyed": settings.phi_key is not None},
@@ -305,6 +309,8 @@ def _human(doc: dict[str, Any]) -> list[str]:
         for q in doc["queues"]
     ]
     lines += ["", *format_table(("ROLE", "QUEUE", "DEPTH", "CONSUMERS", "DEPTH CHANGE/S"), rows, right=(2, 3, 4))]
+    if doc["broker"]["damaged"]:
+        lines.append(f"{doc['broker']['damaged']} unreadable message file(s) set aside in {doc['broker']['location']}/damaged (not delivered; see the log's embedded_message_unreadable)")
     rate = f"change of depth per second over {doc['interval_s']} s" if doc["interval_s"] else "one sample, so no change of depth"
     lines.append(f"(depth = ready messages; {rate}: AMQP 0-9-1 shows no message rates without the management plugin)")
     if doc["settled"] is None:

@@ -72,6 +72,7 @@ class TestStatus:
         depths = {q["role"]: q["depth"] for q in doc["queues"]}
         assert depths == {"inbound": 0, "dead_letter": 3, "replies": 3}
         assert doc["broker"]["transport"] == ("rabbitmq" if dead.broker_url else "embedded")
+        assert doc["broker"]["damaged"] == (None if dead.broker_url else 0)
         assert doc["record"] == {"kind": "sqlite", "location": str(dead.sqlite_path.resolve())}
         assert doc["xml_validation"] == {"enabled": False, "xsd_dir": None}
         assert doc["patient_keys"] == {"keyed": False}
@@ -82,6 +83,21 @@ class TestStatus:
         # control id and no patient, so only their dead letters hold them.
         none = dict.fromkeys(("applied", "unchanged", "duplicate", "filtered", "forwarded", "dead_lettered", "receipt"), 0)
         assert doc["settled"] == {"last_minute": {**none, "dead_lettered": 1}, "last_hour": {**none, "dead_lettered": 1}}
+
+    def test_unreadable_embedded_message_files_are_counted(self, tmp_path, capsys, monkeypatch):
+        """An embedded message file the engine set aside as unreadable shows in `broker.damaged` and under the queue table."""
+        s = isolated_settings(tmp_path)
+        _use(monkeypatch, s)
+        publish(s, [b"not hl7", b"\x00"])
+        [*_, second] = sorted((s.data_dir / "broker" / "queue").glob("*.msg"))
+        second.write_bytes(b"{not json")
+        handle = run_engine_in_thread(s, logger=QuietLogger())
+        wait_until(lambda: handle.stats.dead_lettered == 1, 30, what="the readable one dead-lettered")
+        handle.stop()
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        assert code == 0 and json.loads(out)["broker"]["damaged"] == 1
+        code, out, _ = _status(capsys, "--interval", "0")
+        assert "1 unreadable message file(s) set aside in" in out
 
     def test_settled_unknown_when_the_record_cannot_be_read(self, settings, capsys, monkeypatch):
         """The record away: settled is null (the table says so) and the queues still show; exit 0."""

@@ -380,3 +380,20 @@ class TestEmbeddedDurability:
             first.stop()
             second.stop()
             other.release()
+
+    def test_an_unreadable_message_file_is_set_aside(self, embedded, capsys):
+        """A message file that does not decode (a bad disk block, a hand edit) is moved to `damaged/` and reported; the messages behind it still come."""
+        settings, conn = embedded
+        publish(settings, [b"first", b"second", b"third"])
+        queue_folder = settings.data_dir / "broker" / "queue"
+        files = sorted(p for p in queue_folder.iterdir() if p.name.endswith(".msg"))
+        files[1].write_bytes(b"\x00garbage{")
+        inbound = Inbound(conn, settings)
+        inbound.start()
+        try:
+            assert [d.body for d in _take_all(inbound)] == [b"first", b"third"]
+        finally:
+            inbound.stop()
+        damaged = settings.data_dir / "broker" / "damaged"
+        assert [p.name for p in damaged.iterdir()] == [files[1].name]
+        assert "embedded_message_unreadable" in capsys.readouterr().out
