@@ -67,7 +67,7 @@ def _seconds(text: str) -> float:
 
 def _run(args: argparse.Namespace) -> int:
     if args.workers > 1 and not load_settings().broker_url:
-        print("helsebro run: --workers needs RabbitMQ (HELSEBRO_BROKER_URL): the embedded transport has no single active consumer, so two workers would break per-patient order", file=sys.stderr)
+        print("helsebro run: --workers needs RabbitMQ (HELSEBRO_BROKER_URL): the embedded broker serves the ordered inbound queue to one consumer at a time, so a second worker would only stand by", file=sys.stderr)
         return 2
     if args.metrics_port and args.metrics_port + args.workers - 1 > 65535:  # worker i serves on P + i
         print(f"helsebro run: --metrics-port {args.metrics_port} leaves no port for worker {args.workers - 1} (P + i must be at most 65535)", file=sys.stderr)

@@ -158,7 +158,7 @@ class TestRun:
 
 class TestRunWorkers:
     def test_workers_need_rabbitmq(self, tmp_path):
-        """--workers 2 on the embedded transport is refused with exit 2: it has no single active consumer."""
+        """--workers 2 on the embedded transport is refused with exit 2: its ordered queue has one active consumer, so a second worker adds nothing."""
         settings = isolated_settings(tmp_path)
         result = _cli(settings, "run", "--workers", "2", "--until-idle", "0.5")
         assert result.returncode == 2
@@ -289,4 +289,30 @@ class TestSupervisorRestarts:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            delete_queues(settings)
+
+    @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+    @pytest.mark.integration
+    def test_a_worker_that_keeps_dying_is_given_up(self, tmp_path):
+        """A worker that dies at every start (here: exit 3 before it imports anything, as a broken install or an OOM
+        at start would) is restarted with a growing backoff, then given up after 5 fast crashes: the supervisor stops the
+        other worker and exits with the dead worker's code, so the service manager sees the failure, not a crash loop."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
+        crash = tmp_path / "crash"
+        crash.mkdir()
+        (crash / "sitecustomize.py").write_text(
+            "import os, sys\n"
+            "if sys.argv[-2:] == ['--worker-index', '1']:\n"
+            "    os._exit(3)\n")
+        env = _env(settings)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(crash), env.get("PYTHONPATH")) if p)
+        try:
+            proc = subprocess.run([*HELSEBRO, "run", "--workers", "2"], env=env, capture_output=True, text=True, timeout=120)
+            assert proc.returncode == 3, proc.stderr[-2000:]
+            events = _events(proc.stderr)
+            assert [(e["worker"], e["exit_code"]) for e in events if e["event"] == "worker_died"] == [(1, 3)] * 4
+            assert [e["worker"] for e in events if e["event"] == "worker_restarted"] == [1] * 4
+            [gave_up] = [e for e in events if e["event"] == "worker_given_up"]
+            assert (gave_up["worker"], gave_up["exit_code"], gave_up["crashes"]) == (1, 3, 5)
+        finally:
             delete_queues(settings)
