@@ -13,7 +13,7 @@ from typing import Protocol
 from adapters.fhir._postgres import PostgresRecord
 from adapters.fhir._sqlite import SqliteRecord
 from adapters.fhir._store import JournalEntry, SqlRecord, StoredVersion
-from router.errors import ConfigError
+from router.errors import ConfigError, RecordUnavailable
 
 __all__ = ["JournalEntry", "PostgresRecord", "RecordSettings", "SqlRecord", "SqliteRecord", "StoredVersion", "open_record"]
 
@@ -35,8 +35,12 @@ class RecordSettings(Protocol):
         ...
 
 
-def open_record(settings: RecordSettings) -> SqlRecord:
+def open_record(settings: RecordSettings, *, create: bool = True) -> SqlRecord:
     """Open the record that *settings* name, creating its schema when missing.
+
+    `create=False` is for the verbs that only read it (`find`, `status`): a
+    SQLite record that is not there is then an error, not a new empty file,
+    so a mistyped path does not read as "nothing was applied".
 
     `record_url` may be `postgresql://…` (with an optional `?schema=NAME`), or
     `sqlite:///path`; unset, the record is SQLite at `settings.sqlite_path`.
@@ -44,13 +48,15 @@ def open_record(settings: RecordSettings) -> SqlRecord:
     Raises:
         ConfigError: `record_url` has a scheme the record does not support, or names
             a SQLite file whose folder cannot be made (a file in the way, no permission).
-        RecordUnavailable: the database cannot be reached, created or prepared.
+        RecordUnavailable: the database cannot be reached, created or prepared; or,
+            with `create=False`, the SQLite file is not there.
     """
     url = settings.record_url
     if url and url.startswith(_POSTGRES):
         return PostgresRecord(url)
-    if url and url.startswith(_SQLITE):
-        return SqliteRecord(Path(url[len(_SQLITE):]))
-    if url:
+    if url and not url.startswith(_SQLITE):
         raise ConfigError("record_url must start with postgresql:// or sqlite:///")
-    return SqliteRecord(settings.sqlite_path)
+    path = Path(url[len(_SQLITE):]) if url else settings.sqlite_path
+    if not create and not path.exists():
+        raise RecordUnavailable(f"no record at {path}: nothing has been applied there (check HELSEBRO_RECORD_URL and HELSEBRO_DATA_DIR)")
+    return SqliteRecord(path)

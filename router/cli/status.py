@@ -174,7 +174,7 @@ def _open_record(settings: Settings) -> Any:
     from adapters.fhir.record import open_record
 
     try:
-        return open_record(settings)
+        return open_record(settings, create=False)
     except HelsebroError:
         return None
 

@@ -128,7 +128,7 @@ def find_messages(
         RecordUnavailable: the record cannot be reached.
     """
     kinds = {name: str(getattr(d, "kind", "unknown")) for name, d in settings.routes.destinations.items()}
-    record = open_record(settings)
+    record = open_record(settings, create=False)
     try:
         if awaiting_apprec is not None:
             journal, receipts, cut = _awaiting(record, settings, time.time() - awaiting_apprec, _AWAITING_SCAN)

@@ -130,6 +130,18 @@ class TestFind:
         assert BAD_FNR not in err and GOOD_FNR not in err
 
 
+    def test_a_record_that_is_not_there_is_not_made(self, exported, capsys, monkeypatch, tmp_path):
+        """A mistyped SQLite record URL: find made an empty record there and answered "applied: none", exit 1 as if
+        the message was never applied. It now says there is no record at that path (exit 1) and creates nothing."""
+        exported(None)
+        typo = tmp_path / "recrod.sqlite3"
+        monkeypatch.setenv("HELSEBRO_RECORD_URL", f"sqlite:///{typo}")
+        code, out, err = _find(capsys, "--control-id", "F1", "--no-dlq")
+        assert code == 1 and out == ""
+        assert f"no record at {typo}" in err
+        assert not typo.exists()
+
+
 class TestKeyedPatientKeys:
     def test_a_key_made_with_the_secret_is_found_only_with_it(self, exported, capsys, monkeypatch):
         """HELSEBRO_PHI_KEY set for the engine and for find: the patient's key is an HMAC, not the plain hash, and find
@@ -739,7 +751,10 @@ class TestFoundByReview:
         from adapters.amqp.outbound import Publisher
         from router.pipeline.settle import dead_letter_headers
 
+        from adapters.fhir.record import open_record
+
         settings = exported(None)
+        open_record(settings).close()  # as an engine run makes it: find reads a record that is there
         conn = open_connection(settings)
         try:
             publisher = Publisher(conn, settings)

@@ -99,6 +99,16 @@ class TestStatus:
         code, out, _ = _status(capsys, "--interval", "0")
         assert "1 unreadable message file(s) set aside in" in out
 
+    def test_a_record_that_is_not_there_is_not_made(self, settings, capsys, monkeypatch, tmp_path):
+        """A mistyped SQLite record URL: status made an empty record there and showed 0 settled. Now settled is not
+        known (null) and no file is created."""
+        publish(settings, [])
+        typo = tmp_path / "recrod.sqlite3"
+        monkeypatch.setenv("HELSEBRO_RECORD_URL", f"sqlite:///{typo}")
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        assert code == 0 and json.loads(out)["settled"] is None
+        assert not typo.exists()
+
     def test_settled_unknown_when_the_record_cannot_be_read(self, settings, capsys, monkeypatch):
         """The record away: settled is null (the table says so) and the queues still show; exit 0."""
         publish(settings, [])
