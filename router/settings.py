@@ -6,12 +6,14 @@ in config/ is an error and never a silent default.
 
 from __future__ import annotations
 
+import codecs
 import os
+import string
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from router.errors import ConfigError, MappingError
 from router.mapping._yaml import load_yaml, plain, position_of
@@ -23,6 +25,23 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _text_codec(name: str | None) -> str | None:
+    """Refuse a charset Python cannot decode text with.
+
+    Why: it is read only when a message without MSH-18 arrives; a misspelt name
+    loaded fine and then failed every such message with a LookupError.
+    """
+    if name is None:
+        return None
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        raise ValueError(f"{name!r} is not a charset Python knows (a codec name such as utf-8, iso-8859-1 or cp1252)") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise ValueError(f"{name!r} is not a text charset (a codec name such as utf-8, iso-8859-1 or cp1252)")
+    return name
 
 
 class QueueNames(_Frozen):
@@ -58,6 +77,8 @@ class SenderConfig(_Frozen):
         "(AA, AE, AR) whatever they say. Unset, the `hl7v2` block's.",
     )
 
+    _charset_known = field_validator("charset")(_text_codec)
+
 
 class Hl7v2Config(_Frozen):
     """The `hl7v2` block: decoding defaults."""
@@ -70,6 +91,8 @@ class Hl7v2Config(_Frozen):
         "each message's MSH-15 (accept ACK: CA or CR) and MSH-16 (application ACK: AA, AE or AR) ask, each AL, NE, ER or SU, and one "
         "application ACK when both are empty (HL7 original mode).",
     )
+
+    _charset_known = field_validator("default_charset")(_text_codec)
 
     def original_acks(self, header: Any) -> bool:
         """True when *header*'s sender (MSH-3, else MSH-4, as for charsets) is answered in original mode whatever its MSH-15/16 say."""
@@ -85,6 +108,31 @@ class IdentifierConfig(_Frozen):
 
     authorities: dict[str, str] = Field(default_factory=dict, description="Assigning authority (CX-4.1, or MSH-4 when CX-4 is empty) to FHIR Identifier.system URI.", examples=[{"AHUS": "urn:oid:2.16.578.1.12.4.1.7.1"}])
     default_local_system: str = Field(default="urn:helsebro:local:{authority}:{type}", description="Template for a local identifier's system when its authority is not listed; {authority} and {type} are filled in from CX-4 (the sender, MSH-4, when CX-4 is empty) and CX-5.")
+
+    @field_validator("default_local_system")
+    @classmethod
+    def _template_fills_in(cls, template: str) -> str:
+        """Refuse a template that cannot be filled in, or that names no {authority}.
+
+        Why: it is filled in per message; a misspelt field or a stray brace loaded fine
+        and then failed every message with a local identifier, and a template without
+        {authority} gives every hospital's patient numbers one system, so one hospital's
+        patient 123456 would overwrite another's.
+        """
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"not a template: {exc}") from None
+        wrong = sorted(fields - {"authority", "type"})
+        if wrong:
+            raise ValueError(f"{{{wrong[0]}}} is not a field: only {{authority}} and {{type}} are filled in")
+        if "authority" not in fields:
+            raise ValueError("needs {authority}: without it every assigning authority's numbers share one system")
+        try:
+            template.format(authority="A", type="T")
+        except (ValueError, IndexError, KeyError, AttributeError) as exc:
+            raise ValueError(f"not a template: {exc}") from None
+        return template
 
 
 class MappingsConfig(_Frozen):
@@ -209,6 +257,9 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     env = os.environ if environ is None else environ
     values: dict[str, object] = {k: env[v] for k, v in _ENV.items() if env.get(v)}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("config_dir", "mappings_dir", "xsd_dir"):  # a misspelt folder ran on the defaults without a word
+        if key in values and not Path(str(values[key])).is_dir():
+            raise ConfigError(f"{_ENV[key]} {values[key]}: no such folder")
     config_dir = Path(str(values.get("config_dir", PROJECT_ROOT / "config")))
     engine_file = config_dir / "engine.yaml"
     try:

@@ -34,7 +34,7 @@ import functools
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from importlib import metadata
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -79,6 +79,8 @@ _OSLO = ZoneInfo("Europe/Oslo")
 _DECLARATION = b'<?xml version="1.0" encoding="UTF-8"?>\n'
 _DATETIME = re.compile(r"-?\d{4,}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)?")
 _DATE = re.compile(r"\d{4}-\d\d-\d\d")
+_MAX_OFFSET = timedelta(hours=14)
+"""The largest time zone offset an xs:dateTime may carry (XML Schema Part 2, 3.2.7.3)."""
 
 # HITS 1168 §8.3–8.4: these standard versions are answered with AppRec 1.0.
 _ANSWERED_WITH_1_0 = {
@@ -320,11 +322,12 @@ def _issue_date(value: str, *, fallback: str) -> str:
 
 
 def _parses(value: str) -> bool:
+    """True when *value* is a date and time xs:dateTime allows: Python's parser also takes offsets past ±14:00."""
     try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
+        offset = datetime.fromisoformat(value.replace("Z", "+00:00")).utcoffset()
     except ValueError:
         return False
-    return True
+    return offset is None or abs(offset) <= _MAX_OFFSET
 
 
 @functools.lru_cache(maxsize=1)

@@ -8,7 +8,8 @@ standard output, each preceded by a comment line
 ``<!-- to HER-id 59, role PRIM, AppRec 1.1, status 1 -->``; the reason of a
 rejection goes to standard error. Exit 0 when every AppRec is positive (or the
 message is itself an AppRec and gets none), 1 when they are negative, 2 for a
-usage error (no such file, bad settings).
+usage error (no such file, bad settings, a file that is not XML: the engine
+answers that as HL7 v2, with an ACK).
 
 The verb reaches the KITH adapter directly: it is a composition root, like
 convert reaching the HL7 v2 adapter through router/pipeline/convert.py.
@@ -51,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
     # The engine's own path: read, validate, then map. A message no mapping serves (T10) or whose
     # content the mapping refuses gets the AppRec the engine sends, not only what the envelope says.
     received = Converter(settings).convert(data)[0]
+    if received.format != "kith":
+        # The engine answers only XML with AppRecs; these bytes it reads as HL7 v2 and answers with an HL7 ACK.
+        print(f"helsebro apprec: {path} is not KITH XML: the engine reads it as HL7 v2 and answers with an HL7 ACK, not an AppRec", file=sys.stderr)
+        return 2
     error = received.error
     if received.envelope is not None and received.envelope.kind == "AppRec" and isinstance(error, UnknownMessage):
         error = None  # an AppRec answers a message; it is not one to map, and is never answered

@@ -118,7 +118,7 @@ def dead_letter_headers(
 class _Msg:
     """One message of the batch while it settles."""
 
-    __slots__ = ("as_received", "conv", "decision", "dup_key", "error", "outcome", "receipt", "replayed", "stage", "unrendered")
+    __slots__ = ("answered", "as_received", "conv", "decision", "dup_key", "error", "outcome", "receipt", "replayed", "stage", "unrendered")
 
     def __init__(self, conv: Converted, *, replayed: bool = False) -> None:
         self.conv = conv
@@ -131,6 +131,7 @@ class _Msg:
         self.unrendered: list[tuple[str, MessageError]] = []  # (destination, why): dead-lettered at stage render by the Forwarder
         self.as_received = False  # no mapping serves it, and its routes forward it as received (passthrough only)
         self.receipt: Receipt | None = None  # an AppRec answering a message Helsebro sent
+        self.answered = False  # a replayed KITH message whose MsgId every recipient answered before: no second AppRec
 
 
 def applied_key(conv: Converted) -> str:
@@ -263,6 +264,9 @@ class Settle:
             if m.outcome is not None:
                 continue  # a receipt: never answered, so never a duplicate of an answered message
             if conv.format == "kith":
+                if m.replayed:  # `dlq replay` is a deliberate request: settled again, but never answered twice (HITS 1168 §5.4)
+                    m.answered = self._answered_before(conv)
+                    continue
                 if self._answered_before(conv) or self._claimed_in_batch(conv, claimed):
                     m.outcome, m.error = "duplicate", None
                 continue
@@ -342,6 +346,8 @@ class Settle:
             sent = self._forwarder.forward(self._publisher, conv, m.decision, unrendered=m.unrendered)
             if m.outcome is None and (sent or m.unrendered):
                 m.outcome = "forwarded" if sent else "dead_lettered"  # every destination it went to dead-lettered it at render
+        if m.answered:
+            return
         reply(self._publisher, conv, m.error, apprec_prefix=self._apprec_prefix, original_acks=self._original_acks)
 
     def _remember(self, flat: list[_Msg]) -> None:

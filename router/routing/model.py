@@ -16,10 +16,11 @@ route, everything to the record, so an engine without one behaves as before.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from adapters.fhir.client import FhirClientConfig
 from router.errors import MappingError
@@ -55,9 +56,11 @@ class _Frozen(BaseModel):
 class RetryConfig(_Frozen):
     """The retry ladder of a queued destination: TTL queues that dead-letter back to the work queue."""
 
-    delays_seconds: tuple[float, ...] = Field(
+    # Each step is a retry queue's x-message-ttl (ms, with the jitter added): a negative, NaN or endless
+    # one loaded fine and failed at declare or publish; 0 retried at once, burning every attempt in a burst.
+    delays_seconds: tuple[Annotated[float, Field(gt=0, le=7 * 86400, allow_inf_nan=False)], ...] = Field(
         default=(1.0, 5.0, 30.0, 300.0, 1800.0), min_length=1, max_length=10,
-        description="Wait before each retry, in seconds, one retry queue per step; the last step repeats. "
+        description="Wait before each retry, in seconds (more than 0, at most 7 days), one retry queue per step; the last step repeats. "
         "Short first steps ride out a restart, long last ones an outage of hours.",
         examples=[[1, 5, 30, 300, 1800]],
     )
@@ -176,6 +179,26 @@ class RouteMatch(_Frozen):
     receiver: tuple[str, ...] = Field(default=(), description="Receiving application, facility or `application@facility` (MSH-5/MSH-6), or the receiver's HER-id.", examples=[["HELSEPLATTFORMEN"]])
     when: str | None = Field(default=None, description="A condition in the mappings' expression language over the message itself.", examples=["PV1-2 = I"])
 
+    @field_validator("message_code", "event")
+    @classmethod
+    def _can_match(cls, values: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        """Refuse a code or event no message of the route's format can carry.
+
+        Why: a route that can never match settles everything it was meant for as
+        `filtered`, answered AA and sent nowhere. A KITH message has no trigger event;
+        an HL7 v2 message code (MSH-9.1) and event (MSH-9.2) are three letters or digits,
+        so `ADT^A01` or the structure `ADT_A01` is never one.
+        """
+        fmt = info.data.get("format")
+        if fmt == "kith" and info.field_name == "event" and values:
+            raise ValueError("KITH messages carry no trigger event: a route with `format: kith` and `event` can never match (match on `message_code`)")
+        if fmt == "hl7v2":
+            wrong = [v for v in values if not re.fullmatch(r"[A-Za-z0-9]{3}", v)]
+            if wrong:
+                field = "MSH-9.1" if info.field_name == "message_code" else "MSH-9.2"
+                raise ValueError(f"{wrong[0]!r} can never match: an HL7 v2 {info.field_name.replace('_', ' ')} ({field}) is three letters or digits, such as ADT or A01")
+        return values
+
     @model_validator(mode="after")
     def _when_needs_format(self) -> RouteMatch:
         if self.when is not None and self.format is None:
@@ -231,8 +254,6 @@ class RoutesConfig(_Frozen):
 
     @model_validator(mode="after")
     def _known_names(self) -> RoutesConfig:
-        import re
-
         for name in self.destinations:
             if not re.fullmatch(_NAME, name):  # fullmatch: `$` alone lets a trailing newline through
                 raise _Placed(f"destination name {name!r} must be lower case letters, digits and dashes", ("destinations", name))

@@ -137,6 +137,22 @@ class TestApprecVerb:
         err = capsys.readouterr().err
         assert "cannot read" in err and "Traceback" not in err
 
+    @pytest.mark.parametrize("body", [
+        b"MSH|^~\\&|PAS|SYKEHUS|HELSEBRO|HB|20240301120000||ADT^A01|C1|P|2.5\rPID|1||1001^^^SYKEHUS^PI||Testesen^Kari\r",
+        b"hello",
+    ], ids=["hl7v2", "neither"])
+    def test_a_file_that_is_not_kith_xml_is_a_usage_error(self, tmp_path, capsys, monkeypatch, body):
+        """The engine answers XML with AppRecs and anything else as HL7 v2, with an ACK. An HL7 v2 file printed a
+        positive AppRec with an empty OriginalMsgId (and exit 0), the engine never sends; bytes that are neither a T01
+        AppRec. Not a KITH XML message: a usage error, exit 2, no AppRec."""
+        monkeypatch.delenv("HELSEBRO_XSD_DIR", raising=False)
+        path = tmp_path / "message.hl7"
+        path.write_bytes(body)
+        assert main(["apprec", str(path)]) == 2
+        captured = capsys.readouterr()
+        assert "<AppRec" not in captured.out
+        assert "not KITH XML" in captured.err and "Testesen" not in captured.err
+
     def test_bad_xsd_dir(self, tmp_path, capsys, monkeypatch):
         """A schema folder without a catalog is a usage error (exit 2)."""
         monkeypatch.setenv("HELSEBRO_XSD_DIR", str(tmp_path))

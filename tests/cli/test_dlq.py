@@ -241,6 +241,45 @@ class TestDlq:
             record.close()
         assert patient["meta"]["versionId"] == "1"
 
+    def test_replay_of_a_kith_message_applies_it_without_a_second_apprec(self, settings, capsys):
+        """docs/architecture.md: an e-resept M5 for a prescription the record lacks is dead-lettered and answered AppRec
+        X99, "and can be replayed once the M1 is in". The replay was settled as a duplicate (its MsgId was answered
+        before): never applied, the prescription never stopped. Now it is applied; its sender, answered once, gets no
+        second AppRec for that MsgId (HITS 1168 §5.4)."""
+        from pathlib import Path
+
+        from lxml import etree
+
+        from adapters.fhir.record import open_record
+        from router.testing import drain_queue
+
+        cases = Path(__file__).resolve().parents[2] / "mappings" / "kith" / "messages"
+        m1, m5 = (cases / "ERM1.cases" / "resept_pakning.xml").read_bytes(), (cases / "ERM5.cases" / "tilbakekalling.xml").read_bytes()
+        handle = _engine(settings)
+        try:
+            publish(settings, [m5])
+            wait_until(lambda: handle.stats.dead_lettered == 1, 30, what="the M5 dead-lettered")
+            publish(settings, [m1])
+            wait_until(lambda: handle.stats.applied == 1, 30, what="the M1 applied")
+            code, out, _ = _cli(capsys, "replay", "--all", "--yes")
+            assert code == 0, out
+            wait_until(lambda: handle.stats.messages == 3, 30, what="the replay settled")
+        finally:
+            handle.stop()
+        assert (handle.stats.applied, handle.stats.duplicates, handle.stats.dead_lettered) == (2, 0, 1)
+        record = open_record(settings)
+        try:
+            [prescription] = record.search("MedicationRequest", {"identifier": "urn:ietf:rfc:3986|urn:uuid:5b1f0c1e-2d3a-4c4b-9e5f-0a1b2c3d4e01"})
+        finally:
+            record.close()
+        assert prescription["status"] == "stopped"
+        answers = []
+        for _headers, body in drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.112233"):
+            root = etree.fromstring(body)
+            found = {etree.QName(e).localname: (e.get("V") or e.text) for e in root.iter() if isinstance(e.tag, str)}
+            answers.append((root.findtext("{*}OriginalMsgId/{*}Id"), found["Status"], found.get("Error")))
+        assert answers == [("9c2d4e6f-7a8b-4c9d-8e0f-1a2b3c4d5e05", "2", "X99"), ("5b1f0c1e-2d3a-4c4b-9e5f-0a1b2c3d4e01", "1", None)]
+
     def test_replay_of_one_id_leaves_the_others(self, dead, capsys):
         """Replaying one id moves only that letter to the inbound queue; the other keeps its place."""
         first, second = _listed(capsys)

@@ -175,6 +175,7 @@ class TestStatus:
     def test_xml_validation_on_with_a_schema_folder(self, settings, capsys, monkeypatch, tmp_path):
         """HELSEBRO_XSD_DIR set turns the XML validation line on, naming the folder."""
         publish(settings, [])
+        (tmp_path / "xsd").mkdir()  # a folder that does not exist is refused at load
         monkeypatch.setenv("HELSEBRO_XSD_DIR", str(tmp_path / "xsd"))
         code, out, _ = _status(capsys, "--json", "--interval", "0")
         assert code == 0

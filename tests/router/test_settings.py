@@ -71,3 +71,55 @@ class TestEngineYamlErrors:
         (tmp_path / "engine.yaml").write_text("broker:\n  prefetch: [1\n", encoding="utf-8")
         with pytest.raises(ConfigError, match=r"engine\.yaml:\d+:\d+: YAML syntax"):
             load_settings(environ={}, config_dir=str(tmp_path))
+
+
+class TestValuesUsedOnlyPerMessage:
+    """Values read only when a message arrives are checked at load, or every message fails with a traceback."""
+
+    @pytest.mark.parametrize(
+        ("text", "line", "where"),
+        [
+            ("hl7v2:\n  default_charset: utf8x\n", 2, "hl7v2.default_charset"),
+            ("hl7v2:\n  default_charset: rot13\n", 2, "hl7v2.default_charset"),
+            ("hl7v2:\n  senders:\n    LEGACYPAS:\n      charset: latin-9x\n", 4, "hl7v2.senders.LEGACYPAS.charset"),
+        ],
+        ids=["unknown-codec", "not-a-text-codec", "sender-codec"],
+    )
+    def test_a_charset_python_cannot_decode_with_is_refused(self, tmp_path, text, line, where):
+        """A misspelt charset used to load, then broke every message without MSH-18 with LookupError."""
+        (tmp_path / "engine.yaml").write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError, match=rf"engine\.yaml:{line}:\d+: {where}: .*charset"):
+            load_settings(environ={}, config_dir=str(tmp_path))
+
+    def test_a_known_charset_loads(self, tmp_path):
+        (tmp_path / "engine.yaml").write_text("hl7v2:\n  default_charset: ISO-8859-1\n  senders:\n    X:\n      charset: cp1252\n", encoding="utf-8")
+        assert load_settings(environ={}, config_dir=str(tmp_path)).engine.hl7v2.default_charset == "ISO-8859-1"
+
+    @pytest.mark.parametrize(
+        "template",
+        ["urn:helsebro:local:{authorty}:{type}", "urn:helsebro:local:{authority}:{type", "urn:helsebro:local:{0}:{type}", "urn:helsebro:local:{type}"],
+        ids=["misspelt-field", "unclosed-brace", "positional", "no-authority"],
+    )
+    def test_a_local_system_template_that_cannot_fill_in_is_refused(self, tmp_path, template):
+        """A typo in identifiers.default_local_system used to load, then failed every message with KeyError;
+        one without {authority} would give every hospital's numbers one system."""
+        (tmp_path / "engine.yaml").write_text(f"identifiers:\n  default_local_system: \"{template}\"\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match=r"engine\.yaml:2:\d+: identifiers\.default_local_system: "):
+            load_settings(environ={}, config_dir=str(tmp_path))
+
+    def test_a_local_system_template_with_its_fields_loads(self, tmp_path):
+        (tmp_path / "engine.yaml").write_text("identifiers:\n  default_local_system: \"urn:x:{authority}\"\n", encoding="utf-8")
+        assert load_settings(environ={}, config_dir=str(tmp_path)).engine.identifiers.default_local_system == "urn:x:{authority}"
+
+
+class TestFolderSettings:
+    @pytest.mark.parametrize("variable", ["HELSEBRO_CONFIG_DIR", "HELSEBRO_MAPPINGS_DIR", "HELSEBRO_XSD_DIR"])
+    def test_a_folder_setting_that_names_no_folder_is_refused(self, tmp_path, variable):
+        """A misspelt HELSEBRO_CONFIG_DIR used to run on the defaults (everything to the record, no identifier
+        systems) without a word; a misspelt mappings or schema folder showed up only per message, or as `on` in status."""
+        with pytest.raises(ConfigError, match=rf"{variable} {tmp_path / 'nope'}: no such folder"):
+            load_settings(environ={variable: str(tmp_path / "nope")})
+
+    def test_folder_settings_that_exist_load(self, tmp_path):
+        settings = load_settings(environ={"HELSEBRO_CONFIG_DIR": str(tmp_path), "HELSEBRO_XSD_DIR": str(tmp_path)})
+        assert (settings.config_dir, settings.xsd_dir) == (tmp_path, tmp_path)

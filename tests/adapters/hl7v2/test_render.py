@@ -96,6 +96,19 @@ class TestHl7v2Renderer:
         assert seg["PV1"][44] == "20250110082500"
         assert seg["PID"][5] == "A^B"
 
+    @pytest.mark.parametrize("version", ["2.5.1", "2.3"])
+    def test_time_of_death_says_the_patient_died(self, settings, converter, version):
+        """PID-29 with PID-30 Y comes back with PID-30 Y: FHIR keeps the time only, and PID-30 was left empty (alive, to a receiver)."""
+        pid = ADT_A01.split(b"\r")[2]
+        dead = ADT_A01.replace(pid, pid + b"|" * 17 + b"|20250109120000|Y")
+        [conv] = converter.convert(dead)
+        assert conv.ok, conv.error
+        seg = _fields(_renderer(settings, version=version).render(conv))
+        assert seg["PID"][29].startswith("20250109120000")
+        assert seg["PID"][30] == "Y"
+        alive = _fields(_renderer(settings, version=version).render(_with_patient(conv, deceasedDateTime=None, deceasedBoolean=False)))
+        assert alive["PID"][30] == "N"
+
     def test_latin1_encodes_norwegian_letters(self, settings, admit):
         """charset 8859/1 writes Ø, Å and Æ as single Latin-1 bytes and says so in MSH-18."""
         conv = _with_patient(admit, name=[{"family": "ØSTBYE", "given": ["ÅSE", "ÆRLIG"]}])

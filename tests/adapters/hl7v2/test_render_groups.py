@@ -226,7 +226,36 @@ class TestShippedOru:
         assert len(_results(first.bundle)) >= 2
 
 
-def _results(bundle: dict) -> list[tuple]:
+    @pytest.mark.parametrize("version", ["2.5.1", "2.3"])
+    def test_round_trip_keeps_ratio_range_unit_and_repeated_values(self, converter, settings, version):
+        """A titer (SN 1:128), a range's unit and a repeated OBX-5 (several organisms, a series of numbers) survive ORU → Bundle → ORU → Bundle.
+
+        The inbound side makes them valueRatio, valueRange.low/high.unit and components; the
+        outbound mapping wrote an OBX with no OBX-2, OBX-5 or OBX-6 for them: the result was gone.
+        """
+        msg = (
+            "MSH|^~\\&|LAB|STOLAV|HELSEBRO|HP|20250110083000||ORU^R01^ORU_R01|RATIO-1|P|2.5.1|||AL|NE|NOR|UNICODE UTF-8\r"
+            "PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|M\r"
+            "OBR|1|P1|F1|MIK^Mikrobiologi^L|||20250110080000\r"
+            "OBX|1|SN|TIT^Titer^L||<^1^:^128||||||F\r"
+            "OBX|2|SN|K^Kalium^L||^2.5^-^5|mmol/L|||||F\r"
+            "OBX|3|CWE|FUNN^Funn^L||ECOLI^E coli^L~KLEB^Klebsiella^L||||||F\r"
+            "OBX|4|NM|SERIE^Serie^L||4.1~4.3|mmol/L|||||F\r"
+        ).encode()
+        [first] = converter.convert(msg)
+        assert first.ok, first.error
+        renderer = Hl7v2Renderer.for_destination(QueueDestination(kind="queue", queue="q", format="hl7v2", version=version, charset="8859/1"), settings, name="q")
+        out = renderer.render(first)
+        assert [f[2] for f in self._obx(out)] == ["SN", "SN", "CE" if version == "2.3" else "CWE", "NM"]
+        [again] = converter.convert(out)
+        assert again.ok, again.error
+        assert _results(again.bundle, components=True) == _results(first.bundle, components=True)
+        kept = [r[3] for r in _results(first.bundle, components=True)]
+        assert kept[0]["valueRatio"]["denominator"]["value"] == 128 and kept[1]["valueRange"]["high"]["unit"] == "mmol/L"
+        assert len(kept[2]["component"]) == len(kept[3]["component"]) == 2
+
+
+def _results(bundle: dict, *, components: bool = False) -> list[tuple]:
     """Per report (by code, in order): each result's code, value, unit and status."""
     by_ref = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
     out = []
@@ -237,6 +266,8 @@ def _results(bundle: dict) -> list[tuple]:
         for ref in report.get("result", ()):
             obs = by_ref[ref["reference"]]
             value = {k: v for k, v in obs.items() if k.startswith("value")}
+            if components and "component" in obs:
+                value["component"] = [{k: v for k, v in c.items() if k.startswith("value")} for c in obs["component"]]
             out.append((report["code"]["coding"][0]["code"], report["status"], obs["code"]["coding"][0]["code"], value, obs["status"]))
     return out
 

@@ -221,6 +221,19 @@ class TestBuildApprecs:
             assert doc.xpath("string(a:OriginalMsgId/a:IssueDate)", namespaces=_ns(apprec)) == echoed
             schemas.validate(doc, (APPREC_NS[apprec.version],))
 
+    @pytest.mark.parametrize("offset", ["+15:00", "+14:30", "-14:01"])
+    def test_a_gen_date_whose_offset_no_xsd_allows_is_not_echoed(self, example, schemas, offset):
+        """xs:dateTime allows a time zone offset of at most 14:00 either way; Python's parser takes up to 23:59. Such a
+        GenDate makes the message break its schema (T02), and its AppRec echoed it, so the rejection itself broke the
+        AppRec XSD. It is answered like any GenDate that is no xs:dateTime: the AppRec's own GenDate."""
+        data = example(PLO_16).replace(b"2018-01-31T10:20:11", f"2018-01-31T10:20:11{offset}".encode())
+        received = read_message(data, schemas=schemas)
+        assert isinstance(received.error, SchemaInvalid)
+        (apprec,) = build_apprecs(received.envelope, error=received.error, now=NOW)
+        doc = etree.fromstring(apprec.xml)
+        schemas.validate(doc, (APPREC_NS[apprec.version],))
+        assert doc.xpath("string(a:OriginalMsgId/a:IssueDate)", namespaces=_ns(apprec)) == "2024-03-01T12:30:00+01:00"
+
     def test_no_apprec_for_apprec(self, norsk):
         """An AppRec is never answered."""
         received = read_message((norsk / "eksempel" / "NPRbehandlerkravmelding" / "apprec-eksempel.xml").read_bytes())

@@ -147,6 +147,46 @@ class TestRoutesModel:
             load_settings(environ={}, config_dir=str(settings.config_dir))
 
 
+    @pytest.mark.parametrize(
+        ("match", "message"),
+        [
+            ("{format: kith, event: [A01]}", "event: .*KITH"),
+            ("{format: hl7v2, message_code: ['ADT^A01']}", "message_code: .*'ADT\\^A01'"),
+            ("{format: hl7v2, message_code: [ADT_A01]}", "message_code: .*'ADT_A01'"),
+            ("{format: hl7v2, event: ['A01 ']}", "event: .*'A01 '"),
+            ("{format: hl7v2, event: ['']}", "event: "),
+        ],
+        ids=["event-on-kith", "code-with-event", "structure-as-code", "space-in-event", "empty-event"],
+    )
+    def test_a_match_that_can_never_match_is_refused(self, tmp_path, match, message):
+        """A route no message can take settled everything it was meant for as `filtered`, answered AA, sent nowhere."""
+        path = _write(tmp_path, f"destinations:\n  record: {{kind: record}}\nroutes:\n  - name: adt\n    match: {match}\n    to: [record]\n")
+        with pytest.raises(MappingError, match=message) as err:
+            load_routes(path)
+        assert str(err.value).startswith(f"{path}:5:")
+
+    def test_hl7v2_codes_and_kith_types_load(self, tmp_path):
+        """Three-character HL7 codes and events, in either case, and a KITH message type, are accepted."""
+        path = _write(tmp_path, (
+            "destinations:\n  record: {kind: record}\nroutes:\n"
+            "  - {name: adt, match: {format: hl7v2, message_code: [adt, ZXX], event: [A01, z99]}, to: [record]}\n"
+            "  - {name: plo, match: {format: kith, message_code: [DIALOG_HELSEFAGLIG]}, to: [record]}\n"
+        ))
+        assert [r.name for r in load_routes(path).routes] == ["adt", "plo"]
+
+    @pytest.mark.parametrize("delays", ["[1, -5]", "[0]", "[.nan]", "[.inf]", "[30000000]"], ids=["negative", "zero", "nan", "inf", "past-rabbitmq-ttl"])
+    def test_a_retry_delay_that_is_not_a_positive_finite_wait_is_refused(self, tmp_path, delays):
+        """A retry step becomes a queue's x-message-ttl: a negative, NaN or too long one failed at declare or publish, long after load."""
+        path = _write(tmp_path, (
+            "destinations:\n  record: {kind: record}\n"
+            f"  ext:\n    kind: fhir\n    server: {{base_url: 'http://x/fhir'}}\n    retry: {{delays_seconds: {delays}}}\n"
+            "routes:\n  - {name: all, to: [record, ext]}\n"
+        ))
+        with pytest.raises(MappingError, match="delays_seconds") as err:
+            load_routes(path)
+        assert str(err.value).startswith(f"{path}:6:")
+
+
 class TestShippedExample:
     def test_the_commented_example_in_config_routes_yaml_loads(self, tmp_path):
         """The example in config/routes.yaml's comments passes the same checks as the live routes."""
