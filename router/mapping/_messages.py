@@ -64,6 +64,8 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
         names.add(embedded.same)  # the embedded messages' resource: this mapping's resources may bind it
     check_uses(uses, names)
     raw_events = doc.get("events") or []
+    if not isinstance(raw_events, list):  # a string here was read as its characters: every message refused as an event not covered
+        raise _err("events must list trigger events ([A01, A04, ...])", doc.pos("events"))
     match = doc.get("match") or []
     if not isinstance(match, list):
         raise _err("match must be a list of payload namespaces (or root element names)", doc.pos("match"))
@@ -178,6 +180,8 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str], *, top: bool = F
         tpl = c.template(str(_need(item, "use", "a resource entry")), item.pos("use"))
         # `with: {encounter: null}` leaves a parameter unbound: its references are left out (an ADT
         # OBX is the patient's, and the v2-to-FHIR IG cannot tell whether it belongs to the stay)
+        if item.get("with") is not None and not isinstance(item["with"], YMap):
+            raise _err("with: must be a mapping of the template's parameters to resource names ({patient: patient})", item.pos("with"))
         bindings = {str(k): "" if v is None else str(v) for k, v in (item.get("with") or {}).items()}
         for param in tpl.params:
             bindings.setdefault(param, param)

@@ -70,7 +70,8 @@ class _Loader(_Base):  # type: ignore[misc, valid-type]
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, str):
-                key = str(key)
+                # A code as written: YAML 1.1 reads `NO:` as false and `010:` as 8, and str() made them 'False' and '8'.
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key)
             if key in out:
                 raise MappingError(f"duplicate key {key!r}", file=self.filename, line=key_node.start_mark.line + 1, column=key_node.start_mark.column + 1)
             out[key] = self.construct_object(value_node, deep=True)

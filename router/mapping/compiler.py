@@ -261,6 +261,9 @@ class Compiler:
         fhir_type = str(_need(doc, "type", "a resource template"))
         if not fhir_model.is_resource_type(fhir_type):
             raise _err(f"{fhir_type!r} is not a FHIR R4 resource type", doc.pos("type"))
+        if doc.get("params") is not None and not isinstance(doc["params"], list):
+            # a string here was read as its characters, and each use of the parameter was refused at its own line
+            raise _err("params: must be a list of parameter names ([patient, encounter])", doc.pos("params"))
         params = tuple(str(p) for p in (doc.get("params") or []))
         self._params = params
         prefer: tuple[str, ...] = ()
@@ -375,9 +378,20 @@ class Compiler:
         if "when" not in node:
             return None
         try:
-            return compile_condition(node["when"], self.compile_path)
+            return compile_condition(node["when"], self._checked_path)
         except ConditionSyntaxError as exc:
             raise _err(f"bad condition: {exc}", node.pos("when")) from None
+
+    def _checked_path(self, text: str) -> Any:
+        """A condition's path, checked against the format's structures as a rule's `from:` is.
+
+        Why: `when: AL9 valued` (a typo) or `PV1-99` never holds, so what it guards was silently never made.
+        """
+        path = self.compile_path(text)
+        problem = self.check_path(path) if self.check_path is not None else None
+        if problem:
+            raise ValueError(problem)
+        return path
 
     def block(self, rules: Any, fhir_type: str, pos: Pos) -> Block:
         """Compile a list of rules that builds one *fhir_type* object."""

@@ -232,7 +232,21 @@ def _answer(pred: Predicate, scope: Any, exact: bool) -> tuple[bool, set[Any] | 
             _mark(pred, scope)
     finally:
         scope.reads = reads
-    return answer, (taken if answer else None)
+    if not answer:
+        return answer, None
+    return answer, {read for read in taken if not _holds_elements(read)}
+
+
+def _holds_elements(read: Any) -> bool:
+    """Whether *read* is an XML element with element children: a condition's test of it maps none of them.
+
+    Why: an element counts as read whole (its children covered) in the unmapped report. A
+    rule that reads a whole element maps what it holds; `when: dm:Foresporsel valued` only
+    asks whether it is there, and counted whole it hid the nurse the question names, which
+    no rule maps. v2 reads are (segment, field) pairs and pass unchanged.
+    """
+    tag = getattr(read, "tag", None)
+    return isinstance(tag, str) and any(isinstance(child.tag, str) for child in read)
 
 
 def _exact(pred: Any) -> bool:

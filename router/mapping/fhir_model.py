@@ -189,14 +189,27 @@ def invalid_constant(element: Element, value: Any) -> str | None:
         known = elements(element.type_name)
         for name, inner in value.items():
             el = known.get(name)
-            if el is None:
-                continue
+            if el is None:  # a misspelt key (`sytem:`) would be written out as it stands, and FHIR refuses the resource
+                return f"{element.type_name} has no element {name!r}"
             for item in inner if isinstance(inner, list) else [inner]:
                 why = invalid_constant(el, item)
                 if why is not None:
                     return f"{name}: {why}"
         return None
+    if element.type_name is None and element.primitive is not None and value is not None and not _holds(element.primitive, value):
+        # YAML reads `NO`, `yes`, `0123` or `2025-01-10` unquoted as a boolean, a number or a date, not the text written
+        return f"{value!r} is not a FHIR {element.primitive} (YAML read it as a {type(value).__name__}: quote it)"
     check = value_check(element)
     if check is not None and isinstance(value, str) and not check.fits(value):
         return f"{value!r} is not a valid FHIR {check.type_name} (no whitespace at either end, single spaces inside)"
     return None
+
+
+_NUMBERS = {"integer": (int,), "positiveInt": (int,), "unsignedInt": (int,), "integer64": (int,), "decimal": (int, float)}
+"""The primitives a YAML number stands for; every other primitive with a known type is text (booleans have none here)."""
+
+
+def _holds(primitive: str, value: Any) -> bool:
+    """Whether the YAML constant *value* is of the JSON kind FHIR's *primitive* is written as."""
+    kinds = _NUMBERS.get(primitive, (str,))
+    return isinstance(value, kinds) and not isinstance(value, bool)

@@ -71,6 +71,44 @@ class TestDialogmelding:
         assert comm["payload"][1]["contentAttachment"]["contentType"] == "application/pdf"
 
     @pytest.mark.corpus
+    def test_an_answer_is_linked_to_the_question_and_asks_nothing(self, shared_dir, capsys, monkeypatch):
+        """A DIALOG_SVAR quotes the question it answers (Notat/Foresporsel): it makes no CommunicationRequest of
+        its own (the GP's answer is no open request from the GP), and its Communication points at the question's
+        Communication by that message's MsgId (RefToParent), the identifier the question's Communication has."""
+        folder = shared_dir / "norsk" / "eksempel" / "Dialogmelding" / "Dialogmelding-v1-0"
+        code, [question, answer] = _convert(capsys, monkeypatch, shared_dir, folder / "Dialogmelding_foresporsel_PLO_v1-0.xml", folder / "Dialogmelding_svar_foresporsel_PLO_v1-0.xml")
+        assert code == 0
+        assert len(_of(question, "CommunicationRequest")) == 1
+        assert _of(answer, "CommunicationRequest") == []
+        [asked] = _of(question, "Communication")
+        [answered] = _of(answer, "Communication")
+        [link] = answered["inResponseTo"]
+        assert link["type"] == "Communication" and link["identifier"] == asked["identifier"][0]
+
+    @pytest.mark.corpus
+    def test_a_status_on_a_referral_is_based_on_the_referral(self, shared_dir, capsys, monkeypatch):
+        """DIALOG_STATUS_HENVISNING follows up a Henvisning 2.0 (RefToParent is its MsgId): basedOn names that
+        referral's ServiceRequest by the MsgId it carries, and it is no answer to a Communication."""
+        path = shared_dir / "norsk" / "eksempel" / "Dialogmelding" / "Dialogmelding-v1-1" / "Status_paa_henvisning-InnkaltEtterViderehenvisning.xml"
+        parent = re.search(r"<RefToParent>\s*([^<\s]+)", path.read_text("utf-8")).group(1)
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        assert code == 0
+        [comm] = _of(doc, "Communication")
+        assert "inResponseTo" not in comm
+        assert comm["basedOn"] == [{"type": "ServiceRequest", "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{parent.lower()}"}}]
+
+    @pytest.mark.corpus
+    def test_what_a_condition_only_asks_for_is_reported_unmapped(self, shared_dir, capsys, monkeypatch):
+        """A `when: … valued` on an element (is there a Foresporsel?) maps none of its content: --unmapped names
+        the nurse the forespørsel names (RollerRelatertNotat), which no rule maps, instead of reporting nothing."""
+        path = shared_dir / "norsk" / "eksempel" / "Dialogmelding" / "Dialogmelding-v1-0" / "Dialogmelding_foresporsel_PLO_v1-0.xml"
+        monkeypatch.setenv("HELSEBRO_XSD_DIR", str(shared_dir / "norsk" / "skjema"))
+        assert main(["convert", "--unmapped", str(path)]) == 0
+        err = capsys.readouterr().err
+        assert "/Dialogmelding/Foresporsel/RollerRelatertNotat/HealthcareProfessional/FamilyName" in err
+        assert "/Foresporsel/Sporsmal" not in err and "/Foresporsel/TypeForesp" not in err  # these are mapped
+
+    @pytest.mark.corpus
     def test_a_non_uuid_msgid_is_refused(self, shared_dir, tmp_path, capsys, monkeypatch):
         """A MsgId that is not a UUID gives an OperationOutcome and exit 1."""
         src = shared_dir / "norsk" / "eksempel" / "Dialogmelding" / "Dialogmelding-v1-1" / "Helsefaglig dialog.xml"

@@ -50,6 +50,29 @@ class TestLint:
             assert hits, (name, says, err)
             assert f"{name}:{line}:" in hits[0] or f"{name}:{line + 1}:" in hits[0]
 
+    def test_a_condition_naming_what_hl7v2_lacks_is_reported_at_its_line(self, authoring, capsys):
+        """A `when:` with a segment typo (AL9) or a field past the segment's end (PV1-99) is a lint error, as in from:.
+
+        Why: such a condition never holds, so the resources it guards were silently never made (review H109).
+        """
+        expected = {
+            ("ADT_A01.yaml", edit(authoring / "messages" / "ADT_A01.yaml", "    when: AL1 valued", "    when: AL9 valued"), "AL9 is not an HL7 v2 segment"),
+            ("PV1.Encounter.yaml", edit(authoring / "segments" / "PV1.Encounter.yaml", "when: PV1-19 not valued", "when: PV1-99 not valued"), "PV1-99 does not exist"),
+        }
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err.splitlines()
+        for name, line, says in expected:
+            assert any(f"/{name}:{line}:" in e and says in e for e in err), (name, line, says, err)
+
+    def test_table_coding_with_an_unknown_element_is_refused(self, authoring, capsys):
+        """A table's Coding with a misspelt key (`sytem:`) is a lint error at the rule that applies it, not a Bundle FHIR refuses."""
+        edit(authoring / "tables" / "condition-clinical-status.yaml", "  active: {system:", "  active: {sytem:")
+        text = (authoring / "segments" / "PRB.Condition.yaml").read_text(encoding="utf-8")
+        line = text[: text.index("table: condition-clinical-status")].count("\n") + 1
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err
+        assert f"PRB.Condition.yaml:{line}:" in err and "Coding has no element 'sytem'" in err, err
+
     def test_default_covers_inbound_and_outbound_folders(self, capsys):
         """Without PATHs, lint covers mappings/hl7v2, mappings/kith, mappings/outbound/hl7v2 and mappings/outbound/kith."""
         assert main(["mappings", "lint"]) == 0
@@ -156,6 +179,33 @@ class TestLintValues:
         line = text[: text.index("    table: hl7-0004")].count("\n") + 1
         err = self._errors(authoring, capsys)
         assert any(f"PV1.Encounter.yaml:{line}:" in e and "code: 'IM  P' is not a valid FHIR code" in e for e in err), err
+
+
+    def test_a_constant_yaml_reads_as_no_string_is_refused(self, authoring, capsys):
+        """`value: NO` (YAML reads a boolean) for a code, and a table value `no`, are refused: they were written as `false`."""
+        seg = authoring / "segments" / "PID.Patient.yaml"
+        edit(authoring / "tables" / "hl7-0001.yaml", "  N: unknown", "  N: no")
+        text = seg.read_text(encoding="utf-8")
+        table_line = text[: text.index("    table: hl7-0001")].count("\n") + 1
+        err = self._errors(authoring, capsys)
+        assert any(f"PID.Patient.yaml:{table_line}:" in e and "table hl7-0001" in e and "False is not a FHIR code" in e for e in err), err
+        line = edit(seg, "  - target: gender\n", "  - target: language\n    value: NO\n  - target: gender\n") + 1
+        err = self._errors(authoring, capsys)
+        assert any(f"PID.Patient.yaml:{line}:" in e and "False is not a FHIR code" in e for e in err), err
+
+    def test_a_table_code_yaml_reads_as_a_number_or_boolean_keeps_its_text(self, authoring, capsys):
+        """Table codes written `NO:` or `010:` are looked up as NO and 010 (they were the keys 'False' and '8')."""
+        edit(authoring / "tables" / "hl7-0001.yaml", "  N: unknown", "  NO: female\n  010: male")
+        case = authoring / "messages" / "ADT_A01.cases" / "admit_fnr.hl7"
+        text = case.read_text(encoding="utf-8")
+        pid = next(seg for seg in text.replace("\r", "\n").split("\n") if seg.startswith("PID|"))
+        fields = pid.split("|")
+        for code, gender in (("NO", "female"), ("010", "male")):
+            fields[8] = code
+            case.write_text(text.replace(pid, "|".join(fields)), encoding="utf-8")
+            assert main(["convert", str(case)]) == 0
+            out = capsys.readouterr().out
+            assert f'"gender":"{gender}"' in out, (code, out[:500])
 
 
 class TestFixtureCases:

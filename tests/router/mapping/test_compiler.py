@@ -77,6 +77,12 @@ class TestLoadChecks:
              "  prefer: urn:oid:2.16.578.1.12.4.1.4.1\n", "prefer: must be a list"),
             ("messages/ADT_A45.yaml", "      owner: prior", "      owner: facility", "'facility' must name a Patient this message makes earlier"),
             ("messages/ADT_A45.yaml", "      owner: prior", "      owner: stay", "'stay' must name a Patient this message makes earlier"),
+            # review H109: what lint let through, to be met per message instead
+            ("messages/ADT_A01.yaml", "events: [A01, A04, A08, A13]", "events: A01", "events must list"),
+            ("segments/AL1.AllergyIntolerance.yaml", "params: [patient]", "params: patient", "params: must be a list"),
+            ("messages/ADT_A01.yaml", "    each: AL1\n", "    with: patient\n    each: AL1\n", "with: must be a mapping"),
+            ("segments/OBR.ServiceRequest.yaml", 'value: {system: "http://terminology.hl7.org/CodeSystem/v2-0203", code: PLAC',
+             'value: {sytem: "http://terminology.hl7.org/CodeSystem/v2-0203", code: PLAC', "Coding has no element 'sytem'"),
         ],
     )
     def test_errors_point_at_the_line(self, mapping_copy, file, old, new, says):
