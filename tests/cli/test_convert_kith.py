@@ -632,6 +632,59 @@ class TestWithdrawal:
         assert ("add", "MedicationRequest", "statusReason", reason) in _operations(entry)
 
 
+_M10 = "Ekspedering og utlevering/M10 Utleveringsrapport.xml"
+"""The national M10: a dispensing (MsgId 4a774ee6-…) of ReseptId c2883dc2-… on 2019-07-16."""
+_M10_ANNULLED = "0b0d8a52-6f1e-4c1e-9d43-2f7e5a9c0e11"
+"""The MsgId of an earlier M10 that our annulling variants of the national M10 name in AnnulleringsId."""
+
+
+class TestDispensingReport:
+    @pytest.mark.corpus
+    def test_an_annulling_m10_retires_the_dispensing_it_names(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """Annullering=true with AnnulleringsId (the MsgId of the M10 annulled) marks that M10's MedicationDispense
+        entered-in-error, a PATCH of its status under its identity: no new MedicationDispense is written."""
+        path = shared_dir / "norsk" / "eksempel" / "eresept" / _M10
+        if not path.is_file():
+            pytest.skip("../shared/norsk/eksempel/eresept (the national M10 example) is not there")
+        [annul] = _variants(tmp_path, path.read_text("utf-8"), {
+            "<Annullering>false</Annullering>": "<Annullering>true</Annullering>",
+            "<ByttereservasjonKunde>false</ByttereservasjonKunde>": f"<ByttereservasjonKunde>false</ByttereservasjonKunde><AnnulleringsId>{_M10_ANNULLED}</AnnulleringsId>",
+        })
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, annul)
+        assert code == 0
+        Bundle.model_validate(doc)
+        assert _of(doc, "MedicationDispense") == []
+        [entry] = _patches(doc)
+        [patient] = [e["fullUrl"] for e in doc["entry"] if e["resource"]["resourceType"] == "Patient"]
+        condition = f"identifier=urn:ietf:rfc:3986|urn%3Auuid%3A{_M10_ANNULLED}&subject={patient}"
+        assert entry["request"] == {"method": "PATCH", "url": f"MedicationDispense?{condition}"}
+        assert _operations(entry) == [
+            ("delete", "MedicationDispense.status", None, None),
+            ("add", "MedicationDispense", "status", "entered-in-error"),
+        ]
+
+    @pytest.mark.corpus
+    def test_an_m10_with_a_cancellation_code_reports_no_dispensing(self, shared_dir, capsys, monkeypatch, tmp_path):
+        """An M10 with Kanselleringskode (the pharmacy broke off after downloading the prescription) reports that
+        nothing was handed over: its MedicationDispense is cancelled, with no whenHandedOver."""
+        path = shared_dir / "norsk" / "eksempel" / "eresept" / _M10
+        if not path.is_file():
+            pytest.skip("../shared/norsk/eksempel/eresept (the national M10 example) is not there")
+        text = path.read_text("utf-8")
+        [cancelled] = _variants(tmp_path, text, {
+            "<ReservasjonRapportFastlege>": '<Kanselleringskode V="1" DN="Kansellert"/><ReservasjonRapportFastlege>',
+        })
+        _, [plain] = _convert(capsys, monkeypatch, shared_dir, path)
+        [dispensed] = _of(plain, "MedicationDispense")
+        assert dispensed["status"] == "completed" and dispensed["whenHandedOver"] == "2019-07-16"
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, cancelled)
+        assert code == 0
+        Bundle.model_validate(doc)
+        [dispense] = _of(doc, "MedicationDispense")
+        assert dispense["status"] == "cancelled"
+        assert "whenHandedOver" not in dispense
+
+
 def _codings_without_system(node, path: str = "") -> list[str]:
     """Where a Coding (an item of a `coding` list, or a `…Coding` element) has a code but no system."""
     found: list[str] = []

@@ -409,6 +409,30 @@ class TestWithdrawalsReachTheRecord:
         [(_, body)] = drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.112233")
         assert _apprec(body) == ("1", None)
 
+    def test_an_annulling_m10_retires_the_dispensing_it_annuls(self, engine):
+        """M10, then an M10 annulling it (Annullering true, AnnulleringsId = the first M10's MsgId): the one
+        MedicationDispense the record holds is now entered-in-error, product and quantity as the first stored them;
+        the annulment writes no dispensing of its own."""
+        from adapters.fhir.record import open_record
+
+        m10 = (Path(__file__).resolve().parents[2] / "mappings" / "kith" / "messages" / "ERM10.cases" / "utlevering.xml").read_text("utf-8")
+        first_id = "6c2a1d2f-3e4b-4d5c-8f60-1b2c3d4e5f02"
+        annul = m10.replace(first_id, "6c2a1d2f-3e4b-4d5c-8f60-1b2c3d4e5f03").replace(
+            "<Annullering>false</Annullering>", f"<Annullering>true</Annullering><AnnulleringsId>{first_id}</AnnulleringsId>")
+        assert annul.count("AnnulleringsId") == 2
+        settings, handle = engine
+        _published(settings, handle, m10.encode("utf-8"), applied=1)
+        record = open_record(settings)
+        try:
+            [before] = record.search("MedicationDispense", {})
+            assert before["status"] == "completed"
+            _published(settings, handle, annul.encode("utf-8"), applied=2)
+            [after] = record.search("MedicationDispense", {})
+        finally:
+            record.close()
+        assert after["id"] == before["id"] and after["status"] == "entered-in-error"
+        assert {k: v for k, v in after.items() if k not in ("status", "meta")} == {k: v for k, v in before.items() if k not in ("status", "meta")}
+
     def test_an_m5_for_a_prescription_the_record_lacks_is_refused(self, engine):
         """An M5 whose ReseptId the record does not hold writes nothing (not even its patient), is dead-lettered at the
         apply stage with its reason, and its sender gets a negative AppRec (X99): a stopped stub would be overwritten
