@@ -13,18 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 
 from router.errors import ConfigError, MappingError
 from router.mapping._yaml import load_yaml, plain, position_of
-from router.routing.model import RoutesConfig, default_routes, load_routes
+from router.routing.model import ConfigBase, RoutesConfig, default_routes, load_routes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The checkout: mappings/ and config/ are read from here unless a setting says otherwise."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Frozen = ConfigBase
 
 
 def _text_codec(name: str | None) -> str | None:
@@ -255,7 +254,10 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
             routes.yaml is wrong (a MappingError with file:line:col).
     """
     env = os.environ if environ is None else environ
-    values: dict[str, object] = {k: env[v] for k, v in _ENV.items() if env.get(v)}
+    # Blank counts as unset, and spaces around a URL or a folder (`export X=" amqp://…"`, a line read
+    # from a file) are not part of it: kept, they failed later as "cannot reach the broker at :".
+    # The PHI key is taken as written: trimming it would change every patient key made with it.
+    values: dict[str, object] = {k: env[v] if k == "phi_key" else env[v].strip() for k, v in _ENV.items() if env.get(v, "").strip()}
     values.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("config_dir", "mappings_dir", "xsd_dir"):  # a misspelt folder ran on the defaults without a word
         if key in values and not Path(str(values[key])).is_dir():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -49,8 +49,33 @@ _NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
 _HD_NAME = r"^[^|^~\\&\x00-\x1f]+$"  # an HL7 namespace id: no delimiter, no control character (as router/settings.py's)
 
 
-class _Frozen(BaseModel):
+class ConfigBase(BaseModel):
+    """A block of engine.yaml or routes.yaml: unknown keys refused, frozen once loaded, and no true/false for a number.
+
+    Pydantic takes `true` for an int or float field as 1: `window_seconds: true`
+    loaded as a one-second duplicate window. YAML's booleans are never a number here.
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, data: Any) -> Any:
+        # A model validator, as a field one may not run before a union's discriminator; the
+        # boolean goes on as its YAML word, which the number field then refuses at its own place.
+        if not isinstance(data, dict):
+            return data
+        fixed = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name) if isinstance(value, bool) else None
+            if field is not None:
+                kinds = {field.annotation, *get_args(field.annotation)}
+                if kinds & {int, float} and bool not in kinds:
+                    fixed[name] = str(value).lower()
+        return fixed
+
+
+_Frozen = ConfigBase
 
 
 class RetryConfig(_Frozen):

@@ -123,3 +123,34 @@ class TestFolderSettings:
     def test_folder_settings_that_exist_load(self, tmp_path):
         settings = load_settings(environ={"HELSEBRO_CONFIG_DIR": str(tmp_path), "HELSEBRO_XSD_DIR": str(tmp_path)})
         assert (settings.config_dir, settings.xsd_dir) == (tmp_path, tmp_path)
+
+
+class TestValueTypes:
+    @pytest.mark.parametrize(
+        ("file", "text", "line", "where"),
+        [
+            ("engine.yaml", "broker:\n  prefetch: true\n", 2, "broker.prefetch"),
+            ("engine.yaml", "mappings:\n  reload_seconds: false\n", 2, "mappings.reload_seconds"),
+            ("routes.yaml", "destinations:\n  record: {kind: record}\nroutes:\n  - {name: all, to: [record]}\nduplicates:\n  window_seconds: true\n", 6, "duplicates.window_seconds"),
+        ],
+        ids=["int", "float", "routes-int"],
+    )
+    def test_true_or_false_for_a_number_is_refused(self, tmp_path, file, text, line, where):
+        """Pydantic read `true` for a number as 1: `window_seconds: true` loaded as a one-second duplicate window,
+        `reload_seconds: false` turned hot reload off. A boolean is never a number in config: refused at file:line."""
+        config_dir = isolated_settings(tmp_path).config_dir
+        (config_dir / file).write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError, match=rf"{file}:{line}:\d+: {where}: .*valid (integer|number)"):
+            load_settings(environ={}, config_dir=str(config_dir))
+
+
+class TestEnvironment:
+    def test_blank_values_are_unset(self, tmp_path):
+        """A variable holding only spaces (an empty line from a file) counts as unset, as an empty one does."""
+        settings = load_settings(environ={"HELSEBRO_BROKER_URL": "  ", "HELSEBRO_DATA_DIR": "\t", "HELSEBRO_RECORD_URL": " \n"})
+        assert (settings.broker_url, settings.record_url) == (None, None)
+        assert settings.data_dir == load_settings(environ={}).data_dir
+
+    def test_spaces_around_a_url_or_folder_are_not_part_of_it(self, tmp_path):
+        settings = load_settings(environ={"HELSEBRO_BROKER_URL": " amqp://guest@127.0.0.1:5672/%2F\n", "HELSEBRO_DATA_DIR": f" {tmp_path} "})
+        assert (settings.broker_url, settings.data_dir) == ("amqp://guest@127.0.0.1:5672/%2F", tmp_path)
