@@ -15,6 +15,7 @@ __all__ = [
     "CHARSETS",
     "DEFAULT_CHARSET",
     "escape",
+    "escape_text",
     "fhir_to_hl7_date",
     "fhir_to_hl7_ts",
     "hl7_ts_to_ts",
@@ -43,6 +44,21 @@ def escape(value: str) -> str:
     if _NEEDS_ESCAPE.search(value) is None:
         return value
     return _NEEDS_ESCAPE.sub(_escaped, value)
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def escape_text(value: str) -> str:
+    """Return *value* escaped for a formatted-text field (FT, TX): a line break is `\\.br\\`, the rest as escape().
+
+    Why: HL7 v2 §2.7 makes `\\.br\\` the line break of formatted text (FT, and TX by
+    convention); a receiver shows it as a new line, where `\\X0A\\` would be a raw byte.
+    ST and the other types allow no formatting and keep the hex escape.
+    """
+    if "\n" not in value and "\r" not in value:
+        return escape(value)
+    return "\\.br\\".join(escape(line) for line in _LINE_BREAK.split(value))
 
 
 def _escaped(found: re.Match[str]) -> str:

@@ -17,14 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from adapters.hl7v2._er7 import escape, fhir_to_hl7_date, fhir_to_hl7_ts
+from adapters.hl7v2._er7 import escape, escape_text, fhir_to_hl7_date, fhir_to_hl7_ts
 from adapters.hl7v2._fhir_paths import FhirPath, PathSyntaxError, as_text, compile_fhir_condition, compile_fhir_path
 from adapters.hl7v2._versions import FieldDef
 from router.errors import MessageError
 from router.mapping import fhir_model
 from router.mapping._yaml import Pos, YList, YMap
 
-__all__ = ["CONTEXT_NAMES", "FieldCompiler", "FieldFn", "RenderContext", "Skip", "Table"]
+__all__ = ["CONTEXT_NAMES", "FieldCompiler", "FieldFn", "RenderContext", "Skip", "Table", "left_out"]
 
 CONTEXT_NAMES = frozenset({
     "event", "message_code", "structure", "control_id", "sent", "destination", "processing_id",
@@ -39,10 +39,30 @@ string, given names first (a Reference's display) → its last word (the family 
 and a Coding.system the inbound side made of a table 0396 name → that name again."""
 
 _FIELD_KEYS = {"value", "context", "from", "each", "fn", "table", "else", "components", "resolve", "as", "when", "versions", "required", "up", "where", "note"}
-_VALUE_KEYS = {"value", "context", "from", "fn", "table", "else", "up", "where", "note"}
+_VALUE_KEYS = {"value", "context", "from", "fn", "table", "else", "up", "where", "when", "note"}
 _MAX_UP = 16
 """Resources `up:` climbs at most: a bed, its room, ward, floor, building and site are six; a loop of references ends here."""
 _VERSION = re.compile(r"\d+(\.\d+)*$")
+
+
+def _covers(wanted: list[str], version: str) -> bool:
+    """Tell whether one of the *wanted* versions is *version* or a release of it (2.3 covers 2.3.1)."""
+    return any(version == v or version.startswith(v + ".") for v in wanted)
+
+
+def left_out(spec: Any, version: str) -> bool:
+    """Tell whether a field's spec (or every alternative of a list) has a well-formed `versions:` that leaves *version* out.
+
+    Why: such a field is not checked against *version* at all, so a mapping may name a field a
+    later version withdrew (AL1-6 from v2.7) for the versions that have it.
+    """
+    specs = spec if isinstance(spec, list) else [spec]
+    for one in specs:
+        raw = one.get("versions") if isinstance(one, dict) else None
+        wanted = [str(v) for v in (raw if isinstance(raw, list) else [raw])] if raw is not None else []
+        if not wanted or not all(_VERSION.match(v) for v in wanted) or _covers(wanted, version):
+            return False
+    return bool(specs)
 
 
 @dataclass(slots=True)
@@ -108,6 +128,8 @@ class FieldCompiler:
     def __init__(self, owner: Owner, segment: str, n: int, definition: FieldDef, resource_type: str | None) -> None:
         self.owner, self.segment, self.n, self.definition, self.resource_type = owner, segment, n, definition, resource_type
         self.label = f"{segment}-{n}"
+        # formatted text (NTE-3, FT; TX) writes a line break as \.br\; every other type as \X0A\ (docs/outbound-hl7v2.md, Escapes)
+        self.escape = escape_text if definition.datatype in ("FT", "TX") else escape
 
     def compile(self, spec: Any, pos: Pos) -> FieldFn:
         """Return the closure for *spec*: a path, a mapping of the keys in _FIELD_KEYS, or a list of alternatives."""
@@ -145,10 +167,11 @@ class FieldCompiler:
             fn = self._lines(spec, pos)
         else:
             value = self.value(_without(spec, ("when", "versions")), pos, self.resource_type)
+            write = self.escape
 
             def fn(node: Any, ctx: RenderContext) -> str:
                 got = value(node, ctx)
-                return escape(got) if got else ""
+                return write(got) if got else ""
 
         if "when" in spec:
             fn = _when(fn, self._condition(spec["when"], _pos(spec, "when", pos)))
@@ -208,8 +231,7 @@ class FieldCompiler:
         wanted = [str(v) for v in (raw if isinstance(raw, list) else [raw])]
         if not wanted or not all(_VERSION.match(v) for v in wanted):
             raise self.owner.fail(f"{self.label}: versions: lists HL7 versions, e.g. [\"2.3\", \"2.4\"]", pos)
-        version = self.owner.version
-        return any(version == v or version.startswith(v + ".") for v in wanted)
+        return _covers(wanted, self.owner.version)
 
     def _condition(self, text: Any, pos: Pos) -> Callable[[Any], bool]:
         if self.resource_type is None:
@@ -254,10 +276,11 @@ class FieldCompiler:
             if item_type is not None:
                 raise self.owner.fail(f"{self.label}: the path reaches a {item_type}; say which parts go where with components:", pos)
             transform = self._transform(spec, pos)
+            write = self.escape
 
             def render_item(item: Any, ctx: RenderContext) -> str:
                 got = transform(as_text(item))
-                return escape(got) if got else ""
+                return write(got) if got else ""
 
         if resolve is None:
             return items, render_item
@@ -325,6 +348,8 @@ class FieldCompiler:
         if len(sources) != 1:
             raise self.owner.fail(f"{self.label}: give exactly one of value:, context:, from:", pos)
         get = self._source(spec, sources[0], pos, type_name)
+        if "when" in spec:
+            get = self._value_when(spec, get, pos, type_name)
         if "up" in spec:
             get = self._up(spec, get, pos, type_name)
         elif "where" in spec:
@@ -342,6 +367,27 @@ class FieldCompiler:
             return got
 
         return fn
+
+    def _value_when(self, spec: dict[str, Any], get: _ValueFn, pos: Pos, type_name: str | None) -> _ValueFn:
+        """`when:` in a value (a component): read it only when a condition on the item holds, else go on to `else:`.
+
+        Why: one XTN repetition is a phone number (XTN.1/XTN.12) or an e-mail address (XTN.4),
+        by the ContactPoint's own `system`; a condition on the segment's resource cannot tell them apart.
+        """
+        wpos = _pos(spec, "when", pos)
+        if type_name is None:
+            raise self.owner.fail(f"{self.label}: when: needs the item the value is read from", wpos)
+        if not isinstance(spec["when"], str):
+            raise self.owner.fail(f"{self.label}: when: is a condition, e.g. system=email", wpos)
+        try:
+            holds = compile_fhir_condition(spec["when"], type_name)
+        except PathSyntaxError as exc:
+            raise self.owner.fail(f"{self.label}: when: {exc}", wpos) from None
+
+        def guarded(node: Any, ctx: RenderContext) -> str | None:
+            return get(node, ctx) if node is not None and holds(node) else None
+
+        return guarded
 
     def _up(self, spec: dict[str, Any], get: _ValueFn, pos: Pos, type_name: str | None) -> _ValueFn:
         """`up:` (a Reference path) and `where:`: read `from:` in the item, else in the resource it references, and so on up.

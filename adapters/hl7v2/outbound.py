@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from adapters.hl7v2._er7 import keeps_offset
 from adapters.hl7v2._fhir_paths import FhirPath, PathSyntaxError, compile_fhir_condition, compile_fhir_path
-from adapters.hl7v2._outbound_fields import CONTEXT_NAMES, FieldCompiler, FieldFn, RenderContext, Skip, Table
+from adapters.hl7v2._outbound_fields import CONTEXT_NAMES, FieldCompiler, FieldFn, RenderContext, Skip, Table, left_out
 from adapters.hl7v2._versions import StructureCursor, StructureError, VersionDefs, version_defs
 from router.errors import MappingError, MessageError
 from router.mapping import fhir_model
@@ -324,6 +324,8 @@ class _Compiler:
         defs = self.defs.fields_of(name)
         compiled: list[tuple[int, FieldFn]] = []
         for key, spec in fields.items():
+            if left_out(spec, self.version):
+                continue  # versions: leaves this receiver out: a field its version lacks (AL1-6 from v2.7) is fine
             try:
                 n = self._field_number(key, name, len(defs), fields.pos(key))
                 compiled.append((n, FieldCompiler(self, name, n, defs[n - 1], source).compile(spec, fields.pos(key))))

@@ -282,3 +282,118 @@ class TestAttendingDoctors:
         """A participant whose reference leads nowhere in the Bundle and carries no name writes no empty repetition."""
         conv = _with_participants(admit, ("ATND", {"reference": "urn:uuid:00000000-0000-5000-8000-000000000000"}), ("ATND", self._practitioner(admit)))
         assert _fields(_renderer(settings).render(conv))["PV1"][7] == "9144900^LEGE^LISA^^^^^^HPR^^^^HPR"
+
+
+HL7APY_VERSIONS = ("2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.1", "2.8.2")
+"""Every version a destination's `version:` accepts (router/routing/model.py) that hl7apy has tables for."""
+
+
+class TestEveryVersion:
+    @pytest.mark.parametrize("version", HL7APY_VERSIONS)
+    @pytest.mark.parametrize("mapping", ["ADT_A01", "ORU_R01"])
+    def test_shipped_mappings_load_for_every_accepted_version(self, settings, version, mapping):
+        """A destination of any version the setting accepts starts: a field the version lacks (AL1-6 from 2.7) is left out."""
+        _renderer(settings, version=version, mapping=mapping)
+
+    @pytest.mark.parametrize("version", ["2.7", "2.8.2"])
+    def test_an_admission_renders_and_converts_back_for_a_later_version(self, settings, converter, version):
+        """A v2.7+ receiver gets MSH-12 of its version, the allergy without AL1-6, and the patient reads back the same."""
+        src = (Path(settings.mappings_dir) / "hl7v2/messages/ADT_A01.cases/admit_with_allergy_and_diagnosis.hl7").read_bytes().replace(b"\n", b"\r")
+        [conv] = converter.convert(src)
+        assert conv.ok, conv.error
+        out = _renderer(settings, version=version).render(conv)
+        seg = _fields(out)
+        assert seg["MSH"][12] == version
+        assert "AL1" in seg and len(seg["AL1"]) <= 6
+        [back] = converter.convert(out)
+        assert back.ok, back.error
+        assert _resources(back.bundle)["Patient"]["identifier"] == _resources(conv.bundle)["Patient"]["identifier"]
+
+
+HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
+
+
+class TestXcnFromOneIdentifier:
+    def test_hpr_number_goes_with_its_own_authority_and_type(self, settings, admit):
+        """A Practitioner whose first identifier is local: XCN.1, XCN.9 and XCN.13 all come from the HPR identifier."""
+        bundle = copy.deepcopy(admit.bundle)
+        [doctor] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Practitioner"]
+        doctor["identifier"] = [{"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": FNR}, {"system": HPR, "value": "9144900"}]
+        pv1_7 = _fields(_renderer(settings).render(_with_bundle(admit, bundle)))["PV1"][7]
+        assert pv1_7 == "9144900^LEGE^LISA^^^^^^HPR^^^^HPR"
+
+    def test_without_hpr_the_first_identifier_is_written_whole(self, settings, admit):
+        """No HPR number: XCN.1, XCN.9 and XCN.13 all come from the first identifier."""
+        bundle = copy.deepcopy(admit.bundle)
+        [doctor] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Practitioner"]
+        doctor["identifier"] = [{"system": "urn:oid:2.16.578.1.12.4.1.4.2", "value": "41066112345"}, {"system": "urn:example:local", "value": "L1"}]
+        assert _fields(_renderer(settings).render(_with_bundle(admit, bundle)))["PV1"][7] == "41066112345^LEGE^LISA^^^^^^NOR^^^^DNR"
+
+
+PHONES = "^PRN^PH^^^^^^^^^22334455~^NET^Internet^ola@example.no~^PRS^CP^^^^^^^^^90000000"
+WORK = "^WPN^PH^^^^^^^^^73000000"
+
+
+class TestTelecom:
+    @pytest.fixture
+    def reachable(self, converter) -> Converted:
+        pid = ADT_A01.split(b"\r")[2]
+        fields = pid.split(b"|")
+        fields += [b""] * (15 - len(fields))
+        fields[13], fields[14] = PHONES.encode(), WORK.encode()
+        [conv] = converter.convert(ADT_A01.replace(pid, b"|".join(fields)))
+        assert conv.ok, conv.error
+        assert len(_resources(conv.bundle)["Patient"]["telecom"]) == 4
+        return conv
+
+    @pytest.mark.parametrize("version", HL7APY_VERSIONS)
+    def test_phone_and_email_survive_a_round_trip(self, settings, converter, reachable, version):
+        """PID-13 (home, mobile, e-mail) and PID-14 (work) are written as XTN and read back as the same telecoms."""
+        out = _renderer(settings, version=version).render(reachable)
+        [back] = converter.convert(out)
+        assert back.ok, back.error
+        before = _resources(reachable.bundle)["Patient"]["telecom"]
+        after = _resources(back.bundle)["Patient"]["telecom"]
+        if version.startswith(("2.3", "2.4")):  # table 0201 has PRS from v2.5: before, a mobile number goes out as PRN, read back as home
+            before = [dict(t, use="home") if t.get("use") == "mobile" else t for t in before]
+        key = lambda t: (t.get("system", ""), t.get("value", ""))  # noqa: E731 - PID-14 follows PID-13
+        assert sorted(after, key=key) == sorted(before, key=key)
+
+    def test_xtn_components_per_version(self, settings, reachable):
+        """v2.3 writes the number in XTN.1; v2.5.1 in XTN.1 and XTN.12; v2.7, where XTN.1 is withdrawn, in XTN.12; e-mail in XTN.4."""
+        v23 = _fields(_renderer(settings, version="2.3").render(reachable))["PID"]
+        assert v23[13].split("~") == ["22334455^PRN^PH", "^NET^Internet^ola@example.no", "90000000^PRN^PH"]
+        assert v23[14] == "73000000^WPN^PH"
+        v251 = _fields(_renderer(settings).render(reachable))["PID"]
+        assert v251[13].split("~")[:2] == ["22334455^PRN^PH^^^^^^^^^22334455", "^NET^Internet^ola@example.no"]
+        assert v251[13].split("~")[2] == "90000000^PRS^PH^^^^^^^^^90000000"
+        v27 = _fields(_renderer(settings, version="2.7").render(reachable))["PID"]
+        assert v27[14] == "^WPN^PH^^^^^^^^^73000000"
+
+
+class TestLineBreaks:
+    def _oru(self, settings, converter, note: bytes) -> Converted:
+        src = (Path(settings.mappings_dir) / "outbound/hl7v2/ORU_R01.cases/two_orders_string_and_nm/input.hl7").read_bytes().replace(b"\n", b"\r")
+        [conv] = converter.convert(src.replace(b"NTE|1||Lett hemolysert pr", b"NTE|1||" + note + b"pr"))
+        assert conv.ok, conv.error
+        return conv
+
+    def test_a_line_break_in_formatted_text_is_br_and_reads_back(self, settings, converter):
+        """NTE-3 (FT) writes a note's line breaks as \\.br\\, HL7's formatting line break, and the inbound side reads it back."""
+        conv = self._oru(settings, converter, b"Lett hemolysert\\.br\\")
+        [note] = [n["text"] for r in _all(conv.bundle, "Observation") for n in r.get("note", ())]
+        assert note == "Lett hemolysert\nprøve"
+        out = _renderer(settings).render(conv)
+        [nte] = [line for line in out.decode().split("\r") if line.startswith("NTE|")]
+        assert nte.split("|")[3] == "Lett hemolysert\\.br\\prøve"
+        [back] = converter.convert(out)
+        assert [n["text"] for r in _all(back.bundle, "Observation") for n in r.get("note", ())] == [note]
+
+    def test_a_line_break_in_a_string_field_stays_a_hex_escape(self, settings, admit):
+        """ST allows no formatting: a line break in DG1-4 or a name stays \\X0A\\."""
+        seg = _fields(_renderer(settings).render(_with_patient(admit, name=[{"family": "A\nB"}])))
+        assert seg["PID"][5] == "A\\X0A\\B"
+
+
+def _all(bundle: dict, rtype: str) -> list[dict]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == rtype]
