@@ -220,8 +220,9 @@ class RouteMatch(_Frozen):
         if fmt == "hl7v2":
             wrong = [v for v in values if not re.fullmatch(r"[A-Za-z0-9]{3}", v)]
             if wrong:
-                field = "MSH-9.1" if info.field_name == "message_code" else "MSH-9.2"
-                raise ValueError(f"{wrong[0]!r} can never match: an HL7 v2 {info.field_name.replace('_', ' ')} ({field}) is three letters or digits, such as ADT or A01")
+                name = info.field_name or "event"  # always set for a field validator
+                field = "MSH-9.1" if name == "message_code" else "MSH-9.2"
+                raise ValueError(f"{wrong[0]!r} can never match: an HL7 v2 {name.replace('_', ' ')} ({field}) is three letters or digits, such as ADT or A01")
         return values
 
     @model_validator(mode="after")

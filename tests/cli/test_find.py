@@ -749,9 +749,8 @@ class TestFoundByReview:
         its own sender; a letter that names no sender (refused at convert) is still shown under any (found by review)."""
         from adapters.amqp.connection import open_connection
         from adapters.amqp.outbound import Publisher
-        from router.pipeline.settle import dead_letter_headers
-
         from adapters.fhir.record import open_record
+        from router.pipeline.settle import dead_letter_headers
 
         settings = exported(None)
         open_record(settings).close()  # as an engine run makes it: find reads a record that is there

@@ -234,14 +234,14 @@ class TestShippedOru:
         outbound mapping wrote an OBX with no OBX-2, OBX-5 or OBX-6 for them: the result was gone.
         """
         msg = (
-            "MSH|^~\\&|LAB|STOLAV|HELSEBRO|HP|20250110083000||ORU^R01^ORU_R01|RATIO-1|P|2.5.1|||AL|NE|NOR|UNICODE UTF-8\r"
-            "PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|M\r"
-            "OBR|1|P1|F1|MIK^Mikrobiologi^L|||20250110080000\r"
-            "OBX|1|SN|TIT^Titer^L||<^1^:^128||||||F\r"
-            "OBX|2|SN|K^Kalium^L||^2.5^-^5|mmol/L|||||F\r"
-            "OBX|3|CWE|FUNN^Funn^L||ECOLI^E coli^L~KLEB^Klebsiella^L||||||F\r"
-            "OBX|4|NM|SERIE^Serie^L||4.1~4.3|mmol/L|||||F\r"
-        ).encode()
+            b"MSH|^~\\&|LAB|STOLAV|HELSEBRO|HP|20250110083000||ORU^R01^ORU_R01|RATIO-1|P|2.5.1|||AL|NE|NOR|UNICODE UTF-8\r"
+            b"PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|M\r"
+            b"OBR|1|P1|F1|MIK^Mikrobiologi^L|||20250110080000\r"
+            b"OBX|1|SN|TIT^Titer^L||<^1^:^128||||||F\r"
+            b"OBX|2|SN|K^Kalium^L||^2.5^-^5|mmol/L|||||F\r"
+            b"OBX|3|CWE|FUNN^Funn^L||ECOLI^E coli^L~KLEB^Klebsiella^L||||||F\r"
+            b"OBX|4|NM|SERIE^Serie^L||4.1~4.3|mmol/L|||||F\r"
+        )
         [first] = converter.convert(msg)
         assert first.ok, first.error
         renderer = Hl7v2Renderer.for_destination(QueueDestination(kind="queue", queue="q", format="hl7v2", version=version, charset="8859/1"), settings, name="q")
