@@ -204,3 +204,127 @@ class TestChangeAndCancelInTheRecord:
             assert meds and all(m["status"] == "entered-in-error" for m in meds)
         finally:
             record.close()
+
+
+def _convert_unmapped(capsys, monkeypatch, shared: Path, path: Path) -> tuple[dict, str]:
+    """Convert one file with --unmapped: its Bundle and what stderr reports as dropped."""
+    monkeypatch.setenv("HELSEBRO_XSD_DIR", str(shared / "norsk" / "skjema"))
+    assert main(["convert", "--unmapped", str(path)]) == 0
+    captured = capsys.readouterr()
+    [doc] = [json.loads(line) for line in captured.out.splitlines()]
+    assert doc["resourceType"] == "Bundle", doc
+    return doc, captured.err
+
+
+class TestClinicalContentIsNotDropped:
+    """Content a municipality needs in the shared record, once reported by --unmapped as dropped."""
+
+    UTSKRIVNING = ("plo", "1_6", "utskrivningsrapport_1.6_mottak", "Utskrivningsrapport_v1-6_Ny.xml")
+
+    @pytest.mark.corpus
+    def test_medicines_given_at_transfer_are_administrations(self, shared_dir, capsys, monkeypatch):
+        """Utskrivningsrapport LegemidlerAdministrertVedOverforing/AdmAvHelsepersonell → MedicationAdministration
+        (completed, given at AdmStart, the medicine's name/strength/form, the dose text), for the patient and the stay."""
+        doc, err = _convert_unmapped(capsys, monkeypatch, shared_dir, shared_dir.joinpath("norsk", "eksempel", *self.UTSKRIVNING))
+        assert "AdmAvHelsepersonell" not in err
+        given = _of(doc, "MedicationAdministration")
+        assert len(given) == 4 and len({g["id"] for g in given}) == 4
+        [patient], [encounter] = _of(doc, "Patient"), _of(doc, "Encounter")
+        by_url = {e["fullUrl"]: e["resource"] for e in doc["entry"]}
+        burinex = next(g for g in given if g["medicationCodeableConcept"]["text"].startswith("Burinex"))
+        assert burinex["status"] == "completed"
+        assert burinex["medicationCodeableConcept"]["text"] == "Burinex 1 mg Tablett"
+        assert burinex["effectiveDateTime"] == "2018-02-02T08:00:00+01:00"
+        assert burinex["dosage"]["text"] == "2 tabletter gitt kl 08 på utskrivelsesdag"
+        assert by_url[burinex["subject"]["reference"]] is patient
+        assert by_url[burinex["context"]["reference"]] is encounter
+        assert {e["request"]["method"] for e in doc["entry"] if e["resource"]["resourceType"] == "MedicationAdministration"} == {"PUT"}
+
+    @pytest.mark.corpus
+    def test_administrations_keep_their_identity_through_change_and_cancel(self, shared_dir, capsys, monkeypatch):
+        """A resent or changed (M, same medicines) Utskrivningsrapport PUTs the same MedicationAdministration ids."""
+        folder = shared_dir / "norsk" / "eksempel" / "plo" / "1_6" / "utskrivningsrapport_1.6_mottak"
+        names = ["Utskrivningsrapport_v1-6_Ny.xml", "Utskrivningsrapport_v1-6_Ny.xml", "Utskrivningsrapport_v1-6_Endring.xml"]
+        _, docs = _convert(capsys, monkeypatch, shared_dir, *(folder / n for n in names))
+        ids = [sorted(g["id"] for g in _of(d, "MedicationAdministration")) for d in docs]
+        assert len(ids[0]) == 4 and ids[0] == ids[1] == ids[2]
+
+    @pytest.mark.corpus
+    def test_fixed_aids_are_an_observation(self, shared_dir, tmp_path, capsys, monkeypatch):
+        """FasteHjelpemidler (Briller, HjelpemiddelHorsel, Pacemaker, Merknad) → one Observation with a component
+        per aid; a pacemaker is there as `true`."""
+        src = shared_dir.joinpath("norsk", "eksempel", *self.UTSKRIVNING)
+        msg = tmp_path / "pacemaker.xml"
+        text = src.read_text(encoding="utf-8")
+        aids = '<Briller V="1" DN="Ja"/><HjelpemiddelHorsel V="2" DN="Nei"/><Pacemaker>true</Pacemaker><Merknad>Briller og tannproteser</Merknad>'
+        assert text.count("<Merknad>Briller og tannproteser</Merknad>") == 1
+        msg.write_text(text.replace("<Merknad>Briller og tannproteser</Merknad>", aids), encoding="utf-8")
+        doc, err = _convert_unmapped(capsys, monkeypatch, shared_dir, msg)
+        assert "FasteHjelpemidler" not in err
+        [aid] = [o for o in _of(doc, "Observation") if o["code"].get("text", "").startswith("Faste hjelpemidler")]
+        components = {c["code"]["text"]: c for c in aid["component"]}
+        assert components["Pacemaker"]["valueBoolean"] is True
+        assert components["Briller"]["valueCodeableConcept"]["text"] == "Ja"
+        assert components["Hjelpemiddel hørsel"]["valueCodeableConcept"]["text"] == "Nei"
+        assert aid["note"] == [{"text": "Briller og tannproteser"}]
+        assert aid["status"] == "final"
+
+    @pytest.mark.corpus
+    def test_interpreter_need_is_the_patients_language_and_a_flag(self, shared_dir, capsys, monkeypatch):
+        """InfoAssistertKommunikasjon/BehovTolkSprak → Patient.communication (BCP-47 language, preferred) and an
+        interpreter-needed Flag that is part of the document (so it reaches a record whose Patient already exists)."""
+        doc, err = _convert_unmapped(capsys, monkeypatch, shared_dir, shared_dir.joinpath("norsk", "eksempel", *self.UTSKRIVNING))
+        assert "InfoAssistertKommunikasjon" not in err
+        [patient] = _of(doc, "Patient")
+        assert patient["communication"] == [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "se", "display": "NORDSAMISK"}], "text": "NORDSAMISK"}, "preferred": True}]
+        [flag] = _of(doc, "Flag")
+        assert flag["status"] == "active" and "NORDSAMISK" in flag["code"]["text"]
+        assert "Hætta" in flag["code"]["text"] and "tel:90909090" in flag["code"]["text"]
+        by_url = {e["fullUrl"]: e["resource"] for e in doc["entry"]}
+        assert by_url[flag["subject"]["reference"]] is patient
+        assert [e["request"]["method"] for e in doc["entry"] if e["resource"]["resourceType"] == "Flag"] == ["PUT"]
+
+    @pytest.mark.corpus
+    @pytest.mark.parametrize("version", ["1_5", "1_6"])
+    def test_discharge_state_is_part_of_the_discharge_disposition(self, shared_dir, capsys, monkeypatch, version):
+        """Melding om utskrevet pasient UtskrevetTil/Uttilstand (Volven 8431) → a coding of
+        Encounter.hospitalization.dischargeDisposition beside UtTil (8408)."""
+        folder = {"1_5": "Pasientlogistikk_dodsfall-v1_5", "1_6": "pasientlogistikk_1_6_mottak"}[version]
+        name = f"Pasientlogistikk_Melding_om_utskrevet_pasient_v{version.replace('_', '-')}_Ny.xml"
+        doc, err = _convert_unmapped(capsys, monkeypatch, shared_dir, shared_dir / "norsk" / "eksempel" / "plo" / version / folder / name)
+        assert "Uttilstand" not in err
+        [encounter] = _of(doc, "Encounter")
+        codings = encounter["hospitalization"]["dischargeDisposition"]["coding"]
+        assert {"system": "urn:oid:2.16.578.1.12.4.1.1.8431", "code": "1", "display": "Som levende"} in codings
+        assert {"system": "urn:oid:2.16.578.1.12.4.1.1.8408", "code": "1", "display": "Bosted/arbeidssted"} in codings
+
+    @pytest.mark.corpus
+    def test_forespørsel_reason_priority_period_and_document(self, shared_dir, tmp_path, capsys, monkeypatch):
+        """Dialogmelding Foresporsel Begrunnelse → reasonCode text, Hastegrad (Volven 9067) → priority,
+        FraDato/TilDato → occurrencePeriod, DokIdForesp → the document asked for, as a payload reference."""
+        src = shared_dir / "norsk" / "eksempel" / "Dialogmelding" / "Dialogmelding-v1-0" / "Dialogmelding_foresporsel_PLO_v1-0.xml"
+        text = src.read_text(encoding="utf-8")
+        anchor = "Ber om fornyelse av resept.</Sporsmal>"
+        assert text.count(anchor) == 1
+        extra = ("<Begrunnelse>Pasienten har ikke flere tabletter</Begrunnelse><Hastegrad V=\"3\" DN=\"Innen 24 timer\"/>"
+                 "<FraDato>2018-02-01</FraDato><TilDato>2018-02-03</TilDato><DokIdForesp>dok-4711</DokIdForesp>")
+        msg = tmp_path / "foresporsel.xml"
+        msg.write_text(text.replace(anchor, anchor + extra), encoding="utf-8")
+        doc, err = _convert_unmapped(capsys, monkeypatch, shared_dir, msg)
+        for element in ("Begrunnelse", "Hastegrad", "FraDato", "TilDato", "DokIdForesp"):
+            assert f"/Foresporsel/{element}" not in err, element
+        [request] = _of(doc, "CommunicationRequest")
+        assert request["priority"] == "urgent"
+        assert {"text": "Pasienten har ikke flere tabletter"} in request["reasonCode"]
+        assert request["occurrencePeriod"] == {"start": "2018-02-01", "end": "2018-02-03"}
+        refs = [p["contentReference"] for p in request["payload"] if "contentReference" in p]
+        assert refs == [{"type": "DocumentReference", "identifier": {"value": "dok-4711"}}]
+
+    @pytest.mark.parametrize(("code", "priority"), [("1", "stat"), ("2", "urgent"), ("3", "urgent"), ("9", "routine")])
+    def test_hastegrad_table(self, code, priority):
+        """The stated Volven 9067 → FHIR request-priority map."""
+        import yaml
+
+        table = yaml.safe_load((ROOT / "mappings" / "kith" / "tables" / "Dialogmelding.9067-priority.yaml").read_text(encoding="utf-8"))
+        assert table["source_system"] == "urn:oid:2.16.578.1.12.4.1.1.9067"
+        assert table["map"][code] == priority
