@@ -86,6 +86,7 @@ class EngineStats:
     dead_lettered: int = 0
     duplicates: int = 0
     receipts: int = 0
+    receipts_refused: int = 0  # receipts whose AppRec refuses what Helsebro sent (Settled.refused)
     reconnects: int = 0
     batches: int = 0
     intake_forwarded: int = 0
@@ -98,6 +99,8 @@ class EngineStats:
         self.messages += 1
         name = _COUNTER.get(settled.outcome, settled.outcome)
         setattr(self, name, getattr(self, name) + 1)
+        if settled.refused:
+            self.receipts_refused += 1
         seconds = settled.ms / 1000
         self.latency_buckets[bisect_left(SETTLE_LATENCY_BOUNDS, seconds)] += 1
         self.latency_sum += seconds

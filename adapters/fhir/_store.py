@@ -455,6 +455,19 @@ class SqlRecord(ABC):
                 counts[str(outcome)] = int(count)
         return counts
 
+    def refused_receipts(self, *, since: float) -> int:
+        """How many AppRecs refusing a message Helsebro sent were journalled at or after *since* (Unix time).
+
+        A receipt's journal type is ``APPREC^<8258 status>``; anything but 1 (OK) and 3 (OK, error in a
+        part) refuses, as `helsebro find` reads it (router.ops.trail.Handover.receipt_accepted).
+
+        Raises:
+            RecordUnavailable: the database is unreachable.
+        """
+        rows = self._select("SELECT count(*) FROM helsebro_journal WHERE applied_at >= ? AND outcome = 'receipt' "
+                            "AND message_type NOT IN ('APPREC^1', 'APPREC^3')", (since,))
+        return int(next(iter(rows))[0])
+
     def journal(self, *, control_id: str | None = None, patient_key: str | None = None, sender: str | None = None,
                 outcome: str | None = None, since: float | None = None, limit: int = 100, until: float | None = None,
                 destination: str | None = None) -> list[JournalEntry]:

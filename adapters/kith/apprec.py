@@ -43,9 +43,9 @@ from lxml import etree
 
 from adapters.kith.envelope import APPREC_NS, Ident, KithEnvelope, Party, Person, payload_standard
 from adapters.kith.errors import InvalidMsgId, PatientInsufficient, PatientNotFound, SchemaInvalid
-from router.errors import DecodeError, InvalidNationalId, MessageError, UnknownMessage
+from router.errors import DecodeError, InvalidContent, InvalidNationalId, MessageError, UnknownMessage
 
-__all__ = ["APPREC_ERROR_FOR", "AppRecMessage", "AppRecVersion", "apprec_error_for", "apprec_version_for", "build_apprecs"]
+__all__ = ["APPREC_ERROR_FOR", "AppRecMessage", "AppRecVersion", "Receipt", "apprec_error_for", "apprec_version_for", "build_apprecs", "read_receipt", "receipt_error"]
 
 AppRecVersion = Literal["1.0", "1.1"]
 """The two AppRec versions in use (FACTS §2)."""
@@ -159,6 +159,17 @@ def read_receipt(envelope: KithEnvelope) -> Receipt:
         status=(status.get("V") or "").strip() if status is not None else "",
         errors=tuple(((e.get("V") or "").strip()[:16], _printable(e.get("DN") or "")[:120]) for e in errors),
     )
+
+
+def receipt_error(receipt: Receipt) -> MessageError | None:
+    """Why a received AppRec cannot be taken as a receipt (the engine dead-letters it, never answers it), or None.
+
+    OriginalMsgId is required: without its Id the AppRec answers no message `helsebro find` could show.
+    Shared by the engine (router/pipeline/settle.py) and `helsebro apprec`, so the two say the same.
+    """
+    if not receipt.original_msg_id:
+        return InvalidContent("the AppRec names no OriginalMsgId/Id: it answers no message that can be found", location="/AppRec/OriginalMsgId/Id")
+    return None
 
 
 def _printable(text: str) -> str:

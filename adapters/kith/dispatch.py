@@ -95,7 +95,7 @@ def read_envelope(root: etree._Element, *, schemas: SchemaSet | None = None, att
     """
     tag = root.tag if isinstance(root.tag, str) else ""
     if tag == _MSGHEAD:
-        envelope = read_msghead(root, attachments=attachments)
+        envelope = _receipt_in_msghead(read_msghead(root, attachments=attachments))
     elif tag in _APPRECS:
         envelope = read_apprec(root)
     else:
@@ -114,12 +114,38 @@ def read_envelope(root: etree._Element, *, schemas: SchemaSet | None = None, att
     return envelope
 
 
+def _receipt_in_msghead(envelope: KithEnvelope) -> KithEnvelope:
+    """Read a MsgHead that carries an AppRec as the AppRec it carries: a receipt, never a message to answer.
+
+    An AppRec stands alone (FACTS §2), but some systems wrap one in a MsgHead: MsgInfo/Type
+    ``APPREC``, or an AppRec document as the payload in Content. Read as a business message,
+    no mapping served it and it was answered with an AppRec T10, which the other side's engine
+    could answer in turn, for ever (HITS 1168: an AppRec is never answered). With an AppRec
+    payload the envelope is that AppRec's (what it answers, its status and errors), with the
+    MsgHead's root and schema namespaces, so the whole document is still validated. Typed
+    ``APPREC`` over anything else, it is still an AppRec (never answered), one that names no
+    original (no ``conversation``): the engine dead-letters it.
+    """
+    payload = envelope.payload
+    carried = payload is not None and payload.tag in _APPRECS
+    if not carried and envelope.msg_type.upper() != "APPREC":
+        return envelope
+    if carried:
+        inner = read_apprec(payload)
+        return dataclasses.replace(inner, root=envelope.root, schema_namespaces=envelope.schema_namespaces, document=envelope.document)
+    return dataclasses.replace(envelope, kind="AppRec", conversation=None, other_receivers=(), patient_idents=())
+
+
 def check_envelope(envelope: KithEnvelope) -> None:
     """Run the header checks HIS 80415 makes grounds for rejection.
 
     Raises:
         InvalidMsgId: MsgId is not a UUID (E10); AppRecs are not checked, they get no reply.
+        UnknownMessage: a MsgHead typed APPREC carries no AppRec (dead-lettered, never answered, never mapped).
     """
+    if envelope.kind == "AppRec" and (envelope.payload is None or envelope.payload.tag not in _APPRECS):
+        raise UnknownMessage("MsgInfo/Type is APPREC but the message carries no AppRec: it answers nothing that can be found",
+                             location="/MsgHead/Document/RefDoc/Content")
     if envelope.kind != "AppRec" and not _UUID.fullmatch(envelope.msg_id):
         where = "/MsgHead/MsgInfo/MsgId" if envelope.kind == "MsgHead" else "/Message/MsgId"
         raise InvalidMsgId("MsgId is not a UUID", location=where)

@@ -7,7 +7,8 @@ the record itself might refuse later is not known here. Prints one AppRec per re
 standard output, each preceded by a comment line
 ``<!-- to HER-id 59, role PRIM, AppRec 1.1, status 1 -->``; the reason of a
 rejection goes to standard error. Exit 0 when every AppRec is positive (or the
-message is itself an AppRec and gets none), 1 when they are negative, 2 for a
+message is itself an AppRec the engine takes as a receipt, and gets none), 1 when
+they are negative (or the message is an AppRec the engine dead-letters), 2 for a
 usage error (no such file, bad settings, a file that is not XML: the engine
 answers that as HL7 v2, with an ACK).
 
@@ -37,7 +38,8 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build and print the AppRecs for FILE; return the exit code."""
     from adapters.kith import build_apprecs, schema_set, validation_status
-    from router.errors import UnknownMessage
+    from adapters.kith.apprec import read_receipt, receipt_error
+    from router.errors import NoMapping
     from router.pipeline.convert import Converter
 
     path = Path(args.file)
@@ -57,13 +59,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"helsebro apprec: {path} is not KITH XML: the engine reads it as HL7 v2 and answers with an HL7 ACK, not an AppRec", file=sys.stderr)
         return 2
     error = received.error
-    if received.envelope is not None and received.envelope.kind == "AppRec" and isinstance(error, UnknownMessage):
-        error = None  # an AppRec answers a message; it is not one to map, and is never answered
+    if received.envelope is not None and received.envelope.kind == "AppRec" and isinstance(error, NoMapping):
+        # An AppRec answers a message; it is not one to map, and is never answered. The engine takes it as a
+        # receipt, or dead-letters one that names no original: say that, and exit 1 as for any refusal.
+        error = receipt_error(read_receipt(received.envelope))
     apprecs = build_apprecs(received.envelope, error=error)
     if error is not None:
         where = f" at {error.location}" if error.location else ""
         code = apprecs[0].error_code if apprecs else "-"
-        print(f"helsebro apprec: {path}: {code}: {error.reason}{where}", file=sys.stderr)
+        after = "" if apprecs else " (the engine dead-letters it)"
+        print(f"helsebro apprec: {path}: {code}: {error.reason}{where}{after}", file=sys.stderr)
     if not apprecs:
         print("<!-- no AppRec: the message is itself an AppRec, and an AppRec is never answered -->")
         return 0 if error is None else 1

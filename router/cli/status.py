@@ -35,7 +35,8 @@ added, existing ones keep their name and meaning.
                                   "forwarded": 3, "dead_lettered": 0, "receipt": 2},
                   "last_hour": {...the same outcomes}} | null,
       "apprecs": [{"destination": "kommune", "overdue": 3 | null, "overdue_after_s": 345600,
-                   "complete": true, "dead_letters_read": true}]
+                   "complete": true, "dead_letters_read": true}],
+      "apprecs_refused": {"last_hour": 0, "last_24h": 1} | null
     }
 
 `broker.damaged` counts the embedded broker's message files that did not
@@ -57,6 +58,12 @@ read). A message applied but dead-lettered at render was never sent, which
 only its dead letter says: when the engine's dead-letter queue is not read
 (deeper than `--scan-limit`, or the broker failing), `dead_letters_read` and
 `complete` are false and such a message may be counted.
+
+`apprecs_refused` counts the AppRecs received in the last hour and the last 24
+hours that refuse a message Helsebro sent (status 2 Avvist: FACTS §10 asks for an
+alarm), from the same journal rows (`receipt` outcomes; `helsebro find --outcome
+receipt` lists them, and `find` shows each beside the message it answers). Null
+when the record cannot be read.
 
 Per queued destination (an external FHIR server): delivered in the last 24 hours
 (from the delivery ledger the record keeps; null when the record cannot be read),
@@ -142,6 +149,7 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
         try:
             destinations = _destinations(conn, settings, record)
             settled = _settled(record)
+            refused = _refused(record)
         finally:
             if record is not None:
                 record.close()
@@ -162,6 +170,7 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
         "destinations": destinations,
         "settled": settled,
         "apprecs": apprecs,
+        "apprecs_refused": refused,
     }
 
 
@@ -186,6 +195,20 @@ def _settled(record: Any) -> dict[str, dict[str, int]] | None:
     now = time.time()
     try:
         return {name: record.settled_counts(since=now - seconds) for name, seconds in _SETTLED_WINDOWS}
+    except HelsebroError:
+        return None
+
+
+_REFUSED_WINDOWS = (("last_hour", 3600.0), ("last_24h", 24 * 3600.0))
+
+
+def _refused(record: Any) -> dict[str, int] | None:
+    """Per window, the AppRecs journalled that refuse what Helsebro sent; None when the record cannot be read."""
+    if record is None:
+        return None
+    now = time.time()
+    try:
+        return {name: record.refused_receipts(since=now - seconds) for name, seconds in _REFUSED_WINDOWS}
     except HelsebroError:
         return None
 
@@ -318,6 +341,12 @@ def _human(doc: dict[str, Any]) -> list[str]:
     else:
         minute, hour = doc["settled"]["last_minute"], doc["settled"]["last_hour"]
         lines += ["", *format_table(("SETTLED", "LAST MINUTE", "LAST HOUR"), [(o.replace("_", "-"), minute[o], hour[o]) for o in SETTLED_OUTCOMES], right=(1, 2))]
+    refused = doc["apprecs_refused"]
+    if refused is None:
+        lines += ["", "APPRECS REFUSED: not known (the record cannot be read)"]
+    else:
+        lines += ["", f"APPRECS REFUSED  {refused['last_hour']}  {refused['last_24h']}  (last hour, last 24 h: AppRecs refusing a message "
+                      "Helsebro sent; helsebro find --outcome receipt lists them)"]
     if doc["destinations"]:
         lines += ["", *format_table(("DESTINATION", "DELIVERED (24 H)", "WAITING", "RETRYING", "DEAD-LETTERED"),
                                     [(d["name"], d["delivered_24h"], d["waiting"], d["retrying"], d["dead_lettered"]) for d in doc["destinations"]], right=(1, 2, 3, 4))]

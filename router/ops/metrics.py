@@ -37,6 +37,8 @@ _ENGINE_COUNTERS = (  # EngineStats field, metric name, help
     ("batches", "helsebro_batches_total", "Batches this worker settled, each acknowledged at once."),
     ("reconnects", "helsebro_reconnects_total", "Times this worker lost the broker or the record and reconnected."),
     ("intake_forwarded", "helsebro_intake_forwarded_total", "Deliveries the intake moved to a patient partition."),
+    ("receipts_refused", "helsebro_apprecs_refused_total",
+     "AppRecs received that refuse a message Helsebro sent (status 2 Avvist): alarm on any increase; the log's apprec_refused names them."),
 )
 _DESTINATION_RESULTS = ("applied", "already_sent", "parked", "dead_lettered", "failures")
 

@@ -47,7 +47,7 @@ import orjson
 from adapters.amqp.connection import wait_alive
 from adapters.amqp.inbound import ack_all
 from router.contracts import APPLIED_OUTCOMES, SETTLED_OUTCOMES, JournalFacts, SettledOutcome
-from router.errors import InvalidContent, MessageError, NoMapping, RecordUnavailable
+from router.errors import MessageError, NoMapping, RecordUnavailable
 from router.pipeline._reply import reply
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ class Settled:
     stage: Stage | None = None
     reason: str | None = None
     unmapped: tuple[str, ...] = ()  # source positions no rule read (field and element names, no values)
+    refused: bool = False  # a receipt whose AppRec refuses what Helsebro sent (8258 status 2 Avvist, or none known): an alarm
 
 
 def dead_letter_headers(
@@ -221,6 +222,7 @@ class Settle:
         # Journal before remembering: were the journal to fail (a stop during a record outage), the redelivered
         # batch must not find its own messages remembered and journal them as duplicates of themselves.
         self._journal_others(flat)
+        self._alarm_refusals(flat)
         self._remember(flat)
         ack_all([d for d, _r in items], embedded=self._embedded)
         ms = round((time.monotonic() - started) * 1000, 2)
@@ -235,12 +237,12 @@ class Settle:
         for m in flat:
             env = m.conv.envelope
             if m.conv.format == "kith" and isinstance(m.error, NoMapping) and env is not None and env.kind == "AppRec":
-                from adapters.kith.apprec import read_receipt  # the XML edge loads only when XML arrives
+                from adapters.kith.apprec import read_receipt, receipt_error  # the XML edge loads only when XML arrives
 
                 receipt = read_receipt(env)
-                if not receipt.original_msg_id:
-                    m.error = InvalidContent("the AppRec names no OriginalMsgId/Id: it answers no message that can be found",
-                                             location="/AppRec/OriginalMsgId/Id")
+                refusal = receipt_error(receipt)
+                if refusal is not None:
+                    m.error = refusal
                     continue
                 m.receipt, m.error, m.outcome = receipt, None, "receipt"
 
@@ -362,6 +364,17 @@ class Settle:
                 for recipient in _recipient_keys(m.conv):
                     self._guard.seen_before(m.conv.control_id, recipient=recipient)
 
+    def _alarm_refusals(self, flat: list[_Msg]) -> None:
+        """Log each AppRec that refuses a message Helsebro sent at warning level (FACTS §10: alarm on a negative AppRec).
+
+        Ids and codes only: the Volven 8221 codes, never a display or the OT text a receiver may have written patient data in.
+        `helsebro find ORIGINAL_MSG_ID` shows the receipt beside the message it answers.
+        """
+        for m in flat:
+            if m.receipt is not None and m.outcome == "receipt" and not m.receipt.accepted:
+                self._log.warning("apprec_refused", original_msg_id=m.receipt.original_msg_id, apprec_id=m.conv.control_id,
+                                  sender=m.conv.sender, status=m.receipt.status, errors=[code for code, _display in m.receipt.errors])
+
     def _journal_others(self, flat: list[_Msg]) -> None:
         """Journal the messages that settled without being applied (SqlRecord.journal_settled); a message with no id to find it by is left out."""
         journal_settled = getattr(self._record, "journal_settled", None)
@@ -415,7 +428,9 @@ class Settle:
             reason = "no route matched"
         elif m.receipt is not None:
             reason = m.receipt.summary()
-        return Settled(conv.control_id, conv.message_type, conv.sender, conv.patient_key, m.outcome or "dead_lettered", ms, m.stage if error else None, reason, tuple(conv.unmapped))
+        refused = m.outcome == "receipt" and m.receipt is not None and not m.receipt.accepted
+        return Settled(conv.control_id, conv.message_type, conv.sender, conv.patient_key, m.outcome or "dead_lettered", ms, m.stage if error else None, reason,
+                       tuple(conv.unmapped), refused)
 
     def _with_record(self, call: Callable[[], Any]) -> Any:
         """Run *call* against the record, waiting out an outage with capped exponential backoff.

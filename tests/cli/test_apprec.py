@@ -131,6 +131,36 @@ class TestApprecVerb:
         assert main(["apprec", str(norsk / "eksempel" / "NPRbehandlerkravmelding" / "apprec-eksempel.xml")]) == 0
         assert "no AppRec" in capsys.readouterr().out
 
+    def test_an_apprec_naming_no_original_is_dead_lettered_as_the_engine_does(self, norsk, tmp_path, capsys, monkeypatch):
+        """Found by review H113: an AppRec without OriginalMsgId exited 0 ("no AppRec") while the engine dead-letters it.
+        Still no AppRec (an AppRec is never answered), but exit 1 with the engine's reason on stderr."""
+        body = (norsk / "eksempel" / "NPRbehandlerkravmelding" / "apprec-eksempel.xml").read_bytes()
+        orphan = tmp_path / "orphan.xml"
+        orphan.write_bytes(re.sub(rb"<OriginalMsgId>.*</OriginalMsgId>", b"", body, flags=re.S))
+        monkeypatch.delenv("HELSEBRO_XSD_DIR")  # validation off: the XSD would refuse it (T02) before the engine's own check
+        code = main(["apprec", str(orphan)])
+        captured = capsys.readouterr()
+        assert code == 1
+        assert "no AppRec" in captured.out and "<AppRec" not in captured.out
+        assert "OriginalMsgId" in captured.err and "dead-letter" in captured.err
+
+    def test_an_apprec_in_a_msghead_gets_none(self, norsk, tmp_path, capsys):
+        """Found by review H113: an AppRec carried in a MsgHead is an AppRec: answered by nothing, exit 0."""
+        apprec = (norsk / "eksempel" / "NPRbehandlerkravmelding" / "apprec-eksempel.xml").read_bytes()
+        root = etree.fromstring((norsk / "eksempel" / STATUS).read_bytes())
+        mh = "{http://www.kith.no/xmlstds/msghead/2006-05-24}"
+        root.find(f"{mh}MsgInfo/{mh}Type").set("V", "APPREC")
+        content = root.find(f"{mh}Document/{mh}RefDoc/{mh}Content")
+        for child in list(content):
+            content.remove(child)
+        content.append(etree.fromstring(apprec))
+        wrapped = tmp_path / "wrapped.xml"
+        wrapped.write_bytes(etree.tostring(root, xml_declaration=True, encoding="UTF-8"))
+        code = main(["apprec", str(wrapped)])
+        captured = capsys.readouterr()
+        assert (code, captured.out.count("<AppRec")) == (0, 0), captured.err
+        assert "no AppRec" in captured.out
+
     def test_missing_file(self, tmp_path, capsys):
         """A missing file is a usage error: exit 2, a one-line message, no traceback."""
         assert main(["apprec", str(tmp_path / "nope.xml")]) == 2

@@ -63,7 +63,7 @@ class TestStatus:
         code, out, _ = _status(capsys, "--json", "--interval", "0")
         doc = json.loads(out)
         assert code == 0
-        assert set(doc) == {"broker", "record", "xml_validation", "patient_keys", "interval_s", "queues", "dead_letters", "destinations", "settled", "apprecs"}
+        assert set(doc) == {"broker", "record", "xml_validation", "patient_keys", "interval_s", "queues", "dead_letters", "destinations", "settled", "apprecs", "apprecs_refused"}
         assert doc["destinations"] == []  # the record is the only destination here: nothing queued
         assert doc["apprecs"] == []  # and no destination is fed KITH
         names = dead.engine.broker.names
@@ -246,3 +246,33 @@ class TestPartitions:
                 ["partition", f"{names.inbound}.p{k}"] for k in range(4)]
         finally:
             delete_queues(s)
+
+
+class TestRefusingAppRecs:
+    """Found by review H113: an AppRec refusing what Helsebro sent (FACTS §10: alarm on a negative AppRec) shows at a glance."""
+
+    def test_refused_apprecs_are_counted_from_the_journal_in_json_and_table(self, settings, capsys):
+        from pathlib import Path
+
+        from adapters.kith import build_apprecs, read_message
+        from adapters.kith.errors import PatientNotFound
+
+        case = Path(__file__).resolve().parents[2] / "mappings" / "kith" / "messages" / "Dialogmelding.cases" / "helsefaglig_dialog.xml"
+        envelope = read_message(case.read_bytes()).envelope
+        [refusing] = build_apprecs(envelope, error=PatientNotFound("x"))
+        [accepting] = build_apprecs(envelope, error=None)
+        publish(settings, [refusing.xml, accepting.xml])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        try:
+            wait_until(lambda: handle.stats.receipts == 2, 30, what="two receipts")
+        finally:
+            handle.stop()
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        doc = json.loads(out)
+        assert code == 0
+        assert doc["settled"]["last_minute"]["receipt"] == 2  # unchanged: every receipt, whatever it says
+        assert doc["apprecs_refused"] == {"last_hour": 1, "last_24h": 1}
+        code, out, _ = _status(capsys, "--interval", "0")
+        assert code == 0
+        [line] = [row for row in out.splitlines() if row.startswith("APPRECS REFUSED")]
+        assert line.split()[2:4] == ["1", "1"] and "find --outcome receipt" in out

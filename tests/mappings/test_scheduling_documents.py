@@ -89,6 +89,21 @@ class TestAppointmentEvents:
         assert appointment["cancelationReason"]["coding"][0]["code"] == "PASAVB"
         assert appointment["reasonCode"][0]["coding"][0]["code"] == "KONTROLL"
 
+    def test_every_resource_groups_service_is_a_service_type(self, converter):
+        """A booking of two services (two RGS groups, each its AIS) names both, not only the first."""
+        data = _message(
+            MSH.format(ts="20250105080000", type="SIU^S12^SIU_S12", ctrl="SIU-1"),
+            "SCH|TIME-4002^DIPS|B-77882^DIPS-TIMEBOK||||||||||||||||||||||||Booked",
+            "TQ1|1||||||20250120093000|",
+            PID,
+            "RGS|1|A",
+            "AIS|1|A|BLODPR^Blodprøve^L|20250120093000",
+            "RGS|2|A",
+            "AIS|1|A|RTG-THORAX^Røntgen thorax^L|20250120100000",
+        )
+        appointment = _entry(_one(converter, data), "Appointment")["resource"]
+        assert [s["coding"][0]["code"] for s in appointment["serviceType"]] == ["BLODPR", "RTG-THORAX"]
+
     def test_a_booking_has_no_cancelation_reason(self, converter):
         """SCH-6 of a booking or reschedule is not taken as a cancelationReason."""
         for event in ("S12", "S13"):

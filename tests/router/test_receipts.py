@@ -75,3 +75,94 @@ def test_an_apprec_10_with_status_3_is_a_receipt_journalled_once(tmp_path):
         record.close()
     assert (row.control_id, row.message_type) == ("1b08b3f5-76c1-4560-ae4e-90e04cb0bc70", "APPREC^3")
     assert 'OT=' not in row.note and "(3)" in row.note
+
+
+# Found by review H113: an AppRec in a MsgHead, and a refusing AppRec.
+CASE = Path(__file__).resolve().parents[2] / "mappings" / "kith" / "messages" / "Dialogmelding.cases" / "helsefaglig_dialog.xml"
+CASE_MSG_ID = "3f2b6f0e-8f1c-4c55-9a59-2f3d7d1c0a01"
+MH = "{http://www.kith.no/xmlstds/msghead/2006-05-24}"
+
+
+def _refusing_apprec() -> bytes:
+    """An AppRec 1.1 refusing CASE (status 2, E35), as a receiver would send it."""
+    from adapters.kith import build_apprecs, read_message
+    from adapters.kith.errors import PatientNotFound
+
+    received = read_message(CASE.read_bytes())
+    [apprec] = build_apprecs(received.envelope, error=PatientNotFound("no such patient here"))
+    return apprec.xml
+
+
+def _in_msghead(apprec: bytes | None, *, msg_type: str = "APPREC") -> bytes:
+    """CASE's MsgHead with MsgInfo/Type *msg_type* and, given *apprec*, that AppRec as the payload in Content."""
+    from lxml import etree
+
+    root = etree.fromstring(CASE.read_bytes())
+    root.find(f"{MH}MsgInfo/{MH}Type").attrib.update({"V": msg_type, "DN": "Applikasjonskvittering" if msg_type == "APPREC" else "x"})
+    if apprec is not None:
+        content = root.find(f"{MH}Document/{MH}RefDoc/{MH}Content")
+        for child in list(content):
+            content.remove(child)
+        content.append(etree.fromstring(apprec))
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def _apprecs_to(settings, her_id: str) -> list[bytes]:
+    return [body for _h, body in drain_queue(settings, f"{settings.engine.broker.names.apprec_prefix}.{her_id}")]
+
+
+@pytest.mark.parametrize("msg_type", ["APPREC", "DIALOG_HELSEFAGLIG"])
+def test_an_apprec_wrapped_in_a_msghead_is_a_receipt_never_answered(tmp_path, msg_type):
+    """HITS/KITH: an AppRec is never answered with an AppRec. One that comes inside a MsgHead (MsgInfo/Type APPREC, or an
+    AppRec as the payload) was read as a business message no mapping serves and answered with AppRec T10 to the MsgHead's
+    sender: two engines would answer each other for ever. It is a receipt, journalled under the MsgId it answers."""
+    settings = isolated_settings(tmp_path)
+    [settled] = _settle(settings, [_in_msghead(_refusing_apprec(), msg_type=msg_type)])
+    assert settled.outcome == "receipt", settled
+    assert _apprecs_to(settings, "112233") == []
+    record = open_record(settings)
+    try:
+        [row] = record.journal(outcome="receipt")
+    finally:
+        record.close()
+    assert (row.control_id, row.message_type) == (CASE_MSG_ID, "APPREC^2")
+
+
+def test_a_msghead_typed_apprec_without_an_apprec_is_dead_lettered_never_answered(tmp_path):
+    """MsgInfo/Type APPREC over a business payload: it says it is an AppRec, so it is never answered; it answers nothing
+    that can be found, so it is dead-lettered with a reason (not mapped as the business message it carries)."""
+    settings = isolated_settings(tmp_path)
+    [settled] = _settle(settings, [_in_msghead(None)])
+    assert settled.outcome == "dead_lettered", settled
+    assert _apprecs_to(settings, "112233") == []
+    [(headers, _body)] = drain_queue(settings, settings.engine.broker.names.dead_letter)
+    assert "AppRec" in headers["x-helsebro-reason"]
+
+
+def test_a_refusing_apprec_is_an_alarm_in_the_log_and_the_metrics(tmp_path):
+    """FACTS §10: act on a negative AppRec. A status 2 (Avvist) receipt is logged at warning level with ids and codes only,
+    and counted in `helsebro_apprecs_refused_total`; an accepted one is neither."""
+    from router.ops.metrics import exposition
+
+    events: list[tuple[str, str, dict]] = []
+
+    class Recording:
+        def __getattr__(self, level):
+            return lambda event, **kw: events.append((level, event, kw))
+
+    settings = isolated_settings(tmp_path)
+    seen: list = []
+    handle = run_engine_in_thread(settings, on_settled=seen.append, logger=Recording())
+    try:
+        publish(settings, [_refusing_apprec(), APPREC_10.read_bytes()])
+        wait_until(lambda: len(seen) == 2, 60, what="settled")
+        text = exposition(handle.engine)
+    finally:
+        handle.stop()
+    assert [s.outcome for s in seen] == ["receipt", "receipt"]
+    assert "# TYPE helsebro_apprecs_refused_total counter" in text
+    assert "\nhelsebro_apprecs_refused_total 1\n" in text
+    [(level, _event, fields)] = [e for e in events if e[1] == "apprec_refused"]
+    assert level in ("warning", "error")
+    assert fields["original_msg_id"] == CASE_MSG_ID and fields["errors"] == ["E35"]
+    assert "no such patient here" not in repr(fields) and "15866112379" not in repr(fields)
