@@ -104,6 +104,16 @@ class TestAppointmentEvents:
         appointment = _entry(_one(converter, data), "Appointment")["resource"]
         assert [s["coding"][0]["code"] for s in appointment["serviceType"]] == ["BLODPR", "RTG-THORAX"]
 
+    @pytest.mark.parametrize("unit", ["min", "MIN", "Min", "minutes", "MINUTES", "Minutes", "m"])
+    def test_a_duration_in_minutes_is_read_however_the_unit_is_written(self, converter, unit):
+        """SCH-10 `Min` (the corpus's spelling) left minutesDuration out: the unit list knew min, MIN, m, minutes only."""
+        data = _siu("S12", ctrl="SIU-1").replace(b"|30|min|", f"|30|{unit}|".encode())
+        assert _entry(_one(converter, data), "Appointment")["resource"]["minutesDuration"] == 30
+
+    def test_a_duration_in_hours_is_not_taken_as_minutes(self, converter):
+        data = _siu("S12", ctrl="SIU-1").replace(b"|30|min|", b"|1|h|")
+        assert "minutesDuration" not in _entry(_one(converter, data), "Appointment")["resource"]
+
     def test_a_booking_has_no_cancelation_reason(self, converter):
         """SCH-6 of a booking or reschedule is not taken as a cancelationReason."""
         for event in ("S12", "S13"):
@@ -158,6 +168,12 @@ class TestDocumentNotifications:
         assert doc["masterIdentifier"]["value"] == "DOK-2"
         parent = _entry(_one(converter, _mdm("T02", "MDM_T02", number="DOK-1", obx=TEXT)), "DocumentReference")["resource"]
         assert doc["relatesTo"] == [{"code": code, "target": {"type": "DocumentReference", "identifier": parent["masterIdentifier"]}}]
+
+    @pytest.mark.parametrize(("completion", "doc_status"), [("LA", "final"), ("IP", "preliminary"), ("CA", "entered-in-error")])
+    def test_completion_status_is_the_doc_status(self, converter, completion, doc_status):
+        """TXA-17 gives docStatus; CA (canceled) had no entry, so a canceled document carried no docStatus at all."""
+        data = _mdm("T02", "MDM_T02", number="DOK-1", obx=TEXT).replace(b"|epikrise.txt|LA|", f"|epikrise.txt|{completion}|".encode())
+        assert _entry(_one(converter, data), "DocumentReference")["resource"]["docStatus"] == doc_status
 
     def test_an_original_document_relates_to_nothing(self, converter):
         """TXA-13 of an original (T01, T02) is not read as a parent."""
