@@ -30,7 +30,7 @@ from adapters.amqp.connection import broker_errors, declare_topology, open_conne
 from adapters.amqp.inbound import Delivery, Inbound
 from adapters.amqp.outbound import Publisher
 from router.delivery import DestinationWorker, Forwarder, Intake, split_partitions
-from router.errors import BrokerUnavailable, TransientError
+from router.errors import BrokerUnavailable, DecodeError, TransientError
 from router.logging import get_logger
 from router.pipeline.settle import InternalFailure, Settle, Settled
 from router.reload import MappingReloader
@@ -421,9 +421,13 @@ class Engine:
     def _convert(self, delivery: Delivery, converter: Any) -> list[Converted]:
         try:
             results: list[Converted] = converter.convert(delivery.body)
-            return results
         except Exception as exc:  # noqa: BLE001  # part of the one catch-all: never crash on input
             return [self._internal(delivery, exc)]
+        if not results:  # no bytes, or blank lines only: settled as a dead letter like any bad input, never acked unseen (DESIGN §4)
+            from router.contracts import Converted
+
+            return [Converted(index=0, raw=delivery.body, error=DecodeError("no message found: the delivery is empty or blank", location="MSH"))]
+        return results
 
     def _one_by_one(self, delivery: Delivery, results: list[Converted], settle: Settle, started: float) -> list[Settled]:
         try:

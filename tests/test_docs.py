@@ -30,3 +30,23 @@ def test_the_runbook_commands_parse(command):
 def test_the_runbook_shows_every_operator_verb():
     verbs = {c.split()[1] for c in _commands(ROOT / "docs" / "operations.md")}
     assert verbs >= {"status", "find", "dlq"}
+
+
+_ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def test_the_architecture_names_only_files_and_folders_that_exist():
+    """docs/architecture.md is the map of the tree: a module it names that was moved or renamed fails here."""
+    text = _ARCHITECTURE.read_text(encoding="utf-8")
+    named = set(re.findall(r"\b((?:adapters|router|schemas|config|mappings)/[\w/.-]*\w/?)", text))
+    missing = sorted(p for p in named if "<" not in p and not (ROOT / p).exists())
+    assert not missing, f"docs/architecture.md names what is not in the tree: {missing}"
+
+
+def test_the_architecture_says_who_owns_every_room():
+    """Each package of adapters/ and router/ has its row in "Who owns what", so a new room is not left off the map."""
+    text = _ARCHITECTURE.read_text(encoding="utf-8")
+    table = text.split("## Who owns what", 1)[1].split("\n## ", 1)[0]
+    rooms = {f"{p.parent.parent.name}/{p.parent.name}/" for top in ("adapters", "router") for p in (ROOT / top).glob("*/__init__.py")}
+    owners = set(re.findall(r"^\| `([\w/]+/)`", table, flags=re.M))
+    assert rooms <= owners, f"rooms with no row in docs/architecture.md's Who owns what: {sorted(rooms - owners)}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from router.testing import adt_message, delete_queues, isolated_settings, queue_depth, settings_env, wait_until
+from router.testing import adt_message, delete_queues, drain_queue, isolated_settings, queue_depth, settings_env, wait_until
 from schemas.identity import FNR_SYSTEM, first_valid_fnr
 
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -116,6 +116,20 @@ class TestRun:
         assert outcomes == ["applied", "duplicate"]
         [patient] = _patient(settings, fnr)
         assert patient["meta"]["versionId"] == "1"
+
+    def test_an_empty_file_is_dead_lettered_not_dropped(self, settings, tmp_path):
+        """A delivery of no bytes, or blank lines only, holds no message: it is settled as a dead letter with its reason, never acked unseen."""
+        empty, blank = tmp_path / "empty.hl7", tmp_path / "blank.hl7"
+        empty.write_bytes(b"")
+        blank.write_bytes(b"\r\n  \r\n")
+        assert _cli(settings, "send", str(empty), str(blank)).returncode == 0
+        result = _cli(settings, "run", "--until-idle", "0.5")
+        assert result.returncode == 0, result.stderr[-2000:]
+        settled = [e for e in _events(result.stderr) if e["event"] == "delivery_settled"]
+        assert [(e["outcome"], e["stage"]) for e in settled] == [("dead_lettered", "convert")] * 2
+        dead = drain_queue(settings, settings.engine.broker.names.dead_letter)
+        assert [body for _headers, body in dead] == [b"", b"\r\n  \r\n"]
+        assert all("no message" in headers["x-helsebro-reason"] for headers, _body in dead)
 
     def test_sigterm_finishes_and_exits_0(self, settings, tmp_path):
         """SIGTERM stops the engine cleanly with exit 0 after what it took is settled."""
