@@ -7,6 +7,7 @@ HelsebroError
 │   ├── DecodeError      not a message (charset, delimiters, XML, framing)
 │   ├── UnknownMessage   no mapping for this structure or sender
 │   │   └── NoMapping    read, but no mapping serves it: a passthrough route may still forward it
+│   │       └── UnsupportedEvent  its structure is mapped, its trigger event (MSH-9.2) is not
 │   ├── InvalidContent   well formed but wrong (check digit, XSD, required element)
 │   │   └── InvalidNationalId  a number declared a national id is not one
 │   └── Refused          a destination rejected it for good
@@ -68,6 +69,15 @@ class NoMapping(UnknownMessage):
 
     It has no Bundle, so it can reach no destination that needs one; routes whose every
     destination takes the original bytes (passthrough) still forward it (router.routing.match).
+    """
+
+
+class UnsupportedEvent(NoMapping):
+    """A mapping serves the message's structure, but not its trigger event (MSH-9.2).
+
+    Its own class because HL7 table 0357 has a code for it (201 "Unsupported event code"), which
+    the ACK's ERR-3 gives rather than 200 "Unsupported message type": the sender then knows
+    the type is taken and only that event is not.
     """
 
 

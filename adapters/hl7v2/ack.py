@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from router.errors import DecodeError, InvalidContent, MessageError, Refused, UnknownMessage
+from router.errors import DecodeError, InvalidContent, MessageError, Refused, UnknownMessage, UnsupportedEvent
 
 __all__ = ["ACK_CODE_FOR", "AckCode", "accept_code_for", "ack_code_for", "acks_for", "build_ack"]
 
@@ -37,7 +37,8 @@ ACK); commit accept and commit reject (enhanced mode's accept ACK)."""
 #: - DecodeError → AR/100 "segment sequence error": the bytes do not make a
 #:   message (framing, delimiters, missing or misplaced segments). 0357 has no
 #:   "unparseable" code; 100 is the structural one, and AR says not to resend.
-#: - UnknownMessage → AR/200 "unsupported message type".
+#: - UnknownMessage → AR/200 "unsupported message type"; UnsupportedEvent (the
+#:   structure is mapped, its trigger event is not) → AR/201 "unsupported event code".
 #: - InvalidContent → AE/102 "data type error": a value has the wrong form or
 #:   fails its check digit; the sender must correct and resend.
 #: - Refused → AR/207 "application internal error": a destination behind us
@@ -46,6 +47,7 @@ ACK); commit accept and commit reject (enhanced mode's accept ACK)."""
 ACK_CODE_FOR: dict[type[MessageError], tuple[AckCode, str]] = {
     DecodeError: ("AR", "100"),
     UnknownMessage: ("AR", "200"),
+    UnsupportedEvent: ("AR", "201"),
     InvalidContent: ("AE", "102"),
     Refused: ("AR", "207"),
     MessageError: ("AE", "207"),

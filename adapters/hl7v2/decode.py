@@ -320,6 +320,70 @@ def hl7_charset(data: bytes) -> str | None:
     return codec if declared else None
 
 
+def _msh_text(data: bytes, codec: str) -> tuple[list[str], Delimiters] | None:
+    """The fields of *data*'s MSH line as text in *codec* (index n is MSH-n), and its delimiters; None without an MSH line."""
+    start = data.lstrip(b"\x0b\xef\xbb\xbf \t\r\n")
+    if start[:3].upper() != b"MSH":
+        return None
+    fields = [f.decode(codec, errors="replace") for f in _raw_msh_fields(start.split(b"\n", 1)[0])]
+    if len(fields) < 3:
+        return None
+    enc = fields[2]
+    return fields, Delimiters(field=fields[1], component=enc[0:1] or "^", repetition=enc[1:2] or "~", escape=enc[2:3], subcomponent=enc[3:4] or "&")
+
+
+def msh_names(data: bytes, codec: str = "iso-8859-1") -> tuple[str, str, str, str] | None:
+    """MSH-3 to MSH-6 of *data* as whole HD values (``LAB^2.16.578.1.12.4.1.2.12345^ISO``), escapes undone, in *codec*.
+
+    Why: the ACK's MSH-5/6 must name the sender as its MSH-3/4 did (HL7 v2.5 §2.9). MessageHeader keeps only
+    each HD's namespace id, so a sender known by its OID (``^2.16.578…^ISO``) was answered to an empty MSH-5 and
+    one named ``LAB^OID^ISO`` to ``LAB``: an interface engine that routes ACKs by the whole HD dropped them.
+    """
+    found = _msh_text(data, codec)
+    if found is None:
+        return None
+    fields, d = found
+
+    def hd(n: int) -> str:
+        raw = fields[n].split(d.repetition, 1)[0] if len(fields) > n else ""
+        return "^".join(_leaf(part, d).strip() for part in raw.split(d.component)).rstrip("^")[:_MOST_HD]
+
+    return hd(3), hd(4), hd(5), hd(6)
+
+
+_CODE = re.compile(r"[A-Z0-9]{3}")
+"""MSH-9.2 as HL7 table 0003 writes it: what salvage_header echoes of MSH-9, never free text a shifted field put there."""
+
+
+def salvage_header(data: bytes) -> MessageHeader | None:
+    """Best-effort MSH of a message decode refused: the sender's and receiver's names, MSH-10, MSH-11/12/15/16 as written.
+
+    Why: a message refused before its header was read (an unknown MSH-18, a broken segment) was answered with an
+    ACK AR whose MSA-2 and MSH-5/6 were empty, an answer its sender cannot match to the message it sent, so it
+    waits for the ACK or resends for ever (HL7 v2.5 §2.9: an unreadable message still gets a reject naming its
+    MSH-10 when that can be found). Read as ISO-8859-1, which reads any byte; None when there is no MSH line.
+    """
+    found = _msh_text(data, "iso-8859-1")
+    if found is None:
+        return None
+    fields, d = found
+
+    def field(n: int, *, whole: bool = False) -> str:
+        raw = fields[n] if len(fields) > n else ""
+        return (_leaf(raw, d) if whole else _first(raw, d)).strip()
+
+    kind = fields[9].split(d.component) if len(fields) > 9 else []
+    event = _leaf(kind[1], d).upper() if len(kind) > 1 else ""
+    control_id = field(10, whole=True)
+    return MessageHeader(
+        sending_application=field(3)[:_MOST_HD], sending_facility=field(4)[:_MOST_HD],
+        receiving_application=field(5)[:_MOST_HD], receiving_facility=field(6)[:_MOST_HD],
+        trigger_event=event if _CODE.fullmatch(event) else "",
+        control_id=control_id if len(control_id) <= _MOST_CONTROL_ID else "",
+        processing_id=field(11), version=field(12), accept_ack_type=field(15).upper(), application_ack_type=field(16).upper(),
+    )
+
+
 def decode(raw: RawMessage | _HasData, *, default_charset: str = "utf-8", sender_charsets: Mapping[str, str] | None = None) -> DecodedMessage:
     """Decode and tokenize one message.
 
@@ -435,4 +499,4 @@ def _leaf(value: str, d: Delimiters) -> str:
     return unescape(value, d) if d.escape and d.escape in value else value
 
 
-__all__ = ["BatchShortfall", "DecodedMessage", "Delimiters", "RawMessage", "check_batch_counts", "decode", "read_header", "split_messages"]
+__all__ = ["BatchShortfall", "DecodedMessage", "Delimiters", "RawMessage", "check_batch_counts", "decode", "msh_names", "read_header", "salvage_header", "split_messages"]

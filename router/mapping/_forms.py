@@ -158,7 +158,7 @@ class ResourceUse:
     pos: Pos
     each: Any | None = None  # a path of groups, segments or values: one resource per item
     children: list[ResourceUse] = field(default_factory=list)  # produced inside each instance
-    write: str = "update"  # "update": PUT on identity (the message is the truth); "create": only if absent; "by-id"; "patch"
+    write: str = "update"  # "update": PUT on identity (the message is the truth); "create": only if absent; "by-id"; "reidentify"; "patch"
     patch: Patch | None = None  # with write "patch": the elements the engine's PATCH entry changes (_patch.py)
     explicit: frozenset[str] = frozenset()  # parameters bound with `with:` (must name produced resources)
     read_source: Callable[[Any], Any] | None = field(default=None, init=False, repr=False)  # reads `source`'s first value

@@ -15,6 +15,8 @@
 result must not overwrite the demographics an ADT feed keeps current.
 `write: by-id` writes it at the id its identity gives (PUT Type/id), for a merge
 that retires the old Patient after moving its identifiers to the survivor.
+`write: reidentify` replaces, as update does, the resource its `use: old` identifiers
+name (an A47 changes the identifiers of the record the old ones found), else its own.
 `write: patch` with `patch: {elements, absent: refuse|skip}` changes only those
 elements of the resource the record holds under its identity (a FHIR PATCH: an
 M5 withdraws what an M1 stored; the engine builds it, router/mapping/_patch.py).
@@ -198,8 +200,8 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str], *, top: bool = F
         if "resources" in item:
             use.children = _uses(c, item, "resources", names)
         if "write" in item:
-            if item["write"] not in ("update", "create", "by-id", "patch"):
-                raise _err("write must be update (replace the resource with this message's view), create (only when it does not exist yet), by-id (write at the id its identity gives, e.g. to retire a merged record) or patch (change only the elements patch: names)", item.pos("write"))
+            if item["write"] not in ("update", "create", "by-id", "reidentify", "patch"):
+                raise _err("write must be update (replace the resource with this message's view), create (only when it does not exist yet), by-id (write at the id its identity gives, e.g. to retire a merged record), reidentify (update the resource its `use: old` identifiers name, e.g. an identifier change) or patch (change only the elements patch: names)", item.pos("write"))
             use.write = str(item["write"])
         if use.write == "patch" or "patch" in item:
             use.patch = _patch(item, tpl.fhir_type, top=top, patients={u.name for u in out if u.template is not None and u.template.fhir_type == "Patient"})

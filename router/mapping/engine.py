@@ -17,7 +17,7 @@ import orjson
 from router.errors import InvalidContent
 from router.mapping._patch import patch_entry
 from router.mapping.compiler import MessageMapping, ResourceUse
-from router.mapping.runtime import MissingIdentity, MissingReference, RunContext, conditional_entry, prune, resolve_refs, resource_id
+from router.mapping.runtime import MissingIdentity, MissingReference, RunContext, conditional_entry, identifier_query, prune, resolve_refs, resource_id
 
 if TYPE_CHECKING:
     from router.mapping._forms import Template
@@ -84,6 +84,22 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunCo
     if tpl.unidentified is not None:
         return None
     raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier to make it unique", location=_where(use, scope) or _identifier_source(tpl))
+
+
+def _old_identity(tpl: Template, resource: dict[str, Any], new_system: str) -> tuple[str, str] | None:
+    """The (system, value) the `use: old` identifiers give, chosen as _identity chooses; None without them.
+
+    None too when the old one is a local number and the new identity a preferred (national) one:
+    the record knows such a patient by the national id, maybe never by that local number, and
+    a condition on a number it lacks would make a second Patient.
+    """
+    found = resource.get("identifier", [])
+    olds = [i for i in (found if isinstance(found, list) else [found]) if i.get("use") == "old" and i.get("system") and i.get("value")]
+    for system in tpl.prefer:
+        for ident in olds:
+            if ident["system"] == system:
+                return ident["system"], ident["value"]
+    return (olds[0]["system"], olds[0]["value"]) if olds and new_system not in tpl.prefer else None
 
 
 def _identifier_source(tpl: Template) -> str | None:
@@ -246,6 +262,11 @@ class _Run:
         system, value = identity
         write = use.write
         entry = conditional_entry(tpl.fhir_type, resource, system, value, create_only=write == "create", by_id=write == "by-id")
+        if write == "reidentify" and (before := _old_identity(tpl, resource, system)) is not None:
+            # An identifier change (A47): the record knows the patient by the old identity
+            # (MRG-1, now `use: old`); a condition on the new one would make a second Patient
+            # beside it and leave the stays with the first.
+            entry["request"]["url"] = f"{tpl.fhir_type}?{identifier_query(*before)}"
         if write == "by-id":
             # A retired record (a merge's old Patient) is found by its id from now on: its
             # identifiers moved to the survivor, so a search by them finds the survivor only.

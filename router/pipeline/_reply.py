@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adapters.hl7v2.ack import AckCode, accept_code_for, ack_code_for, acks_for, build_ack
-from adapters.hl7v2.decode import hl7_charset
+from adapters.hl7v2.decode import hl7_charset, msh_names, salvage_header
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -26,7 +26,8 @@ def reply(publisher: Publisher, conv: Converted, error: MessageError | None, *, 
     if conv.format == "kith":
         _reply_apprec(publisher, conv, error, apprec_prefix)
         return
-    header = conv.header
+    # A message decode refused has no header: what can be read of its MSH still names the message the AR answers.
+    header = conv.header if conv.header is not None else salvage_header(conv.raw)
     code: AckCode
     if error is None:
         code, err_code = "AA", None
@@ -37,15 +38,18 @@ def reply(publisher: Publisher, conv: Converted, error: MessageError | None, *, 
         codes = acks_for(code, accept_type=header.accept_ack_type, application_type=header.application_ack_type, accept=accept_code_for(error))
     # The charset the message was read in (MSH-18, or the sender's configured default): its names come back as it wrote them.
     charset = (header.charset if header is not None else "") or hl7_charset(conv.raw) or "utf-8"
+    # MSH-3 to MSH-6 whole (the header keeps each HD's first component): the ACK names the sender as it named itself.
+    names = msh_names(conv.raw, charset) or (
+        (header.sending_application, header.sending_facility, header.receiving_application, header.receiving_facility) if header else ("", "", "", ""))
     for one in codes:
         failed = one not in ("AA", "CA")
         ack = build_ack(
             code=one,
             control_id=conv.control_id or (header.control_id if header else None),
-            sending_application=header.sending_application if header else "",
-            sending_facility=header.sending_facility if header else "",
-            receiving_application=header.receiving_application if header else "",
-            receiving_facility=header.receiving_facility if header else "",
+            sending_application=names[0],
+            sending_facility=names[1],
+            receiving_application=names[2],
+            receiving_facility=names[3],
             version=(header.version if header else "") or "2.5",
             message_type=conv.message_type or (header.message_type if header else None),
             text=error.reason if error and failed else None,
@@ -54,7 +58,7 @@ def reply(publisher: Publisher, conv: Converted, error: MessageError | None, *, 
             charset=charset,
         )
         publisher.reply(ack, headers={
-            "x-helsebro-control-id": conv.control_id or "",
+            "x-helsebro-control-id": conv.control_id or (header.control_id if header else ""),
             "x-helsebro-ack-code": one,
             "x-helsebro-sender": conv.sender or "",
         })

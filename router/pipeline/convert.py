@@ -13,7 +13,7 @@ from typing import Any
 from adapters.hl7v2.decode import BatchShortfall, check_batch_counts, decode, split_messages
 from adapters.hl7v2.paths import Scope, compile_path
 from router.contracts import Converted, MessageHeader
-from router.errors import InvalidContent, MessageError, NoMapping
+from router.errors import InvalidContent, MessageError, NoMapping, UnsupportedEvent
 from router.logging import phi_hash
 from router.mapping import FnContext, MappingSet, run_mapping
 from router.mapping.runtime import identifier_query
@@ -143,7 +143,7 @@ class Converter:
             raise NoMapping(f"no mapping for message type {message_type or '(empty)'} structure {structure or '(empty)'}{note}", location="MSH-9")
         item.structure = mm.structure
         if mm.events and h.trigger_event and h.trigger_event not in mm.events:
-            raise NoMapping(f"mapping {mm.structure} does not cover event {event}{note}", location="MSH-9.2")
+            raise UnsupportedEvent(f"mapping {mm.structure} does not cover event {event}{note}", location="MSH-9.2")
         decoded.message.structure = mm.structure
         if mm.out_of_place:
             _refuse_out_of_place(decoded.message, mm)

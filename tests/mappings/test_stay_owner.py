@@ -211,3 +211,31 @@ def test_two_patients_stays_with_one_visit_number_of_two_authorities_keep_their_
     _send(settings, handle, other)
     assert _dead_letters(settings) == []
     assert sorted(_stays(settings, "Condition")) == sorted([(PATIENT_A, "I21.0"), (PATIENT_B, "I21.0")])
+
+
+def _patients(settings) -> list[tuple[list[str], bool]]:
+    """(identifier values, active) of every Patient in the record."""
+    from adapters.fhir.record import open_record
+
+    record = open_record(settings)
+    try:
+        return sorted(([i["value"] for i in p.get("identifier", [])], p.get("active", True)) for p in record.search("Patient", {}))
+    finally:
+        record.close()
+
+
+def test_a47_changing_the_national_id_keeps_one_patient_with_its_stay(engine):
+    """A person admitted under a D-nummer gets a fødselsnummer; the A47 (PID: the FNR, MRG-1: the D-nummer)
+    changes the identifiers of that one record: no second, active Patient beside the old one, and the
+    stay goes on under the FNR (the next A03 for the FNR discharges it)."""
+    settings, handle = engine
+    _send(settings, handle, _adt("A01", "OWN-1", _pid(OLD_DNR, "DNR")))
+    a47 = "\r".join((
+        MSH.format(ts="20250111090000", type="ADT^A47^ADT_A30", ctrl="OWN-A47"), "EVN|A47|20250111090000",
+        _pid(PATIENT_A), f"MRG|{OLD_DNR}^^^NOR^DNR",
+    )) + "\r"
+    _send(settings, handle, a47.encode())
+    _send(settings, handle, _adt("A03", "OWN-3", _pid(PATIENT_A), structure="ADT_A03"))
+    assert _dead_letters(settings) == []
+    assert [active for _, active in _patients(settings)].count(True) == 1
+    assert _stays(settings) == [(PATIENT_A, "finished")]

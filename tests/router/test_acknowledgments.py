@@ -91,3 +91,35 @@ class TestEnhancedMode:
 ])
 def test_the_table_0155_conditions(code, accept, application, expected):
     assert acks_for(code, accept_type=accept, application_type=application) == expected
+
+
+class TestWhatTheAckNames:
+    """The ACK answers the message its sender sent: its MSH-10, its sender's names, the error code for what was refused."""
+
+    def test_a_message_refused_before_its_header_was_read_is_answered_with_its_control_id(self, tmp_path):
+        """An MSH-18 Helsebro does not know stops decoding before the header is read; the AR still names MSH-10 in MSA-2,
+        goes back to the sender's MSH-3/4, in its version, for its trigger event."""
+        message = _good("U-CS").replace(b"|NO|UNICODE UTF-8", b"|NO|KLINGON", 1)
+        answers = _answers(isolated_settings(tmp_path), [message])
+        [(code, body)] = answers["U-CS"]
+        assert code == "AR"
+        msh, msa, err = body.decode("utf-8").split("\r")[:3]
+        assert msh.split("|")[2:6] == ["HELSEBRO", "HELSEPLATTFORMEN", "PAS", "STOLAV"]
+        assert msh.split("|")[8] == "ACK^A01^ACK" and msh.split("|")[11] == "2.5.1"
+        assert msa.startswith("MSA|AR|U-CS|") and err.startswith("ERR||MSH^1^18|")
+
+    def test_the_ack_names_the_sender_by_its_whole_hd(self, tmp_path):
+        """A sender named by its OID (MSH-3 `^2.16.578…^ISO`, MSH-4 `STOLAV^2.16.578…^ISO`) is answered to those names, not to their first components."""
+        message = _good("HD1").replace(b"MSH|^~\\&|PAS|STOLAV|", b"MSH|^~\\&|^2.16.578.1.12.4.1.2.9^ISO|STOLAV^2.16.578.1.12.4.1.4.1^ISO|", 1)
+        answers = _answers(isolated_settings(tmp_path), [message])
+        [(code, body)] = answers["HD1"]
+        assert code == "AA"
+        assert body.split(b"\r")[0].split(b"|")[4:6] == [b"^2.16.578.1.12.4.1.2.9^ISO", b"STOLAV^2.16.578.1.12.4.1.4.1^ISO"]
+
+    def test_an_event_the_mapping_does_not_cover_is_error_201(self, tmp_path):
+        """The type is mapped, its trigger event is not: table 0357 201 "Unsupported event code", not 200 "Unsupported message type"."""
+        message = _good("EV1").replace(b"ADT^A01^ADT_A01", b"ADT^Z99^ADT_A01", 1)
+        answers = _answers(isolated_settings(tmp_path), [message])
+        [(code, body)] = answers["EV1"]
+        assert code == "AR"
+        assert b"\rERR||MSH^1^9^1^2|201^Unsupported event code^HL70357|E\r" in body
