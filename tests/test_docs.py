@@ -36,8 +36,8 @@ _ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 
 def test_the_architecture_names_only_files_and_folders_that_exist():
-    """docs/architecture.md is the map of the tree: a module it names that was moved or renamed fails here."""
-    text = _ARCHITECTURE.read_text(encoding="utf-8")
+    """docs/architecture.md is the map of the tree, docs/decisions.md its reasons: a module either names that was moved or renamed fails here."""
+    text = _ARCHITECTURE.read_text(encoding="utf-8") + (ROOT / "docs" / "decisions.md").read_text(encoding="utf-8")
     named = set(re.findall(r"\b((?:adapters|router|schemas|config|mappings)/[\w/.-]*\w/?)", text))
     missing = sorted(p for p in named if "<" not in p and not (ROOT / p).exists())
     assert not missing, f"docs/architecture.md names what is not in the tree: {missing}"
@@ -50,3 +50,8 @@ def test_the_architecture_says_who_owns_every_room():
     rooms = {f"{p.parent.parent.name}/{p.parent.name}/" for top in ("adapters", "router") for p in (ROOT / top).glob("*/__init__.py")}
     owners = set(re.findall(r"^\| `([\w/]+/)`", table, flags=re.M))
     assert rooms <= owners, f"rooms with no row in docs/architecture.md's Who owns what: {sorted(rooms - owners)}"
+
+
+def test_the_architecture_is_one_page():
+    """The guide asks for one page: the path and who owns what; the reasons live in docs/decisions.md."""
+    assert len(_ARCHITECTURE.read_text(encoding="utf-8").splitlines()) <= 160

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 OSLO = ZoneInfo("Europe/Oslo")
-"""HL7 timestamps without an offset are Oslo wall time (docs/architecture.md, Time)."""
+"""HL7 timestamps without an offset are Oslo wall time (docs/decisions.md, Time)."""
 
 CHARSETS: dict[str, str] = {"ASCII": "ascii", "8859/1": "latin-1", "UNICODE UTF-8": "utf-8"}
 """MSH-18 values (HL7 table 0211) a destination may name, to the Python codec that encodes them."""

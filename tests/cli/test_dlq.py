@@ -242,7 +242,7 @@ class TestDlq:
         assert patient["meta"]["versionId"] == "1"
 
     def test_replay_of_a_kith_message_applies_it_without_a_second_apprec(self, settings, capsys):
-        """docs/architecture.md: an e-resept M5 for a prescription the record lacks is dead-lettered and answered AppRec
+        """docs/decisions.md: an e-resept M5 for a prescription the record lacks is dead-lettered and answered AppRec
         X99, "and can be replayed once the M1 is in". The replay was settled as a duplicate (its MsgId was answered
         before): never applied, the prescription never stopped. Now it is applied; its sender, answered once, gets no
         second AppRec for that MsgId (HITS 1168 §5.4)."""
