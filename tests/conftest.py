@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import structlog
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -80,6 +81,18 @@ def _broker(request) -> Iterator[None]:
         return
     with _broker_turn(alone):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Each test starts with structlog's defaults.
+
+    A test that runs a verb in process (`main(["status"])`) configures structlog to write to the
+    stream capsys lent it; that stream is closed when the test ends, and the next test's first log
+    line from a module's own logger (the embedded broker's, the record's) raised ValueError there.
+    """
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")
