@@ -26,7 +26,7 @@ from typing import Any
 
 from lxml import etree
 
-from adapters.kith._plans import _ALL, _BY_TAG, _CHILD, _ELEMENTS, _EXACT, _LITERAL, _NONE, _REL, _SELECTED, _filter, _function, _plan, _string_selector, children_index
+from adapters.kith._plans import _ALL, _BY_TAG, _CALL, _CHILD, _ELEMENTS, _EXACT, _LITERAL, _NONE, _REL, _SELECTED, _closing, _filter, _function, _plan, _scan, _split, _string_selector, children_index
 from router.errors import DecodeError
 
 _tostring = etree.tostring
@@ -265,7 +265,7 @@ class XmlPath:
     its elements up in the children index without a further call.
     """
 
-    __slots__ = ("_absolute", "_bound", "_by_binding", "_choices", "_fn", "_last_xpath", "_literal", "_plan", "_prefixes", "text", "values")
+    __slots__ = ("_absolute", "_bound", "_by_binding", "_choices", "_fn", "_last_xpath", "_literal", "_parts", "_plan", "_prefixes", "text", "values")
 
     segment = None
     datatype = None
@@ -299,6 +299,9 @@ class XmlPath:
         self._literal = text[1:-1].strip() if _LITERAL.fullmatch(text) else None  # a string XPath would give as is
         for binding in _all_bindings(self._prefixes, prefixes):
             _compiled(text, binding)  # fail at load time, not per message
+        # A function of paths (`substring(po:X/@V, 1, 10)`, `concat(…)`) answers a string, not nodes:
+        # the paths its arguments read, resolved when it is read so the unmapped report counts them.
+        self._parts: tuple[XmlPath, ...] = tuple(_argument_paths(text, prefixes)) if self._plan is None else ()
         self.values = self._make_values()
 
     @property
@@ -310,6 +313,16 @@ class XmlPath:
         """XPath already selects every match: `each:` needs no change."""
         return self
 
+    def entering(self) -> XmlPath:
+        """This path for a read whose elements nested rules map (a datatype's `use:`, `each:` with `rules:`, a resource's `from:` or `each:`).
+
+        Why: an element read counts as read whole, its children covered, in the
+        unmapped report. Taken as the context of other rules, an element with
+        element children is mapped only as far as those rules read it: its
+        structured dosing or route, which no rule reads, must still be reported.
+        """
+        return _EnteringPath(self.text, self._choices)
+
     def resolve(self, scope: XmlScope) -> list[XmlItem]:
         """Evaluate against the context node; empty values are left out."""
         if self._plan is not None:
@@ -319,8 +332,22 @@ class XmlPath:
         elif self._fn is not None:
             text = self._select(scope)
             if text is not None:
+                self._mark_parts(scope)
                 return [XmlItem(text, None)] if text else []
         return self._cached(scope)
+
+    def _mark_parts(self, scope: XmlScope) -> None:
+        """Count as read what a function's argument paths select (see `_parts`)."""
+        reads = scope.reads
+        for part in self._parts:
+            for item in part.resolve(scope):
+                node = item._node
+                if isinstance(node, _AttrRef):
+                    reads.add(node.element)
+                elif isinstance(node, etree._Element):
+                    reads.add(node)
+                elif node is not None and (parent := node.getparent()) is not None:  # an attribute or text() result
+                    reads.add(parent)
 
     def _selector(self) -> Any:
         """Return `select(scope)`: the elements the path selects there, from the children index where one tag does; None: ask XPath."""
@@ -356,10 +383,13 @@ class XmlPath:
                 return lambda scope: [item.raw for item in cached(scope)]
             string = self._select
 
+            mark = self._mark_parts
+
             def string_values(scope: XmlScope) -> list[str]:
                 text = string(scope)
                 if text is None:
                     return [item.raw for item in cached(scope)]
+                mark(scope)
                 return [text] if text else []
 
             return string_values
@@ -417,10 +447,14 @@ class XmlPath:
                 return self._read_xpath
             string = self._select
             read_xpath = self._read_xpath
+            mark = self._mark_parts
 
             def read_string(scope: XmlScope) -> str | None:
                 text = string(scope)
-                return read_xpath(scope) if text is None else text or None
+                if text is None:
+                    return read_xpath(scope)
+                mark(scope)
+                return text or None
 
             return read_string
         member = plan.members[0]
@@ -541,6 +575,8 @@ class XmlPath:
         cached = scope.results.get(key)
         if cached is None:
             cached = scope.results[key] = self._evaluate(scope)
+        if self._parts:
+            self._mark_parts(scope)
         return cached
 
     def _evaluate(self, scope: XmlScope) -> list[XmlItem]:
@@ -580,6 +616,125 @@ class XmlPath:
         return out
 
 
+class _EnteringPath(XmlPath):
+    """An XmlPath whose reads record, of the elements it selects, only those without element children (see XmlPath.entering).
+
+    A plan's reads (nearly all) check each element they select as they record it;
+    the rest (XPath, `.`) run with a set of their own and keep its leaves.
+    """
+
+    __slots__ = ()
+
+    def entering(self) -> XmlPath:
+        return self
+
+    def _element_plan(self) -> bool:
+        """Whether this path's reads are the plan's own closures over elements (not `.`, not an attribute)."""
+        plan = self._plan
+        if plan is None or plan.attr is not None:
+            return False
+        member = plan.members[0]
+        return not (len(plan.members) == 1 and member.start == _REL and not member.ups and not member.steps and not plan.filters)
+
+    def reader(self) -> Any:
+        if not self._element_plan():
+            return _entered(super().reader())
+        select = self._selector()
+        read_xpath = self._read_xpath
+
+        def read(scope: XmlScope) -> str | None:
+            found = select(scope)
+            if found is None:
+                return read_xpath(scope)
+            reads = scope.reads
+            texts = scope.texts
+            first = None
+            for el in found:
+                if not len(el) or next(el.iterchildren(_ELEMENT), None) is None:
+                    reads.add(el)
+                if first is None:
+                    first = texts.get(el, _UNREAD)
+                    if first is _UNREAD:
+                        first = texts[el] = _value(el)
+            return first
+
+        return read
+
+    def _make_values(self) -> Any:
+        if not self._element_plan():
+            return _entered(super()._make_values())
+        select = self._selector()
+        cached = self._cached
+
+        def values(scope: XmlScope) -> list[str]:
+            found = select(scope)
+            if found is None:
+                return [item.raw for item in cached(scope)]
+            reads = scope.reads
+            texts = scope.texts
+            out: list[str] = []
+            for el in found:
+                if not len(el) or next(el.iterchildren(_ELEMENT), None) is None:
+                    reads.add(el)
+                value = texts.get(el, _UNREAD)
+                if value is _UNREAD:
+                    value = texts[el] = _value(el)
+                if value is not None:
+                    out.append(value)
+            return out
+
+        return values
+
+    def _items(self, scope: XmlScope, found: Sequence[Any]) -> list[XmlItem]:
+        """XmlPath._items for elements, recording only the leaves."""
+        if self._plan.attr is not None:  # type: ignore[union-attr]  # only called with a plan
+            return super()._items(scope, found)
+        reads = scope.reads
+        out = []
+        for el in found:
+            if len(el):
+                if next(el.iterchildren(_ELEMENT), None) is None:
+                    reads.add(el)
+                out.append(XmlItem(None, el))
+                continue
+            reads.add(el)
+            value = _text(el)
+            if value or el.attrib:
+                out.append(XmlItem(value, el))
+        return out
+
+    def _cached(self, scope: XmlScope) -> list[XmlItem]:
+        """XmlPath's XPath answer, its reads kept to the leaves, cached under a key of its own: a plain read of the same text records its own."""
+        key = (_ENTERED, self.text, None if self._absolute else scope.node)
+        cached: list[XmlItem] | None = scope.results.get(key)
+        if cached is None:
+            cached = scope.results[key] = _entered(self._evaluate)(scope)
+        if self._parts:
+            self._mark_parts(scope)
+        return cached
+
+
+_ELEMENT = etree.Element  # iterchildren(_ELEMENT): element children only, not comments or PIs
+_ENTERED = object()  # XmlScope.results: the key part that keeps an entering read's XPath answers apart
+
+
+def _entered(read: Any) -> Any:
+    """*read* (scope → answer), recording of what it reads only the elements without element children."""
+
+    def read_entering(scope: XmlScope) -> Any:
+        reads = scope.reads
+        taken = scope.reads = set()
+        try:
+            return read(scope)
+        finally:
+            scope.reads = reads
+            for el in taken:
+                if not len(el) or next(el.iterchildren(_ELEMENT), None) is None:  # a leaf (its comments aside)
+                    reads.add(el)
+
+    return read_entering
+
+
 def _self_reader(scope: XmlScope) -> str | None:
     """The reader for `.`: the context element's text (NodeText), or None when it holds nothing."""
     node = scope.node
@@ -603,6 +758,52 @@ def _attr_reader(attr: str) -> Any:
         return None
 
     return read
+
+
+def _argument_paths(text: str, prefixes: dict[str, tuple[str, ...]]) -> list[XmlPath]:
+    """The paths an expression that is no path reads (`substring(po:X/@V, 1, 10)`: `po:X/@V`; `9 * (po:A = "true")`: `po:A`); none for a path."""
+    terms = _terms(text)
+    out: list[XmlPath] = []
+    if terms == [text.strip()]:
+        return out  # a path of its own (`(po:X | po:Y)[1]`): the XPath engine's answer marks what it selects
+    for term in terms:
+        try:
+            out.append(XmlPath(term, prefixes))
+        except XPathSyntaxError:
+            continue
+    return out
+
+
+def _terms(expr: str) -> list[str]:
+    """The location paths of *expr*: function arguments opened, operators split, literals and numbers left out."""
+    expr = expr.strip()
+    if not expr or _LITERAL.fullmatch(expr) or _NUMBER.fullmatch(expr):
+        return []
+    call = _CALL.match(expr)
+    if call is not None and _closing(expr, call.end() - 1) == len(expr) - 1:
+        if call[1] == "count":
+            return []  # how many there are maps none of what they hold
+        inner = expr[call.end():-1]
+        return [term for arg in (_split(inner, ",") if inner.strip() else []) for term in _terms(arg)]
+    if expr[0] == "(" and _closing(expr, 0) == len(expr) - 1:
+        return _terms(expr[1:-1])
+    masked = ["\0"] * len(expr)  # what lies inside brackets or literals is no operator of this expression
+    for i, ch, depth in _scan(expr):
+        if not depth and ch not in "])":
+            masked[i] = ch
+    cuts = [m.span() for m in _OPERATOR.finditer("".join(masked))]
+    if not cuts:
+        return [expr]
+    out: list[str] = []
+    last = 0
+    for begin, finish in cuts:
+        out += _terms(expr[last:begin])
+        last = finish
+    return out + _terms(expr[last:])
+
+
+_NUMBER = re.compile(r"\s*-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*")  # `.` is the context node, no number
+_OPERATOR = re.compile(r"\s(?:or|and|div|mod)\s|!=|<=|>=|=|<|>|\s[*+-]\s|\|")
 
 
 def _all_bindings(used: tuple[str, ...], prefixes: dict[str, tuple[str, ...]]) -> list[tuple[tuple[str, str], ...]]:
@@ -703,7 +904,9 @@ def unmapped(root: Any, reads: set[Any], results: dict[Any, Any] | None = None) 
     """Name every element with text or a coded value (V) in the payload that no rule read.
 
     An element counts as read when it, or an element holding it, was read as a
-    value (a whole element read as text or mapped by a datatype covers its children).
+    value (a whole element read as text covers its children). An element other
+    rules map inside (a datatype's `use:`, `each:` with `rules:`, a resource's
+    `from:`) or a condition only tests covers none of its element children.
     One walk that skips what was read; only the leaves it names get a label,
     and a mapped message names few. *results* (the scope's) lends the children
     index the mapping built, so most elements are not asked for children again.

@@ -48,7 +48,7 @@ from router.errors import MessageError
 from router.mapping._codegen_conditions import _GUARD
 from router.mapping._codegen_rules import _Gen
 from router.mapping._steps import call_at, fit, location
-from router.mapping.conditions import quiet
+from router.mapping.conditions import mark_paths, quiet
 from router.mapping.library import _Values
 from router.mapping.runtime import IdentityOf, identity_of
 
@@ -186,7 +186,7 @@ def _memos(lines: list[str], memos: list[str]) -> list[str]:
 def _compile(source: str, name: str, names: dict[str, Any], filename: str) -> Any:
     namespace: dict[str, Any] = {
         "near_map": near_map, "_U": _UNREAD, "unescape": unescape, "NULL": EXPLICIT_NULL,
-        "MessageError": MessageError, "_Values": _Values, "call_at": call_at, "fit": fit, "quiet": quiet, "location": location, "identity_of": identity_of, **names,
+        "MessageError": MessageError, "_Values": _Values, "call_at": call_at, "fit": fit, "quiet": quiet, "mark_paths": mark_paths, "location": location, "identity_of": identity_of, **names,
     }
     exec(_code(source, filename), namespace)  # noqa: S102 - source from compile-time constants only (see module doc)
     return namespace[name]

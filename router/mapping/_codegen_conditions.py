@@ -68,7 +68,7 @@ class _ConditionGen(_BlockGen):
         if others:
             name = self.n(f"MK{len(self.names)}")
             self.names[name] = tuple(others)
-            lines.append(f"for _mp in {name}: _mp.resolve({self.scope})")
+            lines.append(f"mark_paths({name}, {self.scope})")  # as conditions._answer counts them
         return lines
 
     def _opaque(self, pred: Any) -> str:

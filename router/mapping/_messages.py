@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from router.mapping._embedded import NOT_OVERRIDDEN, compile_embedded
 from router.mapping._message_checks import check_uses, walk_uses
 from router.mapping._patch import Patch, patch_value_key
+from router.mapping._steps import entered
 from router.mapping._yaml import YList, YMap
 
 if TYPE_CHECKING:
@@ -190,7 +191,7 @@ def _uses(c: Compiler, parent: YMap, key: str, names: set[str], *, top: bool = F
         for k in bindings:
             if k not in tpl.params:
                 raise _err(f"template {tpl.name} has no parameter {k!r}", item.pos("with"))
-        use = ResourceUse(name, tpl, c._when(item), c._path(item["from"], item.pos("from")) if "from" in item else None, bindings, item.pos())
+        use = ResourceUse(name, tpl, c._when(item), entered(c._path(item["from"], item.pos("from"))) if "from" in item else None, bindings, item.pos())
         use.explicit = frozenset(str(k) for k in (item.get("with") or {}))
         if "each" in item:
             use.each = _each_path(c, item)
@@ -265,8 +266,8 @@ def _group(c: Compiler, item: YMap, name: str, names: set[str]) -> ResourceUse:
 
 
 def _each_path(c: Compiler, item: YMap) -> Any:
-    """`each:` iterates every group, segment or repetition the path names."""
-    path = c._path(item["each"], item.pos("each"))
+    """`each:` iterates every group, segment or repetition the path names (read as far as its resources read inside)."""
+    path = entered(c._path(item["each"], item.pos("each")))
     if getattr(path, "is_group", False):
         return path.starred()
     if path.is_segment and path.seg_rep is None:

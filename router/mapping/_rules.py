@@ -143,6 +143,8 @@ def _produce(c: Compiler, node: YMap, kind: str, leaf: fhir_model.Element, put: 
     if kind == "fn":
         return _fn_args(c, node, put, leaf)
     path = c._path(node[kind], node.pos(kind))
+    if "use" in node or (kind == "each" and "rules" in node):
+        path = _steps.entered(path)  # what the datatype or the nested rules read inside it is what is read
     if kind == "each":
         return compile_each(c, node, path, leaf, transform, convert, put)
     if path.is_segment:

@@ -314,6 +314,17 @@ def reader(path: Any) -> Callable[[Any], Any]:
     return lambda scope: items[0].raw if (items := path.resolve(scope)) else None
 
 
+def entered(path: Any) -> Any:
+    """*path* for a read whose value nested rules map (`use:`, `each:` with `rules:`, a resource's `from:` or `each:`).
+
+    An XML path (`entering()`) then counts an element with element children as
+    read only as far as those rules read inside it, so the unmapped report names
+    what they leave; an HL7 v2 path is its own (a field is read where it is read).
+    """
+    enter = getattr(path, "entering", None)
+    return path if enter is None else enter()
+
+
 def location(path: Any, scope: Any, index: int) -> str | None:
     """Return the position of the index-th value of *path* in *scope* (errors only)."""
     items = path.resolve(scope)

@@ -246,7 +246,7 @@ def _holds_elements(read: Any) -> bool:
     no rule maps. v2 reads are (segment, field) pairs and pass unchanged.
     """
     tag = getattr(read, "tag", None)
-    return isinstance(tag, str) and any(isinstance(child.tag, str) for child in read)
+    return isinstance(tag, str) and len(read) > 0 and any(isinstance(child.tag, str) for child in read)  # a leaf asks no walk
 
 
 def _exact(pred: Any) -> bool:
@@ -270,6 +270,22 @@ def _mark(pred: Any, scope: Any) -> None:
     else:
         for path in paths_of(pred):
             path.resolve(scope)  # marks what it reads, as a rule's read does
+
+
+def mark_paths(paths: tuple[Any, ...], scope: Any) -> None:
+    """Resolve *paths* on *scope*, counting as read what they select but an element with element children (see `_holds_elements`).
+
+    What generated guards call to mark the paths of a condition that held (_codegen_conditions.marks),
+    so they count what `_answer` counts: asking about an element maps none of what it holds.
+    """
+    reads = scope.reads
+    taken = scope.reads = set()
+    try:
+        for path in paths:
+            path.resolve(scope)
+    finally:
+        scope.reads = reads
+    reads.update(read for read in taken if not _holds_elements(read))
 
 
 def quiet(read: Callable[[Any], Any], scope: Any) -> Any:

@@ -731,3 +731,26 @@ def _all_codings(node) -> list[dict]:
     if isinstance(node, list):
         return [c for item in node for c in _all_codings(item)]
     return []
+
+
+class TestUnmappedInsideMappedElements:
+    @pytest.mark.corpus
+    def test_what_a_datatype_leaves_inside_the_prescription_is_reported(self, shared_dir, capsys, monkeypatch):
+        """A datatype's `use:` on an element (the Dosage from ReseptDokLegemiddel), or a resource's `from:` (the
+        prescription from m1:Resept), maps only what its rules read inside it: the M1's route (AdmMate), structured
+        dose amounts, reseptgruppe, form and package size, which no rule maps, are listed by --unmapped; what the
+        rules read (the dosage text, Kortdose, the ATC code, the varenummer) is not."""
+        monkeypatch.setenv("HELSEBRO_XSD_DIR", str(shared_dir / "norsk" / "skjema"))
+        magistrell = shared_dir / "norsk" / "eksempel" / "eresept" / "Magistrell resept" / "M1 Magistrell resept.xml"
+        case = Path(__file__).resolve().parents[2] / "mappings" / "kith" / "messages" / "ERM1.cases" / "resept_pakning.xml"
+        assert main(["convert", "--unmapped", str(magistrell), str(case)]) == 0
+        lines = capsys.readouterr().err.splitlines()
+        [of_magistrell] = [line for line in lines if line.startswith(str(magistrell))]
+        [of_case] = [line for line in lines if line.startswith(str(case))]
+        forskrivning = "/MsgHead/Document/RefDoc/Content/Resept/ReseptDokLegemiddel/Forskrivning"
+        assert f"{forskrivning}/AdministreringForskrivning/AdmMate" in of_magistrell
+        for unmapped in ("Dosering/DoseFastTidspunkt/Mengde", "Legemiddelpakning/Reseptgruppe"):
+            assert f"{forskrivning}/{unmapped}," in of_case + ","
+        for mapped in ("DosVeiledEnkel", "Kortdose", "Bruksomrade", "Legemiddelpakning/Atc", "Legemiddelpakning/Varenr", "Legemiddelpakning/NavnFormStyrke", "Dosering/Starttidspunkt"):
+            assert f"{forskrivning}/{mapped}" not in of_case
+        assert "/Resept/Forskrivningsdato" not in of_case and "/ReseptDokLegemiddel/Reiterasjon" not in of_case
