@@ -204,6 +204,14 @@ class RouteMatch(_Frozen):
     receiver: tuple[str, ...] = Field(default=(), description="Receiving application, facility or `application@facility` (MSH-5/MSH-6), or the receiver's HER-id.", examples=[["HELSEPLATTFORMEN"]])
     when: str | None = Field(default=None, description="A condition in the mappings' expression language over the message itself.", examples=["PV1-2 = I"])
 
+    @field_validator("message_code", "event", "sender", "receiver", mode="before")
+    @classmethod
+    def _not_empty(cls, values: Any) -> Any:
+        """Refuse an empty list: it matched every message, as an absent key does, which no author writing one means."""
+        if isinstance(values, list | tuple) and not values:
+            raise ValueError("an empty list would match every message: leave the key out to match all, or list what to match")
+        return values
+
     @field_validator("message_code", "event")
     @classmethod
     def _can_match(cls, values: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:

@@ -165,6 +165,15 @@ class TestRoutesModel:
             load_routes(path)
         assert str(err.value).startswith(f"{path}:5:")
 
+    @pytest.mark.parametrize("key", ["message_code", "event", "sender", "receiver"])
+    def test_an_empty_list_is_refused_not_read_as_match_all(self, tmp_path, key):
+        """`message_code: []` matched every message, as an absent key does: a route meant for nothing (or for a list
+        an author emptied) took everything. An empty list is refused at its line; leave the key out to match all."""
+        path = _write(tmp_path, f"destinations:\n  record: {{kind: record}}\nroutes:\n  - name: adt\n    match: {{format: hl7v2, {key}: []}}\n    to: [record]\n")
+        with pytest.raises(MappingError, match=rf"{key}: .*empty list") as err:
+            load_routes(path)
+        assert str(err.value).startswith(f"{path}:5:")
+
     def test_hl7v2_codes_and_kith_types_load(self, tmp_path):
         """Three-character HL7 codes and events, in either case, and a KITH message type, are accepted."""
         path = _write(tmp_path, (
