@@ -233,15 +233,18 @@ class FieldCompiler:
             raise self.owner.fail(f"{self.label}: versions: lists HL7 versions, e.g. [\"2.3\", \"2.4\"]", pos)
         return _covers(wanted, self.owner.version)
 
-    def _condition(self, text: Any, pos: Pos) -> Callable[[Any], bool]:
-        if self.resource_type is None:
-            raise self.owner.fail(f"{self.label}: when: needs the segment's resource (or the item of each:)", pos)
+    def _condition(self, text: Any, pos: Pos, *, key: str = "when", type_name: str | None = None,
+                   example: str = "valueQuantity or status=final") -> Callable[[Any], bool]:
+        """Compile a condition (`when:`, a value's `when:`, `where:`) on *type_name* (the segment's resource), or fail at *pos*."""
+        type_name = type_name or self.resource_type
+        if type_name is None:
+            raise self.owner.fail(f"{self.label}: {key}: needs the segment's resource (or the item of each:)", pos)
         if not isinstance(text, str):
-            raise self.owner.fail(f"{self.label}: when: is a condition, e.g. valueQuantity or status=final", pos)
+            raise self.owner.fail(f"{self.label}: {key}: is a condition, e.g. {example}", pos)
         try:
-            return compile_fhir_condition(text, self.resource_type)
+            return compile_fhir_condition(text, type_name)
         except PathSyntaxError as exc:
-            raise self.owner.fail(f"{self.label}: when: {exc}", pos) from None
+            raise self.owner.fail(f"{self.label}: {key}: {exc}", pos) from None
 
     def _keys(self, spec: dict[str, Any], allowed: set[str], pos: Pos) -> None:
         for key in spec:
@@ -374,15 +377,9 @@ class FieldCompiler:
         Why: one XTN repetition is a phone number (XTN.1/XTN.12) or an e-mail address (XTN.4),
         by the ContactPoint's own `system`; a condition on the segment's resource cannot tell them apart.
         """
-        wpos = _pos(spec, "when", pos)
         if type_name is None:
-            raise self.owner.fail(f"{self.label}: when: needs the item the value is read from", wpos)
-        if not isinstance(spec["when"], str):
-            raise self.owner.fail(f"{self.label}: when: is a condition, e.g. system=email", wpos)
-        try:
-            holds = compile_fhir_condition(spec["when"], type_name)
-        except PathSyntaxError as exc:
-            raise self.owner.fail(f"{self.label}: when: {exc}", wpos) from None
+            raise self.owner.fail(f"{self.label}: when: needs the item the value is read from", _pos(spec, "when", pos))
+        holds = self._condition(spec["when"], _pos(spec, "when", pos), type_name=type_name, example="system=email")
 
         def guarded(node: Any, ctx: RenderContext) -> str | None:
             return get(node, ctx) if node is not None and holds(node) else None
@@ -405,15 +402,8 @@ class FieldCompiler:
         ref = self._path(spec["up"], type_name, upos)
         if ref.type_name != "Reference":
             raise self.owner.fail(f"{self.label}: up: {ref.text} is not a Reference", upos)
-        where = None
-        if "where" in spec:
-            wpos = _pos(spec, "where", pos)
-            if not isinstance(spec["where"], str):
-                raise self.owner.fail(f"{self.label}: where: is a condition, e.g. physicalType.coding.code=ro", wpos)
-            try:
-                where = compile_fhir_condition(spec["where"], type_name)
-            except PathSyntaxError as exc:
-                raise self.owner.fail(f"{self.label}: where: {exc}", wpos) from None
+        where = (self._condition(spec["where"], _pos(spec, "where", pos), key="where", type_name=type_name, example="physicalType.coding.code=ro")
+                 if "where" in spec else None)
 
         def climbed(node: Any, ctx: RenderContext) -> str | None:
             for _ in range(_MAX_UP):
