@@ -8,6 +8,7 @@ its Bundle.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ class KithConverter:
             her_id = env.sender.her_id if env.sender else None
             item.control_id = env.msg_id or None
             item.sender = her_id or None
-            item.message_type = env.msg_type or env.payload_root
+            item.message_type = _shown_type(env.msg_type) or env.payload_root
             item.structure = env.payload_root
             item.header = _header(env, item.message_type)
         if received.error is not None:
@@ -57,7 +58,7 @@ class KithConverter:
         if mm is None:
             raise NoMapping(f"no mapping for {shown(str(env.payload_root or env.root))} in namespace {shown(str(env.payload_namespace))}", location="/")
         if expect is not None and mm.structure != expect:
-            raise UnknownMessage(f"the embedded message is {env.msg_type or env.payload_root}, where only {expect} may be embedded", location="/MsgHead/MsgInfo/Type")
+            raise UnknownMessage(f"the embedded message is {_shown_type(env.msg_type) or env.payload_root}, where only {expect} may be embedded", location="/MsgHead/MsgInfo/Type")
         root = env.payload.getroottree().getroot() if env.payload is not None else None
         if root is None:
             raise UnknownMessage("the message carries no XML payload to map", location="/MsgHead/Document")
@@ -148,6 +149,20 @@ def _place(exc: MessageError, where: str) -> None:
     exc.location = f"{where} > {exc.location}" if exc.location and exc.location != where else where
     exc.reason = exc.reason if exc.reason.startswith("the embedded message") else f"the embedded message is refused: {exc.reason}"
     exc.args = (exc.reason,)
+
+
+_KITH_CODE = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
+"""MsgInfo/Type (Volven 8279: `DIALOG_HELSEFAGLIG`, `ERM1`, `APPREC`; older Message versions `E`, `H`, `R`, `S`)."""
+
+
+def _shown_type(msg_type: str) -> str:
+    """MsgInfo/Type as logs, the journal and dead letters show it: as sent when it is shaped as a Volven 8279 code, else `?`.
+
+    Why: the type is logged with every message (`delivery_settled`) and journalled, and a
+    sender that fills the wrong element puts a name there (DESIGN §5: never patient data),
+    as MSH-9 is masked for HL7 v2. Routing and the mapping still read the type as sent.
+    """
+    return msg_type if not msg_type or _KITH_CODE.fullmatch(msg_type) else "?"
 
 
 def _header(env: KithEnvelope, message_type: str | None) -> MessageHeader:

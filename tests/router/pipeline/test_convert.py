@@ -60,3 +60,33 @@ class TestRefusalsQuoteNoPatientData:
             for where, text in (("log", logs), ("dead-letter header", headers), ("ACK MSA/ERR", answered)):
                 assert secret not in text, f"{secret!r} in the {where}"
         assert "SN\ufffd" not in logs + headers + answered
+
+
+class TestKithTypeQuotesNoPatientData:
+    def test_text_in_msginfo_type_reaches_no_log_or_journal(self, tmp_path, capsys):
+        """A name and a fødselsnummer in MsgInfo/Type (a sender that filled the wrong element) appear in no log line
+        and no dead-letter header: the type is shown as `?` unless it is shaped as a Volven 8279 code, as MSH-9 is.
+        The message is still mapped (by its payload's namespace), applied and answered."""
+        from pathlib import Path
+
+        dialog = Path(__file__).resolve().parents[3] / "mappings" / "kith" / "messages" / "Dialogmelding.cases" / "helsefaglig_dialog.xml"
+        text = dialog.read_text(encoding="utf-8")
+        assert 'V="DIALOG_HELSEFAGLIG"' in text
+        shifted = text.replace('V="DIALOG_HELSEFAGLIG"', f'V="{FAMILY} {FNR}"', 1).encode("utf-8")
+        configure_logging(level="debug")
+        settings = isolated_settings(tmp_path)
+        handle = run_engine_in_thread(settings)
+        try:
+            publish(settings, [shifted])
+            wait_until(lambda: handle.stats.messages == 1, 30, what="settled")
+        finally:
+            handle.stop()
+            structlog.reset_defaults()  # the logger above wrote to this test's captured stderr
+        logs = capsys.readouterr().err
+        settled = [ln for ln in map(json.loads, (x for x in logs.splitlines() if x.startswith("{"))) if ln.get("event") == "delivery_settled"]
+        assert [ln["outcome"] for ln in settled] == ["applied"]  # the test can fail: it was mapped and applied
+        assert settled[0]["message_type"] == "?"
+        letters = json.dumps([h for h, _ in drain_queue(settings, settings.engine.broker.names.dead_letter)], ensure_ascii=False)
+        for secret in SECRETS[:4]:
+            assert secret not in logs, f"{secret!r} in the log"
+            assert secret not in letters, f"{secret!r} in a dead-letter header"
