@@ -14,7 +14,7 @@ from __future__ import annotations
 from adapters.kith._outbound import OutboundMapping, load_outbound
 from adapters.kith.apprec import APPREC_ERROR_FOR, AppRecMessage, AppRecVersion, apprec_error_for, apprec_version_for, build_apprecs
 from adapters.kith.dispatch import Received, check_envelope, read_envelope, read_message, salvage
-from adapters.kith.duplicates import DuplicateGuard, DuplicateGuardConfig, SqliteDuplicateGuard, unanswered
+from adapters.kith.duplicates import DuplicateGuard, SeenStoreDuplicateGuard
 from adapters.kith.embedded import decode_embedded
 from adapters.kith.envelope import APPREC_NS, MSGHEAD_NS, Attachment, ConversationRef, Ident, KithEnvelope, Party, Person, payload_standard
 from adapters.kith.errors import InvalidMsgId, PatientInsufficient, PatientNotFound, SchemaInvalid
@@ -43,7 +43,6 @@ __all__ = [
     "Attachment",
     "ConversationRef",
     "DuplicateGuard",
-    "DuplicateGuardConfig",
     "ForbiddenDoctype",
     "Ident",
     "InvalidMsgId",
@@ -59,7 +58,7 @@ __all__ = [
     "Received",
     "SchemaInvalid",
     "SchemaSet",
-    "SqliteDuplicateGuard",
+    "SeenStoreDuplicateGuard",
     "XmlLimits",
     "apprec_error_for",
     "apprec_version_for",
@@ -76,6 +75,5 @@ __all__ = [
     "run_kith_outbound_case",
     "salvage",
     "schema_set",
-    "unanswered",
     "validation_status",
 ]
