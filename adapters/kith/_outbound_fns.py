@@ -25,6 +25,8 @@ __all__ = ["FUNCTIONS", "Getter", "PathStep", "compile_path", "parse_path", "tex
 # STYLE §11: local times in Europe/Oslo by name. KITH messages write local time
 # without an offset (every Sarepta example does); Helsebro's inbound side reads
 # an offset-less time as Oslo time again, so the round trip keeps the instant.
+# Except in the hour the clocks go back, which happens twice: there the wall
+# time names two instants, so the offset is written too (xml_datetime).
 _OSLO = ZoneInfo("Europe/Oslo")
 
 _PERSON_LIST = "2.16.578.1.12.4.1.1.8116"
@@ -113,15 +115,24 @@ def text_of(value: Any) -> str | None:
 
 
 def _moment(value: str) -> datetime | None:
+    """*value* as Oslo local time; None when it is no time, or has no Oslo time (9999-12-31T23:30-02:00 is past year 9999).
+
+    The OverflowError that conversion raises was no refusal a destination could take: it failed the whole delivery.
+    """
     try:
         moment = datetime.fromisoformat(value)
-    except ValueError:
+        return moment.astimezone(_OSLO) if moment.tzinfo is not None else moment
+    except (ValueError, OverflowError):
         return None
-    return moment.astimezone(_OSLO) if moment.tzinfo is not None else moment
 
 
 def xml_datetime(value: str) -> str | None:
     """FHIR date or dateTime → KITH local time ``YYYY-MM-DDTHH:MM:SS`` in Europe/Oslo, without offset.
+
+    In the hour the clocks go back (02:00-03:00 on the last Sunday of October) the
+    wall time happens twice, and without its offset a reader takes the first: the
+    later instant came back an hour early. There the offset is written
+    (``2024-10-27T02:30:00+01:00``), as xs:dateTime allows.
 
     A date (or year, year-month) stays as it is: kith:TS accepts them, and a
     time that was never sent must not be invented. Anything else is None.
@@ -129,7 +140,13 @@ def xml_datetime(value: str) -> str | None:
     if "T" not in value:
         return value if _calendar_date(value) else None
     moment = _moment(value)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") if moment is not None else None
+    if moment is None:
+        return None
+    moment = moment.replace(microsecond=0)
+    if moment.tzinfo is not None and moment.replace(fold=1 - moment.fold).utcoffset() != moment.utcoffset():
+        return moment.isoformat()
+    # isoformat, not strftime: glibc's %Y writes year 999 as "999", which xs:dateTime refuses.
+    return moment.replace(tzinfo=None).isoformat()
 
 
 def _calendar_date(value: str) -> bool:
@@ -155,7 +172,7 @@ def xml_date(value: str) -> str | None:
     if "T" not in value:
         return None
     moment = _moment(value)
-    return moment.strftime("%Y-%m-%d") if moment is not None else None
+    return moment.date().isoformat() if moment is not None else None
 
 
 def id_type(system: str) -> str | None:

@@ -21,6 +21,7 @@ Rules (FACTS §1, §3; HIS 80601; HIS 80704:2014 §4.1.1):
   destination (``destination.receiver_her_id``, ``destination.receiver_name``).
 - Times are written as Europe/Oslo local time without an offset, as the
   national examples do; Helsebro's inbound side reads them back as Oslo time.
+  In the hour the clocks go back, which happens twice, the offset is written too.
 - With HELSEBRO_XSD_DIR set, every rendered message is validated against the
   national schema (compiled once, when the destination is built); a message
   that does not validate is refused with the schema error's kind and place,

@@ -128,6 +128,24 @@ class TestRefusals:
             renderer.render(conv)
         assert info.value.reason == "PLO_InnlagtPasient: no value for TidspunktForHendelse (from Encounter.period.start)"
 
+    @pytest.mark.parametrize("admitted", ["99991231233000-0200", "00010101003000+0200"])
+    def test_admission_time_with_no_oslo_time_is_refused_as_content(self, renderer, converter, admitted):
+        """A time at the calendar's edge (HL7's 9999-12-31 "no date") has no Oslo time: refused at its element, as
+        content this destination cannot take (dead-lettered for it alone), never an OverflowError that fails the delivery."""
+        [conv] = converter.convert(adt_message("A01", control_id="CTRL-E", fnr=FNR, local_id="L-4", visit="V-4", admitted=admitted))
+        assert conv.ok
+        with pytest.raises(InvalidContent) as info:
+            renderer.render(conv)
+        assert info.value.reason == "PLO_InnlagtPasient: no value for TidspunktForHendelse (from Encounter.period.start)"
+
+    def test_message_time_with_no_oslo_time_is_refused_at_msh7(self, renderer, converter):
+        """The same for MSH-7: refused at MSH-7 for GenDate, not an OverflowError."""
+        [conv] = converter.convert(adt_message("A01", control_id="CTRL-F", fnr=FNR, local_id="L-5", visit="V-5", sent="99991231233000-0200"))
+        assert conv.ok
+        with pytest.raises(InvalidContent) as info:
+            renderer.render(conv)
+        assert info.value.location == "MSH-7"
+
     def test_no_bundle(self, renderer, admission):
         """A converted message without a Bundle is refused, not crashed on."""
         with pytest.raises(MessageError, match="no Bundle"):
@@ -246,6 +264,14 @@ class TestNationalSchema:
         assert _xpath(out, "//m:Patient/m:DateOfBirth") == [] and _xpath(out, "//m:Patient/m:Ident/m:Id/text()") == [FNR]
         assert b"1985-02-30" not in renderer.render(conv)  # without the schema too: never an invalid xs:date
 
+    def test_a_year_before_1000_keeps_four_digits(self, mapping, schemas, converter):
+        """xs:dateTime and xs:date need a four-digit year: a time in year 999 is written 0999-…, never 999-… (invalid)."""
+        [conv] = converter.convert(adt_message("A01", control_id="CTRL-Y", fnr=FNR, local_id="L-6", visit="V-6", admitted="09990715083000", sent="09990715083500"))
+        assert conv.ok
+        xml = KithRenderer(mapping, destination_name="kommune", receiver_her_id="12345", schemas=schemas).render(conv)
+        assert _xpath(xml, "//m:GenDate/text()")[0].startswith("0999-07-15T")
+        assert _xpath(xml, "//po:TidspunktForHendelse/@V")[0].startswith("0999-07-15T")
+
     def test_invalid_output_is_refused(self, tmp_path, schemas, admission):
         """A mapping whose output breaks the schema (Anslag left out) is refused per message, with no values in the reason."""
         broken = tmp_path / "PLO_InnlagtPasient.yaml"
@@ -268,6 +294,18 @@ class TestRoundTrip:
         original = next(e["resource"] for e in admission.bundle["entry"] if e["resource"]["resourceType"] == "Encounter")
         assert {"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": FNR} in patient["identifier"]
         assert encounter["period"]["start"] == original["period"]["start"] == "2024-01-15T08:30:00+01:00"
+
+    @pytest.mark.parametrize(("admitted", "written"), [("20241027023000+0100", "+01:00"), ("20241027023000+0200", "+02:00")])
+    def test_the_hour_that_happens_twice_keeps_its_instant(self, mapping, schemas, converter, admitted, written):
+        """When the clocks go back, Oslo's 02:00-03:00 happens twice: wall time alone named two instants, and the
+        inbound side read the later one back an hour early. In that hour the offset is written (xs:dateTime allows it)."""
+        [conv] = converter.convert(adt_message("A01", control_id="CTRL-DST", fnr=FNR, local_id="L-7", visit="V-7", admitted=admitted, sent=admitted))
+        xml = KithRenderer(mapping, destination_name="kommune", receiver_her_id="12345", schemas=schemas).render(conv)
+        assert _xpath(xml, "//po:TidspunktForHendelse/@V") == [f"2024-10-27T02:30:00{written}"]
+        assert _xpath(xml, "//m:GenDate/text()") == [f"2024-10-27T02:30:00{written}"]
+        [back] = converter.convert(xml)
+        encounter = next(e["resource"] for e in back.bundle["entry"] if e["resource"]["resourceType"] == "Encounter")
+        assert encounter["period"]["start"] == f"2024-10-27T02:30:00{written}"
 
     def test_kith_source_keeps_its_gendate(self, renderer, admission, converter):
         """A KITH source message is re-rendered with its own GenDate, and deterministically."""
