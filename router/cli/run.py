@@ -14,8 +14,10 @@ its `--worker-index` and the same `--workers`. The loop itself is router/engine.
 `--metrics-port P` serves the worker's counters at http://HOST:P/metrics in
 Prometheus' text format (router/ops/metrics.py: messages settled by outcome,
 deliveries, batches, reconnects, the time batches take to settle, and each
-queued destination's results), on `--metrics-host` (127.0.0.1 unless given:
-open it to a scraper on purpose). With `--workers N`, worker i serves on P + i.
+queued destination's results; worker 0 also the KITH messages whose AppRec
+is overdue after `--apprec-overdue`, default 96h, as `status` counts them), on
+`--metrics-host` (127.0.0.1 unless given: open it to a scraper on purpose).
+With `--workers N`, worker i serves on P + i.
 A port that cannot be bound stops the worker before it consumes (exit 1; with
 `--workers N` every worker's port is tried before any starts, so none consumes);
 a P + N - 1 past 65535 is a usage error (exit 2).
@@ -31,9 +33,10 @@ import sys
 import time
 from typing import Any
 
-from router.cli._args import whole_number
+from router.cli._args import age, whole_number
 from router.engine import Engine
 from router.logging import configure_logging, get_logger
+from router.ops.apprecs import APPREC_OVERDUE_S
 from router.settings import load_settings
 
 __all__ = ["register"]
@@ -55,6 +58,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--metrics-port", type=whole_number(0, 65535), default=None, metavar="P",
                         help="Serve Prometheus metrics at http://HOST:P/metrics (worker i of --workers N on P + i).")
     parser.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST", help="Address the metrics listen on (default 127.0.0.1).")
+    parser.add_argument("--apprec-overdue", type=age, default=APPREC_OVERDUE_S, metavar="AGE",
+                        help="The metrics count a KITH message as overdue when its AppRec has not come AGE after it was sent, "
+                             "as `status --apprec-overdue` does: 90s, 15m, 2h, 7d (default 96h).")
     parser.set_defaults(func=_run)
 
 
@@ -91,11 +97,13 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     metrics = None
     if args.metrics_port is not None:
-        from router.ops.metrics import MetricsServer
+        from router.ops.metrics import MetricsServer, OverdueApprecs
 
         port = args.metrics_port + (args.worker_index or 0) if args.metrics_port else 0
+        # The record's count, not this worker's: one worker counts it, not N (router/ops/metrics.py)
+        apprecs = OverdueApprecs(settings, overdue_after=args.apprec_overdue) if not args.worker_index else None
         try:
-            metrics = MetricsServer(engine, host=args.metrics_host, port=port)
+            metrics = MetricsServer(engine, host=args.metrics_host, port=port, apprecs=apprecs)
         except (OSError, OverflowError) as exc:  # OverflowError: a port past 65535 (socket.bind)
             print(f"helsebro run: cannot serve metrics on {args.metrics_host}:{port}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return 1
@@ -126,7 +134,7 @@ def _supervise(args: argparse.Namespace) -> int:
     if args.until_idle is not None:
         base += ["--until-idle", str(args.until_idle)]
     if args.metrics_port is not None:
-        base += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host]
+        base += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host, "--apprec-overdue", f"{int(args.apprec_overdue)}s"]
     configure_logging(level=args.log_level, phi_key=load_settings().phi_key_bytes)
     log = get_logger("supervisor")
     # The handlers go in before the first child starts: a stop while they start is passed to

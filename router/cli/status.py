@@ -93,12 +93,13 @@ from router.cli._args import age, age_text, whole_number
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, HelsebroError
 from router.ops import broker_location, browse, queue_stats, record_location, summarise
+from router.ops.apprecs import APPREC_OVERDUE_S, overdue_apprecs
 from router.settings import Settings, load_settings
 
 __all__ = ["format_table", "register", "status_document"]
 
 _SCAN_LIMIT = 10_000
-_APPREC_OVERDUE = 96 * 3600.0  # FACTS §10: a sender follows up a message unanswered after 96 hours
+_APPREC_OVERDUE = APPREC_OVERDUE_S  # FACTS §10: a sender follows up a message unanswered after 96 hours
 
 
 def register(subparsers: Any) -> None:
@@ -215,40 +216,9 @@ def _refused(record: Any) -> dict[str, int] | None:
 
 def _apprecs(conn: Any, settings: Settings, overdue_after: float, scan_limit: int, *, readable: bool) -> list[dict[str, Any]]:
     """Per KITH destination, the messages sent there at least *overdue_after* seconds ago still without an AppRec."""
-    from router.ops.trail import find_messages
-
-    kith = settings.routes.rendered_kith()
-    if not kith:
-        return []
-    counts: dict[str, int | None] = dict.fromkeys(kith)
-    cut: set[str] = set()
-    letters_read = True
-    if readable:
-        try:
-            # find's own list, so the two never disagree; no limit on what it returns, only on what it reads
-            trail = find_messages(settings, awaiting_apprec=overdue_after, connection=conn, scan_limit=scan_limit, limit=sys.maxsize)
-        except HelsebroError:
-            pass  # the record is away: the counts stay null
-        else:
-            counts = dict.fromkeys(kith, 0)
-            for entry in trail.journal:
-                for handover in trail.handovers_of(entry):
-                    if handover.awaits_receipt and handover.receipt is None and handover.name in counts:
-                        counts[handover.name] = (counts[handover.name] or 0) + 1
-            cut = {name for name, _read in trail.scans_cut}
-            letters_read = _render_letters_read(trail, settings)
-    return [{"destination": name, "overdue": counts[name], "overdue_after_s": overdue_after, "complete": name not in cut and letters_read,
-             "dead_letters_read": letters_read} for name in kith]
-
-
-def _render_letters_read(trail: Any, settings: Settings) -> bool:
-    """False when find_messages skipped the engine's dead-letter queue (deeper than --scan-limit, or the broker failed).
-
-    Only there does an applied message dead-lettered at render say it was never sent: unread, such a
-    message counts as overdue, so the count is not exact (find says the same on stderr).
-    """
-    own = settings.engine.broker.names.dead_letter
-    return not any(queue == own for queue, _why in trail.queues_skipped)
+    counts = overdue_apprecs(settings, overdue_after, connection=conn, scan_limit=scan_limit, readable=readable)
+    return [{"destination": c.destination, "overdue": c.overdue, "overdue_after_s": overdue_after, "complete": c.complete,
+             "dead_letters_read": c.dead_letters_read} for c in counts]
 
 
 def _destinations(conn: Any, settings: Settings, record: Any) -> list[dict[str, Any]]:

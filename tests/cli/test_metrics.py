@@ -195,3 +195,138 @@ class TestDestinationCounters:
         results = {r: samples[f'helsebro_destination_messages_total{{destination="ekstern",result="{r}"}}']
                    for r in ("applied", "already_sent", "parked", "dead_lettered", "failures")}
         assert results == {"applied": 1, "already_sent": 0, "parked": 0, "dead_lettered": 1, "failures": 0}
+
+
+def _request(port: int, method: str, path: str = "/metrics") -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request(method, path, body=b"x" if method in ("POST", "PUT") else None)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+class TestEndpoint:
+    """The HTTP side of a scrape, as a scraper, a probe or a load balancer's health check meets it (review H123)."""
+
+    @pytest.fixture
+    def served(self, tmp_path):
+        from router.engine import Engine
+        from router.ops.metrics import MetricsServer
+
+        server = MetricsServer(Engine(isolated_settings(tmp_path)), host="127.0.0.1", port=0)
+        server.start()
+        try:
+            yield server.port
+        finally:
+            server.stop()
+
+    def test_head_is_get_without_a_body(self, served):
+        """A probe's HEAD /metrics: 200 with GET's headers and no body (it was 501 Unsupported method)."""
+        status, headers, body = _request(served, "HEAD")
+        assert (status, body) == (200, b"")
+        assert headers["content-type"].startswith("text/plain; version=0.0.4") and int(headers["content-length"]) > 0
+
+    @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS"])
+    def test_another_method_is_405_and_says_which_are_allowed(self, served, method):
+        """Anything but GET and HEAD: 405 Method Not Allowed with `Allow: GET, HEAD` (it was 501 Unsupported method)."""
+        status, headers, _ = _request(served, method)
+        assert status == 405 and headers["allow"] == "GET, HEAD"
+
+    def test_another_path_is_404_whatever_the_method(self, served):
+        assert _request(served, "GET", "/")[0] == _request(served, "HEAD", "/other")[0] == 404
+
+    def test_a_scraper_that_hangs_up_leaves_no_traceback_in_the_log(self, tmp_path):
+        """A scrape cut short (a scraper's timeout, a probe closing at once) must not print a Python traceback into the
+        worker's stderr, which holds its JSON log lines: every line stays one JSON document."""
+        import json
+        import struct
+        import time
+
+        settings, port = isolated_settings(tmp_path), _free_port()
+        with _Worker(settings, "--metrics-port", str(port)) as worker:
+            wait_until(lambda: _up(port), 60, what="metrics served")
+            for _ in range(20):
+                s = socket.create_connection(("127.0.0.1", port))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.close()
+            time.sleep(0.5)
+            assert _up(port)  # still serving
+        assert worker.code == 0
+        assert "Traceback" not in worker.stderr and "Exception occurred" not in worker.stderr, worker.stderr[-2000:]
+        for line in worker.stderr.splitlines():
+            json.loads(line)
+
+
+KITH_ROUTES = {
+    "destinations": {
+        "record": {"kind": "record"},
+        "kommune": {"kind": "queue", "queue": "kommune.plo", "format": "kith", "mapping": "PLO_InnlagtPasient", "receiver_her_id": "12345"},
+    },
+    "routes": [{"name": "admissions", "to": ["record", "kommune"]}],
+}
+
+
+class _Quiet:
+    def __getattr__(self, _name):
+        return lambda *_a, **_k: self
+
+
+class TestApprecsOverdue:
+    """helsebro_apprecs_overdue: the KITH messages `status` counts as having no AppRec after --apprec-overdue (review H123)."""
+
+    def test_the_gauge_counts_what_status_counts(self, exported, capsys):
+        """K1 and K2 rendered as PLO for kommune; kommune answers K1 only. Once both are 1 s old the gauge says 1 for
+        kommune, the same number `status --apprec-overdue 1s` shows; nothing from a message is in the page."""
+        import json
+        import time
+
+        from adapters.kith import build_apprecs, read_message
+        from router.cli import main
+        from router.ops.metrics import MetricsServer, OverdueApprecs
+        from router.testing import drain_queue
+
+        settings = exported(None, routes=KITH_ROUTES)
+        publish(settings, [adt_message("A01", control_id=f"K{n}", fnr=GOOD_FNR, local_id="L1", visit=f"V{n}", admitted="20240301101500")
+                           for n in (1, 2)])
+        handle = run_engine_in_thread(settings, logger=_Quiet())
+        try:
+            wait_until(lambda: handle.stats.messages == 2, 60, what="two admissions settled")
+            plo = {h["x-helsebro-control-id"]: body for h, body in drain_queue(settings, settings.routes.destinations["kommune"].queue)}
+            [apprec] = build_apprecs(read_message(plo["K1"]).envelope, error=None)  # what kommune sends back: OK
+            publish(settings, [apprec.xml])
+            wait_until(lambda: handle.stats.receipts == 1, 60, what="K1's AppRec settled")
+            time.sleep(1.1)
+            watch = OverdueApprecs(settings, overdue_after=1.0, every=0.2)
+            server = MetricsServer(handle.engine, host="127.0.0.1", port=0, apprecs=watch)
+            server.start()
+            try:
+                gauge = 'helsebro_apprecs_overdue{destination="kommune"}'
+                wait_until(lambda: _samples(_scrape(server.port)[2]).get(gauge) is not None, 30, what="the overdue count")
+                text = _scrape(server.port)[2]
+            finally:
+                server.stop()
+        finally:
+            handle.stop()
+        assert "# TYPE helsebro_apprecs_overdue gauge" in text
+        capsys.readouterr()
+        assert main(["status", "--json", "--interval", "0", "--apprec-overdue", "1s"]) == 0
+        [kommune] = json.loads(capsys.readouterr().out)["apprecs"]
+        assert _samples(text)[gauge] == kommune["overdue"] == 1
+        assert GOOD_FNR not in text and "K2" not in text
+
+    def test_a_worker_serves_it_for_each_kith_destination(self, exported):
+        """`run --metrics-port P` with a KITH destination: the gauge is there from the start (0: nothing is 96 h old);
+        `--apprec-overdue` takes status's ages and refuses what is none (exit 2)."""
+        settings, port = exported(None, routes=KITH_ROUTES), _free_port()
+        gauge = 'helsebro_apprecs_overdue{destination="kommune"}'
+        with _Worker(settings, "--metrics-port", str(port), "--apprec-overdue", "24h") as worker:
+            wait_until(lambda: _up(port) and gauge in _samples(_scrape(port)[2]), 60, what="the overdue gauge")
+            assert _samples(_scrape(port)[2])[gauge] == 0
+        assert worker.code == 0, worker.stderr[-2000:]
+        result = subprocess.run([*HELSEBRO, "run", "--apprec-overdue", "0s"], env=_env(settings), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and "--apprec-overdue" in result.stderr
