@@ -53,6 +53,7 @@ class Entry:
     full_url: str | None
     skip_absent: bool = False  # a PATCH whose resource is not in the record does nothing (PATCH_ABSENT)
     owner: Criteria = ()  # a PATCH's `subject=`/`patient=` conditions, any spelling: checked on the resource its identity finds (split_owner)
+    if_match: int | None = None  # request.ifMatch: the version the entry writes over or deletes (FHIR's version-aware update)
 
     @property
     def location(self) -> str:
@@ -105,10 +106,36 @@ def _parse_entry(index: int, raw: Any) -> Entry:
     full_url = raw.get("fullUrl")
     if full_url is not None and not isinstance(full_url, str):
         raise InvalidContent("fullUrl must be a string", location=_at(index, ".fullUrl"))
+    if_match = _if_match(request, method, index) if "ifMatch" in request else None
     if method == "PATCH":
-        return _patch_entry(index, request, resource_type, id_, criteria, raw.get("resource"), full_url)
+        entry = _patch_entry(index, request, resource_type, id_, criteria, raw.get("resource"), full_url)
+        entry.if_match = if_match
+        return entry
     resource = _check_resource(raw.get("resource"), method, resource_type, id_, index)
-    return Entry(index, method, resource_type, id_, criteria, resource, full_url)
+    return Entry(index, method, resource_type, id_, criteria, resource, full_url, if_match=if_match)
+
+
+_ETAG = re.compile(r'(?:W/)?"([1-9][0-9]{0,17})"')
+"""A version's ETag as FHIR writes it, W/"3" (the weak mark may be left out)."""
+
+
+def _if_match(request: dict[str, Any], method: str, index: int) -> int:
+    """The version a request's ifMatch names.
+
+    Why: a client that read version 3 and sends its change with ifMatch W/"3" must not
+    write over a version 4 it has not seen (FHIR's 412): ignored, the change was applied
+    and version 4's content lost. One the record cannot read is refused, never taken for none.
+
+    Raises:
+        InvalidContent: ifMatch on a POST, or not an ETag of a version.
+    """
+    if method == "POST":
+        raise InvalidContent("ifMatch needs a PUT, PATCH or DELETE", location=_at(index, ".request.ifMatch"))
+    value = request["ifMatch"]
+    found = _ETAG.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        raise InvalidContent('ifMatch must name a version as W/"n"', location=_at(index, ".request.ifMatch"))
+    return int(found.group(1))
 
 
 def _patch_entry(

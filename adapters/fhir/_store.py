@@ -393,6 +393,9 @@ class SqlRecord(ABC):
                         if journal:
                             db.execute_many(JOURNAL, journal)
                         self._purge_applied(db, stamp)
+                if keys is not None:
+                    with self._lock:
+                        self._batches_with_keys += 1  # committed: the purge above, when due, is done
             except UnstorableContent as exc:  # nothing of the batch was written, and which Bundle is not known
                 if len(parsed) == 1:
                     [only] = parsed
@@ -411,8 +414,9 @@ class SqlRecord(ABC):
         return [r for r in out if r is not None]
 
     def _purge_applied(self, db: Db, now: float) -> None:
-        self._batches_with_keys += 1
-        if _due(self._batches_with_keys, _PURGE_APPLIED_EVERY):
+        # Counted by the caller once the transaction commits (after the `with`): a purge rolled back with its
+        # transaction (an outage; on PostgreSQL, a lost update found only at commit) stays due for the next one.
+        if _due(self._batches_with_keys + 1, _PURGE_APPLIED_EVERY):
             db.execute("DELETE FROM helsebro_applied WHERE applied_at < ?", (now - APPLIED_RETENTION_SECONDS,))
             db.execute("DELETE FROM helsebro_journal WHERE applied_at < ?", (now - APPLIED_RETENTION_SECONDS,))
 
@@ -442,6 +446,8 @@ class SqlRecord(ABC):
         with self._lock, self._transaction([]) as db:
             db.execute_many(_JOURNAL_SETTLED, rows)
             self._purge_applied(db, stamp)
+        with self._lock:
+            self._batches_with_keys += 1
 
     def settled_counts(self, *, since: float) -> dict[str, int]:
         """How many messages settled at or after *since* (Unix time), per journal outcome; every outcome is a key.
@@ -558,6 +564,8 @@ class SqlRecord(ABC):
             stamp = time.time()
             db.execute_many(MARK_APPLIED, [(key, stamp) for key in keys])
             self._purge_applied(db, stamp)
+        with self._lock:
+            self._batches_with_keys += 1
 
     def count_applied(self, prefix: str, *, since: float) -> int:
         """How many applied-message keys starting with *prefix* were marked at or after *since* (a destination's deliveries).
@@ -602,10 +610,11 @@ class SqlRecord(ABC):
         with self._lock, self._transaction([]) as db:
             db.execute_many(_REMEMBER, [(key, now) for key in keys])
             self._windows.update((_kind(key), window_seconds) for key in keys)
-            self._remembered += 1
-            if _due(self._remembered, _FORGET_EVERY):
+            if _due(self._remembered + 1, _FORGET_EVERY):
                 for kind, window in sorted(self._windows.items()):
                     db.execute(_FORGET, (now - window, len(kind), kind))
+        with self._lock:
+            self._remembered += 1  # counted once committed: a refused write's purge stays due for the next call
 
     def read(self, resource_type: str, id: str) -> FhirJson | None:
         """Return the current version, or None when absent or deleted."""

@@ -79,6 +79,9 @@ def apply_entries(db: Db, entries: list[Entry], now: str, lookups: Lookups | Non
     own = lookups is None
     writer = _Writer(db, now, Lookups() if lookups is None else lookups)
     plans = [writer.resolve(e) for e in entries]
+    for e, (action, id_) in zip(entries, plans, strict=True):
+        if e.if_match is not None:
+            writer.check_version(e, action, id_)
     # A conditional DELETE that matches several resources deletes them all, except
     # the ones this Bundle writes: "replace the document's resources with these"
     # (Helsebro's document change and cancel; see router/mapping/engine.py).
@@ -144,6 +147,19 @@ class _Writer(PatientChecks):
         id_ = self._new_id(entry)
         self._created[(entry.resource_type, entry.criteria)] = [id_]  # a second entry of this Bundle with it finds this one
         return "write", id_
+
+    def check_version(self, entry: Entry, action: Action, id_: str) -> None:
+        """Refuse *entry* unless the resource it resolved to is stored at the version its ifMatch names.
+
+        Checked after every entry is resolved and before any is written: the version is the
+        one the client read, before this transaction (FHIR's 412 Precondition Failed).
+
+        Raises:
+            InvalidContent: nothing stored there, several resources matched, or another version is current.
+        """
+        current = self._current(entry.resource_type, id_) if id_ and action not in ("delete-all", "retire-all") else None
+        if current is None or current.deleted or current.version != entry.if_match:
+            raise InvalidContent("the stored version is not the one the entry's ifMatch names", location=f"{entry.location}.request.ifMatch")
 
     def _resolve_patch(self, entry: Entry) -> tuple[Action, str]:
         """A PATCH changes the one resource its id or condition finds.

@@ -229,6 +229,41 @@ class TestApply:
         with pytest.raises(InvalidContent, match="multiple matches"):
             record.apply(bundle(put_patient()))
 
+    def test_if_match_writes_only_over_the_version_it_names(self, record):
+        """An entry's ifMatch (a version-aware update or delete, FHIR's 412 when the version moved on) writes only when
+        the stored version is the one it names; else the transaction is refused whole (found by review H125: ifMatch was
+        ignored, so a REST client's update over a version it had not seen was applied, losing the one in between)."""
+        record.apply(bundle(put_patient(family="A")))
+        record.apply(bundle(put_patient(family="B")))  # version 2: a client that read version 1 has not seen it
+
+        def stale(request_entry, if_match):
+            request_entry["request"]["ifMatch"] = if_match
+            return request_entry
+
+        with pytest.raises(InvalidContent, match="ifMatch"):
+            record.apply(bundle(put_observation(), stale(put_patient(family="C"), 'W/"1"')))
+        with pytest.raises(InvalidContent, match="ifMatch"):
+            record.apply(bundle(stale({"request": {"method": "DELETE", "url": f"Patient/{PATIENT_UUID}"}}, 'W/"1"')))
+        with pytest.raises(InvalidContent, match="ifMatch"):
+            record.apply(bundle(stale(put_observation(), 'W/"1"')))  # nothing stored to match
+        assert record.read("Patient", PATIENT_UUID)["name"] == [{"family": "B"}] and record.read("Observation", OBS_UUID) is None
+        [applied] = record.apply(bundle(stale(put_patient(family="C"), 'W/"2"'))).entries
+        assert (applied.version, applied.outcome) == (3, "updated")
+        [deleted] = record.apply(bundle(stale({"request": {"method": "DELETE", "url": f"Patient/{PATIENT_UUID}"}}, '"3"'))).entries
+        assert (deleted.version, deleted.outcome) == (4, "deleted")
+
+    @pytest.mark.parametrize("if_match", ["W/1", "2", 'W/"x"', 3, ""])
+    def test_a_malformed_if_match_is_refused(self, record, if_match):
+        """ifMatch is an ETag, W/"n" (or "n"): anything else is refused, never taken for no condition."""
+        put = put_patient()
+        put["request"]["ifMatch"] = if_match
+        with pytest.raises(InvalidContent, match="ifMatch"):
+            record.apply(bundle(put))
+        post = entry(patient(), method="POST", url="Patient", ifMatch='W/"1"')
+        with pytest.raises(InvalidContent, match="ifMatch"):
+            record.apply(bundle(post))
+        assert record.counts() == {}
+
     def test_failure_after_a_write_leaves_nothing(self, record):
         """An entry that fails after an earlier entry was written rolls the whole Bundle back."""
         bad = put_encounter()
@@ -384,6 +419,24 @@ class TestJournal:
         assert {k: (e.message_type, e.note) for k, e in found.items()} == {"m-1": ("APPREC^1", "receipt 3"), "m-2": ("APPREC^1", "receipt 2")}
         assert record.receipts([]) == {}
 
+    def test_refused_receipts_counts_the_refusals_since_a_time(self, record, monkeypatch):
+        """`status`'s count of AppRecs refusing what Helsebro sent, on every backend (it was tested on SQLite only): statuses
+        other than 1 and 3, journalled as receipts at or after the time; other outcomes and older rows are not counted."""
+        import adapters.fhir._store as store
+
+        clock = [1_700_000_000.0]
+        monkeypatch.setattr(store.time, "time", lambda: clock[0])
+
+        def answer(n: int, status: str, outcome: str = "receipt") -> tuple:
+            return (f"kith|12345|apprec-{n}|h|{outcome}", JournalFacts(f"m-{n}", "12345", f"APPREC^{status}", "", ""), outcome, "r")
+
+        record.journal_settled([answer(1, "2")])
+        clock[0] += 60
+        record.journal_settled([answer(2, "2"), answer(3, "1"), answer(4, "3"), answer(5, "2", "filtered"), answer(6, "")])
+        assert record.refused_receipts(since=clock[0] - 30) == 2
+        assert record.refused_receipts(since=clock[0] - 90) == 3
+        assert record.refused_receipts(since=clock[0] + 1) == 0
+
     def test_a_destination_and_a_time_bound_narrow_the_journal(self, record, monkeypatch):
         """journal(destination=, until=): rows routed to that destination (a whole name in the list, not a part of one),
         settled before the bound."""
@@ -455,6 +508,28 @@ class TestJournal:
             second.apply_batch([admission(family="New")], ["m2"], [self.FACTS._replace(control_id="C2")])
             assert second.applied(["m1", "m2"]) == {"m2"}
             assert [e.control_id for e in second.journal(patient_key="h:patient-1")] == ["C2"]
+
+    def test_a_first_batch_that_fails_leaves_the_purge_to_the_next(self, settings, monkeypatch):
+        """The first batch's purge is rolled back with it when the batch fails (an outage, a lost update): the purge
+        is then the next batch's (found by review H125: counted as done, it waited a thousand batches, which a quiet
+        interface restarted nightly never reaches)."""
+        import adapters.fhir._store as store
+
+        clock = [1_000_000.0]
+        monkeypatch.setattr(store.time, "time", lambda: clock[0])
+        with open_record(settings) as first:
+            first.apply_batch([admission(family="Old")], ["m1"], [self.FACTS])
+        clock[0] += store.APPLIED_RETENTION_SECONDS + 1
+        with open_record(settings) as second:
+            with second._transaction([]) as db:  # play another writer: the Patient's version 2 is taken
+                db.execute("INSERT INTO fhir_history (rid, version, deleted, last_updated, body) SELECT rid, 2, 0, ?, ? FROM fhir_resource"
+                           " WHERE type = 'Patient' AND id = ?", ("2024-01-01T00:00:00.000Z", '{"resourceType": "Patient"}', PATIENT_UUID))
+            with pytest.raises(RecordUnavailable):
+                second.apply_batch([admission(family="Lost")], ["m2"], [self.FACTS._replace(control_id="C2")])
+            other = bundle(put_patient(id_="7f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0", value="01015000313"))
+            second.apply_batch([other], ["m3"], [self.FACTS._replace(control_id="C3")])
+            assert second.applied(["m1", "m2", "m3"]) == {"m3"}
+            assert [e.control_id for e in second.journal(patient_key="h:patient-1")] == ["C3"]
 
     def test_a_search_needs_a_criterion(self, record):
         """The journal is never listed whole, an outcome is one the journal knows, and facts go one per Bundle."""
@@ -817,3 +892,17 @@ class TestUnstorableValues:
         assert pg.seen(["hl7|PAS@STOLAV|C1", long_key, "hl7|PAS@STOLAV|C2"], window_seconds=60) == {"hl7|PAS@STOLAV|C1", "hl7|PAS@STOLAV|C2"}
         guard = SeenStoreDuplicateGuard(pg)
         assert guard.seen_before("5a1e7c00-1111-4a00-8000-000000000001", recipient=_incompressible(30_000, seed=8)) is False
+
+    def test_a_refused_key_in_a_first_call_leaves_the_purge_to_the_next(self, pg, monkeypatch):
+        """A process's first remember() purges the expired keys; when its write is refused (a key too long to index) and
+        the keys are remembered one by one, one of those still purges (found by review H125: the refused write had
+        counted the purge as done, and the next came a thousand calls later)."""
+        import adapters.fhir._store as store
+
+        clock = [1_700_000_000.0]
+        monkeypatch.setattr(store.time, "time", lambda: clock[0])
+        pg.remember(["hl7|PAS@STOLAV|C1"], window_seconds=60)
+        monkeypatch.setattr(pg, "_remembered", 0)  # as a new process
+        clock[0] += 120
+        pg.remember(["hl7|PAS@STOLAV|C2", "hl7|r|" + _incompressible(30_000)], window_seconds=60)
+        assert pg.seen(["hl7|PAS@STOLAV|C1", "hl7|PAS@STOLAV|C2"], window_seconds=3600) == {"hl7|PAS@STOLAV|C2"}
