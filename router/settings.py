@@ -240,7 +240,7 @@ def _load_engine(path: Path) -> EngineConfig:
     except ValidationError as exc:
         errors = exc.errors()
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains the rest
-        file, line, column = position_of(node, list(first["loc"]))
+        file, line, column = position_of(node, list(first["loc"]), value=first["type"] != "extra_forbidden")  # a wrong value at the value
         where = ".".join(str(p) for p in first["loc"])
         file = str(path) if file == "?" else file  # a file of one scalar holds no position: name it all the same
         raise ConfigError(f"{file}:{line}:{column}: {where}: {first['msg']}") from exc

@@ -38,11 +38,13 @@ def register(sub: Any) -> None:
 
 
 def _roots(paths: list[str]) -> list[Path] | None:
-    """Map PATHs to mapping roots: a folder with messages/, or the one above a file or .cases folder."""
+    """Map PATHs to mapping roots: a folder with messages/, or the one above a file or .cases folder.
+
+    A folder holding mapping folders (the mappings/ folder itself) stands for each of them. A PATH
+    that is none of these is a usage error (None, after saying so), as a missing one is.
+    """
     if not paths:
-        base = load_settings().mappings_dir
-        inbound = [base / fmt for fmt in ("hl7v2", "kith") if (base / fmt / "messages").is_dir()]
-        return inbound + [base / "outbound" / fmt for fmt in _OUTBOUND if (base / "outbound" / fmt).is_dir()]
+        return _folders_in(load_settings().mappings_dir)
     roots: list[Path] = []
     for text in paths:
         p = Path(text).resolve()
@@ -52,10 +54,20 @@ def _roots(paths: list[str]) -> list[Path] | None:
         probe = p if p.is_dir() else p.parent
         while not (probe / "messages").is_dir() and not _is_outbound(probe) and probe != probe.parent:
             probe = probe.parent
-        root = probe if (probe / "messages").is_dir() or _is_outbound(probe) else p
-        if root not in roots:
-            roots.append(root)
+        found = [probe] if (probe / "messages").is_dir() or _is_outbound(probe) else _folders_in(p) if p.is_dir() else []
+        if not found:
+            print(f"helsebro mappings: {text} holds no mapping folder (one with messages/, or outbound/hl7v2 or outbound/kith), "
+                  "nor is it inside one", file=sys.stderr)
+            return None
+        roots.extend(root for root in found if root not in roots)
     return roots
+
+
+def _folders_in(base: Path) -> list[Path]:
+    """The mapping folders under a mappings/ folder (hl7v2 and kith with messages/, outbound/hl7v2 and outbound/kith),
+    or under its outbound/ folder."""
+    inbound = [base / fmt for fmt in ("hl7v2", "kith") if (base / fmt / "messages").is_dir()]
+    return inbound + [p for fmt in _OUTBOUND for p in (base / "outbound" / fmt, base / fmt) if _is_outbound(p) and p not in inbound]
 
 
 _OUTBOUND = ("hl7v2", "kith")

@@ -28,12 +28,20 @@ class YMap(dict[str, Any]):
 
     start: Pos
     key_pos: dict[str, Pos]
+    value_pos: dict[str, Pos]
 
     def pos(self, key: str | None = None) -> Pos:
         """Return the position of *key* (its line), or of the mapping itself."""
         if key is not None and key in self.key_pos:
             return self.key_pos[key]
         return self.start
+
+    def value_at(self, key: str) -> Pos:
+        """Return where *key*'s value is written (`prefetch: -1` → the `-1`), else where the key is.
+
+        Why: an error about a value points at the value an operator must change, not at its key's column.
+        """
+        return getattr(self, "value_pos", {}).get(key) or self.pos(key)
 
 
 class YList(list[Any]):
@@ -67,15 +75,23 @@ class _Loader(_Base):  # type: ignore[misc, valid-type]
         out = YMap()
         out.start = self._pos(node)
         out.key_pos = {}
-        for key_node, value_node in node.value:
+        out.value_pos = {}
+        own = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+        self.flatten_mapping(node)  # `<<: *anchor`: the anchor's pairs first, each keeping its own position
+        merged = len(node.value) - own
+        written: set[str] = set()
+        for i, (key_node, value_node) in enumerate(node.value):
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, str):
                 # A code as written: YAML 1.1 reads `NO:` as false and `010:` as 8, and str() made them 'False' and '8'.
                 key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key)
-            if key in out:
-                raise MappingError(f"duplicate key {key!r}", file=self.filename, line=key_node.start_mark.line + 1, column=key_node.start_mark.column + 1)
+            if i >= merged:  # written in this mapping: a key written here over one merged in is the merge's point
+                if key in written:
+                    raise MappingError(f"duplicate key {key!r}", file=self.filename, line=key_node.start_mark.line + 1, column=key_node.start_mark.column + 1)
+                written.add(key)
             out[key] = self.construct_object(value_node, deep=True)
             out.key_pos[key] = self._pos(key_node)
+            out.value_pos[key] = self._pos(value_node)
         return out
 
     def construct_yaml_seq_pos(self, node: yaml.SequenceNode) -> YList:
@@ -154,15 +170,18 @@ def plain(node: Any) -> Any:
     return node
 
 
-def position_of(node: Any, loc: list[Any]) -> tuple[str, int, int]:
+def position_of(node: Any, loc: list[Any], *, value: bool = False) -> tuple[str, int, int]:
     """The position of the deepest node along *loc* (a pydantic error's `loc`) that the YAML has.
 
-    Parts the YAML does not have (pydantic's union tags) are skipped.
+    Parts the YAML does not have (pydantic's union tags) are skipped. With *value*, a key whose
+    value is a scalar is placed at that value (`prefetch: -1` at the `-1`): the error is about
+    what is written there. A key holding a block, or a key refused as such, stays at the key.
     """
     best = node.pos() if isinstance(node, (YMap, YList)) else ("?", 1, 1)
     for part in loc:
-        if isinstance(node, YMap) and isinstance(part, str) and part in node:  # noqa: SIM114 - each branch narrows node and part its own way
-            best, node = node.pos(part), node[part]
+        if isinstance(node, YMap) and isinstance(part, str) and part in node:
+            scalar = value and not isinstance(node[part], (YMap, YList))
+            best, node = (node.value_at(part) if scalar else node.pos(part)), node[part]
         elif isinstance(node, YList) and isinstance(part, int) and part < len(node):
             best, node = node.pos(part), node[part]
     return best

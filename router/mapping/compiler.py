@@ -35,6 +35,20 @@ PathCompiler = Callable[[str], Any]
 _RULE_KEYS = {"target", "from", "each", "value", "fn", "args", "table", "use", "rules", "when", "ref", "refs", "same", "note"}
 
 
+class _Dependent(MappingError):
+    """Lint: a file uses one that failed and is reported already; its own compile stops here, unreported.
+
+    Why: a segment file with a YAML typo was reported once, then again as `no resource template`
+    at each of the thirty messages that use it, burying the one line that mattered.
+    """
+
+
+def _dependent(c: Compiler, folder: str, name: str, pos: Pos) -> None:
+    """Raise _Dependent when *folder*/*name* is a file lint reported as broken."""
+    if (folder, name) in c.broken:
+        raise _Dependent(f"uses {folder}/{name}.yaml, which has an error of its own", file=pos[0], line=pos[1], column=pos[2])
+
+
 def _err(reason: str, pos: Pos) -> MappingError:
     return MappingError(reason, file=pos[0], line=pos[1], column=pos[2])
 
@@ -124,6 +138,7 @@ class Compiler:
     check_path: Callable[[Any], str | None] | None = None  # the format's structure check (unknown fields)
     errors: list[MappingError] | None = None  # set to collect every error (lint) instead of stopping
     overlay: Path | None = None  # a sender's folder whose files replace the base files of the same name
+    broken: set[tuple[str, str]] = field(default_factory=set)  # lint: (folder, name) of files reported as failed; their users are not
 
     # -- loading -------------------------------------------------------
     def load(self) -> dict[str, MessageMapping]:
@@ -135,9 +150,13 @@ class Compiler:
         for folder in ("tables", "datatypes", "segments"):
             for path in self._files(folder):
                 self._guard(self._register, folder, path)
+                if (folder, path.stem) not in self._raw:
+                    self.broken.add((folder, path.stem))
         for (folder, name), (doc, _) in self._raw.items():
             if folder == "tables":
                 self._guard(self._table, name, doc)
+                if name not in self.tables:
+                    self.broken.add(("tables", name))
         for (folder, name) in list(self._raw):
             pos = self._raw[(folder, name)][0].pos()
             if folder == "datatypes":
@@ -179,6 +198,8 @@ class Compiler:
             return None
 
     def _collect(self, exc: MappingError) -> None:
+        if isinstance(exc, _Dependent):
+            return  # the file it depends on is reported: one error, not one more per file that uses it
         if self.errors is not None and not any(str(e) == str(exc) for e in self.errors):
             self.errors.append(exc)
 
@@ -212,6 +233,7 @@ class Compiler:
         if name in self.datatypes:
             return self.datatypes[name]
         if ("datatypes", name) not in self._raw:
+            _dependent(self, "datatypes", name, pos)
             raise _err(f"no datatype mapping {name!r} (looked for datatypes/{name}.yaml)", pos)
         if name in self._busy:
             raise _err(f"datatype mapping {name!r} uses itself", pos)
@@ -243,6 +265,7 @@ class Compiler:
         if name in self.templates:
             return self.templates[name]
         if ("segments", name) not in self._raw:
+            _dependent(self, "segments", name, pos)
             raise _err(f"no resource template {name!r} (looked for segments/{name}.yaml)", pos)
         doc, _ = self._raw[("segments", name)]
         try:

@@ -246,7 +246,7 @@ class Route(_Frozen):
     name: str = Field(pattern=_NAME, description="Names the route in logs and in the `filtered` outcome.", examples=["admissions"])
     match: RouteMatch = Field(default_factory=RouteMatch, description="What the route takes; empty takes everything.")
     to: tuple[str, ...] = Field(min_length=1, description="Destination names, as declared under `destinations`.", examples=[["record", "kommune"]])
-    on_failure: OnFailure | None = Field(default=None, description="Overrides the destinations' own `on_failure` for messages this route sends.")
+    on_failure: OnFailure | None = Field(default=None, description="Overrides the `on_failure` of its destinations of kind fhir for messages this route sends; a route with none of them is refused.")
 
 
 class DuplicatesConfig(_Frozen):
@@ -299,6 +299,10 @@ class RoutesConfig(_Frozen):
             unknown = [j for j, d in enumerate(route.to) if d not in self.destinations]
             if unknown:
                 raise _Placed(f"route {route.name!r} sends to undeclared destination {route.to[unknown[0]]!r}", ("routes", i, "to", unknown[0]))
+            if route.on_failure is not None and not any(isinstance(self.destinations[d], FhirDestination) for d in route.to):
+                # Only a destination fed through its own work queue (kind fhir) retries: set here, it was ignored without a word.
+                raise _Placed(f"route {route.name!r}: on_failure applies to destinations of kind fhir (retried from their own work queues), "
+                              "and it sends to none: leave on_failure out", ("routes", i, "on_failure"))
         self._distinct_queues()
         return self
 
@@ -342,7 +346,7 @@ def load_routes(path: Path, *, mappings_dir: Path | None = None, own_queues: tup
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains the rest
         placed = (first.get("ctx") or {}).get("error")
         loc = [*first["loc"], *placed.loc] if isinstance(placed, _Placed) else list(first["loc"])
-        raise _error(path, node, loc, f"{'.'.join(str(p) for p in loc)}: {first['msg']}") from exc
+        raise _error(path, node, loc, f"{'.'.join(str(p) for p in loc)}: {first['msg']}", value=first["type"] != "extra_forbidden") from exc
     _own_queues_refused(config, path, node, own_queues, own_prefixes)
     from router.routing.match import compile_when  # the path compilers load only when a route has a condition
 
@@ -355,9 +359,10 @@ def load_routes(path: Path, *, mappings_dir: Path | None = None, own_queues: tup
     return config
 
 
-def _error(path: Path, node: object, loc: list[Any], reason: str) -> MappingError:
-    """A MappingError at *loc*'s line; an empty file (no node to hold a position) is named by its path, at line 1."""
-    file, line, column = position_of(node, loc)
+def _error(path: Path, node: object, loc: list[Any], reason: str, *, value: bool = True) -> MappingError:
+    """A MappingError at *loc*'s line (at its value when that is a scalar, unless *value* is False: a key refused as such);
+    an empty file (no node to hold a position) is named by its path, at line 1."""
+    file, line, column = position_of(node, loc, value=value)
     return MappingError(reason, file=str(path) if file == "?" else file, line=line, column=column)
 
 

@@ -91,6 +91,43 @@ class TestLint:
         """A PATH that does not exist exits 2."""
         assert main(["mappings", "lint", "/no/such/folder"]) == 2
 
+    @pytest.mark.parametrize("action", ["lint", "test"])
+    def test_a_folder_holding_no_mapping_is_a_usage_error(self, tmp_path, capsys, action):
+        """A PATH with no mapping folder in or above it exits 2 with a sentence, as a missing one does, not 1 as if
+        a mapping had an error (review H129)."""
+        (tmp_path / "notes").mkdir()
+        assert main(["mappings", action, str(tmp_path / "notes")]) == 2
+        err = capsys.readouterr().err
+        assert "holds no mapping folder" in err and str(tmp_path / "notes") in err, err
+
+    def test_the_mappings_folder_itself_lints_every_folder_in_it(self, authoring, capsys):
+        """`lint mappings/` (the folder HELSEBRO_MAPPINGS_DIR names) lints the folders in it, as lint without PATH does;
+        `lint mappings/outbound` its two outbound folders."""
+        line = edit(authoring / "segments" / "PID.Patient.yaml", "target: birthDate", "target: birthdate")
+        assert main(["mappings", "lint", str(authoring.parent)]) == 1
+        captured = capsys.readouterr()
+        assert f"PID.Patient.yaml:{line}:" in captured.err and "in 4 mapping folder(s)" in captured.out, captured
+        assert main(["mappings", "lint", str(authoring.parent / "outbound")]) == 0
+        assert "ok: 2 mapping folder(s) clean" in capsys.readouterr().out
+
+    @pytest.mark.parametrize("file", ["tables/hl7-0001.yaml", "datatypes/CX.Identifier.yaml", "segments/PID.Patient.yaml"])
+    def test_a_file_that_does_not_parse_is_reported_once_not_at_every_use(self, authoring, capsys, file):
+        """A table, datatype or segment file that does not parse is one error at its line; the rules and messages using
+        it add no `no table`/`no datatype mapping`/`no resource template` each (review H129: 32 lines for one tab)."""
+        path = authoring / file
+        lines = path.read_text(encoding="utf-8").count("\n")
+        path.write_text(path.read_text(encoding="utf-8") + "x: [\n", encoding="utf-8")
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and f"{file}:{lines + 2}:1: YAML syntax" in err[0], err
+
+    def test_a_table_that_fails_its_checks_is_reported_once(self, authoring, capsys):
+        """A table that parses but is wrong (an unknown key) is its own error alone."""
+        line = edit(authoring / "tables" / "hl7-0001.yaml", "map:", "mapp: {}\nmap:")
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and f"tables/hl7-0001.yaml:{line}:1: unknown key 'mapp'" in err[0], err
+
 
 class TestLintUnreadableFiles:
     """A mapping file lint cannot read or decode is an error at file:line:col, exit 1, never a traceback."""
@@ -287,3 +324,40 @@ class TestFixtureCases:
         assert main(["mappings", "test", "--update", str(authoring)]) == 0
         capsys.readouterr()
         assert main(["mappings", "test", str(authoring)]) == 0
+
+
+class TestYamlMergeKeys:
+    """`<<: *anchor` (YAML merge keys) works in mapping files as in any YAML reader, errors keeping their lines (review H129).
+
+    Why: the loader read `<<` as a tag it had no constructor for, so a table or rule sharing its
+    pairs with another was a `YAML syntax` error the author could not act on.
+    """
+
+    def test_a_table_merging_shared_pairs_maps_as_written(self, authoring, capsys):
+        """Merged pairs are the table's own; a pair written beside the merge wins over a merged one, and the cases still pass."""
+        (authoring / "tables" / "hl7-0001.yaml").write_text(
+            "table: hl7-0001\nsource_system: http://terminology.hl7.org/CodeSystem/v2-0001\n"
+            "map:\n  <<: [&rare {O: other, A: other}, {U: unknown, N: unknown, M: female}]\n  M: male\n  F: female\n", encoding="utf-8")
+        assert main(["mappings", "lint", str(authoring)]) == 0
+        assert main(["mappings", "test", str(authoring / "messages" / "ADT_A01.yaml")]) == 0
+        assert " 0 failed" in capsys.readouterr().out
+
+    def test_an_error_in_merged_pairs_points_at_where_they_are_written(self, authoring, capsys):
+        """A rule whose `table:` comes from a merge is refused at that `table:`, not at the rule or line 1."""
+        line = edit(authoring / "segments" / "PID.Patient.yaml", "    from: PID-8\n    table: hl7-0001\n", "    <<: {from: PID-8, table: hl7-0999}\n")
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err
+        assert f"PID.Patient.yaml:{line}:23: no table 'hl7-0999'" in err, err
+
+    def test_a_key_written_twice_beside_a_merge_is_still_a_duplicate(self, authoring, capsys):
+        """Only a merged key may be written over; two of the mapping's own are the duplicate they always were."""
+        line = edit(authoring / "tables" / "hl7-0001.yaml", "  M: male\n", "  <<: {X: other}\n  M: male\n  M: male\n") + 2
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        assert f"tables/hl7-0001.yaml:{line}:3: duplicate key 'M'" in capsys.readouterr().err
+
+    def test_merging_what_is_no_mapping_is_refused_at_its_line(self, authoring, capsys):
+        """`<<: 5` names its line and says what a merge takes."""
+        line = edit(authoring / "tables" / "hl7-0001.yaml", "  M: male\n", "  <<: 5\n  M: male\n")
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err
+        assert f"tables/hl7-0001.yaml:{line}:7: YAML syntax: expected a mapping or list of mappings for merging" in err, err

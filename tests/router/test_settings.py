@@ -66,6 +66,24 @@ class TestEngineYamlErrors:
             load_settings(environ={}, config_dir=str(tmp_path))
         assert f"{tmp_path / 'engine.yaml'}:{line}:" in str(err.value) and what in str(err.value)
 
+    @pytest.mark.parametrize(
+        ("text", "place", "what"),
+        [
+            ("broker:\n  prefetch: -1\n", "2:13", "broker.prefetch"),
+            ("broker:\n  prefetch:\n    -1\n", "3:5", "broker.prefetch"),
+            ("own:\n  her_id: abc\n", "2:11", "own.her_id"),
+            ("broker:\n  prefetch: 5\n  batch_maxx: 5\n", "3:3", "broker.batch_maxx"),
+        ],
+        ids=["value", "value-on-its-own-line", "pattern", "typo-at-the-key"],
+    )
+    def test_a_wrong_value_is_reported_at_the_value(self, tmp_path, text, place, what):
+        """A value the model refuses is reported at the value's line:column (where the operator edits), an unknown
+        key at the key's (review H129: both were at the key's column, so a value on its own line was named a line off)."""
+        (tmp_path / "engine.yaml").write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError) as err:
+            load_settings(environ={}, config_dir=str(tmp_path))
+        assert str(err.value).startswith(f"{tmp_path / 'engine.yaml'}:{place}: {what}:"), err.value
+
     def test_yaml_syntax_error_has_a_place(self, tmp_path):
         """A YAML syntax error in engine.yaml names its line too."""
         (tmp_path / "engine.yaml").write_text("broker:\n  prefetch: [1\n", encoding="utf-8")

@@ -40,6 +40,28 @@ class TestRoutesModel:
         path, error = _refused(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - name: all\n    too: [record]\n")
         assert error.startswith(f"{path}:5:5: routes.0.too: Extra inputs are not permitted")
 
+    def test_a_wrong_value_points_at_the_value(self, tmp_path):
+        """A value the model refuses is named at its own line:column, not its key's (review H129)."""
+        path, error = _refused(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - name: all\n    to: [record]\n    on_failure:\n      parc\n")
+        assert error.startswith(f"{path}:7:7: routes.0.on_failure:"), error
+
+    def test_a_routes_on_failure_without_a_queued_destination_is_refused(self, tmp_path):
+        """A route's on_failure overrides only destinations of kind fhir: set on a route to the record and queues it did
+        nothing, without a word (review H129). It is refused at its line."""
+        path, error = _refused(tmp_path, (
+            "destinations:\n  record: {kind: record}\n  pas: {kind: queue, queue: pas.in}\n"
+            "routes:\n  - name: all\n    to: [record, pas]\n    on_failure: park\n"
+        ))
+        assert error.startswith(f"{path}:7:17: routes.0.on_failure: ") and "kind fhir" in error, error
+
+    def test_a_routes_on_failure_with_a_queued_destination_loads(self, tmp_path):
+        """With a fhir destination among its `to`, the route's on_failure is that destination's for its messages."""
+        path = _write(tmp_path, (
+            "destinations:\n  record: {kind: record}\n  lab: {kind: fhir, server: {base_url: 'https://lab.example.no/fhir'}}\n"
+            "routes:\n  - {name: all, to: [record, lab], on_failure: park}\n"
+        ))
+        assert load_routes(path).routes[0].on_failure == "park"
+
     def test_undeclared_destination_is_refused(self, tmp_path):
         """A route to a destination nobody declared is an error."""
         path = _write(tmp_path, "destinations:\n  record: {kind: record}\nroutes:\n  - {name: all, to: [record, lab]}\n")
