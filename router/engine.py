@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from adapters.amqp.connection import broker_errors, declare_topology, open_connection, partition_count, queue_depth, read_ahead
+from adapters.amqp.connection import broker_errors, declare_topology, leftover_partitions, open_connection, partition_count, queue_depth, read_ahead
 from adapters.amqp.inbound import Delivery, Inbound
 from adapters.amqp.outbound import Publisher
 from router.delivery import DestinationWorker, Forwarder, Intake, split_partitions
@@ -263,6 +263,9 @@ class Engine:
             raise BrokerUnavailable(f"cannot connect: {type(exc).__name__}") from exc
         read_ahead(conn)
         topo = declare_topology(conn, self._settings)
+        if topo.without_dead_letter:  # declared by an older version: past RabbitMQ 4.x's delivery limit (20) a message vanishes
+            self._log.warning("queue_without_dead_letter", queues=list(topo.without_dead_letter),
+                              fix="lift the delivery limit with a policy (docs/operations.md), or delete each queue while it is empty and no one publishes, so it is declared again")
         self._warn_unconsumed_partition(conn, len(topo.partitions))
         self._publisher = Publisher(conn, self._settings, app_id="helsebro-run", pipelined=True)
         own, others = split_partitions(len(topo.partitions), *self._worker)
@@ -283,21 +286,22 @@ class Engine:
         self.started.set()
 
     def _warn_unconsumed_partition(self, conn: Connection, partitions: int) -> None:
-        """Say so, as an error, when partition queue p<n> exists although this engine consumes p0..p<n-1>.
+        """Say so, as an error, for every partition queue that exists beyond the ones this engine consumes.
 
         Publishers route straight to a partition (router/routing/partition.py); one
         configured with more partitions than the engine declares (and binds) queues
-        that no worker consumes, and its messages would wait there unseen. A queue
-        left over from a larger `partitions` is named the same way: drain it, then delete it.
+        that no worker consumes, and its messages would wait there unseen. Queues left
+        over from a larger `partitions` (inbound and each queued destination's) are named
+        the same way, each of them: drain them with the count that made them, then delete them.
         """
-        if partitions < 2:
+        leftover = leftover_partitions(conn, self._settings)
+        if not leftover:
             return
-        name = f"{self._settings.engine.broker.names.inbound}.p{partitions}"
-        try:
-            depth = queue_depth(conn, name)
-        except BrokerUnavailable:
-            return  # no such queue: the normal case
-        self._log.error("partition_not_consumed", queue=name, depth=depth, partitions=partitions, fix="give every publisher the engine's broker.partitions; drain and delete the queue")
+        most = max(int(name.rsplit(".p", 1)[1]) for name, _ in leftover) + 1
+        fix = (f"give every publisher the engine's broker.partitions; to drain, run with broker.partitions: {most} "
+               f"(every worker and publisher) until these queues are empty, then set {partitions or 1} again and delete them")
+        for name, depth in leftover:
+            self._log.error("partition_not_consumed", queue=name, depth=depth, partitions=partitions or 1, fix=fix)
 
     def _disconnect(self) -> None:
         inbound, intake, publisher, conn = self._inbound, self._intake, self._publisher, self._conn

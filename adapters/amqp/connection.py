@@ -13,6 +13,7 @@ The embedded transport's guarantees are _folder.py's docstring.
 
 from __future__ import annotations
 
+import dataclasses
 import ssl
 import threading
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import ChannelError, OperationalError
 
@@ -40,6 +42,7 @@ __all__ = [
     "delete_topology",
     "drain_events",
     "is_embedded",
+    "leftover_partitions",
     "open_connection",
     "partition_count",
     "partition_routing_key",
@@ -199,6 +202,9 @@ class Topology:
     partitions: tuple[Queue, ...] = ()
     destinations: tuple[DestinationQueues, ...] = ()
     legacy: tuple[Queue, ...] = ()
+    without_dead_letter: tuple[str, ...] = ()
+    """Queues found declared (by an older version) without the dead-letter arguments they are declared with now: used as
+    they are, so a message over the broker's delivery limit is dropped there (declare_topology)."""
 
     @property
     def queues(self) -> tuple[Queue, ...]:
@@ -245,6 +251,51 @@ def partition_count(settings: Settings) -> int:
     return settings.engine.broker.partitions if settings.broker_url else 1
 
 
+_MOST_PARTITIONS = 64  # broker.partitions' upper bound (router/settings.py): no queue beyond p63 was ever declared
+
+
+def leftover_partitions(connection: Connection, settings: Settings) -> list[tuple[str, int]]:
+    """Return (name, depth) of every partition queue that exists beyond the partitions in use, inbound and per destination.
+
+    Such a queue is left over from a larger `broker.partitions` (or made by a publisher
+    configured with one): no worker consumes it, and what waits in it is stranded. Every
+    index up to the setting's bound is asked, not only the next one: lowering the count by
+    more than one leaves several, and an operator may have deleted some and not others.
+    With one partition the inbound queue is consumed itself, so its p0 is left over too;
+    a destination's p0 is always in use. Empty on the embedded transport (one partition, always).
+
+    Raises:
+        BrokerUnavailable: the broker went away while asking (a missing queue is not an error).
+    """
+    if is_embedded(settings):
+        return []
+    n = partition_count(settings)
+    names = settings.engine.broker.names
+    candidates = [f"{names.inbound}.p{k}" for k in range(n if n > 1 else 0, _MOST_PARTITIONS)]
+    for d in settings.routes.queued():
+        candidates += [f"{names.destination_prefix}.{d}.p{k}" for k in range(n, _MOST_PARTITIONS)]
+    found = []
+    for name in candidates:
+        depth = _depth_if_declared(connection, name)
+        if depth is not None:
+            found.append((name, depth))
+    return found
+
+
+def _depth_if_declared(connection: Connection, name: str) -> int | None:
+    """Ready messages in queue *name*, or None when there is no such queue.
+
+    Raises:
+        BrokerUnavailable: the connection itself is gone.
+    """
+    try:
+        return queue_depth(connection, name)
+    except BrokerUnavailable:
+        if not connection.connected:
+            raise
+        return None  # the broker closed the channel: no such queue
+
+
 def partition_routing_key(routing_key: str, k: int) -> str:
     """Return the routing key that reaches partition queue *k* straight from the inbound exchange: `<routing_key>.p<k>`."""
     return f"{routing_key}.p{k}"
@@ -265,20 +316,39 @@ def topology(settings: Settings) -> Topology:
         return Queue(name, durable=True, auto_delete=False, queue_arguments=dict(args if arguments is None else arguments), **bind)
 
     n = partition_count(settings)
+    inbound_work = {**ordered, **_over_the_limit(args, names.dead_letter)}
     # Each partition is bound to the inbound exchange under its own key, so Helsebro's own publishers
     # (Publisher.publish_inbound) can skip the intake; see router/routing/partition.py for the order.
-    partitions = tuple(queue(f"{names.inbound}.p{k}", ordered, exchange=exchange, routing_key=partition_routing_key(names.routing_key, k)) for k in range(n)) if n > 1 else ()
+    partitions = tuple(queue(f"{names.inbound}.p{k}", inbound_work, exchange=exchange, routing_key=partition_routing_key(names.routing_key, k)) for k in range(n)) if n > 1 else ()
     destinations = tuple(_destination(settings, d, n, queue, ordered, args) for d in settings.routes.queued())
     legacy = tuple(queue(q) for q in _legacy_queues(settings))
     return Topology(
         exchange=exchange,
-        inbound=queue(names.inbound, ordered, exchange=exchange, routing_key=names.routing_key),
+        inbound=queue(names.inbound, inbound_work, exchange=exchange, routing_key=names.routing_key),
         dead_letter=queue(names.dead_letter),
         replies=queue(names.replies),
         partitions=partitions,
         destinations=destinations,
         legacy=legacy,
     )
+
+
+_DEAD_LETTER_ARGS = ("x-dead-letter-exchange", "x-dead-letter-routing-key")
+
+
+def _over_the_limit(args: dict[str, Any], dead_letter: str) -> dict[str, Any]:
+    """A consumed quorum queue's arguments that send a message over the broker's delivery limit to *dead_letter*.
+
+    RabbitMQ 4.x gives every quorum queue a delivery limit (20; a policy can set
+    another on 3.x) and drops a message past it unless the queue dead-letters:
+    a delivery whose worker died holding it twenty times (or was stopped at the
+    wrong moment) vanished without a trace. Dead-lettered by the broker, it lands
+    in the dead-letter queue with the broker's reason (`x-first-death-reason:
+    delivery_limit`, and `x-death`). Classic queues have no delivery limit.
+    """
+    if args.get("x-queue-type") != "quorum":
+        return {}
+    return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter}
 
 
 def _destination(settings: Settings, name: str, n: int, queue: Any, ordered: dict[str, Any], args: dict[str, Any]) -> DestinationQueues:
@@ -289,7 +359,7 @@ def _destination(settings: Settings, name: str, n: int, queue: Any, ordered: dic
     delays = dest.retry.delays_seconds if isinstance(dest, FhirDestination) else (1.0,)
     jitter = dest.retry.jitter if isinstance(dest, FhirDestination) else 0.0
     exchange = Exchange(base, type="direct", durable=True, delivery_mode=2)
-    work = tuple(queue(f"{base}.p{k}", ordered, exchange=exchange, routing_key=f"p{k}") for k in range(n))
+    work = tuple(queue(f"{base}.p{k}", {**ordered, **_over_the_limit(args, f"{base}.dlq")}, exchange=exchange, routing_key=f"p{k}") for k in range(n))
     retry_exchanges = tuple(Exchange(f"{base}.retry.{i}", type="fanout", durable=True, delivery_mode=2) for i in range(len(delays)))
     retry = []
     for i, delay in enumerate(delays):
@@ -317,15 +387,50 @@ def declare_topology(connection: Connection, settings: Settings) -> Topology:
         BrokerUnavailable: the broker cannot be reached or refused a declaration.
     """
     topo = topology(settings)
+    older: dict[str, Queue] = {}
     try:
-        channel = connection.default_channel
+        # A channel of its own: a refused declaration closes its channel, and the connection's
+        # default channel is the one kombu's producers use.
+        channel = connection.channel()
         for x in topo.exchanges:
             x.bind(channel).declare()
         for q in topo.queues:
-            q.bind(channel).declare()
+            try:
+                q.bind(channel).declare()
+            except PreconditionFailed:
+                # RabbitMQ refuses a change to an existing queue's arguments (406): a queue an older
+                # version declared before it dead-lettered over the delivery limit. Refusing it would
+                # stop every worker at upgrade; use it as it is, and say so (the engine logs it).
+                as_before = _as_declared_before(q)
+                if as_before is None:
+                    raise
+                channel = connection.channel()  # the 406 closed the other
+                as_before.bind(channel).declare()
+                older[str(q.name)] = as_before
+        channel.close()  # the ones a 406 closed are closed already
     except broker_errors(connection) as exc:
         raise BrokerUnavailable(f"cannot declare the topology: {type(exc).__name__}") from exc
-    return topo
+    return _as_found(topo, older) if older else topo
+
+
+def _as_found(topo: Topology, older: dict[str, Queue]) -> Topology:
+    """*topo* with the queues in *older* as they were found, so consumers declare them as they are (kombu declares on consume)."""
+
+    def found(q: Queue) -> Queue:
+        return older.get(str(q.name), q)
+
+    destinations = tuple(dataclasses.replace(d, work=tuple(map(found, d.work))) for d in topo.destinations)
+    return dataclasses.replace(topo, inbound=found(topo.inbound), partitions=tuple(map(found, topo.partitions)),
+                               destinations=destinations, without_dead_letter=tuple(older))
+
+
+def _as_declared_before(q: Queue) -> Queue | None:
+    """*q* without its dead-letter arguments, or None when it has none (its 406 has another cause)."""
+    args = dict(getattr(q, "queue_arguments", None) or {})  # kombu sets it in __init__; its stubs do not say so
+    if not any(k in args for k in _DEAD_LETTER_ARGS):
+        return None
+    kept = {k: v for k, v in args.items() if k not in _DEAD_LETTER_ARGS}
+    return Queue(q.name, exchange=q.exchange, routing_key=q.routing_key, durable=True, auto_delete=False, queue_arguments=kept)
 
 
 def delete_topology(connection: Connection, settings: Settings) -> None:

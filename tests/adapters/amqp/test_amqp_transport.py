@@ -62,10 +62,12 @@ class TestTopology:
         assert all(q.durable for q in topology(settings).queues)
 
     def test_quorum_only_on_rabbitmq(self, settings):
-        """Queues ask for the quorum type on RabbitMQ only; the inbound one asks for a single active consumer on both."""
+        """Queues ask for the quorum type on RabbitMQ only; the inbound one asks for a single active consumer on both,
+        and on RabbitMQ for the dead-letter queue as the place for a message over the broker's delivery limit."""
         topo = topology(settings)
         assert topo.dead_letter.queue_arguments == ({"x-queue-type": "quorum"} if settings.broker_url else {})
-        assert topo.inbound.queue_arguments == ({"x-queue-type": "quorum", "x-single-active-consumer": True} if settings.broker_url else {"x-single-active-consumer": True})
+        over_the_limit = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": settings.engine.broker.names.dead_letter}
+        assert topo.inbound.queue_arguments == ({"x-queue-type": "quorum", "x-single-active-consumer": True, **over_the_limit} if settings.broker_url else {"x-single-active-consumer": True})
 
     @pytest.mark.integration
     def test_unreachable_broker_is_transient(self, tmp_path):
@@ -397,3 +399,81 @@ class TestEmbeddedDurability:
         damaged = settings.data_dir / "broker" / "damaged"
         assert [p.name for p in damaged.iterdir()] == [files[1].name]
         assert "embedded_message_unreadable" in capsys.readouterr().out
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _policies_allowed() -> bool:
+    try:
+        _rabbitmqctl("list_policies")
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
+@pytest.mark.integration
+class TestDeliveryLimit:
+    """RabbitMQ 4.x gives quorum queues a delivery limit (20); a policy sets one on 3.x the same way."""
+
+    @pytest.fixture
+    def limited(self, tmp_path):
+        if not _policies_allowed():
+            pytest.skip("rabbitmqctl cannot set a policy here")
+        tag = uuid.uuid4().hex[:10]
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, tag=tag, broker={"partitions": 2})
+        _rabbitmqctl("set_policy", f"h-limit-{tag}", f"^helsebro\\..*{tag}", '{"delivery-limit": 1}', "--apply-to", "queues")
+        c = open_connection(settings)
+        try:
+            declare_topology(c, settings)
+            yield settings, c
+        finally:
+            _rabbitmqctl("clear_policy", f"h-limit-{tag}")
+            from adapters.amqp.connection import delete_topology
+
+            delete_topology(c, settings)
+            c.release()
+
+    @pytest.mark.parametrize("queue", ["inbound", "partition"])
+    def test_a_message_over_the_limit_is_dead_lettered_not_dropped(self, limited, queue):
+        """A message the broker has handed out more often than its limit goes to the dead-letter queue, the reason in its headers."""
+        settings, c = limited
+        topo = topology(settings)
+        q = topo.inbound if queue == "inbound" else topo.partitions[1]
+        Publisher(c, settings).publish_to("", str(q.name), b"raw", headers={"x-helsebro-test": "1"})
+        for _ in range(3):  # each consumer that goes away holding it counts a delivery
+            inbound = Inbound(c, settings, queues=[q])
+            inbound.start()
+            got = inbound.take(1, 2.0)
+            inbound.stop()
+            if not got:
+                break
+        wait_until(lambda: queue_depth(c, settings.engine.broker.names.dead_letter) == 1, 10, what="the message in the dead-letter queue")
+        [dead] = drain_queue(settings, settings.engine.broker.names.dead_letter)
+        assert dead[1] == b"raw"
+        assert dead[0]["x-first-death-reason"] == "delivery_limit"
+
+
+@pytest.mark.integration
+def test_queues_an_older_version_declared_are_used_as_they_are(tmp_path):
+    """A quorum queue declared before its dead-letter arguments existed is kept, not refused (RabbitMQ answers
+    406 to a change of arguments): the engine still starts, and the topology names the queue for the operator."""
+    from adapters.amqp.connection import delete_topology
+
+    settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
+    topo = topology(settings)
+    c = open_connection(settings)
+    try:
+        channel = c.channel()
+        older = {"x-queue-type": "quorum", "x-single-active-consumer": True}
+        for q in (topo.inbound, topo.partitions[1]):
+            channel.queue_declare(str(q.name), durable=True, auto_delete=False, arguments=older)
+        channel.close()
+        declared = declare_topology(c, settings)
+        assert set(declared.without_dead_letter) == {str(topo.inbound.name), str(topo.partitions[1].name)}
+        publish(settings, [b"still works"])
+        assert sum(queue_depth(c, str(q.name)) for q in (topo.inbound, *topo.partitions)) == 1
+    finally:
+        delete_topology(c, settings)
+        c.release()

@@ -89,3 +89,80 @@ def test_direct_and_intake_publishers_both_keep_per_patient_order(tmp_path):
         delete_queues(settings)
     _assert_in_order(order)
     assert sum(h.stats.intake_forwarded for h in handles) == foreign
+
+
+class _Events:
+    """A logger that keeps (level, event, fields) of every line, from any thread."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict]] = []
+
+    def bind(self, **_kw) -> _Events:
+        return self
+
+    def _keep(self, level: str):
+        return lambda event, **kw: self.lines.append((level, event, kw))
+
+    def __getattr__(self, level: str):
+        return self._keep(level)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_every_partition_left_over_from_a_larger_count_is_named(tmp_path, partitions):
+    """Lowering broker.partitions from 5 leaves inbound and destination partition queues no worker consumes:
+    the engine names each of them at start, as an error with its depth and what to do, not only the first."""
+    from adapters.amqp.connection import declare_topology, open_connection
+    from adapters.amqp.outbound import Publisher
+
+    routes = {
+        "destinations": {"record": {"kind": "record"}, "ekstern": {"kind": "fhir", "server": {"base_url": "http://127.0.0.1:9/fhir"}}},
+        "routes": [{"name": "all", "to": ["record", "ekstern"]}],
+    }
+    tag = f"orph{partitions}{threading.get_native_id()}"
+    old = isolated_settings(tmp_path / "old", broker_url=RABBIT, broker={"partitions": 5}, tag=tag, routes=routes)
+    new = isolated_settings(tmp_path / "new", broker_url=RABBIT, broker={"partitions": partitions}, tag=tag, routes=routes)
+    inbound, dest = new.engine.broker.names.inbound, f"{new.engine.broker.names.destination_prefix}.ekstern"
+    events = _Events()
+    try:
+        conn = open_connection(old)
+        try:
+            declare_topology(conn, old)
+            publisher = Publisher(conn, old)
+            publisher.publish_to("", f"{inbound}.p3", b"stranded")
+            publisher.flush()
+            publisher.close()
+        finally:
+            conn.release()
+        handle = run_engine_in_thread(new, converter=Converter(new), logger=events)
+        handle.stop()
+    finally:
+        delete_queues(old)
+    named = {kw["queue"]: (level, kw["depth"]) for level, event, kw in events.lines if event == "partition_not_consumed"}
+    first = partitions if partitions > 1 else 0  # with one partition the inbound queue itself is consumed: p0 is left over too
+    expected = {f"{inbound}.p{k}": ("error", 1 if k == 3 else 0) for k in range(first, 5)}
+    expected |= {f"{dest}.p{k}": ("error", 0) for k in range(partitions, 5)}
+    assert named == expected
+    assert all("5" in kw["fix"] for _, event, kw in events.lines if event == "partition_not_consumed")  # the count that drains them
+
+
+@pytest.mark.integration
+def test_a_partition_an_older_version_declared_is_named_at_start(tmp_path):
+    """A partition queue declared without a dead-letter queue drops a message past RabbitMQ 4.x's delivery limit:
+    the engine still starts on it, and says which queue, with what to do, as a warning."""
+    from adapters.amqp.connection import open_connection, topology
+
+    settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
+    name = str(topology(settings).partitions[1].name)
+    events = _Events()
+    conn = open_connection(settings)
+    try:
+        channel = conn.channel()
+        channel.queue_declare(name, durable=True, auto_delete=False, arguments={"x-queue-type": "quorum", "x-single-active-consumer": True})
+        channel.close()
+        run_engine_in_thread(settings, converter=Converter(settings), logger=events).stop()
+    finally:
+        conn.release()
+        delete_queues(settings)
+    [(level, kw)] = [(level, kw) for level, event, kw in events.lines if event == "queue_without_dead_letter"]
+    assert level == "warning" and kw["queues"] == [name] and "policy" in kw["fix"]
