@@ -31,10 +31,18 @@ str | null, "body_charset": str | null}` (the body as text in the charset the me
 UTF-8 when it is valid UTF-8, else MSH-18's or the XML declaration's, else ISO-8859-1).
 Keys are a contract: new ones may be added, none renamed.
 
+The text views show a control character (ESC, BEL, C1) in a control id, a
+header or a body as an escape (`\\x1b`), never raw to the terminal; --json
+keeps the value and escapes it as JSON does.
+
 A letter whose replay the broker confirmed but that it then failed to remove is
 named on stderr and in the end line's `kept`: it was replayed and is still a
 dead letter. A replay or purge that fails, or is stopped by Ctrl-C, still
 prints and audits what it did before.
+
+A letter gone between the question and the act (another operator replayed or
+purged it, or held it in a pass of theirs just then) is named on stderr and in
+the end line's `missing`.
 
 Exit 0 when done; 1 when an id is not found or the broker fails; 2 for a usage
 error or a refused confirmation; 130 when stopped by Ctrl-C.
@@ -45,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -123,6 +132,25 @@ def _destination_dlqs(settings: Settings) -> dict[str, str]:
     return {q.name: q.destination for q in all_queue_names(settings) if q.role == "destination_dead_letter"}
 
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: ESC, BEL, CSI (0x9b)
+_CONTROLS_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # a body keeps its tabs and line breaks
+
+
+def _visible(text: str, *, lines: bool = False) -> str:
+    """Return *text* with its control characters written as escapes (`\\x1b`).
+
+    A dead letter holds what a sender sent, control id and body too: an ESC printed raw
+    clears the operator's screen (`ESC [2J`) or retitles the terminal (`ESC ]`). The text
+    views show it this way; --json escapes it by itself.
+    """
+    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _cell(value: object) -> str | None:
+    """A table cell shown with _visible; None stays None (the table shows `-`)."""
+    return None if value is None else _visible(str(value))
+
+
 def _plural(n: int) -> str:
     return f"{n} dead letter{'' if n == 1 else 's'}"
 
@@ -176,7 +204,7 @@ def _list(args: argparse.Namespace) -> int:
             print(json.dumps({"queue": queue, "truncated": result.truncated, "dead_letters": rows}, ensure_ascii=False, indent=2))
             return 0
         keys = ("id", "failed_at", "stage", "control_id", "location", "size", "reason")
-        print("\n".join(format_table([k.replace("_", " ").upper() for k in keys], [[r[k] for k in keys] for r in rows], right=(5,))))
+        print("\n".join(format_table([k.replace("_", " ").upper() for k in keys], [[_cell(r[k]) for k in keys] for r in rows], right=(5,))))
         more = "; more wait (raise --limit)" if result.truncated else ""
         print(f"{_plural(len(rows))} in {queue}{more}")
         return 0
@@ -214,14 +242,14 @@ def _print_letter(queue: str, letter: DeadLetter, body: str | None, *, as_json: 
         print(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
         return
     summary = letter.summary()
-    lines = format_table(("", ""), [(k.replace("_", " "), summary[k]) for k in summary])[1:]
-    lines += ["", "headers:", *("  " + line for line in format_table(("", ""), list(headers.items()))[1:])]
+    lines = format_table(("", ""), [(k.replace("_", " "), _cell(summary[k])) for k in summary])[1:]
+    lines += ["", "headers:", *("  " + line for line in format_table(("", ""), [(_visible(k), _cell(v)) for k, v in headers.items()])[1:])]
     outcome = letter.outcome()
-    lines += ["", "outcome:", *("  " + line for line in json.dumps(outcome, ensure_ascii=False, indent=2).splitlines())]
+    lines += ["", "outcome:", *("  " + _visible(line) for line in json.dumps(outcome, ensure_ascii=False, indent=2).splitlines())]
     if body is None:
         lines += ["", "body: not shown (patient data; add --body, which asks and is audited)"]
     else:
-        lines += ["", f"body ({charset}):" if charset and charset != "utf-8" else "body:", *body.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n").split("\n")]
+        lines += ["", f"body ({charset}):" if charset and charset != "utf-8" else "body:", *_visible(body.replace("\r\n", "\n").replace("\r", "\n"), lines=True).rstrip("\n").split("\n")]
     print("\n".join(lines))
 
 
@@ -287,6 +315,8 @@ def _report(result: ActionResult, verb: str, past: str, queue: str) -> int:
     for letter_id in result.done:
         print(f"{past} {letter_id}")
     print(f"{len(result.done)} {past}, {len(result.missing)} no longer found")
+    if result.missing:  # the exit 1 must say which: another operator took them, or held them in a pass of theirs
+        _fail(f"no longer in {queue}: {' '.join(result.missing)} (another operator replayed or purged them, or was reading the queue just then: `dlq list` tells)")
     for letter_id in result.kept:
         print(f"helsebro dlq: {letter_id} was {past}, but the broker failed before it left {queue}: it is there too; purge it rather than {verb} it again", file=sys.stderr)
     if result.error:

@@ -4,7 +4,10 @@ DESIGN §5: the one place where clear text is shown to an operator is behind
 authorisation, and the showing is audited. Authorisation is, for now, being
 able to run `helsebro` on the engine host as a user who can read the data
 directory; the log names that OS user, plus `HELSEBRO_OPERATOR` when set (a
-shared service account then still says which person acted).
+shared service account then still says which person acted). The user is the
+process's effective uid looked up in the passwd database, never LOGNAME or USER
+(which anyone can set to another's name), and `uid:<n>` when the database has no
+entry for it (a container's arbitrary uid): the action is still audited, by number.
 
 The file is `<data_dir>/audit.log`, created mode 0600 and only ever opened
 with O_APPEND: each event is one `write()` of one line followed by `fsync`,
@@ -18,8 +21,8 @@ taken from one.
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 import socket
 import uuid
 from datetime import UTC, datetime
@@ -35,7 +38,20 @@ _FILE_MODE = 0o600
 
 def operator_identity() -> dict[str, str | None]:
     """Return who is acting: the OS user, `HELSEBRO_OPERATOR` (or None) and the host name."""
-    return {"user": getpass.getuser(), "operator": os.environ.get("HELSEBRO_OPERATOR") or None, "host": socket.gethostname()}
+    return {"user": _os_user(), "operator": os.environ.get("HELSEBRO_OPERATOR") or None, "host": socket.gethostname()}
+
+
+def _os_user() -> str:
+    """Return the effective uid's name, or `uid:<n>` when the passwd database has none.
+
+    Not getpass.getuser(): it reads LOGNAME and USER first, so an audit line would name whoever
+    the environment claims, and it raises when the uid has no entry, so no action could start.
+    """
+    uid = os.geteuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid:{uid}"
 
 
 class AuditLog:

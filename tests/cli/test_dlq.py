@@ -181,6 +181,25 @@ class TestDlq:
         begin, end = _audit(dead)
         assert (begin["event"], end["event"], end["action_id"], end["done"]) == ("begin", "end", begin["action_id"], [letter_id])
 
+    def test_a_senders_control_characters_never_reach_the_operators_terminal(self, settings, capsys):
+        """A dead letter is whatever a sender sent: an ESC in MSH-10 or in the body went raw to the terminal in
+        `list`, `show` and `show --body`, where `ESC [2J` clears the operator's screen and `ESC ]` retitles it or
+        worse. The text views now show such characters as escapes (`\\x1b`); --json always escaped them."""
+        publish(settings, [adt_message("A01", control_id="ESC\x1b[2J", fnr=BAD_FNR, local_id="L1", visit="V1\x1b]0;owned\x07\x9b")])
+        handle = _engine(settings)
+        wait_until(lambda: handle.stats.dead_lettered == 1, 30, what="the dead letter")
+        handle.stop()
+        [letter] = _listed(capsys)
+        assert letter["control_id"] == "ESC\x1b[2J"  # the data as it is
+        for args in (("list",), ("show", letter["id"]), ("show", letter["id"], "--body", "--yes")):
+            code, out, _ = _cli(capsys, *args)
+            assert code == 0
+            assert not any(ch in out for ch in "\x1b\x07\x9b"), args
+            assert "ESC\\x1b[2J" in out, args
+        assert "V1\\x1b]0;owned\\x07\\x9b" in out
+        code, out, _ = _cli(capsys, "show", letter["id"], "--body", "--yes", "--json")
+        assert code == 0 and "V1\x1b]0;owned\x07\x9b" in json.loads(out)["body"]
+
     def test_show_body_refused(self, dead, capsys, monkeypatch):
         """Answering no, or having no terminal and no --yes, exits 2 without body or audit line."""
         letter_id = _listed(capsys)[1]["id"]
@@ -287,6 +306,25 @@ class TestDlq:
         assert code == 0 and f"replayed {second['id']}" in out
         assert [d["id"] for d in _listed(capsys)] == [first["id"]]
         assert queue_depth(dead, dead.engine.broker.names.inbound) == 1
+
+    def test_a_letter_another_operator_took_meanwhile_is_named(self, dead, capsys, monkeypatch):
+        """Two operators: while the first is asked `Replay 2 dead letters ...? [y/N]`, the second purges one of them.
+        The first's replay does the other and exits 1; stderr names the letter it no longer found (it said only
+        "1 no longer found", and which one the operator had to dig out of the audit log), and so does the end line."""
+        first, second = _listed(capsys)
+
+        class SecondOperatorMeanwhile(Tty):
+            def readline(self, *_args):
+                assert main(["dlq", "purge", first["id"], "--yes"]) == 0
+                return "y\n"
+
+        monkeypatch.setattr("sys.stdin", SecondOperatorMeanwhile())
+        code, out, err = _cli(capsys, "replay", "--all")
+        assert code == 1
+        assert out.splitlines()[-1] == "1 replayed, 1 no longer found"
+        assert f"no longer in {dead.engine.broker.names.dead_letter}: {first['id']}" in err
+        end = _audit(dead)[-1]
+        assert (end["action"], end["done"], end["missing"]) == ("replay", [second["id"]], [first["id"]])
 
     def test_replay_unknown_id_does_nothing(self, dead, capsys):
         """One unknown id among the given ones exits 1 before anything is asked, moved or audited."""
@@ -419,6 +457,40 @@ class TestDlq:
         begin, end = _audit(dead)
         assert (begin["action"], begin["ids"], begin["count"]) == ("purge", [first["id"]], 1)
         assert (end["done"], end["missing"], end["error"]) == ([first["id"]], [], None)
+
+    def test_the_audit_names_the_os_user_not_what_the_environment_claims(self, dead, capsys, monkeypatch):
+        """The audit line's `user` is the OS user the command runs as. It was getpass.getuser(), which reads
+        LOGNAME and USER first: `USER=kari helsebro dlq purge --all --yes` wrote Kari into the audit log (review H124)."""
+        import os
+        import pwd
+
+        first, _ = _listed(capsys)
+        monkeypatch.setenv("LOGNAME", "kari.nordmann")
+        monkeypatch.setenv("USER", "kari.nordmann")
+        code, _, _ = _cli(capsys, "purge", first["id"], "--yes")
+        assert code == 0
+        begin, end = _audit(dead)
+        assert begin["user"] == end["user"] == pwd.getpwuid(os.geteuid()).pw_name != "kari.nordmann"
+
+    def test_a_uid_without_a_name_is_audited_by_its_number(self, dead, capsys, monkeypatch):
+        """A container's arbitrary uid (OpenShift) has no passwd entry and no USER: getpass.getuser() raised KeyError,
+        so no replay, purge or `show --body` could start (a traceback, not exit 1). Now the line names `uid:<n>`
+        (review H124)."""
+        import os
+        import pwd
+
+        def no_entry(uid):
+            raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+        first, second = _listed(capsys)
+        for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(pwd, "getpwuid", no_entry)
+        code, out, _ = _cli(capsys, "purge", first["id"], "--yes")
+        assert code == 0 and out.splitlines()[-1] == "1 purged, 0 no longer found"
+        begin, end = _audit(dead)
+        assert begin["user"] == end["user"] == f"uid:{os.geteuid()}"
+        assert [d["id"] for d in _listed(capsys)] == [second["id"]]
 
     def test_purge_refused(self, dead, capsys, monkeypatch):
         """Without a terminal and --yes, or with a no, purge exits 2 and deletes nothing."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
 import json
+import os
+import pwd
 import stat
 from datetime import datetime
 
@@ -28,7 +29,7 @@ class TestAuditLog:
         log = AuditLog(tmp_path / "audit.log")
         log.begin("replay", ids=["x"], count=1)
         line = json.loads(log.path.read_text())
-        assert line["user"] == getpass.getuser()
+        assert line["user"] == pwd.getpwuid(os.geteuid()).pw_name
         assert line["operator"] == "kari.nordmann"
         assert line["host"] == operator_identity()["host"]
         assert datetime.fromisoformat(line["at"]).utcoffset().total_seconds() == 0
