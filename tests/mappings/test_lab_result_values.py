@@ -8,6 +8,9 @@ text as sent otherwise); an empty value stays empty. Synthetic Norwegian people 
 
 from __future__ import annotations
 
+from typing import Any
+
+from router.pipeline.convert import Converter
 from router.testing import one_bundle
 
 MSH = "MSH|^~\\&|LAB|STOLAV^974749025^ENH|HELSEBRO|HP|20250110083000||ORU^R01^ORU_R01|LAB-CTRL-1|P|2.5.1"
@@ -74,6 +77,59 @@ class TestEachResultUnderItsOwnOrder:
         assert (first["status"], later["status"]) == ("preliminary", "corrected")
         assert first["id"] == later["id"] and first["identifier"] == later["identifier"]
 
+    def test_a_final_result_that_adds_the_placer_number_updates_the_preliminary(self, converter: Converter) -> None:
+        """A lab sends a preliminary result with its own (filler) number only, the final one with the
+        placer's too: the final report made a second Observation and Specimen beside the preliminary."""
+        def order(placer: str, status: str) -> dict[str, Any]:
+            return one_bundle(converter, _oru(
+                PID,
+                f"OBR|1|{placer}|LAB-1^LABSYS|HB^Hemoglobin^L|||20250110080000",
+                f"OBX|1|NM|HB^Hb^L||134|g/L|||||{status}",
+                "SPM|1|||BLD^Blood^L",
+            ))
+        first, final = order("", "P"), order("ORD-1^DIPS", "F")
+        for kind in ("Observation", "Specimen", "DiagnosticReport"):
+            [before], [after] = _of(first, kind), _of(final, kind)
+            assert before["id"] == after["id"], kind
+        assert _of(final, "Observation")[0]["status"] == "final"
+
+    def test_an_order_number_without_its_number_is_no_order_number(self, converter: Converter) -> None:
+        """OBR-3 `^LABSYS` (a namespace, no number) was read as an order number: every patient's Hb
+        from that laboratory hashed to one Observation, the second patient's overwriting the first's."""
+        def result(pid: str) -> dict[str, str]:
+            doc = one_bundle(converter, _oru(pid, "OBR|1||^LABSYS|HB^Hemoglobin^L|||20250110080000", "OBX|1|NM|HB^Hb^L||134|g/L|||||F"))
+            return {kind: _of(doc, kind)[0]["id"] for kind in ("Observation", "DiagnosticReport")}
+        one, other = result(PID), result(PID_2)
+        assert one["Observation"] != other["Observation"]
+        assert one["DiagnosticReport"] != other["DiagnosticReport"]
+
+    def test_an_order_note_is_its_reports_note(self, converter: Converter) -> None:
+        """An NTE after OBR, before the results, is about the whole order: it was listed as unmapped and
+        lost. R4's DiagnosticReport has no note; R5's is carried by its cross-version extension."""
+        doc = one_bundle(converter, _oru(
+            PID,
+            "OBR|1|ORD-1^DIPS|LAB-1^LABSYS|HB^Hemoglobin^L|||20250110080000",
+            "NTE|1||Prøven var hemolysert~tolk med forsiktighet",
+            "NTE|2||",
+            "NTE|3||~ringt lege",
+            "OBX|1|NM|HB^Hb^L||134|g/L|||||F",
+            "NTE|1||about Hb",
+        ))
+        [report] = _of(doc, "DiagnosticReport")
+        url = "http://hl7.org/fhir/5.0/StructureDefinition/extension-DiagnosticReport.note"
+        assert report["extension"] == [
+            {"url": url, "valueAnnotation": {"text": "Prøven var hemolysert\ntolk med forsiktighet"}},
+            {"url": url, "valueAnnotation": {"text": "ringt lege"}},
+        ]
+        [result] = _of(doc, "Observation")
+        assert result["note"] == [{"text": "about Hb"}]
+
+    def test_a_report_whose_results_are_pending_is_not_final(self, converter: Converter) -> None:
+        """OBR-25 N (procedure completed, results pending) made the report `final` before any result came."""
+        doc = one_bundle(converter, _oru(PID, "OBR|1|ORD-1^DIPS|LAB-1^LABSYS|HB^Hemoglobin^L|||20250110080000||||||||||||||||||N"))
+        [report] = _of(doc, "DiagnosticReport")
+        assert report["status"] == "registered"
+
 
 class TestEveryValueKept:
     def test_each_value_type_gives_its_value(self, converter):
@@ -122,6 +178,21 @@ class TestEveryValueKept:
         [result] = _results(converter, "OBX|1|NM|HB^Hb^L|||g/L|||||X").values()
         assert result["status"] == "cancelled"
         assert not [k for k in result if k.startswith("value")]
+
+    def test_a_structured_value_not_equal_to_a_number_is_not_that_number(self, converter: Converter) -> None:
+        """SN `<>^5` (not equal to 5) was valueQuantity 5, the opposite of what the laboratory said;
+        the IG keeps an SN with `<>` as text, whatever its separator."""
+        results = _results(
+            converter,
+            "OBX|1|SN|NE^n^L||<>^5|mg/L|||||F",
+            "OBX|2|SN|RANGE^r^L||<>^1^-^2|mg/L|||||F",
+            "OBX|3|SN|RATIO^r^L||<>^1^:^2||||||F",
+        )
+        assert results["NE"]["valueString"] == "<> 5 mg/L"
+        assert results["RANGE"]["valueString"] == "<> 1 - 2 mg/L"
+        assert results["RATIO"]["valueString"] == "<> 1 : 2"
+        for result in results.values():
+            assert [k for k in result if k.startswith("value")] == ["valueString"]
 
     def test_a_deleted_result_is_entered_in_error(self, converter):
         [result] = _results(converter, "OBX|1|NM|HB^Hb^L||134|g/L|||||D").values()
