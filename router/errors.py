@@ -87,6 +87,14 @@ class InvalidContent(MessageError):
     issue_code = "value"
 
 
+class MultipleMatches(InvalidContent):
+    """A conditional entry's search finds several resources, so which one it means is unknown.
+
+    The REST face answers it 412 Precondition Failed, as FHIR's conditional create,
+    update and patch say; elsewhere it is refused as any invalid content is.
+    """
+
+
 class UnstorableContent(InvalidContent):
     """The record's database refused a value it was given to store: a NUL character, an index entry over its size.
 

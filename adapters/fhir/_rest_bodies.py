@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import date
 
-from adapters.fhir._search import SEARCH_PARAMS
+from adapters.fhir._search import INDEXED_TAG_SYSTEMS, SEARCH_PARAMS
 from adapters.fhir._store import StoredVersion
 from router.contracts import ApplyResult, FhirJson
 
@@ -33,20 +33,28 @@ def outcome(code: str, reason: str, location: str | None = None) -> FhirJson:
 
 
 def capability(base: str) -> FhirJson:
-    """Return the CapabilityStatement: R4, JSON, the interactions and search params served."""
+    """Return the CapabilityStatement: what this server does, and nothing it does not.
+
+    A resource's endpoint reads, vreads, shows history and searches; it creates, updates,
+    patches or deletes nothing (405), so it claims no create, update, patch or delete and none
+    of their conditional forms: a client that read `conditionalCreate: true` would POST
+    `Patient` with If-None-Exist and get 405. Those are done as entries of a transaction
+    Bundle, which rest.documentation describes.
+    """
     resources = []
     for type_ in _TYPES:
         params = [p for p in SEARCH_PARAMS if not (type_ == "Patient" and p in ("patient", "subject"))]
         resources.append({
             "type": type_,
-            "interaction": [{"code": c} for c in ("read", "vread", "history-instance", "search-type")],
+            "interaction": [{"code": c} for c in ("read", "vread", "history-instance", "search-type")],  # search by GET and POST _search
             "versioning": "versioned",
             "readHistory": True,
-            "updateCreate": True,
-            "conditionalCreate": True,
-            "conditionalUpdate": True,
-            "conditionalDelete": "multiple",
-            "searchParam": [{"name": p, "type": _PARAM_TYPES[p]} for p in params],
+            "updateCreate": False,
+            "conditionalCreate": False,
+            "conditionalRead": "not-supported",
+            "conditionalUpdate": False,
+            "conditionalDelete": "not-supported",
+            "searchParam": [_search_param(p) for p in params],
         })
     return {
         "resourceType": "CapabilityStatement",
@@ -57,14 +65,40 @@ def capability(base: str) -> FhirJson:
         "implementation": {"description": "Helsebro shared record", "url": base},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
-        "rest": [{"mode": "server", "resource": resources, "interaction": [{"code": "transaction"}]}],
+        "rest": [{
+            "mode": "server",
+            "documentation": _TRANSACTION_DOC,
+            "resource": resources,
+            "interaction": [{"code": "transaction", "documentation": _TRANSACTION_DOC}],
+        }],
     }
 
 
-def searchset(resources: Sequence[FhirJson], base: str, *, total: int | None = None, next_url: str | None = None) -> FhirJson:
+_TRANSACTION_DOC = (
+    "Writes are transaction Bundles POSTed to the base, all-or-nothing (no batch). An entry may be a PUT of Type/id"
+    " (creating it when absent) or a conditional PUT of Type?search, a POST (with ifNoneExist: a conditional"
+    " create), a DELETE of Type/id or of Type?search (every match), or a PATCH (FHIRPath Patch of top-level"
+    " elements). A condition matching several resources fails the transaction with 412."
+)
+_PARAM_DOCS = {
+    "_tag": "Only the tags of system " + " and ".join(INDEXED_TAG_SYSTEMS) + " are indexed, as system|code.",
+    "patient": "The resource's top-level subject or patient reference.",
+    "subject": "The resource's top-level subject reference.",
+}
+
+
+def _search_param(name: str) -> FhirJson:
+    param: FhirJson = {"name": name, "type": _PARAM_TYPES[name]}
+    if name in _PARAM_DOCS:
+        param["documentation"] = _PARAM_DOCS[name]
+    return param
+
+
+def searchset(resources: Sequence[FhirJson], base: str, *, total: int | None = None, links: Sequence[tuple[str, str]] = ()) -> FhirJson:
     """Return a searchset Bundle holding *resources*, all of them matches.
 
-    *total* counts every match when *resources* is one page of them; *next_url* leads to the next page.
+    *total* counts every match when *resources* is one page of them; *links* are (relation, url):
+    `self` the search as asked, `next` the page after this one.
     """
     bundle: FhirJson = {
         "resourceType": "Bundle",
@@ -75,8 +109,8 @@ def searchset(resources: Sequence[FhirJson], base: str, *, total: int | None = N
             for r in resources
         ],
     }
-    if next_url is not None:
-        bundle["link"] = [{"relation": "next", "url": next_url}]
+    if links:
+        bundle["link"] = [{"relation": relation, "url": url} for relation, url in links]
     return bundle
 
 

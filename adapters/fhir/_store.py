@@ -19,7 +19,7 @@ import orjson
 
 from adapters.fhir._bundle import ID_RE, TYPE_RE, lock_keys, parse_bundle
 from adapters.fhir._lookups import Lookups
-from adapters.fhir._search import search_sql
+from adapters.fhir._search import Term, search_sql, terms_sql
 from adapters.fhir._transaction import Db, apply_entries
 from router.contracts import APPLIED_OUTCOMES, SETTLED_OUTCOMES, ApplyResult, FhirJson, JournalFacts
 from router.errors import InvalidContent, MessageError, RecordUnavailable, UnstorableContent
@@ -659,6 +659,25 @@ class SqlRecord(ABC):
             raise InvalidContent("unknown resource type", location="type")
         sql, args = search_sql(resource_type, params.items(), select="h.body")
         return [self._decode(row[0]) for row in self._select(sql, args)]
+
+    def search_page(
+        self, resource_type: str, params: Sequence[tuple[str, Sequence[Term]]], *, after: str | None, limit: int,
+    ) -> tuple[int, list[FhirJson]]:
+        """Return how many current resources match *params* and the first *limit* of them after id *after*.
+
+        A REST search's page: only the page's bodies are read, however many match.
+
+        Raises:
+            InvalidContent: an unknown parameter, or an empty or malformed term.
+        """
+        if not TYPE_RE.fullmatch(resource_type):
+            raise InvalidContent("unknown resource type", location="type")
+        sql, args = terms_sql(resource_type, params, select="COUNT(*)")
+        total = int(self._select(sql, args)[0][0])
+        if limit == 0 or total == 0:
+            return total, []
+        sql, args = terms_sql(resource_type, params, select="h.body", after=after, limit=limit)
+        return total, [self._decode(row[0]) for row in self._select(sql, args)]
 
     def counts(self) -> dict[str, int]:
         """Return how many current (not deleted) resources the record holds, per type."""

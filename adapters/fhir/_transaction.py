@@ -20,7 +20,7 @@ from adapters.fhir._owners import DOCUMENT_SYSTEM, PatientChecks, patient_refs, 
 from adapters.fhir._patch import apply_patch, check_owner
 from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
-from router.errors import InvalidContent
+from router.errors import InvalidContent, MultipleMatches
 
 Action = Literal["write", "delete", "noop", "delete-all", "retire-all", "patch"]
 """What an entry will do once its identity is known."""
@@ -139,7 +139,7 @@ class _Writer(PatientChecks):
         if entry.method == "DELETE" and len(matches) > 1:
             return "delete-all", ",".join(matches)
         if len(matches) > 1:
-            raise InvalidContent("condition has multiple matches", location=entry.location)
+            raise MultipleMatches("condition has multiple matches", location=entry.location)
         if entry.method == "DELETE":
             return ("delete", matches[0]) if matches else ("noop", "")
         if matches:
@@ -175,7 +175,7 @@ class _Writer(PatientChecks):
             current = self._current(entry.resource_type, entry.id) if entry.id is not None else None
             matches = [entry.id] if entry.id is not None and current is not None and not current.deleted else []
         if len(matches) > 1:
-            raise InvalidContent("condition has multiple matches", location=entry.location)
+            raise MultipleMatches("condition has multiple matches", location=entry.location)
         if not matches:
             if entry.skip_absent:
                 return "noop", ""

@@ -7,13 +7,14 @@ status, never query strings or bodies: identifier values there are patient data.
 
 from __future__ import annotations
 
-import itertools
 import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,9 +24,10 @@ import orjson
 
 from adapters.fhir._bundle import ID_RE, TYPE_RE
 from adapters.fhir._rest_bodies import capability, history_bundle, outcome, searchset, transaction_response
+from adapters.fhir._search import Term, rest_terms
 from adapters.fhir._store import SqlRecord
 from router.contracts import FhirJson
-from router.errors import MessageError, TransientError
+from router.errors import MessageError, MultipleMatches, TransientError
 from router.logging import resource_path
 
 __all__ = ["FhirServer", "RecordFactory", "make_server"]
@@ -40,10 +42,10 @@ _CONTENT_TYPE = "application/fhir+json; charset=utf-8"
 _MAX_BODY = 32 * 1024 * 1024  # bytes; a transaction Bundle larger than this is refused
 _IGNORED = frozenset({"_format", "_pretty"})  # we answer JSON whatever they say
 _MAX_COUNT = 1000  # matches one page of a search may hold (`_count`)
-_MAX_ALTERNATIVES = 100  # searches one request may run for its `a,b` values, all parameters combined
-_ROUTE_SHAPE = re.compile(rf"{BASE}(/metadata|/{TYPE_RE.pattern}(/{ID_RE.pattern}(/_history(/{ID_RE.pattern})?)?)?)?/?")
+_DEFAULT_COUNT = 100  # matches a page holds when the search does not say (`_count`)
+_MAX_ALTERNATIVES = 100  # combinations of `a,b` values one search may ask for, and values it may hold: its SQL's size
+_ROUTE_SHAPE = re.compile(rf"{BASE}(/metadata|/{TYPE_RE.pattern}(/_search|/{ID_RE.pattern}(/_history(/{ID_RE.pattern})?)?)?)?/?")
 """Paths the request log shows as they are; any other could hold a patient's identifier."""
-_COMMA = re.compile(r"(?<!\\),")  # FHIR §3.1.1.5.7: `\,` is a comma inside a value
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,34 @@ class FhirServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], record_factory: RecordFactory, log: Any = None) -> None:
         self.pool = _Pool(record_factory)
         self.log = log
+        self.draining = False  # set by drain(): answers close their connections
+        self._in_flight = 0  # requests between their headers and the end of their answer
+        self._idle = threading.Condition()
         super().__init__(address, _Handler)
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count one request as being answered while the block runs, for drain()."""
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for the requests being answered; return whether none is left.
+
+        Call it once serve_forever has ended (shutdown()): no new connection is taken then, and a
+        request already read is answered in full and its connection closed, rather than cut when
+        the process exits (its daemon threads die with it). An idle keep-alive connection is not
+        waited for.
+        """
+        with self._idle:
+            self.draining = True
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     @property
     def base_url(self) -> str:
@@ -191,12 +220,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
     def _handle(self, method: str, *, head: bool = False) -> None:
+        with self.server.in_flight():
+            self._answer(method, head=head)
+
+    def _answer(self, method: str, *, head: bool) -> None:
         url = urlsplit(self.path)
         if method not in ("GET", "POST"):
             self.close_connection = True  # its body, if any, is never read
         try:
             body = self._body() if method == "POST" else b""
-            response = _route(self.server.pool, method, url.path.rstrip("/"), url.query, body, self._base())
+            response = _route(self.server.pool, method, url.path.rstrip("/"), url.query, body, self._base(), self.headers.get("Content-Type", ""))
         except _Reject as reject:
             response = reject.response
         except Exception as exc:  # noqa: BLE001  # the HTTP edge: every request gets an OperationOutcome, never a traceback
@@ -211,6 +244,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         for name, value in response.headers:
             self.send_header(name, value)
+        if self.server.draining:  # stopping: this connection's next request would find nobody
+            self.close_connection = True
+            self.send_header("Connection", "close")
         self.end_headers()
         if not head:
             self.wfile.write(payload)
@@ -241,7 +277,7 @@ class _Reject(Exception):
         self.response = response
 
 
-def _route(pool: _Pool, method: str, path: str, query: str, body: bytes, base: str) -> _Response:
+def _route(pool: _Pool, method: str, path: str, query: str, body: bytes, base: str, content_type: str = "") -> _Response:
     if path != BASE and not path.startswith(BASE + "/"):
         return _Response(404, outcome("not-found", "not a FHIR endpoint"))
     parts = path[len(BASE) + 1:].split("/") if path != BASE else []
@@ -249,6 +285,16 @@ def _route(pool: _Pool, method: str, path: str, query: str, body: bytes, base: s
         return _Response(200, capability(base))
     if method == "POST" and not parts:
         return _transaction(pool, body)
+    if method == "POST" and len(parts) == 2 and parts[1] == "_search":
+        # FHIR: a server that searches by GET SHALL search by POST of a form too (a client keeps
+        # identifiers out of URLs, and so out of proxies' logs); its parameters join the URL's.
+        if content_type.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+            return _Response(415, outcome("not-supported", "a search by POST sends application/x-www-form-urlencoded"))
+        try:
+            form = body.decode()
+        except UnicodeDecodeError:
+            return _Response(400, outcome("structure", "the search form is not UTF-8"))
+        method, parts, query = "GET", parts[:1], "&".join(q for q in (query, form) if q)
     if method != "GET":
         return _Response(405, outcome("not-supported", "unsupported interaction"))
     if not parts or not TYPE_RE.fullmatch(parts[0]):
@@ -295,51 +341,45 @@ def _read(record: SqlRecord, type_: str, id_: str) -> _Response:
 
 
 def _search(record: SqlRecord, type_: str, query: str, base: str) -> _Response:
-    """Search, one value of each `a,b` parameter at a time (FHIR's OR), listing each match once in id order.
+    """Search, one page at a time: a parameter's `a,b` values are ORed, parameters ANDed, matches in id order.
 
-    The record's search takes one value per parameter; the union of the searches for every
-    combination of alternatives is the OR within a parameter, ANDed across parameters.
-    `_count` pages the matches: a page's `next` link names the last id shown (`_after`),
-    so a page never repeats or skips a match that is still there.
+    A page holds `_count` matches (_DEFAULT_COUNT when not asked, never more than _MAX_COUNT),
+    so a search that matches the whole record reads one page of it, not every body. A page's
+    `next` link names the last id shown (`_after`), so a page never repeats or skips a match
+    that is still there; `total` counts every match.
     """
-    params: dict[str, str] = {}
+    params: list[tuple[str, list[Term]]] = []
+    paging: dict[str, str] = {}
     pairs = parse_qsl(query, keep_blank_values=True)
     for name, value in pairs:
         if name in _IGNORED:
             continue
-        if name in params:
-            return _Response(400, outcome("not-supported", "repeated search parameter"))
         if "\x00" in name or "\x00" in value:  # PostgreSQL refuses it as a value; no stored value holds one
             return _Response(400, outcome("value", "a search parameter holds a NUL character"))
-        params[name] = value
-    count_text, after = params.pop("_count", None), params.pop("_after", None)
-    count = int(count_text) if count_text is not None and count_text.isdigit() else -1
-    if count_text is not None and not 0 <= count <= _MAX_COUNT:
+        if name in ("_count", "_after"):
+            if name in paging:
+                return _Response(400, outcome("not-supported", "repeated search parameter"))
+            paging[name] = value
+        else:
+            params.append((name, rest_terms(name, value)))
+    count_text, after = paging.get("_count"), paging.get("_after")
+    count = _DEFAULT_COUNT if count_text is None else int(count_text) if count_text.isdigit() else -1
+    if not 0 <= count <= _MAX_COUNT:
         return _Response(400, outcome("value", f"_count must be a whole number from 0 to {_MAX_COUNT}"))
-    alternatives = [[(name, v.replace("\\,", ",")) for v in _COMMA.split(value)] for name, value in params.items()]
     combinations = 1
-    for values in alternatives:
-        combinations *= len(values)
+    for _, terms in params:
+        combinations *= len(terms)
     if combinations > _MAX_ALTERNATIVES:
         return _Response(400, outcome("too-costly", f"more than {_MAX_ALTERNATIVES} combinations of comma-separated values"))
-    if combinations == 1:
-        matches = record.search(type_, dict(p for values in alternatives for p in values))
-    else:
-        found: dict[str, FhirJson] = {}
-        for combination in itertools.product(*alternatives):
-            for resource in record.search(type_, dict(combination)):
-                found.setdefault(resource["id"], resource)
-        matches = [found[id_] for id_ in sorted(found)]
-    if count_text is None and after is None:
-        return _Response(200, searchset(matches, base))
-    matches = sorted(matches, key=lambda r: str(r["id"]))  # the order _after pages by, whatever the database's collation
-    rest = [r for r in matches if after is None or str(r["id"]) > after]
-    page = rest if count_text is None else rest[:count]
-    next_url = None
-    if page and len(rest) > len(page):
+    if sum(len(terms) for _, terms in params) > _MAX_ALTERNATIVES:  # a parameter repeated (ANDed) thousands of times
+        return _Response(400, outcome("too-costly", f"more than {_MAX_ALTERNATIVES} search values"))
+    total, page = record.search_page(type_, params, after=after, limit=count + 1 if count else 0)  # one more: is there a next page?
+    links = [("self", f"{base}/{type_}" + (f"?{query}" if query else ""))]
+    if len(page) > count:
+        page = page[:count]
         kept = [(n, v) for n, v in pairs if n != "_after"]
-        next_url = f"{base}/{type_}?{urlencode([*kept, ('_after', str(page[-1]['id']))], safe='|,:/')}"
-    return _Response(200, searchset(page, base, total=len(matches), next_url=next_url))
+        links.append(("next", f"{base}/{type_}?{urlencode([*kept, ('_after', str(page[-1]['id']))], safe='|,:/')}"))
+    return _Response(200, searchset(page, base, total=total, links=links))
 
 
 def _transaction(pool: _Pool, body: bytes) -> _Response:
@@ -352,6 +392,8 @@ def _transaction(pool: _Pool, body: bytes) -> _Response:
             result = record.apply(bundle)
     except RecursionError:  # orjson takes 1024 levels, the record's walks of the Bundle fewer: the client's error, not ours
         return _Response(400, outcome("structure", "body nests too deeply"))
+    except MultipleMatches as exc:  # FHIR: a conditional create, update or patch that matches several is 412
+        return _Response(412, outcome("multiple-matches", exc.reason, exc.location))
     except MessageError as exc:
         return _Response(400, outcome(exc.issue_code, exc.reason, exc.location))
     except TransientError:
@@ -369,5 +411,15 @@ def _logged(path: str) -> str:
 
 
 def _etag(resource: FhirJson) -> tuple[tuple[str, str], ...]:
-    version = resource.get("meta", {}).get("versionId")
-    return (("ETag", f'W/"{version}"'),) if version else ()
+    """Return a read's ETag (its version) and Last-Modified (its meta.lastUpdated), as FHIR's read answers them."""
+    meta = resource.get("meta", {})
+    headers = []
+    if meta.get("versionId"):
+        headers.append(("ETag", f'W/"{meta["versionId"]}"'))
+    try:
+        updated = datetime.fromisoformat(str(meta.get("lastUpdated")).replace("Z", "+00:00"))
+    except ValueError:
+        return tuple(headers)
+    if updated.tzinfo is not None:
+        headers.append(("Last-Modified", format_datetime(updated.astimezone(UTC), usegmt=True)))
+    return tuple(headers)

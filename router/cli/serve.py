@@ -1,6 +1,7 @@
 """The `helsebro serve` verb: serve the shared record over FHIR R4 REST until stopped.
 
-SIGINT and SIGTERM stop it cleanly (exit 0); serving that fails by itself exits 1.
+SIGINT and SIGTERM stop it cleanly (exit 0): it stops taking connections, finishes the requests
+it is answering (up to 20 s), then exits. Serving that fails by itself exits 1.
 The record is the one the settings name (HELSEBRO_RECORD_URL, or SQLite under
 HELSEBRO_DATA_DIR).
 """
@@ -19,6 +20,10 @@ from router.cli._args import whole_number
 from router.errors import RecordUnavailable
 from router.logging import configure_logging, get_logger
 from router.settings import load_settings
+
+_DRAIN_SECONDS = 20.0
+"""How long a stop waits for the requests being answered: under the 30 s a supervisor (systemd,
+Kubernetes) gives between SIGTERM and SIGKILL."""
 
 
 def register(subparsers: Any) -> None:
@@ -74,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.shutdown()  # returns at once when serve_forever already ended
         serving.join()
+        server.socket.close()  # stop listening: a new client is refused at once, not left to time out
+        if not server.drain(_DRAIN_SECONDS):
+            log.warning("fhir_requests_cut", after_seconds=_DRAIN_SECONDS)
         server.server_close()
         for sig, handler in previous.items():  # only now: a second Ctrl-C must not break the close
             signal.signal(sig, handler)

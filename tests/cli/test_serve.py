@@ -83,6 +83,39 @@ class TestServe:
         assert proc.wait(timeout=30) == 0
         assert "fhir_stopped" in [e["event"] for e in events]
 
+    def test_sigterm_finishes_a_request_in_flight(self, served):
+        """Review H122: SIGTERM ended the process while a request was being answered, so the client
+        got a reset connection and never learnt whether its transaction was stored. The server now
+        stops taking connections, answers the request it is reading, then exits 0."""
+        proc, base_url, events = served
+        host, port = base_url.split("//")[1].split("/")[0].split(":")
+        body = json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient", "id": "p1"}, "request": {"method": "PUT", "url": "Patient/p1"}},
+        ]}).encode()
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            conn.sendall(b"POST /fhir HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body[:10])
+            time.sleep(0.5)  # the server is reading the body
+            proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until it takes no more connections (the stop has begun)
+                try:
+                    socket.create_connection((host, int(port)), timeout=5).close()
+                except OSError:
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("still taking connections 10 s after SIGTERM")
+            time.sleep(0.3)  # long enough for an exit to have cut the request, as it did
+            conn.sendall(body[10:])
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200") and b"Connection: close" in answer
+        assert b'"201 Created"' in answer
+        assert proc.wait(timeout=30) == 0
+        assert "fhir_stopped" in [e["event"] for e in events]
+
     @pytest.mark.parametrize("attempt", range(4))
     def test_sigterm_while_clients_connect_still_stops(self, served, attempt):
         """A stop that lands while a new connection is being handed to a thread is not lost.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 
 import httpx
 import pytest
@@ -82,7 +84,7 @@ class TestRest:
         body = response.json()
         assert response.status_code == 200 and response.headers["content-type"].startswith("application/fhir+json")
         assert (body["resourceType"], body["fhirVersion"]) == ("CapabilityStatement", "4.0.1")
-        assert body["rest"][0]["interaction"] == [{"code": "transaction"}]
+        assert [i["code"] for i in body["rest"][0]["interaction"]] == ["transaction"]
         encounter = next(r for r in body["rest"][0]["resource"] if r["type"] == "Encounter")
         assert {p["name"] for p in encounter["searchParam"]} == {"_id", "identifier", "patient", "subject", "_tag"}
 
@@ -307,4 +309,119 @@ class TestRestEdges:
     def test_count_zero_gives_the_total_only(self, loaded):
         """`_count=0` asks how many match, without the resources."""
         body = loaded.get("/Patient", params={"_count": "0"}).json()
-        assert (body["total"], body["entry"], body.get("link", [])) == (1, [], [])
+        assert (body["total"], body["entry"]) == (1, [])
+        assert [link["relation"] for link in body["link"]] == ["self"]
+
+    def test_a_search_without_count_is_paged_and_says_how_to_go_on(self, client):
+        """Review H122: a search without `_count` answered every match in one Bundle (the whole
+        record for `GET /Patient`), read whole from the database. A page now holds 100 matches by
+        default, `total` counts them all, `self` repeats the search and `next` leads on."""
+        entries = [
+            {"resource": {"resourceType": "Patient", "id": f"p{i:03}"}, "request": {"method": "PUT", "url": f"Patient/p{i:03}"}}
+            for i in range(101)
+        ]
+        assert client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}).status_code == 200
+        first = client.get("/Patient").json()
+        links = {link["relation"]: link["url"] for link in first["link"]}
+        assert (first["total"], len(first["entry"]), links["self"]) == (101, 100, str(client.base_url.join("Patient")))
+        last = client.get(links["next"]).json()
+        assert [e["resource"]["id"] for e in last["entry"]] == ["p100"] and last["total"] == 101
+        assert [link["relation"] for link in last["link"]] == ["self"]
+
+    def test_a_full_last_page_has_no_next_link(self, client):
+        """A page that ends exactly at the last match leads nowhere: no `next` to an empty page."""
+        entries = [{"resource": {"resourceType": "Patient", "id": f"p{i}"}, "request": {"method": "PUT", "url": f"Patient/p{i}"}} for i in range(2)]
+        assert client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}).status_code == 200
+        body = client.get("/Patient", params={"_count": "2"}).json()
+        assert len(body["entry"]) == 2 and [link["relation"] for link in body["link"]] == ["self"]
+
+    @pytest.mark.parametrize(("search", "found"), [
+        (r"urn:x|a\|b", ["bar"]),  # an escaped bar is part of the code
+        (r"a\|b", ["bar"]),  # any system: the escaped bar does not split
+        (r"urn:x|c\\", ["backslash"]),  # `\\` is one backslash
+        (r"urn:x|c\\,urn:x|d\$e", ["backslash", "dollar"]),  # an escaped backslash before a real comma
+        (r"urn:x|a\,b", ["comma"]),
+    ])
+    def test_escaped_characters_in_a_token_search(self, client, search, found):
+        """Review H122: `identifier=urn:x|a\\|b` split at the escaped bar's backslash and found nothing,
+        and `c\\\\,d` (a backslash, then a comma) kept the comma in the value. FHIR's search escapes
+        `\\|` `\\,` `\\$` `\\\\` are now undone after the value is split at its unescaped ones."""
+        values = {"bar": "a|b", "backslash": "c\\", "dollar": "d$e", "comma": "a,b"}
+        entries = [
+            {"resource": {"resourceType": "Patient", "id": id_, "identifier": [{"system": "urn:x", "value": value}]}, "request": {"method": "PUT", "url": f"Patient/{id_}"}}
+            for id_, value in values.items()
+        ]
+        assert client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}).status_code == 200
+        body = client.get("/Patient", params={"identifier": search}).json()
+        assert sorted(e["resource"]["id"] for e in body["entry"]) == found and body["total"] == len(found)
+
+    def test_a_repeated_parameter_ands_its_values(self, loaded):
+        """`identifier=a&identifier=b` is FHIR's AND of the two; it was refused as repeated."""
+        both = loaded.get("/Patient", params=[("identifier", f"{FNR}|{FNR_VALUE}"), ("_id", PATIENT_UUID), ("_id", PATIENT_UUID)]).json()
+        other = loaded.get("/Patient", params=[("identifier", f"{FNR}|{FNR_VALUE}"), ("identifier", f"{FNR}|x")]).json()
+        assert (both["total"], other["total"]) == (1, 0)
+
+    @pytest.mark.parametrize("request_", [
+        {"method": "PUT", "url": "Patient?identifier=urn:x|"},
+        {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:x|"},
+    ], ids=["conditional-update", "conditional-create"])
+    def test_a_condition_matching_several_answers_412(self, client, request_):
+        """Review H122: a conditional update or create whose search finds two resources answered 400
+        (`value`); FHIR says 412 Precondition Failed, which a client tells apart from a bad Bundle."""
+        twins = [
+            {"resource": {"resourceType": "Patient", "id": id_, "identifier": [{"system": "urn:x", "value": id_}]}, "request": {"method": "PUT", "url": f"Patient/{id_}"}}
+            for id_ in ("twin-a", "twin-b")
+        ]
+        assert client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": twins}).status_code == 200
+        response = client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Patient"}, "request": request_}]})
+        assert response.status_code == 412
+        assert response.json()["issue"][0]["code"] == "multiple-matches"
+        assert client.get("/Patient").json()["total"] == 2
+
+    def test_the_capability_statement_claims_only_what_the_endpoints_do(self, loaded):
+        """Review H122: every resource claimed conditionalCreate, conditionalUpdate, updateCreate and
+        conditionalDelete `multiple`, but its endpoint has no create, update or delete (405): a client
+        that believed it POSTed `Patient` with If-None-Exist and failed. What it claims now works."""
+        resources = loaded.get("/metadata").json()["rest"][0]["resource"]
+        needs = {"conditionalCreate": "create", "updateCreate": "update", "conditionalUpdate": "update", "conditionalDelete": "delete"}
+        probes = {
+            "read": ("GET", f"/Patient/{PATIENT_UUID}"), "vread": ("GET", f"/Patient/{PATIENT_UUID}/_history/1"),
+            "history-instance": ("GET", f"/Patient/{PATIENT_UUID}/_history"), "search-type": ("GET", "/Patient"),
+            "create": ("POST", "/Patient"), "update": ("PUT", f"/Patient/{PATIENT_UUID}"), "delete": ("DELETE", f"/Patient/{PATIENT_UUID}"),
+            "patch": ("PATCH", f"/Patient/{PATIENT_UUID}"),
+        }
+        patient = next(r for r in resources if r["type"] == "Patient")
+        body = {"resourceType": "Patient", "id": PATIENT_UUID}
+        for code in (i["code"] for i in patient["interaction"]):
+            method, path = probes[code]
+            assert loaded.request(method, path, json=body if method in ("POST", "PUT") else None).status_code == 200, code
+        for resource in resources:
+            claimed = {i["code"] for i in resource["interaction"]}
+            for flag, interaction in needs.items():
+                assert resource.get(flag) in (None, False, "not-supported") or interaction in claimed, (resource["type"], flag)
+
+    def test_a_parameter_repeated_too_often_is_too_costly(self, loaded):
+        """A repeated parameter is ANDed in one query; thousands of them are refused, not sent to the database."""
+        response = loaded.get("/Patient", params=[("_id", "x")] * 101)
+        assert response.status_code == 400 and response.json()["issue"][0]["code"] == "too-costly"
+
+    def test_a_search_by_post_of_a_form_answers_as_get(self, loaded, log):
+        """Review H122: `POST /Patient/_search` (FHIR's search by POST, which a server searching by GET
+        SHALL support, and which keeps the fødselsnummer out of URLs) answered 405."""
+        form = {"identifier": f"{FNR}|{FNR_VALUE}"}
+        response = loaded.post("/Patient/_search", data=form)
+        assert response.status_code == 200 and response.json()["total"] == 1
+        assert response.json()["entry"][0]["resource"]["id"] == PATIENT_UUID
+        assert loaded.post("/Patient/_search", params={"_id": "other"}, data=form).json()["total"] == 0  # URL and form ANDed
+        assert loaded.post("/Patient/_search", json=form).status_code == 415
+        assert FNR_VALUE not in repr(log.events)
+        assert ("fhir_request", {"method": "POST", "path": "/fhir/Patient/_search", "status": 200}) in log.events
+
+    def test_a_read_says_when_the_resource_last_changed(self, loaded):
+        """Review H122: a read and a vread carried ETag but no Last-Modified, which FHIR's read
+        answers with (a cache's If-Modified-Since needs it); it is meta.lastUpdated as an HTTP date."""
+        for path in (f"/Patient/{PATIENT_UUID}", f"/Patient/{PATIENT_UUID}/_history/1"):
+            response = loaded.get(path)
+            updated = datetime.fromisoformat(response.json()["meta"]["lastUpdated"].replace("Z", "+00:00"))
+            assert parsedate_to_datetime(response.headers["last-modified"]) == updated.replace(microsecond=0)
+            assert response.headers["etag"] == 'W/"1"'
