@@ -198,16 +198,19 @@ class Engine:
         for worker in self.destinations:
             worker.start()
         try:
+            away = False  # in an outage: its first failed try counted it, the rest are the same outage
             while not self._stop.is_set():
                 try:
                     self._connect()
-                    delay = _FIRST_RECONNECT_SECONDS
+                    delay, away = _FIRST_RECONNECT_SECONDS, False
                     if self._consume(converter, router, until_idle):
                         break
                 except TransientError as exc:
                     if self._stop.is_set():
                         break  # a record outage while stopping: the batch stays unacked
-                    self.stats.reconnects += 1
+                    if not away:
+                        self.stats.reconnects += 1  # helsebro_reconnects_total counts outages, not tries (runbook alert)
+                        away = True
                     self._log.warning("broker_or_record_unavailable", error=type(exc).__name__, reason=str(exc), retry_in_s=delay)
                     self._disconnect()
                     if self._stop.wait(delay):

@@ -1,8 +1,11 @@
 """Apply checked Bundle entries inside one open database transaction.
 
-Three passes, in the order FHIR R4 §3.1.0.11.2 gives for transactions: resolve every
-entry's identity (conditional matches included), then rewrite `urn:uuid:` references
-to the ids found, then write. Committing, rolling back and locking are the store's job.
+Three passes, as FHIR R4 §3.1.0.11.2 has a transaction find before it writes: resolve
+every entry's identity (conditional matches included), then rewrite `urn:uuid:`
+references to the ids found, then write. The writes go in Bundle order, not FHIR's
+DELETE, POST, PUT/PATCH order: only two entries on one resource can tell, and there the
+later one wins, which a document's replace (DELETE by `_tag`, then its PUTs) relies on.
+Committing, rolling back and locking are the store's job.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ _CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _ENGINE_COUNTERS = (  # EngineStats field, metric name, help
     ("deliveries", "helsebro_deliveries_total", "Broker deliveries this worker settled (a delivery may hold several messages)."),
     ("batches", "helsebro_batches_total", "Batches this worker settled, each acknowledged at once."),
-    ("reconnects", "helsebro_reconnects_total", "Times this worker lost the broker or the record and reconnected."),
+    ("reconnects", "helsebro_reconnects_total", "Outages of the broker or the record this worker met, each counted once however many tries it took to reach it again."),
     ("intake_forwarded", "helsebro_intake_forwarded_total", "Deliveries the intake moved to a patient partition."),
     ("receipts_refused", "helsebro_apprecs_refused_total",
      "AppRecs received that refuse a message Helsebro sent (status 2 Avvist): alarm on any increase; the log's apprec_refused names them."),

@@ -272,6 +272,30 @@ class TestEngine:
         handle.stop()
         assert len(_patients(settings, "1008")) == 1
 
+    def test_an_outage_that_takes_several_tries_counts_once(self, settings):
+        """`reconnects` (helsebro_reconnects_total, "the broker or the record keeps going away") counts outages: a broker
+        that stays away for three connection attempts is one outage, as a record outage waited out in settle is;
+        it counted every failed try, so one restart of the broker tripped the runbook's alert."""
+        handle = _engine(settings)
+        publish(settings, [b"P 1011"])
+        wait_until(lambda: handle.stats.messages == 1, 30, what="first settled")
+        engine = handle.engine
+        connect, tries = engine._connect, []
+
+        def refused() -> None:
+            tries.append(1)
+            if len(tries) <= 3:
+                raise BrokerUnavailable("broker still away")
+            connect()
+
+        engine._connect = refused
+        _break_connection(engine)
+        publish(settings, [b"P 1012"])
+        wait_until(lambda: handle.stats.messages == 2, 60, what="settled after the outage")
+        handle.stop()
+        assert len(tries) >= 4  # the test can fail: the engine met the broker away three times
+        assert handle.stats.reconnects == 1
+
 
 def _break_connection(engine):
     """Cut the engine's broker connection under it, the way a broker restart does."""
