@@ -8,7 +8,7 @@ it must.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 __all__ = [
@@ -79,16 +79,33 @@ _FHIR_DT = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{
 
 
 def fhir_to_hl7_date(value: str) -> str:
-    """Return a FHIR date or dateTime's date part as HL7 DT (`1961-06-15` → `19610615`); '' when it is not one."""
+    """Return a FHIR date, or a dateTime's day in Oslo, as HL7 DT (`1961-06-15` → `19610615`); '' when it is not one.
+
+    Why the Oslo day: `2024-10-27T23:30:00Z` is 00:30 on the 28th in Norway, where HL7
+    times without offset are read (the KITH outbound's xml_date does the same). A time
+    Oslo's clock cannot show (past year 9999) keeps the day it was written with.
+    """
     m = _FHIR_DT.match(value)
-    return "".join(p for p in m.groups()[:3] if p) if m else ""
+    if m is None:
+        return ""
+    year, month, day, hour, minute, second, _, tz = m.groups()
+    if hour is not None and tz is not None:
+        stamp = _instant(year, month, day, hour, minute, second, "+0000" if tz == "Z" else tz[:3] + tz[4:6])
+        local = _in_oslo(stamp) if stamp is not None else None
+        if stamp is None:
+            return ""
+        if local is not None:
+            return f"{local.year:04d}{local.month:02d}{local.day:02d}"
+    return "".join(p for p in (year, month, day) if p)
 
 
 def fhir_to_hl7_ts(value: str, *, with_offset: bool) -> str:
     """Return a FHIR dateTime as HL7 TS, `YYYYMMDDHHMMSS+ZZZZ`; '' when it is not one.
 
     A given offset is kept as sent; `Z` becomes Oslo time. Without offsets
-    (v2.3) the instant is written as Oslo wall time. A date without a time
+    (v2.3) the instant is written as Oslo wall time, but with its offset in the
+    hour that wall time names twice (_doubled). A time Oslo's clock cannot show
+    (past year 9999) keeps the offset it came with. A date without a time
     stays a date: there is no instant to convert. A time that names no instant
     (February 30th, hour 25) is not one either: '', never a ValueError that the
     renderer's caller would not take for a message's fault.
@@ -104,9 +121,13 @@ def fhir_to_hl7_ts(value: str, *, with_offset: bool) -> str:
     stamp = _instant(year, month, day, hour, minute, second, offset)  # no offset: Oslo, like inbound HL7
     if stamp is None:
         return ""
+    as_sent = f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}{offset or ''}"
     if with_offset and offset is not None and tz != "Z":
-        return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}{offset}"
-    return _format(stamp.astimezone(OSLO), frac, with_offset)
+        return as_sent
+    local = _in_oslo(stamp)
+    if local is None:  # Oslo's clock would read year 0 or 10000: the offset it came with names the instant
+        return as_sent
+    return _format(local, frac, with_offset or _doubled(local))
 
 
 def _instant(year: str, month: str, day: str, hour: str, minute: str, second: str | None, offset: str | None) -> datetime | None:
@@ -149,7 +170,40 @@ def hl7_ts_to_ts(value: str, *, with_offset: bool) -> str:
         return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}"
     if tz is not None and with_offset:
         return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}{tz}"
-    return _format(stamp.astimezone(OSLO), frac, with_offset)
+    local = _in_oslo(stamp)
+    if local is None:  # past year 9999 (or before year 1) in Oslo: as received, its offset naming the instant
+        return f"{year}{month}{day}{hour}{minute}{second or '00'}{frac}{tz or ''}"
+    return _format(local, frac, with_offset or _doubled(local))
+
+
+def _in_oslo(stamp: datetime) -> datetime | None:
+    """*stamp* on Oslo's clock; None when that falls outside years 1-9999 (9999-12-31T23:30-02:00, 0001-01-01T00:10+01:00).
+
+    Why: astimezone raises OverflowError there, which is no MessageError: it failed the
+    whole delivery instead of this destination's rendering.
+    """
+    try:
+        return stamp.astimezone(OSLO)
+    except OverflowError:
+        return None
+
+
+def _doubled(local: datetime) -> bool:
+    """Tell whether Oslo's clock shows *local* twice: 02:00-03:00 on the last Sunday of October.
+
+    Why: a time written without offset (v2.3) is read as Oslo wall time, and there that
+    names two instants: 02:30+01:00 was read back as 02:30+02:00, an hour early. That hour
+    alone is written with its offset, which v2.3's TS allows (the KITH outbound does the
+    same, adapters/kith/_outbound_fns.py). The spring hour that never happens is not doubled.
+    """
+    other = local.replace(fold=1 - local.fold)
+    if other.utcoffset() == local.utcoffset():
+        return False
+    try:
+        back = other.astimezone(UTC).astimezone(OSLO)
+    except OverflowError:
+        return False
+    return back.replace(tzinfo=None, fold=0) == local.replace(tzinfo=None, fold=0)
 
 
 def _format(stamp: datetime, frac: str, with_offset: bool) -> str:

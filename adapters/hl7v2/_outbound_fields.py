@@ -33,7 +33,7 @@ CONTEXT_NAMES = frozenset({
 """What `context:` may name: the source message's header, its time (`sent`, as HL7 TS) and the destination."""
 
 FUNCTIONS = ("hl7_date", "hl7_ts", "lines", "family_name", "given_names", "coding_system_name")
-"""The function library: FHIR date or dateTime → HL7 DT, FHIR dateTime → HL7 TS (offset rule per version),
+"""The function library: FHIR date or dateTime (its Oslo day) → HL7 DT, FHIR dateTime → HL7 TS (offset rule per version),
 text with line breaks → one repetition per line (a whole repeating field only), a name written in one
 string, given names first (a Reference's display) → its last word (the family name) or the words before it,
 and a Coding.system the inbound side made of a table 0396 name → that name again."""
@@ -72,6 +72,15 @@ class RenderContext:
     by_type: dict[str, list[Any]]
     by_ref: dict[str, Any]
     values: dict[str, str]
+
+    def follow(self, reference: Any) -> Any:
+        """The Bundle entry's resource a Reference (an object with `reference`) points at, else None.
+
+        Why: a hand-made Bundle's `reference` may be a list or an object, which as a key
+        raised TypeError (a failed delivery) instead of leading nowhere.
+        """
+        target = reference.get("reference") if isinstance(reference, dict) else None
+        return self.by_ref.get(target) if isinstance(target, str) else None
 
 
 FieldFn = Callable[[Any, RenderContext], str]
@@ -114,6 +123,7 @@ class Owner(Protocol):
     version: str
     with_offset: bool
     tables: dict[str, Table]
+    broken_tables: frozenset[str]  # tables lint reported as broken: their users are not reported again
 
     def fail(self, reason: str, pos: Pos) -> Skip: ...
 
@@ -282,6 +292,8 @@ class FieldCompiler:
             write = self.escape
 
             def render_item(item: Any, ctx: RenderContext) -> str:
+                if isinstance(item, (dict, list)):  # an object where text belongs: no value, never its repr
+                    return ""
                 got = transform(as_text(item))
                 return write(got) if got else ""
 
@@ -317,7 +329,7 @@ class FieldCompiler:
 
         def resolved(item: Any, ctx: RenderContext) -> Any:
             reference = ref.first(item)
-            found = ctx.by_ref.get(reference.get("reference", "")) if isinstance(reference, dict) else None
+            found = ctx.follow(reference)
             return found if found is not None and found.get("resourceType") == target else None
 
         return resolved, target
@@ -414,7 +426,7 @@ class FieldCompiler:
                     if got:
                         return got
                 reference = ref.first(node)
-                node = ctx.by_ref.get(reference.get("reference", "")) if isinstance(reference, dict) else None
+                node = ctx.follow(reference)
                 if node is not None and node.get("resourceType") != type_name:
                     return None
             return None
@@ -444,7 +456,7 @@ class FieldCompiler:
                 return None
             for path in paths:
                 got = path.first(node)
-                if got is not None:
+                if got is not None and not isinstance(got, (dict, list)):  # an object where text belongs (a hand-made Bundle) is no value
                     return as_text(got)
             return None
 
@@ -472,6 +484,8 @@ class FieldCompiler:
         if "table" in spec:
             table = self.owner.tables.get(str(spec["table"]))
             if table is None:
+                if str(spec["table"]) in self.owner.broken_tables:
+                    raise Skip  # the table's own error is reported; one more per field that uses it would bury it
                 raise self.owner.fail(f"{self.label}: no table {spec['table']!r} in tables/", _pos(spec, "table", pos))
             steps.append(table.lookup)
         if not steps:

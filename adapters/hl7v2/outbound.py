@@ -126,8 +126,8 @@ def load_outbound(path: Path, version: str, *, tables: dict[str, Table] | None =
     return mapping
 
 
-def load_tables(root: Path, *, errors: list[MappingError] | None = None) -> dict[str, Table]:
-    """Load every table under *root*/tables/.
+def load_tables(root: Path, *, errors: list[MappingError] | None = None, broken: set[str] | None = None) -> dict[str, Table]:
+    """Load every table under *root*/tables/; with *errors*, collect each broken table's error and its name in *broken*.
 
     Raises:
         MappingError: a table is malformed (when *errors* is None; else the errors are collected).
@@ -140,6 +140,8 @@ def load_tables(root: Path, *, errors: list[MappingError] | None = None) -> dict
             if errors is None:
                 raise
             errors.append(exc)
+            if broken is not None:
+                broken.add(file.stem)
             continue
         out[table.name] = table
     return out
@@ -148,10 +150,11 @@ def load_tables(root: Path, *, errors: list[MappingError] | None = None) -> dict
 def lint_outbound(root: Path, *, version: str = "2.5.1") -> list[MappingError]:
     """Run every load-time check on the outbound mappings under *root* for *version*; return all errors."""
     errors: list[MappingError] = []
-    tables = load_tables(root, errors=errors)
+    broken: set[str] = set()
+    tables = load_tables(root, errors=errors, broken=broken)
     for file in sorted(root.glob("*.yaml")):
         try:
-            _Compiler(file, version, tables, None, errors).compile()
+            _Compiler(file, version, tables, None, errors, broken_tables=frozenset(broken)).compile()
         except MappingError as exc:  # a YAML syntax error ends that file
             errors.append(exc)
     return errors
@@ -185,9 +188,12 @@ def _raise(reason: str, pos: Pos) -> NoReturn:
 class _Compiler:
     """Compiles one file; records every error it finds (lint), or the first (load)."""
 
-    def __init__(self, path: Path, version: str, tables: dict[str, Table] | None, display: str | None, errors: list[MappingError]) -> None:
+    def __init__(self, path: Path, version: str, tables: dict[str, Table] | None, display: str | None, errors: list[MappingError],
+                 *, broken_tables: frozenset[str] = frozenset()) -> None:
         self.path, self.version, self.display, self.errors = path, version, display or str(path), errors
         self.tables = tables if tables is not None else load_tables(path.parent)
+        # lint: tables reported with an error of their own; a field naming one is not reported again (as inbound, router/mapping/compiler.py)
+        self.broken_tables = broken_tables
         self.defs: VersionDefs = version_defs(version)
         self.with_offset = keeps_offset(version)
         self.events: dict[str, str] = {}  # the file's trigger events → structures, once _events has read them
@@ -433,7 +439,7 @@ def _resolver(path: FhirPath, target: str) -> Callable[[Any, RenderContext], lis
     def resolved(scope: Any, ctx: RenderContext) -> list[Any]:
         out = []
         for ref in path.all(scope) if scope is not None else ():
-            found = ctx.by_ref.get(ref.get("reference", "")) if isinstance(ref, dict) else None
+            found = ctx.follow(ref)
             if found is not None and found.get("resourceType") == target:
                 out.append(found)
         return out

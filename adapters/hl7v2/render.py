@@ -136,16 +136,16 @@ class Hl7v2Renderer:
     def _context(self, conv: Converted, bundle: dict[str, Any], event: str) -> RenderContext:
         by_type: dict[str, list[Any]] = {}
         by_ref: dict[str, Any] = {}
-        for entry in bundle.get("entry", ()):
+        for entry in _entries(bundle):
             resource = entry.get("resource")
-            if not isinstance(resource, dict):
+            if resource is None:  # a DELETE: nothing to write
                 continue
-            rtype = resource.get("resourceType", "")
+            rtype, url, rid = _shape(resource, entry)
             by_type.setdefault(rtype, []).append(resource)  # Bundle order: `each: <type>` repeats in it
-            if "fullUrl" in entry:
-                by_ref[entry["fullUrl"]] = resource
-            if "id" in resource:
-                by_ref[f"{rtype}/{resource['id']}"] = resource
+            if url is not None:
+                by_ref[url] = resource
+            if rid is not None:
+                by_ref[f"{rtype}/{rid}"] = resource
         h = conv.header
         values = {
             "event": event,
@@ -202,6 +202,29 @@ class Hl7v2Renderer:
         digest = hashlib.blake2b(raw, digest_size=16)
         digest.update("|".join((self._destination, v.get("sending_application", ""), v.get("sending_facility", ""), v["control_id"])).encode("utf-8"))
         return digest.hexdigest()[:20]
+
+
+def _entries(bundle: Any) -> list[dict[str, Any]]:
+    """The Bundle's entries, each an object; a Bundle of another shape is refused.
+
+    Why: a hand-made Bundle (a test message, another system's) reaches the renderer
+    unchecked; an entry that is a list raised AttributeError, which is no refusal the
+    forwarder dead-letters for this destination but a failure of the whole delivery.
+    """
+    entries = bundle.get("entry", []) if isinstance(bundle, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise MessageError("the Bundle is malformed: entry must be a list of objects", location="Bundle.entry")
+    return entries
+
+
+def _shape(resource: Any, entry: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """A resource's type, its entry's fullUrl and its id, each text; an entry of another shape is refused (see _entries)."""
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        raise MessageError("the Bundle is malformed: an entry's resource must be an object with a resourceType", location="Bundle.entry.resource")
+    url, rid = entry.get("fullUrl"), resource.get("id")
+    if not isinstance(url, (str, type(None))) or not isinstance(rid, (str, type(None))):
+        raise MessageError("the Bundle is malformed: an entry's fullUrl and its resource's id must be text", location="Bundle.entry")
+    return resource["resourceType"], url, rid
 
 
 def _mapping_files(root: Path, name: str | None, queue: str) -> list[Path]:

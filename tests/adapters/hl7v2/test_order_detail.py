@@ -90,12 +90,12 @@ class TestConversion:
         assert service["identifier"][0]["value"] == "REK-1" and service["note"] == [{"text": "Fastende"}]
         assert medication["identifier"][0]["value"] == "REK-2" and medication["note"] == [{"text": "Tas med mat"}]
 
-    def test_without_a_patient_no_medication_request_is_made(self, converter):
-        """No PID, no subject: as for an OBR order, the RXO order makes no request (its fields are reported unmapped)."""
+    def test_without_a_patient_the_order_is_refused(self, converter):
+        """No PID, no subject: as for an OBR order, the RXO order is refused with its reason (review H134); it was
+        acknowledged as a success that wrote nothing but the sending facility."""
         [result] = converter.convert(_message(*PHARMACY, pid=False))
-        assert result.ok
-        assert [e for e in result.bundle["entry"] if e["resource"]["resourceType"] == "MedicationRequest"] == []
-        assert "RXO-1" in result.unmapped
+        assert not result.ok
+        assert result.error.reason.startswith("MedicationRequest.subject is required")
 
     def test_orders_the_ig_does_not_map_are_reported_not_dropped(self, converter):
         """ODS, RQD and RQ1 make nothing (the IG maps none of them with a patient) and every valued field is listed."""

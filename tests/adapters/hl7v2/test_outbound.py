@@ -104,6 +104,26 @@ class TestOutboundLoad:
         assert any(f"fhir-gender-to-0001.yaml:{line}:" in e and "unmapped:" in e for e in _errors(folder))
 
 
+    @pytest.mark.parametrize(("old", "new"), [
+        ("unmapped: {value: U}", "unmapped: guess"),  # a value the loader refuses
+        ("map: {male: M", "map: {male: [M"),  # a YAML syntax error
+    ])
+    def test_a_broken_table_is_reported_once(self, folder, old, new):
+        """A broken table gives its own error only, not one more `no table` at each field that uses it (PID-8 of both mappings).
+
+        Why: the one line that matters was buried under its users' errors; the inbound side reports a broken file once too.
+        """
+        _edit(folder / "tables" / "fhir-gender-to-0001.yaml", old, new)
+        errors = _errors(folder)
+        assert len([e for e in errors if "fhir-gender-to-0001.yaml:" in e]) == 1, errors
+        assert not [e for e in errors if "no table" in e], errors
+
+    def test_a_missing_table_is_still_reported_at_its_use(self, folder):
+        """A table no file defines is reported at the field that names it."""
+        line = _edit(folder / "ADT_A01.yaml", "table: fhir-address-use-to-0190", "table: fhir-address-use-to-0999")
+        assert any(f"ADT_A01.yaml:{line}:" in e and "no table 'fhir-address-use-to-0999'" in e for e in _errors(folder))
+
+
 def _line_of(path: Path, text: str) -> int:
     return path.read_text(encoding="utf-8")[: path.read_text(encoding="utf-8").index(text)].count("\n") + 1
 

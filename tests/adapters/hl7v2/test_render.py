@@ -354,7 +354,7 @@ class TestTelecom:
         assert back.ok, back.error
         before = _resources(reachable.bundle)["Patient"]["telecom"]
         after = _resources(back.bundle)["Patient"]["telecom"]
-        if version.startswith(("2.3", "2.4")):  # table 0201 has PRS from v2.5: before, a mobile number goes out as PRN, read back as home
+        if version.startswith(("2.3", "2.4")):  # table 0201 has PRS from v2.5: before, a mobile number goes out as ORN, read back as home
             before = [dict(t, use="home") if t.get("use") == "mobile" else t for t in before]
         key = lambda t: (t.get("system", ""), t.get("value", ""))  # noqa: E731 - PID-14 follows PID-13
         assert sorted(after, key=key) == sorted(before, key=key)
@@ -362,11 +362,11 @@ class TestTelecom:
     def test_xtn_components_per_version(self, settings, reachable):
         """v2.3 writes the number in XTN.1; v2.5.1 in XTN.1 and XTN.12; v2.7, where XTN.1 is withdrawn, in XTN.12; e-mail in XTN.4."""
         v23 = _fields(_renderer(settings, version="2.3").render(reachable))["PID"]
-        assert v23[13].split("~") == ["22334455^PRN^PH", "^NET^Internet^ola@example.no", "90000000^PRN^PH"]
+        assert v23[13].split("~") == ["22334455^PRN^PH", "^NET^Internet^ola@example.no", "90000000^ORN^CP"]
         assert v23[14] == "73000000^WPN^PH"
         v251 = _fields(_renderer(settings).render(reachable))["PID"]
         assert v251[13].split("~")[:2] == ["22334455^PRN^PH^^^^^^^^^22334455", "^NET^Internet^ola@example.no"]
-        assert v251[13].split("~")[2] == "90000000^PRS^PH^^^^^^^^^90000000"
+        assert v251[13].split("~")[2] == "90000000^PRS^CP^^^^^^^^^90000000"
         v27 = _fields(_renderer(settings, version="2.7").render(reachable))["PID"]
         assert v27[14] == "^WPN^PH^^^^^^^^^73000000"
 
