@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
@@ -257,12 +258,12 @@ class TestNationalExamples:
         assert sorted(r["code"]["coding"][0]["code"] for r in related if r["resourceType"] == "Condition") == ["E119", "I252", "I330"]
         entry = next(e for e in doc["entry"] if e["resource"] is referral)
         assert entry["request"]["method"] == "POST"  # the referral is only created when absent
-        assert _idents(_of(doc, "Practitioner"), HPR) == {"9144900"}
+        assert _idents(_of(doc, "Practitioner"), HPR) == {"9144900", "9144889", "9144897"}  # responsible, fastlege, referrer
 
 
 class TestFixtures:
-    def _docs(self, converter, name: str) -> dict:
-        [source] = sorted((CASES / f"{name}.cases").glob("*.xml"))
+    def _docs(self, converter, name: str, stem: str = "*") -> dict:
+        [source] = sorted((CASES / f"{name}.cases").glob(f"{stem}.xml"))
         [item] = converter.convert(source.read_bytes())
         assert item.bundle is not None, item.error
         Bundle.model_validate(item.bundle)
@@ -298,7 +299,7 @@ class TestFixtures:
 
     def test_a_henvisning_2_0_change_keeps_its_document_identity(self, converter):
         """Henvisning 2.0 ServType M: the ServiceRequest is found by DocumentId, the MsgId is a second identifier."""
-        doc = self._docs(converter, "Henvisning20")
+        doc = self._docs(converter, "Henvisning20", "henvisning_2_0_endring")
         [sr] = _of(doc, "ServiceRequest")
         assert [i["value"] for i in sr["identifier"]] == ["urn:uuid:9e8d7c6b-5a49-4382-a1b0-c9d8e7f6a5b4", "urn:uuid:5c2d7e10-1111-4a2b-8c3d-4e5f60718293"]
         assert sr["priority"] == "routine" and sr["status"] == "active"
@@ -310,3 +311,70 @@ class TestFixtures:
         assert proc.returncode == 0, proc.stdout + proc.stderr
         for case in ("Henvisning/henvisning_1_1_ny", "Henvisning20/henvisning_2_0_endring", "Epikrise/epikrise_1_2_ny", "Rekvisisjon/rekvisisjon_lab_1_6_ny", "Svarrapport/svar_lab_1_4_ny"):
             assert f"PASS {case}" in proc.stdout
+
+
+class TestWhatAReceivingRecordNeeds:
+    """Next of kin, precautions, consent and the patient's GP are read, not dropped (review H136)."""
+
+    def _case(self, converter: Any, name: str, stem: str) -> dict[str, Any]:
+        [item] = converter.convert((CASES / f"{name}.cases" / f"{stem}.xml").read_bytes())
+        assert item.bundle is not None, item.error
+        Bundle.model_validate(item.bundle)
+        bundle: dict[str, Any] = item.bundle
+        return bundle
+
+    def test_henvisning_2_0_next_of_kin_is_a_related_person(self, converter: Any) -> None:
+        """po:ParorendeForesatt (poKomponent 2017) → RelatedPerson of the patient, as PLO maps it."""
+        doc = self._case(converter, "Henvisning20", "henvisning_2_0_paaroerende_samtykke")
+        by_url = _by_url(doc)
+        [person] = _of(doc, "RelatedPerson")
+        assert by_url[person["patient"]["reference"]]["resourceType"] == "Patient"
+        assert person["relationship"][0]["coding"][0]["code"] == "EF"
+        assert person["name"][0]["family"] == "Testesen" and person["name"][0]["given"] == ["Kari"]
+        assert [t["value"] for t in person["telecom"]] == ["40000000"]
+
+    def test_henvisning_2_0_precaution_is_a_flag(self, converter: Any) -> None:
+        """PatientPrecaution (free text, period) → a Flag on the patient, so whoever meets the patient sees it."""
+        doc = self._case(converter, "Henvisning20", "henvisning_2_0_paaroerende_samtykke")
+        by_url = _by_url(doc)
+        [flag] = _of(doc, "Flag")
+        assert flag["status"] == "active"
+        assert flag["code"]["text"] == "Smitte: MRSA-bærer"
+        assert flag["period"]["start"].startswith("2024-01-10")
+        assert by_url[flag["subject"]["reference"]]["resourceType"] == "Patient"
+
+    def test_henvisning_2_0_consent_is_a_consent_the_referral_points_to(self, converter: Any) -> None:
+        """Consent (Volven 9064) → Consent of the patient (date, given by), the referral's supportingInfo."""
+        doc = self._case(converter, "Henvisning20", "henvisning_2_0_paaroerende_samtykke")
+        by_url = _by_url(doc)
+        [consent] = _of(doc, "Consent")
+        assert consent["status"] == "active"
+        assert consent["dateTime"].startswith("2024-03-05")
+        codes = {(c["system"], c["code"]) for cc in consent["category"] for c in cc.get("coding", [])}
+        assert ("urn:oid:2.16.578.1.12.4.1.1.9064", "1") in codes
+        assert consent["performer"] == [{"display": "Test Testesen"}]
+        assert by_url[consent["patient"]["reference"]]["resourceType"] == "Patient"
+        [sr] = _of(doc, "ServiceRequest")
+        assert [by_url[r["reference"]] for r in sr["supportingInfo"]] == [consent]
+
+    def test_epikrise_names_the_patients_gp_and_referring_doctor(self, converter: Any) -> None:
+        """PatRelHCP FLE → Patient.generalPractitioner; HHE → the referral's requester (as in Henvisning)."""
+        doc = self._case(converter, "Epikrise", "epikrise_1_2_fastlege")
+        by_url = _by_url(doc)
+        [patient] = _of(doc, "Patient")
+        [gp] = [by_url[r["reference"]] for r in patient["generalPractitioner"]]
+        assert gp["identifier"][0] == {"system": HPR, "value": "9144889"}
+        [sr] = _of(doc, "ServiceRequest")
+        assert by_url[sr["requester"]["reference"]]["identifier"][0] == {"system": HPR, "value": "9144897"}
+
+    @pytest.mark.corpus
+    def test_henvisning_1_1_next_of_kin_and_gp(self, shared_dir: Path, capsys: Any, monkeypatch: Any) -> None:
+        """Henvisning 1.1: po:ParorendeForesatt (poKomponent 2009) → RelatedPerson; PatRelHCP FLE → generalPractitioner."""
+        path = shared_dir / "norsk" / "eksempel" / "Henvisning" / "Henvisning_v1-1" / "henvisning_v1.1_n.xml"
+        _, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        by_url = _by_url(doc)
+        [person] = _of(doc, "RelatedPerson")
+        assert person["relationship"][0]["coding"][0]["code"] == "SD"
+        [patient] = _of(doc, "Patient")
+        [gp] = [by_url[r["reference"]] for r in patient["generalPractitioner"]]
+        assert gp["identifier"][0] == {"system": HPR, "value": "9144889"}
