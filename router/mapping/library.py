@@ -454,6 +454,17 @@ def _lines(ctx: FnContext, v: _Values) -> str | None:
     return "\n".join(parts) or None
 
 
+def _lines_base64(ctx: FnContext, v: _Values) -> str | None:
+    """The valued arguments one per line → base64 of that text's UTF-8: a TX document's lines as one `Attachment.data`.
+
+    Why: a document sent one line per OBX-5 repetition, or one line per OBX, is one text
+    (v2-to-FHIR IG OBX[DocumentReference]: each repeat a line feed); `base64` of one
+    value kept only its first line, and one attachment per OBX cut it into pieces.
+    """
+    text = _lines(ctx, v)
+    return _b64.b64encode(text.encode("utf-8")).decode("ascii") if text else None
+
+
 _ED_TYPES = {"ap": "application", "au": "audio", "im": "image", "tx": "text", "ft": "text", "mu": "multipart", "ns": "application", "si": "application", "sd": "application"}
 """HL7 table 0191 (type of referenced data, ED.2/RP.3) codes → the MIME top-level type."""
 
@@ -504,6 +515,7 @@ LIBRARY: dict[str, Function] = {
         Function("trim", 1, _trim, "Strip surrounding spaces; empty becomes absent."),
         Function("join", -1, _join, "Join the valued arguments with a space."),
         Function("lines", -1, _lines, "Join the valued arguments one per line; a [*] path gives all its repetitions."),
+        Function("lines_base64", -1, _lines_base64, "Join the valued arguments one per line → base64 of the text's UTF-8 (a TX document's lines as Attachment.data)."),
         Function("mime", 2, _mime, "(ED.2 type, ED.3 subtype) → a MIME type such as application/pdf."),
         Function("number", 1, _number, "A decimal (NM) as a JSON number; non-numeric text gives nothing."),
         Function("uuid5", -1, _uuid5, "A deterministic UUID (v5) of the arguments."),

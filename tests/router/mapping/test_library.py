@@ -85,6 +85,7 @@ CASES = {
     "trim": [(("  a ",), "a"), (("   ",), None)],
     "join": [(("Ola", None, "Nordmann"), "Ola Nordmann"), ((None, None), None)],
     "lines": [(("a", None, "b"), "a\nb")],
+    "lines_base64": [(("a", None, "b"), "YQpi"), (("å",), "w6U="), ((None, None), None)],
     "number": [(("13.2",), 13.2), (("7",), 7), (("<5",), None), (("pos",), None)],
     "mime": [(("application", "pdf"), "application/pdf"), (("TEXT", None), "text/plain"), (("image/png", None), "image/png")],
     "uuid5": [(("a", "b"), "9a9c7f6b-04f4-5b5b-8b0f-1a0f3f3c5c9e")],
