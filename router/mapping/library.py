@@ -121,6 +121,38 @@ def _cx_system(ctx: FnContext, v: _Values) -> str | None:
     return _system(ctx, value, universal, type_code, v.locations[0], oid=(universal_type or "").upper() == "ISO")
 
 
+_NATIONAL_SYSTEMS = frozenset({ids.FNR_SYSTEM, ids.DNR_SYSTEM, ids.FHN_SYSTEM, ids.ENH_SYSTEM})
+"""The systems whose numbers were checked digit by digit, spaces ignored: their value is the digits."""
+
+
+def _cx_value(ctx: FnContext, v: _Values) -> str | None:
+    """(id, authority, type code, universal id, its type), as cx_system → Identifier.value.
+
+    A number that goes under a national system (fødselsnummer, D-nummer, FH-nummer,
+    organisasjonsnummer) is written without the spaces it was sent with: `158661 12379`
+    is the fødselsnummer 15866112379, and as sent it made a second Patient beside the
+    one every other message names. Any other number is kept as sent.
+    """
+    value = v.values[0]
+    if not value or " " not in value:
+        return value
+    if _cx_system(ctx, v) in _NATIONAL_SYSTEMS:
+        return value.replace(" ", "")
+    return value
+
+
+def _person_id_type(ctx: FnContext, v: _Values) -> str | None:
+    """A person number → the Volven 8116 code of what it is (FNR, DNR, FHN, HNR), by its digits.
+
+    Why: senders label D-numbers and FH-numbers FNR. cx_system puts the number under the
+    system of what it is; its type must say the same, or the Identifier contradicts itself.
+    Not a valid person number: nothing (cx_system refuses one declared national).
+    """
+    value = v.values[0]
+    person = ids.classify_person_id(value) if value else None
+    return person.kind if person is not None else None
+
+
 def _ei_system(ctx: FnContext, v: _Values) -> str | None:
     """(EI.1, EI.2, EI.3, EI.4) → Identifier.system: the namespace (EI.2), else the universal id (EI.3, an ISO OID as `urn:oid:`).
 
@@ -497,6 +529,8 @@ LIBRARY: dict[str, Function] = {
         Function("filler_system", 4, _role_system("FILL"), "(EI.1, EI.2, EI.3, EI.4) of a filler's number → Identifier.system: as placer_system, for filler numbers (…:FILL)."),
         Function("coding_system", 1, _coding_system, "A coding-system name the coding-systems table does not list → a URI: HL7nnnn is http://terminology.hl7.org/CodeSystem/v2-nnnn, any other the sender's urn:helsebro:local:<sender>:codesystem:<name>."),
         Function("cx_system", 5, _cx_system, "(CX.1, CX.4.1, CX.5, CX.4.2, CX.4.3) → Identifier.system: as identifier_system; an authority named only by its universal id gives urn:oid:<id> (ISO) or that id's configured system."),
+        Function("cx_value", 5, _cx_value, "(CX.1, CX.4.1, CX.5, CX.4.2, CX.4.3) → Identifier.value: a number under a national system (FNR, D-nummer, FH-nummer, organisasjonsnummer) without its spaces; any other as sent."),
+        Function("person_id_type", 1, _person_id_type, "A person number → its Volven 8116 code by its digits (FNR, DNR, FHN, HNR); not a valid one: nothing."),
         Function("hd_system", 3, _hd_system, "(HD.1, HD.2, HD.3) → organisation Identifier.system: HER-id, organisasjonsnummer, ISO OID, or a configured local system."),
         Function("hd_value", 3, _hd_value, "(HD.1, HD.2, HD.3) → the organisation's identifying value."),
         Function("location_facility", 3, _location_facility, "(PL.4.1, PL.4.2, PL.4.3) → the facility whose location codes a PL's are: PL.4.1, else PL.4.2, else the sender (MSH-4)."),

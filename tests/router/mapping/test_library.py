@@ -36,6 +36,17 @@ CASES = {
         (("15866112379", None, None, "2.16.578.1.12.4.1.4.1", "ISO"), "urn:oid:2.16.578.1.12.4.1.4.1"),
         (("777", None, "PI", None, None), "urn:helsebro:local:unknown:PI"),  # no authority, no sender here
     ],
+    "cx_value": [
+        (("158661 12379", "NOR", "FNR", None, None), "15866112379"),  # a national id: its digits
+        (("974 749 025", None, "ENH", None, None), "974749025"),
+        (("AB 4471", "STOLAV", "PI", None, None), "AB 4471"),  # a local number as sent
+        (("15866112379", "NOR", "FNR", None, None), "15866112379"),
+        ((None, "NOR", "FNR", None, None), None),
+    ],
+    "person_id_type": [
+        (("55866110270",), "DNR"), (("81234567802",), "FHN"), (("01415010016",), "HNR"), (("158661 12379",), "FNR"),
+        (("15866112378",), None), ((None,), None),
+    ],
     "ei_system": [
         (("ALG-1", "DIPS", None, None), "urn:helsebro:local:DIPS:id"),
         (("ALG-1", "DIPS", "2.16.578.1.12.4.1.7.9", "ISO"), "urn:helsebro:local:DIPS:id"),  # EI.4 is no identifier type: not …:DIPS:ISO
