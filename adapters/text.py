@@ -1,4 +1,5 @@
-"""A message's bytes as text for a person to read (`helsebro dlq show --body`), in the charset the message says.
+"""A message's bytes as text for a person to read (`helsebro dlq show --body`), in the charset the message says,
+and a sender's text made safe to print on an operator's terminal (`visible`).
 
 Why: a dead letter is kept as the bytes that came in. Norwegian legacy systems send
 ISO-8859-1, and a KITH document may declare its own encoding; read as UTF-8, their
@@ -14,8 +15,10 @@ import re
 
 from adapters.hl7v2.decode import hl7_charset
 
-__all__ = ["readable"]
+__all__ = ["readable", "visible"]
 
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: ESC, BEL, CSI (0x9b)
+_CONTROLS_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # a body keeps its tabs and line breaks
 _XML_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
 
 
@@ -46,3 +49,13 @@ def _named_charset(data: bytes) -> str | None:
         return codecs.lookup(name).name if name else None
     except LookupError:
         return None
+
+
+def visible(text: str, *, lines: bool = False) -> str:
+    """Return *text* with its control characters written as escapes (`\\x1b`); *lines* keeps tabs and line breaks.
+
+    What a sender sent (a control id, a header, a body) reaches an operator's text views
+    (`helsebro dlq`, `helsebro find`): an ESC printed raw clears the screen (`ESC [2J`) or
+    retitles the terminal (`ESC ]`). Their --json output escapes such characters by itself.
+    """
+    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(lambda m: f"\\x{ord(m.group()):02x}", text)

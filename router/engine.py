@@ -442,14 +442,22 @@ class Engine:
         except TransientError:
             raise
         except Exception as exc:  # noqa: BLE001  # the one catch-all, for the delivery that breaks settling
-            return settle.batch([(delivery, [self._internal(delivery, exc)])], started)[0]
+            return settle.batch([(delivery, [self._internal(delivery, exc, results)])], started)[0]
 
-    def _internal(self, delivery: Delivery, exc: Exception) -> Converted:
+    def _internal(self, delivery: Delivery, exc: Exception, converted: list[Converted] | None = None) -> Converted:
+        """The delivery as one internal failure; *converted*: what converting it found, when settling broke after.
+
+        Their sender (and type), when they all share one, goes on the dead letter: an operator tells whose it is
+        without its body. Nothing else is taken from them: nothing else is known to be sound.
+        """
         from router.contracts import Converted
 
         frames = "".join(traceback.format_tb(exc.__traceback__))  # no exception text: it may quote the message
         self._log.error("delivery_failed", error=type(exc).__name__, message_id=delivery.message_id, traceback=frames)
-        return Converted(index=0, raw=delivery.body, error=InternalFailure(f"internal error: {type(exc).__name__}"))
+        senders = {c.sender for c in converted or ()}
+        types = {c.message_type for c in converted or ()}
+        return Converted(index=0, raw=delivery.body, error=InternalFailure(f"internal error: {type(exc).__name__}"),
+                         sender=senders.pop() if len(senders) == 1 else None, message_type=types.pop() if len(types) == 1 else None)
 
     def _guard(self) -> Any:
         """The KITH duplicate guard (MsgIds already applied and answered), opened once."""

@@ -53,13 +53,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from adapters.amqp.connection import declare_topology, open_connection
-from adapters.text import readable
+from adapters.text import readable, visible
 from router.cli._args import positive
 from router.cli.status import format_table
 from router.errors import BrokerUnavailable
@@ -132,23 +131,9 @@ def _destination_dlqs(settings: Settings) -> dict[str, str]:
     return {q.name: q.destination for q in all_queue_names(settings) if q.role == "destination_dead_letter"}
 
 
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: ESC, BEL, CSI (0x9b)
-_CONTROLS_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # a body keeps its tabs and line breaks
-
-
-def _visible(text: str, *, lines: bool = False) -> str:
-    """Return *text* with its control characters written as escapes (`\\x1b`).
-
-    A dead letter holds what a sender sent, control id and body too: an ESC printed raw
-    clears the operator's screen (`ESC [2J`) or retitles the terminal (`ESC ]`). The text
-    views show it this way; --json escapes it by itself.
-    """
-    return (_CONTROLS_BUT_LINES if lines else _CONTROLS).sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
 def _cell(value: object) -> str | None:
-    """A table cell shown with _visible; None stays None (the table shows `-`)."""
-    return None if value is None else _visible(str(value))
+    """A table cell shown with adapters.text.visible; None stays None (the table shows `-`)."""
+    return None if value is None else visible(str(value))
 
 
 def _plural(n: int) -> str:
@@ -243,13 +228,13 @@ def _print_letter(queue: str, letter: DeadLetter, body: str | None, *, as_json: 
         return
     summary = letter.summary()
     lines = format_table(("", ""), [(k.replace("_", " "), _cell(summary[k])) for k in summary])[1:]
-    lines += ["", "headers:", *("  " + line for line in format_table(("", ""), [(_visible(k), _cell(v)) for k, v in headers.items()])[1:])]
+    lines += ["", "headers:", *("  " + line for line in format_table(("", ""), [(visible(k), _cell(v)) for k, v in headers.items()])[1:])]
     outcome = letter.outcome()
-    lines += ["", "outcome:", *("  " + _visible(line) for line in json.dumps(outcome, ensure_ascii=False, indent=2).splitlines())]
+    lines += ["", "outcome:", *("  " + visible(line) for line in json.dumps(outcome, ensure_ascii=False, indent=2).splitlines())]
     if body is None:
         lines += ["", "body: not shown (patient data; add --body, which asks and is audited)"]
     else:
-        lines += ["", f"body ({charset}):" if charset and charset != "utf-8" else "body:", *_visible(body.replace("\r\n", "\n").replace("\r", "\n"), lines=True).rstrip("\n").split("\n")]
+        lines += ["", f"body ({charset}):" if charset and charset != "utf-8" else "body:", *visible(body.replace("\r\n", "\n").replace("\r", "\n"), lines=True).rstrip("\n").split("\n")]
     print("\n".join(lines))
 
 

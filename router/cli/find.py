@@ -63,6 +63,10 @@ stopped at is named there and on stderr); a destination is
 null unless Helsebro rendered and published KITH there (or an AppRec came), else `{"accepted": true|false|null, "at",
 "note"}` (null fields: no AppRec yet).
 
+The text view shows a control character (ESC, BEL, C1) in a control id, a sender,
+a note or a dead letter's header as an escape (`\\x1b`), never raw to the terminal;
+--json keeps the value and escapes it as JSON does.
+
 Exit 0 when something was found, 1 when nothing was (or the record or the
 audit log failed), 2 for a usage error (no search given; a --patient that is not
 a valid national id, or an H-nummer: its key depends on the hospital, give --patient-key).
@@ -78,6 +82,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from adapters.text import visible
 from router.cli._args import age, positive
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, RecordUnavailable
@@ -100,7 +105,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--control-id", metavar="ID", help="The message's control id (MSH-10, or a KITH MsgId).")
     p.add_argument("--patient", metavar="NUMBER", help="The patient's fødselsnummer, D-nummer or FH-nummer (hashed, audited); - reads it from stdin.")
     p.add_argument("--patient-key", metavar="KEY", help="The patient's key as a log line or dead letter shows it (h:…; audited).")
-    p.add_argument("--sender", metavar="S", help="Only this sender's messages (MSH-3@MSH-4 as logged); a dead letter refused at convert or apply names no sender and is shown.")
+    p.add_argument("--sender", metavar="S", help="Only this sender's messages (MSH-3@MSH-4 as logged); a dead letter refused before its sender was known names none and is shown.")
     p.add_argument("--outcome", choices=SETTLED_OUTCOMES, help="Only messages with this outcome (or list them, newest first).")
     p.add_argument("--since", type=age, metavar="AGE", help="Only messages settled within AGE: 90s, 15m, 2h, 7d.")
     p.add_argument("--awaiting-apprec", type=age, metavar="AGE",
@@ -233,11 +238,20 @@ def _as_json(trail: Trail) -> dict[str, Any]:
     }
 
 
+def _shown(value: object) -> str:
+    """A field for the text view: `-` when empty, a sender's control characters escaped (adapters.text.visible).
+
+    Control ids, senders, types, notes and a dead letter's headers are what a sender sent or are built from it:
+    printed raw, an ESC in MSH-10 clears the operator's screen or retitles the terminal.
+    """
+    return visible(str(value)) if value not in (None, "") else "-"
+
+
 def _routed(trail: Trail, e: JournalEntry) -> list[str]:
     handovers = trail.handovers_of(e)
     if not handovers:
         return []
-    return ["      also to: " + ", ".join(f"{h.name} ({h.kind}): {h.state.replace('_', '-')}{f' {_when(h.at)}' if h.at is not None else ''}"
+    return ["      also to: " + ", ".join(f"{_shown(h.name)} ({h.kind}): {h.state.replace('_', '-')}{f' {_when(h.at)}' if h.at is not None else ''}"
                                        f"{_receipt_text(h)}" for h in handovers)]
 
 
@@ -247,22 +261,26 @@ def _receipt_text(h: Handover) -> str:
     return f", {'AppRec OK' if h.receipt_accepted else 'REFUSED by AppRec'} {_when(h.receipt.applied_at)}"
 
 
+def _entry(e: JournalEntry) -> str:
+    return f"  {_when(e.applied_at)}  {_shown(e.sender)}  {_shown(e.control_id)}  {_shown(e.message_type)}  patient {_shown(e.patient_key)}"
+
+
 def _as_text(trail: Trail) -> str:
     lines = [f"applied ({len(trail.applied)}, newest first):" if trail.applied else "applied: none in the record's journal"]
     for e in trail.applied:
-        lines.append(f"  {_when(e.applied_at)}  {e.sender or '-'}  {e.control_id or '-'}  {e.message_type or '-'}  patient {e.patient_key or '-'}")
-        lines += [f"      {t}/{i}/_history/{v}  {o}" for t, i, v, o in e.resources]
+        lines.append(_entry(e))
+        lines += [f"      {_shown(t)}/{_shown(i)}/_history/{v}  {o}" for t, i, v, o in e.resources]
         lines += _routed(trail, e)
     if trail.not_applied:
         lines.append(f"not applied ({len(trail.not_applied)}, newest first):")
         for e in trail.not_applied:
-            lines.append(f"  {_when(e.applied_at)}  {e.sender or '-'}  {e.control_id or '-'}  {e.message_type or '-'}  patient {e.patient_key or '-'}")
-            lines.append(f"      {e.note or e.outcome}")
+            lines.append(_entry(e))
+            lines.append(f"      {_shown(e.note or e.outcome)}")
             lines += _routed(trail, e)
     if trail.dead_letters:
         lines.append(f"dead letters ({len(trail.dead_letters)}):")
         for queue, d in trail.dead_letters:
-            lines.append(f"  {d.id}  {queue}  {d.failed_at or '-'}  {d.stage or '-'}  {d.control_id or '-'}  at {d.location or '-'}: {d.reason or '-'}")
+            lines.append(f"  {_shown(d.id)}  {queue}  {_shown(d.failed_at)}  {_shown(d.stage)}  {_shown(d.control_id)}  at {_shown(d.location)}: {_shown(d.reason)}")
     elif trail.queues_read:
         lines.append(f"dead letters: none in {', '.join(trail.queues_read)}")
     elif trail.listed:

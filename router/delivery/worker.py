@@ -80,6 +80,9 @@ PARTITION_HEADER = "x-helsebro-partition"
 ON_FAILURE_HEADER = "x-helsebro-on-failure"
 """A work message's route-chosen failure mode (strict or park); a dead letter keeps it for `dlq replay`."""
 
+ROUTES_HEADER = "x-helsebro-routes"
+"""The routes that sent a work message to this destination; its dead letter keeps them, with its sender and type."""
+
 
 @dataclass(slots=True)
 class DestinationStats:
@@ -323,12 +326,14 @@ class DestinationWorker:
         if detail:
             issue["details"] = {"text": detail}  # the destination's own words: kept with the letter, never logged
         outcome = {"resourceType": "OperationOutcome", "issue": [issue]}
-        control_id = str(d.headers.get("x-helsebro-control-id") or "")
+        control_id = _text(d.headers, "x-helsebro-control-id")
         headers = dead_letter_headers(reason=reason, stage="deliver", location=location, control_id=control_id, outcome=outcome, destination=self.name, attempts=attempts, last_error=last_error,
-                                      patient_key=str(d.headers.get("x-helsebro-patient") or ""))
+                                      patient_key=_text(d.headers, "x-helsebro-patient"), sender=_text(d.headers, "x-helsebro-sender"),
+                                      message_type=_text(d.headers, "x-helsebro-message-type"), delivery=d.headers)
         headers[PARTITION_HEADER] = d.queue.rsplit(".", 1)[-1]  # `dlq replay` puts it back on its patient's partition
-        if d.headers.get(ON_FAILURE_HEADER):
-            headers[ON_FAILURE_HEADER] = d.headers[ON_FAILURE_HEADER]  # the route's choice, which `dlq replay` must keep
+        for kept in (ON_FAILURE_HEADER, ROUTES_HEADER):  # the route's choice, which `dlq replay` must keep; the routes that sent it
+            if d.headers.get(kept):
+                headers[kept] = _text(d.headers, kept)
         base = f"{self._settings.engine.broker.names.destination_prefix}.{self.name}"
         publisher.publish_to("", f"{base}.dlq", d.body, headers=headers, message_id=d.message_id)
         d.ack()
@@ -337,3 +342,11 @@ class DestinationWorker:
 
     def _wait(self, seconds: float) -> bool:
         return wait_alive(self._stop, seconds, self._heartbeat)
+
+
+def _text(headers: dict[str, Any], name: str) -> str:
+    """A work message's header as text ("" when absent): what a dead letter of it keeps."""
+    value = headers.get(name)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return str(value) if value is not None else ""

@@ -19,6 +19,10 @@ duplicate, never lose:
   second application change nothing.
 - purge acks; nothing is published.
 
+A replayed message carries `x-helsebro-replay-of` (the letter's id) and
+`x-helsebro-previous-reason` (its stage and reason, then those it carried):
+refused again, its new dead letter keeps both, so `dlq show` tells its history.
+
 Order, and why a pass always takes the *whole* queue and never uses
 `basic.reject(requeue=True)` (RabbitMQ 3.10 quorum queues, checked): a
 rejected message goes to the back of the queue; a message left unacked when
@@ -79,6 +83,12 @@ __all__ = ["ActionResult", "Browse", "DeadLetter", "ReasonCount", "browse", "fin
 
 REPLAY_HEADER = "x-helsebro-replay-of"
 """Header on a replayed message: the id of the dead letter it came from."""
+
+PREVIOUS_REASON_HEADER = "x-helsebro-previous-reason"
+"""Header on a replayed message, kept on its dead letter: the earlier letters' stages and reasons, newest first."""
+
+_HISTORY_SEPARATOR = " | "
+_HISTORY_CHARS = 2000
 
 _PREFIX = "x-helsebro-"
 _RETURN_DEADLINE_SECONDS = 10.0
@@ -211,11 +221,12 @@ def replay(connection: Connection, settings: Settings, queue: str, ids: list[str
     prefix = settings.engine.broker.names.destination_prefix
 
     def again(letter: DeadLetter) -> None:
+        history = {REPLAY_HEADER: letter.id, **_previous_reasons(letter)}
         if destination is None:
-            publisher.publish_inbound(letter.body, headers={REPLAY_HEADER: letter.id})
+            publisher.publish_inbound(letter.body, headers=history)
             return
         kept = {k: v for k, v in letter.headers.items() if k in _WORK_HEADERS}
-        headers = {**kept, "x-helsebro-destination": destination, "x-helsebro-attempt": 1, REPLAY_HEADER: letter.id}
+        headers = {**kept, "x-helsebro-destination": destination, "x-helsebro-attempt": 1, **history}
         partition = str(letter.headers.get(f"{_PREFIX}partition") or "p0")
         publisher.publish_to(f"{prefix}.{destination}", partition, letter.body, headers=headers, message_id=letter.id)
 
@@ -227,6 +238,24 @@ def replay(connection: Connection, settings: Settings, queue: str, ids: list[str
 
 _WORK_HEADERS = frozenset({"x-helsebro-control-id", "x-helsebro-sender", "x-helsebro-message-type", "x-helsebro-patient", "x-helsebro-routes", "x-helsebro-on-failure"})
 """What a destination's worker reads from a work message, kept when its dead letter goes back."""
+
+
+def _previous_reasons(letter: DeadLetter) -> dict[str, str]:
+    """The `x-helsebro-previous-reason` a replay of *letter* carries: its stage and reason, then the reasons it carried.
+
+    The engine and a destination's worker keep it on a dead letter of the replay
+    (router.pipeline.settle.replay_history), with `x-helsebro-replay-of`: a letter refused
+    again tells `dlq show` what it replaced and each earlier reason, newest first, joined
+    by ` | `. Reasons are plain words, never a value from the message; the oldest are
+    dropped past _HISTORY_CHARS, so a letter replayed for months keeps a header the
+    broker takes.
+    """
+    reason = f"{letter.stage}: {letter.reason}" if letter.stage and letter.reason else letter.reason or ""
+    earlier = _text(letter.headers, "previous-reason") or ""
+    reasons = [r for r in (reason, *earlier.split(_HISTORY_SEPARATOR)) if r]
+    while len(reasons) > 1 and len(_HISTORY_SEPARATOR.join(reasons)) > _HISTORY_CHARS:
+        reasons.pop()
+    return {PREVIOUS_REASON_HEADER: _HISTORY_SEPARATOR.join(reasons)[:_HISTORY_CHARS]} if reasons else {}
 
 
 def purge(connection: Connection, queue: str, ids: list[str]) -> ActionResult:

@@ -117,8 +117,8 @@ def find_messages(
     (one dead-lettered at render there is left out: a forwarded one's note says so, an
     applied one's dead letter does, read given a *connection*).
     *sender*, *outcome* and *since* (Unix time) narrow the journal only, or list it by
-    themselves (`helsebro dlq list` lists a queue); a dead letter that names no sender (refused at convert or
-    apply) is kept under any *sender*. At most
+    themselves (`helsebro dlq list` lists a queue); a dead letter that names no sender (refused before its
+    sender was known: no MSH, no envelope) is kept under any *sender*. At most
     *limit* messages are kept, the newest; the trail's `more` says that more matched. A
     dead-letter queue holding more than *scan_limit* messages is not read (reading
     one means taking every message and giving it back) and is reported as skipped.
@@ -278,7 +278,7 @@ def _read_dead_letters(trail: Trail, settings: Settings, connection: Connection,
 
 
 def _matches(letter: DeadLetter, control_id: str | None, patient_key: str | None, sender: str | None) -> bool:
-    """Whether *letter* is one searched for. A render or deliver dead letter names its sender (x-helsebro-sender): under
+    """Whether *letter* is one searched for. A dead letter names its sender when it was known (x-helsebro-sender): under
     --sender, another sender's letter with the same control id is not this one's. One that names none may be."""
     named = letter.headers.get("x-helsebro-sender")
     return ((not control_id or letter.control_id == control_id) and (not patient_key or letter.patient_key == patient_key)

@@ -19,7 +19,8 @@ remembered only after the batch's publishes are confirmed, so a crash in
 between forwards twice rather than never. A dead letter an operator replays
 (`helsebro dlq replay`, header `x-helsebro-replay-of`) is applied whatever the
 window says: the replay is a deliberate request (the record still refuses a
-message it has applied before). KITH XML keeps its own rule: a
+message it has applied before); one refused again keeps that header and the
+earlier reasons on its new dead letter (replay_history). KITH XML keeps its own rule: a
 repeated MsgId whose AppRecs were all sent is neither applied nor answered
 (HITS 1168 §5.4). Messages in one delivery share its ack. The consumer loop,
 reconnects and the one catch-all belong to router/engine.py.
@@ -37,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from router.delivery.forward import Forwarder
     from router.routing.match import Decision, Router
 
-__all__ = ["InternalFailure", "Outcome", "Settle", "Settled", "applied_key", "dead_letter_headers"]
+__all__ = ["InternalFailure", "Outcome", "Settle", "Settled", "applied_key", "dead_letter_headers", "replay_history"]
 
 Outcome = SettledOutcome
 """What became of one message: `forwarded` went only to destinations other than the record; `filtered` matched no route."""
@@ -69,6 +70,7 @@ Stage = Literal["convert", "apply", "internal", "deliver", "render"]
 _FIRST_RETRY_SECONDS = 0.5
 _NOT_APPLIED = frozenset(SETTLED_OUTCOMES) - APPLIED_OUTCOMES  # journalled by Settle, with a note
 _REPLAY_HEADER = "x-helsebro-replay-of"  # set by router/ops/deadletters.py on a replayed dead letter
+_PREVIOUS_REASON_HEADER = "x-helsebro-previous-reason"  # set there too: the replayed letter's reasons, newest first
 
 
 class InternalFailure(MessageError):
@@ -96,11 +98,17 @@ class Settled:
 def dead_letter_headers(
     *, reason: str, stage: Stage, location: str | None, control_id: str | None, outcome: FhirJson,
     destination: str = "", attempts: int = 0, last_error: str = "", patient_key: str | None = None,
+    sender: str | None = None, message_type: str | None = None, delivery: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return the headers a dead letter carries: plain-words reason, never a value from the message.
 
     `x-helsebro-patient` is the patient's key (a hash: router.pipeline.convert.patient_key_for),
-    empty when the message was refused before its patient was known.
+    empty when the message was refused before its patient was known. `x-helsebro-sender`
+    (MSH-3@MSH-4, or the KITH sender's HER-id) and `x-helsebro-message-type` are written when
+    known: an operator tells whose a letter is, and `find --sender` finds it, without its body.
+    *delivery*: the headers of the delivery that failed; a replay's (`helsebro dlq replay`)
+    `x-helsebro-replay-of` and `x-helsebro-previous-reason` are kept, so a letter refused
+    again names the letter it replaced and why that one was refused (replay_history).
     """
     headers: dict[str, Any] = {
         "x-helsebro-reason": reason,
@@ -111,19 +119,41 @@ def dead_letter_headers(
         "x-helsebro-outcome": orjson.dumps(outcome).decode("utf-8"),
         "x-helsebro-patient": patient_key or "",
     }
+    if sender:
+        headers["x-helsebro-sender"] = sender
+    if message_type:
+        headers["x-helsebro-message-type"] = message_type
     if destination:
         headers.update({"x-helsebro-destination": destination, "x-helsebro-attempts": attempts, "x-helsebro-last-error": last_error})
+    if delivery:
+        headers.update(replay_history(delivery))
     return headers
+
+
+def replay_history(delivery: Mapping[str, Any]) -> dict[str, str]:
+    """The replay headers of *delivery* a dead letter of it keeps: which letter it replayed, and that letter's reasons.
+
+    Set by router/ops/deadletters.py on each replayed message; empty for a message that was never a dead letter.
+    """
+    kept: dict[str, str] = {}
+    for name in (_REPLAY_HEADER, _PREVIOUS_REASON_HEADER):
+        value = delivery.get(name)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if value not in (None, ""):
+            kept[name] = str(value)
+    return kept
 
 
 class _Msg:
     """One message of the batch while it settles."""
 
-    __slots__ = ("answered", "as_received", "conv", "decision", "dup_key", "error", "outcome", "receipt", "replayed", "stage", "unrendered")
+    __slots__ = ("answered", "as_received", "conv", "decision", "delivery", "dup_key", "error", "outcome", "receipt", "replayed", "stage", "unrendered")
 
-    def __init__(self, conv: Converted, *, replayed: bool = False) -> None:
+    def __init__(self, conv: Converted, *, delivery: Mapping[str, Any] | None = None) -> None:
         self.conv = conv
-        self.replayed = replayed
+        self.delivery: Mapping[str, Any] = delivery or {}  # the delivery's headers: a replay's history goes on its dead letter
+        self.replayed = _REPLAY_HEADER in self.delivery
         self.decision: Decision | None = None
         self.error: MessageError | None = conv.error
         self.stage: Stage = "internal" if isinstance(conv.error, InternalFailure) else "convert"
@@ -207,7 +237,7 @@ class Settle:
             BrokerUnavailable: a publish, its confirm or the ack failed; the batch comes again.
             RecordUnavailable: the engine is stopping during a record outage; the batch comes again.
         """
-        msgs = [[_Msg(c, replayed=_REPLAY_HEADER in d.headers) for c in results] for d, results in items]
+        msgs = [[_Msg(c, delivery=d.headers) for c in results] for d, results in items]
         flat = [m for group in msgs for m in group]
         self._take_receipts(flat)
         self._route_unmapped(flat)
@@ -337,7 +367,8 @@ class Settle:
             m.error = MessageError("message produced no Bundle")
         if m.error is not None:
             oo = conv.outcome() if m.stage == "convert" else _outcome_for(m.error)
-            headers = dead_letter_headers(reason=m.error.reason, stage=m.stage, location=m.error.location, control_id=conv.control_id, outcome=oo, patient_key=conv.patient_key)
+            headers = dead_letter_headers(reason=m.error.reason, stage=m.stage, location=m.error.location, control_id=conv.control_id, outcome=oo,
+                                          patient_key=conv.patient_key, sender=conv.sender, message_type=conv.message_type, delivery=m.delivery)
             self._publisher.dead_letter(conv.raw, headers=headers)
             m.outcome = "dead_lettered"
             if m.stage == "internal":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 
@@ -234,6 +235,33 @@ class TestDlq:
         replays = [line for line in _audit(dead) if line["action"] == "replay"]
         assert [line["event"] for line in replays] == ["begin", "end", "begin", "end"]
         assert replays[1]["count"] == 2 and replays[1]["done"] == [d["id"] for d in before]
+
+    def test_a_replay_that_fails_again_names_the_letter_it_replaced(self, dead, capsys):
+        """Review H131: a replayed letter that failed again came back under a new id with its new reason only, nothing
+        linking it to the letter it replaced. It now carries `x-helsebro-replay-of` (that letter's id) and the earlier
+        reasons, newest first (`x-helsebro-previous-reason`), which `dlq show` prints."""
+        first = _listed(capsys)
+        handle = _engine(dead)
+        try:
+            ids = [first]
+            for round_ in (1, 2):
+                assert _cli(capsys, "replay", "--all", "--yes")[0] == 0
+                wait_until(lambda r=round_: handle.stats.dead_lettered == 2 * r, 30, what="replays dead-lettered again")
+                wait_until(lambda: queue_depth(dead, dead.engine.broker.names.dead_letter) == 2, 30, what="two dead letters")
+                ids.append(_listed(capsys))
+        finally:
+            handle.stop()
+        for n, letter in enumerate(ids[2]):
+            code, out, _ = _cli(capsys, "show", letter["id"], "--json")
+            headers = json.loads(out)["headers"]
+            assert code == 0 and headers["x-helsebro-replay-of"] == ids[1][n]["id"]
+            reason = f"{letter['stage']}: {letter['reason']}"
+            assert headers["x-helsebro-previous-reason"] == f"{reason} | {reason}", headers  # twice refused before, alike
+            assert all(isinstance(v, (str, int)) for k, v in headers.items() if k.startswith("x-helsebro-"))
+            code, out, _ = _cli(capsys, "show", letter["id"])
+            assert code == 0 and re.search(rf"x-helsebro-replay-of +{re.escape(ids[1][n]['id'])}", out), out
+        for secret in (BAD_FNR, "Testesen", "Kari"):
+            assert secret not in json.dumps(ids[2])
 
     def test_replay_of_a_fixed_message_applies_it_once(self, settings, capsys):
         """A dead letter held twice (a duplicate after a crash) replays into one patient, one version."""
@@ -548,6 +576,29 @@ class TestDestinationDeadLetters:
             handle.stop()
         assert server.applied[0]["resourceType"] == "Bundle"
         assert _cli(capsys, "list", "--queue", dlq, "--json")[0] == 0 and json.loads(_cli(capsys, "list", "--queue", dlq, "--json")[1])["dead_letters"] == []
+
+    def test_a_destinations_letter_refused_again_names_the_letter_it_replaced(self, with_destination, scripted_fhir, capsys):
+        """Review H131: replayed to the external server and refused again, a destination's letter came back with its new
+        reason only, and without the sender, type and routes its work message had. It keeps them, names the letter it
+        replaced and the earlier reason."""
+        settings = with_destination
+        server = scripted_fhir()
+        dlq = f"{settings.engine.broker.names.destination_prefix}.ekstern.dlq"
+        publish(settings, [adt_message("A01", control_id="DEST3", fnr=GOOD_FNR, local_id="L3", visit="V3")])
+        handle = run_engine_in_thread(settings, logger=QuietLogger(), destination_clients={"ekstern": server})
+        try:
+            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="refused by ekstern")
+            [first] = json.loads(_cli(capsys, "list", "--queue", dlq, "--json")[1])["dead_letters"]
+            assert _cli(capsys, "replay", "--queue", dlq, "--all", "--yes")[0] == 0
+            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 2, 60, what="refused again")
+        finally:
+            handle.stop()
+        [again] = json.loads(_cli(capsys, "list", "--queue", dlq, "--json")[1])["dead_letters"]
+        code, out, _ = _cli(capsys, "show", again["id"], "--queue", dlq, "--json")
+        headers = json.loads(out)["headers"]
+        assert code == 0 and headers["x-helsebro-replay-of"] == first["id"]
+        assert headers["x-helsebro-previous-reason"] == f"deliver: {first['reason']}"
+        assert (headers["x-helsebro-sender"], headers["x-helsebro-message-type"], headers["x-helsebro-routes"]) == ("PAS@STOLAV", "ADT^A01", "all")
 
     @pytest.mark.parametrize("transport", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
     def test_a_replayed_destination_dead_letter_keeps_its_routes_on_failure(self, transport, exported, scripted_fhir, capsys):

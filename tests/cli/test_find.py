@@ -107,6 +107,37 @@ class TestFind:
         assert "applied: none" in out and "F4  at PID-3[1].1: national identity number is not a valid" in out
         assert _audit(settled) == []  # a lookup by control id names no patient: not audited
 
+    def test_a_dead_letter_refused_at_convert_or_apply_names_its_sender(self, settled, capsys):
+        """Review H131: F4 (refused at convert) and the A45 (refused by the record) named no sender, so `find --sender`
+        showed them under any sender, and an operator could not tell whose they were without the body. They name
+        theirs now: found under it, not under another's."""
+        for control_id in ("F4", "OWN-A45"):
+            code, out, _ = _find(capsys, "--control-id", control_id, "--json")
+            [entry], [letter] = json.loads(out)["not_applied"], json.loads(out)["dead_letters"]
+            assert code == 0 and entry["sender"]
+            code, out, _ = _find(capsys, "--control-id", control_id, "--sender", entry["sender"], "--json")
+            assert code == 0 and [d["id"] for d in json.loads(out)["dead_letters"]] == [letter["id"]]
+            code, out, _ = _find(capsys, "--control-id", control_id, "--sender", "SOMEONE@ELSE", "--json")
+            assert code == 1 and json.loads(out)["dead_letters"] == [], control_id
+
+    def test_a_senders_control_characters_never_reach_the_operators_terminal(self, exported, capsys):
+        """Review H131: `find` printed a control id (and the sender, type and notes, all sender-supplied) raw: an ESC in
+        MSH-10 cleared the operator's screen or retitled the terminal. The text view escapes them as `dlq` does;
+        --json keeps the value."""
+        settings = exported(None)
+        control_id = "ESC\x1b[2J\x07\x9b"
+        publish(settings, [adt_message("A01", control_id=control_id, fnr=BAD_FNR, local_id="L1", visit="V1")])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.dead_lettered == 1, 60, what="the dead letter")
+        handle.stop()
+        code, out, _ = _find(capsys, "--control-id", control_id)
+        assert code == 0
+        assert not any(ch in out for ch in "\x1b\x07\x9b")
+        assert out.count("ESC\\x1b[2J\\x07\\x9b") == 2  # the journal's entry and the dead letter
+        code, out, _ = _find(capsys, "--control-id", control_id, "--json")
+        doc = json.loads(out)
+        assert code == 0 and doc["not_applied"][0]["control_id"] == doc["dead_letters"][0]["control_id"] == control_id
+
     def test_nothing_found_exits_1(self, settled, capsys):
         """An unknown control id, or a known one from another sender: exit 1, and the output says where it looked."""
         code, out, _ = _find(capsys, "--control-id", "NO-SUCH")
@@ -449,6 +480,23 @@ class TestDestinations:
         assert entry["destinations"] == []
         code, text, _ = _find(capsys, "--control-id", "OWN-A45", "--no-dlq")
         assert "also to:" not in text
+
+
+    def test_a_destinations_dead_letter_keeps_its_sender_type_and_routes(self, with_destination, scripted_fhir, capsys):
+        """Review H131: the external server's refusal was dead-lettered without `x-helsebro-sender`, the message type and
+        the routes the work message carried: `find --sender` could not tell it from another sender's letter with its
+        control id, and `dlq show` could not say whose it was. They are kept now."""
+        _refused_by_the_server(with_destination, scripted_fhir)
+        code, out, _ = _find(capsys, "--control-id", "E1", "--json")
+        [letter] = json.loads(out)["dead_letters"]
+        code, out, _ = _find(capsys, "--control-id", "E1", "--sender", "SOMEONE@ELSE", "--json")
+        assert code == 1 and json.loads(out)["dead_letters"] == []
+        code, out, _ = _find(capsys, "--control-id", "E1", "--sender", "PAS@STOLAV", "--json")
+        assert code == 0 and [d["id"] for d in json.loads(out)["dead_letters"]] == [letter["id"]]
+        capsys.readouterr()
+        assert main(["dlq", "show", letter["id"], "--queue", letter["queue"], "--json"]) == 0
+        headers = json.loads(capsys.readouterr().out)["headers"]
+        assert (headers.get("x-helsebro-sender"), headers.get("x-helsebro-message-type"), headers.get("x-helsebro-routes")) == ("PAS@STOLAV", "ADT^A01", "all")
 
 
 class TestDestinationStatesAtTheEdges:

@@ -162,6 +162,31 @@ class TestEngine:
         assert headers["x-helsebro-reason"] == "internal error: RuntimeError"
         assert len(_patients(settings, "1002")) == 1
 
+    def test_a_dead_letter_names_its_sender_when_it_is_known(self, settings):
+        """Review H131: a dead letter refused at convert or apply carried no `x-helsebro-sender`, so an operator could
+        not tell whose it was without reading the body (patient data, audited). It now names the sender and the
+        message type whenever they are known; one the converter broke on names none (nothing is known of it)."""
+        handle = _engine(settings)
+        publish(settings, [b"BAD message", b"INVALID x", b"BOOM"])
+        wait_until(lambda: handle.stats.dead_lettered == 3, 30, what="three dead letters")
+        handle.stop()
+        letters = {h["x-helsebro-stage"]: h for h, _ in drain_queue(settings, settings.engine.broker.names.dead_letter)}
+        for stage in ("convert", "apply"):
+            assert (letters[stage].get("x-helsebro-sender"), letters[stage].get("x-helsebro-message-type")) == ("PAS@TEST", "ADT^A01"), stage
+        assert not letters["internal"].get("x-helsebro-sender")
+
+    def test_an_internal_dead_letter_names_the_sender_settling_broke_on(self, settings):
+        """Review H131: converted (its sender known from MSH-3/4), then settling broke on it: the internal dead letter
+        named no sender although the engine knew it."""
+        record = FlakyRecord(_record(settings), failures=10_000, error=RuntimeError)
+        handle = _engine(settings, record=record)
+        publish(settings, [b"P 1011"])
+        wait_until(lambda: handle.stats.dead_lettered == 1, 30, what="dead-lettered as internal")
+        handle.stop()
+        [(headers, _)] = drain_queue(settings, settings.engine.broker.names.dead_letter)
+        assert headers["x-helsebro-stage"] == "internal"
+        assert headers.get("x-helsebro-sender") == "PAS@TEST"
+
     def test_a_resent_message_is_a_duplicate(self, settings):
         """The same message (sender, MSH-10) sent twice is applied once; the copy is answered AA again, never applied."""
         seen = []
