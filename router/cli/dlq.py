@@ -7,6 +7,15 @@
                                                  back to that destination's work partition)
     helsebro dlq purge [ID... | --all]           delete for good (no ids: every dead letter, as --all)
 
+    filters, for list, replay --all and purge --all (which they narrow), all of them must match:
+      --stage S            convert, apply, render, deliver or internal
+      --reason TEXT        the reason contains TEXT, in any case (`--reason broker:` for what the broker dead-lettered)
+      --sender S           the sender as the journal names it (`LAB@STOLAV`, a KITH HER-id; a KITH
+                           message refused at convert or apply names none in its dead letter yet)
+      --control-id ID      MSH-10 or the KITH MsgId
+      --since AGE          dead-lettered within AGE (90s, 15m, 2h, 7d, as `helsebro find --since`)
+      --older-than AGE     dead-lettered more than AGE ago
+
 `list` and `show` never print a message body: bodies are patient data (DESIGN
 §5). `show --body` prints it, `replay` and `purge` change the queue; each of
 the three asks `... [y/N]` on the terminal first (`--yes` answers for it; with
@@ -29,7 +38,13 @@ null when the message was refused before its patient was known); `show --json` p
 same fields}, "headers": {...}, "outcome": {OperationOutcome} | null, "body":
 str | null, "body_charset": str | null}` (the body as text in the charset the message names:
 UTF-8 when it is valid UTF-8, else MSH-18's or the XML declaration's, else ISO-8859-1).
-Keys are a contract: new ones may be added, none renamed.
+Keys are a contract: new ones may be added, none renamed. A filter changes
+which letters are listed (`--limit` counts those), never the shape.
+
+A letter the broker dead-lettered (a quorum queue's delivery limit, a message
+TTL) has the broker's reason: `broker: delivery_limit (queue …)`. A replay or
+purge narrowed by a filter says the filter in its question and in its audit
+lines (`filter`), beside the count.
 
 The text views show a control character (ESC, BEL, C1) in a control id, a
 header or a body as an escape (`\\x1b`), never raw to the terminal; --json
@@ -59,10 +74,10 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.amqp.connection import declare_topology, open_connection
 from adapters.text import readable, visible
-from router.cli._args import positive
+from router.cli._args import age, positive
 from router.cli.status import format_table
 from router.errors import BrokerUnavailable
-from router.ops import ActionResult, AuditLog, DeadLetter, browse, dead_letter_queues, find, purge, replay
+from router.ops import ActionResult, AuditLog, DeadLetter, LetterFilter, browse, dead_letter_queues, find, purge, replay
 from router.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -79,8 +94,16 @@ def register(subparsers: Any) -> None:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--queue", metavar="NAME", help="Dead-letter queue to act on (default: broker.names.dead_letter).")
+    chosen = argparse.ArgumentParser(add_help=False)
+    group = chosen.add_argument_group("filters (all must match; with replay and purge they narrow --all)")
+    group.add_argument("--stage", choices=_STAGES, help="Only letters dead-lettered at this stage.")
+    group.add_argument("--reason", metavar="TEXT", help="Only letters whose reason contains TEXT (any case).")
+    group.add_argument("--sender", metavar="S", help="Only letters from this sender (LAB@STOLAV, a KITH HER-id).")
+    group.add_argument("--control-id", metavar="ID", help="Only letters with this control id.")
+    group.add_argument("--since", type=_age_as_typed, metavar="AGE", help="Only letters dead-lettered within AGE: 90s, 15m, 2h, 7d.")
+    group.add_argument("--older-than", type=_age_as_typed, metavar="AGE", help="Only letters dead-lettered more than AGE ago.")
 
-    p = actions.add_parser("list", parents=[common], help="List dead letters: ids, reasons, sizes; never bodies.")
+    p = actions.add_parser("list", parents=[common, chosen], help="List dead letters: ids, reasons, sizes; never bodies.")
     p.add_argument("--json", action="store_true", help="Print one JSON document.")
     p.add_argument("--limit", type=positive, metavar="N", help="List at most the first N dead letters.")
     p.set_defaults(func=_list)
@@ -96,11 +119,40 @@ def register(subparsers: Any) -> None:
         ("replay", "Publish dead letters to the inbound exchange again, then remove them.", _replay),
         ("purge", "Delete dead letters for good.", _purge),
     ):
-        p = actions.add_parser(name, parents=[common], help=help_text)
+        p = actions.add_parser(name, parents=[common, chosen], help=help_text)
         p.add_argument("ids", nargs="*", metavar="ID")
         p.add_argument("--all", action="store_true", help="Every dead letter in the queue now.")
         p.add_argument("--yes", action="store_true", help="Do not ask for confirmation.")
         p.set_defaults(func=func)
+
+
+_STAGES = ("convert", "apply", "render", "deliver", "internal")
+"""The stages a dead letter names (router.pipeline.settle.Stage)."""
+
+
+def _age_as_typed(text: str) -> str:
+    """An argparse type: an age as `helsebro find --since` takes it, kept as typed for the question and the audit line."""
+    age(text)
+    return text
+
+
+def _filter(args: argparse.Namespace) -> LetterFilter:
+    return LetterFilter(stage=args.stage, reason=args.reason, sender=args.sender, control_id=args.control_id,
+                        since=age(args.since) if args.since else None, older_than=age(args.older_than) if args.older_than else None)
+
+
+def _filter_fields(args: argparse.Namespace) -> dict[str, str]:
+    """The filters given, as the audit line records them (ages as typed)."""
+    given = {"stage": args.stage, "reason": args.reason, "sender": args.sender, "control_id": args.control_id, "since": args.since, "older_than": args.older_than}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _filter_text(args: argparse.Namespace) -> str:
+    """` matching stage convert, failed within 2h` for the question and the list's last line; empty without a filter."""
+    words = {"stage": "stage {}", "reason": "reason containing {!r}", "sender": "sender {}", "control_id": "control id {}",
+             "since": "failed within {}", "older_than": "failed more than {} ago"}
+    given = _filter_fields(args)
+    return " matching " + ", ".join(visible(words[k].format(v)) for k, v in given.items()) if given else ""
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -183,7 +235,7 @@ def _connected(settings: Settings) -> Iterator[Connection]:
 def _list(args: argparse.Namespace) -> int:
     def action(settings: Settings, queue: str) -> int:
         with _connected(settings) as conn:
-            result = browse(conn, queue, limit=args.limit)
+            result = browse(conn, queue, limit=args.limit, where=_filter(args))
         rows = [letter.summary() for letter in result.letters]
         if args.json:
             print(json.dumps({"queue": queue, "truncated": result.truncated, "dead_letters": rows}, ensure_ascii=False, indent=2))
@@ -191,7 +243,7 @@ def _list(args: argparse.Namespace) -> int:
         keys = ("id", "failed_at", "stage", "control_id", "location", "size", "reason")
         print("\n".join(format_table([k.replace("_", " ").upper() for k in keys], [[_cell(r[k]) for k in keys] for r in rows], right=(5,))))
         more = "; more wait (raise --limit)" if result.truncated else ""
-        print(f"{_plural(len(rows))} in {queue}{more}")
+        print(f"{_plural(len(rows))} in {queue}{_filter_text(args)}{more}")
         return 0
 
     return _run(args, action)
@@ -239,17 +291,19 @@ def _print_letter(queue: str, letter: DeadLetter, body: str | None, *, as_json: 
 
 
 def _replay(args: argparse.Namespace) -> int:
-    return _change(args, "replay", "Replay {n} from {queue} {to}?", "replayed")
+    return _change(args, "replay", "Replay {n}{matching} from {queue} {to}?", "replayed")
 
 
 def _purge(args: argparse.Namespace) -> int:
-    return _change(args, "purge", "Purge (delete for good) {n} from {queue}?", "purged")
+    return _change(args, "purge", "Purge (delete for good) {n}{matching} from {queue}?", "purged")
 
 
 def _change(args: argparse.Namespace, verb: str, question: str, past: str) -> int:
     """Count what *verb* will touch, ask, audit, act on exactly those ids, audit again, report."""
     if args.ids and args.all:
         return _fail(f"{verb}: give the ids of dead letters, or --all (not both)", 2)
+    if args.ids and _filter_fields(args):
+        return _fail(f"{verb}: a filter narrows --all; give it without ids", 2)
     if not args.ids and not args.all:
         if verb != "purge":
             return _fail(f"{verb}: give the ids of dead letters, or --all", 2)
@@ -257,7 +311,7 @@ def _change(args: argparse.Namespace, verb: str, question: str, past: str) -> in
 
     def action(settings: Settings, queue: str) -> int:
         with _connected(settings) as conn:
-            letters = browse(conn, queue).letters
+            letters = browse(conn, queue, where=_filter(args)).letters
         present = list(dict.fromkeys(letter.id for letter in letters))  # queue order, each id once
         missing = [] if args.all else [i for i in dict.fromkeys(args.ids) if i not in present]
         if missing:
@@ -265,23 +319,24 @@ def _change(args: argparse.Namespace, verb: str, question: str, past: str) -> in
         ids = present if args.all else [i for i in present if i in set(args.ids)]
         count = sum(1 for letter in letters if letter.id in set(ids))
         if not ids:
-            print(f"no dead letters in {queue}")
+            print(f"no dead letters in {queue}{_filter_text(args)}")
             return 0
         destination = _destination_dlqs(settings).get(queue)
         to = f"to the destination {destination}'s work queue" if destination else "to the inbound exchange"  # what the operator consents to
-        if not _confirm(question.format(n=_plural(count), queue=queue, to=to), yes=args.yes):
+        if not _confirm(question.format(n=_plural(count), matching=_filter_text(args), queue=queue, to=to), yes=args.yes):
             return 2
         audit = AuditLog(settings.data_dir / "audit.log")
-        action_id = audit.begin(verb, queue=queue, ids=ids, count=count)
+        chosen = _filter_fields(args) or None
+        action_id = audit.begin(verb, queue=queue, ids=ids, count=count, filter=chosen)
         try:
             result = _act_on(settings, verb, queue, ids)
         except (BrokerUnavailable, KeyboardInterrupt) as exc:  # before it moved anything: the begin line must not stand alone
-            audit.end(verb, action_id, queue=queue, done=[], count=0, missing=[], error=str(exc) or "interrupted (Ctrl-C)")
+            audit.end(verb, action_id, queue=queue, done=[], count=0, missing=[], error=str(exc) or "interrupted (Ctrl-C)", filter=chosen)
             raise
         try:
             return _report(result, verb, past, queue)  # before the end line: a failing audit log must not hide what was done
         finally:  # and a closed output must not leave the begin line alone
-            audit.end(verb, action_id, queue=queue, done=result.done, count=len(result.done), missing=result.missing, error=result.error, kept=result.kept)
+            audit.end(verb, action_id, queue=queue, done=result.done, count=len(result.done), missing=result.missing, error=result.error, kept=result.kept, filter=chosen)
 
     return _run(args, action)
 

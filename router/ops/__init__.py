@@ -6,7 +6,7 @@ Parsing arguments, asking for confirmation and printing belong to router/cli/.
 from __future__ import annotations
 
 from router.ops.audit import AuditLog, operator_identity
-from router.ops.deadletters import ActionResult, Browse, DeadLetter, ReasonCount, browse, find, purge, replay, summarise
+from router.ops.deadletters import ActionResult, Browse, DeadLetter, LetterFilter, ReasonCount, browse, find, purge, replay, summarise
 from router.ops.stats import (
     QueueRole,
     QueueStats,
@@ -25,6 +25,7 @@ __all__ = [
     "AuditLog",
     "Browse",
     "DeadLetter",
+    "LetterFilter",
     "QueueRole",
     "QueueStats",
     "ReasonCount",

@@ -53,23 +53,34 @@ dead letter) or, for a message without one, `h-` and 32 hex digits of a
 SHA-256 over its `x-helsebro-*` headers and body: stable across passes, since
 the broker's own headers (`x-delivery-count`) are left out. Two messages with
 the same id are acted on together.
+
+A letter the broker dead-lettered itself (a quorum queue's delivery limit, a
+message TTL) has none of the engine's reason headers: its reason and time are
+read from the broker's `x-death` (most recent death first) or
+`x-first-death-*` headers, `broker: delivery_limit (queue helsebro.dest.x.p2)`,
+and a destination's such letter is replayed to the partition that queue (or its
+routing key) names. Its sender, like that of any letter that names none, is read
+from an HL7 v2 body's MSH-3/MSH-4 while the pass holds the body.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from kombu import Queue
 
-from adapters.amqp.connection import broker_errors, queue_depth
+from adapters.amqp.connection import broker_errors, partition_count, queue_depth
 from adapters.amqp.outbound import Publisher
+from adapters.hl7v2.decode import salvage_header
 from router.errors import BrokerUnavailable
 from router.ops.stats import is_not_found
 
@@ -79,7 +90,7 @@ if TYPE_CHECKING:
 
     from router.settings import Settings
 
-__all__ = ["ActionResult", "Browse", "DeadLetter", "ReasonCount", "browse", "find", "purge", "replay", "summarise"]
+__all__ = ["ActionResult", "Browse", "DeadLetter", "LetterFilter", "ReasonCount", "browse", "find", "purge", "replay", "summarise"]
 
 REPLAY_HEADER = "x-helsebro-replay-of"
 """Header on a replayed message: the id of the dead letter it came from."""
@@ -110,6 +121,17 @@ class DeadLetter:
     headers: dict[str, Any] = field(repr=False)
     body: bytes = field(repr=False)
     patient_key: str | None = None  # a hash (x-helsebro-patient), None when the message was refused before its patient was known
+    sender: str | None = None  # x-helsebro-sender, else an HL7 v2 body's MSH-3@MSH-4; not in summary() (its keys are a contract)
+
+    def failed_epoch(self) -> float | None:
+        """When it was dead-lettered, in seconds since the epoch; None when no header says (or says it unreadably)."""
+        if not self.failed_at:
+            return None
+        try:
+            at = datetime.fromisoformat(self.failed_at)
+        except ValueError:
+            return None
+        return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
     def summary(self) -> dict[str, Any]:
         """Return the fields safe for any operator view: ids, reason, position, size; never the body."""
@@ -135,6 +157,43 @@ class DeadLetter:
         except orjson.JSONDecodeError:
             return None
         return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class LetterFilter:
+    """Which dead letters an operator's `dlq list`, `replay --all` or `purge --all` is about; every given field must match.
+
+    *reason*: a substring of the reason, in any case; *sender*, *stage*, *control_id*: equal; *since*:
+    dead-lettered at most that many seconds before *now*; *older_than*: more than that. A letter whose
+    time is unknown matches neither age: what it cannot be said to be is not replayed or purged on it.
+    """
+
+    stage: str | None = None
+    reason: str | None = None
+    sender: str | None = None
+    control_id: str | None = None
+    since: float | None = None
+    older_than: float | None = None
+
+    def __bool__(self) -> bool:
+        return any(value is not None for value in (self.stage, self.reason, self.sender, self.control_id, self.since, self.older_than))
+
+    def matches(self, letter: DeadLetter, now: float) -> bool:
+        """Whether *letter* is one of those chosen, at *now* (seconds since the epoch)."""
+        if self.stage is not None and letter.stage != self.stage:
+            return False
+        if self.reason is not None and self.reason.casefold() not in (letter.reason or "").casefold():
+            return False
+        if self.sender is not None and letter.sender != self.sender:
+            return False
+        if self.control_id is not None and letter.control_id != self.control_id:
+            return False
+        if self.since is None and self.older_than is None:
+            return True
+        failed = letter.failed_epoch()
+        if failed is None:
+            return False
+        return (self.since is None or now - failed <= self.since) and (self.older_than is None or now - failed > self.older_than)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +229,8 @@ class ActionResult:
     interrupted: bool = False  # stopped by Ctrl-C (KeyboardInterrupt), which the caller should pass on
 
 
-def browse(connection: Connection, queue: str, *, limit: int | None = None) -> Browse:
-    """Return the first *limit* dead letters (all by default) in queue order, and give every one back.
+def browse(connection: Connection, queue: str, *, limit: int | None = None, where: LetterFilter | None = None) -> Browse:
+    """Return the first *limit* dead letters (all by default) *where* chooses, in queue order, and give every one back.
 
     The whole queue is read either way (see the module docstring on order). Their bodies are
     not kept (`body` is empty, `size` tells): no caller of a browse shows one, and a queue of
@@ -182,6 +241,9 @@ def browse(connection: Connection, queue: str, *, limit: int | None = None) -> B
     """
     with _translated(connection, queue), _holding(connection, queue) as held:
         letters = [letter for letter, _ in held]
+    if where:
+        now = time.time()
+        letters = [letter for letter in letters if where.matches(letter, now)]
     if limit is not None and len(letters) > limit:
         return Browse(letters=letters[:limit], truncated=True)
     return Browse(letters=letters, truncated=False)
@@ -227,7 +289,7 @@ def replay(connection: Connection, settings: Settings, queue: str, ids: list[str
             return
         kept = {k: v for k, v in letter.headers.items() if k in _WORK_HEADERS}
         headers = {**kept, "x-helsebro-destination": destination, "x-helsebro-attempt": 1, **history}
-        partition = str(letter.headers.get(f"{_PREFIX}partition") or "p0")
+        partition = str(letter.headers.get(f"{_PREFIX}partition") or _broker_partition(letter.headers, f"{prefix}.{destination}.", partition_count(settings)) or "p0")
         publisher.publish_to(f"{prefix}.{destination}", partition, letter.body, headers=headers, message_id=letter.id)
 
     try:
@@ -358,11 +420,12 @@ def _letter(message: Message) -> DeadLetter:
     body = message.body if isinstance(message.body, bytes) else str(message.body).encode("utf-8")
     message_id = (message.properties or {}).get("message_id")
     count = headers.get("x-delivery-count")
+    death = _last_death(headers)
     return DeadLetter(
         id=str(message_id) if message_id else _content_id(headers, body),
-        failed_at=_text(headers, "failed-at"),
+        failed_at=_text(headers, "failed-at") or _time_text(death.get("time")),
         stage=_text(headers, "stage"),
-        reason=_text(headers, "reason"),
+        reason=_text(headers, "reason") or _broker_reason(headers, death),
         location=_text(headers, "location"),
         control_id=_text(headers, "control-id"),
         size=len(body),
@@ -370,14 +433,73 @@ def _letter(message: Message) -> DeadLetter:
         headers=headers,
         body=body,
         patient_key=_text(headers, "patient"),
+        sender=_text(headers, "sender") or _hl7_sender(body),
     )
 
 
-def _text(headers: dict[str, Any], key: str) -> str | None:
-    value = headers.get(f"{_PREFIX}{key}")
+def _last_death(headers: dict[str, Any]) -> dict[str, Any]:
+    """The broker's most recent dead-lettering of the message (`x-death` lists the newest first), or {}."""
+    deaths = headers.get("x-death")
+    first = deaths[0] if isinstance(deaths, list) and deaths else None
+    return {str(k): v for k, v in first.items()} if isinstance(first, dict) else {}
+
+
+def _plain(value: object) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return str(value) if value not in (None, "") else None
+
+
+def _broker_reason(headers: dict[str, Any], death: dict[str, Any]) -> str | None:
+    """`broker: delivery_limit (queue helsebro.in.hl7v2.p2)` for a letter the broker dead-lettered, else None.
+
+    The most recent death is why it is here: a parked delivery that expired out of a retry queue and then
+    passed the work queue's delivery limit has `expired` as its *first* death.
+    """
+    reason = _plain(death.get("reason")) or _plain(headers.get("x-first-death-reason"))
+    if reason is None:
+        return None
+    queue = _plain(death.get("queue")) if death.get("reason") else _plain(headers.get("x-first-death-queue"))
+    return f"broker: {reason} (queue {queue})" if queue else f"broker: {reason}"
+
+
+def _time_text(value: object) -> str | None:
+    """An `x-death` time as ISO 8601 UTC: AMQP gives a naive UTC datetime, a JSON transport its text or seconds."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, tz=UTC).isoformat()
+    return _plain(value)
+
+
+_PARTITION = re.compile(r"p[0-9]+")
+
+
+def _broker_partition(headers: dict[str, Any], work_prefix: str, partitions: int) -> str | None:
+    """The work partition (`p2`) a letter the broker dead-lettered came from: the queue of an `x-death` entry that is
+    one of this destination's partitions (*work_prefix*`p<k>`), else that entry's routing key; None when none says,
+    or when it names a partition beyond the *partitions* in use (no queue takes it there)."""
+    deaths = headers.get("x-death")
+    for death in deaths if isinstance(deaths, list) else []:
+        if not isinstance(death, dict):
+            continue
+        queue = _plain(death.get("queue")) or ""
+        keys = death.get("routing-keys")
+        named = [queue[len(work_prefix):]] if queue.startswith(work_prefix) else []
+        for name in [*named, *(_plain(key) or "" for key in (keys if isinstance(keys, list) else []))]:
+            if _PARTITION.fullmatch(name):
+                return name if int(name[1:]) < partitions else None
+    return None
+
+
+def _hl7_sender(body: bytes) -> str | None:
+    """`MSH-3@MSH-4` of an HL7 v2 body, as the engine names its sender; None for any other body."""
+    header = salvage_header(body) if body else None
+    return f"{header.sending_application}@{header.sending_facility}" if header else None
+
+
+def _text(headers: dict[str, Any], key: str) -> str | None:
+    return _plain(headers.get(f"{_PREFIX}{key}"))
 
 
 def _content_id(headers: dict[str, Any], body: bytes) -> str:

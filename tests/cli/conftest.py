@@ -33,8 +33,8 @@ def exported(tmp_path, monkeypatch):
     """Make isolated settings and export them to the CLI's environment (stdin not a terminal); queues go afterwards."""
     made = []
 
-    def make(broker_url: str | None, *, routes: dict | None = None):
-        s = isolated_settings(tmp_path, broker_url=broker_url, routes=routes) if routes else isolated_settings(tmp_path, broker_url=broker_url)
+    def make(broker_url: str | None, *, routes: dict | None = None, broker: dict | None = None):
+        s = isolated_settings(tmp_path, broker_url=broker_url, routes=routes, broker=broker)
         for name in ("HELSEBRO_BROKER_URL", "HELSEBRO_RECORD_URL", "HELSEBRO_XSD_DIR", "HELSEBRO_MAPPINGS_DIR", "HELSEBRO_OPERATOR"):
             monkeypatch.delenv(name, raising=False)
         for name, value in settings_env(s).items():

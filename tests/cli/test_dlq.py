@@ -695,3 +695,234 @@ def test_listing_and_replaying_a_queue_of_big_letters_holds_only_the_bodies_it_n
     assert len(rows) == 20 and {r["size"] for r in rows} == {2_000_001, 2_000_002}
     assert code == 0 and len(_listed(capsys)) == 19
     assert listing_peak < 16_000_000 and purge_peak < 16_000_000
+
+
+def _letter_with(settings, body, *, stage, reason, control_id, failed_at=None, headers=None):
+    """Put a dead letter the engine could have made on the DLQ: *failed_at* (an ISO time) and *headers* laid over its own."""
+    conn = open_connection(settings)
+    try:
+        publisher = Publisher(conn, settings)
+        made = dead_letter_headers(reason=reason, stage=stage, location=None, control_id=control_id, outcome={"resourceType": "OperationOutcome", "issue": []})
+        if failed_at:
+            made["x-helsebro-failed-at"] = failed_at
+        publisher.dead_letter(body, headers={**made, **(headers or {})})
+        publisher.close()
+    finally:
+        conn.release()
+
+
+def _hl7_from(sender_app, facility, control_id):
+    return f"MSH|^~\\&|{sender_app}|{facility}|HB|HP|20240101||ADT^A01|{control_id}|P|2.5.1\rPID|1\r".encode()
+
+
+@pytest.fixture
+def mixed(settings):
+    """Four dead letters of different stages, reasons, senders and ages, in this order:
+    F1 convert from LAB@STOLAV (its MSH), 3 days old; F2 apply from PAS@AHUS (its MSH), now;
+    F3 render for a legacy system, from LAB@STOLAV (its header), now; F4 convert, not HL7, 2 hours old."""
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    publish(settings, [])  # declares the queues
+    _letter_with(settings, _hl7_from("LAB", "STOLAV", "F1"), stage="convert", reason="MSH-18 names a character set Helsebro does not know", control_id="F1",
+                 failed_at=(now - timedelta(days=3)).isoformat())
+    _letter_with(settings, _hl7_from("PAS", "AHUS", "F2"), stage="apply", reason="the stay belongs to another patient", control_id="F2")
+    _letter_with(settings, b"{}", stage="render", reason="no outbound mapping for ADT^A08", control_id="F3", headers={"x-helsebro-sender": "LAB@STOLAV"})
+    _letter_with(settings, NOT_HL7, stage="convert", reason=NO_MSH, control_id="F4", failed_at=(now - timedelta(hours=2)).isoformat())
+    return settings
+
+
+class TestFilters:
+    """`dlq list`, `replay --all` and `purge --all` narrowed by stage, reason, sender, control id and age (review H130).
+
+    Before, there was no filter: an operator who wanted to replay the apply failures of one sender had to
+    `list --json | jq | xargs`, and a typo in the jq replayed or purged the whole queue."""
+
+    def _ids(self, capsys, *filters):
+        code, out, err = _cli(capsys, "list", "--json", *filters)
+        assert code == 0, err
+        doc = json.loads(out)
+        assert set(doc) == {"queue", "truncated", "dead_letters"} and all(set(d) == LIST_KEYS for d in doc["dead_letters"])
+        return [d["control_id"] for d in doc["dead_letters"]]
+
+    def test_list_narrowed_by_each_filter_and_by_several_together(self, mixed, capsys):
+        assert self._ids(capsys) == ["F1", "F2", "F3", "F4"]
+        assert self._ids(capsys, "--stage", "convert") == ["F1", "F4"]
+        assert self._ids(capsys, "--reason", "OUTBOUND mapping") == ["F3"]  # a substring, any case
+        assert self._ids(capsys, "--sender", "LAB@STOLAV") == ["F1", "F3"]  # from MSH-3/4, or the header a render letter has
+        assert self._ids(capsys, "--control-id", "F2") == ["F2"]
+        assert self._ids(capsys, "--since", "1h") == ["F2", "F3"]
+        assert self._ids(capsys, "--since", "1d") == ["F2", "F3", "F4"]
+        assert self._ids(capsys, "--older-than", "1h") == ["F1", "F4"]
+        assert self._ids(capsys, "--older-than", "1h", "--stage", "convert", "--sender", "LAB@STOLAV") == ["F1"]
+        assert self._ids(capsys, "--stage", "apply", "--sender", "LAB@STOLAV") == []
+
+    def test_list_text_says_the_filter_and_limit_counts_matches(self, mixed, capsys):
+        code, out, _ = _cli(capsys, "list", "--stage", "convert")
+        assert code == 0
+        assert out.splitlines()[-1] == f"2 dead letters in {mixed.engine.broker.names.dead_letter} matching stage convert"
+        code, out, _ = _cli(capsys, "list", "--json", "--stage", "convert", "--limit", "1")
+        doc = json.loads(out)
+        assert doc["truncated"] is True and [d["control_id"] for d in doc["dead_letters"]] == ["F1"]
+        code, out, _ = _cli(capsys, "list", "--json", "--stage", "apply", "--limit", "1")
+        assert json.loads(out)["truncated"] is False
+
+    def test_purge_all_narrowed_asks_and_audits_the_filter_and_count(self, mixed, capsys, monkeypatch):
+        dlq = mixed.engine.broker.names.dead_letter
+        monkeypatch.setattr("sys.stdin", Tty("n\n"))
+        code, _, err = _cli(capsys, "purge", "--all", "--stage", "convert", "--since", "1d")
+        assert code == 2 and f"Purge (delete for good) 1 dead letter matching stage convert, failed within 1d from {dlq}?" in err
+        assert self._ids(capsys) == ["F1", "F2", "F3", "F4"] and _audit(mixed) == []
+        code, out, _ = _cli(capsys, "purge", "--stage", "convert", "--since", "1d", "--yes")  # purge alone is --all, narrowed too
+        assert code == 0 and out.splitlines()[-1] == "1 purged, 0 no longer found"
+        assert self._ids(capsys) == ["F1", "F2", "F3"]
+        begin, end = _audit(mixed)
+        assert begin["filter"] == end["filter"] == {"stage": "convert", "since": "1d"}
+        assert begin["count"] == end["count"] == 1 and len(begin["ids"]) == 1
+
+    def test_replay_all_narrowed_replays_only_the_matches(self, mixed, capsys):
+        code, out, _ = _cli(capsys, "replay", "--all", "--sender", "PAS@AHUS", "--yes")
+        assert code == 0 and out.splitlines()[-1] == "1 replayed, 0 no longer found"
+        assert self._ids(capsys) == ["F1", "F3", "F4"]
+        assert queue_depth(mixed, mixed.engine.broker.names.inbound) == 1
+        begin, _ = _audit(mixed)
+        assert (begin["action"], begin["filter"], begin["count"]) == ("replay", {"sender": "PAS@AHUS"}, 1)
+
+    def test_nothing_matching_does_nothing(self, mixed, capsys):
+        code, out, _ = _cli(capsys, "purge", "--all", "--control-id", "NOPE", "--yes")
+        assert code == 0 and out == f"no dead letters in {mixed.engine.broker.names.dead_letter} matching control id NOPE\n"
+        assert len(self._ids(capsys)) == 4 and _audit(mixed) == []
+
+    def test_filters_are_for_all_not_for_ids(self, mixed, capsys):
+        """A filter narrows --all; with ids, or a bad age or stage, it is a usage error and nothing is touched."""
+        first = _listed(capsys)[0]["id"]
+        assert _cli(capsys, "replay", first, "--stage", "convert", "--yes")[0] == 2
+        assert _cli(capsys, "purge", first, "--reason", "x", "--yes")[0] == 2
+        assert _cli(capsys, "replay", "--stage", "convert", "--yes")[0] == 2  # replay still needs ids or --all
+        with pytest.raises(SystemExit) as exited:
+            main(["dlq", "list", "--since", "yesterday"])
+        assert exited.value.code == 2
+        with pytest.raises(SystemExit) as exited:
+            main(["dlq", "list", "--stage", "nowhere"])
+        assert exited.value.code == 2
+        assert len(self._ids(capsys)) == 4 and _audit(mixed) == []
+
+
+EKSTERN_ROUTES = {
+    "destinations": {"record": {"kind": "record"},
+                     "ekstern": {"kind": "fhir", "on_failure": "strict", "server": {"base_url": "http://127.0.0.1:9/fhir"}}},
+    "routes": [{"name": "all", "to": ["record", "ekstern"]}],
+}
+
+
+def _broker_dead_letter(settings, queue, body, *, died_in, routing_key, headers):
+    """Put on *queue* what RabbitMQ puts there when a quorum queue (*died_in*) dead-letters a message past its
+    delivery limit: the message's own headers, `x-first-death-*` and `x-death`, and no `x-helsebro-reason`."""
+    from kombu import Producer
+
+    death = {"count": 1, "reason": "delivery_limit", "queue": died_in, "time": "2026-11-30T10:00:00+00:00", "exchange": "", "routing-keys": [routing_key]}
+    broker = {"x-first-death-reason": "delivery_limit", "x-first-death-queue": died_in, "x-first-death-exchange": "", "x-death": [death]}
+    conn = open_connection(settings)
+    try:
+        Producer(conn.channel()).publish(body, exchange="", routing_key=queue, headers={**headers, **broker}, message_id="m-broker-1",
+                                         content_type="application/octet-stream", content_encoding="binary")
+    finally:
+        conn.release()
+
+
+class TestBrokerDeadLetters:
+    """Letters the broker dead-lettered (a quorum queue's delivery limit, a message TTL) carry the broker's reason,
+    not Helsebro's (review H130)."""
+
+    def test_list_and_show_give_the_brokers_reason(self, settings, capsys):
+        """They showed no reason and no time: `dlq list` now says why the broker took them and from where."""
+        publish(settings, [])
+        died_in = f"{settings.engine.broker.names.inbound}.p2"
+        _broker_dead_letter(settings, settings.engine.broker.names.dead_letter, NOT_HL7, died_in=died_in, routing_key="p2", headers={})
+        [letter] = _listed(capsys)
+        assert letter["reason"] == f"broker: delivery_limit (queue {died_in})"
+        assert letter["failed_at"] == "2026-11-30T10:00:00+00:00"
+        code, out, _ = _cli(capsys, "show", letter["id"])
+        assert code == 0 and f"broker: delivery_limit (queue {died_in})" in out
+        code, out, _ = _cli(capsys, "list", "--json", "--reason", "delivery_limit")
+        assert [d["id"] for d in json.loads(out)["dead_letters"]] == [letter["id"]]
+
+    @pytest.mark.parametrize("transport", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+    def test_replay_goes_back_to_the_partition_the_broker_took_it_from(self, transport, exported, capsys):
+        """A destination's work message the broker dead-lettered has no `x-helsebro-partition`: its replay went to p0,
+        behind or ahead of the patient's other messages on p1. It now goes back to the partition `x-death` names (when that
+        partition is in use)."""
+        settings = exported(RABBIT if transport == "rabbitmq" else None, routes=EKSTERN_ROUTES, broker={"partitions": 2})
+        publish(settings, [])
+        base = f"{settings.engine.broker.names.destination_prefix}.ekstern"
+        work = {"x-helsebro-control-id": "BRK1", "x-helsebro-destination": "ekstern", "x-helsebro-attempt": 3, "x-helsebro-patient": "h:abc"}
+        _broker_dead_letter(settings, f"{base}.dlq", b"{}", died_in=f"{base}.p1", routing_key="p1", headers=work)
+        code, out, _ = _cli(capsys, "list", "--queue", f"{base}.dlq", "--json")
+        [letter] = json.loads(out)["dead_letters"]
+        assert (letter["control_id"], letter["reason"]) == ("BRK1", f"broker: delivery_limit (queue {base}.p1)")
+        code, out, err = _cli(capsys, "replay", "--queue", f"{base}.dlq", "--all", "--yes")
+        assert code == 0 and out.splitlines()[-1] == "1 replayed, 0 no longer found", err
+        partition = "p1" if transport == "rabbitmq" else "p0"  # the embedded transport has one partition: p1 is no queue there
+        [headers] = _consumed_headers(settings, f"{base}.{partition}")
+        assert headers["x-helsebro-control-id"] == "BRK1" and headers["x-helsebro-attempt"] == 1 and "x-death" not in headers
+
+
+@pytest.mark.integration
+def test_a_real_delivery_limit_dead_letter_is_named_and_replayed_to_its_partition(tmp_path, capsys, monkeypatch):
+    """RabbitMQ itself dead-letters a destination's work message past a policy's delivery limit: `dlq list` names the
+    broker's reason and `dlq replay` puts it back on the partition it came from (review H130)."""
+    import re
+    import subprocess
+    import uuid
+
+    from kombu import Consumer, Queue
+
+    from router.testing import delete_queues, settings_env
+
+    def rabbitmqctl(*args):
+        subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+    try:
+        rabbitmqctl("list_policies")
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("rabbitmqctl cannot set a policy here")
+    tag = uuid.uuid4().hex[:10]
+    settings = isolated_settings(tmp_path, broker_url=RABBIT, tag=tag, routes=EKSTERN_ROUTES, broker={"partitions": 2})
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    base = f"{settings.engine.broker.names.destination_prefix}.ekstern"
+    policy = f"h-limit-{tag}"
+    rabbitmqctl("set_policy", policy, f"^{re.escape(base)}\\.p[0-9]+$", '{"delivery-limit": 1}', "--apply-to", "queues")
+    try:
+        publish(settings, [])
+        conn = open_connection(settings)
+        try:
+            publisher = Publisher(conn, settings)
+            publisher.publish_to(base, "p1", b"{}", headers={"x-helsebro-control-id": "BRK2", "x-helsebro-destination": "ekstern", "x-helsebro-attempt": 1})
+            publisher.close()
+            for _ in range(3):  # each consumer that goes away holding it counts a delivery
+                channel = conn.channel()
+                got = []
+                with Consumer(channel, queues=[Queue(f"{base}.p1", no_declare=True)], on_message=got.append, prefetch_count=1):
+                    try:
+                        conn.drain_events(timeout=2)
+                    except TimeoutError:
+                        pass
+                channel.close()
+                if not got:
+                    break
+        finally:
+            conn.release()
+        wait_until(lambda: queue_depth(settings, f"{base}.dlq") == 1, 10, what="dead-lettered by the broker")
+        code, out, _ = _cli(capsys, "list", "--queue", f"{base}.dlq", "--json")
+        [letter] = json.loads(out)["dead_letters"]
+        assert (letter["control_id"], letter["reason"]) == ("BRK2", f"broker: delivery_limit (queue {base}.p1)")
+        assert letter["failed_at"]
+        code, out, _ = _cli(capsys, "replay", "--queue", f"{base}.dlq", "--all", "--yes")
+        assert code == 0 and out.splitlines()[-1] == "1 replayed, 0 no longer found"
+        assert queue_depth(settings, f"{base}.p0") == 0
+        assert [h["x-helsebro-control-id"] for h in _consumed_headers(settings, f"{base}.p1")] == ["BRK2"]
+    finally:
+        rabbitmqctl("clear_policy", policy)
+        delete_queues(settings)

@@ -174,3 +174,21 @@ class TestDeadLetters:
             _with_conn(settings, lambda conn: conn.channel().close())  # a new embedded channel recovers a dead consumer's folder
         wait_until(lambda: queue_depth(settings, _dlq(settings)) == 3, 30, what="letters back")
         assert _bodies(settings) == [b"m0", b"m1", b"m2"]
+
+
+def test_a_filter_by_age_never_chooses_a_letter_of_unknown_time():
+    """`purge --all --older-than 7d` must not take a letter whose time no header says: it cannot be said to be old."""
+    from router.ops.deadletters import DeadLetter, LetterFilter
+
+    def letter(failed_at):
+        return DeadLetter(id="x", failed_at=failed_at, stage="convert", reason="Bad thing", location=None, control_id="C1", size=0,
+                          delivery_count=None, headers={}, body=b"", sender="LAB@STOLAV")
+
+    now = 1_800_000_000.0
+    old = "2020-01-01T00:00:00+00:00"
+    assert LetterFilter(older_than=7 * 86400).matches(letter(old), now)
+    assert not LetterFilter(older_than=7 * 86400).matches(letter(None), now)
+    assert not LetterFilter(since=7 * 86400).matches(letter("not a time"), now)
+    assert LetterFilter(reason="bad", sender="LAB@STOLAV", stage="convert", control_id="C1").matches(letter(None), now)
+    assert not LetterFilter(sender="LAB").matches(letter(None), now)
+    assert not LetterFilter() and LetterFilter(stage="apply")
