@@ -84,7 +84,9 @@ class TestNationalExamples:
         [allergy] = _of(doc, "AllergyIntolerance")
         assert allergy["code"]["text"].startswith("Morfin")
         observations = _of(doc, "Observation")
-        assert len(observations) == 17 and {o["code"]["coding"][0]["system"] for o in observations} == {"urn:oid:2.16.578.1.12.4.1.1.9111"}
+        iplos = [o for o in observations if o["code"].get("coding", [{}])[0].get("system") == "urn:oid:2.16.578.1.12.4.1.1.9111"]
+        aids = sorted(o["code"]["text"] for o in observations if o not in iplos)
+        assert len(iplos) == 17 and aids == ["Faste hjelpemidler (briller, hørselshjelpemiddel, pacemaker)"] * 2 + ["Krykker"]
         assert len(_of(doc, "RelatedPerson")) == 2 and len(_of(doc, "EpisodeOfCare")) == 1
         [practitioner] = _of(doc, "Practitioner")
         assert practitioner["identifier"][0] == {"system": "urn:oid:2.16.578.1.12.4.1.4.4", "value": "9876543"}
@@ -328,3 +330,93 @@ class TestClinicalContentIsNotDropped:
         table = yaml.safe_load((ROOT / "mappings" / "kith" / "tables" / "Dialogmelding.9067-priority.yaml").read_text(encoding="utf-8"))
         assert table["source_system"] == "urn:oid:2.16.578.1.12.4.1.1.9067"
         assert table["map"][code] == priority
+
+
+def _before_root_end(text: str, block: str) -> str:
+    """`block` placed as the payload's last child (just before its root's closing tag, ahead of </Content>)."""
+    import re
+
+    ends = list(re.finditer(r"</p\d+:\w+>\s*</Content>", text))
+    assert len(ends) == 1
+    at = ends[0].start()
+    return text[:at] + block + text[at:]
+
+
+class TestSharedBlocksReachEveryMessage:
+    """A block the poKomponent schema shares (fixed aids, aids status, interpreter need, language) is
+    mapped the same in every PLO message whose XSD carries it, not only in the one it was first wired in."""
+
+    INTERPRETER = ("<AssistertKommunikasjon><Horselsvikt>true</Horselsvikt>"
+                   "<BehovTolkSprak V=\"AR\" DN=\"Arabisk\"/><Merknad>Tolk på telefon</Merknad></AssistertKommunikasjon>")
+
+    @pytest.mark.corpus
+    @pytest.mark.parametrize(("folder", "name", "wrapped"), [
+        ("helseopplysninger_1_6_mottak", "Helseopplysninger_Varsel_om_innlagt_pasient_v1-6_Ny.xml", True),
+        ("helseopplysninger_til_lege_1_6_mottak", "Helseopplysninger_til_lege_v1-6_Ny.xml", True),
+        ("innleggelsesrapport_1_6_mottak", "Innleggelsesrapport_v1-6_Ny.xml", True),
+        ("medisinske_opplysninger_1_6_mottak", "Medisinske_opplysninger_v1-6_Ny.xml", True),
+        ("orientering_om_tjenestetilbud_1_6_mottak", "Orientering_om_tjenestetilbud_v1-6_Ny.xml", False),
+    ])
+    def test_interpreter_need_is_a_flag_in_every_message(self, shared_dir, tmp_path, capsys, monkeypatch, folder, name, wrapped):
+        """AssistertKommunikasjon → the interpreter Flag (part of the document) in every message whose XSD has it;
+        Orientering om tjenestetilbud carries it bare, the others inside InfoAssistertKommunikasjon."""
+        text = shared_dir.joinpath("norsk", "eksempel", "plo", "1_6", folder, name).read_text(encoding="utf-8")
+        assert "AssistertKommunikasjon" not in text
+        block = f"<InfoAssistertKommunikasjon>{self.INTERPRETER}</InfoAssistertKommunikasjon>" if wrapped else self.INTERPRETER
+        msg = tmp_path / name
+        msg.write_text(_before_root_end(text, block), encoding="utf-8")
+        doc, err = _convert_unmapped(capsys, monkeypatch, shared_dir, msg)
+        assert "AssistertKommunikasjon" not in err
+        [flag] = _of(doc, "Flag")
+        assert flag["status"] == "active"
+        assert "Arabisk" in flag["code"]["text"] and "Hørselsvikt." in flag["code"]["text"] and "Tolk på telefon" in flag["code"]["text"]
+        [patient] = _of(doc, "Patient")
+        by_url = {e["fullUrl"]: e["resource"] for e in doc["entry"]}
+        assert by_url[flag["subject"]["reference"]] is patient
+        assert patient["communication"][0]["language"]["coding"][0]["code"] == "ar"
+
+    @pytest.mark.corpus
+    @pytest.mark.parametrize("version", ["1_5", "1_6"])
+    def test_innleggelsesrapport_fixed_aids_are_an_observation(self, shared_dir, capsys, monkeypatch, version):
+        """Innleggelsesrapport FasteHjelpemidler → the same fixed-aids Observation the Utskrivningsrapport makes."""
+        folder = {"1_5": "Innleggelsesrapport-v1_5", "1_6": "innleggelsesrapport_1_6_mottak"}[version]
+        name = f"Innleggelsesrapport_v{version.replace('_', '-')}_Ny.xml"
+        doc, err = _convert_unmapped(capsys, monkeypatch, shared_dir, shared_dir / "norsk" / "eksempel" / "plo" / version / folder / name)
+        assert "FasteHjelpemidler" not in err
+        aids = [o for o in _of(doc, "Observation") if o["code"].get("text", "").startswith("Faste hjelpemidler")]
+        assert len(aids) == 2 and len({a["id"] for a in aids}) == 2
+        texts = {c["code"]["text"]: c.get("valueCodeableConcept", {}).get("text", c.get("valueBoolean")) for a in aids for c in a["component"]}
+        assert texts["Briller"] == "Kontaktlinser"
+        assert "Hjelpemiddel hørsel" in texts and "Pacemaker" in texts
+
+    @pytest.mark.corpus
+    @pytest.mark.parametrize(("folder", "name", "aid"), [
+        ("innleggelsesrapport_1_6_mottak", "Innleggelsesrapport_v1-6_Ny.xml", "Krykker"),
+        ("utskrivningsrapport_1.6_mottak", "Utskrivningsrapport_v1-6_Ny.xml", "Rullator"),
+    ])
+    def test_aids_status_is_an_observation(self, shared_dir, capsys, monkeypatch, folder, name, aid):
+        """StatusHjelpemiddel (an aid in use or applied for, with its status) → an Observation: the aid is the code,
+        its status (Aktiv) the value, for the patient, from the report's author."""
+        doc, err = _convert_unmapped(capsys, monkeypatch, shared_dir, shared_dir / "norsk" / "eksempel" / "plo" / "1_6" / folder / name)
+        assert "StatusHjelpemiddel" not in err
+        [status] = [o for o in _of(doc, "Observation") if o["code"].get("text") == aid]
+        assert status["valueCodeableConcept"]["text"] == "Aktiv"
+        assert status["status"] == "final"
+        [patient] = _of(doc, "Patient")
+        by_url = {e["fullUrl"]: e["resource"] for e in doc["entry"]}
+        assert by_url[status["subject"]["reference"]] is patient
+        assert [e["request"]["method"] for e in doc["entry"] if e["resource"] is status] == ["PUT"]
+
+    @pytest.mark.corpus
+    def test_language_is_the_patients_communication(self, shared_dir, tmp_path, capsys, monkeypatch):
+        """TilleggsopplysningPasient/Sprak → Patient.communication (BCP-47, preferred), also with no interpreter need."""
+        src = shared_dir / "norsk" / "eksempel" / "plo" / "1_6" / "innleggelsesrapport_1_6_mottak" / "Innleggelsesrapport_v1-6_Ny.xml"
+        text = src.read_text(encoding="utf-8")
+        anchor = "<BorAlene>true</BorAlene>"
+        assert text.count(anchor) == 1 and "Sprak" not in text
+        msg = tmp_path / "sprak.xml"
+        msg.write_text(text.replace(anchor, anchor + '<Sprak V="PL" DN="Polsk"/>'), encoding="utf-8")
+        doc, err = _convert_unmapped(capsys, monkeypatch, shared_dir, msg)
+        assert "Sprak" not in err
+        [patient] = _of(doc, "Patient")
+        assert patient["communication"] == [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "pl", "display": "Polsk"}], "text": "Polsk"}, "preferred": True}]
