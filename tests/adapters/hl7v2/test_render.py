@@ -23,13 +23,6 @@ ADT_A01 = (
 ).encode()
 
 
-@pytest.fixture
-def admit(converter) -> Converted:
-    [conv] = converter.convert(ADT_A01)
-    assert conv.ok, conv.error
-    return conv
-
-
 def _renderer(settings, **options) -> Hl7v2Renderer:
     return Hl7v2Renderer.for_destination(QueueDestination(kind="queue", queue="lab.adt", format="hl7v2", **options), settings, name="lab")
 

@@ -9,23 +9,10 @@ from datetime import datetime
 
 import pytest
 
-from adapters.hl7v2.render import Hl7v2Renderer
 from router.contracts import Converted
 from router.errors import MessageError
-from router.routing.model import QueueDestination
 
-from .test_render import ADT_A01, _fields, _resources, _with_bundle, _with_patient
-
-
-@pytest.fixture
-def admit(converter) -> Converted:
-    [conv] = converter.convert(ADT_A01)
-    assert conv.ok, conv.error
-    return conv
-
-
-def _renderer(settings, **options) -> Hl7v2Renderer:
-    return Hl7v2Renderer.for_destination(QueueDestination(kind="queue", queue="lab.adt", format="hl7v2", **options), settings, name="lab")
+from .test_render import _fields, _renderer, _resources, _with_bundle, _with_patient
 
 
 def _with_stay_start(conv: Converted, start: str) -> Converted:
