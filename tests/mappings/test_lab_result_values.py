@@ -93,6 +93,48 @@ class TestEachResultUnderItsOwnOrder:
             assert before["id"] == after["id"], kind
         assert _of(final, "Observation")[0]["status"] == "final"
 
+    @staticmethod
+    def _ids(converter: Converter, orc: str, obr_numbers: str) -> dict[str, str]:
+        """The report's, its result's and its specimen's ids for one order sent with these numbers."""
+        doc = one_bundle(converter, _oru(
+            PID,
+            *([orc] if orc else []),
+            f"OBR|1|{obr_numbers}|HB^Hemoglobin^L|||20250110080000",
+            "OBX|1|NM|HB^Hb^L||134|g/L|||||F",
+            "SPM|1|||BLD^Blood^L",
+        ))
+        return {kind: _of(doc, kind)[0]["id"] for kind in ("DiagnosticReport", "Observation", "Specimen")}
+
+    def test_the_laboratorys_number_in_orc_alone_names_the_report_and_its_results(self, converter: Converter) -> None:
+        """ORU may carry the order numbers in ORC only (ORC-2/ORC-3, OBR-2/OBR-3 empty). The report
+        took neither (the IG makes them its identifiers) and was named by the time, its results too:
+        the final report that repeats the laboratory's number in OBR-3 made a second of each."""
+        first = self._ids(converter, "ORC|RE|ORD-1^DIPS|LAB-1^LABSYS", "|")
+        later = self._ids(converter, "ORC|RE|ORD-1^DIPS|LAB-1^LABSYS", "ORD-1^DIPS|LAB-1^LABSYS")
+        assert first == later
+        doc = one_bundle(converter, _oru(PID, "ORC|RE|ORD-1^DIPS|LAB-1^LABSYS", "OBR|1|||HB^Hemoglobin^L|||20250110080000"))
+        [report] = _of(doc, "DiagnosticReport")
+        assert [(i["value"], i["type"]["coding"][0]["code"]) for i in report["identifier"]] == [("LAB-1", "FILL"), ("ORD-1", "PLAC")]
+
+    def test_a_report_and_its_results_are_one_or_two_together_in_either_order_of_arrival(self, converter: Converter) -> None:
+        """The laboratory's number (OBR-3, else ORC-3) names a report and its results, the placer's only
+        without it. A report first sent with the laboratory's number and later with the placer's too is
+        one report, whichever segment holds the number. Sent first with the placer's number alone (HL7
+        requires the laboratory's in a result) it stays apart from the later one, no stateless rule can
+        join both orders: then its results and specimen stay apart with it, never half of them."""
+        pairs = {
+            "filler, then both": (("", "|LAB-1^LABSYS"), ("", "ORD-1^DIPS|LAB-1^LABSYS")),
+            "filler in ORC, then in OBR too": (("ORC|RE||LAB-1^LABSYS", "|"), ("ORC|RE|ORD-1^DIPS|LAB-1^LABSYS", "|LAB-1^LABSYS")),
+            "placer in ORC, then in OBR": (("ORC|RE|ORD-1^DIPS", "|"), ("", "ORD-1^DIPS|")),
+            "placer, then both": (("", "ORD-1^DIPS|"), ("", "ORD-1^DIPS|LAB-1^LABSYS")),
+        }
+        for case, (first, later) in pairs.items():
+            before, after = self._ids(converter, *first), self._ids(converter, *later)
+            same = {kind: before[kind] == after[kind] for kind in before}
+            assert len(set(same.values())) == 1, (case, same)
+            if case != "placer, then both":
+                assert all(same.values()), case
+
     def test_an_order_number_without_its_number_is_no_order_number(self, converter: Converter) -> None:
         """OBR-3 `^LABSYS` (a namespace, no number) was read as an order number: every patient's Hb
         from that laboratory hashed to one Observation, the second patient's overwriting the first's."""
@@ -178,6 +220,22 @@ class TestEveryValueKept:
         [result] = _results(converter, "OBX|1|NM|HB^Hb^L|||g/L|||||X").values()
         assert result["status"] == "cancelled"
         assert not [k for k in result if k.startswith("value")]
+
+    def test_a_result_that_cannot_be_obtained_says_why_it_has_no_value(self, converter: Converter) -> None:
+        """OBX-11 X (results cannot be obtained) and N (not asked) left a result without a value and
+        without a word why; the IG sets dataAbsentReason. One that carries a value (the reason as
+        text) keeps it, and no dataAbsentReason: FHIR allows only one of them (obs-6)."""
+        results = _results(
+            converter,
+            "OBX|1|NM|HB^Hb^L|||g/L|||||X",
+            "OBX|2|NM|CRP^CRP^L||||||||N",
+            "OBX|3|ST|K^Kalium^L||Hemolysert prøve||||||X",
+        )
+        dar = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+        assert results["HB"]["dataAbsentReason"]["coding"] == [{"system": dar, "code": "error", "display": "Error"}]
+        assert results["CRP"]["dataAbsentReason"]["coding"] == [{"system": dar, "code": "not-asked", "display": "Not Asked"}]
+        assert results["K"]["valueString"] == "Hemolysert prøve" and "dataAbsentReason" not in results["K"]
+        assert results["HB"]["status"] == "cancelled"
 
     def test_a_structured_value_not_equal_to_a_number_is_not_that_number(self, converter: Converter) -> None:
         """SN `<>^5` (not equal to 5) was valueQuantity 5, the opposite of what the laboratory said;
