@@ -505,6 +505,12 @@ class _Loaded:
     def convert(self, data: bytes) -> list[Converted]:
         return self.converter.convert(data)  # type: ignore[no-any-return]  # Converter.convert is typed
 
+    def versions(self) -> dict[str, str]:
+        """Per format, the hash its Bundles carry in meta.tag (`structure@hash`): which mapping version runs."""
+        kith = getattr(self.converter, "_kith", None)
+        sets = {"hl7v2": self.converter.mappings, "kith": getattr(kith, "mappings", None)}
+        return {name: next(iter(s.messages.values())).sha for name, s in sets.items() if s is not None and s.messages}
+
 
 def _load(settings: Settings) -> _Loaded:
     """Compile every mapping the engine runs, or raise MappingError/ConfigError (the reload refuses it)."""

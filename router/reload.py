@@ -4,6 +4,13 @@ A change is picked up between deliveries: the whole mapping set is compiled
 anew (every load-time check runs), and only a set that compiles replaces the
 running one, by swapping a single reference. A set that fails is refused; the
 old one keeps running, and the refusal is logged with file:line:col.
+
+A change is compiled only once the files held still from one look to the next,
+and a set is used only when no file moved while it compiled. Why: an editor's
+save in two steps, a file deleted then written again, or a `git pull` caught
+halfway can compile cleanly (a message mapping that is missing is no error) and
+ran until the next look, dead-lettering and refusing (AR) every message of a
+type the half-loaded set lacked.
 """
 
 from __future__ import annotations
@@ -27,11 +34,15 @@ def fingerprint(folder: Path, *, racy_since: int | None = None) -> tuple[tuple[s
     the same mtime tick as the previous look: the file then looks untouched until its next
     edit. So a file whose mtime is at or after *racy_since* (the previous look's wall clock
     less one tick; default: now less one tick) is hashed too, as git does for "racy" files.
-    Only files edited around the last look are read; the rest cost one stat.
+    Only files edited around the last look are read; the rest cost one stat. Fixture cases
+    (`*.cases` folders) are left out: no running set reads them, and a case added cost a
+    whole rebuild, during which the worker took no delivery.
     """
     since = racy_since if racy_since is not None else time.time_ns() - _TICK_NS
     out = []
     for path in sorted(folder.rglob("*.yaml")):
+        if any(part.endswith(".cases") for part in path.relative_to(folder).parts[:-1]):
+            continue
         try:
             st = path.stat()
             digest = hashlib.blake2b(path.read_bytes(), digest_size=16).digest() if st.st_mtime_ns >= since else b""
@@ -61,10 +72,17 @@ class MappingReloader:
         self._log = logger
         self._looked = time.time_ns()
         self._seen = fingerprint(folder)  # before the build: an edit saved while it compiles is seen at the next look
+        self._pending: tuple[tuple[str, int, int, bytes], ...] | None = None  # a change seen once, built when it holds still
         self._current = initial if initial is not None else build()
         self._checked = time.monotonic()
         self.reloads = 0
         self.refusals = 0
+        self.failing = False  # the files on disk were refused at the last build: an older set runs (metrics)
+
+    @property
+    def live(self) -> Any:
+        """The converter in use, without looking at the files (for a scrape on another thread)."""
+        return self._current
 
     def current(self) -> Any:
         """Return the converter to use now, first reloading if the files changed."""
@@ -75,23 +93,43 @@ class MappingReloader:
         since = looked - _TICK_NS
         now = fingerprint(self._folder, racy_since=since)
         if now == _unhashed_before(self._seen, since):
+            self._pending = None  # changed and changed back: nothing to build
             return self._current
+        if self._pending is None or now != _unhashed_before(self._pending, since):
+            self._pending = now  # still moving (or first seen): build once it is the same at the next look
+            return self._current
+        self._pending = None
         changed = sorted({p for p, *_ in set(now) ^ set(self._seen)})
-        self._seen = now
+        building = self._looked - _TICK_NS  # the next look hashes from here too: the same files, the same digests
         try:
             fresh = self._build()
         except MappingError as exc:
+            self._seen = now
             self.refusals += 1
+            self.failing = True
             self._log.error("mappings_reload_refused", file=exc.file, line=exc.line, column=exc.column, error=exc.reason, changed=[Path(p).name for p in changed])
             return self._current
         except (ConfigError, OSError) as exc:
             # Not a lint error but still a set that cannot run (a file gone mid-save, a config check):
             # refuse it like one, rather than let it end the worker that runs the old set well.
+            self._seen = now
             self.refusals += 1
-            self._log.error("mappings_reload_refused", file=getattr(exc, "filename", None) or "?", error=type(exc).__name__, changed=[Path(p).name for p in changed])
+            self.failing = True
+            # The reason names the file or destination at fault (config text, never a message): without it
+            # an outbound mapping deleted under a destination was refused as a bare "ConfigError", file "?".
+            self._log.error("mappings_reload_refused", file=getattr(exc, "filename", None) or "?", error=type(exc).__name__, reason=str(exc), changed=[Path(p).name for p in changed])
             return self._current
+        after = fingerprint(self._folder, racy_since=building)
+        if after != _unhashed_before(now, building):
+            # A file moved while the set compiled: it may hold some of the edit and not the rest.
+            # Not used; what the files are now is built once it holds still.
+            self._pending = after
+            self._log.info("mappings_reload_deferred", changed=[Path(p).name for p in changed], why="files changed while loading")
+            return self._current
+        self._seen = now
         self._current = fresh  # one reference swap: a message is mapped by one consistent set
         self.reloads += 1
+        self.failing = False
         self._on_swap()
         self._log.info("mappings_reloaded", changed=[Path(p).name for p in changed])
         return self._current

@@ -21,6 +21,8 @@ from router.routing.model import FhirDestination, QueueDestination
 from router.routing.partition import partition_of
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from adapters.amqp.outbound import Publisher
     from router.contracts import Converted
     from router.routing.match import Decision
@@ -59,10 +61,12 @@ class Forwarder:
         }
 
     def forward(self, publisher: Publisher, conv: Converted, decision: Decision,
-                unrendered: list[tuple[str, MessageError]] | None = None) -> int:
+                unrendered: list[tuple[str, MessageError]] | None = None, *, delivery: Mapping[str, Any] | None = None) -> int:
         """Publish *conv* to each queue and queued destination in *decision*; return how many were published (pipelined).
 
         A destination *conv* cannot be rendered for is dead-lettered (stage render) and, given *unrendered*, added to it with why.
+        *delivery*: the headers of the delivery *conv* came in; a replay's history (`helsebro dlq replay`) goes on
+        that dead letter, as on the engine's own (router.pipeline.settle.replay_history).
         """
         sent = 0
         overrides = dict(decision.on_failure)
@@ -73,7 +77,7 @@ class Forwarder:
                 try:
                     body = self._renderers[name].render(conv)
                 except MessageError as exc:  # this destination only: the others go on
-                    self._dead_letter(publisher, conv, name, exc)
+                    self._dead_letter(publisher, conv, name, exc, delivery)
                     if unrendered is not None:
                         unrendered.append((name, exc))
                     continue
@@ -87,7 +91,10 @@ class Forwarder:
         return sent
 
 
-    def _dead_letter(self, publisher: Publisher, conv: Converted, destination: str, error: MessageError) -> None:
+    def _dead_letter(self, publisher: Publisher, conv: Converted, destination: str, error: MessageError,
+                     delivery: Mapping[str, Any] | None) -> None:
+        """Dead-letter *conv* for *destination* alone, with what the engine's own letters carry: its sender (`helsebro
+        find` tells it from another sender's message with its control id), its type, and a replay's history."""
         from router.pipeline.settle import dead_letter_headers  # settle imports this module
 
         issue: dict[str, Any] = {"severity": "error", "code": error.issue_code, "diagnostics": error.reason}
@@ -95,8 +102,7 @@ class Forwarder:
             issue["expression"] = [error.location]
         outcome = {"resourceType": "OperationOutcome", "issue": [issue]}
         headers = dead_letter_headers(reason=error.reason, stage="render", location=error.location, control_id=conv.control_id, outcome=outcome, destination=destination, attempts=1, last_error=type(error).__name__,
-                                      patient_key=conv.patient_key)
-        headers["x-helsebro-sender"] = conv.sender or ""  # `helsebro find` tells it from another sender's message with its control id
+                                      patient_key=conv.patient_key, sender=conv.sender, message_type=conv.message_type, delivery=delivery)
         publisher.dead_letter(conv.raw, headers=headers)
 
 

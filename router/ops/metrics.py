@@ -4,10 +4,11 @@ AMQP 0-9-1 shows a queue's depth and consumers and no rates; `helsebro status`
 shows what settled lately from the record's journal. A scraper that polls every
 worker's counters gets the rest: throughput and error rates per outcome
 (`rate(helsebro_messages_settled_total[5m])`), each queued destination's
-deliveries, parks and refusals, and how long batches take to settle, without
-reading a queue or the record. Everything here is a count or a duration; no
-identifier, name or value from a message is ever a label (destination names and
-outcomes are the only ones).
+deliveries, parks and refusals, how long batches take to settle, and which
+mapping version it runs and whether an edit was refused, without reading a
+queue or the record. Everything here is a count or a duration; no identifier,
+name or value from a message is ever a label (destination names, outcomes,
+formats and mapping versions are the only ones).
 
 The counters are the engine's own (router.engine.EngineStats,
 router.delivery.worker.DestinationStats), written by their threads and read
@@ -118,11 +119,36 @@ def exposition(engine: Engine, apprecs: OverdueApprecs | None = None) -> str:
         for worker in engine.destinations:
             lines += [f'helsebro_destination_messages_total{{destination="{_label(worker.name)}",result="{r}"}} {getattr(worker.stats, r)}'
                       for r in _DESTINATION_RESULTS]
+    lines += _mappings(engine)
     lines += ["# HELP helsebro_idle_seconds Seconds since this worker last took a delivery.", "# TYPE helsebro_idle_seconds gauge",
               f"helsebro_idle_seconds {stats.idle_seconds():.3f}"]
     if apprecs is not None:
         lines += _overdue(apprecs)
     return "\n".join(lines) + "\n"
+
+
+def _mappings(engine: Engine) -> list[str]:
+    """The hot reload's counters and the mapping version this worker converts with; none for a caller's fixed converter.
+
+    Why: a refused edit was in the log only, and each worker of `run --workers N` reloads on its own;
+    a scrape now says, per worker, which version runs and whether the files on disk are refused.
+    """
+    reloader = engine.mappings
+    if not hasattr(reloader, "refusals"):
+        return []
+    lines = ["# HELP helsebro_mapping_reloads_total Mapping edits this worker loaded while running (hot reload).",
+             "# TYPE helsebro_mapping_reloads_total counter", f"helsebro_mapping_reloads_total {reloader.reloads}",
+             "# HELP helsebro_mapping_reload_refusals_total Mapping edits this worker refused (the log's mappings_reload_refused "
+             "names file:line); the set before kept running.",
+             "# TYPE helsebro_mapping_reload_refusals_total counter", f"helsebro_mapping_reload_refusals_total {reloader.refusals}",
+             "# HELP helsebro_mapping_reload_failing 1 while the mapping files on disk are refused and this worker runs the set before them.",
+             "# TYPE helsebro_mapping_reload_failing gauge", f"helsebro_mapping_reload_failing {int(reloader.failing)}"]
+    versions: dict[str, str] = getattr(reloader.live, "versions", dict)()
+    if versions:
+        lines += ["# HELP helsebro_mappings_info The mapping version this worker converts with, by format: the hash its Bundles "
+                  "carry in meta.tag (urn:helsebro:mapping, structure@hash).", "# TYPE helsebro_mappings_info gauge"]
+        lines += [f'helsebro_mappings_info{{format="{f}",version="{_label(v)}"}} 1' for f, v in sorted(versions.items())]
+    return lines
 
 
 def _overdue(apprecs: OverdueApprecs) -> list[str]:

@@ -361,7 +361,7 @@ class Settle:
             return
         if m.outcome == "receipt":
             if m.decision is not None and self._forwarder is not None:  # also to the legacy queues its routes name
-                self._forwarder.forward(self._publisher, conv, m.decision, unrendered=m.unrendered)
+                self._forwarder.forward(self._publisher, conv, m.decision, unrendered=m.unrendered, delivery=m.delivery)
             return  # an AppRec is never answered
         if m.error is None and m.conv.bundle is None and not m.as_received:
             m.error = MessageError("message produced no Bundle")
@@ -376,7 +376,7 @@ class Settle:
         elif m.decision is not None and m.decision.filtered:
             m.outcome = "filtered"
         elif m.decision is not None and self._forwarder is not None:
-            sent = self._forwarder.forward(self._publisher, conv, m.decision, unrendered=m.unrendered)
+            sent = self._forwarder.forward(self._publisher, conv, m.decision, unrendered=m.unrendered, delivery=m.delivery)
             if m.outcome is None and (sent or m.unrendered):
                 m.outcome = "forwarded" if sent else "dead_lettered"  # every destination it went to dead-lettered it at render
         if m.answered:

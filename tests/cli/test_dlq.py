@@ -643,6 +643,80 @@ class TestDestinationDeadLetters:
         assert code == 2
         assert f"Replay 1 dead letter from {dlq} to the destination ekstern's work queue?" in err
 
+LEGACY_ROUTES = {
+    "destinations": {"lab": {"kind": "queue", "queue": "lab.adt", "format": "hl7v2", "version": "2.3", "charset": "8859/1"},
+                     "raw": {"kind": "queue", "queue": "raw.adt", "format": "passthrough"}},
+    "routes": [{"name": "legacy", "match": {"event": ["A13"]}, "to": ["lab", "raw"]}],
+}
+"""An A13, which lab's outbound HL7 v2 mapping does not serve, for lab and for a passthrough queue."""
+
+
+def _drain_with_ids(settings, name):
+    """Take every ready message off queue *name*; return (message id, headers, body) in queue order."""
+    from kombu import Queue
+
+    conn = open_connection(settings)
+    out = []
+    try:
+        channel = conn.channel()
+        queue = Queue(name, no_declare=True)(channel)
+        while (message := queue.get(no_ack=False)) is not None:
+            out.append((message.properties["message_id"], dict(message.headers or {}), message.body))
+            message.ack()
+        channel.close()
+        return out
+    finally:
+        conn.release()
+
+
+class TestRenderDeadLetters:
+    @pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+    def replayed(self, request, exported, capsys):
+        """An A13 lab cannot render, dead-lettered at render, replayed with `dlq replay` and refused again: the
+        settings, the first letter, and the A13 as sent."""
+        settings = exported(RABBIT if request.param == "rabbitmq" else None, routes=LEGACY_ROUTES)
+        body = adt_message("A13", control_id="REN1", fnr=GOOD_FNR, local_id="L1", visit="V1")
+        publish(settings, [body])
+        handle = _engine(settings)
+        try:
+            wait_until(lambda: handle.stats.messages == 1, 60, what="settled")
+            [first] = _listed(capsys)
+            assert _cli(capsys, "replay", "--all", "--yes")[0] == 0
+            wait_until(lambda: handle.stats.messages == 2, 60, what="the replay settled")
+            wait_until(lambda: queue_depth(settings, settings.engine.broker.names.dead_letter) == 1, 30, what="refused again")
+        finally:
+            handle.stop()
+        return settings, first, body
+
+    def test_a_render_letter_refused_again_names_the_letter_it_replaced(self, replayed, capsys):
+        """Review H141: a legacy destination's renderer refused a replayed message, and its new letter had neither the
+        letter it replaced, nor the earlier reason, nor the message type: the Forwarder did not see the delivery's
+        headers. It carries them now, as the engine's own letters do."""
+        _settings, first, _body = replayed
+        assert (first["stage"], first["control_id"]) == ("render", "REN1")
+        [again] = _listed(capsys)
+        code, out, _ = _cli(capsys, "show", again["id"], "--json")
+        headers = json.loads(out)["headers"]
+        assert code == 0 and again["id"] != first["id"]
+        assert headers["x-helsebro-replay-of"] == first["id"]
+        assert headers["x-helsebro-previous-reason"] == f"render: {first['reason']}"
+        assert (headers["x-helsebro-stage"], headers["x-helsebro-destination"]) == ("render", "lab")
+        assert (headers["x-helsebro-sender"], headers["x-helsebro-message-type"]) == ("PAS@STOLAV", "ADT^A13")
+        assert GOOD_FNR not in json.dumps(headers)
+
+    def test_the_passthrough_copy_is_the_message_as_sent_under_one_id(self, replayed):
+        """Lab's refusal does not stop the passthrough queue; each copy (first and replayed) is the A13's own bytes
+        under the same message id, so the legacy receiver drops the second as a duplicate."""
+        settings, _first, body = replayed
+        copies = _drain_with_ids(settings, settings.routes.destinations["raw"].queue)
+        assert [b for _id, _h, b in copies] == [body, body]
+        assert len({message_id for message_id, _h, _b in copies}) == 1
+        for _id, headers, _b in copies:
+            assert (headers["x-helsebro-format"], headers["x-helsebro-destination"]) == ("passthrough", "raw")
+            assert GOOD_FNR not in json.dumps(headers)
+        assert _drain_with_ids(settings, settings.routes.destinations["lab"].queue) == []
+
+
 def _consumed_headers(settings, queue):
     """Take every message off *queue* with a consumer (a quorum queue with a single active consumer refuses
     basic.get); return their headers in order."""

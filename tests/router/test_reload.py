@@ -38,6 +38,12 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+def _settled(reloader: MappingReloader):
+    """Two looks: the first sees the change, the second (the files held still) builds it."""
+    reloader.current()
+    return reloader.current()
+
+
 class TestMappingReloader:
     def test_swaps_in_an_edited_mapping(self, mappings):
         """An edit that compiles replaces the converter and is logged."""
@@ -46,7 +52,7 @@ class TestMappingReloader:
         reloader = MappingReloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=log)
         assert reloader.current() == 1
         _edit(mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml", "from: XPN.1.1", "from: XPN.1.1\n    fn: upper")
-        assert reloader.current() == 2
+        assert _settled(reloader) == 2
         assert log.events[-1][0] == "mappings_reloaded" and "XPN.HumanName.yaml" in log.events[-1][1]["changed"]
 
     def test_on_swap_runs_after_a_reload_only(self, mappings):
@@ -56,7 +62,7 @@ class TestMappingReloader:
         reloader = MappingReloader(mappings, lambda: next(sets), interval=1e-9, logger=_Log(), on_swap=lambda: swaps.append(1))
         assert reloader.current() == 1 and swaps == []
         _edit(mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml", "from: XPN.1.1", "from: XPN.1.1\n    fn: upper")
-        assert reloader.current() == 2 and swaps == [1]
+        assert _settled(reloader) == 2 and swaps == [1]
         assert reloader.current() == 2 and swaps == [1]
 
     def test_refuses_a_broken_mapping_and_keeps_the_old(self, mappings):
@@ -68,7 +74,7 @@ class TestMappingReloader:
         reloader = MappingReloader(mappings, lambda: MappingSet.load(mappings / "hl7v2", compile_path), interval=1e-9, logger=log)
         before = reloader.current()
         _edit(mappings / "hl7v2" / "segments" / "PID.Patient.yaml", "target: birthDate", "target: birthdate")
-        assert reloader.current() is before
+        assert _settled(reloader) is before
         event, fields = log.events[-1]
         assert event == "mappings_reload_refused"
         assert fields["file"].endswith("PID.Patient.yaml") and fields["line"] > 1 and "birthdate" in fields["error"]
@@ -135,7 +141,7 @@ class TestWhatAReloadSees:
         _edit(path, "from: XPN.1.1", "from: XPN.1.2")
         os.utime(path, ns=(tick, tick))
         assert path.stat().st_size == size
-        assert reloader.current() == 2
+        assert _settled(reloader) == 2
 
     def test_an_edit_reloads_once_not_again_when_it_is_no_longer_recent(self, mappings, monkeypatch):
         """A file hashed while its edit was recent is not taken for edited again once it is older."""
@@ -151,7 +157,7 @@ class TestWhatAReloadSees:
         path = mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml"
         _edit(path, "from: XPN.1.1", "from: XPN.1.2")
         os.utime(path, ns=(clock[0], clock[0]))
-        assert reloader.current() == 2  # the edit, hashed: it is recent
+        assert _settled(reloader) == 2  # the edit, hashed: it is recent
         clock[0] += 60 * 10**9  # a minute later the file is no longer recent: one stat, no digest
         assert reloader.current() == 2
         assert reloader.current() == 2 and builds == [1, 1]
@@ -162,9 +168,9 @@ class TestWhatAReloadSees:
         assert reloader.current() == 1
         table = next((mappings / "hl7v2" / "tables").glob("*.yaml"))
         table.rename(table.with_suffix(".yaml.bak"))
-        assert reloader.current() == 2
+        assert _settled(reloader) == 2
         (mappings / "outbound" / "hl7v2" / "ORU_R01.yaml").unlink()
-        assert reloader.current() == 3
+        assert _settled(reloader) == 3
 
     def test_a_half_written_file_is_refused_then_loaded_once_complete(self, mappings):
         """A save caught halfway (NUL padding) is refused at its file:line, not raised; the finished file then loads."""
@@ -177,12 +183,12 @@ class TestWhatAReloadSees:
         path = mappings / "hl7v2" / "segments" / "PID.Patient.yaml"
         whole = path.read_bytes()
         path.write_bytes(whole[: len(whole) // 2] + b"\0" * 64)
-        assert reloader.current() is before
+        assert _settled(reloader) is before
         event, fields = log.events[-1]
         assert event == "mappings_reload_refused" and fields["file"].endswith("PID.Patient.yaml") and fields["line"] > 1
         assert "control character" in fields["error"]
         path.write_bytes(whole)
-        assert reloader.current() is not before
+        assert _settled(reloader) is not before
         assert (reloader.reloads, reloader.refusals) == (1, 1)
 
     def test_an_os_error_in_a_rebuild_is_refused_not_raised(self, mappings):
@@ -198,7 +204,7 @@ class TestWhatAReloadSees:
         log = _Log()
         reloader = MappingReloader(mappings, build, interval=1e-9, logger=log)
         _edit(path, "from: XPN.1.1", "from: XPN.1.1\n    fn: upper")
-        assert reloader.current() == 1
+        assert _settled(reloader) == 1
         event, fields = log.events[-1]
         assert event == "mappings_reload_refused" and fields["file"].endswith("XPN.HumanName.yaml") and fields["error"] == "FileNotFoundError"
 
@@ -250,3 +256,114 @@ class TestEngineReloadsEveryMapping:
             assert pid_1() == b"7"
         finally:
             handle.stop()
+
+
+class TestNoHalfLoadedSet:
+    """Session 24: a set is built only from files that hold still, and used only if none moved while it compiled."""
+
+    def test_a_mapping_deleted_then_written_again_is_never_loaded_without_it(self, mappings):
+        """An editor's or `git checkout`'s delete-then-write, caught between the two by a look, builds nothing."""
+        path = mappings / "hl7v2" / "messages" / "ADT_A01.yaml"
+        built_without: list[bool] = []
+        reloader = MappingReloader(mappings, lambda: built_without.append(not path.exists()) or len(built_without), interval=1e-9, logger=_Log())
+        whole = path.read_bytes()
+        path.unlink()
+        assert reloader.current() == 1  # the look between the two steps: the set without ADT_A01 is not built
+        path.write_bytes(whole + b"# saved again\n")
+        assert _settled(reloader) == 2
+        assert built_without == [False, False]
+
+    def test_a_set_whose_files_moved_while_it_compiled_is_not_used(self, mappings):
+        """A save that lands while the set compiles: that set may hold half the edit; the next looks build the whole."""
+        path = mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml"
+        builds = []
+
+        def build():
+            builds.append(1)
+            if len(builds) == 2:  # the reload's build: the author saves the second half meanwhile
+                _edit(path, "from: XPN.1.2", "from: XPN.1.2\n    fn: upper")
+            return len(builds)
+
+        log = _Log()
+        reloader = MappingReloader(mappings, build, interval=1e-9, logger=log)
+        _edit(path, "from: XPN.1.1", "from: XPN.1.2")
+        assert _settled(reloader) == 1 and reloader.reloads == 0
+        assert log.events[-1][0] == "mappings_reload_deferred" and "XPN.HumanName.yaml" in log.events[-1][1]["changed"]
+        assert _settled(reloader) == 3 and reloader.reloads == 1
+
+
+class TestEngineSaysWhyAReloadIsRefused:
+    def test_an_outbound_mapping_deleted_under_a_destination_names_it(self, tmp_path, mappings):
+        """Not a lint error but a config check: the refusal says which mapping is missing, not a bare ConfigError."""
+        routes = {
+            "destinations": {
+                "record": {"kind": "record"},
+                "kommune": {"kind": "queue", "queue": "reload.plo", "format": "kith", "mapping": "PLO_InnlagtPasient", "receiver_her_id": "12345"},
+            },
+            "routes": [{"name": "adt", "match": {"format": "hl7v2", "message_code": ["ADT"]}, "to": ["record", "kommune"]}],
+        }
+        settings = _fast_reload(isolated_settings(tmp_path, routes=routes).model_copy(update={"mappings_dir": mappings}))
+        log = _Log()
+        handle = run_engine_in_thread(settings, logger=log)
+        try:
+            (mappings / "outbound" / "kith" / "PLO_InnlagtPasient.yaml").unlink()
+            wait_until(lambda: handle.engine.mappings.refusals, timeout=20, what="the deletion refused")
+            fields = next(kw for event, kw in log.events if event == "mappings_reload_refused")
+            assert fields["error"] == "ConfigError" and "PLO_InnlagtPasient" in fields["reason"] and "does not exist" in fields["reason"]
+            assert handle.engine.mappings.reloads == 0
+        finally:
+            handle.stop()
+
+
+class TestAWorkerSaysWhichMappingsRun:
+    def test_metrics_name_the_live_version_and_a_refused_edit(self, tmp_path, mappings):
+        """A scrape tells which mapping version converts (the hash in the Bundles' meta.tag) and that the files on disk are refused."""
+        import re
+
+        from router.mapping.engine import PROVENANCE_SYSTEM
+        from router.ops.metrics import exposition
+
+        shutil.rmtree(mappings / "kith")
+        settings = _fast_reload(isolated_settings(tmp_path).model_copy(update={"mappings_dir": mappings}))
+        handle = run_engine_in_thread(settings)
+        record = open_record(settings)
+        reloader = handle.engine.mappings
+
+        def scrape() -> dict[str, str]:
+            return dict(re.findall(r"^(helsebro_mapping\w*(?:\{[^}]*\})?) (\S+)$", exposition(handle.engine), re.M))
+
+        def tag(control_id: str, family: str) -> str:
+            publish(settings, [adt_message("A08", control_id=control_id, fnr=FNR, local_id="L1", visit="V1", family=family)])
+            found = wait_until(lambda: [p for p in record.search("Patient", {"identifier": f"urn:oid:2.16.578.1.12.4.1.4.1|{FNR}"})
+                                        if p["name"][0]["family"].lower() == family.lower()], timeout=20, what=f"{control_id} applied")
+            (code,) = {t["code"] for t in found[0]["meta"]["tag"] if t["system"] == PROVENANCE_SYSTEM}
+            return str(code).rsplit("@", 1)[1]
+
+        try:
+            first = tag("M1", "Forste")
+            assert scrape() == {"helsebro_mapping_reloads_total": "0", "helsebro_mapping_reload_refusals_total": "0",
+                                "helsebro_mapping_reload_failing": "0", f'helsebro_mappings_info{{format="hl7v2",version="{first}"}}': "1"}
+            _edit(mappings / "hl7v2" / "segments" / "PID.Patient.yaml", "target: birthDate", "target: birthdate")
+            wait_until(lambda: reloader.refusals == 1, timeout=20, what="the broken edit refused")
+            samples = scrape()
+            assert samples["helsebro_mapping_reload_failing"] == "1" and samples["helsebro_mapping_reload_refusals_total"] == "1"
+            assert f'helsebro_mappings_info{{format="hl7v2",version="{first}"}}' in samples  # the old set still runs
+            _edit(mappings / "hl7v2" / "segments" / "PID.Patient.yaml", "target: birthdate", "target: birthDate  # fixed")  # one save: one reload
+            wait_until(lambda: reloader.reloads == 1, timeout=20, what="the fixed edit loaded")
+            second = tag("M2", "Andre")
+            assert second != first
+            assert scrape() == {"helsebro_mapping_reloads_total": "1", "helsebro_mapping_reload_refusals_total": "1",
+                                "helsebro_mapping_reload_failing": "0", f'helsebro_mappings_info{{format="hl7v2",version="{second}"}}': "1"}
+        finally:
+            record.close()
+            handle.stop()
+
+
+def test_a_new_fixture_case_builds_nothing(mappings):
+    """`.cases` folders hold fixture cases, which no running set reads: adding one does not stall the worker for a build."""
+    builds = []
+    reloader = MappingReloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
+    case = mappings / "outbound" / "hl7v2" / "ADT_A01.cases" / "a_new_case"
+    case.mkdir()
+    (case / "case.yaml").write_text("description: a new case\n")
+    assert _settled(reloader) == 1 and builds == [1]
