@@ -30,6 +30,7 @@ __all__ = [
     "PersonIdKind",
     "classify_person_id",
     "first_valid_fnr",
+    "her_id_ok",
     "hpr_ok",
     "looks_like_national_id",
     "make_dnr",
@@ -216,12 +217,30 @@ def orgnr_ok(value: str) -> bool:
 
 
 def hpr_ok(value: str) -> bool:
-    """Tell whether *value* has the shape of an HPR-nummer: 1 to 9 ASCII digits.
+    """Tell whether *value* has the shape of an HPR-nummer: 1 to 9 ASCII digits, spaces ignored.
 
     Helsedirektoratet publishes no check-digit algorithm for HPR numbers, so
     only the shape is checked; whether the person exists is the register's call.
+    Spaces are ignored as in a fødselsnummer (`914 4900`); the mappings store the digits.
     """
-    return 1 <= len(value) <= 9 and value.isascii() and value.isdigit()
+    digits = _normalise(value)
+    return 1 <= len(digits) <= 9 and digits.isascii() and digits.isdigit()
+
+
+_HER_ID = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+def her_id_ok(value: str) -> bool:
+    """Tell whether *value* has the shape of a HER-id: ASCII digits, spaces ignored.
+
+    NHN Adresseregisteret numbers its communication parties (FACTS §6.3) and publishes no
+    check digit nor length, so only the shape is checked; whether the party exists is the
+    register's call. A letter means it is no HER-id (`HER56704`, `56704A`). One dot between
+    digits is allowed: the national examples write some HER-ids so (Reseptformidleren's
+    `2397.1` in e-resept, `9644.3` in NPR behandlerkravmelding), and refusing them would
+    refuse those messages whole.
+    """
+    return _HER_ID.fullmatch(_normalise(value)) is not None
 
 
 _K1_OFFSETS = {"classic": (0,), "2032": (0, 1, 2, 3)}

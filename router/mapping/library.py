@@ -121,7 +121,7 @@ def _cx_system(ctx: FnContext, v: _Values) -> str | None:
     return _system(ctx, value, universal, type_code, v.locations[0], oid=(universal_type or "").upper() == "ISO")
 
 
-_NATIONAL_SYSTEMS = frozenset({ids.FNR_SYSTEM, ids.DNR_SYSTEM, ids.FHN_SYSTEM, ids.ENH_SYSTEM})
+_NATIONAL_SYSTEMS = frozenset({ids.FNR_SYSTEM, ids.DNR_SYSTEM, ids.FHN_SYSTEM, ids.ENH_SYSTEM, ids.HPR_SYSTEM, ids.HER_SYSTEM})
 """The systems whose numbers were checked digit by digit, spaces ignored: their value is the digits."""
 
 
@@ -129,9 +129,11 @@ def _cx_value(ctx: FnContext, v: _Values) -> str | None:
     """(id, authority, type code, universal id, its type), as cx_system → Identifier.value.
 
     A number that goes under a national system (fødselsnummer, D-nummer, FH-nummer,
-    organisasjonsnummer) is written without the spaces it was sent with: `158661 12379`
-    is the fødselsnummer 15866112379, and as sent it made a second Patient beside the
-    one every other message names. Any other number is kept as sent.
+    organisasjonsnummer, HPR-nummer, HER-id) is written without the spaces it was sent with:
+    `158661 12379` is the fødselsnummer 15866112379, and as sent it made a second Patient
+    beside the one every other message names. Any other number is kept as sent. With only
+    (value, authority, type code) it is identifier_value, the value beside identifier_system
+    (a KITH Ident's Id and TypeId).
     """
     value = v.values[0]
     if not value or " " not in value:
@@ -214,6 +216,9 @@ def _system(ctx: FnContext, value: str | None, authority: str | None, type_code:
             raise InvalidContent("HPR number is not 1-9 digits", location=location)
         return ids.HPR_SYSTEM
     if t in ("HER",) or a == "HER":
+        # Adresseregisteret's ids are numbers: `56704A` under its system is a party nobody can find.
+        if not ids.her_id_ok(value):
+            raise InvalidContent("HER-id is not digits", location=location)
         return ids.HER_SYSTEM
     if t in ("RSH", "RESH") or a == "RSH":
         return ids.RESH_SYSTEM
@@ -529,7 +534,8 @@ LIBRARY: dict[str, Function] = {
         Function("filler_system", 4, _role_system("FILL"), "(EI.1, EI.2, EI.3, EI.4) of a filler's number → Identifier.system: as placer_system, for filler numbers (…:FILL)."),
         Function("coding_system", 1, _coding_system, "A coding-system name the coding-systems table does not list → a URI: HL7nnnn is http://terminology.hl7.org/CodeSystem/v2-nnnn, any other the sender's urn:helsebro:local:<sender>:codesystem:<name>."),
         Function("cx_system", 5, _cx_system, "(CX.1, CX.4.1, CX.5, CX.4.2, CX.4.3) → Identifier.system: as identifier_system; an authority named only by its universal id gives urn:oid:<id> (ISO) or that id's configured system."),
-        Function("cx_value", 5, _cx_value, "(CX.1, CX.4.1, CX.5, CX.4.2, CX.4.3) → Identifier.value: a number under a national system (FNR, D-nummer, FH-nummer, organisasjonsnummer) without its spaces; any other as sent."),
+        Function("cx_value", 5, _cx_value, "(CX.1, CX.4.1, CX.5, CX.4.2, CX.4.3) → Identifier.value: a number under a national system (FNR, D-nummer, FH-nummer, organisasjonsnummer, HPR-nummer, HER-id) without its spaces; any other as sent."),
+        Function("identifier_value", 3, _cx_value, "(value, authority, type code), as identifier_system → Identifier.value: as cx_value, a number under a national system without its spaces; any other as sent."),
         Function("person_id_type", 1, _person_id_type, "A person number → its Volven 8116 code by its digits (FNR, DNR, FHN, HNR); not a valid one: nothing."),
         Function("hd_system", 3, _hd_system, "(HD.1, HD.2, HD.3) → organisation Identifier.system: HER-id, organisasjonsnummer, ISO OID, or a configured local system."),
         Function("hd_value", 3, _hd_value, "(HD.1, HD.2, HD.3) → the organisation's identifying value."),

@@ -18,6 +18,7 @@ from router.cli import main
 MSGHEAD = "{http://www.kith.no/xmlstds/msghead/2006-05-24}"
 URI = "urn:ietf:rfc:3986"
 ATC = "urn:oid:2.16.578.1.12.4.1.1.7180"
+FNR_TYPE = {"coding": [{"system": "urn:oid:2.16.578.1.12.4.1.1.8116", "code": "FNR", "display": "Fødselsnummer"}]}  # Volven 8116, as the number is
 
 IN_SCOPE = {"ERM1", "ERM5", "ERM10", "ERM96", "ERM912", "ERM251", "ERM252", "ERM253"}
 """MsgInfo/Type values Helsebro maps."""
@@ -183,7 +184,7 @@ class TestEreseptCorpus:
         # subject: the patient by FNR; requester: the prescriber's role (HPR) at the HER-identified office
         by_url = {e["fullUrl"]: e for e in bundle["entry"]}
         patient = by_url[mr["subject"]["reference"]]
-        assert patient["resource"]["identifier"] == [{"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": "21014605158"}]
+        assert patient["resource"]["identifier"] == [{"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": "21014605158", "type": FNR_TYPE}]
         assert patient["request"]["method"] == "POST"  # write: create
         role = by_url[mr["requester"]["reference"]]["resource"]
         practitioner = by_url[role["practitioner"]["reference"]]["resource"]
@@ -243,7 +244,7 @@ class TestEreseptCorpus:
         assert withdrawn[0]["item"]["display"] == "Cosylan Mikst 1,7 mg/ml"
         (patient,) = _entries(bundle, "Patient")
         assert lst["subject"] == {"reference": patient["fullUrl"]}
-        assert patient["resource"]["identifier"] == [{"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": "21014605158"}]
+        assert patient["resource"]["identifier"] == [{"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": "21014605158", "type": FNR_TYPE}]
 
     def test_m912_carries_its_m251_list_of_medicines_in_use(self, shared_dir, monkeypatch):
         """M9.12's VarerIBrukB64 is a whole M25.1: its MedicationStatements join the Bundle, about the M9.12's patient."""

@@ -15,6 +15,7 @@ from schemas.identity import (
     PersonIdError,
     classify_person_id,
     first_valid_fnr,
+    her_id_ok,
     hpr_ok,
     looks_like_national_id,
     make_dnr,
@@ -256,12 +257,26 @@ class TestOrgnrOk:
 
 class TestHprOk:
     def test_shapes(self):
-        """One to nine ASCII digits pass; nothing else does."""
+        """One to nine ASCII digits pass, spaces ignored; nothing else does."""
         assert hpr_ok("9144889")
         assert hpr_ok("1")
         assert not hpr_ok("")
         assert not hpr_ok("1234567890")
         assert not hpr_ok("91448A9")
+        assert hpr_ok("914 4889")  # spaces ignored, as in a fødselsnummer
+        assert not hpr_ok("1234 567 890")
+
+    def test_her_id_is_digits(self):
+        """A HER-id is a number in Adresseregisteret: digits, spaces ignored; a letter is none."""
+        assert her_id_ok("56704")
+        assert her_id_ok("56 704")
+        assert not her_id_ok("56704A")
+        assert not her_id_ok("HER56704")
+        assert not her_id_ok("")
+        assert her_id_ok("2397.1")  # as the national e-resept examples write some
+        assert not her_id_ok("2397.")
+        assert not her_id_ok("1.2.3")
+        assert not her_id_ok("５６７０４")  # full-width digits are not ASCII
 
 
 class TestMakeFnr:

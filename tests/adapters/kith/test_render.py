@@ -292,7 +292,7 @@ class TestRoundTrip:
         patient = next(r for r in resources if r["resourceType"] == "Patient")
         encounter = next(r for r in resources if r["resourceType"] == "Encounter")
         original = next(e["resource"] for e in admission.bundle["entry"] if e["resource"]["resourceType"] == "Encounter")
-        assert {"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": FNR} in patient["identifier"]
+        assert ("urn:oid:2.16.578.1.12.4.1.4.1", FNR) in [(i["system"], i["value"]) for i in patient["identifier"]]
         assert encounter["period"]["start"] == original["period"]["start"] == "2024-01-15T08:30:00+01:00"
 
     @pytest.mark.parametrize(("admitted", "written"), [("20241027023000+0100", "+01:00"), ("20241027023000+0200", "+02:00")])

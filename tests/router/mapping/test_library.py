@@ -42,6 +42,13 @@ CASES = {
         (("AB 4471", "STOLAV", "PI", None, None), "AB 4471"),  # a local number as sent
         (("15866112379", "NOR", "FNR", None, None), "15866112379"),
         ((None, "NOR", "FNR", None, None), None),
+        (("914 4900", None, "HPR", None, None), "9144900"),  # HPR-nummer and HER-id: their digits too
+        (("56 704", None, "HER", None, None), "56704"),
+    ],
+    "identifier_value": [
+        (("158661 12379", '', "FNR"), "15866112379"),  # a KITH Ident: as cx_value
+        (("56 704", '', "HER"), "56704"),
+        (("AB 4471", '', "HNR"), "AB 4471"),
     ],
     "person_id_type": [
         (("55866110270",), "DNR"), (("81234567802",), "FHN"), (("01415010016",), "HNR"), (("158661 12379",), "FNR"),
@@ -129,7 +136,7 @@ class TestLibrary:
         """uuid5 gives the same id for the same parts and a different one for other parts."""
         assert fn("uuid5", "a", "b") == fn("uuid5", "a", "b") != fn("uuid5", "a", "c")
 
-    @pytest.mark.parametrize(("name", "args"), [("identifier_system", ("15866112378", "NOR", "FNR")), ("cx_system", ("15866112378", None, None, "2.16.578.1.12.4.1.4.1", "ISO")), ("identifier_system", ("974749024", None, "ENH")), ("datetime", ("2024-13-01",)), ("xml_datetime", ("30.01.2018",))])
+    @pytest.mark.parametrize(("name", "args"), [("identifier_system", ("15866112378", "NOR", "FNR")), ("cx_system", ("15866112378", None, None, "2.16.578.1.12.4.1.4.1", "ISO")), ("identifier_system", ("974749024", None, "ENH")), ("identifier_system", ("56704A", None, "HER")), ("cx_system", ("9144900X", None, "HPR", None, None)), ("cx_system", ("56704A", None, "HER", None, None)), ("datetime", ("2024-13-01",)), ("xml_datetime", ("30.01.2018",))])
     def test_bad_values_are_refused_with_their_position(self, name, args):
         """A value that cannot be what it claims is refused, naming the argument's position."""
         with pytest.raises(InvalidContent) as err:
