@@ -3,6 +3,14 @@
 Folders are searched recursively for *.hl7, *.er7, *.txt and *.xml, in sorted
 order; files are sent in the order given. Exit 0 when every file was sent,
 1 when any failed, 2 for a usage error (a path that does not exist).
+
+A file that cannot be read fails alone and the rest are sent. A publish the
+broker does not confirm (connection lost, no confirm in time, nack, unroutable)
+stops the run there: a file sent after it would reach the engine ahead of it (an
+A08 before its A01), so each file after it is named `not sent`, and sending the
+failed one and those again keeps the order (a copy the broker did take after all
+is settled as a duplicate). The connection is then dropped without the closing
+handshake, which a broker that stopped answering would never finish.
 """
 
 from __future__ import annotations
@@ -55,11 +63,12 @@ def _send(args: argparse.Namespace) -> int:
         return 2
     settings = load_settings()
     sent = failed = 0
+    stopped: int | None = None  # the index of the file the broker did not take
     conn = open_connection(settings)
     try:
         declare_topology(conn, settings)
         publisher = Publisher(conn, settings, app_id="helsebro-send")
-        for path in files:
+        for index, path in enumerate(files):
             try:
                 body = path.read_bytes()
             except OSError as exc:  # unreadable, or gone since the folder was searched: this file fails, the rest go
@@ -70,15 +79,36 @@ def _send(args: argparse.Namespace) -> int:
                 publisher.publish_inbound(body)
             except BrokerUnavailable as exc:
                 failed += 1
-                print(f"failed {path}: {exc}", flush=True)
-                continue
+                print(f"failed {path}: {_why(exc)}", flush=True)
+                stopped = index
+                break
             sent += 1
             print(f"sent {path} ({len(body)} bytes)", flush=True)
-        publisher.close()
+        if stopped is None:
+            publisher.close()
     except BrokerUnavailable as exc:
         print(f"helsebro send: {exc}", file=sys.stderr)
         return 1
     finally:
-        conn.release()
-    print(f"{sent} sent, {failed} failed, {len(files)} files")
+        if stopped is None:
+            conn.release()
+        else:
+            conn.collect()  # no closing handshake: the broker may not answer it
+    unsent = files[stopped + 1:] if stopped is not None else []
+    for path in unsent:
+        print(f"not sent {path}")
+    if stopped is not None:
+        print(f"helsebro send: stopped at {files[stopped]}, which the broker did not take: {len(unsent)} file(s) after it not sent, "
+              "to keep the order; send it and them again, in this order", file=sys.stderr)
+    print(f"{sent} sent, {failed} failed, " + (f"{len(unsent)} not sent, " if unsent else "") + f"{len(files)} files")
     return 1 if failed else 0
+
+
+def _why(exc: BrokerUnavailable) -> str:
+    """What failed, and the broker's own words when it refused (`message size … is larger than configured max size …`).
+
+    The broker's reply text names limits, queues and exchanges, never the message: it tells
+    a file too large to send (split it) from a broker that went away (send it again).
+    """
+    said = getattr(exc.__cause__, "reply_text", None)
+    return f"{exc} ({said})" if said else str(exc)

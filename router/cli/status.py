@@ -8,7 +8,8 @@ others) hold what waits for a worker. Without RabbitMQ's management plugin, AMQP
 is: it is not a throughput (a queue filled and drained at the same pace shows
 0). The embedded transport knows no consumers: they show as `-` (null).
 Dead letters are counted by stage and reason from their headers, never from
-their bodies; reading them takes the whole queue and gives it back (see
+their bodies (the table shows a control character in them as an escape,
+`\\x1b`); reading them takes the whole queue and gives it back (see
 router/ops/deadletters.py), so a queue deeper than `--scan-limit` is not
 read (`complete` false, `scanned` 0).
 
@@ -89,6 +90,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from adapters.amqp.connection import damaged_messages, open_connection
+from adapters.text import visible
 from router.cli._args import age, age_text, whole_number
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, HelsebroError
@@ -334,7 +336,7 @@ def _human(doc: dict[str, Any]) -> list[str]:
         if not dl["by_reason"]:
             lines.append("none")
             continue
-        lines += format_table(("COUNT", "STAGE", "REASON"), [(r["count"], r["stage"], r["reason"]) for r in dl["by_reason"]], right=(0,))
+        lines += format_table(("COUNT", "STAGE", "REASON"), [(r["count"], _shown(r["stage"]), _shown(r["reason"])) for r in dl["by_reason"]], right=(0,))
     return lines
 
 
@@ -343,6 +345,15 @@ def _apprec_note(apprec: dict[str, Any]) -> str:
     if not apprec["dead_letters_read"]:
         return "(dead letters not read: one dead-lettered at render may be counted)"
     return "" if apprec["complete"] else "(of the newest 20,000 sent)"
+
+
+def _shown(value: str | None) -> str | None:
+    """A dead letter's header for the table: its control characters escaped (adapters.text.visible), as `dlq` and `find` show them.
+
+    Any publisher can put a letter in the dead-letter queue: an ESC printed raw clears the
+    operator's screen, a line break breaks the table. None stays None (shown as `-`).
+    """
+    return None if value is None else visible(value)
 
 
 def _signed(value: float | None) -> str | None:

@@ -90,6 +90,89 @@ class TestSend:
         assert "1 sent, 1 failed" in result.stdout.splitlines()[-1]
         assert queue_depth(settings, settings.engine.broker.names.inbound) == 1
 
+    @pytest.mark.integration
+    def test_a_broker_lost_mid_run_stops_the_send_in_order(self, tmp_path):
+        """The connection dies mid-run and the broker is back a moment later: nothing after the failed file is sent
+        (that would put it ahead of the one that failed), each file not sent is named, exit 1, no traceback."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT)
+        folder = tmp_path / "in"
+        folder.mkdir()
+        for i in range(6):  # ~20 kB each: the proxy cuts the first connection inside the third
+            (folder / f"m{i}.hl7").write_bytes(b"MSH|^~\\&|A|B|C|D|20240101||ADT^A08|SEND%d|P|2.5\rNTE|1||%s\r" % (i, b"x" * 20_000))
+        env = {**_env(settings), "HELSEBRO_BROKER_URL": f"amqp://guest:guest@127.0.0.1:{_cutting_proxy(cut_after=45_000)}/%2F"}
+        try:
+            result = subprocess.run([*HELSEBRO, "send", str(folder)], env=env, capture_output=True, text=True, timeout=120)
+            assert result.returncode == 1
+            assert "Traceback" not in result.stderr
+            lines = result.stdout.splitlines()
+            assert lines[:2] == [f"sent {f} ({f.stat().st_size} bytes)" for f in (folder / "m0.hl7", folder / "m1.hl7")]
+            assert lines[2].startswith(f"failed {folder / 'm2.hl7'}: ")
+            assert lines[3:6] == [f"not sent {folder / f'm{i}.hl7'}" for i in (3, 4, 5)]
+            assert lines[-1] == "2 sent, 1 failed, 3 not sent, 6 files"
+            assert "m2.hl7" in result.stderr  # where to start again
+            assert queue_depth(settings, settings.engine.broker.names.inbound) == 2  # m0 and m1, nothing after the failure
+        finally:
+            delete_queues(settings)
+
+    @pytest.mark.integration
+    def test_a_file_the_broker_refuses_says_why(self, tmp_path):
+        """A file larger than RabbitMQ's max message size (128 MiB by default, 16 MiB from 4.0) is refused: its line gives the
+        broker's own reason, so the user knows to split it rather than send it again; the run stops there, exit 1."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT)
+        folder = tmp_path / "in"
+        folder.mkdir()
+        (folder / "1.hl7").write_bytes(b"MSH|^~\\&|A\r")
+        with (folder / "2.hl7").open("wb") as f:
+            f.truncate(128 * 1024 * 1024 + 1)  # sparse: no disk, and above every default limit
+        (folder / "3.hl7").write_bytes(b"MSH|^~\\&|A\r")
+        try:
+            result = _cli(settings, "send", str(folder), timeout=120)
+            assert result.returncode == 1, result.stdout
+            lines = result.stdout.splitlines()
+            assert lines[1].startswith(f"failed {folder / '2.hl7'}: ")
+            assert "larger than configured max size" in lines[1]
+            assert lines[2] == f"not sent {folder / '3.hl7'}"
+            assert "Traceback" not in result.stderr
+        finally:
+            delete_queues(settings)
+
+
+def _cutting_proxy(*, cut_after: int) -> int:
+    """Forward a local port to RabbitMQ; cut the first connection once the client sent *cut_after* bytes; forward later ones."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    first = [True]
+
+    def pump(src, dst, limit):
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                sent += len(data)
+                if sent > limit:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def serve():
+        while True:
+            client, _ = server.accept()
+            upstream = socket.create_connection(("127.0.0.1", 5672))
+            limit, first[0] = (cut_after if first[0] else 1 << 62), False
+            threading.Thread(target=pump, args=(client, upstream, limit), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, 1 << 62), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(server.getsockname()[1])
+
 
 class TestRun:
     def test_until_idle_settles_everything_and_exits_0(self, settings, tmp_path):

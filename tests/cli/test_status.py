@@ -153,6 +153,28 @@ class TestStatus:
         for secret in (BAD_FNR, "Testesen", "not hl7", "19850315"):
             assert secret not in out
 
+    def test_a_dead_letters_control_characters_are_escaped_in_the_table(self, settings, capsys):
+        """A reason or stage header holding ESC or a line break (any publisher can dead-letter one) is shown escaped,
+        as `dlq` and `find` show it, never raw to the operator's terminal; --json keeps the value."""
+        from adapters.amqp.connection import declare_topology, open_connection
+        from adapters.amqp.outbound import Publisher
+
+        conn = open_connection(settings)
+        try:
+            declare_topology(conn, settings)
+            publisher = Publisher(conn, settings)
+            publisher.dead_letter(b"x", headers={"x-helsebro-reason": "bad \x1b[2J\x1b]0;pwn\x07 value\nsecond line", "x-helsebro-stage": "con\x9bvert"})
+            publisher.close()
+        finally:
+            conn.release()
+        code, out, _ = _status(capsys, "--interval", "0")
+        assert code == 0
+        assert not any(c in out for c in "\x1b\x07\x9b")
+        assert any(line.endswith("bad \\x1b[2J\\x1b]0;pwn\\x07 value\\x0asecond line") and "con\\x9bvert" in line for line in out.splitlines())
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        [reason] = json.loads(out)["dead_letters"][0]["by_reason"]
+        assert reason == {"stage": "con\x9bvert", "reason": "bad \x1b[2J\x1b]0;pwn\x07 value\nsecond line", "count": 1}
+
     def test_rate_over_an_interval(self, settings, capsys):
         """With an interval each existing queue gets a numeric depth change per second."""
         publish(settings, [b"x"])
