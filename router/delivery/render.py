@@ -7,7 +7,9 @@ pure function of the converted message: the same message renders to the same
 bytes, so a redelivery forwards an identical copy (the fault suite checks it).
 
 Formats:
-- passthrough: the original bytes, as received;
+- passthrough: the message's own bytes, never re-encoded: the one message as it was cut
+  from its delivery (MLLP framing, a BOM and the FHS/BHS batch lines left out, line
+  ends made CR as HL7 v2 has them);
 - fhir-json: the canonical transaction Bundle;
 - hl7v2: an HL7 v2 message built from the Bundle by an outbound mapping
   (adapters/hl7v2/render.py, mappings/outbound/hl7v2/), in the destination's
