@@ -38,6 +38,29 @@ would: the bound on the log when the checkpointer is failing or always overtaken
 _CHUNK = 300  # keys per VALUES list in query_keys
 
 
+def tables_in(path: Path) -> set[str] | None:
+    """The names of the tables in the SQLite file at *path*, read without writing to it; None when it is no SQLite database.
+
+    Read-only (`mode=ro`), so looking does not change a file that turns out to be
+    another application's: the read-only verbs check this before they open the record.
+
+    Raises:
+        RecordUnavailable: the file cannot be opened or read (no permission, locked).
+    """
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise RecordUnavailable("cannot open the SQLite record") from exc
+    try:
+        return {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
+            return None
+        raise RecordUnavailable("cannot read the SQLite record") from exc
+    finally:
+        conn.close()
+
+
 class _SqliteDb:
     """A transaction's view of the connection."""
 

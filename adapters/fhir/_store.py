@@ -121,6 +121,11 @@ _V3_JOURNAL = (
 )
 
 
+MARKS = frozenset({"helsebro_schema", "fhir_resource"})
+"""Tables only a Helsebro record holds (fhir_resource alone: schema version 1, before helsebro_schema):
+a file with neither is someone else's database, or empty."""
+
+
 def prepare_schema(db: Db, tables: set[str], *, body: str, rid: str, without_rowid: str, after: Sequence[str] = (),
                    renamed: Sequence[str] = ()) -> int:
     """Create the record's tables, or bring those of an older version up to SCHEMA_VERSION; return the version found.

@@ -11,14 +11,22 @@ from pathlib import Path
 from typing import Protocol
 
 from adapters.fhir._postgres import PostgresRecord
-from adapters.fhir._sqlite import SqliteRecord
-from adapters.fhir._store import JournalEntry, SqlRecord, StoredVersion
+from adapters.fhir._sqlite import SqliteRecord, tables_in
+from adapters.fhir._store import MARKS, JournalEntry, SqlRecord, StoredVersion
 from router.errors import ConfigError, RecordUnavailable
 
-__all__ = ["JournalEntry", "PostgresRecord", "RecordSettings", "SqlRecord", "SqliteRecord", "StoredVersion", "open_record"]
+__all__ = ["JournalEntry", "NoRecord", "NotARecord", "PostgresRecord", "RecordSettings", "SqlRecord", "SqliteRecord", "StoredVersion", "open_record"]
 
 _POSTGRES = ("postgresql://", "postgres://")
 _SQLITE = "sqlite:///"
+
+
+class NoRecord(RecordUnavailable):
+    """A read-only verb found no SQLite record file: nothing has been applied there yet (or the path is mistyped)."""
+
+
+class NotARecord(RecordUnavailable):
+    """A read-only verb found a file that holds no Helsebro record (another application's database, or empty)."""
 
 
 class RecordSettings(Protocol):
@@ -40,7 +48,9 @@ def open_record(settings: RecordSettings, *, create: bool = True) -> SqlRecord:
 
     `create=False` is for the verbs that only read it (`find`, `status`): a
     SQLite record that is not there is then an error, not a new empty file,
-    so a mistyped path does not read as "nothing was applied".
+    so a mistyped path does not read as "nothing was applied"; and a file
+    without the record's tables (another application's database) is refused
+    before anything is written to it or beside it.
 
     `record_url` may be `postgresql://…` (with an optional `?schema=NAME`), or
     `sqlite:///path`; unset, the record is SQLite at `settings.sqlite_path`.
@@ -49,7 +59,8 @@ def open_record(settings: RecordSettings, *, create: bool = True) -> SqlRecord:
         ConfigError: `record_url` has a scheme the record does not support, or names
             a SQLite file whose folder cannot be made (a file in the way, no permission).
         RecordUnavailable: the database cannot be reached, created or prepared; or,
-            with `create=False`, the SQLite file is not there.
+            with `create=False`, the SQLite file is not there (NoRecord) or holds no
+            Helsebro record (NotARecord).
     """
     url = settings.record_url
     if url and url.startswith(_POSTGRES):
@@ -57,6 +68,11 @@ def open_record(settings: RecordSettings, *, create: bool = True) -> SqlRecord:
     if url and not url.startswith(_SQLITE):
         raise ConfigError("record_url must start with postgresql:// or sqlite:///")
     path = Path(url[len(_SQLITE):]) if url else settings.sqlite_path
-    if not create and not path.exists():
-        raise RecordUnavailable(f"no record at {path}: nothing has been applied there (check HELSEBRO_RECORD_URL and HELSEBRO_DATA_DIR)")
+    if not create:
+        if not path.exists():
+            raise NoRecord(f"no record at {path}: nothing has been applied there (check HELSEBRO_RECORD_URL and HELSEBRO_DATA_DIR)")
+        tables = tables_in(path)
+        if tables is None or not tables & MARKS:
+            what = "no SQLite database" if tables is None else "none of the record's tables" if tables else "no tables"
+            raise NotARecord(f"{path} is not a Helsebro record: it holds {what} (check HELSEBRO_RECORD_URL and HELSEBRO_DATA_DIR)")
     return SqliteRecord(path)

@@ -3,6 +3,7 @@
 Contract (scripts rely on it): one JSON document per message, in input order;
 a Bundle of type transaction, or an OperationOutcome naming the position.
 Exit 0 when every message converted, 1 when any did not, 2 for a usage error.
+A folder with no message file converts nothing: it is said on stderr, and exit 0.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from router.pipeline.convert import Converter  # loads mappings; keep `helsebro --help` fast
 
     try:
-        files = expand(args.paths)
+        files = expand(args.paths, verb="convert")
     except UsageError as exc:
         print(f"helsebro convert: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
 """`helsebro send PATH...`: publish files to the inbound exchange, one confirmed message per file.
 
 Folders are searched recursively for *.hl7, *.er7, *.txt and *.xml, in sorted
-order; files are sent in the order given. Exit 0 when every file was sent,
-1 when any failed, 2 for a usage error (a path that does not exist).
+order, skipping hidden files and folders (`._x.hl7`, `.git/`); files are sent in
+the order given. Exit 0 when every file was sent, 1 when any failed, 2 for a
+usage error (a path that does not exist). A folder with no message file sends
+nothing: it is said on stderr, and exit 0.
 
 A file that cannot be read fails alone and the rest are sent. A publish the
 broker does not confirm (connection lost, no confirm in time, nack, unroutable)
@@ -23,12 +25,11 @@ from typing import Any
 
 from adapters.amqp.connection import declare_topology, open_connection
 from adapters.amqp.outbound import Publisher
+from router.cli._inputs import UsageError, expand
 from router.errors import BrokerUnavailable
 from router.settings import load_settings
 
 __all__ = ["collect_files", "register"]
-
-SUFFIXES = (".hl7", ".er7", ".txt", ".xml")
 
 
 def register(subparsers: Any) -> None:
@@ -38,26 +39,21 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_send)
 
 
-def collect_files(paths: Iterable[Path]) -> list[Path]:
-    """Expand *paths* in order: a file as is, a folder to its message files, sorted.
+def collect_files(paths: Iterable[Path], *, verb: str | None = None) -> list[Path]:
+    """Expand *paths* in order as every verb does (router/cli/_inputs.py): a file as is, a folder to its message files, sorted.
 
     Raises:
         FileNotFoundError: a path does not exist.
     """
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES))
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(str(path))
-    return files
+    try:
+        return [file for file, _rel in expand([str(path) for path in paths], verb=verb)]
+    except UsageError as exc:
+        raise FileNotFoundError(exc.path) from None
 
 
 def _send(args: argparse.Namespace) -> int:
     try:
-        files = collect_files(args.paths)
+        files = collect_files(args.paths, verb="send")
     except FileNotFoundError as exc:
         print(f"helsebro send: no such file or folder: {exc}", file=sys.stderr)
         return 2

@@ -21,7 +21,8 @@ added, existing ones keep their name and meaning.
                  "location": "amqp://guest@127.0.0.1:5672/%2F" | "/abs/data/broker",
                  "damaged": 0 | null},
       "record": {"kind": "sqlite" | "postgresql",
-                 "location": "/abs/data/record.sqlite3" | "postgresql://user@host/db"},
+                 "location": "/abs/data/record.sqlite3" | "postgresql://user@host/db",
+                 "state": "ready" | "none_yet" | "unusable", "reason": "..." | null},
       "xml_validation": {"enabled": false, "xsd_dir": null},
       "patient_keys": {"keyed": false},
       "interval_s": 1.0,
@@ -40,6 +41,11 @@ added, existing ones keep their name and meaning.
       "apprecs_refused": {"last_hour": 0, "last_24h": 1} | null
     }
 
+`record.state` says whether the record could be read: `ready`; `none_yet`, no
+SQLite record file yet (a fresh install: nothing has been applied); or
+`unusable`, with `reason` saying why (the database cannot be reached, or the file
+is not a Helsebro record, which status never writes to).
+
 `broker.damaged` counts the embedded broker's message files that did not
 decode and were set aside in its `damaged/` folder (null on RabbitMQ).
 
@@ -48,7 +54,8 @@ last hour, per outcome (`receipt`: an AppRec answering a KITH message Helsebro
 sent), from the record's journal (`helsebro find` reads the
 same rows): the throughput and error rate AMQP cannot show. A message that was
 not applied and names neither a control id nor a patient is not journalled, so
-not counted (its dead letter is). Null when the record cannot be read.
+not counted (its dead letter is). Null when the record cannot be read or is not
+there yet.
 
 Per destination fed KITH that Helsebro rendered (`format: kith`): `overdue`
 counts the messages sent there at least `--apprec-overdue` ago (default 96h,
@@ -148,7 +155,7 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
                 "complete": complete,
                 "by_reason": [{"stage": r.stage, "reason": r.reason, "count": r.count} for r in summarise(letters)],
             })
-        record = _open_record(settings)
+        record, state = _open_record(settings)
         try:
             destinations = _destinations(conn, settings, record)
             settled = _settled(record)
@@ -161,7 +168,7 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
         conn.release()
     return {
         "broker": {**broker_location(settings), "damaged": damaged_messages(settings)},
-        "record": record_location(settings),
+        "record": {**record_location(settings), **state},
         "xml_validation": {"enabled": settings.xsd_dir is not None, "xsd_dir": str(settings.xsd_dir) if settings.xsd_dir else None},
         "patient_keys": {"keyed": settings.phi_key is not None},
         "interval_s": interval,
@@ -181,14 +188,21 @@ _DELIVERED_WINDOW_S = 24 * 3600.0
 _SETTLED_WINDOWS = (("last_minute", 60.0), ("last_hour", 3600.0))
 
 
-def _open_record(settings: Settings) -> Any:
-    """The record, or None when it cannot be opened (status still shows the queues)."""
-    from adapters.fhir.record import open_record
+def _open_record(settings: Settings) -> tuple[Any, dict[str, str | None]]:
+    """The record, or None when it cannot be opened (status still shows the queues); and its `state` and `reason`.
+
+    No record file yet is a state of its own (`none_yet`): on a fresh install nothing has
+    been applied, which is no fault and must not read as one; any other failure is `unusable`.
+    """
+    from adapters.fhir.record import NoRecord, open_record
 
     try:
-        return open_record(settings, create=False)
-    except HelsebroError:
-        return None
+        return open_record(settings, create=False), {"state": "ready", "reason": None}
+    except NoRecord:
+        where = record_location(settings)["location"]
+        return None, {"state": "none_yet", "reason": f"no record yet at {where}: nothing has been applied"}
+    except HelsebroError as exc:
+        return None, {"state": "unusable", "reason": str(exc)}
 
 
 def _settled(record: Any) -> dict[str, dict[str, int]] | None:
@@ -293,7 +307,7 @@ def _human(doc: dict[str, Any]) -> list[str]:
         ("", "", ""),
         [
             ("broker", doc["broker"]["transport"], doc["broker"]["location"]),
-            ("record", doc["record"]["kind"], doc["record"]["location"]),
+            ("record", doc["record"]["kind"], _record_note(doc["record"])),
             ("xml validation", "on" if xml["enabled"] else "off", xml["xsd_dir"] or "(HELSEBRO_XSD_DIR is not set)"),
             ("patient keys", *(("keyed", "HMAC with HELSEBRO_PHI_KEY") if doc["patient_keys"]["keyed"]
                                else ("plain hash", "(HELSEBRO_PHI_KEY is not set: a key can be traced to its number by hashing every number)"))),
@@ -308,13 +322,18 @@ def _human(doc: dict[str, Any]) -> list[str]:
         lines.append(f"{doc['broker']['damaged']} unreadable message file(s) set aside in {doc['broker']['location']}/damaged (not delivered; see the log's embedded_message_unreadable)")
     rate = f"change of depth per second over {doc['interval_s']} s" if doc["interval_s"] else "one sample, so no change of depth"
     lines.append(f"(depth = ready messages; {rate}: AMQP 0-9-1 shows no message rates without the management plugin)")
-    if doc["settled"] is None:
+    none_yet = doc["record"]["state"] == "none_yet"
+    if doc["settled"] is None and none_yet:
+        lines += ["", f"SETTLED: none yet ({doc['record']['reason']})"]
+    elif doc["settled"] is None:
         lines += ["", "SETTLED: not known (the record cannot be read)"]
     else:
         minute, hour = doc["settled"]["last_minute"], doc["settled"]["last_hour"]
         lines += ["", *format_table(("SETTLED", "LAST MINUTE", "LAST HOUR"), [(o.replace("_", "-"), minute[o], hour[o]) for o in SETTLED_OUTCOMES], right=(1, 2))]
     refused = doc["apprecs_refused"]
-    if refused is None:
+    if refused is None and none_yet:
+        lines += ["", "APPRECS REFUSED: none yet (no record yet)"]
+    elif refused is None:
         lines += ["", "APPRECS REFUSED: not known (the record cannot be read)"]
     else:
         lines += ["", f"APPRECS REFUSED  {refused['last_hour']}  {refused['last_24h']}  (last hour, last 24 h: AppRecs refusing a message "
@@ -338,6 +357,15 @@ def _human(doc: dict[str, Any]) -> list[str]:
             continue
         lines += format_table(("COUNT", "STAGE", "REASON"), [(r["count"], _shown(r["stage"]), _shown(r["reason"])) for r in dl["by_reason"]], right=(0,))
     return lines
+
+
+def _record_note(record: dict[str, Any]) -> str:
+    """The record's location, and why it is unusable when it is (a plain reason, e.g. not a Helsebro record)."""
+    if record["state"] == "unusable":
+        return f"{record['location']}  (unusable: {visible(record['reason'])})"
+    if record["state"] == "none_yet":
+        return f"{record['location']}  (no record yet: nothing has been applied)"
+    return str(record["location"])
 
 
 def _apprec_note(apprec: dict[str, Any]) -> str:

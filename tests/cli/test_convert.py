@@ -82,6 +82,33 @@ class TestConvertContract:
         """A missing PATH is a usage error, exit 2."""
         assert main(["convert", str(tmp_path / "nope.hl7")]) == 2
 
+    def test_a_folder_search_skips_hidden_files_and_folders(self, capsys, tmp_path):
+        """Walking a folder skips `._m.hl7` (macOS AppleDouble, binary) and all under `.git/`; a hidden file named itself is read."""
+        (tmp_path / "in" / ".git").mkdir(parents=True)
+        (tmp_path / "in" / "m.hl7").write_text(adt(f"{FNR}^^^NOR^FNR"))
+        (tmp_path / "in" / "._m.hl7").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+        (tmp_path / "in" / ".git" / "m.hl7").write_text("MSH|^~\\&|X\r")
+        assert main(["convert", str(tmp_path / "in")]) == 0
+        assert [json.loads(line)["resourceType"] for line in capsys.readouterr().out.splitlines()] == ["Bundle"]
+        (tmp_path / "in" / ".hidden.hl7").write_text(adt(f"{FNR}^^^NOR^FNR"))
+        assert main(["convert", str(tmp_path / "in" / ".hidden.hl7")]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 1
+
+    @pytest.mark.parametrize("extra", [[], ["--explain"], ["--out", "out"]])
+    def test_a_folder_with_no_message_files_is_said_and_exits_0(self, capsys, tmp_path, extra):
+        """A folder with no message file gives nothing to do: said on stderr (naming it), nothing on stdout, exit 0 as `send` does."""
+        (tmp_path / "drop").mkdir()
+        (tmp_path / "drop" / "notes.md").write_text("not a message")
+        (tmp_path / "full").mkdir()
+        (tmp_path / "full" / "m.hl7").write_text(adt(f"{FNR}^^^NOR^FNR"))
+        extra = [str(tmp_path / a) if a == "out" else a for a in extra]
+        assert main(["convert", *extra, str(tmp_path / "drop")]) == 0
+        out, err = capsys.readouterr()
+        assert out == "" and f"{tmp_path / 'drop'}: no message files" in err
+        assert main(["convert", *extra, str(tmp_path / "full"), str(tmp_path / "drop")]) == 0
+        err = capsys.readouterr().err
+        assert err.count("no message files") == 1 and f"{tmp_path / 'drop'}: no message files" in err
+
     def test_out_dir_mirrors_the_input_tree(self, tmp_path):
         """With --out, x/y.hl7 under a folder PATH is written to DIR/x/y.hl7.ndjson."""
         src = tmp_path / "in" / "x"

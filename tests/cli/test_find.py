@@ -172,6 +172,26 @@ class TestFind:
         assert f"no record at {typo}" in err
         assert not typo.exists()
 
+    def test_another_applications_database_is_refused_not_written(self, exported, capsys, monkeypatch, tmp_path):
+        """HELSEBRO_RECORD_URL naming another application's SQLite file: find created Helsebro's schema in it and
+        answered "applied: none". It now exits 1 saying it is not a Helsebro record, and leaves the file as it was."""
+        import sqlite3
+
+        exported(None)
+        other = tmp_path / "other" / "app.sqlite3"
+        other.parent.mkdir()
+        conn = sqlite3.connect(other)
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+        conn.commit()
+        conn.close()
+        before = other.read_bytes()
+        monkeypatch.setenv("HELSEBRO_RECORD_URL", f"sqlite:///{other}")
+        code, out, err = _find(capsys, "--control-id", "F1", "--no-dlq")
+        assert code == 1 and out == ""
+        assert "not a Helsebro record" in err and str(other) in err
+        assert other.read_bytes() == before
+        assert sorted(p.name for p in other.parent.iterdir()) == ["app.sqlite3"]
+
 
 class TestKeyedPatientKeys:
     def test_a_key_made_with_the_secret_is_found_only_with_it(self, exported, capsys, monkeypatch):

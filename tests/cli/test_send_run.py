@@ -73,6 +73,25 @@ class TestSend:
         assert "3 sent, 0 failed" in lines[-1]
         assert queue_depth(settings, settings.engine.broker.names.inbound) == 3
 
+    def test_a_folder_search_skips_hidden_files_and_folders(self, settings, tmp_path):
+        """`._m000.hl7` (macOS AppleDouble) and files under `.cache/` are not sent; a hidden file named itself is."""
+        _write_messages(tmp_path / "in", 1)
+        (tmp_path / "in" / "._m000.hl7").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+        _write_messages(tmp_path / "in" / ".cache", 1, start=1)
+        named = tmp_path / "in" / ".cache" / "m001.hl7"
+        result = _cli(settings, "send", str(tmp_path / "in"), str(named))
+        assert result.returncode == 0, result.stderr
+        assert [line.split()[1] for line in result.stdout.splitlines()[:-1]] == [str(tmp_path / "in" / "m000.hl7"), str(named)]
+        assert queue_depth(settings, settings.engine.broker.names.inbound) == 2
+
+    def test_a_folder_with_no_message_files_is_said_and_exits_0(self, settings, tmp_path):
+        """Nothing to send is not a failure (exit 0), but the folder that gave nothing is named on stderr."""
+        (tmp_path / "drop").mkdir()
+        result = _cli(settings, "send", str(tmp_path / "drop"))
+        assert result.returncode == 0, result.stderr
+        assert f"helsebro send: {tmp_path / 'drop'}: no message files" in result.stderr
+        assert "0 sent, 0 failed" in result.stdout
+
     def test_missing_path_is_a_usage_error(self, settings, tmp_path):
         """A path that does not exist exits 2 and sends nothing."""
         result = _cli(settings, "send", str(tmp_path / "nope.hl7"))

@@ -50,6 +50,17 @@ def dead(settings):
     return settings
 
 
+def _foreign_database(path) -> None:
+    """Another application's SQLite database: a table of its own, nothing of Helsebro's."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+    conn.execute("INSERT INTO invoices (amount) VALUES (12.5)")
+    conn.commit()
+    conn.close()
+
+
 def _status(capsys, *args):
     capsys.readouterr()
     code = main(["status", *args])
@@ -73,7 +84,7 @@ class TestStatus:
         assert depths == {"inbound": 0, "dead_letter": 3, "replies": 3}
         assert doc["broker"]["transport"] == ("rabbitmq" if dead.broker_url else "embedded")
         assert doc["broker"]["damaged"] == (None if dead.broker_url else 0)
-        assert doc["record"] == {"kind": "sqlite", "location": str(dead.sqlite_path.resolve())}
+        assert doc["record"] == {"kind": "sqlite", "location": str(dead.sqlite_path.resolve()), "state": "ready", "reason": None}
         assert doc["xml_validation"] == {"enabled": False, "xsd_dir": None}
         assert doc["patient_keys"] == {"keyed": False}
         [dl] = doc["dead_letters"]
@@ -108,6 +119,40 @@ class TestStatus:
         code, out, _ = _status(capsys, "--json", "--interval", "0")
         assert code == 0 and json.loads(out)["settled"] is None
         assert not typo.exists()
+
+    def test_another_applications_database_is_not_written(self, settings, capsys, monkeypatch, tmp_path):
+        """HELSEBRO_RECORD_URL naming another application's SQLite file: status created the whole Helsebro schema
+        in it. Now the file is left byte for byte as it was, and the record shows as unusable: not a Helsebro record."""
+        publish(settings, [])
+        other = tmp_path / "other" / "app.sqlite3"
+        other.parent.mkdir()
+        _foreign_database(other)
+        before = other.read_bytes()
+        monkeypatch.setenv("HELSEBRO_RECORD_URL", f"sqlite:///{other}")
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        doc = json.loads(out)
+        assert code == 0 and doc["settled"] is None and doc["queues"]
+        assert doc["record"]["state"] == "unusable" and "not a Helsebro record" in doc["record"]["reason"]
+        code, out, _ = _status(capsys, "--interval", "0")
+        assert code == 0 and "not a Helsebro record" in out
+        assert other.read_bytes() == before
+        assert sorted(p.name for p in other.parent.iterdir()) == ["app.sqlite3"]  # no log, no lock file beside it
+
+    def test_a_fresh_install_says_there_is_no_record_yet(self, settings, capsys):
+        """Nothing ever run, no record file: status said "SETTLED: not known (the record cannot be read)", an alarm at
+        3am. Now it says plainly there is no record yet, in the table and as the record's state in --json."""
+        publish(settings, [])
+        assert not settings.sqlite_path.exists()
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        doc = json.loads(out)
+        where = str(settings.sqlite_path.resolve())
+        assert code == 0 and doc["settled"] is None and doc["apprecs_refused"] is None
+        assert doc["record"] == {"kind": "sqlite", "location": where, "state": "none_yet",
+                                 "reason": f"no record yet at {where}: nothing has been applied"}
+        code, out, _ = _status(capsys, "--interval", "0")
+        assert code == 0 and "cannot be read" not in out
+        assert f"SETTLED: none yet (no record yet at {where}: nothing has been applied)" in out
+        assert not settings.sqlite_path.exists()
 
     def test_settled_unknown_when_the_record_cannot_be_read(self, settings, capsys, monkeypatch):
         """The record away: settled is null (the table says so) and the queues still show; exit 0."""

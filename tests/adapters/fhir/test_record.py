@@ -9,7 +9,7 @@ from contextlib import closing
 
 import pytest
 
-from adapters.fhir.record import SqliteRecord, open_record
+from adapters.fhir.record import NotARecord, SqliteRecord, open_record
 from router.contracts import JournalFacts
 from router.errors import ConfigError, InvalidContent, RecordUnavailable
 from router.settings import Settings
@@ -75,6 +75,27 @@ class TestOpenRecord:
             first.apply(admission())
         with open_record(settings) as second:
             assert second.read("Patient", PATIENT_UUID)["name"] == [{"family": "Nordmann"}]
+
+    def test_an_empty_file_is_a_record_for_the_engine_only(self, tmp_path):
+        """The read-only verbs refuse a file without the record's tables; the engine (create=True) makes its schema
+        in a new or empty file, after which a read-only open finds the record."""
+        settings = Settings(record_url=f"sqlite:///{tmp_path / 'r.sqlite3'}", data_dir=tmp_path)
+        (tmp_path / "r.sqlite3").touch()
+        with pytest.raises(NotARecord, match="is not a Helsebro record"):
+            open_record(settings, create=False)
+        assert (tmp_path / "r.sqlite3").stat().st_size == 0
+        with open_record(settings) as record:
+            record.apply(admission())
+        with open_record(settings, create=False) as record:
+            assert record.read("Patient", PATIENT_UUID) is not None
+
+    def test_a_file_that_is_no_database_is_not_a_record(self, tmp_path):
+        """A text file named by the record URL is refused by the read-only verbs and left as it was."""
+        path = tmp_path / "notes.sqlite3"
+        path.write_text("x" * 200)
+        with pytest.raises(NotARecord, match="no SQLite database"):
+            open_record(Settings(record_url=f"sqlite:///{path}", data_dir=tmp_path), create=False)
+        assert path.read_text() == "x" * 200
 
     def test_unknown_scheme_is_config_error(self, tmp_path):
         """A record URL with an unsupported scheme refuses to start."""
