@@ -208,14 +208,22 @@ def queue_depth(settings: Settings, name: str) -> int:
 
 def drain_queue(settings: Settings, name: str) -> list[tuple[dict[str, Any], bytes]]:
     """Take every ready message off queue *name* (acking each); return (headers, body) pairs in order."""
+    return [(headers, body) for _, headers, body in drain_with_ids(settings, name)]
+
+
+def drain_with_ids(settings: Settings, name: str) -> list[tuple[str, dict[str, Any], bytes]]:
+    """Take every ready message off queue *name* (acking each); return (message id, headers, body) in order.
+
+    The message id is what a receiver deduplicates by: a forwarded copy's id must be the same on every redelivery.
+    """
     conn = open_connection(settings)
-    out: list[tuple[dict[str, Any], bytes]] = []
+    out: list[tuple[str, dict[str, Any], bytes]] = []
     try:
         channel = conn.channel()
         queue = Queue(name, no_declare=True)(channel)
         while (message := queue.get(no_ack=False)) is not None:
             body = message.body if isinstance(message.body, bytes) else str(message.body).encode("utf-8")
-            out.append((dict(message.headers or {}), body))
+            out.append((str(message.properties.get("message_id") or ""), dict(message.headers or {}), body))
             message.ack()
         channel.close()
         return out

@@ -12,7 +12,7 @@ from adapters.amqp.connection import open_connection
 from adapters.amqp.outbound import Publisher
 from router.cli import main
 from router.pipeline.settle import dead_letter_headers
-from router.testing import adt_message, isolated_settings, publish, queue_depth, run_engine_in_thread, wait_until
+from router.testing import adt_message, drain_with_ids, isolated_settings, publish, queue_depth, run_engine_in_thread, wait_until
 from schemas.identity import FNR_SYSTEM, first_valid_fnr
 
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/%2F"
@@ -651,24 +651,6 @@ LEGACY_ROUTES = {
 """An A13, which lab's outbound HL7 v2 mapping does not serve, for lab and for a passthrough queue."""
 
 
-def _drain_with_ids(settings, name):
-    """Take every ready message off queue *name*; return (message id, headers, body) in queue order."""
-    from kombu import Queue
-
-    conn = open_connection(settings)
-    out = []
-    try:
-        channel = conn.channel()
-        queue = Queue(name, no_declare=True)(channel)
-        while (message := queue.get(no_ack=False)) is not None:
-            out.append((message.properties["message_id"], dict(message.headers or {}), message.body))
-            message.ack()
-        channel.close()
-        return out
-    finally:
-        conn.release()
-
-
 class TestRenderDeadLetters:
     @pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
     def replayed(self, request, exported, capsys):
@@ -708,13 +690,13 @@ class TestRenderDeadLetters:
         """Lab's refusal does not stop the passthrough queue; each copy (first and replayed) is the A13's own bytes
         under the same message id, so the legacy receiver drops the second as a duplicate."""
         settings, _first, body = replayed
-        copies = _drain_with_ids(settings, settings.routes.destinations["raw"].queue)
+        copies = drain_with_ids(settings, settings.routes.destinations["raw"].queue)
         assert [b for _id, _h, b in copies] == [body, body]
         assert len({message_id for message_id, _h, _b in copies}) == 1
         for _id, headers, _b in copies:
             assert (headers["x-helsebro-format"], headers["x-helsebro-destination"]) == ("passthrough", "raw")
             assert GOOD_FNR not in json.dumps(headers)
-        assert _drain_with_ids(settings, settings.routes.destinations["lab"].queue) == []
+        assert drain_with_ids(settings, settings.routes.destinations["lab"].queue) == []
 
 
 def _consumed_headers(settings, queue):

@@ -28,7 +28,7 @@ import orjson
 import pytest
 from lxml import etree
 
-from router.testing import drain_queue, publish, queue_depth, wait_until
+from router.testing import drain_queue, drain_with_ids, publish, queue_depth, wait_until
 from schemas.identity import FNR_SYSTEM
 from tests.faults.conftest import EXTERNAL, FLAKY_EVERY, LEGACY, PATIENTS, PER_PATIENT, WORKERS, FailingProxy, Mix, Workers, message_mix, patient_of, people, rabbitmqctl
 
@@ -129,7 +129,7 @@ def test_faults_lose_nothing_apply_nothing_twice_keep_order(world, tmp_path, rec
     assert flaky <= parked_ids <= set(mix.good), "the park destination parked the flaky patients' messages, and only good ones"
     assert max(e["attempt"] for e in parked) >= 2, "a parked message came back, was refused again and climbed the ladder"
     assert not workers.events("delivery_parked", "ekstern"), "a strict destination never parks"
-    legacy_copies = {name: _check_legacy(_drain_with_ids(settings, settings.routes.destinations[name].queue), mix, name, fmt, settings) for name, fmt in LEGACY.items()}
+    legacy_copies = {name: _check_legacy(drain_with_ids(settings, settings.routes.destinations[name].queue), mix, name, fmt, settings) for name, fmt in LEGACY.items()}
     outcomes = workers.outcomes()
     figures = {
         "sent": len(mix.bodies), "distinct_good": len(mix.good), "bad": len(mix.bad), "resent_copies": mix.copies,
@@ -194,26 +194,6 @@ def _check_sends(applied: list[tuple[str, str, float]], mix, destination: str, *
 
 _KILL_WINDOW = 2.0
 """Seconds between a send the server applied and the kill -9 that kept the ledger from noting it: a request and a commit, with room for a loaded machine."""
-
-
-def _drain_with_ids(settings, name: str) -> list[tuple[str, dict, bytes]]:
-    """Take every ready message off queue *name*; return (message id, headers, body) in queue order."""
-    from kombu import Queue
-
-    from adapters.amqp.connection import open_connection
-
-    conn = open_connection(settings)
-    out = []
-    try:
-        channel = conn.channel()
-        queue = Queue(name, no_declare=True)(channel)
-        while (message := queue.get(no_ack=False)) is not None:
-            out.append((message.properties["message_id"], dict(message.headers or {}), message.body))
-            message.ack()
-        channel.close()
-        return out
-    finally:
-        conn.release()
 
 
 def _check_legacy(messages, mix, destination: str, fmt: str, settings) -> int:

@@ -19,19 +19,8 @@ from typing import Any
 import pytest
 
 from router.cli import main
-
-FNR = "15866112379"  # Tenor, month + 80
-DNR = "55866110270"  # D-nummer (day + 40), Tenor
-FHN = "81234567802"  # felles hjelpenummer
-HNR = "01415010016"  # H-nummer (month + 40)
-ORGNR = "974749025"
-FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
-DNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.2"
-FHN_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.3"
-HPR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.4"
-HER_SYSTEM = "urn:oid:2.16.578.1.12.4.1.2"
-ENH_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.101"
-V8116 = "urn:oid:2.16.578.1.12.4.1.1.8116"
+from schemas.identity import DNR_SYSTEM, ENH_SYSTEM, FHN_SYSTEM, FNR_SYSTEM, HER_SYSTEM, HPR_SYSTEM
+from tests.mappings.test_patient_identity import DNR, FHN, FNR, HNR, ORGNR, V8116
 
 DIALOG = "Dialogmelding/Dialogmelding-v1-1/Helsefaglig dialog.xml"  # MsgHead Patient Ident FNR 13116900216
 HENVISNING = "Henvisning/Henvisning_v1-1/henvisning_v1.1_n.xml"  # Message Patient OffId 13116900216

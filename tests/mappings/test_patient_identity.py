@@ -16,16 +16,13 @@ from typing import Any
 import pytest
 
 from router.cli import main
+from schemas.identity import DNR_SYSTEM, ENH_SYSTEM, FHN_SYSTEM, FNR_SYSTEM
 
 FNR = "15866112379"  # Tenor, month + 80
 DNR = "55866110270"  # D-nummer (day + 40), Tenor
 FHN = "81234567802"  # felles hjelpenummer
 HNR = "01415010016"  # H-nummer (month + 40)
 ORGNR = "974749025"
-FNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.1"
-DNR_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.2"
-FHN_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.3"
-ENH_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.101"
 STOLAV = "urn:oid:2.16.578.1.12.4.1.7.3.2.1"  # config/engine.yaml, identifiers.authorities
 V8116 = "urn:oid:2.16.578.1.12.4.1.1.8116"
 
