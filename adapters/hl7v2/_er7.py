@@ -8,7 +8,7 @@ it must.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from zoneinfo import ZoneInfo
 
 __all__ = [
@@ -194,16 +194,10 @@ def _doubled(local: datetime) -> bool:
     Why: a time written without offset (v2.3) is read as Oslo wall time, and there that
     names two instants: 02:30+01:00 was read back as 02:30+02:00, an hour early. That hour
     alone is written with its offset, which v2.3's TS allows (the KITH outbound does the
-    same, adapters/kith/_outbound_fns.py). The spring hour that never happens is not doubled.
+    same, adapters/kith/_outbound_fns.py). *local* comes from astimezone, so it is never in
+    the spring hour that never happens: the other fold's offset differs only in the doubled hour.
     """
-    other = local.replace(fold=1 - local.fold)
-    if other.utcoffset() == local.utcoffset():
-        return False
-    try:
-        back = other.astimezone(UTC).astimezone(OSLO)
-    except OverflowError:
-        return False
-    return back.replace(tzinfo=None, fold=0) == local.replace(tzinfo=None, fold=0)
+    return local.replace(fold=1 - local.fold).utcoffset() != local.utcoffset()
 
 
 def _format(stamp: datetime, frac: str, with_offset: bool) -> str:
