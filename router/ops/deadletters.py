@@ -495,7 +495,7 @@ def _broker_partition(headers: dict[str, Any], work_prefix: str, partitions: int
 def _hl7_sender(body: bytes) -> str | None:
     """`MSH-3@MSH-4` of an HL7 v2 body, as the engine names its sender; None for any other body."""
     header = salvage_header(body) if body else None
-    return f"{header.sending_application}@{header.sending_facility}" if header else None
+    return header.sender if header else None
 
 
 def _text(headers: dict[str, Any], key: str) -> str | None:
