@@ -6,8 +6,10 @@ HelsebroError
 ├── MessageError         this message cannot succeed: dead-letter, never retry
 │   ├── DecodeError      not a message (charset, delimiters, XML, framing)
 │   ├── UnknownMessage   no mapping for this structure or sender
-│   │   └── NoMapping    read, but no mapping serves it: a passthrough route may still forward it
-│   │       └── UnsupportedEvent  its structure is mapped, its trigger event (MSH-9.2) is not
+│   │   ├── NoMapping    read, but no mapping serves it: a passthrough route may still forward it
+│   │   │   └── UnsupportedEvent  its structure is mapped, its trigger event (MSH-9.2) is not
+│   │   ├── UnsupportedVersion       an HL7 version (MSH-12) Helsebro does not read
+│   │   └── UnsupportedProcessingId  a processing id (MSH-11) outside HL7 table 0103
 │   ├── InvalidContent   well formed but wrong (check digit, XSD, required element)
 │   │   └── InvalidNationalId  a number declared a national id is not one
 │   └── Refused          a destination rejected it for good
@@ -78,6 +80,21 @@ class UnsupportedEvent(NoMapping):
     Its own class because HL7 table 0357 has a code for it (201 "Unsupported event code"), which
     the ACK's ERR-3 gives rather than 200 "Unsupported message type": the sender then knows
     the type is taken and only that event is not.
+    """
+
+
+class UnsupportedVersion(UnknownMessage):
+    """The message is in an HL7 v2 version (MSH-12) Helsebro does not read.
+
+    Its own class because HL7 table 0357 has a code for it (203 "Unsupported version id"),
+    which the ACK's ERR-3 gives; HL7 v2.5 §2.9.2 rejects it (AR, or CR in enhanced mode).
+    """
+
+
+class UnsupportedProcessingId(UnknownMessage):
+    """The message's processing id (MSH-11.1) is none of HL7 table 0103's D, P and T.
+
+    Its own class because HL7 table 0357 has a code for it (202 "Unsupported processing id").
     """
 
 

@@ -55,3 +55,25 @@ def test_the_architecture_says_who_owns_every_room():
 def test_the_architecture_is_one_page():
     """The guide asks for one page: the path and who owns what; the reasons live in docs/decisions.md."""
     assert len(_ARCHITECTURE.read_text(encoding="utf-8").splitlines()) <= 160
+
+
+def test_the_architecture_places_every_module_outside_a_room():
+    """A module directly under adapters/ or router/ (settings, logging, errors...) has no room's row to stand in: it needs its own."""
+    text = _ARCHITECTURE.read_text(encoding="utf-8")
+    table = text.split("## Who owns what", 1)[1].split("\n## ", 1)[0]
+    modules = {f"{top}/{p.name}" for top in ("adapters", "router") for p in (ROOT / top).glob("*.py") if p.name != "__init__.py"}
+    placed = {m for m in modules if f"`{m}`" in table}
+    assert modules == placed, f"modules with no row in docs/architecture.md's Who owns what: {sorted(modules - placed)}"
+
+
+def test_every_setting_has_a_row_in_the_readme_and_every_named_one_is_read():
+    """Each HELSEBRO_* variable router/settings.py reads has its row in README's settings table; one the docs name is read by the code."""
+    from router.settings import _ENV
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = "\n".join(line for line in readme.splitlines() if line.startswith("| `HELSEBRO_"))
+    assert not [v for v in _ENV.values() if f"`{v}`" not in rows], "settings with no row in README's table"
+    named = set(re.findall(r"HELSEBRO_[A-Z_]+", readme + "".join(p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.md"))))
+    code = "".join(p.read_text(encoding="utf-8") for top in ("adapters", "router", "tests") for p in (ROOT / top).rglob("*.py")) + (ROOT / "setup.py").read_text(encoding="utf-8")
+    unread = sorted(n for n in named if n not in _ENV.values() and not re.search(rf"environ(?:\.get\(|\[)\s*[\"']{n}[\"']", code))
+    assert not unread, f"docs name settings the code never reads: {unread}"

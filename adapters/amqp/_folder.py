@@ -18,14 +18,16 @@ the writer has not finished. `_DurableFolderChannel` below fixes those three:
   across a reboot too;
 - fetching *renames* the file into this consumer's own `unacked/<id>/` folder
   (an atomic move); the ack deletes it there; a requeue or a clean close
-  renames it back under its original name, so it keeps its place in line;
+  renames it back under its original name, marked as redelivered (`-r`
+  before the queue's name), so it keeps its place in line;
 - a queue declared with `x-single-active-consumer` (the ordered ones, as on
   RabbitMQ) is served to one consuming channel at a time, whichever holds its
   `control/<queue>.consumer.lock`; the others stand by until it closes or dies;
 - each consumer folder holds a lock file that its process keeps
   `flock`-ed; the kernel drops the lock when the process dies, however it
-  dies. A new channel moves the files of every unlocked folder back to the
-  queue: a killed worker's in-flight messages are delivered again, in order;
+  dies. A new channel, and a standby that becomes a queue's active consumer,
+  move the files of every unlocked folder back to the queue: a killed
+  worker's in-flight messages are delivered again, in order, before the rest;
 - a file that does not decode is moved to `damaged/` and logged
   (`embedded_message_unreadable`), not fetched again after every restart.
 
@@ -141,6 +143,9 @@ class _DurableFolderChannel(filesystem.Channel):
             lock.close()
             return False
         self._active[queue] = lock
+        # The one before may have died holding deliveries (RabbitMQ requeues them when
+        # its connection drops): put them back in line before taking the first one.
+        _recover_orphans(Path(self.transport_options["unacked_folder"]), Path(self.data_folder_in))
         return True
 
     def _get(self, queue: str) -> Any:  # type: ignore[override]  # as filesystem.Channel._get
@@ -154,14 +159,21 @@ class _DurableFolderChannel(filesystem.Channel):
             target = self._own_folder() / name
             try:
                 os.rename(folder / name, target)
-            except OSError:
-                continue  # another consumer took it first
+            except OSError as exc:
+                if not os.path.lexists(folder / name):
+                    continue  # another consumer took it first
+                # Our own unacked/ folder is gone (removed under us) or unwritable: every
+                # claim would fail and the queue would look empty for ever. Say so; a new
+                # connection makes the folders again.
+                raise ChannelError(f"cannot take a message from queue {queue!r}: {exc.strerror or exc}") from exc
             try:
                 payload = filesystem.loads(filesystem.bytes_to_str(target.read_bytes()))
                 payload["properties"]["delivery_tag"]
             except (ValueError, KeyError, TypeError):
                 _set_aside(target, Path(self.transport_options["damaged_folder"]), queue)
                 continue
+            if name.partition(".")[0].endswith(_REDELIVERED):
+                payload["properties"].setdefault("delivery_info", {})["redelivered"] = True
             self._in_flight[payload["properties"]["delivery_tag"]] = (target, name)
             return payload
         raise filesystem.Empty()
@@ -183,7 +195,7 @@ class _DurableFolderChannel(filesystem.Channel):
         if held is None:
             super()._restore(message)
             return
-        os.rename(held[0], Path(self.data_folder_in) / held[1])  # back to its place in line
+        os.rename(held[0], Path(self.data_folder_in) / _redelivered(held[1]))  # back to its place in line
 
     def get_table(self, exchange: str) -> list[Any]:
         # kombu's version reads the bindings file while another declare may have
@@ -265,6 +277,21 @@ def _stamp() -> int:
         return _last_stamp
 
 
+_REDELIVERED = "-r"
+
+
+def _redelivered(name: str) -> str:
+    """*name* marked as given back once: `<stamp>-<seq>-<id>-r.<queue>.msg`.
+
+    RabbitMQ sets `redelivered` on a message that comes back; the file's bytes
+    stay as published, so the name carries the mark. It goes after the unique
+    id, so the file keeps its place in line, and before the queue, so the queue
+    still reads from the name.
+    """
+    head, dot, rest = name.partition(".")
+    return name if head.endswith(_REDELIVERED) else f"{head}{_REDELIVERED}{dot}{rest}"
+
+
 def _fsync_folder(folder: Path) -> None:
     """Flush *folder*'s entries (a rename into it) to disk."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -296,7 +323,7 @@ def _recover_orphans(unacked: Path, queue_folder: Path) -> None:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 for msg in folder.iterdir():
                     if msg.name.endswith(".msg"):
-                        os.rename(msg, queue_folder / msg.name)
+                        os.rename(msg, queue_folder / _redelivered(msg.name))
                 shutil.rmtree(folder, ignore_errors=True)
         except (BlockingIOError, FileNotFoundError):
             continue  # alive (its process holds the lock) or already recovered

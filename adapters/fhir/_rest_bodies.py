@@ -15,10 +15,11 @@ from router.contracts import ApplyResult, FhirJson
 # Any resource type is stored; these are the ones the engine's mappings produce,
 # listed so a client reading the CapabilityStatement finds them.
 _TYPES = (
-    "AllergyIntolerance", "Appointment", "Composition", "Condition", "Coverage", "DiagnosticReport",
-    "DocumentReference", "Encounter", "EpisodeOfCare", "Flag", "Immunization", "Location",
-    "MedicationAdministration", "MedicationRequest", "MedicationStatement", "Observation", "Organization",
-    "Patient", "Practitioner", "PractitionerRole", "Procedure", "RelatedPerson", "ServiceRequest", "Specimen",
+    "AllergyIntolerance", "Appointment", "Communication", "CommunicationRequest", "Composition", "Condition",
+    "Consent", "Coverage", "DiagnosticReport", "DocumentReference", "Encounter", "EpisodeOfCare", "Flag",
+    "Immunization", "List", "Location", "MedicationAdministration", "MedicationDispense", "MedicationRequest",
+    "MedicationStatement", "Observation", "Organization", "Patient", "Practitioner", "PractitionerRole",
+    "Procedure", "RelatedPerson", "ServiceRequest", "Specimen",
 )
 _PARAM_TYPES = {"_id": "token", "identifier": "token", "patient": "reference", "subject": "reference", "_tag": "token"}
 _STATUS = {"created": "201 Created", "updated": "200 OK", "unchanged": "200 OK", "deleted": "200 OK"}

@@ -519,8 +519,11 @@ class SqlRecord(ABC):
                             " ORDER BY applied_at DESC, key LIMIT ?", (*args, limit))
         return _entries(rows)
 
-    def receipts(self, msg_ids: Sequence[str]) -> dict[str, JournalEntry]:
+    def receipts(self, msg_ids: Sequence[str], *, from_senders: Mapping[str, str] | None = None) -> dict[str, JournalEntry]:
         """The newest receipt (an AppRec journalled under the MsgId it answers) for each of *msg_ids* that has one.
+
+        *from_senders* maps a MsgId to the HER-id it was sent to: only that party's AppRec answers it (HIS 80415:2012
+        §3.5: the AppRec's sender is the message's receiver), not another's naming the same OriginalMsgId.
 
         Raises:
             RecordUnavailable: the database is unreachable.
@@ -532,7 +535,9 @@ class SqlRecord(ABC):
             rows = self._select(f"SELECT {_JOURNAL_COLUMNS} FROM helsebro_journal WHERE outcome = 'receipt' AND control_id IN"
                                 f" ({', '.join('?' for _ in chunk)}) ORDER BY applied_at DESC, key", chunk)
             for entry in _entries(rows):
-                out.setdefault(entry.control_id, entry)  # newest first
+                expected = from_senders.get(entry.control_id) if from_senders else None
+                if expected is None or entry.sender == expected:
+                    out.setdefault(entry.control_id, entry)  # newest first
         return out
 
     def applied(self, keys: Sequence[str]) -> set[str]:

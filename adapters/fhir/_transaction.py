@@ -19,6 +19,7 @@ import orjson
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers, rewrite
 from adapters.fhir._lookups import CURRENT_COLUMNS, Current, Lookups, is_identifier_token
+from adapters.fhir._merges import keep_merges
 from adapters.fhir._owners import DOCUMENT_SYSTEM, PatientChecks, patient_refs, patients_of
 from adapters.fhir._patch import apply_patch, check_owner
 from adapters.fhir._search import references, search_sql
@@ -261,6 +262,13 @@ class _Writer(PatientChecks):
         if current is not None and not current.deleted and current.digest == digest:
             _restated(canonical, digest)
             return AppliedEntry(resource_type, id_, current.version, "unchanged")
+        if writer is not None and resource_type == "Patient":  # a changed Patient keeps its merges (_merges.py)
+            stored = self._body(resource_type, id_) if current is not None and not current.deleted else None
+            if (kept := keep_merges(stored, content, self._body)) is not content:
+                content, canonical = kept, orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)
+                digest = _blake2b(canonical, digest_size=16).hexdigest()
+                if current is not None and not current.deleted and current.digest == digest:
+                    return AppliedEntry(resource_type, id_, current.version, "unchanged")
         version = current.version + 1 if current else 1
         meta = {"versionId": str(version), "lastUpdated": self._now, **content.get("meta", {})}
         # resourceType, id and meta first, then the rest of the content in its order: merged in C, the

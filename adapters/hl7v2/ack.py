@@ -22,9 +22,20 @@ from functools import lru_cache
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from router.errors import DecodeError, InvalidContent, MessageError, Refused, UnknownMessage, UnsupportedEvent
+from router.errors import (
+    DecodeError,
+    InvalidContent,
+    MessageError,
+    Refused,
+    UnknownMessage,
+    UnsupportedEvent,
+    UnsupportedProcessingId,
+    UnsupportedVersion,
+)
 
-__all__ = ["ACK_CODE_FOR", "AckCode", "accept_code_for", "ack_code_for", "acks_for", "build_ack"]
+__all__ = [
+    "ACK_CODE_FOR", "PROCESSING_IDS", "SUPPORTED_VERSIONS", "AckCode", "accept_code_for", "ack_code_for", "acks_for", "build_ack",
+]
 
 AckCode = Literal["AA", "AE", "AR", "CA", "CR"]
 """HL7 table 0008: application accept, error, reject (original mode, and enhanced mode's application
@@ -39,6 +50,8 @@ ACK); commit accept and commit reject (enhanced mode's accept ACK)."""
 #:   "unparseable" code; 100 is the structural one, and AR says not to resend.
 #: - UnknownMessage → AR/200 "unsupported message type"; UnsupportedEvent (the
 #:   structure is mapped, its trigger event is not) → AR/201 "unsupported event code".
+#: - UnsupportedProcessingId (MSH-11) → AR/202, UnsupportedVersion (MSH-12) → AR/203:
+#:   HL7 v2.5 §2.9.2 rejects a message whose MSH-9, MSH-11 or MSH-12 the receiver does not take.
 #: - InvalidContent → AE/102 "data type error": a value has the wrong form or
 #:   fails its check digit; the sender must correct and resend.
 #: - Refused → AR/207 "application internal error": a destination behind us
@@ -48,6 +61,8 @@ ACK_CODE_FOR: dict[type[MessageError], tuple[AckCode, str]] = {
     DecodeError: ("AR", "100"),
     UnknownMessage: ("AR", "200"),
     UnsupportedEvent: ("AR", "201"),
+    UnsupportedProcessingId: ("AR", "202"),
+    UnsupportedVersion: ("AR", "203"),
     InvalidContent: ("AE", "102"),
     Refused: ("AR", "207"),
     MessageError: ("AE", "207"),
@@ -73,6 +88,10 @@ _ERROR_TEXT = {
 _KNOWN_VERSIONS = frozenset(
     {"2.1", "2.2", "2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.8", "2.8.1", "2.8.2"}
 )
+SUPPORTED_VERSIONS = _KNOWN_VERSIONS
+"""The MSH-12 values Helsebro reads and answers in; a message in any other is rejected (203)."""
+PROCESSING_IDS = frozenset({"D", "P", "T"})
+"""HL7 table 0103, MSH-11.1: debugging, production, training; any other is rejected (202), and an ACK echoes these only."""
 _FALLBACK_VERSION = "2.5"
 
 _OSLO = ZoneInfo("Europe/Oslo")
@@ -232,10 +251,11 @@ def _msh(
     control_id: str,
     processing_id: str,
     version: str,
+    charset_name: str,
 ) -> str:
-    """The MSH segment; *apps* are our MSH-3 to MSH-6, in order."""
+    """The MSH segment; *apps* are our MSH-3 to MSH-6, in order; MSH-18 *charset_name* from v2.3 on, when given."""
     trigger = (message_type or "").split("^")[1:2]
-    return "|".join((
+    fields = [
         "MSH",
         "^~\\&",
         *(_components(app) for app in apps),
@@ -245,7 +265,10 @@ def _msh(
         _escape(control_id),
         _escape(processing_id),
         version,
-    ))
+    ]
+    if charset_name and _version_tuple(version) >= (2, 3):
+        fields += ["", "", "", "", "", _escape(charset_name)]  # MSH-13 to MSH-17 empty, MSH-18
+    return "|".join(fields)
 
 
 def build_ack(
@@ -265,13 +288,17 @@ def build_ack(
     now: datetime | None = None,
     processing_id: str = "P",
     charset: str = "utf-8",
+    charset_name: str = "",
 ) -> bytes:
     """Build the ER7 bytes (in *charset*, segments ended by CR) of an ACK to one message.
 
     *charset* is the Python codec the original message declared in MSH-18: the ACK echoes
     the sender's own names (MSH-5/6) and control id, and written in UTF-8 to a sender that
     reads ISO-8859-1 a facility "SØR" came back as "SÃ˜R". A character the codec lacks
-    (never one the sender sent: the text is ours) is written as `?`.
+    (never one the sender sent: the text is ours) is written as `?`. *charset_name* is the
+    original's MSH-18 as it named that charset (``8859/1``), echoed in the ACK's MSH-18 (v2.3 on),
+    so the sender knows which charset the bytes are in; empty when the original named none.
+    *processing_id* (MSH-11) is the original's when it is one of table 0103's, else ``P``.
 
     The application and facility arguments are the *original* message's MSH-3
     to MSH-6, as HD values with ``^`` between components; the ACK swaps them.
@@ -288,7 +315,8 @@ def build_ack(
     control = ack_control_id or uuid.uuid4().hex[:_CONTROL_ID_LEN]
     msh = _msh(
         apps, now, message_type=message_type, control_id=control,
-        processing_id=processing_id, version=version,
+        processing_id=processing_id if processing_id in PROCESSING_IDS else "P", version=version,
+        charset_name=charset_name,
     )
     msa = f"MSA|{code}|{_escape(control_id or '')}"
     if text:

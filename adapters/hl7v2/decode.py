@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Delimiters, Hl7Message, TokenizeError, tokenize, unescape
+from adapters.hl7v2.ack import PROCESSING_IDS, SUPPORTED_VERSIONS
 from router.contracts import MessageHeader
-from router.errors import DecodeError
+from router.errors import DecodeError, UnsupportedProcessingId, UnsupportedVersion
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -320,6 +321,43 @@ def hl7_charset(data: bytes) -> str | None:
     return codec if declared else None
 
 
+def declared_charset(data: bytes) -> str:
+    """*data*'s MSH-18 as HL7 table 0211 names it (``8859/1``), when it names one Helsebro reads; else "".
+
+    Why: the ACK is written in the charset the message was read in, and says so in its own MSH-18; without it
+    a sender whose default is another charset read the ISO-8859-1 bytes of its own "SØR" as something else.
+    """
+    start = data.lstrip(b"\x0b\xef\xbb\xbf \t\r\n")
+    if start[:3].upper() != b"MSH":
+        return ""
+    fields = _raw_msh_fields(start.split(b"\r", 1)[0].split(b"\n", 1)[0])
+    if len(fields) <= 18 or len(fields[2]) < 2:
+        return ""
+    name = fields[18].split(fields[2][1:2])[0].decode("ascii", errors="replace").strip().upper()
+    return name if _CHARSETS.get(name) else ""
+
+
+_V2_RELEASE = re.compile(r"2\.[1-9][0-9]?(\.[1-9])?")
+"""Any release of version 2 (2.7.1, 2.9, 2.9.1 too): v2 only adds, so a reader of 2.8 reads them; hl7apy cannot
+write their ACK, which is then in 2.5 (ack.build_ack)."""
+
+
+def check_header(header: MessageHeader) -> None:
+    """Refuse a message whose MSH-12 or MSH-11 Helsebro does not take (HL7 v2.5 §2.9.2: the receiver rejects it).
+
+    An empty one is let through, as legacy senders leave them out. The reason names the values taken, never the
+    value sent: a sender that shifts its MSH fields puts a name or a fødselsnummer there.
+
+    Raises:
+        UnsupportedVersion: MSH-12 is not a version Helsebro reads (ACK ERR-3 203).
+        UnsupportedProcessingId: MSH-11.1 is not in HL7 table 0103 (ACK ERR-3 202).
+    """
+    if header.version and header.version not in SUPPORTED_VERSIONS and not _V2_RELEASE.fullmatch(header.version):
+        raise UnsupportedVersion("MSH-12 names an HL7 version Helsebro does not read; it reads version 2 (2.1 and later)", location="MSH-12")
+    if header.processing_id and header.processing_id.upper() not in PROCESSING_IDS:
+        raise UnsupportedProcessingId("MSH-11 is not a processing id of HL7 table 0103 (D, P or T)", location="MSH-11")
+
+
 def _msh_text(data: bytes, codec: str) -> tuple[list[str], Delimiters] | None:
     """The fields of *data*'s MSH line as text in *codec* (index n is MSH-n), and its delimiters; None without an MSH line."""
     start = data.lstrip(b"\x0b\xef\xbb\xbf \t\r\n")
@@ -499,4 +537,4 @@ def _leaf(value: str, d: Delimiters) -> str:
     return unescape(value, d) if d.escape and d.escape in value else value
 
 
-__all__ = ["BatchShortfall", "DecodedMessage", "Delimiters", "RawMessage", "check_batch_counts", "decode", "msh_names", "read_header", "salvage_header", "split_messages"]
+__all__ = ["BatchShortfall", "DecodedMessage", "Delimiters", "RawMessage", "check_batch_counts", "check_header", "declared_charset", "decode", "msh_names", "read_header", "salvage_header", "split_messages"]

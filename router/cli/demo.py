@@ -5,8 +5,10 @@ thread on the embedded broker and the SQLite record, sends examples/ (one
 file per message, like `helsebro send`), waits until each delivery is
 settled, stops the engine and prints what became of them: applied,
 dead-lettered with the reason from the dead-letter headers, and the patients
-now in the record. The examples are synthetic people, so the operator's view
-shows their identifiers in clear.
+now in the record. The bundled examples are synthetic people: the summary says so
+and shows their identifiers in clear. A folder of one's own (`--examples DIR`)
+may hold a real extract, so its patients are shown by the key each identifier is
+found under (`helsebro find --patient-key`), never by their number (DESIGN §5).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ _BAR = 30
 def register(subparsers: Any) -> None:
     """Add the `demo` verb."""
     parser = subparsers.add_parser("demo", help="Run the engine on the bundled examples and show the result.", description=__doc__)
-    parser.add_argument("--examples", type=Path, default=PROJECT_ROOT / "examples", help="Folder of example messages (default: the bundled examples/).")
+    parser.add_argument("--examples", type=Path, default=PROJECT_ROOT / "examples", metavar="DIR", help="Folder of example messages (default: the bundled examples/).")
     parser.set_defaults(func=_demo)
 
 
@@ -61,8 +63,15 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"\nhelsebro demo: the engine stopped: {type(handle.errors[0]).__name__}: {handle.errors[0]}", file=sys.stderr)
         return 1
     print(file=sys.stderr)
-    _summary(settings, handle.stats, len(files), sys.stdout)
+    _summary(settings, handle.stats, len(files), sys.stdout, synthetic=_is_bundled(args.examples))
     return 0
+
+
+def _is_bundled(examples: Path) -> bool:
+    """True when *examples* is the bundled, synthetic examples/ folder or one inside it."""
+    bundled = (PROJECT_ROOT / "examples").resolve()
+    where = examples.resolve()
+    return where == bundled or bundled in where.parents
 
 
 def _fresh_settings() -> Settings:
@@ -85,8 +94,9 @@ def _progress(done: int, total: int, out: TextIO) -> bool:
     return done >= total
 
 
-def _summary(settings: Settings, stats: Any, files: int, out: TextIO) -> None:
+def _summary(settings: Settings, stats: Any, files: int, out: TextIO, *, synthetic: bool) -> None:
     from adapters.fhir.record import open_record
+    from router.pipeline.convert import patient_key_for
 
     dead = drain_queue(settings, settings.engine.broker.names.dead_letter)
     print(f"Messages in:    {stats.messages} (from {files} files)", file=out)
@@ -99,9 +109,14 @@ def _summary(settings: Settings, stats: Any, files: int, out: TextIO) -> None:
     record = open_record(settings)
     try:
         patients = record.search("Patient", {})
-        print(f"Patients in the record: {len(patients)}", file=out)
+        note = " (synthetic people from the bundled examples: identifiers in clear)" if synthetic else " (by patient key: `helsebro find --patient-key`)"
+        print(f"Patients in the record: {len(patients)}{note}", file=out)
         for patient in patients:
-            ids = ", ".join(f"{i.get('system', '')}|{i.get('value', '')}" for i in patient.get("identifier", []))
+            identifiers = patient.get("identifier", [])
+            if synthetic:
+                ids = ", ".join(f"{i.get('system', '')}|{i.get('value', '')}" for i in identifiers)
+            else:
+                ids = ", ".join(f"{i.get('system', '')} {patient_key_for(i.get('system', ''), i.get('value', ''), settings.phi_key_bytes)}" for i in identifiers)
             encounters = len(record.search("Encounter", {"subject": f"Patient/{patient['id']}"}))
             print(f"  - Patient/{patient['id']}: {ids}; encounters: {encounters}", file=out)
     finally:

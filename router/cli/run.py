@@ -1,11 +1,11 @@
 """`helsebro run`: consume the inbound queue and settle every message until stopped.
 
-SIGTERM or SIGINT stops the loop after the batch in flight is settled and
-acked; the exit code is then 0. `--workers N` starts N worker processes
+SIGTERM, SIGINT or SIGHUP stops the loop after the batch in flight is settled
+and acked; the exit code is then 0. `--workers N` starts N worker processes
 (`--worker-index i --workers N` each), passes the signal on, and starts a
 worker that dies unasked again after a backoff (giving up, with the others
 stopped and the dead one's exit code, after 5 deaths in a row each within 30 s
-of its start; exit 2, a config error, is never retried); each worker
+of its start; exit 2, a config error, is given up at once); each worker
 takes the partitions k with k % N == i first and the others as a standby, so
 one RabbitMQ and one PostgreSQL serve them all with per-patient order kept.
 Several `helsebro run` processes on several hosts work the same way: give each
@@ -26,6 +26,7 @@ a P + N - 1 past 65535 is a usage error (exit 2).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import subprocess
@@ -46,6 +47,9 @@ _RESTART_MAX_SECONDS = 30.0
 _FAST_CRASH_SECONDS = 30.0  # a worker that dies sooner after its start counts as a fast crash
 _FAST_CRASHES = 5  # fast crashes in a row of one worker after which the supervisor gives up
 _SUPERVISE_POLL_SECONDS = 0.2
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""Each stops the run after the batch in flight. SIGHUP too: by default it killed a worker mid-batch, and the
+supervisor outright, leaving its workers running on orphaned (a closed terminal or ssh session, a `kill -HUP`)."""
 
 
 def register(subparsers: Any) -> None:
@@ -66,7 +70,7 @@ def register(subparsers: Any) -> None:
 
 def _seconds(text: str) -> float:
     value = float(text)
-    if value <= 0:
+    if not 0 < value < math.inf:  # NaN too: no idle time is below it, so it stopped at the first empty look
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return value
 
@@ -93,8 +97,8 @@ def _run(args: argparse.Namespace) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         engine.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     metrics = None
     if args.metrics_port is not None:
         from router.ops.metrics import MetricsServer, OverdueApprecs
@@ -118,13 +122,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace) -> int:
-    """Start the workers, restart one that dies, pass SIGTERM/SIGINT on, and return the worst exit code.
+    """Start the workers, restart one that dies, pass SIGTERM/SIGINT/SIGHUP on, and return the worst exit code.
 
     A worker that dies unasked (a crash, the OOM killer, `kill -9`) is started again after a
     backoff (1 s, doubling to 30 s): the others had taken its partitions as standby, and without
     a restart the run went on one worker short for good, unnoticed. Exit 0 (idle, with
-    `--until-idle`) and exit 2 (a ConfigError or usage error: it would fail again) are not
-    restarted. A worker that dies _FAST_CRASHES times in a row within _FAST_CRASH_SECONDS of
+    `--until-idle`) is not restarted; exit 2 (a ConfigError or usage error: it would fail again)
+    is given up at once, as below. A worker that dies _FAST_CRASHES times in a row within _FAST_CRASH_SECONDS of
     its start is given up: the others are stopped and the run exits with its code, so the
     service manager sees the failure rather than a crash loop.
     """
@@ -154,8 +158,8 @@ def _supervise(args: argparse.Namespace) -> int:
         if stopped:  # a signal that came while it started, before it was in `children`
             on_signal(stopped[0], None)
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, on_signal)
     began: dict[int, float] = {}
     crashes = dict.fromkeys(range(args.workers), 0)
     due: dict[int, float] = {}  # worker -> when to start it again
@@ -171,8 +175,13 @@ def _supervise(args: argparse.Namespace) -> int:
             if code is None:
                 continue
             del children[i]
-            if stopped or code in (0, 2):
+            if stopped or code == 0:
                 codes.append(code)
+                continue
+            if code == 2:  # a ConfigError or usage error: it would fail again, and the others ran on one short, unsaid
+                log.error("worker_given_up", worker=i, exit_code=code, crashes=1, why="config or usage error: not restarted")
+                given_up.append(code)
+                on_signal(signal.SIGTERM, None)
                 continue
             fast = time.monotonic() - began[i] < _FAST_CRASH_SECONDS
             crashes[i] = crashes[i] + 1 if fast else 1

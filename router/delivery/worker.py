@@ -244,6 +244,8 @@ class DestinationWorker:
                 inbound.start(standby)  # behind the workers that own them: active only when those die
                 standby = []
             for delivery in inbound.take(_PREFETCH, _POLL_SECONDS):
+                if self._stop.is_set():
+                    return  # the rest of what was taken stays unacked and comes again: a stop ends after the message in hand
                 try:
                     if not self._one(delivery, publisher):
                         return  # stopping with this delivery unacked: it comes again

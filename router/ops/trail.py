@@ -179,19 +179,25 @@ def _awaiting(record: SqlRecord, settings: Settings, until: float,
 
 
 def _receipts(record: SqlRecord, journal: list[JournalEntry], settings: Settings) -> dict[tuple[str, str], JournalEntry | None]:
-    """(journal key, destination) → the newest AppRec journalled for what Helsebro rendered for that KITH destination (None: none yet)."""
+    """(journal key, destination) → the newest AppRec journalled for what Helsebro rendered for that KITH destination (None: none yet).
+
+    An AppRec counts only when its sender is the destination's receiver_her_id (when it names one): another party's
+    AppRec naming the same OriginalMsgId (misrouted, or forged) answers nothing Helsebro sent it."""
     from adapters.kith.render import outbound_msg_id
     from router.routing.model import QueueDestination
 
     names = settings.routes.rendered_kith()
     kith = {n: d for n, d in settings.routes.destinations.items() if n in names and isinstance(d, QueueDestination)}
     sent: dict[tuple[str, str], str] = {}  # (journal key, destination) → the MsgId Helsebro gave what it rendered
+    receivers: dict[str, str] = {}  # that MsgId → the HER-id it went to: only that party's AppRec answers it
     for e in journal:
         for name in e.destinations if e.control_id else ():
             dest = kith.get(name)
             if dest is not None and dest.mapping:
-                sent[(e.key, name)] = outbound_msg_id(e.sender, e.control_id, dest.mapping, dest.receiver_her_id or name)
-    found = record.receipts(list(sent.values())) if sent else {}
+                msg_id = sent[(e.key, name)] = outbound_msg_id(e.sender, e.control_id, dest.mapping, dest.receiver_her_id or name)
+                if dest.receiver_her_id:
+                    receivers[msg_id] = dest.receiver_her_id
+    found = record.receipts(list(sent.values()), from_senders=receivers) if sent else {}
     return {where: found.get(msg_id) for where, msg_id in sent.items()}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adapters.hl7v2.ack import AckCode, accept_code_for, ack_code_for, acks_for, build_ack
-from adapters.hl7v2.decode import hl7_charset, msh_names, salvage_header
+from adapters.hl7v2.decode import declared_charset, hl7_charset, msh_names, salvage_header
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -55,7 +55,9 @@ def reply(publisher: Publisher, conv: Converted, error: MessageError | None, *, 
             text=error.reason if error and failed else None,
             error_location=error.location if error and failed else None,
             error_code=err_code if failed else None,
+            processing_id=(header.processing_id.upper() if header else "") or "P",  # a training message is answered as one
             charset=charset,
+            charset_name=declared_charset(conv.raw) if charset == hl7_charset(conv.raw) else "",  # MSH-18: what the bytes are in
         )
         publisher.reply(ack, headers={
             "x-helsebro-control-id": conv.control_id or (header.control_id if header else ""),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from adapters.hl7v2.decode import BatchShortfall, check_batch_counts, decode, split_messages
+from adapters.hl7v2.decode import BatchShortfall, check_batch_counts, check_header, decode, split_messages
 from adapters.hl7v2.paths import Scope, compile_path
 from router.contracts import Converted, MessageHeader
 from router.errors import InvalidContent, MessageError, NoMapping, UnsupportedEvent
@@ -138,6 +138,7 @@ class Converter:
         message_type, event, structure = _shown_type(h)
         item.message_type = message_type
         note = _MASKED_NOTE if _NOT_A_CODE in (message_type.split("^") + [structure]) else ""
+        check_header(h)  # a version or processing id Helsebro does not take: rejected (AR) before any mapping runs
         mm = self.mappings.for_sender(h.sending_application, h.sending_facility).find(h.message_code, h.trigger_event, h.structure)
         if mm is None:
             raise NoMapping(f"no mapping for message type {message_type or '(empty)'} structure {structure or '(empty)'}{note}", location="MSH-9")

@@ -68,3 +68,29 @@ def test_a_demo_that_does_not_settle_says_so_and_exits_1(tmp_path, monkeypatch, 
     assert main(["demo", "--examples", str(examples)]) == 1
     err = capsys.readouterr().err
     assert "of 1 examples settled within 120 s" in err and "Traceback" not in err
+
+
+class TestDemoShowsNoNationalId:
+    """DESIGN §5: an operator view shows patient keys, never a national id; the bundled examples are synthetic and say so."""
+
+    def test_the_bundled_examples_say_they_are_synthetic(self, tmp_path):
+        result = _demo(tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert re.search(r"^Patients in the record: \d+ \(synthetic people from the bundled examples", result.stdout, re.M), result.stdout
+
+    def test_an_own_folder_shows_patient_keys_not_numbers(self, tmp_path):
+        """`--examples DIR` may hold a real extract: its patients are listed by the key `helsebro find --patient-key` takes."""
+        from router.pipeline.convert import patient_key_for
+        from router.testing import adt_message
+
+        examples = tmp_path / "own"
+        examples.mkdir()
+        (examples / "a.hl7").write_bytes(adt_message("A01", control_id="D1", fnr="15866112379", local_id="L1", visit="V1"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
+        env.update(HELSEBRO_DATA_DIR=str(tmp_path / "data"))
+        result = subprocess.run([HELSEBRO, "demo", "--examples", str(examples)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "15866112379" not in result.stdout + result.stderr
+        assert "synthetic" not in result.stdout
+        key = patient_key_for("urn:oid:2.16.578.1.12.4.1.4.1", "15866112379")
+        assert re.search(rf"^  - Patient/\S+: .*urn:oid:2\.16\.578\.1\.12\.4\.1\.4\.1 {key}\b.*; encounters: 1$", result.stdout, re.M), result.stdout

@@ -748,6 +748,37 @@ class TestReceipts:
         assert main(["status", "--interval", "0", "--apprec-overdue", "1s", "--scan-limit", "0"]) == 0
         assert "(dead letters not read: one dead-lettered at render may be counted)" in capsys.readouterr().out
 
+    def test_an_apprec_from_another_party_answers_nothing_helsebro_sent_there(self, exported, capsys):
+        """Review H151: an AppRec counted by its OriginalMsgId alone, whoever sent it. K1 went to kommune 12345; an
+        AppRec OK naming K1's MsgId but sent by HER-id 99999 (a misrouted or forged answer) made find say kommune
+        accepted it and dropped K1 from --awaiting-apprec: 12345 has not answered. Only 12345's own AppRec counts."""
+        import time
+
+        from lxml import etree
+
+        from adapters.kith import build_apprecs, read_message
+
+        settings = exported(None, routes=KITH_ROUTES)
+        publish(settings, [adt_message("A01", control_id="K1", fnr=GOOD_FNR, local_id="L1", visit="V1", admitted="20240301101500")])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.messages == 1, 60, what="the admission settled")
+        [(_h, plo)] = drain_queue(settings, settings.routes.destinations["kommune"].queue)
+        [apprec] = build_apprecs(read_message(plo).envelope, error=None)
+        root = etree.fromstring(apprec.xml)
+        [sender_id] = root.xpath("/*/*[local-name()='Sender']/*/*/*[local-name()='Id']")
+        assert sender_id.text == "12345"
+        sender_id.text = "99999"
+        publish(settings, [etree.tostring(root, xml_declaration=True, encoding="UTF-8")])
+        wait_until(lambda: handle.stats.messages == 2, 60, what="the AppRec settled")
+        handle.stop()
+        assert handle.stats.receipts == 1
+        code, out, _ = _find(capsys, "--control-id", "K1", "--json")
+        [dest] = json.loads(out)["applied"][0]["destinations"]
+        assert code == 0 and dest["receipt"] == {"accepted": None, "at": None, "note": None}, dest
+        time.sleep(1.1)
+        code, out, _ = _find(capsys, "--awaiting-apprec", "1s", "--json")
+        assert code == 0 and [m["control_id"] for m in json.loads(out)["applied"]] == ["K1"]
+
 
 HNR = "15456110042"  # an H-nummer (month + 40, first digit 0-3): a hospital's own auxiliary number
 

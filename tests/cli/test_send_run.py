@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -432,3 +433,77 @@ class TestSupervisorRestarts:
             assert (gave_up["worker"], gave_up["exit_code"], gave_up["crashes"]) == (1, 3, 5)
         finally:
             delete_queues(settings)
+
+    @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+    @pytest.mark.integration
+    def test_a_worker_that_exits_2_stops_the_run(self, tmp_path):
+        """Review H153: a worker that exits 2 unasked (a ConfigError at its start: a mapping edited broken since the
+        others started, so a restarted worker cannot start) was neither restarted nor said: the supervisor ran on a
+        worker short for good, without a line, and only a later stop exited 2. Now it is given up at once: logged,
+        the other worker stopped, and the run exits 2."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
+        crash = tmp_path / "crash"
+        crash.mkdir()
+        (crash / "sitecustomize.py").write_text(
+            "import os, sys\n"
+            "if sys.argv[-2:] == ['--worker-index', '1']:\n"
+            "    os._exit(2)\n")
+        env = _env(settings)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(crash), env.get("PYTHONPATH")) if p)
+        try:
+            proc = subprocess.run([*HELSEBRO, "run", "--workers", "2"], env=env, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            events = _events(proc.stderr)
+            [gave_up] = [e for e in events if e["event"] == "worker_given_up"]
+            assert (gave_up["worker"], gave_up["exit_code"]) == (1, 2)
+            assert not [e for e in events if e["event"] == "worker_restarted"]
+        finally:
+            delete_queues(settings)
+
+    @pytest.mark.integration
+    @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+    def test_a_sighup_stops_the_workers_with_the_supervisor(self, tmp_path):
+        """Review H153: SIGHUP (the terminal or ssh session closed, or `kill -HUP` by an operator used to it reloading)
+        killed the supervisor outright and left its workers running on, orphaned: never restarted, and out of reach of
+        the SIGTERM a service manager then sends. Now it is a stop like SIGTERM: passed on, each worker finishes its
+        batch, and the run exits 0 with no worker left."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
+        proc = subprocess.Popen([*HELSEBRO, "run", "--workers", "2"], env=_env(settings), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        workers: list[int] = []
+        try:
+            wait_until(lambda: len(_children(proc.pid)) == 2 and all(_catches(p, signal.SIGTERM) for p in _children(proc.pid)),
+                       30, what="two workers running")
+            workers = list(_children(proc.pid))
+            proc.send_signal(signal.SIGHUP)
+            _, err = proc.communicate(timeout=60)
+            wait_until(lambda: not any(Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()
+                                       for p in workers), 30, what="no worker left running")
+            assert proc.returncode == 0, err[-2000:]
+            assert [e["event"] for e in _events(err) if e["event"] == "engine_stopped"] == ["engine_stopped"] * 2
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for pid in workers:  # orphans of a supervisor that died: this test's own processes
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            delete_queues(settings)
+
+    @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+    def test_a_sighup_stops_a_single_worker_cleanly(self, tmp_path):
+        """Review H153: SIGHUP killed `helsebro run` mid-batch (exit -1); it now stops it as SIGTERM does, exit 0."""
+        settings = isolated_settings(tmp_path)
+        with subprocess.Popen([*HELSEBRO, "run"], env=_env(settings), stderr=subprocess.PIPE, text=True) as proc:
+            try:
+                wait_until(lambda: _catches(proc.pid, signal.SIGTERM) or proc.poll() is not None, 60, what="the worker's handlers")
+                time.sleep(0.5)
+                proc.send_signal(signal.SIGHUP)
+                _, stderr = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        assert proc.returncode == 0, stderr[-2000:]
+        assert _events(stderr)[-1]["event"] == "engine_stopped"

@@ -156,6 +156,19 @@ class TestAllergyUpdate:
         assert sorted(a["code"]["coding"][0]["code"] for a in allergies) == ["91935009", "J01CE02"]
 
 
+    @pytest.mark.parametrize(("kind", "category"), [
+        ("DA", ["medication"]), ("FA", ["food"]), ("MA", None), ("MC", None), ("EA", ["environment"]),
+        ("AA", ["biologic"]), ("PA", ["environment"]), ("LA", ["environment"]),
+    ])
+    def test_al1_and_iam_give_an_allergen_type_the_same_category(self, converter, kind, category):
+        """Table 0127 as the IG's AllergenType map in both segments: a miscellaneous allergy (MA) is no medication and an
+        animal (AA) is biologic, so an A01's AL1 and an A60's IAM of one allergen do not rewrite each other's category."""
+        al1 = f"AL1|1|{kind}^Type^HL70127|X1^Allergen^L|SV"
+        iam = _iam("1", f"{kind}^Type^HL70127", "X1^Allergen^L", "SV", "", "U")
+        [admitted] = _of(_one(converter, _adt("A01", "ADT_A01", _pv1(), al1)), "AllergyIntolerance")
+        [updated] = _of(_one(converter, _adt("A60", "ADT_A60", iam)), "AllergyIntolerance")
+        assert (admitted.get("category"), updated.get("category")) == (category, category)
+
 LAB_MSH = "MSH|^~\\&|LABSYS|STOLAV^974749025^ENH|HELSEBRO|HELSEPLATTFORMEN|20250115101500||OUL^{ev}^OUL_{ev}|LAB-{ev}|P|2.5.1|||AL|NE|NOR|UNICODE UTF-8"
 LAB_PV1 = "PV1|1|I|MED^301^2^STOLAV||||||||||||||||V25-0001^^^STOLAV^VN"
 
@@ -337,6 +350,12 @@ class TestPendingEventsAndCancels:
     def test_cancel_pending_transfer_drops_the_planned_place(self, converter):
         """A26 writes the stay without a planned location even when PV1-42 still names it."""
         assert _status(_one(converter, _adt("A26", "ADT_A21", _pv1(pending="KIR^210^1^STOLAV")))) == ("in-progress", [("active", "MED 301 2")])
+
+    @pytest.mark.parametrize(("event", "klass", "code"), [("A06", "I", "IMP"), ("A07", "O", "AMB")])
+    def test_a_class_change_keeps_the_stay_in_progress(self, converter, event, klass, code):
+        """A06 (outpatient to inpatient) and A07 (back) rewrite the same stay in its new class, still in progress, never unknown."""
+        [encounter] = _of(_one(converter, _adt(event, "ADT_A06", _pv1(klass=klass))), "Encounter")
+        assert (encounter["status"], encounter["class"]["code"]) == ("in-progress", code)
 
     def test_v23_sender_without_structure_finds_the_mapping(self, converter):
         """An ADT^A27 with MSH-9.3 empty (v2.3) maps through structures.yaml."""

@@ -106,6 +106,21 @@ class TestEncodedOrder:
         assert dosage["maxDosePerPeriod"]["numerator"]["value"] == 4
         assert order["dispenseRequest"] == {"quantity": {"value": 40, "unit": "tablett"}, "numberOfRepeatsAllowed": 0}
 
+    def test_an_infusions_give_rate_is_its_rate(self, converter):
+        """RXE-23 in RXE-24's unit (100 mL/h) is the ordered dose's rateQuantity, beside the amount (RXE-3)."""
+        infusion = ("ORC|NW|LM-5003^DIPS||||||||||" + ORDERER, "RXE||B05BB01^Natriumklorid^ATC|1000||mL^mL^UCUM" + "|" * 18 + "100|mL/h^milliliter per time^UCUM")
+        [order] = _of(_one(converter, _rde(*infusion)), "MedicationRequest")
+        MedicationRequest.model_validate(order)
+        [dose_and_rate] = order["dosageInstruction"][0]["doseAndRate"]
+        assert dose_and_rate["doseRange"]["low"]["value"] == 1000
+        assert dose_and_rate["rateQuantity"] == {"system": UCUM, "code": "mL/h", "value": 100, "unit": "mL/h"}
+
+    def test_a_give_rate_in_a_unit_no_table_lists_keeps_its_unit(self, converter):
+        """A rate in a unit the dose-unit table does not list (dråper/min) keeps it as written, with no UCUM claimed."""
+        infusion = ("ORC|NW|LM-5004^DIPS||||||||||" + ORDERER, "RXE||B05BB01^Natriumklorid^ATC|500||mL" + "|" * 18 + "20|dråper/min")
+        [order] = _of(_one(converter, _rde(*infusion)), "MedicationRequest")
+        assert order["dosageInstruction"][0]["doseAndRate"][0]["rateQuantity"] == {"value": 20, "unit": "dråper/min"}
+
     def test_each_order_group_is_its_own_request(self, converter):
         """Two ORDER groups are two MedicationRequests, each with its own drug and route."""
         second = ("ORC|NW|LM-5002^DIPS||||||||||" + ORDERER, "RXE||B01AB05^Enoksaparin^ATC|40||mg^^UCUM", "TQ1|1||Q1D||||20250312180000", "RXR|62^Subkutan bruk^7477")

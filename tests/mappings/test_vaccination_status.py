@@ -1,4 +1,4 @@
-"""Whether a vaccination was given (VXU^V04 RXA-18/20) reaches Immunization.status, through `helsebro convert`.
+"""Whether a vaccination was given (VXU^V04 RXA-18/20) reaches Immunization.status, and how much, through `helsebro convert`.
 
 A vaccine the patient refused must never read as given: a registry or a clinician would
 skip the next dose. RXA-20 says it (RE, NA: not-done); a sender that gives only the refusal
@@ -18,8 +18,8 @@ MSH = "MSH|^~\\&|VAKSINE|STOLAV^974749025^ENH|SYSVAK|FHI|20250115101500||VXU^V04
 PID = "PID|1||17857540093^^^NOR^FNR||BERG^ANNE||19850717|F"
 
 
-def _rxa(*, refusal: str = "", completion: str = "", action: str = "A") -> str:
-    fields = ["RXA", "0", "1", "20250115100000", "", "J07BB02^Influensa^ATC", "0.5", "mL^mL^UCUM"]
+def _rxa(*, refusal: str = "", completion: str = "", action: str = "A", units: str = "mL^mL^UCUM") -> str:
+    fields = ["RXA", "0", "1", "20250115100000", "", "J07BB02^Influensa^ATC", "0.5", units]
     fields += [""] * 10 + [refusal, "", completion, action]
     return "|".join(fields)
 
@@ -51,3 +51,24 @@ class TestImmunizationStatus:
         """RXA-21 D outranks everything: the record was wrong."""
         immunization = _immunization(tmp_path, capsys, _rxa(refusal="00^Pasienten nektet^NIP002", action="D"))
         assert immunization["status"] == "entered-in-error"
+
+
+class TestImmunizationDose:
+    @pytest.mark.parametrize(
+        ("units", "code"),
+        [("mL^mL^UCUM", "mL"), ("ML^ml^ISO+", "mL"), ("ml^milliliter", "mL"), ("mcg^mikrogram^ISO+", "ug"), ("IE^internasjonale enheter", "[IU]")],
+    )
+    def test_the_dose_unit_is_the_ucum_code_it_means(self, tmp_path, capsys, units, code):
+        """RXA-7 as written (ML, mcg, IE: ISO+ or no system) is the UCUM code it means, as a medication's dose unit is, never claimed UCUM as sent."""
+        dose = _immunization(tmp_path, capsys, _rxa(completion="CP", units=units))["doseQuantity"]
+        assert (dose["value"], dose["system"], dose["code"], dose["unit"]) == (0.5, "http://unitsofmeasure.org", code, units.split("^")[0])
+
+    def test_a_ucum_unit_the_table_does_not_list_is_kept_as_sent(self, tmp_path, capsys):
+        """A unit the sender says is UCUM (RXA-7.3) and the dose-unit table does not list keeps its code as sent."""
+        dose = _immunization(tmp_path, capsys, _rxa(completion="CP", units="mg/dL^mg/dL^UCUM"))["doseQuantity"]
+        assert (dose["system"], dose["code"]) == ("http://unitsofmeasure.org", "mg/dL")
+
+    def test_a_unit_neither_ucum_nor_listed_claims_no_system(self, tmp_path, capsys):
+        """A unit no table lists and the sender does not call UCUM (dose) stays in unit alone."""
+        dose = _immunization(tmp_path, capsys, _rxa(completion="CP", units="dose^dose^ISO+"))["doseQuantity"]
+        assert dose == {"value": 0.5, "unit": "dose"}

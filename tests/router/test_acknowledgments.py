@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from adapters.hl7v2.ack import acks_for
@@ -123,3 +125,35 @@ class TestWhatTheAckNames:
         [(code, body)] = answers["EV1"]
         assert code == "AR"
         assert b"\rERR||MSH^1^9^1^2|201^Unsupported event code^HL70357|E\r" in body
+
+    def test_a_version_or_processing_id_helsebro_does_not_take_is_rejected(self, tmp_path: Path) -> None:
+        """HL7 v2.5 §2.9.2: a message whose MSH-12 or MSH-11 the receiver does not take is rejected (AR), never applied:
+        MSH-12 `9.9` gets ERR-3 203 "Unsupported version id" at MSH^1^12 and an ACK in a version Helsebro writes; MSH-11 `X`
+        (not in table 0103) gets 202 "Unsupported processing id" at MSH^1^11; a known version and id (2.3, T) are taken."""
+        answers = _answers(isolated_settings(tmp_path), [
+            _good("V99").replace(b"|P|2.5.1|", b"|P|9.9|", 1),
+            _good("PX").replace(b"|P|2.5.1|", b"|X|2.5.1|", 1),
+            _good("V23").replace(b"|P|2.5.1|", b"|T|2.3|", 1),
+            _good("V29").replace(b"|P|2.5.1|", b"|P|2.9.1|", 1),  # a release after hl7apy's last: read, answered in 2.5
+        ])
+        [(code, body)] = answers["V99"]
+        assert code == "AR"
+        assert body.split(b"\r")[0].split(b"|")[11] == b"2.5"
+        assert b"\rERR||MSH^1^12|203^Unsupported version id^HL70357|E\r" in body
+        [(code, body)] = answers["PX"]
+        assert code == "AR"
+        assert b"\rERR||MSH^1^11|202^Unsupported processing id^HL70357|E\r" in body
+        assert [code for code, _ in answers["V23"]] == ["AA"]
+        assert [code for code, _ in answers["V29"]] == ["AA"]
+
+    def test_the_ack_echoes_the_processing_id_and_the_charset(self, tmp_path: Path) -> None:
+        """The ACK's MSH-11 is the message's (a training `T` message is answered as training, not production), and a message
+        that declares its charset (MSH-18 `8859/1`) is answered in it with the same MSH-18, so the bytes are read as written."""
+        message = _good("T1").replace(b"|P|2.5.1|", b"|T|2.5.1|", 1).replace(b"|UNICODE UTF-8", b"|8859/1", 1)
+        message = message.replace(b"MSH|^~\\&|PAS|STOLAV|", "MSH|^~\\&|PAS|SØR|".encode("iso-8859-1"), 1)
+        answers = _answers(isolated_settings(tmp_path), [message])
+        [(code, body)] = answers["T1"]
+        assert code == "AA"
+        msh = body.split(b"\r")[0].split(b"|")
+        assert msh[5] == "SØR".encode("iso-8859-1") and msh[10] == b"T"
+        assert msh[17] == b"8859/1"

@@ -152,6 +152,20 @@ class TestRedelivery:
         assert [d.body for d in _take_all(inbound)] == [b"first", b"second"]
         inbound.stop()
 
+    def test_a_delivery_that_comes_back_is_marked_redelivered(self, settings, conn):
+        """A delivery given back unacked comes again with `redelivered` set, as RabbitMQ sets it; a new one without."""
+        publish(settings, [b"first"])
+        inbound = Inbound(conn, settings)
+        inbound.start()
+        first = inbound.next(5)
+        assert first is not None and not first.redelivered
+        inbound.stop()
+        publish(settings, [b"second"])
+        inbound = Inbound(conn, settings)
+        inbound.start()
+        assert [(d.body, d.redelivered) for d in _take_all(inbound)] == [(b"first", True), (b"second", False)]
+        inbound.stop()
+
     def test_unacked_survives_a_killed_consumer(self, settings, conn):
         """A consumer killed with SIGKILL while holding deliveries loses none of them."""
         publish(settings, [b"one", b"two", b"three"])
@@ -174,6 +188,36 @@ class TestRedelivery:
         wait_until(lambda: got.extend(d.body for d in _take_all(inbound, timeout=0.5)) or len(got) >= 3, 30, what="all three back")
         assert got == [b"one", b"two", b"three"]
         inbound.stop()
+
+    def test_a_standby_takes_over_a_killed_consumers_deliveries_first(self, settings, conn):
+        """A standby consumer, already waiting when the active one is killed holding a delivery, gets that
+        delivery back first, then the rest: nothing stays stranded until the next restart, order holds."""
+        publish(settings, [b"one", b"two", b"three"])
+        script = textwrap.dedent(f"""
+            import time
+            from router.settings import load_settings
+            from adapters.amqp.connection import open_connection
+            from adapters.amqp.inbound import Inbound
+            s = load_settings(environ={{}}, config_dir={str(settings.config_dir)!r}, data_dir={str(settings.data_dir)!r}, broker_url={settings.broker_url!r})
+            i = Inbound(open_connection(s), s); i.start()
+            d = i.next(10)
+            print("holding", d.body.decode(), flush=True)
+            time.sleep(600)
+        """)
+        standby = Inbound(conn, settings)
+        with subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) as proc:
+            try:
+                assert proc.stdout.readline().strip() == "holding one"
+                standby.start()
+                assert standby.next(0.5) is None  # the killed one is still the active consumer
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(30)
+        got = []
+        wait_until(lambda: got.extend(_take_all(standby, timeout=0.5)) or len(got) >= 3, 30, what="all three")
+        assert [d.body for d in got] == [b"one", b"two", b"three"]
+        assert got[0].redelivered  # the killed one held it
+        standby.stop()
 
 
 
@@ -382,6 +426,33 @@ class TestEmbeddedDurability:
             first.stop()
             second.stop()
             other.release()
+
+    def test_a_removed_unacked_folder_is_an_error_not_an_empty_queue(self, embedded):
+        """With its `unacked/` folder removed under it (an operator's clean-up), a consumer says the broker is
+        unavailable instead of seeing an empty queue forever; a fresh connection then delivers what waits."""
+        import shutil
+
+        settings, conn = embedded
+        publish(settings, [b"first"])
+        inbound = Inbound(conn, settings)
+        inbound.start()
+        try:
+            assert [d.body for d in _take_all(inbound, timeout=0.5)] == [b"first"]
+            shutil.rmtree(settings.data_dir / "broker" / "unacked")
+            publish(settings, [b"second"])
+            with pytest.raises(BrokerUnavailable):
+                for _ in range(10):
+                    inbound.next(0.2)
+        finally:
+            inbound.stop()
+        again = open_connection(settings)
+        inbound = Inbound(again, settings)
+        inbound.start()
+        try:
+            assert [d.body for d in _take_all(inbound, timeout=0.5)] == [b"second"]
+        finally:
+            inbound.stop()
+            again.release()
 
     def test_an_unreadable_message_file_is_set_aside(self, embedded, capsys):
         """A message file that does not decode (a bad disk block, a hand edit) is moved to `damaged/` and reported; the messages behind it still come."""

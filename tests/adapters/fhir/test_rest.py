@@ -6,9 +6,11 @@ import socket
 import threading
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from adapters.fhir.record import open_record
 from adapters.fhir.rest import make_server
@@ -399,6 +401,18 @@ class TestRestEdges:
             claimed = {i["code"] for i in resource["interaction"]}
             for flag, interaction in needs.items():
                 assert resource.get(flag) in (None, False, "not-supported") or interaction in claimed, (resource["type"], flag)
+
+    def test_the_capability_statement_lists_every_type_the_mappings_write(self, loaded):
+        """The statement listed 24 types, but the shipped mappings also write MedicationDispense,
+        Communication, CommunicationRequest, Consent and List, which the record holds and this face
+        serves: a client that reads the statement before it searches never asked for them."""
+        claimed = {r["type"] for r in loaded.get("/metadata").json()["rest"][0]["resource"]}
+        written = {
+            yaml.safe_load(path.read_text(encoding="utf-8"))["type"]
+            for path in (Path(__file__).resolve().parents[3] / "mappings").glob("*/segments/*.yaml")
+        }
+        assert {"Patient", "MedicationDispense", "Consent"} <= written  # the glob found the templates
+        assert written - claimed == set()
 
     def test_a_parameter_repeated_too_often_is_too_costly(self, loaded):
         """A repeated parameter is ANDed in one query; thousands of them are refused, not sent to the database."""

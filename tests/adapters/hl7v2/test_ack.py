@@ -9,7 +9,7 @@ import pytest
 
 from adapters.hl7v2 import ack
 from adapters.hl7v2.ack import ACK_CODE_FOR, ack_code_for, build_ack
-from router.errors import DecodeError, InvalidContent, MessageError, Refused, UnknownMessage
+from router.errors import DecodeError, InvalidContent, MessageError, Refused, UnknownMessage, UnsupportedProcessingId, UnsupportedVersion
 
 ORIGINAL: dict[str, Any] = {
     "sending_application": "LAB^2.16.578.1.12.4.1.2.12345^ISO",
@@ -114,6 +114,15 @@ class TestBuildAck:
         assert seg["MSH"][9] == "ACK^A01"
         assert seg["ERR"][1:] == ["PID^1^3^102&Data type error&HL70357"]
 
+    def test_charset_and_processing_id(self) -> None:
+        """MSH-18 names the charset the bytes are in (from v2.3 on); MSH-11 is the original's when table 0103 has it."""
+        data = build_ack(code="AA", control_id="C1", charset="iso-8859-1", charset_name="8859/1", processing_id="T",
+                         **{**ORIGINAL, "sending_facility": "SØR"})
+        msh = data.split(b"\r")[0].split(b"|")
+        assert msh[5] == "SØR".encode("iso-8859-1") and msh[10] == b"T" and msh[17] == b"8859/1"
+        assert _build(processing_id="X")["MSH"][11] == "P"
+        assert len(_build(charset_name="8859/1", version="2.2")["MSH"]) == 13  # no MSH-18 before v2.3
+
     def test_no_message_type(self):
         """Without the original's type, MSH-9 is plain ACK."""
         assert _build(message_type=None)["MSH"][9] == "ACK"
@@ -178,6 +187,8 @@ class TestAckCodeFor:
             (UnknownMessage("no mapping"), ("AR", "200")),
             (InvalidContent("check digits do not match"), ("AE", "102")),
             (Refused("destination said no"), ("AR", "207")),
+            (UnsupportedProcessingId("MSH-11"), ("AR", "202")),
+            (UnsupportedVersion("MSH-12"), ("AR", "203")),
             (MessageError("other"), ("AE", "207")),
         ],
     )

@@ -235,3 +235,53 @@ def test_unset_token_env_refuses_the_start(tmp_path, fake_converter, monkeypatch
     settings = isolated_settings(tmp_path, routes=_routes("strict", server=server))
     with pytest.raises(ConfigError, match="HELSEBRO_TEST_UNSET_TOKEN"):
         run_engine_in_thread(settings, converter=fake_converter).stop()
+
+
+class _StopsAtTheSecond(FakeServer):
+    """Refuses the first message once the engine has forwarded them all, so they wait received behind it (the dead
+    letter's confirm reads them off the socket); at the second, the destination worker is told to stop."""
+
+    def __init__(self, engine, total: int) -> None:
+        super().__init__()
+        self.engine, self.total = engine, total
+
+    def apply(self, bundle):
+        self.calls += 1
+        if self.calls == 1:
+            wait_until(lambda: self.engine.stats.messages == self.total, 30, what="all forwarded")
+            time.sleep(0.5)  # the broker pushes them within the prefetch window
+            raise Refused("the server refused the transaction (422)")
+        if self.calls == 2:
+            stopper = threading.Thread(target=self.engine.destinations[0].stop, kwargs={"grace": 0})
+            stopper.start()
+            stopper.join()
+        self.applied.append(bundle)
+
+
+@pytest.mark.integration
+def test_a_stop_ends_the_worker_after_the_message_in_hand(tmp_path, fake_converter):
+    """Review H153: a stopped destination worker went on through every delivery it had taken (up to its prefetch, 20),
+    sending each to the server, though stop() says "finish the message in hand". Past the engine's grace (30 s) the
+    process then ended under a send, the case that sends a message twice. Now it stops after the one in hand; the
+    rest stay unacked and the next start sends them, each once."""
+    settings = isolated_settings(tmp_path, broker_url=RABBIT, routes=_routes("strict"))
+    values = [str(9001 + i) for i in range(6)]
+    server = _StopsAtTheSecond(None, len(values))
+    handle = run_engine_in_thread(settings, converter=fake_converter, destination_clients={"ekstern": server})
+    server.engine = handle.engine
+    try:
+        publish(settings, [f"P {v}".encode() for v in values])
+        wait_until(lambda: server.calls >= 2 and handle.engine.destinations[0].thread is not None
+                   and not handle.engine.destinations[0].thread.is_alive(), 60, what="the worker stopped")
+        handle.stop()
+        assert [b["entry"][0]["resource"]["identifier"][0]["value"] for b in server.applied] == [values[1]]
+        healthy = FakeServer()
+        again = run_engine_in_thread(settings, converter=fake_converter, destination_clients={"ekstern": healthy})
+        try:
+            wait_until(lambda: len(healthy.applied) >= len(values) - 2, 60, what="the rest sent after the restart")
+            time.sleep(0.5)
+        finally:
+            again.stop()
+    finally:
+        delete_queues(settings)
+    assert [b["entry"][0]["resource"]["identifier"][0]["value"] for b in healthy.applied] == values[2:]
