@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--version", default="2.5.1", help="the destination's HL7 version (MSH-12)")
     parser.add_argument("--charset", default="UNICODE UTF-8", help="the destination's charset (MSH-18)")
     args = parser.parse_args()
+    if args.n < 2:
+        parser.error("--n must be at least 2: latency percentiles need two timings")
     settings = load_settings(environ={})
     label, text = _MESSAGES[args.message]
     [conv] = Converter(settings).convert(text.encode())
@@ -48,7 +50,7 @@ def main() -> None:
         renderer.render(conv)
         lat.append(time.perf_counter() - t0)
     total = time.perf_counter() - start
-    q = statistics.quantiles(lat, n=100)
+    q = statistics.quantiles(lat, n=100, method="inclusive")  # exclusive extrapolates past the max
     size = len(renderer.render(conv))
     print(f"render {label} Bundle → HL7 v{args.version} {args.charset} ({size} bytes, one core): {args.n / total:,.0f} msg/s")
     print(f"  latency p50 {q[49] * 1e6:.1f} us   p99 {q[98] * 1e6:.1f} us   max {max(lat) * 1e6:.1f} us")

@@ -39,7 +39,7 @@ def _measure(label: str, renderer: KithRenderer, conv: Converted, n: int) -> Non
         renderer.render(conv)
         lat.append(time.perf_counter() - t0)
     total = time.perf_counter() - start
-    q = statistics.quantiles(lat, n=100)
+    q = statistics.quantiles(lat, n=100, method="inclusive")  # exclusive extrapolates past the max
     print(f"render PLO_InnlagtPasient ({label}, one core): {n / total:,.0f} msg/s")
     print(f"  latency p50 {q[49] * 1e6:.1f} us   p99 {q[98] * 1e6:.1f} us   max {max(lat) * 1e6:.1f} us")
 
@@ -48,6 +48,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=20000, help="renders per measurement")
     args = parser.parse_args()
+    if args.n < 2:
+        parser.error("--n must be at least 2: latency percentiles need two timings")
     [conv] = Converter(load_settings(environ={})).convert(ADT_A01.encode())
     mapping = load_outbound(MAPPING)
     plain = KithRenderer(mapping, destination_name="kommune", receiver_her_id="12345")

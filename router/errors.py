@@ -11,7 +11,9 @@ HelsebroError
 │   │   ├── UnsupportedVersion       an HL7 version (MSH-12) Helsebro does not read
 │   │   └── UnsupportedProcessingId  a processing id (MSH-11) outside HL7 table 0103
 │   ├── InvalidContent   well formed but wrong (check digit, XSD, required element)
-│   │   └── InvalidNationalId  a number declared a national id is not one
+│   │   ├── InvalidNationalId  a number declared a national id is not one
+│   │   ├── RequiredMissing    an element the mapping requires gives no value
+│   │   └── NotInTable         a code a table that refuses unlisted codes does not list
 │   └── Refused          a destination rejected it for good
 └── TransientError       the world is wrong for now: retry with backoff
     ├── BrokerUnavailable
@@ -127,6 +129,22 @@ class InvalidNationalId(InvalidContent):
 
     Its own class because a KITH sender is told so by its own AppRec code when the
     number is the patient's (8221 E31), not by the catch-all X99; `location` says whose.
+    """
+
+
+class RequiredMissing(InvalidContent):
+    """An element the mapping must write (FHIR minimum 1) gets no value from the field that feeds it.
+
+    Its own class because HL7 table 0357 has a code for it (101 "Required field missing"), which
+    the ACK's ERR-3 gives rather than 102 "Data type error": the field is empty, not malformed.
+    """
+
+
+class NotInTable(InvalidContent):
+    """A code is not in the table that translates it, and that table refuses codes it does not list (`unmapped: error`).
+
+    Its own class because HL7 table 0357 has a code for it (103 "Table value not found"), which
+    the ACK's ERR-3 gives rather than 102 "Data type error".
     """
 
 

@@ -8,14 +8,93 @@ record's number would find no one: the next message under it would make a second
 of the person. The record, not the mapping, keeps them, since only the record knows what
 the stored version holds. `_transaction._Writer._put` calls keep_merges for each Patient
 an entry writes, only when the version differs from the stored one.
+
+It also decides which record a merge retires (MergeTargets, mixed into the writer): the
+mapping writes the old Patient at the id its old identity gives (PUT Patient/id, what any
+FHIR server can apply), but the old record may sit at another id (an A47 changed its
+identity, or it was created over REST with an id of its own). Written as addressed, a new
+inactive stub would stand beside the real record, which stayed active with the number.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import orjson
+
+from adapters.fhir._bundle import Criteria, Entry
 from router.contracts import FhirJson
+from router.errors import MultipleMatches
+
+if TYPE_CHECKING:
+    from adapters.fhir._lookups import Current, Lookups
+    from adapters.fhir._transaction import Db
+
+_VERSIONS = (
+    "SELECT h.body FROM fhir_resource r JOIN fhir_history h ON h.rid = r.rid"
+    " WHERE r.type = 'Patient' AND r.id = ? AND h.deleted = 0"
+)
+"""Every version of one Patient, for what it once held."""
+
+
+class MergeTargets:
+    """Which record a merge's retiring entry writes, mixed into the transaction's writer."""
+
+    _db: Db
+    _lookups: Lookups
+    _resolved: dict[str, tuple[Entry, str]]  # fullUrl -> (entry, the id it resolved to), in Bundle order
+
+    def _find(self, resource_type: str, criteria: Criteria) -> list[str]:
+        raise NotImplementedError  # the writer's: what a condition finds, in this transaction
+
+    def _current(self, resource_type: str, id_: str) -> Current | None:
+        raise NotImplementedError  # the writer's: the current version of a resource
+
+    def _body(self, resource_type: str, id_: str) -> FhirJson | None:
+        raise NotImplementedError  # PatientChecks': the current body
+
+    def retired_id(self, entry: Entry, id_: str) -> str:
+        """Return the id of the Patient *entry* (PUT Patient/*id_*, `replaced-by` an earlier entry's survivor) retires.
+
+        The record the old identifiers (the survivor's `use: old` ones, MRG-1's) find,
+        the survivor aside (it holds them once merged); none: *id_* when a record is
+        there; else, the merge applied before, the record the survivor already replaces
+        that once held one of them; else *id_* (a new inactive record: the old one was
+        never in this record). Any other entry: *id_*.
+
+        Raises:
+            MultipleMatches: the old identifiers find more than one other Patient.
+        """
+        links = (entry.resource or {}).get("link") if entry.resource_type == "Patient" and entry.method == "PUT" else None
+        to = next((_other(link) for link in links or () if isinstance(link, dict) and link.get("type") == "replaced-by"), None)
+        survivor = self._resolved.get(to) if to is not None else None
+        if survivor is None or survivor[0].resource is None:
+            return id_
+        olds = [_key(i) for i in survivor[0].resource.get("identifier") or () if isinstance(i, dict) and i.get("use") == "old"]
+        found = {m for system, value in olds if isinstance(system, str) and isinstance(value, str)
+                 for m in self._find("Patient", (("identifier", f"{system}|{value}"),)) if m != survivor[1]}
+        if len(found) > 1:
+            raise MultipleMatches("the identifiers the merge retires (MRG-1) find several Patients", location=entry.location)
+        if found:
+            return found.pop()
+        current = self._current("Patient", id_)
+        if current is not None and not current.deleted:
+            return id_
+        for link in (self._body("Patient", survivor[1]) or {}).get("link") or ():
+            other = _other(link) if isinstance(link, dict) and link.get("type") == "replaces" else None
+            if other is not None and other.startswith("Patient/") and self._once_held(other[8:], set(olds)):
+                return other[8:]
+        return id_
+
+    def _once_held(self, id_: str, olds: set[tuple[Any, Any]]) -> bool:
+        """Whether some version of Patient *id_* held one of *olds* (system, value)."""
+        self._lookups.flush(self._db)
+        for (body,) in self._db.query(_VERSIONS, (id_,)):
+            version = orjson.loads(body) if isinstance(body, (str, bytes)) else body
+            if any(isinstance(i, dict) and _key(i) in olds for i in version.get("identifier") or ()):
+                return True
+        return False
 
 
 def keep_merges(stored: FhirJson | None, new: FhirJson, read: Callable[[str, str], FhirJson | None]) -> FhirJson:

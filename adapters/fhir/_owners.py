@@ -6,7 +6,8 @@ another patient, or a new resource naming another patient's order, would move or
 mix two patients' records without a word. These checks refuse such a message
 whole, with a plain reason; a merge (`replaced-by`) makes two records one
 patient, an A45 moves a stay with what was recorded in it, and a cancelled
-document may be sent again for the right patient. `_transaction._Writer` mixes
+document may be sent again for the right patient (what a document's change no longer
+says is retired by retired_version, and _withdrawn tells it). `_transaction._Writer` mixes
 them in; they read through its lookups and write through its `_put`.
 """
 
@@ -248,12 +249,40 @@ def _document(body: FhirJson) -> str | None:
 
 
 def _withdrawn(body: FhirJson) -> bool:
-    """Whether *body* is marked entered-in-error (by its status, or its verification status), as _retired marks it."""
+    """Whether *body* is marked entered-in-error (by its status, or its verification status), as retired_version marks it."""
     if body.get("status") == "entered-in-error":
         return True
     verification = body.get("verificationStatus")
     codings = verification.get("coding") if isinstance(verification, dict) else None
     return isinstance(codings, list) and any(isinstance(c, dict) and c.get("code") == "entered-in-error" for c in codings)
+
+
+_VERIFICATION = {
+    "Condition": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
+    "AllergyIntolerance": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
+}
+_STATUS_ENTERED_IN_ERROR = frozenset({
+    "Observation", "MedicationStatement", "MedicationRequest", "MedicationDispense", "Communication", "CommunicationRequest",
+    "Encounter", "EpisodeOfCare", "Composition", "DocumentReference", "DiagnosticReport", "ServiceRequest", "Immunization",
+    "Procedure", "Specimen", "Appointment", "CarePlan", "Goal", "List", "Flag",
+})
+
+
+def retired_version(body: FhirJson) -> FhirJson | None:
+    """Return *body* marked entered-in-error, or None when its type has no such status (then it is deleted)."""
+    kind = body.get("resourceType")
+    out = {k: v for k, v in body.items() if k != "meta"}
+    meta = {k: v for k, v in (body.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    if meta:
+        out["meta"] = meta
+    if kind in _STATUS_ENTERED_IN_ERROR:
+        out["status"] = "entered-in-error"
+        return out
+    if kind in _VERIFICATION:
+        out.pop("clinicalStatus", None)  # FHIR: no clinical status on an entered-in-error record
+        out["verificationStatus"] = {"coding": [{"system": _VERIFICATION[kind], "code": "entered-in-error"}]}
+        return out
+    return None
 
 
 _RECORDED_IN: dict[str, tuple[str, ...]] = {

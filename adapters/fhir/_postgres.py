@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 
 from adapters.fhir._lookups import DELETE_REFS, DELETE_TOKENS, INSERT_HISTORY, INSERT_REF, INSERT_RESOURCE, INSERT_TOKEN, UPDATE_RESOURCE
-from adapters.fhir._store import JOURNAL, MARK_APPLIED, SqlRecord, prepare_schema
+from adapters.fhir._store import JOURNAL, MARK_APPLIED, MARKS, SCHEMA_VERSION, NoRecord, NotARecord, SqlRecord, prepare_schema, schema_version
 from adapters.fhir._transaction import Db
 from router.contracts import FhirJson
 from router.errors import RecordUnavailable, UnstorableContent
@@ -147,18 +147,25 @@ class _PgDb:
 class PostgresRecord(SqlRecord):
     """The record in a PostgreSQL database, optionally in its own schema."""
 
-    def __init__(self, url: str, *, connect_timeout: int = 10) -> None:
+    def __init__(self, url: str, *, connect_timeout: int = 10, create: bool = True) -> None:
         """Connect to *url* and create the schema when missing.
 
         A `schema=NAME` query parameter puts the tables in that schema (created if
         needed); without it they go where the server's search_path says.
 
+        `create=False` (the read-only verbs) creates nothing: no schema, no table, and a
+        record already at this Helsebro's version is not prepared at all (so a role that
+        may only read it can open it); an older one is migrated, as the engine would.
+
         Raises:
             RecordUnavailable: the database cannot be reached or prepared.
+            NoRecord: with `create=False`, the schema is not there or holds no tables.
+            NotARecord: with `create=False`, the schema holds tables, none of them the record's.
         """
         super().__init__()
         self._conninfo, self._schema = split_schema(url)
         self._connect_timeout = connect_timeout
+        self._create = create
         self._conn = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
@@ -171,19 +178,37 @@ class PostgresRecord(SqlRecord):
             with conn.transaction():
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (_DDL_LOCK,))
                 if self._schema:
-                    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema)))
+                    if self._create:
+                        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self._schema)))
                     conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
                 tables = {str(r[0]) for r in conn.execute(
                     "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()").fetchall()}
-                prepare_schema(_PgDb(conn), tables, body="JSON", rid="BIGINT", without_rowid="", after=_RID_SEQUENCE,
-                               renamed=_V1_RENAMED)
+                if self._create or self._must_prepare(conn, tables):
+                    prepare_schema(_PgDb(conn), tables, body="JSON", rid="BIGINT", without_rowid="", after=_RID_SEQUENCE,
+                                   renamed=_V1_RENAMED)
         except psycopg.Error as exc:
             conn.close()
             raise RecordUnavailable("cannot prepare the PostgreSQL record") from exc
         except RecordUnavailable:
-            conn.close()  # a schema this Helsebro cannot use
+            conn.close()  # a schema this Helsebro cannot use, or (read-only) no record there
             raise
         return conn
+
+    def _must_prepare(self, conn: psycopg.Connection[Any], tables: set[str]) -> bool:
+        """For a read-only open: whether the record there needs migrating first (False: read it as it is).
+
+        Raises:
+            NoRecord: the schema is not there, or holds no tables.
+            NotARecord: the schema holds tables, none of them the record's.
+        """
+        row = None if self._schema else conn.execute("SELECT current_schema()").fetchone()
+        where = self._schema or (str(row[0]) if row and row[0] else "(none: the search_path names no schema that exists)")
+        if not tables:
+            raise NoRecord(f"no record yet in schema {where}: nothing has been applied there (check HELSEBRO_RECORD_URL)")
+        if not tables & MARKS:
+            raise NotARecord(f"schema {where} of the PostgreSQL database is not a Helsebro record: it holds none of the record's tables"
+                             " (check HELSEBRO_RECORD_URL)")
+        return schema_version(_PgDb(conn), tables) != SCHEMA_VERSION
 
     def _connection(self) -> psycopg.Connection[Any]:
         # A dropped connection (server restart, failover) is replaced on next use, so a

@@ -126,6 +126,22 @@ MARKS = frozenset({"helsebro_schema", "fhir_resource"})
 a file with neither is someone else's database, or empty."""
 
 
+class NoRecord(RecordUnavailable):
+    """A read-only verb found no record: nothing has been applied there yet (or the path or schema is mistyped)."""
+
+
+class NotARecord(RecordUnavailable):
+    """A read-only verb found a database that holds no Helsebro record (another application's, or empty)."""
+
+
+def schema_version(db: Db, tables: set[str]) -> int:
+    """The record's layout version in a database whose tables are *tables*: 0 when it holds no record."""
+    if "helsebro_schema" in tables:
+        rows = db.query("SELECT max(version) FROM helsebro_schema", ())
+        return int(rows[0][0]) if rows and rows[0][0] is not None else SCHEMA_VERSION
+    return 1 if "fhir_resource" in tables else 0
+
+
 def prepare_schema(db: Db, tables: set[str], *, body: str, rid: str, without_rowid: str, after: Sequence[str] = (),
                    renamed: Sequence[str] = ()) -> int:
     """Create the record's tables, or bring those of an older version up to SCHEMA_VERSION; return the version found.
@@ -138,11 +154,7 @@ def prepare_schema(db: Db, tables: set[str], *, body: str, rid: str, without_row
     Raises:
         RecordUnavailable: the record was written by a newer Helsebro, or cannot be migrated.
     """
-    if "helsebro_schema" in tables:
-        rows = db.query("SELECT max(version) FROM helsebro_schema", ())
-        found = int(rows[0][0]) if rows and rows[0][0] is not None else SCHEMA_VERSION
-    else:
-        found = 1 if "fhir_resource" in tables else 0
+    found = schema_version(db, tables)
     if found > SCHEMA_VERSION:
         raise RecordUnavailable(f"the record's schema is version {found}; this Helsebro knows up to {SCHEMA_VERSION}")
     if found == 1:
@@ -187,6 +199,13 @@ _JOURNAL_SETTLED = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?, ?) ON CONFLICT (key) DO UPDATE SET applied_at = excluded.applied_at, note = excluded.note,"
     " destinations = excluded.destinations"
 )
+# An AppRec received again (the broker's redelivery: the same bytes, the same key) is the receipt already journalled: its
+# time stays when it first came, so it neither counts again among recent refusals nor outranks a newer AppRec.
+_JOURNAL_RECEIPT = (
+    "INSERT INTO helsebro_journal (key, applied_at, control_id, sender, message_type, patient_key, destinations, resources, outcome, note)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, '[]', ?, ?) ON CONFLICT (key) DO NOTHING"
+)
+_JOURNALLED_AMONG = "WITH q (key) AS ({}) SELECT j.key FROM q JOIN helsebro_journal j ON j.key = q.key"
 _JOURNAL_COLUMNS = "key, applied_at, control_id, sender, message_type, patient_key, resources, outcome, note, destinations"
 JOURNAL_OUTCOMES = frozenset(SETTLED_OUTCOMES)
 _APPLIED_AMONG = "WITH q (key) AS ({}) SELECT h.key FROM q JOIN helsebro_applied h ON h.key = q.key"
@@ -430,7 +449,8 @@ class SqlRecord(ABC):
 
         The engine writes these once the batch's publishes are confirmed and before
         it acks, so a crash in between writes a row again rather than never; a row
-        with the same key is updated to the later time. A row whose values the
+        with the same key is updated to the later time, except a receipt's: an AppRec
+        received again keeps its first row as it was (its time included). A row whose values the
         database refuses to store (UnstorableContent) is left out, not raised: the
         journal is a trail, and the message's dead letter or log line still holds it.
 
@@ -448,11 +468,27 @@ class SqlRecord(ABC):
     def _write_settled(self, rows: Sequence[Any], stamp: float) -> None:
         # The purge comes along: an engine that only forwards (no record destination, no FHIR
         # server's ledger) never applies a keyed batch, and its journal grew past the retention for ever.
+        receipts = [row for row in rows if row[7] == "receipt"]
+        others = [row for row in rows if row[7] != "receipt"]
         with self._lock, self._transaction([]) as db:
-            db.execute_many(_JOURNAL_SETTLED, rows)
+            if others:
+                db.execute_many(_JOURNAL_SETTLED, others)
+            if receipts:
+                db.execute_many(_JOURNAL_RECEIPT, receipts)
             self._purge_applied(db, stamp)
         with self._lock:
             self._batches_with_keys += 1
+
+    def journalled(self, keys: Sequence[str]) -> set[str]:
+        """Return those of *keys* the journal holds (journal_settled's keys): a receipt already journalled is one received again.
+
+        Raises:
+            RecordUnavailable: the database is unreachable.
+        """
+        if not keys:
+            return set()
+        with self._lock, self._transaction([]) as db:
+            return {str(r[0]) for r in db.query_keys([(key,) for key in dict.fromkeys(keys)], 1, _JOURNALLED_AMONG)}
 
     def settled_counts(self, *, since: float) -> dict[str, int]:
         """How many messages settled at or after *since* (Unix time), per journal outcome; every outcome is a key.

@@ -19,8 +19,8 @@ import orjson
 
 from adapters.fhir._bundle import Criteria, Entry, identifiers, rewrite
 from adapters.fhir._lookups import CURRENT_COLUMNS, Current, Lookups, is_identifier_token
-from adapters.fhir._merges import keep_merges
-from adapters.fhir._owners import DOCUMENT_SYSTEM, PatientChecks, patient_refs, patients_of
+from adapters.fhir._merges import MergeTargets, keep_merges
+from adapters.fhir._owners import DOCUMENT_SYSTEM, PatientChecks, patient_refs, patients_of, retired_version
 from adapters.fhir._patch import apply_patch, check_owner
 from adapters.fhir._search import references, search_sql
 from router.contracts import AppliedEntry, EntryOutcome, FhirJson
@@ -110,7 +110,7 @@ def apply_entries(db: Db, entries: list[Entry], now: str, lookups: Lookups | Non
     return tuple(out)
 
 
-class _Writer(PatientChecks):
+class _Writer(PatientChecks, MergeTargets):
     """The statements of one transaction, plus what earlier entries already claimed."""
 
     def __init__(self, db: Db, now: str, lookups: Lookups) -> None:
@@ -121,6 +121,7 @@ class _Writer(PatientChecks):
         self._created: dict[tuple[str, Criteria], list[str]] = {}  # conditions this Bundle creates for, before the write
         self._written: list[tuple[Entry, FhirJson]] = []  # the versions this Bundle wrote by its entries, for check_named
         self._owners: dict[tuple[str, str], set[str]] = {}  # (type, id) -> its Patient references, as read; dropped when written
+        self._resolved: dict[str, tuple[Entry, str]] = {}  # fullUrl -> (entry, id): a merge's survivor (MergeTargets)
 
     def flush(self) -> None:
         """Send the writes held so far."""
@@ -128,17 +129,24 @@ class _Writer(PatientChecks):
 
     def resolve(self, entry: Entry) -> tuple[Action, str]:
         """Decide what *entry* does and to which id."""
+        action, id_ = self._resolve(entry)
+        if entry.full_url is not None:
+            self._resolved[entry.full_url] = (entry, id_)
+        return action, id_
+
+    def _resolve(self, entry: Entry) -> tuple[Action, str]:
         if entry.method == "PATCH":
             return self._resolve_patch(entry)
-        if entry.id is not None:
-            self._claimed.add((entry.resource_type, entry.id))
-            return ("delete" if entry.method == "DELETE" else "write"), entry.id
+        if entry.id is not None:  # a merge's retired Patient: the old record, wherever it sits (_merges.py)
+            id_ = self.retired_id(entry, entry.id) if entry.resource_type == "Patient" else entry.id
+            self._claimed.add((entry.resource_type, id_))
+            return ("delete" if entry.method == "DELETE" else "write"), id_
         if entry.criteria is None:  # plain POST: the server names it
             return "write", self._new_id(entry)
         matches = self._find(entry.resource_type, entry.criteria)
         if entry.method == "DELETE" and any(k == "_tag" and v.startswith(DOCUMENT_TAG) for k, v in entry.criteria):
             # Helsebro's document change/cancel: what the document no longer says is
-            # retired as entered-in-error, not erased (see _retired).
+            # retired as entered-in-error, not erased (see _owners.retired_version).
             return "retire-all", ",".join(matches)
         if entry.method == "DELETE" and len(matches) > 1:
             return "delete-all", ",".join(matches)
@@ -226,7 +234,7 @@ class _Writer(PatientChecks):
         last = AppliedEntry(entry.resource_type, "", 0, "unchanged")
         for id_ in ids:
             body = self._body(entry.resource_type, id_) if retire else None
-            retired = _retired(body) if body is not None else None
+            retired = retired_version(body) if body is not None else None
             if retired is not None:
                 last = self._put(entry.resource_type, id_, retired)
             else:
@@ -366,34 +374,6 @@ def _index_hash(tokens: set[tuple[str, str]], refs: set[tuple[str, str]]) -> int
 
 DOCUMENT_TAG = DOCUMENT_SYSTEM + "|"
 """`_tag` value prefix of Helsebro's document identity (router/mapping/engine.py writes it)."""
-
-_VERIFICATION = {
-    "Condition": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
-    "AllergyIntolerance": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification",
-}
-_STATUS_ENTERED_IN_ERROR = frozenset({
-    "Observation", "MedicationStatement", "MedicationRequest", "MedicationDispense", "Communication", "CommunicationRequest",
-    "Encounter", "EpisodeOfCare", "Composition", "DocumentReference", "DiagnosticReport", "ServiceRequest", "Immunization",
-    "Procedure", "Specimen", "Appointment", "CarePlan", "Goal", "List", "Flag",
-})
-
-
-def _retired(body: FhirJson) -> FhirJson | None:
-    """Return *body* marked entered-in-error, or None when its type has no such status (then it is deleted)."""
-    kind = body.get("resourceType")
-    out = {k: v for k, v in body.items() if k != "meta"}
-    meta = {k: v for k, v in (body.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-    if meta:
-        out["meta"] = meta
-    if kind in _STATUS_ENTERED_IN_ERROR:
-        out["status"] = "entered-in-error"
-        return out
-    if kind in _VERIFICATION:
-        out.pop("clinicalStatus", None)  # FHIR: no clinical status on an entered-in-error record
-        out["verificationStatus"] = {"coding": [{"system": _VERIFICATION[kind], "code": "entered-in-error"}]}
-        return out
-    return None
-
 
 def _content(resource: FhirJson, id_: str) -> FhirJson:
     """Return *resource* with its id set and the store-owned meta fields removed (*resource* itself when it has them so already)."""

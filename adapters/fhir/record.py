@@ -12,21 +12,13 @@ from typing import Protocol
 
 from adapters.fhir._postgres import PostgresRecord
 from adapters.fhir._sqlite import SqliteRecord, tables_in
-from adapters.fhir._store import MARKS, JournalEntry, SqlRecord, StoredVersion
-from router.errors import ConfigError, RecordUnavailable
+from adapters.fhir._store import MARKS, JournalEntry, NoRecord, NotARecord, SqlRecord, StoredVersion
+from router.errors import ConfigError
 
 __all__ = ["JournalEntry", "NoRecord", "NotARecord", "PostgresRecord", "RecordSettings", "SqlRecord", "SqliteRecord", "StoredVersion", "open_record"]
 
 _POSTGRES = ("postgresql://", "postgres://")
 _SQLITE = "sqlite:///"
-
-
-class NoRecord(RecordUnavailable):
-    """A read-only verb found no SQLite record file: nothing has been applied there yet (or the path is mistyped)."""
-
-
-class NotARecord(RecordUnavailable):
-    """A read-only verb found a file that holds no Helsebro record (another application's database, or empty)."""
 
 
 class RecordSettings(Protocol):
@@ -50,29 +42,41 @@ def open_record(settings: RecordSettings, *, create: bool = True) -> SqlRecord:
     SQLite record that is not there is then an error, not a new empty file,
     so a mistyped path does not read as "nothing was applied"; and a file
     without the record's tables (another application's database) is refused
-    before anything is written to it or beside it.
+    before anything is written to it or beside it. On PostgreSQL, a schema
+    that is not there or holds no tables is NoRecord, one holding only other
+    tables NotARecord; neither gains a schema or a table.
+
+    The engine (`create=True`) makes the record in a new or empty SQLite file, but
+    refuses one that holds another application's tables, or is no SQLite database,
+    before writing to it: a ConfigError, so `run` stops (exit 2) rather than retrying.
 
     `record_url` may be `postgresql://…` (with an optional `?schema=NAME`), or
     `sqlite:///path`; unset, the record is SQLite at `settings.sqlite_path`.
 
     Raises:
         ConfigError: `record_url` has a scheme the record does not support, or names
-            a SQLite file whose folder cannot be made (a file in the way, no permission).
+            a SQLite file whose folder cannot be made (a file in the way, no permission),
+            or, with `create=True`, a file that is not a Helsebro record and not empty.
         RecordUnavailable: the database cannot be reached, created or prepared; or,
-            with `create=False`, the SQLite file is not there (NoRecord) or holds no
-            Helsebro record (NotARecord).
+            with `create=False`, the SQLite file or PostgreSQL schema holds no record yet
+            (NoRecord), or holds another application's tables (NotARecord).
     """
     url = settings.record_url
     if url and url.startswith(_POSTGRES):
-        return PostgresRecord(url)
+        return PostgresRecord(url, create=create)
     if url and not url.startswith(_SQLITE):
         raise ConfigError("record_url must start with postgresql:// or sqlite:///")
     path = Path(url[len(_SQLITE):]) if url else settings.sqlite_path
-    if not create:
-        if not path.exists():
+    if not path.exists():
+        if not create:
             raise NoRecord(f"no record at {path}: nothing has been applied there (check HELSEBRO_RECORD_URL and HELSEBRO_DATA_DIR)")
-        tables = tables_in(path)
-        if tables is None or not tables & MARKS:
-            what = "no SQLite database" if tables is None else "none of the record's tables" if tables else "no tables"
-            raise NotARecord(f"{path} is not a Helsebro record: it holds {what} (check HELSEBRO_RECORD_URL and HELSEBRO_DATA_DIR)")
+        return SqliteRecord(path)
+    tables = tables_in(path)
+    if tables is None or not tables & MARKS:
+        what = "no SQLite database" if tables is None else "none of the record's tables" if tables else "no tables"
+        why = f"{path} is not a Helsebro record: it holds {what} (check HELSEBRO_RECORD_URL and HELSEBRO_DATA_DIR)"
+        if not create:
+            raise NotARecord(why)
+        if tables is None or tables:  # another application's file: making the record's tables in it would change it
+            raise ConfigError(why)
     return SqliteRecord(path)

@@ -26,7 +26,9 @@ from router.errors import (
     DecodeError,
     InvalidContent,
     MessageError,
+    NotInTable,
     Refused,
+    RequiredMissing,
     UnknownMessage,
     UnsupportedEvent,
     UnsupportedProcessingId,
@@ -53,7 +55,10 @@ ACK); commit accept and commit reject (enhanced mode's accept ACK)."""
 #: - UnsupportedProcessingId (MSH-11) → AR/202, UnsupportedVersion (MSH-12) → AR/203:
 #:   HL7 v2.5 §2.9.2 rejects a message whose MSH-9, MSH-11 or MSH-12 the receiver does not take.
 #: - InvalidContent → AE/102 "data type error": a value has the wrong form or
-#:   fails its check digit; the sender must correct and resend.
+#:   fails its check digit; the sender must correct and resend. RequiredMissing
+#:   (a required element's field gives no value) → AE/101 "required field missing",
+#:   NotInTable (a code the table does not list, which refuses unlisted codes) →
+#:   AE/103 "table value not found".
 #: - Refused → AR/207 "application internal error": a destination behind us
 #:   rejected it for good; nothing in the message can be pointed at.
 #: - MessageError (anything else) → AE/207.
@@ -64,6 +69,8 @@ ACK_CODE_FOR: dict[type[MessageError], tuple[AckCode, str]] = {
     UnsupportedProcessingId: ("AR", "202"),
     UnsupportedVersion: ("AR", "203"),
     InvalidContent: ("AE", "102"),
+    RequiredMissing: ("AE", "101"),
+    NotInTable: ("AE", "103"),
     Refused: ("AR", "207"),
     MessageError: ("AE", "207"),
 }

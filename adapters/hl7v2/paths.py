@@ -140,6 +140,7 @@ class SourcePath:
     comp: int
     sub: int
     decode_whole: bool = False  # a whole repetition is read as text (escapes undone), not as a datatype's value
+    keep_blank: bool = False  # an empty repetition is read as "" (a blank line of a text), not left out
 
     def decoded(self) -> SourcePath:
         """This path, reading whole repetitions as final text: `\\T\\` becomes `&`, `\\.br\\` a line break.
@@ -149,6 +150,14 @@ class SourcePath:
         it is (`fn: lines, args: [OBX-5[*]]`) must get the text the sender meant.
         """
         return self if self.comp else replace(self, decode_whole=True)
+
+    def with_blanks(self) -> SourcePath:
+        """This path, reading an empty repetition (or an empty field) as "" instead of leaving it out.
+
+        Why: the lines of a TX document are its OBX-5 values, one per OBX or repetition, and
+        an empty one is a blank line, the paragraph break of a letter (`fn: lines_base64`).
+        """
+        return replace(self, keep_blank=True)
 
     @property
     def is_segment(self) -> bool:
@@ -215,17 +224,23 @@ class SourcePath:
         for seg in segs:
             scope.reads.add((seg.index, field_no))
             reps = msg.repetitions(seg, field_no)
+            if self.keep_blank and not reps:
+                reps = [""]  # an empty field is one blank line
             picks = range(len(reps)) if self.rep == ALL else (0 if self.rep is None else self.rep - 1,)
             for i in picks:
-                if i >= len(reps) or not reps[i]:
+                if i >= len(reps) or (not reps[i] and not self.keep_blank):
                     continue
                 value: str | None = reps[i]
                 if comp:
-                    value = msg.leaf(reps[i], comp, sub)
+                    value = msg.leaf(reps[i], comp, sub) if reps[i] else None
                     if value is None:
-                        continue
+                        if not self.keep_blank:
+                            continue
+                        value = ""
                 elif value == EXPLICIT_NULL:
-                    continue
+                    if not self.keep_blank:
+                        continue
+                    value = ""
                 elif self.decode_whole and msg.delims.escape and msg.delims.escape in value:  # type: ignore[operator]
                     value = unescape(value, msg.delims)  # type: ignore[arg-type]
                 out.append(value)  # type: ignore[arg-type]  # narrowed above

@@ -43,7 +43,7 @@ from lxml import etree
 
 from adapters.kith.envelope import APPREC_NS, Ident, KithEnvelope, Party, Person, payload_standard
 from adapters.kith.errors import InvalidMsgId, PatientInsufficient, PatientNotFound, SchemaInvalid
-from router.errors import DecodeError, InvalidContent, InvalidNationalId, MessageError, UnknownMessage
+from router.errors import DecodeError, InvalidContent, InvalidNationalId, MessageError, NotInTable, RequiredMissing, UnknownMessage
 
 __all__ = ["APPREC_ERROR_FOR", "AppRecMessage", "AppRecVersion", "Receipt", "apprec_error_for", "apprec_version_for", "build_apprecs", "read_receipt", "receipt_error"]
 
@@ -62,6 +62,10 @@ APPREC_ERROR_FOR: dict[type[MessageError], tuple[str, str]] = {
     InvalidMsgId: ("E10", "Ugyldig meldingsidentifikator"),
     PatientNotFound: ("E35", "Pasienten finnes ikke i mottakersystemet"),
     PatientInsufficient: ("E36", "Pasientopplysninger er utilstrekkelige"),
+    # HL7 0357's 101 (RequiredMissing): an element the message must give is empty, a fault in its form; one the XSD
+    # requires is T02 before mapping. 8221 has no code for 0357's 103 (NotInTable): "Annen feil", said so here.
+    RequiredMissing: ("T99", "Annen feil på format"),
+    NotInTable: ("X99", "Annen feil"),
     MessageError: ("X99", "Annen feil"),
 }
 

@@ -146,7 +146,7 @@ class KithRenderer:
         info = etree.SubElement(root, f"{_M}MsgInfo")
         etree.SubElement(info, f"{_M}Type", V=m.type_code, DN=m.type_name)
         gen_date = _source_time(conv)
-        for tag, text in (("MIGversion", _MIG), ("GenDate", gen_date), ("MsgId", self._msg_id(conv))):
+        for tag, text in (("MIGversion", _MIG), ("GenDate", gen_date), ("MsgId", self.msg_id(conv))):
             etree.SubElement(info, f"{_M}{tag}").text = text
         for tag, nodes, needed in (("Sender", m.sender, True), ("Receiver", m.receiver, True), ("Patient", m.patient, False)):
             if nodes:
@@ -202,7 +202,8 @@ class KithRenderer:
             ctx[spec.name] = found
         return ctx
 
-    def _msg_id(self, conv: Converted) -> str:
+    def msg_id(self, conv: Converted) -> str:
+        """The MsgId what this renders of *conv* carries: what its receiver's AppRec names in OriginalMsgId/Id."""
         receiver = self._destination["receiver_her_id"] or self._destination["name"]
         if conv.control_id:
             return outbound_msg_id(conv.sender or "", conv.control_id, self._mapping.name, receiver)

@@ -4,7 +4,8 @@ Folders are searched recursively for *.hl7, *.er7, *.txt and *.xml, in sorted
 order, skipping hidden files and folders (`._x.hl7`, `.git/`); files are sent in
 the order given. Exit 0 when every file was sent, 1 when any failed, 2 for a
 usage error (a path that does not exist). A folder with no message file sends
-nothing: it is said on stderr, and exit 0.
+nothing: it is said on stderr, and exit 0; with nothing at all to send, no
+connection to the broker is opened.
 
 A file that cannot be read fails alone and the rest are sent. A publish the
 broker does not confirm (connection lost, no confirm in time, nack, unroutable)
@@ -58,6 +59,9 @@ def _send(args: argparse.Namespace) -> int:
         print(f"helsebro send: no such file or folder: {exc}", file=sys.stderr)
         return 2
     settings = load_settings()
+    if not files:  # said on stderr by collect_files; no connection: a broker that is down is no failure to send nothing
+        print(f"0 sent, 0 failed, {len(files)} files")
+        return 0
     sent = failed = 0
     stopped: int | None = None  # the index of the file the broker did not take
     conn = open_connection(settings)

@@ -4,19 +4,21 @@ Publishing here is pipelined: the caller (router/pipeline/settle.py) waits for
 every confirm once per batch and acks the source only after that, so a
 destination holds the message durably before the source forgets it. Each
 forward carries a deterministic `message_id` (sender, control id,
-destination), so a receiver can drop the copy an at-least-once redelivery
-may bring. Applying a queued destination's work is router/delivery/worker.py's.
+destination, a hash of the message's bytes), so a receiver can drop the
+copy an at-least-once redelivery may bring. Applying a queued destination's work is router/delivery/worker.py's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from router.delivery.render import Renderer, renderer_for
 from router.errors import MessageError
+from router.logging import get_logger
 from router.routing.model import FhirDestination, QueueDestination
 from router.routing.partition import partition_of
 
@@ -28,32 +30,49 @@ if TYPE_CHECKING:
     from router.routing.match import Decision
     from router.settings import Settings
 
-__all__ = ["Forwarder", "forward_id", "forward_id_of"]
+__all__ = ["Forwarder", "content_digest", "forward_id", "forward_id_of"]
 
 
 def forward_id(conv: Converted, destination: str) -> str:
-    """Return the message id every copy of *conv* sent to *destination* carries."""
+    """Return the message id every copy of *conv* sent to *destination* carries.
+
+    It follows the message's bytes as well as its sender and control id: a redelivery or a
+    `dlq replay` (the same bytes) keeps its id, so a receiver drops the repeat, while a
+    sender reusing a control id (MSH-10) for a different message gets a new one, which a
+    receiver that drops repeats by message id takes (with the control id alone, it dropped it).
+    """
     if conv.control_id:
-        return forward_id_of(conv.sender or "", conv.control_id, destination)
+        return forward_id_of(conv.sender or "", conv.control_id, destination, content=content_digest(conv.raw))
     basis = f"{conv.sender or ''}||{destination}".encode() + b"|" + hashlib.blake2b(conv.raw, digest_size=16).digest()
     return hashlib.blake2b(basis, digest_size=16).hexdigest()
 
 
-def forward_id_of(sender: str, control_id: str, destination: str) -> str:
-    """The id forward_id gives a message with a control id, from what the journal keeps of it (`helsebro find`)."""
-    return hashlib.blake2b(f"{sender}|{control_id}|{destination}".encode(), digest_size=16).hexdigest()
+def content_digest(raw: bytes) -> str:
+    """The hash of a message's bytes that forward ids and the record's journal key (router.pipeline.settle.applied_key) carry."""
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+def forward_id_of(sender: str, control_id: str, destination: str, *, content: str = "") -> str:
+    """The id forward_id gives a message with a control id, from what the journal keeps of it (`helsebro find`).
+
+    *content*: its content_digest (the journal key's hash). Without it, the id forwards had before
+    session 25 (sender, control id and destination only), which messages forwarded then still carry.
+    """
+    basis = f"{sender}|{control_id}|{destination}" + (f"|{content}" if content else "")
+    return hashlib.blake2b(basis.encode(), digest_size=16).hexdigest()
 
 
 class Forwarder:
     """Publishes one message to every non-record destination its routes chose."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, logger: Any = None) -> None:
         """Build a renderer per queue destination.
 
         Raises:
             MappingError, ConfigError: an outbound mapping does not load.
         """
         self._routes = settings.routes
+        self._log = logger or get_logger("forward")
         self._prefix = settings.engine.broker.names.destination_prefix
         self._partitions = settings.engine.broker.partitions if settings.broker_url else 1
         self._renderers: dict[str, Renderer] = {
@@ -61,12 +80,14 @@ class Forwarder:
         }
 
     def forward(self, publisher: Publisher, conv: Converted, decision: Decision,
-                unrendered: list[tuple[str, MessageError]] | None = None, *, delivery: Mapping[str, Any] | None = None) -> int:
+                unrendered: list[tuple[str, MessageError]] | None = None, *, delivery: Mapping[str, Any] | None = None,
+                msg_ids: list[str] | None = None) -> int:
         """Publish *conv* to each queue and queued destination in *decision*; return how many were published (pipelined).
 
         A destination *conv* cannot be rendered for is dead-lettered (stage render) and, given *unrendered*, added to it with why.
         *delivery*: the headers of the delivery *conv* came in; a replay's history (`helsebro dlq replay`) goes on
         that dead letter, as on the engine's own (router.pipeline.settle.replay_history).
+        *msg_ids*, given, gets the MsgId of each KITH message published (its receiver answers it with an AppRec).
         """
         sent = 0
         overrides = dict(decision.on_failure)
@@ -75,7 +96,7 @@ class Forwarder:
             headers = _headers(conv, name, decision)
             if isinstance(dest, QueueDestination):
                 try:
-                    body = self._renderers[name].render(conv)
+                    body = self._render(name, conv)
                 except MessageError as exc:  # this destination only: the others go on
                     self._dead_letter(publisher, conv, name, exc, delivery)
                     if unrendered is not None:
@@ -83,6 +104,9 @@ class Forwarder:
                     continue
                 publisher.publish_to("", dest.queue, body, headers={**headers, "x-helsebro-format": dest.format}, message_id=forward_id(conv, name))
                 sent += 1
+                msg_id = getattr(self._renderers[name], "msg_id", None)  # a KITH renderer's: an AppRec will answer it
+                if msg_ids is not None and msg_id is not None:
+                    msg_ids.append(msg_id(conv))
             elif isinstance(dest, FhirDestination):
                 k = partition_of(conv.raw, self._partitions)
                 headers.update({"x-helsebro-attempt": 1, "x-helsebro-on-failure": overrides.get(name, dest.on_failure)})
@@ -90,6 +114,28 @@ class Forwarder:
                 sent += 1
         return sent
 
+
+    def _render(self, name: str, conv: Converted) -> bytes:
+        """Render *conv* for destination *name*; a renderer that breaks is this destination's failure alone.
+
+        Why a catch-all here (STYLE §4 keeps the one catch-all in the consumer loop): raised on, one
+        destination's renderer bug sent the whole message to the engine's catch-all, so the later
+        destinations of the message never got it (STYLE §4: one destination's failure must not take
+        the others down). It becomes an internal failure, dead-lettered at stage render for *name*.
+
+        Raises:
+            MessageError: *conv* cannot be rendered for *name* (InternalFailure when the renderer broke).
+        """
+        try:
+            return self._renderers[name].render(conv)
+        except MessageError:
+            raise
+        except Exception as exc:  # this destination's catch-all: see the docstring
+            from router.pipeline.settle import InternalFailure  # settle imports this module
+
+            frames = "".join(traceback.format_tb(exc.__traceback__))  # no exception text: it may quote the message
+            self._log.error("render_failed", destination=name, error=type(exc).__name__, control_id=conv.control_id, traceback=frames)
+            raise InternalFailure(f"internal error: {type(exc).__name__}") from exc
 
     def _dead_letter(self, publisher: Publisher, conv: Converted, destination: str, error: MessageError,
                      delivery: Mapping[str, Any] | None) -> None:

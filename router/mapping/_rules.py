@@ -290,6 +290,8 @@ def _fn_args(c: Compiler, node: YMap, put: Put, leaf: fhir_model.Element) -> tup
     paths = [_as_text(c._path(a, args.pos(i))) for i, a in enumerate(args)]
     # A `[*]` argument gives all its values (e.g. every repetition of OBX-5 to `lines`).
     multi = [getattr(p, "rep", None) == -1 or getattr(p, "seg_rep", None) == -1 or (fn.arity < 0 and getattr(p, "multi_valued", False)) for p in paths]
+    if fn.blank_lines:  # a text's empty lines are lines too (HL7 v2: an OBX with no value between two paragraphs)
+        paths = [p.with_blanks() if many and hasattr(p, "with_blanks") else p for p, many in zip(paths, multi)]
     check = fhir_model.value_check(leaf)
 
     def produce(scope: Any, ctx: RunContext) -> list[Any]:

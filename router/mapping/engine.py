@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import orjson
 
-from router.errors import InvalidContent
+from router.errors import InvalidContent, RequiredMissing
 from router.mapping._patch import patch_entry
 from router.mapping.compiler import MessageMapping, ResourceUse
 from router.mapping.runtime import MissingIdentity, MissingReference, RunContext, conditional_entry, identifier_query, prune, resolve_refs, resource_id
@@ -40,6 +40,16 @@ def _where(use: ResourceUse, scope: Any) -> str | None:
     if seg is not None:
         return seg.label  # type: ignore[no-any-return]
     return getattr(scope, "value_loc", None) or None
+
+
+def _identity_field(tpl: Template, scope: Any) -> str:
+    """The field *tpl*'s identifiers come from, in this occurrence (`MRG[2]-1`), for an error's location."""
+    for rule in tpl.block.rules:
+        path = rule.source_path
+        if rule.target.names == ("identifier",) and path is not None and getattr(path, "field_no", None):
+            seg = (getattr(scope, "segments", None) or {}).get(path.segment)
+            return f"{seg.label if seg is not None else path.segment}-{path.field_no}"
+    return tpl.fhir_type + ".identifier"
 
 
 def _group_start(scope: Any) -> str | None:
@@ -105,6 +115,20 @@ def _old_identity(tpl: Template, resource: dict[str, Any], new_system: str) -> t
 def _identifier_source(tpl: Template) -> str | None:
     """The source the template's first identifier rule reads (`PID-3`): where the sender should have put one."""
     return next((rule.source for rule in tpl.block.rules if rule.target.names[0] == "identifier" and rule.source), None)
+
+
+def _refuse_self_relation(tpl: Template, resource: dict[str, Any]) -> None:
+    """Refuse a document that relates to itself: a TXA-13 (parent) equal to its TXA-12 (this document).
+
+    Why: a replacement naming itself would supersede itself (its `replaced` patch retires the very
+    document it writes) and an addendum would append to itself; no record can tell what the sender meant.
+    """
+    own = [resource.get("masterIdentifier"), *resource.get("identifier", ())]
+    for relation in resource["relatesTo"]:
+        target = relation.get("target", {}).get("identifier")
+        if target is not None and target in own:
+            code = relation.get("code", "relates to")
+            raise InvalidContent(f"the {tpl.fhir_type} names itself as the document it {code}: its parent must be another document")
 
 
 def _element_name(element: str | tuple[str, ...]) -> str:
@@ -246,7 +270,9 @@ class _Run:
         for element, source in tpl.required:
             if element not in resource and (type(element) is str or not any(n in resource for n in element)):
                 # Invalid FHIR never reaches the record: the sender hears which field was empty.
-                raise InvalidContent(f"{tpl.fhir_type}.{_element_name(element)} is required, but {source} gives no value", location=source)
+                raise RequiredMissing(f"{tpl.fhir_type}.{_element_name(element)} is required, but {source} gives no value", location=source)
+        if "relatesTo" in resource:
+            _refuse_self_relation(tpl, resource)
         identity = _identity(use, resource, scope, ctx)
         if identity is None:
             # A doctor or an office named without a number is no record of its own (two
@@ -267,6 +293,11 @@ class _Run:
             # (MRG-1, now `use: old`); a condition on the new one would make a second Patient
             # beside it and leave the stays with the first.
             entry["request"]["url"] = f"{tpl.fhir_type}?{identifier_query(*before)}"
+        if write == "by-id" and entry["fullUrl"] in self.by_url:
+            # Its identity is one an earlier resource of this message already has: the
+            # merge's survivor (PID-3 and MRG-1 name one patient). Said so, not as a mapping fault.
+            field = _identity_field(tpl, scope)
+            raise InvalidContent(f"the merge names one {tpl.fhir_type} as both survivor and retired: {field} gives the survivor's identity", location=field)
         if write == "by-id":
             # A retired record (a merge's old Patient) is found by its id from now on: its
             # identifiers moved to the survivor, so a search by them finds the survivor only.

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 __all__ = [
     "HELSEBRO_NAMESPACE",
     "hl7_date_to_fhir",
+    "hl7_datetime_plus",
     "hl7_datetime_to_fhir",
     "uuid5_id",
 ]
@@ -160,6 +161,53 @@ def hl7_date_to_fhir(value: str) -> str | None:
     """
     result = hl7_datetime_to_fhir(value)
     return None if result is None else result[:10]
+
+
+# Duration units a start plus a duration may be in (AIS-8, SCH-10, an AIx's units: CNE/CE
+# codes, UCUM or ANSI+/ISO+ spellings), as seconds. Words match in any case; one letter only
+# in UCUM's lower case, since `M` is a month to some senders. `m` is a minute, as SCH-10 reads it.
+_UNIT_SECONDS = {
+    **dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1),
+    **dict.fromkeys(("m", "min", "mins", "minute", "minutes"), 60),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600),
+    **dict.fromkeys(("d", "day", "days"), 86400),
+    **dict.fromkeys(("wk", "week", "weeks"), 604800),
+}
+_AMOUNT = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
+_NOT_IN_CALENDAR = "the end is beyond the calendar"
+
+
+def hl7_datetime_plus(value: str, amount: str, unit: str) -> str | None:
+    """Return the FHIR ``dateTime`` that is *amount* *unit* after the HL7 v2 TS/DTM *value*.
+
+    For an end that is a start plus a duration (an Appointment's end from SCH-9/10 or
+    AIS-7/8, FHIR app-2). The duration is elapsed time: two hours from 01:30 on the night
+    summer time starts is 04:30 on the clock, and a day is 24 hours. The end keeps the
+    sender's ``+/-ZZZZ`` when the start had one, else it is Europe/Oslo time.
+
+    Returns:
+        None when there is nothing to add to or nothing to add: an empty value, a start
+        without an hour (a date is no instant), an amount that is not a plain non-negative
+        decimal, or a unit not known (see _UNIT_SECONDS).
+
+    Raises:
+        ValueError: "not an HL7 timestamp" for a start that is not one; "the end is beyond
+            the calendar" when the end would be after the year 9999.
+    """
+    start = hl7_datetime_to_fhir(value) if value else None
+    amount = (amount or "").strip()
+    unit = (unit or "").strip()
+    seconds = _UNIT_SECONDS.get(unit if len(unit) == 1 else unit.lower())
+    if start is None or len(start) <= 10 or seconds is None or not _AMOUNT.fullmatch(amount):
+        return None
+    sent = _HL7_TS.fullmatch(value.strip())
+    try:
+        end = datetime.fromisoformat(start) + timedelta(seconds=float(amount) * seconds)  # a fixed offset: elapsed time
+        if sent is not None and sent.group(8) is None:  # no offset sent: the end's is Oslo's at that instant
+            end = end.astimezone(_OSLO)
+    except OverflowError as exc:
+        raise ValueError(_NOT_IN_CALENDAR) from exc
+    return end.replace(tzinfo=None).isoformat() + _format_offset(end)
 
 
 def uuid5_id(*parts: str) -> str:

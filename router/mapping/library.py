@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.errors import InvalidContent, InvalidNationalId
-from router.mapping.functions import hl7_date_to_fhir, hl7_datetime_to_fhir, uuid5_id
+from router.mapping.functions import hl7_date_to_fhir, hl7_datetime_plus, hl7_datetime_to_fhir, uuid5_id
 from schemas import identity as ids
 
 
@@ -48,6 +48,7 @@ class Function:
     arity: int  # number of arguments; the first is the rule's own `from` value when no args are given
     call: Callable[..., Any]
     doc: str
+    blank_lines: bool = False  # a `[*]` argument gives its empty values too, as "" (the blank lines of a text)
 
 
 class _Values:
@@ -78,24 +79,56 @@ def _timestamp(fn: Callable[[str], str | None], v: _Values) -> str | None:
         raise InvalidContent("not a valid HL7 date/time", location=v.locations[0]) from exc
 
 
+def _datetime_plus(ctx: FnContext, v: _Values) -> str | None:
+    """(TS, duration, units) → the FHIR dateTime that long after TS: an end from a start and a duration."""
+    start, amount, unit = (v.values + [None, None, None])[:3]
+    if _timestamp(hl7_datetime_to_fhir, v) is None:  # refuses a start that is no timestamp at its own position
+        return None
+    try:
+        return hl7_datetime_plus(start or "", amount or "", unit or "")
+    except ValueError as exc:  # the start is valid: the duration took the end past the calendar
+        raise InvalidContent("the end is beyond the calendar", location=v.locations[1]) from exc
+
+
 _NATIONAL_TYPES = {"FNR", "DNR", "FHN", "NNNOR", "NNNO", "NOR"}
 _NATIONAL_AUTHORITIES = {"NOR", "NO", "FREG", "SKD", "FOLKEREG", ids.FNR_SYSTEM[8:], ids.DNR_SYSTEM[8:], ids.FHN_SYSTEM[8:]}
 _HPR_MARKERS = {"HPR", "NOHPR", "HPRNR", ids.HPR_SYSTEM[8:]}
 
 
-def _local_system(ctx: FnContext, authority: str | None, type_code: str | None, *, oid: bool = False) -> str:
-    """The system of a number its authority gives: configured, else the authority's ISO OID itself (*oid*), else the template."""
-    if not authority:
+def _local_system(ctx: FnContext, authority: str | None, type_code: str | None, location: str | None, *, oid: bool = False) -> str:
+    """The system of a number its authority gives: configured, else the authority's ISO OID itself (*oid*), else the template.
+
+    Raises:
+        InvalidContent: the number names no authority and the message no sender (see `_sender`).
+    """
+    if not authority or not authority.strip():
         # No assigning authority: the number is its sender's (a hospital's own patient or order
-        # number). Shared by every sender as `unknown`, one hospital's patient 123456 would be
+        # number). Shared by every sender, one hospital's patient 123456 would be
         # another hospital's, and a message from one would overwrite the other's record.
-        authority = ctx.sender
-    if authority and authority in ctx.authorities:
+        authority = _sender(ctx, location, "a local number that names no assigning authority")
+    if authority in ctx.authorities:
         return ctx.authorities[authority]
-    if oid and authority:
+    if oid:
         return "urn:oid:" + authority  # an authority known by its OID only (CX-4.2 with CX-4.3 ISO), as the v2-to-FHIR IG has it
     # A URI may not hold spaces: "GOOD HEALTH HOSPITAL" becomes "GOOD-HEALTH-HOSPITAL".
-    return ctx.local_template.format(authority=_uri_part(authority or "unknown"), type=_uri_part(type_code or "id"))
+    return ctx.local_template.format(authority=_uri_part(authority), type=_uri_part(type_code or "id"))
+
+
+def _sender(ctx: FnContext, location: str | None, what: str) -> str:
+    """The sender whose *what* (a number, a code system, a ward) is, or refuse it at *location*.
+
+    Why refuse: with no sender named (HL7 MSH-4 and MSH-3 empty; a KITH sender with no HER-id), the
+    number was filed under `urn:helsebro:local:unknown:…`, one system for every such sender, so two
+    systems' patient 123456 became one Patient. Whose it is cannot be guessed; the sender must name
+    the assigning authority (CX-4) or itself.
+    """
+    if ctx.sender and ctx.sender.strip():
+        return ctx.sender
+    raise InvalidContent(
+        f"{what}, in a message that names no sender (MSH-4 and MSH-3 empty, or no sender HER-id): "
+        "Helsebro cannot tell whose it is; send the assigning authority or the sender's name",
+        location=location,
+    )
 
 
 def _uri_part(text: str) -> str:
@@ -143,6 +176,32 @@ def _cx_value(ctx: FnContext, v: _Values) -> str | None:
     return value
 
 
+def _staff(strict: Callable[[FnContext, _Values], str | None]) -> Callable[[FnContext, _Values], str | None]:
+    """*strict* (identifier_system or identifier_value) for a health professional's Ident: a number that is not what its TypeId says gives nothing.
+
+    Why: an HPR-nummer sent with TypeId FNR, or with a letter in it, refused a whole Innleggelsesrapport,
+    though HIS 80415 §3.2 lets a receiver refuse a message only for the listed technical and identification
+    reasons (the patient's among them), never for the quality of its content. Nothing is written rather than
+    a wrong number under a national system; the person is then known as the template's identity says
+    (by name at the sending organisation). A patient's or an organisation's Ident stays strict.
+    """
+
+    def lenient(ctx: FnContext, v: _Values) -> str | None:
+        try:
+            return strict(ctx, v)
+        except InvalidContent:
+            return None
+
+    return lenient
+
+
+def _staff_value(ctx: FnContext, v: _Values) -> str | None:
+    """identifier_value for a health professional's number: nothing where staff_identifier_system gives nothing, so no number stands without its system."""
+    if _staff(_identifier_system)(ctx, v) is None:
+        return None
+    return _cx_value(ctx, v)
+
+
 def _person_id_type(ctx: FnContext, v: _Values) -> str | None:
     """A person number → the Volven 8116 code of what it is (FNR, DNR, FHN, HNR), by its digits.
 
@@ -177,7 +236,7 @@ def _role_system(role: str) -> Callable[[FnContext, _Values], str | None]:
     def system(ctx: FnContext, v: _Values) -> str | None:
         value, namespace, universal = (v.values + [None] * 4)[:3]
         if value and not namespace and not universal:
-            return ctx.local_template.format(authority=_uri_part(ctx.sender or "unknown"), type=role)
+            return ctx.local_template.format(authority=_uri_part(_sender(ctx, v.locations[0], "a number with no namespace")), type=role)
         return _ei_system(ctx, v)
 
     return system
@@ -201,7 +260,7 @@ def _coding_system(ctx: FnContext, v: _Values) -> str | None:
     table = _V2_TABLE.match(name)
     if table:
         return "http://terminology.hl7.org/CodeSystem/v2-" + table.group(1).zfill(4)
-    sender = _uri_part(ctx.sender or "unknown")
+    sender = _uri_part(_sender(ctx, v.locations[0], "a local coding system"))
     return ctx.local_template.format(authority=sender, type="codesystem:" + _uri_part(name))
 
 
@@ -233,26 +292,61 @@ def _system(ctx: FnContext, value: str | None, authority: str | None, type_code:
             if declared_national:
                 # Never store a number under a national system unless it is one.
                 raise InvalidNationalId("national identity number is not a valid fødselsnummer, D-nummer or FH-nummer (check digits or date)", location=location)
-            return _local_system(ctx, authority, type_code, oid=oid)
+            return _local_system(ctx, authority, type_code, location, oid=oid)
         if person.kind != "HNR":
             return person.system
-    return _local_system(ctx, authority, type_code, oid=oid)
+    return _local_system(ctx, authority, type_code, location, oid=oid)
 
 
 def _hd_system(ctx: FnContext, v: _Values) -> str | None:
     """(namespace id, universal id, universal id type) → system for an organisation."""
     namespace, universal, kind = (v.values + [None, None, None])[:3]
-    k = (kind or "").upper()
-    if universal and k == "HER":
-        return ids.HER_SYSTEM
-    if universal and k in ("ENH", "NOORG"):
-        if not ids.orgnr_ok(universal):
-            raise InvalidContent("organisasjonsnummer fails its check digit", location=v.locations[1])
-        return ids.ENH_SYSTEM
-    if universal and k == "ISO":
-        return "urn:oid:" + universal
+    national = _hd_national(universal, kind, v.locations[1] if len(v.locations) > 1 else None)
+    if national is not None:
+        return national[0]
+    if universal and (kind or "").strip().upper() == "ISO":
+        return "urn:oid:" + universal.strip()
     if namespace:
-        return _local_system(ctx, namespace, "facility")
+        return _local_system(ctx, namespace, "facility", v.locations[0])
+    return None
+
+
+# The national registers' OIDs: an ISO universal id one arc below names that register's entry
+# (`2.16.578.1.12.4.1.2.112233` is HER-id 112233), as the Norwegian HL7 v2 senders write MSH-4.
+_HD_ARCS = ((ids.HER_SYSTEM[8:] + ".", "HER"), (ids.ENH_SYSTEM[8:] + ".", "ENH"), (ids.RESH_SYSTEM[8:] + ".", "RSH"))
+_HD_TYPES = {"HER": "HER", "ENH": "ENH", "NOORG": "ENH", "RSH": "RSH", "RESH": "RSH"}
+
+
+def _hd_national(universal: str | None, kind: str | None, location: str | None) -> tuple[str, str] | None:
+    """An HD's universal id that names an organisation in a national register → (its OID system, the bare number); else None.
+
+    Said by HD.3 (HER, ENH or NOORG, RSH or RESH, in any case) or by an ISO OID one arc below the
+    register's OID. The number is checked and written without spaces, as cx_system and cx_value do, so
+    one organisation is one Organization however an HD, a CX or an XON writes it.
+
+    Raises:
+        InvalidContent: a HER-id that is not digits, an organisasjonsnummer whose check digit fails.
+    """
+    if not universal or not universal.strip():
+        return None
+    k = (kind or "").strip().upper()
+    number = universal.strip()
+    if k == "ISO":
+        arc = next(((prefix, name) for prefix, name in _HD_ARCS if number.startswith(prefix)), None)
+        if arc is None:
+            return None
+        number, k = number[len(arc[0]):], arc[1]
+    k = _HD_TYPES.get(k, "")
+    if k == "HER":
+        if not ids.her_id_ok(number):
+            raise InvalidContent("HER-id is not digits", location=location)
+        return ids.HER_SYSTEM, number.replace(" ", "")
+    if k == "ENH":
+        if not ids.orgnr_ok(number):
+            raise InvalidContent("organisasjonsnummer fails its check digit", location=location)
+        return ids.ENH_SYSTEM, number.replace(" ", "")
+    if k == "RSH":
+        return ids.RESH_SYSTEM, number.replace(" ", "")
     return None
 
 
@@ -273,7 +367,8 @@ def _location_system(ctx: FnContext, v: _Values) -> str | None:
     and visit numbers, and a ward's code is no such number. A system per facility keeps two
     hospitals' ward MED apart.
     """
-    return ctx.local_template.format(authority=_uri_part(_location_facility(ctx, v) or "unknown"), type="location")
+    facility = _location_facility(ctx, v) or _sender(ctx, v.locations[0], "a location with no facility (PL.4)")
+    return ctx.local_template.format(authority=_uri_part(facility), type="location")
 
 
 def _key(ctx: FnContext, v: _Values) -> str | None:
@@ -288,8 +383,15 @@ def _key(ctx: FnContext, v: _Values) -> str | None:
 
 
 def _hd_value(ctx: FnContext, v: _Values) -> str | None:
-    """The identifying value of an HD: its universal id when it has a type, else its namespace."""
+    """The identifying value of an HD: its universal id when it has a type, else its namespace.
+
+    A HER-id, organisasjonsnummer or RESH-id (by HD.3, or an ISO OID under the register's): the bare
+    number, beside the national system hd_system gives it.
+    """
     namespace, universal, kind = (v.values + [None, None, None])[:3]
+    national = _hd_national(universal, kind, v.locations[1] if len(v.locations) > 1 else None)
+    if national is not None:
+        return national[1]
     return universal if (universal and kind) else namespace
 
 
@@ -496,9 +598,16 @@ def _lines_base64(ctx: FnContext, v: _Values) -> str | None:
 
     Why: a document sent one line per OBX-5 repetition, or one line per OBX, is one text
     (v2-to-FHIR IG OBX[DocumentReference]: each repeat a line feed); `base64` of one
-    value kept only its first line, and one attachment per OBX cut it into pieces.
+    value kept only its first line, and one attachment per OBX cut it into pieces. An empty value
+    (an OBX with no OBX-5, an empty repetition) is a blank line, a letter's paragraph break; blank
+    lines before the first line and after the last are left out.
     """
-    text = _lines(ctx, v)
+    lines = [x for x in v.values if x is not None]
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    text = "\n".join(lines)
     return _b64.b64encode(text.encode("utf-8")).decode("ascii") if text else None
 
 
@@ -528,6 +637,7 @@ LIBRARY: dict[str, Function] = {
     for f in (
         Function("date", 1, _date, "HL7 DT/TS → FHIR date (precision kept)."),
         Function("datetime", 1, _datetime, "HL7 TS/DTM → FHIR dateTime; no offset means Europe/Oslo local time."),
+        Function("datetime_plus", 3, _datetime_plus, "(TS, duration, units) → the FHIR dateTime that long after TS (an end from a start and a duration): elapsed time, s/min/h/d/wk (m a minute; one-letter units in lower case only), the sender's offset kept, else Europe/Oslo; an amount or unit it does not know, or a start with no hour, gives nothing."),
         Function("identifier_system", 3, _identifier_system, "(id, authority, type code) → Identifier.system. National ids are classified by the number (FNR/DNR/FH) and rejected if invalid; HPR, HER, orgnr by type; others from config per authority."),
         Function("ei_system", 4, _ei_system, "(EI.1, EI.2, EI.3, EI.4) → Identifier.system: the namespace EI.2 (configured, else local), else the universal id EI.3 (urn:oid:<id> when EI.4 is ISO); EI.4 is no identifier type."),
         Function("placer_system", 4, _role_system("PLAC"), "(EI.1, EI.2, EI.3, EI.4) of a placer's number → Identifier.system: as ei_system; with no namespace, the sender's placer numbers (urn:helsebro:local:<sender>:PLAC), apart from its filler numbers."),
@@ -536,6 +646,8 @@ LIBRARY: dict[str, Function] = {
         Function("cx_system", 5, _cx_system, "(CX.1, CX.4.1, CX.5, CX.4.2, CX.4.3) → Identifier.system: as identifier_system; an authority named only by its universal id gives urn:oid:<id> (ISO) or that id's configured system."),
         Function("cx_value", 5, _cx_value, "(CX.1, CX.4.1, CX.5, CX.4.2, CX.4.3) → Identifier.value: a number under a national system (FNR, D-nummer, FH-nummer, organisasjonsnummer, HPR-nummer, HER-id) without its spaces; any other as sent."),
         Function("identifier_value", 3, _cx_value, "(value, authority, type code), as identifier_system → Identifier.value: as cx_value, a number under a national system without its spaces; any other as sent."),
+        Function("staff_identifier_system", 3, _staff(_identifier_system), "(value, authority, type code) of a health professional's number → Identifier.system as identifier_system; a number that is not what its type says gives nothing instead of refusing the message."),
+        Function("staff_identifier_value", 3, _staff_value, "(value, authority, type code), as staff_identifier_system → Identifier.value as identifier_value; nothing where staff_identifier_system gives nothing."),
         Function("person_id_type", 1, _person_id_type, "A person number → its Volven 8116 code by its digits (FNR, DNR, FHN, HNR); not a valid one: nothing."),
         Function("hd_system", 3, _hd_system, "(HD.1, HD.2, HD.3) → organisation Identifier.system: HER-id, organisasjonsnummer, ISO OID, or a configured local system."),
         Function("hd_value", 3, _hd_value, "(HD.1, HD.2, HD.3) → the organisation's identifying value."),
@@ -555,7 +667,7 @@ LIBRARY: dict[str, Function] = {
         Function("trim", 1, _trim, "Strip surrounding spaces; empty becomes absent."),
         Function("join", -1, _join, "Join the valued arguments with a space."),
         Function("lines", -1, _lines, "Join the valued arguments one per line; a [*] path gives all its repetitions."),
-        Function("lines_base64", -1, _lines_base64, "Join the valued arguments one per line → base64 of the text's UTF-8 (a TX document's lines as Attachment.data)."),
+        Function("lines_base64", -1, _lines_base64, "Join the arguments one per line → base64 of the text's UTF-8 (a TX document's lines as Attachment.data); an empty one is a blank line, a paragraph break.", blank_lines=True),
         Function("mime", 2, _mime, "(ED.2 type, ED.3 subtype) → a MIME type such as application/pdf."),
         Function("number", 1, _number, "A decimal (NM) as a JSON number; non-numeric text gives nothing."),
         Function("uuid5", -1, _uuid5, "A deterministic UUID (v5) of the arguments."),

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from router.errors import InvalidContent, MappingError
+from router.errors import InvalidContent, MappingError, NotInTable
 from router.mapping import fhir_model
 from router.mapping._yaml import Pos, YMap
 from router.mapping.library import LIBRARY, Function
@@ -67,7 +67,7 @@ class Table:
                 return self._kept(code, location)
             return code
         if self.unmapped == "error":
-            raise InvalidContent(f"code is not in table {self.name}", location=location)
+            raise NotInTable(f"code is not in table {self.name}", location=location)
         return None
 
     def _kept(self, code: str, location: str | None) -> dict[str, str] | None:

@@ -213,7 +213,7 @@ def _delivery_marks(journal: list[JournalEntry], kinds: dict[str, str]) -> dict[
     from router.delivery.worker import delivered_key
 
     return {
-        (e.key, d): delivered_key(d, forward_id_of(e.sender, e.control_id, d))
+        (e.key, d): delivered_key(d, forward_id_of(e.sender, e.control_id, d, content=_content_of(e.key)))
         for e in journal if e.control_id
         for d in e.destinations if kinds.get(d) == "fhir"
     }
@@ -242,7 +242,7 @@ def _handovers(trail: Trail, letters: list[tuple[str, DeadLetter]], kinds: dict[
                 if mark in delivered:
                     found.append(Handover(name, kind, "delivered", delivered[mark]))
                     continue
-                letter_id = forward_id_of(e.sender, e.control_id, name)
+                letter_id = forward_id_of(e.sender, e.control_id, name, content=_content_of(e.key))
                 waiting = any(q == f"{prefix}.{name}.dlq" and d.id == letter_id for q, d in letters)
                 found.append(Handover(name, kind, "dead_lettered" if waiting else "pending"))
             else:
@@ -250,6 +250,16 @@ def _handovers(trail: Trail, letters: list[tuple[str, DeadLetter]], kinds: dict[
         if found:
             out[e.key] = found
     return out
+
+
+_KEY_CONTENT = re.compile(r"\|([0-9a-f]{24})(?:\|[a-z_]+)?$")
+
+
+def _content_of(key: str) -> str:
+    """The hash of the message's bytes in a journal key (router.pipeline.settle.applied_key, then `|outcome` when not
+    applied), which its forward ids carry (router.delivery.forward.content_digest); "" when the key has none."""
+    m = _KEY_CONTENT.search(key)
+    return m.group(1) if m else ""
 
 
 def _render_failed_in_note(note: str | None, name: str) -> bool:

@@ -153,7 +153,7 @@ class Converter:
         if mm.once:
             _refuse_repeated(decoded.message, mm)
         scope = Scope(decoded.message)
-        self._fn_ctx.sender = h.sending_facility or _universal_id(decoded.message)  # whose numbers the unqualified local identifiers are
+        self._fn_ctx.sender = _sender_identity(h, decoded.message)  # whose numbers the unqualified local identifiers are
         explain: list[tuple[str, str, str]] | None = [] if trace else None
         item.bundle = run_mapping(mm, scope, self._fn_ctx, trace=explain)
         if explain is not None:
@@ -178,11 +178,27 @@ def _batch_shortfall(short: BatchShortfall, index: int) -> Converted:
     return Converted(index=index, raw=short.envelope, control_id=short.control_id, error=short.error)
 
 
-def _universal_id(message: Any) -> str | None:
-    """MSH-4.2, the sending facility's universal id, for a header that gives no MSH-4.1."""
+def _sender_identity(h: Any, message: Any) -> str | None:
+    """Whose the numbers that name no assigning authority are: MSH-4.1, MSH-4.2, else MSH-3.1, MSH-3.2; None when all are empty.
+
+    Why MSH-3 after MSH-4: a sender that leaves MSH-4 empty is known by its application alone, as the
+    journal and the duplicate guard know it (`application@`). Before, its numbers went under
+    `urn:helsebro:local:unknown:…`, which every such sender shared: two systems' patient 123456 were
+    one Patient. With no name at all, library._local_system refuses such a number rather than share one.
+    """
+    return _named(h.sending_facility) or _universal_id(message, 4) or _named(h.sending_application) or _universal_id(message, 3)
+
+
+def _named(value: str) -> str | None:
+    """*value* when it names someone: not empty, blank nor HL7's explicit null `""` (each of those named every such sender)."""
+    return value if value.strip() and value != '""' else None
+
+
+def _universal_id(message: Any, index: int) -> str | None:
+    """MSH-<index>.2, an HD's universal id, for a header that gives no MSH-<index>.1."""
     fields = message.segments[0].fields
-    parts = fields[4].split(message.delims.component) if len(fields) > 4 else []
-    return parts[1] if len(parts) > 1 and parts[1] and parts[1] != '""' else None
+    parts = fields[index].split(message.delims.component) if len(fields) > index else []
+    return _named(parts[1]) if len(parts) > 1 else None
 
 
 def _refuse_out_of_place(message: Any, mm: Any) -> None:

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from router.delivery.forward import Forwarder
     from router.routing.match import Decision, Router
 
-__all__ = ["InternalFailure", "Outcome", "Settle", "Settled", "applied_key", "dead_letter_headers", "replay_history"]
+__all__ = ["InternalFailure", "Outcome", "Settle", "Settled", "applied_key", "dead_letter_headers", "replay_history", "sent_key"]
 
 Outcome = SettledOutcome
 """What became of one message: `forwarded` went only to destinations other than the record; `filtered` matched no route."""
@@ -68,6 +68,7 @@ Stage = Literal["convert", "apply", "internal", "deliver", "render"]
 """Where a dead-lettered message failed."""
 
 _FIRST_RETRY_SECONDS = 0.5
+_SENT_KEPT_DAYS = 14  # adapters.fhir.record's APPLIED_RETENTION_SECONDS: how long a sent MsgId's ledger key is kept
 _NOT_APPLIED = frozenset(SETTLED_OUTCOMES) - APPLIED_OUTCOMES  # journalled by Settle, with a note
 _REPLAY_HEADER = "x-helsebro-replay-of"  # set by router/ops/deadletters.py on a replayed dead letter
 _PREVIOUS_REASON_HEADER = "x-helsebro-previous-reason"  # set there too: the replayed letter's reasons, newest first
@@ -148,7 +149,8 @@ def replay_history(delivery: Mapping[str, Any]) -> dict[str, str]:
 class _Msg:
     """One message of the batch while it settles."""
 
-    __slots__ = ("answered", "as_received", "conv", "decision", "delivery", "dup_key", "error", "outcome", "receipt", "replayed", "stage", "unrendered")
+    __slots__ = ("answered", "as_received", "conv", "decision", "delivery", "dup_key", "error", "outcome", "receipt", "receipt_again", "replayed",
+                 "sent_msg_ids", "stage", "unmatched", "unrendered")
 
     def __init__(self, conv: Converted, *, delivery: Mapping[str, Any] | None = None) -> None:
         self.conv = conv
@@ -162,7 +164,15 @@ class _Msg:
         self.unrendered: list[tuple[str, MessageError]] = []  # (destination, why): dead-lettered at stage render by the Forwarder
         self.as_received = False  # no mapping serves it, and its routes forward it as received (passthrough only)
         self.receipt: Receipt | None = None  # an AppRec answering a message Helsebro sent
+        self.receipt_again = False  # that AppRec was journalled before (a redelivery): it changes nothing, and alarms no more
+        self.unmatched = False  # that AppRec names a MsgId Helsebro sent no KITH message under (within the ledger's retention)
+        self.sent_msg_ids: list[str] = []  # the MsgIds of the KITH messages rendered from this one and published
         self.answered = False  # a replayed KITH message whose MsgId every recipient answered before: no second AppRec
+
+
+def sent_key(msg_id: str) -> str:
+    """The record's ledger key (helsebro_applied) of a KITH message Helsebro published under *msg_id*: an AppRec naming it answers it."""
+    return f"kith-sent|{msg_id}"
 
 
 def applied_key(conv: Converted) -> str:
@@ -249,10 +259,11 @@ class Settle:
         for m in flat:
             self._publish(m)
         self._publisher.flush()
+        self._mark_sent(flat)
         # Journal before remembering: were the journal to fail (a stop during a record outage), the redelivered
         # batch must not find its own messages remembered and journal them as duplicates of themselves.
+        self._alarm_refusals(flat)  # before the journal: a crash in between warns twice rather than never
         self._journal_others(flat)
-        self._alarm_refusals(flat)
         self._remember(flat)
         ack_all([d for d, _r in items], embedded=self._embedded)
         ms = round((time.monotonic() - started) * 1000, 2)
@@ -275,6 +286,34 @@ class Settle:
                     m.error = refusal
                     continue
                 m.receipt, m.error, m.outcome = receipt, None, "receipt"
+        self._find_receipts_again(flat)
+
+    def _find_receipts_again(self, flat: list[_Msg]) -> None:
+        """Mark each receipt the journal already holds (the same AppRec delivered again by the broker), and a second copy in
+        this batch: it changes nothing, neither the journal's row and time (SqlRecord.journal_settled), nor the refusal
+        count, nor the apprec_refused alarm. Before, its row's time moved to now, and an old refusal read as a new one."""
+        receipts = {f"{applied_key(m.conv)}|receipt": m for m in flat if m.outcome == "receipt"}
+        journalled = getattr(self._record, "journalled", None)
+        if not receipts or journalled is None:
+            return
+        known: set[str] = set(self._with_record(lambda: journalled(list(receipts))))
+        applied = getattr(self._record, "applied", None)
+        originals = [sent_key(m.receipt.original_msg_id) for m in receipts.values() if m.receipt is not None]
+        sent: set[str] = set(self._with_record(lambda: applied(originals))) if applied is not None else set(originals)
+        for m in flat:
+            if m.outcome == "receipt" and m.receipt is not None:
+                key = f"{applied_key(m.conv)}|receipt"
+                m.receipt_again = key in known
+                m.unmatched = sent_key(m.receipt.original_msg_id) not in sent
+                known.add(key)
+
+    def _mark_sent(self, flat: list[_Msg]) -> None:
+        """Keep the MsgId of each KITH message this batch published (confirmed: flush came first) in the record's ledger,
+        as `kith-sent|<MsgId>`: an AppRec naming an OriginalMsgId not there answers nothing Helsebro sent (_find_receipts_again)."""
+        mark = getattr(self._record, "mark_applied", None)
+        keys = [sent_key(msg_id) for m in flat for msg_id in m.sent_msg_ids]
+        if keys and mark is not None:
+            self._with_record(lambda: mark(keys))
 
     def _route_unmapped(self, flat: list[_Msg]) -> None:
         """A message no mapping serves is forwarded as received when its routes send it only to passthrough queues
@@ -376,7 +415,7 @@ class Settle:
         elif m.decision is not None and m.decision.filtered:
             m.outcome = "filtered"
         elif m.decision is not None and self._forwarder is not None:
-            sent = self._forwarder.forward(self._publisher, conv, m.decision, unrendered=m.unrendered, delivery=m.delivery)
+            sent = self._forwarder.forward(self._publisher, conv, m.decision, unrendered=m.unrendered, delivery=m.delivery, msg_ids=m.sent_msg_ids)
             if m.outcome is None and (sent or m.unrendered):
                 m.outcome = "forwarded" if sent else "dead_lettered"  # every destination it went to dead-lettered it at render
         if m.answered:
@@ -402,7 +441,10 @@ class Settle:
         `helsebro find ORIGINAL_MSG_ID` shows the receipt beside the message it answers.
         """
         for m in flat:
-            if m.receipt is not None and m.outcome == "receipt" and not m.receipt.accepted:
+            if m.receipt is not None and m.outcome == "receipt" and m.unmatched and not m.receipt_again:
+                self._log.warning("apprec_unmatched", original_msg_id=m.receipt.original_msg_id, apprec_id=m.conv.control_id,
+                                  sender=m.conv.sender, status=m.receipt.status)
+            if m.receipt is not None and m.outcome == "receipt" and not m.receipt.accepted and not m.receipt_again:
                 self._log.warning("apprec_refused", original_msg_id=m.receipt.original_msg_id, apprec_id=m.conv.control_id,
                                   sender=m.conv.sender, status=m.receipt.status, errors=[code for code, _display in m.receipt.errors])
 
@@ -431,6 +473,8 @@ class Settle:
         """Why *m* was not applied, in plain words starting with what became of it: never a value from the message."""
         if m.receipt is not None:
             note = f"receipt: {m.receipt.summary()} (AppRec {m.conv.control_id or 'without an Id'})"
+            if m.unmatched:
+                note += f"; answers nothing Helsebro sent (no KITH message it published in the last {_SENT_KEPT_DAYS} days has that MsgId)"
             return f"{note}; forwarded as received to {', '.join(m.decision.destinations)}" if m.decision is not None else note
         if m.outcome == "duplicate":
             if m.conv.format == "kith":
@@ -459,7 +503,7 @@ class Settle:
             reason = "no route matched"
         elif m.receipt is not None:
             reason = m.receipt.summary()
-        refused = m.outcome == "receipt" and m.receipt is not None and not m.receipt.accepted
+        refused = m.outcome == "receipt" and m.receipt is not None and not m.receipt.accepted and not m.receipt_again
         return Settled(conv.control_id, conv.message_type, conv.sender, conv.patient_key, m.outcome or "dead_lettered", ms, m.stage if error else None, reason,
                        tuple(conv.unmapped), refused)
 

@@ -220,6 +220,30 @@ class TestIdentity:
         assert resources(docs[0], "Practitioner")[0]["identifier"][0]["system"] == "urn:oid:2.16.578.1.12.4.1.4.4"
         assert resources(docs[0], "Organization")[0]["identifier"][0] == {"system": "urn:oid:2.16.578.1.12.4.1.4.101", "value": "974749025"}
 
+    @pytest.mark.parametrize(
+        ("msh4", "identifier"),
+        [
+            ("STOLAV^2.16.578.1.12.4.1.2.112233^ISO", {"system": "urn:oid:2.16.578.1.12.4.1.2", "value": "112233"}),  # a HER-id as an OID
+            ("STOLAV^2.16.578.1.12.4.1.4.101.974749025^ISO", {"system": "urn:oid:2.16.578.1.12.4.1.4.101", "value": "974749025"}),
+            ("STOLAV^974 749 025^ENH", {"system": "urn:oid:2.16.578.1.12.4.1.4.101", "value": "974749025"}),  # its digits
+            ("STOLAV^112 233^HER", {"system": "urn:oid:2.16.578.1.12.4.1.2", "value": "112233"}),
+            ("STOLAV^112233^her", {"system": "urn:oid:2.16.578.1.12.4.1.2", "value": "112233"}),
+            ("STOLAV^4001^RSH", {"system": "urn:oid:2.16.578.1.12.4.1.4.102", "value": "4001"}),  # a RESH-id, as in a CX
+        ],
+    )
+    def test_an_organisation_is_under_its_national_oid_however_its_hd_writes_it(self, capsys, tmp_path, msh4, identifier):
+        """MSH-4 naming the facility by HER-id or organisasjonsnummer, as a type code or as an ISO OID under the register's
+        arc, with spaces or in lower case: one Organization under the national OID and the bare number, as a CX or an XON gives."""
+        code, docs, _ = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR").replace("STOLAV^974749025^ENH", msh4))
+        assert code == 0
+        assert resources(docs[0], "Organization")[0]["identifier"][0] == identifier
+
+    @pytest.mark.parametrize("msh4", ["STOLAV^56704A^HER", "STOLAV^2.16.578.1.12.4.1.2.56704A^ISO", "STOLAV^2.16.578.1.12.4.1.4.101.974749024^ISO"])
+    def test_an_organisation_number_that_is_none_is_refused_at_its_place(self, capsys, tmp_path, msh4):
+        """A HER-id with a letter, or an organisasjonsnummer whose check digit fails, is refused at MSH-4.2, as in a CX."""
+        code, docs, _ = run_convert(capsys, tmp_path, adt(f"{FNR}^^^NOR^FNR").replace("STOLAV^974749025^ENH", msh4))
+        assert code == 1 and docs[0]["issue"][0]["expression"] == ["MSH-4[1].2"]
+
     def test_a_local_number_without_authority_is_its_senders(self, capsys, tmp_path):
         """Patient 123456 and doctor 4711, with no assigning authority, from two hospitals: two patients and two
         doctors, each under a system naming its sender (MSH-4), in one run (the practitioner is remembered per value)."""
@@ -234,6 +258,29 @@ class TestIdentity:
             ("urn:helsebro:local:SYKEHUS-B:PI", "urn:helsebro:local:SYKEHUS-B:id"),
         ]
         assert docs[0]["entry"][1]["request"]["url"] != docs[1]["entry"][1]["request"]["url"]
+
+    def test_a_local_number_from_a_sender_with_no_msh4_is_its_applications(self, capsys, tmp_path):
+        """Patient 123456 with no assigning authority from two systems that leave MSH-4 empty: two patients, each
+        under a system naming its sending application (MSH-3), never one `unknown` system every such sender shares."""
+        msgs = [adt("123456^^^^PI").replace("|DIPS|STOLAV^974749025^ENH|", f"|{app}||").replace("9144900^LEGE^LISA^^^^^^HPR^^^^HPR", "4711^LEGE^LISA")
+                for app in ("PASSYS-A", "PASSYS-B")]
+        code, docs, _ = run_convert(capsys, tmp_path, "".join(msgs))
+        assert code == 0
+        systems = [(resources(d, "Patient")[0]["identifier"][0]["system"], resources(d, "Practitioner")[0]["identifier"][0]["system"]) for d in docs]
+        assert systems == [
+            ("urn:helsebro:local:PASSYS-A:PI", "urn:helsebro:local:PASSYS-A:id"),
+            ("urn:helsebro:local:PASSYS-B:PI", "urn:helsebro:local:PASSYS-B:id"),
+        ]
+
+    def test_a_local_number_from_a_message_naming_no_sender_is_refused(self, capsys, tmp_path):
+        """MSH-3 and MSH-4 both empty: a PID-3 number with no assigning authority belongs to nobody Helsebro can name,
+        so the message is refused at PID-3 rather than filed under a system every such sender would share."""
+        text = adt("123456^^^^PI").replace("|DIPS|STOLAV^974749025^ENH|", "|||")
+        code, docs, _ = run_convert(capsys, tmp_path, text)
+        assert code == 1
+        issue = docs[0]["issue"][0]
+        assert issue["expression"] == ["PID-3[1].1"] and "assigning authority" in issue["diagnostics"]
+        assert "123456" not in json.dumps(docs[0])
 
     @pytest.mark.parametrize(
         ("pid3", "system"),

@@ -208,6 +208,27 @@ class TestLocalNumbers:
             refs = [o["specimen"]["identifier"]["value"] for o in _of(doc, "Observation") if "identifier" in o.get("specimen", {})]
             assert set(refs) <= specimens and (refs or "Observation" not in kinds)
 
+    def test_a_professionals_malformed_or_mislabelled_number_leaves_the_number_out_not_the_admission(self, capsys, monkeypatch, tmp_path):
+        """An Innleggelsesrapport whose responsible nurse's HPR-nummer is sent as an FNR or DNR, or with letters, is
+        converted (HIS 80415 §3.2: content quality is no ground to refuse), the nurse known by name at the sender and the
+        wrong number under no system; a patient whose FNR fails its check digits is still refused."""
+        fixture = Path(__file__).resolve().parents[2] / "mappings" / "kith" / "messages" / "PLO_Innleggelsesrapport.cases" / "innleggelsesrapport_ny.xml"
+        hpr = '<fk1:Id>9144900</fk1:Id><fk1:TypeId V="HPR"'
+        paths = _variants(tmp_path, fixture.read_text("utf-8"), {hpr: hpr.replace("HPR", "FNR")}, {hpr: hpr.replace("HPR", "DNR")},
+                          {hpr: hpr.replace("9144900", "91449OO")}, {hpr: hpr.replace("9144900", "15866112379")})
+        monkeypatch.delenv("HELSEBRO_XSD_DIR", raising=False)
+        assert main(["convert", *map(str, paths)]) == 0
+        for line in capsys.readouterr().out.splitlines():
+            doc = json.loads(line)
+            nurses = [p for p in _of(doc, "Practitioner") if p.get("name", [{}])[0].get("family") and not p.get("identifier", [{}])[0].get("system", "").endswith(".4.4")]
+            assert nurses, "the nurse is still written"
+            for nurse in nurses:
+                assert all(i.get("system") not in ("urn:oid:2.16.578.1.12.4.1.4.4", FNR, "urn:oid:2.16.578.1.12.4.1.4.2") or i["value"] == "9144900"
+                           for i in nurse.get("identifier", []))
+        bad_patient = _variants(tmp_path, fixture.read_text("utf-8"), {"<Id>15866112379</Id>": "<Id>15866112378</Id>"})
+        assert main(["convert", *map(str, bad_patient)]) == 1
+        capsys.readouterr()
+
     def test_a_bare_messages_document_number_is_its_institutions(self, capsys, monkeypatch, tmp_path):
         """An Epikrise without MsgHead numbered 55501 by two hospitals (ServProvider 445566 and 778899): two documents, and
         two sets of diagnoses."""

@@ -40,3 +40,27 @@ def test_run_with_a_record_under_a_file_stops_with_a_config_error(tmp_path):
     assert proc.returncode == 2
     assert "HELSEBRO_RECORD_URL" in proc.stderr and str(taken) in proc.stderr
     assert "broker_or_record_unavailable" not in proc.stdout + proc.stderr
+
+
+def test_run_on_another_applications_database_refuses_and_leaves_it(tmp_path):
+    """`run` with HELSEBRO_RECORD_URL naming another application's SQLite file made Helsebro's tables in it. Now it
+    stops at once, exit 2, saying the file is not a Helsebro record; the file is left byte for byte, nothing beside it."""
+    import sqlite3
+
+    other = tmp_path / "other" / "app.sqlite3"
+    other.parent.mkdir()
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
+    env.update({k: v for k, v in os.environ.items() if k == "HELSEBRO_PURE_PYTHON"},
+               HELSEBRO_DATA_DIR=str(tmp_path / "data"), HELSEBRO_RECORD_URL=f"sqlite:///{other}")
+    proc = subprocess.run([sys.executable, "-m", "router.cli", "run", "--until-idle", "30"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2
+    assert "not a Helsebro record" in proc.stderr and str(other) in proc.stderr
+    assert "broker_or_record_unavailable" not in proc.stdout + proc.stderr
+    assert other.read_bytes() == before
+    assert sorted(p.name for p in other.parent.iterdir()) == ["app.sqlite3"]

@@ -655,6 +655,47 @@ class TestReceipts:
         assert {m["message_type"] for m in listed} == {"APPREC^1", "APPREC^2"} and all(m["sender"] == "12345" for m in listed)
         assert all(m["note"].startswith("receipt: AppRec ") for m in listed)
 
+    @pytest.mark.parametrize("broker", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+    def test_an_apprec_answering_nothing_helsebro_sent_is_flagged(self, broker, exported, capsys):
+        """An AppRec naming an OriginalMsgId Helsebro never sent (review H160) was journalled under that id without a word:
+        its note says it answers nothing Helsebro sent, and the log warns (apprec_unmatched, ids only); an AppRec for
+        what Helsebro did send says neither."""
+        import re
+        import uuid
+
+        from adapters.kith import build_apprecs, read_message
+
+        events: list[tuple[str, str, dict[str, object]]] = []
+
+        class Recording:
+            def __getattr__(self, level):
+                return lambda event, **kw: events.append((level, event, kw))
+
+        settings = exported(RABBIT if broker == "rabbitmq" else None, routes=KITH_ROUTES)
+        publish(settings, [adt_message("A01", control_id="K1", fnr=GOOD_FNR, local_id="L1", visit="V1", admitted="20240301101500")])
+        handle = run_engine_in_thread(settings, logger=Recording())
+        try:
+            wait_until(lambda: handle.stats.messages == 1, 60, what="the admission settled")
+            [(_h, plo)] = drain_queue(settings, settings.routes.destinations["kommune"].queue)
+            envelope = read_message(plo).envelope
+            assert envelope is not None
+            sent_id = envelope.msg_id
+            stranger = str(uuid.uuid4())
+            never_sent = re.sub(re.escape(sent_id).encode(), stranger.encode(), plo)  # the same PLO, under a MsgId Helsebro never gave
+            answers = [build_apprecs(read_message(body).envelope, error=None)[0].xml for body in (plo, never_sent)]
+            publish(settings, answers)
+            wait_until(lambda: handle.stats.messages == 3, 60, what="both AppRecs settled")
+        finally:
+            handle.stop()
+        code, out, _ = _find(capsys, "--outcome", "receipt", "--json")
+        notes = {m["control_id"]: m["note"] for m in json.loads(out)["not_applied"]}
+        assert code == 0 and set(notes) == {sent_id, stranger}
+        assert "answers nothing Helsebro sent" in notes[stranger]
+        assert "answers nothing Helsebro sent" not in notes[sent_id]
+        warned = [(level, kw) for level, event, kw in events if event == "apprec_unmatched"]
+        assert [kw["original_msg_id"] for _level, kw in warned] == [stranger]
+        assert warned[0][0] == "warning" and GOOD_FNR not in repr(warned)
+
     def test_the_messages_still_awaiting_an_apprec_are_listed(self, sent, capsys):
         """--awaiting-apprec AGE: the messages sent to a KITH destination at least AGE ago with no AppRec yet: K3 only (K1
         was answered OK, K2 refused: a refusal is followed up by its own note). Nothing that old: exit 1. It lists alone."""

@@ -93,6 +93,20 @@ class TestSend:
         assert f"helsebro send: {tmp_path / 'drop'}: no message files" in result.stderr
         assert "0 sent, 0 failed" in result.stdout
 
+    def test_nothing_to_send_opens_no_broker_connection(self, tmp_path):
+        """An empty folder with RabbitMQ down: send failed on the connection (exit 1) though it had nothing to publish.
+        Now it says there was nothing to send and exits 0; on the embedded broker it makes no broker folders either."""
+        (tmp_path / "drop").mkdir()
+        down = isolated_settings(tmp_path / "down", broker_url="amqp://guest:guest@127.0.0.1:1/%2F")
+        result = _cli(down, "send", str(tmp_path / "drop"))
+        assert result.returncode == 0, result.stderr
+        assert f"helsebro send: {tmp_path / 'drop'}: no message files" in result.stderr
+        assert result.stdout.splitlines() == ["0 sent, 0 failed, 0 files"]
+        embedded = isolated_settings(tmp_path / "embedded", broker_url=None)
+        result = _cli(embedded, "send", str(tmp_path / "drop"))
+        assert result.returncode == 0, result.stderr
+        assert not (embedded.data_dir / "broker").exists()
+
     def test_missing_path_is_a_usage_error(self, settings, tmp_path):
         """A path that does not exist exits 2 and sends nothing."""
         result = _cli(settings, "send", str(tmp_path / "nope.hl7"))

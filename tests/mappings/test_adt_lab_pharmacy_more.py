@@ -116,7 +116,7 @@ class TestAllergyUpdate:
         assert allergy["patient"] == {"reference": patient_url}
         assert allergy["code"]["coding"] == [{"system": "http://snomed.info/sct", "code": "91935009", "display": "Peanøttallergi"}]
         assert (allergy["category"], allergy["type"], allergy["criticality"]) == (["food"], "allergy", "high")
-        assert allergy["reaction"] == [{"manifestation": [{"text": "Urtikaria"}]}]
+        assert allergy["reaction"] == [{"manifestation": [{"text": "Urtikaria"}], "severity": "severe"}]
         assert allergy["onsetDateTime"] == "2018-05-12"
         assert allergy["clinicalStatus"]["coding"][0]["code"] == "active"
         assert allergy["verificationStatus"]["coding"][0]["code"] == "confirmed"
@@ -148,6 +148,16 @@ class TestAllergyUpdate:
         [allergy] = _of(_one(converter, _adt("A60", "ADT_A60", iam)), "AllergyIntolerance")
         assert allergy["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
         assert "clinicalStatus" not in allergy
+
+    @pytest.mark.parametrize(("code", "severity", "criticality"), [("SV", "severe", "high"), ("MO", "moderate", None), ("MI", "mild", "low"), ("U", None, None)])
+    def test_al1_4_and_iam_4_are_the_reactions_severity_and_the_igs_criticality(self, converter, code, severity, criticality):
+        """Table 0128 as the IG's AllergySeverity maps: SV/MO/MI the reaction's severity, SV high and MI low criticality,
+        MO no criticality (it is neither high nor low), in an A01's AL1 and an A60's IAM alike."""
+        al1 = f"AL1|1|DA^Legemiddelallergi^HL70127|J01CE02^Fenoksymetylpenicillin^ATC|{code}^Grad^HL70128|Utslett"
+        iam = _iam("1", "DA^Legemiddelallergi^HL70127", "J01CE02^Fenoksymetylpenicillin^ATC", f"{code}^Grad^HL70128", "Utslett", "A")
+        for allergy in (_of(_one(converter, _adt("A01", "ADT_A01", _pv1(), al1)), "AllergyIntolerance")
+                        + _of(_one(converter, _adt("A60", "ADT_A60", iam)), "AllergyIntolerance")):
+            assert (allergy["reaction"][0].get("severity"), allergy.get("criticality")) == (severity, criticality)
 
     def test_each_iam_is_its_own_allergy(self, converter):
         """Two IAMs give two AllergyIntolerances, each with its own code."""

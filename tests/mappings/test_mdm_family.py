@@ -13,6 +13,7 @@ the Converter and SQLite record; synthetic Norwegian people only (Tenor-style f�
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 import pytest
 
@@ -187,3 +188,27 @@ class TestCompletion:
         """Table 0271: DO (documented: received, not yet in its final electronic form) is no final document."""
         doc = _document(_one(converter, _mdm("T02", "MDM_T02", completion=completion, obx=TEXT)))
         assert doc["docStatus"] == doc_status
+
+
+class TestSelfReference:
+    @pytest.mark.parametrize(("event", "structure", "obx"), [("T10", "MDM_T02", TEXT), ("T06", "MDM_T02", TEXT), ("T09", "MDM_T01", ())])
+    def test_a_document_that_names_itself_as_its_parent_is_refused(self, converter: Any, event: str, structure: str, obx: tuple[str, ...]) -> None:
+        """TXA-13 = TXA-12: a document cannot replace or append to itself; refused, saying so, never superseding itself."""
+        [item] = converter.convert(_mdm(event, structure, number="DOK-1", parent="DOK-1^DIPS", obx=obx))
+        assert item.bundle is None
+        assert isinstance(item.error, InvalidContent)
+        assert "names itself as the document it" in item.error.reason
+
+    def test_a_parent_of_another_number_is_still_replaced(self, converter: Any) -> None:
+        """Only the same number is refused: TXA-13 DOK-1 for TXA-12 DOK-10 is an ordinary replacement."""
+        doc = _document(_one(converter, _mdm("T10", "MDM_T02", number="DOK-10", parent="DOK-1^DIPS", obx=TEXT)))
+        assert doc["relatesTo"][0]["target"]["identifier"]["value"] == "DOK-1"
+
+
+class TestParagraphs:
+    def test_a_blank_line_of_a_letter_is_kept(self, converter: Any) -> None:
+        """An empty OBX-5 between text lines, or an empty repetition, is a blank line: paragraph breaks stay."""
+        obx = ("OBX|1|TX|EPIKRISE^Epikrise^L||Kjære kollega,||||||F", "OBX|2|TX|EPIKRISE^Epikrise^L||||||||F",
+               "OBX|3|TX|EPIKRISE^Epikrise^L||Avsnitt to.~~Avsnitt tre.||||||F", "OBX|4|TX|EPIKRISE^Epikrise^L||||||||F")
+        doc = _document(_one(converter, _mdm("T02", "MDM_T02", obx=obx)))
+        assert _texts(doc) == [("text/plain; charset=utf-8", "Kjære kollega,\n\nAvsnitt to.\n\nAvsnitt tre.")]

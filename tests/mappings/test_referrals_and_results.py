@@ -378,3 +378,42 @@ class TestWhatAReceivingRecordNeeds:
         [patient] = _of(doc, "Patient")
         [gp] = [by_url[r["reference"]] for r in patient["generalPractitioner"]]
         assert gp["identifier"][0] == {"system": HPR, "value": "9144889"}
+
+
+class TestWhoElseAndHow:
+    """The copy recipients of an Epikrise and the interpreter need of a Henvisning 2.0 are read, not dropped (review H159)."""
+
+    @pytest.mark.corpus
+    def test_epikrise_copy_recipients_are_the_recipients_of_its_sending(self, shared_dir: Path, capsys: Any, monkeypatch: Any) -> None:
+        """CopyDest (kopimottaker) → a Communication of the letter, its recipients the copy departments under their HER-ids."""
+        path = shared_dir / "norsk" / "eksempel" / "Epikrise" / "Epikrise_v1-2" / "epikrise_v1.2_n.xml"
+        _, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        Bundle.model_validate(doc)
+        by_url = _by_url(doc)
+        [sending] = _of(doc, "Communication")
+        recipients = [by_url[r["reference"]] for r in sending["recipient"]]
+        assert _idents(recipients, HER) == {"95136"}
+        [letter] = _of(doc, "DocumentReference")
+        assert [by_url[p["contentReference"]["reference"]] for p in sending["payload"]] == [letter]
+        assert by_url[sending["subject"]["reference"]]["resourceType"] == "Patient"
+        assert sending["status"] == "completed"
+
+    @pytest.mark.corpus
+    def test_a_cancelled_epikrise_cancels_its_sending(self, shared_dir: Path, capsys: Any, monkeypatch: Any) -> None:
+        """ServType C: the copies' Communication is entered-in-error, under the same identity as the first."""
+        folder = shared_dir / "norsk" / "eksempel" / "Epikrise" / "Epikrise_v1-2"
+        _, docs = _convert(capsys, monkeypatch, shared_dir, folder / "epikrise_v1.2_n.xml", folder / "epikrise_v1.2_c.xml")
+        [new], [cancel] = (_of(d, "Communication") for d in docs)
+        assert (new["identifier"], cancel["status"]) == (cancel["identifier"], "entered-in-error")
+
+    @pytest.mark.corpus
+    def test_henvisning_2_0_interpreter_need_is_a_flag(self, shared_dir: Path, capsys: Any, monkeypatch: Any) -> None:
+        """po:InfoAssistertKommunikasjon (poKomponent 2017) → the interpreter Flag PLO makes: language, whom it concerns, note."""
+        path = shared_dir / "norsk" / "eksempel" / "Henvisning" / "Henvisning_v2-0" / "Henvisning_ny_tilstand_v2-0_Ny.xml"
+        _, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        Bundle.model_validate(doc)
+        by_url = _by_url(doc)
+        [flag] = [f for f in _of(doc, "Flag") if "tolk" in f["code"]["text"]]
+        assert flag["code"]["text"].startswith("Behov for tolk: NORDSAMISK Gjelder: Mor Telokk")
+        assert flag["status"] == "active"
+        assert by_url[flag["subject"]["reference"]]["resourceType"] == "Patient"

@@ -121,6 +121,86 @@ class TestAppointmentEvents:
             assert "cancelationReason" not in appointment
 
 
+
+def _timed(*, sch_duration: str = "|", tq1: str | None = None, sch_11: str = "", ais: str = "AIS|1|A|KARDIO-KTR^Kardiologisk kontroll^L|20250120093000") -> bytes:
+    """A booking whose time comes from TQ1 (when given), else SCH-11 (TQ.4/TQ.5), else the first AIS-4."""
+    return _message(
+        MSH.format(ts="20250105080000", type="SIU^S12^SIU_S12", ctrl="SIU-1"),
+        f"SCH|TIME-4001^DIPS|B-77881^DIPS-TIMEBOK|||||KONTROLL^Kontroll^L|POLIKLINISK^Poliklinisk time^L|{sch_duration}|{sch_11}|||||||||||||Booked",
+        *([tq1] if tq1 is not None else []),
+        PID,
+        "RGS|1|A",
+        ais,
+    )
+
+
+class TestAppointmentTime:
+    """FHIR app-2: an Appointment has both start and end, or neither."""
+
+    def test_a_start_from_tq1_with_a_duration_in_sch_9_ends_that_much_later(self, converter):
+        """TQ1-7 without TQ1-8 ends at TQ1-7 plus SCH-9 in SCH-10's unit."""
+        appointment = _entry(_one(converter, _timed(sch_duration="45|min", tq1="TQ1|1||||||20250120093000")), "Appointment")["resource"]
+        assert (appointment["start"], appointment["end"]) == ("2025-01-20T09:30:00+01:00", "2025-01-20T10:15:00+01:00")
+
+    def test_tq1_8_is_the_end_when_sent(self, converter):
+        """An end sent in TQ1-8 is taken as sent, not start plus SCH-9."""
+        data = _timed(sch_duration="45|min", tq1="TQ1|1||||||20250120093000|20250120110000")
+        appointment = _entry(_one(converter, data), "Appointment")["resource"]
+        assert appointment["end"] == "2025-01-20T11:00:00+01:00"
+
+    def test_a_start_from_sch_11_ends_after_sch_9(self, converter):
+        """SCH-11.4 (an older sender's TQ) without SCH-11.5 ends at its start plus SCH-9 hours."""
+        appointment = _entry(_one(converter, _timed(sch_duration="2|h", sch_11="^^^20250120093000")), "Appointment")["resource"]
+        assert (appointment["start"], appointment["end"]) == ("2025-01-20T09:30:00+01:00", "2025-01-20T11:30:00+01:00")
+
+    def test_a_start_from_ais_4_ends_after_ais_7(self, converter):
+        """The first AIS's start (AIS-4) with its duration AIS-7 in AIS-8's unit gives start and end, as the IG's AIS map."""
+        data = _timed(ais="AIS|1|A|KARDIO-KTR^Kardiologisk kontroll^L|20250120093000|||50|min^Minutes^ISO")
+        appointment = _entry(_one(converter, data), "Appointment")["resource"]
+        assert (appointment["start"], appointment["end"]) == ("2025-01-20T09:30:00+01:00", "2025-01-20T10:20:00+01:00")
+
+    def test_an_end_is_elapsed_time_across_a_clock_change(self, converter):
+        """Two hours from 01:30 on the night summer time starts end at 04:30 on the clock (+02:00), two hours later."""
+        appointment = _entry(_one(converter, _timed(sch_duration="120|min", tq1="TQ1|1||||||20250330013000")), "Appointment")["resource"]
+        assert (appointment["start"], appointment["end"]) == ("2025-03-30T01:30:00+01:00", "2025-03-30T04:30:00+02:00")
+
+    @pytest.mark.parametrize("data", [
+        _timed(tq1="TQ1|1||||||20250120093000"),
+        _timed(sch_11="^^^20250120093000"),
+        _timed(),
+        _timed(sch_duration="1|mo", tq1="TQ1|1||||||20250120093000"),
+    ], ids=["tq1", "sch-11", "ais-4", "unknown-unit"])
+    def test_a_start_with_no_end_or_duration_is_no_start_but_the_patients_time(self, converter, data):
+        """With no end and no duration known, the Appointment has neither start nor end (app-2), and the booked time is
+        the patient participant's period.start, where a start alone is valid."""
+        appointment = _entry(_one(converter, data), "Appointment")["resource"]
+        assert ("start" in appointment, "end" in appointment) == (False, False)
+        [patient] = [p for p in appointment["participant"] if "reference" in p.get("actor", {})]
+        assert patient["period"] == {"start": "2025-01-20T09:30:00+01:00"}
+
+    def test_a_booking_with_start_and_end_gives_the_patient_no_period(self, converter):
+        """The patient's period is only the fallback: a booking with an end keeps its time on the Appointment alone."""
+        appointment = _entry(_one(converter, _siu("S12", ctrl="SIU-1")), "Appointment")["resource"]
+        [patient] = [p for p in appointment["participant"] if "reference" in p.get("actor", {})]
+        assert "period" not in patient and appointment["end"] == "2025-01-20T10:00:00+01:00"
+
+
+class TestResourcesTakenOff:
+    @pytest.mark.parametrize("segment", [
+        "AIP|1|D|9144900^LEGE^LISA^^^^^^HPR^^^^HPR|LEGE^Lege^L",
+        "AIL|1|D|POL^12^^STOLAV^^^^^Poliklinikk 12|",
+        "AIG|1|D|EKG-2^EKG-apparat 2^L|UTSTYR^Utstyr^L",
+    ], ids=["AIP", "AIL", "AIG"])
+    def test_a_resource_with_action_code_d_is_no_participant(self, converter, segment):
+        """A resource an S14 takes off the booking (segment action code D, table 0206) is left out; one kept (A) stays."""
+        kept = segment.replace("|1|D|", "|2|A|").replace("9144900^LEGE^LISA", "9144901^DOKTOR^PER").replace("POL^12", "POL^13").replace("EKG-2^EKG-apparat 2", "EKG-3^EKG-apparat 3")
+        data = _siu("S14", ctrl="SIU-1") + f"{segment}\r{kept}\r".encode()
+        appointment = _entry(_one(converter, data), "Appointment")["resource"]
+        displays = [p["actor"].get("display", "") for p in appointment["participant"]]
+        assert not any(name in " ".join(displays) for name in ("LISA", "POL 12", "EKG-apparat 2")), displays
+        assert any(name in " ".join(displays) for name in ("PER", "POL 13", "EKG-apparat 3")), displays
+
+
 # --- MDM: notifications without content, addenda, replacements ---------------------------------------
 
 

@@ -157,3 +157,42 @@ class TestWhatTheAckNames:
         msh = body.split(b"\r")[0].split(b"|")
         assert msh[5] == "SØR".encode("iso-8859-1") and msh[10] == b"T"
         assert msh[17] == b"8859/1"
+
+
+# Found by review H160: every content error was ERR-3 102 "Data type error".
+_ORU = ("MSH|^~\\&|LAB|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|{cid}|P|2.5.1\rPID|1||15866112379^^^NOR^FNR\r"
+        "OBR|1||LAB-1^LIS|{obr4}|||20250115080000\rOBX|1|NM|NPU02319^Hb||134|g/L|||||{obx11}\r")
+
+
+def _strict_0085(tmp_path: Path) -> Path:
+    """A copy of the shipped mappings whose table hl7-0085 (OBX-11) refuses a code it does not list (`unmapped: error`)."""
+    import shutil
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "mappings", mappings)
+    table = mappings / "hl7v2" / "tables" / "hl7-0085.yaml"
+    table.write_text(table.read_text(encoding="utf-8").replace("unmapped: {value: unknown}", "unmapped: error"), encoding="utf-8")
+    return mappings
+
+
+@pytest.mark.parametrize("broker", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+def test_a_content_error_carries_its_own_table_0357_code(tmp_path, broker):
+    """HL7 table 0357: a required field with no value is 101 "Required field missing", a code the table does not list
+    (a table that refuses unlisted codes) 103 "Table value not found", a value of the wrong form (a fødselsnummer failing
+    its check digits) 102 "Data type error". Each was 102."""
+    settings = isolated_settings(tmp_path, broker_url=RABBIT if broker == "rabbitmq" else None)
+    settings = settings.model_copy(update={"mappings_dir": _strict_0085(tmp_path)})
+    try:
+        answers = _answers(settings, [
+            _ORU.format(cid="R-101", obr4="", obx11="F").encode(),
+            _ORU.format(cid="R-103", obr4="PANEL^Panel", obx11="Q").encode(),
+            _bad("R-102"),
+        ])
+    finally:
+        if settings.broker_url:
+            delete_queues(settings)
+    errs = {cid: [line for line in body.decode().split("\r") if line.startswith("ERR|")] for cid, [(_code, body)] in answers.items()}
+    assert {cid: [code for code, _ in acks] for cid, acks in answers.items()} == {"R-101": ["AE"], "R-103": ["AE"], "R-102": ["AE"]}
+    assert errs["R-101"] == ["ERR||OBR^1^4|101^Required field missing^HL70357|E"]
+    assert errs["R-103"] == ["ERR||OBX^1^11^1^1|103^Table value not found^HL70357|E"]
+    assert errs["R-102"] == ["ERR||PID^1^3^1^1|102^Data type error^HL70357|E"]

@@ -166,3 +166,62 @@ def test_a_refusing_apprec_is_an_alarm_in_the_log_and_the_metrics(tmp_path):
     assert level in ("warning", "error")
     assert fields["original_msg_id"] == CASE_MSG_ID and fields["errors"] == ["E35"]
     assert "no such patient here" not in repr(fields) and "15866112379" not in repr(fields)
+
+
+# Found by review H160: a redelivered AppRec, and an AppRec answering nothing Helsebro sent.
+def _accepting_apprec() -> bytes:
+    """An AppRec 1.1 accepting CASE (status 1), from the same receiver as _refusing_apprec."""
+    from adapters.kith import build_apprecs, read_message
+
+    [apprec] = build_apprecs(read_message(CASE.read_bytes()).envelope, error=None)
+    return apprec.xml
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, object]]] = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.events.append((level, event, kw))
+
+    def named(self, name: str) -> list[dict[str, object]]:
+        return [kw for _level, event, kw in self.events if event == name]
+
+
+def test_a_redelivered_apprec_changes_nothing(tmp_path):
+    """The broker delivers an AppRec again (the same bytes): it was journalled with `DO UPDATE SET applied_at`, so an old
+    refusal came back as new. It must change nothing: the newer AppRec for the same MsgId stays the newest (`find`), the
+    recent refused figure (`status` apprecs_refused) and the metric do not count it again, and no second apprec_refused."""
+    import time
+
+    from router.ops.metrics import exposition
+
+    settings = isolated_settings(tmp_path)
+    log = _Events()
+    seen: list[object] = []
+    refusing, accepting = _refusing_apprec(), _accepting_apprec()
+    handle = run_engine_in_thread(settings, on_settled=seen.append, logger=log)
+    try:
+        publish(settings, [refusing])
+        wait_until(lambda: len(seen) == 1, 60, what="the refusal settled")
+        after_refusal = time.time()
+        publish(settings, [accepting])
+        wait_until(lambda: len(seen) == 2, 60, what="the acceptance settled")
+        after_acceptance = time.time()
+        publish(settings, [refusing])  # the broker's redelivery of the first
+        wait_until(lambda: len(seen) == 3, 60, what="the redelivery settled")
+        text = exposition(handle.engine)
+    finally:
+        handle.stop()
+    record = open_record(settings)
+    try:
+        newest = record.receipts([CASE_MSG_ID])[CASE_MSG_ID]
+        refused_since_first = record.refused_receipts(since=after_refusal)
+        receipts_since = record.journal(outcome="receipt", since=after_acceptance)
+    finally:
+        record.close()
+    assert newest.message_type == "APPREC^1", newest
+    assert refused_since_first == 0
+    assert receipts_since == []
+    assert len(log.named("apprec_refused")) == 1
+    assert "\nhelsebro_apprecs_refused_total 1\n" in text

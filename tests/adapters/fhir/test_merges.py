@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from adapters.hl7v2.ack import ack_code_for
 from router.pipeline.convert import Converter
 from router.settings import load_settings
 
@@ -162,3 +163,65 @@ class TestAChainOfMerges:
         send(record, converter, a01(f"{DNR_B}~4471999^^^STOLAV^PI", "1"))
         assert send(record, converter, a40(FNR_A, DNR_B, "2"))[1:] == ["created", "updated"]
         assert send(record, converter, a40(FNR_A, DNR_B, "2"))[1:] == ["unchanged", "unchanged"]
+
+
+class TestTheOldRecordAtAnotherId:
+    """The record a merge retires is the one its identifier finds, wherever it sits (review H162)."""
+
+    def test_an_a40_after_an_a47_retires_the_record_the_a47_changed(self, record: Any, converter: Converter) -> None:
+        """B's record, given A's fødselsnummer by an A47, is retired when A is merged into C: no second A."""
+        send(record, converter, a01(DNR_B, "1"))
+        send(record, converter, a47(FNR_A, DNR_B, "2"))
+        [old] = found(record, FNR, PERSON_A)
+        send(record, converter, a01(FNR_C, "3"))
+        before = len(record.search("Patient", {}))
+        send(record, converter, a40(FNR_C, FNR_A, "4"))
+        [last] = found(record, FNR, PERSON_C)
+        assert [p["id"] for p in found(record, FNR, PERSON_A)] == [last["id"]]
+        assert [p["id"] for p in found(record, DNR, PERSON_B)] == [last["id"]]
+        [retired] = record.search("Patient", {"_id": old["id"]})
+        assert retired["active"] is False and links(retired) == [("replaced-by", f"Patient/{last['id']}")]
+        assert len(record.search("Patient", {})) == before
+        send(record, converter, a08(FNR_A, "5"))  # one Patient holds the number: not refused for several matches
+
+    def test_a_record_created_with_its_own_id_is_retired(self, record: Any, converter: Converter) -> None:
+        """A Patient made over REST under an id of its own is the one an A40 naming its number retires."""
+        own = {"resourceType": "Patient", "id": "lokal-1", "identifier": [{"system": FNR, "value": PERSON_A}]}
+        record.apply({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:7f1c0d8e-0000-4000-8000-000000000001", "resource": own,
+             "request": {"method": "PUT", "url": "Patient/lokal-1"}}]})
+        send(record, converter, a40(FNR_C, FNR_A, "1"))
+        [last] = found(record, FNR, PERSON_C)
+        assert [p["id"] for p in found(record, FNR, PERSON_A)] == [last["id"]]
+        [retired] = record.search("Patient", {"_id": "lokal-1"})
+        assert retired["active"] is False and links(last) == [("replaces", "Patient/lokal-1")]
+
+    def test_that_merge_applied_twice_is_applied_once(self, record: Any, converter: Converter) -> None:
+        """The second application finds the retired record by the survivor's link: nothing changes, no stub is made."""
+        send(record, converter, a01(DNR_B, "1"))
+        send(record, converter, a47(FNR_A, DNR_B, "2"))
+        assert send(record, converter, a40(FNR_C, FNR_A, "3"))[1:] == ["created", "updated"]
+        count = len(record.search("Patient", {}))
+        assert send(record, converter, a40(FNR_C, FNR_A, "3"))[1:] == ["unchanged", "unchanged"]
+        assert len(record.search("Patient", {})) == count
+
+
+class TestOnePatientAsBothSides:
+    """PID-3 and MRG-1 name the same patient: the merge is refused with what is wrong (review H162)."""
+
+    def test_the_reason_says_survivor_and_retired_are_one(self, converter: Converter) -> None:
+        """The OperationOutcome names MRG-1 and says the merge names one patient twice; the ACK is an error."""
+        [converted] = converter.convert(a40(FNR_A, FNR_A, "1"))
+        assert not converted.ok and converted.error is not None
+        assert "both survivor and retired" in converted.error.reason
+        assert "not specific enough" not in converted.error.reason
+        assert converted.outcome()["issue"][0]["expression"] == ["MRG-1"]
+        assert ack_code_for(converted.error)[0] in ("AE", "AR")
+
+    def test_an_a34_is_refused_the_same_way(self, record: Any, converter: Converter) -> None:
+        """An A34 naming one patient in PID-3 and MRG-1 writes nothing to the record."""
+        send(record, converter, a01(FNR_A, "1"))
+        [converted] = converter.convert(a34(FNR_A, FNR_A, "2"))
+        assert converted.error is not None and "both survivor and retired" in converted.error.reason
+        [patient] = found(record, FNR, PERSON_A)
+        assert patient.get("active") is not False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import sqlite3
 import threading
+import uuid
 from contextlib import closing
 
 import pytest
@@ -96,6 +97,62 @@ class TestOpenRecord:
         with pytest.raises(NotARecord, match="no SQLite database"):
             open_record(Settings(record_url=f"sqlite:///{path}", data_dir=tmp_path), create=False)
         assert path.read_text() == "x" * 200
+
+    @pytest.mark.integration
+    def test_a_read_only_open_creates_nothing_in_postgresql(self, tmp_path):
+        """find and status opened PostgreSQL with create=False and still made Helsebro's schema and tables, in a schema
+        that was not there (a typo) or that another application owns. Now the one is NoRecord, the other NotARecord,
+        and neither schema gains a thing; once the engine made the record there, a read-only open finds it."""
+        import psycopg
+
+        from adapters.fhir.record import NoRecord
+        from router.testing import drop_schema
+
+        pg = "postgresql://postgres@127.0.0.1:5432/test"
+        missing, foreign, empty = (f"helsebro_{uuid.uuid4().hex[:12]}" for _ in range(3))
+        with psycopg.connect(pg, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {foreign}")
+            conn.execute(f"CREATE TABLE {foreign}.invoices (id INTEGER PRIMARY KEY, amount REAL)")
+            conn.execute(f"CREATE SCHEMA {empty}")
+
+        def tables(schema):
+            with psycopg.connect(pg, autocommit=True) as conn:
+                rows = conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)).fetchall()
+                there = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchall()
+            return sorted(r[0] for r in rows) if there else None
+
+        try:
+            with pytest.raises(NoRecord, match=f"no record yet in schema {missing}"):
+                open_record(Settings(record_url=f"{pg}?schema={missing}", data_dir=tmp_path), create=False)
+            assert tables(missing) is None
+            with pytest.raises(NotARecord, match=f"schema {foreign} .*is not a Helsebro record"):
+                open_record(Settings(record_url=f"{pg}?schema={foreign}", data_dir=tmp_path), create=False)
+            assert tables(foreign) == ["invoices"]
+            settings = Settings(record_url=f"{pg}?schema={empty}", data_dir=tmp_path)
+            with pytest.raises(NoRecord):
+                open_record(settings, create=False)
+            assert tables(empty) == []
+            with open_record(settings) as record:
+                record.apply(admission())
+            with open_record(settings, create=False) as record:
+                assert record.read("Patient", PATIENT_UUID) is not None
+        finally:
+            for schema in (missing, foreign, empty):
+                drop_schema(pg, schema)
+
+    def test_the_engine_refuses_another_applications_database(self, tmp_path):
+        """`run` (create=True) on another application's SQLite file made Helsebro's tables in it. Now it is a
+        ConfigError naming the file, and the file is left byte for byte, with nothing beside it."""
+        path = tmp_path / "other" / "app.sqlite3"
+        path.parent.mkdir()
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, amount REAL)")
+            conn.commit()
+        before = path.read_bytes()
+        with pytest.raises(ConfigError, match="is not a Helsebro record"):
+            open_record(Settings(record_url=f"sqlite:///{path}", data_dir=tmp_path))
+        assert path.read_bytes() == before
+        assert sorted(p.name for p in path.parent.iterdir()) == ["app.sqlite3"]
 
     def test_unknown_scheme_is_config_error(self, tmp_path):
         """A record URL with an unsupported scheme refuses to start."""

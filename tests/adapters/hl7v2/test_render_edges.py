@@ -178,3 +178,29 @@ class TestDates:
             "resourceType": "AllergyIntolerance", "code": {"text": "Penicillin"}, "onsetDateTime": onset}})
         seg = _fields(_renderer(settings, version="2.5.1").render(_with_bundle(admit, bundle)))
         assert seg["AL1"][6] == al1_6
+
+
+class TestAllergyCodes:
+    @staticmethod
+    def _al1(settings, admit, **allergy) -> list[str]:
+        bundle = copy.deepcopy(admit.bundle)
+        bundle["entry"].append({"fullUrl": "urn:uuid:11111111-1111-5111-8111-111111111111", "resource": {
+            "resourceType": "AllergyIntolerance", "code": {"text": "Katt"}, **allergy}})
+        return _fields(_renderer(settings, version="2.5.1").render(_with_bundle(admit, bundle)))["AL1"]
+
+    def test_an_animal_allergy_keeps_its_allergen_type(self, settings, admit):
+        """A biologic allergy (what the inbound AL1/IAM make of AA, animal allergy) goes out as AL1-2 AA, not with none."""
+        assert self._al1(settings, admit, category=["biologic"])[2] == "AA"
+
+    @pytest.mark.parametrize(("allergy", "al1_4"), [
+        ({"criticality": "high", "reaction": [{"manifestation": [{"text": "Utslett"}], "severity": "moderate"}]}, "MO"),
+        ({"reaction": [{"manifestation": [{"text": "Utslett"}], "severity": "mild"}]}, "MI"),
+        ({"criticality": "high"}, "SV"),
+        ({"criticality": "low"}, "MI"),
+    ])
+    def test_al1_4_is_the_reactions_severity_else_the_criticality(self, settings, admit, allergy, al1_4):
+        """AL1-4 gives back the severity the inbound AL1-4 became (reaction.severity), else criticality (high SV, low MI).
+
+        Why: MO is no criticality (the IG maps it to none), so it survives only as the reaction's severity.
+        """
+        assert self._al1(settings, admit, **allergy)[4] == al1_4

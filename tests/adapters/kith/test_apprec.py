@@ -13,7 +13,7 @@ from adapters.kith.apprec import APPREC_ERROR_FOR, apprec_error_for, apprec_vers
 from adapters.kith.dispatch import read_message
 from adapters.kith.envelope import APPREC_NS, KithEnvelope
 from adapters.kith.errors import InvalidMsgId, PatientInsufficient, PatientNotFound, SchemaInvalid
-from router.errors import DecodeError, InvalidContent, InvalidNationalId, MessageError, Refused, UnknownMessage
+from router.errors import DecodeError, InvalidContent, InvalidNationalId, MessageError, NotInTable, Refused, RequiredMissing, UnknownMessage
 
 from .conftest import FAMILIES, PLO_16, examples
 
@@ -28,6 +28,10 @@ ERRORS = [
     (PatientInsufficient("no national id and no name"), "E36"),
     (InvalidNationalId("the patient's FNR fails its check digits", location="/MsgHead/MsgInfo/Patient/Ident/Id"), "E31"),
     (Refused("destination said no"), "X99"),
+    # review H160: an element the mapping requires with no value is a fault in the message's form (T99, as HL7 0357's 101);
+    # 8221 has no code for a table value (HL7 0357's 103): X99, as any other error.
+    (RequiredMissing("Observation.code is required, but the result gives no value", location="/Message/ServRprt/ResultItem/Investigation"), "T99"),
+    (NotInTable("code is not in table volven-7408", location="/MsgHead/Document/RefDoc/Content"), "X99"),
 ]
 
 

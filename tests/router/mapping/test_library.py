@@ -34,7 +34,6 @@ CASES = {
         (("777", None, "PI", "STOLAV", "L"), "urn:oid:2.16.578.1.12.4.1.7.3.2.1"),  # a configured universal id
         (("777", None, "PI", "LAB7", "L"), "urn:helsebro:local:LAB7:PI"),
         (("15866112379", None, None, "2.16.578.1.12.4.1.4.1", "ISO"), "urn:oid:2.16.578.1.12.4.1.4.1"),
-        (("777", None, "PI", None, None), "urn:helsebro:local:unknown:PI"),  # no authority, no sender here
     ],
     "cx_value": [
         (("158661 12379", "NOR", "FNR", None, None), "15866112379"),  # a national id: its digits
@@ -48,7 +47,18 @@ CASES = {
     "identifier_value": [
         (("158661 12379", '', "FNR"), "15866112379"),  # a KITH Ident: as cx_value
         (("56 704", '', "HER"), "56704"),
-        (("AB 4471", '', "HNR"), "AB 4471"),
+    ],
+    "staff_identifier_system": [
+        (("9144900", "", "HPR"), "urn:oid:2.16.578.1.12.4.1.4.4"),
+        (("9144900", "", "FNR"), None),  # an HPR-nummer sent as FNR: no number rather than no message
+        (("91449OO", "", "HPR"), None),
+        (("15866112379", "", "HPR"), None),  # 11 digits are no HPR-nummer
+        (("56704A", "", "HER"), None),
+    ],
+    "staff_identifier_value": [
+        (("914 4900", "", "HPR"), "9144900"),
+        (("9144900", "", "FNR"), None),  # nothing where the system is nothing: no number without its system
+        (("91449OO", "", "HPR"), None),
     ],
     "person_id_type": [
         (("55866110270",), "DNR"), (("81234567802",), "FHN"), (("01415010016",), "HNR"), (("158661 12379",), "FNR"),
@@ -59,11 +69,9 @@ CASES = {
         (("ALG-1", "DIPS", "2.16.578.1.12.4.1.7.9", "ISO"), "urn:helsebro:local:DIPS:id"),  # EI.4 is no identifier type: not …:DIPS:ISO
         (("ALG-1", "STOLAV", "1.2.3", "ISO"), "urn:oid:2.16.578.1.12.4.1.7.3.2.1"),  # a configured namespace
         (("ALG-1", None, "2.16.578.1.12.4.1.7.9", "ISO"), "urn:oid:2.16.578.1.12.4.1.7.9"),  # a universal id only
-        (("ALG-1", None, None, None), "urn:helsebro:local:unknown:id"),  # no namespace: the sender's (none here)
         ((None, "DIPS", None, None), None),
     ],
     "placer_system": [
-        (("100", None, None, None), "urn:helsebro:local:unknown:PLAC"),  # no namespace: the sender's placer numbers
         (("100", "DIPS", None, None), "urn:helsebro:local:DIPS:id"),  # a namespace: as ei_system
         (("100", "DIPS", "1.2.3", "ISO"), "urn:helsebro:local:DIPS:id"),
         (("100", "STOLAV", None, None), "urn:oid:2.16.578.1.12.4.1.7.3.2.1"),
@@ -71,25 +79,23 @@ CASES = {
         ((None, None, None, None), None),
     ],
     "filler_system": [
-        (("100", None, None, None), "urn:helsebro:local:unknown:FILL"),  # a number space apart from placer numbers
         (("100", "LABSYS", None, None), "urn:helsebro:local:LABSYS:id"),
     ],
     "coding_system": [
         (("HL70078",), "http://terminology.hl7.org/CodeSystem/v2-0078"),  # an HL7 table
         (("HL7127",), "http://terminology.hl7.org/CodeSystem/v2-0127"),  # a digit short, as some senders write it
-        (("L",), "urn:helsebro:local:unknown:codesystem:L"),  # a local code system: the sender's (none here)
-        (("99 LAB",), "urn:helsebro:local:unknown:codesystem:99-LAB"),  # a URI holds no space
         (("  ",), None),
         ((None,), None),
     ],
-    "hd_system": [(("STOLAV", "974749025", "ENH"), "urn:oid:2.16.578.1.12.4.1.4.101"), (("X", "112233", "HER"), "urn:oid:2.16.578.1.12.4.1.2"), (("X", "1.2.3", "ISO"), "urn:oid:1.2.3"), (("STOLAV", None, None), "urn:oid:2.16.578.1.12.4.1.7.3.2.1")],
-    "hd_value": [(("STOLAV", "974749025", "ENH"), "974749025"), (("STOLAV", None, None), "STOLAV")],
+    "hd_system": [(("STOLAV", "974749025", "ENH"), "urn:oid:2.16.578.1.12.4.1.4.101"), (("X", "112233", "HER"), "urn:oid:2.16.578.1.12.4.1.2"), (("X", "1.2.3", "ISO"), "urn:oid:1.2.3"), (("STOLAV", None, None), "urn:oid:2.16.578.1.12.4.1.7.3.2.1"),
+                  (("X", "2.16.578.1.12.4.1.2.112233", "ISO"), "urn:oid:2.16.578.1.12.4.1.2"), (("X", "4001", "RESH"), "urn:oid:2.16.578.1.12.4.1.4.102")],
+    "hd_value": [(("STOLAV", "974749025", "ENH"), "974749025"), (("STOLAV", None, None), "STOLAV"), (("X", "2.16.578.1.12.4.1.2.112233", "ISO"), "112233"),
+                 (("X", "974 749 025", "noorg"), "974749025"), (("X", "1.2.3", "ISO"), "1.2.3")],
     "location_facility": [(("STOLAV", "974749025", "ENH"), "STOLAV"), ((None, "974749025", "ENH"), "974749025"), ((None, None, None), None)],
     "location_system": [
         (("STOLAV", None, None), "urn:helsebro:local:STOLAV:location"),  # not STOLAV's configured patient-number system
         ((None, "974749025", "ENH"), "urn:helsebro:local:974749025:location"),  # a facility named by its universal id
         (("GOOD HEALTH", None, None), "urn:helsebro:local:GOOD-HEALTH:location"),
-        ((None, None, None), "urn:helsebro:local:unknown:location"),  # no facility, no sender here
     ],
     "key": [
         (("MED", "301", "2"), "MED/301/2"),
@@ -113,6 +119,22 @@ CASES = {
                     (("Hb", "<5", "g/L"), "Hb <5 g/L"), ((None, None), None)],  # plain values (an element's XHTML: test_library_markup.py)
     "compact": [(("QUJD\nREVG\n",), "QUJDREVG")],
     "xml_datetime": [(("2018-01-30T15:34:47",), "2018-01-30T15:34:47+01:00"), (("2018-07-30",), "2018-07-30"), (("2018-01-30T15:34:47Z",), "2018-01-30T15:34:47+00:00")],
+    "datetime_plus": [
+        (("20250120093000", "45", "min"), "2025-01-20T10:15:00+01:00"),
+        (("20250120093000", "1.5", "h"), "2025-01-20T11:00:00+01:00"),
+        (("20250120093000", "1", "d"), "2025-01-21T09:30:00+01:00"),
+        (("20250120093000", "0", "min"), "2025-01-20T09:30:00+01:00"),
+        (("20250330013000", "2", "h"), "2025-03-30T04:30:00+02:00"),  # elapsed time: the clock skips 02:00-03:00
+        (("202501200930+0000", "30", "MIN"), "2025-01-20T10:00:00+00:00"),  # the sender's offset kept
+        (("20250120093000", " 30 ", "Minutes"), "2025-01-20T10:00:00+01:00"),
+        (("20250120093000", "30", "M"), None),  # M is a month to some senders: no guess
+        (("20250120093000", "1", "mo"), None),
+        (("20250120093000", "-30", "min"), None),
+        (("20250120093000", "ca 30", "min"), None),
+        (("20250120", "30", "min"), None),  # a date has no time to add to
+        ((None, "30", "min"), None),
+        (("20250120093000", None, "min"), None),
+    ],
     "oid_system": [(("2.16.578.1.12.4.1.1.7110",), "urn:oid:2.16.578.1.12.4.1.1.7110"), (("http://loinc.org",), "http://loinc.org")],
 }
 
@@ -136,10 +158,39 @@ class TestLibrary:
         """uuid5 gives the same id for the same parts and a different one for other parts."""
         assert fn("uuid5", "a", "b") == fn("uuid5", "a", "b") != fn("uuid5", "a", "c")
 
-    @pytest.mark.parametrize(("name", "args"), [("identifier_system", ("15866112378", "NOR", "FNR")), ("cx_system", ("15866112378", None, None, "2.16.578.1.12.4.1.4.1", "ISO")), ("identifier_system", ("974749024", None, "ENH")), ("identifier_system", ("56704A", None, "HER")), ("cx_system", ("9144900X", None, "HPR", None, None)), ("cx_system", ("56704A", None, "HER", None, None)), ("datetime", ("2024-13-01",)), ("xml_datetime", ("30.01.2018",))])
+    @pytest.mark.parametrize(("name", "args"), [("identifier_system", ("15866112378", "NOR", "FNR")), ("cx_system", ("15866112378", None, None, "2.16.578.1.12.4.1.4.1", "ISO")), ("identifier_system", ("974749024", None, "ENH")), ("identifier_system", ("56704A", None, "HER")), ("cx_system", ("9144900X", None, "HPR", None, None)), ("cx_system", ("56704A", None, "HER", None, None)), ("hd_system", ("X", "56704A", "HER")), ("hd_value", ("X", "974749024", "ENH")), ("datetime", ("2024-13-01",)), ("datetime_plus", ("2024-13-01", "30", "min")), ("datetime_plus", ("99991231230000", "2", "d")), ("xml_datetime", ("30.01.2018",))])
     def test_bad_values_are_refused_with_their_position(self, name, args):
         """A value that cannot be what it claims is refused, naming the argument's position."""
         with pytest.raises(InvalidContent) as err:
             fn(name, *args)
         assert err.value.location and err.value.location.startswith("ARG-")
         assert "15866112378" not in err.value.reason
+
+# What the sender's own numbers and codes become, with a sender (SENT) and with none (CTX): refused, never one
+# `urn:helsebro:local:unknown:…` system that every sender naming neither itself nor an authority shares.
+SENT = FnContext({"STOLAV": "urn:oid:2.16.578.1.12.4.1.7.3.2.1"}, "urn:helsebro:local:{authority}:{type}", sender="SYKEHUS-A")
+SENDERS_OWN = [
+    ("cx_system", ("777", None, "PI", None, None), "urn:helsebro:local:SYKEHUS-A:PI"),
+    ("cx_system", ("777", "  ", "PI", None, None), "urn:helsebro:local:SYKEHUS-A:PI"),  # a blank authority names nobody
+    ("identifier_value", ("AB 4471", "", "HNR"), "AB 4471"),  # a KITH H-nummer: as sent
+    ("ei_system", ("ALG-1", None, None, None), "urn:helsebro:local:SYKEHUS-A:id"),
+    ("placer_system", ("100", None, None, None), "urn:helsebro:local:SYKEHUS-A:PLAC"),
+    ("filler_system", ("100", None, None, None), "urn:helsebro:local:SYKEHUS-A:FILL"),  # a number space apart from placer numbers
+    ("coding_system", ("L",), "urn:helsebro:local:SYKEHUS-A:codesystem:L"),
+    ("coding_system", ("99 LAB",), "urn:helsebro:local:SYKEHUS-A:codesystem:99-LAB"),  # a URI holds no space
+    ("location_system", (None, None, None), "urn:helsebro:local:SYKEHUS-A:location"),
+]
+
+
+class TestSendersOwn:
+    @pytest.mark.parametrize(("name", "args", "want"), SENDERS_OWN)
+    def test_a_number_naming_no_authority_is_its_senders(self, name, args, want):
+        """A number, code system or ward that names no authority is the sender's."""
+        assert call(LIBRARY[name], SENT, list(args), [f"ARG-{i}" for i in range(len(args))]) == want
+
+    @pytest.mark.parametrize(("name", "args", "want"), SENDERS_OWN)
+    def test_with_no_sender_it_is_refused_at_its_position(self, name, args, want):
+        """With no sender named either, it is refused where it stands, never filed under a system all such senders share."""
+        with pytest.raises(InvalidContent) as err:
+            fn(name, *args)
+        assert err.value.location == "ARG-0" and "names no sender" in err.value.reason

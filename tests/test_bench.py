@@ -1,0 +1,59 @@
+"""The single-core benches run with their smallest options and print latency figures that can be true.
+
+Why: a bench's figures are read, never asserted on time, so a wrong one goes unseen. With a few
+timings, `statistics.quantiles`' default (exclusive) method extrapolated past the slowest one and
+printed a p99 above the max; with one timing it raised instead of saying what --n needs.
+These run each bench as a script, as the README does, and check only how the figures relate.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_UNIT = {"us": 1e-6, "ms": 1e-3}
+_LATENCY = re.compile(r"p50 ([\d.]+) (us|ms)\s+p99 ([\d.]+) (us|ms)\s+max ([\d.]+) (us|ms)")
+
+# (script, smallest options besides --n): each converts or renders a handful of messages
+BENCHES = [
+    pytest.param("convert.py", ["--patients", "1"], id="convert"),
+    pytest.param("convert_xml.py", ["--no-xsd"], id="convert_xml", marks=pytest.mark.corpus),  # a PLO example from ../shared
+    pytest.param("render_hl7v2.py", [], id="render_hl7v2"),
+    pytest.param("render_kith.py", [], id="render_kith"),
+]
+
+
+def _bench(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's code, not an installed one
+    return subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize(("script", "options"), BENCHES)
+def test_percentiles_stay_within_the_timings(script, options, request):
+    """Three timings: every latency line gives p50 ≤ p99 ≤ max (the slowest timing), never a figure past it."""
+    if script == "convert_xml.py":
+        request.getfixturevalue("shared_dir")  # skips, saying why, without ../shared
+    done = _bench(script, "--n", "3", *options)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if "latency" in line]
+    assert lines, f"{script} printed no latency line:\n{done.stdout}"
+    for line in lines:
+        found = _LATENCY.search(line)
+        assert found, f"{script}: a latency line without p50, p99 and max: {line!r}"
+        p50, p99, top = (float(found.group(i)) * _UNIT[found.group(i + 1)] for i in (1, 3, 5))
+        assert p50 <= p99 <= top, f"{script}: {line.strip()}"
+
+
+@pytest.mark.parametrize(("script", "options"), BENCHES)
+def test_one_message_is_a_usage_error(script, options):
+    """--n 1 cannot give percentiles: the bench says so and exits 2 (argparse's usage error), with no traceback."""
+    done = _bench(script, "--n", "1", *options)
+    assert done.returncode == 2, done.stdout + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "--n" in done.stderr
