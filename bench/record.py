@@ -83,7 +83,10 @@ def _prepared(n: int, updates: float, batch: int, offset: int) -> tuple[list[Any
     for raw in _messages(n, updates, batch, offset):
         conv = converter.convert(raw)[0]
         if not conv.ok:
-            raise SystemExit(f"bench message did not convert: {conv.outcome}")
+            # the OperationOutcome's words, never the Converted itself: its repr holds the message, patient and all
+            [issue] = conv.outcome()["issue"]
+            where = f" at {issue['expression'][0]}" if issue.get("expression") else ""
+            raise SystemExit(f"bench message did not convert: {issue['diagnostics']}{where}")
         bundles.append(conv.bundle)
         keys.append(applied_key(conv))
         facts.append(journal_facts(conv))

@@ -34,6 +34,7 @@ from router.errors import BrokerUnavailable, DecodeError, TransientError
 from router.logging import get_logger
 from router.pipeline.settle import InternalFailure, Settle, Settled
 from router.reload import MappingReloader
+from router.routing.declared import unconfigured_queues
 from router.routing.match import Router
 from router.routing.model import RecordDestination
 
@@ -87,6 +88,7 @@ class EngineStats:
     duplicates: int = 0
     receipts: int = 0
     receipts_refused: int = 0  # receipts whose AppRec refuses what Helsebro sent (Settled.refused)
+    receipts_unmatched: int = 0  # receipts whose AppRec answers nothing Helsebro sent (Settled.unmatched)
     reconnects: int = 0
     batches: int = 0
     intake_forwarded: int = 0
@@ -101,6 +103,8 @@ class EngineStats:
         setattr(self, name, getattr(self, name) + 1)
         if settled.refused:
             self.receipts_refused += 1
+        if settled.unmatched:
+            self.receipts_unmatched += 1
         seconds = settled.ms / 1000
         self.latency_buckets[bisect_left(SETTLE_LATENCY_BOUNDS, seconds)] += 1
         self.latency_sum += seconds
@@ -269,7 +273,12 @@ class Engine:
         if topo.without_dead_letter:  # declared by an older version: past RabbitMQ 4.x's delivery limit (20) a message vanishes
             self._log.warning("queue_without_dead_letter", queues=list(topo.without_dead_letter),
                               fix="lift the delivery limit with a policy (docs/operations.md), or delete each queue while it is empty and no one publishes, so it is declared again")
+        if topo.without_delivery_limit:  # declared by an older version: RabbitMQ 4.x drops a letter browsed 20 times there
+            self._log.warning("dead_letter_queue_without_delivery_limit", queues=list(topo.without_delivery_limit),
+                              fix="lift the delivery limit with a policy (docs/operations.md) before browsing, or move its letters out "
+                                  "(dlq replay, purge) and delete it while no one publishes, so it is declared again")
         self._warn_unconsumed_partition(conn, len(topo.partitions))
+        self._warn_unconfigured_destinations(conn)
         self._publisher = Publisher(conn, self._settings, app_id="helsebro-run", pipelined=True)
         own, others = split_partitions(len(topo.partitions), *self._worker)
         prefetch = max(self._settings.engine.broker.prefetch, self._settings.engine.broker.batch_max)
@@ -305,6 +314,15 @@ class Engine:
                f"(every worker and publisher) until these queues are empty, then set {partitions or 1} again and delete them")
         for name, depth in leftover:
             self._log.error("partition_not_consumed", queue=name, depth=depth, partitions=partitions or 1, fix=fix)
+
+    def _warn_unconfigured_destinations(self, conn: Connection) -> None:
+        """Name, as a warning with its depth, each queue of a destination taken out of routes.yaml (router/routing/declared.py)."""
+        found, error = unconfigured_queues(conn, self._settings)
+        if error:
+            self._log.warning("destinations_record_unusable", error=error)
+        for q in found:
+            self._log.warning("destination_not_configured", destination=q.destination, queue=q.queue, depth=q.depth,
+                              fix="drain it (put the destination back in routes.yaml until it is empty, or move its messages), then delete it")
 
     def _disconnect(self) -> None:
         inbound, intake, publisher, conn = self._inbound, self._intake, self._publisher, self._conn

@@ -57,3 +57,23 @@ def test_one_message_is_a_usage_error(script, options):
     assert done.returncode == 2, done.stdout + done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert "--n" in done.stderr
+
+
+def test_the_record_bench_names_why_a_message_did_not_convert(monkeypatch):
+    """bench/record.py stopped on a refused message with `conv.outcome`, a method, so it printed `<bound method ...>`
+    instead of why (review H168); it now gives the refusal's reason and position, never the message's content."""
+    import importlib.util
+
+    from router.testing import adt_message
+
+    spec = importlib.util.spec_from_file_location("bench_record_under_test", ROOT / "bench" / "record.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bad_fnr = "15866112378"  # fails its check digits
+    monkeypatch.setattr(bench, "_messages", lambda *_a: [adt_message("A01", control_id="B1", fnr=bad_fnr, local_id="L1", visit="V1")])
+    with pytest.raises(SystemExit) as stop:
+        bench._prepared(1, 0.0, 100, 0)
+    said = str(stop.value.code)
+    assert "bound method" not in said and said.startswith("bench message did not convert: "), said
+    assert "PID-3" in said and bad_fnr not in said, said

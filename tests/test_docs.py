@@ -77,3 +77,14 @@ def test_every_setting_has_a_row_in_the_readme_and_every_named_one_is_read():
     code = "".join(p.read_text(encoding="utf-8") for top in ("adapters", "router", "tests") for p in (ROOT / top).rglob("*.py")) + (ROOT / "setup.py").read_text(encoding="utf-8")
     unread = sorted(n for n in named if n not in _ENV.values() and not re.search(rf"environ(?:\.get\(|\[)\s*[\"']{n}[\"']", code))
     assert not unread, f"docs name settings the code never reads: {unread}"
+
+
+def test_every_setting_a_command_reads_outside_settings_has_a_row_in_the_readme():
+    """A HELSEBRO_* variable read under router/ straight from the environment (HELSEBRO_OPERATOR, the audit log's
+    operator name) is a setting too: it has its row in README's settings table, as router/settings.py's do (review H168)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = "\n".join(line for line in readme.splitlines() if line.startswith("| `HELSEBRO_"))
+    code = "".join(p.read_text(encoding="utf-8") for p in (ROOT / "router").rglob("*.py"))
+    read = set(re.findall(r"environ(?:\.get\(|\[)\s*[\"'](HELSEBRO_[A-Z_]+)[\"']", code))
+    assert "HELSEBRO_OPERATOR" in read
+    assert not sorted(v for v in read if f"`{v}`" not in rows), "settings read under router/ with no row in README's table"

@@ -40,6 +40,7 @@ __all__ = [
     "broker_errors",
     "declare_topology",
     "delete_topology",
+    "depth_if_declared",
     "drain_events",
     "is_embedded",
     "leftover_partitions",
@@ -95,7 +96,7 @@ def open_connection(settings: Settings) -> Connection:
     except OSError as exc:  # a file in the way, or no permission: the setting is wrong, and retrying will not help
         raise ConfigError(f"HELSEBRO_DATA_DIR {settings.data_dir}: cannot hold the embedded broker: {exc.strerror or exc}") from exc
     options: dict[str, Any] = {k: str(v) for k, v in folders.items()}
-    options.update(unacked_folder=str(root / "unacked"), damaged_folder=str(root / _DAMAGED), polling_interval=_EMBEDDED_POLL_SECONDS)
+    options.update(unacked_folder=str(root / "unacked"), damaged_folder=str(root / _DAMAGED), rejected_folder=str(root / "rejected"), polling_interval=_EMBEDDED_POLL_SECONDS)
     return Connection("filesystem://", transport=DurableFolderTransport, transport_options=options)
 
 
@@ -205,6 +206,9 @@ class Topology:
     without_dead_letter: tuple[str, ...] = ()
     """Queues found declared (by an older version) without the dead-letter arguments they are declared with now: used as
     they are, so a message over the broker's delivery limit is dropped there (declare_topology)."""
+    without_delivery_limit: tuple[str, ...] = ()
+    """Dead-letter queues found declared (by an older version) without their own delivery limit: used as they are, so on
+    RabbitMQ 4.x a letter browsed 20 times (`dlq list`, `status`) is dropped there (_browsable)."""
 
     @property
     def queues(self) -> tuple[Queue, ...]:
@@ -276,13 +280,13 @@ def leftover_partitions(connection: Connection, settings: Settings) -> list[tupl
         candidates += [f"{names.destination_prefix}.{d}.p{k}" for k in range(n, _MOST_PARTITIONS)]
     found = []
     for name in candidates:
-        depth = _depth_if_declared(connection, name)
+        depth = depth_if_declared(connection, name)
         if depth is not None:
             found.append((name, depth))
     return found
 
 
-def _depth_if_declared(connection: Connection, name: str) -> int | None:
+def depth_if_declared(connection: Connection, name: str) -> int | None:
     """Ready messages in queue *name*, or None when there is no such queue.
 
     Raises:
@@ -325,7 +329,7 @@ def topology(settings: Settings) -> Topology:
     return Topology(
         exchange=exchange,
         inbound=queue(names.inbound, inbound_work, exchange=exchange, routing_key=names.routing_key),
-        dead_letter=queue(names.dead_letter),
+        dead_letter=queue(names.dead_letter, _browsable(args)),
         replies=queue(names.replies),
         partitions=partitions,
         destinations=destinations,
@@ -351,6 +355,27 @@ def _over_the_limit(args: dict[str, Any], dead_letter: str) -> dict[str, Any]:
     return {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter}
 
 
+_DELIVERY_LIMIT = "x-delivery-limit"
+_BROWSE_LIMIT = 2**31 - 1  # the largest AMQP signed int: one browse a second for 68 years
+
+
+def _browsable(args: dict[str, Any]) -> dict[str, Any]:
+    """A dead-letter queue's arguments: a quorum one gets a delivery limit no browsing reaches.
+
+    AMQP cannot read a queue without taking its messages, so each `dlq list`, `dlq
+    show`, `find` and `status` pass takes every letter and gives it back
+    (router/ops/deadletters.py), and a quorum queue counts each return as a delivery.
+    RabbitMQ 4.0-4.2 gives quorum queues a delivery limit of 20 by default, and a
+    dead-letter queue has nowhere to dead-letter to: its 21st browse dropped the letter.
+    `-1` (no limit on 4.x) drops it on its first return on 3.x (3.10, checked); a
+    finite limit this large holds on both. A policy's `delivery-limit` still wins when
+    lower (RabbitMQ takes the smaller). Classic queues count no deliveries.
+    """
+    if args.get("x-queue-type") != "quorum":
+        return dict(args)
+    return {**args, _DELIVERY_LIMIT: _BROWSE_LIMIT}
+
+
 def _destination(settings: Settings, name: str, n: int, queue: Any, ordered: dict[str, Any], args: dict[str, Any]) -> DestinationQueues:
     from router.routing.model import FhirDestination  # settings carry the routes; only their shape is read here
 
@@ -369,7 +394,7 @@ def _destination(settings: Settings, name: str, n: int, queue: Any, ordered: dic
         if args.get("x-queue-type") == "quorum":
             ttl.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
         retry.append(queue(f"{base}.retry.{i}", {**args, **ttl}, exchange=retry_exchanges[i], routing_key=""))
-    return DestinationQueues(name, exchange, work, retry_exchanges, tuple(retry), queue(f"{base}.dlq"))
+    return DestinationQueues(name, exchange, work, retry_exchanges, tuple(retry), queue(f"{base}.dlq", _browsable(args)))
 
 
 def _legacy_names(settings: Settings) -> list[str]:
@@ -399,8 +424,9 @@ def declare_topology(connection: Connection, settings: Settings) -> Topology:
                 q.bind(channel).declare()
             except PreconditionFailed:
                 # RabbitMQ refuses a change to an existing queue's arguments (406): a queue an older
-                # version declared before it dead-lettered over the delivery limit. Refusing it would
-                # stop every worker at upgrade; use it as it is, and say so (the engine logs it).
+                # version declared before it dead-lettered over the delivery limit (or, a dead-letter
+                # queue, before it had its own limit). Refusing it would stop every worker at upgrade;
+                # use it as it is, and say so (the engine logs it).
                 as_before = _as_declared_before(q)
                 if as_before is None:
                     raise
@@ -413,23 +439,29 @@ def declare_topology(connection: Connection, settings: Settings) -> Topology:
     return _as_found(topo, older) if older else topo
 
 
+_ADDED_LATER = (*_DEAD_LETTER_ARGS, _DELIVERY_LIMIT)
+"""Arguments a queue got after its first release: one declared before lacks them, and RabbitMQ refuses the change (406)."""
+
+
 def _as_found(topo: Topology, older: dict[str, Queue]) -> Topology:
     """*topo* with the queues in *older* as they were found, so consumers declare them as they are (kombu declares on consume)."""
 
     def found(q: Queue) -> Queue:
         return older.get(str(q.name), q)
 
-    destinations = tuple(dataclasses.replace(d, work=tuple(map(found, d.work))) for d in topo.destinations)
-    return dataclasses.replace(topo, inbound=found(topo.inbound), partitions=tuple(map(found, topo.partitions)),
-                               destinations=destinations, without_dead_letter=tuple(older))
+    destinations = tuple(dataclasses.replace(d, work=tuple(map(found, d.work)), dead_letter=found(d.dead_letter)) for d in topo.destinations)
+    dead_letters = {str(q.name) for q in (topo.dead_letter, *(d.dead_letter for d in topo.destinations))}
+    return dataclasses.replace(topo, inbound=found(topo.inbound), dead_letter=found(topo.dead_letter), partitions=tuple(map(found, topo.partitions)),
+                               destinations=destinations, without_dead_letter=tuple(n for n in older if n not in dead_letters),
+                               without_delivery_limit=tuple(n for n in older if n in dead_letters))
 
 
 def _as_declared_before(q: Queue) -> Queue | None:
-    """*q* without its dead-letter arguments, or None when it has none (its 406 has another cause)."""
+    """*q* without the arguments later versions added, or None when it has none (its 406 has another cause)."""
     args = dict(getattr(q, "queue_arguments", None) or {})  # kombu sets it in __init__; its stubs do not say so
-    if not any(k in args for k in _DEAD_LETTER_ARGS):
+    if not any(k in args for k in _ADDED_LATER):
         return None
-    kept = {k: v for k, v in args.items() if k not in _DEAD_LETTER_ARGS}
+    kept = {k: v for k, v in args.items() if k not in _ADDED_LATER}
     return Queue(q.name, exchange=q.exchange, routing_key=q.routing_key, durable=True, auto_delete=False, queue_arguments=kept)
 
 

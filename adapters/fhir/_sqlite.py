@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from adapters.fhir._checkpoint import WalCheckpointer
-from adapters.fhir._store import SqlRecord, prepare_schema
+from adapters.fhir._store import SCHEMA_VERSION, SqlRecord, prepare_schema, schema_version
 from adapters.fhir._transaction import Db
 from router.contracts import FhirJson
 from router.errors import ConfigError, RecordUnavailable
@@ -38,17 +38,38 @@ would: the bound on the log when the checkpointer is failing or always overtaken
 _CHUNK = 300  # keys per VALUES list in query_keys
 
 
+def _read_only(path: Path, *, timeout: float = 5.0) -> sqlite3.Connection:
+    """A connection that reads the SQLite file at *path* and never writes to it, nor beside it.
+
+    `mode=ro` alone is not that: on a WAL file it makes `-wal` and `-shm` beside the file, and
+    leaves them there owned by whoever ran the verb (the engine's user may then not write
+    them), or cannot open the file at all in a folder it may not write (SQLITE_READONLY_DIRECTORY).
+    So with no `-wal` there (no process has the record open, and every commit is in the file)
+    it reads the file as `immutable`: no lock, no files made. The engine could start meanwhile;
+    its commits go to a new log, not into the file, until its first checkpoint (at least
+    _checkpoint.py's interval later), and a read verb's reads are far shorter (one that was not
+    could read wrong or fail, and is run again; the record is never changed). With a `-wal`
+    there, a writer may be at work: `mode=ro` reads the log too, through the files it finds;
+    so it does with a `-journal` there (a rollback-mode writer's, maybe hot), which `immutable`
+    would ignore.
+    """
+    uri = path.resolve().as_uri() + "?mode=ro"
+    if not any(path.with_name(path.name + end).exists() for end in ("-wal", "-journal")):
+        uri += "&immutable=1"
+    return sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False)
+
+
 def tables_in(path: Path) -> set[str] | None:
     """The names of the tables in the SQLite file at *path*, read without writing to it; None when it is no SQLite database.
 
-    Read-only (`mode=ro`), so looking does not change a file that turns out to be
-    another application's: the read-only verbs check this before they open the record.
+    Read-only, so looking does not change a file that turns out to be another
+    application's: the read-only verbs check this before they open the record.
 
     Raises:
         RecordUnavailable: the file cannot be opened or read (no permission, locked).
     """
     try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        conn = _read_only(path)
     except sqlite3.Error as exc:
         raise RecordUnavailable("cannot open the SQLite record") from exc
     try:
@@ -102,8 +123,15 @@ class SqliteRecord(SqlRecord):
     # SQLite's file lock covers every identity: the apply skips computing advisory-lock keys.
     uses_lock_keys = False
 
-    def __init__(self, path: Path, *, busy_timeout: float = 10.0, checkpoint_interval: float = 0.5, wal_limit: int = WAL_LIMIT) -> None:
+    def __init__(self, path: Path, *, busy_timeout: float = 10.0, checkpoint_interval: float = 0.5, wal_limit: int = WAL_LIMIT,
+                 create: bool = True) -> None:
         """Open (creating if needed) the record at *path*.
+
+        `create=False` (the read-only verbs) opens an existing record read-only: nothing
+        is written to the file or made beside it (no lock file, no WAL switch, no schema),
+        so a file chmod 444 in a folder the verb may not write is read all the same; its
+        writes fail with RecordUnavailable. A record of an older schema is not migrated
+        there: that is refused, telling the operator to run the engine, which migrates it.
 
         Args:
             busy_timeout: seconds a writer waits for another's lock before the
@@ -112,7 +140,8 @@ class SqliteRecord(SqlRecord):
             wal_limit: bytes of log past which a commit is followed by a checkpoint in line.
 
         Raises:
-            RecordUnavailable: the file cannot be created, opened or migrated.
+            RecordUnavailable: the file cannot be created, opened or migrated; with
+                `create=False`, it holds a record of another schema version.
         """
         super().__init__()
         self._writer_lock: Any = None
@@ -121,6 +150,10 @@ class SqliteRecord(SqlRecord):
         self._log = get_logger("record")
         lock_path = path.with_name(path.name + "-writer.lock")
         self._checkpointer = WalCheckpointer(path, writer_lock=lock_path, restart_at=wal_limit // 4, interval=checkpoint_interval, log=self._log)
+        self._read_only = not create
+        if not create:
+            self._open_read_only(path, busy_timeout)
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError, PermissionError) as exc:
@@ -165,6 +198,27 @@ class SqliteRecord(SqlRecord):
             self._writer_lock.close()
             raise RecordUnavailable("cannot prepare the SQLite record") from exc
 
+    def _open_read_only(self, path: Path, busy_timeout: float) -> None:
+        """Open the record at *path* for reading only, if it is at this Helsebro's schema version."""
+        try:
+            conn = _read_only(path, timeout=busy_timeout)
+        except sqlite3.Error as exc:
+            raise RecordUnavailable("cannot open the SQLite record") from exc
+        try:
+            conn.execute("PRAGMA cache_size=-32768")  # this connection's own page cache, as a writer's
+            db = _SqliteDb(conn)
+            found = schema_version(db, {str(r[0]) for r in db.query("SELECT name FROM sqlite_master WHERE type = 'table'", ())})
+        except sqlite3.Error as exc:
+            conn.close()
+            raise RecordUnavailable("cannot read the SQLite record") from exc
+        self._conn = conn
+        if found != SCHEMA_VERSION:
+            conn.close()
+            if found > SCHEMA_VERSION:
+                raise RecordUnavailable(f"the record's schema is version {found}; this Helsebro knows up to {SCHEMA_VERSION}")
+            raise RecordUnavailable(f"the record at {path} has schema version {found}, older than this Helsebro's {SCHEMA_VERSION}:"
+                                    " run the engine (`helsebro run`) once, which migrates it; a read-only verb does not")
+
     def close(self) -> None:
         """Stop the checkpointer and close the connection (the last one to close checkpoints what is left)."""
         self._checkpointer.close()
@@ -186,7 +240,8 @@ class SqliteRecord(SqlRecord):
             fcntl.flock(self._writer_lock.fileno(), fcntl.LOCK_EX)
         try:
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                # Read-only: a deferred BEGIN, one snapshot for the reads; IMMEDIATE would ask for the write lock.
+                self._conn.execute("BEGIN" if self._read_only else "BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise RecordUnavailable("SQLite record is busy") from exc
             try:

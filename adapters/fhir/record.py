@@ -40,11 +40,13 @@ def open_record(settings: RecordSettings, *, create: bool = True) -> SqlRecord:
 
     `create=False` is for the verbs that only read it (`find`, `status`): a
     SQLite record that is not there is then an error, not a new empty file,
-    so a mistyped path does not read as "nothing was applied"; and a file
-    without the record's tables (another application's database) is refused
-    before anything is written to it or beside it. On PostgreSQL, a schema
-    that is not there or holds no tables is NoRecord, one holding only other
-    tables NotARecord; neither gains a schema or a table.
+    so a mistyped path does not read as "nothing was applied"; a file with no
+    tables at all is NoRecord too (nothing applied yet), and a file holding
+    only other tables (another application's database) NotARecord; the file is
+    opened read-only, nothing is written to it or beside it, and a record of an
+    older schema is refused (the engine migrates it), not migrated. On
+    PostgreSQL, a schema that is not there or holds no tables is NoRecord, one
+    holding only other tables NotARecord; neither gains a schema or a table.
 
     The engine (`create=True`) makes the record in a new or empty SQLite file, but
     refuses one that holds another application's tables, or is no SQLite database,
@@ -72,11 +74,16 @@ def open_record(settings: RecordSettings, *, create: bool = True) -> SqlRecord:
             raise NoRecord(f"no record at {path}: nothing has been applied there (check HELSEBRO_RECORD_URL and HELSEBRO_DATA_DIR)")
         return SqliteRecord(path)
     tables = tables_in(path)
-    if tables is None or not tables & MARKS:
-        what = "no SQLite database" if tables is None else "none of the record's tables" if tables else "no tables"
+    if tables is not None and not tables:
+        # An SQLite file with no tables at all is the record not made yet (a first `run` stopped before its
+        # schema committed leaves one; the engine makes the record in it), as PostgreSQL's empty schema is.
+        if not create:
+            raise NoRecord(f"no record yet at {path}: the file holds no tables, nothing has been applied there"
+                           " (a first `helsebro run` stopped before it made the record leaves such a file; the next one makes it)")
+    elif tables is None or not tables & MARKS:
+        what = "no SQLite database" if tables is None else "none of the record's tables"
         why = f"{path} is not a Helsebro record: it holds {what} (check HELSEBRO_RECORD_URL and HELSEBRO_DATA_DIR)"
         if not create:
             raise NotARecord(why)
-        if tables is None or tables:  # another application's file: making the record's tables in it would change it
-            raise ConfigError(why)
-    return SqliteRecord(path)
+        raise ConfigError(why)  # another application's file: making the record's tables in it would change it
+    return SqliteRecord(path, create=create)

@@ -206,15 +206,29 @@ class KithRenderer:
         """The MsgId what this renders of *conv* carries: what its receiver's AppRec names in OriginalMsgId/Id."""
         receiver = self._destination["receiver_her_id"] or self._destination["name"]
         if conv.control_id:
-            return outbound_msg_id(conv.sender or "", conv.control_id, self._mapping.name, receiver)
+            return outbound_msg_id(conv.sender or "", conv.control_id, self._mapping.name, receiver, content=content_digest(conv.raw))
         basis = f"{conv.sender or ''}||{self._mapping.name}|{receiver}|" + hashlib.blake2b(conv.raw, digest_size=16).hexdigest()
         return str(uuid.uuid5(_MSGID_NAMESPACE, basis))
 
 
-def outbound_msg_id(sender: str, control_id: str, mapping: str, receiver: str) -> str:
+def outbound_msg_id(sender: str, control_id: str, mapping: str, receiver: str, *, content: str = "") -> str:
     """The MsgId Helsebro gives what it renders with *mapping* for *receiver* (its HER-id, else the destination's name)
-    from a source message with a control id: what that receiver's AppRec names in OriginalMsgId/Id (`helsebro find`)."""
-    return str(uuid.uuid5(_MSGID_NAMESPACE, f"{sender}|{control_id}|{mapping}|{receiver}"))
+    from a source message with a control id: what that receiver's AppRec names in OriginalMsgId/Id (`helsebro find`).
+
+    *content*: the source's content_digest, so the id follows its bytes as forward ids do
+    (router.delivery.forward.forward_id): a redelivery keeps its MsgId, while a sender reusing a
+    control id for new content gets a new one, which the receiver would otherwise drop as a
+    duplicate (FACTS §2: same MsgId, not processed again). Without it, the id messages rendered
+    before session 25 carry, which their AppRecs still name.
+    """
+    basis = f"{sender}|{control_id}|{mapping}|{receiver}" + (f"|{content}" if content else "")
+    return str(uuid.uuid5(_MSGID_NAMESPACE, basis))
+
+
+def content_digest(raw: bytes) -> str:
+    """The hash of a source message's bytes its MsgId carries: router.delivery.forward.content_digest, which the
+    record's journal key keeps too (adapters import no router module beyond the contracts, so it is spelt here)."""
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
 
 
 def _emit(parent: etree._Element, node: Node, ctx: dict[str, Any], mapping: str) -> None:

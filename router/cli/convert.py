@@ -22,7 +22,7 @@ from router.settings import load_settings
 
 def register(sub: Any) -> None:
     """Add the `convert` verb."""
-    p = sub.add_parser("convert", help="convert HL7v2 message files to FHIR R4 (NDJSON)", description=__doc__.split("\n\n")[0])
+    p = sub.add_parser("convert", help="convert HL7 v2 and KITH XML message files to FHIR R4 (NDJSON)", description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", metavar="PATH", help="a message file or a folder (searched for *.hl7 *.er7 *.txt *.xml)")
     p.add_argument("--out", metavar="DIR", help="write x/y.hl7 to DIR/x/y.hl7.ndjson instead of standard output")
     p.add_argument("--explain", action="store_true", help="show on stderr which rule (file:line) made each output element, from which source")

@@ -10,6 +10,10 @@ takes the partitions k with k % N == i first and the others as a standby, so
 one RabbitMQ and one PostgreSQL serve them all with per-patient order kept.
 Several `helsebro run` processes on several hosts work the same way: give each
 its `--worker-index` and the same `--workers`. The loop itself is router/engine.py's.
+A worker whose supervisor is gone (`kill -9` of the supervisor) stops as on SIGTERM, so
+it never consumes on beside the workers of the next `run`. A worker still running
+`--stop-grace` seconds (default 30) after a stop is killed (SIGKILL: its unacked messages
+go back to their queue, nothing is lost) and the run exits 1.
 
 `--metrics-port P` serves the worker's counters at http://HOST:P/metrics in
 Prometheus' text format (router/ops/metrics.py: messages settled by outcome,
@@ -31,6 +35,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
 
@@ -47,6 +52,8 @@ _RESTART_MAX_SECONDS = 30.0
 _FAST_CRASH_SECONDS = 30.0  # a worker that dies sooner after its start counts as a fast crash
 _FAST_CRASHES = 5  # fast crashes in a row of one worker after which the supervisor gives up
 _SUPERVISE_POLL_SECONDS = 0.2
+_STOP_GRACE_SECONDS = 30.0  # how long a stopped worker may take to finish its batch before it is killed
+_PARENT_POLL_SECONDS = 1.0  # how often a supervised worker checks that its supervisor is still there
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 """Each stops the run after the batch in flight. SIGHUP too: by default it killed a worker mid-batch, and the
 supervisor outright, leaving its workers running on orphaned (a closed terminal or ssh session, a `kill -HUP`)."""
@@ -65,6 +72,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--apprec-overdue", type=age, default=APPREC_OVERDUE_S, metavar="AGE",
                         help="The metrics count a KITH message as overdue when its AppRec has not come AGE after it was sent, "
                              "as `status --apprec-overdue` does: 90s, 15m, 2h, 7d (default 96h).")
+    parser.add_argument("--stop-grace", type=_seconds, default=_STOP_GRACE_SECONDS, metavar="SECONDS",
+                        help="With --workers N: after a stop, kill a worker still running this many seconds later "
+                             "(its unacked messages go back to the queue) and exit 1 (default 30).")
+    # Internal: the supervisor's pid, which the workers it starts watch (_stop_when_orphaned); not for people to type
+    parser.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(func=_run)
 
 
@@ -99,6 +111,8 @@ def _run(args: argparse.Namespace) -> int:
 
     for signum in _STOP_SIGNALS:
         signal.signal(signum, on_signal)
+    if args.supervisor_pid is not None:
+        _stop_when_orphaned(engine, args.supervisor_pid, logger)
     metrics = None
     if args.metrics_port is not None:
         from router.ops.metrics import MetricsServer, OverdueApprecs
@@ -121,6 +135,31 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_when_orphaned(engine: Engine, supervisor: int, logger: Any) -> None:
+    """Stop *engine* as on SIGTERM once its supervisor (pid *supervisor*) is gone; log `supervisor_gone`.
+
+    A supervisor killed with `kill -9` (or by the OOM killer) cannot pass a stop on, and its workers
+    consumed on unsupervised, beside the workers of the `run` a service manager then starts. A daemon
+    thread compares os.getppid() with the supervisor's pid once a second: an orphan is handed to init
+    or a subreaper, so its parent changes. Chosen over Linux's prctl(PR_SET_PDEATHSIG) because that is
+    Linux only, fires when the forking *thread* ends rather than the process, loses a death that comes
+    before the child calls it (so it needs this check anyway), and its SIGTERM reads in the log as the
+    service manager's; the poll is one path on every platform, says why it stopped, and notices within
+    a second, also mid-batch (the engine finishes and acks that batch, then exits). The pid comes from
+    the supervisor, not from getppid() at start, so a supervisor that died first is noticed too.
+    """
+
+    def watch() -> None:
+        while not engine.stopping:
+            if os.getppid() != supervisor:
+                logger.warning("supervisor_gone", supervisor_pid=supervisor)
+                engine.stop()
+                return
+            time.sleep(_PARENT_POLL_SECONDS)
+
+    threading.Thread(target=watch, name="supervisor-watch", daemon=True).start()
+
+
 def _supervise(args: argparse.Namespace) -> int:
     """Start the workers, restart one that dies, pass SIGTERM/SIGINT/SIGHUP on, and return the worst exit code.
 
@@ -131,10 +170,16 @@ def _supervise(args: argparse.Namespace) -> int:
     is given up at once, as below. A worker that dies _FAST_CRASHES times in a row within _FAST_CRASH_SECONDS of
     its start is given up: the others are stopped and the run exits with its code, so the
     service manager sees the failure rather than a crash loop.
+
+    After a stop (a signal, or a worker given up), a worker still running `--stop-grace` seconds
+    later is killed (SIGKILL) and logged as `worker_killed`, and the run exits 1: without a limit one
+    stuck worker (a hung call) kept the supervisor waiting for ever. Nothing is lost: its unacked
+    messages go back to their queue and the record does not apply them twice.
     """
     if args.metrics_port and not _metrics_ports_free(args):
         return 1
-    base = [sys.executable, "-m", "router.cli", "run", "--workers", str(args.workers), "--log-level", args.log_level]
+    base = [sys.executable, "-m", "router.cli", "run", "--workers", str(args.workers), "--log-level", args.log_level,
+            "--supervisor-pid", str(os.getpid())]
     if args.until_idle is not None:
         base += ["--until-idle", str(args.until_idle)]
     if args.metrics_port is not None:
@@ -145,9 +190,13 @@ def _supervise(args: argparse.Namespace) -> int:
     # those running, and no further one is started (it would run on, unstopped).
     children: dict[int, subprocess.Popen[bytes]] = {}
     stopped: list[int] = []
+    stop_began: list[float] = []  # when the first stop came: the grace runs from there
+    killed: set[int] = set()  # workers killed after the grace
 
     def on_signal(signum: int, _frame: Any) -> None:
         stopped.append(signum)
+        if not stop_began:
+            stop_began.append(time.monotonic())
         for child in list(children.values()):
             if child.poll() is None:
                 child.send_signal(signum)
@@ -175,6 +224,8 @@ def _supervise(args: argparse.Namespace) -> int:
             if code is None:
                 continue
             del children[i]
+            if i in killed:
+                continue
             if stopped or code == 0:
                 codes.append(code)
                 continue
@@ -193,6 +244,13 @@ def _supervise(args: argparse.Namespace) -> int:
             delay = min(_RESTART_FIRST_SECONDS * 2 ** (crashes[i] - 1), _RESTART_MAX_SECONDS)
             log.error("worker_died", worker=i, exit_code=code, restart_in_s=delay)
             due[i] = time.monotonic() + delay
+        if stop_began and time.monotonic() - stop_began[0] >= args.stop_grace:
+            for i, child in children.items():
+                if i not in killed and child.poll() is None:
+                    child.kill()
+                    killed.add(i)
+                    log.error("worker_killed", worker=i, pid=child.pid, grace_s=args.stop_grace,
+                              why="still running after the stop grace: its unacked messages go back to the queue")
         for i, at in list(due.items()):
             if stopped:
                 due.clear()
@@ -201,7 +259,7 @@ def _supervise(args: argparse.Namespace) -> int:
                 start(i)
                 log.info("worker_restarted", worker=i, pid=children[i].pid)
         time.sleep(_SUPERVISE_POLL_SECONDS)
-    return max([*given_up, *(abs(c) for c in codes if not _stopped_as_asked(c, stopped))], default=0)
+    return max([*given_up, *([1] if killed else []), *(abs(c) for c in codes if not _stopped_as_asked(c, stopped))], default=0)
 
 
 def _metrics_ports_free(args: argparse.Namespace) -> bool:

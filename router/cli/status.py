@@ -38,7 +38,8 @@ added, existing ones keep their name and meaning.
                   "last_hour": {...the same outcomes}} | null,
       "apprecs": [{"destination": "kommune", "overdue": 3 | null, "overdue_after_s": 345600,
                    "complete": true, "dead_letters_read": true}],
-      "apprecs_refused": {"last_hour": 0, "last_24h": 1} | null
+      "apprecs_refused": {"last_hour": 0, "last_24h": 1} | null,
+      "apprecs_unmatched": {"last_hour": 0, "last_24h": 1} | null
     }
 
 `record.state` says whether the record could be read: `ready`; `none_yet`, no
@@ -73,6 +74,13 @@ alarm), from the same journal rows (`receipt` outcomes; `helsebro find --outcome
 receipt` lists them, and `find` shows each beside the message it answers). Null
 when the record cannot be read.
 
+`apprecs_unmatched` counts, in the same windows, the AppRecs received that
+answer nothing Helsebro sent: their OriginalMsgId is no MsgId of a KITH message
+it published in the last 14 days (misrouted, or forged; the log's
+`apprec_unmatched` names them, and their `find` note says so). Kept in the
+record's ledger as they settle; a redelivered copy counts once. Null when the
+record cannot be read.
+
 Per queued destination (an external FHIR server): delivered in the last 24 hours
 (from the delivery ledger the record keeps; null when the record cannot be read),
 and the depths of its work partitions (waiting), its retry ladder (retrying) and
@@ -103,6 +111,7 @@ from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, HelsebroError
 from router.ops import broker_location, browse, queue_stats, record_location, summarise
 from router.ops.apprecs import APPREC_OVERDUE_S, overdue_apprecs
+from router.pipeline.settle import UNMATCHED_PREFIX
 from router.settings import Settings, load_settings
 
 __all__ = ["format_table", "register", "status_document"]
@@ -160,6 +169,7 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
             destinations = _destinations(conn, settings, record)
             settled = _settled(record)
             refused = _refused(record)
+            unmatched = _unmatched(record)
         finally:
             if record is not None:
                 record.close()
@@ -181,6 +191,7 @@ def status_document(settings: Settings, *, interval: float, scan_limit: int = _S
         "settled": settled,
         "apprecs": apprecs,
         "apprecs_refused": refused,
+        "apprecs_unmatched": unmatched,
     }
 
 
@@ -226,6 +237,17 @@ def _refused(record: Any) -> dict[str, int] | None:
     now = time.time()
     try:
         return {name: record.refused_receipts(since=now - seconds) for name, seconds in _REFUSED_WINDOWS}
+    except HelsebroError:
+        return None
+
+
+def _unmatched(record: Any) -> dict[str, int] | None:
+    """Per window, the AppRecs that answer nothing Helsebro sent (the ledger's UNMATCHED_PREFIX keys); None when the record cannot be read."""
+    if record is None:
+        return None
+    now = time.time()
+    try:
+        return {name: record.count_applied(UNMATCHED_PREFIX, since=now - seconds) for name, seconds in _REFUSED_WINDOWS}
     except HelsebroError:
         return None
 
@@ -338,6 +360,12 @@ def _human(doc: dict[str, Any]) -> list[str]:
     else:
         lines += ["", f"APPRECS REFUSED  {refused['last_hour']}  {refused['last_24h']}  (last hour, last 24 h: AppRecs refusing a message "
                       "Helsebro sent; helsebro find --outcome receipt lists them)"]
+    unmatched = doc["apprecs_unmatched"]
+    if unmatched is None:
+        lines += ["", f"APPRECS UNMATCHED: {'none yet (no record yet)' if none_yet else 'not known (the record cannot be read)'}"]
+    else:
+        lines += ["", f"APPRECS UNMATCHED  {unmatched['last_hour']}  {unmatched['last_24h']}  (last hour, last 24 h: AppRecs answering "
+                      "nothing Helsebro sent; the log's apprec_unmatched names them)"]
     if doc["destinations"]:
         lines += ["", *format_table(("DESTINATION", "DELIVERED (24 H)", "WAITING", "RETRYING", "DEAD-LETTERED"),
                                     [(d["name"], d["delivered_24h"], d["waiting"], d["retrying"], d["dead_lettered"]) for d in doc["destinations"]], right=(1, 2, 3, 4))]

@@ -116,6 +116,7 @@ class Template:
     earlier: tuple[str, ...] = ()  # parameters a `ref:` list or a `ref:` with `rules:` reads when it runs: made before this one
     value_only_refs: bool = False  # reads nothing but its value once those references are given (_message_checks._remember_refs)
     same_fields: tuple[tuple[str, tuple[str, int | None], Pos], ...] = ()  # (parameter, (segment, field or None), where) of each `same: PV1-7` or `same: DG1`: checked against the message (_message_checks._check_same_fields)
+    shared: tuple[str, ...] = ()  # identifier systems that name a body several resources belong to (an organisasjonsnummer): see engine._unshared
     fallback_values: Callable[[Any, RunContext], list[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -174,9 +174,10 @@ def reference_to_first(names: tuple[str, ...], build: Build | None, scope: Any, 
             continue
         inst = ctx.env.get(bound, bound)
         url = ctx.full_urls.get(inst)
-        if url:
-            return {"reference": url, **value}
         shown = ctx.displays.get(inst)
+        if url:
+            # with a name only when the resource was written as another's (engine._unshared)
+            return {"reference": url, "display": shown, **value} if shown else {"reference": url, **value}
         if shown:
             return {"display": shown, **value}
     return value or None

@@ -293,11 +293,12 @@ class Compiler:
         fallback: tuple[Any, ...] = ()
         tiers: tuple[tuple[Any, tuple[Any, ...]], ...] = ()
         unidentified = None
+        shared_systems: tuple[str, ...] = ()
         ident = doc.get("identity")
         if ident is not None:
             if not isinstance(ident, YMap):
                 raise _err("identity must be a mapping with prefer: and/or fallback:", doc.pos("identity"))
-            _check_keys(ident, {"prefer", "fallback", "unidentified"}, "identity")
+            _check_keys(ident, {"prefer", "fallback", "unidentified", "shared"}, "identity")
             listed = ident.get("prefer")
             if listed is not None and not isinstance(listed, YList):
                 # a string here was read as its characters: no identifier system is one letter, so none was preferred
@@ -308,6 +309,12 @@ class Compiler:
                 raise _err("unidentified: display is the only choice (not written; references to it carry its name)", ident.pos("unidentified"))
             if unidentified is not None and ident.get("fallback"):
                 raise _err("unidentified: and fallback: exclude each other: a fallback always identifies it", ident.pos("unidentified"))
+            shared = ident.get("shared")
+            if shared is not None and not isinstance(shared, YList):
+                raise _err("shared: must be a list of identifier systems", ident.pos("shared"))
+            if shared and ident.get("fallback"):
+                raise _err("shared: and fallback: exclude each other: both key the resource by a derived identity", ident.pos("shared"))
+            shared_systems = tuple(str(s) for s in shared or [])
             items = ident.get("fallback")
             if items is not None and not isinstance(items, YList):
                 raise _err("fallback: must be a list: of paths, or of alternatives with when: and paths:", ident.pos("fallback"))
@@ -320,6 +327,7 @@ class Compiler:
         self._same_fields = []
         block = self.block(_need(doc, "rules", "a resource template"), fhir_type, doc.pos("rules"))
         tpl = Template(name, fhir_type, params, prefer, fallback, block, doc.pos(), self._required(fhir_type, block, doc), tiers, unidentified, tuple(sorted(self._earlier)))
+        tpl.shared = shared_systems
         tpl.value_only_refs = bool(self._earlier) and _value_only_but_refs(block)
         tpl.same_fields = tuple(self._same_fields)
         self.templates[name] = tpl

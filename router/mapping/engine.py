@@ -74,9 +74,9 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunCo
     for system in tpl.prefer:
         for ident in idents:
             if ident["system"] == system:
-                return ident["system"], ident["value"]
+                return _unshared(tpl, resource, system, ident["value"]) if tpl.shared else (system, ident["value"])
     if idents:
-        return idents[0]["system"], idents[0]["value"]
+        return _unshared(tpl, resource, idents[0]["system"], idents[0]["value"]) if tpl.shared else (idents[0]["system"], idents[0]["value"])
     if tpl.fallback:
         try:
             parts = tpl.fallback_values(scope, ctx)
@@ -94,6 +94,24 @@ def _identity(use: ResourceUse, resource: dict[str, Any], scope: Any, ctx: RunCo
     if tpl.unidentified is not None:
         return None
     raise InvalidContent(f"{use.name} ({tpl.fhir_type}) has no identifier to make it unique", location=_where(use, scope) or _identifier_source(tpl))
+
+
+def _unshared(tpl: Template, resource: dict[str, Any], system: str, value: str) -> tuple[str, str]:
+    """(*system*, *value*), or for a `shared:` system a derived identity of them, added to *resource*'s identifiers.
+
+    Why: an organisasjonsnummer names a legal entity, and each of its services and departments with
+    a HER-id of its own carries it beside that HER-id (FACTS.md §6.3). A condition on the number
+    would find those: one, and a GP office named by the number alone became the municipality's home
+    care service; two, and the message was refused. Named by the number alone, the resource is the
+    entity itself, keyed by an identity derived from the number that only such a resource carries;
+    two of them in one message are that one resource (_Run._place).
+    """
+    found = resource.get("identifier")
+    if system not in tpl.shared or type(found) is not list:
+        return system, value
+    derived = resource_id(tpl.fhir_type, system, value)
+    found.append({"system": FALLBACK_SYSTEM, "value": derived})
+    return FALLBACK_SYSTEM, derived
 
 
 def _old_identity(tpl: Template, resource: dict[str, Any], new_system: str) -> tuple[str, str] | None:
@@ -308,7 +326,7 @@ class _Run:
             except TypeError:  # a value JSON cannot hold exactly (an integer past 64 bits): built each time
                 pass
         try:
-            return self._place(tpl.fhir_type, entry, inst, system, ctx.untidy, write)
+            return self._place(tpl.fhir_type, entry, inst, system, ctx.untidy, write, shared=bool(tpl.shared) and system == FALLBACK_SYSTEM)
         except InvalidContent as exc:  # two resources under one identity: say which segment made the second
             raise _placed(exc, use, scope) from None
 
@@ -317,14 +335,21 @@ class _Run:
         if blob is None:
             return False
         tpl: Template = use.template  # type: ignore[assignment]  # only _one() remembers, and only resources
-        return self._place(tpl.fhir_type, orjson.loads(blob), inst, system, untidy)
+        return self._place(tpl.fhir_type, orjson.loads(blob), inst, system, untidy, shared=bool(tpl.shared) and system == FALLBACK_SYSTEM)
 
-    def _place(self, fhir_type: str, entry: dict[str, Any], inst: str, system: str, untidy: bool, write: str = "update") -> bool:
+    def _place(self, fhir_type: str, entry: dict[str, Any], inst: str, system: str, untidy: bool, write: str = "update", *, shared: bool = False) -> bool:
         base, k = "", 1
         while (earlier := self.by_url.get(entry["fullUrl"])) is not None:
             # The same identity twice with the same content (attending = admitting) is one entry.
             if earlier["resource"] == entry["resource"]:
                 self.ctx.full_urls[inst] = entry["fullUrl"]
+                return True
+            if shared:
+                # One legal entity named twice by its number alone (a municipality and its GP office): one
+                # resource, as the first names it; a reference to the second carries the second's own name.
+                self.ctx.full_urls[inst] = entry["fullUrl"]
+                if (shown := _display(entry["resource"])) and shown != _display(earlier["resource"]):
+                    self.ctx.displays[inst] = shown
                 return True
             if system != FALLBACK_SYSTEM:
                 # Two different resources under one business identity would lose data: refused.

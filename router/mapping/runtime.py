@@ -170,7 +170,7 @@ class RunContext:
     bindings: dict[str, str] = field(default_factory=dict)  # template parameter → resource name
     trace_prefix: list[str] = field(default_factory=list)  # --explain: the path of the object being built
     untidy: bool = False  # a placed value may hold an empty element: the resource needs `prune`
-    displays: dict[str, str] = field(default_factory=dict)  # instance not written for want of an identifier → its name, for references
+    displays: dict[str, str] = field(default_factory=dict)  # instance not written for want of an identifier, or written as another's (a shared identity) → its name, for references
     made_from: dict[tuple[str, Any], str] = field(default_factory=dict)  # (resource name, segment index or (segment, field, repetition)) → the instance made from it (SameRef)
     same_at: dict[tuple[str, int], tuple[int, int, int]] = field(default_factory=dict)  # (segment, field) → the repetition an `each:` over it is at (_each_rules._held_repetitions)
     held_reads: list[tuple[dict[str, Any], set[Any], set[Any]]] = field(default_factory=list)  # (element, its reads, the message's): counted if it is kept (_each_rules._held_segments)
@@ -277,7 +277,7 @@ def resolve_refs(ctx: RunContext) -> set[str]:
     """
     dropped: set[str] = set()
     in_lists: dict[int, tuple[list[Any], list[tuple[int, Ref, str]]]] = {}
-    full_urls = ctx.full_urls
+    full_urls, displays = ctx.full_urls, ctx.displays
     for container, key, ref, inst in ctx.ref_sites:
         if type(container) is list:
             in_lists.setdefault(id(container), (container, []))[1].append((key, ref, inst))
@@ -287,7 +287,8 @@ def resolve_refs(ctx: RunContext) -> set[str]:
         # Most references name one instance (subject, encounter): Ref.urls, without the call and the list.
         url = full_urls.get(ref.name) if type(ref) is Ref else next(iter(ref.urls(ctx)), None)
         if url:
-            container[key] = {"reference": url}
+            # with a name only when the resource was written as another's (engine._unshared)
+            container[key] = {"reference": url, "display": shown} if displays and (shown := displays.get(ref.name)) else {"reference": url}
         elif type(ref) is Ref and (shown := ctx.displays.get(ref.name)):
             container[key] = {"display": shown}  # a doctor named without a number: the name, not a record of its own
         elif type(ref) is SameRef and (shown := ref.shown(ctx)):
@@ -310,7 +311,8 @@ def resolve_refs(ctx: RunContext) -> set[str]:
             if not urls and (shown := ctx.displays.get(ref.name) if type(ref) is Ref else ref.shown(ctx) if type(ref) is SameRef else None):
                 container[key : key + 1] = [{"display": shown}]
                 continue
-            container[key : key + 1] = [{"reference": u} for u in urls]
+            named = displays.get(ref.name) if displays and type(ref) is Ref else None
+            container[key : key + 1] = [{"reference": u, "display": named} if named else {"reference": u} for u in urls]
             if not container:
                 dropped.add(inst)
     return dropped

@@ -45,8 +45,10 @@ does not see them. A pass holds every message, body included, in memory.
 Cost. Each pass raises a quorum queue's `x-delivery-count` of every message
 it gives back. RabbitMQ 3.x sets no delivery limit by default; RabbitMQ 4.x
 sets 20 and then *drops* the message when the queue has no dead-letter
-exchange. On 4.x, give the dead-letter queue `x-delivery-limit: -1` (or a
-policy with `delivery-limit: -1`) before browsing it this way.
+exchange. So the engine declares each dead-letter queue with a delivery limit
+no browsing reaches (adapters/amqp/connection.py `_browsable`; not `-1`, which
+3.x reads as "drop on the first return"), and names at start one an older
+version declared without it (`dead_letter_queue_without_delivery_limit`).
 
 Each dead letter's id is its AMQP `message_id` (the engine sets one on every
 dead letter) or, for a message without one, `h-` and 32 hex digits of a

@@ -57,6 +57,9 @@ _ENGINE_COUNTERS = (  # EngineStats field, metric name, help
     ("intake_forwarded", "helsebro_intake_forwarded_total", "Deliveries the intake moved to a patient partition."),
     ("receipts_refused", "helsebro_apprecs_refused_total",
      "AppRecs received that refuse a message Helsebro sent (status 2 Avvist): alarm on any increase; the log's apprec_refused names them."),
+    ("receipts_unmatched", "helsebro_apprecs_unmatched_total",
+     "AppRecs received that answer nothing Helsebro sent (no KITH message it published in the last 14 days has that MsgId): "
+     "misrouted or forged; the log's apprec_unmatched names them."),
 )
 _RETRY_SECONDS = 5.0  # the next count, when the record could not be read
 _DESTINATION_RESULTS = ("applied", "already_sent", "parked", "dead_lettered", "failures")

@@ -188,17 +188,21 @@ def _receipts(record: SqlRecord, journal: list[JournalEntry], settings: Settings
 
     names = settings.routes.rendered_kith()
     kith = {n: d for n, d in settings.routes.destinations.items() if n in names and isinstance(d, QueueDestination)}
-    sent: dict[tuple[str, str], str] = {}  # (journal key, destination) → the MsgId Helsebro gave what it rendered
+    # (journal key, destination) → the MsgIds Helsebro gave what it rendered: the one with the source's content
+    # digest, then the one without, which what was rendered before session 25 carries (render.outbound_msg_id)
+    sent: dict[tuple[str, str], tuple[str, ...]] = {}
     receivers: dict[str, str] = {}  # that MsgId → the HER-id it went to: only that party's AppRec answers it
     for e in journal:
         for name in e.destinations if e.control_id else ():
             dest = kith.get(name)
             if dest is not None and dest.mapping:
-                msg_id = sent[(e.key, name)] = outbound_msg_id(e.sender, e.control_id, dest.mapping, dest.receiver_her_id or name)
+                parts = (e.sender, e.control_id, dest.mapping, dest.receiver_her_id or name)
+                content = _content_of(e.key)
+                ids = sent[(e.key, name)] = (outbound_msg_id(*parts, content=content), outbound_msg_id(*parts)) if content else (outbound_msg_id(*parts),)
                 if dest.receiver_her_id:
-                    receivers[msg_id] = dest.receiver_her_id
-    found = record.receipts(list(sent.values()), from_senders=receivers) if sent else {}
-    return {where: found.get(msg_id) for where, msg_id in sent.items()}
+                    receivers.update(dict.fromkeys(ids, dest.receiver_her_id))
+    found = record.receipts([i for ids in sent.values() for i in ids], from_senders=receivers) if sent else {}
+    return {where: next((r for i in ids if (r := found.get(i)) is not None), None) for where, ids in sent.items()}
 
 
 def _states_need_letters(journal: list[JournalEntry], kinds: dict[str, str], marks: dict[tuple[str, str], str], delivered: dict[str, float]) -> bool:

@@ -59,7 +59,8 @@ if TYPE_CHECKING:
     from router.delivery.forward import Forwarder
     from router.routing.match import Decision, Router
 
-__all__ = ["InternalFailure", "Outcome", "Settle", "Settled", "applied_key", "dead_letter_headers", "replay_history", "sent_key"]
+__all__ = ["UNMATCHED_PREFIX", "InternalFailure", "Outcome", "Settle", "Settled", "applied_key", "dead_letter_headers", "replay_history",
+           "sent_key"]
 
 Outcome = SettledOutcome
 """What became of one message: `forwarded` went only to destinations other than the record; `filtered` matched no route."""
@@ -94,6 +95,7 @@ class Settled:
     reason: str | None = None
     unmapped: tuple[str, ...] = ()  # source positions no rule read (field and element names, no values)
     refused: bool = False  # a receipt whose AppRec refuses what Helsebro sent (8258 status 2 Avvist, or none known): an alarm
+    unmatched: bool = False  # a receipt whose AppRec names a MsgId Helsebro sent nothing under (the log's apprec_unmatched)
 
 
 def dead_letter_headers(
@@ -168,6 +170,10 @@ class _Msg:
         self.unmatched = False  # that AppRec names a MsgId Helsebro sent no KITH message under (within the ledger's retention)
         self.sent_msg_ids: list[str] = []  # the MsgIds of the KITH messages rendered from this one and published
         self.answered = False  # a replayed KITH message whose MsgId every recipient answered before: no second AppRec
+
+
+UNMATCHED_PREFIX = "apprec-unmatched|"
+"""The record's ledger keys (helsebro_applied) of the AppRecs that answer nothing Helsebro sent: `status` counts them by time."""
 
 
 def sent_key(msg_id: str) -> str:
@@ -309,9 +315,13 @@ class Settle:
 
     def _mark_sent(self, flat: list[_Msg]) -> None:
         """Keep the MsgId of each KITH message this batch published (confirmed: flush came first) in the record's ledger,
-        as `kith-sent|<MsgId>`: an AppRec naming an OriginalMsgId not there answers nothing Helsebro sent (_find_receipts_again)."""
+        as `kith-sent|<MsgId>`: an AppRec naming an OriginalMsgId not there answers nothing Helsebro sent (_find_receipts_again).
+
+        Each such AppRec is kept there too, as UNMATCHED_PREFIX + its applied_key, so `status` counts them by time
+        (apprecs_unmatched); a redelivered copy has the same key, which is kept once."""
         mark = getattr(self._record, "mark_applied", None)
         keys = [sent_key(msg_id) for m in flat for msg_id in m.sent_msg_ids]
+        keys += [UNMATCHED_PREFIX + applied_key(m.conv) for m in flat if m.outcome == "receipt" and m.unmatched and not m.receipt_again]
         if keys and mark is not None:
             self._with_record(lambda: mark(keys))
 
@@ -504,8 +514,9 @@ class Settle:
         elif m.receipt is not None:
             reason = m.receipt.summary()
         refused = m.outcome == "receipt" and m.receipt is not None and not m.receipt.accepted and not m.receipt_again
+        unmatched = m.outcome == "receipt" and m.unmatched and not m.receipt_again
         return Settled(conv.control_id, conv.message_type, conv.sender, conv.patient_key, m.outcome or "dead_lettered", ms, m.stage if error else None, reason,
-                       tuple(conv.unmapped), refused)
+                       tuple(conv.unmapped), refused, unmatched)
 
     def _with_record(self, call: Callable[[], Any]) -> Any:
         """Run *call* against the record, waiting out an outage with capped exponential backoff.

@@ -82,6 +82,14 @@ class TestConvertContract:
         """A missing PATH is a usage error, exit 2."""
         assert main(["convert", str(tmp_path / "nope.hl7")]) == 2
 
+    def test_the_help_line_names_both_formats_it_converts(self, capsys):
+        """`helsebro --help` said convert takes "HL7v2 message files", but it converts KITH XML too (review H168)."""
+        with pytest.raises(SystemExit) as stop:
+            main(["--help"])
+        assert stop.value.code == 0
+        [line] = [row for row in capsys.readouterr().out.splitlines() if row.split()[:1] == ["convert"]]
+        assert "HL7" in line and "KITH XML" in line, line
+
     def test_a_folder_search_skips_hidden_files_and_folders(self, capsys, tmp_path):
         """Walking a folder skips `._m.hl7` (macOS AppleDouble, binary) and all under `.git/`; a hidden file named itself is read."""
         (tmp_path / "in" / ".git").mkdir(parents=True)

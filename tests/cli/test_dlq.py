@@ -982,3 +982,19 @@ def test_a_real_delivery_limit_dead_letter_is_named_and_replayed_to_its_partitio
     finally:
         rabbitmqctl("clear_policy", policy)
         delete_queues(settings)
+
+
+class TestBrowsingKeepsEveryLetter:
+    def test_a_letter_browsed_more_than_twenty_times_is_still_there(self, dead, capsys):
+        """Review H163: every `list`, `show` and `status` scan gives each letter back, which a quorum queue counts as a
+        delivery; RabbitMQ 4.x drops a letter past its default delivery limit (20), and 3.x with `x-delivery-limit: -1`
+        on its first return. Browsed 30 times, both letters are still there, in order."""
+        first_id = _listed(capsys)[0]["id"]
+        for i in range(30):
+            code, _, _ = _cli(capsys, "show", first_id) if i % 3 == 0 else (main(["status", "--json"]), "", "")
+            assert code == 0
+            letters = _listed(capsys)
+        assert [letter["id"] for letter in letters][:1] == [first_id] and len(letters) == 2
+        if dead.broker_url:  # the broker counted every pass: the letters went past 20 deliveries
+            assert all(letter["delivery_count"] > 20 for letter in letters)
+        assert queue_depth(dead, dead.engine.broker.names.dead_letter) == 2

@@ -193,6 +193,36 @@ class TestFind:
         assert sorted(p.name for p in other.parent.iterdir()) == ["app.sqlite3"]
 
 
+    def test_a_read_only_record_in_a_read_only_folder_is_found_in_and_left_as_it_was(self, settled, capsys):
+        """find opened the SQLite record read-write: it made `-writer.lock` beside it (a record copied without its lock
+        file gained one), set WAL mode and prepared the schema, and a record chmod 444 in a read-only folder was unusable
+        to anyone but root. Now it reads the file read-only: the message is found, and not a file or byte changed."""
+        record = settled.sqlite_path
+        record.with_name(record.name + "-writer.lock").unlink()  # as copied from a backup: the engine's lock file stays behind
+        before, listing = record.read_bytes(), sorted(p.name for p in record.parent.iterdir())
+        record.chmod(0o444)
+        record.parent.chmod(0o555)
+        try:
+            code, out, err = _find(capsys, "--control-id", "F1", "--no-dlq", "--json")
+        finally:
+            record.parent.chmod(0o755)
+            record.chmod(0o644)
+        assert code == 0, err
+        assert [m["control_id"] for m in json.loads(out)["applied"]] == ["F1"]
+        assert record.read_bytes() == before
+        assert sorted(p.name for p in record.parent.iterdir()) == listing
+
+    def test_an_empty_record_file_in_the_data_dir_is_no_record_yet(self, exported, capsys):
+        """A first `run` stopped before the record's tables committed leaves an empty file in the data dir: find said it
+        was not a Helsebro record (check the settings). Now it says there is no record yet, and leaves the file empty."""
+        settings = exported(None)
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        settings.sqlite_path.touch()
+        code, out, err = _find(capsys, "--control-id", "F1", "--no-dlq")
+        assert code == 1 and out == ""
+        assert f"no record yet at {settings.sqlite_path}" in err and "not a Helsebro record" not in err
+        assert settings.sqlite_path.stat().st_size == 0
+
 class TestKeyedPatientKeys:
     def test_a_key_made_with_the_secret_is_found_only_with_it(self, exported, capsys, monkeypatch):
         """HELSEBRO_PHI_KEY set for the engine and for find: the patient's key is an HMAC, not the plain hash, and find

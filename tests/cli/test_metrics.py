@@ -330,3 +330,53 @@ class TestApprecsOverdue:
         assert worker.code == 0, worker.stderr[-2000:]
         result = subprocess.run([*HELSEBRO, "run", "--apprec-overdue", "0s"], env=_env(settings), capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and "--apprec-overdue" in result.stderr
+
+
+class TestApprecsUnmatched:
+    """An AppRec answering nothing Helsebro sent had a note and a log line but no figure (review H168)."""
+
+    def test_status_and_the_metric_count_the_apprecs_that_answer_nothing_sent(self, exported, capsys):
+        """kommune answers K1's PLO, and sends an AppRec for a MsgId Helsebro never gave, twice (a redelivery): `status`
+        counts one unmatched AppRec in the last hour and 24 h (JSON `apprecs_unmatched`, table `APPRECS UNMATCHED`), and
+        a scrape of /metrics says `helsebro_apprecs_unmatched_total 1`; the AppRec that answers K1 is in neither."""
+        import json
+        import re
+        import uuid
+
+        from adapters.kith import build_apprecs, read_message
+        from router.cli import main
+        from router.ops.metrics import MetricsServer
+        from router.testing import drain_queue
+
+        settings = exported(None, routes=KITH_ROUTES)
+        publish(settings, [adt_message("A01", control_id="K1", fnr=GOOD_FNR, local_id="L1", visit="V1", admitted="20240301101500")])
+        handle = run_engine_in_thread(settings, logger=_Quiet())
+        try:
+            wait_until(lambda: handle.stats.messages == 1, 60, what="the admission settled")
+            [(_h, plo)] = drain_queue(settings, settings.routes.destinations["kommune"].queue)
+            envelope = read_message(plo).envelope
+            assert envelope is not None
+            sent_id = envelope.msg_id
+            never_sent = re.sub(re.escape(sent_id).encode(), str(uuid.uuid4()).encode(), plo)
+            matched, stranger = (build_apprecs(read_message(body).envelope, error=None)[0].xml for body in (plo, never_sent))
+            publish(settings, [matched, stranger, stranger])
+            wait_until(lambda: handle.stats.receipts == 3, 60, what="the AppRecs settled")
+            server = MetricsServer(handle.engine, host="127.0.0.1", port=0)
+            server.start()
+            try:
+                status, _type, text = _scrape(server.port)
+            finally:
+                server.stop()
+        finally:
+            handle.stop()
+        assert status == 200
+        assert "# TYPE helsebro_apprecs_unmatched_total counter" in text
+        assert _samples(text)["helsebro_apprecs_unmatched_total"] == 1
+        capsys.readouterr()
+        assert main(["status", "--json", "--interval", "0"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["apprecs_unmatched"] == {"last_hour": 1, "last_24h": 1}
+        assert doc["apprecs_refused"] == {"last_hour": 0, "last_24h": 0}  # the existing key, unchanged
+        assert main(["status", "--interval", "0"]) == 0
+        [line] = [row for row in capsys.readouterr().out.splitlines() if row.startswith("APPRECS UNMATCHED")]
+        assert line.split()[2:4] == ["1", "1"] and "apprec_unmatched" in line

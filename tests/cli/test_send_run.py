@@ -287,6 +287,63 @@ class TestRun:
         assert len(first) + len(second) == total
 
 
+class TestRunTopology:
+    @pytest.mark.integration
+    def test_a_dead_letter_queue_an_older_version_declared_is_used_and_named(self, tmp_path):
+        """Review H163: a dead-letter queue declared before Helsebro gave it a delivery limit of its own (RabbitMQ 4.x
+        then drops a letter browsed 20 times) is used as it is, its letters kept, and named at start as a warning."""
+        from adapters.amqp.connection import open_connection
+
+        settings = isolated_settings(tmp_path, broker_url=RABBIT)
+        name = settings.engine.broker.names.dead_letter
+        conn = open_connection(settings)
+        try:
+            channel = conn.channel()
+            channel.queue_declare(name, durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"})
+            channel.close()
+            (tmp_path / "in").mkdir()
+            (tmp_path / "in" / "bad.hl7").write_bytes(b"not hl7")
+            assert _cli(settings, "send", str(tmp_path / "in")).returncode == 0
+            result = _cli(settings, "run", "--until-idle", "1", timeout=120)
+            assert result.returncode == 0, result.stderr[-2000:]
+            [event] = [e for e in _events(result.stderr) if e["event"] == "dead_letter_queue_without_delivery_limit"]
+            assert event["level"] == "warning" and event["queues"] == [name] and "policy" in event["fix"]
+            assert queue_depth(settings, name) == 1
+        finally:
+            conn.release()
+            delete_queues(settings)
+
+    def test_a_destination_removed_from_routes_is_named_with_its_depth(self, settings, tmp_path):
+        """Review H163: a destination taken out of routes.yaml leaves its queues, and what waits in them, behind; AMQP
+        cannot list queues, so the engine keeps the destinations it declared and names, at start, each queue of one no
+        longer configured that still holds messages (on RabbitMQ: that still exists), with its depth, as a warning."""
+        tag = settings.engine.broker.names.inbound.rsplit(".", 1)[1]
+        old_routes = {
+            "destinations": {"record": {"kind": "record"}, "lab": {"kind": "queue", "queue": "lab.adt", "format": "passthrough"},
+                             "ekstern": {"kind": "fhir", "server": {"base_url": "http://127.0.0.1:9/fhir"}}},
+            "routes": [{"name": "all", "match": {"format": "hl7v2"}, "to": ["record", "lab"]}],
+        }
+        new_routes = {"destinations": {"record": {"kind": "record"}}, "routes": [{"name": "all", "match": {"format": "hl7v2"}, "to": ["record"]}]}
+        old = isolated_settings(tmp_path, broker_url=settings.broker_url, tag=tag, routes=old_routes)
+        fnrs = _write_messages(tmp_path / "in", 1)
+        try:
+            assert _cli(old, "send", str(tmp_path / "in")).returncode == 0
+            result = _cli(old, "run", "--until-idle", "1", timeout=120)
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert not [e for e in _events(result.stderr) if e["event"] == "destination_not_configured"]
+            new = isolated_settings(tmp_path, broker_url=settings.broker_url, tag=tag, routes=new_routes)
+            result = _cli(new, "run", "--until-idle", "1", timeout=120)
+            assert result.returncode == 0, result.stderr[-2000:]
+            named = {e["queue"]: (e["level"], e["destination"], e["depth"]) for e in _events(result.stderr) if e["event"] == "destination_not_configured"}
+            assert named[f"lab.adt.{tag}"] == ("warning", "lab", 1)
+            dlq = f"{old.engine.broker.names.destination_prefix}.ekstern.dlq"
+            assert (named.get(dlq) == ("warning", "ekstern", 0)) is bool(settings.broker_url)  # the embedded broker cannot tell an empty queue from none
+            assert fnrs[0] not in result.stderr
+        finally:
+            if settings.broker_url:
+                delete_queues(old)
+
+
 class TestRunWorkers:
     def test_workers_need_rabbitmq(self, tmp_path):
         """--workers 2 on the embedded transport is refused with exit 2: its ordered queue has one active consumer, so a second worker adds nothing."""
@@ -521,3 +578,96 @@ class TestSupervisorRestarts:
                     proc.kill()
         assert proc.returncode == 0, stderr[-2000:]
         assert _events(stderr)[-1]["event"] == "engine_stopped"
+
+
+def _running(pids: list[int]) -> list[int]:
+    """Those of *pids* still running (neither gone nor a zombie)."""
+    alive = []
+    for pid in pids:
+        try:
+            if "zombie" not in Path(f"/proc/{pid}/status").read_text():
+                alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+def _kill_all(pids: list[int]) -> None:
+    """SIGKILL this test's own leftover processes (orphans of a supervisor that died)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class TestSupervisorStops:
+    @pytest.mark.integration
+    @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+    def test_workers_stop_when_the_supervisor_is_killed(self, tmp_path):
+        """Review H169: `kill -9` of the supervisor left its workers consuming on, unsupervised, beside the
+        workers of the next `run` the service manager starts. Now each notices its supervisor is gone and stops
+        as on SIGTERM (the batch in hand finished and acked), logging `supervisor_gone`."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
+        proc = subprocess.Popen([*HELSEBRO, "run", "--workers", "2"], env=_env(settings), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        workers: list[int] = []
+        try:
+            wait_until(lambda: len(_children(proc.pid)) == 2 and all(_catches(p, signal.SIGTERM) for p in _children(proc.pid)),
+                       30, what="two workers running")
+            workers = list(_children(proc.pid))
+            proc.kill()
+            _, err = proc.communicate(timeout=60)  # the workers hold its stderr: EOF once both have exited
+            wait_until(lambda: not _running(workers), 30, what="no worker left running")
+            events = _events(err)
+            assert sorted(e["worker"] for e in events if e["event"] == "supervisor_gone") == [0, 1]
+            assert [e["event"] for e in events if e["event"] == "engine_stopped"] == ["engine_stopped"] * 2
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            _kill_all(workers)
+            if proc.stderr is not None:
+                proc.stderr.close()
+            delete_queues(settings)
+
+    @pytest.mark.integration
+    @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+    def test_a_worker_stuck_after_a_stop_is_killed_after_the_grace(self, tmp_path):
+        """Review H169: after SIGTERM the supervisor waited for ever on a worker that did not stop. Now, after
+        `--stop-grace`, it kills it (its unacked messages go back to the queue), logs `worker_killed` and exits 1;
+        the worker that stopped in time is not killed."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
+        stuck = tmp_path / "stuck"
+        stuck.mkdir()
+        (stuck / "sitecustomize.py").write_text(  # worker 1 ignores SIGTERM, as one hung in a call would
+            "import signal, sys\n"
+            "if sys.argv[-2:] == ['--worker-index', '1']:\n"
+            "    _install = signal.signal\n"
+            "    signal.signal = lambda s, h: _install(s, signal.SIG_IGN if s == signal.SIGTERM else h)\n")
+        env = _env(settings)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(stuck), env.get("PYTHONPATH")) if p)
+        log = tmp_path / "run.log"  # a file, not a pipe: read while the run goes on, to stop it once both consume
+        with log.open("w") as stderr:
+            proc = subprocess.Popen([*HELSEBRO, "run", "--workers", "2", "--stop-grace", "5"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=stderr)
+        workers: list[int] = []
+        try:
+            wait_until(lambda: [e["event"] for e in _events(log.read_text())].count("engine_started") == 2 or proc.poll() is not None,
+                       60, what="two workers consuming")
+            workers = list(_children(proc.pid))
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+            err = log.read_text()
+            assert proc.returncode == 1, err[-2000:]
+            assert len(workers) == 2 and not _running(workers)
+            events = _events(err)
+            [killed] = [e for e in events if e["event"] == "worker_killed"]
+            assert (killed["worker"], killed["level"], killed["grace_s"]) == (1, "error", 5.0)
+            assert [e["worker"] for e in events if e["event"] == "engine_stopped"] == [0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            _kill_all(workers)
+            delete_queues(settings)

@@ -74,7 +74,7 @@ class TestStatus:
         code, out, _ = _status(capsys, "--json", "--interval", "0")
         doc = json.loads(out)
         assert code == 0
-        assert set(doc) == {"broker", "record", "xml_validation", "patient_keys", "interval_s", "queues", "dead_letters", "destinations", "settled", "apprecs", "apprecs_refused"}
+        assert set(doc) == {"broker", "record", "xml_validation", "patient_keys", "interval_s", "queues", "dead_letters", "destinations", "settled", "apprecs", "apprecs_refused", "apprecs_unmatched"}
         assert doc["destinations"] == []  # the record is the only destination here: nothing queued
         assert doc["apprecs"] == []  # and no destination is fed KITH
         names = dead.engine.broker.names
@@ -153,6 +153,70 @@ class TestStatus:
         assert code == 0 and "cannot be read" not in out
         assert f"SETTLED: none yet (no record yet at {where}: nothing has been applied)" in out
         assert not settings.sqlite_path.exists()
+
+    def test_a_read_only_record_in_a_read_only_folder_is_read_and_left_as_it_was(self, dead, capsys):
+        """status opened the SQLite record read-write: it made `-writer.lock` beside it, set WAL mode and prepared the
+        schema (a record copied without its lock file gained one; a record chmod 444 in a read-only folder read as
+        unusable to anyone but root). Now it opens the file read-only: the same counts, and not a file or byte changed."""
+        record = dead.sqlite_path
+        record.with_name(record.name + "-writer.lock").unlink()  # as copied from a backup: the engine's lock file stays behind
+        before, listing = record.read_bytes(), sorted(p.name for p in record.parent.iterdir())
+        record.chmod(0o444)
+        record.parent.chmod(0o555)
+        try:
+            code, out, _ = _status(capsys, "--json", "--interval", "0")
+        finally:
+            record.parent.chmod(0o755)
+            record.chmod(0o644)
+        doc = json.loads(out)
+        assert code == 0 and doc["record"]["state"] == "ready", doc["record"]
+        assert doc["settled"]["last_hour"]["dead_lettered"] == 1
+        assert record.read_bytes() == before
+        assert sorted(p.name for p in record.parent.iterdir()) == listing
+
+    def test_an_older_record_is_not_migrated_by_status(self, dead, capsys):
+        """A record written by the Helsebro before (schema version 3: a journal without outcomes) was migrated by status,
+        a read-only verb. Now status leaves it byte for byte, shows it unusable and says to run the engine, which migrates."""
+        import sqlite3
+
+        record = dead.sqlite_path
+        conn = sqlite3.connect(record)
+        for column in ("outcome", "note", "destinations"):
+            conn.execute(f"ALTER TABLE helsebro_journal DROP COLUMN {column}")
+        conn.execute("UPDATE helsebro_schema SET version = 3")
+        conn.commit()
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.close()
+        before = record.read_bytes()
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        doc = json.loads(out)
+        assert code == 0 and doc["settled"] is None
+        assert doc["record"]["state"] == "unusable"
+        assert "version 3" in doc["record"]["reason"] and "helsebro run" in doc["record"]["reason"]
+        assert record.read_bytes() == before
+
+    @pytest.mark.parametrize("interrupted", [False, True], ids=["zero_bytes", "wal_header_no_tables"])
+    def test_a_record_whose_first_run_stopped_before_its_tables_is_no_record_yet(self, settings, capsys, interrupted):
+        """A first `run` stopped after it created the record's file but before its tables committed leaves an empty
+        file (or one with only the WAL header): status called it "unusable: not a Helsebro record (no tables)". In
+        Helsebro's own data dir that is no record yet, as a missing file is; the file is left as it was."""
+        import sqlite3
+
+        publish(settings, [])
+        record = settings.sqlite_path
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.touch()
+        if interrupted:
+            conn = sqlite3.connect(record)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.close()
+        before = record.read_bytes()
+        code, out, _ = _status(capsys, "--json", "--interval", "0")
+        doc = json.loads(out)
+        where = str(record.resolve())
+        assert code == 0 and doc["record"]["state"] == "none_yet", doc["record"]
+        assert doc["record"]["reason"] == f"no record yet at {where}: nothing has been applied"
+        assert record.read_bytes() == before
 
     def test_settled_unknown_when_the_record_cannot_be_read(self, settings, capsys, monkeypatch):
         """The record away: settled is null (the table says so) and the queues still show; exit 0."""

@@ -18,6 +18,7 @@ from fhir.resources.R4B.bundle import Bundle
 
 from router.cli import main
 from router.testing import converted as _convert
+from router.testing import named_sender
 from router.testing import one_bundle as _one
 
 HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
@@ -423,11 +424,11 @@ def _corpus(shared: Path, types: set[str]) -> list[tuple[str, Path]]:
 @pytest.mark.corpus
 class TestCorpus:
     def test_corpus_messages_convert_or_say_where_they_fail(self, shared_dir, converter):
-        """The corpus's A15-A27, A60 and PPR PC2/PC3 give valid Bundles; A29, the OUL and the OMG samples are refused saying why, none but A29 for want of a mapping."""
+        """The corpus's A15-A27, A60 and PPR PC2/PC3 give valid Bundles (each named a sender, as the US samples name none); A29, the OUL and the OMG samples are refused saying why, none but A29 for want of a mapping."""
         bundles: Counter[str] = Counter()
         refused: Counter[str] = Counter()
         for kind, path in _corpus(shared_dir, set(CORPUS_BUNDLES) | set(CORPUS_REFUSED)):
-            for doc in _convert(converter, path.read_bytes()):
+            for doc in _convert(converter, named_sender(path.read_bytes())):
                 if doc["resourceType"] == "Bundle":
                     bundles[kind] += 1
                     continue
@@ -460,5 +461,5 @@ class TestCorpus:
         """The corpus PC3 ('problem was a mistake') is an entered-in-error Condition; its PC2 a resolved one."""
         for kind, want in (("PPR_PC3", ("verificationStatus", "entered-in-error")), ("PPR_PC2", ("clinicalStatus", "resolved"))):
             [(_, path)] = _corpus(shared_dir, {kind})
-            [condition] = _of(_one(converter, path.read_bytes()), "Condition")
+            [condition] = _of(_one(converter, named_sender(path.read_bytes())), "Condition")
             assert condition[want[0]]["coding"][0]["code"] == want[1], kind

@@ -17,6 +17,7 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 
 from router.cli import main
 from router.testing import converted as _convert
+from router.testing import named_sender
 from router.testing import one_bundle as _one
 
 FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
@@ -297,7 +298,7 @@ class TestCorpus:
         """The corpus's RDE, OMP and PPR messages give valid Bundles, or OperationOutcomes that say what is wrong."""
         counts: Counter[str] = Counter()
         for kind, path in _corpus(shared_dir, set(CORPUS_BUNDLES)):
-            for doc in _convert(converter, path.read_bytes()):
+            for doc in _convert(converter, named_sender(path.read_bytes())):
                 if doc["resourceType"] == "Bundle":
                     counts[kind] += 1
                     continue

@@ -307,7 +307,9 @@ class TestEngineSaysWhyAReloadIsRefused:
         handle = run_engine_in_thread(settings, logger=log)
         try:
             (mappings / "outbound" / "kith" / "PLO_InnlagtPasient.yaml").unlink()
-            wait_until(lambda: handle.engine.mappings.refusals, timeout=20, what="the deletion refused")
+            # the count goes up before the event is logged: wait for the event, which is what is read
+            wait_until(lambda: any(event == "mappings_reload_refused" for event, _ in log.events), timeout=20, what="the deletion refused")
+            assert handle.engine.mappings.refusals
             fields = next(kw for event, kw in log.events if event == "mappings_reload_refused")
             assert fields["error"] == "ConfigError" and "PLO_InnlagtPasient" in fields["reason"] and "does not exist" in fields["reason"]
             assert handle.engine.mappings.reloads == 0

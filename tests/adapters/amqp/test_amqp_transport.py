@@ -65,7 +65,8 @@ class TestTopology:
         """Queues ask for the quorum type on RabbitMQ only; the inbound one asks for a single active consumer on both,
         and on RabbitMQ for the dead-letter queue as the place for a message over the broker's delivery limit."""
         topo = topology(settings)
-        assert topo.dead_letter.queue_arguments == ({"x-queue-type": "quorum"} if settings.broker_url else {})
+        # Review H163: a dead-letter queue has a delivery limit of its own that no browse reaches (RabbitMQ 4.x sets 20).
+        assert topo.dead_letter.queue_arguments == ({"x-queue-type": "quorum", "x-delivery-limit": 2**31 - 1} if settings.broker_url else {})
         over_the_limit = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": settings.engine.broker.names.dead_letter}
         assert topo.inbound.queue_arguments == ({"x-queue-type": "quorum", "x-single-active-consumer": True, **over_the_limit} if settings.broker_url else {"x-single-active-consumer": True})
 
@@ -218,6 +219,55 @@ class TestRedelivery:
         assert [d.body for d in got] == [b"one", b"two", b"three"]
         assert got[0].redelivered  # the killed one held it
         standby.stop()
+
+    def test_a_killed_consumers_delivery_from_a_shared_queue_comes_back_to_a_live_one(self, settings, conn):
+        """A process killed holding a delivery from a queue without a single active consumer (the dead-letter
+        queue) gives it back to a consumer already running, without that one reconnecting, as RabbitMQ does."""
+        topo = topology(settings)
+        Publisher(conn, settings).dead_letter(b"orphan", headers={"x-helsebro-reason": "r"})
+        live = Inbound(conn, settings, queues=[topo.replies])
+        live.start()  # its channel is open before the kill, as a running `dlq` reader's or engine's is
+        script = textwrap.dedent(f"""
+            from router.settings import load_settings
+            from adapters.amqp.connection import open_connection, topology
+            from adapters.amqp.inbound import Inbound
+            import time
+            s = load_settings(environ={{}}, config_dir={str(settings.config_dir)!r}, data_dir={str(settings.data_dir)!r}, broker_url={settings.broker_url!r})
+            i = Inbound(open_connection(s), s, queues=[topology(s).dead_letter]); i.start()
+            d = i.next(10)
+            print("holding", d.body.decode(), flush=True)
+            time.sleep(600)
+        """)
+        try:
+            _kill_once_it_says(script, "holding orphan")
+            live.start([topo.dead_letter])  # the same channel: no reconnect, no new channel's recovery
+            got = []
+            wait_until(lambda: got.extend(_take_all(live, timeout=0.3)) or got, 30, what="the orphan back")
+            assert [(d.body, d.redelivered) for d in got] == [(b"orphan", True)]
+        finally:
+            live.stop()
+
+    def test_a_rejected_message_goes_to_the_queues_dead_letter_target(self, settings, conn):
+        """`basic.reject(requeue=False)` on a queue declared with `x-dead-letter-*` arguments dead-letters the
+        message there, its headers kept and the reason added (`x-first-death-reason: rejected`), as on RabbitMQ."""
+        from kombu import Queue
+
+        dead_letter = settings.engine.broker.names.dead_letter
+        source = Queue(f"{dead_letter}.src-{uuid.uuid4().hex[:8]}", durable=True, auto_delete=False,
+                       queue_arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter})
+        channel = conn.channel()
+        try:
+            source.bind(channel).declare()
+            Publisher(conn, settings).publish_to("", str(source.name), b"raw", headers={"x-helsebro-test": "1"})
+            message = wait_until(lambda: source.bind(channel).get(no_ack=False), 10, what="the message")
+            message.reject(requeue=False)
+            wait_until(lambda: queue_depth(conn, dead_letter) == 1, 10, what="the message in the dead-letter queue")
+            [(headers, body)] = drain_queue(settings, dead_letter)
+            assert (body, headers["x-helsebro-test"]) == (b"raw", "1")
+            assert (headers["x-first-death-reason"], headers["x-first-death-queue"]) == ("rejected", str(source.name))
+            assert queue_depth(conn, str(source.name)) == 0
+        finally:
+            source.bind(conn.channel()).delete()
 
 
 
@@ -453,6 +503,57 @@ class TestEmbeddedDurability:
         finally:
             inbound.stop()
             again.release()
+
+    def test_bindings_are_fsynced(self, tmp_path, monkeypatch):
+        """Declaring a binding returns only after the bindings file and the rename into `control/` are on disk."""
+        settings = isolated_settings(tmp_path / "fresh")
+        control = str((settings.data_dir / "broker" / "control").resolve())
+        synced, real = [], os.fsync
+
+        def spy(fd):
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", spy)
+        c = open_connection(settings)
+        try:
+            declare_topology(c, settings)
+        finally:
+            c.release()
+        assert control in synced
+        assert any(os.path.dirname(p) == control and os.path.basename(p).startswith(".tmp-") for p in synced)
+
+    def test_a_stale_bindings_temp_file_is_removed_at_open(self, embedded):
+        """The temporary file of a binding write cut short by a crash is removed when a channel opens; bindings still work."""
+        settings, _conn = embedded
+        stale = settings.data_dir / "broker" / "control" / f".tmp-{uuid.uuid4().hex}"
+        stale.write_bytes(b"[[\"half")
+        later = open_connection(settings)
+        try:
+            declare_topology(later, settings)
+            assert self._leftovers(settings) == []
+            Publisher(later, settings).publish_inbound(b"x")
+            assert queue_depth(later, settings.engine.broker.names.inbound) == 1
+        finally:
+            later.release()
+
+    def test_a_rejected_message_without_a_dead_letter_target_is_kept(self, embedded, capsys):
+        """`basic.reject(requeue=False)` on a queue with no `x-dead-letter-*` arguments keeps the message in
+        `rejected/` and logs it (RabbitMQ would drop it): the embedded broker loses nothing silently."""
+        settings, conn = embedded
+        publish(settings, [b"refused"])
+        [published] = (settings.data_dir / "broker" / "queue").glob("*.msg")
+        as_published = (published.name, published.read_bytes())
+        inbound = topology(settings).inbound
+        channel = conn.channel()
+        message = wait_until(lambda: inbound.bind(channel).get(no_ack=False), 10, what="the message")
+        message.reject(requeue=False)
+        channel.close()
+        assert queue_depth(conn, inbound.name) == 0
+        [kept] = (settings.data_dir / "broker" / "rejected").iterdir()
+        assert (kept.name, kept.read_bytes()) == as_published
+        out = capsys.readouterr().out
+        assert "embedded_message_rejected" in out and "refused" not in out
 
     def test_an_unreadable_message_file_is_set_aside(self, embedded, capsys):
         """A message file that does not decode (a bad disk block, a hand edit) is moved to `damaged/` and reported; the messages behind it still come."""

@@ -89,6 +89,23 @@ class TestRender:
         ids = {_xpath(r.render(c), "//m:MsgId/text()")[0] for r, c in ((renderer, admission), (renderer, other), (elsewhere, admission))}
         assert len(ids) == 3
 
+    def test_a_reused_control_id_with_new_content_gets_a_new_msgid(self, renderer, admission, converter):
+        """A sender reusing MSH-10 for another message gets another MsgId (a receiver drops a repeated MsgId as a
+        duplicate, FACTS §2); a redelivery of the same bytes keeps it, and it stays a UUID."""
+        changed = converter.convert(admission.raw.replace(b"20240115083000", b"20240115091500"))[0]
+        assert changed.ok and changed.control_id == admission.control_id == "CTRL-R1"
+        again = converter.convert(admission.raw)[0]
+        [first], [same], [other] = (_xpath(renderer.render(c), "//m:MsgId/text()") for c in (admission, again, changed))
+        assert first == same and other != first
+        assert uuid.UUID(other).version == 5 and renderer.msg_id(changed) == other
+
+    def test_the_msgid_digest_is_the_journal_keys(self):
+        """The content digest a MsgId carries is the one the journal key keeps, so `helsebro find` names the same MsgId."""
+        from adapters.kith.render import content_digest
+        from router.delivery.forward import content_digest as journal_digest
+
+        assert content_digest(b"MSH|x") == journal_digest(b"MSH|x") != content_digest(b"MSH|y")
+
     def test_dnr_is_typed_dnr(self, renderer, converter):
         """A D-nummer patient is written with TypeId DNR, chosen by the identifier's system."""
         dnr = make_dnr(12, 3, 88, 500, synthetic=True)

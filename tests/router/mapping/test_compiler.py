@@ -60,6 +60,8 @@ class TestLoadChecks:
             ("messages/ORU_R01.yaml", "    each: PATIENT_RESULT\n", "    each: PID\n", "is not a segment group"),
             ("segments/XCN.Practitioner.yaml", "unidentified: display", "unidentified: drop", "display is the only choice"),
             ("segments/XCN.Practitioner.yaml", "unidentified: display", "unidentified: display\n  fallback: [XCN.2]", "exclude each other"),
+            ("segments/AL1.AllergyIntolerance.yaml", "  # The sender (MSH-4.1", "  shared: [urn:oid:2.16.578.1.12.4.1.4.101]\n  # The sender (MSH-4.1", "shared: and fallback: exclude each other"),
+            ("segments/XON.Organization.yaml", "  # an office sent by name only", "  shared: urn:oid:2.16.578.1.12.4.1.4.101\n  # an office sent by name only", "shared: must be a list"),
             ("segments/AL1.AllergyIntolerance.yaml", "  fallback: [MSH-4.1, MSH-4.2, ref(patient), AL1-3.1, AL1-3.2, AL1-3.4]", "  fallback: MSH-4.1", "fallback: must be a list"),
             ("messages/ORU_R01.yaml", "    each: PATIENT_RESULT\n", "    write: create\n    each: PATIENT_RESULT\n", "takes no write:"),
             ("messages/ORU_R01.yaml", "  refuse: [OBX, SPM, OBR]", "  refuse: [OBX, specimen]", "must list segment names"),
