@@ -25,6 +25,19 @@ def settings(broker_settings):
     return broker_settings
 
 
+def _worker_1_exits(tmp_path: Path, settings, code: int) -> dict[str, str]:
+    """The environment of a `run --workers 2` whose worker 1 exits *code* at every start, before it imports anything."""
+    crash = tmp_path / "crash"
+    crash.mkdir()
+    (crash / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if sys.argv[-2:] == ['--worker-index', '1']:\n"
+        f"    os._exit({code})\n")
+    env = _env(settings)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(crash), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def _env(settings):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
     env.update(settings_env(settings))
@@ -486,14 +499,7 @@ class TestSupervisorRestarts:
         at start would) is restarted with a growing backoff, then given up after 5 fast crashes: the supervisor stops the
         other worker and exits with the dead worker's code, so the service manager sees the failure, not a crash loop."""
         settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
-        crash = tmp_path / "crash"
-        crash.mkdir()
-        (crash / "sitecustomize.py").write_text(
-            "import os, sys\n"
-            "if sys.argv[-2:] == ['--worker-index', '1']:\n"
-            "    os._exit(3)\n")
-        env = _env(settings)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(crash), env.get("PYTHONPATH")) if p)
+        env = _worker_1_exits(tmp_path, settings, 3)
         try:
             proc = subprocess.run([*HELSEBRO, "run", "--workers", "2"], env=env, capture_output=True, text=True, timeout=120)
             assert proc.returncode == 3, proc.stderr[-2000:]
@@ -513,14 +519,7 @@ class TestSupervisorRestarts:
         worker short for good, without a line, and only a later stop exited 2. Now it is given up at once: logged,
         the other worker stopped, and the run exits 2."""
         settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
-        crash = tmp_path / "crash"
-        crash.mkdir()
-        (crash / "sitecustomize.py").write_text(
-            "import os, sys\n"
-            "if sys.argv[-2:] == ['--worker-index', '1']:\n"
-            "    os._exit(2)\n")
-        env = _env(settings)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(crash), env.get("PYTHONPATH")) if p)
+        env = _worker_1_exits(tmp_path, settings, 2)
         try:
             proc = subprocess.run([*HELSEBRO, "run", "--workers", "2"], env=env, capture_output=True, text=True, timeout=60)
             assert proc.returncode == 2, proc.stderr[-2000:]
