@@ -25,6 +25,12 @@ def settings(broker_settings):
     return broker_settings
 
 
+def _two_workers_running(proc: subprocess.Popen) -> None:
+    """Wait until the supervisor *proc* has two workers, each with its SIGTERM handler in (ready to stop cleanly)."""
+    wait_until(lambda: len(_children(proc.pid)) == 2 and all(_catches(p, signal.SIGTERM) for p in _children(proc.pid)),
+               30, what="two workers running")
+
+
 def _worker_1_exits(tmp_path: Path, settings, code: int) -> dict[str, str]:
     """The environment of a `run --workers 2` whose worker 1 exits *code* at every start, before it imports anything."""
     crash = tmp_path / "crash"
@@ -471,8 +477,7 @@ class TestSupervisorRestarts:
         proc = subprocess.Popen([*HELSEBRO, "run", "--workers", "2"], env=_env(settings), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         try:
-            wait_until(lambda: len(_children(proc.pid)) == 2 and all(_catches(p, signal.SIGTERM) for p in _children(proc.pid)),
-                       30, what="two workers running")
+            _two_workers_running(proc)
             [victim] = [p for p, i in _children(proc.pid).items() if i == "1"]
             os.kill(victim, signal.SIGKILL)
             wait_until(lambda: any(i == "1" and p != victim and _catches(p, signal.SIGTERM) for p, i in _children(proc.pid).items()),
@@ -542,8 +547,7 @@ class TestSupervisorRestarts:
                                 stderr=subprocess.PIPE, text=True)
         workers: list[int] = []
         try:
-            wait_until(lambda: len(_children(proc.pid)) == 2 and all(_catches(p, signal.SIGTERM) for p in _children(proc.pid)),
-                       30, what="two workers running")
+            _two_workers_running(proc)
             workers = list(_children(proc.pid))
             proc.send_signal(signal.SIGHUP)
             _, err = proc.communicate(timeout=60)
@@ -612,8 +616,7 @@ class TestSupervisorStops:
                                 stderr=subprocess.PIPE, text=True)
         workers: list[int] = []
         try:
-            wait_until(lambda: len(_children(proc.pid)) == 2 and all(_catches(p, signal.SIGTERM) for p in _children(proc.pid)),
-                       30, what="two workers running")
+            _two_workers_running(proc)
             workers = list(_children(proc.pid))
             proc.kill()
             _, err = proc.communicate(timeout=60)  # the workers hold its stderr: EOF once both have exited
