@@ -26,6 +26,7 @@ from router.settings import PROJECT_ROOT, Settings, load_settings
 __all__ = [
     "EngineHandle",
     "adt_message",
+    "apprec_answers",
     "converted",
     "delete_queues",
     "drain_queue",
@@ -268,6 +269,25 @@ def named_sender(data: bytes, application: bytes = b"CORPUS") -> bytes:
                 line = lead + msh[3:4].join(fields)
         out.append(line)
     return b"\r".join(out)
+
+
+def apprec_answers(sent: bytes) -> tuple[str, str, bytes, bytes]:
+    """For a KITH message Helsebro *sent*: its MsgId, a MsgId it never gave, and an OK AppRec answering each.
+
+    Why: what a receiving system sends back is the test's input when the question is how Helsebro takes
+    an AppRec, and one for a message it never sent is the case an operator must hear about.
+    """
+    import re
+    import uuid
+
+    from adapters.kith import build_apprecs, read_message
+
+    envelope = read_message(sent).envelope
+    assert envelope is not None  # noqa: S101 - a test helper: Helsebro's own message has its envelope
+    sent_id, stranger = envelope.msg_id, str(uuid.uuid4())
+    never_sent = re.sub(re.escape(sent_id).encode(), stranger.encode(), sent)  # the same message under a MsgId never given
+    matched, unmatched = (build_apprecs(read_message(body).envelope, error=None)[0].xml for body in (sent, never_sent))
+    return sent_id, stranger, matched, unmatched
 
 
 def converted(converter: Any, data: bytes) -> list[dict[str, Any]]:

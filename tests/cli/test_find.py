@@ -690,10 +690,7 @@ class TestReceipts:
         """An AppRec naming an OriginalMsgId Helsebro never sent (review H160) was journalled under that id without a word:
         its note says it answers nothing Helsebro sent, and the log warns (apprec_unmatched, ids only); an AppRec for
         what Helsebro did send says neither."""
-        import re
-        import uuid
-
-        from adapters.kith import build_apprecs, read_message
+        from router.testing import apprec_answers
 
         events: list[tuple[str, str, dict[str, object]]] = []
 
@@ -707,12 +704,7 @@ class TestReceipts:
         try:
             wait_until(lambda: handle.stats.messages == 1, 60, what="the admission settled")
             [(_h, plo)] = drain_queue(settings, settings.routes.destinations["kommune"].queue)
-            envelope = read_message(plo).envelope
-            assert envelope is not None
-            sent_id = envelope.msg_id
-            stranger = str(uuid.uuid4())
-            never_sent = re.sub(re.escape(sent_id).encode(), stranger.encode(), plo)  # the same PLO, under a MsgId Helsebro never gave
-            answers = [build_apprecs(read_message(body).envelope, error=None)[0].xml for body in (plo, never_sent)]
+            sent_id, stranger, *answers = apprec_answers(plo)
             publish(settings, answers)
             wait_until(lambda: handle.stats.messages == 3, 60, what="both AppRecs settled")
         finally:
