@@ -20,6 +20,7 @@ __all__ = [
     "fhir_to_hl7_ts",
     "hl7_ts_to_ts",
     "keeps_offset",
+    "split_lines",
 ]
 
 OSLO = ZoneInfo("Europe/Oslo")
@@ -39,10 +40,15 @@ _NEEDS_ESCAPE = re.compile(r"[|^~\\&\x00-\x08\x0a-\x1f\x7f]")
 _ESCAPES = {"|": "\\F\\", "^": "\\S\\", "~": "\\R\\", "\\": "\\E\\", "&": "\\T\\"}
 
 
+_NULL_ESCAPED = "\\X22\\\\X22\\"
+"""A value that is exactly `""`, hex-escaped: written raw it is HL7's explicit null (§2.5.3), which tells a
+receiver to delete what it holds, and which the inbound side reads as no value."""
+
+
 def escape(value: str) -> str:
     """Return *value* with every delimiter written as its HL7 escape, so it stays one leaf."""
     if _NEEDS_ESCAPE.search(value) is None:
-        return value
+        return _NULL_ESCAPED if value == '""' else value
     return _NEEDS_ESCAPE.sub(_escaped, value)
 
 
@@ -59,6 +65,16 @@ def escape_text(value: str) -> str:
     if "\n" not in value and "\r" not in value:
         return escape(value)
     return "\\.br\\".join(escape(line) for line in _LINE_BREAK.split(value))
+
+
+def split_lines(value: str) -> list[str]:
+    """Split *value* at CR, LF and CR LF, as escape_text does; a final line break ends the last line, it opens none.
+
+    Why not str.splitlines: it also splits at 0x0B, 0x0C, 0x1C-0x1E, 0x85, U+2028 and U+2029, so
+    such a character (0x85 is a cp1252 sender's "…" read as 8859/1) vanished and cut its line in two.
+    """
+    lines = _LINE_BREAK.split(value)
+    return lines[:-1] if len(lines) > 1 and not lines[-1] else lines
 
 
 def _escaped(found: re.Match[str]) -> str:

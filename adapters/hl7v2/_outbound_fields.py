@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from adapters.hl7v2._er7 import escape, escape_text, fhir_to_hl7_date, fhir_to_hl7_ts
+from adapters.hl7v2._er7 import escape, escape_text, fhir_to_hl7_date, fhir_to_hl7_ts, split_lines
 from adapters.hl7v2._fhir_paths import FhirPath, PathSyntaxError, as_text, compile_fhir_condition, compile_fhir_path
 from adapters.hl7v2._versions import FieldDef
 from router.errors import MessageError
@@ -99,8 +99,13 @@ class Table:
     unmapped: str  # omit, keep, value or error
     default: str | None
 
-    def lookup(self, code: str) -> str | None:
-        """Return the HL7 code for *code*, the default, the code itself, or None, as `unmapped` says."""
+    def lookup(self, code: str, *, location: str | None = None) -> str | None:
+        """Return the HL7 code for *code*, the default, the code itself, or None, as `unmapped` says.
+
+        Raises:
+            MessageError: `unmapped: error` and *code* is not in the map; at *location* (the field, `PID-8`),
+                so the destination's dead letter says where, never the code.
+        """
         got = self.map.get(code)
         if got is not None:
             return got
@@ -109,7 +114,7 @@ class Table:
         if self.unmapped == "keep":
             return code
         if self.unmapped == "error":
-            raise MessageError(f"table {self.name} has no entry for the code found")
+            raise MessageError(f"table {self.name} has no entry for the code found", location=location)
         return None
 
 
@@ -195,7 +200,7 @@ class FieldCompiler:
 
         def fn(node: Any, ctx: RenderContext) -> str:
             got = value(node, ctx)
-            return "~".join(escape(line) for line in got.splitlines()) if got else ""
+            return "~".join(escape(line) for line in split_lines(got)) if got else ""
 
         return fn
 
@@ -487,7 +492,8 @@ class FieldCompiler:
                 if str(spec["table"]) in self.owner.broken_tables:
                     raise Skip  # the table's own error is reported; one more per field that uses it would bury it
                 raise self.owner.fail(f"{self.label}: no table {spec['table']!r} in tables/", _pos(spec, "table", pos))
-            steps.append(table.lookup)
+            label = self.label
+            steps.append(lambda code: table.lookup(code, location=label))
         if not steps:
             return lambda v: v
         if len(steps) == 1:

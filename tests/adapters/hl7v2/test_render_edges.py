@@ -204,3 +204,14 @@ class TestAllergyCodes:
         Why: MO is no criticality (the IG maps it to none), so it survives only as the reaction's severity.
         """
         assert self._al1(settings, admit, **allergy)[4] == al1_4
+
+
+class TestAValueThatReadsAsHl7Null:
+    def test_two_double_quotes_are_not_written_as_the_null(self, settings, converter, admit):
+        """A value that is exactly `""` is written `\\X22\\\\X22\\`: raw, a receiver reads it as HL7's explicit null
+        (delete what you hold), and the inbound side drops it (review H176)."""
+        out = _renderer(settings).render(_with_patient(admit, name=[{"family": '""', "given": ["H"]}]))
+        assert _fields(out)["PID"][5] == "\\X22\\\\X22\\^H"
+        [back] = converter.convert(out)
+        assert back.ok, back.error
+        assert _resources(back.bundle)["Patient"]["name"][0]["family"] == '""'

@@ -285,3 +285,56 @@ def test_docs_group_example_loads(tmp_path):
         shutil.copytree(SHIPPED / "tables", folder / "tables")
         (folder / f"{name}.yaml").write_text(textwrap.dedent(block), encoding="utf-8")
         load_outbound(folder / f"{name}.yaml", "2.5.1")
+
+
+class TestLinesSplitOnLineBreaksOnly:
+    MAPPING = ORU_HEAD + """\
+  - group: ORDER_OBSERVATION
+    each: DiagnosticReport
+    segments:
+      - segment: OBR
+        fields:
+          OBR-4: {from: code, components: {1: "coding[0].code"}}
+      - group: OBSERVATION
+        each: result
+        as: Observation
+        segments:
+          - segment: OBX
+            fields:
+              OBX-5: {from: valueString, fn: lines}
+"""
+
+    @pytest.mark.parametrize(("value", "obx5"), [
+        ("Svar f\x85lger", "Svar f\x85lger"),  # 0x85 of a cp1252 sender read as 8859/1 ("…"): no line break
+        ("a\x1cb\x0bc", "a\\X1C\\b\\X0B\\c"),  # MLLP's frame bytes: escaped, as in any other field
+        ("a\u2028b\x0cc", "a\u2028b\\X0C\\c"),
+        ("linje 1\r\nlinje 2\rlinje 3\n\nlinje 5\n", "linje 1~linje 2~linje 3~~linje 5"),
+    ])
+    def test_only_cr_and_lf_start_a_repetition(self, tmp_path, value, obx5):
+        """`fn: lines` starts a repetition at CR, LF or CR LF, as escape_text does, and nowhere else (review H176).
+
+        Why: str.splitlines also splits at 0x0B, 0x0C, 0x1C-0x1E, 0x85, U+2028 and U+2029, so such a
+        character was dropped from the text and its line cut in two, without a word.
+        """
+        renderer = _renderer(tmp_path, self.MAPPING)
+        conv = _conv([PATIENT, _report("r1", "CBC", ["o1"]), _obs("o1", "HB", value)])
+        obx = [line for line in _lines(renderer.render(conv)) if line.startswith("OBX|")]
+        assert obx == [f"OBX|1||||{obx5}"]
+
+
+class TestATableThatRefusesACode:
+    MAPPING = ORU_HEAD.replace("PID-5: {each: name, components: {1: family}}",
+                               "PID-5: {each: name, components: {1: family}}\n      PID-8: {from: gender, table: strict-gender}")
+
+    def test_the_refusal_names_the_field(self, tmp_path):
+        """A table with `unmapped: error` refuses a code it lacks at its field (PID-8), so the dead letter of that
+        destination says where; it said only which table, with no position (review H176)."""
+        folder = tmp_path / "hl7v2"
+        shutil.copytree(SHIPPED / "tables", folder / "tables")
+        (folder / "tables" / "strict-gender.yaml").write_text("table: strict-gender\nmap: {male: M, female: F}\nunmapped: error\n")
+        renderer = _renderer(tmp_path, self.MAPPING)
+        with pytest.raises(MessageError, match="strict-gender") as caught:
+            renderer.render(_conv([{**PATIENT, "gender": "unknown"}]))
+        assert caught.value.location == "PID-8"
+        assert "unknown" not in caught.value.reason
+        assert _lines(renderer.render(_conv([{**PATIENT, "gender": "female"}]))) == ["PID|||||NORDMANN|||F"]
