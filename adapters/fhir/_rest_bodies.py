@@ -52,7 +52,7 @@ def capability(base: str) -> FhirJson:
             "readHistory": True,
             "updateCreate": False,
             "conditionalCreate": False,
-            "conditionalRead": "not-supported",
+            "conditionalRead": "not-match",  # If-None-Match with the ETag of a read or vread: 304
             "conditionalUpdate": False,
             "conditionalDelete": "not-supported",
             "searchParam": [_search_param(p) for p in params],

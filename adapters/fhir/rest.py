@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +24,7 @@ import orjson
 
 from adapters.fhir._bundle import ID_RE, TYPE_RE
 from adapters.fhir._rest_bodies import capability, history_bundle, outcome, searchset, transaction_response
-from adapters.fhir._search import Term, rest_terms
+from adapters.fhir._search import SEARCH_PARAMS, Term, rest_terms
 from adapters.fhir._store import SqlRecord
 from router.contracts import FhirJson
 from router.errors import MessageError, MultipleMatches, TransientError
@@ -40,7 +40,9 @@ BASE = "/fhir"
 
 _CONTENT_TYPE = "application/fhir+json; charset=utf-8"
 _MAX_BODY = 32 * 1024 * 1024  # bytes; a transaction Bundle larger than this is refused
-_IGNORED = frozenset({"_format", "_pretty"})  # we answer JSON whatever they say
+_IGNORED = frozenset({"_format", "_pretty"})  # not search parameters: _format is checked by _acceptable
+_JSON_TYPES = frozenset({"application/fhir+json", "application/json", "application/json+fhir", "json", "*/*", "application/*"})
+"""Accept ranges and _format values a JSON answer satisfies (`application/json+fhir`: DSTU2's name, still sent by clients)."""
 _MAX_COUNT = 1000  # matches one page of a search may hold (`_count`)
 _DEFAULT_COUNT = 100  # matches a page holds when the search does not say (`_count`)
 _MAX_ALTERNATIVES = 100  # combinations of `a,b` values one search may ask for, and values it may hold: its SQL's size
@@ -229,26 +231,34 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # its body, if any, is never read
         try:
             body = self._body() if method == "POST" else b""
-            response = _route(self.server.pool, method, url.path.rstrip("/"), url.query, body, self._base(), self.headers.get("Content-Type", ""))
+            if not _acceptable(self.headers.get_all("Accept") or (), url.query):
+                raise _Reject(_Response(406, outcome("not-supported", "this server answers application/fhir+json only")))
+            response = _route(
+                self.server.pool, method, url.path.rstrip("/"), url.query, body, self._base(), self.headers.get("Content-Type", ""),
+                lenient=_lenient(self.headers.get_all("Prefer") or ()),
+            )
         except _Reject as reject:
             response = reject.response
         except Exception as exc:  # noqa: BLE001  # the HTTP edge: every request gets an OperationOutcome, never a traceback
             if self.server.log is not None:
                 self.server.log.error("fhir_request_failed", method=self.command, path=_logged(url.path), error=type(exc).__name__)
             response = _Response(500, outcome("exception", "internal error"))
-        payload = orjson.dumps(response.body)
+        if response.status == 200 and _not_modified(self.headers.get("If-None-Match"), response.headers):
+            response = _Response(304, {}, response.headers)  # FHIR's conditional read: the client's copy is current
+        payload = orjson.dumps(response.body) if response.status != 304 else b""
         if self.server.log is not None:  # before the answer, so whoever got the answer can already see the line
             self.server.log.info("fhir_request", method=self.command, path=_logged(url.path), status=response.status)
         self.send_response(response.status)
-        self.send_header("Content-Type", _CONTENT_TYPE)
-        self.send_header("Content-Length", str(len(payload)))
+        if response.status != 304:  # a 304 has no body, so neither its type nor its length
+            self.send_header("Content-Type", _CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(payload)))
         for name, value in response.headers:
             self.send_header(name, value)
         if self.server.draining:  # stopping: this connection's next request would find nobody
             self.close_connection = True
             self.send_header("Connection", "close")
         self.end_headers()
-        if not head:
+        if not head and payload:
             self.wfile.write(payload)
 
     def _body(self) -> bytes:
@@ -277,7 +287,9 @@ class _Reject(Exception):
         self.response = response
 
 
-def _route(pool: _Pool, method: str, path: str, query: str, body: bytes, base: str, content_type: str = "") -> _Response:
+def _route(
+    pool: _Pool, method: str, path: str, query: str, body: bytes, base: str, content_type: str = "", *, lenient: bool = False
+) -> _Response:
     if path != BASE and not path.startswith(BASE + "/"):
         return _Response(404, outcome("not-found", "not a FHIR endpoint"))
     parts = path[len(BASE) + 1:].split("/") if path != BASE else []
@@ -295,24 +307,25 @@ def _route(pool: _Pool, method: str, path: str, query: str, body: bytes, base: s
         except UnicodeDecodeError:
             return _Response(400, outcome("structure", "the search form is not UTF-8"))
         method, parts, query = "GET", parts[:1], "&".join(q for q in (query, form) if q)
-    if method != "GET":
-        return _Response(405, outcome("not-supported", "unsupported interaction"))
+    if method != "GET":  # HTTP: a 405 names what the path does take
+        allow = "POST" if not parts or parts[1:] == ["_search"] else "GET, HEAD"
+        return _Response(405, outcome("not-supported", "unsupported interaction"), (("Allow", allow),))
     if not parts or not TYPE_RE.fullmatch(parts[0]):
         return _Response(404, outcome("not-found", "unknown path"))
     if len(parts) > 1 and not ID_RE.fullmatch(parts[1]):
         return _Response(404, outcome("not-found", "malformed id"))
     try:
         with pool.record() as record:
-            return _read_route(record, parts, query, base)
+            return _read_route(record, parts, query, base, lenient)
     except MessageError as exc:
         return _Response(400, outcome(exc.issue_code, exc.reason))
     except TransientError:
         return _Response(503, outcome("transient", "record unavailable"), (("Retry-After", "1"),))
 
 
-def _read_route(record: SqlRecord, parts: list[str], query: str, base: str) -> _Response:
+def _read_route(record: SqlRecord, parts: list[str], query: str, base: str, lenient: bool = False) -> _Response:
     if len(parts) == 1:
-        return _search(record, parts[0], query, base)
+        return _search(record, parts[0], query, base, lenient)
     type_, id_ = parts[0], parts[1]
     if len(parts) == 2:
         return _read(record, type_, id_)
@@ -340,17 +353,22 @@ def _read(record: SqlRecord, type_: str, id_: str) -> _Response:
     return _Response(404, outcome("not-found", "resource not found"))
 
 
-def _search(record: SqlRecord, type_: str, query: str, base: str) -> _Response:
+def _search(record: SqlRecord, type_: str, query: str, base: str, lenient: bool = False) -> _Response:
     """Search, one page at a time: a parameter's `a,b` values are ORed, parameters ANDed, matches in id order.
 
     A page holds `_count` matches (_DEFAULT_COUNT when not asked, never more than _MAX_COUNT),
     so a search that matches the whole record reads one page of it, not every body. A page's
     `next` link names the last id shown (`_after`), so a page never repeats or skips a match
-    that is still there; `total` counts every match.
+    that is still there; `total` counts every match. *lenient* (the client's `Prefer:
+    handling=lenient`) drops parameters the record does not know instead of refusing the search;
+    the links then show only the parameters used, as FHIR asks, so a next page is not refused.
     """
     params: list[tuple[str, list[Term]]] = []
     paging: dict[str, str] = {}
     pairs = parse_qsl(query, keep_blank_values=True)
+    if lenient:
+        used = [(n, v) for n, v in pairs if n in SEARCH_PARAMS or n in _IGNORED or n in ("_count", "_after")]
+        query, pairs = (query if len(used) == len(pairs) else urlencode(used, safe="|,:/")), used
     for name, value in pairs:
         if name in _IGNORED:
             continue
@@ -399,6 +417,47 @@ def _transaction(pool: _Pool, body: bytes) -> _Response:
     except TransientError:
         return _Response(503, outcome("transient", "record unavailable"), (("Retry-After", "1"),))
     return _Response(200, transaction_response(result))
+
+
+def _acceptable(accept: Iterable[str], query: str) -> bool:
+    """Return whether a JSON answer is one the client takes: `_format`, when given, decides; else Accept does.
+
+    Why: this face writes JSON only; a client that asked for XML alone got JSON and failed parsing
+    it. It gets 406 now. No Accept header, or a range with `*`, takes JSON.
+    """
+    formats = [v.strip().lower() for n, v in parse_qsl(query, keep_blank_values=True) if n == "_format"]
+    if formats:
+        return all(f.split(";")[0].strip() in _JSON_TYPES for f in formats)
+    ranges = [r for header in accept for r in header.split(",") if r.strip()]
+    if not ranges:
+        return True
+    for range_ in ranges:
+        media, *params = (p.strip().lower() for p in range_.split(";"))
+        weights = [p.partition("=")[2] for p in params if p.partition("=")[0].strip() == "q"]
+        try:
+            refused = bool(weights) and float(weights[0]) <= 0
+        except ValueError:
+            refused = False
+        if media in _JSON_TYPES and not refused:
+            return True
+    return False
+
+
+def _lenient(prefer: Iterable[str]) -> bool:
+    """Return whether the Prefer headers ask for `handling=lenient` (FHIR R4 §3.1.1.5.6); strict otherwise."""
+    return any(p.strip().lower().replace(" ", "") == "handling=lenient" for header in prefer for p in header.split(","))
+
+
+def _not_modified(if_none_match: str | None, headers: tuple[tuple[str, str], ...]) -> bool:
+    """Return whether *if_none_match* names the answer's ETag (weak comparison, RFC 9110 §13.1.2) or is `*`.
+
+    Only a read and a vread carry an ETag; a search answers in full whatever the header says.
+    """
+    etag = next((v for n, v in headers if n == "ETag"), None)
+    if not if_none_match or etag is None:
+        return False
+    tags = {t.strip().removeprefix("W/") for t in if_none_match.split(",")}
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 def _logged(path: str) -> str:

@@ -439,3 +439,68 @@ class TestRestEdges:
             updated = datetime.fromisoformat(response.json()["meta"]["lastUpdated"].replace("Z", "+00:00"))
             assert parsedate_to_datetime(response.headers["last-modified"]) == updated.replace(microsecond=0)
             assert response.headers["etag"] == 'W/"1"'
+
+
+class TestRestHttpSemantics:
+    """Found by review (H177): HTTP and FHIR REST answers a client's library relies on."""
+
+    @pytest.mark.parametrize(
+        ("method", "path", "allowed"),
+        [("PUT", "/Patient/x", {"GET", "HEAD"}), ("DELETE", "/Patient", {"GET", "HEAD"}), ("PUT", "", {"POST"}),
+         ("POST", "/Patient", {"GET", "HEAD"}), ("DELETE", "/Patient/_search", {"POST"})],
+    )
+    def test_a_405_names_the_methods_allowed(self, client, method, path, allowed):
+        """HTTP requires an Allow header on a 405; it was missing, so a client could not tell what the path takes."""
+        response = client.request(method, path, content=b"{}")
+        assert response.status_code == 405
+        assert {m.strip() for m in response.headers["allow"].split(",")} == allowed
+
+    def test_if_none_match_on_the_current_version_answers_304_without_a_body(self, loaded):
+        """A client revalidating its copy (If-None-Match with the read's ETag) got the whole resource again;
+        FHIR's conditional read answers 304 Not Modified, and the CapabilityStatement now says so."""
+        path = f"/Patient/{PATIENT_UUID}"
+        etag = loaded.get(path).headers["etag"]
+        for value in (etag, '"1"', f'W/"9", {etag}', "*"):
+            response = loaded.get(path, headers={"If-None-Match": value})
+            assert (response.status_code, response.content) == (304, b""), value
+            assert response.headers["etag"] == etag and "last-modified" in response.headers
+        changed = loaded.get(path, headers={"If-None-Match": 'W/"2"'})
+        assert changed.status_code == 200 and changed.json()["id"] == PATIENT_UUID
+        assert loaded.get(f"{path}/_history/1", headers={"If-None-Match": etag}).status_code == 304
+        assert loaded.get("/Patient", headers={"If-None-Match": "*"}).status_code == 200  # a search has no ETag
+        patient = next(r for r in loaded.get("/metadata").json()["rest"][0]["resource"] if r["type"] == "Patient")
+        assert patient["conditionalRead"] == "not-match"
+
+    def test_lenient_handling_ignores_unknown_search_parameters(self, loaded):
+        """`Prefer: handling=lenient` asks the server to ignore parameters it does not know (FHIR R4
+        §3.1.1.5.6); such a search was refused 400 all the same. Without it the search stays refused,
+        and the links show only the parameters used, so a next page does not fail."""
+        params = [("identifier", f"{FNR}|{FNR_VALUE}"), ("_elements", "name"), ("_count", "0")]
+        assert loaded.get("/Patient", params=params).status_code == 400
+        assert loaded.get("/Patient", params=params, headers={"Prefer": "handling=strict"}).status_code == 400
+        response = loaded.get("/Patient", params=params, headers={"Prefer": "return=minimal, handling=lenient"})
+        assert response.status_code == 200 and response.json()["total"] == 1
+        links = {link["relation"]: link["url"] for link in response.json()["link"]}
+        assert "_elements" not in links["self"] and "identifier=" in links["self"]
+        body = loaded.get("/Encounter", params=[("_count", "0"), ("foo", "1")], headers={"Prefer": "handling=lenient"}).json()
+        assert "foo" not in body["link"][0]["url"]
+        next_ = loaded.get("/Encounter", params=[("_count", "1"), ("foo", "1"), ("_id", f"{ENCOUNTER_UUID},x")],
+                           headers={"Prefer": "handling=lenient"}).json()
+        assert next_["total"] == 1 and all("foo" not in link["url"] for link in next_["link"])
+
+    @pytest.mark.parametrize(
+        ("headers", "params", "status"),
+        [({"Accept": "application/fhir+xml"}, {}, 406), ({}, {"_format": "xml"}, 406),
+         ({"Accept": "application/fhir+json"}, {"_format": "application/fhir+xml"}, 406),
+         ({"Accept": "application/fhir+xml, application/fhir+json;q=0"}, {}, 406),
+         ({"Accept": "application/fhir+xml;q=1.0, application/json+fhir;q=0.9"}, {}, 200),
+         ({"Accept": "text/html,application/xml;q=0.9,*/*;q=0.8"}, {}, 200), ({"Accept": "application/json"}, {"_format": "json"}, 200),
+         ({}, {"_format": "application/fhir+json"}, 200)],
+    )
+    def test_a_client_asking_only_for_xml_gets_406(self, loaded, headers, params, status):
+        """This face answers JSON only, and answered it to a client that asked for XML alone (Accept or
+        `_format`), whose parser then failed on the body; FHIR answers a format it cannot give 406."""
+        response = loaded.get(f"/Patient/{PATIENT_UUID}", params=params, headers=headers)
+        assert response.status_code == status
+        assert response.headers["content-type"].startswith("application/fhir+json")
+        assert response.json()["resourceType"] == ("OperationOutcome" if status == 406 else "Patient")
