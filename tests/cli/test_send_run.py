@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -542,29 +544,12 @@ class TestSupervisorRestarts:
         killed the supervisor outright and left its workers running on, orphaned: never restarted, and out of reach of
         the SIGTERM a service manager then sends. Now it is a stop like SIGTERM: passed on, each worker finishes its
         batch, and the run exits 0 with no worker left."""
-        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
-        proc = subprocess.Popen([*HELSEBRO, "run", "--workers", "2"], env=_env(settings), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        workers: list[int] = []
-        try:
-            _two_workers_running(proc)
-            workers = list(_children(proc.pid))
+        with _two_worker_run(tmp_path) as (proc, workers):
             proc.send_signal(signal.SIGHUP)
             _, err = proc.communicate(timeout=60)
-            wait_until(lambda: not any(Path(f"/proc/{p}").exists() and "zombie" not in Path(f"/proc/{p}/status").read_text()
-                                       for p in workers), 30, what="no worker left running")
+            wait_until(lambda: not _running(workers), 30, what="no worker left running")
             assert proc.returncode == 0, err[-2000:]
             assert [e["event"] for e in _events(err) if e["event"] == "engine_stopped"] == ["engine_stopped"] * 2
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            for pid in workers:  # orphans of a supervisor that died: this test's own processes
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            delete_queues(settings)
 
     @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
     def test_a_sighup_stops_a_single_worker_cleanly(self, tmp_path):
@@ -604,6 +589,30 @@ def _kill_all(pids: list[int]) -> None:
             pass
 
 
+@contextmanager
+def _two_worker_run(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, list[int]]]:
+    """A `run --workers 2` on RabbitMQ (2 partitions) with both workers up; afterwards none of its processes is left.
+
+    Yields the supervisor (its stderr a pipe) and its workers' pids, for a test that stops it one way or another.
+    """
+    settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
+    proc = subprocess.Popen([*HELSEBRO, "run", "--workers", "2"], env=_env(settings), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        _two_workers_running(proc)
+        workers.extend(_children(proc.pid))
+        yield proc, workers
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _kill_all(workers)  # orphans of a supervisor that died: this test's own processes
+        if proc.stderr is not None:
+            proc.stderr.close()
+        delete_queues(settings)
+
+
 class TestSupervisorStops:
     @pytest.mark.integration
     @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
@@ -611,27 +620,13 @@ class TestSupervisorStops:
         """Review H169: `kill -9` of the supervisor left its workers consuming on, unsupervised, beside the
         workers of the next `run` the service manager starts. Now each notices its supervisor is gone and stops
         as on SIGTERM (the batch in hand finished and acked), logging `supervisor_gone`."""
-        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
-        proc = subprocess.Popen([*HELSEBRO, "run", "--workers", "2"], env=_env(settings), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        workers: list[int] = []
-        try:
-            _two_workers_running(proc)
-            workers = list(_children(proc.pid))
+        with _two_worker_run(tmp_path) as (proc, workers):
             proc.kill()
             _, err = proc.communicate(timeout=60)  # the workers hold its stderr: EOF once both have exited
             wait_until(lambda: not _running(workers), 30, what="no worker left running")
             events = _events(err)
             assert sorted(e["worker"] for e in events if e["event"] == "supervisor_gone") == [0, 1]
             assert [e["event"] for e in events if e["event"] == "engine_stopped"] == ["engine_stopped"] * 2
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            _kill_all(workers)
-            if proc.stderr is not None:
-                proc.stderr.close()
-            delete_queues(settings)
 
     @pytest.mark.integration
     @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
