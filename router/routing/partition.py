@@ -35,10 +35,22 @@ patients to another partition than the intake does: the same hazard as
 changing `partitions` while messages wait, and the same rule, drain first.
 
 The key is read from the raw bytes in microseconds, not by the mapping:
-- HL7 v2: PID-3, the repetition whose identifier type (CX-5) is a national
-  one (FNR, DNR, HNR, FHN, NNNOR …), else the first; its value and assigning
-  authority. Separators come from MSH-1/MSH-2.
-- KITH XML: the text of the first `<Id>` under the first `<Patient>`.
+- HL7 v2: PID-3's national person number as the mapping recognises it
+  (router/mapping/library.py `_system`): a repetition whose type code (CX-5, any
+  case) or assigning authority (CX-4, or its OID) says national, or one with
+  neither whose digits are a valid number; the number's digits, spaces dropped,
+  the fødselsnummer before a D-nummer before an FH-nummer, as the Patient's
+  identity prefers (PID-2's too, mapped beside PID-3). Else the first
+  repetition's value and assigning authority.
+  Separators come from MSH-1/MSH-2. Why not CX-5 alone: the record files
+  `…^^^^fnr`, `…^^^NOR` and a bare valid number under one Patient, and a key
+  that read only an upper-case CX-5 sent them to other partitions than
+  `…^^^NOR^FNR`: that patient's messages were applied out of order.
+- KITH XML: in the first `<Patient>`, the national number among its
+  `Ident/Id` (typed by `TypeId/@V`) and `OffId` (KITH 1.x, typed by
+  `TypeOffId/@V`), read as for HL7 v2; else the first `<Id>` after it. Why:
+  in a KITH 1.x message the first `<Id>` is a fastlege's or a lab's HER-id,
+  and one patient's epikriser and lab reports spread over partitions.
 - Anything else (no PID, a batch without one, unreadable bytes): the empty
   key, which lands in partition 0 — still in order, just not spread.
 Two messages about one person that carry different identifiers (one only a
@@ -53,17 +65,34 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Iterator
+
+from schemas.identity import classify_person_id
 
 __all__ = ["jump_hash", "partition_of", "patient_key"]
 
-_NATIONAL = {b"FNR", b"DNR", b"HNR", b"FHN", b"NNNOR", b"NNNO", b"NI", b"SS"}
+# In step with router/mapping/library.py's _NATIONAL_TYPES and _NATIONAL_AUTHORITIES (a test compares them):
+# imported from there, every publisher (adapters/amqp/outbound.py) would load the mapping library.
+_NATIONAL_TYPES = frozenset({b"FNR", b"DNR", b"FHN", b"NNNOR", b"NNNO", b"NOR"})
+_NATIONAL_AUTHORITIES = frozenset({b"NOR", b"NO", b"FREG", b"SKD", b"FOLKEREG", b"2.16.578.1.12.4.1.4.1", b"2.16.578.1.12.4.1.4.2", b"2.16.578.1.12.4.1.4.3"})
+_RANK = {"FNR": 0, "DNR": 1, "FHN": 2}  # the Patient's identity prefers them in this order (PID.Patient.yaml)
 _XML_PATIENT = re.compile(rb"<(?:[\w.-]+:)?Patient\b.*?<(?:[\w.-]+:)?Id>\s*([^<\s]+)\s*<", re.DOTALL)
+_XML_PATIENT_ELEMENT = re.compile(rb"<(?:[\w.-]+:)?Patient\b[^>]*>(.*?)</(?:[\w.-]+:)?Patient>", re.DOTALL)
+_XML_NUMBER = re.compile(  # an Id or OffId, and the V of the TypeId or TypeOffId right after it
+    rb"<(?:[\w.-]+:)?(?:Id|OffId)>\s*([^<]*?)\s*</(?:[\w.-]+:)?(?:Id|OffId)>\s*"
+    rb"(?:<(?:[\w.-]+:)?Type(?:Off)?Id\b[^>]*?\bV=[\"']([^\"']*)[\"'])?"
+)
 
 
 def patient_key(body: bytes) -> bytes:
     """Return the bytes that name the patient a delivery is about, or b"" when none is found."""
     head = body.lstrip(b"\x0b\xef\xbb\xbf \t\r\n")
     if head[:1] == b"<":
+        element = _XML_PATIENT_ELEMENT.search(head, 0, 200_000)
+        if element:
+            national = _best_person_number((n, t.strip().upper(), b"") for n, t in _XML_NUMBER.findall(element.group(1)))
+            if national:
+                return national
         m = _XML_PATIENT.search(head, 0, 200_000)
         return m.group(1) if m else b""
     if head[:3] != b"MSH" or len(head) < 8:
@@ -75,15 +104,45 @@ def patient_key(body: bytes) -> bytes:
         return b""
     end = min((i for i in (head.find(b"\r", start), head.find(b"\n", start)) if i >= 0), default=len(head))
     fields = head[start:end].split(field_sep)
-    if len(fields) < 4 or not fields[3]:
-        return b""
-    reps = fields[3].split(rep)
-    for one in reps:
-        parts = one.split(comp)
-        if len(parts) > 4 and parts[4] in _NATIONAL and parts[0]:
-            return parts[0]
-    first = reps[0].split(comp)
+    sub = head[7:8] if len(head) > 8 and head[7:8] != field_sep else b"&"
+    pid3 = fields[3].split(rep) if len(fields) > 3 and fields[3] else []
+    pid2 = fields[2].split(rep) if len(fields) > 2 and fields[2] else []
+    national = _national_number(pid3 + pid2, comp, sub)  # PID-2 too: the mapping maps it, and the identity prefers its FNR to a local PID-3
+    if national or not pid3:
+        return national
+    first = pid3[0].split(comp)
     return first[0] + b"|" + (first[3] if len(first) > 3 else b"")
+
+
+def _national_number(reps: list[bytes], comp: bytes, sub: bytes) -> bytes:
+    """The digits of the person number the mapping takes as the Patient's identity among PID-3's *reps*, or b""."""
+
+    def numbers() -> Iterator[tuple[bytes, bytes, bytes]]:
+        for one in reps:
+            parts = one.split(comp)
+            hd = parts[3].split(sub) if len(parts) > 3 else [b""]
+            authority = hd[0] or (hd[1] if len(hd) > 1 else b"")  # CX-4.1, else its universal id (as cx_system)
+            yield parts[0], (parts[4] if len(parts) > 4 else b"").strip().upper(), authority.strip().upper()
+
+    return _best_person_number(numbers())
+
+
+def _best_person_number(numbers: Iterable[tuple[bytes, bytes, bytes]]) -> bytes:
+    """Of (number, type code, authority), upper case, the digits the Patient's identity prefers, or b"".
+
+    A number counts when its type or authority says national, or when it has neither, and its digits
+    are a valid fødselsnummer, D-nummer or FH-nummer: what router/mapping/library.py's `_system` files
+    under a national system (an H-nummer is not one).
+    """
+    best, rank = b"", len(_RANK)
+    for number, kind, authority in numbers:
+        declared = kind in _NATIONAL_TYPES or authority in _NATIONAL_AUTHORITIES or b"FNR" in authority
+        if not number or (not declared and (kind or authority)):
+            continue
+        person = classify_person_id(number.decode("latin-1"))
+        if person is not None and _RANK.get(person.kind, rank) < rank:
+            best, rank = number.replace(b" ", b""), _RANK[person.kind]
+    return best
 
 
 def _pid_start(data: bytes) -> int:

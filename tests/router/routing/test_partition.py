@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 from router.routing.partition import jump_hash, partition_of, patient_key
 from router.testing import adt_message
@@ -41,3 +42,98 @@ class TestPartition:
         moved = [k for k in range(10_000) if jump_hash(k * 7919, 4) != jump_hash(k * 7919, 5)]
         assert 1500 < len(moved) < 2500
         assert all(jump_hash(k * 7919, 5) == 4 for k in moved)
+
+
+_ONE_FNR = _fnr(7)
+_PID3_OF_ONE_PATIENT = [
+    f"{_ONE_FNR}^^^NOR^FNR~L1^^^STOLAV^PI",  # as adt_message writes it
+    f"{_ONE_FNR}^^^^fnr",  # the type code in lower case
+    f"{_ONE_FNR}^^^NOR",  # named by its assigning authority, no type code
+    f"{_ONE_FNR}^^^&2.16.578.1.12.4.1.4.1&ISO",  # the register's OID only
+    _ONE_FNR,  # a bare valid number
+    f"L1^^^STOLAV^PI~{_ONE_FNR}^^^FOLKEREG",  # the local number first
+    f"{_ONE_FNR[:6]} {_ONE_FNR[6:]}^^^NOR^FNR",  # sent with a space
+]
+
+
+def test_every_way_of_writing_one_national_id_is_one_partition(tmp_path):
+    """Whichever way PID-3 writes the fødselsnummer the record files the Patient under, the partition is the same.
+
+    Why: per-patient order holds only while one patient's messages share a partition. The mapping
+    recognises the FNR by type code in any case, by authority, by OID or by its digits alone, and
+    ignores spaces; a key that read only an upper-case CX-5 sent these to other partitions.
+    """
+    from router.pipeline.convert import Converter
+    from router.testing import isolated_settings
+
+    converter = Converter(isolated_settings(tmp_path))
+    canonical = adt_message("A08", control_id="1", fnr=_ONE_FNR, local_id="L1", visit="V1")
+    bodies = [canonical.replace(f"|{_PID3_OF_ONE_PATIENT[0]}|".encode(), f"|{pid3}|".encode()) for pid3 in _PID3_OF_ONE_PATIENT]
+    assert bodies[0] == canonical
+    record_keys = {converter.convert(b)[0].patient_key for b in bodies}
+    assert len(record_keys) == 1 and None not in record_keys  # the record sees one patient in all of them
+    assert {patient_key(b) for b in bodies} == {_ONE_FNR.encode()}
+    assert len({partition_of(b, 8) for b in bodies}) == 1
+
+
+def test_a_national_id_in_pid_2_is_the_key_as_it_is_the_identity(tmp_path):
+    """PID-2 (the external id, kept for backward compatibility) is mapped too: its FNR outranks a local PID-3."""
+    from router.pipeline.convert import Converter
+    from router.testing import isolated_settings
+
+    canonical = adt_message("A08", control_id="1", fnr=_ONE_FNR, local_id="L1", visit="V1")
+    old_style = canonical.replace(f"|1||{_PID3_OF_ONE_PATIENT[0]}|".encode(), f"|1|{_ONE_FNR}^^^NOR^FNR|L1^^^STOLAV^PI|".encode())
+    assert old_style != canonical
+    converter = Converter(isolated_settings(tmp_path))
+    assert converter.convert(old_style)[0].patient_key == converter.convert(canonical)[0].patient_key
+    assert patient_key(old_style) == patient_key(canonical) == _ONE_FNR.encode()
+
+
+def test_a_number_under_a_local_authority_is_not_taken_for_the_national_id():
+    """Eleven valid digits under a hospital's own authority are that hospital's number: keyed as such."""
+    body = adt_message("A08", control_id="1", fnr=_ONE_FNR, local_id="L1", visit="V1")
+    body = body.replace(f"|{_PID3_OF_ONE_PATIENT[0]}|".encode(), f"|{_ONE_FNR}^^^STOLAV^PI|".encode())
+    assert patient_key(body) == f"{_ONE_FNR}|STOLAV".encode()
+
+
+def test_the_national_markers_are_the_mappings():
+    """The key recognises a national id by the same type codes and authorities as the mapping library."""
+    from router.mapping import library
+    from router.routing import partition
+
+    assert {t.encode() for t in library._NATIONAL_TYPES} == partition._NATIONAL_TYPES
+    assert {a.encode() for a in library._NATIONAL_AUTHORITIES} == partition._NATIONAL_AUTHORITIES
+
+
+_CASES = Path(__file__).resolve().parents[3] / "mappings" / "kith" / "messages"
+_KITH_OF_ONE_PATIENT = [  # each about fødselsnummer 15866112379, written as Patient/OffId (KITH 1.x) or Patient/Ident/Id
+    "Epikrise.cases/epikrise_1_2_fastlege.xml",  # the fastlege's HER-id under Patient, before nothing else
+    "Epikrise.cases/epikrise_1_2_ny.xml",
+    "Svarrapport.cases/svar_lab_1_4_ny.xml",  # the lab's HER-id follows the Patient
+    "Henvisning.cases/henvisning_1_1_ny.xml",
+    "Henvisning20.cases/henvisning_2_0_endring.xml",
+]
+
+
+def test_kith_messages_about_one_patient_share_its_partition(tmp_path):
+    """A KITH 1.x message names its patient by OffId, not Ident/Id: the key is still that patient's number.
+
+    Why: the key was the first <Id> after <Patient>, which in these messages is a fastlege's or a
+    lab's HER-id: one patient's epikriser and lab reports went to as many partitions as they named
+    organisations, and could be applied out of order, while all of one lab's patients shared one.
+    """
+    from router.pipeline.convert import Converter
+    from router.testing import isolated_settings
+
+    bodies = [(_CASES / name).read_bytes() for name in _KITH_OF_ONE_PATIENT]
+    converter = Converter(isolated_settings(tmp_path))
+    record_keys = {c.patient_key for b in bodies for c in converter.convert(b) if c.patient_key}
+    assert len(record_keys) == 1  # the record sees one patient in all of them
+    assert {patient_key(b) for b in bodies} == {b"15866112379"}
+
+
+def test_a_kith_patient_number_typed_as_another_kind_is_not_the_national_key():
+    """Eleven digits under an Ident whose TypeId is not national (here a hospital's) are not read as the fødselsnummer."""
+    xml = (b'<MsgHead><Patient><Ident><Id>15866112379</Id><TypeId V="XY"/></Ident>'
+           b'<Ident><Id>08817010785</Id><TypeId DN="Fnr" V="FNR"/></Ident></Patient></MsgHead>')
+    assert patient_key(xml) == b"08817010785"
