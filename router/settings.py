@@ -10,7 +10,8 @@ import codecs
 import os
 import string
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -43,16 +44,24 @@ def _text_codec(name: str | None) -> str | None:
     return name
 
 
+_BrokerName = Annotated[str, Field(min_length=1, max_length=200)]
+"""A name on the broker. Why not empty: RabbitMQ takes `""` as "make me a server-named queue" (or the
+default exchange), so an empty inbound name consumed a queue nothing is ever published to."""
+
+_System = Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
+"""A FHIR Identifier.system: a uri, so neither empty nor holding white space."""
+
+
 class QueueNames(_Frozen):
     """Exchange and queue names on the broker."""
 
-    exchange: str = Field(default="helsebro.in", description="Direct exchange that senders publish inbound messages to.", examples=["helsebro.in"])
-    inbound: str = Field(default="helsebro.in.hl7v2", description="Queue the engine consumes inbound messages from.", examples=["helsebro.in.hl7v2"])
-    routing_key: str = Field(default="hl7v2", description="Routing key that binds the inbound queue to the exchange.")
-    dead_letter: str = Field(default="helsebro.dlq", description="Queue that holds messages that cannot succeed, with the reason in their headers.")
-    replies: str = Field(default="helsebro.reply.hl7v2", description="Queue that receives the HL7 ACK for every inbound message.")
-    apprec_prefix: str = Field(default="helsebro.reply.apprec", description="AppRecs go to one queue per receiving party: this prefix, a dot, and the original sender's HER-id (or `unknown`).", examples=["helsebro.reply.apprec"])
-    destination_prefix: str = Field(default="helsebro.dest", description="Queues of queued destinations (config/routes.yaml) are named this prefix, a dot, the destination's name, then `.p<k>` (work), `.retry.<i>` (retry ladder) or `.dlq`.", examples=["helsebro.dest"])
+    exchange: _BrokerName = Field(default="helsebro.in", description="Direct exchange that senders publish inbound messages to.", examples=["helsebro.in"])
+    inbound: _BrokerName = Field(default="helsebro.in.hl7v2", description="Queue the engine consumes inbound messages from.", examples=["helsebro.in.hl7v2"])
+    routing_key: _BrokerName = Field(default="hl7v2", description="Routing key that binds the inbound queue to the exchange.")
+    dead_letter: _BrokerName = Field(default="helsebro.dlq", description="Queue that holds messages that cannot succeed, with the reason in their headers.")
+    replies: _BrokerName = Field(default="helsebro.reply.hl7v2", description="Queue that receives the HL7 ACK for every inbound message.")
+    apprec_prefix: _BrokerName = Field(default="helsebro.reply.apprec", description="AppRecs go to one queue per receiving party: this prefix, a dot, and the original sender's HER-id (or `unknown`).", examples=["helsebro.reply.apprec"])
+    destination_prefix: _BrokerName = Field(default="helsebro.dest", description="Queues of queued destinations (config/routes.yaml) are named this prefix, a dot, the destination's name, then `.p<k>` (work), `.retry.<i>` (retry ladder) or `.dlq`.", examples=["helsebro.dest"])
 
 
 class BrokerConfig(_Frozen):
@@ -105,7 +114,7 @@ class Hl7v2Config(_Frozen):
 class IdentifierConfig(_Frozen):
     """The `identifiers` block: FHIR systems for local identifiers, per assigning authority."""
 
-    authorities: dict[str, str] = Field(default_factory=dict, description="Assigning authority (CX-4.1, or MSH-4 when CX-4 is empty) to FHIR Identifier.system URI.", examples=[{"AHUS": "urn:oid:2.16.578.1.12.4.1.7.1"}])
+    authorities: dict[str, _System] = Field(default_factory=dict, description="Assigning authority (CX-4.1, or MSH-4 when CX-4 is empty) to FHIR Identifier.system URI.", examples=[{"AHUS": "urn:oid:2.16.578.1.12.4.1.7.1"}])
     default_local_system: str = Field(default="urn:helsebro:local:{authority}:{type}", description="Template for a local identifier's system when its authority is not listed; {authority} and {type} are filled in from CX-4 (the sender, MSH-4, when CX-4 is empty) and CX-5.")
 
     @field_validator("default_local_system")
@@ -243,7 +252,35 @@ def _load_engine(path: Path) -> EngineConfig:
         file, line, column = position_of(node, list(first["loc"]), value=first["type"] != "extra_forbidden")  # a wrong value at the value
         where = ".".join(str(p) for p in first["loc"])
         file = str(path) if file == "?" else file  # a file of one scalar holds no position: name it all the same
+        if not where:  # the whole file: pydantic's words would name an empty key and a class
+            raise ConfigError(f"{file}:{line}:{column}: the file must be a mapping of blocks (broker:, hl7v2:, …), not a list or a value") from exc
         raise ConfigError(f"{file}:{line}:{column}: {where}: {first['msg']}") from exc
+
+
+_BROKER_SCHEMES = ("amqp", "amqps")
+_RECORD_SCHEMES = ("postgresql://", "postgres://", "sqlite:///")
+"""What adapters/fhir/record.py's open_record takes; checked here too so every verb refuses another at start."""
+
+
+def _check_urls(values: dict[str, object]) -> None:
+    """Refuse a broker or record URL no connection can be made with, naming the variable but never the URL.
+
+    Why: a broker URL without amqp:// (`rabbit:5672`) was taken as a host name, so `helsebro run`
+    retried it as an outage for ever; a port out of range ended it with a traceback. The URL
+    itself is left out of the message: it carries the password.
+    """
+    broker = values.get("broker_url")
+    if isinstance(broker, str):
+        parts = urlsplit(broker)
+        if parts.scheme not in _BROKER_SCHEMES:
+            raise ConfigError("HELSEBRO_BROKER_URL: not a RabbitMQ URL: it must start with amqp:// or amqps://, e.g. amqp://guest:guest@127.0.0.1:5672/%2F")
+        try:
+            parts.port  # noqa: B018 - parsing the port is the check: urlsplit reads it only when asked
+        except ValueError:
+            raise ConfigError("HELSEBRO_BROKER_URL: the port is not a number from 0 to 65535") from None
+    record = values.get("record_url")
+    if isinstance(record, str) and not record.startswith(_RECORD_SCHEMES):
+        raise ConfigError("HELSEBRO_RECORD_URL: must start with postgresql:// (PostgreSQL) or sqlite:/// (a SQLite file)")
 
 
 def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
@@ -259,6 +296,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     # The PHI key is taken as written: trimming it would change every patient key made with it.
     values: dict[str, object] = {k: env[v] if k == "phi_key" else env[v].strip() for k, v in _ENV.items() if env.get(v, "").strip()}
     values.update({k: v for k, v in overrides.items() if v is not None})
+    _check_urls(values)
     for key in ("config_dir", "mappings_dir", "xsd_dir"):  # a misspelt folder ran on the defaults without a word
         if key in values and not Path(str(values[key])).is_dir():
             raise ConfigError(f"{_ENV[key]} {values[key]}: no such folder")

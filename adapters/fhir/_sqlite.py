@@ -156,9 +156,10 @@ class SqliteRecord(SqlRecord):
             return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError, PermissionError) as exc:
-            # A file in the way, or no permission: the setting is wrong, and retrying as if the
-            # database were down would only log "unavailable" for ever.
+        except OSError as exc:
+            # A file in the way, no permission, a read-only file system or a parent that cannot be
+            # made: the setting is wrong, and retrying as if the database were down would only log
+            # "unavailable" for ever (FileNotFoundError, from /proc or a vanished mount, was a traceback).
             raise ConfigError(f"the SQLite record's folder {path.parent} cannot be made (HELSEBRO_RECORD_URL, HELSEBRO_DATA_DIR): {exc.strerror or exc}") from exc
         try:
             self._writer_lock = open(lock_path, "ab")  # noqa: SIM115  # held for the record's life

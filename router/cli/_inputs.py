@@ -23,13 +23,15 @@ class UsageError(Exception):
         self.path = path
 
 
-def expand(paths: list[str], *, verb: str | None = None) -> list[tuple[Path, Path]]:
+def expand(paths: list[str], *, verb: str | None = None, unreadable: list[Path] | None = None) -> list[tuple[Path, Path]]:
     """Return (file, path relative to its PATH's folder) pairs, in the order given.
 
     Folders are searched recursively and sorted, so output order is stable. Hidden files
     and folders met on the way are skipped: macOS leaves binary `._x.hl7` twins on shared
     drives, and `.git/` or `.cache/` hold copies nobody meant to send. A file named as a
-    PATH is read whatever its name. With *verb*, a folder that gave no file is said on stderr.
+    PATH is read whatever its name. With *verb*, a folder that gave no file is said on stderr,
+    and so is a folder met on the way that cannot be listed; those are added to *unreadable*,
+    so the verb can fail the run: the messages in them were never read.
 
     Raises:
         UsageError: a PATH does not exist.
@@ -38,8 +40,14 @@ def expand(paths: list[str], *, verb: str | None = None) -> list[tuple[Path, Pat
     for text in paths:
         p = Path(text)
         if p.is_dir():
-            files = _search(p)
-            if not files and verb:
+            missed: list[Path] = []
+            files = _search(p, missed)
+            for folder in missed:
+                if verb:
+                    print(f"helsebro {verb}: cannot read folder {folder}: its message files were not read", file=sys.stderr)
+                if unreadable is not None:
+                    unreadable.append(folder)
+            if not files and not missed and verb:  # an unlisted folder was said above
                 print(f"helsebro {verb}: {text}: no message files ({' '.join('*' + s for s in SUFFIXES)}), nothing to do", file=sys.stderr)
             out.extend((f, f.relative_to(p)) for f in files)
         elif p.is_file():
@@ -49,10 +57,13 @@ def expand(paths: list[str], *, verb: str | None = None) -> list[tuple[Path, Pat
     return out
 
 
-def _search(folder: Path) -> list[Path]:
-    """The message files under *folder*, sorted; hidden folders are not entered (a `.git` can be large)."""
+def _search(folder: Path, unreadable: list[Path]) -> list[Path]:
+    """The message files under *folder*, sorted; hidden folders are not entered (a `.git` can be large).
+
+    A folder os.walk cannot list goes to *unreadable*: skipped silently, its messages were lost with exit 0.
+    """
     found: list[Path] = []
-    for root, dirs, names in os.walk(folder):  # like rglob: symlinked folders are not followed, symlinked files are
+    for root, dirs, names in os.walk(folder, onerror=lambda exc: unreadable.append(Path(exc.filename or folder))):  # like rglob: symlinked folders are not followed, symlinked files are
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         here = Path(root)
         found.extend(here / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in SUFFIXES and (here / n).is_file())

@@ -34,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
     """Convert every PATH; return the exit code."""
     from router.pipeline.convert import Converter  # loads mappings; keep `helsebro --help` fast
 
+    unreadable: list[Path] = []  # folders that could not be listed: said on stderr by expand, and they fail the run
     try:
-        files = expand(args.paths, verb="convert")
+        files = expand(args.paths, verb="convert", unreadable=unreadable)
     except UsageError as exc:
         print(f"helsebro convert: {exc}", file=sys.stderr)
         return 2
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     converter = Converter(load_settings())
     try:
-        return _convert_all(converter, files, out_dir, args)
+        return max(_convert_all(converter, files, out_dir, args), 1 if unreadable else 0)
     except BrokenPipeError:
         # The reader stopped (`convert DIR | head`): not every message was written, and there is nobody to tell.
         _silence_stdout()

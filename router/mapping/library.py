@@ -587,6 +587,26 @@ _DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
 _INT64 = 2**63
 
 
+def _comparator(ctx: FnContext, v: _Values) -> str | None:
+    """The comparator of a number sent with one (`<5`, `>= 10.5` in an NM) → Quantity.comparator.
+
+    Why: laboratories write "below the detection limit" as `<5` in an NM. Read as a number it was
+    nothing, so the result became text and lost its value and UCUM unit; as an SN `<^5` it is a
+    Quantity with a comparator, and so it is here. Anything else (`<see note`, `5`) gives nothing.
+    """
+    match = _COMPARED.match(v.values[0] or "")
+    return match.group(1) if match else None
+
+
+def _compared_number(ctx: FnContext, v: _Values) -> int | float | None:
+    """The number after the comparator of `<5` (see `_comparator`), as `number` reads it."""
+    match = _COMPARED.match(v.values[0] or "")
+    return _number(ctx, _Values([match.group(2)], v.locations[:1])) if match else None
+
+
+_COMPARED = re.compile(r"^\s*(<=|>=|<|>)\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*$")
+
+
 def _lines(ctx: FnContext, v: _Values) -> str | None:
     """Join the valued arguments, one per line (TX/FT text split over repetitions)."""
     parts = [x for x in v.values if x]
@@ -670,6 +690,8 @@ LIBRARY: dict[str, Function] = {
         Function("lines_base64", -1, _lines_base64, "Join the arguments one per line → base64 of the text's UTF-8 (a TX document's lines as Attachment.data); an empty one is a blank line, a paragraph break.", blank_lines=True),
         Function("mime", 2, _mime, "(ED.2 type, ED.3 subtype) → a MIME type such as application/pdf."),
         Function("number", 1, _number, "A decimal (NM) as a JSON number; non-numeric text gives nothing."),
+        Function("comparator", 1, _comparator, "A number sent with its comparator (`<5`, `>= 10.5` in an NM) → that comparator (`<`, `>=`), a Quantity.comparator; anything else gives nothing."),
+        Function("compared_number", 1, _compared_number, "A number sent with its comparator (`<5`) → the number after it, as `number` reads it; anything else gives nothing."),
         Function("uuid5", -1, _uuid5, "A deterministic UUID (v5) of the arguments."),
     )
 }

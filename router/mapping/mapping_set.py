@@ -65,6 +65,7 @@ class MappingSet:
             if value not in messages:
                 pos = doc["structures"].pos(key)
                 raise MappingError(f"{key} points at {value}, but messages/{value}.yaml does not exist", file=pos[0], line=pos[1], column=pos[2])
+            _check_event_covered(key, messages[value], doc["structures"].pos(key))
         return structures
 
     def find_xml(self, namespace: str | None, root: str | None) -> MessageMapping | None:
@@ -104,6 +105,27 @@ def lint(root: Path, compile_path: Callable[[str], Any], *, check_path: Callable
             compiler.errors.append(exc)  # type: ignore[union-attr]  # set above
         errors.extend(e for e in compiler.errors or [] if str(e) not in {str(x) for x in errors})
     return errors
+
+
+def _check_event_covered(key: str, mm: MessageMapping | None, pos: tuple[str, int, int]) -> None:
+    """Refuse a structures.yaml entry whose event the mapping it points at leaves out of its `events:`.
+
+    Why: the converter refuses a message whose event the mapping does not list (UnsupportedEvent),
+    so the entry would route every such message to a refusal; lint said the folder was clean.
+    A mapping with no `events:` covers every event, and one that failed to compile (None) has
+    been reported already.
+    """
+    event = key.split("^", 1)[1] if "^" in key else ""
+    if mm is None or not mm.events or not event or event in mm.events:
+        return
+    listed = ", ".join(mm.events)
+    raise MappingError(
+        f"{key} points at {mm.structure}, but its events: [{listed}] leave out {event}, so every {key} would be refused: "
+        f"add {event} to its events, or point {key} at a mapping that lists it",
+        file=pos[0],
+        line=pos[1],
+        column=pos[2],
+    )
 
 
 def _present(compiler: Compiler, messages: dict[str, MessageMapping]) -> dict[str, Any]:

@@ -500,11 +500,13 @@ class TestStructuredNumbers:
         assert {k: v for k, v in obs.items() if k.startswith("value")} == value
 
     def test_a_number_with_a_comparator_sent_as_nm_keeps_its_unit(self, capsys, tmp_path):
-        """`NM` "<5" is not a number: it is kept as text, with its unit."""
+        """`NM` "<5" is no plain number: it is the Quantity an SN `<^5` gives, its unit kept (review H178: it was text)."""
         text = "\r".join(["MSH|^~\\&|LIS|STOLAV|HB|HP|20250115101500||ORU^R01^ORU_R01|C1|P|2.5.1", f"PID|1||{FNR}^^^NOR^FNR",
                            "OBR|1||LAB-1^LIS|PANEL^Panel", "OBX|1|NM|CRP^CRP^L||<5|mg/L|||||F"]) + "\r"
         _, docs, _ = run_convert(capsys, tmp_path, text)
-        assert resources(docs[0], "Observation")[0]["valueString"] == "<5 mg/L"
+        [obs] = resources(docs[0], "Observation")
+        assert "valueString" not in obs
+        assert {k: obs["valueQuantity"][k] for k in ("comparator", "value", "unit")} == {"comparator": "<", "value": 5, "unit": "mg/L"}
 
 
 class TestOutOfPlace:

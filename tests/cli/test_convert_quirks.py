@@ -108,3 +108,30 @@ class TestAckCharset:
         reply(publisher, converted, converted.error, apprec_prefix="x")  # type: ignore[arg-type]
         [ack] = publisher.sent
         assert ack.decode("latin-1").split("\r")[0].split("|")[5] == "SØR"
+
+
+class TestUnreadableFolders:
+    def test_a_subfolder_that_cannot_be_read_fails_the_run(self, tmp_path, capsys, monkeypatch):
+        """A subfolder the user may not list held messages nobody converted: said on stderr and exit 1, never a quiet exit 0."""
+        import os
+
+        from router.cli import main
+
+        folder = tmp_path / "drop"
+        (folder / "locked").mkdir(parents=True)
+        (folder / "a.hl7").write_bytes(_adt("C1"))
+        (folder / "locked" / "b.hl7").write_bytes(_adt("C2", "V2"))
+        real_scandir = os.scandir
+
+        def scandir(path: object = "."):  # root reads any folder: chmod 000 would not fail the test under it
+            if str(path).endswith("locked"):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_scandir(path)
+
+        monkeypatch.setattr(os, "scandir", scandir)
+        capsys.readouterr()
+        code = main(["convert", str(folder)])
+        out, err = capsys.readouterr()
+        assert code == 1
+        assert len(out.splitlines()) == 1  # a.hl7 still converted
+        assert "cannot read folder" in err and "locked" in err and "Traceback" not in err

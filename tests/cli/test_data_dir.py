@@ -42,6 +42,20 @@ def test_run_with_a_record_under_a_file_stops_with_a_config_error(tmp_path):
     assert "broker_or_record_unavailable" not in proc.stdout + proc.stderr
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc, where no folder can be made")
+def test_run_with_a_record_folder_that_cannot_be_made_stops_with_a_config_error(tmp_path):
+    """Review H173: a folder mkdir cannot make for another reason than a file in the way (here under /proc:
+    ENOENT; a read-only file system: EROFS) ended `run` with a FileNotFoundError traceback, exit 1."""
+    unmakable = "/proc/helsebro-h173-nonexistent/record.sqlite3"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
+    env.update({k: v for k, v in os.environ.items() if k == "HELSEBRO_PURE_PYTHON"},
+               HELSEBRO_DATA_DIR=str(tmp_path / "data"), HELSEBRO_RECORD_URL=f"sqlite:///{unmakable}")
+    proc = subprocess.run([sys.executable, "-m", "router.cli", "run", "--until-idle", "30"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2
+    assert "HELSEBRO_RECORD_URL" in proc.stderr and "/proc/helsebro-h173-nonexistent" in proc.stderr
+
+
 def test_run_on_another_applications_database_refuses_and_leaves_it(tmp_path):
     """`run` with HELSEBRO_RECORD_URL naming another application's SQLite file made Helsebro's tables in it. Now it
     stops at once, exit 2, saying the file is not a Helsebro record; the file is left byte for byte, nothing beside it."""

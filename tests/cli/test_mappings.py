@@ -168,6 +168,17 @@ class TestLintUnreadableFiles:
         assert main(["mappings", "lint", str(authoring)]) == 1
         assert "structures.yaml:9:3: ADT^A02 points at ADT_A02, but messages/ADT_A02.yaml does not exist" in capsys.readouterr().err
 
+    def test_an_event_routed_to_a_message_that_refuses_it_is_reported(self, authoring, capsys):
+        """structures.yaml sending ADT^A04 to ADT_A01, whose events: leave A04 out, refuses every A04: lint says so at the entry."""
+        edit(authoring / "messages" / "ADT_A01.yaml", "events: [A01, A04, A08, A13]", "events: [A01, A08, A13]")
+        line = edit(authoring / "structures.yaml", "ADT^A04: ADT_A01", "ADT^A04: ADT_A01")
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err
+        assert (
+            f"structures.yaml:{line}:3: ADT^A04 points at ADT_A01, but its events: [A01, A08, A13] leave out A04, "
+            "so every ADT^A04 would be refused: add A04 to its events, or point ADT^A04 at a mapping that lists it"
+        ) in err, err
+
 
 class TestLintValues:
     """Lint refuses what would not do what it reads as: a table no rule applies, a value FHIR would not take."""

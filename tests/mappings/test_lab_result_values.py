@@ -268,3 +268,57 @@ class TestEveryValueKept:
         assert [c["valueCodeableConcept"]["coding"][0]["code"] for c in organisms["component"]] == ["ECOLI", "KLEB"]
         assert all(c["code"]["coding"][0]["code"] == "ORG" for c in organisms["component"])
         assert [c.get("valueQuantity", {}).get("value") or c.get("valueString") for c in series["component"]] == [12, "<5 g/L"]
+
+
+HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
+
+
+class TestWhoAndHowMuch:
+    """The people behind a result, and a number sent with its comparator in an NM (review H178)."""
+
+    def test_the_responsible_observer_is_the_results_performer(self, converter: Converter) -> None:
+        """OBX-16 (the IG's performer, responsibleObserver) was left unread: who vouched for the
+        result was lost with a success. Each repetition is a performer, by HPR number and name."""
+        data = _oru(
+            PID, "OBR|1|ORD-1^DIPS|LAB-1^LABSYS|PANEL^Panel^L|||20250110080000",
+            "OBX|1|NM|HB^Hb^L||134|g/L|||||F|||||9144900^LEGE^LISA^^^^^^HPR^^^^HPR~^BIOING^BERIT",
+        )
+        [result] = converter.convert(data)
+        assert not [f for f in result.unmapped if f.startswith("OBX") and f.endswith("-16")]
+        [obs] = _of(one_bundle(converter, data), "Observation")
+        lisa, berit = obs["performer"]
+        assert (lisa["identifier"]["system"], lisa["identifier"]["value"]) == (HPR, "9144900")
+        assert lisa["display"] == "LISA LEGE"
+        assert berit == {"display": "BERIT BIOING"}
+
+    def test_the_principal_interpreter_is_the_reports_results_interpreter(self, converter: Converter) -> None:
+        """OBR-32 (principal result interpreter, an NDL whose person is in subcomponents) is the IG's
+        DiagnosticReport.resultsInterpreter: the doctor who signed the report was left unread."""
+        data = _oru(
+            PID, "OBR|1|ORD-1^DIPS|LAB-1^LABSYS|PANEL^Panel^L|||20250110080000" + "|" * 24
+            + "|9144900&LEGE&LISA&&&&&&HPR",
+            "OBX|1|NM|HB^Hb^L||134|g/L|||||F",
+        )
+        [result] = converter.convert(data)
+        assert "OBR-32" not in result.unmapped
+        [report] = _of(one_bundle(converter, data), "DiagnosticReport")
+        [signer] = report["resultsInterpreter"]
+        assert (signer["identifier"]["system"], signer["identifier"]["value"]) == (HPR, "9144900")
+        assert signer["display"] == "LISA LEGE"
+
+    def test_a_number_with_its_comparator_in_an_nm_is_a_quantity_with_that_comparator(self, converter: Converter) -> None:
+        """`<5` in an NM (what many laboratories send for "below the detection limit") was text, so
+        the value and its UCUM unit were lost to anything that reads numbers; it is the Quantity an
+        SN `<^5` gives. Text that is no such number stays text."""
+        results = _results(
+            converter,
+            "OBX|1|NM|LOW^l^L||<5|mg/L|||||F",
+            "OBX|2|NM|HIGH^h^L||>= 10.5|mmol/L|||||F",
+            "OBX|3|NM|WORD^w^L||<see note|mg/L|||||F",
+        )
+        assert results["LOW"]["valueQuantity"] == {
+            "comparator": "<", "value": 5, "unit": "mg/L", "system": "http://unitsofmeasure.org", "code": "mg/L",
+        }
+        assert (results["HIGH"]["valueQuantity"]["comparator"], results["HIGH"]["valueQuantity"]["value"]) == (">=", 10.5)
+        assert results["WORD"]["valueString"] == "<see note mg/L"
+        assert "valueString" not in results["LOW"] and "valueString" not in results["HIGH"]

@@ -172,3 +172,71 @@ class TestEnvironment:
     def test_spaces_around_a_url_or_folder_are_not_part_of_it(self, tmp_path):
         settings = load_settings(environ={"HELSEBRO_BROKER_URL": " amqp://guest@127.0.0.1:5672/%2F\n", "HELSEBRO_DATA_DIR": f" {tmp_path} "})
         assert (settings.broker_url, settings.data_dir) == ("amqp://guest@127.0.0.1:5672/%2F", tmp_path)
+
+
+class TestConnectionUrls:
+    @pytest.mark.parametrize(
+        ("variable", "value", "what"),
+        [
+            ("HELSEBRO_BROKER_URL", "guest:s3cret@rabbit:5672/%2F", "amqp://"),
+            ("HELSEBRO_BROKER_URL", "http://guest:s3cret@rabbit:5672/", "amqp://"),
+            ("HELSEBRO_BROKER_URL", "amqp://guest:s3cret@rabbit:99999/%2F", "port"),
+            ("HELSEBRO_BROKER_URL", "amqp://guest:s3cret@rabbit:56x2/%2F", "port"),
+            ("HELSEBRO_RECORD_URL", "mysql://guest:s3cret@db/x", "postgresql://"),
+            ("HELSEBRO_RECORD_URL", "record.sqlite3", "postgresql://"),
+        ],
+        ids=["no-scheme", "http", "port-out-of-range", "port-not-a-number", "mysql", "bare-path"],
+    )
+    def test_a_url_that_cannot_work_is_refused_at_load(self, variable, value, what):
+        """A broker URL without amqp:// ran on as an outage, retried forever (`not-a-url` was looked up as a host);
+        a port out of range ended `helsebro run` with a traceback. Now each is a ConfigError naming the variable,
+        never echoing the URL (it carries the password)."""
+        with pytest.raises(ConfigError, match=rf"^{variable}: .*{what}") as err:
+            load_settings(environ={variable: value})
+        assert "s3cret" not in str(err.value)
+
+    @pytest.mark.parametrize(
+        ("variable", "value"),
+        [
+            ("HELSEBRO_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+            ("HELSEBRO_BROKER_URL", "amqps://rabbit.example.no/prod"),
+            ("HELSEBRO_RECORD_URL", "postgresql://postgres@127.0.0.1:5432/test?schema=x"),
+            ("HELSEBRO_RECORD_URL", "postgres://postgres@127.0.0.1/test"),
+            ("HELSEBRO_RECORD_URL", "sqlite:////tmp/record.sqlite3"),
+        ],
+    )
+    def test_urls_the_engine_can_use_load(self, variable, value):
+        settings = load_settings(environ={variable: value})
+        assert value in (settings.broker_url, settings.record_url)
+
+
+class TestQueueNamesAndSystems:
+    @pytest.mark.parametrize(
+        ("text", "place", "where"),
+        [
+            ("broker:\n  names:\n    inbound: \"\"\n", "3:14", "broker.names.inbound"),
+            ("broker:\n  names:\n    exchange: \"\"\n", "3:15", "broker.names.exchange"),
+            ("identifiers:\n  authorities:\n    AHUS: \"\"\n", "3:11", "identifiers.authorities.AHUS"),
+            ("identifiers:\n  authorities:\n    AHUS: \"urn:oid: 2.16\"\n", "3:11", "identifiers.authorities.AHUS"),
+        ],
+        ids=["empty-queue", "empty-exchange", "empty-system", "space-in-system"],
+    )
+    def test_a_name_or_system_that_cannot_work_is_refused(self, tmp_path, text, place, where):
+        """An empty inbound queue name loaded and `helsebro run` consumed a queue named "" (RabbitMQ makes a
+        server-named one: nothing ever arrives); an empty exchange published to the default exchange; an empty
+        identifier system wrote Identifier.system "" (not a FHIR uri) on every patient of that authority."""
+        (tmp_path / "engine.yaml").write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError) as err:
+            load_settings(environ={}, config_dir=str(tmp_path))
+        assert str(err.value).startswith(f"{tmp_path / 'engine.yaml'}:{place}: {where}:"), err.value
+
+
+class TestWholeFile:
+    @pytest.mark.parametrize("text", ["- broker\n- own\n", "broker\n"], ids=["list", "scalar"])
+    def test_a_file_that_is_not_a_mapping_says_so(self, tmp_path, text):
+        """engine.yaml holding a list or a word was reported as `engine.yaml:1:1: : Input should be a valid dictionary
+        or instance of EngineConfig`: an empty key and a class name. Now it says what the file must hold."""
+        (tmp_path / "engine.yaml").write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError) as err:
+            load_settings(environ={}, config_dir=str(tmp_path))
+        assert str(err.value) == f"{tmp_path / 'engine.yaml'}:1:1: the file must be a mapping of blocks (broker:, hl7v2:, …), not a list or a value"
