@@ -77,3 +77,13 @@ def test_the_record_bench_names_why_a_message_did_not_convert(monkeypatch):
     said = str(stop.value.code)
     assert "bound method" not in said and said.startswith("bench message did not convert: "), said
     assert "PID-3" in said and bad_fnr not in said, said
+
+
+def test_the_floor_bench_compares_its_output_with_the_engines():
+    """bench/floor.py times a hand-written ADT^A01 conversion beside the engine's: it says whether the two outputs are
+    the same bytes (the figures compare like with like only then) and prints both rates."""
+    done = _bench("floor.py", "--n", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, *rates = done.stdout.splitlines()
+    assert "outputs byte-identical" in first or "outputs DIFFERENT" in first, first
+    assert [line.split()[0] for line in rates[:2]] == ["floor", "engine"] and all("msg/s" in line for line in rates[:2])
