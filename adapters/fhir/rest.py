@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import orjson
 
 from adapters.fhir._bundle import ID_RE, TYPE_RE
+from adapters.fhir._pages import SearchPages
 from adapters.fhir._rest_bodies import capability, history_bundle, outcome, searchset, transaction_response
 from adapters.fhir._search import SEARCH_PARAMS, Term, rest_terms
 from adapters.fhir._store import SqlRecord
@@ -30,7 +31,7 @@ from router.contracts import FhirJson
 from router.errors import MessageError, MultipleMatches, TransientError
 from router.logging import resource_path
 
-__all__ = ["FhirServer", "RecordFactory", "make_server"]
+__all__ = ["FhirServer", "RecordFactory", "SearchPages", "make_server"]
 
 RecordFactory = Callable[[], SqlRecord]
 """Opens one record connection; the server calls it when its pool is empty."""
@@ -46,6 +47,7 @@ _JSON_TYPES = frozenset({"application/fhir+json", "application/json", "applicati
 _MAX_COUNT = 1000  # matches one page of a search may hold (`_count`)
 _DEFAULT_COUNT = 100  # matches a page holds when the search does not say (`_count`)
 _MAX_ALTERNATIVES = 100  # combinations of `a,b` values one search may ask for, and values it may hold: its SQL's size
+_PAGE_PARAMS = frozenset({"_getpages", "_after", *_IGNORED})  # what a `[base]?_getpages=` link may carry
 _ROUTE_SHAPE = re.compile(rf"{BASE}(/metadata|/{TYPE_RE.pattern}(/_search|/{ID_RE.pattern}(/_history(/{ID_RE.pattern})?)?)?)?/?")
 """Paths the request log shows as they are; any other could hold a patient's identifier."""
 
@@ -103,8 +105,9 @@ class FhirServer(ThreadingHTTPServer):
 
     daemon_threads = True  # a stop never waits for an idle keep-alive connection
 
-    def __init__(self, address: tuple[str, int], record_factory: RecordFactory, log: Any = None) -> None:
+    def __init__(self, address: tuple[str, int], record_factory: RecordFactory, log: Any = None, pages: SearchPages | None = None) -> None:
         self.pool = _Pool(record_factory)
+        self.pages = pages if pages is not None else SearchPages()  # searches by POST, for their next pages
         self.log = log
         self.draining = False  # set by drain(): answers close their connections
         self._in_flight = 0  # requests between their headers and the end of their answer
@@ -159,14 +162,17 @@ class FhirServer(ThreadingHTTPServer):
         self.pool.close()
 
 
-def make_server(record_factory: RecordFactory, host: str = "127.0.0.1", port: int = 8080, *, log: Any = None) -> FhirServer:
+def make_server(
+    record_factory: RecordFactory, host: str = "127.0.0.1", port: int = 8080, *, log: Any = None, pages: SearchPages | None = None
+) -> FhirServer:
     """Bind a FHIR server to *host*:*port* (0 picks a free port); call serve_forever() to run it.
 
     Args:
         record_factory: opens a record; called once per concurrent request at most.
         log: a bound structlog logger for request lines, or None for silence.
+        pages: where searches by POST are kept for their `next` links; SearchPages() unless given.
     """
-    return FhirServer((host, port), record_factory, log)
+    return FhirServer((host, port), record_factory, log, pages)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -235,7 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Reject(_Response(406, outcome("not-supported", "this server answers application/fhir+json only")))
             response = _route(
                 self.server.pool, method, url.path.rstrip("/"), url.query, body, self._base(), self.headers.get("Content-Type", ""),
-                lenient=_lenient(self.headers.get_all("Prefer") or ()),
+                pages=self.server.pages, lenient=_lenient(self.headers.get_all("Prefer") or ()),
             )
         except _Reject as reject:
             response = reject.response
@@ -288,7 +294,8 @@ class _Reject(Exception):
 
 
 def _route(
-    pool: _Pool, method: str, path: str, query: str, body: bytes, base: str, content_type: str = "", *, lenient: bool = False
+    pool: _Pool, method: str, path: str, query: str, body: bytes, base: str, content_type: str = "", *,
+    pages: SearchPages | None = None, lenient: bool = False,
 ) -> _Response:
     if path != BASE and not path.startswith(BASE + "/"):
         return _Response(404, outcome("not-found", "not a FHIR endpoint"))
@@ -307,6 +314,19 @@ def _route(
         except UnicodeDecodeError:
             return _Response(400, outcome("structure", "the search form is not UTF-8"))
         method, parts, query = "GET", parts[:1], "&".join(q for q in (query, form) if q)
+        search = _Search(pages) if pages is not None else None
+    elif method == "GET" and not parts and pages is not None and "_getpages" in (names := [n for n, _ in parse_qsl(query, keep_blank_values=True)]):
+        if not set(names) <= _PAGE_PARAMS or names.count("_getpages") > 1:
+            return _Response(400, outcome("not-supported", "a _getpages link takes _after only"))
+        page_id = dict(parse_qsl(query, keep_blank_values=True))["_getpages"]
+        found = pages.find(page_id)
+        if found is None:  # HAPI answers the same: the search is this process's, and for a while only
+            return _Response(410, outcome("not-found", "the search this page belongs to is unknown or has expired; search again"))
+        parts = [found[0]]
+        after = [(n, v) for n, v in parse_qsl(query, keep_blank_values=True) if n == "_after"]
+        query, search = "&".join(q for q in (found[1], urlencode(after)) if q), _Search(pages, page_id)
+    else:
+        search = None
     if method != "GET":  # HTTP: a 405 names what the path does take
         allow = "POST" if not parts or parts[1:] == ["_search"] else "GET, HEAD"
         return _Response(405, outcome("not-supported", "unsupported interaction"), (("Allow", allow),))
@@ -316,16 +336,16 @@ def _route(
         return _Response(404, outcome("not-found", "malformed id"))
     try:
         with pool.record() as record:
-            return _read_route(record, parts, query, base, lenient)
+            return _read_route(record, parts, query, base, lenient, search)
     except MessageError as exc:
         return _Response(400, outcome(exc.issue_code, exc.reason))
     except TransientError:
         return _Response(503, outcome("transient", "record unavailable"), (("Retry-After", "1"),))
 
 
-def _read_route(record: SqlRecord, parts: list[str], query: str, base: str, lenient: bool = False) -> _Response:
+def _read_route(record: SqlRecord, parts: list[str], query: str, base: str, lenient: bool = False, hidden: _Search | None = None) -> _Response:
     if len(parts) == 1:
-        return _search(record, parts[0], query, base, lenient)
+        return _search(record, parts[0], query, base, lenient, hidden)
     type_, id_ = parts[0], parts[1]
     if len(parts) == 2:
         return _read(record, type_, id_)
@@ -353,7 +373,15 @@ def _read(record: SqlRecord, type_: str, id_: str) -> _Response:
     return _Response(404, outcome("not-found", "resource not found"))
 
 
-def _search(record: SqlRecord, type_: str, query: str, base: str, lenient: bool = False) -> _Response:
+@dataclass(frozen=True, slots=True)
+class _Search:
+    """A search whose links must not name its values: made by POST, or a page of one (*page_id*)."""
+
+    pages: SearchPages
+    page_id: str | None = None
+
+
+def _search(record: SqlRecord, type_: str, query: str, base: str, lenient: bool = False, hidden: _Search | None = None) -> _Response:
     """Search, one page at a time: a parameter's `a,b` values are ORed, parameters ANDed, matches in id order.
 
     A page holds `_count` matches (_DEFAULT_COUNT when not asked, never more than _MAX_COUNT),
@@ -362,6 +390,10 @@ def _search(record: SqlRecord, type_: str, query: str, base: str, lenient: bool 
     that is still there; `total` counts every match. *lenient* (the client's `Prefer:
     handling=lenient`) drops parameters the record does not know instead of refusing the search;
     the links then show only the parameters used, as FHIR asks, so a next page is not refused.
+
+    A *hidden* search (made by POST, whose form keeps identifiers out of URLs) has links that name
+    none of its values: `self` is `[type]/_search` (a page of it: its own `_getpages` URL) and `next`
+    is `[base]?_getpages=<id>&_after=<last id>`, the id naming the parameters kept in SearchPages.
     """
     params: list[tuple[str, list[Term]]] = []
     paging: dict[str, str] = {}
@@ -392,11 +424,22 @@ def _search(record: SqlRecord, type_: str, query: str, base: str, lenient: bool 
     if sum(len(terms) for _, terms in params) > _MAX_ALTERNATIVES:  # a parameter repeated (ANDed) thousands of times
         return _Response(400, outcome("too-costly", f"more than {_MAX_ALTERNATIVES} search values"))
     total, page = record.search_page(type_, params, after=after, limit=count + 1 if count else 0)  # one more: is there a next page?
-    links = [("self", f"{base}/{type_}" + (f"?{query}" if query else ""))]
+    if hidden is None:
+        links = [("self", f"{base}/{type_}" + (f"?{query}" if query else ""))]
+    elif hidden.page_id is None:
+        links = [("self", f"{base}/{type_}/_search")]
+    else:
+        shown = [("_getpages", hidden.page_id)] + ([("_after", after)] if after is not None else [])
+        links = [("self", f"{base}?{urlencode(shown)}")]
     if len(page) > count:
         page = page[:count]
         kept = [(n, v) for n, v in pairs if n != "_after"]
-        links.append(("next", f"{base}/{type_}?{urlencode([*kept, ('_after', str(page[-1]['id']))], safe='|,:/')}"))
+        last = ("_after", str(page[-1]["id"]))
+        if hidden is None:
+            links.append(("next", f"{base}/{type_}?{urlencode([*kept, last], safe='|,:/')}"))
+        else:
+            page_id = hidden.page_id or hidden.pages.keep(type_, urlencode(kept, safe="|,:/"))
+            links.append(("next", f"{base}?{urlencode([('_getpages', page_id), last])}"))
     return _Response(200, searchset(page, base, total=total, links=links))
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from adapters.fhir.record import open_record
-from adapters.fhir.rest import make_server
+from adapters.fhir.rest import SearchPages, make_server
 
 FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
 FNR_VALUE = "01015000232"
@@ -504,3 +504,95 @@ class TestRestHttpSemantics:
         assert response.status_code == status
         assert response.headers["content-type"].startswith("application/fhir+json")
         assert response.json()["resourceType"] == ("OperationOutcome" if status == 406 else "Patient")
+
+
+def _links(bundle):
+    return {link["relation"]: link["url"] for link in bundle["link"]}
+
+
+def _store_patients_with_fnr(client, count):
+    """Store *count* patients, each with a fødselsnummer-like identifier; return the values."""
+    values = [f"0101500{i:04}" for i in range(count)]
+    entries = [
+        {"resource": {"resourceType": "Patient", "id": f"p{i}", "identifier": [{"system": FNR, "value": v}]}, "request": {"method": "PUT", "url": f"Patient/p{i}"}}
+        for i, v in enumerate(values)
+    ]
+    assert client.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}).status_code == 200
+    return values
+
+
+class TestPostSearchPages:
+    """Review H183: the links of a `POST [type]/_search` Bundle repeated the form's parameters, so
+    a client following `next` by GET put the fødselsnummer into a URL after all."""
+
+    def test_no_link_of_a_post_search_names_the_values_searched_by(self, client, log):
+        """`self` is `Patient/_search`, `next` a `_getpages` id; its pages are a GET search's."""
+        values = _store_patients_with_fnr(client, 5)
+        form = {"identifier": ",".join(f"{FNR}|{v}" for v in values), "_count": "2"}
+        page = client.post("/Patient/_search", data=form).json()
+        assert _links(page)["self"] == str(client.base_url.join("Patient/_search"))
+        post_ids, urls = [], []
+        while True:
+            post_ids += [e["resource"]["id"] for e in page["entry"]]
+            urls += [link["url"] for link in page["link"]]
+            assert page["total"] == 5
+            link = _links(page).get("next")
+            if link is None:
+                break
+            assert "_getpages=" in link
+            page = client.get(link).json()
+        assert not [u for u in urls if any(v in u for v in values) or "identifier" in u]
+        get_ids, page = [], client.get("/Patient", params=form).json()
+        while True:
+            get_ids += [e["resource"]["id"] for e in page["entry"]]
+            if (link := _links(page).get("next")) is None:
+                break
+            page = client.get(link).json()
+        assert post_ids == get_ids == [f"p{i}" for i in range(5)]
+        assert not [v for v in values if v in repr(log.events)]
+
+    def test_a_get_search_keeps_its_parameters_in_its_links(self, client):
+        """The contract for GET: `self` repeats the search, `next` adds `_after`."""
+        values = _store_patients_with_fnr(client, 3)
+        links = _links(client.get("/Patient", params={"identifier": f"{FNR}|", "_count": "2"}).json())
+        assert "identifier=" in links["self"] and "_getpages" not in links["next"]
+        assert "_after=p1" in links["next"] and values[0] not in links["next"]
+
+    @pytest.mark.parametrize("query", ["_getpages=unknown", "_getpages=unknown&_after=p1", "_getpages="])
+    def test_an_unknown_page_id_is_gone(self, client, query):
+        """An id this process never made (or another process made) answers 410, as HAPI does."""
+        _store_patients_with_fnr(client, 1)
+        response = client.get(f"?{query}")
+        assert response.status_code == 410 and response.json()["resourceType"] == "OperationOutcome"
+
+    def test_an_expired_page_id_is_gone(self, settings):
+        """A search is kept for `ttl` seconds after its last page was asked for, then answers 410."""
+        now = [0.0]
+        server = make_server(lambda: open_record(settings), "127.0.0.1", 0, pages=SearchPages(ttl=60, limit=10, clock=lambda: now[0]))
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
+        thread.start()
+        try:
+            with httpx.Client(base_url=server.base_url) as http:
+                _store_patients_with_fnr(http, 3)
+                link = _links(http.post("/Patient/_search", data={"identifier": f"{FNR}|", "_count": "1"}).json())["next"]
+                now[0] = 59.0
+                assert http.get(link).status_code == 200  # and its use keeps it another 60 s
+                now[0] = 118.0
+                assert http.get(link).status_code == 200
+                now[0] = 179.0
+                assert http.get(link).status_code == 410
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+
+class TestSearchPagesStore:
+    """The page ids' map is bounded: past its limit, the oldest search is forgotten (410)."""
+
+    def test_the_oldest_is_dropped_past_the_limit(self):
+        """Ids are random (not derived from the values), and at most `limit` searches are kept."""
+        pages = SearchPages(ttl=60, limit=2, clock=lambda: 0.0)
+        ids = [pages.keep("Patient", f"identifier=x{i}") for i in range(3)]
+        assert len(set(ids)) == 3 and all(len(i) >= 32 for i in ids)
+        assert [pages.find(i) for i in ids] == [None, ("Patient", "identifier=x1"), ("Patient", "identifier=x2")]
