@@ -11,6 +11,8 @@ from functools import cache
 
 from hl7apy.v2_5 import DATATYPES_STRUCTS
 
+from adapters.hl7v2._group_defs import segment_names, structure
+
 # Paths are checked against the union of v2.5 to v2.8: a v2.8 sender's PID-40 is real.
 _VERSIONS = [importlib.import_module(f"hl7apy.{v}") for v in ("v2_5", "v2_5_1", "v2_6", "v2_7", "v2_8")]
 
@@ -46,3 +48,62 @@ def check_path(path: object) -> str | None:
     if field_no is not None and count is not None and field_no > count:
         return f"{segment} has {count} fields in HL7 v2.5 to v2.8; {segment}-{field_no} does not exist"
     return None
+
+
+@cache
+def _structure_parts(name: str) -> tuple[frozenset[str], frozenset[str]] | None:
+    """The segments message structure *name* has a place for in any of v2.5 to v2.8, and its groups; None if unknown.
+
+    Segments from every version: a v2.7 sender's PRT in an ORU is real. Groups are the ones
+    groups.py builds (v2.5.1's, with the few later ones merged in): a group it never builds
+    is never iterated, whatever a later version calls it.
+    """
+    defs = structure(name)
+    versions = [v.MESSAGES[name] for v in _VERSIONS if name in v.MESSAGES]
+    if defs is None and not versions:
+        return None
+    segments: set[str] = set(segment_names(defs)) if defs else set()
+    groups: set[str] = set()
+    stack = list(defs or ())
+    while stack:
+        d = stack.pop()
+        if d.is_group:
+            groups.add(d.name)
+            stack.extend(d.children)
+    todo = [defn[1] for defn in versions]
+    while todo:
+        for child, sub, _, kind in todo.pop():
+            if kind == "GRP":
+                todo.append(sub[1])
+            elif kind == "SEG":
+                segments.add(child)
+    return frozenset(segments), frozenset(groups)
+
+
+def check_reach(path: object, structures: tuple[str, ...]) -> str | None:
+    """Say why *path* never reads anything in messages of *structures* (one of which uses it), or None.
+
+    Why: a segment every check above knows, read where no message that gets there can carry it
+    (an OBR in an ADT^A01), passed lint and made nothing at run time, without a word. A structure
+    hl7apy does not know, and Z-segments (site-defined, allowed anywhere), are let through.
+    """
+    tail = getattr(path, "tail", None)
+    segment = getattr(path, "segment", None) or getattr(tail, "segment", None)
+    steps = getattr(path, "steps", ())
+    parts = [_structure_parts(s) for s in structures]
+    if not structures or any(p is None for p in parts):
+        return None
+    known = [p for p in parts if p is not None]
+    for group, _ in steps:
+        if not any(group in groups for _, groups in known):
+            return _lacks(structures, f"{group} group")
+    if segment is not None and not segment.startswith("Z") and not any(segment in segs for segs, _ in known):
+        return _lacks(structures, f"{segment} segment")
+    return None
+
+
+def _lacks(structures: tuple[str, ...], what: str) -> str:
+    """`ADT_A01 has no OBR segment (...)`, or the same of every structure a template is used from."""
+    if len(structures) == 1:
+        return f"{structures[0]} has no {what} (message structure {structures[0]}, HL7 v2.5 to v2.8)"
+    return f"none of the message structures that use it has the {what} ({', '.join(structures)}; HL7 v2.5 to v2.8)"

@@ -83,17 +83,17 @@ def _is_xml(root: Path) -> bool:
     return (root / "namespaces.yaml").exists()
 
 
-def _compilers(root: Path) -> tuple[Any, Any]:
-    """The path compiler and structure check for a mapping folder's source format."""
+def _compilers(root: Path) -> tuple[Any, Any, Any]:
+    """The path compiler, structure check and reach check (a path a message structure cannot hold) for a folder's format."""
     if _is_xml(root):
         from adapters.kith.paths import path_compiler
         from router.mapping.mapping_set import load_namespaces
 
-        return path_compiler(load_namespaces(root / "namespaces.yaml")), None
+        return path_compiler(load_namespaces(root / "namespaces.yaml")), None, None
     from adapters.hl7v2.paths import compile_path
-    from adapters.hl7v2.structure import check_path
+    from adapters.hl7v2.structure import check_path, check_reach
 
-    return compile_path, check_path
+    return compile_path, check_path, check_reach
 
 
 def _lint_roots(roots: list[Path]) -> int:
@@ -108,12 +108,12 @@ def _lint_roots(roots: list[Path]) -> int:
                 count += 1
             continue
         try:
-            compile_path, check_path = _compilers(root)
+            compile_path, check_path, check_reach = _compilers(root)
         except MappingError as exc:
             print(f"{exc.file}:{exc.line}:{exc.column}: {exc.reason}", file=sys.stderr)
             count += 1
             continue
-        for err in lint(root, compile_path, check_path=check_path):
+        for err in lint(root, compile_path, check_path=check_path, check_reach=check_reach):
             print(f"{err.file}:{err.line}:{err.column}: {err.reason}", file=sys.stderr)
             count += 1
     return count
@@ -163,8 +163,8 @@ def run_test(args: argparse.Namespace) -> int:
         if _is_xml(root):  # XML mappings load inside the converter, from <mappings_dir>/kith
             conv = Converter(settings.model_copy(update={"mappings_dir": root.parent}))
         else:
-            compile_path, check_path = _compilers(root)
-            conv = Converter(settings, mappings=MappingSet.load(root, compile_path, check_path=check_path))
+            compile_path, check_path, check_reach = _compilers(root)
+            conv = Converter(settings, mappings=MappingSet.load(root, compile_path, check_path=check_path, check_reach=check_reach))
 
         def convert(data: bytes, conv: Converter = conv) -> list[dict[str, Any]]:
             return [r.bundle if r.ok and r.bundle is not None else r.outcome() for r in conv.convert(data)]

@@ -61,7 +61,12 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
     if path.stem != structure:
         raise _err(f"message {structure!r} must live in a file named {structure}.yaml", doc.pos("message"))
     names: set[str] = set()
-    uses = _uses(c, doc, "resources", names, top=True)
+    c._structure = structure  # its own paths are checked against its structure (Compiler._reach)
+    try:
+        uses = _uses(c, doc, "resources", names, top=True)
+        document = _document(c, doc) if "document" in doc else None
+    finally:
+        c._structure = None
     embedded = compile_embedded(c, doc) if "embedded" in doc else None
     if embedded is not None and embedded.same:
         names.add(embedded.same)  # the embedded messages' resource: this mapping's resources may bind it
@@ -80,8 +85,8 @@ def compile_message(c: Compiler, path: Path) -> MessageMapping:
         mm.requires = _requires(doc)
     if "once" in doc:
         mm.once = _once(doc)
-    if "document" in doc:
-        mm.document = _document(c, doc)
+    if document is not None:
+        mm.document = document
         mm.owned_types = tuple(sorted({u.template.fhir_type for u in walk_uses(uses) if u.template is not None and u.write == "update"}))
     return mm
 

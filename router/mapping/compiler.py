@@ -136,6 +136,10 @@ class Compiler:
     _iterating: tuple[tuple[str, int], ...] = ()  # (segment, field) whose repetitions the enclosing `each:` rules iterate (`same: PV1-7`)
     _same_fields: list[tuple[str, tuple[str, int | None], Pos]] = field(default_factory=list)  # the template's `same: PV1-7` and `same: DG1` rules (_each_rules.compile_same_ref)
     check_path: Callable[[Any], str | None] | None = None  # the format's structure check (unknown fields)
+    check_reach: Callable[[Any, tuple[str, ...]], str | None] | None = None  # the format's check that a message structure can hold what a path reads
+    _structure: str | None = None  # the message mapping being compiled: its own paths are checked against its structure at once
+    _reads: list[tuple[Any, Pos]] | None = None  # the template being compiled: its paths, checked once every message using it is known
+    _template_reads: dict[str, list[tuple[Any, Pos]]] = field(default_factory=dict)
     errors: list[MappingError] | None = None  # set to collect every error (lint) instead of stopping
     overlay: Path | None = None  # a sender's folder whose files replace the base files of the same name
     broken: set[tuple[str, str]] = field(default_factory=set)  # lint: (folder, name) of files reported as failed; their users are not
@@ -164,10 +168,17 @@ class Compiler:
             elif folder == "segments":
                 self._guard(self.template, name, pos)
         out: dict[str, MessageMapping] = {}
+        failed = False
         for path in self._files("messages"):
             mm = self._guard(self._message, path)
             if mm is not None:
                 out[mm.structure] = mm
+            failed = failed or mm is None
+        if not failed:  # a message that failed hides which templates it uses: their reach is checked once it compiles
+            for exc in _unreached(self, out):
+                if self.errors is None:
+                    raise exc
+                self._collect(exc)
         from router.mapping._embedded import check_embedded  # split for size
 
         for mm in list(out.values()):
@@ -239,6 +250,8 @@ class Compiler:
             raise _err(f"datatype mapping {name!r} uses itself", pos)
         self._busy.add(name)
         saved, self._params = self._params, ()  # datatypes take no resource parameters
+        reach = self._structure, self._reads
+        self._structure, self._reads = None, None  # a datatype reads inside its value, wherever it is used
         doc, _ = self._raw[("datatypes", name)]
         try:
             _check_keys(doc, {"datatype", "source", "target", "description", "rules"}, "a datatype mapping")
@@ -257,6 +270,7 @@ class Compiler:
         finally:
             self._busy.discard(name)
             self._params = saved
+            self._structure, self._reads = reach
         self.datatypes[name] = dt
         return dt
 
@@ -268,6 +282,8 @@ class Compiler:
             _dependent(self, "segments", name, pos)
             raise _err(f"no resource template {name!r} (looked for segments/{name}.yaml)", pos)
         doc, _ = self._raw[("segments", name)]
+        saved = self._structure
+        self._structure, self._reads = None, []
         try:
             return self._template(name, doc)
         except MappingError as exc:
@@ -278,6 +294,9 @@ class Compiler:
             tpl = Template(name, str(doc.get("type", "")), params, (), (), Block([]), doc.pos())
             self.templates[name] = tpl
             return tpl
+        finally:
+            self._template_reads[name] = self._reads
+            self._structure, self._reads = saved, None
 
     def _template(self, name: str, doc: YMap) -> Template:
         _check_keys(doc, {"resource", "type", "description", "params", "identity", "rules"}, "a resource template")
@@ -403,23 +422,38 @@ class Compiler:
             problem = self.check_path(path)
             if problem:
                 raise _err(problem, pos)
+        problem = self._reach(path, pos)
+        if problem:
+            raise _err(problem, pos)
         return path
+
+    def _reach(self, path: Any, pos: Pos) -> str | None:
+        """Say why *path*, in the message mapping being compiled, never reads anything; in a template, note it for `_unreached`."""
+        if self.check_reach is None:
+            return None
+        if self._structure is not None:
+            problem = self.check_reach(path, (self._structure,))
+            return f"{problem}: this rule never reads anything" if problem else None
+        if self._reads is not None:
+            self._reads.append((path, pos))
+        return None
 
     def _when(self, node: YMap) -> Predicate | None:
         if "when" not in node:
             return None
         try:
-            return compile_condition(node["when"], self._checked_path)
+            pos = node.pos("when")
+            return compile_condition(node["when"], lambda text: self._checked_path(text, pos))
         except ConditionSyntaxError as exc:
             raise _err(f"bad condition: {exc}", node.pos("when")) from None
 
-    def _checked_path(self, text: str) -> Any:
+    def _checked_path(self, text: str, pos: Pos) -> Any:
         """A condition's path, checked against the format's structures as a rule's `from:` is.
 
         Why: `when: AL9 valued` (a typo) or `PV1-99` never holds, so what it guards was silently never made.
         """
         path = self.compile_path(text)
-        problem = self.check_path(path) if self.check_path is not None else None
+        problem = (self.check_path(path) if self.check_path is not None else None) or self._reach(path, pos)
         if problem:
             raise ValueError(problem)
         return path
@@ -449,6 +483,31 @@ class Compiler:
         except LookupError as exc:
             raise _err(str(exc), node.pos("target")) from None
         return Target(tuple(e.name for e in els), tuple(e.is_list for e in els)), els
+
+
+def _unreached(c: Compiler, messages: dict[str, MessageMapping]) -> list[MappingError]:
+    """One error per template path that no message structure using the template can hold (an OBR in a template only ADTs use).
+
+    Why: such a rule passed lint and made nothing at run time, without a word. A template no
+    message uses is left alone: nothing says where it will be read.
+    """
+    from router.mapping._message_checks import walk_uses
+
+    if c.check_reach is None:
+        return []
+    used_by: dict[str, set[str]] = {}
+    for mm in messages.values():
+        for use in walk_uses(mm.resources):
+            if use.template is not None:
+                used_by.setdefault(use.template.name, set()).add(mm.structure)
+    out: list[MappingError] = []
+    for name, reads in c._template_reads.items():
+        structures = tuple(sorted(used_by.get(name, ())))
+        for path, pos in reads if structures else ():
+            problem = c.check_reach(path, structures)
+            if problem:
+                out.append(_err(f"{problem}: this rule never reads anything", pos))
+    return out
 
 
 __all__ = ["LIBRARY", "Block", "Compiler", "Datatype", "MessageMapping", "Pos", "Ref", "ResourceUse", "Rule", "RunContext", "Template", "call"]

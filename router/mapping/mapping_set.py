@@ -27,7 +27,10 @@ class MappingSet:
     senders: dict[str, MappingSet] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, root: Path, compile_path: Callable[[str], Any], *, check_path: Callable[[Any], str | None] | None = None, overlay: Path | None = None) -> MappingSet:
+    def load(
+        cls, root: Path, compile_path: Callable[[str], Any], *, check_path: Callable[[Any], str | None] | None = None,
+        check_reach: Callable[[Any, tuple[str, ...]], str | None] | None = None, overlay: Path | None = None,
+    ) -> MappingSet:
         """Compile every mapping under *root* (e.g. `mappings/hl7v2`), and each sender's overlay.
 
         A sender overlay is a folder `senders/<KEY>/` holding any of `messages/`,
@@ -38,14 +41,14 @@ class MappingSet:
         Raises:
             MappingError: any file fails its checks; the error names file:line:col.
         """
-        compiler = Compiler(root, compile_path, check_path=check_path, overlay=overlay)
+        compiler = Compiler(root, compile_path, check_path=check_path, check_reach=check_reach, overlay=overlay)
         messages = compiler.load()
         table = root / "structures.yaml"
         structures = cls._structures(table, compiler, messages) if table.exists() else {}
         senders: dict[str, MappingSet] = {}
         if overlay is None and (root / "senders").is_dir():
             for folder in sorted(p for p in (root / "senders").iterdir() if p.is_dir()):
-                senders[folder.name] = cls.load(root, compile_path, check_path=check_path, overlay=folder)
+                senders[folder.name] = cls.load(root, compile_path, check_path=check_path, check_reach=check_reach, overlay=folder)
         return cls(root, messages, structures, compiler, senders)
 
     def for_sender(self, *keys: str | None) -> MappingSet:
@@ -88,14 +91,20 @@ class MappingSet:
         return self.messages.get(f"{code}_{event}")
 
 
-def lint(root: Path, compile_path: Callable[[str], Any], *, check_path: Callable[[Any], str | None] | None = None) -> list[MappingError]:
-    """Run every load-time check on *root* and return all errors (empty when clean)."""
+def lint(
+    root: Path, compile_path: Callable[[str], Any], *, check_path: Callable[[Any], str | None] | None = None,
+    check_reach: Callable[[Any, tuple[str, ...]], str | None] | None = None,
+) -> list[MappingError]:
+    """Run every load-time check on *root* and return all errors (empty when clean).
+
+    *check_reach* says why a path reads nothing in the message structures that use it (HL7 v2: an OBR in an ADT).
+    """
     if not (root / "messages").is_dir():
         return [MappingError("not a mapping folder: it has no messages/ folder", file=str(root), line=1, column=1)]
     errors: list[MappingError] = []
     overlays = [None, *sorted(p for p in (root / "senders").iterdir() if p.is_dir())] if (root / "senders").is_dir() else [None]
     for overlay in overlays:
-        compiler = Compiler(root, compile_path, check_path=check_path, errors=[], overlay=overlay)
+        compiler = Compiler(root, compile_path, check_path=check_path, check_reach=check_reach, errors=[], overlay=overlay)
         try:
             messages = compiler.load()
             table = root / "structures.yaml"

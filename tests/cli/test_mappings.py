@@ -129,6 +129,57 @@ class TestLint:
         assert len(err) == 1 and f"tables/hl7-0001.yaml:{line}:1: unknown key 'mapp'" in err[0], err
 
 
+class TestLintReach:
+    """A path no message structure that reads it can hold is a lint error at its line (review H184).
+
+    Why: `from: OBR-3` in a template only ADTs use named a real segment and field, so lint passed,
+    and at run time the rule read nothing and made nothing, without a word.
+    """
+
+    @pytest.mark.parametrize(
+        ("old", "new", "says"),
+        [
+            ("    each: AL1\n", "    each: OBR\n", "ADT_A01 has no OBR segment (message structure ADT_A01, HL7 v2.5 to v2.8)"),
+            ("    when: AL1 valued", "    when: ORC valued", "ADT_A01 has no ORC segment (message structure ADT_A01, HL7 v2.5 to v2.8)"),
+            ("    each: AL1\n", "    each: ORDER_OBSERVATION\n", "ADT_A01 has no ORDER_OBSERVATION group"),
+        ],
+    )
+    def test_a_message_entry_reading_what_its_structure_lacks(self, authoring, capsys, old, new, says):
+        """A `from:`, `each:` or `when:` of a message mapping is checked against that message's own structure."""
+        line = edit(authoring / "messages" / "ADT_A01.yaml", old, new)
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err
+        assert f"messages/ADT_A01.yaml:{line}:" in err and says in err and "this rule never reads anything" in err, err
+
+    def test_a_template_rule_no_message_using_it_can_read(self, authoring, capsys):
+        """A template's rule is checked against every structure whose mapping uses the template: AL1's only ADTs use."""
+        line = edit(authoring / "segments" / "AL1.AllergyIntolerance.yaml", "from: AL1-3\n", "from: OBR-3\n")
+        assert main(["mappings", "lint", str(authoring)]) == 1
+        err = capsys.readouterr().err.splitlines()
+        hits = [e for e in err if f"segments/AL1.AllergyIntolerance.yaml:{line}:" in e]
+        assert len(err) == 1 and hits, err
+        assert "none of the message structures that use it has the OBR segment (ADT_A01, ADT_A03" in hits[0], hits
+        assert hits[0].endswith("HL7 v2.5 to v2.8): this rule never reads anything"), hits
+
+    @pytest.mark.parametrize(
+        ("file", "old", "new"),
+        [
+            # a Z-segment is site-defined: any message may carry it
+            ("segments/AL1.AllergyIntolerance.yaml", "from: AL1-3\n", "from: ZAL-3\n"),
+            # a template several structures use reads what one of them holds: of AL1's ADTs, only ADT_A06 has an MRG
+            ("segments/AL1.AllergyIntolerance.yaml", "from: AL1-3\n", "from: MRG-3\n"),
+            # v2.7's PRT has a place in ORU^R01 (v2.5.1 has none)
+            ("messages/ORU_R01.yaml", "        when: PV1-19 valued or PV1-44 valued", "        when: PRT valued or PV1-19 valued or PV1-44 valued"),
+            # PID read inside a group, from a structure that holds it elsewhere
+            ("messages/ORU_R01.yaml", "        when: PV1-19 valued or PV1-44 valued", "        when: MSH-4 valued and PID valued"),
+        ],
+    )
+    def test_what_some_message_that_uses_it_can_hold_lints_clean(self, authoring, capsys, file, old, new):
+        """Z-segments, segments later versions added, and segments one of a template's structures holds pass."""
+        edit(authoring / file, old, new)
+        assert main(["mappings", "lint", str(authoring)]) == 0, capsys.readouterr().err
+
+
 class TestLintUnreadableFiles:
     """A mapping file lint cannot read or decode is an error at file:line:col, exit 1, never a traceback."""
 
