@@ -85,11 +85,25 @@ def split_messages(data: bytes) -> list[RawMessage]:
     and FHS/BHS/BTS/FTS batch segments. Bytes with no MSH give one RawMessage
     holding them all, so the caller can report it rather than drop it. The last
     message of an MLLP frame that never ends keeps the start byte, so decode()
-    refuses it instead of converting a message cut mid-field.
+    refuses it instead of converting a message cut mid-field. That holds for every
+    frame, not only the last: a frame cut short before the next start byte is split
+    from it, never joined to the message that follows.
     """
-    open_frame = False
+    if b"\x0b" not in data and b"\x1c" not in data:
+        return _split(data, open_frame=False)
+    pieces = _open_frame_pieces(data)
+    if len(pieces) == 1:
+        return _split(pieces[0][0], open_frame=pieces[0][1])
+    out: list[RawMessage] = []
+    for piece, open_frame in pieces:
+        base = len(out)
+        out.extend([RawMessage(base + k, raw.data) for k, raw in enumerate(_split(piece, open_frame=open_frame))])
+    return out
+
+
+def _split(data: bytes, *, open_frame: bool) -> list[RawMessage]:
+    """split_messages() for bytes holding at most one frame cut short, at their end (*open_frame*)."""
     if b"\x0b" in data or b"\x1c" in data:
-        open_frame = _ends_in_open_frame(data)
         data = _OUTSIDE_FRAMES.sub(b"", data).replace(b"\x0b", b"").replace(b"\x1c", b"")
     if b"\xef\xbb\xbf" in data:
         data = _LINE_BOM.sub(b"", data)
@@ -268,12 +282,26 @@ def _says(label: str, count: int, held: int, what: str) -> str:
     return f"{label} says {count} {noun}, {holds} {held}"
 
 
-def _ends_in_open_frame(data: bytes) -> bool:
-    """Tell whether the last MLLP frame never got its end byte (0x1C), so its last message may be cut short."""
+def _open_frame_pieces(data: bytes) -> list[tuple[bytes, bool]]:
+    """Cut *data* after each MLLP frame that never got its end byte (0x1C) before the next frame starts.
+
+    Returns the pieces in order, each with whether it ends in such a frame, whose last message may be cut
+    short. Why cut: with its end byte lost, a frame's last message runs on into the next frame's MSH, and
+    only a frame of its own lets decode() refuse the one and convert the other.
+    """
     # Only a start byte before a message (MSH, or a batch header) opens a frame: a stray 0x0B inside a field
     # of an unframed message (dropped, as before) does not.
     starts = [m.start() for m in _FRAME_START.finditer(data)]
-    return bool(starts) and data.find(b"\x1c", starts[-1]) < 0
+    pieces: list[tuple[bytes, bool]] = []
+    cut = 0
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else len(data)
+        if data.find(b"\x1c", start, end) < 0:
+            pieces.append((data[cut:end], True))
+            cut = end
+    if cut < len(data) or not pieces:
+        pieces.append((data[cut:], False))
+    return pieces
 
 
 def _raw_msh_fields(data: bytes) -> list[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -11,15 +12,15 @@ SUFFIXES = (".hl7", ".er7", ".txt", ".xml")
 
 
 class UsageError(Exception):
-    """A PATH that does not exist.
+    """A PATH that does not exist, cannot be read, or is neither a regular file nor a folder.
 
     A folder that holds no message files is not one: it gives nothing to do, and exit 0,
     so a script that converts a drop folder does not fail when the folder is empty; the
     verb says so on stderr, so a mistyped folder is not mistaken for a quiet success.
     """
 
-    def __init__(self, path: str) -> None:
-        super().__init__(f"no such file or folder: {path}")
+    def __init__(self, path: str, problem: str = "no such file or folder") -> None:
+        super().__init__(f"{problem}: {path}")
         self.path = path
 
 
@@ -34,12 +35,13 @@ def expand(paths: list[str], *, verb: str | None = None, unreadable: list[Path] 
     so the verb can fail the run: the messages in them were never read.
 
     Raises:
-        UsageError: a PATH does not exist.
+        UsageError: a PATH does not exist, cannot be read, or is neither a regular file nor a folder.
     """
     out: list[tuple[Path, Path]] = []
     for text in paths:
         p = Path(text)
-        if p.is_dir():
+        mode = _mode(text, p)
+        if stat.S_ISDIR(mode):
             missed: list[Path] = []
             files = _search(p, missed)
             for folder in missed:
@@ -50,11 +52,26 @@ def expand(paths: list[str], *, verb: str | None = None, unreadable: list[Path] 
             if not files and not missed and verb:  # an unlisted folder was said above
                 print(f"helsebro {verb}: {text}: no message files ({' '.join('*' + s for s in SUFFIXES)}), nothing to do", file=sys.stderr)
             out.extend((f, f.relative_to(p)) for f in files)
-        elif p.is_file():
+        elif stat.S_ISREG(mode):
             out.append((p, Path(p.name)))
         else:
-            raise UsageError(text)
+            raise UsageError(text, "not a regular file or folder")  # a FIFO or a device: reading it may never end
     return out
+
+
+def _mode(text: str, p: Path) -> int:
+    """The file mode of PATH *p* (symlinks followed).
+
+    Raises:
+        UsageError: it does not exist, or it cannot be looked at (a folder on its way denies access):
+            named as such, since "no such file" would send the user looking for a typo.
+    """
+    try:
+        return p.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise UsageError(text) from None
+    except OSError as exc:
+        raise UsageError(text, f"cannot read ({exc.strerror or exc})") from None
 
 
 def _search(folder: Path, unreadable: list[Path]) -> list[Path]:

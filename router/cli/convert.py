@@ -65,7 +65,7 @@ def _convert_all(converter: Any, files: list[tuple[Path, Path]], out_dir: Path |
         try:
             data = path.read_bytes()
         except OSError as exc:
-            print(f"helsebro convert: cannot read {path}: {exc.strerror}", file=sys.stderr)
+            print(f"helsebro convert: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
             failed += 1
             continue
         results = converter.convert(data, trace=args.explain)

@@ -23,7 +23,13 @@ lists a queue). A message found nowhere has not settled: it is still queued, or
 it never arrived. The journal keeps 14 days.
 
 Nothing shown is patient data: a patient is a key (a hash of the identity's
-search), resources are ids. A lookup by patient is still an access to one
+search), resources are ids. A person's messages sit under the key of the number
+each named: `--patient` also searches the keys of the person's other numbers the
+record holds (an old number kept `use: old`) and of the records merged with theirs
+(A34, A40: the merged-away number finds the survivor's messages, and the
+survivor's finds the merged record's); the text view's last line and `--json`'s
+`patient_keys` name every key searched, the number's own first. `--patient-key`
+searches its one key. A lookup by patient is still an access to one
 person's trail, so it writes a `begin` and an `end` line to the audit log
 (`<HELSEBRO_DATA_DIR>/audit.log`) with the patient's key, never the number.
 
@@ -48,7 +54,7 @@ journalled under the MsgId it answers, so the message shows `AppRec OK`,
 `REFUSED by AppRec` (its note has the Volven 8221 codes) or `no AppRec yet`.
 `--outcome receipt` lists the AppRecs received, with their notes.
 
-`--json` prints `{"applied": [{"key", "applied_at", "sender", "control_id",
+`--json` prints `{"patient_keys": [...] (empty unless by patient), "applied": [{"key", "applied_at", "sender", "control_id",
 "message_type", "patient_key", "outcome" (applied or unchanged), "destinations":
 [...], "resources": [{"type", "id", "version", "outcome"}]}], "not_applied":
 [{"key", "settled_at", "sender", "control_id", "message_type", "patient_key",
@@ -87,7 +93,7 @@ from router.cli._args import age, positive
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, RecordUnavailable
 from router.ops import AuditLog
-from router.ops.trail import Handover, Trail, find_messages
+from router.ops.trail import Handover, Trail, find_messages, merged_patient_keys
 
 if TYPE_CHECKING:
     from adapters.fhir.record import JournalEntry
@@ -123,12 +129,13 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
-def _patient_key(args: argparse.Namespace, settings: Settings) -> str | None:
-    """The key to search by, from --patient-key or --patient; raises ValueError for a number that is no national id."""
+def _patient_key(args: argparse.Namespace, settings: Settings) -> tuple[str | None, tuple[str, str] | None]:
+    """The key to search by, from --patient-key or --patient, and the number's (system, value) for merged_patient_keys;
+    raises ValueError for a number that is no national id."""
     if args.patient_key:
-        return str(args.patient_key)
+        return str(args.patient_key), None
     if not args.patient:
-        return None
+        return None, None
     number = sys.stdin.readline().strip() if args.patient == "-" else args.patient
     from router.pipeline.convert import patient_key_for
     from schemas.identity import validate_person_id
@@ -138,7 +145,7 @@ def _patient_key(args: argparse.Namespace, settings: Settings) -> str | None:
         # The engine keys an H-nummer under its hospital's own system (router.mapping.library._system), which the
         # number alone does not tell: hashed under any other, it matched nothing and read as "never arrived".
         raise ValueError("an H-nummer is a hospital's own number: give the --patient-key a log line or dead letter shows")
-    return patient_key_for(person.system, person.value, settings.phi_key_bytes)
+    return patient_key_for(person.system, person.value, settings.phi_key_bytes), (person.system, person.value)
 
 
 def _find(args: argparse.Namespace) -> int:
@@ -146,7 +153,7 @@ def _find(args: argparse.Namespace) -> int:
         return _fail("give --patient or --patient-key, not both", 2)
     settings = load_settings()
     try:
-        patient_key = _patient_key(args, settings)
+        patient_key, number = _patient_key(args, settings)
     except ValueError as exc:
         return _fail(f"--patient is not a fødselsnummer, D-nummer or FH-nummer ({exc})", 2)
     if args.awaiting_apprec and (args.control_id or patient_key or args.outcome or args.sender or args.since):
@@ -156,10 +163,11 @@ def _find(args: argparse.Namespace) -> int:
     audit = AuditLog(settings.data_dir / "audit.log") if patient_key else None
     try:
         action_id = audit.begin("find", patient_key=patient_key, control_id=args.control_id) if audit else ""
-        trail = _search(settings, args, patient_key)
+        also = merged_patient_keys(settings, *number) if number else []  # after the begin line: it reads the person's record
+        trail = _search(settings, args, patient_key, also)
         if audit:
-            audit.end("find", action_id, patient_key=patient_key, applied=len(trail.applied), not_applied=len(trail.not_applied),
-                      dead_letters=len(trail.dead_letters))
+            audit.end("find", action_id, patient_key=patient_key, patient_keys=[patient_key, *also], applied=len(trail.applied),
+                      not_applied=len(trail.not_applied), dead_letters=len(trail.dead_letters))
     except RecordUnavailable as exc:
         if audit:  # the begin line stands: say the lookup ended, having read nothing, as dlq's end lines carry their error
             try:
@@ -177,13 +185,14 @@ def _find(args: argparse.Namespace) -> int:
     for name, read in trail.scans_cut:
         print(f"helsebro find: only the newest {read:,} messages sent to {name} were read; older ones still awaiting an AppRec are not listed",
               file=sys.stderr)
-    print(json.dumps(_as_json(trail), ensure_ascii=False, indent=2) if args.json else _as_text(trail))
+    searched = [patient_key, *also] if patient_key else []
+    print(json.dumps(_as_json(trail, searched), ensure_ascii=False, indent=2) if args.json else _as_text(trail, searched))
     return 0 if trail.found else 1
 
 
-def _search(settings: Settings, args: argparse.Namespace, patient_key: str | None) -> Trail:
+def _search(settings: Settings, args: argparse.Namespace, patient_key: str | None, also: list[str]) -> Trail:
     since = time.time() - args.since if args.since else None
-    lookup = functools.partial(find_messages, settings, control_id=args.control_id, patient_key=patient_key, sender=args.sender,
+    lookup = functools.partial(find_messages, settings, control_id=args.control_id, patient_key=patient_key, also_patient_keys=also, sender=args.sender,
                                outcome=args.outcome, since=since, limit=args.limit, awaiting_apprec=args.awaiting_apprec)
     if args.no_dlq or not (args.control_id or patient_key or args.awaiting_apprec):  # awaiting: render dead letters are not due an AppRec
         return lookup()
@@ -217,8 +226,9 @@ def _receipt(h: Handover) -> dict[str, Any] | None:
     return {"accepted": h.receipt_accepted, "at": _when(h.receipt.applied_at), "note": h.receipt.note}
 
 
-def _as_json(trail: Trail) -> dict[str, Any]:
+def _as_json(trail: Trail, patient_keys: list[str]) -> dict[str, Any]:
     return {
+        "patient_keys": patient_keys,
         "applied": [
             {"key": e.key, "applied_at": _when(e.applied_at), "sender": e.sender, "control_id": e.control_id, "message_type": e.message_type,
              "patient_key": e.patient_key, "outcome": e.outcome, "destinations": _destinations(trail, e),
@@ -265,7 +275,7 @@ def _entry(e: JournalEntry) -> str:
     return f"  {_when(e.applied_at)}  {_shown(e.sender)}  {_shown(e.control_id)}  {_shown(e.message_type)}  patient {_shown(e.patient_key)}"
 
 
-def _as_text(trail: Trail) -> str:
+def _as_text(trail: Trail, patient_keys: list[str]) -> str:
     lines = [f"applied ({len(trail.applied)}, newest first):" if trail.applied else "applied: none in the record's journal"]
     for e in trail.applied:
         lines.append(_entry(e))
@@ -285,4 +295,6 @@ def _as_text(trail: Trail) -> str:
         lines.append(f"dead letters: none in {', '.join(trail.queues_read)}")
     elif trail.listed:
         lines.append("dead letters: searched for a control id or a patient only (helsebro dlq list lists a queue)")
+    if len(patient_keys) > 1:  # the record's merges and old numbers: the operator sees why other keys' messages are here
+        lines.append(f"searched under the patient's {len(patient_keys)} keys (its other numbers, records merged with it): {', '.join(patient_keys)}")
     return "\n".join(lines)

@@ -104,7 +104,7 @@ def _lint_roots(roots: list[Path]) -> int:
     for root in roots:
         if _is_outbound(root):
             for err in _lint_outbound(root):
-                print(f"{err.file}:{err.line}:{err.column}: {err.reason}", file=sys.stderr)
+                print(f"{_shown(err.file, root)}:{err.line}:{err.column}: {err.reason}", file=sys.stderr)
                 count += 1
             continue
         try:
@@ -117,6 +117,15 @@ def _lint_roots(roots: list[Path]) -> int:
             print(f"{err.file}:{err.line}:{err.column}: {err.reason}", file=sys.stderr)
             count += 1
     return count
+
+
+def _shown(file: str, root: Path) -> str:
+    """An outbound error's file as inbound lint shows its own (router/mapping/compiler.py, `_show`): relative to
+    the folder holding mappings/, so `mappings/outbound/hl7v2/X.yaml` whatever the mapping folder's absolute path."""
+    try:
+        return str(Path(file).relative_to(root.parents[2]))  # root is mappings/outbound/<format>
+    except (ValueError, IndexError):
+        return file
 
 
 def _lint_outbound(root: Path) -> list[MappingError]:

@@ -214,7 +214,7 @@ def _transform(c: Compiler, node: YMap, leaf: fhir_model.Element, target_text: s
     if "fn" in node:
         fn = LIBRARY.get(str(node["fn"]))
         if fn is None:
-            raise _err(f"unknown function {node['fn']!r} (the library has: {', '.join(sorted(LIBRARY))})", node.pos("fn"))
+            raise _err(f"unknown function {node['fn']!r} (the library has: {', '.join(sorted(LIBRARY))})", node.value_at("fn"))
     table = None
     if "table" in node:
         table = c.tables.get(str(node["table"]))

@@ -607,6 +607,46 @@ def _compared_number(ctx: FnContext, v: _Values) -> int | float | None:
 _COMPARED = re.compile(r"^\s*(<=|>=|<|>)\s*([+-]?(?:\d+\.?\d*|\.\d+))\s*$")
 
 
+def _range_part(group: int) -> Callable[[FnContext, _Values], int | float | None]:
+    """A reference range's text (OBX-7) → its low (*group* 1) or high (2) number, as `number` reads it.
+
+    Why: the IG maps OBX-7 to referenceRange.text and, when the text parses, its low and high; as
+    text alone, nothing could compare a value with its range. `3.5-5.0` and `3.5 - 5.0` give both,
+    `>2` and `>=2` a low, `<10` and `<=10` a high; a decimal comma (`3,5`, as Norwegian laboratories
+    write) is a decimal point. Any other text (`se kommentar`, `-5--2`) gives nothing.
+    """
+
+    def part(ctx: FnContext, v: _Values) -> int | float | None:
+        match = _RANGE.match(v.values[0] or "")
+        if not match:
+            return None
+        raw = (match.group(1) or match.group(3), match.group(2) or match.group(4))[group - 1]
+        return _number(ctx, _Values([raw.replace(",", ".")], v.locations[:1])) if raw else None
+
+    return part
+
+
+_NUM = r"(\d+(?:[.,]\d+)?)"
+_RANGE = re.compile(r"^\s*(?:" + _NUM + r"\s*-\s*" + _NUM + r"|>=?\s*" + _NUM + r"|<=?\s*" + _NUM + r")\s*$", re.ASCII)
+
+
+def _time(ctx: FnContext, v: _Values) -> str | None:
+    """An HL7 TM (`HH[MM[SS[.S…]]][+/-ZZZZ]`) → a FHIR time `hh:mm:ss[.s…]`.
+
+    Why: the IG maps an OBX-5 of type TM to valueTime; as text, a time of day could not be read as
+    one. FHIR's time has no offset, so the sender's is left off (the time is as the sender's clock
+    showed it). Anything that is no time of day (`2561`, `12:30`) gives nothing: map it as text.
+    """
+    match = _TM.match(v.values[0] or "")
+    if not match:
+        return None
+    hour, minute, second, fraction = match.groups()
+    return f"{hour}:{minute or '00'}:{second or '00'}{fraction or ''}"
+
+
+_TM = re.compile(r"^\s*([01][0-9]|2[0-3])(?:([0-5][0-9])(?:([0-5][0-9])(\.[0-9]{1,4})?)?)?(?:[+-][0-9]{4})?\s*$", re.ASCII)
+
+
 def _lines(ctx: FnContext, v: _Values) -> str | None:
     """Join the valued arguments, one per line (TX/FT text split over repetitions)."""
     parts = [x for x in v.values if x]
@@ -692,6 +732,9 @@ LIBRARY: dict[str, Function] = {
         Function("number", 1, _number, "A decimal (NM) as a JSON number; non-numeric text gives nothing."),
         Function("comparator", 1, _comparator, "A number sent with its comparator (`<5`, `>= 10.5` in an NM) → that comparator (`<`, `>=`), a Quantity.comparator; anything else gives nothing."),
         Function("compared_number", 1, _compared_number, "A number sent with its comparator (`<5`) → the number after it, as `number` reads it; anything else gives nothing."),
+        Function("range_low", 1, _range_part(1), "A reference range's text (OBX-7) → its low: `3.5-5.0`, `3,5 - 5,0` and `>2` give 3.5, 3.5 and 2; `<10` or other text gives nothing."),
+        Function("range_high", 1, _range_part(2), "A reference range's text (OBX-7) → its high: `3.5-5.0` and `<10` give 5.0 and 10; `>2` or other text gives nothing."),
+        Function("time", 1, _time, "HL7 TM (HH[MM[SS[.S]]][+/-ZZZZ]) → FHIR time hh:mm:ss (the offset left off: FHIR's time has none); no time of day gives nothing."),
         Function("uuid5", -1, _uuid5, "A deterministic UUID (v5) of the arguments."),
     )
 }

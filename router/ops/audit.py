@@ -8,11 +8,19 @@ shared service account then still says which person acted). The user is the
 process's effective uid looked up in the passwd database, never LOGNAME or USER
 (which anyone can set to another's name), and `uid:<n>` when the database has no
 entry for it (a container's arbitrary uid): the action is still audited, by number.
+Run under sudo, that user is root, and sudo drops `HELSEBRO_OPERATOR` with the rest of the
+environment: the line would say only "root". So it also names the person behind it, twice over:
+`login_user`, the kernel's login uid (/proc/self/loginuid: set once at login by pam_loginuid,
+kept through sudo and su, and not changeable by an unprivileged process), and `sudo_user`,
+what sudo put in SUDO_USER, taken only when the process runs as root (anyone can set the
+variable, but only root runs as root, and root can write this file anyway). Each is null
+when unknown (no login uid in most containers; not under sudo).
 
 The file is `<data_dir>/audit.log`, created mode 0600 and only ever opened
 with O_APPEND: each event is one `write()` of one line followed by `fsync`,
 so a crash can cut off at most the line being written, never an earlier one.
-Each line holds: `at` (UTC, ISO 8601), `user`, `operator` (or null), `host`,
+Each line holds: `at` (UTC, ISO 8601), `user`, `operator` (or null), `login_user`,
+`sudo_user`, `host`,
 `action`, `event` ("begin" before the action touches anything, "end" after),
 `action_id` (shared by an action's begin and end lines), and the action's
 own fields (queue, ids, counts). It never holds a message body or a value
@@ -34,11 +42,14 @@ import orjson
 __all__ = ["AuditLog", "operator_identity"]
 
 _FILE_MODE = 0o600
+_LOGINUID = Path("/proc/self/loginuid")
+_NO_LOGINUID = 0xFFFFFFFF  # (uid_t)-1: no login uid was set (a daemon, most containers)
 
 
 def operator_identity() -> dict[str, str | None]:
-    """Return who is acting: the OS user, `HELSEBRO_OPERATOR` (or None) and the host name."""
-    return {"user": _os_user(), "operator": os.environ.get("HELSEBRO_OPERATOR") or None, "host": socket.gethostname()}
+    """Return who is acting: the OS user, `HELSEBRO_OPERATOR` (or None), the login and sudo users (or None) and the host."""
+    return {"user": _os_user(), "operator": os.environ.get("HELSEBRO_OPERATOR") or None, "login_user": _login_user(),
+            "sudo_user": (os.environ.get("SUDO_USER") or None) if os.geteuid() == 0 else None, "host": socket.gethostname()}
 
 
 def _os_user() -> str:
@@ -47,11 +58,23 @@ def _os_user() -> str:
     Not getpass.getuser(): it reads LOGNAME and USER first, so an audit line would name whoever
     the environment claims, and it raises when the uid has no entry, so no action could start.
     """
-    uid = os.geteuid()
+    return _name(os.geteuid())
+
+
+def _name(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid:{uid}"
+
+
+def _login_user() -> str | None:
+    """Return the name of the uid the session logged in as (kept through sudo and su), or None where there is none."""
+    try:
+        uid = int(_LOGINUID.read_text().strip())
+    except (OSError, ValueError):  # not Linux, no audit support in the kernel
+        return None
+    return None if uid == _NO_LOGINUID else _name(uid)
 
 
 class AuditLog:

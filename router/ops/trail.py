@@ -21,10 +21,12 @@ resource ids and reasons; never a body, a national id or a name.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from adapters.fhir.record import JournalEntry, open_record
 from router.ops.deadletters import DeadLetter, browse
@@ -36,9 +38,10 @@ if TYPE_CHECKING:
     from adapters.fhir.record import SqlRecord
     from router.settings import Settings
 
-__all__ = ["Handover", "HandoverState", "Trail", "find_messages"]
+__all__ = ["Handover", "HandoverState", "Trail", "find_messages", "merged_patient_keys"]
 
 _AWAITING_SCAN = 20_000  # journal rows read per KITH destination for --awaiting-apprec
+_MERGED_MOST = 50  # Patients followed along merge links from one number: a chain longer than any real person's
 
 
 HandoverState = Literal["published", "delivered", "dead_lettered", "pending", "unknown"]
@@ -108,6 +111,7 @@ def find_messages(
     limit: int = 100,
     connection: Connection | None = None,
     scan_limit: int = 10_000,
+    also_patient_keys: Sequence[str] = (),
 ) -> Trail:
     """Look messages up in the record's journal and, given a *connection* and a control id or patient key, the dead-letter queues.
 
@@ -122,6 +126,7 @@ def find_messages(
     *limit* messages are kept, the newest; the trail's `more` says that more matched. A
     dead-letter queue holding more than *scan_limit* messages is not read (reading
     one means taking every message and giving it back) and is reported as skipped.
+    *also_patient_keys*: the same person's other keys (merged_patient_keys), searched beside *patient_key*.
 
     Raises:
         ValueError: no criterion, or an unknown outcome.
@@ -135,7 +140,10 @@ def find_messages(
             trail = Trail(journal=journal, scans_cut=cut)
         else:
             # One more than asked: a patient's busy fortnight must say it was cut, not read as all there is.
-            rows = record.journal(control_id=control_id, patient_key=patient_key, sender=sender, outcome=outcome, since=since, limit=limit + 1)
+            search = functools.partial(record.journal, control_id=control_id, sender=sender, outcome=outcome, since=since, limit=limit + 1)
+            rows = search(patient_key=patient_key)
+            if patient_key and also_patient_keys:  # one person under several numbers (merged_patient_keys)
+                rows = _newest([rows, *(search(patient_key=k) for k in also_patient_keys)])[:limit + 1]
             trail = Trail(journal=rows[:limit], more=len(rows) > limit)
             receipts = _receipts(record, trail.journal, settings)
         marks = _delivery_marks(trail.journal, kinds)
@@ -149,7 +157,8 @@ def find_messages(
     letters: list[tuple[str, DeadLetter]] = []
     if searched or needed:
         assert connection is not None  # noqa: S101 - checked just above
-        letters = _read_dead_letters(trail, settings, connection, control_id, patient_key, sender, scan_limit, listed=searched)
+        letters = _read_dead_letters(trail, settings, connection, control_id, [patient_key, *also_patient_keys] if patient_key else [],
+                                     sender, scan_limit, listed=searched)
     trail.handovers = _handovers(trail, letters, kinds, marks, delivered, receipts, settings.engine.broker.names.destination_prefix)
     if awaiting_apprec is not None:  # only what was published there (not dead-lettered at render) and is still unanswered
         waiting = [e for e in trail.journal if any(h.awaits_receipt and h.receipt is None for h in trail.handovers_of(e))]
@@ -271,9 +280,9 @@ def _render_failed_in_note(note: str | None, name: str) -> bool:
     return bool(note) and re.search(rf"dead-lettered \(render\) for {re.escape(name)}(?: at |: )", note or "") is not None
 
 
-def _read_dead_letters(trail: Trail, settings: Settings, connection: Connection, control_id: str | None, patient_key: str | None,
+def _read_dead_letters(trail: Trail, settings: Settings, connection: Connection, control_id: str | None, patient_keys: Sequence[str],
                        sender: str | None, scan_limit: int, *, listed: bool = True) -> list[tuple[str, DeadLetter]]:
-    """The dead letters with *control_id* or *patient_key* (and not another *sender*'s); *listed*: also shown as the trail's
+    """The dead letters with *control_id* or one of *patient_keys* (and not another *sender*'s); *listed*: also shown as the trail's
     dead letters, with the queues read."""
     from adapters.amqp.connection import queue_depth
     from router.errors import BrokerUnavailable
@@ -291,15 +300,65 @@ def _read_dead_letters(trail: Trail, settings: Settings, connection: Connection,
             continue
         if listed:
             trail.queues_read.append(queue)
-        found += [(queue, d) for d in letters if _matches(d, control_id, patient_key, sender)]
+        found += [(queue, d) for d in letters if _matches(d, control_id, patient_keys, sender)]
     if listed:
         trail.dead_letters += found
     return found
 
 
-def _matches(letter: DeadLetter, control_id: str | None, patient_key: str | None, sender: str | None) -> bool:
+def _matches(letter: DeadLetter, control_id: str | None, patient_keys: Sequence[str], sender: str | None) -> bool:
     """Whether *letter* is one searched for. A dead letter names its sender when it was known (x-helsebro-sender): under
     --sender, another sender's letter with the same control id is not this one's. One that names none may be."""
     named = letter.headers.get("x-helsebro-sender")
-    return ((not control_id or letter.control_id == control_id) and (not patient_key or letter.patient_key == patient_key)
+    return ((not control_id or letter.control_id == control_id) and (not patient_keys or letter.patient_key in patient_keys)
             and (not sender or not named or named == sender))
+
+
+def _newest(found: Iterable[list[JournalEntry]]) -> list[JournalEntry]:
+    """The journal rows of several searches as one, each row once, newest first (as SqlRecord.journal orders one search)."""
+    rows = {e.key: e for batch in found for e in batch}
+    return sorted(rows.values(), key=lambda e: (-e.applied_at, e.key))
+
+
+def merged_patient_keys(settings: Settings, system: str, value: str) -> list[str]:
+    """The person's other keys: those of the Patient *system*|*value* finds and of the records merges joined to it (A34, A40).
+
+    A message is journalled under the key of the number it named: after B was merged into A, B's
+    earlier messages sit under B's key and A's (the merge's too) under A's. Searched by one number
+    alone, `find` showed half of the person's trail, and said nothing of the other half. The
+    record knows the rest: the survivor keeps the merged numbers (`use: old`) and both Patients
+    link each other (`replaces`, `replaced-by`), so every identifier of every Patient reached from
+    the number along those links keys this person's messages too (and an A47's old number, kept
+    `use: old` on the one Patient). Only keys leave here; the identifiers are read and dropped.
+    Empty when the record holds no Patient with the number.
+
+    Raises:
+        RecordUnavailable: the record cannot be reached.
+    """
+    from router.pipeline.convert import patient_key_for
+
+    record = open_record(settings, create=False)
+    try:
+        patients = {str(p.get("id")): p for p in record.search("Patient", {"identifier": f"{system}|{value}"})}
+        todo = [other for p in patients.values() for other in _linked(p)]
+        while todo and len(patients) < _MERGED_MOST:
+            pid = todo.pop()
+            if pid in patients:
+                continue
+            found = record.read("Patient", pid)
+            if found is not None:
+                patients[pid] = found
+                todo += _linked(found)
+    finally:
+        record.close()
+    own = patient_key_for(system, value, settings.phi_key_bytes)
+    keys = (patient_key_for(i["system"], i["value"], settings.phi_key_bytes) for p in patients.values() for i in p.get("identifier", ())
+            if isinstance(i, dict) and i.get("system") and i.get("value"))
+    return [k for k in dict.fromkeys(keys) if k != own]
+
+
+def _linked(patient: dict[str, Any]) -> list[str]:
+    """The ids of the Patients *patient* replaces or is replaced by (its merge links)."""
+    refs = (link.get("other", {}).get("reference", "") for link in patient.get("link", ()) if isinstance(link, dict)
+            and link.get("type") in ("replaces", "replaced-by"))
+    return [ref.partition("/")[2] for ref in refs if ref.startswith("Patient/")]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -175,6 +177,62 @@ class TestConvertContract:
         assert code == 1
         assert [d["resourceType"] for d in docs] == ["Bundle", "OperationOutcome"]
         assert "end byte" in docs[1]["issue"][0]["diagnostics"]
+
+    def test_an_earlier_mllp_frame_cut_short_is_refused_too(self, capsys, tmp_path):
+        """Review H182: a frame that never got its end byte is refused wherever it stands, not only last; a new
+        start byte after a cut frame is how a resent message looks in a capture."""
+        whole = adt(f"{FNR}^^^NOR^FNR").encode()
+        cut = whole[: whole.index(b"NORDMANN") + 4]
+        f = tmp_path / "framed.hl7"
+        f.write_bytes(b"\x0b" + cut + b"\x0b" + whole + b"\x1c\r")
+        code = main(["convert", str(f)])
+        docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert code == 1
+        assert [d["resourceType"] for d in docs] == ["OperationOutcome", "Bundle"]
+        assert "end byte" in docs[0]["issue"][0]["diagnostics"]
+
+    def test_a_read_error_without_a_reason_says_what_it_was(self, capsys, tmp_path, monkeypatch):
+        """Review H182: an OSError with no strerror (an error raised with a message only) printed "cannot read X: None"."""
+        f = tmp_path / "m.hl7"
+        f.write_text(adt(f"{FNR}^^^NOR^FNR"))
+        real = Path.read_bytes
+
+        def read_bytes(self):
+            if self == f:
+                raise OSError("the share went away")
+            return real(self)
+
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+        code = main(["convert", str(f)])
+        err = capsys.readouterr().err
+        assert code == 1
+        assert "None" not in err and "the share went away" in err
+
+    def test_a_path_that_is_a_fifo_is_named_as_such(self, capsys, tmp_path):
+        """Review H182: a FIFO given as PATH is no missing file: exit 2, saying what it is."""
+        fifo = tmp_path / "pipe.hl7"
+        os.mkfifo(fifo)
+        code = main(["convert", str(fifo)])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "not a regular file or folder" in err and "no such file" not in err
+
+    def test_a_path_that_cannot_be_read_says_so(self, capsys, tmp_path, monkeypatch):
+        """Review H182: a PATH whose folder denies access is not "no such file or folder" (exit 2, as before)."""
+        f = tmp_path / "m.hl7"
+        f.write_text(adt(f"{FNR}^^^NOR^FNR"))
+        real = Path.stat
+
+        def stat(self, *args, **kwargs):
+            if self == f:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "stat", stat)
+        code = main(["convert", str(f)])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "cannot read" in err and "Permission denied" in err and "no such file" not in err
 
     def test_garbage_never_gives_a_traceback(self, tmp_path):
         """Binary junk gives an OperationOutcome and exit 1, never a traceback."""

@@ -520,6 +520,39 @@ class TestDlq:
         assert begin["user"] == end["user"] == f"uid:{os.geteuid()}"
         assert [d["id"] for d in _listed(capsys)] == [second["id"]]
 
+    def test_under_sudo_the_person_behind_root_is_audited(self, dead, capsys, monkeypatch):
+        """`sudo helsebro dlq purge …` wrote `user: root` and `operator: null` (sudo drops HELSEBRO_OPERATOR): the
+        line could not say who acted. It now names sudo's SUDO_USER, taken only when the process runs as root, since
+        anyone can set the variable (review H185)."""
+        import os
+
+        first, second = _listed(capsys)
+        monkeypatch.setenv("SUDO_USER", "kari.nordmann")
+        monkeypatch.setattr(os, "geteuid", lambda: 0)
+        code, _, _ = _cli(capsys, "purge", first["id"], "--yes")
+        assert code == 0
+        begin, end = _audit(dead)
+        assert begin["user"] == "root" and begin["sudo_user"] == end["sudo_user"] == "kari.nordmann"
+        monkeypatch.setattr(os, "geteuid", lambda: 4242)  # not root: SUDO_USER is only a claim
+        code, _, _ = _cli(capsys, "purge", second["id"], "--yes")
+        assert code == 0 and _audit(dead)[-1]["sudo_user"] is None and _audit(dead)[-1]["user"] != "kari.nordmann"
+
+    @pytest.mark.parametrize(("loginuid", "expected"), [("0", "root"), ("4294967295", None), (None, None)])
+    def test_the_login_user_the_kernel_kept_is_audited(self, dead, capsys, monkeypatch, tmp_path, loginuid, expected):
+        """The kernel's login uid survives sudo and su and cannot be changed by the user: the line names it, or null
+        where there is none (a container, an unset login uid) (review H185)."""
+        from router.ops import audit
+
+        path = tmp_path / "loginuid"
+        if loginuid is not None:
+            path.write_text(loginuid)
+        monkeypatch.setattr(audit, "_LOGINUID", path)
+        first, _ = _listed(capsys)
+        code, _, _ = _cli(capsys, "purge", first["id"], "--yes")
+        assert code == 0
+        begin, end = _audit(dead)
+        assert begin["login_user"] == end["login_user"] == expected
+
     def test_purge_refused(self, dead, capsys, monkeypatch):
         """Without a terminal and --yes, or with a no, purge exits 2 and deletes nothing."""
         assert _cli(capsys, "purge", "--all")[0] == 2

@@ -945,3 +945,52 @@ class TestFoundByReview:
         begin, end = _audit(settings)[-2:]
         assert (begin["event"], end["event"], end["action_id"]) == ("begin", "end", begin["action_id"])
         assert end["applied"] == 0 and "the record:" in end["error"]
+
+
+OLD_DNR = "55866110270"  # the A40 case's MRG-1 D-nummer, merged into GOOD_FNR
+
+
+class TestMergedPatients:
+    """A merge (A40) moves one person's record under the survivor: `find` by either number tells the person's whole trail."""
+
+    @pytest.fixture
+    def merged(self, exported):
+        settings = exported(None)
+        merge = (ROOT / "mappings" / "hl7v2" / "messages" / "ADT_A39.cases" / "merge_dnummer_into_fnr.hl7").read_bytes()
+        publish(settings, [
+            adt_message("A01", control_id="M1", fnr=OLD_DNR, local_id="4471999", visit="V1"),
+            adt_message("A01", control_id="M2", fnr=GOOD_FNR, local_id="4471002", visit="V2"),
+            merge.replace(b"\n", b"\r"),
+            _oru("M3", GOOD_FNR),
+        ])
+        handle = run_engine_in_thread(settings, logger=QuietLogger())
+        wait_until(lambda: handle.stats.messages == 4, 60, what="four messages settled")
+        handle.stop()
+        assert handle.stats.applied == 4
+        return settings
+
+    def test_the_old_number_finds_the_survivors_messages_too(self, merged, capsys):
+        """By the merged-away D-nummer: its own admission, the merge and the survivor's messages since. Before, only M1:
+        the operator read the person's trail as ending at the merge (review H185)."""
+        code, out, err = _find(capsys, "--patient", OLD_DNR, "--json", "--no-dlq")
+        assert code == 0, err
+        doc = json.loads(out)
+        assert sorted(m["control_id"] for m in doc["applied"]) == ["CTRL-0040", "M1", "M2", "M3"]
+        keys = {m["patient_key"] for m in doc["applied"]}
+        assert len(keys) == 2 and keys <= set(doc["patient_keys"])
+        begin, end = _audit(merged)[-2:]
+        assert begin["patient_key"] == doc["patient_keys"][0] == next(m["patient_key"] for m in doc["applied"] if m["control_id"] == "M1")
+        assert end["patient_keys"] == doc["patient_keys"] and end["applied"] == 4
+        text = (merged.data_dir / "audit.log").read_text()
+        assert OLD_DNR not in out + err + text and GOOD_FNR not in out + err + text
+
+    def test_the_survivors_number_finds_the_merged_records_messages(self, merged, capsys):
+        code, out, err = _find(capsys, "--patient", GOOD_FNR, "--json", "--no-dlq")
+        assert code == 0, err
+        assert sorted(m["control_id"] for m in json.loads(out)["applied"]) == ["CTRL-0040", "M1", "M2", "M3"]
+        code, out, _ = _find(capsys, "--patient", GOOD_FNR, "--no-dlq")
+        assert code == 0 and "searched under the patient's" in out and GOOD_FNR not in out
+
+    def test_a_patient_never_merged_searches_one_key(self, merged, capsys):
+        code, out, _ = _find(capsys, "--patient", MOVED_TO, "--json", "--no-dlq")
+        assert code == 1 and len(json.loads(out)["patient_keys"]) == 1

@@ -87,6 +87,18 @@ class TestLint:
             err = capsys.readouterr().err
             assert f"PLO_InnlagtPasient.yaml:{line}:" in err and "unknown function 'when'" in err, (args, err)
 
+    def test_outbound_errors_name_their_file_as_inbound_ones_do(self, authoring, capsys, monkeypatch):
+        """Review H182: outbound lint printed absolute paths where inbound prints them as given (`mappings/...`)."""
+        monkeypatch.chdir(authoring.parent.parent)
+        mappings = authoring.parent
+        edit(mappings / "hl7v2" / "messages" / "ADT_A01.yaml", "events:", "bogus_key: 1\nevents:")
+        edit(mappings / "outbound" / "hl7v2" / "ADT_A01.yaml", "events:", "bogus_key: 1\nevents:")
+        edit(mappings / "outbound" / "kith" / "PLO_InnlagtPasient.yaml", "fn: datetime", "fn: when")
+        assert main(["mappings", "lint", "mappings"]) == 1
+        files = sorted(line.split(":", 1)[0] for line in capsys.readouterr().err.splitlines() if ".yaml:" in line)
+        assert files == ["mappings/hl7v2/messages/ADT_A01.yaml", "mappings/outbound/hl7v2/ADT_A01.yaml",
+                         "mappings/outbound/kith/PLO_InnlagtPasient.yaml"], files
+
     def test_missing_path_is_a_usage_error(self, capsys):
         """A PATH that does not exist exits 2."""
         assert main(["mappings", "lint", "/no/such/folder"]) == 2

@@ -187,7 +187,8 @@ class TestEveryValueKept:
             "OBX|8|TS|TS^t^L||202501011230||||||F",
         )
         assert results["NM"]["valueQuantity"]["value"] == 134
-        assert results["NM"]["referenceRange"] == [{"text": "120-160"}]
+        g_l = {"unit": "g/L", "system": "http://unitsofmeasure.org", "code": "g/L"}
+        assert results["NM"]["referenceRange"] == [{"text": "120-160", "low": {"value": 120, **g_l}, "high": {"value": 160, **g_l}}]
         assert results["NM"]["interpretation"][0]["coding"][0]["system"] == "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
         assert (results["SN"]["valueQuantity"]["comparator"], results["SN"]["valueQuantity"]["value"]) == (">", 1.0)
         assert results["ST"]["valueString"] == "positive"
@@ -207,11 +208,11 @@ class TestEveryValueKept:
         """TM, ID, an unknown type, or no OBX-2 at all: the value was dropped with a success."""
         results = _results(
             converter,
-            "OBX|1|TM|TM^t^L||1230||||||F",
+            "OBX|1|TM|TM^t^L||2561||||||F",
             "OBX|2|ID|ID^i^L||Y||||||F",
             "OBX|3||NONE^n^L||134|g/L|||||F",
         )
-        assert results["TM"]["valueString"] == "1230"
+        assert results["TM"]["valueString"] == "2561"  # no time of day: kept as sent (a valid TM is valueTime)
         assert results["ID"]["valueString"] == "Y"
         assert results["NONE"]["valueString"] == "134 g/L"
 
@@ -257,7 +258,8 @@ class TestEveryValueKept:
         assert result["status"] == "entered-in-error"
 
     def test_every_repetition_of_a_value_is_a_component(self, converter):
-        """OBX-5 repeated: the IG's components, one per repetition; every one after the first was dropped."""
+        """OBX-5 repeated: the IG's components, one per repetition; every one after the first was dropped.
+        A repetition `<5` is the Quantity a single `<5` is (comparator, UCUM unit), not text (review H181)."""
         results = _results(
             converter,
             "OBX|1|CWE|ORG^Organisms^L||ECOLI^E. coli^L~KLEB^Klebsiella^L||||||F",
@@ -267,7 +269,10 @@ class TestEveryValueKept:
         assert "valueCodeableConcept" not in organisms and "valueQuantity" not in series
         assert [c["valueCodeableConcept"]["coding"][0]["code"] for c in organisms["component"]] == ["ECOLI", "KLEB"]
         assert all(c["code"]["coding"][0]["code"] == "ORG" for c in organisms["component"])
-        assert [c.get("valueQuantity", {}).get("value") or c.get("valueString") for c in series["component"]] == [12, "<5 g/L"]
+        ucum = {"unit": "g/L", "system": "http://unitsofmeasure.org", "code": "g/L"}
+        assert [c["valueQuantity"] for c in series["component"]] == [{"value": 12, **ucum}, {"comparator": "<", "value": 5, **ucum}]
+        [words] = _results(converter, "OBX|1|NM|W^w^L||12~<see note|g/L|||||F")["W"]["component"][1:]
+        assert words["valueString"] == "<see note g/L" and "valueQuantity" not in words
 
 
 HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
@@ -322,3 +327,87 @@ class TestWhoAndHowMuch:
         assert (results["HIGH"]["valueQuantity"]["comparator"], results["HIGH"]["valueQuantity"]["value"]) == (">=", 10.5)
         assert results["WORD"]["valueString"] == "<see note mg/L"
         assert "valueString" not in results["LOW"] and "valueString" not in results["HIGH"]
+
+
+class TestTimesAndRanges:
+    """OBX-19 and the value types TM, DR and NR, as the v2-to-FHIR IG maps them (review H181)."""
+
+    def test_the_time_of_the_analysis_is_the_igs_extension(self, converter: Converter) -> None:
+        """OBX-19 (when the laboratory analysed the sample, often hours after it was taken) was left
+        unread; the IG carries it in the observation-analysis-date-time extension."""
+        data = _oru(
+            PID, "OBR|1|ORD-1^DIPS|LAB-1^LABSYS|PANEL^Panel^L|||20250110080000",
+            "OBX|1|NM|HB^Hb^L||134|g/L|||||F|||20250110070000|||||20250110095500",
+        )
+        [result] = converter.convert(data)
+        assert not [f for f in result.unmapped if f.startswith("OBX") and f.endswith("-19")]
+        [obs] = _of(one_bundle(converter, data), "Observation")
+        assert obs["extension"] == [{
+            "url": "http://hl7.org/fhir/StructureDefinition/observation-analysis-date-time",
+            "valueDateTime": "2025-01-10T09:55:00+01:00",
+        }]
+        assert obs["effectiveDateTime"] == "2025-01-10T07:00:00+01:00"
+
+    def test_a_time_a_period_and_a_numeric_range_are_the_igs_values(self, converter: Converter) -> None:
+        """TM, DR and NR were text ("1230", "20250101080000 20250102"); the IG makes them valueTime,
+        valuePeriod and valueRange (the range with OBX-6's unit, UCUM where it is known)."""
+        results = _results(
+            converter,
+            "OBX|1|TM|TM^t^L||1230||||||F",
+            "OBX|2|TM|SEC^t^L||123045.5+0100||||||F",
+            "OBX|3|DR|DR^d^L||20250101080000^20250102||||||F",
+            "OBX|4|NR|NR^n^L||3.5^5|mmol/L|||||F",
+            "OBX|5|NR|OPEN^n^L||^40|U/X|||||F",
+        )
+        assert results["TM"]["valueTime"] == "12:30:00"
+        assert results["SEC"]["valueTime"] == "12:30:45.5"
+        assert results["DR"]["valuePeriod"] == {"start": "2025-01-01T08:00:00+01:00", "end": "2025-01-02"}
+        ucum = {"unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"}
+        assert results["NR"]["valueRange"] == {"low": {"value": 3.5, **ucum}, "high": {"value": 5, **ucum}}
+        assert results["OPEN"]["valueRange"] == {"high": {"value": 40, "unit": "U/X"}}
+        for result in results.values():
+            assert len([k for k in result if k.startswith("value")]) == 1, result
+
+    def test_a_reference_range_that_parses_has_its_low_and_high(self, converter: Converter) -> None:
+        """OBX-7 was only referenceRange.text: a reader comparing the value with its range had to parse
+        the text. As the IG allows when it parses, `3.5-5.0`, `<10`, `>2` (and a Norwegian `3,5 - 5,0`)
+        give low and high with OBX-6's unit, UCUM where known; the text is always kept."""
+        results = _results(
+            converter,
+            "OBX|1|NM|K^Kalium^L||4.1|mmol/L|3.5-5.0|||F",
+            "OBX|2|NM|CRP^CRP^L||3|mg/L|<10|||F",
+            "OBX|3|NM|EGFR^eGFR^L||90|mL/min/1.73m2|>2|||F",
+            "OBX|4|NM|NA^Natrium^L||140|mmol/L|3,5 - 5,0|||F",
+            "OBX|5|NM|X^x^L||1|U/X|1-2|||F",
+            "OBX|6|NM|TXT^t^L||1|mg/L|se kommentar|||F",
+        )
+        ucum = {"system": "http://unitsofmeasure.org"}
+        mmol = {"unit": "mmol/L", **ucum, "code": "mmol/L"}
+        assert results["K"]["referenceRange"] == [{"text": "3.5-5.0", "low": {"value": 3.5, **mmol}, "high": {"value": 5.0, **mmol}}]
+        assert results["CRP"]["referenceRange"] == [{"text": "<10", "high": {"value": 10, "unit": "mg/L", **ucum, "code": "mg/L"}}]
+        assert results["EGFR"]["referenceRange"][0]["low"]["value"] == 2
+        assert "high" not in results["EGFR"]["referenceRange"][0]
+        assert results["NA"]["referenceRange"] == [{"text": "3,5 - 5,0", "low": {"value": 3.5, **mmol}, "high": {"value": 5.0, **mmol}}]
+        assert results["X"]["referenceRange"] == [{"text": "1-2", "low": {"value": 1, "unit": "U/X"}, "high": {"value": 2, "unit": "U/X"}}]
+        assert results["TXT"]["referenceRange"] == [{"text": "se kommentar"}]
+
+    def test_the_laboratory_that_did_the_work_is_a_performer(self, converter: Converter) -> None:
+        """OBX-23 (the performing organisation) was left unread: which laboratory analysed a sample is
+        what a Norwegian record most needs. It is the IG's performer: an Organization by its HER-id or
+        organisasjonsnummer (as an ADT's offices are), a name alone a display (review H181)."""
+        data = _oru(
+            PID, "OBR|1|ORD-1^DIPS|LAB-1^LABSYS|PANEL^Panel^L|||20250110080000",
+            "OBX|1|NM|HB^Hb^L||134|g/L|||||F||||||||||||Fürst Medisinsk Laboratorium^^^^^^HER^^^112233",
+            "OBX|2|NM|CRP^CRP^L||3|mg/L|||||F||||||||||||Lab uten nummer",
+        )
+        [result] = converter.convert(data)
+        assert not [f for f in result.unmapped if f.startswith("OBX") and f.endswith("-23")]
+        doc = one_bundle(converter, data)
+        urls = _by_url(doc)
+        obs = {o["code"]["coding"][0]["code"]: o for o in _of(doc, "Observation")}
+        [lab] = obs["HB"]["performer"]
+        organisation = urls[lab["reference"]]
+        assert organisation["resourceType"] == "Organization"
+        assert organisation["identifier"] == [{"system": "urn:oid:2.16.578.1.12.4.1.2", "value": "112233"}]
+        assert organisation["name"] == "Fürst Medisinsk Laboratorium"
+        assert obs["CRP"]["performer"] == [{"display": "Lab uten nummer"}]

@@ -222,3 +222,17 @@ def test_a_stray_vertical_tab_in_an_unframed_message_is_no_open_frame():
     data = MSG.format(cs="", name="OLA\x0bNORDMANN").encode()
     [part] = split_messages(data)
     assert decode(part).header.control_id == "C1"
+
+
+def test_every_mllp_frame_without_an_end_byte_is_refused():
+    """Review H182: not only the last frame is checked for its end byte (0x1C): a frame cut short before another
+    starts is refused, the whole frames around it decode, in their order."""
+    whole = [MSG.format(cs="", name=name).encode() for name in ("OLA", "KARI", "PER")]
+    data = b"\x0b" + whole[0] + b"\x1c\r" + b"\x0b" + whole[1][:-3] + b"\x0b" + whole[2] + b"\x1c\r"
+    parts = split_messages(data)
+    assert [p.index for p in parts] == [0, 1, 2]
+    assert [b"OLA" in parts[0].data, b"KA" in parts[1].data, b"PER" in parts[2].data] == [True] * 3
+    assert decode(parts[0]).header.control_id == "C1"
+    with pytest.raises(DecodeError, match="end byte"):
+        decode(parts[1])
+    assert decode(parts[2]).header.control_id == "C1"

@@ -97,6 +97,14 @@ class TestLoadChecks:
         assert err.value.line == line
         assert err.value.column >= 1
 
+    def test_an_unknown_function_is_pointed_at_its_name(self, mapping_copy):
+        """Review H182: `fn: dato` is reported at `dato`, the value to change, not at the `fn` key's column."""
+        line = _edit(mapping_copy / "segments/PID.Patient.yaml", "    fn: date\n", "    fn:    dato\n")
+        with pytest.raises(MappingError) as err:
+            MappingSet.load(mapping_copy, compile_path)
+        assert "unknown function 'dato'" in err.value.reason
+        assert (err.value.line, err.value.column) == (line, len("    fn:    ") + 1)
+
     def test_a_required_choice_element_needs_a_rule(self, mapping_copy):
         """MedicationRequest.medication[x] is 1..1: a template that writes none of its types is refused at its rules."""
         path = mapping_copy / "segments" / "RXE.MedicationRequest.yaml"
