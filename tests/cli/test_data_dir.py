@@ -28,14 +28,19 @@ def test_a_data_dir_that_is_a_file_is_a_config_error(tmp_path, verb):
     assert "HELSEBRO_DATA_DIR" in proc.stderr and str(taken) in proc.stderr
 
 
+def _run_with_record(tmp_path, record: str) -> subprocess.CompletedProcess[str]:
+    """`helsebro run` with its SQLite record at *record*, a fresh data directory beside it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
+    env.update({k: v for k, v in os.environ.items() if k == "HELSEBRO_PURE_PYTHON"},
+               HELSEBRO_DATA_DIR=str(tmp_path / "data"), HELSEBRO_RECORD_URL=f"sqlite:///{record}")
+    return subprocess.run([sys.executable, "-m", "router.cli", "run", "--until-idle", "30"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
 def test_run_with_a_record_under_a_file_stops_with_a_config_error(tmp_path):
     """`run` whose SQLite record cannot have its folder stops at once, exit 2, naming it, rather than retrying as if the database were down."""
     taken = tmp_path / "not-a-folder"
     taken.write_text("a file where the record's folder should be")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
-    env.update({k: v for k, v in os.environ.items() if k == "HELSEBRO_PURE_PYTHON"},
-               HELSEBRO_DATA_DIR=str(tmp_path / "data"), HELSEBRO_RECORD_URL=f"sqlite:///{taken}/record.sqlite3")
-    proc = subprocess.run([sys.executable, "-m", "router.cli", "run", "--until-idle", "30"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = _run_with_record(tmp_path, f"{taken}/record.sqlite3")
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 2
     assert "HELSEBRO_RECORD_URL" in proc.stderr and str(taken) in proc.stderr
@@ -46,11 +51,7 @@ def test_run_with_a_record_under_a_file_stops_with_a_config_error(tmp_path):
 def test_run_with_a_record_folder_that_cannot_be_made_stops_with_a_config_error(tmp_path):
     """Review H173: a folder mkdir cannot make for another reason than a file in the way (here under /proc:
     ENOENT; a read-only file system: EROFS) ended `run` with a FileNotFoundError traceback, exit 1."""
-    unmakable = "/proc/helsebro-h173-nonexistent/record.sqlite3"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
-    env.update({k: v for k, v in os.environ.items() if k == "HELSEBRO_PURE_PYTHON"},
-               HELSEBRO_DATA_DIR=str(tmp_path / "data"), HELSEBRO_RECORD_URL=f"sqlite:///{unmakable}")
-    proc = subprocess.run([sys.executable, "-m", "router.cli", "run", "--until-idle", "30"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = _run_with_record(tmp_path, "/proc/helsebro-h173-nonexistent/record.sqlite3")
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.returncode == 2
     assert "HELSEBRO_RECORD_URL" in proc.stderr and "/proc/helsebro-h173-nonexistent" in proc.stderr
