@@ -331,6 +331,16 @@ def lock_keys(entries: list[Entry]) -> list[int]:
     return sorted({_key(n) for n in names})
 
 
+def message_lock_key(key: str) -> int:
+    """Return the advisory-lock key for one applied-message key (helsebro_applied).
+
+    Two copies of one message applied at once (a redelivery racing the original on another
+    worker) wait for each other on it: the later then finds the key the first committed. The
+    identity locks alone miss a Bundle that names no identity (a plain POST).
+    """
+    return _key(f"helsebro_applied|{key}")
+
+
 def _key(name: str) -> int:
     digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)

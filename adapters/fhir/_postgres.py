@@ -5,8 +5,8 @@ advisory lock per identity (type + identifier value, type + id), in sorted order
 second worker creating the same identity waits, then sees the first one's commit.
 Versions are written optimistically, without row locks (a no-op apply then writes
 nothing and commits without a WAL flush): two writers of one resource both aim at the
-same next version, and the history table's primary key fails the later one, which
-surfaces as RecordUnavailable, so it is retried.
+same next version, and the history table's primary key fails the later one: a
+RecordConflict, and the apply runs again at once, reading what the first committed.
 """
 
 from __future__ import annotations
@@ -24,7 +24,18 @@ from psycopg import sql
 from psycopg.types.json import set_json_loads
 
 from adapters.fhir._lookups import DELETE_REFS, DELETE_TOKENS, INSERT_HISTORY, INSERT_REF, INSERT_RESOURCE, INSERT_TOKEN, UPDATE_RESOURCE
-from adapters.fhir._store import JOURNAL, MARK_APPLIED, MARKS, SCHEMA_VERSION, NoRecord, NotARecord, SqlRecord, prepare_schema, schema_version
+from adapters.fhir._store import (
+    JOURNAL,
+    MARK_APPLIED,
+    MARKS,
+    SCHEMA_VERSION,
+    NoRecord,
+    NotARecord,
+    RecordConflict,
+    SqlRecord,
+    prepare_schema,
+    schema_version,
+)
 from adapters.fhir._transaction import Db
 from router.contracts import FhirJson
 from router.errors import RecordUnavailable, UnstorableContent
@@ -77,6 +88,12 @@ _LOCK_SQL = "SELECT count(pg_advisory_xact_lock(k)) FROM unnest(%b::bigint[]) WI
 # outage, a lock timeout or two writers racing (retried). The message is never quoted: its values
 # may be in the database's words.
 _REFUSED_VALUES = (psycopg.errors.DataError, psycopg.errors.ProgramLimitExceeded)
+
+# Two writers racing for the same rows: a version or a new resource's key both took (the unique
+# indexes are the lost-update guard), a deadlock the server broke, a serialization failure (SQLSTATE
+# class 40). Run again at once (RecordConflict), not waited out as an outage.
+_CONFLICTS = (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure,
+              psycopg.errors.TransactionRollback)
 
 
 def _refusal(exc: psycopg.Error) -> str:
@@ -242,6 +259,8 @@ class PostgresRecord(SqlRecord):
                 yield _PgDb(conn)
         except _REFUSED_VALUES as exc:  # the content, not the database: the same write fails every time
             raise UnstorableContent(f"the record cannot store a value of this message ({_refusal(exc)})") from exc
+        except _CONFLICTS as exc:
+            raise RecordConflict("another writer changed the same resources at once") from exc
         except psycopg.Error as exc:
             raise RecordUnavailable("PostgreSQL record write failed") from exc
 

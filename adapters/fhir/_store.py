@@ -6,6 +6,7 @@ locks, and error translation; everything FHIR-shaped lives here and in _transact
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -17,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from adapters.fhir._bundle import ID_RE, TYPE_RE, lock_keys, parse_bundle
+from adapters.fhir._bundle import ID_RE, TYPE_RE, lock_keys, message_lock_key, parse_bundle
 from adapters.fhir._lookups import Lookups
 from adapters.fhir._search import Term, search_sql, terms_sql
 from adapters.fhir._transaction import Db, apply_entries
@@ -124,6 +125,23 @@ _V3_JOURNAL = (
 MARKS = frozenset({"helsebro_schema", "fhir_resource"})
 """Tables only a Helsebro record holds (fhir_resource alone: schema version 1, before helsebro_schema):
 a file with neither is someone else's database, or empty."""
+
+
+class RecordConflict(RecordUnavailable):
+    """Another writer won a race for the same rows (a version or a new resource both aimed at, a deadlock).
+
+    Not an outage: the apply runs again at once (CONFLICT_ATTEMPTS times), reading what the other
+    committed. Only when it keeps losing does it reach the caller, as the RecordUnavailable it is.
+    """
+
+
+CONFLICT_ATTEMPTS = 5
+"""Runs of one apply that lost a race before its RecordConflict reaches the caller."""
+
+
+def _after_conflict(attempt: int) -> None:
+    """Wait a moment, longer each time and at random, so writers that collided do not collide again in step."""
+    time.sleep(random.uniform(0, 0.005 * 2 ** attempt))  # jitter, not a secret
 
 
 class NoRecord(RecordUnavailable):
@@ -336,12 +354,19 @@ class SqlRecord(ABC):
         """
         entries = parse_bundle(bundle)
         keys = lock_keys(entries) if self.uses_lock_keys else []
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        with self._lock, self._transaction(keys) as db:
-            lookups = Lookups.prefetch(db, [entries])
-            result = ApplyResult(apply_entries(db, entries, now, lookups))
-            lookups.flush(db)
-            return result
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            try:
+                with self._lock, self._transaction(keys) as db:
+                    lookups = Lookups.prefetch(db, [entries])
+                    result = ApplyResult(apply_entries(db, entries, now, lookups))
+                    lookups.flush(db)
+                    return result
+            except RecordConflict:
+                if attempt == CONFLICT_ATTEMPTS:
+                    raise
+                _after_conflict(attempt)
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     def apply_batch(
         self, bundles: Sequence[FhirJson], keys: Sequence[str | None] | None = None, facts: Sequence[JournalFacts | None] | None = None,
@@ -381,8 +406,10 @@ class SqlRecord(ABC):
                 parsed[i] = parse_bundle(bundle)
             except MessageError as exc:
                 out[i] = exc
+        conflicts = 0
         while parsed:
-            locks = sorted({k for entries in parsed.values() for k in lock_keys(entries)}) if self.uses_lock_keys else []
+            locks = sorted({k for entries in parsed.values() for k in lock_keys(entries)}
+                           | {message_lock_key(known) for i in parsed if keys is not None and (known := keys[i])}) if self.uses_lock_keys else []
             now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
             done: dict[int, ApplyResult] = {}
             current = -1
@@ -420,6 +447,12 @@ class SqlRecord(ABC):
                 if keys is not None:
                     with self._lock:
                         self._batches_with_keys += 1  # committed: the purge above, when due, is done
+            except RecordConflict:  # another worker won a race for the same rows: run the batch again, reading what it wrote
+                conflicts += 1
+                if conflicts == CONFLICT_ATTEMPTS:
+                    raise
+                _after_conflict(conflicts)
+                continue
             except UnstorableContent as exc:  # nothing of the batch was written, and which Bundle is not known
                 if len(parsed) == 1:
                     [only] = parsed
@@ -468,8 +501,10 @@ class SqlRecord(ABC):
     def _write_settled(self, rows: Sequence[Any], stamp: float) -> None:
         # The purge comes along: an engine that only forwards (no record destination, no FHIR
         # server's ledger) never applies a keyed batch, and its journal grew past the retention for ever.
-        receipts = [row for row in rows if row[7] == "receipt"]
-        others = [row for row in rows if row[7] != "receipt"]
+        # In key order, as every writer writes them: two workers settling the same messages in another order
+        # each held a row the other waited for, and the server broke the deadlock by failing one of them.
+        receipts = sorted((row for row in rows if row[7] == "receipt"), key=lambda row: row[0])
+        others = sorted((row for row in rows if row[7] != "receipt"), key=lambda row: row[0])
         with self._lock, self._transaction([]) as db:
             if others:
                 db.execute_many(_JOURNAL_SETTLED, others)
@@ -608,7 +643,7 @@ class SqlRecord(ABC):
             return
         with self._lock, self._transaction([]) as db:
             stamp = time.time()
-            db.execute_many(MARK_APPLIED, [(key, stamp) for key in keys])
+            db.execute_many(MARK_APPLIED, [(key, stamp) for key in sorted(set(keys))])  # in key order, as above
             self._purge_applied(db, stamp)
         with self._lock:
             self._batches_with_keys += 1
@@ -646,7 +681,8 @@ class SqlRecord(ABC):
         Raises:
             RecordUnavailable: the database is unreachable or busy.
         """
-        _storable(lambda chunk: self._remember(chunk, window_seconds), keys)
+        # Once each, in key order (as in _write_settled): the same ids in another order from another worker deadlocked.
+        _storable(lambda chunk: self._remember(chunk, window_seconds), sorted(set(keys)))
 
     def _remember(self, keys: Sequence[str], window_seconds: float) -> None:
         # Each kind of key is forgotten past its own window only: one purge with the caller's window

@@ -17,6 +17,7 @@ __all__ = [
     "escape",
     "escape_text",
     "fhir_to_hl7_date",
+    "fhir_to_hl7_tm",
     "fhir_to_hl7_ts",
     "hl7_ts_to_ts",
     "keeps_offset",
@@ -113,6 +114,21 @@ def fhir_to_hl7_date(value: str) -> str:
         if local is not None:
             return f"{local.year:04d}{local.month:02d}{local.day:02d}"
     return "".join(p for p in (year, month, day) if p)
+
+
+_FHIR_TIME = re.compile(r"([01]\d|2[0-3]):([0-5]\d):([0-5]\d)(?:\.(\d+))?$", re.ASCII)
+
+
+def fhir_to_hl7_tm(value: str) -> str:
+    """Return a FHIR time as HL7 TM, `HHMMSS[.SSSS]` (`08:30:00` → `083000`); '' when it is not one.
+
+    FHIR's time has no offset, so neither has the TM; a fraction is cut to TM's four digits.
+    """
+    m = _FHIR_TIME.match(value)
+    if m is None:
+        return ""
+    hour, minute, second, fraction = m.groups()
+    return f"{hour}{minute}{second}" + (f".{fraction[:4]}" if fraction else "")
 
 
 def fhir_to_hl7_ts(value: str, *, with_offset: bool) -> str:

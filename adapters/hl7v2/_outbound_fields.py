@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from adapters.hl7v2._er7 import escape, escape_text, fhir_to_hl7_date, fhir_to_hl7_ts, split_lines
+from adapters.hl7v2._er7 import escape, escape_text, fhir_to_hl7_date, fhir_to_hl7_tm, fhir_to_hl7_ts, split_lines
 from adapters.hl7v2._fhir_paths import FhirPath, PathSyntaxError, as_text, compile_fhir_condition, compile_fhir_path
 from adapters.hl7v2._versions import FieldDef
 from router.errors import MessageError
@@ -32,8 +32,9 @@ CONTEXT_NAMES = frozenset({
 })
 """What `context:` may name: the source message's header, its time (`sent`, as HL7 TS) and the destination."""
 
-FUNCTIONS = ("hl7_date", "hl7_ts", "lines", "family_name", "given_names", "coding_system_name")
+FUNCTIONS = ("hl7_date", "hl7_ts", "hl7_time", "range_text", "lines", "family_name", "given_names", "coding_system_name")
 """The function library: FHIR date or dateTime (its Oslo day) → HL7 DT, FHIR dateTime → HL7 TS (offset rule per version),
+FHIR time → HL7 TM, a Range or reference range (the element itself) → its text, else `low-high`, `>=low` or `<=high`,
 text with line breaks → one repetition per line (a whole repeating field only), a name written in one
 string, given names first (a Reference's display) → its last word (the family name) or the words before it,
 and a Coding.system the inbound side made of a table 0396 name → that name again."""
@@ -43,6 +44,8 @@ _VALUE_KEYS = {"value", "context", "from", "fn", "table", "else", "up", "where",
 _MAX_UP = 16
 """Resources `up:` climbs at most: a bed, its room, ward, floor, building and site are six; a loop of references ends here."""
 _VERSION = re.compile(r"\d+(\.\d+)*$")
+_RANGES = ("Range", "ObservationReferenceRange")
+"""What `fn: range_text` reads: an element with low and high (and, a reference range, text), not a value."""
 
 
 def _covers(wanted: list[str], version: str) -> bool:
@@ -367,7 +370,11 @@ class FieldCompiler:
         sources = [k for k in ("value", "context", "from") if k in spec]
         if len(sources) != 1:
             raise self.owner.fail(f"{self.label}: give exactly one of value:, context:, from:", pos)
-        get = self._source(spec, sources[0], pos, type_name)
+        if spec.get("fn") == "range_text":
+            get = self._range(spec, sources[0], pos, type_name)
+            spec = _without(spec, ("fn",))
+        else:
+            get = self._source(spec, sources[0], pos, type_name)
         if "when" in spec:
             get = self._value_when(spec, get, pos, type_name)
         if "up" in spec:
@@ -467,6 +474,33 @@ class FieldCompiler:
 
         return first
 
+    def _range(self, spec: dict[str, Any], key: str, pos: Pos, type_name: str | None) -> _ValueFn:
+        """`fn: range_text`: `from:` reaches a Range or a reference range, written as one text (OBX-7).
+
+        Why: a reference range made elsewhere (a FHIR client) often has low and high and no text;
+        OBX-7 was then empty. The inbound side reads `3.5-5.0`, `>=2` and `<=10` back to low and high.
+        """
+        fpos = _pos(spec, "fn", pos)
+        if key != "from":
+            raise self.owner.fail(f"{self.label}: fn: range_text reads from: a path to a Range or a referenceRange", fpos)
+        raw = spec["from"]
+        kpos = _pos(spec, "from", pos)
+        paths = [self._path(t, type_name, kpos) for t in (raw if isinstance(raw, list) else [raw])]
+        for path in paths:
+            if path.type_name not in _RANGES:
+                raise self.owner.fail(f"{self.label}: fn: range_text reads a Range or a referenceRange, and {path.text} is {path.type_name or 'a primitive'}", fpos)
+
+        def first(node: Any, ctx: RenderContext) -> str | None:
+            if node is None:
+                return None
+            for path in paths:
+                text = _range_text(path.first(node))
+                if text:
+                    return text
+            return None
+
+        return first
+
     def _transform(self, spec: dict[str, Any], pos: Pos) -> Callable[[str], str | None]:
         steps: list[Callable[[str], str | None]] = []
         if "fn" in spec:
@@ -476,6 +510,8 @@ class FieldCompiler:
             elif name == "hl7_ts":
                 with_offset = self.owner.with_offset
                 steps.append(lambda v: fhir_to_hl7_ts(v, with_offset=with_offset))
+            elif name == "hl7_time":
+                steps.append(fhir_to_hl7_tm)
             elif name == "lines":
                 raise self.owner.fail(f"{self.label}: fn: lines makes repetitions of a whole field; it cannot shape a component or an item", _pos(spec, "fn", pos))
             elif name == "family_name":
@@ -506,6 +542,26 @@ class FieldCompiler:
             return got
 
         return chain
+
+
+def _range_text(element: Any) -> str | None:
+    """A Range or reference range as one text: its own `text`, else `low-high`, `>=low` or `<=high` (FHIR's bounds are inclusive)."""
+    if not isinstance(element, dict):
+        return None
+    text = element.get("text")
+    if isinstance(text, str) and text.strip():
+        return text
+    low, high = (_bound(element.get(side)) for side in ("low", "high"))
+    if low and high:
+        return f"{low}-{high}"
+    if low:
+        return f">={low}"
+    return f"<={high}" if high else None
+
+
+def _bound(quantity: Any) -> str | None:
+    value = quantity.get("value") if isinstance(quantity, dict) else None
+    return as_text(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _family_name(name: str) -> str | None:

@@ -9,7 +9,7 @@ escape sequences are undone only at the leaf. This is the hot path (about
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 EXPLICIT_NULL = '""'
 """HL7's explicit null: the sender says "delete this value" (v2.5 §2.5.3)."""
@@ -25,6 +25,8 @@ class Delimiters:
     escape: str = "\\"
     subcomponent: str = "&"
     truncation: str = ""
+    charset: str = ""  # the Python codec a `\\Xhh\\` escape's bytes are read in; "" for UTF-8
+    declared: bool = False  # MSH-18 named that charset: bytes it cannot read are no text (else ISO-8859-1 reads them)
 
     @property
     def encoding_characters(self) -> str:
@@ -66,18 +68,48 @@ def _expand(seq: str, d: Delimiters, esc: str) -> str:
     if seq in _FORMAT_ESCAPES:
         return _FORMAT_ESCAPES[seq]
     if _HEX.match(seq):
-        raw = bytes.fromhex(seq[1:])
-        # A NUL is no character of any text, and PostgreSQL's text refuses it: it stands as U+FFFD, like a byte UTF-8 cannot read.
-        # Several bytes are UTF-8 when they can be; else ISO-8859-1 (`\\XE5F8\\`, "åø" from a Norwegian legacy sender),
-        # as decode() reads an undeclared message whose bytes UTF-8 refuses: never U+FFFD for a letter that was sent.
-        try:
-            text = raw.decode("utf-8") if len(raw) > 1 else raw.decode("latin-1")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
-        return text.replace("\x00", "\ufffd")
+        text = _hex(bytes.fromhex(seq[1:]), d)
+        return esc + seq + esc if text is None else text
     if seq.startswith((".sp", ".in", ".ti")):
         return "\n" if seq.startswith(".sp") else ""
     return esc + seq + esc
+
+
+def _hex(raw: bytes, d: Delimiters) -> str | None:
+    """The text of a hex escape's bytes in the message's charset; None when MSH-18 declared one that cannot read them.
+
+    Why the charset: `\\XC3A6\\` in an ISO-8859-1 message is "Ã¦", not UTF-8's "æ" (review H192). Undeclared,
+    bytes the sender's charset (UTF-8 by default) refuses are ISO-8859-1 (`\\XE5F8\\`, "åø" from a Norwegian
+    legacy sender), as decode() reads an undeclared message's bytes: never U+FFFD for a letter that was sent.
+    Declared, decode() refuses such an escape at its field (docs/hl7v2-coverage.md, Hex escapes); read
+    otherwise, it is kept as written. A NUL is no character of any text, and PostgreSQL's text refuses it:
+    it stands as U+FFFD.
+    """
+    try:
+        text = raw.decode(d.charset or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        if d.declared:
+            return None
+        text = raw.decode("latin-1")
+    return text.replace("\x00", "\ufffd")
+
+
+def hex_escapes_fit(value: str, d: Delimiters) -> bool:
+    """Tell whether every `\\Xhh\\` in *value* (a whole field) holds bytes its message's charset reads, leaf by leaf as unescape sees them."""
+    esc = d.escape
+    for rep in value.split(d.repetition):
+        for comp in rep.split(d.component):
+            for leaf in comp.split(d.subcomponent) if d.subcomponent else (comp,):
+                i = leaf.find(esc)
+                while i != -1:
+                    end = leaf.find(esc, i + 1)
+                    if end == -1:
+                        break
+                    seq = leaf[i + 1 : end]
+                    if _HEX.match(seq) and _hex(bytes.fromhex(seq[1:]), d) is None:
+                        return False
+                    i = leaf.find(esc, end + 1)
+    return True
 
 
 class Segment:
@@ -206,8 +238,8 @@ _SEGMENT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{2}$")
 _KNOWN_NAMES: dict[str, str] = {}  # raw segment id → its upper-case name, once it has matched
 
 
-def tokenize(text: str) -> Hl7Message:
-    """Tokenize one message whose segments are separated by CR.
+def tokenize(text: str, *, charset: str = "", declared: bool = False) -> Hl7Message:
+    """Tokenize one message whose segments are separated by CR; its hex escapes read in *charset* (a Python codec).
 
     Raises:
         TokenizeError: with a reason and where (handled by decode).
@@ -217,6 +249,8 @@ def tokenize(text: str) -> Hl7Message:
         raise TokenizeError("empty message", "MSH")
     head = lines[0][:9]  # MSH, MSH-1 and MSH-2 (4 to 5 characters, or 6 when a backslash is doubled)
     d = _DELIMITERS.get(head) or _delimiters(lines[0], head)
+    if charset:
+        d = _WITH_CHARSET.get((d, charset, declared)) or _with_charset(d, charset, declared)
     fs = d.field
     segments: list[Segment] = []
     by_name: dict[str, list[Segment]] = {}
@@ -237,6 +271,14 @@ def tokenize(text: str) -> Hl7Message:
 
 
 _DELIMITERS: dict[str, Delimiters] = {}  # by the first nine characters of MSH, once they parsed
+_WITH_CHARSET: dict[tuple[Delimiters, str, bool], Delimiters] = {}  # the same, with a charset: one object per kind, not per message
+
+
+def _with_charset(d: Delimiters, charset: str, declared: bool) -> Delimiters:
+    got = replace(d, charset=charset, declared=declared)
+    if len(_WITH_CHARSET) < 256:
+        _WITH_CHARSET[(d, charset, declared)] = got
+    return got
 
 
 def _delimiters(line: str, head: str) -> Delimiters:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Delimiters, Hl7Message, TokenizeError, tokenize, unescape
+from adapters.hl7v2._tokenizer import EXPLICIT_NULL, Delimiters, Hl7Message, TokenizeError, hex_escapes_fit, tokenize, unescape
 from adapters.hl7v2.ack import PROCESSING_IDS, SUPPORTED_VERSIONS
 from router.contracts import MessageHeader
 from router.errors import DecodeError, UnsupportedProcessingId, UnsupportedVersion
@@ -477,10 +477,28 @@ def decode(raw: RawMessage | _HasData, *, default_charset: str = "utf-8", sender
         raise DecodeError("the message holds a NUL character, which no HL7 v2 value may hold (a binary value is sent base64-encoded)",
                           location=_position_of(text, text.index("\x00")))
     try:
-        message = tokenize(text)
+        message = tokenize(text, charset=codec, declared=declared)
     except ValueError as exc:  # a TokenizeError says where; anything else in tokenizing is the message's fault too
         raise DecodeError(str(exc), location=exc.location if isinstance(exc, TokenizeError) else None) from exc
+    if declared and message.delims.escape and message.delims.escape + "X" in text:
+        _check_hex_escapes(message, codec)
     return DecodedMessage(message, read_header(message, charset=codec), codec)
+
+
+def _check_hex_escapes(message: Hl7Message, codec: str) -> None:
+    """Refuse a hex escape (`\\Xhh\\`) whose bytes the charset MSH-18 declares cannot read, at its field.
+
+    Why: such bytes are as wrong as raw bytes that do not fit MSH-18, which refuse the message; read
+    as UTF-8 whatever MSH-18 said, an ISO-8859-1 sender's letters were changed (docs/hl7v2-coverage.md,
+    Hex escapes). The reason names the field, never the value.
+    """
+    d = message.delims
+    marker = d.escape + "X"
+    for seg in message.segments:
+        for n in range(3 if seg.name == "MSH" else 1, len(seg.fields)):
+            if marker in seg.fields[n] and not hex_escapes_fit(seg.fields[n], d):
+                raise DecodeError(f"{seg.label}-{n} holds a hex escape (\\Xhh\\) whose bytes are not valid {codec}, the character set MSH-18 declares",
+                                  location=f"{seg.label}-{n}")
 
 
 _NAMED = re.compile(r"[A-Za-z?][A-Za-z0-9?]{2}")  # a segment name, a NUL in it read as `?`

@@ -196,13 +196,9 @@ class _Run:
     def uses(self, uses: list[ResourceUse], scope: Any, parent: str) -> None:
         ctx = self.ctx
         outer_env = ctx.env
-        ctx.env = dict(outer_env)  # siblings see each other; the enclosing level does not see them
-        if parent:
-            # A reference to a later sibling (A40's survivor links the retired record made after it) is by
-            # name; at the top a name is its instance, below it is `parent/name#0`: known before it is made.
-            for use in uses:
-                if use.each is None:
-                    ctx.env[use.name] = f"{parent}/{use.name}#0"
+        # The level's names are set up when it first makes something: most nested levels (an
+        # OBX's performing laboratory) make nothing for most messages, and the copy cost each one.
+        opened = False
         for use in uses:
             if use.when is not None and not use.when(scope):
                 continue
@@ -212,6 +208,9 @@ class _Run:
             keys = None if keyed is None else [key for _, key in keyed]
             instances = self._instances(use, scope) if keyed is None else [scope.at(raw, use.each, k) for k, (raw, _) in enumerate(keyed)]
             for k, inner in enumerate(instances):
+                if not opened:
+                    opened = True
+                    ctx.env = self._open_level(uses, outer_env, parent)
                 inst = f"{parent}/{use.name}#{k}" if parent or use.each is not None else use.name
                 if keys is None or k == 0:
                     # One per repetition (each attending doctor): a plain `ref:` names the first, as
@@ -227,6 +226,18 @@ class _Run:
                 elif self._one(use, inner, inst) and use.children:
                     self.uses(use.children, inner, inst)
         ctx.env = outer_env
+
+    @staticmethod
+    def _open_level(uses: list[ResourceUse], outer_env: dict[str, Any], parent: str) -> dict[str, Any]:
+        """The names a level's resources see: the enclosing level's, and their siblings' (the enclosing level does not see them)."""
+        env = dict(outer_env)
+        if parent:
+            # A reference to a later sibling (A40's survivor links the retired record made after it) is by
+            # name; at the top a name is its instance, below it is `parent/name#0`: known before it is made.
+            for use in uses:
+                if use.each is None:
+                    env[use.name] = f"{parent}/{use.name}#0"
+        return env
 
     @staticmethod
     def _keyed(use: ResourceUse, scope: Any) -> list[tuple[str, tuple[int, int, int]]] | None:

@@ -254,6 +254,64 @@ class TestShippedOru:
         assert kept[0]["valueRatio"]["denominator"]["value"] == 128 and kept[1]["valueRange"]["high"]["unit"] == "mmol/L"
         assert len(kept[2]["component"]) == len(kept[3]["component"]) == 2
 
+    @pytest.mark.parametrize("version", ["2.5.1", "2.3"])
+    def test_round_trip_keeps_time_period_numeric_range_and_reference_range(self, converter, settings, version):
+        """A TM, DR and NR value and OBX-7's reference range survive ORU → Bundle → ORU → Bundle (review H192).
+
+        The inbound side makes them valueTime, valuePeriod, valueRange and referenceRange low/high;
+        the outbound mapping wrote no OBX-2 or OBX-5 for a time or a period: the result was gone.
+        """
+        msg = (
+            b"MSH|^~\\&|LAB|STOLAV|HELSEBRO|HP|20250110083000||ORU^R01^ORU_R01|TMDR-1|P|2.5.1|||AL|NE|NOR|UNICODE UTF-8\r"
+            b"PID|1||15866112379^^^NOR^FNR||NORDMANN^OLA||19610615|M\r"
+            b"OBR|1|P1|F1|KJ^Klinisk kjemi^L|||20250110080000\r"
+            b"OBX|1|TM|TID^Pr\xc3\xb8vetid^L||0830||||||F\r"
+            b"OBX|2|DR|PER^Periode^L||20250109080000^20250110080000||||||F\r"
+            b"OBX|3|NR|OMR^Omr\xc3\xa5de^L||2.5^5|mmol/L|||||F\r"
+            b"OBX|4|NM|K^Kalium^L||4.1|mmol/L|3.5-5.0||||F\r"
+            b"OBX|5|NM|CRP^CRP^L||3|mg/L|<5||||F\r"
+        )
+        [first] = converter.convert(msg)
+        assert first.ok, first.error
+        renderer = Hl7v2Renderer.for_destination(QueueDestination(kind="queue", queue="q", format="hl7v2", version=version, charset="8859/1"), settings, name="q")
+        out = renderer.render(first)
+        obx = self._obx(out)
+        assert [f[2] for f in obx] == ["TM", "DR", "SN", "NM", "NM"]
+        assert obx[0][5] == "083000" and obx[1][5].startswith("20250109080000")
+        assert [f[7] for f in obx[3:]] == ["3.5-5.0", "<5"]
+        [again] = converter.convert(out)
+        assert again.ok, again.error
+        assert _results(again.bundle) == _results(first.bundle)
+        kept = [r[3] for r in _results(first.bundle)]
+        assert kept[0] == {"valueTime": "08:30:00"} and set(kept[1]["valuePeriod"]) == {"start", "end"}
+        assert kept[2]["valueRange"]["high"]["value"] == 5
+        ranges = [_obs_in(first.bundle, "K"), _obs_in(again.bundle, "K")]
+        assert ranges[0]["referenceRange"] == ranges[1]["referenceRange"]
+        assert ranges[0]["referenceRange"][0]["low"]["value"] == 3.5
+
+    @pytest.mark.parametrize(("reference_range", "obx7"), [
+        ({"low": {"value": 3.5, "unit": "mmol/L"}, "high": {"value": 5, "unit": "mmol/L"}}, "3.5-5"),
+        ({"low": {"value": 2}}, ">=2"),
+        ({"high": {"value": 10}}, "<=10"),
+        ({"text": "Negativ", "low": {"value": 1}}, "Negativ"),
+    ])
+    def test_a_reference_range_without_text_is_written_from_low_and_high(self, settings, reference_range, obx7):
+        """OBX-7 is the range's text, else its low and high (`3.5-5`, `>=2`, `<=10`) as the inbound side reads them (review H192).
+
+        Why: a Bundle made elsewhere (a FHIR client) often gives low and high alone; OBX-7 was then empty.
+        """
+        obs = {**_obs("o1", "K", ""), "valueQuantity": {"value": 4.1, "unit": "mmol/L"}, "referenceRange": [reference_range]}
+        del obs["valueString"]
+        renderer = Hl7v2Renderer.for_destination(QueueDestination(kind="queue", queue="q", format="hl7v2"), settings, name="q")
+        patient = {**PATIENT, "identifier": [{"system": "urn:oid:2.16.578.1.12.4.1.4.1", "value": "15866112379"}]}
+        [line] = self._obx(renderer.render(_conv([patient, _report("r1", "KJ", ["o1"]), obs])))
+        assert line[7] == obx7
+
+
+def _obs_in(bundle: dict, code: str) -> dict:
+    return next(e["resource"] for e in bundle["entry"]
+                if e["resource"]["resourceType"] == "Observation" and e["resource"]["code"]["coding"][0]["code"] == code)
+
 
 def _results(bundle: dict, *, components: bool = False) -> list[tuple]:
     """Per report (by code, in order): each result's code, value, unit and status."""
