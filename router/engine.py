@@ -405,7 +405,7 @@ class Engine:
             else:
                 from adapters.fhir.record import SqliteRecord
 
-                self._seen = SqliteRecord(self._settings.data_dir / "seen.sqlite3")
+                self._seen = SqliteRecord(self._settings.data_dir / "seen.sqlite3", busy_timeout=self._settings.sqlite_busy_timeout)
         return self._seen
 
     def _subscribe_standby(self) -> None:

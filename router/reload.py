@@ -3,7 +3,9 @@
 A change is picked up between deliveries: the whole mapping set is compiled
 anew (every load-time check runs), and only a set that compiles replaces the
 running one, by swapping a single reference. A set that fails is refused; the
-old one keeps running, and the refusal is logged with file:line:col.
+old one keeps running, and the refusal is logged with file:line:col. Any other
+error while compiling (a bug in a Python-side check) is refused the same way,
+logged by its type and the code line that raised it, never its text.
 
 A change is compiled only once the files held still from one look to the next,
 and a set is used only when no file moved while it compiled. Why: an editor's
@@ -118,6 +120,19 @@ class MappingReloader:
             # The reason names the file or destination at fault (config text, never a message): without it
             # an outbound mapping deleted under a destination was refused as a bare "ConfigError", file "?".
             self._log.error("mappings_reload_refused", file=getattr(exc, "filename", None) or "?", error=type(exc).__name__, reason=str(exc), changed=[Path(p).name for p in changed])
+            return self._current
+        except Exception as exc:  # noqa: BLE001  # a bug in a check, not the set: the worker runs the old set on
+            # Refused like a lint error, never raised: raised, it ended the worker whose old set ran well, and every
+            # worker that restarted on the same files. Its text may quote anything it read, so only its type and
+            # the line of code that raised it are logged.
+            self._seen = now
+            self.refusals += 1
+            self.failing = True
+            frame = exc.__traceback__
+            while frame is not None and frame.tb_next is not None:
+                frame = frame.tb_next
+            at = f"{Path(frame.tb_frame.f_code.co_filename).name}:{frame.tb_lineno}" if frame is not None else "?"
+            self._log.error("mappings_reload_refused", file="?", error=type(exc).__name__, raised_at=at, changed=[Path(p).name for p in changed])
             return self._current
         after = fingerprint(self._folder, racy_since=building)
         if after != _unhashed_before(now, building):

@@ -149,6 +149,17 @@ class MappingsConfig(_Frozen):
     reload_seconds: float = Field(default=2.0, ge=0, le=3600, description="How often, in seconds, the engine looks for changed mapping files between deliveries. 0 turns hot reload off; a small value costs one stat per mapping file per look.")
 
 
+class RecordConfig(_Frozen):
+    """The `record` block: how the engine and the verbs use the shared record."""
+
+    sqlite_busy_timeout: float = Field(
+        default=10.0, gt=0, le=600,
+        description="Seconds a SQLite record's writer waits for another's lock (another worker's transaction, a backup holding "
+        "the file) before its apply is given up as the record being unavailable, logged `record_unavailable` and retried. "
+        "PostgreSQL ignores it.",
+    )
+
+
 PLACEHOLDER_HER_ID = "8888888"
 """The HER-id Helsebro signs KITH messages with until `own.her_id` is set: not a real party."""
 
@@ -187,6 +198,18 @@ class OwnConfig(_Frozen):
     )
 
 
+class ServeConfig(_Frozen):
+    """The `serve` block: the record's FHIR REST face (`helsebro serve`)."""
+
+    max_connections: int = Field(
+        default=64, ge=1, le=10_000,
+        description="Connections `helsebro serve` serves at once, each on its own thread (an idle keep-alive connection keeps "
+        "its thread up to 120 s). One more is answered 503 with Retry-After: 1, so a burst of connections cannot exhaust "
+        "the process; each needs a record connection while it is answered, so keep it within the database's own limit.",
+        examples=[64],
+    )
+
+
 class EngineConfig(_Frozen):
     """config/engine.yaml."""
 
@@ -194,7 +217,9 @@ class EngineConfig(_Frozen):
     mappings: MappingsConfig = Field(default_factory=MappingsConfig, description="How the running engine follows mapping edits.")
     hl7v2: Hl7v2Config = Field(default_factory=Hl7v2Config, description="HL7 v2 decoding defaults.")
     identifiers: IdentifierConfig = Field(default_factory=IdentifierConfig, description="FHIR systems for local identifiers.")
+    record: RecordConfig = Field(default_factory=RecordConfig, description="How the shared record is used: the SQLite lock wait.")
     own: OwnConfig = Field(default_factory=OwnConfig, description="Helsebro's own names in the messages it renders: MSH-3/MSH-4, and the KITH MsgHead sender.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="The record's FHIR REST face, `helsebro serve`.")
 
 
 class Settings(_Frozen):
@@ -219,6 +244,11 @@ class Settings(_Frozen):
     def sqlite_path(self) -> Path:
         """The SQLite record file used when no record URL is set."""
         return self.data_dir / "record.sqlite3"
+
+    @property
+    def sqlite_busy_timeout(self) -> float:
+        """engine.yaml's record.sqlite_busy_timeout: seconds a SQLite record's writer waits for another's lock."""
+        return self.engine.record.sqlite_busy_timeout
 
 
 _ENV = {

@@ -24,11 +24,14 @@ __all__ = [
     "HER_SYSTEM",
     "HNR_SYSTEM",
     "HPR_SYSTEM",
+    "NATIONAL_AUTHORITIES",
+    "NATIONAL_TYPE_CODES",
     "RESH_SYSTEM",
     "PersonId",
     "PersonIdError",
     "PersonIdKind",
     "classify_person_id",
+    "declares_national",
     "first_valid_fnr",
     "her_id_ok",
     "hpr_ok",
@@ -52,6 +55,21 @@ RESH_SYSTEM = "urn:oid:2.16.578.1.12.4.1.4.102"
 # H-nummer has no national OID: no-basis uses the literal "HNR" plus a type
 # coding 8327#HNR and a mandatory assigner (FACTS §6.1, §7).
 HNR_SYSTEM = "HNR"
+
+NATIONAL_TYPE_CODES = frozenset({"FNR", "DNR", "FHN", "NNNOR", "NNNO", "NOR"})
+"""Identifier type codes (HL7 v2 CX-5, KITH TypeId/TypeOffId V), upper case, that declare a national person number."""
+NATIONAL_AUTHORITIES = frozenset({"NOR", "NO", "FREG", "SKD", "FOLKEREG", FNR_SYSTEM[8:], DNR_SYSTEM[8:], FHN_SYSTEM[8:]})
+"""Assigning authorities (CX-4, or its universal id), upper case, that declare a national person number."""
+
+
+def declares_national(type_code: str, authority: str) -> bool:
+    """Whether an upper-case type code or assigning authority says its number is a national person number.
+
+    One definition for the mapping library (which files the number under a national system) and the
+    partition key (which must find the same number in the raw bytes): two copies could drift apart,
+    and then one patient's messages spread over partitions.
+    """
+    return type_code in NATIONAL_TYPE_CODES or authority in NATIONAL_AUTHORITIES or "FNR" in authority
 
 PersonIdKind = Literal["FNR", "DNR", "FHN", "HNR"]
 """Volven 8327 (offisiell personidentifikasjon): the kinds a patient id can be."""

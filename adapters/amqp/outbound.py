@@ -23,7 +23,7 @@ from kombu import Connection, Exchange, Producer, Queue
 from adapters.amqp._frames import Properties, publish_frames
 from adapters.amqp.connection import Topology, broker_errors, drain_events, topology
 from router.errors import BrokerUnavailable
-from router.routing.partition import partition_of  # pure: the patient key from raw bytes, no I/O
+from router.routing.partition import partition_pieces  # pure: the patient key from raw bytes, no I/O
 
 if TYPE_CHECKING:
     from router.settings import Settings
@@ -120,10 +120,19 @@ class Publisher:
         names the patient's partition (`<routing_key>.p<k>`, k from
         router/routing/partition.py on the raw bytes), so the message skips the
         intake's second hop; otherwise it is the inbound routing key. The order
-        argument is partition.py's docstring.
+        argument is partition.py's docstring. A batch about several patients goes
+        as the intake sends it, one message to each patient's partition
+        (`partition_pieces`); the id returned is then its first message's.
         """
-        key = self._partition_keys[partition_of(body, len(self._partition_keys))] if self._partition_keys else self._inbound_key
-        return self._publish(body, exchange=self._topology.exchange, routing_key=key, headers=headers, message_id=message_id)
+        if not self._partition_keys:
+            return self._publish(body, exchange=self._topology.exchange, routing_key=self._inbound_key, headers=headers, message_id=message_id)
+        pieces = partition_pieces(body, len(self._partition_keys))
+        ids = [
+            self._publish(piece, exchange=self._topology.exchange, routing_key=self._partition_keys[k], headers=headers,
+                          message_id=message_id if len(pieces) == 1 or not message_id else f"{message_id}.{i + 1}")
+            for i, (k, piece) in enumerate(pieces)
+        ]
+        return ids[0]
 
     def dead_letter(self, body: bytes, *, headers: Mapping[str, Any]) -> str:
         """Publish *body* to the dead-letter queue with its reason *headers*; return its message id."""

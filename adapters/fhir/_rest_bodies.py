@@ -47,7 +47,7 @@ def capability(base: str) -> FhirJson:
         params = [p for p in SEARCH_PARAMS if not (type_ == "Patient" and p in ("patient", "subject"))]
         resources.append({
             "type": type_,
-            "interaction": [{"code": c} for c in ("read", "vread", "history-instance", "search-type")],  # search by GET and POST _search
+            "interaction": [{"code": c} for c in ("read", "vread", "history-instance")] + [{"code": "search-type", "documentation": _SEARCH_DOC}],
             "versioning": "versioned",
             "readHistory": True,
             "updateCreate": False,
@@ -80,6 +80,14 @@ _TRANSACTION_DOC = (
     " (creating it when absent) or a conditional PUT of Type?search, a POST (with ifNoneExist: a conditional"
     " create), a DELETE of Type/id or of Type?search (every match), or a PATCH (FHIRPath Patch of top-level"
     " elements). A condition matching several resources fails the transaction with 412."
+)
+_SEARCH_DOC = (
+    "By GET [type]?params or POST [type]/_search with an application/x-www-form-urlencoded form (its parameters"
+    " ANDed with the URL's). A parameter's a,b values match either; an unknown parameter is refused 400 unless"
+    " Prefer: handling=lenient. Matches come in id order, _count a page (100 unless asked, 0 to 1000), with self and"
+    " next links; next names the last id shown (_after). A POST search's links name none of its values: self is"
+    " [type]/_search, next is [base]?_getpages=<id>&_after=<id>, the search kept in this server process's memory for"
+    " 10 minutes after its last page; an unknown or expired id (another process's too) answers 410: search again."
 )
 _PARAM_DOCS = {
     "_tag": "Only the tags of system " + " and ".join(INDEXED_TAG_SYSTEMS) + " are indexed, as system|code.",

@@ -22,7 +22,7 @@ _SQLITE = "sqlite:///"
 
 
 class RecordSettings(Protocol):
-    """The two settings the record reads (router.settings.Settings has both)."""
+    """The settings the record reads (router.settings.Settings has them all)."""
 
     @property
     def record_url(self) -> str | None:
@@ -32,6 +32,11 @@ class RecordSettings(Protocol):
     @property
     def sqlite_path(self) -> Path:
         """The SQLite file used when no record URL is set."""
+        ...
+
+    @property
+    def sqlite_busy_timeout(self) -> float:
+        """Seconds a SQLite writer waits for another's lock before the apply fails with RecordUnavailable."""
         ...
 
 
@@ -53,7 +58,8 @@ def open_record(settings: RecordSettings, *, create: bool = True) -> SqlRecord:
     before writing to it: a ConfigError, so `run` stops (exit 2) rather than retrying.
 
     `record_url` may be `postgresql://…` (with an optional `?schema=NAME`), or
-    `sqlite:///path`; unset, the record is SQLite at `settings.sqlite_path`.
+    `sqlite:///path`; unset, the record is SQLite at `settings.sqlite_path`. A SQLite
+    writer waits `settings.sqlite_busy_timeout` seconds for another's lock.
 
     Raises:
         ConfigError: `record_url` has a scheme the record does not support, or names
@@ -72,7 +78,7 @@ def open_record(settings: RecordSettings, *, create: bool = True) -> SqlRecord:
     if not path.exists():
         if not create:
             raise NoRecord(f"no record at {path}: nothing has been applied there (check HELSEBRO_RECORD_URL and HELSEBRO_DATA_DIR)")
-        return SqliteRecord(path)
+        return SqliteRecord(path, busy_timeout=settings.sqlite_busy_timeout)
     tables = tables_in(path)
     if tables is not None and not tables:
         # An SQLite file with no tables at all is the record not made yet (a first `run` stopped before its
@@ -86,4 +92,4 @@ def open_record(settings: RecordSettings, *, create: bool = True) -> SqlRecord:
         if not create:
             raise NotARecord(why)
         raise ConfigError(why)  # another application's file: making the record's tables in it would change it
-    return SqliteRecord(path, create=create)
+    return SqliteRecord(path, busy_timeout=settings.sqlite_busy_timeout, create=create)

@@ -7,9 +7,12 @@ status, never query strings or bodies: identifier values there are patient data.
 
 from __future__ import annotations
 
+import queue
 import re
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +34,7 @@ from router.contracts import FhirJson
 from router.errors import MessageError, MultipleMatches, TransientError
 from router.logging import resource_path
 
-__all__ = ["FhirServer", "RecordFactory", "SearchPages", "make_server"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "FhirServer", "RecordFactory", "SearchPages", "make_server"]
 
 RecordFactory = Callable[[], SqlRecord]
 """Opens one record connection; the server calls it when its pool is empty."""
@@ -44,6 +47,12 @@ _MAX_BODY = 32 * 1024 * 1024  # bytes; a transaction Bundle larger than this is 
 _IGNORED = frozenset({"_format", "_pretty"})  # not search parameters: _format is checked by _acceptable
 _JSON_TYPES = frozenset({"application/fhir+json", "application/json", "application/json+fhir", "json", "*/*", "application/*"})
 """Accept ranges and _format values a JSON answer satisfies (`application/json+fhir`: DSTU2's name, still sent by clients)."""
+_BODY_TYPES = frozenset({"application/fhir+json", "application/json", "application/json+fhir"})
+"""Content-Types a transaction may be POSTed with: FHIR JSON under its R4, plain JSON and DSTU2 names."""
+DEFAULT_MAX_CONNECTIONS = 64
+"""Connections `helsebro serve` serves at once unless engine.yaml's serve.max_connections says otherwise."""
+_MAX_REFUSALS = 64  # connections over the cap waiting for their 503; beyond, closed without one
+_REFUSE_SECONDS = 1.0  # how long a refused connection may take to send its request's head
 _MAX_COUNT = 1000  # matches one page of a search may hold (`_count`)
 _DEFAULT_COUNT = 100  # matches a page holds when the search does not say (`_count`)
 _MAX_ALTERNATIVES = 100  # combinations of `a,b` values one search may ask for, and values it may hold: its SQL's size
@@ -105,8 +114,17 @@ class FhirServer(ThreadingHTTPServer):
 
     daemon_threads = True  # a stop never waits for an idle keep-alive connection
 
-    def __init__(self, address: tuple[str, int], record_factory: RecordFactory, log: Any = None, pages: SearchPages | None = None) -> None:
+    def __init__(
+        self, address: tuple[str, int], record_factory: RecordFactory, log: Any = None, pages: SearchPages | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.pool = _Pool(record_factory)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)  # one per connection a thread is serving
+        self._refusals: queue.Queue[socket.socket] = queue.Queue(_MAX_REFUSALS)
+        self._refuser: threading.Thread | None = None
         self.pages = pages if pages is not None else SearchPages()  # searches by POST, for their next pages
         self.log = log
         self.draining = False  # set by drain(): answers close their connections
@@ -144,6 +162,48 @@ class FhirServer(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         return f"http://{host!s}:{port}{BASE}"
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection on a thread of its own, or refuse it 503 when max_connections are being served.
+
+        Why: a thread per connection with no cap let a burst of connections (or idle keep-alive
+        ones, each holding its thread up to _Handler.timeout) exhaust the process's threads and
+        memory. A refused connection is answered by one refusing thread, so the threads are
+        bounded at max_connections + 2; when even its queue is full, the connection is closed.
+        """
+        if self._slots.acquire(blocking=False):
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self._slots.release()
+                raise
+            return
+        if self.log is not None:
+            self.log.warning("fhir_connection_refused", reason="max_connections", max_connections=self.max_connections)
+        if self._refuser is None:
+            self._refuser = threading.Thread(target=self._refuse_forever, name="helsebro-fhir-refuse", daemon=True)
+            self._refuser.start()
+        try:
+            self._refusals.put_nowait(request)
+        except queue.Full:
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve one connection, then give back its slot."""
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse_forever(self) -> None:
+        while True:
+            connection = self._refusals.get()
+            try:
+                _refuse(connection)
+            except OSError:
+                pass  # the client left first: nothing to tell it
+            finally:
+                self.shutdown_request(connection)
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Log a connection's failure in one line instead of socketserver's traceback on stderr.
 
@@ -163,7 +223,8 @@ class FhirServer(ThreadingHTTPServer):
 
 
 def make_server(
-    record_factory: RecordFactory, host: str = "127.0.0.1", port: int = 8080, *, log: Any = None, pages: SearchPages | None = None
+    record_factory: RecordFactory, host: str = "127.0.0.1", port: int = 8080, *, log: Any = None, pages: SearchPages | None = None,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> FhirServer:
     """Bind a FHIR server to *host*:*port* (0 picks a free port); call serve_forever() to run it.
 
@@ -171,8 +232,48 @@ def make_server(
         record_factory: opens a record; called once per concurrent request at most.
         log: a bound structlog logger for request lines, or None for silence.
         pages: where searches by POST are kept for their `next` links; SearchPages() unless given.
+        max_connections: connections served at once, each on its thread; one more is answered 503.
     """
-    return FhirServer((host, port), record_factory, log, pages)
+    return FhirServer((host, port), record_factory, log, pages, max_connections)
+
+
+def _refuse(connection: socket.socket) -> None:
+    """Answer a connection over the cap 503 with Retry-After, after reading its request's head.
+
+    The head is read first (briefly) so that closing does not reset the connection under the
+    client's unread answer; the answer closes the connection.
+    """
+    deadline = time.monotonic() + _REFUSE_SECONDS  # for the whole connection: a client trickling bytes holds it no longer
+
+    def received() -> bytes:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        connection.settimeout(left)
+        return connection.recv(65536)
+
+    head = b""
+    try:
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            chunk = received()
+            if not chunk:
+                return
+            head += chunk
+    except TimeoutError:
+        pass
+    payload = orjson.dumps(outcome("transient", "the server is serving as many connections as it may; try again shortly"))
+    connection.settimeout(_REFUSE_SECONDS)
+    connection.sendall(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: " + _CONTENT_TYPE.encode() + b"\r\nContent-Length: "
+        + str(len(payload)).encode() + b"\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" + payload
+    )
+    connection.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + _REFUSE_SECONDS
+    try:  # what is left of the request (a body): read, so the close is not a reset
+        while received():
+            pass
+    except OSError:  # TimeoutError among them
+        pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -303,6 +404,10 @@ def _route(
     if method == "GET" and parts == ["metadata"]:
         return _Response(200, capability(base))
     if method == "POST" and not parts:
+        # None given is taken as JSON (curl -d, old clients); one naming another format (XML, text) is refused,
+        # as a search by POST refuses a body that is not a form: parsed as JSON it was applied all the same.
+        if content_type and content_type.split(";")[0].strip().lower() not in _BODY_TYPES:
+            return _Response(415, outcome("not-supported", "a transaction is POSTed as application/fhir+json"))
         return _transaction(pool, body)
     if method == "POST" and len(parts) == 2 and parts[1] == "_search":
         # FHIR: a server that searches by GET SHALL search by POST of a form too (a client keeps

@@ -193,7 +193,7 @@ def _plural(n: int) -> str:
 
 
 def _confirm(question: str, *, yes: bool) -> bool:
-    """Ask *question* on the terminal; True only for y or yes (or --yes)."""
+    """Ask *question* on the terminal; True for y or yes (or --yes), False with no terminal; any other answer raises _Declined."""
     if yes:
         return True
     if not sys.stdin.isatty():
@@ -203,7 +203,24 @@ def _confirm(question: str, *, yes: bool) -> bool:
     if sys.stdin.readline().strip().lower() in ("y", "yes"):
         return True
     print("helsebro dlq: not confirmed; nothing done", file=sys.stderr)
-    return False
+    raise _Declined
+
+
+class _Declined(Exception):
+    """The operator was asked and answered no: audited (one `declined` line), then exit 2."""
+
+
+def _asked(settings: Settings, question: str, action: str, *, yes: bool, **fields: Any) -> bool:
+    """Ask as _confirm does; an operator's no is written to the audit log before False is returned.
+
+    Why: the audit showed the yeses only, so someone asking again and again to see bodies and
+    answering no left no trace. A refusal for want of a terminal asked nobody and is not audited.
+    """
+    try:
+        return _confirm(question, yes=yes)
+    except _Declined:
+        AuditLog(settings.data_dir / "audit.log").declined(action, **fields)  # OSError: reported by _run, exit 1
+        return False
 
 
 def _run(args: argparse.Namespace, action: Any) -> int:
@@ -258,7 +275,8 @@ def _show(args: argparse.Namespace) -> int:
         if not args.body:
             _print_letter(queue, letter, None, as_json=args.json)
             return 0
-        if not _confirm(f"Show the body of dead letter {letter.id}? It holds patient data; the showing is audited.", yes=args.yes):
+        if not _asked(settings, f"Show the body of dead letter {letter.id}? It holds patient data; the showing is audited.", "show_body",
+                      yes=args.yes, queue=queue, ids=[letter.id], count=1):
             return 2
         audit = AuditLog(settings.data_dir / "audit.log")
         action_id = audit.begin("show_body", queue=queue, ids=[letter.id], count=1)  # written before anything is shown
@@ -323,10 +341,11 @@ def _change(args: argparse.Namespace, verb: str, question: str, past: str) -> in
             return 0
         destination = _destination_dlqs(settings).get(queue)
         to = f"to the destination {destination}'s work queue" if destination else "to the inbound exchange"  # what the operator consents to
-        if not _confirm(question.format(n=_plural(count), matching=_filter_text(args), queue=queue, to=to), yes=args.yes):
+        chosen = _filter_fields(args) or None
+        if not _asked(settings, question.format(n=_plural(count), matching=_filter_text(args), queue=queue, to=to), verb,
+                      yes=args.yes, queue=queue, ids=ids, count=count, filter=chosen):
             return 2
         audit = AuditLog(settings.data_dir / "audit.log")
-        chosen = _filter_fields(args) or None
         action_id = audit.begin(verb, queue=queue, ids=ids, count=count, filter=chosen)
         try:
             result = _act_on(settings, verb, queue, ids)

@@ -29,7 +29,8 @@ record holds (an old number kept `use: old`) and of the records merged with thei
 (A34, A40: the merged-away number finds the survivor's messages, and the
 survivor's finds the merged record's); the text view's last line and `--json`'s
 `patient_keys` name every key searched, the number's own first. `--patient-key`
-searches its one key. A lookup by patient is still an access to one
+follows them the same way, from the Patients the messages under the key wrote
+(the key first). A lookup by patient is still an access to one
 person's trail, so it writes a `begin` and an `end` line to the audit log
 (`<HELSEBRO_DATA_DIR>/audit.log`) with the patient's key, never the number.
 
@@ -93,7 +94,7 @@ from router.cli._args import age, positive
 from router.contracts import SETTLED_OUTCOMES
 from router.errors import BrokerUnavailable, RecordUnavailable
 from router.ops import AuditLog
-from router.ops.trail import Handover, Trail, find_messages, merged_patient_keys
+from router.ops.trail import Handover, Trail, find_messages, merged_patient_keys, merged_patient_keys_of_key
 
 if TYPE_CHECKING:
     from adapters.fhir.record import JournalEntry
@@ -163,7 +164,8 @@ def _find(args: argparse.Namespace) -> int:
     audit = AuditLog(settings.data_dir / "audit.log") if patient_key else None
     try:
         action_id = audit.begin("find", patient_key=patient_key, control_id=args.control_id) if audit else ""
-        also = merged_patient_keys(settings, *number) if number else []  # after the begin line: it reads the person's record
+        # after the begin line: it reads the person's record
+        also = merged_patient_keys(settings, *number) if number else merged_patient_keys_of_key(settings, patient_key) if patient_key else []
         trail = _search(settings, args, patient_key, also)
         if audit:
             audit.end("find", action_id, patient_key=patient_key, patient_keys=[patient_key, *also], applied=len(trail.applied),

@@ -3,7 +3,8 @@
 SIGINT and SIGTERM stop it cleanly (exit 0): it stops taking connections, finishes the requests
 it is answering (up to 20 s), then exits. Serving that fails by itself exits 1.
 The record is the one the settings name (HELSEBRO_RECORD_URL, or SQLite under
-HELSEBRO_DATA_DIR).
+HELSEBRO_DATA_DIR). It serves at most engine.yaml's `serve.max_connections` connections at once (64
+unless set); one more is answered 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     log = get_logger("fhir.rest")
     try:
         open_record(settings).close()  # fail now, not at the first request
-        server = make_server(lambda: open_record(settings), args.host, args.port, log=log)
+        server = make_server(
+            lambda: open_record(settings), args.host, args.port, log=log, max_connections=settings.engine.serve.max_connections,
+        )
     except RecordUnavailable as exc:
         log.error("fhir_record_unavailable", reason=str(exc))
         return 1

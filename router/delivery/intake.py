@@ -9,8 +9,11 @@ which has a single active consumer, so one intake at a time forwards in
 arrival order; each partition queue then has one active consumer too, so
 per-patient order survives any number of workers. The intake neither decodes
 nor converts (router/routing/partition.py reads the key from raw bytes):
-converting is the partition workers' work, in parallel. A batch is acked
-only after every forward is confirmed.
+converting is the partition workers' work, in parallel. A delivery holding
+messages of several patients (an FHS/BHS batch) is forwarded one message at a
+time, each to its patient's partition (partition_pieces). A batch is acked
+only after every forward is confirmed: a crash in between forwards it again,
+and the record's applied keys keep the copies from being applied twice.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from adapters.amqp.inbound import ack_all
-from router.routing.partition import partition_of
+from router.routing.partition import partition_pieces
 
 if TYPE_CHECKING:
     from adapters.amqp.inbound import Delivery
@@ -42,7 +45,11 @@ class Intake:
             BrokerUnavailable: a publish, its confirm or the ack failed; the deliveries come again.
         """
         for d in deliveries:
-            k = partition_of(d.body, self._partitions)
-            publisher.publish_to("", self._names[k], d.body, headers=d.headers, message_id=d.message_id)
+            pieces = partition_pieces(d.body, self._partitions)
+            for i, (k, body) in enumerate(pieces):
+                # A batch about several patients goes one message at a time (partition_pieces says why), each
+                # with its own id: the same on every redelivery of the batch, so a receiver can tell them apart.
+                mid = d.message_id if len(pieces) == 1 or not d.message_id else f"{d.message_id}.{i + 1}"
+                publisher.publish_to("", self._names[k], body, headers=d.headers, message_id=mid)
         publisher.flush()
         ack_all(deliveries, embedded=False)

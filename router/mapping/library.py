@@ -90,8 +90,6 @@ def _datetime_plus(ctx: FnContext, v: _Values) -> str | None:
         raise InvalidContent("the end is beyond the calendar", location=v.locations[1]) from exc
 
 
-_NATIONAL_TYPES = {"FNR", "DNR", "FHN", "NNNOR", "NNNO", "NOR"}
-_NATIONAL_AUTHORITIES = {"NOR", "NO", "FREG", "SKD", "FOLKEREG", ids.FNR_SYSTEM[8:], ids.DNR_SYSTEM[8:], ids.FHN_SYSTEM[8:]}
 _HPR_MARKERS = {"HPR", "NOHPR", "HPRNR", ids.HPR_SYSTEM[8:]}
 
 
@@ -285,7 +283,7 @@ def _system(ctx: FnContext, value: str | None, authority: str | None, type_code:
         if not ids.orgnr_ok(value):
             raise InvalidContent("organisasjonsnummer fails its check digit", location=location)
         return ids.ENH_SYSTEM
-    declared_national = t in _NATIONAL_TYPES or a in _NATIONAL_AUTHORITIES or "FNR" in a
+    declared_national = ids.declares_national(t, a)  # the partition key reads the same markers (router/routing/partition.py)
     if declared_national or (not t and not a and ids.looks_like_national_id(value)):
         person = ids.classify_person_id(value)
         if person is None:

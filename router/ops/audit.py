@@ -16,12 +16,14 @@ what sudo put in SUDO_USER, taken only when the process runs as root (anyone can
 variable, but only root runs as root, and root can write this file anyway). Each is null
 when unknown (no login uid in most containers; not under sudo).
 
-The file is `<data_dir>/audit.log`, created mode 0600 and only ever opened
+The file is `<data_dir>/audit.log`, created mode 0600 (an existing one with a wider mode is
+narrowed to it), never opened through a symlink (O_NOFOLLOW), and only ever opened
 with O_APPEND: each event is one `write()` of one line followed by `fsync`,
 so a crash can cut off at most the line being written, never an earlier one.
 Each line holds: `at` (UTC, ISO 8601), `user`, `operator` (or null), `login_user`,
 `sudo_user`, `host`,
-`action`, `event` ("begin" before the action touches anything, "end" after),
+`action`, `event` ("begin" before the action touches anything, "end" after; "declined", alone,
+when the operator answered no to its question),
 `action_id` (shared by an action's begin and end lines), and the action's
 own fields (queue, ids, counts). It never holds a message body or a value
 taken from one.
@@ -32,6 +34,7 @@ from __future__ import annotations
 import os
 import pwd
 import socket
+import stat
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,13 +100,23 @@ class AuditLog:
         """Write the line that records what *action* (begun as *action_id*) did."""
         self._append({"action": action, "event": "end", "action_id": action_id, **fields})
 
+    def declined(self, action: str, **fields: Any) -> None:
+        """Write the one line of an *action* the operator was asked about and answered no: nothing was done."""
+        self._append({"action": action, "event": "declined", "action_id": uuid.uuid4().hex, **fields})
+
     def _append(self, fields: dict[str, Any]) -> None:
         line = {"at": datetime.now(UTC).isoformat(), **operator_identity(), **fields}
         data = orjson.dumps(line) + b"\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _FILE_MODE)
+        # O_NOFOLLOW: a symlink planted at audit.log would send the lines into any file the operator can write.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, _FILE_MODE)
         try:
+            found = os.fstat(fd)
+            if not stat.S_ISREG(found.st_mode):
+                raise OSError(f"audit log: {self.path} is not a regular file")
+            if stat.S_IMODE(found.st_mode) & ~_FILE_MODE:  # an existing file keeps its mode on open: a wider one is narrowed
+                os.fchmod(fd, _FILE_MODE)
             written = os.write(fd, data)  # one write per line: O_APPEND keeps concurrent writers' lines whole
             if written != len(data):
                 raise OSError(f"audit log: wrote {written} of {len(data)} bytes")

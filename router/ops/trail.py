@@ -38,9 +38,10 @@ if TYPE_CHECKING:
     from adapters.fhir.record import SqlRecord
     from router.settings import Settings
 
-__all__ = ["Handover", "HandoverState", "Trail", "find_messages", "merged_patient_keys"]
+__all__ = ["Handover", "HandoverState", "Trail", "find_messages", "merged_patient_keys", "merged_patient_keys_of_key"]
 
 _AWAITING_SCAN = 20_000  # journal rows read per KITH destination for --awaiting-apprec
+_MERGED_JOURNAL_ROWS = 200  # a key's newest journal rows read for the Patients they wrote (find --patient-key)
 _MERGED_MOST = 50  # Patients followed along merge links from one number: a chain longer than any real person's
 
 
@@ -339,19 +340,58 @@ def merged_patient_keys(settings: Settings, system: str, value: str) -> list[str
 
     record = open_record(settings, create=False)
     try:
-        patients = {str(p.get("id")): p for p in record.search("Patient", {"identifier": f"{system}|{value}"})}
-        todo = [other for p in patients.values() for other in _linked(p)]
-        while todo and len(patients) < _MERGED_MOST:
-            pid = todo.pop()
-            if pid in patients:
-                continue
-            found = record.read("Patient", pid)
-            if found is not None:
-                patients[pid] = found
-                todo += _linked(found)
+        patients = _reached(record, {str(p.get("id")): p for p in record.search("Patient", {"identifier": f"{system}|{value}"})})
     finally:
         record.close()
-    own = patient_key_for(system, value, settings.phi_key_bytes)
+    return _keys_of(patients, patient_key_for(system, value, settings.phi_key_bytes), settings)
+
+
+def merged_patient_keys_of_key(settings: Settings, patient_key: str) -> list[str]:
+    """The person's other keys, from one of their keys (`find --patient-key`), as merged_patient_keys finds them from a number.
+
+    A key is a hash: the record cannot be searched by it. The journal can: the messages settled under
+    the key name the Patients they wrote, and those whose identifiers hash (or once hashed) to the key
+are the person's;
+    from them the merge links and the other identifiers are followed as from a number. Before,
+    `--patient-key` searched its one key, so by a merged-away number's key the trail read as
+    ending at the merge. Empty when no message under the key wrote a Patient the record still holds.
+
+    Raises:
+        RecordUnavailable: the record cannot be reached.
+    """
+    record = open_record(settings, create=False)
+    try:
+        written = dict.fromkeys(rid for entry in record.journal(patient_key=patient_key, limit=_MERGED_JOURNAL_ROWS)
+                                for type_, rid, _, _ in entry.resources if type_ == "Patient")
+        # A Patient is the person's when one of its versions held an identifier of this key: a merged-away
+        # record's current version holds none (the survivor took them), and a message with several
+        # patients (a group of PATIENT_RESULTs) wrote others' Patients under its first patient's key.
+        own = {pid: p for pid in written if (p := record.read("Patient", pid)) is not None and any(
+            not v.deleted and patient_key in _keys_of({pid: v.resource}, "", settings) for v in record.versions("Patient", pid))}
+        patients = _reached(record, own)
+    finally:
+        record.close()
+    return _keys_of(patients, patient_key, settings)
+
+
+def _reached(record: SqlRecord, patients: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """*patients* and every Patient reached from them along merge links (at most _MERGED_MOST)."""
+    todo = [other for p in patients.values() for other in _linked(p)]
+    while todo and len(patients) < _MERGED_MOST:
+        pid = todo.pop()
+        if pid in patients:
+            continue
+        found = record.read("Patient", pid)
+        if found is not None:
+            patients[pid] = found
+            todo += _linked(found)
+    return patients
+
+
+def _keys_of(patients: dict[str, dict[str, Any]], own: str, settings: Settings) -> list[str]:
+    """The keys of every identifier of *patients* but *own*; only keys leave, the identifiers are dropped."""
+    from router.pipeline.convert import patient_key_for
+
     keys = (patient_key_for(i["system"], i["value"], settings.phi_key_bytes) for p in patients.values() for i in p.get("identifier", ())
             if isinstance(i, dict) and i.get("system") and i.get("value"))
     return [k for k in dict.fromkeys(keys) if k != own]

@@ -1,7 +1,7 @@
 """Pick a delivery's partition from its patient, cheaply, before it is converted.
 
 Two ways lead into partition queue `<inbound>.p<k>`, and both ask
-`partition_of(body, n)`:
+`partition_pieces(body, n)` (`partition_of` for each message of a batch):
 - Helsebro's own publishers (Publisher.publish_inbound: `helsebro send`,
   `helsebro dlq replay`, the test kit, the bench) publish straight to it, with
   routing key `<routing_key>.p<k>` on the inbound exchange: one broker hop;
@@ -53,6 +53,12 @@ The key is read from the raw bytes in microseconds, not by the mapping:
   and one patient's epikriser and lab reports spread over partitions.
 - Anything else (no PID, a batch without one, unreadable bytes): the empty
   key, which lands in partition 0 — still in order, just not spread.
+- A batch (FHS/BHS, or several messages in one delivery): `partition_pieces`
+  splits one about several patients per message, both ways, so each message
+  goes where that patient's single messages go; one about one patient goes
+  whole to that patient's partition. A short batch (BTS-1/FTS-1 disagree) goes
+  whole, by its first message's key (p0 when the batch header comes first), so
+  the converter reports what was lost: its patients' order is then not kept.
 Two messages about one person that carry different identifiers (one only a
 hospital number, one the fødselsnummer) may land in different partitions; the
 record treats them as different identities too until they are linked.
@@ -67,14 +73,10 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator
 
-from schemas.identity import classify_person_id
+from schemas.identity import classify_person_id, declares_national
 
-__all__ = ["jump_hash", "partition_of", "patient_key"]
+__all__ = ["jump_hash", "partition_of", "partition_pieces", "patient_key"]
 
-# In step with router/mapping/library.py's _NATIONAL_TYPES and _NATIONAL_AUTHORITIES (a test compares them):
-# imported from there, every publisher (adapters/amqp/outbound.py) would load the mapping library.
-_NATIONAL_TYPES = frozenset({b"FNR", b"DNR", b"FHN", b"NNNOR", b"NNNO", b"NOR"})
-_NATIONAL_AUTHORITIES = frozenset({b"NOR", b"NO", b"FREG", b"SKD", b"FOLKEREG", b"2.16.578.1.12.4.1.4.1", b"2.16.578.1.12.4.1.4.2", b"2.16.578.1.12.4.1.4.3"})
 _RANK = {"FNR": 0, "DNR": 1, "FHN": 2}  # the Patient's identity prefers them in this order (PID.Patient.yaml)
 _XML_PATIENT = re.compile(rb"<(?:[\w.-]+:)?Patient\b.*?<(?:[\w.-]+:)?Id>\s*([^<\s]+)\s*<", re.DOTALL)
 _XML_PATIENT_ELEMENT = re.compile(rb"<(?:[\w.-]+:)?Patient\b[^>]*>(.*?)</(?:[\w.-]+:)?Patient>", re.DOTALL)
@@ -136,7 +138,7 @@ def _best_person_number(numbers: Iterable[tuple[bytes, bytes, bytes]]) -> bytes:
     """
     best, rank = b"", len(_RANK)
     for number, kind, authority in numbers:
-        declared = kind in _NATIONAL_TYPES or authority in _NATIONAL_AUTHORITIES or b"FNR" in authority
+        declared = declares_national(kind.decode("latin-1"), authority.decode("latin-1"))  # the mapping library's markers, one definition
         if not number or (not declared and (kind or authority)):
             continue
         person = classify_person_id(number.decode("latin-1"))
@@ -161,6 +163,37 @@ def jump_hash(key: int, buckets: int) -> int:
         key = (key * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
         j = int((b + 1) * ((1 << 31) / ((key >> 33) + 1)))
     return b
+
+
+_SECOND_HEADER = re.compile(rb"[\r\n\x0b\x1c][ \t]*MSH", re.IGNORECASE)
+
+
+def partition_pieces(body: bytes, partitions: int) -> list[tuple[int, bytes]]:
+    """Return (partition, bytes) for each piece a raw delivery goes as, in its order.
+
+    One message, or a delivery whose messages are all about one patient, goes whole, to that
+    patient's partition. A batch (FHS/BHS, or several messages in one delivery) about several
+    patients goes one message at a time, each to its own patient's partition, its bytes as the
+    converter cuts them from the batch (adapters/hl7v2/decode.py `split_messages`): sent whole to one
+    partition, a patient's batched message and a later single one could be settled by two workers
+    in either order. Its BTS-1/FTS-1 counts are checked first: a short batch goes whole, as before,
+    so the converter still reports the shortfall (its first patient's partition, or p0 with a batch
+    header first).
+    """
+    whole = [(partition_of(body, partitions), body)]
+    if partitions <= 1 or body.lstrip(b"\x0b\xef\xbb\xbf \t\r\n")[:1] == b"<":
+        return whole
+    headers = _SECOND_HEADER.finditer(body)
+    if next(headers, None) is None or (body.lstrip(b"\xef\xbb\xbf \t\r\n")[:3].upper() == b"MSH" and next(headers, None) is None):
+        return whole  # one message: the common case, without the split below
+    from adapters.hl7v2.decode import check_batch_counts, split_messages  # only for a batch: a publisher stays light
+
+    if check_batch_counts(body) is not None:
+        return whole
+    pieces = [(partition_of(m.data, partitions), m.data) for m in split_messages(body)]
+    if len({k for k, _ in pieces}) <= 1:
+        return [(pieces[0][0], body)] if pieces else whole
+    return pieces
 
 
 def partition_of(body: bytes, partitions: int) -> int:

@@ -202,14 +202,14 @@ class TestDlq:
         assert code == 0 and "V1\x1b]0;owned\x07\x9b" in json.loads(out)["body"]
 
     def test_show_body_refused(self, dead, capsys, monkeypatch):
-        """Answering no, or having no terminal and no --yes, exits 2 without body or audit line."""
+        """Answering no, or having no terminal and no --yes, exits 2 without the body; the no alone is audited (review H190)."""
         letter_id = _listed(capsys)[1]["id"]
         code, out, err = _cli(capsys, "show", letter_id, "--body")
         assert code == 2 and "not a terminal" in err and BAD_FNR not in out
         monkeypatch.setattr("sys.stdin", Tty("n\n"))
         code, out, _ = _cli(capsys, "show", letter_id, "--body")
         assert code == 2 and BAD_FNR not in out
-        assert _audit(dead) == []
+        assert [(a["action"], a["event"]) for a in _audit(dead)] == [("show_body", "declined")]
 
     def test_show_unknown_id(self, dead, capsys):
         """An id that is not in the queue exits 1."""
@@ -558,7 +558,7 @@ class TestDlq:
         assert _cli(capsys, "purge", "--all")[0] == 2
         monkeypatch.setattr("sys.stdin", Tty("\n"))
         assert _cli(capsys, "purge", "--all")[0] == 2
-        assert len(_listed(capsys)) == 2 and _audit(dead) == []
+        assert len(_listed(capsys)) == 2 and [a["event"] for a in _audit(dead)] == ["declined"]  # the no alone (review H190)
 
     def test_purge_all(self, dead, capsys):
         """`purge --all --yes` empties the dead-letter queue."""
@@ -861,11 +861,13 @@ class TestFilters:
         monkeypatch.setattr("sys.stdin", Tty("n\n"))
         code, _, err = _cli(capsys, "purge", "--all", "--stage", "convert", "--since", "1d")
         assert code == 2 and f"Purge (delete for good) 1 dead letter matching stage convert, failed within 1d from {dlq}?" in err
-        assert self._ids(capsys) == ["F1", "F2", "F3", "F4"] and _audit(mixed) == []
+        assert self._ids(capsys) == ["F1", "F2", "F3", "F4"]
+        [declined] = _audit(mixed)  # the no, with the filter it was asked with (review H190)
+        assert declined["event"] == "declined" and declined["filter"] == {"stage": "convert", "since": "1d"} and declined["count"] == 1
         code, out, _ = _cli(capsys, "purge", "--stage", "convert", "--since", "1d", "--yes")  # purge alone is --all, narrowed too
         assert code == 0 and out.splitlines()[-1] == "1 purged, 0 no longer found"
         assert self._ids(capsys) == ["F1", "F2", "F3"]
-        begin, end = _audit(mixed)
+        begin, end = _audit(mixed)[1:]
         assert begin["filter"] == end["filter"] == {"stage": "convert", "since": "1d"}
         assert begin["count"] == end["count"] == 1 and len(begin["ids"]) == 1
 
@@ -1024,10 +1026,32 @@ class TestBrowsingKeepsEveryLetter:
         on its first return. Browsed 23 times, both letters are still there, in order."""
         first_id = _listed(capsys)[0]["id"]
         for i in range(11):  # each pass browses twice: with the first list, 23 deliveries
-            code, _, _ = _cli(capsys, "show", first_id) if i % 3 == 0 else (main(["status", "--json"]), "", "")
+            # --interval 0: one depth sample, no second a pass; status still scans (browses) the dead letters.
+            code, _, _ = _cli(capsys, "show", first_id) if i % 3 == 0 else (main(["status", "--json", "--interval", "0"]), "", "")
             assert code == 0
             letters = _listed(capsys)
         assert [letter["id"] for letter in letters][:1] == [first_id] and len(letters) == 2
         if dead.broker_url:  # the broker counted every pass: the letters went past 20 deliveries
             assert all(letter["delivery_count"] > 20 for letter in letters)
         assert queue_depth(dead, dead.engine.broker.names.dead_letter) == 2
+
+
+class TestDeclinedReviewH190:
+    """Found by review (H190): what an operator declined left no trace."""
+
+    @pytest.mark.parametrize("verb", [("show", "--body"), ("replay", "--all"), ("purge", "--all")])
+    def test_a_question_answered_no_is_audited(self, dead, capsys, monkeypatch, verb):
+        """An operator who asked to see a body, or to replay or purge, and answered no at "[y/N]" left no audit
+        line: an audit that shows only the yeses cannot tell someone probing for patient data. A no is one
+        `declined` line now, naming what was asked (never a body); nothing is done."""
+        ids = [letter["id"] for letter in _listed(capsys)]
+        args = [verb[0], ids[1], verb[1]] if verb[0] == "show" else list(verb)
+        monkeypatch.setattr("sys.stdin", Tty("n\n"))
+        code, out, _ = _cli(capsys, *args)
+        assert code == 2 and BAD_FNR not in out
+        [line] = _audit(dead)
+        action = {"show": "show_body"}.get(verb[0], verb[0])
+        assert (line["action"], line["event"]) == (action, "declined")
+        assert set(line["ids"]) == ({ids[1]} if verb[0] == "show" else set(ids)) and line["user"]
+        assert BAD_FNR not in json.dumps(line)
+        assert len(_listed(capsys)) == 2

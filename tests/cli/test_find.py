@@ -994,3 +994,22 @@ class TestMergedPatients:
     def test_a_patient_never_merged_searches_one_key(self, merged, capsys):
         code, out, _ = _find(capsys, "--patient", MOVED_TO, "--json", "--no-dlq")
         assert code == 1 and len(json.loads(out)["patient_keys"]) == 1
+
+    def test_a_patient_key_follows_merges_as_the_number_does(self, merged, capsys):
+        """`--patient-key` (the key a log line or a dead letter shows) searched its one key: by the merged-away
+        number's key, the operator saw M1 alone and read the trail as ending at the merge, where `--patient`
+        with the number showed all four (review H190). It follows the record's merges the same way now."""
+        _, out, _ = _find(capsys, "--patient", OLD_DNR, "--json", "--no-dlq")
+        by_number = json.loads(out)
+        journalled = {m["patient_key"] for m in by_number["applied"]}
+        assert len(journalled) == 2
+        for key in journalled:  # the merged-away number's key and the survivor's
+            code, out, err = _find(capsys, "--patient-key", key, "--json", "--no-dlq")
+            assert code == 0, err
+            doc = json.loads(out)
+            assert sorted(m["control_id"] for m in doc["applied"]) == ["CTRL-0040", "M1", "M2", "M3"], key
+            assert doc["patient_keys"][0] == key and set(doc["patient_keys"]) == set(by_number["patient_keys"])
+            end = _audit(merged)[-1]
+            assert end["patient_key"] == key and end["patient_keys"] == doc["patient_keys"]
+            assert OLD_DNR not in out + err and GOOD_FNR not in out + err
+

@@ -184,3 +184,55 @@ class TestServe:
             proc = _start(tmp_path, "--port", str(taken.getsockname()[1]))
             _, err = proc.communicate(timeout=60)
         assert proc.returncode == 1 and "fhir_listen_failed" in err
+
+
+class TestServeConnectionCapReviewH190:
+    """Found by review (H190): `serve` started a thread per connection with no cap."""
+
+    def test_connections_over_the_cap_are_answered_503_with_retry_after(self, tmp_path):
+        """A burst of connections (or idle keep-alive ones) each took a thread, without bound: enough of them
+        exhausted the process. engine.yaml's serve.max_connections bounds them; one more gets 503 with
+        Retry-After, and once a connection closes the next is served again."""
+        config = tmp_path / "config"
+        config.mkdir()
+        (config / "engine.yaml").write_text("serve:\n  max_connections: 2\n", encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HELSEBRO_")}
+        env |= {"HELSEBRO_DATA_DIR": str(tmp_path / "data"), "HELSEBRO_CONFIG_DIR": str(config)}
+        proc = subprocess.Popen([sys.executable, "-c", _MAIN, "serve", "--port", "0"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            serving = next(e for e in _events(proc) if e["event"] in ("fhir_serving", "fhir_record_unavailable", "config_invalid"))
+            assert serving["event"] == "fhir_serving", serving
+            port = serving["port"]
+
+            def ask(sock):
+                sock.sendall(b"GET /fhir/metadata HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b""
+                while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                    next(line.split(b":")[1] for line in answer.split(b"\r\n") if line.lower().startswith(b"content-length"))
+                ):
+                    chunk = sock.recv(65536)
+                    assert chunk, answer
+                    answer += chunk
+                return answer
+
+            held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+            for sock in held:  # each a kept-alive connection, holding its thread
+                assert ask(sock).startswith(b"HTTP/1.1 200 ")
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+                refused = ask(extra)
+            assert refused.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 1\r\n" in refused and b"OperationOutcome" in refused
+            held.pop().close()
+            deadline = time.monotonic() + 10
+            while True:  # the closed connection's thread gives its slot back as it ends
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as again:
+                    if ask(again).startswith(b"HTTP/1.1 200 "):
+                        break
+                assert time.monotonic() < deadline, "no connection served after one closed"
+                time.sleep(0.05)
+            for sock in held:
+                sock.close()
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            proc.stderr.close()

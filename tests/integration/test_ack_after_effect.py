@@ -140,7 +140,9 @@ class _PostgresHold:
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Settings, Callable[[], _SqliteHold | _PostgresHold]]]:
     schema = f"ackeffect_{uuid.uuid4().hex[:10]}"
     rabbit, pg = request.param.startswith("rabbitmq"), request.param.endswith("postgres")
-    s = isolated_settings(tmp_path, broker_url=RABBIT if rabbit else None, record_url=f"{POSTGRES}?schema={schema}" if pg else None)
+    # A short SQLite lock wait: the engine gives the held apply up (record_unavailable) after 1 s, not the default 10.
+    s = isolated_settings(tmp_path, broker_url=RABBIT if rabbit else None, record_url=f"{POSTGRES}?schema={schema}" if pg else None,
+                          record={"sqlite_busy_timeout": 1})
     yield s, (lambda: _PostgresHold(schema)) if pg else (lambda: _SqliteHold(s))
     if rabbit:
         delete_queues(s)

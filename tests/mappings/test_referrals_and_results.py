@@ -272,7 +272,7 @@ class TestFixtures:
     def test_a_result_links_to_the_requisition_it_answers(self, converter):
         """Svarrapport ServReq/Id = Rekvisisjon ServReq/Id: the report is basedOn the very same ServiceRequest."""
         req = self._docs(converter, "Rekvisisjon")
-        svar = self._docs(converter, "Svarrapport")
+        svar = self._docs(converter, "Svarrapport", "svar_lab_1_4_ny")
         [requisition] = [e for e in req["entry"] if e["resource"]["resourceType"] == "ServiceRequest" and "basedOn" not in e["resource"]]
         [report] = _of(svar, "DiagnosticReport")
         assert report["basedOn"] == [{"reference": requisition["fullUrl"]}]

@@ -209,6 +209,50 @@ class TestWhatAReloadSees:
         assert event == "mappings_reload_refused" and fields["file"].endswith("XPN.HumanName.yaml") and fields["error"] == "FileNotFoundError"
 
 
+    def test_a_mapping_file_not_utf8_is_refused_at_its_place(self, mappings):
+        """A table saved as Latin-1 is refused at its file:line with the old set kept; the fixed file then loads."""
+        from adapters.hl7v2.paths import compile_path
+        from router.mapping import MappingSet
+
+        log = _Log()
+        reloader = MappingReloader(mappings, lambda: MappingSet.load(mappings / "hl7v2", compile_path), interval=1e-9, logger=log)
+        before = reloader.current()
+        path = mappings / "hl7v2" / "segments" / "PID.Patient.yaml"
+        whole = path.read_bytes()
+        path.write_bytes(whole + "\n# f\u00f8dsel\n".encode("latin-1"))
+        assert _settled(reloader) is before
+        event, fields = log.events[-1]
+        assert event == "mappings_reload_refused" and fields["file"].endswith("PID.Patient.yaml") and "not UTF-8" in fields["error"]
+        path.write_bytes(whole)
+        assert _settled(reloader) is not before and (reloader.reloads, reloader.refusals) == (1, 1)
+
+    @pytest.mark.parametrize("error", [
+        KeyError("15866112379"),
+        UnicodeDecodeError("utf-8", b"\xf815866112379", 0, 1, "invalid start byte"),
+        RecursionError("maximum recursion depth exceeded"),
+    ])
+    def test_any_other_error_in_a_rebuild_is_refused_not_raised(self, mappings, error):
+        """A bug in a mapping's Python-side check keeps the old set running, logs the refusal without its text, and goes on."""
+        path = mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml"
+        builds = iter([1, 3])
+
+        def build():
+            if path.read_text().count("fn: upper") == 1:
+                raise error
+            return next(builds)
+
+        log = _Log()
+        reloader = MappingReloader(mappings, build, interval=1e-9, logger=log)
+        _edit(path, "from: XPN.1.1", "from: XPN.1.1\n    fn: upper")
+        assert _settled(reloader) == 1
+        event, fields = log.events[-1]
+        assert event == "mappings_reload_refused" and fields["error"] == type(error).__name__
+        assert "XPN.HumanName.yaml" in fields["changed"] and "15866112379" not in repr(log.events)
+        assert (reloader.refusals, reloader.failing) == (1, True)
+        _edit(path, "from: XPN.1.1", "from: XPN.1.2\n    fn: upper")
+        assert _settled(reloader) == 3 and reloader.failing is False
+
+
 def _fast_reload(settings):
     return settings.model_copy(update={"engine": settings.engine.model_copy(update={"mappings": settings.engine.mappings.model_copy(update={"reload_seconds": 0.05})})})
 

@@ -240,3 +240,19 @@ class TestWholeFile:
         with pytest.raises(ConfigError) as err:
             load_settings(environ={}, config_dir=str(tmp_path))
         assert str(err.value) == f"{tmp_path / 'engine.yaml'}:1:1: the file must be a mapping of blocks (broker:, hl7v2:, …), not a list or a value"
+
+
+class TestRecordConfig:
+    def test_the_shipped_lock_wait_is_ten_seconds(self):
+        """config/engine.yaml's `record` block says what the model defaults to."""
+        assert load_settings(environ={}).sqlite_busy_timeout == 10.0
+
+    def test_a_lock_wait_from_engine_yaml_is_read(self, tmp_path):
+        assert _with_engine(tmp_path, record={"sqlite_busy_timeout": 0.25}).sqlite_busy_timeout == 0.25
+
+    @pytest.mark.parametrize("record", [{"sqlite_busy_timeout": 0}, {"sqlite_busy_timeout": -1}, {"sqlite_busy_timeout": 601},
+                                        {"sqlite_busy_timeout": "soon"}, {"sqlite_busy_timeout": True}, {"busy_timeout": 1}])
+    def test_a_lock_wait_that_cannot_work_refuses_to_start(self, tmp_path, record):
+        """No wait at all, a negative or endless one, a word, or a misspelt key is refused at load, naming its place."""
+        with pytest.raises(ConfigError, match=r"engine\.yaml:\d+:\d+: record\."):
+            _with_engine(tmp_path, record=record)

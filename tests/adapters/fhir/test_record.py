@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import sqlite3
 import threading
+import time
 import uuid
 from contextlib import closing
 
@@ -14,6 +15,7 @@ from adapters.fhir.record import NotARecord, SqliteRecord, open_record
 from router.contracts import JournalFacts
 from router.errors import ConfigError, InvalidContent, RecordUnavailable
 from router.settings import Settings
+from router.testing import isolated_settings
 
 FNR = "urn:oid:2.16.578.1.12.4.1.4.1"
 FNR_VALUE = "01015000232"
@@ -183,6 +185,22 @@ class TestOpenRecord:
                 record.apply(admission())
             other.execute("ROLLBACK")
             assert record.apply(admission()).changed
+
+    @pytest.mark.parametrize("seconds", [0.5, 2.0])
+    def test_a_writer_waits_for_the_lock_as_long_as_engine_yaml_says(self, tmp_path, seconds):
+        """record.sqlite_busy_timeout in engine.yaml is how long an apply waits for another's lock before it is
+        RecordUnavailable: not the built-in 10 s."""
+        settings = isolated_settings(tmp_path, record={"sqlite_busy_timeout": seconds})
+        assert settings.sqlite_busy_timeout == seconds
+        with open_record(settings) as record, closing(sqlite3.connect(settings.sqlite_path, isolation_level=None)) as other:
+            other.execute("BEGIN IMMEDIATE")
+            started = time.monotonic()
+            with pytest.raises(RecordUnavailable):
+                record.apply(admission())
+            waited = time.monotonic() - started
+            other.execute("ROLLBACK")
+            assert record.apply(admission()).changed
+        assert seconds * 0.8 <= waited < seconds + 3, waited
 
 
 class TestApply:

@@ -596,3 +596,34 @@ class TestSearchPagesStore:
         ids = [pages.keep("Patient", f"identifier=x{i}") for i in range(3)]
         assert len(set(ids)) == 3 and all(len(i) >= 32 for i in ids)
         assert [pages.find(i) for i in ids] == [None, ("Patient", "identifier=x1"), ("Patient", "identifier=x2")]
+
+
+class TestRestReviewH190:
+    """Found by review (H190): the REST face's leftovers."""
+
+    @pytest.mark.parametrize("content_type", ["text/plain", "application/xml", "application/fhir+xml", "application/x-www-form-urlencoded"])
+    def test_a_transaction_that_is_not_fhir_json_answers_415(self, client, content_type):
+        """A transaction POSTed with a Content-Type other than FHIR JSON was parsed and applied as JSON
+        all the same; as `POST [type]/_search` does for a body that is not a form, it answers 415 now."""
+        import orjson
+
+        response = client.post("", content=orjson.dumps(transaction()), headers={"content-type": content_type})
+        assert response.status_code == 415 and response.json()["resourceType"] == "OperationOutcome"
+        assert response.json()["issue"][0]["code"] == "not-supported"
+        assert client.get(f"/Patient/{PATIENT_UUID}").status_code == 404  # nothing was applied
+        for accepted in ("application/fhir+json", "application/json; charset=utf-8", "application/json+fhir"):
+            assert client.post("", content=orjson.dumps(transaction()), headers={"content-type": accepted}).status_code == 200
+
+    def test_the_capability_statement_describes_searching_by_post_and_its_pages(self, loaded):
+        """The statement said search-type and nothing of how: not that a search may be POSTed to
+        [type]/_search, nor that its next pages are `[base]?_getpages=` links, nor `_count`'s bounds.
+        A client reading it now finds each, and each works as it says."""
+        patient = next(r for r in loaded.get("/metadata").json()["rest"][0]["resource"] if r["type"] == "Patient")
+        search = next(i for i in patient["interaction"] if i["code"] == "search-type")
+        for said in ("POST [type]/_search", "_getpages", "_count", "1000", "410"):
+            assert said in search["documentation"], said
+        loaded.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": {"resourceType": "Patient", "id": f"p{i}"}, "request": {"method": "PUT", "url": f"Patient/p{i}"}} for i in range(2)]})
+        first = loaded.post("/Patient/_search", data={"_count": "1"}).json()
+        nxt = next(link["url"] for link in first["link"] if link["relation"] == "next")
+        assert "_getpages=" in nxt and loaded.get(nxt).status_code == 200

@@ -56,3 +56,30 @@ class TestAuditLog:
         log = AuditLog(tmp_path / "audit.log")
         log.begin("purge", ids=[], count=0)
         assert stat.S_IMODE(log.path.stat().st_mode) == 0o600
+
+
+class TestAuditLogFileReviewH190:
+    """Found by review (H190): the file an audit line goes to."""
+
+    def test_an_existing_wider_file_is_made_private(self, tmp_path):
+        """An audit.log already there with mode 0644 (restored from a backup, made by hand) kept it: every
+        local user could read who looked at which patient. Writing to it narrows it to 0600."""
+        path = tmp_path / "audit.log"
+        path.write_text("")
+        path.chmod(0o644)
+        AuditLog(path).begin("replay", ids=["x"], count=1)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+    def test_a_symlink_planted_as_the_log_is_not_followed(self, tmp_path):
+        """A symlink at audit.log was followed: a user who could write the data directory sent the lines
+        into any file the operator can write (and an operator's `purge` appended JSON to it). Refused now."""
+        target = tmp_path / "elsewhere"
+        target.write_text("kept\n")
+        (tmp_path / "audit.log").symlink_to(target)
+        try:
+            AuditLog(tmp_path / "audit.log").begin("replay", ids=["x"], count=1)
+        except OSError:
+            pass
+        else:
+            raise AssertionError("an audit line was written through a symlink")
+        assert target.read_text() == "kept\n"

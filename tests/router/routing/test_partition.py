@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from router.routing.partition import jump_hash, partition_of, patient_key
 from router.testing import adt_message
-from schemas.identity import first_valid_fnr
+from schemas.identity import NATIONAL_AUTHORITIES, NATIONAL_TYPE_CODES, first_valid_fnr
 
 
 def _fnr(i: int) -> str:
@@ -96,13 +98,14 @@ def test_a_number_under_a_local_authority_is_not_taken_for_the_national_id():
     assert patient_key(body) == f"{_ONE_FNR}|STOLAV".encode()
 
 
-def test_the_national_markers_are_the_mappings():
-    """The key recognises a national id by the same type codes and authorities as the mapping library."""
-    from router.mapping import library
-    from router.routing import partition
-
-    assert {t.encode() for t in library._NATIONAL_TYPES} == partition._NATIONAL_TYPES
-    assert {a.encode() for a in library._NATIONAL_AUTHORITIES} == partition._NATIONAL_AUTHORITIES
+@pytest.mark.parametrize("marker", sorted({f"^^^^{t}" for t in NATIONAL_TYPE_CODES} | {f"^^^{a}" for a in NATIONAL_AUTHORITIES}))
+def test_the_key_knows_every_national_marker_the_identity_knows(marker):
+    """The key finds the national number by the markers schemas/identity.py declares, the ones the mapping library files by."""
+    body = adt_message("A08", control_id="K1", fnr=_ONE_FNR, local_id="L1", visit="V1")
+    pid = next(line for line in body.split(b"\r") if line.startswith(b"PID"))
+    fields = pid.split(b"|")
+    fields[3] = f"L1^^^STOLAV^PI~{_ONE_FNR}{marker}".encode()
+    assert patient_key(body.replace(pid, b"|".join(fields))) == _ONE_FNR.encode()
 
 
 _CASES = Path(__file__).resolve().parents[3] / "mappings" / "kith" / "messages"
