@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 
 from router.errors import ConfigError, MappingError
 from router.mapping._yaml import load_yaml, plain, position_of
-from router.routing.model import ConfigBase, RoutesConfig, default_routes, load_routes
+from router.routing.model import ConfigBase, RoutesConfig, config_message, default_routes, load_routes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The checkout: mappings/ and config/ are read from here unless a setting says otherwise."""
@@ -284,7 +284,10 @@ def _load_engine(path: Path) -> EngineConfig:
         file = str(path) if file == "?" else file  # a file of one scalar holds no position: name it all the same
         if not where:  # the whole file: pydantic's words would name an empty key and a class
             raise ConfigError(f"{file}:{line}:{column}: the file must be a mapping of blocks (broker:, hl7v2:, …), not a list or a value") from exc
-        raise ConfigError(f"{file}:{line}:{column}: {where}: {first['msg']}") from exc
+        if first["type"] == "extra_forbidden" and len(first["loc"]) == 1 and first["loc"][0] in _ENV:
+            # broker_url: in engine.yaml was "Extra inputs are not permitted": say where connection settings live
+            raise ConfigError(f"{file}:{line}:{column}: {where}: not an engine.yaml setting: set {_ENV[where]} in the environment") from exc
+        raise ConfigError(f"{file}:{line}:{column}: {where}: {config_message(first)}") from exc
 
 
 _BROKER_SCHEMES = ("amqp", "amqps")

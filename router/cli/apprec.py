@@ -9,8 +9,8 @@ standard output, each preceded by a comment line
 rejection goes to standard error. Exit 0 when every AppRec is positive (or the
 message is itself an AppRec the engine takes as a receipt, and gets none), 1 when
 they are negative (or the message is an AppRec the engine dead-letters), 2 for a
-usage error (no such file, bad settings, a file that is not XML: the engine
-answers that as HL7 v2, with an ACK).
+usage error (no such file, one that is no regular file, bad settings, a file
+that is not XML: the engine answers that as HL7 v2, with an ACK).
 
 The verb reaches the KITH adapter directly: it is a composition root, like
 convert reaching the HL7 v2 adapter through router/pipeline/convert.py.
@@ -19,6 +19,7 @@ convert reaching the HL7 v2 adapter through router/pipeline/convert.py.
 from __future__ import annotations
 
 import argparse
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
     path = Path(args.file)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or a device: reading it may never end
+            print(f"helsebro apprec: {path}: not a regular file", file=sys.stderr)
+            return 2
         data = path.read_bytes()
-    except OSError as exc:
-        print(f"helsebro apprec: cannot read {path}: {exc.strerror}", file=sys.stderr)
+    except OSError as exc:  # strerror is None for an error raised with a message only: print "None" never
+        print(f"helsebro apprec: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     settings = load_settings()
     if schema_set(settings.xsd_dir) is None:

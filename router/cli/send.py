@@ -3,8 +3,9 @@
 Folders are searched recursively for *.hl7, *.er7, *.txt and *.xml, in sorted
 order, skipping hidden files and folders (`._x.hl7`, `.git/`); files are sent in
 the order given. Exit 0 when every file was sent, 1 when any failed, 2 for a
-usage error (a path that does not exist). A folder with no message file sends
-nothing: it is said on stderr, and exit 0; with nothing at all to send, no
+usage error (a path that does not exist, cannot be looked at, or is neither a
+regular file nor a folder: a FIFO), named as such. A folder with no message file
+sends nothing: it is said on stderr, and exit 0; with nothing at all to send, no
 connection to the broker is opened.
 
 A file that cannot be read fails alone and the rest are sent. A publish the
@@ -44,19 +45,17 @@ def collect_files(paths: Iterable[Path], *, verb: str | None = None) -> list[Pat
     """Expand *paths* in order as every verb does (router/cli/_inputs.py): a file as is, a folder to its message files, sorted.
 
     Raises:
-        FileNotFoundError: a path does not exist.
+        UsageError: a path does not exist, cannot be looked at, or is neither a regular file nor a folder;
+            its words say which, with the path.
     """
-    try:
-        return [file for file, _rel in expand([str(path) for path in paths], verb=verb)]
-    except UsageError as exc:
-        raise FileNotFoundError(exc.path) from None
+    return [file for file, _rel in expand([str(path) for path in paths], verb=verb)]
 
 
 def _send(args: argparse.Namespace) -> int:
     try:
         files = collect_files(args.paths, verb="send")
-    except FileNotFoundError as exc:
-        print(f"helsebro send: no such file or folder: {exc}", file=sys.stderr)
+    except UsageError as exc:  # what the PATH is (a FIFO, a folder that denies access), as `convert` says it
+        print(f"helsebro send: {exc}", file=sys.stderr)
         return 2
     settings = load_settings()
     if not files:  # said on stderr by collect_files; no connection: a broker that is down is no failure to send nothing

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -56,23 +56,59 @@ class ConfigBase(BaseModel):
     loaded as a one-second duplicate window. YAML's booleans are never a number here.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # .nan and .inf are no setting's value: refused as "a finite number", not by a bound (`.nan` was
+    # "less than or equal to 600", which sent the author looking at the bound, not the value).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
-    def _no_boolean_for_a_number(cls, data: Any) -> Any:
+    def _no_boolean_or_text_for_a_number(cls, data: Any) -> Any:
         # A model validator, as a field one may not run before a union's discriminator; the
-        # boolean goes on as its YAML word, which the number field then refuses at its own place.
+        # boolean goes on as its YAML word, and text ("10") as Quoted, which the number field then
+        # refuses at its own place. Pydantic took "10" for 10: a quoted number loaded as written.
         if not isinstance(data, dict):
             return data
         fixed = dict(data)
         for name, value in data.items():
-            field = cls.model_fields.get(name) if isinstance(value, bool) else None
-            if field is not None:
-                kinds = {field.annotation, *get_args(field.annotation)}
-                if kinds & {int, float} and bool not in kinds:
-                    fixed[name] = str(value).lower()
+            field = cls.model_fields.get(name)
+            numeric = _numeric(field.annotation) if field is not None else None
+            if numeric == "value" and isinstance(value, bool):
+                fixed[name] = str(value).lower()
+            elif numeric == "value" and isinstance(value, str):
+                fixed[name] = Quoted(value)
+            elif numeric == "items" and isinstance(value, list | tuple):
+                fixed[name] = [Quoted(v) if isinstance(v, str) else v for v in value]
         return fixed
+
+
+class Quoted:
+    """Text where a number belongs (`prefetch: "10"`): the number field refuses it, and `config_message` says why."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return repr(self.text)
+
+
+def config_message(error: Any) -> str:
+    """The words for one pydantic error of engine.yaml or routes.yaml: pydantic's, or why quoted text is no number."""
+    given = error.get("input")
+    if isinstance(given, Quoted):
+        return f"{given.text!r} is text, not a number: write the number without quotes"
+    return str(error["msg"])
+
+
+def _numeric(annotation: Any) -> Literal["value", "items"] | None:
+    """"value" for a number field (int or float, perhaps optional or Annotated), "items" for a tuple of numbers."""
+    kinds = {annotation, *get_args(annotation)}
+    if bool not in kinds and kinds & {int, float}:
+        return "value"
+    if get_origin(annotation) is tuple and any(_numeric(a) == "value" for a in get_args(annotation) if a is not Ellipsis):
+        return "items"
+    if get_origin(annotation) is Annotated:
+        return _numeric(get_args(annotation)[0])
+    return None
 
 
 _Frozen = ConfigBase
@@ -156,6 +192,29 @@ class QueueDestination(_Frozen):
         examples=["Trondheim kommune, helse og velferd"],
     )
 
+    @field_validator("charset")
+    @classmethod
+    def _charset_known(cls, charset: str | None) -> str | None:
+        """Refuse a charset the hl7v2 renderer cannot write: it was refused only when `helsebro run` began to deliver."""
+        from adapters.hl7v2._er7 import CHARSETS
+
+        if charset is not None and charset not in CHARSETS:
+            raise ValueError(f"{charset!r} is not a charset an hl7v2 destination may name (MSH-18, HL7 table 0211): {_or(tuple(CHARSETS))}")
+        return charset
+
+    @field_validator("version")
+    @classmethod
+    def _version_known(cls, version: str | None) -> str | None:
+        """Refuse a version that fits the pattern but has no definitions (2.7.1, 2.9): it was refused only at delivery's start."""
+        if version is not None:
+            from adapters.hl7v2._versions import version_defs
+
+            try:
+                version_defs(version)
+            except LookupError as exc:
+                raise ValueError(str(exc)) from None
+        return version
+
     @model_validator(mode="after")
     def _options_fit_format(self) -> QueueDestination:
         given = [n for n in ("mapping", *_HL7V2_OPTIONS, *_KITH_OPTIONS) if getattr(self, n) is not None]
@@ -179,6 +238,10 @@ _KITH_OPTIONS = ("receiver_her_id", "receiver_name")
 
 def _and(names: tuple[str, ...]) -> str:
     return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _or(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 class FhirDestination(_Frozen):
@@ -345,9 +408,11 @@ def load_routes(path: Path, *, mappings_dir: Path | None = None, own_queues: tup
         errors = exc.errors()
         first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])  # a typo explains the rest
         placed = (first.get("ctx") or {}).get("error")
-        loc = [*first["loc"], *placed.loc] if isinstance(placed, _Placed) else list(first["loc"])
-        raise _error(path, node, loc, f"{'.'.join(str(p) for p in loc)}: {first['msg']}", value=first["type"] != "extra_forbidden") from exc
+        loc = [*first["loc"], *placed.loc] if isinstance(placed, _Placed) else _untagged(list(first["loc"]))
+        raise _error(path, node, loc, f"{'.'.join(str(p) for p in loc)}: {config_message(first)}", value=first["type"] != "extra_forbidden") from exc
     _own_queues_refused(config, path, node, own_queues, own_prefixes)
+    if mappings_dir is not None:
+        _outbound_mappings_found(config, path, node, mappings_dir)
     from router.routing.match import compile_when  # the path compilers load only when a route has a condition
 
     for i, route in enumerate(config.routes):
@@ -357,6 +422,21 @@ def load_routes(path: Path, *, mappings_dir: Path | None = None, own_queues: tup
             except ValueError as exc:  # ConditionSyntaxError and the path compilers' syntax errors
                 raise _error(path, node, ["routes", i, "match", "when"], f"route {route.name}: when: {exc}") from exc
     return config
+
+
+_KINDS = frozenset(get_args(c.model_fields["kind"].annotation)[0] for c in (RecordDestination, QueueDestination, FhirDestination))
+"""The `kind` tags pydantic puts in a destination's error loc."""
+
+
+def _untagged(loc: list[Any]) -> list[Any]:
+    """*loc* without the `kind` tag pydantic adds after a destination's name (`destinations.lab.queue.charset`).
+
+    Why: the tag `queue` is also a key of a queue destination, so the position followed it and
+    named the `queue:` value's column, and the message a key the author never wrote.
+    """
+    if len(loc) >= 3 and loc[0] == "destinations" and loc[2] in _KINDS:
+        return [*loc[:2], *loc[3:]]
+    return loc
 
 
 def _error(path: Path, node: object, loc: list[Any], reason: str, *, value: bool = True) -> MappingError:
@@ -380,3 +460,24 @@ def _own_queues_refused(config: RoutesConfig, path: Path, node: object, own: tup
         if taken:
             raise _error(path, node, ["destinations", name, "queue"],
                          f"destinations.{name}.queue: {dest.queue!r} is a queue of Helsebro's own or the broker's (config/engine.yaml broker.names); choose another")
+
+
+def _outbound_mappings_found(config: RoutesConfig, path: Path, node: object, mappings_dir: Path) -> None:
+    """Refuse a queue destination whose outbound mapping file does not exist under *mappings_dir*/outbound/<format>/.
+
+    Why: the renderer looks for it only when `helsebro run` starts delivering, and then named the
+    destination, not routes.yaml's line; `helsebro status` and `mappings lint` said nothing at all.
+    """
+    for name, dest in config.destinations.items():
+        if not isinstance(dest, QueueDestination) or dest.format not in ("hl7v2", "kith"):
+            continue
+        root = mappings_dir / "outbound" / dest.format
+        if dest.mapping is None:  # an hl7v2 destination picks by structure: it needs at least one
+            if not any(root.glob("*.yaml")):
+                raise _error(path, node, ["destinations", name, "format"],
+                             f"destinations.{name}.format: no outbound {dest.format} mappings in {root} to render with")
+            continue
+        if not (root / f"{dest.mapping}.yaml").is_file():
+            raise _error(path, node, ["destinations", name, "mapping"],
+                         f"destinations.{name}.mapping: no outbound {dest.format} mapping {dest.mapping!r} "
+                         f"({root / dest.mapping}.yaml does not exist)")

@@ -167,6 +167,34 @@ class TestApprecVerb:
         err = capsys.readouterr().err
         assert "cannot read" in err and "Traceback" not in err
 
+    def test_a_read_error_without_a_reason_says_what_it_was(self, tmp_path, capsys, monkeypatch):
+        """Review H191: an OSError with no strerror (one raised with a message only, as a network share's) printed
+        "cannot read X: None". It now gives the error's own words, still exit 2."""
+        f = tmp_path / "m.xml"
+        f.write_bytes(b"<a/>")
+        real = Path.read_bytes
+
+        def read_bytes(self):
+            if self == f:
+                raise OSError("the share went away")
+            return real(self)
+
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+        assert main(["apprec", str(f)]) == 2
+        err = capsys.readouterr().err
+        assert "None" not in err and f"cannot read {f}: the share went away" in err, err
+
+    def test_a_fifo_is_refused_not_read(self, tmp_path, capsys):
+        """Review H191: a FIFO given as FILE was read, and with no writer that read never ended. It is refused as
+        `helsebro convert` and `send` refuse one: exit 2, saying what it is."""
+        import os
+
+        fifo = tmp_path / "pipe.xml"
+        os.mkfifo(fifo)
+        assert main(["apprec", str(fifo)]) == 2
+        err = capsys.readouterr().err
+        assert f"{fifo}: not a regular file" in err and "None" not in err, err
+
     @pytest.mark.parametrize("body", [
         b"MSH|^~\\&|PAS|SYKEHUS|HELSEBRO|HB|20240301120000||ADT^A01|C1|P|2.5\rPID|1||1001^^^SYKEHUS^PI||Testesen^Kari\r",
         b"hello",

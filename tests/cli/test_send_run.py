@@ -668,3 +668,42 @@ class TestSupervisorStops:
                 proc.wait()
             _kill_all(workers)
             delete_queues(settings)
+
+
+class TestSendNamesWhatAPathIs:
+    """Review H191: `helsebro send` said "no such file or folder" for every PATH problem; it now says what it is, as
+    `helsebro convert` does (exit 2 kept, nothing sent: the PATH is refused before the broker is opened)."""
+
+    def test_a_fifo_is_named_as_such(self, capsys, tmp_path):
+        from router.cli import main
+
+        fifo = tmp_path / "pipe.hl7"
+        os.mkfifo(fifo)
+        assert main(["send", str(fifo)]) == 2
+        err = capsys.readouterr().err
+        assert f"helsebro send: not a regular file or folder: {fifo}" in err and "no such file" not in err, err
+
+    def test_a_path_that_cannot_be_looked_at_says_so(self, capsys, tmp_path, monkeypatch):
+        import errno
+
+        from router.cli import main
+
+        f = tmp_path / "m.hl7"
+        f.write_bytes(b"MSH|^~\\&|A|B|C|D|20240101||ADT^A08|X|P|2.5\r")
+        real = Path.stat
+
+        def stat(self, *args, **kwargs):  # root looks into any folder: chmod would not fail the test under it
+            if self == f:
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "stat", stat)
+        assert main(["send", str(f)]) == 2
+        err = capsys.readouterr().err
+        assert "cannot read (Permission denied)" in err and "no such file" not in err, err
+
+    def test_a_missing_path_is_still_named_missing(self, capsys, tmp_path):
+        from router.cli import main
+
+        assert main(["send", str(tmp_path / "nope.hl7")]) == 2
+        assert f"helsebro send: no such file or folder: {tmp_path / 'nope.hl7'}" in capsys.readouterr().err

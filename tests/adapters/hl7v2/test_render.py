@@ -152,11 +152,14 @@ class TestHl7v2Renderer:
         assert seg["PV1"][45] == "20250714102000+0200"
 
     def test_unknown_mapping_or_charset_refuses_to_start(self, settings):
-        """A destination naming a mapping or charset that does not exist is a ConfigError at start."""
+        """A destination naming a mapping or charset that does not exist is a ConfigError at start.
+
+        routes.yaml refuses both at load (review H191, tests/cli/test_config_load.py); the renderer still
+        checks, for a mapping deleted since and a destination built without the model's checks."""
         with pytest.raises(ConfigError, match="no outbound mapping 'ADT_A99'"):
             _renderer(settings, mapping="ADT_A99")
         with pytest.raises(ConfigError, match="charset"):
-            _renderer(settings, charset="EBCDIC")
+            Hl7v2Renderer.for_destination(QueueDestination.model_construct(kind="queue", queue="lab.adt", format="hl7v2", charset="EBCDIC"), settings, name="lab")
 
 
 class TestMshParties:

@@ -203,9 +203,12 @@ class TestForDestination:
         assert renderer.mapping.name == "PLO_InnlagtPasient"
 
     def test_unknown_mapping(self, tmp_path):
-        """A mapping name with no file stops the start with a ConfigError naming it."""
-        settings = isolated_settings(tmp_path, routes={"destinations": {"kommune": {**KOMMUNE, "mapping": "PLO_Nope"}}, "routes": [{"name": "all", "to": ["kommune"]}]})
-        with pytest.raises(ConfigError, match="PLO_Nope"):
+        """A mapping name with no file is refused when routes.yaml loads, at its line (review H191); one deleted
+        since the routes loaded stops the start with a ConfigError naming it."""
+        with pytest.raises(ConfigError, match=r"routes\.yaml:\d+:\d+: destinations\.kommune\.mapping: .*PLO_Nope"):
+            isolated_settings(tmp_path / "a", routes={"destinations": {"kommune": {**KOMMUNE, "mapping": "PLO_Nope"}}, "routes": [{"name": "all", "to": ["kommune"]}]})
+        settings = isolated_settings(tmp_path / "b", routes=_routes(KOMMUNE)).model_copy(update={"mappings_dir": tmp_path / "empty"})
+        with pytest.raises(ConfigError, match=KOMMUNE["mapping"]):
             KithRenderer.for_destination(settings.routes.destinations["kommune"], settings)
 
     def test_receiver_her_id_needed(self, tmp_path):
