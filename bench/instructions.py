@@ -9,7 +9,9 @@ count for N) / 100, so start-up and mapping load cancel out. The stream is the o
 collector is frozen as a worker freezes it, and the hot path is whatever is
 installed (compiled with Cython unless HELSEBRO_PURE_PYTHON=1).
 
-Run: `python bench/instructions.py [--message adt oru plo ...] [--example PATH] [--no-xsd]`.
+Run: `python bench/instructions.py [--message adt oru plo ...] [--example PATH] [--no-xsd] [--mappings DIR]`.
+With `--mappings` a mapping author measures a variant of the mapping folder (a rule taken out, or
+written another way) against the shipped one.
 Needs valgrind (`apt-get install valgrind`); without it, says so and exits 0.
 Prints no speed: instructions per message, to compare builds (for instance a
 `git worktree` of another commit, run with PYTHONPATH pointing at it).
@@ -39,13 +41,14 @@ sys.path.insert(0, {bench!r})
 from router.pipeline.convert import Converter
 from router.settings import load_settings
 kind, n = {kind!r}, {n}
+environ = {{"HELSEBRO_MAPPINGS_DIR": {mappings!r}}} if {mappings!r} else {{}}
 if kind in ("adt", "oru"):
     from convert import MESSAGES, stream
     feed = stream(MESSAGES[kind][1], 200)
-    converter = Converter(load_settings(environ={{}}))
+    converter = Converter(load_settings(environ=environ))
 else:
     feed = [open({example!r}, "rb").read()]
-    converter = Converter(load_settings(environ={{}}, xsd_dir={xsd!r}))
+    converter = Converter(load_settings(environ=environ, xsd_dir={xsd!r}))
 import orjson
 for data in feed[:2]:
     result = converter.convert(data)[0]
@@ -60,9 +63,10 @@ for k in range(n):
 _REFS = re.compile(r"I\s+refs:\s+([\d,]+)")
 
 
-def count(kind: str, n: int, example: Path | None, xsd: str | None) -> int:
+def count(kind: str, n: int, example: Path | None, xsd: str | None, mappings: Path | None = None) -> int:
     """Instructions valgrind counts for a process that converts *n* messages of *kind*."""
-    code = _CHILD.format(bench=str(ROOT / "bench"), kind=kind, n=n, example=str(example) if example else "", xsd=xsd)
+    code = _CHILD.format(bench=str(ROOT / "bench"), kind=kind, n=n, example=str(example) if example else "", xsd=xsd,
+                         mappings=str(mappings) if mappings else "")
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.run(
         ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", sys.executable, "-c", code],
@@ -79,6 +83,7 @@ def main() -> None:
     parser.add_argument("--message", nargs="+", choices=["adt", "oru", "plo", "plo-large"], default=["adt", "oru", "plo"])
     parser.add_argument("--example", type=Path, help="measure this KITH XML message instead of the plo examples")
     parser.add_argument("--no-xsd", action="store_true", help="KITH: without XSD validation")
+    parser.add_argument("--mappings", type=Path, help="convert with this mapping folder (a variant of mappings/ to compare) instead of the shipped one")
     parser.add_argument("--base", type=int, default=20, help="messages in the shorter run (its count is subtracted)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -91,7 +96,7 @@ def main() -> None:
         if example is not None and not example.exists():
             print(f"{kind}: skipped, {example} is not there (../shared is needed)")
             continue
-        per = (count(kind, args.base + 100, example, xsd) - count(kind, args.base, example, xsd)) / 100
+        per = (count(kind, args.base + 100, example, xsd, args.mappings) - count(kind, args.base, example, xsd, args.mappings)) / 100
         if example is None:  # HL7 v2: the bench's own messages
             what = {"adt": "ADT^A01, 12 segments", "oru": "ORU^R01, 20 OBX"}[kind]
         else:  # KITH XML: a national example

@@ -87,3 +87,27 @@ def test_the_floor_bench_compares_its_output_with_the_engines():
     first, *rates = done.stdout.splitlines()
     assert "outputs byte-identical" in first or "outputs DIFFERENT" in first, first
     assert [line.split()[0] for line in rates[:2]] == ["floor", "engine"] and all("msg/s" in line for line in rates[:2])
+
+
+def test_the_instruction_count_converts_with_the_mapping_folder_it_is_given(tmp_path):
+    """bench/instructions.py --mappings DIR measures a variant of the mappings: the measured process must load DIR.
+
+    The child read `load_settings(environ={})`, so a variant folder passed as HELSEBRO_MAPPINGS_DIR was
+    silently ignored and two variants measured the same instructions. Run here without valgrind.
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_instructions_under_test", ROOT / "bench" / "instructions.py")
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def child(mappings: Path | str) -> subprocess.CompletedProcess[str]:
+        code = bench._CHILD.format(bench=str(ROOT / "bench"), kind="adt", n=1, example="", xsd=None, mappings=str(mappings))
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+
+    assert child("").returncode == 0
+    (tmp_path / "hl7v2").mkdir()  # a mapping folder that maps nothing: the ADT^A01 cannot convert
+    refused = child(tmp_path)
+    assert refused.returncode != 0
+    assert "AssertionError" in refused.stderr
