@@ -201,3 +201,33 @@ class TestSendersOwn:
         with pytest.raises(InvalidContent) as err:
             fn(name, *args)
         assert err.value.location == "ARG-0" and "names no sender" in err.value.reason
+
+
+class TestRangesReadOnce:
+    """range_low and range_high keep each range they read (a laboratory repeats its ranges): the answers must not change."""
+
+    def test_repeated_reads_give_the_first_answers(self):
+        texts = ["3.5-5.0", "<10", ">= 2,5", "se kommentar", "1-2-3", " 3,5 - 5,0 "]
+        first = [(fn("range_low", t), fn("range_high", t)) for t in texts]
+        again = [(fn("range_high", t), fn("range_low", t)) for t in reversed(texts)]
+        assert first == [(3.5, 5.0), (None, 10), (2.5, None), (None, None), (None, None), (3.5, 5.0)]
+        assert [(lo, hi) for hi, lo in reversed(again)] == first
+
+    def test_a_bound_too_large_refuses_only_the_function_that_reads_it(self):
+        huge = "9" * 30
+        text = f"{huge}-5"
+        assert fn("range_high", text) == 5
+        with pytest.raises(InvalidContent) as raised:
+            fn("range_low", text)
+        assert raised.value.location == "ARG-0"
+        with pytest.raises(InvalidContent):  # never kept as read: asked again, refused again
+            fn("range_low", text)
+        assert fn("range_high", text) == 5
+
+    def test_the_kept_ranges_stay_bounded(self):
+        from router.mapping import library
+
+        for k in range(library._RANGES_KEPT + 10):
+            assert fn("range_low", f"{k}-{k + 1}") == k
+        assert len(library._RANGES) <= library._RANGES_KEPT
+        assert fn("range_high", "3.5-5.0") == 5.0
