@@ -149,6 +149,18 @@ class MappingsConfig(_Frozen):
     reload_seconds: float = Field(default=2.0, ge=0, le=3600, description="How often, in seconds, the engine looks for changed mapping files between deliveries. 0 turns hot reload off; a small value costs one stat per mapping file per look.")
 
 
+class WorkersConfig(_Frozen):
+    """The `workers` block: how `helsebro run --workers N` starts again a worker that dies."""
+
+    restart_first_seconds: float = Field(
+        default=1.0, gt=0, le=30,
+        description="Seconds `helsebro run --workers N` waits before it starts a worker that died unasked again; doubled for "
+        "each further crash within 30 s of its start, up to 30 s (the fifth such crash in a row gives the run up). More than 0, "
+        "at most 30.",
+        examples=[1],
+    )
+
+
 class RecordConfig(_Frozen):
     """The `record` block: how the engine and the verbs use the shared record."""
 
@@ -218,6 +230,7 @@ class EngineConfig(_Frozen):
     hl7v2: Hl7v2Config = Field(default_factory=Hl7v2Config, description="HL7 v2 decoding defaults.")
     identifiers: IdentifierConfig = Field(default_factory=IdentifierConfig, description="FHIR systems for local identifiers.")
     record: RecordConfig = Field(default_factory=RecordConfig, description="How the shared record is used: the SQLite lock wait.")
+    workers: WorkersConfig = Field(default_factory=WorkersConfig, description="How `helsebro run --workers N` restarts a worker that dies.")
     own: OwnConfig = Field(default_factory=OwnConfig, description="Helsebro's own names in the messages it renders: MSH-3/MSH-4, and the KITH MsgHead sender.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The record's FHIR REST face, `helsebro serve`.")
 

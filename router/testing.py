@@ -95,6 +95,7 @@ def isolated_settings(
     broker: dict[str, Any] | None = None,
     hl7v2: dict[str, Any] | None = None,
     record: dict[str, Any] | None = None,
+    workers: dict[str, Any] | None = None,
 ) -> Settings:
     """Write a config dir under *folder* whose broker names are unique, and return its settings.
 
@@ -103,7 +104,7 @@ def isolated_settings(
     *routes* is written as routes.yaml (legacy queue names in it are tagged
     too); *broker* overrides keys of the `broker` block (partitions, batch_max …), *hl7v2* those of
     the `hl7v2` block (acknowledgments, senders …), *record* those of the `record` block
-    (sqlite_busy_timeout).
+    (sqlite_busy_timeout), *workers* those of the `workers` block (restart_first_seconds).
     """
     tag = tag or uuid.uuid4().hex[:10]
     config_dir = folder / "config"
@@ -121,6 +122,8 @@ def isolated_settings(
         raw.setdefault("hl7v2", {}).update(hl7v2)
     if record:
         raw.setdefault("record", {}).update(record)
+    if workers:
+        raw.setdefault("workers", {}).update(workers)
     (config_dir / "engine.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     if routes is not None:
         routes = {**routes, "destinations": {n: _tagged(d, tag) for n, d in routes.get("destinations", {}).items()}}

@@ -162,18 +162,19 @@ def run_test(args: argparse.Namespace) -> int:
         print("lint failed: fix the errors above before running cases", file=sys.stderr)
         return 1
     settings = load_settings()
+    converters = _Converters(settings)
     failed = total = 0
     for root in roots:
         if _is_outbound(root):
             run = _test_kith_outbound if root.name == "kith" else _test_outbound
-            ran, bad = run(root, settings, update=args.update)
+            ran, bad = run(root, converters, update=args.update)
             total, failed = total + ran, failed + bad
             continue
         if _is_xml(root):  # XML mappings load inside the converter, from <mappings_dir>/kith
-            conv = Converter(settings.model_copy(update={"mappings_dir": root.parent}))
+            conv = converters.get(root.parent)
         else:
             compile_path, check_path, check_reach = _compilers(root)
-            conv = Converter(settings, mappings=MappingSet.load(root, compile_path, check_path=check_path, check_reach=check_reach))
+            conv = converters.get(settings.mappings_dir, MappingSet.load(root, compile_path, check_path=check_path, check_reach=check_reach))
 
         def convert(data: bytes, conv: Converter = conv) -> list[dict[str, Any]]:
             return [r.bundle if r.ok and r.bundle is not None else r.outcome() for r in conv.convert(data)]
@@ -202,12 +203,41 @@ def run_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _test_outbound(root: Path, settings: Any, *, update: bool) -> tuple[int, int]:
+class _Converters:
+    """The converters of one `mappings test` run, one per mappings folder and HL7 v2 set, each built once.
+
+    Why: every folder tested built its own Converter, and each compiled mappings/hl7v2 again (a
+    KITH or outbound folder too, for the HL7 v2 messages its cases may hold), and the KITH
+    mappings again at their first XML case: a test of mappings/ compiled the HL7 v2 set four
+    times and the KITH set three, most of the run. A converter keeps nothing from one message to
+    the next, so sharing one changes no output.
+    """
+
+    def __init__(self, settings: Any) -> None:
+        self.settings = settings
+        self._made: dict[tuple[Path, Path], Any] = {}
+
+    def get(self, mappings_dir: Path, hl7v2: Any = None) -> Any:
+        """The converter reading *mappings_dir* (KITH mappings, outbound) with *hl7v2*, by default the folder's own hl7v2/.
+
+        A set given for the folder's own hl7v2/ is the one later calls share; one from elsewhere gets its own converter.
+        """
+        from router.pipeline.convert import Converter
+
+        key = (mappings_dir, hl7v2.root if hl7v2 is not None else mappings_dir / "hl7v2")
+        if key not in self._made:
+            settings = self.settings
+            if mappings_dir != settings.mappings_dir:
+                settings = settings.model_copy(update={"mappings_dir": mappings_dir})
+            self._made[key] = Converter(settings, mappings=hl7v2)
+        return self._made[key]
+
+
+def _test_outbound(root: Path, converters: _Converters, *, update: bool) -> tuple[int, int]:
     """Run the outbound cases under *root*; return (cases run, cases failed)."""
     from adapters.hl7v2.outbound_cases import find_outbound_cases, run_outbound_case
-    from router.pipeline.convert import Converter
 
-    converter = Converter(settings)
+    converter = converters.get(converters.settings.mappings_dir)
     cases = find_outbound_cases(root)
     results = [(run_outbound_case(case, lambda data: converter.convert(data)[0], update=update), str(case.folder)) for case in cases]
     return len(cases), _report_outbound(results, update=update)
@@ -226,13 +256,12 @@ def _report_outbound(results: list[tuple[Any, str]], *, update: bool) -> int:
     return failed
 
 
-def _test_kith_outbound(root: Path, settings: Any, *, update: bool) -> tuple[int, int]:
+def _test_kith_outbound(root: Path, converters: _Converters, *, update: bool) -> tuple[int, int]:
     """Run the outbound KITH cases under *root* (validated when HELSEBRO_XSD_DIR is set); return (cases run, cases failed)."""
     from adapters.kith import find_kith_outbound_cases, run_kith_outbound_case, schema_set
-    from router.pipeline.convert import Converter
 
-    converter = Converter(settings)
-    schemas = schema_set(settings.xsd_dir)
+    converter = converters.get(converters.settings.mappings_dir)
+    schemas = schema_set(converters.settings.xsd_dir)
     cases = find_kith_outbound_cases(root)
     results = [(run_kith_outbound_case(case, lambda data: converter.convert(data)[0], schemas=schemas, update=update), f"{case.source}:1") for case in cases]
     return len(cases), _report_outbound(results, update=update)

@@ -3,7 +3,8 @@
 SIGTERM, SIGINT or SIGHUP stops the loop after the batch in flight is settled
 and acked; the exit code is then 0. `--workers N` starts N worker processes
 (`--worker-index i --workers N` each), passes the signal on, and starts a
-worker that dies unasked again after a backoff (giving up, with the others
+worker that dies unasked again after a backoff (engine.yaml's
+`workers.restart_first_seconds`, 1 s unless set, doubling to 30 s; giving up, with the others
 stopped and the dead one's exit code, after 5 deaths in a row each within 30 s
 of its start; exit 2, a config error, is given up at once); each worker
 takes the partitions k with k % N == i first and the others as a standby, so
@@ -47,8 +48,7 @@ from router.settings import load_settings
 
 __all__ = ["register"]
 
-_RESTART_FIRST_SECONDS = 1.0  # a dead worker's first restart; doubled per fast crash in a row
-_RESTART_MAX_SECONDS = 30.0
+_RESTART_MAX_SECONDS = 30.0  # the longest restart backoff; the first is engine.yaml's workers.restart_first_seconds
 _FAST_CRASH_SECONDS = 30.0  # a worker that dies sooner after its start counts as a fast crash
 _FAST_CRASHES = 5  # fast crashes in a row of one worker after which the supervisor gives up
 _SUPERVISE_POLL_SECONDS = 0.2
@@ -164,7 +164,7 @@ def _supervise(args: argparse.Namespace) -> int:
     """Start the workers, restart one that dies, pass SIGTERM/SIGINT/SIGHUP on, and return the worst exit code.
 
     A worker that dies unasked (a crash, the OOM killer, `kill -9`) is started again after a
-    backoff (1 s, doubling to 30 s): the others had taken its partitions as standby, and without
+    backoff (engine.yaml's workers.restart_first_seconds, 1 s unless set, doubling to 30 s): the others had taken its partitions as standby, and without
     a restart the run went on one worker short for good, unnoticed. Exit 0 (idle, with
     `--until-idle`) is not restarted; exit 2 (a ConfigError or usage error: it would fail again)
     is given up at once, as below. A worker that dies _FAST_CRASHES times in a row within _FAST_CRASH_SECONDS of
@@ -184,7 +184,9 @@ def _supervise(args: argparse.Namespace) -> int:
         base += ["--until-idle", str(args.until_idle)]
     if args.metrics_port is not None:
         base += ["--metrics-port", str(args.metrics_port), "--metrics-host", args.metrics_host, "--apprec-overdue", f"{int(args.apprec_overdue)}s"]
-    configure_logging(level=args.log_level, phi_key=load_settings().phi_key_bytes)
+    settings = load_settings()
+    first_restart = settings.engine.workers.restart_first_seconds
+    configure_logging(level=args.log_level, phi_key=settings.phi_key_bytes)
     log = get_logger("supervisor")
     # The handlers go in before the first child starts: a stop while they start is passed to
     # those running, and no further one is started (it would run on, unstopped).
@@ -241,7 +243,7 @@ def _supervise(args: argparse.Namespace) -> int:
                 given_up.append(abs(code) or 1)
                 on_signal(signal.SIGTERM, None)
                 continue
-            delay = min(_RESTART_FIRST_SECONDS * 2 ** (crashes[i] - 1), _RESTART_MAX_SECONDS)
+            delay = min(first_restart * 2 ** (crashes[i] - 1), _RESTART_MAX_SECONDS)
             log.error("worker_died", worker=i, exit_code=code, restart_in_s=delay)
             due[i] = time.monotonic() + delay
         if stop_began and time.monotonic() - stop_began[0] >= args.stop_grace:

@@ -616,8 +616,9 @@ def _range_part(group: int) -> Callable[[FnContext, _Values], int | float | None
 
     def part(ctx: FnContext, v: _Values) -> int | float | None:
         text = v.values[0] or ""
-        bounds = _RANGES.get(text, _UNPARSED)
-        if bounds is _UNPARSED:
+        if text in _RANGES:
+            bounds = _RANGES[text]
+        else:
             try:
                 bounds = _parse_range(ctx, text, v.locations[:1])
             except InvalidContent:  # a bound too large to store: refused by the part that reads it, never kept
@@ -650,7 +651,6 @@ range_low and range_high each read it. A range with a bound too large to store i
 the function reading that bound refuses it, the other reads its own as before.
 """
 _RANGES_KEPT = 4096
-_UNPARSED = object()
 
 
 _NUM = r"(\d+(?:[.,]\d+)?)"

@@ -475,7 +475,7 @@ class TestSupervisorRestarts:
         """Review H99: `kill -9` of one worker of `run --workers 2`. The supervisor did nothing: the other ran on alone
         for good. Now it logs the death and starts that worker again, and SIGTERM to the supervisor then stops both
         with exit 0. (Slow: each worker process takes seconds to start here.)"""
-        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2}, workers={"restart_first_seconds": 0.1})
         proc = subprocess.Popen([*HELSEBRO, "run", "--workers", "2"], env=_env(settings), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         try:
@@ -504,14 +504,17 @@ class TestSupervisorRestarts:
     def test_a_worker_that_keeps_dying_is_given_up(self, tmp_path):
         """A worker that dies at every start (here: exit 3 before it imports anything, as a broken install or an OOM
         at start would) is restarted with a growing backoff, then given up after 5 fast crashes: the supervisor stops the
-        other worker and exits with the dead worker's code, so the service manager sees the failure, not a crash loop."""
-        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2})
+        other worker and exits with the dead worker's code, so the service manager sees the failure, not a crash loop.
+        The backoff starts at engine.yaml's workers.restart_first_seconds (1 s unless set; 0.1 here, so the test
+        waits 1.5 s rather than 15 s) and doubles per crash."""
+        settings = isolated_settings(tmp_path, broker_url=RABBIT, broker={"partitions": 2}, workers={"restart_first_seconds": 0.1})
         env = _worker_1_exits(tmp_path, settings, 3)
         try:
             proc = subprocess.run([*HELSEBRO, "run", "--workers", "2"], env=env, capture_output=True, text=True, timeout=120)
             assert proc.returncode == 3, proc.stderr[-2000:]
             events = _events(proc.stderr)
             assert [(e["worker"], e["exit_code"]) for e in events if e["event"] == "worker_died"] == [(1, 3)] * 4
+            assert [e["restart_in_s"] for e in events if e["event"] == "worker_died"] == [0.1, 0.2, 0.4, 0.8]
             assert [e["worker"] for e in events if e["event"] == "worker_restarted"] == [1] * 4
             [gave_up] = [e for e in events if e["event"] == "worker_given_up"]
             assert (gave_up["worker"], gave_up["exit_code"], gave_up["crashes"]) == (1, 3, 5)

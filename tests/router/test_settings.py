@@ -256,3 +256,21 @@ class TestRecordConfig:
         """No wait at all, a negative or endless one, a word, or a misspelt key is refused at load, naming its place."""
         with pytest.raises(ConfigError, match=r"engine\.yaml:\d+:\d+: record\."):
             _with_engine(tmp_path, record=record)
+
+
+class TestWorkersConfig:
+    def test_the_shipped_first_restart_delay_is_one_second(self):
+        """config/engine.yaml's `workers` block says what the model defaults to: a dead worker waits 1 s first."""
+        assert load_settings(environ={}).engine.workers.restart_first_seconds == 1.0
+
+    def test_a_first_restart_delay_from_engine_yaml_is_read(self, tmp_path):
+        assert _with_engine(tmp_path, workers={"restart_first_seconds": 0.1}).engine.workers.restart_first_seconds == 0.1
+
+    @pytest.mark.parametrize("workers", [{"restart_first_seconds": 0}, {"restart_first_seconds": -1}, {"restart_first_seconds": 31},
+                                         {"restart_first_seconds": "0.5"}, {"restart_first_seconds": True}, {"restart_first_seconds": ".nan"},
+                                         {"restart_first": 1}])
+    def test_a_first_restart_delay_that_cannot_work_refuses_to_start(self, tmp_path, workers):
+        """No wait (a crash loop as fast as the worker can start), a negative one, one past the 30 s the backoff stops at,
+        a quoted number, a boolean or a misspelt key is refused at load, naming its place."""
+        with pytest.raises(ConfigError, match=r"engine\.yaml:\d+:\d+: workers\."):
+            _with_engine(tmp_path, workers=workers)
