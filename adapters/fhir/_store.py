@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from adapters.fhir._bundle import ID_RE, TYPE_RE, lock_keys, message_lock_key, parse_bundle
+from adapters.fhir._bundle import ID_RE, TYPE_RE, Entry, lock_keys, message_lock_key, parse_bundle
 from adapters.fhir._lookups import Lookups
 from adapters.fhir._search import Term, search_sql, terms_sql
 from adapters.fhir._transaction import Db, apply_entries
@@ -354,19 +354,24 @@ class SqlRecord(ABC):
         """
         entries = parse_bundle(bundle)
         keys = lock_keys(entries) if self.uses_lock_keys else []
-        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        attempt = 1
+        while True:  # not `for … in range` with the `return` inside `with`: Cython 3 freed the loop's iterator there, and the retry after a conflict crashed (SIGSEGV)
             try:
-                with self._lock, self._transaction(keys) as db:
-                    lookups = Lookups.prefetch(db, [entries])
-                    result = ApplyResult(apply_entries(db, entries, now, lookups))
-                    lookups.flush(db)
-                    return result
+                return self._apply_once(entries, keys)
             except RecordConflict:
                 if attempt == CONFLICT_ATTEMPTS:
                     raise
                 _after_conflict(attempt)
-        raise AssertionError("unreachable")  # the loop returns or raises
+                attempt += 1
+
+    def _apply_once(self, entries: list[Entry], keys: list[int]) -> ApplyResult:
+        """One run of apply: its transaction commits whole, or raises (a RecordConflict when another writer won)."""
+        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        with self._lock, self._transaction(keys) as db:
+            lookups = Lookups.prefetch(db, [entries])
+            result = ApplyResult(apply_entries(db, entries, now, lookups))
+            lookups.flush(db)
+        return result
 
     def apply_batch(
         self, bundles: Sequence[FhirJson], keys: Sequence[str | None] | None = None, facts: Sequence[JournalFacts | None] | None = None,
