@@ -85,8 +85,10 @@ class TestNationalExamples:
         assert allergy["code"]["text"].startswith("Morfin")
         observations = _of(doc, "Observation")
         iplos = [o for o in observations if o["code"].get("coding", [{}])[0].get("system") == "urn:oid:2.16.578.1.12.4.1.1.9111"]
-        aids = sorted(o["code"]["text"] for o in observations if o not in iplos)
+        social = [o for o in observations if [c["code"] for k in o.get("category", []) for c in k["coding"]] == ["social-history"]]
+        aids = sorted(o["code"]["text"] for o in observations if o not in iplos and o not in social)
         assert len(iplos) == 17 and aids == ["Faste hjelpemidler (briller, hørselshjelpemiddel, pacemaker)"] * 2 + ["Krykker"]
+        assert [(o["code"]["text"], "valueBoolean" in o) for o in social] == [("Bor alene", True)]
         assert len(_of(doc, "RelatedPerson")) == 2 and len(_of(doc, "EpisodeOfCare")) == 1
         [practitioner] = _of(doc, "Practitioner")
         assert practitioner["identifier"][0] == {"system": "urn:oid:2.16.578.1.12.4.1.4.4", "value": "9876543"}
