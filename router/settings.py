@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 
+from router.config_model import ConfigBase, config_message
 from router.errors import ConfigError, MappingError
 from router.mapping._yaml import load_yaml, plain, position_of
-from router.routing.model import ConfigBase, RoutesConfig, config_message, default_routes, load_routes
+from router.routing.model import RoutesConfig, default_routes, load_routes
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 """The checkout: mappings/ and config/ are read from here unless a setting says otherwise."""

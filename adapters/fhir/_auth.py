@@ -19,8 +19,9 @@ from urllib.parse import quote_plus
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
+from router.config_model import ConfigBase
 from router.errors import ConfigError, RecordUnavailable
 
 __all__ = ["AuthConfig", "Authenticator", "BearerAuth", "NoAuth", "OAuth2ClientCredentials", "make_authenticator"]
@@ -29,8 +30,8 @@ _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _TOKEN = re.compile(r"[\x21-\x7e]+")  # what can follow "Bearer " in a header: visible ASCII, no space or newline
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Frozen = ConfigBase
+"""The auth blocks refuse text, true and .nan for a number as the rest of routes.yaml does (refresh_margin_seconds)."""
 
 
 class NoAuth(_Frozen):

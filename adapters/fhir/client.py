@@ -22,10 +22,11 @@ from typing import Any, Protocol
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from adapters.fhir._auth import AuthConfig, NoAuth, make_authenticator
 from adapters.fhir._client_bodies import applied, entry_version, refused, retry_after
+from router.config_model import ConfigBase
 from router.contracts import ApplyResult, FhirJson
 from router.errors import ConfigError, InvalidContent, RecordUnavailable, Refused
 from router.logging import resource_path
@@ -42,10 +43,12 @@ _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id datatype
 _FHIR_JSON = "application/fhir+json"
 
 
-class FhirClientConfig(BaseModel):
-    """A `destination` block of kind `fhir`: an external FHIR R4 server the engine writes to."""
+class FhirClientConfig(ConfigBase):
+    """A `destination` block of kind `fhir`: an external FHIR R4 server the engine writes to.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    ConfigBase, as routes.yaml's other blocks: on a plain BaseModel `timeout_seconds: "30"`, `.nan`
+    and `true` (one second) loaded, where the retry block beside it refused them.
+    """
 
     base_url: str = Field(
         pattern=r"^https?://[^\s?#]+$", max_length=2048,

@@ -19,6 +19,9 @@ _VERSIONS = [importlib.import_module(f"hl7apy.{v}") for v in ("v2_5", "v2_5_1", 
 SEGMENT_NAMES = frozenset(name for v in _VERSIONS for name in v.SEGMENTS)
 """Every standard segment name of v2.5 to v2.8 (Z-segments are site-defined and not listed)."""
 
+_STRUCTURE_NAMES = frozenset(name for v in _VERSIONS for name in v.MESSAGES)
+"""Every message structure of v2.5 to v2.8 (ACK, ADT_A01, ORU_R01 …)."""
+
 DATATYPE_NAMES = frozenset(k for k in DATATYPES_STRUCTS if "_" not in k) | {"TS", "DTM", "ST", "NM", "ID", "IS", "TX", "FT", "SI", "DT", "TM"}
 """Every v2.5 datatype name: a bare one in a path means "the current value" (e.g. `XCN`)."""
 
@@ -87,6 +90,16 @@ def check_reach(path: object, structures: tuple[str, ...]) -> str | None:
     (an OBR in an ADT^A01), passed lint and made nothing at run time, without a word. A structure
     hl7apy does not know, and Z-segments (site-defined, allowed anywhere), are let through.
     """
+    what = unreached(path, structures)
+    return _lacks(structures, what) if what else None
+
+
+def unreached(path: object, structures: tuple[str, ...]) -> str | None:
+    """The part of *path* none of *structures* has a place for (`OBR segment`, `ORDER group`), or None.
+
+    check_reach's rule, without its sentence: a route's `when:` (router/routing/match.py) words
+    it for the message codes the route names. None when *structures* is empty or one is unknown.
+    """
     tail = getattr(path, "tail", None)
     segment = getattr(path, "segment", None) or getattr(tail, "segment", None)
     steps = getattr(path, "steps", ())
@@ -96,10 +109,20 @@ def check_reach(path: object, structures: tuple[str, ...]) -> str | None:
     known = [p for p in parts if p is not None]
     for group, _ in steps:
         if not any(group in groups for _, groups in known):
-            return _lacks(structures, f"{group} group")
+            return f"{group} group"
     if segment is not None and not segment.startswith("Z") and not any(segment in segs for segs, _ in known):
-        return _lacks(structures, f"{segment} segment")
+        return f"{segment} segment"
     return None
+
+
+def structures_of(message_code: str) -> tuple[str, ...]:
+    """The message structures HL7 v2.5 to v2.8 define for *message_code* (ADT: ADT_A01, ADT_A02 …), sorted; () if none.
+
+    A structure is named after its message code (ACK, ADT_A01, ORU_R01), so these are the
+    structures a message of that code can have, whatever its trigger event.
+    """
+    code = message_code.upper()
+    return tuple(sorted(s for s in _STRUCTURE_NAMES if s == code or s.startswith(f"{code}_")))
 
 
 def _lacks(structures: tuple[str, ...], what: str) -> str:

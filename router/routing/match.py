@@ -3,8 +3,9 @@
 Every route that matches adds its destinations, in the order the routes are
 written; a message no route takes is `filtered`. A `when:` condition is the
 mappings' expression language over the message itself, compiled with the
-source format's path compiler (terser paths for HL7 v2, XPath with the
-prefixes of mappings/kith/namespaces.yaml for KITH). An HL7 message is
+source format's path compiler (terser paths for HL7 v2, checked against the
+standard's structures as mapping lint checks them; XPath with the prefixes of
+mappings/kith/namespaces.yaml for KITH). An HL7 message is
 tokenized again only when a route with a `when:` looks at it. Delivering is
 router/delivery/'s.
 """
@@ -40,22 +41,55 @@ class Decision:
         return not self.destinations
 
 
-def compile_when(text: str, fmt: str, *, mappings_dir: Path | None) -> Callable[[Any], bool]:
-    """Compile a route's `when:` for *fmt* (hl7v2 or kith).
+def compile_when(text: str, fmt: str, *, mappings_dir: Path | None, message_codes: tuple[str, ...] = ()) -> Callable[[Any], bool]:
+    """Compile a route's `when:` for *fmt* (hl7v2 or kith); an HL7 route's paths are checked for the *message_codes* it names.
 
     Raises:
         ConditionSyntaxError: the text does not follow the grammar, or a path is wrong.
     """
     if fmt == "hl7v2":
-        from adapters.hl7v2.paths import compile_path
-
-        return compile_condition(text, compile_path)
+        return compile_condition(text, _hl7_paths(message_codes))
     from adapters.kith.paths import path_compiler
 
     prefixes = _prefixes(mappings_dir)
     when = compile_condition(text, path_compiler(prefixes))
     _try_xpaths(when, prefixes)
     return when
+
+
+def _hl7_paths(message_codes: tuple[str, ...]) -> Callable[[str], Any]:
+    """The terser path compiler with the mapping compiler's checks (router/mapping/compiler.py, `_checked_path`).
+
+    Why: `when: PID-99 valued`, a misspelt segment, or an OBR on a route for ADT loaded
+    silently, and the route never matched: every message it was meant for was `filtered`,
+    answered AA and sent nowhere. Each path must exist in HL7 v2.5 to v2.8 (`check_path`;
+    Z-segments are the site's, any field), and fit at least one message structure of the
+    codes the route names (`unreached`, the rule for a template several structures use): a
+    route for ADT and ORU may read OBR, which only its ORU messages carry. The event does
+    not narrow the structures: a sender's MSH-9.3 and mappings/hl7v2/structures.yaml decide
+    those, and neither is the route's. A route naming no code, or one HL7 defines no structure
+    for, can see any structure: its paths are not held to one, as a template no message uses
+    is not, and a structure hl7apy does not know is not.
+    """
+    from adapters.hl7v2.paths import compile_path
+    from adapters.hl7v2.structure import check_path, structures_of, unreached
+
+    per_code = [structures_of(code) for code in message_codes]
+    # A code HL7 defines no structure for (a site's own message type) may carry anything, as an unknown structure may in lint.
+    structures = () if not all(per_code) else tuple(sorted({s for found in per_code for s in found}))
+    codes = " or ".join(sorted({c.upper() for c in message_codes}))
+
+    def checked(text: str) -> Any:
+        path = compile_path(text)
+        problem = check_path(path)
+        if problem:
+            raise ValueError(problem)
+        what = unreached(path, structures)
+        if what:
+            raise ValueError(f"no {codes} message structure has the {what} (HL7 v2.5 to v2.8), so this route never matches")
+        return path
+
+    return checked
 
 
 def _try_xpaths(when: Callable[[Any], bool], prefixes: dict[str, tuple[str, ...]]) -> None:
@@ -121,7 +155,7 @@ class Router:
             when = None
             if route.match.when is not None:
                 try:
-                    when = compile_when(route.match.when, route.match.format or "hl7v2", mappings_dir=mappings_dir)
+                    when = compile_when(route.match.when, route.match.format or "hl7v2", mappings_dir=mappings_dir, message_codes=route.match.message_code)
                 except (ConditionSyntaxError, ValueError) as exc:
                     raise ConfigError(f"routes.yaml: route {route.name}: when: {exc}") from exc
             compiled.append(_Compiled(route, when))

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from adapters.fhir.client import FhirClientConfig
+from router.config_model import ConfigBase, config_message
 from router.errors import MappingError
 from router.mapping._yaml import load_yaml, plain, position_of
 
@@ -47,69 +48,6 @@ partition (strict, order kept), or park it on the retry ladder and go on (park, 
 
 _NAME = r"^[a-z0-9][a-z0-9-]{0,39}$"
 _HD_NAME = r"^[^|^~\\&\x00-\x1f]+$"  # an HL7 namespace id: no delimiter, no control character (as router/settings.py's)
-
-
-class ConfigBase(BaseModel):
-    """A block of engine.yaml or routes.yaml: unknown keys refused, frozen once loaded, and no true/false for a number.
-
-    Pydantic takes `true` for an int or float field as 1: `window_seconds: true`
-    loaded as a one-second duplicate window. YAML's booleans are never a number here.
-    """
-
-    # .nan and .inf are no setting's value: refused as "a finite number", not by a bound (`.nan` was
-    # "less than or equal to 600", which sent the author looking at the bound, not the value).
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_boolean_or_text_for_a_number(cls, data: Any) -> Any:
-        # A model validator, as a field one may not run before a union's discriminator; the
-        # boolean goes on as its YAML word, and text ("10") as Quoted, which the number field then
-        # refuses at its own place. Pydantic took "10" for 10: a quoted number loaded as written.
-        if not isinstance(data, dict):
-            return data
-        fixed = dict(data)
-        for name, value in data.items():
-            field = cls.model_fields.get(name)
-            numeric = _numeric(field.annotation) if field is not None else None
-            if numeric == "value" and isinstance(value, bool):
-                fixed[name] = str(value).lower()
-            elif numeric == "value" and isinstance(value, str):
-                fixed[name] = Quoted(value)
-            elif numeric == "items" and isinstance(value, list | tuple):
-                fixed[name] = [Quoted(v) if isinstance(v, str) else v for v in value]
-        return fixed
-
-
-class Quoted:
-    """Text where a number belongs (`prefetch: "10"`): the number field refuses it, and `config_message` says why."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __repr__(self) -> str:
-        return repr(self.text)
-
-
-def config_message(error: Any) -> str:
-    """The words for one pydantic error of engine.yaml or routes.yaml: pydantic's, or why quoted text is no number."""
-    given = error.get("input")
-    if isinstance(given, Quoted):
-        return f"{given.text!r} is text, not a number: write the number without quotes"
-    return str(error["msg"])
-
-
-def _numeric(annotation: Any) -> Literal["value", "items"] | None:
-    """"value" for a number field (int or float, perhaps optional or Annotated), "items" for a tuple of numbers."""
-    kinds = {annotation, *get_args(annotation)}
-    if bool not in kinds and kinds & {int, float}:
-        return "value"
-    if get_origin(annotation) is tuple and any(_numeric(a) == "value" for a in get_args(annotation) if a is not Ellipsis):
-        return "items"
-    if get_origin(annotation) is Annotated:
-        return _numeric(get_args(annotation)[0])
-    return None
-
 
 _Frozen = ConfigBase
 
@@ -265,7 +203,8 @@ class RouteMatch(_Frozen):
     event: tuple[str, ...] = Field(default=(), description="HL7 MSH-9.2 trigger events.", examples=[["A01", "A03"]])
     sender: tuple[str, ...] = Field(default=(), description="Sending application, facility or `application@facility` (MSH-3/MSH-4), or the sender's HER-id.", examples=[["PAS@STOLAV", "STOLAV", "8094"]])
     receiver: tuple[str, ...] = Field(default=(), description="Receiving application, facility or `application@facility` (MSH-5/MSH-6), or the receiver's HER-id.", examples=[["HELSEPLATTFORMEN"]])
-    when: str | None = Field(default=None, description="A condition in the mappings' expression language over the message itself.", examples=["PV1-2 = I"])
+    when: str | None = Field(default=None, description="A condition in the mappings' expression language over the message itself. "
+                                  "An HL7 path is checked as mapping lint checks one: it must fit a message structure of `message_code`.", examples=["PV1-2 = I"])
 
     @field_validator("message_code", "event", "sender", "receiver", mode="before")
     @classmethod
@@ -418,7 +357,7 @@ def load_routes(path: Path, *, mappings_dir: Path | None = None, own_queues: tup
     for i, route in enumerate(config.routes):
         if route.match.when is not None:
             try:
-                compile_when(route.match.when, route.match.format or "hl7v2", mappings_dir=mappings_dir)
+                compile_when(route.match.when, route.match.format or "hl7v2", mappings_dir=mappings_dir, message_codes=route.match.message_code)
             except ValueError as exc:  # ConditionSyntaxError and the path compilers' syntax errors
                 raise _error(path, node, ["routes", i, "match", "when"], f"route {route.name}: when: {exc}") from exc
     return config

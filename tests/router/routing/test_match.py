@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from router.errors import ConfigError
 from router.routing.match import Router
 from router.routing.model import RoutesConfig
 from router.testing import adt_message
@@ -45,6 +48,16 @@ class TestRouter:
         conv = _conv(converter)
         assert inpatient.decide(conv).destinations == ("kommune",)
         assert outpatient.decide(conv).filtered
+
+    def test_when_scoped_to_a_message_code_still_reads_the_message(self, converter):
+        """A route for ADT reading PV1 and a Z-segment compiles against the ADT structures and matches an admission."""
+        router = _router([{"name": "adt", "match": {"format": "hl7v2", "message_code": ["ADT"], "when": "PV1-2 = I and not ZPV-1 valued"}, "to": ["kommune"]}])
+        assert router.decide(_conv(converter)).destinations == ("kommune",)
+
+    def test_when_no_structure_of_its_code_can_hold_is_refused(self):
+        """The engine's Router refuses, as load_routes does, a `when:` whose segment no structure of the route's code has."""
+        with pytest.raises(ConfigError, match=r"route adt: when: no ADT message structure has the OBR segment"):
+            _router([{"name": "adt", "match": {"format": "hl7v2", "message_code": ["ADT"], "when": "OBR-4 valued"}, "to": ["kommune"]}])
 
     def test_kith_sender_is_its_her_id_and_nothing_else(self, converter):
         """A KITH message, whose header names no HL7 parties, matches a route by its sender's HER-id, never by a bare `@`."""
