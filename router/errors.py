@@ -154,7 +154,8 @@ class Refused(MessageError):
     `detail` is what the destination said (its OperationOutcome diagnostics):
     it may quote the message's values, names included, so it goes into the dead
     letter's OperationOutcome, inside the record's walls, and never into a log,
-    a reason or `helsebro status`.
+    a reason or `helsebro status`; `helsebro dlq show` prints it only with
+    `--body`, asked and audited.
     """
 
     issue_code = "business-rule"

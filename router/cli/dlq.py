@@ -17,10 +17,13 @@
       --older-than AGE     dead-lettered more than AGE ago
 
 `list` and `show` never print a message body: bodies are patient data (DESIGN
-§5). `show --body` prints it, `replay` and `purge` change the queue; each of
-the three asks `... [y/N]` on the terminal first (`--yes` answers for it; with
-stdin not a terminal and no `--yes` it refuses) and writes a `begin` and an
-`end` line to the audit log `<HELSEBRO_DATA_DIR>/audit.log`: who (the OS user,
+§5). Nor does `show` print what a FHIR server said when it refused a message
+(the outcome's `details.text`): its words may quote the resource, names and
+addresses included, so `show` prints `withheld: …` in their place. `show
+--body` prints both, `replay` and `purge` change the queue; each of the three
+asks `... [y/N]` on the terminal first (`--yes` answers for it; with stdin not
+a terminal and no `--yes` it refuses) and writes a `begin` and an `end` line
+to the audit log `<HELSEBRO_DATA_DIR>/audit.log`: who (the OS user,
 and `HELSEBRO_OPERATOR` when set), when (UTC), what (action, queue, ids,
 counts). Being allowed to run this on the engine host, as a user who can read
 the data directory, is the authorisation.
@@ -290,16 +293,40 @@ def _show(args: argparse.Namespace) -> int:
     return _run(args, action)
 
 
+_WITHHELD = "withheld: the server's own words may quote patient data; `--body` shows them (asks, and is audited)"
+
+
+def _their_words_withheld(outcome: dict[str, Any] | None) -> dict[str, Any] | None:
+    """*outcome* as `show` prints it without --body: each issue's `details.text` withheld, the rest as it is.
+
+    `details.text` is what a FHIR server said when it refused the message (Refused.detail). A
+    server's diagnostics quote the resource ("Patient Ola Nordmann, Storgata 1 …"): national ids are
+    masked when the letter is made, names and addresses cannot be, so the text is patient data and
+    is shown only where the body is, asked and audited (DESIGN §5). The reason, the code and the
+    location say what failed where; they are the engine's own words and stay.
+    """
+    issues = outcome.get("issue") if outcome is not None else None
+    if outcome is None or not isinstance(issues, list):
+        return outcome
+    shown = []
+    for issue in issues:
+        details = issue.get("details") if isinstance(issue, dict) else None
+        if isinstance(details, dict) and details.get("text"):
+            issue = {**issue, "details": {**details, "text": _WITHHELD}}
+        shown.append(issue)
+    return {**outcome, "issue": shown}
+
+
 def _print_letter(queue: str, letter: DeadLetter, body: str | None, *, as_json: bool, charset: str | None = None) -> None:
     headers = {k: v for k, v in sorted(letter.headers.items()) if k != "x-helsebro-outcome"}
+    outcome = letter.outcome() if body is not None else _their_words_withheld(letter.outcome())
     if as_json:
-        doc = {"queue": queue, "dead_letter": letter.summary(), "headers": headers, "outcome": letter.outcome(), "body": body, "body_charset": charset}
+        doc = {"queue": queue, "dead_letter": letter.summary(), "headers": headers, "outcome": outcome, "body": body, "body_charset": charset}
         print(json.dumps(doc, ensure_ascii=False, indent=2, default=str))
         return
     summary = letter.summary()
     lines = format_table(("", ""), [(k.replace("_", " "), _cell(summary[k])) for k in summary])[1:]
     lines += ["", "headers:", *("  " + line for line in format_table(("", ""), [(visible(k), _cell(v)) for k, v in headers.items()])[1:])]
-    outcome = letter.outcome()
     lines += ["", "outcome:", *("  " + visible(line) for line in json.dumps(outcome, ensure_ascii=False, indent=2).splitlines())]
     if body is None:
         lines += ["", "body: not shown (patient data; add --body, which asks and is audited)"]

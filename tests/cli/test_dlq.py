@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -584,6 +586,33 @@ class TestDlq:
         assert err.startswith("helsebro dlq: ") and len(err.splitlines()) == 1 and "s3cret" not in err
 
 
+class _Quoting(BaseHTTPRequestHandler):
+    """A FHIR server that refuses every transaction with HTTP 422, its diagnostics quoting the Patient it was sent."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _answer(self, status, resource):
+        data = json.dumps(resource).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._answer(200, {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1", "format": ["json"]})
+
+    def do_POST(self):
+        bundle = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        [patient] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+        name = patient["name"][0]
+        said = f"Patient {name['family']} {' '.join(name['given'])}, {patient['identifier'][0]['value']}, has no GP"
+        self._answer(422, {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "business-rule", "diagnostics": said, "expression": ["Patient.generalPractitioner"]}]})
+
+    def log_message(self, format, *args):
+        """Keep the test output quiet."""
+
+
 class TestDestinationDeadLetters:
     def test_list_and_replay_a_destinations_dead_letter(self, with_destination, scripted_fhir, capsys):
         """A Bundle the external server refused is in `helsebro.dest.ekstern.dlq`: `dlq list --queue` shows it, and
@@ -675,6 +704,44 @@ class TestDestinationDeadLetters:
         code, _, err = _cli(capsys, "replay", "--queue", dlq, "--all")
         assert code == 2
         assert f"Replay 1 dead letter from {dlq} to the destination ekstern's work queue?" in err
+
+    @pytest.mark.parametrize("transport", ["embedded", pytest.param("rabbitmq", marks=pytest.mark.integration)])
+    def test_show_withholds_what_a_refusing_server_said_about_the_patient(self, transport, exported, capsys):
+        """A server's refusal quoting the patient by name stays with the dead letter, but `show` prints it only with --body,
+        asked and audited; without, the reason, the code and the location still say what failed where. Before, `show`
+        printed the server's words, name and all, to any operator, unaudited."""
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Quoting)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        routes = {
+            "destinations": {"record": {"kind": "record"},
+                             "ekstern": {"kind": "fhir", "on_failure": "strict", "server": {"base_url": f"http://127.0.0.1:{server.server_port}/fhir"}}},
+            "routes": [{"name": "all", "to": ["record", "ekstern"]}],
+        }
+        settings = exported(RABBIT if transport == "rabbitmq" else None, routes=routes)
+        dlq = f"{settings.engine.broker.names.destination_prefix}.ekstern.dlq"
+        publish(settings, [adt_message("A01", control_id="DEST9", fnr=GOOD_FNR, local_id="L9", visit="V9", family="Rakfiskvik", given="Gudbrandine")])
+        handle = _engine(settings)
+        try:
+            wait_until(lambda: handle.engine.destinations[0].stats.dead_lettered == 1, 60, what="refused by ekstern")
+        finally:
+            handle.stop()
+            server.shutdown()
+            server.server_close()
+        [letter] = json.loads(_cli(capsys, "list", "--queue", dlq, "--json")[1])["dead_letters"]
+        code, text, _ = _cli(capsys, "show", letter["id"], "--queue", dlq)
+        assert code == 0
+        code, out, _ = _cli(capsys, "show", letter["id"], "--queue", dlq, "--json")
+        [issue] = json.loads(out)["outcome"]["issue"]
+        assert code == 0 and issue["details"]["text"].startswith("withheld: ")
+        for shown in (text, out):
+            assert "Rakfiskvik" not in shown and "Gudbrandine" not in shown
+            assert "destination refused with HTTP 422: business-rule" in shown and "Patient.generalPractitioner" in shown
+        assert _audit(settings) == []
+        code, out, _ = _cli(capsys, "show", letter["id"], "--queue", dlq, "--json", "--body", "--yes")
+        [issue] = json.loads(out)["outcome"]["issue"]
+        assert code == 0 and issue["details"]["text"] == "Patient Rakfiskvik Gudbrandine, ***********, has no GP"
+        assert [(a["action"], a["event"]) for a in _audit(settings)] == [("show_body", "begin"), ("show_body", "end")]
+
 
 LEGACY_ROUTES = {
     "destinations": {"lab": {"kind": "queue", "queue": "lab.adt", "format": "hl7v2", "version": "2.3", "charset": "8859/1"},
