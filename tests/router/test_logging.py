@@ -51,3 +51,22 @@ def test_a_keyed_hash_differs_by_secret_and_is_stable():
     one, again, two, plain = (json.loads(line)["fnr"] for line in stream.getvalue().splitlines())
     assert one == again == phi_hash("15866112379", b"one") and len({one, two, plain}) == 3
     assert plain == phi_hash("15866112379")
+
+
+def test_the_publishers_message_ids_reach_the_log_as_they_are(lines, monkeypatch):
+    """An operator matches a log line's message id to its dead letter: the eleven-digit mask must never cut one.
+
+    A prefix ending in three digits and a counter still below 0xa: run together they made
+    eleven digits, and the log showed `…abc<11-digit id>` (about a tenth of all runs).
+    """
+    import uuid
+
+    from adapters.amqp import outbound
+
+    monkeypatch.setattr(outbound.uuid, "uuid4", lambda: uuid.UUID("abcdefab-cdef-abcd-efab-c123abcdefab"))
+    ids = outbound._MessageIds()
+    made = [ids.next() for _ in range(12)]
+    for message_id in made:
+        get_logger("engine").info("delivery_settled", message_id=message_id)
+    assert [line["message_id"] for line in lines()] == made
+    assert len(set(made)) == 12
