@@ -67,11 +67,11 @@ _new_scope = object.__new__
 class XmlScope:
     """Where XPaths evaluate: the context node, the document's prefix binding, and what was read."""
 
-    __slots__ = ("_loc", "bindings", "memo", "node", "reads", "results", "root", "texts")
+    __slots__ = ("_loc", "bindings", "labels", "memo", "node", "reads", "results", "root", "texts")
 
     def __init__(
         self, root: Any, node: Any, bindings: tuple[tuple[str, str], ...], reads: set[Any], loc: str = "",
-        results: dict[Any, Any] | None = None, texts: dict[Any, Any] | None = None,
+        results: dict[Any, Any] | None = None, texts: dict[Any, Any] | None = None, labels: _Labels | None = None,
     ) -> None:
         self.root = root
         self.node = node
@@ -87,6 +87,8 @@ class XmlScope:
         # For this message: each element's value as read (_value), made once: a PLO message
         # reads ~280 element values of ~120 elements.
         self.texts: dict[Any, NodeText | None] = {} if texts is None else texts
+        # For this message: the positions of the elements asked where they sit (value_loc, XmlItem.location).
+        self.labels = _Labels() if labels is None else labels
 
     # The mapping runtime's scope protocol (shared with HL7 v2) -----------------
     group = None
@@ -100,7 +102,7 @@ class XmlScope:
     @property
     def value_loc(self) -> str:
         """The context node's position, as an XPath of local names."""
-        return self._loc or where(self.node)
+        return self._loc or where(self.node, self.labels)
 
     def child(self, *, segments: Any = None, value: Any = None, value_loc: str = "", group: Any = None) -> XmlScope:
         """Return a scope on *group* (an element) or on the element behind *value*."""
@@ -129,6 +131,7 @@ class XmlScope:
         scope.memo = None
         scope.results = self.results
         scope.texts = self.texts
+        scope.labels = self.labels
         return scope
 
 
@@ -140,11 +143,12 @@ class XmlItem:
     only the group.
     """
 
-    __slots__ = ("_node", "_raw", "group", "segment")
+    __slots__ = ("_labels", "_node", "_raw", "group", "segment")
 
-    def __init__(self, raw: str | None, node: Any) -> None:
+    def __init__(self, raw: str | None, node: Any, labels: _Labels | None = None) -> None:
         self._raw = raw
         self._node = node
+        self._labels = labels  # the message's (its scope's), for location
         self.group = node if raw is None or isinstance(raw, NodeText) else None  # `each:` maps inside elements
         self.segment = None
 
@@ -159,51 +163,86 @@ class XmlItem:
     @property
     def location(self) -> str:
         """Where the value sits, as an XPath of local names."""
-        return where(self._node) if self._node is not None else ""
+        return where(self._node, self._labels) if self._node is not None else ""
 
 
-def where(node: Any) -> str:
-    """Return `/MsgHead/MsgInfo/Patient/Ident[2]/Id` for an element, or `…/@V` for an attribute result."""
+def where(node: Any, labels: _Labels | None = None) -> str:
+    """Return `/MsgHead/MsgInfo/Patient/Ident[2]/Id` for an element, or `…/@V` for an attribute result.
+
+    *labels* is the message's (its scope's or item's), so the positions of
+    elements asked before, and of their parents, are not made again; without
+    it the position is made from scratch.
+    """
     if isinstance(node, _AttrRef):
-        return f"{where(node.element)}/@{node.name}"
+        return f"{where(node.element, labels)}/@{node.name}"
     if isinstance(node, etree._ElementUnicodeResult):  # an attribute or text() result
         parent = node.getparent()
-        base = where(parent) if parent is not None else ""
+        base = where(parent, labels) if parent is not None else ""
         return f"{base}/@{node.attrname}" if node.is_attribute else f"{base}/text()"
     if node is None or node.tag.__class__ is not str:
         return "/"
-    return _labeller({}, lambda parent: list(parent.iterchildren(etree.Element)))(node)  # type: ignore[no-any-return]
+    return (_Labels() if labels is None else labels).of(node)
 
 
-def _labeller(labels: dict[Any, str], children: Any) -> Any:
-    """Return `label(element)`: `/MsgHead/MsgInfo/Patient/Ident[2]/Id`, local names indexed where element siblings share one.
+class _Labels:
+    """Element positions (`/MsgHead/MsgInfo/Patient/Ident[2]/Id`) for one message, each made once.
 
-    *labels* keeps the labels made so far (an element's is its parent's and
-    one step) and may be seeded with a top element's label to stop there;
-    `children(parent)` gives a parent's element children in order.
+    Why: the mapping asks where the values it passes on sit (a datatype's
+    `use:` gets its item's position), and a position is its parent's plus one
+    step; made afresh, each walked to the root and listed the siblings at
+    every level again. Only the message's scopes and items hold this, nothing
+    module-wide: it is keyed by element proxies, which lxml recycles (and ids
+    are reused) once a document is gone, so it must die with its message. It
+    holds no scope or results either: the results keep items, items keep
+    this, and a cycle would leave every message to the garbage collector.
     """
-    names_of: dict[Any, list[str]] = {}
 
-    def label(node: Any) -> str:
-        known = labels.get(node)
+    __slots__ = ("_children", "_known", "_steps")
+
+    def __init__(self, known: dict[Any, str] | None = None, children: dict[Any, list[Any]] | None = None) -> None:
+        # Each element's position; seeded with a top element's, a walk stops there (unmapped).
+        self._known: dict[Any, str] = {} if known is None else known
+        # A parent's element children where the caller listed them already, else listed here.
+        self._children: dict[Any, list[Any]] = {} if children is None else children
+        # Per parent: each element child's step (`Ident[2]`, `Id`), made for all its children at once.
+        self._steps: dict[Any, dict[Any, str]] = {}
+
+    def of(self, node: Any) -> str:
+        """Return the position of *node*, an element (not a comment or PI)."""
+        known = self._known.get(node)
         if known is None:
             parent = node.getparent()
-            name = node.tag.rpartition("}")[2]
             if parent is None:
-                known = "/" + name
+                known = "/" + node.tag.rpartition("}")[2]
             else:
-                siblings = children(parent)
-                names = names_of.get(parent)
-                if names is None:
-                    names = names_of[parent] = [c.tag.rpartition("}")[2] for c in siblings]
-                if names.count(name) > 1:
-                    known = f"{label(parent)}/{name}[{names[:siblings.index(node)].count(name) + 1}]"
-                else:
-                    known = f"{label(parent)}/{name}"
-            labels[node] = known
+                steps = self._steps.get(parent)
+                if steps is None:
+                    children = self._children.get(parent)
+                    if children is None:
+                        children = list(parent.iterchildren(_ELEMENT))
+                    steps = self._steps[parent] = _steps(children)
+                known = f"{self.of(parent)}/{steps[node]}"
+            self._known[node] = known
         return known
 
-    return label
+
+def _steps(children: list[Any]) -> dict[Any, str]:
+    """Each element's step under its parent: its local name, indexed (`Ident[2]`) only where element siblings share one."""
+    names = [child.tag.rpartition("}")[2] for child in children]
+    if len(set(names)) == len(names):
+        return dict(zip(children, names))
+    total: dict[str, int] = {}
+    for name in names:
+        total[name] = total.get(name, 0) + 1
+    seen: dict[str, int] = {}
+    out: dict[Any, str] = {}
+    for child, name in zip(children, names):
+        if total[name] > 1:
+            nth = seen[name] = seen.get(name, 0) + 1
+            out[child] = f"{name}[{nth}]"
+        else:
+            out[child] = name
+    return out
 
 
 class XPathSyntaxError(ValueError):
@@ -547,22 +586,23 @@ class XmlPath:
         """XmlItems for the plan's elements (their text) or their attribute, as the XPath route makes them."""
         attr = self._plan.attr  # type: ignore[union-attr]  # only called with a plan
         reads = scope.reads
+        labels = scope.labels
         out = []
         if attr is None:
             for el in found:
                 reads.add(el)
                 if len(el):  # children (comments count): kept whatever its text, which is made when asked
-                    out.append(XmlItem(None, el))
+                    out.append(XmlItem(None, el, labels))
                     continue
                 value = _text(el)
                 if value or el.attrib:  # a coded element (CV) is all attributes
-                    out.append(XmlItem(value, el))
+                    out.append(XmlItem(value, el, labels))
             return out
         for el in found:
             text = el.get(attr)
             if text and (text := text.strip()):
                 reads.add(el)
-                out.append(XmlItem(text, _AttrRef(el, attr)))
+                out.append(XmlItem(text, _AttrRef(el, attr), labels))
         return out
 
     def _cached(self, scope: XmlScope) -> list[XmlItem]:
@@ -596,23 +636,24 @@ class XmlPath:
         if not isinstance(result, list):
             text = str(result).strip() if not isinstance(result, bool) else ("true" if result else "false")
             return [XmlItem(text, None)] if text else []
+        labels = scope.labels
         out = []
         for node in result:
             if isinstance(node, etree._Element):
                 scope.reads.add(node)
                 if len(node):
-                    out.append(XmlItem(None, node))
+                    out.append(XmlItem(None, node, labels))
                     continue
                 value = _text(node)
                 if value or len(node) or node.attrib:  # a coded element (CV) is all attributes
-                    out.append(XmlItem(value, node))
+                    out.append(XmlItem(value, node, labels))
             else:
                 text = str(node).strip()
                 if text:
                     parent = node.getparent() if hasattr(node, "getparent") else None
                     if parent is not None:
                         scope.reads.add(parent)
-                    out.append(XmlItem(text, node))
+                    out.append(XmlItem(text, node, labels))
         return out
 
 
@@ -690,17 +731,18 @@ class _EnteringPath(XmlPath):
         if self._plan.attr is not None:  # type: ignore[union-attr]  # only called with a plan
             return super()._items(scope, found)
         reads = scope.reads
+        labels = scope.labels
         out = []
         for el in found:
             if len(el):
                 if next(el.iterchildren(_ELEMENT), None) is None:
                     reads.add(el)
-                out.append(XmlItem(None, el))
+                out.append(XmlItem(None, el, labels))
                 continue
             reads.add(el)
             value = _text(el)
             if value or el.attrib:
-                out.append(XmlItem(value, el))
+                out.append(XmlItem(value, el, labels))
         return out
 
     def _cached(self, scope: XmlScope) -> list[XmlItem]:
@@ -914,7 +956,7 @@ def unmapped(root: Any, reads: set[Any], results: dict[Any, Any] | None = None) 
     out: list[str] = []
     results = {} if results is None else results
     walked: dict[Any, list[Any]] = {}  # the element children of each element the walk went into
-    label = _labeller({root: "/" + root.tag.rpartition("}")[2]}, walked.__getitem__)
+    label = _Labels({root: "/" + root.tag.rpartition("}")[2]}, walked).of
     stack = [root]
     pop = stack.pop
     extend = stack.extend

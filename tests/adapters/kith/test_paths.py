@@ -296,3 +296,70 @@ def test_unmapped_with_the_children_index_is_unmapped_without(name: str, data: b
         and el.tag.rpartition("}")[2] not in _ENVELOPE_ONLY
     ]
     assert unmapped(root, set()) == [where(el) for el in leaves]
+
+
+def _position(element: Any) -> str:
+    """An element's position worked out on its own, from the root down: local names, indexed among element siblings sharing one."""
+    steps = []
+    while element is not None:
+        parent = element.getparent()
+        name = etree.QName(element).localname
+        if parent is not None:
+            same = [c for c in parent.iterchildren(etree.Element) if etree.QName(c).localname == name]
+            name += f"[{same.index(element) + 1}]" if len(same) > 1 else ""
+        steps.append(name)
+        element = parent
+    return "/" + "/".join(reversed(steps))
+
+
+def test_positions_index_shared_local_names_asked_in_any_order() -> None:
+    """One message's positions, asked last element first, index the siblings that share a local name (across namespaces) and only those."""
+    from adapters.kith.paths import message_scope
+
+    root = parse_xml(AWKWARD).getroot()
+    scope = message_scope(root, PREFIXES)
+    items = path_compiler(PREFIXES)("//*").resolve(scope)
+    asked = [item.location for item in reversed(items)][::-1]
+    assert asked == [_position(item.group) for item in items]
+    assert {"/Root/Ident[2]/Id[2]", "/Root/Ident[2]/TypeId[3]", "/Root/Id", "/Root/Organisation/Organisation/Ident/Id"} <= set(asked)
+    attribute = path_compiler(PREFIXES)("@V")
+    for element in reversed(list(root.iter(etree.Element))):
+        assert scope.child(group=element).value_loc == _position(element)
+        assert [item.location for item in attribute.resolve(scope.child(group=element))] == [_position(element) + "/@V"] * bool((element.get("V") or "").strip())
+
+
+def test_each_message_names_its_own_positions() -> None:
+    """Messages read in turn, each parsed after the last was freed (lxml reuses its proxies' memory), name their own elements' positions."""
+    import gc
+
+    from adapters.kith.paths import message_scope
+
+    every = path_compiler(PREFIXES)("//*")
+    for data in (NESTED, AWKWARD, NESTED, SPACES, AWKWARD):
+        root = parse_xml(data).getroot()
+        scope = message_scope(root, PREFIXES)
+        items = every.resolve(scope)
+        assert len(items) > 5 and [item.location for item in items] == [_position(item.group) for item in items]
+        del root, scope, items
+        gc.collect()
+
+
+def test_a_message_s_positions_go_with_it() -> None:
+    """Positions kept for a message, and unmapped()'s, leave no reference cycle: the message's elements are freed when its scope and items go, not by the collector."""
+    import gc
+
+    from adapters.kith.paths import message_scope
+
+    every = path_compiler(PREFIXES)("//*")
+    gc.collect()
+    gc.disable()
+    try:
+        root = parse_xml(AWKWARD).getroot()
+        scope = message_scope(root, PREFIXES)
+        items = every.resolve(scope)
+        assert all(item.location for item in items) and scope.child(group=items[-1].group).value_loc
+        assert unmapped(root, set(), scope.results)
+        del root, scope, items
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
