@@ -13,6 +13,12 @@ the inbound queue's single active consumer, and consumes the partitions it
 owns. Each queued destination (an external FHIR server) gets a
 router/delivery/worker.py thread. Converting is router/pipeline/convert.py's;
 applying, dead-lettering, replying and acking are router/pipeline/settle.py's.
+
+Mappings and routes are hot-reloaded (router/reload.py): before each batch
+the loop looks, at most every `mappings.reload_seconds`, and a swap replaces
+the converter, the router or the forwarder settle uses, by reference, so a
+batch is routed and forwarded by one set. Which routes.yaml edits only a
+restart applies is router/routing/live.py's.
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ from router.delivery import DestinationWorker, Forwarder, Intake, split_partitio
 from router.errors import BrokerUnavailable, DecodeError, TransientError
 from router.logging import get_logger
 from router.pipeline.settle import InternalFailure, Settle, Settled
-from router.reload import MappingReloader
+from router.reload import Reloader
 from router.routing.declared import unconfigured_queues
+from router.routing.live import RestartNeeded, needs_restart
 from router.routing.match import Router
 from router.routing.model import RecordDestination
 
@@ -156,7 +163,10 @@ class Engine:
         self._standby_at = 0.0
         self.stats = EngineStats()
         self.started = threading.Event()
-        self.mappings: Any = None  # the MappingReloader once run() starts
+        self.mappings: Any = None  # the mappings' Reloader once run() starts
+        self.routes: Any = None  # the routes' Reloader once run() starts
+        self._router: Router | None = None  # the routes in use: replaced whole by a routes reload
+        self._forwarder: Forwarder | None = None  # the queue destinations' renderers in use: replaced by either reload
         self._dup_guard: Any = None
         self._seen: Any = None
         self.destinations = [
@@ -180,8 +190,7 @@ class Engine:
             ConfigError: the mappings, settings or routes are wrong (at start only).
         """
         converter = self._converter_source()
-        hl7 = self._settings.engine.hl7v2
-        router = Router(self._settings.routes, mappings_dir=self._settings.mappings_dir, hl7_charset=hl7.default_charset, sender_charsets={k: v.charset for k, v in hl7.senders.items() if v.charset})
+        self._routes_source(converter)
         for worker in self.destinations:
             worker.prepare()  # every client before any thread: a ConfigError refuses the start, no worker left running
         delay = _FIRST_RECONNECT_SECONDS
@@ -207,7 +216,7 @@ class Engine:
                 try:
                     self._connect()
                     delay, away = _FIRST_RECONNECT_SECONDS, False
-                    if self._consume(converter, router, until_idle):
+                    if self._consume(converter, until_idle):
                         break
                 except TransientError as exc:
                     if self._stop.is_set():
@@ -248,15 +257,60 @@ class Engine:
         if self._converter is not None:
             converter: Any = _Fixed(self._converter)
         else:
-            converter = MappingReloader(
+            converter = Reloader(
                 self._settings.mappings_dir,
-                lambda: _load(self._settings),
+                lambda: _load(self._settings),  # the routes in use when it builds: their destinations' renderers
                 interval=self._settings.engine.mappings.reload_seconds,
                 logger=self._log,
-                on_swap=lambda: self._freeze(again=True),
+                on_swap=self._mappings_swapped,
             )
         self.mappings = converter
         return converter
+
+    def _mappings_swapped(self) -> None:
+        self._freeze(again=True)
+        self._forwarder = self.mappings.live.forwarder  # built with the routes in use and the new outbound mappings
+
+    def _routes_source(self, converter: Any) -> None:
+        """Compile the routes (a ConfigError refuses the start) and watch routes.yaml for edits.
+
+        Raises:
+            ConfigError: a `when:` does not compile; an outbound mapping does not load.
+        """
+        self._router = _router_for(self._settings)
+        self._forwarder = _forwarder_of(converter.current(), self._settings)
+        self.routes = Reloader(
+            self._settings.config_dir / "routes.yaml",
+            self._reroute,
+            interval=self._settings.engine.mappings.reload_seconds,
+            logger=self._log,
+            initial=_Routing(self._settings, self._router, self._forwarder),
+            on_swap=self._rerouted,
+            what="routes",
+        )
+
+    def _reroute(self) -> _Routing:
+        """Load routes.yaml as a start does, refuse what only a restart applies, and build its router and renderers.
+
+        Raises:
+            MappingError: routes.yaml fails a check (file:line:col).
+            RestartNeeded: it changes what the worker fixed at start (router/routing/live.py).
+            ConfigError, OSError: a changed destination's outbound mapping does not load; the file cannot be read.
+        """
+        from router.settings import read_routes  # settings imports the routing model, as this module does
+
+        running = self._settings
+        config = read_routes(running.config_dir, running.mappings_dir, running.engine)
+        changes = needs_restart(running.routes, config)
+        if changes:
+            raise RestartNeeded("; ".join(changes) + ": restart the workers to apply", filename=str(running.config_dir / "routes.yaml"))
+        settings = running.model_copy(update={"routes": config})
+        forwarder = self._forwarder.rerouted(settings) if self._forwarder is not None else Forwarder(settings)
+        return _Routing(settings, _router_for(settings), forwarder)
+
+    def _rerouted(self) -> None:
+        live = self.routes.live  # a _Routing
+        self._settings, self._router, self._forwarder = live.settings, live.router, live.forwarder
 
     def _connect(self) -> None:
         self._disconnect()
@@ -338,12 +392,12 @@ class Engine:
             except broker_errors(conn):
                 pass  # closing a dead connection: it is gone either way
 
-    def _consume(self, converter: Any, router: Router, until_idle: float | None) -> bool:
+    def _consume(self, converter: Any, until_idle: float | None) -> bool:
         """Take batches until stopped (False) or idle long enough (True)."""
-        if self._inbound is None or self._publisher is None or self._record is None or self._conn is None:
+        if self._inbound is None or self._publisher is None or self._record is None or self._conn is None or self._router is None or self._forwarder is None:
             raise BrokerUnavailable("not connected")
-        conn, work, intake, publisher = self._conn, self._inbound, self._intake, self._publisher
-        settle = self._settle(conn, publisher, router, _forwarder_of(converter.current(), self._settings))
+        conn, work, intake, publisher, routes = self._conn, self._inbound, self._intake, self._publisher, self.routes
+        settle = self._settle(conn, publisher, self._router, self._forwarder)
         forward = Intake(self._settings.engine.broker.names.inbound, partition_count(self._settings)) if intake is not None else None
         most = self._settings.engine.broker.batch_max
         while not self._stop.is_set():
@@ -356,8 +410,9 @@ class Engine:
                 continue
             if work.buffered:
                 loaded = converter.current()
-                if isinstance(loaded, _Loaded):
-                    settle.use_forwarder(loaded.forwarder)  # a reload's outbound mappings, from this batch on
+                routes.current()  # a swap replaces self._router and self._forwarder
+                settle.use_router(self._router)  # a reload's routes and outbound mappings, from this batch on
+                settle.use_forwarder(self._forwarder)
                 self._handle(work.take(most, 0), loaded, settle)
                 self.stats.idle_since = time.monotonic()
                 continue
@@ -365,7 +420,8 @@ class Engine:
             if work.buffered or (intake is not None and intake.buffered):
                 continue
             conn.heartbeat_check()
-            converter.current()  # an idle engine picks up mapping edits too
+            converter.current()  # an idle engine picks up mapping and routes edits too
+            routes.current()
             if until_idle is not None and self._idle_for(until_idle, conn):
                 self._log.info("engine_idle", idle_s=until_idle)
                 return True
@@ -528,6 +584,21 @@ class _Loaded:
         kith = getattr(self.converter, "_kith", None)
         sets = {"hl7v2": self.converter.mappings, "kith": getattr(kith, "mappings", None)}
         return {name: next(iter(s.messages.values())).sha for name, s in sets.items() if s is not None and s.messages}
+
+
+@dataclass(frozen=True, slots=True)
+class _Routing:
+    """The routes a routes reload swaps at once: the settings that carry them, the router, and the renderers for their destinations."""
+
+    settings: Settings
+    router: Router
+    forwarder: Forwarder
+
+
+def _router_for(settings: Settings) -> Router:
+    """Compile *settings*' routes (raises ConfigError for a `when:` that does not compile)."""
+    hl7 = settings.engine.hl7v2
+    return Router(settings.routes, mappings_dir=settings.mappings_dir, hl7_charset=hl7.default_charset, sender_charsets={k: v.charset for k, v in hl7.senders.items() if v.charset})
 
 
 def _load(settings: Settings) -> _Loaded:

@@ -1,4 +1,10 @@
-"""Hot reload of mappings: watch the mapping folder, swap in a new converter atomically.
+"""Hot reload of mappings and routes: watch the files, swap in a newly built whole atomically.
+
+One class serves both: the engine runs one Reloader on mappings/ (events
+`mappings_*`) and one on config/routes.yaml (events `routes_*`), at the same
+cadence (`mappings.reload_seconds`). Two instances, not one watcher over both,
+so a routes edit does not recompile every mapping (seconds without deliveries),
+and a refused routes.yaml does not hold back a good mapping edit.
 
 A change is picked up between deliveries: the whole mapping set is compiled
 anew (every load-time check runs), and only a set that compiles replaces the
@@ -30,7 +36,7 @@ _TICK_NS = 2_000_000_000
 
 
 def fingerprint(folder: Path, *, racy_since: int | None = None) -> tuple[tuple[str, int, int, bytes], ...]:
-    """Return (path, size, mtime_ns, digest) for every mapping file: any edit changes it.
+    """Return (path, size, mtime_ns, digest) for every mapping file (or for *folder* itself, when it is not a folder: routes.yaml): any edit changes it.
 
     Size and mtime alone miss an edit that keeps the size (a digit changed) and lands in
     the same mtime tick as the previous look: the file then looks untouched until its next
@@ -42,8 +48,9 @@ def fingerprint(folder: Path, *, racy_since: int | None = None) -> tuple[tuple[s
     """
     since = racy_since if racy_since is not None else time.time_ns() - _TICK_NS
     out = []
-    for path in sorted(folder.rglob("*.yaml")):
-        if any(part.endswith(".cases") for part in path.relative_to(folder).parts[:-1]):
+    tree = folder.is_dir()
+    for path in sorted(folder.rglob("*.yaml")) if tree else [folder]:  # one file: absent, the stat below leaves it out
+        if tree and any(part.endswith(".cases") for part in path.relative_to(folder).parts[:-1]):
             continue
         try:
             st = path.stat()
@@ -63,11 +70,16 @@ def _unhashed_before(seen: tuple[tuple[str, int, int, bytes], ...], since: int) 
     return tuple((p, size, mtime, digest if mtime >= since else b"") for p, size, mtime, digest in seen)
 
 
-class MappingReloader:
-    """Holds the converter in use and replaces it when the mapping files change."""
+class Reloader:
+    """Holds what is in use (a converter, or the routes) and replaces it when its files change.
 
-    def __init__(self, folder: Path, build: Callable[[], Any], *, interval: float, logger: Any, initial: Any | None = None, on_swap: Callable[[], None] | None = None) -> None:
+    *what* names the log events: `<what>_reloaded`, `<what>_reload_refused`, `<what>_reload_deferred`.
+    """
+
+    def __init__(self, folder: Path, build: Callable[[], Any], *, interval: float, logger: Any, initial: Any | None = None,
+                 on_swap: Callable[[], None] | None = None, what: str = "mappings") -> None:
         self._folder = folder
+        self._what = what
         self._on_swap = on_swap or (lambda: None)  # called after a new set is in use
         self._build = build  # compiles a whole new converter, or raises MappingError
         self._interval = interval
@@ -109,7 +121,7 @@ class MappingReloader:
             self._seen = now
             self.refusals += 1
             self.failing = True
-            self._log.error("mappings_reload_refused", file=exc.file, line=exc.line, column=exc.column, error=exc.reason, changed=[Path(p).name for p in changed])
+            self._log.error(f"{self._what}_reload_refused", file=exc.file, line=exc.line, column=exc.column, error=exc.reason, changed=[Path(p).name for p in changed])
             return self._current
         except (ConfigError, OSError) as exc:
             # Not a lint error but still a set that cannot run (a file gone mid-save, a config check):
@@ -119,7 +131,7 @@ class MappingReloader:
             self.failing = True
             # The reason names the file or destination at fault (config text, never a message): without it
             # an outbound mapping deleted under a destination was refused as a bare "ConfigError", file "?".
-            self._log.error("mappings_reload_refused", file=getattr(exc, "filename", None) or "?", error=type(exc).__name__, reason=str(exc), changed=[Path(p).name for p in changed])
+            self._log.error(f"{self._what}_reload_refused", file=getattr(exc, "filename", None) or "?", error=type(exc).__name__, reason=str(exc), changed=[Path(p).name for p in changed])
             return self._current
         except Exception as exc:  # noqa: BLE001  # a bug in a check, not the set: the worker runs the old set on
             # Refused like a lint error, never raised: raised, it ended the worker whose old set ran well, and every
@@ -132,19 +144,23 @@ class MappingReloader:
             while frame is not None and frame.tb_next is not None:
                 frame = frame.tb_next
             at = f"{Path(frame.tb_frame.f_code.co_filename).name}:{frame.tb_lineno}" if frame is not None else "?"
-            self._log.error("mappings_reload_refused", file="?", error=type(exc).__name__, raised_at=at, changed=[Path(p).name for p in changed])
+            self._log.error(f"{self._what}_reload_refused", file="?", error=type(exc).__name__, raised_at=at, changed=[Path(p).name for p in changed])
             return self._current
         after = fingerprint(self._folder, racy_since=building)
         if after != _unhashed_before(now, building):
             # A file moved while the set compiled: it may hold some of the edit and not the rest.
             # Not used; what the files are now is built once it holds still.
             self._pending = after
-            self._log.info("mappings_reload_deferred", changed=[Path(p).name for p in changed], why="files changed while loading")
+            self._log.info(f"{self._what}_reload_deferred", changed=[Path(p).name for p in changed], why="files changed while loading")
             return self._current
         self._seen = now
         self._current = fresh  # one reference swap: a message is mapped by one consistent set
         self.reloads += 1
         self.failing = False
         self._on_swap()
-        self._log.info("mappings_reloaded", changed=[Path(p).name for p in changed])
+        self._log.info(f"{self._what}_reloaded", changed=[Path(p).name for p in changed])
         return self._current
+
+
+MappingReloader = Reloader
+"""The name tests and tools know the mapping reloader by."""

@@ -145,9 +145,9 @@ class IdentifierConfig(_Frozen):
 
 
 class MappingsConfig(_Frozen):
-    """The `mappings` block: how the running engine follows mapping edits."""
+    """The `mappings` block: how the running engine follows mapping edits (and routes.yaml edits, at the same cadence)."""
 
-    reload_seconds: float = Field(default=2.0, ge=0, le=3600, description="How often, in seconds, the engine looks for changed mapping files between deliveries. 0 turns hot reload off; a small value costs one stat per mapping file per look.")
+    reload_seconds: float = Field(default=2.0, ge=0, le=3600, description="How often, in seconds, the engine looks for changed mapping files and a changed config/routes.yaml between deliveries. 0 turns hot reload off (of both); a small value costs one stat per mapping file per look.")
 
 
 class WorkersConfig(_Frozen):
@@ -351,13 +351,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
     engine_file = config_dir / "engine.yaml"
     try:
         engine = values["engine"] = _load_engine(engine_file)
-        routes_file = config_dir / "routes.yaml"
-        if routes_file.exists():
-            names = engine.broker.names
-            values["routes"] = load_routes(
-                routes_file, mappings_dir=Path(str(values.get("mappings_dir", PROJECT_ROOT / "mappings"))),
-                own_queues=(names.inbound, names.dead_letter, names.replies), own_prefixes=(names.inbound, names.apprec_prefix, names.destination_prefix),
-            )
+        values["routes"] = read_routes(config_dir, Path(str(values.get("mappings_dir", PROJECT_ROOT / "mappings"))), engine)
         return Settings.model_validate(values)
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{engine_file}: cannot read: {exc}") from exc
@@ -365,3 +359,23 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(f"settings: {where}: {first['msg']}") from exc
+
+
+def read_routes(config_dir: Path, mappings_dir: Path, engine: EngineConfig) -> RoutesConfig:
+    """Read *config_dir*/routes.yaml with every check of a start (the engine's own queue names refused); absent, the default route.
+
+    One function for the start and the running engine's reload (router/engine.py), so a reload
+    refuses exactly what a start refuses.
+
+    Raises:
+        MappingError: a YAML, model or condition error, at file:line:col.
+        OSError: the file cannot be read.
+    """
+    routes_file = config_dir / "routes.yaml"
+    if not routes_file.exists():
+        return default_routes()
+    names = engine.broker.names
+    return load_routes(
+        routes_file, mappings_dir=mappings_dir,
+        own_queues=(names.inbound, names.dead_letter, names.replies), own_prefixes=(names.inbound, names.apprec_prefix, names.destination_prefix),
+    )

@@ -65,8 +65,8 @@ def forward_id_of(sender: str, control_id: str, destination: str, *, content: st
 class Forwarder:
     """Publishes one message to every non-record destination its routes chose."""
 
-    def __init__(self, settings: Settings, *, logger: Any = None) -> None:
-        """Build a renderer per queue destination.
+    def __init__(self, settings: Settings, *, logger: Any = None, renderers: Mapping[str, Renderer] | None = None) -> None:
+        """Build a renderer per queue destination, but for those *renderers* holds already.
 
         Raises:
             MappingError, ConfigError: an outbound mapping does not load.
@@ -75,9 +75,26 @@ class Forwarder:
         self._log = logger or get_logger("forward")
         self._prefix = settings.engine.broker.names.destination_prefix
         self._partitions = settings.engine.broker.partitions if settings.broker_url else 1
+        given = renderers or {}
         self._renderers: dict[str, Renderer] = {
-            name: renderer_for(dest, settings) for name, dest in settings.routes.destinations.items() if isinstance(dest, QueueDestination)
+            name: given[name] if name in given else renderer_for(dest, settings)
+            for name, dest in settings.routes.destinations.items() if isinstance(dest, QueueDestination)
         }
+
+    def rerouted(self, settings: Settings) -> Forwarder:
+        """A forwarder for *settings*' routes that keeps this one's renderer for every destination whose options are unchanged.
+
+        Why: a routes reload (router/engine.py) renders with the outbound mappings the running set
+        loaded; building every renderer again read them from disk, where an edit the mapping reload
+        has not taken yet (or refused) may wait. Only a destination whose options changed gets a
+        new renderer, and one that does not load refuses the routes.
+
+        Raises:
+            MappingError, ConfigError: a changed destination's outbound mapping does not load.
+        """
+        new = settings.routes.destinations
+        keep = {n: r for n, r in self._renderers.items() if self._routes.destinations.get(n) == new.get(n)}
+        return Forwarder(settings, logger=self._log, renderers=keep)
 
     def forward(self, publisher: Publisher, conv: Converted, decision: Decision,
                 unrendered: list[tuple[str, MessageError]] | None = None, *, delivery: Mapping[str, Any] | None = None,

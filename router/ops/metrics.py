@@ -123,6 +123,7 @@ def exposition(engine: Engine, apprecs: OverdueApprecs | None = None) -> str:
             lines += [f'helsebro_destination_messages_total{{destination="{_label(worker.name)}",result="{r}"}} {getattr(worker.stats, r)}'
                       for r in _DESTINATION_RESULTS]
     lines += _mappings(engine)
+    lines += _routes(engine)
     lines += ["# HELP helsebro_idle_seconds Seconds since this worker last took a delivery.", "# TYPE helsebro_idle_seconds gauge",
               f"helsebro_idle_seconds {stats.idle_seconds():.3f}"]
     if apprecs is not None:
@@ -152,6 +153,21 @@ def _mappings(engine: Engine) -> list[str]:
                   "carry in meta.tag (urn:helsebro:mapping, structure@hash).", "# TYPE helsebro_mappings_info gauge"]
         lines += [f'helsebro_mappings_info{{format="{f}",version="{_label(v)}"}} 1' for f, v in sorted(versions.items())]
     return lines
+
+
+def _routes(engine: Engine) -> list[str]:
+    """The routes' hot reload counters, beside the mappings': a refused routes.yaml (a restart it needs, a `when:` that
+    does not compile) leaves the old routes running, which the log alone said."""
+    reloader = engine.routes
+    if not hasattr(reloader, "refusals"):
+        return []
+    return ["# HELP helsebro_routes_reloads_total routes.yaml edits this worker loaded while running (hot reload).",
+            "# TYPE helsebro_routes_reloads_total counter", f"helsebro_routes_reloads_total {reloader.reloads}",
+            "# HELP helsebro_routes_reload_refusals_total routes.yaml edits this worker refused (the log's routes_reload_refused "
+            "says why: file:line:col, or what needs a restart).",
+            "# TYPE helsebro_routes_reload_refusals_total counter", f"helsebro_routes_reload_refusals_total {reloader.refusals}",
+            "# HELP helsebro_routes_reload_failing 1 while routes.yaml on disk is refused and this worker runs the routes before it.",
+            "# TYPE helsebro_routes_reload_failing gauge", f"helsebro_routes_reload_failing {int(reloader.failing)}"]
 
 
 def _overdue(apprecs: OverdueApprecs) -> list[str]:

@@ -242,6 +242,10 @@ class Settle:
         """Forward with *forwarder* from the next batch on: the outbound mappings of a hot reload."""
         self._forwarder = forwarder
 
+    def use_router(self, router: Router) -> None:
+        """Route with *router* from the next batch on: the routes of a hot reload (each batch is routed by one)."""
+        self._router = router
+
     def __call__(self, delivery: Delivery, results: list[Converted], started: float) -> list[Settled]:
         """Settle the messages of one delivery, then ack it; return what became of each."""
         return self.batch([(delivery, results)], started)[0]
