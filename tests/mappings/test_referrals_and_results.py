@@ -271,7 +271,7 @@ class TestFixtures:
 
     def test_a_result_links_to_the_requisition_it_answers(self, converter):
         """Svarrapport ServReq/Id = Rekvisisjon ServReq/Id: the report is basedOn the very same ServiceRequest."""
-        req = self._docs(converter, "Rekvisisjon")
+        req = self._docs(converter, "Rekvisisjon", "rekvisisjon_lab_1_6_ny")
         svar = self._docs(converter, "Svarrapport", "svar_lab_1_4_ny")
         [requisition] = [e for e in req["entry"] if e["resource"]["resourceType"] == "ServiceRequest" and "basedOn" not in e["resource"]]
         [report] = _of(svar, "DiagnosticReport")
@@ -290,7 +290,7 @@ class TestFixtures:
     )
     def test_a_requisitions_kind_is_kept_with_or_without_its_code(self, converter, type_element, code):
         """Message/Type → the requisition's code: a Volven 8279 Coding, 1.5's R as sent, and a display name alone as text (not dropped)."""
-        [source] = sorted((CASES / "Rekvisisjon.cases").glob("*.xml"))
+        source = CASES / "Rekvisisjon.cases" / "rekvisisjon_lab_1_6_ny.xml"
         xml = source.read_bytes().replace(b'<Type V="REQ_LAB" DN="Rekvisisjon-Laboratoriemedisin"/>', type_element.encode(), 1)
         [item] = converter.convert(xml)
         assert item.bundle is not None, item.error
@@ -417,3 +417,144 @@ class TestWhoElseAndHow:
         assert flag["code"]["text"].startswith("Behov for tolk: NORDSAMISK Gjelder: Mor Telokk")
         assert flag["status"] == "active"
         assert by_url[flag["subject"]["reference"]]["resourceType"] == "Patient"
+
+
+V8304 = "urn:oid:2.16.578.1.12.4.1.1.8304"
+V8306 = "urn:oid:2.16.578.1.12.4.1.1.8306"
+
+
+def _priority_codes(sr: dict[str, Any], system: str) -> list[tuple[str, str]]:
+    """The Volven priority codings a ServiceRequest keeps as categories: (code, display)."""
+    return [(c["code"], c.get("display", "")) for cat in sr.get("category", []) for c in cat.get("coding", []) if c.get("system") == system]
+
+
+class TestReferralPriority:
+    """A referral's or a test's priority is read, never dropped (session 30): Henvisning 2.0 through
+    Volven 8306 (its own list), Rekvisisjon through 8304 with the test's own priority first; the code as
+    sent is always a category beside FHIR's four-valued priority, and a code the table lacks gives no
+    priority but stays as that category."""
+
+    @pytest.mark.corpus
+    def test_national_henvisning_2_0_examples_keep_their_priority(self, shared_dir: Path, capsys: Any, monkeypatch: Any) -> None:
+        """Every 2.0 example converts through `helsebro convert`: N → routine, PK (pakkeforløp) → urgent, each with its 8306 code."""
+        folder = shared_dir / "norsk" / "eksempel" / "Henvisning" / "Henvisning_v2-0"
+        files = sorted(folder.glob("*.xml"))
+        code, docs = _convert(capsys, monkeypatch, shared_dir, *files)
+        assert code == 0 and len(docs) == len(files) == 13
+        expected = {"N": "routine", "PK": "urgent"}
+        seen = set()
+        for path, doc in zip(files, docs):
+            [sent] = etree.parse(str(path)).xpath('//*[local-name()="ReqServ"]/*[local-name()="Priority"]/@V')
+            [sr] = _of(doc, "ServiceRequest")
+            assert sr["priority"] == expected[sent], path.name
+            assert [c for c, _ in _priority_codes(sr, V8306)] == [sent], path.name
+            seen.add(sent)
+        assert seen == {"N", "PK"}
+
+    def test_a_code_8306_does_not_list_gives_no_priority_but_is_kept(self, converter: Any) -> None:
+        """14 "Innen to uker" is an 8304 code, not 8306's: priority is not guessed, the code and its name stay."""
+        [item] = converter.convert((CASES / "Henvisning20.cases" / "henvisning_2_0_prioritet_utenfor_8306.xml").read_bytes())
+        assert item.bundle is not None, item.error
+        [sr] = _of(item.bundle, "ServiceRequest")
+        assert "priority" not in sr
+        assert _priority_codes(sr, V8306) == [("14", "Innen to uker")]
+
+    def test_a_tests_own_priority_wins_over_its_groups(self, converter: Any) -> None:
+        """Rekvisisjon: ReqInvestigation N with P-Kalium's own 1H → Natrium routine, Kalium asap (before: routine), Hb stat."""
+        [item] = converter.convert((CASES / "Rekvisisjon.cases" / "rekvisisjon_lab_1_6_prioritet.xml").read_bytes())
+        assert item.bundle is not None, item.error
+        Bundle.model_validate(item.bundle)
+        tests = {t["code"]["coding"][0]["display"]: t for t in _of(item.bundle, "ServiceRequest") if "basedOn" in t}
+        assert {k: t["priority"] for k, t in tests.items()} == {"P-Natrium": "routine", "P-Kalium": "asap", "B-Hemoglobin": "stat"}
+        assert _priority_codes(tests["P-Kalium"], V8304) == [("1H", "Innen en time")]
+        assert _priority_codes(tests["P-Natrium"], V8304) == [("N", "Elektiv/Ordinær (elektiv)")]
+
+    def test_an_unknown_requisition_priority_is_kept_as_sent(self, converter: Any) -> None:
+        """A ReqInvestigation Priority no 8304 entry lists: no priority, the code as a category (before: nothing at all)."""
+        xml = (CASES / "Rekvisisjon.cases" / "rekvisisjon_lab_1_6_prioritet.xml").read_bytes()
+        xml = xml.replace('<Priority V="0" DN="Øyeblikkelig hjelp"/>'.encode(), b'<Priority V="ZZ" DN="Ukjent kode"/>')
+        [item] = converter.convert(xml)
+        assert item.bundle is not None, item.error
+        [hb] = [t for t in _of(item.bundle, "ServiceRequest") if t.get("code", {}).get("coding", [{}])[0].get("code") == "NOR05172"]
+        assert "priority" not in hb
+        assert _priority_codes(hb, V8304) == [("ZZ", "Ukjent kode")]
+
+
+class TestEpikriseStay:
+    """The stay an Epikrise reports is an Encounter, the letter's context.encounter (session 30)."""
+
+    @pytest.mark.corpus
+    def test_national_epikrise_examples_report_their_stay(self, shared_dir: Path, capsys: Any, monkeypatch: Any) -> None:
+        """epikrise 1.1 and 1.2 n/m through `helsebro convert`: one finished Encounter per letter, n and m the same stay."""
+        ex = shared_dir / "norsk" / "eksempel" / "Epikrise"
+        paths = [ex / "Epikrise_v1-2" / "epikrise_v1.2_n.xml", ex / "Epikrise_v1-2" / "epikrise_v1.2_m.xml", ex / "Epikrise_v1-1" / "epikrise_v1.1_n.xml"]
+        code, docs = _convert(capsys, monkeypatch, shared_dir, *paths)
+        assert code == 0
+        stays = []
+        for doc in docs:
+            Bundle.model_validate(doc)
+            by_url = _by_url(doc)
+            [stay] = _of(doc, "Encounter")
+            [letter] = _of(doc, "DocumentReference")
+            assert [by_url[r["reference"]] for r in letter["context"]["encounter"]] == [stay]
+            assert stay["status"] == "finished"
+            assert stay["class"]["code"] == "IMP"
+            assert stay["type"][0]["coding"] == [{"system": "urn:oid:2.16.578.1.12.4.1.1.8240", "code": "1", "display": "Heldøgnsopphold"}]
+            assert stay["period"] == {"start": "2017-04-27T09:00:10+02:00", "end": "2017-05-04T09:20:12+02:00"}
+            assert stay["hospitalization"]["dischargeDisposition"]["coding"][0]["display"] == "Ut til hjemmet"
+            assert by_url[stay["subject"]["reference"]]["resourceType"] == "Patient"
+            dept = by_url[stay["serviceProvider"]["reference"]]
+            assert _idents([dept], HER) == {"94866"}  # the writing department, part of its institution
+            assert _idents([by_url[dept["partOf"]["reference"]]], HER) == {"91393"}
+            stays.append(next(e["request"]["url"] for e in doc["entry"] if e["resource"] is stay))
+        assert stays[0] == stays[1] != stays[2]  # n and m: one stay (ServProvId); 1.1 is another letter
+
+    @pytest.mark.corpus
+    def test_a_cancelled_epikrise_takes_its_stay_with_it(self, shared_dir: Path, capsys: Any, monkeypatch: Any, tmp_path: Path) -> None:
+        """epikrise_v1.2_n then _c, applied to the record: the C restates no event, and the stay becomes entered-in-error."""
+        from adapters.fhir.record import open_record
+        from router.testing import isolated_settings
+
+        folder = shared_dir / "norsk" / "eksempel" / "Epikrise" / "Epikrise_v1-2"
+        code, docs = _convert(capsys, monkeypatch, shared_dir, folder / "epikrise_v1.2_n.xml", folder / "epikrise_v1.2_c.xml")
+        assert code == 0
+        record = open_record(isolated_settings(tmp_path / "record"))
+        try:
+            record.apply(docs[0])
+            record.apply(docs[0])  # twice: still one stay
+            [stay] = record.search("Encounter", {})
+            assert stay["status"] == "finished"
+            record.apply(docs[1])
+            assert record.read("Encounter", stay["id"])["status"] == "entered-in-error"
+            assert len(record.search("Encounter", {})) == 1
+        finally:
+            record.close()
+
+    def test_two_reported_events_are_two_stays(self, converter: Any) -> None:
+        """A stay and a later outpatient check in one letter: two Encounters (IMP, AMB), both the letter's context."""
+        [item] = converter.convert((CASES / "Epikrise.cases" / "epikrise_1_2_opphold_avdeling.xml").read_bytes())
+        assert item.bundle is not None, item.error
+        Bundle.model_validate(item.bundle)
+        by_url = _by_url(item.bundle)
+        [letter] = _of(item.bundle, "DocumentReference")
+        stays = [by_url[r["reference"]] for r in letter["context"]["encounter"]]
+        assert [s["class"]["code"] for s in stays] == ["IMP", "AMB"]
+        assert stays[0]["priority"]["coding"] == [{"system": V8304, "code": "0", "display": "Øyeblikkelig hjelp"}]
+        assert {by_url[s["serviceProvider"]["reference"]]["name"] for s in stays} == {"Ortopedisk avdeling"}
+        assert len({s["id"] for s in stays}) == 2
+
+    @pytest.mark.parametrize(
+        ("adm_cat", "klass"),
+        [("2", ("http://terminology.hl7.org/CodeSystem/v3-ActCode", "SS")), ("7", ("urn:oid:2.16.578.1.12.4.1.1.8240", "7")), (None, ("http://terminology.hl7.org/CodeSystem/v3-ActCode", "IMP"))],
+    )
+    def test_the_kind_of_contact_is_the_class(self, converter: Any, adm_cat: str | None, klass: tuple[str, str]) -> None:
+        """AdmCat (8240) → class: dagbehandling is a short stay; an unknown code is kept under 8240's system; none is IMP."""
+        xml = (CASES / "Epikrise.cases" / "epikrise_1_2_ny.xml").read_text("utf-8")
+        sent = '\t\t\t<Service>\n\t\t\t\t<AdmCat V="1" DN="Heldøgnsopphold"/>\n\t\t\t</Service>'
+        assert sent in xml
+        xml = xml.replace(sent, f'\t\t\t<Service>\n\t\t\t\t<AdmCat V="{adm_cat}" DN="Kontakt"/>\n\t\t\t</Service>' if adm_cat else "\t\t\t<Service/>")
+        [item] = converter.convert(xml.encode())
+        assert item.bundle is not None, item.error
+        [stay] = _of(item.bundle, "Encounter")
+        assert (stay["class"]["system"], stay["class"]["code"]) == klass
+        assert ("type" in stay) == (adm_cat is not None)
