@@ -96,9 +96,13 @@ def _compilers(root: Path) -> tuple[Any, Any, Any]:
     return compile_path, check_path, check_reach
 
 
-def _lint_roots(roots: list[Path]) -> int:
+def _lint_roots(roots: list[Path], compiled: dict[Path, Any] | None = None) -> int:
+    """Lint every root, printing each error; return how many there were.
+
+    *compiled*, when given, receives each clean inbound root's MappingSet, lint's own compile, for the cases to run on.
+    """
     from router.errors import MappingError
-    from router.mapping.mapping_set import lint
+    from router.mapping.mapping_set import lint_load
 
     count = 0
     for root in roots:
@@ -113,9 +117,12 @@ def _lint_roots(roots: list[Path]) -> int:
             print(f"{exc.file}:{exc.line}:{exc.column}: {exc.reason}", file=sys.stderr)
             count += 1
             continue
-        for err in lint(root, compile_path, check_path=check_path, check_reach=check_reach):
+        errors, mappings = lint_load(root, compile_path, check_path=check_path, check_reach=check_reach)
+        for err in errors:
             print(f"{err.file}:{err.line}:{err.column}: {err.reason}", file=sys.stderr)
             count += 1
+        if compiled is not None and mappings is not None:
+            compiled[root] = mappings
     return count
 
 
@@ -158,7 +165,8 @@ def run_test(args: argparse.Namespace) -> int:
     roots = _roots(args.paths)
     if roots is None:
         return 2
-    if _lint_roots(roots):
+    compiled: dict[Path, Any] = {}  # lint's compile of each clean inbound root: the cases run on it, not on a second compile
+    if _lint_roots(roots, compiled):
         print("lint failed: fix the errors above before running cases", file=sys.stderr)
         return 1
     settings = load_settings()
@@ -172,6 +180,10 @@ def run_test(args: argparse.Namespace) -> int:
             continue
         if _is_xml(root):  # XML mappings load inside the converter, from <mappings_dir>/kith
             conv = converters.get(root.parent)
+            if root in compiled and root == root.parent / "kith":
+                conv.use_xml(compiled[root])
+        elif root in compiled:
+            conv = converters.get(settings.mappings_dir, compiled[root])
         else:
             compile_path, check_path, check_reach = _compilers(root)
             conv = converters.get(settings.mappings_dir, MappingSet.load(root, compile_path, check_path=check_path, check_reach=check_reach))

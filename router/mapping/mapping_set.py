@@ -99,21 +99,50 @@ def lint(
 
     *check_reach* says why a path reads nothing in the message structures that use it (HL7 v2: an OBR in an ADT).
     """
+    return lint_load(root, compile_path, check_path=check_path, check_reach=check_reach)[0]
+
+
+def lint_load(
+    root: Path, compile_path: Callable[[str], Any], *, check_path: Callable[[Any], str | None] | None = None,
+    check_reach: Callable[[Any, tuple[str, ...]], str | None] | None = None,
+) -> tuple[list[MappingError], MappingSet | None]:
+    """`lint`, and, when *root* is clean, the MappingSet its compiles make (what `MappingSet.load` returns), else None.
+
+    Why: `mappings test` linted a folder, then compiled it all again (each sender overlay too) to run
+    its cases: half the run. A clean lint compile is the load's compile: with no error, collecting
+    them changed nothing it made. Where the two could differ (structures.yaml naming a message file
+    whose structure has another name: lint counts the file, load does not), no set is returned and
+    the caller loads as before.
+    """
     if not (root / "messages").is_dir():
-        return [MappingError("not a mapping folder: it has no messages/ folder", file=str(root), line=1, column=1)]
+        return [MappingError("not a mapping folder: it has no messages/ folder", file=str(root), line=1, column=1)], None
     errors: list[MappingError] = []
     overlays = [None, *sorted(p for p in (root / "senders").iterdir() if p.is_dir())] if (root / "senders").is_dir() else [None]
+    made: list[tuple[Path | None, Compiler, dict[str, MessageMapping], dict[str, str]]] = []
+    same = True  # lint's checks and the load's agree on every overlay
     for overlay in overlays:
         compiler = Compiler(root, compile_path, check_path=check_path, check_reach=check_reach, errors=[], overlay=overlay)
         try:
             messages = compiler.load()
+            structures: dict[str, str] = {}
             table = root / "structures.yaml"
             if table.exists():
-                MappingSet._structures(table, compiler, _present(compiler, messages))
+                present = _present(compiler, messages)
+                structures = MappingSet._structures(table, compiler, present)
+                same = same and present.keys() == messages.keys()
+            made.append((overlay, compiler, messages, structures))
         except MappingError as exc:
             compiler.errors.append(exc)  # type: ignore[union-attr]  # set above
         errors.extend(e for e in compiler.errors or [] if str(e) not in {str(x) for x in errors})
-    return errors
+    if errors or not same or len(made) != len(overlays):
+        return errors, None
+    sets = []
+    for overlay, compiler, messages, structures in made:
+        compiler.errors = None  # as `MappingSet.load` leaves it: a compile through it raises
+        sets.append((overlay, MappingSet(root, messages, structures, compiler)))
+    base = sets[0][1]
+    base.senders.update({overlay.name: one for overlay, one in sets[1:] if overlay is not None})
+    return errors, base
 
 
 def _check_event_covered(key: str, mm: MessageMapping | None, pos: tuple[str, int, int]) -> None:

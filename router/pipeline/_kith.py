@@ -26,10 +26,13 @@ from router.settings import Settings
 class KithConverter:
     """Converts one KITH XML message; owns the XML mappings and the schema set."""
 
-    def __init__(self, settings: Settings, fn_ctx: Any) -> None:
+    def __init__(self, settings: Settings, fn_ctx: Any, *, mappings: MappingSet | None = None) -> None:
+        """*mappings*, when given, is `<mappings_dir>/kith` compiled already (by `mappings test`'s lint); else it is compiled here."""
         root = settings.mappings_dir / "kith"
         self.prefixes = load_namespaces(root / "namespaces.yaml") if (root / "namespaces.yaml").exists() else {}
-        self.mappings = MappingSet.load(root, path_compiler(self.prefixes)) if (root / "messages").is_dir() else None
+        if mappings is None and (root / "messages").is_dir():
+            mappings = MappingSet.load(root, path_compiler(self.prefixes))
+        self.mappings = mappings
         self.schemas = schema_set(settings.xsd_dir) if settings.xsd_dir else None
         self._fn_ctx = fn_ctx
 

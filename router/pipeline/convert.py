@@ -83,6 +83,7 @@ class Converter:
         self._charset = hl7.default_charset
         self._sender_charsets = {k: v.charset for k, v in hl7.senders.items() if v.charset}
         self._kith: Any = None
+        self._xml_mappings: MappingSet | None = None  # `<mappings_dir>/kith` compiled already (use_xml), else compiled with the KITH converter
 
     def load_xml(self) -> None:
         """Compile the KITH XML mappings now instead of at the first XML message.
@@ -94,7 +95,14 @@ class Converter:
         if self._kith is None:
             from router.pipeline._kith import KithConverter
 
-            self._kith = KithConverter(self._settings, self._fn_ctx)
+            self._kith = KithConverter(self._settings, self._fn_ctx, mappings=self._xml_mappings)
+
+    def use_xml(self, mappings: MappingSet) -> None:
+        """Take *mappings*, compiled from this converter's `<mappings_dir>/kith`, as its KITH XML mappings.
+
+        Why: `mappings test` has compiled the folder to lint it; compiling it again for the cases doubled the work.
+        """
+        self._xml_mappings = mappings  # taken when the KITH converter is made, at the first XML message as ever
 
     def convert(self, data: bytes, *, trace: bool = False) -> list[Converted]:
         """Convert every message in *data* (one, several, a batch, MLLP-framed; or one KITH XML message)."""
@@ -120,7 +128,7 @@ class Converter:
         if self._kith is None:
             from router.pipeline._kith import KithConverter  # lxml and the XML mappings load on first use
 
-            self._kith = KithConverter(self._settings, self._fn_ctx)
+            self._kith = KithConverter(self._settings, self._fn_ctx, mappings=self._xml_mappings)
         try:
             self._kith.convert_one(item, trace)
             item.patient_key = _patient_key(item.bundle, self._phi_key) if item.bundle else None
