@@ -36,7 +36,7 @@ from adapters.amqp.connection import broker_errors, declare_topology, leftover_p
 from adapters.amqp.inbound import Delivery, Inbound
 from adapters.amqp.outbound import Publisher
 from router.delivery import DestinationWorker, Forwarder, Intake, split_partitions
-from router.errors import BrokerUnavailable, DecodeError, TransientError
+from router.errors import BrokerUnavailable, DecodeError, HelsebroError, TransientError
 from router.logging import get_logger
 from router.pipeline.settle import InternalFailure, Settle, Settled
 from router.reload import Reloader
@@ -288,6 +288,19 @@ class Engine:
             on_swap=self._rerouted,
             what="routes",
         )
+        if self._settings.engine.mappings.reload_seconds > 0 and self._routes_on_disk() != self._settings.routes:
+            # routes.yaml changed after the settings were read (the mappings compile between): the watch's first
+            # look took the edit for what runs, and it waited unapplied, unreported, for the file's next change
+            self.routes.unseen()
+
+    def _routes_on_disk(self) -> Any:
+        """routes.yaml as it reads now, read after the watch's first look; None when it does not read (the watch reports why)."""
+        from router.settings import read_routes  # settings imports the routing model, as this module does
+
+        try:
+            return read_routes(self._settings.config_dir, self._settings.mappings_dir, self._settings.engine)
+        except (HelsebroError, OSError):
+            return None
 
     def _reroute(self) -> _Routing:
         """Load routes.yaml as a start does, refuse what only a restart applies, and build its router and renderers.
@@ -311,6 +324,7 @@ class Engine:
     def _rerouted(self) -> None:
         live = self.routes.live  # a _Routing
         self._settings, self._router, self._forwarder = live.settings, live.router, live.forwarder
+        self._freeze(again=True)  # as after a mappings swap: the new router and renderers are long-lived too
 
     def _connect(self) -> None:
         self._disconnect()

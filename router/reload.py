@@ -93,6 +93,14 @@ class Reloader:
         self.refusals = 0
         self.failing = False  # the files on disk were refused at the last build: an older set runs (metrics)
 
+    def unseen(self) -> None:
+        """Take the files as not yet looked at: the next looks load them as an edit, refused or swapped in as any is.
+
+        For what is in use that was read before this watch began (the routes a start read with the settings): an edit
+        saved in between was in the first fingerprint, so it looked like what runs and was never loaded.
+        """
+        self._seen = ((str(self._folder), -1, -1, b""),)  # no file looks so: it differs from any look, an absent file's too
+
     @property
     def live(self) -> Any:
         """The converter in use, without looking at the files (for a scrape on another thread)."""

@@ -41,6 +41,10 @@ def needs_restart(running: RoutesConfig, new: RoutesConfig) -> list[str]:
                 out.append(f"destination {name}: queue changed (queues are declared at start)")
             if (old.format == "kith") != (now.format == "kith"):
                 out.append(f"destination {name}: format changed to or from kith (the AppRec watch starts with the worker)")
+            elif old.format == "kith" and old != now:
+                # The AppRec watch and helsebro_apprecs_overdue hold the receiver and mapping they started with: a new
+                # receiver_her_id live would count every message sent to it as overdue until a restart.
+                out.append(f"destination {name}: kith options changed (the AppRec watch holds its receiver and mapping from start)")
         elif isinstance(old, FhirDestination) and isinstance(now, FhirDestination):
             if old.server != now.server:
                 out.append(f"destination {name}: server changed (its delivery worker's client is built at start)")

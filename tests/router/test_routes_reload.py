@@ -67,6 +67,9 @@ class TestWhatNeedsARestart:
         assert needs_restart(_config(), moved) == ["destination pas: queue changed (queues are declared at start)"]
         kith = _config(destinations={**dests, "pas": {"kind": "queue", "queue": "reroute.pas", "format": "kith", "mapping": "PLO_InnlagtPasient"}})
         assert "format changed to or from kith" in needs_restart(_config(), kith)[0]
+        other = _config(destinations={**dests, "pas": {"kind": "queue", "queue": "reroute.pas", "format": "kith", "mapping": "PLO_InnlagtPasient", "receiver_her_id": "8094"}})
+        assert needs_restart(kith, other) == ["destination pas: kith options changed (the AppRec watch holds its receiver and mapping from start)"]
+        assert needs_restart(kith, kith) == []
         assert needs_restart(_config(), _config(duplicates={"window_seconds": 60})) == ["duplicates changed (the duplicate windows are set at start)"]
 
 
@@ -152,5 +155,26 @@ def test_the_metrics_count_routes_reloads(tmp_path):
         _rewrite(routes_file, lambda r: (r["destinations"].pop("lab"), r["routes"][0].update(to=["record", "pas"])))
         wait_until(lambda: handle.engine.routes.reloads == 1, timeout=30, what="the fixed edit loaded")
         assert scrape() == {"helsebro_routes_reloads_total": "1", "helsebro_routes_reload_refusals_total": "1", "helsebro_routes_reload_failing": "0"}
+    finally:
+        handle.stop()
+
+
+def test_an_edit_saved_between_reading_the_settings_and_the_first_look_is_loaded(tmp_path):
+    """routes.yaml edited after the settings were read but before the engine began watching it (a start compiles the
+    mappings for seconds in between): the engine runs the routes it read, so the edit is loaded at the next looks, not
+    taken for what runs and left unapplied until the file changes again."""
+    settings = _fast_reload(isolated_settings(tmp_path, routes=ROUTES))
+    routes_file = settings.config_dir / "routes.yaml"
+    pas = settings.routes.destinations["pas"].queue
+    _rewrite(routes_file, lambda r: r["routes"][0].update(to=["record", "pas"]))
+    log = _Log()
+    settled: list[Any] = []
+    handle = run_engine_in_thread(settings, logger=log, on_settled=settled.append)
+    try:
+        wait_until(lambda: log.named("routes_reloaded"), timeout=30, what="the edit loaded")
+        publish(settings, [adt_message("A08", control_id="EARLY1", fnr=FNR, local_id="L1", visit="V1")])
+        wait_until(lambda: any(s.control_id == "EARLY1" for s in settled), timeout=30, what="EARLY1 settled")
+        (_h, body), = wait_until(lambda: drain_queue(settings, pas), timeout=30, what="the message at pas")
+        assert body.startswith(b"MSH|")
     finally:
         handle.stop()
