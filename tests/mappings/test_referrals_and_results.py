@@ -558,3 +558,69 @@ class TestEpikriseStay:
         [stay] = _of(item.bundle, "Encounter")
         assert (stay["class"]["system"], stay["class"]["code"]) == klass
         assert ("type" in stay) == (adm_cat is not None)
+
+
+class TestSvarrapportResultContent:
+    """What a lab result says must arrive unchanged in meaning (review H206)."""
+
+    V14 = ("Svarrapport", "Svarrapport-v-1-4")
+
+    def _observations(self, capsys: Any, monkeypatch: Any, shared_dir: Path, name: str) -> dict[str, dict]:
+        path = shared_dir.joinpath("norsk", "eksempel", *self.V14, name)
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        assert code == 0
+        return {o["code"]["text"]: o for o in _of(doc, "Observation")}
+
+    @pytest.mark.corpus
+    def test_a_changed_result_is_corrected_not_final(self, shared_dir: Path, capsys: Any, monkeypatch: Any) -> None:
+        """Endring: B-Hemoglobin 15 → 12 and Ro60 Negativ → Positiv carry ServType M and StatusInvestigation "Endelig":
+        `corrected` (HL7 v2 OBX-11 C), never a plain `final` beside the unchanged results."""
+        hb = self._observations(capsys, monkeypatch, shared_dir, "Svar_biokjemi_v1-4_Endring.xml")
+        assert hb["B-Hemoglobin"]["status"] == "corrected" and hb["B-Hemoglobin"]["valueQuantity"]["value"] == 12.0
+        assert hb["P-D-dimer"]["status"] == "final" and hb["Us-FT4"]["status"] == "entered-in-error"
+        ana = self._observations(capsys, monkeypatch, shared_dir, "Svar_mikrobiologi_gruppert_v1-4_Endring.xml")
+        assert ana["P-Ro60 IgG"]["status"] == "corrected" and ana["P-Ro60 IgG"]["valueString"] == "Positiv"
+        assert ana["P-SSA IgG"]["status"] != "corrected"
+
+    @pytest.mark.corpus
+    def test_a_plain_reference_range_has_low_and_high_and_keeps_its_text(self, shared_dir: Path, capsys: Any, monkeypatch: Any) -> None:
+        """Descr "3,5 - 11,0" (decimal comma) → low 3.5, high 11.0 in the result's UCUM unit; "< 1,2" stays text only."""
+        obs = self._observations(capsys, monkeypatch, shared_dir, "Svar_biokjemi_v1-4_Ny.xml")
+        [leuk] = obs["B-Leukocytter"]["referenceRange"]
+        assert leuk["text"] == "3,5 - 11,0"
+        assert leuk["low"] == {"value": 3.5, "unit": "10E9/L", "system": UCUM, "code": "10*9/L"}
+        assert leuk["high"] == {"value": 11.0, "unit": "10E9/L", "system": UCUM, "code": "10*9/L"}
+        assert obs["P-INR"]["referenceRange"] == [{"text": "< 1,2"}]
+        assert obs["Us-LH"]["referenceRange"] == [{"text": "< 12"}]
+
+    @pytest.mark.corpus
+    def test_a_susceptibility_is_interpreted_s_i_r(self, shared_dir: Path, capsys: Any, monkeypatch: Any) -> None:
+        """Resistensbestemmelse in Volven 8271 → interpretation S/I/R (as OBX-8); Mecillinam's "0,25" stays the value text."""
+        path = shared_dir.joinpath("norsk", "eksempel", *self.V14, "Svar_mikrobiologi_dyrkning_v1-4_Ny.xml")
+        code, [doc] = _convert(capsys, monkeypatch, shared_dir, path)
+        assert code == 0
+        v3 = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+        seen = {}
+        for o in _of(doc, "Observation"):
+            if o.get("derivedFrom"):
+                [sir] = o["interpretation"]
+                [coding] = sir["coding"]
+                assert coding["system"] == v3
+                assert coding["code"] == o["valueCodeableConcept"]["coding"][0]["code"]
+                seen.setdefault(o["code"]["text"], []).append(coding["code"])
+        assert seen["Us-Ampicillin"] == ["R", "R"] and seen["Us-Mecillinam"] == ["S"]
+        assert seen["Us-Trimetoprim+Sulfametoksazol"] == ["I", "I"]
+        [mec] = [o for o in _of(doc, "Observation") if o["code"]["text"] == "Us-Mecillinam"]
+        assert mec["valueCodeableConcept"]["text"] == "0,25"
+
+    def test_the_fixture_case_says_the_same(self, converter: Any) -> None:
+        """svar_lab_1_4_endring_resistens: corrected Hb with its range, INR "< 1,2" unparsed, S and R interpreted."""
+        [item] = converter.convert((CASES / "Svarrapport.cases" / "svar_lab_1_4_endring_resistens.xml").read_bytes())
+        assert item.bundle is not None, item.error
+        Bundle.model_validate(item.bundle)
+        obs = {o["code"]["text"]: o for o in _of(item.bundle, "Observation")}
+        assert obs["B-Hemoglobin"]["status"] == "corrected"
+        assert obs["B-Hemoglobin"]["referenceRange"][0]["low"]["value"] == 11.7
+        assert obs["P-INR"]["referenceRange"] == [{"text": "< 1,2"}]
+        assert obs["Us-Mecillinam"]["interpretation"][0]["coding"][0]["code"] == "S"
+        assert obs["Us-Ampicillin"]["interpretation"][0]["coding"][0]["code"] == "R"
