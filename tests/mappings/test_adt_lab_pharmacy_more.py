@@ -239,6 +239,18 @@ class TestSpecimenOrientedResults:
         [report] = _of(doc, "DiagnosticReport")
         assert report["presentedForm"] == [{"contentType": "application/pdf", "data": "JVBERi0xLjQK", "title": "Svarrapport"}]
 
+    @pytest.mark.parametrize(("ed", "form"), [
+        ("^AP^PDF^BASE64^JVBERi0xLjQK", {"contentType": "application/pdf", "data": "JVBERi0xLjQK"}),
+        ("^AP^PDF^base64^JVBERi0xLjQK", {"contentType": "application/pdf", "data": "JVBERi0xLjQK"}),
+        ("^TEXT^PLAIN^A^Svar OK", {"contentType": "text/plain", "data": "U3ZhciBPSw=="}),
+        ("^TEXT^PLAIN^^Svar OK", {"contentType": "text/plain", "data": "U3ZhciBPSw=="}),
+    ], ids=["BASE64", "base64", "ascii", "no-encoding"])
+    def test_r22_ed_document_whatever_the_case_or_kind_of_its_encoding(self, converter, ed, form):
+        """ED.4 (table 0299) in capitals, or text (A, or none): the report lost its document, which only `Base64` kept."""
+        doc = _one(converter, _oul("R22", *self.R22[:6], f"OBX|3|ED|RAPPORT^Svarrapport^L||{ed}||||||F"))
+        [report] = _of(doc, "DiagnosticReport")
+        assert report["presentedForm"] == [{**form, "title": "Svarrapport"}]
+
     def test_r23_orders_in_containers_are_reports_of_the_specimen(self, converter):
         """OUL^R23: the orders in each container of a specimen are reports whose results name that specimen."""
         doc = _one(converter, _oul("R23", _spm(1, "SP-73", "BLD^Blod^HL70487"),

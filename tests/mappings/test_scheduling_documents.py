@@ -10,6 +10,7 @@ validated with fhir.resources.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -201,6 +202,28 @@ class TestResourcesTakenOff:
         assert any(name in " ".join(displays) for name in ("PER", "POL 13", "EKG-apparat 3")), displays
 
 
+class TestParticipantPeriods:
+    def test_each_resource_is_booked_for_its_own_duration(self, converter):
+        """AIP-6 + AIP-9 (AIP-10's unit), AIL-6 + AIL-9, AIG-8 + AIG-11 are the participant's period (v2-to-FHIR IG): the end was dropped."""
+        data = _siu("S12", ctrl="SIU-1", start="20250120090000") + (
+            b"AIG|1|A|EKG-2^EKG-apparat 2^L|UTSTYR^Utstyr^L||||20250120090000|||15|min\r"
+            b"AIL|1|A|POL^12^^STOLAV^^^^^Poliklinikk 12|||20250120090000|||60|min\r"
+            b"AIP|1|A|9144900^LEGE^LISA^^^^^^HPR^^^^HPR|LEGE^Lege^L||20250120093000|||20|MIN\r"
+        )
+        appointment = _entry(_one(converter, data), "Appointment")["resource"]
+        periods = {p["actor"].get("display"): p.get("period") for p in appointment["participant"]}
+        assert periods["LISA LEGE"] == {"start": "2025-01-20T09:30:00+01:00", "end": "2025-01-20T09:50:00+01:00"}
+        assert periods["POL 12 STOLAV"] == {"start": "2025-01-20T09:00:00+01:00", "end": "2025-01-20T10:00:00+01:00"}
+        assert periods["EKG-apparat 2"] == {"start": "2025-01-20T09:00:00+01:00", "end": "2025-01-20T09:15:00+01:00"}
+
+    def test_a_start_without_a_duration_has_no_end(self, converter):
+        """A participant's start with no duration (or a unit not known) keeps its start alone: no end is made up."""
+        data = _siu("S12", ctrl="SIU-1") + b"AIP|1|A|9144900^LEGE^LISA^^^^^^HPR^^^^HPR|LEGE^Lege^L||20250120093000|||20|M\r"
+        appointment = _entry(_one(converter, data), "Appointment")["resource"]
+        [doctor] = [p for p in appointment["participant"] if p["actor"].get("display") == "LISA LEGE"]
+        assert doctor["period"] == {"start": "2025-01-20T09:30:00+01:00"}
+
+
 # --- MDM: notifications without content, addenda, replacements ---------------------------------------
 
 
@@ -260,6 +283,23 @@ class TestDocumentNotifications:
         for event, structure, obx in (("T01", "MDM_T01", ()), ("T02", "MDM_T02", TEXT)):
             doc = _entry(_one(converter, _mdm(event, structure, number="DOK-2", parent="DOK-1^DIPS", obx=obx)), "DocumentReference")["resource"]
             assert "relatesTo" not in doc
+
+
+class TestDocumentContent:
+    @pytest.mark.parametrize("encoding", ["Base64", "BASE64", "base64"])
+    def test_base64_data_is_kept_as_sent_whatever_the_case_of_its_encoding(self, converter, encoding):
+        """ED.4 BASE64 or base64 (table 0299) is Base64: the PDF was encoded again, the base64 of its base64, unreadable."""
+        pdf = "JVBERi0xLjQKJcOkw7zDtsOfCg=="
+        obx = (f"OBX|1|ED|PDF^Epikrise PDF^L||DIPS^AP^PDF^{encoding}^{pdf}||||||F",)
+        [content] = _entry(_one(converter, _mdm("T02", "MDM_T02", number="DOK-1", obx=obx)), "DocumentReference")["resource"]["content"]
+        assert content["attachment"]["contentType"] == "application/pdf"
+        assert content["attachment"]["data"] == pdf
+
+    def test_text_in_an_ed_is_encoded(self, converter):
+        """ED data sent as text (ED.4 A, table 0299) becomes base64 of its UTF-8, as Attachment.data requires."""
+        obx = ("OBX|1|ED|NOTAT^Notat^L||DIPS^TEXT^PLAIN^A^Utskrevet i god form.||||||F",)
+        [content] = _entry(_one(converter, _mdm("T02", "MDM_T02", number="DOK-1", obx=obx)), "DocumentReference")["resource"]["content"]
+        assert base64.b64decode(content["attachment"]["data"]).decode("utf-8") == "Utskrevet i god form."
 
 
 # --- REF: a referral and its cancel ----------------------------------------------------------------
@@ -365,6 +405,17 @@ class TestCorpus:
                 assert document["content"], kind
                 seen.add(kind)
         assert seen == set(DOCUMENT_RELATION)
+
+    def test_a_booked_resources_duration_ends_its_period(self, corpus):
+        """The corpus's S12 colonoscopy books doctor, room and colonoscope from 09:30 for 50 min (AIP-9, AIL-9, AIG-11): each period ends 10:20."""
+        periods = [
+            p["period"]
+            for kind, doc in corpus
+            if kind == "SIU_S12"
+            for p in _entry(doc, "Appointment")["resource"]["participant"]
+            if p.get("period", {}).get("start") == "2021-09-24T09:30:00+02:15"
+        ]
+        assert len(periods) >= 3 and all(p.get("end") == "2021-09-24T10:20:00+02:15" for p in periods), periods
 
     def test_every_referral_is_one_service_request(self, corpus):
         """The corpus's I12 and I14 write one referral ServiceRequest (RF1-6 226839) for the patient: active, then revoked."""
