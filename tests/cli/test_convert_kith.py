@@ -66,7 +66,10 @@ class TestDialogmelding:
         assert {o["identifier"][0]["system"] for o in orgs.values()} == {HER}
         [comm] = _of(doc, "Communication")
         by_url = {e["fullUrl"]: e["resource"] for e in doc["entry"]}
-        assert by_url[comm["sender"]["reference"]]["identifier"][0]["value"] == "56704"
+        # the sender is the writing GP in role (RollerRelatertNotat, review H207) at the sending organisation
+        sender = by_url[comm["sender"]["reference"]]
+        assert sender["resourceType"] == "PractitionerRole"
+        assert by_url[sender["organization"]["reference"]]["identifier"][0]["value"] == "56704"
         assert {by_url[r["reference"]]["identifier"][0]["value"] for r in comm["recipient"]} == {"59", "90998"}
         assert comm["payload"][1]["contentAttachment"]["contentType"] == "application/pdf"
 
@@ -98,14 +101,19 @@ class TestDialogmelding:
         assert comm["basedOn"] == [{"type": "ServiceRequest", "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{parent.lower()}"}}]
 
     @pytest.mark.corpus
-    def test_what_a_condition_only_asks_for_is_reported_unmapped(self, shared_dir, capsys, monkeypatch):
+    def test_what_a_condition_only_asks_for_is_reported_unmapped(self, shared_dir, tmp_path, capsys, monkeypatch):
         """A `when: … valued` on an element (is there a Foresporsel?) maps none of its content: --unmapped names
-        the nurse the forespørsel names (RollerRelatertNotat), which no rule maps, instead of reporting nothing."""
-        path = shared_dir / "norsk" / "eksempel" / "Dialogmelding" / "Dialogmelding-v1-0" / "Dialogmelding_foresporsel_PLO_v1-0.xml"
+        the kind of record asked for (TypeJournalinfo, added to the national forespørsel), which no rule maps,
+        instead of reporting nothing. (The nurse it names, RollerRelatertNotat, is mapped since review H207.)"""
+        src = shared_dir / "norsk" / "eksempel" / "Dialogmelding" / "Dialogmelding-v1-0" / "Dialogmelding_foresporsel_PLO_v1-0.xml"
+        text = src.read_text("utf-8")
+        text = text.replace("</Sporsmal>", '</Sporsmal><TypeJournalinfo V="1" DN="Journal" S="2.16.578.1.12.4.1.1.9999"/>', 1)
+        path = tmp_path / "foresporsel.xml"
+        path.write_text(text, "utf-8")
         monkeypatch.setenv("HELSEBRO_XSD_DIR", str(shared_dir / "norsk" / "skjema"))
         assert main(["convert", "--unmapped", str(path)]) == 0
         err = capsys.readouterr().err
-        assert "/Dialogmelding/Foresporsel/RollerRelatertNotat/HealthcareProfessional/FamilyName" in err
+        assert "/Dialogmelding/Foresporsel/TypeJournalinfo" in err
         assert "/Foresporsel/Sporsmal" not in err and "/Foresporsel/TypeForesp" not in err  # these are mapped
 
     @pytest.mark.corpus
