@@ -541,6 +541,23 @@ def _base64_data(ctx: FnContext, v: _Values) -> str | None:
     return value
 
 
+def _hex_data(ctx: FnContext, v: _Values) -> str | None:
+    """Hexadecimal text as sent (ED.5, encoding Hex): whitespace removed, any case → base64 of its bytes.
+
+    Why: encoded as if it were text, the attachment's bytes were the hex digits, a document
+    no reader opens. An odd count of digits or a non-hex character rejects the message at its position.
+    """
+    value = "".join((v.values[0] or "").split())
+    if not value:
+        return None
+    if len(value) % 2 or any(ch not in _HEX_DIGITS for ch in value):
+        raise InvalidContent("ED data declared Hex is not valid hexadecimal (an even count of the digits 0-9, A-F)", location=v.locations[0])
+    return _b64.b64encode(bytes.fromhex(value)).decode("ascii")
+
+
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
 def _upper(ctx: FnContext, v: _Values) -> str | None:
     return v.values[0].upper() if v.values[0] else None
 
@@ -746,6 +763,7 @@ LIBRARY: dict[str, Function] = {
         Function("uuid_urn", 1, _uuid_urn, "A UUID → urn:uuid:<uuid> (identifier values for MsgIds)."),
         Function("compact", 1, _compact, "Remove all whitespace (base64 wrapped over lines)."),
         Function("base64_data", 1, _base64_data, "Base64 as sent (ED data): whitespace removed and checked; invalid base64 is refused at its position."),
+        Function("hex_data", 1, _hex_data, "Hexadecimal as sent (ED data, encoding Hex): whitespace removed, any case → base64 of its bytes; an odd length or a non-hex character is refused at its position."),
         Function("markup_base64", 1, _markup_base64, "An XML element → base64 of its XHTML content as written (tables keep their cells), else of its text."),
         Function("concat_text", -1, _concat_text, "Join the valued arguments with a space, a punctuation-only one ('\":\"') kept to the part before it; an XHTML element keeps its paragraphs and line breaks on lines of their own and its table cells apart (' | '), empty ones too."),
         Function("base64", 1, _base64, "Text → base64 of its UTF-8 bytes (Attachment.data for a document's text)."),

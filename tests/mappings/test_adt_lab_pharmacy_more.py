@@ -244,9 +244,11 @@ class TestSpecimenOrientedResults:
         ("^AP^PDF^base64^JVBERi0xLjQK", {"contentType": "application/pdf", "data": "JVBERi0xLjQK"}),
         ("^TEXT^PLAIN^A^Svar OK", {"contentType": "text/plain", "data": "U3ZhciBPSw=="}),
         ("^TEXT^PLAIN^^Svar OK", {"contentType": "text/plain", "data": "U3ZhciBPSw=="}),
-    ], ids=["BASE64", "base64", "ascii", "no-encoding"])
+        ("^AP^PDF^Hex^255044462D312E340A", {"contentType": "application/pdf", "data": "JVBERi0xLjQK"}),
+        ("^AP^PDF^hex^255044462d312e340a", {"contentType": "application/pdf", "data": "JVBERi0xLjQK"}),
+    ], ids=["BASE64", "base64", "ascii", "no-encoding", "Hex", "hex"])
     def test_r22_ed_document_whatever_the_case_or_kind_of_its_encoding(self, converter, ed, form):
-        """ED.4 (table 0299) in capitals, or text (A, or none): the report lost its document, which only `Base64` kept."""
+        """ED.4 (table 0299) in capitals, text (A, or none) or Hex: the report lost its document, which only `Base64` kept."""
         doc = _one(converter, _oul("R22", *self.R22[:6], f"OBX|3|ED|RAPPORT^Svarrapport^L||{ed}||||||F"))
         [report] = _of(doc, "DiagnosticReport")
         assert report["presentedForm"] == [{**form, "title": "Svarrapport"}]

@@ -301,6 +301,27 @@ class TestDocumentContent:
         [content] = _entry(_one(converter, _mdm("T02", "MDM_T02", number="DOK-1", obx=obx)), "DocumentReference")["resource"]["content"]
         assert base64.b64decode(content["attachment"]["data"]).decode("utf-8") == "Utskrevet i god form."
 
+    @pytest.mark.parametrize("encoding", ["Hex", "HEX", "hex"])
+    def test_hex_data_is_decoded_to_its_bytes(self, converter, encoding):
+        """ED.4 Hex (table 0299) is the document's bytes as hex digits: encoded as if text, the attachment's bytes were the digits."""
+        obx = (f"OBX|1|ED|PDF^Epikrise PDF^L||DIPS^AP^PDF^{encoding}^255044462d312E34 0A||||||F",)
+        [content] = _entry(_one(converter, _mdm("T02", "MDM_T02", number="DOK-1", obx=obx)), "DocumentReference")["resource"]["content"]
+        assert content["attachment"]["contentType"] == "application/pdf"
+        assert content["attachment"]["data"] == "JVBERi0xLjQK"
+        assert base64.b64decode(content["attachment"]["data"]) == b"%PDF-1.4\n"
+
+    @pytest.mark.parametrize("data", ["255044462D312E340", "255044462G312E340A"], ids=["odd-length", "not-hex"])
+    def test_data_declared_hex_that_is_not_hex_is_refused_naming_obx_5(self, converter, data):
+        """Hex data with an odd count of digits or a non-hex character is refused (an OperationOutcome), never a corrupt document."""
+        obx = (f"OBX|1|ED|PDF^Epikrise PDF^L||DIPS^AP^PDF^Hex^{data}||||||F",)
+        [result] = converter.convert(_mdm("T02", "MDM_T02", number="DOK-1", obx=obx))
+        assert not result.ok
+        outcome = result.outcome()
+        assert outcome["resourceType"] == "OperationOutcome"
+        [issue] = outcome["issue"]
+        assert issue["expression"] == ["OBX-5[1].5"], issue
+        assert issue["diagnostics"].startswith("ED data declared Hex is not valid hexadecimal"), issue
+
 
 # --- REF: a referral and its cancel ----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Library functions the HL7 v2 message mappings use for documents (MDM, ORU ED values): "base64_data", "base64", "mime" with table 0191 codes."""
+"""Library functions the HL7 v2 message mappings use for documents (MDM, ORU ED values): "base64_data", "hex_data", "base64", "mime" with table 0191 codes."""
 
 from __future__ import annotations
 
@@ -28,6 +28,24 @@ class TestBase64Data:
         """A placeholder or plain text under Base64 never reaches Attachment.data (base64Binary)."""
         with pytest.raises(InvalidContent) as err:
             fn("base64_data", text)
+        assert err.value.location == "OBX-5[1].5"
+
+
+class TestHexData:
+    @pytest.mark.parametrize("text", ["255044462D312E340A", "255044462d312e340a", "25 5044 462D\n312E340A"])
+    def test_hex_digits_in_any_case_become_base64_of_their_bytes(self, text):
+        """ED data declared Hex (table 0299): "%PDF-1.4\\n" as hex digits is its bytes, not the digits' text."""
+        assert fn("hex_data", text) == "JVBERi0xLjQK"
+
+    def test_empty_is_absent(self):
+        """No data gives nothing, not an empty attachment."""
+        assert fn("hex_data", " ") is None
+
+    @pytest.mark.parametrize("text", ["255", "25G0", "0x25", "<Hex encoded>"])
+    def test_an_odd_length_or_a_non_hex_character_is_refused_at_its_position(self, text):
+        """Text that is not whole bytes of hex digits never reaches Attachment.data."""
+        with pytest.raises(InvalidContent) as err:
+            fn("hex_data", text)
         assert err.value.location == "OBX-5[1].5"
 
 
