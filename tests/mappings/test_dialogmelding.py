@@ -9,12 +9,17 @@ Receiver//HealthcareProfessional names the person the message is addressed to.
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import pytest
 
 from router.cli import main
 
 HPR = "urn:oid:2.16.578.1.12.4.1.4.4"
 HER = "urn:oid:2.16.578.1.12.4.1.2"
+URI = "urn:ietf:rfc:3986"
+MH = "{http://www.kith.no/xmlstds/msghead/2006-05-24}"
 
 
 def _convert(capsys, monkeypatch, shared: Path, name: str) -> dict:
@@ -66,3 +71,28 @@ class TestDialogmeldingProfessionals:
         assert res[roles[0]["organization"]["reference"]]["name"] == "Ortopedisk kirurgi"
         sender = res[comm["sender"]["reference"]]
         assert res[sender["practitioner"]["reference"]]["identifier"] == [{"system": HPR, "value": "258521"}]
+
+
+class TestDialogmeldingConversation:
+    """MsgHead ConversationRef/RefToConversation (the dialog, the first message's MsgId) is kept."""
+
+    @pytest.mark.parametrize("name", [
+        "Dialogmelding-v1-0/Dialogmelding_svar_foresporsel_PLO_v1-0.xml",
+        "Dialogmelding-v1-0/Dialogmelding_avvik_v1-0.xml",
+        "Dialogmelding-v1-1/Helsefaglig dialog.xml",
+        "Dialogmelding-v1-1/Status_paa_henvisning-InnkaltEtterViderehenvisning.xml",
+    ])
+    def test_the_conversation_is_a_typed_identifier_beside_the_msgid(self, shared_dir, capsys, monkeypatch, name):
+        info = ET.parse(shared_dir / "norsk" / "eksempel" / "Dialogmelding" / name).getroot().find(f"{MH}MsgInfo")
+        msg_id = info.findtext(f"{MH}MsgId").strip().lower()
+        conversation = info.findtext(f"{MH}ConversationRef/{MH}RefToConversation").strip().lower()
+        res = _convert(capsys, monkeypatch, shared_dir, name)
+        comm = _one(res, "Communication")
+        # The MsgId stays first, the identity: the conditional update and the id do not move.
+        assert comm["identifier"][0] == {"system": URI, "value": f"urn:uuid:{msg_id}"}
+        assert comm["identifier"][1:] == [{"type": {"text": "conversation"}, "value": f"urn:uuid:{conversation}"}]
+
+    def test_a_first_message_has_its_msgid_alone(self, shared_dir, capsys, monkeypatch):
+        res = _convert(capsys, monkeypatch, shared_dir, "Dialogmelding-v1-0/Dialogmelding_foresporsel_PLO_v1-0.xml")
+        # A first message has no ConversationRef: its MsgId alone identifies it.
+        assert [len(_one(res, kind)["identifier"]) for kind in ("Communication", "CommunicationRequest")] == [1, 1]
