@@ -323,6 +323,28 @@ class TestDocumentContent:
         assert issue["diagnostics"].startswith("ED data declared Hex is not valid hexadecimal"), issue
 
 
+class TestDocumentFileName:
+    """TXA-16, the unique document file name, is an identifier (v2-to-FHIR IG TXA[DocumentReference]: identifier[1], ST[Identifier])."""
+
+    @pytest.mark.parametrize(("event", "structure"), [("T02", "MDM_T02"), ("T01", "MDM_T01")])
+    def test_file_name_is_an_identifier_with_its_full_path(self, converter, event, structure):
+        obx = TEXT if event == "T02" else ()
+        data = _mdm(event, structure, number="DOK-1", obx=obx).replace(b"|epikrise.txt|", b"|/arkiv/dips/2025/epikrise-1.txt|")
+        resource = _entry(_one(converter, data), "DocumentReference")["resource"]
+        assert {"value": "/arkiv/dips/2025/epikrise-1.txt"} in resource["identifier"]
+        assert resource["masterIdentifier"] == {"system": "urn:helsebro:local:DIPS:id", "value": "DOK-1"}
+
+    def test_file_name_leaves_the_documents_identity_to_txa_12(self, converter):
+        """Without a system the file name never keys the document: its id and conditional URL stay TXA-12's."""
+        with_name = _entry(_one(converter, _mdm("T02", "MDM_T02", number="DOK-1", obx=TEXT)), "DocumentReference")
+        without = _entry(_one(converter, _mdm("T02", "MDM_T02", number="DOK-1", obx=TEXT).replace(b"|epikrise.txt|", b"||")), "DocumentReference")
+        assert with_name["resource"]["id"] == without["resource"]["id"]
+        assert with_name["request"] == without["request"]
+        assert with_name["request"]["url"].endswith("identifier=urn:helsebro:local:DIPS:id|DOK-1")
+        assert with_name["resource"]["identifier"][0] == {"system": "urn:helsebro:local:DIPS:id", "value": "DOK-1"}
+        assert without["resource"]["identifier"] == [{"system": "urn:helsebro:local:DIPS:id", "value": "DOK-1"}]
+
+
 # --- REF: a referral and its cancel ----------------------------------------------------------------
 
 
