@@ -103,7 +103,7 @@ class Reloader:
 
     @property
     def live(self) -> Any:
-        """The converter in use, without looking at the files (for a scrape on another thread)."""
+        """What is in use (the converter, or the routes), without looking at the files (for a scrape on another thread)."""
         return self._current
 
     def current(self) -> Any:
@@ -168,7 +168,3 @@ class Reloader:
         self._on_swap()
         self._log.info(f"{self._what}_reloaded", changed=[Path(p).name for p in changed])
         return self._current
-
-
-MappingReloader = Reloader
-"""The name tests and tools know the mapping reloader by."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapters.fhir.record import open_record
-from router.reload import MappingReloader
+from router.reload import Reloader
 from router.testing import adt_message, drain_queue, isolated_settings, publish, run_engine_in_thread, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
-def _settled(reloader: MappingReloader):
+def _settled(reloader: Reloader):
     """Two looks: the first sees the change, the second (the files held still) builds it."""
     reloader.current()
     return reloader.current()
@@ -49,7 +49,7 @@ class TestMappingReloader:
         """An edit that compiles replaces the converter and is logged."""
         builds = []
         log = _Log()
-        reloader = MappingReloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=log)
+        reloader = Reloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=log)
         assert reloader.current() == 1
         _edit(mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml", "from: XPN.1.1", "from: XPN.1.1\n    fn: upper")
         assert _settled(reloader) == 2
@@ -59,7 +59,7 @@ class TestMappingReloader:
         """The swap hook (the engine re-freezes the collector there) runs once per new set, never for a refused one."""
         swaps = []
         sets = iter([1, 2])
-        reloader = MappingReloader(mappings, lambda: next(sets), interval=1e-9, logger=_Log(), on_swap=lambda: swaps.append(1))
+        reloader = Reloader(mappings, lambda: next(sets), interval=1e-9, logger=_Log(), on_swap=lambda: swaps.append(1))
         assert reloader.current() == 1 and swaps == []
         _edit(mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml", "from: XPN.1.1", "from: XPN.1.1\n    fn: upper")
         assert _settled(reloader) == 2 and swaps == [1]
@@ -71,7 +71,7 @@ class TestMappingReloader:
         from router.mapping import MappingSet
 
         log = _Log()
-        reloader = MappingReloader(mappings, lambda: MappingSet.load(mappings / "hl7v2", compile_path), interval=1e-9, logger=log)
+        reloader = Reloader(mappings, lambda: MappingSet.load(mappings / "hl7v2", compile_path), interval=1e-9, logger=log)
         before = reloader.current()
         _edit(mappings / "hl7v2" / "segments" / "PID.Patient.yaml", "target: birthDate", "target: birthdate")
         assert _settled(reloader) is before
@@ -135,7 +135,7 @@ class TestWhatAReloadSees:
         tick = time.time_ns() + 3600 * 10**9  # a future mtime stands for "in the tick of the last look", deterministically
         os.utime(path, ns=(tick, tick))
         builds = []
-        reloader = MappingReloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
+        reloader = Reloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
         assert reloader.current() == 1
         size = path.stat().st_size
         _edit(path, "from: XPN.1.1", "from: XPN.1.2")
@@ -153,7 +153,7 @@ class TestWhatAReloadSees:
         clock = [time.time_ns()]
         monkeypatch.setattr(reload_module.time, "time_ns", lambda: clock[0])
         builds = []
-        reloader = MappingReloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
+        reloader = Reloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
         path = mappings / "hl7v2" / "datatypes" / "XPN.HumanName.yaml"
         _edit(path, "from: XPN.1.1", "from: XPN.1.2")
         os.utime(path, ns=(clock[0], clock[0]))
@@ -164,7 +164,7 @@ class TestWhatAReloadSees:
 
     def test_deleting_or_renaming_a_mapping_file_reloads(self, mappings):
         builds = []
-        reloader = MappingReloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
+        reloader = Reloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
         assert reloader.current() == 1
         table = next((mappings / "hl7v2" / "tables").glob("*.yaml"))
         table.rename(table.with_suffix(".yaml.bak"))
@@ -178,7 +178,7 @@ class TestWhatAReloadSees:
         from router.mapping import MappingSet
 
         log = _Log()
-        reloader = MappingReloader(mappings, lambda: MappingSet.load(mappings / "hl7v2", compile_path), interval=1e-9, logger=log)
+        reloader = Reloader(mappings, lambda: MappingSet.load(mappings / "hl7v2", compile_path), interval=1e-9, logger=log)
         before = reloader.current()
         path = mappings / "hl7v2" / "segments" / "PID.Patient.yaml"
         whole = path.read_bytes()
@@ -202,7 +202,7 @@ class TestWhatAReloadSees:
             raise FileNotFoundError(2, "No such file or directory", str(path))
 
         log = _Log()
-        reloader = MappingReloader(mappings, build, interval=1e-9, logger=log)
+        reloader = Reloader(mappings, build, interval=1e-9, logger=log)
         _edit(path, "from: XPN.1.1", "from: XPN.1.1\n    fn: upper")
         assert _settled(reloader) == 1
         event, fields = log.events[-1]
@@ -215,7 +215,7 @@ class TestWhatAReloadSees:
         from router.mapping import MappingSet
 
         log = _Log()
-        reloader = MappingReloader(mappings, lambda: MappingSet.load(mappings / "hl7v2", compile_path), interval=1e-9, logger=log)
+        reloader = Reloader(mappings, lambda: MappingSet.load(mappings / "hl7v2", compile_path), interval=1e-9, logger=log)
         before = reloader.current()
         path = mappings / "hl7v2" / "segments" / "PID.Patient.yaml"
         whole = path.read_bytes()
@@ -242,7 +242,7 @@ class TestWhatAReloadSees:
             return next(builds)
 
         log = _Log()
-        reloader = MappingReloader(mappings, build, interval=1e-9, logger=log)
+        reloader = Reloader(mappings, build, interval=1e-9, logger=log)
         _edit(path, "from: XPN.1.1", "from: XPN.1.1\n    fn: upper")
         assert _settled(reloader) == 1
         event, fields = log.events[-1]
@@ -309,7 +309,7 @@ class TestNoHalfLoadedSet:
         """An editor's or `git checkout`'s delete-then-write, caught between the two by a look, builds nothing."""
         path = mappings / "hl7v2" / "messages" / "ADT_A01.yaml"
         built_without: list[bool] = []
-        reloader = MappingReloader(mappings, lambda: built_without.append(not path.exists()) or len(built_without), interval=1e-9, logger=_Log())
+        reloader = Reloader(mappings, lambda: built_without.append(not path.exists()) or len(built_without), interval=1e-9, logger=_Log())
         whole = path.read_bytes()
         path.unlink()
         assert reloader.current() == 1  # the look between the two steps: the set without ADT_A01 is not built
@@ -329,7 +329,7 @@ class TestNoHalfLoadedSet:
             return len(builds)
 
         log = _Log()
-        reloader = MappingReloader(mappings, build, interval=1e-9, logger=log)
+        reloader = Reloader(mappings, build, interval=1e-9, logger=log)
         _edit(path, "from: XPN.1.1", "from: XPN.1.2")
         assert _settled(reloader) == 1 and reloader.reloads == 0
         assert log.events[-1][0] == "mappings_reload_deferred" and "XPN.HumanName.yaml" in log.events[-1][1]["changed"]
@@ -408,7 +408,7 @@ class TestAWorkerSaysWhichMappingsRun:
 def test_a_new_fixture_case_builds_nothing(mappings):
     """`.cases` folders hold fixture cases, which no running set reads: adding one does not stall the worker for a build."""
     builds = []
-    reloader = MappingReloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
+    reloader = Reloader(mappings, lambda: builds.append(1) or len(builds), interval=1e-9, logger=_Log())
     case = mappings / "outbound" / "hl7v2" / "ADT_A01.cases" / "a_new_case"
     case.mkdir()
     (case / "case.yaml").write_text("description: a new case\n")
